@@ -1,0 +1,2 @@
+//! The `lwm2m-harness` command line.
+fn main() {}

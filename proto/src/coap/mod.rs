@@ -1,0 +1,1 @@
+//! The sans-IO CoAP exchange layer (placeholder).

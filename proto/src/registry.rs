@@ -1,0 +1,1 @@
+//! The object registry: DDF XML loading (placeholder).

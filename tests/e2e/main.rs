@@ -1,0 +1,2 @@
+//! End-to-end tests, one binary of modules.
+mod proto_boundary;
