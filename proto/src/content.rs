@@ -177,7 +177,10 @@ impl fmt::Display for Finding {
                 found,
             } => write!(f, "{path}: registry type is {expected}, found {found}"),
             Self::NonMinimalInteger { path, length } => {
-                write!(f, "{path}: integer in {length} bytes is not minimally encoded")
+                write!(
+                    f,
+                    "{path}: integer in {length} bytes is not minimally encoded"
+                )
             }
             Self::LegacyContentFormat { code } => {
                 write!(f, "pre-1.0 content format {code} used")
@@ -589,7 +592,10 @@ mod tests {
             assert_eq!(ContentFormat::from_code(f.code()), Some(f));
             assert_eq!(ContentFormat::from_name(f.name()), Some(f));
         }
-        assert_eq!(ContentFormat::from_code(1542).unwrap().canonical(), ContentFormat::Tlv);
+        assert_eq!(
+            ContentFormat::from_code(1542).unwrap().canonical(),
+            ContentFormat::Tlv
+        );
         assert_eq!(ContentFormat::from_name("11542"), Some(ContentFormat::Tlv));
         assert_eq!(ContentFormat::from_code(7), None);
     }

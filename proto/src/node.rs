@@ -296,8 +296,10 @@ mod tests {
             ),
             Err(ShapeError::Conflict { .. })
         ));
-        assert!(Node::Instance(Instance::new())
-            .check_level(&Lwm2mPath::object(3))
-            .is_err());
+        assert!(
+            Node::Instance(Instance::new())
+                .check_level(&Lwm2mPath::object(3))
+                .is_err()
+        );
     }
 }
