@@ -11,6 +11,7 @@
 //! The tokio drivers live in the `lwm2m-server` and `lwm2m-simulator` crates.
 #![warn(missing_docs)]
 
+pub mod bootstrap;
 pub mod coap;
 pub mod codec;
 pub mod content;
