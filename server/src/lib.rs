@@ -1,2 +1,9 @@
-//! The LwM2M Server and Bootstrap Server (tokio drivers). Not built yet: see the open issue for the servers.
+//! # lwm2m-server: the LwM2M Server and Bootstrap Server
+//!
+//! What it does today: the persistent stores (security credentials with unique PSK
+//! identities, bootstrap configurations by endpoint and by endpoint-name pattern).
+//! What it does not do yet: the tokio drivers, the REST API and events (see the open
+//! server issue).
 #![warn(missing_docs)]
+
+pub mod store;

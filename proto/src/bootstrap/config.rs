@@ -211,7 +211,10 @@ impl BootstrapConfig {
         }
         for (id, s) in &self.servers {
             let mut i = Instance::new();
-            i.insert(ResourceId(0), single(Value::Integer(s.short_server_id.into())));
+            i.insert(
+                ResourceId(0),
+                single(Value::Integer(s.short_server_id.into())),
+            );
             i.insert(ResourceId(1), single(Value::Integer(s.lifetime.into())));
             if let Some(p) = s.default_min_period {
                 i.insert(ResourceId(2), single(Value::Integer(p.into())));
@@ -219,7 +222,10 @@ impl BootstrapConfig {
             if let Some(p) = s.default_max_period {
                 i.insert(ResourceId(3), single(Value::Integer(p.into())));
             }
-            i.insert(ResourceId(6), single(Value::Boolean(s.notification_storing)));
+            i.insert(
+                ResourceId(6),
+                single(Value::Boolean(s.notification_storing)),
+            );
             i.insert(ResourceId(7), single(Value::String(s.binding.clone())));
             out.push((Lwm2mPath::instance(1, *id), Node::Instance(i)));
         }
@@ -232,7 +238,9 @@ impl BootstrapConfig {
                 ResourceValue::Multiple(
                     a.acl
                         .iter()
-                        .map(|(ssid, rights)| (ResourceInstanceId(*ssid), Value::Integer((*rights).into())))
+                        .map(|(ssid, rights)| {
+                            (ResourceInstanceId(*ssid), Value::Integer((*rights).into()))
+                        })
                         .collect(),
                 ),
             );
