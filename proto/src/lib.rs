@@ -18,6 +18,7 @@ pub mod content;
 pub mod ids;
 pub mod model;
 pub mod node;
+pub mod registration;
 pub mod registry;
 pub mod value;
 
