@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod bootstrap;
+pub mod client;
 pub mod coap;
 pub mod codec;
 pub mod content;
