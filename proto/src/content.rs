@@ -186,10 +186,7 @@ impl fmt::Display for Finding {
                 found,
             } => write!(f, "{path}: registry type is {expected}, found {found}"),
             Self::NonMinimalInteger { path, length } => {
-                write!(
-                    f,
-                    "{path}: integer in {length} bytes is not minimally encoded"
-                )
+                write!(f, "{path}: integer in {length} bytes is not minimally encoded")
             }
             Self::MultiplicityMismatch {
                 path,
@@ -615,10 +612,7 @@ mod tests {
             assert_eq!(ContentFormat::from_code(f.code()), Some(f));
             assert_eq!(ContentFormat::from_name(f.name()), Some(f));
         }
-        assert_eq!(
-            ContentFormat::from_code(1542).unwrap().canonical(),
-            ContentFormat::Tlv
-        );
+        assert_eq!(ContentFormat::from_code(1542).unwrap().canonical(), ContentFormat::Tlv);
         assert_eq!(ContentFormat::from_name("11542"), Some(ContentFormat::Tlv));
         assert_eq!(ContentFormat::from_code(7), None);
     }

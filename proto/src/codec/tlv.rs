@@ -268,10 +268,18 @@ pub fn decode(
                 0,
                 format!("empty payload where resource {target} is expected"),
             )),
-            [t] => Err(t.unexpected(&format!("where resource {target} is expected"))),
-            [_, t, ..] => Err(t.unexpected(&format!(
-                "follows another TLV where only resource {target} is expected"
-            ))),
+            [first, rest @ ..] => {
+                // After one resource TLV, anything more is wrong; otherwise the first
+                // TLV that is not a resource instance is.
+                let offending = if first.kind.is_resource() {
+                    rest.first()
+                } else {
+                    tlvs.iter().find(|t| t.kind != Kind::ResourceInstance)
+                };
+                Err(offending
+                    .unwrap_or(first)
+                    .unexpected(&format!("where only resource {target} is expected")))
+            }
         },
         Lwm2mPath::ResourceInstance(o, i, r, ri) => match tlvs.as_slice() {
             [t] if t.kind == Kind::ResourceInstance => {
@@ -678,5 +686,735 @@ fn value_bytes(v: &Value) -> Vec<u8> {
         Value::Opaque(bytes) => bytes.clone(),
         Value::Objlnk(l) => [l.object.to_be_bytes(), l.instance.to_be_bytes()].concat(),
         Value::None => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ObjectDef, Operations, ResourceDef};
+    use proptest::prelude::*;
+
+    /// A schema of a few hand-built object definitions.
+    struct Objects(Vec<ObjectDef>);
+
+    impl Schema for Objects {
+        fn resource(&self, object: ObjectId, resource: ResourceId) -> Option<&ResourceDef> {
+            self.0
+                .iter()
+                .find_map(|o| Schema::resource(o, object, resource))
+        }
+    }
+
+    fn object(id: u16, resources: &[(u16, DataType, bool)]) -> ObjectDef {
+        ObjectDef {
+            id: ObjectId(id),
+            name: format!("Object {id}"),
+            description: String::new(),
+            urn: format!("urn:oma:lwm2m:oma:{id}"),
+            version: "1.0".into(),
+            lwm2m_version: "1.0".into(),
+            multiple: true,
+            mandatory: false,
+            resources: resources
+                .iter()
+                .map(|&(r, data_type, multiple)| {
+                    let def = ResourceDef {
+                        id: ResourceId(r),
+                        name: format!("Resource {r}"),
+                        operations: Operations::RW,
+                        multiple,
+                        mandatory: false,
+                        data_type,
+                        range: String::new(),
+                        units: String::new(),
+                        description: String::new(),
+                    };
+                    (ResourceId(r), def)
+                })
+                .collect(),
+        }
+    }
+
+    /// The objects of the Core TS 1.0 §6.4.3 examples, with the types of their
+    /// definitions (Device, Server, Access Control, Location, Firmware Update, and the
+    /// example objects 65 and 66 of §6.4.3.3).
+    #[rustfmt::skip]
+    fn schema() -> Objects {
+        use DataType::*;
+        Objects(vec![
+            object(1, &[(0, Integer, false), (1, Integer, false), (2, Integer, false),
+                (3, Integer, false), (4, None, false), (5, Integer, false), (6, Boolean, false),
+                (7, String, false), (8, None, false)]),
+            object(2, &[(0, Integer, false), (1, Integer, false), (2, Integer, true),
+                (3, Integer, false)]),
+            object(3, &[(0, String, false), (1, String, false), (2, String, false),
+                (3, String, false), (4, None, false), (5, None, false), (6, Integer, true),
+                (7, Integer, true), (8, Integer, true), (9, Integer, false), (10, Integer, false),
+                (11, Integer, true), (12, None, false), (13, Time, false), (14, String, false),
+                (15, String, false), (16, String, false)]),
+            object(5, &[(0, Opaque, false), (1, String, false), (3, Integer, false)]),
+            object(6, &[(0, Float, false), (1, Float, false), (2, Float, false),
+                (5, Time, false), (6, Float, false)]),
+            object(65, &[(0, Objlnk, true), (1, String, false), (2, Integer, false)]),
+            object(66, &[(0, String, false), (1, String, false), (2, Objlnk, false)]),
+            object(9000, &TYPES.iter().enumerate().flat_map(|(k, &ty)| {
+                let r = 2 * k as u16;
+                [(r, ty, false), (r + 1, ty, true)]
+            }).collect::<Vec<_>>()),
+        ])
+    }
+
+    /// Every data type; in object 9000 resource `2k` is a single and `2k+1` a multiple
+    /// resource of `TYPES[k]`.
+    const TYPES: [DataType; 10] = [
+        DataType::String,
+        DataType::Integer,
+        DataType::UnsignedInteger,
+        DataType::Float,
+        DataType::Boolean,
+        DataType::Opaque,
+        DataType::Time,
+        DataType::Objlnk,
+        DataType::Corelnk,
+        DataType::None,
+    ];
+
+    fn bytes(s: &str) -> Vec<u8> {
+        hex::decode(s.split_whitespace().collect::<String>()).unwrap()
+    }
+
+    fn path(s: &str) -> Lwm2mPath {
+        s.parse().unwrap()
+    }
+
+    fn dec(payload: &[u8], target: &str) -> Result<(Node, Vec<Finding>), CodecError> {
+        let mut findings = Vec::new();
+        let node = decode(payload, &path(target), &schema(), &mut findings)?;
+        Ok((node, findings))
+    }
+
+    fn enc(target: &str, node: &Node) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(&path(target), node, &mut out).unwrap();
+        out
+    }
+
+    fn single(v: Value) -> ResourceValue {
+        ResourceValue::Single(v)
+    }
+
+    fn multiple(values: &[(u16, Value)]) -> ResourceValue {
+        ResourceValue::Multiple(
+            values
+                .iter()
+                .map(|(ri, v)| (ResourceInstanceId(*ri), v.clone()))
+                .collect(),
+        )
+    }
+
+    fn instance(resources: Vec<(u16, ResourceValue)>) -> Instance {
+        resources
+            .into_iter()
+            .map(|(r, v)| (ResourceId(r), v))
+            .collect()
+    }
+
+    fn string(s: &str) -> Value {
+        Value::String(s.into())
+    }
+
+    fn link(object: u16, instance: u16) -> Value {
+        Value::Objlnk(ObjectLink { object, instance })
+    }
+
+    /// Core TS 1.0 §6.4.3.1 (1.1 §7.4.3): Read on /3/0, the resources of the Device
+    /// object instance without an object instance TLV around them.
+    const DEVICE: &str = "C8 00 14 4F70656E204D6F62696C6520416C6C69616E6365
+        C8 01 16 4C69676874776569676874204D324D20436C69656E74
+        C8 02 09 333435303030313233
+        C3 03 312E30
+        86 06 4100 01 4101 05
+        88 07 08 4200 0ED8 4201 1388
+        87 08 4100 7D 4201 0384
+        C1 09 64
+        C1 0A 0F
+        83 0B 4100 00
+        C4 0D 5182428F
+        C6 0E 2B30323A3030
+        C1 10 55";
+
+    fn device() -> Instance {
+        use Value::Integer as I;
+        instance(vec![
+            (0, single(string("Open Mobile Alliance"))),
+            (1, single(string("Lightweight M2M Client"))),
+            (2, single(string("345000123"))),
+            (3, single(string("1.0"))),
+            (6, multiple(&[(0, I(1)), (1, I(5))])),
+            (7, multiple(&[(0, I(3800)), (1, I(5000))])),
+            (8, multiple(&[(0, I(125)), (1, I(900))])),
+            (9, single(I(100))),
+            (10, single(I(15))),
+            (11, multiple(&[(0, I(0))])),
+            (13, single(Value::Time(1_367_491_215))),
+            (14, single(string("+02:00"))),
+            (16, single(string("U"))),
+        ])
+    }
+
+    #[test]
+    fn device_instance_read() {
+        // Core TS 1.0 §6.4.3.1: GET /3/0.
+        let payload = bytes(DEVICE);
+        let (node, findings) = dec(&payload, "/3/0").unwrap();
+        assert_eq!(node, Node::Instance(device()));
+        assert_eq!(findings, []);
+        assert_eq!(enc("/3/0", &node), payload);
+    }
+
+    #[test]
+    fn device_instance_wrapped_in_an_object_instance_tlv() {
+        // Core TS 1.0 §6.4.3.2 A): the same instance inside an object instance TLV
+        // (08 00 79: object instance 0, 121 bytes), as a read on /3 returns it.
+        let payload = [bytes("08 00 79"), bytes(DEVICE)].concat();
+        let (node, findings) = dec(&payload, "/3/0").unwrap();
+        assert_eq!(node, Node::Instance(device()));
+        assert_eq!(findings, []);
+        let object = Node::Object([(InstanceId(0), device())].into());
+        assert_eq!(dec(&payload, "/3").unwrap().0, object);
+        assert_eq!(enc("/3", &object), payload);
+    }
+
+    #[test]
+    fn access_control_object_with_two_instances() {
+        // Core TS 1.0 §6.4.3.2 B): GET /2, two Access Control instances; the second ACL
+        // has instance 310, a 16-bit identifier (61 01 36 01).
+        let payload = bytes(
+            "08 00 0E C10001 C10100 8302 417F07 C1037F
+             08 02 12 C10003 C10100 8702 417F07 61013601 C1037F",
+        );
+        use Value::Integer as I;
+        let expected = Node::Object(
+            [
+                (
+                    InstanceId(0),
+                    instance(vec![
+                        (0, single(I(1))),
+                        (1, single(I(0))),
+                        (2, multiple(&[(127, I(7))])),
+                        (3, single(I(127))),
+                    ]),
+                ),
+                (
+                    InstanceId(2),
+                    instance(vec![
+                        (0, single(I(3))),
+                        (1, single(I(0))),
+                        (2, multiple(&[(127, I(7)), (310, I(1))])),
+                        (3, single(I(127))),
+                    ]),
+                ),
+            ]
+            .into(),
+        );
+        let (node, findings) = dec(&payload, "/2").unwrap();
+        assert_eq!(node, expected);
+        assert_eq!(findings, []);
+        assert_eq!(enc("/2", &node), payload);
+    }
+
+    #[test]
+    fn server_object_with_one_instance() {
+        // Core TS 1.0 §6.4.3.2 C): GET /1, one Server instance (lifetime 86400 in 4 bytes,
+        // notification storing true, binding "U").
+        let payload = bytes("08 00 0F C10001 C40100015180 C10601 C10755");
+        let expected = Node::Object(
+            [(
+                InstanceId(0),
+                instance(vec![
+                    (0, single(Value::Integer(1))),
+                    (1, single(Value::Integer(86400))),
+                    (6, single(Value::Boolean(true))),
+                    (7, single(string("U"))),
+                ]),
+            )]
+            .into(),
+        );
+        let (node, findings) = dec(&payload, "/1").unwrap();
+        assert_eq!(node, expected);
+        assert_eq!(findings, []);
+        assert_eq!(enc("/1", &node), payload);
+    }
+
+    #[test]
+    fn object_link_examples() {
+        // Core TS 1.0 §6.4.3.3, first example: GET /65/0, a multiple Objlnk resource.
+        let payload = bytes(
+            "88 00 0C 4400 00420000 4401 00420001
+             C8 01 0D 38363133383030373535353030
+             C4 02 12345678",
+        );
+        let expected = Node::Instance(instance(vec![
+            (0, multiple(&[(0, link(66, 0)), (1, link(66, 1))])),
+            (1, single(string("8613800755500"))),
+            (2, single(Value::Integer(0x1234_5678))),
+        ]));
+        let (node, findings) = dec(&payload, "/65/0").unwrap();
+        assert_eq!(node, expected);
+        assert_eq!(findings, []);
+        assert_eq!(enc("/65/0", &node), payload);
+
+        // Second example: GET /66, two instances, the second links to nothing (the null
+        // link 65535:65535).
+        let payload = bytes(
+            "08 00 26 C8000B 6D79536572766963652031 C8010F 496E7465726E65742E31352E323334
+                      C402 00430000
+             08 01 26 C8000B 6D79536572766963652032 C8010F 496E7465726E65742E31352E323335
+                      C402 FFFFFFFF",
+        );
+        let (node, findings) = dec(&payload, "/66").unwrap();
+        let Node::Object(instances) = &node else {
+            panic!("{node:?}")
+        };
+        assert_eq!(instances.len(), 2);
+        assert_eq!(
+            instances[&InstanceId(0)][&ResourceId(2)],
+            single(link(67, 0))
+        );
+        assert_eq!(
+            instances[&InstanceId(1)][&ResourceId(2)],
+            single(Value::Objlnk(ObjectLink::NULL))
+        );
+        assert_eq!(
+            instances[&InstanceId(1)][&ResourceId(1)],
+            single(string("Internet.15.235"))
+        );
+        assert_eq!(findings, []);
+        assert_eq!(enc("/66", &node), payload);
+    }
+
+    #[test]
+    fn resource_and_resource_instance_levels() {
+        // Core TS 1.0 §6.4.3.1: Available Power Sources read alone, as one multiple
+        // resource TLV; also accepted as bare resource instance TLVs.
+        let payload = bytes("86 06 4100 01 4101 05");
+        let expected = Node::Resource(multiple(&[(0, Value::Integer(1)), (1, Value::Integer(5))]));
+        let (node, findings) = dec(&payload, "/3/0/6").unwrap();
+        assert_eq!((&node, findings.as_slice()), (&expected, &[][..]));
+        assert_eq!(enc("/3/0/6", &node), payload);
+        assert_eq!(
+            dec(&bytes("4100 01 4101 05"), "/3/0/6").unwrap().0,
+            expected
+        );
+
+        let payload = bytes("C8 00 14 4F70656E204D6F62696C6520416C6C69616E6365");
+        let (node, _) = dec(&payload, "/3/0/0").unwrap();
+        assert_eq!(node, Node::Resource(single(string("Open Mobile Alliance"))));
+        assert_eq!(enc("/3/0/0", &node), payload);
+
+        let payload = bytes("4201 1388");
+        let (node, findings) = dec(&payload, "/3/0/7/1").unwrap();
+        assert_eq!(node, Node::ResourceInstance(Value::Integer(5000)));
+        assert_eq!(findings, []);
+        assert_eq!(enc("/3/0/7/1", &node), payload);
+
+        // An empty multiple resource (Error Code with no instance).
+        let node = Node::Resource(ResourceValue::Multiple(BTreeMap::new()));
+        assert_eq!(enc("/3/0/11", &node), bytes("80 0B"));
+        assert_eq!(dec(&bytes("80 0B"), "/3/0/11").unwrap().0, node);
+    }
+
+    #[test]
+    fn location_strings_from_pre_1_0_peers_are_kept_as_strings() {
+        // Latitude "45.5" in 4 ASCII bytes where LwM2M 1.0 wants a float: it would read
+        // as 1.7e-7; it is kept as the string and flagged.
+        let (node, findings) = dec(b"\xC4\x00\x34\x35\x2E\x35", "/6/0/0").unwrap();
+        assert_eq!(node, Node::Resource(single(string("45.5"))));
+        assert!(matches!(
+            &findings[..],
+            [Finding::TypeMismatch { expected: DataType::Float, found, .. }] if found.contains("45.5")
+        ));
+        // 8 bytes of text, and text of another length.
+        let (node, _) = dec(b"\xC8\x01\x08-73.9857", "/6/0/1").unwrap();
+        assert_eq!(node, Node::Resource(single(string("-73.9857"))));
+        let (node, findings) = dec(b"\xC5\x02120.5", "/6/0/2").unwrap();
+        assert_eq!(node, Node::Resource(single(string("120.5"))));
+        assert_eq!(findings.len(), 1);
+        // A 5-byte float that is not text stays opaque.
+        let (node, _) = dec(b"\xC5\x02\xff\x00\x01\x02\x03", "/6/0/2").unwrap();
+        assert_eq!(
+            node,
+            Node::Resource(single(Value::Opaque(vec![0xff, 0, 1, 2, 3])))
+        );
+        // Real floats, in 4 and 8 bytes.
+        let (node, findings) = dec(&bytes("C4 00 42360000"), "/6/0/0").unwrap();
+        assert_eq!(
+            (node, findings),
+            (Node::Resource(single(Value::Float(45.5))), vec![])
+        );
+        let (node, _) = dec(&bytes("C8 00 08 3FB999999999999A"), "/6/0/0").unwrap();
+        assert_eq!(node, Node::Resource(single(Value::Float(0.1))));
+    }
+
+    #[test]
+    fn values_that_do_not_fit_their_type_are_kept_and_flagged() {
+        let mismatch = |payload: &[u8], target: &str, kept: Value| {
+            let (node, findings) = dec(payload, target).unwrap();
+            assert_eq!(node, Node::Resource(single(kept)), "{target}");
+            assert!(
+                matches!(&findings[..], [Finding::TypeMismatch { path, .. }] if *path == self::path(target)),
+                "{target}: {findings:?}"
+            );
+        };
+        mismatch(
+            b"\xC3\x09\x00\x00\x64",
+            "/3/0/9",
+            Value::Opaque(vec![0, 0, 0x64]),
+        );
+        mismatch(b"\xC1\x06\x02", "/1/0/6", Value::Opaque(vec![2]));
+        mismatch(b"\xC2\x06\x00\x01", "/1/0/6", Value::Opaque(vec![0, 1]));
+        mismatch(
+            b"\xC2\x00\xC3\x28",
+            "/3/0/0",
+            Value::Opaque(vec![0xC3, 0x28]),
+        );
+        mismatch(
+            b"\xC3\x02\x00\x43\x00",
+            "/66/0/2",
+            Value::Opaque(vec![0, 0x43, 0]),
+        );
+        mismatch(b"\xC1\x04\x01", "/1/0/4", Value::Opaque(vec![1]));
+    }
+
+    #[test]
+    fn over_long_integers_are_accepted_and_flagged() {
+        // Battery level 100 in 8 bytes (Core TS 1.1 §7.4.3.1 allows 1, 2, 4 or 8).
+        let (node, findings) = dec(&bytes("C8 09 08 0000000000000064"), "/3/0/9").unwrap();
+        assert_eq!(node, Node::Resource(single(Value::Integer(100))));
+        assert_eq!(
+            findings,
+            [Finding::NonMinimalInteger {
+                path: path("/3/0/9"),
+                length: 8
+            }]
+        );
+        // -1 in 2 bytes.
+        let (node, findings) = dec(&bytes("C2 09 FFFF"), "/3/0/9").unwrap();
+        assert_eq!(node, Node::Resource(single(Value::Integer(-1))));
+        assert_eq!(findings.len(), 1);
+        // 128 needs 2 bytes: minimal.
+        let (_, findings) = dec(&bytes("C2 09 0080"), "/3/0/9").unwrap();
+        assert_eq!(findings, []);
+    }
+
+    #[test]
+    fn unknown_resources_stay_opaque() {
+        let mut findings = Vec::new();
+        let node = decode(
+            &bytes(DEVICE),
+            &path("/3/0"),
+            &crate::model::NoSchema,
+            &mut findings,
+        )
+        .unwrap();
+        let Node::Instance(inst) = node else { panic!() };
+        assert_eq!(inst[&ResourceId(9)], single(Value::Opaque(vec![100])));
+        assert_eq!(
+            inst[&ResourceId(6)],
+            multiple(&[(0, Value::Opaque(vec![1])), (1, Value::Opaque(vec![5]))])
+        );
+        // One finding per resource, not per resource instance.
+        assert_eq!(findings.len(), 13);
+        assert!(
+            findings
+                .iter()
+                .all(|f| matches!(f, Finding::UnknownResource { .. }))
+        );
+        let (_, findings) = dec(&bytes("C1 63 01"), "/3/0").unwrap();
+        assert_eq!(
+            findings,
+            [Finding::UnknownResource {
+                path: path("/3/0/99")
+            }]
+        );
+    }
+
+    #[test]
+    fn multiplicity_follows_the_wire_and_is_flagged() {
+        let (node, findings) = dec(&bytes("C1 06 01"), "/3/0/6").unwrap();
+        assert_eq!(node, Node::Resource(single(Value::Integer(1))));
+        assert_eq!(
+            findings,
+            [Finding::MultiplicityMismatch {
+                path: path("/3/0/6"),
+                expected_multiple: true
+            }]
+        );
+        let (node, findings) = dec(&bytes("83 09 41 00 64"), "/3/0").unwrap();
+        assert_eq!(
+            node,
+            Node::Instance(instance(vec![(9, multiple(&[(0, Value::Integer(100))]))]))
+        );
+        assert_eq!(
+            findings,
+            [Finding::MultiplicityMismatch {
+                path: path("/3/0/9"),
+                expected_multiple: false
+            }]
+        );
+    }
+
+    fn malformed_at(payload: &[u8], target: &str) -> (usize, String) {
+        match dec(payload, target) {
+            Err(CodecError::Malformed { offset, reason, .. }) => (offset, reason),
+            other => panic!("{target} {payload:02x?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_payloads_are_errors_with_offsets() {
+        // Truncated type/identifier/length/value.
+        assert_eq!(malformed_at(b"\xE8\x00", "/3/0").0, 0);
+        assert_eq!(malformed_at(b"\xC1\x00\x01\xD0\x05", "/3/0").0, 3);
+        assert_eq!(malformed_at(b"\xC1\x00\x01\xD8\x05\x00", "/3/0").0, 3);
+        let (offset, reason) = malformed_at(b"\xC8\x00\x14abc", "/3/0");
+        assert_eq!(offset, 0);
+        assert!(reason.contains("20 value bytes, only 3 remain"), "{reason}");
+        // Identifier 65535.
+        let (offset, reason) = malformed_at(b"\xC1\x00\x01\xE1\xFF\xFF\x01", "/3/0");
+        assert_eq!(offset, 3);
+        assert!(reason.contains("65535"));
+        // Nesting errors, with the offset of the nested TLV.
+        assert_eq!(malformed_at(b"\x41\x00\x01", "/3/0").0, 0);
+        assert_eq!(
+            malformed_at(b"\xC1\x00\x01\x83\x06\x08\x00\x00", "/3/0").0,
+            5
+        );
+        assert_eq!(malformed_at(b"\x08\x00\x03\x41\x00\x01", "/3").0, 3);
+        assert_eq!(malformed_at(b"\x08\x00\x03\x08\x00\x00", "/3").0, 3);
+        assert_eq!(malformed_at(b"\xC1\x00\x01", "/3").0, 0);
+        assert_eq!(malformed_at(b"\x08\x00\x00", "/3/0/0").0, 0);
+        assert_eq!(malformed_at(b"\xC1\x00\x01\xC1\x00\x01", "/3/0/0").0, 3);
+        assert_eq!(malformed_at(b"\x41\x00\x01\x08\x00\x00", "/3/0/6").0, 3);
+        assert_eq!(malformed_at(b"", "/3/0/0").0, 0);
+        assert_eq!(malformed_at(b"\xC1\x00\x01", "/3/0/6/0").0, 0);
+        // A wrapper in a wrapper is an object instance inside an instance.
+        assert_eq!(malformed_at(b"\x08\x00\x02\x00\x00", "/3/0").0, 3);
+    }
+
+    #[test]
+    fn payloads_that_do_not_fit_the_target() {
+        let shape = |payload: &[u8], target: &str| match dec(payload, target) {
+            Err(CodecError::Shape(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            shape(b"\x08\x01\x00", "/3/0"),
+            ShapeError::OutsideTarget {
+                target: path("/3/0"),
+                record: path("/3/1")
+            }
+        );
+        assert_eq!(
+            shape(b"\xC1\x01\x00", "/3/0/0"),
+            ShapeError::OutsideTarget {
+                target: path("/3/0/0"),
+                record: path("/3/0/1")
+            }
+        );
+        assert_eq!(
+            shape(b"\x41\x01\x00", "/3/0/6/0"),
+            ShapeError::OutsideTarget {
+                target: path("/3/0/6/0"),
+                record: path("/3/0/6/1")
+            }
+        );
+        assert_eq!(
+            shape(b"\xC1\x09\x01\xC1\x09\x02", "/3/0"),
+            ShapeError::Conflict {
+                path: path("/3/0/9")
+            }
+        );
+        assert_eq!(
+            shape(b"\x08\x00\x00\x08\x00\x00", "/3"),
+            ShapeError::Conflict { path: path("/3/0") }
+        );
+        assert_eq!(
+            shape(b"\x86\x06\x41\x00\x01\x41\x00\x02", "/3/0/6"),
+            ShapeError::Conflict {
+                path: path("/3/0/6/0")
+            }
+        );
+        assert!(matches!(
+            dec(b"", "/"),
+            Err(CodecError::Unsupported {
+                format: ContentFormat::Tlv,
+                ..
+            })
+        ));
+        let mut out = Vec::new();
+        let err = encode(
+            &path("/3/0"),
+            &Node::Resource(single(Value::None)),
+            &mut out,
+        );
+        assert!(matches!(
+            err,
+            Err(CodecError::Shape(ShapeError::LevelMismatch { .. }))
+        ));
+    }
+
+    #[test]
+    fn identifier_and_length_field_sizes() {
+        // 16-bit identifier, 3-bit length.
+        let node = Node::Resource(single(Value::Opaque(vec![7; 3])));
+        assert_eq!(enc("/5/0/300", &node), bytes("E3 012C 070707"));
+        // 8-, 16- and 24-bit length fields.
+        for (len, header) in [
+            (8, "C8 00 08"),
+            (300, "D0 00 012C"),
+            (70_000, "D8 00 011170"),
+        ] {
+            let node = Node::Resource(single(Value::Opaque(vec![0xAB; len])));
+            let out = enc("/5/0/0", &node);
+            assert_eq!(out[..out.len() - len], bytes(header)[..], "{len}");
+            let (back, findings) = dec(&out, "/5/0/0").unwrap();
+            assert_eq!((back, findings), (node, vec![]));
+        }
+        let mut out = Vec::new();
+        let too_long = Node::Resource(single(Value::Opaque(vec![0; MAX_LENGTH + 1])));
+        assert!(matches!(
+            encode(&path("/5/0/0"), &too_long, &mut out),
+            Err(CodecError::InvalidValue { .. })
+        ));
+        let reserved = Node::Instance(instance(vec![(MAX_ID, single(Value::Boolean(true)))]));
+        assert!(matches!(
+            encode(&path("/5/0"), &reserved, &mut out),
+            Err(CodecError::InvalidValue { .. })
+        ));
+    }
+
+    #[test]
+    fn value_encodings() {
+        let value = |v: Value| {
+            let out = enc("/9000/0/0", &Node::Resource(single(v)));
+            out[2 + usize::from((out[0] >> 3) & 0b11)..].to_vec()
+        };
+        assert_eq!(value(Value::Integer(127)), [0x7F]);
+        assert_eq!(value(Value::Integer(-129)), [0xFF, 0x7F]);
+        assert_eq!(value(Value::Integer(86400)), [0x00, 0x01, 0x51, 0x80]);
+        assert_eq!(value(Value::Integer(i64::MIN)).len(), 8);
+        assert_eq!(value(Value::UnsignedInteger(255)), [0xFF]);
+        assert_eq!(value(Value::UnsignedInteger(u64::MAX)), [0xFF; 8]);
+        assert_eq!(value(Value::Float(1.5)), [0x3F, 0xC0, 0, 0]);
+        assert_eq!(value(Value::Float(0.1)), 0.1f64.to_be_bytes());
+        // A float whose 4-byte form reads as decimal text goes out in 8 bytes.
+        let textlike = f64::from(f32::from_be_bytes(*b"45.5"));
+        assert_eq!(value(Value::Float(textlike)), textlike.to_be_bytes());
+        assert_eq!(value(Value::Boolean(true)), [1]);
+        assert_eq!(value(link(3, 0)), [0, 3, 0, 0]);
+        assert_eq!(value(Value::None), [0u8; 0]);
+    }
+
+    fn value_strategy(ty: DataType) -> BoxedStrategy<Value> {
+        match ty {
+            DataType::String => any::<String>().prop_map(Value::String).boxed(),
+            DataType::Corelnk => "(</[0-9]{1,5}(/[0-9]{1,5})?>,?){0,3}"
+                .prop_map(Value::Corelnk)
+                .boxed(),
+            DataType::Integer => any::<i64>().prop_map(Value::Integer).boxed(),
+            DataType::Time => any::<i64>().prop_map(Value::Time).boxed(),
+            DataType::UnsignedInteger => any::<u64>().prop_map(Value::UnsignedInteger).boxed(),
+            DataType::Float => prop_oneof![any::<f32>().prop_map(f64::from), any::<f64>(),]
+                .prop_filter("NaN is not equal to itself", |f| !f.is_nan())
+                .prop_map(Value::Float)
+                .boxed(),
+            DataType::Boolean => any::<bool>().prop_map(Value::Boolean).boxed(),
+            DataType::Opaque => prop::collection::vec(any::<u8>(), 0..300)
+                .prop_map(Value::Opaque)
+                .boxed(),
+            DataType::Objlnk => (any::<u16>(), any::<u16>())
+                .prop_map(|(object, instance)| link(object, instance))
+                .boxed(),
+            DataType::None => Just(Value::None).boxed(),
+        }
+    }
+
+    fn id() -> impl Strategy<Value = u16> {
+        prop_oneof![0u16..16, 0..MAX_ID]
+    }
+
+    /// A resource of object 9000 with a value of its type.
+    fn resource_strategy() -> impl Strategy<Value = (ResourceId, ResourceValue)> {
+        (0..TYPES.len(), any::<bool>()).prop_flat_map(|(k, is_multiple)| {
+            let r = ResourceId(2 * k as u16 + u16::from(is_multiple));
+            let value = value_strategy(TYPES[k]);
+            if is_multiple {
+                prop::collection::btree_map(id().prop_map(ResourceInstanceId), value, 0..4)
+                    .prop_map(move |m| (r, ResourceValue::Multiple(m)))
+                    .boxed()
+            } else {
+                value
+                    .prop_map(move |v| (r, ResourceValue::Single(v)))
+                    .boxed()
+            }
+        })
+    }
+
+    fn instance_strategy() -> impl Strategy<Value = Instance> {
+        prop::collection::vec(resource_strategy(), 0..6).prop_map(|rs| rs.into_iter().collect())
+    }
+
+    /// A node at some level of object 9000 and its path.
+    fn node_strategy() -> impl Strategy<Value = (Lwm2mPath, Node)> {
+        prop_oneof![
+            prop::collection::btree_map(id().prop_map(InstanceId), instance_strategy(), 0..3)
+                .prop_map(|m| (Lwm2mPath::object(9000), Node::Object(m))),
+            (id(), instance_strategy())
+                .prop_map(|(i, inst)| (Lwm2mPath::instance(9000, i), Node::Instance(inst))),
+            (id(), resource_strategy())
+                .prop_map(|(i, (r, v))| { (Lwm2mPath::resource(9000, i, r.0), Node::Resource(v)) }),
+            (id(), 0..TYPES.len(), id()).prop_flat_map(|(i, k, ri)| {
+                let p = Lwm2mPath::resource_instance(9000, i, 2 * k as u16 + 1, ri);
+                value_strategy(TYPES[k]).prop_map(move |v| (p, Node::ResourceInstance(v)))
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn decode_inverts_encode((target, node) in node_strategy()) {
+            let mut out = Vec::new();
+            encode(&target, &node, &mut out).unwrap();
+            let mut findings = Vec::new();
+            let back = decode(&out, &target, &schema(), &mut findings).unwrap();
+            prop_assert_eq!(back, node);
+            prop_assert_eq!(findings, vec![]);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(
+            payload in prop::collection::vec(any::<u8>(), 0..64),
+            target in prop::sample::select(vec!["/3", "/3/0", "/3/0/6", "/3/0/6/0", "/9000/1/5"]),
+        ) {
+            let _ = dec(&payload, target);
+            let _ = decode(&payload, &path(target), &crate::model::NoSchema, &mut Vec::new());
+        }
+
+        #[test]
+        fn mutated_examples_never_panic(
+            position in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut payload = [bytes("08 00 79"), bytes(DEVICE)].concat();
+            let at = position.index(payload.len());
+            payload[at] = byte;
+            payload.truncate(cut.index(payload.len() + 1).max(at));
+            for target in ["/3", "/3/0", "/3/0/6"] {
+                let _ = dec(&payload, target);
+            }
+        }
     }
 }
