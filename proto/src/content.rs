@@ -160,6 +160,15 @@ pub enum Finding {
         /// The length used.
         length: usize,
     },
+    /// A resource came as single where the registry declares it multiple, or the other
+    /// way round (TLV says which by its type bits, Core TS 1.1 §7.4.3); the value is kept
+    /// as the payload shaped it.
+    MultiplicityMismatch {
+        /// The resource.
+        path: Lwm2mPath,
+        /// True if the registry declares a multiple resource.
+        expected_multiple: bool,
+    },
     /// A pre-1.0 Content-Format number (1542, 1543) was used.
     LegacyContentFormat {
         /// The number.
@@ -180,6 +189,20 @@ impl fmt::Display for Finding {
                 write!(
                     f,
                     "{path}: integer in {length} bytes is not minimally encoded"
+                )
+            }
+            Self::MultiplicityMismatch {
+                path,
+                expected_multiple,
+            } => {
+                let (want, got) = if *expected_multiple {
+                    ("multiple", "single")
+                } else {
+                    ("single", "multiple")
+                };
+                write!(
+                    f,
+                    "{path}: registry declares a {want} resource, payload carried a {got} one"
                 )
             }
             Self::LegacyContentFormat { code } => {
