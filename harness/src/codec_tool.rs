@@ -1,6 +1,7 @@
 //! The codec tool: `decode` prints what a device sent, named from the registry, with every
 //! value that does not fit its registry type flagged; `encode` does the reverse from JSON.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
@@ -8,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use lwm2m_proto::content::{self, ContentFormat};
 use lwm2m_proto::registry::Registry;
-use lwm2m_proto::{DataType, Lwm2mPath, ObjectId, Record, Value};
+use lwm2m_proto::{DataType, Lwm2mPath, ObjectId, Record, Schema, Value};
 use serde_json::{Map, Value as Json, json};
 
 /// Arguments of `decode`.
@@ -22,8 +23,14 @@ pub struct DecodeArgs {
     /// payloads are decoded as a flat list (composite operations, Send).
     #[arg(long, short)]
     path: Option<Lwm2mPath>,
-    /// The payload: hex (spaces and colons allowed), @FILE for raw bytes, or - for raw stdin.
-    input: String,
+    /// Decode object O with its definition version V (repeatable), e.g. `3=1.0` or
+    /// `6=pre-1.0` for the April 2016 Location object; default: the newest loaded.
+    #[arg(long = "object-version", value_name = "O=V")]
+    object_versions: Vec<String>,
+    /// The payload: hex (several words, spaces and colons allowed), @FILE for raw bytes,
+    /// or - for raw stdin.
+    #[arg(required = true)]
+    input: Vec<String>,
 }
 
 /// Arguments of `encode`.
@@ -89,27 +96,43 @@ fn parse_hex_input(input: &str) -> anyhow::Result<Vec<u8>> {
 /// `decode`: prints the decoded nodes as JSON.
 pub fn decode(registry: &Registry, args: &DecodeArgs) -> anyhow::Result<()> {
     let format = parse_format(&args.format)?;
-    let bytes = parse_hex_input(&args.input)?;
-    let out = decode_to_json(registry, format, args.path.as_ref(), &bytes)?;
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    let bytes = parse_hex_input(&args.input.join(" "))?;
+    let mut versions = BTreeMap::new();
+    for spec in &args.object_versions {
+        let (o, v) = spec
+            .split_once('=')
+            .and_then(|(o, v)| Some((ObjectId(o.parse().ok()?), v.to_owned())))
+            .with_context(|| format!("--object-version {spec:?} is not OBJECT=VERSION"))?;
+        if registry.object_version(o, &v).is_none() {
+            bail!(
+                "object {o} has no version {v:?} in the registry (loaded: {})",
+                registry.versions(o).join(", ")
+            );
+        }
+        versions.insert(o, v);
+    }
+    let schema = registry.with_versions(&versions);
+    let out = decode_to_json(registry, &schema, format, args.path.as_ref(), &bytes)?;
+    writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&out)?)?;
     Ok(())
 }
 
 /// Decodes `bytes` into the JSON document `decode` prints.
 pub fn decode_to_json(
     registry: &Registry,
+    schema: &dyn Schema,
     format: ContentFormat,
     path: Option<&Lwm2mPath>,
     bytes: &[u8],
 ) -> anyhow::Result<Json> {
     let (records, findings) = match path {
         Some(path) => {
-            let d = content::decode(format, bytes, path, registry)
+            let d = content::decode(format, bytes, path, schema)
                 .with_context(|| format!("decoding {} bytes as {format} at {path}", bytes.len()))?;
             (d.content.to_records(path), d.findings)
         }
         None => {
-            let d = content::decode_records(format, bytes, registry).with_context(|| {
+            let d = content::decode_records(format, bytes, schema).with_context(|| {
                 format!(
                     "decoding {} bytes as a {format} list (give --path for a single target)",
                     bytes.len()
@@ -133,7 +156,7 @@ pub fn decode_to_json(
             if let Some(obj) = r.path.object_id().and_then(|o| registry.object(o)) {
                 m.insert("object".into(), json!(obj.name));
             }
-            if let Some(def) = content::resource_def(registry, &r.path) {
+            if let Some(def) = content::resource_def(schema, &r.path) {
                 m.insert("resource".into(), json!(def.name));
                 if !def.units.is_empty() {
                     m.insert("units".into(), json!(def.units));
@@ -286,7 +309,13 @@ pub fn objects(registry: &Registry, id: Option<u16>) -> anyhow::Result<()> {
                 "{:>6}  {:<8} {:<6} {:<9} name",
                 "id", "version", "lwm2m", "instances"
             )?;
-            for o in registry.objects() {
+            let all = registry.objects().flat_map(|o| {
+                registry
+                    .versions(o.id)
+                    .into_iter()
+                    .filter_map(move |v| registry.object_version(o.id, v))
+            });
+            for o in all {
                 writeln!(
                     out,
                     "{:>6}  {:<8} {:<6} {:<9} {}",
