@@ -8,9 +8,10 @@
 //! - the Register / Update payload: [`RegistrationLinks`] (Core TS 1.0 §5.3.1, Core TS 1.1
 //!   §6.2.1): the alternate path, the supported content formats and the object instances;
 //! - notification attributes and Discover: [`Attributes`] (Core TS 1.1 §5.1.2),
-//!   [`AttributeUpdate`] for the Uri-Query of Write-Attributes (Core TS 1.1 §6.3.4) and
-//!   [`DiscoverEntry`] with [`discover_links`] / [`parse_discover`] for Discover and
-//!   Bootstrap-Discover responses (Core TS 1.1 §6.3.2, §6.1.7.3).
+//!   [`AttributeUpdate`] for the Uri-Query of Write-Attributes (Core TS 1.1 §6.3,
+//!   "Write-Attributes") and [`DiscoverEntry`] with [`discover_links`] / [`parse_discover`]
+//!   for Discover and Bootstrap-Discover responses (Core TS 1.1 §6.3 "Discover", §6.1
+//!   "Bootstrap-Discover").
 //!
 //! Parsing never panics; syntax errors carry the byte offset.
 
@@ -539,21 +540,13 @@ impl Attributes {
         }
     }
 
-    /// Checks the rules of Core TS 1.1 §5.1.2: `pmax >= pmin` and `epmax >= epmin` when
-    /// both are set; `st >= 0`; thresholds finite; and when `lt` and `gt` are both set,
-    /// `lt < gt` and `lt + 2*st < gt`.
+    /// Checks the "Change Value Conditions" of Core TS 1.1 §5.1.2: when `lt` and `gt` are
+    /// both set, `lt < gt` and `lt + 2*st < gt` (a Write-Attributes request that breaks them
+    /// MUST be rejected). Also rejects non-finite thresholds and a negative step, which no
+    /// rule allows. `pmax < pmin` is not an error: pmax is then ignored
+    /// ([`Attributes::effective_pmax`]).
     pub fn validate(&self) -> Result<(), AttributeError> {
         let fail = |rule: String| Err(AttributeError::Inconsistent { rule });
-        if let (Some(pmin), Some(pmax)) = (self.pmin, self.pmax)
-            && pmax < pmin
-        {
-            return fail(format!("pmax={pmax} is below pmin={pmin}"));
-        }
-        if let (Some(epmin), Some(epmax)) = (self.epmin, self.epmax)
-            && epmax < epmin
-        {
-            return fail(format!("epmax={epmax} is below epmin={epmin}"));
-        }
         for (name, v) in [("gt", self.gt), ("lt", self.lt), ("st", self.st)] {
             if v.is_some_and(|v| !v.is_finite()) {
                 return fail(format!("{name} is not a finite number"));
@@ -579,6 +572,13 @@ impl Attributes {
         Ok(())
     }
 
+    /// The Maximum Period that applies: `pmax`, unless it is smaller than `pmin`, in which
+    /// case it MUST be ignored (Core TS 1.1 §5.1.2).
+    pub fn effective_pmax(&self) -> Option<u32> {
+        self.pmax
+            .filter(|pmax| self.pmin.is_none_or(|pmin| *pmax >= pmin))
+    }
+
     /// The set attributes as link parameters, in [`AttributeName::ALL`] order.
     pub fn to_params(&self) -> Vec<LinkParam> {
         AttributeName::ALL
@@ -588,8 +588,9 @@ impl Attributes {
     }
 }
 
-/// The attribute changes of one Write-Attributes request (Core TS 1.1 §6.3.4): values to
-/// set, and attributes given without a value, which removes them (`?pmin`).
+/// The attribute changes of one Write-Attributes request (Core TS 1.1 §6.3,
+/// "Write-Attributes"): values to set, and attributes given without a value, which removes
+/// them (`?pmin`, as Leshan and the ETS clients send it).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AttributeUpdate {
     /// Attributes given with a value.
@@ -634,22 +635,23 @@ impl AttributeUpdate {
             .collect()
     }
 
-    /// The attributes after applying this update to `current`, checked with
-    /// [`Attributes::validate`].
-    pub fn apply(&self, current: &Attributes) -> Result<Attributes, AttributeError> {
+    /// The attributes after applying this update to `current`. The result is not
+    /// validated: Core TS 1.1 §5.1.2 rejects only rule violations within one request
+    /// (checked by [`AttributeUpdate::from_query`]); call [`Attributes::validate`] for a
+    /// stricter policy.
+    pub fn apply(&self, current: &Attributes) -> Attributes {
         let mut next = self.set.inherit(current);
         for a in &self.unset {
             next.clear(*a);
         }
-        next.validate()?;
-        Ok(next)
+        next
     }
 }
 
 // ---------------------------------------------------------------------------------------
 // Discover
 
-/// One link of a Discover or Bootstrap-Discover response (Core TS 1.1 §6.3.2, §6.1.7.3):
+/// One link of a Discover or Bootstrap-Discover response (Core TS 1.1 §6.3, §6.1):
 /// a path with its properties and notification attributes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DiscoverEntry {
@@ -749,7 +751,7 @@ impl DiscoverEntry {
     }
 }
 
-/// Formats a Discover response (Core TS 1.1 §6.3.2), e.g.
+/// Formats a Discover response (Core TS 1.1 §6.3, "Discover"), e.g.
 /// `</3/0>;pmin=10,</3/0/1>,</3/0/7>;dim=2;gt=50`.
 pub fn discover_links(entries: &[DiscoverEntry]) -> String {
     let links: Vec<Link> = entries.iter().map(DiscoverEntry::to_link).collect();
@@ -1151,8 +1153,8 @@ mod tests {
         assert!(notes[0].to_string().contains("not a content format"));
     }
 
-    /// Core TS 1.1 §6.3.2 Discover examples: on an object with attributes at the object
-    /// level and `dim` on multiple resources, and on one resource.
+    /// Core TS 1.0 §5.4.2 / 1.1 §6.3 Discover examples: an object with attributes at the
+    /// object level and `dim` on multiple resources, and single resources.
     #[test]
     fn discover_examples() {
         let s = "</3>;pmin=10,</3/0/1>,</3/0/2>,</3/0/3>,</3/0/4>,</3/0/6>;dim=8,\
@@ -1196,7 +1198,7 @@ mod tests {
         assert_eq!(discover_links(&e), s);
     }
 
-    /// Core TS 1.1 §6.1.7.3 Bootstrap-Discover: the root link with `lwm2m`, `ssid` and
+    /// Core TS 1.1 §6.1 Bootstrap-Discover: the root link with `lwm2m`, `ssid` and
     /// `uri` on Security and Server instances.
     #[test]
     fn bootstrap_discover_example() {
@@ -1234,7 +1236,7 @@ mod tests {
         }
     }
 
-    /// Core TS 1.1 §6.3.4 Write-Attributes: `PUT /3/0/9?pmin=10&pmax=60&gt=50&lt=20.5&st=5`,
+    /// Core TS 1.1 §6.3 Write-Attributes: `PUT /3/0/9?pmin=10&pmax=60&gt=50&lt=20.5&st=5`,
     /// and a name without a value removes the attribute (`PUT /3/0/9?pmin`).
     #[test]
     fn write_attributes_queries() {
@@ -1257,32 +1259,32 @@ mod tests {
         );
         assert_eq!(AttributeUpdate::from_query(&u.to_query()).unwrap(), u);
 
-        let current = u.apply(&Attributes::default()).unwrap();
+        let current = u.apply(&Attributes::default());
         let unset = AttributeUpdate::from_query(&["pmin", "epmin=1", "epmax=20"]).unwrap();
         assert_eq!(unset.unset, BTreeSet::from([AttributeName::Pmin]));
-        let next = unset.apply(&current).unwrap();
+        let next = unset.apply(&current);
         assert_eq!(next.pmin, None);
         assert_eq!(next.pmax, Some(60));
         assert_eq!(next.epmax, Some(20));
         assert_eq!(unset.to_query(), vec!["epmin=1", "epmax=20", "pmin"]);
-        // Changing lt alone can break the rule against the current gt.
+        // Changing lt alone is accepted; the merged set breaks the rule, which only a
+        // stricter policy rejects.
         let lower = AttributeUpdate::from_query(&["lt=45"]).unwrap();
         assert!(matches!(
-            lower.apply(&current),
+            lower.apply(&current).validate(),
             Err(AttributeError::Inconsistent { .. })
         ));
     }
 
     #[test]
     fn write_attributes_errors() {
-        let cases: [(&[&str], &str); 10] = [
+        let cases: [(&[&str], &str); 9] = [
             (&["dim=3"], "not a writable"),
             (&["foo=1"], "not a writable"),
             (&["pmin=1", "pmin=2"], "twice"),
             (&["pmin=1.5"], "expected seconds"),
             (&["pmin=+1"], "expected seconds"),
             (&["gt=NaN"], "finite"),
-            (&["pmin=20", "pmax=10"], "pmax=10 is below pmin=20"),
             (&["gt=5", "lt=10"], "lt=10 must be below gt=5"),
             (
                 &["gt=10", "lt=5", "st=3"],
@@ -1294,7 +1296,11 @@ mod tests {
             let err = AttributeUpdate::from_query(q).unwrap_err();
             assert!(err.to_string().contains(want), "{q:?}: {err}");
         }
-        assert!(AttributeUpdate::from_query(&["epmin=5", "epmax=1"]).is_err());
+        // pmax below pmin is accepted and then ignored (Core TS 1.1 §5.1.2).
+        let u = AttributeUpdate::from_query(&["pmin=20", "pmax=10"]).unwrap();
+        assert_eq!(u.set.effective_pmax(), None);
+        let u = AttributeUpdate::from_query(&["pmin=20", "pmax=30"]).unwrap();
+        assert_eq!(u.set.effective_pmax(), Some(30));
         // Equal periods and a step that just fits are valid.
         assert!(AttributeUpdate::from_query(&["pmin=5", "pmax=5", "lt=1", "gt=6", "st=2"]).is_ok());
     }
