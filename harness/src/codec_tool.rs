@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use lwm2m_proto::codec::link;
 use lwm2m_proto::content::{self, ContentFormat};
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::{DataType, Lwm2mPath, ObjectId, Record, Schema, Value};
@@ -125,6 +126,9 @@ pub fn decode_to_json(
     path: Option<&Lwm2mPath>,
     bytes: &[u8],
 ) -> anyhow::Result<Json> {
+    if format == ContentFormat::LinkFormat {
+        return link_to_json(registry, bytes);
+    }
     let (records, findings) = match path {
         Some(path) => {
             let d = content::decode(format, bytes, path, schema)
@@ -193,6 +197,52 @@ pub fn decode_to_json(
         "bytes": bytes.len(),
         "nodes": nodes,
         "findings": findings,
+    }))
+}
+
+/// A link-format payload (registration, Discover) as JSON, with object names.
+fn link_to_json(registry: &Registry, bytes: &[u8]) -> anyhow::Result<Json> {
+    let links = link::parse_link_payload(bytes).context("decoding a link-format payload")?;
+    let links: Vec<Json> = links
+        .iter()
+        .map(|l| {
+            let mut m = Map::new();
+            m.insert("target".into(), json!(l.target));
+            let name = l
+                .target
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .parse::<Lwm2mPath>()
+                .ok()
+                .and_then(|p| {
+                    let o = registry.object(p.object_id()?)?;
+                    Some(match content::resource_def(registry, &p) {
+                        Some(r) => format!("{} / {}", o.name, r.name),
+                        None => o.name.clone(),
+                    })
+                });
+            if let Some(name) = name {
+                m.insert("name".into(), json!(name));
+            }
+            let params: Map<String, Json> = l
+                .params
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        p.value.clone().map_or(Json::Bool(true), Json::String),
+                    )
+                })
+                .collect();
+            m.insert("params".into(), Json::Object(params));
+            Json::Object(m)
+        })
+        .collect();
+    Ok(json!({
+        "format": ContentFormat::LinkFormat.name(),
+        "content_format": ContentFormat::LinkFormat.code(),
+        "bytes": bytes.len(),
+        "links": links,
     }))
 }
 
