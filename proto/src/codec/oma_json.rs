@@ -5,8 +5,8 @@
 //! `bt` (base time) are optional and apply to every entry; an entry has a name `n`
 //! (relative to `bn`), an optional time `t` (relative to `bt`) and at most one value:
 //! `v` (number: Integer, Float, Time), `sv` (string), `bv` (boolean) or `ov` (object link
-//! `"O:I"`). The 1.0 data type table carries Opaque values as base64 text in `sv`: they
-//! decode as opaque when the schema says the resource is Opaque, else as a string.
+//! `"O:I"`). Opaque values travel as base64 text in `sv`: they decode as opaque when the
+//! schema says the resource is Opaque (and the text is base64), else as a string.
 //! Names, times and value typing follow the shared SenML rules of [`super::senml`].
 //!
 //! Encoding: `bn` is the target path with a trailing slash (`"/3/0/"`, `"/"` for the
