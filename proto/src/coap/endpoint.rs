@@ -1,0 +1,634 @@
+//! The [`Endpoint`] state machine: message layer (RFC 7252 §4), timers and bookkeeping shared
+//! by the client side (`client.rs`) and the server side (`server.rs`).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::Hash;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use coap_lite::{MessageClass, MessageType};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::client::Exchange;
+use super::message::{self, BlockOption, empty};
+use super::server::{Download, Observation, Upload};
+use super::{Config, Counters, Event, ObservationId, RequestId, Transmit};
+
+/// A peer and a message ID: the scope of deduplication and of ACK/RST matching
+/// (RFC 7252 §4.4).
+pub(super) type MessageKey = (SocketAddr, u16);
+
+/// A token (RFC 7252 §5.3.1), at most 8 bytes, stored inline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub(super) struct Token {
+    len: u8,
+    bytes: [u8; 8],
+}
+
+impl Token {
+    /// `None` when longer than 8 bytes.
+    pub(super) fn new(slice: &[u8]) -> Option<Token> {
+        let mut bytes = [0; 8];
+        bytes.get_mut(..slice.len())?.copy_from_slice(slice);
+        Some(Token {
+            len: slice.len() as u8,
+            bytes,
+        })
+    }
+
+    pub(super) fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len.min(8))]
+    }
+}
+
+/// Who is waiting for the acknowledgement of a message this endpoint sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Owner {
+    /// A request (or one block of it) of an exchange.
+    Request(RequestId),
+    /// A separate response (RFC 7252 §5.2.2).
+    Response,
+    /// A notification (RFC 7641 §4.5).
+    Notification(ObservationId),
+}
+
+/// Retransmission state of a confirmable message (RFC 7252 §4.2).
+#[derive(Debug, Clone)]
+pub(super) struct Retransmit {
+    pub(super) bytes: Vec<u8>,
+    /// Transmissions so far, the first included.
+    pub(super) transmissions: u32,
+    pub(super) timeout: Duration,
+    pub(super) next_at: Instant,
+}
+
+/// A message this endpoint sent that the peer may acknowledge or reset.
+#[derive(Debug)]
+pub(super) struct Sent {
+    pub(super) owner: Owner,
+    /// `None` for a non-confirmable message (kept only to match a Reset, RFC 7252 §4.3).
+    pub(super) retransmit: Option<Retransmit>,
+}
+
+/// What was answered to an incoming confirmable or non-confirmable message, for duplicates
+/// (RFC 7252 §4.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Reply {
+    /// Nothing to repeat (non-confirmable, or nothing sent).
+    Nothing,
+    /// A request not yet answered; an empty ACK goes out at `ack_at` unless the response is
+    /// piggybacked before (RFC 7252 §5.2.2).
+    Pending { serial: u64, ack_at: Instant },
+    /// The ACK or RST that was sent, to send again for each duplicate.
+    Cached(Vec<u8>),
+}
+
+/// Timers kept in the heap; an entry is stale (and skipped) when the state it refers to no
+/// longer has that deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Timer {
+    /// Retransmit or give up a confirmable message (RFC 7252 §4.2).
+    Retransmit(SocketAddr, u16),
+    /// Stop waiting for a response (RFC 7252 §5.2.2, §5.2.3).
+    Response(RequestId),
+    /// Send an empty ACK for an unanswered request (RFC 7252 §5.2.2).
+    Ack(SocketAddr, u16),
+}
+
+/// A map whose entries expire, with a capacity: the oldest entry is evicted first.
+#[derive(Debug)]
+pub(super) struct Expiring<K, V> {
+    map: HashMap<K, (Instant, V)>,
+    order: VecDeque<(Instant, K)>,
+    capacity: usize,
+}
+
+impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
+    pub(super) fn new(capacity: usize) -> Self {
+        Expiring {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub(super) fn insert(&mut self, key: K, value: V, expires: Instant) {
+        while self.map.len() >= self.capacity && !self.map.contains_key(&key) {
+            let Some((at, old)) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.get(&old).is_some_and(|(e, _)| *e == at) {
+                self.map.remove(&old);
+            }
+        }
+        self.order.push_back((expires, key.clone()));
+        self.map.insert(key, (expires, value));
+    }
+
+    /// The live entry for `key`.
+    pub(super) fn get_mut(&mut self, now: Instant, key: &K) -> Option<&mut V> {
+        self.map
+            .get_mut(key)
+            .filter(|(e, _)| *e > now)
+            .map(|(_, v)| v)
+    }
+
+    /// The entry for `key`, live or not yet swept.
+    pub(super) fn peek(&self, key: &K) -> Option<&V> {
+        self.map.get(key).map(|(_, v)| v)
+    }
+
+    /// Moves the expiry of a live entry.
+    pub(super) fn touch(&mut self, key: &K, expires: Instant) {
+        if let Some((e, _)) = self.map.get_mut(key) {
+            *e = expires;
+            self.order.push_back((expires, key.clone()));
+        }
+    }
+
+    pub(super) fn remove(&mut self, key: &K) -> Option<V> {
+        self.map.remove(key).map(|(_, v)| v)
+    }
+
+    pub(super) fn expire(&mut self, now: Instant) {
+        while let Some((at, key)) = self.order.front() {
+            if *at > now {
+                break;
+            }
+            if self.map.get(key).is_some_and(|(e, _)| e == at) {
+                self.map.remove(key);
+            }
+            self.order.pop_front();
+        }
+    }
+
+    pub(super) fn next_expiry(&self) -> Option<Instant> {
+        self.order.front().map(|(at, _)| *at)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// Per-peer state of the message layer.
+#[derive(Debug)]
+pub(super) struct PeerState {
+    /// Next message ID to use (RFC 7252 §4.4), started at random.
+    next_mid: u16,
+    /// Requests holding an NSTART slot (RFC 7252 §4.7).
+    pub(super) active: usize,
+    /// Requests waiting for a slot, in order.
+    pub(super) queue: VecDeque<RequestId>,
+    last_used: Instant,
+}
+
+/// A CoAP endpoint: one local UDP socket's worth of protocol state, serving any number of
+/// peers in both the client and the server role. See the [module documentation](super).
+///
+/// Drive it with [`handle_datagram`](Self::handle_datagram) and
+/// [`handle_timeout`](Self::handle_timeout); after each call drain
+/// [`poll_transmit`](Self::poll_transmit) and [`poll_event`](Self::poll_event) and re-arm the
+/// timer with [`poll_timeout`](Self::poll_timeout).
+#[derive(Debug)]
+pub struct Endpoint {
+    pub(super) config: Config,
+    pub(super) rng: ChaCha8Rng,
+    /// Preferred block SZX (RFC 7959 §2.2) from [`Config::preferred_block_size`].
+    pub(super) szx: u8,
+    pub(super) peers: HashMap<SocketAddr, PeerState>,
+    next_peer_sweep: Option<Instant>,
+    pub(super) sent: HashMap<MessageKey, Sent>,
+    pub(super) seen: Expiring<MessageKey, Reply>,
+    pub(super) timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    pub(super) exchanges: HashMap<RequestId, Exchange>,
+    pub(super) tokens: HashMap<(SocketAddr, Token), RequestId>,
+    pub(super) next_id: u64,
+    pub(super) observations: HashMap<ObservationId, Observation>,
+    pub(super) observation_tokens: HashMap<(SocketAddr, Token), ObservationId>,
+    pub(super) uploads: Expiring<(SocketAddr, Vec<u8>), Upload>,
+    pub(super) downloads: Expiring<(SocketAddr, Vec<u8>), Download>,
+    transmits: VecDeque<Transmit>,
+    pub(super) events: VecDeque<Event>,
+    pub(super) counters: Counters,
+}
+
+impl Endpoint {
+    /// Creates an endpoint. Out-of-range configuration values are clamped: `nstart` and
+    /// `ack_random_factor` to at least 1, `token_length` to 1..=8, `max_message_size` to at
+    /// least 64, `preferred_block_size` to a power of two in 16..=1024.
+    pub fn new(mut config: Config) -> Endpoint {
+        config.nstart = config.nstart.max(1);
+        config.token_length = config.token_length.clamp(1, 8);
+        config.max_message_size = config.max_message_size.max(64);
+        if config.ack_random_factor.is_nan() || config.ack_random_factor < 1.0 {
+            config.ack_random_factor = 1.0;
+        }
+        let szx = BlockOption::szx_for(config.preferred_block_size);
+        config.preferred_block_size = 16 << szx;
+        Endpoint {
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            szx,
+            peers: HashMap::new(),
+            next_peer_sweep: None,
+            sent: HashMap::new(),
+            seen: Expiring::new(config.dedup_capacity),
+            timers: BinaryHeap::new(),
+            exchanges: HashMap::new(),
+            tokens: HashMap::new(),
+            next_id: 0,
+            observations: HashMap::new(),
+            observation_tokens: HashMap::new(),
+            uploads: Expiring::new(config.block_cache_capacity),
+            downloads: Expiring::new(config.block_cache_capacity),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+            config,
+        }
+    }
+
+    /// The configuration in use (after clamping).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Traffic counters since creation.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Next datagram to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// Next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called; `None` when
+    /// nothing is scheduled. Calling it earlier is harmless.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((at, timer))) = self.timers.peek() {
+            if self.timer_is_live(at, timer) {
+                break;
+            }
+            self.timers.pop();
+        }
+        [
+            self.timers.peek().map(|Reverse((at, _))| *at),
+            self.seen.next_expiry(),
+            self.uploads.next_expiry(),
+            self.downloads.next_expiry(),
+            self.next_peer_sweep,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Runs everything due at `now`: retransmissions and give-ups (RFC 7252 §4.2), empty
+    /// ACKs for requests not answered in time (§5.2.2), response time-outs, and expiry of
+    /// deduplication and block-wise state.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((at, timer))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match timer {
+                Timer::Retransmit(peer, mid) => self.on_retransmit_timer(now, at, peer, mid),
+                Timer::Response(id) => self.on_response_timer(now, at, id),
+                Timer::Ack(peer, mid) => self.on_ack_timer(now, at, peer, mid),
+            }
+        }
+        self.seen.expire(now);
+        self.uploads.expire(now);
+        self.downloads.expire(now);
+        if self.next_peer_sweep.is_some_and(|at| at <= now) {
+            self.sweep_peers(now);
+        }
+    }
+
+    /// Processes one datagram received from `peer` at `now`. Never panics, whatever the
+    /// bytes; invalid ones produce [`Event::Malformed`] (and a Reset for a confirmable
+    /// message with a readable header, RFC 7252 §4.2).
+    pub fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+        self.counters.datagrams_in += 1;
+        self.counters.bytes_in += bytes.len() as u64;
+        let packet = match message::decode(bytes) {
+            Ok(packet) => packet,
+            Err(error) => {
+                if let Some(mid) = error.reject {
+                    self.send_reset(peer, mid);
+                }
+                self.malformed(peer, error.reason);
+                return;
+            }
+        };
+        let mid = packet.header.message_id;
+        let is_empty = packet.header.code == MessageClass::Empty;
+        match packet.header.get_type() {
+            MessageType::Acknowledgement => {
+                if message::is_request(&packet) {
+                    self.malformed(peer, "ACK carrying a request (RFC 7252 §4.2)".into());
+                } else {
+                    self.on_ack(now, peer, packet);
+                }
+            }
+            MessageType::Reset => {
+                if is_empty {
+                    self.on_reset(now, peer, mid);
+                } else {
+                    self.malformed(peer, "Reset that is not Empty (RFC 7252 §4.2)".into());
+                }
+            }
+            MessageType::Confirmable | MessageType::NonConfirmable => {
+                let confirmable = packet.header.get_type() == MessageType::Confirmable;
+                if is_empty {
+                    if confirmable {
+                        // CoAP ping (RFC 7252 §4.3): answered with a Reset.
+                        self.send_reset(peer, mid);
+                    } else {
+                        self.malformed(
+                            peer,
+                            "Empty non-confirmable message (RFC 7252 §4.3)".into(),
+                        );
+                    }
+                    return;
+                }
+                if let Some(reply) = self.seen.get_mut(now, &(peer, mid)) {
+                    // A duplicate (RFC 7252 §4.5): repeat the ACK or RST, never a second event.
+                    self.counters.duplicates += 1;
+                    let resend = match reply {
+                        Reply::Cached(bytes) if confirmable => Some(bytes.clone()),
+                        Reply::Pending { .. } if confirmable => {
+                            let ack = encode_empty(MessageType::Acknowledgement, mid);
+                            *reply = Reply::Cached(ack.clone());
+                            Some(ack)
+                        }
+                        _ => None,
+                    };
+                    if let Some(bytes) = resend {
+                        self.transmit(peer, bytes);
+                    }
+                    return;
+                }
+                let lifetime = if confirmable {
+                    self.config.exchange_lifetime
+                } else {
+                    self.config.non_lifetime
+                };
+                self.seen
+                    .insert((peer, mid), Reply::Nothing, now + lifetime);
+                if message::is_request(&packet) {
+                    self.on_request(now, peer, packet);
+                } else {
+                    self.on_response_message(now, peer, packet);
+                }
+            }
+        }
+    }
+
+    fn malformed(&mut self, peer: SocketAddr, reason: String) {
+        self.counters.malformed += 1;
+        self.events.push_back(Event::Malformed { peer, reason });
+    }
+
+    fn timer_is_live(&self, at: Instant, timer: Timer) -> bool {
+        match timer {
+            Timer::Retransmit(peer, mid) => self
+                .sent
+                .get(&(peer, mid))
+                .and_then(|s| s.retransmit.as_ref())
+                .is_some_and(|r| r.next_at == at),
+            Timer::Response(id) => self
+                .exchanges
+                .get(&id)
+                .is_some_and(|e| e.deadline == Some(at)),
+            Timer::Ack(peer, mid) => matches!(
+                self.seen.peek(&(peer, mid)),
+                Some(Reply::Pending { ack_at, .. }) if *ack_at == at
+            ),
+        }
+    }
+
+    /// An ACK arrived (RFC 7252 §4.2): match it to a confirmable message by message ID.
+    fn on_ack(&mut self, now: Instant, peer: SocketAddr, packet: coap_lite::Packet) {
+        let key = (peer, packet.header.message_id);
+        if !self.sent.get(&key).is_some_and(|s| s.retransmit.is_some()) {
+            return; // unknown or duplicate ACK: silently ignored (RFC 7252 §4.2)
+        }
+        let Some(sent) = self.sent.remove(&key) else {
+            return;
+        };
+        match sent.owner {
+            Owner::Request(id) => self.on_request_acked(now, id, key.1, packet),
+            Owner::Response => {}
+            Owner::Notification(id) => {
+                if let Some(observation) = self.observations.get_mut(&id) {
+                    observation.con_mid = observation.con_mid.filter(|m| *m != key.1);
+                }
+            }
+        }
+    }
+
+    /// A Reset arrived (RFC 7252 §4.2, §4.3; RFC 7641 §3.6).
+    fn on_reset(&mut self, now: Instant, peer: SocketAddr, mid: u16) {
+        self.counters.resets_in += 1;
+        let Some(sent) = self.sent.remove(&(peer, mid)) else {
+            return;
+        };
+        match sent.owner {
+            Owner::Request(id) => self.fail_request(now, id, super::ExchangeError::Reset),
+            Owner::Response => {}
+            Owner::Notification(id) => self.end_observation(id, super::CancelReason::Reset),
+        }
+    }
+
+    fn on_retransmit_timer(&mut self, now: Instant, at: Instant, peer: SocketAddr, mid: u16) {
+        let max = self.config.max_retransmit;
+        let Some(sent) = self.sent.get_mut(&(peer, mid)) else {
+            return;
+        };
+        let Some(rt) = sent.retransmit.as_mut().filter(|r| r.next_at == at) else {
+            return;
+        };
+        if rt.transmissions <= max {
+            rt.transmissions += 1;
+            rt.timeout = rt.timeout.saturating_mul(2);
+            rt.next_at = now + rt.timeout;
+            let (bytes, next_at) = (rt.bytes.clone(), rt.next_at);
+            self.timers
+                .push(Reverse((next_at, Timer::Retransmit(peer, mid))));
+            self.counters.retransmissions += 1;
+            self.transmit(peer, bytes);
+            return;
+        }
+        let transmissions = rt.transmissions;
+        let owner = sent.owner;
+        self.sent.remove(&(peer, mid));
+        match owner {
+            Owner::Request(id) => {
+                self.fail_request(now, id, super::ExchangeError::Timeout { transmissions })
+            }
+            Owner::Response => {}
+            Owner::Notification(id) => self.end_observation(id, super::CancelReason::Timeout),
+        }
+    }
+
+    /// Queues a datagram.
+    pub(super) fn transmit(&mut self, peer: SocketAddr, bytes: Vec<u8>) {
+        self.counters.datagrams_out += 1;
+        self.counters.bytes_out += bytes.len() as u64;
+        self.transmits.push_back(Transmit { peer, bytes });
+    }
+
+    pub(super) fn send_reset(&mut self, peer: SocketAddr, mid: u16) {
+        self.counters.resets_out += 1;
+        self.transmit(peer, encode_empty(MessageType::Reset, mid));
+    }
+
+    /// Sends the ACK or RST answering incoming message `mid` and remembers it for duplicates
+    /// (RFC 7252 §4.5).
+    pub(super) fn reply_cached(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        mid: u16,
+        bytes: Vec<u8>,
+    ) {
+        if let Some(reply) = self.seen.get_mut(now, &(peer, mid)) {
+            *reply = Reply::Cached(bytes.clone());
+        }
+        self.transmit(peer, bytes);
+    }
+
+    /// Sends a confirmable message and schedules its retransmission (RFC 7252 §4.2): first
+    /// timeout uniformly in [ACK_TIMEOUT, ACK_TIMEOUT * ACK_RANDOM_FACTOR].
+    pub(super) fn send_confirmable(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        mid: u16,
+        bytes: Vec<u8>,
+        owner: Owner,
+        inherit: Option<Retransmit>,
+    ) {
+        let (transmissions, timeout) = match inherit {
+            // RFC 7641 §4.5.2: the new notification takes the place of the one in flight.
+            Some(old) => (old.transmissions + 1, old.timeout.saturating_mul(2)),
+            None => {
+                let factor = self.rng.random_range(1.0..=self.config.ack_random_factor);
+                (1, self.config.ack_timeout.mul_f64(factor))
+            }
+        };
+        let next_at = now + timeout;
+        let retransmit = Retransmit {
+            bytes: bytes.clone(),
+            transmissions,
+            timeout,
+            next_at,
+        };
+        self.sent.insert(
+            (peer, mid),
+            Sent {
+                owner,
+                retransmit: Some(retransmit),
+            },
+        );
+        self.timers
+            .push(Reverse((next_at, Timer::Retransmit(peer, mid))));
+        self.transmit(peer, bytes);
+    }
+
+    /// The state of `peer`, created on first use.
+    pub(super) fn peer_state(&mut self, now: Instant, peer: SocketAddr) -> &mut PeerState {
+        let rng = &mut self.rng;
+        if self.next_peer_sweep.is_none() {
+            self.next_peer_sweep = Some(now + self.config.exchange_lifetime);
+        }
+        let state = self.peers.entry(peer).or_insert_with(|| PeerState {
+            next_mid: rng.random(),
+            active: 0,
+            queue: VecDeque::new(),
+            last_used: now,
+        });
+        state.last_used = now;
+        state
+    }
+
+    /// A fresh message ID for `peer` (RFC 7252 §4.4): sequential from a random start,
+    /// skipping IDs still awaiting acknowledgement.
+    pub(super) fn next_mid(&mut self, now: Instant, peer: SocketAddr) -> u16 {
+        let state = self.peer_state(now, peer);
+        let mut mid = state.next_mid;
+        state.next_mid = state.next_mid.wrapping_add(1);
+        for _ in 0..u16::MAX {
+            if !self.sent.contains_key(&(peer, mid)) {
+                break;
+            }
+            let state = self.peer_state(now, peer);
+            mid = state.next_mid;
+            state.next_mid = state.next_mid.wrapping_add(1);
+        }
+        mid
+    }
+
+    /// A random token not in use with `peer` (RFC 7252 §5.3.1).
+    pub(super) fn new_token(&mut self, peer: SocketAddr) -> Token {
+        let len = self.config.token_length.min(8);
+        loop {
+            let mut bytes = [0; 8];
+            self.rng.fill(&mut bytes[..len]);
+            let token = Token {
+                len: len as u8,
+                bytes,
+            };
+            if !self.tokens.contains_key(&(peer, token)) {
+                return token;
+            }
+        }
+    }
+
+    /// Fresh request or observation id.
+    pub(super) fn next_serial(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Forgets peers without state for EXCHANGE_LIFETIME: after that their message IDs can
+    /// no longer collide with remembered ones (RFC 7252 §4.4).
+    fn sweep_peers(&mut self, now: Instant) {
+        let lifetime = self.config.exchange_lifetime;
+        self.peers
+            .retain(|_, p| p.active > 0 || !p.queue.is_empty() || p.last_used + lifetime > now);
+        self.next_peer_sweep = (!self.peers.is_empty()).then_some(now + lifetime);
+    }
+
+    /// Remembered incoming message IDs (for tests and reports).
+    pub fn dedup_entries(&self) -> usize {
+        self.seen.len()
+    }
+}
+
+/// Stops tracking message `mid` if it still belongs to `owner`.
+pub(super) fn forget_sent(
+    sent: &mut HashMap<MessageKey, Sent>,
+    peer: SocketAddr,
+    mid: u16,
+    owner: Owner,
+) {
+    if sent.get(&(peer, mid)).is_some_and(|s| s.owner == owner) {
+        sent.remove(&(peer, mid));
+    }
+}
+
+/// Encodes an Empty ACK or RST (4 bytes, RFC 7252 §4.1).
+pub(super) fn encode_empty(kind: MessageType, mid: u16) -> Vec<u8> {
+    empty(kind, mid).to_bytes_unlimited().unwrap_or_default()
+}
