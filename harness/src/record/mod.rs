@@ -1,0 +1,7 @@
+//! Recording: every datagram into pcap files, latencies per operation into HdrHistograms.
+
+pub mod latency;
+pub mod pcap;
+
+pub use latency::{Latencies, Summary};
+pub use pcap::PcapRecorder;
