@@ -1,0 +1,306 @@
+//! `report.html`: one self-contained file (no scripts, no external assets).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use super::{RunReport, Status, escape, usage};
+
+const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}\
+h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}\
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}\
+th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}\
+.passed{background:#d9f2d9}.failed{background:#f8d0d0}.not-applicable{background:#eee;color:#666}\
+.badge{display:inline-block;padding:.15em .6em;border-radius:1em;margin-right:.4em;font-weight:600}\
+pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:12px}.meta td:first-child{font-weight:600}\
+svg text{font:11px system-ui,sans-serif}";
+
+/// Renders the whole report.
+pub fn render(r: &RunReport) -> String {
+    let mut s = String::new();
+    let (p, f, na) = r.tally();
+    let _ = write!(
+        s,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\
+         <style>{STYLE}</style></head><body>\n<h1>{title}</h1>\n\
+         <p><span class=\"badge passed\">{p} passed</span><span class=\"badge failed\">{f} failed</span>\
+         <span class=\"badge not-applicable\">{na} not applicable</span></p>\n",
+        title = escape(&r.title)
+    );
+    let _ = write!(
+        s,
+        "<table class=\"meta\"><tr><td>run</td><td>{}</td></tr><tr><td>seed</td><td>{}</td></tr>\
+         <tr><td>harness</td><td>lwm2m-harness {} (git {})</td></tr>\
+         <tr><td>started</td><td>{:.0} (Unix seconds)</td></tr><tr><td>duration</td><td>{:.1} s</td></tr></table>\n",
+        escape(&r.run),
+        r.seed,
+        escape(&r.product_version),
+        escape(&r.git_revision),
+        r.started_unix_s,
+        r.duration_s
+    );
+    subjects(&mut s, r);
+    matrix(&mut s, r);
+    latencies(&mut s, r);
+    throughput(&mut s, r);
+    network(&mut s, r);
+    if !r.counters.is_empty() {
+        s.push_str("<h2>Counters</h2><table>");
+        for (k, v) in &r.counters {
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td class=\"num\">{v}</td></tr>",
+                escape(k)
+            );
+        }
+        s.push_str("</table>\n");
+    }
+    s.push_str("</body></html>\n");
+    s
+}
+
+fn subjects(s: &mut String, r: &RunReport) {
+    s.push_str(
+        "<h2>Subjects</h2><table><tr><th>id</th><th>kind</th><th>version</th><th>address</th></tr>",
+    );
+    for sub in &r.subjects {
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&sub.id),
+            escape(&sub.kind),
+            escape(&sub.version),
+            escape(sub.address.as_deref().unwrap_or("in process"))
+        );
+    }
+    s.push_str("</table>\n");
+}
+
+/// Case ids in natural order: `int-2` before `int-10`, tags without numbers last.
+fn case_key(case: &str) -> (String, u64, String) {
+    let digits: String = case.chars().filter(char::is_ascii_digit).collect();
+    let prefix: String = case.chars().take_while(|c| !c.is_ascii_digit()).collect();
+    (prefix, digits.parse().unwrap_or(u64::MAX), case.to_owned())
+}
+
+fn matrix(s: &mut String, r: &RunReport) {
+    if r.cases.is_empty() {
+        return;
+    }
+    let subjects: BTreeSet<&str> = r.cases.iter().map(|c| c.subject.as_str()).collect();
+    let mut rows: BTreeMap<(String, u64, String), BTreeMap<&str, Vec<&super::CaseResult>>> =
+        BTreeMap::new();
+    for c in &r.cases {
+        rows.entry(case_key(&c.case))
+            .or_default()
+            .entry(c.subject.as_str())
+            .or_default()
+            .push(c);
+    }
+    s.push_str("<h2>Results by test case and subject</h2><table><tr><th>case</th><th>title</th>");
+    for sub in &subjects {
+        let _ = write!(s, "<th>{}</th>", escape(sub));
+    }
+    s.push_str("</tr>\n");
+    for ((_, _, case), cells) in &rows {
+        let title = cells
+            .values()
+            .flatten()
+            .next()
+            .map_or("", |c| c.title.as_str());
+        let _ = write!(s, "<tr><td>{}</td><td>{}</td>", escape(case), escape(title));
+        for sub in &subjects {
+            match cells.get(sub) {
+                None => s.push_str("<td></td>"),
+                Some(results) => {
+                    // The worst outcome of the case's scenarios decides the cell.
+                    let worst = results
+                        .iter()
+                        .map(|c| c.status)
+                        .max_by_key(|st| match st {
+                            Status::Passed => 0,
+                            Status::NotApplicable => 1,
+                            Status::Failed => 2,
+                        })
+                        .unwrap_or(Status::Passed);
+                    let class = match worst {
+                        Status::Passed => "passed",
+                        Status::Failed => "failed",
+                        Status::NotApplicable => "not-applicable",
+                    };
+                    let tip: Vec<String> =
+                        results.iter().filter_map(|c| c.message.clone()).collect();
+                    let links: Vec<String> = results
+                        .iter()
+                        .flat_map(|c| &c.evidence)
+                        .map(|e| format!(" <a href=\"{0}\">{0}</a>", escape(e)))
+                        .collect();
+                    let _ = write!(
+                        s,
+                        "<td class=\"{class}\" title=\"{}\">{}{}</td>",
+                        escape(&tip.join("\n")),
+                        class.replace('-', " "),
+                        links.join("")
+                    );
+                }
+            }
+        }
+        s.push_str("</tr>\n");
+    }
+    s.push_str("</table>\n");
+    let failures: Vec<_> = r
+        .cases
+        .iter()
+        .filter(|c| c.status != Status::Passed)
+        .collect();
+    if !failures.is_empty() {
+        s.push_str("<h2>Failures and cases not applicable</h2>\n");
+        for c in failures {
+            let _ = write!(
+                s,
+                "<h3 class=\"{}\">{} — {} [{}]</h3><pre>{}</pre>\n",
+                if c.status == Status::Failed {
+                    "failed"
+                } else {
+                    "not-applicable"
+                },
+                escape(&c.case),
+                escape(&c.title),
+                escape(&c.subject),
+                escape(c.message.as_deref().unwrap_or(""))
+            );
+        }
+    }
+}
+
+fn latencies(s: &mut String, r: &RunReport) {
+    if r.latencies.is_empty() {
+        return;
+    }
+    s.push_str("<h2>Latency by operation</h2><table><tr><th>operation</th><th>count</th><th>mean ms</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th></tr>");
+    for (op, l) in &r.latencies {
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{:.3}</td><td class=\"num\">{:.3}</td><td class=\"num\">{:.3}</td><td class=\"num\">{:.3}</td><td class=\"num\">{:.3}</td><td class=\"num\">{:.3}</td></tr>",
+            escape(op),
+            l.count,
+            l.mean_ms,
+            l.p50_ms,
+            l.p90_ms,
+            l.p99_ms,
+            l.p999_ms,
+            l.max_ms
+        );
+    }
+    s.push_str("</table>\n");
+    // Horizontal bars: p50, p90, p99 per operation on a common linear scale.
+    let max = r
+        .latencies
+        .values()
+        .map(|l| l.p99_ms)
+        .fold(0.0f64, f64::max)
+        .max(1e-3);
+    let (label_w, chart_w, row_h) = (150.0, 600.0, 36.0);
+    let height = row_h * r.latencies.len() as f64 + 30.0;
+    let _ = write!(
+        s,
+        "<svg role=\"img\" aria-label=\"latency percentiles\" width=\"{}\" height=\"{height}\" viewBox=\"0 0 {} {height}\">",
+        label_w + chart_w + 60.0,
+        label_w + chart_w + 60.0
+    );
+    for (i, (op, l)) in r.latencies.iter().enumerate() {
+        let y = 10.0 + i as f64 * row_h;
+        let _ = write!(s, "<text x=\"0\" y=\"{}\">{}</text>", y + 16.0, escape(op));
+        for (j, (v, color, name)) in [
+            (l.p50_ms, "#4c9be8", "p50"),
+            (l.p90_ms, "#f0a030", "p90"),
+            (l.p99_ms, "#d9534f", "p99"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let w = (v / max * chart_w).max(1.0);
+            let yy = y + j as f64 * 9.0;
+            let _ = write!(
+                s,
+                "<rect x=\"{label_w}\" y=\"{yy}\" width=\"{w:.1}\" height=\"8\" fill=\"{color}\"><title>{} {name} {v:.3} ms</title></rect>",
+                escape(op)
+            );
+        }
+        let _ = write!(
+            s,
+            "<text x=\"{}\" y=\"{}\">{:.2} ms</text>",
+            label_w + (l.p99_ms / max * chart_w) + 4.0,
+            y + 26.0,
+            l.p99_ms
+        );
+    }
+    let _ = write!(
+        s,
+        "<text x=\"{label_w}\" y=\"{}\">■ p50 <tspan fill=\"#f0a030\">■ p90</tspan> <tspan fill=\"#d9534f\">■ p99</tspan> (scale 0 – {max:.2} ms)</text></svg>\n",
+        height - 4.0
+    );
+}
+
+fn throughput(s: &mut String, r: &RunReport) {
+    if r.throughput.len() < 2 {
+        return;
+    }
+    let (w, h, pad) = (760.0, 200.0, 40.0);
+    let t_max = r
+        .throughput
+        .iter()
+        .map(|p| p.t_s)
+        .fold(0.0f64, f64::max)
+        .max(1e-3);
+    let o_max = r.throughput.iter().map(|p| p.ops).max().unwrap_or(1).max(1) as f64;
+    let points: Vec<String> = r
+        .throughput
+        .iter()
+        .map(|p| {
+            format!(
+                "{:.1},{:.1}",
+                pad + p.t_s / t_max * (w - 2.0 * pad),
+                h - pad + 10.0 - p.ops as f64 / o_max * (h - 2.0 * pad)
+            )
+        })
+        .collect();
+    let _ = write!(
+        s,
+        "<h2>Throughput over time</h2><svg role=\"img\" aria-label=\"throughput\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">\
+         <line x1=\"{pad}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\" stroke=\"#888\"/><line x1=\"{pad}\" y1=\"10\" x2=\"{pad}\" y2=\"{y0}\" stroke=\"#888\"/>\
+         <polyline fill=\"none\" stroke=\"#4c9be8\" stroke-width=\"2\" points=\"{}\"/>\
+         <text x=\"{pad}\" y=\"{}\">0 s</text><text x=\"{}\" y=\"{}\">{t_max:.0} s</text>\
+         <text x=\"2\" y=\"18\">{o_max:.0}/s</text><text x=\"2\" y=\"{y0}\">0</text></svg>\n",
+        points.join(" "),
+        h - 8.0,
+        w - pad - 20.0,
+        h - 8.0,
+        y0 = h - pad + 10.0,
+        x1 = w - pad,
+    );
+}
+
+fn network(s: &mut String, r: &RunReport) {
+    if r.network_usage.is_empty() {
+        return;
+    }
+    s.push_str("<h2>Network usage per operation</h2><pre>");
+    s.push_str(&escape(&usage::render_table(&r.network_usage)));
+    s.push_str("</pre>\n");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn html_is_self_contained_and_escaped() {
+        let h = super::render(&super::super::tests::sample());
+        assert!(h.starts_with("<!DOCTYPE html>"));
+        assert!(!h.contains("<script") && !h.contains("http://") && !h.contains("https://"));
+        assert!(h.contains("sample &lt;run&gt;"));
+        assert!(h.contains("class=\"failed\""));
+        assert!(h.contains("<svg role=\"img\" aria-label=\"latency percentiles\""));
+        assert!(h.contains("<polyline"));
+        assert!(h.contains("1 passed") && h.contains("1 failed") && h.contains("1 not applicable"));
+        assert!(super::case_key("int-2") < super::case_key("int-10"));
+    }
+}

@@ -1,0 +1,266 @@
+//! Interoperability reports: the run's data as `report.json` (the schema is the
+//! [`RunReport`] type, documented field by field), rendered as one self-contained
+//! `report.html` (matrix of cases by subject, latency percentile and throughput charts as
+//! inline SVG, network usage) and as `junit.xml` for CI.
+
+pub mod html;
+pub mod junit;
+pub mod usage;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::record::Summary;
+pub use usage::ExchangeUsage;
+
+/// The version of the `report.json` schema.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The outcome of a case for a subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Every pass criterion held.
+    Passed,
+    /// A pass criterion failed; the message says which and shows the exchange.
+    Failed,
+    /// The subject cannot support the case; the message says why.
+    NotApplicable,
+}
+
+/// A device or server the run exercised.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Subject {
+    /// Short id used in the matrix (`sim-1.1`, `device:ep-1`, `server:127.0.0.1:5683`).
+    pub id: String,
+    /// What it is: `simulated-client`, `device`, `server`.
+    pub kind: String,
+    /// Its software and version, as far as known.
+    pub version: String,
+    /// Where it was reached.
+    pub address: Option<String>,
+}
+
+/// One case (scenario) run against one subject.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CaseResult {
+    /// The OMA ETS case id or spec clause tag (`int-101`, `core-6.2.1`).
+    pub case: String,
+    /// Scenario title.
+    pub title: String,
+    /// Feature file.
+    pub feature: String,
+    /// Subject id.
+    pub subject: String,
+    /// Outcome.
+    pub status: Status,
+    /// Failure or not-applicable reason, with the failing exchange.
+    pub message: Option<String>,
+    /// Evidence files relative to the run folder (exchange log, pcap).
+    pub evidence: Vec<String>,
+    /// Wall time of the case in milliseconds.
+    pub duration_ms: f64,
+}
+
+/// Operations per second over time.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ThroughputPoint {
+    /// Seconds since the start of the run.
+    pub t_s: f64,
+    /// Operations completed in the second ending at `t_s`.
+    pub ops: u64,
+}
+
+/// Everything a report shows; serialized as `report.json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunReport {
+    /// [`SCHEMA_VERSION`].
+    pub schema: u32,
+    /// Run name (the folder under `reports/`).
+    pub run: String,
+    /// What ran (scenario file or feature set).
+    pub title: String,
+    /// Start, seconds since the Unix epoch.
+    pub started_unix_s: f64,
+    /// Duration in seconds.
+    pub duration_s: f64,
+    /// The seed every random choice came from.
+    pub seed: u64,
+    /// The harness version.
+    pub product_version: String,
+    /// The git revision the harness was built from (`unknown` outside a checkout).
+    pub git_revision: String,
+    /// The subjects.
+    pub subjects: Vec<Subject>,
+    /// Case results.
+    pub cases: Vec<CaseResult>,
+    /// Latency percentiles per operation.
+    pub latencies: BTreeMap<String, Summary>,
+    /// Throughput over time.
+    pub throughput: Vec<ThroughputPoint>,
+    /// Network usage per exchange.
+    pub network_usage: Vec<ExchangeUsage>,
+    /// Named counters (registered, failed, bytes in/out, ...).
+    pub counters: BTreeMap<String, u64>,
+}
+
+impl RunReport {
+    /// How many cases have each status: (passed, failed, not applicable).
+    pub fn tally(&self) -> (usize, usize, usize) {
+        let n = |s| self.cases.iter().filter(|c| c.status == s).count();
+        (
+            n(Status::Passed),
+            n(Status::Failed),
+            n(Status::NotApplicable),
+        )
+    }
+
+    /// Writes `report.json`, `report.html` and `junit.xml` into `dir`.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let write = |name: &str, text: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
+        };
+        write("report.json", serde_json::to_string_pretty(self)?)?;
+        write("report.html", html::render(self))?;
+        write("junit.xml", junit::render(self))?;
+        Ok(())
+    }
+
+    /// Reads `report.json` from a run folder.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let p = dir.join("report.json");
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let report: Self = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a report", p.display()))?;
+        anyhow::ensure!(
+            report.schema == SCHEMA_VERSION,
+            "{}: schema {} is not {SCHEMA_VERSION}",
+            p.display(),
+            report.schema
+        );
+        Ok(report)
+    }
+}
+
+/// The git revision of the working tree, or `unknown`.
+pub fn git_revision() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Escapes text for HTML and XML.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c if c.is_control() && c != '\n' && c != '\t' => out.push('\u{FFFD}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> RunReport {
+        let mut latencies = BTreeMap::new();
+        latencies.insert(
+            "register".to_owned(),
+            Summary {
+                count: 100,
+                mean_ms: 1.2,
+                p50_ms: 1.0,
+                p90_ms: 2.0,
+                p99_ms: 4.5,
+                p999_ms: 6.0,
+                max_ms: 7.0,
+            },
+        );
+        RunReport {
+            schema: SCHEMA_VERSION,
+            run: "t".into(),
+            title: "sample <run>".into(),
+            started_unix_s: 1.7e9,
+            duration_s: 12.5,
+            seed: 42,
+            product_version: "0.1.0".into(),
+            git_revision: "abc".into(),
+            subjects: vec![Subject {
+                id: "sim-1.1".into(),
+                kind: "simulated-client".into(),
+                version: "lwm2m-harness 0.1.0".into(),
+                address: None,
+            }],
+            cases: vec![
+                CaseResult {
+                    case: "int-101".into(),
+                    title: "Initial registration".into(),
+                    feature: "features/registration/register.feature".into(),
+                    subject: "sim-1.1".into(),
+                    status: Status::Passed,
+                    message: None,
+                    evidence: vec!["exchanges/int-101.txt".into()],
+                    duration_ms: 12.0,
+                },
+                CaseResult {
+                    case: "int-203".into(),
+                    title: "Read in TLV".into(),
+                    feature: "features/device_management/read.feature".into(),
+                    subject: "sim-1.1".into(),
+                    status: Status::Failed,
+                    message: Some("expected 2.05, got 4.06 & <oops>".into()),
+                    evidence: vec![],
+                    duration_ms: 3.0,
+                },
+                CaseResult {
+                    case: "int-2".into(),
+                    title: "Bootstrap with certificates".into(),
+                    feature: "features/bootstrap/x509.feature".into(),
+                    subject: "sim-1.1".into(),
+                    status: Status::NotApplicable,
+                    message: Some("no certificate support in this subject".into()),
+                    evidence: vec![],
+                    duration_ms: 0.0,
+                },
+            ],
+            latencies,
+            throughput: (0..10)
+                .map(|i| ThroughputPoint {
+                    t_s: i as f64,
+                    ops: i * 10,
+                })
+                .collect(),
+            network_usage: vec![],
+            counters: [("registered".to_owned(), 100)].into(),
+        }
+    }
+
+    #[test]
+    fn json_round_trip_and_tally() {
+        let r = sample();
+        let dir = tempfile::tempdir().unwrap();
+        r.write(dir.path()).unwrap();
+        let back = RunReport::load(dir.path()).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(r.tally(), (1, 1, 1));
+        assert_eq!(escape("<a & 'b'>"), "&lt;a &amp; &#39;b&#39;&gt;");
+    }
+}

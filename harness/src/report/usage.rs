@@ -1,0 +1,251 @@
+//! Network usage per operation, from recorded datagrams: requests matched to responses by
+//! peer and token, named by LwM2M operation, with CoAP bytes and wire bytes (which add the
+//! DTLS record overhead when the channel is secure), laid out like the whole-device read
+//! table of the study this project grew out of.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use lwm2m_proto::coap::{CoapOption, MessageClass, Packet, RequestType, message};
+
+/// One datagram as recorded.
+#[derive(Debug, Clone)]
+pub struct Datagram {
+    /// Sender.
+    pub src: SocketAddr,
+    /// Receiver.
+    pub dst: SocketAddr,
+    /// The CoAP message (decrypted, for DTLS).
+    pub coap: Vec<u8>,
+    /// Bytes of UDP payload on the wire (CoAP length plus DTLS record overhead).
+    pub wire_len: usize,
+}
+
+/// One request and its response.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExchangeUsage {
+    /// The LwM2M operation (`read`, `register`, ...).
+    pub operation: String,
+    /// The Uri-Path, e.g. `/3/0`.
+    pub path: String,
+    /// CoAP bytes of the request (all its datagrams: blocks and retransmissions included).
+    pub request_coap: usize,
+    /// CoAP bytes of the response(s).
+    pub response_coap: usize,
+    /// Wire bytes of the request datagrams.
+    pub request_wire: usize,
+    /// Wire bytes of the response datagrams.
+    pub response_wire: usize,
+    /// Datagrams exchanged (request, response, empty ACKs, blocks, retransmissions).
+    pub datagrams: usize,
+}
+
+/// The LwM2M operation a request performs, from its method, path and options.
+pub fn operation_name(p: &Packet) -> &'static str {
+    let path = message::uri_path(p);
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let accept = message::uint_option(p, CoapOption::Accept);
+    let observe = message::observe_value(p);
+    let has_query = p.get_option(CoapOption::UriQuery).is_some();
+    let method = match p.header.code {
+        MessageClass::Request(m) => m,
+        _ => return "response",
+    };
+    match (method, segments.as_slice()) {
+        (RequestType::Post, ["rd"]) => "register",
+        (RequestType::Post, ["rd", _]) => "update",
+        (RequestType::Delete, ["rd", _]) => "deregister",
+        (RequestType::Post, ["bs"]) if has_query => "bootstrap-request",
+        (RequestType::Post, ["bs"]) => "bootstrap-finish",
+        (RequestType::Post, ["dp"]) => "send",
+        (RequestType::Get, _) if accept == Some(40) => "discover",
+        (RequestType::Get, _) if observe == Some(0) => "observe",
+        (RequestType::Get, _) if observe == Some(1) => "cancel-observation",
+        (RequestType::Get, _) => "read",
+        (RequestType::Fetch, _) if observe == Some(0) => "observe-composite",
+        (RequestType::Fetch, _) => "read-composite",
+        (RequestType::IPatch, _) => "write-composite",
+        (RequestType::Put, _) if p.payload.is_empty() && has_query => "write-attributes",
+        (RequestType::Put, _) => "write",
+        (RequestType::Post, [_]) => "create",
+        (RequestType::Post, [_, _]) => "write",
+        (RequestType::Post, [_, _, _]) => "execute",
+        (RequestType::Delete, _) => "delete",
+        _ => "other",
+    }
+}
+
+/// Pairs requests and responses: by (client, server, token); empty ACKs and RSTs count
+/// toward the exchange whose message id they answer.
+pub fn exchanges(datagrams: &[Datagram]) -> Vec<ExchangeUsage> {
+    let mut out: Vec<ExchangeUsage> = Vec::new();
+    // (requester, responder, token) -> index in out
+    let mut by_token: HashMap<(SocketAddr, SocketAddr, Vec<u8>), usize> = HashMap::new();
+    // (sender of the CON, receiver, message id) -> index, for empty ACKs
+    let mut by_mid: HashMap<(SocketAddr, SocketAddr, u16), usize> = HashMap::new();
+    for d in datagrams {
+        let Ok(p) = message::decode(&d.coap) else {
+            continue;
+        };
+        let mid = p.header.message_id;
+        match p.header.code {
+            MessageClass::Request(_) => {
+                let key = (d.src, d.dst, p.get_token().to_vec());
+                let idx = match by_token.get(&key) {
+                    // A retransmission or a further block of the same exchange.
+                    Some(&i)
+                        if p.get_option(CoapOption::Block1).is_some()
+                            || out[i].response_coap == 0 =>
+                    {
+                        i
+                    }
+                    _ => {
+                        out.push(ExchangeUsage {
+                            operation: operation_name(&p).to_owned(),
+                            path: message::uri_path(&p),
+                            request_coap: 0,
+                            response_coap: 0,
+                            request_wire: 0,
+                            response_wire: 0,
+                            datagrams: 0,
+                        });
+                        out.len() - 1
+                    }
+                };
+                by_token.insert(key, idx);
+                by_mid.insert((d.src, d.dst, mid), idx);
+                let e = &mut out[idx];
+                e.request_coap += d.coap.len();
+                e.request_wire += d.wire_len;
+                e.datagrams += 1;
+            }
+            MessageClass::Response(_) => {
+                if let Some(&i) = by_token.get(&(d.dst, d.src, p.get_token().to_vec())) {
+                    let e = &mut out[i];
+                    e.response_coap += d.coap.len();
+                    e.response_wire += d.wire_len;
+                    e.datagrams += 1;
+                }
+            }
+            _ => {
+                // Empty ACK or RST: attribute to the exchange of the message it answers.
+                if let Some(&i) = by_mid.get(&(d.dst, d.src, mid)) {
+                    let e = &mut out[i];
+                    e.response_coap += d.coap.len();
+                    e.response_wire += d.wire_len;
+                    e.datagrams += 1;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The table as plain text: one row per exchange, then totals (round trips = exchanges).
+pub fn render_table(rows: &[ExchangeUsage]) -> String {
+    let mut s = String::new();
+    let secure = rows
+        .iter()
+        .any(|r| r.request_wire != r.request_coap || r.response_wire != r.response_coap);
+    let _ = writeln!(
+        s,
+        "{:<18} {:<10} {:>9} {:>9} {:>9} {:>9} {:>5}",
+        "operation", "path", "req CoAP", "resp CoAP", "req wire", "resp wire", "dgrams"
+    );
+    let (mut rq, mut rs, mut wq, mut ws, mut dg) = (0, 0, 0, 0, 0);
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "{:<18} {:<10} {:>9} {:>9} {:>9} {:>9} {:>5}",
+            r.operation,
+            r.path,
+            r.request_coap,
+            r.response_coap,
+            r.request_wire,
+            r.response_wire,
+            r.datagrams
+        );
+        rq += r.request_coap;
+        rs += r.response_coap;
+        wq += r.request_wire;
+        ws += r.response_wire;
+        dg += r.datagrams;
+    }
+    let _ = writeln!(
+        s,
+        "{:<18} {:<10} {:>9} {:>9} {:>9} {:>9} {:>5}",
+        format!("total ({} RTT)", rows.len()),
+        "",
+        rq,
+        rs,
+        wq,
+        ws,
+        dg
+    );
+    let _ = writeln!(
+        s,
+        "all bytes: {} CoAP, {} on the wire{}",
+        rq + rs,
+        wq + ws,
+        if secure {
+            format!(" ({} of DTLS record overhead)", (wq + ws) - (rq + rs))
+        } else {
+            String::new()
+        }
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lwm2m_proto::coap::ResponseType;
+
+    fn dg(src: &str, dst: &str, p: &Packet, overhead: usize) -> Datagram {
+        let coap = p.to_bytes().unwrap();
+        Datagram {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            wire_len: coap.len() + overhead,
+            coap,
+        }
+    }
+
+    #[test]
+    fn pairs_reads_and_counts_dtls_overhead() {
+        let (srv, cli) = ("127.0.0.1:5684", "127.0.0.2:40000");
+        let mut rows = Vec::new();
+        for (n, obj) in [1u16, 3].iter().enumerate() {
+            let mut req = message::request(RequestType::Get, &format!("/{obj}"));
+            req.header.message_id = n as u16;
+            req.set_token(vec![n as u8]);
+            let mut resp = message::response(ResponseType::Content, vec![0; 40]);
+            resp.header
+                .set_type(lwm2m_proto::coap::MessageType::Acknowledgement);
+            resp.header.message_id = n as u16;
+            resp.set_token(vec![n as u8]);
+            rows.push(dg(srv, cli, &req, 29));
+            rows.push(dg(cli, srv, &resp, 29));
+        }
+        let ex = exchanges(&rows);
+        assert_eq!(ex.len(), 2);
+        assert_eq!(ex[0].operation, "read");
+        assert_eq!(ex[0].path, "/1");
+        assert_eq!(ex[1].request_wire - ex[1].request_coap, 29);
+        let table = render_table(&ex);
+        assert!(table.contains("total (2 RTT)"), "{table}");
+        assert!(table.contains("116 of DTLS record overhead"), "{table}");
+    }
+
+    #[test]
+    fn names_operations() {
+        let mut p = message::request(RequestType::Post, "/rd");
+        assert_eq!(operation_name(&p), "register");
+        p = message::request(RequestType::Put, "/3/0");
+        message::add_query(&mut p, "pmin=10");
+        assert_eq!(operation_name(&p), "write-attributes");
+        p = message::request(RequestType::Post, "/3/0/4");
+        assert_eq!(operation_name(&p), "execute");
+    }
+}
