@@ -35,6 +35,11 @@ enum Command {
     Decode(codec_tool::DecodeArgs),
     /// Encode nodes given as JSON into an LwM2M payload (hex on stdout, or raw to a file).
     Encode(codec_tool::EncodeArgs),
+    /// Render a run's report again (report.html, junit.xml) from its recorded report.json.
+    Report {
+        /// The run folder, e.g. reports/2026-11-24T08-00-00-quickstart.
+        run_dir: PathBuf,
+    },
     /// List the object registry, or show one object's resources.
     Objects {
         /// An object id; without it, every object is listed.
@@ -56,6 +61,17 @@ fn main() -> ExitCode {
         Command::Decode(args) => codec_tool::decode(&registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Encode(args) => codec_tool::encode(&registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Objects { id } => codec_tool::objects(&registry, id).map(|()| ExitCode::SUCCESS),
+        Command::Report { run_dir } => {
+            let report = lwm2m_harness::report::RunReport::load(&run_dir)?;
+            report.write(&run_dir)?;
+            let (p, f, n) = report.tally();
+            println!(
+                "{}: {p} passed, {f} failed, {n} not applicable -> {}",
+                report.title,
+                run_dir.join("report.html").display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     });
     match result {
         Ok(code) => code,
