@@ -30,12 +30,12 @@ pub fn render(r: &RunReport) -> String {
         s,
         "<table class=\"meta\"><tr><td>run</td><td>{}</td></tr><tr><td>seed</td><td>{}</td></tr>\
          <tr><td>harness</td><td>lwm2m-harness {} (git {})</td></tr>\
-         <tr><td>started</td><td>{:.0} (Unix seconds)</td></tr><tr><td>duration</td><td>{:.1} s</td></tr></table>\n",
+         <tr><td>started</td><td>{}</td></tr><tr><td>duration</td><td>{:.1} s</td></tr></table>\n",
         escape(&r.run),
         r.seed,
         escape(&r.product_version),
         escape(&r.git_revision),
-        r.started_unix_s,
+        utc(r.started_unix_s),
         r.duration_s
     );
     subjects(&mut s, r);
@@ -56,6 +56,28 @@ pub fn render(r: &RunReport) -> String {
     }
     s.push_str("</body></html>\n");
     s
+}
+
+/// `YYYY-MM-DD hh:mm:ss UTC` for Unix seconds (proleptic Gregorian calendar).
+fn utc(unix_s: f64) -> String {
+    let secs = unix_s.max(0.0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn subjects(s: &mut String, r: &RunReport) {
@@ -236,7 +258,7 @@ fn latencies(s: &mut String, r: &RunReport) {
     }
     let _ = write!(
         s,
-        "<text x=\"{label_w}\" y=\"{}\">■ p50 <tspan fill=\"#f0a030\">■ p90</tspan> <tspan fill=\"#d9534f\">■ p99</tspan> (scale 0 – {max:.2} ms)</text></svg>\n",
+        "<text x=\"{label_w}\" y=\"{}\"><tspan fill=\"#4c9be8\">■ p50</tspan> <tspan fill=\"#f0a030\">■ p90</tspan> <tspan fill=\"#d9534f\">■ p99</tspan> (scale 0 – {max:.2} ms)</text></svg>\n",
         height - 4.0
     );
 }
@@ -302,5 +324,7 @@ mod tests {
         assert!(h.contains("<polyline"));
         assert!(h.contains("1 passed") && h.contains("1 failed") && h.contains("1 not applicable"));
         assert!(super::case_key("int-2") < super::case_key("int-10"));
+        assert_eq!(super::utc(1_700_000_000.0), "2023-11-14 22:13:20 UTC");
+        assert_eq!(super::utc(0.0), "1970-01-01 00:00:00 UTC");
     }
 }
