@@ -59,6 +59,137 @@ struct Download {
     seq: Option<u32>,
 }
 
+/// What a response to an exchange's message in flight leads to.
+enum Step {
+    /// Send the next block, or ask for it.
+    SendNext,
+    /// The final response.
+    Deliver(Packet),
+    /// A notification whose body is now complete (RFC 7959 §3.4).
+    Notify(Packet, u32),
+    /// The exchange failed.
+    Fail(ExchangeError),
+}
+
+fn block_error(reason: impl Into<String>) -> Step {
+    Step::Fail(ExchangeError::BlockTransfer {
+        reason: reason.into(),
+    })
+}
+
+impl Exchange {
+    /// Handles the block-wise side of a response (RFC 7959 §2.3, §2.4).
+    fn step(&mut self, now: Instant, mut packet: Packet, max_body: usize) -> Step {
+        if self.block1.is_some() {
+            if packet.header.code == MessageClass::Response(ResponseType::Continue) {
+                return self.continue_upload(&packet);
+            }
+            // Any other response is the final one (RFC 7959 §2.3).
+            self.block1 = None;
+        }
+        match BlockOption::from_packet(&packet, CoapOption::Block2) {
+            None if self.block2.is_some() => {
+                block_error("a block response without Block2 (RFC 7959 §2.4)")
+            }
+            None => Step::Deliver(packet),
+            Some(Err(reason)) => block_error(reason),
+            Some(Ok(block)) => {
+                packet.clear_option(CoapOption::Block2);
+                self.download(now, block, packet, max_body)
+            }
+        }
+    }
+
+    /// RFC 7959 §2.3: 2.31 Continue asks for the next block, maybe at a smaller size.
+    fn continue_upload(&mut self, packet: &Packet) -> Step {
+        let Some(upload) = self.block1.as_mut() else {
+            return block_error("2.31 Continue to a request that is not block-wise");
+        };
+        let sent = (upload.offset >> (upload.szx + 4)) as u32;
+        let next = upload.offset + upload.len;
+        match BlockOption::from_packet(packet, CoapOption::Block1) {
+            None => block_error("2.31 Continue without Block1 (RFC 7959 §2.3)"),
+            Some(Err(reason)) => block_error(reason),
+            Some(Ok(ack)) if ack.num != sent => block_error(format!(
+                "2.31 Continue for block {}, block {sent} was sent (RFC 7959 §2.3)",
+                ack.num
+            )),
+            Some(Ok(_)) if next >= self.body.len() => {
+                block_error("2.31 Continue after the last block (RFC 7959 §2.3)")
+            }
+            Some(Ok(ack)) => {
+                upload.szx = upload.szx.min(ack.szx);
+                upload.offset = next;
+                Step::SendNext
+            }
+        }
+    }
+
+    /// One Block2 block of a response (RFC 7959 §2.4) or notification (§3.4).
+    fn download(
+        &mut self,
+        now: Instant,
+        block: BlockOption,
+        mut packet: Packet,
+        max_body: usize,
+    ) -> Step {
+        let etag = packet.get_first_option(CoapOption::ETag).cloned();
+        let Some(download) = self.block2.as_mut() else {
+            if block.num != 0 || !block.more {
+                // A single block, or a later block asked for explicitly: deliver as is.
+                return Step::Deliver(packet);
+            }
+            if self.observe && message::is_success(&packet) {
+                self.observing = observe_value(&packet).map(|v| (v, now));
+            }
+            let body = std::mem::take(&mut packet.payload);
+            self.block2 = Some(Download {
+                first: packet,
+                body,
+                szx: block.szx,
+                etag,
+                seq: None,
+            });
+            return Step::SendNext;
+        };
+        if block.offset() != download.body.len() {
+            return block_error(format!(
+                "block {} at offset {} does not continue the {} bytes received (RFC 7959 §2.4)",
+                block.num,
+                block.offset(),
+                download.body.len()
+            ));
+        }
+        if etag != download.etag {
+            return block_error("ETag changed between blocks (RFC 7959 §2.4)");
+        }
+        download.body.append(&mut packet.payload);
+        download.szx = block.szx;
+        let size = download.body.len();
+        if size > max_body {
+            return Step::Fail(ExchangeError::BodyTooLarge {
+                size,
+                max: max_body,
+            });
+        }
+        if block.more {
+            if size >> (block.szx + 4) > BlockOption::MAX_NUM as usize {
+                return block_error("block number beyond 2^20 - 1 (RFC 7959 §2.2)");
+            }
+            return Step::SendNext;
+        }
+        let Some(download) = self.block2.take() else {
+            return Step::Deliver(packet);
+        };
+        let mut response = download.first;
+        response.payload = download.body;
+        match download.seq {
+            Some(seq) => Step::Notify(response, seq),
+            None => Step::Deliver(response),
+        }
+    }
+}
+
 impl Endpoint {
     /// Sends a request to `peer` and returns the id under which its outcome is reported:
     /// exactly one [`Event::Response`] or [`Event::RequestFailed`], or for Observe = 0 a
@@ -414,7 +545,7 @@ impl Endpoint {
     }
 
     /// The response to the exchange's message in flight.
-    fn on_exchange_response(&mut self, now: Instant, id: RequestId, mut packet: Packet) {
+    fn on_exchange_response(&mut self, now: Instant, id: RequestId, packet: Packet) {
         let max_body = self.config.max_body_size;
         let Some(exchange) = self.exchanges.get_mut(&id) else {
             return;
@@ -424,123 +555,14 @@ impl Endpoint {
             forget_sent(&mut self.sent, exchange.peer, mid, Owner::Request(id));
         }
         exchange.deadline = None;
-        if let Some(upload) = exchange.block1.as_mut() {
-            if packet.header.code == MessageClass::Response(ResponseType::Continue) {
-                // RFC 7959 §2.3: 2.31 asks for the next block, maybe at a smaller size.
-                let sent = BlockOption {
-                    num: (upload.offset >> (upload.szx + 4)) as u32,
-                    more: true,
-                    szx: upload.szx,
-                };
-                let next = upload.offset + upload.len;
-                let error = match BlockOption::from_packet(&packet, CoapOption::Block1) {
-                    None => Some("2.31 Continue without Block1 (RFC 7959 §2.3)".to_string()),
-                    Some(Err(reason)) => Some(reason),
-                    Some(Ok(ack)) if ack.num != sent.num => Some(format!(
-                        "2.31 Continue for block {}, block {} was sent (RFC 7959 §2.3)",
-                        ack.num, sent.num
-                    )),
-                    Some(Ok(_)) if next >= exchange.body.len() => {
-                        Some("2.31 Continue after the last block (RFC 7959 §2.3)".to_string())
-                    }
-                    Some(Ok(ack)) => {
-                        upload.szx = upload.szx.min(ack.szx);
-                        upload.offset = next;
-                        None
-                    }
-                };
-                return match error {
-                    Some(reason) => {
-                        self.fail_request(now, id, ExchangeError::BlockTransfer { reason })
-                    }
-                    None => self.transmit_next(now, id),
-                };
+        match exchange.step(now, packet, max_body) {
+            Step::SendNext => self.transmit_next(now, id),
+            Step::Deliver(response) => self.deliver(now, id, response),
+            Step::Notify(response, seq) => {
+                self.events
+                    .push_back(Event::Notification { id, response, seq })
             }
-            // Any other response is the final one (RFC 7959 §2.3).
-            exchange.block1 = None;
-        }
-        match BlockOption::from_packet(&packet, CoapOption::Block2) {
-            Some(Err(reason)) => {
-                return self.fail_request(now, id, ExchangeError::BlockTransfer { reason });
-            }
-            Some(Ok(block)) => {
-                packet.clear_option(CoapOption::Block2);
-                let error = if let Some(download) = exchange.block2.as_mut() {
-                    let etag = packet.get_first_option(CoapOption::ETag).cloned();
-                    if block.offset() != download.body.len() {
-                        Some(format!(
-                            "block {} at offset {} does not continue the {} bytes received (RFC 7959 §2.4)",
-                            block.num,
-                            block.offset(),
-                            download.body.len()
-                        ))
-                    } else if etag != download.etag {
-                        Some("ETag changed between blocks (RFC 7959 §2.4)".to_string())
-                    } else {
-                        download.body.append(&mut packet.payload);
-                        download.szx = block.szx;
-                        None
-                    }
-                } else if block.num == 0 && block.more {
-                    let body = std::mem::take(&mut packet.payload);
-                    let seq = None;
-                    if exchange.observe && message::is_success(&packet) {
-                        exchange.observing = observe_value(&packet).map(|v| (v, now));
-                    }
-                    exchange.block2 = Some(Download {
-                        etag: packet.get_first_option(CoapOption::ETag).cloned(),
-                        first: packet.clone(),
-                        body,
-                        szx: block.szx,
-                        seq,
-                    });
-                    None
-                } else {
-                    // A single block, or a later block asked for explicitly: deliver as is.
-                    return self.deliver(now, id, packet);
-                };
-                if let Some(reason) = error {
-                    return self.fail_request(now, id, ExchangeError::BlockTransfer { reason });
-                }
-                let Some(download) = exchange.block2.as_mut() else {
-                    return;
-                };
-                if download.body.len() > max_body {
-                    let size = download.body.len();
-                    return self.fail_request(
-                        now,
-                        id,
-                        ExchangeError::BodyTooLarge {
-                            size,
-                            max: max_body,
-                        },
-                    );
-                }
-                if block.more {
-                    if download.body.len() / (16 << download.szx) > BlockOption::MAX_NUM as usize {
-                        let reason = "block number beyond 2^20 (RFC 7959 §2.2)".to_string();
-                        return self.fail_request(now, id, ExchangeError::BlockTransfer { reason });
-                    }
-                    return self.transmit_next(now, id);
-                }
-                if let Some(mut download) = exchange.block2.take() {
-                    let mut response = download.first;
-                    response.payload = std::mem::take(&mut download.body);
-                    if let Some(seq) = download.seq {
-                        return self
-                            .events
-                            .push_back(Event::Notification { id, response, seq });
-                    }
-                    return self.deliver(now, id, response);
-                }
-            }
-            None => {
-                if exchange.block2.is_some() {
-                    let reason = "a block response without Block2 (RFC 7959 §2.4)".to_string();
-                    return self.fail_request(now, id, ExchangeError::BlockTransfer { reason });
-                }
-                self.deliver(now, id, packet);
-            }
+            Step::Fail(error) => self.fail_request(now, id, error),
         }
     }
 

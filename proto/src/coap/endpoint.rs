@@ -420,7 +420,7 @@ impl Endpoint {
     /// An ACK arrived (RFC 7252 §4.2): match it to a confirmable message by message ID.
     fn on_ack(&mut self, now: Instant, peer: SocketAddr, packet: coap_lite::Packet) {
         let key = (peer, packet.header.message_id);
-        if !self.sent.get(&key).is_some_and(|s| s.retransmit.is_some()) {
+        if self.sent.get(&key).is_none_or(|s| s.retransmit.is_none()) {
             return; // unknown or duplicate ACK: silently ignored (RFC 7252 §4.2)
         }
         let Some(sent) = self.sent.remove(&key) else {
