@@ -5,7 +5,7 @@ use std::cmp::Reverse;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use coap_lite::{CoapOption, MessageClass, MessageType, Packet, ResponseType};
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 
 use super::endpoint::{Endpoint, Owner, Sent, Timer, Token, forget_sent};
 use super::message::{self, BlockOption, observe_value, uint_bytes};
@@ -336,6 +336,10 @@ impl Endpoint {
             packet.clear_option(CoapOption::Observe);
             packet.clear_option(CoapOption::Block1);
             packet.clear_option(CoapOption::Size1);
+            if packet.header.code == MessageClass::Request(RequestType::Fetch) {
+                // RFC 8132 §2: the payload of a FETCH is part of what it asks for.
+                packet.payload = exchange.body.clone();
+            }
         } else if let Some(upload) = exchange.block1.as_mut() {
             let size = 16usize << upload.szx;
             let end = (upload.offset + size).min(exchange.body.len());

@@ -24,6 +24,27 @@
 //!
 //! Messages are [`coap_lite::Packet`] values; the option helpers of [`message`] cover what
 //! coap-lite lacks (20-bit block numbers, validated decoding).
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use lwm2m_proto::coap::{message, Config, Endpoint, Event, RequestType, ResponseType};
+//!
+//! let (client_addr, server_addr) = ("10.0.0.1:40000".parse().unwrap(), "10.0.0.2:5683".parse().unwrap());
+//! let mut client = Endpoint::new(Config { seed: 1, ..Config::default() });
+//! let mut server = Endpoint::new(Config { seed: 2, ..Config::default() });
+//! let now = Instant::now(); // the caller's clock; the endpoints never read one
+//!
+//! let id = client.send_request(now, server_addr, message::request(RequestType::Get, "/3/0/0")).unwrap();
+//! let datagram = client.poll_transmit().unwrap();
+//! server.handle_datagram(now, client_addr, &datagram.bytes);
+//! let Some(Event::Request { request, .. }) = server.poll_event() else { panic!() };
+//! assert_eq!(request.path(), "/3/0/0");
+//! server.respond(now, request.handle, message::response(ResponseType::Content, b"Open Mobile Alliance".to_vec())).unwrap();
+//! let datagram = server.poll_transmit().unwrap(); // the ACK with the response piggybacked
+//! client.handle_datagram(now + Duration::from_millis(30), server_addr, &datagram.bytes);
+//! let Some(Event::Response { id: answered, response }) = client.poll_event() else { panic!() };
+//! assert_eq!((answered, response.payload.as_slice()), (id, &b"Open Mobile Alliance"[..]));
+//! ```
 
 mod client;
 mod endpoint;

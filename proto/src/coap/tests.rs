@@ -548,6 +548,43 @@ fn block1_request_of_100_kb_arrives_whole_with_size_negotiation() {
 }
 
 #[test]
+fn a_body_that_changes_between_blocks_fails_the_request() {
+    // RFC 7959 §2.4: blocks with different ETags do not belong together.
+    let now = Instant::now();
+    let mut client = Endpoint::new(Config::default());
+    let id = client
+        .send_request(now, server_addr(), request(RequestType::Get, "/big"))
+        .unwrap();
+    let answer = |client: &mut Endpoint, num: u32, etag: u8| {
+        let sent = decode(&client.poll_transmit().unwrap().bytes);
+        let mut block = response(ResponseType::Content, vec![b'x'; 16]);
+        block.header.set_type(MessageType::Acknowledgement);
+        block.header.message_id = sent.header.message_id;
+        block.set_token(sent.get_token().to_vec());
+        block.add_option(CoapOption::ETag, vec![etag]);
+        BlockOption {
+            num,
+            more: true,
+            szx: 0,
+        }
+        .set_in(&mut block, CoapOption::Block2);
+        client.handle_datagram(now, server_addr(), &block.to_bytes_unlimited().unwrap());
+    };
+    answer(&mut client, 0, 1);
+    answer(&mut client, 1, 1);
+    answer(&mut client, 2, 2);
+    let Some(Event::RequestFailed {
+        id: failed,
+        error: ExchangeError::BlockTransfer { reason },
+    }) = client.poll_event()
+    else {
+        panic!("the transfer should fail");
+    };
+    assert_eq!(failed, id);
+    assert!(reason.contains("ETag"), "{reason}");
+}
+
+#[test]
 fn block1_out_of_order_and_too_large_are_refused() {
     let now = Instant::now();
     let mut server = Endpoint::new(Config {
@@ -667,6 +704,8 @@ fn observe_notifications_freshness_and_cancel_by_reset() {
         vec![b"20.5".to_vec(), b"21.5".to_vec(), b"22.5".to_vec()]
     );
     assert!(got.windows(2).all(|w| w[1].0 == w[0].0 + 1));
+    // Confirmable notifications were acknowledged: nothing was sent twice.
+    assert_eq!(net.server.counters().retransmissions, 0);
     // RFC 7641 §3.4: a reordered older notification is dropped.
     let last = decode(&net.sent.iter().rev().find(|(_, c, _)| !c).unwrap().2);
     let mut stale = last.clone();
