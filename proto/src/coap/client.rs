@@ -35,6 +35,9 @@ pub(super) struct Exchange {
     /// Sequence number and arrival time of the last notification (RFC 7641 §3.4) once the
     /// observation is established.
     observing: Option<(u32, Instant)>,
+    /// For an observation: the token of the requests fetching a body block by block, kept
+    /// apart from the observation's own token (RFC 7959 §3.4).
+    fetch_token: Option<Token>,
 }
 
 /// A request body going out block by block (RFC 7959 §2.3).
@@ -246,6 +249,7 @@ impl Endpoint {
             block1,
             block2: None,
             observing: None,
+            fetch_token: None,
         };
         self.exchanges.insert(id, exchange);
         self.tokens.insert((peer, token), id);
@@ -336,6 +340,9 @@ impl Endpoint {
             packet.clear_option(CoapOption::Observe);
             packet.clear_option(CoapOption::Block1);
             packet.clear_option(CoapOption::Size1);
+            if let Some(token) = exchange.fetch_token {
+                packet.set_token(token.as_slice().to_vec());
+            }
             if packet.header.code == MessageClass::Request(RequestType::Fetch) {
                 // RFC 8132 §2: the payload of a FETCH is part of what it asks for.
                 packet.payload = exchange.body.clone();
@@ -428,8 +435,13 @@ impl Endpoint {
             return false;
         };
         let peer = exchange.peer;
-        if self.tokens.get(&(peer, exchange.token)) == Some(&id) {
-            self.tokens.remove(&(peer, exchange.token));
+        for token in [Some(exchange.token), exchange.fetch_token]
+            .into_iter()
+            .flatten()
+        {
+            if self.tokens.get(&(peer, token)) == Some(&id) {
+                self.tokens.remove(&(peer, token));
+            }
         }
         if let Some(mid) = exchange.mid {
             forget_sent(&mut self.sent, peer, mid, Owner::Request(id));
@@ -493,7 +505,9 @@ impl Endpoint {
         if exchange.mid != Some(mid) {
             return;
         }
-        if ack.header.code != MessageClass::Empty && ack.get_token() == exchange.token.as_slice() {
+        let token = Token::new(ack.get_token());
+        let ours = token.is_some_and(|t| t == exchange.token || Some(t) == exchange.fetch_token);
+        if ack.header.code != MessageClass::Empty && ours {
             return self.on_exchange_message(now, id, ack);
         }
         // Empty ACK (or a token mismatch, RFC 7252 §5.3.2): a separate response follows
@@ -559,7 +573,12 @@ impl Endpoint {
             forget_sent(&mut self.sent, exchange.peer, mid, Owner::Request(id));
         }
         exchange.deadline = None;
-        match exchange.step(now, packet, max_body) {
+        let step = exchange.step(now, packet, max_body);
+        let fetching = exchange.observe && exchange.block2.is_some();
+        if fetching != exchange.fetch_token.is_some() {
+            self.renew_fetch_token(id, fetching);
+        }
+        match step {
             Step::SendNext => self.transmit_next(now, id),
             Step::Deliver(response) => self.deliver(now, id, response),
             Step::Notify(response, seq) => {
@@ -611,7 +630,11 @@ impl Endpoint {
             if let Some(mid) = exchange.mid.take() {
                 forget_sent(&mut self.sent, exchange.peer, mid, Owner::Request(id));
             }
+            self.renew_fetch_token(id, false);
         }
+        let Some(exchange) = self.exchanges.get_mut(&id) else {
+            return;
+        };
         match BlockOption::from_packet(&packet, CoapOption::Block2) {
             Some(Ok(block)) if block.num == 0 && block.more => {
                 packet.clear_option(CoapOption::Block2);
@@ -623,6 +646,7 @@ impl Endpoint {
                     szx: block.szx,
                     seq: Some(seq),
                 });
+                self.renew_fetch_token(id, true);
                 self.transmit_next(now, id);
             }
             _ => self.events.push_back(Event::Notification {
@@ -630,6 +654,26 @@ impl Endpoint {
                 response: packet,
                 seq,
             }),
+        }
+    }
+
+    /// Gives an observing exchange a fresh token for fetching a body block by block
+    /// (`fresh`), or drops the one it had. A fetch with the observation's own token could
+    /// be taken for a re-registration or a deregistration (RFC 7641 §4.1, RFC 7959 §3.4).
+    fn renew_fetch_token(&mut self, id: RequestId, fresh: bool) {
+        let Some(exchange) = self.exchanges.get_mut(&id) else {
+            return;
+        };
+        let peer = exchange.peer;
+        if let Some(old) = exchange.fetch_token.take() {
+            self.tokens.remove(&(peer, old));
+        }
+        if fresh {
+            let token = self.new_token(peer);
+            self.tokens.insert((peer, token), id);
+            if let Some(exchange) = self.exchanges.get_mut(&id) {
+                exchange.fetch_token = Some(token);
+            }
         }
     }
 

@@ -187,9 +187,9 @@ pub enum CancelReason {
     Reset,
     /// A confirmable notification was never acknowledged (RFC 7641 §4.5).
     Timeout,
-    /// The observer sent a GET with the observation's token and Observe = 1, or without
-    /// Observe (RFC 7641 §3.6, §4.1). The request itself is delivered as
-    /// [`Event::Request`] and must be answered.
+    /// The observer sent a GET (or FETCH) with the observation's token and Observe = 1
+    /// (RFC 7641 §3.6, §4.1). The request itself is delivered as [`Event::Request`] and must
+    /// be answered.
     Deregistered,
 }
 

@@ -237,9 +237,9 @@ impl Endpoint {
             }
         }
         if matches!(method, RequestType::Get | RequestType::Fetch)
-            && observe_value(&packet) != Some(0)
+            && observe_value(&packet) == Some(1)
         {
-            // RFC 7641 §3.6, §4.1: the observer deregisters with Observe = 1 (or a plain GET).
+            // RFC 7641 §3.6, §4.1: the observer deregisters with Observe = 1.
             if let Some(id) = self.observation_tokens.get(&(peer, token)).copied() {
                 self.end_observation(id, CancelReason::Deregistered);
             }

@@ -836,6 +836,80 @@ fn large_notification_is_fetched_block_wise() {
     net.run(net.elapsed() + Duration::from_secs(30), echo);
     assert_eq!(notifications(&net, id), vec![(2, big)]);
     assert!(net.client.is_active(id));
+    // The blocks were fetched with a token of their own (RFC 7959 §3.4).
+    let tokens: Vec<_> = net
+        .sent
+        .iter()
+        .filter(|(_, c, _)| *c)
+        .map(|(_, _, b)| decode(b))
+        .collect();
+    let observe_token = tokens[0].get_token().to_vec();
+    let fetches: Vec<_> = tokens
+        .iter()
+        .filter(|p| p.get_first_option(CoapOption::Block2).is_some())
+        .collect();
+    assert_eq!(fetches.len(), 4); // 5000 bytes in 1024-byte blocks
+    assert!(
+        fetches
+            .iter()
+            .all(|p| p.get_token() != observe_token && message::observe_value(p).is_none())
+    );
+    // Notifications keep coming on the observation's token.
+    net.server
+        .notify(
+            net.now,
+            observations[0],
+            response(ResponseType::Content, b"small".to_vec()),
+            false,
+        )
+        .unwrap();
+    net.run(net.elapsed() + Duration::from_secs(5), echo);
+    assert_eq!(
+        notifications(&net, id).last(),
+        Some(&(3, b"small".to_vec()))
+    );
+}
+
+#[test]
+fn large_observe_registration_response_is_fetched_whole() {
+    let mut net = Net::default_pair(Link {
+        latency: Duration::from_millis(10),
+        ..Link::default()
+    });
+    let mut get = request(RequestType::Get, "/3/0");
+    get.set_observe_value(0);
+    let id = net
+        .client
+        .send_request(net.now, server_addr(), get)
+        .unwrap();
+    let big = body(3000);
+    let reply = big.clone();
+    let mut observations = Vec::new();
+    net.run(Duration::from_secs(10), |endpoint, now, event| {
+        if let Event::Request { request, .. } = event {
+            // Block continuations come from the cache: only the registration gets here.
+            assert_eq!(request.observe(), Some(0));
+            let answer = response(ResponseType::Content, reply.clone());
+            observations.push(
+                endpoint
+                    .accept_observation(now, request.handle, answer)
+                    .unwrap(),
+            );
+        }
+    });
+    let response_event = net.responses()[&id];
+    assert_eq!(response_event.payload, big);
+    assert_eq!(message::observe_value(response_event), Some(1));
+    net.server
+        .notify(
+            net.now,
+            observations[0],
+            response(ResponseType::Content, b"1".to_vec()),
+            true,
+        )
+        .unwrap();
+    net.run(net.elapsed() + Duration::from_secs(5), ignore);
+    assert_eq!(notifications(&net, id), vec![(2, b"1".to_vec())]);
 }
 
 #[test]
