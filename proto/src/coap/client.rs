@@ -11,6 +11,9 @@ use super::endpoint::{Endpoint, Owner, Sent, Timer, Token, forget_sent};
 use super::message::{self, BlockOption, observe_value, uint_bytes};
 use super::{Event, ExchangeError, RequestId};
 
+/// The Request-Tag option (RFC 9175 §3.2): elective, repeatable.
+const REQUEST_TAG: u16 = 292;
+
 /// An outgoing request from [`Endpoint::send_request`] until its final response.
 #[derive(Debug)]
 pub(super) struct Exchange {
@@ -235,6 +238,12 @@ impl Endpoint {
         template.set_token(token.as_slice().to_vec());
         let block1 = self.plan_upload(&template, body.len())?;
         let id = RequestId(self.next_serial());
+        if block1.is_some() && self.uploading(peer, &template) {
+            // RFC 9175 §3.3: concurrent block-wise uploads to one resource are told apart by
+            // their Request-Tag (the server keys its reassembly on the options).
+            let tag = (id.0 as u32).to_be_bytes().to_vec();
+            template.add_option(CoapOption::Unknown(REQUEST_TAG), tag);
+        }
         let exchange = Exchange {
             peer,
             token,
@@ -261,6 +270,14 @@ impl Endpoint {
             state.queue.push_back(id);
         }
         Ok(id)
+    }
+
+    /// Whether a block-wise upload to the resource of `template` is under way to `peer`.
+    fn uploading(&self, peer: SocketAddr, template: &Packet) -> bool {
+        let key = message::resource_key(template);
+        self.exchanges.values().any(|e| {
+            e.peer == peer && e.block1.is_some() && message::resource_key(&e.template) == key
+        })
     }
 
     /// Decides whether a request body goes block-wise and with which size: the largest
@@ -542,11 +559,13 @@ impl Endpoint {
             return;
         };
         let has_observe = observe_value(&packet).is_some();
-        let notification = packet.header.get_type() != MessageType::Acknowledgement;
+        let token = Token::new(packet.get_token());
+        let fetch = token.is_some() && token == exchange.fetch_token;
+        let notification = packet.header.get_type() != MessageType::Acknowledgement && !fetch;
         if exchange.deregister && has_observe && notification {
             return; // a notification still in flight after Observe = 1 (RFC 7641 §3.6)
         }
-        if exchange.observing.is_some() && notification && (has_observe || exchange.mid.is_none()) {
+        if exchange.observing.is_some() && notification {
             if has_observe {
                 return self.on_notification(now, id, packet);
             }

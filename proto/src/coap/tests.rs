@@ -1207,3 +1207,78 @@ fn wrong_codes_are_refused() {
         Err(ExchangeError::MessageTooLarge { limit: 1152 })
     );
 }
+
+#[test]
+fn error_notification_ends_the_observation() {
+    // RFC 7641 §3.2, §4.2: a response without Observe (here 4.04) ends it on both sides.
+    let mut net = Net::default_pair(Link::default());
+    let mut observations = Vec::new();
+    let id = observe(&mut net, &mut observations);
+    let gone = response(ResponseType::NotFound, Vec::new());
+    net.server
+        .notify(net.now, observations[0], gone, true)
+        .unwrap();
+    net.run(net.elapsed() + Duration::from_secs(5), ignore);
+    let Some((
+        _,
+        Event::ObservationEnded {
+            id: ended,
+            response,
+        },
+    )) = net.client_events.last()
+    else {
+        panic!("no end of observation");
+    };
+    assert_eq!(
+        (*ended, response.header.code),
+        (id, MessageClass::Response(ResponseType::NotFound))
+    );
+    assert!(!net.client.is_active(id));
+    assert!(!net.server.is_observed(observations[0]));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Whatever the link does, every request ends exactly once, the server sees each request
+    /// at most once, and every response answers its own request.
+    #[test]
+    fn every_request_ends_exactly_once(
+        seed in proptest::prelude::any::<u64>(),
+        loss in 0.0f64..0.5,
+        duplicate in 0.0f64..0.5,
+        jitter_ms in 0u64..3000,
+        nstart in 1usize..4,
+        confirmable in proptest::prelude::any::<bool>(),
+    ) {
+        let link = Link { loss, duplicate, latency: Duration::from_millis(5), jitter: Duration::from_millis(jitter_ms) };
+        let config = Config { seed, nstart, ..Config::default() };
+        let mut net = Net::new(config.clone(), config, link);
+        let mut ids = HashMap::new();
+        for i in 0..12 {
+            let mut packet = request(RequestType::Post, "/echo");
+            if !confirmable {
+                packet.header.set_type(MessageType::NonConfirmable);
+            }
+            packet.payload = body(i * 150); // some of them block-wise
+            ids.insert(net.client.send_request(net.now, server_addr(), packet).unwrap(), i);
+        }
+        let mut seen = Vec::new();
+        net.run(Duration::from_secs(100_000), |endpoint, now, event| {
+            if let Event::Request { request, .. } = &event {
+                seen.push(request.packet.payload.clone());
+            }
+            echo(endpoint, now, event);
+        });
+        let distinct: HashSet<_> = seen.iter().collect();
+        proptest::prop_assert_eq!(distinct.len(), seen.len());
+        let responses = net.responses();
+        let failures = net.failures();
+        proptest::prop_assert_eq!(responses.len() + failures.len(), 12);
+        for (id, response) in responses {
+            let expected = if ids[&id] == 0 { b"/echo".to_vec() } else { body(ids[&id] * 150) };
+            proptest::prop_assert_eq!(&response.payload, &expected);
+        }
+        proptest::prop_assert!(net.sent.iter().all(|(_, _, b)| b.len() <= 1152));
+    }
+}
