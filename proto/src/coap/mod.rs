@@ -146,18 +146,26 @@ impl Config {
     /// a confirmable message to its last retransmission,
     /// `ACK_TIMEOUT * (2^MAX_RETRANSMIT - 1) * ACK_RANDOM_FACTOR` (45 s by default).
     pub fn max_transmit_span(&self) -> Duration {
-        let factor = (2f64.powi(self.max_retransmit.min(30) as i32) - 1.0) * self.ack_random_factor;
-        self.ack_timeout.mul_f64(factor)
+        scaled(
+            self.ack_timeout,
+            (2f64.powi(self.max_retransmit.min(30) as i32) - 1.0) * self.ack_random_factor,
+        )
     }
 
     /// MAX_TRANSMIT_WAIT (RFC 7252 §4.8.2): the longest time from the first transmission of
     /// a confirmable message until the sender gives up,
     /// `ACK_TIMEOUT * (2^(MAX_RETRANSMIT + 1) - 1) * ACK_RANDOM_FACTOR` (93 s by default).
     pub fn max_transmit_wait(&self) -> Duration {
-        let factor =
-            (2f64.powi(self.max_retransmit.min(30) as i32 + 1) - 1.0) * self.ack_random_factor;
-        self.ack_timeout.mul_f64(factor)
+        scaled(
+            self.ack_timeout,
+            (2f64.powi(self.max_retransmit.min(30) as i32 + 1) - 1.0) * self.ack_random_factor,
+        )
     }
+}
+
+/// `duration * factor`, saturating instead of panicking.
+fn scaled(duration: Duration, factor: f64) -> Duration {
+    Duration::try_from_secs_f64(duration.as_secs_f64() * factor).unwrap_or(Duration::MAX)
 }
 
 /// Identifies a request sent with [`Endpoint::send_request`] in the events about it; for a

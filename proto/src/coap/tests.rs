@@ -1187,6 +1187,49 @@ fn deduplication_memory_is_bounded_and_expires() {
 }
 
 #[test]
+fn rfc7252_derived_parameters_and_clamping() {
+    // RFC 7252 §4.8.2.
+    let config = Config::default();
+    assert_eq!(config.max_transmit_span(), Duration::from_secs(45));
+    assert_eq!(config.max_transmit_wait(), Duration::from_secs(93));
+    let wild = Config {
+        ack_timeout: Duration::MAX,
+        ack_random_factor: f64::INFINITY,
+        max_retransmit: u32::MAX,
+        token_length: 0,
+        preferred_block_size: 5000,
+        ..Config::default()
+    };
+    assert_eq!(wild.max_transmit_wait(), Duration::MAX);
+    let mut endpoint = Endpoint::new(wild);
+    assert_eq!(endpoint.config().preferred_block_size, 1024);
+    assert_eq!(endpoint.config().token_length, 1);
+    let now = Instant::now();
+    endpoint
+        .send_request(now, server_addr(), request(RequestType::Get, "/"))
+        .unwrap();
+    assert_eq!(
+        decode(&endpoint.poll_transmit().unwrap().bytes)
+            .get_token()
+            .len(),
+        1
+    );
+    // The first retransmission comes after the clamped ACK_TIMEOUT of a day (times the
+    // random factor), without overflowing anything.
+    let mut retransmission = None;
+    for _ in 0..10_000 {
+        let at = endpoint.poll_timeout().unwrap();
+        endpoint.handle_timeout(at);
+        if endpoint.poll_transmit().is_some() {
+            retransmission = Some(at);
+            break;
+        }
+    }
+    let retransmission = retransmission.unwrap();
+    assert!(retransmission - now >= Duration::from_secs(86_400));
+}
+
+#[test]
 fn wrong_codes_are_refused() {
     let now = Instant::now();
     let mut client = Endpoint::new(Config::default());
