@@ -1325,3 +1325,65 @@ proptest::proptest! {
         proptest::prop_assert!(net.sent.iter().all(|(_, _, b)| b.len() <= 1152));
     }
 }
+
+#[test]
+fn mutated_traffic_never_panics_either_side() {
+    // Real traffic of every kind (observe, Block1, Block2, separate), mutated and replayed
+    // into endpoints that hold live state.
+    let mut net = Net::default_pair(Link {
+        latency: Duration::from_millis(10),
+        ..Link::default()
+    });
+    let mut observations = Vec::new();
+    observe(&mut net, &mut observations);
+    let mut post = request(RequestType::Post, "/5/0/0");
+    post.payload = body(3000);
+    net.client
+        .send_request(net.now, server_addr(), post)
+        .unwrap();
+    net.get("/big");
+    let big = body(4000);
+    net.run(
+        net.elapsed() + Duration::from_secs(30),
+        |endpoint, now, event| {
+            if let Event::Request { request, .. } = event {
+                let reply = response(ResponseType::Content, big.clone());
+                endpoint.respond(now, request.handle, reply).unwrap();
+            }
+        },
+    );
+    net.server
+        .notify(
+            net.now,
+            observations[0],
+            response(ResponseType::Content, body(2000)),
+            true,
+        )
+        .unwrap();
+    net.run(net.elapsed() + Duration::from_secs(30), echo);
+    let corpus = net.sent.clone();
+    assert!(corpus.len() > 20);
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for round in 0..30_000 {
+        let (_, from_client, original) = &corpus[rng.random_range(0..corpus.len())];
+        let mut bytes = original.clone();
+        for _ in 0..rng.random_range(1..4) {
+            let i = rng.random_range(0..bytes.len());
+            bytes[i] ^= rng.random::<u8>();
+        }
+        if rng.random_bool(0.2) {
+            bytes.truncate(rng.random_range(0..=bytes.len()));
+        }
+        if *from_client {
+            net.server.handle_datagram(net.now, client_addr(), &bytes);
+        } else {
+            net.client.handle_datagram(net.now, server_addr(), &bytes);
+        }
+        if round % 500 == 0 {
+            let until = net.elapsed() + Duration::from_secs(1);
+            net.run(until, echo);
+        }
+    }
+    net.run(net.elapsed() + Duration::from_secs(600), echo);
+    assert!(net.server.counters().malformed > 0);
+}
