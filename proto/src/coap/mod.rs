@@ -109,9 +109,9 @@ pub struct Config {
     /// Upper bound on remembered incoming message IDs; the oldest is forgotten first.
     /// Default 16384.
     pub dedup_capacity: usize,
-    /// Upper bound on block-wise transfers kept in memory at once (bodies being reassembled
-    /// plus response bodies being served block by block); the oldest is dropped first.
-    /// Default 256.
+    /// Upper bound on block-wise transfers kept in memory at once, for each of the two
+    /// caches (request bodies being reassembled, response bodies being served block by
+    /// block); the least recently used is dropped first. Default 256.
     pub block_cache_capacity: usize,
     /// How long an idle block-wise transfer is kept (RFC 7959 §2.4, §2.5). Default 247 s
     /// (EXCHANGE_LIFETIME).
