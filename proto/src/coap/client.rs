@@ -5,11 +5,14 @@ use std::cmp::Reverse;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use coap_lite::{CoapOption, MessageClass, MessageType, Packet, ResponseType};
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 
 use super::endpoint::{Endpoint, Owner, Sent, Timer, Token, forget_sent};
 use super::message::{self, BlockOption, observe_value, uint_bytes};
 use super::{Event, ExchangeError, RequestId};
+
+/// The Request-Tag option (RFC 9175 §3.2): elective, repeatable.
+const REQUEST_TAG: u16 = 292;
 
 /// An outgoing request from [`Endpoint::send_request`] until its final response.
 #[derive(Debug)]
@@ -35,6 +38,9 @@ pub(super) struct Exchange {
     /// Sequence number and arrival time of the last notification (RFC 7641 §3.4) once the
     /// observation is established.
     observing: Option<(u32, Instant)>,
+    /// For an observation: the token of the requests fetching a body block by block, kept
+    /// apart from the observation's own token (RFC 7959 §3.4).
+    fetch_token: Option<Token>,
 }
 
 /// A request body going out block by block (RFC 7959 §2.3).
@@ -57,6 +63,137 @@ struct Download {
     etag: Option<Vec<u8>>,
     /// The Observe sequence number when the body is a notification's (RFC 7959 §3.4).
     seq: Option<u32>,
+}
+
+/// What a response to an exchange's message in flight leads to.
+enum Step {
+    /// Send the next block, or ask for it.
+    SendNext,
+    /// The final response.
+    Deliver(Packet),
+    /// A notification whose body is now complete (RFC 7959 §3.4).
+    Notify(Packet, u32),
+    /// The exchange failed.
+    Fail(ExchangeError),
+}
+
+fn block_error(reason: impl Into<String>) -> Step {
+    Step::Fail(ExchangeError::BlockTransfer {
+        reason: reason.into(),
+    })
+}
+
+impl Exchange {
+    /// Handles the block-wise side of a response (RFC 7959 §2.3, §2.4).
+    fn step(&mut self, now: Instant, mut packet: Packet, max_body: usize) -> Step {
+        if self.block1.is_some() {
+            if packet.header.code == MessageClass::Response(ResponseType::Continue) {
+                return self.continue_upload(&packet);
+            }
+            // Any other response is the final one (RFC 7959 §2.3).
+            self.block1 = None;
+        }
+        match BlockOption::from_packet(&packet, CoapOption::Block2) {
+            None if self.block2.is_some() => {
+                block_error("a block response without Block2 (RFC 7959 §2.4)")
+            }
+            None => Step::Deliver(packet),
+            Some(Err(reason)) => block_error(reason),
+            Some(Ok(block)) => {
+                packet.clear_option(CoapOption::Block2);
+                self.download(now, block, packet, max_body)
+            }
+        }
+    }
+
+    /// RFC 7959 §2.3: 2.31 Continue asks for the next block, maybe at a smaller size.
+    fn continue_upload(&mut self, packet: &Packet) -> Step {
+        let Some(upload) = self.block1.as_mut() else {
+            return block_error("2.31 Continue to a request that is not block-wise");
+        };
+        let sent = (upload.offset >> (upload.szx + 4)) as u32;
+        let next = upload.offset + upload.len;
+        match BlockOption::from_packet(packet, CoapOption::Block1) {
+            None => block_error("2.31 Continue without Block1 (RFC 7959 §2.3)"),
+            Some(Err(reason)) => block_error(reason),
+            Some(Ok(ack)) if ack.num != sent => block_error(format!(
+                "2.31 Continue for block {}, block {sent} was sent (RFC 7959 §2.3)",
+                ack.num
+            )),
+            Some(Ok(_)) if next >= self.body.len() => {
+                block_error("2.31 Continue after the last block (RFC 7959 §2.3)")
+            }
+            Some(Ok(ack)) => {
+                upload.szx = upload.szx.min(ack.szx);
+                upload.offset = next;
+                Step::SendNext
+            }
+        }
+    }
+
+    /// One Block2 block of a response (RFC 7959 §2.4) or notification (§3.4).
+    fn download(
+        &mut self,
+        now: Instant,
+        block: BlockOption,
+        mut packet: Packet,
+        max_body: usize,
+    ) -> Step {
+        let etag = packet.get_first_option(CoapOption::ETag).cloned();
+        let Some(download) = self.block2.as_mut() else {
+            if block.num != 0 || !block.more {
+                // A single block, or a later block asked for explicitly: deliver as is.
+                return Step::Deliver(packet);
+            }
+            if self.observe && message::is_success(&packet) {
+                self.observing = observe_value(&packet).map(|v| (v, now));
+            }
+            let body = std::mem::take(&mut packet.payload);
+            self.block2 = Some(Download {
+                first: packet,
+                body,
+                szx: block.szx,
+                etag,
+                seq: None,
+            });
+            return Step::SendNext;
+        };
+        if block.offset() != download.body.len() {
+            return block_error(format!(
+                "block {} at offset {} does not continue the {} bytes received (RFC 7959 §2.4)",
+                block.num,
+                block.offset(),
+                download.body.len()
+            ));
+        }
+        if etag != download.etag {
+            return block_error("ETag changed between blocks (RFC 7959 §2.4)");
+        }
+        download.body.append(&mut packet.payload);
+        download.szx = block.szx;
+        let size = download.body.len();
+        if size > max_body {
+            return Step::Fail(ExchangeError::BodyTooLarge {
+                size,
+                max: max_body,
+            });
+        }
+        if block.more {
+            if size >> (block.szx + 4) > BlockOption::MAX_NUM as usize {
+                return block_error("block number beyond 2^20 - 1 (RFC 7959 §2.2)");
+            }
+            return Step::SendNext;
+        }
+        let Some(download) = self.block2.take() else {
+            return Step::Deliver(packet);
+        };
+        let mut response = download.first;
+        response.payload = download.body;
+        match download.seq {
+            Some(seq) => Step::Notify(response, seq),
+            None => Step::Deliver(response),
+        }
+    }
 }
 
 impl Endpoint {
@@ -101,6 +238,12 @@ impl Endpoint {
         template.set_token(token.as_slice().to_vec());
         let block1 = self.plan_upload(&template, body.len())?;
         let id = RequestId(self.next_serial());
+        if block1.is_some() && self.uploading(peer, &template) {
+            // RFC 9175 §3.3: concurrent block-wise uploads to one resource are told apart by
+            // their Request-Tag (the server keys its reassembly on the options).
+            let tag = (id.0 as u32).to_be_bytes().to_vec();
+            template.add_option(CoapOption::Unknown(REQUEST_TAG), tag);
+        }
         let exchange = Exchange {
             peer,
             token,
@@ -115,6 +258,7 @@ impl Endpoint {
             block1,
             block2: None,
             observing: None,
+            fetch_token: None,
         };
         self.exchanges.insert(id, exchange);
         self.tokens.insert((peer, token), id);
@@ -126,6 +270,14 @@ impl Endpoint {
             state.queue.push_back(id);
         }
         Ok(id)
+    }
+
+    /// Whether a block-wise upload to the resource of `template` is under way to `peer`.
+    fn uploading(&self, peer: SocketAddr, template: &Packet) -> bool {
+        let key = message::resource_key(template);
+        self.exchanges.values().any(|e| {
+            e.peer == peer && e.block1.is_some() && message::resource_key(&e.template) == key
+        })
     }
 
     /// Decides whether a request body goes block-wise and with which size: the largest
@@ -205,6 +357,13 @@ impl Endpoint {
             packet.clear_option(CoapOption::Observe);
             packet.clear_option(CoapOption::Block1);
             packet.clear_option(CoapOption::Size1);
+            if let Some(token) = exchange.fetch_token {
+                packet.set_token(token.as_slice().to_vec());
+            }
+            if packet.header.code == MessageClass::Request(RequestType::Fetch) {
+                // RFC 8132 §2: the payload of a FETCH is part of what it asks for.
+                packet.payload = exchange.body.clone();
+            }
         } else if let Some(upload) = exchange.block1.as_mut() {
             let size = 16usize << upload.szx;
             let end = (upload.offset + size).min(exchange.body.len());
@@ -293,8 +452,13 @@ impl Endpoint {
             return false;
         };
         let peer = exchange.peer;
-        if self.tokens.get(&(peer, exchange.token)) == Some(&id) {
-            self.tokens.remove(&(peer, exchange.token));
+        for token in [Some(exchange.token), exchange.fetch_token]
+            .into_iter()
+            .flatten()
+        {
+            if self.tokens.get(&(peer, token)) == Some(&id) {
+                self.tokens.remove(&(peer, token));
+            }
         }
         if let Some(mid) = exchange.mid {
             forget_sent(&mut self.sent, peer, mid, Owner::Request(id));
@@ -358,7 +522,9 @@ impl Endpoint {
         if exchange.mid != Some(mid) {
             return;
         }
-        if ack.header.code != MessageClass::Empty && ack.get_token() == exchange.token.as_slice() {
+        let token = Token::new(ack.get_token());
+        let ours = token.is_some_and(|t| t == exchange.token || Some(t) == exchange.fetch_token);
+        if ack.header.code != MessageClass::Empty && ours {
             return self.on_exchange_message(now, id, ack);
         }
         // Empty ACK (or a token mismatch, RFC 7252 §5.3.2): a separate response follows
@@ -393,11 +559,13 @@ impl Endpoint {
             return;
         };
         let has_observe = observe_value(&packet).is_some();
-        let notification = packet.header.get_type() != MessageType::Acknowledgement;
+        let token = Token::new(packet.get_token());
+        let fetch = token.is_some() && token == exchange.fetch_token;
+        let notification = packet.header.get_type() != MessageType::Acknowledgement && !fetch;
         if exchange.deregister && has_observe && notification {
             return; // a notification still in flight after Observe = 1 (RFC 7641 §3.6)
         }
-        if exchange.observing.is_some() && notification && (has_observe || exchange.mid.is_none()) {
+        if exchange.observing.is_some() && notification {
             if has_observe {
                 return self.on_notification(now, id, packet);
             }
@@ -414,7 +582,7 @@ impl Endpoint {
     }
 
     /// The response to the exchange's message in flight.
-    fn on_exchange_response(&mut self, now: Instant, id: RequestId, mut packet: Packet) {
+    fn on_exchange_response(&mut self, now: Instant, id: RequestId, packet: Packet) {
         let max_body = self.config.max_body_size;
         let Some(exchange) = self.exchanges.get_mut(&id) else {
             return;
@@ -424,123 +592,19 @@ impl Endpoint {
             forget_sent(&mut self.sent, exchange.peer, mid, Owner::Request(id));
         }
         exchange.deadline = None;
-        if let Some(upload) = exchange.block1.as_mut() {
-            if packet.header.code == MessageClass::Response(ResponseType::Continue) {
-                // RFC 7959 §2.3: 2.31 asks for the next block, maybe at a smaller size.
-                let sent = BlockOption {
-                    num: (upload.offset >> (upload.szx + 4)) as u32,
-                    more: true,
-                    szx: upload.szx,
-                };
-                let next = upload.offset + upload.len;
-                let error = match BlockOption::from_packet(&packet, CoapOption::Block1) {
-                    None => Some("2.31 Continue without Block1 (RFC 7959 §2.3)".to_string()),
-                    Some(Err(reason)) => Some(reason),
-                    Some(Ok(ack)) if ack.num != sent.num => Some(format!(
-                        "2.31 Continue for block {}, block {} was sent (RFC 7959 §2.3)",
-                        ack.num, sent.num
-                    )),
-                    Some(Ok(_)) if next >= exchange.body.len() => {
-                        Some("2.31 Continue after the last block (RFC 7959 §2.3)".to_string())
-                    }
-                    Some(Ok(ack)) => {
-                        upload.szx = upload.szx.min(ack.szx);
-                        upload.offset = next;
-                        None
-                    }
-                };
-                return match error {
-                    Some(reason) => {
-                        self.fail_request(now, id, ExchangeError::BlockTransfer { reason })
-                    }
-                    None => self.transmit_next(now, id),
-                };
-            }
-            // Any other response is the final one (RFC 7959 §2.3).
-            exchange.block1 = None;
+        let step = exchange.step(now, packet, max_body);
+        let fetching = exchange.observe && exchange.block2.is_some();
+        if fetching != exchange.fetch_token.is_some() {
+            self.renew_fetch_token(id, fetching);
         }
-        match BlockOption::from_packet(&packet, CoapOption::Block2) {
-            Some(Err(reason)) => {
-                return self.fail_request(now, id, ExchangeError::BlockTransfer { reason });
+        match step {
+            Step::SendNext => self.transmit_next(now, id),
+            Step::Deliver(response) => self.deliver(now, id, response),
+            Step::Notify(response, seq) => {
+                self.events
+                    .push_back(Event::Notification { id, response, seq })
             }
-            Some(Ok(block)) => {
-                packet.clear_option(CoapOption::Block2);
-                let error = if let Some(download) = exchange.block2.as_mut() {
-                    let etag = packet.get_first_option(CoapOption::ETag).cloned();
-                    if block.offset() != download.body.len() {
-                        Some(format!(
-                            "block {} at offset {} does not continue the {} bytes received (RFC 7959 §2.4)",
-                            block.num,
-                            block.offset(),
-                            download.body.len()
-                        ))
-                    } else if etag != download.etag {
-                        Some("ETag changed between blocks (RFC 7959 §2.4)".to_string())
-                    } else {
-                        download.body.append(&mut packet.payload);
-                        download.szx = block.szx;
-                        None
-                    }
-                } else if block.num == 0 && block.more {
-                    let body = std::mem::take(&mut packet.payload);
-                    let seq = None;
-                    if exchange.observe && message::is_success(&packet) {
-                        exchange.observing = observe_value(&packet).map(|v| (v, now));
-                    }
-                    exchange.block2 = Some(Download {
-                        etag: packet.get_first_option(CoapOption::ETag).cloned(),
-                        first: packet.clone(),
-                        body,
-                        szx: block.szx,
-                        seq,
-                    });
-                    None
-                } else {
-                    // A single block, or a later block asked for explicitly: deliver as is.
-                    return self.deliver(now, id, packet);
-                };
-                if let Some(reason) = error {
-                    return self.fail_request(now, id, ExchangeError::BlockTransfer { reason });
-                }
-                let Some(download) = exchange.block2.as_mut() else {
-                    return;
-                };
-                if download.body.len() > max_body {
-                    let size = download.body.len();
-                    return self.fail_request(
-                        now,
-                        id,
-                        ExchangeError::BodyTooLarge {
-                            size,
-                            max: max_body,
-                        },
-                    );
-                }
-                if block.more {
-                    if download.body.len() / (16 << download.szx) > BlockOption::MAX_NUM as usize {
-                        let reason = "block number beyond 2^20 (RFC 7959 §2.2)".to_string();
-                        return self.fail_request(now, id, ExchangeError::BlockTransfer { reason });
-                    }
-                    return self.transmit_next(now, id);
-                }
-                if let Some(mut download) = exchange.block2.take() {
-                    let mut response = download.first;
-                    response.payload = std::mem::take(&mut download.body);
-                    if let Some(seq) = download.seq {
-                        return self
-                            .events
-                            .push_back(Event::Notification { id, response, seq });
-                    }
-                    return self.deliver(now, id, response);
-                }
-            }
-            None => {
-                if exchange.block2.is_some() {
-                    let reason = "a block response without Block2 (RFC 7959 §2.4)".to_string();
-                    return self.fail_request(now, id, ExchangeError::BlockTransfer { reason });
-                }
-                self.deliver(now, id, packet);
-            }
+            Step::Fail(error) => self.fail_request(now, id, error),
         }
     }
 
@@ -585,7 +649,11 @@ impl Endpoint {
             if let Some(mid) = exchange.mid.take() {
                 forget_sent(&mut self.sent, exchange.peer, mid, Owner::Request(id));
             }
+            self.renew_fetch_token(id, false);
         }
+        let Some(exchange) = self.exchanges.get_mut(&id) else {
+            return;
+        };
         match BlockOption::from_packet(&packet, CoapOption::Block2) {
             Some(Ok(block)) if block.num == 0 && block.more => {
                 packet.clear_option(CoapOption::Block2);
@@ -597,6 +665,7 @@ impl Endpoint {
                     szx: block.szx,
                     seq: Some(seq),
                 });
+                self.renew_fetch_token(id, true);
                 self.transmit_next(now, id);
             }
             _ => self.events.push_back(Event::Notification {
@@ -604,6 +673,26 @@ impl Endpoint {
                 response: packet,
                 seq,
             }),
+        }
+    }
+
+    /// Gives an observing exchange a fresh token for fetching a body block by block
+    /// (`fresh`), or drops the one it had. A fetch with the observation's own token could
+    /// be taken for a re-registration or a deregistration (RFC 7641 §4.1, RFC 7959 §3.4).
+    fn renew_fetch_token(&mut self, id: RequestId, fresh: bool) {
+        let Some(exchange) = self.exchanges.get_mut(&id) else {
+            return;
+        };
+        let peer = exchange.peer;
+        if let Some(old) = exchange.fetch_token.take() {
+            self.tokens.remove(&(peer, old));
+        }
+        if fresh {
+            let token = self.new_token(peer);
+            self.tokens.insert((peer, token), id);
+            if let Some(exchange) = self.exchanges.get_mut(&id) {
+                exchange.fetch_token = Some(token);
+            }
         }
     }
 

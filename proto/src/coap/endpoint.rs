@@ -216,15 +216,30 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Creates an endpoint. Out-of-range configuration values are clamped: `nstart` and
-    /// `ack_random_factor` to at least 1, `token_length` to 1..=8, `max_message_size` to at
-    /// least 64, `preferred_block_size` to a power of two in 16..=1024.
+    /// Creates an endpoint. Out-of-range configuration values are clamped: `nstart` to at
+    /// least 1, `ack_random_factor` to 1..=16, `max_retransmit` to at most 20, durations to
+    /// at most 24 h, `token_length` to 1..=8, `max_message_size` to at least 64,
+    /// `preferred_block_size` to a power of two in 16..=1024.
     pub fn new(mut config: Config) -> Endpoint {
+        const DAY: Duration = Duration::from_secs(86_400);
         config.nstart = config.nstart.max(1);
         config.token_length = config.token_length.clamp(1, 8);
         config.max_message_size = config.max_message_size.max(64);
-        if config.ack_random_factor.is_nan() || config.ack_random_factor < 1.0 {
-            config.ack_random_factor = 1.0;
+        config.max_retransmit = config.max_retransmit.min(20);
+        config.ack_random_factor = if config.ack_random_factor.is_nan() {
+            1.0
+        } else {
+            config.ack_random_factor.clamp(1.0, 16.0)
+        };
+        for duration in [
+            &mut config.ack_timeout,
+            &mut config.exchange_lifetime,
+            &mut config.non_lifetime,
+            &mut config.response_timeout,
+            &mut config.separate_response_delay,
+            &mut config.block_lifetime,
+        ] {
+            *duration = (*duration).min(DAY);
         }
         let szx = BlockOption::szx_for(config.preferred_block_size);
         config.preferred_block_size = 16 << szx;
@@ -420,7 +435,7 @@ impl Endpoint {
     /// An ACK arrived (RFC 7252 §4.2): match it to a confirmable message by message ID.
     fn on_ack(&mut self, now: Instant, peer: SocketAddr, packet: coap_lite::Packet) {
         let key = (peer, packet.header.message_id);
-        if !self.sent.get(&key).is_some_and(|s| s.retransmit.is_some()) {
+        if self.sent.get(&key).is_none_or(|s| s.retransmit.is_none()) {
             return; // unknown or duplicate ACK: silently ignored (RFC 7252 §4.2)
         }
         let Some(sent) = self.sent.remove(&key) else {
@@ -524,7 +539,7 @@ impl Endpoint {
             Some(old) => (old.transmissions + 1, old.timeout.saturating_mul(2)),
             None => {
                 let factor = self.rng.random_range(1.0..=self.config.ack_random_factor);
-                (1, self.config.ack_timeout.mul_f64(factor))
+                (1, super::scaled(self.config.ack_timeout, factor))
             }
         };
         let next_at = now + timeout;

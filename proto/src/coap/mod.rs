@@ -24,6 +24,27 @@
 //!
 //! Messages are [`coap_lite::Packet`] values; the option helpers of [`message`] cover what
 //! coap-lite lacks (20-bit block numbers, validated decoding).
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use lwm2m_proto::coap::{message, Config, Endpoint, Event, RequestType, ResponseType};
+//!
+//! let (client_addr, server_addr) = ("10.0.0.1:40000".parse().unwrap(), "10.0.0.2:5683".parse().unwrap());
+//! let mut client = Endpoint::new(Config { seed: 1, ..Config::default() });
+//! let mut server = Endpoint::new(Config { seed: 2, ..Config::default() });
+//! let now = Instant::now(); // the caller's clock; the endpoints never read one
+//!
+//! let id = client.send_request(now, server_addr, message::request(RequestType::Get, "/3/0/0")).unwrap();
+//! let datagram = client.poll_transmit().unwrap();
+//! server.handle_datagram(now, client_addr, &datagram.bytes);
+//! let Some(Event::Request { request, .. }) = server.poll_event() else { panic!() };
+//! assert_eq!(request.path(), "/3/0/0");
+//! server.respond(now, request.handle, message::response(ResponseType::Content, b"Open Mobile Alliance".to_vec())).unwrap();
+//! let datagram = server.poll_transmit().unwrap(); // the ACK with the response piggybacked
+//! client.handle_datagram(now + Duration::from_millis(30), server_addr, &datagram.bytes);
+//! let Some(Event::Response { id: answered, response }) = client.poll_event() else { panic!() };
+//! assert_eq!((answered, response.payload.as_slice()), (id, &b"Open Mobile Alliance"[..]));
+//! ```
 
 mod client;
 mod endpoint;
@@ -88,9 +109,9 @@ pub struct Config {
     /// Upper bound on remembered incoming message IDs; the oldest is forgotten first.
     /// Default 16384.
     pub dedup_capacity: usize,
-    /// Upper bound on block-wise transfers kept in memory at once (bodies being reassembled
-    /// plus response bodies being served block by block); the oldest is dropped first.
-    /// Default 256.
+    /// Upper bound on block-wise transfers kept in memory at once, for each of the two
+    /// caches (request bodies being reassembled, response bodies being served block by
+    /// block); the least recently used is dropped first. Default 256.
     pub block_cache_capacity: usize,
     /// How long an idle block-wise transfer is kept (RFC 7959 §2.4, §2.5). Default 247 s
     /// (EXCHANGE_LIFETIME).
@@ -125,18 +146,26 @@ impl Config {
     /// a confirmable message to its last retransmission,
     /// `ACK_TIMEOUT * (2^MAX_RETRANSMIT - 1) * ACK_RANDOM_FACTOR` (45 s by default).
     pub fn max_transmit_span(&self) -> Duration {
-        let factor = (2f64.powi(self.max_retransmit.min(30) as i32) - 1.0) * self.ack_random_factor;
-        self.ack_timeout.mul_f64(factor)
+        scaled(
+            self.ack_timeout,
+            (2f64.powi(self.max_retransmit.min(30) as i32) - 1.0) * self.ack_random_factor,
+        )
     }
 
     /// MAX_TRANSMIT_WAIT (RFC 7252 §4.8.2): the longest time from the first transmission of
     /// a confirmable message until the sender gives up,
     /// `ACK_TIMEOUT * (2^(MAX_RETRANSMIT + 1) - 1) * ACK_RANDOM_FACTOR` (93 s by default).
     pub fn max_transmit_wait(&self) -> Duration {
-        let factor =
-            (2f64.powi(self.max_retransmit.min(30) as i32 + 1) - 1.0) * self.ack_random_factor;
-        self.ack_timeout.mul_f64(factor)
+        scaled(
+            self.ack_timeout,
+            (2f64.powi(self.max_retransmit.min(30) as i32 + 1) - 1.0) * self.ack_random_factor,
+        )
     }
+}
+
+/// `duration * factor`, saturating instead of panicking.
+fn scaled(duration: Duration, factor: f64) -> Duration {
+    Duration::try_from_secs_f64(duration.as_secs_f64() * factor).unwrap_or(Duration::MAX)
 }
 
 /// Identifies a request sent with [`Endpoint::send_request`] in the events about it; for a
@@ -166,9 +195,9 @@ pub enum CancelReason {
     Reset,
     /// A confirmable notification was never acknowledged (RFC 7641 §4.5).
     Timeout,
-    /// The observer sent a GET with the observation's token and Observe = 1, or without
-    /// Observe (RFC 7641 §3.6, §4.1). The request itself is delivered as
-    /// [`Event::Request`] and must be answered.
+    /// The observer sent a GET (or FETCH) with the observation's token and Observe = 1
+    /// (RFC 7641 §3.6, §4.1). The request itself is delivered as [`Event::Request`] and must
+    /// be answered.
     Deregistered,
 }
 

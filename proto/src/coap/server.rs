@@ -135,6 +135,13 @@ fn error_response(code: ResponseType, reason: String) -> Packet {
     message::response(code, reason.into_bytes())
 }
 
+/// FNV-1a, 64 bits: a cheap, stable fingerprint of a body.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01B3)
+    })
+}
+
 /// Cuts the block at `offset` (a multiple of the block size) out of `body`.
 fn cut_block(template: &Packet, body: &[u8], offset: usize, szx: u8) -> Packet {
     let size = 16usize << szx;
@@ -230,9 +237,9 @@ impl Endpoint {
             }
         }
         if matches!(method, RequestType::Get | RequestType::Fetch)
-            && observe_value(&packet) != Some(0)
+            && observe_value(&packet) == Some(1)
         {
-            // RFC 7641 §3.6, §4.1: the observer deregisters with Observe = 1 (or a plain GET).
+            // RFC 7641 §3.6, §4.1: the observer deregisters with Observe = 1.
             if let Some(id) = self.observation_tokens.get(&(peer, token)).copied() {
                 self.end_observation(id, CancelReason::Deregistered);
             }
@@ -454,6 +461,12 @@ impl Endpoint {
         let fits = len <= self.config.preferred_block_size && whole <= limit;
         if fits && requested.is_none_or(|b| b.num == 0 && len <= b.size()) {
             return Ok(response);
+        }
+        if response.get_first_option(CoapOption::ETag).is_none() {
+            // RFC 7959 §2.4: an ETag lets the client notice a body that changed between
+            // blocks; derived from the body, so a re-generated identical body keeps it.
+            let tag = fnv1a(&response.payload);
+            response.add_option(CoapOption::ETag, tag.to_be_bytes().to_vec());
         }
         let szx = self.response_szx(&response, requested)?;
         let offset = requested.map_or(0, |b| b.offset());
