@@ -201,7 +201,7 @@ mod tests {
                 let bytes = base64_decode(h.encoded_histogram());
                 let back: Histogram<u64> =
                     Deserializer::new().deserialize(&mut &bytes[..]).unwrap();
-                assert!(back.len() > 0);
+                assert!(!back.is_empty());
             }
         }
         assert_eq!(tags, vec![Some("read".into()), Some("register".into())]);

@@ -18,19 +18,19 @@ svg text{font:11px system-ui,sans-serif}";
 pub fn render(r: &RunReport) -> String {
     let mut s = String::new();
     let (p, f, na) = r.tally();
-    let _ = write!(
+    let _ = writeln!(
         s,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\
          <style>{STYLE}</style></head><body>\n<h1>{title}</h1>\n\
          <p><span class=\"badge passed\">{p} passed</span><span class=\"badge failed\">{f} failed</span>\
-         <span class=\"badge not-applicable\">{na} not applicable</span></p>\n",
+         <span class=\"badge not-applicable\">{na} not applicable</span></p>",
         title = escape(&r.title)
     );
-    let _ = write!(
+    let _ = writeln!(
         s,
         "<table class=\"meta\"><tr><td>run</td><td>{}</td></tr><tr><td>seed</td><td>{}</td></tr>\
          <tr><td>harness</td><td>lwm2m-harness {} (git {})</td></tr>\
-         <tr><td>started</td><td>{}</td></tr><tr><td>duration</td><td>{:.1} s</td></tr></table>\n",
+         <tr><td>started</td><td>{}</td></tr><tr><td>duration</td><td>{:.1} s</td></tr></table>",
         escape(&r.run),
         r.seed,
         escape(&r.product_version),
@@ -177,9 +177,9 @@ fn matrix(s: &mut String, r: &RunReport) {
     if !failures.is_empty() {
         s.push_str("<h2>Failures and cases not applicable</h2>\n");
         for c in failures {
-            let _ = write!(
+            let _ = writeln!(
                 s,
-                "<h3 class=\"{}\">{} — {} [{}]</h3><pre>{}</pre>\n",
+                "<h3 class=\"{}\">{} — {} [{}]</h3><pre>{}</pre>",
                 if c.status == Status::Failed {
                     "failed"
                 } else {
@@ -256,9 +256,9 @@ fn latencies(s: &mut String, r: &RunReport) {
             l.p99_ms
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "<text x=\"{label_w}\" y=\"{}\"><tspan fill=\"#4c9be8\">■ p50</tspan> <tspan fill=\"#f0a030\">■ p90</tspan> <tspan fill=\"#d9534f\">■ p99</tspan> (scale 0 – {max:.2} ms)</text></svg>\n",
+        "<text x=\"{label_w}\" y=\"{}\"><tspan fill=\"#4c9be8\">■ p50</tspan> <tspan fill=\"#f0a030\">■ p90</tspan> <tspan fill=\"#d9534f\">■ p99</tspan> (scale 0 – {max:.2} ms)</text></svg>",
         height - 4.0
     );
 }
@@ -286,13 +286,13 @@ fn throughput(s: &mut String, r: &RunReport) {
             )
         })
         .collect();
-    let _ = write!(
+    let _ = writeln!(
         s,
         "<h2>Throughput over time</h2><svg role=\"img\" aria-label=\"throughput\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">\
          <line x1=\"{pad}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\" stroke=\"#888\"/><line x1=\"{pad}\" y1=\"10\" x2=\"{pad}\" y2=\"{y0}\" stroke=\"#888\"/>\
          <polyline fill=\"none\" stroke=\"#4c9be8\" stroke-width=\"2\" points=\"{}\"/>\
          <text x=\"{pad}\" y=\"{}\">0 s</text><text x=\"{}\" y=\"{}\">{t_max:.0} s</text>\
-         <text x=\"2\" y=\"18\">{o_max:.0}/s</text><text x=\"2\" y=\"{y0}\">0</text></svg>\n",
+         <text x=\"2\" y=\"18\">{o_max:.0}/s</text><text x=\"2\" y=\"{y0}\">0</text></svg>",
         points.join(" "),
         h - 8.0,
         w - pad - 20.0,
