@@ -10,7 +10,7 @@
 //!
 //! A session starts when a client sends a Bootstrap-Request (`POST /bs?ep=NAME`, 1.1 may add
 //! `&pct=FORMAT`, Core TS 1.1 §5.2.7.1) or when the user calls [`BootstrapServer::start`]
-//! (server-initiated bootstrap, Core TS 1.1 §5.2.3).
+//! (Server Initiated Bootstrap, Core TS 1.1 §5.2).
 //!
 //! One session runs per endpoint name. A new Bootstrap-Request from an endpoint whose session
 //! is running ends that session ([`FailureReason::Restarted`]) before it is answered: the
@@ -532,9 +532,9 @@ impl BootstrapServer {
         }
     }
 
-    /// Server-initiated bootstrap (Core TS 1.1 §5.2.3): runs the sequence for `endpoint` at
-    /// `peer` without waiting for a Bootstrap-Request. The writes are TLV, the format every
-    /// client supports. Refused when nothing is configured for the endpoint, when the
+    /// Server Initiated Bootstrap (Core TS 1.1 §5.2): runs the sequence for `endpoint` at
+    /// `peer` without waiting for a Bootstrap-Request. The writes are TLV, the format LwM2M
+    /// 1.0 makes mandatory. Refused when nothing is configured for the endpoint, when the
     /// configuration cannot be sent, or when a session with the endpoint is running.
     pub fn start(
         &mut self,
