@@ -21,6 +21,7 @@ pub mod model;
 pub mod node;
 pub mod registration;
 pub mod registry;
+pub mod server;
 pub mod value;
 
 pub use content::{CodecError, ContentFormat, Decoded, Finding};

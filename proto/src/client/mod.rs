@@ -1,5 +1,8 @@
-//! The LwM2M Client side: the object tree and the operations on it.
+//! The LwM2M Client side: the object tree, the operations on it, and the client state
+//! machine that simulated devices run.
 
+pub mod machine;
 pub mod tree;
 
+pub use machine::{ClientConfig, ClientEvent, ClientState, Lwm2mClient, Quirks};
 pub use tree::{DmError, ExecuteArg, ObjectTree, WriteMode};
