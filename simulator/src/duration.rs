@@ -49,7 +49,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-/// Formats a duration the way [`parse`] reads it, in the largest exact units (`1m30s`, `250ms`).
+/// Formats a duration the way [`parse`] reads it, to the millisecond (`1m30s`, `1s250ms`).
 pub fn format(d: Duration) -> String {
     let mut out = String::new();
     let secs = d.as_secs();
@@ -66,7 +66,7 @@ pub fn format(d: Duration) -> String {
     out
 }
 
-/// Serde: writes [`format`].
+/// Serde: writes [`format()`].
 pub fn serialize<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&format(*d))
 }
@@ -138,6 +138,13 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert!(parse("10").unwrap_err().contains("unit is missing"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(s in "\\PC{0,12}") {
+            let _ = parse(&s);
+        }
     }
 
     #[test]

@@ -310,22 +310,11 @@ impl Generator {
         } else {
             u64::try_from(t.as_nanos() / self.period.as_nanos()).unwrap_or(u64::MAX)
         };
-        while self.steps < steps {
-            self.steps += 1;
-            match &self.kind {
-                Kind::RandomWalk { step, min, max, .. } => {
-                    let delta = if *step > 0.0 {
-                        self.rng.random_range(-step..=*step)
-                    } else {
-                        0.0
-                    };
-                    self.walk = (self.walk + delta).clamp(*min, *max);
-                }
-                Kind::Pick(values) => self.pick = self.rng.random_range(0..values.len().max(1)),
-                // Closed forms: no state to advance.
-                Kind::Constant(_) | Kind::Counter { .. } | Kind::Sine { .. } => {
-                    self.steps = steps;
-                }
+        // Counter, sine and constant have closed forms; the random ones replay each step.
+        if matches!(self.kind, Kind::RandomWalk { .. } | Kind::Pick(_)) {
+            while self.steps < steps {
+                self.steps += 1;
+                self.step();
             }
         }
         match &self.kind {
@@ -340,6 +329,22 @@ impl Generator {
                 self.number(x.clamp(*min, *max))
             }
             Kind::Pick(values) => values.get(self.pick).cloned().unwrap_or(Value::None),
+        }
+    }
+
+    /// One random step of a random walk or a pick.
+    fn step(&mut self) {
+        match &self.kind {
+            Kind::RandomWalk { step, min, max, .. } => {
+                let delta = if *step > 0.0 {
+                    self.rng.random_range(-step..=*step)
+                } else {
+                    0.0
+                };
+                self.walk = (self.walk + delta).clamp(*min, *max);
+            }
+            Kind::Pick(values) => self.pick = self.rng.random_range(0..values.len().max(1)),
+            Kind::Constant(_) | Kind::Counter { .. } | Kind::Sine { .. } => {}
         }
     }
 

@@ -354,10 +354,11 @@ impl CustomObject {
     }
 }
 
-/// The binding letters each version defines (Core TS 1.0 §5.3.1.1, 1.1 §6.2.1, 1.2 §6.2.1).
+/// The transport letters each version defines for the binding, besides the 1.0 queue
+/// letter Q (Core TS 1.0 §5.3.1.1, 1.1 §6.2.1, 1.2 §6.2.1).
 fn binding_letters(v: Lwm2mVersion) -> &'static str {
     match v {
-        Lwm2mVersion::V1_0 => "USQ",
+        Lwm2mVersion::V1_0 => "US",
         Lwm2mVersion::V1_1 => "USNT",
         Lwm2mVersion::V1_2 => "USNTMH",
     }
@@ -425,9 +426,18 @@ impl Profile {
         defs
     }
 
+    /// Checks the profile as a whole, after parsing: quirks resolve (later checks depend on
+    /// them), then binding, lifetime, formats and objects agree with the version and quirks.
     fn check(&mut self, packs: &QuirkPacks) -> Result<(), ConfigError> {
+        self.resolved_quirks = self.resolve_quirks(packs)?;
+        self.check_binding()?;
+        self.check_lifetime()?;
+        self.check_formats()?;
+        self.check_objects()
+    }
+
+    fn resolve_quirks(&self, packs: &QuirkPacks) -> Result<Vec<Quirk>, ConfigError> {
         let o = &self.origin;
-        // Quirks first: later checks depend on them.
         let mut resolved: Vec<Quirk> = Vec::new();
         for r in &self.quirks {
             let list = match r {
@@ -457,10 +467,12 @@ impl Profile {
                 }
             }
         }
-        self.resolved_quirks = resolved;
-        let v = self.lwm2m_version;
 
-        // Binding and queue mode.
+        Ok(resolved)
+    }
+
+    fn check_binding(&self) -> Result<(), ConfigError> {
+        let (o, v) = (&self.origin, self.lwm2m_version);
         let letters = binding_letters(v);
         if self.binding.is_empty()
             || !self
@@ -471,7 +483,7 @@ impl Profile {
             return Err(o.error(
                 "binding",
                 format!(
-                    "{:?} is not a LwM2M {v} binding (letters {letters})",
+                    "{:?} is not a LwM2M {v} binding (letters {letters}, and Q for queue mode)",
                     self.binding
                 ),
             ));
@@ -499,7 +511,11 @@ impl Profile {
             return Err(o.error("queue_mode", "LwM2M 1.0 expresses queue mode as binding UQ"));
         }
 
-        // Lifetime, endpoint names.
+        Ok(())
+    }
+
+    fn check_lifetime(&self) -> Result<(), ConfigError> {
+        let o = &self.origin;
         if self.lifetime < Duration::from_secs(1)
             || self.lifetime.subsec_nanos() != 0
             || self.lifetime.as_secs() > u64::from(u32::MAX)
@@ -513,7 +529,11 @@ impl Profile {
             return Err(o.error("endpoint_prefix", "must not be empty"));
         }
 
-        // Content formats.
+        Ok(())
+    }
+
+    fn check_formats(&self) -> Result<(), ConfigError> {
+        let (o, v) = (&self.origin, self.lwm2m_version);
         let legacy_formats = self.has_quirk("legacy-content-formats");
         for (i, f) in self.supported_formats.iter().enumerate() {
             let key = "supported_formats";
@@ -543,7 +563,11 @@ impl Profile {
             ));
         }
 
-        // Objects.
+        Ok(())
+    }
+
+    fn check_objects(&self) -> Result<(), ConfigError> {
+        let o = &self.origin;
         let location = self.objects.get(&ObjectId(6));
         let pre_location = location.is_some_and(|l| l.variant == Some(ObjectVariant::Pre1_0));
         if self.has_quirk("pre-1-0-location") && !pre_location {

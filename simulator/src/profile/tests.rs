@@ -399,3 +399,16 @@ fn load_profile_checks_the_file_name() {
     let missing = load_profile(&dir.path().join("none.yaml"), &QuirkPacks::new()).unwrap_err();
     assert!(matches!(missing, ConfigError::Io { .. }));
 }
+
+proptest::proptest! {
+    /// Damaged profiles give errors, never panics, in loading and in typing.
+    #[test]
+    fn damaged_profiles_never_panic(at in 0usize..BASE.len(), len in 0usize..8, junk in "[ :\\[\\]{}a-z0-9.\n-]{0,6}") {
+        let mut text = BASE.to_owned();
+        let end = (at + len).min(text.len());
+        text.replace_range(at..end, &junk);
+        if let Ok(p) = profile(&text) {
+            let _ = instances_for(&p, &device());
+        }
+    }
+}
