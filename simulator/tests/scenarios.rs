@@ -168,3 +168,18 @@ fn duplicate_names_are_refused() {
         errors[0]
     );
 }
+
+#[test]
+fn every_shipped_profile_types_against_the_registry() {
+    let registry = lwm2m_proto::registry::Registry::embedded();
+    let scenarios = load_all_scenario_files(&scenarios_dir()).expect("shipped files load");
+    assert!(!scenarios.profiles.is_empty());
+    for (name, profile) in &scenarios.profiles {
+        let template = lwm2m_simulator::instances_for(profile, &registry)
+            .unwrap_or_else(|e| panic!("profile {name}: {e}"));
+        assert!(
+            !template.objects.is_empty(),
+            "profile {name} has no objects"
+        );
+    }
+}
