@@ -35,15 +35,19 @@ pub enum ContentFormat {
     OmaJson,
     /// `application/vnd.oma.lwm2m+cbor` (11544, LwM2M 1.2).
     Lwm2mCbor,
+    /// Pre-1.0 text number 1541 (`application/vnd.oma.lwm2m+text` of the 2014-2016 drafts).
+    LegacyText,
     /// Pre-1.0 TLV number 1542.
     LegacyTlv,
     /// Pre-1.0 JSON number 1543.
     LegacyJson,
+    /// Pre-1.0 opaque number 1544.
+    LegacyOpaque,
 }
 
 impl ContentFormat {
     /// Every format, for listings and tests.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 13] = [
         Self::Text,
         Self::LinkFormat,
         Self::Opaque,
@@ -53,8 +57,10 @@ impl ContentFormat {
         Self::Tlv,
         Self::OmaJson,
         Self::Lwm2mCbor,
+        Self::LegacyText,
         Self::LegacyTlv,
         Self::LegacyJson,
+        Self::LegacyOpaque,
     ];
 
     /// The CoAP Content-Format number.
@@ -69,8 +75,10 @@ impl ContentFormat {
             Self::Tlv => 11542,
             Self::OmaJson => 11543,
             Self::Lwm2mCbor => 11544,
+            Self::LegacyText => 1541,
             Self::LegacyTlv => 1542,
             Self::LegacyJson => 1543,
+            Self::LegacyOpaque => 1544,
         }
     }
 
@@ -91,8 +99,10 @@ impl ContentFormat {
             Self::Tlv => "tlv",
             Self::OmaJson => "json",
             Self::Lwm2mCbor => "lwm2m-cbor",
+            Self::LegacyText => "text-1541",
             Self::LegacyTlv => "tlv-1542",
             Self::LegacyJson => "json-1543",
+            Self::LegacyOpaque => "opaque-1544",
         }
     }
 
@@ -104,11 +114,14 @@ impl ContentFormat {
         Self::ALL.into_iter().find(|f| f.name() == s)
     }
 
-    /// The current format a legacy number stands for (1542 → TLV, 1543 → OMA JSON).
+    /// The current format a legacy number stands for (1541 → text, 1542 → TLV, 1543 → OMA
+    /// JSON, 1544 → opaque).
     pub fn canonical(self) -> Self {
         match self {
+            Self::LegacyText => Self::Text,
             Self::LegacyTlv => Self::Tlv,
             Self::LegacyJson => Self::OmaJson,
+            Self::LegacyOpaque => Self::Opaque,
             f => f,
         }
     }
@@ -169,7 +182,7 @@ pub enum Finding {
         /// True if the registry declares a multiple resource.
         expected_multiple: bool,
     },
-    /// A pre-1.0 Content-Format number (1542, 1543) was used.
+    /// A pre-1.0 Content-Format number (1541-1544) was used.
     LegacyContentFormat {
         /// The number.
         code: u16,

@@ -78,6 +78,7 @@ fn legacy_numbers_decode_like_current_ones_and_are_flagged() {
     for (legacy, current) in [
         (ContentFormat::LegacyTlv, ContentFormat::Tlv),
         (ContentFormat::LegacyJson, ContentFormat::OmaJson),
+        (ContentFormat::LegacyText, ContentFormat::Text),
     ] {
         let bytes = content::encode(current, &path, &node).unwrap();
         let d = content::decode(legacy, &bytes, &path, &schema).unwrap();
