@@ -137,6 +137,19 @@ fn record_findings(into: &mut Vec<RegistrationFinding>, new: Vec<RegistrationFin
     }
 }
 
+/// The diagnostic payload of a refusal (RFC 7252 §5.5.2): the reason, cut to at most
+/// [`DIAGNOSTIC_MAX`] bytes on a character boundary (reasons echo what the client sent).
+fn diagnostic(reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(DIAGNOSTIC_MAX);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason.as_bytes().get(..end).unwrap_or_default().to_vec()
+}
+
+/// Longest diagnostic payload, in bytes: small enough for one datagram with any options.
+const DIAGNOSTIC_MAX: usize = 256;
+
 /// A response packet with a (class, detail) code.
 fn response(code: (u8, u8), payload: Vec<u8>) -> Packet {
     let mut packet = message::response(ResponseType::Content, payload);
@@ -201,12 +214,8 @@ impl Lwm2mServer {
                         reason: refusal.reason.clone(),
                     }
                 };
-                // RFC 7252 §5.5.2: the reason as diagnostic payload.
-                self.answer(
-                    now,
-                    handle,
-                    response(refusal.code, refusal.reason.into_bytes()),
-                );
+                let payload = diagnostic(&refusal.reason);
+                self.answer(now, handle, response(refusal.code, payload));
                 self.events.push_back(event);
             }
         }

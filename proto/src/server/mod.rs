@@ -1,6 +1,6 @@
 //! The LwM2M Server as a sans-IO state machine (Core TS 1.1 §6.2-§6.4): Registration,
 //! Device Management and Service Enablement, Information Reporting, queue mode and clients
-//! that move behind NATs, on top of the CoAP [`Endpoint`](crate::coap::Endpoint).
+//! that move behind NATs, on top of the CoAP [`Endpoint`].
 //!
 //! Input: [`Lwm2mServer::handle_datagram`], [`Lwm2mServer::handle_timeout`] and
 //! [`Lwm2mServer::request`]; output: [`Lwm2mServer::poll_transmit`],
@@ -366,6 +366,7 @@ impl Lwm2mServer {
             client.queue.push_back((id, action));
             self.timers.push(Reverse((deadline, Timer::Queue(id))));
         }
+        self.drain_endpoint(now);
         Ok(id)
     }
 
