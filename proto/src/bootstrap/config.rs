@@ -145,6 +145,10 @@ pub struct BootstrapConfig {
     /// Access Control object instances by instance id.
     #[serde(default)]
     pub acl: BTreeMap<u16, AclInstance>,
+    /// Paths to Bootstrap-Read after writing (LwM2M 1.1; only `/1`, `/2` and their
+    /// instances, Core TS 1.1 §5.2.7).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read: Vec<Lwm2mPath>,
 }
 
 fn default_delete() -> Vec<Lwm2mPath> {

@@ -2,5 +2,10 @@
 //! Bootstrap Server runs against one client.
 
 pub mod config;
+pub mod server;
 
 pub use config::{AclInstance, BootstrapConfig, SecurityInstance, SecurityMode, ServerInstance};
+pub use server::{
+    BootstrapError, BootstrapEvent, BootstrapServer, BootstrapServerConfig, ConfigSource,
+    FailureReason, MemoryConfigSource,
+};
