@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use lwm2m_proto::bootstrap::server::BootstrapEvent;
 use lwm2m_proto::server::ServerEvent;
 use tokio::sync::broadcast;
 
@@ -61,6 +62,8 @@ pub struct Datagram {
 pub enum Event {
     /// The LwM2M Server machine's event (registrations, notifications, Send, outcomes).
     Server(ServerEvent),
+    /// The Bootstrap Server machine's event (sessions, steps, refusals).
+    Bootstrap(BootstrapEvent),
     /// A datagram in or out (only produced while someone subscribes).
     CoapLog(Datagram),
 }

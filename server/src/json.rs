@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use lwm2m_proto::bootstrap::server::BootstrapEvent;
 use lwm2m_proto::codec::link::DiscoverEntry;
 use lwm2m_proto::content::{self, CodecError};
 use lwm2m_proto::registry::Registry;
@@ -278,6 +279,7 @@ pub fn node_from(schema: &dyn Schema, path: &Lwm2mPath, j: &Json) -> Result<Node
 pub fn event(registry: &Registry, e: &Event) -> Option<(&'static str, Json)> {
     Some(match e {
         Event::Server(s) => server_event(registry, s)?,
+        Event::Bootstrap(b) => bootstrap_event(b)?,
         Event::CoapLog(d) => ("COAPLOG", coap_log(d)),
     })
 }
@@ -353,6 +355,61 @@ fn server_event(registry: &Registry, e: &ServerEvent) -> Option<(&'static str, J
                 "nodes": records(registry, registry, recs),
                 "findings": findings.iter().map(ToString::to_string).collect::<Vec<_>>(),
             }),
+        ),
+        _ => return None,
+    })
+}
+
+fn bootstrap_event(e: &BootstrapEvent) -> Option<(&'static str, Json)> {
+    let path = |p: &Option<Lwm2mPath>| p.map(|p| p.to_string());
+    Some(match e {
+        BootstrapEvent::SessionStarted {
+            endpoint,
+            peer,
+            config,
+            initiated_by_client,
+            format,
+        } => (
+            "BOOTSTRAP_STARTED",
+            json!({
+                "endpoint": endpoint,
+                "peer": peer.to_string(),
+                "config": config,
+                "initiated_by_client": initiated_by_client,
+                "format": format.name(),
+            }),
+        ),
+        BootstrapEvent::Step {
+            endpoint,
+            step,
+            path: p,
+            code,
+            detail,
+        } => (
+            "BOOTSTRAP_STEP",
+            json!({"endpoint": endpoint, "step": step, "path": path(p), "code": code_text(*code), "detail": detail}),
+        ),
+        BootstrapEvent::Finished { endpoint, duration } => (
+            "BOOTSTRAP_FINISHED",
+            json!({"endpoint": endpoint, "duration_ms": duration.as_secs_f64() * 1000.0}),
+        ),
+        BootstrapEvent::Failed {
+            endpoint,
+            step,
+            path: p,
+            reason,
+        } => (
+            "BOOTSTRAP_FAILED",
+            json!({"endpoint": endpoint, "step": step, "path": path(p), "reason": reason.to_string()}),
+        ),
+        BootstrapEvent::Refused {
+            peer,
+            endpoint,
+            code,
+            reason,
+        } => (
+            "BOOTSTRAP_REFUSED",
+            json!({"peer": peer.to_string(), "endpoint": endpoint, "code": code_text(*code), "reason": reason}),
         ),
         _ => return None,
     })
