@@ -110,7 +110,7 @@ async fn flush<M: Machine, H: Handler<M>>(machine: &mut M, handler: &mut H, io: 
     while let Some(t) = machine.poll_transmit() {
         io.report(Direction::Out, t.peer, &t.bytes);
         if let Err(e) = io.socket.send_to(&t.bytes, t.peer).await {
-            tracing::debug!("{:?} send to {}: {e}", io.role, t.peer);
+            tracing::debug!("{} send to {}: {e}", io.role.name(), t.peer);
         }
     }
     while let Some(event) = machine.poll_event() {
@@ -149,7 +149,7 @@ pub(crate) async fn run<M: Machine, H: Handler<M>>(
                         }
                     }
                 }
-                Err(e) => tracing::debug!("{:?} receive: {e}", io.role),
+                Err(e) => tracing::debug!("{} receive: {e}", io.role.name()),
             },
             command = commands.recv() => match command {
                 Some(Control::Run(c)) => handler.command(&mut machine, Instant::now(), c),
@@ -160,7 +160,7 @@ pub(crate) async fn run<M: Machine, H: Handler<M>>(
     }
     // Answers already produced still go out.
     flush(&mut machine, &mut handler, &io).await;
-    tracing::info!("{:?} server on {} stopped", io.role, io.local);
+    tracing::info!("{} on {} stopped", io.role.name(), io.local);
 }
 
 /// The task and command channel behind a handle.

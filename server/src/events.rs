@@ -29,6 +29,16 @@ pub enum Role {
     Bootstrap,
 }
 
+impl Role {
+    /// "LwM2M Server" or "Bootstrap Server", for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Server => "LwM2M Server",
+            Self::Bootstrap => "Bootstrap Server",
+        }
+    }
+}
+
 /// Sees every datagram a driver receives or sends, before the machine handles it (in) or
 /// right before it goes to the socket (out); for pcap recorders. Called on the driver's
 /// task: keep it cheap.

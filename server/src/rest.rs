@@ -124,6 +124,35 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// How long open connections (event streams) get to finish after a shutdown request.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Serves the API on `listener` until `shutdown` completes; then open connections get
+/// [`SHUTDOWN_GRACE`] to finish (event streams never do) before they are dropped.
+pub async fn serve_api(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        let _ = stopped.await;
+    });
+    let mut server = tokio::spawn(async move { server.await });
+    tokio::select! {
+        r = &mut server => return r.map_err(std::io::Error::other)?,
+        () = shutdown => {}
+    }
+    let _ = stop.send(());
+    match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+        Ok(r) => r.map_err(std::io::Error::other)?,
+        Err(_) => {
+            server.abort();
+            Ok(())
+        }
+    }
+}
+
 async fn require_token(State(st): St, request: Request, next: Next) -> HttpResponse {
     let presented = request
         .headers()
