@@ -254,7 +254,6 @@ async fn answer_as_device(peer: &mut CoapPeer, r: IncomingRequest) -> String {
 }
 
 #[tokio::test]
-#[ignore = "needs the LwM2M Server machine (branch h/srvmachine), not merged yet"]
 async fn a_registration_shows_in_events_and_the_device_tree_reads_in_one_call() {
     let s = Servers::start().await;
     let mut events = s.events("?ep=dev-1").await;
