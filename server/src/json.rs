@@ -76,6 +76,7 @@ pub fn registration(entry: &ClientEntry) -> Json {
         "last_update": unix_millis(r.last_update),
         "expires_at": unix_millis(r.expires_at()),
         "findings": r.findings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "link_notes": r.link_notes.iter().map(ToString::to_string).collect::<Vec<_>>(),
     })
 }
 
@@ -171,6 +172,9 @@ pub fn response(
                 .collect::<Vec<_>>()
         ),
     );
+    if let Some(d) = &r.diagnostic {
+        m.insert("diagnostic".into(), json!(d));
+    }
     m.insert("payload_len".into(), json!(r.payload_len));
     Json::Object(m)
 }
@@ -316,6 +320,10 @@ fn server_event(registry: &Registry, e: &ServerEvent) -> Option<(&'static str, J
         ),
         ServerEvent::RegistrationRefused { peer, code, reason } => (
             "REGISTRATION_REFUSED",
+            json!({"peer": peer.to_string(), "code": code_text(*code), "reason": reason}),
+        ),
+        ServerEvent::RequestRefused { peer, code, reason } => (
+            "REQUEST_REFUSED",
             json!({"peer": peer.to_string(), "code": code_text(*code), "reason": reason}),
         ),
         ServerEvent::Sleeping { endpoint } => ("SLEEPING", json!({"endpoint": endpoint})),

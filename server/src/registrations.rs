@@ -152,6 +152,7 @@ mod tests {
             registered_at: Instant::now(),
             last_update: Instant::now(),
             findings: vec![],
+            link_notes: vec![],
         }
     }
 

@@ -355,3 +355,79 @@ async fn a_registration_shows_in_events_and_the_device_tree_reads_in_one_call() 
         400
     );
 }
+
+/// A 2.05 with `node` at `path` in the request's Accept format (TLV without one).
+fn content_for(r: &IncomingRequest, path: &Lwm2mPath, node: &Node) -> lwm2m_proto::coap::Packet {
+    let format = uint_option(&r.packet, CoapOption::Accept)
+        .and_then(|c| u16::try_from(c).ok())
+        .and_then(ContentFormat::from_code)
+        .unwrap_or(ContentFormat::Tlv);
+    let mut response = message::response(
+        ResponseType::Content,
+        content::encode(format, path, node).unwrap(),
+    );
+    set_option(
+        &mut response,
+        CoapOption::ContentFormat,
+        uint_bytes(u32::from(format.code())),
+    );
+    response
+}
+
+#[tokio::test]
+async fn observe_through_rest_delivers_notifications_as_events() {
+    let s = Servers::start().await;
+    let mut events = s.events("?ep=dev-obs").await;
+    let mut device = CoapPeer::new(s.server.local_addr()).await;
+    let mut register = message::request(RequestType::Post, "/rd");
+    for q in ["ep=dev-obs", "lt=300", "lwm2m=1.1", "b=U"] {
+        add_query(&mut register, q);
+    }
+    set_option(&mut register, CoapOption::ContentFormat, uint_bytes(40));
+    register.payload = b"</1/0>,</3/0>,</3303/0>".to_vec();
+    device.request(register).await;
+    events.next("REGISTRATION").await;
+
+    let path = Lwm2mPath::resource(3303, 0, 5700);
+    let temp = |t: f64| Node::Resource(ResourceValue::Single(Value::Float(t)));
+    let api = s.api.clone();
+    let observe = tokio::spawn(async move {
+        let url = format!("{api}/clients/dev-obs/3303/0/5700/observe");
+        http("POST", &url, None, Some(TOKEN)).await
+    });
+    let r = device.next_request().await;
+    assert_eq!(r.observe(), Some(0));
+    let first = content_for(&r, &path, &temp(21.5));
+    let observation = device.accept_observation(r, first).await;
+    let (status, answer) = observe.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["observation"].is_u64(), "{answer}");
+    assert_eq!(answer["nodes"][0]["value"], 21.5);
+
+    let mut n = message::response(
+        ResponseType::Content,
+        content::encode(ContentFormat::Tlv, &path, &temp(22.5)).unwrap(),
+    );
+    set_option(
+        &mut n,
+        CoapOption::ContentFormat,
+        uint_bytes(u32::from(ContentFormat::Tlv.code())),
+    );
+    device.notify(observation, n).await;
+    let note = events.next("NOTIFICATION").await;
+    assert_eq!(note["path"], "/3303/0/5700");
+    assert_eq!(note["response"]["nodes"][0]["value"], 22.5, "{note}");
+    assert_eq!(note["response"]["nodes"][0]["resource"], "Sensor Value");
+
+    let (status, cancelled) = s
+        .call("DELETE", "/clients/dev-obs/3303/0/5700/observe", None)
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["cancelled"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        s.call("DELETE", "/clients/dev-obs/3303/0/5700/observe", None)
+            .await
+            .0,
+        404
+    );
+}

@@ -266,6 +266,28 @@ impl CoapPeer {
         .await
     }
 
+    /// Accepts an observation request with a first notification.
+    pub async fn accept_observation(
+        &mut self,
+        request: IncomingRequest,
+        response: Packet,
+    ) -> coap::ObservationId {
+        let id = self
+            .endpoint
+            .accept_observation(Instant::now(), request.handle, response)
+            .unwrap();
+        self.flush().await;
+        id
+    }
+
+    /// Sends a (non-confirmable) notification.
+    pub async fn notify(&mut self, id: coap::ObservationId, response: Packet) {
+        self.endpoint
+            .notify(Instant::now(), id, response, false)
+            .unwrap();
+        self.flush().await;
+    }
+
     /// Answers a request.
     pub async fn respond(&mut self, request: IncomingRequest, response: Packet) {
         self.endpoint
