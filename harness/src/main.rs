@@ -1,9 +1,11 @@
 //! `lwm2m-harness`: the command line of the LwM2M conformance harness and device simulator.
 //!
 //! Subcommands: `decode` and `encode` (the codec tool for people), `objects` (the object
-//! registry), and `run` (the main job; it arrives with the harness issue).
+//! registry), `serve` (the servers and their REST API), and `run` (the main job; it arrives
+//! with the harness issue).
 
 mod codec_tool;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +42,8 @@ enum Command {
         /// The run folder, e.g. reports/2026-11-24T08-00-00-quickstart.
         run_dir: PathBuf,
     },
+    /// Run the LwM2M Server, the Bootstrap Server and the REST API until SIGTERM or Ctrl-C.
+    Serve(serve::ServeArgs),
     /// List the object registry, or show one object's resources.
     Objects {
         /// An object id; without it, every object is listed.
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         }
         Command::Decode(args) => codec_tool::decode(&registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Encode(args) => codec_tool::encode(&registry, &args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => serve::run(registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Objects { id } => codec_tool::objects(&registry, id).map(|()| ExitCode::SUCCESS),
         Command::Report { run_dir } => {
             let report = lwm2m_harness::report::RunReport::load(&run_dir)?;

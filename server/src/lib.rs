@@ -1,9 +1,24 @@
 //! # lwm2m-server: the LwM2M Server and Bootstrap Server
 //!
-//! What it does today: the persistent stores (security credentials with unique PSK
-//! identities, bootstrap configurations by endpoint and by endpoint-name pattern).
-//! What it does not do yet: the tokio drivers, the REST API and events (see the open
-//! server issue).
+//! What it does: runs the sans-IO LwM2M Server machine of `lwm2m-proto` on a tokio UDP socket
+//! ([`driver`]) and the Bootstrap Server machine on another ([`bootstrap`]), mirrors registrations into a sharded store ([`registrations`]), reports
+//! events and every datagram ([`events`]), serves the REST API with server-sent events
+//! ([`rest`]) behind a bearer token ([`auth`]), and keeps security credentials and
+//! bootstrap configurations on disk ([`store`]).
+//!
+//! What it does not do: no DTLS yet (plain CoAP over UDP only), no SMS or TCP bindings.
 #![warn(missing_docs)]
 
+pub mod auth;
+pub mod bootstrap;
+pub mod driver;
+pub mod events;
+pub mod json;
+pub mod registrations;
+pub mod rest;
 pub mod store;
+
+pub use bootstrap::{BootstrapHandle, BootstrapOptions, start_bootstrap};
+pub use driver::{DriverError, ServerHandle, ServerOptions, start_server};
+pub use events::{Direction, Event, EventBus, PacketTap, Role};
+pub use registrations::{ClientEntry, RegistrationStore, ShardedRegistrations};

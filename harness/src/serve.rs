@@ -1,0 +1,234 @@
+//! `serve`: the LwM2M Server, the Bootstrap Server and the REST API in one process, with
+//! their stores in a data folder; stops cleanly on SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use lwm2m_proto::registry::Registry;
+use lwm2m_server::auth::{self, TokenSource};
+use lwm2m_server::bootstrap::{BootstrapOptions, start_bootstrap};
+use lwm2m_server::driver::{ServerOptions, start_server};
+use lwm2m_server::events::EventBus;
+use lwm2m_server::rest::{ApiState, serve_api};
+use lwm2m_server::store::{FileBootstrapStore, FileSecurityStore};
+
+/// Arguments of `serve`; each can also come from the `--config` YAML file (flags win).
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// The LwM2M Server's CoAP address [default: 127.0.0.1:5683].
+    #[arg(long, value_name = "ADDR")]
+    coap: Option<SocketAddr>,
+    /// The Bootstrap Server's CoAP address [default: 127.0.0.1:5783].
+    #[arg(long, value_name = "ADDR")]
+    bootstrap: Option<SocketAddr>,
+    /// The REST API's HTTP address [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// The data folder: credentials, bootstrap configurations, the API token
+    /// [default: lwm2m-data].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// The REST API's bearer token; without it, the one stored in the data folder, or a new
+    /// one (printed once).
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    /// A YAML file with any of: coap, bootstrap, http, data (relative to the file), token.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// The `--config` file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeFile {
+    coap: Option<SocketAddr>,
+    bootstrap: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    data: Option<PathBuf>,
+    token: Option<String>,
+}
+
+/// The settings in force.
+#[derive(Debug, PartialEq)]
+struct Settings {
+    coap: SocketAddr,
+    bootstrap: SocketAddr,
+    http: SocketAddr,
+    data: PathBuf,
+    token: Option<String>,
+}
+
+fn load_file(path: &Path) -> anyhow::Result<ServeFile> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_yaml::from_str(&text).map_err(|e| match e.location() {
+        Some(l) => anyhow::anyhow!("{}:{}:{}: {e}", path.display(), l.line(), l.column()),
+        None => anyhow::anyhow!("{}: {e}", path.display()),
+    })
+}
+
+fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
+    let file = match &args.config {
+        Some(p) => {
+            let mut f = load_file(p)?;
+            // A relative data folder in the file is relative to the file.
+            let base = p.parent().unwrap_or(Path::new(""));
+            f.data = f.data.map(|d| base.join(d));
+            f
+        }
+        None => ServeFile::default(),
+    };
+    let addr = |s: &str| s.parse::<SocketAddr>().context("default address");
+    Ok(Settings {
+        coap: args
+            .coap
+            .or(file.coap)
+            .map_or_else(|| addr("127.0.0.1:5683"), Ok)?,
+        bootstrap: args
+            .bootstrap
+            .or(file.bootstrap)
+            .map_or_else(|| addr("127.0.0.1:5783"), Ok)?,
+        http: args
+            .http
+            .or(file.http)
+            .map_or_else(|| addr("127.0.0.1:8080"), Ok)?,
+        data: args
+            .data
+            .clone()
+            .or(file.data)
+            .unwrap_or_else(|| PathBuf::from("lwm2m-data")),
+        token: args.token.clone().or(file.token),
+    })
+}
+
+/// Runs until SIGTERM or Ctrl-C.
+pub fn run(registry: Registry, args: &ServeArgs) -> anyhow::Result<()> {
+    let settings = settings(args)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(serve(Arc::new(registry), settings))
+}
+
+async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&s.data)
+        .with_context(|| format!("creating the data folder {}", s.data.display()))?;
+    let security = Arc::new(FileSecurityStore::open(s.data.join("security.yaml"))?);
+    let bootstrap_store = Arc::new(FileBootstrapStore::open(s.data.join("bootstrap.yaml"))?);
+    let (token, source) = auth::load_or_create_token(&s.data, s.token.as_deref())?;
+    let bus = EventBus::default();
+
+    let mut server_options = ServerOptions::new(s.coap, registry.clone());
+    server_options.bus = bus.clone();
+    let server = start_server(server_options)
+        .with_context(|| format!("binding the LwM2M Server to {}", s.coap))?;
+    let mut bs_options = BootstrapOptions::new(s.bootstrap, bootstrap_store.clone());
+    bs_options.bus = bus.clone();
+    let bootstrap = start_bootstrap(bs_options)
+        .with_context(|| format!("binding the Bootstrap Server to {}", s.bootstrap))?;
+    let listener = tokio::net::TcpListener::bind(s.http)
+        .await
+        .with_context(|| format!("binding the REST API to {}", s.http))?;
+    let http = listener.local_addr()?;
+
+    let token_line = match source {
+        TokenSource::Configured => "as configured".to_owned(),
+        TokenSource::Stored => format!("stored in {}", s.data.join(auth::TOKEN_FILE).display()),
+        TokenSource::Generated => format!(
+            "{token} (new; stored in {})",
+            s.data.join(auth::TOKEN_FILE).display()
+        ),
+    };
+    println!("lwm2m-harness serve");
+    println!("  LwM2M Server      coap://{}", server.local_addr());
+    println!("  Bootstrap Server  coap://{}", bootstrap.local_addr());
+    println!("  REST API          http://{http}/api");
+    println!("  data              {}", s.data.display());
+    println!("  token             {token_line}");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+
+    let state = ApiState {
+        server: server.clone(),
+        security,
+        bootstrap: bootstrap_store,
+        registry,
+        bus,
+        token,
+    };
+    serve_api(listener, state, stop_signal()).await?;
+    tracing::info!("stopping");
+    server.shutdown().await;
+    bootstrap.shutdown().await;
+    // The stores were written on every change: nothing left to flush.
+    println!("stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("serve.yaml");
+        std::fs::write(&cfg, "coap: 127.0.0.1:1\nhttp: 127.0.0.1:2\ndata: d\n").unwrap();
+        let args = ServeArgs {
+            coap: Some("127.0.0.1:9".parse().unwrap()),
+            config: Some(cfg.clone()),
+            ..ServeArgs::default()
+        };
+        let s = settings(&args).unwrap();
+        assert_eq!(s.coap.port(), 9);
+        assert_eq!(s.http.port(), 2);
+        assert_eq!(s.bootstrap.port(), 5783);
+        assert_eq!(s.data, dir.path().join("d"));
+        std::fs::write(&cfg, "coap: 127.0.0.1:1\ntokn: x\n").unwrap();
+        let err = settings(&args).unwrap_err().to_string();
+        assert!(
+            err.contains("serve.yaml:2") && err.contains("tokn"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,440 @@
+//! The tokio drivers: one task per socket runs a sans-IO machine (receive loop, its timer,
+//! and a command channel), and a cloneable handle talks to it.
+//!
+//! [`start_server`] runs the LwM2M Server machine ([`Lwm2mServer`], Core TS 1.1 §6.2-§6.4).
+//! The task owns the machine; the handle sends it commands and gets the outcome of each
+//! operation back through a oneshot matched by [`OpId`]. Registrations are mirrored into a
+//! [`RegistrationStore`] as the machine reports them, so reads never reach the task.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use lwm2m_proto::Lwm2mPath;
+use lwm2m_proto::coap::{Counters, Transmit};
+use lwm2m_proto::registry::Registry;
+use lwm2m_proto::server::{
+    Lwm2mServer, ObservationId, OpError, OpId, Operation, Response, ServerConfig, ServerEvent,
+};
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::events::{Datagram, Direction, Event, EventBus, PacketTap, Role};
+use crate::registrations::{RegistrationStore, ShardedRegistrations};
+
+/// Receive buffer asked for on every socket: with the usual 208 KiB default a burst of a
+/// few thousand requests overflows it (see the project's dependency notes).
+pub const RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Datagrams read in one go before the machine's output is flushed.
+const RECV_BATCH: usize = 64;
+
+/// Binds a UDP socket with a [`RECEIVE_BUFFER`] receive buffer (the kernel may cap it at
+/// `net.core.rmem_max`). Must be called inside a Tokio runtime.
+pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(RECEIVE_BUFFER) {
+        tracing::warn!("cannot set a {RECEIVE_BUFFER}-byte receive buffer on {addr}: {e}");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    tracing::debug!(
+        "UDP {addr}: receive buffer {} bytes",
+        socket.recv_buffer_size().unwrap_or(0)
+    );
+    UdpSocket::from_std(socket.into())
+}
+
+/// A sans-IO machine the generic loop can drive (Conventions: `handle_*` in, `poll_*` out).
+pub(crate) trait Machine: Send + 'static {
+    /// What the machine reports.
+    type Event;
+    fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]);
+    fn handle_timeout(&mut self, now: Instant);
+    fn poll_transmit(&mut self) -> Option<Transmit>;
+    fn poll_timeout(&mut self) -> Option<Instant>;
+    fn poll_event(&mut self) -> Option<Self::Event>;
+}
+
+/// What a driver does with the commands of its handle and the events of its machine.
+pub(crate) trait Handler<M: Machine>: Send + 'static {
+    type Command: Send + 'static;
+    fn command(&mut self, machine: &mut M, now: Instant, command: Self::Command);
+    fn event(&mut self, machine: &M, event: M::Event);
+}
+
+/// A command for a driver task, or the order to stop.
+pub(crate) enum Control<C> {
+    Run(C),
+    Shutdown,
+}
+
+/// The socket side of a driver: the socket, and who hears about each datagram.
+pub(crate) struct Io {
+    pub socket: UdpSocket,
+    pub local: SocketAddr,
+    pub role: Role,
+    pub tap: Option<Arc<dyn PacketTap>>,
+    pub bus: EventBus,
+}
+
+impl Io {
+    fn report(&self, direction: Direction, peer: SocketAddr, bytes: &[u8]) {
+        if let Some(tap) = &self.tap {
+            tap.datagram(direction, self.local, peer, bytes);
+        }
+        if self.bus.has_subscribers() {
+            self.bus.send(Event::CoapLog(Datagram {
+                role: self.role,
+                direction,
+                local: self.local,
+                peer,
+                bytes: bytes.into(),
+                at: SystemTime::now(),
+            }));
+        }
+    }
+
+    fn received<M: Machine>(&self, machine: &mut M, peer: SocketAddr, bytes: &[u8]) {
+        self.report(Direction::In, peer, bytes);
+        machine.handle_datagram(Instant::now(), peer, bytes);
+    }
+}
+
+/// Sends what the machine has to send and hands its events to the handler.
+async fn flush<M: Machine, H: Handler<M>>(machine: &mut M, handler: &mut H, io: &Io) {
+    while let Some(t) = machine.poll_transmit() {
+        io.report(Direction::Out, t.peer, &t.bytes);
+        if let Err(e) = io.socket.send_to(&t.bytes, t.peer).await {
+            tracing::debug!("{} send to {}: {e}", io.role.name(), t.peer);
+        }
+    }
+    while let Some(event) = machine.poll_event() {
+        handler.event(machine, event);
+    }
+}
+
+/// The task of one socket: receive, time out, obey commands, until told to stop or every
+/// handle is gone.
+pub(crate) async fn run<M: Machine, H: Handler<M>>(
+    mut machine: M,
+    mut handler: H,
+    io: Io,
+    mut commands: mpsc::Receiver<Control<H::Command>>,
+) {
+    // Large enough for any UDP datagram.
+    let mut buf = vec![0u8; 65_536];
+    // Stands for "no timer": the select arm is disabled then.
+    let idle = Duration::from_secs(3600);
+    loop {
+        flush(&mut machine, &mut handler, &io).await;
+        let deadline = machine.poll_timeout();
+        let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
+            deadline.unwrap_or_else(|| Instant::now() + idle),
+        ));
+        tokio::select! {
+            received = io.socket.recv_from(&mut buf) => match received {
+                Ok((n, peer)) => {
+                    io.received(&mut machine, peer, buf.get(..n).unwrap_or_default());
+                    for _ in 1..RECV_BATCH {
+                        match io.socket.try_recv_from(&mut buf) {
+                            Ok((n, peer)) => {
+                                io.received(&mut machine, peer, buf.get(..n).unwrap_or_default())
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!("{} receive: {e}", io.role.name()),
+            },
+            command = commands.recv() => match command {
+                Some(Control::Run(c)) => handler.command(&mut machine, Instant::now(), c),
+                Some(Control::Shutdown) | None => break,
+            },
+            () = sleep, if deadline.is_some() => machine.handle_timeout(Instant::now()),
+        }
+    }
+    // Answers already produced still go out.
+    flush(&mut machine, &mut handler, &io).await;
+    tracing::info!("{} on {} stopped", io.role.name(), io.local);
+}
+
+/// The task and command channel behind a handle.
+#[derive(Debug)]
+pub(crate) struct Task<C> {
+    pub commands: mpsc::Sender<Control<C>>,
+    pub join: Mutex<Option<JoinHandle<()>>>,
+    pub local: SocketAddr,
+}
+
+impl<C: Send + 'static> Task<C> {
+    pub fn spawn<M: Machine, H: Handler<M, Command = C>>(machine: M, handler: H, io: Io) -> Self {
+        let (commands, rx) = mpsc::channel(1024);
+        let local = io.local;
+        let join = tokio::spawn(run(machine, handler, io, rx));
+        Self {
+            commands,
+            join: Mutex::new(Some(join)),
+            local,
+        }
+    }
+
+    pub async fn send(&self, command: C) -> Result<(), DriverError> {
+        self.commands
+            .send(Control::Run(command))
+            .await
+            .map_err(|_| DriverError::Stopped)
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.commands.send(Control::Shutdown).await;
+        let join = self.join.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(join) = join {
+            let _ = join.await;
+        }
+    }
+}
+
+/// Why a handle's call produced no answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DriverError {
+    /// The machine refused or failed the operation.
+    #[error(transparent)]
+    Op(#[from] OpError),
+    /// The driver task has stopped.
+    #[error("the server has stopped")]
+    Stopped,
+}
+
+impl Machine for Lwm2mServer {
+    type Event = ServerEvent;
+    fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+        Lwm2mServer::handle_datagram(self, now, peer, bytes)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Lwm2mServer::handle_timeout(self, now)
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        Lwm2mServer::poll_transmit(self)
+    }
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        Lwm2mServer::poll_timeout(self)
+    }
+    fn poll_event(&mut self) -> Option<ServerEvent> {
+        Lwm2mServer::poll_event(self)
+    }
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+/// Commands of the LwM2M Server task.
+pub(crate) enum ServerCommand {
+    Request {
+        endpoint: String,
+        operation: Operation,
+        reply: Reply<Result<Response, OpError>>,
+    },
+    Observations {
+        endpoint: String,
+        reply: Reply<Vec<(ObservationId, Vec<Lwm2mPath>)>>,
+    },
+    Counters {
+        reply: Reply<Counters>,
+    },
+}
+
+struct ServerCore {
+    pending: HashMap<OpId, Reply<Result<Response, OpError>>>,
+    registrations: Arc<dyn RegistrationStore>,
+    bus: EventBus,
+}
+
+impl Handler<Lwm2mServer> for ServerCore {
+    type Command = ServerCommand;
+
+    fn command(&mut self, machine: &mut Lwm2mServer, now: Instant, command: ServerCommand) {
+        match command {
+            ServerCommand::Request {
+                endpoint,
+                operation,
+                reply,
+            } => match machine.request(now, &endpoint, operation) {
+                Ok(op) => {
+                    self.pending.insert(op, reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            ServerCommand::Observations { endpoint, reply } => {
+                let _ = reply.send(machine.observations(&endpoint));
+            }
+            ServerCommand::Counters { reply } => {
+                let _ = reply.send(machine.counters());
+            }
+        }
+    }
+
+    fn event(&mut self, _: &Lwm2mServer, event: ServerEvent) {
+        match &event {
+            ServerEvent::Registered { registration, .. }
+            | ServerEvent::Updated { registration, .. } => {
+                self.registrations.upsert(registration.clone())
+            }
+            ServerEvent::Deregistered { registration } | ServerEvent::Expired { registration } => {
+                self.registrations.remove(&registration.endpoint);
+            }
+            ServerEvent::Sleeping { endpoint } => self.registrations.set_sleeping(endpoint, true),
+            ServerEvent::Awake { endpoint } => self.registrations.set_sleeping(endpoint, false),
+            ServerEvent::Completed { op, result, .. } => {
+                if let Some(reply) = self.pending.remove(op) {
+                    // The asker may have given up (timeout); nothing to do then.
+                    let _ = reply.send(result.clone());
+                }
+            }
+            _ => {}
+        }
+        self.bus.send(Event::Server(event));
+    }
+}
+
+/// How to start an LwM2M Server driver.
+#[derive(Clone)]
+pub struct ServerOptions {
+    /// Where to bind, e.g. `127.0.0.1:5683` (port 0: any free port).
+    pub bind: SocketAddr,
+    /// The machine's settings.
+    pub config: ServerConfig,
+    /// The object registry the machine types payloads with.
+    pub registry: Arc<Registry>,
+    /// Where registrations are mirrored.
+    pub registrations: Arc<dyn RegistrationStore>,
+    /// Where events go.
+    pub bus: EventBus,
+    /// Sees every datagram, if set.
+    pub tap: Option<Arc<dyn PacketTap>>,
+}
+
+impl ServerOptions {
+    /// Defaults: the default machine settings, an in-memory sharded registration store, a
+    /// new event bus and no tap.
+    pub fn new(bind: SocketAddr, registry: Arc<Registry>) -> Self {
+        Self {
+            bind,
+            config: ServerConfig::default(),
+            registry,
+            registrations: Arc::new(ShardedRegistrations::default()),
+            bus: EventBus::default(),
+            tap: None,
+        }
+    }
+}
+
+/// A cloneable handle on a running LwM2M Server driver.
+#[derive(Clone)]
+pub struct ServerHandle {
+    task: Arc<Task<ServerCommand>>,
+    registrations: Arc<dyn RegistrationStore>,
+    bus: EventBus,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("local_addr", &self.task.local)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Binds the socket and spawns the LwM2M Server task. Must be called inside a Tokio
+/// runtime.
+pub fn start_server(options: ServerOptions) -> io::Result<ServerHandle> {
+    let socket = bind_udp(options.bind)?;
+    let local = socket.local_addr()?;
+    let machine = Lwm2mServer::new(options.config, options.registry);
+    let core = ServerCore {
+        pending: HashMap::new(),
+        registrations: options.registrations.clone(),
+        bus: options.bus.clone(),
+    };
+    let io = Io {
+        socket,
+        local,
+        role: Role::Server,
+        tap: options.tap,
+        bus: options.bus.clone(),
+    };
+    tracing::info!("LwM2M Server listening on coap://{local}");
+    Ok(ServerHandle {
+        task: Arc::new(Task::spawn(machine, core, io)),
+        registrations: options.registrations,
+        bus: options.bus,
+    })
+}
+
+impl ServerHandle {
+    /// Runs an operation on a registered client and waits for its outcome (a queue-mode
+    /// client's request waits until it wakes up, Core TS 1.1 §6.5).
+    pub async fn request(
+        &self,
+        endpoint: &str,
+        operation: Operation,
+    ) -> Result<Response, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.task
+            .send(ServerCommand::Request {
+                endpoint: endpoint.to_owned(),
+                operation,
+                reply,
+            })
+            .await?;
+        Ok(rx.await.map_err(|_| DriverError::Stopped)??)
+    }
+
+    /// The observations held on an endpoint, with their paths.
+    pub async fn observations(
+        &self,
+        endpoint: &str,
+    ) -> Result<Vec<(ObservationId, Vec<Lwm2mPath>)>, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.task
+            .send(ServerCommand::Observations {
+                endpoint: endpoint.to_owned(),
+                reply,
+            })
+            .await?;
+        rx.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// The CoAP layer's traffic counters.
+    pub async fn counters(&self) -> Result<Counters, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.task.send(ServerCommand::Counters { reply }).await?;
+        rx.await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// The registrations, read without involving the driver task.
+    pub fn registrations(&self) -> &Arc<dyn RegistrationStore> {
+        &self.registrations
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.bus.subscribe()
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.task.local
+    }
+
+    /// Stops the task (after sending what is already queued) and waits for it.
+    pub async fn shutdown(&self) {
+        self.task.shutdown().await
+    }
+}

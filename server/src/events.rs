@@ -1,0 +1,116 @@
+//! What the drivers report: the machines' events, every datagram (COAPLOG), and the
+//! optional packet tap a recorder plugs in.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use lwm2m_proto::bootstrap::server::BootstrapEvent;
+use lwm2m_proto::server::ServerEvent;
+use tokio::sync::broadcast;
+
+/// Which way a datagram went, seen from our socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Received.
+    In,
+    /// Sent.
+    Out,
+}
+
+/// Which of our servers a socket belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The LwM2M Server (Core TS 1.1 §6.2-§6.4).
+    Server,
+    /// The LwM2M Bootstrap Server (Core TS 1.1 §6.1).
+    Bootstrap,
+}
+
+impl Role {
+    /// "LwM2M Server" or "Bootstrap Server", for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Server => "LwM2M Server",
+            Self::Bootstrap => "Bootstrap Server",
+        }
+    }
+}
+
+/// Sees every datagram a driver receives or sends, before the machine handles it (in) or
+/// right before it goes to the socket (out); for pcap recorders. Called on the driver's
+/// task: keep it cheap.
+pub trait PacketTap: Send + Sync {
+    /// One datagram on the socket bound at `local`, from or to `peer`.
+    fn datagram(&self, direction: Direction, local: SocketAddr, peer: SocketAddr, bytes: &[u8]);
+}
+
+/// One datagram, as a COAPLOG event carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Datagram {
+    /// Which server's socket.
+    pub role: Role,
+    /// In or out.
+    pub direction: Direction,
+    /// Our socket's address.
+    pub local: SocketAddr,
+    /// The other side.
+    pub peer: SocketAddr,
+    /// The UDP payload.
+    pub bytes: Arc<[u8]>,
+    /// When the driver saw it.
+    pub at: SystemTime,
+}
+
+/// An event of one of the drivers, shared by every subscriber.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+// Events travel inside an `Arc`, built once: the size of the enum does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum Event {
+    /// The LwM2M Server machine's event (registrations, notifications, Send, outcomes).
+    Server(ServerEvent),
+    /// The Bootstrap Server machine's event (sessions, steps, refusals).
+    Bootstrap(BootstrapEvent),
+    /// A datagram in or out (only produced while someone subscribes).
+    CoapLog(Datagram),
+}
+
+/// The broadcast channel every driver of one process reports to; `subscribe` as often as
+/// needed. A subscriber that falls behind by more than the capacity loses the oldest
+/// events (it is told how many, [`broadcast::error::RecvError::Lagged`]).
+#[derive(Debug, Clone)]
+pub struct EventBus(broadcast::Sender<Arc<Event>>);
+
+impl EventBus {
+    /// A bus holding up to `capacity` events per lagging subscriber.
+    pub fn new(capacity: usize) -> Self {
+        Self(broadcast::channel(capacity.max(1)).0)
+    }
+
+    /// A new subscriber; it sees events sent from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.0.subscribe()
+    }
+
+    /// Whether anyone listens (COAPLOG events are only built then).
+    pub fn has_subscribers(&self) -> bool {
+        self.0.receiver_count() > 0
+    }
+
+    /// Sends an event to the current subscribers (none is fine).
+    pub fn send(&self, event: Event) {
+        if self.has_subscribers() {
+            let _ = self.0.send(Arc::new(event));
+        }
+    }
+}
+
+impl Default for EventBus {
+    /// Capacity 4096.
+    fn default() -> Self {
+        Self::new(4096)
+    }
+}

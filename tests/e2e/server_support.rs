@@ -1,0 +1,298 @@
+//! Fixtures for the server tests: the whole server stack in-process on loopback port 0, a
+//! small HTTP client (blocking `ureq` on a blocking thread), an SSE reader, and a scripted
+//! CoAP peer on a tokio UDP socket driven by `lwm2m_proto::coap::Endpoint`.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lwm2m_proto::coap::{self, Endpoint, Event, IncomingRequest, Packet, RequestId};
+use lwm2m_proto::registry::Registry;
+use lwm2m_server::bootstrap::{BootstrapHandle, BootstrapOptions, start_bootstrap};
+use lwm2m_server::driver::{ServerHandle, ServerOptions, start_server};
+use lwm2m_server::events::EventBus;
+use lwm2m_server::rest::{ApiState, serve_api};
+use lwm2m_server::store::{BootstrapDoc, FileBootstrapStore, FileSecurityStore};
+use serde_json::Value as Json;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+/// The bearer token of the in-process API.
+pub const TOKEN: &str = "e2e-token";
+
+/// How long any single wait in these tests may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// The LwM2M Server, the Bootstrap Server and the REST API, in-process.
+pub struct Servers {
+    pub server: ServerHandle,
+    pub bootstrap: BootstrapHandle,
+    /// `http://127.0.0.1:PORT/api`.
+    pub api: String,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Servers {
+    pub async fn start() -> Servers {
+        let registry = Arc::new(Registry::embedded());
+        let bus = EventBus::default();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut so = ServerOptions::new(any, registry.clone());
+        so.bus = bus.clone();
+        let server = start_server(so).unwrap();
+        let store = Arc::new(FileBootstrapStore::in_memory(BootstrapDoc::default()));
+        let mut bo = BootstrapOptions::new(any, store.clone());
+        bo.bus = bus.clone();
+        let bootstrap = start_bootstrap(bo).unwrap();
+        let listener = tokio::net::TcpListener::bind(any).await.unwrap();
+        let api = format!("http://{}/api", listener.local_addr().unwrap());
+        let state = ApiState {
+            server: server.clone(),
+            security: Arc::new(FileSecurityStore::in_memory()),
+            bootstrap: store,
+            registry,
+            bus,
+            token: TOKEN.into(),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(serve_api(listener, state, async {
+            let _ = stopped.await;
+        }));
+        Servers {
+            server,
+            bootstrap,
+            api,
+            stop: Some(stop),
+        }
+    }
+
+    /// A REST call with the right token.
+    pub async fn call(&self, method: &str, route: &str, body: Option<&str>) -> (u16, Json) {
+        http(method, &format!("{}{route}", self.api), body, Some(TOKEN)).await
+    }
+
+    /// Subscribes to `/api/event` with a query such as `"?coaplog=true"`.
+    pub async fn events(&self, query: &str) -> Sse {
+        Sse::open(&format!("{}/event{query}", self.api)).await
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// One HTTP request; the status and the JSON body (`null` when empty).
+pub async fn http(method: &str, url: &str, body: Option<&str>, token: Option<&str>) -> (u16, Json) {
+    let (method, url) = (method.to_owned(), url.to_owned());
+    let body = body.map(str::to_owned);
+    let auth = token.map(|t| format!("Bearer {t}"));
+    tokio::task::spawn_blocking(move || {
+        let agent = agent();
+        let mut req = ureq::http::Request::builder()
+            .method(method.as_str())
+            .uri(&url);
+        if let Some(a) = &auth {
+            req = req.header("Authorization", a);
+        }
+        let req = req
+            .header("Content-Type", "application/json")
+            .body(body.unwrap_or_default())
+            .unwrap();
+        let mut resp = agent.run(req).expect("the API answers");
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap();
+        let json = if text.is_empty() {
+            Json::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}"))
+        };
+        (status, json)
+    })
+    .await
+    .unwrap()
+}
+
+/// A server-sent events stream, read on a blocking thread.
+pub struct Sse {
+    events: mpsc::UnboundedReceiver<(String, Json)>,
+}
+
+impl Sse {
+    async fn open(url: &str) -> Sse {
+        let (tx, events) = mpsc::unbounded_channel();
+        let (ready, is_ready) = oneshot::channel();
+        let url = url.to_owned();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let resp = agent()
+                .get(&url)
+                .header("Authorization", format!("Bearer {TOKEN}"))
+                .call()
+                .expect("the event stream opens");
+            let _ = ready.send(resp.status().as_u16());
+            let reader = std::io::BufReader::new(resp.into_body().into_reader());
+            let mut name = String::new();
+            for line in reader.lines() {
+                let Ok(line) = line else { return };
+                if let Some(n) = line.strip_prefix("event: ") {
+                    name = n.to_owned();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    let data = serde_json::from_str(d).unwrap_or(Json::Null);
+                    if tx.send((std::mem::take(&mut name), data)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        assert_eq!(is_ready.await.unwrap(), 200);
+        Sse { events }
+    }
+
+    /// The next event called `name` (others are skipped).
+    pub async fn next(&mut self, name: &str) -> Json {
+        let wait = async {
+            loop {
+                let (n, data) = self.events.recv().await.expect("the stream stays open");
+                if n == name {
+                    return data;
+                }
+            }
+        };
+        tokio::time::timeout(PATIENCE, wait)
+            .await
+            .unwrap_or_else(|_| panic!("no {name} event within {PATIENCE:?}"))
+    }
+}
+
+/// A scripted CoAP peer: a client (or device) played step by step by the test.
+pub struct CoapPeer {
+    socket: UdpSocket,
+    endpoint: Endpoint,
+    pub server: SocketAddr,
+    events: VecDeque<Event>,
+    buf: Vec<u8>,
+}
+
+impl CoapPeer {
+    pub async fn new(server: SocketAddr) -> CoapPeer {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        CoapPeer {
+            socket,
+            endpoint: Endpoint::new(coap::Config::default()),
+            server,
+            events: VecDeque::new(),
+            buf: vec![0; 65_536],
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(t) = self.endpoint.poll_transmit() {
+            self.socket.send_to(&t.bytes, t.peer).await.unwrap();
+        }
+        while let Some(e) = self.endpoint.poll_event() {
+            self.events.push_back(e);
+        }
+    }
+
+    /// Drives the endpoint until `pick` accepts an event.
+    async fn until<T>(
+        &mut self,
+        mut pick: impl FnMut(&Event) -> bool,
+        take: impl Fn(Event) -> T,
+    ) -> T {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            self.flush().await;
+            if let Some(i) = self.events.iter().position(&mut pick) {
+                let e = self.events.remove(i).expect("position is in range");
+                return take(e);
+            }
+            let timer = self
+                .endpoint
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std)
+                .unwrap_or(deadline)
+                .min(deadline);
+            tokio::select! {
+                r = self.socket.recv_from(&mut self.buf) => {
+                    let (n, peer) = r.unwrap();
+                    self.endpoint.handle_datagram(Instant::now(), peer, &self.buf[..n]);
+                }
+                () = tokio::time::sleep_until(timer) => {
+                    assert!(tokio::time::Instant::now() < deadline, "the peer waited {PATIENCE:?} in vain");
+                    self.endpoint.handle_timeout(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Sends a request to the server and waits for its response.
+    pub async fn request(&mut self, packet: Packet) -> Packet {
+        let id: RequestId = self
+            .endpoint
+            .send_request(Instant::now(), self.server, packet)
+            .unwrap();
+        self.until(
+            |e| matches!(e, Event::Response { id: i, .. } | Event::RequestFailed { id: i, .. } if *i == id),
+            |e| match e {
+                Event::Response { response, .. } => response,
+                other => panic!("request failed: {other:?}"),
+            },
+        )
+        .await
+    }
+
+    /// Waits for the next request from the server.
+    pub async fn next_request(&mut self) -> IncomingRequest {
+        self.until(
+            |e| matches!(e, Event::Request { .. }),
+            |e| match e {
+                Event::Request { request, .. } => request,
+                _ => unreachable!(),
+            },
+        )
+        .await
+    }
+
+    /// Accepts an observation request with a first notification.
+    pub async fn accept_observation(
+        &mut self,
+        request: IncomingRequest,
+        response: Packet,
+    ) -> coap::ObservationId {
+        let id = self
+            .endpoint
+            .accept_observation(Instant::now(), request.handle, response)
+            .unwrap();
+        self.flush().await;
+        id
+    }
+
+    /// Sends a (non-confirmable) notification.
+    pub async fn notify(&mut self, id: coap::ObservationId, response: Packet) {
+        self.endpoint
+            .notify(Instant::now(), id, response, false)
+            .unwrap();
+        self.flush().await;
+    }
+
+    /// Answers a request.
+    pub async fn respond(&mut self, request: IncomingRequest, response: Packet) {
+        self.endpoint
+            .respond(Instant::now(), request.handle, response)
+            .unwrap();
+        self.flush().await;
+    }
+}
