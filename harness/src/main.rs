@@ -1,9 +1,11 @@
 //! `lwm2m-harness`: the command line of the LwM2M conformance harness and device simulator.
 //!
 //! Subcommands: `decode` and `encode` (the codec tool for people), `objects` (the object
-//! registry), and `run` (the main job; it arrives with the harness issue).
+//! registry), `simulate` (a fleet of simulated clients against a server), and `run` (the
+//! main job; it arrives with the harness issue).
 
 mod codec_tool;
+mod simulate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +37,9 @@ enum Command {
     Decode(codec_tool::DecodeArgs),
     /// Encode nodes given as JSON into an LwM2M payload (hex on stdout, or raw to a file).
     Encode(codec_tool::EncodeArgs),
+    /// Simulate a fleet of LwM2M clients against a server: live counters each second,
+    /// a summary with Register and Update latencies at the end.
+    Simulate(simulate::SimulateArgs),
     /// List the object registry, or show one object's resources.
     Objects {
         /// An object id; without it, every object is listed.
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
         }
         Command::Decode(args) => codec_tool::decode(&registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Encode(args) => codec_tool::encode(&registry, &args).map(|()| ExitCode::SUCCESS),
+        Command::Simulate(args) => simulate::run(registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Objects { id } => codec_tool::objects(&registry, id).map(|()| ExitCode::SUCCESS),
     });
     match result {

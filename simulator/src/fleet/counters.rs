@@ -55,6 +55,8 @@ counters! {
         registering,
         /// Gauge: clients that gave up (bootstrap or registration failed) and stay down.
         failed,
+        /// Clients that registered at least once.
+        clients_registered,
         /// Successful Registers.
         registrations,
         /// Successful Updates.

@@ -195,6 +195,8 @@ struct Sim {
     asleep_until: Option<Instant>,
     gauge: Gauge,
     timed: Option<(Timed, Instant)>,
+    /// Registered at least once.
+    registered_once: bool,
 }
 
 impl Sim {
@@ -232,6 +234,7 @@ impl Sim {
             asleep_until: None,
             gauge: Gauge::Other,
             timed: None,
+            registered_once: false,
         }
     }
 
@@ -648,6 +651,9 @@ impl Driver {
             ClientEvent::Registered { .. } => {
                 finish(Timed::Register);
                 bump(&c.registrations);
+                if !std::mem::replace(&mut sim.registered_once, true) {
+                    bump(&c.clients_registered);
+                }
             }
             ClientEvent::Updated => {
                 finish(Timed::Update);
