@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::codec::link::{AttributeUpdate, DiscoverEntry, RegistrationLinks};
+use crate::codec::link::{AttributeUpdate, DiscoverEntry, LinkNote, RegistrationLinks};
 use crate::content::{CodecError, ContentFormat, Finding};
 use crate::ids::{InstanceId, Lwm2mPath, ObjectId};
 use crate::node::{Instance, Node, Record};
@@ -35,8 +35,12 @@ pub struct Registration {
     pub registered_at: Instant,
     /// When it last registered or updated.
     pub last_update: Instant,
-    /// Tolerated deviations seen on Register and Updates.
+    /// Tolerated deviations seen on Register and Updates (each recorded once).
     pub findings: Vec<RegistrationFinding>,
+    /// Oddities of the link payload (links outside the alternate path, duplicates, bad
+    /// `ct` values): the link was skipped, the rest read (Core TS 1.1 §6.2.1). From the
+    /// last Register or Update that carried a payload.
+    pub link_notes: Vec<LinkNote>,
 }
 
 impl Registration {
@@ -50,7 +54,7 @@ impl Registration {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Operation {
-    /// Read (GET with Accept).
+    /// Read (GET with Accept) of an object, instance, resource or resource instance.
     Read {
         /// Target.
         path: Lwm2mPath,
@@ -132,7 +136,9 @@ pub enum Operation {
         format: Option<ContentFormat>,
     },
     /// Cancel an observation: actively (GET + Observe=1) or passively (forget it and
-    /// answer the next notification with RST).
+    /// answer the next notification with RST). The observation ends at once
+    /// ([`ServerEvent::ObservationEnded`]); a passive cancellation completes at once with
+    /// [`Response::empty`], an active one with the client's answer to the GET.
     CancelObservation {
         /// The observation.
         observation: ObservationId,
@@ -197,12 +203,29 @@ pub struct Response {
     pub observation: Option<ObservationId>,
     /// Size of the response payload in bytes.
     pub payload_len: usize,
+    /// The diagnostic payload of an error response (RFC 7252 §5.5.2), as text.
+    pub diagnostic: Option<String>,
 }
 
 impl Response {
     /// True for a 2.xx code.
     pub fn is_success(&self) -> bool {
         self.code.0 == 2
+    }
+
+    /// The answer to a passive [`Operation::CancelObservation`], where no message is
+    /// exchanged: code 0.00 (Empty, RFC 7252 §12.1), nothing else.
+    pub fn empty() -> Self {
+        Self {
+            code: (0, 0),
+            format: None,
+            content: None,
+            findings: Vec::new(),
+            location: None,
+            observation: None,
+            payload_len: 0,
+            diagnostic: None,
+        }
     }
 }
 
@@ -269,6 +292,10 @@ pub enum OpError {
 /// What the server machine reports; drained with `poll_event()`.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "events are moved once through a queue; boxing would burden every consumer"
+)]
 pub enum ServerEvent {
     /// A client registered (replacing an older registration of the same endpoint if any).
     Registered {
@@ -301,6 +328,25 @@ pub enum ServerEvent {
         /// The code answered.
         code: (u8, u8),
         /// Why, in words.
+        reason: String,
+    },
+    /// A request outside the Registration interface was refused: an unknown path (4.04),
+    /// a wrong method (4.05), or a Send (POST `/dp`) that is not acceptable (4.00, 4.04,
+    /// 4.15).
+    RequestRefused {
+        /// Where it came from.
+        peer: SocketAddr,
+        /// The code answered.
+        code: (u8, u8),
+        /// Why, in words (also sent as the diagnostic payload, RFC 7252 §5.5.2).
+        reason: String,
+    },
+    /// A datagram that is not valid CoAP (RFC 7252 §3); ignored, or rejected with a Reset
+    /// when it was a confirmable message with a readable header (RFC 7252 §4.2).
+    Malformed {
+        /// Where it came from.
+        peer: SocketAddr,
+        /// What was wrong with it.
         reason: String,
     },
     /// A queue-mode client's awake window closed.
