@@ -1,0 +1,1 @@
+//! End-to-end tests of the client state machine against a scripted server.
