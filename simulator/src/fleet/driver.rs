@@ -182,6 +182,9 @@ struct Sim {
     binding: Option<Binding>,
     /// The binding is gone (NAT expiry): the next datagram leaves from a new one.
     expired: bool,
+    /// The binding before the current one: datagrams still sent to it count as dropped by
+    /// the NAT (older ones are forgotten, so the address map stays at two per client).
+    previous: Option<Binding>,
     nat: Option<Box<(Nat, Option<Mapping>)>>,
     /// The sleep schedule and the length of its awake windows.
     sleep: Option<Box<(SleepSchedule, Duration)>>,
@@ -218,6 +221,7 @@ impl Sim {
             profile,
             binding: None,
             expired: false,
+            previous: None,
             nat: network
                 .nat
                 .as_ref()
@@ -266,8 +270,7 @@ struct Out {
 struct Driver {
     pool: SocketPool,
     sims: Vec<Sim>,
-    /// Current bindings to client numbers; expired ones are removed, so datagrams to them
-    /// find nobody.
+    /// Current and previous bindings to client numbers.
     by_address: HashMap<Binding, u32>,
     stats: Arc<[ProfileStats]>,
     heap: BinaryHeap<Reverse<Due>>,
@@ -519,7 +522,9 @@ impl Driver {
         let rebind = sim.binding.is_some() && (remapped || sim.expired);
         if sim.binding.is_none() || rebind {
             if let Some(old) = sim.binding.take() {
-                self.by_address.remove(&old);
+                if let Some(older) = sim.previous.replace(old) {
+                    self.by_address.remove(&older);
+                }
             }
             let Some(binding) = self.pool.allocate() else {
                 return;
@@ -592,13 +597,15 @@ impl Driver {
         let Some(sim) = self.sims.get_mut(i) else {
             return;
         };
-        if let Some((nat, mapping)) = sim.nat.as_deref_mut() {
-            if !mapping.is_some_and(|m| nat.accepts_inbound(age, m)) {
-                self.by_address.remove(&binding);
-                sim.expired = true;
-                self.count(i, |c| &c.dropped_nat, 1);
-                return;
-            }
+        let current = sim.binding == Some(binding) && !sim.expired;
+        let nat_accepts = match sim.nat.as_deref_mut() {
+            Some((nat, mapping)) => mapping.is_some_and(|m| nat.accepts_inbound(age, m)),
+            None => true,
+        };
+        if !(current && nat_accepts) {
+            sim.expired |= current;
+            self.count(i, |c| &c.dropped_nat, 1);
+            return;
         }
         if sim.is_asleep(now) {
             self.count(i, |c| &c.dropped_asleep, 1);
@@ -768,10 +775,7 @@ impl Driver {
             Command::ExpireNat { selector } => {
                 for i in self.select(&selector) {
                     if let Some(sim) = self.sims.get_mut(i) {
-                        if let Some(b) = sim.binding {
-                            self.by_address.remove(&b);
-                            sim.expired = true;
-                        }
+                        sim.expired = sim.binding.is_some();
                     }
                 }
             }
