@@ -30,10 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a scenario: in-process servers plus a simulated fleet, report under reports/.
-    Run {
-        /// The scenario YAML file, e.g. scenarios/quickstart.yaml.
-        scenario: PathBuf,
-    },
+    Run(lwm2m_harness::runner::RunArgs),
     /// Decode an LwM2M payload and print its nodes as JSON, named from the registry.
     Decode(codec_tool::DecodeArgs),
     /// Encode nodes given as JSON into an LwM2M payload (hex on stdout, or raw to a file).
@@ -58,14 +55,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = codec_tool::registry(&cli.ddf).and_then(|registry| match cli.command {
-        Command::Run { scenario } => {
-            eprintln!(
-                "lwm2m-harness run {}: not yet — the scenario runner (servers + simulated fleet + \
-                 report) is not built yet. Available now: decode, encode, objects.",
-                scenario.display()
-            );
-            Ok(ExitCode::from(2))
-        }
+        Command::Run(args) => lwm2m_harness::runner::main(registry, &args),
         Command::Decode(args) => codec_tool::decode(&registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Encode(args) => codec_tool::encode(&registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve::run(registry, &args).map(|()| ExitCode::SUCCESS),

@@ -1,0 +1,450 @@
+//! The scenario runner behind `lwm2m-harness run SCENARIO.yaml`: starts the in-process
+//! LwM2M Server and Bootstrap Server (or targets external ones), one simulated fleet per
+//! client group, runs the timeline, collects events and every datagram, stops everything
+//! (the clients de-register), and writes the report folder
+//! `reports/<UTC time>-<scenario name>/`:
+//!
+//! - `report.json`, `report.html`, `junit.xml`: the timeline's actions and the implicit
+//!   checks (every client registered, every bootstrap finished) as cases, latency
+//!   percentiles, throughput over time, the network-usage table of a sample client,
+//!   counters (fleet, servers, events), seed, versions and git revision;
+//! - `run.pcap` and `exchanges.log`: every datagram the servers sent and received;
+//! - `<operation>.hgrm` and `latencies.hlog`: the latency histograms;
+//! - `network-usage.txt` (per operation over the whole run, then per sample client) and
+//!   `network-usage.csv` (every exchange).
+//!
+//! What it does not do: DTLS (the servers speak plain CoAP), and with an external LwM2M
+//! Server no requests (the harness has no way to ask it) and no pcap (nothing passes our
+//! sockets).
+
+pub mod capture;
+pub mod metrics;
+mod output;
+pub mod scenario;
+mod steps;
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use lwm2m_proto::bootstrap::server::BootstrapServerConfig;
+use lwm2m_proto::registry::Registry;
+use lwm2m_proto::server::ServerConfig;
+use lwm2m_proto::{Lwm2mPath, ObjectId, coap};
+use lwm2m_server::events::{EventBus, PacketTap};
+use lwm2m_server::store::FileBootstrapStore;
+use lwm2m_server::{
+    BootstrapHandle, BootstrapOptions, ServerHandle, ServerOptions, start_bootstrap, start_server,
+};
+use lwm2m_simulator::fleet::{Fleet, FleetConfig, FleetHandle, Targets};
+use lwm2m_simulator::seed;
+
+use crate::report::{CaseResult, RunReport, Status};
+pub use scenario::{Plan, Scenario};
+
+/// `lwm2m-harness run` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The scenario YAML file, e.g. scenarios/quickstart.yaml.
+    pub scenario: PathBuf,
+    /// The seed of every random choice (default: the scenario's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Where run folders go.
+    #[arg(long, default_value = "reports")]
+    pub out: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// How to run a plan.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The seed.
+    pub seed: u64,
+    /// The folder the run folder is made in.
+    pub out: PathBuf,
+    /// Show a progress bar on the terminal.
+    pub progress: bool,
+}
+
+/// A finished run.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// The run folder.
+    pub dir: PathBuf,
+    /// What `report.json` holds.
+    pub report: RunReport,
+}
+
+/// `lwm2m-harness run`: loads, runs, prints where the report is; exit status 1 when a case
+/// failed.
+pub fn main(registry: Registry, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let plan = Plan::load(&args.scenario, &registry)?;
+    let options = RunOptions {
+        seed: args.seed.unwrap_or(plan.scenario.seed),
+        out: args.out.clone(),
+        progress: !args.quiet,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let outcome = runtime.block_on(run(&plan, Arc::new(registry), &options))?;
+    print!("{}", output::summary(&outcome));
+    let (_, failed, _) = outcome.report.tally();
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The servers a run started or targets.
+struct Servers {
+    server: Option<ServerHandle>,
+    bootstrap: Option<BootstrapHandle>,
+    server_addr: SocketAddr,
+    bootstrap_addr: Option<SocketAddr>,
+}
+
+fn start_servers(
+    plan: &Plan,
+    registry: &Arc<Registry>,
+    seed: u64,
+    bus: &EventBus,
+    tap: Arc<dyn PacketTap>,
+) -> anyhow::Result<Servers> {
+    use scenario::Target;
+    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let s = &plan.scenario;
+    let server = match s.servers.server {
+        Target::InProcess => {
+            let mut options = ServerOptions::new(loopback, registry.clone());
+            options.config = ServerConfig {
+                coap: coap::Config {
+                    seed: seed::mix(&[seed, 1]),
+                    ..coap::Config::default()
+                },
+                awake_time: s.servers.queue_awake_time,
+                ..ServerConfig::default()
+            };
+            options.bus = bus.clone();
+            options.tap = Some(tap.clone());
+            Some(start_server(options).context("starting the LwM2M Server")?)
+        }
+        _ => None,
+    };
+    let server_addr = match (&server, &s.servers.server) {
+        (Some(h), _) => h.local_addr(),
+        (None, Target::External(a)) => *a,
+        _ => anyhow::bail!("no LwM2M Server"),
+    };
+    let bootstrap = match s.servers.bootstrap {
+        Target::InProcess => {
+            let store = FileBootstrapStore::in_memory(scenario::bootstrap_doc(s, server_addr));
+            let mut options = BootstrapOptions::new(loopback, Arc::new(store));
+            options.config = BootstrapServerConfig {
+                coap: coap::Config {
+                    seed: seed::mix(&[seed, 2]),
+                    ..coap::Config::default()
+                },
+                ..BootstrapServerConfig::default()
+            };
+            options.bus = bus.clone();
+            options.tap = Some(tap);
+            Some(start_bootstrap(options).context("starting the Bootstrap Server")?)
+        }
+        _ => None,
+    };
+    let bootstrap_addr = match (&bootstrap, &s.servers.bootstrap) {
+        (Some(h), _) => Some(h.local_addr()),
+        (None, Target::External(a)) => Some(*a),
+        _ => None,
+    };
+    Ok(Servers {
+        server,
+        bootstrap,
+        server_addr,
+        bootstrap_addr,
+    })
+}
+
+/// One fleet per group, on its own block of loopback addresses (127.G.0.1 upwards, room
+/// for 65,000 clients and their NAT rebindings).
+fn build_fleets(
+    plan: &Plan,
+    registry: &Registry,
+    seed: u64,
+    servers: &Servers,
+) -> anyhow::Result<Vec<Fleet>> {
+    let mut fleets = Vec::new();
+    for (g, group) in plan.groups.iter().enumerate() {
+        let block = u8::try_from(g + 1)
+            .ok()
+            .filter(|b| *b < 127)
+            .context("at most 126 groups")?;
+        let group_seed = seed::mix(&[seed, 100 + g as u64]);
+        let bootstrap = group.spec.bootstrap;
+        let clients = group.clients(
+            registry,
+            Targets {
+                server: Some(servers.server_addr),
+                bootstrap: servers.bootstrap_addr.filter(|_| bootstrap),
+            },
+        )?;
+        let mut fleet = Fleet::new(FleetConfig {
+            seed: group_seed,
+            ramp: group.spec.ramp,
+            sockets: group.spec.sockets,
+            first_address: Ipv4Addr::new(127, block, 0, 1),
+            ..FleetConfig::default()
+        });
+        for n in 0..group.spec.count {
+            let mut spec = clients.spec(n as u64, group_seed);
+            if bootstrap {
+                // Factory bootstrap only: no server account until the Bootstrap Server
+                // writes one (Core TS 1.1 §6.1.4).
+                for object in [0, 1] {
+                    let _ = spec
+                        .tree
+                        .bootstrap_delete(&Lwm2mPath::Object(ObjectId(object)));
+                }
+            }
+            fleet.add(&group.spec.name, spec);
+        }
+        fleets.push(fleet);
+    }
+    Ok(fleets)
+}
+
+/// `OUT/<UTC time>-<name>`, made; `-2`, `-3`, ... when it exists already.
+fn run_dir(out: &Path, name: &str, at: SystemTime) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let stem = format!("{}-{name}", output::utc_stamp(at));
+    for n in 1..1000 {
+        let dir = if n == 1 {
+            out.join(&stem)
+        } else {
+            out.join(format!("{stem}-{n}"))
+        };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+        }
+    }
+    anyhow::bail!("no free run folder name under {}", out.display())
+}
+
+/// A progress bar over the run's duration (hidden when stderr is not a terminal).
+fn progress_bar(show: bool, duration: Duration) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:30}] {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// Runs a plan and writes its report folder under `options.out`.
+pub async fn run(
+    plan: &Plan,
+    registry: Arc<Registry>,
+    options: &RunOptions,
+) -> anyhow::Result<RunOutcome> {
+    let started = SystemTime::now();
+    let dir = run_dir(&options.out, &plan.scenario.name, started)?;
+    let capture = Arc::new(capture::Capture::default());
+    let bus = EventBus::new(1 << 16);
+    let servers = start_servers(plan, &registry, options.seed, &bus, capture.clone())?;
+    let fleets = build_fleets(plan, &registry, options.seed, &servers)?;
+
+    let endpoints: Vec<Vec<String>> = (0..plan.groups.len()).map(|g| plan.endpoints(g)).collect();
+    // The first client of each group is the sample of the network-usage table.
+    let watched: HashSet<String> = endpoints
+        .iter()
+        .filter_map(|e| e.first().cloned())
+        .collect();
+    let shared = Arc::new(metrics::Shared::default());
+    let t0 = Instant::now();
+    let (stop_collector, stop_rx) = tokio::sync::oneshot::channel();
+    let collector = tokio::spawn(metrics::collect(
+        bus.subscribe(),
+        shared.clone(),
+        watched,
+        t0,
+        stop_rx,
+    ));
+    let handles: Vec<FleetHandle> = fleets
+        .into_iter()
+        .map(Fleet::start)
+        .collect::<Result<_, _>>()
+        .context("starting the fleet")?;
+
+    let context = Arc::new(steps::Context {
+        server: servers.server.clone(),
+        fleets: handles.clone(),
+        endpoints: endpoints.clone(),
+        groups: plan.groups.iter().map(|g| g.spec.name.clone()).collect(),
+        shared: shared.clone(),
+        feature: plan.file.display().to_string(),
+    });
+    let mut timeline = tokio::task::JoinSet::new();
+    let start = tokio::time::Instant::from_std(t0);
+    for step in plan.steps.clone() {
+        let context = context.clone();
+        timeline.spawn(async move {
+            tokio::time::sleep_until(start + step.at).await;
+            context.run(step).await
+        });
+    }
+
+    let duration = plan.scenario.duration;
+    let bar = progress_bar(options.progress, duration);
+    let total = plan.clients() as u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let end = start + duration;
+    while tokio::time::Instant::now() < end {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = tokio::time::sleep_until(end) => {}
+        }
+        let c = fleet_total(&handles);
+        bar.set_position(u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX));
+        bar.set_message(format!(
+            "registered {}/{total}  asleep {}  served {}  notified {}  datagrams {}",
+            c.registered,
+            c.sleeping,
+            c.requests_served,
+            c.notifications_sent,
+            capture.len()
+        ));
+    }
+    bar.set_message(format!("waiting for {} timeline actions", timeline.len()));
+    let mut cases: Vec<CaseResult> = timeline.join_all().await;
+    cases.sort_by_key(|c| c.case.clone());
+    cases.extend(implicit_cases(plan, &context, &handles, &servers));
+
+    bar.set_message("stopping: every client de-registers");
+    let mut reports = Vec::new();
+    for h in &handles {
+        reports.push(
+            h.stop(Duration::from_secs(5))
+                .await
+                .context("stopping the fleet")?,
+        );
+    }
+    let server_counters = match &servers.server {
+        Some(s) => s.counters().await.ok(),
+        None => None,
+    };
+    if let Some(s) = &servers.server {
+        s.shutdown().await;
+    }
+    if let Some(b) = &servers.bootstrap {
+        b.shutdown().await;
+    }
+    let _ = stop_collector.send(());
+    let collected = collector.await.context("the event collector failed")?;
+    bar.finish_and_clear();
+
+    let run = output::Run {
+        plan,
+        options,
+        started,
+        elapsed: t0.elapsed(),
+        servers: output::ServerInfo {
+            server: servers.server_addr,
+            server_in_process: servers.server.is_some(),
+            bootstrap: servers.bootstrap_addr,
+            bootstrap_in_process: servers.bootstrap.is_some(),
+        },
+        fleets: &reports,
+        server_counters,
+        collected,
+        shared: &shared,
+        packets: capture.take(),
+        endpoints: &endpoints,
+        cases,
+    };
+    let report = output::write(&dir, run)?;
+    Ok(RunOutcome { dir, report })
+}
+
+fn fleet_total(handles: &[FleetHandle]) -> lwm2m_simulator::fleet::CountersSnapshot {
+    let mut total = lwm2m_simulator::fleet::CountersSnapshot::default();
+    for h in handles {
+        total += h.total();
+    }
+    total
+}
+
+/// Cases every run has: each group's clients all registered (the fleet's count of clients
+/// that registered at least once), and, for groups that bootstrap through the in-process
+/// Bootstrap Server, every bootstrap finished.
+fn implicit_cases(
+    plan: &Plan,
+    context: &steps::Context,
+    handles: &[FleetHandle],
+    servers: &Servers,
+) -> Vec<CaseResult> {
+    let mut cases = Vec::new();
+    let feature = plan.file.display().to_string();
+    for (g, (group, handle)) in plan.groups.iter().zip(handles).enumerate() {
+        let name = &group.spec.name;
+        let count = group.spec.count;
+        let c = handle.total();
+        let registered = usize::try_from(c.clients_registered).unwrap_or(usize::MAX);
+        let status = if registered >= count {
+            Status::Passed
+        } else {
+            Status::Failed
+        };
+        cases.push(CaseResult {
+            case: format!("registration-{}", g + 1),
+            title: format!("all {count} clients of {name} registered"),
+            feature: feature.clone(),
+            subject: name.clone(),
+            status,
+            message: Some(format!(
+                "{registered}/{count} registered at least once; {} registered now, {} failed, {} Register/Update failures",
+                c.registered, c.failed, c.failures
+            )),
+            evidence: steps::evidence(),
+            duration_ms: 0.0,
+        });
+        if group.spec.bootstrap && servers.bootstrap.is_some() {
+            let live = context.shared.lock();
+            let done = context.endpoints.get(g).map_or(0, |e| {
+                e.iter().filter(|e| live.bootstrapped.contains(*e)).count()
+            });
+            cases.push(CaseResult {
+                case: format!("bootstrap-{}", g + 1),
+                title: format!("all {count} clients of {name} bootstrapped"),
+                feature: feature.clone(),
+                subject: name.clone(),
+                status: if done >= count {
+                    Status::Passed
+                } else {
+                    Status::Failed
+                },
+                message: Some(format!(
+                    "{done}/{count} Bootstrap-Finish answered 2.04 (Core TS 1.1 §6.1.4)"
+                )),
+                evidence: steps::evidence(),
+                duration_ms: 0.0,
+            });
+        }
+    }
+    cases
+}

@@ -1,0 +1,447 @@
+//! The run folder: report.json/html, junit.xml, run.pcap, exchanges.log, histograms and
+//! the network-usage tables.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use lwm2m_proto::coap::Counters;
+use lwm2m_simulator::fleet::{CountersSnapshot, FleetReport};
+
+use super::capture::{self, Captured};
+use super::metrics::{self, Collected, Shared};
+use super::{Plan, RunOptions, RunOutcome};
+use crate::record::Latencies;
+use crate::report::usage::{self, ExchangeUsage};
+use crate::report::{self, CaseResult, RunReport, Subject, ThroughputPoint};
+
+/// Where the servers were.
+pub struct ServerInfo {
+    pub server: SocketAddr,
+    pub server_in_process: bool,
+    pub bootstrap: Option<SocketAddr>,
+    pub bootstrap_in_process: bool,
+}
+
+/// Everything a finished run hands to the report.
+pub struct Run<'a> {
+    pub plan: &'a Plan,
+    pub options: &'a RunOptions,
+    pub started: SystemTime,
+    pub elapsed: Duration,
+    pub servers: ServerInfo,
+    pub fleets: &'a [FleetReport],
+    pub server_counters: Option<Counters>,
+    pub collected: Collected,
+    pub shared: &'a Shared,
+    pub packets: Vec<Captured>,
+    pub endpoints: &'a [Vec<String>],
+    pub cases: Vec<CaseResult>,
+}
+
+/// `YYYY-MM-DDThh-mm-ss` in UTC (a file-name-safe ISO 8601).
+pub fn utc_stamp(at: SystemTime) -> String {
+    let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}-{:02}-{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Folds an HdrHistogram of microseconds (the fleet's) into `latencies` under `name`.
+fn fold(latencies: &mut Latencies, name: &str, h: &Histogram<u64>) {
+    for v in h.iter_recorded() {
+        metrics::record_many(
+            latencies,
+            name,
+            Duration::from_micros(v.value_iterated_to()),
+            v.count_at_value(),
+        );
+    }
+}
+
+/// The server-side time of each De-register: request in to response out at the server's
+/// socket (the fleet measures Register and Update on the client side, not De-register).
+fn deregister_at_server(packets: &[Captured], latencies: &mut Latencies) {
+    use lwm2m_proto::coap::{MessageClass, RequestType, message};
+    let mut pending: BTreeMap<(SocketAddr, SocketAddr, Vec<u8>), Duration> = BTreeMap::new();
+    for p in packets {
+        let Ok(m) = message::decode(&p.bytes) else {
+            continue;
+        };
+        match m.header.code {
+            MessageClass::Request(RequestType::Delete)
+                if message::uri_path(&m).starts_with("/rd/") =>
+            {
+                pending.insert((p.src, p.dst, m.get_token().to_vec()), p.at);
+            }
+            MessageClass::Response(_) => {
+                if let Some(at) = pending.remove(&(p.dst, p.src, m.get_token().to_vec())) {
+                    latencies.record("deregister-at-server", p.at.saturating_sub(at));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn snapshot_fields(c: &CountersSnapshot) -> [(&'static str, u64); 22] {
+    [
+        ("clients", c.clients),
+        ("started", c.started),
+        ("registered", c.registered),
+        ("sleeping", c.sleeping),
+        ("bootstrapping", c.bootstrapping),
+        ("registering", c.registering),
+        ("failed", c.failed),
+        ("clients_registered", c.clients_registered),
+        ("registrations", c.registrations),
+        ("updates", c.updates),
+        ("failures", c.failures),
+        ("deregistrations", c.deregistrations),
+        ("requests_served", c.requests_served),
+        ("notifications_sent", c.notifications_sent),
+        ("datagrams_in", c.datagrams_in),
+        ("datagrams_out", c.datagrams_out),
+        ("bytes_in", c.bytes_in),
+        ("bytes_out", c.bytes_out),
+        ("dropped_asleep", c.dropped_asleep),
+        ("dropped_nat", c.dropped_nat),
+        ("dropped_loss", c.dropped_loss),
+        ("rebinds", c.rebinds),
+    ]
+}
+
+/// One row of the per-operation table.
+#[derive(Default)]
+struct OpTotals {
+    exchanges: usize,
+    request: usize,
+    response: usize,
+    datagrams: usize,
+}
+
+/// Network usage per operation over the whole run.
+fn per_operation(rows: &[ExchangeUsage]) -> String {
+    let mut ops: BTreeMap<&str, OpTotals> = BTreeMap::new();
+    for r in rows {
+        let t = ops.entry(&r.operation).or_default();
+        t.exchanges += 1;
+        t.request += r.request_coap;
+        t.response += r.response_coap;
+        t.datagrams += r.datagrams;
+    }
+    let mut s = format!(
+        "{:<20} {:>9} {:>10} {:>10} {:>12} {:>12} {:>9}\n",
+        "operation", "exchanges", "req mean", "resp mean", "req total", "resp total", "dgrams"
+    );
+    let mean = |total: usize, n: usize| total as f64 / n.max(1) as f64;
+    for (op, t) in &ops {
+        let _ = writeln!(
+            s,
+            "{op:<20} {:>9} {:>10.1} {:>10.1} {:>12} {:>12} {:>9}",
+            t.exchanges,
+            mean(t.request, t.exchanges),
+            mean(t.response, t.exchanges),
+            t.request,
+            t.response,
+            t.datagrams
+        );
+    }
+    s
+}
+
+/// The exchanges of one client: the datagrams to and from any address it was seen at.
+fn client_exchanges(packets: &[Captured], addresses: &[SocketAddr]) -> Vec<ExchangeUsage> {
+    let set: HashSet<&SocketAddr> = addresses.iter().collect();
+    let mine: Vec<Captured> = packets
+        .iter()
+        .filter(|p| set.contains(&p.src) || set.contains(&p.dst))
+        .cloned()
+        .collect();
+    usage::exchanges(&capture::usage_datagrams(&mine))
+}
+
+fn csv(rows: &[ExchangeUsage]) -> String {
+    let mut s = String::from(
+        "operation,path,request_coap,response_coap,request_wire,response_wire,datagrams\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{},{}",
+            r.operation,
+            r.path,
+            r.request_coap,
+            r.response_coap,
+            r.request_wire,
+            r.response_wire,
+            r.datagrams
+        );
+    }
+    s
+}
+
+fn write_file(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
+    let p = dir.join(name);
+    std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
+}
+
+/// Writes the run folder and returns the report.
+pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
+    let plan = run.plan;
+    let s = &plan.scenario;
+    // Latencies: the servers' (operations, bootstrap, notifications), the fleet's
+    // (Register, Update), De-register at the server's socket.
+    let mut latencies = std::mem::take(&mut run.collected.latencies);
+    metrics::observe_to_first(run.shared, &mut latencies);
+    for f in run.fleets {
+        for p in &f.profiles {
+            fold(&mut latencies, "register", &p.latencies.register);
+            fold(&mut latencies, "update", &p.latencies.update);
+        }
+    }
+    deregister_at_server(&run.packets, &mut latencies);
+
+    let decode_as = {
+        let mut ports = vec![run.servers.server.port()];
+        ports.extend(run.servers.bootstrap.map(|b| b.port()));
+        let ports: Vec<String> = ports
+            .iter()
+            .map(|p| format!("-d udp.port=={p},coap"))
+            .collect();
+        format!(
+            "lwm2m-harness run {}: every datagram at the servers' sockets\nWireshark/tshark: decode the servers' ports as CoAP: tshark -r run.pcap {}",
+            plan.file.display(),
+            ports.join(" ")
+        )
+    };
+    capture::write_pcap(&dir.join("run.pcap"), &run.packets)?;
+    capture::write_log(&dir.join("exchanges.log"), &run.packets, &decode_as)?;
+
+    for op in latencies.operations() {
+        if let Some(text) = latencies.hgrm(op) {
+            write_file(dir, &format!("{op}.hgrm"), &text)?;
+        }
+    }
+    let mut hlog = Vec::new();
+    latencies.write_log(&mut hlog, run.started, run.elapsed)?;
+    std::fs::write(dir.join("latencies.hlog"), hlog).context("writing latencies.hlog")?;
+
+    // Network usage.
+    let all = usage::exchanges(&capture::usage_datagrams(&run.packets));
+    let mut text = format!(
+        "Network usage, {} (plain CoAP over UDP: wire bytes are CoAP bytes; DTLS would add 29 per datagram)\n\nPer operation, all clients ({} exchanges):\n{}",
+        plan.file.display(),
+        all.len(),
+        per_operation(&all)
+    );
+    let mut sample_rows = Vec::new();
+    {
+        let live = run.shared.lock();
+        for (g, eps) in run.endpoints.iter().enumerate() {
+            let Some(ep) = eps.first() else { continue };
+            let addresses = live.addresses.get(ep).cloned().unwrap_or_default();
+            let rows = client_exchanges(&run.packets, &addresses);
+            let _ = write!(
+                text,
+                "\nEvery exchange of {ep} (group {}), like the whole-device read table:\n{}",
+                plan.groups.get(g).map_or("", |gp| gp.spec.name.as_str()),
+                usage::render_table(&rows)
+            );
+            if g == 0 {
+                sample_rows = rows;
+            }
+        }
+    }
+    write_file(dir, "network-usage.txt", &text)?;
+    write_file(dir, "network-usage.csv", &csv(&all))?;
+
+    // Counters.
+    let mut counters = std::mem::take(&mut run.collected.counters);
+    let mut total = CountersSnapshot::default();
+    for f in run.fleets {
+        for p in &f.profiles {
+            total += p.counters;
+            for (k, v) in snapshot_fields(&p.counters) {
+                if matches!(
+                    k,
+                    "clients_registered"
+                        | "registrations"
+                        | "failures"
+                        | "rebinds"
+                        | "dropped_asleep"
+                        | "dropped_nat"
+                        | "requests_served"
+                        | "notifications_sent"
+                ) {
+                    counters.insert(format!("group.{}.{k}", p.profile), v);
+                }
+            }
+        }
+    }
+    for (k, v) in snapshot_fields(&total) {
+        counters.insert(format!("fleet.{k}"), v);
+    }
+    if let Some(c) = &run.server_counters {
+        for (k, v) in [
+            ("datagrams_in", c.datagrams_in),
+            ("datagrams_out", c.datagrams_out),
+            ("bytes_in", c.bytes_in),
+            ("bytes_out", c.bytes_out),
+            ("retransmissions", c.retransmissions),
+            ("duplicates", c.duplicates),
+            ("timeouts", c.timeouts),
+            ("resets_in", c.resets_in),
+        ] {
+            counters.insert(format!("server.coap.{k}"), v);
+        }
+    }
+    counters.insert("capture.datagrams".into(), run.packets.len() as u64);
+    counters.insert(
+        "capture.bytes".into(),
+        run.packets.iter().map(|p| p.bytes.len() as u64).sum(),
+    );
+
+    // Subjects.
+    let version = env!("CARGO_PKG_VERSION");
+    let mut subjects = vec![Subject {
+        id: "lwm2m-server".into(),
+        kind: "server".into(),
+        version: if run.servers.server_in_process {
+            format!("lwm2m-server {version} (in process)")
+        } else {
+            "external".into()
+        },
+        address: Some(format!("coap://{}", run.servers.server)),
+    }];
+    if let Some(b) = run.servers.bootstrap {
+        subjects.push(Subject {
+            id: "bootstrap-server".into(),
+            kind: "bootstrap-server".into(),
+            version: if run.servers.bootstrap_in_process {
+                format!("lwm2m-server {version} bootstrap (in process)")
+            } else {
+                "external".into()
+            },
+            address: Some(format!("coap://{b}")),
+        });
+    }
+    for g in &plan.groups {
+        subjects.push(Subject {
+            id: g.spec.name.clone(),
+            kind: "simulated-client".into(),
+            version: format!(
+                "lwm2m-simulator {version}: {} × profile {} (LwM2M {}), network {}{}",
+                g.spec.count,
+                g.profile.name,
+                g.profile.lwm2m_version,
+                g.network.0,
+                if g.spec.bootstrap { ", bootstraps" } else { "" }
+            ),
+            address: None,
+        });
+    }
+
+    let summaries = latencies
+        .operations()
+        .filter_map(|op| latencies.summary(op).map(|s| (op.to_owned(), s)))
+        .collect();
+    let throughput = run
+        .collected
+        .throughput
+        .iter()
+        .enumerate()
+        .map(|(i, ops)| ThroughputPoint {
+            t_s: (i + 1) as f64,
+            ops: *ops,
+        })
+        .collect();
+    let report = RunReport {
+        schema: report::SCHEMA_VERSION,
+        run: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        title: format!("Scenario {} ({})", s.name, plan.file.display()),
+        started_unix_s: run
+            .started
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        duration_s: run.elapsed.as_secs_f64(),
+        seed: run.options.seed,
+        product_version: version.into(),
+        git_revision: report::git_revision(),
+        subjects,
+        cases: std::mem::take(&mut run.cases),
+        latencies: summaries,
+        throughput,
+        network_usage: sample_rows,
+        counters,
+    };
+    report.write(dir)?;
+    Ok(report)
+}
+
+/// What `run` prints at the end.
+pub fn summary(outcome: &RunOutcome) -> String {
+    let r = &outcome.report;
+    let (p, f, n) = r.tally();
+    let mut s = format!(
+        "{}: {p} passed, {f} failed, {n} not applicable in {:.1} s (seed {})\n",
+        r.title, r.duration_s, r.seed
+    );
+    for c in r
+        .cases
+        .iter()
+        .filter(|c| c.status != report::Status::Passed)
+    {
+        let _ = writeln!(
+            s,
+            "  {:?} {} {}: {}",
+            c.status,
+            c.case,
+            c.title,
+            c.message.as_deref().unwrap_or("").replace('\n', "\n    ")
+        );
+    }
+    for (op, l) in &r.latencies {
+        let _ = writeln!(
+            s,
+            "  {op:<30} n={:<7} p50={:>9.3} ms  p99={:>9.3} ms",
+            l.count, l.p50_ms, l.p99_ms
+        );
+    }
+    let _ = writeln!(s, "report: {}", outcome.dir.join("report.html").display());
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_utc() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(utc_stamp(t), "2023-11-14T22-13-20");
+        assert_eq!(utc_stamp(UNIX_EPOCH), "1970-01-01T00-00-00");
+    }
+}
