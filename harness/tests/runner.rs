@@ -1,0 +1,384 @@
+//! The scenario runner end to end: every shipped scenario loads; a small scenario runs over
+//! loopback through the `lwm2m-harness run` binary and leaves its report folder; `tshark`
+//! decodes `run.pcap` into the same CoAP messages and LwM2M paths as `exchanges.log`;
+//! broken scenarios are refused with file, line and key.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lwm2m_harness::report::{RunReport, Status};
+use lwm2m_harness::runner::scenario::scenario_files;
+use lwm2m_harness::runner::{Plan, scenario::Target};
+use lwm2m_proto::registry::Registry;
+
+fn scenarios() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios")
+}
+
+fn profile(name: &str) -> String {
+    scenarios()
+        .join("profiles")
+        .join(format!("{name}.yaml"))
+        .canonicalize()
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+#[test]
+fn every_shipped_scenario_loads() {
+    let files = scenario_files(&scenarios()).unwrap();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&"quickstart.yaml".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"whole-device-read.yaml".to_owned()),
+        "{names:?}"
+    );
+    let registry = Registry::embedded();
+    for f in &files {
+        let plan = Plan::load(f, &registry).unwrap_or_else(|e| panic!("{e}"));
+        assert!(plan.clients() > 0, "{}", f.display());
+    }
+    let quick = Plan::load(&scenarios().join("quickstart.yaml"), &registry).unwrap();
+    assert!(
+        (900..=1100).contains(&quick.clients()),
+        "{}",
+        quick.clients()
+    );
+    assert_eq!(quick.scenario.servers.bootstrap, Target::InProcess);
+}
+
+fn write_scenario(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn load_error(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_scenario(dir.path(), "broken.yaml", text);
+    let err = Plan::load(&p, &Registry::embedded())
+        .unwrap_err()
+        .to_string();
+    let file = p.display().to_string();
+    assert!(err.starts_with(&file), "{err}");
+    err.strip_prefix(&file).unwrap().to_owned()
+}
+
+#[test]
+fn broken_scenarios_name_file_line_and_key() {
+    let wakaama = profile("wakaama-like");
+    let head = format!(
+        "name: broken\nduration: 5s\nfleet:\n  - name: meters\n    profile: {wakaama}\n    count: 3\n"
+    );
+    // An unknown key: the parser names its line and the key.
+    let e = load_error(&format!(
+        "{head}timeline:\n  - at: 1s\n    action: read\n    group: meters\n    paht: /3/0\n"
+    ));
+    assert!(e.starts_with(":11:"), "{e}");
+    assert!(e.contains("unknown field `paht`"), "{e}");
+    // A group that does not exist: found after parsing, placed at the key's line.
+    let e = load_error(&format!(
+        "{head}timeline:\n  - {{ at: 1s, action: read, group: meters, path: /3/0 }}\n  - at: 2s\n    action: read\n    group: sensors\n    path: /3/0\n"
+    ));
+    assert!(
+        e.starts_with(":11:5: timeline.1.group: no group \"sensors\""),
+        "{e}"
+    );
+    // A duration without a unit.
+    let e = load_error(&format!(
+        "{head}timeline:\n  - {{ at: 1, action: wake, group: meters }}\n"
+    ));
+    assert!(e.starts_with(":8:"), "{e}");
+    assert!(e.contains("has no unit"), "{e}");
+    // A profile that is not there.
+    let e = load_error(
+        "name: x\nduration: 5s\nfleet:\n  - name: a\n    count: 1\n    profile: nowhere\n",
+    );
+    assert!(
+        e.starts_with(":6:5: fleet.0.profile: no \"nowhere\""),
+        "{e}"
+    );
+    // An action after the end, a write without a value, a bad code, too many clients.
+    let e = load_error(&format!(
+        "{head}timeline:\n  - {{ at: 9s, action: wake, group: meters }}\n"
+    ));
+    assert!(
+        e.contains("timeline.0.at: 9s is after the end of the run"),
+        "{e}"
+    );
+    let e = load_error(&format!(
+        "{head}timeline:\n  - at: 1s\n    action: write\n    group: meters\n    path: /3/0/14\n"
+    ));
+    assert!(e.contains("timeline.0.value: write needs a value"), "{e}");
+    let e = load_error(&format!(
+        "{head}timeline:\n  - at: 1s\n    action: read\n    group: meters\n    path: /3/0\n    expect: ok\n"
+    ));
+    assert!(e.starts_with(":12:5: timeline.0.expect"), "{e}");
+    let e = load_error(&format!(
+        "{head}timeline:\n  - at: 1s\n    action: wake\n    group: meters\n    clients: 4\n"
+    ));
+    assert!(e.starts_with(":11:5: timeline.0.clients"), "{e}");
+    // Requests need the in-process server.
+    let e = load_error(&format!(
+        "{head}servers:\n  server: coap://127.0.0.1:5683\n  bootstrap: none\ntimeline:\n  - {{ at: 1s, action: read, group: meters, path: /3/0 }}\n"
+    ));
+    assert!(
+        e.contains("timeline.0.action: read needs the in-process LwM2M Server"),
+        "{e}"
+    );
+}
+
+/// One line of `exchanges.log` as tshark would show it: addresses, CoAP type and code
+/// numbers, message id, token, request path, query.
+fn from_log(line: &str) -> Option<Vec<String>> {
+    let mut w = line.split_whitespace();
+    let (_, src, _, dst) = (w.next()?, w.next()?, w.next()?, w.next()?);
+    let ty = match w.next()? {
+        "CON" => "0",
+        "NON" => "1",
+        "ACK" => "2",
+        "RST" => "3",
+        _ => return None,
+    };
+    let code = w.next()?;
+    let methods = ["GET", "POST", "PUT", "DELETE", "FETCH", "PATCH", "IPATCH"];
+    let number = match methods.iter().position(|m| *m == code) {
+        Some(i) => i + 1,
+        None => {
+            let (c, d) = code.split_once('.')?;
+            c.parse::<usize>().ok()? * 32 + d.parse::<usize>().ok()?
+        }
+    };
+    let mid = w.next()?.strip_prefix("mid=")?;
+    let token = w.next()?.strip_prefix("token=")?;
+    let (mut path, mut query) = (String::new(), String::new());
+    if let Some(next) = w.next()
+        && next.starts_with('/')
+    {
+        let (p, q) = next.split_once('?').unwrap_or((next, ""));
+        path = p.to_owned();
+        query = q.replace('&', ",");
+    }
+    let (sip, sport) = src.rsplit_once(':')?;
+    let (dip, dport) = dst.rsplit_once(':')?;
+    Some(vec![
+        sip.into(),
+        sport.into(),
+        dip.into(),
+        dport.into(),
+        ty.into(),
+        number.to_string(),
+        mid.into(),
+        if token == "-" {
+            String::new()
+        } else {
+            token.into()
+        },
+        path,
+        query,
+    ])
+}
+
+#[test]
+fn small_scenario_runs_end_to_end_and_tshark_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(
+        dir.path(),
+        "small.yaml",
+        &format!(
+            "name: small
+duration: 4s
+seed: 7
+fleet:
+  - name: meters
+    profile: {}
+    count: 30
+    ramp: 200
+    network: {}
+    bootstrap: true
+  - name: sensors
+    profile: {}
+    count: 20
+timeline:
+  - {{ at: 1s, action: read, group: meters, path: /3/0, format: tlv }}
+  - {{ at: 1s, action: read, group: sensors, path: /3303/0/5700 }}
+  - {{ at: 1500ms, action: write, group: meters, path: /3/0/14, value: \"+01:00\" }}
+  - {{ at: 1500ms, action: observe, group: meters, clients: 10, path: /3/0/13 }}
+  - {{ at: 2s, action: nat-timeout, group: meters, clients: 5 }}
+  - {{ at: 2500ms, action: update, group: meters, clients: 5 }}
+  - {{ at: 3s, action: read, group: meters, clients: 5, path: [/1, /3, /1024] }}
+  - {{ at: 3s, action: discover, group: sensors, clients: 3, path: /3303 }}
+",
+            profile("wakaama-like"),
+            scenarios()
+                .join("networks/home-nat.yaml")
+                .canonicalize()
+                .unwrap()
+                .display(),
+            profile("sensor-1.1"),
+        ),
+    );
+    let out = dir.path().join("reports");
+    let run = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .arg("run")
+        .arg(&scenario)
+        .arg("--out")
+        .arg(&out)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("0 failed"), "{stdout}");
+    let runs: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run_dir = &runs[0];
+    assert!(
+        run_dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .ends_with("-small")
+    );
+    for f in [
+        "report.json",
+        "report.html",
+        "junit.xml",
+        "run.pcap",
+        "exchanges.log",
+        "latencies.hlog",
+        "read.hgrm",
+        "register.hgrm",
+        "bootstrap.hgrm",
+        "network-usage.txt",
+        "network-usage.csv",
+    ] {
+        assert!(
+            run_dir.join(f).is_file(),
+            "{f} missing in {}",
+            run_dir.display()
+        );
+    }
+    let report = RunReport::load(run_dir).unwrap();
+    assert_eq!(report.seed, 7);
+    assert_eq!(report.product_version, env!("CARGO_PKG_VERSION"));
+    // 8 steps, 2 groups registered, 1 group bootstrapped.
+    assert_eq!(report.cases.len(), 11, "{:#?}", report.cases);
+    assert!(report.cases.iter().all(|c| c.status == Status::Passed));
+    for op in [
+        "bootstrap",
+        "register",
+        "read",
+        "write",
+        "observe",
+        "discover",
+        "update",
+    ] {
+        assert!(report.latencies.contains_key(op), "no {op} latency");
+    }
+    assert_eq!(report.counters.get("fleet.clients_registered"), Some(&50));
+    assert_eq!(report.counters.get("server.rebindings"), Some(&5));
+    assert!(!report.network_usage.is_empty());
+    let junit = std::fs::read_to_string(run_dir.join("junit.xml")).unwrap();
+    assert!(junit.contains("tests=\"11\" failures=\"0\""), "{junit}");
+    assert!(
+        junit.contains("all 30 clients of meters registered"),
+        "{junit}"
+    );
+
+    // tshark decodes the pcap into the messages of the exchange log, in order.
+    let log = std::fs::read_to_string(run_dir.join("exchanges.log")).unwrap();
+    let ports: Vec<String> = report
+        .subjects
+        .iter()
+        .filter_map(|s| {
+            s.address
+                .as_deref()?
+                .rsplit_once(':')
+                .map(|(_, p)| p.to_owned())
+        })
+        .collect();
+    assert_eq!(ports.len(), 2, "{:?}", report.subjects);
+    let mut tshark = Command::new("tshark");
+    tshark.arg("-r").arg(run_dir.join("run.pcap"));
+    for p in &ports {
+        tshark.args(["-d", &format!("udp.port=={p},coap")]);
+    }
+    tshark.args(["-T", "fields", "-E", "separator=|"]);
+    for f in [
+        "ip.src",
+        "udp.srcport",
+        "ip.dst",
+        "udp.dstport",
+        "coap.type",
+        "coap.code",
+        "coap.mid",
+        "coap.token",
+        "coap.opt.uri_path_recon",
+        "coap.opt.uri_query",
+    ] {
+        tshark.args(["-e", f]);
+    }
+    let decoded = tshark
+        .output()
+        .expect("tshark is not installed (apt-get install tshark)");
+    assert!(
+        decoded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+    let decoded = String::from_utf8(decoded.stdout).unwrap();
+    let from_tshark: Vec<Vec<String>> = decoded
+        .lines()
+        .map(|l| {
+            let mut f: Vec<String> = l.split('|').map(str::to_owned).collect();
+            // tshark rebuilds the path of a response from its request; the log shows
+            // paths on requests only.
+            if f.get(5)
+                .and_then(|c| c.parse::<u32>().ok())
+                .is_some_and(|c| c == 0 || c >= 64)
+            {
+                f[8].clear();
+            }
+            f
+        })
+        .collect();
+    let from_log: Vec<Vec<String>> = log
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| from_log(l).unwrap_or_else(|| panic!("not a CoAP line: {l}")))
+        .collect();
+    assert!(from_log.len() > 200, "{} datagrams", from_log.len());
+    assert_eq!(from_tshark.len(), from_log.len());
+    for (i, (t, l)) in from_tshark.iter().zip(&from_log).enumerate() {
+        assert_eq!(t, l, "datagram {} differs", i + 1);
+    }
+    // LwM2M paths the timeline asked for are on the wire.
+    for path in [
+        "/3/0",
+        "/3303/0/5700",
+        "/3/0/14",
+        "/3/0/13",
+        "/1024",
+        "/bs",
+        "/rd",
+    ] {
+        assert!(
+            from_log.iter().any(|f| f[8] == path),
+            "{path} not in the exchange log"
+        );
+    }
+}
