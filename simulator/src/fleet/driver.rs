@@ -200,6 +200,8 @@ struct Sim {
     timed: Option<(Timed, Instant)>,
     /// Registered at least once.
     registered_once: bool,
+    /// The fleet asked it to de-register (it stays registered until the answer).
+    deregistering: bool,
 }
 
 impl Sim {
@@ -239,6 +241,7 @@ impl Sim {
             gauge: Gauge::Other,
             timed: None,
             registered_once: false,
+            deregistering: false,
         }
     }
 
@@ -472,6 +475,10 @@ impl Driver {
             }
         }
         let gauge = Gauge::of(sim.client.state());
+        // A client that registers while the fleet stops de-registers at once.
+        let leave = self.stopping.is_some()
+            && matches!(gauge, Gauge::Registered | Gauge::Sleeping)
+            && !sim.deregistering;
         if gauge != sim.gauge {
             let old = std::mem::replace(&mut sim.gauge, gauge);
             if let Some(s) = self.stats.get(sim.profile) {
@@ -496,6 +503,19 @@ impl Driver {
                     }
                 }
             }
+        }
+        if leave {
+            self.deregister(i, now);
+        }
+    }
+
+    /// Client `i` de-registers (Core TS 1.1 §6.2.3), radio on.
+    fn deregister(&mut self, i: usize, now: Instant) {
+        if let Some(sim) = self.sims.get_mut(i) {
+            sim.deregistering = true;
+            sim.asleep_until = None;
+            sim.client.deregister(now);
+            self.after(i, now);
         }
     }
 
@@ -816,12 +836,15 @@ impl Driver {
                     .get_or_insert_with(|| (now + grace, Vec::new()));
                 waiters.push(reply);
                 if started {
-                    self.each(now, &Selector::All, |sim, now| {
-                        if matches!(sim.gauge, Gauge::Registered | Gauge::Sleeping) {
-                            sim.asleep_until = None;
-                            sim.client.deregister(now);
+                    for i in 0..self.sims.len() {
+                        if self
+                            .sims
+                            .get(i)
+                            .is_some_and(|s| matches!(s.gauge, Gauge::Registered | Gauge::Sleeping))
+                        {
+                            self.deregister(i, now);
                         }
-                    });
+                    }
                 }
             }
         }
@@ -876,5 +899,48 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lwm2m_proto::coap::{Packet, RequestType};
+
+    fn post(path: &str, query: Option<&str>) -> Vec<u8> {
+        let mut p: Packet = message::request(RequestType::Post, path);
+        if let Some(q) = query {
+            message::add_query(&mut p, q);
+        }
+        p.to_bytes().unwrap()
+    }
+
+    #[test]
+    fn classifies_timed_requests() {
+        // Core TS 1.1 §6.2.1 Register, §6.2.2 Update, §6.1 Bootstrap-Request, §6.4.4 Send.
+        assert_eq!(
+            timed_request(&post("/rd", Some("ep=a"))),
+            Some(Timed::Register)
+        );
+        assert_eq!(timed_request(&post("/rd/5a3f", None)), Some(Timed::Update));
+        assert_eq!(
+            timed_request(&post("/other/loc", None)),
+            Some(Timed::Update)
+        );
+        assert_eq!(timed_request(&post("/bs", Some("ep=a"))), None);
+        assert_eq!(timed_request(&post("/dp", None)), None);
+        let get = message::request(RequestType::Get, "/rd")
+            .to_bytes()
+            .unwrap();
+        assert_eq!(timed_request(&get), None);
+        assert_eq!(timed_request(&[]), None);
+        assert_eq!(timed_request(&[0x40, 0x02]), None);
+    }
+
+    #[test]
+    fn gauges_follow_states() {
+        assert!(Gauge::of(ClientState::Sleeping).is_active());
+        assert!(!Gauge::of(ClientState::Failed).is_active());
+        assert_eq!(Gauge::of(ClientState::Deregistered), Gauge::Other);
     }
 }
