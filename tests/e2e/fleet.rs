@@ -416,7 +416,11 @@ struct Server {
 
 impl Server {
     async fn start() -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    async fn start_on(bind: SocketAddr) -> Self {
+        let socket = UdpSocket::bind(bind).await.unwrap();
         let addr = socket.local_addr().unwrap();
         let (log, events) = watch::channel(Vec::new());
         let (ops, mut incoming) = mpsc::unbounded_channel::<(String, Operation)>();
@@ -645,4 +649,36 @@ async fn sleep_schedule_drops_and_wakes() {
     server.wait(3, Duration::from_secs(10), updated).await;
     counters_until(&handle, Duration::from_secs(5), |c| c.updates >= 3).await;
     handle.stop(Duration::from_secs(10)).await.unwrap();
+}
+
+/// This machine's address on its default route, if it has one (not loopback).
+fn routed_address() -> Option<std::net::IpAddr> {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // Connecting a UDP socket sends nothing; it only picks the route.
+    probe.connect("192.0.2.255:9").ok()?;
+    let ip = probe.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_off_loopback_gets_a_socket_per_client() {
+    let Some(ip) = routed_address() else {
+        eprintln!("no routed address on this machine: skipped");
+        return;
+    };
+    let mut server = Server::start_on(SocketAddr::new(ip, 0)).await;
+    let handle = fleet(server.addr, 20, 300, NetworkModel::default())
+        .start()
+        .unwrap();
+    server.wait(20, Duration::from_secs(10), registered).await;
+    let seen = server.registrations();
+    let addresses: BTreeSet<SocketAddr> = seen.values().copied().collect();
+    assert_eq!(addresses.len(), 20);
+    assert!(addresses.iter().all(|a| a.ip() == ip), "{addresses:?}");
+    handle.expire_nat(Selector::Range(0..5)).unwrap();
+    handle.trigger_update(Selector::Range(0..5)).unwrap();
+    server.wait(5, Duration::from_secs(10), moved).await;
+    let report = handle.stop(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(report.total().deregistrations, 20);
+    assert_eq!(report.total().rebinds, 5);
 }

@@ -4,7 +4,7 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io::IoSliceMut;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::counters::{ProfileStats, add, bump, drop_one};
 use super::handle::{ClientInfo, Command, FleetHandle, FleetReport};
-use super::pool::{Binding, SocketPool};
+use super::pool::{Addressing, Binding, SocketPool};
 use super::{ClientSpec, FleetConfig, FleetError, GeneratedResource, Selector, ramp_offset};
 use crate::network::{Impairment, Mapping, Nat, SleepSchedule};
 use crate::seed;
@@ -32,7 +32,25 @@ pub(super) fn spawn(
     profiles: Vec<String>,
     clients: Vec<(usize, ClientSpec)>,
 ) -> Result<FleetHandle, FleetError> {
-    let pool = SocketPool::bind(
+    let targets_loopback = clients.iter().all(|(_, spec)| {
+        let c = &spec.config;
+        c.server
+            .iter()
+            .chain(&c.bootstrap_server)
+            .all(|a| a.ip().is_loopback())
+    });
+    let addressing = if targets_loopback {
+        Addressing::Shared
+    } else if clients.len() > config.max_dedicated_sockets {
+        return Err(FleetError::TooManyClients {
+            clients: clients.len(),
+            limit: config.max_dedicated_sockets,
+        });
+    } else {
+        Addressing::Dedicated
+    };
+    let pool = SocketPool::new(
+        addressing,
         config.sockets,
         config.bind,
         config.first_address,
@@ -544,6 +562,7 @@ impl Driver {
             if let Some(old) = sim.binding.take() {
                 if let Some(older) = sim.previous.replace(old) {
                     self.by_address.remove(&older);
+                    self.pool.release(older);
                 }
             }
             let Some(binding) = self.pool.allocate() else {
@@ -713,9 +732,6 @@ impl Driver {
     fn receive(&mut self, storage: &mut [u8], chunk: usize) {
         let now = Instant::now();
         for k in 0..self.pool.len() {
-            let Ok(socket) = u16::try_from(k) else {
-                break;
-            };
             for _ in 0..RECV_ROUNDS {
                 let mut meta = [RecvMeta::default(); BATCH];
                 let n = {
@@ -727,10 +743,9 @@ impl Driver {
                         .unwrap_or_default()
                 };
                 for (m, buf) in meta.iter().take(n).zip(storage.chunks(chunk)) {
-                    let Some(IpAddr::V4(ip)) = m.dst_ip.map(canonical) else {
+                    let Some(binding) = self.pool.binding_of(k, m.dst_ip) else {
                         continue;
                     };
-                    let binding = Binding { socket, ip };
                     let data = buf.get(..m.len.min(buf.len())).unwrap_or_default();
                     for datagram in data.chunks(m.stride.max(1)) {
                         self.inbound(now, binding, canonical_addr(m.addr), datagram);
@@ -885,10 +900,6 @@ fn timed_request(bytes: &[u8]) -> Option<Timed> {
         }
         _ => Some(Timed::Update),
     }
-}
-
-fn canonical(ip: IpAddr) -> IpAddr {
-    ip.to_canonical()
 }
 
 fn canonical_addr(a: SocketAddr) -> SocketAddr {
