@@ -25,6 +25,8 @@ use crate::seed;
 const BATCH: usize = 32;
 /// Receive batches per socket before timers get their turn again.
 const RECV_ROUNDS: usize = 8;
+/// Deadlines (and delayed datagrams) handled before sockets and commands get their turn.
+const DUE_BUDGET: usize = 4096;
 
 /// Binds the pool, builds the clients and spawns the driver task.
 pub(super) fn spawn(
@@ -355,15 +357,22 @@ impl Driver {
         [timers, delayed, stop].into_iter().flatten().min()
     }
 
-    /// Fires every deadline and delivers every delayed datagram due by `now`.
+    /// Fires the deadlines and delivers the delayed datagrams due by `now`, up to
+    /// [`DUE_BUDGET`] of each (the rest stay due, so the loop comes back at once).
     fn run_due(&mut self, now: Instant) {
-        while self.heap.peek().is_some_and(|Reverse(d)| d.at <= now) {
+        for _ in 0..DUE_BUDGET {
+            if self.heap.peek().is_none_or(|Reverse(d)| d.at > now) {
+                break;
+            }
             let Some(Reverse(due)) = self.heap.pop() else {
                 break;
             };
             self.fire(now, due);
         }
-        while self.delayed.peek().is_some_and(|Reverse(d)| d.at <= now) {
+        for _ in 0..DUE_BUDGET {
+            if self.delayed.peek().is_none_or(|Reverse(d)| d.at > now) {
+                break;
+            }
             let Some(Reverse(d)) = self.delayed.pop() else {
                 break;
             };
