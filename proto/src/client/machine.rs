@@ -39,6 +39,8 @@
 //!   all protocol state and stays silent (datagrams ignored) for
 //!   [`ClientConfig::reboot_silence`], then starts again. **Factory Reset** (Execute 3/0/5)
 //!   does the same after restoring the factory object tree and dropping all attributes.
+//!   A reboot completes a firmware update in State 3 (success) and aborts a download
+//!   (Update Result 4).
 //!
 //! # Device Management (Core TS 1.1 §6.3)
 //!
@@ -380,7 +382,7 @@ fn numeric(v: &Value) -> Option<f64> {
     }
 }
 
-fn single<'a>(inst: &'a Instance, r: u16) -> Option<&'a Value> {
+fn single(inst: &Instance, r: u16) -> Option<&Value> {
     match inst.get(&ResourceId(r)) {
         Some(ResourceValue::Single(v)) => Some(v),
         _ => None,
@@ -565,7 +567,9 @@ impl Lwm2mClient {
         if self.firmware_done.is_some_and(|t| t <= now) {
             self.firmware_done = None;
             let path = fw_path(0);
-            let _ = self.tree.set(&path, ResourceValue::Single(Value::Opaque(Vec::new())));
+            let _ = self
+                .tree
+                .set(&path, ResourceValue::Single(Value::Opaque(Vec::new())));
             self.set_firmware(fw::IDLE, fw::SUCCESS);
         }
         if self.next_update.is_some_and(|t| t <= now) {
@@ -791,22 +795,25 @@ impl Lwm2mClient {
 
     /// The LwM2M Server account in the Security object (a non-bootstrap instance with a URI).
     fn tree_account(&self) -> Option<Result<ServerAccount, String>> {
-        self.tree.instance_ids(ObjectId(0)).into_iter().find_map(|i| {
-            let sec = security_from_instance(self.tree.instance(ObjectId(0), i)?)?;
-            if sec.bootstrap_server || sec.uri.is_empty() {
-                return None;
-            }
-            Some(match wire::parse_coap_uri(&sec.uri) {
-                Some(uri) => Ok(ServerAccount {
-                    addr: uri.addr,
-                    ssid: sec.short_server_id,
-                }),
-                None => Err(format!(
-                    "server URI {:?} is not coap(s)://IP[:port]",
-                    sec.uri
-                )),
+        self.tree
+            .instance_ids(ObjectId(0))
+            .into_iter()
+            .find_map(|i| {
+                let sec = security_from_instance(self.tree.instance(ObjectId(0), i)?)?;
+                if sec.bootstrap_server || sec.uri.is_empty() {
+                    return None;
+                }
+                Some(match wire::parse_coap_uri(&sec.uri) {
+                    Some(uri) => Ok(ServerAccount {
+                        addr: uri.addr,
+                        ssid: sec.short_server_id,
+                    }),
+                    None => Err(format!(
+                        "server URI {:?} is not coap(s)://IP[:port]",
+                        sec.uri
+                    )),
+                })
             })
-        })
     }
 
     /// The Server object instance of the current server (matching Short Server ID, or the
@@ -858,8 +865,7 @@ impl Lwm2mClient {
 
     fn registration_links(&self) -> String {
         let mut reg = RegistrationLinks::default();
-        if self.config.version != Lwm2mVersion::V1_0 || self.config.quirks.legacy_content_formats
-        {
+        if self.config.version != Lwm2mVersion::V1_0 || self.config.quirks.legacy_content_formats {
             let f = self.wire_format(self.config.preferred_format);
             reg.content_formats = vec![f.code()];
         }
@@ -927,7 +933,10 @@ impl Lwm2mClient {
             return self.fail_state("register", "no LwM2M Server".into());
         };
         for i in (0..self.outgoing.len()).rev() {
-            if matches!(self.outgoing[i].1, Outgoing::Register(_) | Outgoing::Update(_)) {
+            if matches!(
+                self.outgoing[i].1,
+                Outgoing::Register(_) | Outgoing::Update(_)
+            ) {
                 let (id, _) = self.outgoing.swap_remove(i);
                 self.endpoint.cancel_request(now, id);
             }
@@ -1063,7 +1072,13 @@ impl Lwm2mClient {
 
     /// An outgoing request failed: an error answer (`code` class 4/5), or an exchange
     /// failure (`Some((0, firmware result))`, or `None` when it could not be sent).
-    fn outgoing_failed(&mut self, now: Instant, what: Outgoing, reason: String, code: Option<Code>) {
+    fn outgoing_failed(
+        &mut self,
+        now: Instant,
+        what: Outgoing,
+        reason: String,
+        code: Option<Code>,
+    ) {
         match what {
             Outgoing::Bootstrap => self.fail_state("bootstrap", reason),
             Outgoing::Register(_) => self.fail_state("register", reason),
@@ -1225,7 +1240,8 @@ impl Lwm2mClient {
             }
             RequestType::Fetch => self.composite_read_op(packet, &path, accept, observe),
             RequestType::Put
-                if packet.payload.is_empty() && packet.get_option(CoapOption::UriQuery).is_some() =>
+                if packet.payload.is_empty()
+                    && packet.get_option(CoapOption::UriQuery).is_some() =>
             {
                 self.write_attributes_op(packet, &path)
             }
@@ -1236,7 +1252,12 @@ impl Lwm2mClient {
                     self.write_op(now, packet, &path, WriteMode::PartialUpdate)
                 }
                 Lwm2mPath::Resource(..) => self.execute_op(now, packet, &path),
-                _ => Answer::error("request", path, NOT_ALLOWED, "POST needs /O, /O/I or /O/I/R"),
+                _ => Answer::error(
+                    "request",
+                    path,
+                    NOT_ALLOWED,
+                    "POST needs /O, /O/I or /O/I/R",
+                ),
             },
             RequestType::Delete => self.delete_op(&path),
             RequestType::IPatch => self.composite_write_op(packet, &path),
@@ -1247,7 +1268,12 @@ impl Lwm2mClient {
     // -----------------------------------------------------------------------------------
     // Content
 
-    fn encode(&self, f: ContentFormat, path: &Lwm2mPath, node: &Node) -> Result<Vec<u8>, CodecError> {
+    fn encode(
+        &self,
+        f: ContentFormat,
+        path: &Lwm2mPath,
+        node: &Node,
+    ) -> Result<Vec<u8>, CodecError> {
         let bytes = content::encode(f, path, node)?;
         if f.canonical() == ContentFormat::Tlv && self.config.quirks.non_minimal_tlv_integers {
             return Ok(wire::widen_tlv_integers(&bytes, path, node));
@@ -1267,7 +1293,12 @@ impl Lwm2mClient {
         if let Some(code) = accept {
             let f = ContentFormat::from_code(code)
                 .filter(|f| self.speaks(*f))
-                .ok_or_else(|| (NOT_ACCEPTABLE, format!("Accept {code}: format not supported")))?;
+                .ok_or_else(|| {
+                    (
+                        NOT_ACCEPTABLE,
+                        format!("Accept {code}: format not supported"),
+                    )
+                })?;
             let f = if self.config.quirks.legacy_content_formats {
                 self.wire_format(f.canonical())
             } else {
@@ -1297,7 +1328,12 @@ impl Lwm2mClient {
         let f = match Self::content_format(packet) {
             Some(code) => ContentFormat::from_code(code)
                 .filter(|f| self.speaks(*f))
-                .ok_or_else(|| (UNSUPPORTED_FORMAT, format!("Content-Format {code} not supported")))?,
+                .ok_or_else(|| {
+                    (
+                        UNSUPPORTED_FORMAT,
+                        format!("Content-Format {code} not supported"),
+                    )
+                })?,
             None if path.depth() >= 3 => ContentFormat::Text,
             None => return Err((UNSUPPORTED_FORMAT, "no Content-Format".into())),
         };
@@ -1359,7 +1395,11 @@ impl Lwm2mClient {
         accept: Option<u16>,
         observe: bool,
     ) -> Answer {
-        let op = if observe { "observe-composite" } else { "read-composite" };
+        let op = if observe {
+            "observe-composite"
+        } else {
+            "read-composite"
+        };
         if *path != Lwm2mPath::Root {
             return Answer::error(op, *path, NOT_ALLOWED, "FETCH targets / (Core TS 1.1 §6.3)");
         }
@@ -1367,7 +1407,12 @@ impl Lwm2mClient {
             .and_then(ContentFormat::from_code)
             .and_then(|f| self.senml_format(Some(f)));
         let Some(input) = input else {
-            return Answer::error(op, *path, UNSUPPORTED_FORMAT, "FETCH needs SenML JSON or CBOR");
+            return Answer::error(
+                op,
+                *path,
+                UNSUPPORTED_FORMAT,
+                "FETCH needs SenML JSON or CBOR",
+            );
         };
         let records = match content::decode_records(input, &packet.payload, &self.tree) {
             Ok(d) => d.content,
@@ -1378,7 +1423,12 @@ impl Lwm2mClient {
             Some(code) => ContentFormat::from_code(code).and_then(|f| self.senml_format(Some(f))),
         };
         let Some(output) = output else {
-            return Answer::error(op, *path, NOT_ACCEPTABLE, "Accept must be SenML JSON or CBOR");
+            return Answer::error(
+                op,
+                *path,
+                NOT_ACCEPTABLE,
+                "Accept must be SenML JSON or CBOR",
+            );
         };
         let paths: Vec<Lwm2mPath> = records.iter().map(|r| r.path).collect();
         let values = self.composite_records(&paths);
@@ -1400,13 +1450,23 @@ impl Lwm2mClient {
     fn composite_write_op(&mut self, packet: &Packet, path: &Lwm2mPath) -> Answer {
         let op = "write-composite";
         if *path != Lwm2mPath::Root {
-            return Answer::error(op, *path, NOT_ALLOWED, "iPATCH targets / (Core TS 1.1 §6.3)");
+            return Answer::error(
+                op,
+                *path,
+                NOT_ALLOWED,
+                "iPATCH targets / (Core TS 1.1 §6.3)",
+            );
         }
         let input = Self::content_format(packet)
             .and_then(ContentFormat::from_code)
             .and_then(|f| self.senml_format(Some(f)));
         let Some(input) = input else {
-            return Answer::error(op, *path, UNSUPPORTED_FORMAT, "iPATCH needs SenML JSON or CBOR");
+            return Answer::error(
+                op,
+                *path,
+                UNSUPPORTED_FORMAT,
+                "iPATCH needs SenML JSON or CBOR",
+            );
         };
         let records = match content::decode_records(input, &packet.payload, &self.tree) {
             Ok(d) => d.content,
@@ -1419,7 +1479,12 @@ impl Lwm2mClient {
                 }
                 (Lwm2mPath::ResourceInstance(..), Some(v)) => Node::ResourceInstance(v.clone()),
                 _ => {
-                    return Answer::error(op, r.path, BAD_REQUEST, "a value for a resource is needed");
+                    return Answer::error(
+                        op,
+                        r.path,
+                        BAD_REQUEST,
+                        "a value for a resource is needed",
+                    );
                 }
             };
             if r.path.object_id() == Some(ObjectId(0)) {
@@ -1436,10 +1501,21 @@ impl Lwm2mClient {
     // -----------------------------------------------------------------------------------
     // Device Management operations
 
-    fn write_op(&mut self, now: Instant, packet: &Packet, path: &Lwm2mPath, mode: WriteMode) -> Answer {
+    fn write_op(
+        &mut self,
+        now: Instant,
+        packet: &Packet,
+        path: &Lwm2mPath,
+        mode: WriteMode,
+    ) -> Answer {
         let op = "write";
         if path.depth() < 2 {
-            return Answer::error(op, *path, NOT_ALLOWED, "Write targets an instance or a resource");
+            return Answer::error(
+                op,
+                *path,
+                NOT_ALLOWED,
+                "Write targets an instance or a resource",
+            );
         }
         let node = match self.decode_request(packet, path) {
             Ok(n) => n,
@@ -1457,9 +1533,10 @@ impl Lwm2mClient {
         let (package, uri) = firmware_values(path, &node);
         let (package_empty, uri) = (package.map(is_empty_value), uri.cloned());
         if let Some(empty) = package_empty {
-            let _ = self
-                .tree
-                .set(&fw_path(0), ResourceValue::Single(Value::Opaque(Vec::new())));
+            let _ = self.tree.set(
+                &fw_path(0),
+                ResourceValue::Single(Value::Opaque(Vec::new())),
+            );
             if empty {
                 self.set_firmware(fw::IDLE, fw::INITIAL);
             } else {
@@ -1515,7 +1592,9 @@ impl Lwm2mClient {
                     Some((i, inst)) => (Some(i), inst),
                     None => (None, Instance::new()),
                 },
-                Ok(_) => return Answer::error(op, path, BAD_REQUEST, "Create carries one instance"),
+                Ok(_) => {
+                    return Answer::error(op, path, BAD_REQUEST, "Create carries one instance");
+                }
                 Err((BAD_REQUEST, reason)) => {
                     // Core TS 1.0 §5.4.5: the payload may hold the resources only.
                     match self.decode_request(packet, &Lwm2mPath::Instance(o, InstanceId(0))) {
@@ -1542,7 +1621,12 @@ impl Lwm2mClient {
         let op = "delete";
         if let Some(def) = path.object_id().and_then(|o| self.tree.definition(o)) {
             if def.mandatory && !def.multiple {
-                return Answer::error(op, *path, NOT_ALLOWED, "a mandatory single-instance object keeps its instance");
+                return Answer::error(
+                    op,
+                    *path,
+                    NOT_ALLOWED,
+                    "a mandatory single-instance object keeps its instance",
+                );
             }
         }
         match self.tree.delete(path) {
@@ -1641,7 +1725,10 @@ impl Lwm2mClient {
         let entry = |p: Lwm2mPath, attributes: Attributes| {
             let mut e = DiscoverEntry::new(p);
             e.attributes = attributes;
-            e.dim = self.tree.dim(&p).map(|d| u16::try_from(d).unwrap_or(u16::MAX));
+            e.dim = self
+                .tree
+                .dim(&p)
+                .map(|d| u16::try_from(d).unwrap_or(u16::MAX));
             e
         };
         let resources = |out: &mut Vec<DiscoverEntry>, o: ObjectId, i: InstanceId| {
@@ -1713,7 +1800,12 @@ impl Lwm2mClient {
             RequestType::Put => {
                 let op = "bootstrap-write";
                 if path == Lwm2mPath::Root {
-                    return Answer::error(op, path, BAD_REQUEST, "Bootstrap-Write needs an object path");
+                    return Answer::error(
+                        op,
+                        path,
+                        BAD_REQUEST,
+                        "Bootstrap-Write needs an object path",
+                    );
                 }
                 let node = match self.decode_request(packet, &path) {
                     Ok(n) => n,
@@ -1837,7 +1929,12 @@ impl Lwm2mClient {
         self.forget_registration();
         self.outgoing.clear();
         self.delayed.clear();
-        self.firmware_done = None;
+        if self.firmware_done.take().is_some() {
+            // The reboot completes the firmware update in progress.
+            self.set_firmware(fw::IDLE, fw::SUCCESS);
+        } else if self.firmware_state() == Some(fw::DOWNLOADING) {
+            self.set_firmware(fw::IDLE, fw::CONNECTION_LOST);
+        }
         if factory {
             self.server = None;
         }
@@ -1865,7 +1962,8 @@ impl Lwm2mClient {
                 self.changed(&path);
             }
         }
-        self.events.push_back(ClientEvent::Firmware { state, result });
+        self.events
+            .push_back(ClientEvent::Firmware { state, result });
     }
 
     /// Package URI written (Appendix E.6): start the pull, or reset on an empty URI.

@@ -30,8 +30,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::codec::link::Attributes;
 use crate::coap::ObservationId;
+use crate::codec::link::Attributes;
 use crate::content::ContentFormat;
 use crate::ids::Lwm2mPath;
 
@@ -195,8 +195,7 @@ impl Observation {
     /// (rules 1-4). `current` reads the numeric value now.
     pub(super) fn poll(&mut self, now: Instant, current: Option<f64>) -> bool {
         let p = self.policy;
-        let sample_change =
-            self.unsampled && p.epmin.is_none_or(|e| now >= self.last_sample + e);
+        let sample_change = self.unsampled && p.epmin.is_none_or(|e| now >= self.last_sample + e);
         let sample_period = p.epmax.is_some_and(|e| now >= self.last_sample + e);
         if sample_change || sample_period {
             self.sampled = current;

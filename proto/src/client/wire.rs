@@ -193,7 +193,12 @@ mod tests {
         let v6 = parse_coap_uri("coaps://[::1]").unwrap();
         assert_eq!(v6.addr, "[::1]:5684".parse().unwrap());
         assert!(v6.secure);
-        for bad in ["http://1.2.3.4/x", "coap://example.com/x", "coap://", "1.2.3.4"] {
+        for bad in [
+            "http://1.2.3.4/x",
+            "coap://example.com/x",
+            "coap://",
+            "1.2.3.4",
+        ] {
             assert!(parse_coap_uri(bad).is_none(), "{bad}");
         }
     }
@@ -203,19 +208,14 @@ mod tests {
         // Core TS 1.1 §7.4.3.2 style: resource 9 = 100 as C1 09 64.
         let node = Node::Instance(
             [
-                (
-                    ResourceId(9),
-                    ResourceValue::Single(Value::Integer(100)),
-                ),
+                (ResourceId(9), ResourceValue::Single(Value::Integer(100))),
                 (
                     ResourceId(0),
                     ResourceValue::Single(Value::String("A".into())),
                 ),
                 (
                     ResourceId(11),
-                    ResourceValue::Multiple(
-                        [(ResourceInstanceId(0), Value::Integer(-1))].into(),
-                    ),
+                    ResourceValue::Multiple([(ResourceInstanceId(0), Value::Integer(-1))].into()),
                 ),
             ]
             .into(),
@@ -225,12 +225,14 @@ mod tests {
         let wide = widen_tlv_integers(&bytes, &target, &node);
         assert_eq!(
             hex::encode(&wide),
-            // 0: "A"; 9: 8-byte 100; 11: multiple with ri 0 = 8-byte -1
-            "c00141c8080000000000000064880b0a4808ffffffffffffffff"
+            // 0: "A"; 9: 8-byte 100; 11: multiple resource whose instance 0 is 8-byte -1
+            "c10041c809080000000000000064880b0b480008ffffffffffffffff"
         );
+        let registry = crate::registry::Registry::embedded();
+        let device = registry.object(crate::ObjectId(3)).unwrap();
         let decoded =
-            crate::content::decode(crate::ContentFormat::Tlv, &wide, &target, &crate::NoSchema)
-                .unwrap();
+            crate::content::decode(crate::ContentFormat::Tlv, &wide, &target, device).unwrap();
+        assert_eq!(decoded.content, node);
         assert!(
             decoded
                 .findings
