@@ -203,7 +203,8 @@ pub struct Response {
     pub observation: Option<ObservationId>,
     /// Size of the response payload in bytes.
     pub payload_len: usize,
-    /// The diagnostic payload of an error response (RFC 7252 §5.5.2), as text.
+    /// The diagnostic payload of an error response (RFC 7252 §5.5.2), as text; for a
+    /// notification whose payload cannot be decoded, the decoder's error.
     pub diagnostic: Option<String>,
 }
 
@@ -380,7 +381,7 @@ pub enum ServerEvent {
         endpoint: String,
         /// The observed path (the first, for Observe-Composite).
         path: Lwm2mPath,
-        /// The decoded notification.
+        /// The decoded notification (undecodable: no content, the error in `diagnostic`).
         response: Response,
         /// Observe sequence number.
         seq: u32,

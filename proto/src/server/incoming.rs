@@ -1,6 +1,7 @@
 //! Requests from clients: the Registration interface (Core TS 1.1 §6.2: Register, Update,
 //! De-register) and Send (Core TS 1.1 §6.4.6), with the code of every refusal.
 
+use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -136,6 +137,19 @@ fn record_findings(into: &mut Vec<RegistrationFinding>, new: Vec<RegistrationFin
     }
 }
 
+/// The diagnostic payload of a refusal (RFC 7252 §5.5.2): the reason, cut to at most
+/// [`DIAGNOSTIC_MAX`] bytes on a character boundary (reasons echo what the client sent).
+fn diagnostic(reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(DIAGNOSTIC_MAX);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason.as_bytes().get(..end).unwrap_or_default().to_vec()
+}
+
+/// Longest diagnostic payload, in bytes: small enough for one datagram with any options.
+const DIAGNOSTIC_MAX: usize = 256;
+
 /// A response packet with a (class, detail) code.
 fn response(code: (u8, u8), payload: Vec<u8>) -> Packet {
     let mut packet = message::response(ResponseType::Content, payload);
@@ -200,12 +214,8 @@ impl Lwm2mServer {
                         reason: refusal.reason.clone(),
                     }
                 };
-                // RFC 7252 §5.5.2: the reason as diagnostic payload.
-                self.answer(
-                    now,
-                    handle,
-                    response(refusal.code, refusal.reason.into_bytes()),
-                );
+                let payload = diagnostic(&refusal.reason);
+                self.answer(now, handle, response(refusal.code, payload));
                 self.events.push_back(event);
             }
         }
@@ -272,13 +282,11 @@ impl Lwm2mServer {
             .queue_mode
             .then(|| now + self.config.awake_time);
         if let Some(until) = awake_until {
-            self.timers
-                .push(std::cmp::Reverse((until, Timer::Sleep(key))));
+            self.timers.push(Reverse((until, Timer::Sleep(key))));
         }
-        self.timers.push(std::cmp::Reverse((
-            registration.expires_at(),
-            Timer::Lifetime(key),
-        )));
+        let expires_at = registration.expires_at();
+        self.timers
+            .push(Reverse((expires_at, Timer::Lifetime(key))));
         self.by_endpoint.insert(params.endpoint, key);
         self.by_id.insert(id.clone(), key);
         self.by_address.insert(peer, key);
@@ -288,6 +296,8 @@ impl Lwm2mServer {
                 versions: versions(&registration.links),
                 registration: registration.clone(),
                 awake_until,
+                lifetime_timer: expires_at,
+                sleep_timer: awake_until,
                 queue: Default::default(),
                 ops: Default::default(),
                 observations: Default::default(),
@@ -351,28 +361,29 @@ impl Lwm2mServer {
         let was_queue_mode = registration.queue_mode;
         registration.queue_mode = queue_mode.unwrap_or(was_queue_mode);
         if registration.queue_mode && !was_queue_mode {
-            // Entering queue mode: awake now, without an Awake event (see `wake`).
-            client.awake_until = Some(now);
+            // Entering queue mode: awake from now on, without an Awake event (see `wake`).
+            client.awake_until = Some(now + self.config.awake_time);
         }
         let previous_address = (registration.address != peer).then_some(registration.address);
         registration.address = peer;
-        let expires_at = registration.expires_at();
-        let queue_mode = registration.queue_mode;
-        if !queue_mode {
+        if !registration.queue_mode {
             client.awake_until = None;
         }
-        self.timers
-            .push(std::cmp::Reverse((expires_at, Timer::Lifetime(key))));
+        let held: Vec<_> = match previous_address {
+            Some(_) => client.observations.iter().copied().collect(),
+            None => Vec::new(),
+        };
+        self.arm(key);
         if let Some(old) = previous_address {
             if self.by_address.get(&old) == Some(&key) {
                 self.by_address.remove(&old);
             }
             self.by_address.insert(peer, key);
-            let stale: Vec<_> = self
-                .observations
+            let stale: Vec<_> = held
                 .iter()
-                .filter(|(_, o)| o.client == key && o.address != peer)
-                .map(|(id, o)| (*id, o.request))
+                .filter_map(|id| self.observations.get(id).map(|o| (*id, o)))
+                .filter(|(_, o)| o.address != peer)
+                .map(|(id, o)| (id, o.request))
                 .collect();
             let reason = format!(
                 "the client moved from {old} to {peer} (NAT rebinding): notifications from \

@@ -1,6 +1,6 @@
 //! The LwM2M Server as a sans-IO state machine (Core TS 1.1 §6.2-§6.4): Registration,
 //! Device Management and Service Enablement, Information Reporting, queue mode and clients
-//! that move behind NATs, on top of the CoAP [`Endpoint`](crate::coap::Endpoint).
+//! that move behind NATs, on top of the CoAP [`Endpoint`].
 //!
 //! Input: [`Lwm2mServer::handle_datagram`], [`Lwm2mServer::handle_timeout`] and
 //! [`Lwm2mServer::request`]; output: [`Lwm2mServer::poll_transmit`],
@@ -56,7 +56,7 @@ pub use operations::choose_format;
 use crate::coap::{self, Endpoint, Event, Packet, RequestId, Transmit};
 use crate::ids::{Lwm2mPath, ObjectId};
 use crate::registry::Registry;
-use operations::{Body, Prepared, decode_response, establishes_observation};
+use operations::{Body, Prepared, decode_notification, decode_response, establishes_observation};
 
 /// Settings of the server machine.
 #[derive(Debug, Clone)]
@@ -96,6 +96,11 @@ struct Client {
     versions: BTreeMap<ObjectId, String>,
     /// Queue mode: the end of the awake window, `None` while asleep (Core TS 1.1 §6.5).
     awake_until: Option<Instant>,
+    /// The deadline of this client's live [`Timer::Lifetime`] entry (never later than the
+    /// expiry; re-armed when it fires early, so Updates do not grow the heap).
+    lifetime_timer: Instant,
+    /// The deadline of this client's live [`Timer::Sleep`] entry, the same way.
+    sleep_timer: Option<Instant>,
     /// Operations waiting for the client to wake up, in order, with what they will do.
     queue: VecDeque<(OpId, Action)>,
     /// Every operation not yet completed (queued or in flight).
@@ -158,7 +163,8 @@ struct Observed {
 }
 
 /// Deadlines in the heap; an entry is stale (and skipped) when the state it refers to no
-/// longer has that deadline.
+/// longer has that deadline. Lifetime and Sleep entries may fire before the deadline moved
+/// by later messages; they are then re-armed, so each client holds one of each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     /// The registration's lifetime (Core TS 1.1 §6.2.1).
@@ -248,19 +254,8 @@ impl Lwm2mServer {
                 continue;
             }
             match timer {
-                Timer::Lifetime(key) => {
-                    let reason = "its lifetime ran out (Core TS 1.1 §6.2.1)";
-                    if let Some(registration) = self.remove_registration(now, key, reason) {
-                        self.events.push_back(ServerEvent::Expired { registration });
-                    }
-                }
-                Timer::Sleep(key) => {
-                    if let Some(client) = self.clients.get_mut(&key) {
-                        client.awake_until = None;
-                        let endpoint = client.registration.endpoint.clone();
-                        self.events.push_back(ServerEvent::Sleeping { endpoint });
-                    }
-                }
+                Timer::Lifetime(key) => self.on_lifetime_timer(now, key),
+                Timer::Sleep(key) => self.on_sleep_timer(now, key),
                 Timer::Queue(op) => self.queue_timeout(now, op),
             }
         }
@@ -371,6 +366,7 @@ impl Lwm2mServer {
             client.queue.push_back((id, action));
             self.timers.push(Reverse((deadline, Timer::Queue(id))));
         }
+        self.drain_endpoint(now);
         Ok(id)
     }
 
@@ -465,11 +461,11 @@ impl Lwm2mServer {
             Timer::Lifetime(key) => self
                 .clients
                 .get(&key)
-                .is_some_and(|c| c.registration.expires_at() == at),
+                .is_some_and(|c| c.lifetime_timer == at),
             Timer::Sleep(key) => self
                 .clients
                 .get(&key)
-                .is_some_and(|c| c.awake_until == Some(at)),
+                .is_some_and(|c| c.sleep_timer == Some(at)),
             Timer::Queue(op) => self
                 .ops
                 .get(&op)
@@ -523,7 +519,61 @@ impl Lwm2mServer {
             self.events.push_back(ServerEvent::Awake { endpoint });
         }
         client.awake_until = Some(until);
-        self.timers.push(Reverse((until, Timer::Sleep(key))));
+        self.arm(key);
+    }
+
+    /// Makes sure the client's Lifetime and Sleep entries fire no later than its expiry
+    /// and the end of its awake window.
+    fn arm(&mut self, key: Key) {
+        let Some(client) = self.clients.get_mut(&key) else {
+            return;
+        };
+        let expires_at = client.registration.expires_at();
+        if client.lifetime_timer > expires_at {
+            client.lifetime_timer = expires_at;
+            self.timers
+                .push(Reverse((expires_at, Timer::Lifetime(key))));
+        }
+        if let Some(until) = client.awake_until
+            && client.sleep_timer.is_none_or(|at| at > until)
+        {
+            client.sleep_timer = Some(until);
+            self.timers.push(Reverse((until, Timer::Sleep(key))));
+        }
+    }
+
+    fn on_lifetime_timer(&mut self, now: Instant, key: Key) {
+        let Some(client) = self.clients.get_mut(&key) else {
+            return;
+        };
+        let expires_at = client.registration.expires_at();
+        if expires_at > now {
+            // Updated since: wait for the new expiry.
+            client.lifetime_timer = expires_at;
+            self.timers
+                .push(Reverse((expires_at, Timer::Lifetime(key))));
+            return;
+        }
+        let reason = "its lifetime ran out (Core TS 1.1 §6.2.1)";
+        if let Some(registration) = self.remove_registration(now, key, reason) {
+            self.events.push_back(ServerEvent::Expired { registration });
+        }
+    }
+
+    fn on_sleep_timer(&mut self, now: Instant, key: Key) {
+        let Some(client) = self.clients.get_mut(&key) else {
+            return;
+        };
+        client.sleep_timer = None;
+        match client.awake_until {
+            Some(until) if until > now => self.arm(key),
+            Some(_) => {
+                client.awake_until = None;
+                let endpoint = client.registration.endpoint.clone();
+                self.events.push_back(ServerEvent::Sleeping { endpoint });
+            }
+            None => {}
+        }
     }
 
     /// Sends the held requests of an awake client, in order.
@@ -637,6 +687,11 @@ impl Lwm2mServer {
         let schema = self.registry.with_versions(&client.versions);
         let alternate_path = &client.registration.links.alternate_path;
         let mut result = decode_response(&packet, &op.body, op.accept, alternate_path, &schema);
+        if op.observe.is_some() && result.is_err() && establishes_observation(&packet) {
+            // Undecodable: the Observe failed, leave nothing behind (RFC 7641 §3.6: the next
+            // notification gets a Reset).
+            self.endpoint.cancel_request(now, request);
+        }
         if let (Some(paths), Ok(response)) = (&op.observe, &mut result)
             && establishes_observation(&packet)
         {
@@ -693,23 +748,13 @@ impl Lwm2mServer {
         };
         let schema = self.registry.with_versions(&client.versions);
         let alternate_path = &client.registration.links.alternate_path;
-        let mut response = match decode_response(
+        let mut response = decode_notification(
             packet,
             &observed.body,
             observed.accept,
             alternate_path,
             &schema,
-        ) {
-            Ok(response) => response,
-            Err(error) => {
-                // An undecodable notification is still reported, with the reason as text.
-                let mut response = Response::empty();
-                response.code = operations::code_of(packet.header.code);
-                response.payload_len = packet.payload.len();
-                response.diagnostic = Some(error.to_string());
-                response
-            }
-        };
+        );
         response.observation = Some(observation);
         self.events.push_back(ServerEvent::Notification {
             observation,

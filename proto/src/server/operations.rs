@@ -363,7 +363,8 @@ fn location(packet: &Packet, alternate_path: &str) -> Option<Lwm2mPath> {
 /// registered. The payload of a success is decoded as `body` says, in its Content-Format,
 /// or in the format asked for with Accept when the answer has none; an error response's
 /// payload is kept as diagnostic text (RFC 7252 §5.5.2). Values that do not fit the schema
-/// come back as findings.
+/// come back as findings; a payload that cannot be decoded at all is
+/// [`OpError::Decode`].
 pub(super) fn decode_response(
     packet: &Packet,
     body: &Body,
@@ -371,11 +372,40 @@ pub(super) fn decode_response(
     alternate_path: &str,
     schema: &dyn Schema,
 ) -> Result<Response, OpError> {
+    let mut response = headers(packet, alternate_path);
+    decode_content(&mut response, packet, body, accept, schema).map_err(|error| {
+        OpError::Decode {
+            code: response.code,
+            error,
+        }
+    })?;
+    Ok(response)
+}
+
+/// Decodes a notification (RFC 7641 §3.2) like [`decode_response`]; one that cannot be
+/// decoded is still reported, without content, the decoder's error as `diagnostic`.
+pub(super) fn decode_notification(
+    packet: &Packet,
+    body: &Body,
+    accept: Option<ContentFormat>,
+    alternate_path: &str,
+    schema: &dyn Schema,
+) -> Response {
+    let mut response = headers(packet, alternate_path);
+    if let Err(error) = decode_content(&mut response, packet, body, accept, schema) {
+        response.diagnostic = Some(error.to_string());
+    }
+    response
+}
+
+/// Everything of a response but its decoded content.
+fn headers(packet: &Packet, alternate_path: &str) -> Response {
     let code = code_of(packet.header.code);
-    let number = uint_option(packet, CoapOption::ContentFormat);
-    let format = number.and_then(|n| ContentFormat::from_code(n as u16));
+    let format = uint_option(packet, CoapOption::ContentFormat)
+        .and_then(|n| u16::try_from(n).ok())
+        .and_then(ContentFormat::from_code);
     let payload = &packet.payload;
-    let mut response = Response {
+    Response {
         code,
         format,
         location: location(packet, alternate_path),
@@ -383,57 +413,66 @@ pub(super) fn decode_response(
         diagnostic: (code.0 >= 4 && !payload.is_empty())
             .then(|| String::from_utf8_lossy(payload).into_owned()),
         ..Response::empty()
-    };
-    if code.0 != 2 || payload.is_empty() || *body == Body::Nothing {
-        return Ok(response);
     }
-    let fail = |error| OpError::Decode { code, error };
-    let decode_as = match (number, format) {
+}
+
+/// Fills `content` and `findings` from the payload of a success.
+fn decode_content(
+    response: &mut Response,
+    packet: &Packet,
+    body: &Body,
+    accept: Option<ContentFormat>,
+    schema: &dyn Schema,
+) -> Result<(), CodecError> {
+    let payload = &packet.payload;
+    if response.code.0 != 2 || payload.is_empty() || *body == Body::Nothing {
+        return Ok(());
+    }
+    let decode_as = match (
+        uint_option(packet, CoapOption::ContentFormat),
+        response.format,
+    ) {
         (Some(_), Some(f)) => f,
         (None, _) => match accept {
             Some(f) => f,
-            None => return Ok(response),
+            None => return Ok(()),
         },
         (Some(n), None) => {
-            return Err(fail(CodecError::malformed(
+            return Err(CodecError::malformed(
                 "content-format",
                 0,
                 format!("Content-Format {n} is not one LwM2M uses (Core TS 1.1 §7.4)"),
-            )));
+            ));
         }
     };
     let (content, findings) = match body {
         Body::Node(path) => {
-            let decoded = content::decode(decode_as, payload, path, schema).map_err(fail)?;
+            let decoded = content::decode(decode_as, payload, path, schema)?;
             (Content::Node(decoded.content), decoded.findings)
         }
         Body::Records => {
-            let decoded = content::decode_records(decode_as, payload, schema).map_err(fail)?;
+            let decoded = content::decode_records(decode_as, payload, schema)?;
             (Content::Records(decoded.content), decoded.findings)
         }
         Body::Links => {
             if decode_as != ContentFormat::LinkFormat {
-                return Err(fail(CodecError::Unsupported {
+                return Err(CodecError::Unsupported {
                     format: decode_as,
                     what: "a Discover answer (Core TS 1.1 §6.3.2 wants link-format)".into(),
-                }));
+                });
             }
             let text = std::str::from_utf8(payload).map_err(|e| {
-                fail(CodecError::malformed(
-                    "link-format",
-                    e.valid_up_to(),
-                    "not UTF-8 (RFC 6690 §2)",
-                ))
+                CodecError::malformed("link-format", e.valid_up_to(), "not UTF-8 (RFC 6690 §2)")
             })?;
             let links = parse_discover(text)
-                .map_err(|e| fail(CodecError::malformed("link-format", 0, e.to_string())))?;
+                .map_err(|e| CodecError::malformed("link-format", 0, e.to_string()))?;
             (Content::Links(links), Vec::new())
         }
-        Body::Nothing => return Ok(response),
+        Body::Nothing => return Ok(()),
     };
     response.content = Some(content);
     response.findings = findings;
-    Ok(response)
+    Ok(())
 }
 
 /// Whether a response establishes an observation: a success carrying Observe

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 
 use super::*;
-use crate::coap::message::{self, observe_value, uint_option};
+use crate::coap::message::{self, uint_option};
 use crate::coap::{CancelReason, Endpoint, Event, ExchangeError, IncomingRequest};
 use crate::codec::link::{AttributeName, AttributeUpdate, Attributes};
 use crate::content::{self, ContentFormat, Finding};
@@ -1250,8 +1250,7 @@ fn observe_notify_cancel_and_lifecycle() {
             .is_empty()
     );
     // A cancellation of an unknown observation is refused.
-    let p2 = registered_11(&mut w, 40002, "dev2");
-    let _ = p2;
+    registered_11(&mut w, 40002, "dev2");
     assert!(matches!(
         w.server.request(
             w.now,
@@ -1603,6 +1602,10 @@ fn garbage_and_wrong_content_do_not_disturb_a_working_client() {
             message::request(RequestType::Delete, "/rd/aaaaaaaa"),
             (4, 4),
         ),
+        (
+            message::request(RequestType::Get, &format!("/{}", "é".repeat(200))),
+            (4, 4),
+        ),
     ];
     for (n, (mut request, expected)) in cases.into_iter().enumerate() {
         request.header.message_id = 100 + n as u16;
@@ -1612,6 +1615,7 @@ fn garbage_and_wrong_content_do_not_disturb_a_working_client() {
         assert_eq!(out[0].header.get_type(), MessageType::Acknowledgement);
         assert_eq!(out[0].get_token(), [n as u8]);
         assert_eq!(code(&out[0]), expected, "case {n}");
+        assert!(out[0].payload.len() <= 256 && std::str::from_utf8(&out[0].payload).is_ok());
     }
     assert_eq!(w.server.registrations().count(), 1);
     // The real client still works.
@@ -1663,5 +1667,150 @@ fn mutated_registrations_never_panic() {
     for r in w.server.registrations() {
         assert_eq!(w.server.registration(&r.endpoint), Some(r));
     }
-    assert!(observe_value(&base).is_none());
+}
+
+#[test]
+fn timers_stay_bounded_and_lifetimes_follow_updates() {
+    let mut w = World::new(ServerConfig {
+        awake_time: Duration::from_secs(20),
+        ..Default::default()
+    });
+    let p = w.peer(40001);
+    w.register(p, &["ep=q", "lwm2m=1.1", "Q", "lt=600"], PAYLOAD_11);
+    let id = w.registered("q").id;
+    // A chatty queue-mode client: one Update a second keeps one entry of each kind.
+    for _ in 0..50 {
+        w.advance(Duration::from_secs(1));
+        assert_eq!(code(&w.update(p, &id, &[])), (2, 4));
+    }
+    assert!(w.server.timers.len() <= 2, "{}", w.server.timers.len());
+    assert!(w.server.is_awake("q"));
+    // A shorter lifetime takes effect at once.
+    assert_eq!(code(&w.update(p, &id, &["lt=5"])), (2, 4));
+    w.events.clear();
+    w.advance(Duration::from_secs(6));
+    let events = w.take(|_| true);
+    assert!(
+        matches!(&events[..], [ServerEvent::Expired { registration }] if registration.id == id),
+        "{events:?}"
+    );
+    // Nothing of it is left in the heap once stale entries are skipped.
+    w.server.poll_timeout();
+    assert!(w.server.timers.is_empty());
+}
+
+#[test]
+fn entering_and_leaving_queue_mode_by_update() {
+    let mut w = World::new(ServerConfig {
+        awake_time: Duration::from_secs(10),
+        ..Default::default()
+    });
+    let p = registered_11(&mut w, 40001, "dev1");
+    let id = w.registered("dev1").id;
+    // b=U with Q: queue mode from now, awake without an Awake event.
+    assert_eq!(code(&w.update(p, &id, &["Q"])), (2, 4));
+    assert!(w.registered("dev1").queue_mode);
+    assert!(
+        w.take(|e| matches!(e, ServerEvent::Awake { .. }))
+            .is_empty()
+    );
+    w.advance(Duration::from_secs(11));
+    assert!(!w.server.is_awake("dev1"));
+    let held = w.op(
+        "dev1",
+        Operation::Read {
+            path: Lwm2mPath::resource(3, 0, 0),
+            format: Some(ContentFormat::Text),
+        },
+    );
+    w.no_request(p);
+    // b=U without Q: queue mode ends; the held request goes out.
+    assert_eq!(code(&w.update(p, &id, &["b=U"])), (2, 4));
+    assert!(!w.registered("dev1").queue_mode);
+    let req = w.incoming(p);
+    w.respond(p, req, reply(ResponseType::Content, None, b"ACME".to_vec()));
+    assert!(w.ok(held).is_success());
+    w.advance(Duration::from_secs(30));
+    assert!(w.server.is_awake("dev1"));
+    assert!(w.take(|e| matches!(e, ServerEvent::Sleeping { .. })).len() == 1);
+}
+
+#[test]
+fn undecodable_observe_answers_and_notifications() {
+    let mut w = World::default();
+    let p = registered_11(&mut w, 40001, "dev1");
+    // An Observe whose first answer cannot be decoded fails and leaves nothing behind.
+    let op = w.op(
+        "dev1",
+        Operation::Observe {
+            path: Lwm2mPath::resource(3, 0, 9),
+            format: Some(ContentFormat::SenmlCbor),
+        },
+    );
+    let req = w.incoming(p);
+    let now = w.now;
+    let served = w.peers[p]
+        .ep
+        .accept_observation(
+            now,
+            req.handle,
+            reply(
+                ResponseType::Content,
+                Some(ContentFormat::SenmlCbor),
+                vec![0xff],
+            ),
+        )
+        .unwrap();
+    w.pump();
+    assert!(matches!(w.completed(op).0, Err(OpError::Decode { .. })));
+    assert!(w.server.observations("dev1").is_empty());
+    notify(&mut w, p, served, "1");
+    assert!(w.peers[p].inbox.iter().any(|e| matches!(
+        e,
+        Event::ObservationCancelled {
+            reason: CancelReason::Reset,
+            ..
+        }
+    )));
+    // A value of the wrong type is kept, with a finding.
+    let (obs, served) = observe(&mut w, p, "dev1");
+    let now = w.now;
+    let odd = reply(
+        ResponseType::Content,
+        Some(ContentFormat::Text),
+        b"high".to_vec(),
+    );
+    w.peers[p].ep.notify(now, served, odd, false).unwrap();
+    w.pump();
+    let n = w.take(|e| matches!(e, ServerEvent::Notification { .. }));
+    assert!(
+        matches!(
+            &n[..],
+            [ServerEvent::Notification { observation, response, .. }]
+                if *observation == obs
+                    && response.content == Some(Content::Node(single(Value::String("high".into()))))
+                    && matches!(response.findings[..], [Finding::TypeMismatch { .. }])
+        ),
+        "{n:?}"
+    );
+    // A notification that cannot be decoded is reported with the reason.
+    let now = w.now;
+    let bad = reply(
+        ResponseType::Content,
+        Some(ContentFormat::SenmlCbor),
+        vec![0xff],
+    );
+    w.peers[p].ep.notify(now, served, bad, false).unwrap();
+    w.pump();
+    let n = w.take(|e| matches!(e, ServerEvent::Notification { .. }));
+    assert!(
+        matches!(
+            &n[..],
+            [ServerEvent::Notification { observation, response, .. }]
+                if *observation == obs && response.content.is_none()
+                    && response.format == Some(ContentFormat::SenmlCbor)
+                    && response.diagnostic.as_deref().is_some_and(|d| d.contains("senml"))
+        ),
+        "{n:?}"
+    );
 }
