@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo bench -p lwm2m-simulator --bench fleet
-//! FLEET_CLIENTS=10000 FLEET_RAMP=5000 FLEET_LIFETIME=20 FLEET_HOLD=30 cargo bench -p lwm2m-simulator --bench fleet
+//! FLEET_CLIENTS=10000 FLEET_RAMP=5000 FLEET_LIFETIME=20 FLEET_HOLD=36 cargo bench -p lwm2m-simulator --bench fleet
 //! ```
 //!
 //! Both sides run in this process on a two-worker tokio runtime: the fleet is one task, the
@@ -143,9 +143,13 @@ fn ms(d: Option<Duration>) -> String {
 
 fn main() {
     let clients: usize = env("FLEET_CLIENTS", 50_000);
-    let ramp: f64 = env("FLEET_RAMP", 5_000.0);
+    let ramp: f64 = env("FLEET_RAMP", 20_000.0);
     let lifetime: u32 = env("FLEET_LIFETIME", 20);
-    let hold: u64 = env("FLEET_HOLD", 30);
+    // Updates go out `lifetime - margin` after the last one (the profile builder's margin).
+    let margin = (lifetime / 10).clamp(1, 60);
+    let period = u64::from(lifetime.saturating_sub(margin).max(1));
+    // By default two whole Update periods, so that the average rate is the steady one.
+    let hold: u64 = env("FLEET_HOLD", 2 * period);
     let sockets: usize = env("FLEET_SOCKETS", 16);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -256,8 +260,7 @@ fn main() {
         let server_updates_per_s = (counts.updated.load(Ordering::Relaxed) - s0) as f64 / held;
         let rss_end = vm_rss_kb();
         let l = handle.report().latencies();
-        let margin = (lifetime / 10).clamp(1, 60);
-        let expected = clients as f64 / f64::from(lifetime.saturating_sub(margin).max(1));
+        let expected = clients as f64 / period as f64;
 
         println!("results:");
         println!(
