@@ -682,3 +682,42 @@ async fn server_off_loopback_gets_a_socket_per_client() {
     assert_eq!(report.total().deregistrations, 20);
     assert_eq!(report.total().rebinds, 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impaired_links_still_register() {
+    let mut server = Server::start().await;
+    let network = NetworkModel::from_yaml(
+        "bad.yaml",
+        "uplink: { loss: 0.2, duplicate: 0.2 }\n\
+         downlink: { loss: 0.2, delay: 50ms, jitter: 10ms }\n",
+    )
+    .unwrap();
+    let make = ProfileClients::new(
+        profile(300),
+        &Registry::embedded(),
+        network,
+        Targets {
+            server: Some(server.addr),
+            bootstrap: None,
+        },
+    )
+    .unwrap();
+    let mut fleet = Fleet::new(FleetConfig {
+        seed: 11,
+        ..FleetConfig::default()
+    });
+    for n in 0..10 {
+        let mut spec = make.spec(n, 11);
+        // Quick retransmissions (RFC 7252 §4.8 allows other ACK_TIMEOUTs) keep the test short.
+        spec.config.coap.ack_timeout = Duration::from_millis(200);
+        fleet.add("bad", spec);
+    }
+    let handle = fleet.start().unwrap();
+    server.wait(10, Duration::from_secs(20), registered).await;
+    let c = counters_until(&handle, Duration::from_secs(10), |c| c.registered == 10).await;
+    assert!(c.dropped_loss > 0, "{c:?}");
+    // Every answer came over the 40-60 ms downlink.
+    let l = handle.report().latencies();
+    assert!(l.register.min() >= 40_000, "{} µs", l.register.min());
+    handle.stop(Duration::from_secs(10)).await.unwrap();
+}
