@@ -1,11 +1,12 @@
 //! `lwm2m-harness`: the command line of the LwM2M conformance harness and device simulator.
 //!
 //! Subcommands: `decode` and `encode` (the codec tool for people), `objects` (the object
-//! registry), `serve` (the servers and their REST API), and `run` (the main job; it arrives
-//! with the harness issue).
+//! registry), `serve` (the servers and their REST API), `simulate` (a fleet of simulated
+//! clients against a server), `report` (render a run again) and `run` (the main job).
 
 mod codec_tool;
 mod serve;
+mod simulate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +45,9 @@ enum Command {
     },
     /// Run the LwM2M Server, the Bootstrap Server and the REST API until SIGTERM or Ctrl-C.
     Serve(serve::ServeArgs),
+    /// Simulate a fleet of LwM2M clients against a server: live counters each second,
+    /// a summary with Register and Update latencies at the end.
+    Simulate(simulate::SimulateArgs),
     /// List the object registry, or show one object's resources.
     Objects {
         /// An object id; without it, every object is listed.
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
         Command::Decode(args) => codec_tool::decode(&registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Encode(args) => codec_tool::encode(&registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve::run(registry, &args).map(|()| ExitCode::SUCCESS),
+        Command::Simulate(args) => simulate::run(registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Objects { id } => codec_tool::objects(&registry, id).map(|()| ExitCode::SUCCESS),
         Command::Report { run_dir } => {
             let report = lwm2m_harness::report::RunReport::load(&run_dir)?;

@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod duration;
+pub mod fleet;
 pub mod generator;
 pub mod network;
 pub mod profile;

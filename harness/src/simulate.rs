@@ -1,0 +1,295 @@
+//! `simulate`: a fleet of simulated clients against a server, with live counters once a
+//! second and a summary (registrations, failures, Register and Update latencies) at the end.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use lwm2m_proto::registry::Registry;
+use lwm2m_simulator::config::file_stem;
+use lwm2m_simulator::fleet::{
+    CountersSnapshot, Fleet, FleetConfig, FleetReport, Latencies, ProfileClients, Targets,
+};
+use lwm2m_simulator::network::{NetworkModel, load_network};
+use lwm2m_simulator::profile::load_profile;
+use lwm2m_simulator::quirks::{QuirkPacks, load_quirk_pack};
+use lwm2m_simulator::scenarios::yaml_files;
+
+/// Arguments of `simulate`.
+#[derive(Args, Debug)]
+pub struct SimulateArgs {
+    /// The LwM2M Server, `coap://HOST:PORT` (port 5683 when left out). It must be on this
+    /// machine: the fleet sends from 127.0.0.0/8 loopback addresses.
+    #[arg(long)]
+    server: Option<String>,
+    /// A Bootstrap Server, `coap://HOST:PORT`: the clients bootstrap first.
+    #[arg(long)]
+    bootstrap: Option<String>,
+    /// How many clients.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// A device profile: a name under SCENARIOS/profiles/ or a YAML file.
+    #[arg(long)]
+    profile: String,
+    /// A network model: a name under SCENARIOS/networks/ or a YAML file (default: a
+    /// perfect network).
+    #[arg(long)]
+    network: Option<String>,
+    /// Endpoint names are this prefix and the client number (default: the profile's).
+    #[arg(long)]
+    endpoint_prefix: Option<String>,
+    /// How long the clients run before they de-register, e.g. 60s, 5m.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    duration: Duration,
+    /// The seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Clients started per second, e.g. `1000/s` (default: all at once).
+    #[arg(long, value_parser = parse_rate)]
+    ramp: Option<f64>,
+    /// UDP sockets the clients share.
+    #[arg(long, default_value_t = 16)]
+    sockets: usize,
+    /// The scenarios folder (profiles/, networks/, quirks/).
+    #[arg(long, default_value = "scenarios")]
+    scenarios: PathBuf,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    lwm2m_simulator::duration::parse(s)
+}
+
+/// `1000/s`, `1000`, `50/m`.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let (n, per) = s.split_once('/').unwrap_or((s, "s"));
+    let n: f64 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid rate {s:?}: write e.g. 1000/s"))?;
+    let seconds = match per.trim() {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("invalid rate {s:?}: the unit is /s, /m or /h")),
+    };
+    if n > 0.0 && n.is_finite() {
+        Ok(n / seconds)
+    } else {
+        Err(format!("invalid rate {s:?}: must be positive"))
+    }
+}
+
+/// `coap://HOST:PORT` to a socket address (IPv4 preferred).
+fn parse_coap_uri(uri: &str) -> anyhow::Result<SocketAddr> {
+    let rest = uri
+        .strip_prefix("coap://")
+        .with_context(|| format!("{uri:?}: only coap:// URIs are supported"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let with_port = if authority.starts_with('[') {
+        if authority.contains("]:") {
+            authority.to_owned()
+        } else {
+            format!("{authority}:5683")
+        }
+    } else if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:5683")
+    };
+    let addrs: Vec<SocketAddr> = with_port
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {uri:?}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .with_context(|| format!("{uri:?} resolves to no address"))
+}
+
+/// A YAML file: `arg` itself if it is a file, else `NAME.yaml` under `folder`.
+fn find_yaml(folder: &Path, arg: &str, what: &str) -> anyhow::Result<PathBuf> {
+    let path = Path::new(arg);
+    if path.is_file() {
+        return Ok(path.to_owned());
+    }
+    let files = yaml_files(folder).with_context(|| format!("looking for {what} {arg:?}"))?;
+    files
+        .into_iter()
+        .find(|f| file_stem(f) == arg)
+        .with_context(|| {
+            format!(
+                "no {what} {arg:?}: not a file, and not in {}",
+                folder.display()
+            )
+        })
+}
+
+fn quirk_packs(folder: &Path) -> anyhow::Result<QuirkPacks> {
+    let mut packs = QuirkPacks::new();
+    if folder.is_dir() {
+        for f in yaml_files(folder)? {
+            let (name, pack) = load_quirk_pack(&f)?;
+            packs.insert(name, pack);
+        }
+    }
+    Ok(packs)
+}
+
+/// Runs `simulate`.
+pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
+    if args.server.is_none() && args.bootstrap.is_none() {
+        bail!("give --server or --bootstrap (or both)");
+    }
+    let targets = Targets {
+        server: args.server.as_deref().map(parse_coap_uri).transpose()?,
+        bootstrap: args.bootstrap.as_deref().map(parse_coap_uri).transpose()?,
+    };
+    let packs = quirk_packs(&args.scenarios.join("quirks"))?;
+    let profile = load_profile(
+        &find_yaml(&args.scenarios.join("profiles"), &args.profile, "profile")?,
+        &packs,
+    )?;
+    let network = match &args.network {
+        Some(n) => load_network(&find_yaml(&args.scenarios.join("networks"), n, "network")?)?.1,
+        None => NetworkModel::default(),
+    };
+    let name = profile.name.clone();
+    let mut clients = ProfileClients::new(profile, &registry, network, targets)?;
+    if let Some(prefix) = &args.endpoint_prefix {
+        clients = clients.with_endpoint_prefix(prefix);
+    }
+    let mut fleet = Fleet::new(FleetConfig {
+        seed: args.seed,
+        ramp: args.ramp,
+        sockets: args.sockets,
+        ..FleetConfig::default()
+    });
+    for n in 0..args.clients {
+        fleet.add(&name, clients.spec(n as u64, args.seed));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let (before_stop, report) = runtime.block_on(drive(fleet, args.duration))?;
+    print_summary(&before_stop, &report);
+    Ok(())
+}
+
+/// Runs the fleet for `duration`; returns the counters just before the stop and the final
+/// report.
+async fn drive(
+    fleet: Fleet,
+    duration: Duration,
+) -> anyhow::Result<(CountersSnapshot, FleetReport)> {
+    let start = Instant::now();
+    let handle = fleet.start()?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let end = tokio::time::sleep(duration);
+    tokio::pin!(end);
+    let mut last = CountersSnapshot::default();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = handle.total();
+                println!("{}", live_line(start.elapsed(), &now, &last));
+                last = now;
+            }
+            () = &mut end => break,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("interrupted: de-registering");
+                break;
+            }
+        }
+    }
+    let before_stop = handle.total();
+    Ok((before_stop, handle.stop(Duration::from_secs(10)).await?))
+}
+
+/// One line of live counters; rates are per second since `last`.
+fn live_line(elapsed: Duration, c: &CountersSnapshot, last: &CountersSnapshot) -> String {
+    format!(
+        "t={:>4}s started={} registered={} sleeping={} bootstrapping={} failed={} \
+         served={} notified={} updates/s={} in={}B/s out={}B/s",
+        elapsed.as_secs(),
+        c.started,
+        c.registered,
+        c.sleeping,
+        c.bootstrapping,
+        c.failed,
+        c.requests_served,
+        c.notifications_sent,
+        c.updates.saturating_sub(last.updates),
+        c.bytes_in.saturating_sub(last.bytes_in),
+        c.bytes_out.saturating_sub(last.bytes_out),
+    )
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map_or_else(
+        || "-".to_owned(),
+        |d| format!("{:.1}ms", d.as_secs_f64() * 1e3),
+    )
+}
+
+fn print_summary(before_stop: &CountersSnapshot, report: &FleetReport) {
+    let t = report.total();
+    let l: Latencies = report.latencies();
+    println!(
+        "summary: clients={} ever-registered={} registered-at-end={} failed={} registrations={} \
+         updates={} deregistrations={} failures={} served={} notified={} \
+         dropped(asleep/nat/loss)={}/{}/{} rebinds={}",
+        t.clients,
+        t.clients_registered,
+        before_stop.registered,
+        before_stop.failed,
+        t.registrations,
+        t.updates,
+        t.deregistrations,
+        t.failures,
+        t.requests_served,
+        t.notifications_sent,
+        t.dropped_asleep,
+        t.dropped_nat,
+        t.dropped_loss,
+        t.rebinds,
+    );
+    println!(
+        "latency: register p50={} p99={} (n={})  update p50={} p99={} (n={})",
+        ms(l.register_quantile(0.5)),
+        ms(l.register_quantile(0.99)),
+        l.register.len(),
+        ms(l.update_quantile(0.5)),
+        ms(l.update_quantile(0.99)),
+        l.update.len(),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rates_and_uris() {
+        assert_eq!(parse_rate("1000/s"), Ok(1000.0));
+        assert_eq!(parse_rate("60/m"), Ok(1.0));
+        assert_eq!(parse_rate("5"), Ok(5.0));
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("x/s").is_err());
+        assert!(parse_rate("5/d").is_err());
+        assert_eq!(
+            parse_coap_uri("coap://127.0.0.1:5783").unwrap(),
+            "127.0.0.1:5783".parse().unwrap()
+        );
+        assert_eq!(
+            parse_coap_uri("coap://127.0.0.1").unwrap(),
+            "127.0.0.1:5683".parse().unwrap()
+        );
+        assert!(parse_coap_uri("coaps://127.0.0.1").is_err());
+    }
+}

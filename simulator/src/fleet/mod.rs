@@ -1,0 +1,237 @@
+//! # The fleet: many simulated LwM2M clients in one process
+//!
+//! A [`Fleet`] drives any number of [`Lwm2mClient`](lwm2m_proto::client::Lwm2mClient) state machines (the sans-IO client of
+//! `lwm2m-proto`) from **one tokio task**: a binary heap holds every client's next deadline
+//! (its machine's timer, ramp-up start, sleep-schedule wake-ups, value generator ticks) and
+//! a second heap the datagrams the impairment model delays. No task per client.
+//!
+//! Addresses: when every server is on loopback (an in-process server, or an external one on
+//! this machine), every client gets its own public address `(127.a.b.c, port)` from a small
+//! pool of UDP sockets bound to `0.0.0.0` ([`FleetConfig::sockets`], 16 by default): a
+//! socket can send from any loopback address and learns the destination address of each
+//! datagram it receives (IP_PKTINFO, through `quinn-udp`). So 50,000 clients need 16 file
+//! descriptors, not 50,000 (a process may hold 20,000 here). When a server is elsewhere,
+//! loopback source addresses cannot reach it: each client then gets a socket of its own
+//! (at most [`FleetConfig::max_dedicated_sockets`] clients), and a NAT rebinding opens a
+//! new one.
+//!
+//! Network models ([`NetworkModel`], one per client, seeded from the fleet seed and the
+//! client number):
+//! - **NAT** (RFC 4787 §4.3): after the model's idle timeout without outbound traffic the
+//!   mapping is gone: datagrams to the old address are dropped, and the client's next
+//!   datagram leaves from a new (address, port) of the pool: the server sees a rebinding.
+//! - **Sleep** (Core TS 1.1 §6.5 queue mode): between awake windows the client's radio is
+//!   off and datagrams to it are dropped; at each window start the client machine wakes.
+//!   Datagrams to a client whose machine is in queue-mode sleep are dropped as well.
+//! - **Impairment** per direction: loss, delay and jitter, duplication, reordering.
+//!
+//! Clients start at the configured ramp-up rate. Live counters per profile
+//! ([`ProfileCounters`]) are atomics, readable through a [`FleetHandle`] while the fleet
+//! runs; the handle also injects value changes, expires NAT mappings, puts groups to sleep,
+//! and stops the fleet (every registered client de-registers first).
+
+mod counters;
+mod driver;
+mod handle;
+mod pool;
+mod profile;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::ops::Range;
+use std::time::Duration;
+
+pub use counters::{CountersSnapshot, Latencies, ProfileCounters};
+pub use handle::{ClientInfo, FleetHandle, FleetReport, ProfileReport};
+use lwm2m_proto::Lwm2mPath;
+use lwm2m_proto::client::{ClientConfig, ObjectTree};
+pub use profile::{ProfileClients, Targets};
+
+use crate::generator::Generator;
+use crate::network::NetworkModel;
+
+/// Settings of a fleet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    /// The one seed behind every random choice of the fleet's network models
+    /// (design convention 9); the clients' own seeds are in their [`ClientConfig`]s.
+    pub seed: u64,
+    /// Clients started per second; `None` starts them all at once.
+    pub ramp: Option<f64>,
+    /// UDP sockets in the pool (at least 1).
+    pub sockets: usize,
+    /// The address the pool sockets bind to; `0.0.0.0` so that they send from any
+    /// loopback address.
+    pub bind: IpAddr,
+    /// The first client address; the next ones count up from it (127.255.255.254 at most).
+    pub first_address: Ipv4Addr,
+    /// Send and receive buffer of each pool socket, in bytes (the kernel may cap it).
+    pub socket_buffer: usize,
+    /// When a server is off loopback every client needs a socket of its own: the most
+    /// clients allowed then (a process may hold 20,000 file descriptors here).
+    pub max_dedicated_sockets: usize,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            ramp: None,
+            sockets: 16,
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            first_address: Ipv4Addr::new(127, 1, 0, 1),
+            socket_buffer: 4 << 20,
+            max_dedicated_sockets: 16_000,
+        }
+    }
+}
+
+/// One client to simulate.
+#[derive(Debug, Clone)]
+pub struct ClientSpec {
+    /// Its settings (endpoint name, servers, lifetime, quirks, CoAP seed, ...).
+    pub config: ClientConfig,
+    /// Its factory object tree.
+    pub tree: ObjectTree,
+    /// Its generated resources.
+    pub generators: Vec<GeneratedResource>,
+    /// What lies between it and the servers.
+    pub network: NetworkModel,
+}
+
+/// A resource whose value a generator drives: every `period` the fleet sets the
+/// generator's next value on the client (observations are evaluated as for any change).
+#[derive(Debug, Clone)]
+pub struct GeneratedResource {
+    /// The resource.
+    pub path: Lwm2mPath,
+    /// The seeded generator.
+    pub generator: Generator,
+    /// How often a value is produced; zero: never after the first.
+    pub period: Duration,
+}
+
+/// Which clients a [`FleetHandle`] command applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Selector {
+    /// Every client.
+    All,
+    /// The clients of one profile.
+    Profile(String),
+    /// The clients with these endpoint names.
+    Endpoints(Vec<String>),
+    /// Clients by number (the order they were added in).
+    Range(Range<usize>),
+}
+
+/// Why a fleet could not start, or a command could not be delivered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FleetError {
+    /// The socket pool could not be set up.
+    #[error("fleet socket pool: {0}")]
+    Io(#[from] std::io::Error),
+    /// A server off loopback needs a socket per client, and there are more clients than
+    /// [`FleetConfig::max_dedicated_sockets`].
+    #[error(
+        "{clients} clients target a server off loopback: that takes a socket each, and the limit is {limit} (file descriptors)"
+    )]
+    TooManyClients {
+        /// Clients in the fleet.
+        clients: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// More clients than loopback addresses.
+    #[error("no loopback address left for client {client}")]
+    OutOfAddresses {
+        /// The client number.
+        client: usize,
+    },
+    /// [`Fleet::start`] outside a tokio runtime.
+    #[error("the fleet must start inside a tokio runtime")]
+    NoRuntime,
+    /// The fleet has stopped: the command was not delivered.
+    #[error("the fleet has stopped")]
+    Stopped,
+}
+
+/// A fleet being put together; [`Fleet::start`] sets it running.
+#[derive(Debug)]
+pub struct Fleet {
+    config: FleetConfig,
+    profiles: Vec<String>,
+    clients: Vec<(usize, ClientSpec)>,
+}
+
+impl Fleet {
+    /// An empty fleet.
+    pub fn new(config: FleetConfig) -> Self {
+        Self {
+            config,
+            profiles: Vec::new(),
+            clients: Vec::new(),
+        }
+    }
+
+    /// Adds a client of profile `profile` (any name; counters add up per name); returns
+    /// its number.
+    pub fn add(&mut self, profile: &str, spec: ClientSpec) -> usize {
+        let index = match self.profiles.iter().position(|p| p == profile) {
+            Some(i) => i,
+            None => {
+                self.profiles.push(profile.to_owned());
+                self.profiles.len() - 1
+            }
+        };
+        self.clients.push((index, spec));
+        self.clients.len() - 1
+    }
+
+    /// Number of clients added.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// True if no client was added.
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &FleetConfig {
+        &self.config
+    }
+
+    /// Binds the socket pool and spawns the driver task on the current tokio runtime;
+    /// clients start at the ramp-up rate from now.
+    pub fn start(self) -> Result<FleetHandle, FleetError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(FleetError::NoRuntime);
+        }
+        driver::spawn(self.config, self.profiles, self.clients)
+    }
+}
+
+/// The ramp-up offset of client `n`: `n / rate` seconds.
+fn ramp_offset(ramp: Option<f64>, n: usize) -> Duration {
+    match ramp {
+        Some(rate) if rate > 0.0 && rate.is_finite() => {
+            Duration::try_from_secs_f64(n as f64 / rate).unwrap_or(Duration::MAX)
+        }
+        _ => Duration::ZERO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ramp_spreads_starts() {
+        assert_eq!(ramp_offset(None, 500), Duration::ZERO);
+        assert_eq!(ramp_offset(Some(1000.0), 500), Duration::from_millis(500));
+        assert_eq!(ramp_offset(Some(0.0), 500), Duration::ZERO);
+        assert_eq!(ramp_offset(Some(f64::NAN), 5), Duration::ZERO);
+    }
+}
