@@ -2,7 +2,7 @@
 //!
 //! Subcommands: `decode` and `encode` (the codec tool for people), `objects` (the object
 //! registry), `serve` (the servers and their REST API), `simulate` (a fleet of simulated
-//! clients against a server), and `run` (the main job; it arrives with the harness issue).
+//! clients against a server), `report` (render a run again) and `run` (the main job).
 
 mod codec_tool;
 mod serve;

@@ -70,6 +70,42 @@ pub struct ResourceDef {
     pub description: String,
 }
 
+impl ResourceDef {
+    /// A resource definition with empty range, units and description, optional; see
+    /// [`ResourceDef::mandatory`] and [`ResourceDef::with_units`].
+    pub fn new(
+        id: u16,
+        name: impl Into<String>,
+        operations: Operations,
+        data_type: DataType,
+        multiple: bool,
+    ) -> Self {
+        Self {
+            id: ResourceId(id),
+            name: name.into(),
+            operations,
+            multiple,
+            mandatory: false,
+            data_type,
+            range: String::new(),
+            units: String::new(),
+            description: String::new(),
+        }
+    }
+
+    /// The same, mandatory.
+    pub fn mandatory(mut self) -> Self {
+        self.mandatory = true;
+        self
+    }
+
+    /// The same, with units.
+    pub fn with_units(mut self, units: impl Into<String>) -> Self {
+        self.units = units.into();
+        self
+    }
+}
+
 /// One object definition, at one object version.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ObjectDef {
@@ -94,6 +130,29 @@ pub struct ObjectDef {
 }
 
 impl ObjectDef {
+    /// An optional object definition for LwM2M 1.0 with a URN derived from its id; see
+    /// the public fields for the rest.
+    pub fn new(
+        id: u16,
+        name: impl Into<String>,
+        version: impl Into<String>,
+        multiple: bool,
+        resources: impl IntoIterator<Item = ResourceDef>,
+    ) -> Self {
+        let version = version.into();
+        Self {
+            id: ObjectId(id),
+            name: name.into(),
+            description: String::new(),
+            urn: format!("urn:oma:lwm2m:x:{id}:{version}"),
+            version,
+            lwm2m_version: "1.0".into(),
+            multiple,
+            mandatory: false,
+            resources: resources.into_iter().map(|r| (r.id, r)).collect(),
+        }
+    }
+
     /// The resource definition, if the object has it.
     pub fn resource(&self, id: ResourceId) -> Option<&ResourceDef> {
         self.resources.get(&id)

@@ -4,11 +4,17 @@
 //!
 //! ```text
 //! cargo bench -p lwm2m-simulator --bench fleet
-//! FLEET_CLIENTS=10000 FLEET_RAMP=5000 FLEET_LIFETIME=20 FLEET_HOLD=30 cargo bench -p lwm2m-simulator --bench fleet
+//! FLEET_CLIENTS=10000 FLEET_RAMP=5000 FLEET_LIFETIME=20 FLEET_HOLD=36 cargo bench -p lwm2m-simulator --bench fleet
 //! ```
 //!
 //! Both sides run in this process on a two-worker tokio runtime: the fleet is one task, the
-//! server one task on one socket; the RSS figures include the server's registrations.
+//! server one task on one socket; the RSS figures include the server's registrations. To
+//! measure the fleet alone, run the server in another process:
+//!
+//! ```text
+//! FLEET_SERVE_ONLY=127.0.0.1:5690 cargo bench -p lwm2m-simulator --bench fleet &
+//! FLEET_SERVER=127.0.0.1:5690 cargo bench -p lwm2m-simulator --bench fleet
+//! ```
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::net::SocketAddr;
@@ -76,8 +82,8 @@ struct ServerCounts {
 }
 
 /// The LwM2M Server machine on one loopback socket, driven by one task.
-async fn serve(registry: Arc<Registry>, counts: Arc<ServerCounts>) -> SocketAddr {
-    let std = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+async fn serve(registry: Arc<Registry>, counts: Arc<ServerCounts>, bind: SocketAddr) -> SocketAddr {
+    let std = std::net::UdpSocket::bind(bind).unwrap();
     std.set_nonblocking(true).unwrap();
     // A burst of thousands of requests overflows the default 208 KiB receive buffer.
     let state = quinn_udp::UdpSocketState::new((&std).into()).unwrap();
@@ -137,9 +143,13 @@ fn ms(d: Option<Duration>) -> String {
 
 fn main() {
     let clients: usize = env("FLEET_CLIENTS", 50_000);
-    let ramp: f64 = env("FLEET_RAMP", 5_000.0);
+    let ramp: f64 = env("FLEET_RAMP", 20_000.0);
     let lifetime: u32 = env("FLEET_LIFETIME", 20);
-    let hold: u64 = env("FLEET_HOLD", 30);
+    // Updates go out `lifetime - margin` after the last one (the profile builder's margin).
+    let margin = (lifetime / 10).clamp(1, 60);
+    let period = u64::from(lifetime.saturating_sub(margin).max(1));
+    // By default two whole Update periods, so that the average rate is the steady one.
+    let hold: u64 = env("FLEET_HOLD", 2 * period);
     let sockets: usize = env("FLEET_SOCKETS", 16);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -149,7 +159,26 @@ fn main() {
     runtime.block_on(async move {
         let registry = Arc::new(Registry::embedded());
         let counts = Arc::new(ServerCounts::default());
-        let server = serve(registry.clone(), counts.clone()).await;
+        if let Some(bind) = std::env::var("FLEET_SERVE_ONLY").ok().and_then(|a| a.parse().ok()) {
+            let addr = serve(registry, counts.clone(), bind).await;
+            println!("server only, on {addr}");
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                println!(
+                    "  server: {} registrations, {} updates, RSS {} MiB",
+                    counts.registered.load(Ordering::Relaxed),
+                    counts.updated.load(Ordering::Relaxed),
+                    vm_rss_kb() / 1024
+                );
+            }
+        }
+        let external: Option<SocketAddr> =
+            std::env::var("FLEET_SERVER").ok().and_then(|a| a.parse().ok());
+        let server = match external {
+            Some(addr) => addr,
+            None => serve(registry.clone(), counts.clone(), "127.0.0.1:0".parse().unwrap()).await,
+        };
         let rss_start = vm_rss_kb();
 
         let make = ProfileClients::new(
@@ -231,8 +260,7 @@ fn main() {
         let server_updates_per_s = (counts.updated.load(Ordering::Relaxed) - s0) as f64 / held;
         let rss_end = vm_rss_kb();
         let l = handle.report().latencies();
-        let margin = (lifetime / 10).clamp(1, 60);
-        let expected = clients as f64 / f64::from(lifetime.saturating_sub(margin).max(1));
+        let expected = clients as f64 / period as f64;
 
         println!("results:");
         println!(
@@ -253,10 +281,11 @@ fn main() {
         );
         let per = |kb: u64| kb.saturating_sub(rss_start) as f64 * 1024.0 / clients as f64;
         println!(
-            "  RSS per client: {:.0} B built, {:.0} B registered (fleet + server), {:.0} B at end",
+            "  RSS per client: {:.0} B built, {:.0} B registered, {:.0} B at end ({})",
             per(rss_built),
             per(rss_registered),
-            per(rss_end)
+            per(rss_end),
+            if external.is_some() { "fleet only" } else { "fleet + server" }
         );
         println!(
             "  Register p50 {} p99 {} (n={}); Update p50 {} p99 {} (n={})",

@@ -13,8 +13,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use lwm2m_proto::Lwm2mPath;
 use lwm2m_proto::coap::{Endpoint, Event, Packet, RequestType, ResponseType, message};
 use lwm2m_proto::registry::Registry;
+use lwm2m_proto::server::{Lwm2mServer, Operation, ServerConfig, ServerEvent};
+use lwm2m_proto::value::Value;
 use lwm2m_simulator::fleet::{
     CountersSnapshot, Fleet, FleetConfig, FleetHandle, ProfileClients, Selector, Targets,
 };
@@ -401,4 +404,320 @@ async fn datagrams_to_sleeping_clients_are_dropped() {
     assert!(c.dropped_asleep >= 2, "{c:?}");
     assert_eq!(c.requests_served, 2, "{c:?}");
     handle.stop(Duration::from_secs(5)).await.unwrap();
+}
+
+/// Our LwM2M Server machine on 127.0.0.1, driven by a minimal tokio loop; every event is
+/// kept, and operations can be started on clients.
+struct Server {
+    addr: SocketAddr,
+    events: watch::Receiver<Vec<ServerEvent>>,
+    ops: mpsc::UnboundedSender<(String, Operation)>,
+}
+
+impl Server {
+    async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    async fn start_on(bind: SocketAddr) -> Self {
+        let socket = UdpSocket::bind(bind).await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let (log, events) = watch::channel(Vec::new());
+        let (ops, mut incoming) = mpsc::unbounded_channel::<(String, Operation)>();
+        let mut server = Lwm2mServer::new(ServerConfig::default(), Arc::new(Registry::embedded()));
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let deadline = server.poll_timeout();
+                tokio::select! {
+                    r = socket.recv_from(&mut buf) => {
+                        let Ok((n, peer)) = r else { continue };
+                        server.handle_datagram(Instant::now(), peer, &buf[..n]);
+                    }
+                    Some((endpoint, op)) = incoming.recv() => {
+                        let _ = server.request(Instant::now(), &endpoint, op);
+                    }
+                    () = sleep_until(deadline) => server.handle_timeout(Instant::now()),
+                }
+                while let Some(t) = server.poll_transmit() {
+                    let _ = socket.send_to(&t.bytes, t.peer).await;
+                }
+                let mut new = Vec::new();
+                while let Some(e) = server.poll_event() {
+                    new.push(e);
+                }
+                if !new.is_empty() {
+                    log.send_modify(|l| l.extend(new));
+                }
+            }
+        });
+        Self { addr, events, ops }
+    }
+
+    /// Waits until `count(events) >= n` (or fails after `limit`).
+    async fn wait(&mut self, n: usize, limit: Duration, count: impl Fn(&[ServerEvent]) -> usize) {
+        let waited = tokio::time::timeout(limit, self.events.wait_for(|e| count(e) >= n))
+            .await
+            .is_ok();
+        let got = count(&self.events.borrow());
+        assert!(waited, "{got} of {n} events after {limit:?}");
+    }
+
+    fn registrations(&self) -> BTreeMap<String, SocketAddr> {
+        self.events
+            .borrow()
+            .iter()
+            .filter_map(|e| match e {
+                ServerEvent::Registered { registration, .. } => {
+                    Some((registration.endpoint.clone(), registration.address))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn registered(events: &[ServerEvent]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, ServerEvent::Registered { .. }))
+        .count()
+}
+
+fn moved(events: &[ServerEvent]) -> usize {
+    events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                ServerEvent::Updated {
+                    previous_address: Some(_),
+                    ..
+                }
+            )
+        })
+        .count()
+}
+
+fn notifications(events: &[ServerEvent]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, ServerEvent::Notification { .. }))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_registers_with_the_server_machine_and_moves_behind_nat() {
+    let mut server = Server::start().await;
+    let handle = fleet(server.addr, 200, 300, NetworkModel::default())
+        .start()
+        .unwrap();
+    server.wait(200, Duration::from_secs(20), registered).await;
+    let seen = server.registrations();
+    assert_eq!(seen.len(), 200);
+    let infos = handle.clients().await.unwrap();
+    for info in &infos {
+        assert_eq!(Some(seen[&info.endpoint]), info.address, "{info:?}");
+    }
+    // Ten clients lose their NAT mapping and update: the server follows them.
+    handle.expire_nat(Selector::Range(0..10)).unwrap();
+    handle.trigger_update(Selector::Range(0..10)).unwrap();
+    server.wait(10, Duration::from_secs(10), moved).await;
+    let after = handle.clients().await.unwrap();
+    for (old, new) in infos.iter().zip(&after).take(10) {
+        assert_ne!(old.address, new.address);
+    }
+    assert_eq!(handle.total().rebinds, 10);
+    let report = handle.stop(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(report.total().deregistrations, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_and_injected_values_are_notified() {
+    let mut server = Server::start().await;
+    let yaml = "\
+name: temp
+lwm2m_version: \"1.1\"
+lifetime: 300s
+endpoint_prefix: temp-
+preferred_format: senml-cbor
+supported_formats: [senml-cbor, senml-json, tlv, text]
+objects:
+  0:
+    instances:
+      0: { 0: coap://localhost:5683, 1: false, 2: 3, 3: \"\", 4: \"\", 5: \"\", 10: 1 }
+  1:
+    instances:
+      0: { 0: 1, 1: 300, 6: false, 7: U }
+  3303:
+    instances:
+      0:
+        5700: { generator: counter, start: 1, step: 1, period: 100ms }
+      1:
+        5700: 20.0
+";
+    let profile = Profile::from_yaml("temp.yaml", yaml, &QuirkPacks::new()).unwrap();
+    let make = ProfileClients::new(
+        profile,
+        &Registry::embedded(),
+        NetworkModel::default(),
+        Targets {
+            server: Some(server.addr),
+            bootstrap: None,
+        },
+    )
+    .unwrap();
+    let mut fleet = Fleet::new(FleetConfig::default());
+    for n in 0..5 {
+        fleet.add("temp", make.spec(n, 3));
+    }
+    let handle = fleet.start().unwrap();
+    server.wait(5, Duration::from_secs(10), registered).await;
+    for n in 0..5 {
+        for i in [0, 1] {
+            server
+                .ops
+                .send((
+                    format!("temp-{n}"),
+                    Operation::Observe {
+                        path: Lwm2mPath::Resource(3303.into(), i.into(), 5700.into()),
+                        format: None,
+                    },
+                ))
+                .unwrap();
+        }
+    }
+    // The generator changes /3303/0/5700 every 100 ms.
+    server
+        .wait(25, Duration::from_secs(10), notifications)
+        .await;
+    // A value injected through the handle is notified too.
+    let injected = Lwm2mPath::Resource(3303.into(), 1.into(), 5700.into());
+    handle
+        .set_value(Selector::All, injected, Value::Float(-3.5))
+        .unwrap();
+    server
+        .wait(5, Duration::from_secs(10), |events| {
+            events
+                .iter()
+                .filter(
+                    |e| matches!(e, ServerEvent::Notification { path, .. } if *path == injected),
+                )
+                .count()
+        })
+        .await;
+    let c = handle.total();
+    assert!(c.notifications_sent >= 30, "{c:?}");
+    assert!(c.requests_served >= 10, "{c:?}");
+    handle.stop(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleep_schedule_drops_and_wakes() {
+    let mut server = Server::start().await;
+    // Awake for the first 500 ms of every 3 s; each window start brings an Update.
+    let network =
+        NetworkModel::from_yaml("sleepy.yaml", "sleep: { awake: 500ms, period: 3s }\n").unwrap();
+    let handle = fleet(server.addr, 3, 300, network).start().unwrap();
+    server.wait(3, Duration::from_secs(10), registered).await;
+    // Let the first awake window pass (time passing in the model, not a wait for a
+    // condition): the radios are off until 3 s.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let infos = handle.clients().await.unwrap();
+    assert!(infos.iter().all(|i| i.asleep), "{infos:?}");
+    for n in 0..3 {
+        server
+            .ops
+            .send((
+                format!("e2e-{n}"),
+                Operation::Read {
+                    path: Lwm2mPath::Instance(3.into(), 0.into()),
+                    format: None,
+                },
+            ))
+            .unwrap();
+    }
+    let c = counters_until(&handle, Duration::from_secs(2), |c| c.dropped_asleep >= 3).await;
+    assert_eq!(c.requests_served, 0, "{c:?}");
+    // The next window opens: every client wakes and sends an Update.
+    let updated = |events: &[ServerEvent]| {
+        events
+            .iter()
+            .filter(|e| matches!(e, ServerEvent::Updated { .. }))
+            .count()
+    };
+    server.wait(3, Duration::from_secs(10), updated).await;
+    counters_until(&handle, Duration::from_secs(5), |c| c.updates >= 3).await;
+    handle.stop(Duration::from_secs(10)).await.unwrap();
+}
+
+/// This machine's address on its default route, if it has one (not loopback).
+fn routed_address() -> Option<std::net::IpAddr> {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // Connecting a UDP socket sends nothing; it only picks the route.
+    probe.connect("192.0.2.255:9").ok()?;
+    let ip = probe.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_off_loopback_gets_a_socket_per_client() {
+    let Some(ip) = routed_address() else {
+        eprintln!("no routed address on this machine: skipped");
+        return;
+    };
+    let mut server = Server::start_on(SocketAddr::new(ip, 0)).await;
+    let handle = fleet(server.addr, 20, 300, NetworkModel::default())
+        .start()
+        .unwrap();
+    server.wait(20, Duration::from_secs(10), registered).await;
+    let seen = server.registrations();
+    let addresses: BTreeSet<SocketAddr> = seen.values().copied().collect();
+    assert_eq!(addresses.len(), 20);
+    assert!(addresses.iter().all(|a| a.ip() == ip), "{addresses:?}");
+    handle.expire_nat(Selector::Range(0..5)).unwrap();
+    handle.trigger_update(Selector::Range(0..5)).unwrap();
+    server.wait(5, Duration::from_secs(10), moved).await;
+    let report = handle.stop(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(report.total().deregistrations, 20);
+    assert_eq!(report.total().rebinds, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impaired_links_still_register() {
+    let mut server = Server::start().await;
+    let network = NetworkModel::from_yaml(
+        "bad.yaml",
+        "uplink: { loss: 0.2, duplicate: 0.2 }\n\
+         downlink: { loss: 0.2, delay: 50ms, jitter: 10ms }\n",
+    )
+    .unwrap();
+    let make = ProfileClients::new(
+        profile(300),
+        &Registry::embedded(),
+        network,
+        Targets {
+            server: Some(server.addr),
+            bootstrap: None,
+        },
+    )
+    .unwrap();
+    let mut fleet = Fleet::new(FleetConfig {
+        seed: 11,
+        ..FleetConfig::default()
+    });
+    for n in 0..10 {
+        let mut spec = make.spec(n, 11);
+        // Quick retransmissions (RFC 7252 §4.8 allows other ACK_TIMEOUTs) keep the test short.
+        spec.config.coap.ack_timeout = Duration::from_millis(200);
+        fleet.add("bad", spec);
+    }
+    let handle = fleet.start().unwrap();
+    server.wait(10, Duration::from_secs(20), registered).await;
+    let c = counters_until(&handle, Duration::from_secs(10), |c| c.registered == 10).await;
+    assert!(c.dropped_loss > 0, "{c:?}");
+    // Every answer came over the 40-60 ms downlink.
+    let l = handle.report().latencies();
+    assert!(l.register.min() >= 40_000, "{} µs", l.register.min());
+    handle.stop(Duration::from_secs(10)).await.unwrap();
 }

@@ -832,11 +832,11 @@ mod tests {
     use crate::value::Value;
 
     fn server_addr() -> SocketAddr {
-        "192.0.2.1:5683".parse().unwrap()
+        "127.0.0.1:5683".parse().unwrap()
     }
 
     fn client_addr() -> SocketAddr {
-        "198.51.100.7:56830".parse().unwrap()
+        "127.0.0.7:56830".parse().unwrap()
     }
 
     /// One request the scripted client received.

@@ -24,10 +24,10 @@ use crate::registration::{Lwm2mVersion, parse_register_query};
 use crate::registry::Registry;
 use crate::value::Value;
 
-const SERVER: &str = "10.0.0.1:5683";
-const CLIENT: &str = "10.0.0.2:56830";
-const BS: &str = "10.0.0.3:5683";
-const FW: &str = "10.0.0.4:5683";
+const SERVER: &str = "127.0.0.1:5683";
+const CLIENT: &str = "127.0.0.2:56830";
+const BS: &str = "127.0.0.3:5683";
+const FW: &str = "127.0.0.4:5683";
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -1155,7 +1155,7 @@ fn firmware_pull_through_block2() {
     // Errors: unparsable URI (7), coaps (9), 4.04 (7), empty URI resets.
     net.call(write_uri("ftp://x"));
     assert_eq!(firmware_state(&net), (0, 7));
-    net.call(write_uri("coaps://10.0.0.4"));
+    net.call(write_uri("coaps://127.0.0.4"));
     assert_eq!(firmware_state(&net), (0, 9));
     net.call(write_uri(&format!("coap://{FW}/missing")));
     let get = net.request(FW);
@@ -1163,6 +1163,11 @@ fn firmware_pull_through_block2() {
     assert_eq!(firmware_state(&net), (0, 7));
     net.call(write_uri(""));
     assert_eq!(firmware_state(&net), (0, 0));
+    // Nobody answers: connection lost (4) once the CoAP layer gives up (RFC 7252 §4.2).
+    net.call(write_uri("coap://127.0.0.9/fw"));
+    assert_eq!(firmware_state(&net), (1, 0));
+    net.secs(100);
+    assert_eq!(firmware_state(&net), (0, 4));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -607,39 +607,22 @@ mod tests {
     }
 
     fn device_def() -> Arc<ObjectDef> {
-        let r = |id: u16, ops, ty, multiple| {
-            (
-                ResourceId(id),
-                ResourceDef {
-                    id: ResourceId(id),
-                    name: format!("r{id}"),
-                    operations: ops,
-                    multiple,
-                    mandatory: false,
-                    data_type: ty,
-                    range: String::new(),
-                    units: String::new(),
-                    description: String::new(),
-                },
-            )
-        };
-        Arc::new(ObjectDef {
-            id: ObjectId(3),
-            name: "Device".into(),
-            description: String::new(),
-            urn: String::new(),
-            version: "1.0".into(),
-            lwm2m_version: "1.0".into(),
-            multiple: false,
-            mandatory: true,
-            resources: [
+        let r =
+            |id: u16, ops, ty, multiple| ResourceDef::new(id, format!("r{id}"), ops, ty, multiple);
+        let mut def = ObjectDef::new(
+            3,
+            "Device",
+            "1.0",
+            false,
+            [
                 r(0, Operations::R, DataType::String, false),
                 r(4, Operations::E, DataType::None, false),
                 r(11, Operations::R, DataType::Integer, true),
                 r(14, Operations::RW, DataType::String, false),
-            ]
-            .into(),
-        })
+            ],
+        );
+        def.mandatory = true;
+        Arc::new(def)
     }
 
     fn tree() -> ObjectTree {

@@ -29,7 +29,7 @@
 //! use std::time::{Duration, Instant};
 //! use lwm2m_proto::coap::{message, Config, Endpoint, Event, RequestType, ResponseType};
 //!
-//! let (client_addr, server_addr) = ("10.0.0.1:40000".parse().unwrap(), "10.0.0.2:5683".parse().unwrap());
+//! let (client_addr, server_addr) = ("127.0.0.2:40000".parse().unwrap(), "127.0.0.1:5683".parse().unwrap());
 //! let mut client = Endpoint::new(Config { seed: 1, ..Config::default() });
 //! let mut server = Endpoint::new(Config { seed: 2, ..Config::default() });
 //! let now = Instant::now(); // the caller's clock; the endpoints never read one

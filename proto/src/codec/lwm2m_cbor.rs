@@ -477,20 +477,8 @@ mod tests {
     use proptest::prelude::*;
 
     fn res(id: u16, ty: DataType, multiple: bool) -> (ResourceId, ResourceDef) {
-        (
-            ResourceId(id),
-            ResourceDef {
-                id: ResourceId(id),
-                name: format!("r{id}"),
-                operations: Operations::RW,
-                multiple,
-                mandatory: false,
-                data_type: ty,
-                range: String::new(),
-                units: String::new(),
-                description: String::new(),
-            },
-        )
+        let def = ResourceDef::new(id, format!("r{id}"), Operations::RW, ty, multiple);
+        (def.id, def)
     }
 
     /// The resources of the Device object (3) the examples use.

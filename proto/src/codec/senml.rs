@@ -477,17 +477,7 @@ pub(crate) mod tests {
                 .enumerate()
                 .map(|(i, &ty)| {
                     let id = ResourceId(i as u16);
-                    let def = ResourceDef {
-                        id,
-                        name: format!("r{i}"),
-                        operations: Operations::RW,
-                        multiple: false,
-                        mandatory: false,
-                        data_type: ty,
-                        range: String::new(),
-                        units: String::new(),
-                        description: String::new(),
-                    };
+                    let def = ResourceDef::new(id.0, format!("r{i}"), Operations::RW, ty, false);
                     (id, def)
                 })
                 .collect();

@@ -707,33 +707,16 @@ mod tests {
     }
 
     fn object(id: u16, resources: &[(u16, DataType, bool)]) -> ObjectDef {
-        ObjectDef {
-            id: ObjectId(id),
-            name: format!("Object {id}"),
-            description: String::new(),
-            urn: format!("urn:oma:lwm2m:oma:{id}"),
-            version: "1.0".into(),
-            lwm2m_version: "1.0".into(),
-            multiple: true,
-            mandatory: false,
-            resources: resources
-                .iter()
-                .map(|&(r, data_type, multiple)| {
-                    let def = ResourceDef {
-                        id: ResourceId(r),
-                        name: format!("Resource {r}"),
-                        operations: Operations::RW,
-                        multiple,
-                        mandatory: false,
-                        data_type,
-                        range: String::new(),
-                        units: String::new(),
-                        description: String::new(),
-                    };
-                    (ResourceId(r), def)
-                })
-                .collect(),
-        }
+        let defs = resources.iter().map(|&(r, data_type, multiple)| {
+            ResourceDef::new(
+                r,
+                format!("Resource {r}"),
+                Operations::RW,
+                data_type,
+                multiple,
+            )
+        });
+        ObjectDef::new(id, format!("Object {id}"), "1.1", true, defs)
     }
 
     /// The objects of the Core TS 1.0 §6.4.3 examples, with the types of their

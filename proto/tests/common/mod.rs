@@ -2,10 +2,8 @@
 //! multiple, and proptest strategies for values and nodes of every level.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
-
 use lwm2m_proto::{
-    DataType, Instance, InstanceId, Lwm2mPath, Node, ObjectDef, ObjectId, ObjectLink, Operations,
+    DataType, Instance, InstanceId, Lwm2mPath, Node, ObjectDef, ObjectLink, Operations,
     ResourceDef, ResourceId, ResourceInstanceId, ResourceValue, Value,
 };
 use proptest::prelude::*;
@@ -29,37 +27,16 @@ pub const TYPES: [DataType; 9] = [
 
 /// An object definition with one single and one multiple resource of every data type.
 pub fn test_object() -> ObjectDef {
-    let mut resources = BTreeMap::new();
-    for (n, ty) in TYPES.iter().enumerate() {
-        for multiple in [false, true] {
-            let id = ResourceId(n as u16 + if multiple { 100 } else { 0 });
-            resources.insert(
-                id,
-                ResourceDef {
-                    id,
-                    name: format!("{ty} {}", if multiple { "list" } else { "value" }),
-                    operations: Operations::RW,
-                    multiple,
-                    mandatory: false,
-                    data_type: *ty,
-                    range: String::new(),
-                    units: String::new(),
-                    description: String::new(),
-                },
-            );
-        }
-    }
-    ObjectDef {
-        id: ObjectId(TEST_OBJECT),
-        name: "Every Type".into(),
-        description: String::new(),
-        urn: format!("urn:oma:lwm2m:x:{TEST_OBJECT}"),
-        version: "1.0".into(),
-        lwm2m_version: "1.1".into(),
-        multiple: true,
-        mandatory: false,
-        resources,
-    }
+    let resources = TYPES.iter().enumerate().flat_map(|(n, ty)| {
+        [false, true].map(|multiple| {
+            let id = n as u16 + if multiple { 100 } else { 0 };
+            let name = format!("{ty} {}", if multiple { "list" } else { "value" });
+            ResourceDef::new(id, name, Operations::RW, *ty, multiple)
+        })
+    });
+    let mut def = ObjectDef::new(TEST_OBJECT, "Every Type", "1.0", true, resources);
+    def.lwm2m_version = "1.1".into();
+    def
 }
 
 /// A value of the given type.

@@ -4,7 +4,7 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io::IoSliceMut;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::counters::{ProfileStats, add, bump, drop_one};
 use super::handle::{ClientInfo, Command, FleetHandle, FleetReport};
-use super::pool::{Binding, SocketPool};
+use super::pool::{Addressing, Binding, SocketPool};
 use super::{ClientSpec, FleetConfig, FleetError, GeneratedResource, Selector, ramp_offset};
 use crate::network::{Impairment, Mapping, Nat, SleepSchedule};
 use crate::seed;
@@ -25,6 +25,8 @@ use crate::seed;
 const BATCH: usize = 32;
 /// Receive batches per socket before timers get their turn again.
 const RECV_ROUNDS: usize = 8;
+/// Deadlines (and delayed datagrams) handled before sockets and commands get their turn.
+const DUE_BUDGET: usize = 4096;
 
 /// Binds the pool, builds the clients and spawns the driver task.
 pub(super) fn spawn(
@@ -32,7 +34,25 @@ pub(super) fn spawn(
     profiles: Vec<String>,
     clients: Vec<(usize, ClientSpec)>,
 ) -> Result<FleetHandle, FleetError> {
-    let pool = SocketPool::bind(
+    let targets_loopback = clients.iter().all(|(_, spec)| {
+        let c = &spec.config;
+        c.server
+            .iter()
+            .chain(&c.bootstrap_server)
+            .all(|a| a.ip().is_loopback())
+    });
+    let addressing = if targets_loopback {
+        Addressing::Shared
+    } else if clients.len() > config.max_dedicated_sockets {
+        return Err(FleetError::TooManyClients {
+            clients: clients.len(),
+            limit: config.max_dedicated_sockets,
+        });
+    } else {
+        Addressing::Dedicated
+    };
+    let pool = SocketPool::new(
+        addressing,
         config.sockets,
         config.bind,
         config.first_address,
@@ -200,6 +220,8 @@ struct Sim {
     timed: Option<(Timed, Instant)>,
     /// Registered at least once.
     registered_once: bool,
+    /// The fleet asked it to de-register (it stays registered until the answer).
+    deregistering: bool,
 }
 
 impl Sim {
@@ -239,6 +261,7 @@ impl Sim {
             gauge: Gauge::Other,
             timed: None,
             registered_once: false,
+            deregistering: false,
         }
     }
 
@@ -334,15 +357,22 @@ impl Driver {
         [timers, delayed, stop].into_iter().flatten().min()
     }
 
-    /// Fires every deadline and delivers every delayed datagram due by `now`.
+    /// Fires the deadlines and delivers the delayed datagrams due by `now`, up to
+    /// [`DUE_BUDGET`] of each (the rest stay due, so the loop comes back at once).
     fn run_due(&mut self, now: Instant) {
-        while self.heap.peek().is_some_and(|Reverse(d)| d.at <= now) {
+        for _ in 0..DUE_BUDGET {
+            if self.heap.peek().is_none_or(|Reverse(d)| d.at > now) {
+                break;
+            }
             let Some(Reverse(due)) = self.heap.pop() else {
                 break;
             };
             self.fire(now, due);
         }
-        while self.delayed.peek().is_some_and(|Reverse(d)| d.at <= now) {
+        for _ in 0..DUE_BUDGET {
+            if self.delayed.peek().is_none_or(|Reverse(d)| d.at > now) {
+                break;
+            }
             let Some(Reverse(d)) = self.delayed.pop() else {
                 break;
             };
@@ -472,6 +502,10 @@ impl Driver {
             }
         }
         let gauge = Gauge::of(sim.client.state());
+        // A client that registers while the fleet stops de-registers at once.
+        let leave = self.stopping.is_some()
+            && matches!(gauge, Gauge::Registered | Gauge::Sleeping)
+            && !sim.deregistering;
         if gauge != sim.gauge {
             let old = std::mem::replace(&mut sim.gauge, gauge);
             if let Some(s) = self.stats.get(sim.profile) {
@@ -496,6 +530,19 @@ impl Driver {
                     }
                 }
             }
+        }
+        if leave {
+            self.deregister(i, now);
+        }
+    }
+
+    /// Client `i` de-registers (Core TS 1.1 §6.2.3), radio on.
+    fn deregister(&mut self, i: usize, now: Instant) {
+        if let Some(sim) = self.sims.get_mut(i) {
+            sim.deregistering = true;
+            sim.asleep_until = None;
+            sim.client.deregister(now);
+            self.after(i, now);
         }
     }
 
@@ -524,6 +571,7 @@ impl Driver {
             if let Some(old) = sim.binding.take() {
                 if let Some(older) = sim.previous.replace(old) {
                     self.by_address.remove(&older);
+                    self.pool.release(older);
                 }
             }
             let Some(binding) = self.pool.allocate() else {
@@ -693,9 +741,6 @@ impl Driver {
     fn receive(&mut self, storage: &mut [u8], chunk: usize) {
         let now = Instant::now();
         for k in 0..self.pool.len() {
-            let Ok(socket) = u16::try_from(k) else {
-                break;
-            };
             for _ in 0..RECV_ROUNDS {
                 let mut meta = [RecvMeta::default(); BATCH];
                 let n = {
@@ -707,10 +752,9 @@ impl Driver {
                         .unwrap_or_default()
                 };
                 for (m, buf) in meta.iter().take(n).zip(storage.chunks(chunk)) {
-                    let Some(IpAddr::V4(ip)) = m.dst_ip.map(canonical) else {
+                    let Some(binding) = self.pool.binding_of(k, m.dst_ip) else {
                         continue;
                     };
-                    let binding = Binding { socket, ip };
                     let data = buf.get(..m.len.min(buf.len())).unwrap_or_default();
                     for datagram in data.chunks(m.stride.max(1)) {
                         self.inbound(now, binding, canonical_addr(m.addr), datagram);
@@ -816,12 +860,15 @@ impl Driver {
                     .get_or_insert_with(|| (now + grace, Vec::new()));
                 waiters.push(reply);
                 if started {
-                    self.each(now, &Selector::All, |sim, now| {
-                        if matches!(sim.gauge, Gauge::Registered | Gauge::Sleeping) {
-                            sim.asleep_until = None;
-                            sim.client.deregister(now);
+                    for i in 0..self.sims.len() {
+                        if self
+                            .sims
+                            .get(i)
+                            .is_some_and(|s| matches!(s.gauge, Gauge::Registered | Gauge::Sleeping))
+                        {
+                            self.deregister(i, now);
                         }
-                    });
+                    }
                 }
             }
         }
@@ -864,10 +911,6 @@ fn timed_request(bytes: &[u8]) -> Option<Timed> {
     }
 }
 
-fn canonical(ip: IpAddr) -> IpAddr {
-    ip.to_canonical()
-}
-
 fn canonical_addr(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
 }
@@ -876,5 +919,48 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lwm2m_proto::coap::{Packet, RequestType};
+
+    fn post(path: &str, query: Option<&str>) -> Vec<u8> {
+        let mut p: Packet = message::request(RequestType::Post, path);
+        if let Some(q) = query {
+            message::add_query(&mut p, q);
+        }
+        p.to_bytes().unwrap()
+    }
+
+    #[test]
+    fn classifies_timed_requests() {
+        // Core TS 1.1 §6.2.1 Register, §6.2.2 Update, §6.1 Bootstrap-Request, §6.4.4 Send.
+        assert_eq!(
+            timed_request(&post("/rd", Some("ep=a"))),
+            Some(Timed::Register)
+        );
+        assert_eq!(timed_request(&post("/rd/5a3f", None)), Some(Timed::Update));
+        assert_eq!(
+            timed_request(&post("/other/loc", None)),
+            Some(Timed::Update)
+        );
+        assert_eq!(timed_request(&post("/bs", Some("ep=a"))), None);
+        assert_eq!(timed_request(&post("/dp", None)), None);
+        let get = message::request(RequestType::Get, "/rd")
+            .to_bytes()
+            .unwrap();
+        assert_eq!(timed_request(&get), None);
+        assert_eq!(timed_request(&[]), None);
+        assert_eq!(timed_request(&[0x40, 0x02]), None);
+    }
+
+    #[test]
+    fn gauges_follow_states() {
+        assert!(Gauge::of(ClientState::Sleeping).is_active());
+        assert!(!Gauge::of(ClientState::Failed).is_active());
+        assert_eq!(Gauge::of(ClientState::Deregistered), Gauge::Other);
     }
 }

@@ -5,13 +5,15 @@
 //! (its machine's timer, ramp-up start, sleep-schedule wake-ups, value generator ticks) and
 //! a second heap the datagrams the impairment model delays. No task per client.
 //!
-//! Addresses: every client gets its own public address `(127.a.b.c, port)` from a small pool
-//! of UDP sockets bound to `0.0.0.0` ([`FleetConfig::sockets`], 16 by default): a socket
-//! can send from any loopback address and learns the destination address of each datagram
-//! it receives (IP_PKTINFO, through `quinn-udp`). So 50,000 clients need 16 file
-//! descriptors, not 50,000 (a process may hold 20,000 here). The servers the clients talk to
-//! must therefore be on loopback: an in-process server, or an external server bound to
-//! 127.0.0.1 / 0.0.0.0 on this machine.
+//! Addresses: when every server is on loopback (an in-process server, or an external one on
+//! this machine), every client gets its own public address `(127.a.b.c, port)` from a small
+//! pool of UDP sockets bound to `0.0.0.0` ([`FleetConfig::sockets`], 16 by default): a
+//! socket can send from any loopback address and learns the destination address of each
+//! datagram it receives (IP_PKTINFO, through `quinn-udp`). So 50,000 clients need 16 file
+//! descriptors, not 50,000 (a process may hold 20,000 here). When a server is elsewhere,
+//! loopback source addresses cannot reach it: each client then gets a socket of its own
+//! (at most [`FleetConfig::max_dedicated_sockets`] clients), and a NAT rebinding opens a
+//! new one.
 //!
 //! Network models ([`NetworkModel`], one per client, seeded from the fleet seed and the
 //! client number):
@@ -34,7 +36,7 @@ mod handle;
 mod pool;
 mod profile;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Range;
 use std::time::Duration;
 
@@ -64,6 +66,9 @@ pub struct FleetConfig {
     pub first_address: Ipv4Addr,
     /// Send and receive buffer of each pool socket, in bytes (the kernel may cap it).
     pub socket_buffer: usize,
+    /// When a server is off loopback every client needs a socket of its own: the most
+    /// clients allowed then (a process may hold 20,000 file descriptors here).
+    pub max_dedicated_sockets: usize,
 }
 
 impl Default for FleetConfig {
@@ -75,6 +80,7 @@ impl Default for FleetConfig {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             first_address: Ipv4Addr::new(127, 1, 0, 1),
             socket_buffer: 4 << 20,
+            max_dedicated_sockets: 16_000,
         }
     }
 }
@@ -125,16 +131,16 @@ pub enum FleetError {
     /// The socket pool could not be set up.
     #[error("fleet socket pool: {0}")]
     Io(#[from] std::io::Error),
-    /// A client targets a server that is not on loopback: the pool's source addresses
-    /// (127.a.b.c) only reach loopback destinations.
+    /// A server off loopback needs a socket per client, and there are more clients than
+    /// [`FleetConfig::max_dedicated_sockets`].
     #[error(
-        "client {endpoint} targets {server}, which is not a loopback address; the fleet sends from 127.0.0.0/8 and reaches only servers on this machine"
+        "{clients} clients target a server off loopback: that takes a socket each, and the limit is {limit} (file descriptors)"
     )]
-    NotLoopback {
-        /// The client.
-        endpoint: String,
-        /// Its server or bootstrap server.
-        server: SocketAddr,
+    TooManyClients {
+        /// Clients in the fleet.
+        clients: usize,
+        /// The limit.
+        limit: usize,
     },
     /// More clients than loopback addresses.
     #[error("no loopback address left for client {client}")]
@@ -202,21 +208,6 @@ impl Fleet {
     pub fn start(self) -> Result<FleetHandle, FleetError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(FleetError::NoRuntime);
-        }
-        for (_, spec) in &self.clients {
-            let targets = spec
-                .config
-                .server
-                .into_iter()
-                .chain(spec.config.bootstrap_server);
-            for server in targets {
-                if !server.ip().is_loopback() {
-                    return Err(FleetError::NotLoopback {
-                        endpoint: spec.config.endpoint.clone(),
-                        server,
-                    });
-                }
-            }
         }
         driver::spawn(self.config, self.profiles, self.clients)
     }

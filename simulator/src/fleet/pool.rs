@@ -20,8 +20,19 @@ use tokio::net::UdpSocket;
 pub(crate) struct Binding {
     /// Index of the pool socket.
     pub(crate) socket: u16,
-    /// The loopback address the client sends from.
+    /// The loopback address the client sends from; unspecified for a dedicated socket
+    /// (the kernel picks the source address from the route).
     pub(crate) ip: Ipv4Addr,
+}
+
+/// How clients get their addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Addressing {
+    /// A few shared sockets, one 127.a.b.c source address per client: any number of
+    /// clients, loopback servers only.
+    Shared,
+    /// One socket per client binding: any server, as many clients as file descriptors.
+    Dedicated,
 }
 
 /// One pool socket.
@@ -29,14 +40,35 @@ pub(crate) struct Binding {
 struct PoolSocket {
     socket: UdpSocket,
     state: UdpSocketState,
-    port: u16,
+    local: SocketAddr,
+}
+
+impl PoolSocket {
+    fn bind(addr: SocketAddr, buffer: usize) -> io::Result<Self> {
+        let std = std::net::UdpSocket::bind(addr)?;
+        let state = UdpSocketState::new((&std).into())?;
+        // The kernel may cap the size; a smaller buffer only costs drops under load.
+        let _ = state.set_recv_buffer_size((&std).into(), buffer);
+        let _ = state.set_send_buffer_size((&std).into(), buffer);
+        let local = std.local_addr()?;
+        Ok(Self {
+            socket: UdpSocket::from_std(std)?,
+            state,
+            local,
+        })
+    }
 }
 
 /// The pool of sockets and the allocator of client addresses.
 #[derive(Debug)]
 pub(crate) struct SocketPool {
-    sockets: Vec<PoolSocket>,
-    /// The next address to hand out, as an offset from `first`.
+    addressing: Addressing,
+    /// Closed dedicated sockets leave a hole, reused by the next binding.
+    sockets: Vec<Option<PoolSocket>>,
+    free: Vec<u16>,
+    bind: IpAddr,
+    buffer: usize,
+    /// Shared: the next address to hand out, as an offset from `first`.
     next: u32,
     first: u32,
 }
@@ -45,58 +77,110 @@ pub(crate) struct SocketPool {
 const LAST: u32 = 0x7fff_fffe;
 
 impl SocketPool {
-    /// Binds `count` sockets to `(bind, 0)` with `buffer` bytes of send and receive buffer
-    /// each; addresses are handed out from `first` upwards. Needs a tokio runtime.
-    pub(crate) fn bind(
+    /// A pool whose sockets bind to `(bind, 0)` with `buffer` bytes of send and receive
+    /// buffer each. Shared: `count` sockets now, addresses handed out from `first` upwards.
+    /// Dedicated: a socket per [`SocketPool::allocate`]. Needs a tokio runtime.
+    pub(crate) fn new(
+        addressing: Addressing,
         count: usize,
         bind: IpAddr,
         first: Ipv4Addr,
         buffer: usize,
     ) -> io::Result<Self> {
-        let sockets = (0..count.clamp(1, usize::from(u16::MAX)))
-            .map(|_| {
-                let std = std::net::UdpSocket::bind(SocketAddr::new(bind, 0))?;
-                let state = UdpSocketState::new((&std).into())?;
-                // The kernel may cap the size; a smaller buffer only costs drops under load.
-                let _ = state.set_recv_buffer_size((&std).into(), buffer);
-                let _ = state.set_send_buffer_size((&std).into(), buffer);
-                let port = std.local_addr()?.port();
-                Ok(PoolSocket {
-                    socket: UdpSocket::from_std(std)?,
-                    state,
-                    port,
-                })
-            })
+        let shared = match addressing {
+            Addressing::Shared => count.clamp(1, usize::from(u16::MAX)),
+            Addressing::Dedicated => 0,
+        };
+        let sockets = (0..shared)
+            .map(|_| PoolSocket::bind(SocketAddr::new(bind, 0), buffer).map(Some))
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Self {
+            addressing,
             sockets,
+            free: Vec::new(),
+            bind,
+            buffer,
             next: 0,
             first: u32::from(first),
         })
     }
 
-    /// A fresh public address: the next loopback address, on the sockets in turn. `None`
-    /// when 127.255.255.254 has been handed out.
+    /// A fresh public address. Shared: the next loopback address, on the sockets in turn
+    /// (`None` after 127.255.255.254). Dedicated: a new socket (`None` when it cannot be
+    /// opened, e.g. out of file descriptors).
     pub(crate) fn allocate(&mut self) -> Option<Binding> {
-        let ip = self.first.checked_add(self.next).filter(|&ip| ip <= LAST)?;
-        let socket = u16::try_from(self.next as usize % self.sockets.len()).ok()?;
-        self.next += 1;
-        Some(Binding {
-            socket,
-            ip: Ipv4Addr::from(ip),
-        })
+        match self.addressing {
+            Addressing::Shared => {
+                let ip = self.first.checked_add(self.next).filter(|&ip| ip <= LAST)?;
+                let socket = u16::try_from(self.next as usize % self.sockets.len().max(1)).ok()?;
+                self.next += 1;
+                Some(Binding {
+                    socket,
+                    ip: Ipv4Addr::from(ip),
+                })
+            }
+            Addressing::Dedicated => {
+                let s = PoolSocket::bind(SocketAddr::new(self.bind, 0), self.buffer).ok()?;
+                let socket = match self.free.pop() {
+                    Some(k) => {
+                        *self.sockets.get_mut(usize::from(k))? = Some(s);
+                        k
+                    }
+                    None => {
+                        let k = u16::try_from(self.sockets.len()).ok()?;
+                        self.sockets.push(Some(s));
+                        k
+                    }
+                };
+                Some(Binding {
+                    socket,
+                    ip: Ipv4Addr::UNSPECIFIED,
+                })
+            }
+        }
     }
 
-    /// The address the server sees for `binding`.
+    /// A binding no client uses any more: a dedicated socket is closed.
+    pub(crate) fn release(&mut self, binding: Binding) {
+        if self.addressing == Addressing::Dedicated {
+            if let Some(slot) = self.sockets.get_mut(usize::from(binding.socket)) {
+                if slot.take().is_some() {
+                    self.free.push(binding.socket);
+                }
+            }
+        }
+    }
+
+    /// The address the server sees for `binding` (for a dedicated socket, its local
+    /// address: the source IP is the route's).
     pub(crate) fn address(&self, binding: Binding) -> SocketAddr {
-        let port = self
-            .sockets
-            .get(usize::from(binding.socket))
-            .map_or(0, |s| s.port);
-        SocketAddr::new(IpAddr::V4(binding.ip), port)
+        let local = self
+            .socket(usize::from(binding.socket))
+            .map_or(SocketAddr::new(self.bind, 0), |s| s.local);
+        match self.addressing {
+            Addressing::Shared => SocketAddr::new(IpAddr::V4(binding.ip), local.port()),
+            Addressing::Dedicated => local,
+        }
     }
 
-    /// Number of sockets.
+    /// The binding a datagram received on socket `index` for `dst_ip` was sent to.
+    pub(crate) fn binding_of(&self, index: usize, dst_ip: Option<IpAddr>) -> Option<Binding> {
+        let socket = u16::try_from(index).ok()?;
+        let ip = match self.addressing {
+            Addressing::Shared => match dst_ip?.to_canonical() {
+                IpAddr::V4(ip) => ip,
+                IpAddr::V6(_) => return None,
+            },
+            Addressing::Dedicated => Ipv4Addr::UNSPECIFIED,
+        };
+        Some(Binding { socket, ip })
+    }
+
+    fn socket(&self, index: usize) -> Option<&PoolSocket> {
+        self.sockets.get(index).and_then(Option::as_ref)
+    }
+
+    /// Number of socket slots (some may be closed).
     pub(crate) fn len(&self) -> usize {
         self.sockets.len()
     }
@@ -109,7 +193,7 @@ impl SocketPool {
         destination: SocketAddr,
         bytes: &[u8],
     ) -> io::Result<()> {
-        let Some(s) = self.sockets.get(usize::from(binding.socket)) else {
+        let Some(s) = self.socket(usize::from(binding.socket)) else {
             return Ok(());
         };
         let transmit = Transmit {
@@ -117,7 +201,10 @@ impl SocketPool {
             ecn: None,
             contents: bytes,
             segment_size: None,
-            src_ip: Some(IpAddr::V4(binding.ip)),
+            src_ip: match self.addressing {
+                Addressing::Shared => Some(IpAddr::V4(binding.ip)),
+                Addressing::Dedicated => None,
+            },
         };
         loop {
             match s.socket.try_io(Interest::WRITABLE, || {
@@ -131,7 +218,7 @@ impl SocketPool {
 
     /// Ready when any socket may have datagrams to read.
     pub(crate) fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<()> {
-        for s in &self.sockets {
+        for s in self.sockets.iter().flatten() {
             if s.socket.poll_recv_ready(cx).is_ready() {
                 return Poll::Ready(());
             }
@@ -140,14 +227,14 @@ impl SocketPool {
     }
 
     /// Reads a batch of datagrams from socket `index` without waiting; `Ok(0)` when there
-    /// is nothing to read.
+    /// is nothing to read (a socket not marked readable costs no system call).
     pub(crate) fn try_recv(
         &self,
         index: usize,
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> io::Result<usize> {
-        let Some(s) = self.sockets.get(index) else {
+        let Some(s) = self.socket(index) else {
             return Ok(0);
         };
         match s.socket.try_io(Interest::READABLE, || {
@@ -160,8 +247,15 @@ impl SocketPool {
 
     /// How many datagrams one receive buffer may hold (UDP GRO coalesces datagrams).
     pub(crate) fn gro_segments(&self) -> usize {
+        let probe = match self.addressing {
+            Addressing::Shared => None,
+            // No socket yet: ask one.
+            Addressing::Dedicated => PoolSocket::bind(SocketAddr::new(self.bind, 0), 0).ok(),
+        };
         self.sockets
             .iter()
+            .flatten()
+            .chain(probe.as_ref())
             .map(|s| s.state.gro_segments())
             .max()
             .unwrap_or(1)
@@ -176,7 +270,8 @@ mod tests {
     async fn distinct_source_addresses_over_few_sockets() {
         let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let dest = server.local_addr().unwrap();
-        let mut pool = SocketPool::bind(
+        let mut pool = SocketPool::new(
+            Addressing::Shared,
             2,
             Ipv4Addr::UNSPECIFIED.into(),
             Ipv4Addr::new(127, 9, 0, 1),
@@ -223,5 +318,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[tokio::test]
+    async fn dedicated_sockets_one_per_binding() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let dest = server.local_addr().unwrap();
+        let mut pool = SocketPool::new(
+            Addressing::Dedicated,
+            16,
+            Ipv4Addr::UNSPECIFIED.into(),
+            Ipv4Addr::new(127, 9, 0, 1),
+            1 << 16,
+        )
+        .unwrap();
+        assert_eq!(pool.len(), 0);
+        let a = pool.allocate().unwrap();
+        let b = pool.allocate().unwrap();
+        assert_ne!(pool.address(a).port(), pool.address(b).port());
+        pool.send(b, dest, b"b").await.unwrap();
+        let mut buf = [0u8; 8];
+        let (_, from) = server.recv_from(&mut buf).await.unwrap();
+        assert_eq!(from.port(), pool.address(b).port());
+        assert_eq!(pool.binding_of(usize::from(b.socket), None), Some(b));
+        // A released socket's slot is reused.
+        pool.release(a);
+        let c = pool.allocate().unwrap();
+        assert_eq!(c.socket, a.socket);
+        assert_eq!(pool.len(), 2);
     }
 }
