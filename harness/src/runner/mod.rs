@@ -305,7 +305,7 @@ pub async fn run(
         let context = context.clone();
         timeline.spawn(async move {
             tokio::time::sleep_until(start + step.at).await;
-            context.run(step).await
+            (step.number, context.run(step).await)
         });
     }
 
@@ -331,8 +331,9 @@ pub async fn run(
         ));
     }
     bar.set_message(format!("waiting for {} timeline actions", timeline.len()));
-    let mut cases: Vec<CaseResult> = timeline.join_all().await;
-    cases.sort_by_key(|c| c.case.clone());
+    let mut steps_done = timeline.join_all().await;
+    steps_done.sort_by_key(|(number, _)| *number);
+    let mut cases: Vec<CaseResult> = steps_done.into_iter().map(|(_, case)| case).collect();
     cases.extend(implicit_cases(plan, &context, &handles, &servers));
 
     bar.set_message("stopping: every client de-registers");

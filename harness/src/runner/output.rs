@@ -228,8 +228,27 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
             .iter()
             .map(|p| format!("-d udp.port=={p},coap"))
             .collect();
+        let i = &run.servers;
+        let seen = match (
+            i.server_in_process,
+            i.bootstrap_in_process,
+            i.bootstrap.is_some(),
+        ) {
+            (true, true, _) | (true, false, false) => {
+                "every datagram at the in-process servers' sockets"
+            }
+            (true, false, true) => {
+                "the in-process LwM2M Server's datagrams only (the Bootstrap Server is external and the fleet has no packet tap)"
+            }
+            (false, true, _) => {
+                "the in-process Bootstrap Server's datagrams only (the LwM2M Server is external and the fleet has no packet tap)"
+            }
+            (false, false, _) => {
+                "nothing: the servers are external and the fleet has no packet tap"
+            }
+        };
         format!(
-            "lwm2m-harness run {}: every datagram at the servers' sockets\nWireshark/tshark: decode the servers' ports as CoAP: tshark -r run.pcap {}",
+            "lwm2m-harness run {}: {seen}\nWireshark/tshark: decode the servers' ports as CoAP: tshark -r run.pcap {}",
             plan.file.display(),
             ports.join(" ")
         )

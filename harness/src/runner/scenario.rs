@@ -532,8 +532,11 @@ impl Checker<'_> {
                 "bootstrap configurations are for the in-process Bootstrap Server",
             ));
         }
-        if s.fleet.is_empty() {
-            return Err(self.err("fleet", "no client groups"));
+        if s.fleet.is_empty() || s.fleet.len() > 126 {
+            return Err(self.err(
+                "fleet",
+                "1 to 126 client groups (each gets its own 127.G.0.0/16 addresses)",
+            ));
         }
         let mut packs: Vec<(PathBuf, QuirkPacks)> = Vec::new();
         let mut names = HashSet::new();
