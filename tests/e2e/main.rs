@@ -2,6 +2,8 @@
 // Test code: a failed unwrap is a failed test (clippy only sees `#[test]` functions as tests).
 #![allow(clippy::unwrap_used)]
 mod fleet;
+mod fleet_support;
 mod proto_boundary;
 mod server_api;
 mod server_support;
+mod sim_client;
