@@ -7,3 +7,4 @@ mod proto_boundary;
 mod server_api;
 mod server_support;
 mod sim_client;
+mod sim_quirks;
