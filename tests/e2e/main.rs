@@ -7,4 +7,5 @@ mod proto_boundary;
 mod server_api;
 mod server_support;
 mod sim_client;
+mod sim_network;
 mod sim_quirks;
