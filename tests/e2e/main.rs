@@ -7,5 +7,6 @@ mod proto_boundary;
 mod server_api;
 mod server_support;
 mod sim_client;
+mod sim_interop_node;
 mod sim_network;
 mod sim_quirks;
