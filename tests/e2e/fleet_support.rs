@@ -36,8 +36,6 @@ pub struct Frame {
     pub at: Instant,
     /// In (from a client) or out (to a client).
     pub direction: Direction,
-    /// Our socket.
-    pub local: SocketAddr,
     /// The client's address.
     pub peer: SocketAddr,
     /// The UDP payload.
@@ -130,14 +128,13 @@ impl Frame {
 pub struct Wire(Mutex<Vec<Frame>>);
 
 impl PacketTap for Wire {
-    fn datagram(&self, direction: Direction, local: SocketAddr, peer: SocketAddr, bytes: &[u8]) {
+    fn datagram(&self, direction: Direction, _local: SocketAddr, peer: SocketAddr, bytes: &[u8]) {
         let Ok(packet) = message::decode(bytes) else {
             return;
         };
         self.0.lock().unwrap().push(Frame {
             at: Instant::now(),
             direction,
-            local,
             peer,
             bytes: bytes.to_vec(),
             packet,
@@ -146,11 +143,6 @@ impl PacketTap for Wire {
 }
 
 impl Wire {
-    /// Every datagram so far, in order.
-    pub fn frames(&self) -> Vec<Frame> {
-        self.0.lock().unwrap().clone()
-    }
-
     /// The datagrams so far that `pick` accepts.
     pub fn find(&self, pick: impl Fn(&Frame) -> bool) -> Vec<Frame> {
         self.0
