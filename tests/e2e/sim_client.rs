@@ -569,6 +569,8 @@ async fn observations_honour_the_notification_attributes() {
             },
         )
         .await;
+    // The only datagram to the client until it has the Reset is the Reset.
+    let delivered = handle.total().datagrams_in;
     set(s1, 30.0);
     let reset = stack
         .wire
@@ -578,6 +580,10 @@ async fn observations_honour_the_notification_attributes() {
         })
         .await;
     assert!(reset[0].at > cancelled_at);
+    counters_until(&handle, "the Reset delivered", |c| {
+        c.datagrams_in > delivered
+    })
+    .await;
     set(s0, 50.0);
     set(s1, 10.0);
     // Time passes (beyond pmax): neither observation notifies again.
