@@ -724,6 +724,17 @@ async fn firmware_update_pushed_block_wise() {
         .await;
     assert_eq!(value_of(&r), Value::Integer(0));
     let state = r.observation.unwrap();
+    let r = stack
+        .op(
+            EP,
+            Operation::Observe {
+                path: path("/5/0/5"),
+                format: None,
+            },
+        )
+        .await;
+    assert_eq!(value_of(&r), Value::Integer(0));
+    let result = r.observation.unwrap();
 
     // Push a 20 kB package (Package 5/0/0) as opaque: 20 blocks of 1024 bytes (RFC 7959).
     let package: Vec<u8> = (0..20_480u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -758,7 +769,7 @@ async fn firmware_update_pushed_block_wise() {
     }
 
     // Then Execute Update: State 2 Downloaded, 3 Updating, 0 Idle with Update Result 1.
-    let states = || {
+    let notified = |o| {
         stack
             .server_events()
             .into_iter()
@@ -767,11 +778,12 @@ async fn firmware_update_pushed_block_wise() {
                     observation,
                     response,
                     ..
-                } if observation == state => Some(value_of(&response)),
+                } if observation == o => Some(value_of(&response)),
                 _ => None,
             })
             .collect::<Vec<_>>()
     };
+    let states = || notified(state);
     crate::fleet_support::eventually("State 2", || {
         states().contains(&Value::Integer(2)).then_some(())
     })
@@ -785,6 +797,12 @@ async fn firmware_update_pushed_block_wise() {
         states(),
         [Value::Integer(2), Value::Integer(3), Value::Integer(0)]
     );
+    // Update Result: 0 until the update succeeds, then 1 (and nothing in between).
+    crate::fleet_support::eventually("Update Result 1", || {
+        (!notified(result).is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(notified(result), [Value::Integer(1)]);
     assert_eq!(
         value_of(&stack.op(EP, read("/5/0/5")).await),
         Value::Integer(1)
