@@ -114,8 +114,8 @@ pub struct Quirks {
     pub wrong_success_codes: bool,
     /// Answer every request this late (a separate response when over the ACK delay).
     pub late_responses: Option<Duration>,
-    /// Send every response twice.
-    pub duplicate_responses: bool,
+    /// Send every response this many more times (0: once, as it should be).
+    pub duplicate_responses: u32,
 }
 
 /// Settings of one client.
@@ -1170,7 +1170,7 @@ impl Lwm2mClient {
             }
         }
         while let Some(t) = self.endpoint.poll_transmit() {
-            if self.config.quirks.duplicate_responses {
+            for _ in 0..self.config.quirks.duplicate_responses {
                 self.out.push_back(t.clone());
             }
             self.out.push_back(t);

@@ -1282,7 +1282,7 @@ fn quirks_in_the_answers() {
     assert_eq!(from_client[1].1.header.get_type(), MessageType::Confirmable);
 
     let mut net = quirky(Quirks {
-        duplicate_responses: true,
+        duplicate_responses: 2,
         ..Quirks::default()
     });
     net.clear();
@@ -1292,8 +1292,9 @@ fn quirks_in_the_answers() {
         .iter()
         .filter(|(_, from, _, _)| *from == addr(CLIENT))
         .collect();
-    assert_eq!(from_client.len(), 2);
+    assert_eq!(from_client.len(), 3);
     assert_eq!(from_client[0].3, from_client[1].3);
+    assert_eq!(from_client[0].3, from_client[2].3);
 }
 
 #[test]

@@ -213,7 +213,7 @@ fn quirks(list: &[Quirk]) -> Quirks {
             Quirk::IgnoreAccept => q.ignore_accept = true,
             Quirk::WrongSuccessCodes => q.wrong_success_codes = true,
             Quirk::LateResponses { delay } => q.late_responses = Some(*delay),
-            Quirk::DuplicateResponses { .. } => q.duplicate_responses = true,
+            Quirk::DuplicateResponses { copies } => q.duplicate_responses = *copies,
             // Pre10Location is in the object definitions already.
             _ => {}
         }

@@ -1,0 +1,188 @@
+//! `lwm2m-harness simulate` as a user runs it: the binary drives 50 minimal-1.0 clients
+//! against our LwM2M Server, started in this test on loopback; its live counter lines and
+//! summary are checked, and so is what the server saw.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lwm2m_proto::registry::Registry;
+use lwm2m_proto::server::ServerEvent;
+use lwm2m_server::driver::{ServerOptions, start_server};
+use lwm2m_server::events::{Event, EventBus};
+
+const CLIENTS: usize = 50;
+
+/// The `key=value` field of a line, e.g. `registered=50`.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Runs the binary with `args`; its stdout, after at most 30 s.
+fn run(args: &[String]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the binary starts");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("the child can be waited for") {
+            break status;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("simulate ran over 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = reader.join().expect("stdout read");
+    assert!(
+        status.success(),
+        "simulate failed ({status}); it printed:\n{out}"
+    );
+    out
+}
+
+#[test]
+fn simulate_50_clients_against_our_server() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let bus = EventBus::new(1 << 14);
+    let seen: Arc<Mutex<Vec<ServerEvent>>> = Arc::default();
+    let server = runtime.block_on(async {
+        let mut rx = bus.subscribe();
+        let sink = seen.clone();
+        tokio::spawn(async move {
+            while let Ok(e) = rx.recv().await {
+                if let Event::Server(s) = &*e {
+                    sink.lock().expect("not poisoned").push(s.clone());
+                }
+            }
+        });
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+        let mut options = ServerOptions::new(any, Arc::new(Registry::embedded()));
+        options.bus = bus.clone();
+        start_server(options).expect("the server starts")
+    });
+    let scenarios = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let args: Vec<String> = [
+        "simulate",
+        "--server",
+        &format!("coap://{}", server.local_addr()),
+        "--clients",
+        &CLIENTS.to_string(),
+        "--profile",
+        "minimal-1.0",
+        "--duration",
+        "3s",
+        "--seed",
+        "1",
+        "--scenarios",
+        &scenarios.to_string_lossy(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let out = run(&args);
+
+    // Live counters once a second: time, and every client registered by the last one.
+    let live: Vec<&str> = out.lines().filter(|l| l.starts_with("t=")).collect();
+    assert!(live.len() >= 2, "live lines:\n{out}");
+    let last = live.last().expect("a live line");
+    assert_eq!(field(last, "registered"), Some("50"), "{last}");
+    assert_eq!(field(last, "started"), Some("50"), "{last}");
+    assert_eq!(field(last, "failed"), Some("0"), "{last}");
+    for key in ["served", "notified", "updates/s", "in", "out"] {
+        assert!(field(last, key).is_some(), "{key} in {last}");
+    }
+
+    // The summary: all registered, all de-registered, latency quantiles printed.
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("summary:"))
+        .unwrap_or_else(|| panic!("no summary:\n{out}"));
+    for (key, want) in [
+        ("clients", "50"),
+        ("ever-registered", "50"),
+        ("registered-at-end", "50"),
+        ("failed", "0"),
+        ("registrations", "50"),
+        ("deregistrations", "50"),
+        ("failures", "0"),
+    ] {
+        assert_eq!(field(summary, key), Some(want), "{key} in {summary}");
+    }
+    let latency = out
+        .lines()
+        .find(|l| l.starts_with("latency:"))
+        .unwrap_or_else(|| panic!("no latency line:\n{out}"));
+    let register = latency.split("update").next().expect("a register part");
+    for q in ["p50", "p99"] {
+        let v = field(register, q).unwrap_or_else(|| panic!("{q} in {latency}"));
+        let ms: f64 = v
+            .strip_suffix("ms")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{q}={v} in {latency}"));
+        assert!(ms > 0.0 && ms < 1000.0, "{q}={v}");
+    }
+    assert!(register.contains("(n=50)"), "{latency}");
+
+    // The server saw 50 registrations and 50 de-registrations, one per endpoint.
+    let endpoints = |pick: fn(&ServerEvent) -> Option<&str>| -> BTreeSet<String> {
+        seen.lock()
+            .expect("not poisoned")
+            .iter()
+            .filter_map(|e| pick(e).map(str::to_owned))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let gone = loop {
+        let gone = endpoints(|e| match e {
+            ServerEvent::Deregistered { registration } => Some(&registration.endpoint),
+            _ => None,
+        });
+        if gone.len() == CLIENTS || Instant::now() > deadline {
+            break gone;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let expected: BTreeSet<String> = (0..CLIENTS).map(|n| format!("minimal-{n}")).collect();
+    assert_eq!(gone, expected);
+    let registered = endpoints(|e| match e {
+        ServerEvent::Registered { registration, .. } => Some(&registration.endpoint),
+        _ => None,
+    });
+    assert_eq!(registered, expected);
+    let count = |f: fn(&ServerEvent) -> bool| {
+        seen.lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|e| f(e))
+            .count()
+    };
+    assert_eq!(
+        count(|e| matches!(e, ServerEvent::Registered { .. })),
+        CLIENTS
+    );
+    assert_eq!(
+        count(|e| matches!(e, ServerEvent::Deregistered { .. })),
+        CLIENTS
+    );
+    runtime.block_on(server.shutdown());
+}
