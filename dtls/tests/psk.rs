@@ -30,15 +30,27 @@ async fn handshake_and_echo_report_identity_and_wire_bytes() {
     assert_eq!(identity, Identity::Psk(KNOWN[0].0.as_bytes().into()));
 
     client.send(b"hello").await.unwrap();
-    assert_eq!(client.recv().await.unwrap(), b"urn:imei:490154203237518|hello");
+    assert_eq!(
+        client.recv().await.unwrap(),
+        b"urn:imei:490154203237518|hello"
+    );
 
     let stats = *client.stats();
     // One record each way: 5 bytes out, 30 bytes back, 29 bytes of CCM_8 record overhead each.
-    assert_eq!((stats.sent.application_records, stats.received.application_records), (1, 1));
+    assert_eq!(
+        (
+            stats.sent.application_records,
+            stats.received.application_records
+        ),
+        (1, 1)
+    );
     assert_eq!(stats.payload_bytes(), 35);
     assert_eq!(stats.record_overhead(), 2 * CCM_8_RECORD_OVERHEAD as u64);
     // The PSK handshake with cookie exchange: 6 datagrams, a bit under 600 bytes.
-    assert!(stats.handshake_bytes() > 400 && stats.handshake_bytes() < 800, "{stats:?}");
+    assert!(
+        stats.handshake_bytes() > 400 && stats.handshake_bytes() < 800,
+        "{stats:?}"
+    );
     assert_eq!(stats.datagrams_sent + stats.datagrams_received, 6 + 2);
 }
 
@@ -48,10 +60,14 @@ async fn wrong_key_and_unknown_identity_fail_without_touching_other_sessions() {
     let mut good = UdpDtlsClient::connect(server, &known(1)).await.unwrap();
 
     let wrong_key = ClientConfig::psk(KNOWN[0].0.as_bytes(), b"not the key").unwrap();
-    let error = UdpDtlsClient::connect(server, &wrong_key).await.unwrap_err();
+    let error = UdpDtlsClient::connect(server, &wrong_key)
+        .await
+        .unwrap_err();
     assert!(matches!(error, DtlsError::Handshake { .. }), "{error}");
     let (identity, reason) = wait_for(&mut events, |e| match e {
-        ServerEvent::HandshakeFailed { identity, reason, .. } => Some((identity.clone(), reason.clone())),
+        ServerEvent::HandshakeFailed {
+            identity, reason, ..
+        } => Some((identity.clone(), reason.clone())),
         _ => None,
     })
     .await;
@@ -62,7 +78,9 @@ async fn wrong_key_and_unknown_identity_fail_without_touching_other_sessions() {
     let error = UdpDtlsClient::connect(server, &stranger).await.unwrap_err();
     assert!(matches!(error, DtlsError::Handshake { .. }), "{error}");
     let (identity, reason) = wait_for(&mut events, |e| match e {
-        ServerEvent::HandshakeFailed { identity, reason, .. } => Some((identity.clone(), reason.clone())),
+        ServerEvent::HandshakeFailed {
+            identity, reason, ..
+        } => Some((identity.clone(), reason.clone())),
         _ => None,
     })
     .await;
@@ -87,9 +105,13 @@ async fn a_client_reconnecting_from_the_same_port_gets_a_new_session() {
 
     // The "rebooted" device comes back from the same address and port, without close_notify.
     let socket = first.into_socket();
-    let mut second = UdpDtlsClient::connect_with(socket, server, &known(0)).await.unwrap();
+    let mut second = UdpDtlsClient::connect_with(socket, server, &known(0))
+        .await
+        .unwrap();
     let (replaced, reason) = wait_for(&mut events, |e| match e {
-        ServerEvent::Closed { session, reason, .. } => Some((*session, reason.clone())),
+        ServerEvent::Closed {
+            session, reason, ..
+        } => Some((*session, reason.clone())),
         _ => None,
     })
     .await;
@@ -101,7 +123,10 @@ async fn a_client_reconnecting_from_the_same_port_gets_a_new_session() {
     .await;
     assert_ne!(new, old);
     second.send(b"two").await.unwrap();
-    assert_eq!(second.recv().await.unwrap(), b"urn:imei:490154203237518|two");
+    assert_eq!(
+        second.recv().await.unwrap(),
+        b"urn:imei:490154203237518|two"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,7 +154,10 @@ async fn two_hundred_fifty_concurrent_clients_handshake_and_echo() {
     assert_eq!(peers.len(), CLIENTS);
     let mut established = 0;
     while established < CLIENTS {
-        wait_for(&mut events, |e| matches!(e, ServerEvent::Established { .. }).then_some(())).await;
+        wait_for(&mut events, |e| {
+            matches!(e, ServerEvent::Established { .. }).then_some(())
+        })
+        .await;
         established += 1;
     }
 }

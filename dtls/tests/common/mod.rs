@@ -28,14 +28,22 @@ pub fn psk_table() -> ServerConfig {
 
 /// Runs a server on 127.0.0.1:0 that echoes every datagram back, prefixed with the peer's
 /// identity text and `|`; all events go to the returned channel.
-pub fn spawn_echo_server(config: ServerConfig) -> (SocketAddr, mpsc::UnboundedReceiver<ServerEvent>) {
+pub fn spawn_echo_server(
+    config: ServerConfig,
+) -> (SocketAddr, mpsc::UnboundedReceiver<ServerEvent>) {
     let mut server = UdpDtlsServer::bind("127.0.0.1:0".parse().unwrap(), config).unwrap();
     let addr = server.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
             let event = server.next_event().await.unwrap();
-            if let ServerEvent::Datagram { peer, identity, payload, .. } = &event {
+            if let ServerEvent::Datagram {
+                peer,
+                identity,
+                payload,
+                ..
+            } = &event
+            {
                 let mut answer = format!("{}|", identity.as_text()).into_bytes();
                 answer.extend_from_slice(payload);
                 server.send(*peer, &answer).await.unwrap();
