@@ -23,6 +23,7 @@ pub const RECEIVE_BUFFER_SIZE: usize = 4 << 20;
 const MAX_DATAGRAM: usize = 65_535;
 
 /// Binds a non-blocking UDP socket on `addr` with [`RECEIVE_BUFFER_SIZE`] buffers, for tokio.
+/// Must be called within a tokio runtime (as must [`UdpDtlsServer::bind`]).
 pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_recv_buffer_size(RECEIVE_BUFFER_SIZE)?;

@@ -1,5 +1,6 @@
 //! Certificates (Security object mode 2): TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 with P-256
 //! certificates from a test CA, over loopback UDP.
+#![allow(clippy::unwrap_used)] // test fixtures: a failure is the test failing
 
 mod common;
 

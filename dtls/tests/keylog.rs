@@ -1,6 +1,7 @@
 //! The NSS key log lets tshark decrypt a capture: a sans-IO client and server exchange a
 //! handshake and one CoAP request, the test writes the datagrams into a pcap (IPv4 + UDP
 //! headers, LINKTYPE_IPV4) and asks tshark for the decrypted CoAP fields.
+#![allow(clippy::unwrap_used)] // test fixtures: a failure is the test failing
 
 use std::fs::File;
 use std::net::SocketAddr;

@@ -1,4 +1,5 @@
 //! Our client against our server over loopback UDP with PSK (TLS_PSK_WITH_AES_128_CCM_8).
+#![allow(clippy::unwrap_used)] // test fixtures: a failure is the test failing
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! The router's limits and timers on a virtual clock, without sockets.
+#![allow(clippy::unwrap_used)] // test fixtures: a failure is the test failing
 
 use std::net::SocketAddr;
 use std::sync::Arc;

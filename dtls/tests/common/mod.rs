@@ -1,4 +1,5 @@
 //! Shared fixtures: an echo server on a loopback port, the PSK table of the tests.
+#![allow(clippy::unwrap_used)] // test fixtures: a failure is the test failing
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
