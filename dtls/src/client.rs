@@ -99,7 +99,10 @@ impl DtlsClient {
                     }
                 }
             }
-            Err(message) => self.fail(FailureReason::Protocol(message)),
+            Err(rejection) => {
+                let psk = matches!(self.config.identity, Identity::Psk(_));
+                self.fail(rejection.reason(psk));
+            }
         }
         self.outputs = outputs;
     }

@@ -98,9 +98,17 @@ pub enum FailureReason {
     /// The handshake did not complete within the configured handshake timeout, or its
     /// flights were retransmitted the maximum number of times without an answer.
     Timeout,
-    /// The DTLS layer rejected the handshake; the message comes from it. With PSK this is
-    /// what a wrong key gives: the peer's Finished fails to decrypt or verify
-    /// (RFC 5246 §7.4.9), and the side that notices sends a fatal alert.
+    /// The PSK identity is known but the peer's Finished did not decrypt: the two sides
+    /// hold different keys (RFC 4279 §2, RFC 5246 §7.4.9). Reported by the server, which
+    /// answers with a fatal alert.
+    WrongKey,
+    /// The peer ended the handshake with a fatal alert (RFC 5246 §7.2); the description
+    /// when it was readable (alerts are plaintext before the handshake completes). A PSK
+    /// client whose key the server rejects sees `unknown_psk_identity` (115) or, for an
+    /// unknown identity, `internal_error` (80).
+    PeerAlert(Option<u8>),
+    /// This side's DTLS layer rejected the handshake (bad certificate, malformed or
+    /// unexpected message); the message comes from it.
     Protocol(String),
     /// A fresh ClientHello from the same peer replaced a handshake that had not finished.
     Superseded,
@@ -111,6 +119,13 @@ impl std::fmt::Display for FailureReason {
         match self {
             FailureReason::UnknownIdentity => f.write_str("unknown PSK identity"),
             FailureReason::Timeout => f.write_str("handshake timed out"),
+            FailureReason::WrongKey => f.write_str("wrong PSK key: the Finished did not decrypt"),
+            FailureReason::PeerAlert(Some(description)) => write!(
+                f,
+                "the peer sent the fatal alert {} ({description})",
+                record::alert_name(*description)
+            ),
+            FailureReason::PeerAlert(None) => f.write_str("the peer sent a fatal alert"),
             FailureReason::Protocol(message) => write!(f, "handshake rejected: {message}"),
             FailureReason::Superseded => f.write_str("superseded by a new ClientHello"),
         }

@@ -114,6 +114,47 @@ fn initial_client_hello(datagram: &[u8]) -> Option<bool> {
     Some(cookie_len == 0)
 }
 
+/// Whether the datagram carries an alert record (RFC 5246 §7.2), and the description of the
+/// first one if it is readable: alerts sent before the handshake completes are plaintext
+/// (epoch 0), later ones are encrypted. `None`: no alert record.
+pub fn alert(datagram: &[u8]) -> Option<Option<u8>> {
+    let mut rest = datagram;
+    while let Some(len) = record_len(rest) {
+        let (record, tail) = rest.split_at(len);
+        if record[0] == ALERT {
+            let plaintext = record.get(3..5) == Some(&[0, 0][..]) && len == RECORD_HEADER_LEN + 2;
+            return Some(plaintext.then(|| record[RECORD_HEADER_LEN + 1]));
+        }
+        rest = tail;
+    }
+    None
+}
+
+/// The name of an alert description (RFC 5246 §7.2, RFC 4279 §2), for messages.
+pub fn alert_name(description: u8) -> &'static str {
+    match description {
+        0 => "close_notify",
+        10 => "unexpected_message",
+        20 => "bad_record_mac",
+        40 => "handshake_failure",
+        42 => "bad_certificate",
+        43 => "unsupported_certificate",
+        44 => "certificate_revoked",
+        45 => "certificate_expired",
+        46 => "certificate_unknown",
+        47 => "illegal_parameter",
+        48 => "unknown_ca",
+        49 => "access_denied",
+        50 => "decode_error",
+        51 => "decrypt_error",
+        70 => "protocol_version",
+        71 => "insufficient_security",
+        80 => "internal_error",
+        115 => "unknown_psk_identity",
+        _ => "unknown alert",
+    }
+}
+
 /// The 32-byte `random` of the ClientHello at the start of the datagram (RFC 5246 §7.4.1.2),
 /// if the datagram starts with an epoch-0 ClientHello.
 pub fn client_hello_random(datagram: &[u8]) -> Option<[u8; 32]> {
@@ -206,6 +247,15 @@ mod tests {
             }
         );
         assert_eq!(34 - 5, CCM_8_RECORD_OVERHEAD);
+        assert_eq!(alert(&datagram), Some(None), "encrypted alert");
+    }
+
+    #[test]
+    fn plaintext_alert_description() {
+        // A fatal internal_error (RFC 5246 §7.2.2) before the handshake completed.
+        assert_eq!(alert(&record(ALERT, 0, &[2, 80])), Some(Some(80)));
+        assert_eq!(alert(&record(HANDSHAKE, 0, &[2, 80])), None);
+        assert_eq!(alert_name(115), "unknown_psk_identity");
     }
 
     proptest! {
@@ -218,6 +268,7 @@ mod tests {
             );
             let _ = is_initial_client_hello(&bytes);
             let _ = client_hello_random(&bytes);
+            let _ = alert(&bytes);
         }
     }
 }

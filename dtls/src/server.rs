@@ -184,11 +184,12 @@ impl DtlsServer {
         let lookup = self.lookup.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(lookup) = &lookup {
             session.identity = Some(Identity::Psk(lookup.identity.as_slice().into()));
+            session.psk_known = lookup.found;
         }
-        if let Err(message) = result {
+        if let Err(rejection) = result {
             let reason = match lookup {
                 Some(lookup) if !lookup.found => FailureReason::UnknownIdentity,
-                _ => FailureReason::Protocol(message),
+                _ => rejection.reason(session.psk_known),
             };
             self.fail(peer, reason);
             return;

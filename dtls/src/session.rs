@@ -10,7 +10,7 @@ use rtc_shared::TransportProtocol;
 
 use crate::config::common_name;
 use crate::keylog::SessionSecrets;
-use crate::record::RecordBytes;
+use crate::record::{self, RecordBytes};
 use crate::{DtlsError, FailureReason, Identity};
 
 /// Identifies one session of a [`crate::DtlsServer`]: a peer that handshakes again from the
@@ -66,6 +66,32 @@ impl WireStats {
     }
 }
 
+/// Why the DTLS layer rejected a datagram during the handshake.
+pub(crate) enum Rejection {
+    /// The datagram carried a fatal alert (description, when plaintext).
+    PeerAlert(Option<u8>),
+    /// The layer answered the datagram with a fatal alert of its own: for a PSK suite, the
+    /// peer's encrypted Finished failed to decrypt.
+    OurAlert,
+    /// Anything else, with the layer's message.
+    Other(String),
+}
+
+impl Rejection {
+    /// The failure this rejection means; `psk` says whether a PSK was in use with a known
+    /// identity, so that an undecryptable Finished means different keys.
+    pub(crate) fn reason(self, psk: bool) -> FailureReason {
+        match self {
+            Rejection::PeerAlert(description) => FailureReason::PeerAlert(description),
+            Rejection::OurAlert if psk => FailureReason::WrongKey,
+            Rejection::OurAlert => {
+                FailureReason::Protocol("records of the peer failed to decrypt or parse".into())
+            }
+            Rejection::Other(message) => FailureReason::Protocol(message),
+        }
+    }
+}
+
 /// What a datagram did to a session.
 pub(crate) enum Output {
     /// The handshake completed.
@@ -82,6 +108,8 @@ pub(crate) struct Session {
     endpoint: Endpoint,
     pub(crate) established: bool,
     pub(crate) identity: Option<Identity>,
+    /// Server side: the PSK store knew the identity the peer sent.
+    pub(crate) psk_known: bool,
     pub(crate) stats: WireStats,
     pub(crate) handshake_deadline: Instant,
     pub(crate) last_received: Instant,
@@ -141,6 +169,7 @@ impl Session {
             endpoint,
             established: false,
             identity: None,
+            psk_known: false,
             stats: WireStats::default(),
             handshake_deadline: now.checked_add(handshake_timeout).unwrap_or(now),
             last_received: now,
@@ -157,7 +186,7 @@ impl Session {
         now: Instant,
         datagram: &[u8],
         out: &mut Vec<Output>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Rejection> {
         self.stats.datagrams_received += 1;
         self.stats.received.add(&RecordBytes::of_datagram(datagram));
         self.last_received = now;
@@ -186,7 +215,13 @@ impl Session {
                 while self.endpoint.poll_transmit().is_some() {}
                 Ok(())
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(match record::alert(datagram) {
+                Some(description) => Rejection::PeerAlert(description),
+                None if matches!(e, rtc_shared::error::Error::ErrAlertFatalOrClose) => {
+                    Rejection::OurAlert
+                }
+                None => Rejection::Other(e.to_string()),
+            }),
         }
     }
 

@@ -168,7 +168,11 @@ async fn expired_client_certificates_are_refused() {
         client_config(&pki.ca, &pki.ca.der, true),
     )
     .await;
-    assert!(matches!(reason, FailureReason::Protocol(_)), "{reason:?}");
+    assert_eq!(
+        reason,
+        FailureReason::PeerAlert(Some(42)),
+        "bad_certificate"
+    );
 }
 
 #[tokio::test]
@@ -180,7 +184,11 @@ async fn client_certificates_from_another_ca_are_refused() {
         client_config(&rogue, &pki.ca.der, false),
     )
     .await;
-    assert!(matches!(reason, FailureReason::Protocol(_)), "{reason:?}");
+    assert_eq!(
+        reason,
+        FailureReason::PeerAlert(Some(42)),
+        "bad_certificate"
+    );
 }
 
 #[tokio::test]
