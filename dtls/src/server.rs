@@ -207,9 +207,13 @@ impl DtlsServer {
 
     /// Replaces whatever session `peer` has with a new one; `false` if a limit refuses it.
     fn start_session(&mut self, now: Instant, peer: SocketAddr, random: Option<[u8; 32]>) -> bool {
-        let replacing = self.sessions.contains_key(&peer);
-        if self.handshaking >= self.max_handshakes
-            || (!replacing && self.sessions.len() >= self.max_sessions)
+        let existing = self.sessions.get(&peer).map(|s| s.established);
+        // Replacing a handshake in progress does not add one.
+        let handshakes = self
+            .handshaking
+            .saturating_sub(usize::from(existing == Some(false)));
+        if handshakes >= self.max_handshakes
+            || (existing.is_none() && self.sessions.len() >= self.max_sessions)
         {
             self.counters.hellos_refused += 1;
             return false;
