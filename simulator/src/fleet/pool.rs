@@ -208,7 +208,7 @@ impl SocketPool {
         };
         loop {
             match s.socket.try_io(Interest::WRITABLE, || {
-                s.state.send(UdpSockRef::from(&s.socket), &transmit)
+                s.state.try_send(UdpSockRef::from(&s.socket), &transmit)
             }) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.socket.writable().await?,
                 other => return other,
