@@ -3,4 +3,5 @@
 #![allow(clippy::unwrap_used)]
 mod proto_boundary;
 mod server_api;
+mod server_ops;
 mod server_support;

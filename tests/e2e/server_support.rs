@@ -4,19 +4,24 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lwm2m_proto::coap::{self, Endpoint, Event, IncomingRequest, Packet, RequestId};
+use lwm2m_proto::coap::message::{self, add_query, set_option, uint_bytes};
+use lwm2m_proto::coap::{
+    self, CoapOption, Endpoint, Event, IncomingRequest, MessageClass, Packet, RequestId,
+    RequestType,
+};
 use lwm2m_proto::registry::Registry;
+use lwm2m_proto::server::{ServerConfig, ServerEvent};
 use lwm2m_server::bootstrap::{BootstrapHandle, BootstrapOptions, start_bootstrap};
 use lwm2m_server::driver::{ServerHandle, ServerOptions, start_server};
-use lwm2m_server::events::EventBus;
+use lwm2m_server::events::{self, Direction, EventBus, PacketTap};
 use lwm2m_server::rest::{ApiState, serve_api};
 use lwm2m_server::store::{BootstrapDoc, FileBootstrapStore, FileSecurityStore};
 use serde_json::Value as Json;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// The bearer token of the in-process API.
 pub const TOKEN: &str = "e2e-token";
@@ -30,18 +35,55 @@ pub struct Servers {
     pub bootstrap: BootstrapHandle,
     /// `http://127.0.0.1:PORT/api`.
     pub api: String,
+    /// Every datagram of the LwM2M Server's socket.
+    pub wire: Arc<Wire>,
     stop: Option<oneshot::Sender<()>>,
+}
+
+/// What [`Servers::start_with`] runs with.
+pub struct Setup {
+    pub config: ServerConfig,
+    pub security: Arc<FileSecurityStore>,
+    pub bootstrap: Arc<FileBootstrapStore>,
+}
+
+impl Default for Setup {
+    /// The default machine settings and empty in-memory stores.
+    fn default() -> Setup {
+        Setup {
+            config: ServerConfig::default(),
+            security: Arc::new(FileSecurityStore::in_memory()),
+            bootstrap: Arc::new(FileBootstrapStore::in_memory(BootstrapDoc::default())),
+        }
+    }
+}
+
+/// Server settings whose CoAP timers give up within about a second (ACK_TIMEOUT 200 ms
+/// without jitter, two retransmissions), for the tests that wait for a time-out.
+pub fn quick_config() -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config.coap.ack_timeout = Duration::from_millis(200);
+    config.coap.ack_random_factor = 1.0;
+    config.coap.max_retransmit = 2;
+    config
 }
 
 impl Servers {
     pub async fn start() -> Servers {
+        Servers::start_with(Setup::default()).await
+    }
+
+    pub async fn start_with(setup: Setup) -> Servers {
         let registry = Arc::new(Registry::embedded());
         let bus = EventBus::default();
+        let wire = Arc::new(Wire::default());
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let mut so = ServerOptions::new(any, registry.clone());
         so.bus = bus.clone();
+        so.config = setup.config;
+        so.tap = Some(wire.clone());
         let server = start_server(so).unwrap();
-        let store = Arc::new(FileBootstrapStore::in_memory(BootstrapDoc::default()));
+        let store = setup.bootstrap;
         let mut bo = BootstrapOptions::new(any, store.clone());
         bo.bus = bus.clone();
         let bootstrap = start_bootstrap(bo).unwrap();
@@ -49,7 +91,7 @@ impl Servers {
         let api = format!("http://{}/api", listener.local_addr().unwrap());
         let state = ApiState {
             server: server.clone(),
-            security: Arc::new(FileSecurityStore::in_memory()),
+            security: setup.security,
             bootstrap: store,
             registry,
             bus,
@@ -63,8 +105,14 @@ impl Servers {
             server,
             bootstrap,
             api,
+            wire,
             stop: Some(stop),
         }
+    }
+
+    /// The LwM2M Server's events from now on.
+    pub fn server_events(&self) -> ServerEvents {
+        ServerEvents(self.server.subscribe())
     }
 
     /// A REST call with the right token.
@@ -84,6 +132,97 @@ impl Drop for Servers {
             let _ = s.send(());
         }
     }
+}
+
+/// The LwM2M Server machine's events, typed.
+pub struct ServerEvents(broadcast::Receiver<Arc<events::Event>>);
+
+impl ServerEvents {
+    /// The first event `pick` maps to `Some` (others are skipped).
+    pub async fn next<T>(&mut self, mut pick: impl FnMut(&ServerEvent) -> Option<T>) -> T {
+        let wait = async {
+            loop {
+                let event = self.0.recv().await.expect("the bus stays open");
+                if let events::Event::Server(e) = &*event
+                    && let Some(t) = pick(e)
+                {
+                    return t;
+                }
+            }
+        };
+        tokio::time::timeout(PATIENCE, wait)
+            .await
+            .expect("no such server event in time")
+    }
+
+    /// Every server event received so far, without waiting.
+    pub fn drain(&mut self) -> Vec<ServerEvent> {
+        let mut out = Vec::new();
+        while let Ok(event) = self.0.try_recv() {
+            if let events::Event::Server(e) = &*event {
+                out.push(e.clone());
+            }
+        }
+        out
+    }
+}
+
+/// A packet tap that keeps every datagram of a socket, decoded when it is CoAP.
+#[derive(Default)]
+pub struct Wire(Mutex<Vec<(Direction, SocketAddr, Vec<u8>)>>);
+
+impl PacketTap for Wire {
+    fn datagram(&self, direction: Direction, _: SocketAddr, peer: SocketAddr, bytes: &[u8]) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((direction, peer, bytes.to_vec()));
+    }
+}
+
+impl Wire {
+    /// The CoAP messages exchanged with `peer` so far, in order.
+    pub fn with(&self, peer: SocketAddr) -> Vec<(Direction, Packet)> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, p, _)| *p == peer)
+            .map(|(d, _, b)| (*d, message::decode(b).expect("CoAP on the wire")))
+            .collect()
+    }
+
+    /// How many datagrams went through.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+/// The (class, detail) of a CoAP code.
+pub fn code(class: MessageClass) -> (u8, u8) {
+    let c = u8::from(class);
+    (c >> 5, c & 0x1f)
+}
+
+/// The values of a repeatable string option, as text.
+pub fn strings(packet: &Packet, option: CoapOption) -> Vec<String> {
+    packet
+        .get_option(option)
+        .into_iter()
+        .flatten()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+/// A Register request: POST /rd with these queries and link-format links.
+pub fn register_request(queries: &[&str], links: &str) -> Packet {
+    let mut register = message::request(RequestType::Post, "/rd");
+    for q in queries {
+        add_query(&mut register, q);
+    }
+    set_option(&mut register, CoapOption::ContentFormat, uint_bytes(40));
+    register.payload = links.as_bytes().to_vec();
+    register
 }
 
 fn agent() -> ureq::Agent {
@@ -195,6 +334,37 @@ impl CoapPeer {
             events: VecDeque::new(),
             buf: vec![0; 65_536],
         }
+    }
+
+    /// The peer's own address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.socket.local_addr().unwrap()
+    }
+
+    /// Registers with these queries and links (link-format); the Location-Path
+    /// (`/rd/ID`) of the 2.01.
+    pub async fn register(&mut self, queries: &[&str], links: &str) -> String {
+        let answer = self.request(register_request(queries, links)).await;
+        assert_eq!(code(answer.header.code), (2, 1), "{answer:?}");
+        let location = strings(&answer, CoapOption::LocationPath);
+        assert_eq!(location.len(), 2, "{location:?}");
+        assert_eq!(location[0], "rd");
+        format!("/{}", location.join("/"))
+    }
+
+    /// Whether a datagram is waiting on the socket (a request the test did not expect).
+    pub fn has_datagram(&self) -> bool {
+        let mut buf = [0u8; 1];
+        self.socket.try_peek_from(&mut buf).is_ok()
+    }
+
+    /// The datagrams waiting on the socket, decoded, without handling them.
+    pub fn take_raw(&mut self) -> Vec<Packet> {
+        let mut out = Vec::new();
+        while let Ok((n, _)) = self.socket.try_recv_from(&mut self.buf) {
+            out.push(message::decode(&self.buf[..n]).expect("CoAP from the server"));
+        }
+        out
     }
 
     async fn flush(&mut self) {
