@@ -4,4 +4,5 @@
 mod proto_boundary;
 mod server_api;
 mod server_ops;
+mod server_registration;
 mod server_support;

@@ -191,11 +191,6 @@ impl Wire {
             .map(|(d, _, b)| (*d, message::decode(b).expect("CoAP on the wire")))
             .collect()
     }
-
-    /// How many datagrams went through.
-    pub fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
 }
 
 /// The (class, detail) of a CoAP code.
