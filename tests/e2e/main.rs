@@ -1,6 +1,7 @@
 //! End-to-end tests, one binary of modules.
 // Test code: a failed unwrap is a failed test (clippy only sees `#[test]` functions as tests).
 #![allow(clippy::unwrap_used)]
+mod interop_coap_client;
 mod interop_node;
 mod proto_boundary;
 mod server_api;
