@@ -7,13 +7,17 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use lwm2m_proto::client::{ClientConfig, ClientEvent, Lwm2mClient, ObjectTree, Quirks};
 use lwm2m_proto::coap::message::{self, add_query, set_option, uint_bytes};
 use lwm2m_proto::coap::{
     self, CoapOption, Endpoint, Event, IncomingRequest, MessageClass, Packet, RequestId,
     RequestType,
 };
+use lwm2m_proto::content::ContentFormat;
+use lwm2m_proto::registration::Lwm2mVersion;
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{ServerConfig, ServerEvent};
+use lwm2m_proto::{Instance, InstanceId, ObjectId, ResourceId, ResourceValue, Value};
 use lwm2m_server::bootstrap::{BootstrapHandle, BootstrapOptions, start_bootstrap};
 use lwm2m_server::driver::{ServerHandle, ServerOptions, start_server};
 use lwm2m_server::events::{self, Direction, EventBus, PacketTap};
@@ -142,7 +146,12 @@ impl ServerEvents {
     pub async fn next<T>(&mut self, mut pick: impl FnMut(&ServerEvent) -> Option<T>) -> T {
         let wait = async {
             loop {
-                let event = self.0.recv().await.expect("the bus stays open");
+                let event = match self.0.recv().await {
+                    Ok(event) => event,
+                    // A burst overflowed the bus: the oldest events are gone, go on.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => panic!("the bus closed"),
+                };
                 if let events::Event::Server(e) = &*event
                     && let Some(t) = pick(e)
                 {
@@ -459,5 +468,168 @@ impl CoapPeer {
             .respond(Instant::now(), request.handle, response)
             .unwrap();
         self.flush().await;
+    }
+}
+
+/// A complete simulated client ([`Lwm2mClient`]) on its own loopback socket, driven by a
+/// task; the test steers it with commands and watches its events.
+pub struct SimClient {
+    pub endpoint: String,
+    /// How long [`SimClient::next`] waits.
+    pub patience: Duration,
+    /// Each message asks the client for an Update now.
+    updates: mpsc::UnboundedSender<()>,
+    events: mpsc::UnboundedReceiver<ClientEvent>,
+}
+
+/// Objects 1, 3 and 3303 with one instance each, typed by the embedded registry.
+pub fn device_tree(registry: &Registry) -> ObjectTree {
+    let def = |o: u16| Arc::new(registry.object(ObjectId(o)).unwrap().clone());
+    let s = |v: &str| ResourceValue::Single(Value::String(v.into()));
+    let i = |v: i64| ResourceValue::Single(Value::Integer(v));
+    let mut tree = ObjectTree::new();
+    for o in [1, 3, 3303] {
+        tree.add_object(def(o), None);
+    }
+    let instance = |items: Vec<(u16, ResourceValue)>| -> Instance {
+        items.into_iter().map(|(r, v)| (ResourceId(r), v)).collect()
+    };
+    tree.put_instance(
+        ObjectId(1),
+        InstanceId(0),
+        instance(vec![(0, i(1)), (1, i(300)), (7, s("U"))]),
+    );
+    tree.put_instance(
+        ObjectId(3),
+        InstanceId(0),
+        instance(vec![
+            (0, s("ACME")),
+            (1, s("Model 1")),
+            (9, i(90)),
+            (14, s("+01")),
+        ]),
+    );
+    tree.put_instance(
+        ObjectId(3303),
+        InstanceId(0),
+        instance(vec![
+            (5700, ResourceValue::Single(Value::Float(20.0))),
+            (5701, s("Cel")),
+        ]),
+    );
+    tree
+}
+
+/// A LwM2M 1.1 client of `server` announcing text, TLV and SenML; `seed` varies its tokens.
+pub fn client_config(endpoint: &str, server: SocketAddr, seed: u64) -> ClientConfig {
+    ClientConfig {
+        endpoint: endpoint.into(),
+        version: Lwm2mVersion::V1_1,
+        binding: "U".into(),
+        queue_mode: false,
+        lifetime: 300,
+        server: Some(server),
+        bootstrap_server: None,
+        preferred_format: ContentFormat::Tlv,
+        supported_formats: vec![
+            ContentFormat::Text,
+            ContentFormat::Opaque,
+            ContentFormat::Tlv,
+            ContentFormat::SenmlJson,
+            ContentFormat::SenmlCbor,
+        ],
+        response_delay: Duration::ZERO,
+        update_margin: Duration::from_secs(10),
+        reboot_silence: Duration::from_secs(30),
+        quirks: Quirks::default(),
+        coap: coap::Config {
+            seed,
+            ..coap::Config::default()
+        },
+    }
+}
+
+impl SimClient {
+    /// Binds a socket at `bind` and starts the client (it registers at once).
+    pub async fn start(bind: SocketAddr, config: ClientConfig, tree: ObjectTree) -> SimClient {
+        let socket = UdpSocket::bind(bind).await.unwrap();
+        let endpoint = config.endpoint.clone();
+        let (updates, rx) = mpsc::unbounded_channel();
+        let (tx, events) = mpsc::unbounded_channel();
+        let mut client = Lwm2mClient::new(config, tree);
+        client.start(Instant::now());
+        tokio::spawn(drive(client, socket, rx, tx));
+        SimClient {
+            endpoint,
+            patience: PATIENCE,
+            updates,
+            events,
+        }
+    }
+
+    /// Makes the client send an Update now.
+    pub fn update(&self) {
+        self.updates.send(()).expect("the client runs");
+    }
+
+    /// The first event `pick` maps to `Some` (others are skipped).
+    pub async fn next<T>(&mut self, mut pick: impl FnMut(&ClientEvent) -> Option<T>) -> T {
+        let wait = async {
+            loop {
+                let e = self.events.recv().await.expect("the client runs");
+                if let Some(t) = pick(&e) {
+                    return t;
+                }
+            }
+        };
+        let patience = self.patience;
+        tokio::time::timeout(patience, wait)
+            .await
+            .unwrap_or_else(|_| panic!("{}: no such client event in {patience:?}", self.endpoint))
+    }
+
+    /// Waits until the client is registered; its Location-Path.
+    pub async fn registered(&mut self) -> String {
+        self.next(|e| match e {
+            ClientEvent::Registered { location } => Some(location.clone()),
+            ClientEvent::Failed { step, reason } => panic!("{step}: {reason}"),
+            _ => None,
+        })
+        .await
+    }
+}
+
+/// The task of a [`SimClient`]: socket, timer and Update orders into the machine,
+/// datagrams and events out, until the test drops the client.
+async fn drive(
+    mut client: Lwm2mClient,
+    socket: UdpSocket,
+    mut updates: mpsc::UnboundedReceiver<()>,
+    events: mpsc::UnboundedSender<ClientEvent>,
+) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        while let Some(t) = client.poll_transmit() {
+            let _ = socket.send_to(&t.bytes, t.peer).await;
+        }
+        while let Some(e) = client.poll_event() {
+            let _ = events.send(e);
+        }
+        let timer = client
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                if let Ok((n, peer)) = r {
+                    client.handle_datagram(Instant::now(), peer, &buf[..n]);
+                }
+            }
+            () = tokio::time::sleep_until(timer) => client.handle_timeout(Instant::now()),
+            u = updates.recv() => match u {
+                Some(()) => client.trigger_update(Instant::now()),
+                None => return,
+            },
+        }
     }
 }
