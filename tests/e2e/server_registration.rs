@@ -11,7 +11,7 @@ use lwm2m_proto::coap::{
     CoapOption, ExchangeError, MessageType, Packet, RequestType, ResponseType,
 };
 use lwm2m_proto::content::{self, ContentFormat};
-use lwm2m_proto::server::{Content, OpError, Operation, Registration, ServerEvent};
+use lwm2m_proto::server::{Content, OpError, Operation, Registration, ServerConfig, ServerEvent};
 use lwm2m_proto::{Lwm2mPath, Node, Record, ResourceValue, Value};
 use lwm2m_server::{Direction, DriverError};
 
@@ -349,9 +349,12 @@ async fn send_is_delivered_as_an_event() {
 
 #[tokio::test]
 async fn queue_mode_holds_requests_until_the_client_wakes() {
-    let mut config = quick_config();
-    config.awake_time = Duration::from_millis(300);
-    config.queue_timeout = Duration::from_millis(1500);
+    // Default CoAP timers: no retransmission disturbs the exchange checked below.
+    let config = ServerConfig {
+        awake_time: Duration::from_secs(1),
+        queue_timeout: Duration::from_secs(2),
+        ..ServerConfig::default()
+    };
     let s = Servers::start_with(Setup {
         config,
         ..Setup::default()
@@ -392,7 +395,7 @@ async fn queue_mode_holds_requests_until_the_client_wakes() {
             ),
         )
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!dev.has_datagram(), "a request reached a sleeping client");
 
     // The Update wakes it: the held requests follow the answer, in order, one at a time.
@@ -460,7 +463,7 @@ async fn queue_mode_holds_requests_until_the_client_wakes() {
         matches!(&err, DriverError::Op(OpError::QueueTimeout { endpoint, .. }) if endpoint == "q"),
         "{err:?}"
     );
-    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert!(started.elapsed() >= Duration::from_secs(2));
     assert!(!dev.has_datagram());
 }
 

@@ -62,11 +62,11 @@ impl Default for Setup {
     }
 }
 
-/// Server settings whose CoAP timers give up within about a second (ACK_TIMEOUT 200 ms
-/// without jitter, two retransmissions), for the tests that wait for a time-out.
+/// Server settings whose CoAP timers give up within 2.8 s (ACK_TIMEOUT 400 ms without
+/// jitter, two retransmissions), for the tests that wait for a time-out.
 pub fn quick_config() -> ServerConfig {
     let mut config = ServerConfig::default();
-    config.coap.ack_timeout = Duration::from_millis(200);
+    config.coap.ack_timeout = Duration::from_millis(400);
     config.coap.ack_random_factor = 1.0;
     config.coap.max_retransmit = 2;
     config
