@@ -448,6 +448,7 @@ async fn random_and_mutated_datagrams_do_not_disturb_normal_clients() {
     let s = Servers::start_with(Setup {
         security: st.security.clone(),
         bootstrap: st.bootstrap.clone(),
+        record_wire: false,
         ..Setup::default()
     })
     .await;

@@ -49,6 +49,8 @@ pub struct Setup {
     pub config: ServerConfig,
     pub security: Arc<FileSecurityStore>,
     pub bootstrap: Arc<FileBootstrapStore>,
+    /// Whether [`Servers::wire`] keeps the datagrams (off for floods).
+    pub record_wire: bool,
 }
 
 impl Default for Setup {
@@ -58,6 +60,7 @@ impl Default for Setup {
             config: ServerConfig::default(),
             security: Arc::new(FileSecurityStore::in_memory()),
             bootstrap: Arc::new(FileBootstrapStore::in_memory(BootstrapDoc::default())),
+            record_wire: true,
         }
     }
 }
@@ -85,7 +88,9 @@ impl Servers {
         let mut so = ServerOptions::new(any, registry.clone());
         so.bus = bus.clone();
         so.config = setup.config;
-        so.tap = Some(wire.clone());
+        if setup.record_wire {
+            so.tap = Some(wire.clone());
+        }
         let server = start_server(so).unwrap();
         let store = setup.bootstrap;
         let mut bo = BootstrapOptions::new(any, store.clone());
