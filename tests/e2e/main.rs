@@ -3,8 +3,13 @@
 #![allow(clippy::unwrap_used)]
 mod fleet;
 mod fleet_support;
+mod interop_coap_client;
+mod interop_node;
 mod proto_boundary;
 mod server_api;
+mod server_bad_input;
+mod server_ops;
+mod server_registration;
 mod server_support;
 mod sim_client;
 mod sim_interop_node;

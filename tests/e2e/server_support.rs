@@ -4,19 +4,28 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lwm2m_proto::coap::{self, Endpoint, Event, IncomingRequest, Packet, RequestId};
+use lwm2m_proto::client::{ClientConfig, ClientEvent, Lwm2mClient, ObjectTree, Quirks};
+use lwm2m_proto::coap::message::{self, add_query, set_option, uint_bytes};
+use lwm2m_proto::coap::{
+    self, CoapOption, Endpoint, Event, IncomingRequest, MessageClass, Packet, RequestId,
+    RequestType,
+};
+use lwm2m_proto::content::ContentFormat;
+use lwm2m_proto::registration::Lwm2mVersion;
 use lwm2m_proto::registry::Registry;
+use lwm2m_proto::server::{ServerConfig, ServerEvent};
+use lwm2m_proto::{Instance, InstanceId, ObjectId, ResourceId, ResourceValue, Value};
 use lwm2m_server::bootstrap::{BootstrapHandle, BootstrapOptions, start_bootstrap};
 use lwm2m_server::driver::{ServerHandle, ServerOptions, start_server};
-use lwm2m_server::events::EventBus;
+use lwm2m_server::events::{self, Direction, EventBus, PacketTap};
 use lwm2m_server::rest::{ApiState, serve_api};
 use lwm2m_server::store::{BootstrapDoc, FileBootstrapStore, FileSecurityStore};
 use serde_json::Value as Json;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// The bearer token of the in-process API.
 pub const TOKEN: &str = "e2e-token";
@@ -30,18 +39,60 @@ pub struct Servers {
     pub bootstrap: BootstrapHandle,
     /// `http://127.0.0.1:PORT/api`.
     pub api: String,
+    /// Every datagram of the LwM2M Server's socket.
+    pub wire: Arc<Wire>,
     stop: Option<oneshot::Sender<()>>,
+}
+
+/// What [`Servers::start_with`] runs with.
+pub struct Setup {
+    pub config: ServerConfig,
+    pub security: Arc<FileSecurityStore>,
+    pub bootstrap: Arc<FileBootstrapStore>,
+    /// Whether [`Servers::wire`] keeps the datagrams (off for floods).
+    pub record_wire: bool,
+}
+
+impl Default for Setup {
+    /// The default machine settings and empty in-memory stores.
+    fn default() -> Setup {
+        Setup {
+            config: ServerConfig::default(),
+            security: Arc::new(FileSecurityStore::in_memory()),
+            bootstrap: Arc::new(FileBootstrapStore::in_memory(BootstrapDoc::default())),
+            record_wire: true,
+        }
+    }
+}
+
+/// Server settings whose CoAP timers give up within 2.8 s (ACK_TIMEOUT 400 ms without
+/// jitter, two retransmissions), for the tests that wait for a time-out.
+pub fn quick_config() -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config.coap.ack_timeout = Duration::from_millis(400);
+    config.coap.ack_random_factor = 1.0;
+    config.coap.max_retransmit = 2;
+    config
 }
 
 impl Servers {
     pub async fn start() -> Servers {
+        Servers::start_with(Setup::default()).await
+    }
+
+    pub async fn start_with(setup: Setup) -> Servers {
         let registry = Arc::new(Registry::embedded());
         let bus = EventBus::default();
+        let wire = Arc::new(Wire::default());
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let mut so = ServerOptions::new(any, registry.clone());
         so.bus = bus.clone();
+        so.config = setup.config;
+        if setup.record_wire {
+            so.tap = Some(wire.clone());
+        }
         let server = start_server(so).unwrap();
-        let store = Arc::new(FileBootstrapStore::in_memory(BootstrapDoc::default()));
+        let store = setup.bootstrap;
         let mut bo = BootstrapOptions::new(any, store.clone());
         bo.bus = bus.clone();
         let bootstrap = start_bootstrap(bo).unwrap();
@@ -49,7 +100,7 @@ impl Servers {
         let api = format!("http://{}/api", listener.local_addr().unwrap());
         let state = ApiState {
             server: server.clone(),
-            security: Arc::new(FileSecurityStore::in_memory()),
+            security: setup.security,
             bootstrap: store,
             registry,
             bus,
@@ -63,8 +114,14 @@ impl Servers {
             server,
             bootstrap,
             api,
+            wire,
             stop: Some(stop),
         }
+    }
+
+    /// The LwM2M Server's events from now on.
+    pub fn server_events(&self) -> ServerEvents {
+        ServerEvents(self.server.subscribe())
     }
 
     /// A REST call with the right token.
@@ -84,6 +141,97 @@ impl Drop for Servers {
             let _ = s.send(());
         }
     }
+}
+
+/// The LwM2M Server machine's events, typed.
+pub struct ServerEvents(broadcast::Receiver<Arc<events::Event>>);
+
+impl ServerEvents {
+    /// The first event `pick` maps to `Some` (others are skipped).
+    pub async fn next<T>(&mut self, mut pick: impl FnMut(&ServerEvent) -> Option<T>) -> T {
+        let wait = async {
+            loop {
+                let event = match self.0.recv().await {
+                    Ok(event) => event,
+                    // A burst overflowed the bus: the oldest events are gone, go on.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => panic!("the bus closed"),
+                };
+                if let events::Event::Server(e) = &*event
+                    && let Some(t) = pick(e)
+                {
+                    return t;
+                }
+            }
+        };
+        tokio::time::timeout(PATIENCE, wait)
+            .await
+            .expect("no such server event in time")
+    }
+
+    /// Every server event received so far, without waiting.
+    pub fn drain(&mut self) -> Vec<ServerEvent> {
+        let mut out = Vec::new();
+        while let Ok(event) = self.0.try_recv() {
+            if let events::Event::Server(e) = &*event {
+                out.push(e.clone());
+            }
+        }
+        out
+    }
+}
+
+/// A packet tap that keeps every datagram of a socket, decoded when it is CoAP.
+#[derive(Default)]
+pub struct Wire(Mutex<Vec<(Direction, SocketAddr, Vec<u8>)>>);
+
+impl PacketTap for Wire {
+    fn datagram(&self, direction: Direction, _: SocketAddr, peer: SocketAddr, bytes: &[u8]) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((direction, peer, bytes.to_vec()));
+    }
+}
+
+impl Wire {
+    /// The CoAP messages exchanged with `peer` so far, in order.
+    pub fn with(&self, peer: SocketAddr) -> Vec<(Direction, Packet)> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, p, _)| *p == peer)
+            .map(|(d, _, b)| (*d, message::decode(b).expect("CoAP on the wire")))
+            .collect()
+    }
+}
+
+/// The (class, detail) of a CoAP code.
+pub fn code(class: MessageClass) -> (u8, u8) {
+    let c = u8::from(class);
+    (c >> 5, c & 0x1f)
+}
+
+/// The values of a repeatable string option, as text.
+pub fn strings(packet: &Packet, option: CoapOption) -> Vec<String> {
+    packet
+        .get_option(option)
+        .into_iter()
+        .flatten()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+/// A Register request: POST /rd with these queries and link-format links.
+pub fn register_request(queries: &[&str], links: &str) -> Packet {
+    let mut register = message::request(RequestType::Post, "/rd");
+    for q in queries {
+        add_query(&mut register, q);
+    }
+    set_option(&mut register, CoapOption::ContentFormat, uint_bytes(40));
+    register.payload = links.as_bytes().to_vec();
+    register
 }
 
 fn agent() -> ureq::Agent {
@@ -197,6 +345,37 @@ impl CoapPeer {
         }
     }
 
+    /// The peer's own address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.socket.local_addr().unwrap()
+    }
+
+    /// Registers with these queries and links (link-format); the Location-Path
+    /// (`/rd/ID`) of the 2.01.
+    pub async fn register(&mut self, queries: &[&str], links: &str) -> String {
+        let answer = self.request(register_request(queries, links)).await;
+        assert_eq!(code(answer.header.code), (2, 1), "{answer:?}");
+        let location = strings(&answer, CoapOption::LocationPath);
+        assert_eq!(location.len(), 2, "{location:?}");
+        assert_eq!(location[0], "rd");
+        format!("/{}", location.join("/"))
+    }
+
+    /// Whether a datagram is waiting on the socket (a request the test did not expect).
+    pub fn has_datagram(&self) -> bool {
+        let mut buf = [0u8; 1];
+        self.socket.try_peek_from(&mut buf).is_ok()
+    }
+
+    /// The datagrams waiting on the socket, decoded, without handling them.
+    pub fn take_raw(&mut self) -> Vec<Packet> {
+        let mut out = Vec::new();
+        while let Ok((n, _)) = self.socket.try_recv_from(&mut self.buf) {
+            out.push(message::decode(&self.buf[..n]).expect("CoAP from the server"));
+        }
+        out
+    }
+
     async fn flush(&mut self) {
         while let Some(t) = self.endpoint.poll_transmit() {
             self.socket.send_to(&t.bytes, t.peer).await.unwrap();
@@ -294,5 +473,168 @@ impl CoapPeer {
             .respond(Instant::now(), request.handle, response)
             .unwrap();
         self.flush().await;
+    }
+}
+
+/// A complete simulated client ([`Lwm2mClient`]) on its own loopback socket, driven by a
+/// task; the test steers it with commands and watches its events.
+pub struct SimClient {
+    pub endpoint: String,
+    /// How long [`SimClient::next`] waits.
+    pub patience: Duration,
+    /// Each message asks the client for an Update now.
+    updates: mpsc::UnboundedSender<()>,
+    events: mpsc::UnboundedReceiver<ClientEvent>,
+}
+
+/// Objects 1, 3 and 3303 with one instance each, typed by the embedded registry.
+pub fn device_tree(registry: &Registry) -> ObjectTree {
+    let def = |o: u16| Arc::new(registry.object(ObjectId(o)).unwrap().clone());
+    let s = |v: &str| ResourceValue::Single(Value::String(v.into()));
+    let i = |v: i64| ResourceValue::Single(Value::Integer(v));
+    let mut tree = ObjectTree::new();
+    for o in [1, 3, 3303] {
+        tree.add_object(def(o), None);
+    }
+    let instance = |items: Vec<(u16, ResourceValue)>| -> Instance {
+        items.into_iter().map(|(r, v)| (ResourceId(r), v)).collect()
+    };
+    tree.put_instance(
+        ObjectId(1),
+        InstanceId(0),
+        instance(vec![(0, i(1)), (1, i(300)), (7, s("U"))]),
+    );
+    tree.put_instance(
+        ObjectId(3),
+        InstanceId(0),
+        instance(vec![
+            (0, s("ACME")),
+            (1, s("Model 1")),
+            (9, i(90)),
+            (14, s("+01")),
+        ]),
+    );
+    tree.put_instance(
+        ObjectId(3303),
+        InstanceId(0),
+        instance(vec![
+            (5700, ResourceValue::Single(Value::Float(20.0))),
+            (5701, s("Cel")),
+        ]),
+    );
+    tree
+}
+
+/// A LwM2M 1.1 client of `server` announcing text, TLV and SenML; `seed` varies its tokens.
+pub fn client_config(endpoint: &str, server: SocketAddr, seed: u64) -> ClientConfig {
+    ClientConfig {
+        endpoint: endpoint.into(),
+        version: Lwm2mVersion::V1_1,
+        binding: "U".into(),
+        queue_mode: false,
+        lifetime: 300,
+        server: Some(server),
+        bootstrap_server: None,
+        preferred_format: ContentFormat::Tlv,
+        supported_formats: vec![
+            ContentFormat::Text,
+            ContentFormat::Opaque,
+            ContentFormat::Tlv,
+            ContentFormat::SenmlJson,
+            ContentFormat::SenmlCbor,
+        ],
+        response_delay: Duration::ZERO,
+        update_margin: Duration::from_secs(10),
+        reboot_silence: Duration::from_secs(30),
+        quirks: Quirks::default(),
+        coap: coap::Config {
+            seed,
+            ..coap::Config::default()
+        },
+    }
+}
+
+impl SimClient {
+    /// Binds a socket at `bind` and starts the client (it registers at once).
+    pub async fn start(bind: SocketAddr, config: ClientConfig, tree: ObjectTree) -> SimClient {
+        let socket = UdpSocket::bind(bind).await.unwrap();
+        let endpoint = config.endpoint.clone();
+        let (updates, rx) = mpsc::unbounded_channel();
+        let (tx, events) = mpsc::unbounded_channel();
+        let mut client = Lwm2mClient::new(config, tree);
+        client.start(Instant::now());
+        tokio::spawn(drive(client, socket, rx, tx));
+        SimClient {
+            endpoint,
+            patience: PATIENCE,
+            updates,
+            events,
+        }
+    }
+
+    /// Makes the client send an Update now.
+    pub fn update(&self) {
+        self.updates.send(()).expect("the client runs");
+    }
+
+    /// The first event `pick` maps to `Some` (others are skipped).
+    pub async fn next<T>(&mut self, mut pick: impl FnMut(&ClientEvent) -> Option<T>) -> T {
+        let wait = async {
+            loop {
+                let e = self.events.recv().await.expect("the client runs");
+                if let Some(t) = pick(&e) {
+                    return t;
+                }
+            }
+        };
+        let patience = self.patience;
+        tokio::time::timeout(patience, wait)
+            .await
+            .unwrap_or_else(|_| panic!("{}: no such client event in {patience:?}", self.endpoint))
+    }
+
+    /// Waits until the client is registered; its Location-Path.
+    pub async fn registered(&mut self) -> String {
+        self.next(|e| match e {
+            ClientEvent::Registered { location } => Some(location.clone()),
+            ClientEvent::Failed { step, reason } => panic!("{step}: {reason}"),
+            _ => None,
+        })
+        .await
+    }
+}
+
+/// The task of a [`SimClient`]: socket, timer and Update orders into the machine,
+/// datagrams and events out, until the test drops the client.
+async fn drive(
+    mut client: Lwm2mClient,
+    socket: UdpSocket,
+    mut updates: mpsc::UnboundedReceiver<()>,
+    events: mpsc::UnboundedSender<ClientEvent>,
+) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        while let Some(t) = client.poll_transmit() {
+            let _ = socket.send_to(&t.bytes, t.peer).await;
+        }
+        while let Some(e) = client.poll_event() {
+            let _ = events.send(e);
+        }
+        let timer = client
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                if let Ok((n, peer)) = r {
+                    client.handle_datagram(Instant::now(), peer, &buf[..n]);
+                }
+            }
+            () = tokio::time::sleep_until(timer) => client.handle_timeout(Instant::now()),
+            u = updates.recv() => match u {
+                Some(()) => client.trigger_update(Instant::now()),
+                None => return,
+            },
+        }
     }
 }

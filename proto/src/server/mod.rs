@@ -265,7 +265,8 @@ impl Lwm2mServer {
     /// [`ServerEvent::Completed`]. A sleeping queue-mode client's requests wait.
     ///
     /// The request goes to the registration's address under its alternate path; the format,
-    /// when the operation names none, is [`choose_format`]'s. An `Err` means nothing was
+    /// when the operation names none, is [`choose_format`]'s (a 1.0 client's single values:
+    /// text/plain or octet-stream, Core TS 1.0 §6.4.1). An `Err` means nothing was
     /// started and no event follows: [`OpError::UnknownEndpoint`], [`OpError::Invalid`]
     /// (a path of the wrong level, an operation the client's version lacks, an observation
     /// of another client), [`OpError::Encode`], [`OpError::QueueFull`], or
@@ -331,7 +332,11 @@ impl Lwm2mServer {
                     body,
                     accept,
                     observe,
-                } = operations::prepare(&client.registration, &operation)?;
+                } = operations::prepare(
+                    &client.registration,
+                    &operation,
+                    &self.registry.with_versions(&client.versions),
+                )?;
                 if !awake && queued >= self.config.queue_capacity {
                     return Err(self.queue_full(endpoint));
                 }

@@ -12,8 +12,9 @@ use crate::codec::link::{AttributeName, parse_discover};
 use crate::content::{self, CodecError, ContentFormat};
 use crate::ids::Lwm2mPath;
 use crate::model::Schema;
-use crate::node::{Node, Record};
+use crate::node::{Node, Record, ResourceValue};
 use crate::registration::Lwm2mVersion;
+use crate::value::DataType;
 
 /// What the payload of a success response is expected to hold.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +55,10 @@ pub(super) struct Prepared {
 ///
 /// Create without an instance id always uses TLV (see [`Operation::Create`]'s handling in
 /// [`crate::server::Lwm2mServer::request`]).
+///
+/// A single value of a LwM2M 1.0 client (Read, Observe or Write of a single-instance
+/// resource or of a resource instance) goes as text/plain or octet-stream instead (see
+/// `single_value_format`): this function does not see the path.
 pub fn choose_format(
     registration: &Registration,
     composite: bool,
@@ -84,6 +89,33 @@ fn tlv_for(registration: &Registration) -> ContentFormat {
     } else {
         ContentFormat::Tlv
     }
+}
+
+/// The format of a single value for a LwM2M 1.0 client when the operation names none:
+/// text/plain, or octet-stream for an Opaque resource (Core TS 1.0 §6.4.1, §6.4.2). These
+/// two have the same number in every version, while TLV was 1542 before 1.0 and 11542
+/// since: a pre-1.0 peer that registers as 1.0 without announcing its formats (npm
+/// lwm2m-node-lib) silently drops a request with Accept 11542 and answers text/plain.
+/// `None` for 1.1+ clients, clients that announced the pre-1.0 numbers ([`tlv_for`] serves
+/// them), and paths that are not a single value by the schema (instances, multiple or
+/// unknown resources).
+fn single_value_format(
+    registration: &Registration,
+    path: &Lwm2mPath,
+    schema: &dyn Schema,
+) -> Option<ContentFormat> {
+    if registration.version != Lwm2mVersion::V1_0 || tlv_for(registration) != ContentFormat::Tlv {
+        return None;
+    }
+    let def = match *path {
+        Lwm2mPath::Resource(o, _, r) => schema.resource(o, r).filter(|d| !d.multiple)?,
+        Lwm2mPath::ResourceInstance(o, _, r, _) => schema.resource(o, r)?,
+        _ => return None,
+    };
+    Some(match def.data_type {
+        DataType::Opaque => ContentFormat::Opaque,
+        _ => ContentFormat::Text,
+    })
 }
 
 fn invalid(reason: impl Into<String>) -> OpError {
@@ -174,10 +206,18 @@ fn fetch_paths(
 pub(super) fn prepare(
     registration: &Registration,
     operation: &Operation,
+    schema: &dyn Schema,
 ) -> Result<Prepared, OpError> {
     let single_format = |format: Option<ContentFormat>| match format {
         Some(f) => Ok(f),
         None => choose_format(registration, false),
+    };
+    // Read, Observe and Write: a 1.0 client's single values go as text or octet-stream.
+    let node_format = |format: Option<ContentFormat>, path: &Lwm2mPath| match format {
+        None => {
+            single_value_format(registration, path, schema).map_or_else(|| single_format(None), Ok)
+        }
+        f => single_format(f),
     };
     let prepared = |packet, body, accept, observe| Prepared {
         packet,
@@ -189,7 +229,7 @@ pub(super) fn prepare(
         // GET + Accept (Core TS 1.1 §6.3.1).
         Operation::Read { path, format } | Operation::Observe { path, format } => {
             at_least(path, 1, "Read or Observe")?;
-            let format = single_format(*format)?;
+            let format = node_format(*format, path)?;
             let mut packet = request_to(RequestType::Get, registration, path);
             set_format(&mut packet, CoapOption::Accept, format);
             let observe = matches!(operation, Operation::Observe { .. });
@@ -215,7 +255,12 @@ pub(super) fn prepare(
             format,
         } => {
             at_least(path, 2, "Write")?;
-            let format = single_format(*format)?;
+            let format = match node {
+                Node::Resource(ResourceValue::Single(_)) | Node::ResourceInstance(_) => {
+                    node_format(*format, path)?
+                }
+                _ => single_format(*format)?,
+            };
             let method = if *replace {
                 RequestType::Put
             } else {

@@ -1814,3 +1814,70 @@ fn undecodable_observe_answers_and_notifications() {
         "{n:?}"
     );
 }
+
+#[test]
+fn single_values_of_a_1_0_client_go_as_text_or_opaque() {
+    // Core TS 1.0 §6.4.1, §6.4.2. A pre-1.0 peer registering as 1.0 without announcing its
+    // formats (npm lwm2m-node-lib) drops a request with Accept 11542: single values go as
+    // text/plain (octet-stream for Opaque), which every version numbers alike.
+    let mut w = World::default();
+    let p = w.peer(42001);
+    w.register(p, &["ep=ten", "lwm2m=1.0"], "</3/0>,</5/0>");
+    let cases = [
+        (Lwm2mPath::resource(3, 0, 0), Some(0)),
+        (Lwm2mPath::resource_instance(3, 0, 11, 0), Some(0)),
+        (Lwm2mPath::resource(5, 0, 0), Some(42)),
+        (Lwm2mPath::resource(3, 0, 11), Some(11542)),
+        (Lwm2mPath::instance(3, 0), Some(11542)),
+        (Lwm2mPath::resource(3, 0, 999), Some(11542)),
+    ];
+    for (path, accept) in cases {
+        let op = w.op("ten", Operation::Read { path, format: None });
+        let req = w.incoming(p);
+        assert_eq!(
+            uint_option(&req.packet, CoapOption::Accept),
+            accept,
+            "{path}"
+        );
+        let answer = match accept {
+            Some(0) => reply(ResponseType::Content, None, b"ACME".to_vec()),
+            _ => reply(ResponseType::NotFound, None, vec![]),
+        };
+        w.respond(p, req, answer);
+        let response = w.ok(op);
+        if accept == Some(0) && path == Lwm2mPath::resource(3, 0, 0) {
+            // No Content-Format in the answer: decoded as asked.
+            assert_eq!(
+                response.content,
+                Some(Content::Node(single(Value::String("ACME".into()))))
+            );
+        }
+    }
+    // Writes of a single value likewise; an instance stays TLV.
+    let op = w.op(
+        "ten",
+        Operation::Write {
+            path: Lwm2mPath::resource(3, 0, 14),
+            node: single(Value::String("+02".into())),
+            replace: true,
+            format: None,
+        },
+    );
+    let req = w.incoming(p);
+    assert_eq!(uint_option(&req.packet, CoapOption::ContentFormat), Some(0));
+    assert_eq!(req.packet.payload, b"+02");
+    w.respond(p, req, reply(ResponseType::Changed, None, vec![]));
+    w.ok(op);
+    // A 1.1 client keeps the format of its announcement.
+    let q = w.peer(42002);
+    w.register(q, &["ep=eleven", "lwm2m=1.1"], "</3/0>");
+    w.op(
+        "eleven",
+        Operation::Read {
+            path: Lwm2mPath::resource(3, 0, 0),
+            format: None,
+        },
+    );
+    let req = w.incoming(q);
+    assert_eq!(uint_option(&req.packet, CoapOption::Accept), Some(11542));
+}
