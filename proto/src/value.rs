@@ -198,7 +198,7 @@ impl Value {
 /// Parses lowercase or uppercase hex without separators.
 pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return None;
     }
     (0..s.len())

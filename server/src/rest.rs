@@ -1111,10 +1111,10 @@ async fn events(
             }
         }
         let (name, data) = json::event(&registry, &event)?;
-        if let (Some(ep), false) = (&ep, name == "COAPLOG") {
-            if event_endpoint(&data) != Some(ep.as_str()) {
-                return None;
-            }
+        if let (Some(ep), false) = (&ep, name == "COAPLOG")
+            && event_endpoint(&data) != Some(ep.as_str())
+        {
+            return None;
         }
         Some(Ok(Sse::default().event(name).data(data.to_string())))
     });

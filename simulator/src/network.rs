@@ -103,10 +103,10 @@ impl NetworkModel {
 
     fn from_origin(origin: &Origin) -> Result<Self, ConfigError> {
         let model: Self = origin.parse()?;
-        if let Some(nat) = &model.nat {
-            if nat.idle_timeout.is_zero() {
-                return Err(origin.error("nat.idle_timeout", "must be positive"));
-            }
+        if let Some(nat) = &model.nat
+            && nat.idle_timeout.is_zero()
+        {
+            return Err(origin.error("nat.idle_timeout", "must be positive"));
         }
         if let Some(sleep) = &model.sleep {
             if sleep.awake.is_zero() {

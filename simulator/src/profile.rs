@@ -598,16 +598,16 @@ impl Profile {
                     ));
                 }
             }
-            if let Some(max) = obj.max_instances {
-                if max == 0 || obj.instances.len() > max {
-                    return Err(o.error(
-                        &format!("{key}.max_instances"),
-                        format!(
-                            "{max} is below the {} instances listed (or zero)",
-                            obj.instances.len()
-                        ),
-                    ));
-                }
+            if let Some(max) = obj.max_instances
+                && (max == 0 || obj.instances.len() > max)
+            {
+                return Err(o.error(
+                    &format!("{key}.max_instances"),
+                    format!(
+                        "{max} is below the {} instances listed (or zero)",
+                        obj.instances.len()
+                    ),
+                ));
             }
             for (iid, resources) in &obj.instances {
                 let ikey = format!("{key}.instances.{iid}");
@@ -700,10 +700,10 @@ impl DeviceTemplate {
             .iter()
             .map(|(path, g)| {
                 let mut g = g.reseeded(seed::seed_for(seed, client, path));
-                if let Lwm2mPath::Resource(o, i, r) = *path {
-                    if let Some(inst) = instances.get_mut(&o).and_then(|m| m.get_mut(&i)) {
-                        inst.insert(r, ResourceValue::Single(g.next(Duration::ZERO)));
-                    }
+                if let Lwm2mPath::Resource(o, i, r) = *path
+                    && let Some(inst) = instances.get_mut(&o).and_then(|m| m.get_mut(&i))
+                {
+                    inst.insert(r, ResourceValue::Single(g.next(Duration::ZERO)));
                 }
                 (*path, g)
             })

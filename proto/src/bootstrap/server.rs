@@ -980,10 +980,11 @@ mod tests {
                 (4, 5) => ResponseType::MethodNotAllowed,
                 _ => ResponseType::BadRequest,
             };
-            if let Some((method, path, code)) = self.fail {
-                if method == seen.method && path == seen.path {
-                    return (code, None, Vec::new());
-                }
+            if let Some((method, path, code)) = self.fail
+                && method == seen.method
+                && path == seen.path
+            {
+                return (code, None, Vec::new());
             }
             if seen.path == "/bs" && seen.method == RequestType::Post {
                 return (ResponseType::Changed, None, Vec::new());

@@ -1619,15 +1619,16 @@ impl Lwm2mClient {
 
     fn delete_op(&mut self, path: &Lwm2mPath) -> Answer {
         let op = "delete";
-        if let Some(def) = path.object_id().and_then(|o| self.tree.definition(o)) {
-            if def.mandatory && !def.multiple {
-                return Answer::error(
-                    op,
-                    *path,
-                    NOT_ALLOWED,
-                    "a mandatory single-instance object keeps its instance",
-                );
-            }
+        if let Some(def) = path.object_id().and_then(|o| self.tree.definition(o))
+            && def.mandatory
+            && !def.multiple
+        {
+            return Answer::error(
+                op,
+                *path,
+                NOT_ALLOWED,
+                "a mandatory single-instance object keeps its instance",
+            );
         }
         match self.tree.delete(path) {
             Ok(()) => {

@@ -1379,12 +1379,12 @@ fn check_timeline(
                 ));
             }
         }
-        if let Some(m) = pmax {
-            if t > last + m {
-                return Err(format!(
-                    "pmax exceeded before event {k} at {t:?}, last {last:?}"
-                ));
-            }
+        if let Some(m) = pmax
+            && t > last + m
+        {
+            return Err(format!(
+                "pmax exceeded before event {k} at {t:?}, last {last:?}"
+            ));
         }
         match ev {
             Log::Set(t, v) => {
@@ -1421,10 +1421,10 @@ fn check_timeline(
             }
         }
     }
-    if let Some(m) = pmax {
-        if end >= last + m {
-            return Err(format!("no notification by pmax after {last:?}"));
-        }
+    if let Some(m) = pmax
+        && end >= last + m
+    {
+        return Err(format!("no notification by pmax after {last:?}"));
     }
     let p = last + pmin;
     if !pmin.is_zero() && !pmin_checked && end >= p && rules.condition(a, cur, changed) {

@@ -214,10 +214,10 @@ impl Endpoint {
                 );
             }
         };
-        if let Some(block) = block2.filter(|b| b.num > 0) {
-            if let Some(reply) = self.serve_cached_block(now, peer, &key, block) {
-                return self.reply_now(now, context, reply);
-            }
+        if let Some(block) = block2.filter(|b| b.num > 0)
+            && let Some(reply) = self.serve_cached_block(now, peer, &key, block)
+        {
+            return self.reply_now(now, context, reply);
         }
         let mut echo = None;
         if let Some(block) = block1 {
@@ -560,12 +560,12 @@ impl Endpoint {
     /// The time to answer an incoming confirmable request in the ACK ran out: send an empty
     /// ACK; the response will be separate (RFC 7252 §5.2.2).
     pub(super) fn on_ack_timer(&mut self, now: Instant, at: Instant, peer: SocketAddr, mid: u16) {
-        if let Some(reply) = self.seen.get_mut(now, &(peer, mid)) {
-            if matches!(reply, Reply::Pending { ack_at, .. } if *ack_at == at) {
-                let ack = encode_empty(MessageType::Acknowledgement, mid);
-                *reply = Reply::Cached(ack.clone());
-                self.transmit(peer, ack);
-            }
+        if let Some(reply) = self.seen.get_mut(now, &(peer, mid))
+            && matches!(reply, Reply::Pending { ack_at, .. } if *ack_at == at)
+        {
+            let ack = encode_empty(MessageType::Acknowledgement, mid);
+            *reply = Reply::Cached(ack.clone());
+            self.transmit(peer, ack);
         }
     }
 

@@ -317,10 +317,10 @@ impl Driver {
             let now = Instant::now();
             self.run_due(now);
             self.flush().await;
-            if let Some((deadline, _)) = &self.stopping {
-                if now >= *deadline || !self.sims.iter().any(|s| s.gauge.is_active()) {
-                    break;
-                }
+            if let Some((deadline, _)) = &self.stopping
+                && (now >= *deadline || !self.sims.iter().any(|s| s.gauge.is_active()))
+            {
+                break;
             }
             let next = self.next_deadline();
             tokio::select! {
@@ -552,10 +552,10 @@ impl Driver {
         let Some(sim) = self.sims.get_mut(i) else {
             return;
         };
-        if let Some(op) = timed_request(&t.bytes) {
-            if sim.timed.is_none_or(|(o, _)| o != op) {
-                sim.timed = Some((op, now));
-            }
+        if let Some(op) = timed_request(&t.bytes)
+            && sim.timed.is_none_or(|(o, _)| o != op)
+        {
+            sim.timed = Some((op, now));
         }
         let age = now.saturating_duration_since(self.epoch);
         let remapped = match sim.nat.as_deref_mut() {
@@ -568,11 +568,11 @@ impl Driver {
         };
         let rebind = sim.binding.is_some() && (remapped || sim.expired);
         if sim.binding.is_none() || rebind {
-            if let Some(old) = sim.binding.take() {
-                if let Some(older) = sim.previous.replace(old) {
-                    self.by_address.remove(&older);
-                    self.pool.release(older);
-                }
+            if let Some(old) = sim.binding.take()
+                && let Some(older) = sim.previous.replace(old)
+            {
+                self.by_address.remove(&older);
+                self.pool.release(older);
             }
             let Some(binding) = self.pool.allocate() else {
                 return;
@@ -695,11 +695,11 @@ impl Driver {
         };
         let c = &stats.counters;
         let mut finish = |op: Timed| {
-            if let Some((o, since)) = sim.timed {
-                if o == op {
-                    stats.record(op == Timed::Update, now.saturating_duration_since(since));
-                    sim.timed = None;
-                }
+            if let Some((o, since)) = sim.timed
+                && o == op
+            {
+                stats.record(op == Timed::Update, now.saturating_duration_since(since));
+                sim.timed = None;
             }
         };
         match event {

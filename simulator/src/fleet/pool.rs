@@ -142,12 +142,11 @@ impl SocketPool {
 
     /// A binding no client uses any more: a dedicated socket is closed.
     pub(crate) fn release(&mut self, binding: Binding) {
-        if self.addressing == Addressing::Dedicated {
-            if let Some(slot) = self.sockets.get_mut(usize::from(binding.socket)) {
-                if slot.take().is_some() {
-                    self.free.push(binding.socket);
-                }
-            }
+        if self.addressing == Addressing::Dedicated
+            && let Some(slot) = self.sockets.get_mut(usize::from(binding.socket))
+            && slot.take().is_some()
+        {
+            self.free.push(binding.socket);
         }
     }
 
