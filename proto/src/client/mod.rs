@@ -2,7 +2,14 @@
 //! machine that simulated devices run.
 
 pub mod machine;
+mod notify;
 pub mod tree;
+mod wire;
 
-pub use machine::{ClientConfig, ClientEvent, ClientState, Lwm2mClient, Quirks};
+#[cfg(test)]
+mod tests;
+
+pub use machine::{
+    ClientConfig, ClientEvent, ClientState, FIRMWARE_UPDATE_DURATION, Lwm2mClient, Quirks,
+};
 pub use tree::{DmError, ExecuteArg, ObjectTree, WriteMode};
