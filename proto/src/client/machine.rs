@@ -39,6 +39,8 @@
 //!   all protocol state and stays silent (datagrams ignored) for
 //!   [`ClientConfig::reboot_silence`], then starts again. **Factory Reset** (Execute 3/0/5)
 //!   does the same after restoring the factory object tree and dropping all attributes.
+//!   A reboot completes a firmware update in State 3 (success) and aborts a download
+//!   (Update Result 4).
 //!
 //! # Device Management (Core TS 1.1 §6.3)
 //!
@@ -1927,7 +1929,12 @@ impl Lwm2mClient {
         self.forget_registration();
         self.outgoing.clear();
         self.delayed.clear();
-        self.firmware_done = None;
+        if self.firmware_done.take().is_some() {
+            // The reboot completes the firmware update in progress.
+            self.set_firmware(fw::IDLE, fw::SUCCESS);
+        } else if self.firmware_state() == Some(fw::DOWNLOADING) {
+            self.set_firmware(fw::IDLE, fw::CONNECTION_LOST);
+        }
         if factory {
             self.server = None;
         }

@@ -1163,6 +1163,11 @@ fn firmware_pull_through_block2() {
     assert_eq!(firmware_state(&net), (0, 7));
     net.call(write_uri(""));
     assert_eq!(firmware_state(&net), (0, 0));
+    // Nobody answers: connection lost (4) once the CoAP layer gives up (RFC 7252 §4.2).
+    net.call(write_uri("coap://10.0.0.9/fw"));
+    assert_eq!(firmware_state(&net), (1, 0));
+    net.secs(100);
+    assert_eq!(firmware_state(&net), (0, 4));
 }
 
 // ---------------------------------------------------------------------------------------
