@@ -2,8 +2,10 @@
 //!
 //! What it does today: recording (pcap files with synthesized IP/UDP headers that
 //! Wireshark decodes; per-operation latency histograms as `.hgrm` and HdrHistogram logs).
-//! The scenario runner, the cucumber World and the reports arrive with the harness issue.
+//! The Gherkin feature suite ([`bdd`]: cucumber World, in-process backend on a virtual clock,
+//! step vocabulary, runner) and the interoperability reports ([`report`]).
 #![warn(missing_docs)]
 
+pub mod bdd;
 pub mod record;
 pub mod report;
