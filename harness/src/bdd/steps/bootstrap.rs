@@ -172,6 +172,15 @@ fn requests_bootstrap(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Resu
     Ok(())
 }
 
+/// No Bootstrap-Request from the client reaches the Bootstrap Server.
+#[then(expr = "the client does not request a bootstrap within {duration}")]
+fn no_bootstrap(w: &mut Lwm2mWorld, during: DurationParam) -> anyhow::Result<()> {
+    let name = w.current()?;
+    w.expect_none(during.0, &format!("a Bootstrap-Request from {name:?}"), |t| {
+        matches!(&t.happening, Happening::Bootstrap(BootstrapEvent::SessionStarted { endpoint, .. } | BootstrapEvent::Refused { endpoint: Some(endpoint), .. }) if *endpoint == name)
+    })
+}
+
 /// Bootstrap-Finish was answered 2.04.
 #[then(expr = "the bootstrap session finishes within {duration}")]
 fn finishes(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()> {

@@ -106,6 +106,17 @@ fn fleet(w: &mut Lwm2mWorld, n: usize, profile: String) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A fleet of `n` clients that only know the Bootstrap Server.
+#[given(expr = "{int} clients with profile {string} that only know the bootstrap server")]
+fn fleet_bootstrap(w: &mut Lwm2mWorld, n: usize, profile: String) -> anyhow::Result<()> {
+    let prefix = w.ctx().library.profile(&profile)?.endpoint_prefix.clone();
+    for i in 0..n {
+        let name = format!("{prefix}{i}");
+        add_client(w, &name, &profile, "", |_, _, b| Provisioning::BootstrapOnly(b))?;
+    }
+    Ok(())
+}
+
 /// Makes a named client the one later steps talk about.
 #[given(expr = "{string} is the client")]
 fn make_current(w: &mut Lwm2mWorld, name: String) -> anyhow::Result<()> {
