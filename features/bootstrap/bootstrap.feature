@@ -73,7 +73,8 @@ Feature: Bootstrap interface (ETS int-0 to int-9)
 
   @core-5.2
   Scenario: Server initiated bootstrap: the bootstrap server writes unasked
-    Given a client "ets-both" with profile "ets-1.1" that also knows the bootstrap server
+    Given the subject supports "server initiated bootstrap"
+    And a client "ets-both" with profile "ets-1.1" that also knows the bootstrap server
     And the bootstrap server provisions the client with an account on the LwM2M server
     And the client is registered
     When the bootstrap server starts a bootstrap of the client

@@ -34,8 +34,12 @@ use super::exchange::ExchangeLog;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subject {
     /// Our LwM2M Server and Bootstrap Server against our simulated clients, in one process
-    /// on a virtual clock: the suite checks itself.
-    InProcess,
+    /// on a virtual clock: the suite checks itself. `quirks` (quirk and quirk pack names)
+    /// are added to every client the scenarios create, to see a deviating client fail.
+    InProcess {
+        /// Quirks or quirk packs every simulated client gets on top of its profile's.
+        quirks: Vec<String>,
+    },
     /// A device under test: a real client, registering with our servers under this
     /// endpoint name.
     Device {
@@ -50,10 +54,16 @@ pub enum Subject {
 }
 
 impl Subject {
+    /// Our own server and clients, in process, as they are.
+    pub fn in_process() -> Self {
+        Self::InProcess { quirks: Vec::new() }
+    }
+
     /// The id in the report matrix (`in-process`, `device:EP`, `server:URI`).
     pub fn id(&self) -> String {
         match self {
-            Self::InProcess => "in-process".to_owned(),
+            Self::InProcess { quirks } if quirks.is_empty() => "in-process".to_owned(),
+            Self::InProcess { quirks } => format!("in-process+{}", quirks.join("+")),
             Self::Device { endpoint } => format!("device:{endpoint}"),
             Self::Server { uri } => format!("server:{uri}"),
         }
@@ -62,7 +72,7 @@ impl Subject {
     /// What the subject is, for the report (`simulated-client`, `device`, `server`).
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::InProcess => "simulated-client",
+            Self::InProcess { .. } => "simulated-client",
             Self::Device { .. } => "device",
             Self::Server { .. } => "server",
         }
@@ -71,7 +81,7 @@ impl Subject {
     /// Why no backend can run this subject yet, if so.
     pub fn unavailable(&self) -> Option<String> {
         match self {
-            Self::InProcess => None,
+            Self::InProcess { .. } => None,
             Self::Device { .. } | Self::Server { .. } => Some(
                 "network backend not built yet: only the in-process subject runs so far"
                     .to_owned(),
@@ -82,10 +92,17 @@ impl Subject {
     /// The subject as the report lists it.
     pub fn report_subject(&self) -> crate::report::Subject {
         let (version, address) = match self {
-            Self::InProcess => (
-                format!("lwm2m-harness {} (in-process)", env!("CARGO_PKG_VERSION")),
-                None,
-            ),
+            Self::InProcess { quirks } => {
+                let with = if quirks.is_empty() {
+                    String::new()
+                } else {
+                    format!(", quirks {}", quirks.join(", "))
+                };
+                (
+                    format!("lwm2m-harness {} (in-process{with})", env!("CARGO_PKG_VERSION")),
+                    None,
+                )
+            }
             Self::Device { endpoint } => ("unknown".to_owned(), Some(endpoint.clone())),
             Self::Server { uri } => ("unknown".to_owned(), Some(uri.clone())),
         };
@@ -117,6 +134,9 @@ pub enum Capability {
     BootstrapTrigger,
     /// The client honours Mute Send (1/x/23, Core TS 1.1 Appendix E.2).
     MuteSend,
+    /// The client accepts a Bootstrap Server's requests it did not ask for (Server
+    /// Initiated Bootstrap, Core TS 1.1 §5.2).
+    ServerInitiatedBootstrap,
     /// The LwM2M Server can send a Read without an Accept option (ETS int-237).
     ReadWithoutAccept,
     /// Virtual time: long waits cost nothing.
@@ -125,13 +145,14 @@ pub enum Capability {
 
 impl Capability {
     /// Every capability, with the name steps use.
-    pub const NAMES: [(&'static str, Self); 8] = [
+    pub const NAMES: [(&'static str, Self); 9] = [
         ("DTLS", Self::Dtls),
         ("TCP", Self::Tcp),
         ("smartcard bootstrap", Self::Smartcard),
         ("Disable", Self::Disable),
         ("Bootstrap-Request Trigger", Self::BootstrapTrigger),
         ("Mute Send", Self::MuteSend),
+        ("server initiated bootstrap", Self::ServerInitiatedBootstrap),
         ("Read without Accept", Self::ReadWithoutAccept),
         ("virtual time", Self::VirtualTime),
     ];

@@ -158,7 +158,7 @@ pub struct InProcess {
 
 impl InProcess {
     /// Our servers with no clients yet; every random choice derives from `seed`.
-    pub fn new(seed: u64, registry: Arc<Registry>) -> Self {
+    pub fn new(subject: Subject, seed: u64, registry: Arc<Registry>) -> Self {
         let coap = |n: u64| coap::Config {
             seed: seed::mix(&[seed, n]),
             ..coap::Config::default()
@@ -166,7 +166,7 @@ impl InProcess {
         let configs = SharedConfigs::default();
         let t0 = Instant::now();
         Self {
-            subject: Subject::InProcess,
+            subject,
             seed,
             t0,
             now: t0,
@@ -463,6 +463,11 @@ impl Backend for InProcess {
             ),
             Capability::BootstrapTrigger => Err(
                 "the simulated client does not implement Bootstrap-Request Trigger (1/x/9) yet"
+                    .to_owned(),
+            ),
+            Capability::ServerInitiatedBootstrap => Err(
+                "the simulated client serves a Bootstrap Server only during a bootstrap it \
+                 requested itself (it answers 4.01 otherwise)"
                     .to_owned(),
             ),
             Capability::MuteSend => {

@@ -213,7 +213,7 @@ impl RunContext {
                     Ok(files) => evidence = files,
                     Err(e) => eprintln!("evidence of {stem}: {e:#}"),
                 }
-                if scenario.tags.iter().any(|t| t == "network-usage") {
+                if scenario.tags.iter().chain(&feature.tags).any(|t| t == "network-usage") {
                     collector
                         .network_usage
                         .extend(report::usage::exchanges(&usage_datagrams(log)));

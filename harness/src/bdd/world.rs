@@ -77,6 +77,8 @@ pub struct Lwm2mWorld {
     /// Every simulated client added, in order.
     pub fleet: Vec<String>,
     timeline: Vec<Timed>,
+    /// Happenings a wait has matched already (a later wait looks for another one).
+    consumed: Vec<bool>,
     cursor: usize,
     last_match: Option<Duration>,
     log_mark: usize,
@@ -88,8 +90,8 @@ pub struct Lwm2mWorld {
     pub observations: BTreeMap<Vec<Lwm2mPath>, ObservationId>,
     /// The path list of the last observation started.
     pub last_observed: Option<Vec<Lwm2mPath>>,
-    /// The last notification awaited.
-    pub notification: Option<Response>,
+    /// The last notification awaited, with the path it was decoded at.
+    pub notification: Option<(Lwm2mPath, Response)>,
     /// The network model of each client, as the steps set it.
     pub networks: BTreeMap<String, lwm2m_simulator::NetworkModel>,
     /// The records of the last Send the server received.
@@ -122,7 +124,9 @@ impl Lwm2mWorld {
         match ctx.subject.unavailable() {
             Some(reason) => self.unavailable = Some(reason),
             None => {
-                self.backend = Some(Box::new(InProcess::new(seed, ctx.library.registry.clone())))
+                let registry = ctx.library.registry.clone();
+                let backend = InProcess::new(ctx.subject.clone(), seed, registry);
+                self.backend = Some(Box::new(backend));
             }
         }
         self.ctx = Some(ctx);
@@ -224,6 +228,7 @@ impl Lwm2mWorld {
                 _ => {}
             }
             self.timeline.push(t);
+            self.consumed.push(false);
         }
     }
 
@@ -239,8 +244,8 @@ impl Lwm2mWorld {
         }
     }
 
-    /// Waits up to `within` for a happening that `matches`, looking from the current mark
-    /// on; later waits look after the one found.
+    /// Waits up to `within` for a happening that `matches`: the first since the current
+    /// mark that no earlier wait matched.
     pub fn wait_for(
         &mut self,
         within: Duration,
@@ -250,12 +255,10 @@ impl Lwm2mWorld {
         let deadline = self.now() + within;
         loop {
             self.drain();
-            let found = self.timeline[self.cursor..]
-                .iter()
-                .position(&mut matches)
-                .map(|i| i + self.cursor);
+            let found = (self.cursor..self.timeline.len())
+                .find(|&i| !self.consumed[i] && matches(&self.timeline[i]));
             if let Some(i) = found {
-                self.cursor = i + 1;
+                self.consumed[i] = true;
                 let t = self.timeline[i].clone();
                 self.last_match = Some(t.at);
                 return Ok(t);
@@ -276,7 +279,9 @@ impl Lwm2mWorld {
         mut matches: impl FnMut(&Timed) -> bool,
     ) -> anyhow::Result<()> {
         self.run_for(during);
-        match self.timeline[self.cursor..].iter().find(|t| matches(t)) {
+        let found = (self.cursor..self.timeline.len())
+            .find(|&i| !self.consumed[i] && matches(&self.timeline[i]));
+        match found.map(|i| &self.timeline[i]) {
             Some(t) => Err(self.fail(format!(
                 "{what} happened at +{:.3}s, within {during:?}: {:?}",
                 t.at.as_secs_f64(),
@@ -388,13 +393,10 @@ impl Lwm2mWorld {
         let Some(pending) = self.pending.clone() else {
             return Ok(());
         };
-        let saved = self.cursor;
         let what = format!("the answer to {} on {:?}", pending.description, pending.endpoint);
         let done = self.wait_for(within, &what, |t| {
             matches!(&t.happening, Happening::Server(ServerEvent::Completed { op, .. }) if *op == pending.op)
         });
-        // Waiting for an answer does not consume other happenings.
-        self.cursor = saved;
         let done = done.map_err(|_| {
             self.fail_since(
                 pending.log_mark,

@@ -20,7 +20,7 @@ use lwm2m_proto::server::ServerEvent;
 use lwm2m_proto::{InstanceId, ObjectId, ResourceId, ResourceValue, Value};
 use lwm2m_simulator::Quirk;
 
-use crate::bdd::backend::{ClientAction, Happening};
+use crate::bdd::backend::{ClientAction, Happening, Subject};
 use crate::bdd::fleet::Provisioning;
 use crate::bdd::params::{DurationParam, PathParam};
 use crate::bdd::world::{Lwm2mWorld, show_value, value_matches};
@@ -38,7 +38,12 @@ fn add_client(
     let ctx = w.ctx();
     let profile = ctx.library.profile(profile)?;
     let mut extra: Vec<Quirk> = Vec::new();
-    for q in quirks.split(',').map(str::trim).filter(|q| !q.is_empty()) {
+    let subject_quirks = match &ctx.subject {
+        Subject::InProcess { quirks } => quirks.clone(),
+        _ => Vec::new(),
+    };
+    let named = quirks.split(',').map(str::trim).filter(|q| !q.is_empty());
+    for q in named.chain(subject_quirks.iter().map(String::as_str)) {
         extra.extend(ctx.library.quirks(q)?);
     }
     let (server, bootstrap) = {

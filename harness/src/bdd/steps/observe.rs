@@ -54,17 +54,20 @@ fn observes_in(w: &mut Lwm2mWorld, path: PathParam, format: FormatParam) -> anyh
 /// Observe-Composite (FETCH `/` with Observe = 0, LwM2M 1.1+).
 #[when(expr = "the server observes the composite {paths} in {format}")]
 fn observes_composite(w: &mut Lwm2mWorld, paths: Paths, format: FormatParam) -> anyhow::Result<()> {
-    let shown: Vec<String> = paths.0.iter().map(ToString::to_string).collect();
-    let description = format!("Observe-Composite {} in {}", shown.join(", "), format_label(format.0));
+    let description = format!("Observe-Composite {} in {}", show(&paths.0), format_label(format.0));
     let op = Operation::ObserveComposite { paths: paths.0.clone(), format: Some(format.0) };
     observe(w, paths.0, op, description)
 }
 
+fn show(paths: &[Lwm2mPath]) -> String {
+    paths.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
 fn observation_of(w: &Lwm2mWorld, paths: &[Lwm2mPath]) -> anyhow::Result<ObservationId> {
-    w.observations.get(paths).copied().ok_or_else(|| {
-        let shown: Vec<String> = paths.iter().map(ToString::to_string).collect();
-        anyhow!("no observation of {} was established", shown.join(", "))
-    })
+    w.observations
+        .get(paths)
+        .copied()
+        .ok_or_else(|| anyhow!("no observation of {} was established", show(paths)))
 }
 
 fn last_observed(w: &Lwm2mWorld) -> anyhow::Result<Vec<Lwm2mPath>> {
@@ -78,14 +81,14 @@ fn is_notification(t: &Timed, id: ObservationId) -> bool {
 }
 
 fn keep(w: &mut Lwm2mWorld, t: Timed) {
-    if let Happening::Server(ServerEvent::Notification { response, .. }) = t.happening {
-        w.notification = Some(response);
+    if let Happening::Server(ServerEvent::Notification { path, response, .. }) = t.happening {
+        w.notification = Some((path, response));
     }
 }
 
 fn notification_within(w: &mut Lwm2mWorld, paths: Vec<Lwm2mPath>, within: Duration) -> anyhow::Result<()> {
     let id = observation_of(w, &paths)?;
-    let t = w.wait_for(within, &format!("a notification of {paths:?}"), |t| is_notification(t, id))?;
+    let t = w.wait_for(within, &format!("a notification of {}", show(&paths)), |t| is_notification(t, id))?;
     keep(w, t);
     Ok(())
 }
@@ -112,7 +115,7 @@ fn notification_between(w: &mut Lwm2mWorld, min: DurationParam, max: DurationPar
     let previous = w.last_match().unwrap_or_default();
     let now = w.now();
     let within = (previous + max.0).saturating_sub(now);
-    let t = w.wait_for(within, &format!("a notification of {paths:?} by {:?} after the previous", max.0), |t| is_notification(t, id))?;
+    let t = w.wait_for(within, &format!("a notification of {} by {:?} after the previous", show(&paths), max.0), |t| is_notification(t, id))?;
     let gap = t.at.saturating_sub(previous);
     if gap < min.0 {
         return Err(w.fail(format!(
@@ -155,14 +158,13 @@ fn no_notification_last(w: &mut Lwm2mWorld, during: DurationParam) -> anyhow::Re
 }
 
 fn notification_records(w: &Lwm2mWorld) -> anyhow::Result<Vec<lwm2m_proto::Record>> {
-    let n = w
+    let (path, n) = w
         .notification
         .as_ref()
         .ok_or_else(|| anyhow!("no notification awaited yet"))?;
-    let target = w.last_observed.as_ref().and_then(|p| (p.len() == 1).then(|| p[0]));
-    Ok(match (&n.content, target) {
-        (Some(Content::Node(node)), Some(path)) => node.to_records(&path),
-        (Some(Content::Records(r)), _) => r.clone(),
+    Ok(match &n.content {
+        Some(Content::Node(node)) => node.to_records(path),
+        Some(Content::Records(r)) => r.clone(),
         _ => Vec::new(),
     })
 }
@@ -217,7 +219,7 @@ fn cancel(w: &mut Lwm2mWorld, paths: Vec<Lwm2mPath>, active: bool) -> anyhow::Re
     let how = if active { "with Observe=1" } else { "with a Reset" };
     w.operate(
         Operation::CancelObservation { observation, active },
-        format!("cancel the observation of {paths:?} {how}"),
+        format!("cancel the observation of {} {how}", show(&paths)),
     )
 }
 
