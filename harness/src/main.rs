@@ -1,11 +1,12 @@
 //! `lwm2m-harness`: the command line of the LwM2M conformance harness and device simulator.
 //!
 //! Subcommands: `decode` and `encode` (the codec tool for people), `objects` (the object
-//! registry), `serve` (the servers and their REST API), and `run` (the main job; it arrives
-//! with the harness issue).
+//! registry), `serve` (the servers and their REST API), `test` (the Gherkin feature suite),
+//! and `run` (the main job; it arrives with the harness issue).
 
 mod codec_tool;
 mod serve;
+mod test_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ enum Command {
         /// The scenario YAML file, e.g. scenarios/quickstart.yaml.
         scenario: PathBuf,
     },
+    /// Run the Gherkin feature suite (features/) against a subject; report under reports/.
+    Test(test_cmd::TestArgs),
     /// Decode an LwM2M payload and print its nodes as JSON, named from the registry.
     Decode(codec_tool::DecodeArgs),
     /// Encode nodes given as JSON into an LwM2M payload (hex on stdout, or raw to a file).
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
             );
             Ok(ExitCode::from(2))
         }
+        Command::Test(args) => test_cmd::run(&args, &cli.ddf),
         Command::Decode(args) => codec_tool::decode(&registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Encode(args) => codec_tool::encode(&registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve::run(registry, &args).map(|()| ExitCode::SUCCESS),

@@ -53,6 +53,7 @@ fn main() -> ExitCode {
     let options = SuiteOptions {
         features: vec![root.join("features")],
         root,
+        ddf: Vec::new(),
         tags: std::env::var("LWM2M_TAGS").ok(),
         subject: Subject::in_process(),
         seed,

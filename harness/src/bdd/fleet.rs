@@ -52,15 +52,16 @@ pub enum Provisioning {
 }
 
 impl Library {
-    /// Loads `ROOT/scenarios` (quirk packs, networks, profiles), `ROOT/features/profiles`
-    /// and the object definitions of `ROOT/features/objects`.
-    pub fn load(root: &Path) -> anyhow::Result<Self> {
+    /// Loads `ROOT/scenarios` (quirk packs, networks, profiles), `ROOT/features/profiles`,
+    /// and the object definitions of `ROOT/features/objects` and of `ddf` folders.
+    pub fn load(root: &Path, ddf: &[PathBuf]) -> anyhow::Result<Self> {
         let mut registry = Registry::embedded();
         let objects = root.join("features/objects");
-        if objects.is_dir() {
+        let folders = std::iter::once(&objects).filter(|d| d.is_dir()).chain(ddf);
+        for dir in folders {
             registry
-                .load_dir(&objects)
-                .with_context(|| format!("loading {}", objects.display()))?;
+                .load_dir(dir)
+                .with_context(|| format!("loading {}", dir.display()))?;
         }
         let scenarios_dir = root.join("scenarios");
         let scenarios =

@@ -40,6 +40,8 @@ pub struct SuiteOptions {
     pub root: PathBuf,
     /// Feature files or folders (default: `ROOT/features`).
     pub features: Vec<PathBuf>,
+    /// Extra folders of DDF XML object definitions to load.
+    pub ddf: Vec<PathBuf>,
     /// A cucumber tag expression (`@int-101 or @bootstrap and not @scale`).
     pub tags: Option<String>,
     /// The subject under test.
@@ -413,7 +415,7 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
     let started_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let library = Library::load(&options.root)?;
+    let library = Library::load(&options.root, &options.ddf)?;
     let cucumber_dir = options.report_dir.join("cucumber");
     std::fs::create_dir_all(&cucumber_dir)
         .with_context(|| format!("creating {}", cucumber_dir.display()))?;
@@ -455,8 +457,9 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
     );
     let finished = Lwm2mWorld::cucumber::<PathBuf>()
         .with_parser::<_, Vec<PathBuf>>(FeatureFiles)
-        .with_cli(opts)
         .with_writer(writer)
+        // After the parser and the writer, which reset it; never the process's arguments.
+        .with_cli(opts)
         .max_concurrent_scenarios(1)
         .before(move |feature, _, scenario, world| {
             let ctx = before_ctx.clone();

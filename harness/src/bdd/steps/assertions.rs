@@ -44,6 +44,34 @@ fn show_links(links: &[Link]) -> String {
     links.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
+/// A CoAP response code with its name (RFC 7252 §12.1.2).
+fn named(code: (u8, u8)) -> String {
+    let name = match code {
+        (2, 1) => "Created",
+        (2, 2) => "Deleted",
+        (2, 3) => "Valid",
+        (2, 4) => "Changed",
+        (2, 5) => "Content",
+        (2, 31) => "Continue",
+        (4, 0) => "Bad Request",
+        (4, 1) => "Unauthorized",
+        (4, 2) => "Bad Option",
+        (4, 3) => "Forbidden",
+        (4, 4) => "Not Found",
+        (4, 5) => "Method Not Allowed",
+        (4, 6) => "Not Acceptable",
+        (4, 8) => "Request Entity Incomplete",
+        (4, 12) => "Precondition Failed",
+        (4, 13) => "Request Entity Too Large",
+        (4, 15) => "Unsupported Content-Format",
+        (5, 0) => "Internal Server Error",
+        (5, 1) => "Not Implemented",
+        (5, 3) => "Service Unavailable",
+        _ => "",
+    };
+    format!("{} {name}", Code(code)).trim_end().to_owned()
+}
+
 /// The CoAP code of the last response.
 #[then(expr = "the response code is {code}")]
 fn response_code(w: &mut Lwm2mWorld, code: Code) -> anyhow::Result<()> {
@@ -55,12 +83,19 @@ fn response_code(w: &mut Lwm2mWorld, code: Code) -> anyhow::Result<()> {
         .diagnostic
         .map(|d| format!(" ({d})"))
         .unwrap_or_default();
+    let deviation = if response.code.0 == 2 && code.0.0 == 2 {
+        "; a success code, but the wrong one for this operation (Core TS 1.1 §5.4, the \
+         CoAP mapping of each operation)"
+    } else {
+        ""
+    };
     Err(w.fail_since(
         outcome.log_mark,
         format!(
-            "{} was answered {}{diagnostic}, expected {code}",
+            "{} was answered {}{diagnostic}, expected {}{deviation}",
             outcome.description,
-            Code(response.code)
+            named(response.code),
+            named(code.0)
         ),
     ))
 }
@@ -75,9 +110,23 @@ fn response_format(w: &mut Lwm2mWorld, format: FormatParam) -> anyhow::Result<()
     let got = response
         .format
         .map_or_else(|| "no Content-Format".to_owned(), format_label);
+    let deviation = match response.format {
+        Some(f) if f.is_legacy() && f.canonical() == format.0 => {
+            "; a pre-1.0 Content-Format number (Core TS 1.0 §6.4 moved them)"
+        }
+        Some(_) if outcome.description.contains(&format_label(format.0)) => {
+            "; the client ignored Accept (Core TS 1.1 §5.4.1: the requested format, \
+             or 4.06 Not Acceptable)"
+        }
+        _ => "",
+    };
     Err(w.fail_since(
         outcome.log_mark,
-        format!("{} came back in {got}, expected {}", outcome.description, format_label(format.0)),
+        format!(
+            "{} came back in {got}, expected {}{deviation}",
+            outcome.description,
+            format_label(format.0)
+        ),
     ))
 }
 

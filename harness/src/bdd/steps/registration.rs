@@ -113,7 +113,16 @@ fn has_version(w: &mut Lwm2mWorld, version: Version) -> anyhow::Result<()> {
     if r.version == version.0 {
         Ok(())
     } else {
-        Err(w.fail(format!("{name:?} registered as LwM2M {}, not {}", r.version, version.0)))
+        let flagged: Vec<String> = r.findings.iter().map(ToString::to_string).collect();
+        let flagged = if flagged.is_empty() {
+            String::new()
+        } else {
+            format!("; the server flagged: {}", flagged.join("; "))
+        };
+        Err(w.fail(format!(
+            "{name:?} registered as LwM2M {}, not {}{flagged}",
+            r.version, version.0
+        )))
     }
 }
 
