@@ -126,7 +126,7 @@ mod tests {
 
     #[test]
     fn run_names_are_utc_times() {
-        let t = UNIX_EPOCH + Duration::from_secs(1_795_507_200 + 8 * 3600);
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_507_200); // 2026-11-24 08:00:00 UTC
         assert_eq!(run_name(t), "2026-11-24T08-00-00-features");
         assert_eq!(run_name(UNIX_EPOCH), "1970-01-01T00-00-00-features");
     }

@@ -61,13 +61,36 @@ fn quirky_client_fails_the_cases_it_deviates_in() {
     );
 
     for id in ["int-101", "int-201", "int-205", "int-241"] {
-        assert_eq!(case(&clean, id).status, Status::Passed, "{}", run::summary(&clean));
+        assert_eq!(
+            case(&clean, id).status,
+            Status::Passed,
+            "{}",
+            run::summary(&clean)
+        );
     }
     assert_eq!(case(&quirky, "int-101").status, Status::Passed);
     for (id, names) in [
-        ("int-205", ["2.05 Content, expected 2.04 Changed", "wrong one for this operation"]),
-        ("int-241", ["2.05 Content, expected 2.04 Changed", "wrong one for this operation"]),
-        ("int-201", ["2.04 Changed, expected 2.05 Content", "wrong one for this operation"]),
+        (
+            "int-205",
+            [
+                "2.05 Content, expected 2.04 Changed",
+                "wrong one for this operation",
+            ],
+        ),
+        (
+            "int-241",
+            [
+                "2.05 Content, expected 2.04 Changed",
+                "wrong one for this operation",
+            ],
+        ),
+        (
+            "int-201",
+            [
+                "2.04 Changed, expected 2.05 Content",
+                "wrong one for this operation",
+            ],
+        ),
     ] {
         let c = case(&quirky, id);
         assert_eq!(c.status, Status::Failed, "{id}: {c:?}");
@@ -77,7 +100,10 @@ fn quirky_client_fails_the_cases_it_deviates_in() {
         }
         // The failing exchange is in the message and in the evidence.
         assert!(message.contains("exchange:"), "{id}: {message}");
-        assert!(c.evidence.iter().any(|e| e.ends_with(".pcap")), "{id}: {c:?}");
+        assert!(
+            c.evidence.iter().any(|e| e.ends_with(".pcap")),
+            "{id}: {c:?}"
+        );
         assert!(tmp.path().join("quirky").join(&c.evidence[0]).is_file());
     }
 
@@ -108,8 +134,14 @@ fn quirky_client_fails_the_cases_it_deviates_in() {
         .filter(|c| c.status == Status::Failed)
         .map(|c| (c.case.as_str(), c.subject.as_str()))
         .collect();
-    assert!(failed.contains(&("int-205", "in-process+sloppy-encoder")), "{failed:?}");
-    assert!(failed.contains(&("int-101", "in-process+pre-1.0-draft")), "{failed:?}");
+    assert!(
+        failed.contains(&("int-205", "in-process+sloppy-encoder")),
+        "{failed:?}"
+    );
+    assert!(
+        failed.contains(&("int-101", "in-process+pre-1.0-draft")),
+        "{failed:?}"
+    );
     assert!(failed.iter().all(|(_, s)| *s != "in-process"), "{failed:?}");
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
     let row = html

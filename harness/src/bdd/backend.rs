@@ -83,8 +83,7 @@ impl Subject {
         match self {
             Self::InProcess { .. } => None,
             Self::Device { .. } | Self::Server { .. } => Some(
-                "network backend not built yet: only the in-process subject runs so far"
-                    .to_owned(),
+                "network backend not built yet: only the in-process subject runs so far".to_owned(),
             ),
         }
     }
@@ -99,7 +98,10 @@ impl Subject {
                     format!(", quirks {}", quirks.join(", "))
                 };
                 (
-                    format!("lwm2m-harness {} (in-process{with})", env!("CARGO_PKG_VERSION")),
+                    format!(
+                        "lwm2m-harness {} (in-process{with})",
+                        env!("CARGO_PKG_VERSION")
+                    ),
                     None,
                 )
             }
@@ -185,6 +187,10 @@ impl fmt::Display for Capability {
 
 /// Something that happened in a scenario, from any party.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "happenings are moved once into the timeline; boxing would burden every match"
+)]
 pub enum Happening {
     /// The LwM2M Server reported it.
     Server(ServerEvent),

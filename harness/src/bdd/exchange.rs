@@ -248,8 +248,8 @@ fn payload_summary(payload: &[u8], format: Option<u32>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lwm2m_proto::coap::message::{add_query, request, set_option, uint_bytes};
     use lwm2m_proto::coap::RequestType;
+    use lwm2m_proto::coap::message::{add_query, request, set_option, uint_bytes};
 
     #[test]
     fn a_register_request_reads_as_one_line() {

@@ -231,9 +231,18 @@ fn point_security_at(
             (ResourceId(0), ResourceValue::Single(uri(addr))),
             (ResourceId(1), ResourceValue::Single(Value::Boolean(true))),
             (ResourceId(2), ResourceValue::Single(Value::Integer(3))),
-            (ResourceId(3), ResourceValue::Single(Value::Opaque(Vec::new()))),
-            (ResourceId(4), ResourceValue::Single(Value::Opaque(Vec::new()))),
-            (ResourceId(5), ResourceValue::Single(Value::Opaque(Vec::new()))),
+            (
+                ResourceId(3),
+                ResourceValue::Single(Value::Opaque(Vec::new())),
+            ),
+            (
+                ResourceId(4),
+                ResourceValue::Single(Value::Opaque(Vec::new())),
+            ),
+            (
+                ResourceId(5),
+                ResourceValue::Single(Value::Opaque(Vec::new())),
+            ),
         ]
         .into_iter()
         .collect();

@@ -24,18 +24,18 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use lwm2m_proto::Lwm2mPath;
 use lwm2m_proto::bootstrap::{
     BootstrapConfig, BootstrapError, BootstrapServer, BootstrapServerConfig, ConfigSource,
     MemoryConfigSource,
 };
-use lwm2m_proto::client::Lwm2mClient;
 use lwm2m_proto::client::ClientState;
+use lwm2m_proto::client::Lwm2mClient;
 use lwm2m_proto::coap::{self, Packet, Transmit};
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{
     Lwm2mServer, ObservationId, OpError, OpId, Operation, Registration, ServerConfig,
 };
-use lwm2m_proto::Lwm2mPath;
 use lwm2m_simulator::network::{Mapping, Nat, NetworkModel, SleepSchedule};
 use lwm2m_simulator::{Impairment, seed};
 
@@ -257,8 +257,14 @@ impl InProcess {
         let to_name = self.name_of(t.peer);
         let name = self.clients[i].name.clone();
         let (src, dst) = (
-            Peer { name: &name, addr: from },
-            Peer { name: &to_name, addr: t.peer },
+            Peer {
+                name: &name,
+                addr: from,
+            },
+            Peer {
+                name: &to_name,
+                addr: t.peer,
+            },
         );
         self.log.datagram(now, src, dst, &t.bytes);
         if arrivals.is_empty() {
@@ -275,8 +281,14 @@ impl InProcess {
         let from_name = self.name_of(from);
         let to_name = self.name_of(t.peer);
         let (src, dst) = (
-            Peer { name: &from_name, addr: from },
-            Peer { name: &to_name, addr: t.peer },
+            Peer {
+                name: &from_name,
+                addr: from,
+            },
+            Peer {
+                name: &to_name,
+                addr: t.peer,
+            },
         );
         self.log.datagram(now, src, dst, &t.bytes);
         let arrivals = match self.party(t.peer) {
@@ -287,7 +299,8 @@ impl InProcess {
             _ => vec![(now + DEFAULT_LATENCY, ())],
         };
         if arrivals.is_empty() {
-            self.log.note(now, &format!("lost on the downlink to {to_name}"));
+            self.log
+                .note(now, &format!("lost on the downlink to {to_name}"));
         }
         for (at, ()) in arrivals {
             self.enqueue(at, from, t.peer, t.bytes.clone());
@@ -331,9 +344,7 @@ impl InProcess {
                     }
                 }
             }
-            None => self
-                .log
-                .note(at, &format!("dropped: nobody at {}", d.to)),
+            None => self.log.note(at, &format!("dropped: nobody at {}", d.to)),
         }
     }
 
@@ -458,9 +469,9 @@ impl Backend for InProcess {
             Capability::Smartcard => {
                 Err("simulated clients have no smartcard (Core TS 1.1 §5.2.4)".to_owned())
             }
-            Capability::Disable => Err(
-                "the simulated client does not implement Disable (1/x/4) yet".to_owned(),
-            ),
+            Capability::Disable => {
+                Err("the simulated client does not implement Disable (1/x/4) yet".to_owned())
+            }
             Capability::BootstrapTrigger => Err(
                 "the simulated client does not implement Bootstrap-Request Trigger (1/x/9) yet"
                     .to_owned(),
@@ -564,14 +575,25 @@ impl Backend for InProcess {
         let i = self.client_index(endpoint)?;
         self.spoofs = self.spoofs.wrapping_add(1);
         packet.header.message_id = 0xf000 | (self.spoofs & 0x0fff);
-        packet.set_token(vec![0xee, 0x0f, (self.spoofs >> 8) as u8, self.spoofs as u8]);
+        packet.set_token(vec![
+            0xee,
+            0x0f,
+            (self.spoofs >> 8) as u8,
+            self.spoofs as u8,
+        ]);
         let bytes = packet.to_bytes().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let from = self.clients[i].public_address();
         let now = self.elapsed();
         let name = format!("spoofed {endpoint}");
         let (src, dst) = (
-            Peer { name: &name, addr: from },
-            Peer { name: "server", addr: SERVER },
+            Peer {
+                name: &name,
+                addr: from,
+            },
+            Peer {
+                name: "server",
+                addr: SERVER,
+            },
         );
         self.log.datagram(now, src, dst, &bytes);
         self.enqueue(now + DEFAULT_LATENCY, from, SERVER, bytes);
@@ -609,8 +631,7 @@ impl Backend for InProcess {
         };
         let index = self.clients.len();
         self.by_ip.insert(client.private_address().ip(), index);
-        self.by_ip
-            .insert(IpAddr::V4(client_ip(100, number)), index);
+        self.by_ip.insert(IpAddr::V4(client_ip(100, number)), index);
         self.by_name.insert(name, index);
         self.clients.push(client);
         Ok(())
@@ -633,7 +654,9 @@ impl Backend for InProcess {
     }
 
     fn client(&self, endpoint: &str) -> Option<&Lwm2mClient> {
-        self.by_name.get(endpoint).map(|i| &self.clients[*i].machine)
+        self.by_name
+            .get(endpoint)
+            .map(|i| &self.clients[*i].machine)
     }
 
     fn set_network(&mut self, endpoint: &str, model: &NetworkModel) -> anyhow::Result<()> {
@@ -643,11 +666,14 @@ impl Backend for InProcess {
         let impaired = |c: &lwm2m_simulator::network::ImpairmentConfig| {
             *c != lwm2m_simulator::network::ImpairmentConfig::default()
         };
-        link.uplink = impaired(&model.uplink)
-            .then(|| Impairment::new(&model.uplink, seed::mix(&[base, 1])));
+        link.uplink =
+            impaired(&model.uplink).then(|| Impairment::new(&model.uplink, seed::mix(&[base, 1])));
         link.downlink = impaired(&model.downlink)
             .then(|| Impairment::new(&model.downlink, seed::mix(&[base, 2])));
-        link.nat = model.nat.as_ref().map(|n| Nat::new(n, seed::mix(&[base, 3])));
+        link.nat = model
+            .nat
+            .as_ref()
+            .map(|n| Nat::new(n, seed::mix(&[base, 3])));
         link.mappings.clear();
         link.sleep = model
             .sleep

@@ -161,7 +161,10 @@ mod tests {
             "SenML CBOR".parse::<FormatParam>().unwrap().0,
             ContentFormat::SenmlCbor
         );
-        assert_eq!("11542".parse::<FormatParam>().unwrap().0, ContentFormat::Tlv);
+        assert_eq!(
+            "11542".parse::<FormatParam>().unwrap().0,
+            ContentFormat::Tlv
+        );
         assert!("XML".parse::<FormatParam>().is_err());
         assert_eq!("2.05".parse::<Code>().unwrap().to_string(), "2.05");
         assert_eq!(

@@ -137,11 +137,11 @@ impl RunContext {
         feature.path.as_ref().map_or_else(
             || feature.name.clone(),
             |p| {
-                let root = self.root.canonicalize().unwrap_or_else(|_| self.root.clone());
-                p.strip_prefix(&root)
-                    .unwrap_or(p)
-                    .display()
-                    .to_string()
+                let root = self
+                    .root
+                    .canonicalize()
+                    .unwrap_or_else(|_| self.root.clone());
+                p.strip_prefix(&root).unwrap_or(p).display().to_string()
             },
         )
     }
@@ -169,7 +169,10 @@ impl RunContext {
             .filter(|t| is_case_tag(t))
             .cloned()
             .collect();
-        let mut collector = self.collector.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut collector = self
+            .collector
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if cases.is_empty() {
             collector
                 .untagged
@@ -191,7 +194,10 @@ impl RunContext {
             ),
             ScenarioFinished::BeforeHookFailed(info) => (
                 Status::Failed,
-                Some(format!("the scenario could not start: {}", panic_text(info))),
+                Some(format!(
+                    "the scenario could not start: {}",
+                    panic_text(info)
+                )),
             ),
             ScenarioFinished::StepFailed(_, _, error) => match not_applicable_reason(error) {
                 Some(reason) => (Status::NotApplicable, Some(reason)),
@@ -215,7 +221,12 @@ impl RunContext {
                     Ok(files) => evidence = files,
                     Err(e) => eprintln!("evidence of {stem}: {e:#}"),
                 }
-                if scenario.tags.iter().chain(&feature.tags).any(|t| t == "network-usage") {
+                if scenario
+                    .tags
+                    .iter()
+                    .chain(&feature.tags)
+                    .any(|t| t == "network-usage")
+                {
                     collector
                         .network_usage
                         .extend(report::usage::exchanges(&usage_datagrams(log)));
@@ -275,14 +286,16 @@ fn usage_datagrams(log: &ExchangeLog) -> Vec<report::usage::Datagram> {
 }
 
 /// A file-name-safe stem for a scenario's evidence: its case and line.
-fn evidence_stem(
-    case: &str,
-    rule: Option<&gherkin::Rule>,
-    scenario: &gherkin::Scenario,
-) -> String {
+fn evidence_stem(case: &str, rule: Option<&gherkin::Rule>, scenario: &gherkin::Scenario) -> String {
     let safe: String = case
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(48)
         .collect();
     let line = scenario.position.line;
@@ -355,7 +368,10 @@ impl<Wr: Writer<Lwm2mWorld>> Writer<Lwm2mWorld> for NotApplicableAsSkipped<Wr> {
                         let retries = rs.retries;
                         log = Some((f.clone(), None, sc.clone(), r, retries));
                         let event = skipped(rs.event);
-                        Cucumber::Feature(f, Feature::Scenario(sc, RetryableScenario { event, retries }))
+                        Cucumber::Feature(
+                            f,
+                            Feature::Scenario(sc, RetryableScenario { event, retries }),
+                        )
                     }
                     None => Cucumber::Feature(f, Feature::Scenario(sc, rs)),
                 },
@@ -474,12 +490,8 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         .run(features);
     let writer = futures::executor::block_on(finished);
     let parsing_errors = cucumber::writer::Stats::parsing_errors(&writer.0);
-    let collector = std::mem::take(
-        &mut *ctx
-            .collector
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner),
-    );
+    let collector =
+        std::mem::take(&mut *ctx.collector.lock().unwrap_or_else(PoisonError::into_inner));
     let report = RunReport {
         schema: report::SCHEMA_VERSION,
         run: options.run.clone(),
@@ -521,8 +533,18 @@ pub fn summary(report: &RunReport) -> String {
             Status::Failed => "FAILED",
             Status::NotApplicable => "n/a",
         };
-        let first = c.message.as_deref().unwrap_or("").lines().next().unwrap_or("");
-        let _ = writeln!(s, "  {tag:6} {} {} ({}): {first}", c.case, c.title, c.feature);
+        let first = c
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .lines()
+            .next()
+            .unwrap_or("");
+        let _ = writeln!(
+            s,
+            "  {tag:6} {} {} ({}): {first}",
+            c.case, c.title, c.feature
+        );
     }
     s
 }
@@ -540,10 +562,18 @@ mod tests {
 
     #[test]
     fn case_tags() {
-        for t in ["int-0", "int-101", "core-6.2.1", "rfc7641-3.6", "rfc7252-4.2"] {
+        for t in [
+            "int-0",
+            "int-101",
+            "core-6.2.1",
+            "rfc7641-3.6",
+            "rfc7252-4.2",
+        ] {
             assert!(is_case_tag(t), "{t}");
         }
-        for t in ["int-", "int-1a", "scale", "core-", "rfc7641", "rfc-3.6", "nat"] {
+        for t in [
+            "int-", "int-1a", "scale", "core-", "rfc7641", "rfc-3.6", "nat",
+        ] {
             assert!(!is_case_tag(t), "{t}");
         }
         assert_eq!(stable_hash("a"), stable_hash("a"));

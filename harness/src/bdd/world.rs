@@ -16,7 +16,9 @@ use anyhow::anyhow;
 use lwm2m_proto::bootstrap::BootstrapConfig;
 use lwm2m_proto::client::Lwm2mClient;
 use lwm2m_proto::content::{format_text, parse_text};
-use lwm2m_proto::server::{Content, ObservationId, OpError, OpId, Operation, Response, ServerEvent};
+use lwm2m_proto::server::{
+    Content, ObservationId, OpError, OpId, Operation, Response, ServerEvent,
+};
 use lwm2m_proto::{DataType, Lwm2mPath, Record, Schema, Value};
 
 use super::backend::{Backend, Capability, ClientAction, Happening, Subject, Timed};
@@ -222,7 +224,8 @@ impl Lwm2mWorld {
                 }) => self.latencies.record(operation, *latency),
                 Happening::Server(ServerEvent::Registered { registration, .. }) => {
                     if let Some(start) = self.started.remove(&registration.endpoint) {
-                        self.latencies.record("register", t.at.saturating_sub(start));
+                        self.latencies
+                            .record("register", t.at.saturating_sub(start));
                     }
                 }
                 _ => {}
@@ -393,15 +396,15 @@ impl Lwm2mWorld {
         let Some(pending) = self.pending.clone() else {
             return Ok(());
         };
-        let what = format!("the answer to {} on {:?}", pending.description, pending.endpoint);
+        let what = format!(
+            "the answer to {} on {:?}",
+            pending.description, pending.endpoint
+        );
         let done = self.wait_for(within, &what, |t| {
             matches!(&t.happening, Happening::Server(ServerEvent::Completed { op, .. }) if *op == pending.op)
         });
         let done = done.map_err(|_| {
-            self.fail_since(
-                pending.log_mark,
-                format!("{what}: none within {within:?}"),
-            )
+            self.fail_since(pending.log_mark, format!("{what}: none within {within:?}"))
         })?;
         if let Happening::Server(ServerEvent::Completed { result, .. }) = done.happening {
             self.pending = None;

@@ -28,20 +28,25 @@ use crate::bdd::world::{Lwm2mWorld, show_value, value_matches};
 /// The expected links (`"</3/0/7>;dim=2, </3/0/11>"`) that `actual` lacks: a link counts
 /// as present when its target matches and it has at least the expected parameters.
 pub(crate) fn links_missing(expected: &str, actual: &[Link]) -> anyhow::Result<Vec<String>> {
-    let expected = parse_links(expected).map_err(|e| anyhow!("expected links {expected:?}: {e}"))?;
+    let expected =
+        parse_links(expected).map_err(|e| anyhow!("expected links {expected:?}: {e}"))?;
     Ok(expected
         .iter()
         .filter(|e| {
-            !actual.iter().any(|a| {
-                a.target == e.target && e.params.iter().all(|p| a.params.contains(p))
-            })
+            !actual
+                .iter()
+                .any(|a| a.target == e.target && e.params.iter().all(|p| a.params.contains(p)))
         })
         .map(ToString::to_string)
         .collect())
 }
 
 fn show_links(links: &[Link]) -> String {
-    links.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    links
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A CoAP response code with its name (RFC 7252 §12.1.2).
@@ -139,7 +144,11 @@ fn show_records(records: &[Record]) -> String {
             None => r.path.to_string(),
         })
         .collect();
-    let more = if records.len() > shown.len() { ", ..." } else { "" };
+    let more = if records.len() > shown.len() {
+        ", ..."
+    } else {
+        ""
+    };
     format!("{}{more}", shown.join(", "))
 }
 
@@ -282,8 +291,8 @@ fn response_lists_exactly(w: &mut Lwm2mWorld, expected: String) -> anyhow::Resul
             && a.params.len() == b.params.len()
             && a.params.iter().all(|p| b.params.contains(p))
     };
-    let matched = wanted.len() == links.len()
-        && wanted.iter().all(|e| links.iter().any(|a| same(a, e)));
+    let matched =
+        wanted.len() == links.len() && wanted.iter().all(|e| links.iter().any(|a| same(a, e)));
     if matched {
         Ok(())
     } else {
@@ -324,7 +333,10 @@ fn no_findings(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
     } else {
         Err(w.fail_since(
             outcome.log_mark,
-            format!("{} has findings: {:?}", outcome.description, response.findings),
+            format!(
+                "{} has findings: {:?}",
+                outcome.description, response.findings
+            ),
         ))
     }
 }
@@ -333,7 +345,11 @@ fn no_findings(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
 #[then(expr = "the response is flagged {string}")]
 fn flagged(w: &mut Lwm2mWorld, text: String) -> anyhow::Result<()> {
     let (outcome, response) = w.response()?;
-    let findings: Vec<String> = response.findings.iter().map(|f| format!("{f:?} {f}")).collect();
+    let findings: Vec<String> = response
+        .findings
+        .iter()
+        .map(|f| format!("{f:?} {f}"))
+        .collect();
     if findings.iter().any(|f| f.contains(&text)) {
         Ok(())
     } else {

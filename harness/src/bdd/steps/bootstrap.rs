@@ -214,24 +214,35 @@ fn fails_at(
             reason: FailureReason::Code { code: c, .. },
             ..
         }) if s == kind && c == code.0 => Ok(()),
-        Happening::Bootstrap(BootstrapEvent::Failed { step: s, reason, .. }) => Err(w.fail(
-            format!("the bootstrap failed at {s} ({reason}), not at {kind} with {code}"),
-        )),
+        Happening::Bootstrap(BootstrapEvent::Failed {
+            step: s, reason, ..
+        }) => Err(w.fail(format!(
+            "the bootstrap failed at {s} ({reason}), not at {kind} with {code}"
+        ))),
         _ => Err(w.fail("not a bootstrap failure")),
     }
 }
 
+/// One answered step of a bootstrap session.
+struct Answered {
+    path: Option<Lwm2mPath>,
+    code: (u8, u8),
+    detail: Option<String>,
+}
+
 /// The answers to one kind of step (`discover`, `delete`, `write`, `read`, `finish`).
-fn steps_of(w: &mut Lwm2mWorld, kind: &str) -> anyhow::Result<Vec<(Option<Lwm2mPath>, (u8, u8), Option<String>)>> {
+fn steps_of(w: &mut Lwm2mWorld, kind: &str) -> anyhow::Result<Vec<Answered>> {
     let name = w.current()?;
     Ok(w.timeline_all()
         .into_iter()
         .filter_map(|t| match t.happening {
-            Happening::Bootstrap(BootstrapEvent::Step { endpoint, step, path, code, detail })
-                if endpoint == name && step == kind =>
-            {
-                Some((path, code, detail))
-            }
+            Happening::Bootstrap(BootstrapEvent::Step {
+                endpoint,
+                step,
+                path,
+                code,
+                detail,
+            }) if endpoint == name && step == kind => Some(Answered { path, code, detail }),
             _ => None,
         })
         .collect())
@@ -244,11 +255,12 @@ fn every_step(w: &mut Lwm2mWorld, kind: String, code: Code) -> anyhow::Result<()
     if steps.is_empty() {
         return Err(w.fail(format!("the session had no {kind:?} step answered")));
     }
-    match steps.iter().find(|(_, c, _)| *c != code.0) {
+    match steps.iter().find(|a| a.code != code.0) {
         None => Ok(()),
-        Some((path, c, _)) => Err(w.fail(format!(
-            "bootstrap {kind} of {path:?} was answered {}.{:02}, not {code}",
-            c.0, c.1
+        Some(a) => Err(w.fail(format!(
+            "bootstrap {kind} of {:?} was answered {}, not {code}",
+            a.path,
+            Code(a.code)
         ))),
     }
 }
@@ -257,11 +269,14 @@ fn every_step(w: &mut Lwm2mWorld, kind: String, code: Code) -> anyhow::Result<()
 #[then(expr = "the bootstrap discover lists {string}")]
 fn discover_lists(w: &mut Lwm2mWorld, expected: String) -> anyhow::Result<()> {
     let steps = steps_of(w, "discover")?;
-    let Some((_, _, Some(payload))) = steps.last().cloned() else {
+    let Some(payload) = steps.last().and_then(|a| a.detail.clone()) else {
         return Err(w.fail("the session had no Bootstrap-Discover answer"));
     };
-    let actual = lwm2m_proto::codec::link::parse_links(&payload)
-        .map_err(|e| w.fail(format!("the Bootstrap-Discover answer {payload:?} is not link format: {e}")))?;
+    let actual = lwm2m_proto::codec::link::parse_links(&payload).map_err(|e| {
+        w.fail(format!(
+            "the Bootstrap-Discover answer {payload:?} is not link format: {e}"
+        ))
+    })?;
     let missing = links_missing(&expected, &actual)?;
     if missing.is_empty() {
         Ok(())
@@ -281,11 +296,12 @@ fn read_answered(
     code: Code,
 ) -> anyhow::Result<()> {
     let steps = steps_of(w, "read")?;
-    match steps.iter().find(|(p, _, _)| *p == Some(path.0)) {
-        Some((_, c, _)) if *c == code.0 => Ok(()),
-        Some((_, c, _)) => Err(w.fail(format!(
-            "the Bootstrap-Read of {} was answered {}.{:02}, not {code}",
-            path.0, c.0, c.1
+    match steps.iter().find(|a| a.path == Some(path.0)) {
+        Some(a) if a.code == code.0 => Ok(()),
+        Some(a) => Err(w.fail(format!(
+            "the Bootstrap-Read of {} was answered {}, not {code}",
+            path.0,
+            Code(a.code)
         ))),
         None => Err(w.fail(format!("no Bootstrap-Read of {} was answered", path.0))),
     }

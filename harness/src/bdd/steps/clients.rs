@@ -79,17 +79,17 @@ fn client_with_quirks(
     profile: String,
     quirks: String,
 ) -> anyhow::Result<()> {
-    add_client(w, &name, &profile, &quirks, |_, s, _| Provisioning::Server(s))
+    add_client(w, &name, &profile, &quirks, |_, s, _| {
+        Provisioning::Server(s)
+    })
 }
 
 /// A client whose factory configuration holds only a Bootstrap-Server account (ETS C.13).
 #[given(expr = "a client {string} with profile {string} that only knows the bootstrap server")]
-fn client_bootstrap_only(
-    w: &mut Lwm2mWorld,
-    name: String,
-    profile: String,
-) -> anyhow::Result<()> {
-    add_client(w, &name, &profile, "", |_, _, b| Provisioning::BootstrapOnly(b))
+fn client_bootstrap_only(w: &mut Lwm2mWorld, name: String, profile: String) -> anyhow::Result<()> {
+    add_client(w, &name, &profile, "", |_, _, b| {
+        Provisioning::BootstrapOnly(b)
+    })
 }
 
 /// A client with a server account and a Bootstrap-Server account.
@@ -117,7 +117,9 @@ fn fleet_bootstrap(w: &mut Lwm2mWorld, n: usize, profile: String) -> anyhow::Res
     let prefix = w.ctx().library.profile(&profile)?.endpoint_prefix.clone();
     for i in 0..n {
         let name = format!("{prefix}{i}");
-        add_client(w, &name, &profile, "", |_, _, b| Provisioning::BootstrapOnly(b))?;
+        add_client(w, &name, &profile, "", |_, _, b| {
+            Provisioning::BootstrapOnly(b)
+        })?;
     }
     Ok(())
 }
@@ -259,14 +261,17 @@ fn bootstrap_account_kept(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
     let name = w.current()?;
     let machine = w.client_machine(&name)?;
     let tree = machine.tree();
-    let kept = tree.instance_ids(ObjectId(0)).into_iter().any(|i: InstanceId| {
-        tree.instance(ObjectId(0), i).is_some_and(|inst| {
-            matches!(
-                inst.get(&ResourceId(1)),
-                Some(ResourceValue::Single(Value::Boolean(true)))
-            )
-        })
-    });
+    let kept = tree
+        .instance_ids(ObjectId(0))
+        .into_iter()
+        .any(|i: InstanceId| {
+            tree.instance(ObjectId(0), i).is_some_and(|inst| {
+                matches!(
+                    inst.get(&ResourceId(1)),
+                    Some(ResourceValue::Single(Value::Boolean(true)))
+                )
+            })
+        });
     if kept {
         Ok(())
     } else {

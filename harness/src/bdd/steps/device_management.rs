@@ -32,7 +32,7 @@ use lwm2m_proto::{
     ContentFormat, Instance, Lwm2mPath, Node, Record, ResourceInstanceId, ResourceValue,
 };
 
-use crate::bdd::params::{FormatParam, Paths, PathParam, format_label};
+use crate::bdd::params::{FormatParam, PathParam, Paths, format_label};
 use crate::bdd::world::Lwm2mWorld;
 
 fn in_format(format: Option<ContentFormat>) -> String {
@@ -88,7 +88,11 @@ fn instance_from_rows(
                 }
                 Lwm2mPath::Instance(o, i)
             }
-            _ => return Err(anyhow!("{path} is not a resource or resource instance path")),
+            _ => {
+                return Err(anyhow!(
+                    "{path} is not a resource or resource instance path"
+                ));
+            }
         };
         match at {
             None => at = Some(owner),
@@ -101,7 +105,11 @@ fn instance_from_rows(
 }
 
 /// The node a write of `rows` to `target` sends.
-fn node_for(w: &Lwm2mWorld, target: Lwm2mPath, rows: &[(Lwm2mPath, String)]) -> anyhow::Result<Node> {
+fn node_for(
+    w: &Lwm2mWorld,
+    target: Lwm2mPath,
+    rows: &[(Lwm2mPath, String)],
+) -> anyhow::Result<Node> {
     let (owner, instance) = instance_from_rows(w, rows)?;
     match target {
         Lwm2mPath::Instance(..) if owner == target => Ok(Node::Instance(instance)),
@@ -152,7 +160,11 @@ fn write_value(
     let node = match path {
         Lwm2mPath::Resource(..) => Node::Resource(ResourceValue::Single(value)),
         Lwm2mPath::ResourceInstance(..) => Node::ResourceInstance(value),
-        _ => return Err(anyhow!("write a value to a resource or resource instance, not {path}")),
+        _ => {
+            return Err(anyhow!(
+                "write a value to a resource or resource instance, not {path}"
+            ));
+        }
     };
     w.operate(
         Operation::Write {
@@ -191,7 +203,11 @@ fn write_rows(
 ) -> anyhow::Result<()> {
     let rows = table_rows(step)?;
     let node = node_for(w, target, &rows)?;
-    let verb = if replace { "Write (replace)" } else { "Write (partial update)" };
+    let verb = if replace {
+        "Write (replace)"
+    } else {
+        "Write (partial update)"
+    };
     w.operate(
         Operation::Write {
             path: target,
@@ -205,13 +221,23 @@ fn write_rows(
 
 /// Write, partial update (POST) of an instance with the table's values.
 #[when(expr = "the server updates {path} in {format} with:")]
-fn updates(w: &mut Lwm2mWorld, step: &Step, path: PathParam, format: FormatParam) -> anyhow::Result<()> {
+fn updates(
+    w: &mut Lwm2mWorld,
+    step: &Step,
+    path: PathParam,
+    format: FormatParam,
+) -> anyhow::Result<()> {
     write_rows(w, step, path.0, format.0, false)
 }
 
 /// Write, replace (PUT) of an instance or resource with the table's values.
 #[when(expr = "the server replaces {path} in {format} with:")]
-fn replaces(w: &mut Lwm2mWorld, step: &Step, path: PathParam, format: FormatParam) -> anyhow::Result<()> {
+fn replaces(
+    w: &mut Lwm2mWorld,
+    step: &Step,
+    path: PathParam,
+    format: FormatParam,
+) -> anyhow::Result<()> {
     write_rows(w, step, path.0, format.0, true)
 }
 
@@ -219,8 +245,8 @@ fn replaces(w: &mut Lwm2mWorld, step: &Step, path: PathParam, format: FormatPara
 #[when(expr = "the server writes attributes {string} to {path}")]
 fn writes_attributes(w: &mut Lwm2mWorld, query: String, path: PathParam) -> anyhow::Result<()> {
     let parts: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
-    let attributes = AttributeUpdate::from_query(&parts)
-        .map_err(|e| anyhow!("attributes {query:?}: {e}"))?;
+    let attributes =
+        AttributeUpdate::from_query(&parts).map_err(|e| anyhow!("attributes {query:?}: {e}"))?;
     w.operate(
         Operation::WriteAttributes {
             path: path.0,
@@ -256,9 +282,17 @@ fn executes_with(w: &mut Lwm2mWorld, path: PathParam, args: String) -> anyhow::R
 
 /// Create (POST on an object) of the instance the table's rows lie in.
 #[when(expr = "the server creates an instance of {path} in {format} with:")]
-fn creates(w: &mut Lwm2mWorld, step: &Step, object: PathParam, format: FormatParam) -> anyhow::Result<()> {
+fn creates(
+    w: &mut Lwm2mWorld,
+    step: &Step,
+    object: PathParam,
+    format: FormatParam,
+) -> anyhow::Result<()> {
     let Lwm2mPath::Object(object) = object.0 else {
-        return Err(anyhow!("create an instance of an object, not of {}", object.0));
+        return Err(anyhow!(
+            "create an instance of an object, not of {}",
+            object.0
+        ));
     };
     let rows = table_rows(step)?;
     let (owner, resources) = instance_from_rows(w, &rows)?;
@@ -279,17 +313,28 @@ fn creates(w: &mut Lwm2mWorld, step: &Step, object: PathParam, format: FormatPar
 /// Delete (DELETE) of an instance.
 #[when(expr = "the server deletes {path}")]
 fn deletes(w: &mut Lwm2mWorld, path: PathParam) -> anyhow::Result<()> {
-    w.operate(Operation::Delete { path: path.0 }, format!("Delete {}", path.0))
+    w.operate(
+        Operation::Delete { path: path.0 },
+        format!("Delete {}", path.0),
+    )
 }
 
 fn show_paths(paths: &[Lwm2mPath]) -> String {
-    paths.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    paths
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Read-Composite (FETCH `/` with the path list, LwM2M 1.1+).
 #[when(expr = "the server reads the composite {paths} in {format}")]
 fn reads_composite(w: &mut Lwm2mWorld, paths: Paths, format: FormatParam) -> anyhow::Result<()> {
-    let description = format!("Read-Composite {} in {}", show_paths(&paths.0), format_label(format.0));
+    let description = format!(
+        "Read-Composite {} in {}",
+        show_paths(&paths.0),
+        format_label(format.0)
+    );
     w.operate(
         Operation::ReadComposite {
             paths: paths.0,
@@ -325,4 +370,3 @@ fn writes_composite(w: &mut Lwm2mWorld, step: &Step, format: FormatParam) -> any
         description,
     )
 }
-

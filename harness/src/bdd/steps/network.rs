@@ -29,7 +29,10 @@ fn time_passes(w: &mut Lwm2mWorld, d: DurationParam) {
     w.run_for(d.0);
 }
 
-fn change_network(w: &mut Lwm2mWorld, change: impl FnOnce(&mut NetworkModel)) -> anyhow::Result<()> {
+fn change_network(
+    w: &mut Lwm2mWorld,
+    change: impl FnOnce(&mut NetworkModel),
+) -> anyhow::Result<()> {
     let name = w.current()?;
     let mut model = w.networks.get(&name).cloned().unwrap_or_default();
     change(&mut model);
@@ -63,8 +66,14 @@ fn lossy(w: &mut Lwm2mWorld, percent: u32) -> anyhow::Result<()> {
 #[given(expr = "the client's link has a latency of {duration}")]
 fn latency(w: &mut Lwm2mWorld, delay: DurationParam) -> anyhow::Result<()> {
     change_network(w, |m| {
-        m.uplink = ImpairmentConfig { delay: delay.0, ..m.uplink.clone() };
-        m.downlink = ImpairmentConfig { delay: delay.0, ..m.downlink.clone() };
+        m.uplink = ImpairmentConfig {
+            delay: delay.0,
+            ..m.uplink.clone()
+        };
+        m.downlink = ImpairmentConfig {
+            delay: delay.0,
+            ..m.downlink.clone()
+        };
     })
 }
 
@@ -83,11 +92,16 @@ fn new_address(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
         matches!(&t.happening, Happening::Server(ServerEvent::Updated { registration, previous_address: Some(_) }) if registration.endpoint == name)
     });
     if !moved {
-        return Err(w.fail(format!("the server never saw {name:?} move to a new address")));
+        return Err(w.fail(format!(
+            "the server never saw {name:?} move to a new address"
+        )));
     }
     let (registered, current) = {
         let b = w.backend();
-        (b.registration(&name).map(|r| r.address), b.public_address(&name))
+        (
+            b.registration(&name).map(|r| r.address),
+            b.public_address(&name),
+        )
     };
     if registered.is_some() && registered == current {
         Ok(())
@@ -145,7 +159,9 @@ fn held(w: &mut Lwm2mWorld, n: usize) -> anyhow::Result<()> {
     if queued == n {
         Ok(())
     } else {
-        Err(w.fail(format!("the server holds {queued} requests for {name:?}, not {n}")))
+        Err(w.fail(format!(
+            "the server holds {queued} requests for {name:?}, not {n}"
+        )))
     }
 }
 
@@ -157,4 +173,3 @@ fn held_answered(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()
     }
     w.finish(within.0)
 }
-

@@ -24,7 +24,12 @@ use crate::bdd::backend::{Happening, Timed};
 use crate::bdd::params::{DurationParam, FormatParam, PathParam, Paths, format_label};
 use crate::bdd::world::{Lwm2mWorld, show_value, value_matches};
 
-fn observe(w: &mut Lwm2mWorld, paths: Vec<Lwm2mPath>, operation: Operation, description: String) -> anyhow::Result<()> {
+fn observe(
+    w: &mut Lwm2mWorld,
+    paths: Vec<Lwm2mPath>,
+    operation: Operation,
+    description: String,
+) -> anyhow::Result<()> {
     w.operate(operation, description)?;
     let outcome = w.outcome()?;
     if let Ok(response) = &outcome.result
@@ -39,14 +44,20 @@ fn observe(w: &mut Lwm2mWorld, paths: Vec<Lwm2mPath>, operation: Operation, desc
 /// Observe (GET with Observe = 0).
 #[when(expr = "the server observes {path}")]
 fn observes(w: &mut Lwm2mWorld, path: PathParam) -> anyhow::Result<()> {
-    let op = Operation::Observe { path: path.0, format: None };
+    let op = Operation::Observe {
+        path: path.0,
+        format: None,
+    };
     observe(w, vec![path.0], op, format!("Observe {}", path.0))
 }
 
 /// Observe in a format.
 #[when(expr = "the server observes {path} in {format}")]
 fn observes_in(w: &mut Lwm2mWorld, path: PathParam, format: FormatParam) -> anyhow::Result<()> {
-    let op = Operation::Observe { path: path.0, format: Some(format.0) };
+    let op = Operation::Observe {
+        path: path.0,
+        format: Some(format.0),
+    };
     let description = format!("Observe {} in {}", path.0, format_label(format.0));
     observe(w, vec![path.0], op, description)
 }
@@ -54,13 +65,24 @@ fn observes_in(w: &mut Lwm2mWorld, path: PathParam, format: FormatParam) -> anyh
 /// Observe-Composite (FETCH `/` with Observe = 0, LwM2M 1.1+).
 #[when(expr = "the server observes the composite {paths} in {format}")]
 fn observes_composite(w: &mut Lwm2mWorld, paths: Paths, format: FormatParam) -> anyhow::Result<()> {
-    let description = format!("Observe-Composite {} in {}", show(&paths.0), format_label(format.0));
-    let op = Operation::ObserveComposite { paths: paths.0.clone(), format: Some(format.0) };
+    let description = format!(
+        "Observe-Composite {} in {}",
+        show(&paths.0),
+        format_label(format.0)
+    );
+    let op = Operation::ObserveComposite {
+        paths: paths.0.clone(),
+        format: Some(format.0),
+    };
     observe(w, paths.0, op, description)
 }
 
 fn show(paths: &[Lwm2mPath]) -> String {
-    paths.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    paths
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn observation_of(w: &Lwm2mWorld, paths: &[Lwm2mPath]) -> anyhow::Result<ObservationId> {
@@ -71,9 +93,9 @@ fn observation_of(w: &Lwm2mWorld, paths: &[Lwm2mPath]) -> anyhow::Result<Observa
 }
 
 fn last_observed(w: &Lwm2mWorld) -> anyhow::Result<Vec<Lwm2mPath>> {
-    w.last_observed
-        .clone()
-        .ok_or_else(|| anyhow!("no observation yet: a `When the server observes ...` step comes first"))
+    w.last_observed.clone().ok_or_else(|| {
+        anyhow!("no observation yet: a `When the server observes ...` step comes first")
+    })
 }
 
 fn is_notification(t: &Timed, id: ObservationId) -> bool {
@@ -86,16 +108,28 @@ fn keep(w: &mut Lwm2mWorld, t: Timed) {
     }
 }
 
-fn notification_within(w: &mut Lwm2mWorld, paths: Vec<Lwm2mPath>, within: Duration) -> anyhow::Result<()> {
+fn notification_within(
+    w: &mut Lwm2mWorld,
+    paths: Vec<Lwm2mPath>,
+    within: Duration,
+) -> anyhow::Result<()> {
     let id = observation_of(w, &paths)?;
-    let t = w.wait_for(within, &format!("a notification of {}", show(&paths)), |t| is_notification(t, id))?;
+    let t = w.wait_for(
+        within,
+        &format!("a notification of {}", show(&paths)),
+        |t| is_notification(t, id),
+    )?;
     keep(w, t);
     Ok(())
 }
 
 /// A notification of an observed path arrives.
 #[then(expr = "a notification of {path} arrives within {duration}")]
-fn notification_of(w: &mut Lwm2mWorld, path: PathParam, within: DurationParam) -> anyhow::Result<()> {
+fn notification_of(
+    w: &mut Lwm2mWorld,
+    path: PathParam,
+    within: DurationParam,
+) -> anyhow::Result<()> {
     notification_within(w, vec![path.0], within.0)
 }
 
@@ -109,13 +143,25 @@ fn notification(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()>
 /// The next notification of the last observation arrives in a window after the previous
 /// awaited event (the notification before, or the Observe's answer): pmin/pmax timing.
 #[then(expr = "a notification arrives between {duration} and {duration} later")]
-fn notification_between(w: &mut Lwm2mWorld, min: DurationParam, max: DurationParam) -> anyhow::Result<()> {
+fn notification_between(
+    w: &mut Lwm2mWorld,
+    min: DurationParam,
+    max: DurationParam,
+) -> anyhow::Result<()> {
     let paths = last_observed(w)?;
     let id = observation_of(w, &paths)?;
     let previous = w.last_match().unwrap_or_default();
     let now = w.now();
     let within = (previous + max.0).saturating_sub(now);
-    let t = w.wait_for(within, &format!("a notification of {} by {:?} after the previous", show(&paths), max.0), |t| is_notification(t, id))?;
+    let t = w.wait_for(
+        within,
+        &format!(
+            "a notification of {} by {:?} after the previous",
+            show(&paths),
+            max.0
+        ),
+        |t| is_notification(t, id),
+    )?;
     let gap = t.at.saturating_sub(previous);
     if gap < min.0 {
         return Err(w.fail(format!(
@@ -129,12 +175,21 @@ fn notification_between(w: &mut Lwm2mWorld, min: DurationParam, max: DurationPar
 
 /// Notifications keep arriving.
 #[then(expr = "at least {int} notifications of {path} arrive within {duration}")]
-fn many_notifications(w: &mut Lwm2mWorld, n: usize, path: PathParam, within: DurationParam) -> anyhow::Result<()> {
+fn many_notifications(
+    w: &mut Lwm2mWorld,
+    n: usize,
+    path: PathParam,
+    within: DurationParam,
+) -> anyhow::Result<()> {
     let id = observation_of(w, &[path.0])?;
     let deadline = w.now() + within.0;
     for k in 0..n {
         let left = deadline.saturating_sub(w.now());
-        let t = w.wait_for(left, &format!("notification {} of {n} of {}", k + 1, path.0), |t| is_notification(t, id))?;
+        let t = w.wait_for(
+            left,
+            &format!("notification {} of {n} of {}", k + 1, path.0),
+            |t| is_notification(t, id),
+        )?;
         keep(w, t);
     }
     Ok(())
@@ -142,10 +197,16 @@ fn many_notifications(w: &mut Lwm2mWorld, n: usize, path: PathParam, within: Dur
 
 /// No notification of an observation arrives (it was cancelled).
 #[then(expr = "no notification of {path} arrives within {duration}")]
-fn no_notification(w: &mut Lwm2mWorld, path: PathParam, during: DurationParam) -> anyhow::Result<()> {
+fn no_notification(
+    w: &mut Lwm2mWorld,
+    path: PathParam,
+    during: DurationParam,
+) -> anyhow::Result<()> {
     let id = observation_of(w, &[path.0])?;
     w.mark();
-    w.expect_none(during.0, &format!("a notification of {}", path.0), |t| is_notification(t, id))
+    w.expect_none(during.0, &format!("a notification of {}", path.0), |t| {
+        is_notification(t, id)
+    })
 }
 
 /// No notification of the last observation arrives.
@@ -183,7 +244,11 @@ fn notification_holds(w: &mut Lwm2mWorld, paths: Paths) -> anyhow::Result<()> {
         Ok(())
     } else {
         let got: Vec<String> = records.iter().map(|r| r.path.to_string()).collect();
-        Err(w.fail(format!("the notification lacks {}; it holds {}", missing.join(", "), got.join(", "))))
+        Err(w.fail(format!(
+            "the notification lacks {}; it holds {}",
+            missing.join(", "),
+            got.join(", ")
+        )))
     }
 }
 
@@ -207,18 +272,33 @@ fn notification_lacks(w: &mut Lwm2mWorld, paths: Paths) -> anyhow::Result<()> {
 #[then(expr = "the notification's value of {path} is {string}")]
 fn notification_value(w: &mut Lwm2mWorld, path: PathParam, expected: String) -> anyhow::Result<()> {
     let records = notification_records(w)?;
-    match records.iter().find(|r| r.path == path.0).and_then(|r| r.value.as_ref()) {
+    match records
+        .iter()
+        .find(|r| r.path == path.0)
+        .and_then(|r| r.value.as_ref())
+    {
         Some(v) if value_matches(v, &expected) => Ok(()),
-        Some(v) => Err(w.fail(format!("the notification gave {} = {}, not {expected:?}", path.0, show_value(v)))),
+        Some(v) => Err(w.fail(format!(
+            "the notification gave {} = {}, not {expected:?}",
+            path.0,
+            show_value(v)
+        ))),
         None => Err(w.fail(format!("the notification gave no value for {}", path.0))),
     }
 }
 
 fn cancel(w: &mut Lwm2mWorld, paths: Vec<Lwm2mPath>, active: bool) -> anyhow::Result<()> {
     let observation = observation_of(w, &paths)?;
-    let how = if active { "with Observe=1" } else { "with a Reset" };
+    let how = if active {
+        "with Observe=1"
+    } else {
+        "with a Reset"
+    };
     w.operate(
-        Operation::CancelObservation { observation, active },
+        Operation::CancelObservation {
+            observation,
+            active,
+        },
         format!("cancel the observation of {} {how}", show(&paths)),
     )
 }

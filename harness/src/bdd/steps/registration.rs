@@ -17,10 +17,10 @@
 use std::time::Duration;
 
 use cucumber::{then, when};
+use lwm2m_proto::Lwm2mPath;
 use lwm2m_proto::client::{ClientEvent, ClientState};
 use lwm2m_proto::coap::{CoapOption, MessageClass, RequestType, message};
 use lwm2m_proto::server::{Registration, ServerEvent};
-use lwm2m_proto::Lwm2mPath;
 
 use crate::bdd::backend::Happening;
 use crate::bdd::params::{Code, DurationParam, Paths, Version};
@@ -102,7 +102,10 @@ fn has_lifetime(w: &mut Lwm2mWorld, lifetime: u32) -> anyhow::Result<()> {
     if r.lifetime == lifetime {
         Ok(())
     } else {
-        Err(w.fail(format!("{name:?} is registered with lifetime {}, not {lifetime}", r.lifetime)))
+        Err(w.fail(format!(
+            "{name:?} is registered with lifetime {}, not {lifetime}",
+            r.lifetime
+        )))
     }
 }
 
@@ -133,7 +136,10 @@ fn has_binding(w: &mut Lwm2mWorld, binding: String) -> anyhow::Result<()> {
     if r.binding == binding {
         Ok(())
     } else {
-        Err(w.fail(format!("{name:?} registered with binding {:?}, not {binding:?}", r.binding)))
+        Err(w.fail(format!(
+            "{name:?} registered with binding {:?}, not {binding:?}",
+            r.binding
+        )))
     }
 }
 
@@ -154,7 +160,10 @@ fn queue_mode(w: &mut Lwm2mWorld, expected: bool) -> anyhow::Result<()> {
     if r.queue_mode == expected {
         Ok(())
     } else {
-        Err(w.fail(format!("queue mode of {name:?} is {}, expected {expected}", r.queue_mode)))
+        Err(w.fail(format!(
+            "queue mode of {name:?} is {}, expected {expected}",
+            r.queue_mode
+        )))
     }
 }
 
@@ -204,7 +213,11 @@ fn registration_omits(w: &mut Lwm2mWorld, paths: Paths) -> anyhow::Result<()> {
     if present.is_empty() {
         Ok(())
     } else {
-        Err(w.fail(format!("{name:?} registered with {}; links: {}", present.join(", "), r.links)))
+        Err(w.fail(format!(
+            "{name:?} registered with {}; links: {}",
+            present.join(", "),
+            r.links
+        )))
     }
 }
 

@@ -10,9 +10,9 @@
 
 use anyhow::anyhow;
 use cucumber::{then, when};
+use lwm2m_proto::Record;
 use lwm2m_proto::client::ClientEvent;
 use lwm2m_proto::server::ServerEvent;
-use lwm2m_proto::Record;
 
 use crate::bdd::backend::{ClientAction, Happening};
 use crate::bdd::params::{Code, DurationParam, PathParam, Paths};
@@ -57,9 +57,17 @@ fn sent(w: &Lwm2mWorld) -> anyhow::Result<Vec<Record>> {
 #[then(expr = "the sent value of {path} is {string}")]
 fn sent_value(w: &mut Lwm2mWorld, path: PathParam, expected: String) -> anyhow::Result<()> {
     let records = sent(w)?;
-    match records.iter().find(|r| r.path == path.0).and_then(|r| r.value.as_ref()) {
+    match records
+        .iter()
+        .find(|r| r.path == path.0)
+        .and_then(|r| r.value.as_ref())
+    {
         Some(v) if value_matches(v, &expected) => Ok(()),
-        Some(v) => Err(w.fail(format!("the Send gave {} = {}, not {expected:?}", path.0, show_value(v)))),
+        Some(v) => Err(w.fail(format!(
+            "the Send gave {} = {}, not {expected:?}",
+            path.0,
+            show_value(v)
+        ))),
         None => Err(w.fail(format!("the Send carried no value for {}", path.0))),
     }
 }
@@ -69,8 +77,13 @@ fn sent_value(w: &mut Lwm2mWorld, path: PathParam, expected: String) -> anyhow::
 fn send_holds_only(w: &mut Lwm2mWorld, paths: Paths) -> anyhow::Result<()> {
     let records = sent(w)?;
     let got: Vec<String> = records.iter().map(|r| r.path.to_string()).collect();
-    let missing = paths.0.iter().any(|p| !records.iter().any(|r| p.is_prefix_of(&r.path)));
-    let extra = records.iter().any(|r| !paths.0.iter().any(|p| p.is_prefix_of(&r.path)));
+    let missing = paths
+        .0
+        .iter()
+        .any(|p| !records.iter().any(|r| p.is_prefix_of(&r.path)));
+    let extra = records
+        .iter()
+        .any(|r| !paths.0.iter().any(|p| p.is_prefix_of(&r.path)));
     if missing || extra {
         Err(w.fail(format!("the Send carried {}", got.join(", "))))
     } else {
@@ -86,10 +99,14 @@ fn send_answered(w: &mut Lwm2mWorld, code: Code, within: DurationParam) -> anyho
         matches!(&t.happening, Happening::Client { endpoint, event: ClientEvent::Sent { .. } } if *endpoint == name)
     })?;
     match t.happening {
-        Happening::Client { event: ClientEvent::Sent { code: c }, .. } if c == code.0 => Ok(()),
-        Happening::Client { event: ClientEvent::Sent { code: c }, .. } => {
-            Err(w.fail(format!("the Send was answered {}, not {code}", Code(c))))
-        }
+        Happening::Client {
+            event: ClientEvent::Sent { code: c },
+            ..
+        } if c == code.0 => Ok(()),
+        Happening::Client {
+            event: ClientEvent::Sent { code: c },
+            ..
+        } => Err(w.fail(format!("the Send was answered {}, not {code}", Code(c)))),
         _ => Err(w.fail("not a Send answer")),
     }
 }
