@@ -688,3 +688,139 @@ impl Backend for InProcess {
             .map(|i| self.clients[*i].public_address())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use lwm2m_proto::server::ServerEvent;
+    use lwm2m_simulator::network::NatConfig;
+
+    use super::*;
+    use crate::bdd::fleet::{Library, Provisioning};
+    use crate::bdd::run::workspace_root;
+
+    fn library() -> Library {
+        Library::load(&workspace_root(Path::new(env!("CARGO_MANIFEST_DIR"))), &[]).unwrap()
+    }
+
+    /// A backend with one registered "ets-1.1" client called `c1`.
+    fn registered(lib: &Library, model: Option<NetworkModel>) -> InProcess {
+        let mut b = InProcess::new(Subject::in_process(), 3, lib.registry.clone());
+        let profile = lib.profile("ets-1.1").unwrap();
+        let spec = lib
+            .client(profile, "c1", 0, 3, Provisioning::Server(SERVER), &[])
+            .unwrap();
+        b.add_client(spec).unwrap();
+        if let Some(m) = model {
+            b.set_network("c1", &m).unwrap();
+        }
+        b.client_action("c1", ClientAction::Start).unwrap();
+        let until = b.now() + Duration::from_secs(5);
+        run_until(&mut b, until, |h| {
+            matches!(h, Happening::Server(ServerEvent::Registered { .. }))
+        })
+        .expect("registered");
+        b
+    }
+
+    fn run_until(
+        b: &mut InProcess,
+        until: Duration,
+        mut found: impl FnMut(&Happening) -> bool,
+    ) -> Option<Timed> {
+        while b.now() < until {
+            b.step(until);
+            while let Some(t) = b.poll_happening() {
+                if found(&t.happening) {
+                    return Some(t);
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn days_pass_in_an_instant_and_updates_keep_the_registration() {
+        let lib = library();
+        let mut b = registered(&lib, None);
+        let id = b.registration("c1").unwrap().id;
+        let wall = Instant::now();
+        // The lifetime is 86400 s: the client updates before it runs out, twice.
+        run_until(&mut b, Duration::from_secs(2 * 86_400 + 60), |_| false);
+        assert!(wall.elapsed() < Duration::from_secs(10));
+        assert!(b.now() >= Duration::from_secs(2 * 86_400 + 60));
+        let r = b.registration("c1").expect("still registered");
+        assert_eq!(r.id, id);
+        let text = b.exchange_log().text();
+        assert!(text.contains("POST mid="), "{text}");
+        assert!(text.matches(&format!("/rd/{id}")).count() >= 2, "{text}");
+    }
+
+    #[test]
+    fn a_nat_drops_datagrams_to_a_forgotten_mapping() {
+        let lib = library();
+        let model = NetworkModel {
+            nat: Some(NatConfig {
+                idle_timeout: Duration::from_secs(30),
+                inbound_refresh: false,
+            }),
+            ..NetworkModel::default()
+        };
+        let mut b = registered(&lib, Some(model));
+        let seen_at = b.registration("c1").unwrap().address;
+        assert_eq!(b.public_address("c1"), Some(seen_at));
+        assert_eq!(seen_at.ip(), IpAddr::V4(Ipv4Addr::new(100, 0, 0, 1)));
+        let until = b.now() + Duration::from_secs(60);
+        run_until(&mut b, until, |_| false);
+        let op = b
+            .request(
+                "c1",
+                Operation::Read {
+                    path: Lwm2mPath::resource(3, 0, 0),
+                    format: None,
+                },
+            )
+            .unwrap();
+        let until = b.now() + Duration::from_secs(120);
+        let done = run_until(
+            &mut b,
+            until,
+            |h| matches!(h, Happening::Server(ServerEvent::Completed { op: o, .. }) if *o == op),
+        )
+        .expect("the read ends");
+        assert!(
+            matches!(
+                done.happening,
+                Happening::Server(ServerEvent::Completed { result: Err(_), .. })
+            ),
+            "{done:?}"
+        );
+        let text = b.exchange_log().text();
+        assert!(text.contains("dropped by the NAT of c1"), "{text}");
+    }
+
+    #[test]
+    fn a_lost_link_loses_everything_and_says_so() {
+        let lib = library();
+        let mut b = registered(&lib, None);
+        let mut model = NetworkModel::default();
+        model.uplink.loss = 1.0;
+        model.downlink.loss = 1.0;
+        b.set_network("c1", &model).unwrap();
+        b.request(
+            "c1",
+            Operation::Read {
+                path: Lwm2mPath::resource(3, 0, 0),
+                format: None,
+            },
+        )
+        .unwrap();
+        let until = b.now() + Duration::from_secs(10);
+        run_until(&mut b, until, |_| false);
+        let text = b.exchange_log().text();
+        assert!(text.contains("lost on the downlink to c1"), "{text}");
+        assert!(b.client("c1").is_some() && b.client("nobody").is_none());
+        assert!(b.client_action("nobody", ClientAction::Start).is_err());
+    }
+}

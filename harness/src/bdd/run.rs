@@ -432,6 +432,12 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let library = Library::load(&options.root, &options.ddf)?;
+    // Evidence of an earlier run in the same folder would mix with this run's.
+    let evidence = options.report_dir.join("exchanges");
+    if evidence.is_dir() {
+        std::fs::remove_dir_all(&evidence)
+            .with_context(|| format!("clearing {}", evidence.display()))?;
+    }
     let cucumber_dir = options.report_dir.join("cucumber");
     std::fs::create_dir_all(&cucumber_dir)
         .with_context(|| format!("creating {}", cucumber_dir.display()))?;
@@ -578,5 +584,45 @@ mod tests {
         }
         assert_eq!(stable_hash("a"), stable_hash("a"));
         assert_ne!(stable_hash("a"), stable_hash("b"));
+    }
+
+    /// The exchange logs of a run, by file name.
+    fn exchanges(seed: u64, dir: &Path) -> BTreeMap<String, String> {
+        let root = workspace_root(Path::new(env!("CARGO_MANIFEST_DIR")));
+        let options = SuiteOptions {
+            features: vec![root.join("features")],
+            root,
+            ddf: Vec::new(),
+            // Lossy links, NAT ports, registration ids, tokens: everything seeded.
+            tags: Some("@rfc7252-4.2 or @core-6.2.2 or @int-109".to_owned()),
+            subject: Subject::in_process(),
+            seed,
+            report_dir: dir.to_path_buf(),
+            run: "determinism".to_owned(),
+            console: false,
+        };
+        let outcome = run_suite(&options).unwrap();
+        assert!(outcome.is_success(), "{}", summary(&outcome.report));
+        assert_eq!(outcome.report.seed, seed);
+        std::fs::read_dir(dir.join("exchanges"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+            .map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read_to_string(&p).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_seed_one_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = exchanges(7, &tmp.path().join("a"));
+        let b = exchanges(7, &tmp.path().join("b"));
+        let c = exchanges(8, &tmp.path().join("c"));
+        assert_eq!(a.len(), 4);
+        assert_eq!(a, b, "the same seed must give the same exchanges");
+        assert_ne!(a, c, "another seed gives other tokens, ids and losses");
     }
 }

@@ -81,7 +81,8 @@ pub struct Lwm2mWorld {
     timeline: Vec<Timed>,
     /// Happenings a wait has matched already (a later wait looks for another one).
     consumed: Vec<bool>,
-    cursor: usize,
+    /// Where waits start looking (see [`Lwm2mWorld::mark`]).
+    mark_at: usize,
     last_match: Option<Duration>,
     log_mark: usize,
     pending: Option<Pending>,
@@ -187,15 +188,6 @@ impl Lwm2mWorld {
             .ok_or_else(|| anyhow!("no client yet: add one with `Given a client \"NAME\" ...`"))
     }
 
-    /// The named client, or the current one for `"the client"` / an empty name.
-    pub fn resolve(&self, name: &str) -> anyhow::Result<String> {
-        if name.is_empty() || name == "the client" {
-            self.current()
-        } else {
-            Ok(name.to_owned())
-        }
-    }
-
     /// A simulated client's machine.
     pub fn client_machine(&mut self, endpoint: &str) -> anyhow::Result<&Lwm2mClient> {
         let backend = self.backend();
@@ -208,7 +200,7 @@ impl Lwm2mWorld {
     /// failure messages show the exchange from here.
     pub fn mark(&mut self) {
         self.drain();
-        self.cursor = self.timeline.len();
+        self.mark_at = self.timeline.len();
         self.log_mark = self.backend().exchange_log().len();
     }
 
@@ -258,7 +250,7 @@ impl Lwm2mWorld {
         let deadline = self.now() + within;
         loop {
             self.drain();
-            let found = (self.cursor..self.timeline.len())
+            let found = (self.mark_at..self.timeline.len())
                 .find(|&i| !self.consumed[i] && matches(&self.timeline[i]));
             if let Some(i) = found {
                 self.consumed[i] = true;
@@ -282,7 +274,7 @@ impl Lwm2mWorld {
         mut matches: impl FnMut(&Timed) -> bool,
     ) -> anyhow::Result<()> {
         self.run_for(during);
-        let found = (self.cursor..self.timeline.len())
+        let found = (self.mark_at..self.timeline.len())
             .find(|&i| !self.consumed[i] && matches(&self.timeline[i]));
         match found.map(|i| &self.timeline[i]) {
             Some(t) => Err(self.fail(format!(
@@ -292,12 +284,6 @@ impl Lwm2mWorld {
             ))),
             None => Ok(()),
         }
-    }
-
-    /// Happenings since the mark.
-    pub fn since_mark(&mut self) -> Vec<Timed> {
-        self.drain();
-        self.timeline[self.cursor..].to_vec()
     }
 
     /// Everything that happened in the scenario so far.
