@@ -10,7 +10,7 @@
 //!   `lwm2m_server` drivers), either a real device registering with our servers
 //!   ([`Subject::Device`]) or our simulated clients registering with an external server
 //!   ([`Subject::Server`]). Until it exists those subjects report every case not
-//!   applicable (see [`Subject::unavailable`]), never passed.
+//!   applicable (see [`open`]), never passed.
 //!
 //! A step asks the backend for what it needs; what a subject cannot do is a
 //! [`Capability`] it lacks, and the case becomes "not applicable" with the reason.
@@ -75,16 +75,6 @@ impl Subject {
             Self::InProcess { .. } => "simulated-client",
             Self::Device { .. } => "device",
             Self::Server { .. } => "server",
-        }
-    }
-
-    /// Why no backend can run this subject yet, if so.
-    pub fn unavailable(&self) -> Option<String> {
-        match self {
-            Self::InProcess { .. } => None,
-            Self::Device { .. } | Self::Server { .. } => Some(
-                "network backend not built yet: only the in-process subject runs so far".to_owned(),
-            ),
         }
     }
 
@@ -311,4 +301,23 @@ pub trait Backend: fmt::Debug {
 
     /// The address the server sees a simulated client at now.
     fn public_address(&self, endpoint: &str) -> Option<SocketAddr>;
+}
+
+/// The backend that runs `subject`, seeded with `seed`; `Err` says why no backend can run
+/// the subject yet (every case is then not applicable).
+pub fn open(
+    subject: &Subject,
+    seed: u64,
+    registry: std::sync::Arc<lwm2m_proto::registry::Registry>,
+) -> Result<Box<dyn Backend>, String> {
+    match subject {
+        Subject::InProcess { .. } => Ok(Box::new(super::inprocess::InProcess::new(
+            subject.clone(),
+            seed,
+            registry,
+        ))),
+        Subject::Device { .. } | Subject::Server { .. } => {
+            Err("network backend not built yet: only the in-process subject runs so far".to_owned())
+        }
+    }
 }

@@ -181,8 +181,7 @@ impl RunContext {
         }
         let unavailable = world
             .as_ref()
-            .and_then(|w| w.backend_ref().is_none().then(|| w.subject().unavailable()))
-            .flatten();
+            .and_then(|w| w.unavailable().map(str::to_owned));
         let (status, message) = match finished {
             ScenarioFinished::StepPassed => match unavailable {
                 Some(reason) => (Status::NotApplicable, Some(reason)),

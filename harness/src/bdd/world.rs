@@ -21,8 +21,7 @@ use lwm2m_proto::server::{
 };
 use lwm2m_proto::{DataType, Lwm2mPath, Record, Schema, Value};
 
-use super::backend::{Backend, Capability, ClientAction, Happening, Subject, Timed};
-use super::inprocess::InProcess;
+use super::backend::{self, Backend, Capability, ClientAction, Happening, Timed};
 use super::run::RunContext;
 use crate::record::Latencies;
 
@@ -124,13 +123,9 @@ impl Lwm2mWorld {
     pub fn setup(&mut self, ctx: Arc<RunContext>, seed: u64) {
         self.seed = seed;
         self.wall_start = Some(Instant::now());
-        match ctx.subject.unavailable() {
-            Some(reason) => self.unavailable = Some(reason),
-            None => {
-                let registry = ctx.library.registry.clone();
-                let backend = InProcess::new(ctx.subject.clone(), seed, registry);
-                self.backend = Some(Box::new(backend));
-            }
+        match backend::open(&ctx.subject, seed, ctx.library.registry.clone()) {
+            Ok(backend) => self.backend = Some(backend),
+            Err(reason) => self.unavailable = Some(reason),
         }
         self.ctx = Some(ctx);
     }
@@ -154,6 +149,11 @@ impl Lwm2mWorld {
         }
     }
 
+    /// Why no backend runs the subject, if so.
+    pub fn unavailable(&self) -> Option<&str> {
+        self.unavailable.as_deref()
+    }
+
     /// The backend, if the scenario got as far as having one.
     pub fn backend_ref(&self) -> Option<&dyn Backend> {
         self.backend.as_deref()
@@ -164,11 +164,6 @@ impl Lwm2mWorld {
         if let Err(reason) = self.backend().supports(capability) {
             not_applicable(format!("needs {capability}: {reason}"));
         }
-    }
-
-    /// The subject.
-    pub fn subject(&self) -> Subject {
-        self.ctx().subject.clone()
     }
 
     /// The time since the scenario started (virtual in-process).
