@@ -2,11 +2,13 @@
 //!
 //! Subcommands: `decode` and `encode` (the codec tool for people), `objects` (the object
 //! registry), `serve` (the servers and their REST API), `simulate` (a fleet of simulated
-//! clients against a server), `report` (render a run again) and `run` (the main job).
+//! clients against a server), `test` (the Gherkin feature suite), `report` (render a run
+//! again) and `run` (the main job).
 
 mod codec_tool;
 mod serve;
 mod simulate;
+mod test_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +33,8 @@ struct Cli {
 enum Command {
     /// Run a scenario: in-process servers plus a simulated fleet, report under reports/.
     Run(lwm2m_harness::runner::RunArgs),
+    /// Run the Gherkin feature suite (features/) against a subject; report under reports/.
+    Test(test_cmd::TestArgs),
     /// Decode an LwM2M payload and print its nodes as JSON, named from the registry.
     Decode(codec_tool::DecodeArgs),
     /// Encode nodes given as JSON into an LwM2M payload (hex on stdout, or raw to a file).
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = codec_tool::registry(&cli.ddf).and_then(|registry| match cli.command {
         Command::Run(args) => lwm2m_harness::runner::main(registry, &args),
+        Command::Test(args) => test_cmd::run(&args, &cli.ddf),
         Command::Decode(args) => codec_tool::decode(&registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Encode(args) => codec_tool::encode(&registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve::run(registry, &args).map(|()| ExitCode::SUCCESS),

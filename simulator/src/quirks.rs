@@ -305,6 +305,26 @@ pub fn pre_1_0_location() -> ObjectDef {
     }
 }
 
+/// The client machine's switches for a list of quirks. `pre-1-0-location` needs none: it
+/// is the profile's definition of object 6.
+pub fn client_quirks<'a>(list: impl IntoIterator<Item = &'a Quirk>) -> lwm2m_proto::client::Quirks {
+    let mut q = lwm2m_proto::client::Quirks::default();
+    for quirk in list {
+        match quirk {
+            Quirk::LegacyContentFormats => q.legacy_content_formats = true,
+            Quirk::NoLwm2mVersion => q.no_lwm2m_version = true,
+            Quirk::LegacyQueueBinding => q.legacy_queue_binding = true,
+            Quirk::NonMinimalTlvIntegers => q.non_minimal_tlv_integers = true,
+            Quirk::IgnoreAccept => q.ignore_accept = true,
+            Quirk::WrongSuccessCodes => q.wrong_success_codes = true,
+            Quirk::LateResponses { delay } => q.late_responses = Some(*delay),
+            Quirk::DuplicateResponses { copies } => q.duplicate_responses = *copies,
+            Quirk::Pre10Location => {}
+        }
+    }
+    q
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

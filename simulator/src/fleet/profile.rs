@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lwm2m_proto::client::{ClientConfig, ObjectTree, Quirks};
+use lwm2m_proto::client::{ClientConfig, ObjectTree};
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::value::Value;
 use lwm2m_proto::{InstanceId, Lwm2mPath, ObjectDef, ObjectId, ResourceValue, coap};
@@ -15,7 +15,6 @@ use super::{ClientSpec, GeneratedResource};
 use crate::config::ConfigError;
 use crate::network::NetworkModel;
 use crate::profile::{DeviceTemplate, Profile, ResourceSpec, instances_for};
-use crate::quirks::Quirk;
 use crate::seed;
 
 /// The servers a client is configured with (factory configuration).
@@ -156,7 +155,7 @@ impl ProfileClients {
             response_delay: p.response_delay,
             update_margin: update_margin(lifetime),
             reboot_silence: Duration::from_secs(5),
-            quirks: quirks(p.effective_quirks()),
+            quirks: crate::quirks::client_quirks(p.effective_quirks()),
             coap: coap::Config {
                 seed: seed::mix(&[seed, n, 0]),
                 ..coap::Config::default()
@@ -199,26 +198,6 @@ fn set_uri(tree: &mut ObjectTree, iid: InstanceId, addr: SocketAddr) {
 /// Update ahead of expiry: a tenth of the lifetime, 1 s at least and 60 s at most.
 fn update_margin(lifetime: u32) -> Duration {
     Duration::from_secs(u64::from(lifetime / 10).clamp(1, 60))
-}
-
-/// The deviations of the client machine for the profile's quirks.
-fn quirks(list: &[Quirk]) -> Quirks {
-    let mut q = Quirks::default();
-    for quirk in list {
-        match quirk {
-            Quirk::LegacyContentFormats => q.legacy_content_formats = true,
-            Quirk::NoLwm2mVersion => q.no_lwm2m_version = true,
-            Quirk::LegacyQueueBinding => q.legacy_queue_binding = true,
-            Quirk::NonMinimalTlvIntegers => q.non_minimal_tlv_integers = true,
-            Quirk::IgnoreAccept => q.ignore_accept = true,
-            Quirk::WrongSuccessCodes => q.wrong_success_codes = true,
-            Quirk::LateResponses { delay } => q.late_responses = Some(*delay),
-            Quirk::DuplicateResponses { copies } => q.duplicate_responses = *copies,
-            // Pre10Location is in the object definitions already.
-            _ => {}
-        }
-    }
-    q
 }
 
 #[cfg(test)]

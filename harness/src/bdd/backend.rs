@@ -1,0 +1,323 @@
+//! What the steps run against: a [`Backend`] joins the LwM2M Server, the Bootstrap Server
+//! and the clients of a scenario, whichever of them is ours and whichever is the subject
+//! under test, behind one interface.
+//!
+//! Two backends are planned:
+//! - **in-process** ([`super::inprocess::InProcess`]): our sans-IO server, bootstrap server
+//!   and simulated clients joined by an in-memory datagram link on a virtual clock, so a
+//!   scenario that waits 86400 s runs in milliseconds and repeats exactly from its seed;
+//! - **network** (not built yet): the same machines behind real sockets (the
+//!   `lwm2m_server` drivers), either a real device registering with our servers
+//!   ([`Subject::Device`]) or our simulated clients registering with an external server
+//!   ([`Subject::Server`]). Until it exists those subjects report every case not
+//!   applicable (see [`open`]), never passed.
+//!
+//! A step asks the backend for what it needs; what a subject cannot do is a
+//! [`Capability`] it lacks, and the case becomes "not applicable" with the reason.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use lwm2m_proto::bootstrap::{BootstrapConfig, BootstrapError, BootstrapEvent};
+use lwm2m_proto::client::{ClientConfig, ClientEvent, Lwm2mClient, ObjectTree};
+use lwm2m_proto::coap::Packet;
+use lwm2m_proto::server::{ObservationId, OpError, OpId, Operation, Registration, ServerEvent};
+use lwm2m_proto::{Lwm2mPath, Value};
+use lwm2m_simulator::NetworkModel;
+
+use super::exchange::ExchangeLog;
+
+/// What a run tests: the subject of its interoperability report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    /// Our LwM2M Server and Bootstrap Server against our simulated clients, in one process
+    /// on a virtual clock: the suite checks itself. `quirks` (quirk and quirk pack names)
+    /// are added to every client the scenarios create, to see a deviating client fail.
+    InProcess {
+        /// Quirks or quirk packs every simulated client gets on top of its profile's.
+        quirks: Vec<String>,
+    },
+    /// A device under test: a real client, registering with our servers under this
+    /// endpoint name.
+    Device {
+        /// Its endpoint client name.
+        endpoint: String,
+    },
+    /// A server under test: an external LwM2M server our simulated clients register with.
+    Server {
+        /// Its URI, `coap://HOST:PORT`.
+        uri: String,
+    },
+}
+
+impl Subject {
+    /// Our own server and clients, in process, as they are.
+    pub fn in_process() -> Self {
+        Self::InProcess { quirks: Vec::new() }
+    }
+
+    /// The id in the report matrix (`in-process`, `device:EP`, `server:URI`).
+    pub fn id(&self) -> String {
+        match self {
+            Self::InProcess { quirks } if quirks.is_empty() => "in-process".to_owned(),
+            Self::InProcess { quirks } => format!("in-process+{}", quirks.join("+")),
+            Self::Device { endpoint } => format!("device:{endpoint}"),
+            Self::Server { uri } => format!("server:{uri}"),
+        }
+    }
+
+    /// What the subject is, for the report (`simulated-client`, `device`, `server`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InProcess { .. } => "simulated-client",
+            Self::Device { .. } => "device",
+            Self::Server { .. } => "server",
+        }
+    }
+
+    /// The subject as the report lists it.
+    pub fn report_subject(&self) -> crate::report::Subject {
+        let (version, address) = match self {
+            Self::InProcess { quirks } => {
+                let with = if quirks.is_empty() {
+                    String::new()
+                } else {
+                    format!(", quirks {}", quirks.join(", "))
+                };
+                (
+                    format!(
+                        "lwm2m-harness {} (in-process{with})",
+                        env!("CARGO_PKG_VERSION")
+                    ),
+                    None,
+                )
+            }
+            Self::Device { endpoint } => ("unknown".to_owned(), Some(endpoint.clone())),
+            Self::Server { uri } => ("unknown".to_owned(), Some(uri.clone())),
+        };
+        crate::report::Subject {
+            id: self.id(),
+            kind: self.kind().to_owned(),
+            version,
+            address,
+        }
+    }
+}
+
+/// Something a case needs from its subject or backend; a lacking capability makes the case
+/// not applicable, with [`Backend::supports`]'s reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Capability {
+    /// CoAP over DTLS 1.2 (RFC 6347) with PSK, certificates or raw public keys.
+    Dtls,
+    /// CoAP over TCP (RFC 8323, binding `T`).
+    Tcp,
+    /// Bootstrap from a smartcard (Core TS 1.1 §5.2.4).
+    Smartcard,
+    /// The client de-registers when its Server object's Disable (1/x/4) is executed
+    /// (Core TS 1.1 Appendix E.2).
+    Disable,
+    /// The client runs a client-initiated bootstrap when its Server object's
+    /// Bootstrap-Request Trigger (1/x/9) is executed (Core TS 1.1 Appendix E.2).
+    BootstrapTrigger,
+    /// The client honours Mute Send (1/x/23, Core TS 1.1 Appendix E.2).
+    MuteSend,
+    /// The client accepts a Bootstrap Server's requests it did not ask for (Server
+    /// Initiated Bootstrap, Core TS 1.1 §5.2).
+    ServerInitiatedBootstrap,
+    /// The LwM2M Server can send a Read without an Accept option (ETS int-237).
+    ReadWithoutAccept,
+    /// Virtual time: long waits cost nothing.
+    VirtualTime,
+}
+
+impl Capability {
+    /// Every capability, with the name steps use.
+    pub const NAMES: [(&'static str, Self); 9] = [
+        ("DTLS", Self::Dtls),
+        ("TCP", Self::Tcp),
+        ("smartcard bootstrap", Self::Smartcard),
+        ("Disable", Self::Disable),
+        ("Bootstrap-Request Trigger", Self::BootstrapTrigger),
+        ("Mute Send", Self::MuteSend),
+        ("server initiated bootstrap", Self::ServerInitiatedBootstrap),
+        ("Read without Accept", Self::ReadWithoutAccept),
+        ("virtual time", Self::VirtualTime),
+    ];
+}
+
+impl FromStr for Capability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::NAMES
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(s))
+            .map(|(_, c)| *c)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::NAMES.iter().map(|(n, _)| *n).collect();
+                format!("unknown capability {s:?}; known: {}", names.join(", "))
+            })
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = Self::NAMES
+            .iter()
+            .find(|(_, c)| c == self)
+            .map_or("?", |(n, _)| n);
+        f.write_str(name)
+    }
+}
+
+/// Something that happened in a scenario, from any party.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "happenings are moved once into the timeline; boxing would burden every match"
+)]
+pub enum Happening {
+    /// The LwM2M Server reported it.
+    Server(ServerEvent),
+    /// The Bootstrap Server reported it.
+    Bootstrap(BootstrapEvent),
+    /// A simulated client reported it.
+    Client {
+        /// The client's endpoint name.
+        endpoint: String,
+        /// What it reported.
+        event: ClientEvent,
+    },
+}
+
+/// A [`Happening`] with the (virtual) time it happened, since the start of the scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timed {
+    /// When.
+    pub at: Duration,
+    /// What.
+    pub happening: Happening,
+}
+
+/// A simulated client to add: its settings and factory object tree.
+#[derive(Debug, Clone)]
+pub struct ClientSpec {
+    /// Settings (endpoint name, version, servers, formats, quirks).
+    pub config: ClientConfig,
+    /// Factory object tree.
+    pub tree: ObjectTree,
+}
+
+/// Something a simulated client does on the harness's behalf.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientAction {
+    /// Start: bootstrap or register.
+    Start,
+    /// A sensor reading changes (observations are evaluated).
+    SetValue(Lwm2mPath, Value),
+    /// Send these paths with the Send operation (Core TS 1.1 §6.4.3).
+    Send(Vec<Lwm2mPath>),
+    /// Send an Update now (a queue-mode client wakes up).
+    Update,
+    /// De-register (Core TS 1.1 §6.2.3).
+    Deregister,
+}
+
+/// The parties of a scenario behind one interface (see the module documentation).
+///
+/// Time only moves in [`Backend::step`]; everything the parties report comes out of
+/// [`Backend::poll_happening`] in the order it happened. Methods that need what a subject
+/// lacks return `Err` with the reason, and the case is not applicable.
+pub trait Backend: fmt::Debug {
+    /// The subject under test.
+    fn subject(&self) -> &Subject;
+
+    /// `Ok` if the subject and backend can do `capability`, else why not.
+    fn supports(&self, capability: Capability) -> Result<(), String>;
+
+    /// Time since the start of the scenario.
+    fn now(&self) -> Duration;
+
+    /// Runs until something is reported or `until` is reached, whichever comes first.
+    fn step(&mut self, until: Duration);
+
+    /// The next thing that happened.
+    fn poll_happening(&mut self) -> Option<Timed>;
+
+    /// Every datagram so far.
+    fn exchange_log(&self) -> &ExchangeLog;
+
+    /// Traffic and state counters for the report (`datagrams`, `bytes`, `registrations`...).
+    fn counters(&self) -> BTreeMap<String, u64>;
+
+    /// The LwM2M Server's address, as clients reach it.
+    fn server_address(&self) -> SocketAddr;
+
+    /// The Bootstrap Server's address, as clients reach it.
+    fn bootstrap_address(&self) -> SocketAddr;
+
+    /// Starts an operation of the LwM2M Server on a registered client.
+    fn request(&mut self, endpoint: &str, operation: Operation) -> Result<OpId, OpError>;
+
+    /// The server's registration of `endpoint`.
+    fn registration(&self, endpoint: &str) -> Option<Registration>;
+
+    /// The observations the server holds on `endpoint`.
+    fn observations(&self, endpoint: &str) -> Vec<(ObservationId, Vec<Lwm2mPath>)>;
+
+    /// Whether the server considers `endpoint` awake (true for non-queue-mode clients).
+    fn server_sees_awake(&self, endpoint: &str) -> bool;
+
+    /// Requests the server holds for a sleeping queue-mode client.
+    fn queued(&self, endpoint: &str) -> usize;
+
+    /// Delivers `packet` to the LwM2M Server as if `endpoint` had sent it from its current
+    /// address (a spoofed message, as ETS int-105 uses on NoSec).
+    fn spoof_to_server(&mut self, endpoint: &str, packet: Packet) -> anyhow::Result<()>;
+
+    /// Adds a bootstrap configuration for `endpoint` (a name or a `*` pattern).
+    fn add_bootstrap_config(&mut self, endpoint: &str, config: BootstrapConfig);
+
+    /// Server-initiated bootstrap of `endpoint` (Core TS 1.1 §5.2.3).
+    fn start_bootstrap(&mut self, endpoint: &str) -> Result<(), BootstrapError>;
+
+    /// Adds a simulated client (not started).
+    fn add_client(&mut self, spec: ClientSpec) -> anyhow::Result<()>;
+
+    /// Makes a simulated client act.
+    fn client_action(&mut self, endpoint: &str, action: ClientAction) -> anyhow::Result<()>;
+
+    /// A simulated client's machine, to inspect its object tree and state.
+    fn client(&self, endpoint: &str) -> Option<&Lwm2mClient>;
+
+    /// Puts a simulated client behind a network model (NAT, sleep schedule, impairments),
+    /// from now on.
+    fn set_network(&mut self, endpoint: &str, model: &NetworkModel) -> anyhow::Result<()>;
+
+    /// The address the server sees a simulated client at now.
+    fn public_address(&self, endpoint: &str) -> Option<SocketAddr>;
+}
+
+/// The backend that runs `subject`, seeded with `seed`; `Err` says why no backend can run
+/// the subject yet (every case is then not applicable).
+pub fn open(
+    subject: &Subject,
+    seed: u64,
+    registry: std::sync::Arc<lwm2m_proto::registry::Registry>,
+) -> Result<Box<dyn Backend>, String> {
+    match subject {
+        Subject::InProcess { .. } => Ok(Box::new(super::inprocess::InProcess::new(
+            subject.clone(),
+            seed,
+            registry,
+        ))),
+        Subject::Device { .. } | Subject::Server { .. } => {
+            Err("network backend not built yet: only the in-process subject runs so far".to_owned())
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The exchange log: one decoded line per CoAP message on the wire (RFC 7252 §3), so a
+//! failing step can show the exchange that failed.
+//!
+//! A line reads `  +12.345s dev-1 -> server  CON POST mid=0x1a2b tok=5f01c2aa /rd?ep=dev-1&lt=300 ct=40 [96 B] "</1/0>,</3/0>"`:
+//! the virtual time, who sent it to whom, the message type and code, the message id and
+//! token, the Uri-Path and Uri-Query (or Location-Path), the options worth knowing
+//! (Content-Format, Accept, Observe, Block1/Block2) and a payload summary. Datagrams the
+//! link lost or dropped get a line of their own that says why.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use lwm2m_proto::ContentFormat;
+use lwm2m_proto::coap::message::{self, uint_option};
+use lwm2m_proto::coap::{CoapOption, MessageType, Packet};
+
+/// Longest payload summary, in characters.
+const PAYLOAD_SUMMARY: usize = 72;
+
+/// One end of a datagram: who (a name for the log) and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer<'a> {
+    /// `server`, `bootstrap` or a client's endpoint name.
+    pub name: &'a str,
+    /// Its address on the link.
+    pub addr: SocketAddr,
+}
+
+/// A datagram as sent, for pcaps and network usage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// Its line in the log.
+    pub line: usize,
+    /// When, since the start of the scenario.
+    pub at: Duration,
+    /// From.
+    pub src: SocketAddr,
+    /// To.
+    pub dst: SocketAddr,
+    /// The CoAP message.
+    pub bytes: Vec<u8>,
+}
+
+/// Every datagram of a scenario, decoded, in the order it was sent.
+#[derive(Debug, Clone, Default)]
+pub struct ExchangeLog {
+    lines: Vec<String>,
+    sent: Vec<Sent>,
+    bytes: u64,
+}
+
+impl ExchangeLog {
+    /// Logs a datagram sent at `at` from `from` to `to`.
+    pub fn datagram(&mut self, at: Duration, from: Peer<'_>, to: Peer<'_>, bytes: &[u8]) {
+        self.bytes += bytes.len() as u64;
+        self.sent.push(Sent {
+            line: self.lines.len(),
+            at,
+            src: from.addr,
+            dst: to.addr,
+            bytes: bytes.to_vec(),
+        });
+        self.lines.push(format!(
+            "{} {} -> {}  {}",
+            stamp(at),
+            from.name,
+            to.name,
+            describe(bytes)
+        ));
+    }
+
+    /// Every datagram sent, in order.
+    pub fn sent(&self) -> &[Sent] {
+        &self.sent
+    }
+
+    /// Logs what happened to a datagram on the way (lost, dropped by a NAT, radio off).
+    pub fn note(&mut self, at: Duration, text: &str) {
+        self.lines.push(format!("{}   !! {text}", stamp(at)));
+    }
+
+    /// The number of lines so far (a mark to show the lines logged after it).
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// True when nothing was logged.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// Datagrams and bytes sent so far.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.sent.len() as u64, self.bytes)
+    }
+
+    /// Datagrams and bytes sent from line `mark` on.
+    pub fn totals_since(&self, mark: usize) -> (u64, u64) {
+        let first = self.sent.partition_point(|d| d.line < mark);
+        let tail = self.sent.get(first..).unwrap_or_default();
+        (
+            tail.len() as u64,
+            tail.iter().map(|d| d.bytes.len() as u64).sum(),
+        )
+    }
+
+    /// The lines from `mark` on, at most `max` of them (the last ones), as one text.
+    pub fn since(&self, mark: usize, max: usize) -> String {
+        let lines = self.lines.get(mark..).unwrap_or_default();
+        let skip = lines.len().saturating_sub(max);
+        let mut out = String::new();
+        if skip > 0 {
+            let _ = writeln!(out, "  ... {skip} earlier lines");
+        }
+        for line in lines.iter().skip(skip) {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The whole log.
+    pub fn text(&self) -> String {
+        self.since(0, usize::MAX)
+    }
+}
+
+fn stamp(at: Duration) -> String {
+    format!("{:>+10.3}s", at.as_secs_f64())
+}
+
+/// One CoAP message in a line; bytes that are not CoAP say so.
+pub fn describe(bytes: &[u8]) -> String {
+    match message::decode(bytes) {
+        Ok(packet) => describe_packet(&packet, bytes.len()),
+        Err(e) => format!("not CoAP ({e}) [{} B]", bytes.len()),
+    }
+}
+
+fn describe_packet(p: &Packet, size: usize) -> String {
+    let kind = match p.header.get_type() {
+        MessageType::Confirmable => "CON",
+        MessageType::NonConfirmable => "NON",
+        MessageType::Acknowledgement => "ACK",
+        MessageType::Reset => "RST",
+    };
+    let raw = u8::from(p.header.code);
+    let (class, detail) = (raw >> 5, raw & 0x1f);
+    let code = match (class, detail) {
+        (0, 0) => "0.00".to_owned(),
+        (0, 1) => "GET".to_owned(),
+        (0, 2) => "POST".to_owned(),
+        (0, 3) => "PUT".to_owned(),
+        (0, 4) => "DELETE".to_owned(),
+        (0, 5) => "FETCH".to_owned(),
+        (0, 6) => "PATCH".to_owned(),
+        (0, 7) => "iPATCH".to_owned(),
+        (c, d) => format!("{c}.{d:02}"),
+    };
+    let mut s = format!(
+        "{kind} {code} mid=0x{:04x} tok={}",
+        p.header.message_id,
+        hex(p.get_token())
+    );
+    let path = message::uri_path(p);
+    let queries = strings(p, CoapOption::UriQuery);
+    if class == 0 && detail != 0 {
+        let _ = write!(s, " {path}");
+        if !queries.is_empty() {
+            let _ = write!(s, "?{}", queries.join("&"));
+        }
+    }
+    let location = strings(p, CoapOption::LocationPath);
+    if !location.is_empty() {
+        let _ = write!(s, " loc=/{}", location.join("/"));
+    }
+    let format = uint_option(p, CoapOption::ContentFormat);
+    if let Some(ct) = format {
+        let _ = write!(s, " ct={}", format_name(ct));
+    }
+    if let Some(accept) = uint_option(p, CoapOption::Accept) {
+        let _ = write!(s, " accept={}", format_name(accept));
+    }
+    if let Some(observe) = uint_option(p, CoapOption::Observe) {
+        let _ = write!(s, " obs={observe}");
+    }
+    for (name, option) in [("b1", CoapOption::Block1), ("b2", CoapOption::Block2)] {
+        if let Some(Ok(b)) = message::BlockOption::from_packet(p, option) {
+            let more = if b.more { "+" } else { "" };
+            let _ = write!(s, " {name}={}{more}/{}", b.num, b.size());
+        }
+    }
+    let _ = write!(s, " [{size} B]");
+    if !p.payload.is_empty() {
+        let _ = write!(s, " {}", payload_summary(&p.payload, format));
+    }
+    s
+}
+
+fn strings(p: &Packet, option: CoapOption) -> Vec<String> {
+    p.get_option(option)
+        .into_iter()
+        .flatten()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+fn format_name(code: u32) -> String {
+    u16::try_from(code)
+        .ok()
+        .and_then(ContentFormat::from_code)
+        .map_or_else(|| code.to_string(), |f| f.name().to_owned())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Text formats as quoted text, binary formats as hex; both cut to a line's worth.
+fn payload_summary(payload: &[u8], format: Option<u32>) -> String {
+    let textual = format
+        .and_then(|c| u16::try_from(c).ok())
+        .and_then(ContentFormat::from_code)
+        .is_none_or(|f| {
+            matches!(
+                f.canonical(),
+                ContentFormat::Text
+                    | ContentFormat::LinkFormat
+                    | ContentFormat::SenmlJson
+                    | ContentFormat::OmaJson
+            )
+        });
+    match std::str::from_utf8(payload) {
+        Ok(text) if textual => {
+            let cut: String = text.chars().take(PAYLOAD_SUMMARY).collect();
+            let more = if cut.len() < text.len() { "..." } else { "" };
+            format!("{:?}{more}", cut)
+        }
+        _ => {
+            let n = PAYLOAD_SUMMARY / 2;
+            let more = if payload.len() > n { "..." } else { "" };
+            format!("0x{}{more}", hex(payload.get(..n).unwrap_or(payload)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lwm2m_proto::coap::RequestType;
+    use lwm2m_proto::coap::message::{add_query, request, set_option, uint_bytes};
+
+    #[test]
+    fn a_register_request_reads_as_one_line() {
+        let mut p = request(RequestType::Post, "/rd");
+        add_query(&mut p, "ep=dev-1");
+        add_query(&mut p, "lt=300");
+        set_option(&mut p, CoapOption::ContentFormat, uint_bytes(40));
+        p.payload = b"</1/0>,</3/0>".to_vec();
+        p.header.message_id = 0x1a2b;
+        p.set_token(vec![0x5f, 0x01]);
+        let bytes = p.to_bytes().unwrap();
+        let mut log = ExchangeLog::default();
+        let dev = Peer {
+            name: "dev-1",
+            addr: "10.0.0.9:56830".parse().unwrap(),
+        };
+        let server = Peer {
+            name: "server",
+            addr: "10.0.0.1:5683".parse().unwrap(),
+        };
+        log.datagram(Duration::from_millis(1500), dev, server, &bytes);
+        log.note(Duration::from_millis(1600), "lost on the uplink");
+        let text = log.text();
+        assert!(
+            text.contains(
+                "+1.500s dev-1 -> server  CON POST mid=0x1a2b tok=5f01 /rd?ep=dev-1&lt=300 ct=link"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("\"</1/0>,</3/0>\""), "{text}");
+        assert!(text.contains("!! lost on the uplink"), "{text}");
+        assert_eq!(log.totals(), (1, bytes.len() as u64));
+        assert_eq!(log.since(1, 10).lines().count(), 1);
+        assert_eq!(log.totals_since(1), (0, 0));
+        assert_eq!(log.totals_since(0), (1, bytes.len() as u64));
+    }
+
+    #[test]
+    fn garbage_says_so() {
+        assert!(describe(&[0xff, 0x00]).starts_with("not CoAP"));
+        assert!(describe(&[]).starts_with("not CoAP"));
+    }
+}

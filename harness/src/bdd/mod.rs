@@ -1,0 +1,32 @@
+//! # The Gherkin feature suite: World, backends, step vocabulary, runner
+//!
+//! The suite (`features/**/*.feature`) runs the OMA LwM2M ETS interoperability cases and
+//! the cases beyond it against a [`Subject`]:
+//!
+//! - [`backend`]: the [`Backend`] trait every step goes through, the subjects, the
+//!   capabilities a case may need;
+//! - [`inprocess`]: the default backend: our servers and simulated clients on an in-memory
+//!   link and a virtual clock (deterministic, fast);
+//! - [`fleet`]: clients from device profiles, quirk packs and network models;
+//! - [`exchange`]: the exchange log (one decoded line per CoAP message) that failure
+//!   messages show;
+//! - [`world`]: the cucumber World and the waiting and failure helpers;
+//! - [`params`]: parameter types (`{path}`, `{format}`, `{code}`, `{duration}`...);
+//! - [`steps`]: the vocabulary, one file per domain concept;
+//! - [`run`]: the runner, the not-applicable mechanism and the report collector.
+//!
+//! What it does not do yet: the network backend (real sockets, a device or an external
+//! server under test); those subjects report every case not applicable.
+
+pub mod backend;
+pub mod exchange;
+pub mod fleet;
+pub mod inprocess;
+pub mod params;
+pub mod run;
+pub mod steps;
+pub mod world;
+
+pub use backend::{Backend, Capability, Subject};
+pub use run::{DEFAULT_SEED, SuiteOptions, SuiteOutcome, run_suite};
+pub use world::{Lwm2mWorld, NotApplicable, not_applicable};

@@ -1,0 +1,627 @@
+//! Running the feature suite: cucumber with our World and steps, its JUnit and JSON
+//! writers teed behind the console writer, and a collector that turns every scenario into
+//! [`CaseResult`]s of a [`RunReport`] (one per case tag: `@int-101`, `@core-6.2.1`, ...).
+//!
+//! Not applicable: a step that finds the case beyond the subject unwinds with a
+//! [`NotApplicable`] payload. The collector reports the case "not applicable" with the
+//! reason; [`NotApplicableAsSkipped`] shows that step to cucumber's own writers as skipped,
+//! so neither their JUnit nor their JSON counts the case as passed or failed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use cucumber::event::{self, ScenarioFinished, StepError};
+use cucumber::gherkin;
+use cucumber::parser;
+use cucumber::writer::{self, Verbosity};
+use cucumber::{Event, World as _, Writer, WriterExt as _, cli};
+use futures::FutureExt as _;
+use futures::stream::{self, StreamExt as _};
+
+use super::backend::Subject;
+use super::exchange::ExchangeLog;
+use super::fleet::Library;
+use super::world::{Lwm2mWorld, NotApplicable};
+use crate::record::{Latencies, PcapRecorder};
+use crate::report::{self, CaseResult, RunReport, Status};
+
+/// The seed of a run that names none.
+pub const DEFAULT_SEED: u64 = 20_170_830;
+
+/// What to run and where to report.
+#[derive(Debug, Clone)]
+pub struct SuiteOptions {
+    /// The workspace root: `scenarios/`, `features/profiles`, `features/objects` are read
+    /// from here, and feature paths are reported relative to it.
+    pub root: PathBuf,
+    /// Feature files or folders (default: `ROOT/features`).
+    pub features: Vec<PathBuf>,
+    /// Extra folders of DDF XML object definitions to load.
+    pub ddf: Vec<PathBuf>,
+    /// A cucumber tag expression (`@int-101 or @bootstrap and not @scale`).
+    pub tags: Option<String>,
+    /// The subject under test.
+    pub subject: Subject,
+    /// The seed every random choice derives from.
+    pub seed: u64,
+    /// Where the reports go.
+    pub report_dir: PathBuf,
+    /// The run's name (the report folder's name).
+    pub run: String,
+    /// Print cucumber's progress to stdout.
+    pub console: bool,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct SuiteOutcome {
+    /// The report (also written to the report folder).
+    pub report: RunReport,
+    /// Scenarios with no case tag (`feature: scenario`): every scenario must have one.
+    pub untagged: Vec<String>,
+    /// Feature files cucumber could not parse.
+    pub parsing_errors: usize,
+}
+
+impl SuiteOutcome {
+    /// True when every case passed or was not applicable and everything parsed.
+    pub fn is_success(&self) -> bool {
+        let (_, failed, _) = self.report.tally();
+        failed == 0 && self.parsing_errors == 0 && self.untagged.is_empty()
+    }
+}
+
+/// Everything scenarios share during a run.
+#[derive(Debug)]
+pub struct RunContext {
+    /// Profiles, quirk packs, networks, the registry.
+    pub library: Library,
+    /// The subject under test.
+    pub subject: Subject,
+    /// The run seed.
+    pub seed: u64,
+    /// The workspace root.
+    pub root: PathBuf,
+    /// The report folder.
+    pub report_dir: PathBuf,
+    /// Wall-clock start of the run, seconds since the Unix epoch (pcap timestamps).
+    pub started_unix: Duration,
+    collector: Mutex<Collector>,
+}
+
+/// Results gathered scenario by scenario.
+#[derive(Debug, Default)]
+struct Collector {
+    cases: Vec<CaseResult>,
+    latencies: Latencies,
+    counters: BTreeMap<String, u64>,
+    network_usage: Vec<report::ExchangeUsage>,
+    untagged: Vec<String>,
+}
+
+/// True for tags that name a case: an ETS case (`int-101`) or a specification clause
+/// (`core-6.2.1`, `rfc7641-3.6`).
+pub fn is_case_tag(tag: &str) -> bool {
+    let digits_and_dots = |s: &str| {
+        !s.is_empty()
+            && s.starts_with(|c: char| c.is_ascii_digit())
+            && s.chars().all(|c| c.is_ascii_digit() || c == '.')
+    };
+    if let Some(n) = tag.strip_prefix("int-") {
+        return !n.is_empty() && n.chars().all(|c| c.is_ascii_digit());
+    }
+    if let Some(clause) = tag.strip_prefix("core-") {
+        return digits_and_dots(clause);
+    }
+    if let Some(rest) = tag.strip_prefix("rfc") {
+        return rest
+            .split_once('-')
+            .is_some_and(|(n, clause)| digits_and_dots(n) && digits_and_dots(clause));
+    }
+    false
+}
+
+/// A stable 64-bit hash of a text (FNV-1a), for per-scenario seeds.
+fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl RunContext {
+    fn feature_label(&self, feature: &gherkin::Feature) -> String {
+        feature.path.as_ref().map_or_else(
+            || feature.name.clone(),
+            |p| {
+                let root = self
+                    .root
+                    .canonicalize()
+                    .unwrap_or_else(|_| self.root.clone());
+                p.strip_prefix(&root).unwrap_or(p).display().to_string()
+            },
+        )
+    }
+
+    /// The seed of one scenario: the run seed mixed with the scenario's feature and name,
+    /// so that a scenario repeats whatever else runs.
+    fn scenario_seed(&self, feature: &gherkin::Feature, scenario: &gherkin::Scenario) -> u64 {
+        let key = format!("{}\n{}", self.feature_label(feature), scenario.name);
+        lwm2m_simulator::seed::mix(&[self.seed, stable_hash(&key)])
+    }
+
+    /// Records a finished scenario.
+    fn collect(
+        &self,
+        feature: &gherkin::Feature,
+        rule: Option<&gherkin::Rule>,
+        scenario: &gherkin::Scenario,
+        finished: &ScenarioFinished,
+        world: Option<&mut Lwm2mWorld>,
+    ) {
+        let feature_label = self.feature_label(feature);
+        let mut cases: Vec<String> = scenario
+            .tags
+            .iter()
+            .filter(|t| is_case_tag(t))
+            .cloned()
+            .collect();
+        let mut collector = self
+            .collector
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cases.is_empty() {
+            collector
+                .untagged
+                .push(format!("{feature_label}: {}", scenario.name));
+            cases.push(format!("untagged:{}", scenario.name));
+        }
+        let unavailable = world
+            .as_ref()
+            .and_then(|w| w.unavailable().map(str::to_owned));
+        let (status, message) = match finished {
+            ScenarioFinished::StepPassed => match unavailable {
+                Some(reason) => (Status::NotApplicable, Some(reason)),
+                None => (Status::Passed, None),
+            },
+            ScenarioFinished::StepSkipped => (
+                Status::Failed,
+                Some("a step matches no step definition: the vocabulary lacks it".to_owned()),
+            ),
+            ScenarioFinished::BeforeHookFailed(info) => (
+                Status::Failed,
+                Some(format!(
+                    "the scenario could not start: {}",
+                    panic_text(info)
+                )),
+            ),
+            ScenarioFinished::StepFailed(_, _, error) => match not_applicable_reason(error) {
+                Some(reason) => (Status::NotApplicable, Some(reason)),
+                None => (Status::Failed, Some(error_text(error))),
+            },
+        };
+        let duration_ms = world
+            .as_ref()
+            .and_then(|w| w.wall_start)
+            .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
+        let mut evidence = Vec::new();
+        if let Some(world) = world {
+            collector.latencies.merge(&world.latencies);
+            if let Some(backend) = world.backend_ref() {
+                for (k, v) in backend.counters() {
+                    *collector.counters.entry(k).or_default() += v;
+                }
+                let log = backend.exchange_log();
+                let stem = evidence_stem(&cases[0], rule, scenario);
+                match self.write_evidence(&stem, log) {
+                    Ok(files) => evidence = files,
+                    Err(e) => eprintln!("evidence of {stem}: {e:#}"),
+                }
+                if scenario
+                    .tags
+                    .iter()
+                    .chain(&feature.tags)
+                    .any(|t| t == "network-usage")
+                {
+                    collector
+                        .network_usage
+                        .extend(report::usage::exchanges(&usage_datagrams(log)));
+                }
+            }
+        }
+        let title = match rule {
+            Some(r) => format!("{} / {}", r.name, scenario.name),
+            None => scenario.name.clone(),
+        };
+        let subject = self.subject.id();
+        for case in cases {
+            collector.cases.push(CaseResult {
+                case,
+                title: title.clone(),
+                feature: feature_label.clone(),
+                subject: subject.clone(),
+                status,
+                message: message.clone(),
+                evidence: evidence.clone(),
+                duration_ms,
+            });
+        }
+    }
+
+    /// Writes a scenario's exchange log and pcap; returns their paths relative to the
+    /// report folder.
+    fn write_evidence(&self, stem: &str, log: &ExchangeLog) -> anyhow::Result<Vec<String>> {
+        if log.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dir = self.report_dir.join("exchanges");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let text = format!("{stem}\n{}", log.text());
+        let txt = format!("exchanges/{stem}.txt");
+        std::fs::write(self.report_dir.join(&txt), text)?;
+        let pcap = format!("exchanges/{stem}.pcap");
+        let mut recorder = PcapRecorder::create(&self.report_dir.join(&pcap))?;
+        for d in log.sent() {
+            recorder.record(self.started_unix + d.at, d.src, d.dst, &d.bytes)?;
+        }
+        recorder.finish()?;
+        Ok(vec![txt, pcap])
+    }
+}
+
+fn usage_datagrams(log: &ExchangeLog) -> Vec<report::usage::Datagram> {
+    log.sent()
+        .iter()
+        .map(|d| report::usage::Datagram {
+            src: d.src,
+            dst: d.dst,
+            coap: d.bytes.clone(),
+            wire_len: d.bytes.len(),
+        })
+        .collect()
+}
+
+/// A file-name-safe stem for a scenario's evidence: its case and line.
+fn evidence_stem(case: &str, rule: Option<&gherkin::Rule>, scenario: &gherkin::Scenario) -> String {
+    let safe: String = case
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(48)
+        .collect();
+    let line = scenario.position.line;
+    match rule {
+        Some(r) => format!("{safe}-r{}-l{line}", r.position.line),
+        None => format!("{safe}-l{line}"),
+    }
+}
+
+fn not_applicable_reason(error: &StepError) -> Option<String> {
+    match error {
+        StepError::Panic(info) => info.downcast_ref::<NotApplicable>().map(|n| n.0.clone()),
+        _ => None,
+    }
+}
+
+fn panic_text(info: &event::Info) -> String {
+    if let Some(s) = info.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(s) = info.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else {
+        "a panic with a payload that is not text".to_owned()
+    }
+}
+
+fn error_text(error: &StepError) -> String {
+    match error {
+        StepError::Panic(info) => panic_text(info),
+        e => e.to_string(),
+    }
+}
+
+/// Shows the not-applicable step of a scenario to the wrapped writers as skipped, with the
+/// reason as a log line, instead of as a failure (see the module documentation).
+#[derive(Debug)]
+pub struct NotApplicableAsSkipped<Wr>(pub Wr);
+
+impl<Wr: Writer<Lwm2mWorld>> Writer<Lwm2mWorld> for NotApplicableAsSkipped<Wr> {
+    type Cli = Wr::Cli;
+
+    async fn handle_event(
+        &mut self,
+        event: parser::Result<Event<event::Cucumber<Lwm2mWorld>>>,
+        cli: &Self::Cli,
+    ) {
+        use event::{Cucumber, Feature, RetryableScenario, Rule, Scenario, Step};
+
+        /// The reason, if the event is a step failing as not applicable.
+        fn reason(ev: &Scenario<Lwm2mWorld>) -> Option<String> {
+            match ev {
+                Scenario::Step(_, Step::Failed(_, _, _, e))
+                | Scenario::Background(_, Step::Failed(_, _, _, e)) => not_applicable_reason(e),
+                _ => None,
+            }
+        }
+        fn skipped(ev: Scenario<Lwm2mWorld>) -> Scenario<Lwm2mWorld> {
+            match ev {
+                Scenario::Step(s, _) => Scenario::Step(s, Step::Skipped),
+                Scenario::Background(s, _) => Scenario::Background(s, Step::Skipped),
+                ev => ev,
+            }
+        }
+
+        let mut log = None;
+        let event = event.map(|outer| {
+            outer.map(|ev| match ev {
+                Cucumber::Feature(f, Feature::Scenario(sc, rs)) => match reason(&rs.event) {
+                    Some(r) => {
+                        let retries = rs.retries;
+                        log = Some((f.clone(), None, sc.clone(), r, retries));
+                        let event = skipped(rs.event);
+                        Cucumber::Feature(
+                            f,
+                            Feature::Scenario(sc, RetryableScenario { event, retries }),
+                        )
+                    }
+                    None => Cucumber::Feature(f, Feature::Scenario(sc, rs)),
+                },
+                Cucumber::Feature(f, Feature::Rule(r, Rule::Scenario(sc, rs))) => {
+                    match reason(&rs.event) {
+                        Some(why) => {
+                            let retries = rs.retries;
+                            log = Some((f.clone(), Some(r.clone()), sc.clone(), why, retries));
+                            let event = skipped(rs.event);
+                            let rs = RetryableScenario { event, retries };
+                            Cucumber::Feature(f, Feature::Rule(r, Rule::Scenario(sc, rs)))
+                        }
+                        None => Cucumber::Feature(f, Feature::Rule(r, Rule::Scenario(sc, rs))),
+                    }
+                }
+                ev => ev,
+            })
+        });
+        if let Some((f, r, sc, why, retries)) = log {
+            let line = Scenario::Log(format!("not applicable: {why}\n")).with_retries(retries);
+            let ev = Event::new(event::Cucumber::scenario(f, r, sc, line));
+            self.0.handle_event(Ok(ev), cli).await;
+        }
+        self.0.handle_event(event, cli).await;
+    }
+}
+
+impl<Wr: writer::Normalized> writer::Normalized for NotApplicableAsSkipped<Wr> {}
+
+/// Feature files and folders as one cucumber input.
+#[derive(Debug, Clone, Copy, Default)]
+struct FeatureFiles;
+
+impl parser::Parser<Vec<PathBuf>> for FeatureFiles {
+    type Cli = cli::Empty;
+    type Output = stream::Iter<std::vec::IntoIter<parser::Result<gherkin::Feature>>>;
+
+    fn parse(self, input: Vec<PathBuf>, _: Self::Cli) -> Self::Output {
+        let mut all = Vec::new();
+        for path in input {
+            let mut features =
+                parser::Parser::parse(parser::Basic::new(), path, Default::default());
+            // The basic parser's stream is an iterator: every poll is ready.
+            while let Some(Some(feature)) = features.next().now_or_never() {
+                all.push(feature);
+            }
+        }
+        stream::iter(all)
+    }
+}
+
+/// Runs the suite and writes `report.json`, `report.html`, `junit.xml` (the run report)
+/// and `cucumber/junit.xml`, `cucumber/cucumber.json` (cucumber's writers) into the report
+/// folder, with each scenario's exchange log and pcap under `exchanges/`.
+pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
+    let started = Instant::now();
+    let started_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let library = Library::load(&options.root, &options.ddf)?;
+    // Evidence of an earlier run in the same folder would mix with this run's.
+    let evidence = options.report_dir.join("exchanges");
+    if evidence.is_dir() {
+        std::fs::remove_dir_all(&evidence)
+            .with_context(|| format!("clearing {}", evidence.display()))?;
+    }
+    let cucumber_dir = options.report_dir.join("cucumber");
+    std::fs::create_dir_all(&cucumber_dir)
+        .with_context(|| format!("creating {}", cucumber_dir.display()))?;
+    let ctx = Arc::new(RunContext {
+        library,
+        subject: options.subject.clone(),
+        seed: options.seed,
+        root: options.root.clone(),
+        report_dir: options.report_dir.clone(),
+        started_unix,
+        collector: Mutex::new(Collector::default()),
+    });
+    let junit = std::fs::File::create(cucumber_dir.join("junit.xml"))?;
+    let json = std::fs::File::create(cucumber_dir.join("cucumber.json"))?;
+    let console: Box<dyn std::io::Write> = if options.console {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(std::io::sink())
+    };
+    let features = if options.features.is_empty() {
+        vec![options.root.join("features")]
+    } else {
+        options.features.clone()
+    };
+    let mut opts = cli::Opts::<cli::Empty, _, _, cli::Empty>::default();
+    if let Some(tags) = &options.tags {
+        let expr = tags
+            .parse::<gherkin::tagexpr::TagOperation>()
+            .map_err(|e| anyhow::anyhow!("tag expression {tags:?}: {e}"))?;
+        opts.tags_filter = Some(expr);
+    }
+    let (before_ctx, after_ctx) = (ctx.clone(), ctx.clone());
+    let writer = NotApplicableAsSkipped(
+        writer::Basic::raw(console, writer::Coloring::Never, Verbosity::Default)
+            .summarized()
+            .tee::<Lwm2mWorld, _>(writer::JUnit::for_tee(junit, Verbosity::Default))
+            .tee::<Lwm2mWorld, _>(writer::Json::for_tee(json))
+            .normalized(),
+    );
+    let finished = Lwm2mWorld::cucumber::<PathBuf>()
+        .with_parser::<_, Vec<PathBuf>>(FeatureFiles)
+        .with_writer(writer)
+        // After the parser and the writer, which reset it; never the process's arguments.
+        .with_cli(opts)
+        .max_concurrent_scenarios(1)
+        .before(move |feature, _, scenario, world| {
+            let ctx = before_ctx.clone();
+            let seed = ctx.scenario_seed(feature, scenario);
+            world.setup(ctx, seed);
+            async {}.boxed_local()
+        })
+        .after(move |feature, rule, scenario, finished, world| {
+            after_ctx.collect(feature, rule, scenario, finished, world);
+            async {}.boxed_local()
+        })
+        .run(features);
+    let writer = futures::executor::block_on(finished);
+    let parsing_errors = cucumber::writer::Stats::parsing_errors(&writer.0);
+    let collector =
+        std::mem::take(&mut *ctx.collector.lock().unwrap_or_else(PoisonError::into_inner));
+    let report = RunReport {
+        schema: report::SCHEMA_VERSION,
+        run: options.run.clone(),
+        title: format!("LwM2M feature suite against {}", options.subject.id()),
+        started_unix_s: started_unix.as_secs_f64(),
+        duration_s: started.elapsed().as_secs_f64(),
+        seed: options.seed,
+        product_version: env!("CARGO_PKG_VERSION").to_owned(),
+        git_revision: report::git_revision(),
+        subjects: vec![options.subject.report_subject()],
+        latencies: collector
+            .latencies
+            .operations()
+            .filter_map(|op| collector.latencies.summary(op).map(|s| (op.to_owned(), s)))
+            .collect(),
+        cases: collector.cases,
+        throughput: Vec::new(),
+        network_usage: collector.network_usage,
+        counters: collector.counters,
+    };
+    report.write(&options.report_dir)?;
+    Ok(SuiteOutcome {
+        report,
+        untagged: collector.untagged,
+        parsing_errors,
+    })
+}
+
+/// A text summary of a report: counts and the failed and not-applicable cases.
+pub fn summary(report: &RunReport) -> String {
+    let (p, f, n) = report.tally();
+    let mut s = format!(
+        "{}: {p} passed, {f} failed, {n} not applicable (seed {})\n",
+        report.title, report.seed
+    );
+    for c in &report.cases {
+        let tag = match c.status {
+            Status::Passed => continue,
+            Status::Failed => "FAILED",
+            Status::NotApplicable => "n/a",
+        };
+        let first = c
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .lines()
+            .next()
+            .unwrap_or("");
+        let _ = writeln!(
+            s,
+            "  {tag:6} {} {} ({}): {first}",
+            c.case, c.title, c.feature
+        );
+    }
+    s
+}
+
+/// The workspace root a test binary was built in (`CARGO_MANIFEST_DIR/..`).
+pub fn workspace_root(manifest_dir: &Path) -> PathBuf {
+    manifest_dir
+        .parent()
+        .map_or_else(|| manifest_dir.to_path_buf(), Path::to_path_buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_tags() {
+        for t in [
+            "int-0",
+            "int-101",
+            "core-6.2.1",
+            "rfc7641-3.6",
+            "rfc7252-4.2",
+        ] {
+            assert!(is_case_tag(t), "{t}");
+        }
+        for t in [
+            "int-", "int-1a", "scale", "core-", "rfc7641", "rfc-3.6", "nat",
+        ] {
+            assert!(!is_case_tag(t), "{t}");
+        }
+        assert_eq!(stable_hash("a"), stable_hash("a"));
+        assert_ne!(stable_hash("a"), stable_hash("b"));
+    }
+
+    /// The exchange logs of a run, by file name.
+    fn exchanges(seed: u64, dir: &Path) -> BTreeMap<String, String> {
+        let root = workspace_root(Path::new(env!("CARGO_MANIFEST_DIR")));
+        let options = SuiteOptions {
+            features: vec![root.join("features")],
+            root,
+            ddf: Vec::new(),
+            // Lossy links, NAT ports, registration ids, tokens: everything seeded.
+            tags: Some("@rfc7252-4.2 or @core-6.2.2 or @int-109".to_owned()),
+            subject: Subject::in_process(),
+            seed,
+            report_dir: dir.to_path_buf(),
+            run: "determinism".to_owned(),
+            console: false,
+        };
+        let outcome = run_suite(&options).unwrap();
+        assert!(outcome.is_success(), "{}", summary(&outcome.report));
+        assert_eq!(outcome.report.seed, seed);
+        std::fs::read_dir(dir.join("exchanges"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+            .map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read_to_string(&p).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_seed_one_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = exchanges(7, &tmp.path().join("a"));
+        let b = exchanges(7, &tmp.path().join("b"));
+        let c = exchanges(8, &tmp.path().join("c"));
+        assert_eq!(a.len(), 4);
+        assert_eq!(a, b, "the same seed must give the same exchanges");
+        assert_ne!(a, c, "another seed gives other tokens, ids and losses");
+    }
+}

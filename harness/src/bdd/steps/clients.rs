@@ -1,0 +1,294 @@
+//! Simulated clients: fleets from device profiles, quirks, what clients do by themselves,
+//! and what their object trees hold.
+//!
+//! ```gherkin
+//! Given a client "dev-1" with profile "ets-1.1"
+//! Given a client "old-1" with profile "minimal-1.0" and quirks "pre-1.0-draft"
+//! Given a client "dev-2" with profile "ets-1.1" that only knows the bootstrap server
+//! Given 500 clients with profile "minimal-1.0"
+//! Given the client is registered
+//! When all clients start within 10s
+//! When the value of /3303/0/5700 changes to "22.5"
+//! Then the client's value of /1/0/1 is "20"
+//! Then the client still holds its bootstrap account
+//! ```
+
+use anyhow::anyhow;
+use cucumber::{given, then, when};
+use lwm2m_proto::client::ClientEvent;
+use lwm2m_proto::server::ServerEvent;
+use lwm2m_proto::{InstanceId, ObjectId, ResourceId, ResourceValue, Value};
+use lwm2m_simulator::Quirk;
+
+use crate::bdd::backend::{ClientAction, Happening, Subject};
+use crate::bdd::fleet::Provisioning;
+use crate::bdd::params::{DurationParam, PathParam};
+use crate::bdd::world::{Lwm2mWorld, show_value, value_matches};
+
+/// How long `Given the client is registered` waits.
+const REGISTER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn add_client(
+    w: &mut Lwm2mWorld,
+    name: &str,
+    profile: &str,
+    quirks: &str,
+    provisioning: fn(&Lwm2mWorld, std::net::SocketAddr, std::net::SocketAddr) -> Provisioning,
+) -> anyhow::Result<()> {
+    let ctx = w.ctx();
+    let profile = ctx.library.profile(profile)?;
+    let mut extra: Vec<Quirk> = Vec::new();
+    let subject_quirks = match &ctx.subject {
+        Subject::InProcess { quirks } => quirks.clone(),
+        _ => Vec::new(),
+    };
+    let named = quirks.split(',').map(str::trim).filter(|q| !q.is_empty());
+    for q in named.chain(subject_quirks.iter().map(String::as_str)) {
+        extra.extend(ctx.library.quirks(q)?);
+    }
+    let (server, bootstrap) = {
+        let b = w.backend();
+        (b.server_address(), b.bootstrap_address())
+    };
+    let number = w.fleet.len() as u64;
+    let spec = ctx.library.client(
+        profile,
+        name,
+        number,
+        w.seed,
+        provisioning(w, server, bootstrap),
+        &extra,
+    )?;
+    w.backend().add_client(spec)?;
+    w.fleet.push(name.to_owned());
+    w.set_current(name);
+    Ok(())
+}
+
+/// A simulated client made from a profile, with a server account on our LwM2M Server.
+#[given(expr = "a client {string} with profile {string}")]
+fn client_with_profile(w: &mut Lwm2mWorld, name: String, profile: String) -> anyhow::Result<()> {
+    add_client(w, &name, &profile, "", |_, s, _| Provisioning::Server(s))
+}
+
+/// The same, with extra quirks or quirk packs (comma-separated names).
+#[given(expr = "a client {string} with profile {string} and quirks {string}")]
+fn client_with_quirks(
+    w: &mut Lwm2mWorld,
+    name: String,
+    profile: String,
+    quirks: String,
+) -> anyhow::Result<()> {
+    add_client(w, &name, &profile, &quirks, |_, s, _| {
+        Provisioning::Server(s)
+    })
+}
+
+/// A client whose factory configuration holds only a Bootstrap-Server account (ETS C.13).
+#[given(expr = "a client {string} with profile {string} that only knows the bootstrap server")]
+fn client_bootstrap_only(w: &mut Lwm2mWorld, name: String, profile: String) -> anyhow::Result<()> {
+    add_client(w, &name, &profile, "", |_, _, b| {
+        Provisioning::BootstrapOnly(b)
+    })
+}
+
+/// A client with a server account and a Bootstrap-Server account.
+#[given(expr = "a client {string} with profile {string} that also knows the bootstrap server")]
+fn client_with_both(w: &mut Lwm2mWorld, name: String, profile: String) -> anyhow::Result<()> {
+    add_client(w, &name, &profile, "", |_, server, bootstrap| {
+        Provisioning::ServerAndBootstrap { server, bootstrap }
+    })
+}
+
+/// A fleet of `n` clients named after the profile's endpoint prefix and their number.
+#[given(expr = "{int} clients with profile {string}")]
+fn fleet(w: &mut Lwm2mWorld, n: usize, profile: String) -> anyhow::Result<()> {
+    let prefix = w.ctx().library.profile(&profile)?.endpoint_prefix.clone();
+    for i in 0..n {
+        let name = format!("{prefix}{i}");
+        add_client(w, &name, &profile, "", |_, s, _| Provisioning::Server(s))?;
+    }
+    Ok(())
+}
+
+/// A fleet of `n` clients that only know the Bootstrap Server.
+#[given(expr = "{int} clients with profile {string} that only know the bootstrap server")]
+fn fleet_bootstrap(w: &mut Lwm2mWorld, n: usize, profile: String) -> anyhow::Result<()> {
+    let prefix = w.ctx().library.profile(&profile)?.endpoint_prefix.clone();
+    for i in 0..n {
+        let name = format!("{prefix}{i}");
+        add_client(w, &name, &profile, "", |_, _, b| {
+            Provisioning::BootstrapOnly(b)
+        })?;
+    }
+    Ok(())
+}
+
+/// Makes a named client the one later steps talk about.
+#[given(expr = "{string} is the client")]
+fn make_current(w: &mut Lwm2mWorld, name: String) -> anyhow::Result<()> {
+    w.client_machine(&name)?;
+    w.set_current(&name);
+    Ok(())
+}
+
+/// Starts the client and waits until the server has registered it (60 s at most).
+#[given("the client is registered")]
+fn client_is_registered(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
+    let name = w.current()?;
+    registered(w, &name)
+}
+
+/// Starts a named client and waits until the server has registered it.
+#[given(expr = "{string} is registered")]
+fn named_is_registered(w: &mut Lwm2mWorld, name: String) -> anyhow::Result<()> {
+    registered(w, &name)
+}
+
+fn registered(w: &mut Lwm2mWorld, name: &str) -> anyhow::Result<()> {
+    w.client_action(name, ClientAction::Start)?;
+    w.wait_for(REGISTER_WAIT, &format!("registration of {name:?}"), |t| {
+        matches!(&t.happening, Happening::Server(ServerEvent::Registered { registration, .. }) if registration.endpoint == name)
+    })?;
+    w.wait_for(REGISTER_WAIT, &format!("{name:?} learning it is registered"), |t| {
+        matches!(&t.happening, Happening::Client { endpoint, event: ClientEvent::Registered { .. } } if endpoint == name)
+    })?;
+    w.mark();
+    Ok(())
+}
+
+/// The client starts: it bootstraps or registers.
+#[when("the client starts")]
+fn client_starts(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
+    let name = w.current()?;
+    w.client_action(&name, ClientAction::Start)
+}
+
+/// A named client starts.
+#[when(expr = "{string} starts")]
+fn named_starts(w: &mut Lwm2mWorld, name: String) -> anyhow::Result<()> {
+    w.client_action(&name, ClientAction::Start)
+}
+
+/// Every client starts, spread evenly over a ramp-up time.
+#[when(expr = "all clients start within {duration}")]
+fn fleet_starts(w: &mut Lwm2mWorld, ramp: DurationParam) -> anyhow::Result<()> {
+    let names = w.fleet.clone();
+    let gap = ramp.0 / u32::try_from(names.len().max(1))?;
+    w.mark();
+    for name in names {
+        w.backend().client_action(&name, ClientAction::Start)?;
+        let now = w.now();
+        w.note_start(&name, now);
+        w.run_for(gap);
+    }
+    Ok(())
+}
+
+/// A resource value changes on the device (a sensor reading).
+#[when(expr = "the value of {path} changes to {string}")]
+fn value_changes(w: &mut Lwm2mWorld, path: PathParam, value: String) -> anyhow::Result<()> {
+    let name = w.current()?;
+    let v = w.typed(&path.0, &value)?;
+    w.client_action(&name, ClientAction::SetValue(path.0, v))
+}
+
+/// The client sends an Update (a queue-mode client wakes up).
+#[when(expr = "the client sends an Update")]
+fn client_updates(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
+    let name = w.current()?;
+    w.client_action(&name, ClientAction::Update)
+}
+
+/// A queue-mode client wakes up: it sends an Update and listens.
+#[when("the client wakes up")]
+fn client_wakes(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
+    client_updates(w)
+}
+
+/// The client de-registers.
+#[when("the client de-registers")]
+fn client_deregisters(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
+    let name = w.current()?;
+    w.client_action(&name, ClientAction::Deregister)
+}
+
+/// A value in the client's own object tree.
+#[then(expr = "the client's value of {path} is {string}")]
+fn client_value(w: &mut Lwm2mWorld, path: PathParam, expected: String) -> anyhow::Result<()> {
+    let name = w.current()?;
+    let value: Option<Value> = w.client_machine(&name)?.tree().get(&path.0).cloned();
+    match value {
+        Some(v) if value_matches(&v, &expected) => Ok(()),
+        Some(v) => Err(w.fail(format!(
+            "{name:?} holds {} at {}, not {expected:?}",
+            show_value(&v),
+            path.0
+        ))),
+        None => Err(w.fail(format!("{name:?} holds no value at {}", path.0))),
+    }
+}
+
+/// Whether the client's tree has an object instance.
+#[then(expr = "the client holds the instance {path}")]
+fn client_holds(w: &mut Lwm2mWorld, path: PathParam) -> anyhow::Result<()> {
+    instance_presence(w, path, true)
+}
+
+/// Whether the client's tree lacks an object instance.
+#[then(expr = "the client holds no instance {path}")]
+fn client_lacks(w: &mut Lwm2mWorld, path: PathParam) -> anyhow::Result<()> {
+    instance_presence(w, path, false)
+}
+
+fn instance_presence(w: &mut Lwm2mWorld, path: PathParam, expected: bool) -> anyhow::Result<()> {
+    let (Some(o), Some(i)) = (path.0.object_id(), path.0.instance_id()) else {
+        return Err(anyhow!("{} is not an object instance path", path.0));
+    };
+    let name = w.current()?;
+    let present = w.client_machine(&name)?.tree().instance(o, i).is_some();
+    if present == expected {
+        Ok(())
+    } else {
+        let what = if expected { "lacks" } else { "still holds" };
+        Err(w.fail(format!("{name:?} {what} the instance {}", path.0)))
+    }
+}
+
+/// The Bootstrap-Server account survives a Bootstrap-Delete (Core TS 1.1 §5.2.7.5).
+#[then("the client still holds its bootstrap account")]
+fn bootstrap_account_kept(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
+    let name = w.current()?;
+    let machine = w.client_machine(&name)?;
+    let tree = machine.tree();
+    let kept = tree
+        .instance_ids(ObjectId(0))
+        .into_iter()
+        .any(|i: InstanceId| {
+            tree.instance(ObjectId(0), i).is_some_and(|inst| {
+                matches!(
+                    inst.get(&ResourceId(1)),
+                    Some(ResourceValue::Single(Value::Boolean(true)))
+                )
+            })
+        });
+    if kept {
+        Ok(())
+    } else {
+        Err(w.fail(format!("{name:?} lost its Bootstrap-Server account")))
+    }
+}
+
+/// How many observations the client serves.
+#[then(expr = "the client serves {int} observation(s)")]
+fn client_observations(w: &mut Lwm2mWorld, expected: usize) -> anyhow::Result<()> {
+    let name = w.current()?;
+    let count = w.client_machine(&name)?.observation_count();
+    if count == expected {
+        Ok(())
+    } else {
+        Err(w.fail(format!(
+            "{name:?} serves {count} observations, not {expected}"
+        )))
+    }
+}

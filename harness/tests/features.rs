@@ -1,0 +1,107 @@
+//! The feature suite (`features/**/*.feature`) against our own LwM2M Server, Bootstrap
+//! Server and simulated clients, in process on a virtual clock. Every case must pass or be
+//! not applicable, except the known deviations of our simulated client below, which must
+//! still fail (the report shows them failed, with the evidence); every scenario must carry
+//! a case tag.
+//!
+//! Reports go to `$LWM2M_REPORT_DIR`, else `target/features-report/`: `report.json`,
+//! `report.html`, `junit.xml` (the run report), `cucumber/junit.xml` and
+//! `cucumber/cucumber.json` (cucumber's writers), and each scenario's exchange log and pcap
+//! under `exchanges/`. `LWM2M_SEED` sets the seed, `LWM2M_TAGS` a tag expression.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use lwm2m_harness::bdd::Subject;
+use lwm2m_harness::bdd::run::{self, DEFAULT_SEED, SuiteOptions};
+use lwm2m_harness::report::Status;
+
+/// ETS cases our own simulated client (`lwm2m_proto::client`) fails, and why: findings
+/// against the client machine, pinned here so that a fix (the case starts passing) or a
+/// new failure both break this test. The report shows them as failed.
+const KNOWN_DEVIATIONS: &[(&str, &str)] = &[
+    (
+        "int-230",
+        "no Update after a Write-Composite changes the lifetime (1/0/1)",
+    ),
+    (
+        "int-261",
+        "a resource-level Discover does not list the resource instances (</3/0/11/0>)",
+    ),
+    (
+        "int-304",
+        "Observe-Composite takes pmax 0 (no maximum) as the smallest pmax, so no \
+         notification comes within 30-45 s",
+    ),
+];
+
+fn main() -> ExitCode {
+    let root = run::workspace_root(Path::new(env!("CARGO_MANIFEST_DIR")));
+    let report_dir = std::env::var_os("LWM2M_REPORT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/features-report"));
+    let seed = match std::env::var("LWM2M_SEED") {
+        Ok(s) => match s.parse() {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("LWM2M_SEED={s:?}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(_) => DEFAULT_SEED,
+    };
+    let options = SuiteOptions {
+        features: vec![root.join("features")],
+        root,
+        ddf: Vec::new(),
+        tags: std::env::var("LWM2M_TAGS").ok(),
+        subject: Subject::in_process(),
+        seed,
+        report_dir: report_dir.clone(),
+        run: "features".to_owned(),
+        console: true,
+    };
+    let outcome = match run::run_suite(&options) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("the feature suite did not run: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", run::summary(&outcome.report));
+    for s in &outcome.untagged {
+        eprintln!("scenario without a case tag (@int-NNN, @core-X.Y, @rfcNNNN-X.Y): {s}");
+    }
+    if outcome.parsing_errors > 0 {
+        eprintln!("{} feature files did not parse", outcome.parsing_errors);
+    }
+    println!("report: {}", report_dir.join("report.html").display());
+    let failed: Vec<&str> = outcome
+        .report
+        .cases
+        .iter()
+        .filter(|c| c.status == Status::Failed)
+        .map(|c| c.case.as_str())
+        .collect();
+    let mut ok = outcome.untagged.is_empty() && outcome.parsing_errors == 0;
+    let filtered = options.tags.is_some();
+    for (case, why) in KNOWN_DEVIATIONS {
+        if failed.contains(case) {
+            println!("known deviation, still failing: {case}: {why}");
+        } else if !filtered {
+            eprintln!("{case} passes now: remove it from KNOWN_DEVIATIONS ({why})");
+            ok = false;
+        }
+    }
+    for case in &failed {
+        if !KNOWN_DEVIATIONS.iter().any(|(k, _)| k == case) {
+            eprintln!("{case} failed");
+            ok = false;
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
