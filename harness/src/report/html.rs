@@ -221,13 +221,13 @@ fn latencies(s: &mut String, r: &RunReport) {
         .map(|l| l.p99_ms)
         .fold(0.0f64, f64::max)
         .max(1e-3);
-    let (label_w, chart_w, row_h) = (150.0, 600.0, 36.0);
+    let (label_w, chart_w, row_h) = (210.0, 560.0, 36.0);
     let height = row_h * r.latencies.len() as f64 + 30.0;
     let _ = write!(
         s,
         "<svg role=\"img\" aria-label=\"latency percentiles\" width=\"{}\" height=\"{height}\" viewBox=\"0 0 {} {height}\">",
-        label_w + chart_w + 60.0,
-        label_w + chart_w + 60.0
+        label_w + chart_w + 90.0,
+        label_w + chart_w + 90.0
     );
     for (i, (op, l)) in r.latencies.iter().enumerate() {
         let y = 10.0 + i as f64 * row_h;

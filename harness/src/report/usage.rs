@@ -150,14 +150,14 @@ pub fn render_table(rows: &[ExchangeUsage]) -> String {
         .any(|r| r.request_wire != r.request_coap || r.response_wire != r.response_coap);
     let _ = writeln!(
         s,
-        "{:<18} {:<10} {:>9} {:>9} {:>9} {:>9} {:>5}",
+        "{:<18} {:<14} {:>9} {:>9} {:>9} {:>9} {:>5}",
         "operation", "path", "req CoAP", "resp CoAP", "req wire", "resp wire", "dgrams"
     );
     let (mut rq, mut rs, mut wq, mut ws, mut dg) = (0, 0, 0, 0, 0);
     for r in rows {
         let _ = writeln!(
             s,
-            "{:<18} {:<10} {:>9} {:>9} {:>9} {:>9} {:>5}",
+            "{:<18} {:<14} {:>9} {:>9} {:>9} {:>9} {:>5}",
             r.operation,
             r.path,
             r.request_coap,
@@ -174,7 +174,7 @@ pub fn render_table(rows: &[ExchangeUsage]) -> String {
     }
     let _ = writeln!(
         s,
-        "{:<18} {:<10} {:>9} {:>9} {:>9} {:>9} {:>5}",
+        "{:<18} {:<14} {:>9} {:>9} {:>9} {:>9} {:>5}",
         format!("total ({} RTT)", rows.len()),
         "",
         rq,
