@@ -189,3 +189,34 @@ fn oma_json_survives_garbage() {
 fn lwm2m_cbor_survives_garbage() {
     hammer(ContentFormat::Lwm2mCbor);
 }
+
+#[test]
+fn link_format_survives_garbage() {
+    use lwm2m_proto::codec::link;
+    let seeds: [&[u8]; 4] = [
+        b"</>;rt=\"oma.lwm2m\";ct=11543,</1/0>,</3/0>;ver=1.1,</5>",
+        b"</3>;pmin=10;pmax=60,</3/0>,</3/0/1>,</3/0/7>;dim=8;gt=50;lt=42.2;st=0.5",
+        b"</0/1>;ssid=101;uri=\"coap://127.0.0.1:5683\",</1/0>;ssid=101",
+        b"<coap://x/a>;title=\"a, b; \\\"c\\\"\";anchor=\"/\"",
+    ];
+    let mut rng = ChaCha8Rng::seed_from_u64(0x11AC);
+    for n in 0..INPUTS_PER_DECODER {
+        let bytes = if n % 4 == 0 {
+            random_bytes(&mut rng)
+        } else {
+            let mut b = seeds[rng.random_range(0..seeds.len())].to_vec();
+            let other = seeds[rng.random_range(0..seeds.len())];
+            mutate(&mut rng, &mut b, other);
+            b
+        };
+        if let Ok(links) = link::parse_link_payload(&bytes) {
+            let _ = link::RegistrationLinks::from_links(&links);
+            let _ = link::format_links(&links);
+        }
+        if let Ok(text) = std::str::from_utf8(&bytes) {
+            let _ = link::parse_discover(text);
+            let query: Vec<&str> = text.split('&').collect();
+            let _ = link::AttributeUpdate::from_query(&query);
+        }
+    }
+}
