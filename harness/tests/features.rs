@@ -19,21 +19,7 @@ use lwm2m_harness::report::Status;
 /// ETS cases our own simulated client (`lwm2m_proto::client`) fails, and why: findings
 /// against the client machine, pinned here so that a fix (the case starts passing) or a
 /// new failure both break this test. The report shows them as failed.
-const KNOWN_DEVIATIONS: &[(&str, &str)] = &[
-    (
-        "int-230",
-        "no Update after a Write-Composite changes the lifetime (1/0/1)",
-    ),
-    (
-        "int-261",
-        "a resource-level Discover does not list the resource instances (</3/0/11/0>)",
-    ),
-    (
-        "int-304",
-        "Observe-Composite takes pmax 0 (no maximum) as the smallest pmax, so no \
-         notification comes within 30-45 s",
-    ),
-];
+const KNOWN_DEVIATIONS: &[(&str, &str)] = &[];
 
 fn main() -> ExitCode {
     let root = run::workspace_root(Path::new(env!("CARGO_MANIFEST_DIR")));

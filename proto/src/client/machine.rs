@@ -29,8 +29,10 @@
 //! * **Update** (§6.2.2): `POST /rd/ID` with only what changed (`lt`, `b`, the link list),
 //!   sent [`ClientConfig::update_margin`] before the lifetime runs out (half the lifetime
 //!   when the margin is not shorter than it), on Registration Update Trigger (Execute
-//!   1/x/8), after Create and Delete, after a write to the Server object, and on
-//!   [`Lwm2mClient::wake`]. A failed Update makes the client register again.
+//!   1/x/8), after Create and Delete, after a Write or Write-Composite that changes the
+//!   lifetime (1/x/1) or binding (1/x/7), again as soon as an Update under way returns when
+//!   they changed meanwhile, and on [`Lwm2mClient::wake`]. A failed Update makes the client
+//!   register again.
 //! * **De-register** (§6.2.3): `DELETE /rd/ID`.
 //! * **Queue mode** (§6.5): the client stays awake for MAX_TRANSMIT_WAIT (of
 //!   [`ClientConfig::coap`], 93 s by default) after its last exchange, then enters
@@ -58,7 +60,8 @@
 //! Observations notify by the rules of the `notify` module (pmin, pmax, gt, lt, st, epmin,
 //! epmax, inherited object → instance → resource, with the Server object's default periods),
 //! with non-confirmable notifications in the format of the Observe response. A composite
-//! observation uses the smallest `pmin` and `pmax` of its paths and no thresholds.
+//! observation uses the smallest effective `pmin` and `pmax` of its paths (a `pmax` of 0 or
+//! unset, no maximum, does not count) and no thresholds.
 //!
 //! # Firmware Update (object 5, Core TS 1.1 Appendix E.6)
 //!
@@ -1049,6 +1052,10 @@ impl Lwm2mClient {
                 self.schedule_update(now, lifetime);
                 self.touch_awake(now);
                 self.events.push_back(ClientEvent::Updated);
+                if self.registration_outdated() {
+                    // written while this Update was under way
+                    self.send_update(now);
+                }
             }
             Outgoing::Deregister => {
                 self.state = ClientState::Deregistered;
@@ -1495,7 +1502,38 @@ impl Lwm2mClient {
             }
             self.changed(&r.path);
         }
-        Answer::new(op, *path, (2, 4))
+        let server = records
+            .iter()
+            .any(|r| r.path.object_id() == Some(ObjectId(1)));
+        let after = self.after_write(server);
+        Answer::new(op, *path, (2, 4)).then(after)
+    }
+
+    /// What follows a successful Write or Write-Composite; `server` says whether it wrote
+    /// to the Server object. The notification periods may follow new defaults (1/x/2,
+    /// 1/x/3), and a new lifetime (1/x/1) or binding (1/x/7) goes to the server in an
+    /// Update (Core TS 1.1 §6.2.2).
+    fn after_write(&mut self, server: bool) -> After {
+        if !server {
+            return After::Nothing;
+        }
+        self.refresh_policies();
+        if self.registration_outdated() {
+            After::Update
+        } else {
+            After::Nothing
+        }
+    }
+
+    /// Whether the lifetime or binding now in the Server object differs from the one the
+    /// server last accepted (Core TS 1.1 §6.2.2: the Update carries the changed ones).
+    fn registration_outdated(&self) -> bool {
+        self.registration.as_ref().is_some_and(|reg| {
+            let p = self.reg_params();
+            p.lifetime != reg.params.lifetime
+                || p.binding != reg.params.binding
+                || p.queue != reg.params.queue
+        })
     }
 
     // -----------------------------------------------------------------------------------
@@ -1546,12 +1584,7 @@ impl Lwm2mClient {
         if let Some(uri) = uri {
             self.firmware_uri(now, &uri);
         }
-        let after = if path.object_id() == Some(ObjectId(1)) {
-            self.refresh_policies();
-            After::Update
-        } else {
-            After::Nothing
-        };
+        let after = self.after_write(path.object_id() == Some(ObjectId(1)));
         Answer::new(op, *path, (2, 4)).then(after)
     }
 
@@ -1718,7 +1751,9 @@ impl Lwm2mClient {
     }
 
     /// Discover (Core TS 1.1 §6.3, "Discover"): the path with its attributes and what lies
-    /// below it; a resource (instance) shows the attributes inherited from all levels.
+    /// below it; a resource (instance) shows the attributes inherited from all levels. On a
+    /// multiple resource (1.1+) its instances follow with their own attributes (ETS
+    /// int-261: `</3/0/11>;dim=1,</3/0/11/0>`).
     fn discover(&self, path: &Lwm2mPath) -> Result<Vec<DiscoverEntry>, DmError> {
         if !self.path_exists(path) {
             return Err(DmError::NotFound { path: *path });
@@ -1760,7 +1795,20 @@ impl Lwm2mClient {
                 out.push(entry(*path, self.attributes(path)));
                 resources(&mut out, o, i);
             }
-            _ => out.push(entry(*path, self.inherited(path))),
+            Lwm2mPath::Resource(o, i, r) => {
+                out.push(entry(*path, self.inherited(path)));
+                // 1.1+: the resource instances follow with their own attributes
+                if self.config.version != Lwm2mVersion::V1_0
+                    && let Some(ResourceValue::Multiple(m)) =
+                        self.tree.instance(o, i).and_then(|inst| inst.get(&r))
+                {
+                    for ri in m.keys() {
+                        let p = Lwm2mPath::ResourceInstance(o, i, r, *ri);
+                        out.push(entry(p, self.attributes(&p)));
+                    }
+                }
+            }
+            Lwm2mPath::ResourceInstance(..) => out.push(entry(*path, self.inherited(path))),
         }
         Ok(out)
     }
@@ -2023,6 +2071,9 @@ impl Lwm2mClient {
         a
     }
 
+    /// The notification policy of an observation. An Observe-Composite takes the smallest
+    /// effective pmin and pmax of its paths (Core TS 1.1 §6.4.1); a pmax that is 0 or
+    /// unset means no maximum (§5.1.2) and does not count.
     fn policy_for(&self, target: &Target) -> Policy {
         match target {
             Target::Path(p) => Policy::new(&self.effective(p)),
@@ -2030,7 +2081,11 @@ impl Lwm2mClient {
                 let all: Vec<Attributes> = paths.iter().map(|p| self.effective(p)).collect();
                 let a = Attributes {
                     pmin: all.iter().filter_map(|a| a.pmin).min(),
-                    pmax: all.iter().filter_map(|a| a.effective_pmax()).min(),
+                    pmax: all
+                        .iter()
+                        .filter_map(|a| a.effective_pmax())
+                        .filter(|m| *m > 0)
+                        .min(),
                     ..Attributes::default()
                 };
                 Policy::new(&a)

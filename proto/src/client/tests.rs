@@ -803,6 +803,62 @@ fn composite_operations() {
     );
 }
 
+/// An Observe-Composite notifies at the smallest effective pmax of its paths; pmax 0 (no
+/// maximum, Core TS 1.1 §5.1.2) does not count (ETS int-304).
+#[test]
+fn observe_composite_ignores_pmax_zero() {
+    let mut net = registered(config(), factory_tree());
+    assert_eq!(write_attributes(&mut net, "/3/0/9", &["pmax=20"]), "2.04");
+    assert_eq!(
+        write_attributes(&mut net, "/3303/0/5700", &["pmax=0"]),
+        "2.04"
+    );
+    let mut obs = with_body(
+        message::request(RequestType::Fetch, "/"),
+        110,
+        br#"[{"n":"/3303/0/5700"},{"n":"/3/0/9"}]"#.to_vec(),
+    );
+    obs.set_observe_value(0);
+    assert_eq!(code(&net.call(obs)), "2.05");
+    let t = net.at().as_secs();
+    net.log.clear();
+    net.secs(25);
+    let times: Vec<u64> = notifications(&net).into_iter().map(|(at, _)| at).collect();
+    assert_eq!(times, [t + 20]);
+}
+
+/// Core TS 1.1 §6.2.2: a new lifetime or binding goes to the server in an Update, whether
+/// written by Write or Write-Composite (ETS int-230); other Server object writes do not.
+#[test]
+fn server_object_writes_update_the_registration() {
+    let mut net = registered(config(), factory_tree());
+    let patch = with_body(
+        message::request(RequestType::IPatch, "/"),
+        110,
+        br#"[{"n":"/1/0/1","v":61},{"n":"/1/0/6","vb":true}]"#.to_vec(),
+    );
+    assert_eq!(code(&net.call(patch)), "2.04");
+    let upd = net.request(SERVER);
+    assert_eq!(query(&upd.packet), ["lt=61"]);
+    // A lifetime written while that Update is under way follows in the next one.
+    let put = |v: &[u8]| with_body(message::request(RequestType::Put, "/1/0/1"), 0, v.to_vec());
+    assert_eq!(code(&net.call(put(b"62"))), "2.04");
+    assert!(net.try_request(SERVER).is_none());
+    net.respond(SERVER, upd, ResponseType::Changed, &[]);
+    let upd = net.request(SERVER);
+    assert_eq!(query(&upd.packet), ["lt=62"]);
+    net.respond(SERVER, upd, ResponseType::Changed, &[]);
+    // Rewriting the same lifetime, or a default period, changes nothing registered.
+    assert_eq!(code(&net.call(put(b"62"))), "2.04");
+    let pmin = with_body(
+        message::request(RequestType::Put, "/1/0/2"),
+        0,
+        b"5".to_vec(),
+    );
+    assert_eq!(code(&net.call(pmin)), "2.04");
+    assert!(net.try_request(SERVER).is_none());
+}
+
 #[test]
 fn write_attributes_and_discover_inheritance() {
     let mut net = registered(config(), factory_tree());
@@ -833,7 +889,23 @@ fn write_attributes_and_discover_inheritance() {
     );
     let entries = parse_discover(&disc(&mut net, "/3303/0/5700")).unwrap();
     assert_eq!(entries[0].attributes.pmin, Some(10));
-    assert_eq!(disc(&mut net, "/3/0/11"), "</3/0/11>;dim=1");
+    // A multiple resource lists its instances with their own attributes (1.1, ETS
+    // int-261); a resource instance has no dim.
+    assert_eq!(disc(&mut net, "/3/0/11"), "</3/0/11>;dim=1,</3/0/11/0>");
+    assert_eq!(write_attributes(&mut net, "/3/0", &["pmin=5"]), "2.04");
+    assert_eq!(
+        write_attributes(&mut net, "/3/0/11/0", &["pmax=100"]),
+        "2.04"
+    );
+    assert_eq!(
+        disc(&mut net, "/3/0/11"),
+        "</3/0/11>;dim=1;pmin=5,</3/0/11/0>;pmax=100"
+    );
+    assert_eq!(disc(&mut net, "/3/0/11/0"), "</3/0/11/0>;pmin=5;pmax=100");
+    let mut v10 = config();
+    v10.version = Lwm2mVersion::V1_0;
+    let mut net10 = registered(v10, factory_tree());
+    assert_eq!(disc(&mut net10, "/3/0/11"), "</3/0/11>;dim=1");
     // Unset with a bare name; errors.
     assert_eq!(write_attributes(&mut net, "/3303/0/5700", &["st"]), "2.04");
     assert_eq!(
@@ -914,8 +986,6 @@ fn observe_honours_pmin_pmax_and_step() {
         b"7".to_vec(),
     );
     assert_eq!(code(&net.call(w)), "2.04");
-    let upd = net.request(SERVER);
-    net.respond(SERVER, upd, ResponseType::Changed, &[]);
     let t = net.at().as_secs();
     observe(&mut net, "/3/0/9", 0);
     net.log.clear();

@@ -508,7 +508,9 @@ impl ObjectTree {
 
     /// The resource instance ids of a multiple resource (for Discover's `dim`).
     pub fn dim(&self, path: &Lwm2mPath) -> Option<usize> {
-        let (o, i, r) = (path.object_id()?, path.instance_id()?, path.resource_id()?);
+        let Lwm2mPath::Resource(o, i, r) = *path else {
+            return None;
+        };
         match self.objects.get(&o)?.instances.get(&i)?.get(&r)? {
             ResourceValue::Multiple(m) => Some(m.len()),
             ResourceValue::Single(_) => None,
