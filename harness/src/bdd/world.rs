@@ -149,6 +149,15 @@ impl Lwm2mWorld {
         }
     }
 
+    /// Whether the LwM2M Server is ours (its registrations and events are visible), not a
+    /// server under test.
+    pub fn server_is_ours(&self) -> bool {
+        !matches!(
+            self.ctx.as_ref().map(|c| &c.subject),
+            Some(backend::Subject::Server { .. })
+        )
+    }
+
     /// Why no backend runs the subject, if so.
     pub fn unavailable(&self) -> Option<&str> {
         self.unavailable.as_deref()
@@ -222,8 +231,23 @@ impl Lwm2mWorld {
         }
     }
 
-    /// Lets `duration` pass.
+    /// The longest a step may wait, unless the backend has virtual time: longer waits
+    /// make the case not applicable (see [`backend::Capability::VirtualTime`]).
+    fn real_wait_limit(&mut self) -> Option<Duration> {
+        let real = self.backend().supports(Capability::VirtualTime).is_err();
+        real.then(super::network::max_real_wait)
+    }
+
+    /// Lets `duration` pass (on a real-time backend, at most the real wait limit).
     pub fn run_for(&mut self, duration: Duration) {
+        if let Some(limit) = self.real_wait_limit()
+            && duration > limit
+        {
+            not_applicable(format!(
+                "the step waits {duration:?} in real time, over the {limit:?} limit \
+                 (LWM2M_HARNESS_MAX_WAIT)"
+            ));
+        }
         let target = self.now() + duration;
         loop {
             self.backend().step(target);
@@ -240,9 +264,21 @@ impl Lwm2mWorld {
         &mut self,
         within: Duration,
         what: &str,
+        matches: impl FnMut(&Timed) -> bool,
+    ) -> anyhow::Result<Timed> {
+        let limit = self.real_wait_limit().filter(|l| within > *l);
+        self.wait_bounded(within, limit, what, matches)
+    }
+
+    /// [`Lwm2mWorld::wait_for`], giving up (not applicable) after `limit` if set.
+    fn wait_bounded(
+        &mut self,
+        within: Duration,
+        limit: Option<Duration>,
+        what: &str,
         mut matches: impl FnMut(&Timed) -> bool,
     ) -> anyhow::Result<Timed> {
-        let deadline = self.now() + within;
+        let deadline = self.now() + limit.unwrap_or(within);
         loop {
             self.drain();
             let found = (self.mark_at..self.timeline.len())
@@ -254,6 +290,12 @@ impl Lwm2mWorld {
                 return Ok(t);
             }
             if self.now() >= deadline {
+                if let Some(limit) = limit {
+                    not_applicable(format!(
+                        "{what} did not happen within {limit:?} of real time; the case \
+                         allows {within:?}, over the real wait limit (LWM2M_HARNESS_MAX_WAIT)"
+                    ));
+                }
                 return Err(self.fail(format!("{what} did not happen within {within:?}")));
             }
             self.backend().step(deadline);
@@ -381,7 +423,8 @@ impl Lwm2mWorld {
             "the answer to {} on {:?}",
             pending.description, pending.endpoint
         );
-        let done = self.wait_for(within, &what, |t| {
+        // An answer is awaited in full even in real time: no answer is a failure.
+        let done = self.wait_bounded(within, None, &what, |t| {
             matches!(&t.happening, Happening::Server(ServerEvent::Completed { op, .. }) if *op == pending.op)
         });
         let done = done.map_err(|_| {

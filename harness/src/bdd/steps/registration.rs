@@ -58,9 +58,22 @@ fn registers_again(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<
 }
 
 fn registers(w: &mut Lwm2mWorld, name: &str, within: Duration) -> anyhow::Result<()> {
-    w.wait_for(within, &format!("a registration of {name:?}"), |t| {
-        matches!(&t.happening, Happening::Server(ServerEvent::Registered { registration, .. }) if registration.endpoint == name)
-    })?;
+    // A server under test shows only on the wire: its 2.01 to the Register.
+    let ours = w.server_is_ours();
+    w.wait_for(
+        within,
+        &format!("a registration of {name:?}"),
+        |t| match &t.happening {
+            Happening::Server(ServerEvent::Registered { registration, .. }) => {
+                ours && registration.endpoint == name
+            }
+            Happening::Client {
+                endpoint,
+                event: ClientEvent::Registered { .. },
+            } => !ours && endpoint == name,
+            _ => false,
+        },
+    )?;
     Ok(())
 }
 
@@ -254,9 +267,21 @@ fn no_findings(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
 #[then(expr = "the client sends an Update within {duration}")]
 fn update_within(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()> {
     let name = w.current()?;
-    w.wait_for(within.0, &format!("an Update from {name:?}"), |t| {
-        matches!(&t.happening, Happening::Server(ServerEvent::Updated { registration, .. }) if registration.endpoint == name)
-    })?;
+    let ours = w.server_is_ours();
+    w.wait_for(
+        within.0,
+        &format!("an Update from {name:?}"),
+        |t| match &t.happening {
+            Happening::Server(ServerEvent::Updated { registration, .. }) => {
+                ours && registration.endpoint == name
+            }
+            Happening::Client {
+                endpoint,
+                event: ClientEvent::Updated,
+            } => !ours && *endpoint == name,
+            _ => false,
+        },
+    )?;
     Ok(())
 }
 
@@ -348,9 +373,21 @@ fn expires(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()> {
 #[then(expr = "the client de-registers within {duration}")]
 fn deregisters(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()> {
     let name = w.current()?;
-    w.wait_for(within.0, &format!("a De-register from {name:?}"), |t| {
-        matches!(&t.happening, Happening::Server(ServerEvent::Deregistered { registration }) if registration.endpoint == name)
-    })?;
+    let ours = w.server_is_ours();
+    w.wait_for(
+        within.0,
+        &format!("a De-register from {name:?}"),
+        |t| match &t.happening {
+            Happening::Server(ServerEvent::Deregistered { registration }) => {
+                ours && registration.endpoint == name
+            }
+            Happening::Client {
+                endpoint,
+                event: ClientEvent::Deregistered,
+            } => !ours && *endpoint == name,
+            _ => false,
+        },
+    )?;
     Ok(())
 }
 
