@@ -349,7 +349,7 @@ fn device_registered(device: &str, id: &str) -> Happening {
 fn block_until<T>(rx: &mut mpsc::UnboundedReceiver<T>, until: Instant) -> Option<T> {
     let left = until.saturating_duration_since(Instant::now());
     let rt = runtime().ok()?;
-    rt.block_on(tokio::time::timeout(left, rx.recv()))
+    rt.block_on(async { tokio::time::timeout(left, rx.recv()).await })
         .ok()
         .flatten()
 }

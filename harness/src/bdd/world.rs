@@ -158,6 +158,15 @@ impl Lwm2mWorld {
         )
     }
 
+    /// Whether the scenario's clients are our simulated ones (their state can be looked
+    /// into), not a device under test.
+    pub fn client_is_ours(&self) -> bool {
+        !matches!(
+            self.ctx.as_ref().map(|c| &c.subject),
+            Some(backend::Subject::Device { .. })
+        )
+    }
+
     /// Why no backend runs the subject, if so.
     pub fn unavailable(&self) -> Option<&str> {
         self.unavailable.as_deref()
