@@ -75,8 +75,8 @@ impl Drop for Killed {
 }
 
 fn free_udp_port() -> u16 {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap().port()
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("a loopback UDP socket");
+    socket.local_addr().expect("its address").port()
 }
 
 #[test]
