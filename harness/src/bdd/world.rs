@@ -158,6 +158,17 @@ impl Lwm2mWorld {
         )
     }
 
+    /// Makes the case not applicable when the step needs to see inside the LwM2M Server
+    /// (`what` it looks at) and the server is one under test.
+    pub fn require_our_server(&self, what: &str) {
+        if !self.server_is_ours() {
+            not_applicable(format!(
+                "the step looks at {what}: {}",
+                super::network::SERVER_NOT_OURS
+            ));
+        }
+    }
+
     /// Whether the scenario's clients are our simulated ones (their state can be looked
     /// into), not a device under test.
     pub fn client_is_ours(&self) -> bool {
@@ -319,6 +330,9 @@ impl Lwm2mWorld {
         what: &str,
         mut matches: impl FnMut(&Timed) -> bool,
     ) -> anyhow::Result<()> {
+        // Every absence the steps check is a server-side one: a server under test would
+        // pass it without looking.
+        self.require_our_server(&format!("what the server saw ({what})"));
         self.run_for(during);
         let found = (self.mark_at..self.timeline.len())
             .find(|&i| !self.consumed[i] && matches(&self.timeline[i]));

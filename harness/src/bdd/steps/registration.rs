@@ -389,6 +389,7 @@ fn still_registered(w: &mut Lwm2mWorld, duration: DurationParam) -> anyhow::Resu
 #[then(expr = "the registration expires within {duration}")]
 fn expires(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()> {
     let name = w.current()?;
+    w.require_our_server("the server's registrations");
     w.wait_for(within.0, &format!("the registration of {name:?} expiring"), |t| {
         matches!(&t.happening, Happening::Server(ServerEvent::Expired { registration }) if registration.endpoint == name)
     })?;
@@ -430,6 +431,7 @@ fn spoofed_deregister(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
 /// The server refuses a Register, Update or De-register with `code`.
 #[then(expr = "the server answers an Update with {code} within {duration}")]
 fn update_refused(w: &mut Lwm2mWorld, code: Code, within: DurationParam) -> anyhow::Result<()> {
+    w.require_our_server("the server's refusals");
     w.wait_for(within.0, &format!("a registration message answered {code}"), |t| {
         matches!(&t.happening, Happening::Server(ServerEvent::RegistrationRefused { code: c, .. }) if *c == code.0)
     })?;
