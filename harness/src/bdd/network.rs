@@ -345,6 +345,23 @@ fn device_registered(device: &str, id: &str) -> Happening {
     }
 }
 
+/// What a client action asks for, in words.
+fn describe(action: &ClientAction) -> String {
+    let paths = |ps: &[Lwm2mPath]| {
+        ps.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match action {
+        ClientAction::Start => "start".to_owned(),
+        ClientAction::SetValue(path, _) => format!("change {path}"),
+        ClientAction::Send(ps) => format!("Send {}", paths(ps)),
+        ClientAction::Update => "Update now".to_owned(),
+        ClientAction::Deregister => "De-register now".to_owned(),
+    }
+}
+
 /// Waits on `rx` until something arrives or `until` (an instant) passes.
 fn block_until<T>(rx: &mut mpsc::UnboundedReceiver<T>, until: Instant) -> Option<T> {
     let left = until.saturating_duration_since(Instant::now());
@@ -559,7 +576,10 @@ impl Backend for DeviceBackend {
                 }
                 Ok(())
             }
-            other => not_applicable(format!("{other:?}: {DEVICE_NOT_OURS}")),
+            other => not_applicable(format!(
+                "the step makes the client act ({}): {DEVICE_NOT_OURS}",
+                describe(&other)
+            )),
         }
     }
 

@@ -462,6 +462,12 @@ fn client_knows(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()>
 #[then(expr = "the client reboots within {duration}")]
 fn client_reboots(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()> {
     let name = w.current()?;
+    if !w.client_is_ours() {
+        crate::bdd::world::not_applicable(format!(
+            "the step waits for the client's own report: {}",
+            crate::bdd::network::DEVICE_NOT_OURS
+        ));
+    }
     w.wait_for(within.0, &format!("{name:?} rebooting"), |t| {
         matches!(&t.happening, Happening::Client { endpoint, event: ClientEvent::Rebooting } if *endpoint == name)
     })?;
