@@ -860,13 +860,15 @@ impl Backend for ServerBackend {
 
     fn add_bootstrap_config(&mut self, _endpoint: &str, _config: BootstrapConfig) {
         not_applicable(format!(
-            "no Bootstrap Server is under test; configuring one is {SERVER_NOT_OURS}"
+            "the step drives our Bootstrap Server; none runs against a server under test \
+             ({SERVER_NOT_OURS})"
         ))
     }
 
     fn start_bootstrap(&mut self, _endpoint: &str) -> Result<(), BootstrapError> {
         not_applicable(format!(
-            "no Bootstrap Server is under test; starting a bootstrap is {SERVER_NOT_OURS}"
+            "the step drives our Bootstrap Server; none runs against a server under test \
+             ({SERVER_NOT_OURS})"
         ))
     }
 
