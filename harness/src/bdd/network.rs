@@ -943,3 +943,91 @@ impl Drop for ServerBackend {
         self.rx.close();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::path::Path;
+
+    use super::*;
+    use crate::bdd::fleet::{Library, Provisioning};
+    use crate::bdd::run::workspace_root;
+    use crate::bdd::world::NotApplicable;
+
+    fn reason_of(f: impl FnOnce()) -> String {
+        let payload = catch_unwind(AssertUnwindSafe(f)).expect_err("not applicable");
+        payload
+            .downcast::<NotApplicable>()
+            .map(|n| n.0)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_simulated_client_registers_with_an_external_server_over_loopback() {
+        let lib =
+            Library::load(&workspace_root(Path::new(env!("CARGO_MANIFEST_DIR"))), &[]).unwrap();
+        let rt = runtime().unwrap();
+        let server = {
+            let _guard = rt.enter();
+            let bind = SocketAddr::from(([127, 0, 0, 1], 0));
+            lwm2m_server::start_server(ServerOptions::new(bind, lib.registry.clone())).unwrap()
+        };
+        let subject = Subject::Server {
+            uri: format!("coap://{}", server.local_addr()),
+        };
+        let mut b = ServerBackend::open(&subject, 1).unwrap();
+        assert_eq!(b.server_address(), server.local_addr());
+        let profile = lib.profile("ets-1.1").unwrap();
+        let spec = lib
+            .client(
+                profile,
+                "c1",
+                0,
+                1,
+                Provisioning::Server(b.server_address()),
+                &[],
+            )
+            .unwrap();
+        b.add_client(spec).unwrap();
+        b.client_action("c1", ClientAction::Start).unwrap();
+        let deadline = b.now() + Duration::from_secs(5);
+        let mut registered = false;
+        while !registered && b.now() < deadline {
+            b.step(deadline);
+            while let Some(t) = b.poll_happening() {
+                registered |= matches!(
+                    t.happening,
+                    Happening::Client {
+                        event: ClientEvent::Registered { .. },
+                        ..
+                    }
+                );
+            }
+        }
+        assert!(registered, "{}", b.exchange_log().text());
+        assert!(server.registrations().get("c1").is_some());
+        let text = b.exchange_log().text();
+        assert!(text.contains("POST") && text.contains("2.01"), "{text}");
+        assert!(b.client("c1").is_some());
+        let why = reason_of(|| {
+            b.registration("c1");
+        });
+        assert!(why.contains(SERVER_NOT_OURS), "{why}");
+        rt.block_on(server.shutdown());
+    }
+
+    #[test]
+    fn client_actions_read_as_words() {
+        let paths = vec![Lwm2mPath::resource(3, 0, 0), Lwm2mPath::resource(1, 0, 1)];
+        assert_eq!(describe(&ClientAction::Send(paths)), "Send /3/0/0, /1/0/1");
+        assert_eq!(describe(&ClientAction::Deregister), "De-register now");
+    }
+
+    #[test]
+    fn a_server_uri_must_be_coap_with_an_address() {
+        let open = |uri: &str| ServerBackend::open(&Subject::Server { uri: uri.into() }, 1);
+        assert!(open("coaps://127.0.0.1:5684").is_err());
+        assert!(open("coap://127.0.0.1").is_err());
+        assert!(open("coap://127.0.0.1:5683").is_ok());
+    }
+}

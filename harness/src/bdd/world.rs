@@ -32,6 +32,10 @@ pub const OPERATION_WAIT: Duration = Duration::from_secs(120);
 /// How many exchange-log lines a failure message shows.
 const EXCHANGE_LINES: usize = 30;
 
+/// The tag that lets a scenario (or feature) wait as long as it says in real time, over
+/// the real wait limit of the network backends.
+pub const LONG_WAIT_TAG: &str = "long-wait";
+
 /// The panic payload of a step that found the case not applicable to the subject.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotApplicable(pub String);
@@ -103,6 +107,8 @@ pub struct Lwm2mWorld {
     pub latencies: Latencies,
     /// Wall-clock start of the scenario.
     pub wall_start: Option<Instant>,
+    /// The scenario is tagged [`LONG_WAIT_TAG`]: real-time waits are not limited.
+    pub long_waits: bool,
 }
 
 impl fmt::Debug for Lwm2mWorld {
@@ -255,7 +261,7 @@ impl Lwm2mWorld {
     /// make the case not applicable (see [`backend::Capability::VirtualTime`]).
     fn real_wait_limit(&mut self) -> Option<Duration> {
         let real = self.backend().supports(Capability::VirtualTime).is_err();
-        real.then(super::network::max_real_wait)
+        (real && !self.long_waits).then(super::network::max_real_wait)
     }
 
     /// Lets `duration` pass (on a real-time backend, at most the real wait limit).
@@ -265,7 +271,7 @@ impl Lwm2mWorld {
         {
             not_applicable(format!(
                 "the step waits {duration:?} in real time, over the {limit:?} limit \
-                 (LWM2M_HARNESS_MAX_WAIT)"
+                 (LWM2M_HARNESS_MAX_WAIT, or tag the scenario @long-wait)"
             ));
         }
         let target = self.now() + duration;
@@ -313,7 +319,8 @@ impl Lwm2mWorld {
                 if let Some(limit) = limit {
                     not_applicable(format!(
                         "{what} did not happen within {limit:?} of real time; the case \
-                         allows {within:?}, over the real wait limit (LWM2M_HARNESS_MAX_WAIT)"
+                         allows {within:?}, over the real wait limit (LWM2M_HARNESS_MAX_WAIT, or tag \
+                         the scenario @long-wait)"
                     ));
                 }
                 return Err(self.fail(format!("{what} did not happen within {within:?}")));
