@@ -239,9 +239,11 @@ impl DeviceBackend {
         let device = endpoint.clone();
         rt.spawn(async move {
             loop {
+                // Ends with the scenario (its backend drops the receiver).
                 let event = tokio::select! {
                     e = events.recv() => e,
                     e = bootstrap_events.recv() => e,
+                    () = forward.closed() => return,
                 };
                 let event = match event {
                     Ok(e) => e,
@@ -890,7 +892,13 @@ impl Backend for ServerBackend {
         let (reader, tx) = (socket.clone(), self.tx.clone());
         rt.spawn(async move {
             let mut buf = vec![0u8; 65_536];
-            while let Ok((n, from)) = reader.recv_from(&mut buf).await {
+            loop {
+                // Ends with the scenario (its backend closes the channel), closing the socket.
+                let received = tokio::select! {
+                    r = reader.recv_from(&mut buf) => r,
+                    () = tx.closed() => return,
+                };
+                let Ok((n, from)) = received else { return };
                 let bytes = buf.get(..n).unwrap_or_default().to_vec();
                 if tx.send((index, Instant::now(), from, bytes)).is_err() {
                     return;
