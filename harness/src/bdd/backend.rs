@@ -319,8 +319,6 @@ pub fn open(
         Subject::Device { .. } => Ok(Box::new(super::network::DeviceBackend::open(
             subject, registry,
         )?)),
-        Subject::Server { .. } => Ok(Box::new(super::network::ServerBackend::open(
-            subject, seed,
-        )?)),
+        Subject::Server { .. } => Ok(Box::new(super::network::ServerBackend::open(subject)?)),
     }
 }

@@ -14,7 +14,12 @@
 //!
 //! Both record every real datagram in the [`ExchangeLog`] (the drivers' packet tap, or the
 //! clients' sockets). Time is real: [`Backend::step`] blocks until something is reported
-//! or its deadline; a wait longer than [`max_real_wait`] is not applicable (world.rs).
+//! or its deadline; a wait longer than [`max_real_wait`] is not applicable unless the
+//! scenario is tagged `@long-wait` (see [`super::world`]).
+//!
+//! What it does not do: DTLS or TCP; a Bootstrap Server under test (the server subject
+//! has no bootstrap URI); reset a device between cases (a real device keeps what a case
+//! wrote); more than one device per process (the servers and their wait are started once).
 //!
 //! Settings (environment): `LWM2M_HARNESS_BIND` and `LWM2M_HARNESS_BOOTSTRAP_BIND` (where
 //! our servers listen for a device, default `0.0.0.0:0`: any free port, printed),
@@ -636,9 +641,9 @@ impl std::fmt::Debug for ServerBackend {
 }
 
 impl ServerBackend {
-    /// A backend for the server `subject` names (`coap://HOST:PORT`), no clients yet. The
-    /// clients' CoAP ids come from `seed`; the server's answers are what they are.
-    pub fn open(subject: &Subject, _seed: u64) -> Result<Self, String> {
+    /// A backend for the server `subject` names (`coap://HOST:PORT`), no clients yet (their
+    /// CoAP ids come from the scenario seed in their [`ClientSpec`]).
+    pub fn open(subject: &Subject) -> Result<Self, String> {
         let Subject::Server { uri } = subject else {
             return Err(format!("{} is not a server", subject.id()));
         };
@@ -983,7 +988,7 @@ mod tests {
         let subject = Subject::Server {
             uri: format!("coap://{}", server.local_addr()),
         };
-        let mut b = ServerBackend::open(&subject, 1).unwrap();
+        let mut b = ServerBackend::open(&subject).unwrap();
         assert_eq!(b.server_address(), server.local_addr());
         let profile = lib.profile("ets-1.1").unwrap();
         let spec = lib
@@ -1033,7 +1038,7 @@ mod tests {
 
     #[test]
     fn a_server_uri_must_be_coap_with_an_address() {
-        let open = |uri: &str| ServerBackend::open(&Subject::Server { uri: uri.into() }, 1);
+        let open = |uri: &str| ServerBackend::open(&Subject::Server { uri: uri.into() });
         assert!(open("coaps://127.0.0.1:5684").is_err());
         assert!(open("coap://127.0.0.1").is_err());
         assert!(open("coap://127.0.0.1:5683").is_ok());
