@@ -2,15 +2,14 @@
 //! and the clients of a scenario, whichever of them is ours and whichever is the subject
 //! under test, behind one interface.
 //!
-//! Two backends are planned:
+//! Two backends:
 //! - **in-process** ([`super::inprocess::InProcess`]): our sans-IO server, bootstrap server
 //!   and simulated clients joined by an in-memory datagram link on a virtual clock, so a
 //!   scenario that waits 86400 s runs in milliseconds and repeats exactly from its seed;
-//! - **network** (not built yet): the same machines behind real sockets (the
-//!   `lwm2m_server` drivers), either a real device registering with our servers
-//!   ([`Subject::Device`]) or our simulated clients registering with an external server
-//!   ([`Subject::Server`]). Until it exists those subjects report every case not
-//!   applicable (see [`open`]), never passed.
+//! - **network** ([`super::network`]): the same machines behind real sockets (the
+//!   `lwm2m_server` drivers) and real time, either a real device registering with our
+//!   servers ([`Subject::Device`]) or our simulated clients registering with an external
+//!   server ([`Subject::Server`]).
 //!
 //! A step asks the backend for what it needs; what a subject cannot do is a
 //! [`Capability`] it lacks, and the case becomes "not applicable" with the reason.
@@ -304,7 +303,8 @@ pub trait Backend: fmt::Debug {
 }
 
 /// The backend that runs `subject`, seeded with `seed`; `Err` says why no backend can run
-/// the subject yet (every case is then not applicable).
+/// the subject (every case is then not applicable: the device never registered, a socket
+/// could not be bound).
 pub fn open(
     subject: &Subject,
     seed: u64,
@@ -316,8 +316,9 @@ pub fn open(
             seed,
             registry,
         ))),
-        Subject::Device { .. } | Subject::Server { .. } => {
-            Err("network backend not built yet: only the in-process subject runs so far".to_owned())
-        }
+        Subject::Device { .. } => Ok(Box::new(super::network::DeviceBackend::open(
+            subject, registry,
+        )?)),
+        Subject::Server { .. } => Ok(Box::new(super::network::ServerBackend::open(subject)?)),
     }
 }

@@ -7,6 +7,8 @@
 //!   capabilities a case may need;
 //! - [`inprocess`]: the default backend: our servers and simulated clients on an in-memory
 //!   link and a virtual clock (deterministic, fast);
+//! - [`network`]: a real device registering with our servers, or our simulated clients
+//!   registering with an external server, over real UDP and real time;
 //! - [`fleet`]: clients from device profiles, quirk packs and network models;
 //! - [`exchange`]: the exchange log (one decoded line per CoAP message) that failure
 //!   messages show;
@@ -14,14 +16,12 @@
 //! - [`params`]: parameter types (`{path}`, `{format}`, `{code}`, `{duration}`...);
 //! - [`steps`]: the vocabulary, one file per domain concept;
 //! - [`run`]: the runner, the not-applicable mechanism and the report collector.
-//!
-//! What it does not do yet: the network backend (real sockets, a device or an external
-//! server under test); those subjects report every case not applicable.
 
 pub mod backend;
 pub mod exchange;
 pub mod fleet;
 pub mod inprocess;
+pub mod network;
 pub mod params;
 pub mod run;
 pub mod steps;

@@ -486,6 +486,11 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
             let ctx = before_ctx.clone();
             let seed = ctx.scenario_seed(feature, scenario);
             world.setup(ctx, seed);
+            world.long_waits = scenario
+                .tags
+                .iter()
+                .chain(&feature.tags)
+                .any(|t| t == super::world::LONG_WAIT_TAG);
             async {}.boxed_local()
         })
         .after(move |feature, rule, scenario, finished, world| {

@@ -32,6 +32,10 @@ pub const OPERATION_WAIT: Duration = Duration::from_secs(120);
 /// How many exchange-log lines a failure message shows.
 const EXCHANGE_LINES: usize = 30;
 
+/// The tag that lets a scenario (or feature) wait as long as it says in real time, over
+/// the real wait limit of the network backends.
+pub const LONG_WAIT_TAG: &str = "long-wait";
+
 /// The panic payload of a step that found the case not applicable to the subject.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotApplicable(pub String);
@@ -103,6 +107,8 @@ pub struct Lwm2mWorld {
     pub latencies: Latencies,
     /// Wall-clock start of the scenario.
     pub wall_start: Option<Instant>,
+    /// The scenario is tagged [`LONG_WAIT_TAG`]: real-time waits are not limited.
+    pub long_waits: bool,
 }
 
 impl fmt::Debug for Lwm2mWorld {
@@ -147,6 +153,35 @@ impl Lwm2mWorld {
             Some(b) => b.as_mut(),
             None => panic!("the world was not set up (the before hook did not run)"),
         }
+    }
+
+    /// Whether the LwM2M Server is ours (its registrations and events are visible), not a
+    /// server under test.
+    pub fn server_is_ours(&self) -> bool {
+        !matches!(
+            self.ctx.as_ref().map(|c| &c.subject),
+            Some(backend::Subject::Server { .. })
+        )
+    }
+
+    /// Makes the case not applicable when the step needs to see inside the LwM2M Server
+    /// (`what` it looks at) and the server is one under test.
+    pub fn require_our_server(&self, what: &str) {
+        if !self.server_is_ours() {
+            not_applicable(format!(
+                "the step looks at {what}: {}",
+                super::network::SERVER_NOT_OURS
+            ));
+        }
+    }
+
+    /// Whether the scenario's clients are our simulated ones (their state can be looked
+    /// into), not a device under test.
+    pub fn client_is_ours(&self) -> bool {
+        !matches!(
+            self.ctx.as_ref().map(|c| &c.subject),
+            Some(backend::Subject::Device { .. })
+        )
     }
 
     /// Why no backend runs the subject, if so.
@@ -222,8 +257,23 @@ impl Lwm2mWorld {
         }
     }
 
-    /// Lets `duration` pass.
+    /// The longest a step may wait, unless the backend has virtual time: longer waits
+    /// make the case not applicable (see [`backend::Capability::VirtualTime`]).
+    fn real_wait_limit(&mut self) -> Option<Duration> {
+        let real = self.backend().supports(Capability::VirtualTime).is_err();
+        (real && !self.long_waits).then(super::network::max_real_wait)
+    }
+
+    /// Lets `duration` pass (on a real-time backend, at most the real wait limit).
     pub fn run_for(&mut self, duration: Duration) {
+        if let Some(limit) = self.real_wait_limit()
+            && duration > limit
+        {
+            not_applicable(format!(
+                "the step waits {duration:?} in real time, over the {limit:?} limit \
+                 (LWM2M_HARNESS_MAX_WAIT, or tag the scenario @long-wait)"
+            ));
+        }
         let target = self.now() + duration;
         loop {
             self.backend().step(target);
@@ -240,9 +290,21 @@ impl Lwm2mWorld {
         &mut self,
         within: Duration,
         what: &str,
+        matches: impl FnMut(&Timed) -> bool,
+    ) -> anyhow::Result<Timed> {
+        let limit = self.real_wait_limit().filter(|l| within > *l);
+        self.wait_bounded(within, limit, what, matches)
+    }
+
+    /// [`Lwm2mWorld::wait_for`], giving up (not applicable) after `limit` if set.
+    fn wait_bounded(
+        &mut self,
+        within: Duration,
+        limit: Option<Duration>,
+        what: &str,
         mut matches: impl FnMut(&Timed) -> bool,
     ) -> anyhow::Result<Timed> {
-        let deadline = self.now() + within;
+        let deadline = self.now() + limit.unwrap_or(within);
         loop {
             self.drain();
             let found = (self.mark_at..self.timeline.len())
@@ -254,6 +316,13 @@ impl Lwm2mWorld {
                 return Ok(t);
             }
             if self.now() >= deadline {
+                if let Some(limit) = limit {
+                    not_applicable(format!(
+                        "{what} did not happen within {limit:?} of real time; the case \
+                         allows {within:?}, over the real wait limit (LWM2M_HARNESS_MAX_WAIT, or tag \
+                         the scenario @long-wait)"
+                    ));
+                }
                 return Err(self.fail(format!("{what} did not happen within {within:?}")));
             }
             self.backend().step(deadline);
@@ -268,6 +337,9 @@ impl Lwm2mWorld {
         what: &str,
         mut matches: impl FnMut(&Timed) -> bool,
     ) -> anyhow::Result<()> {
+        // Every absence the steps check is a server-side one: a server under test would
+        // pass it without looking.
+        self.require_our_server(&format!("what the server saw ({what})"));
         self.run_for(during);
         let found = (self.mark_at..self.timeline.len())
             .find(|&i| !self.consumed[i] && matches(&self.timeline[i]));
@@ -381,7 +453,8 @@ impl Lwm2mWorld {
             "the answer to {} on {:?}",
             pending.description, pending.endpoint
         );
-        let done = self.wait_for(within, &what, |t| {
+        // An answer is awaited in full even in real time: no answer is a failure.
+        let done = self.wait_bounded(within, None, &what, |t| {
             matches!(&t.happening, Happening::Server(ServerEvent::Completed { op, .. }) if *op == pending.op)
         });
         let done = done.map_err(|_| {

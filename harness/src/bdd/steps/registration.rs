@@ -58,9 +58,22 @@ fn registers_again(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<
 }
 
 fn registers(w: &mut Lwm2mWorld, name: &str, within: Duration) -> anyhow::Result<()> {
-    w.wait_for(within, &format!("a registration of {name:?}"), |t| {
-        matches!(&t.happening, Happening::Server(ServerEvent::Registered { registration, .. }) if registration.endpoint == name)
-    })?;
+    // A server under test shows only on the wire: its 2.01 to the Register.
+    let ours = w.server_is_ours();
+    w.wait_for(
+        within,
+        &format!("a registration of {name:?}"),
+        |t| match &t.happening {
+            Happening::Server(ServerEvent::Registered { registration, .. }) => {
+                ours && registration.endpoint == name
+            }
+            Happening::Client {
+                endpoint,
+                event: ClientEvent::Registered { .. },
+            } => !ours && endpoint == name,
+            _ => false,
+        },
+    )?;
     Ok(())
 }
 
@@ -254,9 +267,21 @@ fn no_findings(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
 #[then(expr = "the client sends an Update within {duration}")]
 fn update_within(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()> {
     let name = w.current()?;
-    w.wait_for(within.0, &format!("an Update from {name:?}"), |t| {
-        matches!(&t.happening, Happening::Server(ServerEvent::Updated { registration, .. }) if registration.endpoint == name)
-    })?;
+    let ours = w.server_is_ours();
+    w.wait_for(
+        within.0,
+        &format!("an Update from {name:?}"),
+        |t| match &t.happening {
+            Happening::Server(ServerEvent::Updated { registration, .. }) => {
+                ours && registration.endpoint == name
+            }
+            Happening::Client {
+                endpoint,
+                event: ClientEvent::Updated,
+            } => !ours && *endpoint == name,
+            _ => false,
+        },
+    )?;
     Ok(())
 }
 
@@ -311,9 +336,29 @@ fn update_with(w: &mut Lwm2mWorld, parameter: String) -> anyhow::Result<()> {
     }
 }
 
+/// Whether the client holds a registration the server under test accepted (the wire's
+/// evidence when the server is not ours: its last answer to a Register, Update or
+/// De-register).
+fn client_registered(w: &mut Lwm2mWorld, name: &str) -> anyhow::Result<bool> {
+    let state = w.client_machine(name)?.state();
+    Ok(matches!(
+        state,
+        ClientState::Registered | ClientState::Sleeping
+    ))
+}
+
 /// The server holds a registration for the client.
 #[then("the client is registered")]
 fn is_registered(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
+    if !w.server_is_ours() {
+        let name = w.current()?;
+        return match client_registered(w, &name)? {
+            true => Ok(()),
+            false => Err(w.fail(format!(
+                "the server under test did not keep {name:?} registered"
+            ))),
+        };
+    }
     registration(w).map(|_| ())
 }
 
@@ -321,6 +366,12 @@ fn is_registered(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
 #[then("the client is not registered")]
 fn is_not_registered(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
     let name = w.current()?;
+    if !w.server_is_ours() {
+        return match client_registered(w, &name)? {
+            false => Ok(()),
+            true => Err(w.fail(format!("{name:?} still holds its registration"))),
+        };
+    }
     match w.backend().registration(&name) {
         None => Ok(()),
         Some(r) => Err(w.fail(format!("the server still holds {name:?} as {}", r.id))),
@@ -338,6 +389,7 @@ fn still_registered(w: &mut Lwm2mWorld, duration: DurationParam) -> anyhow::Resu
 #[then(expr = "the registration expires within {duration}")]
 fn expires(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()> {
     let name = w.current()?;
+    w.require_our_server("the server's registrations");
     w.wait_for(within.0, &format!("the registration of {name:?} expiring"), |t| {
         matches!(&t.happening, Happening::Server(ServerEvent::Expired { registration }) if registration.endpoint == name)
     })?;
@@ -348,9 +400,21 @@ fn expires(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()> {
 #[then(expr = "the client de-registers within {duration}")]
 fn deregisters(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()> {
     let name = w.current()?;
-    w.wait_for(within.0, &format!("a De-register from {name:?}"), |t| {
-        matches!(&t.happening, Happening::Server(ServerEvent::Deregistered { registration }) if registration.endpoint == name)
-    })?;
+    let ours = w.server_is_ours();
+    w.wait_for(
+        within.0,
+        &format!("a De-register from {name:?}"),
+        |t| match &t.happening {
+            Happening::Server(ServerEvent::Deregistered { registration }) => {
+                ours && registration.endpoint == name
+            }
+            Happening::Client {
+                endpoint,
+                event: ClientEvent::Deregistered,
+            } => !ours && *endpoint == name,
+            _ => false,
+        },
+    )?;
     Ok(())
 }
 
@@ -367,6 +431,7 @@ fn spoofed_deregister(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
 /// The server refuses a Register, Update or De-register with `code`.
 #[then(expr = "the server answers an Update with {code} within {duration}")]
 fn update_refused(w: &mut Lwm2mWorld, code: Code, within: DurationParam) -> anyhow::Result<()> {
+    w.require_our_server("the server's refusals");
     w.wait_for(within.0, &format!("a registration message answered {code}"), |t| {
         matches!(&t.happening, Happening::Server(ServerEvent::RegistrationRefused { code: c, .. }) if *c == code.0)
     })?;
@@ -377,11 +442,17 @@ fn update_refused(w: &mut Lwm2mWorld, code: Code, within: DurationParam) -> anyh
 #[then(expr = "the client knows it is registered within {duration}")]
 fn client_knows(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()> {
     let name = w.current()?;
-    let state = w.client_machine(&name)?.state();
-    if matches!(state, ClientState::Registered | ClientState::Sleeping) {
-        return Ok(());
-    }
-    w.wait_for(within.0, &format!("{name:?} learning it is registered ({state:?} now)"), |t| {
+    // A device under test cannot be looked into: its evidence is our 2.01 to its Register.
+    let state = if w.client_is_ours() {
+        let state = w.client_machine(&name)?.state();
+        if matches!(state, ClientState::Registered | ClientState::Sleeping) {
+            return Ok(());
+        }
+        format!("{state:?}")
+    } else {
+        "a device under test".to_owned()
+    };
+    w.wait_for(within.0, &format!("{name:?} learning it is registered ({state} now)"), |t| {
         matches!(&t.happening, Happening::Client { endpoint, event: ClientEvent::Registered { .. } } if *endpoint == name)
     })?;
     Ok(())
@@ -391,6 +462,12 @@ fn client_knows(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()>
 #[then(expr = "the client reboots within {duration}")]
 fn client_reboots(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()> {
     let name = w.current()?;
+    if !w.client_is_ours() {
+        crate::bdd::world::not_applicable(format!(
+            "the step waits for the client's own report: {}",
+            crate::bdd::network::DEVICE_NOT_OURS
+        ));
+    }
     w.wait_for(within.0, &format!("{name:?} rebooting"), |t| {
         matches!(&t.happening, Happening::Client { endpoint, event: ClientEvent::Rebooting } if *endpoint == name)
     })?;

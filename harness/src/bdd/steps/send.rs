@@ -29,6 +29,7 @@ fn client_sends(w: &mut Lwm2mWorld, paths: Paths) -> anyhow::Result<()> {
 #[then(expr = "the server receives a Send within {duration}")]
 fn server_receives(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()> {
     let name = w.current()?;
+    w.require_our_server("the values a Send delivered");
     let t = w.wait_for(within.0, &format!("a Send from {name:?}"), |t| {
         matches!(&t.happening, Happening::Server(ServerEvent::Send { endpoint, .. }) if *endpoint == name)
     })?;

@@ -1,0 +1,1046 @@
+//! The network backend: the same parties as [`super::inprocess`] behind real UDP sockets
+//! and real time.
+//!
+//! - [`DeviceBackend`] ([`Subject::Device`]): our LwM2M Server and Bootstrap Server (the
+//!   `lwm2m_server` drivers) listen on UDP; the device under test registers with them by
+//!   itself. The servers live for the whole run (a device registers once, not once per
+//!   scenario): they start with the first scenario, print their addresses on stderr, and
+//!   that scenario waits (bounded by [`DEVICE_WAIT`]) for the device to register. The
+//!   scenario's client is the device; steps that need control of the client itself are
+//!   not applicable.
+//! - [`ServerBackend`] ([`Subject::Server`]): our simulated clients (sans-IO
+//!   [`Lwm2mClient`] machines, each on its own loopback socket) register with the external
+//!   server; steps that need our server's API are not applicable.
+//!
+//! Both record every real datagram in the [`ExchangeLog`] (the drivers' packet tap, or the
+//! clients' sockets). Time is real: [`Backend::step`] blocks until something is reported
+//! or its deadline; a wait longer than [`max_real_wait`] is not applicable unless the
+//! scenario is tagged `@long-wait` (see [`super::world`]).
+//!
+//! What it does not do: DTLS or TCP; a Bootstrap Server under test (the server subject
+//! has no bootstrap URI); reset a device between cases (a real device keeps what a case
+//! wrote); more than one device per process (the servers and their wait are started once).
+//!
+//! Settings (environment): `LWM2M_HARNESS_BIND` and `LWM2M_HARNESS_BOOTSTRAP_BIND` (where
+//! our servers listen for a device, default `0.0.0.0:0`: any free port, printed),
+//! `LWM2M_HARNESS_DEVICE_WAIT` (seconds to wait for the device, default 60),
+//! `LWM2M_HARNESS_MAX_WAIT` (seconds a step may wait in real time, default 5).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use lwm2m_proto::Lwm2mPath;
+use lwm2m_proto::bootstrap::{BootstrapConfig, BootstrapError};
+use lwm2m_proto::client::{ClientEvent, Lwm2mClient};
+use lwm2m_proto::coap::Packet;
+use lwm2m_proto::registry::Registry;
+use lwm2m_proto::server::{ObservationId, OpError, OpId, Operation, Registration, ServerEvent};
+use lwm2m_server::store::{BootstrapDoc, BootstrapStore, ConfigKey, FileBootstrapStore};
+use lwm2m_server::{
+    BootstrapHandle, BootstrapOptions, Direction, DriverError, Event, PacketTap, ServerHandle,
+    ServerOptions,
+};
+use lwm2m_simulator::NetworkModel;
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, mpsc};
+
+use super::backend::{Backend, Capability, ClientAction, ClientSpec, Happening, Subject, Timed};
+use super::exchange::{ExchangeLog, Peer};
+use super::world::not_applicable;
+
+/// How long the first scenario waits for the device under test to register, by default.
+pub const DEVICE_WAIT: Duration = Duration::from_secs(60);
+
+/// Why client-control steps are not applicable to a device.
+pub const DEVICE_NOT_OURS: &str = "the device under test is not under our control";
+
+/// Why server-API steps are not applicable to an external server.
+pub const SERVER_NOT_OURS: &str = "the server under test is driven by its own operator";
+
+/// The longest wait a real-time step may do (`LWM2M_HARNESS_MAX_WAIT`, default 5 s);
+/// longer ones are not applicable.
+pub fn max_real_wait() -> Duration {
+    env_secs("LWM2M_HARNESS_MAX_WAIT").unwrap_or(Duration::from_secs(5))
+}
+
+fn env_secs(name: &str) -> Option<Duration> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+}
+
+fn env_addr(name: &str) -> Result<SocketAddr, String> {
+    match std::env::var(name) {
+        Ok(v) => v.parse().map_err(|e| format!("{name}={v:?}: {e}")),
+        Err(_) => Ok(SocketAddr::from(([0, 0, 0, 0], 0))),
+    }
+}
+
+/// The runtime every network backend of the process runs its sockets on.
+fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
+    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("lwm2m-net-backend")
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the network runtime: {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// A datagram seen on a real socket, with when.
+#[derive(Debug, Clone)]
+struct Raw {
+    at: Instant,
+    from: SocketAddr,
+    to: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+/// The drivers' packet tap: datagrams go to the current scenario's backend.
+#[derive(Default)]
+struct Tap(Mutex<Vec<Raw>>);
+
+impl PacketTap for Tap {
+    fn datagram(&self, direction: Direction, local: SocketAddr, peer: SocketAddr, bytes: &[u8]) {
+        let (from, to) = match direction {
+            Direction::In => (peer, local),
+            Direction::Out => (local, peer),
+        };
+        let raw = Raw {
+            at: Instant::now(),
+            from,
+            to,
+            bytes: bytes.to_vec(),
+        };
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(raw);
+    }
+}
+
+impl Tap {
+    fn take(&self) -> Vec<Raw> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// What the happenings channel carries: a happening stamped with the wall clock.
+type Stamped = (Instant, Happening);
+
+/// Our servers for a device, shared by every scenario of the run.
+struct DeviceServers {
+    server: ServerHandle,
+    bootstrap: BootstrapHandle,
+    store: Arc<FileBootstrapStore>,
+    tap: Arc<Tap>,
+}
+
+fn device_servers(
+    endpoint: &str,
+    registry: Arc<Registry>,
+) -> Result<&'static DeviceServers, String> {
+    static SERVERS: OnceLock<Result<DeviceServers, String>> = OnceLock::new();
+    SERVERS
+        .get_or_init(|| start_device_servers(endpoint, registry))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+fn start_device_servers(endpoint: &str, registry: Arc<Registry>) -> Result<DeviceServers, String> {
+    let rt = runtime()?;
+    let tap = Arc::new(Tap::default());
+    let store = Arc::new(FileBootstrapStore::in_memory(BootstrapDoc::default()));
+    let (bind, bootstrap_bind) = (
+        env_addr("LWM2M_HARNESS_BIND")?,
+        env_addr("LWM2M_HARNESS_BOOTSTRAP_BIND")?,
+    );
+    let _guard = rt.enter();
+    let mut options = ServerOptions::new(bind, registry);
+    options.tap = Some(tap.clone());
+    let server = lwm2m_server::start_server(options)
+        .map_err(|e| format!("cannot start our LwM2M Server on {bind}: {e}"))?;
+    let mut options = BootstrapOptions::new(bootstrap_bind, store.clone());
+    options.tap = Some(tap.clone());
+    let bootstrap = lwm2m_server::start_bootstrap(options)
+        .map_err(|e| format!("cannot start our Bootstrap Server on {bootstrap_bind}: {e}"))?;
+    let wait = env_secs("LWM2M_HARNESS_DEVICE_WAIT").unwrap_or(DEVICE_WAIT);
+    eprintln!(
+        "lwm2m-harness: LwM2M Server listening on coap://{}, Bootstrap Server on coap://{}; \
+         waiting up to {wait:?} for device {endpoint:?} to register",
+        server.local_addr(),
+        bootstrap.local_addr()
+    );
+    let deadline = Instant::now() + wait;
+    let mut events = server.subscribe();
+    while server.registrations().get(endpoint).is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "device {endpoint:?} did not register with our LwM2M Server (coap://{}) \
+                 within {wait:?}",
+                server.local_addr()
+            ));
+        }
+        // Any event (or a lag, or the time-out) is a reason to look at the store again.
+        let _ = rt.block_on(tokio::time::timeout(
+            left.min(Duration::from_millis(200)),
+            events.recv(),
+        ));
+    }
+    Ok(DeviceServers {
+        server,
+        bootstrap,
+        store,
+        tap,
+    })
+}
+
+/// The device under test behind our real servers (see the module documentation).
+pub struct DeviceBackend {
+    subject: Subject,
+    device: String,
+    servers: &'static DeviceServers,
+    t0: Instant,
+    log: ExchangeLog,
+    happenings: VecDeque<Timed>,
+    tx: mpsc::UnboundedSender<Stamped>,
+    rx: mpsc::UnboundedReceiver<Stamped>,
+    next_op: u64,
+    /// The scenario's name for the device (the first client a scenario adds).
+    alias: Option<String>,
+}
+
+impl std::fmt::Debug for DeviceBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceBackend")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceBackend {
+    /// Our servers for the device `subject` names (started and awaited with the first
+    /// scenario); `Err` says why there are none.
+    pub fn open(subject: &Subject, registry: Arc<Registry>) -> Result<Self, String> {
+        let Subject::Device { endpoint } = subject else {
+            return Err(format!("{} is not a device", subject.id()));
+        };
+        let servers = device_servers(endpoint, registry)?;
+        let rt = runtime()?;
+        servers.tap.take();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let forward = tx.clone();
+        let mut events = servers.server.subscribe();
+        let mut bootstrap_events = servers.bootstrap.subscribe();
+        let device = endpoint.clone();
+        rt.spawn(async move {
+            loop {
+                // Ends with the scenario (its backend drops the receiver).
+                let event = tokio::select! {
+                    e = events.recv() => e,
+                    e = bootstrap_events.recv() => e,
+                    () = forward.closed() => return,
+                };
+                let event = match event {
+                    Ok(e) => e,
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let now = Instant::now();
+                let happenings = match &*event {
+                    // Outcomes come from our own requests, with our own ids.
+                    Event::Server(ServerEvent::Completed { .. }) => Vec::new(),
+                    Event::Server(e @ ServerEvent::Registered { registration, .. }) => {
+                        let evidence = registration.endpoint == device;
+                        let mut v = vec![Happening::Server(e.clone())];
+                        if evidence {
+                            v.push(device_registered(&device, &registration.id));
+                        }
+                        v
+                    }
+                    Event::Server(e) => vec![Happening::Server(e.clone())],
+                    Event::Bootstrap(e) => vec![Happening::Bootstrap(e.clone())],
+                    _ => Vec::new(),
+                };
+                for h in happenings {
+                    if forward.send((now, h)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            subject: subject.clone(),
+            device: endpoint.clone(),
+            servers,
+            t0: Instant::now(),
+            log: ExchangeLog::default(),
+            happenings: VecDeque::new(),
+            tx,
+            rx,
+            next_op: 0,
+            alias: None,
+        })
+    }
+
+    fn elapsed(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.t0)
+    }
+
+    /// Moves the tapped datagrams and the reported happenings in.
+    fn drain(&mut self) {
+        let server = self.servers.server.local_addr();
+        let bootstrap = self.servers.bootstrap.local_addr();
+        for raw in self.servers.tap.take() {
+            let name = |a: SocketAddr| {
+                if a == server {
+                    "server".to_owned()
+                } else if a == bootstrap {
+                    "bootstrap".to_owned()
+                } else {
+                    self.device.clone()
+                }
+            };
+            let (src, dst) = (name(raw.from), name(raw.to));
+            let at = self.elapsed(raw.at);
+            self.log.datagram(
+                at,
+                Peer {
+                    name: &src,
+                    addr: raw.from,
+                },
+                Peer {
+                    name: &dst,
+                    addr: raw.to,
+                },
+                &raw.bytes,
+            );
+        }
+        while let Ok((at, happening)) = self.rx.try_recv() {
+            let at = self.elapsed(at);
+            self.happenings.push_back(Timed { at, happening });
+        }
+    }
+
+    /// The device's endpoint for a scenario's client name.
+    fn resolve<'a>(&'a self, endpoint: &'a str) -> &'a str {
+        if self.alias.as_deref() == Some(endpoint) {
+            &self.device
+        } else {
+            endpoint
+        }
+    }
+}
+
+/// The device learnt it is registered: our server answered its Register with 2.01 Created
+/// (Core TS 1.1 §6.2.1), the evidence a device we cannot look into gives.
+fn device_registered(device: &str, id: &str) -> Happening {
+    Happening::Client {
+        endpoint: device.to_owned(),
+        event: ClientEvent::Registered {
+            location: format!("/rd/{id}"),
+        },
+    }
+}
+
+/// What a client action asks for, in words.
+fn describe(action: &ClientAction) -> String {
+    let paths = |ps: &[Lwm2mPath]| {
+        ps.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match action {
+        ClientAction::Start => "start".to_owned(),
+        ClientAction::SetValue(path, _) => format!("change {path}"),
+        ClientAction::Send(ps) => format!("Send {}", paths(ps)),
+        ClientAction::Update => "Update now".to_owned(),
+        ClientAction::Deregister => "De-register now".to_owned(),
+    }
+}
+
+/// Waits on `rx` until something arrives or `until` (an instant) passes.
+fn block_until<T>(rx: &mut mpsc::UnboundedReceiver<T>, until: Instant) -> Option<T> {
+    let left = until.saturating_duration_since(Instant::now());
+    let rt = runtime().ok()?;
+    rt.block_on(async { tokio::time::timeout(left, rx.recv()).await })
+        .ok()
+        .flatten()
+}
+
+impl Backend for DeviceBackend {
+    fn subject(&self) -> &Subject {
+        &self.subject
+    }
+
+    fn supports(&self, capability: Capability) -> Result<(), String> {
+        match capability {
+            Capability::VirtualTime => Err("the device runs in real time".to_owned()),
+            Capability::Dtls => Err("our servers listen on plain UDP only (NoSec)".to_owned()),
+            Capability::Tcp => Err("CoAP over TCP (RFC 8323) is not implemented".to_owned()),
+            Capability::Smartcard => Err(format!("smartcard bootstrap: {DEVICE_NOT_OURS}")),
+            Capability::ReadWithoutAccept => Err(
+                "our LwM2M Server always sends Accept on a Read (it picks the format the \
+                 client announced)"
+                    .to_owned(),
+            ),
+            // What the device does with these is what the case tests.
+            Capability::Disable
+            | Capability::BootstrapTrigger
+            | Capability::MuteSend
+            | Capability::ServerInitiatedBootstrap => Ok(()),
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.elapsed(Instant::now())
+    }
+
+    fn step(&mut self, until: Duration) {
+        self.drain();
+        if !self.happenings.is_empty() {
+            return;
+        }
+        if let Some((at, happening)) = block_until(&mut self.rx, self.t0 + until) {
+            let at = self.elapsed(at);
+            self.happenings.push_back(Timed { at, happening });
+        }
+        self.drain();
+    }
+
+    fn poll_happening(&mut self) -> Option<Timed> {
+        self.drain();
+        self.happenings.pop_front()
+    }
+
+    fn exchange_log(&self) -> &ExchangeLog {
+        &self.log
+    }
+
+    fn counters(&self) -> BTreeMap<String, u64> {
+        let (datagrams, bytes) = self.log.totals();
+        BTreeMap::from([
+            ("datagrams".to_owned(), datagrams),
+            ("bytes".to_owned(), bytes),
+            (
+                "registrations".to_owned(),
+                self.servers.server.registrations().len() as u64,
+            ),
+        ])
+    }
+
+    fn server_address(&self) -> SocketAddr {
+        self.servers.server.local_addr()
+    }
+
+    fn bootstrap_address(&self) -> SocketAddr {
+        self.servers.bootstrap.local_addr()
+    }
+
+    fn request(&mut self, endpoint: &str, operation: Operation) -> Result<OpId, OpError> {
+        let endpoint = self.resolve(endpoint).to_owned();
+        self.next_op += 1;
+        let op = OpId(self.next_op);
+        let name = operation.name();
+        let server = self.servers.server.clone();
+        let tx = self.tx.clone();
+        let rt = runtime().map_err(|reason| OpError::Invalid { reason })?;
+        rt.spawn(async move {
+            let started = Instant::now();
+            let result = match server.request(&endpoint, operation).await {
+                Ok(r) => Ok(r),
+                Err(DriverError::Op(e)) => Err(e),
+                Err(_) => Err(OpError::Deregistered {
+                    endpoint: endpoint.clone(),
+                }),
+            };
+            let event = ServerEvent::Completed {
+                op,
+                endpoint,
+                operation: name,
+                result,
+                latency: started.elapsed(),
+            };
+            let _ = tx.send((Instant::now(), Happening::Server(event)));
+        });
+        Ok(op)
+    }
+
+    fn registration(&self, endpoint: &str) -> Option<Registration> {
+        self.servers
+            .server
+            .registrations()
+            .get(self.resolve(endpoint))
+            .map(|e| e.registration)
+    }
+
+    fn observations(&self, endpoint: &str) -> Vec<(ObservationId, Vec<Lwm2mPath>)> {
+        let endpoint = self.resolve(endpoint).to_owned();
+        let server = self.servers.server.clone();
+        runtime()
+            .ok()
+            .and_then(|rt| rt.block_on(server.observations(&endpoint)).ok())
+            .unwrap_or_default()
+    }
+
+    fn server_sees_awake(&self, endpoint: &str) -> bool {
+        self.servers
+            .server
+            .registrations()
+            .get(self.resolve(endpoint))
+            .is_none_or(|e| !e.sleeping)
+    }
+
+    fn queued(&self, _endpoint: &str) -> usize {
+        not_applicable("the number of requests our network server holds is not exposed")
+    }
+
+    fn spoof_to_server(&mut self, _endpoint: &str, _packet: Packet) -> anyhow::Result<()> {
+        not_applicable(format!(
+            "spoofing the device's address needs raw sockets; {DEVICE_NOT_OURS}"
+        ))
+    }
+
+    fn add_bootstrap_config(&mut self, endpoint: &str, config: BootstrapConfig) {
+        let endpoint = self.resolve(endpoint);
+        let key = if endpoint.contains(['*', '?']) {
+            ConfigKey::Pattern(endpoint.to_owned())
+        } else {
+            ConfigKey::Endpoint(endpoint.to_owned())
+        };
+        if let Err(e) = self.servers.store.put(key, config) {
+            not_applicable(format!(
+                "our bootstrap store refused the configuration: {e}"
+            ));
+        }
+    }
+
+    fn start_bootstrap(&mut self, endpoint: &str) -> Result<(), BootstrapError> {
+        let endpoint = self.resolve(endpoint).to_owned();
+        let Some(peer) = self.public_address(&endpoint) else {
+            not_applicable(
+                "server-initiated bootstrap needs the device's address: it is not registered",
+            );
+        };
+        let bootstrap = self.servers.bootstrap.clone();
+        let rt = runtime().unwrap_or_else(|e| not_applicable(e));
+        rt.block_on(bootstrap.start_session(&endpoint, peer))
+            .unwrap_or_else(|e| not_applicable(format!("cannot start the bootstrap: {e}")));
+        Ok(())
+    }
+
+    fn add_client(&mut self, spec: ClientSpec) -> anyhow::Result<()> {
+        if self.alias.is_some() {
+            not_applicable(format!(
+                "the scenario needs a second client; the only client is the device under \
+                 test ({DEVICE_NOT_OURS})"
+            ));
+        }
+        self.alias = Some(spec.config.endpoint);
+        Ok(())
+    }
+
+    fn client_action(&mut self, endpoint: &str, action: ClientAction) -> anyhow::Result<()> {
+        match action {
+            ClientAction::Start => {
+                // The device registered by itself (before or during this scenario): its
+                // current registration stands for this scenario's.
+                self.drain();
+                if let Some(registration) = self.registration(endpoint) {
+                    let at = self.now();
+                    self.log.note(
+                        at,
+                        &format!(
+                            "{} registered as {} before this scenario; its registration is \
+                             checked as it stands",
+                            self.device, registration.id
+                        ),
+                    );
+                    let id = registration.id.clone();
+                    let registered = Happening::Server(ServerEvent::Registered {
+                        registration,
+                        replaced: None,
+                    });
+                    let device = self.device.clone();
+                    self.happenings.push_back(Timed {
+                        at,
+                        happening: registered,
+                    });
+                    self.happenings.push_back(Timed {
+                        at,
+                        happening: device_registered(&device, &id),
+                    });
+                }
+                Ok(())
+            }
+            other => not_applicable(format!(
+                "the step makes the client act ({}): {DEVICE_NOT_OURS}",
+                describe(&other)
+            )),
+        }
+    }
+
+    fn client(&self, _endpoint: &str) -> Option<&Lwm2mClient> {
+        not_applicable(format!(
+            "the step looks into the client's own state: {DEVICE_NOT_OURS}"
+        ))
+    }
+
+    fn set_network(&mut self, _endpoint: &str, _model: &NetworkModel) -> anyhow::Result<()> {
+        not_applicable(format!(
+            "the step changes the client's network: {DEVICE_NOT_OURS}"
+        ))
+    }
+
+    fn public_address(&self, endpoint: &str) -> Option<SocketAddr> {
+        self.registration(endpoint).map(|r| r.address)
+    }
+}
+
+/// A datagram a simulated client's socket received.
+type Received = (usize, Instant, SocketAddr, Vec<u8>);
+
+/// A simulated client on a real socket.
+struct NetClient {
+    name: String,
+    machine: Lwm2mClient,
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+}
+
+/// Our simulated clients against an external server (see the module documentation).
+pub struct ServerBackend {
+    subject: Subject,
+    server: SocketAddr,
+    t0: Instant,
+    clients: Vec<NetClient>,
+    by_name: HashMap<String, usize>,
+    tx: mpsc::UnboundedSender<Received>,
+    rx: mpsc::UnboundedReceiver<Received>,
+    log: ExchangeLog,
+    happenings: VecDeque<Timed>,
+}
+
+impl std::fmt::Debug for ServerBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBackend")
+            .field("server", &self.server)
+            .field("clients", &self.clients.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerBackend {
+    /// A backend for the server `subject` names (`coap://HOST:PORT`), no clients yet (their
+    /// CoAP ids come from the scenario seed in their [`ClientSpec`]).
+    pub fn open(subject: &Subject) -> Result<Self, String> {
+        let Subject::Server { uri } = subject else {
+            return Err(format!("{} is not a server", subject.id()));
+        };
+        let authority = uri
+            .strip_prefix("coap://")
+            .ok_or_else(|| format!("{uri:?}: only coap:// (NoSec over UDP) is supported"))?
+            .trim_end_matches('/');
+        let server = std::net::ToSocketAddrs::to_socket_addrs(authority)
+            .map_err(|e| format!("{uri:?}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{uri:?}: no address"))?;
+        runtime()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok(Self {
+            subject: subject.clone(),
+            server,
+            t0: Instant::now(),
+            clients: Vec::new(),
+            by_name: HashMap::new(),
+            tx,
+            rx,
+            log: ExchangeLog::default(),
+            happenings: VecDeque::new(),
+        })
+    }
+
+    fn elapsed(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.t0)
+    }
+
+    fn index(&self, endpoint: &str) -> anyhow::Result<usize> {
+        self.by_name
+            .get(endpoint)
+            .copied()
+            .ok_or_else(|| anyhow::anyhow!("no simulated client {endpoint:?} in this scenario"))
+    }
+
+    fn peer_name(&self, addr: SocketAddr) -> String {
+        if addr == self.server {
+            "server".to_owned()
+        } else {
+            addr.to_string()
+        }
+    }
+
+    /// Sends what the clients have to send and collects what they report.
+    fn flush(&mut self) {
+        for i in 0..self.clients.len() {
+            while let Some(t) = self.clients[i].machine.poll_transmit() {
+                let client = &self.clients[i];
+                let at = self.elapsed(Instant::now());
+                let to = self.peer_name(t.peer);
+                if let Err(e) = client.socket.try_send_to(&t.bytes, t.peer) {
+                    self.log
+                        .note(at, &format!("{} could not send: {e}", client.name));
+                }
+                let name = client.name.clone();
+                let from = client.local;
+                self.log.datagram(
+                    at,
+                    Peer {
+                        name: &name,
+                        addr: from,
+                    },
+                    Peer {
+                        name: &to,
+                        addr: t.peer,
+                    },
+                    &t.bytes,
+                );
+            }
+            while let Some(event) = self.clients[i].machine.poll_event() {
+                let at = self.elapsed(Instant::now());
+                self.happenings.push_back(Timed {
+                    at,
+                    happening: Happening::Client {
+                        endpoint: self.clients[i].name.clone(),
+                        event,
+                    },
+                });
+            }
+        }
+    }
+
+    fn deliver(&mut self, (i, at, from, bytes): Received) {
+        let Some(client) = self.clients.get_mut(i) else {
+            return;
+        };
+        client.machine.handle_datagram(at, from, &bytes);
+        let (name, to) = (client.name.clone(), client.local);
+        let from_name = self.peer_name(from);
+        let at = self.elapsed(at);
+        self.log.datagram(
+            at,
+            Peer {
+                name: &from_name,
+                addr: from,
+            },
+            Peer {
+                name: &name,
+                addr: to,
+            },
+            &bytes,
+        );
+    }
+
+    fn fire_timeouts(&mut self) {
+        let now = Instant::now();
+        for client in &mut self.clients {
+            if client.machine.poll_timeout().is_some_and(|t| t <= now) {
+                client.machine.handle_timeout(now);
+            }
+        }
+    }
+}
+
+impl Backend for ServerBackend {
+    fn subject(&self) -> &Subject {
+        &self.subject
+    }
+
+    fn supports(&self, capability: Capability) -> Result<(), String> {
+        match capability {
+            Capability::VirtualTime => Err("the server under test runs in real time".to_owned()),
+            Capability::Dtls => Err("our clients reach the server on plain UDP only".to_owned()),
+            Capability::Tcp => Err("CoAP over TCP (RFC 8323) is not implemented".to_owned()),
+            Capability::Smartcard => {
+                Err("simulated clients have no smartcard (Core TS 1.1 §5.2.4)".to_owned())
+            }
+            Capability::Disable
+            | Capability::BootstrapTrigger
+            | Capability::MuteSend
+            | Capability::ServerInitiatedBootstrap
+            | Capability::ReadWithoutAccept => Err(SERVER_NOT_OURS.to_owned()),
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.elapsed(Instant::now())
+    }
+
+    fn step(&mut self, until: Duration) {
+        let limit = self.t0 + until;
+        loop {
+            self.flush();
+            if !self.happenings.is_empty() || Instant::now() >= limit {
+                return;
+            }
+            let next = self
+                .clients
+                .iter_mut()
+                .filter_map(|c| c.machine.poll_timeout())
+                .min()
+                .map_or(limit, |t| t.min(limit));
+            while let Ok(received) = self.rx.try_recv() {
+                self.deliver(received);
+            }
+            match block_until(&mut self.rx, next) {
+                Some(received) => self.deliver(received),
+                None => self.fire_timeouts(),
+            }
+        }
+    }
+
+    fn poll_happening(&mut self) -> Option<Timed> {
+        self.happenings.pop_front()
+    }
+
+    fn exchange_log(&self) -> &ExchangeLog {
+        &self.log
+    }
+
+    fn counters(&self) -> BTreeMap<String, u64> {
+        let (datagrams, bytes) = self.log.totals();
+        BTreeMap::from([
+            ("datagrams".to_owned(), datagrams),
+            ("bytes".to_owned(), bytes),
+            ("clients".to_owned(), self.clients.len() as u64),
+        ])
+    }
+
+    fn server_address(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// No Bootstrap Server is under test: clients that only know one are pointed at the
+    /// server under test (and bootstrap steps are not applicable).
+    fn bootstrap_address(&self) -> SocketAddr {
+        self.server
+    }
+
+    fn request(&mut self, _endpoint: &str, _operation: Operation) -> Result<OpId, OpError> {
+        not_applicable(format!(
+            "the step is our server's operation: {SERVER_NOT_OURS}"
+        ))
+    }
+
+    fn registration(&self, _endpoint: &str) -> Option<Registration> {
+        not_applicable(format!(
+            "the step looks into the server's registrations: {SERVER_NOT_OURS}"
+        ))
+    }
+
+    fn observations(&self, _endpoint: &str) -> Vec<(ObservationId, Vec<Lwm2mPath>)> {
+        not_applicable(format!(
+            "the step looks into the server's observations: {SERVER_NOT_OURS}"
+        ))
+    }
+
+    fn server_sees_awake(&self, _endpoint: &str) -> bool {
+        not_applicable(format!("the step looks into the server: {SERVER_NOT_OURS}"))
+    }
+
+    fn queued(&self, _endpoint: &str) -> usize {
+        not_applicable(format!("the step looks into the server: {SERVER_NOT_OURS}"))
+    }
+
+    fn spoof_to_server(&mut self, _endpoint: &str, _packet: Packet) -> anyhow::Result<()> {
+        not_applicable("spoofing a client's address needs raw sockets")
+    }
+
+    fn add_bootstrap_config(&mut self, _endpoint: &str, _config: BootstrapConfig) {
+        not_applicable(format!(
+            "the step drives our Bootstrap Server; none runs against a server under test \
+             ({SERVER_NOT_OURS})"
+        ))
+    }
+
+    fn start_bootstrap(&mut self, _endpoint: &str) -> Result<(), BootstrapError> {
+        not_applicable(format!(
+            "the step drives our Bootstrap Server; none runs against a server under test \
+             ({SERVER_NOT_OURS})"
+        ))
+    }
+
+    fn add_client(&mut self, spec: ClientSpec) -> anyhow::Result<()> {
+        let name = spec.config.endpoint.clone();
+        anyhow::ensure!(
+            !self.by_name.contains_key(&name),
+            "a client {name:?} already exists in this scenario"
+        );
+        let bind = if self.server.ip().is_loopback() {
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        } else {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        };
+        let rt = runtime().map_err(anyhow::Error::msg)?;
+        let socket = Arc::new(rt.block_on(UdpSocket::bind(bind))?);
+        let local = socket.local_addr()?;
+        let index = self.clients.len();
+        let (reader, tx) = (socket.clone(), self.tx.clone());
+        rt.spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                // Ends with the scenario (its backend closes the channel), closing the socket.
+                let received = tokio::select! {
+                    r = reader.recv_from(&mut buf) => r,
+                    () = tx.closed() => return,
+                };
+                let Ok((n, from)) = received else { return };
+                let bytes = buf.get(..n).unwrap_or_default().to_vec();
+                if tx.send((index, Instant::now(), from, bytes)).is_err() {
+                    return;
+                }
+            }
+        });
+        self.clients.push(NetClient {
+            name: name.clone(),
+            machine: Lwm2mClient::new(spec.config, spec.tree),
+            socket,
+            local,
+        });
+        self.by_name.insert(name, index);
+        Ok(())
+    }
+
+    fn client_action(&mut self, endpoint: &str, action: ClientAction) -> anyhow::Result<()> {
+        let i = self.index(endpoint)?;
+        let now = Instant::now();
+        let machine = &mut self.clients[i].machine;
+        match action {
+            ClientAction::Start => machine.start(now),
+            ClientAction::SetValue(path, value) => machine.set_value(now, &path, value),
+            ClientAction::Send(paths) => machine.send(now, &paths),
+            ClientAction::Update => machine.trigger_update(now),
+            ClientAction::Deregister => machine.deregister(now),
+        }
+        self.flush();
+        Ok(())
+    }
+
+    fn client(&self, endpoint: &str) -> Option<&Lwm2mClient> {
+        self.by_name
+            .get(endpoint)
+            .map(|i| &self.clients[*i].machine)
+    }
+
+    fn set_network(&mut self, _endpoint: &str, _model: &NetworkModel) -> anyhow::Result<()> {
+        not_applicable("network models (NAT, loss, sleep) need the in-process link")
+    }
+
+    fn public_address(&self, endpoint: &str) -> Option<SocketAddr> {
+        self.by_name.get(endpoint).map(|i| self.clients[*i].local)
+    }
+}
+
+impl Drop for ServerBackend {
+    /// Stops the clients' socket readers (their channel closes with the backend).
+    fn drop(&mut self) {
+        self.rx.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::path::Path;
+
+    use super::*;
+    use crate::bdd::fleet::{Library, Provisioning};
+    use crate::bdd::run::workspace_root;
+    use crate::bdd::world::NotApplicable;
+
+    fn reason_of(f: impl FnOnce()) -> String {
+        let payload = catch_unwind(AssertUnwindSafe(f)).expect_err("not applicable");
+        payload
+            .downcast::<NotApplicable>()
+            .map(|n| n.0)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_simulated_client_registers_with_an_external_server_over_loopback() {
+        let lib =
+            Library::load(&workspace_root(Path::new(env!("CARGO_MANIFEST_DIR"))), &[]).unwrap();
+        let rt = runtime().unwrap();
+        let server = {
+            let _guard = rt.enter();
+            let bind = SocketAddr::from(([127, 0, 0, 1], 0));
+            lwm2m_server::start_server(ServerOptions::new(bind, lib.registry.clone())).unwrap()
+        };
+        let subject = Subject::Server {
+            uri: format!("coap://{}", server.local_addr()),
+        };
+        let mut b = ServerBackend::open(&subject).unwrap();
+        assert_eq!(b.server_address(), server.local_addr());
+        let profile = lib.profile("ets-1.1").unwrap();
+        let spec = lib
+            .client(
+                profile,
+                "c1",
+                0,
+                1,
+                Provisioning::Server(b.server_address()),
+                &[],
+            )
+            .unwrap();
+        b.add_client(spec).unwrap();
+        b.client_action("c1", ClientAction::Start).unwrap();
+        let deadline = b.now() + Duration::from_secs(5);
+        let mut registered = false;
+        while !registered && b.now() < deadline {
+            b.step(deadline);
+            while let Some(t) = b.poll_happening() {
+                registered |= matches!(
+                    t.happening,
+                    Happening::Client {
+                        event: ClientEvent::Registered { .. },
+                        ..
+                    }
+                );
+            }
+        }
+        assert!(registered, "{}", b.exchange_log().text());
+        assert!(server.registrations().get("c1").is_some());
+        let text = b.exchange_log().text();
+        assert!(text.contains("POST") && text.contains("2.01"), "{text}");
+        assert!(b.client("c1").is_some());
+        let why = reason_of(|| {
+            b.registration("c1");
+        });
+        assert!(why.contains(SERVER_NOT_OURS), "{why}");
+        rt.block_on(server.shutdown());
+    }
+
+    #[test]
+    fn client_actions_read_as_words() {
+        let paths = vec![Lwm2mPath::resource(3, 0, 0), Lwm2mPath::resource(1, 0, 1)];
+        assert_eq!(describe(&ClientAction::Send(paths)), "Send /3/0/0, /1/0/1");
+        assert_eq!(describe(&ClientAction::Deregister), "De-register now");
+    }
+
+    #[test]
+    fn a_server_uri_must_be_coap_with_an_address() {
+        let open = |uri: &str| ServerBackend::open(&Subject::Server { uri: uri.into() });
+        assert!(open("coaps://127.0.0.1:5684").is_err());
+        assert!(open("coap://127.0.0.1").is_err());
+        assert!(open("coap://127.0.0.1:5683").is_ok());
+    }
+}
