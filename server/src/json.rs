@@ -12,7 +12,7 @@ use lwm2m_proto::server::{Content, Registration, Response, ServerEvent};
 use lwm2m_proto::{Lwm2mPath, Node, ObjectId, Record, ResourceValue, Schema, Value};
 use serde_json::{Map, Value as Json, json};
 
-use crate::events::{Datagram, Event};
+use crate::events::{Datagram, Event, SecurityEvent};
 use crate::registrations::ClientEntry;
 
 /// A CoAP code as people write it: `2.05`.
@@ -285,7 +285,37 @@ pub fn event(registry: &Registry, e: &Event) -> Option<(&'static str, Json)> {
         Event::Server(s) => server_event(registry, s)?,
         Event::Bootstrap(b) => bootstrap_event(b)?,
         Event::CoapLog(d) => ("COAPLOG", coap_log(d)),
+        Event::Security(s) => ("SECURITY", security_event(s)),
     })
+}
+
+fn security_event(e: &SecurityEvent) -> Json {
+    match e {
+        SecurityEvent::Established { peer, identity } => {
+            json!({"kind": "established", "peer": peer.to_string(), "identity": identity})
+        }
+        SecurityEvent::HandshakeFailed {
+            peer,
+            identity,
+            reason,
+        } => {
+            json!({"kind": "handshake_failed", "peer": peer.to_string(), "identity": identity, "reason": reason})
+        }
+        SecurityEvent::Closed {
+            peer,
+            identity,
+            reason,
+        } => {
+            json!({"kind": "closed", "peer": peer.to_string(), "identity": identity, "reason": reason})
+        }
+        SecurityEvent::IdentityMismatch {
+            identity,
+            endpoint,
+            owner,
+        } => {
+            json!({"kind": "identity_mismatch", "identity": identity, "endpoint": endpoint, "owner": owner})
+        }
+    }
 }
 
 fn server_event(registry: &Registry, e: &ServerEvent) -> Option<(&'static str, Json)> {
