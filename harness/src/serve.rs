@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use lwm2m_proto::registry::Registry;
+use lwm2m_server::DtlsOptions;
 use lwm2m_server::auth::{self, TokenSource};
 use lwm2m_server::bootstrap::{BootstrapOptions, start_bootstrap};
 use lwm2m_server::driver::{ServerOptions, start_server};
@@ -21,6 +22,10 @@ pub struct ServeArgs {
     /// The LwM2M Server's CoAP address [default: 127.0.0.1:5683].
     #[arg(long, value_name = "ADDR")]
     coap: Option<SocketAddr>,
+    /// Also listen for CoAP over DTLS (PSK from the data folder's security store) here,
+    /// e.g. 127.0.0.1:5684 [default: off].
+    #[arg(long, value_name = "ADDR")]
+    coaps: Option<SocketAddr>,
     /// The Bootstrap Server's CoAP address [default: 127.0.0.1:5783].
     #[arg(long, value_name = "ADDR")]
     bootstrap: Option<SocketAddr>,
@@ -35,7 +40,7 @@ pub struct ServeArgs {
     /// one (printed once).
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
-    /// A YAML file with any of: coap, bootstrap, http, data (relative to the file), token.
+    /// A YAML file with any of: coap, coaps, bootstrap, http, data (relative to the file), token.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -45,6 +50,7 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct ServeFile {
     coap: Option<SocketAddr>,
+    coaps: Option<SocketAddr>,
     bootstrap: Option<SocketAddr>,
     http: Option<SocketAddr>,
     data: Option<PathBuf>,
@@ -55,6 +61,7 @@ struct ServeFile {
 #[derive(Debug, PartialEq)]
 struct Settings {
     coap: SocketAddr,
+    coaps: Option<SocketAddr>,
     bootstrap: SocketAddr,
     http: SocketAddr,
     data: PathBuf,
@@ -87,6 +94,7 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
             .coap
             .or(file.coap)
             .map_or_else(|| addr("127.0.0.1:5683"), Ok)?,
+        coaps: args.coaps.or(file.coaps),
         bootstrap: args
             .bootstrap
             .or(file.bootstrap)
@@ -132,8 +140,11 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
 
     let mut server_options = ServerOptions::new(s.coap, registry.clone());
     server_options.bus = bus.clone();
-    let server = start_server(server_options)
-        .with_context(|| format!("binding the LwM2M Server to {}", s.coap))?;
+    server_options.dtls = s.coaps.map(|addr| DtlsOptions::new(addr, security.clone()));
+    let server = start_server(server_options).with_context(|| match s.coaps {
+        Some(coaps) => format!("binding the LwM2M Server to {} and {coaps}", s.coap),
+        None => format!("binding the LwM2M Server to {}", s.coap),
+    })?;
     let mut bs_options = BootstrapOptions::new(s.bootstrap, bootstrap_store.clone());
     bs_options.bus = bus.clone();
     let bootstrap = start_bootstrap(bs_options)
@@ -153,6 +164,9 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
     };
     println!("lwm2m-harness serve");
     println!("  LwM2M Server      coap://{}", server.local_addr());
+    if let Some(coaps) = server.dtls_addr() {
+        println!("  LwM2M Server      coaps://{coaps} (PSK)");
+    }
     println!("  Bootstrap Server  coap://{}", bootstrap.local_addr());
     println!("  REST API          http://{http}/api");
     println!("  data              {}", s.data.display());
@@ -223,6 +237,7 @@ mod tests {
         assert_eq!(s.coap.port(), 9);
         assert_eq!(s.http.port(), 2);
         assert_eq!(s.bootstrap.port(), 5783);
+        assert_eq!(s.coaps, None);
         assert_eq!(s.data, dir.path().join("d"));
         std::fs::write(&cfg, "coap: 127.0.0.1:1\ntokn: x\n").unwrap();
         let err = settings(&args).unwrap_err().to_string();
