@@ -24,7 +24,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 
 /// Every datagram on the server's sockets: (direction, our socket, first byte).
 #[derive(Default)]
-pub struct FirstBytes(Mutex<Vec<(Direction, SocketAddr, u8)>>);
+pub struct FirstBytes(pub Mutex<Vec<(Direction, SocketAddr, u8)>>);
 
 impl PacketTap for FirstBytes {
     fn datagram(&self, direction: Direction, local: SocketAddr, _: SocketAddr, bytes: &[u8]) {
@@ -82,6 +82,8 @@ impl Secure {
             Arc::new(Registry::embedded()),
         );
         options.tap = Some(tap.clone());
+        // Room for every datagram of a thousand handshakes (COAPLOG events).
+        options.bus = lwm2m_server::EventBus::new(1 << 16);
         options.dtls = Some(DtlsOptions::new(
             "127.0.0.1:0".parse().unwrap(),
             security.clone(),
@@ -101,7 +103,11 @@ impl Secure {
     pub async fn expect<T>(&mut self, what: &str, f: impl Fn(&Event) -> Option<T>) -> T {
         tokio::time::timeout(PATIENCE, async {
             loop {
-                let e = self.events.recv().await.unwrap();
+                let e = match self.events.recv().await {
+                    Ok(e) => e,
+                    Err(broadcast::error::RecvError::Lagged(n)) => panic!("{n} events lost"),
+                    Err(e) => panic!("{e}"),
+                };
                 if let Some(t) = f(&e) {
                     return t;
                 }
