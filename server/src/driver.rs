@@ -430,7 +430,11 @@ pub fn start_server(options: ServerOptions) -> io::Result<ServerHandle> {
     };
     let secure = match &options.dtls {
         Some(dtls) => {
-            let machine = Lwm2mServer::new(options.config.clone(), options.registry.clone());
+            // Another seed: registration ids and tokens of the two machines do not repeat
+            // each other's.
+            let mut config = options.config.clone();
+            config.coap.seed = config.coap.seed.wrapping_add(1);
+            let machine = Lwm2mServer::new(config, options.registry.clone());
             let machine = SecureServer::new(dtls, machine)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
             let io = io(bind_udp(dtls.bind)?)?;
