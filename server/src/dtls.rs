@@ -15,11 +15,12 @@
 //! Identity and endpoint (Core TS 1.1 §7.1.8, §6.2.1): a Register (`POST /rd?ep=NAME`)
 //! over a session that authenticated as an identity belonging to another endpoint (by the
 //! security store: `by_psk_identity(identity).endpoint != NAME`; a certificate's common
-//! name must equal NAME) never reaches the machine: this module answers 4.03 Forbidden
+//! name must equal NAME), or an Update / De-register (`POST`/`DELETE /rd/{id}`) of another
+//! endpoint's registration, never reaches the machine: this module answers 4.03 Forbidden
 //! itself with a one-line diagnostic payload (RFC 7252 §5.5.2) and reports
 //! [`SecurityEvent::IdentityMismatch`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,6 +95,8 @@ pub(crate) struct SecureServer {
     pub(crate) lwm2m: Lwm2mServer,
     security: Arc<dyn SecurityStore>,
     events: VecDeque<Event>,
+    /// Registration id → endpoint, of this machine's registrations.
+    locations: HashMap<String, String>,
 }
 
 impl SecureServer {
@@ -112,6 +115,7 @@ impl SecureServer {
             lwm2m,
             security: options.security.clone(),
             events: VecDeque::new(),
+            locations: HashMap::new(),
         })
     }
 
@@ -202,19 +206,28 @@ impl SecureServer {
     }
 
     /// A 4.03 answer and its event when `payload` is a Register whose endpoint name the
-    /// session's identity does not belong to (Core TS 1.1 §7.1.8).
+    /// session's identity does not belong to (Core TS 1.1 §7.1.8), or an Update or
+    /// De-register of such an endpoint's registration (`POST`/`DELETE /rd/{id}`).
     fn refusal(&self, identity: &Identity, payload: &[u8]) -> Option<(Vec<u8>, SecurityEvent)> {
         let request = message::decode(payload).ok()?;
-        if request.header.code != MessageClass::Request(RequestType::Post)
-            || message::uri_path(&request) != "/rd"
-        {
+        let MessageClass::Request(method @ (RequestType::Post | RequestType::Delete)) =
+            request.header.code
+        else {
             return None;
-        }
-        let endpoint = request
-            .get_option(CoapOption::UriQuery)?
-            .iter()
-            .find_map(|q| q.strip_prefix(b"ep=").map(|v| String::from_utf8_lossy(v)))?
-            .into_owned();
+        };
+        let path = request.get_option(CoapOption::UriPath)?;
+        let endpoint = match (method, path.len()) {
+            (RequestType::Post, 1) if path.front()?.as_slice() == b"rd" => request
+                .get_option(CoapOption::UriQuery)?
+                .iter()
+                .find_map(|q| q.strip_prefix(b"ep=").map(|v| String::from_utf8_lossy(v)))?
+                .into_owned(),
+            (_, 2) if path.front()?.as_slice() == b"rd" => {
+                let id = std::str::from_utf8(path.back()?).ok()?;
+                self.locations.get(id)?.clone()
+            }
+            _ => return None,
+        };
         let owner = match identity {
             Identity::Psk(id) => std::str::from_utf8(id)
                 .ok()
@@ -239,6 +252,25 @@ impl SecureServer {
                 owner,
             },
         ))
+    }
+
+    /// Keeps the registration id → endpoint map for the Update and De-register checks.
+    fn track(&mut self, event: &lwm2m_proto::server::ServerEvent) {
+        use lwm2m_proto::server::ServerEvent as E;
+        match event {
+            E::Registered {
+                registration: r, ..
+            }
+            | E::Updated {
+                registration: r, ..
+            } => {
+                self.locations.insert(r.id.clone(), r.endpoint.clone());
+            }
+            E::Deregistered { registration: r } | E::Expired { registration: r } => {
+                self.locations.remove(&r.id);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -284,9 +316,12 @@ impl Machine for SecureServer {
             .min()
     }
     fn poll_event(&mut self) -> Option<Event> {
-        self.events
-            .pop_front()
-            .or_else(|| self.lwm2m.poll_event().map(Event::Server))
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        let event = self.lwm2m.poll_event()?;
+        self.track(&event);
+        Some(Event::Server(event))
     }
 }
 
@@ -329,7 +364,7 @@ mod tests {
         let options = DtlsOptions::new("127.0.0.1:0".parse().unwrap(), store());
         let registry = Arc::new(lwm2m_proto::registry::Registry::embedded());
         let lwm2m = Lwm2mServer::new(Default::default(), registry);
-        let s = SecureServer::new(&options, lwm2m).unwrap();
+        let mut s = SecureServer::new(&options, lwm2m).unwrap();
         let id = Identity::Psk(Arc::from(&b"id1"[..]));
         assert!(s.refusal(&id, &register("dev1")).is_none());
         assert!(s.refusal(&id, b"\xff garbage").is_none());
@@ -352,5 +387,21 @@ mod tests {
         );
         let cert = Identity::Certificate(Arc::from("dev2"));
         assert!(s.refusal(&cert, &register("dev2")).is_none());
+
+        // Update and De-register of dev2's registration (id "r2") by id1: refused.
+        s.locations.insert("r2".into(), "dev2".into());
+        s.locations.insert("r1".into(), "dev1".into());
+        for method in [RequestType::Post, RequestType::Delete] {
+            let mut p = message::request(method, "/rd/r2");
+            p.header.message_id = 5;
+            let (_, event) = s.refusal(&id, &p.to_bytes().unwrap()).unwrap();
+            assert!(
+                matches!(event, SecurityEvent::IdentityMismatch { endpoint, .. } if endpoint == "dev2")
+            );
+            let own = message::request(method, "/rd/r1").to_bytes().unwrap();
+            assert!(s.refusal(&id, &own).is_none());
+            let unknown = message::request(method, "/rd/zz").to_bytes().unwrap();
+            assert!(s.refusal(&id, &unknown).is_none());
+        }
     }
 }

@@ -327,7 +327,17 @@ async fn an_identity_registering_as_another_endpoint_gets_4_03() {
     );
     assert!(s.server.registrations().get("dev-b").is_none());
     // Its own name is fine on the same session.
-    assert_eq!(code(&call(&mut client, register("dev-a", 2)).await), "2.01");
+    let own = call(&mut client, register("dev-a", 2)).await;
+    assert_eq!(code(&own), "2.01");
+    // dev-b may not update or de-register dev-a's registration.
+    let mut other = connect_as(s.dtls, "dev-b").await;
+    let answer = call(&mut other, update(&location(&own), 3)).await;
+    assert_eq!(code(&answer), "4.03");
+    assert!(s.server.registrations().get("dev-a").is_some());
+    assert_eq!(
+        code(&call(&mut client, update(&location(&own), 4)).await),
+        "2.04"
+    );
     s.server.shutdown().await;
 }
 
