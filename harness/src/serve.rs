@@ -12,6 +12,7 @@ use lwm2m_server::DtlsOptions;
 use lwm2m_server::auth::{self, TokenSource};
 use lwm2m_server::bootstrap::{BootstrapOptions, start_bootstrap};
 use lwm2m_server::driver::{ServerOptions, start_server};
+use lwm2m_server::dtls::{KeyLog, KeyLogFile};
 use lwm2m_server::events::EventBus;
 use lwm2m_server::rest::{ApiState, serve_api};
 use lwm2m_server::store::{FileBootstrapStore, FileSecurityStore};
@@ -26,6 +27,10 @@ pub struct ServeArgs {
     /// e.g. 127.0.0.1:5684 [default: off].
     #[arg(long, value_name = "ADDR")]
     coaps: Option<SocketAddr>,
+    /// Append the secrets of every DTLS session to this NSS key log (Wireshark:
+    /// TLS "(Pre)-Master-Secret log filename") [default: none].
+    #[arg(long, value_name = "FILE")]
+    keylog: Option<PathBuf>,
     /// The Bootstrap Server's CoAP address [default: 127.0.0.1:5783].
     #[arg(long, value_name = "ADDR")]
     bootstrap: Option<SocketAddr>,
@@ -40,7 +45,7 @@ pub struct ServeArgs {
     /// one (printed once).
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
-    /// A YAML file with any of: coap, coaps, bootstrap, http, data (relative to the file), token.
+    /// A YAML file with any of: coap, coaps, keylog, bootstrap, http, data (relative to the file), token.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -51,6 +56,7 @@ pub struct ServeArgs {
 struct ServeFile {
     coap: Option<SocketAddr>,
     coaps: Option<SocketAddr>,
+    keylog: Option<PathBuf>,
     bootstrap: Option<SocketAddr>,
     http: Option<SocketAddr>,
     data: Option<PathBuf>,
@@ -62,6 +68,7 @@ struct ServeFile {
 struct Settings {
     coap: SocketAddr,
     coaps: Option<SocketAddr>,
+    keylog: Option<PathBuf>,
     bootstrap: SocketAddr,
     http: SocketAddr,
     data: PathBuf,
@@ -95,6 +102,7 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
             .or(file.coap)
             .map_or_else(|| addr("127.0.0.1:5683"), Ok)?,
         coaps: args.coaps.or(file.coaps),
+        keylog: args.keylog.clone().or(file.keylog),
         bootstrap: args
             .bootstrap
             .or(file.bootstrap)
@@ -142,7 +150,17 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
 
     let mut server_options = ServerOptions::new(s.coap, registry.clone());
     server_options.bus = bus.clone();
-    server_options.dtls = s.coaps.map(|addr| DtlsOptions::new(addr, security.clone()));
+    let key_log = match &s.keylog {
+        Some(path) => Some(Arc::new(
+            KeyLogFile::append(path)
+                .with_context(|| format!("opening the key log {}", path.display()))?,
+        ) as Arc<dyn KeyLog>),
+        None => None,
+    };
+    server_options.dtls = s.coaps.map(|addr| DtlsOptions {
+        key_log,
+        ..DtlsOptions::new(addr, security.clone())
+    });
     let server = start_server(server_options).with_context(|| match s.coaps {
         Some(coaps) => format!("binding the LwM2M Server to {} and {coaps}", s.coap),
         None => format!("binding the LwM2M Server to {}", s.coap),

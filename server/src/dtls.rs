@@ -26,12 +26,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lwm2m_dtls::{
-    DtlsServer, Identity, KeyLog, PskStore, ServerConfig as DtlsConfig, ServerEvent as DtlsEvent,
+    DtlsServer, Identity, PskStore, ServerConfig as DtlsConfig, ServerEvent as DtlsEvent,
 };
 use lwm2m_proto::coap::{
     CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType, Transmit, message,
 };
 use lwm2m_proto::server::Lwm2mServer;
+
+pub use lwm2m_dtls::{KeyLog, KeyLogFile};
 
 use crate::driver::Machine;
 use crate::events::{Event, SecurityEvent};
