@@ -244,7 +244,7 @@ impl Sim {
             (*c != crate::network::ImpairmentConfig::default())
                 .then(|| Box::new(Impairment::new(c, seed_of(part))))
         };
-        let dtls = DtlsLink::from_tree(&tree, config.server).map(Box::new);
+        let dtls = DtlsLink::from_tree(&tree, config.server, &config.endpoint).map(Box::new);
         Self {
             endpoint: config.endpoint.clone().into_boxed_str(),
             dtls,

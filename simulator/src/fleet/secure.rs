@@ -50,8 +50,13 @@ impl std::fmt::Debug for DtlsLink {
 impl DtlsLink {
     /// The PSK link of a client, if its tree holds a `coaps://` server account in mode PSK
     /// with an identity and a key. `server` is where the client machine sends (its
-    /// configured server, else the account's URI).
-    pub(super) fn from_tree(tree: &ObjectTree, server: Option<SocketAddr>) -> Option<Self> {
+    /// configured server, else the account's URI). An empty identity stands for the
+    /// endpoint name (so one profile serves a fleet whose identities are their names).
+    pub(super) fn from_tree(
+        tree: &ObjectTree,
+        server: Option<SocketAddr>,
+        endpoint: &str,
+    ) -> Option<Self> {
         let get = |iid, rid: u16| tree.get(&Lwm2mPath::Resource(SECURITY, iid, rid.into()));
         tree.instance_ids(SECURITY).into_iter().find_map(|iid| {
             if get(iid, 1) == Some(&Value::Boolean(true)) {
@@ -68,6 +73,11 @@ impl DtlsLink {
                 (get(iid, 3), get(iid, 5))
             else {
                 return None;
+            };
+            let identity = if identity.is_empty() {
+                endpoint.as_bytes()
+            } else {
+                identity
             };
             let server = server.or_else(|| {
                 authority
@@ -136,6 +146,10 @@ mod tests {
     use lwm2m_proto::{Instance, ResourceValue};
 
     fn tree(uri: &str, mode: i64) -> ObjectTree {
+        tree_with(uri, mode, b"id")
+    }
+
+    fn tree_with(uri: &str, mode: i64, identity: &[u8]) -> ObjectTree {
         let mut t = ObjectTree::new();
         t.add_unknown_object(SECURITY);
         let mut i = Instance::default();
@@ -145,7 +159,7 @@ mod tests {
         put(0, Value::String(uri.into()));
         put(1, Value::Boolean(false));
         put(2, Value::Integer(mode));
-        put(3, Value::Opaque(b"id".to_vec()));
+        put(3, Value::Opaque(identity.to_vec()));
         put(5, Value::Opaque(vec![1, 2, 3]));
         t.put_instance(SECURITY, 0.into(), i);
         t
@@ -153,18 +167,27 @@ mod tests {
 
     #[test]
     fn psk_accounts_on_coaps_get_a_link() {
-        let link = DtlsLink::from_tree(&tree("coaps://127.0.0.1:5684", 0), None).unwrap();
+        let link = DtlsLink::from_tree(&tree("coaps://127.0.0.1:5684", 0), None, "ep").unwrap();
         assert_eq!(link.server, "127.0.0.1:5684".parse::<SocketAddr>().unwrap());
-        assert!(DtlsLink::from_tree(&tree("coap://127.0.0.1:5683", 0), None).is_none());
-        assert!(DtlsLink::from_tree(&tree("coaps://127.0.0.1:5684", 3), None).is_none());
+        assert!(DtlsLink::from_tree(&tree("coap://127.0.0.1:5683", 0), None, "ep").is_none());
+        assert!(DtlsLink::from_tree(&tree("coaps://127.0.0.1:5684", 3), None, "ep").is_none());
         let configured = "127.0.0.2:9".parse().unwrap();
-        let link = DtlsLink::from_tree(&tree("coaps://x", 0), Some(configured)).unwrap();
+        let link = DtlsLink::from_tree(&tree("coaps://x", 0), Some(configured), "ep").unwrap();
         assert_eq!(link.server, configured);
+        assert_eq!(
+            link.config.identity(),
+            &lwm2m_dtls::Identity::Psk(b"id".as_slice().into())
+        );
+        let named = DtlsLink::from_tree(&tree_with("coaps://x", 0, b""), Some(configured), "ep");
+        assert_eq!(
+            named.unwrap().config.identity(),
+            &lwm2m_dtls::Identity::Psk(b"ep".as_slice().into())
+        );
     }
 
     #[test]
     fn datagrams_wait_for_the_handshake() {
-        let mut link = DtlsLink::from_tree(&tree("coaps://127.0.0.1:5684", 0), None).unwrap();
+        let mut link = DtlsLink::from_tree(&tree("coaps://127.0.0.1:5684", 0), None, "ep").unwrap();
         let now = Instant::now();
         assert!(link.send(now, vec![1]));
         assert!(!link.send(now, vec![2]));
