@@ -51,16 +51,21 @@ pub struct DtlsOptions {
     pub handshake_timeout: Duration,
     /// Where to write the secrets of every session (NSS key log, for Wireshark).
     pub key_log: Option<Arc<dyn KeyLog>>,
+    /// Handshakes in progress at once; fresh ClientHellos beyond it are dropped and the
+    /// clients retransmit them a second later, so a burst of N clients takes about
+    /// N / `max_handshakes` seconds.
+    pub max_handshakes: usize,
 }
 
 impl DtlsOptions {
-    /// Defaults: a 10 s handshake timeout, no key log.
+    /// Defaults: a 10 s handshake timeout, no key log, 4,096 handshakes at once.
     pub fn new(bind: SocketAddr, security: Arc<dyn SecurityStore>) -> Self {
         Self {
             bind,
             security,
             handshake_timeout: Duration::from_secs(10),
             key_log: None,
+            max_handshakes: 4096,
         }
     }
 }
@@ -71,6 +76,7 @@ impl std::fmt::Debug for DtlsOptions {
             .field("bind", &self.bind)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("key_log", &self.key_log.is_some())
+            .field("max_handshakes", &self.max_handshakes)
             .finish_non_exhaustive()
     }
 }
@@ -110,6 +116,7 @@ impl SecureServer {
             psk_store: Some(Arc::new(StorePsk(options.security.clone()))),
             handshake_timeout: options.handshake_timeout,
             key_log: options.key_log.clone(),
+            max_handshakes: options.max_handshakes,
             ..DtlsConfig::default()
         };
         Ok(Self {
