@@ -33,7 +33,7 @@ use lwm2m_proto::coap::{
 };
 use lwm2m_proto::server::Lwm2mServer;
 
-pub use lwm2m_dtls::{KeyLog, KeyLogFile};
+pub use lwm2m_dtls::{CertificateConfig, KeyLog, KeyLogFile};
 
 use crate::driver::Machine;
 use crate::events::{Event, SecurityEvent};
@@ -51,6 +51,10 @@ pub struct DtlsOptions {
     pub handshake_timeout: Duration,
     /// Where to write the secrets of every session (NSS key log, for Wireshark).
     pub key_log: Option<Arc<dyn KeyLog>>,
+    /// The server's certificate chain and key, and the trust anchors for client
+    /// certificates (Security mode 2, `TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8`); `None`: PSK
+    /// only. A certificate client's endpoint name must be its certificate's common name.
+    pub certificate: Option<CertificateConfig>,
     /// Handshakes in progress at once; fresh ClientHellos beyond it are dropped and the
     /// clients retransmit them a second later, so a burst of N clients takes about
     /// N / `max_handshakes` seconds.
@@ -58,13 +62,15 @@ pub struct DtlsOptions {
 }
 
 impl DtlsOptions {
-    /// Defaults: a 10 s handshake timeout, no key log, 4,096 handshakes at once.
+    /// Defaults: a 10 s handshake timeout, no key log, no certificate, 4,096 handshakes at
+    /// once.
     pub fn new(bind: SocketAddr, security: Arc<dyn SecurityStore>) -> Self {
         Self {
             bind,
             security,
             handshake_timeout: Duration::from_secs(10),
             key_log: None,
+            certificate: None,
             max_handshakes: 4096,
         }
     }
@@ -76,6 +82,7 @@ impl std::fmt::Debug for DtlsOptions {
             .field("bind", &self.bind)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("key_log", &self.key_log.is_some())
+            .field("certificate", &self.certificate.is_some())
             .field("max_handshakes", &self.max_handshakes)
             .finish_non_exhaustive()
     }
@@ -117,6 +124,7 @@ impl SecureServer {
             handshake_timeout: options.handshake_timeout,
             key_log: options.key_log.clone(),
             max_handshakes: options.max_handshakes,
+            certificate: options.certificate.clone(),
             ..DtlsConfig::default()
         };
         Ok(Self {

@@ -434,3 +434,88 @@ async fn coap_client_openssl_registers_with_psk() {
     .await;
     s.server.shutdown().await;
 }
+
+/// A P-256 certificate for `cn` (and `san`, if any) issued by the CA (`ca_params`,
+/// `ca_key`), with its PKCS#8 key.
+fn issue(
+    ca_params: &rcgen::CertificateParams,
+    ca_key: &rcgen::KeyPair,
+    cn: &str,
+    san: &[&str],
+    usage: rcgen::ExtendedKeyUsagePurpose,
+) -> (Vec<u8>, Vec<u8>) {
+    let names: Vec<String> = san.iter().map(|s| s.to_string()).collect();
+    let mut params = rcgen::CertificateParams::new(names).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.extended_key_usages = vec![usage];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let issuer = rcgen::Issuer::from_params(ca_params, ca_key);
+    let der = params.signed_by(&key, &issuer).unwrap().der().to_vec();
+    (der, key.serialize_der())
+}
+
+/// Security mode 2 (Core TS 1.1 §7.1.8): a client certificate whose common name is the
+/// endpoint name registers; the same session registering another name gets 4.03.
+#[tokio::test]
+async fn certificate_client_registers_under_its_common_name_only() {
+    use lwm2m_dtls::{CertificateConfig, Credentials as DtlsCredentials};
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa};
+
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name.push(DnType::CommonName, "e2e CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_der = ca.self_signed(&ca_key).unwrap().der().to_vec();
+    let (server_chain, server_key) = issue(
+        &ca,
+        &ca_key,
+        "lwm2m server",
+        &["lwm2m.test"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client_chain, client_key) = issue(
+        &ca,
+        &ca_key,
+        "dev-x",
+        &[],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+
+    let security = Arc::new(FileSecurityStore::in_memory());
+    let mut options = ServerOptions::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(Registry::embedded()),
+    );
+    options.dtls = Some(DtlsOptions {
+        certificate: Some(CertificateConfig {
+            chain: vec![server_chain],
+            private_key: server_key,
+            trust_anchors: vec![ca_der.clone()],
+        }),
+        ..DtlsOptions::new("127.0.0.1:0".parse().unwrap(), security)
+    });
+    let server = start_server(options).unwrap();
+    let config = ClientConfig::new(&DtlsCredentials::Certificate {
+        certificate: CertificateConfig {
+            chain: vec![client_chain],
+            private_key: client_key,
+            trust_anchors: vec![ca_der],
+        },
+        server_name: "lwm2m.test".into(),
+    })
+    .unwrap();
+    let mut client = tokio::time::timeout(
+        PATIENCE,
+        UdpDtlsClient::connect(server.dtls_addr().unwrap(), &config),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(code(&call(&mut client, register("dev-y", 1)).await), "4.03");
+    assert_eq!(code(&call(&mut client, register("dev-x", 2)).await), "2.01");
+    assert!(server.registrations().get("dev-x").is_some());
+    assert!(server.registrations().get("dev-y").is_none());
+    server.shutdown().await;
+}
