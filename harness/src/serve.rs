@@ -8,9 +8,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use lwm2m_proto::registry::Registry;
+use lwm2m_server::DtlsOptions;
 use lwm2m_server::auth::{self, TokenSource};
 use lwm2m_server::bootstrap::{BootstrapOptions, start_bootstrap};
 use lwm2m_server::driver::{ServerOptions, start_server};
+use lwm2m_server::dtls::{KeyLog, KeyLogFile};
 use lwm2m_server::events::EventBus;
 use lwm2m_server::rest::{ApiState, serve_api};
 use lwm2m_server::store::{FileBootstrapStore, FileSecurityStore};
@@ -21,6 +23,14 @@ pub struct ServeArgs {
     /// The LwM2M Server's CoAP address [default: 127.0.0.1:5683].
     #[arg(long, value_name = "ADDR")]
     coap: Option<SocketAddr>,
+    /// Also listen for CoAP over DTLS (PSK from the data folder's security store) here,
+    /// e.g. 127.0.0.1:5684 [default: off].
+    #[arg(long, value_name = "ADDR")]
+    coaps: Option<SocketAddr>,
+    /// Append the secrets of every DTLS session to this NSS key log (Wireshark:
+    /// TLS "(Pre)-Master-Secret log filename") [default: none].
+    #[arg(long, value_name = "FILE")]
+    keylog: Option<PathBuf>,
     /// The Bootstrap Server's CoAP address [default: 127.0.0.1:5783].
     #[arg(long, value_name = "ADDR")]
     bootstrap: Option<SocketAddr>,
@@ -35,7 +45,7 @@ pub struct ServeArgs {
     /// one (printed once).
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
-    /// A YAML file with any of: coap, bootstrap, http, data (relative to the file), token.
+    /// A YAML file with any of: coap, coaps, keylog, bootstrap, http, data (relative to the file), token.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -45,6 +55,8 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct ServeFile {
     coap: Option<SocketAddr>,
+    coaps: Option<SocketAddr>,
+    keylog: Option<PathBuf>,
     bootstrap: Option<SocketAddr>,
     http: Option<SocketAddr>,
     data: Option<PathBuf>,
@@ -55,6 +67,8 @@ struct ServeFile {
 #[derive(Debug, PartialEq)]
 struct Settings {
     coap: SocketAddr,
+    coaps: Option<SocketAddr>,
+    keylog: Option<PathBuf>,
     bootstrap: SocketAddr,
     http: SocketAddr,
     data: PathBuf,
@@ -87,6 +101,8 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
             .coap
             .or(file.coap)
             .map_or_else(|| addr("127.0.0.1:5683"), Ok)?,
+        coaps: args.coaps.or(file.coaps),
+        keylog: args.keylog.clone().or(file.keylog),
         bootstrap: args
             .bootstrap
             .or(file.bootstrap)
@@ -110,7 +126,9 @@ pub fn run(registry: Registry, args: &ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // rtc-dtls warns about every ClientHello extension it does not know
+                // (libcoap sends two): errors only from it.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rtc_dtls=error")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -132,8 +150,21 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
 
     let mut server_options = ServerOptions::new(s.coap, registry.clone());
     server_options.bus = bus.clone();
-    let server = start_server(server_options)
-        .with_context(|| format!("binding the LwM2M Server to {}", s.coap))?;
+    let key_log = match &s.keylog {
+        Some(path) => Some(Arc::new(
+            KeyLogFile::append(path)
+                .with_context(|| format!("opening the key log {}", path.display()))?,
+        ) as Arc<dyn KeyLog>),
+        None => None,
+    };
+    server_options.dtls = s.coaps.map(|addr| DtlsOptions {
+        key_log,
+        ..DtlsOptions::new(addr, security.clone())
+    });
+    let server = start_server(server_options).with_context(|| match s.coaps {
+        Some(coaps) => format!("binding the LwM2M Server to {} and {coaps}", s.coap),
+        None => format!("binding the LwM2M Server to {}", s.coap),
+    })?;
     let mut bs_options = BootstrapOptions::new(s.bootstrap, bootstrap_store.clone());
     bs_options.bus = bus.clone();
     let bootstrap = start_bootstrap(bs_options)
@@ -153,6 +184,9 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
     };
     println!("lwm2m-harness serve");
     println!("  LwM2M Server      coap://{}", server.local_addr());
+    if let Some(coaps) = server.dtls_addr() {
+        println!("  LwM2M Server      coaps://{coaps} (PSK)");
+    }
     println!("  Bootstrap Server  coap://{}", bootstrap.local_addr());
     println!("  REST API          http://{http}/api");
     println!("  data              {}", s.data.display());
@@ -223,6 +257,7 @@ mod tests {
         assert_eq!(s.coap.port(), 9);
         assert_eq!(s.http.port(), 2);
         assert_eq!(s.bootstrap.port(), 5783);
+        assert_eq!(s.coaps, None);
         assert_eq!(s.data, dir.path().join("d"));
         std::fs::write(&cfg, "coap: 127.0.0.1:1\ntokn: x\n").unwrap();
         let err = settings(&args).unwrap_err().to_string();

@@ -284,11 +284,11 @@ mod tests {
         assert!(parse_rate("5/d").is_err());
         assert_eq!(
             parse_coap_uri("coap://127.0.0.1:5783").unwrap(),
-            "127.0.0.1:5783".parse().unwrap()
+            "127.0.0.1:5783".parse::<SocketAddr>().unwrap()
         );
         assert_eq!(
             parse_coap_uri("coap://127.0.0.1").unwrap(),
-            "127.0.0.1:5683".parse().unwrap()
+            "127.0.0.1:5683".parse::<SocketAddr>().unwrap()
         );
         assert!(parse_coap_uri("coaps://127.0.0.1").is_err());
     }

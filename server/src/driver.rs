@@ -22,6 +22,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::dtls::{DtlsOptions, SecureServer};
 use crate::events::{Datagram, Direction, Event, EventBus, PacketTap, Role};
 use crate::registrations::{RegistrationStore, ShardedRegistrations};
 
@@ -248,16 +249,21 @@ pub(crate) enum ServerCommand {
     },
 }
 
+/// Which machine holds each endpoint's registration: `true` for the DTLS one. Shared by the
+/// two tasks of a server and its handle.
+type Routes = Arc<Mutex<HashMap<String, bool>>>;
+
 struct ServerCore {
     pending: HashMap<OpId, Reply<Result<Response, OpError>>>,
     registrations: Arc<dyn RegistrationStore>,
     bus: EventBus,
+    /// This task's machine is the DTLS one.
+    secure: bool,
+    routes: Routes,
 }
 
-impl Handler<Lwm2mServer> for ServerCore {
-    type Command = ServerCommand;
-
-    fn command(&mut self, machine: &mut Lwm2mServer, now: Instant, command: ServerCommand) {
+impl ServerCore {
+    fn run_command(&mut self, machine: &mut Lwm2mServer, now: Instant, command: ServerCommand) {
         match command {
             ServerCommand::Request {
                 endpoint,
@@ -280,13 +286,26 @@ impl Handler<Lwm2mServer> for ServerCore {
         }
     }
 
-    fn event(&mut self, _: &Lwm2mServer, event: ServerEvent) {
+    /// True if this task's machine holds the endpoint (its latest registration came here).
+    fn holds(&self, endpoint: &str) -> bool {
+        lock(&self.routes).get(endpoint) == Some(&self.secure)
+    }
+
+    fn server_event(&mut self, event: ServerEvent) {
         match &event {
-            ServerEvent::Registered { registration, .. }
-            | ServerEvent::Updated { registration, .. } => {
+            ServerEvent::Registered { registration, .. } => {
+                lock(&self.routes).insert(registration.endpoint.clone(), self.secure);
                 self.registrations.upsert(registration.clone())
             }
-            ServerEvent::Deregistered { registration } | ServerEvent::Expired { registration } => {
+            ServerEvent::Updated { registration, .. } if self.holds(&registration.endpoint) => {
+                self.registrations.upsert(registration.clone())
+            }
+            // A registration left behind on the other transport ends without touching the
+            // current one.
+            ServerEvent::Deregistered { registration } | ServerEvent::Expired { registration }
+                if self.holds(&registration.endpoint) =>
+            {
+                lock(&self.routes).remove(&registration.endpoint);
                 self.registrations.remove(&registration.endpoint);
             }
             ServerEvent::Sleeping { endpoint } => self.registrations.set_sleeping(endpoint, true),
@@ -303,6 +322,38 @@ impl Handler<Lwm2mServer> for ServerCore {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Handler<Lwm2mServer> for ServerCore {
+    type Command = ServerCommand;
+
+    fn command(&mut self, machine: &mut Lwm2mServer, now: Instant, command: ServerCommand) {
+        self.run_command(machine, now, command);
+    }
+
+    fn event(&mut self, _: &Lwm2mServer, event: ServerEvent) {
+        self.server_event(event);
+    }
+}
+
+impl Handler<SecureServer> for ServerCore {
+    type Command = ServerCommand;
+
+    fn command(&mut self, machine: &mut SecureServer, now: Instant, command: ServerCommand) {
+        self.run_command(&mut machine.lwm2m, now, command);
+        machine.settle(now);
+    }
+
+    fn event(&mut self, _: &SecureServer, event: Event) {
+        match event {
+            Event::Server(e) => self.server_event(e),
+            other => self.bus.send(other),
+        }
+    }
+}
+
 /// How to start an LwM2M Server driver.
 #[derive(Clone)]
 pub struct ServerOptions {
@@ -316,8 +367,10 @@ pub struct ServerOptions {
     pub registrations: Arc<dyn RegistrationStore>,
     /// Where events go.
     pub bus: EventBus,
-    /// Sees every datagram, if set.
+    /// Sees every datagram, if set (on the DTLS socket: the DTLS records).
     pub tap: Option<Arc<dyn PacketTap>>,
+    /// Also listen for CoAP over DTLS (`coaps://`), if set.
+    pub dtls: Option<DtlsOptions>,
 }
 
 impl ServerOptions {
@@ -331,6 +384,7 @@ impl ServerOptions {
             registrations: Arc::new(ShardedRegistrations::default()),
             bus: EventBus::default(),
             tap: None,
+            dtls: None,
         }
     }
 }
@@ -339,6 +393,8 @@ impl ServerOptions {
 #[derive(Clone)]
 pub struct ServerHandle {
     task: Arc<Task<ServerCommand>>,
+    secure: Option<Arc<Task<ServerCommand>>>,
+    routes: Routes,
     registrations: Arc<dyn RegistrationStore>,
     bus: EventBus,
 }
@@ -351,27 +407,49 @@ impl std::fmt::Debug for ServerHandle {
     }
 }
 
-/// Binds the socket and spawns the LwM2M Server task. Must be called inside a Tokio
-/// runtime.
+/// Binds the socket and spawns the LwM2M Server task; with [`ServerOptions::dtls`], binds
+/// the DTLS socket too and spawns its task (its own LwM2M Server machine, same settings,
+/// stores and bus; see [`crate::dtls`]). Must be called inside a Tokio runtime.
 pub fn start_server(options: ServerOptions) -> io::Result<ServerHandle> {
-    let socket = bind_udp(options.bind)?;
-    let local = socket.local_addr()?;
-    let machine = Lwm2mServer::new(options.config, options.registry);
-    let core = ServerCore {
+    let routes = Routes::default();
+    let core = |secure| ServerCore {
         pending: HashMap::new(),
         registrations: options.registrations.clone(),
         bus: options.bus.clone(),
+        secure,
+        routes: routes.clone(),
     };
-    let io = Io {
-        socket,
-        local,
-        role: Role::Server,
-        tap: options.tap,
-        bus: options.bus.clone(),
+    let io = |socket: UdpSocket| -> io::Result<Io> {
+        Ok(Io {
+            local: socket.local_addr()?,
+            socket,
+            role: Role::Server,
+            tap: options.tap.clone(),
+            bus: options.bus.clone(),
+        })
     };
-    tracing::info!("LwM2M Server listening on coap://{local}");
+    let secure = match &options.dtls {
+        Some(dtls) => {
+            // Another seed: registration ids and tokens of the two machines do not repeat
+            // each other's.
+            let mut config = options.config.clone();
+            config.coap.seed = config.coap.seed.wrapping_add(1);
+            let machine = Lwm2mServer::new(config, options.registry.clone());
+            let machine = SecureServer::new(dtls, machine)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            let io = io(bind_udp(dtls.bind)?)?;
+            tracing::info!("LwM2M Server listening on coaps://{}", io.local);
+            Some(Arc::new(Task::spawn(machine, core(true), io)))
+        }
+        None => None,
+    };
+    let machine = Lwm2mServer::new(options.config.clone(), options.registry.clone());
+    let io = io(bind_udp(options.bind)?)?;
+    tracing::info!("LwM2M Server listening on coap://{}", io.local);
     Ok(ServerHandle {
-        task: Arc::new(Task::spawn(machine, core, io)),
+        task: Arc::new(Task::spawn(machine, core(false), io)),
+        secure,
+        routes,
         registrations: options.registrations,
         bus: options.bus,
     })
@@ -386,7 +464,7 @@ impl ServerHandle {
         operation: Operation,
     ) -> Result<Response, DriverError> {
         let (reply, rx) = oneshot::channel();
-        self.task
+        self.task_of(endpoint)
             .send(ServerCommand::Request {
                 endpoint: endpoint.to_owned(),
                 operation,
@@ -402,7 +480,7 @@ impl ServerHandle {
         endpoint: &str,
     ) -> Result<Vec<(ObservationId, Vec<Lwm2mPath>)>, DriverError> {
         let (reply, rx) = oneshot::channel();
-        self.task
+        self.task_of(endpoint)
             .send(ServerCommand::Observations {
                 endpoint: endpoint.to_owned(),
                 reply,
@@ -411,11 +489,28 @@ impl ServerHandle {
         rx.await.map_err(|_| DriverError::Stopped)
     }
 
-    /// The CoAP layer's traffic counters.
+    /// The CoAP layer's traffic counters (of the plain CoAP socket).
     pub async fn counters(&self) -> Result<Counters, DriverError> {
-        let (reply, rx) = oneshot::channel();
-        self.task.send(ServerCommand::Counters { reply }).await?;
-        rx.await.map_err(|_| DriverError::Stopped)
+        counters(&self.task).await
+    }
+
+    /// The CoAP layer's traffic counters of the DTLS socket's machine (plaintext CoAP),
+    /// if the server listens for DTLS.
+    pub async fn secure_counters(&self) -> Option<Result<Counters, DriverError>> {
+        Some(counters(self.secure.as_ref()?).await)
+    }
+
+    /// The task whose machine holds the endpoint: the DTLS one if it registered there last.
+    fn task_of(&self, endpoint: &str) -> &Task<ServerCommand> {
+        match &self.secure {
+            Some(secure) if lock(&self.routes).get(endpoint) == Some(&true) => secure,
+            _ => &self.task,
+        }
+    }
+
+    /// The address of the DTLS socket, if any.
+    pub fn dtls_addr(&self) -> Option<SocketAddr> {
+        self.secure.as_ref().map(|t| t.local)
     }
 
     /// The registrations, read without involving the driver task.
@@ -433,8 +528,17 @@ impl ServerHandle {
         self.task.local
     }
 
-    /// Stops the task (after sending what is already queued) and waits for it.
+    /// Stops the tasks (after sending what is already queued) and waits for them.
     pub async fn shutdown(&self) {
+        if let Some(secure) = &self.secure {
+            secure.shutdown().await;
+        }
         self.task.shutdown().await
     }
+}
+
+async fn counters(task: &Task<ServerCommand>) -> Result<Counters, DriverError> {
+    let (reply, rx) = oneshot::channel();
+    task.send(ServerCommand::Counters { reply }).await?;
+    rx.await.map_err(|_| DriverError::Stopped)
 }

@@ -76,6 +76,52 @@ pub enum Event {
     Bootstrap(BootstrapEvent),
     /// A datagram in or out (only produced while someone subscribes).
     CoapLog(Datagram),
+    /// The DTLS listener's event (handshakes, sessions, identity refusals).
+    Security(SecurityEvent),
+}
+
+/// What happened on the LwM2M Server's DTLS socket ([`crate::dtls`]). Identities are shown
+/// as `psk:IDENTITY` or `cn:COMMON-NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SecurityEvent {
+    /// A DTLS handshake completed (RFC 6347 §4.2).
+    Established {
+        /// The client's address.
+        peer: SocketAddr,
+        /// Who it authenticated as.
+        identity: String,
+    },
+    /// A DTLS handshake failed: unknown identity, wrong key, timeout, alert. Other sessions
+    /// are not affected.
+    HandshakeFailed {
+        /// The client's address.
+        peer: SocketAddr,
+        /// The identity it claimed, if it got that far.
+        identity: Option<String>,
+        /// Why (`UnknownIdentity`, `WrongKey`, `Timeout`, ...).
+        reason: String,
+    },
+    /// An established session ended (close_notify, replaced by a new handshake from the
+    /// same address, idle).
+    Closed {
+        /// The client's address.
+        peer: SocketAddr,
+        /// Who it had authenticated as.
+        identity: String,
+        /// Why (`PeerClosed`, `Replaced`, `IdleTimeout`, ...).
+        reason: String,
+    },
+    /// A Register under an endpoint name the session's identity does not belong to was
+    /// refused with 4.03 (Core TS 1.1 §7.1.8).
+    IdentityMismatch {
+        /// The session's identity.
+        identity: String,
+        /// The endpoint name of the Register.
+        endpoint: String,
+        /// The endpoint the identity belongs to in the security store, if any.
+        owner: Option<String>,
+    },
 }
 
 /// The broadcast channel every driver of one process reports to; `subscribe` as often as

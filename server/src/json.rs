@@ -12,7 +12,7 @@ use lwm2m_proto::server::{Content, Registration, Response, ServerEvent};
 use lwm2m_proto::{Lwm2mPath, Node, ObjectId, Record, ResourceValue, Schema, Value};
 use serde_json::{Map, Value as Json, json};
 
-use crate::events::{Datagram, Event};
+use crate::events::{Datagram, Event, SecurityEvent};
 use crate::registrations::ClientEntry;
 
 /// A CoAP code as people write it: `2.05`.
@@ -285,7 +285,37 @@ pub fn event(registry: &Registry, e: &Event) -> Option<(&'static str, Json)> {
         Event::Server(s) => server_event(registry, s)?,
         Event::Bootstrap(b) => bootstrap_event(b)?,
         Event::CoapLog(d) => ("COAPLOG", coap_log(d)),
+        Event::Security(s) => ("SECURITY", security_event(s)),
     })
+}
+
+fn security_event(e: &SecurityEvent) -> Json {
+    match e {
+        SecurityEvent::Established { peer, identity } => {
+            json!({"kind": "established", "peer": peer.to_string(), "identity": identity})
+        }
+        SecurityEvent::HandshakeFailed {
+            peer,
+            identity,
+            reason,
+        } => {
+            json!({"kind": "handshake_failed", "peer": peer.to_string(), "identity": identity, "reason": reason})
+        }
+        SecurityEvent::Closed {
+            peer,
+            identity,
+            reason,
+        } => {
+            json!({"kind": "closed", "peer": peer.to_string(), "identity": identity, "reason": reason})
+        }
+        SecurityEvent::IdentityMismatch {
+            identity,
+            endpoint,
+            owner,
+        } => {
+            json!({"kind": "identity_mismatch", "identity": identity, "endpoint": endpoint, "owner": owner})
+        }
+    }
 }
 
 fn server_event(registry: &Registry, e: &ServerEvent) -> Option<(&'static str, Json)> {
@@ -423,7 +453,23 @@ fn bootstrap_event(e: &BootstrapEvent) -> Option<(&'static str, Json)> {
     })
 }
 
-/// A datagram for COAPLOG: addresses, size, a one-line CoAP summary and the hex bytes.
+/// The content type of a DTLS record header (RFC 6347 §4.1: type, version 254.x), if
+/// `bytes` starts with one.
+fn dtls_record(bytes: &[u8]) -> Option<&'static str> {
+    let &[kind, 254, 253 | 255, ..] = bytes else {
+        return None;
+    };
+    Some(match kind {
+        20 => "change_cipher_spec",
+        21 => "alert",
+        22 => "handshake",
+        23 => "application_data",
+        _ => return None,
+    })
+}
+
+/// A datagram for COAPLOG: addresses, size, a one-line CoAP summary (or the DTLS record
+/// type on the DTLS socket) and the hex bytes.
 pub fn coap_log(d: &Datagram) -> Json {
     let summary = match lwm2m_proto::coap::message::decode(&d.bytes) {
         Ok(p) => {
@@ -448,7 +494,10 @@ pub fn coap_log(d: &Datagram) -> Json {
                 }
             )
         }
-        Err(e) => format!("not CoAP: {}", e.reason),
+        Err(e) => match dtls_record(&d.bytes) {
+            Some(kind) => format!("DTLS {kind} ({} bytes)", d.bytes.len()),
+            None => format!("not CoAP: {}", e.reason),
+        },
     };
     json!({
         "role": d.role,
@@ -468,6 +517,18 @@ fn hex(b: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dtls_records_are_named() {
+        assert_eq!(super::dtls_record(&[22, 254, 253, 0]), Some("handshake"));
+        assert_eq!(
+            super::dtls_record(&[23, 254, 253]),
+            Some("application_data")
+        );
+        assert_eq!(super::dtls_record(&[22, 3, 3]), None);
+        assert_eq!(super::dtls_record(&[0x40, 1, 0, 1]), None);
+        assert_eq!(super::dtls_record(&[22]), None);
+    }
+
     use super::*;
 
     #[test]

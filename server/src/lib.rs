@@ -6,12 +6,17 @@
 //! ([`rest`]) behind a bearer token ([`auth`]), and keeps security credentials and
 //! bootstrap configurations on disk ([`store`]).
 //!
-//! What it does not do: no DTLS yet (plain CoAP over UDP only), no SMS or TCP bindings.
+//! The LwM2M Server also listens for CoAP over DTLS with pre-shared keys from the security
+//! store ([`dtls`]).
+//!
+//! What it does not do: certificates and raw public keys in the server's DTLS flow, DTLS on
+//! the Bootstrap Server, SMS or TCP bindings.
 #![warn(missing_docs)]
 
 pub mod auth;
 pub mod bootstrap;
 pub mod driver;
+pub mod dtls;
 pub mod events;
 pub mod json;
 pub mod registrations;
@@ -20,5 +25,6 @@ pub mod store;
 
 pub use bootstrap::{BootstrapHandle, BootstrapOptions, start_bootstrap};
 pub use driver::{DriverError, ServerHandle, ServerOptions, start_server};
-pub use events::{Direction, Event, EventBus, PacketTap, Role};
+pub use dtls::DtlsOptions;
+pub use events::{Direction, Event, EventBus, PacketTap, Role, SecurityEvent};
 pub use registrations::{ClientEntry, RegistrationStore, ShardedRegistrations};

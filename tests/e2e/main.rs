@@ -1,6 +1,8 @@
 //! End-to-end tests, one binary of modules.
 // Test code: a failed unwrap is a failed test (clippy only sees `#[test]` functions as tests).
 #![allow(clippy::unwrap_used)]
+mod dtls_fleet;
+mod dtls_server;
 mod fleet;
 mod fleet_support;
 mod interop_coap_client;

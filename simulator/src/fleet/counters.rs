@@ -85,6 +85,11 @@ counters! {
         dropped_loss,
         /// Times a client's public address changed after a NAT mapping expired.
         rebinds,
+        /// DTLS handshakes started (first contact, and again after a failure, a reboot or
+        /// a NAT rebinding; RFC 6347 §4.2).
+        dtls_handshakes,
+        /// DTLS handshakes that failed (unknown identity, wrong key, timeout).
+        dtls_failures,
     }
 }
 

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lwm2m_dtls::ClientEvent as DtlsEvent;
 use lwm2m_proto::client::{ClientEvent, ClientState, Lwm2mClient};
 use lwm2m_proto::coap::message;
 use lwm2m_proto::coap::{CoapOption, Transmit};
@@ -17,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::counters::{ProfileStats, add, bump, drop_one};
 use super::handle::{ClientInfo, Command, FleetHandle, FleetReport};
 use super::pool::{Addressing, Binding, SocketPool};
+use super::secure::DtlsLink;
 use super::{ClientSpec, FleetConfig, FleetError, GeneratedResource, Selector, ramp_offset};
 use crate::network::{Impairment, Mapping, Nat, SleepSchedule};
 use crate::seed;
@@ -107,6 +109,9 @@ enum What {
     ForcedWake,
     /// Generator number n of the client produces its next value.
     Generate(u16),
+    /// The DTLS session's timer (retransmission, handshake timeout); stale unless it is
+    /// still the session's.
+    Dtls,
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -222,6 +227,8 @@ struct Sim {
     registered_once: bool,
     /// The fleet asked it to de-register (it stays registered until the answer).
     deregistering: bool,
+    /// CoAP over DTLS with its LwM2M Server, when its Security object says PSK.
+    dtls: Option<Box<DtlsLink>>,
 }
 
 impl Sim {
@@ -237,8 +244,10 @@ impl Sim {
             (*c != crate::network::ImpairmentConfig::default())
                 .then(|| Box::new(Impairment::new(c, seed_of(part))))
         };
+        let dtls = DtlsLink::from_tree(&tree, config.server, &config.endpoint).map(Box::new);
         Self {
             endpoint: config.endpoint.clone().into_boxed_str(),
+            dtls,
             client: Lwm2mClient::new(config, tree),
             profile,
             binding: None,
@@ -450,6 +459,19 @@ impl Driver {
                 }
                 sim.client.wake(now);
             }
+            What::Dtls => {
+                let Some(link) = sim.dtls.as_deref_mut() else {
+                    return;
+                };
+                if link.timer != Some(due.at) {
+                    return;
+                }
+                link.timer = None;
+                if let Some(s) = link.session.as_mut() {
+                    s.handle_timeout(now);
+                }
+                self.dtls_flush(i, now);
+            }
             What::ForcedWake => {
                 if sim.asleep_until != Some(due.at) {
                     return;
@@ -546,8 +568,8 @@ impl Driver {
         }
     }
 
-    /// A datagram from client `i`: through its NAT (a new binding when the mapping was
-    /// gone) and its uplink impairment, to the outbox.
+    /// A CoAP datagram from client `i`'s machine: into its DTLS session when it goes to
+    /// its secure server, else straight to the wire.
     fn outbound(&mut self, i: usize, now: Instant, t: Transmit) {
         let Some(sim) = self.sims.get_mut(i) else {
             return;
@@ -557,6 +579,80 @@ impl Driver {
         {
             sim.timed = Some((op, now));
         }
+        match sim.dtls.as_deref_mut() {
+            Some(link) if link.server == t.peer => {
+                if link.send(now, t.bytes) {
+                    self.count(i, |c| &c.dtls_handshakes, 1);
+                }
+                self.dtls_flush(i, now);
+            }
+            _ => self.wire(i, now, t.peer, t.bytes),
+        }
+    }
+
+    /// Moves what client `i`'s DTLS session has to say: records to the wire, decrypted
+    /// datagrams to the client machine, and its timer to the heap.
+    fn dtls_flush(&mut self, i: usize, now: Instant) {
+        loop {
+            let Some(link) = self.sims.get_mut(i).and_then(|s| s.dtls.as_deref_mut()) else {
+                return;
+            };
+            let server = link.server;
+            let Some(session) = link.session.as_mut() else {
+                return;
+            };
+            let mut records = Vec::new();
+            while let Some(r) = session.poll_transmit() {
+                records.push(r);
+            }
+            let event = session.poll_event();
+            for r in records {
+                self.wire(i, now, server, r);
+            }
+            let Some(link) = self.sims.get_mut(i).and_then(|s| s.dtls.as_deref_mut()) else {
+                return;
+            };
+            match event {
+                Some(DtlsEvent::Established) => link.established(now),
+                Some(DtlsEvent::Datagram(plain)) => {
+                    if let Some(sim) = self.sims.get_mut(i) {
+                        sim.client.handle_datagram(now, server, &plain);
+                    }
+                    self.after(i, now);
+                }
+                Some(DtlsEvent::HandshakeFailed(_)) => {
+                    link.reset();
+                    self.count(i, |c| &c.dtls_failures, 1);
+                }
+                Some(_) => link.reset(),
+                None => break,
+            }
+        }
+        let Some(link) = self.sims.get_mut(i).and_then(|s| s.dtls.as_deref_mut()) else {
+            return;
+        };
+        let timer = link.session.as_ref().and_then(|s| s.poll_timeout());
+        if timer != link.timer {
+            link.timer = timer;
+            if let (Some(at), Ok(client)) = (timer, u32::try_from(i)) {
+                self.heap.push(Reverse(Due {
+                    at,
+                    client,
+                    what: What::Dtls,
+                }));
+            }
+        }
+    }
+
+    /// A datagram from client `i` on the wire: through its NAT (a new binding when the
+    /// mapping was gone) and its uplink impairment, to the outbox. A rebinding ends the
+    /// client's DTLS session (no Connection ID): this record is lost, the next datagram
+    /// opens a new handshake.
+    fn wire(&mut self, i: usize, now: Instant, peer: SocketAddr, bytes: Vec<u8>) {
+        let t = Transmit { peer, bytes };
+        let Some(sim) = self.sims.get_mut(i) else {
+            return;
+        };
         let age = now.saturating_duration_since(self.epoch);
         let remapped = match sim.nat.as_deref_mut() {
             Some((nat, mapping)) => {
@@ -567,6 +663,13 @@ impl Driver {
             None => false,
         };
         let rebind = sim.binding.is_some() && (remapped || sim.expired);
+        if rebind
+            && let Some(link) = sim.dtls.as_deref_mut()
+            && link.server == t.peer
+            && link.session.as_ref().is_some_and(|s| s.is_established())
+        {
+            link.reset();
+        }
         if sim.binding.is_none() || rebind {
             if let Some(old) = sim.binding.take()
                 && let Some(older) = sim.previous.replace(old)
@@ -677,13 +780,23 @@ impl Driver {
     }
 
     fn deliver(&mut self, i: usize, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+        self.count(i, |c| &c.datagrams_in, 1);
+        self.count(i, |c| &c.bytes_in, bytes.len() as u64);
         let Some(sim) = self.sims.get_mut(i) else {
             return;
         };
-        sim.client.handle_datagram(now, peer, bytes);
-        self.count(i, |c| &c.datagrams_in, 1);
-        self.count(i, |c| &c.bytes_in, bytes.len() as u64);
-        self.after(i, now);
+        match sim.dtls.as_deref_mut() {
+            Some(link) if link.server == peer => {
+                if let Some(s) = link.session.as_mut() {
+                    s.handle_datagram(now, bytes);
+                }
+                self.dtls_flush(i, now);
+            }
+            _ => {
+                sim.client.handle_datagram(now, peer, bytes);
+                self.after(i, now);
+            }
+        }
     }
 
     fn event(&mut self, i: usize, now: Instant, event: ClientEvent) {
@@ -721,6 +834,12 @@ impl Driver {
             }
             ClientEvent::Served { .. } => bump(&c.requests_served),
             ClientEvent::Notified { .. } => bump(&c.notifications_sent),
+            // The device restarts: its DTLS session is gone with its RAM.
+            ClientEvent::Rebooting => {
+                if let Some(link) = sim.dtls.as_deref_mut() {
+                    link.reset();
+                }
+            }
             _ => {}
         }
     }

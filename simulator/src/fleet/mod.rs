@@ -35,6 +35,7 @@ mod driver;
 mod handle;
 mod pool;
 mod profile;
+mod secure;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Range;

@@ -189,10 +189,16 @@ impl ProfileClients {
     }
 }
 
+/// Points the instance's URI at `addr`, keeping its scheme (`coaps://` stays secure).
 fn set_uri(tree: &mut ObjectTree, iid: InstanceId, addr: SocketAddr) {
-    let uri = ResourceValue::Single(Value::String(format!("coap://{addr}")));
+    let path = Lwm2mPath::Resource(SECURITY, iid, 0.into());
+    let scheme = match tree.get(&path) {
+        Some(Value::String(uri)) if uri.starts_with("coaps://") => "coaps",
+        _ => "coap",
+    };
+    let uri = ResourceValue::Single(Value::String(format!("{scheme}://{addr}")));
     // The profile's Security object has resource 0; a failure leaves the profile's URI.
-    let _ = tree.set(&Lwm2mPath::Resource(SECURITY, iid, 0.into()), uri);
+    let _ = tree.set(&path, uri);
 }
 
 /// Update ahead of expiry: a tenth of the lifetime, 1 s at least and 60 s at most.

@@ -1,0 +1,521 @@
+//! The LwM2M Server's DTLS listener (CoAP over DTLS, RFC 7252 §9; Core TS 1.1 §7.1) on
+//! loopback, against scripted DTLS clients (`lwm2m_dtls::UdpDtlsClient` carrying
+//! hand-written CoAP) and libcoap's `coap-client-openssl`: PSK registration with DTLS
+//! records on the wire, failed handshakes that leave other sessions alone, the 4.03 for an
+//! identity registering as another endpoint, a rebooted client's new session.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lwm2m_dtls::{ClientConfig, DtlsError, UdpDtlsClient};
+use lwm2m_proto::coap::message::{self, set_option};
+use lwm2m_proto::coap::{CoapOption, MessageClass, MessageType, Packet, RequestType};
+use lwm2m_proto::registry::Registry;
+use lwm2m_proto::server::{Operation, ServerEvent};
+use lwm2m_server::DtlsOptions;
+use lwm2m_server::driver::{ServerHandle, ServerOptions, start_server};
+use lwm2m_server::events::{Direction, Event, PacketTap, SecurityEvent};
+use lwm2m_server::store::{Credentials, FileSecurityStore, SecurityInfo, SecurityStore};
+use tokio::net::UdpSocket;
+use tokio::sync::broadcast;
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Every datagram on the server's sockets: (direction, our socket, first byte).
+#[derive(Default)]
+pub struct FirstBytes(pub Mutex<Vec<(Direction, SocketAddr, u8)>>);
+
+impl PacketTap for FirstBytes {
+    fn datagram(&self, direction: Direction, local: SocketAddr, _: SocketAddr, bytes: &[u8]) {
+        if let Some(&b) = bytes.first() {
+            self.0.lock().unwrap().push((direction, local, b));
+        }
+    }
+}
+
+/// The server with a DTLS listener; its security store; the tap.
+pub struct Secure {
+    pub server: ServerHandle,
+    pub dtls: SocketAddr,
+    pub security: Arc<FileSecurityStore>,
+    pub tap: Arc<FirstBytes>,
+    pub events: broadcast::Receiver<Arc<Event>>,
+}
+
+/// The PSK of endpoint `ep`: identity `id-EP`, a 16-byte key derived from the name.
+pub fn psk_of(ep: &str) -> (String, Vec<u8>) {
+    let mut key = [0u8; 16];
+    for (i, b) in ep.bytes().cycle().take(16).enumerate() {
+        key[i] = b ^ (i as u8);
+    }
+    (format!("id-{ep}"), key.to_vec())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Puts `ep`'s PSK ([`psk_of`]) in the store.
+pub fn provision(security: &FileSecurityStore, ep: &str) {
+    let (identity, key) = psk_of(ep);
+    security
+        .put(SecurityInfo {
+            endpoint: ep.into(),
+            credentials: Credentials::Psk {
+                identity,
+                key: hex(&key),
+            },
+        })
+        .unwrap();
+}
+
+impl Secure {
+    pub async fn start(endpoints: &[&str]) -> Secure {
+        let security = Arc::new(FileSecurityStore::in_memory());
+        for ep in endpoints {
+            provision(&security, ep);
+        }
+        let tap = Arc::new(FirstBytes::default());
+        let mut options = ServerOptions::new(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Registry::embedded()),
+        );
+        options.tap = Some(tap.clone());
+        // Room for every datagram of a thousand handshakes (COAPLOG events).
+        options.bus = lwm2m_server::EventBus::new(1 << 16);
+        options.dtls = Some(DtlsOptions::new(
+            "127.0.0.1:0".parse().unwrap(),
+            security.clone(),
+        ));
+        let server = start_server(options).unwrap();
+        let events = server.subscribe();
+        Secure {
+            dtls: server.dtls_addr().unwrap(),
+            server,
+            security,
+            tap,
+            events,
+        }
+    }
+
+    /// Waits for the first event that `f` accepts.
+    pub async fn expect<T>(&mut self, what: &str, f: impl Fn(&Event) -> Option<T>) -> T {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                let e = match self.events.recv().await {
+                    Ok(e) => e,
+                    Err(broadcast::error::RecvError::Lagged(n)) => panic!("{n} events lost"),
+                    Err(e) => panic!("{e}"),
+                };
+                if let Some(t) = f(&e) {
+                    return t;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no event: {what}"))
+    }
+}
+
+/// `POST /rd?ep=EP&lt=300&lwm2m=1.1` with `</3/0>`.
+fn register(ep: &str, mid: u16) -> Vec<u8> {
+    let mut p = message::request(RequestType::Post, "/rd");
+    for q in [format!("ep={ep}"), "lt=300".into(), "lwm2m=1.1".into()] {
+        message::add_query(&mut p, &q);
+    }
+    set_option(&mut p, CoapOption::ContentFormat, vec![40]);
+    p.header.message_id = mid;
+    p.set_token(mid.to_be_bytes().to_vec());
+    p.payload = b"</3/0>".to_vec();
+    p.to_bytes().unwrap()
+}
+
+/// `POST /rd/ID` (an Update without parameters).
+fn update(location: &str, mid: u16) -> Vec<u8> {
+    let mut p = message::request(RequestType::Post, location);
+    p.header.message_id = mid;
+    p.set_token(mid.to_be_bytes().to_vec());
+    p.to_bytes().unwrap()
+}
+
+fn code(p: &Packet) -> String {
+    match p.header.code {
+        MessageClass::Response(r) => {
+            let n = u8::from(MessageClass::Response(r));
+            format!("{}.{:02}", n >> 5, n & 31)
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Sends a request and returns the response.
+async fn call(client: &mut UdpDtlsClient, request: Vec<u8>) -> Packet {
+    client.send(&request).await.unwrap();
+    let answer = tokio::time::timeout(PATIENCE, client.recv())
+        .await
+        .expect("an answer")
+        .unwrap();
+    message::decode(&answer).unwrap()
+}
+
+async fn connect(
+    server: SocketAddr,
+    identity: &str,
+    key: &[u8],
+) -> Result<UdpDtlsClient, DtlsError> {
+    let config = ClientConfig::psk(identity.as_bytes(), key).unwrap();
+    tokio::time::timeout(PATIENCE, UdpDtlsClient::connect(server, &config))
+        .await
+        .expect("the handshake ends")
+}
+
+async fn connect_as(server: SocketAddr, ep: &str) -> UdpDtlsClient {
+    let (identity, key) = psk_of(ep);
+    connect(server, &identity, &key).await.unwrap()
+}
+
+fn location(p: &Packet) -> String {
+    let segments: Vec<String> = p
+        .get_option(CoapOption::LocationPath)
+        .into_iter()
+        .flatten()
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    format!("/{}", segments.join("/"))
+}
+
+#[tokio::test]
+async fn psk_client_registers_over_dtls_and_the_wire_carries_records() {
+    let mut s = Secure::start(&["dev-a"]).await;
+    let mut client = connect_as(s.dtls, "dev-a").await;
+    let answer = call(&mut client, register("dev-a", 1)).await;
+    assert_eq!(code(&answer), "2.01");
+    let identity = s
+        .expect("established", |e| match e {
+            Event::Security(SecurityEvent::Established { identity, .. }) => Some(identity.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(identity, "psk:id-dev-a");
+    s.expect("registered", |e| match e {
+        Event::Server(ServerEvent::Registered { registration, .. })
+            if registration.endpoint == "dev-a" =>
+        {
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+    assert!(s.server.registrations().get("dev-a").is_some());
+
+    // An operation from the handle reaches the client through its session.
+    let server = s.server.clone();
+    let op = tokio::spawn(async move {
+        server
+            .request(
+                "dev-a",
+                Operation::Discover {
+                    path: "/3/0".parse().unwrap(),
+                },
+            )
+            .await
+    });
+    let request = message::decode(
+        &tokio::time::timeout(PATIENCE, client.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(message::uri_path(&request), "/3/0");
+    let mut answer = message::response(
+        lwm2m_proto::coap::ResponseType::Content,
+        b"</3/0/0>".to_vec(),
+    );
+    answer.header.set_type(MessageType::Acknowledgement);
+    answer.header.message_id = request.header.message_id;
+    answer.set_token(request.get_token().to_vec());
+    set_option(&mut answer, CoapOption::ContentFormat, vec![40]);
+    client.send(&answer.to_bytes().unwrap()).await.unwrap();
+    let response = tokio::time::timeout(PATIENCE, op)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.code, (2, 5), "{response:?}");
+
+    // Everything on the DTLS socket is a DTLS record: handshake (22) then application
+    // data (23); nothing reached the plain CoAP socket.
+    let wire = s.tap.0.lock().unwrap().clone();
+    assert!(
+        wire.iter().all(|(_, local, _)| *local == s.dtls),
+        "{wire:?}"
+    );
+    assert!(
+        wire.iter().all(|(_, _, b)| [20, 21, 22, 23].contains(b)),
+        "{wire:?}"
+    );
+    assert_eq!(wire.first().map(|w| w.2), Some(22));
+    for direction in [Direction::In, Direction::Out] {
+        assert!(wire.contains(&(direction, s.dtls, 22)));
+        assert!(wire.contains(&(direction, s.dtls, 23)));
+    }
+    s.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn wrong_key_and_unknown_identity_fail_the_handshake_only() {
+    let mut s = Secure::start(&["dev-a", "dev-b"]).await;
+    let mut good = connect_as(s.dtls, "dev-a").await;
+    let registered = call(&mut good, register("dev-a", 1)).await;
+    assert_eq!(code(&registered), "2.01");
+
+    let (identity, _) = psk_of("dev-b");
+    assert!(connect(s.dtls, &identity, b"not the key").await.is_err());
+    let reason = s
+        .expect("wrong key", |e| match e {
+            Event::Security(SecurityEvent::HandshakeFailed {
+                identity, reason, ..
+            }) => Some((identity.clone(), reason.clone())),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, (Some("psk:id-dev-b".into()), "WrongKey".into()));
+
+    assert!(
+        connect(s.dtls, "id-nobody", b"0123456789abcdef")
+            .await
+            .is_err()
+    );
+    let reason = s
+        .expect("unknown identity", |e| match e {
+            Event::Security(SecurityEvent::HandshakeFailed { reason, .. }) => Some(reason.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, "UnknownIdentity");
+
+    // The established client keeps working.
+    let updated = call(&mut good, update(&location(&registered), 2)).await;
+    assert_eq!(code(&updated), "2.04");
+    assert!(s.server.registrations().get("dev-b").is_none());
+    s.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_identity_registering_as_another_endpoint_gets_4_03() {
+    let mut s = Secure::start(&["dev-a", "dev-b"]).await;
+    let mut client = connect_as(s.dtls, "dev-a").await;
+    let answer = call(&mut client, register("dev-b", 1)).await;
+    assert_eq!(code(&answer), "4.03");
+    assert_eq!(answer.header.get_type(), MessageType::Acknowledgement);
+    assert!(String::from_utf8_lossy(&answer.payload).contains("belongs to dev-a"));
+    let event = s
+        .expect("mismatch", |e| match e {
+            Event::Security(m @ SecurityEvent::IdentityMismatch { .. }) => Some(m.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        event,
+        SecurityEvent::IdentityMismatch {
+            identity: "psk:id-dev-a".into(),
+            endpoint: "dev-b".into(),
+            owner: Some("dev-a".into()),
+        }
+    );
+    assert!(s.server.registrations().get("dev-b").is_none());
+    // Its own name is fine on the same session.
+    let own = call(&mut client, register("dev-a", 2)).await;
+    assert_eq!(code(&own), "2.01");
+    // dev-b may not update or de-register dev-a's registration.
+    let mut other = connect_as(s.dtls, "dev-b").await;
+    let answer = call(&mut other, update(&location(&own), 3)).await;
+    assert_eq!(code(&answer), "4.03");
+    assert!(s.server.registrations().get("dev-a").is_some());
+    assert_eq!(
+        code(&call(&mut client, update(&location(&own), 4)).await),
+        "2.04"
+    );
+    s.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rebooted_client_on_the_same_port_gets_a_new_session() {
+    let mut s = Secure::start(&["dev-a"]).await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = socket.local_addr().unwrap();
+    let (identity, key) = psk_of("dev-a");
+    let config = ClientConfig::psk(identity.as_bytes(), &key).unwrap();
+    let mut first = UdpDtlsClient::connect_with(socket, s.dtls, &config)
+        .await
+        .unwrap();
+    assert_eq!(code(&call(&mut first, register("dev-a", 1)).await), "2.01");
+    // The device reboots: its DTLS state is gone, the port is the same.
+    drop(first);
+    let socket = UdpSocket::bind(port).await.unwrap();
+    let mut second = UdpDtlsClient::connect_with(socket, s.dtls, &config)
+        .await
+        .unwrap();
+    assert_eq!(code(&call(&mut second, register("dev-a", 1)).await), "2.01");
+    let reason = s
+        .expect("old session replaced", |e| match e {
+            Event::Security(SecurityEvent::Closed { peer, reason, .. }) if *peer == port => {
+                Some(reason.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, "Replaced");
+    let established = s
+        .tap
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(d, _, b)| *d == Direction::In && *b == 22)
+        .count();
+    assert!(
+        established >= 6,
+        "two handshakes: {established} handshake datagrams in"
+    );
+    s.server.shutdown().await;
+}
+
+/// libcoap's client (OpenSSL build) with a PSK registers through our DTLS port.
+#[tokio::test]
+async fn coap_client_openssl_registers_with_psk() {
+    let bin = "coap-client-openssl";
+    assert!(
+        std::process::Command::new(bin).arg("-h").output().is_ok(),
+        "{bin} is missing: install it with `apt-get install libcoap3-bin`"
+    );
+    let mut s = Secure::start(&[]).await;
+    s.security
+        .put(SecurityInfo {
+            endpoint: "libcoap-1".into(),
+            credentials: Credentials::Psk {
+                identity: "libcoap-id".into(),
+                key: hex(b"libcoap-secret"),
+            },
+        })
+        .unwrap();
+    let uri = format!("coaps://{}/rd?ep=libcoap-1&lt=60", s.dtls);
+    let out = tokio::process::Command::new(bin)
+        .args([
+            "-B", "5", "-v", "7", "-m", "post", "-t", "40", "-e", "</3/0>",
+        ])
+        .args(["-u", "libcoap-id", "-k", "libcoap-secret"])
+        .arg(&uri)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("v:1 ") && l.contains("c:2.01")),
+        "no 2.01 in {stdout}"
+    );
+    s.expect("registered", |e| match e {
+        Event::Server(ServerEvent::Registered { registration, .. })
+            if registration.endpoint == "libcoap-1" =>
+        {
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+    s.server.shutdown().await;
+}
+
+/// A P-256 certificate for `cn` (and `san`, if any) issued by the CA (`ca_params`,
+/// `ca_key`), with its PKCS#8 key.
+fn issue(
+    ca_params: &rcgen::CertificateParams,
+    ca_key: &rcgen::KeyPair,
+    cn: &str,
+    san: &[&str],
+    usage: rcgen::ExtendedKeyUsagePurpose,
+) -> (Vec<u8>, Vec<u8>) {
+    let names: Vec<String> = san.iter().map(|s| s.to_string()).collect();
+    let mut params = rcgen::CertificateParams::new(names).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.extended_key_usages = vec![usage];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let issuer = rcgen::Issuer::from_params(ca_params, ca_key);
+    let der = params.signed_by(&key, &issuer).unwrap().der().to_vec();
+    (der, key.serialize_der())
+}
+
+/// Security mode 2 (Core TS 1.1 §7.1.8): a client certificate whose common name is the
+/// endpoint name registers; the same session registering another name gets 4.03.
+#[tokio::test]
+async fn certificate_client_registers_under_its_common_name_only() {
+    use lwm2m_dtls::{CertificateConfig, Credentials as DtlsCredentials};
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa};
+
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name.push(DnType::CommonName, "e2e CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_der = ca.self_signed(&ca_key).unwrap().der().to_vec();
+    let (server_chain, server_key) = issue(
+        &ca,
+        &ca_key,
+        "lwm2m server",
+        &["lwm2m.test"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client_chain, client_key) = issue(
+        &ca,
+        &ca_key,
+        "dev-x",
+        &[],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+
+    let security = Arc::new(FileSecurityStore::in_memory());
+    let mut options = ServerOptions::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(Registry::embedded()),
+    );
+    options.dtls = Some(DtlsOptions {
+        certificate: Some(CertificateConfig {
+            chain: vec![server_chain],
+            private_key: server_key,
+            trust_anchors: vec![ca_der.clone()],
+        }),
+        ..DtlsOptions::new("127.0.0.1:0".parse().unwrap(), security)
+    });
+    let server = start_server(options).unwrap();
+    let config = ClientConfig::new(&DtlsCredentials::Certificate {
+        certificate: CertificateConfig {
+            chain: vec![client_chain],
+            private_key: client_key,
+            trust_anchors: vec![ca_der],
+        },
+        server_name: "lwm2m.test".into(),
+    })
+    .unwrap();
+    let mut client = tokio::time::timeout(
+        PATIENCE,
+        UdpDtlsClient::connect(server.dtls_addr().unwrap(), &config),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(code(&call(&mut client, register("dev-y", 1)).await), "4.03");
+    assert_eq!(code(&call(&mut client, register("dev-x", 2)).await), "2.01");
+    assert!(server.registrations().get("dev-x").is_some());
+    assert!(server.registrations().get("dev-y").is_none());
+    server.shutdown().await;
+}
