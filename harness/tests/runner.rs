@@ -382,3 +382,74 @@ timeline:
         );
     }
 }
+
+/// With an external LwM2M Server the fleet's own tap records the clients' datagrams.
+#[test]
+fn external_server_runs_are_recorded_from_the_clients_side() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let registry = std::sync::Arc::new(lwm2m_proto::registry::Registry::embedded());
+    let server = runtime
+        .block_on(async {
+            lwm2m_server::driver::start_server(lwm2m_server::driver::ServerOptions::new(
+                "127.0.0.1:0".parse().unwrap(),
+                registry,
+            ))
+        })
+        .unwrap();
+    let addr = server.local_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(
+        dir.path(),
+        "external.yaml",
+        &format!(
+            "name: external
+duration: 2s
+seed: 3
+servers: {{ server: \"coap://{addr}\", bootstrap: none }}
+fleet:
+  - name: meters
+    profile: {}
+    count: 10
+timeline:
+  - {{ at: 1s, action: update, group: meters }}
+",
+            profile("minimal-1.0"),
+        ),
+    );
+    let out = dir.path().join("reports");
+    let run = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .arg("run")
+        .arg(&scenario)
+        .arg("--out")
+        .arg(&out)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let run_dir = std::fs::read_dir(&out)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let log = std::fs::read_to_string(run_dir.join("exchanges.log")).unwrap();
+    assert!(log.contains("simulated clients sent and received"), "{log}");
+    let decoded = Command::new("tshark")
+        .arg("-r")
+        .arg(run_dir.join("run.pcap"))
+        .args(["-d", &format!("udp.port=={},coap", addr.port())])
+        .args(["-T", "fields", "-e", "coap.code", "-e", "coap.opt.uri_path"])
+        .output()
+        .expect("tshark is not installed (apt-get install tshark)");
+    let text = String::from_utf8_lossy(&decoded.stdout);
+    // 10 Registers (code 2 = POST to rd) and their 2.01 answers (65), seen by the clients.
+    let registers = text.lines().filter(|l| l.starts_with("2\trd")).count();
+    let created = text.lines().filter(|l| l.starts_with("65")).count();
+    assert!(registers >= 10 && created >= 10, "{text}");
+    drop(server);
+}

@@ -3,9 +3,10 @@
 //! headers synthesized) and as `exchanges.log` (one decoded line per datagram, in the same
 //! order as the pcap).
 //!
-//! The fleet has no tap of its own: between the fleet and in-process servers every datagram
-//! passes a server socket, so the server side sees all of them (a datagram the network model
-//! drops before it reaches a server is not recorded; one dropped on its way to a client is).
+//! With both servers in process every datagram passes a server socket, so the servers' taps
+//! see all of them (a datagram the network model drops before it reaches a server is not
+//! recorded; one dropped on its way to a client is). With an external server the fleet's tap
+//! records instead: what the simulated clients put on and take off the wire.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -42,13 +43,19 @@ pub struct Capture {
 
 impl PacketTap for Capture {
     fn datagram(&self, direction: Direction, local: SocketAddr, peer: SocketAddr, bytes: &[u8]) {
-        let at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
         let (src, dst) = match direction {
             Direction::In => (peer, local),
             Direction::Out => (local, peer),
         };
+        lwm2m_simulator::fleet::DatagramTap::datagram(self, src, dst, bytes);
+    }
+}
+
+impl lwm2m_simulator::fleet::DatagramTap for Capture {
+    fn datagram(&self, src: SocketAddr, dst: SocketAddr, bytes: &[u8]) {
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         self.packets
             .lock()
             .unwrap_or_else(|p| p.into_inner())

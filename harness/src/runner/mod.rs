@@ -40,7 +40,7 @@ use lwm2m_server::store::FileBootstrapStore;
 use lwm2m_server::{
     BootstrapHandle, BootstrapOptions, ServerHandle, ServerOptions, start_bootstrap, start_server,
 };
-use lwm2m_simulator::fleet::{Fleet, FleetConfig, FleetHandle, Targets};
+use lwm2m_simulator::fleet::{Fleet, FleetConfig, FleetHandle, Tap, Targets};
 use lwm2m_simulator::seed;
 
 use crate::report::{CaseResult, RunReport, Status};
@@ -118,7 +118,7 @@ fn start_servers(
     registry: &Arc<Registry>,
     seed: u64,
     bus: &EventBus,
-    tap: Arc<dyn PacketTap>,
+    tap: Option<Arc<dyn PacketTap>>,
 ) -> anyhow::Result<Servers> {
     use scenario::Target;
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
@@ -135,7 +135,7 @@ fn start_servers(
                 ..ServerConfig::default()
             };
             options.bus = bus.clone();
-            options.tap = Some(tap.clone());
+            options.tap = tap.clone();
             Some(start_server(options).context("starting the LwM2M Server")?)
         }
         _ => None,
@@ -157,7 +157,7 @@ fn start_servers(
                 ..BootstrapServerConfig::default()
             };
             options.bus = bus.clone();
-            options.tap = Some(tap);
+            options.tap = tap;
             Some(start_bootstrap(options).context("starting the Bootstrap Server")?)
         }
         _ => None,
@@ -182,6 +182,7 @@ fn build_fleets(
     registry: &Registry,
     seed: u64,
     servers: &Servers,
+    tap: Option<Tap>,
 ) -> anyhow::Result<Vec<Fleet>> {
     let mut fleets = Vec::new();
     for (g, group) in plan.groups.iter().enumerate() {
@@ -203,6 +204,7 @@ fn build_fleets(
             ramp: group.spec.ramp,
             sockets: group.spec.sockets,
             first_address: Ipv4Addr::new(127, block, 0, 1),
+            tap: tap.clone(),
             ..FleetConfig::default()
         });
         for n in 0..group.spec.count {
@@ -266,8 +268,13 @@ pub async fn run(
     let dir = run_dir(&options.out, &plan.scenario.name, started)?;
     let capture = Arc::new(capture::Capture::default());
     let bus = EventBus::new(1 << 16);
-    let servers = start_servers(plan, &registry, options.seed, &bus, capture.clone())?;
-    let fleets = build_fleets(plan, &registry, options.seed, &servers)?;
+    // With both servers in process their sockets see every datagram; otherwise the fleet
+    // records what its clients put on and take off the wire (never both: no duplicates).
+    let servers_in_process = plan.scenario.servers.all_in_process();
+    let server_tap: Option<Arc<dyn PacketTap>> = servers_in_process.then(|| capture.clone() as _);
+    let fleet_tap = (!servers_in_process).then(|| Tap(capture.clone()));
+    let servers = start_servers(plan, &registry, options.seed, &bus, server_tap)?;
+    let fleets = build_fleets(plan, &registry, options.seed, &servers, fleet_tap)?;
 
     let endpoints: Vec<Vec<String>> = (0..plan.groups.len()).map(|g| plan.endpoints(g)).collect();
     // The first client of each group is the sample of the network-usage table.

@@ -238,13 +238,13 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
                 "every datagram at the in-process servers' sockets"
             }
             (true, false, true) => {
-                "the in-process LwM2M Server's datagrams only (the Bootstrap Server is external and the fleet has no packet tap)"
+                "every datagram the simulated clients sent and received (the Bootstrap Server is external)"
             }
             (false, true, _) => {
-                "the in-process Bootstrap Server's datagrams only (the LwM2M Server is external and the fleet has no packet tap)"
+                "every datagram the simulated clients sent and received (the LwM2M Server is external)"
             }
             (false, false, _) => {
-                "nothing: the servers are external and the fleet has no packet tap"
+                "every datagram the simulated clients sent and received (the servers are external)"
             }
         };
         format!(

@@ -157,6 +157,14 @@ pub struct Servers {
     pub queue_awake_time: Duration,
 }
 
+impl Servers {
+    /// True when no server is external (a bootstrap server of `none` counts as absent).
+    pub fn all_in_process(&self) -> bool {
+        !matches!(self.server, Target::External(_))
+            && !matches!(self.bootstrap, Target::External(_))
+    }
+}
+
 fn in_process() -> Target {
     Target::InProcess
 }

@@ -90,6 +90,7 @@ pub(super) fn spawn(
         commands: rx,
         stopping: None,
         profiles: profiles.clone(),
+        tap: config.tap,
     };
     let task = tokio::spawn(driver.run());
     Ok(FleetHandle::new(commands, profiles, stats, task))
@@ -315,6 +316,8 @@ struct Driver {
     /// Stopping: the deadline and where to send the report.
     stopping: Option<(Instant, Vec<oneshot::Sender<FleetReport>>)>,
     profiles: Vec<String>,
+    /// Sees every datagram on the wire.
+    tap: Option<super::Tap>,
 }
 
 impl Driver {
@@ -740,6 +743,9 @@ impl Driver {
     /// A datagram from `peer` arrived at `binding`: through the NAT, the radio and the
     /// downlink impairment, to the client.
     fn inbound(&mut self, now: Instant, binding: Binding, peer: SocketAddr, bytes: &[u8]) {
+        if let Some(tap) = &self.tap {
+            tap.0.datagram(peer, self.pool.address(binding), bytes);
+        }
         let Some(&n) = self.by_address.get(&binding) else {
             return;
         };
@@ -889,6 +895,10 @@ impl Driver {
     async fn flush(&mut self) {
         for out in std::mem::take(&mut self.outbox) {
             // Errors other than a full buffer are losses on the wire.
+            if let Some(tap) = &self.tap {
+                tap.0
+                    .datagram(self.pool.address(out.binding), out.peer, &out.bytes);
+            }
             let _ = self.pool.send(out.binding, out.peer, &out.bytes).await;
         }
     }

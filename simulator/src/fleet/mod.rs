@@ -37,8 +37,9 @@ mod pool;
 mod profile;
 mod secure;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use counters::{CountersSnapshot, Latencies, ProfileCounters};
@@ -70,6 +71,30 @@ pub struct FleetConfig {
     /// When a server is off loopback every client needs a socket of its own: the most
     /// clients allowed then (a process may hold 20,000 file descriptors here).
     pub max_dedicated_sockets: usize,
+    /// Sees every datagram the fleet's sockets send and receive (pcap recording).
+    pub tap: Option<Tap>,
+}
+
+/// Sees the datagrams a fleet puts on and takes off the wire, as a capture would.
+pub trait DatagramTap: Send + Sync {
+    /// One UDP datagram from `src` to `dst` (DTLS records as they are, encrypted).
+    fn datagram(&self, src: SocketAddr, dst: SocketAddr, bytes: &[u8]);
+}
+
+/// A shared [`DatagramTap`] for [`FleetConfig::tap`].
+#[derive(Clone)]
+pub struct Tap(pub Arc<dyn DatagramTap>);
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tap")
+    }
+}
+
+impl PartialEq for Tap {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl Default for FleetConfig {
@@ -82,6 +107,7 @@ impl Default for FleetConfig {
             first_address: Ipv4Addr::new(127, 1, 0, 1),
             socket_buffer: 4 << 20,
             max_dedicated_sockets: 16_000,
+            tap: None,
         }
     }
 }
