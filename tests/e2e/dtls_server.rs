@@ -20,7 +20,7 @@ use lwm2m_server::store::{Credentials, FileSecurityStore, SecurityInfo, Security
 use tokio::net::UdpSocket;
 use tokio::sync::broadcast;
 
-const PATIENCE: Duration = Duration::from_secs(10);
+const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Every datagram on the server's sockets: (direction, our socket, first byte).
 #[derive(Default)]

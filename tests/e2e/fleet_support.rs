@@ -26,8 +26,9 @@ use lwm2m_simulator::network::NetworkModel;
 use lwm2m_simulator::profile::Profile;
 use lwm2m_simulator::quirks::QuirkPacks;
 
-/// The longest any single wait of these tests may take.
-pub const PATIENCE: Duration = Duration::from_secs(10);
+/// The longest any single wait of these tests may take (generous: CI has 2 busy cores; a
+/// passing wait ends as soon as its condition holds).
+pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// One datagram on one of our sockets, decoded.
 #[derive(Debug, Clone)]
