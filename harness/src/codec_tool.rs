@@ -152,34 +152,13 @@ pub fn decode_to_json(
             .map(ToString::to_string)
             .collect::<Vec<_>>()
     };
-    let nodes: Vec<Json> = records
-        .iter()
-        .map(|r| {
-            let mut m = Map::new();
-            m.insert("path".into(), json!(r.path.to_string()));
-            if let Some(obj) = r.path.object_id().and_then(|o| registry.object(o)) {
-                m.insert("object".into(), json!(obj.name));
-            }
-            if let Some(def) = content::resource_def(schema, &r.path) {
-                m.insert("resource".into(), json!(def.name));
-                if !def.units.is_empty() {
-                    m.insert("units".into(), json!(def.units));
-                }
-            }
-            if let Some(v) = &r.value {
-                m.insert("type".into(), json!(v.data_type().ddf_name()));
-                m.insert("value".into(), v.to_json());
-            }
-            if let Some(t) = r.time {
-                m.insert("time".into(), json!(t));
-            }
-            let flags = flag_of(&r.path);
-            if !flags.is_empty() {
-                m.insert("flagged".into(), json!(flags));
-            }
-            Json::Object(m)
-        })
-        .collect();
+    let mut nodes = lwm2m_server::json::records(registry, schema, &records);
+    for (node, r) in nodes.iter_mut().zip(&records) {
+        let flags = flag_of(&r.path);
+        if let (Json::Object(m), false) = (node, flags.is_empty()) {
+            m.insert("flagged".into(), json!(flags));
+        }
+    }
     let findings: Vec<Json> = findings
         .iter()
         .map(|f| {

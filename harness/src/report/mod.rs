@@ -159,6 +159,23 @@ pub fn git_revision() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// The UTC calendar date and time of `secs` seconds after the Unix epoch, as
+/// (year, month, day, hour, minute, second), proleptic Gregorian (H. Hinnant's
+/// days-to-civil algorithm).
+pub fn civil_utc(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 /// Escapes text for HTML and XML.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
