@@ -469,9 +469,7 @@ impl Backend for InProcess {
             Capability::Smartcard => {
                 Err("simulated clients have no smartcard (Core TS 1.1 §5.2.4)".to_owned())
             }
-            Capability::Disable => {
-                Err("the simulated client does not implement Disable (1/x/4) yet".to_owned())
-            }
+            Capability::Disable => Ok(()),
             Capability::BootstrapTrigger => Err(
                 "the simulated client does not implement Bootstrap-Request Trigger (1/x/9) yet"
                     .to_owned(),

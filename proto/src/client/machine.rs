@@ -42,7 +42,9 @@
 //!   [`ClientConfig::reboot_silence`], then starts again. **Factory Reset** (Execute 3/0/5)
 //!   does the same after restoring the factory object tree and dropping all attributes.
 //!   A reboot completes a firmware update in State 3 (success) and aborts a download
-//!   (Update Result 4).
+//!   (Update Result 4). **Disable** (Execute 1/x/4, Core TS 1.1 Appendix E.2) answers 2.04,
+//!   de-registers and stays silent for the Disable Timeout (1/x/5, 86,400 s by default),
+//!   keeping its state, then registers again.
 //!
 //! # Device Management (Core TS 1.1 §6.3)
 //!
@@ -217,6 +219,12 @@ pub enum ClientEvent {
     Rebooting,
     /// Factory reset executed.
     FactoryReset,
+    /// Disable (Execute 1/x/4) executed: de-registered, silent for `duration` (the Disable
+    /// Timeout 1/x/5), then registers again.
+    Disabled {
+        /// How long the client stays silent.
+        duration: Duration,
+    },
     /// An Execute was accepted (Core TS 1.1 §5.4.5), with its arguments.
     Executed {
         /// The executed resource.
@@ -303,9 +311,19 @@ enum Outgoing {
 enum After {
     Nothing,
     Update,
-    Reboot,
-    FactoryReset,
+    Restart(Restart),
     Bootstrapped,
+}
+
+/// Why the client goes silent and starts again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restart {
+    /// Execute 3/0/4.
+    Reboot,
+    /// Execute 3/0/5.
+    FactoryReset,
+    /// Execute 1/x/4 (Disable): silent for the Disable Timeout (1/x/5).
+    Disable(Duration),
 }
 
 /// The answer to one request, built when the request arrives and sent now or later.
@@ -1190,8 +1208,7 @@ impl Lwm2mClient {
         match a.after {
             After::Nothing => {}
             After::Update => self.send_update(now),
-            After::Reboot => self.reboot(now, false),
-            After::FactoryReset => self.reboot(now, true),
+            After::Restart(kind) => self.reboot(now, kind),
             After::Bootstrapped => self.bootstrap_finished(now),
         }
     }
@@ -1685,8 +1702,9 @@ impl Lwm2mClient {
             Err(reason) => return Answer::error(op, *path, BAD_REQUEST, reason),
         };
         let after = match path.ids().as_slice() {
-            [3, 0, 4] => After::Reboot,
-            [3, 0, 5] => After::FactoryReset,
+            [3, 0, 4] => After::Restart(Restart::Reboot),
+            [3, 0, 5] => After::Restart(Restart::FactoryReset),
+            [1, i, 4] => After::Restart(Restart::Disable(self.disable_timeout(InstanceId(*i)))),
             [1, _, 8] => After::Update,
             [5, 0, 2] => {
                 if self.firmware_state() != Some(fw::DOWNLOADED) {
@@ -1955,13 +1973,31 @@ impl Lwm2mClient {
     // -----------------------------------------------------------------------------------
     // Reboot, factory reset
 
-    fn reboot(&mut self, now: Instant, factory: bool) {
-        if factory {
-            self.tree = self.factory.clone();
-            self.attributes.clear();
-            self.events.push_back(ClientEvent::FactoryReset);
-        } else {
-            self.events.push_back(ClientEvent::Rebooting);
+    /// The Disable Timeout of Server instance `i` (1/i/5; 86,400 s when unset, Core TS 1.1
+    /// Appendix E.2).
+    fn disable_timeout(&self, i: InstanceId) -> Duration {
+        let secs = match self
+            .tree
+            .get(&Lwm2mPath::Resource(ObjectId(1), i, ResourceId(5)))
+        {
+            Some(Value::Integer(v)) => u64::try_from(*v).unwrap_or(0),
+            Some(Value::UnsignedInteger(v)) => *v,
+            _ => 86_400,
+        };
+        Duration::from_secs(secs)
+    }
+
+    /// Reboot, Factory Reset and Disable: a De-register (not awaited), then silence.
+    fn reboot(&mut self, now: Instant, kind: Restart) {
+        let factory = kind == Restart::FactoryReset;
+        match kind {
+            Restart::FactoryReset => {
+                self.tree = self.factory.clone();
+                self.attributes.clear();
+                self.events.push_back(ClientEvent::FactoryReset);
+            }
+            Restart::Reboot => self.events.push_back(ClientEvent::Rebooting),
+            Restart::Disable(duration) => self.events.push_back(ClientEvent::Disabled { duration }),
         }
         if let (Some(server), Some(reg)) = (&self.server, &self.registration) {
             let req = message::request(RequestType::Delete, &reg.location);
@@ -1978,7 +2014,9 @@ impl Lwm2mClient {
         self.forget_registration();
         self.outgoing.clear();
         self.delayed.clear();
-        if self.firmware_done.take().is_some() {
+        if matches!(kind, Restart::Disable(_)) {
+            // Disabling the server account is no reboot: the device keeps its state.
+        } else if self.firmware_done.take().is_some() {
             // The reboot completes the firmware update in progress.
             self.set_firmware(fw::IDLE, fw::SUCCESS);
         } else if self.firmware_state() == Some(fw::DOWNLOADING) {
@@ -1988,7 +2026,11 @@ impl Lwm2mClient {
             self.server = None;
         }
         self.state = ClientState::Rebooting;
-        self.reboot_until = Some(now + self.config.reboot_silence);
+        let silence = match kind {
+            Restart::Disable(d) => d,
+            _ => self.config.reboot_silence,
+        };
+        self.reboot_until = Some(now + silence);
     }
 
     // -----------------------------------------------------------------------------------

@@ -1107,6 +1107,44 @@ fn reboot_deregisters_stays_silent_and_registers_again() {
 }
 
 #[test]
+fn disable_deregisters_and_stays_silent_for_the_disable_timeout() {
+    let mut net = registered(config(), factory_tree());
+    let w = with_body(
+        message::request(RequestType::Put, "/1/0/5"),
+        0,
+        b"40".to_vec(),
+    );
+    assert_eq!(code(&net.call(w)), "2.04");
+    let r = net.call(message::request(RequestType::Post, "/1/0/4"));
+    assert_eq!(code(&r), "2.04");
+    assert!(net.client_events.contains(&ClientEvent::Disabled {
+        duration: Duration::from_secs(40)
+    }));
+    let dereg = net.request(SERVER);
+    assert_eq!(
+        (dereg.method(), dereg.path()),
+        (Some(RequestType::Delete), "/rd/5a3f".into())
+    );
+    net.secs(39);
+    let now = net.now;
+    assert!(
+        net.try_request(SERVER).is_none(),
+        "silent until the timeout"
+    );
+    net.secs(1);
+    let reg = net.request(SERVER);
+    assert_eq!(reg.path(), "/rd");
+    assert!(net.now >= now);
+    net.respond(SERVER, reg, ResponseType::Created, &["rd", "3"]);
+    assert_eq!(net.client.state(), ClientState::Registered);
+    // Disable keeps the device's state: the written timeout is still there.
+    assert_eq!(
+        net.client.tree().get(&Lwm2mPath::resource(1, 0, 5)),
+        Some(&Value::Integer(40))
+    );
+}
+
+#[test]
 fn factory_reset_restores_the_tree() {
     let mut net = registered(config(), factory_tree());
     let put = with_body(
