@@ -479,9 +479,7 @@ impl Backend for InProcess {
                  requested itself (it answers 4.01 otherwise)"
                     .to_owned(),
             ),
-            Capability::MuteSend => {
-                Err("the simulated client does not implement Mute Send (1/x/23) yet".to_owned())
-            }
+            Capability::MuteSend => Ok(()),
             Capability::ReadWithoutAccept => Err(
                 "our LwM2M Server always sends Accept on a Read (it picks the format the \
                  client announced); a GET without Accept cannot be expressed"

@@ -44,7 +44,8 @@
 //!   A reboot completes a firmware update in State 3 (success) and aborts a download
 //!   (Update Result 4). **Disable** (Execute 1/x/4, Core TS 1.1 Appendix E.2) answers 2.04,
 //!   de-registers and stays silent for the Disable Timeout (1/x/5, 86,400 s by default),
-//!   keeping its state, then registers again.
+//!   keeping its state, then registers again. **Mute Send** (1/x/23 true) makes
+//!   [`Lwm2mClient::send`] refuse with a `Failed { step: "send" }` event.
 //!
 //! # Device Management (Core TS 1.1 §6.3)
 //!
@@ -636,6 +637,16 @@ impl Lwm2mClient {
             return self.fail("send", "not registered".into());
         };
         let addr = server.addr;
+        // Mute Send (1/x/23, Core TS 1.1 Appendix E.2): the server asked for no Send.
+        let muted = self.server_instance().is_some_and(|inst| {
+            matches!(
+                inst.get(&ResourceId(23)),
+                Some(ResourceValue::Single(Value::Boolean(true)))
+            )
+        });
+        if muted {
+            return self.fail("send", "Mute Send (1/x/23) is set for this server".into());
+        }
         let format = self.senml_format(None).unwrap_or(ContentFormat::SenmlJson);
         let records = self.composite_records(paths);
         match content::encode_records(format, &records) {

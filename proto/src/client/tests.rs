@@ -1035,6 +1035,25 @@ fn observation_cancelled_by_reset_and_by_observe_1() {
 }
 
 #[test]
+fn mute_send_silences_send() {
+    let mut net = registered(config(), factory_tree());
+    let mute = |v: &[u8]| with_body(message::request(RequestType::Put, "/1/0/23"), 0, v.to_vec());
+    assert_eq!(code(&net.call(mute(b"1"))), "2.04");
+    net.client.send(net.now, &[Lwm2mPath::resource(3, 0, 9)]);
+    net.pump();
+    assert!(net.try_request(SERVER).is_none(), "a muted Send went out");
+    assert!(
+        net.client_events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Failed { step: "send", .. }))
+    );
+    assert_eq!(code(&net.call(mute(b"0"))), "2.04");
+    net.client.send(net.now, &[Lwm2mPath::resource(3, 0, 9)]);
+    net.pump();
+    assert_eq!(net.request(SERVER).path(), "/dp");
+}
+
+#[test]
 fn send_operation() {
     let mut net = registered(config(), factory_tree());
     net.client.send(
