@@ -470,10 +470,7 @@ impl Backend for InProcess {
                 Err("simulated clients have no smartcard (Core TS 1.1 §5.2.4)".to_owned())
             }
             Capability::Disable => Ok(()),
-            Capability::BootstrapTrigger => Err(
-                "the simulated client does not implement Bootstrap-Request Trigger (1/x/9) yet"
-                    .to_owned(),
-            ),
+            Capability::BootstrapTrigger => Ok(()),
             Capability::ServerInitiatedBootstrap => Err(
                 "the simulated client serves a Bootstrap Server only during a bootstrap it \
                  requested itself (it answers 4.01 otherwise)"

@@ -46,6 +46,9 @@
 //!   de-registers and stays silent for the Disable Timeout (1/x/5, 86,400 s by default),
 //!   keeping its state, then registers again. **Mute Send** (1/x/23 true) makes
 //!   [`Lwm2mClient::send`] refuse with a `Failed { step: "send" }` event.
+//!   **Bootstrap-Request Trigger** (Execute 1/x/9) answers 2.04 and runs client-initiated
+//!   bootstrap with the Bootstrap Server (4.05 when the client has none), then registers
+//!   with what it was given.
 //!
 //! # Device Management (Core TS 1.1 §6.3)
 //!
@@ -314,6 +317,8 @@ enum After {
     Update,
     Restart(Restart),
     Bootstrapped,
+    /// Bootstrap-Request Trigger (Execute 1/x/9): client-initiated bootstrap now.
+    BootstrapRequest(SocketAddr),
 }
 
 /// Why the client goes silent and starts again.
@@ -1221,6 +1226,10 @@ impl Lwm2mClient {
             After::Update => self.send_update(now),
             After::Restart(kind) => self.reboot(now, kind),
             After::Bootstrapped => self.bootstrap_finished(now),
+            After::BootstrapRequest(bs) => {
+                self.next_update = None;
+                self.bootstrap(now, bs);
+            }
         }
     }
 
@@ -1716,6 +1725,17 @@ impl Lwm2mClient {
             [3, 0, 4] => After::Restart(Restart::Reboot),
             [3, 0, 5] => After::Restart(Restart::FactoryReset),
             [1, i, 4] => After::Restart(Restart::Disable(self.disable_timeout(InstanceId(*i)))),
+            [1, _, 9] => match self.config.bootstrap_server {
+                Some(bs) => After::BootstrapRequest(bs),
+                None => {
+                    return Answer::error(
+                        op,
+                        *path,
+                        NOT_ALLOWED,
+                        "no Bootstrap-Server account to request a bootstrap from",
+                    );
+                }
+            },
             [1, _, 8] => After::Update,
             [5, 0, 2] => {
                 if self.firmware_state() != Some(fw::DOWNLOADED) {

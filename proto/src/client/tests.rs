@@ -1035,6 +1035,14 @@ fn observation_cancelled_by_reset_and_by_observe_1() {
 }
 
 #[test]
+fn bootstrap_trigger_without_a_bootstrap_server_is_refused() {
+    let mut net = registered(config(), factory_tree());
+    let r = net.call(message::request(RequestType::Post, "/1/0/9"));
+    assert_eq!(code(&r), "4.05");
+    assert_eq!(net.client.state(), ClientState::Registered);
+}
+
+#[test]
 fn mute_send_silences_send() {
     let mut net = registered(config(), factory_tree());
     let mute = |v: &[u8]| with_body(message::request(RequestType::Put, "/1/0/23"), 0, v.to_vec());
