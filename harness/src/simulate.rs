@@ -1,5 +1,13 @@
 //! `simulate`: a fleet of simulated clients against a server, with live counters once a
 //! second and a summary (registrations, failures, Register and Update latencies) at the end.
+//!
+//! With `--server coaps://...` and `--psk-identity PATTERN` every client talks CoAP over DTLS
+//! with PSK credentials of its own (Security Mode 0, Core TS 1.1 §7.1.7): the identity from
+//! the pattern (`{n}` the client number, `{ep}` the endpoint name), a 16-byte key derived
+//! from `--psk-key-seed` and the identity ([`PskPattern`]). `--print-credentials FILE`
+//! writes them as a JSON list of the server's security entries
+//! (`{"endpoint", "credentials": {"mode": "psk", "identity", "key"}}`), each one ready for
+//! `PUT /api/security/clients`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -8,9 +16,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use lwm2m_proto::registry::Registry;
+use lwm2m_server::store::{Credentials, SecurityInfo};
 use lwm2m_simulator::config::file_stem;
 use lwm2m_simulator::fleet::{
-    CountersSnapshot, Fleet, FleetConfig, FleetReport, Latencies, ProfileClients, Targets,
+    CountersSnapshot, Fleet, FleetConfig, FleetReport, Latencies, ProfileClients, PskPattern,
+    Targets,
 };
 use lwm2m_simulator::network::{NetworkModel, load_network};
 use lwm2m_simulator::profile::load_profile;
@@ -20,8 +30,9 @@ use lwm2m_simulator::scenarios::yaml_files;
 /// Arguments of `simulate`.
 #[derive(Args, Debug)]
 pub struct SimulateArgs {
-    /// The LwM2M Server, `coap://HOST:PORT` (port 5683 when left out). It must be on this
-    /// machine: the fleet sends from 127.0.0.0/8 loopback addresses.
+    /// The LwM2M Server, `coap://HOST:PORT` (port 5683 when left out) or
+    /// `coaps://HOST:PORT` (5684; needs `--psk-identity`). It must be on this machine: the
+    /// fleet sends from 127.0.0.0/8 loopback addresses.
     #[arg(long)]
     server: Option<String>,
     /// A Bootstrap Server, `coap://HOST:PORT`: the clients bootstrap first.
@@ -52,6 +63,17 @@ pub struct SimulateArgs {
     /// UDP sockets the clients share.
     #[arg(long, default_value_t = 16)]
     sockets: usize,
+    /// With a `coaps://` server: each client's PSK identity, `{n}` standing for the client
+    /// number and `{ep}` for the endpoint name, e.g. `ep-{n}`.
+    #[arg(long)]
+    psk_identity: Option<String>,
+    /// The seed the 16-byte PSK keys are derived from (with each identity; default: --seed).
+    #[arg(long)]
+    psk_key_seed: Option<u64>,
+    /// Writes every client's endpoint, PSK identity and key (hex) to this JSON file, a list
+    /// of entries for the server's `PUT /api/security/clients`.
+    #[arg(long)]
+    print_credentials: Option<PathBuf>,
     /// The scenarios folder (profiles/, networks/, quirks/).
     #[arg(long, default_value = "scenarios")]
     scenarios: PathBuf,
@@ -81,22 +103,29 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     }
 }
 
-/// `coap://HOST:PORT` to a socket address (IPv4 preferred).
-fn parse_coap_uri(uri: &str) -> anyhow::Result<SocketAddr> {
-    let rest = uri
-        .strip_prefix("coap://")
-        .with_context(|| format!("{uri:?}: only coap:// URIs are supported"))?;
+/// `coap://HOST:PORT` to a socket address (IPv4 preferred) and false, `coaps://HOST:PORT`
+/// to one and true.
+fn parse_coap_uri(uri: &str) -> anyhow::Result<(SocketAddr, bool)> {
+    let (rest, secure, port) = match uri.strip_prefix("coaps://") {
+        Some(rest) => (rest, true, 5684),
+        None => (
+            uri.strip_prefix("coap://")
+                .with_context(|| format!("{uri:?}: only coap:// and coaps:// URIs"))?,
+            false,
+            5683,
+        ),
+    };
     let authority = rest.split('/').next().unwrap_or_default();
     let with_port = if authority.starts_with('[') {
         if authority.contains("]:") {
             authority.to_owned()
         } else {
-            format!("{authority}:5683")
+            format!("{authority}:{port}")
         }
     } else if authority.contains(':') {
         authority.to_owned()
     } else {
-        format!("{authority}:5683")
+        format!("{authority}:{port}")
     };
     let addrs: Vec<SocketAddr> = with_port
         .to_socket_addrs()
@@ -107,6 +136,7 @@ fn parse_coap_uri(uri: &str) -> anyhow::Result<SocketAddr> {
         .find(|a| a.is_ipv4())
         .or(addrs.first())
         .copied()
+        .map(|a| (a, secure))
         .with_context(|| format!("{uri:?} resolves to no address"))
 }
 
@@ -144,9 +174,18 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
     if args.server.is_none() && args.bootstrap.is_none() {
         bail!("give --server or --bootstrap (or both)");
     }
+    let server = args.server.as_deref().map(parse_coap_uri).transpose()?;
+    let secure = server.is_some_and(|(_, secure)| secure);
+    if secure != args.psk_identity.is_some() {
+        bail!("a coaps:// --server and --psk-identity go together");
+    }
+    let bootstrap = args.bootstrap.as_deref().map(parse_coap_uri).transpose()?;
+    if bootstrap.is_some_and(|(_, secure)| secure) {
+        bail!("--bootstrap: only coap:// is supported");
+    }
     let targets = Targets {
-        server: args.server.as_deref().map(parse_coap_uri).transpose()?,
-        bootstrap: args.bootstrap.as_deref().map(parse_coap_uri).transpose()?,
+        server: server.map(|(a, _)| a),
+        bootstrap: bootstrap.map(|(a, _)| a),
     };
     let packs = quirk_packs(&args.scenarios.join("quirks"))?;
     let profile = load_profile(
@@ -161,6 +200,17 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
     let mut clients = ProfileClients::new(profile, &registry, network, targets)?;
     if let Some(prefix) = &args.endpoint_prefix {
         clients = clients.with_endpoint_prefix(prefix);
+    }
+    if let Some(identity) = &args.psk_identity {
+        clients = clients.with_psk(PskPattern {
+            identity: identity.clone(),
+            seed: args.psk_key_seed.unwrap_or(args.seed),
+        });
+    }
+    if let Some(file) = &args.print_credentials {
+        let list = security_entries(&clients, args.clients as u64);
+        std::fs::write(file, serde_json::to_string_pretty(&list)?)
+            .with_context(|| format!("writing {}", file.display()))?;
     }
     let mut fleet = Fleet::new(FleetConfig {
         seed: args.seed,
@@ -178,6 +228,23 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
     let (before_stop, report) = runtime.block_on(drive(fleet, args.duration))?;
     print_summary(&before_stop, &report);
     Ok(())
+}
+
+/// The security store entries (PSK credentials) of the first `n` clients, as the server's
+/// `PUT /api/security/clients` takes them one by one.
+fn security_entries(clients: &ProfileClients, n: u64) -> Vec<SecurityInfo> {
+    (0..n)
+        .filter_map(|k| {
+            let (identity, key) = clients.psk_credentials(k)?;
+            Some(SecurityInfo {
+                endpoint: clients.endpoint(k),
+                credentials: Credentials::Psk {
+                    identity,
+                    key: key.iter().map(|b| format!("{b:02x}")).collect(),
+                },
+            })
+        })
+        .collect()
 }
 
 /// Runs the fleet for `duration`; returns the counters just before the stop and the final
@@ -215,7 +282,7 @@ async fn drive(
 fn live_line(elapsed: Duration, c: &CountersSnapshot, last: &CountersSnapshot) -> String {
     format!(
         "t={:>4}s started={} registered={} sleeping={} bootstrapping={} failed={} \
-         served={} notified={} updates/s={} in={}B/s out={}B/s",
+         served={} notified={} updates/s={} in={}B/s out={}B/s dtls={}/{}",
         elapsed.as_secs(),
         c.started,
         c.registered,
@@ -227,6 +294,8 @@ fn live_line(elapsed: Duration, c: &CountersSnapshot, last: &CountersSnapshot) -
         c.updates.saturating_sub(last.updates),
         c.bytes_in.saturating_sub(last.bytes_in),
         c.bytes_out.saturating_sub(last.bytes_out),
+        c.dtls_handshakes,
+        c.dtls_failures,
     )
 }
 
@@ -243,7 +312,7 @@ fn print_summary(before_stop: &CountersSnapshot, report: &FleetReport) {
     println!(
         "summary: clients={} ever-registered={} registered-at-end={} failed={} registrations={} \
          updates={} deregistrations={} failures={} served={} notified={} \
-         dropped(asleep/nat/loss)={}/{}/{} rebinds={}",
+         dropped(asleep/nat/loss)={}/{}/{} rebinds={} dtls-handshakes={} dtls-failures={}",
         t.clients,
         t.clients_registered,
         before_stop.registered,
@@ -258,6 +327,8 @@ fn print_summary(before_stop: &CountersSnapshot, report: &FleetReport) {
         t.dropped_nat,
         t.dropped_loss,
         t.rebinds,
+        t.dtls_handshakes,
+        t.dtls_failures,
     );
     println!(
         "latency: register p50={} p99={} (n={})  update p50={} p99={} (n={})",
@@ -282,14 +353,19 @@ mod tests {
         assert!(parse_rate("0/s").is_err());
         assert!(parse_rate("x/s").is_err());
         assert!(parse_rate("5/d").is_err());
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
         assert_eq!(
             parse_coap_uri("coap://127.0.0.1:5783").unwrap(),
-            "127.0.0.1:5783".parse::<SocketAddr>().unwrap()
+            (addr("127.0.0.1:5783"), false)
         );
         assert_eq!(
             parse_coap_uri("coap://127.0.0.1").unwrap(),
-            "127.0.0.1:5683".parse::<SocketAddr>().unwrap()
+            (addr("127.0.0.1:5683"), false)
         );
-        assert!(parse_coap_uri("coaps://127.0.0.1").is_err());
+        assert_eq!(
+            parse_coap_uri("coaps://127.0.0.1").unwrap(),
+            (addr("127.0.0.1:5684"), true)
+        );
+        assert!(parse_coap_uri("http://127.0.0.1").is_err());
     }
 }

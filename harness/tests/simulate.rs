@@ -1,6 +1,7 @@
 //! `lwm2m-harness simulate` as a user runs it: the binary drives 50 minimal-1.0 clients
 //! against our LwM2M Server, started in this test on loopback; its live counter lines and
-//! summary are checked, and so is what the server saw.
+//! summary are checked, and so is what the server saw. Then 20 clients over DTLS with
+//! generated PSK credentials, which the server's security store holds.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -12,8 +13,11 @@ use std::time::{Duration, Instant};
 
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::ServerEvent;
+use lwm2m_server::DtlsOptions;
 use lwm2m_server::driver::{ServerOptions, start_server};
 use lwm2m_server::events::{Event, EventBus};
+use lwm2m_server::store::{Credentials, FileSecurityStore, SecurityInfo, SecurityStore};
+use lwm2m_simulator::fleet::PskPattern;
 
 const CLIENTS: usize = 50;
 
@@ -184,5 +188,97 @@ fn simulate_50_clients_against_our_server() {
         count(|e| matches!(e, ServerEvent::Deregistered { .. })),
         CLIENTS
     );
+    runtime.block_on(server.shutdown());
+}
+
+/// The security entry of client `n` of the minimal-1.0 profile.
+fn entry(psk: &PskPattern, n: u64) -> SecurityInfo {
+    let endpoint = format!("minimal-{n}");
+    let (identity, key) = psk.credentials(n, &endpoint);
+    let key = key.iter().map(|b| format!("{b:02x}")).collect();
+    SecurityInfo {
+        endpoint,
+        credentials: Credentials::Psk { identity, key },
+    }
+}
+
+#[test]
+fn simulate_20_psk_clients_over_dtls() {
+    const N: u64 = 20;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    // The store holds what the fleet will derive: the same function, through the library.
+    let psk = PskPattern {
+        identity: "sim-{n}".into(),
+        seed: 3,
+    };
+    let security = FileSecurityStore::in_memory();
+    for n in 0..N {
+        security.put(entry(&psk, n)).expect("valid credentials");
+    }
+    let server = runtime.block_on(async {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+        let mut options = ServerOptions::new(any, Arc::new(Registry::embedded()));
+        options.dtls = Some(DtlsOptions::new(any, Arc::new(security)));
+        start_server(options).expect("the server starts")
+    });
+    let dtls = server.dtls_addr().expect("a DTLS listener");
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let printed = dir.path().join("credentials.json");
+    let scenarios = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let args: Vec<String> = [
+        "simulate",
+        "--server",
+        &format!("coaps://{dtls}"),
+        "--clients",
+        &N.to_string(),
+        "--psk-identity",
+        "sim-{n}",
+        "--psk-key-seed",
+        "3",
+        "--print-credentials",
+        &printed.to_string_lossy(),
+        "--profile",
+        "minimal-1.0",
+        "--duration",
+        "2s",
+        "--scenarios",
+        &scenarios.to_string_lossy(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let out = run(&args);
+
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("summary:"))
+        .unwrap_or_else(|| panic!("no summary:\n{out}"));
+    for (key, want) in [
+        ("ever-registered", "20"),
+        ("failed", "0"),
+        ("failures", "0"),
+        ("deregistrations", "20"),
+        ("dtls-failures", "0"),
+    ] {
+        assert_eq!(field(summary, key), Some(want), "{key} in {summary}");
+    }
+    let handshakes: u64 = field(summary, "dtls-handshakes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("dtls-handshakes in {summary}"));
+    assert!(handshakes >= N, "{summary}");
+    let live = out
+        .lines()
+        .rfind(|l| l.starts_with("t="))
+        .unwrap_or_else(|| panic!("no live line:\n{out}"));
+    assert_eq!(field(live, "dtls"), Some("20/0"), "{live}");
+
+    // The printed credentials are the store's, entry for entry.
+    let text = std::fs::read_to_string(&printed).expect("the credentials file");
+    let listed: Vec<SecurityInfo> = serde_json::from_str(&text).expect("security entries");
+    let expected: Vec<SecurityInfo> = (0..N).map(|n| entry(&psk, n)).collect();
+    assert_eq!(listed, expected);
     runtime.block_on(server.shutdown());
 }

@@ -46,7 +46,7 @@ pub use counters::{CountersSnapshot, Latencies, ProfileCounters};
 pub use handle::{ClientInfo, FleetHandle, FleetReport, ProfileReport};
 use lwm2m_proto::Lwm2mPath;
 use lwm2m_proto::client::{ClientConfig, ObjectTree};
-pub use profile::{ProfileClients, Targets};
+pub use profile::{ProfileClients, PskPattern, Targets};
 
 use crate::generator::Generator;
 use crate::network::NetworkModel;

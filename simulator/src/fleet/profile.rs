@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rand::Rng;
+
 use lwm2m_proto::client::{ClientConfig, ObjectTree};
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::value::Value;
@@ -38,6 +40,50 @@ pub struct ProfileClients {
     network: NetworkModel,
     targets: Targets,
     endpoint_prefix: String,
+    psk: Option<PskPattern>,
+}
+
+/// Per-client PSK credentials generated from a pattern (Security Mode 0, Core TS 1.1
+/// Appendix E.1: /0/x/3 identity, /0/x/5 key): the identity is [`PskPattern::identity`]
+/// with `{n}` the client number and `{ep}` the endpoint name; the key is 16 bytes drawn
+/// from ChaCha8 seeded with `seed` and the identity, so a server can be provisioned with
+/// the same credentials without talking to the fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PskPattern {
+    /// The identity pattern, e.g. `ep-{n}` or `{ep}`.
+    pub identity: String,
+    /// The seed of every key.
+    pub seed: u64,
+}
+
+impl PskPattern {
+    /// The PSK identity of client `n` named `endpoint`.
+    pub fn identity(&self, n: u64, endpoint: &str) -> String {
+        self.identity
+            .replace("{n}", &n.to_string())
+            .replace("{ep}", endpoint)
+    }
+
+    /// The 16-byte key of `identity`.
+    pub fn key(&self, identity: &str) -> [u8; 16] {
+        let bytes = identity.as_bytes();
+        let mut words = vec![self.seed, bytes.len() as u64];
+        words.extend(bytes.chunks(8).map(|c| {
+            let mut w = [0u8; 8];
+            w.iter_mut().zip(c).for_each(|(d, s)| *d = *s);
+            u64::from_le_bytes(w)
+        }));
+        let mut key = [0u8; 16];
+        seed::rng(seed::mix(&words)).fill_bytes(&mut key);
+        key
+    }
+
+    /// Client `n`'s identity and key.
+    pub fn credentials(&self, n: u64, endpoint: &str) -> (String, [u8; 16]) {
+        let identity = self.identity(n, endpoint);
+        let key = self.key(&identity);
+        (identity, key)
+    }
 }
 
 /// Object 0 Security (Core TS 1.1 Appendix E.1): resource 0 LwM2M Server URI, resource 1
@@ -91,6 +137,7 @@ impl ProfileClients {
             network,
             targets,
             endpoint_prefix,
+            psk: None,
         })
     }
 
@@ -99,6 +146,19 @@ impl ProfileClients {
     pub fn with_endpoint_prefix(mut self, prefix: &str) -> Self {
         prefix.clone_into(&mut self.endpoint_prefix);
         self
+    }
+
+    /// Every client's LwM2M Server account (the non-bootstrap Security instances) becomes
+    /// `coaps://` in Security Mode 0 with the pattern's identity and key.
+    pub fn with_psk(mut self, psk: PskPattern) -> Self {
+        self.psk = Some(psk);
+        self
+    }
+
+    /// The PSK identity and key of client `n`, if the clients use generated PSKs.
+    pub fn psk_credentials(&self, n: u64) -> Option<(String, [u8; 16])> {
+        let psk = self.psk.as_ref()?;
+        Some(psk.credentials(n, &self.endpoint(n)))
     }
 
     /// The profile.
@@ -130,6 +190,9 @@ impl ProfileClients {
             }
         }
         self.point_security_at_targets(&mut tree);
+        if let Some((identity, key)) = self.psk_credentials(n) {
+            set_psk(&mut tree, &identity, &key);
+        }
         let generators = values
             .generators
             .into_iter()
@@ -201,6 +264,32 @@ fn set_uri(tree: &mut ObjectTree, iid: InstanceId, addr: SocketAddr) {
     let _ = tree.set(&path, uri);
 }
 
+/// The server accounts (non-bootstrap Security instances) go `coaps://` in mode PSK with
+/// `identity` and `key`.
+fn set_psk(tree: &mut ObjectTree, identity: &str, key: &[u8]) {
+    const MODE_PSK: i64 = 0;
+    for iid in tree.instance_ids(SECURITY) {
+        let res = |r: u16| Lwm2mPath::Resource(SECURITY, iid, r.into());
+        if tree.get(&res(1)) == Some(&Value::Boolean(true)) {
+            continue;
+        }
+        let uri = match tree.get(&res(0)) {
+            Some(Value::String(uri)) => uri.split_once("://").map_or(uri.as_str(), |(_, a)| a),
+            _ => "localhost:5684",
+        };
+        let uri = format!("coaps://{uri}");
+        for (r, v) in [
+            (0, Value::String(uri)),
+            (2, Value::Integer(MODE_PSK)),
+            (3, Value::Opaque(identity.as_bytes().to_vec())),
+            (5, Value::Opaque(key.to_vec())),
+        ] {
+            // The instance exists (listed above): setting its resources cannot fail.
+            let _ = tree.set(&res(r), ResourceValue::Single(v));
+        }
+    }
+}
+
 /// Update ahead of expiry: a tenth of the lifetime, 1 s at least and 60 s at most.
 fn update_margin(lifetime: u32) -> Duration {
     Duration::from_secs(u64::from(lifetime / 10).clamp(1, 60))
@@ -267,5 +356,43 @@ objects:
             Lwm2mPath::Resource(3303.into(), 0.into(), 5700.into())
         );
         assert_eq!(clients.spec(0, 7).config.coap.seed, a.config.coap.seed);
+    }
+
+    #[test]
+    fn generated_psks_go_into_the_server_account() {
+        let profile = Profile::from_yaml("t.yaml", PROFILE, &QuirkPacks::new()).unwrap();
+        let server: SocketAddr = "127.0.0.1:5684".parse().unwrap();
+        let psk = PskPattern {
+            identity: "id-{n}-{ep}".into(),
+            seed: 7,
+        };
+        let clients = ProfileClients::new(
+            profile,
+            &Registry::embedded(),
+            NetworkModel::default(),
+            Targets {
+                server: Some(server),
+                bootstrap: None,
+            },
+        )
+        .unwrap()
+        .with_psk(psk.clone());
+        let (identity, key) = clients.psk_credentials(3).unwrap();
+        assert_eq!(identity, "id-3-t-3");
+        assert_eq!(key, psk.key("id-3-t-3"));
+        assert_ne!(key, psk.key("id-4-t-4"));
+        assert_ne!(key, PskPattern { seed: 8, ..psk }.key("id-3-t-3"));
+        let spec = clients.spec(3, 1);
+        let get = |r: u16| {
+            spec.tree
+                .get(&Lwm2mPath::Resource(SECURITY, 0.into(), r.into()))
+        };
+        assert_eq!(
+            get(0),
+            Some(&Value::String("coaps://127.0.0.1:5684".into()))
+        );
+        assert_eq!(get(2), Some(&Value::Integer(0)));
+        assert_eq!(get(3), Some(&Value::Opaque(b"id-3-t-3".to_vec())));
+        assert_eq!(get(5), Some(&Value::Opaque(key.to_vec())));
     }
 }
