@@ -3,7 +3,7 @@
 
 mod file;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -183,11 +183,43 @@ struct SecurityDoc {
     clients: Vec<SecurityInfo>,
 }
 
+/// Credentials by endpoint, and the endpoint that owns each PSK identity.
+#[derive(Debug, Default)]
+struct SecurityMaps {
+    by_endpoint: BTreeMap<String, SecurityInfo>,
+    owner_of: HashMap<String, String>,
+}
+
+impl SecurityMaps {
+    /// Adds or replaces an endpoint's credentials; its old identity goes with them.
+    fn insert(&mut self, info: SecurityInfo) -> Option<SecurityInfo> {
+        let endpoint = info.endpoint.clone();
+        let identity = info.psk_identity().map(str::to_owned);
+        let old = self.by_endpoint.insert(endpoint.clone(), info);
+        if let Some(old_identity) = old.as_ref().and_then(SecurityInfo::psk_identity) {
+            self.owner_of.remove(old_identity);
+        }
+        if let Some(identity) = identity {
+            self.owner_of.insert(identity, endpoint);
+        }
+        old
+    }
+
+    fn remove(&mut self, endpoint: &str) -> Option<SecurityInfo> {
+        let old = self.by_endpoint.remove(endpoint)?;
+        if let Some(identity) = old.psk_identity() {
+            self.owner_of.remove(identity);
+        }
+        Some(old)
+    }
+}
+
 /// A [`SecurityStore`] in memory, optionally persisted to a YAML file on every change.
+/// Look-ups by endpoint and by PSK identity are map look-ups (one per DTLS handshake).
 #[derive(Debug)]
 pub struct FileSecurityStore {
     file: Option<YamlFile>,
-    inner: RwLock<BTreeMap<String, SecurityInfo>>,
+    inner: RwLock<SecurityMaps>,
 }
 
 impl FileSecurityStore {
@@ -222,70 +254,74 @@ impl FileSecurityStore {
         })
     }
 
-    fn persist(&self, map: &BTreeMap<String, SecurityInfo>) -> Result<(), StoreError> {
+    fn persist(&self, maps: &SecurityMaps) -> Result<(), StoreError> {
         match &self.file {
             Some(f) => f.save(&SecurityDoc {
-                clients: map.values().cloned().collect(),
+                clients: maps.by_endpoint.values().cloned().collect(),
             }),
             None => Ok(()),
         }
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, SecurityInfo>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, SecurityMaps> {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, SecurityInfo>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, SecurityMaps> {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl SecurityStore for FileSecurityStore {
     fn by_endpoint(&self, endpoint: &str) -> Option<SecurityInfo> {
-        self.read().get(endpoint).cloned()
+        self.read().by_endpoint.get(endpoint).cloned()
     }
 
     fn by_psk_identity(&self, identity: &str) -> Option<SecurityInfo> {
-        self.read()
-            .values()
-            .find(|i| i.psk_identity() == Some(identity))
-            .cloned()
+        let maps = self.read();
+        let owner = maps.owner_of.get(identity)?;
+        maps.by_endpoint.get(owner).cloned()
     }
 
     fn put(&self, info: SecurityInfo) -> Result<Option<SecurityInfo>, StoreError> {
         info.validate()?;
-        let mut map = self.write();
+        let mut maps = self.write();
         if let Some(identity) = info.psk_identity()
-            && let Some(owner) = map
-                .values()
-                .find(|i| i.psk_identity() == Some(identity) && i.endpoint != info.endpoint)
+            && let Some(owner) = maps.owner_of.get(identity)
+            && *owner != info.endpoint
         {
             return Err(StoreError::IdentityTaken {
                 identity: identity.to_owned(),
-                owner: owner.endpoint.clone(),
+                owner: owner.clone(),
             });
         }
-        let mut next = map.clone();
-        let old = next.insert(info.endpoint.clone(), info);
-        self.persist(&next)?;
-        *map = next;
+        let endpoint = info.endpoint.clone();
+        let old = maps.insert(info);
+        if let Err(e) = self.persist(&maps) {
+            // Nothing changes when the file cannot be written.
+            maps.remove(&endpoint);
+            if let Some(old) = old {
+                maps.insert(old);
+            }
+            return Err(e);
+        }
         Ok(old)
     }
 
     fn remove(&self, endpoint: &str) -> Result<Option<SecurityInfo>, StoreError> {
-        let mut map = self.write();
-        if !map.contains_key(endpoint) {
+        let mut maps = self.write();
+        let Some(old) = maps.remove(endpoint) else {
             return Ok(None);
+        };
+        if let Err(e) = self.persist(&maps) {
+            maps.insert(old);
+            return Err(e);
         }
-        let mut next = map.clone();
-        let old = next.remove(endpoint);
-        self.persist(&next)?;
-        *map = next;
-        Ok(old)
+        Ok(Some(old))
     }
 
     fn all(&self) -> Vec<SecurityInfo> {
-        self.read().values().cloned().collect()
+        self.read().by_endpoint.values().cloned().collect()
     }
 }
 
