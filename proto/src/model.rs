@@ -178,6 +178,21 @@ impl Schema for NoSchema {
     }
 }
 
+/// A list of definitions (one version per object) is a schema: the first that knows the
+/// resource answers.
+impl Schema for [ObjectDef] {
+    fn resource(&self, object: ObjectId, resource: ResourceId) -> Option<&ResourceDef> {
+        self.iter()
+            .find_map(|o| Schema::resource(o, object, resource))
+    }
+}
+
+impl Schema for Vec<ObjectDef> {
+    fn resource(&self, object: ObjectId, resource: ResourceId) -> Option<&ResourceDef> {
+        self.as_slice().resource(object, resource)
+    }
+}
+
 impl Schema for ObjectDef {
     fn resource(&self, object: ObjectId, resource: ResourceId) -> Option<&ResourceDef> {
         if object == self.id {

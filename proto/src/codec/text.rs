@@ -139,23 +139,9 @@ pub fn encode_opaque(target: &Lwm2mPath, node: &Node, out: &mut Vec<u8>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{ObjectId, ResourceId};
     use crate::model::{ObjectDef, Operations, ResourceDef};
     use crate::value::ObjectLink;
     use proptest::prelude::*;
-
-    /// Object 9000 with resource `k` of type `TYPES[k]`, and resource 20, a multiple
-    /// Integer; the Device object's Manufacturer (0), Battery Level (9), Available Power
-    /// Sources (6, multiple) and Current Time (13); Firmware Update's Package (0, Opaque).
-    struct TestSchema(Vec<ObjectDef>);
-
-    impl Schema for TestSchema {
-        fn resource(&self, object: ObjectId, resource: ResourceId) -> Option<&ResourceDef> {
-            self.0
-                .iter()
-                .find_map(|o| Schema::resource(o, object, resource))
-        }
-    }
 
     const TYPES: [DataType; 10] = [
         DataType::String,
@@ -183,10 +169,13 @@ mod tests {
         ObjectDef::new(id, format!("Object {id}"), "1.1", true, defs)
     }
 
-    fn schema() -> TestSchema {
+    /// Object 9000 with resource `k` of type `TYPES[k]`, and resource 20, a multiple
+    /// Integer; the Device object's Manufacturer (0), Battery Level (9), Available Power
+    /// Sources (6, multiple) and Current Time (13); Firmware Update's Package (0, Opaque).
+    fn schema() -> Vec<ObjectDef> {
         let mut test: Vec<_> = (0u16..).zip(TYPES).map(|(r, ty)| (r, ty, false)).collect();
         test.push((20, DataType::Integer, true));
-        TestSchema(vec![
+        vec![
             object(9000, &test),
             object(
                 3,
@@ -198,7 +187,7 @@ mod tests {
                 ],
             ),
             object(5, &[(0, DataType::Opaque, false)]),
-        ])
+        ]
     }
 
     fn path(s: &str) -> Lwm2mPath {

@@ -695,17 +695,6 @@ mod tests {
     use crate::model::{ObjectDef, Operations, ResourceDef};
     use proptest::prelude::*;
 
-    /// A schema of a few hand-built object definitions.
-    struct Objects(Vec<ObjectDef>);
-
-    impl Schema for Objects {
-        fn resource(&self, object: ObjectId, resource: ResourceId) -> Option<&ResourceDef> {
-            self.0
-                .iter()
-                .find_map(|o| Schema::resource(o, object, resource))
-        }
-    }
-
     fn object(id: u16, resources: &[(u16, DataType, bool)]) -> ObjectDef {
         let defs = resources.iter().map(|&(r, data_type, multiple)| {
             ResourceDef::new(
@@ -723,9 +712,9 @@ mod tests {
     /// definitions (Device, Server, Access Control, Location, Firmware Update, and the
     /// example objects 65 and 66 of §6.4.3.3).
     #[rustfmt::skip]
-    fn schema() -> Objects {
+    fn schema() -> Vec<ObjectDef> {
         use DataType::*;
-        Objects(vec![
+        vec![
             object(1, &[(0, Integer, false), (1, Integer, false), (2, Integer, false),
                 (3, Integer, false), (4, None, false), (5, Integer, false), (6, Boolean, false),
                 (7, String, false), (8, None, false)]),
@@ -745,7 +734,7 @@ mod tests {
                 let r = 2 * k as u16;
                 [(r, ty, false), (r + 1, ty, true)]
             }).collect::<Vec<_>>()),
-        ])
+        ]
     }
 
     /// Every data type; in object 9000 resource `2k` is a single and `2k+1` a multiple
