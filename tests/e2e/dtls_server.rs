@@ -1,6 +1,6 @@
 //! The LwM2M Server's DTLS listener (CoAP over DTLS, RFC 7252 §9; Core TS 1.1 §7.1) on
 //! loopback, against scripted DTLS clients (`lwm2m_dtls::UdpDtlsClient` carrying
-//! hand-written CoAP) and libcoap's `coap-client-openssl`: PSK registration with DTLS
+//! hand-written CoAP) and libcoap's `coap-client-openssl` and `coap-client-gnutls`: PSK registration with DTLS
 //! records on the wire, failed handshakes that leave other sessions alone, the 4.03 for an
 //! identity registering as another endpoint, a rebooted client's new session.
 
@@ -383,14 +383,48 @@ async fn a_rebooted_client_on_the_same_port_gets_a_new_session() {
     s.server.shutdown().await;
 }
 
-/// libcoap's client (OpenSSL build) with a PSK registers through our DTLS port.
-#[tokio::test]
-async fn coap_client_openssl_registers_with_psk() {
-    let bin = "coap-client-openssl";
+/// Runs libcoap's `bin` with the PSK of `libcoap-id` against `uri`; its `v:1` lines (the
+/// messages it received, RFC 7252 notation).
+async fn libcoap_psk(bin: &str, args: &[&str], uri: &str) -> Vec<String> {
     assert!(
         std::process::Command::new(bin).arg("-h").output().is_ok(),
         "{bin} is missing: install it with `apt-get install libcoap3-bin`"
     );
+    let out = tokio::process::Command::new(bin)
+        .args([
+            "-B",
+            "5",
+            "-v",
+            "7",
+            "-u",
+            "libcoap-id",
+            "-k",
+            "libcoap-secret",
+        ])
+        .args(args)
+        .arg(uri)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{bin} {args:?} {uri}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("v:1 "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// libcoap's client, built with `bin`'s TLS library, completes a PSK handshake with our
+/// LwM2M Server and gets the right answers: Register 2.01 with the Location-Path, then an
+/// Update of that registration 2.04 (a second session: libcoap exits after each request),
+/// then 4.04 for an Update of a registration that does not exist.
+async fn libcoap_registers_and_updates_over_dtls(bin: &str) {
     let mut s = Secure::start(&[]).await;
     s.security
         .put(SecurityInfo {
@@ -401,38 +435,53 @@ async fn coap_client_openssl_registers_with_psk() {
             },
         })
         .unwrap();
+    let register = ["-m", "post", "-t", "40", "-e", "</3/0>"];
     let uri = format!("coaps://{}/rd?ep=libcoap-1&lt=60", s.dtls);
-    let out = tokio::process::Command::new(bin)
-        .args([
-            "-B", "5", "-v", "7", "-m", "post", "-t", "40", "-e", "</3/0>",
-        ])
-        .args(["-u", "libcoap-id", "-k", "libcoap-secret"])
-        .arg(&uri)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let answers = libcoap_psk(bin, &register, &uri).await;
+    let created = answers
+        .iter()
+        .find(|l| l.contains("c:2.01"))
+        .unwrap_or_else(|| panic!("no 2.01 in {answers:?}"));
+    let id = s
+        .expect("registered", |e| match e {
+            Event::Server(ServerEvent::Registered { registration, .. })
+                if registration.endpoint == "libcoap-1" =>
+            {
+                Some(registration.id.clone())
+            }
+            _ => None,
+        })
+        .await;
     assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        created.contains(&format!("Location-Path:rd, Location-Path:{id}")),
+        "{created}"
     );
-    assert!(
-        stdout
-            .lines()
-            .any(|l| l.starts_with("v:1 ") && l.contains("c:2.01")),
-        "no 2.01 in {stdout}"
-    );
-    s.expect("registered", |e| match e {
-        Event::Server(ServerEvent::Registered { registration, .. })
-            if registration.endpoint == "libcoap-1" =>
+    let uri = format!("coaps://{}/rd/{id}?lt=120", s.dtls);
+    let answers = libcoap_psk(bin, &["-m", "post"], &uri).await;
+    assert!(answers.iter().any(|l| l.contains("c:2.04")), "{answers:?}");
+    s.expect("updated", |e| match e {
+        Event::Server(ServerEvent::Updated { registration, .. })
+            if registration.id == id && registration.lifetime == 120 =>
         {
             Some(())
         }
         _ => None,
     })
     .await;
+    let uri = format!("coaps://{}/rd/no-such-registration", s.dtls);
+    let answers = libcoap_psk(bin, &["-m", "post"], &uri).await;
+    assert!(answers.iter().any(|l| l.contains("c:4.04")), "{answers:?}");
     s.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn coap_client_openssl_registers_and_updates_with_psk() {
+    libcoap_registers_and_updates_over_dtls("coap-client-openssl").await;
+}
+
+#[tokio::test]
+async fn coap_client_gnutls_registers_and_updates_with_psk() {
+    libcoap_registers_and_updates_over_dtls("coap-client-gnutls").await;
 }
 
 /// A P-256 certificate for `cn` (and `san`, if any) issued by the CA (`ca_params`,

@@ -6,6 +6,7 @@ mod dtls_server;
 mod fleet;
 mod fleet_support;
 mod interop_coap_client;
+mod interop_coap_server;
 mod interop_node;
 mod proto_boundary;
 mod server_api;
