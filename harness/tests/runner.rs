@@ -453,3 +453,235 @@ timeline:
     assert!(registers >= 10 && created >= 10, "{text}");
     drop(server);
 }
+
+/// `tshark` run on a run folder's files, or a failure saying how to install it.
+fn tshark(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("tshark")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("tshark cannot be run ({e}): run scripts/test or `apt-get install tshark`")
+        });
+    assert!(
+        out.status.success(),
+        "tshark {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A DTLS PSK group through the binary: `run.pcap` holds the encrypted records, and with
+/// `keys.log` tshark finds each client's Register inside; the network-usage numbers are
+/// counted from the records (29 bytes per CCM_8 record, handshakes of real size, one more
+/// handshake per NAT rebinding).
+#[test]
+fn dtls_run_records_a_pcap_tshark_decrypts_and_accounts_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(
+        dir.path(),
+        "secure.yaml",
+        &format!(
+            "name: secure
+duration: 7s
+seed: 11
+servers:
+  bootstrap: none
+  dtls: {{ server: true }}
+fleet:
+  - name: secure
+    profile: {}
+    count: 6
+    network: {}
+    security: {{ mode: psk, identity: \"id-{{n}}\" }}
+  - name: plain
+    profile: {}
+    count: 2
+timeline:
+  - {{ at: 1s, action: read, group: secure, path: [/1, /3, /1024], format: tlv }}
+  - {{ at: 1s, action: read, group: plain, path: /3/0 }}
+  - {{ at: 2s, action: nat-timeout, group: secure, clients: 2 }}
+  - {{ at: 2500ms, action: update, group: secure, clients: 2 }}
+  # Without Connection ID the Update's first record is lost on the new mapping; the CoAP
+  # retransmission (2-3 s later) opens a new handshake. Only then can the server reach
+  # the clients at their new addresses.
+  - {{ at: 6s, action: read, group: secure, clients: 2, path: /3/0/13 }}
+",
+            profile("wakaama-like"),
+            scenarios()
+                .join("networks/home-nat.yaml")
+                .canonicalize()
+                .unwrap()
+                .display(),
+            profile("sensor-1.1"),
+        ),
+    );
+    let out = dir.path().join("reports");
+    let run = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .arg("run")
+        .arg(&scenario)
+        .arg("--out")
+        .arg(&out)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let run_dir = std::fs::read_dir(&out)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let report = RunReport::load(&run_dir).unwrap();
+    assert!(
+        report.cases.iter().all(|c| c.status == Status::Passed),
+        "{:#?}",
+        report.cases
+    );
+
+    // The exchange log's header names the DTLS port and the tshark options.
+    let log = std::fs::read_to_string(run_dir.join("exchanges.log")).unwrap();
+    let header = log
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let port = header
+        .split("-d udp.port==")
+        .filter_map(|s| {
+            s.strip_suffix(",dtls")
+                .or_else(|| s.split_once(",dtls ").map(|(p, _)| p))
+        })
+        .next()
+        .unwrap_or_else(|| panic!("no DTLS port in the header:\n{header}"))
+        .to_owned();
+    assert!(header.contains("-o tls.keylog_file:keys.log"), "{header}");
+    // The log shows the CoAP inside the records.
+    assert!(
+        log.lines().any(|l| l.contains("DTLS application")
+            && l.contains("POST")
+            && l.contains("/rd?ep=secure-0")),
+        "{log}"
+    );
+    let keys = std::fs::read_to_string(run_dir.join("keys.log")).unwrap();
+    // 6 first handshakes and 2 after the rebinding.
+    assert_eq!(
+        keys.lines()
+            .filter(|l| l.starts_with("CLIENT_RANDOM "))
+            .count(),
+        8,
+        "{keys}"
+    );
+
+    // Without the key log the records stay opaque: no CoAP on the DTLS port.
+    let dtls = format!("udp.port=={port},dtls");
+    let coap_in_dtls = format!("dtls.port=={port},coap");
+    let on_port = format!("coap && udp.port == {port}");
+    let fields = [
+        "-T",
+        "fields",
+        "-e",
+        "ip.src",
+        "-e",
+        "coap.code",
+        "-e",
+        "coap.opt.uri_path_recon",
+        "-e",
+        "coap.opt.uri_query",
+    ];
+    let mut args = vec![
+        "-r",
+        "run.pcap",
+        "-d",
+        &dtls,
+        "-d",
+        &coap_in_dtls,
+        "-Y",
+        &on_port,
+    ];
+    args.extend(fields);
+    assert_eq!(
+        tshark(&run_dir, &args).trim(),
+        "",
+        "CoAP readable without keys"
+    );
+    // With it, every secure client's Register is inside: POST (code 2) /rd?ep=NAME.
+    let mut args = vec![
+        "-r",
+        "run.pcap",
+        "-o",
+        "tls.keylog_file:keys.log",
+        "-d",
+        &dtls,
+        "-d",
+        &coap_in_dtls,
+        "-Y",
+        &on_port,
+    ];
+    args.extend(fields);
+    let decoded = tshark(&run_dir, &args);
+    for n in 0..6 {
+        let ep = format!("ep=secure-{n},");
+        assert!(
+            decoded
+                .lines()
+                .any(|l| l.contains("\t2\t/rd\t") && l.contains(&ep)),
+            "no Register of secure-{n} in:\n{decoded}"
+        );
+    }
+    assert!(
+        decoded.lines().any(|l| l.contains("\t1\t/1024")),
+        "{decoded}"
+    );
+
+    // Counted from the records: 29 bytes per AES-128-CCM-8 record.
+    let c = |k: &str| {
+        *report
+            .counters
+            .get(k)
+            .unwrap_or_else(|| panic!("no counter {k}"))
+    };
+    let records = c("dtls.application_records");
+    assert!(records >= 6 * 10, "{records} records");
+    assert_eq!(c("dtls.record_overhead_bytes"), 29 * records);
+    // The only records the server could not decrypt: each rebound client's first one
+    // from its new address, where it had no session yet.
+    assert_eq!(c("dtls.unpaired_records"), 2);
+    assert_eq!(c("dtls.handshakes.new_address.lost_records"), 2);
+    assert_eq!(c("capture.unpaired_plaintext"), 0);
+    // One PSK handshake with the cookie exchange: 6 datagrams, some hundred bytes.
+    assert_eq!(c("dtls.handshakes.first"), 6);
+    assert_eq!(c("dtls.handshake.median_datagrams"), 6);
+    let one = c("dtls.handshake.median_bytes");
+    assert!((400..1000).contains(&one), "{one} bytes per handshake");
+    // The NAT rebinding: one more handshake per rebound client, with its bytes.
+    assert_eq!(c("dtls.handshakes.new_address"), 2);
+    let rebinding = c("dtls.handshakes.new_address.bytes");
+    assert!((2 * 400..2 * 1000).contains(&rebinding), "{rebinding}");
+    assert_eq!(c("dtls.handshakes.unfinished"), 0);
+    assert_eq!(c("server.rebindings"), 2);
+
+    let usage = std::fs::read_to_string(run_dir.join("network-usage.txt")).unwrap();
+    assert!(usage.contains("29.0 bytes per record"), "{usage}");
+    assert!(usage.contains("2 extra handshakes"), "{usage}");
+    assert!(usage.contains("dtls-handshake (new-address)"), "{usage}");
+    // The sample client of the secure group: its handshake row first, then its Register
+    // with 29 bytes more on the wire than in CoAP each way.
+    let first = report.network_usage.first().unwrap();
+    assert_eq!(first.operation, "dtls-handshake");
+    assert_eq!(first.handshake, first.request_wire + first.response_wire);
+    let register = report
+        .network_usage
+        .iter()
+        .find(|r| r.operation == "register")
+        .unwrap();
+    assert_eq!(register.request_wire, register.request_coap + 29);
+    assert_eq!(register.response_wire, register.response_coap + 29);
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert!(html.contains("<h2>DTLS</h2>"));
+}

@@ -82,6 +82,10 @@ pub struct Handshake {
     pub client_datagrams: usize,
     /// ... and from the server.
     pub server_datagrams: usize,
+    /// Application records the client sent from this address before the handshake, which
+    /// the server could not decrypt (no session there: the session of a rebound client
+    /// stayed at its old address), and their bytes.
+    pub lost_before: (usize, usize),
     /// Index of its first datagram in the input.
     pub first: usize,
 }
@@ -109,8 +113,9 @@ pub struct DtlsUsage {
     pub record_bytes: usize,
     /// Their plaintext (CoAP) bytes.
     pub plaintext_bytes: usize,
-    /// Application records without a reported plaintext (dropped forgeries, or a
-    /// recording that disagrees with the DTLS layer; should be 0).
+    /// Application records without a reported plaintext: the server could not decrypt
+    /// them (sent from an address it has no session with, e.g. right after a NAT
+    /// rebinding, or forged).
     pub unpaired_records: usize,
     /// Alert record bytes (close_notify, failures).
     pub alert_bytes: usize,
@@ -145,6 +150,7 @@ impl DtlsUsage {
 pub fn account(server: SocketAddr, datagrams: &[Wire<'_>]) -> DtlsUsage {
     let mut usage = DtlsUsage::default();
     let mut open: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut lost: HashMap<SocketAddr, (usize, usize)> = HashMap::new();
     for (i, d) in datagrams.iter().enumerate() {
         let (client, from_client) = if d.dst == server {
             (d.src, true)
@@ -167,6 +173,7 @@ pub fn account(server: SocketAddr, datagrams: &[Wire<'_>]) -> DtlsUsage {
                         server_bytes: 0,
                         client_datagrams: 0,
                         server_datagrams: 0,
+                        lost_before: lost.remove(&client).unwrap_or_default(),
                         first: i,
                     });
                     open.insert(client, usage.handshakes.len() - 1);
@@ -187,6 +194,11 @@ pub fn account(server: SocketAddr, datagrams: &[Wire<'_>]) -> DtlsUsage {
         let app = usize::try_from(records.application_records).unwrap_or(usize::MAX);
         let paired = d.plaintext_records.min(app);
         usage.unpaired_records += app - paired;
+        if from_client && paired < app && !open.contains_key(&client) {
+            let l = lost.entry(client).or_default();
+            l.0 += app - paired;
+            l.1 += usize::try_from(records.application).unwrap_or(usize::MAX);
+        }
         if paired > 0 {
             usage.records += paired;
             usage.record_bytes += usize::try_from(records.application).unwrap_or(usize::MAX);
@@ -270,10 +282,13 @@ pub fn render(server: SocketAddr, u: &DtlsUsage) -> String {
     let rebound: Vec<&Handshake> = u.of(Cause::NewAddress).collect();
     let _ = writeln!(
         s,
-        "  NAT rebinding without Connection ID (RFC 9146 is not in rtc-dtls): {} extra handshakes, {} bytes in {} datagrams",
+        "  NAT rebinding without Connection ID (RFC 9146 is not in rtc-dtls): {} extra handshakes, {} bytes in {} datagrams; \
+         before them {} records ({} bytes) the server could not decrypt (its session was at the old address; CoAP retransmitted them)",
         rebound.len(),
         rebound.iter().map(|h| h.bytes()).sum::<usize>(),
         rebound.iter().map(|h| h.datagrams()).sum::<usize>(),
+        rebound.iter().map(|h| h.lost_before.0).sum::<usize>(),
+        rebound.iter().map(|h| h.lost_before.1).sum::<usize>(),
     );
     if u.alert_bytes > 0 {
         let _ = writeln!(s, "  alert records: {} bytes", u.alert_bytes);
@@ -452,7 +467,8 @@ mod tests {
             wire(srv, a, &finished, 0, ""),
             wire(a, srv, &app, 30, "psk:x"),
             wire(srv, a, &app, 30, "psk:x"),
-            // The NAT forgets a; x comes back from b.
+            // The NAT forgets a; x comes back from b, where the server has no session.
+            wire(b, srv, &app, 0, ""),
             wire(b, srv, &first, 0, ""),
             wire(srv, b, &finished, 0, ""),
             wire(b, srv, &app, 30, "psk:x"),
@@ -469,6 +485,8 @@ mod tests {
         assert_eq!((h.client_datagrams, h.server_datagrams), (2, 2));
         assert_eq!(h.identity.as_deref(), Some("psk:x"));
         assert_eq!(u.records, 3);
+        assert_eq!(u.unpaired_records, 1);
+        assert_eq!(u.handshakes[1].lost_before, (1, app.len()));
         assert_eq!(u.overhead_per_record(), Some(29.0));
         let text = render(srv.parse().unwrap(), &u);
         assert!(text.contains("29.0 bytes per record"), "{text}");

@@ -282,6 +282,10 @@ fn dtls_counters(u: &DtlsUsage, counters: &mut BTreeMap<String, u64>) {
             &format!("handshakes.{name}.bytes"),
             n(of.iter().map(|h| h.bytes()).sum()),
         );
+        put(
+            &format!("handshakes.{name}.lost_records"),
+            n(of.iter().map(|h| h.lost_before.0).sum()),
+        );
     }
     if let Some(h) = u.typical() {
         put("handshake.median_bytes", n(h.bytes()));
@@ -318,9 +322,11 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
             .map(|p| format!("-d udp.port=={p},coap"))
             .collect();
         if let Some(d) = run.servers.dtls {
+            // The key log decrypts the records; `dtls.port` hands their plaintext to the
+            // CoAP dissector (it only knows 5684 by itself).
             ports.push(format!(
-                "-o tls.keylog_file:keys.log -d udp.port=={},dtls",
-                d.port()
+                "-o tls.keylog_file:keys.log -d udp.port=={p},dtls -d dtls.port=={p},coap",
+                p = d.port()
             ));
         }
         let i = &run.servers;

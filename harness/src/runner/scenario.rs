@@ -107,8 +107,9 @@ pub struct Scenario {
 /// Published figures a run can be compared with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub enum Reference {
-    /// The whole-device read of the 2017 thesis (Leshan, Wakaama, DTLS PSK; see
-    /// `docs`: request 85 bytes, responses 99-232, 1775 in all, ~857 per handshake).
+    /// The whole-device read of the 2017 thesis (Leshan server, Wakaama client, DTLS
+    /// PSK: requests 85 bytes, responses 99-232, 1775 in all, ~857 per handshake;
+    /// [`crate::report::dtls::thesis`]).
     #[serde(rename = "thesis-2017")]
     Thesis2017,
 }
