@@ -69,11 +69,14 @@ pub struct Capture {
     inner: Mutex<Inner>,
 }
 
+/// A record's plaintext and its session's identity.
+type Plaintext = (Box<[u8]>, Arc<str>);
+
 #[derive(Debug, Default)]
 struct Inner {
     packets: Vec<Captured>,
     /// Plaintext about to be encrypted, by (our socket, peer), oldest first.
-    outgoing: HashMap<(SocketAddr, SocketAddr), VecDeque<(Box<[u8]>, Arc<str>)>>,
+    outgoing: HashMap<(SocketAddr, SocketAddr), VecDeque<Plaintext>>,
     /// Plaintext whose datagram was not found (should stay 0).
     unpaired: u64,
 }
@@ -355,5 +358,53 @@ mod tests {
         let got = cap.take();
         assert_eq!((got[0].src, got[0].dst), (junk.src, junk.dst));
         assert!(cap.is_empty());
+    }
+
+    /// An application_data record of epoch 1 with `body` (RFC 6347 §4.1).
+    fn record(body: &[u8]) -> Vec<u8> {
+        let mut r = vec![23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 7];
+        r.extend(u16::try_from(body.len()).unwrap().to_be_bytes());
+        r.extend(body);
+        r
+    }
+
+    #[test]
+    fn pairs_dtls_records_with_their_plaintext() {
+        let local: SocketAddr = "127.0.0.1:5684".parse().unwrap();
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.1.0.1:4000".parse().unwrap(),
+            "127.1.0.2:4000".parse().unwrap(),
+        );
+        let mut get = message::request(RequestType::Get, "/3/0");
+        get.set_token(vec![1]);
+        let get = get.to_bytes().unwrap();
+        let cap = Capture::default();
+        // In: the record, another peer's, then the first one's plaintext.
+        cap.datagram(Direction::In, local, a, &record(&[0; 40]));
+        cap.datagram(Direction::In, local, b, &[22; 20]);
+        cap.plaintext(Direction::In, local, a, "psk:a", &[0x40; 24]);
+        // Out: the plaintext first, then its record.
+        cap.plaintext(Direction::Out, local, b, "psk:b", &get);
+        cap.datagram(Direction::Out, local, b, &record(&vec![0; get.len() + 16]));
+        // A plaintext whose record never came.
+        cap.plaintext(Direction::In, local, b, "psk:b", b"zz");
+        assert_eq!(cap.unpaired(), 1);
+        let got = cap.take();
+        assert_eq!(got[0].plaintext, vec![Box::from(&[0x40u8; 24][..])]);
+        assert_eq!(got[0].identity.as_deref(), Some("psk:a"));
+        assert!(got[1].plaintext.is_empty());
+        assert_eq!(got[2].identity.as_deref(), Some("psk:b"));
+        let usage = usage_datagrams(&got);
+        assert_eq!(usage[2].coap, get);
+        assert_eq!(usage[2].wire_len, get.len() + 29);
+        let line = log_line(Duration::ZERO, &got[2]);
+        assert!(
+            line.ends_with(&format!(
+                "DTLS application {}: CON GET mid=0 token=01 /3/0 len={}",
+                get.len() + 29,
+                get.len()
+            )),
+            "{line}"
+        );
     }
 }
