@@ -245,7 +245,7 @@ pub fn render(server: SocketAddr, u: &DtlsUsage) -> String {
     if u.unpaired_records > 0 {
         let _ = writeln!(
             s,
-            "  application records without a known plaintext: {}",
+            "  application records the server could not decrypt (no session at the sender's address, or forged): {}",
             u.unpaired_records
         );
     }

@@ -68,12 +68,21 @@ fn fold(latencies: &mut Latencies, name: &str, h: &Histogram<u64>) {
 }
 
 /// The server-side time of each De-register: request in to response out at the server's
-/// socket (the fleet measures Register and Update on the client side, not De-register).
+/// socket (the fleet measures Register and Update on the client side, not De-register);
+/// over DTLS from the records' plaintext.
 fn deregister_at_server(packets: &[Captured], latencies: &mut Latencies) {
     use lwm2m_proto::coap::{MessageClass, RequestType, message};
     let mut pending: BTreeMap<(SocketAddr, SocketAddr, Vec<u8>), Duration> = BTreeMap::new();
-    for p in packets {
-        let Ok(m) = message::decode(&p.bytes) else {
+    let messages = packets.iter().flat_map(|p| {
+        let texts: Vec<&[u8]> = if p.plaintext.is_empty() {
+            vec![&p.bytes[..]]
+        } else {
+            p.plaintext.iter().map(|t| &t[..]).collect()
+        };
+        texts.into_iter().map(move |t| (p, t))
+    });
+    for (p, bytes) in messages {
+        let Ok(m) = message::decode(bytes) else {
             continue;
         };
         match m.header.code {
@@ -356,8 +365,13 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
             None => String::new(),
         };
         format!(
-            "lwm2m-harness run {}: {seen}{dtls}\nWireshark/tshark: decode the servers' ports as CoAP: tshark -r run.pcap {}",
+            "lwm2m-harness run {}: {seen}{dtls}\nWireshark/tshark: decode the servers' ports as CoAP{}: tshark -r run.pcap {}",
             plan.file.display(),
+            if run.servers.dtls.is_some() {
+                " (and the DTLS port as DTLS, with the key log)"
+            } else {
+                ""
+            },
             ports.join(" ")
         )
     };
