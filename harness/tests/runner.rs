@@ -35,10 +35,9 @@ fn every_shipped_scenario_loads() {
         .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     assert!(names.contains(&"quickstart.yaml".to_owned()), "{names:?}");
-    assert!(
-        names.contains(&"whole-device-read.yaml".to_owned()),
-        "{names:?}"
-    );
+    for name in ["whole-device-read.yaml", "whole-device-read-dtls.yaml"] {
+        assert!(names.contains(&name.to_owned()), "{names:?}");
+    }
     let registry = Registry::embedded();
     for f in &files {
         let plan = Plan::load(f, &registry).unwrap_or_else(|e| panic!("{e}"));
@@ -51,6 +50,9 @@ fn every_shipped_scenario_loads() {
         quick.clients()
     );
     assert_eq!(quick.scenario.servers.bootstrap, Target::InProcess);
+    // The main job shows DTLS too.
+    assert!(quick.scenario.servers.server_dtls());
+    assert!(quick.groups.iter().any(|g| g.psk(1).is_some()));
 }
 
 fn write_scenario(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -742,4 +744,52 @@ timeline:
     assert_eq!(register.response_wire, register.response_coap + 29);
     let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
     assert!(html.contains("<h2>DTLS</h2>"));
+}
+
+/// The shipped DTLS whole-device read: one client, its handshake, eight reads with 29 bytes
+/// of DTLS each way, and the table beside the thesis's figures.
+#[test]
+fn whole_device_read_over_dtls_gives_the_thesis_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .arg("run")
+        .arg(scenarios().join("experiments/whole-device-read-dtls.yaml"))
+        .arg("--out")
+        .arg(dir.path())
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    let run_dir = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let report = RunReport::load(&run_dir).unwrap();
+    let rows = &report.network_usage;
+    assert_eq!(rows[0].operation, "dtls-handshake");
+    let reads: Vec<_> = rows.iter().filter(|r| r.operation == "read").collect();
+    let paths: Vec<&str> = reads.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/1", "/2", "/3", "/4", "/5", "/6", "/7", "/1024"]);
+    for r in &reads {
+        assert_eq!(r.request_wire - r.request_coap, 29, "{r:?}");
+        assert_eq!(r.response_wire - r.response_coap, 29, "{r:?}");
+        assert_eq!(r.datagrams, 2, "{r:?}");
+    }
+    // /1024's Uri-Path option is 3 bytes longer than /1's (as in the thesis: 88 vs 85).
+    assert_eq!(reads[7].request_coap, reads[0].request_coap + 3);
+    let text = std::fs::read_to_string(run_dir.join("network-usage.txt")).unwrap();
+    assert!(text.contains("beside the 2017 thesis"), "{text}");
+    assert!(
+        text.contains("683") && text.contains("1092") && text.contains("1775"),
+        "{text}"
+    );
+    assert!(text.contains("29.0 bytes here"), "{text}");
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert!(html.contains("Beside the 2017 thesis"));
 }
