@@ -55,6 +55,40 @@ fn every_shipped_scenario_loads() {
     assert!(quick.groups.iter().any(|g| g.psk(1).is_some()));
 }
 
+fn home_nat() -> String {
+    scenarios()
+        .join("networks/home-nat.yaml")
+        .canonicalize()
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+/// Runs `lwm2m-harness run SCENARIO --out OUT --quiet` and checks it succeeded; its stdout
+/// and the run folder (the only one under OUT).
+fn run_scenario(scenario: &Path, out: &Path) -> (String, PathBuf) {
+    let run = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .arg("run")
+        .arg(scenario)
+        .arg("--out")
+        .arg(out)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let runs: Vec<PathBuf> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    (stdout, runs[0].clone())
+}
+
 fn write_scenario(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -276,36 +310,13 @@ timeline:
   - {{ at: 3s, action: discover, group: sensors, clients: 3, path: /3303 }}
 ",
             profile("wakaama-like"),
-            scenarios()
-                .join("networks/home-nat.yaml")
-                .canonicalize()
-                .unwrap()
-                .display(),
+            home_nat(),
             profile("sensor-1.1"),
         ),
     );
-    let out = dir.path().join("reports");
-    let run = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
-        .arg("run")
-        .arg(&scenario)
-        .arg("--out")
-        .arg(&out)
-        .arg("--quiet")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let (stdout, run_dir) = run_scenario(&scenario, &dir.path().join("reports"));
+    let run_dir = &run_dir;
     assert!(stdout.contains("0 failed"), "{stdout}");
-    let runs: Vec<PathBuf> = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(runs.len(), 1, "{runs:?}");
-    let run_dir = &runs[0];
     assert!(
         run_dir
             .file_name()
@@ -568,35 +579,11 @@ timeline:
   - {{ at: 6s, action: read, group: secure, clients: 2, path: /3/0/13 }}
 ",
             profile("wakaama-like"),
-            scenarios()
-                .join("networks/home-nat.yaml")
-                .canonicalize()
-                .unwrap()
-                .display(),
+            home_nat(),
             profile("sensor-1.1"),
         ),
     );
-    let out = dir.path().join("reports");
-    let run = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
-        .arg("run")
-        .arg(&scenario)
-        .arg("--out")
-        .arg(&out)
-        .arg("--quiet")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let run_dir = std::fs::read_dir(&out)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let (_, run_dir) = run_scenario(&scenario, &dir.path().join("reports"));
     let report = RunReport::load(&run_dir).unwrap();
     assert!(
         report.cases.iter().all(|c| c.status == Status::Passed),
@@ -751,25 +738,10 @@ timeline:
 #[test]
 fn whole_device_read_over_dtls_gives_the_thesis_table() {
     let dir = tempfile::tempdir().unwrap();
-    let run = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
-        .arg("run")
-        .arg(scenarios().join("experiments/whole-device-read-dtls.yaml"))
-        .arg("--out")
-        .arg(dir.path())
-        .arg("--quiet")
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stdout)
+    let (_, run_dir) = run_scenario(
+        &scenarios().join("experiments/whole-device-read-dtls.yaml"),
+        dir.path(),
     );
-    let run_dir = std::fs::read_dir(dir.path())
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
     let report = RunReport::load(&run_dir).unwrap();
     let rows = &report.network_usage;
     assert_eq!(rows[0].operation, "dtls-handshake");
