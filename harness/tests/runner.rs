@@ -712,6 +712,11 @@ timeline:
     assert!((2 * 400..2 * 1000).contains(&rebinding), "{rebinding}");
     assert_eq!(c("dtls.handshakes.unfinished"), 0);
     assert_eq!(c("server.rebindings"), 2);
+    // The DTLS machine's CoAP bytes are the records' plaintext.
+    assert_eq!(
+        c("server.coaps.bytes_in") + c("server.coaps.bytes_out"),
+        c("dtls.application_plaintext_bytes")
+    );
 
     let usage = std::fs::read_to_string(run_dir.join("network-usage.txt")).unwrap();
     assert!(usage.contains("29.0 bytes per record"), "{usage}");

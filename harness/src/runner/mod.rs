@@ -430,6 +430,10 @@ pub async fn run(
         Some(s) => s.counters().await.ok(),
         None => None,
     };
+    let secure_counters = match &servers.server {
+        Some(s) => s.secure_counters().await.and_then(Result::ok),
+        None => None,
+    };
     if let Some(s) = &servers.server {
         s.shutdown().await;
     }
@@ -454,6 +458,7 @@ pub async fn run(
         },
         fleets: &reports,
         server_counters,
+        secure_counters,
         collected,
         shared: &shared,
         unpaired: capture.unpaired(),

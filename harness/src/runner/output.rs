@@ -39,6 +39,8 @@ pub struct Run<'a> {
     pub servers: ServerInfo,
     pub fleets: &'a [FleetReport],
     pub server_counters: Option<Counters>,
+    /// The CoAP counters of the DTLS listener's machine (plaintext CoAP).
+    pub secure_counters: Option<Counters>,
     pub collected: Collected,
     pub shared: &'a Shared,
     pub packets: Vec<Captured>,
@@ -465,7 +467,11 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
     for (k, v) in snapshot_fields(&total) {
         counters.insert(format!("fleet.{k}"), v);
     }
-    if let Some(c) = &run.server_counters {
+    for (prefix, c) in [
+        ("server.coap", &run.server_counters),
+        ("server.coaps", &run.secure_counters),
+    ] {
+        let Some(c) = c else { continue };
         for (k, v) in [
             ("datagrams_in", c.datagrams_in),
             ("datagrams_out", c.datagrams_out),
@@ -476,7 +482,7 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
             ("timeouts", c.timeouts),
             ("resets_in", c.resets_in),
         ] {
-            counters.insert(format!("server.coap.{k}"), v);
+            counters.insert(format!("{prefix}.{k}"), v);
         }
     }
     if let Some((_, u)) = &secure {
