@@ -736,6 +736,7 @@ timeline:
     assert_eq!(register.response_wire, register.response_coap + 29);
     let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
     assert!(html.contains("<h2>DTLS</h2>"));
+    assert!(html.contains("dtls-handshake (new-address)"));
 }
 
 /// The shipped DTLS whole-device read: one client, its handshake, eight reads with 29 bytes

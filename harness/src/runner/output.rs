@@ -398,6 +398,7 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
     if let Some((_, u)) = &secure {
         all.extend(u.handshakes.iter().map(dtls_usage::handshake_row));
     }
+    let by_operation = per_operation(&all);
     let mut text = format!(
         "Network usage, {} ({}; \"wire\" is UDP payload: CoAP plus, over DTLS, its records' header, nonce and tag)\n\nPer operation, all clients ({} exchanges):\n{}",
         plan.file.display(),
@@ -407,9 +408,15 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
             "plain CoAP over UDP: wire bytes are CoAP bytes"
         },
         all.len(),
-        per_operation(&all)
+        by_operation
     );
-    let mut sections = Vec::new();
+    let mut sections = vec![(
+        format!(
+            "Network usage by operation, all clients ({} exchanges)",
+            all.len()
+        ),
+        by_operation,
+    )];
     if let Some((d, u)) = &secure {
         let section = dtls_usage::render(*d, u);
         let _ = write!(text, "\n{section}");
