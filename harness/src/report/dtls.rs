@@ -146,11 +146,21 @@ impl DtlsUsage {
     }
 }
 
+/// The 32-byte random of a ClientHello at the start of `datagram` (RFC 5246 §7.4.1.2:
+/// after the record header, the handshake header and client_version).
+fn hello_random(datagram: &[u8]) -> Option<&[u8]> {
+    const AT: usize = lwm2m_dtls::record::RECORD_HEADER_LEN + 12 + 2;
+    datagram.get(AT..AT + 32)
+}
+
 /// Accounts the datagrams to and from the DTLS listener at `server` (others are skipped).
 pub fn account(server: SocketAddr, datagrams: &[Wire<'_>]) -> DtlsUsage {
     let mut usage = DtlsUsage::default();
     let mut open: HashMap<SocketAddr, usize> = HashMap::new();
     let mut lost: HashMap<SocketAddr, (usize, usize)> = HashMap::new();
+    // The random of the ClientHello that opened each client's current handshake: its
+    // retransmission (flights repeat every second) is not a new handshake.
+    let mut opened_by: HashMap<SocketAddr, Option<&[u8]>> = HashMap::new();
     for (i, d) in datagrams.iter().enumerate() {
         let (client, from_client) = if d.dst == server {
             (d.src, true)
@@ -160,7 +170,10 @@ pub fn account(server: SocketAddr, datagrams: &[Wire<'_>]) -> DtlsUsage {
             continue;
         };
         let records = RecordBytes::of_datagram(d.bytes);
-        let fresh = from_client && is_initial_client_hello(d.bytes);
+        let fresh = from_client && is_initial_client_hello(d.bytes) && {
+            let random = hello_random(d.bytes);
+            opened_by.insert(client, random) != Some(random)
+        };
         if records.handshake > 0 {
             let at = match open.get(&client) {
                 Some(&at) if !fresh => at,
@@ -462,6 +475,8 @@ mod tests {
         let app = record(23, 1, &[0; 16 + 30]);
         let d = [
             wire(a, srv, &first, 0, ""),
+            // Retransmitted a second later: the same handshake.
+            wire(a, srv, &first, 0, ""),
             wire(srv, a, &verify, 0, ""),
             wire(a, srv, &again, 0, ""),
             wire(srv, a, &finished, 0, ""),
@@ -480,9 +495,9 @@ mod tests {
         let causes: Vec<Cause> = u.handshakes.iter().map(|h| h.cause).collect();
         assert_eq!(causes, [Cause::First, Cause::NewAddress, Cause::Unfinished]);
         let h = &u.handshakes[0];
-        assert_eq!(h.client_bytes, first.len() + again.len());
+        assert_eq!(h.client_bytes, 2 * first.len() + again.len());
         assert_eq!(h.server_bytes, verify.len() + finished.len());
-        assert_eq!((h.client_datagrams, h.server_datagrams), (2, 2));
+        assert_eq!((h.client_datagrams, h.server_datagrams), (3, 2));
         assert_eq!(h.identity.as_deref(), Some("psk:x"));
         assert_eq!(u.records, 3);
         assert_eq!(u.unpaired_records, 1);
