@@ -125,8 +125,12 @@ impl DtlsUsage {
     /// DTLS bytes per application record, counted: record bytes minus plaintext, divided by
     /// the records.
     pub fn overhead_per_record(&self) -> Option<f64> {
-        (self.records > 0)
-            .then(|| (self.record_bytes - self.plaintext_bytes) as f64 / self.records as f64)
+        (self.records > 0).then(|| self.overhead_bytes() as f64 / self.records as f64)
+    }
+
+    /// Record bytes beyond the plaintext: headers, explicit nonces, tags.
+    pub fn overhead_bytes(&self) -> usize {
+        self.record_bytes.saturating_sub(self.plaintext_bytes)
     }
 
     /// The handshakes of one cause.
@@ -250,7 +254,7 @@ pub fn render(server: SocketAddr, u: &DtlsUsage) -> String {
                 u.records,
                 u.record_bytes,
                 u.plaintext_bytes,
-                u.record_bytes - u.plaintext_bytes
+                u.overhead_bytes()
             );
         }
         None => s.push_str("  application records: none\n"),

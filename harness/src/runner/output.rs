@@ -269,10 +269,7 @@ fn dtls_counters(u: &DtlsUsage, counters: &mut BTreeMap<String, u64>) {
     put("application_records", n(u.records));
     put("application_record_bytes", n(u.record_bytes));
     put("application_plaintext_bytes", n(u.plaintext_bytes));
-    put(
-        "record_overhead_bytes",
-        n(u.record_bytes - u.plaintext_bytes),
-    );
+    put("record_overhead_bytes", n(u.overhead_bytes()));
     put("unpaired_records", n(u.unpaired_records));
     put("alert_bytes", n(u.alert_bytes));
     put("handshakes", n(u.handshakes.len()));
