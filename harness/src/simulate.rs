@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use lwm2m_proto::registry::Registry;
-use lwm2m_server::store::{Credentials, SecurityInfo};
 use lwm2m_simulator::config::file_stem;
 use lwm2m_simulator::fleet::{
     CountersSnapshot, Fleet, FleetConfig, FleetReport, Latencies, ProfileClients, PskPattern,
@@ -208,7 +207,7 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
         });
     }
     if let Some(file) = &args.print_credentials {
-        let list = security_entries(&clients, args.clients as u64);
+        let list = lwm2m_harness::runner::security_entries(&clients, args.clients as u64);
         std::fs::write(file, serde_json::to_string_pretty(&list)?)
             .with_context(|| format!("writing {}", file.display()))?;
     }
@@ -228,23 +227,6 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
     let (before_stop, report) = runtime.block_on(drive(fleet, args.duration))?;
     print_summary(&before_stop, &report);
     Ok(())
-}
-
-/// The security store entries (PSK credentials) of the first `n` clients, as the server's
-/// `PUT /api/security/clients` takes them one by one.
-fn security_entries(clients: &ProfileClients, n: u64) -> Vec<SecurityInfo> {
-    (0..n)
-        .filter_map(|k| {
-            let (identity, key) = clients.psk_credentials(k)?;
-            Some(SecurityInfo {
-                endpoint: clients.endpoint(k),
-                credentials: Credentials::Psk {
-                    identity,
-                    key: key.iter().map(|b| format!("{b:02x}")).collect(),
-                },
-            })
-        })
-        .collect()
 }
 
 /// Runs the fleet for `duration`; returns the counters just before the stop and the final

@@ -35,10 +35,9 @@ fn every_shipped_scenario_loads() {
         .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     assert!(names.contains(&"quickstart.yaml".to_owned()), "{names:?}");
-    assert!(
-        names.contains(&"whole-device-read.yaml".to_owned()),
-        "{names:?}"
-    );
+    for name in ["whole-device-read.yaml", "whole-device-read-dtls.yaml"] {
+        assert!(names.contains(&name.to_owned()), "{names:?}");
+    }
     let registry = Registry::embedded();
     for f in &files {
         let plan = Plan::load(f, &registry).unwrap_or_else(|e| panic!("{e}"));
@@ -51,6 +50,43 @@ fn every_shipped_scenario_loads() {
         quick.clients()
     );
     assert_eq!(quick.scenario.servers.bootstrap, Target::InProcess);
+    // The main job shows DTLS too.
+    assert!(quick.scenario.servers.server_dtls());
+    assert!(quick.groups.iter().any(|g| g.psk(1).is_some()));
+}
+
+fn home_nat() -> String {
+    scenarios()
+        .join("networks/home-nat.yaml")
+        .canonicalize()
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+/// Runs `lwm2m-harness run SCENARIO --out OUT --quiet` and checks it succeeded; its stdout
+/// and the run folder (the only one under OUT).
+fn run_scenario(scenario: &Path, out: &Path) -> (String, PathBuf) {
+    let run = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .arg("run")
+        .arg(scenario)
+        .arg("--out")
+        .arg(out)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let runs: Vec<PathBuf> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    (stdout, runs[0].clone())
 }
 
 fn write_scenario(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -132,6 +168,64 @@ fn broken_scenarios_name_file_line_and_key() {
         e.contains("timeline.0.action: read needs the in-process LwM2M Server"),
         "{e}"
     );
+}
+
+#[test]
+fn broken_dtls_keys_are_named_with_their_line() {
+    let wakaama = profile("wakaama-like");
+    let group = format!("fleet:\n  - name: meters\n    profile: {wakaama}\n    count: 3\n");
+    let head = "name: broken\nduration: 5s\n";
+    let dtls = "servers:\n  bootstrap: none\n  dtls:\n    server: true\n";
+    let cases = [
+        // A secure group needs the server's DTLS listener.
+        (
+            format!("{head}{group}    security:\n      mode: psk\n"),
+            ":7:5: fleet.0.security: the group talks DTLS",
+        ),
+        // Unknown modes and keys are refused by the parser, with their line.
+        (
+            format!("{head}{dtls}{group}    security:\n      mode: rpk\n"),
+            ":12:13: fleet[0].security.mode: unknown variant `rpk`",
+        ),
+        (
+            format!("{head}{dtls}{group}    security:\n      mode: psk\n      key: 00\n"),
+            ":13:",
+        ),
+        // One identity for every client cannot work: the store maps an identity to one
+        // endpoint.
+        (
+            format!("{head}{dtls}{group}    security:\n      mode: psk\n      identity: shared\n"),
+            ":13:7: fleet.0.security.identity: \"shared\": every client needs an identity of its own",
+        ),
+        // The runner's Bootstrap Server is plain CoAP; a bootstrapping group cannot be
+        // secure.
+        (
+            format!("{head}servers:\n  dtls:\n    bootstrap: true\n{group}"),
+            ":5:5: servers.dtls.bootstrap: the runner's Bootstrap Server speaks plain CoAP",
+        ),
+        (
+            format!(
+                "{head}servers:\n  dtls: {{ server: true }}\n{group}    bootstrap: true\n    security: {{ mode: psk }}\n"
+            ),
+            ":9:5: fleet.0.bootstrap: a group with security registers directly",
+        ),
+        // Only the in-process server can be given a listener.
+        (
+            format!(
+                "{head}servers:\n  server: coap://127.0.0.1:5683\n  bootstrap: none\n  dtls: {{ server: true }}\n{group}"
+            ),
+            "servers.dtls.server: only the in-process LwM2M Server",
+        ),
+    ];
+    for (text, expected) in &cases {
+        let e = load_error(text);
+        assert!(
+            e.starts_with(expected) || (!expected.starts_with(':') && e.contains(expected)),
+            "{e}\nexpected: {expected}"
+        );
+    }
+    let e = load_error(&cases[2].0);
+    assert!(e.contains("unknown field `key`"), "{e}");
 }
 
 /// One line of `exchanges.log` as tshark would show it: addresses, CoAP type and code
@@ -216,36 +310,13 @@ timeline:
   - {{ at: 3s, action: discover, group: sensors, clients: 3, path: /3303 }}
 ",
             profile("wakaama-like"),
-            scenarios()
-                .join("networks/home-nat.yaml")
-                .canonicalize()
-                .unwrap()
-                .display(),
+            home_nat(),
             profile("sensor-1.1"),
         ),
     );
-    let out = dir.path().join("reports");
-    let run = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
-        .arg("run")
-        .arg(&scenario)
-        .arg("--out")
-        .arg(&out)
-        .arg("--quiet")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let (stdout, run_dir) = run_scenario(&scenario, &dir.path().join("reports"));
+    let run_dir = &run_dir;
     assert!(stdout.contains("0 failed"), "{stdout}");
-    let runs: Vec<PathBuf> = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(runs.len(), 1, "{runs:?}");
-    let run_dir = &runs[0];
     assert!(
         run_dir
             .file_name()
@@ -452,4 +523,251 @@ timeline:
     let created = text.lines().filter(|l| l.starts_with("65")).count();
     assert!(registers >= 10 && created >= 10, "{text}");
     drop(server);
+}
+
+/// `tshark` run on a run folder's files, or a failure saying how to install it.
+fn tshark(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("tshark")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("tshark cannot be run ({e}): run scripts/test or `apt-get install tshark`")
+        });
+    assert!(
+        out.status.success(),
+        "tshark {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A DTLS PSK group through the binary: `run.pcap` holds the encrypted records, and with
+/// `keys.log` tshark finds each client's Register inside; the network-usage numbers are
+/// counted from the records (29 bytes per CCM_8 record, handshakes of real size, one more
+/// handshake per NAT rebinding).
+#[test]
+fn dtls_run_records_a_pcap_tshark_decrypts_and_accounts_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(
+        dir.path(),
+        "secure.yaml",
+        &format!(
+            "name: secure
+duration: 7s
+seed: 11
+servers:
+  bootstrap: none
+  dtls: {{ server: true }}
+fleet:
+  - name: secure
+    profile: {}
+    count: 6
+    network: {}
+    security: {{ mode: psk, identity: \"id-{{n}}\" }}
+  - name: plain
+    profile: {}
+    count: 2
+timeline:
+  - {{ at: 1s, action: read, group: secure, path: [/1, /3, /1024], format: tlv }}
+  - {{ at: 1s, action: read, group: plain, path: /3/0 }}
+  - {{ at: 2s, action: nat-timeout, group: secure, clients: 2 }}
+  - {{ at: 2500ms, action: update, group: secure, clients: 2 }}
+  # Without Connection ID the Update's first record is lost on the new mapping; the CoAP
+  # retransmission (2-3 s later) opens a new handshake. Only then can the server reach
+  # the clients at their new addresses.
+  - {{ at: 6s, action: read, group: secure, clients: 2, path: /3/0/13 }}
+",
+            profile("wakaama-like"),
+            home_nat(),
+            profile("sensor-1.1"),
+        ),
+    );
+    let (_, run_dir) = run_scenario(&scenario, &dir.path().join("reports"));
+    let report = RunReport::load(&run_dir).unwrap();
+    assert!(
+        report.cases.iter().all(|c| c.status == Status::Passed),
+        "{:#?}",
+        report.cases
+    );
+
+    // The exchange log's header names the DTLS port and the tshark options.
+    let log = std::fs::read_to_string(run_dir.join("exchanges.log")).unwrap();
+    let header = log
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let port = header
+        .split("-d udp.port==")
+        .filter_map(|s| {
+            s.strip_suffix(",dtls")
+                .or_else(|| s.split_once(",dtls ").map(|(p, _)| p))
+        })
+        .next()
+        .unwrap_or_else(|| panic!("no DTLS port in the header:\n{header}"))
+        .to_owned();
+    assert!(header.contains("-o tls.keylog_file:keys.log"), "{header}");
+    // The log shows the CoAP inside the records.
+    assert!(
+        log.lines().any(|l| l.contains("DTLS application")
+            && l.contains("POST")
+            && l.contains("/rd?ep=secure-0")),
+        "{log}"
+    );
+    let keys = std::fs::read_to_string(run_dir.join("keys.log")).unwrap();
+    // 6 first handshakes and 2 after the rebinding.
+    assert_eq!(
+        keys.lines()
+            .filter(|l| l.starts_with("CLIENT_RANDOM "))
+            .count(),
+        8,
+        "{keys}"
+    );
+
+    // Without the key log the records stay opaque: no CoAP on the DTLS port.
+    let dtls = format!("udp.port=={port},dtls");
+    let coap_in_dtls = format!("dtls.port=={port},coap");
+    let on_port = format!("coap && udp.port == {port}");
+    let fields = [
+        "-T",
+        "fields",
+        "-e",
+        "ip.src",
+        "-e",
+        "coap.code",
+        "-e",
+        "coap.opt.uri_path_recon",
+        "-e",
+        "coap.opt.uri_query",
+    ];
+    let mut args = vec![
+        "-r",
+        "run.pcap",
+        "-d",
+        &dtls,
+        "-d",
+        &coap_in_dtls,
+        "-Y",
+        &on_port,
+    ];
+    args.extend(fields);
+    assert_eq!(
+        tshark(&run_dir, &args).trim(),
+        "",
+        "CoAP readable without keys"
+    );
+    // With it, every secure client's Register is inside: POST (code 2) /rd?ep=NAME.
+    let mut args = vec![
+        "-r",
+        "run.pcap",
+        "-o",
+        "tls.keylog_file:keys.log",
+        "-d",
+        &dtls,
+        "-d",
+        &coap_in_dtls,
+        "-Y",
+        &on_port,
+    ];
+    args.extend(fields);
+    let decoded = tshark(&run_dir, &args);
+    for n in 0..6 {
+        let ep = format!("ep=secure-{n},");
+        assert!(
+            decoded
+                .lines()
+                .any(|l| l.contains("\t2\t/rd\t") && l.contains(&ep)),
+            "no Register of secure-{n} in:\n{decoded}"
+        );
+    }
+    assert!(
+        decoded.lines().any(|l| l.contains("\t1\t/1024")),
+        "{decoded}"
+    );
+
+    // Counted from the records: 29 bytes per AES-128-CCM-8 record.
+    let c = |k: &str| {
+        *report
+            .counters
+            .get(k)
+            .unwrap_or_else(|| panic!("no counter {k}"))
+    };
+    let records = c("dtls.application_records");
+    assert!(records >= 6 * 10, "{records} records");
+    assert_eq!(c("dtls.record_overhead_bytes"), 29 * records);
+    // The only records the server could not decrypt: each rebound client's first one
+    // from its new address, where it had no session yet.
+    assert_eq!(c("dtls.unpaired_records"), 2);
+    assert_eq!(c("dtls.handshakes.new_address.lost_records"), 2);
+    assert_eq!(c("capture.unpaired_plaintext"), 0);
+    // One PSK handshake with the cookie exchange: 6 datagrams, some hundred bytes.
+    assert_eq!(c("dtls.handshakes.first"), 6);
+    assert_eq!(c("dtls.handshake.median_datagrams"), 6);
+    let one = c("dtls.handshake.median_bytes");
+    assert!((400..1000).contains(&one), "{one} bytes per handshake");
+    // The NAT rebinding: one more handshake per rebound client, with its bytes.
+    assert_eq!(c("dtls.handshakes.new_address"), 2);
+    let rebinding = c("dtls.handshakes.new_address.bytes");
+    assert!((2 * 400..2 * 1000).contains(&rebinding), "{rebinding}");
+    assert_eq!(c("dtls.handshakes.unfinished"), 0);
+    assert_eq!(c("server.rebindings"), 2);
+    // The DTLS machine's CoAP bytes are the records' plaintext.
+    assert_eq!(
+        c("server.coaps.bytes_in") + c("server.coaps.bytes_out"),
+        c("dtls.application_plaintext_bytes")
+    );
+
+    let usage = std::fs::read_to_string(run_dir.join("network-usage.txt")).unwrap();
+    assert!(usage.contains("29.0 bytes per record"), "{usage}");
+    assert!(usage.contains("2 extra handshakes"), "{usage}");
+    assert!(usage.contains("dtls-handshake (new-address)"), "{usage}");
+    // The sample client of the secure group: its handshake row first, then its Register
+    // with 29 bytes more on the wire than in CoAP each way.
+    let first = report.network_usage.first().unwrap();
+    assert_eq!(first.operation, "dtls-handshake");
+    assert_eq!(first.handshake, first.request_wire + first.response_wire);
+    let register = report
+        .network_usage
+        .iter()
+        .find(|r| r.operation == "register")
+        .unwrap();
+    assert_eq!(register.request_wire, register.request_coap + 29);
+    assert_eq!(register.response_wire, register.response_coap + 29);
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert!(html.contains("<h2>DTLS</h2>"));
+    assert!(html.contains("dtls-handshake (new-address)"));
+}
+
+/// The shipped DTLS whole-device read: one client, its handshake, eight reads with 29 bytes
+/// of DTLS each way, and the table beside the thesis's figures.
+#[test]
+fn whole_device_read_over_dtls_gives_the_thesis_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, run_dir) = run_scenario(
+        &scenarios().join("experiments/whole-device-read-dtls.yaml"),
+        dir.path(),
+    );
+    let report = RunReport::load(&run_dir).unwrap();
+    let rows = &report.network_usage;
+    assert_eq!(rows[0].operation, "dtls-handshake");
+    let reads: Vec<_> = rows.iter().filter(|r| r.operation == "read").collect();
+    let paths: Vec<&str> = reads.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/1", "/2", "/3", "/4", "/5", "/6", "/7", "/1024"]);
+    for r in &reads {
+        assert_eq!(r.request_wire - r.request_coap, 29, "{r:?}");
+        assert_eq!(r.response_wire - r.response_coap, 29, "{r:?}");
+        assert_eq!(r.datagrams, 2, "{r:?}");
+    }
+    // /1024's Uri-Path option is 3 bytes longer than /1's (as in the thesis: 88 vs 85).
+    assert_eq!(reads[7].request_coap, reads[0].request_coap + 3);
+    let text = std::fs::read_to_string(run_dir.join("network-usage.txt")).unwrap();
+    assert!(text.contains("beside the 2017 thesis"), "{text}");
+    assert!(
+        text.contains("683") && text.contains("1092") && text.contains("1775"),
+        "{text}"
+    );
+    assert!(text.contains("29.0 bytes here"), "{text}");
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert!(html.contains("Beside the 2017 thesis"));
 }

@@ -367,7 +367,8 @@ pub struct ServerOptions {
     pub registrations: Arc<dyn RegistrationStore>,
     /// Where events go.
     pub bus: EventBus,
-    /// Sees every datagram, if set (on the DTLS socket: the DTLS records).
+    /// Sees every datagram, if set (on the DTLS socket: the DTLS records, and the plaintext
+    /// of each application record through [`PacketTap::plaintext`]).
     pub tap: Option<Arc<dyn PacketTap>>,
     /// Also listen for CoAP over DTLS (`coaps://`), if set.
     pub dtls: Option<DtlsOptions>,
@@ -438,6 +439,7 @@ pub fn start_server(options: ServerOptions) -> io::Result<ServerHandle> {
             let machine = SecureServer::new(dtls, machine)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
             let io = io(bind_udp(dtls.bind)?)?;
+            let machine = machine.with_tap(options.tap.clone(), io.local);
             tracing::info!("LwM2M Server listening on coaps://{}", io.local);
             Some(Arc::new(Task::spawn(machine, core(true), io)))
         }

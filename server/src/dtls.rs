@@ -36,7 +36,7 @@ use lwm2m_proto::server::Lwm2mServer;
 pub use lwm2m_dtls::{CertificateConfig, KeyLog, KeyLogFile};
 
 use crate::driver::Machine;
-use crate::events::{Event, SecurityEvent};
+use crate::events::{Direction, Event, PacketTap, SecurityEvent};
 use crate::store::{Credentials, SecurityStore};
 
 /// How to start the DTLS listener of an LwM2M Server (see
@@ -112,6 +112,8 @@ pub(crate) struct SecureServer {
     events: VecDeque<Event>,
     /// Registration id → endpoint, of this machine's registrations.
     locations: HashMap<String, String>,
+    /// Sees the plaintext of every application record, with the socket's address.
+    tap: Option<(Arc<dyn PacketTap>, SocketAddr)>,
 }
 
 impl SecureServer {
@@ -133,7 +135,36 @@ impl SecureServer {
             security: options.security.clone(),
             events: VecDeque::new(),
             locations: HashMap::new(),
+            tap: None,
         })
+    }
+
+    /// Reports the plaintext of every application record to `tap`
+    /// ([`PacketTap::plaintext`]) as seen on the socket bound at `local`.
+    pub(crate) fn with_tap(mut self, tap: Option<Arc<dyn PacketTap>>, local: SocketAddr) -> Self {
+        self.tap = tap.map(|t| (t, local));
+        self
+    }
+
+    /// Encrypts `payload` into `peer`'s session and tells the tap (the driver's socket tap
+    /// sees the record only later, when it is sent).
+    fn send(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        payload: &[u8],
+    ) -> Result<(), lwm2m_dtls::DtlsError> {
+        self.dtls.send(now, peer, payload)?;
+        if let Some((tap, local)) = &self.tap {
+            let identity = self
+                .dtls
+                .session(peer)
+                .and_then(|s| s.identity)
+                .map(|i| i.to_string())
+                .unwrap_or_default();
+            tap.plaintext(Direction::Out, *local, peer, &identity, payload);
+        }
+        Ok(())
     }
 
     /// Moves everything between the two machines until both are quiet: decrypted datagrams
@@ -147,7 +178,7 @@ impl SecureServer {
             }
             while let Some(t) = self.lwm2m.poll_transmit() {
                 moved = true;
-                if let Err(e) = self.dtls.send(now, t.peer, &t.bytes) {
+                if let Err(e) = self.send(now, t.peer, &t.bytes) {
                     tracing::debug!("LwM2M Server (DTLS): answer to {} dropped: {e}", t.peer);
                 }
             }
@@ -165,10 +196,13 @@ impl SecureServer {
                 payload,
                 ..
             } => {
+                if let Some((tap, local)) = &self.tap {
+                    tap.plaintext(Direction::In, *local, peer, &identity.to_string(), &payload);
+                }
                 match self.refusal(&identity, &payload) {
                     Some((answer, event)) => {
                         tracing::warn!("LwM2M Server (DTLS): {event:?}");
-                        if let Err(e) = self.dtls.send(now, peer, &answer) {
+                        if let Err(e) = self.send(now, peer, &answer) {
                             tracing::debug!("LwM2M Server (DTLS): 4.03 to {peer} dropped: {e}");
                         }
                         self.events.push_back(Event::Security(event));

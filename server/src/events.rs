@@ -45,6 +45,22 @@ impl Role {
 pub trait PacketTap: Send + Sync {
     /// One datagram on the socket bound at `local`, from or to `peer`.
     fn datagram(&self, direction: Direction, local: SocketAddr, peer: SocketAddr, bytes: &[u8]);
+
+    /// The plaintext of one application_data record on the DTLS socket bound at `local`
+    /// ([`crate::dtls`], RFC 6347 §4.1): after [`PacketTap::datagram`] saw the record come
+    /// in (`In`, decrypted), or before it sees it go out (`Out`, about to be encrypted).
+    /// `identity` is the session's (`psk:ID`, `cn:NAME`). Lets a recorder attribute
+    /// encrypted datagrams to CoAP exchanges; does nothing unless implemented.
+    fn plaintext(
+        &self,
+        direction: Direction,
+        local: SocketAddr,
+        peer: SocketAddr,
+        identity: &str,
+        bytes: &[u8],
+    ) {
+        let _ = (direction, local, peer, identity, bytes);
+    }
 }
 
 /// One datagram, as a COAPLOG event carries it.

@@ -16,6 +16,12 @@ svg text{font:11px system-ui,sans-serif}";
 
 /// Renders the whole report.
 pub fn render(r: &RunReport) -> String {
+    render_with(r, &[])
+}
+
+/// Renders the whole report with extra preformatted sections (title, text) after the
+/// network usage (the scenario runner's DTLS accounting and comparisons).
+pub fn render_with(r: &RunReport, sections: &[(String, String)]) -> String {
     let mut s = String::new();
     let (p, f, na) = r.tally();
     let _ = writeln!(
@@ -43,6 +49,9 @@ pub fn render(r: &RunReport) -> String {
     latencies(&mut s, r);
     throughput(&mut s, r);
     network(&mut s, r);
+    for (title, text) in sections {
+        let _ = writeln!(s, "<h2>{}</h2><pre>{}</pre>", escape(title), escape(text));
+    }
     if !r.counters.is_empty() {
         s.push_str("<h2>Counters</h2><table>");
         for (k, v) in &r.counters {

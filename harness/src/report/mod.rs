@@ -3,6 +3,7 @@
 //! `report.html` (matrix of cases by subject, latency percentile and throughput charts as
 //! inline SVG, network usage) and as `junit.xml` for CI.
 
+pub mod dtls;
 pub mod html;
 pub mod junit;
 pub mod usage;
@@ -119,13 +120,19 @@ impl RunReport {
 
     /// Writes `report.json`, `report.html` and `junit.xml` into `dir`.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        self.write_with(dir, &[])
+    }
+
+    /// [`RunReport::write`] with extra sections (title, preformatted text) in
+    /// `report.html`.
+    pub fn write_with(&self, dir: &Path, sections: &[(String, String)]) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let write = |name: &str, text: String| {
             let p = dir.join(name);
             std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
         };
         write("report.json", serde_json::to_string_pretty(self)?)?;
-        write("report.html", html::render(self))?;
+        write("report.html", html::render_with(self, sections))?;
         write("junit.xml", junit::render(self))?;
         Ok(())
     }

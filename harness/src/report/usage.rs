@@ -39,6 +39,10 @@ pub struct ExchangeUsage {
     pub response_wire: usize,
     /// Datagrams exchanged (request, response, empty ACKs, blocks, retransmissions).
     pub datagrams: usize,
+    /// Bytes of DTLS handshake records: only in a `dtls-handshake` row (whose wire bytes
+    /// are the handshake's, client to server and back), 0 in CoAP exchanges.
+    #[serde(default)]
+    pub handshake: usize,
 }
 
 /// The LwM2M operation a request performs, from its method, path and options.
@@ -109,6 +113,7 @@ pub fn exchanges(datagrams: &[Datagram]) -> Vec<ExchangeUsage> {
                             request_wire: 0,
                             response_wire: 0,
                             datagrams: 0,
+                            handshake: 0,
                         });
                         out.len() - 1
                     }
@@ -142,12 +147,15 @@ pub fn exchanges(datagrams: &[Datagram]) -> Vec<ExchangeUsage> {
     out
 }
 
-/// The table as plain text: one row per exchange, then totals (round trips = exchanges).
+/// The table as plain text: one row per exchange (and per DTLS handshake), then totals
+/// (round trips = CoAP exchanges).
 pub fn render_table(rows: &[ExchangeUsage]) -> String {
     let mut s = String::new();
     let secure = rows
         .iter()
         .any(|r| r.request_wire != r.request_coap || r.response_wire != r.response_coap);
+    let handshakes = rows.iter().filter(|r| r.handshake > 0).count();
+    let handshake: usize = rows.iter().map(|r| r.handshake).sum();
     let _ = writeln!(
         s,
         "{:<18} {:<14} {:>9} {:>9} {:>9} {:>9} {:>5}",
@@ -175,7 +183,7 @@ pub fn render_table(rows: &[ExchangeUsage]) -> String {
     let _ = writeln!(
         s,
         "{:<18} {:<14} {:>9} {:>9} {:>9} {:>9} {:>5}",
-        format!("total ({} RTT)", rows.len()),
+        format!("total ({} RTT)", rows.len() - handshakes),
         "",
         rq,
         rs,
@@ -189,7 +197,14 @@ pub fn render_table(rows: &[ExchangeUsage]) -> String {
         rq + rs,
         wq + ws,
         if secure {
-            format!(" ({} of DTLS record overhead)", (wq + ws) - (rq + rs))
+            let records = (wq + ws).saturating_sub(rq + rs + handshake);
+            if handshakes > 0 {
+                format!(
+                    " ({records} of DTLS record overhead, {handshake} in {handshakes} handshake(s))"
+                )
+            } else {
+                format!(" ({records} of DTLS record overhead)")
+            }
         } else {
             String::new()
         }

@@ -7,15 +7,25 @@
 //! see all of them (a datagram the network model drops before it reaches a server is not
 //! recorded; one dropped on its way to a client is). With an external server the fleet's tap
 //! records instead: what the simulated clients put on and take off the wire.
+//!
+//! On the LwM2M Server's DTLS socket the pcap gets the datagrams as they were on the wire
+//! (encrypted). The server's DTLS layer also hands over the plaintext of each application
+//! record ([`PacketTap::plaintext`]); it is attached to its datagram here so that the
+//! exchange log and the network-usage tables can show the CoAP inside. A received record's
+//! plaintext comes right after its datagram (the driver decrypts it on the same task), a
+//! sent record's right before it (the driver encrypts, then sends), so the pairing is by
+//! order per peer: the latest datagram from the peer, the next datagram to it.
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use lwm2m_dtls::record::RecordBytes;
 use lwm2m_proto::coap::{CoapOption, MessageType, message};
 use lwm2m_server::events::{Direction, PacketTap};
 
@@ -33,12 +43,42 @@ pub struct Captured {
     pub dst: SocketAddr,
     /// The UDP payload.
     pub bytes: Box<[u8]>,
+    /// On a DTLS socket: the plaintext of the datagram's application records, in record
+    /// order, as the server's DTLS layer decrypted or encrypted them; empty otherwise.
+    pub plaintext: Vec<Box<[u8]>>,
+    /// The DTLS session's identity (`psk:ID`), when `plaintext` is not empty.
+    pub identity: Option<Arc<str>>,
 }
+
+impl Captured {
+    /// Application records of a DTLS datagram that have no plaintext yet.
+    fn open_records(&self) -> usize {
+        usize::try_from(RecordBytes::of_datagram(&self.bytes).application_records)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.plaintext.len())
+    }
+}
+
+/// How far back a received record's plaintext looks for its datagram (other sockets'
+/// datagrams may come in between).
+const PAIRING_WINDOW: usize = 4096;
 
 /// The packet tap of a run.
 #[derive(Debug, Default)]
 pub struct Capture {
-    packets: Mutex<Vec<Captured>>,
+    inner: Mutex<Inner>,
+}
+
+/// A record's plaintext and its session's identity.
+type Plaintext = (Box<[u8]>, Arc<str>);
+
+#[derive(Debug, Default)]
+struct Inner {
+    packets: Vec<Captured>,
+    /// Plaintext about to be encrypted, by (our socket, peer), oldest first.
+    outgoing: HashMap<(SocketAddr, SocketAddr), VecDeque<Plaintext>>,
+    /// Plaintext whose datagram was not found (should stay 0).
+    unpaired: u64,
 }
 
 impl PacketTap for Capture {
@@ -49,6 +89,39 @@ impl PacketTap for Capture {
         };
         lwm2m_simulator::fleet::DatagramTap::datagram(self, src, dst, bytes);
     }
+
+    fn plaintext(
+        &self,
+        direction: Direction,
+        local: SocketAddr,
+        peer: SocketAddr,
+        identity: &str,
+        bytes: &[u8],
+    ) {
+        let mut inner = self.lock();
+        match direction {
+            Direction::In => {
+                let found = inner
+                    .packets
+                    .iter_mut()
+                    .rev()
+                    .take(PAIRING_WINDOW)
+                    .find(|p| p.src == peer && p.dst == local);
+                match found {
+                    Some(p) if p.open_records() > 0 => {
+                        p.plaintext.push(bytes.into());
+                        p.identity = Some(identity.into());
+                    }
+                    _ => inner.unpaired += 1,
+                }
+            }
+            Direction::Out => inner
+                .outgoing
+                .entry((local, peer))
+                .or_default()
+                .push_back((bytes.into(), identity.into())),
+        }
+    }
 }
 
 impl lwm2m_simulator::fleet::DatagramTap for Capture {
@@ -56,22 +129,43 @@ impl lwm2m_simulator::fleet::DatagramTap for Capture {
         let at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        self.packets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Captured {
-                at,
-                src,
-                dst,
-                bytes: bytes.into(),
-            });
+        let mut p = Captured {
+            at,
+            src,
+            dst,
+            bytes: bytes.into(),
+            plaintext: Vec::new(),
+            identity: None,
+        };
+        let mut inner = self.lock();
+        if let Some(queue) = inner.outgoing.get_mut(&(src, dst)) {
+            for _ in 0..p.open_records() {
+                let Some((plain, identity)) = queue.pop_front() else {
+                    break;
+                };
+                p.plaintext.push(plain);
+                p.identity = Some(identity);
+            }
+        }
+        inner.packets.push(p);
     }
 }
 
 impl Capture {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Datagrams recorded so far.
     pub fn len(&self) -> usize {
-        self.packets.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.lock().packets.len()
+    }
+
+    /// Plaintext records whose datagram was not found (0 unless the DTLS layer and the
+    /// socket disagree).
+    pub fn unpaired(&self) -> u64 {
+        let inner = self.lock();
+        inner.unpaired + inner.outgoing.values().map(|q| q.len() as u64).sum::<u64>()
     }
 
     /// True before the first datagram.
@@ -81,7 +175,7 @@ impl Capture {
 
     /// Everything recorded, in order; the capture is empty afterwards.
     pub fn take(&self) -> Vec<Captured> {
-        std::mem::take(&mut *self.packets.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut self.lock().packets)
     }
 }
 
@@ -95,26 +189,76 @@ pub fn write_pcap(path: &Path, packets: &[Captured]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The datagrams as the network-usage table wants them (plain CoAP: wire bytes are CoAP
-/// bytes).
+/// The datagrams as the network-usage table wants them: plain CoAP as it is (wire bytes
+/// are CoAP bytes); on DTLS, one per application record with its plaintext and its record
+/// bytes on the wire (header, explicit nonce and tag included). With several application
+/// records in one datagram (not seen from our DTLS layer, which sends one per datagram)
+/// the records' expansion is shared out evenly. Handshake and alert records are not
+/// CoAP: the DTLS accounting counts them ([`crate::report::dtls`]).
 pub fn usage_datagrams(packets: &[Captured]) -> Vec<Datagram> {
-    packets
-        .iter()
-        .map(|p| Datagram {
-            src: p.src,
-            dst: p.dst,
-            coap: p.bytes.to_vec(),
-            wire_len: p.bytes.len(),
-        })
-        .collect()
+    let mut out = Vec::with_capacity(packets.len());
+    for p in packets {
+        if p.plaintext.is_empty() {
+            out.push(Datagram {
+                src: p.src,
+                dst: p.dst,
+                coap: p.bytes.to_vec(),
+                wire_len: p.bytes.len(),
+            });
+            continue;
+        }
+        let records = RecordBytes::of_datagram(&p.bytes);
+        let plain: usize = p.plaintext.iter().map(|b| b.len()).sum();
+        let k = p.plaintext.len();
+        let expansion = usize::try_from(records.application)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(plain);
+        for (i, text) in p.plaintext.iter().enumerate() {
+            let share = expansion / k + if i == 0 { expansion % k } else { 0 };
+            out.push(Datagram {
+                src: p.src,
+                dst: p.dst,
+                coap: text.to_vec(),
+                wire_len: text.len() + share,
+            });
+        }
+    }
+    out
 }
 
 /// One line of the exchange log: time since `t0`, addresses, then the CoAP message
-/// (`CON GET mid=12 token=0a1b /3/0 accept=11542 len=17`), or `not CoAP (N bytes)`.
+/// (`CON GET mid=12 token=0a1b /3/0 accept=11542 len=17`); for DTLS the records and the
+/// CoAP inside (`DTLS application 72: CON POST ... len=43`); else `not CoAP (N bytes)`.
 pub fn log_line(t0: Duration, p: &Captured) -> String {
     let t = p.at.saturating_sub(t0).as_secs_f64();
     let mut s = format!("{t:10.6} {} -> {} ", p.src, p.dst);
-    match message::decode(&p.bytes) {
+    if message::decode(&p.bytes).is_err() {
+        let records = RecordBytes::of_datagram(&p.bytes);
+        if records.other == 0 {
+            s.push_str("DTLS");
+            for (what, n) in [
+                ("handshake", records.handshake),
+                ("alert", records.alert),
+                ("application", records.application),
+            ] {
+                if n > 0 {
+                    let _ = write!(s, " {what} {n}");
+                }
+            }
+            for text in &p.plaintext {
+                s.push_str(": ");
+                coap_summary(&mut s, text);
+            }
+            return s;
+        }
+    }
+    coap_summary(&mut s, &p.bytes);
+    s
+}
+
+/// `CON GET mid=12 token=0a1b /3/0 len=17`, or `not CoAP (N bytes)`.
+fn coap_summary(s: &mut String, bytes: &[u8]) {
+    match message::decode(bytes) {
         Ok(m) => {
             let ty = match m.header.get_type() {
                 MessageType::Confirmable => "CON",
@@ -122,7 +266,7 @@ pub fn log_line(t0: Duration, p: &Captured) -> String {
                 MessageType::Acknowledgement => "ACK",
                 MessageType::Reset => "RST",
             };
-            let code = code_name(p.bytes.get(1).copied().unwrap_or(0));
+            let code = code_name(bytes.get(1).copied().unwrap_or(0));
             let token: String = m.get_token().iter().map(|b| format!("{b:02x}")).collect();
             let _ = write!(
                 s,
@@ -144,13 +288,12 @@ pub fn log_line(t0: Duration, p: &Captured) -> String {
             if let Some(o) = message::observe_value(&m) {
                 let _ = write!(s, " observe={o}");
             }
-            let _ = write!(s, " len={}", p.bytes.len());
+            let _ = write!(s, " len={}", bytes.len());
         }
         Err(_) => {
-            let _ = write!(s, "not CoAP ({} bytes)", p.bytes.len());
+            let _ = write!(s, "not CoAP ({} bytes)", bytes.len());
         }
     }
-    s
 }
 
 /// A CoAP code byte as people read it: the method of a request (`GET`), else `c.dd`
@@ -197,6 +340,8 @@ mod tests {
             src: "127.0.0.1:5683".parse().unwrap(),
             dst: "127.1.0.1:4000".parse().unwrap(),
             bytes: req.to_bytes().unwrap().into(),
+            plaintext: Vec::new(),
+            identity: None,
         };
         let line = log_line(Duration::from_secs(1), &p);
         assert!(
@@ -213,5 +358,53 @@ mod tests {
         let got = cap.take();
         assert_eq!((got[0].src, got[0].dst), (junk.src, junk.dst));
         assert!(cap.is_empty());
+    }
+
+    /// An application_data record of epoch 1 with `body` (RFC 6347 §4.1).
+    fn record(body: &[u8]) -> Vec<u8> {
+        let mut r = vec![23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 7];
+        r.extend(u16::try_from(body.len()).unwrap().to_be_bytes());
+        r.extend(body);
+        r
+    }
+
+    #[test]
+    fn pairs_dtls_records_with_their_plaintext() {
+        let local: SocketAddr = "127.0.0.1:5684".parse().unwrap();
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.1.0.1:4000".parse().unwrap(),
+            "127.1.0.2:4000".parse().unwrap(),
+        );
+        let mut get = message::request(RequestType::Get, "/3/0");
+        get.set_token(vec![1]);
+        let get = get.to_bytes().unwrap();
+        let cap = Capture::default();
+        // In: the record, another peer's, then the first one's plaintext.
+        cap.datagram(Direction::In, local, a, &record(&[0; 40]));
+        cap.datagram(Direction::In, local, b, &[22; 20]);
+        cap.plaintext(Direction::In, local, a, "psk:a", &[0x40; 24]);
+        // Out: the plaintext first, then its record.
+        cap.plaintext(Direction::Out, local, b, "psk:b", &get);
+        cap.datagram(Direction::Out, local, b, &record(&vec![0; get.len() + 16]));
+        // A plaintext whose record never came.
+        cap.plaintext(Direction::In, local, b, "psk:b", b"zz");
+        assert_eq!(cap.unpaired(), 1);
+        let got = cap.take();
+        assert_eq!(got[0].plaintext, vec![Box::from(&[0x40u8; 24][..])]);
+        assert_eq!(got[0].identity.as_deref(), Some("psk:a"));
+        assert!(got[1].plaintext.is_empty());
+        assert_eq!(got[2].identity.as_deref(), Some("psk:b"));
+        let usage = usage_datagrams(&got);
+        assert_eq!(usage[2].coap, get);
+        assert_eq!(usage[2].wire_len, get.len() + 29);
+        let line = log_line(Duration::ZERO, &got[2]);
+        assert!(
+            line.ends_with(&format!(
+                "DTLS application {}: CON GET mid=0 token=01 /3/0 len={}",
+                get.len() + 29,
+                get.len()
+            )),
+            "{line}"
+        );
     }
 }

@@ -8,14 +8,20 @@
 //!   checks (every client registered, every bootstrap finished) as cases, latency
 //!   percentiles, throughput over time, the network-usage table of a sample client,
 //!   counters (fleet, servers, events), seed, versions and git revision;
-//! - `run.pcap` and `exchanges.log`: every datagram the servers sent and received;
+//! - `run.pcap` and `exchanges.log`: every datagram the servers sent and received (on a
+//!   DTLS listener as it was on the wire, encrypted; the log shows the CoAP inside), and
+//!   with DTLS `keys.log`, the NSS key log that lets Wireshark decrypt `run.pcap`;
 //! - `<operation>.hgrm` and `latencies.hlog`: the latency histograms;
 //! - `network-usage.txt` (per operation over the whole run, then per sample client) and
-//!   `network-usage.csv` (every exchange).
+//!   `network-usage.csv` (every exchange); with DTLS also the record overhead, each
+//!   handshake's bytes and the handshakes NAT rebindings cost.
 //!
-//! What it does not do: DTLS (the servers speak plain CoAP), and with an external LwM2M
-//! Server no requests (the harness has no way to ask it) and no pcap (nothing passes our
-//! sockets).
+//! DTLS (`servers.dtls`, a group's `security`): the in-process LwM2M Server gets a DTLS
+//! listener whose in-memory security store holds the PSK of every client of the secure
+//! groups (generated from the identity pattern and the seed); those clients use
+//! `coaps://`. What it does not do: DTLS for the Bootstrap Server, and with an external
+//! LwM2M Server no requests (the harness has no way to ask it) and no pcap of the servers'
+//! sockets (the fleet's datagrams are recorded instead).
 
 pub mod capture;
 pub mod metrics;
@@ -35,12 +41,16 @@ use lwm2m_proto::bootstrap::server::BootstrapServerConfig;
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::ServerConfig;
 use lwm2m_proto::{Lwm2mPath, ObjectId, coap};
+use lwm2m_server::dtls::KeyLogFile;
 use lwm2m_server::events::{EventBus, PacketTap};
-use lwm2m_server::store::FileBootstrapStore;
-use lwm2m_server::{
-    BootstrapHandle, BootstrapOptions, ServerHandle, ServerOptions, start_bootstrap, start_server,
+use lwm2m_server::store::{
+    Credentials, FileBootstrapStore, FileSecurityStore, SecurityInfo, SecurityStore as _,
 };
-use lwm2m_simulator::fleet::{Fleet, FleetConfig, FleetHandle, Tap, Targets};
+use lwm2m_server::{
+    BootstrapHandle, BootstrapOptions, DtlsOptions, ServerHandle, ServerOptions, start_bootstrap,
+    start_server,
+};
+use lwm2m_simulator::fleet::{Fleet, FleetConfig, FleetHandle, ProfileClients, Tap, Targets};
 use lwm2m_simulator::seed;
 
 use crate::report::{CaseResult, RunReport, Status};
@@ -110,7 +120,58 @@ struct Servers {
     server: Option<ServerHandle>,
     bootstrap: Option<BootstrapHandle>,
     server_addr: SocketAddr,
+    /// The in-process LwM2M Server's DTLS listener.
+    dtls_addr: Option<SocketAddr>,
     bootstrap_addr: Option<SocketAddr>,
+}
+
+/// The security store entries (PSK credentials) of the first `n` clients, as the server's
+/// `PUT /api/security/clients` takes them one by one.
+pub fn security_entries(clients: &ProfileClients, n: u64) -> Vec<SecurityInfo> {
+    (0..n)
+        .filter_map(|k| {
+            let (identity, key) = clients.psk_credentials(k)?;
+            Some(SecurityInfo {
+                endpoint: clients.endpoint(k),
+                credentials: Credentials::Psk {
+                    identity,
+                    key: key.iter().map(|b| format!("{b:02x}")).collect(),
+                },
+            })
+        })
+        .collect()
+}
+
+/// The DTLS listener of the in-process LwM2M Server: its security store holds the PSK of
+/// every client of the secure groups; `keys.log` in the run folder gets every session's
+/// secrets.
+fn dtls_options(
+    plan: &Plan,
+    registry: &Registry,
+    seed: u64,
+    dir: &Path,
+) -> anyhow::Result<Option<DtlsOptions>> {
+    let Some(listen) = plan.scenario.servers.dtls.as_ref().filter(|d| d.server) else {
+        return Ok(None);
+    };
+    let store = FileSecurityStore::in_memory();
+    for group in &plan.groups {
+        let Some(psk) = group.psk(seed) else { continue };
+        let clients = group.clients(registry, Targets::default())?;
+        let clients = clients.with_psk(psk);
+        for entry in security_entries(&clients, group.spec.count as u64) {
+            store
+                .put(entry)
+                .with_context(|| format!("the PSK credentials of group {}", group.spec.name))?;
+        }
+    }
+    let keys = dir.join("keys.log");
+    let mut options = DtlsOptions::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), Arc::new(store));
+    options.handshake_timeout = listen.handshake_timeout;
+    options.key_log = Some(Arc::new(
+        KeyLogFile::append(&keys).with_context(|| format!("creating {}", keys.display()))?,
+    ));
+    Ok(Some(options))
 }
 
 fn start_servers(
@@ -119,6 +180,7 @@ fn start_servers(
     seed: u64,
     bus: &EventBus,
     tap: Option<Arc<dyn PacketTap>>,
+    dtls: Option<DtlsOptions>,
 ) -> anyhow::Result<Servers> {
     use scenario::Target;
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
@@ -136,6 +198,7 @@ fn start_servers(
             };
             options.bus = bus.clone();
             options.tap = tap.clone();
+            options.dtls = dtls;
             Some(start_server(options).context("starting the LwM2M Server")?)
         }
         _ => None,
@@ -168,6 +231,7 @@ fn start_servers(
         _ => None,
     };
     Ok(Servers {
+        dtls_addr: server.as_ref().and_then(ServerHandle::dtls_addr),
         server,
         bootstrap,
         server_addr,
@@ -192,13 +256,22 @@ fn build_fleets(
             .context("at most 126 groups")?;
         let group_seed = seed::mix(&[seed, 100 + g as u64]);
         let bootstrap = group.spec.bootstrap;
-        let clients = group.clients(
+        let psk = group.psk(seed);
+        let server = match (&psk, servers.dtls_addr) {
+            (Some(_), Some(dtls)) => dtls,
+            (Some(_), None) => anyhow::bail!("group {}: no DTLS listener", group.spec.name),
+            (None, _) => servers.server_addr,
+        };
+        let mut clients = group.clients(
             registry,
             Targets {
-                server: Some(servers.server_addr),
+                server: Some(server),
                 bootstrap: servers.bootstrap_addr.filter(|_| bootstrap),
             },
         )?;
+        if let Some(psk) = psk {
+            clients = clients.with_psk(psk);
+        }
         let mut fleet = Fleet::new(FleetConfig {
             seed: group_seed,
             ramp: group.spec.ramp,
@@ -273,7 +346,8 @@ pub async fn run(
     let servers_in_process = plan.scenario.servers.all_in_process();
     let server_tap: Option<Arc<dyn PacketTap>> = servers_in_process.then(|| capture.clone() as _);
     let fleet_tap = (!servers_in_process).then(|| Tap(capture.clone()));
-    let servers = start_servers(plan, &registry, options.seed, &bus, server_tap)?;
+    let dtls = dtls_options(plan, &registry, options.seed, &dir)?;
+    let servers = start_servers(plan, &registry, options.seed, &bus, server_tap, dtls)?;
     let fleets = build_fleets(plan, &registry, options.seed, &servers, fleet_tap)?;
 
     let endpoints: Vec<Vec<String>> = (0..plan.groups.len()).map(|g| plan.endpoints(g)).collect();
@@ -356,6 +430,10 @@ pub async fn run(
         Some(s) => s.counters().await.ok(),
         None => None,
     };
+    let secure_counters = match &servers.server {
+        Some(s) => s.secure_counters().await.and_then(Result::ok),
+        None => None,
+    };
     if let Some(s) = &servers.server {
         s.shutdown().await;
     }
@@ -373,14 +451,17 @@ pub async fn run(
         elapsed: t0.elapsed(),
         servers: output::ServerInfo {
             server: servers.server_addr,
+            dtls: servers.dtls_addr,
             server_in_process: servers.server.is_some(),
             bootstrap: servers.bootstrap_addr,
             bootstrap_in_process: servers.bootstrap.is_some(),
         },
         fleets: &reports,
         server_counters,
+        secure_counters,
         collected,
         shared: &shared,
+        unpaired: capture.unpaired(),
         packets: capture.take(),
         endpoints: &endpoints,
         cases,

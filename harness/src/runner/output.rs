@@ -1,5 +1,6 @@
 //! The run folder: report.json/html, junit.xml, run.pcap, exchanges.log, histograms and
-//! the network-usage tables.
+//! the network-usage tables (with DTLS: keys.log, written by the server as it goes, and
+//! the DTLS accounting).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -16,12 +17,14 @@ use super::capture::{self, Captured};
 use super::metrics::{self, Collected, Shared};
 use super::{Plan, RunOptions, RunOutcome};
 use crate::record::Latencies;
+use crate::report::dtls::{self as dtls_usage, DtlsUsage};
 use crate::report::usage::{self, ExchangeUsage};
 use crate::report::{self, CaseResult, RunReport, Subject, ThroughputPoint};
 
 /// Where the servers were.
 pub struct ServerInfo {
     pub server: SocketAddr,
+    pub dtls: Option<SocketAddr>,
     pub server_in_process: bool,
     pub bootstrap: Option<SocketAddr>,
     pub bootstrap_in_process: bool,
@@ -36,9 +39,13 @@ pub struct Run<'a> {
     pub servers: ServerInfo,
     pub fleets: &'a [FleetReport],
     pub server_counters: Option<Counters>,
+    /// The CoAP counters of the DTLS listener's machine (plaintext CoAP).
+    pub secure_counters: Option<Counters>,
     pub collected: Collected,
     pub shared: &'a Shared,
     pub packets: Vec<Captured>,
+    /// DTLS plaintext records the capture could not pair with a datagram.
+    pub unpaired: u64,
     pub endpoints: &'a [Vec<String>],
     pub cases: Vec<CaseResult>,
 }
@@ -63,12 +70,21 @@ fn fold(latencies: &mut Latencies, name: &str, h: &Histogram<u64>) {
 }
 
 /// The server-side time of each De-register: request in to response out at the server's
-/// socket (the fleet measures Register and Update on the client side, not De-register).
+/// socket (the fleet measures Register and Update on the client side, not De-register);
+/// over DTLS from the records' plaintext.
 fn deregister_at_server(packets: &[Captured], latencies: &mut Latencies) {
     use lwm2m_proto::coap::{MessageClass, RequestType, message};
     let mut pending: BTreeMap<(SocketAddr, SocketAddr, Vec<u8>), Duration> = BTreeMap::new();
-    for p in packets {
-        let Ok(m) = message::decode(&p.bytes) else {
+    let messages = packets.iter().flat_map(|p| {
+        let texts: Vec<&[u8]> = if p.plaintext.is_empty() {
+            vec![&p.bytes[..]]
+        } else {
+            p.plaintext.iter().map(|t| &t[..]).collect()
+        };
+        texts.into_iter().map(move |t| (p, t))
+    });
+    for (p, bytes) in messages {
+        let Ok(m) = message::decode(bytes) else {
             continue;
         };
         match m.header.code {
@@ -87,7 +103,7 @@ fn deregister_at_server(packets: &[Captured], latencies: &mut Latencies) {
     }
 }
 
-fn snapshot_fields(c: &CountersSnapshot) -> [(&'static str, u64); 22] {
+fn snapshot_fields(c: &CountersSnapshot) -> [(&'static str, u64); 24] {
     [
         ("clients", c.clients),
         ("started", c.started),
@@ -111,6 +127,8 @@ fn snapshot_fields(c: &CountersSnapshot) -> [(&'static str, u64); 22] {
         ("dropped_nat", c.dropped_nat),
         ("dropped_loss", c.dropped_loss),
         ("rebinds", c.rebinds),
+        ("dtls_handshakes", c.dtls_handshakes),
+        ("dtls_failures", c.dtls_failures),
     ]
 }
 
@@ -120,68 +138,167 @@ struct OpTotals {
     exchanges: usize,
     request: usize,
     response: usize,
+    overhead: usize,
+    handshake: usize,
     datagrams: usize,
 }
 
-/// Network usage per operation over the whole run.
+/// Network usage per operation over the whole run: CoAP bytes, the DTLS record overhead
+/// and handshake bytes in columns of their own (`dtls-handshake` rows, by cause).
 fn per_operation(rows: &[ExchangeUsage]) -> String {
-    let mut ops: BTreeMap<&str, OpTotals> = BTreeMap::new();
+    let mut ops: BTreeMap<String, OpTotals> = BTreeMap::new();
     for r in rows {
-        let t = ops.entry(&r.operation).or_default();
+        let name = if r.handshake > 0 {
+            format!("{} ({})", r.operation, r.path)
+        } else {
+            r.operation.clone()
+        };
+        let t = ops.entry(name).or_default();
         t.exchanges += 1;
         t.request += r.request_coap;
         t.response += r.response_coap;
+        t.handshake += r.handshake;
+        t.overhead += (r.request_wire + r.response_wire)
+            .saturating_sub(r.request_coap + r.response_coap + r.handshake);
         t.datagrams += r.datagrams;
     }
     let mut s = format!(
-        "{:<20} {:>9} {:>10} {:>10} {:>12} {:>12} {:>9}\n",
-        "operation", "exchanges", "req mean", "resp mean", "req total", "resp total", "dgrams"
+        "{:<32} {:>9} {:>10} {:>10} {:>12} {:>12} {:>10} {:>10} {:>9}\n",
+        "operation",
+        "exchanges",
+        "req mean",
+        "resp mean",
+        "req total",
+        "resp total",
+        "DTLS ovh",
+        "handshake",
+        "dgrams"
     );
     let mean = |total: usize, n: usize| total as f64 / n.max(1) as f64;
     for (op, t) in &ops {
         let _ = writeln!(
             s,
-            "{op:<20} {:>9} {:>10.1} {:>10.1} {:>12} {:>12} {:>9}",
+            "{op:<32} {:>9} {:>10.1} {:>10.1} {:>12} {:>12} {:>10} {:>10} {:>9}",
             t.exchanges,
             mean(t.request, t.exchanges),
             mean(t.response, t.exchanges),
             t.request,
             t.response,
+            t.overhead,
+            t.handshake,
             t.datagrams
         );
     }
     s
 }
 
-/// The exchanges of one client: the datagrams to and from any address it was seen at.
-fn client_exchanges(packets: &[Captured], addresses: &[SocketAddr]) -> Vec<ExchangeUsage> {
+/// The datagrams of the DTLS listener at `server`, for the DTLS accounting.
+fn dtls_wire(packets: &[Captured]) -> Vec<dtls_usage::Wire<'_>> {
+    packets
+        .iter()
+        .map(|p| dtls_usage::Wire {
+            src: p.src,
+            dst: p.dst,
+            bytes: &p.bytes,
+            plaintext_records: p.plaintext.len(),
+            plaintext_bytes: p.plaintext.iter().map(|b| b.len()).sum(),
+            identity: p.identity.as_deref(),
+        })
+        .collect()
+}
+
+/// The exchanges of one client: the datagrams to and from any address it was seen at, with
+/// a `dtls-handshake` row before the exchanges of each of its DTLS sessions.
+fn client_exchanges(
+    packets: &[Captured],
+    addresses: &[SocketAddr],
+    dtls: Option<SocketAddr>,
+) -> Vec<ExchangeUsage> {
     let set: HashSet<&SocketAddr> = addresses.iter().collect();
     let mine: Vec<Captured> = packets
         .iter()
         .filter(|p| set.contains(&p.src) || set.contains(&p.dst))
         .cloned()
         .collect();
-    usage::exchanges(&capture::usage_datagrams(&mine))
+    let Some(server) = dtls else {
+        return usage::exchanges(&capture::usage_datagrams(&mine));
+    };
+    let handshakes = dtls_usage::account(server, &dtls_wire(&mine)).handshakes;
+    // Sessions split the client's datagrams: a handshake, then what it carried.
+    let mut starts: Vec<usize> = handshakes.iter().map(|h| h.first).collect();
+    starts.insert(0, 0);
+    starts.push(mine.len());
+    let mut rows = Vec::new();
+    for (k, w) in starts.windows(2).enumerate() {
+        if let Some(h) = k.checked_sub(1).and_then(|i| handshakes.get(i)) {
+            rows.push(dtls_usage::handshake_row(h));
+        }
+        let segment = mine.get(w[0]..w[1]).unwrap_or_default();
+        rows.extend(usage::exchanges(&capture::usage_datagrams(segment)));
+    }
+    rows
 }
 
 fn csv(rows: &[ExchangeUsage]) -> String {
     let mut s = String::from(
-        "operation,path,request_coap,response_coap,request_wire,response_wire,datagrams\n",
+        "operation,path,request_coap,response_coap,request_wire,response_wire,handshake,datagrams\n",
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{}",
             r.operation,
             r.path,
             r.request_coap,
             r.response_coap,
             r.request_wire,
             r.response_wire,
+            r.handshake,
             r.datagrams
         );
     }
     s
+}
+
+/// The DTLS accounting as counters (report.json): records, overhead, handshakes by cause.
+fn dtls_counters(u: &DtlsUsage, counters: &mut BTreeMap<String, u64>) {
+    let n = |v: usize| v as u64;
+    let mut put = |k: &str, v: u64| {
+        counters.insert(format!("dtls.{k}"), v);
+    };
+    put("application_records", n(u.records));
+    put("application_record_bytes", n(u.record_bytes));
+    put("application_plaintext_bytes", n(u.plaintext_bytes));
+    put("record_overhead_bytes", n(u.overhead_bytes()));
+    put("unpaired_records", n(u.unpaired_records));
+    put("alert_bytes", n(u.alert_bytes));
+    put("handshakes", n(u.handshakes.len()));
+    put(
+        "handshake_bytes",
+        n(u.handshakes.iter().map(dtls_usage::Handshake::bytes).sum()),
+    );
+    for cause in [
+        dtls_usage::Cause::First,
+        dtls_usage::Cause::NewAddress,
+        dtls_usage::Cause::SameAddress,
+        dtls_usage::Cause::Unfinished,
+    ] {
+        let of: Vec<&dtls_usage::Handshake> = u.of(cause).collect();
+        let name = cause.name().replace('-', "_");
+        put(&format!("handshakes.{name}"), n(of.len()));
+        put(
+            &format!("handshakes.{name}.bytes"),
+            n(of.iter().map(|h| h.bytes()).sum()),
+        );
+        put(
+            &format!("handshakes.{name}.lost_records"),
+            n(of.iter().map(|h| h.lost_before.0).sum()),
+        );
+    }
+    if let Some(h) = u.typical() {
+        put("handshake.median_bytes", n(h.bytes()));
+        put("handshake.median_datagrams", n(h.datagrams()));
+    }
 }
 
 fn write_file(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
@@ -208,10 +325,18 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
     let decode_as = {
         let mut ports = vec![run.servers.server.port()];
         ports.extend(run.servers.bootstrap.map(|b| b.port()));
-        let ports: Vec<String> = ports
+        let mut ports: Vec<String> = ports
             .iter()
             .map(|p| format!("-d udp.port=={p},coap"))
             .collect();
+        if let Some(d) = run.servers.dtls {
+            // The key log decrypts the records; `dtls.port` hands their plaintext to the
+            // CoAP dissector (it only knows 5684 by itself).
+            ports.push(format!(
+                "-o tls.keylog_file:keys.log -d udp.port=={p},dtls -d dtls.port=={p},coap",
+                p = d.port()
+            ));
+        }
         let i = &run.servers;
         let seen = match (
             i.server_in_process,
@@ -231,9 +356,21 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
                 "every datagram the simulated clients sent and received (the servers are external)"
             }
         };
+        let dtls = match run.servers.dtls {
+            Some(d) => format!(
+                "\nThe DTLS listener {d}: records as they were on the wire (encrypted); keys.log (NSS key log) decrypts them, \
+                 and each line below shows the CoAP inside"
+            ),
+            None => String::new(),
+        };
         format!(
-            "lwm2m-harness run {}: {seen}\nWireshark/tshark: decode the servers' ports as CoAP: tshark -r run.pcap {}",
+            "lwm2m-harness run {}: {seen}{dtls}\nWireshark/tshark: decode the servers' ports as CoAP{}: tshark -r run.pcap {}",
             plan.file.display(),
+            if run.servers.dtls.is_some() {
+                " (and the DTLS port as DTLS, with the key log)"
+            } else {
+                ""
+            },
             ports.join(" ")
         )
     };
@@ -250,20 +387,45 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
     std::fs::write(dir.join("latencies.hlog"), hlog).context("writing latencies.hlog")?;
 
     // Network usage.
-    let all = usage::exchanges(&capture::usage_datagrams(&run.packets));
+    let mut all = usage::exchanges(&capture::usage_datagrams(&run.packets));
+    let secure = run
+        .servers
+        .dtls
+        .map(|d| (d, dtls_usage::account(d, &dtls_wire(&run.packets))));
+    if let Some((_, u)) = &secure {
+        all.extend(u.handshakes.iter().map(dtls_usage::handshake_row));
+    }
+    let by_operation = per_operation(&all);
     let mut text = format!(
-        "Network usage, {} (plain CoAP over UDP: wire bytes are CoAP bytes; DTLS would add 29 per datagram)\n\nPer operation, all clients ({} exchanges):\n{}",
+        "Network usage, {} ({}; \"wire\" is UDP payload: CoAP plus, over DTLS, its records' header, nonce and tag)\n\nPer operation, all clients ({} exchanges):\n{}",
         plan.file.display(),
+        if secure.is_some() {
+            "CoAP over UDP and over DTLS"
+        } else {
+            "plain CoAP over UDP: wire bytes are CoAP bytes"
+        },
         all.len(),
-        per_operation(&all)
+        by_operation
     );
+    let mut sections = vec![(
+        format!(
+            "Network usage by operation, all clients ({} exchanges)",
+            all.len()
+        ),
+        by_operation,
+    )];
+    if let Some((d, u)) = &secure {
+        let section = dtls_usage::render(*d, u);
+        let _ = write!(text, "\n{section}");
+        sections.push(("DTLS".to_owned(), section));
+    }
     let mut sample_rows = Vec::new();
     {
         let live = run.shared.lock();
         for (g, eps) in run.endpoints.iter().enumerate() {
             let Some(ep) = eps.first() else { continue };
             let addresses = live.addresses.get(ep).cloned().unwrap_or_default();
-            let rows = client_exchanges(&run.packets, &addresses);
+            let rows = client_exchanges(&run.packets, &addresses, run.servers.dtls);
             let _ = write!(
                 text,
                 "\nEvery exchange of {ep} (group {}), like the whole-device read table:\n{}",
@@ -274,6 +436,11 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
                 sample_rows = rows;
             }
         }
+    }
+    if plan.scenario.compare == Some(super::scenario::Reference::Thesis2017) {
+        let table = dtls_usage::beside_thesis(&sample_rows, secure.as_ref().map(|(_, u)| u));
+        let _ = write!(text, "\n{table}");
+        sections.push(("Beside the 2017 thesis".to_owned(), table));
     }
     write_file(dir, "network-usage.txt", &text)?;
     write_file(dir, "network-usage.csv", &csv(&all))?;
@@ -304,7 +471,11 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
     for (k, v) in snapshot_fields(&total) {
         counters.insert(format!("fleet.{k}"), v);
     }
-    if let Some(c) = &run.server_counters {
+    for (prefix, c) in [
+        ("server.coap", &run.server_counters),
+        ("server.coaps", &run.secure_counters),
+    ] {
+        let Some(c) = c else { continue };
         for (k, v) in [
             ("datagrams_in", c.datagrams_in),
             ("datagrams_out", c.datagrams_out),
@@ -315,8 +486,12 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
             ("timeouts", c.timeouts),
             ("resets_in", c.resets_in),
         ] {
-            counters.insert(format!("server.coap.{k}"), v);
+            counters.insert(format!("{prefix}.{k}"), v);
         }
+    }
+    if let Some((_, u)) = &secure {
+        dtls_counters(u, &mut counters);
+        counters.insert("capture.unpaired_plaintext".into(), run.unpaired);
     }
     counters.insert("capture.datagrams".into(), run.packets.len() as u64);
     counters.insert(
@@ -334,7 +509,10 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
         } else {
             "external".into()
         },
-        address: Some(format!("coap://{}", run.servers.server)),
+        address: Some(match run.servers.dtls {
+            Some(d) => format!("coap://{} coaps://{d}", run.servers.server),
+            None => format!("coap://{}", run.servers.server),
+        }),
     }];
     if let Some(b) = run.servers.bootstrap {
         subjects.push(Subject {
@@ -353,12 +531,17 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
             id: g.spec.name.clone(),
             kind: "simulated-client".into(),
             version: format!(
-                "lwm2m-simulator {version}: {} × profile {} (LwM2M {}), network {}{}",
+                "lwm2m-simulator {version}: {} × profile {} (LwM2M {}), network {}{}{}",
                 g.spec.count,
                 g.profile.name,
                 g.profile.lwm2m_version,
                 g.network.0,
-                if g.spec.bootstrap { ", bootstraps" } else { "" }
+                if g.spec.bootstrap { ", bootstraps" } else { "" },
+                if g.spec.security.is_some() {
+                    ", coaps:// with PSK"
+                } else {
+                    ""
+                }
             ),
             address: None,
         });
@@ -400,7 +583,7 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
         network_usage: sample_rows,
         counters,
     };
-    report.write(dir)?;
+    report.write_with(dir, &sections)?;
     Ok(report)
 }
 

@@ -12,6 +12,10 @@
 //!   bootstrap: in-process           # or coap://HOST:PORT, or none
 //!   queue_awake_time: 93s           # how long the in-process server deems a queue-mode
 //!                                   # client awake after its last message (Core TS 1.1 §6.5)
+//!   dtls:                           # optional: DTLS 1.2 listeners (RFC 6347, Core TS 1.1 §7.1)
+//!     server: true                  # the in-process LwM2M Server also listens for coaps://
+//!     bootstrap: false              # (the runner's Bootstrap Server is plain CoAP so far)
+//!     handshake_timeout: 10s        # longest handshake (flights repeat every second)
 //! bootstrap:                        # optional bootstrap configurations (Core TS 1.1 §6.1.7)
 //!   patterns:                       # fallback by endpoint-name pattern; `{ep}` is the
 //!     "*":                          # endpoint name, `{server}` the LwM2M Server's HOST:PORT
@@ -25,6 +29,17 @@
 //!     ramp: 400                     # clients started per second (default: all at once)
 //!     network: home-nat             # a name under scenarios/networks/, or a .yaml path
 //!     bootstrap: true               # client-initiated bootstrap first (Core TS 1.1 §6.1.4)
+//!   - name: secure
+//!     profile: sensor-1.1
+//!     count: 50
+//!     security:                     # coaps:// to the LwM2M Server's DTLS listener
+//!       mode: psk                   # Security Mode 0, TLS_PSK_WITH_AES_128_CCM_8 (§7.1.7)
+//!       identity: "{ep}"            # per client: `{ep}` endpoint name, `{n}` client number
+//!       key_seed: 7                 # 16-byte keys from this seed and the identity
+//!                                   # (default: the run's seed); the in-process server's
+//!                                   # security store holds every client's key
+//! compare: thesis-2017              # optional: print the 2017 thesis's whole-device read
+//!                                   # figures beside the first group's sample client
 //! timeline:
 //!   - { at: 5s, action: read, group: meters, path: /3/0, format: tlv }
 //!   - { at: 6s, action: write, group: meters, path: /1/0/1, value: 120 }
@@ -51,7 +66,7 @@ use lwm2m_proto::server::Operation;
 use lwm2m_proto::{InstanceId, Lwm2mPath};
 use lwm2m_server::store::BootstrapDoc;
 use lwm2m_simulator::config::{ConfigError, Origin, file_stem};
-use lwm2m_simulator::fleet::{ProfileClients, Targets};
+use lwm2m_simulator::fleet::{ProfileClients, PskPattern, Targets};
 use lwm2m_simulator::network::{NetworkModel, load_network};
 use lwm2m_simulator::profile::{Profile, load_profile};
 use lwm2m_simulator::quirks::{QuirkPacks, load_quirk_pack};
@@ -84,6 +99,19 @@ pub struct Scenario {
     /// What happens when.
     #[serde(default)]
     pub timeline: Vec<Action>,
+    /// Published figures the report prints beside the first group's sample client.
+    #[serde(default)]
+    pub compare: Option<Reference>,
+}
+
+/// Published figures a run can be compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub enum Reference {
+    /// The whole-device read of the 2017 thesis (Leshan server, Wakaama client, DTLS
+    /// PSK: requests 85 bytes, responses 99-232, 1775 in all, ~857 per handshake;
+    /// [`crate::report::dtls::thesis`]).
+    #[serde(rename = "thesis-2017")]
+    Thesis2017,
 }
 
 fn one() -> u64 {
@@ -155,6 +183,40 @@ pub struct Servers {
     /// message; requests wait in its queue after that (Core TS 1.1 §6.5).
     #[serde(default = "awake_time", with = "lwm2m_simulator::duration")]
     pub queue_awake_time: Duration,
+    /// DTLS listeners of the in-process servers.
+    #[serde(default)]
+    pub dtls: Option<DtlsListeners>,
+}
+
+/// Which in-process servers also listen for CoAP over DTLS (RFC 7252 §9, RFC 6347), with
+/// the keys of the groups' `security` in their security store.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DtlsListeners {
+    /// The LwM2M Server listens on a second socket for `coaps://` (default true).
+    #[serde(default = "yes")]
+    pub server: bool,
+    /// The Bootstrap Server over DTLS: not supported by the runner yet (refused when true).
+    #[serde(default)]
+    pub bootstrap: bool,
+    /// Longest DTLS handshake (RFC 6347 §4.2.4; default 10 s).
+    #[serde(default = "handshake_timeout", with = "lwm2m_simulator::duration")]
+    pub handshake_timeout: Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Servers {
+    /// True when the in-process LwM2M Server listens for DTLS.
+    pub fn server_dtls(&self) -> bool {
+        self.server == Target::InProcess && self.dtls.as_ref().is_some_and(|d| d.server)
+    }
 }
 
 impl Servers {
@@ -179,6 +241,7 @@ impl Default for Servers {
             server: Target::InProcess,
             bootstrap: Target::InProcess,
             queue_awake_time: awake_time(),
+            dtls: None,
         }
     }
 }
@@ -209,6 +272,36 @@ pub struct Group {
     /// UDP sockets the group's clients share.
     #[serde(default = "sockets")]
     pub sockets: usize,
+    /// The clients talk CoAP over DTLS with credentials of their own.
+    #[serde(default)]
+    pub security: Option<GroupSecurity>,
+}
+
+/// How a group's clients secure their LwM2M Server account (Core TS 1.1 §7.1, Security
+/// object resource 2 "Security Mode").
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSecurity {
+    /// The security mode.
+    pub mode: SecurityMode,
+    /// The PSK identity pattern: `{ep}` is the endpoint name, `{n}` the client number.
+    #[serde(default = "endpoint_pattern")]
+    pub identity: String,
+    /// The seed of the 16-byte keys (default: the run's seed).
+    #[serde(default)]
+    pub key_seed: Option<u64>,
+}
+
+fn endpoint_pattern() -> String {
+    "{ep}".to_owned()
+}
+
+/// Security modes a group can use (Core TS 1.1 Appendix E.1, resource /0/x/2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecurityMode {
+    /// Mode 0, pre-shared key: TLS_PSK_WITH_AES_128_CCM_8 (Core TS 1.1 §7.1.7).
+    Psk,
 }
 
 fn sockets() -> usize {
@@ -381,6 +474,17 @@ pub struct GroupPlan {
 }
 
 impl GroupPlan {
+    /// The group's PSK credentials of a run seeded with `seed`, if it uses PSK.
+    pub fn psk(&self, seed: u64) -> Option<PskPattern> {
+        let security = self.spec.security.as_ref()?;
+        match security.mode {
+            SecurityMode::Psk => Some(PskPattern {
+                identity: security.identity.clone(),
+                seed: security.key_seed.unwrap_or(seed),
+            }),
+        }
+    }
+
     /// The clients' maker, pointed at `targets`.
     pub fn clients(
         &self,
@@ -534,6 +638,23 @@ impl Checker<'_> {
                 "a run needs an LwM2M Server: `in-process` or coap://HOST:PORT",
             ));
         }
+        if let Some(dtls) = &s.servers.dtls {
+            if s.servers.server != Target::InProcess && dtls.server {
+                return Err(self.err(
+                    "servers.dtls.server",
+                    "only the in-process LwM2M Server can be given a DTLS listener",
+                ));
+            }
+            if dtls.bootstrap {
+                return Err(self.err(
+                    "servers.dtls.bootstrap",
+                    "the runner's Bootstrap Server speaks plain CoAP so far (set it to false)",
+                ));
+            }
+            if dtls.handshake_timeout.is_zero() {
+                return Err(self.err("servers.dtls.handshake_timeout", "must be longer than 0s"));
+            }
+        }
         if s.bootstrap.is_some() && s.servers.bootstrap != Target::InProcess {
             return Err(self.err(
                 "bootstrap",
@@ -563,6 +684,29 @@ impl Checker<'_> {
             }
             if g.sockets == 0 {
                 return Err(self.err(&key("sockets"), "at least 1 socket"));
+            }
+            if let Some(security) = &g.security {
+                if !s.servers.server_dtls() {
+                    return Err(self.err(
+                        &key("security"),
+                        "the group talks DTLS: give the in-process server a listener (servers: { dtls: { server: true } })",
+                    ));
+                }
+                if g.bootstrap {
+                    return Err(self.err(
+                        &key("bootstrap"),
+                        "a group with security registers directly: the runner's Bootstrap Server does not hand out DTLS accounts yet",
+                    ));
+                }
+                if !(security.identity.contains("{ep}") || security.identity.contains("{n}")) {
+                    return Err(self.err(
+                        &key("security.identity"),
+                        format!(
+                            "{:?}: every client needs an identity of its own: put {{ep}} or {{n}} in it",
+                            security.identity
+                        ),
+                    ));
+                }
             }
             if g.bootstrap && s.servers.bootstrap == Target::None {
                 return Err(self.err(
