@@ -22,7 +22,9 @@
 //! [`BootstrapServer::poll_timeout`], [`BootstrapServer::poll_event`]. No sockets, no clock.
 //!
 //! What it does not do: DTLS, and checking that the endpoint name matches the credentials
-//! the client used (the driver does that before handing datagrams in).
+//! the client used (the driver does that before handing datagrams in), and storing the
+//! credentials it hands out where the LwM2M Server finds them (the driver does that in
+//! [`ConfigSource::session_starting`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -63,6 +65,16 @@ pub trait ConfigSource: Send {
     /// [`BootstrapConfig::for_endpoint`]), and a label saying which configuration matched
     /// (`"endpoint dev-1"`, `"pattern sensor-*"`); `None` when nothing applies.
     fn lookup(&self, endpoint: &str) -> Option<(String, BootstrapConfig)>;
+
+    /// Called when a session with `endpoint` is about to start with `config` (the result
+    /// of [`ConfigSource::lookup`], planned without error), before anything is sent: a
+    /// driver hands the credentials the configuration carries to its LwM2M Server here.
+    /// An error refuses the session ([`BootstrapError::Provisioning`], 5.00). The default
+    /// does nothing.
+    fn session_starting(&self, endpoint: &str, config: &BootstrapConfig) -> Result<(), String> {
+        let _ = (endpoint, config);
+        Ok(())
+    }
 }
 
 /// A [`ConfigSource`] over two maps: configurations by endpoint name, and fallback
@@ -147,6 +159,16 @@ pub enum BootstrapError {
         /// The encoder's error.
         error: CodecError,
     },
+    /// [`ConfigSource::session_starting`] refused the session, e.g. the LwM2M Server
+    /// credentials of the configuration cannot be stored (5.00 Internal Server Error: the
+    /// client would be handed credentials its LwM2M Server refuses).
+    #[error("cannot provision {endpoint:?}: {reason}")]
+    Provisioning {
+        /// The endpoint name.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
     /// A request for a path the Bootstrap Server does not serve: only `/bs` exists
     /// (4.04 Not Found).
     #[error("{path} not found on the Bootstrap Server")]
@@ -176,7 +198,9 @@ impl BootstrapError {
             | Self::UnknownEndpoint { .. }
             | Self::InvalidParameter { .. } => ResponseType::BadRequest,
             Self::UnsupportedFormat { .. } => ResponseType::UnsupportedContentFormat,
-            Self::InvalidConfig { .. } | Self::Encode { .. } => ResponseType::InternalServerError,
+            Self::InvalidConfig { .. } | Self::Encode { .. } | Self::Provisioning { .. } => {
+                ResponseType::InternalServerError
+            }
             Self::NotFound { .. } => ResponseType::NotFound,
             Self::MethodNotAllowed { .. } => ResponseType::MethodNotAllowed,
             Self::SessionRunning { .. } => ResponseType::ServiceUnavailable,
@@ -660,6 +684,12 @@ impl BootstrapServer {
                     endpoint: endpoint.to_owned(),
                 })?;
         let steps = plan(&config, &bootstrap, format)?;
+        self.source
+            .session_starting(endpoint, &bootstrap)
+            .map_err(|reason| BootstrapError::Provisioning {
+                endpoint: endpoint.to_owned(),
+                reason,
+            })?;
         Ok(Plan {
             config,
             steps,
@@ -1337,6 +1367,48 @@ mod tests {
             [BootstrapEvent::Refused { peer, endpoint: Some(e), code: (4, 0), reason }]
                 if *peer == client_addr() && e == "meter-1" && reason.contains("unknown endpoint")
         ));
+    }
+
+    /// Refuses to provision `dev-1`; everything else starts.
+    struct Provisioning(MemoryConfigSource);
+
+    impl ConfigSource for Provisioning {
+        fn lookup(&self, endpoint: &str) -> Option<(String, BootstrapConfig)> {
+            self.0.lookup(endpoint)
+        }
+        fn session_starting(&self, endpoint: &str, config: &BootstrapConfig) -> Result<(), String> {
+            assert_eq!(config.security[&1].identity, format!("{endpoint}-id"));
+            match endpoint {
+                "dev-1" => Err("identity taken".into()),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_session_the_source_cannot_provision_is_refused_with_its_reason() {
+        let mut net = Net::new(Duration::from_secs(300));
+        net.server = BootstrapServer::new(
+            BootstrapServerConfig::default(),
+            Box::new(Provisioning(source())),
+        );
+        net.bootstrap_request(&["ep=dev-1"]);
+        assert_eq!(net.client.answers, vec![(5, 0)]);
+        assert!(net.client.seen.is_empty(), "nothing handed out");
+        assert!(matches!(
+            &net.events[..],
+            [BootstrapEvent::Refused { endpoint: Some(e), code: (5, 0), reason, .. }]
+                if e == "dev-1" && reason == "cannot provision \"dev-1\": identity taken"
+        ));
+        assert_eq!(
+            net.server.start(net.now, "dev-1", client_addr()),
+            Err(BootstrapError::Provisioning {
+                endpoint: "dev-1".into(),
+                reason: "identity taken".into()
+            })
+        );
+        net.bootstrap_request(&["ep=dev-2"]);
+        assert_eq!(net.client.answers, vec![(5, 0), (2, 4)]);
     }
 
     #[test]
