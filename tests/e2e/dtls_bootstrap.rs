@@ -231,6 +231,13 @@ fn finished(seen: &Seen) -> Vec<String> {
     })
 }
 
+fn started(seen: &Seen) -> Vec<String> {
+    seen.find(|e| match e {
+        Event::Bootstrap(BootstrapEvent::SessionStarted { endpoint, .. }) => Some(endpoint.clone()),
+        _ => None,
+    })
+}
+
 fn psk(ep: &str, identity: &str) -> Option<SecurityInfo> {
     Some(SecurityInfo {
         endpoint: ep.into(),
@@ -349,10 +356,7 @@ async fn a_wrong_bootstrap_key_or_a_taken_identity_fails_alone() {
         "{refused:?}"
     );
     // Neither was handed anything, nor provisioned; nobody else was disturbed.
-    let started: Vec<String> = s.bs_seen.find(|e| match e {
-        Event::Bootstrap(BootstrapEvent::SessionStarted { endpoint, .. }) => Some(endpoint.clone()),
-        _ => None,
-    });
+    let started = started(&s.bs_seen);
     assert!(
         !started.iter().any(|e| e == "w2" || e == "w5"),
         "{started:?}"
@@ -416,15 +420,7 @@ async fn a_bootstrap_identity_used_for_another_endpoint_gets_4_03() {
         ("psk:bs-ep1".into(), "other".into(), Some("ep1".into()))
     );
     // Nothing started for "other", nothing provisioned.
-    assert!(
-        s.bs_seen
-            .find(|e| match e {
-                Event::Bootstrap(BootstrapEvent::SessionStarted { endpoint, .. }) =>
-                    Some(endpoint.clone()),
-                _ => None,
-            })
-            .is_empty()
-    );
+    assert!(started(&s.bs_seen).is_empty());
     assert_eq!(s.security.by_endpoint("other"), None);
     // The same session may bootstrap as its own endpoint: 2.04, then the Bootstrap Server's
     // first request (Bootstrap-Delete /0) arrives over it.

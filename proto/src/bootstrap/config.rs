@@ -333,6 +333,22 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     p[pi.min(p.len())..].iter().all(|c| *c == '*')
 }
 
+/// The pattern that applies to `name` among `patterns`: the matching one with the most
+/// literal characters; ties go to the pattern that sorts first.
+pub fn most_specific<'a, C>(
+    patterns: impl IntoIterator<Item = (&'a String, &'a C)>,
+    name: &str,
+) -> Option<(&'a String, &'a C)> {
+    patterns
+        .into_iter()
+        .filter(|(p, _)| pattern_matches(p, name))
+        .max_by(|(a, _), (b, _)| {
+            pattern_specificity(a)
+                .cmp(&pattern_specificity(b))
+                .then(b.cmp(a))
+        })
+}
+
 /// How specific a pattern is: the number of literal characters (more wins).
 pub fn pattern_specificity(pattern: &str) -> usize {
     pattern.chars().filter(|c| *c != '*' && *c != '?').count()

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::config::{BootstrapConfig, pattern_matches, pattern_specificity};
+use super::config::{BootstrapConfig, most_specific};
 use crate::coap::message::{self, set_option, uint_bytes, uint_option};
 use crate::coap::{
     self, CoapOption, Endpoint, Event, ExchangeError, IncomingRequest, MessageClass, Packet,
@@ -97,14 +97,7 @@ impl ConfigSource for MemoryConfigSource {
                 config.for_endpoint(endpoint),
             ));
         }
-        self.patterns
-            .iter()
-            .filter(|(pattern, _)| pattern_matches(pattern, endpoint))
-            .max_by(|(a, _), (b, _)| {
-                pattern_specificity(a)
-                    .cmp(&pattern_specificity(b))
-                    .then(b.cmp(a))
-            })
+        most_specific(&self.patterns, endpoint)
             .map(|(pattern, config)| (format!("pattern {pattern}"), config.for_endpoint(endpoint)))
     }
 }

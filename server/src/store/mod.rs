@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use lwm2m_proto::bootstrap::BootstrapConfig;
-use lwm2m_proto::bootstrap::config::{
-    SecurityInstance, SecurityMode, pattern_matches, pattern_specificity,
-};
+use lwm2m_proto::bootstrap::config::{SecurityInstance, SecurityMode, most_specific};
 
 pub use file::YamlFile;
 
@@ -535,16 +533,7 @@ impl BootstrapMaps {
                 c.for_endpoint(endpoint),
             ));
         }
-        self.doc
-            .patterns
-            .iter()
-            .filter(|(p, _)| pattern_matches(p, endpoint))
-            // Most literal characters wins; ties go to the pattern that sorts first.
-            .max_by(|(a, _), (b, _)| {
-                pattern_specificity(a)
-                    .cmp(&pattern_specificity(b))
-                    .then(b.cmp(a))
-            })
+        most_specific(&self.doc.patterns, endpoint)
             .map(|(p, c)| (ConfigKey::Pattern(p.clone()), c.for_endpoint(endpoint)))
     }
 
