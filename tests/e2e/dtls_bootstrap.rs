@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lwm2m_dtls::{ClientConfig, UdpDtlsClient};
+use lwm2m_dtls::{CertificateConfig, ClientConfig, UdpDtlsClient};
 use lwm2m_proto::bootstrap::server::BootstrapEvent;
 use lwm2m_proto::coap::message;
 use lwm2m_proto::coap::{MessageClass, RequestType};
@@ -28,7 +28,7 @@ use lwm2m_server::store::{
 use lwm2m_simulator::fleet::{ClientSpec, FleetHandle, Targets};
 use lwm2m_simulator::network::NetworkModel;
 
-use crate::dtls_server::{FirstBytes, psk_of};
+use crate::dtls_server::{FirstBytes, issue, psk_of};
 use crate::fleet_support::{PATIENCE, counters_until, eventually, path, profile, start_fleet};
 
 /// A client whose factory configuration is a Bootstrap Server account only: `coaps://`,
@@ -114,12 +114,20 @@ struct Servers {
 
 impl Servers {
     async fn start() -> Servers {
+        Servers::start_with(None).await
+    }
+
+    /// With `certificate`, the LwM2M Server's listener also takes certificate clients.
+    async fn start_with(certificate: Option<CertificateConfig>) -> Servers {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let security = Arc::new(FileSecurityStore::in_memory());
         let server_bus = EventBus::new(1 << 16);
         let mut so = ServerOptions::new(any, Arc::new(Registry::embedded()));
         so.bus = server_bus.clone();
-        so.dtls = Some(DtlsOptions::new(any, security.clone()));
+        so.dtls = Some(DtlsOptions {
+            certificate,
+            ..DtlsOptions::new(any, security.clone())
+        });
         let server = start_server(so).unwrap();
 
         let configs = Arc::new(FileBootstrapStore::in_memory(BootstrapDoc::default()));
@@ -152,16 +160,25 @@ impl Servers {
     /// `ep`'s own configuration: its bootstrap account (identity `bs-EP`) and a `coaps://`
     /// account on our LwM2M Server with PSK identity `lwm2m_identity`.
     fn configure(&self, ep: &str, lwm2m_identity: &str) {
+        let k2 = hex(&key(lwm2m_identity));
+        self.configure_account(
+            ep,
+            &format!("mode: psk, identity: \"{lwm2m_identity}\", secret_key: \"{k2}\""),
+        );
+    }
+
+    /// `ep`'s own configuration: its bootstrap account (identity `bs-EP`) and a `coaps://`
+    /// account on our LwM2M Server with these credential keys (YAML).
+    fn configure_account(&self, ep: &str, credentials: &str) {
         let bs_identity = format!("bs-{ep}");
         let yaml = format!(
             "endpoints:\n  {ep}:\n    security:\n      \
              0: {{ uri: \"coaps://{bs}\", bootstrap_server: true, mode: psk, identity: \"{bs_identity}\", secret_key: \"{k1}\" }}\n      \
-             1: {{ uri: \"coaps://{server}\", mode: psk, identity: \"{lwm2m_identity}\", secret_key: \"{k2}\", short_server_id: 1 }}\n    \
+             1: {{ uri: \"coaps://{server}\", {credentials}, short_server_id: 1 }}\n    \
              servers:\n      0: {{ short_server_id: 1, lifetime: 300 }}\n",
             bs = self.bs_dtls(),
             server = self.server.dtls_addr().unwrap(),
             k1 = hex(&key(&bs_identity)),
-            k2 = hex(&key(lwm2m_identity)),
         );
         let mut doc = BootstrapDoc::from_yaml("bootstrap.yaml", &yaml).unwrap();
         let config = doc.endpoints.remove(ep).unwrap();
@@ -475,5 +492,66 @@ async fn two_hundred_clients_bootstrap_over_dtls_at_once_and_register_with_their
     }
     only_dtls_records(&s);
     fleet.stop(Duration::from_secs(10)).await.unwrap();
+    s.shutdown().await;
+}
+
+/// Security mode 2 handed over (Core TS 1.1 §7.1.8): the client bootstraps over PSK and is
+/// given a certificate account (its certificate /0/1/3, private key /0/1/5, the CA as
+/// /0/1/4); it registers over DTLS with the certificate, under its common name.
+#[tokio::test]
+async fn a_client_handed_a_certificate_account_registers_with_it() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name.push(DnType::CommonName, "fleet CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_der = ca.self_signed(&ca_key).unwrap().der().to_vec();
+    // The server's certificate names the address in the URI the client is given.
+    let (server_chain, server_key) = issue(
+        &ca,
+        &ca_key,
+        "lwm2m server",
+        &["127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client_der, client_key) = issue(
+        &ca,
+        &ca_key,
+        "ep1",
+        &[],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    let s = Servers::start_with(Some(CertificateConfig {
+        chain: vec![server_chain],
+        private_key: server_key,
+        trust_anchors: vec![ca_der.clone()],
+    }))
+    .await;
+    s.configure_account(
+        "ep1",
+        &format!(
+            "mode: x509, identity: \"{}\", secret_key: \"{}\", server_public_key: \"{}\"",
+            hex(&client_der),
+            hex(&client_key),
+            hex(&ca_der)
+        ),
+    );
+    let fleet = s.fleet(&["ep1".to_owned()], &[]);
+    s.server_seen
+        .wait(1, "ep1 registered with its certificate", |e| match e {
+            Event::Server(ServerEvent::Registered { registration, .. }) => {
+                Some(registration.endpoint.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(s.bs_seen.established(), ["psk:bs-ep1"]);
+    assert_eq!(s.server_seen.established(), ["cn:ep1"]);
+    assert_eq!(registered(&s.server_seen), ["ep1"]);
+    // No PSK to provision: the common name is the endpoint's credential.
+    assert_eq!(s.security.by_endpoint("ep1"), None);
+    let c = fleet.total();
+    assert_eq!((c.dtls_handshakes, c.dtls_failures), (2, 0), "{c:?}");
+    fleet.stop(Duration::from_secs(5)).await.unwrap();
     s.shutdown().await;
 }

@@ -437,7 +437,7 @@ async fn coap_client_openssl_registers_with_psk() {
 
 /// A P-256 certificate for `cn` (and `san`, if any) issued by the CA (`ca_params`,
 /// `ca_key`), with its PKCS#8 key.
-fn issue(
+pub fn issue(
     ca_params: &rcgen::CertificateParams,
     ca_key: &rcgen::KeyPair,
     cn: &str,

@@ -2,9 +2,13 @@
 //! talks to over `coaps://` gets a [`DtlsLink`] of its own, with the credentials of that
 //! server's account in the client's *current* object tree: the bootstrap-server Security
 //! instance (/0/x/1 true) for [`ClientConfig::bootstrap_server`], the LwM2M Server account
-//! (the first other instance with a URI) for the server the client registers with. Each
-//! account is Security Mode 0 (PSK, /0/x/2) with identity /0/x/3 and key /0/x/5; an empty
-//! identity stands for the endpoint name. The two accounts carry different credentials,
+//! (the first other instance with a URI) for the server the client registers with. An
+//! account is Security Mode 0 (PSK, /0/x/2) with identity /0/x/3 and key /0/x/5 (an empty
+//! identity stands for the endpoint name), or Security Mode 2 (certificate,
+//! `TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8`) with the client's certificate (DER) in /0/x/3, its
+//! PKCS#8 private key (DER) in /0/x/5 and the certificate its server's chain must lead to
+//! (DER, a trust anchor) in /0/x/4; the server's certificate must name the URI's host (an
+//! IP address subjectAltName for `coaps://127.0.0.1:…`). The two accounts carry different credentials,
 //! as the specification requires, and the Bootstrap Server replaces the LwM2M Server's
 //! during bootstrap: the link toward a server is checked against its account on every
 //! datagram, and rebuilt when the account's credentials changed (bootstrap, factory reset)
@@ -18,15 +22,16 @@
 //! Bootstrap-Finish the client closes its session with the Bootstrap Server
 //! (close_notify), as devices do.
 //!
-//! Not supported: certificates (mode 2) and raw public keys (mode 1) in the fleet: such
-//! accounts get no link, and their datagrams go out as plain CoAP.
+//! Not supported: raw public keys (mode 1, not in the rtc-dtls family) and Certificate
+//! Usage (/0/x/15): /0/x/4 is always a trust anchor. Such accounts get no link, and their
+//! datagrams go out as plain CoAP.
 //!
 //! [`ClientConfig::bootstrap_server`]: lwm2m_proto::client::ClientConfig::bootstrap_server
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use lwm2m_dtls::{ClientConfig, Credentials, DtlsClient, DtlsError};
+use lwm2m_dtls::{CertificateConfig, ClientConfig, Credentials, DtlsClient, DtlsError};
 use lwm2m_proto::client::{ClientConfig as MachineConfig, ObjectTree};
 use lwm2m_proto::{InstanceId, Lwm2mPath, ObjectId, Value};
 
@@ -34,6 +39,8 @@ use lwm2m_proto::{InstanceId, Lwm2mPath, ObjectId, Value};
 const SECURITY: ObjectId = ObjectId(0);
 /// Security Mode 0: pre-shared key (/0/x/2).
 const MODE_PSK: i64 = 0;
+/// Security Mode 2: certificate (/0/x/2).
+const MODE_CERTIFICATE: i64 = 2;
 /// CoAP datagrams held while a handshake runs (the oldest go first beyond it).
 const PENDING: usize = 16;
 
@@ -117,24 +124,48 @@ pub(super) fn credentials_for(
         }
         iid
     };
-    if !uri(account)?.starts_with("coaps://") || get(account, 2) != Some(&Value::Integer(MODE_PSK))
-    {
-        return None;
+    let host = uri(account)?.strip_prefix("coaps://")?;
+    let opaque = |rid| match get(account, rid) {
+        Some(Value::Opaque(b)) => b.clone(),
+        _ => Vec::new(),
+    };
+    match get(account, 2) {
+        Some(Value::Integer(MODE_PSK)) => {
+            let identity = opaque(3);
+            Some(Credentials::Psk {
+                identity: if identity.is_empty() {
+                    config.endpoint.as_bytes().to_vec()
+                } else {
+                    identity
+                },
+                key: opaque(5),
+            })
+        }
+        // Empty resources compile to no configuration: the link then fails, counted, and
+        // nothing goes out in clear.
+        Some(Value::Integer(MODE_CERTIFICATE)) => Some(Credentials::Certificate {
+            certificate: CertificateConfig {
+                chain: vec![opaque(3)],
+                private_key: opaque(5),
+                trust_anchors: vec![opaque(4)],
+            },
+            server_name: server_name(host).to_owned(),
+        }),
+        _ => None,
     }
-    let (Some(Value::Opaque(identity)), Some(Value::Opaque(key))) =
-        (get(account, 3), get(account, 5))
-    else {
-        return None;
-    };
-    let identity = if identity.is_empty() {
-        config.endpoint.as_bytes()
-    } else {
-        identity
-    };
-    Some(Credentials::Psk {
-        identity: identity.to_vec(),
-        key: key.clone(),
-    })
+}
+
+/// The host of a URI authority (`host:port`, `[v6]:port`, `host`), the name the server's
+/// certificate must carry (an IP address matches an IP address subjectAltName).
+fn server_name(authority: &str) -> &str {
+    let authority = authority.split(['/', '?']).next().unwrap_or(authority);
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() && !host.contains(':') => host,
+        _ => authority,
+    }
 }
 
 impl DtlsLink {
@@ -280,6 +311,41 @@ mod tests {
         account(&mut t, 1, "coaps://127.0.0.1:5684", false, 0, b"ep");
         assert_eq!(credentials_for(&t, &c, lwm2m), psk(b"ep", 2));
         assert_eq!(credentials_for(&t, &c, bs), psk(b"bs-ep", 1));
+    }
+
+    #[test]
+    fn certificate_accounts_carry_chain_key_and_trust_anchor() {
+        let peer: SocketAddr = LWM2M.parse().unwrap();
+        let mut t = tree("coaps://127.0.0.1:5684", 2, b"\x30\x01");
+        let set = |t: &mut ObjectTree, r: u16, v: &[u8]| {
+            let p = Lwm2mPath::Resource(SECURITY, 0.into(), r.into());
+            t.set(&p, ResourceValue::Single(Value::Opaque(v.to_vec())))
+                .unwrap();
+        };
+        set(&mut t, 4, b"ca");
+        set(&mut t, 5, b"key");
+        let Some(Credentials::Certificate {
+            certificate,
+            server_name: name,
+        }) = credentials_for(&t, &config(None, None), peer)
+        else {
+            panic!("a certificate account")
+        };
+        assert_eq!(certificate.chain, [b"\x30\x01".to_vec()]);
+        assert_eq!(certificate.private_key, b"key");
+        assert_eq!(certificate.trust_anchors, [b"ca".to_vec()]);
+        assert_eq!(name, "127.0.0.1");
+        // Garbage does not compile: the link is refused rather than sent in clear.
+        let creds = credentials_for(&t, &config(None, None), peer).unwrap();
+        assert!(DtlsLink::new(peer, creds).is_err());
+        for (authority, name) in [
+            ("127.0.0.1:5684", "127.0.0.1"),
+            ("[::1]:5684", "::1"),
+            ("lwm2m.example", "lwm2m.example"),
+            ("lwm2m.example:5684/x", "lwm2m.example"),
+        ] {
+            assert_eq!(server_name(authority), name);
+        }
     }
 
     #[test]
