@@ -8,7 +8,9 @@
 //! options' security store, normally [`BootstrapCredentials`] (the bootstrap-server
 //! Security instance of each endpoint's configuration). A Bootstrap-Request
 //! (`POST /bs?ep=NAME`) over a session whose identity does not belong to NAME gets 4.03
-//! and a [`crate::events::SecurityEvent::IdentityMismatch`].
+//! and a [`crate::events::SecurityEvent::IdentityMismatch`]. The plain socket refuses
+//! (4.03) an endpoint whose configuration's Bootstrap Server account is not NoSec: its
+//! credentials are not handed out in clear.
 //!
 //! With [`BootstrapOptions::provision`], the LwM2M Server credentials a configuration hands
 //! out (its first non-bootstrap PSK Security instance) are put into the LwM2M Server's
@@ -48,6 +50,10 @@ pub struct StoreConfigSource {
     pub store: Arc<dyn BootstrapStore>,
     /// The LwM2M Server's security store, if the credentials handed out must be put there.
     pub provision: Option<Arc<dyn SecurityStore>>,
+    /// The source serves the DTLS socket. On the plain one, an endpoint whose
+    /// configuration's Bootstrap Server account is not NoSec is refused (4.03): its
+    /// credentials are not handed out in clear.
+    pub secure: bool,
 }
 
 /// The LwM2M Server account of a configuration whose credentials the LwM2M Server must
@@ -70,10 +76,28 @@ impl ConfigSource for StoreConfigSource {
         })
     }
 
-    /// Puts `endpoint -> Psk { identity, key }` of the LwM2M Server account into the
-    /// provisioning store (unless it holds exactly that already); its refusal refuses the
-    /// session.
-    fn session_starting(&self, endpoint: &str, config: &BootstrapConfig) -> Result<(), String> {
+    /// Refuses a secure configuration on the plain socket; puts `endpoint -> Psk {
+    /// identity, key }` of the LwM2M Server account into the provisioning store (unless it
+    /// holds exactly that already); its refusal refuses the session.
+    fn session_starting(
+        &self,
+        endpoint: &str,
+        config: &BootstrapConfig,
+    ) -> Result<(), BootstrapError> {
+        if !self.secure
+            && let Some(account) = config
+                .security
+                .values()
+                .find(|s| s.bootstrap_server && s.mode != SecurityMode::NoSec)
+        {
+            return Err(BootstrapError::Forbidden {
+                endpoint: endpoint.to_owned(),
+                reason: format!(
+                    "its Bootstrap Server account is {:?}: bootstrap over DTLS",
+                    account.mode
+                ),
+            });
+        }
         let (Some(security), Some(account)) = (&self.provision, server_psk(config)) else {
             return Ok(());
         };
@@ -95,7 +119,10 @@ impl ConfigSource for StoreConfigSource {
                 );
                 Ok(())
             }
-            Err(e) => Err(format!("its LwM2M Server credentials were refused: {e}")),
+            Err(e) => Err(BootstrapError::Provisioning {
+                endpoint: endpoint.to_owned(),
+                reason: format!("its LwM2M Server credentials were refused: {e}"),
+            }),
         }
     }
 }
@@ -280,6 +307,7 @@ pub fn start_bootstrap(options: BootstrapOptions) -> io::Result<BootstrapHandle>
     let source = StoreConfigSource {
         store: options.store.clone(),
         provision: options.provision.clone(),
+        secure: false,
     };
     let io = |socket: tokio::net::UdpSocket| -> io::Result<Io> {
         Ok(Io {
@@ -298,7 +326,11 @@ pub fn start_bootstrap(options: BootstrapOptions) -> io::Result<BootstrapHandle>
             // Another seed: the two machines' message ids and tokens do not repeat.
             let mut config = options.config.clone();
             config.coap.seed = config.coap.seed.wrapping_add(1);
-            let machine = BootstrapServer::new(config, Box::new(source.clone()));
+            let source = StoreConfigSource {
+                secure: true,
+                ..source.clone()
+            };
+            let machine = BootstrapServer::new(config, Box::new(source));
             let machine = SecureServer::new(dtls, machine, BootstrapRequests, Role::Bootstrap)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
             let io = io(bind_udp(dtls.bind)?)?;
@@ -429,10 +461,11 @@ patterns:
         StoreConfigSource {
             store: Arc::new(FileBootstrapStore::in_memory(doc)),
             provision: Some(security.clone()),
+            secure: true,
         }
     }
 
-    fn starting(source: &StoreConfigSource, ep: &str) -> Result<(), String> {
+    fn starting(source: &StoreConfigSource, ep: &str) -> Result<(), BootstrapError> {
         let (_, config) = source.lookup(ep).unwrap();
         source.session_starting(ep, &config)
     }
@@ -461,10 +494,13 @@ patterns:
         let security = Arc::new(FileSecurityStore::in_memory());
         let source = source(&security);
         starting(&source, "shared-1").unwrap();
-        let reason = starting(&source, "shared-2").unwrap_err();
+        let refused = starting(&source, "shared-2").unwrap_err();
+        assert_eq!(refused.coap_code(), (5, 0));
         assert!(
-            reason.contains("\"same\" already belongs to endpoint \"shared-1\""),
-            "{reason}"
+            refused
+                .to_string()
+                .contains("\"same\" already belongs to endpoint \"shared-1\""),
+            "{refused}"
         );
         assert!(security.by_endpoint("shared-2").is_none());
         assert_eq!(
@@ -477,5 +513,21 @@ patterns:
             ..source
         };
         starting(&free, "shared-2").unwrap();
+    }
+
+    #[test]
+    fn a_secure_bootstrap_account_is_not_served_over_plain_coap() {
+        let security = Arc::new(FileSecurityStore::in_memory());
+        let plain = StoreConfigSource {
+            secure: false,
+            ..source(&security)
+        };
+        let refused = starting(&plain, "ep1").unwrap_err();
+        assert_eq!(refused.coap_code(), (4, 3));
+        assert!(refused.to_string().contains("over DTLS"), "{refused}");
+        assert_eq!(security.by_endpoint("ep1"), None, "nothing provisioned");
+        // Configurations without a secure Bootstrap Server account are served.
+        starting(&plain, "plain-1").unwrap();
+        starting(&plain, "shared-1").unwrap();
     }
 }

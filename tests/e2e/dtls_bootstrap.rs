@@ -13,7 +13,7 @@ use std::time::Duration;
 use lwm2m_dtls::{CertificateConfig, ClientConfig, UdpDtlsClient};
 use lwm2m_proto::bootstrap::server::BootstrapEvent;
 use lwm2m_proto::coap::message;
-use lwm2m_proto::coap::{MessageClass, RequestType};
+use lwm2m_proto::coap::{MessageClass, RequestType, ResponseType};
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::ServerEvent;
 use lwm2m_proto::{ResourceValue, Value};
@@ -387,8 +387,11 @@ async fn a_wrong_bootstrap_key_or_a_taken_identity_fails_alone() {
     let mut r = registered(&s.server_seen);
     r.sort();
     assert_eq!(r, good);
-    let c = counters_until(&fleet, "w2's failure counted", |c| c.dtls_failures >= 1).await;
-    assert_eq!(c.clients_registered, 4, "{c:?}");
+    // The fleet counts a registration when the answer arrives, after the server's event.
+    counters_until(&fleet, "w2's failure and four registrations counted", |c| {
+        c.dtls_failures >= 1 && c.clients_registered == 4
+    })
+    .await;
     fleet.stop(Duration::from_secs(5)).await.unwrap();
     s.shutdown().await;
 }
@@ -454,6 +457,28 @@ async fn a_bootstrap_identity_used_for_another_endpoint_gets_4_03() {
     assert_eq!(message::uri_path(&first), "/0");
     assert_eq!(s.security.by_endpoint("ep1"), psk("ep1", "ep1"));
     client.close().await.unwrap();
+
+    // Over plain CoAP, ep1's configuration (a PSK Bootstrap Server account) is refused:
+    // its credentials do not go out in clear.
+    let plain = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut p = message::request(RequestType::Post, "/bs");
+    message::add_query(&mut p, "ep=ep1");
+    p.header.message_id = 3;
+    p.set_token(vec![3]);
+    plain
+        .send_to(&p.to_bytes().unwrap(), s.bootstrap.local_addr())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, _) = tokio::time::timeout(PATIENCE, plain.recv_from(&mut buf))
+        .await
+        .expect("no answer over plain CoAP")
+        .unwrap();
+    let answer = message::decode(&buf[..n]).unwrap();
+    assert_eq!(
+        answer.header.code,
+        MessageClass::Response(ResponseType::Forbidden)
+    );
     s.shutdown().await;
 }
 

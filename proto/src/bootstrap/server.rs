@@ -68,10 +68,15 @@ pub trait ConfigSource: Send {
 
     /// Called when a session with `endpoint` is about to start with `config` (the result
     /// of [`ConfigSource::lookup`], planned without error), before anything is sent: a
-    /// driver hands the credentials the configuration carries to its LwM2M Server here.
-    /// An error refuses the session ([`BootstrapError::Provisioning`], 5.00). The default
-    /// does nothing.
-    fn session_starting(&self, endpoint: &str, config: &BootstrapConfig) -> Result<(), String> {
+    /// driver checks the transport against the configuration or hands the credentials it
+    /// carries to its LwM2M Server here. An error refuses the session with its code
+    /// (normally [`BootstrapError::Forbidden`] or [`BootstrapError::Provisioning`]). The
+    /// default does nothing.
+    fn session_starting(
+        &self,
+        endpoint: &str,
+        config: &BootstrapConfig,
+    ) -> Result<(), BootstrapError> {
         let _ = (endpoint, config);
         Ok(())
     }
@@ -152,6 +157,15 @@ pub enum BootstrapError {
         /// The encoder's error.
         error: CodecError,
     },
+    /// The client may not be bootstrapped this way, e.g. over plain CoAP when its
+    /// configuration's Bootstrap Server account says PSK (4.03 Forbidden).
+    #[error("{endpoint:?} may not bootstrap here: {reason}")]
+    Forbidden {
+        /// The endpoint name.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
     /// [`ConfigSource::session_starting`] refused the session, e.g. the LwM2M Server
     /// credentials of the configuration cannot be stored (5.00 Internal Server Error: the
     /// client would be handed credentials its LwM2M Server refuses).
@@ -195,6 +209,7 @@ impl BootstrapError {
                 ResponseType::InternalServerError
             }
             Self::NotFound { .. } => ResponseType::NotFound,
+            Self::Forbidden { .. } => ResponseType::Forbidden,
             Self::MethodNotAllowed { .. } => ResponseType::MethodNotAllowed,
             Self::SessionRunning { .. } => ResponseType::ServiceUnavailable,
         }
@@ -677,12 +692,7 @@ impl BootstrapServer {
                     endpoint: endpoint.to_owned(),
                 })?;
         let steps = plan(&config, &bootstrap, format)?;
-        self.source
-            .session_starting(endpoint, &bootstrap)
-            .map_err(|reason| BootstrapError::Provisioning {
-                endpoint: endpoint.to_owned(),
-                reason,
-            })?;
+        self.source.session_starting(endpoint, &bootstrap)?;
         Ok(Plan {
             config,
             steps,
@@ -1369,10 +1379,26 @@ mod tests {
         fn lookup(&self, endpoint: &str) -> Option<(String, BootstrapConfig)> {
             self.0.lookup(endpoint)
         }
-        fn session_starting(&self, endpoint: &str, config: &BootstrapConfig) -> Result<(), String> {
-            assert_eq!(config.security[&1].identity, format!("{endpoint}-id"));
+        fn session_starting(
+            &self,
+            endpoint: &str,
+            config: &BootstrapConfig,
+        ) -> Result<(), BootstrapError> {
+            let expected = if endpoint.starts_with("dev-") {
+                format!("{endpoint}-id")
+            } else {
+                endpoint.to_owned()
+            };
+            assert_eq!(config.security[&1].identity, expected);
             match endpoint {
-                "dev-1" => Err("identity taken".into()),
+                "dev-1" => Err(BootstrapError::Provisioning {
+                    endpoint: endpoint.into(),
+                    reason: "identity taken".into(),
+                }),
+                "dev-2" => Err(BootstrapError::Forbidden {
+                    endpoint: endpoint.into(),
+                    reason: "not over plain CoAP".into(),
+                }),
                 _ => Ok(()),
             }
         }
@@ -1401,7 +1427,9 @@ mod tests {
             })
         );
         net.bootstrap_request(&["ep=dev-2"]);
-        assert_eq!(net.client.answers, vec![(5, 0), (2, 4)]);
+        assert_eq!(net.client.answers, vec![(5, 0), (4, 3)]);
+        net.bootstrap_request(&["ep=sensor-1"]);
+        assert_eq!(net.client.answers, vec![(5, 0), (4, 3), (2, 4)]);
     }
 
     #[test]
