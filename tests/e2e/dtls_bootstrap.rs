@@ -423,6 +423,25 @@ async fn a_bootstrap_identity_used_for_another_endpoint_gets_4_03() {
         .await
         .expect("handshake")
         .unwrap();
+    // An identity no configuration holds fails its own handshake only.
+    let stranger = ClientConfig::psk(b"bs-nobody", &key("bs-nobody")).unwrap();
+    let refused = tokio::time::timeout(PATIENCE, UdpDtlsClient::connect(s.bs_dtls(), &stranger))
+        .await
+        .expect("the handshake ends");
+    assert!(refused.is_err());
+    let failed = s
+        .bs_seen
+        .wait(1, "unknown identity", |e| match e {
+            Event::Security(SecurityEvent::HandshakeFailed {
+                identity, reason, ..
+            }) => Some((identity.clone(), reason.clone())),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        failed[0],
+        (Some("psk:bs-nobody".into()), "UnknownIdentity".into())
+    );
     assert_eq!(bootstrap_request(&mut client, "other", 1).await, (4, 3));
     let mismatch = s
         .bs_seen
