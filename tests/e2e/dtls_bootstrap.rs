@@ -599,3 +599,91 @@ async fn a_client_handed_a_certificate_account_registers_with_it() {
     fleet.stop(Duration::from_secs(5)).await.unwrap();
     s.shutdown().await;
 }
+
+/// libcoap's client (GnuTLS build) as an independent DTLS peer of the Bootstrap Server:
+/// with its PSK it gets 4.03 for another endpoint's Bootstrap-Request and 2.04 for its
+/// own, after which the Bootstrap Server starts the session.
+#[tokio::test]
+async fn coap_client_gnutls_bootstraps_over_dtls_as_its_own_endpoint_only() {
+    let bin = "coap-client-gnutls";
+    assert!(
+        std::process::Command::new(bin).arg("-h").output().is_ok(),
+        "{bin} is missing: install it with `apt-get install libcoap3-bin`"
+    );
+    let s = Servers::start().await;
+    // coap-client takes the key as text: the configuration holds its bytes in hex.
+    let yaml = format!(
+        "endpoints:\n  libcoap-1:\n    security:\n      \
+         0: {{ uri: \"coaps://{}\", bootstrap_server: true, mode: psk, identity: libcoap-bs, secret_key: \"{}\" }}\n      \
+         1: {{ uri: \"coaps://{}\", mode: psk, identity: libcoap-1, secret_key: \"{}\", short_server_id: 1 }}\n",
+        s.bs_dtls(),
+        hex(b"libcoap-bs-secret"),
+        s.server.dtls_addr().unwrap(),
+        hex(b"libcoap-lwm2m-secret"),
+    );
+    let doc = BootstrapDoc::from_yaml("bootstrap.yaml", &yaml).unwrap();
+    for (ep, config) in doc.endpoints {
+        s.configs.put(ConfigKey::Endpoint(ep), config).unwrap();
+    }
+    s.configure("other", "other");
+    let post = |ep: &str| {
+        let uri = format!("coaps://{}/bs?ep={ep}", s.bs_dtls());
+        tokio::process::Command::new(bin)
+            .args(["-B", "3", "-v", "7", "-m", "post"])
+            .args(["-u", "libcoap-bs", "-k", "libcoap-bs-secret"])
+            .arg(uri)
+            .kill_on_drop(true)
+            .output()
+    };
+    let answered = |out: &std::process::Output, code: &str| {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("v:1 ") && l.contains(&format!("c:{code}"))),
+            "no {code} in {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let out = tokio::time::timeout(PATIENCE, post("other"))
+        .await
+        .expect("coap-client ends")
+        .unwrap();
+    answered(&out, "4.03");
+    let mismatch = s
+        .bs_seen
+        .wait(1, "IdentityMismatch", |e| match e {
+            Event::Security(SecurityEvent::IdentityMismatch {
+                identity, endpoint, ..
+            }) => Some((identity.clone(), endpoint.clone())),
+            _ => None,
+        })
+        .await;
+    assert_eq!(mismatch[0], ("psk:libcoap-bs".into(), "other".into()));
+    let out = tokio::time::timeout(PATIENCE, post("libcoap-1"))
+        .await
+        .expect("coap-client ends")
+        .unwrap();
+    answered(&out, "2.04");
+    s.bs_seen
+        .wait(1, "libcoap-1's session started", |e| match e {
+            Event::Bootstrap(BootstrapEvent::SessionStarted { endpoint, .. })
+                if endpoint == "libcoap-1" =>
+            {
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        s.security.by_endpoint("libcoap-1"),
+        Some(SecurityInfo {
+            endpoint: "libcoap-1".into(),
+            credentials: Credentials::Psk {
+                identity: "libcoap-1".into(),
+                key: hex(b"libcoap-lwm2m-secret"),
+            },
+        })
+    );
+    s.shutdown().await;
+}
