@@ -32,6 +32,25 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
+/// The `summary:` line of `out`, checked to hold each `key=value` of `want`.
+fn summary<'a>(out: &'a str, want: &[(&str, &str)]) -> &'a str {
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("summary:"))
+        .unwrap_or_else(|| panic!("no summary:\n{out}"));
+    for (key, want) in want {
+        assert_eq!(field(summary, key), Some(*want), "{key} in {summary}");
+    }
+    summary
+}
+
+/// The number in the `key=N` field of a line.
+fn count(line: &str, key: &str) -> usize {
+    field(line, key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key} in {line}"))
+}
+
 /// Runs the binary with `args`; its stdout, after at most 30 s.
 fn run(args: &[String]) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
@@ -122,21 +141,18 @@ fn simulate_50_clients_against_our_server() {
     }
 
     // The summary: all registered, all de-registered, latency quantiles printed.
-    let summary = out
-        .lines()
-        .find(|l| l.starts_with("summary:"))
-        .unwrap_or_else(|| panic!("no summary:\n{out}"));
-    for (key, want) in [
-        ("clients", "50"),
-        ("ever-registered", "50"),
-        ("registered-at-end", "50"),
-        ("failed", "0"),
-        ("registrations", "50"),
-        ("deregistrations", "50"),
-        ("failures", "0"),
-    ] {
-        assert_eq!(field(summary, key), Some(want), "{key} in {summary}");
-    }
+    summary(
+        &out,
+        &[
+            ("clients", "50"),
+            ("ever-registered", "50"),
+            ("registered-at-end", "50"),
+            ("failed", "0"),
+            ("registrations", "50"),
+            ("deregistrations", "50"),
+            ("failures", "0"),
+        ],
+    );
     let latency = out
         .lines()
         .find(|l| l.starts_with("latency:"))
@@ -257,23 +273,18 @@ fn simulate_20_psk_clients_over_dtls() {
     .to_vec();
     let out = run(&args);
 
-    let summary = out
-        .lines()
-        .find(|l| l.starts_with("summary:"))
-        .unwrap_or_else(|| panic!("no summary:\n{out}"));
-    for (key, want) in [
-        ("ever-registered", "20"),
-        ("failed", "0"),
-        ("failures", "0"),
-        ("deregistrations", "20"),
-        ("dtls-failures", "0"),
-    ] {
-        assert_eq!(field(summary, key), Some(want), "{key} in {summary}");
-    }
-    let handshakes: u64 = field(summary, "dtls-handshakes")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("dtls-handshakes in {summary}"));
-    assert!(handshakes >= N, "{summary}");
+    let summary = summary(
+        &out,
+        &[
+            ("ever-registered", "20"),
+            ("failed", "0"),
+            ("failures", "0"),
+            ("deregistrations", "20"),
+            ("dtls-failures", "0"),
+        ],
+    );
+    let handshakes = count(summary, "dtls-handshakes");
+    assert!(handshakes >= N as usize, "{summary}");
     let live = out
         .lines()
         .rfind(|l| l.starts_with("t="))
@@ -351,20 +362,15 @@ fn simulate_10_clients_bootstrapping_over_dtls_through_a_fallback_configuration(
     .map(str::to_owned)
     .to_vec();
     let out = run(&args);
-    let summary = out
-        .lines()
-        .find(|l| l.starts_with("summary:"))
-        .unwrap_or_else(|| panic!("no summary:\n{out}"));
-    for (key, want) in [
-        ("ever-registered", "10"),
-        ("failed", "0"),
-        ("dtls-failures", "0"),
-    ] {
-        assert_eq!(field(summary, key), Some(want), "{key} in {summary}");
-    }
-    let handshakes: usize = field(summary, "dtls-handshakes")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("dtls-handshakes in {summary}"));
+    let summary = summary(
+        &out,
+        &[
+            ("ever-registered", "10"),
+            ("failed", "0"),
+            ("dtls-failures", "0"),
+        ],
+    );
+    let handshakes = count(summary, "dtls-handshakes");
     assert!(handshakes >= 2 * N, "one with each server: {summary}");
     // The Bootstrap Server provisioned every client's LwM2M Server identity.
     let provisioned: BTreeSet<String> = security

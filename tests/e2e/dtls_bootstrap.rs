@@ -28,7 +28,7 @@ use lwm2m_server::store::{
 use lwm2m_simulator::fleet::{ClientSpec, FleetHandle, Targets};
 use lwm2m_simulator::network::NetworkModel;
 
-use crate::dtls_server::{FirstBytes, issue, psk_of};
+use crate::dtls_server::{FirstBytes, certificate_authority, issue, psk_of};
 use crate::fleet_support::{PATIENCE, counters_until, eventually, path, profile, start_fleet};
 
 /// A client whose factory configuration is a Bootstrap Server account only: `coaps://`,
@@ -544,12 +544,8 @@ async fn two_hundred_clients_bootstrap_over_dtls_at_once_and_register_with_their
 /// /0/1/4); it registers over DTLS with the certificate, under its common name.
 #[tokio::test]
 async fn a_client_handed_a_certificate_account_registers_with_it() {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa};
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name.push(DnType::CommonName, "fleet CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca_der = ca.self_signed(&ca_key).unwrap().der().to_vec();
+    use rcgen::ExtendedKeyUsagePurpose;
+    let (ca, ca_key, ca_der) = certificate_authority("fleet CA");
     // The server's certificate names the address in the URI the client is given.
     let (server_chain, server_key) = issue(
         &ca,
