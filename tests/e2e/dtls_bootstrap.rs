@@ -15,7 +15,7 @@ use lwm2m_proto::bootstrap::server::BootstrapEvent;
 use lwm2m_proto::coap::message;
 use lwm2m_proto::coap::{MessageClass, RequestType, ResponseType};
 use lwm2m_proto::registry::Registry;
-use lwm2m_proto::server::ServerEvent;
+use lwm2m_proto::server::{Operation, ServerEvent};
 use lwm2m_proto::{ResourceValue, Value};
 use lwm2m_server::DtlsOptions;
 use lwm2m_server::bootstrap::{BootstrapHandle, BootstrapOptions, start_bootstrap};
@@ -681,5 +681,54 @@ async fn coap_client_gnutls_bootstraps_over_dtls_as_its_own_endpoint_only() {
             },
         })
     );
+    s.shutdown().await;
+}
+
+/// A second bootstrap hands out new LwM2M Server credentials (Bootstrap-Request Trigger,
+/// Execute 1/0/9): the client rebuilds its link from its current Security object and
+/// handshakes with the new identity; the server's store holds only the new one.
+#[tokio::test]
+async fn a_new_bootstrap_with_new_credentials_rebuilds_the_link() {
+    let s = Servers::start().await;
+    s.configure("ep1", "ep1");
+    let fleet = s.fleet(&["ep1".to_owned()], &[]);
+    let first = s
+        .server_seen
+        .wait(1, "ep1 registered", |e| match e {
+            Event::Server(ServerEvent::Registered { registration, .. }) => {
+                Some(registration.endpoint.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(first, ["ep1"]);
+    s.configure("ep1", "ep1-v2");
+    let trigger = s
+        .server
+        .request(
+            "ep1",
+            Operation::Execute {
+                path: path("/1/0/9"),
+                args: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(trigger.code, (2, 4));
+    s.server_seen
+        .wait(2, "ep1 registered again", |e| match e {
+            Event::Server(ServerEvent::Registered { registration, .. }) => {
+                Some(registration.endpoint.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(s.server_seen.established(), ["psk:ep1", "psk:ep1-v2"]);
+    assert_eq!(s.bs_seen.established(), ["psk:bs-ep1", "psk:bs-ep1"]);
+    assert_eq!(s.security.by_endpoint("ep1"), psk("ep1", "ep1-v2"));
+    assert_eq!(s.security.by_psk_identity("ep1"), None, "no ghost identity");
+    let c = fleet.total();
+    assert_eq!((c.dtls_handshakes, c.dtls_failures), (4, 0), "{c:?}");
+    fleet.stop(Duration::from_secs(5)).await.unwrap();
     s.shutdown().await;
 }
