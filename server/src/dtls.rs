@@ -2,7 +2,7 @@
 //! datagrams go through a [`DtlsServer`] session router; the plaintext CoAP of every
 //! session feeds a sans-IO machine of its own (the LwM2M Server's [`Lwm2mServer`] or the
 //! Bootstrap Server's [`lwm2m_proto::bootstrap::BootstrapServer`]), and the machine's
-//! output is encrypted back to the session. One wrapper, [`SecureServer`], serves both.
+//! output is encrypted back to the session. One wrapper (`SecureServer`) serves both.
 //!
 //! A separate machine keeps the two transports apart: a machine keys peers by address, and
 //! one address may hold a plain and a secure association at once.
