@@ -15,7 +15,7 @@ use lwm2m_server::driver::{ServerOptions, start_server};
 use lwm2m_server::dtls::{KeyLog, KeyLogFile};
 use lwm2m_server::events::EventBus;
 use lwm2m_server::rest::{ApiState, serve_api};
-use lwm2m_server::store::{FileBootstrapStore, FileSecurityStore};
+use lwm2m_server::store::{BootstrapCredentials, FileBootstrapStore, FileSecurityStore};
 
 /// Arguments of `serve`; each can also come from the `--config` YAML file (flags win).
 #[derive(Args, Debug, Default)]
@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// The Bootstrap Server's CoAP address [default: 127.0.0.1:5783].
     #[arg(long, value_name = "ADDR")]
     bootstrap: Option<SocketAddr>,
+    /// Also listen for Bootstrap-Requests over DTLS here, e.g. 127.0.0.1:5784; PSK keys
+    /// are the bootstrap-server accounts of the bootstrap configurations [default: off].
+    #[arg(long, value_name = "ADDR")]
+    bootstrap_coaps: Option<SocketAddr>,
     /// The REST API's HTTP address [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
@@ -45,7 +49,8 @@ pub struct ServeArgs {
     /// one (printed once).
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
-    /// A YAML file with any of: coap, coaps, keylog, bootstrap, http, data (relative to the file), token.
+    /// A YAML file with any of: coap, coaps, keylog, bootstrap, bootstrap_coaps, http, data
+    /// (relative to the file), token.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -58,6 +63,7 @@ struct ServeFile {
     coaps: Option<SocketAddr>,
     keylog: Option<PathBuf>,
     bootstrap: Option<SocketAddr>,
+    bootstrap_coaps: Option<SocketAddr>,
     http: Option<SocketAddr>,
     data: Option<PathBuf>,
     token: Option<String>,
@@ -70,6 +76,7 @@ struct Settings {
     coaps: Option<SocketAddr>,
     keylog: Option<PathBuf>,
     bootstrap: SocketAddr,
+    bootstrap_coaps: Option<SocketAddr>,
     http: SocketAddr,
     data: PathBuf,
     token: Option<String>,
@@ -107,6 +114,7 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
             .bootstrap
             .or(file.bootstrap)
             .map_or_else(|| addr("127.0.0.1:5783"), Ok)?,
+        bootstrap_coaps: args.bootstrap_coaps.or(file.bootstrap_coaps),
         http: args
             .http
             .or(file.http)
@@ -158,7 +166,7 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
         None => None,
     };
     server_options.dtls = s.coaps.map(|addr| DtlsOptions {
-        key_log,
+        key_log: key_log.clone(),
         ..DtlsOptions::new(addr, security.clone())
     });
     let server = start_server(server_options).with_context(|| match s.coaps {
@@ -167,8 +175,22 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
     })?;
     let mut bs_options = BootstrapOptions::new(s.bootstrap, bootstrap_store.clone());
     bs_options.bus = bus.clone();
-    let bootstrap = start_bootstrap(bs_options)
-        .with_context(|| format!("binding the Bootstrap Server to {}", s.bootstrap))?;
+    // The LwM2M Server in this process must know the credentials handed out.
+    bs_options.provision = Some(security.clone());
+    bs_options.dtls = s.bootstrap_coaps.map(|addr| DtlsOptions {
+        key_log: key_log.clone(),
+        ..DtlsOptions::new(
+            addr,
+            Arc::new(BootstrapCredentials(bootstrap_store.clone())),
+        )
+    });
+    let bootstrap = start_bootstrap(bs_options).with_context(|| match s.bootstrap_coaps {
+        Some(coaps) => format!(
+            "binding the Bootstrap Server to {} and {coaps}",
+            s.bootstrap
+        ),
+        None => format!("binding the Bootstrap Server to {}", s.bootstrap),
+    })?;
     let listener = tokio::net::TcpListener::bind(s.http)
         .await
         .with_context(|| format!("binding the REST API to {}", s.http))?;
@@ -188,6 +210,9 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
         println!("  LwM2M Server      coaps://{coaps} (PSK)");
     }
     println!("  Bootstrap Server  coap://{}", bootstrap.local_addr());
+    if let Some(coaps) = bootstrap.dtls_addr() {
+        println!("  Bootstrap Server  coaps://{coaps} (PSK)");
+    }
     println!("  REST API          http://{http}/api");
     println!("  data              {}", s.data.display());
     println!("  token             {token_line}");
@@ -247,7 +272,11 @@ mod tests {
     fn flags_win_over_the_file_and_unknown_keys_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("serve.yaml");
-        std::fs::write(&cfg, "coap: 127.0.0.1:1\nhttp: 127.0.0.1:2\ndata: d\n").unwrap();
+        std::fs::write(
+            &cfg,
+            "coap: 127.0.0.1:1\nhttp: 127.0.0.1:2\ndata: d\nbootstrap_coaps: 127.0.0.1:3\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             coap: Some("127.0.0.1:9".parse().unwrap()),
             config: Some(cfg.clone()),
@@ -258,6 +287,7 @@ mod tests {
         assert_eq!(s.http.port(), 2);
         assert_eq!(s.bootstrap.port(), 5783);
         assert_eq!(s.coaps, None);
+        assert_eq!(s.bootstrap_coaps.map(|a| a.port()), Some(3));
         assert_eq!(s.data, dir.path().join("d"));
         std::fs::write(&cfg, "coap: 127.0.0.1:1\ntokn: x\n").unwrap();
         let err = settings(&args).unwrap_err().to_string();

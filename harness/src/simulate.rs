@@ -8,6 +8,11 @@
 //! writes them as a JSON list of the server's security entries
 //! (`{"endpoint", "credentials": {"mode": "psk", "identity", "key"}}`), each one ready for
 //! `PUT /api/security/clients`.
+//!
+//! With `--bootstrap coaps://...`, `--bootstrap-psk-identity PATTERN` and
+//! `--bootstrap-psk-key HEX` every client bootstraps over DTLS with that identity and key
+//! in a bootstrap-server account (Security Mode 0), and talks to its LwM2M Server with what
+//! the Bootstrap Server hands over.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -34,9 +39,18 @@ pub struct SimulateArgs {
     /// fleet sends from 127.0.0.0/8 loopback addresses.
     #[arg(long)]
     server: Option<String>,
-    /// A Bootstrap Server, `coap://HOST:PORT`: the clients bootstrap first.
+    /// A Bootstrap Server, `coap://HOST:PORT` or `coaps://HOST:PORT` (5684; needs
+    /// `--bootstrap-psk-identity` and `--bootstrap-psk-key`): the clients bootstrap first.
     #[arg(long)]
     bootstrap: Option<String>,
+    /// With a `coaps://` Bootstrap Server: each client's PSK identity toward it, `{n}`
+    /// standing for the client number and `{ep}` for the endpoint name, e.g. `bs-{ep}`.
+    #[arg(long)]
+    bootstrap_psk_identity: Option<String>,
+    /// With a `coaps://` Bootstrap Server: the PSK key (hex) of every client toward it, the
+    /// group key of a fallback bootstrap configuration.
+    #[arg(long, value_name = "HEX")]
+    bootstrap_psk_key: Option<String>,
     /// How many clients.
     #[arg(long, default_value_t = 1)]
     clients: usize,
@@ -179,9 +193,22 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
         bail!("a coaps:// --server and --psk-identity go together");
     }
     let bootstrap = args.bootstrap.as_deref().map(parse_coap_uri).transpose()?;
-    if bootstrap.is_some_and(|(_, secure)| secure) {
-        bail!("--bootstrap: only coap:// is supported");
-    }
+    let bootstrap_psk = match (
+        bootstrap.is_some_and(|(_, secure)| secure),
+        &args.bootstrap_psk_identity,
+        &args.bootstrap_psk_key,
+    ) {
+        (true, Some(identity), Some(key)) => {
+            let key = lwm2m_proto::value::parse_hex(key)
+                .filter(|k| !k.is_empty())
+                .with_context(|| format!("--bootstrap-psk-key {key:?}: not non-empty hex"))?;
+            Some((identity, key))
+        }
+        (false, None, None) => None,
+        _ => bail!(
+            "a coaps:// --bootstrap, --bootstrap-psk-identity and --bootstrap-psk-key go together"
+        ),
+    };
     let targets = Targets {
         server: server.map(|(a, _)| a),
         bootstrap: bootstrap.map(|(a, _)| a),
@@ -199,6 +226,9 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
     let mut clients = ProfileClients::new(profile, &registry, network, targets)?;
     if let Some(prefix) = &args.endpoint_prefix {
         clients = clients.with_endpoint_prefix(prefix);
+    }
+    if let Some((identity, key)) = &bootstrap_psk {
+        clients = clients.with_bootstrap_psk(identity, key);
     }
     if let Some(identity) = &args.psk_identity {
         clients = clients.with_psk(PskPattern {

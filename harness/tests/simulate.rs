@@ -1,7 +1,8 @@
 //! `lwm2m-harness simulate` as a user runs it: the binary drives 50 minimal-1.0 clients
 //! against our LwM2M Server, started in this test on loopback; its live counter lines and
 //! summary are checked, and so is what the server saw. Then 20 clients over DTLS with
-//! generated PSK credentials, which the server's security store holds.
+//! generated PSK credentials, which the server's security store holds, and 10 clients that
+//! bootstrap over DTLS and are handed their LwM2M Server credentials.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -14,9 +15,13 @@ use std::time::{Duration, Instant};
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::ServerEvent;
 use lwm2m_server::DtlsOptions;
+use lwm2m_server::bootstrap::{BootstrapOptions, start_bootstrap};
 use lwm2m_server::driver::{ServerOptions, start_server};
 use lwm2m_server::events::{Event, EventBus};
-use lwm2m_server::store::{Credentials, FileSecurityStore, SecurityInfo, SecurityStore};
+use lwm2m_server::store::{
+    BootstrapCredentials, BootstrapDoc, BootstrapStore, ConfigKey, Credentials, FileBootstrapStore,
+    FileSecurityStore, SecurityInfo, SecurityStore,
+};
 use lwm2m_simulator::fleet::PskPattern;
 
 const CLIENTS: usize = 50;
@@ -25,6 +30,25 @@ const CLIENTS: usize = 50;
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The `summary:` line of `out`, checked to hold each `key=value` of `want`.
+fn summary<'a>(out: &'a str, want: &[(&str, &str)]) -> &'a str {
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("summary:"))
+        .unwrap_or_else(|| panic!("no summary:\n{out}"));
+    for (key, want) in want {
+        assert_eq!(field(summary, key), Some(*want), "{key} in {summary}");
+    }
+    summary
+}
+
+/// The number in the `key=N` field of a line.
+fn count(line: &str, key: &str) -> usize {
+    field(line, key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key} in {line}"))
 }
 
 /// Runs the binary with `args`; its stdout, after at most 30 s.
@@ -117,21 +141,18 @@ fn simulate_50_clients_against_our_server() {
     }
 
     // The summary: all registered, all de-registered, latency quantiles printed.
-    let summary = out
-        .lines()
-        .find(|l| l.starts_with("summary:"))
-        .unwrap_or_else(|| panic!("no summary:\n{out}"));
-    for (key, want) in [
-        ("clients", "50"),
-        ("ever-registered", "50"),
-        ("registered-at-end", "50"),
-        ("failed", "0"),
-        ("registrations", "50"),
-        ("deregistrations", "50"),
-        ("failures", "0"),
-    ] {
-        assert_eq!(field(summary, key), Some(want), "{key} in {summary}");
-    }
+    summary(
+        &out,
+        &[
+            ("clients", "50"),
+            ("ever-registered", "50"),
+            ("registered-at-end", "50"),
+            ("failed", "0"),
+            ("registrations", "50"),
+            ("deregistrations", "50"),
+            ("failures", "0"),
+        ],
+    );
     let latency = out
         .lines()
         .find(|l| l.starts_with("latency:"))
@@ -252,23 +273,18 @@ fn simulate_20_psk_clients_over_dtls() {
     .to_vec();
     let out = run(&args);
 
-    let summary = out
-        .lines()
-        .find(|l| l.starts_with("summary:"))
-        .unwrap_or_else(|| panic!("no summary:\n{out}"));
-    for (key, want) in [
-        ("ever-registered", "20"),
-        ("failed", "0"),
-        ("failures", "0"),
-        ("deregistrations", "20"),
-        ("dtls-failures", "0"),
-    ] {
-        assert_eq!(field(summary, key), Some(want), "{key} in {summary}");
-    }
-    let handshakes: u64 = field(summary, "dtls-handshakes")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("dtls-handshakes in {summary}"));
-    assert!(handshakes >= N, "{summary}");
+    let summary = summary(
+        &out,
+        &[
+            ("ever-registered", "20"),
+            ("failed", "0"),
+            ("failures", "0"),
+            ("deregistrations", "20"),
+            ("dtls-failures", "0"),
+        ],
+    );
+    let handshakes = count(summary, "dtls-handshakes");
+    assert!(handshakes >= N as usize, "{summary}");
     let live = out
         .lines()
         .rfind(|l| l.starts_with("t="))
@@ -281,4 +297,91 @@ fn simulate_20_psk_clients_over_dtls() {
     let expected: Vec<SecurityInfo> = (0..N).map(|n| entry(&psk, n)).collect();
     assert_eq!(listed, expected);
     runtime.block_on(server.shutdown());
+}
+
+#[test]
+fn simulate_10_clients_bootstrapping_over_dtls_through_a_fallback_configuration() {
+    const N: usize = 10;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let security = Arc::new(FileSecurityStore::in_memory());
+    let configs = Arc::new(FileBootstrapStore::in_memory(BootstrapDoc::default()));
+    let (server, bootstrap) = runtime.block_on(async {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+        let mut options = ServerOptions::new(any, Arc::new(Registry::embedded()));
+        options.dtls = Some(DtlsOptions::new(any, security.clone()));
+        let server = start_server(options).expect("the server starts");
+        let mut bo = BootstrapOptions::new(any, configs.clone());
+        bo.dtls = Some(DtlsOptions::new(
+            any,
+            Arc::new(BootstrapCredentials(configs.clone())),
+        ));
+        bo.provision = Some(security.clone());
+        (
+            server,
+            start_bootstrap(bo).expect("the bootstrap server starts"),
+        )
+    });
+    let bs = bootstrap.dtls_addr().expect("a DTLS listener");
+    // One fallback configuration: bootstrap identity bs-{ep} with a group key, an LwM2M
+    // Server account over DTLS with identity {ep}.
+    let yaml = format!(
+        "patterns:\n  \"minimal-*\":\n    security:\n      \
+         0: {{ uri: \"coaps://{bs}\", bootstrap_server: true, mode: psk, identity: \"bs-{{ep}}\", secret_key: \"00112233445566778899aabbccddeeff\" }}\n      \
+         1: {{ uri: \"coaps://{}\", mode: psk, identity: \"{{ep}}\", secret_key: \"ffeeddccbbaa99887766554433221100\", short_server_id: 1 }}\n    \
+         servers:\n      0: {{ short_server_id: 1, lifetime: 60 }}\n",
+        server.dtls_addr().expect("a DTLS listener")
+    );
+    let doc = BootstrapDoc::from_yaml("bootstrap.yaml", &yaml).expect("a valid document");
+    for (pattern, config) in doc.patterns {
+        configs
+            .put(ConfigKey::Pattern(pattern), config)
+            .expect("a valid configuration");
+    }
+    let scenarios = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let args: Vec<String> = [
+        "simulate",
+        "--bootstrap",
+        &format!("coaps://{bs}"),
+        "--bootstrap-psk-identity",
+        "bs-{ep}",
+        "--bootstrap-psk-key",
+        "00112233445566778899aabbccddeeff",
+        "--clients",
+        &N.to_string(),
+        "--profile",
+        "minimal-1.0",
+        "--duration",
+        "3s",
+        "--scenarios",
+        &scenarios.to_string_lossy(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let out = run(&args);
+    let summary = summary(
+        &out,
+        &[
+            ("ever-registered", "10"),
+            ("failed", "0"),
+            ("dtls-failures", "0"),
+        ],
+    );
+    let handshakes = count(summary, "dtls-handshakes");
+    assert!(handshakes >= 2 * N, "one with each server: {summary}");
+    // The Bootstrap Server provisioned every client's LwM2M Server identity.
+    let provisioned: BTreeSet<String> = security
+        .all()
+        .into_iter()
+        .filter_map(|i| i.psk_identity().map(str::to_owned))
+        .collect();
+    let expected: BTreeSet<String> = (0..N).map(|n| format!("minimal-{n}")).collect();
+    assert_eq!(provisioned, expected);
+    runtime.block_on(async {
+        server.shutdown().await;
+        bootstrap.shutdown().await;
+    });
 }

@@ -22,7 +22,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::dtls::{DtlsOptions, SecureServer};
+use crate::dtls::{DtlsOptions, Registrations, SecureLwm2m, SecureServer};
 use crate::events::{Datagram, Direction, Event, EventBus, PacketTap, Role};
 use crate::registrations::{RegistrationStore, ShardedRegistrations};
 
@@ -338,15 +338,15 @@ impl Handler<Lwm2mServer> for ServerCore {
     }
 }
 
-impl Handler<SecureServer> for ServerCore {
+impl Handler<SecureLwm2m> for ServerCore {
     type Command = ServerCommand;
 
-    fn command(&mut self, machine: &mut SecureServer, now: Instant, command: ServerCommand) {
-        self.run_command(&mut machine.lwm2m, now, command);
+    fn command(&mut self, machine: &mut SecureLwm2m, now: Instant, command: ServerCommand) {
+        self.run_command(&mut machine.inner, now, command);
         machine.settle(now);
     }
 
-    fn event(&mut self, _: &SecureServer, event: Event) {
+    fn event(&mut self, _: &SecureLwm2m, event: Event) {
         match event {
             Event::Server(e) => self.server_event(e),
             other => self.bus.send(other),
@@ -436,7 +436,7 @@ pub fn start_server(options: ServerOptions) -> io::Result<ServerHandle> {
             let mut config = options.config.clone();
             config.coap.seed = config.coap.seed.wrapping_add(1);
             let machine = Lwm2mServer::new(config, options.registry.clone());
-            let machine = SecureServer::new(dtls, machine)
+            let machine = SecureServer::new(dtls, machine, Registrations::default(), Role::Server)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
             let io = io(bind_udp(dtls.bind)?)?;
             let machine = machine.with_tap(options.tap.clone(), io.local);

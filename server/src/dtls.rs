@@ -1,24 +1,30 @@
-//! The LwM2M Server over DTLS (CoAP over DTLS, RFC 7252 §9; Core TS 1.1 §7.1): a second
-//! socket whose datagrams go through a [`DtlsServer`] session router; the plaintext CoAP of
-//! every session feeds an [`Lwm2mServer`] machine of its own, and the machine's output is
-//! encrypted back to the session.
+//! CoAP over DTLS (RFC 7252 §9; Core TS 1.1 §7.1) for both servers: a second socket whose
+//! datagrams go through a [`DtlsServer`] session router; the plaintext CoAP of every
+//! session feeds a sans-IO machine of its own (the LwM2M Server's [`Lwm2mServer`] or the
+//! Bootstrap Server's [`lwm2m_proto::bootstrap::BootstrapServer`]), and the machine's
+//! output is encrypted back to the session. One wrapper (`SecureServer`) serves both.
 //!
-//! A separate machine keeps the two transports apart: the LwM2M machine keys peers by
-//! address, and one address may hold a plain and a secure association at once.
+//! A separate machine keeps the two transports apart: a machine keys peers by address, and
+//! one address may hold a plain and a secure association at once.
 //! [`crate::driver::ServerHandle`] sends each operation to the machine the endpoint
 //! registered with.
 //!
-//! PSK keys come from the [`SecurityStore`] by identity (in memory: answered synchronously
-//! on the driver task). Unknown identities and wrong keys fail the handshake of that peer
-//! only; each failure is a [`SecurityEvent`] and a log line.
+//! PSK keys come from a [`SecurityStore`] by identity (in memory: answered synchronously
+//! on the driver task): the LwM2M Server's credentials, or for the Bootstrap Server
+//! [`crate::store::BootstrapCredentials`]. Unknown identities and wrong keys fail the
+//! handshake of that peer only; each failure is a [`SecurityEvent`] and a log line. Every
+//! listener has a handshake timeout, a cap on concurrent handshakes and 4 MiB socket
+//! buffers, and can write an NSS key log.
 //!
-//! Identity and endpoint (Core TS 1.1 §7.1.8, §6.2.1): a Register (`POST /rd?ep=NAME`)
-//! over a session that authenticated as an identity belonging to another endpoint (by the
-//! security store: `by_psk_identity(identity).endpoint != NAME`; a certificate's common
-//! name must equal NAME), or an Update / De-register (`POST`/`DELETE /rd/{id}`) of another
-//! endpoint's registration, never reaches the machine: this module answers 4.03 Forbidden
-//! itself with a one-line diagnostic payload (RFC 7252 §5.5.2) and reports
-//! [`SecurityEvent::IdentityMismatch`].
+//! Identity and endpoint (Core TS 1.1 §7.1.8, §6.2.1, §5.2.7.1): a request acting for an
+//! endpoint the session's identity does not belong to (by the security store:
+//! `by_psk_identity(identity).endpoint != NAME`; a certificate's common name must equal
+//! NAME) never reaches the machine: this module answers 4.03 Forbidden itself with a
+//! one-line diagnostic payload (RFC 7252 §5.5.2) and reports
+//! [`SecurityEvent::IdentityMismatch`]. For the LwM2M Server that is a Register
+//! (`POST /rd?ep=NAME`), or an Update / De-register (`POST`/`DELETE /rd/{id}`) of another
+//! endpoint's registration; for the Bootstrap Server a Bootstrap-Request
+//! (`POST /bs?ep=NAME`).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -28,24 +34,27 @@ use std::time::{Duration, Instant};
 use lwm2m_dtls::{
     DtlsServer, Identity, PskStore, ServerConfig as DtlsConfig, ServerEvent as DtlsEvent,
 };
+use lwm2m_proto::bootstrap::server::BootstrapEvent;
 use lwm2m_proto::coap::{
     CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType, Transmit, message,
 };
-use lwm2m_proto::server::Lwm2mServer;
+use lwm2m_proto::server::{Lwm2mServer, ServerEvent};
 
 pub use lwm2m_dtls::{CertificateConfig, KeyLog, KeyLogFile};
 
 use crate::driver::Machine;
-use crate::events::{Direction, Event, PacketTap, SecurityEvent};
+use crate::events::{Direction, Event, PacketTap, Role, SecurityEvent};
 use crate::store::{Credentials, SecurityStore};
 
 /// How to start the DTLS listener of an LwM2M Server (see
-/// [`crate::driver::ServerOptions::dtls`]).
+/// [`crate::driver::ServerOptions::dtls`]) or a Bootstrap Server
+/// ([`crate::bootstrap::BootstrapOptions::dtls`]).
 #[derive(Clone)]
 pub struct DtlsOptions {
     /// Where to bind, e.g. `127.0.0.1:5684` (port 0: any free port).
     pub bind: SocketAddr,
-    /// Where PSK keys are looked up by identity and identities mapped to endpoints.
+    /// Where PSK keys are looked up by identity and identities mapped to endpoints (for a
+    /// Bootstrap Server: [`crate::store::BootstrapCredentials`]).
     pub security: Arc<dyn SecurityStore>,
     /// Longest handshake (RFC 6347 §4.2.4: flights are retransmitted every second).
     pub handshake_timeout: Duration,
@@ -102,24 +111,49 @@ impl PskStore for StorePsk {
     }
 }
 
-/// The DTLS session router and the LwM2M Server machine behind it, as one machine for the
-/// driver loop: ciphertext in and out, [`Event`]s out.
-pub(crate) struct SecureServer {
+/// What the wrapper needs to know about the machine behind it: which endpoint a request
+/// acts for, so that the session's identity can be checked against it.
+pub(crate) trait Gate: Send + 'static {
+    /// The inner machine's event.
+    type Event;
+    /// The endpoint name a decrypted request acts for, when the session's identity must
+    /// belong to it; `None`: not checked.
+    fn claimed_endpoint(&self, request: &Packet) -> Option<String>;
+    /// Sees each event of the inner machine before it leaves.
+    fn observe(&mut self, _event: &Self::Event) {}
+}
+
+/// The DTLS session router and a sans-IO machine behind it (the LwM2M Server's or the
+/// Bootstrap Server's), as one machine for the driver loop: ciphertext in and out,
+/// [`Event`]s out. The decrypted datagrams of every session feed the one inner machine
+/// (sessions are keyed by address, as the machine keys its peers); its output is
+/// encrypted back into the session of its peer.
+pub(crate) struct SecureServer<M: Machine, G> {
     dtls: DtlsServer,
-    /// The LwM2M Server machine of the secure socket.
-    pub(crate) lwm2m: Lwm2mServer,
+    /// The machine behind the DTLS socket.
+    pub(crate) inner: M,
+    gate: G,
     security: Arc<dyn SecurityStore>,
     events: VecDeque<Event>,
-    /// Registration id → endpoint, of this machine's registrations.
-    locations: HashMap<String, String>,
+    role: Role,
     /// Sees the plaintext of every application record, with the socket's address.
     tap: Option<(Arc<dyn PacketTap>, SocketAddr)>,
 }
 
-impl SecureServer {
+/// The LwM2M Server over DTLS.
+pub(crate) type SecureLwm2m = SecureServer<Lwm2mServer, Registrations>;
+
+impl<M, G> SecureServer<M, G>
+where
+    M: Machine,
+    M::Event: Into<Event>,
+    G: Gate<Event = M::Event>,
+{
     pub(crate) fn new(
         options: &DtlsOptions,
-        lwm2m: Lwm2mServer,
+        inner: M,
+        gate: G,
+        role: Role,
     ) -> Result<Self, lwm2m_dtls::DtlsError> {
         let config = DtlsConfig {
             psk_store: Some(Arc::new(StorePsk(options.security.clone()))),
@@ -131,10 +165,11 @@ impl SecureServer {
         };
         Ok(Self {
             dtls: DtlsServer::new(config)?,
-            lwm2m,
+            inner,
+            gate,
             security: options.security.clone(),
             events: VecDeque::new(),
-            locations: HashMap::new(),
+            role,
             tap: None,
         })
     }
@@ -168,7 +203,7 @@ impl SecureServer {
     }
 
     /// Moves everything between the two machines until both are quiet: decrypted datagrams
-    /// to the LwM2M machine (or refused here), its answers into their sessions.
+    /// to the inner machine (or refused here), its answers into their sessions.
     pub(crate) fn settle(&mut self, now: Instant) {
         loop {
             let mut moved = false;
@@ -176,10 +211,10 @@ impl SecureServer {
                 moved = true;
                 self.dtls_event(now, event);
             }
-            while let Some(t) = self.lwm2m.poll_transmit() {
+            while let Some(t) = self.inner.poll_transmit() {
                 moved = true;
                 if let Err(e) = self.send(now, t.peer, &t.bytes) {
-                    tracing::debug!("LwM2M Server (DTLS): answer to {} dropped: {e}", t.peer);
+                    tracing::debug!("{} (DTLS): answer to {} dropped: {e}", self.name(), t.peer);
                 }
             }
             if !moved {
@@ -188,7 +223,12 @@ impl SecureServer {
         }
     }
 
+    fn name(&self) -> &'static str {
+        self.role.name()
+    }
+
     fn dtls_event(&mut self, now: Instant, event: DtlsEvent) {
+        let name = self.name();
         let security = match event {
             DtlsEvent::Datagram {
                 peer,
@@ -201,18 +241,18 @@ impl SecureServer {
                 }
                 match self.refusal(&identity, &payload) {
                     Some((answer, event)) => {
-                        tracing::warn!("LwM2M Server (DTLS): {event:?}");
+                        tracing::warn!("{name} (DTLS): {event:?}");
                         if let Err(e) = self.send(now, peer, &answer) {
-                            tracing::debug!("LwM2M Server (DTLS): 4.03 to {peer} dropped: {e}");
+                            tracing::debug!("{name} (DTLS): 4.03 to {peer} dropped: {e}");
                         }
                         self.events.push_back(Event::Security(event));
                     }
-                    None => self.lwm2m.handle_datagram(now, peer, &payload),
+                    None => self.inner.handle_datagram(now, peer, &payload),
                 }
                 return;
             }
             DtlsEvent::Established { peer, identity, .. } => {
-                tracing::debug!("DTLS session with {peer} established as {identity}");
+                tracing::debug!("{name}: DTLS session with {peer} established as {identity}");
                 SecurityEvent::Established {
                     peer,
                     identity: identity.to_string(),
@@ -226,7 +266,7 @@ impl SecureServer {
             } => {
                 let identity = identity.map(|i| i.to_string());
                 tracing::warn!(
-                    "DTLS handshake with {peer} failed ({}): {reason:?}",
+                    "{name}: DTLS handshake with {peer} failed ({}): {reason:?}",
                     identity.as_deref().unwrap_or("no identity")
                 );
                 SecurityEvent::HandshakeFailed {
@@ -241,7 +281,7 @@ impl SecureServer {
                 reason,
                 ..
             } => {
-                tracing::debug!("DTLS session with {peer} ({identity}) closed: {reason:?}");
+                tracing::debug!("{name}: DTLS session with {peer} ({identity}) closed: {reason:?}");
                 SecurityEvent::Closed {
                     peer,
                     identity: identity.to_string(),
@@ -249,36 +289,20 @@ impl SecureServer {
                 }
             }
             other => {
-                tracing::debug!("DTLS: {other:?}");
+                tracing::debug!("{name}: DTLS: {other:?}");
                 return;
             }
         };
         self.events.push_back(Event::Security(security));
     }
 
-    /// A 4.03 answer and its event when `payload` is a Register whose endpoint name the
-    /// session's identity does not belong to (Core TS 1.1 §7.1.8), or an Update or
-    /// De-register of such an endpoint's registration (`POST`/`DELETE /rd/{id}`).
+    /// A 4.03 answer and its event when `payload` is a request acting for an endpoint
+    /// ([`Gate::claimed_endpoint`]) the session's identity does not belong to (Core TS 1.1
+    /// §7.1.8): by the security store for a PSK identity, the certificate's common name
+    /// otherwise.
     fn refusal(&self, identity: &Identity, payload: &[u8]) -> Option<(Vec<u8>, SecurityEvent)> {
         let request = message::decode(payload).ok()?;
-        let MessageClass::Request(method @ (RequestType::Post | RequestType::Delete)) =
-            request.header.code
-        else {
-            return None;
-        };
-        let path = request.get_option(CoapOption::UriPath)?;
-        let endpoint = match (method, path.len()) {
-            (RequestType::Post, 1) if path.front()?.as_slice() == b"rd" => request
-                .get_option(CoapOption::UriQuery)?
-                .iter()
-                .find_map(|q| q.strip_prefix(b"ep=").map(|v| String::from_utf8_lossy(v)))?
-                .into_owned(),
-            (_, 2) if path.front()?.as_slice() == b"rd" => {
-                let id = std::str::from_utf8(path.back()?).ok()?;
-                self.locations.get(id)?.clone()
-            }
-            _ => return None,
-        };
+        let endpoint = self.gate.claimed_endpoint(&request)?;
         let owner = match identity {
             Identity::Psk(id) => std::str::from_utf8(id)
                 .ok()
@@ -304,10 +328,53 @@ impl SecureServer {
             },
         ))
     }
+}
+
+/// The `ep=` query of a request, if any.
+fn endpoint_query(request: &Packet) -> Option<String> {
+    request
+        .get_option(CoapOption::UriQuery)?
+        .iter()
+        .find_map(|q| {
+            q.strip_prefix(b"ep=")
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        })
+}
+
+/// The LwM2M Server's gate: a Register (`POST /rd?ep=NAME`) acts for NAME, an Update or
+/// De-register (`POST`/`DELETE /rd/{id}`) for the endpoint of that registration.
+#[derive(Debug, Default)]
+pub(crate) struct Registrations {
+    /// Registration id → endpoint, of this machine's registrations.
+    locations: HashMap<String, String>,
+}
+
+impl Gate for Registrations {
+    type Event = ServerEvent;
+
+    fn claimed_endpoint(&self, request: &Packet) -> Option<String> {
+        let MessageClass::Request(method @ (RequestType::Post | RequestType::Delete)) =
+            request.header.code
+        else {
+            return None;
+        };
+        let path = request.get_option(CoapOption::UriPath)?;
+        if path.front()?.as_slice() != b"rd" {
+            return None;
+        }
+        match (method, path.len()) {
+            (RequestType::Post, 1) => endpoint_query(request),
+            (_, 2) => {
+                let id = std::str::from_utf8(path.back()?).ok()?;
+                self.locations.get(id).cloned()
+            }
+            _ => None,
+        }
+    }
 
     /// Keeps the registration id → endpoint map for the Update and De-register checks.
-    fn track(&mut self, event: &lwm2m_proto::server::ServerEvent) {
-        use lwm2m_proto::server::ServerEvent as E;
+    fn observe(&mut self, event: &ServerEvent) {
+        use ServerEvent as E;
         match event {
             E::Registered {
                 registration: r, ..
@@ -325,6 +392,23 @@ impl SecureServer {
     }
 }
 
+/// The Bootstrap Server's gate: a Bootstrap-Request (`POST /bs?ep=NAME`, Core TS 1.1
+/// §5.2.7.1) acts for NAME.
+#[derive(Debug, Default)]
+pub(crate) struct BootstrapRequests;
+
+impl Gate for BootstrapRequests {
+    type Event = BootstrapEvent;
+
+    fn claimed_endpoint(&self, request: &Packet) -> Option<String> {
+        let is_bs = request.header.code == MessageClass::Request(RequestType::Post)
+            && request
+                .get_option(CoapOption::UriPath)
+                .is_some_and(|p| p.len() == 1 && p.front().is_some_and(|s| s == b"bs"));
+        if is_bs { endpoint_query(request) } else { None }
+    }
+}
+
 /// A 4.03 Forbidden response to `request`: piggybacked (ACK, same message ID) on a
 /// confirmable request, else a non-confirmable response with the message ID of the
 /// request (RFC 7252 §5.2; the requester matches by token); the diagnostic as payload.
@@ -339,7 +423,12 @@ fn forbidden(request: &Packet, reason: &str) -> Packet {
     answer
 }
 
-impl Machine for SecureServer {
+impl<M, G> Machine for SecureServer<M, G>
+where
+    M: Machine,
+    M::Event: Into<Event>,
+    G: Gate<Event = M::Event>,
+{
     type Event = Event;
     fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
         self.dtls.handle_datagram(now, peer, bytes);
@@ -349,8 +438,8 @@ impl Machine for SecureServer {
         if self.dtls.poll_timeout().is_some_and(|t| t <= now) {
             self.dtls.handle_timeout(now);
         }
-        if self.lwm2m.poll_timeout().is_some_and(|t| t <= now) {
-            self.lwm2m.handle_timeout(now);
+        if self.inner.poll_timeout().is_some_and(|t| t <= now) {
+            self.inner.handle_timeout(now);
         }
         self.settle(now);
     }
@@ -361,7 +450,7 @@ impl Machine for SecureServer {
         })
     }
     fn poll_timeout(&mut self) -> Option<Instant> {
-        [self.dtls.poll_timeout(), self.lwm2m.poll_timeout()]
+        [self.dtls.poll_timeout(), self.inner.poll_timeout()]
             .into_iter()
             .flatten()
             .min()
@@ -370,9 +459,9 @@ impl Machine for SecureServer {
         if let Some(e) = self.events.pop_front() {
             return Some(e);
         }
-        let event = self.lwm2m.poll_event()?;
-        self.track(&event);
-        Some(Event::Server(event))
+        let event = self.inner.poll_event()?;
+        self.gate.observe(&event);
+        Some(event.into())
     }
 }
 
@@ -415,7 +504,8 @@ mod tests {
         let options = DtlsOptions::new("127.0.0.1:0".parse().unwrap(), store());
         let registry = Arc::new(lwm2m_proto::registry::Registry::embedded());
         let lwm2m = Lwm2mServer::new(Default::default(), registry);
-        let mut s = SecureServer::new(&options, lwm2m).unwrap();
+        let mut s =
+            SecureServer::new(&options, lwm2m, Registrations::default(), Role::Server).unwrap();
         let id = Identity::Psk(Arc::from(&b"id1"[..]));
         assert!(s.refusal(&id, &register("dev1")).is_none());
         assert!(s.refusal(&id, b"\xff garbage").is_none());
@@ -440,8 +530,8 @@ mod tests {
         assert!(s.refusal(&cert, &register("dev2")).is_none());
 
         // Update and De-register of dev2's registration (id "r2") by id1: refused.
-        s.locations.insert("r2".into(), "dev2".into());
-        s.locations.insert("r1".into(), "dev1".into());
+        s.gate.locations.insert("r2".into(), "dev2".into());
+        s.gate.locations.insert("r1".into(), "dev1".into());
         for method in [RequestType::Post, RequestType::Delete] {
             let mut p = message::request(method, "/rd/r2");
             p.header.message_id = 5;
@@ -454,5 +544,41 @@ mod tests {
             let unknown = message::request(method, "/rd/zz").to_bytes().unwrap();
             assert!(s.refusal(&id, &unknown).is_none());
         }
+    }
+    #[test]
+    fn bootstrap_request_under_another_endpoint_is_forbidden() {
+        let options = DtlsOptions::new("127.0.0.1:0".parse().unwrap(), store());
+        let source = lwm2m_proto::bootstrap::server::MemoryConfigSource::default();
+        let machine =
+            lwm2m_proto::bootstrap::BootstrapServer::new(Default::default(), Box::new(source));
+        let s = SecureServer::new(&options, machine, BootstrapRequests, Role::Bootstrap).unwrap();
+        let id = Identity::Psk(Arc::from(&b"id1"[..]));
+        let bs = |ep: &str| {
+            let mut p = message::request(RequestType::Post, "/bs");
+            message::add_query(&mut p, &format!("ep={ep}"));
+            p.to_bytes().unwrap()
+        };
+        assert!(s.refusal(&id, &bs("dev1")).is_none());
+        let (answer, event) = s.refusal(&id, &bs("dev2")).unwrap();
+        assert_eq!(
+            message::decode(&answer).unwrap().header.code,
+            MessageClass::Response(ResponseType::Forbidden)
+        );
+        assert!(
+            matches!(event, SecurityEvent::IdentityMismatch { endpoint, .. } if endpoint == "dev2")
+        );
+        // Unknown identity: belongs to no endpoint.
+        let stranger = Identity::Psk(Arc::from(&b"who"[..]));
+        let (_, event) = s.refusal(&stranger, &bs("dev1")).unwrap();
+        assert!(matches!(
+            event,
+            SecurityEvent::IdentityMismatch { owner: None, .. }
+        ));
+        // Other requests are not the gate's business; a Register is not a Bootstrap-Request.
+        assert!(s.refusal(&id, &register("dev2")).is_none());
+        let get = message::request(RequestType::Get, "/bs")
+            .to_bytes()
+            .unwrap();
+        assert!(s.refusal(&id, &get).is_none());
     }
 }

@@ -96,7 +96,19 @@ pub enum Event {
     Security(SecurityEvent),
 }
 
-/// What happened on the LwM2M Server's DTLS socket ([`crate::dtls`]). Identities are shown
+impl From<ServerEvent> for Event {
+    fn from(e: ServerEvent) -> Self {
+        Self::Server(e)
+    }
+}
+
+impl From<BootstrapEvent> for Event {
+    fn from(e: BootstrapEvent) -> Self {
+        Self::Bootstrap(e)
+    }
+}
+
+/// What happened on a DTLS socket (the LwM2M Server's or the Bootstrap Server's) ([`crate::dtls`]). Identities are shown
 /// as `psk:IDENTITY` or `cn:COMMON-NAME`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -128,12 +140,13 @@ pub enum SecurityEvent {
         /// Why (`PeerClosed`, `Replaced`, `IdleTimeout`, ...).
         reason: String,
     },
-    /// A Register under an endpoint name the session's identity does not belong to was
-    /// refused with 4.03 (Core TS 1.1 §7.1.8).
+    /// A Register (or Update, De-register) or a Bootstrap-Request under an endpoint name
+    /// the session's identity does not belong to was refused with 4.03 (Core TS 1.1
+    /// §7.1.8).
     IdentityMismatch {
         /// The session's identity.
         identity: String,
-        /// The endpoint name of the Register.
+        /// The endpoint name the request acted for.
         endpoint: String,
         /// The endpoint the identity belongs to in the security store, if any.
         owner: Option<String>,

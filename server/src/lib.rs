@@ -6,11 +6,15 @@
 //! ([`rest`]) behind a bearer token ([`auth`]), and keeps security credentials and
 //! bootstrap configurations on disk ([`store`]).
 //!
-//! The LwM2M Server also listens for CoAP over DTLS with pre-shared keys from the security
-//! store ([`dtls`]).
+//! Both servers also listen for CoAP over DTLS ([`dtls`]): the LwM2M Server with pre-shared
+//! keys from the security store, the Bootstrap Server with the keys of the bootstrap-server
+//! accounts in its configurations ([`store::BootstrapCredentials`]); certificates (the
+//! endpoint name is the common name) when given a [`dtls::CertificateConfig`]. The
+//! Bootstrap Server can put the LwM2M Server credentials it hands out into the LwM2M
+//! Server's security store ([`BootstrapOptions::provision`]).
 //!
-//! What it does not do: certificates and raw public keys in the server's DTLS flow, DTLS on
-//! the Bootstrap Server, SMS or TCP bindings.
+//! What it does not do: raw public keys, DTLS Connection ID, Server Initiated Bootstrap over
+//! DTLS, SMS or TCP bindings.
 #![warn(missing_docs)]
 
 pub mod auth;

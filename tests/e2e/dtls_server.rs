@@ -484,9 +484,20 @@ async fn coap_client_gnutls_registers_and_updates_with_psk() {
     libcoap_registers_and_updates_over_dtls("coap-client-gnutls").await;
 }
 
+/// A self-signed CA named `cn`: its parameters, key and certificate (DER).
+pub fn certificate_authority(cn: &str) -> (rcgen::CertificateParams, rcgen::KeyPair, Vec<u8>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name.push(DnType::CommonName, cn);
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let der = ca.self_signed(&key).unwrap().der().to_vec();
+    (ca, key, der)
+}
+
 /// A P-256 certificate for `cn` (and `san`, if any) issued by the CA (`ca_params`,
 /// `ca_key`), with its PKCS#8 key.
-fn issue(
+pub fn issue(
     ca_params: &rcgen::CertificateParams,
     ca_key: &rcgen::KeyPair,
     cn: &str,
@@ -510,13 +521,9 @@ fn issue(
 #[tokio::test]
 async fn certificate_client_registers_under_its_common_name_only() {
     use lwm2m_dtls::{CertificateConfig, Credentials as DtlsCredentials};
-    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa};
+    use rcgen::ExtendedKeyUsagePurpose;
 
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name.push(DnType::CommonName, "e2e CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca_der = ca.self_signed(&ca_key).unwrap().der().to_vec();
+    let (ca, ca_key, ca_der) = certificate_authority("e2e CA");
     let (server_chain, server_key) = issue(
         &ca,
         &ca_key,

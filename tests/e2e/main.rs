@@ -1,6 +1,7 @@
 //! End-to-end tests, one binary of modules.
 // Test code: a failed unwrap is a failed test (clippy only sees `#[test]` functions as tests).
 #![allow(clippy::unwrap_used)]
+mod dtls_bootstrap;
 mod dtls_fleet;
 mod dtls_server;
 mod fleet;

@@ -82,6 +82,24 @@ pub struct SecurityInstance {
     pub bootstrap_account_timeout: Option<u32>,
 }
 
+impl SecurityInstance {
+    /// Resource 3 as written to the client: a PSK identity's text as bytes; otherwise the
+    /// hex decoded (text that is not hex: its bytes).
+    pub fn identity_bytes(&self) -> Vec<u8> {
+        if self.mode == SecurityMode::Psk {
+            self.identity.as_bytes().to_vec()
+        } else {
+            hex_or_text(&self.identity)
+        }
+    }
+
+    /// Resource 5 as written to the client (the PSK key or private key): the hex decoded
+    /// (text that is not hex: its bytes).
+    pub fn secret_key_bytes(&self) -> Vec<u8> {
+        hex_or_text(&self.secret_key)
+    }
+}
+
 /// One Server object instance.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,20 +206,12 @@ impl BootstrapConfig {
             i.insert(ResourceId(0), single(Value::String(s.uri.clone())));
             i.insert(ResourceId(1), single(Value::Boolean(s.bootstrap_server)));
             i.insert(ResourceId(2), single(Value::Integer(s.mode.code())));
-            let identity = if s.mode == SecurityMode::Psk {
-                s.identity.as_bytes().to_vec()
-            } else {
-                hex_or_text(&s.identity)
-            };
-            i.insert(ResourceId(3), single(Value::Opaque(identity)));
+            i.insert(ResourceId(3), single(Value::Opaque(s.identity_bytes())));
             i.insert(
                 ResourceId(4),
                 single(Value::Opaque(hex_or_text(&s.server_public_key))),
             );
-            i.insert(
-                ResourceId(5),
-                single(Value::Opaque(hex_or_text(&s.secret_key))),
-            );
+            i.insert(ResourceId(5), single(Value::Opaque(s.secret_key_bytes())));
             if let Some(ssid) = s.short_server_id {
                 i.insert(ResourceId(10), single(Value::Integer(ssid.into())));
             }
@@ -321,6 +331,22 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
         }
     }
     p[pi.min(p.len())..].iter().all(|c| *c == '*')
+}
+
+/// The pattern that applies to `name` among `patterns`: the matching one with the most
+/// literal characters; ties go to the pattern that sorts first.
+pub fn most_specific<'a, C>(
+    patterns: impl IntoIterator<Item = (&'a String, &'a C)>,
+    name: &str,
+) -> Option<(&'a String, &'a C)> {
+    patterns
+        .into_iter()
+        .filter(|(p, _)| pattern_matches(p, name))
+        .max_by(|(a, _), (b, _)| {
+            pattern_specificity(a)
+                .cmp(&pattern_specificity(b))
+                .then(b.cmp(a))
+        })
 }
 
 /// How specific a pattern is: the number of literal characters (more wins).

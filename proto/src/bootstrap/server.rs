@@ -22,13 +22,15 @@
 //! [`BootstrapServer::poll_timeout`], [`BootstrapServer::poll_event`]. No sockets, no clock.
 //!
 //! What it does not do: DTLS, and checking that the endpoint name matches the credentials
-//! the client used (the driver does that before handing datagrams in).
+//! the client used (the driver does that before handing datagrams in), and storing the
+//! credentials it hands out where the LwM2M Server finds them (the driver does that in
+//! [`ConfigSource::session_starting`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::config::{BootstrapConfig, pattern_matches, pattern_specificity};
+use super::config::{BootstrapConfig, most_specific};
 use crate::coap::message::{self, set_option, uint_bytes, uint_option};
 use crate::coap::{
     self, CoapOption, Endpoint, Event, ExchangeError, IncomingRequest, MessageClass, Packet,
@@ -63,6 +65,21 @@ pub trait ConfigSource: Send {
     /// [`BootstrapConfig::for_endpoint`]), and a label saying which configuration matched
     /// (`"endpoint dev-1"`, `"pattern sensor-*"`); `None` when nothing applies.
     fn lookup(&self, endpoint: &str) -> Option<(String, BootstrapConfig)>;
+
+    /// Called when a session with `endpoint` is about to start with `config` (the result
+    /// of [`ConfigSource::lookup`], planned without error), before anything is sent: a
+    /// driver checks the transport against the configuration or hands the credentials it
+    /// carries to its LwM2M Server here. An error refuses the session with its code
+    /// (normally [`BootstrapError::Forbidden`] or [`BootstrapError::Provisioning`]). The
+    /// default does nothing.
+    fn session_starting(
+        &self,
+        endpoint: &str,
+        config: &BootstrapConfig,
+    ) -> Result<(), BootstrapError> {
+        let _ = (endpoint, config);
+        Ok(())
+    }
 }
 
 /// A [`ConfigSource`] over two maps: configurations by endpoint name, and fallback
@@ -85,14 +102,7 @@ impl ConfigSource for MemoryConfigSource {
                 config.for_endpoint(endpoint),
             ));
         }
-        self.patterns
-            .iter()
-            .filter(|(pattern, _)| pattern_matches(pattern, endpoint))
-            .max_by(|(a, _), (b, _)| {
-                pattern_specificity(a)
-                    .cmp(&pattern_specificity(b))
-                    .then(b.cmp(a))
-            })
+        most_specific(&self.patterns, endpoint)
             .map(|(pattern, config)| (format!("pattern {pattern}"), config.for_endpoint(endpoint)))
     }
 }
@@ -147,6 +157,25 @@ pub enum BootstrapError {
         /// The encoder's error.
         error: CodecError,
     },
+    /// The client may not be bootstrapped this way, e.g. over plain CoAP when its
+    /// configuration's Bootstrap Server account says PSK (4.03 Forbidden).
+    #[error("{endpoint:?} may not bootstrap here: {reason}")]
+    Forbidden {
+        /// The endpoint name.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// [`ConfigSource::session_starting`] refused the session, e.g. the LwM2M Server
+    /// credentials of the configuration cannot be stored (5.00 Internal Server Error: the
+    /// client would be handed credentials its LwM2M Server refuses).
+    #[error("cannot provision {endpoint:?}: {reason}")]
+    Provisioning {
+        /// The endpoint name.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
     /// A request for a path the Bootstrap Server does not serve: only `/bs` exists
     /// (4.04 Not Found).
     #[error("{path} not found on the Bootstrap Server")]
@@ -176,8 +205,11 @@ impl BootstrapError {
             | Self::UnknownEndpoint { .. }
             | Self::InvalidParameter { .. } => ResponseType::BadRequest,
             Self::UnsupportedFormat { .. } => ResponseType::UnsupportedContentFormat,
-            Self::InvalidConfig { .. } | Self::Encode { .. } => ResponseType::InternalServerError,
+            Self::InvalidConfig { .. } | Self::Encode { .. } | Self::Provisioning { .. } => {
+                ResponseType::InternalServerError
+            }
             Self::NotFound { .. } => ResponseType::NotFound,
+            Self::Forbidden { .. } => ResponseType::Forbidden,
             Self::MethodNotAllowed { .. } => ResponseType::MethodNotAllowed,
             Self::SessionRunning { .. } => ResponseType::ServiceUnavailable,
         }
@@ -660,6 +692,7 @@ impl BootstrapServer {
                     endpoint: endpoint.to_owned(),
                 })?;
         let steps = plan(&config, &bootstrap, format)?;
+        self.source.session_starting(endpoint, &bootstrap)?;
         Ok(Plan {
             config,
             steps,
@@ -1337,6 +1370,66 @@ mod tests {
             [BootstrapEvent::Refused { peer, endpoint: Some(e), code: (4, 0), reason }]
                 if *peer == client_addr() && e == "meter-1" && reason.contains("unknown endpoint")
         ));
+    }
+
+    /// Refuses to provision `dev-1`; everything else starts.
+    struct Provisioning(MemoryConfigSource);
+
+    impl ConfigSource for Provisioning {
+        fn lookup(&self, endpoint: &str) -> Option<(String, BootstrapConfig)> {
+            self.0.lookup(endpoint)
+        }
+        fn session_starting(
+            &self,
+            endpoint: &str,
+            config: &BootstrapConfig,
+        ) -> Result<(), BootstrapError> {
+            let expected = if endpoint.starts_with("dev-") {
+                format!("{endpoint}-id")
+            } else {
+                endpoint.to_owned()
+            };
+            assert_eq!(config.security[&1].identity, expected);
+            match endpoint {
+                "dev-1" => Err(BootstrapError::Provisioning {
+                    endpoint: endpoint.into(),
+                    reason: "identity taken".into(),
+                }),
+                "dev-2" => Err(BootstrapError::Forbidden {
+                    endpoint: endpoint.into(),
+                    reason: "not over plain CoAP".into(),
+                }),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_session_the_source_cannot_provision_is_refused_with_its_reason() {
+        let mut net = Net::new(Duration::from_secs(300));
+        net.server = BootstrapServer::new(
+            BootstrapServerConfig::default(),
+            Box::new(Provisioning(source())),
+        );
+        net.bootstrap_request(&["ep=dev-1"]);
+        assert_eq!(net.client.answers, vec![(5, 0)]);
+        assert!(net.client.seen.is_empty(), "nothing handed out");
+        assert!(matches!(
+            &net.events[..],
+            [BootstrapEvent::Refused { endpoint: Some(e), code: (5, 0), reason, .. }]
+                if e == "dev-1" && reason == "cannot provision \"dev-1\": identity taken"
+        ));
+        assert_eq!(
+            net.server.start(net.now, "dev-1", client_addr()),
+            Err(BootstrapError::Provisioning {
+                endpoint: "dev-1".into(),
+                reason: "identity taken".into()
+            })
+        );
+        net.bootstrap_request(&["ep=dev-2"]);
+        assert_eq!(net.client.answers, vec![(5, 0), (4, 3)]);
+        net.bootstrap_request(&["ep=sensor-1"]);
+        assert_eq!(net.client.answers, vec![(5, 0), (4, 3), (2, 4)]);
     }
 
     #[test]

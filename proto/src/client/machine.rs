@@ -735,6 +735,11 @@ impl Lwm2mClient {
         &self.tree
     }
 
+    /// The configuration the client was built with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
     /// The CoAP layer's traffic counters.
     pub fn counters(&self) -> coap::Counters {
         let mut c = self.past_counters.clone();

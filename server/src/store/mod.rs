@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use lwm2m_proto::bootstrap::BootstrapConfig;
-use lwm2m_proto::bootstrap::config::{pattern_matches, pattern_specificity};
+use lwm2m_proto::bootstrap::config::{SecurityInstance, SecurityMode, most_specific};
 
 pub use file::YamlFile;
 
@@ -174,6 +174,87 @@ pub trait BootstrapStore: Send + Sync {
     fn remove(&self, key: &ConfigKey) -> Result<Option<BootstrapConfig>, StoreError>;
     /// Every configuration.
     fn all(&self) -> Vec<(ConfigKey, BootstrapConfig)>;
+    /// The client's credentials towards the Bootstrap Server whose PSK identity is
+    /// `identity`: the bootstrap-server Security instance (`bootstrap_server: true`, mode
+    /// `psk`) of the configuration that applies to the endpoint it names, as the endpoint
+    /// and `Psk { identity, key }` (key hex). An endpoint's own configuration owns its
+    /// identity; a pattern's identity is a template with `{ep}` (see
+    /// [`FileBootstrapStore`]).
+    fn by_psk_identity(&self, identity: &str) -> Option<SecurityInfo>;
+}
+
+/// The bootstrap-server account (Security instance with `bootstrap_server: true`) of a
+/// configuration, if it is PSK: the one the client handshakes with towards the Bootstrap
+/// Server (Core TS 1.1 §7.1: its credentials differ from the LwM2M Server's).
+pub fn bootstrap_psk(config: &BootstrapConfig) -> Option<&SecurityInstance> {
+    config
+        .security
+        .values()
+        .find(|s| s.bootstrap_server && s.mode == SecurityMode::Psk)
+}
+
+/// The credentials an endpoint authenticates with over PSK, as a security entry.
+fn psk_info(endpoint: &str, account: &SecurityInstance) -> SecurityInfo {
+    SecurityInfo {
+        endpoint: endpoint.to_owned(),
+        credentials: Credentials::Psk {
+            identity: account.identity.clone(),
+            key: hex(&account.secret_key_bytes()),
+        },
+    }
+}
+
+/// Lower-case hex of bytes.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A pattern's bootstrap PSK identity, split at its one `{ep}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Template {
+    prefix: String,
+    suffix: String,
+}
+
+impl Template {
+    /// The template of a pattern configuration's bootstrap PSK identity; refused unless
+    /// it holds `{ep}` exactly once (it must name the endpoint the key is used for).
+    fn of(pattern: &str, config: &BootstrapConfig) -> Result<Option<Self>, StoreError> {
+        let Some(account) = bootstrap_psk(config) else {
+            return Ok(None);
+        };
+        match account.identity.split_once("{ep}") {
+            Some((prefix, suffix)) if !suffix.contains("{ep}") => Ok(Some(Self {
+                prefix: prefix.to_owned(),
+                suffix: suffix.to_owned(),
+            })),
+            _ => Err(StoreError::Invalid {
+                what: "bootstrap configuration",
+                reason: format!(
+                    "pattern {pattern:?}: its bootstrap-server PSK identity {:?} must contain \
+                     {{ep}} once, so that an identity names one endpoint",
+                    account.identity
+                ),
+            }),
+        }
+    }
+
+    /// The endpoint name an identity made from this template carries.
+    fn endpoint<'a>(&self, identity: &'a str) -> Option<&'a str> {
+        identity
+            .strip_prefix(self.prefix.as_str())?
+            .strip_suffix(self.suffix.as_str())
+            .filter(|ep| !ep.is_empty())
+    }
+}
+
+/// Checks an endpoint configuration's bootstrap PSK account: a non-empty identity and a
+/// non-empty key.
+fn check_bootstrap_psk(endpoint: &str, config: &BootstrapConfig) -> Result<(), StoreError> {
+    match bootstrap_psk(config) {
+        Some(account) => psk_info(endpoint, account).validate(),
+        None => Ok(()),
+    }
 }
 
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -350,108 +431,307 @@ impl BootstrapDoc {
     }
 }
 
+/// The configurations and the index of their bootstrap PSK identities, kept together.
+#[derive(Debug, Default, Clone)]
+struct BootstrapMaps {
+    doc: BootstrapDoc,
+    /// Bootstrap PSK identity → the endpoint whose own configuration holds it.
+    owner_of: HashMap<String, String>,
+    /// Pattern → the template of its bootstrap PSK identity.
+    templates: BTreeMap<String, Template>,
+}
+
+impl BootstrapMaps {
+    /// Indexes a document; `refused` decides what a refused entry (a taken identity, a
+    /// pattern identity without `{ep}`) does: `Err` stops, `Ok` leaves it out.
+    fn new(
+        doc: BootstrapDoc,
+        refused: impl Fn(&ConfigKey, StoreError) -> Result<(), StoreError>,
+    ) -> Result<Self, StoreError> {
+        let mut maps = Self::default();
+        let entries = (doc
+            .endpoints
+            .into_iter()
+            .map(|(e, c)| (ConfigKey::Endpoint(e), c)))
+        .chain(
+            doc.patterns
+                .into_iter()
+                .map(|(p, c)| (ConfigKey::Pattern(p), c)),
+        );
+        for (key, config) in entries {
+            if let Err(e) = maps.insert(key.clone(), config) {
+                refused(&key, e)?;
+            }
+        }
+        Ok(maps)
+    }
+
+    fn get(&self, key: &ConfigKey) -> Option<&BootstrapConfig> {
+        match key {
+            ConfigKey::Endpoint(e) => self.doc.endpoints.get(e),
+            ConfigKey::Pattern(p) => self.doc.patterns.get(p),
+        }
+    }
+
+    /// Adds or replaces a configuration and its index entries; refused (nothing changes)
+    /// when its bootstrap PSK identity is another endpoint's or a pattern's has no `{ep}`.
+    fn insert(&mut self, key: ConfigKey, config: BootstrapConfig) -> Result<(), StoreError> {
+        match key {
+            ConfigKey::Endpoint(endpoint) => {
+                check_bootstrap_psk(&endpoint, &config)?;
+                let identity = bootstrap_psk(&config).map(|a| a.identity.clone());
+                if let Some(identity) = &identity
+                    && let Some(owner) = self.owner_of.get(identity)
+                    && *owner != endpoint
+                {
+                    return Err(StoreError::IdentityTaken {
+                        identity: identity.clone(),
+                        owner: owner.clone(),
+                    });
+                }
+                let old = self.doc.endpoints.insert(endpoint.clone(), config);
+                if let Some(old) = old.as_ref().and_then(bootstrap_psk) {
+                    self.owner_of.remove(&old.identity);
+                }
+                if let Some(identity) = identity {
+                    self.owner_of.insert(identity, endpoint);
+                }
+            }
+            ConfigKey::Pattern(pattern) => {
+                match Template::of(&pattern, &config)? {
+                    Some(t) => self.templates.insert(pattern.clone(), t),
+                    None => self.templates.remove(&pattern),
+                };
+                self.doc.patterns.insert(pattern, config);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &ConfigKey) -> Option<BootstrapConfig> {
+        match key {
+            ConfigKey::Endpoint(e) => {
+                let old = self.doc.endpoints.remove(e)?;
+                if let Some(account) = bootstrap_psk(&old) {
+                    self.owner_of.remove(&account.identity);
+                }
+                Some(old)
+            }
+            ConfigKey::Pattern(p) => {
+                self.templates.remove(p);
+                self.doc.patterns.remove(p)
+            }
+        }
+    }
+
+    /// The endpoint's own configuration, else the most specific matching pattern's (with
+    /// `{ep}` substituted), and the key that matched.
+    fn lookup(&self, endpoint: &str) -> Option<(ConfigKey, BootstrapConfig)> {
+        if let Some(c) = self.doc.endpoints.get(endpoint) {
+            return Some((
+                ConfigKey::Endpoint(endpoint.to_owned()),
+                c.for_endpoint(endpoint),
+            ));
+        }
+        most_specific(&self.doc.patterns, endpoint)
+            .map(|(p, c)| (ConfigKey::Pattern(p.clone()), c.for_endpoint(endpoint)))
+    }
+
+    /// An endpoint's own identity: one map look-up. A pattern's: the endpoint the
+    /// identity names through a template, if that pattern is the configuration that
+    /// applies to it (it has none of its own and no more specific pattern matches).
+    fn by_psk_identity(&self, identity: &str) -> Option<SecurityInfo> {
+        if let Some(endpoint) = self.owner_of.get(identity) {
+            let config = self.doc.endpoints.get(endpoint)?;
+            return Some(psk_info(endpoint, bootstrap_psk(config)?));
+        }
+        self.templates.iter().find_map(|(pattern, template)| {
+            let endpoint = template.endpoint(identity)?;
+            let (ConfigKey::Pattern(applies), config) = self.lookup(endpoint)? else {
+                return None;
+            };
+            let account = bootstrap_psk(&config)?;
+            (applies == *pattern && account.identity == identity)
+                .then(|| psk_info(endpoint, account))
+        })
+    }
+}
+
 /// A [`BootstrapStore`] in memory, optionally persisted to a YAML file on every change.
+///
+/// It indexes the bootstrap-server PSK accounts (see [`BootstrapStore::by_psk_identity`])
+/// on every change, so a DTLS handshake with the Bootstrap Server costs one map look-up
+/// (patterns: one template match per pattern with a PSK account). Like the security store,
+/// an identity belongs to one endpoint: a configuration whose bootstrap PSK identity is
+/// another endpoint's is refused ([`StoreError::IdentityTaken`]). A fallback (pattern)
+/// configuration may carry a bootstrap PSK account only if its identity contains `{ep}`
+/// exactly once (e.g. `bs-{ep}`): the identity then names the endpoint, and the key is the
+/// configuration's, shared by every endpoint the pattern serves (a group key: whoever holds
+/// it can bootstrap as any of them; give endpoints their own configurations for keys of
+/// their own). Other pattern identities are refused ([`StoreError::Invalid`]).
 #[derive(Debug)]
 pub struct FileBootstrapStore {
     file: Option<YamlFile>,
-    inner: RwLock<BootstrapDoc>,
+    inner: RwLock<BootstrapMaps>,
 }
 
 impl FileBootstrapStore {
-    /// A store that forgets everything on exit, starting from `doc`.
+    /// A store that forgets everything on exit, starting from `doc`. Configurations the
+    /// index refuses (see [`FileBootstrapStore`]) are left out, with a warning.
     pub fn in_memory(doc: BootstrapDoc) -> Self {
+        let maps = BootstrapMaps::new(doc, |key, e| {
+            tracing::warn!("bootstrap configuration {key:?} left out: {e}");
+            Ok(())
+        });
         Self {
             file: None,
-            inner: RwLock::new(doc),
+            inner: RwLock::new(maps.unwrap_or_default()),
         }
     }
 
-    /// Opens (or starts) the store persisted at `path`; a corrupt file is refused.
+    /// Opens (or starts) the store persisted at `path`; a corrupt file, or one that breaks
+    /// the identity rules, is refused.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let file = YamlFile::new(path);
         let doc = file.load()?.unwrap_or_default();
+        let maps = BootstrapMaps::new(doc, |_, e| {
+            Err(StoreError::Corrupt {
+                file: file.path().to_path_buf(),
+                line: 0,
+                column: 0,
+                reason: e.to_string(),
+            })
+        })?;
         Ok(Self {
             file: Some(file),
-            inner: RwLock::new(doc),
+            inner: RwLock::new(maps),
         })
     }
 
-    fn update<R>(&self, f: impl FnOnce(&mut BootstrapDoc) -> R) -> Result<R, StoreError> {
-        let mut doc = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        let mut next = doc.clone();
-        let r = f(&mut next);
-        if let Some(file) = &self.file {
-            file.save(&next)?;
+    fn persist(&self, maps: &BootstrapMaps) -> Result<(), StoreError> {
+        match &self.file {
+            Some(f) => f.save(&maps.doc),
+            None => Ok(()),
         }
-        *doc = next;
-        Ok(r)
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BootstrapDoc> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BootstrapMaps> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BootstrapMaps> {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl BootstrapStore for FileBootstrapStore {
     fn lookup(&self, endpoint: &str) -> Option<(ConfigKey, BootstrapConfig)> {
-        let doc = self.read();
-        if let Some(c) = doc.endpoints.get(endpoint) {
-            return Some((
-                ConfigKey::Endpoint(endpoint.to_owned()),
-                c.for_endpoint(endpoint),
-            ));
-        }
-        doc.patterns
-            .iter()
-            .filter(|(p, _)| pattern_matches(p, endpoint))
-            // Most literal characters wins; ties go to the pattern that sorts first.
-            .max_by(|(a, _), (b, _)| {
-                pattern_specificity(a)
-                    .cmp(&pattern_specificity(b))
-                    .then(b.cmp(a))
-            })
-            .map(|(p, c)| (ConfigKey::Pattern(p.clone()), c.for_endpoint(endpoint)))
+        self.read().lookup(endpoint)
     }
 
     fn get(&self, key: &ConfigKey) -> Option<BootstrapConfig> {
-        let doc = self.read();
-        match key {
-            ConfigKey::Endpoint(e) => doc.endpoints.get(e).cloned(),
-            ConfigKey::Pattern(p) => doc.patterns.get(p).cloned(),
-        }
+        self.read().get(key).cloned()
     }
 
     fn put(&self, key: ConfigKey, config: BootstrapConfig) -> Result<(), StoreError> {
-        self.update(|doc| match key {
-            ConfigKey::Endpoint(e) => {
-                doc.endpoints.insert(e, config);
+        let mut maps = self.write();
+        let old = maps.get(&key).cloned();
+        maps.insert(key.clone(), config)?;
+        if let Err(e) = self.persist(&maps) {
+            // Nothing changes when the file cannot be written.
+            maps.remove(&key);
+            if let Some(old) = old {
+                let _ = maps.insert(key, old);
             }
-            ConfigKey::Pattern(p) => {
-                doc.patterns.insert(p, config);
-            }
-        })
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn remove(&self, key: &ConfigKey) -> Result<Option<BootstrapConfig>, StoreError> {
-        if self.get(key).is_none() {
+        let mut maps = self.write();
+        let Some(old) = maps.remove(key) else {
             return Ok(None);
+        };
+        if let Err(e) = self.persist(&maps) {
+            let _ = maps.insert(key.clone(), old);
+            return Err(e);
         }
-        self.update(|doc| match key {
-            ConfigKey::Endpoint(e) => doc.endpoints.remove(e),
-            ConfigKey::Pattern(p) => doc.patterns.remove(p),
-        })
+        Ok(Some(old))
     }
 
     fn all(&self) -> Vec<(ConfigKey, BootstrapConfig)> {
-        let doc = self.read();
-        doc.endpoints
+        let maps = self.read();
+        maps.doc
+            .endpoints
             .iter()
             .map(|(e, c)| (ConfigKey::Endpoint(e.clone()), c.clone()))
             .chain(
-                doc.patterns
+                maps.doc
+                    .patterns
                     .iter()
                     .map(|(p, c)| (ConfigKey::Pattern(p.clone()), c.clone())),
             )
+            .collect()
+    }
+
+    fn by_psk_identity(&self, identity: &str) -> Option<SecurityInfo> {
+        self.read().by_psk_identity(identity)
+    }
+}
+
+/// The clients' credentials towards the Bootstrap Server, read from the bootstrap
+/// configurations ([`BootstrapStore::by_psk_identity`]) as a read-only [`SecurityStore`]:
+/// what the Bootstrap Server's DTLS listener looks PSK keys and identity owners up in
+/// ([`crate::bootstrap::BootstrapOptions::dtls`]). Change the configurations to change
+/// them: `put` and `remove` are refused.
+#[derive(Clone)]
+pub struct BootstrapCredentials(pub std::sync::Arc<dyn BootstrapStore>);
+
+impl std::fmt::Debug for BootstrapCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapCredentials")
+            .finish_non_exhaustive()
+    }
+}
+
+impl BootstrapCredentials {
+    fn read_only() -> StoreError {
+        StoreError::Invalid {
+            what: "bootstrap credentials",
+            reason: "they come from the bootstrap configurations: change those".into(),
+        }
+    }
+}
+
+impl SecurityStore for BootstrapCredentials {
+    fn by_endpoint(&self, endpoint: &str) -> Option<SecurityInfo> {
+        let (_, config) = self.0.lookup(endpoint)?;
+        Some(psk_info(endpoint, bootstrap_psk(&config)?))
+    }
+
+    fn by_psk_identity(&self, identity: &str) -> Option<SecurityInfo> {
+        self.0.by_psk_identity(identity)
+    }
+
+    fn put(&self, _: SecurityInfo) -> Result<Option<SecurityInfo>, StoreError> {
+        Err(Self::read_only())
+    }
+
+    fn remove(&self, _: &str) -> Result<Option<SecurityInfo>, StoreError> {
+        Err(Self::read_only())
+    }
+
+    /// The endpoints with configurations of their own (pattern endpoints are not known in
+    /// advance).
+    fn all(&self) -> Vec<SecurityInfo> {
+        self.0
+            .all()
+            .into_iter()
+            .filter_map(|(key, config)| match key {
+                ConfigKey::Endpoint(e) => Some(psk_info(&e, bootstrap_psk(&config)?)),
+                ConfigKey::Pattern(_) => None,
+            })
             .collect()
     }
 }
@@ -546,6 +826,127 @@ patterns:
         assert_eq!(key, ConfigKey::Pattern("dev-*".into()));
         assert_eq!(cfg.security[&1].identity, "dev-2");
         assert_eq!(b.lookup("other").unwrap().0, ConfigKey::Pattern("*".into()));
+    }
+
+    fn bs_config(identity: &str, key: &str) -> BootstrapConfig {
+        BootstrapDoc::from_yaml(
+            "t.yaml",
+            &format!(
+                "endpoints:\n  x:\n    security:\n      0: {{ uri: \"coaps://127.0.0.1:5784\", \
+                 bootstrap_server: true, mode: psk, identity: \"{identity}\", secret_key: \"{key}\" }}\n      \
+                 1: {{ uri: \"coaps://127.0.0.1:5684\", mode: psk, identity: lwm2m-id, secret_key: \"ff\" }}\n"
+            ),
+        )
+        .unwrap()
+        .endpoints
+        .remove("x")
+        .unwrap()
+    }
+
+    fn bs_psk(ep: &str, identity: &str, key: &str) -> Option<SecurityInfo> {
+        Some(SecurityInfo {
+            endpoint: ep.into(),
+            credentials: Credentials::Psk {
+                identity: identity.into(),
+                key: key.into(),
+            },
+        })
+    }
+
+    #[test]
+    fn bootstrap_psk_identities_are_indexed_on_every_change() {
+        let b = FileBootstrapStore::in_memory(BootstrapDoc::default());
+        let ep = |e: &str| ConfigKey::Endpoint(e.into());
+        b.put(ep("ep1"), bs_config("bs-ep1", "0102")).unwrap();
+        assert_eq!(b.by_psk_identity("bs-ep1"), bs_psk("ep1", "bs-ep1", "0102"));
+        // The LwM2M Server account's identity is not the Bootstrap Server's.
+        assert_eq!(b.by_psk_identity("lwm2m-id"), None);
+        // Another endpoint may not take it; nothing changes then.
+        let taken = b.put(ep("ep2"), bs_config("bs-ep1", "03")).unwrap_err();
+        assert!(
+            matches!(&taken, StoreError::IdentityTaken { owner, .. } if owner == "ep1"),
+            "{taken}"
+        );
+        assert!(b.get(&ep("ep2")).is_none());
+        // A new identity replaces the old one (no ghost); the freed one can be reused.
+        b.put(ep("ep1"), bs_config("bs-ep1-v2", "0a")).unwrap();
+        assert_eq!(b.by_psk_identity("bs-ep1"), None);
+        assert_eq!(
+            b.by_psk_identity("bs-ep1-v2"),
+            bs_psk("ep1", "bs-ep1-v2", "0a")
+        );
+        b.put(ep("ep2"), bs_config("bs-ep1", "03")).unwrap();
+        assert_eq!(b.by_psk_identity("bs-ep1"), bs_psk("ep2", "bs-ep1", "03"));
+        b.remove(&ep("ep2")).unwrap();
+        assert_eq!(b.by_psk_identity("bs-ep1"), None);
+        // An empty key is refused.
+        assert!(matches!(
+            b.put(ep("ep3"), bs_config("bs-ep3", "")),
+            Err(StoreError::Invalid { .. })
+        ));
+        let view = BootstrapCredentials(std::sync::Arc::new(b));
+        assert_eq!(view.by_endpoint("ep1"), bs_psk("ep1", "bs-ep1-v2", "0a"));
+        assert_eq!(view.all().len(), 1);
+        assert!(view.put(psk("a", "b")).is_err());
+    }
+
+    #[test]
+    fn pattern_identities_are_templates_naming_the_endpoint() {
+        let b = FileBootstrapStore::in_memory(BootstrapDoc::default());
+        let pattern = |p: &str| ConfigKey::Pattern(p.into());
+        // Without {ep} (or with two) an identity would not name one endpoint: refused.
+        for identity in ["shared", "{ep}-{ep}"] {
+            let e = b
+                .put(pattern("dev-*"), bs_config(identity, "01"))
+                .unwrap_err();
+            assert!(e.to_string().contains("{ep}"), "{e}");
+        }
+        b.put(pattern("dev-*"), bs_config("bs-{ep}", "01")).unwrap();
+        b.put(pattern("dev-9*"), bs_config("bs9-{ep}", "09"))
+            .unwrap();
+        b.put(
+            ConfigKey::Endpoint("dev-own".into()),
+            bs_config("own", "0e"),
+        )
+        .unwrap();
+        assert_eq!(
+            b.by_psk_identity("bs-dev-1"),
+            bs_psk("dev-1", "bs-dev-1", "01")
+        );
+        assert_eq!(
+            b.by_psk_identity("bs9-dev-91"),
+            bs_psk("dev-91", "bs9-dev-91", "09")
+        );
+        // The more specific pattern applies to dev-91: the other template does not.
+        assert_eq!(b.by_psk_identity("bs-dev-91"), None);
+        // An endpoint with its own configuration, or one no pattern matches: no.
+        assert_eq!(b.by_psk_identity("bs-dev-own"), None);
+        assert_eq!(b.by_psk_identity("bs-meter-1"), None);
+        assert_eq!(b.by_psk_identity("bs-"), None);
+        assert_eq!(b.by_psk_identity("own"), bs_psk("dev-own", "own", "0e"));
+        b.remove(&pattern("dev-*")).unwrap();
+        assert_eq!(b.by_psk_identity("bs-dev-1"), None);
+    }
+
+    #[test]
+    fn a_file_breaking_the_identity_rule_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bootstrap.yaml");
+        let doc = BootstrapDoc {
+            endpoints: [
+                ("a".to_owned(), bs_config("same", "01")),
+                ("b".to_owned(), bs_config("same", "02")),
+            ]
+            .into(),
+            patterns: BTreeMap::new(),
+        };
+        std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+        let e = FileBootstrapStore::open(&path).unwrap_err().to_string();
+        assert!(e.contains("bootstrap.yaml") && e.contains("same"), "{e}");
+        // In memory, the second one is left out.
+        let b = FileBootstrapStore::in_memory(doc);
+        assert_eq!(b.by_psk_identity("same").unwrap().endpoint, "a");
+        assert!(b.get(&ConfigKey::Endpoint("b".into())).is_none());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::counters::{ProfileStats, add, bump, drop_one};
 use super::handle::{ClientInfo, Command, FleetHandle, FleetReport};
 use super::pool::{Addressing, Binding, SocketPool};
-use super::secure::DtlsLink;
+use super::secure::{DtlsLink, Servers, credentials_for};
 use super::{ClientSpec, FleetConfig, FleetError, GeneratedResource, Selector, ramp_offset};
 use crate::network::{Impairment, Mapping, Nat, SleepSchedule};
 use crate::seed;
@@ -228,8 +228,9 @@ struct Sim {
     registered_once: bool,
     /// The fleet asked it to de-register (it stays registered until the answer).
     deregistering: bool,
-    /// CoAP over DTLS with its LwM2M Server, when its Security object says PSK.
-    dtls: Option<Box<DtlsLink>>,
+    /// CoAP over DTLS, one link per server whose account in the Security object says
+    /// `coaps://` and PSK (the Bootstrap Server, the LwM2M Server).
+    links: Vec<DtlsLink>,
 }
 
 impl Sim {
@@ -245,10 +246,9 @@ impl Sim {
             (*c != crate::network::ImpairmentConfig::default())
                 .then(|| Box::new(Impairment::new(c, seed_of(part))))
         };
-        let dtls = DtlsLink::from_tree(&tree, config.server, &config.endpoint).map(Box::new);
         Self {
             endpoint: config.endpoint.clone().into_boxed_str(),
-            dtls,
+            links: Vec::new(),
             client: Lwm2mClient::new(config, tree),
             profile,
             binding: None,
@@ -290,6 +290,14 @@ impl Sim {
                 .is_some_and(|s| !s.0.is_awake(self.age(now)))
             || self.gauge == Gauge::Sleeping
     }
+}
+
+/// Client `i`'s DTLS link with `server`.
+fn link_of(sims: &mut [Sim], i: usize, server: SocketAddr) -> Option<&mut DtlsLink> {
+    sims.get_mut(i)?
+        .links
+        .iter_mut()
+        .find(|l| l.server == server)
 }
 
 /// A datagram ready to leave.
@@ -463,17 +471,15 @@ impl Driver {
                 sim.client.wake(now);
             }
             What::Dtls => {
-                let Some(link) = sim.dtls.as_deref_mut() else {
+                let Some(link) = sim.links.iter_mut().find(|l| l.timer == Some(due.at)) else {
                     return;
                 };
-                if link.timer != Some(due.at) {
-                    return;
-                }
                 link.timer = None;
+                let server = link.server;
                 if let Some(s) = link.session.as_mut() {
                     s.handle_timeout(now);
                 }
-                self.dtls_flush(i, now);
+                self.dtls_flush(i, server, now);
             }
             What::ForcedWake => {
                 if sim.asleep_until != Some(due.at) {
@@ -571,8 +577,9 @@ impl Driver {
         }
     }
 
-    /// A CoAP datagram from client `i`'s machine: into its DTLS session when it goes to
-    /// its secure server, else straight to the wire.
+    /// A CoAP datagram from client `i`'s machine: into its DTLS session when its account
+    /// for that server is `coaps://` PSK (the link is built, or rebuilt when the account's
+    /// credentials changed, from the current tree), else straight to the wire.
     fn outbound(&mut self, i: usize, now: Instant, t: Transmit) {
         let Some(sim) = self.sims.get_mut(i) else {
             return;
@@ -582,25 +589,52 @@ impl Driver {
         {
             sim.timed = Some((op, now));
         }
-        match sim.dtls.as_deref_mut() {
-            Some(link) if link.server == t.peer => {
-                if link.send(now, t.bytes) {
-                    self.count(i, |c| &c.dtls_handshakes, 1);
+        let wanted = credentials_for(
+            sim.client.tree(),
+            &Servers::from(sim.client.config()),
+            t.peer,
+        );
+        let current = sim.links.iter().position(|l| l.server == t.peer);
+        let k = match (wanted, current) {
+            (None, current) => {
+                // Not (or no longer) a secure account: plain CoAP.
+                if let Some(k) = current {
+                    sim.links.swap_remove(k);
                 }
-                self.dtls_flush(i, now);
+                return self.wire(i, now, t.peer, t.bytes);
             }
-            _ => self.wire(i, now, t.peer, t.bytes),
+            (Some(c), Some(k)) if sim.links.get(k).is_some_and(|l| l.uses(&c)) => k,
+            (Some(c), current) => match DtlsLink::new(t.peer, c) {
+                Ok(link) => match current {
+                    Some(k) => {
+                        sim.links[k] = link;
+                        k
+                    }
+                    None => {
+                        sim.links.push(link);
+                        sim.links.len() - 1
+                    }
+                },
+                // Unusable credentials (an empty key): nothing goes out, in clear least of all.
+                Err(_) => return self.count(i, |c| &c.dtls_failures, 1),
+            },
+        };
+        let Some(link) = sim.links.get_mut(k) else {
+            return;
+        };
+        if link.send(now, t.bytes) {
+            self.count(i, |c| &c.dtls_handshakes, 1);
         }
+        self.dtls_flush(i, t.peer, now);
     }
 
-    /// Moves what client `i`'s DTLS session has to say: records to the wire, decrypted
-    /// datagrams to the client machine, and its timer to the heap.
-    fn dtls_flush(&mut self, i: usize, now: Instant) {
+    /// Moves what client `i`'s DTLS session with `server` has to say: records to the wire,
+    /// decrypted datagrams to the client machine, and its timer to the heap.
+    fn dtls_flush(&mut self, i: usize, server: SocketAddr, now: Instant) {
         loop {
-            let Some(link) = self.sims.get_mut(i).and_then(|s| s.dtls.as_deref_mut()) else {
+            let Some(link) = link_of(&mut self.sims, i, server) else {
                 return;
             };
-            let server = link.server;
             let Some(session) = link.session.as_mut() else {
                 return;
             };
@@ -612,7 +646,7 @@ impl Driver {
             for r in records {
                 self.wire(i, now, server, r);
             }
-            let Some(link) = self.sims.get_mut(i).and_then(|s| s.dtls.as_deref_mut()) else {
+            let Some(link) = link_of(&mut self.sims, i, server) else {
                 return;
             };
             match event {
@@ -631,7 +665,7 @@ impl Driver {
                 None => break,
             }
         }
-        let Some(link) = self.sims.get_mut(i).and_then(|s| s.dtls.as_deref_mut()) else {
+        let Some(link) = link_of(&mut self.sims, i, server) else {
             return;
         };
         let timer = link.session.as_ref().and_then(|s| s.poll_timeout());
@@ -649,8 +683,8 @@ impl Driver {
 
     /// A datagram from client `i` on the wire: through its NAT (a new binding when the
     /// mapping was gone) and its uplink impairment, to the outbox. A rebinding ends the
-    /// client's DTLS session (no Connection ID): this record is lost, the next datagram
-    /// opens a new handshake.
+    /// client's DTLS sessions (no Connection ID): this record is lost, the next datagram
+    /// to each server opens a new handshake.
     fn wire(&mut self, i: usize, now: Instant, peer: SocketAddr, bytes: Vec<u8>) {
         let t = Transmit { peer, bytes };
         let Some(sim) = self.sims.get_mut(i) else {
@@ -666,12 +700,12 @@ impl Driver {
             None => false,
         };
         let rebind = sim.binding.is_some() && (remapped || sim.expired);
-        if rebind
-            && let Some(link) = sim.dtls.as_deref_mut()
-            && link.server == t.peer
-            && link.session.as_ref().is_some_and(|s| s.is_established())
-        {
-            link.reset();
+        if rebind {
+            for link in &mut sim.links {
+                if link.session.as_ref().is_some_and(|s| s.is_established()) {
+                    link.reset();
+                }
+            }
         }
         if sim.binding.is_none() || rebind {
             if let Some(old) = sim.binding.take()
@@ -791,12 +825,12 @@ impl Driver {
         let Some(sim) = self.sims.get_mut(i) else {
             return;
         };
-        match sim.dtls.as_deref_mut() {
-            Some(link) if link.server == peer => {
+        match sim.links.iter_mut().find(|l| l.server == peer) {
+            Some(link) => {
                 if let Some(s) = link.session.as_mut() {
                     s.handle_datagram(now, bytes);
                 }
-                self.dtls_flush(i, now);
+                self.dtls_flush(i, peer, now);
             }
             _ => {
                 sim.client.handle_datagram(now, peer, bytes);
@@ -813,6 +847,7 @@ impl Driver {
             return;
         };
         let c = &stats.counters;
+        let mut closed = None;
         let mut finish = |op: Timed| {
             if let Some((o, since)) = sim.timed
                 && o == op
@@ -840,13 +875,22 @@ impl Driver {
             }
             ClientEvent::Served { .. } => bump(&c.requests_served),
             ClientEvent::Notified { .. } => bump(&c.notifications_sent),
-            // The device restarts: its DTLS session is gone with its RAM.
-            ClientEvent::Rebooting => {
-                if let Some(link) = sim.dtls.as_deref_mut() {
-                    link.reset();
+            // The device restarts: its DTLS sessions are gone with its RAM.
+            ClientEvent::Rebooting | ClientEvent::FactoryReset => sim.links.clear(),
+            // Done with the Bootstrap Server: close_notify, as devices do.
+            ClientEvent::Bootstrapped => {
+                let bs = sim.client.config().bootstrap_server;
+                if let Some(link) = sim.links.iter_mut().find(|l| Some(l.server) == bs)
+                    && let Some(session) = link.session.as_mut()
+                {
+                    session.close(now);
+                    closed = Some(link.server);
                 }
             }
             _ => {}
+        }
+        if let Some(server) = closed {
+            self.dtls_flush(i, server, now);
         }
     }
 

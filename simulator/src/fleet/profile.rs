@@ -11,7 +11,7 @@ use rand::Rng;
 use lwm2m_proto::client::{ClientConfig, ObjectTree};
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::value::Value;
-use lwm2m_proto::{InstanceId, Lwm2mPath, ObjectDef, ObjectId, ResourceValue, coap};
+use lwm2m_proto::{InstanceId, Lwm2mPath, ObjectDef, ObjectId, ResourceId, ResourceValue, coap};
 
 use super::{ClientSpec, GeneratedResource};
 use crate::config::ConfigError;
@@ -41,6 +41,8 @@ pub struct ProfileClients {
     targets: Targets,
     endpoint_prefix: String,
     psk: Option<PskPattern>,
+    /// The bootstrap account's identity pattern and its one key.
+    bootstrap_psk: Option<(String, Vec<u8>)>,
 }
 
 /// Per-client PSK credentials generated from a pattern (Security Mode 0, Core TS 1.1
@@ -59,9 +61,7 @@ pub struct PskPattern {
 impl PskPattern {
     /// The PSK identity of client `n` named `endpoint`.
     pub fn identity(&self, n: u64, endpoint: &str) -> String {
-        self.identity
-            .replace("{n}", &n.to_string())
-            .replace("{ep}", endpoint)
+        expand(&self.identity, n, endpoint)
     }
 
     /// The 16-byte key of `identity`.
@@ -84,6 +84,13 @@ impl PskPattern {
         let key = self.key(&identity);
         (identity, key)
     }
+}
+
+/// An identity pattern with `{n}` the client number and `{ep}` the endpoint name.
+fn expand(pattern: &str, n: u64, endpoint: &str) -> String {
+    pattern
+        .replace("{n}", &n.to_string())
+        .replace("{ep}", endpoint)
 }
 
 /// Object 0 Security (Core TS 1.1 Appendix E.1): resource 0 LwM2M Server URI, resource 1
@@ -138,6 +145,7 @@ impl ProfileClients {
             targets,
             endpoint_prefix,
             psk: None,
+            bootstrap_psk: None,
         })
     }
 
@@ -152,6 +160,17 @@ impl ProfileClients {
     /// `coaps://` in Security Mode 0 with the pattern's identity and key.
     pub fn with_psk(mut self, psk: PskPattern) -> Self {
         self.psk = Some(psk);
+        self
+    }
+
+    /// Every client's bootstrap-server account (the Security instance with /0/x/1 true,
+    /// added when the profile has none) becomes `coaps://` toward the Bootstrap Server in
+    /// Security Mode 0, with the identity `identity` (`{n}` the client number, `{ep}` the
+    /// endpoint name) and the one `key`: what a fallback bootstrap configuration with a
+    /// `bs-{ep}`-style identity and its group key expects. The LwM2M Server credentials
+    /// then come from the Bootstrap Server.
+    pub fn with_bootstrap_psk(mut self, identity: &str, key: &[u8]) -> Self {
+        self.bootstrap_psk = Some((identity.to_owned(), key.to_vec()));
         self
     }
 
@@ -189,9 +208,20 @@ impl ProfileClients {
                 tree.put_instance(id, iid, instance);
             }
         }
+        if self.bootstrap_psk.is_some() {
+            add_bootstrap_account(&mut tree);
+        }
         self.point_security_at_targets(&mut tree);
+        if let Some((identity, key)) = &self.bootstrap_psk {
+            set_psk(
+                &mut tree,
+                true,
+                &expand(identity, n, &self.endpoint(n)),
+                key,
+            );
+        }
         if let Some((identity, key)) = self.psk_credentials(n) {
-            set_psk(&mut tree, &identity, &key);
+            set_psk(&mut tree, false, &identity, &key);
         }
         let generators = values
             .generators
@@ -264,13 +294,40 @@ fn set_uri(tree: &mut ObjectTree, iid: InstanceId, addr: SocketAddr) {
     let _ = tree.set(&path, uri);
 }
 
-/// The server accounts (non-bootstrap Security instances) go `coaps://` in mode PSK with
-/// `identity` and `key`.
-fn set_psk(tree: &mut ObjectTree, identity: &str, key: &[u8]) {
+/// Adds a bootstrap-server account (NoSec, no URI yet) when the tree has none.
+fn add_bootstrap_account(tree: &mut ObjectTree) {
+    let ids = tree.instance_ids(SECURITY);
+    let is_bootstrap = |iid| {
+        tree.get(&Lwm2mPath::Resource(SECURITY, iid, 1.into())) == Some(&Value::Boolean(true))
+    };
+    if ids.iter().any(|i| is_bootstrap(*i)) {
+        return;
+    }
+    let free = (0..=u16::MAX)
+        .map(InstanceId)
+        .find(|i| !ids.contains(i))
+        .unwrap_or(InstanceId(0));
+    let mut account = lwm2m_proto::Instance::default();
+    for (r, v) in [
+        (0, Value::String(String::new())),
+        (1, Value::Boolean(true)),
+        (2, Value::Integer(3)),
+        (3, Value::Opaque(Vec::new())),
+        (4, Value::Opaque(Vec::new())),
+        (5, Value::Opaque(Vec::new())),
+    ] {
+        account.insert(ResourceId(r), ResourceValue::Single(v));
+    }
+    tree.put_instance(SECURITY, free, account);
+}
+
+/// The server accounts (non-bootstrap Security instances), or with `bootstrap` the
+/// bootstrap-server account, go `coaps://` in mode PSK with `identity` and `key`.
+fn set_psk(tree: &mut ObjectTree, bootstrap: bool, identity: &str, key: &[u8]) {
     const MODE_PSK: i64 = 0;
     for iid in tree.instance_ids(SECURITY) {
         let res = |r: u16| Lwm2mPath::Resource(SECURITY, iid, r.into());
-        if tree.get(&res(1)) == Some(&Value::Boolean(true)) {
+        if (tree.get(&res(1)) == Some(&Value::Boolean(true))) != bootstrap {
             continue;
         }
         let uri = match tree.get(&res(0)) {
@@ -394,5 +451,42 @@ objects:
         assert_eq!(get(2), Some(&Value::Integer(0)));
         assert_eq!(get(3), Some(&Value::Opaque(b"id-3-t-3".to_vec())));
         assert_eq!(get(5), Some(&Value::Opaque(key.to_vec())));
+    }
+
+    #[test]
+    fn a_bootstrap_psk_goes_into_a_bootstrap_account() {
+        let profile = Profile::from_yaml("t.yaml", PROFILE, &QuirkPacks::new()).unwrap();
+        let bs: SocketAddr = "127.0.0.1:5784".parse().unwrap();
+        let clients = ProfileClients::new(
+            profile,
+            &Registry::embedded(),
+            NetworkModel::default(),
+            Targets {
+                server: None,
+                bootstrap: Some(bs),
+            },
+        )
+        .unwrap()
+        .with_bootstrap_psk("bs-{ep}", &[7; 16]);
+        let spec = clients.spec(2, 1);
+        // The profile's server account stays; a bootstrap account is added next to it.
+        assert_eq!(spec.tree.instance_ids(SECURITY), [0.into(), 1.into()]);
+        let get = |r: u16| {
+            spec.tree
+                .get(&Lwm2mPath::Resource(SECURITY, 1.into(), r.into()))
+        };
+        assert_eq!(get(0), Some(&Value::String(format!("coaps://{bs}"))));
+        assert_eq!(get(1), Some(&Value::Boolean(true)));
+        assert_eq!(get(2), Some(&Value::Integer(0)));
+        assert_eq!(get(3), Some(&Value::Opaque(b"bs-t-2".to_vec())));
+        assert_eq!(get(5), Some(&Value::Opaque(vec![7; 16])));
+        let server = spec
+            .tree
+            .get(&Lwm2mPath::Resource(SECURITY, 0.into(), 2.into()));
+        assert_eq!(
+            server,
+            Some(&Value::Integer(3)),
+            "the server account is untouched"
+        );
     }
 }
