@@ -136,6 +136,12 @@ impl TestCa {
     }
 }
 
+/// The subject common name of a DER certificate (RFC 5280 §4.1.2.6), if it has one: the
+/// identity a certificate client authenticates as.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    crate::config::common_name(der)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,14 +152,8 @@ mod tests {
         let issued = ca
             .issue("dev-1", &[], Purpose::Client, Validity::Current)
             .unwrap();
-        assert_eq!(
-            crate::config::common_name(&issued.certificate).as_deref(),
-            Some("dev-1")
-        );
-        assert_eq!(
-            crate::config::common_name(ca.certificate()).as_deref(),
-            Some("unit CA")
-        );
+        assert_eq!(common_name(&issued.certificate).as_deref(), Some("dev-1"));
+        assert_eq!(common_name(ca.certificate()).as_deref(), Some("unit CA"));
         let config = ca.config(issued);
         assert_eq!(config.trust_anchors, vec![ca.certificate().to_vec()]);
         assert!(format!("{config:?}").contains("redacted"));

@@ -30,18 +30,39 @@ Feature: Bootstrap interface (ETS int-0 to int-9)
     And the registration has lifetime 86400
 
   @int-1
-  Scenario: Client initiated bootstrap with a pre-shared key
+  Scenario: Client initiated bootstrap with a pre-shared key, then registration over DTLS
     Given the subject supports "DTLS"
-    And the bootstrap server provisions the client with an account on the LwM2M server
+    And the bootstrap server provisions a PSK account on the LwM2M server
     When the client starts
-    Then the bootstrap session finishes within 30s
+    Then the client requests a bootstrap within 5s
+    And the bootstrap session finishes within 30s
+    And every bootstrap "write" was answered 2.04
+    And every bootstrap "finish" was answered 2.04
+    And the client's value of /0/0/0 is "coaps://10.0.0.1:5684"
+    And the client's value of /0/0/2 is "0"
+    And the client completes a DTLS handshake within 10s
+    And the client registers within 10s
+    And the client is registered over DTLS with the PSK identity "ets-bs"
+    When the server reads /3/0 in TLV
+    Then the response code is 2.05
+    And the last operation went over DTLS
 
   @int-2
-  Scenario: Client initiated bootstrap with certificates
+  Scenario: Client initiated bootstrap with certificates, then registration over DTLS
     Given the subject supports "DTLS"
-    And the bootstrap server provisions the client with an account on the LwM2M server
+    And the bootstrap server provisions a certificate account on the LwM2M server
     When the client starts
-    Then the bootstrap session finishes within 30s
+    Then the client requests a bootstrap within 5s
+    And the bootstrap session finishes within 30s
+    And every bootstrap "write" was answered 2.04
+    And the client's value of /0/0/0 is "coaps://10.0.0.1:5684"
+    And the client's value of /0/0/2 is "2"
+    And the client completes a DTLS handshake within 10s
+    And the client registers within 10s
+    And the client is registered over DTLS with the certificate of "ets-bs"
+    When the server reads /3/0 in TLV
+    Then the response code is 2.05
+    And the last operation went over DTLS
 
   @int-3
   Scenario: Bootstrap from a smartcard

@@ -11,12 +11,19 @@
 //! to sleep (Core TS 1.1 §6.5) does not hear datagrams either. Every datagram and every drop
 //! goes into the [`ExchangeLog`].
 //!
+//! CoAP over DTLS ([`super::secure`]): the LwM2M Server also listens at `10.0.0.1:5684`
+//! behind a sans-IO DTLS session router, and a client whose server account says
+//! `coaps://` talks to it through a DTLS client session of its own; the link carries the
+//! records, the exchange log names them and shows the CoAP inside.
+//!
 //! Addresses: the LwM2M Server is `10.0.0.1:5683`, the Bootstrap Server `10.0.0.2:5683`;
 //! client number `n` sits at `10.a.b.c:56830` (`a.b.c` = `n + 1`), and behind a NAT it is
 //! seen at `100.a.b.c` with the NAT's public port.
 //!
 //! Determinism: every random choice (CoAP tokens and message ids, registration ids, link
-//! impairments, NAT ports) comes from the scenario seed; runs repeat exactly.
+//! impairments, NAT ports) comes from the scenario seed; runs repeat exactly. DTLS
+//! randoms, keys and hence ciphertexts come from the operating system's random source:
+//! they differ from run to run, the exchange does not.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
@@ -24,6 +31,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use lwm2m_dtls::{
+    ClientEvent as DtlsClientEvent, DtlsClient, FailureReason, Identity,
+    ServerEvent as DtlsEvent,
+};
 use lwm2m_proto::Lwm2mPath;
 use lwm2m_proto::bootstrap::{
     BootstrapConfig, BootstrapError, BootstrapServer, BootstrapServerConfig, ConfigSource,
@@ -39,8 +50,12 @@ use lwm2m_proto::server::{
 use lwm2m_simulator::network::{Mapping, Nat, NetworkModel, SleepSchedule};
 use lwm2m_simulator::{Impairment, seed};
 
-use super::backend::{Backend, Capability, ClientAction, ClientSpec, Happening, Subject, Timed};
-use super::exchange::{ExchangeLog, Peer};
+use super::backend::{
+    Backend, Capability, ClientAction, ClientSpec, DtlsHappening, DtlsSide, Happening, Subject,
+    Timed,
+};
+use super::exchange::{ExchangeLog, Peer, describe};
+use super::secure::{self, ClientLink, SECURE_SERVER, SecureAccount, SecureListener};
 
 /// The LwM2M Server's address on the in-memory link.
 pub const SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 5683);
@@ -93,6 +108,10 @@ struct SimClient {
     link: Link,
     /// The deadline of this client's live entry in the timer heap.
     deadline: Option<Instant>,
+    /// Its DTLS association with a `coaps://` server, once it sent to one.
+    dtls: Option<ClientLink>,
+    /// Its factory configuration until it starts (the steps may still secure it).
+    factory: Option<ClientSpec>,
 }
 
 impl SimClient {
@@ -120,8 +139,18 @@ fn client_ip(first: u8, number: u32) -> Ipv4Addr {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Party {
     Server,
+    SecureServer,
     Bootstrap,
     Client(usize),
+}
+
+/// What a datagram on the link is, for the exchange log.
+#[derive(Debug, Clone, Copy)]
+enum Wire<'a> {
+    /// A CoAP message.
+    Coap,
+    /// DTLS records; the CoAP message of the application record, when known.
+    Dtls(Option<&'a [u8]>),
 }
 
 /// A datagram on its way.
@@ -154,6 +183,8 @@ pub struct InProcess {
     log: ExchangeLog,
     happenings: VecDeque<Timed>,
     spoofs: u16,
+    /// The LwM2M Server's DTLS listener, made when a scenario first needs it.
+    secure: Option<SecureListener>,
 }
 
 impl InProcess {
@@ -195,6 +226,7 @@ impl InProcess {
             log: ExchangeLog::default(),
             happenings: VecDeque::new(),
             spoofs: 0,
+            secure: None,
         }
     }
 
@@ -211,7 +243,7 @@ impl InProcess {
 
     fn name_of(&self, addr: SocketAddr) -> String {
         match self.party(addr) {
-            Some(Party::Server) => "server".to_owned(),
+            Some(Party::Server | Party::SecureServer) => "server".to_owned(),
             Some(Party::Bootstrap) => "bootstrap".to_owned(),
             Some(Party::Client(i)) => self.clients[i].name.clone(),
             None => addr.to_string(),
@@ -221,6 +253,8 @@ impl InProcess {
     fn party(&self, addr: SocketAddr) -> Option<Party> {
         if addr == SERVER {
             Some(Party::Server)
+        } else if addr == SECURE_SERVER {
+            Some(Party::SecureServer)
         } else if addr == BOOTSTRAP {
             Some(Party::Bootstrap)
         } else {
@@ -239,8 +273,17 @@ impl InProcess {
         }));
     }
 
+    /// Logs a datagram as the link carries it.
+    fn log_datagram(&mut self, src: Peer<'_>, dst: Peer<'_>, bytes: &[u8], wire: Wire<'_>) {
+        let now = self.elapsed();
+        match wire {
+            Wire::Coap => self.log.datagram(now, src, dst, bytes),
+            Wire::Dtls(inner) => self.log.secure_datagram(now, src, dst, bytes, inner),
+        }
+    }
+
     /// A client's datagram leaves: through its NAT and its uplink.
-    fn send_from_client(&mut self, i: usize, t: Transmit) {
+    fn send_from_client(&mut self, i: usize, to: SocketAddr, bytes: Vec<u8>, wire: Wire<'_>) {
         let now = self.elapsed();
         let client = &mut self.clients[i];
         if let Some(nat) = &mut client.link.nat {
@@ -254,7 +297,7 @@ impl InProcess {
             Some(imp) => imp.apply(now, ()),
             None => vec![(now + DEFAULT_LATENCY, ())],
         };
-        let to_name = self.name_of(t.peer);
+        let to_name = self.name_of(to);
         let name = self.clients[i].name.clone();
         let (src, dst) = (
             Peer {
@@ -263,23 +306,23 @@ impl InProcess {
             },
             Peer {
                 name: &to_name,
-                addr: t.peer,
+                addr: to,
             },
         );
-        self.log.datagram(now, src, dst, &t.bytes);
+        self.log_datagram(src, dst, &bytes, wire);
         if arrivals.is_empty() {
             self.log.note(now, &format!("lost on the uplink of {name}"));
         }
         for (at, ()) in arrivals {
-            self.enqueue(at, from, t.peer, t.bytes.clone());
+            self.enqueue(at, from, to, bytes.clone());
         }
     }
 
     /// A server's datagram leaves: through the downlink of the client it goes to.
-    fn send_from_server(&mut self, from: SocketAddr, t: Transmit) {
+    fn send_from_server(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>, wire: Wire) {
         let now = self.elapsed();
         let from_name = self.name_of(from);
-        let to_name = self.name_of(t.peer);
+        let to_name = self.name_of(to);
         let (src, dst) = (
             Peer {
                 name: &from_name,
@@ -287,11 +330,11 @@ impl InProcess {
             },
             Peer {
                 name: &to_name,
-                addr: t.peer,
+                addr: to,
             },
         );
-        self.log.datagram(now, src, dst, &t.bytes);
-        let arrivals = match self.party(t.peer) {
+        self.log_datagram(src, dst, &bytes, wire);
+        let arrivals = match self.party(to) {
             Some(Party::Client(i)) => match &mut self.clients[i].link.downlink {
                 Some(imp) => imp.apply(now, ()),
                 None => vec![(now + DEFAULT_LATENCY, ())],
@@ -303,8 +346,23 @@ impl InProcess {
                 .note(now, &format!("lost on the downlink to {to_name}"));
         }
         for (at, ()) in arrivals {
-            self.enqueue(at, from, t.peer, t.bytes.clone());
+            self.enqueue(at, from, to, bytes.clone());
         }
+    }
+
+    /// The LwM2M Server's DTLS listener, made at first use.
+    fn listener(&mut self) -> anyhow::Result<&mut SecureListener> {
+        if self.secure.is_none() {
+            self.secure = Some(SecureListener::new()?);
+        }
+        self.secure
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("no DTLS listener"))
+    }
+
+    fn push_happening(&mut self, happening: Happening) {
+        let at = self.elapsed();
+        self.happenings.push_back(Timed { at, happening });
     }
 
     /// A datagram arrives at its destination (or is dropped on the way in).
@@ -312,7 +370,16 @@ impl InProcess {
         let now = self.now;
         let at = self.elapsed();
         match self.party(d.to) {
-            Some(Party::Server) => self.server.handle_datagram(now, d.from, &d.bytes),
+            Some(Party::Server) => {
+                if let Some(listener) = &mut self.secure {
+                    listener.forget(d.from);
+                }
+                self.server.handle_datagram(now, d.from, &d.bytes);
+            }
+            Some(Party::SecureServer) => match self.listener() {
+                Ok(listener) => listener.dtls.handle_datagram(now, d.from, &d.bytes),
+                Err(e) => self.log.note(at, &format!("dropped: no DTLS listener ({e})")),
+            },
             Some(Party::Bootstrap) => self.bootstrap.handle_datagram(now, d.from, &d.bytes),
             Some(Party::Client(i)) => {
                 let client = &mut self.clients[i];
@@ -336,6 +403,18 @@ impl InProcess {
                 let drop = drop.or_else(|| {
                     asleep.then(|| format!("dropped: {} is asleep (radio off)", client.name))
                 });
+                let drop = match client.dtls.as_mut().filter(|l| l.server == d.from) {
+                    _ if drop.is_some() => drop,
+                    Some(link) => match link.session.as_mut() {
+                        Some(session) => {
+                            session.handle_datagram(now, &d.bytes);
+                            self.dirty.insert(i);
+                            return;
+                        }
+                        None => Some(format!("dropped: {} has no DTLS session now", client.name)),
+                    },
+                    None => None,
+                };
                 match drop {
                     Some(why) => self.log.note(at, &why),
                     None => {
@@ -348,14 +427,337 @@ impl InProcess {
         }
     }
 
+    /// Sends what the DTLS listener has for the link; `inner` is the CoAP message of the
+    /// record just written, if any. True when something went.
+    fn drain_listener(&mut self, inner: Option<&[u8]>) -> bool {
+        let mut moved = false;
+        while let Some(t) = self.secure.as_mut().and_then(|l| l.dtls.poll_transmit()) {
+            moved = true;
+            self.send_from_server(SECURE_SERVER, t.peer, t.bytes, Wire::Dtls(inner));
+        }
+        moved
+    }
+
+    /// An answer of the LwM2M Server machine: into the DTLS session its request came
+    /// through, else in the clear.
+    fn server_transmit(&mut self, t: Transmit) {
+        let secure = self
+            .secure
+            .as_ref()
+            .is_some_and(|l| l.identity_of(t.peer).is_some());
+        if !secure {
+            return self.send_from_server(SERVER, t.peer, t.bytes, Wire::Coap);
+        }
+        self.drain_listener(None);
+        let now = self.now;
+        let sent = match self.secure.as_mut() {
+            Some(listener) => listener.dtls.send(now, t.peer, &t.bytes),
+            None => return,
+        };
+        match sent {
+            Ok(()) => {
+                self.drain_listener(Some(&t.bytes));
+            }
+            Err(e) => {
+                let name = self.name_of(t.peer);
+                let at = self.elapsed();
+                self.log.note(
+                    at,
+                    &format!(
+                        "dropped: the server's {} to {name}: {e}",
+                        describe(&t.bytes)
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Handles what the DTLS listener reported: decrypted CoAP to the LwM2M Server machine
+    /// (or refused here with 4.03), handshakes and closes as happenings.
+    fn listener_events(&mut self) -> bool {
+        let mut moved = false;
+        while let Some(event) = self.secure.as_mut().and_then(|l| l.dtls.poll_event()) {
+            moved = true;
+            let at = self.elapsed();
+            match event {
+                DtlsEvent::Datagram {
+                    peer,
+                    identity,
+                    payload,
+                    ..
+                } => self.secure_request(peer, identity, &payload),
+                DtlsEvent::Established { peer, identity, .. } => {
+                    let endpoint = self.name_of(peer);
+                    self.log.note(
+                        at,
+                        &format!("DTLS session of {endpoint} established as {identity}"),
+                    );
+                    if let Some(s) = self.secure.as_ref().and_then(|l| l.dtls.secrets(peer)) {
+                        self.log.add_key(s.key_log_line());
+                    }
+                    self.push_happening(Happening::Dtls(DtlsHappening::Established {
+                        endpoint,
+                        identity,
+                    }));
+                }
+                DtlsEvent::HandshakeFailed {
+                    peer,
+                    identity,
+                    reason,
+                    ..
+                } => {
+                    let endpoint = self.name_of(peer);
+                    let claimed = identity.as_ref().map_or_else(String::new, |i| format!(" ({i})"));
+                    self.log.note(
+                        at,
+                        &format!("the server failed the DTLS handshake of {endpoint}{claimed}: {reason}"),
+                    );
+                    self.push_happening(Happening::Dtls(DtlsHappening::HandshakeFailed {
+                        endpoint,
+                        side: DtlsSide::Server,
+                        identity,
+                        reason,
+                    }));
+                }
+                DtlsEvent::Closed { peer, reason, .. } => {
+                    if let Some(l) = &mut self.secure {
+                        l.forget(peer);
+                    }
+                    let endpoint = self.name_of(peer);
+                    self.log
+                        .note(at, &format!("DTLS session of {endpoint} closed: {reason:?}"));
+                    self.push_happening(Happening::Dtls(DtlsHappening::Closed { endpoint, reason }));
+                }
+                _ => {}
+            }
+        }
+        moved
+    }
+
+    /// A CoAP message that came through a DTLS session as `identity`.
+    fn secure_request(&mut self, peer: SocketAddr, identity: Identity, payload: &[u8]) {
+        let now = self.now;
+        let refusal = self.secure.as_ref().and_then(|l| {
+            l.refusal(&identity, payload, |id| {
+                self.server
+                    .registrations()
+                    .find(|r| r.id == id)
+                    .map(|r| r.endpoint.clone())
+            })
+        });
+        let Some(refusal) = refusal else {
+            if let Some(l) = &mut self.secure {
+                l.note_secure(peer, identity);
+            }
+            self.server.handle_datagram(now, peer, payload);
+            return;
+        };
+        let client = self.name_of(peer);
+        let at = self.elapsed();
+        self.log.note(
+            at,
+            &format!(
+                "the server refuses {client}'s request for endpoint {:?} with 4.03: the session is {identity}, owned by {}",
+                refusal.endpoint,
+                refusal.owner.as_deref().unwrap_or("no endpoint")
+            ),
+        );
+        if let Ok(answer) = refusal.answer.to_bytes() {
+            self.drain_listener(None);
+            let sent = self
+                .secure
+                .as_mut()
+                .map(|l| l.dtls.send(now, peer, &answer));
+            if let Some(Ok(())) = sent {
+                self.drain_listener(Some(&answer));
+            }
+        }
+        self.push_happening(Happening::Dtls(DtlsHappening::Refused {
+            client,
+            identity,
+            endpoint: refusal.endpoint,
+            owner: refusal.owner,
+        }));
+    }
+
+    /// A datagram of client `i`'s machine: through its DTLS session when it goes to a
+    /// `coaps://` server of its Security object, else straight onto the link.
+    fn client_transmit(&mut self, i: usize, t: Transmit) {
+        let now = self.now;
+        let client = &mut self.clients[i];
+        let linked = client.dtls.as_ref().is_some_and(|l| l.server == t.peer);
+        if !linked && !secure::is_secure(client.machine.tree(), t.peer) {
+            return self.send_from_client(i, t.peer, t.bytes, Wire::Coap);
+        }
+        if !linked {
+            client.dtls = Some(ClientLink::new(t.peer));
+        }
+        self.drain_client_dtls(i, None);
+        let SimClient {
+            dtls: Some(link),
+            machine,
+            ..
+        } = &mut self.clients[i]
+        else {
+            return;
+        };
+        let tree = machine.tree();
+        let sent = link.send(now, t.bytes.clone(), || {
+            secure::client_config(tree, t.peer)
+                .unwrap_or_else(|| Err("no coaps:// account for this server any more".into()))
+        });
+        match sent {
+            Ok(encrypted) => {
+                self.drain_client_dtls(i, encrypted.then_some(t.bytes.as_slice()));
+            }
+            Err(reason) => {
+                let endpoint = self.clients[i].name.clone();
+                let at = self.elapsed();
+                self.log.note(
+                    at,
+                    &format!("{endpoint} cannot open a DTLS session with {}: {reason}", t.peer),
+                );
+                self.push_happening(Happening::Dtls(DtlsHappening::HandshakeFailed {
+                    endpoint,
+                    side: DtlsSide::Client,
+                    identity: None,
+                    reason: FailureReason::Protocol(reason),
+                }));
+            }
+        }
+    }
+
+    /// Sends what client `i`'s DTLS session has for the link; `inner` is the CoAP message
+    /// of the record just written, if any. True when something went.
+    fn drain_client_dtls(&mut self, i: usize, inner: Option<&[u8]>) -> bool {
+        let mut moved = false;
+        loop {
+            let Some(link) = self.clients[i].dtls.as_mut() else {
+                return moved;
+            };
+            let server = link.server;
+            let Some(bytes) = link.session.as_mut().and_then(DtlsClient::poll_transmit) else {
+                return moved;
+            };
+            moved = true;
+            self.send_from_client(i, server, bytes, Wire::Dtls(inner));
+        }
+    }
+
+    /// Handles what client `i`'s DTLS session reported. True when something happened.
+    fn client_dtls_events(&mut self, i: usize) -> bool {
+        let now = self.now;
+        let mut moved = false;
+        loop {
+            let client = &mut self.clients[i];
+            let Some(link) = client.dtls.as_mut() else {
+                return moved;
+            };
+            let Some(event) = link.session.as_mut().and_then(DtlsClient::poll_event) else {
+                return moved;
+            };
+            moved = true;
+            let server = link.server;
+            match event {
+                DtlsClientEvent::Established => {
+                    for bytes in link.take_pending() {
+                        let sent = self.clients[i]
+                            .dtls
+                            .as_mut()
+                            .and_then(|l| l.session.as_mut())
+                            .map(|s| s.send(now, &bytes));
+                        if let Some(Ok(())) = sent {
+                            self.drain_client_dtls(i, Some(&bytes));
+                        }
+                    }
+                }
+                DtlsClientEvent::Datagram(payload) => {
+                    client.machine.handle_datagram(now, server, &payload);
+                }
+                DtlsClientEvent::HandshakeFailed(reason) => {
+                    link.reset();
+                    let endpoint = client.name.clone();
+                    let at = self.elapsed();
+                    self.log.note(
+                        at,
+                        &format!("{endpoint}'s DTLS handshake with {server} failed: {reason}"),
+                    );
+                    self.push_happening(Happening::Dtls(DtlsHappening::HandshakeFailed {
+                        endpoint,
+                        side: DtlsSide::Client,
+                        identity: None,
+                        reason,
+                    }));
+                }
+                DtlsClientEvent::Closed(reason) => {
+                    link.reset();
+                    let endpoint = client.name.clone();
+                    let at = self.elapsed();
+                    self.log.note(
+                        at,
+                        &format!("{endpoint}'s DTLS session with {server} closed: {reason:?}"),
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Moves everything out of client `i`: datagrams (through its DTLS session where it has
+    /// one), events, its next deadline. True when a datagram went out.
+    fn flush_client(&mut self, i: usize) -> bool {
+        let mut moved = false;
+        loop {
+            let mut again = false;
+            while let Some(t) = self.clients[i].machine.poll_transmit() {
+                again = true;
+                self.client_transmit(i, t);
+            }
+            again |= self.drain_client_dtls(i, None);
+            again |= self.client_dtls_events(i);
+            moved |= again;
+            if !again {
+                break;
+            }
+        }
+        let at = self.elapsed();
+        let client = &mut self.clients[i];
+        while let Some(event) = client.machine.poll_event() {
+            self.happenings.push_back(Timed {
+                at,
+                happening: Happening::Client {
+                    endpoint: client.name.clone(),
+                    event,
+                },
+            });
+        }
+        let session = client
+            .dtls
+            .as_ref()
+            .and_then(|l| l.session.as_ref())
+            .and_then(DtlsClient::poll_timeout);
+        let deadline = [client.machine.poll_timeout(), session]
+            .into_iter()
+            .flatten()
+            .min();
+        if deadline != client.deadline {
+            client.deadline = deadline;
+            if let Some(d) = deadline {
+                self.timers.push(Reverse((d, i)));
+            }
+        }
+        moved
+    }
+
     /// Takes every datagram and event out of every machine that may have some.
     fn flush(&mut self) {
         let at = self.elapsed();
         loop {
-            let mut moved = false;
+            let mut moved = self.drain_listener(None);
+            moved |= self.listener_events();
             while let Some(t) = self.server.poll_transmit() {
                 moved = true;
-                self.send_from_server(SERVER, t);
+                self.server_transmit(t);
             }
             while let Some(e) = self.server.poll_event() {
                 self.happenings.push_back(Timed {
@@ -365,7 +767,7 @@ impl InProcess {
             }
             while let Some(t) = self.bootstrap.poll_transmit() {
                 moved = true;
-                self.send_from_server(BOOTSTRAP, t);
+                self.send_from_server(BOOTSTRAP, t.peer, t.bytes, Wire::Coap);
             }
             while let Some(e) = self.bootstrap.poll_event() {
                 self.happenings.push_back(Timed {
@@ -374,27 +776,7 @@ impl InProcess {
                 });
             }
             for i in std::mem::take(&mut self.dirty) {
-                while let Some(t) = self.clients[i].machine.poll_transmit() {
-                    moved = true;
-                    self.send_from_client(i, t);
-                }
-                let client = &mut self.clients[i];
-                while let Some(event) = client.machine.poll_event() {
-                    self.happenings.push_back(Timed {
-                        at,
-                        happening: Happening::Client {
-                            endpoint: client.name.clone(),
-                            event,
-                        },
-                    });
-                }
-                let deadline = client.machine.poll_timeout();
-                if deadline != client.deadline {
-                    client.deadline = deadline;
-                    if let Some(d) = deadline {
-                        self.timers.push(Reverse((d, i)));
-                    }
-                }
+                moved |= self.flush_client(i);
             }
             if !moved {
                 return;
@@ -421,6 +803,7 @@ impl InProcess {
             clients,
             self.server.poll_timeout(),
             self.bootstrap.poll_timeout(),
+            self.secure.as_ref().and_then(|l| l.dtls.poll_timeout()),
         ]
         .into_iter()
         .flatten()
@@ -441,6 +824,11 @@ impl InProcess {
         if self.bootstrap.poll_timeout().is_some_and(|t| t <= now) {
             self.bootstrap.handle_timeout(now);
         }
+        if let Some(listener) = &mut self.secure
+            && listener.dtls.poll_timeout().is_some_and(|t| t <= now)
+        {
+            listener.dtls.handle_timeout(now);
+        }
         while let Some(&Reverse((at, i))) = self.timers.peek() {
             if at > now {
                 break;
@@ -449,7 +837,14 @@ impl InProcess {
             let client = &mut self.clients[i];
             if client.deadline == Some(at) {
                 client.deadline = None;
-                client.machine.handle_timeout(now);
+                if let Some(session) = client.dtls.as_mut().and_then(|l| l.session.as_mut())
+                    && session.poll_timeout().is_some_and(|t| t <= now)
+                {
+                    session.handle_timeout(now);
+                }
+                if client.machine.poll_timeout().is_some_and(|t| t <= now) {
+                    client.machine.handle_timeout(now);
+                }
                 self.dirty.insert(i);
             }
         }
@@ -464,7 +859,8 @@ impl Backend for InProcess {
     fn supports(&self, capability: Capability) -> Result<(), String> {
         match capability {
             Capability::VirtualTime => Ok(()),
-            Capability::Dtls => Err("DTLS transport not available yet".to_owned()),
+            Capability::Dtls => Ok(()),
+            Capability::RawPublicKey => Err(secure::NO_RAW_PUBLIC_KEYS.to_owned()),
             Capability::Tcp => Err("CoAP over TCP (RFC 8323) is not implemented".to_owned()),
             Capability::Smartcard => {
                 Err("simulated clients have no smartcard (Core TS 1.1 §5.2.4)".to_owned())
@@ -520,7 +916,7 @@ impl Backend for InProcess {
     fn counters(&self) -> BTreeMap<String, u64> {
         let (datagrams, bytes) = self.log.totals();
         let server = self.server.counters();
-        BTreeMap::from([
+        let mut out = BTreeMap::from([
             ("datagrams".to_owned(), datagrams),
             ("bytes".to_owned(), bytes),
             ("clients".to_owned(), self.clients.len() as u64),
@@ -531,7 +927,13 @@ impl Backend for InProcess {
             ("server.retransmissions".to_owned(), server.retransmissions),
             ("server.duplicates".to_owned(), server.duplicates),
             ("server.timeouts".to_owned(), server.timeouts),
-        ])
+        ]);
+        if let Some(listener) = &self.secure {
+            let dtls = listener.dtls.counters();
+            out.insert("dtls.handshakes".to_owned(), dtls.handshakes_completed);
+            out.insert("dtls.handshake_failures".to_owned(), dtls.handshakes_failed);
+        }
+        out
     }
 
     fn server_address(&self) -> SocketAddr {
@@ -617,10 +1019,12 @@ impl Backend for InProcess {
         anyhow::ensure!(number < 0x00ff_fffe, "too many clients");
         let client = SimClient {
             name: name.clone(),
-            machine: Lwm2mClient::new(spec.config, spec.tree),
+            machine: Lwm2mClient::new(spec.config.clone(), spec.tree.clone()),
             number,
             link: Link::default(),
             deadline: None,
+            dtls: None,
+            factory: Some(spec),
         };
         let index = self.clients.len();
         self.by_ip.insert(client.private_address().ip(), index);
@@ -633,6 +1037,9 @@ impl Backend for InProcess {
     fn client_action(&mut self, endpoint: &str, action: ClientAction) -> anyhow::Result<()> {
         let i = self.client_index(endpoint)?;
         let now = self.now;
+        if action == ClientAction::Start {
+            self.clients[i].factory = None;
+        }
         let machine = &mut self.clients[i].machine;
         match action {
             ClientAction::Start => machine.start(now),
@@ -679,6 +1086,35 @@ impl Backend for InProcess {
         self.by_name
             .get(endpoint)
             .map(|i| self.clients[*i].public_address())
+    }
+
+    fn secure_server_address(&self) -> Option<SocketAddr> {
+        Some(SECURE_SERVER)
+    }
+
+    fn add_psk(&mut self, endpoint: &str, identity: &[u8], key: &[u8]) -> anyhow::Result<()> {
+        self.listener()?.add_psk(identity, key, endpoint);
+        Ok(())
+    }
+
+    fn secure_client(&mut self, endpoint: &str, account: SecureAccount) -> anyhow::Result<()> {
+        let i = self.client_index(endpoint)?;
+        self.listener()?;
+        let client = &mut self.clients[i];
+        let Some(spec) = client.factory.as_mut() else {
+            anyhow::bail!("{endpoint:?} has started: its factory configuration is fixed");
+        };
+        secure::write_account(&mut spec.tree, SECURE_SERVER, &account)?;
+        if spec.config.server.is_some() {
+            spec.config.server = Some(SECURE_SERVER);
+        }
+        client.machine = Lwm2mClient::new(spec.config.clone(), spec.tree.clone());
+        Ok(())
+    }
+
+    fn secure_identity(&self, endpoint: &str) -> Option<Identity> {
+        let address = self.server.registration(endpoint)?.address;
+        self.secure.as_ref()?.identity_of(address).cloned()
     }
 }
 
