@@ -319,8 +319,14 @@ mod tests {
         // ServerHello and ServerHelloDone in one record (RFC 6347 §4.2.3).
         let mut two = vec![2, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 9];
         two.extend([14, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(describe(&record(HANDSHAKE, 0, &two)), "ServerHello, ServerHelloDone");
-        assert_eq!(describe(&record(ALERT, 0, &[2, 115])), "alert unknown_psk_identity");
+        assert_eq!(
+            describe(&record(HANDSHAKE, 0, &two)),
+            "ServerHello, ServerHelloDone"
+        );
+        assert_eq!(
+            describe(&record(ALERT, 0, &[2, 115])),
+            "alert unknown_psk_identity"
+        );
         let data = record(APPLICATION_DATA, 1, &[0; 21]);
         assert_eq!(describe(&data), "application data");
         assert_eq!(describe(&[0x40, 1]), "not DTLS (2 B)");

@@ -134,6 +134,12 @@ impl ExchangeLog {
         self.lines.push(format!("{}   !! {text}", stamp(at)));
     }
 
+    /// Logs something a party reported between datagrams (a DTLS session established or
+    /// closed); problems are [`ExchangeLog::note`]s.
+    pub fn event(&mut self, at: Duration, text: &str) {
+        self.lines.push(format!("{}   -- {text}", stamp(at)));
+    }
+
     /// The number of lines so far (a mark to show the lines logged after it).
     pub fn len(&self) -> usize {
         self.lines.len()

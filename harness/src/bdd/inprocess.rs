@@ -32,8 +32,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use lwm2m_dtls::{
-    ClientEvent as DtlsClientEvent, DtlsClient, FailureReason, Identity,
-    ServerEvent as DtlsEvent,
+    ClientEvent as DtlsClientEvent, DtlsClient, FailureReason, Identity, ServerEvent as DtlsEvent,
 };
 use lwm2m_proto::Lwm2mPath;
 use lwm2m_proto::bootstrap::{
@@ -378,7 +377,9 @@ impl InProcess {
             }
             Some(Party::SecureServer) => match self.listener() {
                 Ok(listener) => listener.dtls.handle_datagram(now, d.from, &d.bytes),
-                Err(e) => self.log.note(at, &format!("dropped: no DTLS listener ({e})")),
+                Err(e) => self
+                    .log
+                    .note(at, &format!("dropped: no DTLS listener ({e})")),
             },
             Some(Party::Bootstrap) => self.bootstrap.handle_datagram(now, d.from, &d.bytes),
             Some(Party::Client(i)) => {
@@ -488,7 +489,7 @@ impl InProcess {
                 } => self.secure_request(peer, identity, &payload),
                 DtlsEvent::Established { peer, identity, .. } => {
                     let endpoint = self.name_of(peer);
-                    self.log.note(
+                    self.log.event(
                         at,
                         &format!("DTLS session of {endpoint} established as {identity}"),
                     );
@@ -507,10 +508,14 @@ impl InProcess {
                     ..
                 } => {
                     let endpoint = self.name_of(peer);
-                    let claimed = identity.as_ref().map_or_else(String::new, |i| format!(" ({i})"));
+                    let claimed = identity
+                        .as_ref()
+                        .map_or_else(String::new, |i| format!(" ({i})"));
                     self.log.note(
                         at,
-                        &format!("the server failed the DTLS handshake of {endpoint}{claimed}: {reason}"),
+                        &format!(
+                            "the server failed the DTLS handshake of {endpoint}{claimed}: {reason}"
+                        ),
                     );
                     self.push_happening(Happening::Dtls(DtlsHappening::HandshakeFailed {
                         endpoint,
@@ -524,9 +529,14 @@ impl InProcess {
                         l.forget(peer);
                     }
                     let endpoint = self.name_of(peer);
-                    self.log
-                        .note(at, &format!("DTLS session of {endpoint} closed: {reason:?}"));
-                    self.push_happening(Happening::Dtls(DtlsHappening::Closed { endpoint, reason }));
+                    self.log.event(
+                        at,
+                        &format!("DTLS session of {endpoint} closed: {reason:?}"),
+                    );
+                    self.push_happening(Happening::Dtls(DtlsHappening::Closed {
+                        endpoint,
+                        reason,
+                    }));
                 }
                 _ => {}
             }
@@ -615,7 +625,10 @@ impl InProcess {
                 let at = self.elapsed();
                 self.log.note(
                     at,
-                    &format!("{endpoint} cannot open a DTLS session with {}: {reason}", t.peer),
+                    &format!(
+                        "{endpoint} cannot open a DTLS session with {}: {reason}",
+                        t.peer
+                    ),
                 );
                 self.push_happening(Happening::Dtls(DtlsHappening::HandshakeFailed {
                     endpoint,

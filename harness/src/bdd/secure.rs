@@ -38,15 +38,13 @@ use lwm2m_proto::coap::{CoapOption, MessageClass, MessageType, Packet, RequestTy
 use lwm2m_proto::{Instance, ObjectId, ResourceId, ResourceValue, Value};
 
 /// The LwM2M Server's DTLS listener on the in-memory link (the CoAPS default port).
-pub const SECURE_SERVER: SocketAddr =
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 5684);
+pub const SECURE_SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 5684);
 
 /// The DNS name in the server's certificate (the name of ETS configuration C.17).
 pub const SERVER_NAME: &str = "server.example.com";
 
 /// Why a case with raw public keys (Security mode 1) is not applicable.
-pub const NO_RAW_PUBLIC_KEYS: &str =
-    "raw public keys (RFC 7250, Security mode 1) are not supported by the rtc-dtls family \
+pub const NO_RAW_PUBLIC_KEYS: &str = "raw public keys (RFC 7250, Security mode 1) are not supported by the rtc-dtls family \
      our DTLS layer is built on";
 
 /// CoAP datagrams a client holds while its handshake runs (the oldest go first beyond it).
@@ -174,7 +172,7 @@ pub fn write_account(
     Ok(())
 }
 
-fn resource<'a>(instance: &'a Instance, id: u16) -> Option<&'a Value> {
+fn resource(instance: &Instance, id: u16) -> Option<&Value> {
     match instance.get(&ResourceId(id)) {
         Some(ResourceValue::Single(v)) => Some(v),
         _ => None,
@@ -250,9 +248,12 @@ pub fn client_config(
     Some(ClientConfig::new(&credentials).map_err(|e| e.to_string()))
 }
 
-/// The PSK keys the in-process LwM2M Server knows: identity → (endpoint, key).
+/// A PSK the server knows: the endpoint it belongs to, and the key.
+type PskEntry = (String, Vec<u8>);
+
+/// The PSK keys the in-process LwM2M Server knows, by identity.
 #[derive(Debug, Clone, Default)]
-struct PskTable(Arc<RwLock<HashMap<Vec<u8>, (String, Vec<u8>)>>>);
+struct PskTable(Arc<RwLock<HashMap<Vec<u8>, PskEntry>>>);
 
 impl PskTable {
     fn endpoint(&self, identity: &[u8]) -> Option<String> {

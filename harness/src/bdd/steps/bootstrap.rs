@@ -106,7 +106,9 @@ fn provisions_certificate_account(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
     let (security, server) = secure_account(w)?;
     let name = w.current()?;
     let pki = crate::bdd::secure::pki()?;
-    let issued = pki.ca.issue(&name, &[], Purpose::Client, Validity::Current)?;
+    let issued = pki
+        .ca
+        .issue(&name, &[], Purpose::Client, Validity::Current)?;
     let security = SecurityInstance {
         mode: SecurityMode::X509,
         identity: hex(&issued.certificate),

@@ -25,9 +25,9 @@
 use std::net::SocketAddr;
 
 use cucumber::{given, then};
+use lwm2m_dtls::Identity;
 use lwm2m_dtls::pki::{Purpose, TestCa, Validity};
 use lwm2m_dtls::record::RecordBytes;
-use lwm2m_dtls::Identity;
 use lwm2m_proto::coap::{MessageClass, RequestType, ResponseType, message};
 use lwm2m_simulator::fleet::PskPattern;
 
@@ -102,7 +102,11 @@ fn with_unknown_identity(w: &mut Lwm2mWorld, identity: String) -> anyhow::Result
 
 /// Valid PSK credentials that the server holds for another endpoint.
 #[given(expr = "the client uses DTLS with the PSK identity {string} of {string}")]
-fn with_foreign_identity(w: &mut Lwm2mWorld, identity: String, owner: String) -> anyhow::Result<()> {
+fn with_foreign_identity(
+    w: &mut Lwm2mWorld,
+    identity: String,
+    owner: String,
+) -> anyhow::Result<()> {
     let key = psk_key(w, &identity);
     psk(w, &identity, &key, Some((&owner, &key)))
 }
@@ -150,9 +154,12 @@ fn handshake_completes(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Res
         matches!(&t.happening, Happening::Dtls(DtlsHappening::Established { endpoint, .. } | DtlsHappening::HandshakeFailed { endpoint, .. }) if *endpoint == name)
     })?;
     match found.happening {
-        Happening::Dtls(DtlsHappening::HandshakeFailed { side, reason, .. }) => Err(w.fail(
-            format!("the DTLS handshake of {name:?} failed at {}: {reason}", side_name(side)),
-        )),
+        Happening::Dtls(DtlsHappening::HandshakeFailed { side, reason, .. }) => {
+            Err(w.fail(format!(
+                "the DTLS handshake of {name:?} failed at {}: {reason}",
+                side_name(side)
+            )))
+        }
         _ => Ok(()),
     }
 }
@@ -273,7 +280,11 @@ fn operation_over_dtls(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
 /// The handshake of the client failed, on either side, for a reason whose text contains
 /// `reason` (case-insensitive): "wrong PSK key", "unknown PSK identity", "certificate"...
 #[then(expr = "the client's DTLS handshake fails within {duration} with {string}")]
-fn handshake_fails(w: &mut Lwm2mWorld, within: DurationParam, reason: String) -> anyhow::Result<()> {
+fn handshake_fails(
+    w: &mut Lwm2mWorld,
+    within: DurationParam,
+    reason: String,
+) -> anyhow::Result<()> {
     let name = w.current()?;
     let wanted = reason.to_lowercase();
     let mut seen: Vec<String> = Vec::new();
@@ -290,9 +301,7 @@ fn handshake_fails(w: &mut Lwm2mWorld, within: DurationParam, reason: String) ->
             seen.push(format!("{}: {text}", side_name(*side)));
             hit
         }
-        Happening::Dtls(DtlsHappening::Established { endpoint, identity })
-            if *endpoint == name =>
-        {
+        Happening::Dtls(DtlsHappening::Established { endpoint, identity }) if *endpoint == name => {
             seen.push(format!("established as {identity}"));
             false
         }
