@@ -30,11 +30,13 @@ Feature: Bootstrap interface (ETS int-0 to int-9)
     And the registration has lifetime 86400
 
   @int-1
-  Scenario: Client initiated bootstrap with a pre-shared key, then registration over DTLS
+  Scenario: Client initiated bootstrap over DTLS, a PSK account, then registration over DTLS
     Given the subject supports "DTLS"
+    And the client's bootstrap account uses DTLS with a PSK
     And the bootstrap server provisions a PSK account on the LwM2M server
     When the client starts
-    Then the client requests a bootstrap within 5s
+    Then the client completes a DTLS handshake with the bootstrap server within 5s
+    And the client requests a bootstrap within 5s
     And the bootstrap session finishes within 30s
     And every bootstrap "write" was answered 2.04
     And every bootstrap "finish" was answered 2.04
@@ -48,11 +50,13 @@ Feature: Bootstrap interface (ETS int-0 to int-9)
     And the last operation went over DTLS
 
   @int-2
-  Scenario: Client initiated bootstrap with certificates, then registration over DTLS
+  Scenario: Client initiated bootstrap over DTLS, a certificate account, then registration over DTLS
     Given the subject supports "DTLS"
+    And the client's bootstrap account uses DTLS with a PSK
     And the bootstrap server provisions a certificate account on the LwM2M server
     When the client starts
-    Then the client requests a bootstrap within 5s
+    Then the client completes a DTLS handshake with the bootstrap server within 5s
+    And the client requests a bootstrap within 5s
     And the bootstrap session finishes within 30s
     And every bootstrap "write" was answered 2.04
     And the client's value of /0/0/0 is "coaps://10.0.0.1:5684"

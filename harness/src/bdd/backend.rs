@@ -204,6 +204,24 @@ pub enum Happening {
     Dtls(DtlsHappening),
 }
 
+/// Which of our servers a DTLS session is with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ServerRole {
+    /// The LwM2M Server.
+    Lwm2m,
+    /// The Bootstrap Server.
+    Bootstrap,
+}
+
+impl fmt::Display for ServerRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Lwm2m => "LwM2M Server",
+            Self::Bootstrap => "Bootstrap Server",
+        })
+    }
+}
+
 /// Which side of a DTLS session saw something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DtlsSide {
@@ -221,6 +239,8 @@ pub enum DtlsHappening {
     Established {
         /// The client.
         endpoint: String,
+        /// The server of the session.
+        server: ServerRole,
         /// Who it authenticated as.
         identity: Identity,
     },
@@ -228,6 +248,8 @@ pub enum DtlsHappening {
     HandshakeFailed {
         /// The client.
         endpoint: String,
+        /// The server of the session.
+        server: ServerRole,
         /// Who saw it.
         side: DtlsSide,
         /// The PSK identity claimed, if the server got that far.
@@ -240,6 +262,8 @@ pub enum DtlsHappening {
     Refused {
         /// The client that sent it.
         client: String,
+        /// The server of the session.
+        server: ServerRole,
         /// The session's identity.
         identity: Identity,
         /// The endpoint the request claimed.
@@ -251,6 +275,8 @@ pub enum DtlsHappening {
     Closed {
         /// The client.
         endpoint: String,
+        /// The server of the session.
+        server: ServerRole,
         /// Why.
         reason: CloseReason,
     },
@@ -363,22 +389,36 @@ pub trait Backend: fmt::Debug {
     /// The address the server sees a simulated client at now.
     fn public_address(&self, endpoint: &str) -> Option<SocketAddr>;
 
-    /// The LwM2M Server's DTLS address, as clients reach it (`coaps://`), if it has one.
-    fn secure_server_address(&self) -> Option<SocketAddr> {
+    /// The DTLS address of our server `role`, as clients reach it (`coaps://`), if it has
+    /// one.
+    fn secure_address(&self, role: ServerRole) -> Option<SocketAddr> {
+        let _ = role;
         None
     }
 
-    /// The LwM2M Server knows the PSK `identity` with `key`, belonging to `endpoint`
+    /// Our server `role` knows the PSK `identity` with `key`, belonging to `endpoint`
     /// (its security store, Core TS 1.1 §7.1.8).
-    fn add_psk(&mut self, endpoint: &str, identity: &[u8], key: &[u8]) -> anyhow::Result<()> {
-        let _ = (endpoint, identity, key);
+    fn add_psk(
+        &mut self,
+        role: ServerRole,
+        endpoint: &str,
+        identity: &[u8],
+        key: &[u8],
+    ) -> anyhow::Result<()> {
+        let _ = (role, endpoint, identity, key);
         anyhow::bail!("{NO_DTLS}")
     }
 
-    /// A simulated client that has not started gets a `coaps://` server account on our
-    /// LwM2M Server with `account`'s credentials.
-    fn secure_client(&mut self, endpoint: &str, account: SecureAccount) -> anyhow::Result<()> {
-        let _ = (endpoint, account);
+    /// A simulated client that has not started gets a `coaps://` account on our server
+    /// `role` (its LwM2M Server account, or its Bootstrap-Server account) with `account`'s
+    /// credentials.
+    fn secure_client(
+        &mut self,
+        endpoint: &str,
+        role: ServerRole,
+        account: SecureAccount,
+    ) -> anyhow::Result<()> {
+        let _ = (endpoint, role, account);
         anyhow::bail!("{NO_DTLS}")
     }
 

@@ -12,9 +12,10 @@
 //! goes into the [`ExchangeLog`].
 //!
 //! CoAP over DTLS ([`super::secure`]): the LwM2M Server also listens at `10.0.0.1:5684`
-//! behind a sans-IO DTLS session router, and a client whose server account says
-//! `coaps://` talks to it through a DTLS client session of its own; the link carries the
-//! records, the exchange log names them and shows the CoAP inside.
+//! and the Bootstrap Server at `10.0.0.2:5684`, each behind a sans-IO DTLS session
+//! router, and a client whose account says `coaps://` talks to that server through a
+//! DTLS client session of its own; the link carries the records, the exchange log names
+//! them and shows the CoAP inside.
 //!
 //! Addresses: the LwM2M Server is `10.0.0.1:5683`, the Bootstrap Server `10.0.0.2:5683`;
 //! client number `n` sits at `10.a.b.c:56830` (`a.b.c` = `n + 1`), and behind a NAT it is
@@ -50,11 +51,13 @@ use lwm2m_simulator::network::{Mapping, Nat, NetworkModel, SleepSchedule};
 use lwm2m_simulator::{Impairment, seed};
 
 use super::backend::{
-    Backend, Capability, ClientAction, ClientSpec, DtlsHappening, DtlsSide, Happening, Subject,
-    Timed,
+    Backend, Capability, ClientAction, ClientSpec, DtlsHappening, DtlsSide, Happening, ServerRole,
+    Subject, Timed,
 };
 use super::exchange::{ExchangeLog, Peer, describe};
-use super::secure::{self, ClientLink, SECURE_SERVER, SecureAccount, SecureListener};
+use super::secure::{
+    self, ClientLink, SECURE_BOOTSTRAP, SECURE_SERVER, SecureAccount, SecureListener,
+};
 
 /// The LwM2M Server's address on the in-memory link.
 pub const SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 5683);
@@ -107,8 +110,8 @@ struct SimClient {
     link: Link,
     /// The deadline of this client's live entry in the timer heap.
     deadline: Option<Instant>,
-    /// Its DTLS association with a `coaps://` server, once it sent to one.
-    dtls: Option<ClientLink>,
+    /// Its DTLS associations with `coaps://` servers, once it sent to them.
+    dtls: Vec<ClientLink>,
     /// Its factory configuration until it starts (the steps may still secure it).
     factory: Option<ClientSpec>,
 }
@@ -138,8 +141,8 @@ fn client_ip(first: u8, number: u32) -> Ipv4Addr {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Party {
     Server,
-    SecureServer,
     Bootstrap,
+    Secure(ServerRole),
     Client(usize),
 }
 
@@ -182,8 +185,9 @@ pub struct InProcess {
     log: ExchangeLog,
     happenings: VecDeque<Timed>,
     spoofs: u16,
-    /// The LwM2M Server's DTLS listener, made when a scenario first needs it.
-    secure: Option<SecureListener>,
+    /// The DTLS listeners of the LwM2M Server and the Bootstrap Server, made when a
+    /// scenario first needs them.
+    secure: BTreeMap<ServerRole, SecureListener>,
 }
 
 impl InProcess {
@@ -225,7 +229,7 @@ impl InProcess {
             log: ExchangeLog::default(),
             happenings: VecDeque::new(),
             spoofs: 0,
-            secure: None,
+            secure: BTreeMap::new(),
         }
     }
 
@@ -242,8 +246,8 @@ impl InProcess {
 
     fn name_of(&self, addr: SocketAddr) -> String {
         match self.party(addr) {
-            Some(Party::Server | Party::SecureServer) => "server".to_owned(),
-            Some(Party::Bootstrap) => "bootstrap".to_owned(),
+            Some(Party::Server | Party::Secure(ServerRole::Lwm2m)) => "server".to_owned(),
+            Some(Party::Bootstrap | Party::Secure(ServerRole::Bootstrap)) => "bootstrap".to_owned(),
             Some(Party::Client(i)) => self.clients[i].name.clone(),
             None => addr.to_string(),
         }
@@ -253,7 +257,9 @@ impl InProcess {
         if addr == SERVER {
             Some(Party::Server)
         } else if addr == SECURE_SERVER {
-            Some(Party::SecureServer)
+            Some(Party::Secure(ServerRole::Lwm2m))
+        } else if addr == SECURE_BOOTSTRAP {
+            Some(Party::Secure(ServerRole::Bootstrap))
         } else if addr == BOOTSTRAP {
             Some(Party::Bootstrap)
         } else {
@@ -349,13 +355,13 @@ impl InProcess {
         }
     }
 
-    /// The LwM2M Server's DTLS listener, made at first use.
-    fn listener(&mut self) -> anyhow::Result<&mut SecureListener> {
-        if self.secure.is_none() {
-            self.secure = Some(SecureListener::new()?);
+    /// The DTLS listener of `role`, made at first use.
+    fn listener(&mut self, role: ServerRole) -> anyhow::Result<&mut SecureListener> {
+        if !self.secure.contains_key(&role) {
+            self.secure.insert(role, SecureListener::new()?);
         }
         self.secure
-            .as_mut()
+            .get_mut(&role)
             .ok_or_else(|| anyhow::anyhow!("no DTLS listener"))
     }
 
@@ -364,24 +370,36 @@ impl InProcess {
         self.happenings.push_back(Timed { at, happening });
     }
 
+    /// A plain datagram reaches the machine of `role`: its answers to that peer go out in
+    /// the clear from now on.
+    fn plain_datagram(&mut self, role: ServerRole, d: &InFlight) {
+        if let Some(listener) = self.secure.get_mut(&role) {
+            listener.forget(d.from);
+        }
+        self.machine_datagram(role, d.from, &d.bytes);
+    }
+
+    fn machine_datagram(&mut self, role: ServerRole, peer: SocketAddr, bytes: &[u8]) {
+        let now = self.now;
+        match role {
+            ServerRole::Lwm2m => self.server.handle_datagram(now, peer, bytes),
+            ServerRole::Bootstrap => self.bootstrap.handle_datagram(now, peer, bytes),
+        }
+    }
+
     /// A datagram arrives at its destination (or is dropped on the way in).
     fn deliver(&mut self, d: InFlight) {
         let now = self.now;
         let at = self.elapsed();
         match self.party(d.to) {
-            Some(Party::Server) => {
-                if let Some(listener) = &mut self.secure {
-                    listener.forget(d.from);
-                }
-                self.server.handle_datagram(now, d.from, &d.bytes);
-            }
-            Some(Party::SecureServer) => match self.listener() {
+            Some(Party::Server) => self.plain_datagram(ServerRole::Lwm2m, &d),
+            Some(Party::Bootstrap) => self.plain_datagram(ServerRole::Bootstrap, &d),
+            Some(Party::Secure(role)) => match self.listener(role) {
                 Ok(listener) => listener.dtls.handle_datagram(now, d.from, &d.bytes),
                 Err(e) => self
                     .log
                     .note(at, &format!("dropped: no DTLS listener ({e})")),
             },
-            Some(Party::Bootstrap) => self.bootstrap.handle_datagram(now, d.from, &d.bytes),
             Some(Party::Client(i)) => {
                 let client = &mut self.clients[i];
                 let drop = if let Some(nat) = &mut client.link.nat {
@@ -404,7 +422,7 @@ impl InProcess {
                 let drop = drop.or_else(|| {
                     asleep.then(|| format!("dropped: {} is asleep (radio off)", client.name))
                 });
-                let drop = match client.dtls.as_mut().filter(|l| l.server == d.from) {
+                let drop = match client.dtls.iter_mut().find(|l| l.server == d.from) {
                     _ if drop.is_some() => drop,
                     Some(link) => match link.session.as_mut() {
                         Some(session) => {
@@ -412,7 +430,10 @@ impl InProcess {
                             self.dirty.insert(i);
                             return;
                         }
-                        None => Some(format!("dropped: {} has no DTLS session now", client.name)),
+                        None => Some(format!(
+                            "dropped: {} has no DTLS session with {} now",
+                            client.name, d.from
+                        )),
                     },
                     None => None,
                 };
@@ -428,78 +449,95 @@ impl InProcess {
         }
     }
 
-    /// Sends what the DTLS listener has for the link; `inner` is the CoAP message of the
-    /// record just written, if any. True when something went.
-    fn drain_listener(&mut self, inner: Option<&[u8]>) -> bool {
+    /// Sends what the DTLS listener of `role` has for the link; `inner` is the CoAP
+    /// message of the record just written, if any. True when something went.
+    fn drain_listener(&mut self, role: ServerRole, inner: Option<&[u8]>) -> bool {
         let mut moved = false;
-        while let Some(t) = self.secure.as_mut().and_then(|l| l.dtls.poll_transmit()) {
+        while let Some(t) = self
+            .secure
+            .get_mut(&role)
+            .and_then(|l| l.dtls.poll_transmit())
+        {
             moved = true;
-            self.send_from_server(SECURE_SERVER, t.peer, t.bytes, Wire::Dtls(inner));
+            let from = secure::secure_address(role);
+            self.send_from_server(from, t.peer, t.bytes, Wire::Dtls(inner));
         }
         moved
     }
 
-    /// An answer of the LwM2M Server machine: into the DTLS session its request came
-    /// through, else in the clear.
-    fn server_transmit(&mut self, t: Transmit) {
-        let secure = self
-            .secure
-            .as_ref()
-            .is_some_and(|l| l.identity_of(t.peer).is_some());
-        if !secure {
-            return self.send_from_server(SERVER, t.peer, t.bytes, Wire::Coap);
-        }
-        self.drain_listener(None);
+    /// Encrypts `bytes` to `peer` in the session of `role`'s listener and sends the record.
+    fn send_secure(&mut self, role: ServerRole, peer: SocketAddr, bytes: &[u8]) {
+        self.drain_listener(role, None);
         let now = self.now;
-        let sent = match self.secure.as_mut() {
-            Some(listener) => listener.dtls.send(now, t.peer, &t.bytes),
-            None => return,
+        let Some(listener) = self.secure.get_mut(&role) else {
+            return;
         };
-        match sent {
+        match listener.dtls.send(now, peer, bytes) {
             Ok(()) => {
-                self.drain_listener(Some(&t.bytes));
+                self.drain_listener(role, Some(bytes));
             }
             Err(e) => {
-                let name = self.name_of(t.peer);
+                let name = self.name_of(peer);
                 let at = self.elapsed();
                 self.log.note(
                     at,
-                    &format!(
-                        "dropped: the server's {} to {name}: {e}",
-                        describe(&t.bytes)
-                    ),
+                    &format!("dropped: the {role}'s {} to {name}: {e}", describe(bytes)),
                 );
             }
         }
     }
 
-    /// Handles what the DTLS listener reported: decrypted CoAP to the LwM2M Server machine
+    /// A datagram of the machine of `role`: into the DTLS session its peer's request came
+    /// through, else in the clear.
+    fn machine_transmit(&mut self, role: ServerRole, t: Transmit) {
+        let secure = self
+            .secure
+            .get(&role)
+            .is_some_and(|l| l.identity_of(t.peer).is_some());
+        if secure {
+            self.send_secure(role, t.peer, &t.bytes);
+        } else {
+            let from = match role {
+                ServerRole::Lwm2m => SERVER,
+                ServerRole::Bootstrap => BOOTSTRAP,
+            };
+            self.send_from_server(from, t.peer, t.bytes, Wire::Coap);
+        }
+    }
+
+    /// Handles what the DTLS listener of `role` reported: decrypted CoAP to its machine
     /// (or refused here with 4.03), handshakes and closes as happenings.
-    fn listener_events(&mut self) -> bool {
+    fn listener_events(&mut self, role: ServerRole) -> bool {
         let mut moved = false;
-        while let Some(event) = self.secure.as_mut().and_then(|l| l.dtls.poll_event()) {
+        while let Some(event) = self.secure.get_mut(&role).and_then(|l| l.dtls.poll_event()) {
             moved = true;
             let at = self.elapsed();
-            match event {
+            let happening = match event {
                 DtlsEvent::Datagram {
                     peer,
                     identity,
                     payload,
                     ..
-                } => self.secure_request(peer, identity, &payload),
+                } => {
+                    self.secure_request(role, peer, identity, &payload);
+                    continue;
+                }
                 DtlsEvent::Established { peer, identity, .. } => {
                     let endpoint = self.name_of(peer);
                     self.log.event(
                         at,
-                        &format!("DTLS session of {endpoint} established as {identity}"),
+                        &format!(
+                            "DTLS session of {endpoint} with the {role} established as {identity}"
+                        ),
                     );
-                    if let Some(s) = self.secure.as_ref().and_then(|l| l.dtls.secrets(peer)) {
+                    if let Some(s) = self.secure.get(&role).and_then(|l| l.dtls.secrets(peer)) {
                         self.log.add_key(s.key_log_line());
                     }
-                    self.push_happening(Happening::Dtls(DtlsHappening::Established {
+                    DtlsHappening::Established {
                         endpoint,
+                        server: role,
                         identity,
-                    }));
+                    }
                 }
                 DtlsEvent::HandshakeFailed {
                     peer,
@@ -514,52 +552,60 @@ impl InProcess {
                     self.log.note(
                         at,
                         &format!(
-                            "the server failed the DTLS handshake of {endpoint}{claimed}: {reason}"
+                            "the {role} failed the DTLS handshake of {endpoint}{claimed}: {reason}"
                         ),
                     );
-                    self.push_happening(Happening::Dtls(DtlsHappening::HandshakeFailed {
+                    DtlsHappening::HandshakeFailed {
                         endpoint,
+                        server: role,
                         side: DtlsSide::Server,
                         identity,
                         reason,
-                    }));
+                    }
                 }
                 DtlsEvent::Closed { peer, reason, .. } => {
-                    if let Some(l) = &mut self.secure {
+                    if let Some(l) = self.secure.get_mut(&role) {
                         l.forget(peer);
                     }
                     let endpoint = self.name_of(peer);
                     self.log.event(
                         at,
-                        &format!("DTLS session of {endpoint} closed: {reason:?}"),
+                        &format!("DTLS session of {endpoint} with the {role} closed: {reason:?}"),
                     );
-                    self.push_happening(Happening::Dtls(DtlsHappening::Closed {
+                    DtlsHappening::Closed {
                         endpoint,
+                        server: role,
                         reason,
-                    }));
+                    }
                 }
-                _ => {}
-            }
+                _ => continue,
+            };
+            self.push_happening(Happening::Dtls(happening));
         }
         moved
     }
 
-    /// A CoAP message that came through a DTLS session as `identity`.
-    fn secure_request(&mut self, peer: SocketAddr, identity: Identity, payload: &[u8]) {
-        let now = self.now;
-        let refusal = self.secure.as_ref().and_then(|l| {
+    /// A CoAP message that came through a DTLS session of `role`'s listener as `identity`.
+    fn secure_request(
+        &mut self,
+        role: ServerRole,
+        peer: SocketAddr,
+        identity: Identity,
+        payload: &[u8],
+    ) {
+        let refusal = self.secure.get(&role).and_then(|l| {
             l.refusal(&identity, payload, |id| {
                 self.server
                     .registrations()
-                    .find(|r| r.id == id)
+                    .find(|r| r.id == id && role == ServerRole::Lwm2m)
                     .map(|r| r.endpoint.clone())
             })
         });
         let Some(refusal) = refusal else {
-            if let Some(l) = &mut self.secure {
+            if let Some(l) = self.secure.get_mut(&role) {
                 l.note_secure(peer, identity);
             }
-            self.server.handle_datagram(now, peer, payload);
+            self.machine_datagram(role, peer, payload);
             return;
         };
         let client = self.name_of(peer);
@@ -567,48 +613,39 @@ impl InProcess {
         self.log.note(
             at,
             &format!(
-                "the server refuses {client}'s request for endpoint {:?} with 4.03: the session is {identity}, owned by {}",
+                "the {role} refuses {client}'s request for endpoint {:?} with 4.03: the \
+                 session is {identity}, owned by {}",
                 refusal.endpoint,
                 refusal.owner.as_deref().unwrap_or("no endpoint")
             ),
         );
         if let Ok(answer) = refusal.answer.to_bytes() {
-            self.drain_listener(None);
-            let sent = self
-                .secure
-                .as_mut()
-                .map(|l| l.dtls.send(now, peer, &answer));
-            if let Some(Ok(())) = sent {
-                self.drain_listener(Some(&answer));
-            }
+            self.send_secure(role, peer, &answer);
         }
         self.push_happening(Happening::Dtls(DtlsHappening::Refused {
             client,
+            server: role,
             identity,
             endpoint: refusal.endpoint,
             owner: refusal.owner,
         }));
     }
 
-    /// A datagram of client `i`'s machine: through its DTLS session when it goes to a
+    /// A datagram of client `i`'s machine: through a DTLS session when it goes to a
     /// `coaps://` server of its Security object, else straight onto the link.
     fn client_transmit(&mut self, i: usize, t: Transmit) {
         let now = self.now;
         let client = &mut self.clients[i];
-        let linked = client.dtls.as_ref().is_some_and(|l| l.server == t.peer);
+        let linked = client.dtls.iter().any(|l| l.server == t.peer);
         if !linked && !secure::is_secure(client.machine.tree(), t.peer) {
             return self.send_from_client(i, t.peer, t.bytes, Wire::Coap);
         }
         if !linked {
-            client.dtls = Some(ClientLink::new(t.peer));
+            client.dtls.push(ClientLink::new(t.peer));
         }
-        self.drain_client_dtls(i, None);
-        let SimClient {
-            dtls: Some(link),
-            machine,
-            ..
-        } = &mut self.clients[i]
-        else {
+        self.drain_client_dtls(i, t.peer, None);
+        let SimClient { dtls, machine, .. } = &mut self.clients[i];
+        let Some(link) = dtls.iter_mut().find(|l| l.server == t.peer) else {
             return;
         };
         let tree = machine.tree();
@@ -618,7 +655,7 @@ impl InProcess {
         });
         match sent {
             Ok(encrypted) => {
-                self.drain_client_dtls(i, encrypted.then_some(t.bytes.as_slice()));
+                self.drain_client_dtls(i, t.peer, encrypted.then_some(t.bytes.as_slice()));
             }
             Err(reason) => {
                 let endpoint = self.clients[i].name.clone();
@@ -632,6 +669,7 @@ impl InProcess {
                 );
                 self.push_happening(Happening::Dtls(DtlsHappening::HandshakeFailed {
                     endpoint,
+                    server: secure::role_of(t.peer),
                     side: DtlsSide::Client,
                     identity: None,
                     reason: FailureReason::Protocol(reason),
@@ -640,80 +678,87 @@ impl InProcess {
         }
     }
 
-    /// Sends what client `i`'s DTLS session has for the link; `inner` is the CoAP message
-    /// of the record just written, if any. True when something went.
-    fn drain_client_dtls(&mut self, i: usize, inner: Option<&[u8]>) -> bool {
+    /// Sends what client `i`'s DTLS session with `server` has for the link; `inner` is the
+    /// CoAP message of the record just written, if any. True when something went.
+    fn drain_client_dtls(&mut self, i: usize, server: SocketAddr, inner: Option<&[u8]>) -> bool {
         let mut moved = false;
-        loop {
-            let Some(link) = self.clients[i].dtls.as_mut() else {
-                return moved;
-            };
-            let server = link.server;
-            let Some(bytes) = link.session.as_mut().and_then(DtlsClient::poll_transmit) else {
-                return moved;
-            };
+        while let Some(bytes) = self.clients[i]
+            .dtls
+            .iter_mut()
+            .find(|l| l.server == server)
+            .and_then(|l| l.session.as_mut())
+            .and_then(DtlsClient::poll_transmit)
+        {
             moved = true;
             self.send_from_client(i, server, bytes, Wire::Dtls(inner));
         }
+        moved
     }
 
-    /// Handles what client `i`'s DTLS session reported. True when something happened.
-    fn client_dtls_events(&mut self, i: usize) -> bool {
+    /// Handles what client `i`'s DTLS sessions reported and sends what they have. True
+    /// when something happened.
+    fn client_dtls(&mut self, i: usize) -> bool {
         let now = self.now;
         let mut moved = false;
-        loop {
-            let client = &mut self.clients[i];
-            let Some(link) = client.dtls.as_mut() else {
-                return moved;
-            };
-            let Some(event) = link.session.as_mut().and_then(DtlsClient::poll_event) else {
-                return moved;
-            };
-            moved = true;
-            let server = link.server;
-            match event {
-                DtlsClientEvent::Established => {
-                    for bytes in link.take_pending() {
-                        let sent = self.clients[i]
-                            .dtls
-                            .as_mut()
-                            .and_then(|l| l.session.as_mut())
-                            .map(|s| s.send(now, &bytes));
-                        if let Some(Ok(())) = sent {
-                            self.drain_client_dtls(i, Some(&bytes));
+        let servers: Vec<SocketAddr> = self.clients[i].dtls.iter().map(|l| l.server).collect();
+        for server in servers {
+            moved |= self.drain_client_dtls(i, server, None);
+            loop {
+                let client = &mut self.clients[i];
+                let Some(link) = client.dtls.iter_mut().find(|l| l.server == server) else {
+                    break;
+                };
+                let Some(event) = link.session.as_mut().and_then(DtlsClient::poll_event) else {
+                    break;
+                };
+                moved = true;
+                match event {
+                    DtlsClientEvent::Established => {
+                        for bytes in link.take_pending() {
+                            let sent = self.clients[i]
+                                .dtls
+                                .iter_mut()
+                                .find(|l| l.server == server)
+                                .and_then(|l| l.session.as_mut())
+                                .map(|s| s.send(now, &bytes));
+                            if let Some(Ok(())) = sent {
+                                self.drain_client_dtls(i, server, Some(&bytes));
+                            }
                         }
                     }
+                    DtlsClientEvent::Datagram(payload) => {
+                        client.machine.handle_datagram(now, server, &payload);
+                    }
+                    DtlsClientEvent::HandshakeFailed(reason) => {
+                        link.reset();
+                        let endpoint = client.name.clone();
+                        let at = self.elapsed();
+                        self.log.note(
+                            at,
+                            &format!("{endpoint}'s DTLS handshake with {server} failed: {reason}"),
+                        );
+                        self.push_happening(Happening::Dtls(DtlsHappening::HandshakeFailed {
+                            endpoint,
+                            server: secure::role_of(server),
+                            side: DtlsSide::Client,
+                            identity: None,
+                            reason,
+                        }));
+                    }
+                    DtlsClientEvent::Closed(reason) => {
+                        link.reset();
+                        let endpoint = client.name.clone();
+                        let at = self.elapsed();
+                        self.log.event(
+                            at,
+                            &format!("{endpoint}'s DTLS session with {server} closed: {reason:?}"),
+                        );
+                    }
+                    _ => {}
                 }
-                DtlsClientEvent::Datagram(payload) => {
-                    client.machine.handle_datagram(now, server, &payload);
-                }
-                DtlsClientEvent::HandshakeFailed(reason) => {
-                    link.reset();
-                    let endpoint = client.name.clone();
-                    let at = self.elapsed();
-                    self.log.note(
-                        at,
-                        &format!("{endpoint}'s DTLS handshake with {server} failed: {reason}"),
-                    );
-                    self.push_happening(Happening::Dtls(DtlsHappening::HandshakeFailed {
-                        endpoint,
-                        side: DtlsSide::Client,
-                        identity: None,
-                        reason,
-                    }));
-                }
-                DtlsClientEvent::Closed(reason) => {
-                    link.reset();
-                    let endpoint = client.name.clone();
-                    let at = self.elapsed();
-                    self.log.note(
-                        at,
-                        &format!("{endpoint}'s DTLS session with {server} closed: {reason:?}"),
-                    );
-                }
-                _ => {}
             }
         }
+        moved
     }
 
     /// Moves everything out of client `i`: datagrams (through its DTLS session where it has
@@ -726,8 +771,7 @@ impl InProcess {
                 again = true;
                 self.client_transmit(i, t);
             }
-            again |= self.drain_client_dtls(i, None);
-            again |= self.client_dtls_events(i);
+            again |= self.client_dtls(i);
             moved |= again;
             if !again {
                 break;
@@ -744,15 +788,11 @@ impl InProcess {
                 },
             });
         }
-        let session = client
+        let sessions = client
             .dtls
-            .as_ref()
-            .and_then(|l| l.session.as_ref())
-            .and_then(DtlsClient::poll_timeout);
-        let deadline = [client.machine.poll_timeout(), session]
-            .into_iter()
-            .flatten()
-            .min();
+            .iter()
+            .filter_map(|l| l.session.as_ref()?.poll_timeout());
+        let deadline = sessions.chain(client.machine.poll_timeout()).min();
         if deadline != client.deadline {
             client.deadline = deadline;
             if let Some(d) = deadline {
@@ -766,11 +806,14 @@ impl InProcess {
     fn flush(&mut self) {
         let at = self.elapsed();
         loop {
-            let mut moved = self.drain_listener(None);
-            moved |= self.listener_events();
+            let mut moved = false;
+            for role in [ServerRole::Lwm2m, ServerRole::Bootstrap] {
+                moved |= self.drain_listener(role, None);
+                moved |= self.listener_events(role);
+            }
             while let Some(t) = self.server.poll_transmit() {
                 moved = true;
-                self.server_transmit(t);
+                self.machine_transmit(ServerRole::Lwm2m, t);
             }
             while let Some(e) = self.server.poll_event() {
                 self.happenings.push_back(Timed {
@@ -780,7 +823,7 @@ impl InProcess {
             }
             while let Some(t) = self.bootstrap.poll_transmit() {
                 moved = true;
-                self.send_from_server(BOOTSTRAP, t.peer, t.bytes, Wire::Coap);
+                self.machine_transmit(ServerRole::Bootstrap, t);
             }
             while let Some(e) = self.bootstrap.poll_event() {
                 self.happenings.push_back(Timed {
@@ -811,15 +854,16 @@ impl InProcess {
     fn next_deadline(&mut self) -> Option<Instant> {
         let wire = self.wire.peek().map(|Reverse(d)| d.at);
         let clients = self.next_client_deadline();
+        let listeners = self.secure.values().filter_map(|l| l.dtls.poll_timeout());
         [
             wire,
             clients,
             self.server.poll_timeout(),
             self.bootstrap.poll_timeout(),
-            self.secure.as_ref().and_then(|l| l.dtls.poll_timeout()),
         ]
         .into_iter()
         .flatten()
+        .chain(listeners)
         .min()
     }
 
@@ -837,10 +881,10 @@ impl InProcess {
         if self.bootstrap.poll_timeout().is_some_and(|t| t <= now) {
             self.bootstrap.handle_timeout(now);
         }
-        if let Some(listener) = &mut self.secure
-            && listener.dtls.poll_timeout().is_some_and(|t| t <= now)
-        {
-            listener.dtls.handle_timeout(now);
+        for listener in self.secure.values_mut() {
+            if listener.dtls.poll_timeout().is_some_and(|t| t <= now) {
+                listener.dtls.handle_timeout(now);
+            }
         }
         while let Some(&Reverse((at, i))) = self.timers.peek() {
             if at > now {
@@ -850,10 +894,10 @@ impl InProcess {
             let client = &mut self.clients[i];
             if client.deadline == Some(at) {
                 client.deadline = None;
-                if let Some(session) = client.dtls.as_mut().and_then(|l| l.session.as_mut())
-                    && session.poll_timeout().is_some_and(|t| t <= now)
-                {
-                    session.handle_timeout(now);
+                for session in client.dtls.iter_mut().filter_map(|l| l.session.as_mut()) {
+                    if session.poll_timeout().is_some_and(|t| t <= now) {
+                        session.handle_timeout(now);
+                    }
                 }
                 if client.machine.poll_timeout().is_some_and(|t| t <= now) {
                     client.machine.handle_timeout(now);
@@ -941,10 +985,17 @@ impl Backend for InProcess {
             ("server.duplicates".to_owned(), server.duplicates),
             ("server.timeouts".to_owned(), server.timeouts),
         ]);
-        if let Some(listener) = &self.secure {
+        for (role, listener) in &self.secure {
             let dtls = listener.dtls.counters();
-            out.insert("dtls.handshakes".to_owned(), dtls.handshakes_completed);
-            out.insert("dtls.handshake_failures".to_owned(), dtls.handshakes_failed);
+            let prefix = match role {
+                ServerRole::Lwm2m => "dtls",
+                ServerRole::Bootstrap => "bootstrap.dtls",
+            };
+            out.insert(format!("{prefix}.handshakes"), dtls.handshakes_completed);
+            out.insert(
+                format!("{prefix}.handshake_failures"),
+                dtls.handshakes_failed,
+            );
         }
         out
     }
@@ -1036,7 +1087,7 @@ impl Backend for InProcess {
             number,
             link: Link::default(),
             deadline: None,
-            dtls: None,
+            dtls: Vec::new(),
             factory: Some(spec),
         };
         let index = self.clients.len();
@@ -1101,25 +1152,41 @@ impl Backend for InProcess {
             .map(|i| self.clients[*i].public_address())
     }
 
-    fn secure_server_address(&self) -> Option<SocketAddr> {
-        Some(SECURE_SERVER)
+    fn secure_address(&self, role: ServerRole) -> Option<SocketAddr> {
+        Some(secure::secure_address(role))
     }
 
-    fn add_psk(&mut self, endpoint: &str, identity: &[u8], key: &[u8]) -> anyhow::Result<()> {
-        self.listener()?.add_psk(identity, key, endpoint);
+    fn add_psk(
+        &mut self,
+        role: ServerRole,
+        endpoint: &str,
+        identity: &[u8],
+        key: &[u8],
+    ) -> anyhow::Result<()> {
+        self.listener(role)?.add_psk(identity, key, endpoint);
         Ok(())
     }
 
-    fn secure_client(&mut self, endpoint: &str, account: SecureAccount) -> anyhow::Result<()> {
+    fn secure_client(
+        &mut self,
+        endpoint: &str,
+        role: ServerRole,
+        account: SecureAccount,
+    ) -> anyhow::Result<()> {
         let i = self.client_index(endpoint)?;
-        self.listener()?;
+        self.listener(role)?;
         let client = &mut self.clients[i];
         let Some(spec) = client.factory.as_mut() else {
             anyhow::bail!("{endpoint:?} has started: its factory configuration is fixed");
         };
-        secure::write_account(&mut spec.tree, SECURE_SERVER, &account)?;
-        if spec.config.server.is_some() {
-            spec.config.server = Some(SECURE_SERVER);
+        let address = secure::secure_address(role);
+        secure::write_account(&mut spec.tree, role, address, &account)?;
+        let configured = match role {
+            ServerRole::Lwm2m => &mut spec.config.server,
+            ServerRole::Bootstrap => &mut spec.config.bootstrap_server,
+        };
+        if configured.is_some() {
+            *configured = Some(address);
         }
         client.machine = Lwm2mClient::new(spec.config.clone(), spec.tree.clone());
         Ok(())
@@ -1127,7 +1194,8 @@ impl Backend for InProcess {
 
     fn secure_identity(&self, endpoint: &str) -> Option<Identity> {
         let address = self.server.registration(endpoint)?.address;
-        self.secure.as_ref()?.identity_of(address).cloned()
+        let listener = self.secure.get(&ServerRole::Lwm2m)?;
+        listener.identity_of(address).cloned()
     }
 }
 

@@ -1,6 +1,6 @@
 //! CoAP over DTLS in the in-process backend (RFC 7252 §9; Core TS 1.1 §7.1): the LwM2M
 //! Server's DTLS listener at `10.0.0.1:5684` and one DTLS client session per simulated
-//! client whose server account says `coaps://`. Real DTLS 1.2 handshakes and records
+//! client and `coaps://` account. Real DTLS 1.2 handshakes and records
 //! ([`lwm2m_dtls`]), in memory, on the backend's virtual clock.
 //!
 //! - **Server** ([`SecureListener`]): a [`DtlsServer`] in front of the backend's LwM2M
@@ -20,8 +20,11 @@
 //!   runs; a failed or closed session is replaced when the machine next sends (its CoAP
 //!   retransmission).
 //!
-//! Not supported: raw public keys (mode 1, RFC 7250: not in the rtc-dtls family), DTLS on
-//! the in-process Bootstrap Server, Connection ID.
+//! The Bootstrap Server has a listener of its own at `10.0.0.2:5684` (the same kind, its
+//! own PSK table; a Bootstrap-Request under another endpoint's identity gets 4.03).
+//!
+//! Not supported: raw public keys (mode 1, RFC 7250: not in the rtc-dtls family),
+//! Connection ID (RFC 9146).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -37,8 +40,31 @@ use lwm2m_proto::client::ObjectTree;
 use lwm2m_proto::coap::{CoapOption, MessageClass, MessageType, Packet, RequestType, message};
 use lwm2m_proto::{Instance, ObjectId, ResourceId, ResourceValue, Value};
 
+use super::backend::ServerRole;
+
 /// The LwM2M Server's DTLS listener on the in-memory link (the CoAPS default port).
 pub const SECURE_SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 5684);
+
+/// The Bootstrap Server's DTLS listener on the in-memory link.
+pub const SECURE_BOOTSTRAP: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 5684);
+
+/// The DTLS address of our server `role`.
+pub fn secure_address(role: ServerRole) -> SocketAddr {
+    match role {
+        ServerRole::Lwm2m => SECURE_SERVER,
+        ServerRole::Bootstrap => SECURE_BOOTSTRAP,
+    }
+}
+
+/// Which of our servers listens for DTLS at `addr` (the LwM2M Server for any other).
+pub fn role_of(addr: SocketAddr) -> ServerRole {
+    if addr == SECURE_BOOTSTRAP {
+        ServerRole::Bootstrap
+    } else {
+        ServerRole::Lwm2m
+    }
+}
 
 /// The DNS name in the server's certificate (the name of ETS configuration C.17).
 pub const SERVER_NAME: &str = "server.example.com";
@@ -62,8 +88,8 @@ pub struct Pki {
     pub ca: TestCa,
     /// Another CA no one trusts, for certificates that must be refused.
     pub stranger: TestCa,
-    /// The LwM2M Server's certificate (for [`SERVER_NAME`] and `10.0.0.1`), trusting
-    /// [`Pki::ca`] for client certificates.
+    /// The servers' certificate (for [`SERVER_NAME`], `10.0.0.1` and `10.0.0.2`),
+    /// trusting [`Pki::ca`] for client certificates.
     pub server: CertificateConfig,
 }
 
@@ -75,10 +101,13 @@ pub fn pki() -> anyhow::Result<&'static Pki> {
         let make = || -> Result<Pki, DtlsError> {
             let ca = TestCa::new("lwm2m-harness test CA")?;
             let stranger = TestCa::new("an untrusted CA")?;
-            let ip = SECURE_SERVER.ip().to_string();
+            let (server, bootstrap) = (
+                SECURE_SERVER.ip().to_string(),
+                SECURE_BOOTSTRAP.ip().to_string(),
+            );
             let issued = ca.issue(
                 "lwm2m-harness server",
-                &[SERVER_NAME, &ip],
+                &[SERVER_NAME, &server, &bootstrap],
                 Purpose::Server,
                 Validity::Current,
             )?;
@@ -133,10 +162,11 @@ impl std::fmt::Debug for SecureAccount {
     }
 }
 
-/// Points the client's LwM2M Server account (the first non-bootstrap Security instance)
-/// at `server` over `coaps://` with `account`'s credentials.
+/// Points the client's account of `role` (the first Security instance whose Bootstrap-Server
+/// flag /0/x/1 says so) at `server` over `coaps://` with `account`'s credentials.
 pub fn write_account(
     tree: &mut ObjectTree,
+    role: ServerRole,
     server: SocketAddr,
     account: &SecureAccount,
 ) -> anyhow::Result<()> {
@@ -146,12 +176,13 @@ pub fn write_account(
         .into_iter()
         .filter_map(|i| tree.instance(security, i).map(|inst| (i, inst.clone())))
         .find(|(_, inst)| {
-            !matches!(
+            let bootstrap = matches!(
                 inst.get(&ResourceId(1)),
                 Some(ResourceValue::Single(Value::Boolean(true)))
-            )
+            );
+            bootstrap == (role == ServerRole::Bootstrap)
         })
-        .ok_or_else(|| anyhow::anyhow!("the client has no LwM2M Server account to secure"))?;
+        .ok_or_else(|| anyhow::anyhow!("the client has no {role} account to secure"))?;
     let (mode, identity, public_key, secret) = match account {
         SecureAccount::Psk { identity, key } => (MODE_PSK, identity, &Vec::new(), key),
         SecureAccount::Certificate {
@@ -335,10 +366,11 @@ impl SecureListener {
         }
     }
 
-    /// When `payload` is a Register under an endpoint name `identity` does not belong to, or
-    /// an Update / De-register of such an endpoint's registration (`location` maps a
-    /// registration id to its endpoint): the endpoint it claimed, its owner, and the 4.03
-    /// answer (piggybacked on a CON, RFC 7252 §5.2.1) with a diagnostic payload.
+    /// When `payload` is a Register (`POST /rd?ep=`) or Bootstrap-Request (`POST /bs?ep=`)
+    /// under an endpoint name `identity` does not belong to, or an Update / De-register of
+    /// such an endpoint's registration (`location` maps a registration id to its endpoint):
+    /// the endpoint it claimed, its owner, and the 4.03 answer (piggybacked on a CON, RFC
+    /// 7252 §5.2.1) with a diagnostic payload.
     pub fn refusal(
         &self,
         identity: &Identity,
@@ -352,7 +384,7 @@ impl SecureListener {
             return None;
         };
         let path = request.get_option(CoapOption::UriPath)?;
-        if path.front()?.as_slice() != b"rd" {
+        if !matches!(path.front()?.as_slice(), b"rd" | b"bs") {
             return None;
         }
         let endpoint = match (method, path.len()) {

@@ -25,7 +25,7 @@ use lwm2m_proto::bootstrap::{
 use lwm2m_dtls::pki::{Purpose, Validity};
 
 use super::assertions::links_missing;
-use crate::bdd::backend::{Capability, Happening};
+use crate::bdd::backend::{Capability, Happening, ServerRole};
 use crate::bdd::params::{Code, DurationParam, Paths};
 use crate::bdd::world::Lwm2mWorld;
 
@@ -87,7 +87,8 @@ fn provisions_psk_account(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
     let (security, server) = secure_account(w)?;
     let name = w.current()?;
     let key = super::security::psk_key(w, &name);
-    w.backend().add_psk(&name, name.as_bytes(), &key)?;
+    w.backend()
+        .add_psk(ServerRole::Lwm2m, &name, name.as_bytes(), &key)?;
     let security = SecurityInstance {
         mode: SecurityMode::Psk,
         identity: name,
@@ -123,7 +124,7 @@ fn provisions_certificate_account(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
 fn secure_account(w: &mut Lwm2mWorld) -> anyhow::Result<(SecurityInstance, ServerInstance)> {
     w.require(Capability::Dtls);
     let (security, server) = server_account(w);
-    let Some(secure) = w.backend().secure_server_address() else {
+    let Some(secure) = w.backend().secure_address(ServerRole::Lwm2m) else {
         return Err(anyhow::anyhow!("the LwM2M Server has no DTLS listener"));
     };
     Ok((

@@ -10,6 +10,8 @@
 //! Given the client uses DTLS with a certificate for "ets-cert"
 //! Given the client uses DTLS with an expired certificate for "ets-cert"
 //! Given the client uses DTLS with a certificate for "ets-cert" from an untrusted CA
+//! Given the client's bootstrap account uses DTLS with a PSK
+//! Then the client completes a DTLS handshake with the bootstrap server within 10s
 //! Then the client completes a DTLS handshake within 10s
 //! Then the client is registered over DTLS with the PSK identity "ets-psk"
 //! Then the client is registered over DTLS with the certificate of "ets-cert"
@@ -31,7 +33,7 @@ use lwm2m_dtls::record::RecordBytes;
 use lwm2m_proto::coap::{MessageClass, RequestType, ResponseType, message};
 use lwm2m_simulator::fleet::PskPattern;
 
-use crate::bdd::backend::{Capability, DtlsHappening, DtlsSide, Happening};
+use crate::bdd::backend::{Capability, DtlsHappening, DtlsSide, Happening, ServerRole};
 use crate::bdd::exchange::Sent;
 use crate::bdd::params::DurationParam;
 use crate::bdd::secure::{SecureAccount, pki};
@@ -50,7 +52,7 @@ pub fn psk_key(w: &Lwm2mWorld, identity: &str) -> [u8; 16] {
 fn secure(w: &mut Lwm2mWorld, account: SecureAccount) -> anyhow::Result<()> {
     w.require(Capability::Dtls);
     let name = w.current()?;
-    w.backend().secure_client(&name, account)
+    w.backend().secure_client(&name, ServerRole::Lwm2m, account)
 }
 
 /// The client's PSK account, and the server's entry for `identity` (`server`: the
@@ -64,7 +66,7 @@ fn psk(
     w.require(Capability::Dtls);
     if let Some((endpoint, server_key)) = server {
         w.backend()
-            .add_psk(endpoint, identity.as_bytes(), server_key)?;
+            .add_psk(ServerRole::Lwm2m, endpoint, identity.as_bytes(), server_key)?;
     }
     secure(
         w,
@@ -146,22 +148,54 @@ fn with_untrusted_certificate(w: &mut Lwm2mWorld, cn: String) -> anyhow::Result<
     with_certificate_from(w, &pki()?.stranger, &cn, Validity::Current)
 }
 
-/// The server's DTLS listener completed a handshake with the client.
-#[then(expr = "the client completes a DTLS handshake within {duration}")]
-fn handshake_completes(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()> {
+/// The client's Bootstrap-Server account (ETS C.13: PSK) talks DTLS: the endpoint name as
+/// PSK identity, a key the Bootstrap Server knows.
+#[given("the client's bootstrap account uses DTLS with a PSK")]
+fn bootstrap_psk(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
+    w.require(Capability::Dtls);
     let name = w.current()?;
-    let found = w.wait_for(within.0, &format!("a DTLS handshake of {name:?}"), |t| {
-        matches!(&t.happening, Happening::Dtls(DtlsHappening::Established { endpoint, .. } | DtlsHappening::HandshakeFailed { endpoint, .. }) if *endpoint == name)
+    let key = psk_key(w, &format!("{name}@bootstrap"));
+    let backend = w.backend();
+    backend.add_psk(ServerRole::Bootstrap, &name, name.as_bytes(), &key)?;
+    let account = SecureAccount::Psk {
+        identity: name.clone().into_bytes(),
+        key: key.to_vec(),
+    };
+    backend.secure_client(&name, ServerRole::Bootstrap, account)
+}
+
+/// Waits for the DTLS handshake of the client with our server `role`.
+fn handshake_with(
+    w: &mut Lwm2mWorld,
+    role: ServerRole,
+    within: DurationParam,
+) -> anyhow::Result<()> {
+    let name = w.current()?;
+    let what = format!("a DTLS handshake of {name:?} with the {role}");
+    let found = w.wait_for(within.0, &what, |t| {
+        matches!(&t.happening, Happening::Dtls(DtlsHappening::Established { endpoint, server, .. } | DtlsHappening::HandshakeFailed { endpoint, server, .. }) if *endpoint == name && *server == role)
     })?;
     match found.happening {
         Happening::Dtls(DtlsHappening::HandshakeFailed { side, reason, .. }) => {
             Err(w.fail(format!(
-                "the DTLS handshake of {name:?} failed at {}: {reason}",
+                "the DTLS handshake of {name:?} with the {role} failed at {}: {reason}",
                 side_name(side)
             )))
         }
         _ => Ok(()),
     }
+}
+
+/// The LwM2M Server's DTLS listener completed a handshake with the client.
+#[then(expr = "the client completes a DTLS handshake within {duration}")]
+fn handshake_completes(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()> {
+    handshake_with(w, ServerRole::Lwm2m, within)
+}
+
+/// The Bootstrap Server's DTLS listener completed a handshake with the client.
+#[then(expr = "the client completes a DTLS handshake with the bootstrap server within {duration}")]
+fn bootstrap_handshake(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()> {
+    handshake_with(w, ServerRole::Bootstrap, within)
 }
 
 /// The datagrams of the scenario from or to `client` at the LwM2M Server, from log line
@@ -301,7 +335,9 @@ fn handshake_fails(
             seen.push(format!("{}: {text}", side_name(*side)));
             hit
         }
-        Happening::Dtls(DtlsHappening::Established { endpoint, identity }) if *endpoint == name => {
+        Happening::Dtls(DtlsHappening::Established {
+            endpoint, identity, ..
+        }) if *endpoint == name => {
             seen.push(format!("established as {identity}"));
             false
         }
