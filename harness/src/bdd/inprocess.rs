@@ -357,12 +357,10 @@ impl InProcess {
 
     /// The DTLS listener of `role`, made at first use.
     fn listener(&mut self, role: ServerRole) -> anyhow::Result<&mut SecureListener> {
-        if !self.secure.contains_key(&role) {
-            self.secure.insert(role, SecureListener::new()?);
+        match self.secure.entry(role) {
+            std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::btree_map::Entry::Vacant(e) => Ok(e.insert(SecureListener::new()?)),
         }
-        self.secure
-            .get_mut(&role)
-            .ok_or_else(|| anyhow::anyhow!("no DTLS listener"))
     }
 
     fn push_happening(&mut self, happening: Happening) {
