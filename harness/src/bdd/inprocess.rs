@@ -18,8 +18,9 @@
 //! them and shows the CoAP inside.
 //!
 //! Addresses: the LwM2M Server is `10.0.0.1:5683`, the Bootstrap Server `10.0.0.2:5683`;
-//! client number `n` sits at `10.a.b.c:56830` (`a.b.c` = `n + 1`), and behind a NAT it is
-//! seen at `100.a.b.c` with the NAT's public port.
+//! client number `n` sits at `10.a.b.c:56830` (`a.b.c` = `n + 257`: client 0 at `10.0.1.1`,
+//! so no client shares an address with a server in a pcap), and behind a NAT it is seen at
+//! `100.a.b.c` (`a.b.c` = `n + 1`) with the NAT's public port.
 //!
 //! Determinism: every random choice (CoAP tokens and message ids, registration ids, link
 //! impairments, NAT ports) comes from the scenario seed; runs repeat exactly. DTLS
@@ -118,7 +119,10 @@ struct SimClient {
 
 impl SimClient {
     fn private_address(&self) -> SocketAddr {
-        SocketAddr::new(IpAddr::V4(client_ip(10, self.number)), CLIENT_PORT)
+        SocketAddr::new(
+            IpAddr::V4(client_ip(10, self.number + PRIVATE_OFFSET)),
+            CLIENT_PORT,
+        )
     }
 
     fn public_address(&self) -> SocketAddr {
@@ -131,6 +135,9 @@ impl SimClient {
         }
     }
 }
+
+/// Private client addresses start at `10.0.1.1`, above the servers' `10.0.0.x`.
+const PRIVATE_OFFSET: u32 = 256;
 
 fn client_ip(first: u8, number: u32) -> Ipv4Addr {
     let [_, a, b, c] = (number + 1).to_be_bytes();
@@ -1078,7 +1085,7 @@ impl Backend for InProcess {
             "a client {name:?} already exists in this scenario"
         );
         let number = u32::try_from(self.clients.len())?;
-        anyhow::ensure!(number < 0x00ff_fffe, "too many clients");
+        anyhow::ensure!(number < 0x00ff_fffe - PRIVATE_OFFSET, "too many clients");
         let client = SimClient {
             name: name.clone(),
             machine: Lwm2mClient::new(spec.config.clone(), spec.tree.clone()),

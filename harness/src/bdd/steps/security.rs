@@ -198,19 +198,21 @@ fn bootstrap_handshake(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Res
     handshake_with(w, ServerRole::Bootstrap, within)
 }
 
-/// The datagrams of the scenario from or to `client` at the LwM2M Server, from log line
-/// `mark` on.
+/// The datagrams of the scenario between `client` and the LwM2M Server (either of its
+/// addresses), from log line `mark` on.
 fn with_server(w: &mut Lwm2mWorld, client: SocketAddr, mark: usize) -> Vec<Sent> {
-    let server_ip = w.backend().server_address().ip();
-    w.backend()
+    let backend = w.backend();
+    let server = [
+        Some(backend.server_address()),
+        backend.secure_address(ServerRole::Lwm2m),
+    ];
+    let is_server = |a: SocketAddr| server.contains(&Some(a));
+    backend
         .exchange_log()
         .sent()
         .iter()
         .filter(|d| d.line >= mark)
-        .filter(|d| {
-            (d.src == client && d.dst.ip() == server_ip)
-                || (d.dst == client && d.src.ip() == server_ip)
-        })
+        .filter(|d| (d.src == client && is_server(d.dst)) || (d.dst == client && is_server(d.src)))
         .cloned()
         .collect()
 }
