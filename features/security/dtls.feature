@@ -89,6 +89,28 @@ Feature: Channel security (ETS int-401, int-402)
     Then the client's DTLS handshake fails within 10s with "certificate"
     And the client is not registered
 
+  @core-6.2.2 @nat
+  Scenario: A NAT rebinding without Connection ID costs a new handshake, not the registration
+    Given a client "nat-psk" with profile "ets-1.1"
+    And the client uses DTLS with the PSK identity "nat-psk"
+    And the client is behind a NAT that forgets mappings after 30s
+    And the client is registered
+    When the server writes "120" to /1/0/1
+    Then the client sends an Update within 5s
+    When 60s pass
+    # the mapping is gone: the read is dropped at the NAT and times out
+    And the server reads /3/0/0 in plain text
+    Then the operation fails with "exchange with"
+    # the Update leaves from a new port: its first record is a stray for the server, the
+    # retransmission opens a new session from there
+    And the client completes a DTLS handshake within 120s
+    And the client sends an Update within 120s
+    And the server reaches the client at its new address
+    And the client is registered over DTLS with the PSK identity "nat-psk"
+    When the server reads /3/0/0 in plain text
+    Then the response code is 2.05
+    And the last operation went over DTLS
+
   @int-402
   Scenario: UDP channel security with a raw public key
     Given the subject supports "raw public keys"

@@ -305,12 +305,30 @@ impl InProcess {
             }
         }
         let from = client.public_address();
+        // Without Connection ID (RFC 9146) a session is bound to the address it was made
+        // from: after a NAT rebinding the server drops its records as strays, and the
+        // client handshakes again with its next datagram.
+        let rebound = match (wire, client.dtls.iter_mut().find(|l| l.server == to)) {
+            (Wire::Dtls(_), Some(link)) => link.bind(from),
+            _ => None,
+        };
         let arrivals = match &mut client.link.uplink {
             Some(imp) => imp.apply(now, ()),
             None => vec![(now + DEFAULT_LATENCY, ())],
         };
         let to_name = self.name_of(to);
         let name = self.clients[i].name.clone();
+        if let Some(old) = rebound {
+            self.log.note(
+                now,
+                &format!(
+                    "{name} now sends from {from}, its DTLS session is bound to {old} (no \
+                     Connection ID): the {} drops this record, the next datagram opens a new \
+                     handshake",
+                    secure::role_of(to)
+                ),
+            );
+        }
         let (src, dst) = (
             Peer {
                 name: &name,

@@ -442,6 +442,8 @@ pub struct ClientLink {
     pub session: Option<DtlsClient>,
     /// CoAP datagrams waiting for the handshake.
     pending: Vec<Vec<u8>>,
+    /// The address the session's records leave from (its first datagram's).
+    bound: Option<SocketAddr>,
 }
 
 impl ClientLink {
@@ -451,6 +453,7 @@ impl ClientLink {
             server,
             session: None,
             pending: Vec::new(),
+            bound: None,
         }
     }
 
@@ -469,6 +472,7 @@ impl ClientLink {
                 DtlsClient::connect(now, self.server, &config).map_err(|e| e.to_string())?;
             self.session = Some(session);
             self.pending.clear();
+            self.bound = None;
         }
         match self.session.as_mut() {
             Some(s) if s.is_established() => {
@@ -494,6 +498,24 @@ impl ClientLink {
     pub fn reset(&mut self) {
         self.session = None;
         self.pending.clear();
+        self.bound = None;
+    }
+
+    /// A record of the session leaves from `from`. When the session was made from another
+    /// address (a NAT rebinding), the session is given up (the next datagram starts a new
+    /// one) and the old address returned.
+    pub fn bind(&mut self, from: SocketAddr) -> Option<SocketAddr> {
+        match self.bound {
+            None => {
+                self.bound = Some(from);
+                None
+            }
+            Some(old) if old != from => {
+                self.reset();
+                Some(old)
+            }
+            Some(_) => None,
+        }
     }
 }
 

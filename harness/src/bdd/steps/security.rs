@@ -30,7 +30,7 @@ use cucumber::{given, then};
 use lwm2m_dtls::Identity;
 use lwm2m_dtls::pki::{Purpose, TestCa, Validity};
 use lwm2m_dtls::record::RecordBytes;
-use lwm2m_proto::coap::{MessageClass, RequestType, ResponseType, message};
+use lwm2m_proto::coap::{CoapOption, MessageClass, RequestType, ResponseType, message};
 use lwm2m_simulator::fleet::PskPattern;
 
 use crate::bdd::backend::{Capability, DtlsHappening, DtlsSide, Happening, ServerRole};
@@ -198,9 +198,9 @@ fn bootstrap_handshake(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Res
     handshake_with(w, ServerRole::Bootstrap, within)
 }
 
-/// The datagrams of the scenario between `client` and the LwM2M Server (either of its
-/// addresses), from log line `mark` on.
-fn with_server(w: &mut Lwm2mWorld, client: SocketAddr, mark: usize) -> Vec<Sent> {
+/// The datagrams of the scenario between `client` (any client: `None`) and the LwM2M
+/// Server (either of its addresses), from log line `mark` on.
+fn with_server(w: &mut Lwm2mWorld, client: Option<SocketAddr>, mark: usize) -> Vec<Sent> {
     let backend = w.backend();
     let server = [
         Some(backend.server_address()),
@@ -212,7 +212,10 @@ fn with_server(w: &mut Lwm2mWorld, client: SocketAddr, mark: usize) -> Vec<Sent>
         .sent()
         .iter()
         .filter(|d| d.line >= mark)
-        .filter(|d| (d.src == client && is_server(d.dst)) || (d.dst == client && is_server(d.src)))
+        .filter(|d| {
+            let is_client = |a: SocketAddr| client.is_none_or(|c| c == a);
+            (is_client(d.src) && is_server(d.dst)) || (is_client(d.dst) && is_server(d.src))
+        })
         .cloned()
         .collect()
 }
@@ -228,10 +231,12 @@ fn is_dtls_application(d: &Sent) -> bool {
 fn registered_as(w: &mut Lwm2mWorld, expected: Identity) -> anyhow::Result<()> {
     w.require(Capability::Dtls);
     let name = w.current()?;
-    let Some(registration) = w.backend().registration(&name) else {
+    if w.backend().registration(&name).is_none() {
         return Err(w.fail_since(0, format!("{name:?} is not registered")));
-    };
-    let registers: Vec<Sent> = with_server(w, registration.address, 0)
+    }
+    // Every Register under its name, from whichever address it had then.
+    let ep = format!("ep={name}");
+    let registers: Vec<Sent> = with_server(w, None, 0)
         .into_iter()
         .filter(|d| {
             d.coap
@@ -240,6 +245,8 @@ fn registered_as(w: &mut Lwm2mWorld, expected: Identity) -> anyhow::Result<()> {
                 .is_some_and(|p| {
                     p.header.code == MessageClass::Request(RequestType::Post)
                         && message::uri_path(&p) == "/rd"
+                        && p.get_option(CoapOption::UriQuery)
+                            .is_some_and(|q| q.iter().any(|v| v.as_slice() == ep.as_bytes()))
                 })
         })
         .collect();
@@ -287,7 +294,7 @@ fn operation_over_dtls(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
     let Some(client) = w.backend().public_address(&name) else {
         return Err(w.fail(format!("{name:?} has no address")));
     };
-    let datagrams = with_server(w, client, outcome.log_mark);
+    let datagrams = with_server(w, Some(client), outcome.log_mark);
     let (to, from) = (
         datagrams.iter().filter(|d| d.src == client).count(),
         datagrams.iter().filter(|d| d.dst == client).count(),
@@ -367,7 +374,7 @@ fn register_refused(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result
     let Some(client) = w.backend().public_address(&name) else {
         return Err(w.fail(format!("{name:?} has no address")));
     };
-    let answered = with_server(w, client, 0).iter().any(|d| {
+    let answered = with_server(w, Some(client), 0).iter().any(|d| {
         d.dst == client
             && is_dtls_application(d)
             && d.coap
