@@ -68,6 +68,16 @@ Feature: Bootstrap interface (ETS int-0 to int-9)
     Then the response code is 2.05
     And the last operation went over DTLS
 
+  @core-7.1.8
+  Scenario: A Bootstrap-Request under another endpoint's PSK identity gets 4.03
+    Given the subject supports "DTLS"
+    And the client's bootstrap account uses the PSK identity "ets-other" of "ets-other"
+    And the bootstrap server provisions a PSK account on the LwM2M server
+    When the client starts
+    Then the client completes a DTLS handshake with the bootstrap server within 5s
+    And the bootstrap server refuses the Bootstrap-Request with 4.03 within 5s
+    And the client is not registered
+
   @int-3
   Scenario: Bootstrap from a smartcard
     Given the subject supports "smartcard bootstrap"

@@ -641,7 +641,8 @@ mod tests {
         let a = exchanges(7, &tmp.path().join("a"));
         let b = exchanges(7, &tmp.path().join("b"));
         let c = exchanges(8, &tmp.path().join("c"));
-        assert_eq!(a.len(), 4);
+        // One of them over DTLS (features/security/dtls.feature): its log repeats too.
+        assert_eq!(a.len(), 5);
         assert_eq!(a, b, "the same seed must give the same exchanges");
         assert_ne!(a, c, "another seed gives other tokens, ids and losses");
     }

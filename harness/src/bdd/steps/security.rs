@@ -152,13 +152,31 @@ fn with_untrusted_certificate(w: &mut Lwm2mWorld, cn: String) -> anyhow::Result<
 /// PSK identity, a key the Bootstrap Server knows.
 #[given("the client's bootstrap account uses DTLS with a PSK")]
 fn bootstrap_psk(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
+    let name = w.current()?;
+    bootstrap_account(w, &name, &name)
+}
+
+/// The client's Bootstrap-Server account holds a PSK identity that the Bootstrap Server
+/// knows as another endpoint's.
+#[given(expr = "the client's bootstrap account uses the PSK identity {string} of {string}")]
+fn bootstrap_foreign_psk(
+    w: &mut Lwm2mWorld,
+    identity: String,
+    owner: String,
+) -> anyhow::Result<()> {
+    bootstrap_account(w, &identity, &owner)
+}
+
+/// A PSK Bootstrap-Server account with `identity`, which the Bootstrap Server knows as
+/// `owner`'s.
+fn bootstrap_account(w: &mut Lwm2mWorld, identity: &str, owner: &str) -> anyhow::Result<()> {
     w.require(Capability::Dtls);
     let name = w.current()?;
-    let key = psk_key(w, &format!("{name}@bootstrap"));
+    let key = psk_key(w, &format!("{identity}@bootstrap"));
     let backend = w.backend();
-    backend.add_psk(ServerRole::Bootstrap, &name, name.as_bytes(), &key)?;
+    backend.add_psk(ServerRole::Bootstrap, owner, identity.as_bytes(), &key)?;
     let account = SecureAccount::Psk {
-        identity: name.clone().into_bytes(),
+        identity: identity.as_bytes().to_vec(),
         key: key.to_vec(),
     };
     backend.secure_client(&name, ServerRole::Bootstrap, account)
@@ -201,11 +219,22 @@ fn bootstrap_handshake(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Res
 /// The datagrams of the scenario between `client` (any client: `None`) and the LwM2M
 /// Server (either of its addresses), from log line `mark` on.
 fn with_server(w: &mut Lwm2mWorld, client: Option<SocketAddr>, mark: usize) -> Vec<Sent> {
+    with(w, ServerRole::Lwm2m, client, mark)
+}
+
+/// [`with_server`] for our server `role`.
+fn with(
+    w: &mut Lwm2mWorld,
+    role: ServerRole,
+    client: Option<SocketAddr>,
+    mark: usize,
+) -> Vec<Sent> {
     let backend = w.backend();
-    let server = [
-        Some(backend.server_address()),
-        backend.secure_address(ServerRole::Lwm2m),
-    ];
+    let plain = match role {
+        ServerRole::Lwm2m => backend.server_address(),
+        ServerRole::Bootstrap => backend.bootstrap_address(),
+    };
+    let server = [Some(plain), backend.secure_address(role)];
     let is_server = |a: SocketAddr| server.contains(&Some(a));
     backend
         .exchange_log()
@@ -367,14 +396,30 @@ fn handshake_fails(
 /// endpoint (Core TS 1.1 §7.1.8), and the 4.03 went back inside the session.
 #[then(expr = "the server refuses the client's Register with 4.03 within {duration}")]
 fn register_refused(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()> {
+    refused(w, ServerRole::Lwm2m, "Register", within)
+}
+
+/// The same for a Bootstrap-Request (`POST /bs?ep=`) over the Bootstrap Server's session.
+#[then(expr = "the bootstrap server refuses the Bootstrap-Request with 4.03 within {duration}")]
+fn bootstrap_refused(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()> {
+    refused(w, ServerRole::Bootstrap, "Bootstrap-Request", within)
+}
+
+/// Our server `role` refused the client's `request` with 4.03, inside the session.
+fn refused(
+    w: &mut Lwm2mWorld,
+    role: ServerRole,
+    request: &str,
+    within: DurationParam,
+) -> anyhow::Result<()> {
     let name = w.current()?;
-    w.wait_for(within.0, &format!("a 4.03 to a Register of {name:?}"), |t| {
-        matches!(&t.happening, Happening::Dtls(DtlsHappening::Refused { client, .. }) if *client == name)
+    w.wait_for(within.0, &format!("a 4.03 to a {request} of {name:?}"), |t| {
+        matches!(&t.happening, Happening::Dtls(DtlsHappening::Refused { client, server, .. }) if *client == name && *server == role)
     })?;
     let Some(client) = w.backend().public_address(&name) else {
         return Err(w.fail(format!("{name:?} has no address")));
     };
-    let answered = with_server(w, Some(client), 0).iter().any(|d| {
+    let answered = with(w, role, Some(client), 0).iter().any(|d| {
         d.dst == client
             && is_dtls_application(d)
             && d.coap
@@ -385,7 +430,9 @@ fn register_refused(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result
     if answered {
         Ok(())
     } else {
-        Err(w.fail("the server refused the Register but no 4.03 went back in the DTLS session"))
+        Err(w.fail(format!(
+            "the {role} refused the {request} but no 4.03 went back in the DTLS session"
+        )))
     }
 }
 
