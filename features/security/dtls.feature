@@ -111,6 +111,18 @@ Feature: Channel security (ETS int-401, int-402)
     Then the response code is 2.05
     And the last operation went over DTLS
 
+  @core-7.1 @scale
+  Scenario: Two hundred PSK clients register over DTLS at once
+    Given 200 clients with profile "ets-1.1"
+    And every client uses DTLS with its endpoint name as PSK identity
+    And "ets-199" is the client
+    When all clients start within 5s
+    Then all clients are registered within 60s
+    And the client is registered over DTLS with the PSK identity "ets-199"
+    When the server reads /3/0/0 in plain text
+    Then the response code is 2.05
+    And the last operation went over DTLS
+
   @int-402
   Scenario: UDP channel security with a raw public key
     Given the subject supports "raw public keys"

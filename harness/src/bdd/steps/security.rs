@@ -10,6 +10,7 @@
 //! Given the client uses DTLS with a certificate for "ets-cert"
 //! Given the client uses DTLS with an expired certificate for "ets-cert"
 //! Given the client uses DTLS with a certificate for "ets-cert" from an untrusted CA
+//! Given every client uses DTLS with its endpoint name as PSK identity
 //! Given the client's bootstrap account uses DTLS with a PSK
 //! Then the client completes a DTLS handshake with the bootstrap server within 10s
 //! Then the client completes a DTLS handshake within 10s
@@ -111,6 +112,24 @@ fn with_foreign_identity(
 ) -> anyhow::Result<()> {
     let key = psk_key(w, &identity);
     psk(w, &identity, &key, Some((&owner, &key)))
+}
+
+/// Every client of the scenario so far gets PSK credentials the server knows: its
+/// endpoint name as identity, a key of its own.
+#[given("every client uses DTLS with its endpoint name as PSK identity")]
+fn fleet_psk(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
+    w.require(Capability::Dtls);
+    for name in w.fleet.clone() {
+        let key = psk_key(w, &name);
+        let backend = w.backend();
+        backend.add_psk(ServerRole::Lwm2m, &name, name.as_bytes(), &key)?;
+        let account = SecureAccount::Psk {
+            identity: name.clone().into_bytes(),
+            key: key.to_vec(),
+        };
+        backend.secure_client(&name, ServerRole::Lwm2m, account)?;
+    }
+    Ok(())
 }
 
 /// A certificate account (Security mode 2) for common name `cn` issued by `ca`.
