@@ -89,6 +89,18 @@ Feature: Channel security (ETS int-401, int-402)
     Then the client's DTLS handshake fails within 10s with "certificate"
     And the client is not registered
 
+  @int-401
+  Scenario: A rebooted client forgets its session and handshakes again
+    Given a client "ets-psk" with profile "ets-1.1"
+    And the client uses DTLS with the PSK identity "ets-psk-identity"
+    And the client is registered
+    When the server executes /3/0/4
+    Then the response code is 2.04
+    And the client reboots within 5s
+    And the client completes a DTLS handshake within 30s
+    And the client registers again within 30s
+    And the client is registered over DTLS with the PSK identity "ets-psk-identity"
+
   @core-6.2.2 @nat
   Scenario: A NAT rebinding without Connection ID costs a new handshake, not the registration
     Given a client "nat-psk" with profile "ets-1.1"

@@ -41,8 +41,7 @@ use lwm2m_proto::bootstrap::{
     BootstrapConfig, BootstrapError, BootstrapServer, BootstrapServerConfig, ConfigSource,
     MemoryConfigSource,
 };
-use lwm2m_proto::client::ClientState;
-use lwm2m_proto::client::Lwm2mClient;
+use lwm2m_proto::client::{ClientEvent, ClientState, Lwm2mClient};
 use lwm2m_proto::coap::{self, Packet, Transmit};
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{
@@ -803,6 +802,14 @@ impl InProcess {
         let at = self.elapsed();
         let client = &mut self.clients[i];
         while let Some(event) = client.machine.poll_event() {
+            // A rebooted device has forgotten its DTLS sessions: it handshakes again.
+            if matches!(event, ClientEvent::Rebooting | ClientEvent::FactoryReset)
+                && client.dtls.iter().any(|l| l.session.is_some())
+            {
+                client.dtls.iter_mut().for_each(ClientLink::reset);
+                let text = format!("{} reboots and forgets its DTLS sessions", client.name);
+                self.log.event(at, &text);
+            }
             self.happenings.push_back(Timed {
                 at,
                 happening: Happening::Client {
