@@ -522,6 +522,7 @@ impl ClientLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lwm2m_proto::Lwm2mPath;
 
     #[test]
     fn coaps_uris_give_host_and_address() {
@@ -531,6 +532,65 @@ mod tests {
         assert_eq!(addr, SECURE_SERVER);
         assert!(coaps_address("coap://10.0.0.1:5683").is_none());
         assert!(coaps_address("coaps://server.example.com").is_none());
+    }
+
+    #[test]
+    fn a_session_is_bound_to_the_address_of_its_first_record() {
+        let mut link = ClientLink::new(SECURE_SERVER);
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "100.0.0.1:4000".parse().unwrap(),
+            "100.0.0.1:4001".parse().unwrap(),
+        );
+        let config = || ClientConfig::psk(b"id", &[7; 16]).map_err(|e| e.to_string());
+        assert_eq!(link.send(Instant::now(), vec![1], config), Ok(false));
+        assert_eq!(link.bind(a), None);
+        assert_eq!(link.bind(a), None);
+        // A NAT rebinding: the session is given up, what waited with it too.
+        assert_eq!(link.bind(b), Some(a));
+        assert!(link.session.is_none() && link.take_pending().is_empty());
+        assert_eq!(link.bind(b), None);
+    }
+
+    #[test]
+    fn certificate_accounts_compile_and_raw_public_keys_say_why_not() {
+        let pki = pki().unwrap();
+        let issued = pki
+            .ca
+            .issue("dev", &[], Purpose::Client, Validity::Current)
+            .unwrap();
+        let mut tree = ObjectTree::new();
+        tree.add_unknown_object(ObjectId(0));
+        let mut account = Instance::default();
+        account.insert(ResourceId(1), ResourceValue::Single(Value::Boolean(false)));
+        tree.put_instance(ObjectId(0), 0.into(), account);
+        let certificate = SecureAccount::Certificate {
+            certificate: issued.certificate,
+            private_key: issued.private_key,
+            trust_anchor: pki.ca.certificate().to_vec(),
+        };
+        write_account(&mut tree, ServerRole::Lwm2m, SECURE_SERVER, &certificate).unwrap();
+        assert!(is_secure(&tree, SECURE_SERVER) && !is_secure(&tree, SECURE_BOOTSTRAP));
+        let config = client_config(&tree, SECURE_SERVER).unwrap().unwrap();
+        assert_eq!(config.identity(), &Identity::Certificate("dev".into()));
+        assert!(
+            write_account(
+                &mut tree,
+                ServerRole::Bootstrap,
+                SECURE_BOOTSTRAP,
+                &certificate
+            )
+            .is_err()
+        );
+        let path = Lwm2mPath::Resource(ObjectId(0), 0.into(), ResourceId(2));
+        let mut rpk = tree.instance(ObjectId(0), 0.into()).unwrap().clone();
+        rpk.insert(
+            ResourceId(2),
+            ResourceValue::Single(Value::Integer(MODE_RPK)),
+        );
+        tree.put_instance(ObjectId(0), 0.into(), rpk);
+        assert_eq!(tree.get(&path), Some(&Value::Integer(1)));
+        let refused = client_config(&tree, SECURE_SERVER).unwrap().unwrap_err();
+        assert!(refused.contains("RFC 7250"), "{refused}");
     }
 
     #[test]
