@@ -389,13 +389,13 @@ fn handshake_fails(
         }) if *endpoint == name => {
             let text = reason.to_string();
             let hit = text.to_lowercase().contains(&wanted);
-            seen.push(format!("{}: {text}", side_name(*side)));
+            note(&mut seen, format!("{}: {text}", side_name(*side)));
             hit
         }
         Happening::Dtls(DtlsHappening::Established {
             endpoint, identity, ..
         }) if *endpoint == name => {
-            seen.push(format!("established as {identity}"));
+            note(&mut seen, format!("established as {identity}"));
             false
         }
         _ => false,
@@ -452,6 +452,13 @@ fn refused(
         Err(w.fail(format!(
             "the {role} refused the {request} but no 4.03 went back in the DTLS session"
         )))
+    }
+}
+
+/// Adds `what` to `seen` unless it is there (waits look at the same happenings again).
+fn note(seen: &mut Vec<String>, what: String) {
+    if !seen.contains(&what) {
+        seen.push(what);
     }
 }
 
