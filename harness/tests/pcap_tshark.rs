@@ -120,15 +120,20 @@ fn tshark_decrypts_the_int_401_pcap_with_its_key_log() {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.to_string_lossy().ends_with(".keys.log"))
         .collect();
-    // The PSK scenario that registers (the negative ones establish no session).
-    assert_eq!(keys.len(), 1, "{keys:?}");
-    let keys = &keys[0];
-    let stem = keys
-        .to_string_lossy()
-        .trim_end_matches(".keys.log")
-        .to_owned();
-    let pcap = format!("{stem}.pcap");
-    let log = std::fs::read_to_string(format!("{stem}.txt")).unwrap();
+    // The scenario that reads /3/0 in TLV (the negative ones establish no session).
+    let stem_of = |keys: &Path| {
+        let keys = keys.to_string_lossy();
+        keys.trim_end_matches(".keys.log").to_owned()
+    };
+    let log_of = |keys: &Path| std::fs::read_to_string(format!("{}.txt", stem_of(keys))).unwrap();
+    let Some(keys) = keys
+        .iter()
+        .find(|k| log_of(k).contains("GET mid=") && log_of(k).contains("/3/0 accept=tlv"))
+    else {
+        panic!("no scenario with a session read /3/0 in TLV: {keys:?}");
+    };
+    let pcap = format!("{}.pcap", stem_of(keys));
+    let log = log_of(keys);
     assert!(log.contains("DTLS ClientHello"), "{log}");
     assert!(log.contains("DTLS application data"), "{log}");
 
