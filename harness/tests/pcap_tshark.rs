@@ -23,6 +23,24 @@ fn tshark() -> &'static str {
     "tshark"
 }
 
+/// tshark's `-T fields` output (`|`-separated) of `pcap` with `options`, one line per
+/// packet.
+fn fields(pcap: &Path, options: &[&str], fields: &[&str]) -> String {
+    let mut command = Command::new(tshark());
+    command.arg("-r").arg(pcap).args(options);
+    command.args(["-T", "fields", "-E", "separator=|"]);
+    for field in fields {
+        command.args(["-e", field]);
+    }
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[test]
 fn tshark_decodes_recorded_coap() {
     let dir = tempfile::tempdir().unwrap();
@@ -58,34 +76,17 @@ fn tshark_decodes_recorded_coap() {
         .unwrap();
     rec.finish().unwrap();
 
-    let out = Command::new(tshark())
-        .args(["-r", path.to_str().unwrap(), "-d", "udp.port==40001,coap"])
-        .args([
-            "-T",
-            "fields",
-            "-E",
-            "separator=|",
-            "-e",
+    let text = fields(
+        &path,
+        &["-d", "udp.port==40001,coap"],
+        &[
             "ip.src",
-            "-e",
             "udp.dstport",
-        ])
-        .args([
-            "-e",
             "coap.code",
-            "-e",
             "coap.opt.uri_path",
-            "-e",
             "coap.opt.uri_query",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
     assert_eq!(lines[0], "127.0.0.2|5683|2|rd|ep=dev-1,lt=300", "{text}");
@@ -137,35 +138,16 @@ fn tshark_decrypts_the_int_401_pcap_with_its_key_log() {
     assert!(log.contains("DTLS ClientHello"), "{log}");
     assert!(log.contains("DTLS application data"), "{log}");
 
-    let fields = |keylog: &str| {
-        let out = Command::new(tshark())
-            .args(["-r", &pcap, "-o", &format!("tls.keylog_file:{keylog}")])
-            .args([
-                "-d",
-                "udp.port==5684,dtls",
-                "-T",
-                "fields",
-                "-E",
-                "separator=|",
-            ])
-            .args([
-                "-e",
-                "coap.code",
-                "-e",
-                "coap.opt.uri_path",
-                "-e",
-                "coap.opt.uri_query",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+    let coap = ["coap.code", "coap.opt.uri_path", "coap.opt.uri_query"];
+    let decrypt = |keylog: &Path| {
+        let keylog = format!("tls.keylog_file:{}", keylog.display());
+        fields(
+            Path::new(&pcap),
+            &["-o", &keylog, "-d", "udp.port==5684,dtls"],
+            &coap,
+        )
     };
-    let decrypted = fields(&keys.to_string_lossy());
+    let decrypted = decrypt(keys);
     let lines: Vec<&str> = decrypted.lines().collect();
     assert!(
         lines
@@ -184,7 +166,7 @@ fn tshark_decrypts_the_int_401_pcap_with_its_key_log() {
     // Without the key log the same capture shows no CoAP at all: it is really encrypted.
     let empty = dir.path().join("empty.keys.log");
     std::fs::write(&empty, "").unwrap();
-    let opaque = fields(&empty.to_string_lossy());
+    let opaque = decrypt(&empty);
     assert!(
         opaque.lines().all(|l| l.trim_matches('|').is_empty()),
         "CoAP readable without keys:\n{opaque}"
