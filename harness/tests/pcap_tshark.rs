@@ -32,13 +32,13 @@ fn fields(pcap: &Path, options: &[&str], fields: &[&str]) -> String {
     for field in fields {
         command.args(["-e", field]);
     }
-    let out = command.output().unwrap();
+    let out = command.output().expect("tshark runs");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
