@@ -34,6 +34,8 @@
 mod client;
 mod config;
 mod keylog;
+#[cfg(feature = "pki")]
+pub mod pki;
 pub mod record;
 mod server;
 mod session;

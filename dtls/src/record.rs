@@ -173,6 +173,66 @@ pub fn client_hello_random(datagram: &[u8]) -> Option<[u8; 32]> {
         .ok()
 }
 
+/// The name of a handshake message type (RFC 5246 §7.4, RFC 6347 §4.2.1), for messages.
+pub fn handshake_name(kind: u8) -> &'static str {
+    match kind {
+        0 => "HelloRequest",
+        CLIENT_HELLO => "ClientHello",
+        2 => "ServerHello",
+        3 => "HelloVerifyRequest",
+        11 => "Certificate",
+        12 => "ServerKeyExchange",
+        13 => "CertificateRequest",
+        14 => "ServerHelloDone",
+        15 => "CertificateVerify",
+        16 => "ClientKeyExchange",
+        20 => "Finished",
+        _ => "unknown handshake message",
+    }
+}
+
+/// What a datagram carries, record by record, in one line for exchange logs, as Wireshark
+/// names it: `ClientHello`, `ServerHello, ServerHelloDone`, `ChangeCipherSpec, Finished
+/// (encrypted)`, `application data`, `alert unknown_psk_identity`. Only plaintext headers
+/// are read (RFC 6347 §4.1, §4.2.2); bytes that are no record end in `not DTLS (N B)`.
+pub fn describe(datagram: &[u8]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut rest = datagram;
+    while !rest.is_empty() {
+        let Some(len) = record_len(rest) else {
+            parts.push(format!("not DTLS ({} B)", rest.len()));
+            break;
+        };
+        let (record, tail) = rest.split_at(len);
+        let epoch = u16::from_be_bytes([record[3], record[4]]);
+        let body = &record[RECORD_HEADER_LEN..];
+        match record[0] {
+            HANDSHAKE if epoch == 0 => {
+                let mut messages = body;
+                while let Some(header) = messages.get(..HANDSHAKE_HEADER_LEN) {
+                    parts.push(handshake_name(header[0]).to_owned());
+                    let fragment = (usize::from(header[9]) << 16)
+                        | (usize::from(header[10]) << 8)
+                        | usize::from(header[11]);
+                    messages = messages
+                        .get(HANDSHAKE_HEADER_LEN + fragment..)
+                        .unwrap_or_default();
+                }
+            }
+            HANDSHAKE => parts.push("Finished (encrypted)".to_owned()),
+            CHANGE_CIPHER_SPEC => parts.push("ChangeCipherSpec".to_owned()),
+            ALERT => parts.push(match alert(record) {
+                Some(Some(d)) => format!("alert {}", alert_name(d)),
+                _ => "alert (encrypted)".to_owned(),
+            }),
+            APPLICATION_DATA => parts.push("application data".to_owned()),
+            other => parts.push(format!("record type {other}")),
+        }
+        rest = tail;
+    }
+    parts.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +311,28 @@ mod tests {
     }
 
     #[test]
+    fn datagrams_are_described_record_by_record() {
+        assert_eq!(describe(&client_hello(0, b"")), "ClientHello");
+        let mut flight = record(CHANGE_CIPHER_SPEC, 0, &[1]);
+        flight.extend(record(HANDSHAKE, 1, &[0; 40]));
+        assert_eq!(describe(&flight), "ChangeCipherSpec, Finished (encrypted)");
+        // ServerHello and ServerHelloDone in one record (RFC 6347 §4.2.3).
+        let mut two = vec![2, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 9];
+        two.extend([14, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            describe(&record(HANDSHAKE, 0, &two)),
+            "ServerHello, ServerHelloDone"
+        );
+        assert_eq!(
+            describe(&record(ALERT, 0, &[2, 115])),
+            "alert unknown_psk_identity"
+        );
+        let data = record(APPLICATION_DATA, 1, &[0; 21]);
+        assert_eq!(describe(&data), "application data");
+        assert_eq!(describe(&[0x40, 1]), "not DTLS (2 B)");
+    }
+
+    #[test]
     fn plaintext_alert_description() {
         // A fatal internal_error (RFC 5246 §7.2.2) before the handshake completed.
         assert_eq!(alert(&record(ALERT, 0, &[2, 80])), Some(Some(80)));
@@ -269,6 +351,7 @@ mod tests {
             let _ = is_initial_client_hello(&bytes);
             let _ = client_hello_random(&bytes);
             let _ = alert(&bytes);
+            let _ = describe(&bytes);
         }
     }
 }

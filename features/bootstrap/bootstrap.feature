@@ -30,18 +30,53 @@ Feature: Bootstrap interface (ETS int-0 to int-9)
     And the registration has lifetime 86400
 
   @int-1
-  Scenario: Client initiated bootstrap with a pre-shared key
+  Scenario: Client initiated bootstrap over DTLS, a PSK account, then registration over DTLS
     Given the subject supports "DTLS"
-    And the bootstrap server provisions the client with an account on the LwM2M server
+    And the client's bootstrap account uses DTLS with a PSK
+    And the bootstrap server provisions a PSK account on the LwM2M server
     When the client starts
-    Then the bootstrap session finishes within 30s
+    Then the client completes a DTLS handshake with the bootstrap server within 5s
+    And the client requests a bootstrap within 5s
+    And the bootstrap session finishes within 30s
+    And every bootstrap "write" was answered 2.04
+    And every bootstrap "finish" was answered 2.04
+    And the client's value of /0/0/0 is "coaps://10.0.0.1:5684"
+    And the client's value of /0/0/2 is "0"
+    And the client completes a DTLS handshake within 10s
+    And the client registers within 10s
+    And the client is registered over DTLS with the PSK identity "ets-bs"
+    When the server reads /3/0 in TLV
+    Then the response code is 2.05
+    And the last operation went over DTLS
 
   @int-2
-  Scenario: Client initiated bootstrap with certificates
+  Scenario: Client initiated bootstrap over DTLS, a certificate account, then registration over DTLS
     Given the subject supports "DTLS"
-    And the bootstrap server provisions the client with an account on the LwM2M server
+    And the client's bootstrap account uses DTLS with a PSK
+    And the bootstrap server provisions a certificate account on the LwM2M server
     When the client starts
-    Then the bootstrap session finishes within 30s
+    Then the client completes a DTLS handshake with the bootstrap server within 5s
+    And the client requests a bootstrap within 5s
+    And the bootstrap session finishes within 30s
+    And every bootstrap "write" was answered 2.04
+    And the client's value of /0/0/0 is "coaps://10.0.0.1:5684"
+    And the client's value of /0/0/2 is "2"
+    And the client completes a DTLS handshake within 10s
+    And the client registers within 10s
+    And the client is registered over DTLS with the certificate of "ets-bs"
+    When the server reads /3/0 in TLV
+    Then the response code is 2.05
+    And the last operation went over DTLS
+
+  @core-7.1.8
+  Scenario: A Bootstrap-Request under another endpoint's PSK identity gets 4.03
+    Given the subject supports "DTLS"
+    And the client's bootstrap account uses the PSK identity "ets-other" of "ets-other"
+    And the bootstrap server provisions a PSK account on the LwM2M server
+    When the client starts
+    Then the client completes a DTLS handshake with the bootstrap server within 5s
+    And the bootstrap server refuses the Bootstrap-Request with 4.03 within 5s
+    And the client is not registered
 
   @int-3
   Scenario: Bootstrap from a smartcard

@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use lwm2m_dtls::{CloseReason, FailureReason, Identity};
 use lwm2m_proto::bootstrap::{BootstrapConfig, BootstrapError, BootstrapEvent};
 use lwm2m_proto::client::{ClientConfig, ClientEvent, Lwm2mClient, ObjectTree};
 use lwm2m_proto::coap::Packet;
@@ -28,6 +29,10 @@ use lwm2m_proto::{Lwm2mPath, Value};
 use lwm2m_simulator::NetworkModel;
 
 use super::exchange::ExchangeLog;
+use super::secure::SecureAccount;
+
+/// Why a backend without DTLS refuses the DTLS methods.
+const NO_DTLS: &str = "this backend has no DTLS (CoAP over DTLS runs in process only)";
 
 /// What a run tests: the subject of its interoperability report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,8 +116,10 @@ impl Subject {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Capability {
-    /// CoAP over DTLS 1.2 (RFC 6347) with PSK, certificates or raw public keys.
+    /// CoAP over DTLS 1.2 (RFC 6347) with PSK or certificates.
     Dtls,
+    /// DTLS with raw public keys (RFC 7250, Security mode 1).
+    RawPublicKey,
     /// CoAP over TCP (RFC 8323, binding `T`).
     Tcp,
     /// Bootstrap from a smartcard (Core TS 1.1 §5.2.4).
@@ -136,8 +143,9 @@ pub enum Capability {
 
 impl Capability {
     /// Every capability, with the name steps use.
-    pub const NAMES: [(&'static str, Self); 9] = [
+    pub const NAMES: [(&'static str, Self); 10] = [
         ("DTLS", Self::Dtls),
+        ("raw public keys", Self::RawPublicKey),
         ("TCP", Self::Tcp),
         ("smartcard bootstrap", Self::Smartcard),
         ("Disable", Self::Disable),
@@ -191,6 +199,86 @@ pub enum Happening {
         endpoint: String,
         /// What it reported.
         event: ClientEvent,
+    },
+    /// A DTLS layer reported it (CoAP over DTLS, RFC 7252 §9).
+    Dtls(DtlsHappening),
+}
+
+/// Which of our servers a DTLS session is with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ServerRole {
+    /// The LwM2M Server.
+    Lwm2m,
+    /// The Bootstrap Server.
+    Bootstrap,
+}
+
+impl fmt::Display for ServerRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Lwm2m => "LwM2M Server",
+            Self::Bootstrap => "Bootstrap Server",
+        })
+    }
+}
+
+/// Which side of a DTLS session saw something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtlsSide {
+    /// The LwM2M Server's DTLS listener.
+    Server,
+    /// The client.
+    Client,
+}
+
+/// What a DTLS layer reported; `endpoint` is the client of the session (by its address).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DtlsHappening {
+    /// The LwM2M Server's listener completed a handshake: the client authenticated as
+    /// `identity` (PSK identity, or certificate common name).
+    Established {
+        /// The client.
+        endpoint: String,
+        /// The server of the session.
+        server: ServerRole,
+        /// Who it authenticated as.
+        identity: Identity,
+    },
+    /// A handshake failed, as `side` saw it.
+    HandshakeFailed {
+        /// The client.
+        endpoint: String,
+        /// The server of the session.
+        server: ServerRole,
+        /// Who saw it.
+        side: DtlsSide,
+        /// The PSK identity claimed, if the server got that far.
+        identity: Option<Identity>,
+        /// Why.
+        reason: FailureReason,
+    },
+    /// A request over an established session was answered 4.03: its endpoint name is not
+    /// the session identity's (Core TS 1.1 §7.1.8).
+    Refused {
+        /// The client that sent it.
+        client: String,
+        /// The server of the session.
+        server: ServerRole,
+        /// The session's identity.
+        identity: Identity,
+        /// The endpoint the request claimed.
+        endpoint: String,
+        /// The endpoint the identity belongs to, if any.
+        owner: Option<String>,
+    },
+    /// An established session ended.
+    Closed {
+        /// The client.
+        endpoint: String,
+        /// The server of the session.
+        server: ServerRole,
+        /// Why.
+        reason: CloseReason,
     },
 }
 
@@ -300,6 +388,46 @@ pub trait Backend: fmt::Debug {
 
     /// The address the server sees a simulated client at now.
     fn public_address(&self, endpoint: &str) -> Option<SocketAddr>;
+
+    /// The DTLS address of our server `role`, as clients reach it (`coaps://`), if it has
+    /// one.
+    fn secure_address(&self, role: ServerRole) -> Option<SocketAddr> {
+        let _ = role;
+        None
+    }
+
+    /// Our server `role` knows the PSK `identity` with `key`, belonging to `endpoint`
+    /// (its security store, Core TS 1.1 §7.1.8).
+    fn add_psk(
+        &mut self,
+        role: ServerRole,
+        endpoint: &str,
+        identity: &[u8],
+        key: &[u8],
+    ) -> anyhow::Result<()> {
+        let _ = (role, endpoint, identity, key);
+        anyhow::bail!("{NO_DTLS}")
+    }
+
+    /// A simulated client that has not started gets a `coaps://` account on our server
+    /// `role` (its LwM2M Server account, or its Bootstrap-Server account) with `account`'s
+    /// credentials.
+    fn secure_client(
+        &mut self,
+        endpoint: &str,
+        role: ServerRole,
+        account: SecureAccount,
+    ) -> anyhow::Result<()> {
+        let _ = (endpoint, role, account);
+        anyhow::bail!("{NO_DTLS}")
+    }
+
+    /// The identity of the DTLS session through which the LwM2M Server last heard from
+    /// `endpoint`'s registration (`None`: plain CoAP, or not registered).
+    fn secure_identity(&self, endpoint: &str) -> Option<Identity> {
+        let _ = endpoint;
+        None
+    }
 }
 
 /// The backend that runs `subject`, seeded with `seed`; `Err` says why no backend can run

@@ -6,6 +6,13 @@
 //! token, the Uri-Path and Uri-Query (or Location-Path), the options worth knowing
 //! (Content-Format, Accept, Observe, Block1/Block2) and a payload summary. Datagrams the
 //! link lost or dropped get a line of their own that says why.
+//!
+//! DTLS datagrams (RFC 6347) name their records and, for application data whose plaintext
+//! the backend knows, show the CoAP message inside:
+//! `dev-1 -> server  DTLS ClientHello [87 B]`,
+//! `dev-1 -> server  DTLS application data [125 B] = CON POST mid=... /rd?ep=dev-1 [96 B] ...`.
+//! The key log of the scenario's sessions ([`ExchangeLog::key_log`]) lets Wireshark
+//! decrypt the pcap.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -38,8 +45,11 @@ pub struct Sent {
     pub src: SocketAddr,
     /// To.
     pub dst: SocketAddr,
-    /// The CoAP message.
+    /// The datagram as the link carried it (CoAP, or DTLS records).
     pub bytes: Vec<u8>,
+    /// The CoAP message: `bytes` on plain CoAP, the plaintext of a DTLS application record
+    /// when known, `None` for handshakes and alerts.
+    pub coap: Option<Vec<u8>>,
 }
 
 /// Every datagram of a scenario, decoded, in the order it was sent.
@@ -48,11 +58,45 @@ pub struct ExchangeLog {
     lines: Vec<String>,
     sent: Vec<Sent>,
     bytes: u64,
+    key_log: Vec<String>,
 }
 
 impl ExchangeLog {
     /// Logs a datagram sent at `at` from `from` to `to`.
     pub fn datagram(&mut self, at: Duration, from: Peer<'_>, to: Peer<'_>, bytes: &[u8]) {
+        self.push(at, from, to, bytes, Some(bytes), describe(bytes));
+    }
+
+    /// Logs a DTLS datagram; `inner` is the CoAP message its application record carries,
+    /// when the sender handed it over.
+    pub fn secure_datagram(
+        &mut self,
+        at: Duration,
+        from: Peer<'_>,
+        to: Peer<'_>,
+        bytes: &[u8],
+        inner: Option<&[u8]>,
+    ) {
+        let mut text = format!(
+            "DTLS {} [{} B]",
+            lwm2m_dtls::record::describe(bytes),
+            bytes.len()
+        );
+        if let Some(coap) = inner {
+            let _ = write!(text, " = {}", describe(coap));
+        }
+        self.push(at, from, to, bytes, inner, text);
+    }
+
+    fn push(
+        &mut self,
+        at: Duration,
+        from: Peer<'_>,
+        to: Peer<'_>,
+        bytes: &[u8],
+        coap: Option<&[u8]>,
+        text: String,
+    ) {
         self.bytes += bytes.len() as u64;
         self.sent.push(Sent {
             line: self.lines.len(),
@@ -60,14 +104,24 @@ impl ExchangeLog {
             src: from.addr,
             dst: to.addr,
             bytes: bytes.to_vec(),
+            coap: coap.map(<[u8]>::to_vec),
         });
         self.lines.push(format!(
-            "{} {} -> {}  {}",
+            "{} {} -> {}  {text}",
             stamp(at),
             from.name,
-            to.name,
-            describe(bytes)
+            to.name
         ));
+    }
+
+    /// Adds an NSS key log line (`CLIENT_RANDOM ...`) of a DTLS session of the scenario.
+    pub fn add_key(&mut self, line: String) {
+        self.key_log.push(line);
+    }
+
+    /// The NSS key log of the scenario's DTLS sessions, one line each (empty without DTLS).
+    pub fn key_log(&self) -> &[String] {
+        &self.key_log
     }
 
     /// Every datagram sent, in order.
@@ -78,6 +132,12 @@ impl ExchangeLog {
     /// Logs what happened to a datagram on the way (lost, dropped by a NAT, radio off).
     pub fn note(&mut self, at: Duration, text: &str) {
         self.lines.push(format!("{}   !! {text}", stamp(at)));
+    }
+
+    /// Logs something a party reported between datagrams (a DTLS session established or
+    /// closed); problems are [`ExchangeLog::note`]s.
+    pub fn event(&mut self, at: Duration, text: &str) {
+        self.lines.push(format!("{}   -- {text}", stamp(at)));
     }
 
     /// The number of lines so far (a mark to show the lines logged after it).

@@ -11,12 +11,21 @@
 //! to sleep (Core TS 1.1 §6.5) does not hear datagrams either. Every datagram and every drop
 //! goes into the [`ExchangeLog`].
 //!
+//! CoAP over DTLS ([`super::secure`]): the LwM2M Server also listens at `10.0.0.1:5684`
+//! and the Bootstrap Server at `10.0.0.2:5684`, each behind a sans-IO DTLS session
+//! router, and a client whose account says `coaps://` talks to that server through a
+//! DTLS client session of its own; the link carries the records, the exchange log names
+//! them and shows the CoAP inside.
+//!
 //! Addresses: the LwM2M Server is `10.0.0.1:5683`, the Bootstrap Server `10.0.0.2:5683`;
-//! client number `n` sits at `10.a.b.c:56830` (`a.b.c` = `n + 1`), and behind a NAT it is
-//! seen at `100.a.b.c` with the NAT's public port.
+//! client number `n` sits at `10.a.b.c:56830` (`a.b.c` = `n + 257`: client 0 at `10.0.1.1`,
+//! so no client shares an address with a server in a pcap), and behind a NAT it is seen at
+//! `100.a.b.c` (`a.b.c` = `n + 1`) with the NAT's public port.
 //!
 //! Determinism: every random choice (CoAP tokens and message ids, registration ids, link
-//! impairments, NAT ports) comes from the scenario seed; runs repeat exactly.
+//! impairments, NAT ports) comes from the scenario seed; runs repeat exactly. DTLS
+//! randoms, keys and hence ciphertexts come from the operating system's random source:
+//! they differ from run to run, the exchange does not.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
@@ -24,13 +33,15 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use lwm2m_dtls::{
+    ClientEvent as DtlsClientEvent, DtlsClient, FailureReason, Identity, ServerEvent as DtlsEvent,
+};
 use lwm2m_proto::Lwm2mPath;
 use lwm2m_proto::bootstrap::{
     BootstrapConfig, BootstrapError, BootstrapServer, BootstrapServerConfig, ConfigSource,
     MemoryConfigSource,
 };
-use lwm2m_proto::client::ClientState;
-use lwm2m_proto::client::Lwm2mClient;
+use lwm2m_proto::client::{ClientEvent, ClientState, Lwm2mClient};
 use lwm2m_proto::coap::{self, Packet, Transmit};
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{
@@ -39,8 +50,14 @@ use lwm2m_proto::server::{
 use lwm2m_simulator::network::{Mapping, Nat, NetworkModel, SleepSchedule};
 use lwm2m_simulator::{Impairment, seed};
 
-use super::backend::{Backend, Capability, ClientAction, ClientSpec, Happening, Subject, Timed};
-use super::exchange::{ExchangeLog, Peer};
+use super::backend::{
+    Backend, Capability, ClientAction, ClientSpec, DtlsHappening, DtlsSide, Happening, ServerRole,
+    Subject, Timed,
+};
+use super::exchange::{ExchangeLog, Peer, describe};
+use super::secure::{
+    self, ClientLink, SECURE_BOOTSTRAP, SECURE_SERVER, SecureAccount, SecureListener,
+};
 
 /// The LwM2M Server's address on the in-memory link.
 pub const SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 5683);
@@ -93,11 +110,18 @@ struct SimClient {
     link: Link,
     /// The deadline of this client's live entry in the timer heap.
     deadline: Option<Instant>,
+    /// Its DTLS associations with `coaps://` servers, once it sent to them.
+    dtls: Vec<ClientLink>,
+    /// Its factory configuration until it starts (the steps may still secure it).
+    factory: Option<ClientSpec>,
 }
 
 impl SimClient {
     fn private_address(&self) -> SocketAddr {
-        SocketAddr::new(IpAddr::V4(client_ip(10, self.number)), CLIENT_PORT)
+        SocketAddr::new(
+            IpAddr::V4(client_ip(10, self.number + PRIVATE_OFFSET)),
+            CLIENT_PORT,
+        )
     }
 
     fn public_address(&self) -> SocketAddr {
@@ -111,6 +135,9 @@ impl SimClient {
     }
 }
 
+/// Private client addresses start at `10.0.1.1`, above the servers' `10.0.0.x`.
+const PRIVATE_OFFSET: u32 = 256;
+
 fn client_ip(first: u8, number: u32) -> Ipv4Addr {
     let [_, a, b, c] = (number + 1).to_be_bytes();
     Ipv4Addr::new(first, a, b, c)
@@ -121,7 +148,17 @@ fn client_ip(first: u8, number: u32) -> Ipv4Addr {
 enum Party {
     Server,
     Bootstrap,
+    Secure(ServerRole),
     Client(usize),
+}
+
+/// What a datagram on the link is, for the exchange log.
+#[derive(Debug, Clone, Copy)]
+enum Wire<'a> {
+    /// A CoAP message.
+    Coap,
+    /// DTLS records; the CoAP message of the application record, when known.
+    Dtls(Option<&'a [u8]>),
 }
 
 /// A datagram on its way.
@@ -154,6 +191,9 @@ pub struct InProcess {
     log: ExchangeLog,
     happenings: VecDeque<Timed>,
     spoofs: u16,
+    /// The DTLS listeners of the LwM2M Server and the Bootstrap Server, made when a
+    /// scenario first needs them.
+    secure: BTreeMap<ServerRole, SecureListener>,
 }
 
 impl InProcess {
@@ -195,6 +235,7 @@ impl InProcess {
             log: ExchangeLog::default(),
             happenings: VecDeque::new(),
             spoofs: 0,
+            secure: BTreeMap::new(),
         }
     }
 
@@ -211,8 +252,8 @@ impl InProcess {
 
     fn name_of(&self, addr: SocketAddr) -> String {
         match self.party(addr) {
-            Some(Party::Server) => "server".to_owned(),
-            Some(Party::Bootstrap) => "bootstrap".to_owned(),
+            Some(Party::Server | Party::Secure(ServerRole::Lwm2m)) => "server".to_owned(),
+            Some(Party::Bootstrap | Party::Secure(ServerRole::Bootstrap)) => "bootstrap".to_owned(),
             Some(Party::Client(i)) => self.clients[i].name.clone(),
             None => addr.to_string(),
         }
@@ -221,6 +262,10 @@ impl InProcess {
     fn party(&self, addr: SocketAddr) -> Option<Party> {
         if addr == SERVER {
             Some(Party::Server)
+        } else if addr == SECURE_SERVER {
+            Some(Party::Secure(ServerRole::Lwm2m))
+        } else if addr == SECURE_BOOTSTRAP {
+            Some(Party::Secure(ServerRole::Bootstrap))
         } else if addr == BOOTSTRAP {
             Some(Party::Bootstrap)
         } else {
@@ -239,8 +284,17 @@ impl InProcess {
         }));
     }
 
+    /// Logs a datagram as the link carries it.
+    fn log_datagram(&mut self, src: Peer<'_>, dst: Peer<'_>, bytes: &[u8], wire: Wire<'_>) {
+        let now = self.elapsed();
+        match wire {
+            Wire::Coap => self.log.datagram(now, src, dst, bytes),
+            Wire::Dtls(inner) => self.log.secure_datagram(now, src, dst, bytes, inner),
+        }
+    }
+
     /// A client's datagram leaves: through its NAT and its uplink.
-    fn send_from_client(&mut self, i: usize, t: Transmit) {
+    fn send_from_client(&mut self, i: usize, to: SocketAddr, bytes: Vec<u8>, wire: Wire<'_>) {
         let now = self.elapsed();
         let client = &mut self.clients[i];
         if let Some(nat) = &mut client.link.nat {
@@ -250,12 +304,30 @@ impl InProcess {
             }
         }
         let from = client.public_address();
+        // Without Connection ID (RFC 9146) a session is bound to the address it was made
+        // from: after a NAT rebinding the server drops its records as strays, and the
+        // client handshakes again with its next datagram.
+        let rebound = match (wire, client.dtls.iter_mut().find(|l| l.server == to)) {
+            (Wire::Dtls(_), Some(link)) => link.bind(from),
+            _ => None,
+        };
         let arrivals = match &mut client.link.uplink {
             Some(imp) => imp.apply(now, ()),
             None => vec![(now + DEFAULT_LATENCY, ())],
         };
-        let to_name = self.name_of(t.peer);
+        let to_name = self.name_of(to);
         let name = self.clients[i].name.clone();
+        if let Some(old) = rebound {
+            self.log.note(
+                now,
+                &format!(
+                    "{name} now sends from {from}, its DTLS session is bound to {old} (no \
+                     Connection ID): the {} drops this record, the next datagram opens a new \
+                     handshake",
+                    secure::role_of(to)
+                ),
+            );
+        }
         let (src, dst) = (
             Peer {
                 name: &name,
@@ -263,23 +335,23 @@ impl InProcess {
             },
             Peer {
                 name: &to_name,
-                addr: t.peer,
+                addr: to,
             },
         );
-        self.log.datagram(now, src, dst, &t.bytes);
+        self.log_datagram(src, dst, &bytes, wire);
         if arrivals.is_empty() {
             self.log.note(now, &format!("lost on the uplink of {name}"));
         }
         for (at, ()) in arrivals {
-            self.enqueue(at, from, t.peer, t.bytes.clone());
+            self.enqueue(at, from, to, bytes.clone());
         }
     }
 
     /// A server's datagram leaves: through the downlink of the client it goes to.
-    fn send_from_server(&mut self, from: SocketAddr, t: Transmit) {
+    fn send_from_server(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>, wire: Wire) {
         let now = self.elapsed();
         let from_name = self.name_of(from);
-        let to_name = self.name_of(t.peer);
+        let to_name = self.name_of(to);
         let (src, dst) = (
             Peer {
                 name: &from_name,
@@ -287,11 +359,11 @@ impl InProcess {
             },
             Peer {
                 name: &to_name,
-                addr: t.peer,
+                addr: to,
             },
         );
-        self.log.datagram(now, src, dst, &t.bytes);
-        let arrivals = match self.party(t.peer) {
+        self.log_datagram(src, dst, &bytes, wire);
+        let arrivals = match self.party(to) {
             Some(Party::Client(i)) => match &mut self.clients[i].link.downlink {
                 Some(imp) => imp.apply(now, ()),
                 None => vec![(now + DEFAULT_LATENCY, ())],
@@ -303,7 +375,37 @@ impl InProcess {
                 .note(now, &format!("lost on the downlink to {to_name}"));
         }
         for (at, ()) in arrivals {
-            self.enqueue(at, from, t.peer, t.bytes.clone());
+            self.enqueue(at, from, to, bytes.clone());
+        }
+    }
+
+    /// The DTLS listener of `role`, made at first use.
+    fn listener(&mut self, role: ServerRole) -> anyhow::Result<&mut SecureListener> {
+        match self.secure.entry(role) {
+            std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::btree_map::Entry::Vacant(e) => Ok(e.insert(SecureListener::new()?)),
+        }
+    }
+
+    fn push_happening(&mut self, happening: Happening) {
+        let at = self.elapsed();
+        self.happenings.push_back(Timed { at, happening });
+    }
+
+    /// A plain datagram reaches the machine of `role`: its answers to that peer go out in
+    /// the clear from now on.
+    fn plain_datagram(&mut self, role: ServerRole, d: &InFlight) {
+        if let Some(listener) = self.secure.get_mut(&role) {
+            listener.forget(d.from);
+        }
+        self.machine_datagram(role, d.from, &d.bytes);
+    }
+
+    fn machine_datagram(&mut self, role: ServerRole, peer: SocketAddr, bytes: &[u8]) {
+        let now = self.now;
+        match role {
+            ServerRole::Lwm2m => self.server.handle_datagram(now, peer, bytes),
+            ServerRole::Bootstrap => self.bootstrap.handle_datagram(now, peer, bytes),
         }
     }
 
@@ -312,8 +414,14 @@ impl InProcess {
         let now = self.now;
         let at = self.elapsed();
         match self.party(d.to) {
-            Some(Party::Server) => self.server.handle_datagram(now, d.from, &d.bytes),
-            Some(Party::Bootstrap) => self.bootstrap.handle_datagram(now, d.from, &d.bytes),
+            Some(Party::Server) => self.plain_datagram(ServerRole::Lwm2m, &d),
+            Some(Party::Bootstrap) => self.plain_datagram(ServerRole::Bootstrap, &d),
+            Some(Party::Secure(role)) => match self.listener(role) {
+                Ok(listener) => listener.dtls.handle_datagram(now, d.from, &d.bytes),
+                Err(e) => self
+                    .log
+                    .note(at, &format!("dropped: no DTLS listener ({e})")),
+            },
             Some(Party::Client(i)) => {
                 let client = &mut self.clients[i];
                 let drop = if let Some(nat) = &mut client.link.nat {
@@ -336,6 +444,21 @@ impl InProcess {
                 let drop = drop.or_else(|| {
                     asleep.then(|| format!("dropped: {} is asleep (radio off)", client.name))
                 });
+                let drop = match client.dtls.iter_mut().find(|l| l.server == d.from) {
+                    _ if drop.is_some() => drop,
+                    Some(link) => match link.session.as_mut() {
+                        Some(session) => {
+                            session.handle_datagram(now, &d.bytes);
+                            self.dirty.insert(i);
+                            return;
+                        }
+                        None => Some(format!(
+                            "dropped: {} has no DTLS session with {} now",
+                            client.name, d.from
+                        )),
+                    },
+                    None => None,
+                };
                 match drop {
                     Some(why) => self.log.note(at, &why),
                     None => {
@@ -348,14 +471,379 @@ impl InProcess {
         }
     }
 
+    /// Sends what the DTLS listener of `role` has for the link; `inner` is the CoAP
+    /// message of the record just written, if any. True when something went.
+    fn drain_listener(&mut self, role: ServerRole, inner: Option<&[u8]>) -> bool {
+        let mut moved = false;
+        while let Some(t) = self
+            .secure
+            .get_mut(&role)
+            .and_then(|l| l.dtls.poll_transmit())
+        {
+            moved = true;
+            let from = secure::secure_address(role);
+            self.send_from_server(from, t.peer, t.bytes, Wire::Dtls(inner));
+        }
+        moved
+    }
+
+    /// Encrypts `bytes` to `peer` in the session of `role`'s listener and sends the record.
+    fn send_secure(&mut self, role: ServerRole, peer: SocketAddr, bytes: &[u8]) {
+        self.drain_listener(role, None);
+        let now = self.now;
+        let Some(listener) = self.secure.get_mut(&role) else {
+            return;
+        };
+        match listener.dtls.send(now, peer, bytes) {
+            Ok(()) => {
+                self.drain_listener(role, Some(bytes));
+            }
+            Err(e) => {
+                let name = self.name_of(peer);
+                let at = self.elapsed();
+                self.log.note(
+                    at,
+                    &format!("dropped: the {role}'s {} to {name}: {e}", describe(bytes)),
+                );
+            }
+        }
+    }
+
+    /// A datagram of the machine of `role`: into the DTLS session its peer's request came
+    /// through, else in the clear.
+    fn machine_transmit(&mut self, role: ServerRole, t: Transmit) {
+        let secure = self
+            .secure
+            .get(&role)
+            .is_some_and(|l| l.identity_of(t.peer).is_some());
+        if secure {
+            self.send_secure(role, t.peer, &t.bytes);
+        } else {
+            let from = match role {
+                ServerRole::Lwm2m => SERVER,
+                ServerRole::Bootstrap => BOOTSTRAP,
+            };
+            self.send_from_server(from, t.peer, t.bytes, Wire::Coap);
+        }
+    }
+
+    /// Handles what the DTLS listener of `role` reported: decrypted CoAP to its machine
+    /// (or refused here with 4.03), handshakes and closes as happenings.
+    fn listener_events(&mut self, role: ServerRole) -> bool {
+        let mut moved = false;
+        while let Some(event) = self.secure.get_mut(&role).and_then(|l| l.dtls.poll_event()) {
+            moved = true;
+            let at = self.elapsed();
+            let happening = match event {
+                DtlsEvent::Datagram {
+                    peer,
+                    identity,
+                    payload,
+                    ..
+                } => {
+                    self.secure_request(role, peer, identity, &payload);
+                    continue;
+                }
+                DtlsEvent::Established { peer, identity, .. } => {
+                    let endpoint = self.name_of(peer);
+                    self.log.event(
+                        at,
+                        &format!(
+                            "DTLS session of {endpoint} with the {role} established as {identity}"
+                        ),
+                    );
+                    if let Some(s) = self.secure.get(&role).and_then(|l| l.dtls.secrets(peer)) {
+                        self.log.add_key(s.key_log_line());
+                    }
+                    DtlsHappening::Established {
+                        endpoint,
+                        server: role,
+                        identity,
+                    }
+                }
+                DtlsEvent::HandshakeFailed {
+                    peer,
+                    identity,
+                    reason,
+                    ..
+                } => {
+                    let endpoint = self.name_of(peer);
+                    let claimed = identity
+                        .as_ref()
+                        .map_or_else(String::new, |i| format!(" ({i})"));
+                    self.log.note(
+                        at,
+                        &format!(
+                            "the {role} failed the DTLS handshake of {endpoint}{claimed}: {reason}"
+                        ),
+                    );
+                    DtlsHappening::HandshakeFailed {
+                        endpoint,
+                        server: role,
+                        side: DtlsSide::Server,
+                        identity,
+                        reason,
+                    }
+                }
+                DtlsEvent::Closed { peer, reason, .. } => {
+                    if let Some(l) = self.secure.get_mut(&role) {
+                        l.forget(peer);
+                    }
+                    let endpoint = self.name_of(peer);
+                    self.log.event(
+                        at,
+                        &format!("DTLS session of {endpoint} with the {role} closed: {reason:?}"),
+                    );
+                    DtlsHappening::Closed {
+                        endpoint,
+                        server: role,
+                        reason,
+                    }
+                }
+                _ => continue,
+            };
+            self.push_happening(Happening::Dtls(happening));
+        }
+        moved
+    }
+
+    /// A CoAP message that came through a DTLS session of `role`'s listener as `identity`.
+    fn secure_request(
+        &mut self,
+        role: ServerRole,
+        peer: SocketAddr,
+        identity: Identity,
+        payload: &[u8],
+    ) {
+        let refusal = self.secure.get(&role).and_then(|l| {
+            l.refusal(&identity, payload, |id| {
+                self.server
+                    .registrations()
+                    .find(|r| r.id == id && role == ServerRole::Lwm2m)
+                    .map(|r| r.endpoint.clone())
+            })
+        });
+        let Some(refusal) = refusal else {
+            if let Some(l) = self.secure.get_mut(&role) {
+                l.note_secure(peer, identity);
+            }
+            self.machine_datagram(role, peer, payload);
+            return;
+        };
+        let client = self.name_of(peer);
+        let at = self.elapsed();
+        self.log.note(
+            at,
+            &format!(
+                "the {role} refuses {client}'s request for endpoint {:?} with 4.03: the \
+                 session is {identity}, owned by {}",
+                refusal.endpoint,
+                refusal.owner.as_deref().unwrap_or("no endpoint")
+            ),
+        );
+        if let Ok(answer) = refusal.answer.to_bytes() {
+            self.send_secure(role, peer, &answer);
+        }
+        self.push_happening(Happening::Dtls(DtlsHappening::Refused {
+            client,
+            server: role,
+            identity,
+            endpoint: refusal.endpoint,
+            owner: refusal.owner,
+        }));
+    }
+
+    /// A datagram of client `i`'s machine: through a DTLS session when it goes to a
+    /// `coaps://` server of its Security object, else straight onto the link.
+    fn client_transmit(&mut self, i: usize, t: Transmit) {
+        let now = self.now;
+        let client = &mut self.clients[i];
+        let linked = client.dtls.iter().any(|l| l.server == t.peer);
+        if !linked && !secure::is_secure(client.machine.tree(), t.peer) {
+            return self.send_from_client(i, t.peer, t.bytes, Wire::Coap);
+        }
+        if !linked {
+            client.dtls.push(ClientLink::new(t.peer));
+        }
+        self.drain_client_dtls(i, t.peer, None);
+        let SimClient { dtls, machine, .. } = &mut self.clients[i];
+        let Some(link) = dtls.iter_mut().find(|l| l.server == t.peer) else {
+            return;
+        };
+        let tree = machine.tree();
+        let sent = link.send(now, t.bytes.clone(), || {
+            secure::client_config(tree, t.peer)
+                .unwrap_or_else(|| Err("no coaps:// account for this server any more".into()))
+        });
+        match sent {
+            Ok(encrypted) => {
+                self.drain_client_dtls(i, t.peer, encrypted.then_some(t.bytes.as_slice()));
+            }
+            Err(reason) => {
+                let endpoint = self.clients[i].name.clone();
+                let at = self.elapsed();
+                self.log.note(
+                    at,
+                    &format!(
+                        "{endpoint} cannot open a DTLS session with {}: {reason}",
+                        t.peer
+                    ),
+                );
+                self.push_happening(Happening::Dtls(DtlsHappening::HandshakeFailed {
+                    endpoint,
+                    server: secure::role_of(t.peer),
+                    side: DtlsSide::Client,
+                    identity: None,
+                    reason: FailureReason::Protocol(reason),
+                }));
+            }
+        }
+    }
+
+    /// Sends what client `i`'s DTLS session with `server` has for the link; `inner` is the
+    /// CoAP message of the record just written, if any. True when something went.
+    fn drain_client_dtls(&mut self, i: usize, server: SocketAddr, inner: Option<&[u8]>) -> bool {
+        let mut moved = false;
+        while let Some(bytes) = self.clients[i]
+            .dtls
+            .iter_mut()
+            .find(|l| l.server == server)
+            .and_then(|l| l.session.as_mut())
+            .and_then(DtlsClient::poll_transmit)
+        {
+            moved = true;
+            self.send_from_client(i, server, bytes, Wire::Dtls(inner));
+        }
+        moved
+    }
+
+    /// Handles what client `i`'s DTLS sessions reported and sends what they have. True
+    /// when something happened.
+    fn client_dtls(&mut self, i: usize) -> bool {
+        let now = self.now;
+        let mut moved = false;
+        let servers: Vec<SocketAddr> = self.clients[i].dtls.iter().map(|l| l.server).collect();
+        for server in servers {
+            moved |= self.drain_client_dtls(i, server, None);
+            loop {
+                let client = &mut self.clients[i];
+                let Some(link) = client.dtls.iter_mut().find(|l| l.server == server) else {
+                    break;
+                };
+                let Some(event) = link.session.as_mut().and_then(DtlsClient::poll_event) else {
+                    break;
+                };
+                moved = true;
+                match event {
+                    DtlsClientEvent::Established => {
+                        for bytes in link.take_pending() {
+                            let sent = self.clients[i]
+                                .dtls
+                                .iter_mut()
+                                .find(|l| l.server == server)
+                                .and_then(|l| l.session.as_mut())
+                                .map(|s| s.send(now, &bytes));
+                            if let Some(Ok(())) = sent {
+                                self.drain_client_dtls(i, server, Some(&bytes));
+                            }
+                        }
+                    }
+                    DtlsClientEvent::Datagram(payload) => {
+                        client.machine.handle_datagram(now, server, &payload);
+                    }
+                    DtlsClientEvent::HandshakeFailed(reason) => {
+                        link.reset();
+                        let endpoint = client.name.clone();
+                        let at = self.elapsed();
+                        self.log.note(
+                            at,
+                            &format!("{endpoint}'s DTLS handshake with {server} failed: {reason}"),
+                        );
+                        self.push_happening(Happening::Dtls(DtlsHappening::HandshakeFailed {
+                            endpoint,
+                            server: secure::role_of(server),
+                            side: DtlsSide::Client,
+                            identity: None,
+                            reason,
+                        }));
+                    }
+                    DtlsClientEvent::Closed(reason) => {
+                        link.reset();
+                        let endpoint = client.name.clone();
+                        let at = self.elapsed();
+                        self.log.event(
+                            at,
+                            &format!("{endpoint}'s DTLS session with {server} closed: {reason:?}"),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+        moved
+    }
+
+    /// Moves everything out of client `i`: datagrams (through its DTLS session where it has
+    /// one), events, its next deadline. True when a datagram went out.
+    fn flush_client(&mut self, i: usize) -> bool {
+        let mut moved = false;
+        loop {
+            let mut again = false;
+            while let Some(t) = self.clients[i].machine.poll_transmit() {
+                again = true;
+                self.client_transmit(i, t);
+            }
+            again |= self.client_dtls(i);
+            moved |= again;
+            if !again {
+                break;
+            }
+        }
+        let at = self.elapsed();
+        let client = &mut self.clients[i];
+        while let Some(event) = client.machine.poll_event() {
+            // A rebooted device has forgotten its DTLS sessions: it handshakes again.
+            if matches!(event, ClientEvent::Rebooting | ClientEvent::FactoryReset)
+                && client.dtls.iter().any(|l| l.session.is_some())
+            {
+                client.dtls.iter_mut().for_each(ClientLink::reset);
+                let text = format!("{} reboots and forgets its DTLS sessions", client.name);
+                self.log.event(at, &text);
+            }
+            self.happenings.push_back(Timed {
+                at,
+                happening: Happening::Client {
+                    endpoint: client.name.clone(),
+                    event,
+                },
+            });
+        }
+        let sessions = client
+            .dtls
+            .iter()
+            .filter_map(|l| l.session.as_ref()?.poll_timeout());
+        let deadline = sessions.chain(client.machine.poll_timeout()).min();
+        if deadline != client.deadline {
+            client.deadline = deadline;
+            if let Some(d) = deadline {
+                self.timers.push(Reverse((d, i)));
+            }
+        }
+        moved
+    }
+
     /// Takes every datagram and event out of every machine that may have some.
     fn flush(&mut self) {
         let at = self.elapsed();
         loop {
             let mut moved = false;
+            for role in [ServerRole::Lwm2m, ServerRole::Bootstrap] {
+                moved |= self.drain_listener(role, None);
+                moved |= self.listener_events(role);
+            }
             while let Some(t) = self.server.poll_transmit() {
                 moved = true;
-                self.send_from_server(SERVER, t);
+                self.machine_transmit(ServerRole::Lwm2m, t);
             }
             while let Some(e) = self.server.poll_event() {
                 self.happenings.push_back(Timed {
@@ -365,7 +853,7 @@ impl InProcess {
             }
             while let Some(t) = self.bootstrap.poll_transmit() {
                 moved = true;
-                self.send_from_server(BOOTSTRAP, t);
+                self.machine_transmit(ServerRole::Bootstrap, t);
             }
             while let Some(e) = self.bootstrap.poll_event() {
                 self.happenings.push_back(Timed {
@@ -374,27 +862,7 @@ impl InProcess {
                 });
             }
             for i in std::mem::take(&mut self.dirty) {
-                while let Some(t) = self.clients[i].machine.poll_transmit() {
-                    moved = true;
-                    self.send_from_client(i, t);
-                }
-                let client = &mut self.clients[i];
-                while let Some(event) = client.machine.poll_event() {
-                    self.happenings.push_back(Timed {
-                        at,
-                        happening: Happening::Client {
-                            endpoint: client.name.clone(),
-                            event,
-                        },
-                    });
-                }
-                let deadline = client.machine.poll_timeout();
-                if deadline != client.deadline {
-                    client.deadline = deadline;
-                    if let Some(d) = deadline {
-                        self.timers.push(Reverse((d, i)));
-                    }
-                }
+                moved |= self.flush_client(i);
             }
             if !moved {
                 return;
@@ -416,6 +884,7 @@ impl InProcess {
     fn next_deadline(&mut self) -> Option<Instant> {
         let wire = self.wire.peek().map(|Reverse(d)| d.at);
         let clients = self.next_client_deadline();
+        let listeners = self.secure.values().filter_map(|l| l.dtls.poll_timeout());
         [
             wire,
             clients,
@@ -424,6 +893,7 @@ impl InProcess {
         ]
         .into_iter()
         .flatten()
+        .chain(listeners)
         .min()
     }
 
@@ -441,6 +911,11 @@ impl InProcess {
         if self.bootstrap.poll_timeout().is_some_and(|t| t <= now) {
             self.bootstrap.handle_timeout(now);
         }
+        for listener in self.secure.values_mut() {
+            if listener.dtls.poll_timeout().is_some_and(|t| t <= now) {
+                listener.dtls.handle_timeout(now);
+            }
+        }
         while let Some(&Reverse((at, i))) = self.timers.peek() {
             if at > now {
                 break;
@@ -449,7 +924,14 @@ impl InProcess {
             let client = &mut self.clients[i];
             if client.deadline == Some(at) {
                 client.deadline = None;
-                client.machine.handle_timeout(now);
+                for session in client.dtls.iter_mut().filter_map(|l| l.session.as_mut()) {
+                    if session.poll_timeout().is_some_and(|t| t <= now) {
+                        session.handle_timeout(now);
+                    }
+                }
+                if client.machine.poll_timeout().is_some_and(|t| t <= now) {
+                    client.machine.handle_timeout(now);
+                }
                 self.dirty.insert(i);
             }
         }
@@ -464,7 +946,8 @@ impl Backend for InProcess {
     fn supports(&self, capability: Capability) -> Result<(), String> {
         match capability {
             Capability::VirtualTime => Ok(()),
-            Capability::Dtls => Err("DTLS transport not available yet".to_owned()),
+            Capability::Dtls => Ok(()),
+            Capability::RawPublicKey => Err(secure::NO_RAW_PUBLIC_KEYS.to_owned()),
             Capability::Tcp => Err("CoAP over TCP (RFC 8323) is not implemented".to_owned()),
             Capability::Smartcard => {
                 Err("simulated clients have no smartcard (Core TS 1.1 §5.2.4)".to_owned())
@@ -520,7 +1003,7 @@ impl Backend for InProcess {
     fn counters(&self) -> BTreeMap<String, u64> {
         let (datagrams, bytes) = self.log.totals();
         let server = self.server.counters();
-        BTreeMap::from([
+        let mut out = BTreeMap::from([
             ("datagrams".to_owned(), datagrams),
             ("bytes".to_owned(), bytes),
             ("clients".to_owned(), self.clients.len() as u64),
@@ -531,7 +1014,20 @@ impl Backend for InProcess {
             ("server.retransmissions".to_owned(), server.retransmissions),
             ("server.duplicates".to_owned(), server.duplicates),
             ("server.timeouts".to_owned(), server.timeouts),
-        ])
+        ]);
+        for (role, listener) in &self.secure {
+            let dtls = listener.dtls.counters();
+            let prefix = match role {
+                ServerRole::Lwm2m => "dtls",
+                ServerRole::Bootstrap => "bootstrap.dtls",
+            };
+            out.insert(format!("{prefix}.handshakes"), dtls.handshakes_completed);
+            out.insert(
+                format!("{prefix}.handshake_failures"),
+                dtls.handshakes_failed,
+            );
+        }
+        out
     }
 
     fn server_address(&self) -> SocketAddr {
@@ -614,13 +1110,15 @@ impl Backend for InProcess {
             "a client {name:?} already exists in this scenario"
         );
         let number = u32::try_from(self.clients.len())?;
-        anyhow::ensure!(number < 0x00ff_fffe, "too many clients");
+        anyhow::ensure!(number < 0x00ff_fffe - PRIVATE_OFFSET, "too many clients");
         let client = SimClient {
             name: name.clone(),
-            machine: Lwm2mClient::new(spec.config, spec.tree),
+            machine: Lwm2mClient::new(spec.config.clone(), spec.tree.clone()),
             number,
             link: Link::default(),
             deadline: None,
+            dtls: Vec::new(),
+            factory: Some(spec),
         };
         let index = self.clients.len();
         self.by_ip.insert(client.private_address().ip(), index);
@@ -633,6 +1131,9 @@ impl Backend for InProcess {
     fn client_action(&mut self, endpoint: &str, action: ClientAction) -> anyhow::Result<()> {
         let i = self.client_index(endpoint)?;
         let now = self.now;
+        if action == ClientAction::Start {
+            self.clients[i].factory = None;
+        }
         let machine = &mut self.clients[i].machine;
         match action {
             ClientAction::Start => machine.start(now),
@@ -679,6 +1180,52 @@ impl Backend for InProcess {
         self.by_name
             .get(endpoint)
             .map(|i| self.clients[*i].public_address())
+    }
+
+    fn secure_address(&self, role: ServerRole) -> Option<SocketAddr> {
+        Some(secure::secure_address(role))
+    }
+
+    fn add_psk(
+        &mut self,
+        role: ServerRole,
+        endpoint: &str,
+        identity: &[u8],
+        key: &[u8],
+    ) -> anyhow::Result<()> {
+        self.listener(role)?.add_psk(identity, key, endpoint);
+        Ok(())
+    }
+
+    fn secure_client(
+        &mut self,
+        endpoint: &str,
+        role: ServerRole,
+        account: SecureAccount,
+    ) -> anyhow::Result<()> {
+        let i = self.client_index(endpoint)?;
+        self.listener(role)?;
+        let client = &mut self.clients[i];
+        let Some(spec) = client.factory.as_mut() else {
+            anyhow::bail!("{endpoint:?} has started: its factory configuration is fixed");
+        };
+        let address = secure::secure_address(role);
+        secure::write_account(&mut spec.tree, role, address, &account)?;
+        let configured = match role {
+            ServerRole::Lwm2m => &mut spec.config.server,
+            ServerRole::Bootstrap => &mut spec.config.bootstrap_server,
+        };
+        if configured.is_some() {
+            *configured = Some(address);
+        }
+        client.machine = Lwm2mClient::new(spec.config.clone(), spec.tree.clone());
+        Ok(())
+    }
+
+    fn secure_identity(&self, endpoint: &str) -> Option<Identity> {
+        let address = self.server.registration(endpoint)?.address;
+        let listener = self.secure.get(&ServerRole::Lwm2m)?;
+        listener.identity_of(address).cloned()
     }
 }
 

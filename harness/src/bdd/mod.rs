@@ -7,6 +7,7 @@
 //!   capabilities a case may need;
 //! - [`inprocess`]: the default backend: our servers and simulated clients on an in-memory
 //!   link and a virtual clock (deterministic, fast);
+//! - [`secure`]: CoAP over DTLS in the in-process backend (PSK and certificates);
 //! - [`network`]: a real device registering with our servers, or our simulated clients
 //!   registering with an external server, over real UDP and real time;
 //! - [`fleet`]: clients from device profiles, quirk packs and network models;
@@ -24,6 +25,7 @@ pub mod inprocess;
 pub mod network;
 pub mod params;
 pub mod run;
+pub mod secure;
 pub mod steps;
 pub mod world;
 

@@ -386,7 +386,11 @@ impl Backend for DeviceBackend {
     fn supports(&self, capability: Capability) -> Result<(), String> {
         match capability {
             Capability::VirtualTime => Err("the device runs in real time".to_owned()),
-            Capability::Dtls => Err("our servers listen on plain UDP only (NoSec)".to_owned()),
+            Capability::Dtls | Capability::RawPublicKey => Err(
+                "the network backend's servers listen on plain UDP only (NoSec); the DTLS \
+                     cases run in process"
+                    .to_owned(),
+            ),
             Capability::Tcp => Err("CoAP over TCP (RFC 8323) is not implemented".to_owned()),
             Capability::Smartcard => Err(format!("smartcard bootstrap: {DEVICE_NOT_OURS}")),
             Capability::ReadWithoutAccept => Err(
@@ -768,7 +772,11 @@ impl Backend for ServerBackend {
     fn supports(&self, capability: Capability) -> Result<(), String> {
         match capability {
             Capability::VirtualTime => Err("the server under test runs in real time".to_owned()),
-            Capability::Dtls => Err("our clients reach the server on plain UDP only".to_owned()),
+            Capability::Dtls | Capability::RawPublicKey => Err(
+                "the network backend's clients reach the server on plain UDP only (coap://); \
+                     the DTLS cases run in process"
+                    .to_owned(),
+            ),
             Capability::Tcp => Err("CoAP over TCP (RFC 8323) is not implemented".to_owned()),
             Capability::Smartcard => {
                 Err("simulated clients have no smartcard (Core TS 1.1 §5.2.4)".to_owned())

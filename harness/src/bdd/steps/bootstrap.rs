@@ -3,6 +3,7 @@
 //!
 //! ```gherkin
 //! Given the bootstrap server provisions the client with an account on the LwM2M server
+//! Given the bootstrap server provisions a PSK account on the LwM2M server
 //! And the bootstrap configuration starts with a Bootstrap-Discover
 //! And the bootstrap configuration reads /1, /2
 //! When the client starts
@@ -21,8 +22,10 @@ use lwm2m_proto::bootstrap::{
     ServerInstance,
 };
 
+use lwm2m_dtls::pki::{Purpose, Validity};
+
 use super::assertions::links_missing;
-use crate::bdd::backend::Happening;
+use crate::bdd::backend::{Capability, Happening, ServerRole};
 use crate::bdd::params::{Code, DurationParam, Paths};
 use crate::bdd::world::Lwm2mWorld;
 
@@ -72,8 +75,78 @@ fn amend(w: &mut Lwm2mWorld, change: impl FnOnce(&mut BootstrapConfig)) -> anyho
 /// LwM2M Server (Security 0 with SSID 1, Server 0 with lifetime 86400 and binding U).
 #[given("the bootstrap server provisions the client with an account on the LwM2M server")]
 fn provisions_account(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
-    let name = w.current()?;
     let (security, server) = server_account(w);
+    provision(w, security, server)
+}
+
+/// ETS int-1: the int-0 configuration with a PSK account (Security mode 0) on the LwM2M
+/// Server's DTLS listener: `coaps://`, the endpoint name as PSK identity, a key the server
+/// knows.
+#[given("the bootstrap server provisions a PSK account on the LwM2M server")]
+fn provisions_psk_account(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
+    let (security, server) = secure_account(w)?;
+    let name = w.current()?;
+    let key = super::security::psk_key(w, &name);
+    w.backend()
+        .add_psk(ServerRole::Lwm2m, &name, name.as_bytes(), &key)?;
+    let security = SecurityInstance {
+        mode: SecurityMode::Psk,
+        identity: name,
+        secret_key: hex(&key),
+        ..security
+    };
+    provision(w, security, server)
+}
+
+/// ETS int-2: the int-0 configuration with a certificate account (Security mode 2):
+/// `coaps://`, a client certificate for the endpoint name from the run's test CA
+/// (/0/0/3) and its private key (/0/0/5), the CA certificate as the server's trust anchor
+/// (/0/0/4).
+#[given("the bootstrap server provisions a certificate account on the LwM2M server")]
+fn provisions_certificate_account(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
+    let (security, server) = secure_account(w)?;
+    let name = w.current()?;
+    let pki = crate::bdd::secure::pki()?;
+    let issued = pki
+        .ca
+        .issue(&name, &[], Purpose::Client, Validity::Current)?;
+    let security = SecurityInstance {
+        mode: SecurityMode::X509,
+        identity: hex(&issued.certificate),
+        server_public_key: hex(pki.ca.certificate()),
+        secret_key: hex(&issued.private_key),
+        ..security
+    };
+    provision(w, security, server)
+}
+
+/// The int-0 account pointed at the LwM2M Server's DTLS listener (DTLS needed).
+fn secure_account(w: &mut Lwm2mWorld) -> anyhow::Result<(SecurityInstance, ServerInstance)> {
+    w.require(Capability::Dtls);
+    let (security, server) = server_account(w);
+    let Some(secure) = w.backend().secure_address(ServerRole::Lwm2m) else {
+        return Err(anyhow::anyhow!("the LwM2M Server has no DTLS listener"));
+    };
+    Ok((
+        SecurityInstance {
+            uri: format!("coaps://{secure}"),
+            ..security
+        },
+        server,
+    ))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The int-0 configuration with `security` and `server` as the account.
+fn provision(
+    w: &mut Lwm2mWorld,
+    security: SecurityInstance,
+    server: ServerInstance,
+) -> anyhow::Result<()> {
+    let name = w.current()?;
     let config = BootstrapConfig {
         security: BTreeMap::from([(0, security)]),
         servers: BTreeMap::from([(0, server)]),

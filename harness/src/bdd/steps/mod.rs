@@ -8,6 +8,7 @@ pub mod device_management;
 pub mod network;
 pub mod observe;
 pub mod registration;
+pub mod security;
 pub mod send;
 pub mod servers;
 
@@ -23,6 +24,7 @@ mod tests {
             include_str!("device_management.rs"),
             include_str!("observe.rs"),
             include_str!("send.rs"),
+            include_str!("security.rs"),
             include_str!("network.rs"),
             include_str!("assertions.rs"),
         ];

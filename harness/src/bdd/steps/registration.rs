@@ -295,7 +295,7 @@ fn last_update_query(w: &mut Lwm2mWorld) -> anyhow::Result<Vec<String>> {
         .sent()
         .iter()
         .rev()
-        .filter_map(|d| message::decode(&d.bytes).ok())
+        .filter_map(|d| message::decode(d.coap.as_deref()?).ok())
         .find(|p| {
             p.header.code == MessageClass::Request(RequestType::Post)
                 && message::uri_path(p) == target

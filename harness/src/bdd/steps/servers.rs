@@ -25,7 +25,7 @@ fn bootstrap_running(w: &mut Lwm2mWorld) {
     w.backend();
 }
 
-/// The case needs a capability (`DTLS`, `TCP`, `smartcard bootstrap`, `Disable`,
+/// The case needs a capability (`DTLS`, `raw public keys`, `TCP`, `smartcard bootstrap`, `Disable`,
 /// `Bootstrap-Request Trigger`, `Mute Send`, `Read without Accept`, `virtual time`);
 /// without it the case is not applicable.
 #[given(expr = "the subject supports {string}")]
