@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::dtls::{DtlsOptions, Registrations, SecureLwm2m, SecureServer};
 use crate::events::{Datagram, Direction, Event, EventBus, PacketTap, Role};
+use crate::plain::PlainServer;
 use crate::registrations::{RegistrationStore, ShardedRegistrations};
 
 /// Receive buffer asked for on every socket: with the usual 208 KiB default a burst of a
@@ -322,19 +323,28 @@ impl ServerCore {
     }
 }
 
+impl ServerCore {
+    fn machine_event(&mut self, event: Event) {
+        match event {
+            Event::Server(e) => self.server_event(e),
+            other => self.bus.send(other),
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Handler<Lwm2mServer> for ServerCore {
+impl Handler<PlainServer> for ServerCore {
     type Command = ServerCommand;
 
-    fn command(&mut self, machine: &mut Lwm2mServer, now: Instant, command: ServerCommand) {
-        self.run_command(machine, now, command);
+    fn command(&mut self, machine: &mut PlainServer, now: Instant, command: ServerCommand) {
+        self.run_command(&mut machine.inner, now, command);
     }
 
-    fn event(&mut self, _: &Lwm2mServer, event: ServerEvent) {
-        self.server_event(event);
+    fn event(&mut self, _: &PlainServer, event: Event) {
+        self.machine_event(event);
     }
 }
 
@@ -347,10 +357,7 @@ impl Handler<SecureLwm2m> for ServerCore {
     }
 
     fn event(&mut self, _: &SecureLwm2m, event: Event) {
-        match event {
-            Event::Server(e) => self.server_event(e),
-            other => self.bus.send(other),
-        }
+        self.machine_event(event);
     }
 }
 
@@ -445,7 +452,10 @@ pub fn start_server(options: ServerOptions) -> io::Result<ServerHandle> {
         }
         None => None,
     };
-    let machine = Lwm2mServer::new(options.config.clone(), options.registry.clone());
+    let machine = PlainServer::new(
+        Lwm2mServer::new(options.config.clone(), options.registry.clone()),
+        options.dtls.as_ref().map(|d| d.security.clone()),
+    );
     let io = io(bind_udp(options.bind)?)?;
     tracing::info!("LwM2M Server listening on coap://{}", io.local);
     Ok(ServerHandle {

@@ -151,6 +151,15 @@ pub enum SecurityEvent {
         /// The endpoint the identity belongs to in the security store, if any.
         owner: Option<String>,
     },
+    /// A Register over plain CoAP of an endpoint that has credentials in the security
+    /// store, while a DTLS listener runs: refused with 4.03, it must register over DTLS
+    /// (Core TS 1.1 §7.1: its account's Security Mode is not NoSec).
+    Insecure {
+        /// The client's address.
+        peer: SocketAddr,
+        /// The endpoint name it registered as.
+        endpoint: String,
+    },
 }
 
 /// The broadcast channel every driver of one process reports to; `subscribe` as often as

@@ -315,6 +315,9 @@ fn security_event(e: &SecurityEvent) -> Json {
         } => {
             json!({"kind": "identity_mismatch", "identity": identity, "endpoint": endpoint, "owner": owner})
         }
+        SecurityEvent::Insecure { peer, endpoint } => {
+            json!({"kind": "insecure", "peer": peer.to_string(), "endpoint": endpoint})
+        }
     }
 }
 

@@ -23,6 +23,7 @@ pub mod driver;
 pub mod dtls;
 pub mod events;
 pub mod json;
+mod plain;
 pub mod registrations;
 pub mod rest;
 pub mod store;

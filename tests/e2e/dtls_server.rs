@@ -341,6 +341,50 @@ async fn an_identity_registering_as_another_endpoint_gets_4_03() {
     s.server.shutdown().await;
 }
 
+/// With a DTLS listener running, an endpoint that has credentials must use them: its
+/// Register over plain CoAP gets 4.03 and an Insecure event; an endpoint without
+/// credentials registers over plain CoAP as before.
+#[tokio::test]
+async fn an_endpoint_with_credentials_cannot_register_over_plain_coap() {
+    let mut s = Secure::start(&["dev-a"]).await;
+    let plain = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let server = s.server.local_addr();
+    let mut buf = [0u8; 1500];
+    let mut ask = async |request: Vec<u8>| {
+        plain.send_to(&request, server).await.unwrap();
+        let (n, _) = tokio::time::timeout(PATIENCE, plain.recv_from(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        message::decode(&buf[..n]).unwrap()
+    };
+    let refused = ask(register("dev-a", 1)).await;
+    assert_eq!(code(&refused), "4.03");
+    assert_eq!(refused.header.get_type(), MessageType::Acknowledgement);
+    assert!(String::from_utf8_lossy(&refused.payload).contains("register over DTLS"));
+    let plain_addr = plain.local_addr().unwrap();
+    let event = s
+        .expect("insecure", |e| match e {
+            Event::Security(m @ SecurityEvent::Insecure { .. }) => Some(m.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        event,
+        SecurityEvent::Insecure {
+            peer: plain_addr,
+            endpoint: "dev-a".into()
+        }
+    );
+    assert!(s.server.registrations().get("dev-a").is_none());
+    let created = ask(register("no-credentials", 2)).await;
+    assert_eq!(code(&created), "2.01");
+    // Over DTLS, dev-a registers.
+    let mut client = connect_as(s.dtls, "dev-a").await;
+    assert_eq!(code(&call(&mut client, register("dev-a", 3)).await), "2.01");
+    s.server.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_rebooted_client_on_the_same_port_gets_a_new_session() {
     let mut s = Secure::start(&["dev-a"]).await;

@@ -1,0 +1,169 @@
+//! The LwM2M Server's plain CoAP socket beside a DTLS listener: an endpoint that has
+//! credentials in the security store must use them (Core TS 1.1 §7.1: its account's
+//! Security Mode is not NoSec, so the client talks `coaps://`). Its Register over plain
+//! CoAP (`POST /rd?ep=NAME`) never reaches the machine: this module answers 4.03 Forbidden
+//! with a one-line diagnostic payload and reports [`SecurityEvent::Insecure`], as Leshan
+//! does. Endpoints without credentials register over plain CoAP as before.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use lwm2m_proto::coap::{CoapOption, MessageClass, RequestType, Transmit, message};
+use lwm2m_proto::server::Lwm2mServer;
+
+use crate::driver::Machine;
+use crate::dtls::{endpoint_query, forbidden};
+use crate::events::{Event, SecurityEvent};
+use crate::store::SecurityStore;
+
+/// The LwM2M Server machine of the plain socket, with the refusal in front of it.
+pub(crate) struct PlainServer {
+    /// The machine behind the socket.
+    pub(crate) inner: Lwm2mServer,
+    /// Endpoints with credentials here must register over DTLS; `None`: no DTLS listener,
+    /// nothing refused.
+    security: Option<Arc<dyn SecurityStore>>,
+    refusals: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+}
+
+impl PlainServer {
+    pub(crate) fn new(inner: Lwm2mServer, security: Option<Arc<dyn SecurityStore>>) -> Self {
+        Self {
+            inner,
+            security,
+            refusals: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The 4.03 answer when `bytes` is a Register of an endpoint with credentials.
+    fn refusal(&self, bytes: &[u8]) -> Option<(Vec<u8>, String)> {
+        let security = self.security.as_ref()?;
+        let request = message::decode(bytes).ok()?;
+        if request.header.code != MessageClass::Request(RequestType::Post) {
+            return None;
+        }
+        let path = request.get_option(CoapOption::UriPath)?;
+        if path.len() != 1 || path.front()?.as_slice() != b"rd" {
+            return None;
+        }
+        let endpoint = endpoint_query(&request)?;
+        security.by_endpoint(&endpoint)?;
+        let reason = format!("endpoint {endpoint:?} has credentials: register over DTLS");
+        let answer = forbidden(&request, &reason).to_bytes().ok()?;
+        Some((answer, endpoint))
+    }
+}
+
+impl Machine for PlainServer {
+    type Event = Event;
+    fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+        match self.refusal(bytes) {
+            Some((answer, endpoint)) => {
+                tracing::warn!("LwM2M Server: {endpoint} registered over plain CoAP: 4.03");
+                self.refusals.push_back(Transmit {
+                    peer,
+                    bytes: answer,
+                });
+                self.events
+                    .push_back(Event::Security(SecurityEvent::Insecure { peer, endpoint }));
+            }
+            None => self.inner.handle_datagram(now, peer, bytes),
+        }
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.inner.handle_timeout(now)
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.refusals
+            .pop_front()
+            .or_else(|| self.inner.poll_transmit())
+    }
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        self.inner.poll_timeout()
+    }
+    fn poll_event(&mut self) -> Option<Event> {
+        self.events
+            .pop_front()
+            .or_else(|| self.inner.poll_event().map(Event::Server))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Credentials, FileSecurityStore, SecurityInfo};
+    use lwm2m_proto::coap::{MessageType, ResponseType};
+
+    fn register(ep: &str) -> Vec<u8> {
+        let mut p = message::request(RequestType::Post, "/rd");
+        message::add_query(&mut p, &format!("ep={ep}"));
+        p.header.message_id = 41;
+        p.set_token(vec![4, 1]);
+        p.to_bytes().unwrap()
+    }
+
+    fn server(security: Option<Arc<dyn SecurityStore>>) -> PlainServer {
+        let registry = Arc::new(lwm2m_proto::registry::Registry::embedded());
+        PlainServer::new(Lwm2mServer::new(Default::default(), registry), security)
+    }
+
+    #[test]
+    fn endpoints_with_credentials_are_refused_over_plain_coap() {
+        let store = FileSecurityStore::in_memory();
+        store
+            .put(SecurityInfo {
+                endpoint: "secure-1".into(),
+                credentials: Credentials::Psk {
+                    identity: "id1".into(),
+                    key: "0102".into(),
+                },
+            })
+            .unwrap();
+        let mut s = server(Some(Arc::new(store)));
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let now = Instant::now();
+        s.handle_datagram(now, peer, &register("secure-1"));
+        let answer = s.poll_transmit().unwrap();
+        let answer = message::decode(&answer.bytes).unwrap();
+        assert_eq!(
+            answer.header.code,
+            MessageClass::Response(ResponseType::Forbidden)
+        );
+        assert_eq!(answer.header.get_type(), MessageType::Acknowledgement);
+        assert_eq!(answer.header.message_id, 41);
+        assert_eq!(
+            s.poll_event(),
+            Some(Event::Security(SecurityEvent::Insecure {
+                peer,
+                endpoint: "secure-1".into()
+            }))
+        );
+        assert!(s.poll_event().is_none(), "the machine saw nothing");
+
+        // Without credentials: registered by the machine.
+        s.handle_datagram(now, peer, &register("plain-1"));
+        let answer = message::decode(&s.poll_transmit().unwrap().bytes).unwrap();
+        assert_eq!(
+            answer.header.code,
+            MessageClass::Response(ResponseType::Created)
+        );
+        // Garbage goes to the machine (which answers as it always does), never panics.
+        s.handle_datagram(now, peer, b"\x40");
+    }
+
+    #[test]
+    fn without_a_dtls_listener_nothing_is_refused() {
+        let mut s = server(None);
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        s.handle_datagram(Instant::now(), peer, &register("secure-1"));
+        let answer = message::decode(&s.poll_transmit().unwrap().bytes).unwrap();
+        assert_eq!(
+            answer.header.code,
+            MessageClass::Response(ResponseType::Created)
+        );
+    }
+}
