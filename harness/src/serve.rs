@@ -12,7 +12,7 @@ use lwm2m_server::DtlsOptions;
 use lwm2m_server::auth::{self, TokenSource};
 use lwm2m_server::bootstrap::{BootstrapOptions, start_bootstrap};
 use lwm2m_server::driver::{ServerOptions, start_server};
-use lwm2m_server::dtls::{KeyLog, KeyLogFile};
+use lwm2m_server::dtls::{CertificateConfig, KeyLog, KeyLogFile};
 use lwm2m_server::events::EventBus;
 use lwm2m_server::rest::{ApiState, serve_api};
 use lwm2m_server::store::{BootstrapCredentials, FileBootstrapStore, FileSecurityStore};
@@ -20,6 +20,18 @@ use lwm2m_server::store::{BootstrapCredentials, FileBootstrapStore, FileSecurity
 /// Arguments of `serve`; each can also come from the `--config` YAML file (flags win).
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
+    /// The DTLS listeners' certificate chain (PEM or DER, end-entity certificate first,
+    /// ECDSA P-256) for certificate clients (Security mode 2); needs --cert-key and --ca
+    /// [default: PSK only].
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PKCS#8, PEM or DER).
+    #[arg(long, value_name = "FILE")]
+    cert_key: Option<PathBuf>,
+    /// The trust anchors client certificates must chain to (PEM, one or more
+    /// certificates, or DER); a certificate client's endpoint name must be its subject CN.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// The LwM2M Server's CoAP address [default: 127.0.0.1:5683].
     #[arg(long, value_name = "ADDR")]
     coap: Option<SocketAddr>,
@@ -49,8 +61,8 @@ pub struct ServeArgs {
     /// one (printed once).
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
-    /// A YAML file with any of: coap, coaps, keylog, bootstrap, bootstrap_coaps, http, data
-    /// (relative to the file), token.
+    /// A YAML file with any of: coap, coaps, keylog, bootstrap, bootstrap_coaps, cert,
+    /// cert_key, ca, http, data (paths relative to the file), token.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -64,6 +76,9 @@ struct ServeFile {
     keylog: Option<PathBuf>,
     bootstrap: Option<SocketAddr>,
     bootstrap_coaps: Option<SocketAddr>,
+    cert: Option<PathBuf>,
+    cert_key: Option<PathBuf>,
+    ca: Option<PathBuf>,
     http: Option<SocketAddr>,
     data: Option<PathBuf>,
     token: Option<String>,
@@ -77,6 +92,9 @@ struct Settings {
     keylog: Option<PathBuf>,
     bootstrap: SocketAddr,
     bootstrap_coaps: Option<SocketAddr>,
+    cert: Option<PathBuf>,
+    cert_key: Option<PathBuf>,
+    ca: Option<PathBuf>,
     http: SocketAddr,
     data: PathBuf,
     token: Option<String>,
@@ -95,9 +113,11 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
     let file = match &args.config {
         Some(p) => {
             let mut f = load_file(p)?;
-            // A relative data folder in the file is relative to the file.
+            // Relative paths in the file are relative to the file.
             let base = p.parent().unwrap_or(Path::new(""));
-            f.data = f.data.map(|d| base.join(d));
+            for path in [&mut f.data, &mut f.cert, &mut f.cert_key, &mut f.ca] {
+                *path = path.take().map(|d| base.join(d));
+            }
             f
         }
         None => ServeFile::default(),
@@ -115,6 +135,9 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
             .or(file.bootstrap)
             .map_or_else(|| addr("127.0.0.1:5783"), Ok)?,
         bootstrap_coaps: args.bootstrap_coaps.or(file.bootstrap_coaps),
+        cert: args.cert.clone().or(file.cert),
+        cert_key: args.cert_key.clone().or(file.cert_key),
+        ca: args.ca.clone().or(file.ca),
         http: args
             .http
             .or(file.http)
@@ -126,6 +149,60 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
             .unwrap_or_else(|| PathBuf::from("lwm2m-data")),
         token: args.token.clone().or(file.token),
     })
+}
+
+/// The DER blocks of a PEM file labelled `label` (any of them when a file holds several
+/// kinds), or the file itself when it is DER.
+fn der_blocks(path: &Path, labels: &[&str]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if !bytes.starts_with(b"-----BEGIN") {
+        return Ok(vec![bytes]);
+    }
+    let blocks = pem::parse_many(&bytes).with_context(|| format!("{}: bad PEM", path.display()))?;
+    let found: Vec<Vec<u8>> = blocks
+        .iter()
+        .filter(|b| labels.contains(&b.tag()))
+        .map(|b| b.contents().to_vec())
+        .collect();
+    if found.is_empty() {
+        let tags: Vec<&str> = blocks.iter().map(pem::Pem::tag).collect();
+        anyhow::bail!(
+            "{}: no {} block (found {tags:?}){}",
+            path.display(),
+            labels.join(" or "),
+            if tags.contains(&"EC PRIVATE KEY") {
+                "; convert the key with `openssl pkcs8 -topk8 -nocrypt`"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(found)
+}
+
+/// The DTLS listeners' certificate configuration from --cert, --cert-key and --ca: all
+/// three or none.
+fn certificate(s: &Settings) -> anyhow::Result<Option<CertificateConfig>> {
+    let (cert, key, ca) = match (&s.cert, &s.cert_key, &s.ca) {
+        (None, None, None) => return Ok(None),
+        (Some(cert), Some(key), Some(ca)) => (cert, key, ca),
+        _ => anyhow::bail!(
+            "certificates need all of --cert (chain), --cert-key (its PKCS#8 key) and --ca \
+             (the trust anchors of client certificates)"
+        ),
+    };
+    if s.coaps.is_none() && s.bootstrap_coaps.is_none() {
+        anyhow::bail!("--cert needs a DTLS listener: --coaps or --bootstrap-coaps");
+    }
+    let private_key = der_blocks(key, &["PRIVATE KEY"])?
+        .into_iter()
+        .next()
+        .with_context(|| format!("{}: no key", key.display()))?;
+    Ok(Some(CertificateConfig {
+        chain: der_blocks(cert, &["CERTIFICATE"])?,
+        private_key,
+        trust_anchors: der_blocks(ca, &["CERTIFICATE"])?,
+    }))
 }
 
 /// Runs until SIGTERM or Ctrl-C.
@@ -165,8 +242,10 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
         ) as Arc<dyn KeyLog>),
         None => None,
     };
+    let certificate = certificate(&s)?;
     server_options.dtls = s.coaps.map(|addr| DtlsOptions {
         key_log: key_log.clone(),
+        certificate: certificate.clone(),
         ..DtlsOptions::new(addr, security.clone())
     });
     let server = start_server(server_options).with_context(|| match s.coaps {
@@ -179,6 +258,7 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
     bs_options.provision = Some(security.clone());
     bs_options.dtls = s.bootstrap_coaps.map(|addr| DtlsOptions {
         key_log: key_log.clone(),
+        certificate: certificate.clone(),
         ..DtlsOptions::new(
             addr,
             Arc::new(BootstrapCredentials(bootstrap_store.clone())),
@@ -204,14 +284,18 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
             s.data.join(auth::TOKEN_FILE).display()
         ),
     };
+    let modes = match certificate {
+        Some(_) => "PSK, certificates",
+        None => "PSK",
+    };
     println!("lwm2m-harness serve");
     println!("  LwM2M Server      coap://{}", server.local_addr());
     if let Some(coaps) = server.dtls_addr() {
-        println!("  LwM2M Server      coaps://{coaps} (PSK)");
+        println!("  LwM2M Server      coaps://{coaps} ({modes})");
     }
     println!("  Bootstrap Server  coap://{}", bootstrap.local_addr());
     if let Some(coaps) = bootstrap.dtls_addr() {
-        println!("  Bootstrap Server  coaps://{coaps} (PSK)");
+        println!("  Bootstrap Server  coaps://{coaps} ({modes})");
     }
     println!("  REST API          http://{http}/api");
     println!("  data              {}", s.data.display());

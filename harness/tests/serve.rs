@@ -11,6 +11,8 @@ const TOKEN: &str = "test-token-0123";
 struct Serve {
     child: Child,
     api: String,
+    /// What it printed up to the REST API line.
+    banner: String,
     /// Everything printed on stdout after the banner, once the process ends.
     rest: Option<JoinHandle<String>>,
 }
@@ -54,6 +56,7 @@ impl Serve {
         Serve {
             child,
             api,
+            banner,
             rest: Some(rest),
         }
     }
@@ -200,4 +203,114 @@ fn a_bad_config_file_is_named_with_line_and_key() {
         err.contains("serve.yaml:2") && err.contains("coap_port"),
         "{err}"
     );
+}
+
+/// `serve --coaps --cert --cert-key --ca`: a certificate client (Security mode 2,
+/// `TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8`) registers under its certificate's common name over
+/// a real handshake; another name is refused 4.03; an incomplete set of flags is refused at
+/// start with a one-line error.
+#[test]
+fn certificate_clients_register_under_their_common_name() {
+    use lwm2m_dtls::pki::{Purpose, TestCa, Validity};
+    use lwm2m_dtls::{ClientConfig, Credentials, UdpDtlsClient};
+    use lwm2m_proto::coap::{MessageClass, RequestType, ResponseType, message};
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("serve test CA").unwrap();
+    let server = ca
+        .issue(
+            "lwm2m-server",
+            &["127.0.0.1"],
+            Purpose::Server,
+            Validity::Current,
+        )
+        .unwrap();
+    let pem_file = |name: &str, tag: &str, der: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem::encode(&pem::Pem::new(tag, der.to_vec()))).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let cert = pem_file("server.pem", "CERTIFICATE", &server.certificate);
+    let key = pem_file("server.key", "PRIVATE KEY", &server.private_key);
+    let anchors = pem_file("ca.pem", "CERTIFICATE", ca.certificate());
+
+    let out = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .args([
+            "serve",
+            "--coaps",
+            "127.0.0.1:0",
+            "--cert",
+            &cert,
+            "--ca",
+            &anchors,
+        ])
+        .arg("--data")
+        .arg(dir.path().join("unused"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--cert-key"), "{err}");
+
+    let s = Serve::start(
+        &dir.path().join("data"),
+        &[
+            "--token",
+            TOKEN,
+            "--coaps",
+            "127.0.0.1:0",
+            "--cert",
+            &cert,
+            "--cert-key",
+            &key,
+            "--ca",
+            &anchors,
+        ],
+    );
+    let coaps: std::net::SocketAddr = s
+        .banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("LwM2M Server      coaps://"))
+        .and_then(|l| l.strip_suffix(" (PSK, certificates)"))
+        .unwrap_or_else(|| panic!("no certificate listener in {}", s.banner))
+        .parse()
+        .unwrap();
+    let client = ca
+        .issue("dev-cert", &[], Purpose::Client, Validity::Current)
+        .unwrap();
+    let config = ClientConfig::new(&Credentials::Certificate {
+        certificate: ca.config(client),
+        server_name: "127.0.0.1".into(),
+    })
+    .unwrap();
+    let register = |ep: &str, mid: u16| {
+        let mut p = message::request(RequestType::Post, "/rd");
+        message::add_query(&mut p, &format!("ep={ep}"));
+        p.header.message_id = mid;
+        p.set_token(mid.to_be_bytes().to_vec());
+        p.payload = b"</3/0>".to_vec();
+        p.to_bytes().unwrap()
+    };
+    let codes = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut session = UdpDtlsClient::connect(coaps, &config).await.unwrap();
+        let mut codes = Vec::new();
+        for (ep, mid) in [("dev-other", 1), ("dev-cert", 2)] {
+            session.send(&register(ep, mid)).await.unwrap();
+            let answer = tokio::time::timeout(std::time::Duration::from_secs(30), session.recv())
+                .await
+                .expect("an answer")
+                .unwrap();
+            codes.push(message::decode(&answer).unwrap().header.code);
+        }
+        codes
+    });
+    assert_eq!(
+        codes,
+        [
+            MessageClass::Response(ResponseType::Forbidden),
+            MessageClass::Response(ResponseType::Created)
+        ]
+    );
+    let (status, client) = s.call("GET", "/clients/dev-cert", None);
+    assert_eq!(status, 200, "{client}");
 }
