@@ -15,7 +15,8 @@ use lwm2m_simulator::network::NetworkModel;
 use crate::dtls_server::{Secure, provision, psk_of};
 use crate::fleet_support::{counters_until, path, profile, start_fleet};
 
-const PROFILE: &str = "\
+/// A 1.1 PSK client (`coaps://`, mode 0); identity and key are set per client.
+pub const PROFILE: &str = "\
 name: dtls
 lwm2m_version: \"1.1\"
 lifetime: 5m

@@ -13,26 +13,8 @@ use lwm2m_proto::{ResourceValue, Value};
 use lwm2m_simulator::fleet::Targets;
 use lwm2m_simulator::network::NetworkModel;
 
+use crate::dtls_fleet::PROFILE;
 use crate::fleet_support::{counters_until, path, profile, start_fleet};
-
-const PROFILE: &str = "\
-name: libcoap-peer
-lwm2m_version: \"1.1\"
-lifetime: 5m
-endpoint_prefix: peer-
-preferred_format: tlv
-supported_formats: [tlv, text]
-objects:
-  0:
-    instances:
-      0: { 0: coaps://localhost:5684, 1: false, 2: 0, 3: \"\", 4: \"\", 5: \"\", 10: 1 }
-  1:
-    instances:
-      0: { 0: 1, 1: 300, 6: false, 7: U }
-  3:
-    instances:
-      0: { 0: Acme, 1: M1 }
-";
 
 /// A port P such that P (libcoap's CoAP) and P + 1 (its CoAPS) are free on 127.0.0.1, for
 /// UDP and TCP (libcoap binds both).
@@ -110,7 +92,7 @@ async fn simulated_client_handshakes_with(binary: &str) {
         .lines()
         .find(|l| l.starts_with("v:1 t:CON c:POST") && l.contains("Uri-Path:rd"))
         .unwrap_or_else(|| panic!("{binary} logged no decrypted Register:\n{seen}"));
-    assert!(register.contains("Uri-Query:ep=peer-0"), "{register}");
+    assert!(register.contains("Uri-Query:ep=sec-0"), "{register}");
     assert!(register.contains("</3/0>"), "{register}");
     // Its answer, through the session, is what the client counted as a failed Register.
     assert!(
