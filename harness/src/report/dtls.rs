@@ -547,8 +547,14 @@ mod tests {
         let text = render(Listener::Server, srv.parse().unwrap(), &u);
         assert!(text.contains("29.0 bytes per record"), "{text}");
         assert!(text.contains("1 extra handshakes"), "{text}");
-        assert!(text.starts_with("DTLS on the LwM2M Server's listener"), "{text}");
+        assert!(
+            text.starts_with("DTLS on the LwM2M Server's listener"),
+            "{text}"
+        );
         let row = handshake_row(Listener::Bootstrap, h);
-        assert_eq!((row.path.as_str(), row.handshake), ("bootstrap-first", h.bytes()));
+        assert_eq!(
+            (row.path.as_str(), row.handshake),
+            ("bootstrap-first", h.bytes())
+        );
     }
 }

@@ -300,8 +300,7 @@ const SECURITY: ObjectId = ObjectId(0);
 /// The instance id of the bootstrap-server account (/0/x/1 true) in `tree`.
 fn bootstrap_account(tree: &ObjectTree) -> Option<InstanceId> {
     tree.instance_ids(SECURITY).into_iter().find(|&iid| {
-        tree.get(&Lwm2mPath::Resource(SECURITY, iid, ResourceId(1)))
-            == Some(&Value::Boolean(true))
+        tree.get(&Lwm2mPath::Resource(SECURITY, iid, ResourceId(1))) == Some(&Value::Boolean(true))
     })
 }
 
@@ -378,7 +377,9 @@ fn build_fleets(
         };
         let bootstrap_server = match (&bootstrap_psk, servers.bootstrap_dtls_addr) {
             (Some(_), Some(dtls)) => Some(dtls),
-            (Some(_), None) => anyhow::bail!("group {name}: the Bootstrap Server has no DTLS listener"),
+            (Some(_), None) => {
+                anyhow::bail!("group {name}: the Bootstrap Server has no DTLS listener")
+            }
             (None, _) => servers.bootstrap_addr.filter(|_| bootstrap),
         };
         let mut clients = group.clients(
@@ -502,7 +503,14 @@ pub async fn run(
     let server_tap: Option<Arc<dyn PacketTap>> = servers_in_process.then(|| capture.clone() as _);
     let fleet_tap = (!servers_in_process).then(|| Tap(capture.clone()));
     let dtls = dtls_listeners(plan, &registry, options.seed, &dir)?;
-    let servers = start_servers(plan, &registry, options.seed, &bus, server_tap, dtls.as_ref())?;
+    let servers = start_servers(
+        plan,
+        &registry,
+        options.seed,
+        &bus,
+        server_tap,
+        dtls.as_ref(),
+    )?;
     let fleets = build_fleets(plan, &registry, options.seed, &servers, fleet_tap)?;
 
     let endpoints: Vec<Vec<String>> = (0..plan.groups.len()).map(|g| plan.endpoints(g)).collect();

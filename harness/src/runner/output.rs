@@ -223,43 +223,67 @@ fn dtls_wire(packets: &[Captured]) -> Vec<dtls_usage::Wire<'_>> {
 }
 
 /// The exchanges of one client: the datagrams to and from any address it was seen at, with
-/// a `dtls-handshake` row before the exchanges of each of its DTLS sessions (with either
-/// listener).
+/// a `dtls-handshake` row before the exchanges of each of its DTLS sessions. Each DTLS
+/// listener's datagrams are split into sessions on their own (the servers' tasks record
+/// concurrently: the Bootstrap Server's last response may be recorded after the client's
+/// first handshake datagram to the LwM2M Server); the sessions, and the plain datagrams,
+/// are then listed in the order of their first datagram.
 fn client_exchanges(
     packets: &[Captured],
     addresses: &[SocketAddr],
     listeners: &[(Listener, SocketAddr)],
 ) -> Vec<ExchangeUsage> {
     let set: HashSet<&SocketAddr> = addresses.iter().collect();
-    let mine: Vec<Captured> = packets
+    let mine: Vec<&Captured> = packets
         .iter()
         .filter(|p| set.contains(&p.src) || set.contains(&p.dst))
-        .cloned()
         .collect();
-    let wire = dtls_wire(&mine);
-    let mut handshakes: Vec<(Listener, dtls_usage::Handshake)> = listeners
-        .iter()
-        .flat_map(|&(l, server)| {
-            dtls_usage::account(server, &wire)
-                .handshakes
-                .into_iter()
-                .map(move |h| (l, h))
+    let rows_of = |at: &[usize]| {
+        let segment: Vec<Captured> = at
+            .iter()
+            .filter_map(|&i| mine.get(i).copied().cloned())
+            .collect();
+        usage::exchanges(&capture::usage_datagrams(&segment))
+    };
+    // (first datagram, rows) per session, and one for the plain datagrams.
+    let mut segments: Vec<(usize, Vec<ExchangeUsage>)> = Vec::new();
+    let on = |server: SocketAddr, p: &Captured| p.src == server || p.dst == server;
+    for &(listener, server) in listeners {
+        let at: Vec<usize> = (0..mine.len())
+            .filter(|&i| mine.get(i).is_some_and(|p| on(server, p)))
+            .collect();
+        let wire: Vec<Captured> = at
+            .iter()
+            .filter_map(|&i| mine.get(i).copied().cloned())
+            .collect();
+        let handshakes = dtls_usage::account(server, &dtls_wire(&wire)).handshakes;
+        // Sessions split the listener's datagrams: a handshake, then what it carried.
+        let mut starts: Vec<usize> = handshakes.iter().map(|h| h.first).collect();
+        starts.insert(0, 0);
+        starts.push(at.len());
+        for (k, w) in starts.windows(2).enumerate() {
+            let mut rows = Vec::new();
+            if let Some(h) = k.checked_sub(1).and_then(|i| handshakes.get(i)) {
+                rows.push(dtls_usage::handshake_row(listener, h));
+            }
+            let chunk = at.get(w[0]..w[1]).unwrap_or_default();
+            rows.extend(rows_of(chunk));
+            if let (Some(&first), false) = (chunk.first(), rows.is_empty()) {
+                segments.push((first, rows));
+            }
+        }
+    }
+    let plain: Vec<usize> = (0..mine.len())
+        .filter(|&i| {
+            mine.get(i)
+                .is_some_and(|p| !listeners.iter().any(|&(_, server)| on(server, p)))
         })
         .collect();
-    handshakes.sort_by_key(|(_, h)| h.first);
-    // Sessions split the client's datagrams: a handshake, then what it carried.
-    let mut starts: Vec<usize> = handshakes.iter().map(|(_, h)| h.first).collect();
-    starts.insert(0, 0);
-    starts.push(mine.len());
-    let mut rows = Vec::new();
-    for (k, w) in starts.windows(2).enumerate() {
-        if let Some((l, h)) = k.checked_sub(1).and_then(|i| handshakes.get(i)) {
-            rows.push(dtls_usage::handshake_row(*l, h));
-        }
-        let segment = mine.get(w[0]..w[1]).unwrap_or_default();
-        rows.extend(usage::exchanges(&capture::usage_datagrams(segment)));
+    if let Some(&first) = plain.first() {
+        segments.push((first, rows_of(&plain)));
     }
-    rows
+    segments.sort_by_key(|(first, _)| *first);
+    segments.into_iter().flat_map(|(_, rows)| rows).collect()
 }
 
 fn csv(rows: &[ExchangeUsage]) -> String {
@@ -427,7 +451,11 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
         .map(|&(l, d)| (l, d, dtls_usage::account(d, &wire)))
         .collect();
     for (l, _, u) in &accounts {
-        all.extend(u.handshakes.iter().map(|h| dtls_usage::handshake_row(*l, h)));
+        all.extend(
+            u.handshakes
+                .iter()
+                .map(|h| dtls_usage::handshake_row(*l, h)),
+        );
     }
     // The LwM2M Server's: what the thesis comparison is about.
     let secure = accounts

@@ -514,7 +514,11 @@ impl GroupPlan {
     /// The group's PSK credentials towards the Bootstrap Server (its factory
     /// bootstrap-server account), if it uses PSK and bootstraps.
     pub fn bootstrap_psk(&self, seed: u64) -> Option<PskPattern> {
-        let security = self.spec.security.as_ref().filter(|_| self.spec.bootstrap)?;
+        let security = self
+            .spec
+            .security
+            .as_ref()
+            .filter(|_| self.spec.bootstrap)?;
         let psk = self.psk(seed)?;
         Some(PskPattern {
             identity: security
@@ -764,10 +768,14 @@ impl Checker<'_> {
                         .unwrap_or_else(bootstrap_pattern);
                     own("security.bootstrap_identity", &bs)?;
                     if bs == security.identity {
+                        let (at, other) = match security.bootstrap_identity {
+                            Some(_) => ("security.bootstrap_identity", "identity"),
+                            None => ("security.identity", "bootstrap_identity (default)"),
+                        };
                         return Err(self.err(
-                            &key("security.bootstrap_identity"),
+                            &key(at),
                             format!(
-                                "{bs:?}: the same as identity: the Bootstrap Server and the LwM2M Server need credentials of their own"
+                                "{bs:?}: the same as {other}: the Bootstrap Server and the LwM2M Server need credentials of their own"
                             ),
                         ));
                     }
