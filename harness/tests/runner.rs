@@ -623,15 +623,10 @@ timeline:
         .take_while(|l| l.starts_with('#'))
         .collect::<Vec<_>>()
         .join("\n");
-    let port = header
-        .split("-d udp.port==")
-        .filter_map(|s| {
-            s.strip_suffix(",dtls")
-                .or_else(|| s.split_once(",dtls ").map(|(p, _)| p))
-        })
+    let port = dtls_ports(&log)
+        .into_iter()
         .next()
-        .unwrap_or_else(|| panic!("no DTLS port in the header:\n{header}"))
-        .to_owned();
+        .unwrap_or_else(|| panic!("no DTLS port in the header:\n{header}"));
     assert!(header.contains("-o tls.keylog_file:keys.log"), "{header}");
     // The log shows the CoAP inside the records.
     assert!(
@@ -640,15 +635,8 @@ timeline:
             && l.contains("/rd?ep=secure-0")),
         "{log}"
     );
-    let keys = std::fs::read_to_string(run_dir.join("keys.log")).unwrap();
     // 6 first handshakes and 2 after the rebinding.
-    assert_eq!(
-        keys.lines()
-            .filter(|l| l.starts_with("CLIENT_RANDOM "))
-            .count(),
-        8,
-        "{keys}"
-    );
+    assert_eq!(key_log_sessions(&run_dir), 8);
 
     // Without the key log the records stay opaque: no CoAP on the DTLS port.
     let dtls = format!("udp.port=={port},dtls");
@@ -764,16 +752,20 @@ timeline:
     assert!(html.contains("dtls-handshake (new-address)"));
 }
 
+/// Runs `scenarios/experiments/NAME` into a temporary folder (kept while the first value
+/// lives): the run folder and its report.
+fn run_experiment(name: &str) -> (tempfile::TempDir, PathBuf, RunReport) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, run_dir) = run_scenario(&scenarios().join("experiments").join(name), dir.path());
+    let report = RunReport::load(&run_dir).unwrap();
+    (dir, run_dir, report)
+}
+
 /// The shipped DTLS whole-device read: one client, its handshake, eight reads with 29 bytes
 /// of DTLS each way, and the table beside the thesis's figures.
 #[test]
 fn whole_device_read_over_dtls_gives_the_thesis_table() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, run_dir) = run_scenario(
-        &scenarios().join("experiments/whole-device-read-dtls.yaml"),
-        dir.path(),
-    );
-    let report = RunReport::load(&run_dir).unwrap();
+    let (_dir, run_dir, report) = run_experiment("whole-device-read-dtls.yaml");
     let rows = &report.network_usage;
     assert_eq!(rows[0].operation, "dtls-handshake");
     let reads: Vec<_> = rows.iter().filter(|r| r.operation == "read").collect();
@@ -807,6 +799,14 @@ fn dtls_ports(log: &str) -> Vec<String> {
         .collect()
 }
 
+/// The sessions whose secrets `keys.log` holds (one `CLIENT_RANDOM` line each).
+fn key_log_sessions(run_dir: &Path) -> usize {
+    let keys = std::fs::read_to_string(run_dir.join("keys.log")).unwrap();
+    keys.lines()
+        .filter(|l| l.starts_with("CLIENT_RANDOM "))
+        .count()
+}
+
 /// tshark's hex of a bytes field (`62732d30` or `62:73:2d:30`) as text.
 fn hex_text(hex: &str) -> String {
     let digits: Vec<u8> = hex.bytes().filter(u8::is_ascii_hexdigit).collect();
@@ -824,12 +824,7 @@ fn hex_text(hex: &str) -> String {
 /// network usage accounts the handshakes of each listener.
 #[test]
 fn bootstrap_over_dtls_then_register_over_dtls_with_other_credentials() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, run_dir) = run_scenario(
-        &scenarios().join("experiments/bootstrap-dtls.yaml"),
-        dir.path(),
-    );
-    let report = RunReport::load(&run_dir).unwrap();
+    let (_dir, run_dir, report) = run_experiment("bootstrap-dtls.yaml");
     assert!(
         report.cases.iter().all(|c| c.status == Status::Passed),
         "{:#?}",
@@ -865,14 +860,8 @@ fn bootstrap_over_dtls_then_register_over_dtls_with_other_credentials() {
                 && l.contains("/bs?ep=secure-0")),
         "{log}"
     );
-    let keys = std::fs::read_to_string(run_dir.join("keys.log")).unwrap();
-    assert_eq!(
-        keys.lines()
-            .filter(|l| l.starts_with("CLIENT_RANDOM "))
-            .count(),
-        40,
-        "20 sessions with each listener:\n{keys}"
-    );
+    // 20 sessions with each listener.
+    assert_eq!(key_log_sessions(&run_dir), 40);
 
     let mut decode = vec!["-r".to_owned(), "run.pcap".to_owned()];
     for p in &ports {
@@ -987,6 +976,15 @@ fn bootstrap_over_dtls_then_register_over_dtls_with_other_credentials() {
     // Bootstrap-Request, 2 Deletes, 3 Writes, Bootstrap-Finish: 7 round trips per client.
     assert!(c("dtls.bootstrap.application_records") >= 20 * 14);
     assert_eq!(c("capture.unpaired_plaintext"), 0);
+    // Each DTLS machine's CoAP bytes are its listener's records' plaintext.
+    assert_eq!(
+        c("server.coaps.bytes_in") + c("server.coaps.bytes_out"),
+        c("dtls.application_plaintext_bytes")
+    );
+    assert_eq!(
+        c("bootstrap.coaps.bytes_in") + c("bootstrap.coaps.bytes_out"),
+        c("dtls.bootstrap.application_plaintext_bytes")
+    );
     assert_eq!(c("fleet.dtls_handshakes"), 40);
     assert_eq!(c("fleet.dtls_failures"), 0);
     let usage = std::fs::read_to_string(run_dir.join("network-usage.txt")).unwrap();

@@ -597,6 +597,10 @@ pub async fn run(
         Some(s) => s.secure_counters().await.and_then(Result::ok),
         None => None,
     };
+    let bootstrap_secure_counters = match &servers.bootstrap {
+        Some(b) => b.secure_counters().await.and_then(Result::ok),
+        None => None,
+    };
     if let Some(s) = &servers.server {
         s.shutdown().await;
     }
@@ -623,6 +627,7 @@ pub async fn run(
         fleets: &reports,
         server_counters,
         secure_counters,
+        bootstrap_secure_counters,
         collected,
         shared: &shared,
         unpaired: capture.unpaired(),
@@ -700,4 +705,63 @@ fn implicit_cases(
         }
     }
     cases
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lwm2m_server::store::BootstrapDoc;
+
+    #[test]
+    fn a_secure_configuration_keeps_the_settings_and_the_clients_bootstrap_account() {
+        let doc = BootstrapDoc::from_yaml(
+            "t",
+            "patterns:\n  \"*\":\n    security:\n      0: { uri: \"coap://127.0.0.1:1\", mode: nosec, short_server_id: 1 }\n      1: { uri: \"coap://127.0.0.1:2\", bootstrap_server: true, mode: nosec }\n    servers:\n      0: { short_server_id: 1, lifetime: 77 }\n",
+        )
+        .unwrap();
+        let base = doc.patterns.get("*").unwrap().clone();
+        let bs_uri = "coaps://127.0.0.1:5784".to_owned();
+        let config = secure_config(
+            base,
+            "127.0.0.1:5684".parse().unwrap(),
+            ("ep".into(), [1; 16]),
+            (InstanceId(0), bs_uri.clone()),
+            ("bs-ep".into(), [2; 16]),
+        );
+        // The client's bootstrap-server account is at its instance 0: the server account
+        // moves out of its way.
+        assert_eq!(config.security.len(), 2);
+        let server = config.security.get(&1).unwrap();
+        assert_eq!(server.uri, "coaps://127.0.0.1:5684");
+        assert_eq!(
+            (
+                server.mode,
+                server.identity.as_str(),
+                server.short_server_id
+            ),
+            (SecurityMode::Psk, "ep", Some(1))
+        );
+        assert_eq!(server.secret_key, "01".repeat(16));
+        let account = config.security.get(&0).unwrap();
+        assert!(account.bootstrap_server);
+        assert_eq!(
+            (account.uri.as_str(), account.identity.as_str()),
+            (bs_uri.as_str(), "bs-ep")
+        );
+        assert_eq!(config.servers.get(&0).unwrap().lifetime, 77);
+        // The Bootstrap Server's DTLS listener finds the key by identity.
+        let store = Arc::new(FileBootstrapStore::in_memory(doc));
+        store.put(ConfigKey::Endpoint("ep".into()), config).unwrap();
+        let found = BootstrapCredentials(store)
+            .by_psk_identity("bs-ep")
+            .unwrap();
+        assert_eq!(found.endpoint, "ep");
+        assert_eq!(
+            found.credentials,
+            Credentials::Psk {
+                identity: "bs-ep".into(),
+                key: "02".repeat(16)
+            }
+        );
+    }
 }

@@ -56,6 +56,8 @@ pub struct Run<'a> {
     pub server_counters: Option<Counters>,
     /// The CoAP counters of the DTLS listener's machine (plaintext CoAP).
     pub secure_counters: Option<Counters>,
+    /// The CoAP counters of the Bootstrap Server's DTLS machine (plaintext CoAP).
+    pub bootstrap_secure_counters: Option<Counters>,
     pub collected: Collected,
     pub shared: &'a Shared,
     pub packets: Vec<Captured>,
@@ -544,6 +546,7 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
     for (prefix, c) in [
         ("server.coap", &run.server_counters),
         ("server.coaps", &run.secure_counters),
+        ("bootstrap.coaps", &run.bootstrap_secure_counters),
     ] {
         let Some(c) = c else { continue };
         for (k, v) in [
