@@ -18,10 +18,16 @@
 //!
 //! DTLS (`servers.dtls`, a group's `security`): the in-process LwM2M Server gets a DTLS
 //! listener whose in-memory security store holds the PSK of every client of the secure
-//! groups (generated from the identity pattern and the seed); those clients use
-//! `coaps://`. What it does not do: DTLS for the Bootstrap Server, and with an external
-//! LwM2M Server no requests (the harness has no way to ask it) and no pcap of the servers'
-//! sockets (the fleet's datagrams are recorded instead).
+//! groups that register directly (generated from the identity pattern and the seed); those
+//! clients use `coaps://`. With `servers.dtls.bootstrap` the in-process Bootstrap Server
+//! gets one too: a secure group that bootstraps does so over it with per-client bootstrap
+//! PSKs (`security.bootstrap_identity`), each client's endpoint configuration hands it a
+//! `coaps://` LwM2M Server account with its own PSK, and the Bootstrap Server provisions
+//! that PSK into the LwM2M Server's store (Core TS 1.1 §6.1.4, §7.1.7). Both listeners
+//! share `keys.log`, the capture and the DTLS accounting (each on its own). What it does
+//! not do: certificates in scenarios, and with an external LwM2M Server no requests (the
+//! harness has no way to ask it) and no pcap of the servers' sockets (the fleet's
+//! datagrams are recorded instead).
 
 pub mod capture;
 pub mod metrics;
