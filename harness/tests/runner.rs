@@ -35,7 +35,11 @@ fn every_shipped_scenario_loads() {
         .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     assert!(names.contains(&"quickstart.yaml".to_owned()), "{names:?}");
-    for name in ["whole-device-read.yaml", "whole-device-read-dtls.yaml"] {
+    for name in [
+        "whole-device-read.yaml",
+        "whole-device-read-dtls.yaml",
+        "bootstrap-dtls.yaml",
+    ] {
         assert!(names.contains(&name.to_owned()), "{names:?}");
     }
     let registry = Registry::embedded();
@@ -176,6 +180,7 @@ fn broken_dtls_keys_are_named_with_their_line() {
     let group = format!("fleet:\n  - name: meters\n    profile: {wakaama}\n    count: 3\n");
     let head = "name: broken\nduration: 5s\n";
     let dtls = "servers:\n  bootstrap: none\n  dtls:\n    server: true\n";
+    let both = "servers:\n  dtls:\n    server: true\n    bootstrap: true\n";
     let cases = [
         // A secure group needs the server's DTLS listener.
         (
@@ -197,17 +202,37 @@ fn broken_dtls_keys_are_named_with_their_line() {
             format!("{head}{dtls}{group}    security:\n      mode: psk\n      identity: shared\n"),
             ":13:7: fleet.0.security.identity: \"shared\": every client needs an identity of its own",
         ),
-        // The runner's Bootstrap Server is plain CoAP; a bootstrapping group cannot be
-        // secure.
+        // Only the in-process Bootstrap Server can be given a listener, and a secure group
+        // that bootstraps needs it.
         (
-            format!("{head}servers:\n  dtls:\n    bootstrap: true\n{group}"),
-            ":5:5: servers.dtls.bootstrap: the runner's Bootstrap Server speaks plain CoAP",
+            format!("{head}servers:\n  bootstrap: none\n  dtls:\n    bootstrap: true\n{group}"),
+            ":6:5: servers.dtls.bootstrap: only the in-process Bootstrap Server",
         ),
         (
             format!(
                 "{head}servers:\n  dtls: {{ server: true }}\n{group}    bootstrap: true\n    security: {{ mode: psk }}\n"
             ),
-            ":9:5: fleet.0.bootstrap: a group with security registers directly",
+            ":9:5: fleet.0.bootstrap: the group bootstraps over DTLS: give the in-process Bootstrap Server a listener",
+        ),
+        // The bootstrap identity: only for a group that bootstraps, one per client, not the
+        // LwM2M Server's.
+        (
+            format!(
+                "{head}{dtls}{group}    security:\n      mode: psk\n      bootstrap_identity: bs-{{ep}}\n"
+            ),
+            ":13:7: fleet.0.security.bootstrap_identity: the group does not bootstrap",
+        ),
+        (
+            format!(
+                "{head}{both}{group}    bootstrap: true\n    security:\n      mode: psk\n      bootstrap_identity: bs\n"
+            ),
+            ":14:7: fleet.0.security.bootstrap_identity: \"bs\": every client needs an identity of its own",
+        ),
+        (
+            format!(
+                "{head}{both}{group}    bootstrap: true\n    security:\n      mode: psk\n      identity: bs-{{ep}}\n"
+            ),
+            ":14:7: fleet.0.security.identity: \"bs-{ep}\": the same as bootstrap_identity (default)",
         ),
         // Only the in-process server can be given a listener.
         (
@@ -598,15 +623,10 @@ timeline:
         .take_while(|l| l.starts_with('#'))
         .collect::<Vec<_>>()
         .join("\n");
-    let port = header
-        .split("-d udp.port==")
-        .filter_map(|s| {
-            s.strip_suffix(",dtls")
-                .or_else(|| s.split_once(",dtls ").map(|(p, _)| p))
-        })
+    let port = dtls_ports(&log)
+        .into_iter()
         .next()
-        .unwrap_or_else(|| panic!("no DTLS port in the header:\n{header}"))
-        .to_owned();
+        .unwrap_or_else(|| panic!("no DTLS port in the header:\n{header}"));
     assert!(header.contains("-o tls.keylog_file:keys.log"), "{header}");
     // The log shows the CoAP inside the records.
     assert!(
@@ -615,15 +635,8 @@ timeline:
             && l.contains("/rd?ep=secure-0")),
         "{log}"
     );
-    let keys = std::fs::read_to_string(run_dir.join("keys.log")).unwrap();
     // 6 first handshakes and 2 after the rebinding.
-    assert_eq!(
-        keys.lines()
-            .filter(|l| l.starts_with("CLIENT_RANDOM "))
-            .count(),
-        8,
-        "{keys}"
-    );
+    assert_eq!(key_log_sessions(&run_dir), 8);
 
     // Without the key log the records stay opaque: no CoAP on the DTLS port.
     let dtls = format!("udp.port=={port},dtls");
@@ -739,16 +752,20 @@ timeline:
     assert!(html.contains("dtls-handshake (new-address)"));
 }
 
+/// Runs `scenarios/experiments/NAME` into a temporary folder (kept while the first value
+/// lives): the run folder and its report.
+fn run_experiment(name: &str) -> (tempfile::TempDir, PathBuf, RunReport) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, run_dir) = run_scenario(&scenarios().join("experiments").join(name), dir.path());
+    let report = RunReport::load(&run_dir).unwrap();
+    (dir, run_dir, report)
+}
+
 /// The shipped DTLS whole-device read: one client, its handshake, eight reads with 29 bytes
 /// of DTLS each way, and the table beside the thesis's figures.
 #[test]
 fn whole_device_read_over_dtls_gives_the_thesis_table() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, run_dir) = run_scenario(
-        &scenarios().join("experiments/whole-device-read-dtls.yaml"),
-        dir.path(),
-    );
-    let report = RunReport::load(&run_dir).unwrap();
+    let (_dir, run_dir, report) = run_experiment("whole-device-read-dtls.yaml");
     let rows = &report.network_usage;
     assert_eq!(rows[0].operation, "dtls-handshake");
     let reads: Vec<_> = rows.iter().filter(|r| r.operation == "read").collect();
@@ -770,4 +787,238 @@ fn whole_device_read_over_dtls_gives_the_thesis_table() {
     assert!(text.contains("29.0 bytes here"), "{text}");
     let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
     assert!(html.contains("Beside the 2017 thesis"));
+}
+
+/// The DTLS ports of a run's exchange log header (`-d udp.port==P,dtls`), the LwM2M
+/// Server's first.
+fn dtls_ports(log: &str) -> Vec<String> {
+    log.lines()
+        .take_while(|l| l.starts_with('#'))
+        .flat_map(|l| l.split("-d udp.port==").skip(1))
+        .filter_map(|s| s.split_once(",dtls").map(|(p, _)| p.to_owned()))
+        .collect()
+}
+
+/// The sessions whose secrets `keys.log` holds (one `CLIENT_RANDOM` line each).
+fn key_log_sessions(run_dir: &Path) -> usize {
+    let keys = std::fs::read_to_string(run_dir.join("keys.log")).unwrap();
+    keys.lines()
+        .filter(|l| l.starts_with("CLIENT_RANDOM "))
+        .count()
+}
+
+/// tshark's hex of a bytes field (`62732d30` or `62:73:2d:30`) as text.
+fn hex_text(hex: &str) -> String {
+    let digits: Vec<u8> = hex.bytes().filter(u8::is_ascii_hexdigit).collect();
+    let bytes: Vec<u8> = digits
+        .chunks(2)
+        .map(|c| u8::from_str_radix(std::str::from_utf8(c).unwrap(), 16).unwrap())
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The shipped bootstrap over DTLS: every secure client handshakes with the Bootstrap
+/// Server as `bs-<endpoint>`, is handed a coaps:// account, handshakes with the LwM2M
+/// Server as `<endpoint>` (credentials the Bootstrap Server provisioned) and registers;
+/// with keys.log tshark finds the Bootstrap-Request and the Register inside run.pcap; the
+/// network usage accounts the handshakes of each listener.
+#[test]
+fn bootstrap_over_dtls_then_register_over_dtls_with_other_credentials() {
+    let (_dir, run_dir, report) = run_experiment("bootstrap-dtls.yaml");
+    assert!(
+        report.cases.iter().all(|c| c.status == Status::Passed),
+        "{:#?}",
+        report.cases
+    );
+    let ids: Vec<&str> = report.cases.iter().map(|c| c.case.as_str()).collect();
+    for id in [
+        "bootstrap-1",
+        "registration-1",
+        "bootstrap-2",
+        "registration-2",
+    ] {
+        assert!(ids.contains(&id), "{ids:?}");
+    }
+    let bs = report
+        .subjects
+        .iter()
+        .find(|s| s.id == "bootstrap-server")
+        .unwrap();
+    assert!(
+        bs.address.as_deref().unwrap().contains(" coaps://"),
+        "{bs:?}"
+    );
+
+    let log = std::fs::read_to_string(run_dir.join("exchanges.log")).unwrap();
+    let ports = dtls_ports(&log);
+    assert_eq!(ports.len(), 2, "two DTLS listeners in the header:\n{log}");
+    let (server, bootstrap) = (&ports[0], &ports[1]);
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!(":{bootstrap} DTLS application"))
+                && l.contains("POST")
+                && l.contains("/bs?ep=secure-0")),
+        "{log}"
+    );
+    // 20 sessions with each listener.
+    assert_eq!(key_log_sessions(&run_dir), 40);
+
+    let mut decode = vec!["-r".to_owned(), "run.pcap".to_owned()];
+    for p in &ports {
+        decode.extend([
+            "-d".to_owned(),
+            format!("udp.port=={p},dtls"),
+            "-d".to_owned(),
+            format!("dtls.port=={p},coap"),
+        ]);
+    }
+    let fields = [
+        "-T",
+        "fields",
+        "-e",
+        "udp.dstport",
+        "-e",
+        "coap.code",
+        "-e",
+        "coap.opt.uri_path_recon",
+        "-e",
+        "coap.opt.uri_query",
+    ];
+    let secure_coap = format!("coap && (udp.port == {server} || udp.port == {bootstrap})");
+    let run_tshark = |keys: bool, filter: &str, fields: &[&str]| {
+        let mut args: Vec<&str> = decode.iter().map(String::as_str).collect();
+        if keys {
+            args.extend(["-o", "tls.keylog_file:keys.log"]);
+        }
+        args.extend(["-Y", filter]);
+        args.extend(fields);
+        tshark(&run_dir, &args)
+    };
+    assert_eq!(
+        run_tshark(false, &secure_coap, &fields).trim(),
+        "",
+        "CoAP readable without keys"
+    );
+    let decoded = run_tshark(true, &secure_coap, &fields);
+    for n in 0..20 {
+        // POST (code 2) /bs?ep=NAME to the Bootstrap Server's listener, POST /rd?ep=NAME,...
+        // to the LwM2M Server's.
+        let ep = format!("ep=secure-{n}");
+        assert!(
+            decoded
+                .lines()
+                .any(|l| l.starts_with(&format!("{bootstrap}\t2\t/bs\t")) && l.ends_with(&ep)),
+            "no Bootstrap-Request of secure-{n} in:\n{decoded}"
+        );
+        assert!(
+            decoded
+                .lines()
+                .any(|l| l.starts_with(&format!("{server}\t2\t/rd\t"))
+                    && l.contains(&format!("{ep},"))),
+            "no Register of secure-{n} in:\n{decoded}"
+        );
+    }
+    // Different credentials: the PSK identity of each ClientKeyExchange (in clear).
+    let identities = run_tshark(
+        false,
+        "dtls.handshake.identity",
+        &[
+            "-T",
+            "fields",
+            "-e",
+            "udp.dstport",
+            "-e",
+            "dtls.handshake.identity",
+        ],
+    );
+    let mut seen: Vec<(String, String)> = identities
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(p, id)| (p.to_owned(), hex_text(id)))
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 40, "{seen:?}");
+    for n in 0..20 {
+        assert!(
+            seen.contains(&(bootstrap.clone(), format!("bs-secure-{n}"))),
+            "{seen:?}"
+        );
+        assert!(
+            seen.contains(&(server.clone(), format!("secure-{n}"))),
+            "{seen:?}"
+        );
+    }
+
+    // Both listeners' handshakes and records, each on its own.
+    let c = |k: &str| {
+        *report
+            .counters
+            .get(k)
+            .unwrap_or_else(|| panic!("no counter {k}"))
+    };
+    for prefix in ["dtls.", "dtls.bootstrap."] {
+        assert_eq!(c(&format!("{prefix}handshakes.first")), 20, "{prefix}");
+        assert_eq!(c(&format!("{prefix}handshakes.unfinished")), 0, "{prefix}");
+        assert_eq!(c(&format!("{prefix}unpaired_records")), 0, "{prefix}");
+        let records = c(&format!("{prefix}application_records"));
+        assert_eq!(
+            c(&format!("{prefix}record_overhead_bytes")),
+            29 * records,
+            "{prefix}"
+        );
+        let one = c(&format!("{prefix}handshake.median_bytes"));
+        assert!(
+            (400..1000).contains(&one),
+            "{prefix}: {one} bytes per handshake"
+        );
+    }
+    // Bootstrap-Request, 2 Deletes, 3 Writes, Bootstrap-Finish: 7 round trips per client.
+    assert!(c("dtls.bootstrap.application_records") >= 20 * 14);
+    assert_eq!(c("capture.unpaired_plaintext"), 0);
+    // Each DTLS machine's CoAP bytes are its listener's records' plaintext.
+    assert_eq!(
+        c("server.coaps.bytes_in") + c("server.coaps.bytes_out"),
+        c("dtls.application_plaintext_bytes")
+    );
+    assert_eq!(
+        c("bootstrap.coaps.bytes_in") + c("bootstrap.coaps.bytes_out"),
+        c("dtls.bootstrap.application_plaintext_bytes")
+    );
+    assert_eq!(c("fleet.dtls_handshakes"), 40);
+    assert_eq!(c("fleet.dtls_failures"), 0);
+    let usage = std::fs::read_to_string(run_dir.join("network-usage.txt")).unwrap();
+    assert!(
+        usage.contains("DTLS on the Bootstrap Server's listener")
+            && usage.contains("DTLS on the LwM2M Server's listener"),
+        "{usage}"
+    );
+    assert!(
+        usage.contains("dtls-handshake (bootstrap-first)"),
+        "{usage}"
+    );
+    // The sample client: its bootstrap handshake, the bootstrap, its LwM2M Server
+    // handshake, then the Register, each CoAP message with 29 bytes of DTLS.
+    let ops: Vec<(&str, &str)> = report
+        .network_usage
+        .iter()
+        .map(|r| (r.operation.as_str(), r.path.as_str()))
+        .collect();
+    let at = |op: (&str, &str)| {
+        ops.iter()
+            .position(|o| *o == op)
+            .unwrap_or_else(|| panic!("{op:?} in {ops:?}"))
+    };
+    assert_eq!(at(("dtls-handshake", "bootstrap-first")), 0, "{ops:?}");
+    assert!(at(("bootstrap-request", "/bs")) < at(("dtls-handshake", "first")));
+    assert!(at(("bootstrap-finish", "/bs")) < at(("dtls-handshake", "first")));
+    assert!(at(("dtls-handshake", "first")) < at(("register", "/rd")));
+    for r in report
+        .network_usage
+        .iter()
+        .filter(|r| r.operation != "dtls-handshake")
+    {
+        assert_eq!(r.request_wire, r.request_coap + 29, "{r:?}");
+        assert_eq!(r.response_wire, r.response_coap + 29, "{r:?}");
+    }
 }

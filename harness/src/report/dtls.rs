@@ -22,6 +22,34 @@ use super::ExchangeUsage;
 /// them on Ethernet: 14 (Ethernet II) + 20 (IPv4 without options) + 8 (UDP).
 pub const FRAME_HEADERS: usize = 14 + 20 + 8;
 
+/// Which server a DTLS listener belongs to: a run can have two (the LwM2M Server's and the
+/// Bootstrap Server's), each accounted on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The LwM2M Server's (`coaps://`, Core TS 1.1 §7.1).
+    Server,
+    /// The LwM2M Bootstrap Server's (Core TS 1.1 §6.1, §7.1).
+    Bootstrap,
+}
+
+impl Listener {
+    /// `LwM2M Server`, `Bootstrap Server`.
+    pub fn server_name(self) -> &'static str {
+        match self {
+            Self::Server => "LwM2M Server",
+            Self::Bootstrap => "Bootstrap Server",
+        }
+    }
+
+    /// The prefix of its counters in `report.json`: `dtls.`, `dtls.bootstrap.`.
+    pub fn counter_prefix(self) -> &'static str {
+        match self {
+            Self::Server => "dtls.",
+            Self::Bootstrap => "dtls.bootstrap.",
+        }
+    }
+}
+
 /// One datagram of the DTLS socket, as recorded.
 #[derive(Debug, Clone, Copy)]
 pub struct Wire<'a> {
@@ -243,9 +271,12 @@ pub fn account(server: SocketAddr, datagrams: &[Wire<'_>]) -> DtlsUsage {
     usage
 }
 
-/// The DTLS section of `network-usage.txt`.
-pub fn render(server: SocketAddr, u: &DtlsUsage) -> String {
-    let mut s = format!("DTLS on the LwM2M Server's listener coaps://{server}:\n");
+/// The DTLS section of `network-usage.txt` for the listener at `server`.
+pub fn render(listener: Listener, server: SocketAddr, u: &DtlsUsage) -> String {
+    let mut s = format!(
+        "DTLS on the {}'s listener coaps://{server}:\n",
+        listener.server_name()
+    );
     match u.overhead_per_record() {
         Some(per) => {
             let _ = writeln!(
@@ -418,11 +449,17 @@ pub fn beside_thesis(rows: &[ExchangeUsage], usage: Option<&DtlsUsage>) -> Strin
     s
 }
 
-/// A `dtls-handshake` row for the per-client table: the handshake's bytes each way.
-pub fn handshake_row(h: &Handshake) -> ExchangeUsage {
+/// A `dtls-handshake` row for the per-client table: the handshake's bytes each way; its
+/// path is the cause (`first`), prefixed with `bootstrap-` on the Bootstrap Server's
+/// listener.
+pub fn handshake_row(listener: Listener, h: &Handshake) -> ExchangeUsage {
+    let path = match listener {
+        Listener::Server => h.cause.name().to_owned(),
+        Listener::Bootstrap => format!("bootstrap-{}", h.cause.name()),
+    };
     ExchangeUsage {
         operation: "dtls-handshake".into(),
-        path: h.cause.name().into(),
+        path,
         request_coap: 0,
         response_coap: 0,
         request_wire: h.client_bytes,
@@ -507,8 +544,17 @@ mod tests {
         assert_eq!(u.unpaired_records, 1);
         assert_eq!(u.handshakes[1].lost_before, (1, app.len()));
         assert_eq!(u.overhead_per_record(), Some(29.0));
-        let text = render(srv.parse().unwrap(), &u);
+        let text = render(Listener::Server, srv.parse().unwrap(), &u);
         assert!(text.contains("29.0 bytes per record"), "{text}");
         assert!(text.contains("1 extra handshakes"), "{text}");
+        assert!(
+            text.starts_with("DTLS on the LwM2M Server's listener"),
+            "{text}"
+        );
+        let row = handshake_row(Listener::Bootstrap, h);
+        assert_eq!(
+            (row.path.as_str(), row.handshake),
+            ("bootstrap-first", h.bytes())
+        );
     }
 }

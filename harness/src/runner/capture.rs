@@ -8,8 +8,8 @@
 //! recorded; one dropped on its way to a client is). With an external server the fleet's tap
 //! records instead: what the simulated clients put on and take off the wire.
 //!
-//! On the LwM2M Server's DTLS socket the pcap gets the datagrams as they were on the wire
-//! (encrypted). The server's DTLS layer also hands over the plaintext of each application
+//! On the DTLS sockets (the LwM2M Server's and the Bootstrap Server's) the pcap gets the
+//! datagrams as they were on the wire (encrypted). The server's DTLS layer also hands over the plaintext of each application
 //! record ([`PacketTap::plaintext`]); it is attached to its datagram here so that the
 //! exchange log and the network-usage tables can show the CoAP inside. A received record's
 //! plaintext comes right after its datagram (the driver decrypts it on the same task), a

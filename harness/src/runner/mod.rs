@@ -18,10 +18,16 @@
 //!
 //! DTLS (`servers.dtls`, a group's `security`): the in-process LwM2M Server gets a DTLS
 //! listener whose in-memory security store holds the PSK of every client of the secure
-//! groups (generated from the identity pattern and the seed); those clients use
-//! `coaps://`. What it does not do: DTLS for the Bootstrap Server, and with an external
-//! LwM2M Server no requests (the harness has no way to ask it) and no pcap of the servers'
-//! sockets (the fleet's datagrams are recorded instead).
+//! groups that register directly (generated from the identity pattern and the seed); those
+//! clients use `coaps://`. With `servers.dtls.bootstrap` the in-process Bootstrap Server
+//! gets one too: a secure group that bootstraps does so over it with per-client bootstrap
+//! PSKs (`security.bootstrap_identity`), each client's endpoint configuration hands it a
+//! `coaps://` LwM2M Server account with its own PSK, and the Bootstrap Server provisions
+//! that PSK into the LwM2M Server's store (Core TS 1.1 §6.1.4, §7.1.7). Both listeners
+//! share `keys.log`, the capture and the DTLS accounting (each on its own). What it does
+//! not do: certificates in scenarios, and with an external LwM2M Server no requests (the
+//! harness has no way to ask it) and no pcap of the servers' sockets (the fleet's
+//! datagrams are recorded instead).
 
 pub mod capture;
 pub mod metrics;
@@ -37,14 +43,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
+use lwm2m_proto::bootstrap::BootstrapConfig;
+use lwm2m_proto::bootstrap::config::{SecurityInstance, SecurityMode};
 use lwm2m_proto::bootstrap::server::BootstrapServerConfig;
+use lwm2m_proto::client::ObjectTree;
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::ServerConfig;
-use lwm2m_proto::{Lwm2mPath, ObjectId, coap};
+use lwm2m_proto::value::Value;
+use lwm2m_proto::{InstanceId, Lwm2mPath, ObjectId, ResourceId, ResourceValue, coap};
 use lwm2m_server::dtls::KeyLogFile;
 use lwm2m_server::events::{EventBus, PacketTap};
 use lwm2m_server::store::{
-    Credentials, FileBootstrapStore, FileSecurityStore, SecurityInfo, SecurityStore as _,
+    BootstrapCredentials, BootstrapStore as _, ConfigKey, Credentials, FileBootstrapStore,
+    FileSecurityStore, SecurityInfo, SecurityStore,
 };
 use lwm2m_server::{
     BootstrapHandle, BootstrapOptions, DtlsOptions, ServerHandle, ServerOptions, start_bootstrap,
@@ -123,6 +134,16 @@ struct Servers {
     /// The in-process LwM2M Server's DTLS listener.
     dtls_addr: Option<SocketAddr>,
     bootstrap_addr: Option<SocketAddr>,
+    /// The in-process Bootstrap Server's DTLS listener.
+    bootstrap_dtls_addr: Option<SocketAddr>,
+    /// The in-process Bootstrap Server's configurations (the secure groups' endpoint
+    /// configurations go in before their fleet starts).
+    bootstrap_store: Option<Arc<FileBootstrapStore>>,
+}
+
+/// Hex digits of `bytes`, as the stores keep keys.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The security store entries (PSK credentials) of the first `n` clients, as the server's
@@ -135,27 +156,50 @@ pub fn security_entries(clients: &ProfileClients, n: u64) -> Vec<SecurityInfo> {
                 endpoint: clients.endpoint(k),
                 credentials: Credentials::Psk {
                     identity,
-                    key: key.iter().map(|b| format!("{b:02x}")).collect(),
+                    key: hex(&key),
                 },
             })
         })
         .collect()
 }
 
-/// The DTLS listener of the in-process LwM2M Server: its security store holds the PSK of
-/// every client of the secure groups; `keys.log` in the run folder gets every session's
-/// secrets.
-fn dtls_options(
+/// The DTLS listeners of the in-process servers (`servers.dtls`).
+struct Dtls {
+    /// The LwM2M Server's security store: the PSKs of the secure groups that register
+    /// directly, loaded before the run; those of the groups that bootstrap are put there by
+    /// the Bootstrap Server when it hands them out ([`BootstrapOptions::provision`]).
+    store: Arc<FileSecurityStore>,
+    /// `keys.log` in the run folder: every session's secrets, both listeners'.
+    key_log: Arc<KeyLogFile>,
+    handshake_timeout: Duration,
+    server: bool,
+    bootstrap: bool,
+}
+
+impl Dtls {
+    /// A listener on a free loopback port that looks PSKs up in `security`.
+    fn options(&self, security: Arc<dyn SecurityStore>) -> DtlsOptions {
+        let mut options = DtlsOptions::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), security);
+        options.handshake_timeout = self.handshake_timeout;
+        options.key_log = Some(self.key_log.clone());
+        options
+    }
+}
+
+/// The DTLS listeners, if the scenario has any: the LwM2M Server's security store holds
+/// the PSK of every client of the secure groups that register directly.
+fn dtls_listeners(
     plan: &Plan,
     registry: &Registry,
     seed: u64,
     dir: &Path,
-) -> anyhow::Result<Option<DtlsOptions>> {
-    let Some(listen) = plan.scenario.servers.dtls.as_ref().filter(|d| d.server) else {
+) -> anyhow::Result<Option<Dtls>> {
+    let servers = &plan.scenario.servers;
+    let Some(listen) = servers.dtls.as_ref() else {
         return Ok(None);
     };
     let store = FileSecurityStore::in_memory();
-    for group in &plan.groups {
+    for group in plan.groups.iter().filter(|g| !g.spec.bootstrap) {
         let Some(psk) = group.psk(seed) else { continue };
         let clients = group.clients(registry, Targets::default())?;
         let clients = clients.with_psk(psk);
@@ -166,12 +210,15 @@ fn dtls_options(
         }
     }
     let keys = dir.join("keys.log");
-    let mut options = DtlsOptions::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), Arc::new(store));
-    options.handshake_timeout = listen.handshake_timeout;
-    options.key_log = Some(Arc::new(
-        KeyLogFile::append(&keys).with_context(|| format!("creating {}", keys.display()))?,
-    ));
-    Ok(Some(options))
+    Ok(Some(Dtls {
+        store: Arc::new(store),
+        key_log: Arc::new(
+            KeyLogFile::append(&keys).with_context(|| format!("creating {}", keys.display()))?,
+        ),
+        handshake_timeout: listen.handshake_timeout,
+        server: servers.server_dtls(),
+        bootstrap: servers.bootstrap_dtls(),
+    }))
 }
 
 fn start_servers(
@@ -180,7 +227,7 @@ fn start_servers(
     seed: u64,
     bus: &EventBus,
     tap: Option<Arc<dyn PacketTap>>,
-    dtls: Option<DtlsOptions>,
+    dtls: Option<&Dtls>,
 ) -> anyhow::Result<Servers> {
     use scenario::Target;
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
@@ -198,7 +245,9 @@ fn start_servers(
             };
             options.bus = bus.clone();
             options.tap = tap.clone();
-            options.dtls = dtls;
+            options.dtls = dtls
+                .filter(|d| d.server)
+                .map(|d| d.options(d.store.clone()));
             Some(start_server(options).context("starting the LwM2M Server")?)
         }
         _ => None,
@@ -208,10 +257,13 @@ fn start_servers(
         (None, Target::External(a)) => *a,
         _ => anyhow::bail!("no LwM2M Server"),
     };
-    let bootstrap = match s.servers.bootstrap {
+    let (bootstrap, bootstrap_store) = match s.servers.bootstrap {
         Target::InProcess => {
-            let store = FileBootstrapStore::in_memory(scenario::bootstrap_doc(s, server_addr));
-            let mut options = BootstrapOptions::new(loopback, Arc::new(store));
+            let store = Arc::new(FileBootstrapStore::in_memory(scenario::bootstrap_doc(
+                s,
+                server_addr,
+            )));
+            let mut options = BootstrapOptions::new(loopback, store.clone());
             options.config = BootstrapServerConfig {
                 coap: coap::Config {
                     seed: seed::mix(&[seed, 2]),
@@ -221,9 +273,16 @@ fn start_servers(
             };
             options.bus = bus.clone();
             options.tap = tap;
-            Some(start_bootstrap(options).context("starting the Bootstrap Server")?)
+            if let Some(d) = dtls.filter(|d| d.bootstrap) {
+                // Bootstrap PSKs come from the configurations' bootstrap-server accounts;
+                // the LwM2M Server PSKs handed out go into the LwM2M Server's store.
+                options.dtls = Some(d.options(Arc::new(BootstrapCredentials(store.clone()))));
+                options.provision = Some(d.store.clone());
+            }
+            let handle = start_bootstrap(options).context("starting the Bootstrap Server")?;
+            (Some(handle), Some(store))
         }
-        _ => None,
+        _ => (None, None),
     };
     let bootstrap_addr = match (&bootstrap, &s.servers.bootstrap) {
         (Some(h), _) => Some(h.local_addr()),
@@ -232,15 +291,73 @@ fn start_servers(
     };
     Ok(Servers {
         dtls_addr: server.as_ref().and_then(ServerHandle::dtls_addr),
+        bootstrap_dtls_addr: bootstrap.as_ref().and_then(BootstrapHandle::dtls_addr),
         server,
         bootstrap,
         server_addr,
         bootstrap_addr,
+        bootstrap_store,
     })
 }
 
+/// Object 0 Security (Core TS 1.1 Appendix E.1).
+const SECURITY: ObjectId = ObjectId(0);
+
+/// The instance id of the bootstrap-server account (/0/x/1 true) in `tree`.
+fn bootstrap_account(tree: &ObjectTree) -> Option<InstanceId> {
+    tree.instance_ids(SECURITY).into_iter().find(|&iid| {
+        tree.get(&Lwm2mPath::Resource(SECURITY, iid, ResourceId(1))) == Some(&Value::Boolean(true))
+    })
+}
+
+/// The configuration the Bootstrap Server hands client `n` of a secure group: the one
+/// that applies to its endpoint in the scenario (or the default one), with every LwM2M
+/// Server account turned `coaps://` to the in-process server's listener in Security Mode 0
+/// with the client's own PSK, and the client's bootstrap-server account (at its instance
+/// id in the client, `account`) with its own bootstrap PSK, so that the Bootstrap Server
+/// finds the key by identity ([`BootstrapCredentials`]) and writes the account back
+/// unchanged (Core TS 1.1 §5.2.7.4, §7.1.7).
+fn secure_config(
+    mut config: BootstrapConfig,
+    server: SocketAddr,
+    (identity, key): (String, [u8; 16]),
+    (account, uri): (InstanceId, String),
+    (bs_identity, bs_key): (String, [u8; 16]),
+) -> BootstrapConfig {
+    config.security.retain(|_, s| !s.bootstrap_server);
+    if let Some(moved) = config.security.remove(&account.0) {
+        let free = (0..=u16::MAX)
+            .find(|i| *i != account.0 && !config.security.contains_key(i))
+            .unwrap_or(u16::MAX);
+        config.security.insert(free, moved);
+    }
+    for s in config.security.values_mut() {
+        s.uri = format!("coaps://{server}");
+        s.mode = SecurityMode::Psk;
+        s.identity.clone_from(&identity);
+        s.secret_key = hex(&key);
+    }
+    config.security.insert(
+        account.0,
+        SecurityInstance {
+            uri,
+            bootstrap_server: true,
+            mode: SecurityMode::Psk,
+            identity: bs_identity,
+            server_public_key: String::new(),
+            secret_key: hex(&bs_key),
+            short_server_id: None,
+            client_hold_off: None,
+            bootstrap_account_timeout: None,
+        },
+    );
+    config
+}
+
 /// One fleet per group, on its own block of loopback addresses (127.G.0.1 upwards, room
-/// for 65,000 clients and their NAT rebindings).
+/// for 65,000 clients and their NAT rebindings). A secure group that bootstraps gets its
+/// factory bootstrap-server account over `coaps://` with per-client PSKs, and its
+/// clients' configurations go into the Bootstrap Server's store ([`secure_config`]).
 fn build_fleets(
     plan: &Plan,
     registry: &Registry,
@@ -250,6 +367,7 @@ fn build_fleets(
 ) -> anyhow::Result<Vec<Fleet>> {
     let mut fleets = Vec::new();
     for (g, group) in plan.groups.iter().enumerate() {
+        let name = &group.spec.name;
         let block = u8::try_from(g + 1)
             .ok()
             .filter(|b| *b < 127)
@@ -257,21 +375,32 @@ fn build_fleets(
         let group_seed = seed::mix(&[seed, 100 + g as u64]);
         let bootstrap = group.spec.bootstrap;
         let psk = group.psk(seed);
+        let bootstrap_psk = group.bootstrap_psk(seed);
         let server = match (&psk, servers.dtls_addr) {
             (Some(_), Some(dtls)) => dtls,
-            (Some(_), None) => anyhow::bail!("group {}: no DTLS listener", group.spec.name),
+            (Some(_), None) => anyhow::bail!("group {name}: no DTLS listener"),
             (None, _) => servers.server_addr,
+        };
+        let bootstrap_server = match (&bootstrap_psk, servers.bootstrap_dtls_addr) {
+            (Some(_), Some(dtls)) => Some(dtls),
+            (Some(_), None) => {
+                anyhow::bail!("group {name}: the Bootstrap Server has no DTLS listener")
+            }
+            (None, _) => servers.bootstrap_addr.filter(|_| bootstrap),
         };
         let mut clients = group.clients(
             registry,
             Targets {
                 server: Some(server),
-                bootstrap: servers.bootstrap_addr.filter(|_| bootstrap),
+                bootstrap: bootstrap_server,
             },
         )?;
-        if let Some(psk) = psk {
-            clients = clients.with_psk(psk);
-        }
+        // The bootstrap key is each client's own: it replaces this one below.
+        clients = match (&psk, &bootstrap_psk) {
+            (_, Some(bs)) => clients.with_bootstrap_psk(&bs.identity, &[0; 16]),
+            (Some(psk), None) => clients.with_psk(psk.clone()),
+            (None, None) => clients,
+        };
         let mut fleet = Fleet::new(FleetConfig {
             seed: group_seed,
             ramp: group.spec.ramp,
@@ -281,17 +410,50 @@ fn build_fleets(
             ..FleetConfig::default()
         });
         for n in 0..group.spec.count {
-            let mut spec = clients.spec(n as u64, group_seed);
+            let k = n as u64;
+            let mut spec = clients.spec(k, group_seed);
             if bootstrap {
                 // Factory bootstrap only: no server account until the Bootstrap Server
-                // writes one (Core TS 1.1 §6.1.4).
+                // writes one (Core TS 1.1 §6.1.4); the bootstrap-server account stays.
                 for object in [0, 1] {
                     let _ = spec
                         .tree
                         .bootstrap_delete(&Lwm2mPath::Object(ObjectId(object)));
                 }
             }
-            fleet.add(&group.spec.name, spec);
+            if let (Some(psk), Some(bs), Some(store)) =
+                (&psk, &bootstrap_psk, &servers.bootstrap_store)
+            {
+                let endpoint = clients.endpoint(k);
+                let bs_credentials = bs.credentials(k, &endpoint);
+                let account = bootstrap_account(&spec.tree)
+                    .with_context(|| format!("{endpoint}: no bootstrap-server account"))?;
+                let uri_path = Lwm2mPath::Resource(SECURITY, account, ResourceId(0));
+                let uri = match spec.tree.get(&uri_path) {
+                    Some(Value::String(uri)) => uri.clone(),
+                    _ => anyhow::bail!("{endpoint}: the bootstrap-server account has no URI"),
+                };
+                spec.tree
+                    .set(
+                        &Lwm2mPath::Resource(SECURITY, account, ResourceId(5)),
+                        ResourceValue::Single(Value::Opaque(bs_credentials.1.to_vec())),
+                    )
+                    .with_context(|| format!("{endpoint}: setting the bootstrap PSK"))?;
+                let (_, base) = store.lookup(&endpoint).with_context(|| {
+                    format!("no bootstrap configuration applies to {endpoint} (group {name})")
+                })?;
+                let config = secure_config(
+                    base,
+                    server,
+                    psk.credentials(k, &endpoint),
+                    (account, uri),
+                    bs_credentials,
+                );
+                store
+                    .put(ConfigKey::Endpoint(endpoint.clone()), config)
+                    .with_context(|| format!("the bootstrap configuration of {endpoint}"))?;
+            }
+            fleet.add(name, spec);
         }
         fleets.push(fleet);
     }
@@ -346,8 +508,15 @@ pub async fn run(
     let servers_in_process = plan.scenario.servers.all_in_process();
     let server_tap: Option<Arc<dyn PacketTap>> = servers_in_process.then(|| capture.clone() as _);
     let fleet_tap = (!servers_in_process).then(|| Tap(capture.clone()));
-    let dtls = dtls_options(plan, &registry, options.seed, &dir)?;
-    let servers = start_servers(plan, &registry, options.seed, &bus, server_tap, dtls)?;
+    let dtls = dtls_listeners(plan, &registry, options.seed, &dir)?;
+    let servers = start_servers(
+        plan,
+        &registry,
+        options.seed,
+        &bus,
+        server_tap,
+        dtls.as_ref(),
+    )?;
     let fleets = build_fleets(plan, &registry, options.seed, &servers, fleet_tap)?;
 
     let endpoints: Vec<Vec<String>> = (0..plan.groups.len()).map(|g| plan.endpoints(g)).collect();
@@ -434,6 +603,10 @@ pub async fn run(
         Some(s) => s.secure_counters().await.and_then(Result::ok),
         None => None,
     };
+    let bootstrap_secure_counters = match &servers.bootstrap {
+        Some(b) => b.secure_counters().await.and_then(Result::ok),
+        None => None,
+    };
     if let Some(s) = &servers.server {
         s.shutdown().await;
     }
@@ -454,11 +627,13 @@ pub async fn run(
             dtls: servers.dtls_addr,
             server_in_process: servers.server.is_some(),
             bootstrap: servers.bootstrap_addr,
+            bootstrap_dtls: servers.bootstrap_dtls_addr,
             bootstrap_in_process: servers.bootstrap.is_some(),
         },
         fleets: &reports,
         server_counters,
         secure_counters,
+        bootstrap_secure_counters,
         collected,
         shared: &shared,
         unpaired: capture.unpaired(),
@@ -536,4 +711,63 @@ fn implicit_cases(
         }
     }
     cases
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lwm2m_server::store::BootstrapDoc;
+
+    #[test]
+    fn a_secure_configuration_keeps_the_settings_and_the_clients_bootstrap_account() {
+        let doc = BootstrapDoc::from_yaml(
+            "t",
+            "patterns:\n  \"*\":\n    security:\n      0: { uri: \"coap://127.0.0.1:1\", mode: nosec, short_server_id: 1 }\n      1: { uri: \"coap://127.0.0.1:2\", bootstrap_server: true, mode: nosec }\n    servers:\n      0: { short_server_id: 1, lifetime: 77 }\n",
+        )
+        .unwrap();
+        let base = doc.patterns.get("*").unwrap().clone();
+        let bs_uri = "coaps://127.0.0.1:5784".to_owned();
+        let config = secure_config(
+            base,
+            "127.0.0.1:5684".parse().unwrap(),
+            ("ep".into(), [1; 16]),
+            (InstanceId(0), bs_uri.clone()),
+            ("bs-ep".into(), [2; 16]),
+        );
+        // The client's bootstrap-server account is at its instance 0: the server account
+        // moves out of its way.
+        assert_eq!(config.security.len(), 2);
+        let server = config.security.get(&1).unwrap();
+        assert_eq!(server.uri, "coaps://127.0.0.1:5684");
+        assert_eq!(
+            (
+                server.mode,
+                server.identity.as_str(),
+                server.short_server_id
+            ),
+            (SecurityMode::Psk, "ep", Some(1))
+        );
+        assert_eq!(server.secret_key, "01".repeat(16));
+        let account = config.security.get(&0).unwrap();
+        assert!(account.bootstrap_server);
+        assert_eq!(
+            (account.uri.as_str(), account.identity.as_str()),
+            (bs_uri.as_str(), "bs-ep")
+        );
+        assert_eq!(config.servers.get(&0).unwrap().lifetime, 77);
+        // The Bootstrap Server's DTLS listener finds the key by identity.
+        let store = Arc::new(FileBootstrapStore::in_memory(doc));
+        store.put(ConfigKey::Endpoint("ep".into()), config).unwrap();
+        let found = BootstrapCredentials(store)
+            .by_psk_identity("bs-ep")
+            .unwrap();
+        assert_eq!(found.endpoint, "ep");
+        assert_eq!(
+            found.credentials,
+            Credentials::Psk {
+                identity: "bs-ep".into(),
+                key: "02".repeat(16)
+            }
+        );
+    }
 }

@@ -17,7 +17,7 @@ use super::capture::{self, Captured};
 use super::metrics::{self, Collected, Shared};
 use super::{Plan, RunOptions, RunOutcome};
 use crate::record::Latencies;
-use crate::report::dtls::{self as dtls_usage, DtlsUsage};
+use crate::report::dtls::{self as dtls_usage, DtlsUsage, Listener};
 use crate::report::usage::{self, ExchangeUsage};
 use crate::report::{self, CaseResult, RunReport, Subject, ThroughputPoint};
 
@@ -27,7 +27,22 @@ pub struct ServerInfo {
     pub dtls: Option<SocketAddr>,
     pub server_in_process: bool,
     pub bootstrap: Option<SocketAddr>,
+    /// The in-process Bootstrap Server's DTLS listener.
+    pub bootstrap_dtls: Option<SocketAddr>,
     pub bootstrap_in_process: bool,
+}
+
+impl ServerInfo {
+    /// The DTLS listeners, the LwM2M Server's first.
+    fn listeners(&self) -> Vec<(Listener, SocketAddr)> {
+        [
+            (Listener::Server, self.dtls),
+            (Listener::Bootstrap, self.bootstrap_dtls),
+        ]
+        .into_iter()
+        .filter_map(|(l, a)| Some((l, a?)))
+        .collect()
+    }
 }
 
 /// Everything a finished run hands to the report.
@@ -41,6 +56,8 @@ pub struct Run<'a> {
     pub server_counters: Option<Counters>,
     /// The CoAP counters of the DTLS listener's machine (plaintext CoAP).
     pub secure_counters: Option<Counters>,
+    /// The CoAP counters of the Bootstrap Server's DTLS machine (plaintext CoAP).
+    pub bootstrap_secure_counters: Option<Counters>,
     pub collected: Collected,
     pub shared: &'a Shared,
     pub packets: Vec<Captured>,
@@ -192,7 +209,7 @@ fn per_operation(rows: &[ExchangeUsage]) -> String {
     s
 }
 
-/// The datagrams of the DTLS listener at `server`, for the DTLS accounting.
+/// The datagrams, for the DTLS accounting of a listener.
 fn dtls_wire(packets: &[Captured]) -> Vec<dtls_usage::Wire<'_>> {
     packets
         .iter()
@@ -208,35 +225,67 @@ fn dtls_wire(packets: &[Captured]) -> Vec<dtls_usage::Wire<'_>> {
 }
 
 /// The exchanges of one client: the datagrams to and from any address it was seen at, with
-/// a `dtls-handshake` row before the exchanges of each of its DTLS sessions.
+/// a `dtls-handshake` row before the exchanges of each of its DTLS sessions. Each DTLS
+/// listener's datagrams are split into sessions on their own (the servers' tasks record
+/// concurrently: the Bootstrap Server's last response may be recorded after the client's
+/// first handshake datagram to the LwM2M Server); the sessions, and the plain datagrams,
+/// are then listed in the order of their first datagram.
 fn client_exchanges(
     packets: &[Captured],
     addresses: &[SocketAddr],
-    dtls: Option<SocketAddr>,
+    listeners: &[(Listener, SocketAddr)],
 ) -> Vec<ExchangeUsage> {
     let set: HashSet<&SocketAddr> = addresses.iter().collect();
-    let mine: Vec<Captured> = packets
+    let mine: Vec<&Captured> = packets
         .iter()
         .filter(|p| set.contains(&p.src) || set.contains(&p.dst))
-        .cloned()
         .collect();
-    let Some(server) = dtls else {
-        return usage::exchanges(&capture::usage_datagrams(&mine));
+    let rows_of = |at: &[usize]| {
+        let segment: Vec<Captured> = at
+            .iter()
+            .filter_map(|&i| mine.get(i).copied().cloned())
+            .collect();
+        usage::exchanges(&capture::usage_datagrams(&segment))
     };
-    let handshakes = dtls_usage::account(server, &dtls_wire(&mine)).handshakes;
-    // Sessions split the client's datagrams: a handshake, then what it carried.
-    let mut starts: Vec<usize> = handshakes.iter().map(|h| h.first).collect();
-    starts.insert(0, 0);
-    starts.push(mine.len());
-    let mut rows = Vec::new();
-    for (k, w) in starts.windows(2).enumerate() {
-        if let Some(h) = k.checked_sub(1).and_then(|i| handshakes.get(i)) {
-            rows.push(dtls_usage::handshake_row(h));
+    // (first datagram, rows) per session, and one for the plain datagrams.
+    let mut segments: Vec<(usize, Vec<ExchangeUsage>)> = Vec::new();
+    let on = |server: SocketAddr, p: &Captured| p.src == server || p.dst == server;
+    for &(listener, server) in listeners {
+        let at: Vec<usize> = (0..mine.len())
+            .filter(|&i| mine.get(i).is_some_and(|p| on(server, p)))
+            .collect();
+        let wire: Vec<Captured> = at
+            .iter()
+            .filter_map(|&i| mine.get(i).copied().cloned())
+            .collect();
+        let handshakes = dtls_usage::account(server, &dtls_wire(&wire)).handshakes;
+        // Sessions split the listener's datagrams: a handshake, then what it carried.
+        let mut starts: Vec<usize> = handshakes.iter().map(|h| h.first).collect();
+        starts.insert(0, 0);
+        starts.push(at.len());
+        for (k, w) in starts.windows(2).enumerate() {
+            let mut rows = Vec::new();
+            if let Some(h) = k.checked_sub(1).and_then(|i| handshakes.get(i)) {
+                rows.push(dtls_usage::handshake_row(listener, h));
+            }
+            let chunk = at.get(w[0]..w[1]).unwrap_or_default();
+            rows.extend(rows_of(chunk));
+            if let (Some(&first), false) = (chunk.first(), rows.is_empty()) {
+                segments.push((first, rows));
+            }
         }
-        let segment = mine.get(w[0]..w[1]).unwrap_or_default();
-        rows.extend(usage::exchanges(&capture::usage_datagrams(segment)));
     }
-    rows
+    let plain: Vec<usize> = (0..mine.len())
+        .filter(|&i| {
+            mine.get(i)
+                .is_some_and(|p| !listeners.iter().any(|&(_, server)| on(server, p)))
+        })
+        .collect();
+    if let Some(&first) = plain.first() {
+        segments.push((first, rows_of(&plain)));
+    }
+    segments.sort_by_key(|(first, _)| *first);
+    segments.into_iter().flat_map(|(_, rows)| rows).collect()
 }
 
 fn csv(rows: &[ExchangeUsage]) -> String {
@@ -260,11 +309,13 @@ fn csv(rows: &[ExchangeUsage]) -> String {
     s
 }
 
-/// The DTLS accounting as counters (report.json): records, overhead, handshakes by cause.
-fn dtls_counters(u: &DtlsUsage, counters: &mut BTreeMap<String, u64>) {
+/// The DTLS accounting of a listener as counters (report.json, `dtls.` for the LwM2M
+/// Server's, `dtls.bootstrap.` for the Bootstrap Server's): records, overhead, handshakes
+/// by cause.
+fn dtls_counters(listener: Listener, u: &DtlsUsage, counters: &mut BTreeMap<String, u64>) {
     let n = |v: usize| v as u64;
     let mut put = |k: &str, v: u64| {
-        counters.insert(format!("dtls.{k}"), v);
+        counters.insert(format!("{}{k}", listener.counter_prefix()), v);
     };
     put("application_records", n(u.records));
     put("application_record_bytes", n(u.record_bytes));
@@ -329,11 +380,15 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
             .iter()
             .map(|p| format!("-d udp.port=={p},coap"))
             .collect();
-        if let Some(d) = run.servers.dtls {
+        let listeners = run.servers.listeners();
+        if !listeners.is_empty() {
             // The key log decrypts the records; `dtls.port` hands their plaintext to the
             // CoAP dissector (it only knows 5684 by itself).
+            ports.push("-o tls.keylog_file:keys.log".to_owned());
+        }
+        for (_, d) in &listeners {
             ports.push(format!(
-                "-o tls.keylog_file:keys.log -d udp.port=={p},dtls -d dtls.port=={p},coap",
+                "-d udp.port=={p},dtls -d dtls.port=={p},coap",
                 p = d.port()
             ));
         }
@@ -356,20 +411,23 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
                 "every datagram the simulated clients sent and received (the servers are external)"
             }
         };
-        let dtls = match run.servers.dtls {
-            Some(d) => format!(
-                "\nThe DTLS listener {d}: records as they were on the wire (encrypted); keys.log (NSS key log) decrypts them, \
-                 and each line below shows the CoAP inside"
-            ),
-            None => String::new(),
-        };
+        let dtls: String = listeners
+            .iter()
+            .map(|(l, d)| {
+                format!(
+                    "\nThe {}'s DTLS listener {d}: records as they were on the wire (encrypted); keys.log (NSS key log) decrypts them, \
+                     and each line below shows the CoAP inside",
+                    l.server_name()
+                )
+            })
+            .collect();
         format!(
             "lwm2m-harness run {}: {seen}{dtls}\nWireshark/tshark: decode the servers' ports as CoAP{}: tshark -r run.pcap {}",
             plan.file.display(),
-            if run.servers.dtls.is_some() {
-                " (and the DTLS port as DTLS, with the key log)"
-            } else {
-                ""
+            match listeners.len() {
+                0 => "",
+                1 => " (and the DTLS port as DTLS, with the key log)",
+                _ => " (and the DTLS ports as DTLS, with the key log)",
             },
             ports.join(" ")
         )
@@ -388,18 +446,29 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
 
     // Network usage.
     let mut all = usage::exchanges(&capture::usage_datagrams(&run.packets));
-    let secure = run
-        .servers
-        .dtls
-        .map(|d| (d, dtls_usage::account(d, &dtls_wire(&run.packets))));
-    if let Some((_, u)) = &secure {
-        all.extend(u.handshakes.iter().map(dtls_usage::handshake_row));
+    let listeners = run.servers.listeners();
+    let wire = dtls_wire(&run.packets);
+    let accounts: Vec<(Listener, SocketAddr, DtlsUsage)> = listeners
+        .iter()
+        .map(|&(l, d)| (l, d, dtls_usage::account(d, &wire)))
+        .collect();
+    for (l, _, u) in &accounts {
+        all.extend(
+            u.handshakes
+                .iter()
+                .map(|h| dtls_usage::handshake_row(*l, h)),
+        );
     }
+    // The LwM2M Server's: what the thesis comparison is about.
+    let secure = accounts
+        .iter()
+        .find(|(l, _, _)| *l == Listener::Server)
+        .map(|(_, _, u)| u);
     let by_operation = per_operation(&all);
     let mut text = format!(
         "Network usage, {} ({}; \"wire\" is UDP payload: CoAP plus, over DTLS, its records' header, nonce and tag)\n\nPer operation, all clients ({} exchanges):\n{}",
         plan.file.display(),
-        if secure.is_some() {
+        if !accounts.is_empty() {
             "CoAP over UDP and over DTLS"
         } else {
             "plain CoAP over UDP: wire bytes are CoAP bytes"
@@ -414,8 +483,11 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
         ),
         by_operation,
     )];
-    if let Some((d, u)) = &secure {
-        let section = dtls_usage::render(*d, u);
+    if !accounts.is_empty() {
+        let section: String = accounts
+            .iter()
+            .map(|(l, d, u)| dtls_usage::render(*l, *d, u))
+            .collect();
         let _ = write!(text, "\n{section}");
         sections.push(("DTLS".to_owned(), section));
     }
@@ -425,7 +497,7 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
         for (g, eps) in run.endpoints.iter().enumerate() {
             let Some(ep) = eps.first() else { continue };
             let addresses = live.addresses.get(ep).cloned().unwrap_or_default();
-            let rows = client_exchanges(&run.packets, &addresses, run.servers.dtls);
+            let rows = client_exchanges(&run.packets, &addresses, &listeners);
             let _ = write!(
                 text,
                 "\nEvery exchange of {ep} (group {}), like the whole-device read table:\n{}",
@@ -438,7 +510,7 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
         }
     }
     if plan.scenario.compare == Some(super::scenario::Reference::Thesis2017) {
-        let table = dtls_usage::beside_thesis(&sample_rows, secure.as_ref().map(|(_, u)| u));
+        let table = dtls_usage::beside_thesis(&sample_rows, secure);
         let _ = write!(text, "\n{table}");
         sections.push(("Beside the 2017 thesis".to_owned(), table));
     }
@@ -474,6 +546,7 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
     for (prefix, c) in [
         ("server.coap", &run.server_counters),
         ("server.coaps", &run.secure_counters),
+        ("bootstrap.coaps", &run.bootstrap_secure_counters),
     ] {
         let Some(c) = c else { continue };
         for (k, v) in [
@@ -489,8 +562,10 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
             counters.insert(format!("{prefix}.{k}"), v);
         }
     }
-    if let Some((_, u)) = &secure {
-        dtls_counters(u, &mut counters);
+    for (l, _, u) in &accounts {
+        dtls_counters(*l, u, &mut counters);
+    }
+    if !accounts.is_empty() {
         counters.insert("capture.unpaired_plaintext".into(), run.unpaired);
     }
     counters.insert("capture.datagrams".into(), run.packets.len() as u64);
@@ -523,7 +598,10 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
             } else {
                 "external".into()
             },
-            address: Some(format!("coap://{b}")),
+            address: Some(match run.servers.bootstrap_dtls {
+                Some(d) => format!("coap://{b} coaps://{d}"),
+                None => format!("coap://{b}"),
+            }),
         });
     }
     for g in &plan.groups {

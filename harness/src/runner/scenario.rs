@@ -14,7 +14,8 @@
 //!                                   # client awake after its last message (Core TS 1.1 §6.5)
 //!   dtls:                           # optional: DTLS 1.2 listeners (RFC 6347, Core TS 1.1 §7.1)
 //!     server: true                  # the in-process LwM2M Server also listens for coaps://
-//!     bootstrap: false              # (the runner's Bootstrap Server is plain CoAP so far)
+//!     bootstrap: false              # the in-process Bootstrap Server too (bootstrap over
+//!                                   # coaps://; needs servers.bootstrap: in-process)
 //!     handshake_timeout: 10s        # longest handshake (flights repeat every second)
 //! bootstrap:                        # optional bootstrap configurations (Core TS 1.1 §6.1.7)
 //!   patterns:                       # fallback by endpoint-name pattern; `{ep}` is the
@@ -38,6 +39,15 @@
 //!       key_seed: 7                 # 16-byte keys from this seed and the identity
 //!                                   # (default: the run's seed); the in-process server's
 //!                                   # security store holds every client's key
+//!   - name: secure-bs
+//!     profile: wakaama-like
+//!     count: 20
+//!     bootstrap: true               # bootstraps over DTLS (servers.dtls.bootstrap: true)
+//!     security:
+//!       mode: psk
+//!       identity: "{ep}"            # the LwM2M Server PSK the Bootstrap Server hands out
+//!       bootstrap_identity: "bs-{ep}"  # the factory bootstrap-server account's PSK
+//!                                   # (default "bs-{ep}"; its key from the same seed)
 //! compare: thesis-2017              # optional: print the 2017 thesis's whole-device read
 //!                                   # figures beside the first group's sample client
 //! timeline:
@@ -196,7 +206,8 @@ pub struct DtlsListeners {
     /// The LwM2M Server listens on a second socket for `coaps://` (default true).
     #[serde(default = "yes")]
     pub server: bool,
-    /// The Bootstrap Server over DTLS: not supported by the runner yet (refused when true).
+    /// The in-process Bootstrap Server listens on a second socket for `coaps://` too
+    /// (default false): groups with `bootstrap` and `security` bootstrap over it.
     #[serde(default)]
     pub bootstrap: bool,
     /// Longest DTLS handshake (RFC 6347 §4.2.4; default 10 s).
@@ -216,6 +227,11 @@ impl Servers {
     /// True when the in-process LwM2M Server listens for DTLS.
     pub fn server_dtls(&self) -> bool {
         self.server == Target::InProcess && self.dtls.as_ref().is_some_and(|d| d.server)
+    }
+
+    /// True when the in-process Bootstrap Server listens for DTLS.
+    pub fn bootstrap_dtls(&self) -> bool {
+        self.bootstrap == Target::InProcess && self.dtls.as_ref().is_some_and(|d| d.bootstrap)
     }
 }
 
@@ -287,6 +303,11 @@ pub struct GroupSecurity {
     /// The PSK identity pattern: `{ep}` is the endpoint name, `{n}` the client number.
     #[serde(default = "endpoint_pattern")]
     pub identity: String,
+    /// The PSK identity pattern of the factory bootstrap-server account, for a group that
+    /// bootstraps (default `bs-{ep}`); its key comes from `key_seed` and this identity. The
+    /// Bootstrap Server then hands out the LwM2M Server account with `identity`'s PSK.
+    #[serde(default)]
+    pub bootstrap_identity: Option<String>,
     /// The seed of the 16-byte keys (default: the run's seed).
     #[serde(default)]
     pub key_seed: Option<u64>,
@@ -294,6 +315,10 @@ pub struct GroupSecurity {
 
 fn endpoint_pattern() -> String {
     "{ep}".to_owned()
+}
+
+fn bootstrap_pattern() -> String {
+    "bs-{ep}".to_owned()
 }
 
 /// Security modes a group can use (Core TS 1.1 Appendix E.1, resource /0/x/2).
@@ -474,7 +499,8 @@ pub struct GroupPlan {
 }
 
 impl GroupPlan {
-    /// The group's PSK credentials of a run seeded with `seed`, if it uses PSK.
+    /// The group's PSK credentials towards the LwM2M Server in a run seeded with `seed`,
+    /// if it uses PSK.
     pub fn psk(&self, seed: u64) -> Option<PskPattern> {
         let security = self.spec.security.as_ref()?;
         match security.mode {
@@ -483,6 +509,24 @@ impl GroupPlan {
                 seed: security.key_seed.unwrap_or(seed),
             }),
         }
+    }
+
+    /// The group's PSK credentials towards the Bootstrap Server (its factory
+    /// bootstrap-server account), if it uses PSK and bootstraps.
+    pub fn bootstrap_psk(&self, seed: u64) -> Option<PskPattern> {
+        let security = self
+            .spec
+            .security
+            .as_ref()
+            .filter(|_| self.spec.bootstrap)?;
+        let psk = self.psk(seed)?;
+        Some(PskPattern {
+            identity: security
+                .bootstrap_identity
+                .clone()
+                .unwrap_or_else(bootstrap_pattern),
+            ..psk
+        })
     }
 
     /// The clients' maker, pointed at `targets`.
@@ -645,10 +689,10 @@ impl Checker<'_> {
                     "only the in-process LwM2M Server can be given a DTLS listener",
                 ));
             }
-            if dtls.bootstrap {
+            if s.servers.bootstrap != Target::InProcess && dtls.bootstrap {
                 return Err(self.err(
                     "servers.dtls.bootstrap",
-                    "the runner's Bootstrap Server speaks plain CoAP so far (set it to false)",
+                    "only the in-process Bootstrap Server can be given a DTLS listener",
                 ));
             }
             if dtls.handshake_timeout.is_zero() {
@@ -692,20 +736,49 @@ impl Checker<'_> {
                         "the group talks DTLS: give the in-process server a listener (servers: { dtls: { server: true } })",
                     ));
                 }
-                if g.bootstrap {
+                if g.bootstrap && !s.servers.bootstrap_dtls() {
                     return Err(self.err(
                         &key("bootstrap"),
-                        "a group with security registers directly: the runner's Bootstrap Server does not hand out DTLS accounts yet",
+                        "the group bootstraps over DTLS: give the in-process Bootstrap Server a listener (servers: { dtls: { bootstrap: true } })",
                     ));
                 }
-                if !(security.identity.contains("{ep}") || security.identity.contains("{n}")) {
+                let own = |k: &str, pattern: &str| {
+                    if pattern.contains("{ep}") || pattern.contains("{n}") {
+                        Ok(())
+                    } else {
+                        Err(self.err(
+                            &key(k),
+                            format!(
+                                "{pattern:?}: every client needs an identity of its own: put {{ep}} or {{n}} in it"
+                            ),
+                        ))
+                    }
+                };
+                own("security.identity", &security.identity)?;
+                if security.bootstrap_identity.is_some() && !g.bootstrap {
                     return Err(self.err(
-                        &key("security.identity"),
-                        format!(
-                            "{:?}: every client needs an identity of its own: put {{ep}} or {{n}} in it",
-                            security.identity
-                        ),
+                        &key("security.bootstrap_identity"),
+                        "the group does not bootstrap (bootstrap: true)",
                     ));
+                }
+                if g.bootstrap {
+                    let bs = security
+                        .bootstrap_identity
+                        .clone()
+                        .unwrap_or_else(bootstrap_pattern);
+                    own("security.bootstrap_identity", &bs)?;
+                    if bs == security.identity {
+                        let (at, other) = match security.bootstrap_identity {
+                            Some(_) => ("security.bootstrap_identity", "identity"),
+                            None => ("security.identity", "bootstrap_identity (default)"),
+                        };
+                        return Err(self.err(
+                            &key(at),
+                            format!(
+                                "{bs:?}: the same as {other}: the Bootstrap Server and the LwM2M Server need credentials of their own"
+                            ),
+                        ));
+                    }
                 }
             }
             if g.bootstrap && s.servers.bootstrap == Target::None {
