@@ -6,6 +6,7 @@ mod dtls_fleet;
 mod dtls_server;
 mod fleet;
 mod fleet_support;
+mod interop_aiocoap;
 mod interop_coap_client;
 mod interop_coap_server;
 mod interop_node;
