@@ -171,3 +171,50 @@ async fn a_rebooted_client_comes_back_with_a_new_session_from_the_same_address()
     fleet.stop(Duration::from_secs(5)).await.unwrap();
     s.server.shutdown().await;
 }
+
+/// A server that lost its DTLS sessions (restarted on the same port) silently drops the
+/// client's records; the client's Update fails (CoAP gives up), so it handshakes again and
+/// its Register reaches the new server, as devices do.
+#[tokio::test]
+async fn a_server_restart_costs_a_failed_update_and_a_new_handshake() {
+    let (s, fleet) = {
+        let names = ["sec-0"];
+        let s = Secure::start(&names).await;
+        let targets = Targets {
+            server: Some(s.dtls),
+            bootstrap: None,
+        };
+        let fleet = start_fleet(
+            &[(&profile(PROFILE), 1)],
+            targets,
+            &NetworkModel::default(),
+            |spec| {
+                credentials(spec, &[]);
+                // Give up on an unanswered request after 0.2 + 0.4 + 0.8 s.
+                spec.config.coap.ack_timeout = Duration::from_millis(200);
+                spec.config.coap.ack_random_factor = 1.0;
+                spec.config.coap.max_retransmit = 2;
+            },
+        );
+        (s, fleet)
+    };
+    counters_until(&fleet, "registered", |c| c.clients_registered == 1).await;
+    let (dtls, security) = (s.dtls, s.security.clone());
+    s.server.shutdown().await;
+    let mut restarted = Secure::start_on(dtls, security).await;
+    fleet.trigger_update(Selector::All).unwrap();
+    restarted
+        .expect("registered with the restarted server", |e| match e {
+            Event::Server(ServerEvent::Registered { registration, .. })
+                if registration.endpoint == "sec-0" =>
+            {
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+    let c = counters_until(&fleet, "registered again", |c| c.registrations == 2).await;
+    assert_eq!((c.failures, c.dtls_handshakes), (1, 2), "{c:?}");
+    fleet.stop(Duration::from_secs(5)).await.unwrap();
+    restarted.server.shutdown().await;
+}

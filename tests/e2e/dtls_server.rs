@@ -76,6 +76,11 @@ impl Secure {
         for ep in endpoints {
             provision(&security, ep);
         }
+        Self::start_on("127.0.0.1:0".parse().unwrap(), security).await
+    }
+
+    /// The server with its DTLS listener bound at `dtls` and credentials from `security`.
+    pub async fn start_on(dtls: SocketAddr, security: Arc<FileSecurityStore>) -> Secure {
         let tap = Arc::new(FirstBytes::default());
         let mut options = ServerOptions::new(
             "127.0.0.1:0".parse().unwrap(),
@@ -84,10 +89,7 @@ impl Secure {
         options.tap = Some(tap.clone());
         // Room for every datagram of a thousand handshakes (COAPLOG events).
         options.bus = lwm2m_server::EventBus::new(1 << 16);
-        options.dtls = Some(DtlsOptions::new(
-            "127.0.0.1:0".parse().unwrap(),
-            security.clone(),
-        ));
+        options.dtls = Some(DtlsOptions::new(dtls, security.clone()));
         let server = start_server(options).unwrap();
         let events = server.subscribe();
         Secure {

@@ -869,9 +869,21 @@ impl Driver {
                 bump(&c.updates);
             }
             ClientEvent::Deregistered => bump(&c.deregistrations),
-            ClientEvent::Failed { .. } => {
+            ClientEvent::Failed { step, .. } => {
                 sim.timed = None;
                 bump(&c.failures);
+                // A Bootstrap-Request, Register or Update that failed over an established
+                // session: the server may have lost the session (a restart, its idle
+                // timeout) and silently drops our records, as devices find out only this
+                // way. Handshake again on the next datagram (the CoAP retransmission of
+                // the Register the client sends next), as devices do.
+                if matches!(step, "bootstrap" | "register" | "update") {
+                    for link in &mut sim.links {
+                        if link.session.as_ref().is_some_and(|s| s.is_established()) {
+                            link.reset();
+                        }
+                    }
+                }
             }
             ClientEvent::Served { .. } => bump(&c.requests_served),
             ClientEvent::Notified { .. } => bump(&c.notifications_sent),
