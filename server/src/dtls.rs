@@ -245,7 +245,7 @@ where
                         if let Err(e) = self.send(now, peer, &answer) {
                             tracing::debug!("{name} (DTLS): 4.03 to {peer} dropped: {e}");
                         }
-                        self.events.push_back(Event::Security(event));
+                        self.events.push_back(Event::Security(self.role, event));
                     }
                     None => self.inner.handle_datagram(now, peer, &payload),
                 }
@@ -293,7 +293,7 @@ where
                 return;
             }
         };
-        self.events.push_back(Event::Security(security));
+        self.events.push_back(Event::Security(self.role, security));
     }
 
     /// A 4.03 answer and its event when `payload` is a request acting for an endpoint

@@ -92,8 +92,10 @@ pub enum Event {
     Bootstrap(BootstrapEvent),
     /// A datagram in or out (only produced while someone subscribes).
     CoapLog(Datagram),
-    /// The DTLS listener's event (handshakes, sessions, identity refusals).
-    Security(SecurityEvent),
+    /// An event of the security of one of our servers' sockets (handshakes, sessions,
+    /// identity refusals on its DTLS listener; a plain-CoAP Register refused), with the
+    /// server it concerns.
+    Security(Role, SecurityEvent),
 }
 
 impl From<ServerEvent> for Event {

@@ -285,7 +285,13 @@ pub fn event(registry: &Registry, e: &Event) -> Option<(&'static str, Json)> {
         Event::Server(s) => server_event(registry, s)?,
         Event::Bootstrap(b) => bootstrap_event(b)?,
         Event::CoapLog(d) => ("COAPLOG", coap_log(d)),
-        Event::Security(s) => ("SECURITY", security_event(s)),
+        Event::Security(role, s) => {
+            let mut json = security_event(s);
+            if let Some(m) = json.as_object_mut() {
+                m.insert("server".into(), json!(role));
+            }
+            ("SECURITY", json)
+        }
     })
 }
 
@@ -559,5 +565,25 @@ mod tests {
         assert!(node_from(&reg, &inst, &json!({"value": 1})).is_err());
         assert!(records_from(&reg, &json!([1])).is_err());
         assert_eq!(code_text((4, 4)), "4.04");
+    }
+
+    #[test]
+    fn security_events_name_their_server() {
+        use crate::events::{Role, SecurityEvent};
+        let event = Event::Security(
+            Role::Bootstrap,
+            SecurityEvent::HandshakeFailed {
+                peer: "127.0.0.1:9".parse().unwrap(),
+                identity: Some("psk:bs-1".into()),
+                reason: "WrongKey".into(),
+            },
+        );
+        let (name, json) = super::event(&Registry::embedded(), &event).unwrap();
+        assert_eq!(name, "SECURITY");
+        assert_eq!(
+            json,
+            json!({"kind": "handshake_failed", "server": "bootstrap", "peer": "127.0.0.1:9",
+                   "identity": "psk:bs-1", "reason": "WrongKey"})
+        );
     }
 }

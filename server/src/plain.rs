@@ -15,7 +15,7 @@ use lwm2m_proto::server::Lwm2mServer;
 
 use crate::driver::Machine;
 use crate::dtls::{endpoint_query, forbidden};
-use crate::events::{Event, SecurityEvent};
+use crate::events::{Event, Role, SecurityEvent};
 use crate::store::SecurityStore;
 
 /// The LwM2M Server machine of the plain socket, with the refusal in front of it.
@@ -68,8 +68,10 @@ impl Machine for PlainServer {
                     peer,
                     bytes: answer,
                 });
-                self.events
-                    .push_back(Event::Security(SecurityEvent::Insecure { peer, endpoint }));
+                self.events.push_back(Event::Security(
+                    Role::Server,
+                    SecurityEvent::Insecure { peer, endpoint },
+                ));
             }
             None => self.inner.handle_datagram(now, peer, bytes),
         }
@@ -137,10 +139,13 @@ mod tests {
         assert_eq!(answer.header.message_id, 41);
         assert_eq!(
             s.poll_event(),
-            Some(Event::Security(SecurityEvent::Insecure {
-                peer,
-                endpoint: "secure-1".into()
-            }))
+            Some(Event::Security(
+                Role::Server,
+                SecurityEvent::Insecure {
+                    peer,
+                    endpoint: "secure-1".into()
+                }
+            ))
         );
         assert!(s.poll_event().is_none(), "the machine saw nothing");
 

@@ -91,7 +91,9 @@ impl Seen {
     /// The identities of the established DTLS sessions.
     fn established(&self) -> Vec<String> {
         self.find(|e| match e {
-            Event::Security(SecurityEvent::Established { identity, .. }) => Some(identity.clone()),
+            Event::Security(_, SecurityEvent::Established { identity, .. }) => {
+                Some(identity.clone())
+            }
             _ => None,
         })
     }
@@ -310,9 +312,12 @@ async fn a_client_bootstraps_over_dtls_and_registers_with_the_credentials_it_was
     let closed = s
         .bs_seen
         .wait(1, "bootstrap session closed", |e| match e {
-            Event::Security(SecurityEvent::Closed {
-                identity, reason, ..
-            }) => Some((identity.clone(), reason.clone())),
+            Event::Security(
+                _,
+                SecurityEvent::Closed {
+                    identity, reason, ..
+                },
+            ) => Some((identity.clone(), reason.clone())),
             _ => None,
         })
         .await;
@@ -345,9 +350,12 @@ async fn a_wrong_bootstrap_key_or_a_taken_identity_fails_alone() {
     let failed = s
         .bs_seen
         .wait(1, "w2's handshake failed", |e| match e {
-            Event::Security(SecurityEvent::HandshakeFailed {
-                identity, reason, ..
-            }) => Some((identity.clone(), reason.clone())),
+            Event::Security(
+                _,
+                SecurityEvent::HandshakeFailed {
+                    identity, reason, ..
+                },
+            ) => Some((identity.clone(), reason.clone())),
             _ => None,
         })
         .await;
@@ -432,9 +440,12 @@ async fn a_bootstrap_identity_used_for_another_endpoint_gets_4_03() {
     let failed = s
         .bs_seen
         .wait(1, "unknown identity", |e| match e {
-            Event::Security(SecurityEvent::HandshakeFailed {
-                identity, reason, ..
-            }) => Some((identity.clone(), reason.clone())),
+            Event::Security(
+                _,
+                SecurityEvent::HandshakeFailed {
+                    identity, reason, ..
+                },
+            ) => Some((identity.clone(), reason.clone())),
             _ => None,
         })
         .await;
@@ -446,11 +457,14 @@ async fn a_bootstrap_identity_used_for_another_endpoint_gets_4_03() {
     let mismatch = s
         .bs_seen
         .wait(1, "IdentityMismatch", |e| match e {
-            Event::Security(SecurityEvent::IdentityMismatch {
-                identity,
-                endpoint,
-                owner,
-            }) => Some((identity.clone(), endpoint.clone(), owner.clone())),
+            Event::Security(
+                _,
+                SecurityEvent::IdentityMismatch {
+                    identity,
+                    endpoint,
+                    owner,
+                },
+            ) => Some((identity.clone(), endpoint.clone(), owner.clone())),
             _ => None,
         })
         .await;
@@ -649,9 +663,12 @@ async fn coap_client_gnutls_bootstraps_over_dtls_as_its_own_endpoint_only() {
     let mismatch = s
         .bs_seen
         .wait(1, "IdentityMismatch", |e| match e {
-            Event::Security(SecurityEvent::IdentityMismatch {
-                identity, endpoint, ..
-            }) => Some((identity.clone(), endpoint.clone())),
+            Event::Security(
+                _,
+                SecurityEvent::IdentityMismatch {
+                    identity, endpoint, ..
+                },
+            ) => Some((identity.clone(), endpoint.clone())),
             _ => None,
         })
         .await;

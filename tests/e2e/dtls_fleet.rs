@@ -100,9 +100,12 @@ async fn a_thousand_psk_clients_register_over_dtls() {
     assert!(s.server.registrations().get("sec-7").is_none());
     let failed = s
         .expect("wrong key", |e| match e {
-            Event::Security(SecurityEvent::HandshakeFailed {
-                identity, reason, ..
-            }) => Some((identity.clone(), reason.clone())),
+            Event::Security(
+                _,
+                SecurityEvent::HandshakeFailed {
+                    identity, reason, ..
+                },
+            ) => Some((identity.clone(), reason.clone())),
             _ => None,
         })
         .await;
@@ -160,7 +163,7 @@ async fn a_rebooted_client_comes_back_with_a_new_session_from_the_same_address()
     assert_eq!(reboot.code, (2, 4));
     let reason = s
         .expect("old session replaced", |e| match e {
-            Event::Security(SecurityEvent::Closed { reason, .. }) => Some(reason.clone()),
+            Event::Security(_, SecurityEvent::Closed { reason, .. }) => Some(reason.clone()),
             _ => None,
         })
         .await;

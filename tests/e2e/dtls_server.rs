@@ -195,7 +195,9 @@ async fn psk_client_registers_over_dtls_and_the_wire_carries_records() {
     assert_eq!(code(&answer), "2.01");
     let identity = s
         .expect("established", |e| match e {
-            Event::Security(SecurityEvent::Established { identity, .. }) => Some(identity.clone()),
+            Event::Security(_, SecurityEvent::Established { identity, .. }) => {
+                Some(identity.clone())
+            }
             _ => None,
         })
         .await;
@@ -277,9 +279,12 @@ async fn wrong_key_and_unknown_identity_fail_the_handshake_only() {
     assert!(connect(s.dtls, &identity, b"not the key").await.is_err());
     let reason = s
         .expect("wrong key", |e| match e {
-            Event::Security(SecurityEvent::HandshakeFailed {
-                identity, reason, ..
-            }) => Some((identity.clone(), reason.clone())),
+            Event::Security(
+                _,
+                SecurityEvent::HandshakeFailed {
+                    identity, reason, ..
+                },
+            ) => Some((identity.clone(), reason.clone())),
             _ => None,
         })
         .await;
@@ -292,7 +297,9 @@ async fn wrong_key_and_unknown_identity_fail_the_handshake_only() {
     );
     let reason = s
         .expect("unknown identity", |e| match e {
-            Event::Security(SecurityEvent::HandshakeFailed { reason, .. }) => Some(reason.clone()),
+            Event::Security(_, SecurityEvent::HandshakeFailed { reason, .. }) => {
+                Some(reason.clone())
+            }
             _ => None,
         })
         .await;
@@ -315,7 +322,7 @@ async fn an_identity_registering_as_another_endpoint_gets_4_03() {
     assert!(String::from_utf8_lossy(&answer.payload).contains("belongs to dev-a"));
     let event = s
         .expect("mismatch", |e| match e {
-            Event::Security(m @ SecurityEvent::IdentityMismatch { .. }) => Some(m.clone()),
+            Event::Security(_, m @ SecurityEvent::IdentityMismatch { .. }) => Some(m.clone()),
             _ => None,
         })
         .await;
@@ -367,7 +374,7 @@ async fn an_endpoint_with_credentials_cannot_register_over_plain_coap() {
     let plain_addr = plain.local_addr().unwrap();
     let event = s
         .expect("insecure", |e| match e {
-            Event::Security(m @ SecurityEvent::Insecure { .. }) => Some(m.clone()),
+            Event::Security(_, m @ SecurityEvent::Insecure { .. }) => Some(m.clone()),
             _ => None,
         })
         .await;
@@ -407,7 +414,7 @@ async fn a_rebooted_client_on_the_same_port_gets_a_new_session() {
     assert_eq!(code(&call(&mut second, register("dev-a", 1)).await), "2.01");
     let reason = s
         .expect("old session replaced", |e| match e {
-            Event::Security(SecurityEvent::Closed { peer, reason, .. }) if *peer == port => {
+            Event::Security(_, SecurityEvent::Closed { peer, reason, .. }) if *peer == port => {
                 Some(reason.clone())
             }
             _ => None,
