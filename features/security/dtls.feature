@@ -119,6 +119,19 @@ Feature: Channel security (ETS int-401, int-402)
     Then the response code is 2.05
     And the last operation went over DTLS
 
+  @core-7.1
+  Scenario: A server that forgot its DTLS sessions gets the client back after a failed Update
+    Given a client "lost-psk" with profile "ets-1.1"
+    And the client uses DTLS with the PSK identity "lost-psk"
+    And the client is registered
+    When the server forgets its DTLS sessions
+    And the client sends an Update
+    # the server drops the records of the forgotten session as strays; the Update fails
+    # when CoAP gives up, the client drops its session and its Register handshakes again
+    Then the client completes a DTLS handshake within 300s
+    And the client registers again within 300s
+    And the client is registered over DTLS with the PSK identity "lost-psk"
+
   @core-7.1 @scale
   Scenario: Two hundred PSK clients register over DTLS at once
     Given 200 clients with profile "ets-1.1"

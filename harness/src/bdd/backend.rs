@@ -396,6 +396,13 @@ pub trait Backend: fmt::Debug {
         None
     }
 
+    /// Our server `role` forgets every DTLS session without a word, as after a restart:
+    /// records of the old sessions are dropped, and clients must handshake again.
+    fn forget_dtls_sessions(&mut self, role: ServerRole) -> anyhow::Result<()> {
+        let _ = role;
+        anyhow::bail!("{NO_DTLS}")
+    }
+
     /// Our server `role` knows the PSK `identity` with `key`, belonging to `endpoint`
     /// (its security store, Core TS 1.1 §7.1.8).
     fn add_psk(

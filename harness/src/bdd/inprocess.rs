@@ -810,6 +810,22 @@ impl InProcess {
                 let text = format!("{} reboots and forgets its DTLS sessions", client.name);
                 self.log.event(at, &text);
             }
+            // A Bootstrap-Request, Register or Update that failed over an established
+            // session: the server may have lost it and drops our records; the next
+            // datagram (the Register's retransmission) handshakes again, as devices do.
+            if let ClientEvent::Failed {
+                step: "bootstrap" | "register" | "update",
+                ..
+            } = &event
+                && client
+                    .dtls
+                    .iter()
+                    .any(|l| l.session.as_ref().is_some_and(|s| s.is_established()))
+            {
+                client.dtls.iter_mut().for_each(ClientLink::reset);
+                let text = format!("{}: request failed, DTLS sessions dropped", client.name);
+                self.log.event(at, &text);
+            }
             self.happenings.push_back(Timed {
                 at,
                 happening: Happening::Client {
@@ -1194,6 +1210,14 @@ impl Backend for InProcess {
         key: &[u8],
     ) -> anyhow::Result<()> {
         self.listener(role)?.add_psk(identity, key, endpoint);
+        Ok(())
+    }
+
+    fn forget_dtls_sessions(&mut self, role: ServerRole) -> anyhow::Result<()> {
+        self.listener(role)?.forget_sessions()?;
+        let text = format!("the {role} forgets its DTLS sessions (a restart)");
+        let at = self.elapsed();
+        self.log.event(at, &text);
         Ok(())
     }
 

@@ -300,6 +300,16 @@ impl PskStore for PskTable {
     }
 }
 
+/// A session router accepting PSK identities of `psk` and certificates of the run's CA.
+fn router(psk: &PskTable) -> anyhow::Result<DtlsServer> {
+    let config = ServerConfig {
+        psk_store: Some(Arc::new(psk.clone())),
+        certificate: Some(pki()?.server.clone()),
+        ..ServerConfig::default()
+    };
+    Ok(DtlsServer::new(config)?)
+}
+
 /// The LwM2M Server's DTLS listener (see the module documentation).
 pub struct SecureListener {
     /// The session router.
@@ -323,16 +333,19 @@ impl SecureListener {
     /// A listener accepting PSK identities of its table and certificates of the run's CA.
     pub fn new() -> anyhow::Result<Self> {
         let psk = PskTable::default();
-        let config = ServerConfig {
-            psk_store: Some(Arc::new(psk.clone())),
-            certificate: Some(pki()?.server.clone()),
-            ..ServerConfig::default()
-        };
         Ok(Self {
-            dtls: DtlsServer::new(config)?,
+            dtls: router(&psk)?,
             psk,
             peers: HashMap::new(),
         })
+    }
+
+    /// Forgets every session silently, as a restarted server does: the PSK table stays,
+    /// records of the old sessions are dropped as strays.
+    pub fn forget_sessions(&mut self) -> anyhow::Result<()> {
+        self.dtls = router(&self.psk)?;
+        self.peers.clear();
+        Ok(())
     }
 
     /// The server knows PSK `identity` with `key`, belonging to `endpoint`.

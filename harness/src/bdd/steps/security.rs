@@ -12,6 +12,7 @@
 //! Given the client uses DTLS with a certificate for "ets-cert" from an untrusted CA
 //! Given every client uses DTLS with its endpoint name as PSK identity
 //! Given the client's bootstrap account uses DTLS with a PSK
+//! When the server forgets its DTLS sessions
 //! Then the client completes a DTLS handshake with the bootstrap server within 10s
 //! Then the client completes a DTLS handshake within 10s
 //! Then the client is registered over DTLS with the PSK identity "ets-psk"
@@ -27,7 +28,7 @@
 
 use std::net::SocketAddr;
 
-use cucumber::{given, then};
+use cucumber::{given, then, when};
 use lwm2m_dtls::Identity;
 use lwm2m_dtls::pki::{Purpose, TestCa, Validity};
 use lwm2m_dtls::record::RecordBytes;
@@ -112,6 +113,13 @@ fn with_foreign_identity(
 ) -> anyhow::Result<()> {
     let key = psk_key(w, &identity);
     psk(w, &identity, &key, Some((&owner, &key)))
+}
+
+/// Our LwM2M Server forgets its DTLS sessions without telling the clients (a restart).
+#[when("the server forgets its DTLS sessions")]
+fn server_forgets_sessions(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
+    w.require(Capability::Dtls);
+    w.backend().forget_dtls_sessions(ServerRole::Lwm2m)
 }
 
 /// Every client of the scenario so far gets PSK credentials the server knows: its
