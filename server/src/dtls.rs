@@ -330,8 +330,8 @@ where
     }
 }
 
-/// The `ep=` query of a request, if any.
-pub(crate) fn endpoint_query(request: &Packet) -> Option<String> {
+/// The `ep=` query of a request (Register, Bootstrap-Request), if any.
+pub fn endpoint_query(request: &Packet) -> Option<String> {
     request
         .get_option(CoapOption::UriQuery)?
         .iter()
@@ -412,7 +412,7 @@ impl Gate for BootstrapRequests {
 /// A 4.03 Forbidden response to `request`: piggybacked (ACK, same message ID) on a
 /// confirmable request, else a non-confirmable response with the message ID of the
 /// request (RFC 7252 §5.2; the requester matches by token); the diagnostic as payload.
-pub(crate) fn forbidden(request: &Packet, reason: &str) -> Packet {
+pub fn forbidden(request: &Packet, reason: &str) -> Packet {
     let mut answer = message::response(ResponseType::Forbidden, reason.as_bytes().to_vec());
     answer.header.set_type(match request.header.get_type() {
         MessageType::Confirmable => MessageType::Acknowledgement,

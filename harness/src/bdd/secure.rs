@@ -37,8 +37,9 @@ use lwm2m_dtls::{
     PskStore, ServerConfig,
 };
 use lwm2m_proto::client::ObjectTree;
-use lwm2m_proto::coap::{CoapOption, MessageClass, MessageType, Packet, RequestType, message};
+use lwm2m_proto::coap::{CoapOption, MessageClass, Packet, RequestType, message};
 use lwm2m_proto::{Instance, ObjectId, ResourceId, ResourceValue, Value};
+use lwm2m_server::dtls::{endpoint_query, forbidden};
 
 use super::backend::ServerRole;
 
@@ -401,11 +402,7 @@ impl SecureListener {
             return None;
         }
         let endpoint = match (method, path.len()) {
-            (RequestType::Post, 1) => request
-                .get_option(CoapOption::UriQuery)?
-                .iter()
-                .find_map(|q| q.strip_prefix(b"ep=").map(String::from_utf8_lossy))?
-                .into_owned(),
+            (RequestType::Post, 1) => endpoint_query(&request)?,
             (_, 2) => location(std::str::from_utf8(path.back()?).ok()?)?,
             _ => return None,
         };
@@ -417,20 +414,10 @@ impl SecureListener {
             "identity {identity} belongs to {}, not to endpoint {endpoint:?}",
             owner.as_deref().unwrap_or("no endpoint")
         );
-        let mut answer = message::response(
-            lwm2m_proto::coap::ResponseType::Forbidden,
-            reason.into_bytes(),
-        );
-        answer.header.set_type(match request.header.get_type() {
-            MessageType::Confirmable => MessageType::Acknowledgement,
-            _ => MessageType::NonConfirmable,
-        });
-        answer.header.message_id = request.header.message_id;
-        answer.set_token(request.get_token().to_vec());
         Some(Refusal {
+            answer: forbidden(&request, &reason),
             endpoint,
             owner,
-            answer,
         })
     }
 }
@@ -536,6 +523,7 @@ impl ClientLink {
 mod tests {
     use super::*;
     use lwm2m_proto::Lwm2mPath;
+    use lwm2m_proto::coap::MessageType;
 
     #[test]
     fn coaps_uris_give_host_and_address() {
