@@ -614,6 +614,11 @@ async fn send_update_trigger_reboot_and_factory_reset() {
         |spec| spec.config.reboot_silence = Duration::from_secs(1),
     );
     let id = stack.registered(EP, 1).await;
+    // The server's event comes before the client has its 2.01; Send needs a registration.
+    crate::fleet_support::counters_until(&handle, "registered at the client", |c| {
+        c.registrations == 1
+    })
+    .await;
 
     // Send (Core TS 1.1 §6.4.4): POST /dp in SenML CBOR.
     handle
