@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use lwm2m_dtls::record::{RecordBytes, is_initial_client_hello};
+use lwm2m_dtls::record::{RecordBytes, client_hello_random, is_initial_client_hello};
 
 use super::ExchangeUsage;
 
@@ -178,13 +178,6 @@ impl DtlsUsage {
     }
 }
 
-/// The 32-byte random of a ClientHello at the start of `datagram` (RFC 5246 §7.4.1.2:
-/// after the record header, the handshake header and client_version).
-fn hello_random(datagram: &[u8]) -> Option<&[u8]> {
-    const AT: usize = lwm2m_dtls::record::RECORD_HEADER_LEN + 12 + 2;
-    datagram.get(AT..AT + 32)
-}
-
 /// Accounts the datagrams to and from the DTLS listener at `server` (others are skipped).
 pub fn account(server: SocketAddr, datagrams: &[Wire<'_>]) -> DtlsUsage {
     let mut usage = DtlsUsage::default();
@@ -192,7 +185,7 @@ pub fn account(server: SocketAddr, datagrams: &[Wire<'_>]) -> DtlsUsage {
     let mut lost: HashMap<SocketAddr, (usize, usize)> = HashMap::new();
     // The random of the ClientHello that opened each client's current handshake: its
     // retransmission (flights repeat every second) is not a new handshake.
-    let mut opened_by: HashMap<SocketAddr, Option<&[u8]>> = HashMap::new();
+    let mut opened_by: HashMap<SocketAddr, Option<[u8; 32]>> = HashMap::new();
     for (i, d) in datagrams.iter().enumerate() {
         let (client, from_client) = if d.dst == server {
             (d.src, true)
@@ -203,7 +196,7 @@ pub fn account(server: SocketAddr, datagrams: &[Wire<'_>]) -> DtlsUsage {
         };
         let records = RecordBytes::of_datagram(d.bytes);
         let fresh = from_client && is_initial_client_hello(d.bytes) && {
-            let random = hello_random(d.bytes);
+            let random = client_hello_random(d.bytes);
             opened_by.insert(client, random) != Some(random)
         };
         if records.handshake > 0 {
