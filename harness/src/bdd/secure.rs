@@ -36,7 +36,7 @@ use lwm2m_dtls::{
     CertificateConfig, ClientConfig, Credentials, DtlsClient, DtlsError, DtlsServer, Identity,
     PskStore, ServerConfig,
 };
-use lwm2m_proto::client::ObjectTree;
+use lwm2m_proto::client::{ObjectTree, parse_coap_uri};
 use lwm2m_proto::coap::{CoapOption, MessageClass, Packet, RequestType, message};
 use lwm2m_proto::{Instance, ObjectId, ResourceId, ResourceValue, Value};
 use lwm2m_server::dtls::{endpoint_query, forbidden};
@@ -221,13 +221,8 @@ fn opaque(instance: &Instance, id: u16) -> Vec<u8> {
 
 /// The host and address of a `coaps://HOST[:PORT][/...]` URI (IP literals only).
 fn coaps_address(uri: &str) -> Option<(String, SocketAddr)> {
-    let authority = uri.strip_prefix("coaps://")?.split(['/', '?']).next()?;
-    if let Ok(addr) = authority.parse::<SocketAddr>() {
-        return Some((addr.ip().to_string(), addr));
-    }
-    let host = authority.trim_start_matches('[').trim_end_matches(']');
-    let ip: IpAddr = host.parse().ok()?;
-    Some((host.to_owned(), SocketAddr::new(ip, 5684)))
+    let uri = parse_coap_uri(uri).filter(|u| u.secure)?;
+    Some((uri.addr.ip().to_string(), uri.addr))
 }
 
 /// The Security instance whose URI is `coaps://` at `server`, with the URI's host.

@@ -13,3 +13,4 @@ pub use machine::{
     ClientConfig, ClientEvent, ClientState, FIRMWARE_UPDATE_DURATION, Lwm2mClient, Quirks,
 };
 pub use tree::{DmError, ExecuteArg, ObjectTree, WriteMode};
+pub use wire::{CoapUri, parse_coap_uri};

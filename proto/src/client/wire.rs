@@ -26,19 +26,19 @@ pub(super) fn class_of(code: Code) -> MessageClass {
 /// A `coap://` or `coaps://` URI split into address and path segments (RFC 7252 §6.1);
 /// hosts must be IP literals (the simulator resolves no names).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct CoapUri {
+pub struct CoapUri {
     /// `coaps` scheme.
-    pub(super) secure: bool,
+    pub secure: bool,
     /// Host and port (5683, or 5684 for coaps, when absent).
-    pub(super) addr: SocketAddr,
+    pub addr: SocketAddr,
     /// The path segments.
-    pub(super) path: Vec<String>,
+    pub path: Vec<String>,
     /// The query parameters.
-    pub(super) query: Vec<String>,
+    pub query: Vec<String>,
 }
 
 /// Parses `coap://host[:port][/path][?query]`; `None` for anything else.
-pub(super) fn parse_coap_uri(uri: &str) -> Option<CoapUri> {
+pub fn parse_coap_uri(uri: &str) -> Option<CoapUri> {
     let (secure, rest) = if let Some(r) = uri.strip_prefix("coap://") {
         (false, r)
     } else {
