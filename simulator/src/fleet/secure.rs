@@ -32,7 +32,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use lwm2m_dtls::{CertificateConfig, ClientConfig, Credentials, DtlsClient, DtlsError};
-use lwm2m_proto::client::{ClientConfig as MachineConfig, ObjectTree};
+use lwm2m_proto::client::{ClientConfig as MachineConfig, ObjectTree, parse_coap_uri};
 use lwm2m_proto::{InstanceId, Lwm2mPath, ObjectId, Value};
 
 /// The Security object (Core TS 1.1 Appendix E.1).
@@ -114,11 +114,10 @@ pub(super) fn credentials_for(
         let iid = ids
             .into_iter()
             .find(|i| !is_bootstrap(*i) && uri(*i).is_some())?;
-        let addr = uri(iid)?
-            .strip_prefix("coaps://")?
-            .split(['/', '?'])
-            .next()
-            .and_then(|a| a.parse::<SocketAddr>().ok());
+        // Where the machine sends for this account (its own URI parser).
+        let addr = parse_coap_uri(uri(iid)?)
+            .filter(|u| u.secure)
+            .map(|u| u.addr);
         if addr != Some(peer) && config.server != Some(peer) {
             return None;
         }
@@ -296,6 +295,9 @@ mod tests {
         assert_eq!(credentials_for(&named, &none, peer), None);
         let configured = config(Some(LWM2M), None);
         assert_eq!(credentials_for(&named, &configured, peer), psk(b"ep", 1));
+        // No port: 5684, where the client machine sends (RFC 7252 §6.2).
+        let portless = tree("coaps://127.0.0.1/", 0, b"id");
+        assert_eq!(credentials_for(&portless, &none, peer), psk(b"id", 1));
     }
 
     #[test]
