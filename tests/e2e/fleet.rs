@@ -364,6 +364,8 @@ async fn expire_nat_through_the_handle() {
         .start()
         .unwrap();
     server.wait_requests(3, Duration::from_secs(10)).await;
+    // The server's count can come before the clients have their 2.01.
+    counters_until(&handle, Duration::from_secs(5), |c| c.registered == 3).await;
     let before: BTreeSet<SocketAddr> = server.requests().iter().map(|s| s.peer).collect();
     handle.expire_nat(Selector::All).unwrap();
     handle.trigger_update(Selector::All).unwrap();
@@ -513,6 +515,7 @@ async fn fleet_registers_with_the_server_machine_and_moves_behind_nat() {
         .start()
         .unwrap();
     server.wait(200, Duration::from_secs(20), registered).await;
+    counters_until(&handle, Duration::from_secs(5), |c| c.registered == 200).await;
     let seen = server.registrations();
     assert_eq!(seen.len(), 200);
     let infos = handle.clients().await.unwrap();
@@ -671,6 +674,7 @@ async fn server_off_loopback_gets_a_socket_per_client() {
         .start()
         .unwrap();
     server.wait(20, Duration::from_secs(10), registered).await;
+    counters_until(&handle, Duration::from_secs(5), |c| c.registered == 20).await;
     let seen = server.registrations();
     let addresses: BTreeSet<SocketAddr> = seen.values().copied().collect();
     assert_eq!(addresses.len(), 20);

@@ -680,8 +680,11 @@ async fn send_update_trigger_reboot_and_factory_reset() {
             // Only the De-register (not retransmitted: the old endpoint is gone).
             assert_eq!(from_client.len(), 1, "{from_client:?}");
             assert_eq!(from_client[0].method(), Some(RequestType::Delete));
+            // The client's clock starts the silence when it sends the De-register; these are
+            // the server's capture times, so a De-register that waited a few ms in a busy
+            // runtime shortens the silence seen here (996 ms once in CI).
             let silence = ms(from_client[0].at, again.at);
-            assert!((1000..1600).contains(&silence), "silent for {silence} ms");
+            assert!((950..1600).contains(&silence), "silent for {silence} ms");
         }
     };
     reboot("/3/0/4").await;
