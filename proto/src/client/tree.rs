@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[cfg(test)]
 use crate::ids::ResourceInstanceId;
@@ -66,6 +67,32 @@ struct ObjectEntry {
     def: Option<Arc<ObjectDef>>,
     instances: BTreeMap<InstanceId, Instance>,
     max_instances: Option<usize>,
+    /// See [`ObjectTree::revision`].
+    revision: u64,
+}
+
+impl ObjectEntry {
+    fn new(def: Option<Arc<ObjectDef>>, max_instances: Option<usize>) -> Self {
+        Self {
+            def,
+            instances: BTreeMap::new(),
+            max_instances,
+            revision: next_revision(),
+        }
+    }
+
+    /// Marks the object changed; returns its instances to change.
+    fn touch(&mut self) -> &mut BTreeMap<InstanceId, Instance> {
+        self.revision = next_revision();
+        &mut self.instances
+    }
+}
+
+/// A stamp no object of any tree in this process had before (so a stamp names one state
+/// of one object, even across clones of a tree).
+fn next_revision() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// The objects, instances and values of one client.
@@ -99,30 +126,30 @@ impl ObjectTree {
     /// Create (a single-instance object allows one).
     pub fn add_object(&mut self, def: Arc<ObjectDef>, max_instances: Option<usize>) {
         let max = if def.multiple { max_instances } else { Some(1) };
-        self.objects.insert(
-            def.id,
-            ObjectEntry {
-                def: Some(def),
-                instances: BTreeMap::new(),
-                max_instances: max,
-            },
-        );
+        self.objects
+            .insert(def.id, ObjectEntry::new(Some(def), max));
     }
 
     /// Adds an object the registry does not know (values keep the types given).
     pub fn add_unknown_object(&mut self, id: ObjectId) {
-        self.objects.entry(id).or_insert(ObjectEntry {
-            def: None,
-            instances: BTreeMap::new(),
-            max_instances: None,
-        });
+        self.objects
+            .entry(id)
+            .or_insert_with(|| ObjectEntry::new(None, None));
     }
 
     /// Sets an instance wholesale (factory configuration), bypassing operation checks.
     pub fn put_instance(&mut self, object: ObjectId, id: InstanceId, instance: Instance) {
         if let Some(o) = self.objects.get_mut(&object) {
-            o.instances.insert(id, instance);
+            o.touch().insert(id, instance);
         }
+    }
+
+    /// A stamp of `object`'s current contents: it changes with every change to the object
+    /// (through any method here) and two trees' objects with equal stamps hold the same
+    /// (one is a copy of the other). Lets a caller cache what it derives from an object.
+    /// `None`: no such object.
+    pub fn revision(&self, object: ObjectId) -> Option<u64> {
+        self.objects.get(&object).map(|o| o.revision)
     }
 
     /// Sets one resource value, bypassing operation checks (value generators, state changes).
@@ -136,7 +163,7 @@ impl ObjectTree {
         let inst = self
             .objects
             .get_mut(&o)
-            .and_then(|e| e.instances.get_mut(&i))
+            .and_then(|e| e.touch().get_mut(&i))
             .ok_or_else(|| not_found(*path))?;
         inst.insert(r, value);
         Ok(())
@@ -382,11 +409,15 @@ impl ObjectTree {
         create: bool,
         path: &Lwm2mPath,
     ) -> Result<&mut Instance, DmError> {
-        let obj = self.objects.get_mut(&o).ok_or_else(|| not_found(*path))?;
+        let instances = self
+            .objects
+            .get_mut(&o)
+            .ok_or_else(|| not_found(*path))?
+            .touch();
         if create {
-            Ok(obj.instances.entry(i).or_default())
+            Ok(instances.entry(i).or_default())
         } else {
-            obj.instances.get_mut(&i).ok_or_else(|| not_found(*path))
+            instances.get_mut(&i).ok_or_else(|| not_found(*path))
         }
     }
 
@@ -437,7 +468,7 @@ impl ObjectTree {
             }
         }
         if let Some(o) = self.objects.get_mut(&object) {
-            o.instances.insert(id, instance);
+            o.touch().insert(id, instance);
         }
         Ok(id)
     }
@@ -451,7 +482,7 @@ impl ObjectTree {
             });
         };
         let obj = self.objects.get_mut(&o).ok_or_else(|| not_found(*path))?;
-        obj.instances
+        obj.touch()
             .remove(&i)
             .map(|_| ())
             .ok_or_else(|| not_found(*path))
@@ -478,7 +509,7 @@ impl ObjectTree {
             if path.object_id().is_some_and(|p| p != *o) {
                 continue;
             }
-            obj.instances.retain(|i, inst| {
+            obj.touch().retain(|i, inst| {
                 protected(*o, inst) || path.instance_id().is_some_and(|p| p != *i)
             });
         }
@@ -525,7 +556,7 @@ impl ObjectTree {
         match self
             .objects
             .get_mut(&o)
-            .and_then(|e| e.instances.get_mut(&i))
+            .and_then(|e| e.touch().get_mut(&i))
             .and_then(|inst| inst.get_mut(&r))
         {
             Some(ResourceValue::Multiple(m)) => m.remove(&ri).is_some(),
@@ -647,6 +678,57 @@ mod tests {
         .into();
         t.put_instance(ObjectId(3), InstanceId(0), inst);
         t
+    }
+
+    #[test]
+    fn revision_names_the_state_of_an_object() {
+        let mut t = tree();
+        t.add_unknown_object(ObjectId(9));
+        let dev = |t: &ObjectTree| t.revision(ObjectId(3)).unwrap();
+        assert_eq!(t.revision(ObjectId(5)), None);
+        let start = dev(&t);
+        let copy = t.clone();
+        assert_eq!(dev(&copy), start, "a copy holds the same state");
+        let _ = t.read(&Lwm2mPath::instance(3, 0));
+        assert_eq!(dev(&t), start, "reading changes nothing");
+        let nine = t.revision(ObjectId(9));
+        let mut seen = vec![start];
+        let mut changed = |t: &ObjectTree, what: &str| {
+            let r = dev(t);
+            assert!(!seen.contains(&r), "{what}: {r} seen before");
+            seen.push(r);
+        };
+        let v = |s: &str| ResourceValue::Single(Value::String(s.into()));
+        t.set(&Lwm2mPath::resource(3, 0, 14), v("+02")).unwrap();
+        changed(&t, "set");
+        let node = Node::Resource(v("+03"));
+        t.write(
+            &Lwm2mPath::resource(3, 0, 14),
+            &node,
+            WriteMode::Replace,
+            false,
+        )
+        .unwrap();
+        changed(&t, "write");
+        t.remove_resource_instance(&Lwm2mPath::ResourceInstance(
+            ObjectId(3),
+            InstanceId(0),
+            ResourceId(11),
+            ri(0),
+        ));
+        changed(&t, "remove a resource instance");
+        t.delete(&Lwm2mPath::instance(3, 0)).unwrap();
+        changed(&t, "delete");
+        t.create(ObjectId(3), None, Instance::new()).unwrap();
+        changed(&t, "create");
+        t.put_instance(ObjectId(3), InstanceId(0), Instance::new());
+        changed(&t, "put an instance");
+        assert_eq!(t.revision(ObjectId(9)), nine, "another object");
+        t.bootstrap_delete(&Lwm2mPath::Root).unwrap();
+        changed(&t, "bootstrap delete");
+        // Back to the copy (a factory reset): its stamp, which differs from all since.
+        t = copy;
+        assert_eq!(dev(&t), start);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::counters::{ProfileStats, add, bump, drop_one};
 use super::handle::{ClientInfo, Command, FleetHandle, FleetReport};
 use super::pool::{Addressing, Binding, SocketPool};
-use super::secure::{DtlsLink, Servers, credentials_for};
+use super::secure::{DtlsLink, Links, Route, Servers};
 use super::{ClientSpec, FleetConfig, FleetError, GeneratedResource, Selector, ramp_offset};
 use crate::network::{Impairment, Mapping, Nat, SleepSchedule};
 use crate::seed;
@@ -229,8 +229,8 @@ struct Sim {
     /// The fleet asked it to de-register (it stays registered until the answer).
     deregistering: bool,
     /// CoAP over DTLS, one link per server whose account in the Security object says
-    /// `coaps://` and PSK (the Bootstrap Server, the LwM2M Server).
-    links: Vec<DtlsLink>,
+    /// `coaps://` (the Bootstrap Server, the LwM2M Server).
+    links: Links,
 }
 
 impl Sim {
@@ -248,7 +248,7 @@ impl Sim {
         };
         Self {
             endpoint: config.endpoint.clone().into_boxed_str(),
-            links: Vec::new(),
+            links: Links::default(),
             client: Lwm2mClient::new(config, tree),
             profile,
             binding: None,
@@ -294,10 +294,7 @@ impl Sim {
 
 /// Client `i`'s DTLS link with `server`.
 fn link_of(sims: &mut [Sim], i: usize, server: SocketAddr) -> Option<&mut DtlsLink> {
-    sims.get_mut(i)?
-        .links
-        .iter_mut()
-        .find(|l| l.server == server)
+    sims.get_mut(i)?.links.get_mut(server)
 }
 
 /// A datagram ready to leave.
@@ -471,7 +468,7 @@ impl Driver {
                 sim.client.wake(now);
             }
             What::Dtls => {
-                let Some(link) = sim.links.iter_mut().find(|l| l.timer == Some(due.at)) else {
+                let Some(link) = sim.links.due(due.at) else {
                     return;
                 };
                 link.timer = None;
@@ -578,7 +575,7 @@ impl Driver {
     }
 
     /// A CoAP datagram from client `i`'s machine: into its DTLS session when its account
-    /// for that server is `coaps://` PSK (the link is built, or rebuilt when the account's
+    /// for that server is `coaps://` (the link is built, or rebuilt when the account's
     /// credentials changed, from the current tree), else straight to the wire.
     fn outbound(&mut self, i: usize, now: Instant, t: Transmit) {
         let Some(sim) = self.sims.get_mut(i) else {
@@ -589,43 +586,17 @@ impl Driver {
         {
             sim.timed = Some((op, now));
         }
-        let wanted = credentials_for(
-            sim.client.tree(),
-            &Servers::from(sim.client.config()),
-            t.peer,
-        );
-        let current = sim.links.iter().position(|l| l.server == t.peer);
-        let k = match (wanted, current) {
-            (None, current) => {
-                // Not (or no longer) a secure account: plain CoAP.
-                if let Some(k) = current {
-                    sim.links.swap_remove(k);
+        let servers = Servers::from(sim.client.config());
+        match sim.links.route(sim.client.tree(), &servers, t.peer) {
+            Route::Plain => self.wire(i, now, t.peer, t.bytes),
+            Route::Unusable => self.count(i, |c| &c.dtls_failures, 1),
+            Route::Secure(link) => {
+                if link.send(now, t.bytes) {
+                    self.count(i, |c| &c.dtls_handshakes, 1);
                 }
-                return self.wire(i, now, t.peer, t.bytes);
+                self.dtls_flush(i, t.peer, now);
             }
-            (Some(c), Some(k)) if sim.links.get(k).is_some_and(|l| l.uses(&c)) => k,
-            (Some(c), current) => match DtlsLink::new(t.peer, c) {
-                Ok(link) => match current {
-                    Some(k) => {
-                        sim.links[k] = link;
-                        k
-                    }
-                    None => {
-                        sim.links.push(link);
-                        sim.links.len() - 1
-                    }
-                },
-                // Unusable credentials (an empty key): nothing goes out, in clear least of all.
-                Err(_) => return self.count(i, |c| &c.dtls_failures, 1),
-            },
-        };
-        let Some(link) = sim.links.get_mut(k) else {
-            return;
-        };
-        if link.send(now, t.bytes) {
-            self.count(i, |c| &c.dtls_handshakes, 1);
         }
-        self.dtls_flush(i, t.peer, now);
     }
 
     /// Moves what client `i`'s DTLS session with `server` has to say: records to the wire,
@@ -701,11 +672,7 @@ impl Driver {
         };
         let rebind = sim.binding.is_some() && (remapped || sim.expired);
         if rebind {
-            for link in &mut sim.links {
-                if link.session.as_ref().is_some_and(|s| s.is_established()) {
-                    link.reset();
-                }
-            }
+            sim.links.reset_established();
         }
         if sim.binding.is_none() || rebind {
             if let Some(old) = sim.binding.take()
@@ -825,7 +792,7 @@ impl Driver {
         let Some(sim) = self.sims.get_mut(i) else {
             return;
         };
-        match sim.links.iter_mut().find(|l| l.server == peer) {
+        match sim.links.get_mut(peer) {
             Some(link) => {
                 if let Some(s) = link.session.as_mut() {
                     s.handle_datagram(now, bytes);
@@ -878,11 +845,7 @@ impl Driver {
                 // way. Handshake again on the next datagram (the CoAP retransmission of
                 // the Register the client sends next), as devices do.
                 if matches!(step, "bootstrap" | "register" | "update") {
-                    for link in &mut sim.links {
-                        if link.session.as_ref().is_some_and(|s| s.is_established()) {
-                            link.reset();
-                        }
-                    }
+                    sim.links.reset_established();
                 }
             }
             ClientEvent::Served { .. } => bump(&c.requests_served),
@@ -892,7 +855,7 @@ impl Driver {
             // Done with the Bootstrap Server: close_notify, as devices do.
             ClientEvent::Bootstrapped => {
                 let bs = sim.client.config().bootstrap_server;
-                if let Some(link) = sim.links.iter_mut().find(|l| Some(l.server) == bs)
+                if let Some(link) = bs.and_then(|bs| sim.links.get_mut(bs))
                     && let Some(session) = link.session.as_mut()
                 {
                     session.close(now);
