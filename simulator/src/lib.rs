@@ -18,6 +18,7 @@ pub mod network;
 pub mod profile;
 pub mod quirks;
 pub mod scenarios;
+pub mod security;
 pub mod seed;
 
 pub use config::ConfigError;

@@ -671,8 +671,9 @@ impl InProcess {
             return;
         };
         let tree = machine.tree();
+        let endpoint = &machine.config().endpoint;
         let sent = link.send(now, t.bytes.clone(), || {
-            secure::client_config(tree, t.peer)
+            secure::client_config(tree, endpoint, t.peer)
                 .unwrap_or_else(|| Err("no coaps:// account for this server any more".into()))
         });
         match sent {

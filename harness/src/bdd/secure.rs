@@ -13,10 +13,11 @@
 //!   endpoint's registration, is answered 4.03 here and never reaches the machine.
 //! - **Client** ([`ClientLink`]): the credentials are read from the client's Security
 //!   instance whose URI is `coaps://` at the address the machine sends to, when a session
-//!   starts (so what a Bootstrap Server wrote counts): mode 0, PSK identity /0/x/3 and key
-//!   /0/x/5; mode 2, own certificate /0/x/3, the server's trust anchor /0/x/4 (the CA
-//!   certificate: RFC 6698 usage 2, trust anchor assertion) and private key /0/x/5, the
-//!   server certificate matched against the URI's host. CoAP waits while the handshake
+//!   starts (so what a Bootstrap Server wrote counts), read as the fleet reads them
+//!   ([`lwm2m_simulator::security`]): mode 0, PSK identity /0/x/3 and key /0/x/5; mode 2,
+//!   own certificate /0/x/3, the server's trust anchor /0/x/4 (the CA certificate: RFC 6698
+//!   usage 2, trust anchor assertion) and private key /0/x/5, the server certificate
+//!   matched against the URI's host. CoAP waits while the handshake
 //!   runs; a failed or closed session is replaced when the machine next sends (its CoAP
 //!   retransmission).
 //!
@@ -33,13 +34,14 @@ use std::time::Instant;
 
 use lwm2m_dtls::pki::{Purpose, TestCa, Validity};
 use lwm2m_dtls::{
-    CertificateConfig, ClientConfig, Credentials, DtlsClient, DtlsError, DtlsServer, Identity,
-    PskStore, ServerConfig,
+    CertificateConfig, ClientConfig, DtlsClient, DtlsError, DtlsServer, Identity, PskStore,
+    ServerConfig,
 };
 use lwm2m_proto::client::{ObjectTree, parse_coap_uri};
 use lwm2m_proto::coap::{CoapOption, MessageClass, Packet, RequestType, message};
 use lwm2m_proto::{Instance, ObjectId, ResourceId, ResourceValue, Value};
 use lwm2m_server::dtls::{endpoint_query, forbidden};
+use lwm2m_simulator::security::{MODE_CERTIFICATE, MODE_PSK, account_credentials};
 
 use super::backend::ServerRole;
 
@@ -71,16 +73,10 @@ pub fn role_of(addr: SocketAddr) -> ServerRole {
 pub const SERVER_NAME: &str = "server.example.com";
 
 /// Why a case with raw public keys (Security mode 1) is not applicable.
-pub const NO_RAW_PUBLIC_KEYS: &str = "raw public keys (RFC 7250, Security mode 1) are not supported by the rtc-dtls family \
-     our DTLS layer is built on";
+pub use lwm2m_simulator::security::NO_RAW_PUBLIC_KEYS;
 
 /// CoAP datagrams a client holds while its handshake runs (the oldest go first beyond it).
 const PENDING: usize = 16;
-
-/// Security Mode values (/0/x/2, Core TS 1.1 Appendix E.1).
-const MODE_PSK: i64 = 0;
-const MODE_RPK: i64 = 1;
-const MODE_CERTIFICATE: i64 = 2;
 
 /// The run's certificate authority and the server certificate it issued.
 #[derive(Debug)]
@@ -211,30 +207,16 @@ fn resource(instance: &Instance, id: u16) -> Option<&Value> {
     }
 }
 
-fn opaque(instance: &Instance, id: u16) -> Vec<u8> {
-    match resource(instance, id) {
-        Some(Value::Opaque(b)) => b.clone(),
-        Some(Value::String(s)) => s.clone().into_bytes(),
-        _ => Vec::new(),
-    }
-}
-
-/// The host and address of a `coaps://HOST[:PORT][/...]` URI (IP literals only).
-fn coaps_address(uri: &str) -> Option<(String, SocketAddr)> {
-    let uri = parse_coap_uri(uri).filter(|u| u.secure)?;
-    Some((uri.addr.ip().to_string(), uri.addr))
-}
-
-/// The Security instance whose URI is `coaps://` at `server`, with the URI's host.
-fn coaps_account(tree: &ObjectTree, server: SocketAddr) -> Option<(String, &Instance)> {
+/// The Security instance whose URI is `coaps://` at `server` (IP literals only).
+fn coaps_account(tree: &ObjectTree, server: SocketAddr) -> Option<&Instance> {
     let security = ObjectId(0);
     tree.instance_ids(security).into_iter().find_map(|i| {
         let inst = tree.instance(security, i)?;
         let Some(Value::String(uri)) = resource(inst, 0) else {
             return None;
         };
-        let (host, addr) = coaps_address(uri)?;
-        (addr == server).then_some((host, inst))
+        let uri = parse_coap_uri(uri).filter(|u| u.secure)?;
+        (uri.addr == server).then_some(inst)
     })
 }
 
@@ -244,35 +226,20 @@ pub fn is_secure(tree: &ObjectTree, server: SocketAddr) -> bool {
     coaps_account(tree, server).is_some()
 }
 
-/// The DTLS configuration of the client's `coaps://` account at `server`: `None` when the
-/// tree has none (the client talks plain CoAP to it), `Err` with the reason when the
-/// account cannot be used.
+/// The DTLS configuration of the client's `coaps://` account at `server`
+/// ([`account_credentials`]): `None` when the tree has none (the client talks plain CoAP
+/// to it), `Err` with the reason when the account cannot be used.
 pub fn client_config(
     tree: &ObjectTree,
+    endpoint: &str,
     server: SocketAddr,
 ) -> Option<Result<ClientConfig, String>> {
-    let (host, instance) = coaps_account(tree, server)?;
-    let credentials = match resource(instance, 2) {
-        Some(Value::Integer(MODE_PSK)) => Credentials::Psk {
-            identity: opaque(instance, 3),
-            key: opaque(instance, 5),
-        },
-        Some(Value::Integer(MODE_CERTIFICATE)) => Credentials::Certificate {
-            certificate: CertificateConfig {
-                chain: vec![opaque(instance, 3)],
-                private_key: opaque(instance, 5),
-                trust_anchors: vec![opaque(instance, 4)],
-            },
-            server_name: host,
-        },
-        Some(Value::Integer(MODE_RPK)) => return Some(Err(NO_RAW_PUBLIC_KEYS.to_owned())),
-        other => {
-            return Some(Err(format!(
-                "a coaps:// account needs Security Mode 0 (PSK) or 2 (certificate), not {other:?}"
-            )));
-        }
-    };
-    Some(ClientConfig::new(&credentials).map_err(|e| e.to_string()))
+    let instance = coaps_account(tree, server)?;
+    Some(match account_credentials(instance, endpoint) {
+        Ok(Some(credentials)) => ClientConfig::new(&credentials).map_err(|e| e.to_string()),
+        Ok(None) => Err("the account is not coaps://".to_owned()),
+        Err(reason) => Err(reason),
+    })
 }
 
 /// A PSK the server knows: the endpoint it belongs to, and the key.
@@ -521,13 +488,29 @@ mod tests {
     use lwm2m_proto::coap::MessageType;
 
     #[test]
-    fn coaps_uris_give_host_and_address() {
-        let (host, addr) = coaps_address("coaps://10.0.0.1:5684").unwrap();
-        assert_eq!((host.as_str(), addr), ("10.0.0.1", SECURE_SERVER));
-        let (_, addr) = coaps_address("coaps://10.0.0.1/x").unwrap();
-        assert_eq!(addr, SECURE_SERVER);
-        assert!(coaps_address("coap://10.0.0.1:5683").is_none());
-        assert!(coaps_address("coaps://server.example.com").is_none());
+    fn an_account_is_secure_where_its_coaps_uri_points() {
+        let with_uri = |uri: &str| {
+            let mut tree = ObjectTree::new();
+            tree.add_unknown_object(ObjectId(0));
+            let mut account = Instance::default();
+            account.insert(
+                ResourceId(0),
+                ResourceValue::Single(Value::String(uri.into())),
+            );
+            tree.put_instance(ObjectId(0), 0.into(), account);
+            tree
+        };
+        assert!(is_secure(&with_uri("coaps://10.0.0.1:5684"), SECURE_SERVER));
+        assert!(is_secure(&with_uri("coaps://10.0.0.1/x"), SECURE_SERVER));
+        assert!(!is_secure(
+            &with_uri("coaps://10.0.0.1:5684"),
+            SECURE_BOOTSTRAP
+        ));
+        assert!(!is_secure(&with_uri("coap://10.0.0.1:5683"), SECURE_SERVER));
+        assert!(!is_secure(
+            &with_uri("coaps://server.example.com"),
+            SECURE_SERVER
+        ));
     }
 
     #[test]
@@ -566,7 +549,7 @@ mod tests {
         };
         write_account(&mut tree, ServerRole::Lwm2m, SECURE_SERVER, &certificate).unwrap();
         assert!(is_secure(&tree, SECURE_SERVER) && !is_secure(&tree, SECURE_BOOTSTRAP));
-        let config = client_config(&tree, SECURE_SERVER).unwrap().unwrap();
+        let config = client_config(&tree, "dev", SECURE_SERVER).unwrap().unwrap();
         assert_eq!(config.identity(), &Identity::Certificate("dev".into()));
         assert!(
             write_account(
@@ -581,11 +564,13 @@ mod tests {
         let mut rpk = tree.instance(ObjectId(0), 0.into()).unwrap().clone();
         rpk.insert(
             ResourceId(2),
-            ResourceValue::Single(Value::Integer(MODE_RPK)),
+            ResourceValue::Single(Value::Integer(lwm2m_simulator::security::MODE_RPK)),
         );
         tree.put_instance(ObjectId(0), 0.into(), rpk);
         assert_eq!(tree.get(&path), Some(&Value::Integer(1)));
-        let refused = client_config(&tree, SECURE_SERVER).unwrap().unwrap_err();
+        let refused = client_config(&tree, "dev", SECURE_SERVER)
+            .unwrap()
+            .unwrap_err();
         assert!(refused.contains("RFC 7250"), "{refused}");
     }
 

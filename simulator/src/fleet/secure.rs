@@ -2,19 +2,14 @@
 //! talks to over `coaps://` gets a [`DtlsLink`] of its own, with the credentials of that
 //! server's account in the client's *current* object tree: the bootstrap-server Security
 //! instance (/0/x/1 true) for [`ClientConfig::bootstrap_server`], the LwM2M Server account
-//! (the first other instance with a URI) for the server the client registers with. An
-//! account is Security Mode 0 (PSK, /0/x/2) with identity /0/x/3 and key /0/x/5 (an empty
-//! identity stands for the endpoint name), or Security Mode 2 (certificate,
-//! `TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8`) with the client's certificate (DER) in /0/x/3, its
-//! PKCS#8 private key (DER) in /0/x/5 and the certificate its server's chain must lead to
-//! (DER, a trust anchor) in /0/x/4; the server's certificate must name the URI's host (an
-//! IP address subjectAltName for `coaps://127.0.0.1:…`). The two accounts carry different credentials,
-//! as the specification requires, and the Bootstrap Server replaces the LwM2M Server's
-//! during bootstrap: whenever the Security object has changed ([`ObjectTree::revision`]),
-//! the next datagram toward a server checks its link against the account, and the link
-//! is rebuilt when the account's credentials changed (bootstrap, factory reset) or
-//! dropped when the account is no longer `coaps://`. Between changes a datagram costs one
-//! look-up ([`Links::route`]).
+//! (the first other instance with a URI) for the server the client registers with, read as
+//! [`crate::security`] says (PSK or certificate). The two accounts carry different
+//! credentials, as the specification requires, and the Bootstrap Server replaces the LwM2M
+//! Server's during bootstrap: whenever the Security object has changed
+//! ([`ObjectTree::revision`]), the next datagram toward a server checks its link against
+//! the account, and the link is rebuilt when the account's credentials changed
+//! (bootstrap, factory reset) or dropped when the account is no longer `coaps://`.
+//! Between changes a datagram costs one look-up ([`Links::route`]).
 //!
 //! Sessions start when the client first sends to the server and again whenever the old
 //! one is gone: handshake failure, close, reboot (the device forgets its session), or a
@@ -24,30 +19,23 @@
 //! Bootstrap-Finish the client closes its session with the Bootstrap Server
 //! (close_notify), as devices do.
 //!
-//! Not supported: raw public keys (mode 1, not in the rtc-dtls family), EST (mode 4) and
-//! Certificate Usage (/0/x/15): /0/x/4 is always a trust anchor. A `coaps://` account in
-//! mode 1 or 4 gets no link and sends nothing (each datagram counts as a DTLS failure):
-//! a device never falls back to clear text.
+//! A `coaps://` account that cannot be used (raw public keys, EST, NoSec) gets no link and
+//! sends nothing (each datagram counts as a DTLS failure): a device never falls back to
+//! clear text.
 //!
 //! [`ClientConfig::bootstrap_server`]: lwm2m_proto::client::ClientConfig::bootstrap_server
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use lwm2m_dtls::{CertificateConfig, ClientConfig, Credentials, DtlsClient, DtlsError};
+use lwm2m_dtls::{ClientConfig, Credentials, DtlsClient, DtlsError};
 use lwm2m_proto::client::{ClientConfig as MachineConfig, ObjectTree, parse_coap_uri};
-use lwm2m_proto::{InstanceId, Lwm2mPath, ObjectId, Value};
+use lwm2m_proto::{Lwm2mPath, ObjectId, Value};
+
+use crate::security::account_credentials;
 
 /// The Security object (Core TS 1.1 Appendix E.1).
 const SECURITY: ObjectId = ObjectId(0);
-/// Security Mode 0: pre-shared key (/0/x/2).
-const MODE_PSK: i64 = 0;
-/// Security Mode 1: raw public key (/0/x/2), not in the rtc-dtls family.
-const MODE_RPK: i64 = 1;
-/// Security Mode 2: certificate (/0/x/2).
-const MODE_CERTIFICATE: i64 = 2;
-/// Security Mode 4: certificate with EST (/0/x/2), not supported.
-const MODE_EST: i64 = 4;
 /// CoAP datagrams held while a handshake runs (the oldest go first beyond it).
 const PENDING: usize = 16;
 
@@ -217,18 +205,18 @@ impl<'a> From<&'a MachineConfig> for Servers<'a> {
     }
 }
 
-/// The credentials of the account the client machine uses toward `peer`, if it is
-/// `coaps://` in PSK or certificate mode: the bootstrap-server account when `peer` is the
-/// configured Bootstrap Server, else the LwM2M Server account when `peer` is its URI's
-/// address or the configured server. `Ok(None)`: plain CoAP (no such account, `coap://`,
-/// or Security Mode 3, NoSec). `Err(mode)`: a `coaps://` account in a mode the fleet
-/// cannot speak (1, raw public key; 4, certificate with EST), for which nothing may go
-/// out in clear.
+/// The credentials of the account the client machine uses toward `peer`
+/// ([`account_credentials`]): the bootstrap-server account when `peer` is the configured
+/// Bootstrap Server, else the LwM2M Server account when `peer` is its URI's address or
+/// the configured server. `Ok(None)`: plain CoAP (no such account, or not `coaps://`).
+/// `Err`: a `coaps://` account that cannot be used (raw public keys), for which nothing
+/// may go out in clear.
 fn credentials_for(
     tree: &ObjectTree,
     config: &Servers<'_>,
     peer: SocketAddr,
-) -> Result<Option<Credentials>, i64> {
+) -> Result<Option<Credentials>, String> {
+    let account = |iid| tree.instance(SECURITY, iid);
     let get = |iid, rid: u16| tree.get(&Lwm2mPath::Resource(SECURITY, iid, rid.into()));
     let is_bootstrap = |iid| get(iid, 1) == Some(&Value::Boolean(true));
     let uri = |iid| match get(iid, 0) {
@@ -236,73 +224,24 @@ fn credentials_for(
         _ => None,
     };
     let ids = tree.instance_ids(SECURITY);
-    let account: InstanceId = if config.bootstrap_server == Some(peer) {
-        match ids.into_iter().find(|i| is_bootstrap(*i)) {
-            Some(iid) => iid,
-            None => return Ok(None),
-        }
+    let iid = if config.bootstrap_server == Some(peer) {
+        ids.into_iter().find(|i| is_bootstrap(*i))
     } else {
-        // The machine's rule: the first non-bootstrap instance with a URI.
-        let Some(iid) = ids
-            .into_iter()
+        // The machine's rule: the first non-bootstrap instance with a URI, if the machine
+        // sends there for it (its own URI parser) or it is the configured server.
+        ids.into_iter()
             .find(|i| !is_bootstrap(*i) && uri(*i).is_some())
-        else {
-            return Ok(None);
-        };
-        // Where the machine sends for this account (its own URI parser).
-        let addr = uri(iid)
-            .and_then(parse_coap_uri)
-            .filter(|u| u.secure)
-            .map(|u| u.addr);
-        if addr != Some(peer) && config.server != Some(peer) {
-            return Ok(None);
-        }
-        iid
+            .filter(|iid| {
+                let addr = uri(*iid)
+                    .and_then(parse_coap_uri)
+                    .filter(|u| u.secure)
+                    .map(|u| u.addr);
+                addr == Some(peer) || config.server == Some(peer)
+            })
     };
-    let Some(host) = uri(account).and_then(|u| u.strip_prefix("coaps://")) else {
-        return Ok(None);
-    };
-    let opaque = |rid| match get(account, rid) {
-        Some(Value::Opaque(b)) => b.clone(),
-        _ => Vec::new(),
-    };
-    match get(account, 2) {
-        Some(Value::Integer(MODE_PSK)) => {
-            let identity = opaque(3);
-            Ok(Some(Credentials::Psk {
-                identity: if identity.is_empty() {
-                    config.endpoint.as_bytes().to_vec()
-                } else {
-                    identity
-                },
-                key: opaque(5),
-            }))
-        }
-        // Empty resources compile to no configuration: the link then fails, counted, and
-        // nothing goes out in clear.
-        Some(Value::Integer(MODE_CERTIFICATE)) => Ok(Some(Credentials::Certificate {
-            certificate: CertificateConfig {
-                chain: vec![opaque(3)],
-                private_key: opaque(5),
-                trust_anchors: vec![opaque(4)],
-            },
-            server_name: server_name(host).to_owned(),
-        })),
-        Some(Value::Integer(mode @ (MODE_RPK | MODE_EST))) => Err(*mode),
-        _ => Ok(None),
-    }
-}
-
-/// The host of a URI authority (`host:port`, `[v6]:port`, `host`), the name the server's
-/// certificate must carry (an IP address matches an IP address subjectAltName).
-fn server_name(authority: &str) -> &str {
-    let authority = authority.split(['/', '?']).next().unwrap_or(authority);
-    if let Some(v6) = authority.strip_prefix('[') {
-        return v6.split(']').next().unwrap_or(v6);
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.parse::<u16>().is_ok() && !host.contains(':') => host,
-        _ => authority,
+    match iid.and_then(account) {
+        Some(account) => account_credentials(account, config.endpoint),
+        None => Ok(None),
     }
 }
 
@@ -369,6 +308,8 @@ impl DtlsLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::security::MODE_CERTIFICATE;
+    use lwm2m_proto::InstanceId;
     use lwm2m_proto::{Instance, ResourceValue};
 
     const BS: &str = "127.0.0.1:5784";
@@ -484,13 +425,12 @@ mod tests {
             creds(&tree("coap://127.0.0.1:5684", 0, b"id"), &none, peer),
             None
         );
-        assert_eq!(
-            creds(&tree("coaps://127.0.0.1:5684", 3, b"id"), &none, peer),
-            None
-        );
+        // NoSec on a coaps:// URI: refused, nothing goes out in clear.
+        let nosec = tree("coaps://127.0.0.1:5684", 3, b"id");
+        assert!(credentials_for(&nosec, &none, peer).is_err());
         // Raw public keys: no link, and nothing in clear either.
         let rpk = tree("coaps://127.0.0.1:5684", 1, b"id");
-        assert_eq!(credentials_for(&rpk, &none, peer), Err(1));
+        assert!(credentials_for(&rpk, &none, peer).is_err());
         assert!(matches!(
             Links::default().route(&rpk, &none, peer),
             Route::Unusable
@@ -521,38 +461,15 @@ mod tests {
     }
 
     #[test]
-    fn certificate_accounts_carry_chain_key_and_trust_anchor() {
+    fn certificate_accounts_that_do_not_compile_get_no_link() {
         let peer: SocketAddr = LWM2M.parse().unwrap();
-        let mut t = tree("coaps://127.0.0.1:5684", 2, b"\x30\x01");
-        let set = |t: &mut ObjectTree, r: u16, v: &[u8]| {
-            let p = Lwm2mPath::Resource(SECURITY, 0.into(), r.into());
-            t.set(&p, ResourceValue::Single(Value::Opaque(v.to_vec())))
-                .unwrap();
-        };
-        set(&mut t, 4, b"ca");
-        set(&mut t, 5, b"key");
-        let Some(Credentials::Certificate {
-            certificate,
-            server_name: name,
-        }) = creds(&t, &config(None, None), peer)
+        let t = tree("coaps://127.0.0.1:5684", 2, b"\x30\x01");
+        let Some(creds @ Credentials::Certificate { .. }) = creds(&t, &config(None, None), peer)
         else {
             panic!("a certificate account")
         };
-        assert_eq!(certificate.chain, [b"\x30\x01".to_vec()]);
-        assert_eq!(certificate.private_key, b"key");
-        assert_eq!(certificate.trust_anchors, [b"ca".to_vec()]);
-        assert_eq!(name, "127.0.0.1");
         // Garbage does not compile: the link is refused rather than sent in clear.
-        let creds = creds(&t, &config(None, None), peer).unwrap();
         assert!(DtlsLink::new(peer, creds).is_err());
-        for (authority, name) in [
-            ("127.0.0.1:5684", "127.0.0.1"),
-            ("[::1]:5684", "::1"),
-            ("lwm2m.example", "lwm2m.example"),
-            ("lwm2m.example:5684/x", "lwm2m.example"),
-        ] {
-            assert_eq!(server_name(authority), name);
-        }
     }
 
     #[test]
