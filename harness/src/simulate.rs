@@ -14,7 +14,7 @@
 //! in a bootstrap-server account (Security Mode 0), and talks to its LwM2M Server with what
 //! the Bootstrap Server hands over.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -117,40 +117,9 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 }
 
 /// `coap://HOST:PORT` to a socket address (IPv4 preferred) and false, `coaps://HOST:PORT`
-/// to one and true.
+/// to one and true (the scenario runner's reading).
 fn parse_coap_uri(uri: &str) -> anyhow::Result<(SocketAddr, bool)> {
-    let (rest, secure, port) = match uri.strip_prefix("coaps://") {
-        Some(rest) => (rest, true, 5684),
-        None => (
-            uri.strip_prefix("coap://")
-                .with_context(|| format!("{uri:?}: only coap:// and coaps:// URIs"))?,
-            false,
-            5683,
-        ),
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let with_port = if authority.starts_with('[') {
-        if authority.contains("]:") {
-            authority.to_owned()
-        } else {
-            format!("{authority}:{port}")
-        }
-    } else if authority.contains(':') {
-        authority.to_owned()
-    } else {
-        format!("{authority}:{port}")
-    };
-    let addrs: Vec<SocketAddr> = with_port
-        .to_socket_addrs()
-        .with_context(|| format!("resolving {uri:?}"))?
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
-        .map(|a| (a, secure))
-        .with_context(|| format!("{uri:?} resolves to no address"))
+    lwm2m_harness::runner::scenario::parse_coap_uri(uri).map_err(anyhow::Error::msg)
 }
 
 /// A YAML file: `arg` itself if it is a file, else `NAME.yaml` under `folder`.

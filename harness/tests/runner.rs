@@ -241,6 +241,28 @@ fn broken_dtls_keys_are_named_with_their_line() {
             ),
             "servers.dtls.server: only the in-process LwM2M Server",
         ),
+        // An external server: coaps:// needs every group secure, a secure group needs
+        // coaps://, and an external Bootstrap Server over coaps:// is not supported.
+        (
+            format!("{head}servers:\n  server: coaps://127.0.0.1:5684\n  bootstrap: none\n{group}"),
+            ":7:5: fleet.0.security: the LwM2M Server is coaps://: the group needs `security`",
+        ),
+        (
+            format!(
+                "{head}servers:\n  server: coap://127.0.0.1:5683\n  bootstrap: none\n{group}    security: {{ mode: psk }}\n"
+            ),
+            ":10:5: fleet.0.security: the group talks DTLS: give the external server as coaps://HOST:PORT",
+        ),
+        (
+            format!(
+                "{head}servers:\n  server: coaps://127.0.0.1:5684\n  bootstrap: coaps://127.0.0.1:5784\n{group}    security: {{ mode: psk }}\n"
+            ),
+            "servers.bootstrap: an external coaps:// Bootstrap Server is not supported",
+        ),
+        (
+            format!("{head}servers:\n  server: http://127.0.0.1\n{group}"),
+            "coap://HOST:PORT or coaps://HOST:PORT",
+        ),
     ];
     for (text, expected) in &cases {
         let e = load_error(text);
@@ -547,6 +569,115 @@ timeline:
     let registers = text.lines().filter(|l| l.starts_with("2\trd")).count();
     let created = text.lines().filter(|l| l.starts_with("65")).count();
     assert!(registers >= 10 && created >= 10, "{text}");
+    drop(server);
+}
+
+/// Against an external `coaps://` LwM2M Server (our own, started here as a library, with
+/// nothing of the runner in it): `run --export-credentials` writes the clients' PSKs, the
+/// server is loaded with them, the run's clients handshake and register over DTLS, and the
+/// fleet's own sessions write `keys.log`, with which tshark finds every Register inside
+/// the fleet's `run.pcap`.
+#[test]
+fn external_coaps_server_gets_the_exported_credentials() {
+    use lwm2m_server::store::{FileSecurityStore, SecurityInfo, SecurityStore as _};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let registry = std::sync::Arc::new(Registry::embedded());
+    let store = std::sync::Arc::new(FileSecurityStore::in_memory());
+    let server = runtime
+        .block_on(async {
+            let mut options =
+                lwm2m_server::driver::ServerOptions::new("127.0.0.1:0".parse().unwrap(), registry);
+            options.dtls = Some(lwm2m_server::DtlsOptions::new(
+                "127.0.0.1:0".parse().unwrap(),
+                store.clone(),
+            ));
+            lwm2m_server::driver::start_server(options)
+        })
+        .unwrap();
+    let port = server.dtls_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(
+        dir.path(),
+        "external-dtls.yaml",
+        &format!(
+            "name: external-dtls
+duration: 3s
+seed: 5
+servers: {{ server: \"coaps://127.0.0.1:{port}\", bootstrap: none }}
+fleet:
+  - name: vault
+    profile: {}
+    count: 5
+    security: {{ mode: psk, identity: \"vault-id-{{n}}\" }}
+timeline:
+  - {{ at: 1s, action: update, group: vault }}
+",
+            profile("sensor-1.1"),
+        ),
+    );
+    let credentials = dir.path().join("credentials.json");
+    let export = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .arg("run")
+        .arg(&scenario)
+        .arg("--export-credentials")
+        .arg(&credentials)
+        .output()
+        .unwrap();
+    assert!(export.status.success(), "{export:?}");
+    assert!(!dir.path().join("reports").exists(), "nothing ran");
+    let entries: Vec<SecurityInfo> =
+        serde_json::from_str(&std::fs::read_to_string(&credentials).unwrap()).unwrap();
+    let identities: Vec<_> = entries.iter().filter_map(|e| e.psk_identity()).collect();
+    assert_eq!(
+        identities,
+        (0..5).map(|n| format!("vault-id-{n}")).collect::<Vec<_>>()
+    );
+    for entry in entries {
+        store.put(entry).unwrap();
+    }
+
+    let (_, run_dir) = run_scenario(&scenario, &dir.path().join("reports"));
+    let report = RunReport::load(&run_dir).unwrap();
+    assert!(
+        report.cases.len() >= 2 && report.cases.iter().all(|c| c.status == Status::Passed),
+        "{:#?}",
+        report.cases
+    );
+    assert_eq!(key_log_sessions(&run_dir), 5);
+    let dtls = format!("udp.port=={port},dtls");
+    let coap_in_dtls = format!("dtls.port=={port},coap");
+    let decoded = tshark(
+        &run_dir,
+        &[
+            "-r",
+            "run.pcap",
+            "-o",
+            "tls.keylog_file:keys.log",
+            "-d",
+            &dtls,
+            "-d",
+            &coap_in_dtls,
+            "-Y",
+            "coap",
+            "-T",
+            "fields",
+            "-e",
+            "coap.code",
+            "-e",
+            "coap.opt.uri_path_recon",
+            "-e",
+            "coap.opt.uri_query",
+        ],
+    );
+    for n in 0..5 {
+        let ep = format!("ep=vault-{n},");
+        assert!(
+            decoded
+                .lines()
+                .any(|l| l.starts_with("2\t/rd\t") && l.contains(&ep)),
+            "no Register of vault-{n} in:\n{decoded}"
+        );
+    }
     drop(server);
 }
 

@@ -61,7 +61,9 @@ use lwm2m_server::{
     BootstrapHandle, BootstrapOptions, DtlsOptions, ServerHandle, ServerOptions, start_bootstrap,
     start_server,
 };
-use lwm2m_simulator::fleet::{Fleet, FleetConfig, FleetHandle, ProfileClients, Tap, Targets};
+use lwm2m_simulator::fleet::{
+    Fleet, FleetConfig, FleetHandle, ProfileClients, SessionKeyLog, Tap, Targets,
+};
 use lwm2m_simulator::seed;
 
 use crate::report::{CaseResult, RunReport, Status};
@@ -81,6 +83,11 @@ pub struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Write the PSK credentials of the secure groups' clients (for this seed) to FILE as
+    /// a JSON list of security entries, and exit without running: load them into an
+    /// external coaps:// LwM2M Server first.
+    #[arg(long, value_name = "FILE")]
+    pub export_credentials: Option<PathBuf>,
 }
 
 /// How to run a plan.
@@ -112,6 +119,15 @@ pub fn main(registry: Registry, args: &RunArgs) -> anyhow::Result<ExitCode> {
         out: args.out.clone(),
         progress: !args.quiet,
     };
+    if let Some(file) = &args.export_credentials {
+        let n = export_credentials(&plan, &registry, options.seed, file)?;
+        println!(
+            "{n} PSK credentials (seed {}) written to {}",
+            options.seed,
+            file.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -163,6 +179,38 @@ pub fn security_entries(clients: &ProfileClients, n: u64) -> Vec<SecurityInfo> {
         .collect()
 }
 
+/// The LwM2M Server PSK credentials of every client of `group` in a run seeded with
+/// `seed` (none when the group has no `security`).
+fn group_credentials(
+    group: &scenario::GroupPlan,
+    registry: &Registry,
+    seed: u64,
+) -> anyhow::Result<Vec<SecurityInfo>> {
+    let Some(psk) = group.psk(seed) else {
+        return Ok(Vec::new());
+    };
+    let clients = group.clients(registry, Targets::default())?.with_psk(psk);
+    Ok(security_entries(&clients, group.spec.count as u64))
+}
+
+/// `run --export-credentials FILE`: the LwM2M Server PSKs of every client of every secure
+/// group (those that bootstrap too: the Bootstrap Server hands them these), as a JSON
+/// list of security entries, each ready for `PUT /api/security/clients`.
+pub fn export_credentials(
+    plan: &Plan,
+    registry: &Registry,
+    seed: u64,
+    file: &Path,
+) -> anyhow::Result<usize> {
+    let mut list = Vec::new();
+    for group in &plan.groups {
+        list.extend(group_credentials(group, registry, seed)?);
+    }
+    let text = serde_json::to_string_pretty(&list)?;
+    std::fs::write(file, text + "\n").with_context(|| format!("writing {}", file.display()))?;
+    Ok(list.len())
+}
+
 /// The DTLS listeners of the in-process servers (`servers.dtls`).
 struct Dtls {
     /// The LwM2M Server's security store: the PSKs of the secure groups that register
@@ -200,10 +248,7 @@ fn dtls_listeners(
     };
     let store = FileSecurityStore::in_memory();
     for group in plan.groups.iter().filter(|g| !g.spec.bootstrap) {
-        let Some(psk) = group.psk(seed) else { continue };
-        let clients = group.clients(registry, Targets::default())?;
-        let clients = clients.with_psk(psk);
-        for entry in security_entries(&clients, group.spec.count as u64) {
+        for entry in group_credentials(group, registry, seed)? {
             store
                 .put(entry)
                 .with_context(|| format!("the PSK credentials of group {}", group.spec.name))?;
@@ -254,7 +299,7 @@ fn start_servers(
     };
     let server_addr = match (&server, &s.servers.server) {
         (Some(h), _) => h.local_addr(),
-        (None, Target::External(a)) => *a,
+        (None, Target::External { addr, .. }) => *addr,
         _ => anyhow::bail!("no LwM2M Server"),
     };
     let (bootstrap, bootstrap_store) = match s.servers.bootstrap {
@@ -286,7 +331,7 @@ fn start_servers(
     };
     let bootstrap_addr = match (&bootstrap, &s.servers.bootstrap) {
         (Some(h), _) => Some(h.local_addr()),
-        (None, Target::External(a)) => Some(*a),
+        (None, Target::External { addr, .. }) => Some(*addr),
         _ => None,
     };
     Ok(Servers {
@@ -363,7 +408,7 @@ fn build_fleets(
     registry: &Registry,
     seed: u64,
     servers: &Servers,
-    tap: Option<Tap>,
+    (tap, key_log): (Option<Tap>, Option<SessionKeyLog>),
 ) -> anyhow::Result<Vec<Fleet>> {
     let mut fleets = Vec::new();
     for (g, group) in plan.groups.iter().enumerate() {
@@ -378,6 +423,7 @@ fn build_fleets(
         let bootstrap_psk = group.bootstrap_psk(seed);
         let server = match (&psk, servers.dtls_addr) {
             (Some(_), Some(dtls)) => dtls,
+            (Some(_), None) if plan.scenario.servers.external_secure() => servers.server_addr,
             (Some(_), None) => anyhow::bail!("group {name}: no DTLS listener"),
             (None, _) => servers.server_addr,
         };
@@ -407,6 +453,7 @@ fn build_fleets(
             sockets: group.spec.sockets,
             first_address: Ipv4Addr::new(127, block, 0, 1),
             tap: tap.clone(),
+            key_log: key_log.clone(),
             ..FleetConfig::default()
         });
         for n in 0..group.spec.count {
@@ -509,6 +556,16 @@ pub async fn run(
     let server_tap: Option<Arc<dyn PacketTap>> = servers_in_process.then(|| capture.clone() as _);
     let fleet_tap = (!servers_in_process).then(|| Tap(capture.clone()));
     let dtls = dtls_listeners(plan, &registry, options.seed, &dir)?;
+    // Toward an external coaps:// server the clients' own sessions write `keys.log`.
+    let fleet_key_log = match plan.scenario.servers.external_secure() {
+        true => {
+            let keys = dir.join("keys.log");
+            let file = KeyLogFile::append(&keys)
+                .with_context(|| format!("creating {}", keys.display()))?;
+            Some(SessionKeyLog(Arc::new(file)))
+        }
+        false => None,
+    };
     let servers = start_servers(
         plan,
         &registry,
@@ -517,7 +574,13 @@ pub async fn run(
         server_tap,
         dtls.as_ref(),
     )?;
-    let fleets = build_fleets(plan, &registry, options.seed, &servers, fleet_tap)?;
+    let fleets = build_fleets(
+        plan,
+        &registry,
+        options.seed,
+        &servers,
+        (fleet_tap, fleet_key_log),
+    )?;
 
     let endpoints: Vec<Vec<String>> = (0..plan.groups.len()).map(|g| plan.endpoints(g)).collect();
     // The first client of each group is the sample of the network-usage table.

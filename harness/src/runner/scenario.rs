@@ -133,8 +133,15 @@ fn one() -> u64 {
 pub enum Target {
     /// Started by the run, on 127.0.0.1 and a free port.
     InProcess,
-    /// Already running at this address (`coap://HOST:PORT`).
-    External(SocketAddr),
+    /// Already running at this address: `coap://HOST:PORT`, or with `secure`
+    /// `coaps://HOST:PORT` (CoAP over DTLS; the groups' PSKs must be loaded into it first,
+    /// `run --export-credentials`).
+    External {
+        /// Where it listens.
+        addr: SocketAddr,
+        /// `coaps://`.
+        secure: bool,
+    },
     /// No such server (bootstrap only).
     None,
 }
@@ -146,17 +153,24 @@ impl<'de> serde::Deserialize<'de> for Target {
             "in-process" => Ok(Self::InProcess),
             "none" => Ok(Self::None),
             uri => parse_coap_uri(uri)
-                .map(Self::External)
+                .map(|(addr, secure)| Self::External { addr, secure })
                 .map_err(de::Error::custom),
         }
     }
 }
 
-/// `coap://HOST[:PORT]` to a socket address (port 5683 by default, IPv4 preferred).
-pub fn parse_coap_uri(uri: &str) -> Result<SocketAddr, String> {
-    let rest = uri.strip_prefix("coap://").ok_or_else(|| {
-        format!("{uri:?}: expected `in-process`, `none` or coap://HOST:PORT (coaps is not supported yet)")
-    })?;
+/// `coap://HOST[:PORT]` to a socket address (port 5683 by default, IPv4 preferred) and
+/// false, `coaps://HOST[:PORT]` (port 5684) to one and true.
+pub fn parse_coap_uri(uri: &str) -> Result<(SocketAddr, bool), String> {
+    let (rest, secure, port) = match (uri.strip_prefix("coap://"), uri.strip_prefix("coaps://")) {
+        (Some(rest), _) => (rest, false, 5683),
+        (_, Some(rest)) => (rest, true, 5684),
+        _ => {
+            return Err(format!(
+                "{uri:?}: expected `in-process`, `none`, coap://HOST:PORT or coaps://HOST:PORT"
+            ));
+        }
+    };
     let authority = rest.split('/').next().unwrap_or_default();
     let with_port = if authority
         .rsplit_once(']')
@@ -165,7 +179,7 @@ pub fn parse_coap_uri(uri: &str) -> Result<SocketAddr, String> {
     {
         authority.to_owned()
     } else {
-        format!("{authority}:5683")
+        format!("{authority}:{port}")
     };
     let addrs: Vec<SocketAddr> = with_port
         .to_socket_addrs()
@@ -175,7 +189,7 @@ pub fn parse_coap_uri(uri: &str) -> Result<SocketAddr, String> {
         .iter()
         .find(|a| a.is_ipv4())
         .or(addrs.first())
-        .copied()
+        .map(|a| (*a, secure))
         .ok_or_else(|| format!("{uri:?} resolves to no address"))
 }
 
@@ -238,8 +252,13 @@ impl Servers {
 impl Servers {
     /// True when no server is external (a bootstrap server of `none` counts as absent).
     pub fn all_in_process(&self) -> bool {
-        !matches!(self.server, Target::External(_))
-            && !matches!(self.bootstrap, Target::External(_))
+        !matches!(self.server, Target::External { .. })
+            && !matches!(self.bootstrap, Target::External { .. })
+    }
+
+    /// True when the LwM2M Server is external and `coaps://`.
+    pub fn external_secure(&self) -> bool {
+        matches!(self.server, Target::External { secure: true, .. })
     }
 }
 
@@ -679,7 +698,13 @@ impl Checker<'_> {
         if s.servers.server == Target::None {
             return Err(self.err(
                 "servers.server",
-                "a run needs an LwM2M Server: `in-process` or coap://HOST:PORT",
+                "a run needs an LwM2M Server: `in-process`, coap://HOST:PORT or coaps://HOST:PORT",
+            ));
+        }
+        if matches!(s.servers.bootstrap, Target::External { secure: true, .. }) {
+            return Err(self.err(
+                "servers.bootstrap",
+                "an external coaps:// Bootstrap Server is not supported in scenarios (`simulate --bootstrap coaps://` is); use coap://, in-process or none",
             ));
         }
         if let Some(dtls) = &s.servers.dtls {
@@ -729,11 +754,24 @@ impl Checker<'_> {
             if g.sockets == 0 {
                 return Err(self.err(&key("sockets"), "at least 1 socket"));
             }
+            if g.security.is_none() && s.servers.external_secure() {
+                return Err(self.err(
+                    &key("security"),
+                    "the LwM2M Server is coaps://: the group needs `security` (mode: psk)",
+                ));
+            }
             if let Some(security) = &g.security {
-                if !s.servers.server_dtls() {
+                if !s.servers.server_dtls() && !s.servers.external_secure() {
                     return Err(self.err(
                         &key("security"),
-                        "the group talks DTLS: give the in-process server a listener (servers: { dtls: { server: true } })",
+                        match s.servers.server {
+                            Target::External { .. } => {
+                                "the group talks DTLS: give the external server as coaps://HOST:PORT"
+                            }
+                            _ => {
+                                "the group talks DTLS: give the in-process server a listener (servers: { dtls: { server: true } })"
+                            }
+                        },
                     ));
                 }
                 if g.bootstrap && !s.servers.bootstrap_dtls() {
@@ -1328,15 +1366,24 @@ timeline:
         );
         assert_eq!(parse_code(&serde_yaml::Value::String("205".into())), None);
         assert_eq!(code_text((2, 5)), "2.05");
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
         assert_eq!(
             parse_coap_uri("coap://127.0.0.1:5783"),
-            Ok("127.0.0.1:5783".parse().unwrap())
+            Ok((addr("127.0.0.1:5783"), false))
         );
         assert_eq!(
             parse_coap_uri("coap://127.0.0.1"),
-            Ok("127.0.0.1:5683".parse().unwrap())
+            Ok((addr("127.0.0.1:5683"), false))
         );
-        assert!(parse_coap_uri("coaps://127.0.0.1").is_err());
+        assert_eq!(
+            parse_coap_uri("coaps://127.0.0.1"),
+            Ok((addr("127.0.0.1:5684"), true))
+        );
+        assert_eq!(
+            parse_coap_uri("coaps://[::1]/x"),
+            Ok((addr("[::1]:5684"), true))
+        );
+        assert!(parse_coap_uri("http://127.0.0.1").is_err());
     }
 
     #[test]

@@ -91,6 +91,7 @@ pub(super) fn spawn(
         stopping: None,
         profiles: profiles.clone(),
         tap: config.tap,
+        key_log: config.key_log,
     };
     let task = tokio::spawn(driver.run());
     Ok(FleetHandle::new(commands, profiles, stats, task))
@@ -323,6 +324,8 @@ struct Driver {
     profiles: Vec<String>,
     /// Sees every datagram on the wire.
     tap: Option<super::Tap>,
+    /// Gets the secrets of every DTLS session.
+    key_log: Option<super::SessionKeyLog>,
 }
 
 impl Driver {
@@ -587,7 +590,11 @@ impl Driver {
             sim.timed = Some((op, now));
         }
         let servers = Servers::from(sim.client.config());
-        match sim.links.route(sim.client.tree(), &servers, t.peer) {
+        let key_log = self.key_log.as_ref();
+        match sim
+            .links
+            .route(sim.client.tree(), &servers, t.peer, key_log)
+        {
             Route::Plain => self.wire(i, now, t.peer, t.bytes),
             Route::Unusable => self.count(i, |c| &c.dtls_failures, 1),
             Route::Secure(link) => {

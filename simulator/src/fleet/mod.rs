@@ -44,6 +44,7 @@ use std::time::Duration;
 
 pub use counters::{CountersSnapshot, Latencies, ProfileCounters};
 pub use handle::{ClientInfo, FleetHandle, FleetReport, ProfileReport};
+use lwm2m_dtls::KeyLog;
 use lwm2m_proto::Lwm2mPath;
 use lwm2m_proto::client::{ClientConfig, ObjectTree};
 pub use profile::{ProfileClients, PskPattern, Targets};
@@ -73,6 +74,25 @@ pub struct FleetConfig {
     pub max_dedicated_sockets: usize,
     /// Sees every datagram the fleet's sockets send and receive (pcap recording).
     pub tap: Option<Tap>,
+    /// Gets the secrets of every DTLS session the clients establish (an NSS key log, so a
+    /// capture of the fleet's datagrams can be decrypted).
+    pub key_log: Option<SessionKeyLog>,
+}
+
+/// A shared [`KeyLog`] for [`FleetConfig::key_log`].
+#[derive(Clone)]
+pub struct SessionKeyLog(pub Arc<dyn KeyLog>);
+
+impl std::fmt::Debug for SessionKeyLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKeyLog")
+    }
+}
+
+impl PartialEq for SessionKeyLog {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// Sees the datagrams a fleet puts on and takes off the wire, as a capture would.
@@ -108,6 +128,7 @@ impl Default for FleetConfig {
             socket_buffer: 4 << 20,
             max_dedicated_sockets: 16_000,
             tap: None,
+            key_log: None,
         }
     }
 }

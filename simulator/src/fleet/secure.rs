@@ -32,6 +32,7 @@ use lwm2m_dtls::{ClientConfig, Credentials, DtlsClient, DtlsError};
 use lwm2m_proto::client::{ClientConfig as MachineConfig, ObjectTree, parse_coap_uri};
 use lwm2m_proto::{Lwm2mPath, ObjectId, Value};
 
+use super::SessionKeyLog;
 use crate::security::account_credentials;
 
 /// The Security object (Core TS 1.1 Appendix E.1).
@@ -91,12 +92,14 @@ pub(super) enum Route<'a> {
 }
 
 impl Links {
-    /// The way to `peer` for a client whose machine has `tree` and `config`.
+    /// The way to `peer` for a client whose machine has `tree` and `config`; a new link's
+    /// sessions write their secrets to `key_log`.
     pub(super) fn route(
         &mut self,
         tree: &ObjectTree,
         config: &Servers<'_>,
         peer: SocketAddr,
+        key_log: Option<&SessionKeyLog>,
     ) -> Route<'_> {
         let revision = tree.revision(SECURITY);
         if revision != self.revision {
@@ -129,7 +132,7 @@ impl Links {
         let k = match current {
             Some(k) if self.links[k].credentials == wanted => k,
             _ => {
-                let Ok(link) = DtlsLink::new(peer, wanted) else {
+                let Ok(link) = DtlsLink::new(peer, wanted, key_log) else {
                     return Route::Unusable;
                 };
                 match current {
@@ -246,12 +249,21 @@ fn credentials_for(
 }
 
 impl DtlsLink {
-    /// A link toward `server` with `credentials`; refused when they do not compile (a
-    /// certificate or key that does not parse).
-    pub(super) fn new(server: SocketAddr, credentials: Credentials) -> Result<Self, DtlsError> {
+    /// A link toward `server` with `credentials`, its sessions' secrets going to
+    /// `key_log`; refused when they do not compile (a certificate or key that does not
+    /// parse).
+    pub(super) fn new(
+        server: SocketAddr,
+        credentials: Credentials,
+        key_log: Option<&SessionKeyLog>,
+    ) -> Result<Self, DtlsError> {
+        let mut config = ClientConfig::new(&credentials)?;
+        if let Some(log) = key_log {
+            config = config.with_key_log(log.0.clone());
+        }
         Ok(Self {
             server,
-            config: ClientConfig::new(&credentials)?,
+            config,
             credentials,
             checked: false,
             session: None,
@@ -349,21 +361,22 @@ mod tests {
         let none = config(None, None);
         let mut t = tree("coaps://127.0.0.1:5684", 0, b"id");
         let mut links = Links::default();
-        let credentials = |links: &mut Links, t: &ObjectTree| match links.route(t, &none, peer) {
-            Route::Secure(link) => Some(link.credentials.clone()),
-            Route::Plain => None,
-            Route::Unusable => panic!("unusable"),
-        };
+        let credentials =
+            |links: &mut Links, t: &ObjectTree| match links.route(t, &none, peer, None) {
+                Route::Secure(link) => Some(link.credentials.clone()),
+                Route::Plain => None,
+                Route::Unusable => panic!("unusable"),
+            };
         assert_eq!(credentials(&mut links, &t), psk(b"id", 1));
         // A session in progress survives datagrams while the account stays.
-        let Route::Secure(link) = links.route(&t, &none, peer) else {
+        let Route::Secure(link) = links.route(&t, &none, peer, None) else {
             panic!()
         };
         assert!(
             link.send(Instant::now(), b"coap".to_vec()),
             "a handshake starts"
         );
-        let Route::Secure(link) = links.route(&t, &none, peer) else {
+        let Route::Secure(link) = links.route(&t, &none, peer, None) else {
             panic!()
         };
         assert!(link.session.is_some());
@@ -372,7 +385,7 @@ mod tests {
         t.set(&key, ResourceValue::Single(Value::Opaque(vec![9; 3])))
             .unwrap();
         assert_eq!(credentials(&mut links, &t), psk(b"id", 9));
-        let Route::Secure(link) = links.route(&t, &none, peer) else {
+        let Route::Secure(link) = links.route(&t, &none, peer, None) else {
             panic!()
         };
         assert!(link.session.is_none(), "a new link");
@@ -399,7 +412,10 @@ mod tests {
             ResourceValue::Single(Value::Integer(MODE_CERTIFICATE)),
         )
         .unwrap();
-        assert!(matches!(links.route(&t, &none, peer), Route::Unusable));
+        assert!(matches!(
+            links.route(&t, &none, peer, None),
+            Route::Unusable
+        ));
     }
 
     fn creds(t: &ObjectTree, c: &Servers<'_>, peer: SocketAddr) -> Option<Credentials> {
@@ -432,7 +448,7 @@ mod tests {
         let rpk = tree("coaps://127.0.0.1:5684", 1, b"id");
         assert!(credentials_for(&rpk, &none, peer).is_err());
         assert!(matches!(
-            Links::default().route(&rpk, &none, peer),
+            Links::default().route(&rpk, &none, peer, None),
             Route::Unusable
         ));
         // An unparsable host: the configured server.
@@ -469,12 +485,12 @@ mod tests {
             panic!("a certificate account")
         };
         // Garbage does not compile: the link is refused rather than sent in clear.
-        assert!(DtlsLink::new(peer, creds).is_err());
+        assert!(DtlsLink::new(peer, creds, None).is_err());
     }
 
     #[test]
     fn datagrams_wait_for_the_handshake() {
-        let mut link = DtlsLink::new(LWM2M.parse().unwrap(), psk(b"id", 1).unwrap()).unwrap();
+        let mut link = DtlsLink::new(LWM2M.parse().unwrap(), psk(b"id", 1).unwrap(), None).unwrap();
         let now = Instant::now();
         assert!(link.send(now, vec![1]));
         assert!(!link.send(now, vec![2]));
