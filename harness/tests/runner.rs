@@ -678,6 +678,17 @@ timeline:
             "no Register of vault-{n} in:\n{decoded}"
         );
     }
+    // The fleet's sessions hand over their plaintext: CoAP and DTLS bytes apart, and the
+    // sample client's table found by its Register.
+    let usage = std::fs::read_to_string(run_dir.join("network-usage.txt")).unwrap();
+    assert!(usage.contains("29.0 bytes per record"), "{usage}");
+    let sample = usage.split("Every exchange of vault-0").nth(1).unwrap();
+    for operation in ["dtls-handshake", "register", "update", "deregister"] {
+        assert!(
+            sample.lines().any(|l| l.starts_with(operation)),
+            "no {operation} in:\n{sample}"
+        );
+    }
     drop(server);
 }
 

@@ -9,8 +9,10 @@
 //! records instead: what the simulated clients put on and take off the wire.
 //!
 //! On the DTLS sockets (the LwM2M Server's and the Bootstrap Server's) the pcap gets the
-//! datagrams as they were on the wire (encrypted). The server's DTLS layer also hands over the plaintext of each application
-//! record ([`PacketTap::plaintext`]); it is attached to its datagram here so that the
+//! datagrams as they were on the wire (encrypted). The server's DTLS layer also hands over
+//! the plaintext of each application record ([`PacketTap::plaintext`]; toward an external
+//! `coaps://` server the fleet's sessions do, `DatagramTap::plaintext`); it is attached to
+//! its datagram here so that the
 //! exchange log and the network-usage tables can show the CoAP inside. A received record's
 //! plaintext comes right after its datagram (the driver decrypts it on the same task), a
 //! sent record's right before it (the driver encrypts, then sends), so the pairing is by
@@ -148,6 +150,20 @@ impl lwm2m_simulator::fleet::DatagramTap for Capture {
             }
         }
         inner.packets.push(p);
+    }
+
+    fn plaintext(
+        &self,
+        sent: bool,
+        client: SocketAddr,
+        server: SocketAddr,
+        identity: &str,
+        bytes: &[u8],
+    ) {
+        // The client's side of the exchange: the same pairing as a server socket's, with
+        // the client's address as the local one.
+        let direction = if sent { Direction::Out } else { Direction::In };
+        PacketTap::plaintext(self, direction, client, server, identity, bytes);
     }
 }
 

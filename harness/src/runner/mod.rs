@@ -687,7 +687,12 @@ pub async fn run(
         elapsed: t0.elapsed(),
         servers: output::ServerInfo {
             server: servers.server_addr,
-            dtls: servers.dtls_addr,
+            // An external coaps:// server: its address is a DTLS listener's.
+            dtls: servers.dtls_addr.or(plan
+                .scenario
+                .servers
+                .external_secure()
+                .then_some(servers.server_addr)),
             server_in_process: servers.server.is_some(),
             bootstrap: servers.bootstrap_addr,
             bootstrap_dtls: servers.bootstrap_dtls_addr,

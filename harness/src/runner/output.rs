@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
-use lwm2m_proto::coap::Counters;
+use lwm2m_proto::coap::{Counters, MessageClass, Packet, RequestType, message};
+use lwm2m_server::dtls::endpoint_query;
 use lwm2m_simulator::fleet::{CountersSnapshot, FleetReport};
 
 use super::capture::{self, Captured};
@@ -230,6 +231,24 @@ fn dtls_wire(packets: &[Captured]) -> Vec<dtls_usage::Wire<'_>> {
 /// concurrently: the Bootstrap Server's last response may be recorded after the client's
 /// first handshake datagram to the LwM2M Server); the sessions, and the plain datagrams,
 /// are then listed in the order of their first datagram.
+/// The addresses `endpoint`'s Registers (`POST /rd?ep=NAME`, in clear or inside DTLS
+/// records) came from, in order.
+fn register_sources(packets: &[Captured], endpoint: &str) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for d in capture::usage_datagrams(packets) {
+        let Ok(packet) = Packet::from_bytes(&d.coap) else {
+            continue;
+        };
+        let register = packet.header.code == MessageClass::Request(RequestType::Post)
+            && message::uri_path(&packet) == "/rd"
+            && endpoint_query(&packet).as_deref() == Some(endpoint);
+        if register && !out.contains(&d.src) {
+            out.push(d.src);
+        }
+    }
+    out
+}
+
 fn client_exchanges(
     packets: &[Captured],
     addresses: &[SocketAddr],
@@ -374,13 +393,14 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
     deregister_at_server(&run.packets, &mut latencies);
 
     let decode_as = {
-        let mut ports = vec![run.servers.server.port()];
-        ports.extend(run.servers.bootstrap.map(|b| b.port()));
+        let listeners = run.servers.listeners();
+        let mut ports = vec![run.servers.server];
+        ports.extend(run.servers.bootstrap);
         let mut ports: Vec<String> = ports
             .iter()
-            .map(|p| format!("-d udp.port=={p},coap"))
+            .filter(|a| !listeners.iter().any(|(_, d)| d == *a))
+            .map(|a| format!("-d udp.port=={},coap", a.port()))
             .collect();
-        let listeners = run.servers.listeners();
         if !listeners.is_empty() {
             // The key log decrypts the records; `dtls.port` hands their plaintext to the
             // CoAP dissector (it only knows 5684 by itself).
@@ -496,7 +516,12 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
         let live = run.shared.lock();
         for (g, eps) in run.endpoints.iter().enumerate() {
             let Some(ep) = eps.first() else { continue };
-            let addresses = live.addresses.get(ep).cloned().unwrap_or_default();
+            // The servers' events give the addresses; without them (external servers),
+            // the sources of the client's Registers in the capture.
+            let addresses = match live.addresses.get(ep) {
+                Some(known) => known.clone(),
+                None => register_sources(&run.packets, ep),
+            };
             let rows = client_exchanges(&run.packets, &addresses, &listeners);
             let _ = write!(
                 text,

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::counters::{ProfileStats, add, bump, drop_one};
 use super::handle::{ClientInfo, Command, FleetHandle, FleetReport};
 use super::pool::{Addressing, Binding, SocketPool};
-use super::secure::{DtlsLink, Links, Route, Servers};
+use super::secure::{DtlsLink, LinkOptions, Links, Route, Servers};
 use super::{ClientSpec, FleetConfig, FleetError, GeneratedResource, Selector, ramp_offset};
 use crate::network::{Impairment, Mapping, Nat, SleepSchedule};
 use crate::seed;
@@ -90,8 +90,11 @@ pub(super) fn spawn(
         commands: rx,
         stopping: None,
         profiles: profiles.clone(),
+        links: LinkOptions {
+            record_plaintext: config.tap.is_some(),
+            key_log: config.key_log,
+        },
         tap: config.tap,
-        key_log: config.key_log,
     };
     let task = tokio::spawn(driver.run());
     Ok(FleetHandle::new(commands, profiles, stats, task))
@@ -324,8 +327,8 @@ struct Driver {
     profiles: Vec<String>,
     /// Sees every datagram on the wire.
     tap: Option<super::Tap>,
-    /// Gets the secrets of every DTLS session.
-    key_log: Option<super::SessionKeyLog>,
+    /// How DTLS links are made (key log, plaintext for the tap).
+    links: LinkOptions,
 }
 
 impl Driver {
@@ -590,10 +593,9 @@ impl Driver {
             sim.timed = Some((op, now));
         }
         let servers = Servers::from(sim.client.config());
-        let key_log = self.key_log.as_ref();
         match sim
             .links
-            .route(sim.client.tree(), &servers, t.peer, key_log)
+            .route(sim.client.tree(), &servers, t.peer, &self.links)
         {
             Route::Plain => self.wire(i, now, t.peer, t.bytes),
             Route::Unusable => self.count(i, |c| &c.dtls_failures, 1),
@@ -604,6 +606,19 @@ impl Driver {
                 self.dtls_flush(i, t.peer, now);
             }
         }
+    }
+
+    /// Shows the tap the plaintext of a record of client `i`'s session with `server`.
+    fn tap_plaintext(&self, i: usize, server: SocketAddr, sent: bool, plain: &[u8]) {
+        let (Some(tap), Some(sim)) = (&self.tap, self.sims.get(i)) else {
+            return;
+        };
+        let (Some(binding), Some(link)) = (sim.binding, sim.links.get(server)) else {
+            return;
+        };
+        let client = self.pool.address(binding);
+        tap.0
+            .plaintext(sent, client, server, &link.identity(), plain);
     }
 
     /// Moves what client `i`'s DTLS session with `server` has to say: records to the wire,
@@ -621,8 +636,13 @@ impl Driver {
                 records.push(r);
             }
             let event = session.poll_event();
+            let encrypted = link.take_encrypted();
             for r in records {
                 self.wire(i, now, server, r);
+            }
+            // Before the tap sees the records go out (at the next flush).
+            for plain in &encrypted {
+                self.tap_plaintext(i, server, true, plain);
             }
             let Some(link) = link_of(&mut self.sims, i, server) else {
                 return;
@@ -630,6 +650,7 @@ impl Driver {
             match event {
                 Some(DtlsEvent::Established) => link.established(now),
                 Some(DtlsEvent::Datagram(plain)) => {
+                    self.tap_plaintext(i, server, false, &plain);
                     if let Some(sim) = self.sims.get_mut(i) {
                         sim.client.handle_datagram(now, server, &plain);
                     }

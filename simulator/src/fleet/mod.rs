@@ -99,6 +99,23 @@ impl PartialEq for SessionKeyLog {
 pub trait DatagramTap: Send + Sync {
     /// One UDP datagram from `src` to `dst` (DTLS records as they are, encrypted).
     fn datagram(&self, src: SocketAddr, dst: SocketAddr, bytes: &[u8]);
+
+    /// The plaintext (a CoAP datagram) of one DTLS application record of a client's
+    /// session with `server`, `identity` the session's (`psk:ID`, `cn:NAME`): one the
+    /// client is about to send (`sent`: reported before [`DatagramTap::datagram`] sees its
+    /// datagram) or one it received (reported after). `client` is the client's address on
+    /// the wire. Lets a recorder attribute encrypted datagrams to CoAP exchanges; does
+    /// nothing unless implemented.
+    fn plaintext(
+        &self,
+        sent: bool,
+        client: SocketAddr,
+        server: SocketAddr,
+        identity: &str,
+        bytes: &[u8],
+    ) {
+        let _ = (sent, client, server, identity, bytes);
+    }
 }
 
 /// A shared [`DatagramTap`] for [`FleetConfig::tap`].

@@ -40,6 +40,15 @@ const SECURITY: ObjectId = ObjectId(0);
 /// CoAP datagrams held while a handshake runs (the oldest go first beyond it).
 const PENDING: usize = 16;
 
+/// What every link of a fleet shares.
+#[derive(Debug, Default)]
+pub(super) struct LinkOptions {
+    /// Gets the secrets of every session.
+    pub(super) key_log: Option<SessionKeyLog>,
+    /// Keep what each session encrypts for the tap ([`DtlsLink::take_encrypted`]).
+    pub(super) record_plaintext: bool,
+}
+
 /// One client's DTLS association with one server.
 pub(super) struct DtlsLink {
     /// The server, as the client machine addresses it.
@@ -55,6 +64,9 @@ pub(super) struct DtlsLink {
     pending: Vec<Vec<u8>>,
     /// The session's deadline as pushed on the driver's heap.
     pub(super) timer: Option<Instant>,
+    /// CoAP datagrams encrypted since the last [`DtlsLink::take_encrypted`], when the
+    /// fleet records plaintext (`None` otherwise).
+    encrypted: Option<Vec<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for DtlsLink {
@@ -92,14 +104,14 @@ pub(super) enum Route<'a> {
 }
 
 impl Links {
-    /// The way to `peer` for a client whose machine has `tree` and `config`; a new link's
-    /// sessions write their secrets to `key_log`.
+    /// The way to `peer` for a client whose machine has `tree` and `config`; a new link
+    /// is made with `options`.
     pub(super) fn route(
         &mut self,
         tree: &ObjectTree,
         config: &Servers<'_>,
         peer: SocketAddr,
-        key_log: Option<&SessionKeyLog>,
+        options: &LinkOptions,
     ) -> Route<'_> {
         let revision = tree.revision(SECURITY);
         if revision != self.revision {
@@ -132,7 +144,7 @@ impl Links {
         let k = match current {
             Some(k) if self.links[k].credentials == wanted => k,
             _ => {
-                let Ok(link) = DtlsLink::new(peer, wanted, key_log) else {
+                let Ok(link) = DtlsLink::new(peer, wanted, options) else {
                     return Route::Unusable;
                 };
                 match current {
@@ -149,6 +161,11 @@ impl Links {
         };
         self.links[k].checked = true;
         Route::Secure(&mut self.links[k])
+    }
+
+    /// The link toward `server`, if there is one.
+    pub(super) fn get(&self, server: SocketAddr) -> Option<&DtlsLink> {
+        self.links.iter().find(|l| l.server == server)
     }
 
     /// The link toward `server`, if there is one.
@@ -255,10 +272,10 @@ impl DtlsLink {
     pub(super) fn new(
         server: SocketAddr,
         credentials: Credentials,
-        key_log: Option<&SessionKeyLog>,
+        options: &LinkOptions,
     ) -> Result<Self, DtlsError> {
         let mut config = ClientConfig::new(&credentials)?;
-        if let Some(log) = key_log {
+        if let Some(log) = &options.key_log {
             config = config.with_key_log(log.0.clone());
         }
         Ok(Self {
@@ -269,6 +286,7 @@ impl DtlsLink {
             session: None,
             pending: Vec::new(),
             timer: None,
+            encrypted: options.record_plaintext.then(Vec::new),
         })
     }
 
@@ -287,7 +305,11 @@ impl DtlsLink {
         }
         match self.session.as_mut() {
             Some(s) if s.is_established() => {
-                let _ = s.send(now, &bytes);
+                if s.send(now, &bytes).is_ok()
+                    && let Some(kept) = self.encrypted.as_mut()
+                {
+                    kept.push(bytes);
+                }
             }
             _ => {
                 if self.pending.len() >= PENDING {
@@ -303,9 +325,27 @@ impl DtlsLink {
     pub(super) fn established(&mut self, now: Instant) {
         if let Some(s) = self.session.as_mut() {
             for bytes in self.pending.drain(..) {
-                let _ = s.send(now, &bytes);
+                if s.send(now, &bytes).is_ok()
+                    && let Some(kept) = self.encrypted.as_mut()
+                {
+                    kept.push(bytes);
+                }
             }
         }
+    }
+
+    /// The CoAP datagrams encrypted since the last call, oldest first (always empty unless
+    /// [`LinkOptions::record_plaintext`]).
+    pub(super) fn take_encrypted(&mut self) -> Vec<Vec<u8>> {
+        self.encrypted
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// The session's identity as recorders show it (`psk:ID`, `cn:NAME`).
+    pub(super) fn identity(&self) -> String {
+        self.config.identity().to_string()
     }
 
     /// The session is gone (failure, close, reboot, rebinding): the next datagram opens a
@@ -361,22 +401,26 @@ mod tests {
         let none = config(None, None);
         let mut t = tree("coaps://127.0.0.1:5684", 0, b"id");
         let mut links = Links::default();
-        let credentials =
-            |links: &mut Links, t: &ObjectTree| match links.route(t, &none, peer, None) {
-                Route::Secure(link) => Some(link.credentials.clone()),
-                Route::Plain => None,
-                Route::Unusable => panic!("unusable"),
-            };
+        let credentials = |links: &mut Links, t: &ObjectTree| match links.route(
+            t,
+            &none,
+            peer,
+            &LinkOptions::default(),
+        ) {
+            Route::Secure(link) => Some(link.credentials.clone()),
+            Route::Plain => None,
+            Route::Unusable => panic!("unusable"),
+        };
         assert_eq!(credentials(&mut links, &t), psk(b"id", 1));
         // A session in progress survives datagrams while the account stays.
-        let Route::Secure(link) = links.route(&t, &none, peer, None) else {
+        let Route::Secure(link) = links.route(&t, &none, peer, &LinkOptions::default()) else {
             panic!()
         };
         assert!(
             link.send(Instant::now(), b"coap".to_vec()),
             "a handshake starts"
         );
-        let Route::Secure(link) = links.route(&t, &none, peer, None) else {
+        let Route::Secure(link) = links.route(&t, &none, peer, &LinkOptions::default()) else {
             panic!()
         };
         assert!(link.session.is_some());
@@ -385,7 +429,7 @@ mod tests {
         t.set(&key, ResourceValue::Single(Value::Opaque(vec![9; 3])))
             .unwrap();
         assert_eq!(credentials(&mut links, &t), psk(b"id", 9));
-        let Route::Secure(link) = links.route(&t, &none, peer, None) else {
+        let Route::Secure(link) = links.route(&t, &none, peer, &LinkOptions::default()) else {
             panic!()
         };
         assert!(link.session.is_none(), "a new link");
@@ -413,7 +457,7 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            links.route(&t, &none, peer, None),
+            links.route(&t, &none, peer, &LinkOptions::default()),
             Route::Unusable
         ));
     }
@@ -448,7 +492,7 @@ mod tests {
         let rpk = tree("coaps://127.0.0.1:5684", 1, b"id");
         assert!(credentials_for(&rpk, &none, peer).is_err());
         assert!(matches!(
-            Links::default().route(&rpk, &none, peer, None),
+            Links::default().route(&rpk, &none, peer, &LinkOptions::default()),
             Route::Unusable
         ));
         // An unparsable host: the configured server.
@@ -485,12 +529,17 @@ mod tests {
             panic!("a certificate account")
         };
         // Garbage does not compile: the link is refused rather than sent in clear.
-        assert!(DtlsLink::new(peer, creds, None).is_err());
+        assert!(DtlsLink::new(peer, creds, &LinkOptions::default()).is_err());
     }
 
     #[test]
     fn datagrams_wait_for_the_handshake() {
-        let mut link = DtlsLink::new(LWM2M.parse().unwrap(), psk(b"id", 1).unwrap(), None).unwrap();
+        let mut link = DtlsLink::new(
+            LWM2M.parse().unwrap(),
+            psk(b"id", 1).unwrap(),
+            &LinkOptions::default(),
+        )
+        .unwrap();
         let now = Instant::now();
         assert!(link.send(now, vec![1]));
         assert!(!link.send(now, vec![2]));
