@@ -24,10 +24,13 @@
 //! PSKs (`security.bootstrap_identity`), each client's endpoint configuration hands it a
 //! `coaps://` LwM2M Server account with its own PSK, and the Bootstrap Server provisions
 //! that PSK into the LwM2M Server's store (Core TS 1.1 §6.1.4, §7.1.7). Both listeners
-//! share `keys.log`, the capture and the DTLS accounting (each on its own). What it does
-//! not do: certificates in scenarios, and with an external LwM2M Server no requests (the
-//! harness has no way to ask it) and no pcap of the servers' sockets (the fleet's
-//! datagrams are recorded instead).
+//! share `keys.log`, the capture and the DTLS accounting (each on its own). Toward an
+//! external `coaps://` LwM2M Server the clients' own sessions write `keys.log` and hand
+//! their plaintext to the fleet's tap, and `run --export-credentials` writes the PSKs the
+//! server must be loaded with ([`export_credentials`]). What it does not do: certificates
+//! in scenarios, and with an external LwM2M Server no requests (the harness has no way to
+//! ask it) and no pcap of the servers' sockets (the fleet's datagrams are recorded
+//! instead).
 
 pub mod capture;
 pub mod metrics;

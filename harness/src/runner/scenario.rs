@@ -8,7 +8,9 @@
 //! seed: 42                          # optional, default 1; `run --seed` overrides it
 //! duration: 30s                     # from the start of the fleet to the stop
 //! servers:                          # optional; both default to `in-process`
-//!   server: in-process              # or coap://HOST:PORT (an external LwM2M Server)
+//!   server: in-process              # or coap://HOST:PORT, coaps://HOST:PORT (an external
+//!                                   # LwM2M Server; coaps: every group has `security`, and
+//!                                   # `run --export-credentials` gives the keys to load)
 //!   bootstrap: in-process           # or coap://HOST:PORT, or none
 //!   queue_awake_time: 93s           # how long the in-process server deems a queue-mode
 //!                                   # client awake after its last message (Core TS 1.1 §6.5)
