@@ -263,6 +263,24 @@ fn broken_dtls_keys_are_named_with_their_line() {
             format!("{head}servers:\n  server: http://127.0.0.1\n{group}"),
             "coap://HOST:PORT or coaps://HOST:PORT",
         ),
+        // Certificate groups: the CN is the identity, the run's CA makes the keys, and
+        // they register directly with the in-process server.
+        (
+            format!(
+                "{head}{dtls}{group}    security:\n      mode: x509\n      identity: \"{{ep}}\"\n"
+            ),
+            ":13:7: fleet.0.security.identity: a certificate client's identity is its certificate's subject CN",
+        ),
+        (
+            format!("{head}{both}{group}    bootstrap: true\n    security: {{ mode: x509 }}\n"),
+            ":11:5: fleet.0.bootstrap: certificate groups register directly",
+        ),
+        (
+            format!(
+                "{head}servers:\n  server: coaps://127.0.0.1:5684\n  bootstrap: none\n{group}    security: {{ mode: x509 }}\n"
+            ),
+            "fleet.0.security.mode: certificate groups need the in-process LwM2M Server",
+        ),
     ];
     for (text, expected) in &cases {
         let e = load_error(text);
@@ -690,6 +708,98 @@ timeline:
         );
     }
     drop(server);
+}
+
+/// A certificate group: the run's test CA issues every client a certificate with its
+/// endpoint name as subject CN, the in-process listener one for 127.0.0.1; the clients
+/// handshake with ECDHE-ECDSA and register, tshark finds the Registers with the key log,
+/// and the handshakes carry the certificates (far bigger than a PSK handshake).
+#[test]
+fn certificate_groups_register_with_certificates_of_the_run_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(
+        dir.path(),
+        "x509.yaml",
+        &format!(
+            "name: x509
+duration: 3s
+seed: 9
+servers: {{ bootstrap: none, dtls: {{ server: true }} }}
+fleet:
+  - name: certs
+    profile: {}
+    count: 4
+    security: {{ mode: x509 }}
+  - name: keys
+    profile: {}
+    count: 2
+    security: {{ mode: psk }}
+timeline:
+  - {{ at: 1s, action: read, group: certs, path: /3/0 }}
+",
+            profile("wakaama-like"),
+            profile("sensor-1.1"),
+        ),
+    );
+    let (_, run_dir) = run_scenario(&scenario, &dir.path().join("reports"));
+    let report = RunReport::load(&run_dir).unwrap();
+    assert!(
+        report.cases.len() >= 2 && report.cases.iter().all(|c| c.status == Status::Passed),
+        "{:#?}",
+        report.cases
+    );
+    assert_eq!(key_log_sessions(&run_dir), 6);
+    let log = std::fs::read_to_string(run_dir.join("exchanges.log")).unwrap();
+    let port = dtls_ports(&log).into_iter().next().unwrap();
+    let dtls = format!("udp.port=={port},dtls");
+    let coap_in_dtls = format!("dtls.port=={port},coap");
+    let decoded = tshark(
+        &run_dir,
+        &[
+            "-r",
+            "run.pcap",
+            "-o",
+            "tls.keylog_file:keys.log",
+            "-d",
+            &dtls,
+            "-d",
+            &coap_in_dtls,
+            "-Y",
+            "coap",
+            "-T",
+            "fields",
+            "-e",
+            "coap.code",
+            "-e",
+            "coap.opt.uri_path_recon",
+            "-e",
+            "coap.opt.uri_query",
+        ],
+    );
+    for n in 0..4 {
+        let ep = format!("ep=certs-{n},");
+        assert!(
+            decoded
+                .lines()
+                .any(|l| l.starts_with("2\t/rd\t") && l.contains(&ep)),
+            "no Register of certs-{n} in:\n{decoded}"
+        );
+    }
+    // The sample client's handshake carries its certificate chain both ways.
+    let usage = std::fs::read_to_string(run_dir.join("network-usage.txt")).unwrap();
+    let sample = usage.split("Every exchange of certs-0").nth(1).unwrap();
+    let handshake: Vec<usize> = sample
+        .lines()
+        .find(|l| l.starts_with("dtls-handshake"))
+        .unwrap()
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // req CoAP, resp CoAP, req wire, resp wire, datagrams.
+    assert!(
+        handshake.len() == 5 && handshake[2] > 600 && handshake[3] > 600,
+        "{sample}"
+    );
 }
 
 /// `tshark` run on a run folder's files, or a failure saying how to install it.

@@ -27,10 +27,11 @@
 //! share `keys.log`, the capture and the DTLS accounting (each on its own). Toward an
 //! external `coaps://` LwM2M Server the clients' own sessions write `keys.log` and hand
 //! their plaintext to the fleet's tap, and `run --export-credentials` writes the PSKs the
-//! server must be loaded with ([`export_credentials`]). What it does not do: certificates
-//! in scenarios, and with an external LwM2M Server no requests (the harness has no way to
-//! ask it) and no pcap of the servers' sockets (the fleet's datagrams are recorded
-//! instead).
+//! server must be loaded with ([`export_credentials`]). A certificate group (`mode: x509`)
+//! gets a certificate per client from the run's test CA, which also issues the listeners'
+//! (`run_ca`). What it does not do: certificate groups that bootstrap, and with an
+//! external LwM2M Server no requests (the harness has no way to ask it) and no pcap of the
+//! servers' sockets (the fleet's datagrams are recorded instead).
 
 pub mod capture;
 pub mod metrics;
@@ -46,6 +47,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
+use lwm2m_dtls::CertificateConfig;
+use lwm2m_dtls::pki::{Purpose, TestCa, Validity};
 use lwm2m_proto::bootstrap::BootstrapConfig;
 use lwm2m_proto::bootstrap::config::{SecurityInstance, SecurityMode};
 use lwm2m_proto::bootstrap::server::BootstrapServerConfig;
@@ -69,6 +72,8 @@ use lwm2m_simulator::fleet::{
 };
 use lwm2m_simulator::seed;
 
+use crate::bdd::backend::ServerRole;
+use crate::bdd::secure::{SecureAccount, write_account};
 use crate::report::{CaseResult, RunReport, Status};
 pub use scenario::{Plan, Scenario};
 
@@ -225,16 +230,36 @@ struct Dtls {
     handshake_timeout: Duration,
     server: bool,
     bootstrap: bool,
+    /// The run's test CA, when a group has certificates: it issues the listeners' and the
+    /// clients' certificates and is the trust anchor of both sides.
+    ca: Option<TestCa>,
+    /// The listeners' certificate (subjectAltName 127.0.0.1) and the CA as trust anchor.
+    certificate: Option<CertificateConfig>,
 }
 
 impl Dtls {
-    /// A listener on a free loopback port that looks PSKs up in `security`.
+    /// A listener on a free loopback port that looks PSKs up in `security` (and takes the
+    /// run CA's certificates).
     fn options(&self, security: Arc<dyn SecurityStore>) -> DtlsOptions {
         let mut options = DtlsOptions::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), security);
         options.handshake_timeout = self.handshake_timeout;
         options.key_log = Some(self.key_log.clone());
+        options.certificate.clone_from(&self.certificate);
         options
     }
+}
+
+/// The run's test CA and the in-process listeners' certificate, for certificate groups.
+fn run_ca() -> anyhow::Result<(TestCa, CertificateConfig)> {
+    let ca = TestCa::new("lwm2m-harness run CA")?;
+    let server = ca.issue(
+        "lwm2m-harness in-process server",
+        &["127.0.0.1"],
+        Purpose::Server,
+        Validity::Current,
+    )?;
+    let certificate = ca.config(server);
+    Ok((ca, certificate))
 }
 
 /// The DTLS listeners, if the scenario has any: the LwM2M Server's security store holds
@@ -258,6 +283,13 @@ fn dtls_listeners(
         }
     }
     let keys = dir.join("keys.log");
+    let (ca, certificate) = match plan.groups.iter().any(scenario::GroupPlan::certificates) {
+        true => {
+            let (ca, certificate) = run_ca().context("making the run's test CA")?;
+            (Some(ca), Some(certificate))
+        }
+        false => (None, None),
+    };
     Ok(Some(Dtls {
         store: Arc::new(store),
         key_log: Arc::new(
@@ -266,6 +298,8 @@ fn dtls_listeners(
         handshake_timeout: listen.handshake_timeout,
         server: servers.server_dtls(),
         bootstrap: servers.bootstrap_dtls(),
+        ca,
+        certificate,
     }))
 }
 
@@ -402,6 +436,25 @@ fn secure_config(
     config
 }
 
+/// Client `endpoint`'s LwM2M Server account becomes `coaps://` to `server` in Security
+/// Mode 2 with a certificate of its own from `ca` (subject CN the endpoint name, Core TS
+/// 1.1 §7.1.8) and `ca` as the trust anchor for the server's.
+fn certificate_account(
+    tree: &mut ObjectTree,
+    ca: &TestCa,
+    endpoint: &str,
+    server: SocketAddr,
+) -> anyhow::Result<()> {
+    let issued = ca.issue(endpoint, &[], Purpose::Client, Validity::Current)?;
+    let account = SecureAccount::Certificate {
+        certificate: issued.certificate,
+        private_key: issued.private_key,
+        trust_anchor: ca.certificate().to_vec(),
+    };
+    write_account(tree, ServerRole::Lwm2m, server, &account)
+        .with_context(|| format!("{endpoint}: the certificate account"))
+}
+
 /// One fleet per group, on its own block of loopback addresses (127.G.0.1 upwards, room
 /// for 65,000 clients and their NAT rebindings). A secure group that bootstraps gets its
 /// factory bootstrap-server account over `coaps://` with per-client PSKs, and its
@@ -412,6 +465,7 @@ fn build_fleets(
     seed: u64,
     servers: &Servers,
     (tap, key_log): (Option<Tap>, Option<SessionKeyLog>),
+    ca: Option<&TestCa>,
 ) -> anyhow::Result<Vec<Fleet>> {
     let mut fleets = Vec::new();
     for (g, group) in plan.groups.iter().enumerate() {
@@ -424,11 +478,12 @@ fn build_fleets(
         let bootstrap = group.spec.bootstrap;
         let psk = group.psk(seed);
         let bootstrap_psk = group.bootstrap_psk(seed);
-        let server = match (&psk, servers.dtls_addr) {
-            (Some(_), Some(dtls)) => dtls,
-            (Some(_), None) if plan.scenario.servers.external_secure() => servers.server_addr,
-            (Some(_), None) => anyhow::bail!("group {name}: no DTLS listener"),
-            (None, _) => servers.server_addr,
+        let secure = psk.is_some() || group.certificates();
+        let server = match (secure, servers.dtls_addr) {
+            (true, Some(dtls)) => dtls,
+            (true, None) if plan.scenario.servers.external_secure() => servers.server_addr,
+            (true, None) => anyhow::bail!("group {name}: no DTLS listener"),
+            (false, _) => servers.server_addr,
         };
         let bootstrap_server = match (&bootstrap_psk, servers.bootstrap_dtls_addr) {
             (Some(_), Some(dtls)) => Some(dtls),
@@ -462,6 +517,10 @@ fn build_fleets(
         for n in 0..group.spec.count {
             let k = n as u64;
             let mut spec = clients.spec(k, group_seed);
+            if group.certificates() {
+                let ca = ca.context("certificate groups need the run's test CA")?;
+                certificate_account(&mut spec.tree, ca, &clients.endpoint(k), server)?;
+            }
             if bootstrap {
                 // Factory bootstrap only: no server account until the Bootstrap Server
                 // writes one (Core TS 1.1 §6.1.4); the bootstrap-server account stays.
@@ -583,6 +642,7 @@ pub async fn run(
         options.seed,
         &servers,
         (fleet_tap, fleet_key_log),
+        dtls.as_ref().and_then(|d| d.ca.as_ref()),
     )?;
 
     let endpoints: Vec<Vec<String>> = (0..plan.groups.len()).map(|g| plan.endpoints(g)).collect();

@@ -41,6 +41,11 @@
 //!       key_seed: 7                 # 16-byte keys from this seed and the identity
 //!                                   # (default: the run's seed); the in-process server's
 //!                                   # security store holds every client's key
+//!   - name: certified
+//!     profile: wakaama-like
+//!     count: 10
+//!     security: { mode: x509 }      # Security Mode 2: a certificate per client from the
+//!                                   # run's test CA, CN the endpoint name (§7.1.8)
 //!   - name: secure-bs
 //!     profile: wakaama-like
 //!     count: 20
@@ -321,9 +326,11 @@ pub struct Group {
 pub struct GroupSecurity {
     /// The security mode.
     pub mode: SecurityMode,
-    /// The PSK identity pattern: `{ep}` is the endpoint name, `{n}` the client number.
-    #[serde(default = "endpoint_pattern")]
-    pub identity: String,
+    /// The PSK identity pattern: `{ep}` is the endpoint name, `{n}` the client number
+    /// (default `{ep}`; PSK only: a certificate's identity is its subject CN, the endpoint
+    /// name).
+    #[serde(default)]
+    pub identity: Option<String>,
     /// The PSK identity pattern of the factory bootstrap-server account, for a group that
     /// bootstraps (default `bs-{ep}`); its key comes from `key_seed` and this identity. The
     /// Bootstrap Server then hands out the LwM2M Server account with `identity`'s PSK.
@@ -348,6 +355,10 @@ fn bootstrap_pattern() -> String {
 pub enum SecurityMode {
     /// Mode 0, pre-shared key: TLS_PSK_WITH_AES_128_CCM_8 (Core TS 1.1 §7.1.7).
     Psk,
+    /// Mode 2, certificate: TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 (Core TS 1.1 §7.1.8), each
+    /// client's certificate issued by the run's test CA with the endpoint name as its
+    /// subject CN.
+    X509,
 }
 
 fn sockets() -> usize {
@@ -526,10 +537,19 @@ impl GroupPlan {
         let security = self.spec.security.as_ref()?;
         match security.mode {
             SecurityMode::Psk => Some(PskPattern {
-                identity: security.identity.clone(),
+                identity: security.identity.clone().unwrap_or_else(endpoint_pattern),
                 seed: security.key_seed.unwrap_or(seed),
             }),
+            SecurityMode::X509 => None,
         }
+    }
+
+    /// True when the group's clients have certificates (Security Mode 2).
+    pub fn certificates(&self) -> bool {
+        self.spec
+            .security
+            .as_ref()
+            .is_some_and(|s| s.mode == SecurityMode::X509)
     }
 
     /// The group's PSK credentials towards the Bootstrap Server (its factory
@@ -794,7 +814,35 @@ impl Checker<'_> {
                         ))
                     }
                 };
-                own("security.identity", &security.identity)?;
+                if security.mode == SecurityMode::X509 {
+                    let refused = [
+                        (
+                            security.identity.is_some(),
+                            "security.identity",
+                            "a certificate client's identity is its certificate's subject CN, the endpoint name",
+                        ),
+                        (
+                            security.key_seed.is_some(),
+                            "security.key_seed",
+                            "certificate keys are made with the run's test CA, not from a seed",
+                        ),
+                        (
+                            g.bootstrap,
+                            "bootstrap",
+                            "certificate groups register directly (bootstrap with certificates is not in scenarios yet; the feature suite has it)",
+                        ),
+                        (
+                            s.servers.external_secure(),
+                            "security.mode",
+                            "certificate groups need the in-process LwM2M Server: their test CA is made for the run, so no external server trusts it",
+                        ),
+                    ];
+                    if let Some((_, at, why)) = refused.into_iter().find(|(bad, _, _)| *bad) {
+                        return Err(self.err(&key(at), why));
+                    }
+                }
+                let identity = security.identity.clone().unwrap_or_else(endpoint_pattern);
+                own("security.identity", &identity)?;
                 if security.bootstrap_identity.is_some() && !g.bootstrap {
                     return Err(self.err(
                         &key("security.bootstrap_identity"),
@@ -807,7 +855,7 @@ impl Checker<'_> {
                         .clone()
                         .unwrap_or_else(bootstrap_pattern);
                     own("security.bootstrap_identity", &bs)?;
-                    if bs == security.identity {
+                    if bs == identity {
                         let (at, other) = match security.bootstrap_identity {
                             Some(_) => ("security.bootstrap_identity", "identity"),
                             None => ("security.identity", "bootstrap_identity (default)"),
