@@ -800,6 +800,21 @@ timeline:
         handshake.len() == 5 && handshake[2] > 600 && handshake[3] > 600,
         "{sample}"
     );
+    // The listener's table has one typical handshake per kind of authentication.
+    assert!(usage.contains("one PSK handshake (median of 2)"), "{usage}");
+    assert!(
+        usage.contains("one certificate handshake (median of 4)"),
+        "{usage}"
+    );
+    let c = |k: &str| report.counters.get(k).copied().unwrap_or_default();
+    let (psk, cert) = (
+        c("dtls.handshake.psk.median_bytes"),
+        c("dtls.handshake.certificate.median_bytes"),
+    );
+    assert!(
+        psk > 400 && cert > 2 * psk,
+        "PSK {psk} B, certificate {cert} B"
+    );
 }
 
 /// `tshark` run on a run folder's files, or a failure saying how to install it.

@@ -166,17 +166,29 @@ impl DtlsUsage {
         self.handshakes.iter().filter(move |h| h.cause == cause)
     }
 
-    /// The median completed handshake (by bytes): "one handshake".
-    pub fn typical(&self) -> Option<&Handshake> {
-        let mut done: Vec<&Handshake> = self
-            .handshakes
+    /// The completed handshakes, of sessions authenticated as `kind` says (an identity
+    /// prefix of [`KINDS`]) or with `None` all of them.
+    fn done(&self, kind: Option<&str>) -> Vec<&Handshake> {
+        self.handshakes
             .iter()
             .filter(|h| h.cause != Cause::Unfinished)
-            .collect();
+            .filter(|h| {
+                kind.is_none_or(|k| h.identity.as_deref().is_some_and(|i| i.starts_with(k)))
+            })
+            .collect()
+    }
+
+    /// The median completed handshake (by bytes) of `kind` (see [`DtlsUsage::done`]):
+    /// "one handshake".
+    pub fn typical(&self, kind: Option<&str>) -> Option<&Handshake> {
+        let mut done = self.done(kind);
         done.sort_by_key(|h| h.bytes());
         done.get(done.len() / 2).copied()
     }
 }
+
+/// Handshakes by how their session authenticated: the identity prefix and the name.
+pub const KINDS: [(&str, &str); 2] = [("psk:", "PSK"), ("cn:", "certificate")];
 
 /// Accounts the datagrams to and from the DTLS listener at `server` (others are skipped).
 pub fn account(server: SocketAddr, datagrams: &[Wire<'_>]) -> DtlsUsage {
@@ -290,11 +302,6 @@ pub fn render(listener: Listener, server: SocketAddr, u: &DtlsUsage) -> String {
             u.unpaired_records
         );
     }
-    let done: Vec<&Handshake> = u
-        .handshakes
-        .iter()
-        .filter(|h| h.cause != Cause::Unfinished)
-        .collect();
     let _ = writeln!(
         s,
         "  handshakes: {} ({} first, {} from a new address, {} again from the same address, {} unfinished); {} bytes in all",
@@ -305,12 +312,24 @@ pub fn render(listener: Listener, server: SocketAddr, u: &DtlsUsage) -> String {
         u.of(Cause::Unfinished).count(),
         u.handshakes.iter().map(Handshake::bytes).sum::<usize>()
     );
-    if let Some(h) = u.typical() {
+    // One line per kind of authentication; all together when no session said which.
+    let mut kinds: Vec<(Option<&str>, &str)> = KINDS
+        .iter()
+        .filter(|(k, _)| u.typical(Some(k)).is_some())
+        .map(|(k, name)| (Some(*k), *name))
+        .collect();
+    if kinds.is_empty() {
+        kinds.push((None, "DTLS"));
+    }
+    for (kind, name) in kinds {
+        let Some(h) = u.typical(kind) else { continue };
+        let done = u.done(kind);
         let min = done.iter().map(|h| h.bytes()).min().unwrap_or(0);
         let max = done.iter().map(|h| h.bytes()).max().unwrap_or(0);
         let _ = writeln!(
             s,
-            "  one handshake (median): {} bytes of UDP payload in {} datagrams (client {} B in {}, server {} B in {}); {} bytes as Ethernet frames; range {min}-{max}",
+            "  one {name} handshake (median of {}): {} bytes of UDP payload in {} datagrams (client {} B in {}, server {} B in {}); {} bytes as Ethernet frames; range {min}-{max}",
+            done.len(),
             h.bytes(),
             h.datagrams(),
             h.client_bytes,
@@ -428,7 +447,7 @@ pub fn beside_thesis(rows: &[ExchangeUsage], usage: Option<&DtlsUsage>) -> Strin
                 thesis::OVERHEAD
             );
         }
-        if let Some(h) = u.typical() {
+        if let Some(h) = u.typical(Some("psk:")) {
             let _ = writeln!(
                 s,
                 "one PSK handshake: {} bytes of UDP payload in {} datagrams = {} as frames here, about {} in the thesis",

@@ -365,9 +365,19 @@ fn dtls_counters(listener: Listener, u: &DtlsUsage, counters: &mut BTreeMap<Stri
             n(of.iter().map(|h| h.lost_before.0).sum()),
         );
     }
-    if let Some(h) = u.typical() {
+    if let Some(h) = u.typical(None) {
         put("handshake.median_bytes", n(h.bytes()));
         put("handshake.median_datagrams", n(h.datagrams()));
+    }
+    for (kind, name) in dtls_usage::KINDS {
+        if let Some(h) = u.typical(Some(kind)) {
+            let name = name.to_lowercase();
+            put(&format!("handshake.{name}.median_bytes"), n(h.bytes()));
+            put(
+                &format!("handshake.{name}.median_datagrams"),
+                n(h.datagrams()),
+            );
+        }
     }
 }
 
