@@ -662,40 +662,8 @@ timeline:
         report.cases
     );
     assert_eq!(key_log_sessions(&run_dir), 5);
-    let dtls = format!("udp.port=={port},dtls");
-    let coap_in_dtls = format!("dtls.port=={port},coap");
-    let decoded = tshark(
-        &run_dir,
-        &[
-            "-r",
-            "run.pcap",
-            "-o",
-            "tls.keylog_file:keys.log",
-            "-d",
-            &dtls,
-            "-d",
-            &coap_in_dtls,
-            "-Y",
-            "coap",
-            "-T",
-            "fields",
-            "-e",
-            "coap.code",
-            "-e",
-            "coap.opt.uri_path_recon",
-            "-e",
-            "coap.opt.uri_query",
-        ],
-    );
-    for n in 0..5 {
-        let ep = format!("ep=vault-{n},");
-        assert!(
-            decoded
-                .lines()
-                .any(|l| l.starts_with("2\t/rd\t") && l.contains(&ep)),
-            "no Register of vault-{n} in:\n{decoded}"
-        );
-    }
+    let decoded = decrypted_coap(&run_dir, port);
+    assert_registers(&decoded, "vault-", 5);
     // The fleet's sessions hand over their plaintext: CoAP and DTLS bytes apart, and the
     // sample client's table found by its Register.
     let usage = std::fs::read_to_string(run_dir.join("network-usage.txt")).unwrap();
@@ -751,40 +719,8 @@ timeline:
     assert_eq!(key_log_sessions(&run_dir), 6);
     let log = std::fs::read_to_string(run_dir.join("exchanges.log")).unwrap();
     let port = dtls_ports(&log).into_iter().next().unwrap();
-    let dtls = format!("udp.port=={port},dtls");
-    let coap_in_dtls = format!("dtls.port=={port},coap");
-    let decoded = tshark(
-        &run_dir,
-        &[
-            "-r",
-            "run.pcap",
-            "-o",
-            "tls.keylog_file:keys.log",
-            "-d",
-            &dtls,
-            "-d",
-            &coap_in_dtls,
-            "-Y",
-            "coap",
-            "-T",
-            "fields",
-            "-e",
-            "coap.code",
-            "-e",
-            "coap.opt.uri_path_recon",
-            "-e",
-            "coap.opt.uri_query",
-        ],
-    );
-    for n in 0..4 {
-        let ep = format!("ep=certs-{n},");
-        assert!(
-            decoded
-                .lines()
-                .any(|l| l.starts_with("2\t/rd\t") && l.contains(&ep)),
-            "no Register of certs-{n} in:\n{decoded}"
-        );
-    }
+    let decoded = decrypted_coap(&run_dir, port);
+    assert_registers(&decoded, "certs-", 4);
     // The sample client's handshake carries its certificate chain both ways.
     let usage = std::fs::read_to_string(run_dir.join("network-usage.txt")).unwrap();
     let sample = usage.split("Every exchange of certs-0").nth(1).unwrap();
@@ -815,6 +751,50 @@ timeline:
         psk > 400 && cert > 2 * psk,
         "PSK {psk} B, certificate {cert} B"
     );
+}
+
+/// What tshark decrypts of a run folder's `run.pcap` with its `keys.log`, `port` decoded
+/// as CoAP over DTLS: one line per CoAP message, its code, path and query.
+fn decrypted_coap(run_dir: &Path, port: impl std::fmt::Display) -> String {
+    let dtls = format!("udp.port=={port},dtls");
+    let coap_in_dtls = format!("dtls.port=={port},coap");
+    tshark(
+        run_dir,
+        &[
+            "-r",
+            "run.pcap",
+            "-o",
+            "tls.keylog_file:keys.log",
+            "-d",
+            &dtls,
+            "-d",
+            &coap_in_dtls,
+            "-Y",
+            "coap",
+            "-T",
+            "fields",
+            "-e",
+            "coap.code",
+            "-e",
+            "coap.opt.uri_path_recon",
+            "-e",
+            "coap.opt.uri_query",
+        ],
+    )
+}
+
+/// Every one of the clients `PREFIX0` .. `PREFIX{count-1}` has a Register (POST, code 2,
+/// /rd?ep=NAME) in tshark's `decoded` lines.
+fn assert_registers(decoded: &str, prefix: &str, count: usize) {
+    for n in 0..count {
+        let ep = format!("ep={prefix}{n},");
+        assert!(
+            decoded
+                .lines()
+                .any(|l| l.starts_with("2\t/rd\t") && l.contains(&ep)),
+            "no Register of {prefix}{n} in:\n{decoded}"
+        );
+    }
 }
 
 /// `tshark` run on a run folder's files, or a failure saying how to install it.
