@@ -272,8 +272,10 @@ fn broken_dtls_keys_are_named_with_their_line() {
             ":13:7: fleet.0.security.identity: a certificate client's identity is its certificate's subject CN",
         ),
         (
-            format!("{head}{both}{group}    bootstrap: true\n    security: {{ mode: x509 }}\n"),
-            ":11:5: fleet.0.bootstrap: certificate groups register directly",
+            format!(
+                "{head}{both}{group}    bootstrap: true\n    security: {{ mode: x509, bootstrap_identity: \"bs-{{ep}}\" }}\n"
+            ),
+            ":12:5: fleet.0.security.bootstrap_identity: a certificate client's identity toward the Bootstrap Server",
         ),
         (
             format!(
@@ -678,10 +680,11 @@ timeline:
     drop(server);
 }
 
-/// A certificate group: the run's test CA issues every client a certificate with its
-/// endpoint name as subject CN, the in-process listener one for 127.0.0.1; the clients
-/// handshake with ECDHE-ECDSA and register, tshark finds the Registers with the key log,
-/// and the handshakes carry the certificates (far bigger than a PSK handshake).
+/// Certificate groups: the run's test CA issues every client a certificate with its
+/// endpoint name as subject CN, the in-process listeners one for 127.0.0.1; the clients
+/// handshake with ECDHE-ECDSA and register, directly or after a bootstrap over DTLS that
+/// hands them another certificate of their own; tshark finds the Registers with the key
+/// log, and the handshakes carry the certificates (far bigger than a PSK handshake).
 #[test]
 fn certificate_groups_register_with_certificates_of_the_run_ca() {
     let dir = tempfile::tempdir().unwrap();
@@ -692,7 +695,7 @@ fn certificate_groups_register_with_certificates_of_the_run_ca() {
             "name: x509
 duration: 3s
 seed: 9
-servers: {{ bootstrap: none, dtls: {{ server: true }} }}
+servers: {{ dtls: {{ server: true, bootstrap: true }} }}
 fleet:
   - name: certs
     profile: {}
@@ -702,11 +705,18 @@ fleet:
     profile: {}
     count: 2
     security: {{ mode: psk }}
+  - name: bscert
+    profile: {}
+    count: 3
+    bootstrap: true
+    security: {{ mode: x509 }}
 timeline:
   - {{ at: 1s, action: read, group: certs, path: /3/0 }}
+  - {{ at: 2s, action: read, group: bscert, path: /3/0 }}
 ",
             profile("wakaama-like"),
             profile("sensor-1.1"),
+            profile("wakaama-like"),
         ),
     );
     let (_, run_dir) = run_scenario(&scenario, &dir.path().join("reports"));
@@ -716,11 +726,23 @@ timeline:
         "{:#?}",
         report.cases
     );
-    assert_eq!(key_log_sessions(&run_dir), 6);
+    // 4 + 2 direct sessions, and 3 with the Bootstrap Server, then 3 with the LwM2M
+    // Server.
+    assert_eq!(key_log_sessions(&run_dir), 12);
     let log = std::fs::read_to_string(run_dir.join("exchanges.log")).unwrap();
-    let port = dtls_ports(&log).into_iter().next().unwrap();
-    let decoded = decrypted_coap(&run_dir, port);
+    let ports = dtls_ports(&log);
+    let decoded = decrypted_coap(&run_dir, &ports[0]);
     assert_registers(&decoded, "certs-", 4);
+    assert_registers(&decoded, "bscert-", 3);
+    let bootstrap = decrypted_coap(&run_dir, &ports[1]);
+    for n in 0..3 {
+        assert!(
+            bootstrap
+                .lines()
+                .any(|l| l.starts_with("2\t/bs\t") && l.contains(&format!("ep=bscert-{n}"))),
+            "no Bootstrap-Request of bscert-{n} in:\n{bootstrap}"
+        );
+    }
     // The sample client's handshake carries its certificate chain both ways.
     let usage = std::fs::read_to_string(run_dir.join("network-usage.txt")).unwrap();
     let sample = usage.split("Every exchange of certs-0").nth(1).unwrap();
@@ -739,7 +761,7 @@ timeline:
     // The listener's table has one typical handshake per kind of authentication.
     assert!(usage.contains("one PSK handshake (median of 2)"), "{usage}");
     assert!(
-        usage.contains("one certificate handshake (median of 4)"),
+        usage.contains("one certificate handshake (median of 7)"),
         "{usage}"
     );
     let c = |k: &str| report.counters.get(k).copied().unwrap_or_default();

@@ -28,10 +28,11 @@
 //! external `coaps://` LwM2M Server the clients' own sessions write `keys.log` and hand
 //! their plaintext to the fleet's tap, and `run --export-credentials` writes the PSKs the
 //! server must be loaded with ([`export_credentials`]). A certificate group (`mode: x509`)
-//! gets a certificate per client from the run's test CA, which also issues the listeners'
-//! (`run_ca`). What it does not do: certificate groups that bootstrap, and with an
-//! external LwM2M Server no requests (the harness has no way to ask it) and no pcap of the
-//! servers' sockets (the fleet's datagrams are recorded instead).
+//! gets certificates from the run's test CA, which also issues the listeners' (`run_ca`):
+//! one per client, or with `bootstrap` one toward the Bootstrap Server and another that
+//! the Bootstrap Server hands over. What it does not do: with an external LwM2M Server no
+//! requests (the harness has no way to ask it) and no pcap of the servers' sockets (the
+//! fleet's datagrams are recorded instead).
 
 pub mod capture;
 pub mod metrics;
@@ -56,7 +57,7 @@ use lwm2m_proto::client::ObjectTree;
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::ServerConfig;
 use lwm2m_proto::value::Value;
-use lwm2m_proto::{InstanceId, Lwm2mPath, ObjectId, ResourceId, ResourceValue, coap};
+use lwm2m_proto::{InstanceId, Lwm2mPath, ObjectId, ResourceId, coap};
 use lwm2m_server::dtls::KeyLogFile;
 use lwm2m_server::events::{EventBus, PacketTap};
 use lwm2m_server::store::{
@@ -394,17 +395,17 @@ fn bootstrap_account(tree: &ObjectTree) -> Option<InstanceId> {
 
 /// The configuration the Bootstrap Server hands client `n` of a secure group: the one
 /// that applies to its endpoint in the scenario (or the default one), with every LwM2M
-/// Server account turned `coaps://` to the in-process server's listener in Security Mode 0
-/// with the client's own PSK, and the client's bootstrap-server account (at its instance
-/// id in the client, `account`) with its own bootstrap PSK, so that the Bootstrap Server
-/// finds the key by identity ([`BootstrapCredentials`]) and writes the account back
-/// unchanged (Core TS 1.1 §5.2.7.4, §7.1.7).
+/// Server account turned `coaps://` to the in-process server's listener with the client's
+/// own credentials `lwm2m`, and the client's bootstrap-server account (at its instance id
+/// in the client, `account`) with its factory credentials `factory`, so that the Bootstrap
+/// Server finds a PSK by identity ([`BootstrapCredentials`]) and writes the account back
+/// unchanged (Core TS 1.1 §5.2.7.4, §7.1.7, §7.1.8).
 fn secure_config(
     mut config: BootstrapConfig,
     server: SocketAddr,
-    (identity, key): (String, [u8; 16]),
+    lwm2m: &SecureAccount,
     (account, uri): (InstanceId, String),
-    (bs_identity, bs_key): (String, [u8; 16]),
+    factory: &SecureAccount,
 ) -> BootstrapConfig {
     config.security.retain(|_, s| !s.bootstrap_server);
     if let Some(moved) = config.security.remove(&account.0) {
@@ -415,44 +416,66 @@ fn secure_config(
     }
     for s in config.security.values_mut() {
         s.uri = format!("coaps://{server}");
-        s.mode = SecurityMode::Psk;
-        s.identity.clone_from(&identity);
-        s.secret_key = hex(&key);
+        set_credentials(s, lwm2m);
     }
-    config.security.insert(
-        account.0,
-        SecurityInstance {
-            uri,
-            bootstrap_server: true,
-            mode: SecurityMode::Psk,
-            identity: bs_identity,
-            server_public_key: String::new(),
-            secret_key: hex(&bs_key),
-            short_server_id: None,
-            client_hold_off: None,
-            bootstrap_account_timeout: None,
-        },
-    );
+    let mut bootstrap = SecurityInstance {
+        uri,
+        bootstrap_server: true,
+        mode: SecurityMode::Psk,
+        identity: String::new(),
+        server_public_key: String::new(),
+        secret_key: String::new(),
+        short_server_id: None,
+        client_hold_off: None,
+        bootstrap_account_timeout: None,
+    };
+    set_credentials(&mut bootstrap, factory);
+    config.security.insert(account.0, bootstrap);
     config
 }
 
-/// Client `endpoint`'s LwM2M Server account becomes `coaps://` to `server` in Security
-/// Mode 2 with a certificate of its own from `ca` (subject CN the endpoint name, Core TS
-/// 1.1 §7.1.8) and `ca` as the trust anchor for the server's.
-fn certificate_account(
-    tree: &mut ObjectTree,
-    ca: &TestCa,
-    endpoint: &str,
-    server: SocketAddr,
-) -> anyhow::Result<()> {
-    let issued = ca.issue(endpoint, &[], Purpose::Client, Validity::Current)?;
-    let account = SecureAccount::Certificate {
+/// A bootstrap configuration's Security instance gets `account`'s mode and credentials
+/// (a PSK identity as text, everything else in hex).
+fn set_credentials(s: &mut SecurityInstance, account: &SecureAccount) {
+    match account {
+        SecureAccount::Psk { identity, key } => {
+            s.mode = SecurityMode::Psk;
+            s.identity = String::from_utf8_lossy(identity).into_owned();
+            s.server_public_key = String::new();
+            s.secret_key = hex(key);
+        }
+        SecureAccount::Certificate {
+            certificate,
+            private_key,
+            trust_anchor,
+        } => {
+            s.mode = SecurityMode::X509;
+            s.identity = hex(certificate);
+            s.server_public_key = hex(trust_anchor);
+            s.secret_key = hex(private_key);
+        }
+    }
+}
+
+/// A PSK account with `(identity, key)`.
+fn psk_account((identity, key): (String, [u8; 16])) -> SecureAccount {
+    SecureAccount::Psk {
+        identity: identity.into_bytes(),
+        key: key.to_vec(),
+    }
+}
+
+/// A certificate account for `endpoint`: a certificate of its own from `ca` (subject CN
+/// the endpoint name, Core TS 1.1 §7.1.8), and `ca` as the trust anchor for the server's.
+fn certificate_account(ca: &TestCa, endpoint: &str) -> anyhow::Result<SecureAccount> {
+    let issued = ca
+        .issue(endpoint, &[], Purpose::Client, Validity::Current)
+        .with_context(|| format!("{endpoint}: issuing its certificate"))?;
+    Ok(SecureAccount::Certificate {
         certificate: issued.certificate,
         private_key: issued.private_key,
         trust_anchor: ca.certificate().to_vec(),
-    };
-    write_account(tree, ServerRole::Lwm2m, server, &account)
-        .with_context(|| format!("{endpoint}: the certificate account"))
+    })
 }
 
 /// One fleet per group, on its own block of loopback addresses (127.G.0.1 upwards, room
@@ -478,19 +501,23 @@ fn build_fleets(
         let bootstrap = group.spec.bootstrap;
         let psk = group.psk(seed);
         let bootstrap_psk = group.bootstrap_psk(seed);
-        let secure = psk.is_some() || group.certificates();
+        let secure = group.spec.security.is_some();
+        let ca = match group.certificates() {
+            true => Some(ca.context("certificate groups need the run's test CA")?),
+            false => None,
+        };
         let server = match (secure, servers.dtls_addr) {
             (true, Some(dtls)) => dtls,
             (true, None) if plan.scenario.servers.external_secure() => servers.server_addr,
             (true, None) => anyhow::bail!("group {name}: no DTLS listener"),
             (false, _) => servers.server_addr,
         };
-        let bootstrap_server = match (&bootstrap_psk, servers.bootstrap_dtls_addr) {
-            (Some(_), Some(dtls)) => Some(dtls),
-            (Some(_), None) => {
+        let bootstrap_server = match (secure && bootstrap, servers.bootstrap_dtls_addr) {
+            (true, Some(dtls)) => Some(dtls),
+            (true, None) => {
                 anyhow::bail!("group {name}: the Bootstrap Server has no DTLS listener")
             }
-            (None, _) => servers.bootstrap_addr.filter(|_| bootstrap),
+            (false, _) => servers.bootstrap_addr.filter(|_| bootstrap),
         };
         let mut clients = group.clients(
             registry,
@@ -499,11 +526,11 @@ fn build_fleets(
                 bootstrap: bootstrap_server,
             },
         )?;
-        // The bootstrap key is each client's own: it replaces this one below.
-        clients = match (&psk, &bootstrap_psk) {
-            (_, Some(bs)) => clients.with_bootstrap_psk(&bs.identity, &[0; 16]),
-            (Some(psk), None) => clients.with_psk(psk.clone()),
-            (None, None) => clients,
+        clients = match (&psk, bootstrap) {
+            // Each client's own credentials are written below.
+            _ if secure && bootstrap => clients.with_bootstrap_account(),
+            (Some(psk), false) => clients.with_psk(psk.clone()),
+            _ => clients,
         };
         let mut fleet = Fleet::new(FleetConfig {
             seed: group_seed,
@@ -516,11 +543,8 @@ fn build_fleets(
         });
         for n in 0..group.spec.count {
             let k = n as u64;
+            let endpoint = clients.endpoint(k);
             let mut spec = clients.spec(k, group_seed);
-            if group.certificates() {
-                let ca = ca.context("certificate groups need the run's test CA")?;
-                certificate_account(&mut spec.tree, ca, &clients.endpoint(k), server)?;
-            }
             if bootstrap {
                 // Factory bootstrap only: no server account until the Bootstrap Server
                 // writes one (Core TS 1.1 §6.1.4); the bootstrap-server account stays.
@@ -530,43 +554,68 @@ fn build_fleets(
                         .bootstrap_delete(&Lwm2mPath::Object(ObjectId(object)));
                 }
             }
-            if let (Some(psk), Some(bs), Some(store)) =
-                (&psk, &bootstrap_psk, &servers.bootstrap_store)
-            {
-                let endpoint = clients.endpoint(k);
-                let bs_credentials = bs.credentials(k, &endpoint);
-                let account = bootstrap_account(&spec.tree)
-                    .with_context(|| format!("{endpoint}: no bootstrap-server account"))?;
-                let uri_path = Lwm2mPath::Resource(SECURITY, account, ResourceId(0));
-                let uri = match spec.tree.get(&uri_path) {
-                    Some(Value::String(uri)) => uri.clone(),
-                    _ => anyhow::bail!("{endpoint}: the bootstrap-server account has no URI"),
-                };
-                spec.tree
-                    .set(
-                        &Lwm2mPath::Resource(SECURITY, account, ResourceId(5)),
-                        ResourceValue::Single(Value::Opaque(bs_credentials.1.to_vec())),
-                    )
-                    .with_context(|| format!("{endpoint}: setting the bootstrap PSK"))?;
-                let (_, base) = store.lookup(&endpoint).with_context(|| {
-                    format!("no bootstrap configuration applies to {endpoint} (group {name})")
-                })?;
-                let config = secure_config(
-                    base,
-                    server,
-                    psk.credentials(k, &endpoint),
-                    (account, uri),
-                    bs_credentials,
-                );
-                store
-                    .put(ConfigKey::Endpoint(endpoint.clone()), config)
-                    .with_context(|| format!("the bootstrap configuration of {endpoint}"))?;
+            // The client's own credentials toward the LwM2M Server (directly, or as the
+            // Bootstrap Server hands them) and toward the Bootstrap Server: different
+            // ones, as Core TS 1.1 §7.1 requires.
+            let lwm2m = match (&psk, ca) {
+                (Some(psk), _) => Some(psk_account(psk.credentials(k, &endpoint))),
+                (None, Some(ca)) => Some(certificate_account(ca, &endpoint)?),
+                (None, None) => None,
+            };
+            match (lwm2m, bootstrap_server) {
+                (Some(lwm2m), Some(bs)) if bootstrap => {
+                    let factory = match (&bootstrap_psk, ca) {
+                        (Some(p), _) => psk_account(p.credentials(k, &endpoint)),
+                        (None, Some(ca)) => certificate_account(ca, &endpoint)?,
+                        (None, None) => anyhow::bail!("group {name}: no bootstrap credentials"),
+                    };
+                    write_account(&mut spec.tree, ServerRole::Bootstrap, bs, &factory)
+                        .with_context(|| format!("{endpoint}: the bootstrap-server account"))?;
+                    let store = servers
+                        .bootstrap_store
+                        .as_ref()
+                        .context("no in-process Bootstrap Server")?;
+                    hand_over(store, &spec.tree, &endpoint, server, &lwm2m, &factory)
+                        .with_context(|| format!("group {name}"))?;
+                }
+                // Certificates go in here; PSKs came with the profile (`with_psk`).
+                (Some(lwm2m @ SecureAccount::Certificate { .. }), _) => {
+                    write_account(&mut spec.tree, ServerRole::Lwm2m, server, &lwm2m)
+                        .with_context(|| format!("{endpoint}: the certificate account"))?;
+                }
+                _ => {}
             }
             fleet.add(name, spec);
         }
         fleets.push(fleet);
     }
     Ok(fleets)
+}
+
+/// Puts client `endpoint`'s configuration into the Bootstrap Server's `store`: the one
+/// that applies to it, handing over `lwm2m` toward the LwM2M Server at `server`, with its
+/// factory bootstrap account (as in `tree`, credentials `factory`) written back unchanged.
+fn hand_over(
+    store: &FileBootstrapStore,
+    tree: &ObjectTree,
+    endpoint: &str,
+    server: SocketAddr,
+    lwm2m: &SecureAccount,
+    factory: &SecureAccount,
+) -> anyhow::Result<()> {
+    let account = bootstrap_account(tree)
+        .with_context(|| format!("{endpoint}: no bootstrap-server account"))?;
+    let uri = match tree.get(&Lwm2mPath::Resource(SECURITY, account, ResourceId(0))) {
+        Some(Value::String(uri)) => uri.clone(),
+        _ => anyhow::bail!("{endpoint}: the bootstrap-server account has no URI"),
+    };
+    let (_, base) = store
+        .lookup(endpoint)
+        .with_context(|| format!("no bootstrap configuration applies to {endpoint}"))?;
+    let config = secure_config(base, server, lwm2m, (account, uri), factory);
+    store
+        .put(ConfigKey::Endpoint(endpoint.to_owned()), config)
+        .with_context(|| format!("the bootstrap configuration of {endpoint}"))
 }
 
 /// `OUT/<UTC time>-<name>`, made; `-2`, `-3`, ... when it exists already.
@@ -861,9 +910,9 @@ mod tests {
         let config = secure_config(
             base,
             "127.0.0.1:5684".parse().unwrap(),
-            ("ep".into(), [1; 16]),
+            &psk_account(("ep".into(), [1; 16])),
             (InstanceId(0), bs_uri.clone()),
-            ("bs-ep".into(), [2; 16]),
+            &psk_account(("bs-ep".into(), [2; 16])),
         );
         // The client's bootstrap-server account is at its instance 0: the server account
         // moves out of its way.
@@ -900,5 +949,36 @@ mod tests {
                 key: "02".repeat(16)
             }
         );
+    }
+
+    #[test]
+    fn certificate_accounts_are_handed_over_in_hex() {
+        let mut s = SecurityInstance {
+            uri: "coaps://127.0.0.1:5684".into(),
+            bootstrap_server: false,
+            mode: SecurityMode::Psk,
+            identity: "old".into(),
+            server_public_key: String::new(),
+            secret_key: "00".into(),
+            short_server_id: Some(1),
+            client_hold_off: None,
+            bootstrap_account_timeout: None,
+        };
+        let account = SecureAccount::Certificate {
+            certificate: vec![0x30, 0x01],
+            private_key: vec![0xab],
+            trust_anchor: vec![0xca],
+        };
+        set_credentials(&mut s, &account);
+        assert_eq!(
+            (
+                s.mode,
+                s.identity.as_str(),
+                s.server_public_key.as_str(),
+                s.secret_key.as_str()
+            ),
+            (SecurityMode::X509, "3001", "ca", "ab")
+        );
+        assert_eq!(s.short_server_id, Some(1), "the rest is kept");
     }
 }

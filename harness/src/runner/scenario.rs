@@ -45,7 +45,8 @@
 //!     profile: wakaama-like
 //!     count: 10
 //!     security: { mode: x509 }      # Security Mode 2: a certificate per client from the
-//!                                   # run's test CA, CN the endpoint name (§7.1.8)
+//!                                   # run's test CA, CN the endpoint name (§7.1.8); with
+//!                                   # bootstrap, another for the Bootstrap Server
 //!   - name: secure-bs
 //!     profile: wakaama-like
 //!     count: 20
@@ -827,9 +828,9 @@ impl Checker<'_> {
                             "certificate keys are made with the run's test CA, not from a seed",
                         ),
                         (
-                            g.bootstrap,
-                            "bootstrap",
-                            "certificate groups register directly (bootstrap with certificates is not in scenarios yet; the feature suite has it)",
+                            security.bootstrap_identity.is_some(),
+                            "security.bootstrap_identity",
+                            "a certificate client's identity toward the Bootstrap Server is its certificate's subject CN too",
                         ),
                         (
                             s.servers.external_secure(),

@@ -43,6 +43,8 @@ pub struct ProfileClients {
     psk: Option<PskPattern>,
     /// The bootstrap account's identity pattern and its one key.
     bootstrap_psk: Option<(String, Vec<u8>)>,
+    /// Add a bootstrap-server account when the profile has none.
+    bootstrap_account: bool,
 }
 
 /// Per-client PSK credentials generated from a pattern (Security Mode 0, Core TS 1.1
@@ -146,6 +148,7 @@ impl ProfileClients {
             endpoint_prefix,
             psk: None,
             bootstrap_psk: None,
+            bootstrap_account: false,
         })
     }
 
@@ -171,6 +174,13 @@ impl ProfileClients {
     /// then come from the Bootstrap Server.
     pub fn with_bootstrap_psk(mut self, identity: &str, key: &[u8]) -> Self {
         self.bootstrap_psk = Some((identity.to_owned(), key.to_vec()));
+        self
+    }
+
+    /// Every client gets a bootstrap-server account (/0/x/1 true, NoSec, toward the
+    /// Bootstrap Server) when the profile has none, for credentials of the caller's own.
+    pub fn with_bootstrap_account(mut self) -> Self {
+        self.bootstrap_account = true;
         self
     }
 
@@ -208,7 +218,7 @@ impl ProfileClients {
                 tree.put_instance(id, iid, instance);
             }
         }
-        if self.bootstrap_psk.is_some() {
+        if self.bootstrap_psk.is_some() || self.bootstrap_account {
             add_bootstrap_account(&mut tree);
         }
         self.point_security_at_targets(&mut tree);
