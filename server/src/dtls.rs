@@ -341,6 +341,19 @@ pub fn endpoint_query(request: &Packet) -> Option<String> {
         })
 }
 
+/// The endpoint a Register (`POST /rd?ep=NAME`, Core TS 1.1 §6.2.1) is for; `None` for
+/// any other request.
+pub(crate) fn register_endpoint(request: &Packet) -> Option<String> {
+    if request.header.code != MessageClass::Request(RequestType::Post) {
+        return None;
+    }
+    let path = request.get_option(CoapOption::UriPath)?;
+    if path.len() != 1 || path.front()?.as_slice() != b"rd" {
+        return None;
+    }
+    endpoint_query(request)
+}
+
 /// The LwM2M Server's gate: a Register (`POST /rd?ep=NAME`) acts for NAME, an Update or
 /// De-register (`POST`/`DELETE /rd/{id}`) for the endpoint of that registration.
 #[derive(Debug, Default)]
@@ -363,7 +376,7 @@ impl Gate for Registrations {
             return None;
         }
         match (method, path.len()) {
-            (RequestType::Post, 1) => endpoint_query(request),
+            (RequestType::Post, 1) => register_endpoint(request),
             (_, 2) => {
                 let id = std::str::from_utf8(path.back()?).ok()?;
                 self.locations.get(id).cloned()

@@ -10,11 +10,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lwm2m_proto::coap::{CoapOption, MessageClass, RequestType, Transmit, message};
+use lwm2m_proto::coap::{Transmit, message};
 use lwm2m_proto::server::Lwm2mServer;
 
 use crate::driver::Machine;
-use crate::dtls::{endpoint_query, forbidden};
+use crate::dtls::{forbidden, register_endpoint};
 use crate::events::{Event, Role, SecurityEvent};
 use crate::store::SecurityStore;
 
@@ -43,14 +43,7 @@ impl PlainServer {
     fn refusal(&self, bytes: &[u8]) -> Option<(Vec<u8>, String)> {
         let security = self.security.as_ref()?;
         let request = message::decode(bytes).ok()?;
-        if request.header.code != MessageClass::Request(RequestType::Post) {
-            return None;
-        }
-        let path = request.get_option(CoapOption::UriPath)?;
-        if path.len() != 1 || path.front()?.as_slice() != b"rd" {
-            return None;
-        }
-        let endpoint = endpoint_query(&request)?;
+        let endpoint = register_endpoint(&request)?;
         security.by_endpoint(&endpoint)?;
         let reason = format!("endpoint {endpoint:?} has credentials: register over DTLS");
         let answer = forbidden(&request, &reason).to_bytes().ok()?;
@@ -98,7 +91,7 @@ impl Machine for PlainServer {
 mod tests {
     use super::*;
     use crate::store::{Credentials, FileSecurityStore, SecurityInfo};
-    use lwm2m_proto::coap::{MessageType, ResponseType};
+    use lwm2m_proto::coap::{MessageClass, MessageType, RequestType, ResponseType};
 
     fn register(ep: &str) -> Vec<u8> {
         let mut p = message::request(RequestType::Post, "/rd");

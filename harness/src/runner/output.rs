@@ -87,10 +87,11 @@ fn fold(latencies: &mut Latencies, name: &str, h: &Histogram<u64>) {
     }
 }
 
-/// The server-side time of each De-register: request in to response out at the server's
-/// socket (the fleet measures Register and Update on the client side, not De-register);
-/// over DTLS from the records' plaintext.
-fn deregister_at_server(packets: &[Captured], latencies: &mut Latencies) {
+/// The time of each De-register, request to response, recorded as `name`: at the server's
+/// socket when the capture is the in-process servers', at the client's when it is the
+/// fleet's (the fleet measures Register and Update itself, not De-register); over DTLS
+/// from the records' plaintext.
+fn deregister_latencies(packets: &[Captured], latencies: &mut Latencies, name: &str) {
     use lwm2m_proto::coap::{MessageClass, RequestType, message};
     let mut pending: BTreeMap<(SocketAddr, SocketAddr, Vec<u8>), Duration> = BTreeMap::new();
     let messages = packets.iter().flat_map(|p| {
@@ -113,7 +114,7 @@ fn deregister_at_server(packets: &[Captured], latencies: &mut Latencies) {
             }
             MessageClass::Response(_) => {
                 if let Some(at) = pending.remove(&(p.dst, p.src, m.get_token().to_vec())) {
-                    latencies.record("deregister-at-server", p.at.saturating_sub(at));
+                    latencies.record(name, p.at.saturating_sub(at));
                 }
             }
             _ => {}
@@ -400,7 +401,12 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
             fold(&mut latencies, "update", &p.latencies.update);
         }
     }
-    deregister_at_server(&run.packets, &mut latencies);
+    // The capture is the servers' only when both are in process (see `capture`).
+    let name = match plan.scenario.servers.all_in_process() {
+        true => "deregister-at-server",
+        false => "deregister",
+    };
+    deregister_latencies(&run.packets, &mut latencies, name);
 
     let decode_as = {
         let listeners = run.servers.listeners();
