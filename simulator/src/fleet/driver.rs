@@ -911,7 +911,6 @@ impl Driver {
     /// Reads every socket until it is empty (or for a few batches) and hands the datagrams
     /// to their clients.
     fn receive(&mut self, storage: &mut [u8], chunk: usize) {
-        let now = Instant::now();
         for k in 0..self.pool.len() {
             for _ in 0..RECV_ROUNDS {
                 let mut meta = [RecvMeta::default(); BATCH];
@@ -923,6 +922,9 @@ impl Driver {
                         .try_recv(k, &mut bufs, &mut meta)
                         .unwrap_or_default()
                 };
+                // Each batch's own arrival time: latencies are not rounded up to the end
+                // of a long receive pass.
+                let now = Instant::now();
                 for (m, buf) in meta.iter().take(n).zip(storage.chunks(chunk)) {
                     let Some(binding) = self.pool.binding_of(k, m.dst_ip) else {
                         continue;
