@@ -4,8 +4,9 @@
 //! the endpoint name as its subject common name).
 //!
 //! Keys come from the operating system's random source, so certificates differ from run to
-//! run; nothing else about a handshake depends on them. Not for production use: no
-//! revocation, no policy, one level under the root.
+//! run; nothing else about a handshake depends on them. A CA can also be loaded
+//! ([`TestCa::from_der`]: a user's own, so that a server trusting it accepts simulated
+//! clients). Not for production use: no revocation, no policy, one level under the root.
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -51,10 +52,9 @@ impl std::fmt::Debug for Issued {
     }
 }
 
-/// A self-signed certificate authority (see the module documentation).
+/// A certificate authority that issues certificates (see the module documentation).
 pub struct TestCa {
-    params: CertificateParams,
-    key: KeyPair,
+    issuer: Issuer<'static, KeyPair>,
     der: Vec<u8>,
 }
 
@@ -83,7 +83,29 @@ impl TestCa {
             .map_err(|e| pki_error("self-signing", e))?
             .der()
             .to_vec();
-        Ok(TestCa { params, key, der })
+        Ok(TestCa {
+            issuer: Issuer::new(params, key),
+            der,
+        })
+    }
+
+    /// An existing CA: its certificate (DER) and its private key (PKCS#8 DER, P-256 or
+    /// another key rcgen signs with). Refused when the key is not the certificate's.
+    pub fn from_der(certificate: &[u8], private_key: &[u8]) -> Result<TestCa, DtlsError> {
+        let key = KeyPair::try_from(private_key).map_err(|e| pki_error("CA key", e))?;
+        // The certificate holds its public key as it is (inside its SubjectPublicKeyInfo).
+        let public = key.public_key_raw();
+        if public.is_empty() || !certificate.windows(public.len()).any(|w| w == public) {
+            return Err(DtlsError::Config(
+                "test CA: the key does not belong to the CA certificate".to_owned(),
+            ));
+        }
+        let issuer = Issuer::from_ca_cert_der(&certificate.into(), key)
+            .map_err(|e| pki_error("CA certificate", e))?;
+        Ok(TestCa {
+            issuer,
+            der: certificate.to_vec(),
+        })
     }
 
     /// The CA's own certificate, DER: the trust anchor of what it issues.
@@ -114,9 +136,8 @@ impl TestCa {
             params.not_after = date_time_ymd(2020, 1, 1);
         }
         let key = KeyPair::generate().map_err(|e| pki_error("key", e))?;
-        let issuer = Issuer::from_params(&self.params, &self.key);
         let certificate = params
-            .signed_by(&key, &issuer)
+            .signed_by(&key, &self.issuer)
             .map_err(|e| pki_error(common_name, e))?
             .der()
             .to_vec();
@@ -157,5 +178,29 @@ mod tests {
         let config = ca.config(issued);
         assert_eq!(config.trust_anchors, vec![ca.certificate().to_vec()]);
         assert!(format!("{config:?}").contains("redacted"));
+    }
+
+    #[test]
+    fn a_ca_of_ones_own_is_loaded_with_its_key() {
+        let self_signed = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let key = KeyPair::generate().unwrap();
+            let der = params.self_signed(&key).unwrap().der().to_vec();
+            (der, key.serialize_der())
+        };
+        let (der, key) = self_signed("vendor CA");
+        let ca = TestCa::from_der(&der, &key).unwrap();
+        assert_eq!(ca.certificate(), &der[..]);
+        let issued = ca
+            .issue("dev-2", &[], Purpose::Client, Validity::Current)
+            .unwrap();
+        assert_eq!(common_name(&issued.certificate).as_deref(), Some("dev-2"));
+        // Another CA's key, or no key at all: refused.
+        let (_, other) = self_signed("other CA");
+        let e = TestCa::from_der(&der, &other).unwrap_err().to_string();
+        assert!(e.contains("does not belong"), "{e}");
+        assert!(TestCa::from_der(&der, b"garbage").is_err());
     }
 }

@@ -153,7 +153,7 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
 
 /// The DER blocks of a PEM file labelled `label` (any of them when a file holds several
 /// kinds), or the file itself when it is DER.
-fn der_blocks(path: &Path, labels: &[&str]) -> anyhow::Result<Vec<Vec<u8>>> {
+pub(crate) fn der_blocks(path: &Path, labels: &[&str]) -> anyhow::Result<Vec<Vec<u8>>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     if !bytes.starts_with(b"-----BEGIN") {
         return Ok(vec![bytes]);

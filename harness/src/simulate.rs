@@ -7,7 +7,10 @@
 //! from `--psk-key-seed` and the identity ([`PskPattern`]). `--print-credentials FILE`
 //! writes them as a JSON list of the server's security entries
 //! (`{"endpoint", "credentials": {"mode": "psk", "identity", "key"}}`), each one ready for
-//! `PUT /api/security/clients`.
+//! `PUT /api/security/clients`. `--cert-ca FILE --cert-ca-key FILE` instead give every
+//! client a certificate of its own from that CA (Security Mode 2, subject CN the endpoint
+//! name, [`lwm2m_dtls::pki::TestCa::from_der`]); `--server-ca` is the trust anchor for the
+//! server's certificate (default: the CA).
 //!
 //! With `--bootstrap coaps://...`, `--bootstrap-psk-identity PATTERN` and
 //! `--bootstrap-psk-key HEX` every client bootstraps over DTLS with that identity and key
@@ -20,6 +23,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use lwm2m_dtls::pki::TestCa;
+use lwm2m_harness::bdd::backend::ServerRole;
+use lwm2m_harness::bdd::secure::write_account;
 use lwm2m_proto::registry::Registry;
 use lwm2m_simulator::config::file_stem;
 use lwm2m_simulator::fleet::{
@@ -35,8 +41,8 @@ use lwm2m_simulator::scenarios::yaml_files;
 #[derive(Args, Debug)]
 pub struct SimulateArgs {
     /// The LwM2M Server, `coap://HOST:PORT` (port 5683 when left out) or
-    /// `coaps://HOST:PORT` (5684; needs `--psk-identity`). It must be on this machine: the
-    /// fleet sends from 127.0.0.0/8 loopback addresses.
+    /// `coaps://HOST:PORT` (5684; needs `--psk-identity` or `--cert-ca`). It must be on this
+    /// machine: the fleet sends from 127.0.0.0/8 loopback addresses.
     #[arg(long)]
     server: Option<String>,
     /// A Bootstrap Server, `coap://HOST:PORT` or `coaps://HOST:PORT` (5684; needs
@@ -83,6 +89,17 @@ pub struct SimulateArgs {
     /// The seed the 16-byte PSK keys are derived from (with each identity; default: --seed).
     #[arg(long)]
     psk_key_seed: Option<u64>,
+    /// With a `coaps://` server, instead of PSKs: a CA certificate (PEM or DER) that issues
+    /// every client a certificate of its own, subject CN the endpoint name (Security Mode
+    /// 2); the server must trust this CA. Needs --cert-ca-key.
+    #[arg(long, value_name = "FILE")]
+    cert_ca: Option<PathBuf>,
+    /// The --cert-ca certificate's private key (PKCS#8, PEM or DER).
+    #[arg(long, value_name = "FILE")]
+    cert_ca_key: Option<PathBuf>,
+    /// The certificate the server's chain must lead to (PEM or DER; default: --cert-ca).
+    #[arg(long, value_name = "FILE")]
+    server_ca: Option<PathBuf>,
     /// Writes every client's endpoint, PSK identity and key (hex) to this JSON file, a list
     /// of entries for the server's `PUT /api/security/clients`.
     #[arg(long)]
@@ -122,6 +139,32 @@ fn parse_coap_uri(uri: &str) -> anyhow::Result<(SocketAddr, bool)> {
     lwm2m_harness::runner::scenario::parse_coap_uri(uri).map_err(anyhow::Error::msg)
 }
 
+/// The CA that issues the clients' certificates and the trust anchor for the server's,
+/// from --cert-ca, --cert-ca-key and --server-ca.
+fn client_ca(args: &SimulateArgs) -> anyhow::Result<Option<(TestCa, Vec<u8>)>> {
+    let (cert, key) = match (&args.cert_ca, &args.cert_ca_key, &args.server_ca) {
+        (None, None, None) => return Ok(None),
+        (Some(cert), Some(key), _) => (cert, key),
+        _ => {
+            bail!("client certificates need --cert-ca and --cert-ca-key (--server-ca is optional)")
+        }
+    };
+    let first = |path: &Path, labels: &[&str]| -> anyhow::Result<Vec<u8>> {
+        crate::serve::der_blocks(path, labels)?
+            .into_iter()
+            .next()
+            .with_context(|| format!("{}: empty", path.display()))
+    };
+    let der = first(cert, &["CERTIFICATE"])?;
+    let ca = TestCa::from_der(&der, &first(key, &["PRIVATE KEY"])?)
+        .with_context(|| format!("{} and {}", cert.display(), key.display()))?;
+    let anchor = match &args.server_ca {
+        Some(path) => first(path, &["CERTIFICATE"])?,
+        None => der,
+    };
+    Ok(Some((ca, anchor)))
+}
+
 /// A YAML file: `arg` itself if it is a file, else `NAME.yaml` under `folder`.
 fn find_yaml(folder: &Path, arg: &str, what: &str) -> anyhow::Result<PathBuf> {
     let path = Path::new(arg);
@@ -158,8 +201,12 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
     }
     let server = args.server.as_deref().map(parse_coap_uri).transpose()?;
     let secure = server.is_some_and(|(_, secure)| secure);
-    if secure != args.psk_identity.is_some() {
-        bail!("a coaps:// --server and --psk-identity go together");
+    let certificates = client_ca(args)?;
+    if secure != (args.psk_identity.is_some() || certificates.is_some()) {
+        bail!("a coaps:// --server needs --psk-identity or --cert-ca (and only it does)");
+    }
+    if args.psk_identity.is_some() && certificates.is_some() {
+        bail!("--psk-identity or --cert-ca: one kind of credentials");
     }
     let bootstrap = args.bootstrap.as_deref().map(parse_coap_uri).transpose()?;
     let bootstrap_psk = match (
@@ -217,7 +264,15 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
         ..FleetConfig::default()
     });
     for n in 0..args.clients {
-        fleet.add(&name, clients.spec(n as u64, args.seed));
+        let k = n as u64;
+        let mut spec = clients.spec(k, args.seed);
+        if let (Some((ca, anchor)), Some((server, _))) = (&certificates, server) {
+            let endpoint = clients.endpoint(k);
+            let account = lwm2m_harness::runner::certificate_account(ca, &endpoint, anchor)?;
+            write_account(&mut spec.tree, ServerRole::Lwm2m, server, &account)
+                .with_context(|| format!("{endpoint}: the certificate account"))?;
+        }
+        fleet.add(&name, spec);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,8 +1,9 @@
 //! `lwm2m-harness simulate` as a user runs it: the binary drives 50 minimal-1.0 clients
 //! against our LwM2M Server, started in this test on loopback; its live counter lines and
 //! summary are checked, and so is what the server saw. Then 20 clients over DTLS with
-//! generated PSK credentials, which the server's security store holds, and 10 clients that
-//! bootstrap over DTLS and are handed their LwM2M Server credentials.
+//! generated PSK credentials, which the server's security store holds, 10 clients that
+//! bootstrap over DTLS and are handed their LwM2M Server credentials, and clients with
+//! certificates issued from a CA of the user's own, which the server trusts.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -384,4 +385,106 @@ fn simulate_10_clients_bootstrapping_over_dtls_through_a_fallback_configuration(
         server.shutdown().await;
         bootstrap.shutdown().await;
     });
+}
+
+/// A CA of one's own (made here with rcgen, as a vendor's would be): `simulate --cert-ca
+/// --cert-ca-key` issues every client a certificate with its endpoint name as CN, the
+/// server (trusting that CA, its own certificate from the same CA) takes them all; a key
+/// that is not the CA's is refused before anything starts.
+#[test]
+fn simulate_certificate_clients_from_a_ca_of_ones_own() {
+    use lwm2m_dtls::CertificateConfig;
+    use lwm2m_dtls::pki::{Purpose, TestCa, Validity};
+    const N: usize = 5;
+    let self_signed = |name: &str| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let der = params
+            .self_signed(&key)
+            .expect("self-signed")
+            .der()
+            .to_vec();
+        (der, key.serialize_der())
+    };
+    let (ca_der, ca_key) = self_signed("vendor CA");
+    let vendor = TestCa::from_der(&ca_der, &ca_key).expect("the vendor CA");
+    let issued = vendor
+        .issue("server", &["127.0.0.1"], Purpose::Server, Validity::Current)
+        .expect("a server certificate");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let server = runtime.block_on(async {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+        let mut options = ServerOptions::new(any, Arc::new(Registry::embedded()));
+        let mut dtls = DtlsOptions::new(any, Arc::new(FileSecurityStore::in_memory()));
+        dtls.certificate = Some(CertificateConfig {
+            chain: vec![issued.certificate],
+            private_key: issued.private_key,
+            trust_anchors: vec![ca_der.clone()],
+        });
+        options.dtls = Some(dtls);
+        start_server(options).expect("the server starts")
+    });
+    let dtls = server.dtls_addr().expect("a DTLS listener");
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let pem_file = |name: &str, tag: &str, der: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem::encode(&pem::Pem::new(tag, der.to_vec()))).expect("written");
+        path.to_string_lossy().into_owned()
+    };
+    let cert = pem_file("ca.pem", "CERTIFICATE", &ca_der);
+    let key = pem_file("ca.key", "PRIVATE KEY", &ca_key);
+    let scenarios = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let args = |key: &str| -> Vec<String> {
+        [
+            "simulate",
+            "--server",
+            &format!("coaps://{dtls}"),
+            "--clients",
+            &N.to_string(),
+            "--cert-ca",
+            &cert,
+            "--cert-ca-key",
+            key,
+            "--profile",
+            "minimal-1.0",
+            "--duration",
+            "2s",
+            "--scenarios",
+            &scenarios.to_string_lossy(),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let out = run(&args(&key));
+    let summary = summary(
+        &out,
+        &[
+            ("ever-registered", "5"),
+            ("failed", "0"),
+            ("dtls-failures", "0"),
+        ],
+    );
+    assert!(count(summary, "dtls-handshakes") >= N, "{summary}");
+
+    let (_, stranger) = self_signed("someone else's CA");
+    let wrong = pem_file("wrong.key", "PRIVATE KEY", &stranger);
+    let refused = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .args(args(&wrong))
+        .output()
+        .expect("the binary runs");
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("does not belong to the CA certificate"),
+        "{err}"
+    );
+    runtime.block_on(server.shutdown());
 }

@@ -466,15 +466,19 @@ fn psk_account((identity, key): (String, [u8; 16])) -> SecureAccount {
 }
 
 /// A certificate account for `endpoint`: a certificate of its own from `ca` (subject CN
-/// the endpoint name, Core TS 1.1 §7.1.8), and `ca` as the trust anchor for the server's.
-fn certificate_account(ca: &TestCa, endpoint: &str) -> anyhow::Result<SecureAccount> {
+/// the endpoint name, Core TS 1.1 §7.1.8), and `trust_anchor` (DER) for the server's.
+pub fn certificate_account(
+    ca: &TestCa,
+    endpoint: &str,
+    trust_anchor: &[u8],
+) -> anyhow::Result<SecureAccount> {
     let issued = ca
         .issue(endpoint, &[], Purpose::Client, Validity::Current)
         .with_context(|| format!("{endpoint}: issuing its certificate"))?;
     Ok(SecureAccount::Certificate {
         certificate: issued.certificate,
         private_key: issued.private_key,
-        trust_anchor: ca.certificate().to_vec(),
+        trust_anchor: trust_anchor.to_vec(),
     })
 }
 
@@ -559,14 +563,14 @@ fn build_fleets(
             // ones, as Core TS 1.1 §7.1 requires.
             let lwm2m = match (&psk, ca) {
                 (Some(psk), _) => Some(psk_account(psk.credentials(k, &endpoint))),
-                (None, Some(ca)) => Some(certificate_account(ca, &endpoint)?),
+                (None, Some(ca)) => Some(certificate_account(ca, &endpoint, ca.certificate())?),
                 (None, None) => None,
             };
             match (lwm2m, bootstrap_server) {
                 (Some(lwm2m), Some(bs)) if bootstrap => {
                     let factory = match (&bootstrap_psk, ca) {
                         (Some(p), _) => psk_account(p.credentials(k, &endpoint)),
-                        (None, Some(ca)) => certificate_account(ca, &endpoint)?,
+                        (None, Some(ca)) => certificate_account(ca, &endpoint, ca.certificate())?,
                         (None, None) => anyhow::bail!("group {name}: no bootstrap credentials"),
                     };
                     write_account(&mut spec.tree, ServerRole::Bootstrap, bs, &factory)
