@@ -11,3 +11,37 @@ pub mod bdd;
 pub mod record;
 pub mod report;
 pub mod runner;
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+/// The DER blocks of a PEM file labelled `label` (any of them when a file holds several
+/// kinds), or the file itself when it is DER: how certificates and keys are read (`serve
+/// --cert`, `simulate --cert-ca`, a scenario's `security.ca`).
+pub fn der_blocks(path: &Path, labels: &[&str]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if !bytes.starts_with(b"-----BEGIN") {
+        return Ok(vec![bytes]);
+    }
+    let blocks = pem::parse_many(&bytes).with_context(|| format!("{}: bad PEM", path.display()))?;
+    let found: Vec<Vec<u8>> = blocks
+        .iter()
+        .filter(|b| labels.contains(&b.tag()))
+        .map(|b| b.contents().to_vec())
+        .collect();
+    if found.is_empty() {
+        let tags: Vec<&str> = blocks.iter().map(pem::Pem::tag).collect();
+        anyhow::bail!(
+            "{}: no {} block (found {tags:?}){}",
+            path.display(),
+            labels.join(" or "),
+            if tags.contains(&"EC PRIVATE KEY") {
+                "; convert the key with `openssl pkcs8 -topk8 -nocrypt`"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(found)
+}

@@ -151,35 +151,6 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
     })
 }
 
-/// The DER blocks of a PEM file labelled `label` (any of them when a file holds several
-/// kinds), or the file itself when it is DER.
-pub(crate) fn der_blocks(path: &Path, labels: &[&str]) -> anyhow::Result<Vec<Vec<u8>>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    if !bytes.starts_with(b"-----BEGIN") {
-        return Ok(vec![bytes]);
-    }
-    let blocks = pem::parse_many(&bytes).with_context(|| format!("{}: bad PEM", path.display()))?;
-    let found: Vec<Vec<u8>> = blocks
-        .iter()
-        .filter(|b| labels.contains(&b.tag()))
-        .map(|b| b.contents().to_vec())
-        .collect();
-    if found.is_empty() {
-        let tags: Vec<&str> = blocks.iter().map(pem::Pem::tag).collect();
-        anyhow::bail!(
-            "{}: no {} block (found {tags:?}){}",
-            path.display(),
-            labels.join(" or "),
-            if tags.contains(&"EC PRIVATE KEY") {
-                "; convert the key with `openssl pkcs8 -topk8 -nocrypt`"
-            } else {
-                ""
-            }
-        );
-    }
-    Ok(found)
-}
-
 /// The DTLS listeners' certificate configuration from --cert, --cert-key and --ca: all
 /// three or none.
 fn certificate(s: &Settings) -> anyhow::Result<Option<CertificateConfig>> {
@@ -194,14 +165,14 @@ fn certificate(s: &Settings) -> anyhow::Result<Option<CertificateConfig>> {
     if s.coaps.is_none() && s.bootstrap_coaps.is_none() {
         anyhow::bail!("--cert needs a DTLS listener: --coaps or --bootstrap-coaps");
     }
-    let private_key = der_blocks(key, &["PRIVATE KEY"])?
+    let private_key = lwm2m_harness::der_blocks(key, &["PRIVATE KEY"])?
         .into_iter()
         .next()
         .with_context(|| format!("{}: no key", key.display()))?;
     Ok(Some(CertificateConfig {
-        chain: der_blocks(cert, &["CERTIFICATE"])?,
+        chain: lwm2m_harness::der_blocks(cert, &["CERTIFICATE"])?,
         private_key,
-        trust_anchors: der_blocks(ca, &["CERTIFICATE"])?,
+        trust_anchors: lwm2m_harness::der_blocks(ca, &["CERTIFICATE"])?,
     }))
 }
 

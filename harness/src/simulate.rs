@@ -150,7 +150,7 @@ fn client_ca(args: &SimulateArgs) -> anyhow::Result<Option<(TestCa, Vec<u8>)>> {
         }
     };
     let first = |path: &Path, labels: &[&str]| -> anyhow::Result<Vec<u8>> {
-        crate::serve::der_blocks(path, labels)?
+        lwm2m_harness::der_blocks(path, labels)?
             .into_iter()
             .next()
             .with_context(|| format!("{}: empty", path.display()))

@@ -281,7 +281,21 @@ fn broken_dtls_keys_are_named_with_their_line() {
             format!(
                 "{head}servers:\n  server: coaps://127.0.0.1:5684\n  bootstrap: none\n{group}    security: {{ mode: x509 }}\n"
             ),
-            "fleet.0.security.mode: certificate groups need the in-process LwM2M Server",
+            "fleet.0.security.mode: against an external server a certificate group needs `ca` and `ca_key`",
+        ),
+        (
+            format!("{head}{dtls}{group}    security:\n      mode: x509\n      ca: ca.pem\n"),
+            ":13:7: fleet.0.security.ca: `ca` and `ca_key` go together",
+        ),
+        (
+            format!("{head}{dtls}{group}    security:\n      mode: psk\n      server_ca: ca.pem\n"),
+            ":13:7: fleet.0.security.server_ca: for certificate groups (mode: x509)",
+        ),
+        (
+            format!(
+                "{head}{dtls}{group}    security:\n      mode: x509\n      ca: missing.pem\n      ca_key: missing.key\n"
+            ),
+            ":13:7: fleet.0.security.ca: reading",
         ),
     ];
     for (text, expected) in &cases {
@@ -773,6 +787,85 @@ timeline:
         psk > 400 && cert > 2 * psk,
         "PSK {psk} B, certificate {cert} B"
     );
+}
+
+/// A certificate group against an external server that trusts a CA of the user's own
+/// (`security.ca`, `ca_key`; made here with rcgen, as a vendor's would be): the clients'
+/// certificates come from that CA, and they all register.
+#[test]
+fn certificate_group_against_an_external_server_with_its_own_ca() {
+    use lwm2m_dtls::CertificateConfig;
+    use lwm2m_dtls::pki::{Purpose, TestCa, Validity};
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "vendor CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let ca_der = params.self_signed(&key).unwrap().der().to_vec();
+    let ca_key = key.serialize_der();
+    let issued = TestCa::from_der(&ca_der, &ca_key)
+        .unwrap()
+        .issue("server", &["127.0.0.1"], Purpose::Server, Validity::Current)
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let registry = std::sync::Arc::new(Registry::embedded());
+    let server = runtime
+        .block_on(async {
+            let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+            let mut options = lwm2m_server::driver::ServerOptions::new(any, registry);
+            let store = lwm2m_server::store::FileSecurityStore::in_memory();
+            let mut dtls = lwm2m_server::DtlsOptions::new(any, std::sync::Arc::new(store));
+            dtls.certificate = Some(CertificateConfig {
+                chain: vec![issued.certificate],
+                private_key: issued.private_key,
+                trust_anchors: vec![ca_der.clone()],
+            });
+            options.dtls = Some(dtls);
+            lwm2m_server::driver::start_server(options)
+        })
+        .unwrap();
+    let port = server.dtls_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("vendor-ca.pem"),
+        pem::encode(&pem::Pem::new("CERTIFICATE", ca_der)),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("vendor-ca.key"),
+        pem::encode(&pem::Pem::new("PRIVATE KEY", ca_key)),
+    )
+    .unwrap();
+    let scenario = write_scenario(
+        dir.path(),
+        "vendor.yaml",
+        &format!(
+            "name: vendor
+duration: 3s
+seed: 4
+servers: {{ server: \"coaps://127.0.0.1:{port}\", bootstrap: none }}
+fleet:
+  - name: fielded
+    profile: {}
+    count: 4
+    security: {{ mode: x509, ca: vendor-ca.pem, ca_key: vendor-ca.key }}
+timeline:
+  - {{ at: 1s, action: update, group: fielded }}
+",
+            profile("sensor-1.1"),
+        ),
+    );
+    let (_, run_dir) = run_scenario(&scenario, &dir.path().join("reports"));
+    let report = RunReport::load(&run_dir).unwrap();
+    assert!(
+        report.cases.len() >= 2 && report.cases.iter().all(|c| c.status == Status::Passed),
+        "{:#?}",
+        report.cases
+    );
+    assert_eq!(key_log_sessions(&run_dir), 4);
+    assert_registers(&decrypted_coap(&run_dir, port), "fielded-", 4);
+    drop(server);
 }
 
 /// What tshark decrypts of a run folder's `run.pcap` with its `keys.log`, `port` decoded

@@ -286,7 +286,13 @@ fn dtls_listeners(
     let keys = dir.join("keys.log");
     let (ca, certificate) = match plan.groups.iter().any(scenario::GroupPlan::certificates) {
         true => {
-            let (ca, certificate) = run_ca().context("making the run's test CA")?;
+            let (ca, mut certificate) = run_ca().context("making the run's test CA")?;
+            // Groups with a CA of their own: the listeners trust it too.
+            certificate.trust_anchors.extend(
+                plan.groups
+                    .iter()
+                    .filter_map(|g| g.ca.as_ref().map(|ca| ca.certificate().to_vec())),
+            );
             (Some(ca), Some(certificate))
         }
         false => (None, None),
@@ -506,9 +512,24 @@ fn build_fleets(
         let psk = group.psk(seed);
         let bootstrap_psk = group.bootstrap_psk(seed);
         let secure = group.spec.security.is_some();
-        let ca = match group.certificates() {
-            true => Some(ca.context("certificate groups need the run's test CA")?),
-            false => None,
+        // A certificate group's issuer: its own CA, else the run's; the server's
+        // certificate must chain to `server_ca`, else to the run's CA (the in-process
+        // listeners' issuer), else to the group's own (an external server's).
+        let (ca, anchor) = match group.certificates() {
+            true => {
+                let issuer = group
+                    .ca
+                    .as_deref()
+                    .or(ca)
+                    .context("certificate groups need a CA")?;
+                let anchor = group
+                    .server_ca
+                    .clone()
+                    .or_else(|| ca.map(|c| c.certificate().to_vec()))
+                    .unwrap_or_else(|| issuer.certificate().to_vec());
+                (Some(issuer), anchor)
+            }
+            false => (None, Vec::new()),
         };
         let server = match (secure, servers.dtls_addr) {
             (true, Some(dtls)) => dtls,
@@ -563,14 +584,14 @@ fn build_fleets(
             // ones, as Core TS 1.1 §7.1 requires.
             let lwm2m = match (&psk, ca) {
                 (Some(psk), _) => Some(psk_account(psk.credentials(k, &endpoint))),
-                (None, Some(ca)) => Some(certificate_account(ca, &endpoint, ca.certificate())?),
+                (None, Some(ca)) => Some(certificate_account(ca, &endpoint, &anchor)?),
                 (None, None) => None,
             };
             match (lwm2m, bootstrap_server) {
                 (Some(lwm2m), Some(bs)) if bootstrap => {
                     let factory = match (&bootstrap_psk, ca) {
                         (Some(p), _) => psk_account(p.credentials(k, &endpoint)),
-                        (None, Some(ca)) => certificate_account(ca, &endpoint, ca.certificate())?,
+                        (None, Some(ca)) => certificate_account(ca, &endpoint, &anchor)?,
                         (None, None) => anyhow::bail!("group {name}: no bootstrap credentials"),
                     };
                     write_account(&mut spec.tree, ServerRole::Bootstrap, bs, &factory)

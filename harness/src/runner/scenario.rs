@@ -46,7 +46,9 @@
 //!     count: 10
 //!     security: { mode: x509 }      # Security Mode 2: a certificate per client from the
 //!                                   # run's test CA, CN the endpoint name (§7.1.8); with
-//!                                   # bootstrap, another for the Bootstrap Server
+//!                                   # bootstrap, another for the Bootstrap Server; `ca`,
+//!                                   # `ca_key` (files): a CA of your own issues them
+//!                                   # (external servers); `server_ca`: the server's anchor
 //!   - name: secure-bs
 //!     profile: wakaama-like
 //!     count: 20
@@ -75,8 +77,10 @@
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use lwm2m_dtls::pki::TestCa;
 use lwm2m_proto::content::ContentFormat;
 use lwm2m_proto::node::Node;
 use lwm2m_proto::registry::Registry;
@@ -340,6 +344,18 @@ pub struct GroupSecurity {
     /// The seed of the 16-byte keys (default: the run's seed).
     #[serde(default)]
     pub key_seed: Option<u64>,
+    /// Certificate groups: the CA certificate (PEM or DER, a path relative to the scenario
+    /// file) that issues the clients' certificates instead of the run's test CA: the one
+    /// an external server trusts. Needs `ca_key`.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The `ca` certificate's private key (PKCS#8, PEM or DER).
+    #[serde(default)]
+    pub ca_key: Option<PathBuf>,
+    /// The certificate the server's chain must lead to (default: the run's test CA with
+    /// the in-process server, `ca` with an external one).
+    #[serde(default)]
+    pub server_ca: Option<PathBuf>,
 }
 
 fn endpoint_pattern() -> String {
@@ -529,6 +545,10 @@ pub struct GroupPlan {
     pub profile: Profile,
     /// Its network model (name, model).
     pub network: (String, NetworkModel),
+    /// The CA of `security.ca` and `security.ca_key`, loaded.
+    pub ca: Option<Arc<TestCa>>,
+    /// The certificate of `security.server_ca` (DER), loaded.
+    pub server_ca: Option<Vec<u8>>,
 }
 
 impl GroupPlan {
@@ -833,13 +853,33 @@ impl Checker<'_> {
                             "a certificate client's identity toward the Bootstrap Server is its certificate's subject CN too",
                         ),
                         (
-                            s.servers.external_secure(),
+                            s.servers.external_secure() && security.ca.is_none(),
                             "security.mode",
-                            "certificate groups need the in-process LwM2M Server: their test CA is made for the run, so no external server trusts it",
+                            "against an external server a certificate group needs `ca` and `ca_key`: the CA that server trusts (the run's own test CA is made for the run)",
+                        ),
+                        (
+                            security.ca.is_some() != security.ca_key.is_some(),
+                            if security.ca.is_some() {
+                                "security.ca"
+                            } else {
+                                "security.ca_key"
+                            },
+                            "`ca` and `ca_key` go together",
                         ),
                     ];
                     if let Some((_, at, why)) = refused.into_iter().find(|(bad, _, _)| *bad) {
                         return Err(self.err(&key(at), why));
+                    }
+                }
+                if security.mode == SecurityMode::Psk {
+                    for (given, at) in [
+                        (security.ca.is_some(), "security.ca"),
+                        (security.ca_key.is_some(), "security.ca_key"),
+                        (security.server_ca.is_some(), "security.server_ca"),
+                    ] {
+                        if given {
+                            return Err(self.err(&key(at), "for certificate groups (mode: x509)"));
+                        }
                     }
                 }
                 let identity = security.identity.clone().unwrap_or_else(endpoint_pattern);
@@ -906,10 +946,13 @@ impl Checker<'_> {
                 }
                 None => ("perfect".to_owned(), NetworkModel::default()),
             };
+            let (ca, server_ca) = self.certificates(g, &key)?;
             let plan = GroupPlan {
                 spec: g.clone(),
                 profile,
                 network,
+                ca,
+                server_ca,
             };
             // Types the profile against the registry now, so its errors come before the run.
             plan.clients(self.registry, Targets::default())?;
@@ -928,6 +971,46 @@ impl Checker<'_> {
             groups,
             steps,
         })
+    }
+
+    /// A group's own CA and server trust anchor (`security.ca`, `ca_key`, `server_ca`),
+    /// read from files relative to the scenario file.
+    #[allow(clippy::type_complexity)]
+    fn certificates(
+        &self,
+        g: &Group,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<(Option<Arc<TestCa>>, Option<Vec<u8>>), ConfigError> {
+        let Some(security) = &g.security else {
+            return Ok((None, None));
+        };
+        let dir = self.file.parent().unwrap_or(Path::new("."));
+        let read = |path: &Path, labels: &[&str], at: &str| {
+            let path = dir.join(path);
+            crate::der_blocks(&path, labels)
+                .and_then(|blocks| {
+                    blocks
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| anyhow::anyhow!("{}: empty", path.display()))
+                })
+                .map_err(|e| self.err(&key(at), format!("{e:#}")))
+        };
+        let ca = match (&security.ca, &security.ca_key) {
+            (Some(cert), Some(private)) => {
+                let der = read(cert, &["CERTIFICATE"], "security.ca")?;
+                let private = read(private, &["PRIVATE KEY"], "security.ca_key")?;
+                let ca = TestCa::from_der(&der, &private)
+                    .map_err(|e| self.err(&key("security.ca_key"), e.to_string()))?;
+                Some(Arc::new(ca))
+            }
+            _ => None,
+        };
+        let server_ca = match &security.server_ca {
+            Some(path) => Some(read(path, &["CERTIFICATE"], "security.server_ca")?),
+            None => None,
+        };
+        Ok((ca, server_ca))
     }
 
     /// A `.yaml` path relative to the scenario file, or a name under `root/folder`.
