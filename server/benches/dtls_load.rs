@@ -4,8 +4,12 @@
 //! from `PskPattern`) in the same process, on loopback.
 //!
 //! ```text
-//! cargo bench -p lwm2m-server --bench dtls_load -- [--clients 2000] [--ramp 1000] [--in-flight 200] [--reads 5]
+//! cargo bench -p lwm2m-server --bench dtls_load -- [--clients 2000] [--ramp 1000] [--in-flight 200] [--reads 5] [--certificates]
 //! ```
+//!
+//! `--certificates`: the clients authenticate with certificates instead
+//! (`TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8`, Core TS 1.1 §7.1.8), each its own from a test CA
+//! (`lwm2m_dtls::pki`), CN the endpoint name; the server's certificate from the same CA.
 //!
 //! Phases, each against a fresh server:
 //! - new clients, all at once: every client starts together; each handshakes (first
@@ -22,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use lwm2m_dtls::pki::{Purpose, TestCa, Validity};
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{Content, Operation};
 use lwm2m_proto::{Lwm2mPath, Node, ResourceValue, Value};
@@ -64,6 +69,7 @@ struct Args {
     ramp: f64,
     in_flight: usize,
     reads: usize,
+    certificates: bool,
 }
 
 impl Args {
@@ -73,6 +79,7 @@ impl Args {
             ramp: 1_000.0,
             in_flight: 200,
             reads: 5,
+            certificates: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(a) = it.next() {
@@ -85,6 +92,7 @@ impl Args {
                 "--ramp" => args.ramp = number("--ramp")?.max(1) as f64,
                 "--in-flight" => args.in_flight = number("--in-flight")?.max(1),
                 "--reads" => args.reads = number("--reads")?,
+                "--certificates" => args.certificates = true,
                 // `cargo bench` passes --bench; filters do not apply here.
                 _ => {}
             }
@@ -100,12 +108,22 @@ struct Setup {
     started: Instant,
 }
 
-async fn start(clients: usize, ramp: Option<f64>) -> Result<Setup> {
+async fn start(clients: usize, ramp: Option<f64>, certificates: bool) -> Result<Setup> {
     let registry = Arc::new(Registry::embedded());
     let any = "127.0.0.1:0".parse()?;
     let security = Arc::new(FileSecurityStore::in_memory());
     let mut options = ServerOptions::new(any, registry.clone());
-    options.dtls = Some(DtlsOptions::new(any, security.clone()));
+    let mut dtls = DtlsOptions::new(any, security.clone());
+    let ca = match certificates {
+        true => {
+            let ca = TestCa::new("dtls_load CA")?;
+            let own = ca.issue("server", &["127.0.0.1"], Purpose::Server, Validity::Current)?;
+            dtls.certificate = Some(ca.config(own));
+            Some(ca)
+        }
+        false => None,
+    };
+    options.dtls = Some(dtls);
     let server = start_server(options)?;
     let targets = Targets {
         server: server.dtls_addr(),
@@ -123,15 +141,33 @@ async fn start(clients: usize, ramp: Option<f64>) -> Result<Setup> {
         ..FleetConfig::default()
     });
     for n in 0..clients as u64 {
-        let (identity, key) = make.psk_credentials(n).ok_or("no PSK")?;
-        security.put(SecurityInfo {
-            endpoint: make.endpoint(n),
-            credentials: Credentials::Psk {
-                identity,
-                key: key.iter().map(|b| format!("{b:02x}")).collect(),
-            },
-        })?;
-        fleet.add("dtls-bench", make.spec(n, 1));
+        let mut spec = make.spec(n, 1);
+        match &ca {
+            // Security Mode 2 with the client's own certificate (Appendix E.1).
+            Some(ca) => {
+                let own = ca.issue(&make.endpoint(n), &[], Purpose::Client, Validity::Current)?;
+                for (r, v) in [
+                    (2, Value::Integer(2)),
+                    (3, Value::Opaque(own.certificate)),
+                    (4, Value::Opaque(ca.certificate().to_vec())),
+                    (5, Value::Opaque(own.private_key)),
+                ] {
+                    spec.tree
+                        .set(&Lwm2mPath::resource(0, 0, r), ResourceValue::Single(v))?;
+                }
+            }
+            None => {
+                let (identity, key) = make.psk_credentials(n).ok_or("no PSK")?;
+                security.put(SecurityInfo {
+                    endpoint: make.endpoint(n),
+                    credentials: Credentials::Psk {
+                        identity,
+                        key: key.iter().map(|b| format!("{b:02x}")).collect(),
+                    },
+                })?;
+            }
+        }
+        fleet.add("dtls-bench", spec);
     }
     let started = Instant::now();
     let fleet = fleet.start()?;
@@ -148,8 +184,13 @@ fn ms(d: Option<Duration>) -> f64 {
 
 /// Starts `clients` clients (all at once, or `ramp` per second) and waits until every one
 /// registered; prints the rate and the per-client latencies. Returns the running setup.
-async fn new_clients(name: &str, clients: usize, ramp: Option<f64>) -> Result<Setup> {
-    let s = start(clients, ramp).await?;
+async fn new_clients(
+    name: &str,
+    clients: usize,
+    ramp: Option<f64>,
+    certificates: bool,
+) -> Result<Setup> {
+    let s = start(clients, ramp, certificates).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let took = loop {
         let c = s.fleet.total();
@@ -231,15 +272,21 @@ async fn reads(s: &Setup, clients: usize, reads: usize, in_flight: usize) -> Res
 }
 
 async fn bench(args: Args) -> Result<()> {
+    let kind = if args.certificates {
+        "certificate"
+    } else {
+        "PSK"
+    };
     println!(
-        "LwM2M Server with a DTLS (PSK) listener; {} fleet clients in this process",
+        "LwM2M Server with a DTLS ({kind}) listener; {} fleet clients in this process",
         args.clients
     );
-    let s = new_clients("new clients, all at once", args.clients, None).await?;
+    let all = "new clients, all at once";
+    let s = new_clients(all, args.clients, None, args.certificates).await?;
     reads(&s, args.clients, args.reads, args.in_flight).await?;
     stop(s).await?;
     let name = format!("new clients, {}/s", args.ramp);
-    let s = new_clients(&name, args.clients, Some(args.ramp)).await?;
+    let s = new_clients(&name, args.clients, Some(args.ramp), args.certificates).await?;
     stop(s).await
 }
 
