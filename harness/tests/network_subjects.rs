@@ -4,6 +4,8 @@
 //!    process, is the device under test; it registers with the servers the backend starts.
 //!    The server-operation cases pass; cases that need control of the client are not
 //!    applicable, never passed.
+//!    With `LWM2M_HARNESS_COAPS_BIND` and the device's PSK the same device registers over
+//!    DTLS, and the server-operation cases pass over its session.
 //! 2. `--server`: our own LwM2M Server, started in this test on a loopback port, is the
 //!    server under test; our simulated clients register with it. The registration cases
 //!    that show on the wire pass; cases that need our server's API are not applicable.
@@ -148,6 +150,107 @@ fn a_device_under_test_passes_server_operations_and_control_cases_are_not_applic
     let (_, failed, _) = report.tally();
     assert_eq!(failed, 0, "{all}");
     assert!(all.contains("not under our control"), "{all}");
+}
+
+/// The device of the test above, over DTLS with a PSK of its own (as a vendor's device
+/// would be configured): our server's DTLS listener knows its key from the environment,
+/// and the server-operation cases pass over its session; the exchange log shows the
+/// records with the CoAP inside.
+#[test]
+fn a_device_under_test_over_dtls_passes_server_operations_over_its_session() {
+    use lwm2m_simulator::fleet::PskPattern;
+    let port = free_udp_port();
+    let coaps = free_udp_port();
+    let bootstrap_port = free_udp_port();
+    let root = root();
+    let psk = PskPattern {
+        identity: "dut-psk-{n}".into(),
+        seed: 5,
+    };
+    let (identity, key) = psk.credentials(0, "dtls-dut-0");
+    let key: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let _device = Killed(
+        Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+            .arg("--ddf")
+            .arg(root.join("features/objects"))
+            .args(["simulate", "--server"])
+            .arg(format!("coaps://127.0.0.1:{coaps}"))
+            .args(["--psk-identity", "dut-psk-{n}", "--psk-key-seed", "5"])
+            .args(["--clients", "1", "--profile"])
+            .arg(root.join("features/profiles/ets-1.1.yaml"))
+            .args(["--endpoint-prefix", "dtls-dut-", "--duration", "120s"])
+            .arg("--scenarios")
+            .arg(root.join("scenarios"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the simulator starts"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .args(["test", "--device", "dtls-dut-0", "--quiet", "--tags"])
+        .arg("@int-203 or @int-205 or @int-401")
+        .arg("--root")
+        .arg(&root)
+        .arg("--report-dir")
+        .arg(dir.path())
+        .env("LWM2M_HARNESS_BIND", format!("127.0.0.1:{port}"))
+        .env("LWM2M_HARNESS_COAPS_BIND", format!("127.0.0.1:{coaps}"))
+        .env("LWM2M_HARNESS_DEVICE_PSK", format!("{identity}:{key}"))
+        .env(
+            "LWM2M_HARNESS_BOOTSTRAP_BIND",
+            format!("127.0.0.1:{bootstrap_port}"),
+        )
+        .env("LWM2M_HARNESS_DEVICE_WAIT", "20")
+        .output()
+        .expect("the harness runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains(&format!("coaps://127.0.0.1:{coaps}")),
+        "{stderr}"
+    );
+    let json = std::fs::read_to_string(dir.path().join("report.json")).expect("report.json");
+    let report: RunReport = serde_json::from_str(&json).unwrap();
+    let all = show(&report);
+    assert!(run.status.success(), "{all}\n{stderr}");
+    for case in ["int-203", "int-205"] {
+        let s = status(&report, case);
+        assert!(
+            !s.is_empty() && s.iter().all(|(st, _)| *st == Status::Passed),
+            "{case}: {all}"
+        );
+    }
+    // The DTLS cases set credentials on both sides: not for a device with its own.
+    let s = status(&report, "int-401");
+    assert!(
+        !s.is_empty() && s.iter().all(|(st, _)| *st == Status::NotApplicable),
+        "int-401: {all}"
+    );
+    // The exchange logs show the Reads inside DTLS records.
+    let logs: String = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("DTLS") && l.contains("GET")),
+        "no CoAP inside DTLS records in the exchange logs:\n{logs}"
+    );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
 
 #[test]

@@ -17,7 +17,13 @@
 //! or its deadline; a wait longer than [`max_real_wait`] is not applicable unless the
 //! scenario is tagged `@long-wait` (see [`super::world`]).
 //!
-//! What it does not do: DTLS or TCP; a Bootstrap Server under test (the server subject
+//! DTLS for a device: with `LWM2M_HARNESS_COAPS_BIND` our LwM2M Server also listens for
+//! CoAP over DTLS, with the device's PSK (`LWM2M_HARNESS_DEVICE_PSK=IDENTITY:HEXKEY`) or
+//! certificates (`LWM2M_HARNESS_CERT`, `LWM2M_HARNESS_CERT_KEY`, `LWM2M_HARNESS_CA`), and
+//! the exchange log shows each record with the CoAP inside (`device_dtls`).
+//!
+//! What it does not do: DTLS for the server subject, TCP; the DTLS cases of the suite
+//! (they give both sides credentials of their own); a Bootstrap Server under test (the server subject
 //! has no bootstrap URI); reset a device between cases (a real device keeps what a case
 //! wrote); more than one device per process (the servers and their wait are started once).
 //!
@@ -95,18 +101,27 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
         .map_err(Clone::clone)
 }
 
-/// A datagram seen on a real socket, with when.
+/// A datagram seen on a real socket, with when; on the DTLS listener, the CoAP message
+/// of its application record when the server's DTLS layer handed it over.
 #[derive(Debug, Clone)]
 struct Raw {
     at: Instant,
     from: SocketAddr,
     to: SocketAddr,
     bytes: Vec<u8>,
+    inner: Option<Vec<u8>>,
 }
 
 /// The drivers' packet tap: datagrams go to the current scenario's backend.
 #[derive(Default)]
-struct Tap(Mutex<Vec<Raw>>);
+struct Tap(Mutex<TapState>);
+
+#[derive(Default)]
+struct TapState {
+    raws: Vec<Raw>,
+    /// Plaintext about to be encrypted toward a peer (it comes before its datagram).
+    outgoing: HashMap<SocketAddr, VecDeque<Vec<u8>>>,
+}
 
 impl PacketTap for Tap {
     fn datagram(&self, direction: Direction, local: SocketAddr, peer: SocketAddr, bytes: &[u8]) {
@@ -114,22 +129,59 @@ impl PacketTap for Tap {
             Direction::In => (peer, local),
             Direction::Out => (local, peer),
         };
-        let raw = Raw {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let inner = match direction {
+            Direction::Out
+                if lwm2m_dtls::record::RecordBytes::of_datagram(bytes).application_records > 0 =>
+            {
+                state.outgoing.get_mut(&peer).and_then(VecDeque::pop_front)
+            }
+            _ => None,
+        };
+        state.raws.push(Raw {
             at: Instant::now(),
             from,
             to,
             bytes: bytes.to_vec(),
-        };
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(raw);
+            inner,
+        });
+    }
+
+    /// A received record's plaintext comes right after its datagram, a sent one's right
+    /// before it.
+    fn plaintext(
+        &self,
+        direction: Direction,
+        _local: SocketAddr,
+        peer: SocketAddr,
+        _identity: &str,
+        bytes: &[u8],
+    ) {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match direction {
+            Direction::In => {
+                if let Some(raw) = state
+                    .raws
+                    .iter_mut()
+                    .rev()
+                    .find(|r| r.from == peer && r.inner.is_none())
+                {
+                    raw.inner = Some(bytes.to_vec());
+                }
+            }
+            Direction::Out => state
+                .outgoing
+                .entry(peer)
+                .or_default()
+                .push_back(bytes.to_vec()),
+        }
     }
 }
 
 impl Tap {
     fn take(&self) -> Vec<Raw> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut state.raws)
     }
 }
 
@@ -155,6 +207,69 @@ fn device_servers(
         .map_err(Clone::clone)
 }
 
+/// Our LwM2M Server's DTLS listener for the device, from the environment:
+/// `LWM2M_HARNESS_COAPS_BIND` (where; none: no listener), the device's PSK
+/// `LWM2M_HARNESS_DEVICE_PSK=IDENTITY:HEXKEY`, and for certificates
+/// `LWM2M_HARNESS_CERT`, `LWM2M_HARNESS_CERT_KEY` (our server's chain and PKCS#8 key) and
+/// `LWM2M_HARNESS_CA` (the anchors of the device's certificate, whose CN must be its
+/// endpoint name); PEM or DER files.
+fn device_dtls(endpoint: &str) -> Result<Option<lwm2m_server::DtlsOptions>, String> {
+    use lwm2m_server::store::{Credentials, FileSecurityStore, SecurityInfo, SecurityStore as _};
+    let Ok(bind) = std::env::var("LWM2M_HARNESS_COAPS_BIND") else {
+        return Ok(None);
+    };
+    let bind: SocketAddr = bind
+        .parse()
+        .map_err(|e| format!("LWM2M_HARNESS_COAPS_BIND={bind:?}: {e}"))?;
+    let security = FileSecurityStore::in_memory();
+    if let Ok(psk) = std::env::var("LWM2M_HARNESS_DEVICE_PSK") {
+        let (identity, key) = psk
+            .rsplit_once(':')
+            .filter(|(_, k)| lwm2m_proto::value::parse_hex(k).is_some_and(|k| !k.is_empty()))
+            .ok_or("LWM2M_HARNESS_DEVICE_PSK: give IDENTITY:HEXKEY")?;
+        security
+            .put(SecurityInfo {
+                endpoint: endpoint.to_owned(),
+                credentials: Credentials::Psk {
+                    identity: identity.to_owned(),
+                    key: key.to_owned(),
+                },
+            })
+            .map_err(|e| format!("LWM2M_HARNESS_DEVICE_PSK: {e}"))?;
+    }
+    let path = |name: &str| std::env::var_os(name).map(std::path::PathBuf::from);
+    let certificate = match (
+        path("LWM2M_HARNESS_CERT"),
+        path("LWM2M_HARNESS_CERT_KEY"),
+        path("LWM2M_HARNESS_CA"),
+    ) {
+        (None, None, None) => None,
+        (Some(cert), Some(key), Some(ca)) => {
+            let read = |p: &std::path::Path, labels: &[&str]| {
+                crate::der_blocks(p, labels).map_err(|e| format!("{e:#}"))
+            };
+            Some(lwm2m_dtls::CertificateConfig {
+                chain: read(&cert, &["CERTIFICATE"])?,
+                private_key: read(&key, &["PRIVATE KEY"])?
+                    .into_iter()
+                    .next()
+                    .ok_or("LWM2M_HARNESS_CERT_KEY: no key")?,
+                trust_anchors: read(&ca, &["CERTIFICATE"])?,
+            })
+        }
+        _ => {
+            return Err(
+                "certificates need LWM2M_HARNESS_CERT, LWM2M_HARNESS_CERT_KEY and \
+                        LWM2M_HARNESS_CA together"
+                    .to_owned(),
+            );
+        }
+    };
+    let mut options = lwm2m_server::DtlsOptions::new(bind, Arc::new(security));
+    options.certificate = certificate;
+    Ok(Some(options))
+}
+
 fn start_device_servers(endpoint: &str, registry: Arc<Registry>) -> Result<DeviceServers, String> {
     let rt = runtime()?;
     let tap = Arc::new(Tap::default());
@@ -166,6 +281,7 @@ fn start_device_servers(endpoint: &str, registry: Arc<Registry>) -> Result<Devic
     let _guard = rt.enter();
     let mut options = ServerOptions::new(bind, registry);
     options.tap = Some(tap.clone());
+    options.dtls = device_dtls(endpoint)?;
     let server = lwm2m_server::start_server(options)
         .map_err(|e| format!("cannot start our LwM2M Server on {bind}: {e}"))?;
     let mut options = BootstrapOptions::new(bootstrap_bind, store.clone());
@@ -174,9 +290,13 @@ fn start_device_servers(endpoint: &str, registry: Arc<Registry>) -> Result<Devic
         .map_err(|e| format!("cannot start our Bootstrap Server on {bootstrap_bind}: {e}"))?;
     let wait = env_secs("LWM2M_HARNESS_DEVICE_WAIT").unwrap_or(DEVICE_WAIT);
     eprintln!(
-        "lwm2m-harness: LwM2M Server listening on coap://{}, Bootstrap Server on coap://{}; \
+        "lwm2m-harness: LwM2M Server listening on coap://{}{}, Bootstrap Server on coap://{}; \
          waiting up to {wait:?} for device {endpoint:?} to register",
         server.local_addr(),
+        server
+            .dtls_addr()
+            .map(|a| format!(" and coaps://{a}"))
+            .unwrap_or_default(),
         bootstrap.local_addr()
     );
     let deadline = Instant::now() + wait;
@@ -299,10 +419,11 @@ impl DeviceBackend {
     /// Moves the tapped datagrams and the reported happenings in.
     fn drain(&mut self) {
         let server = self.servers.server.local_addr();
+        let dtls = self.servers.server.dtls_addr();
         let bootstrap = self.servers.bootstrap.local_addr();
         for raw in self.servers.tap.take() {
             let name = |a: SocketAddr| {
-                if a == server {
+                if a == server || Some(a) == dtls {
                     "server".to_owned()
                 } else if a == bootstrap {
                     "bootstrap".to_owned()
@@ -312,8 +433,7 @@ impl DeviceBackend {
             };
             let (src, dst) = (name(raw.from), name(raw.to));
             let at = self.elapsed(raw.at);
-            self.log.datagram(
-                at,
+            let (from, to) = (
                 Peer {
                     name: &src,
                     addr: raw.from,
@@ -322,8 +442,13 @@ impl DeviceBackend {
                     name: &dst,
                     addr: raw.to,
                 },
-                &raw.bytes,
             );
+            if dtls.is_some_and(|d| raw.from == d || raw.to == d) {
+                self.log
+                    .secure_datagram(at, from, to, &raw.bytes, raw.inner.as_deref());
+            } else {
+                self.log.datagram(at, from, to, &raw.bytes);
+            }
         }
         while let Ok((at, happening)) = self.rx.try_recv() {
             let at = self.elapsed(at);
@@ -387,8 +512,9 @@ impl Backend for DeviceBackend {
         match capability {
             Capability::VirtualTime => Err("the device runs in real time".to_owned()),
             Capability::Dtls | Capability::RawPublicKey => Err(
-                "the network backend's servers listen on plain UDP only (NoSec); the DTLS \
-                     cases run in process"
+                "the DTLS cases give both sides credentials of their own and the device has \
+                 its own (with LWM2M_HARNESS_COAPS_BIND the other cases run over the device's \
+                 DTLS session); they run in process"
                     .to_owned(),
             ),
             Capability::Tcp => Err("CoAP over TCP (RFC 8323) is not implemented".to_owned()),

@@ -178,7 +178,7 @@ impl DtlsUsage {
             .collect()
     }
 
-    /// The median completed handshake (by bytes) of `kind` (see [`DtlsUsage::done`]):
+    /// The median completed handshake (by bytes) of `kind` (an identity prefix of [`KINDS`], or `None` for all):
     /// "one handshake".
     pub fn typical(&self, kind: Option<&str>) -> Option<&Handshake> {
         let mut done = self.done(kind);
