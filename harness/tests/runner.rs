@@ -93,6 +93,18 @@ fn run_scenario(scenario: &Path, out: &Path) -> (String, PathBuf) {
     (stdout, runs[0].clone())
 }
 
+/// [`run_scenario`], then its report, whose cases (at least the implicit two) all passed.
+fn run_passing(scenario: &Path, out: &Path) -> (PathBuf, RunReport) {
+    let (_, run_dir) = run_scenario(scenario, out);
+    let report = RunReport::load(&run_dir).unwrap();
+    assert!(
+        report.cases.len() >= 2 && report.cases.iter().all(|c| c.status == Status::Passed),
+        "{:#?}",
+        report.cases
+    );
+    (run_dir, report)
+}
+
 fn write_scenario(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -670,13 +682,7 @@ timeline:
         store.put(entry).unwrap();
     }
 
-    let (_, run_dir) = run_scenario(&scenario, &dir.path().join("reports"));
-    let report = RunReport::load(&run_dir).unwrap();
-    assert!(
-        report.cases.len() >= 2 && report.cases.iter().all(|c| c.status == Status::Passed),
-        "{:#?}",
-        report.cases
-    );
+    let (run_dir, _) = run_passing(&scenario, &dir.path().join("reports"));
     assert_eq!(key_log_sessions(&run_dir), 5);
     let decoded = decrypted_coap(&run_dir, port);
     assert_registers(&decoded, "vault-", 5);
@@ -733,13 +739,7 @@ timeline:
             profile("wakaama-like"),
         ),
     );
-    let (_, run_dir) = run_scenario(&scenario, &dir.path().join("reports"));
-    let report = RunReport::load(&run_dir).unwrap();
-    assert!(
-        report.cases.len() >= 2 && report.cases.iter().all(|c| c.status == Status::Passed),
-        "{:#?}",
-        report.cases
-    );
+    let (run_dir, report) = run_passing(&scenario, &dir.path().join("reports"));
     // 4 + 2 direct sessions, and 3 with the Bootstrap Server, then 3 with the LwM2M
     // Server.
     assert_eq!(key_log_sessions(&run_dir), 12);
@@ -856,13 +856,7 @@ timeline:
             profile("sensor-1.1"),
         ),
     );
-    let (_, run_dir) = run_scenario(&scenario, &dir.path().join("reports"));
-    let report = RunReport::load(&run_dir).unwrap();
-    assert!(
-        report.cases.len() >= 2 && report.cases.iter().all(|c| c.status == Status::Passed),
-        "{:#?}",
-        report.cases
-    );
+    let (run_dir, _) = run_passing(&scenario, &dir.path().join("reports"));
     assert_eq!(key_log_sessions(&run_dir), 4);
     assert_registers(&decrypted_coap(&run_dir, port), "fielded-", 4);
     drop(server);
