@@ -76,6 +76,29 @@ impl Drop for Killed {
     }
 }
 
+/// The device under test: one simulated ets-1.1 client (endpoint `prefix` + 0) in its own
+/// process, toward `server`, with `extra` simulate arguments; CoAP retransmits its
+/// Register until our server is up.
+fn device(server: &str, prefix: &str, extra: &[&str]) -> Killed {
+    let root = root();
+    Killed(
+        Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+            .arg("--ddf")
+            .arg(root.join("features/objects"))
+            .args(["simulate", "--server", server])
+            .args(extra)
+            .args(["--clients", "1", "--profile"])
+            .arg(root.join("features/profiles/ets-1.1.yaml"))
+            .args(["--endpoint-prefix", prefix, "--duration", "120s"])
+            .arg("--scenarios")
+            .arg(root.join("scenarios"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the simulator starts"),
+    )
+}
+
 fn free_udp_port() -> u16 {
     let socket = UdpSocket::bind("127.0.0.1:0").expect("a loopback UDP socket");
     socket.local_addr().expect("its address").port()
@@ -86,24 +109,7 @@ fn a_device_under_test_passes_server_operations_and_control_cases_are_not_applic
     let port = free_udp_port();
     let bootstrap_port = free_udp_port();
     let root = root();
-    // The device: one simulated client in its own process; CoAP retransmits its Register
-    // until our server is up.
-    let _device = Killed(
-        Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
-            .arg("--ddf")
-            .arg(root.join("features/objects"))
-            .args(["simulate", "--server"])
-            .arg(format!("coap://127.0.0.1:{port}"))
-            .args(["--clients", "1", "--profile"])
-            .arg(root.join("features/profiles/ets-1.1.yaml"))
-            .args(["--endpoint-prefix", "dut-", "--duration", "120s"])
-            .arg("--scenarios")
-            .arg(root.join("scenarios"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the simulator starts"),
-    );
+    let _device = device(&format!("coap://127.0.0.1:{port}"), "dut-", &[]);
     // The harness, as a user runs it against a device.
     let dir = tempfile::tempdir().unwrap();
     let tags = "@int-101 or @int-203 or @int-205 or @int-102 or @int-301 or @int-305 \
@@ -169,22 +175,10 @@ fn a_device_under_test_over_dtls_passes_server_operations_over_its_session() {
     };
     let (identity, key) = psk.credentials(0, "dtls-dut-0");
     let key: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    let _device = Killed(
-        Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
-            .arg("--ddf")
-            .arg(root.join("features/objects"))
-            .args(["simulate", "--server"])
-            .arg(format!("coaps://127.0.0.1:{coaps}"))
-            .args(["--psk-identity", "dut-psk-{n}", "--psk-key-seed", "5"])
-            .args(["--clients", "1", "--profile"])
-            .arg(root.join("features/profiles/ets-1.1.yaml"))
-            .args(["--endpoint-prefix", "dtls-dut-", "--duration", "120s"])
-            .arg("--scenarios")
-            .arg(root.join("scenarios"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the simulator starts"),
+    let _device = device(
+        &format!("coaps://127.0.0.1:{coaps}"),
+        "dtls-dut-",
+        &["--psk-identity", "dut-psk-{n}", "--psk-key-seed", "5"],
     );
     let dir = tempfile::tempdir().unwrap();
     let run = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
