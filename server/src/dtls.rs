@@ -343,7 +343,7 @@ pub fn endpoint_query(request: &Packet) -> Option<String> {
 
 /// The endpoint a Register (`POST /rd?ep=NAME`, Core TS 1.1 §6.2.1) is for; `None` for
 /// any other request.
-pub(crate) fn register_endpoint(request: &Packet) -> Option<String> {
+pub fn register_endpoint(request: &Packet) -> Option<String> {
     if request.header.code != MessageClass::Request(RequestType::Post) {
         return None;
     }

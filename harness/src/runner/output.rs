@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
-use lwm2m_proto::coap::{Counters, MessageClass, Packet, RequestType, message};
-use lwm2m_server::dtls::endpoint_query;
+use lwm2m_proto::coap::{Counters, MessageClass, RequestType, message};
+use lwm2m_server::dtls::register_endpoint;
 use lwm2m_simulator::fleet::{CountersSnapshot, FleetReport};
 
 use super::capture::{self, Captured};
@@ -92,7 +92,6 @@ fn fold(latencies: &mut Latencies, name: &str, h: &Histogram<u64>) {
 /// fleet's (the fleet measures Register and Update itself, not De-register); over DTLS
 /// from the records' plaintext.
 fn deregister_latencies(packets: &[Captured], latencies: &mut Latencies, name: &str) {
-    use lwm2m_proto::coap::{MessageClass, RequestType, message};
     let mut pending: BTreeMap<(SocketAddr, SocketAddr, Vec<u8>), Duration> = BTreeMap::new();
     let messages = packets.iter().flat_map(|p| {
         let texts: Vec<&[u8]> = if p.plaintext.is_empty() {
@@ -226,30 +225,27 @@ fn dtls_wire(packets: &[Captured]) -> Vec<dtls_usage::Wire<'_>> {
         .collect()
 }
 
-/// The exchanges of one client: the datagrams to and from any address it was seen at, with
-/// a `dtls-handshake` row before the exchanges of each of its DTLS sessions. Each DTLS
-/// listener's datagrams are split into sessions on their own (the servers' tasks record
-/// concurrently: the Bootstrap Server's last response may be recorded after the client's
-/// first handshake datagram to the LwM2M Server); the sessions, and the plain datagrams,
-/// are then listed in the order of their first datagram.
 /// The addresses `endpoint`'s Registers (`POST /rd?ep=NAME`, in clear or inside DTLS
-/// records) came from, in order.
-fn register_sources(packets: &[Captured], endpoint: &str) -> Vec<SocketAddr> {
+/// records) came from, in order, among the capture's `datagrams`.
+fn register_sources(datagrams: &[usage::Datagram], endpoint: &str) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = Vec::new();
-    for d in capture::usage_datagrams(packets) {
-        let Ok(packet) = Packet::from_bytes(&d.coap) else {
+    for d in datagrams {
+        let Ok(packet) = message::decode(&d.coap) else {
             continue;
         };
-        let register = packet.header.code == MessageClass::Request(RequestType::Post)
-            && message::uri_path(&packet) == "/rd"
-            && endpoint_query(&packet).as_deref() == Some(endpoint);
-        if register && !out.contains(&d.src) {
+        if register_endpoint(&packet).as_deref() == Some(endpoint) && !out.contains(&d.src) {
             out.push(d.src);
         }
     }
     out
 }
 
+/// The exchanges of one client: the datagrams to and from any address it was seen at, with
+/// a `dtls-handshake` row before the exchanges of each of its DTLS sessions. Each DTLS
+/// listener's datagrams are split into sessions on their own (the servers' tasks record
+/// concurrently: the Bootstrap Server's last response may be recorded after the client's
+/// first handshake datagram to the LwM2M Server); the sessions, and the plain datagrams,
+/// are then listed in the order of their first datagram.
 fn client_exchanges(
     packets: &[Captured],
     addresses: &[SocketAddr],
@@ -481,7 +477,8 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
     std::fs::write(dir.join("latencies.hlog"), hlog).context("writing latencies.hlog")?;
 
     // Network usage.
-    let mut all = usage::exchanges(&capture::usage_datagrams(&run.packets));
+    let datagrams = capture::usage_datagrams(&run.packets);
+    let mut all = usage::exchanges(&datagrams);
     let listeners = run.servers.listeners();
     let wire = dtls_wire(&run.packets);
     let accounts: Vec<(Listener, SocketAddr, DtlsUsage)> = listeners
@@ -536,7 +533,7 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
             // the sources of the client's Registers in the capture.
             let addresses = match live.addresses.get(ep) {
                 Some(known) => known.clone(),
-                None => register_sources(&run.packets, ep),
+                None => register_sources(&datagrams, ep),
             };
             let rows = client_exchanges(&run.packets, &addresses, &listeners);
             let _ = write!(
