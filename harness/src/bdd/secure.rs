@@ -39,7 +39,7 @@ use lwm2m_dtls::{
 };
 use lwm2m_proto::client::{ObjectTree, parse_coap_uri};
 use lwm2m_proto::coap::{CoapOption, MessageClass, Packet, RequestType, message};
-use lwm2m_proto::{Instance, ObjectId, ResourceId, ResourceValue, Value};
+use lwm2m_proto::{Instance, InstanceId, ObjectId, ResourceId, ResourceValue, Value};
 use lwm2m_server::dtls::{endpoint_query, forbidden};
 use lwm2m_simulator::security::{MODE_CERTIFICATE, MODE_PSK, account_credentials};
 
@@ -160,13 +160,14 @@ impl std::fmt::Debug for SecureAccount {
 }
 
 /// Points the client's account of `role` (the first Security instance whose Bootstrap-Server
-/// flag /0/x/1 says so) at `server` over `coaps://` with `account`'s credentials.
+/// flag /0/x/1 says so) at `server` over `coaps://` with `account`'s credentials; returns
+/// that instance's id.
 pub fn write_account(
     tree: &mut ObjectTree,
     role: ServerRole,
     server: SocketAddr,
     account: &SecureAccount,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<InstanceId> {
     let security = ObjectId(0);
     let (id, mut instance) = tree
         .instance_ids(security)
@@ -197,7 +198,7 @@ pub fn write_account(
     put(4, Value::Opaque(public_key.clone()));
     put(5, Value::Opaque(secret.clone()));
     tree.put_instance(security, id, instance);
-    Ok(())
+    Ok(id)
 }
 
 fn resource(instance: &Instance, id: u16) -> Option<&Value> {

@@ -156,7 +156,8 @@ struct Servers {
     server: Option<ServerHandle>,
     bootstrap: Option<BootstrapHandle>,
     server_addr: SocketAddr,
-    /// The in-process LwM2M Server's DTLS listener.
+    /// Where DTLS clients go: the in-process LwM2M Server's DTLS listener, or an external
+    /// `coaps://` server.
     dtls_addr: Option<SocketAddr>,
     bootstrap_addr: Option<SocketAddr>,
     /// The in-process Bootstrap Server's DTLS listener.
@@ -263,16 +264,17 @@ fn run_ca() -> anyhow::Result<(TestCa, CertificateConfig)> {
     Ok((ca, certificate))
 }
 
-/// The DTLS listeners, if the scenario has any: the LwM2M Server's security store holds
-/// the PSK of every client of the secure groups that register directly.
+/// The DTLS listeners, if the scenario has any (writing to the run's `key_log`): the
+/// LwM2M Server's security store holds the PSK of every client of the secure groups that
+/// register directly.
 fn dtls_listeners(
     plan: &Plan,
     registry: &Registry,
     seed: u64,
-    dir: &Path,
+    key_log: Option<Arc<KeyLogFile>>,
 ) -> anyhow::Result<Option<Dtls>> {
     let servers = &plan.scenario.servers;
-    let Some(listen) = servers.dtls.as_ref() else {
+    let (Some(listen), Some(key_log)) = (servers.dtls.as_ref(), key_log) else {
         return Ok(None);
     };
     let store = FileSecurityStore::in_memory();
@@ -283,7 +285,6 @@ fn dtls_listeners(
                 .with_context(|| format!("the PSK credentials of group {}", group.spec.name))?;
         }
     }
-    let keys = dir.join("keys.log");
     let (ca, certificate) = match plan.groups.iter().any(scenario::GroupPlan::certificates) {
         true => {
             let (ca, mut certificate) = run_ca().context("making the run's test CA")?;
@@ -299,9 +300,7 @@ fn dtls_listeners(
     };
     Ok(Some(Dtls {
         store: Arc::new(store),
-        key_log: Arc::new(
-            KeyLogFile::append(&keys).with_context(|| format!("creating {}", keys.display()))?,
-        ),
+        key_log,
         handshake_timeout: listen.handshake_timeout,
         server: servers.server_dtls(),
         bootstrap: servers.bootstrap_dtls(),
@@ -379,7 +378,11 @@ fn start_servers(
         _ => None,
     };
     Ok(Servers {
-        dtls_addr: server.as_ref().and_then(ServerHandle::dtls_addr),
+        // An external coaps:// server is itself the DTLS listener.
+        dtls_addr: server
+            .as_ref()
+            .and_then(ServerHandle::dtls_addr)
+            .or(s.servers.external_secure().then_some(server_addr)),
         bootstrap_dtls_addr: bootstrap.as_ref().and_then(BootstrapHandle::dtls_addr),
         server,
         bootstrap,
@@ -391,13 +394,6 @@ fn start_servers(
 
 /// Object 0 Security (Core TS 1.1 Appendix E.1).
 const SECURITY: ObjectId = ObjectId(0);
-
-/// The instance id of the bootstrap-server account (/0/x/1 true) in `tree`.
-fn bootstrap_account(tree: &ObjectTree) -> Option<InstanceId> {
-    tree.instance_ids(SECURITY).into_iter().find(|&iid| {
-        tree.get(&Lwm2mPath::Resource(SECURITY, iid, ResourceId(1))) == Some(&Value::Boolean(true))
-    })
-}
 
 /// The configuration the Bootstrap Server hands client `n` of a secure group: the one
 /// that applies to its endpoint in the scenario (or the default one), with every LwM2M
@@ -533,7 +529,6 @@ fn build_fleets(
         };
         let server = match (secure, servers.dtls_addr) {
             (true, Some(dtls)) => dtls,
-            (true, None) if plan.scenario.servers.external_secure() => servers.server_addr,
             (true, None) => anyhow::bail!("group {name}: no DTLS listener"),
             (false, _) => servers.server_addr,
         };
@@ -594,13 +589,15 @@ fn build_fleets(
                         (None, Some(ca)) => certificate_account(ca, &endpoint, &anchor)?,
                         (None, None) => anyhow::bail!("group {name}: no bootstrap credentials"),
                     };
-                    write_account(&mut spec.tree, ServerRole::Bootstrap, bs, &factory)
-                        .with_context(|| format!("{endpoint}: the bootstrap-server account"))?;
+                    let account =
+                        write_account(&mut spec.tree, ServerRole::Bootstrap, bs, &factory)
+                            .with_context(|| format!("{endpoint}: the bootstrap-server account"))?;
                     let store = servers
                         .bootstrap_store
                         .as_ref()
                         .context("no in-process Bootstrap Server")?;
-                    hand_over(store, &spec.tree, &endpoint, server, &lwm2m, &factory)
+                    let written = (account, &spec.tree, &factory);
+                    hand_over(store, &endpoint, server, &lwm2m, written)
                         .with_context(|| format!("group {name}"))?;
                 }
                 // Certificates go in here; PSKs came with the profile (`with_psk`).
@@ -619,17 +616,15 @@ fn build_fleets(
 
 /// Puts client `endpoint`'s configuration into the Bootstrap Server's `store`: the one
 /// that applies to it, handing over `lwm2m` toward the LwM2M Server at `server`, with its
-/// factory bootstrap account (as in `tree`, credentials `factory`) written back unchanged.
+/// factory bootstrap account (instance `account` of `tree`, credentials `factory`) written
+/// back unchanged.
 fn hand_over(
     store: &FileBootstrapStore,
-    tree: &ObjectTree,
     endpoint: &str,
     server: SocketAddr,
     lwm2m: &SecureAccount,
-    factory: &SecureAccount,
+    (account, tree, factory): (InstanceId, &ObjectTree, &SecureAccount),
 ) -> anyhow::Result<()> {
-    let account = bootstrap_account(tree)
-        .with_context(|| format!("{endpoint}: no bootstrap-server account"))?;
     let uri = match tree.get(&Lwm2mPath::Resource(SECURITY, account, ResourceId(0))) {
         Some(Value::String(uri)) => uri.clone(),
         _ => anyhow::bail!("{endpoint}: the bootstrap-server account has no URI"),
@@ -691,17 +686,23 @@ pub async fn run(
     let servers_in_process = plan.scenario.servers.all_in_process();
     let server_tap: Option<Arc<dyn PacketTap>> = servers_in_process.then(|| capture.clone() as _);
     let fleet_tap = (!servers_in_process).then(|| Tap(capture.clone()));
-    let dtls = dtls_listeners(plan, &registry, options.seed, &dir)?;
-    // Toward an external coaps:// server the clients' own sessions write `keys.log`.
-    let fleet_key_log = match plan.scenario.servers.external_secure() {
+    // One `keys.log` for every DTLS session of the run: the in-process listeners' and,
+    // toward an external coaps:// server, the clients' own.
+    let secure = &plan.scenario.servers;
+    let key_log = match secure.dtls.is_some() || secure.external_secure() {
         true => {
             let keys = dir.join("keys.log");
             let file = KeyLogFile::append(&keys)
                 .with_context(|| format!("creating {}", keys.display()))?;
-            Some(SessionKeyLog(Arc::new(file)))
+            Some(Arc::new(file))
         }
         false => None,
     };
+    let fleet_key_log = key_log
+        .clone()
+        .filter(|_| secure.external_secure())
+        .map(|k| SessionKeyLog(k));
+    let dtls = dtls_listeners(plan, &registry, options.seed, key_log)?;
     let servers = start_servers(
         plan,
         &registry,
@@ -824,12 +825,7 @@ pub async fn run(
         elapsed: t0.elapsed(),
         servers: output::ServerInfo {
             server: servers.server_addr,
-            // An external coaps:// server: its address is a DTLS listener's.
-            dtls: servers.dtls_addr.or(plan
-                .scenario
-                .servers
-                .external_secure()
-                .then_some(servers.server_addr)),
+            dtls: servers.dtls_addr,
             server_in_process: servers.server.is_some(),
             bootstrap: servers.bootstrap_addr,
             bootstrap_dtls: servers.bootstrap_dtls_addr,
