@@ -45,3 +45,24 @@ pub fn der_blocks(path: &Path, labels: &[&str]) -> anyhow::Result<Vec<Vec<u8>>> 
     }
     Ok(found)
 }
+
+/// The first block [`der_blocks`] finds (a private key, a CA certificate).
+pub fn der_block(path: &Path, labels: &[&str]) -> anyhow::Result<Vec<u8>> {
+    let mut blocks = der_blocks(path, labels)?;
+    // `der_blocks` finds at least one or fails.
+    Ok(blocks.swap_remove(0))
+}
+
+/// A DTLS certificate configuration from files (PEM or DER): `chain` (end-entity
+/// certificate first), its PKCS#8 `key`, and the trust anchors `ca` for the peer's.
+pub fn certificate_config(
+    chain: &Path,
+    key: &Path,
+    ca: &Path,
+) -> anyhow::Result<lwm2m_dtls::CertificateConfig> {
+    Ok(lwm2m_dtls::CertificateConfig {
+        chain: der_blocks(chain, &["CERTIFICATE"])?,
+        private_key: der_block(key, &["PRIVATE KEY"])?,
+        trust_anchors: der_blocks(ca, &["CERTIFICATE"])?,
+    })
+}

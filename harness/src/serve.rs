@@ -165,15 +165,7 @@ fn certificate(s: &Settings) -> anyhow::Result<Option<CertificateConfig>> {
     if s.coaps.is_none() && s.bootstrap_coaps.is_none() {
         anyhow::bail!("--cert needs a DTLS listener: --coaps or --bootstrap-coaps");
     }
-    let private_key = lwm2m_harness::der_blocks(key, &["PRIVATE KEY"])?
-        .into_iter()
-        .next()
-        .with_context(|| format!("{}: no key", key.display()))?;
-    Ok(Some(CertificateConfig {
-        chain: lwm2m_harness::der_blocks(cert, &["CERTIFICATE"])?,
-        private_key,
-        trust_anchors: lwm2m_harness::der_blocks(ca, &["CERTIFICATE"])?,
-    }))
+    lwm2m_harness::certificate_config(cert, key, ca).map(Some)
 }
 
 /// Runs until SIGTERM or Ctrl-C.

@@ -26,6 +26,7 @@ use clap::Args;
 use lwm2m_dtls::pki::TestCa;
 use lwm2m_harness::bdd::backend::ServerRole;
 use lwm2m_harness::bdd::secure::write_account;
+use lwm2m_harness::der_block;
 use lwm2m_proto::registry::Registry;
 use lwm2m_simulator::config::file_stem;
 use lwm2m_simulator::fleet::{
@@ -149,17 +150,11 @@ fn client_ca(args: &SimulateArgs) -> anyhow::Result<Option<(TestCa, Vec<u8>)>> {
             bail!("client certificates need --cert-ca and --cert-ca-key (--server-ca is optional)")
         }
     };
-    let first = |path: &Path, labels: &[&str]| -> anyhow::Result<Vec<u8>> {
-        lwm2m_harness::der_blocks(path, labels)?
-            .into_iter()
-            .next()
-            .with_context(|| format!("{}: empty", path.display()))
-    };
-    let der = first(cert, &["CERTIFICATE"])?;
-    let ca = TestCa::from_der(&der, &first(key, &["PRIVATE KEY"])?)
+    let der = der_block(cert, &["CERTIFICATE"])?;
+    let ca = TestCa::from_der(&der, &der_block(key, &["PRIVATE KEY"])?)
         .with_context(|| format!("{} and {}", cert.display(), key.display()))?;
     let anchor = match &args.server_ca {
-        Some(path) => first(path, &["CERTIFICATE"])?,
+        Some(path) => der_block(path, &["CERTIFICATE"])?,
         None => der,
     };
     Ok(Some((ca, anchor)))

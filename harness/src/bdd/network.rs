@@ -245,17 +245,7 @@ fn device_dtls(endpoint: &str) -> Result<Option<lwm2m_server::DtlsOptions>, Stri
     ) {
         (None, None, None) => None,
         (Some(cert), Some(key), Some(ca)) => {
-            let read = |p: &std::path::Path, labels: &[&str]| {
-                crate::der_blocks(p, labels).map_err(|e| format!("{e:#}"))
-            };
-            Some(lwm2m_dtls::CertificateConfig {
-                chain: read(&cert, &["CERTIFICATE"])?,
-                private_key: read(&key, &["PRIVATE KEY"])?
-                    .into_iter()
-                    .next()
-                    .ok_or("LWM2M_HARNESS_CERT_KEY: no key")?,
-                trust_anchors: read(&ca, &["CERTIFICATE"])?,
-            })
+            Some(crate::certificate_config(&cert, &key, &ca).map_err(|e| format!("{e:#}"))?)
         }
         _ => {
             return Err(

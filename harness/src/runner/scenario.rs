@@ -986,14 +986,7 @@ impl Checker<'_> {
         };
         let dir = self.file.parent().unwrap_or(Path::new("."));
         let read = |path: &Path, labels: &[&str], at: &str| {
-            let path = dir.join(path);
-            crate::der_blocks(&path, labels)
-                .and_then(|blocks| {
-                    blocks
-                        .into_iter()
-                        .next()
-                        .ok_or_else(|| anyhow::anyhow!("{}: empty", path.display()))
-                })
+            crate::der_block(&dir.join(path), labels)
                 .map_err(|e| self.err(&key(at), format!("{e:#}")))
         };
         let ca = match (&security.ca, &security.ca_key) {
