@@ -34,7 +34,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use lwm2m_proto::Lwm2mPath;
@@ -45,8 +45,7 @@ use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{ObservationId, OpError, OpId, Operation, Registration, ServerEvent};
 use lwm2m_server::store::{BootstrapDoc, BootstrapStore, ConfigKey, FileBootstrapStore};
 use lwm2m_server::{
-    BootstrapHandle, BootstrapOptions, Direction, DriverError, Event, PacketTap, ServerHandle,
-    ServerOptions,
+    BootstrapHandle, BootstrapOptions, DriverError, Event, ServerHandle, ServerOptions,
 };
 use lwm2m_simulator::NetworkModel;
 use tokio::net::UdpSocket;
@@ -101,88 +100,15 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
         .map_err(Clone::clone)
 }
 
-/// A datagram seen on a real socket, with when; on the DTLS listener, the CoAP message
-/// of its application record when the server's DTLS layer handed it over.
-#[derive(Debug, Clone)]
-struct Raw {
-    at: Instant,
-    from: SocketAddr,
-    to: SocketAddr,
-    bytes: Vec<u8>,
-    inner: Option<Vec<u8>>,
-}
+/// The drivers' packet tap: every datagram, and on the DTLS listener each application
+/// record's plaintext paired with its datagram (the runner's recorder).
+type Tap = crate::runner::capture::Capture;
 
-/// The drivers' packet tap: datagrams go to the current scenario's backend.
-#[derive(Default)]
-struct Tap(Mutex<TapState>);
-
-#[derive(Default)]
-struct TapState {
-    raws: Vec<Raw>,
-    /// Plaintext about to be encrypted toward a peer (it comes before its datagram).
-    outgoing: HashMap<SocketAddr, VecDeque<Vec<u8>>>,
-}
-
-impl PacketTap for Tap {
-    fn datagram(&self, direction: Direction, local: SocketAddr, peer: SocketAddr, bytes: &[u8]) {
-        let (from, to) = match direction {
-            Direction::In => (peer, local),
-            Direction::Out => (local, peer),
-        };
-        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let inner = match direction {
-            Direction::Out
-                if lwm2m_dtls::record::RecordBytes::of_datagram(bytes).application_records > 0 =>
-            {
-                state.outgoing.get_mut(&peer).and_then(VecDeque::pop_front)
-            }
-            _ => None,
-        };
-        state.raws.push(Raw {
-            at: Instant::now(),
-            from,
-            to,
-            bytes: bytes.to_vec(),
-            inner,
-        });
-    }
-
-    /// A received record's plaintext comes right after its datagram, a sent one's right
-    /// before it.
-    fn plaintext(
-        &self,
-        direction: Direction,
-        _local: SocketAddr,
-        peer: SocketAddr,
-        _identity: &str,
-        bytes: &[u8],
-    ) {
-        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        match direction {
-            Direction::In => {
-                if let Some(raw) = state
-                    .raws
-                    .iter_mut()
-                    .rev()
-                    .find(|r| r.from == peer && r.inner.is_none())
-                {
-                    raw.inner = Some(bytes.to_vec());
-                }
-            }
-            Direction::Out => state
-                .outgoing
-                .entry(peer)
-                .or_default()
-                .push_back(bytes.to_vec()),
-        }
-    }
-}
-
-impl Tap {
-    fn take(&self) -> Vec<Raw> {
-        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        std::mem::take(&mut state.raws)
-    }
+/// Now, as time since the Unix epoch.
+fn unix_now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// What the happenings channel carries: a happening stamped with the wall clock.
@@ -320,6 +246,8 @@ pub struct DeviceBackend {
     device: String,
     servers: &'static DeviceServers,
     t0: Instant,
+    /// `t0` as time since the Unix epoch, the recorder's clock.
+    t0_unix: Duration,
     log: ExchangeLog,
     happenings: VecDeque<Timed>,
     tx: mpsc::UnboundedSender<Stamped>,
@@ -393,6 +321,7 @@ impl DeviceBackend {
             device: endpoint.clone(),
             servers,
             t0: Instant::now(),
+            t0_unix: unix_now(),
             log: ExchangeLog::default(),
             happenings: VecDeque::new(),
             tx,
@@ -412,6 +341,8 @@ impl DeviceBackend {
         let dtls = self.servers.server.dtls_addr();
         let bootstrap = self.servers.bootstrap.local_addr();
         for raw in self.servers.tap.take() {
+            let inner = raw.plaintext.first().map(|p| &p[..]);
+            let (raw_from, raw_to) = (raw.src, raw.dst);
             let name = |a: SocketAddr| {
                 if a == server || Some(a) == dtls {
                     "server".to_owned()
@@ -421,21 +352,21 @@ impl DeviceBackend {
                     self.device.clone()
                 }
             };
-            let (src, dst) = (name(raw.from), name(raw.to));
-            let at = self.elapsed(raw.at);
+            let (src, dst) = (name(raw_from), name(raw_to));
+            // The recorder stamps wall-clock time.
+            let at = raw.at.saturating_sub(self.t0_unix);
             let (from, to) = (
                 Peer {
                     name: &src,
-                    addr: raw.from,
+                    addr: raw_from,
                 },
                 Peer {
                     name: &dst,
-                    addr: raw.to,
+                    addr: raw_to,
                 },
             );
-            if dtls.is_some_and(|d| raw.from == d || raw.to == d) {
-                self.log
-                    .secure_datagram(at, from, to, &raw.bytes, raw.inner.as_deref());
+            if dtls.is_some_and(|d| raw_from == d || raw_to == d) {
+                self.log.secure_datagram(at, from, to, &raw.bytes, inner);
             } else {
                 self.log.datagram(at, from, to, &raw.bytes);
             }

@@ -1,7 +1,7 @@
 //! Every datagram the in-process servers send and receive, as their drivers' packet tap
 //! sees it, kept in memory during the run and written afterwards as `run.pcap` (IPv4/UDP
 //! headers synthesized) and as `exchanges.log` (one decoded line per datagram, in the same
-//! order as the pcap).
+//! order as the pcap). The `--device` feature backend records its servers with it too.
 //!
 //! With both servers in process every datagram passes a server socket, so the servers' taps
 //! see all of them (a datagram the network model drops before it reaches a server is not
