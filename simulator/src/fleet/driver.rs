@@ -618,7 +618,7 @@ impl Driver {
         };
         let client = self.pool.address(binding);
         tap.0
-            .plaintext(sent, client, server, &link.identity(), plain);
+            .plaintext(sent, client, server, link.identity(), plain);
     }
 
     /// Moves what client `i`'s DTLS session with `server` has to say: records to the wire,

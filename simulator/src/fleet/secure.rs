@@ -67,6 +67,9 @@ pub(super) struct DtlsLink {
     /// CoAP datagrams encrypted since the last [`DtlsLink::take_encrypted`], when the
     /// fleet records plaintext (`None` otherwise).
     encrypted: Option<Vec<Vec<u8>>>,
+    /// The session's identity as recorders show it (`psk:ID`, `cn:NAME`), when the fleet
+    /// records plaintext.
+    identity: Option<Box<str>>,
 }
 
 impl std::fmt::Debug for DtlsLink {
@@ -278,6 +281,9 @@ impl DtlsLink {
         if let Some(log) = &options.key_log {
             config = config.with_key_log(log.0.clone());
         }
+        let identity = options
+            .record_plaintext
+            .then(|| config.identity().to_string().into());
         Ok(Self {
             server,
             config,
@@ -287,6 +293,7 @@ impl DtlsLink {
             pending: Vec::new(),
             timer: None,
             encrypted: options.record_plaintext.then(Vec::new),
+            identity,
         })
     }
 
@@ -344,8 +351,8 @@ impl DtlsLink {
     }
 
     /// The session's identity as recorders show it (`psk:ID`, `cn:NAME`).
-    pub(super) fn identity(&self) -> String {
-        self.config.identity().to_string()
+    pub(super) fn identity(&self) -> &str {
+        self.identity.as_deref().unwrap_or_default()
     }
 
     /// The session is gone (failure, close, reboot, rebinding): the next datagram opens a
