@@ -178,8 +178,8 @@ impl DtlsUsage {
             .collect()
     }
 
-    /// The median completed handshake (by bytes) of `kind` (an identity prefix of [`KINDS`], or `None` for all):
-    /// "one handshake".
+    /// The median completed handshake (by bytes) of `kind` (an identity prefix of
+    /// [`KINDS`], or `None` for all): "one handshake".
     pub fn typical(&self, kind: Option<&str>) -> Option<&Handshake> {
         let mut done = self.done(kind);
         done.sort_by_key(|h| h.bytes());
@@ -315,7 +315,7 @@ pub fn render(listener: Listener, server: SocketAddr, u: &DtlsUsage) -> String {
     // One line per kind of authentication; all together when no session said which.
     let mut kinds: Vec<(Option<&str>, &str)> = KINDS
         .iter()
-        .filter(|(k, _)| u.typical(Some(k)).is_some())
+        .filter(|(k, _)| !u.done(Some(k)).is_empty())
         .map(|(k, name)| (Some(*k), *name))
         .collect();
     if kinds.is_empty() {
