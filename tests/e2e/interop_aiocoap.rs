@@ -38,12 +38,7 @@ async fn aiocoap_client_registers_and_updates() {
     )
     .await;
     assert!(ok, "{err}");
-    let registration = events
-        .next(|e| match e {
-            ServerEvent::Registered { registration, .. } => Some(registration.clone()),
-            _ => None,
-        })
-        .await;
+    let registration = events.registered().await;
     assert_eq!(
         (registration.endpoint.as_str(), registration.lifetime),
         ("aio-1", 60)

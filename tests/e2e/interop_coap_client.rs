@@ -120,12 +120,7 @@ async fn libcoap_coap_client_gets_answers_and_clean_errors() {
         &format!("{base}/rd?ep=x&lt=60"),
     )
     .await;
-    let registration = events
-        .next(|e| match e {
-            ServerEvent::Registered { registration, .. } => Some(registration.clone()),
-            _ => None,
-        })
-        .await;
+    let registration = events.registered().await;
     assert_eq!(
         shape(&reg.response),
         format!(

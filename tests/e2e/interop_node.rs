@@ -175,12 +175,7 @@ async fn lwm2m_node_lib_client_registers_is_managed_and_deregisters() {
 
     // Register: POST /rd?ep=node-1&lt=300&lwm2m=1.0&b=U with its object links.
     let registered = node.next("registered").await;
-    let registration = events
-        .next(|e| match e {
-            ServerEvent::Registered { registration, .. } => Some(registration.clone()),
-            _ => None,
-        })
-        .await;
+    let registration = events.registered().await;
     assert_eq!(
         registered["location"].as_str(),
         Some(format!("rd/{}", registration.id).as_str()),

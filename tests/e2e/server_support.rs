@@ -16,7 +16,7 @@ use lwm2m_proto::coap::{
 use lwm2m_proto::content::ContentFormat;
 use lwm2m_proto::registration::Lwm2mVersion;
 use lwm2m_proto::registry::Registry;
-use lwm2m_proto::server::{ServerConfig, ServerEvent};
+use lwm2m_proto::server::{Registration, ServerConfig, ServerEvent};
 use lwm2m_proto::{Instance, InstanceId, ObjectId, ResourceId, ResourceValue, Value};
 use lwm2m_server::bootstrap::{BootstrapHandle, BootstrapOptions, start_bootstrap};
 use lwm2m_server::driver::{ServerHandle, ServerOptions, start_server};
@@ -168,6 +168,15 @@ impl ServerEvents {
         tokio::time::timeout(PATIENCE, wait)
             .await
             .expect("no such server event in time")
+    }
+
+    /// The next registration (a Registered event's).
+    pub async fn registered(&mut self) -> Registration {
+        self.next(|e| match e {
+            ServerEvent::Registered { registration, .. } => Some(registration.clone()),
+            _ => None,
+        })
+        .await
     }
 
     /// Every server event received so far, without waiting.
