@@ -99,6 +99,49 @@ fn device(server: &str, prefix: &str, extra: &[&str]) -> Killed {
     )
 }
 
+/// `lwm2m-harness test --device ENDPOINT --tags TAGS` as a user runs it, reporting into
+/// `dir`, with `env` (our servers' addresses and credentials) and a free port for the
+/// Bootstrap Server; it must succeed. The report, its cases as text, the harness's stderr.
+fn test_device(
+    endpoint: &str,
+    tags: &str,
+    dir: &Path,
+    env: &[(&str, String)],
+) -> (RunReport, String, String) {
+    let run = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .args(["test", "--device", endpoint, "--quiet", "--tags", tags])
+        .arg("--root")
+        .arg(root())
+        .arg("--report-dir")
+        .arg(dir)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env(
+            "LWM2M_HARNESS_BOOTSTRAP_BIND",
+            format!("127.0.0.1:{}", free_udp_port()),
+        )
+        .env("LWM2M_HARNESS_DEVICE_WAIT", "20")
+        .output()
+        .expect("the harness runs");
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    let json = std::fs::read_to_string(dir.join("report.json")).expect("report.json");
+    let report: RunReport = serde_json::from_str(&json).expect("a run report");
+    let all = show(&report);
+    assert!(run.status.success(), "{all}\n{stderr}");
+    (report, all, stderr)
+}
+
+/// Every one of `cases` is in `report`, each of its scenarios with status `want`.
+fn assert_cases(report: &RunReport, cases: &[&str], want: Status) {
+    for case in cases {
+        let s = status(report, case);
+        assert!(
+            !s.is_empty() && s.iter().all(|(st, _)| *st == want),
+            "{case}: {}",
+            show(report)
+        );
+    }
+}
+
 fn free_udp_port() -> u16 {
     let socket = UdpSocket::bind("127.0.0.1:0").expect("a loopback UDP socket");
     socket.local_addr().expect("its address").port()
@@ -107,52 +150,25 @@ fn free_udp_port() -> u16 {
 #[test]
 fn a_device_under_test_passes_server_operations_and_control_cases_are_not_applicable() {
     let port = free_udp_port();
-    let bootstrap_port = free_udp_port();
-    let root = root();
     let _device = device(&format!("coap://127.0.0.1:{port}"), "dut-", &[]);
     // The harness, as a user runs it against a device.
     let dir = tempfile::tempdir().unwrap();
+    let bind = [("LWM2M_HARNESS_BIND", format!("127.0.0.1:{port}"))];
     let tags = "@int-101 or @int-203 or @int-205 or @int-102 or @int-301 or @int-305 \
                 or @core-6.2.3";
-    let run = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
-        .args(["test", "--device", "dut-0", "--quiet", "--tags", tags])
-        .arg("--root")
-        .arg(&root)
-        .arg("--report-dir")
-        .arg(dir.path())
-        .env("LWM2M_HARNESS_BIND", format!("127.0.0.1:{port}"))
-        .env(
-            "LWM2M_HARNESS_BOOTSTRAP_BIND",
-            format!("127.0.0.1:{bootstrap_port}"),
-        )
-        .env("LWM2M_HARNESS_DEVICE_WAIT", "20")
-        .output()
-        .expect("the harness runs");
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let (report, all, stderr) = test_device("dut-0", tags, dir.path(), &bind);
     assert!(
         stderr.contains(&format!("coap://127.0.0.1:{port}")),
         "{stderr}"
     );
-    let json = std::fs::read_to_string(dir.path().join("report.json")).expect("report.json");
-    let report: RunReport = serde_json::from_str(&json).unwrap();
-    let all = show(&report);
-    assert!(run.status.success(), "{all}\n{stderr}");
-    for case in ["int-101", "int-203", "int-205"] {
-        let s = status(&report, case);
-        assert!(
-            !s.is_empty() && s.iter().all(|(st, _)| *st == Status::Passed),
-            "{case}: {all}"
-        );
-    }
+    assert_cases(&report, &["int-101", "int-203", "int-205"], Status::Passed);
     // int-102 waits 20 s and more in real time, int-301 16 s for a notification; int-305
     // looks into the client's observations, core-6.2.3 makes the client de-register.
-    for case in ["int-102", "int-301", "int-305", "core-6.2.3"] {
-        let s = status(&report, case);
-        assert!(
-            !s.is_empty() && s.iter().all(|(st, _)| *st == Status::NotApplicable),
-            "{case}: {all}"
-        );
-    }
+    assert_cases(
+        &report,
+        &["int-102", "int-301", "int-305", "core-6.2.3"],
+        Status::NotApplicable,
+    );
     let (_, failed, _) = report.tally();
     assert_eq!(failed, 0, "{all}");
     assert!(all.contains("not under our control"), "{all}");
@@ -167,8 +183,6 @@ fn a_device_under_test_over_dtls_passes_server_operations_over_its_session() {
     use lwm2m_simulator::fleet::PskPattern;
     let port = free_udp_port();
     let coaps = free_udp_port();
-    let bootstrap_port = free_udp_port();
-    let root = root();
     let psk = PskPattern {
         identity: "dut-psk-{n}".into(),
         seed: 5,
@@ -181,45 +195,20 @@ fn a_device_under_test_over_dtls_passes_server_operations_over_its_session() {
         &["--psk-identity", "dut-psk-{n}", "--psk-key-seed", "5"],
     );
     let dir = tempfile::tempdir().unwrap();
-    let run = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
-        .args(["test", "--device", "dtls-dut-0", "--quiet", "--tags"])
-        .arg("@int-203 or @int-205 or @int-401")
-        .arg("--root")
-        .arg(&root)
-        .arg("--report-dir")
-        .arg(dir.path())
-        .env("LWM2M_HARNESS_BIND", format!("127.0.0.1:{port}"))
-        .env("LWM2M_HARNESS_COAPS_BIND", format!("127.0.0.1:{coaps}"))
-        .env("LWM2M_HARNESS_DEVICE_PSK", format!("{identity}:{key}"))
-        .env(
-            "LWM2M_HARNESS_BOOTSTRAP_BIND",
-            format!("127.0.0.1:{bootstrap_port}"),
-        )
-        .env("LWM2M_HARNESS_DEVICE_WAIT", "20")
-        .output()
-        .expect("the harness runs");
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let env = [
+        ("LWM2M_HARNESS_BIND", format!("127.0.0.1:{port}")),
+        ("LWM2M_HARNESS_COAPS_BIND", format!("127.0.0.1:{coaps}")),
+        ("LWM2M_HARNESS_DEVICE_PSK", format!("{identity}:{key}")),
+    ];
+    let tags = "@int-203 or @int-205 or @int-401";
+    let (report, _, stderr) = test_device("dtls-dut-0", tags, dir.path(), &env);
     assert!(
         stderr.contains(&format!("coaps://127.0.0.1:{coaps}")),
         "{stderr}"
     );
-    let json = std::fs::read_to_string(dir.path().join("report.json")).expect("report.json");
-    let report: RunReport = serde_json::from_str(&json).unwrap();
-    let all = show(&report);
-    assert!(run.status.success(), "{all}\n{stderr}");
-    for case in ["int-203", "int-205"] {
-        let s = status(&report, case);
-        assert!(
-            !s.is_empty() && s.iter().all(|(st, _)| *st == Status::Passed),
-            "{case}: {all}"
-        );
-    }
+    assert_cases(&report, &["int-203", "int-205"], Status::Passed);
     // The DTLS cases set credentials on both sides: not for a device with its own.
-    let s = status(&report, "int-401");
-    assert!(
-        !s.is_empty() && s.iter().all(|(st, _)| *st == Status::NotApplicable),
-        "int-401: {all}"
-    );
+    assert_cases(&report, &["int-401"], Status::NotApplicable);
     // The exchange logs show the Reads inside DTLS records.
     let logs: String = walk(dir.path())
         .into_iter()
