@@ -108,6 +108,12 @@ impl TestCa {
         })
     }
 
+    /// The CA's private key, PKCS#8 DER (to hand the CA to a tool that loads one with
+    /// [`TestCa::from_der`], as a vendor hands over theirs).
+    pub fn private_key(&self) -> Vec<u8> {
+        self.issuer.key().serialize_der()
+    }
+
     /// The CA's own certificate, DER: the trust anchor of what it issues.
     pub fn certificate(&self) -> &[u8] {
         &self.der
@@ -178,6 +184,9 @@ mod tests {
         let config = ca.config(issued);
         assert_eq!(config.trust_anchors, vec![ca.certificate().to_vec()]);
         assert!(format!("{config:?}").contains("redacted"));
+        // Its key hands the CA over whole.
+        let again = TestCa::from_der(ca.certificate(), &ca.private_key()).unwrap();
+        assert_eq!(again.certificate(), ca.certificate());
     }
 
     #[test]

@@ -790,20 +790,14 @@ timeline:
 }
 
 /// A certificate group against an external server that trusts a CA of the user's own
-/// (`security.ca`, `ca_key`; made here with rcgen, as a vendor's would be): the clients'
+/// (`security.ca`, `ca_key`; handed over as files, as a vendor's would be): the clients'
 /// certificates come from that CA, and they all register.
 #[test]
 fn certificate_group_against_an_external_server_with_its_own_ca() {
     use lwm2m_dtls::CertificateConfig;
     use lwm2m_dtls::pki::{Purpose, TestCa, Validity};
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "vendor CA");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let ca_der = params.self_signed(&key).unwrap().der().to_vec();
-    let ca_key = key.serialize_der();
+    let vendor = TestCa::new("vendor CA").unwrap();
+    let (ca_der, ca_key) = (vendor.certificate().to_vec(), vendor.private_key());
     let issued = TestCa::from_der(&ca_der, &ca_key)
         .unwrap()
         .issue("server", &["127.0.0.1"], Purpose::Server, Validity::Current)

@@ -387,7 +387,7 @@ fn simulate_10_clients_bootstrapping_over_dtls_through_a_fallback_configuration(
     });
 }
 
-/// A CA of one's own (made here with rcgen, as a vendor's would be): `simulate --cert-ca
+/// A CA of one's own (handed over as PEM files, as a vendor's would be): `simulate --cert-ca
 /// --cert-ca-key` issues every client a certificate with its endpoint name as CN, the
 /// server (trusting that CA, its own certificate from the same CA) takes them all; a key
 /// that is not the CA's is refused before anything starts.
@@ -397,18 +397,8 @@ fn simulate_certificate_clients_from_a_ca_of_ones_own() {
     use lwm2m_dtls::pki::{Purpose, TestCa, Validity};
     const N: usize = 5;
     let self_signed = |name: &str| {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let key = rcgen::KeyPair::generate().expect("a key");
-        let der = params
-            .self_signed(&key)
-            .expect("self-signed")
-            .der()
-            .to_vec();
-        (der, key.serialize_der())
+        let ca = TestCa::new(name).expect("a CA");
+        (ca.certificate().to_vec(), ca.private_key())
     };
     let (ca_der, ca_key) = self_signed("vendor CA");
     let vendor = TestCa::from_der(&ca_der, &ca_key).expect("the vendor CA");
