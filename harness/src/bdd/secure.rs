@@ -201,19 +201,12 @@ pub fn write_account(
     Ok(id)
 }
 
-fn resource(instance: &Instance, id: u16) -> Option<&Value> {
-    match instance.get(&ResourceId(id)) {
-        Some(ResourceValue::Single(v)) => Some(v),
-        _ => None,
-    }
-}
-
 /// The Security instance whose URI is `coaps://` at `server` (IP literals only).
 fn coaps_account(tree: &ObjectTree, server: SocketAddr) -> Option<&Instance> {
     let security = ObjectId(0);
     tree.instance_ids(security).into_iter().find_map(|i| {
         let inst = tree.instance(security, i)?;
-        let Some(Value::String(uri)) = resource(inst, 0) else {
+        let Some(ResourceValue::Single(Value::String(uri))) = inst.get(&ResourceId(0)) else {
             return None;
         };
         let uri = parse_coap_uri(uri).filter(|u| u.secure)?;
