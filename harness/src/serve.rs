@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use lwm2m_proto::registry::Registry;
+use lwm2m_proto::server::RegistrationLimits;
 use lwm2m_server::DtlsOptions;
 use lwm2m_server::auth::{self, TokenSource};
 use lwm2m_server::bootstrap::{BootstrapOptions, start_bootstrap};
@@ -62,7 +63,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
     /// A YAML file with any of: coap, coaps, keylog, bootstrap, bootstrap_coaps, cert,
-    /// cert_key, ca, http, data (paths relative to the file), token.
+    /// cert_key, ca, http, data (paths relative to the file), token, limits (the
+    /// LwM2M Server's registration limits: max_registrations,
+    /// max_registrations_per_address, max_endpoint_length, max_links, max_payload,
+    /// min_lifetime, max_lifetime).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -82,6 +86,7 @@ struct ServeFile {
     http: Option<SocketAddr>,
     data: Option<PathBuf>,
     token: Option<String>,
+    limits: Option<RegistrationLimits>,
 }
 
 /// The settings in force.
@@ -98,6 +103,7 @@ struct Settings {
     http: SocketAddr,
     data: PathBuf,
     token: Option<String>,
+    limits: RegistrationLimits,
 }
 
 fn load_file(path: &Path) -> anyhow::Result<ServeFile> {
@@ -148,6 +154,7 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
             .or(file.data)
             .unwrap_or_else(|| PathBuf::from("lwm2m-data")),
         token: args.token.clone().or(file.token),
+        limits: file.limits.unwrap_or_default(),
     })
 }
 
@@ -198,6 +205,8 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
 
     let mut server_options = ServerOptions::new(s.coap, registry.clone());
     server_options.bus = bus.clone();
+    // The seed of ids and tokens comes from the OS (ServerOptions::new): nothing to guess.
+    server_options.config.limits = s.limits.clone();
     let key_log = match &s.keylog {
         Some(path) => Some(Arc::new(
             KeyLogFile::append(path)
@@ -321,7 +330,8 @@ mod tests {
         let cfg = dir.path().join("serve.yaml");
         std::fs::write(
             &cfg,
-            "coap: 127.0.0.1:1\nhttp: 127.0.0.1:2\ndata: d\nbootstrap_coaps: 127.0.0.1:3\n",
+            "coap: 127.0.0.1:1\nhttp: 127.0.0.1:2\ndata: d\nbootstrap_coaps: 127.0.0.1:3\n\
+             limits: { max_registrations: 10, max_lifetime: 600 }\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -336,6 +346,18 @@ mod tests {
         assert_eq!(s.coaps, None);
         assert_eq!(s.bootstrap_coaps.map(|a| a.port()), Some(3));
         assert_eq!(s.data, dir.path().join("d"));
+        assert_eq!(s.limits.max_registrations, 10);
+        assert_eq!(s.limits.max_lifetime, 600);
+        assert_eq!(
+            s.limits.max_registrations_per_address,
+            RegistrationLimits::default().max_registrations_per_address
+        );
+        std::fs::write(&cfg, "coap: 127.0.0.1:1\nlimits: { max_regs: 1 }\n").unwrap();
+        let err = settings(&args).unwrap_err().to_string();
+        assert!(
+            err.contains("serve.yaml:2") && err.contains("max_regs"),
+            "{err}"
+        );
         std::fs::write(&cfg, "coap: 127.0.0.1:1\ntokn: x\n").unwrap();
         let err = settings(&args).unwrap_err().to_string();
         assert!(

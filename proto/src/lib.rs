@@ -11,6 +11,7 @@
 //! The tokio drivers live in the `lwm2m-server` and `lwm2m-simulator` crates.
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod bootstrap;
 pub mod client;
 pub mod coap;
@@ -19,6 +20,7 @@ pub mod content;
 pub mod ids;
 pub mod model;
 pub mod node;
+pub mod redact;
 pub mod registration;
 pub mod registry;
 pub mod server;

@@ -119,6 +119,13 @@ pub enum RegistrationError {
         /// Why.
         reason: String,
     },
+    /// The Uri-Query cannot be read: an option that is not UTF-8, or a parameter given
+    /// more than once (4.00; two `ep=` would let two readers see two endpoints).
+    #[error("bad query: {reason}")]
+    BadQuery {
+        /// Why.
+        reason: String,
+    },
     /// The registration id is not known (4.04).
     #[error("no registration {id:?}")]
     UnknownRegistration {

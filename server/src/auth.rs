@@ -30,6 +30,23 @@ pub fn generate_token() -> Result<String, StoreError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A seed for a machine's random generator (registration ids, tokens, message ids) from the
+/// OS random source, so that a server's ids cannot be predicted from a fixed default (a
+/// registration id is what an Update or De-register proves itself with). Reproducible
+/// runs set their own seed instead. Should the OS source fail, std's per-process random
+/// hash keys (themselves from the OS at start) stand in, with a warning.
+pub fn os_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(e) => {
+            tracing::warn!("the OS random source failed ({e}); seeding from std's hash keys");
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
+        }
+    }
+}
+
 /// The token to use: `configured` if given, else the one stored in `data_dir`, else a new
 /// one, stored there (written to a temporary file and renamed, mode 0600 on Unix).
 pub fn load_or_create_token(

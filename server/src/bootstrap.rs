@@ -269,12 +269,15 @@ pub struct BootstrapOptions {
 }
 
 impl BootstrapOptions {
-    /// Defaults: the default machine settings, a new event bus, no tap, no DTLS, no
-    /// provisioning.
+    /// Defaults: the default machine settings seeded from the OS random source
+    /// ([`crate::auth::os_seed`]; set `config.coap.seed` for a reproducible run), a new event
+    /// bus, no tap, no DTLS, no provisioning.
     pub fn new(bind: SocketAddr, store: Arc<dyn BootstrapStore>) -> Self {
+        let mut config = BootstrapServerConfig::default();
+        config.coap.seed = crate::auth::os_seed();
         Self {
             bind,
-            config: BootstrapServerConfig::default(),
+            config,
             store,
             bus: EventBus::default(),
             tap: None,

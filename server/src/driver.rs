@@ -90,12 +90,18 @@ impl Io {
             tap.datagram(direction, self.local, peer, bytes);
         }
         if self.bus.has_subscribers() {
+            // Events leave the process (`/api/event?coaplog=true`): keys written to the
+            // Security object are masked; the tap (pcap) keeps the bytes.
+            let bytes: Arc<[u8]> = match lwm2m_proto::redact::redact_datagram(bytes) {
+                Some(masked) => masked.into(),
+                None => bytes.into(),
+            };
             self.bus.send(Event::CoapLog(Datagram {
                 role: self.role,
                 direction,
                 local: self.local,
                 peer,
-                bytes: bytes.into(),
+                bytes,
                 at: SystemTime::now(),
             }));
         }
@@ -294,8 +300,33 @@ impl ServerCore {
 
     fn server_event(&mut self, event: ServerEvent) {
         match &event {
-            ServerEvent::Registered { registration, .. } => {
-                lock(&self.routes).insert(registration.endpoint.clone(), self.secure);
+            ServerEvent::Registered {
+                registration,
+                replaced,
+            } => {
+                let before = lock(&self.routes).insert(registration.endpoint.clone(), self.secure);
+                let transport = |secure| if secure { "DTLS" } else { "plain CoAP" };
+                match (replaced, before) {
+                    // Allowed under NoSec (Core TS 1.1 §6.2.1: a Register replaces the
+                    // endpoint's registration), but an operator must see a takeover.
+                    (Some(old), _) if old.address != registration.address => tracing::info!(
+                        "LwM2M Server: endpoint {:?} registered again from {}; its registration \
+                         {} from {} is replaced",
+                        registration.endpoint,
+                        registration.address,
+                        old.id,
+                        old.address
+                    ),
+                    (None, Some(other)) if other != self.secure => tracing::info!(
+                        "LwM2M Server: endpoint {:?} registered from {} over {}; its \
+                         registration over {} is replaced",
+                        registration.endpoint,
+                        registration.address,
+                        transport(self.secure),
+                        transport(other)
+                    ),
+                    _ => {}
+                }
                 self.registrations.upsert(registration.clone())
             }
             ServerEvent::Updated { registration, .. } if self.holds(&registration.endpoint) => {
@@ -382,12 +413,16 @@ pub struct ServerOptions {
 }
 
 impl ServerOptions {
-    /// Defaults: the default machine settings, an in-memory sharded registration store, a
-    /// new event bus and no tap.
+    /// Defaults: the default machine settings seeded from the OS random source
+    /// ([`crate::auth::os_seed`]: registration ids, tokens and message ids cannot be
+    /// predicted; set `config.coap.seed` for a reproducible run), an in-memory sharded
+    /// registration store, a new event bus and no tap.
     pub fn new(bind: SocketAddr, registry: Arc<Registry>) -> Self {
+        let mut config = ServerConfig::default();
+        config.coap.seed = crate::auth::os_seed();
         Self {
             bind,
-            config: ServerConfig::default(),
+            config,
             registry,
             registrations: Arc::new(ShardedRegistrations::default()),
             bus: EventBus::default(),

@@ -34,10 +34,9 @@ use std::time::{Duration, Instant};
 use lwm2m_dtls::{
     DtlsServer, Identity, PskStore, ServerConfig as DtlsConfig, ServerEvent as DtlsEvent,
 };
+use lwm2m_proto::admission::{self, InterfaceRequest};
 use lwm2m_proto::bootstrap::server::BootstrapEvent;
-use lwm2m_proto::coap::{
-    CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType, Transmit, message,
-};
+use lwm2m_proto::coap::{MessageType, Packet, ResponseType, Transmit, message};
 use lwm2m_proto::server::{Lwm2mServer, ServerEvent};
 
 pub use lwm2m_dtls::{CertificateConfig, KeyLog, KeyLogFile};
@@ -330,28 +329,14 @@ where
     }
 }
 
-/// The `ep=` query of a request (Register, Bootstrap-Request), if any.
-pub fn endpoint_query(request: &Packet) -> Option<String> {
-    request
-        .get_option(CoapOption::UriQuery)?
-        .iter()
-        .find_map(|q| {
-            q.strip_prefix(b"ep=")
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        })
-}
-
-/// The endpoint a Register (`POST /rd?ep=NAME`, Core TS 1.1 §6.2.1) is for; `None` for
-/// any other request.
+/// The endpoint a Register (`POST /rd?ep=NAME`, Core TS 1.1 §6.2.1) is for, read by
+/// [`admission::classify`] as the machine reads it; `None` for any other request and for
+/// a Register the machine refuses (e.g. `ep=` given twice: 4.00).
 pub fn register_endpoint(request: &Packet) -> Option<String> {
-    if request.header.code != MessageClass::Request(RequestType::Post) {
-        return None;
+    match admission::classify(request)? {
+        Ok(InterfaceRequest::Register(params)) => Some(params.endpoint),
+        _ => None,
     }
-    let path = request.get_option(CoapOption::UriPath)?;
-    if path.len() != 1 || path.front()?.as_slice() != b"rd" {
-        return None;
-    }
-    endpoint_query(request)
 }
 
 /// The LwM2M Server's gate: a Register (`POST /rd?ep=NAME`) acts for NAME, an Update or
@@ -366,21 +351,13 @@ impl Gate for Registrations {
     type Event = ServerEvent;
 
     fn claimed_endpoint(&self, request: &Packet) -> Option<String> {
-        let MessageClass::Request(method @ (RequestType::Post | RequestType::Delete)) =
-            request.header.code
-        else {
-            return None;
-        };
-        let path = request.get_option(CoapOption::UriPath)?;
-        if path.front()?.as_slice() != b"rd" {
-            return None;
-        }
-        match (method, path.len()) {
-            (RequestType::Post, 1) => register_endpoint(request),
-            (_, 2) => {
-                let id = std::str::from_utf8(path.back()?).ok()?;
-                self.locations.get(id).cloned()
+        match admission::classify(request)? {
+            Ok(InterfaceRequest::Register(params)) => Some(params.endpoint),
+            Ok(InterfaceRequest::Update { id, .. } | InterfaceRequest::Deregister { id }) => {
+                self.locations.get(&id).cloned()
             }
+            // Refused by the machine with the same reading (4.00), or not a request of the
+            // Registration interface.
             _ => None,
         }
     }
@@ -414,11 +391,10 @@ impl Gate for BootstrapRequests {
     type Event = BootstrapEvent;
 
     fn claimed_endpoint(&self, request: &Packet) -> Option<String> {
-        let is_bs = request.header.code == MessageClass::Request(RequestType::Post)
-            && request
-                .get_option(CoapOption::UriPath)
-                .is_some_and(|p| p.len() == 1 && p.front().is_some_and(|s| s == b"bs"));
-        if is_bs { endpoint_query(request) } else { None }
+        match admission::classify(request)? {
+            Ok(InterfaceRequest::BootstrapRequest(params)) => Some(params.endpoint),
+            _ => None,
+        }
     }
 }
 
@@ -482,6 +458,7 @@ where
 mod tests {
     use super::*;
     use crate::store::{FileSecurityStore, SecurityInfo};
+    use lwm2m_proto::coap::{MessageClass, RequestType};
 
     fn store() -> Arc<dyn SecurityStore> {
         let s = FileSecurityStore::in_memory();

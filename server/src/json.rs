@@ -340,7 +340,11 @@ fn server_event(registry: &Registry, e: &ServerEvent) -> Option<(&'static str, J
             replaced,
         } => (
             "REGISTRATION",
-            json!({"registration": entry(r), "replaced": replaced.as_ref().map(|p| p.id.clone())}),
+            json!({
+                "registration": entry(r),
+                "replaced": replaced.as_ref().map(|p| p.id.clone()),
+                "replaced_address": replaced.as_ref().map(|p| p.address.to_string()),
+            }),
         ),
         ServerEvent::Updated {
             registration: r,
@@ -360,6 +364,15 @@ fn server_event(registry: &Registry, e: &ServerEvent) -> Option<(&'static str, J
         ServerEvent::RegistrationRefused { peer, code, reason } => (
             "REGISTRATION_REFUSED",
             json!({"peer": peer.to_string(), "code": code_text(*code), "reason": reason}),
+        ),
+        ServerEvent::LimitReached {
+            peer,
+            limit,
+            code,
+            reason,
+        } => (
+            "REGISTRATION_REFUSED",
+            json!({"peer": peer.to_string(), "code": code_text(*code), "reason": reason, "limit": limit.key()}),
         ),
         ServerEvent::RequestRefused { peer, code, reason } => (
             "REQUEST_REFUSED",

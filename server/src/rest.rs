@@ -153,12 +153,19 @@ pub async fn serve_api(
     }
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header; the scheme is case-insensitive
+/// (RFC 7235 §2.1), so `bearer` and `BEARER` do too.
+fn bearer_credentials(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
 async fn require_token(State(st): St, request: Request, next: Next) -> HttpResponse {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer_credentials);
     if presented.is_some_and(|t| token_matches(&st.token, t.trim())) {
         next.run(request).await
     } else {
@@ -965,6 +972,13 @@ fn config_json(k: &ConfigKey, c: &BootstrapConfig) -> Json {
 fn parse_config(j: Json) -> Result<BootstrapConfig, ApiError> {
     let c: BootstrapConfig = serde_json::from_value(j)
         .map_err(|e| ApiError::bad(format!("not a bootstrap configuration: {e}")))?;
+    if c.security.is_empty() {
+        // It would delete the client's accounts (/0, /1) and give it none.
+        return Err(ApiError::bad(
+            "a bootstrap configuration without Security instances (\"security\") would leave \
+             the client with no server; give at least one",
+        ));
+    }
     if c.security.values().any(|s| s.secret_key == REDACTED) {
         return Err(ApiError::bad(format!(
             "secret_key {REDACTED:?} is a placeholder; give the key"

@@ -350,6 +350,41 @@ async fn an_identity_registering_as_another_endpoint_gets_4_03() {
     s.server.shutdown().await;
 }
 
+/// Issue #10 item 2: a session authenticated as `mallory` that registers
+/// `?ep=mallory&ep=victim` (the gate read the first, the registration the last) gets 4.00:
+/// one reading of the query, and a repeated parameter is refused before anyone acts on it.
+#[tokio::test]
+async fn a_repeated_endpoint_name_over_dtls_is_a_bad_request() {
+    let s = Secure::start(&["mallory", "victim"]).await;
+    let mut client = connect_as(s.dtls, "mallory").await;
+    for (mid, (first, second)) in [("mallory", "victim"), ("victim", "mallory")]
+        .into_iter()
+        .enumerate()
+    {
+        let mut p = message::request(RequestType::Post, "/rd");
+        for q in [
+            format!("ep={first}"),
+            "lt=300".into(),
+            format!("ep={second}"),
+        ] {
+            message::add_query(&mut p, &q);
+        }
+        p.header.message_id = mid as u16 + 1;
+        p.set_token(vec![mid as u8 + 1]);
+        let answer = call(&mut client, p.to_bytes().unwrap()).await;
+        assert_eq!(code(&answer), "4.00", "ep={first}&ep={second}");
+        assert!(String::from_utf8_lossy(&answer.payload).contains("more than once"));
+    }
+    assert!(s.server.registrations().get("victim").is_none());
+    assert!(s.server.registrations().get("mallory").is_none());
+    // Its own name, once, is fine.
+    assert_eq!(
+        code(&call(&mut client, register("mallory", 9)).await),
+        "2.01"
+    );
+    s.server.shutdown().await;
+}
+
 /// With a DTLS listener running, an endpoint that has credentials must use them: its
 /// Register over plain CoAP gets 4.03 and an Insecure event; an endpoint without
 /// credentials registers over plain CoAP as before.

@@ -15,7 +15,7 @@ use lwm2m_proto::client::ClientEvent;
 use lwm2m_proto::coap::message::{self, add_query, set_option, uint_bytes};
 use lwm2m_proto::coap::{CoapOption, MessageClass, MessageType, Packet, RequestType};
 use lwm2m_proto::registry::Registry;
-use lwm2m_proto::server::{Content, Operation};
+use lwm2m_proto::server::{Content, Operation, ServerConfig};
 use lwm2m_proto::{Lwm2mPath, Node, ResourceValue, Value};
 use lwm2m_server::ServerHandle;
 use lwm2m_server::store::{
@@ -31,8 +31,12 @@ use crate::server_support::{Servers, Setup, SimClient, client_config, device_tre
 
 /// Datagrams sent in all.
 const DATAGRAMS: usize = 100_000;
-/// Sending sockets, each on its own loopback address (127.0.0.1 to 127.0.0.5).
+/// Sending sockets, each on its own loopback address (127.0.0.2 to 127.0.0.6; each normal
+/// client has one of its own, 127.0.1.x).
 const FUZZERS: usize = 5;
+/// Registrations the server holds from one address: the fuzzers' Registers (`fz-N`) go
+/// beyond it and are refused, so what the flood leaves in memory is bounded.
+const PER_ADDRESS: usize = 20;
 /// Normal clients.
 const CLIENTS: usize = 100;
 /// The whole test must end within this.
@@ -445,11 +449,13 @@ async fn random_and_mutated_datagrams_do_not_disturb_normal_clients() {
     let st = stores();
     let security_before = std::fs::read(&st.security_path).unwrap();
     let bootstrap_before = std::fs::read(&st.bootstrap_path).unwrap();
+    let mut config = ServerConfig::default();
+    config.limits.max_registrations_per_address = PER_ADDRESS;
     let s = Servers::start_with(Setup {
+        config,
         security: st.security.clone(),
         bootstrap: st.bootstrap.clone(),
         record_wire: false,
-        ..Setup::default()
     })
     .await;
     let server = s.server.local_addr();
@@ -458,7 +464,7 @@ async fn random_and_mutated_datagrams_do_not_disturb_normal_clients() {
     let sent_to_server = Arc::new(AtomicUsize::new(0));
     let mut fuzzers = JoinSet::new();
     for f in 0..FUZZERS {
-        let bind: SocketAddr = format!("127.0.0.{}:0", f + 1).parse().unwrap();
+        let bind: SocketAddr = format!("127.0.0.{}:0", f + 2).parse().unwrap();
         let count = DATAGRAMS / FUZZERS;
         fuzzers.spawn(fuzz(
             bind,
@@ -476,7 +482,7 @@ async fn random_and_mutated_datagrams_do_not_disturb_normal_clients() {
     for c in 0..CLIENTS {
         let config = client_config(&format!("dev-{c:03}"), server, seed ^ c as u64);
         let client = SimClient::start(
-            "127.0.0.1:0".parse().unwrap(),
+            format!("127.0.1.{}:0", c + 1).parse().unwrap(),
             config,
             device_tree(&registry),
         )
@@ -508,7 +514,7 @@ async fn random_and_mutated_datagrams_do_not_disturb_normal_clients() {
         .await
         .expect("the Bootstrap Server answers");
     let mut late = SimClient::start(
-        "127.0.0.1:0".parse().unwrap(),
+        "127.0.2.1:0".parse().unwrap(),
         client_config("dev-late", server, seed),
         device_tree(&registry),
     )
@@ -525,6 +531,26 @@ async fn random_and_mutated_datagrams_do_not_disturb_normal_clients() {
     }
     let (status, _) = s.call("GET", "/clients/dev-late", None).await;
     assert_eq!(status, 200);
+
+    // Memory stays bounded: the flood's registrations are capped per address (the rest
+    // got 5.03), whatever it sent.
+    let held = s.server.registrations().len();
+    assert!(
+        held <= CLIENTS + 1 + FUZZERS * PER_ADDRESS,
+        "{held} registrations held (seed {seed})"
+    );
+    let mut per_address = std::collections::HashMap::<_, usize>::new();
+    for entry in s.server.registrations().all() {
+        *per_address
+            .entry(entry.registration.address.ip())
+            .or_default() += 1;
+    }
+    let most = per_address.values().copied().max().unwrap_or(0);
+    assert!(most <= PER_ADDRESS, "{per_address:?} (seed {seed})");
+    assert_eq!(
+        most, PER_ADDRESS,
+        "the flood never reached the per-address cap: {per_address:?} (seed {seed})"
+    );
 
     // The stores on disk are untouched and load.
     assert_eq!(std::fs::read(&st.security_path).unwrap(), security_before);

@@ -253,9 +253,20 @@ fn agent() -> ureq::Agent {
 
 /// One HTTP request; the status and the JSON body (`null` when empty).
 pub async fn http(method: &str, url: &str, body: Option<&str>, token: Option<&str>) -> (u16, Json) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    http_authorized(method, url, body, auth.as_deref()).await
+}
+
+/// One HTTP request with this `Authorization` header, if any.
+pub async fn http_authorized(
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    authorization: Option<&str>,
+) -> (u16, Json) {
     let (method, url) = (method.to_owned(), url.to_owned());
     let body = body.map(str::to_owned);
-    let auth = token.map(|t| format!("Bearer {t}"));
+    let auth = authorization.map(str::to_owned);
     tokio::task::spawn_blocking(move || {
         let agent = agent();
         let mut req = ureq::http::Request::builder()
@@ -345,7 +356,12 @@ pub struct CoapPeer {
 
 impl CoapPeer {
     pub async fn new(server: SocketAddr) -> CoapPeer {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        CoapPeer::bound("127.0.0.1:0".parse().unwrap(), server).await
+    }
+
+    /// A peer on its own socket bound at `bind` (another loopback address: another source).
+    pub async fn bound(bind: SocketAddr, server: SocketAddr) -> CoapPeer {
+        let socket = UdpSocket::bind(bind).await.unwrap();
         CoapPeer {
             socket,
             endpoint: Endpoint::new(coap::Config::default()),

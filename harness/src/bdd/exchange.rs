@@ -252,7 +252,10 @@ fn describe_packet(p: &Packet, size: usize) -> String {
         }
     }
     let _ = write!(s, " [{size} B]");
-    if !p.payload.is_empty() {
+    if lwm2m_proto::redact::carries_secrets(p) {
+        // Exchange logs leave the process: keys written to the Security object are not shown.
+        let _ = write!(s, " <{} bytes redacted: may hold keys>", p.payload.len());
+    } else if !p.payload.is_empty() {
         let _ = write!(s, " {}", payload_summary(&p.payload, format));
     }
     s
@@ -345,6 +348,18 @@ mod tests {
         assert_eq!(log.since(1, 10).lines().count(), 1);
         assert_eq!(log.totals_since(1), (0, 0));
         assert_eq!(log.totals_since(0), (1, bytes.len() as u64));
+    }
+
+    #[test]
+    fn bootstrap_writes_of_keys_are_not_shown() {
+        let mut p = request(RequestType::Put, "/0/1");
+        set_option(&mut p, CoapOption::ContentFormat, uint_bytes(11542));
+        p.payload = b"\xc8\x05\x10secret-key-bytes".to_vec();
+        let line = describe(&p.to_bytes().unwrap());
+        assert!(line.contains("PUT mid="), "{line}");
+        assert!(line.contains("redacted"), "{line}");
+        assert!(!line.contains(&hex(b"secret")), "{line}");
+        assert!(!line.contains("secret"), "{line}");
     }
 
     #[test]

@@ -37,10 +37,11 @@ use lwm2m_dtls::{
     CertificateConfig, ClientConfig, DtlsClient, DtlsError, DtlsServer, Identity, PskStore,
     ServerConfig,
 };
+use lwm2m_proto::admission::{self, InterfaceRequest};
 use lwm2m_proto::client::{ObjectTree, parse_coap_uri};
-use lwm2m_proto::coap::{CoapOption, MessageClass, Packet, RequestType, message};
+use lwm2m_proto::coap::{Packet, message};
 use lwm2m_proto::{Instance, InstanceId, ObjectId, ResourceId, ResourceValue, Value};
-use lwm2m_server::dtls::{endpoint_query, forbidden};
+use lwm2m_server::dtls::forbidden;
 use lwm2m_simulator::security::{MODE_CERTIFICATE, MODE_PSK, account_credentials};
 
 use super::backend::ServerRole;
@@ -348,18 +349,13 @@ impl SecureListener {
         location: impl Fn(&str) -> Option<String>,
     ) -> Option<Refusal> {
         let request = message::decode(payload).ok()?;
-        let MessageClass::Request(method @ (RequestType::Post | RequestType::Delete)) =
-            request.header.code
-        else {
-            return None;
-        };
-        let path = request.get_option(CoapOption::UriPath)?;
-        if !matches!(path.front()?.as_slice(), b"rd" | b"bs") {
-            return None;
-        }
-        let endpoint = match (method, path.len()) {
-            (RequestType::Post, 1) => endpoint_query(&request)?,
-            (_, 2) => location(std::str::from_utf8(path.back()?).ok()?)?,
+        // The machine's own reading: a request it refuses anyway (4.00) is not checked.
+        let endpoint = match admission::classify(&request)?.ok()? {
+            InterfaceRequest::Register(p) => p.endpoint,
+            InterfaceRequest::BootstrapRequest(p) => p.endpoint,
+            InterfaceRequest::Update { id, .. } | InterfaceRequest::Deregister { id } => {
+                location(&id)?
+            }
             _ => return None,
         };
         let owner = self.owner(identity);
@@ -570,6 +566,7 @@ mod tests {
 
     #[test]
     fn a_register_under_a_foreign_identity_is_refused() {
+        use lwm2m_proto::coap::RequestType;
         let listener = SecureListener::new().unwrap();
         listener.add_psk(b"id-1", &[1; 16], "dev-1");
         let mut p = message::request(RequestType::Post, "/rd");

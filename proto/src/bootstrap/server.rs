@@ -31,6 +31,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::config::{BootstrapConfig, most_specific};
+use crate::admission::{self, AdmissionError, InterfaceRequest};
 use crate::coap::message::{self, set_option, uint_bytes, uint_option};
 use crate::coap::{
     self, CoapOption, Endpoint, Event, ExchangeError, IncomingRequest, MessageClass, Packet,
@@ -115,6 +116,13 @@ pub enum BootstrapError {
     /// A Bootstrap-Request without `ep` (4.00 Bad Request, Core TS 1.1 §5.2.7.1).
     #[error("Bootstrap-Request without endpoint name (ep)")]
     MissingEndpoint,
+    /// The Uri-Query cannot be read: an option that is not UTF-8, or a parameter given
+    /// more than once (4.00 Bad Request).
+    #[error("bad query: {reason}")]
+    BadQuery {
+        /// Why.
+        reason: String,
+    },
     /// No configuration applies to the endpoint, neither its own nor a pattern: the
     /// Bootstrap-Request response code table of Core TS 1.1 §5.2.7.1 gives 4.00 Bad Request
     /// with reason "Unknown Endpoint Client Name".
@@ -202,6 +210,7 @@ impl BootstrapError {
     fn response_type(&self) -> ResponseType {
         match self {
             Self::MissingEndpoint
+            | Self::BadQuery { .. }
             | Self::UnknownEndpoint { .. }
             | Self::InvalidParameter { .. } => ResponseType::BadRequest,
             Self::UnsupportedFormat { .. } => ResponseType::UnsupportedContentFormat,
@@ -503,12 +512,6 @@ impl Session {
     }
 }
 
-/// A parsed Bootstrap-Request.
-struct BootstrapRequest {
-    endpoint: String,
-    format: ContentFormat,
-}
-
 /// The Bootstrap Server state machine for one socket.
 pub struct BootstrapServer {
     config: BootstrapServerConfig,
@@ -630,34 +633,25 @@ impl BootstrapServer {
         }
     }
 
-    /// A request from a client: only a Bootstrap-Request (POST `/bs`) is served.
+    /// A request from a client: only a Bootstrap-Request (POST `/bs`) is served, read by
+    /// [`crate::admission::classify`] as every gate in front of this machine reads it.
     fn on_request(&mut self, now: Instant, peer: SocketAddr, request: IncomingRequest) {
         let path = request.path();
-        let queries: Vec<String> = request
-            .packet
-            .get_option(CoapOption::UriQuery)
-            .into_iter()
-            .flatten()
-            .map(|q| String::from_utf8_lossy(q).into_owned())
-            .collect();
-        let endpoint = endpoint_of(&queries);
-        let is_post = request.method() == Some(RequestType::Post);
-        let parsed = if path != "/bs" {
-            Err(BootstrapError::NotFound { path })
-        } else if !is_post {
-            Err(BootstrapError::MethodNotAllowed {
-                method: request.packet.header.code.to_string(),
-            })
-        } else {
-            // A new Bootstrap-Request means the client gave up on its running session.
-            if let Some(e) = endpoint
-                .as_deref()
-                .filter(|e| self.sessions.contains_key(*e))
-            {
-                self.fail(now, e, FailureReason::Restarted);
+        let parsed = match admission::classify(&request.packet) {
+            Some(Ok(InterfaceRequest::BootstrapRequest(r))) => {
+                // A new Bootstrap-Request means the client gave up on its running session.
+                if self.sessions.contains_key(&r.endpoint) {
+                    self.fail(now, &r.endpoint, FailureReason::Restarted);
+                }
+                Ok(r)
             }
-            parse_bootstrap_request(&queries)
+            Some(Err(AdmissionError::Bootstrap(e))) => Err(e),
+            _ if path == "/bs" => Err(BootstrapError::MethodNotAllowed {
+                method: request.packet.header.code.to_string(),
+            }),
+            _ => Err(BootstrapError::NotFound { path }),
         };
+        let endpoint = admission::endpoint_name(&request.packet);
         let outcome = parsed.and_then(|r| Ok((self.prepare(&r.endpoint, r.format)?, r.endpoint)));
         match outcome {
             Ok((plan, endpoint)) => {
@@ -810,35 +804,6 @@ impl BootstrapServer {
             reason,
         });
     }
-}
-
-/// The `ep` of a query list, if any.
-fn endpoint_of(queries: &[String]) -> Option<String> {
-    queries
-        .iter()
-        .find_map(|q| q.strip_prefix("ep="))
-        .filter(|e| !e.is_empty())
-        .map(str::to_owned)
-}
-
-/// Parses the Uri-Query of a Bootstrap-Request (Core TS 1.1 §5.2.7.1): `ep` (mandatory)
-/// and `pct` (1.1, optional); other parameters are ignored. Without `pct` the writes are
-/// TLV, the format of LwM2M 1.0. A `pct` must name a multi-node format this server encodes
-/// (TLV, SenML JSON, SenML CBOR, OMA JSON, LwM2M CBOR), else 4.15.
-fn parse_bootstrap_request(queries: &[String]) -> Result<BootstrapRequest, BootstrapError> {
-    let endpoint = endpoint_of(queries).ok_or(BootstrapError::MissingEndpoint)?;
-    let mut format = ContentFormat::Tlv;
-    if let Some(pct) = queries.iter().find_map(|q| q.strip_prefix("pct=")) {
-        let code: u16 = pct.parse().map_err(|_| BootstrapError::InvalidParameter {
-            name: "pct",
-            value: pct.to_owned(),
-            reason: "not a Content-Format number",
-        })?;
-        format = ContentFormat::from_code(code)
-            .filter(|f| f.is_multi_node() && !f.is_legacy())
-            .ok_or(BootstrapError::UnsupportedFormat { code })?;
-    }
-    Ok(BootstrapRequest { endpoint, format })
 }
 
 /// A CoAP code as (class, detail) (RFC 7252 §3: `c.dd`).

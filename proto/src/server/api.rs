@@ -331,6 +331,19 @@ pub enum ServerEvent {
         /// Why, in words.
         reason: String,
     },
+    /// A Register or Update was refused because it went beyond one of the server's
+    /// [`super::RegistrationLimits`] (a flood, an oversized payload or name, a lifetime out
+    /// of bounds); answered with [`super::Limit::coap_code`] and the reason as diagnostic.
+    LimitReached {
+        /// Where it came from.
+        peer: SocketAddr,
+        /// The limit.
+        limit: super::Limit,
+        /// The code answered.
+        code: (u8, u8),
+        /// Why, in words (also the diagnostic payload).
+        reason: String,
+    },
     /// A request outside the Registration interface was refused: an unknown path (4.04),
     /// a wrong method (4.05), or a Send (POST `/dp`) that is not acceptable (4.00, 4.04,
     /// 4.15).

@@ -10,14 +10,15 @@ use coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
 use rand::RngExt;
 
 use super::api::{Registration, ServerEvent};
-use super::{Client, Key, Lwm2mServer, Timer};
+use super::{Client, Key, Limit, Lwm2mServer, RegistrationLimits, Timer};
+use crate::admission::{self, AdmissionError, InterfaceRequest};
 use crate::coap::message::{self, uint_option};
 use crate::coap::{IncomingRequest, RequestHandle};
 use crate::codec::link::{Link, LinkNote, LinkParam, RegistrationLinks, parse_links};
 use crate::content::{self, ContentFormat};
 use crate::ids::ObjectId;
 use crate::registration::{
-    self as reg, Lwm2mVersion, RegistrationError, RegistrationFinding, UpdateParams,
+    Lwm2mVersion, RegisterParams, RegistrationError, RegistrationFinding, UpdateParams,
 };
 
 /// A refused request: the code, the reason, and whether it belongs to the Registration
@@ -26,15 +27,13 @@ struct Refusal {
     code: (u8, u8),
     reason: String,
     registration: bool,
+    /// The limit the request went beyond, if that is why.
+    limit: Option<Limit>,
 }
 
 impl Refusal {
     fn registration(error: RegistrationError) -> Self {
-        Self {
-            code: error.coap_code(),
-            reason: error.to_string(),
-            registration: true,
-        }
+        Self::registration_code(error.coap_code(), error.to_string())
     }
 
     fn registration_code(code: (u8, u8), reason: String) -> Self {
@@ -42,6 +41,7 @@ impl Refusal {
             code,
             reason,
             registration: true,
+            limit: None,
         }
     }
 
@@ -50,21 +50,19 @@ impl Refusal {
             code,
             reason,
             registration: false,
+            limit: None,
         }
     }
-}
 
-/// The values of a repeatable string option; `Err` names the first that is not UTF-8.
-fn strings(packet: &Packet, option: CoapOption) -> Result<Vec<String>, String> {
-    packet
-        .get_option(option)
-        .into_iter()
-        .flatten()
-        .map(|v| {
-            String::from_utf8(v.clone())
-                .map_err(|_| format!("{option:?} {v:02x?} is not UTF-8 (RFC 7252 §5.10.1)"))
-        })
-        .collect()
+    /// Beyond `limit`: its code, the reason naming the configuration key.
+    fn limit(limit: Limit, what: String) -> Self {
+        Self {
+            code: limit.coap_code(),
+            reason: format!("{what} (server limit {})", limit.key()),
+            registration: true,
+            limit: Some(limit),
+        }
+    }
 }
 
 /// The link payload of a Register or Update (Core TS 1.1 §6.2.1): `Ok(None)` when empty.
@@ -74,7 +72,18 @@ fn strings(packet: &Packet, option: CoapOption) -> Result<Vec<String>, String> {
 fn links_of(
     packet: &Packet,
     current: Option<&RegistrationLinks>,
+    limits: &RegistrationLimits,
 ) -> Result<Option<(RegistrationLinks, Vec<LinkNote>)>, Refusal> {
+    if packet.payload.len() > limits.max_payload {
+        return Err(Refusal::limit(
+            Limit::MaxPayload,
+            format!(
+                "registration payload of {} bytes; at most {} accepted",
+                packet.payload.len(),
+                limits.max_payload
+            ),
+        ));
+    }
     let link_format = u32::from(ContentFormat::LinkFormat.code());
     if let Some(cf) = uint_option(packet, CoapOption::ContentFormat).filter(|c| *c != link_format) {
         return Err(Refusal::registration_code(
@@ -93,6 +102,16 @@ fn links_of(
         ))
     })?;
     let mut links = parse_links(text).map_err(|e| bad(e.to_string()))?;
+    if links.len() > limits.max_links {
+        return Err(Refusal::limit(
+            Limit::MaxLinks,
+            format!(
+                "{} links in the registration payload; at most {} accepted",
+                links.len(),
+                limits.max_links
+            ),
+        ));
+    }
     let has_root = links.iter().any(|l| {
         l.value("rt")
             .is_some_and(|rt| rt.split_ascii_whitespace().any(|t| t == "oma.lwm2m"))
@@ -178,30 +197,45 @@ impl Lwm2mServer {
                 path.join("/")
             ),
             registration,
+            limit: None,
         };
-        let result = match (segments.as_slice(), method) {
-            (["rd"], Some(RequestType::Post)) => self.register(now, peer, &packet),
-            (["rd"], _) => Err(wrong_method("Register is POST, Core TS 1.1 §6.2.1", true)),
-            (["rd", id], Some(RequestType::Post)) => self.update(now, peer, id, &packet),
-            (["rd", id], Some(RequestType::Delete)) => self.deregister(now, id),
-            (["rd", _], _) => Err(wrong_method(
-                "Update is POST, De-register DELETE, Core TS 1.1 §6.2.2",
-                true,
-            )),
-            (["dp"], Some(RequestType::Post)) => self.send(peer, &packet),
-            (["dp"], _) => Err(wrong_method("Send is POST, Core TS 1.1 §6.4.6", false)),
-            _ => Err(Refusal::other(
-                (4, 4),
-                format!(
-                    "no resource /{} on this LwM2M Server (it serves /rd and /dp)",
-                    path.join("/")
-                ),
-            )),
+        let result = match admission::classify(&packet) {
+            Some(Ok(InterfaceRequest::Register(params))) => {
+                self.register(now, peer, params, &packet)
+            }
+            Some(Ok(InterfaceRequest::Update { id, params })) => {
+                self.update(now, peer, &id, params, &packet)
+            }
+            Some(Ok(InterfaceRequest::Deregister { id })) => self.deregister(now, &id),
+            Some(Err(AdmissionError::Registration(e))) => Err(Refusal::registration(e)),
+            _ => match (segments.as_slice(), method) {
+                (["dp"], Some(RequestType::Post)) => self.send(peer, &packet),
+                (["rd"], _) => Err(wrong_method("Register is POST, Core TS 1.1 §6.2.1", true)),
+                (["rd", _], _) => Err(wrong_method(
+                    "Update is POST, De-register DELETE, Core TS 1.1 §6.2.2",
+                    true,
+                )),
+                (["dp"], _) => Err(wrong_method("Send is POST, Core TS 1.1 §6.4.6", false)),
+                _ => Err(Refusal::other(
+                    (4, 4),
+                    format!(
+                        "no resource /{} on this LwM2M Server (it serves /rd and /dp)",
+                        path.join("/")
+                    ),
+                )),
+            },
         };
         match result {
             Ok(answer) => self.answer(now, handle, answer),
             Err(refusal) => {
-                let event = if refusal.registration {
+                let event = if let Some(limit) = refusal.limit {
+                    ServerEvent::LimitReached {
+                        peer,
+                        limit,
+                        code: refusal.code,
+                        reason: refusal.reason.clone(),
+                    }
+                } else if refusal.registration {
                     ServerEvent::RegistrationRefused {
                         peer,
                         code: refusal.code,
@@ -248,12 +282,46 @@ impl Lwm2mServer {
         &mut self,
         now: Instant,
         peer: SocketAddr,
+        params: RegisterParams,
         packet: &Packet,
     ) -> Result<Packet, Refusal> {
-        let queries = strings(packet, CoapOption::UriQuery)
-            .map_err(|reason| Refusal::registration_code((4, 0), reason))?;
-        let params = reg::parse_register_query(&queries).map_err(Refusal::registration)?;
-        let (links, link_notes) = links_of(packet, None)?.unwrap_or_default();
+        let limits = &self.config.limits;
+        if params.endpoint.len() > limits.max_endpoint_length {
+            return Err(Refusal::limit(
+                Limit::MaxEndpointLength,
+                format!(
+                    "endpoint name of {} bytes; at most {} accepted",
+                    params.endpoint.len(),
+                    limits.max_endpoint_length
+                ),
+            ));
+        }
+        check_lifetime(limits, params.lifetime)?;
+        let (links, link_notes) = links_of(packet, None, limits)?.unwrap_or_default();
+        // A Register of an endpoint already registered replaces it: no growth then.
+        let replacing = self
+            .by_endpoint
+            .get(&params.endpoint)
+            .and_then(|k| self.clients.get(k))
+            .map(|c| c.registration.address.ip());
+        let held = self.clients.len() - usize::from(replacing.is_some());
+        if held >= limits.max_registrations {
+            return Err(Refusal::limit(
+                Limit::MaxRegistrations,
+                format!("{held} registrations held: the server is full, try later"),
+            ));
+        }
+        let from_here = self.per_ip.get(&peer.ip()).copied().unwrap_or(0)
+            - usize::from(replacing == Some(peer.ip()));
+        if from_here >= limits.max_registrations_per_address {
+            return Err(Refusal::limit(
+                Limit::MaxRegistrationsPerAddress,
+                format!(
+                    "{from_here} registrations held from {}: no more from this address",
+                    peer.ip()
+                ),
+            ));
+        }
         let mut findings = params.findings;
         record_findings(&mut findings, legacy_findings(&links));
         let replaced = match self.by_endpoint.get(&params.endpoint).copied() {
@@ -290,6 +358,7 @@ impl Lwm2mServer {
         self.by_endpoint.insert(params.endpoint, key);
         self.by_id.insert(id.clone(), key);
         self.by_address.insert(peer, key);
+        self.count_ip(peer.ip(), true);
         self.clients.insert(
             key,
             Client {
@@ -328,24 +397,30 @@ impl Lwm2mServer {
         now: Instant,
         peer: SocketAddr,
         id: &str,
+        params: UpdateParams,
         packet: &Packet,
     ) -> Result<Packet, Refusal> {
         let key = self.registration_key(id)?;
-        let queries = strings(packet, CoapOption::UriQuery)
-            .map_err(|reason| Refusal::registration_code((4, 0), reason))?;
         let UpdateParams {
             lifetime,
             binding,
             queue_mode,
             sms,
             findings,
-        } = reg::parse_update_query(&queries).map_err(Refusal::registration)?;
+        } = params;
+        if let Some(lt) = lifetime {
+            check_lifetime(&self.config.limits, lt)?;
+        }
         let Some(client) = self.clients.get_mut(&key) else {
             return Err(Refusal::registration(
                 RegistrationError::UnknownRegistration { id: id.to_owned() },
             ));
         };
-        let links = links_of(packet, Some(&client.registration.links))?;
+        let links = links_of(
+            packet,
+            Some(&client.registration.links),
+            &self.config.limits,
+        )?;
         let registration = &mut client.registration;
         record_findings(&mut registration.findings, findings);
         if let Some((links, notes)) = links {
@@ -379,6 +454,8 @@ impl Lwm2mServer {
                 self.by_address.remove(&old);
             }
             self.by_address.insert(peer, key);
+            self.count_ip(old.ip(), false);
+            self.count_ip(peer.ip(), true);
             let stale: Vec<_> = held
                 .iter()
                 .filter_map(|id| self.observations.get(id).map(|o| (*id, o)))
@@ -475,6 +552,20 @@ impl Lwm2mServer {
         });
         Ok(response((2, 4), Vec::new()))
     }
+}
+
+/// A lifetime within the limits' bounds.
+fn check_lifetime(limits: &RegistrationLimits, lifetime: u32) -> Result<(), Refusal> {
+    if (limits.min_lifetime..=limits.max_lifetime).contains(&lifetime) {
+        return Ok(());
+    }
+    Err(Refusal::limit(
+        Limit::Lifetime,
+        format!(
+            "lifetime {lifetime} s; this server accepts {} to {} s",
+            limits.min_lifetime, limits.max_lifetime
+        ),
+    ))
 }
 
 fn request_method(packet: &Packet) -> Option<RequestType> {

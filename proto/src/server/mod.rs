@@ -41,7 +41,7 @@ mod tests;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,94 @@ pub struct ServerConfig {
     /// How long a queue-mode client is awake after its last message (Core TS 1.1 §6.5:
     /// MAX_TRANSMIT_WAIT, 93 s, by default).
     pub awake_time: Duration,
+    /// Bounds on what registrations may hold; beyond them a Register or Update is refused
+    /// with [`ServerEvent::LimitReached`].
+    pub limits: RegistrationLimits,
+}
+
+/// Bounds on the registrations a server holds, so that a flood of Registers (one source or
+/// many) cannot take its memory: the specification leaves them to the server. A request
+/// beyond one is refused with the limit's code ([`Limit::coap_code`]) and a diagnostic
+/// payload naming the limit, and reported as [`ServerEvent::LimitReached`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrationLimits {
+    /// Registrations held at once (5.03 beyond it). Default 100,000.
+    pub max_registrations: usize,
+    /// Registrations held at once from one source IP address, whatever the port (5.03
+    /// beyond it). A NAT gateway fronts many devices with one address: raise it there.
+    /// Default 10,000.
+    pub max_registrations_per_address: usize,
+    /// Longest endpoint name, in bytes (4.00). Default 256.
+    pub max_endpoint_length: usize,
+    /// Links in a Register or Update payload (4.13). Default 1,024.
+    pub max_links: usize,
+    /// Largest Register or Update payload, in bytes, after block-wise reassembly (4.13).
+    /// Default 16 KiB.
+    pub max_payload: usize,
+    /// Shortest lifetime accepted, seconds (4.00). Default 1.
+    pub min_lifetime: u32,
+    /// Longest lifetime accepted, seconds (4.00), also for a Register without `lt` (whose
+    /// lifetime is 86,400 s). Default 30 days.
+    pub max_lifetime: u32,
+}
+
+impl Default for RegistrationLimits {
+    fn default() -> Self {
+        Self {
+            max_registrations: 100_000,
+            max_registrations_per_address: 10_000,
+            max_endpoint_length: 256,
+            max_links: 1024,
+            max_payload: 16 << 10,
+            min_lifetime: 1,
+            max_lifetime: 30 * 86_400,
+        }
+    }
+}
+
+/// Which of the [`RegistrationLimits`] a request went beyond.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Limit {
+    /// [`RegistrationLimits::max_registrations`].
+    MaxRegistrations,
+    /// [`RegistrationLimits::max_registrations_per_address`].
+    MaxRegistrationsPerAddress,
+    /// [`RegistrationLimits::max_endpoint_length`].
+    MaxEndpointLength,
+    /// [`RegistrationLimits::max_links`].
+    MaxLinks,
+    /// [`RegistrationLimits::max_payload`].
+    MaxPayload,
+    /// [`RegistrationLimits::min_lifetime`] or [`RegistrationLimits::max_lifetime`].
+    Lifetime,
+}
+
+impl Limit {
+    /// The configuration key, as `serve`'s `limits:` spells it.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::MaxRegistrations => "max_registrations",
+            Self::MaxRegistrationsPerAddress => "max_registrations_per_address",
+            Self::MaxEndpointLength => "max_endpoint_length",
+            Self::MaxLinks => "max_links",
+            Self::MaxPayload => "max_payload",
+            Self::Lifetime => "min_lifetime/max_lifetime",
+        }
+    }
+
+    /// The code a request beyond the limit is answered with: 5.03 Service Unavailable
+    /// for the server's capacity (RFC 7252 §5.9.3.4: a transient condition), 4.13 Request
+    /// Entity Too Large for a payload, 4.00 Bad Request for a value out of bounds.
+    pub fn coap_code(self) -> (u8, u8) {
+        match self {
+            Self::MaxRegistrations | Self::MaxRegistrationsPerAddress => (5, 3),
+            Self::MaxLinks | Self::MaxPayload => (4, 13),
+            Self::MaxEndpointLength | Self::Lifetime => (4, 0),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -80,6 +168,7 @@ impl Default for ServerConfig {
             queue_capacity: 64,
             queue_timeout: Duration::from_secs(300),
             awake_time: Duration::from_secs(93),
+            limits: RegistrationLimits::default(),
         }
     }
 }
@@ -187,6 +276,8 @@ pub struct Lwm2mServer {
     by_endpoint: HashMap<String, Key>,
     by_id: HashMap<String, Key>,
     by_address: HashMap<SocketAddr, Key>,
+    /// Registrations held per source IP address ([`RegistrationLimits`]).
+    per_ip: HashMap<IpAddr, usize>,
     ops: HashMap<OpId, Op>,
     /// Endpoint requests of operations in flight.
     requests: HashMap<RequestId, OpId>,
@@ -214,6 +305,7 @@ impl Lwm2mServer {
             by_endpoint: HashMap::new(),
             by_id: HashMap::new(),
             by_address: HashMap::new(),
+            per_ip: HashMap::new(),
             ops: HashMap::new(),
             requests: HashMap::new(),
             observations: HashMap::new(),
@@ -788,6 +880,19 @@ impl Lwm2mServer {
 
     /// Removes a registration: its observations end (the next notification gets a Reset,
     /// RFC 7641 §3.6) and its operations complete with [`OpError::Deregistered`].
+    /// Counts a registration in (`true`) or out of its source IP address.
+    fn count_ip(&mut self, ip: IpAddr, add: bool) {
+        let n = self.per_ip.entry(ip).or_default();
+        if add {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+
     fn remove_registration(&mut self, now: Instant, key: Key, why: &str) -> Option<Registration> {
         let client = self.clients.remove(&key)?;
         let registration = client.registration;
@@ -796,6 +901,7 @@ impl Lwm2mServer {
         if self.by_address.get(&registration.address) == Some(&key) {
             self.by_address.remove(&registration.address);
         }
+        self.count_ip(registration.address.ip(), false);
         let reason = format!("the registration ended: {why}");
         for observation in client.observations {
             if let Some(request) = self.observations.get(&observation).map(|o| o.request) {

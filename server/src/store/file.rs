@@ -28,6 +28,48 @@ impl YamlFile {
         &self.path
     }
 
+    /// Removes the temporary files a killed process left beside the file
+    /// (`.NAME.tmp-PID` of [`YamlFile::save`]; never the file itself). Returns how many.
+    pub fn remove_leftovers(&self) -> usize {
+        let Some(name) = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+        else {
+            return 0;
+        };
+        let prefix = format!(".{name}.tmp-");
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let Ok(entries) = fs::read_dir(dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let leftover = file_name
+                .to_str()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+            if leftover && fs::remove_file(entry.path()).is_ok() {
+                tracing::info!(
+                    "removed {} (left by a stopped process)",
+                    entry.path().display()
+                );
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// The file's text, if it exists (for naming the line of an entry).
+    pub fn text(&self) -> Option<String> {
+        fs::read_to_string(&self.path).ok()
+    }
+
     /// Reads the value; `Ok(None)` if the file does not exist. A file that exists but does
     /// not parse is an error naming the file, line and column.
     pub fn load<T: DeserializeOwned>(&self) -> Result<Option<T>, StoreError> {

@@ -316,17 +316,19 @@ impl FileSecurityStore {
     /// the identity rule, is refused.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let file = YamlFile::new(path);
+        file.remove_leftovers();
         let doc: SecurityDoc = file.load()?.unwrap_or_default();
         let store = Self {
             file: None,
             inner: RwLock::default(),
         };
         for info in doc.clients {
+            let endpoint = info.endpoint.clone();
             store.put(info).map_err(|e| StoreError::Corrupt {
                 file: file.path().to_path_buf(),
-                line: 0,
+                line: file.text().map_or(0, |t| entry_line(&t, &endpoint, false)),
                 column: 0,
-                reason: e.to_string(),
+                reason: format!("endpoint {endpoint:?}: {e}"),
             })?;
         }
         Ok(Self {
@@ -417,6 +419,28 @@ pub struct BootstrapDoc {
     /// Fallback configurations by endpoint-name pattern.
     #[serde(default)]
     pub patterns: BTreeMap<String, BootstrapConfig>,
+}
+
+/// The 1-based line of the entry named `name` in a store's YAML text (0 if not found): a
+/// map key `name:` (`as_key`), else an `endpoint: name` field. A semantic error (a taken
+/// identity, a pattern identity without `{ep}`) names the line as a syntax error does.
+fn entry_line(text: &str, name: &str, as_key: bool) -> usize {
+    let quoted = |q: char| format!("{q}{name}{q}");
+    let forms = [name.to_owned(), quoted('"'), quoted('\'')];
+    text.lines()
+        .position(|line| {
+            let line = line.trim_start().trim_start_matches("- ");
+            forms.iter().any(|f| {
+                if as_key {
+                    line.strip_prefix(f.as_str())
+                        .is_some_and(|rest| rest.trim_start().starts_with(':'))
+                } else {
+                    line.strip_prefix("endpoint:")
+                        .is_some_and(|rest| rest.trim() == f)
+                }
+            })
+        })
+        .map_or(0, |i| i + 1)
 }
 
 impl BootstrapDoc {
@@ -593,13 +617,17 @@ impl FileBootstrapStore {
     /// the identity rules, is refused.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let file = YamlFile::new(path);
+        file.remove_leftovers();
         let doc = file.load()?.unwrap_or_default();
-        let maps = BootstrapMaps::new(doc, |_, e| {
+        let maps = BootstrapMaps::new(doc, |key, e| {
+            let name = match key {
+                ConfigKey::Endpoint(n) | ConfigKey::Pattern(n) => n,
+            };
             Err(StoreError::Corrupt {
                 file: file.path().to_path_buf(),
-                line: 0,
+                line: file.text().map_or(0, |t| entry_line(&t, name, true)),
                 column: 0,
-                reason: e.to_string(),
+                reason: format!("{name:?}: {e}"),
             })
         })?;
         Ok(Self {
@@ -947,6 +975,45 @@ patterns:
         let b = FileBootstrapStore::in_memory(doc);
         assert_eq!(b.by_psk_identity("same").unwrap().endpoint, "a");
         assert!(b.get(&ConfigKey::Endpoint("b".into())).is_none());
+    }
+
+    #[test]
+    fn semantic_errors_name_their_line_and_leftovers_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let security = dir.path().join("security.yaml");
+        std::fs::write(
+            &security,
+            "clients:\n- endpoint: a\n  credentials: { mode: psk, identity: same, key: '01' }\n\
+             - endpoint: b\n  credentials: { mode: psk, identity: same, key: '02' }\n",
+        )
+        .unwrap();
+        let err = FileSecurityStore::open(&security).unwrap_err().to_string();
+        assert!(err.contains("security.yaml:4:"), "{err}");
+        assert!(err.contains("\"b\""), "{err}");
+        let bootstrap = dir.path().join("bootstrap.yaml");
+        std::fs::write(
+            &bootstrap,
+            "patterns:\n  \"dev-*\":\n    security:\n      0: { uri: 'coaps://h:1', \
+             bootstrap_server: true, mode: psk, identity: fixed, secret_key: '01' }\n",
+        )
+        .unwrap();
+        let err = FileBootstrapStore::open(&bootstrap)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bootstrap.yaml:2:"), "{err}");
+        // A killed process's temporary files are removed at start; others are not.
+        std::fs::remove_file(&security).unwrap();
+        for name in [
+            ".security.yaml.tmp-4242",
+            ".security.yaml.tmp-x",
+            "keep.tmp-1",
+        ] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        FileSecurityStore::open(&security).unwrap();
+        assert!(!dir.path().join(".security.yaml.tmp-4242").exists());
+        assert!(dir.path().join(".security.yaml.tmp-x").exists());
+        assert!(dir.path().join("keep.tmp-1").exists());
     }
 
     #[test]

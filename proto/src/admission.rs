@@ -1,0 +1,309 @@
+//! The one reading of the requests a client makes for an endpoint: Register, Update and
+//! De-register (Core TS 1.1 §6.2.1-§6.2.3) and Bootstrap-Request (§5.2.7.1).
+//!
+//! Every gate in front of a machine (the DTLS identity check, the plain socket's "has
+//! credentials, must use DTLS" refusal, the limits) and the machines themselves classify a
+//! request with [`classify`], so they cannot disagree on which endpoint it acts for: a
+//! query parameter given twice (`?ep=mallory&ep=victim`) is refused here, 4.00, before any
+//! of them acts on one of the two values.
+
+use coap_lite::{CoapOption, MessageClass, Packet, RequestType};
+
+use crate::bootstrap::server::BootstrapError;
+use crate::content::ContentFormat;
+use crate::registration::{self, RegisterParams, RegistrationError, UpdateParams};
+
+/// A request of the Registration interface or a Bootstrap-Request, read from its CoAP
+/// message (method, Uri-Path and Uri-Query; the payload is the machine's business).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InterfaceRequest {
+    /// `POST /rd?ep=...` (Core TS 1.1 §6.2.1).
+    Register(RegisterParams),
+    /// `POST /rd/{id}` (Core TS 1.1 §6.2.2).
+    Update {
+        /// The registration id (the Location-Path the Register got).
+        id: String,
+        /// The query.
+        params: UpdateParams,
+    },
+    /// `DELETE /rd/{id}` (Core TS 1.1 §6.2.3).
+    Deregister {
+        /// The registration id.
+        id: String,
+    },
+    /// `POST /bs?ep=...` (Core TS 1.1 §5.2.7.1).
+    BootstrapRequest(BootstrapRequestParams),
+}
+
+impl InterfaceRequest {
+    /// The endpoint name the request carries (Register, Bootstrap-Request); an Update or
+    /// De-register names its registration by id instead.
+    pub fn endpoint(&self) -> Option<&str> {
+        match self {
+            Self::Register(p) => Some(&p.endpoint),
+            Self::BootstrapRequest(p) => Some(&p.endpoint),
+            Self::Update { .. } | Self::Deregister { .. } => None,
+        }
+    }
+
+    /// The registration id of an Update or De-register.
+    pub fn registration_id(&self) -> Option<&str> {
+        match self {
+            Self::Update { id, .. } | Self::Deregister { id } => Some(id),
+            Self::Register(_) | Self::BootstrapRequest(_) => None,
+        }
+    }
+
+    /// The operation's name, as reports and logs spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Register(_) => "register",
+            Self::Update { .. } => "update",
+            Self::Deregister { .. } => "deregister",
+            Self::BootstrapRequest(_) => "bootstrap-request",
+        }
+    }
+}
+
+/// The Uri-Query of a Bootstrap-Request (Core TS 1.1 §5.2.7.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapRequestParams {
+    /// `ep`: Endpoint Client Name.
+    pub endpoint: String,
+    /// The format of the Bootstrap-Writes: `pct` (1.1), TLV without it (1.0).
+    pub format: ContentFormat,
+}
+
+/// Why a request of the two interfaces cannot be read, with the code to answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdmissionError {
+    /// A Register, Update or De-register.
+    #[error(transparent)]
+    Registration(#[from] RegistrationError),
+    /// A Bootstrap-Request.
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+}
+
+impl AdmissionError {
+    /// The CoAP response code (class, detail).
+    pub fn coap_code(&self) -> (u8, u8) {
+        match self {
+            Self::Registration(e) => e.coap_code(),
+            Self::Bootstrap(e) => e.coap_code(),
+        }
+    }
+}
+
+/// What the request is by its method and Uri-Path alone, without reading the query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Register,
+    Update,
+    Deregister,
+    BootstrapRequest,
+}
+
+fn kind(packet: &Packet) -> Option<Kind> {
+    let MessageClass::Request(method) = packet.header.code else {
+        return None;
+    };
+    let path = packet.get_option(CoapOption::UriPath);
+    let segments: Vec<&[u8]> = path.into_iter().flatten().map(Vec::as_slice).collect();
+    match (segments.as_slice(), method) {
+        ([b"rd"], RequestType::Post) => Some(Kind::Register),
+        ([b"rd", _], RequestType::Post) => Some(Kind::Update),
+        ([b"rd", _], RequestType::Delete) => Some(Kind::Deregister),
+        ([b"bs"], RequestType::Post) => Some(Kind::BootstrapRequest),
+        _ => None,
+    }
+}
+
+/// The Uri-Query options as strings; `Err` names the first that is not UTF-8 or the first
+/// parameter given twice.
+fn queries(packet: &Packet) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for raw in packet
+        .get_option(CoapOption::UriQuery)
+        .into_iter()
+        .flatten()
+    {
+        let q = String::from_utf8(raw.clone())
+            .map_err(|_| format!("Uri-Query {raw:02x?} is not UTF-8 (RFC 7252 §5.10.1)"))?;
+        let key = q.split_once('=').map_or(q.as_str(), |(k, _)| k);
+        if out
+            .iter()
+            .any(|o| o.split_once('=').map_or(o.as_str(), |(k, _)| k) == key)
+        {
+            return Err(format!(
+                "query parameter {key:?} given more than once: each may appear once"
+            ));
+        }
+        out.push(q);
+    }
+    Ok(out)
+}
+
+/// Reads a request of the Registration interface or a Bootstrap-Request: `None` for any
+/// other request (Read responses, Send, unknown paths: not this module's business),
+/// `Some(Err)` for one of them whose query is not acceptable (a repeated parameter, a
+/// non-UTF-8 option, a missing `ep`, a bad `lt`...).
+pub fn classify(packet: &Packet) -> Option<Result<InterfaceRequest, AdmissionError>> {
+    let kind = kind(packet)?;
+    Some(read(kind, packet))
+}
+
+fn read(kind: Kind, packet: &Packet) -> Result<InterfaceRequest, AdmissionError> {
+    let bad_query = |reason: String| match kind {
+        Kind::BootstrapRequest => AdmissionError::Bootstrap(BootstrapError::BadQuery { reason }),
+        _ => AdmissionError::Registration(RegistrationError::BadQuery { reason }),
+    };
+    let queries = queries(packet).map_err(bad_query)?;
+    let id = || {
+        let segment = packet
+            .get_option(CoapOption::UriPath)
+            .and_then(|p| p.back().cloned())
+            .unwrap_or_default();
+        String::from_utf8(segment).map_err(|_| RegistrationError::BadQuery {
+            reason: "the registration id is not UTF-8".into(),
+        })
+    };
+    Ok(match kind {
+        Kind::Register => InterfaceRequest::Register(registration::parse_register_query(&queries)?),
+        Kind::Update => InterfaceRequest::Update {
+            id: id()?,
+            params: registration::parse_update_query(&queries)?,
+        },
+        Kind::Deregister => InterfaceRequest::Deregister { id: id()? },
+        Kind::BootstrapRequest => {
+            InterfaceRequest::BootstrapRequest(parse_bootstrap_query(&queries)?)
+        }
+    })
+}
+
+/// The endpoint name a request gives with `ep=`, read as [`classify`] reads it (`None`
+/// when the query cannot be read), even when the request is refused: for the event that
+/// reports the refusal, never for a decision.
+pub fn endpoint_name(packet: &Packet) -> Option<String> {
+    let queries = queries(packet).ok()?;
+    endpoint_value(&queries).map(str::to_owned)
+}
+
+fn endpoint_value<S: AsRef<str>>(queries: &[S]) -> Option<&str> {
+    queries
+        .iter()
+        .find_map(|q| q.as_ref().strip_prefix("ep="))
+        .filter(|e| !e.is_empty())
+}
+
+/// Parses the Uri-Query of a Bootstrap-Request (Core TS 1.1 §5.2.7.1): `ep` (mandatory)
+/// and `pct` (1.1, optional); other parameters are ignored. Without `pct` the writes are
+/// TLV, the format of LwM2M 1.0. A `pct` must name a multi-node format this server encodes
+/// (TLV, SenML JSON, SenML CBOR, OMA JSON, LwM2M CBOR), else 4.15.
+pub fn parse_bootstrap_query<S: AsRef<str>>(
+    queries: &[S],
+) -> Result<BootstrapRequestParams, BootstrapError> {
+    let value = |key: &str| {
+        queries
+            .iter()
+            .find_map(|q| q.as_ref().strip_prefix(key)?.strip_prefix('='))
+    };
+    let endpoint = endpoint_value(queries)
+        .ok_or(BootstrapError::MissingEndpoint)?
+        .to_owned();
+    let mut format = ContentFormat::Tlv;
+    if let Some(pct) = value("pct") {
+        let code: u16 = pct.parse().map_err(|_| BootstrapError::InvalidParameter {
+            name: "pct",
+            value: pct.to_owned(),
+            reason: "not a Content-Format number",
+        })?;
+        format = ContentFormat::from_code(code)
+            .filter(|f| f.is_multi_node() && !f.is_legacy())
+            .ok_or(BootstrapError::UnsupportedFormat { code })?;
+    }
+    Ok(BootstrapRequestParams { endpoint, format })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coap::message;
+
+    fn request(method: RequestType, path: &str, queries: &[&str]) -> Packet {
+        let mut p = message::request(method, path);
+        for q in queries {
+            message::add_query(&mut p, q);
+        }
+        p
+    }
+
+    #[test]
+    fn each_request_is_read_once_and_the_same_way() {
+        let r = classify(&request(RequestType::Post, "/rd", &["ep=dev", "lt=60"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.endpoint(), Some("dev"));
+        assert_eq!(r.name(), "register");
+        let r = classify(&request(RequestType::Post, "/rd/abc", &["lt=60"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.registration_id(), Some("abc"));
+        assert_eq!(r.endpoint(), None);
+        let r = classify(&request(RequestType::Delete, "/rd/abc", &[]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(r, InterfaceRequest::Deregister { id: "abc".into() });
+        let r = classify(&request(RequestType::Post, "/bs", &["ep=dev", "pct=112"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            r,
+            InterfaceRequest::BootstrapRequest(BootstrapRequestParams {
+                endpoint: "dev".into(),
+                format: ContentFormat::SenmlCbor
+            })
+        );
+        for other in [
+            request(RequestType::Get, "/rd", &["ep=dev"]),
+            request(RequestType::Post, "/dp", &[]),
+            request(RequestType::Post, "/rd/a/b", &[]),
+            request(RequestType::Get, "/bs", &["ep=dev"]),
+        ] {
+            assert_eq!(classify(&other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_parameter_is_a_bad_request() {
+        for (method, path, queries) in [
+            (RequestType::Post, "/rd", &["ep=mallory", "ep=victim"][..]),
+            (
+                RequestType::Post,
+                "/rd",
+                &["ep=nobody", "lt=60", "ep=victim"],
+            ),
+            (RequestType::Post, "/rd", &["ep=a", "lt=60", "lt=70"]),
+            (RequestType::Post, "/rd", &["ep=a", "Q", "Q"]),
+            (RequestType::Post, "/rd/x", &["lt=60", "lt=1"]),
+            (RequestType::Post, "/bs", &["ep=mallory", "ep=victim"]),
+            (RequestType::Post, "/bs", &["ep=a", "pct=11542", "pct=112"]),
+        ] {
+            let e = classify(&request(method, path, queries))
+                .unwrap()
+                .unwrap_err();
+            assert_eq!(e.coap_code(), (4, 0), "{path} {queries:?}: {e}");
+            assert!(e.to_string().contains("more than once"), "{e}");
+        }
+        let mut p = message::request(RequestType::Post, "/rd");
+        p.add_option(CoapOption::UriQuery, b"ep=\xff".to_vec());
+        let e = classify(&p).unwrap().unwrap_err();
+        assert_eq!(e.coap_code(), (4, 0));
+        let e = classify(&request(RequestType::Post, "/bs", &["pct=112"]))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.coap_code(), (4, 0));
+    }
+}
