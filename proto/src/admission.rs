@@ -7,11 +7,14 @@
 //! query parameter given twice (`?ep=mallory&ep=victim`) is refused here, 4.00, before any
 //! of them acts on one of the two values.
 
-use coap_lite::{CoapOption, MessageClass, Packet, RequestType};
+use std::collections::HashMap;
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 
 use crate::bootstrap::server::BootstrapError;
 use crate::content::ContentFormat;
 use crate::registration::{self, RegisterParams, RegistrationError, UpdateParams};
+use crate::server::ServerEvent;
 
 /// A request of the Registration interface or a Bootstrap-Request, read from its CoAP
 /// message (method, Uri-Path and Uri-Query; the payload is the machine's business).
@@ -198,6 +201,189 @@ fn endpoint_value<S: AsRef<str>>(queries: &[S]) -> Option<&str> {
         .filter(|e| !e.is_empty())
 }
 
+/// A request the gate refuses before it reaches the machine: the endpoint it acted for,
+/// the endpoint the session belongs to (if any), and the 4.03 answer with the reason as
+/// diagnostic payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateRefusal {
+    /// The endpoint the request acted for.
+    pub endpoint: String,
+    /// The endpoint the session's identity belongs to, if any.
+    pub owner: Option<String>,
+    /// Why, in words (also the diagnostic payload).
+    pub reason: String,
+    /// The 4.03 answer ([`forbidden`]).
+    pub answer: Packet,
+}
+
+/// The admission gate in front of a server machine (sans-IO; one per socket), the one
+/// home of its decisions, used by `serve`'s drivers and by the feature suite's in-process
+/// servers alike:
+///
+/// - over DTLS ([`AdmissionGate::check_session`]), a request acting for an endpoint the
+///   session's identity does not belong to (Core TS 1.1 §7.1.8): a Register or
+///   Bootstrap-Request under another name, an Update or De-register of another endpoint's
+///   registration;
+/// - over plain CoAP beside a DTLS listener ([`AdmissionGate::check_plain`]), a Register
+///   of an endpoint that has credentials (its account's Security Mode is not NoSec, Core
+///   TS 1.1 §7.1).
+///
+/// Both read the request with [`classify`], as the machine does: a request the machine
+/// refuses anyway (4.00) passes the gate and is refused there.
+#[derive(Debug, Default)]
+pub struct AdmissionGate {
+    role: GateRole,
+    /// Registration id → endpoint, of the machine's registrations.
+    locations: HashMap<String, String>,
+}
+
+/// Which machine a gate stands in front of: which requests it checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GateRole {
+    /// The LwM2M Server: Register, Update, De-register.
+    #[default]
+    Lwm2mServer,
+    /// The Bootstrap Server: Bootstrap-Request.
+    BootstrapServer,
+}
+
+impl AdmissionGate {
+    /// The gate of a machine of `role` (the default: an LwM2M Server's).
+    pub fn new(role: GateRole) -> Self {
+        Self {
+            role,
+            locations: HashMap::new(),
+        }
+    }
+
+    /// The endpoint a request acts for: the `ep` of a Register or Bootstrap-Request, the
+    /// endpoint of the registration an Update or De-register names (as far as
+    /// [`AdmissionGate::observe`] saw it). `None`: not checked.
+    pub fn claimed_endpoint(&self, request: &Packet) -> Option<String> {
+        claimed_endpoint(self.role, request, |id| self.locations.get(id).cloned())
+    }
+
+    /// A DTLS session's request: refused when it acts for an endpoint that is not `owner`
+    /// (the endpoint the session's identity belongs to, asked only when needed);
+    /// `identity` names the session in the reason.
+    pub fn check_session(
+        &self,
+        request: &Packet,
+        identity: &str,
+        owner: impl FnOnce() -> Option<String>,
+    ) -> Option<GateRefusal> {
+        check_session(self.role, request, identity, owner, |id| {
+            self.locations.get(id).cloned()
+        })
+    }
+
+    /// A plain-CoAP request beside a DTLS listener: a Register of an endpoint that has
+    /// credentials is refused.
+    pub fn check_plain(
+        &self,
+        request: &Packet,
+        has_credentials: impl FnOnce(&str) -> bool,
+    ) -> Option<GateRefusal> {
+        let Some(Ok(InterfaceRequest::Register(params))) = classify(request) else {
+            return None;
+        };
+        if self.role != GateRole::Lwm2mServer {
+            return None;
+        }
+        if !has_credentials(&params.endpoint) {
+            return None;
+        }
+        let endpoint = params.endpoint;
+        let reason = format!("endpoint {endpoint:?} has credentials: register over DTLS");
+        Some(GateRefusal {
+            answer: forbidden(request, &reason),
+            endpoint,
+            owner: None,
+            reason,
+        })
+    }
+
+    /// Follows the machine's registrations (for the Update and De-register checks).
+    pub fn observe(&mut self, event: &ServerEvent) {
+        use ServerEvent as E;
+        match event {
+            E::Registered {
+                registration: r, ..
+            }
+            | E::Updated {
+                registration: r, ..
+            } => {
+                self.locations.insert(r.id.clone(), r.endpoint.clone());
+            }
+            E::Deregistered { registration: r } | E::Expired { registration: r } => {
+                self.locations.remove(&r.id);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// [`AdmissionGate::claimed_endpoint`] with registrations looked up by `location`.
+pub fn claimed_endpoint(
+    role: GateRole,
+    request: &Packet,
+    location: impl FnOnce(&str) -> Option<String>,
+) -> Option<String> {
+    use GateRole::*;
+    match (role, classify(request)?.ok()?) {
+        (Lwm2mServer, InterfaceRequest::Register(p)) => Some(p.endpoint),
+        (BootstrapServer, InterfaceRequest::BootstrapRequest(p)) => Some(p.endpoint),
+        (
+            Lwm2mServer,
+            InterfaceRequest::Update { id, .. } | InterfaceRequest::Deregister { id },
+        ) => location(&id),
+        _ => None,
+    }
+}
+
+/// [`AdmissionGate::check_session`] with registrations looked up by `location` (for a
+/// machine whose registrations are at hand).
+pub fn check_session(
+    role: GateRole,
+    request: &Packet,
+    identity: &str,
+    owner: impl FnOnce() -> Option<String>,
+    location: impl FnOnce(&str) -> Option<String>,
+) -> Option<GateRefusal> {
+    let endpoint = claimed_endpoint(role, request, location)?;
+    let owner = owner();
+    if owner.as_deref() == Some(endpoint.as_str()) {
+        return None;
+    }
+    let reason = format!(
+        "identity {identity} belongs to {}, not to endpoint {endpoint:?}",
+        owner.as_deref().unwrap_or("no endpoint")
+    );
+    Some(GateRefusal {
+        answer: forbidden(request, &reason),
+        endpoint,
+        owner,
+        reason,
+    })
+}
+
+/// A 4.03 Forbidden response to `request`: piggybacked (ACK, same message ID) on a
+/// confirmable request, else a non-confirmable response with the message ID of the
+/// request (RFC 7252 §5.2; the requester matches by token); the reason as diagnostic
+/// payload (RFC 7252 §5.5.2).
+pub fn forbidden(request: &Packet, reason: &str) -> Packet {
+    let mut answer = Packet::new();
+    answer.header.code = MessageClass::Response(ResponseType::Forbidden);
+    answer.payload = reason.as_bytes().to_vec();
+    answer.header.set_type(match request.header.get_type() {
+        MessageType::Confirmable => MessageType::Acknowledgement,
+        _ => MessageType::NonConfirmable,
+    });
+    answer.header.message_id = request.header.message_id;
+    answer.set_token(request.get_token().to_vec());
+    answer
+}
+
 /// Parses the Uri-Query of a Bootstrap-Request (Core TS 1.1 §5.2.7.1): `ep` (mandatory)
 /// and `pct` (1.1, optional); other parameters are ignored. Without `pct` the writes are
 /// TLV, the format of LwM2M 1.0. A `pct` must name a multi-node format this server encodes
@@ -274,6 +460,77 @@ mod tests {
         ] {
             assert_eq!(classify(&other), None, "{other:?}");
         }
+    }
+
+    #[test]
+    fn the_gate_refuses_a_session_acting_for_another_endpoint() {
+        let mut gate = AdmissionGate::default();
+        let mut register = request(RequestType::Post, "/rd", &["ep=dev2"]);
+        register.header.message_id = 77;
+        register.set_token(vec![9, 9]);
+        let owner = || Some("dev1".to_owned());
+        let refused = gate.check_session(&register, "psk:id1", owner).unwrap();
+        assert_eq!(
+            (refused.endpoint.as_str(), refused.owner.as_deref()),
+            ("dev2", Some("dev1"))
+        );
+        assert_eq!(
+            refused.answer.header.code,
+            MessageClass::Response(ResponseType::Forbidden)
+        );
+        assert_eq!(
+            refused.answer.header.get_type(),
+            MessageType::Acknowledgement
+        );
+        assert_eq!(refused.answer.header.message_id, 77);
+        assert_eq!(refused.answer.get_token(), &[9, 9]);
+        assert!(refused.reason.contains("belongs to dev1"));
+        let own = request(RequestType::Post, "/rd", &["ep=dev1"]);
+        assert_eq!(gate.check_session(&own, "psk:id1", owner), None);
+        // A repeated ep passes the gate: the machine refuses it with 4.00.
+        let twice = request(RequestType::Post, "/rd", &["ep=dev1", "ep=dev2"]);
+        assert_eq!(gate.check_session(&twice, "psk:id1", owner), None);
+        // A Bootstrap-Request is the Bootstrap Server's gate's business.
+        let bs = request(RequestType::Post, "/bs", &["ep=dev2"]);
+        assert_eq!(gate.check_session(&bs, "psk:id1", owner), None);
+        let bootstrap = AdmissionGate::new(GateRole::BootstrapServer);
+        assert!(bootstrap.check_session(&bs, "psk:id1", owner).is_some());
+        assert_eq!(bootstrap.check_session(&register, "psk:id1", owner), None);
+        // Update and De-register of dev2's registration.
+        let now = std::time::Instant::now();
+        let registration = crate::server::Registration {
+            id: "r2".into(),
+            endpoint: "dev2".into(),
+            version: crate::registration::Lwm2mVersion::V1_1,
+            lifetime: 60,
+            binding: "U".into(),
+            queue_mode: false,
+            sms: None,
+            address: "127.0.0.1:9".parse().unwrap(),
+            links: Default::default(),
+            registered_at: now,
+            last_update: now,
+            findings: Vec::new(),
+            link_notes: Vec::new(),
+        };
+        gate.observe(&ServerEvent::Registered {
+            registration: registration.clone(),
+            replaced: None,
+        });
+        for method in [RequestType::Post, RequestType::Delete] {
+            let other = request(method, "/rd/r2", &[]);
+            assert!(gate.check_session(&other, "psk:id1", owner).is_some());
+            let unknown = request(method, "/rd/zz", &[]);
+            assert_eq!(gate.check_session(&unknown, "psk:id1", owner), None);
+        }
+        gate.observe(&ServerEvent::Deregistered { registration });
+        let gone = request(RequestType::Post, "/rd/r2", &[]);
+        assert_eq!(gate.check_session(&gone, "psk:id1", owner), None);
+        // Plain CoAP: a Register of an endpoint with credentials.
+        let refused = gate.check_plain(&register, |ep| ep == "dev2").unwrap();
+        assert!(refused.reason.contains("register over DTLS"));
+        assert_eq!(gate.check_plain(&own, |ep| ep == "dev2"), None);
+        assert_eq!(gate.check_plain(&twice, |_| true), None);
     }
 
     #[test]

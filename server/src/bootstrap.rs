@@ -334,8 +334,9 @@ pub fn start_bootstrap(options: BootstrapOptions) -> io::Result<BootstrapHandle>
                 ..source.clone()
             };
             let machine = BootstrapServer::new(config, Box::new(source));
-            let machine = SecureServer::new(dtls, machine, BootstrapRequests, Role::Bootstrap)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            let machine =
+                SecureServer::new(dtls, machine, BootstrapRequests::default(), Role::Bootstrap)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
             let io = io(bind_udp(dtls.bind)?)?;
             let machine = machine.with_tap(options.tap.clone(), io.local);
             tracing::info!("LwM2M Bootstrap Server listening on coaps://{}", io.local);

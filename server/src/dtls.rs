@@ -26,7 +26,7 @@
 //! endpoint's registration; for the Bootstrap Server a Bootstrap-Request
 //! (`POST /bs?ep=NAME`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,9 +34,10 @@ use std::time::{Duration, Instant};
 use lwm2m_dtls::{
     DtlsServer, Identity, PskStore, ServerConfig as DtlsConfig, ServerEvent as DtlsEvent,
 };
-use lwm2m_proto::admission::{self, InterfaceRequest};
+pub use lwm2m_proto::admission::forbidden;
+use lwm2m_proto::admission::{self, AdmissionGate, GateRole, InterfaceRequest};
 use lwm2m_proto::bootstrap::server::BootstrapEvent;
-use lwm2m_proto::coap::{MessageType, Packet, ResponseType, Transmit, message};
+use lwm2m_proto::coap::{Packet, Transmit, message};
 use lwm2m_proto::server::{Lwm2mServer, ServerEvent};
 
 pub use lwm2m_dtls::{CertificateConfig, KeyLog, KeyLogFile};
@@ -110,14 +111,13 @@ impl PskStore for StorePsk {
     }
 }
 
-/// What the wrapper needs to know about the machine behind it: which endpoint a request
-/// acts for, so that the session's identity can be checked against it.
+/// The machine behind the wrapper, as the admission gate needs to know it: the gate
+/// ([`AdmissionGate`], the one home of the decisions), and the machine's events it follows.
 pub(crate) trait Gate: Send + 'static {
     /// The inner machine's event.
     type Event;
-    /// The endpoint name a decrypted request acts for, when the session's identity must
-    /// belong to it; `None`: not checked.
-    fn claimed_endpoint(&self, request: &Packet) -> Option<String>;
+    /// The gate.
+    fn gate(&self) -> &AdmissionGate;
     /// Sees each event of the inner machine before it leaves.
     fn observe(&mut self, _event: &Self::Event) {}
 }
@@ -301,8 +301,7 @@ where
     /// otherwise.
     fn refusal(&self, identity: &Identity, payload: &[u8]) -> Option<(Vec<u8>, SecurityEvent)> {
         let request = message::decode(payload).ok()?;
-        let endpoint = self.gate.claimed_endpoint(&request)?;
-        let owner = match identity {
+        let owner = || match identity {
             Identity::Psk(id) => std::str::from_utf8(id)
                 .ok()
                 .and_then(|id| self.security.by_psk_identity(id))
@@ -310,20 +309,17 @@ where
             Identity::Certificate(cn) => Some(cn.to_string()),
             _ => None,
         };
-        if owner.as_deref() == Some(endpoint.as_str()) {
-            return None;
-        }
-        let reason = format!(
-            "identity {identity} belongs to {}, not to endpoint {endpoint:?}",
-            owner.as_deref().unwrap_or("no endpoint")
-        );
-        let answer = forbidden(&request, &reason).to_bytes().ok()?;
+        let refused = self
+            .gate
+            .gate()
+            .check_session(&request, &identity.to_string(), owner)?;
+        let answer = refused.answer.to_bytes().ok()?;
         Some((
             answer,
             SecurityEvent::IdentityMismatch {
                 identity: identity.to_string(),
-                endpoint,
-                owner,
+                endpoint: refused.endpoint,
+                owner: refused.owner,
             },
         ))
     }
@@ -342,74 +338,38 @@ pub fn register_endpoint(request: &Packet) -> Option<String> {
 /// The LwM2M Server's gate: a Register (`POST /rd?ep=NAME`) acts for NAME, an Update or
 /// De-register (`POST`/`DELETE /rd/{id}`) for the endpoint of that registration.
 #[derive(Debug, Default)]
-pub(crate) struct Registrations {
-    /// Registration id → endpoint, of this machine's registrations.
-    locations: HashMap<String, String>,
-}
+pub(crate) struct Registrations(pub(crate) AdmissionGate);
 
 impl Gate for Registrations {
     type Event = ServerEvent;
 
-    fn claimed_endpoint(&self, request: &Packet) -> Option<String> {
-        match admission::classify(request)? {
-            Ok(InterfaceRequest::Register(params)) => Some(params.endpoint),
-            Ok(InterfaceRequest::Update { id, .. } | InterfaceRequest::Deregister { id }) => {
-                self.locations.get(&id).cloned()
-            }
-            // Refused by the machine with the same reading (4.00), or not a request of the
-            // Registration interface.
-            _ => None,
-        }
+    fn gate(&self) -> &AdmissionGate {
+        &self.0
     }
 
     /// Keeps the registration id → endpoint map for the Update and De-register checks.
     fn observe(&mut self, event: &ServerEvent) {
-        use ServerEvent as E;
-        match event {
-            E::Registered {
-                registration: r, ..
-            }
-            | E::Updated {
-                registration: r, ..
-            } => {
-                self.locations.insert(r.id.clone(), r.endpoint.clone());
-            }
-            E::Deregistered { registration: r } | E::Expired { registration: r } => {
-                self.locations.remove(&r.id);
-            }
-            _ => {}
-        }
+        self.0.observe(event);
     }
 }
 
 /// The Bootstrap Server's gate: a Bootstrap-Request (`POST /bs?ep=NAME`, Core TS 1.1
 /// §5.2.7.1) acts for NAME.
-#[derive(Debug, Default)]
-pub(crate) struct BootstrapRequests;
+#[derive(Debug)]
+pub(crate) struct BootstrapRequests(AdmissionGate);
+
+impl Default for BootstrapRequests {
+    fn default() -> Self {
+        Self(AdmissionGate::new(GateRole::BootstrapServer))
+    }
+}
 
 impl Gate for BootstrapRequests {
     type Event = BootstrapEvent;
 
-    fn claimed_endpoint(&self, request: &Packet) -> Option<String> {
-        match admission::classify(request)? {
-            Ok(InterfaceRequest::BootstrapRequest(params)) => Some(params.endpoint),
-            _ => None,
-        }
+    fn gate(&self) -> &AdmissionGate {
+        &self.0
     }
-}
-
-/// A 4.03 Forbidden response to `request`: piggybacked (ACK, same message ID) on a
-/// confirmable request, else a non-confirmable response with the message ID of the
-/// request (RFC 7252 §5.2; the requester matches by token); the diagnostic as payload.
-pub fn forbidden(request: &Packet, reason: &str) -> Packet {
-    let mut answer = message::response(ResponseType::Forbidden, reason.as_bytes().to_vec());
-    answer.header.set_type(match request.header.get_type() {
-        MessageType::Confirmable => MessageType::Acknowledgement,
-        _ => MessageType::NonConfirmable,
-    });
-    answer.header.message_id = request.header.message_id;
-    answer.set_token(request.get_token().to_vec());
-    answer
 }
 
 impl<M, G> Machine for SecureServer<M, G>
@@ -458,7 +418,7 @@ where
 mod tests {
     use super::*;
     use crate::store::{FileSecurityStore, SecurityInfo};
-    use lwm2m_proto::coap::{MessageClass, RequestType};
+    use lwm2m_proto::coap::{MessageClass, MessageType, RequestType, ResponseType};
 
     fn store() -> Arc<dyn SecurityStore> {
         let s = FileSecurityStore::in_memory();
@@ -520,8 +480,27 @@ mod tests {
         assert!(s.refusal(&cert, &register("dev2")).is_none());
 
         // Update and De-register of dev2's registration (id "r2") by id1: refused.
-        s.gate.locations.insert("r2".into(), "dev2".into());
-        s.gate.locations.insert("r1".into(), "dev1".into());
+        let now = Instant::now();
+        for (id, endpoint) in [("r2", "dev2"), ("r1", "dev1")] {
+            s.gate.observe(&ServerEvent::Registered {
+                registration: lwm2m_proto::server::Registration {
+                    id: id.into(),
+                    endpoint: endpoint.into(),
+                    version: lwm2m_proto::registration::Lwm2mVersion::V1_1,
+                    lifetime: 60,
+                    binding: "U".into(),
+                    queue_mode: false,
+                    sms: None,
+                    address: "127.0.0.1:9".parse().unwrap(),
+                    links: Default::default(),
+                    registered_at: now,
+                    last_update: now,
+                    findings: Vec::new(),
+                    link_notes: Vec::new(),
+                },
+                replaced: None,
+            });
+        }
         for method in [RequestType::Post, RequestType::Delete] {
             let mut p = message::request(method, "/rd/r2");
             p.header.message_id = 5;
@@ -541,7 +520,13 @@ mod tests {
         let source = lwm2m_proto::bootstrap::server::MemoryConfigSource::default();
         let machine =
             lwm2m_proto::bootstrap::BootstrapServer::new(Default::default(), Box::new(source));
-        let s = SecureServer::new(&options, machine, BootstrapRequests, Role::Bootstrap).unwrap();
+        let s = SecureServer::new(
+            &options,
+            machine,
+            BootstrapRequests::default(),
+            Role::Bootstrap,
+        )
+        .unwrap();
         let id = Identity::Psk(Arc::from(&b"id1"[..]));
         let bs = |ep: &str| {
             let mut p = message::request(RequestType::Post, "/bs");

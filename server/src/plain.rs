@@ -10,11 +10,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use lwm2m_proto::admission::AdmissionGate;
 use lwm2m_proto::coap::{Transmit, message};
 use lwm2m_proto::server::Lwm2mServer;
 
 use crate::driver::Machine;
-use crate::dtls::{forbidden, register_endpoint};
 use crate::events::{Event, Role, SecurityEvent};
 use crate::store::SecurityStore;
 
@@ -27,6 +27,7 @@ pub(crate) struct PlainServer {
     security: Option<Arc<dyn SecurityStore>>,
     refusals: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    gate: AdmissionGate,
 }
 
 impl PlainServer {
@@ -36,18 +37,19 @@ impl PlainServer {
             security,
             refusals: VecDeque::new(),
             events: VecDeque::new(),
+            gate: AdmissionGate::default(),
         }
     }
 
-    /// The 4.03 answer when `bytes` is a Register of an endpoint with credentials.
+    /// The 4.03 answer when `bytes` is a Register of an endpoint with credentials (the
+    /// gate's decision, [`AdmissionGate::check_plain`]).
     fn refusal(&self, bytes: &[u8]) -> Option<(Vec<u8>, String)> {
         let security = self.security.as_ref()?;
         let request = message::decode(bytes).ok()?;
-        let endpoint = register_endpoint(&request)?;
-        security.by_endpoint(&endpoint)?;
-        let reason = format!("endpoint {endpoint:?} has credentials: register over DTLS");
-        let answer = forbidden(&request, &reason).to_bytes().ok()?;
-        Some((answer, endpoint))
+        let refused = self
+            .gate
+            .check_plain(&request, |ep| security.by_endpoint(ep).is_some())?;
+        Some((refused.answer.to_bytes().ok()?, refused.endpoint))
     }
 }
 

@@ -616,7 +616,7 @@ impl InProcess {
         payload: &[u8],
     ) {
         let refusal = self.secure.get(&role).and_then(|l| {
-            l.refusal(&identity, payload, |id| {
+            l.refusal(role, &identity, payload, |id| {
                 self.server
                     .registrations()
                     .find(|r| r.id == id && role == ServerRole::Lwm2m)

@@ -37,11 +37,10 @@ use lwm2m_dtls::{
     CertificateConfig, ClientConfig, DtlsClient, DtlsError, DtlsServer, Identity, PskStore,
     ServerConfig,
 };
-use lwm2m_proto::admission::{self, InterfaceRequest};
+use lwm2m_proto::admission;
 use lwm2m_proto::client::{ObjectTree, parse_coap_uri};
 use lwm2m_proto::coap::{Packet, message};
 use lwm2m_proto::{Instance, InstanceId, ObjectId, ResourceId, ResourceValue, Value};
-use lwm2m_server::dtls::forbidden;
 use lwm2m_simulator::security::{MODE_CERTIFICATE, MODE_PSK, account_credentials};
 
 use super::backend::ServerRole;
@@ -337,39 +336,36 @@ impl SecureListener {
         }
     }
 
-    /// When `payload` is a Register (`POST /rd?ep=`) or Bootstrap-Request (`POST /bs?ep=`)
-    /// under an endpoint name `identity` does not belong to, or an Update / De-register of
-    /// such an endpoint's registration (`location` maps a registration id to its endpoint):
-    /// the endpoint it claimed, its owner, and the 4.03 answer (piggybacked on a CON, RFC
-    /// 7252 §5.2.1) with a diagnostic payload.
+    /// `serve`'s decision ([`admission::check_session`]) for `role`'s listener: when
+    /// `payload` is a Register (`POST /rd?ep=`) or, for the Bootstrap Server, a
+    /// Bootstrap-Request (`POST /bs?ep=`) under an endpoint name `identity` does not belong
+    /// to, or an Update / De-register of such an endpoint's registration (`location` maps a
+    /// registration id to its endpoint): the endpoint it claimed, its owner, and the 4.03
+    /// answer (piggybacked on a CON, RFC 7252 §5.2.1) with a diagnostic payload.
     pub fn refusal(
         &self,
+        role: ServerRole,
         identity: &Identity,
         payload: &[u8],
         location: impl Fn(&str) -> Option<String>,
     ) -> Option<Refusal> {
         let request = message::decode(payload).ok()?;
-        // The machine's own reading: a request it refuses anyway (4.00) is not checked.
-        let endpoint = match admission::classify(&request)?.ok()? {
-            InterfaceRequest::Register(p) => p.endpoint,
-            InterfaceRequest::BootstrapRequest(p) => p.endpoint,
-            InterfaceRequest::Update { id, .. } | InterfaceRequest::Deregister { id } => {
-                location(&id)?
-            }
-            _ => return None,
+        // The gate of `serve`'s DTLS listeners, with this listener's PSK table as owner.
+        let role = match role {
+            ServerRole::Lwm2m => admission::GateRole::Lwm2mServer,
+            ServerRole::Bootstrap => admission::GateRole::BootstrapServer,
         };
-        let owner = self.owner(identity);
-        if owner.as_deref() == Some(endpoint.as_str()) {
-            return None;
-        }
-        let reason = format!(
-            "identity {identity} belongs to {}, not to endpoint {endpoint:?}",
-            owner.as_deref().unwrap_or("no endpoint")
-        );
+        let refused = admission::check_session(
+            role,
+            &request,
+            &identity.to_string(),
+            || self.owner(identity),
+            location,
+        )?;
         Some(Refusal {
-            answer: forbidden(&request, &reason),
-            endpoint,
-            owner,
+            answer: refused.answer,
+            endpoint: refused.endpoint,
+            owner: refused.owner,
         })
     }
 }
@@ -574,7 +570,9 @@ mod tests {
         p.header.message_id = 7;
         let bytes = p.to_bytes().unwrap();
         let id = Identity::Psk(Arc::from(&b"id-1"[..]));
-        let refused = listener.refusal(&id, &bytes, |_| None).unwrap();
+        let refused = listener
+            .refusal(ServerRole::Lwm2m, &id, &bytes, |_| None)
+            .unwrap();
         assert_eq!(refused.endpoint, "dev-2");
         assert_eq!(refused.owner.as_deref(), Some("dev-1"));
         assert_eq!(refused.answer.header.message_id, 7);
@@ -586,14 +584,22 @@ mod tests {
         message::add_query(&mut own, "ep=dev-1");
         assert!(
             listener
-                .refusal(&id, &own.to_bytes().unwrap(), |_| None)
+                .refusal(ServerRole::Lwm2m, &id, &own.to_bytes().unwrap(), |_| None)
                 .is_none()
         );
         let mut update = message::request(RequestType::Post, "/rd/abc");
         update.header.message_id = 8;
         let update = update.to_bytes().unwrap();
         let foreign = |id: &str| (id == "abc").then(|| "dev-2".to_owned());
-        assert!(listener.refusal(&id, &update, foreign).is_some());
-        assert!(listener.refusal(&id, b"\xff\x00", foreign).is_none());
+        assert!(
+            listener
+                .refusal(ServerRole::Lwm2m, &id, &update, foreign)
+                .is_some()
+        );
+        assert!(
+            listener
+                .refusal(ServerRole::Lwm2m, &id, b"\xff\x00", foreign)
+                .is_none()
+        );
     }
 }
