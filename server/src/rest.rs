@@ -972,11 +972,11 @@ fn config_json(k: &ConfigKey, c: &BootstrapConfig) -> Json {
 fn parse_config(j: Json) -> Result<BootstrapConfig, ApiError> {
     let c: BootstrapConfig = serde_json::from_value(j)
         .map_err(|e| ApiError::bad(format!("not a bootstrap configuration: {e}")))?;
-    if c.security.is_empty() {
-        // It would delete the client's accounts (/0, /1) and give it none.
+    if c.security.is_empty() && c.servers.is_empty() && c.acl.is_empty() {
+        // `{}`: it would delete the client's accounts (/0, /1) and write nothing.
         return Err(ApiError::bad(
-            "a bootstrap configuration without Security instances (\"security\") would leave \
-             the client with no server; give at least one",
+            "an empty bootstrap configuration writes nothing and deletes the client's \
+             accounts; give its Security (\"security\") and Server (\"servers\") instances",
         ));
     }
     if c.security.values().any(|s| s.secret_key == REDACTED) {

@@ -363,7 +363,7 @@ async fn a_takeover_from_another_address_is_logged_with_both() {
 
 /// Issue #10 item 8, REST: the `Bearer` scheme in any case (RFC 7235 §2.1); an empty
 /// bootstrap configuration `{}` is refused (it would delete the client's accounts and
-/// give it none).
+/// write nothing).
 #[tokio::test]
 async fn the_api_reads_bearer_in_any_case_and_refuses_an_empty_configuration() {
     let s = Servers::start().await;
