@@ -13,6 +13,7 @@ mod interop_node;
 mod proto_boundary;
 mod server_api;
 mod server_bad_input;
+mod server_leshan;
 mod server_ops;
 mod server_registration;
 mod server_support;
