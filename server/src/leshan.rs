@@ -28,6 +28,9 @@
 //! location, errormessage}` whatever its CoAP code (an error code is `success: false`);
 //! other failures are plain text with 400 (bad request), 500 (rejected, cancelled, invalid
 //! response) or 504 (`Request timeout`), as Leshan answers them.
+//! A request to a sleeping queue-mode client is answered at once with
+//! `{ep, path, requestId, delayed: true}`; the client's answer follows as a REQUEST_RESPONSE
+//! event when it wakes up.
 //!
 //! Differences (deliberate): PSK keys are never returned (`"<redacted>"`), nor the Secret
 //! Key resources of Security (/0/x/5, /0/x/7, /0/x/8) and OSCORE (/21/x/0) objects in
@@ -58,6 +61,7 @@ use lwm2m_proto::{
     ResourceInstanceId, ResourceValue, Schema, Value,
 };
 use serde_json::{Map, Value as Json, json};
+use tokio::sync::broadcast;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
@@ -71,11 +75,29 @@ use crate::store::{Credentials, SecurityInfo, StoreError};
 /// How long a client operation waits by default: Leshan's demo waits 5 s.
 pub const LESHAN_TIMEOUT: Duration = Duration::from_secs(5);
 
-type St = State<Arc<ApiState>>;
+/// What the Leshan routes serve: the API's state plus the channel of delayed answers
+/// (REQUEST_RESPONSE events of operations queued for sleeping clients).
+struct Leshan {
+    api: Arc<ApiState>,
+    delayed: broadcast::Sender<(String, Json)>,
+}
+
+impl std::ops::Deref for Leshan {
+    type Target = ApiState;
+    fn deref(&self) -> &ApiState {
+        &self.api
+    }
+}
+
+type St = State<Arc<Leshan>>;
 
 /// The routes under `/leshan/api/`, with their state; [`crate::rest::router`] merges them
 /// behind its bearer-token check.
-pub(crate) fn router(state: Arc<ApiState>) -> Router {
+pub(crate) fn router(api: Arc<ApiState>) -> Router {
+    let state = Arc::new(Leshan {
+        api,
+        delayed: broadcast::channel(256).0,
+    });
     Router::new()
         .route("/leshan/api/clients", get(list_clients))
         .route("/leshan/api/clients/{ep}", get(get_client))
@@ -855,13 +877,13 @@ fn parse_target(tail: &str) -> Result<Target, String> {
 
 /// A registered client and what its payloads are typed with.
 struct Client<'a> {
-    st: &'a ApiState,
+    st: &'a Leshan,
     endpoint: String,
     versions: BTreeMap<ObjectId, String>,
 }
 
 impl<'a> Client<'a> {
-    fn find(st: &'a ApiState, endpoint: &str) -> Result<Self, Failure> {
+    fn find(st: &'a Leshan, endpoint: &str) -> Result<Self, Failure> {
         let entry = st
             .server
             .registrations()
@@ -886,11 +908,93 @@ impl<'a> Client<'a> {
         }
     }
 
-    /// Runs the operation: HTTP 200 with the response JSON, whatever the CoAP code.
+    /// Runs the operation: HTTP 200 with the response JSON, whatever the CoAP code. For a
+    /// sleeping queue-mode client, as Leshan: an immediate `{ep, path, requestId, delayed}`
+    /// and, once the client woke up and answered, a REQUEST_RESPONSE event.
     async fn run(&self, op: Operation, shape: Shape, timeout: Duration) -> Answer {
+        let sleeping = self
+            .st
+            .server
+            .registrations()
+            .get(&self.endpoint)
+            .is_some_and(|e| e.sleeping);
+        if sleeping {
+            return Ok(self.delay(op, shape));
+        }
         let r = self.call(op, timeout).await?;
         Ok(json_ok(response_json(&self.schema(), &shape, &r)))
     }
+
+    fn delay(&self, op: Operation, shape: Shape) -> HttpResponse {
+        let request_id = request_id();
+        let mut answer = Map::new();
+        answer.insert("ep".into(), json!(self.endpoint));
+        if let Some(p) = op_path(&op) {
+            answer.insert("path".into(), json!(p.to_string()));
+        }
+        answer.insert("requestId".into(), json!(request_id));
+        answer.insert("delayed".into(), json!(true));
+        let (server, registry, versions) = (
+            self.st.server.clone(),
+            self.st.registry.clone(),
+            self.versions.clone(),
+        );
+        let (tx, ep, mut event) = (
+            self.st.delayed.clone(),
+            self.endpoint.clone(),
+            answer.clone(),
+        );
+        tokio::spawn(async move {
+            // Bounded by the server's queue time-out (Core TS 1.1 §6.5); a request that
+            // fails there produces no event, as in Leshan.
+            match server.request(&ep, op).await {
+                Ok(r) => {
+                    let schema = registry.with_versions(&versions);
+                    event.insert("response".into(), response_json(&schema, &shape, &r));
+                    let _ = tx.send((ep, Json::Object(event)));
+                }
+                Err(e) => tracing::debug!(endpoint = %ep, error = %e, "delayed request failed"),
+            }
+        });
+        json_ok(Json::Object(answer))
+    }
+}
+
+/// The path an operation targets, if it has one (Leshan's `SimpleDownlinkRequest`).
+fn op_path(op: &Operation) -> Option<Lwm2mPath> {
+    match op {
+        Operation::Read { path, .. }
+        | Operation::Discover { path }
+        | Operation::Write { path, .. }
+        | Operation::WriteAttributes { path, .. }
+        | Operation::Execute { path, .. }
+        | Operation::Delete { path }
+        | Operation::Observe { path, .. } => Some(*path),
+        Operation::Create { object, .. } => Some(Lwm2mPath::Object(*object)),
+        _ => None,
+    }
+}
+
+/// A random request id in UUID v4 text form, as Leshan's.
+fn request_id() -> String {
+    let mut b = [0u8; 16];
+    if getrandom::fill(&mut b).is_err() {
+        // No OS randomness: a process-unique id still identifies the request.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        b[8..].copy_from_slice(&n.to_be_bytes());
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex(&b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 fn params(q: Option<&str>) -> Result<Params, Failure> {
@@ -918,7 +1022,7 @@ async fn client_get(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn get_op(st: &ApiState, ep: &str, tail: &str, q: Option<&str>) -> Answer {
+async fn get_op(st: &Leshan, ep: &str, tail: &str, q: Option<&str>) -> Answer {
     let p = params(q)?;
     let t = target(tail)?;
     let client = Client::find(st, ep)?;
@@ -984,7 +1088,7 @@ async fn client_put(
 }
 
 async fn put_op(
-    st: &ApiState,
+    st: &Leshan,
     ep: &str,
     tail: &str,
     q: Option<&str>,
@@ -1061,7 +1165,7 @@ async fn client_post(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn post_op(st: &ApiState, ep: &str, tail: &str, q: Option<&str>, body: &Bytes) -> Answer {
+async fn post_op(st: &Leshan, ep: &str, tail: &str, q: Option<&str>, body: &Bytes) -> Answer {
     let p = params(q)?;
     let t = target(tail)?;
     let client = Client::find(st, ep)?;
@@ -1131,7 +1235,7 @@ async fn client_delete(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn delete_op(st: &ApiState, ep: &str, tail: &str, q: Option<&str>) -> Answer {
+async fn delete_op(st: &Leshan, ep: &str, tail: &str, q: Option<&str>) -> Answer {
     let p = params(q)?;
     let t = target(tail)?;
     let client = Client::find(st, ep)?;
@@ -1615,6 +1719,16 @@ async fn events(
     let state = st.clone();
     // Tokens of requests into the Security object: their responses' payloads are hidden.
     let mut secret_tokens: HashSet<Vec<u8>> = HashSet::new();
+    let delayed_ep = ep.clone();
+    let delayed = BroadcastStream::new(st.delayed.subscribe()).filter_map(move |item| {
+        let (endpoint, data) = item.ok()?;
+        if delayed_ep.as_deref().is_some_and(|ep| ep != endpoint) {
+            return None;
+        }
+        Some(Ok(axum::response::sse::Event::default()
+            .event("REQUEST_RESPONSE")
+            .data(data.to_string())))
+    });
     let stream = BroadcastStream::new(st.bus.subscribe()).filter_map(move |item| {
         use axum::response::sse::Event as Sse;
         let event = item.ok()?;
@@ -1650,7 +1764,7 @@ async fn events(
             _ => None,
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(stream.merge(delayed)).keep_alive(KeepAlive::default())
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use lwm2m_proto::{Lwm2mPath, Node, ResourceValue, Value};
 use serde_json::{Value as Json, json};
 
 use crate::server_support::{
-    CoapPeer, Servers, SimClient, Sse, TOKEN, agent, client_config, device_tree, strings,
+    CoapPeer, Servers, Setup, SimClient, Sse, TOKEN, agent, client_config, device_tree, strings,
 };
 
 /// The Leshan routes' base: `http://127.0.0.1:PORT/leshan/api`.
@@ -730,4 +730,63 @@ async fn leshan_security_and_object_specs() {
     failing(&s, "GET", "/objectspecs/nobody", None, 400).await;
     let every = ok_json(&s, "GET", "/objectspecs", None).await;
     assert!(every.as_array().unwrap().len() >= specs.len());
+}
+
+#[tokio::test]
+async fn leshan_sleeping_clients_get_delayed_answers_and_events() {
+    // The awake window closes soon after each message; nothing else depends on its length.
+    let config = lwm2m_proto::server::ServerConfig {
+        awake_time: std::time::Duration::from_millis(200),
+        ..Default::default()
+    };
+    let s = Servers::start_with(Setup {
+        config,
+        ..Setup::default()
+    })
+    .await;
+    let mut events = Sse::open(&format!("{}/event?ep=lsh-q", base(&s))).await;
+    let mut device = CoapPeer::new(s.server.local_addr()).await;
+    let location = device
+        .register(&["ep=lsh-q", "lt=300", "lwm2m=1.1", "b=U", "Q"], "</3/0>")
+        .await;
+    events.next("REGISTRATION").await;
+    assert_eq!(events.next("SLEEPING").await, json!({"ep": "lsh-q"}));
+    let reg = ok_json(&s, "GET", "/clients/lsh-q", None).await;
+    assert_eq!(
+        (&reg["queuemode"], &reg["sleeping"]),
+        (&json!(true), &json!(true)),
+        "{reg}"
+    );
+
+    // Asleep: the answer says the request is delayed; the response comes as an event.
+    let r = ok_json(&s, "GET", "/clients/lsh-q/3/0/0", None).await;
+    assert_eq!(
+        keys(&r),
+        set(&["ep", "path", "requestId", "delayed"]),
+        "{r}"
+    );
+    assert_eq!(
+        (&r["ep"], &r["path"], &r["delayed"]),
+        (&json!("lsh-q"), &json!("/3/0/0"), &json!(true))
+    );
+    assert_eq!(r["requestId"].as_str().map(str::len), Some(36), "{r}");
+    assert!(
+        !device.has_datagram(),
+        "nothing is sent to a sleeping client"
+    );
+
+    // The client wakes up (an Update): AWAKE, the queued Read goes out.
+    let wake = message::request(RequestType::Post, &location);
+    device.request(wake).await;
+    assert_eq!(events.next("AWAKE").await, json!({"ep": "lsh-q"}));
+    let read = device.next_request().await;
+    assert_eq!(read.path(), "/3/0/0");
+    let manufacturer = Node::Resource(ResourceValue::Single(Value::String("ACME".into())));
+    let answer = content_for(&read, &Lwm2mPath::resource(3, 0, 0), &manufacturer);
+    device.respond(read, answer).await;
+    let delayed = events.next("REQUEST_RESPONSE").await;
+    assert_eq!(delayed["requestId"], r["requestId"], "{delayed}");
+    assert_eq!(delayed["delayed"], true);
+    assert_eq!(delayed["response"]["status"], "CONTENT");
+    assert_eq!(delayed["response"]["content"]["value"], "ACME", "{delayed}");
 }
