@@ -790,3 +790,88 @@ async fn leshan_sleeping_clients_get_delayed_answers_and_events() {
     assert_eq!(delayed["response"]["status"], "CONTENT");
     assert_eq!(delayed["response"]["content"]["value"], "ACME", "{delayed}");
 }
+
+#[tokio::test]
+async fn leshan_bootstrap_configs_reach_a_client_over_udp() {
+    let s = Servers::start().await;
+    let config = json!({
+        "autoIdForSecurityObject": false,
+        "toDelete": ["/0", "/1"],
+        "servers": {"0": {"shortId": 7, "lifetime": 300, "defaultMinPeriod": 1,
+                          "notifIfDisabled": true, "binding": "U"}},
+        "security": {"1": {"uri": "coaps://127.0.0.1:5684", "bootstrapServer": false,
+                           "securityMode": "PSK", "publicKeyOrId": [98, 115, 45, 49],
+                           "serverPublicKey": [], "secretKey": [171, 205], "serverId": 7,
+                           "smsSecurityMode": "NO_SEC", "serverSmsNumber": ""}},
+        "acls": {},
+        "oscore": {}
+    })
+    .to_string();
+    let url = format!("{}/bootstrap/lsh-bs", base(&s));
+    let (status, _, text) = raw("POST", &url, Some(&config), "application/json").await;
+    assert_eq!((status, text.as_str()), (200, ""));
+    let all = ok_json(&s, "GET", "/bootstrap", None).await;
+    let shown = &all["lsh-bs"]["security"]["1"];
+    assert_eq!(shown["secretKey"], "<redacted>", "{all}");
+    assert_eq!(shown["publicKeyOrId"], json!([98, 115, 45, 49]));
+    assert_eq!(all["lsh-bs"]["servers"]["0"]["shortId"], 7);
+    assert_eq!(all["lsh-bs"]["toDelete"], json!(["/0", "/1"]));
+    failing(
+        &s,
+        "POST",
+        "/bootstrap/lsh-x",
+        Some(r#"{"security": {"0": {}}}"#),
+        400,
+    )
+    .await;
+
+    // A client bootstraps: Deletes of /0 and /1, then the writes, then Finish.
+    let mut peer = CoapPeer::new(s.bootstrap.local_addr()).await;
+    let mut request = message::request(RequestType::Post, "/bs");
+    add_query(&mut request, "ep=lsh-bs");
+    let answer = peer.request(request).await;
+    assert_eq!(
+        answer.header.code,
+        lwm2m_proto::coap::MessageClass::Response(ResponseType::Changed)
+    );
+    let mut seen = Vec::new();
+    let mut security = None;
+    loop {
+        let r = peer.next_request().await;
+        let (method, path) = (r.method(), r.path());
+        seen.push(format!("{method:?} {path}"));
+        if method == Some(RequestType::Put) && path == "/0/1" {
+            security = Some(r.packet.payload.clone());
+        }
+        let code = match method {
+            Some(RequestType::Delete) => ResponseType::Deleted,
+            _ => ResponseType::Changed,
+        };
+        let finish = path == "/bs";
+        peer.respond(r, message::response(code, Vec::new())).await;
+        if finish {
+            break;
+        }
+    }
+    assert!(seen.contains(&"Some(Delete) /0".to_owned()), "{seen:?}");
+    let written = content::decode(
+        ContentFormat::Tlv,
+        &security.expect("a Bootstrap-Write of /0/1"),
+        &Lwm2mPath::instance(0, 1),
+        &Registry::embedded(),
+    )
+    .unwrap()
+    .content;
+    let Node::Instance(inst) = written else {
+        panic!("{written:?}")
+    };
+    let account = lwm2m_proto::bootstrap::config::security_from_instance(&inst).unwrap();
+    assert_eq!(
+        (account.identity.as_str(), account.secret_key.as_str()),
+        ("bs-1", "abcd")
+    );
+
+    let url = format!("{}/bootstrap/lsh-bs", base(&s));
+    assert_eq!(raw("DELETE", &url, None, "application/json").await.0, 204);
+    failing(&s, "DELETE", "/bootstrap/lsh-bs", None, 404).await;
+}
