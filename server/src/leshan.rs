@@ -38,9 +38,9 @@
 //! Key resources of Security (/0/x/5, /0/x/7, /0/x/8) and OSCORE (/21/x/0) objects in
 //! values and events, nor CoAP payloads of Security-object exchanges in COAPLOG.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -56,7 +56,9 @@ use lwm2m_proto::codec::link::{AttributeUpdate, DiscoverEntry, Link};
 use lwm2m_proto::content;
 use lwm2m_proto::model::{ObjectDef, Operations, ResourceDef};
 use lwm2m_proto::registry::Registry;
-use lwm2m_proto::server::{Content, OpError, Operation, Registration, Response, ServerEvent};
+use lwm2m_proto::server::{
+    Content, ObservationId, OpError, Operation, Registration, Response, ServerEvent,
+};
 use lwm2m_proto::value::DataType;
 use lwm2m_proto::{
     ContentFormat, Instance, InstanceId, Lwm2mPath, Node, ObjectId, Record, ResourceId,
@@ -85,6 +87,17 @@ pub const LESHAN_TIMEOUT: Duration = Duration::from_secs(5);
 struct Leshan {
     api: Arc<ApiState>,
     delayed: broadcast::Sender<(String, Json)>,
+    /// The paths of the composite observations made here, for their NOTIFICATION events
+    /// (Leshan's `paths`); an entry goes when its observation ends.
+    composite: Arc<Mutex<HashMap<ObservationId, Vec<Lwm2mPath>>>>,
+}
+
+impl Leshan {
+    fn composite(&self) -> std::sync::MutexGuard<'_, HashMap<ObservationId, Vec<Lwm2mPath>>> {
+        self.composite
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl std::ops::Deref for Leshan {
@@ -102,6 +115,7 @@ pub(crate) fn router(api: Arc<ApiState>) -> Router {
     let state = Arc::new(Leshan {
         api,
         delayed: broadcast::channel(256).0,
+        composite: Arc::default(),
     });
     Router::new()
         .route("/leshan/api/clients", get(list_clients))
@@ -931,7 +945,14 @@ impl<'a> Client<'a> {
         if sleeping {
             return Ok(self.delay(op, shape));
         }
+        let composite = match &op {
+            Operation::ObserveComposite { paths, .. } => Some(paths.clone()),
+            _ => None,
+        };
         let r = self.call(op, timeout).await?;
+        if let (Some(paths), Some(observation)) = (composite, r.observation) {
+            self.st.composite().insert(observation, paths);
+        }
         Ok(json_ok(response_json(&self.schema(), &shape, &r)))
     }
 
@@ -954,11 +975,22 @@ impl<'a> Client<'a> {
             self.endpoint.clone(),
             answer.clone(),
         );
+        let composite = self.st.composite.clone();
+        let composite_paths = match &op {
+            Operation::ObserveComposite { paths, .. } => Some(paths.clone()),
+            _ => None,
+        };
         tokio::spawn(async move {
             // Bounded by the server's queue time-out (Core TS 1.1 §6.5); a request that
             // fails there produces no event, as in Leshan.
             match server.request(&ep, op).await {
                 Ok(r) => {
+                    if let (Some(paths), Some(observation)) = (composite_paths, r.observation) {
+                        composite
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(observation, paths);
+                    }
                     let schema = registry.with_versions(&versions);
                     event.insert("response".into(), response_json(&schema, &shape, &r));
                     let _ = tx.send((ep, Json::Object(event)));
@@ -1275,6 +1307,12 @@ async fn delete_op(st: &Leshan, ep: &str, tail: &str, q: Option<&str>) -> Answer
         .filter(|(_, paths)| *paths == observed)
         .map(|(id, _)| id)
         .collect();
+    {
+        let mut composite = st.composite();
+        for id in &matching {
+            composite.remove(id);
+        }
+    }
     if !p.active {
         // Leshan: a passive cancellation forgets the observations and answers 200.
         for observation in matching {
@@ -1890,7 +1928,7 @@ async fn bootstrap_delete(State(st): St, Path(ep): Path<String>) -> HttpResponse
 // Events: Leshan's EventServlet names and payloads
 
 /// The endpoint an event concerns, its name and its data.
-fn leshan_event(st: &ApiState, e: &ServerEvent) -> Option<(String, &'static str, Json)> {
+fn leshan_event(st: &Leshan, e: &ServerEvent) -> Option<(String, &'static str, Json)> {
     let registry: &Registry = &st.registry;
     let reg = |r: &Registration, sleeping: bool| {
         registration_json(
@@ -1944,7 +1982,12 @@ fn leshan_event(st: &ApiState, e: &ServerEvent) -> Option<(String, &'static str,
             (endpoint.clone(), "SLEEPING", json!({"ep": endpoint}))
         }
         ServerEvent::Awake { endpoint } => (endpoint.clone(), "AWAKE", json!({"ep": endpoint})),
+        ServerEvent::ObservationEnded { observation, .. } => {
+            st.composite().remove(observation);
+            return None;
+        }
         ServerEvent::Notification {
+            observation,
             endpoint,
             path,
             response,
@@ -1960,13 +2003,16 @@ fn leshan_event(st: &ApiState, e: &ServerEvent) -> Option<(String, &'static str,
                     "val": node_json(&schema, path, node),
                 }),
                 Some(Content::Records(recs)) => {
-                    let paths: Vec<String> = recs.iter().map(|r| r.path.to_string()).collect();
-                    json!({
-                        "ep": endpoint,
-                        "kind": "composite",
-                        "val": records_json(&schema, recs),
-                        "paths": paths,
-                    })
+                    let observed = st.composite().get(observation).cloned();
+                    let val = match &observed {
+                        Some(paths) => composite_json(&schema, paths, recs),
+                        None => records_json(&schema, recs),
+                    };
+                    let paths: Vec<String> = match observed {
+                        Some(paths) => paths.iter().map(ToString::to_string).collect(),
+                        None => recs.iter().map(|r| r.path.to_string()).collect(),
+                    };
+                    json!({"ep": endpoint, "kind": "composite", "val": val, "paths": paths})
                 }
                 _ => return None,
             };

@@ -875,3 +875,80 @@ async fn leshan_bootstrap_configs_reach_a_client_over_udp() {
     assert_eq!(raw("DELETE", &url, None, "application/json").await.0, 204);
     failing(&s, "DELETE", "/bootstrap/lsh-bs", None, 404).await;
 }
+
+/// A 2.05 carrying `records` as SenML JSON.
+fn senml(records: &[lwm2m_proto::Record]) -> Packet {
+    let mut r = message::response(
+        ResponseType::Content,
+        content::encode_records(ContentFormat::SenmlJson, records).unwrap(),
+    );
+    set_option(
+        &mut r,
+        CoapOption::ContentFormat,
+        uint_bytes(u32::from(ContentFormat::SenmlJson.code())),
+    );
+    r
+}
+
+#[tokio::test]
+async fn leshan_composite_observation_notifies_with_its_paths() {
+    let s = Servers::start().await;
+    let mut events = Sse::open(&format!("{}/event?ep=lsh-co", base(&s))).await;
+    let (mut device, _) = scripted(&s, "lsh-co").await;
+    events.next("REGISTRATION").await;
+    let record = |path: Lwm2mPath, v: Value| lwm2m_proto::Record {
+        path,
+        value: Some(v),
+        time: None,
+    };
+    let temp = Lwm2mPath::resource(3303, 0, 5700);
+    let battery = Lwm2mPath::resource(3, 0, 9);
+
+    let observe = spawn_call(
+        &s,
+        "POST",
+        "/clients/lsh-co/composite/observe?paths=/3303/0/5700,/3/0/9&nodeformat=SENML_JSON".into(),
+        None,
+        "application/json",
+    );
+    let r = device.next_request().await;
+    assert_eq!(
+        (r.method(), r.observe()),
+        (Some(RequestType::Fetch), Some(0))
+    );
+    let first = senml(&[
+        record(temp, Value::Float(21.5)),
+        record(battery, Value::Integer(80)),
+    ]);
+    let observation = device.accept_observation(r, first).await;
+    let (status, _, text) = observe.await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    let j: Json = serde_json::from_str(&text).unwrap();
+    assert_eq!(j["status"], "CONTENT", "{j}");
+    assert_eq!(j["content"]["/3303/0/5700"]["value"], "21.5", "{j}");
+    assert_eq!(j["content"]["/3/0/9"]["value"], "80", "{j}");
+
+    device
+        .notify(observation, senml(&[record(temp, Value::Float(23.0))]))
+        .await;
+    let note = events.next("NOTIFICATION").await;
+    assert_eq!(note["kind"], "composite", "{note}");
+    assert_eq!(note["paths"], json!(["/3303/0/5700", "/3/0/9"]));
+    assert_eq!(note["val"]["/3303/0/5700"]["value"], "23.0", "{note}");
+
+    // Passive cancellation of the composite observation.
+    let url = format!(
+        "{}/clients/lsh-co/composite/observe?paths=/3303/0/5700,/3/0/9",
+        base(&s)
+    );
+    let (status, _, text) = raw("DELETE", &url, None, "application/json").await;
+    assert_eq!((status, text.as_str()), (200, ""));
+    failing(
+        &s,
+        "DELETE",
+        "/clients/lsh-co/composite/observe?paths=/3303/0/5700,/3/0/9&active",
+        None,
+        404,
+    )
+    .await;
+}
