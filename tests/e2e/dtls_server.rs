@@ -212,6 +212,8 @@ async fn psk_client_registers_over_dtls_and_the_wire_carries_records() {
     })
     .await;
     assert!(s.server.registrations().get("dev-a").is_some());
+    // What the Leshan API shows as the registration's `secure` flag.
+    assert!(s.server.is_secure("dev-a") && !s.server.is_secure("dev-b"));
 
     // An operation from the handle reaches the client through its session.
     let server = s.server.clone();
