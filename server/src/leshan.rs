@@ -280,7 +280,12 @@ async fn list_clients(State(st): St) -> HttpResponse {
 async fn get_client(State(st): St, Path(ep): Path<String>) -> HttpResponse {
     match st.server.registrations().get(&ep) {
         Some(e) => json_ok(registration_json(&e, st.server.is_secure(&ep))),
-        None => no_client(&ep).into_response(),
+        // Leshan's wording for this route.
+        None => text(
+            StatusCode::BAD_REQUEST,
+            format!("no registered client with id '{ep}'"),
+        )
+        .into_response(),
     }
 }
 
