@@ -891,7 +891,7 @@ fn senml(records: &[lwm2m_proto::Record]) -> Packet {
 }
 
 #[tokio::test]
-async fn leshan_composite_observation_notifies_with_its_paths() {
+async fn leshan_composite_observation_and_send_arrive_as_events() {
     let s = Servers::start().await;
     let mut events = Sse::open(&format!("{}/event?ep=lsh-co", base(&s))).await;
     let (mut device, _) = scripted(&s, "lsh-co").await;
@@ -935,6 +935,30 @@ async fn leshan_composite_observation_notifies_with_its_paths() {
     assert_eq!(note["kind"], "composite", "{note}");
     assert_eq!(note["paths"], json!(["/3303/0/5700", "/3/0/9"]));
     assert_eq!(note["val"]["/3303/0/5700"]["value"], "23.0", "{note}");
+
+    // Send (Core TS 1.1 §6.4.5): a SEND event with the values as nodes by path.
+    let mut send = message::request(RequestType::Post, "/dp");
+    set_option(
+        &mut send,
+        CoapOption::ContentFormat,
+        uint_bytes(u32::from(ContentFormat::SenmlJson.code())),
+    );
+    send.payload = content::encode_records(
+        ContentFormat::SenmlJson,
+        &[record(battery, Value::Integer(55))],
+    )
+    .unwrap();
+    let answer = device.request(send).await;
+    assert_eq!(
+        answer.header.code,
+        lwm2m_proto::coap::MessageClass::Response(ResponseType::Changed)
+    );
+    let sent = events.next("SEND").await;
+    assert_eq!(
+        sent,
+        json!({"ep": "lsh-co", "val": {"/3/0/9":
+            {"id": 9, "kind": "singleResource", "type": "INTEGER", "value": "55"}}})
+    );
 
     // Passive cancellation of the composite observation.
     let url = format!(
