@@ -746,7 +746,11 @@ fn response_json(schema: &dyn Schema, shape: &Shape, r: &Response) -> Json {
         _ => {}
     }
     if let (Shape::Location, Some(l)) = (shape, &r.location) {
-        m.insert("location".into(), json!(l.to_string()));
+        // As Californium's Location-Path string that Leshan hands over: `3303/7`.
+        m.insert(
+            "location".into(),
+            json!(l.to_string().trim_start_matches('/')),
+        );
     }
     if !success && let Some(d) = r.diagnostic.as_deref().filter(|d| !d.is_empty()) {
         m.insert("errormessage".into(), json!(d));

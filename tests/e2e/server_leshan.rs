@@ -304,7 +304,7 @@ async fn leshan_operations_answer_with_leshans_response_json() {
         {"id": 5701, "kind": "singleResource", "type": "STRING", "value": "Cel"}]}"#;
     let r = ok_json(&s, "POST", "/clients/lsh-ops/3303", Some(new)).await;
     assert_eq!(r["status"], "CREATED", "{r}");
-    assert_eq!(r["location"], "/3303/7", "{r}");
+    assert_eq!(r["location"], "3303/7", "{r}");
     assert_eq!(
         ok_json(&s, "GET", "/clients/lsh-ops/3303/7/5700", None).await["content"]["value"],
         "12.5"
