@@ -713,11 +713,30 @@ fn discover_link(e: &DiscoverEntry) -> Json {
     link_json(&e.to_link())
 }
 
-fn response_json(schema: &dyn Schema, shape: &Shape, r: &Response) -> Json {
+/// The success code an operation's answer must carry (Core TS 1.1 §6.3, §6.4).
+fn expected_code(op: &Operation) -> (u8, u8) {
+    match op {
+        Operation::Create { .. } => (2, 1),
+        Operation::Delete { .. } => (2, 2),
+        Operation::Write { .. }
+        | Operation::WriteAttributes { .. }
+        | Operation::Execute { .. }
+        | Operation::WriteComposite { .. } => (2, 4),
+        _ => (2, 5),
+    }
+}
+
+/// Leshan's `isValid`: the operation's success code, or an error code the
+/// specification allows (4.xx, 5.00).
+fn is_valid(code: (u8, u8), expected: (u8, u8)) -> bool {
+    code == expected || code.0 == 4 || code == (5, 0)
+}
+
+fn response_json(schema: &dyn Schema, shape: &Shape, r: &Response, expected: (u8, u8)) -> Json {
     let success = r.is_success();
     let mut m = Map::new();
     m.insert("status".into(), json!(status_name(r.code)));
-    m.insert("valid".into(), json!(true));
+    m.insert("valid".into(), json!(is_valid(r.code, expected)));
     m.insert("success".into(), json!(success));
     m.insert("failure".into(), json!(!success));
     match (shape, &r.content) {
@@ -958,11 +977,12 @@ impl<'a> Client<'a> {
             Operation::ObserveComposite { paths, .. } => Some(paths.clone()),
             _ => None,
         };
+        let expected = expected_code(&op);
         let r = self.call(op, timeout).await?;
         if let (Some(paths), Some(observation)) = (composite, r.observation) {
             self.st.composite().insert(observation, paths);
         }
-        Ok(json_ok(response_json(&self.schema(), &shape, &r)))
+        Ok(json_ok(response_json(&self.schema(), &shape, &r, expected)))
     }
 
     fn delay(&self, op: Operation, shape: Shape) -> HttpResponse {
@@ -989,6 +1009,7 @@ impl<'a> Client<'a> {
             Operation::ObserveComposite { paths, .. } => Some(paths.clone()),
             _ => None,
         };
+        let expected = expected_code(&op);
         tokio::spawn(async move {
             // Bounded by the server's queue time-out (Core TS 1.1 §6.5); a request that
             // fails there produces no event, as in Leshan.
@@ -1001,7 +1022,10 @@ impl<'a> Client<'a> {
                             .insert(observation, paths);
                     }
                     let schema = registry.with_versions(&versions);
-                    event.insert("response".into(), response_json(&schema, &shape, &r));
+                    event.insert(
+                        "response".into(),
+                        response_json(&schema, &shape, &r, expected),
+                    );
                     let _ = tx.send((ep, Json::Object(event)));
                 }
                 Err(e) => tracing::debug!(endpoint = %ep, error = %e, "delayed request failed"),
@@ -1363,7 +1387,7 @@ async fn delete_op(st: &Leshan, ep: &str, tail: &str, q: Option<&str>) -> Answer
         [one] if matches!(t, Target::Path { .. }) => Shape::Node(*one),
         _ => Shape::Composite(observed.clone()),
     };
-    Ok(json_ok(response_json(&client.schema(), &shape, &r)))
+    Ok(json_ok(response_json(&client.schema(), &shape, &r, (2, 5))))
 }
 
 // ---------------------------------------------------------------------------------------

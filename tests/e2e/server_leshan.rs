@@ -461,6 +461,27 @@ async fn leshan_execute_attributes_observe_and_timeout_reach_the_device() {
     let (status, _, text) = attrs.await.unwrap();
     assert_eq!(status, 200, "{text}");
 
+    // A device answering the wrong success code: valid is false, as Leshan's isValid.
+    let odd = spawn_call(
+        &s,
+        "DELETE",
+        "/clients/lsh-dev/3303/0".into(),
+        None,
+        "application/json",
+    );
+    let r = device.next_request().await;
+    device
+        .respond(r, message::response(ResponseType::Changed, Vec::new()))
+        .await;
+    let (status, _, text) = odd.await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    let j: Json = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (&j["status"], &j["valid"], &j["success"]),
+        (&json!("CHANGED"), &json!(false), &json!(true)),
+        "{j}"
+    );
+
     // An error with a diagnostic: errormessage.
     let missing = spawn_call(
         &s,
