@@ -2215,7 +2215,16 @@ async fn events(
     });
     let stream = BroadcastStream::new(st.bus.subscribe()).filter_map(move |item| {
         use axum::response::sse::Event as Sse;
-        let event = item.ok()?;
+        use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+        let event = match item {
+            Ok(e) => e,
+            // Not Leshan's, as in /api/event: this stream fell behind and lost events.
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                return Some(Ok(Sse::default()
+                    .event("LAGGED")
+                    .data(json!({"missed": n}).to_string())));
+            }
+        };
         match &*event {
             Event::Server(e) => {
                 let (endpoint, name, data) = leshan_event(&state, e)?;
