@@ -2241,7 +2241,10 @@ async fn events(
                     return None;
                 }
                 let mut secret = false;
-                if let Some(token) = targets_secret_object(&d.bytes) {
+                // Our requests into the Security object (the client's own requests, e.g. an
+                // Update of /rd/0, are not).
+                let ours = d.direction == Direction::Out;
+                if let Some(token) = targets_secret_object(&d.bytes).filter(|_| ours) {
                     secret_tokens.insert(token);
                     secret = true;
                 } else if let Some(token) = token_of(&d.bytes)
