@@ -33,6 +33,7 @@
 
 mod client;
 mod config;
+mod cookie;
 mod keylog;
 #[cfg(feature = "pki")]
 pub mod pki;

@@ -178,6 +178,15 @@ impl Session {
         }
     }
 
+    /// Replays the first ClientHello of a handshake whose cookie exchange the router did
+    /// (see `config::ServerRandom`): the session parses it and answers with a
+    /// HelloVerifyRequest, which is discarded. Not counted in the wire accounting.
+    pub(crate) fn prime(&mut self, now: Instant, hello: &[u8]) -> Result<(), String> {
+        let result = self.endpoint.read(now, self.peer, None, hello.into());
+        while self.endpoint.poll_transmit().is_some() {}
+        result.map(|_| ()).map_err(|e| e.to_string())
+    }
+
     /// Feeds one received datagram. On an established session a datagram the library
     /// rejects is dropped (with whatever alert it provoked) and counted; during the
     /// handshake the rejection is the handshake's failure, returned as `Err`.
