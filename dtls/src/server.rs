@@ -297,6 +297,10 @@ impl DtlsServer {
             return None;
         }
         let session = self.sessions.get_mut(&peer)?;
+        session.account_cookie_exchange(
+            datagram.len().saturating_sub(hello.cookie.len()),
+            record::hello_verify_request(hello, hello.cookie).len(),
+        );
         *self.cookie_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(hello.cookie.to_vec());
         let primed = session.prime(now, &hello.without_cookie(replayed_sequence));
         *self.cookie_slot.lock().unwrap_or_else(|e| e.into_inner()) = None;

@@ -24,6 +24,8 @@ pub struct SessionId(pub u64);
 /// Record headers and AEAD expansion are counted with their records, so for
 /// `TLS_*_WITH_AES_128_CCM_8` each application record costs its payload plus
 /// [`crate::record::CCM_8_RECORD_OVERHEAD`] (29) bytes. UDP and IP headers are not counted.
+/// A server-side session also counts the stateless cookie exchange that preceded it (the
+/// first ClientHello and the HelloVerifyRequest, one datagram each way).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WireStats {
     /// Records sent, by content type.
@@ -176,6 +178,17 @@ impl Session {
             hello_random: None,
             scheduled: None,
         }
+    }
+
+    /// Counts the stateless cookie exchange that preceded this server-side session: the
+    /// first ClientHello (the one that returned the cookie, less the cookie) and the
+    /// router's HelloVerifyRequest, so that the session's handshake bytes are what its
+    /// handshake cost on the wire.
+    pub(crate) fn account_cookie_exchange(&mut self, hello_len: usize, verify_len: usize) {
+        self.stats.datagrams_received += 1;
+        self.stats.received.handshake += hello_len as u64;
+        self.stats.datagrams_sent += 1;
+        self.stats.sent.handshake += verify_len as u64;
     }
 
     /// Replays the first ClientHello of a handshake whose cookie exchange the router did

@@ -223,6 +223,15 @@ fn a_flood_of_client_hellos_creates_no_state() {
     let mut client = client(now);
     pump(now, &mut server, &mut client, peer(0));
     assert!(client.is_established());
+    // The session's accounting includes the cookie exchange that preceded it: both sides
+    // count the same handshake datagrams and bytes.
+    let (ours, theirs) = (server.session(peer(0)).unwrap().stats, client.stats());
+    assert_eq!(ours.sent.handshake, theirs.received.handshake);
+    assert_eq!(ours.received.handshake, theirs.sent.handshake);
+    assert_eq!(
+        (ours.datagrams_sent, ours.datagrams_received),
+        (theirs.datagrams_received, theirs.datagrams_sent)
+    );
 }
 
 #[test]
