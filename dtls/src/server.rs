@@ -273,12 +273,19 @@ impl DtlsServer {
             n => (n, n - 1),
         };
         let normalized = record::with_record_header(datagram, sequence);
-        if let Some(session) = self.sessions.get(&peer)
+        if let Some(session) = self.sessions.get_mut(&peer)
             && session.hello_random == Some(hello.random)
         {
             if !session.established {
-                // A retransmission: the server's flight was lost.
-                return Some(normalized);
+                // A retransmission: our flight was lost (RFC 6347 §4.2.4).
+                match session.repeat_flight(now, datagram) {
+                    Ok(()) => {
+                        self.flush(peer);
+                        self.reschedule(peer);
+                    }
+                    Err(reason) => self.fail(peer, reason),
+                }
+                return None;
             }
             self.counters.hellos_dropped += 1;
             self.drops.note(
@@ -586,9 +593,11 @@ impl DropLog {
     const PEERS: usize = 4096;
     const PER_SECOND: u32 = 20;
 
-    fn note(&mut self, now: Instant, peer: SocketAddr, reason: &str) {
+    /// Logs the drop unless this peer's was logged or the second's budget is spent;
+    /// whether it logged.
+    fn note(&mut self, now: Instant, peer: SocketAddr, reason: &str) -> bool {
         if self.logged.contains(&peer) {
-            return;
+            return false;
         }
         let in_window = self
             .window
@@ -599,7 +608,7 @@ impl DropLog {
         }
         if self.lines >= Self::PER_SECOND {
             self.suppressed += 1;
-            return;
+            return false;
         }
         self.lines += 1;
         if self.order.len() >= Self::PEERS
@@ -618,5 +627,48 @@ impl DropLog {
         } else {
             tracing::info!("DTLS: dropped a datagram from {peer}: {reason} (once per peer)");
         }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(i: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 2], i))
+    }
+
+    #[test]
+    fn drops_are_logged_once_per_peer_and_at_most_twenty_a_second() {
+        let mut log = DropLog::default();
+        let start = Instant::now();
+        assert!(log.note(start, peer(1), "stray"));
+        assert!(!log.note(start, peer(1), "stray"), "once per peer");
+        for i in 2..=20 {
+            assert!(log.note(start, peer(i), "stray"));
+        }
+        assert!(!log.note(start, peer(21), "stray"), "budget spent");
+        assert_eq!(log.suppressed, 1);
+        let later = start + Duration::from_secs(1);
+        assert!(log.note(later, peer(21), "stray"));
+        assert_eq!(log.suppressed, 0, "reported with that line");
+        assert!(!log.note(later, peer(1), "stray"));
+    }
+
+    #[test]
+    fn the_drop_log_forgets_the_oldest_peers() {
+        let mut log = DropLog::default();
+        let mut now = Instant::now();
+        for i in 0..=DropLog::PEERS as u32 {
+            if i % DropLog::PER_SECOND == 0 {
+                now += Duration::from_secs(1);
+            }
+            let address = SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 1));
+            assert!(log.note(now, address, "stray"));
+        }
+        assert_eq!(log.logged.len(), DropLog::PEERS);
+        now += Duration::from_secs(1);
+        assert!(log.note(now, SocketAddr::from(([10, 1, 0, 0], 1)), "stray"));
     }
 }

@@ -180,6 +180,27 @@ impl Session {
         }
     }
 
+    /// The peer repeated the ClientHello that returned the cookie, so our answer was lost:
+    /// sends our flight again now (RFC 6347 §4.2.4). The hello is not fed to the DTLS layer,
+    /// which would take it as progress and cancel the retransmission timer of that flight,
+    /// leaving both sides waiting until the handshake timeout.
+    pub(crate) fn repeat_flight(
+        &mut self,
+        now: Instant,
+        hello: &[u8],
+    ) -> Result<(), FailureReason> {
+        self.stats.datagrams_received += 1;
+        self.stats.received.add(&RecordBytes::of_datagram(hello));
+        self.last_received = now;
+        match self.endpoint.poll_timeout(&self.peer) {
+            Some(due) => self
+                .endpoint
+                .handle_timeout(self.peer, due.max(now))
+                .map_err(|_| FailureReason::Timeout),
+            None => Ok(()),
+        }
+    }
+
     /// Counts the stateless cookie exchange that preceded this server-side session: the
     /// first ClientHello (the one that returned the cookie, less the cookie) and the
     /// router's HelloVerifyRequest, so that the session's handshake bytes are what its

@@ -391,3 +391,55 @@ fn the_mbedtls_hello_with_record_version_fe00_opens_a_handshake() {
     );
     assert_eq!(flight[13 + 4..13 + 6], [0, 1]);
 }
+
+#[test]
+fn a_repeated_hello_with_cookie_keeps_its_handshake() {
+    let start = Instant::now();
+    let mut server = server(ServerConfig::default());
+    let mut client = client(start);
+    exchange_cookie(start, &mut server, &mut client, peer(0));
+    let session = server.session(peer(0)).unwrap().session;
+    // The client's retransmission timer fires: the same ClientHello with the cookie again.
+    let later = start + Duration::from_secs(2);
+    client.handle_timeout(later);
+    let again = client.poll_transmit().unwrap();
+    assert_eq!(lwm2m_dtls::record::describe(&again), "ClientHello");
+    server.handle_datagram(later, peer(0), &again);
+    assert_eq!(server.session(peer(0)).unwrap().session, session);
+    assert_eq!(server.counters().handshakes_started, 1);
+    // The session repeats its flight at once (RFC 6347 §4.2.4).
+    let flight = server.poll_transmit().unwrap();
+    client.handle_datagram(later, &flight.bytes);
+    pump(later, &mut server, &mut client, peer(0));
+    assert!(client.is_established());
+    assert!(server.session(peer(0)).unwrap().established);
+}
+
+#[test]
+fn a_handshake_survives_losing_the_server_flight_twice() {
+    let start = Instant::now();
+    let mut server = server(ServerConfig::default());
+    let mut client = client(start);
+    exchange_cookie(start, &mut server, &mut client, peer(0));
+    // Both sides' timers fire and their datagrams cross; the server's flight is lost again.
+    let mut now = start;
+    for _ in 0..2 {
+        now += Duration::from_millis(1100);
+        server.handle_timeout(now);
+        while server.poll_transmit().is_some() {}
+        client.handle_timeout(now);
+        while let Some(bytes) = client.poll_transmit() {
+            server.handle_datagram(now, peer(0), &bytes);
+        }
+        while server.poll_transmit().is_some() {}
+    }
+    // Then the network recovers: the next timers complete the handshake.
+    for _ in 0..3 {
+        now += Duration::from_millis(1100);
+        server.handle_timeout(now);
+        client.handle_timeout(now);
+        pump(now, &mut server, &mut client, peer(0));
+    }
+    assert!(client.is_established());
+    assert!(server.session(peer(0)).unwrap().established);
+}
