@@ -208,7 +208,16 @@ impl DtlsServer {
             return;
         };
         *self.lookup.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let discarded = session.stats.discarded;
         let result = session.read(now, &datagram, &mut self.outputs);
+        if session.stats.discarded > discarded {
+            self.drops.note(
+                now,
+                peer,
+                "a record of the established session failed to decrypt or parse (forged, \
+                 corrupted or stale)",
+            );
+        }
         let lookup = self.lookup.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(lookup) = &lookup {
             session.identity = Some(Identity::Psk(lookup.identity.as_slice().into()));
