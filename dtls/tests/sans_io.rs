@@ -443,3 +443,58 @@ fn a_handshake_survives_losing_the_server_flight_twice() {
     assert!(client.is_established());
     assert!(server.session(peer(0)).unwrap().established);
 }
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any bytes from anyone: no panic, and no session unless a cookie verified (which
+        /// random bytes cannot do).
+        #[test]
+        fn arbitrary_datagrams(datagrams in proptest::collection::vec(
+            proptest::collection::vec(any::<u8>(), 0..300), 1..8)
+        ) {
+            let now = Instant::now();
+            let mut server = server(ServerConfig::default());
+            for bytes in &datagrams {
+                server.handle_datagram(now, peer(0), bytes);
+            }
+            prop_assert_eq!(server.session_count(), 0);
+            server.handle_timeout(now + Duration::from_secs(20));
+        }
+
+        /// A real ClientHello (with and without its cookie) with bytes flipped: no panic,
+        /// and only an intact ClientHello with its cookie opens a handshake.
+        #[test]
+        fn mutated_client_hellos(flips in proptest::collection::vec((any::<usize>(), 1..=255u8), 1..4)) {
+            let now = Instant::now();
+            let mut server = server(ServerConfig::default());
+            let mut client = client(now);
+            let hello = client.poll_transmit().unwrap();
+            server.handle_datagram(now, peer(0), &hello);
+            let verify = server.poll_transmit().unwrap();
+            client.handle_datagram(now, &verify.bytes);
+            let with_cookie = client.poll_transmit().unwrap();
+            for original in [&hello, &with_cookie] {
+                let mut bytes = original.clone();
+                for (at, mask) in &flips {
+                    let i = at % bytes.len();
+                    bytes[i] ^= mask;
+                }
+                server.handle_datagram(now, peer(0), &bytes);
+            }
+            // Flipping only record-header bytes (version, sequence number) keeps the
+            // ClientHello valid; anything else in the hello invalidates the cookie.
+            let header_only = flips.iter().all(|(at, _)| {
+                let i = at % with_cookie.len();
+                (1..3).contains(&i) || (5..11).contains(&i)
+            });
+            if !header_only {
+                prop_assert_eq!(server.counters().handshakes_started, 0);
+            }
+        }
+    }
+}
