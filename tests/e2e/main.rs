@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 mod dtls_bootstrap;
 mod dtls_fleet;
+mod dtls_hardening;
 mod dtls_server;
 mod fleet;
 mod fleet_support;
