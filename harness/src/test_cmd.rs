@@ -88,7 +88,7 @@ fn subject(args: &TestArgs) -> anyhow::Result<Subject> {
     })
 }
 
-/// Runs the suite; exit status 1 when a case failed.
+/// Runs the suite; exit status 1 when a case failed or no case was tested.
 pub fn run(args: &TestArgs, ddf: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let name = run_name(SystemTime::now());
     let report_dir = args
@@ -112,6 +112,9 @@ pub fn run(args: &TestArgs, ddf: &[PathBuf]) -> anyhow::Result<ExitCode> {
         eprintln!("scenario without a case tag: {s}");
     }
     println!("report: {}", report_dir.join("report.html").display());
+    if let Some(why) = outcome.report.nothing_tested() {
+        eprintln!("nothing tested: {why}");
+    }
     Ok(if outcome.is_success() {
         ExitCode::SUCCESS
     } else {

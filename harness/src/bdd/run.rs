@@ -2,10 +2,15 @@
 //! writers teed behind the console writer, and a collector that turns every scenario into
 //! [`CaseResult`]s of a [`RunReport`] (one per case tag: `@int-101`, `@core-6.2.1`, ...).
 //!
-//! Not applicable: a step that finds the case beyond the subject unwinds with a
-//! [`NotApplicable`] payload. The collector reports the case "not applicable" with the
+//! Four verdicts: passed, failed, not supported, not applicable. A step that finds the case
+//! beyond the subject unwinds with a [`NotApplicable`] payload, one that sees the subject
+//! refuse an optional feature with the code the specification requires unwinds with a
+//! [`NotSupported`] payload. The collector reports the case with that verdict and the
 //! reason; [`NotApplicableAsSkipped`] shows that step to cucumber's own writers as skipped,
 //! so neither their JUnit nor their JSON counts the case as passed or failed.
+//!
+//! A run that tested nothing (no case matched, or every case was not applicable) is not a
+//! success ([`SuiteOutcome::is_success`], [`RunReport::nothing_tested`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,7 +30,7 @@ use futures::stream::{self, StreamExt as _};
 use super::backend::Subject;
 use super::exchange::ExchangeLog;
 use super::fleet::Library;
-use super::world::{Lwm2mWorld, NotApplicable};
+use super::world::{Lwm2mWorld, NotApplicable, NotSupported};
 use crate::record::{Latencies, PcapRecorder};
 use crate::report::{self, CaseResult, RunReport, Status};
 
@@ -68,10 +73,12 @@ pub struct SuiteOutcome {
 }
 
 impl SuiteOutcome {
-    /// True when every case passed or was not applicable and everything parsed.
+    /// True when no case failed, at least one case was tested, and everything parsed.
     pub fn is_success(&self) -> bool {
-        let (_, failed, _) = self.report.tally();
-        failed == 0 && self.parsing_errors == 0 && self.untagged.is_empty()
+        self.report.counts().failed == 0
+            && self.report.nothing_tested().is_none()
+            && self.parsing_errors == 0
+            && self.untagged.is_empty()
     }
 }
 
@@ -198,8 +205,8 @@ impl RunContext {
                     panic_text(info)
                 )),
             ),
-            ScenarioFinished::StepFailed(_, _, error) => match not_applicable_reason(error) {
-                Some(reason) => (Status::NotApplicable, Some(reason)),
+            ScenarioFinished::StepFailed(_, _, error) => match verdict_of(error) {
+                Some((status, reason)) => (status, Some(reason)),
                 None => (Status::Failed, Some(error_text(error))),
             },
         };
@@ -320,11 +327,25 @@ fn evidence_stem(case: &str, rule: Option<&gherkin::Rule>, scenario: &gherkin::S
     }
 }
 
-fn not_applicable_reason(error: &StepError) -> Option<String> {
+/// The verdict a step's unwinding carries (not applicable or not supported) and its
+/// reason; `None` for a failure.
+fn verdict_of(error: &StepError) -> Option<(Status, String)> {
     match error {
-        StepError::Panic(info) => info.downcast_ref::<NotApplicable>().map(|n| n.0.clone()),
+        StepError::Panic(info) => info
+            .downcast_ref::<NotApplicable>()
+            .map(|n| (Status::NotApplicable, n.0.clone()))
+            .or_else(|| {
+                info.downcast_ref::<NotSupported>()
+                    .map(|n| (Status::NotSupported, n.0.clone()))
+            }),
         _ => None,
     }
+}
+
+/// The verdict and reason of a step that unwound as not applicable or not supported, as
+/// one line for cucumber's writers.
+fn not_applicable_reason(error: &StepError) -> Option<String> {
+    verdict_of(error).map(|(status, reason)| format!("{}: {reason}", status.label()))
 }
 
 fn panic_text(info: &event::Info) -> String {
@@ -406,7 +427,7 @@ impl<Wr: Writer<Lwm2mWorld>> Writer<Lwm2mWorld> for NotApplicableAsSkipped<Wr> {
             })
         });
         if let Some((f, r, sc, why, retries)) = log {
-            let line = Scenario::Log(format!("not applicable: {why}\n")).with_retries(retries);
+            let line = Scenario::Log(format!("{why}\n")).with_retries(retries);
             let ev = Event::new(event::Cucumber::scenario(f, r, sc, line));
             self.0.handle_event(Ok(ev), cli).await;
         }
@@ -546,17 +567,20 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
     })
 }
 
-/// A text summary of a report: counts and the failed and not-applicable cases.
+/// A text summary of a report: counts of each verdict, the cases not passed, and why
+/// the run tested nothing if so.
 pub fn summary(report: &RunReport) -> String {
-    let (p, f, n) = report.tally();
     let mut s = format!(
-        "{}: {p} passed, {f} failed, {n} not applicable (seed {})\n",
-        report.title, report.seed
+        "{}: {} (seed {})\n",
+        report.title,
+        report.counts(),
+        report.seed
     );
     for c in &report.cases {
         let tag = match c.status {
             Status::Passed => continue,
             Status::Failed => "FAILED",
+            Status::NotSupported => "unsup",
             Status::NotApplicable => "n/a",
         };
         let first = c
@@ -571,6 +595,9 @@ pub fn summary(report: &RunReport) -> String {
             "  {tag:6} {} {} ({}): {first}",
             c.case, c.title, c.feature
         );
+    }
+    if let Some(why) = report.nothing_tested() {
+        let _ = writeln!(s, "NOTHING TESTED: {why}");
     }
     s
 }

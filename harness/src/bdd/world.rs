@@ -46,6 +46,17 @@ pub fn not_applicable(reason: impl Into<String>) -> ! {
     std::panic::resume_unwind(Box::new(NotApplicable(reason.into())))
 }
 
+/// The panic payload of a step that found the subject correctly refusing an optional
+/// feature the case exercises (the code the specification requires for the refusal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotSupported(pub String);
+
+/// Ends the scenario as "not supported" with `reason` (which names the refusal and the
+/// clause that allows it); see [`not_applicable`].
+pub fn not_supported(reason: impl Into<String>) -> ! {
+    std::panic::resume_unwind(Box::new(NotSupported(reason.into())))
+}
+
 /// An operation started and not answered yet.
 #[derive(Debug, Clone)]
 struct Pending {
