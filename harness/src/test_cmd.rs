@@ -37,6 +37,11 @@ pub struct TestArgs {
     /// Print only the summary, not cucumber's step-by-step output.
     #[arg(long)]
     quiet: bool,
+    /// The device under test's description (YAML: configured values, the Short Server ID
+    /// of its account): cases that read configuration values expect these; without it
+    /// they check presence and type only.
+    #[arg(long, value_name = "FILE")]
+    device_profile: Option<PathBuf>,
 }
 
 /// A run name: UTC time and `features`, e.g. `2026-11-24T08-00-00-features`.
@@ -105,6 +110,7 @@ pub fn run(args: &TestArgs, ddf: &[PathBuf]) -> anyhow::Result<ExitCode> {
         report_dir: report_dir.clone(),
         run: name,
         console: !args.quiet,
+        device_profile: args.device_profile.clone(),
     };
     let outcome = run::run_suite(&options)?;
     print!("{}", run::summary(&outcome.report));

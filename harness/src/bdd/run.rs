@@ -34,6 +34,10 @@ use super::world::{Lwm2mWorld, NotApplicable, NotSupported};
 use crate::record::{Latencies, PcapRecorder};
 use crate::report::{self, CaseResult, RunReport, Status};
 
+/// The description of our simulated ETS device, relative to the workspace root: the
+/// in-process subject's configured values.
+pub const SIMULATED_DEVICE_DESCRIPTION: &str = "features/devices/ets-simulated.yaml";
+
 /// The seed of a run that names none.
 pub const DEFAULT_SEED: u64 = 20_170_830;
 
@@ -59,6 +63,10 @@ pub struct SuiteOptions {
     pub run: String,
     /// Print cucumber's progress to stdout.
     pub console: bool,
+    /// The device description (`--device-profile`): configured values the cases expect.
+    /// `None`: for the in-process subject `features/devices/ets-simulated.yaml`, for a
+    /// device none (configuration values are checked for presence and type only).
+    pub device_profile: Option<PathBuf>,
 }
 
 /// What a run produced.
@@ -97,6 +105,8 @@ pub struct RunContext {
     pub report_dir: PathBuf,
     /// Wall-clock start of the run, seconds since the Unix epoch (pcap timestamps).
     pub started_unix: Duration,
+    /// The device description the cases check configured values against, if any.
+    pub device: Option<super::device::DeviceDescription>,
     collector: Mutex<Collector>,
 }
 
@@ -209,6 +219,25 @@ impl RunContext {
                 Some((status, reason)) => (status, Some(reason)),
                 None => (Status::Failed, Some(error_text(error))),
             },
+        };
+        // A device case that exchanged nothing with the device and looked at nothing it
+        // sent checked our own server (core-6.3.8: our server refuses a composite
+        // operation for a 1.0 client without asking it): it is no verdict on the device.
+        let (status, message) = match (&self.subject, status, world.as_ref()) {
+            (Subject::Device { .. }, Status::Passed, Some(w))
+                if !w.device_evidence
+                    && w.backend_ref().is_none_or(|b| b.exchange_log().is_empty()) =>
+            {
+                (
+                    Status::NotApplicable,
+                    Some(
+                        "the case exchanged nothing with the device under test and checked \
+                         nothing it sent: what it checks is the harness's own server"
+                            .to_owned(),
+                    ),
+                )
+            }
+            _ => (status, message),
         };
         let duration_ms = world
             .as_ref()
@@ -477,7 +506,15 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
     let cucumber_dir = options.report_dir.join("cucumber");
     std::fs::create_dir_all(&cucumber_dir)
         .with_context(|| format!("creating {}", cucumber_dir.display()))?;
+    let device_profile = options.device_profile.clone().or_else(|| {
+        matches!(options.subject, Subject::InProcess { .. })
+            .then(|| options.root.join(SIMULATED_DEVICE_DESCRIPTION))
+    });
+    let device = device_profile
+        .map(|p| super::device::DeviceDescription::load(&p))
+        .transpose()?;
     let ctx = Arc::new(RunContext {
+        device,
         library,
         subject: options.subject.clone(),
         seed: options.seed,
@@ -519,10 +556,37 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         // After the parser and the writer, which reset it; never the process's arguments.
         .with_cli(opts)
         .max_concurrent_scenarios(1)
-        .before(move |feature, _, scenario, world| {
+        .before(move |feature, rule, scenario, world| {
             let ctx = before_ctx.clone();
             let seed = ctx.scenario_seed(feature, scenario);
             world.setup(ctx, seed);
+            world.tags = scenario
+                .tags
+                .iter()
+                .chain(rule.iter().flat_map(|r| &r.tags))
+                .chain(&feature.tags)
+                .cloned()
+                .collect();
+            let steps = feature
+                .background
+                .iter()
+                .flat_map(|b| &b.steps)
+                .chain(
+                    rule.iter()
+                        .flat_map(|r| r.background.iter().flat_map(|b| &b.steps)),
+                )
+                .chain(&scenario.steps);
+            let mut texts: Vec<String> = Vec::new();
+            for step in steps {
+                texts.push(step.value.clone());
+                if let Some(table) = &step.table {
+                    texts.extend(table.rows.iter().map(|row| row.join(" ")));
+                }
+                if let Some(doc) = &step.docstring {
+                    texts.push(doc.clone());
+                }
+            }
+            world.touched = super::world::touched_paths(texts.iter().map(String::as_str));
             world.long_waits = scenario
                 .tags
                 .iter()
@@ -647,6 +711,7 @@ mod tests {
             report_dir: dir.to_path_buf(),
             run: "determinism".to_owned(),
             console: false,
+            device_profile: None,
         };
         let outcome = run_suite(&options).unwrap();
         assert!(outcome.is_success(), "{}", summary(&outcome.report));
