@@ -590,7 +590,7 @@ impl Lwm2mWorld {
         );
         let mut touches = false;
         let _ = map_operation(operation.clone(), |p| {
-            touches |= p.object_id() == Some(ObjectId(1)) && p.instance_id().is_some();
+            touches |= p.object_id() == Some(ObjectId(1));
             p
         });
         if !device || !touches {
