@@ -420,8 +420,10 @@ fn a_1_2_device_runs_the_1_1_cases_and_a_bare_object_makes_only_its_instance_cas
     let _device = device_with(&profile, &format!("coap://127.0.0.1:{port}"), "v12-", &[]);
     let dir = tmp.path().join("report");
     let bind = [("LWM2M_HARNESS_BIND", format!("127.0.0.1:{port}"))];
+    // int-241 reboots the device (it acknowledges, goes silent, registers again); the
+    // cases after it run against the rebooted device.
     let tags = "@int-101 or @int-201 or @int-203 or @int-211 or @int-222 or @int-224 \
-                or @int-228";
+                or @int-228 or @int-241 or @int-256";
     let (success, report, all, stderr) = run_device(
         "v12-0",
         tags,
@@ -435,9 +437,12 @@ fn a_1_2_device_runs_the_1_1_cases_and_a_bare_object_makes_only_its_instance_cas
     );
     assert_cases(
         &report,
-        &["int-203", "int-211", "int-222", "int-224"],
+        &[
+            "int-203", "int-211", "int-222", "int-224", "int-241", "int-256",
+        ],
         Status::Passed,
     );
+    assert_cases_say(&report, &["int-241"], Status::Passed, "device_rebooted");
     assert_cases_say(
         &report,
         &["int-101", "int-228"],

@@ -38,6 +38,11 @@ use crate::report::{self, CaseResult, RunReport, Status};
 /// in-process subject's configured values.
 pub const SIMULATED_DEVICE_DESCRIPTION: &str = "features/devices/ets-simulated.yaml";
 
+/// The marker in a case's message when the case asked the device under test to reboot:
+/// whoever runs the device (a launcher) restarts it if it exited; the world's
+/// [`Lwm2mWorld::device_rebooted`] says the same during the run.
+pub const DEVICE_REBOOTED: &str = "device_rebooted";
+
 /// The seed of a run that names none.
 pub const DEFAULT_SEED: u64 = 20_170_830;
 
@@ -226,7 +231,8 @@ impl RunContext {
         let (status, message) = match (&self.subject, status, world.as_ref()) {
             (Subject::Device { .. }, Status::Passed, Some(w))
                 if !w.device_evidence
-                    && w.backend_ref().is_none_or(|b| b.exchange_log().is_empty()) =>
+                    && w.backend_ref()
+                        .is_none_or(|b| b.exchange_log().sent().is_empty()) =>
             {
                 (
                     Status::NotApplicable,
@@ -238,6 +244,16 @@ impl RunContext {
                 )
             }
             _ => (status, message),
+        };
+        // A reboot the case asked for: the launcher restarts a device that exits, and the
+        // report says so (the device's state after the case is its rebooted one).
+        let rebooted = world.as_ref().is_some_and(|w| w.device_rebooted);
+        let message = match (rebooted, message) {
+            (false, m) => m,
+            (true, m) => Some(format!(
+                "{}{DEVICE_REBOOTED}: the case asked the device to reboot (Execute /3/0/4)",
+                m.map(|m| format!("{m}\n")).unwrap_or_default()
+            )),
         };
         let duration_ms = world
             .as_ref()

@@ -132,6 +132,10 @@ pub struct Lwm2mWorld {
     /// registration. A device case that passes without it and without a datagram in its
     /// exchange log tested our own server, not the device (see `run`).
     pub device_evidence: bool,
+    /// The case asked the device under test to reboot and it acknowledged (2.04 to
+    /// Execute /3/0/4): its state after the case is a rebooted one, and a device whose
+    /// reboot is a process exit needs restarting by whoever launched it.
+    pub device_rebooted: bool,
     /// The device's Server instance of its account with our LwM2M Server, once found
     /// (see [`Lwm2mWorld::account_instance`]).
     account: Option<InstanceId>,
@@ -325,6 +329,17 @@ impl Lwm2mWorld {
     ) -> anyhow::Result<Timed> {
         let limit = self.real_wait_limit().filter(|l| within > *l);
         self.wait_bounded(within, limit, what, matches)
+    }
+
+    /// [`Lwm2mWorld::wait_for`] for as long as `within`, whatever the real wait limit: for
+    /// what a case must wait for in full (a device rebooting).
+    pub fn wait_in_full(
+        &mut self,
+        within: Duration,
+        what: &str,
+        matches: impl FnMut(&Timed) -> bool,
+    ) -> anyhow::Result<Timed> {
+        self.wait_bounded(within, None, what, matches)
     }
 
     /// [`Lwm2mWorld::wait_for`], giving up (not applicable) after `limit` if set.
