@@ -132,6 +132,11 @@ pub struct Lwm2mWorld {
     /// registration. A device case that passes without it and without a datagram in its
     /// exchange log tested our own server, not the device (see `run`).
     pub device_evidence: bool,
+    /// The pmin each Write-Attributes of the scenario set, by path (Core TS 1.1 §5.1.2).
+    pub pmin_written: BTreeMap<Lwm2mPath, u32>,
+    /// The values each observation last reported (its Observe answer, then each awaited
+    /// notification), to tell a change notification from an unprompted one.
+    pub observed_values: Vec<(ObservationId, Vec<Record>)>,
     /// The case asked the device under test to reboot and it acknowledged (2.04 to
     /// Execute /3/0/4): its state after the case is a rebooted one, and a device whose
     /// reboot is a process exit needs restarting by whoever launched it.
@@ -459,6 +464,17 @@ impl Lwm2mWorld {
         operation: Operation,
         description: String,
     ) -> anyhow::Result<()> {
+        if let Operation::WriteAttributes { path, attributes } = &operation {
+            if let Some(pmin) = attributes.set.pmin {
+                self.pmin_written.insert(*path, pmin);
+            } else if attributes
+                .unset
+                .iter()
+                .any(|n| *n == lwm2m_proto::codec::link::AttributeName::Pmin)
+            {
+                self.pmin_written.remove(path);
+            }
+        }
         let account = self.account_instance(endpoint, &operation)?;
         self.mark();
         let target = target_of(&operation);
