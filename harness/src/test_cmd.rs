@@ -42,6 +42,10 @@ pub struct TestArgs {
     /// they check presence and type only.
     #[arg(long, value_name = "FILE")]
     device_profile: Option<PathBuf>,
+    /// A case that passed with findings (an encoding or Register deviation the harness
+    /// tolerated) counts as failed for the exit status.
+    #[arg(long)]
+    strict: bool,
 }
 
 /// A run name: UTC time and `features`, e.g. `2026-11-24T08-00-00-features`.
@@ -93,7 +97,8 @@ fn subject(args: &TestArgs) -> anyhow::Result<Subject> {
     })
 }
 
-/// Runs the suite; exit status 1 when a case failed or no case was tested.
+/// Runs the suite; exit status 1 when a case failed or no case was tested (with
+/// `--strict`, also when a case passed with findings).
 pub fn run(args: &TestArgs, ddf: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let name = run_name(SystemTime::now());
     let report_dir = args
@@ -121,11 +126,17 @@ pub fn run(args: &TestArgs, ddf: &[PathBuf]) -> anyhow::Result<ExitCode> {
     if let Some(why) = outcome.report.nothing_tested() {
         eprintln!("nothing tested: {why}");
     }
-    Ok(if outcome.is_success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    let with_findings = outcome.report.counts().with_findings;
+    if args.strict && with_findings > 0 {
+        eprintln!("--strict: {with_findings} cases passed with findings");
+    }
+    Ok(
+        if outcome.is_success() && !(args.strict && with_findings > 0) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }
 
 #[cfg(test)]

@@ -492,6 +492,40 @@ fn a_device_with_a_quirk_pack_fails_naming_the_clause() {
     assert_cases(&report, &["int-203"], Status::Failed);
 }
 
+/// A device whose TLV integers are longer than they need be passes the TLV write case with
+/// a finding naming the clause; `--strict` makes that a failing run.
+#[test]
+fn a_finding_makes_a_case_pass_with_findings_and_strict_fails_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let profile = profile_variant(
+        tmp.path(),
+        &root().join("features/profiles/ets-1.1.yaml"),
+        "ets-1.1-long-integers",
+        &[],
+        "quirks: [non-minimal-tlv-integers]\n",
+    );
+    let port = free_udp_port();
+    let _device = device_with(&profile, &format!("coap://127.0.0.1:{port}"), "long-", &[]);
+    let dir = tmp.path().join("report");
+    let bind = [("LWM2M_HARNESS_BIND", format!("127.0.0.1:{port}"))];
+    let (success, report, all, stderr) =
+        run_device("long-0", "@int-215", &dir, &bind, &["--strict".as_ref()]);
+    assert!(!success, "{all}\n{stderr}");
+    assert_cases(&report, &["int-215"], Status::Passed);
+    let case = report.cases.iter().find(|c| c.case == "int-215").unwrap();
+    assert!(
+        case.findings.iter().any(|f| f.contains("§7.4.3.1")),
+        "{:?}",
+        case.findings
+    );
+    assert!(
+        stderr.contains("--strict: 1 cases passed with findings"),
+        "{stderr}"
+    );
+    let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    assert!(junit.contains("passed with findings"), "{junit}");
+}
+
 /// A run that tests nothing fails with a one-line reason: tags no case carries.
 #[test]
 fn a_run_with_no_case_exits_non_zero_and_says_why() {

@@ -260,6 +260,10 @@ impl RunContext {
             .and_then(|w| w.wall_start)
             .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
         let mut evidence = Vec::new();
+        let world_findings = world
+            .as_ref()
+            .map(|w| w.findings.clone())
+            .unwrap_or_default();
         if let Some(world) = world {
             collector.latencies.merge(&world.latencies);
             if let Some(backend) = world.backend_ref() {
@@ -284,6 +288,7 @@ impl RunContext {
                 }
             }
         }
+        let findings = world_findings;
         let title = match rule {
             Some(r) => format!("{} / {}", r.name, scenario.name),
             None => scenario.name.clone(),
@@ -298,6 +303,7 @@ impl RunContext {
                 status,
                 message: message.clone(),
                 evidence: evidence.clone(),
+                findings: findings.clone(),
                 duration_ms,
             });
         }
@@ -658,7 +664,18 @@ pub fn summary(report: &RunReport) -> String {
     );
     for c in &report.cases {
         let tag = match c.status {
-            Status::Passed => continue,
+            Status::Passed if c.findings.is_empty() => continue,
+            Status::Passed => {
+                let _ = writeln!(
+                    s,
+                    "  finds  {} {} ({}): {}",
+                    c.case,
+                    c.title,
+                    c.feature,
+                    c.findings.join("; ")
+                );
+                continue;
+            }
             Status::Failed => "FAILED",
             Status::NotSupported => "unsup",
             Status::NotApplicable => "n/a",

@@ -137,6 +137,9 @@ pub struct Lwm2mWorld {
     /// The values each observation last reported (its Observe answer, then each awaited
     /// notification), to tell a change notification from an unprompted one.
     pub observed_values: Vec<(ObservationId, Vec<Record>)>,
+    /// What the harness tolerated in what the subject sent during the scenario (decoder
+    /// findings of each response, the registration's deviations), each once.
+    pub findings: Vec<String>,
     /// The case asked the device under test to reboot and it acknowledged (2.04 to
     /// Execute /3/0/4): its state after the case is a rebooted one, and a device whose
     /// reboot is a process exit needs restarting by whoever launched it.
@@ -233,6 +236,13 @@ impl Lwm2mWorld {
     pub fn require(&mut self, capability: Capability) {
         if let Err(reason) = self.backend().supports(capability) {
             not_applicable(format!("needs {capability}: {reason}"));
+        }
+    }
+
+    /// Records a finding once (see [`Lwm2mWorld::findings`]).
+    pub fn add_finding(&mut self, finding: String) {
+        if !self.findings.contains(&finding) {
+            self.findings.push(finding);
         }
     }
 
@@ -534,6 +544,15 @@ impl Lwm2mWorld {
                 unswap_response(response, k, pending.target);
             }
             self.device_evidence |= result.is_ok();
+            if let Ok(response) = &result {
+                for f in &response.findings {
+                    self.add_finding(format!(
+                        "{}: {f} ({})",
+                        pending.description,
+                        finding_clause(f)
+                    ));
+                }
+            }
             self.pending = None;
             self.outcome = Some(Outcome {
                 description: pending.description,
@@ -718,6 +737,29 @@ fn show_instances(instances: &[InstanceId]) -> String {
         .map(|k| format!("/1/{}", k.0))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The clause a decoder finding departs from.
+pub fn finding_clause(finding: &lwm2m_proto::content::Finding) -> &'static str {
+    use lwm2m_proto::content::Finding;
+    match finding {
+        Finding::NonMinimalInteger { .. } => {
+            "Core TS 1.1 §7.4.3.1: integers in 1, 2, 4 or 8 bytes, the shortest that fits"
+        }
+        Finding::MultiplicityMismatch { .. } => {
+            "Core TS 1.1 §7.4.3: the TLV type bits follow the object definition"
+        }
+        Finding::TypeMismatch { .. } => {
+            "Core TS 1.1 Appendix C: the value's type is the object definition's"
+        }
+        Finding::UnknownResource { .. } => {
+            "Core TS 1.1 §7.3: the object definition lists the resources"
+        }
+        Finding::LegacyContentFormat { .. } => {
+            "Core TS 1.0 §6.4: the registered Content-Format numbers replaced 1541-1544"
+        }
+        _ => "see the finding",
+    }
 }
 
 /// `path` with the Server instances 0 and `k` swapped (the cases' /1/0 is the device's

@@ -9,7 +9,7 @@ const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;ma
 h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}\
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}\
 th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}\
-.passed{background:#d9f2d9}.failed{background:#f8d0d0}.not-applicable{background:#eee;color:#666}.not-supported{background:#fdf1c7}\
+.passed{background:#d9f2d9}.failed{background:#f8d0d0}.not-applicable{background:#eee;color:#666}.not-supported{background:#fdf1c7}.passed-with-findings{background:#e8f2c0}\
 .badge{display:inline-block;padding:.15em .6em;border-radius:1em;margin-right:.4em;font-weight:600}\
 pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:12px}.meta td:first-child{font-weight:600}\
 svg text{font:11px system-ui,sans-serif}";
@@ -139,14 +139,19 @@ fn matrix(s: &mut String, r: &RunReport) {
                             Status::Failed => 3,
                         })
                         .unwrap_or(Status::Passed);
+                    let findings = results.iter().any(|c| c.passed_with_findings());
                     let class = match worst {
+                        Status::Passed if findings => "passed-with-findings",
                         Status::Passed => "passed",
                         Status::Failed => "failed",
                         Status::NotApplicable => "not-applicable",
                         Status::NotSupported => "not-supported",
                     };
-                    let tip: Vec<String> =
-                        results.iter().filter_map(|c| c.message.clone()).collect();
+                    let tip: Vec<String> = results
+                        .iter()
+                        .filter_map(|c| c.message.clone())
+                        .chain(results.iter().flat_map(|c| c.findings.clone()))
+                        .collect();
                     let links: Vec<String> = results
                         .iter()
                         .flat_map(|c| &c.evidence)
@@ -168,7 +173,7 @@ fn matrix(s: &mut String, r: &RunReport) {
     let failures: Vec<_> = r
         .cases
         .iter()
-        .filter(|c| c.status != Status::Passed)
+        .filter(|c| c.status != Status::Passed || !c.findings.is_empty())
         .collect();
     if !failures.is_empty() {
         s.push_str("<h2>Cases not passed: failed, not supported, not applicable</h2>\n");
@@ -176,12 +181,27 @@ fn matrix(s: &mut String, r: &RunReport) {
             let _ = writeln!(
                 s,
                 "<h3 class=\"{}\">{} — {} [{}]: {}</h3><pre>{}</pre>",
-                c.status.label().replace(' ', "-"),
+                if c.passed_with_findings() {
+                    "passed-with-findings".to_owned()
+                } else {
+                    c.status.label().replace(' ', "-")
+                },
                 escape(&c.case),
                 escape(&c.title),
                 escape(&c.subject),
-                c.status.label(),
-                escape(c.message.as_deref().unwrap_or(""))
+                if c.passed_with_findings() {
+                    "passed with findings"
+                } else {
+                    c.status.label()
+                },
+                escape(
+                    &c.message
+                        .iter()
+                        .chain(&c.findings)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
             );
         }
     }

@@ -48,7 +48,14 @@ pub fn render(r: &RunReport) -> String {
             );
             let msg = escape(c.message.as_deref().unwrap_or(""));
             match c.status {
-                Status::Passed => s.push_str("/>\n"),
+                Status::Passed if c.findings.is_empty() => s.push_str("/>\n"),
+                Status::Passed => {
+                    let _ = writeln!(
+                        s,
+                        ">\n      <system-out>passed with findings:\n{}</system-out>\n    </testcase>",
+                        escape(&c.findings.join("\n"))
+                    );
+                }
                 Status::Failed => {
                     let first = msg.lines().next().unwrap_or("");
                     let _ = writeln!(

@@ -65,6 +65,15 @@ pub struct Counts {
     pub not_supported: usize,
     /// Not applicable.
     pub not_applicable: usize,
+    /// Of the passed ones, those with findings.
+    pub with_findings: usize,
+}
+
+impl CaseResult {
+    /// Passed, but with findings.
+    pub fn passed_with_findings(&self) -> bool {
+        self.status == Status::Passed && !self.findings.is_empty()
+    }
 }
 
 impl Counts {
@@ -81,10 +90,14 @@ impl Counts {
 
 impl std::fmt::Display for Counts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} passed", self.passed)?;
+        if self.with_findings > 0 {
+            write!(f, " ({} with findings)", self.with_findings)?;
+        }
         write!(
             f,
-            "{} passed, {} failed, {} not supported, {} not applicable",
-            self.passed, self.failed, self.not_supported, self.not_applicable
+            ", {} failed, {} not supported, {} not applicable",
+            self.failed, self.not_supported, self.not_applicable
         )
     }
 }
@@ -119,6 +132,11 @@ pub struct CaseResult {
     pub message: Option<String>,
     /// Evidence files relative to the run folder (exchange log, pcap).
     pub evidence: Vec<String>,
+    /// What the harness tolerated in what the subject sent (an encoding a specification
+    /// forbids, a Register deviation), each with its clause: a passed case with findings
+    /// is "passed with findings", and fails under `test --strict`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<String>,
     /// Wall time of the case in milliseconds.
     pub duration_ms: f64,
 }
@@ -181,6 +199,11 @@ impl RunReport {
             failed: n(Status::Failed),
             not_supported: n(Status::NotSupported),
             not_applicable: n(Status::NotApplicable),
+            with_findings: self
+                .cases
+                .iter()
+                .filter(|c| c.passed_with_findings())
+                .count(),
         }
     }
 
@@ -323,6 +346,9 @@ pub(crate) mod tests {
                     status: Status::Passed,
                     message: None,
                     evidence: vec!["exchanges/int-101.txt".into()],
+                    findings: vec![
+                        "TLV integer in 4 bytes where 1 does (Core TS 1.1 §7.4.3)".into(),
+                    ],
                     duration_ms: 12.0,
                 },
                 CaseResult {
@@ -333,6 +359,7 @@ pub(crate) mod tests {
                     status: Status::Failed,
                     message: Some("expected 2.05, got 4.06 & <oops>".into()),
                     evidence: vec![],
+                    findings: vec![],
                     duration_ms: 3.0,
                 },
                 CaseResult {
@@ -343,6 +370,7 @@ pub(crate) mod tests {
                     status: Status::NotSupported,
                     message: Some("refused with 4.06 Not Acceptable".into()),
                     evidence: vec![],
+                    findings: vec![],
                     duration_ms: 2.0,
                 },
                 CaseResult {
@@ -353,6 +381,7 @@ pub(crate) mod tests {
                     status: Status::NotApplicable,
                     message: Some("no certificate support in this subject".into()),
                     evidence: vec![],
+                    findings: vec![],
                     duration_ms: 0.0,
                 },
             ],
@@ -380,7 +409,7 @@ pub(crate) mod tests {
         assert_eq!((c.not_supported, c.not_applicable, c.tested()), (1, 1, 3));
         assert_eq!(
             c.to_string(),
-            "1 passed, 1 failed, 1 not supported, 1 not applicable"
+            "1 passed (1 with findings), 1 failed, 1 not supported, 1 not applicable"
         );
         assert_eq!(r.nothing_tested(), None);
         let mut none = r.clone();

@@ -30,8 +30,15 @@ fn registration(w: &mut Lwm2mWorld) -> anyhow::Result<(String, Registration)> {
     let name = w.current()?;
     match w.backend().registration(&name) {
         Some(r) => {
-            // What the device sent (its Register and Updates) is what the step checks.
+            // What the device sent (its Register and Updates) is what the step checks,
+            // with what the server tolerated in it.
             w.device_evidence = true;
+            for f in &r.findings {
+                w.add_finding(format!("Register/Update of {name:?}: {f}"));
+            }
+            for n in &r.link_notes {
+                w.add_finding(format!("Register links of {name:?}: {n}"));
+            }
             Ok((name, r))
         }
         None => Err(w.fail(format!("the server has no registration for {name:?}"))),
