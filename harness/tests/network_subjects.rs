@@ -397,6 +397,11 @@ fn a_device_whose_account_is_server_instance_1_passes_the_server_account_cases()
         .map(|p| std::fs::read_to_string(p).unwrap_or_default())
         .collect();
     assert!(logs.contains("/1/1/"), "{logs}");
+    // Each case's evidence shows the device's registration as our server holds it.
+    assert!(
+        logs.contains("registration of acct-0") && logs.contains("lwm2m=1.1"),
+        "{logs}"
+    );
 }
 
 /// A 1.2 device runs the 1.1 cases; it announces a bare `</16>` (no instance), so the cases

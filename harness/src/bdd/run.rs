@@ -272,7 +272,13 @@ impl RunContext {
                 }
                 let log = backend.exchange_log();
                 let stem = evidence_stem(&cases[0], rule, scenario);
-                match self.write_evidence(&stem, log) {
+                let registration = match &self.subject {
+                    Subject::Device { endpoint } => backend
+                        .registration(endpoint)
+                        .map(|r| device_registration_text(&r)),
+                    _ => None,
+                };
+                match self.write_evidence(&stem, log, registration.as_deref()) {
                     Ok(files) => evidence = files,
                     Err(e) => eprintln!("evidence of {stem}: {e:#}"),
                 }
@@ -311,8 +317,13 @@ impl RunContext {
 
     /// Writes a scenario's exchange log and pcap; returns their paths relative to the
     /// report folder.
-    fn write_evidence(&self, stem: &str, log: &ExchangeLog) -> anyhow::Result<Vec<String>> {
-        if log.is_empty() {
+    fn write_evidence(
+        &self,
+        stem: &str,
+        log: &ExchangeLog,
+        registration: Option<&str>,
+    ) -> anyhow::Result<Vec<String>> {
+        if log.is_empty() && registration.is_none() {
             return Ok(Vec::new());
         }
         let dir = self.report_dir.join("exchanges");
@@ -333,7 +344,10 @@ impl RunContext {
             files.push(keys);
             header
         };
-        let text = format!("{header}\n{}", log.text());
+        let text = match registration {
+            Some(r) => format!("{header}\n{r}\n{}", log.text()),
+            None => format!("{header}\n{}", log.text()),
+        };
         let txt = format!("exchanges/{stem}.txt");
         std::fs::write(self.report_dir.join(&txt), text)?;
         let mut recorder = PcapRecorder::create(&self.report_dir.join(&pcap))?;
@@ -344,6 +358,30 @@ impl RunContext {
         files.splice(0..0, [txt, pcap]);
         Ok(files)
     }
+}
+
+/// The device's registration as our server holds it (from its last Register and
+/// Updates): parameters, links, and what the server tolerated in them; evidence of every
+/// device case.
+fn device_registration_text(r: &lwm2m_proto::server::Registration) -> String {
+    let mut s = format!(
+        "registration of {} ({}): lwm2m={} lt={} b={}{} from {}\n  links: {}\n",
+        r.endpoint,
+        r.id,
+        r.version,
+        r.lifetime,
+        r.binding,
+        if r.queue_mode { " Q" } else { "" },
+        r.address,
+        r.links
+    );
+    for f in &r.findings {
+        let _ = writeln!(s, "  finding: {f}");
+    }
+    for n in &r.link_notes {
+        let _ = writeln!(s, "  link note: {n}");
+    }
+    s
 }
 
 fn usage_datagrams(log: &ExchangeLog) -> Vec<report::usage::Datagram> {
