@@ -535,6 +535,54 @@ fn a_finding_makes_a_case_pass_with_findings_and_strict_fails_the_run() {
     assert!(junit.contains("passed with findings"), "{junit}");
 }
 
+/// A device without SenML JSON (it announces only SenML CBOR with `ct=`) answers 4.06 to
+/// a Read in SenML JSON: the case is "not supported", naming the refusal and the clause;
+/// when its description declares SenML JSON, the same refusal fails the case.
+#[test]
+fn a_refused_optional_format_is_not_supported_unless_the_vendor_declares_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let profile = profile_variant(
+        tmp.path(),
+        &root().join("features/profiles/ets-1.1.yaml"),
+        "ets-1.1-no-senml-json",
+        &[(
+            "supported_formats: [senml-cbor, senml-json, cbor, tlv, text, opaque]",
+            "supported_formats: [senml-cbor, cbor, tlv, text, opaque]",
+        )],
+        "",
+    );
+    let declares = tmp.path().join("declares.yaml");
+    std::fs::write(&declares, "features:\n  - senml-json\n").unwrap();
+    for (prefix, description, want, says) in [
+        ("nojson-", None, Status::NotSupported, "4.06 Not Acceptable"),
+        (
+            "nojson-declared-",
+            Some(&declares),
+            Status::Failed,
+            "4.06 Not Acceptable",
+        ),
+    ] {
+        let port = free_udp_port();
+        let _device = device_with(&profile, &format!("coap://127.0.0.1:{port}"), prefix, &[]);
+        let dir = tmp.path().join(prefix);
+        let bind = [("LWM2M_HARNESS_BIND", format!("127.0.0.1:{port}"))];
+        let mut extra: Vec<&std::ffi::OsStr> = Vec::new();
+        if let Some(d) = description {
+            extra.extend(["--device-profile".as_ref(), d.as_os_str()]);
+        }
+        let endpoint = format!("{prefix}0");
+        let (success, report, all, stderr) =
+            run_device(&endpoint, "@int-231 or @int-232", &dir, &bind, &extra);
+        assert_eq!(success, want != Status::Failed, "{all}\n{stderr}");
+        assert_cases_say(&report, &["int-231"], want, says);
+        assert_cases(&report, &["int-232"], Status::Passed);
+        if want == Status::NotSupported {
+            assert_cases_say(&report, &["int-231"], want, "§6.2.1");
+            assert_eq!(report.counts().not_supported, 1, "{all}");
+        }
+    }
+}
+
 /// A run that tests nothing fails with a one-line reason: tags no case carries.
 #[test]
 fn a_run_with_no_case_exits_non_zero_and_says_why() {

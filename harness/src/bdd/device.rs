@@ -17,6 +17,9 @@
 //! values:                      # endpoint-independent values it is configured with
 //!   /3/0/0: ACME
 //!   /3/0/16: UQ
+//! features:                    # optional features it has: a refusal of one is a failure,
+//!   - senml-json               # not "not supported" (content formats by name or number,
+//!   - /1/0/4                   # resources by path: Disable)
 //! ```
 //!
 //! Unknown keys are refused; errors name the file and line.
@@ -40,6 +43,10 @@ pub struct DeviceDescription {
     /// Configured values, by resource (or resource instance) path, as text.
     #[serde(default)]
     pub values: BTreeMap<String, serde_yaml::Value>,
+    /// Optional features the vendor declares: content formats (`senml-json`, `11543`)
+    /// and resources (`/1/0/4`). The device refusing one of them fails the case.
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
 /// A device description that could not be read.
@@ -107,7 +114,43 @@ impl DeviceDescription {
                 ));
             }
         }
+        for feature in &d.features {
+            let line = text
+                .lines()
+                .position(|l| l.trim_start().trim_start_matches("- ").trim() == feature)
+                .map_or(1, |n| n + 1);
+            let format = lwm2m_proto::ContentFormat::from_name(feature).is_some();
+            let resource = feature
+                .parse::<Lwm2mPath>()
+                .is_ok_and(|p| p.resource_id().is_some());
+            if !format && !resource {
+                return Err(schema(
+                    line,
+                    format!(
+                        "features: {feature:?} is neither a content format (senml-json, \
+                         11543, ...) nor a resource path (/1/0/4)"
+                    ),
+                ));
+            }
+        }
         Ok(d)
+    }
+
+    /// Whether the vendor declares the content format `format`.
+    pub fn declares_format(&self, format: lwm2m_proto::ContentFormat) -> bool {
+        self.features
+            .iter()
+            .any(|f| lwm2m_proto::ContentFormat::from_name(f) == Some(format))
+    }
+
+    /// Whether the vendor declares the resource at `path` (its object and resource ids:
+    /// `/1/0/4` declares Disable of every Server instance).
+    pub fn declares_resource(&self, path: &Lwm2mPath) -> bool {
+        self.features.iter().any(|f| {
+            f.parse::<Lwm2mPath>().is_ok_and(|d| {
+                d.object_id() == path.object_id() && d.resource_id() == path.resource_id()
+            })
+        })
     }
 
     /// The configured value of `path`, as text, if the description declares one.
@@ -147,6 +190,20 @@ mod tests {
             Some("false")
         );
         assert_eq!(d.value(&"/3/0/1".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn declared_features() {
+        let d =
+            DeviceDescription::parse("d.yaml", "features:\n  - senml-json\n  - /1/0/4\n").unwrap();
+        assert!(d.declares_format(lwm2m_proto::ContentFormat::SenmlJson));
+        assert!(!d.declares_format(lwm2m_proto::ContentFormat::SenmlCbor));
+        assert!(d.declares_resource(&"/1/1/4".parse().unwrap()));
+        assert!(!d.declares_resource(&"/1/1/9".parse().unwrap()));
+        let e = DeviceDescription::parse("d.yaml", "name: x\nfeatures:\n  - turbo\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("d.yaml:3:") && e.contains("turbo"), "{e}");
     }
 
     #[test]

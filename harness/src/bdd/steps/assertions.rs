@@ -142,7 +142,8 @@ fn mandatory_format(version: Lwm2mVersion, format: ContentFormat) -> bool {
 /// Unsupported Content-Format) for a format it does not have to support and did not announce
 /// in its Register's `ct=`, and 4.04 or 4.05 for an operation on a resource the object
 /// definition marks optional (Disable 1/x/4, Bootstrap-Request Trigger 1/x/9, ...).
-/// Anything else falls through to the failure.
+/// A feature the device description declares (`features:`) is no longer optional for the
+/// device: its refusal falls through to the failure, as anything else does.
 fn refused_optional(w: &mut Lwm2mWorld, outcome: &Outcome, response: &Response) {
     let Ok(endpoint) = w.current() else { return };
     let Some(registration) = w.backend().registration(&endpoint) else {
@@ -152,7 +153,12 @@ fn refused_optional(w: &mut Lwm2mWorld, outcome: &Outcome, response: &Response) 
     if let (Some(format), (4, 6) | (4, 15)) = (requested_format(&outcome.operation), response.code)
     {
         let announced = registration.links.content_formats.contains(&format.code());
-        if !announced && !mandatory_format(registration.version, format) {
+        let declared = w
+            .ctx()
+            .device
+            .as_ref()
+            .is_some_and(|d| d.declares_format(format));
+        if !announced && !declared && !mandatory_format(registration.version, format) {
             not_supported(format!(
                 "{} was refused with {code}: {} is optional for a LwM2M {} client and the \
                  device does not announce it (ct= {:?} in its Register, Core TS 1.1 §6.2.1, \
@@ -168,8 +174,14 @@ fn refused_optional(w: &mut Lwm2mWorld, outcome: &Outcome, response: &Response) 
         && let (Some(o), Some(r)) = (outcome.target.object_id(), outcome.target.resource_id())
     {
         let registry = w.ctx().library.registry.clone();
+        let declared = w
+            .ctx()
+            .device
+            .as_ref()
+            .is_some_and(|d| d.declares_resource(&outcome.target));
         if let Some(def) = registry.resource(o, r)
             && !def.mandatory
+            && !declared
         {
             not_supported(format!(
                 "{} was refused with {code}: resource {} of object {} ({}) is optional \
