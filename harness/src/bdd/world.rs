@@ -134,6 +134,9 @@ pub struct Lwm2mWorld {
     pub device_evidence: bool,
     /// The pmin each Write-Attributes of the scenario set, by path (Core TS 1.1 §5.1.2).
     pub pmin_written: BTreeMap<Lwm2mPath, u32>,
+    /// The change conditions (gt, lt, st) each Write-Attributes of the scenario set, by
+    /// path (Core TS 1.1 §5.1.2).
+    pub thresholds_written: BTreeMap<Lwm2mPath, Thresholds>,
     /// The values each observation last reported (its Observe answer, then each awaited
     /// notification), to tell a change notification from an unprompted one.
     pub observed_values: Vec<(ObservationId, Vec<Record>)>,
@@ -485,6 +488,22 @@ impl Lwm2mWorld {
                 self.pmin_written.remove(path);
             }
         }
+        if let Operation::WriteAttributes { path, attributes } = &operation {
+            use lwm2m_proto::codec::link::AttributeName;
+            let t = self.thresholds_written.entry(*path).or_default();
+            let set = &attributes.set;
+            t.gt = set.gt.or(t.gt);
+            t.lt = set.lt.or(t.lt);
+            t.st = set.st.or(t.st);
+            for name in &attributes.unset {
+                match name {
+                    AttributeName::Gt => t.gt = None,
+                    AttributeName::Lt => t.lt = None,
+                    AttributeName::St => t.st = None,
+                    _ => {}
+                }
+            }
+        }
         let account = self.account_instance(endpoint, &operation)?;
         self.mark();
         let target = target_of(&operation);
@@ -739,6 +758,33 @@ fn show_instances(instances: &[InstanceId]) -> String {
         .join(", ")
 }
 
+/// The change conditions of an observed numeric resource (Core TS 1.1 §5.1.2): Greater
+/// Than, Less Than, Step.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Thresholds {
+    /// Greater Than.
+    pub gt: Option<f64>,
+    /// Less Than.
+    pub lt: Option<f64>,
+    /// Step.
+    pub st: Option<f64>,
+}
+
+impl Thresholds {
+    /// Whether any condition is set.
+    pub fn any(&self) -> bool {
+        self.gt.is_some() || self.lt.is_some() || self.st.is_some()
+    }
+
+    /// Whether a change from `a` to `b` meets a condition: crossing gt or lt, or a step of
+    /// at least st.
+    pub fn met(&self, a: f64, b: f64) -> bool {
+        self.gt.is_some_and(|g| (a > g) != (b > g))
+            || self.lt.is_some_and(|l| (a < l) != (b < l))
+            || self.st.is_some_and(|st| (b - a).abs() >= st)
+    }
+}
+
 /// The clause a decoder finding departs from.
 pub fn finding_clause(finding: &lwm2m_proto::content::Finding) -> &'static str {
     use lwm2m_proto::content::Finding;
@@ -976,6 +1022,20 @@ mod tests {
             ["/3/0/0", "/0/0/0", "/1/0", "/16/0/0/1", "/16"],
             "the created /16/1 and the URI's path are left out"
         );
+    }
+
+    #[test]
+    fn change_conditions() {
+        let t = Thresholds {
+            gt: Some(10.0),
+            lt: None,
+            st: Some(5.0),
+        };
+        assert!(t.any());
+        assert!(t.met(9.0, 11.0), "crosses gt");
+        assert!(t.met(1.0, 6.0), "a step of st");
+        assert!(!t.met(1.0, 4.0), "neither");
+        assert!(!Thresholds::default().any());
     }
 
     #[test]

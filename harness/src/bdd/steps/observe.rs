@@ -134,8 +134,10 @@ fn remember(w: &mut Lwm2mWorld, id: ObservationId, values: Vec<lwm2m_proto::Reco
     w.observed_values.push((id, values));
 }
 
-/// Whether a notification's values differ from what the observation reported last (times
-/// aside).
+/// Whether a notification reports a change that allows it before pmax: its values differ
+/// from what the observation reported last (times aside) and, for a numeric resource with
+/// gt, lt or st written on it or above it, the change meets one of them (Core TS 1.1
+/// §5.1.2).
 fn changed(w: &Lwm2mWorld, id: ObservationId, t: &Timed) -> bool {
     let Happening::Server(ServerEvent::Notification { path, response, .. }) = &t.happening else {
         return false;
@@ -147,8 +149,32 @@ fn changed(w: &Lwm2mWorld, id: ObservationId, t: &Timed) -> bool {
         .find(|(o, _)| *o == id)
         .map(|(_, v)| v.as_slice())
         .unwrap_or_default();
+    let number = |r: &lwm2m_proto::Record| {
+        r.value
+            .as_ref()
+            .and_then(|v| lwm2m_proto::content::format_text(v).parse::<f64>().ok())
+    };
     let key = |r: &lwm2m_proto::Record| (r.path, r.value.clone());
-    now.len() != before.len() || now.iter().map(key).ne(before.iter().map(key))
+    if now.len() != before.len() {
+        return true;
+    }
+    now.iter().any(|r| {
+        let Some(old) = before.iter().find(|b| b.path == r.path) else {
+            return true;
+        };
+        if key(old) == key(r) {
+            return false;
+        }
+        let ids = r.path.ids();
+        let thresholds = (0..=ids.len())
+            .rev()
+            .filter_map(|n| Lwm2mPath::from_ids(&ids[..n]))
+            .find_map(|a| w.thresholds_written.get(&a).filter(|t| t.any()));
+        match (thresholds, number(old), number(r)) {
+            (Some(t), Some(a), Some(b)) => t.met(a, b),
+            _ => true,
+        }
+    })
 }
 
 /// The pmin in force on `paths` (Core TS 1.1 §5.1.2): what the scenario wrote on each
@@ -234,8 +260,8 @@ fn notification_between(
             ))
         } else if !changed(w, id, &t) {
             Some(
-                "with the value unchanged (Core TS 1.1 §5.1.2: before pmax, a notification \
-                 follows a change that meets gt/lt/st)"
+                "with no change that meets gt/lt/st (Core TS 1.1 §5.1.2: before pmax, a \
+                 notification follows a change that meets them)"
                     .to_owned(),
             )
         } else {
