@@ -69,10 +69,10 @@ fn main() -> ExitCode {
         Command::Report { run_dir } => {
             let report = lwm2m_harness::report::RunReport::load(&run_dir)?;
             report.write(&run_dir)?;
-            let (p, f, n) = report.tally();
             println!(
-                "{}: {p} passed, {f} failed, {n} not applicable -> {}",
+                "{}: {} -> {}",
                 report.title,
+                report.counts(),
                 run_dir.join("report.html").display()
             );
             Ok(ExitCode::SUCCESS)

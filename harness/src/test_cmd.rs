@@ -37,6 +37,15 @@ pub struct TestArgs {
     /// Print only the summary, not cucumber's step-by-step output.
     #[arg(long)]
     quiet: bool,
+    /// The device under test's description (YAML: configured values, the Short Server ID
+    /// of its account): cases that read configuration values expect these; without it
+    /// they check presence and type only.
+    #[arg(long, value_name = "FILE")]
+    device_profile: Option<PathBuf>,
+    /// A case that passed with findings (an encoding or Register deviation the harness
+    /// tolerated) counts as failed for the exit status.
+    #[arg(long)]
+    strict: bool,
 }
 
 /// A run name: UTC time and `features`, e.g. `2026-11-24T08-00-00-features`.
@@ -88,7 +97,8 @@ fn subject(args: &TestArgs) -> anyhow::Result<Subject> {
     })
 }
 
-/// Runs the suite; exit status 1 when a case failed.
+/// Runs the suite; exit status 1 when a case failed or no case was tested (with
+/// `--strict`, also when a case passed with findings).
 pub fn run(args: &TestArgs, ddf: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let name = run_name(SystemTime::now());
     let report_dir = args
@@ -105,6 +115,7 @@ pub fn run(args: &TestArgs, ddf: &[PathBuf]) -> anyhow::Result<ExitCode> {
         report_dir: report_dir.clone(),
         run: name,
         console: !args.quiet,
+        device_profile: args.device_profile.clone(),
     };
     let outcome = run::run_suite(&options)?;
     print!("{}", run::summary(&outcome.report));
@@ -112,11 +123,20 @@ pub fn run(args: &TestArgs, ddf: &[PathBuf]) -> anyhow::Result<ExitCode> {
         eprintln!("scenario without a case tag: {s}");
     }
     println!("report: {}", report_dir.join("report.html").display());
-    Ok(if outcome.is_success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    if let Some(why) = outcome.report.nothing_tested() {
+        eprintln!("nothing tested: {why}");
+    }
+    let with_findings = outcome.report.counts().with_findings;
+    if args.strict && with_findings > 0 {
+        eprintln!("--strict: {with_findings} cases passed with findings");
+    }
+    Ok(
+        if outcome.is_success() && !(args.strict && with_findings > 0) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@
 //! - [`secure`]: CoAP over DTLS in the in-process backend (PSK and certificates);
 //! - [`network`]: a real device registering with our servers, or our simulated clients
 //!   registering with an external server, over real UDP and real time;
+//! - [`device`]: the device description a vendor gives (`--device-profile`): configured
+//!   values and the account's Short Server ID;
 //! - [`fleet`]: clients from device profiles, quirk packs and network models;
 //! - [`exchange`]: the exchange log (one decoded line per CoAP message) that failure
 //!   messages show;
@@ -19,6 +21,7 @@
 //! - [`run`]: the runner, the not-applicable mechanism and the report collector.
 
 pub mod backend;
+pub mod device;
 pub mod exchange;
 pub mod fleet;
 pub mod inprocess;
