@@ -18,10 +18,11 @@
 //! - [`world`]: the cucumber World and the waiting and failure helpers;
 //! - [`params`]: parameter types (`{path}`, `{format}`, `{code}`, `{duration}`...);
 //! - [`steps`]: the vocabulary, one file per domain concept;
-//! - [`run`]: the runner, the not-applicable mechanism and the report collector.
+//! - [`run`]: the runner, the not-applicable mechanism and the report collector;
+//! - [`description`]: the device description a vendor gives (`--device-profile`).
 
 pub mod backend;
-pub mod device;
+pub mod description;
 pub mod exchange;
 pub mod fleet;
 pub mod inprocess;

@@ -111,7 +111,7 @@ pub struct RunContext {
     /// Wall-clock start of the run, seconds since the Unix epoch (pcap timestamps).
     pub started_unix: Duration,
     /// The device description the cases check configured values against, if any.
-    pub device: Option<super::device::DeviceDescription>,
+    pub device: Option<super::description::DeviceDescription>,
     collector: Mutex<Collector>,
 }
 
@@ -571,7 +571,7 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
             .then(|| options.root.join(SIMULATED_DEVICE_DESCRIPTION))
     });
     let device = device_profile
-        .map(|p| super::device::DeviceDescription::load(&p))
+        .map(|p| super::description::DeviceDescription::load(&p))
         .transpose()?;
     let ctx = Arc::new(RunContext {
         device,
