@@ -69,6 +69,7 @@ fn run_once(root: &Path, seed: u64, report_dir: PathBuf) -> bool {
         report_dir: report_dir.clone(),
         run: "features".to_owned(),
         console: true,
+        device: None,
     };
     let outcome = match run::run_suite(&options) {
         Ok(o) => o,

@@ -35,6 +35,7 @@ fn suite(dir: &Path, tags: &str, subject: Subject) -> RunReport {
         report_dir: dir.to_path_buf(),
         run: "network".to_owned(),
         console: false,
+        device: None,
     };
     let outcome = run::run_suite(&options).expect("the suite runs");
     assert!(outcome.untagged.is_empty() && outcome.parsing_errors == 0);

@@ -8,6 +8,8 @@
 //! - [`inprocess`]: the default backend: our servers and simulated clients on an in-memory
 //!   link and a virtual clock (deterministic, fast);
 //! - [`secure`]: CoAP over DTLS in the in-process backend (PSK and certificates);
+//! - [`device`]: the device under test started, stopped and restarted by the harness from
+//!   a command template (`test --device-cmd`);
 //! - [`network`]: a real device registering with our servers, or our simulated clients
 //!   registering with an external server, over real UDP and real time;
 //! - [`fleet`]: clients from device profiles, quirk packs and network models;
@@ -19,6 +21,7 @@
 //! - [`run`]: the runner, the not-applicable mechanism and the report collector.
 
 pub mod backend;
+pub mod device;
 pub mod exchange;
 pub mod fleet;
 pub mod inprocess;

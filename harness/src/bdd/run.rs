@@ -54,6 +54,9 @@ pub struct SuiteOptions {
     pub run: String,
     /// Print cucumber's progress to stdout.
     pub console: bool,
+    /// With a [`Subject::Device`]: the harness starts and stops the device itself
+    /// ([`super::device`]).
+    pub device: Option<super::device::DeviceLaunch>,
 }
 
 /// What a run produced.
@@ -232,6 +235,15 @@ impl RunContext {
                 }
             }
         }
+        // The launched device's output, and what happened to its process.
+        let (device_logs, device_notes) = super::device::end_case();
+        evidence.extend(device_logs);
+        let message = match (message, device_notes.is_empty()) {
+            (Some(m), false) if status != Status::Passed => {
+                Some(format!("{m}\n\ndevice under test:\n  {}", device_notes.join("\n  ")))
+            }
+            (m, _) => m,
+        };
         let title = match rule {
             Some(r) => format!("{} / {}", r.name, scenario.name),
             None => scenario.name.clone(),
@@ -484,6 +496,11 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
             .map_err(|e| anyhow::anyhow!("tag expression {tags:?}: {e}"))?;
         opts.tags_filter = Some(expr);
     }
+    if let (Some(launch), Subject::Device { endpoint }) = (&options.device, &options.subject) {
+        launch.check().map_err(anyhow::Error::msg)?;
+        super::device::check_endpoint(endpoint).map_err(anyhow::Error::msg)?;
+        super::device::install(launch.clone(), endpoint, options.seed);
+    }
     let (before_ctx, after_ctx) = (ctx.clone(), ctx.clone());
     let writer = NotApplicableAsSkipped(
         writer::Basic::raw(console, writer::Coloring::Never, Verbosity::Default)
@@ -501,6 +518,7 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         .before(move |feature, _, scenario, world| {
             let ctx = before_ctx.clone();
             let seed = ctx.scenario_seed(feature, scenario);
+            super::device::begin_case(&ctx.feature_label(feature));
             world.setup(ctx, seed);
             world.long_waits = scenario
                 .tags
@@ -515,6 +533,7 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         })
         .run(features);
     let writer = futures::executor::block_on(finished);
+    super::device::finish();
     let parsing_errors = cucumber::writer::Stats::parsing_errors(&writer.0);
     let collector =
         std::mem::take(&mut *ctx.collector.lock().unwrap_or_else(PoisonError::into_inner));
@@ -575,6 +594,32 @@ pub fn summary(report: &RunReport) -> String {
     s
 }
 
+/// Why a run tested nothing, if it did not: no case matched the tags, or every case was
+/// not applicable (a certification run that tested nothing must not pass).
+pub fn nothing_tested(report: &RunReport, tags: Option<&str>) -> Option<String> {
+    if report.cases.is_empty() {
+        return Some(match tags {
+            Some(t) => format!("no case matched the tags {t:?}"),
+            None => "no case ran: the feature files hold no scenario".to_owned(),
+        });
+    }
+    let tested = report
+        .cases
+        .iter()
+        .filter(|c| c.status != Status::NotApplicable)
+        .count();
+    (tested == 0).then(|| {
+        format!(
+            "nothing was tested: all {} cases were not applicable to {}",
+            report.cases.len(),
+            report
+                .subjects
+                .first()
+                .map_or("the subject", |s| s.id.as_str())
+        )
+    })
+}
+
 /// The workspace root a test binary was built in (`CARGO_MANIFEST_DIR/..`).
 pub fn workspace_root(manifest_dir: &Path) -> PathBuf {
     manifest_dir
@@ -620,6 +665,7 @@ mod tests {
             report_dir: dir.to_path_buf(),
             run: "determinism".to_owned(),
             console: false,
+            device: None,
         };
         let outcome = run_suite(&options).unwrap();
         assert!(outcome.is_success(), "{}", summary(&outcome.report));

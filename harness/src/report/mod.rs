@@ -6,6 +6,7 @@
 pub mod dtls;
 pub mod html;
 pub mod junit;
+pub mod matrix;
 pub mod usage;
 
 use std::collections::BTreeMap;
