@@ -73,7 +73,9 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Simulate(args) => simulate::run(registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Objects { id } => codec_tool::objects(&registry, id).map(|()| ExitCode::SUCCESS),
-        Command::Report { run_dir, out } if run_dir.len() > 1 || run_dir[0] == PathBuf::from("matrix") => {
+        Command::Report { run_dir, out }
+            if run_dir.len() > 1 || run_dir[0] == PathBuf::from("matrix") =>
+        {
             test_cmd::matrix(&run_dir, out.as_deref())
         }
         Command::Report { run_dir, .. } => {

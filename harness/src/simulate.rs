@@ -97,7 +97,12 @@ pub struct SimulateArgs {
     /// Instead of keys derived from a seed: this PSK key (hex) for every client, with
     /// `--psk-identity` (e.g. `--psk-identity {psk_identity} --psk-key {psk_key}` in a
     /// `test --device-cmd` template).
-    #[arg(long, value_name = "HEX", requires = "psk_identity", conflicts_with = "psk_key_seed")]
+    #[arg(
+        long,
+        value_name = "HEX",
+        requires = "psk_identity",
+        conflicts_with = "psk_key_seed"
+    )]
     psk_key: Option<String>,
     /// With a `coaps://` server, instead of PSKs: a CA certificate (PEM or DER) that issues
     /// every client a certificate of its own, subject CN the endpoint name (Security Mode

@@ -48,7 +48,11 @@ pub struct TestArgs {
     device_cmd: Vec<String>,
     /// The endpoint name of the --device-cmd at the same position (default:
     /// dut-N-XXXXXX from the position and the seed).
-    #[arg(long = "device-endpoint", value_name = "ENDPOINT", requires = "device_cmd")]
+    #[arg(
+        long = "device-endpoint",
+        value_name = "ENDPOINT",
+        requires = "device_cmd"
+    )]
     device_endpoint: Vec<String>,
     /// When the harness starts the device afresh: per-case, per-feature or never (only
     /// when it exits).
@@ -243,7 +247,10 @@ fn run_devices(args: &TestArgs, ddf: &[PathBuf], report_dir: &Path) -> anyhow::R
     if failed.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("error: the runs against {} did not succeed", failed.join(", "));
+        eprintln!(
+            "error: the runs against {} did not succeed",
+            failed.join(", ")
+        );
         Ok(ExitCode::FAILURE)
     }
 }

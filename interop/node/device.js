@@ -6,7 +6,8 @@
 //   lwm2m-harness test --device-cmd 'node interop/node/device.js {server_host} {server_port} {endpoint}' \
 //       --device-stop deregister
 //
-// It holds a Device object instance /3/0 with the usual identification resources, registers,
+// It holds a Server object instance /1/0 and a Device object instance /3/0 with the usual
+// identification resources, registers,
 // and answers the server. As many real devices do, it reboots by ending its process: on
 // Execute /3/0/4 it answers, then exits (the harness starts it again). Commands, one per line
 // on stdin: `deregister` (de-register, then exit), `quit`; it exits at the end of its input.
@@ -96,11 +97,31 @@ function setAll(i) {
     });
 }
 
-client.registry.create('/3/0', (error) => {
+// Server (1) instance 0: Short Server ID, lifetime, notification storing, binding.
+const server = [['0', '1'], ['1', '300'], ['6', 'false'], ['7', 'U']];
+
+function setServer(i) {
+    if (i === server.length) {
+        return client.registry.create('/3/0', (error) => {
+            if (error) {
+                return fail('create', error);
+            }
+            setAll(0);
+        });
+    }
+    client.registry.setResource('/1/0', server[i][0], server[i][1], (error) => {
+        if (error) {
+            return fail('set', error);
+        }
+        setServer(i + 1);
+    });
+}
+
+client.registry.create('/1/0', (error) => {
     if (error) {
         return fail('create', error);
     }
-    setAll(0);
+    setServer(0);
 });
 
 readline.createInterface({input: process.stdin}).on('line', (line) => {

@@ -33,8 +33,9 @@ use std::str::FromStr;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-/// How long a stopping device has to exit by itself after its stop line (or the end of its
-/// standard input) before its process group gets SIGTERM, and again before SIGKILL.
+/// How long a stopping device has to exit by itself after its stop line (a third of it
+/// after only the end of its standard input) before its process group gets SIGTERM, and
+/// again before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// How many starts in a row without a Register make the remaining cases fail at once.
@@ -183,14 +184,14 @@ pub fn generated_endpoint(position: usize, seed: u64) -> String {
 /// The device's PSK towards our LwM2M Server: identity `ENDPOINT-psk` and 16 bytes derived
 /// from the run seed and the endpoint.
 pub fn generated_psk(endpoint: &str, seed: u64) -> (String, Vec<u8>) {
-    let base = endpoint
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let base = endpoint.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     let mut key = Vec::with_capacity(16);
     for i in 0..2 {
-        key.extend_from_slice(&lwm2m_simulator::seed::mix(&[seed, base, 0x70_736b, i]).to_be_bytes());
+        key.extend_from_slice(
+            &lwm2m_simulator::seed::mix(&[seed, base, 0x70_736b, i]).to_be_bytes(),
+        );
     }
     (format!("{endpoint}-psk"), key)
 }
@@ -506,7 +507,12 @@ impl Launcher {
         }
         // The end of input: device programs commonly quit on it.
         drop(r.stdin.take());
-        let mut exited = wait_exit(&mut r.child, STOP_GRACE);
+        let grace = if self.launch.stop.is_some() {
+            STOP_GRACE
+        } else {
+            STOP_GRACE / 3
+        };
+        let mut exited = wait_exit(&mut r.child, grace);
         if !exited {
             kill_group(pid, "TERM");
             exited = wait_exit(&mut r.child, STOP_GRACE);
@@ -569,10 +575,17 @@ mod tests {
 
     #[test]
     fn templates_are_checked_and_expanded() {
-        assert!(launch("dev --ep {endpoint} --srv {server_uri}").check().is_ok());
+        assert!(
+            launch("dev --ep {endpoint} --srv {server_uri}")
+                .check()
+                .is_ok()
+        );
         assert!(launch("dev ${HOME} {endpoint}").check().is_ok());
         let e = launch("dev {endpiont}").check().unwrap_err();
-        assert!(e.contains("{endpiont}") && e.contains("{server_uri}"), "{e}");
+        assert!(
+            e.contains("{endpiont}") && e.contains("{server_uri}"),
+            "{e}"
+        );
         assert!(launch("  ").check().is_err());
         assert!(launch("x {psk_key}").uses_psk());
         assert!(!launch("x {server_uri}").uses_psk());
@@ -650,7 +663,9 @@ mod tests {
         assert!(out.contains("up ep1") && out.contains("got quit"), "{out}");
         // The shell waited for its `sleep`: only the signal to the group ended it.
         assert!(
-            l.notes.iter().any(|n| n.contains(&format!("process {pid}"))),
+            l.notes
+                .iter()
+                .any(|n| n.contains(&format!("process {pid}"))),
             "{:?}",
             l.notes
         );

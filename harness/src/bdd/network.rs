@@ -475,9 +475,10 @@ impl DeviceBackend {
     fn arrived(&mut self, at: Duration, happening: Happening) {
         if self.launched {
             match &happening {
-                Happening::Server(ServerEvent::Registered { registration, replaced })
-                    if registration.endpoint == self.device =>
-                {
+                Happening::Server(ServerEvent::Registered {
+                    registration,
+                    replaced,
+                }) if registration.endpoint == self.device => {
                     super::device::with(super::device::Launcher::registered);
                     if replaced.is_some() {
                         self.rebooted(at);
@@ -588,17 +589,18 @@ impl DeviceBackend {
             if bootstrap_only && !self.bootstrap_configured {
                 let config = self.default_bootstrap_config();
                 let key = ConfigKey::Endpoint(self.device.clone());
-                self.servers
-                    .store
-                    .put(key, config)
-                    .map_err(|e| anyhow::anyhow!("our bootstrap store refused the device's configuration: {e}"))?;
+                self.servers.store.put(key, config).map_err(|e| {
+                    anyhow::anyhow!("our bootstrap store refused the device's configuration: {e}")
+                })?;
             }
             let values = self.placeholders();
             let pid = device::with(|l| l.start(&values))
                 .ok_or_else(|| anyhow::anyhow!("the device's launcher is gone"))??;
             let at = self.now();
-            self.log
-                .note(at, &format!("the harness started the device (process {pid})"));
+            self.log.note(
+                at,
+                &format!("the harness started the device (process {pid})"),
+            );
             self.started_with = Some(values);
         }
         if bootstrap_only {

@@ -239,9 +239,10 @@ impl RunContext {
         let (device_logs, device_notes) = super::device::end_case();
         evidence.extend(device_logs);
         let message = match (message, device_notes.is_empty()) {
-            (Some(m), false) if status != Status::Passed => {
-                Some(format!("{m}\n\ndevice under test:\n  {}", device_notes.join("\n  ")))
-            }
+            (Some(m), false) if status != Status::Passed => Some(format!(
+                "{m}\n\ndevice under test:\n  {}",
+                device_notes.join("\n  ")
+            )),
             (m, _) => m,
         };
         let title = match rule {

@@ -99,8 +99,10 @@ impl Matrix {
                 .and_then(|s| s.get(0))
                 .and_then(|s| text(s, "id"))
                 .unwrap_or_else(|| {
-                    dir.file_name()
-                        .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned())
+                    dir.file_name().map_or_else(
+                        || dir.display().to_string(),
+                        |n| n.to_string_lossy().into_owned(),
+                    )
                 });
             let mut tally: BTreeMap<String, usize> = BTreeMap::new();
             for c in cases {
@@ -163,7 +165,13 @@ impl Matrix {
                 tally.join(", ")
             );
         }
-        let width = self.rows.iter().map(|r| r.case.len()).max().unwrap_or(4).max(4);
+        let width = self
+            .rows
+            .iter()
+            .map(|r| r.case.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
         let _ = write!(s, "\n{:width$}", "case");
         for i in 0..self.columns.len() {
             let _ = write!(s, "  {:<18}", format!("[{}]", i + 1));
@@ -224,7 +232,12 @@ impl Matrix {
                 match cell {
                     None => s.push_str("<td>-</td>"),
                     Some(c) => {
-                        let _ = write!(s, "<td class=\"{}\">{}", escape(&c.status), escape(&c.status));
+                        let _ = write!(
+                            s,
+                            "<td class=\"{}\">{}",
+                            escape(&c.status),
+                            escape(&c.status)
+                        );
                         if let Some(n) = c.findings {
                             let _ = write!(s, " <small>{n} finding(s)</small>");
                         }
@@ -246,7 +259,9 @@ impl Matrix {
 
     /// JUnit XML: one `<testsuite>` per device, one `<testcase>` per case.
     pub fn junit(&self) -> String {
-        let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"interoperability matrix\">\n");
+        let mut s = String::from(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"interoperability matrix\">\n",
+        );
         for (i, col) in self.columns.iter().enumerate() {
             let cells: Vec<(&Row, &Cell)> = self
                 .rows
@@ -283,7 +298,8 @@ impl Matrix {
                         );
                     }
                     "not-applicable" => {
-                        let _ = writeln!(s, ">\n      <skipped message=\"{why}\"/>\n    </testcase>");
+                        let _ =
+                            writeln!(s, ">\n      <skipped message=\"{why}\"/>\n    </testcase>");
                     }
                     _ => s.push_str("/>\n"),
                 }
@@ -338,14 +354,25 @@ mod tests {
     fn two_runs_side_by_side() {
         let tmp = tempfile::tempdir().unwrap();
         let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-        run(&a, "device:a", &[("int-101", "passed"), ("int-203", "failed")]);
-        run(&b, "device:b", &[("int-101", "not-applicable"), ("int-301", "passed")]);
+        run(
+            &a,
+            "device:a",
+            &[("int-101", "passed"), ("int-203", "failed")],
+        );
+        run(
+            &b,
+            "device:b",
+            &[("int-101", "not-applicable"), ("int-301", "passed")],
+        );
         let m = Matrix::load(&[a, b], tmp.path()).unwrap();
         assert_eq!(m.columns.len(), 2);
         assert_eq!(m.rows.len(), 3);
         let r101 = &m.rows[0];
         assert_eq!(r101.cells[0].as_ref().unwrap().status, "passed");
-        assert_eq!(r101.cells[1].as_ref().unwrap().reason.as_deref(), Some("why"));
+        assert_eq!(
+            r101.cells[1].as_ref().unwrap().reason.as_deref(),
+            Some("why")
+        );
         assert_eq!(
             r101.cells[0].as_ref().unwrap().evidence.as_deref(),
             Some("a/exchanges/int-101.txt")
@@ -355,7 +382,10 @@ mod tests {
         assert_eq!(junit.matches("<testsuite ").count(), 2);
         assert!(junit.contains("name=\"device:b\" tests=\"2\" failures=\"0\" skipped=\"1\""));
         let text = m.text();
-        assert!(text.contains("device:a") && text.contains("int-301"), "{text}");
+        assert!(
+            text.contains("device:a") && text.contains("int-301"),
+            "{text}"
+        );
         m.write(tmp.path()).unwrap();
         assert!(tmp.path().join("matrix.html").is_file());
         assert!(Matrix::load(&[], tmp.path()).is_err());
