@@ -74,7 +74,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run(registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Objects { id } => codec_tool::objects(&registry, id).map(|()| ExitCode::SUCCESS),
         Command::Report { run_dir, out }
-            if run_dir.len() > 1 || run_dir[0] == PathBuf::from("matrix") =>
+            if run_dir.len() > 1 || run_dir[0] == std::path::Path::new("matrix") =>
         {
             test_cmd::matrix(&run_dir, out.as_deref())
         }
