@@ -56,9 +56,14 @@ fn require_node_lib() {
     );
 }
 
+/// How long a step may wait in real time (`LWM2M_HARNESS_MAX_WAIT`): the simulated client
+/// keeps silent for 5 s after a Reboot, at the default limit; a loaded machine needs more.
+const MAX_WAIT: &str = "20";
+
 /// `lwm2m-harness test ARGS --quiet --root ROOT --report-dir DIR`.
 fn harness(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .env("LWM2M_HARNESS_MAX_WAIT", MAX_WAIT)
         .arg("test")
         .args(args)
         .arg("--quiet")
@@ -219,13 +224,32 @@ fn a_device_given_a_psk_by_the_template_registers_over_dtls() {
             "--seed",
             "11",
             "--tags",
-            "@int-203 or @int-205",
+            "@int-203 or @int-205 or @int-401 or @core-7.1.8",
         ],
     );
     let report = report(dir);
     assert!(out.status.success(), "{}\n{}", show(&report), text(&out));
     assert_case(&report, "int-203", Status::Passed);
     assert_case(&report, "int-205", Status::Passed);
+    // The DTLS cases give the device the case's own credentials through the template: a
+    // PSK, a wrong key, an unknown identity, another endpoint's identity; and a reboot.
+    assert_case(&report, "int-401", Status::Passed);
+    assert_eq!(cases(&report, "int-401").len(), 4, "{}", show(&report));
+    // (core-7.1.8 also tags a bootstrap case: not for a device given {server_uri}.)
+    assert!(
+        cases(&report, "core-7.1.8")
+            .iter()
+            .any(|c| c.feature.ends_with("security/dtls.feature") && c.status == Status::Passed),
+        "{}",
+        show(&report)
+    );
+    assert!(
+        cases(&report, "core-7.1.8")
+            .iter()
+            .all(|c| c.status != Status::Failed),
+        "{}",
+        show(&report)
+    );
     let mut logs = String::new();
     for c in &report.cases {
         for e in &c.evidence {
@@ -239,6 +263,10 @@ fn a_device_given_a_psk_by_the_template_registers_over_dtls() {
         "no CoAP inside DTLS records:\n{logs}"
     );
     assert!(logs.contains("coaps://127.0.0.1:") && logs.contains("psk-dut-psk"));
+    assert!(
+        logs.contains("ets-psk-identity"),
+        "the case's identity reached the device"
+    );
     // The key itself is in no log.
     let (_, key) = lwm2m_harness::bdd::device::generated_psk("psk-dut", 11);
     let key: String = key.iter().map(|b| format!("{b:02x}")).collect();
@@ -290,6 +318,7 @@ fn a_device_that_ends_its_process_on_reboot_costs_that_case_only() {
     let feature = root().join("harness/tests/fixtures/device_reboot.feature");
     let template = node_device();
     let out = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .env("LWM2M_HARNESS_MAX_WAIT", MAX_WAIT)
         .arg("test")
         .arg(&feature)
         .args(["--device-cmd", &template, "--device-restart", "never"])

@@ -413,6 +413,12 @@ impl Launcher {
         })
     }
 
+    /// The last start is not expected to register at once (the case bootstraps it, or gives
+    /// it credentials that may be refused): it does not count towards giving up.
+    pub fn excuse_silence(&mut self) {
+        self.silent_starts = self.silent_starts.saturating_sub(1);
+    }
+
     /// The device registered since its last start.
     pub fn registered(&mut self) {
         self.silent_starts = 0;

@@ -27,7 +27,9 @@
 //! device starts when a case starts its client, and the case waits (bounded) for its
 //! Register. Its process exiting during a case is a reboot if the case executed /3/0/4;
 //! either way the harness starts it again. A template with `{psk_identity}`/`{psk_key}`
-//! gets a DTLS listener and a PSK generated from the seed; one with `{bootstrap_uri}` and
+//! gets a DTLS listener and a PSK generated from the seed, and the PSK cases (int-401,
+//! core-7.1.8) start it with the case's own identity and key (our listener's events are
+//! the handshakes the steps wait for); one with `{bootstrap_uri}` and
 //! no `{server_uri}` bootstraps from our Bootstrap Server, which gives it an account on our
 //! LwM2M Server unless the case gives its own configuration.
 //!
@@ -54,7 +56,8 @@ use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{ObservationId, OpError, OpId, Operation, Registration, ServerEvent};
 use lwm2m_server::store::{BootstrapDoc, BootstrapStore, ConfigKey, FileBootstrapStore};
 use lwm2m_server::{
-    BootstrapHandle, BootstrapOptions, DriverError, Event, ServerHandle, ServerOptions,
+    BootstrapHandle, BootstrapOptions, DriverError, Event, SecurityEvent, ServerHandle,
+    ServerOptions,
 };
 use lwm2m_simulator::NetworkModel;
 use tokio::net::UdpSocket;
@@ -129,7 +132,15 @@ struct DeviceServers {
     bootstrap: BootstrapHandle,
     store: Arc<FileBootstrapStore>,
     tap: Arc<Tap>,
+    /// The DTLS listener's security store, if our LwM2M Server has one.
+    security: Option<Arc<lwm2m_server::store::FileSecurityStore>>,
 }
+
+/// The type of the DTLS settings with the security store they read.
+type DeviceDtls = (
+    lwm2m_server::DtlsOptions,
+    Arc<lwm2m_server::store::FileSecurityStore>,
+);
 
 fn device_servers(
     endpoint: &str,
@@ -151,7 +162,7 @@ fn device_servers(
 ///
 /// A launched device whose template names a PSK ([`super::device`]) gets the listener
 /// (on `LWM2M_HARNESS_COAPS_BIND`, else a free loopback port) with its generated PSK.
-fn device_dtls(endpoint: &str) -> Result<Option<lwm2m_server::DtlsOptions>, String> {
+fn device_dtls(endpoint: &str) -> Result<Option<DeviceDtls>, String> {
     use lwm2m_server::store::{Credentials, FileSecurityStore, SecurityInfo, SecurityStore as _};
     let launched_psk = super::device::with(|l| l.psk()).flatten();
     let bind = match std::env::var("LWM2M_HARNESS_COAPS_BIND") {
@@ -204,9 +215,10 @@ fn device_dtls(endpoint: &str) -> Result<Option<lwm2m_server::DtlsOptions>, Stri
             );
         }
     };
-    let mut options = lwm2m_server::DtlsOptions::new(bind, Arc::new(security));
+    let security = Arc::new(security);
+    let mut options = lwm2m_server::DtlsOptions::new(bind, security.clone());
     options.certificate = certificate;
-    Ok(Some(options))
+    Ok(Some((options, security)))
 }
 
 fn start_device_servers(endpoint: &str, registry: Arc<Registry>) -> Result<DeviceServers, String> {
@@ -229,7 +241,8 @@ fn start_device_servers(endpoint: &str, registry: Arc<Registry>) -> Result<Devic
     let _guard = rt.enter();
     let mut options = ServerOptions::new(bind, registry);
     options.tap = Some(tap.clone());
-    options.dtls = device_dtls(endpoint)?;
+    let (dtls, security) = device_dtls(endpoint)?.unzip();
+    options.dtls = dtls;
     let server = lwm2m_server::start_server(options)
         .map_err(|e| format!("cannot start our LwM2M Server on {bind}: {e}"))?;
     let mut options = BootstrapOptions::new(bootstrap_bind, store.clone());
@@ -254,6 +267,7 @@ fn start_device_servers(endpoint: &str, registry: Arc<Registry>) -> Result<Devic
             bootstrap,
             store,
             tap,
+            security,
         });
     }
     eprintln!("{listening}; waiting up to {wait:?} for device {endpoint:?} to register");
@@ -279,6 +293,7 @@ fn start_device_servers(endpoint: &str, registry: Arc<Registry>) -> Result<Devic
         bootstrap,
         store,
         tap,
+        security,
     })
 }
 
@@ -306,6 +321,20 @@ pub struct DeviceBackend {
     bootstrap_configured: bool,
     /// The scenario executed Reboot (/3/0/4) and the device has not shown it rebooted.
     reboot_pending: bool,
+    /// The PSK identity and key the scenario gives the launched device (instead of its
+    /// generated ones).
+    case_psk: Option<(Vec<u8>, Vec<u8>)>,
+    /// The DTLS sessions our LwM2M Server established.
+    sessions: Arc<std::sync::Mutex<Sessions>>,
+}
+
+/// The DTLS sessions of our LwM2M Server with the device.
+#[derive(Debug, Default)]
+struct Sessions {
+    /// Identity by client address.
+    identities: HashMap<SocketAddr, lwm2m_dtls::Identity>,
+    /// The address of the latest session.
+    last: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for DeviceBackend {
@@ -331,6 +360,8 @@ impl DeviceBackend {
         let mut events = servers.server.subscribe();
         let mut bootstrap_events = servers.bootstrap.subscribe();
         let device = endpoint.clone();
+        let sessions: Arc<std::sync::Mutex<Sessions>> = Arc::default();
+        let known = sessions.clone();
         rt.spawn(async move {
             loop {
                 // Ends with the scenario (its backend drops the receiver).
@@ -358,6 +389,19 @@ impl DeviceBackend {
                     }
                     Event::Server(e) => vec![Happening::Server(e.clone())],
                     Event::Bootstrap(e) => vec![Happening::Bootstrap(e.clone())],
+                    Event::Security(role, e) => {
+                        if let SecurityEvent::Established { peer, identity } = e {
+                            let mut known = known
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            known.identities.insert(*peer, parse_identity(identity));
+                            known.last = Some(*peer);
+                        }
+                        device_dtls_happening(&device, *role, e)
+                            .map(Happening::Dtls)
+                            .into_iter()
+                            .collect()
+                    }
                     _ => Vec::new(),
                 };
                 for h in happenings {
@@ -383,6 +427,8 @@ impl DeviceBackend {
             started_with: None,
             bootstrap_configured: false,
             reboot_pending: false,
+            case_psk: None,
+            sessions,
         })
     }
 
@@ -433,7 +479,9 @@ impl DeviceBackend {
         let server = self.servers.server.local_addr();
         let dtls = self.servers.server.dtls_addr();
         let bootstrap = self.servers.bootstrap.local_addr();
-        for raw in self.servers.tap.take() {
+        // A received DTLS record's plaintext follows its datagram: leave the newest
+        // undecrypted ones for the next drain.
+        for raw in self.servers.tap.take_settled(Duration::from_millis(100)) {
             let inner = raw.plaintext.first().map(|p| &p[..]);
             let (raw_from, raw_to) = (raw.src, raw.dst);
             let name = |a: SocketAddr| {
@@ -498,7 +546,12 @@ impl DeviceBackend {
     /// The values of the placeholders for a start of the launched device.
     fn placeholders(&self) -> super::device::Placeholders {
         let plain = self.servers.server.local_addr();
-        let psk = super::device::with(|l| l.psk()).flatten();
+        let psk = match &self.case_psk {
+            Some((identity, key)) => {
+                Some((String::from_utf8_lossy(identity).into_owned(), key.clone()))
+            }
+            None => super::device::with(|l| l.psk()).flatten(),
+        };
         let server = match (&psk, self.servers.server.dtls_addr()) {
             (Some(_), Some(dtls)) => dtls,
             _ => plain,
@@ -593,6 +646,24 @@ impl DeviceBackend {
                     anyhow::anyhow!("our bootstrap store refused the device's configuration: {e}")
                 })?;
             }
+            if self.case_psk.is_none()
+                && let (Some(security), Some(Some((identity, key)))) =
+                    (&self.servers.security, device::with(|l| l.psk()))
+            {
+                // An earlier case may have given the device other credentials.
+                use lwm2m_server::store::{Credentials, SecurityInfo, SecurityStore as _};
+                security
+                    .put(SecurityInfo {
+                        endpoint: self.device.clone(),
+                        credentials: Credentials::Psk {
+                            identity,
+                            key: key.iter().map(|b| format!("{b:02x}")).collect(),
+                        },
+                    })
+                    .map_err(|e| anyhow::anyhow!("the device's PSK: {e}"))?;
+            }
+            // A fresh device: our server forgets the registration of its previous process.
+            self.servers.server.registrations().remove(&self.device);
             let values = self.placeholders();
             let pid = device::with(|l| l.start(&values))
                 .ok_or_else(|| anyhow::anyhow!("the device's launcher is gone"))??;
@@ -603,8 +674,10 @@ impl DeviceBackend {
             );
             self.started_with = Some(values);
         }
-        if bootstrap_only {
-            // Its Bootstrap-Request and Register are what the case's steps wait for.
+        if bootstrap_only || self.case_psk.is_some() {
+            // Its Bootstrap-Request, handshake and Register (or their failure, with the
+            // case's credentials) are what the case's steps wait for.
+            device::with(device::Launcher::excuse_silence);
             return Ok(());
         }
         let wait = device::launch().map_or(DEVICE_WAIT, |l| l.register_wait);
@@ -708,6 +781,71 @@ fn describe(action: &ClientAction) -> String {
     }
 }
 
+/// An identity as our servers' events show it (`psk:IDENTITY`, `cn:NAME`).
+fn parse_identity(text: &str) -> lwm2m_dtls::Identity {
+    match text.strip_prefix("cn:") {
+        Some(cn) => lwm2m_dtls::Identity::Certificate(cn.into()),
+        None => {
+            lwm2m_dtls::Identity::Psk(text.strip_prefix("psk:").unwrap_or(text).as_bytes().into())
+        }
+    }
+}
+
+/// A handshake failure as our servers' events show it (the reason's Debug name).
+fn parse_failure(text: &str) -> lwm2m_dtls::FailureReason {
+    use lwm2m_dtls::FailureReason as F;
+    match text {
+        "UnknownIdentity" => F::UnknownIdentity,
+        "WrongKey" => F::WrongKey,
+        "Timeout" => F::Timeout,
+        "Superseded" => F::Superseded,
+        other => F::Protocol(other.to_owned()),
+    }
+}
+
+/// What our server's DTLS listener reported, as the steps read it: the device under test
+/// is the one client of the run, so every session is its.
+fn device_dtls_happening(
+    device: &str,
+    role: lwm2m_server::Role,
+    event: &SecurityEvent,
+) -> Option<super::backend::DtlsHappening> {
+    use super::backend::{DtlsHappening as D, DtlsSide, ServerRole};
+    let server = match role {
+        lwm2m_server::Role::Bootstrap => ServerRole::Bootstrap,
+        _ => ServerRole::Lwm2m,
+    };
+    let endpoint = device.to_owned();
+    Some(match event {
+        SecurityEvent::Established { identity, .. } => D::Established {
+            endpoint,
+            server,
+            identity: parse_identity(identity),
+        },
+        SecurityEvent::HandshakeFailed {
+            identity, reason, ..
+        } => D::HandshakeFailed {
+            endpoint,
+            server,
+            side: DtlsSide::Server,
+            identity: identity.as_deref().map(parse_identity),
+            reason: parse_failure(reason),
+        },
+        SecurityEvent::IdentityMismatch {
+            identity,
+            endpoint: claimed,
+            owner,
+        } => D::Refused {
+            client: endpoint,
+            server,
+            identity: parse_identity(identity),
+            endpoint: claimed.clone(),
+            owner: owner.clone(),
+        },
+        _ => return None,
+    })
+}
+
 /// Waits on `rx` until something arrives or `until` (an instant) passes.
 fn block_until<T>(rx: &mut mpsc::UnboundedReceiver<T>, until: Instant) -> Option<T> {
     let left = until.saturating_duration_since(Instant::now());
@@ -723,12 +861,19 @@ impl Backend for DeviceBackend {
     }
 
     fn supports(&self, capability: Capability) -> Result<(), String> {
+        let launched_psk = self.launched
+            && self.servers.security.is_some()
+            && self.servers.server.dtls_addr().is_some()
+            && super::device::launch().is_some_and(|l| l.uses_psk());
         match capability {
             Capability::VirtualTime => Err("the device runs in real time".to_owned()),
+            // The harness starts the device with the case's PSK ({psk_identity}, {psk_key}).
+            Capability::Dtls if launched_psk => Ok(()),
             Capability::Dtls | Capability::RawPublicKey => Err(
                 "the DTLS cases give both sides credentials of their own and the device has \
                  its own (with LWM2M_HARNESS_COAPS_BIND the other cases run over the device's \
-                 DTLS session); they run in process"
+                 DTLS session); they run in process, or against a device the harness starts \
+                 with {psk_identity} and {psk_key} in its --device-cmd"
                     .to_owned(),
             ),
             Capability::Tcp => Err("CoAP over TCP (RFC 8323) is not implemented".to_owned()),
@@ -930,8 +1075,84 @@ impl Backend for DeviceBackend {
         ))
     }
 
+    /// Where the server hears the device: its registration's address, else (a DTLS
+    /// session whose Register was refused) the latest session's.
     fn public_address(&self, endpoint: &str) -> Option<SocketAddr> {
-        self.registration(endpoint).map(|r| r.address)
+        self.registration(endpoint).map(|r| r.address).or_else(|| {
+            self.sessions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .last
+        })
+    }
+
+    fn secure_address(&self, role: super::backend::ServerRole) -> Option<SocketAddr> {
+        match role {
+            super::backend::ServerRole::Lwm2m => self.servers.server.dtls_addr(),
+            super::backend::ServerRole::Bootstrap => None,
+        }
+    }
+
+    fn forget_dtls_sessions(&mut self, _role: super::backend::ServerRole) -> anyhow::Result<()> {
+        not_applicable("our network LwM2M Server cannot be told to forget its DTLS sessions")
+    }
+
+    fn add_psk(
+        &mut self,
+        role: super::backend::ServerRole,
+        endpoint: &str,
+        identity: &[u8],
+        key: &[u8],
+    ) -> anyhow::Result<()> {
+        use lwm2m_server::store::{Credentials, SecurityInfo, SecurityStore as _};
+        let (super::backend::ServerRole::Lwm2m, Some(security)) = (role, &self.servers.security)
+        else {
+            not_applicable(format!(
+                "the {role}'s security store is not reachable for a device under test"
+            ));
+        };
+        let endpoint = self.resolve(endpoint).to_owned();
+        security
+            .put(SecurityInfo {
+                endpoint,
+                credentials: Credentials::Psk {
+                    identity: String::from_utf8_lossy(identity).into_owned(),
+                    key: key.iter().map(|b| format!("{b:02x}")).collect(),
+                },
+            })
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!("our security store refused the PSK: {e}"))
+    }
+
+    fn secure_client(
+        &mut self,
+        _endpoint: &str,
+        role: super::backend::ServerRole,
+        account: super::secure::SecureAccount,
+    ) -> anyhow::Result<()> {
+        match (role, account) {
+            (
+                super::backend::ServerRole::Lwm2m,
+                super::secure::SecureAccount::Psk { identity, key },
+            ) if self.launched => {
+                self.case_psk = Some((identity, key));
+                Ok(())
+            }
+            (role, account) => not_applicable(format!(
+                "the case gives the device {account:?} towards the {role}; the device's \
+                 template carries a PSK towards the LwM2M Server only"
+            )),
+        }
+    }
+
+    fn secure_identity(&self, endpoint: &str) -> Option<lwm2m_dtls::Identity> {
+        let address = self.registration(endpoint)?.address;
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .identities
+            .get(&address)
+            .cloned()
     }
 }
 
