@@ -404,7 +404,9 @@ fn two_devices_side_by_side_in_a_matrix() {
     let dir = tmp.path();
     let sim = simulated("--server {server_uri}");
     let node = node_device();
-    let tags = "@int-203 or @int-205 or @int-241 or @core-6.2.3";
+    // (lwm2m-node-lib leaves a TLV Read unanswered: such cases cost a CoAP exchange
+    // lifetime each, and are left out here.)
+    let tags = "@int-241 or @core-6.2.3";
     let out = harness(
         dir,
         &[
@@ -442,7 +444,7 @@ fn two_devices_side_by_side_in_a_matrix() {
     // Each device's own run: the simulated one passes, the node one gets verdicts or
     // reasons for every case and is tested on some.
     let sim_run = report(&dir.join("01-sim-m"));
-    assert_case(&sim_run, "int-203", Status::Passed);
+    assert_case(&sim_run, "int-241", Status::Passed);
     let node_dir = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
