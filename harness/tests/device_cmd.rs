@@ -332,6 +332,9 @@ fn a_device_that_ends_its_process_on_reboot_costs_that_case_only() {
     assert!(out.status.success(), "{}\n{}", show(&report), text(&out));
     assert_case(&report, "int-241", Status::Passed);
     assert_case(&report, "core-6.3.1", Status::Passed);
+    // The report says how the device ran.
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("started by the harness"), "no device section");
     // Started once, and again when Reboot ended it: two processes.
     let starts: Vec<PathBuf> = std::fs::read_dir(dir.join("device"))
         .unwrap()

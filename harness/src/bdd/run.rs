@@ -558,12 +558,41 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         network_usage: collector.network_usage,
         counters: collector.counters,
     };
-    report.write(&options.report_dir)?;
+    report.write_with(&options.report_dir, &device_section(options))?;
     Ok(SuiteOutcome {
         report,
         untagged: collector.untagged,
         parsing_errors,
     })
+}
+
+/// The report's section on the device under test: how the harness ran it, or, for a
+/// device started by hand, what the harness cannot do with it.
+fn device_section(options: &SuiteOptions) -> Vec<(String, String)> {
+    let Subject::Device { endpoint } = &options.subject else {
+        return Vec::new();
+    };
+    let text = match &options.device {
+        Some(l) => format!(
+            "{endpoint}, started by the harness: sh -c {:?}\nrestarted: {}; stop line: {}; \
+             Register awaited for {:?} after each start\nits output: device/NNN-{endpoint}\
+             .stdout.log and .stderr.log, linked from each case that ran against that start",
+            l.template,
+            l.restart,
+            l.stop
+                .as_deref()
+                .map_or("none".to_owned(), |s| format!("{s:?}")),
+            l.register_wait
+        ),
+        None => format!(
+            "{endpoint}, started by hand (--device): the harness cannot reset it between \
+             cases (each case sees what earlier ones wrote), start it again after a Reboot or \
+             an exit (the cases after that wait for a device that is gone), or give it a \
+             case's credentials (the DTLS cases are not applicable). `test --device-cmd` \
+             does all three."
+        ),
+    };
+    vec![("Device under test".to_owned(), text)]
 }
 
 /// A text summary of a report: counts and the failed and not-applicable cases.
