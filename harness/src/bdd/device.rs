@@ -628,6 +628,55 @@ mod tests {
         assert!("sometimes".parse::<Restart>().is_err());
     }
 
+    /// The one test of the process-wide launcher: the restart policy per feature.
+    #[test]
+    fn per_feature_keeps_the_device_within_a_feature() {
+        let dir = tempfile::tempdir().unwrap();
+        let launch = DeviceLaunch {
+            template: "exec sleep 300".to_owned(),
+            restart: Restart::PerFeature,
+            stop: None,
+            register_wait: Duration::from_secs(1),
+            log_dir: dir.path().to_path_buf(),
+        };
+        install(launch, "ep2", 1);
+        let values = Placeholders {
+            endpoint: "ep2".into(),
+            server_host: "127.0.0.1".into(),
+            server_port: 1,
+            server_uri: "coap://127.0.0.1:1".into(),
+            bootstrap_uri: String::new(),
+            local_port: 2,
+            psk_identity: String::new(),
+            psk_key: String::new(),
+        };
+        begin_case("a.feature");
+        let pid = with(|l| l.start(&values).unwrap()).unwrap();
+        let (files, _) = end_case();
+        assert_eq!(files.len(), 2, "stdout and stderr of the start");
+        begin_case("a.feature");
+        assert_eq!(
+            with(Launcher::pid).flatten(),
+            Some(pid),
+            "kept within the feature"
+        );
+        let (files, _) = end_case();
+        assert_eq!(files.len(), 2, "the case ran against the same start");
+        begin_case("b.feature");
+        assert_eq!(
+            with(Launcher::pid).flatten(),
+            None,
+            "stopped for the next feature"
+        );
+        end_case();
+        finish();
+        assert!(launch_is_gone());
+    }
+
+    fn launch_is_gone() -> bool {
+        super::launch().is_none()
+    }
+
     #[test]
     fn a_started_device_is_stopped_by_its_group_and_its_output_is_kept() {
         let dir = tempfile::tempdir().unwrap();

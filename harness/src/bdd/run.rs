@@ -93,6 +93,8 @@ pub struct RunContext {
     pub report_dir: PathBuf,
     /// Wall-clock start of the run, seconds since the Unix epoch (pcap timestamps).
     pub started_unix: Duration,
+    /// The harness starts the device under test ([`super::device`]).
+    launched: bool,
     collector: Mutex<Collector>,
 }
 
@@ -236,7 +238,11 @@ impl RunContext {
             }
         }
         // The launched device's output, and what happened to its process.
-        let (device_logs, device_notes) = super::device::end_case();
+        let (device_logs, device_notes) = if self.launched {
+            super::device::end_case()
+        } else {
+            (Vec::new(), Vec::new())
+        };
         evidence.extend(device_logs);
         let message = match (message, device_notes.is_empty()) {
             (Some(m), false) if status != Status::Passed => Some(format!(
@@ -476,6 +482,7 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         root: options.root.clone(),
         report_dir: options.report_dir.clone(),
         started_unix,
+        launched: options.device.is_some(),
         collector: Mutex::new(Collector::default()),
     });
     let junit = std::fs::File::create(cucumber_dir.join("junit.xml"))?;
@@ -502,6 +509,8 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         super::device::check_endpoint(endpoint).map_err(anyhow::Error::msg)?;
         super::device::install(launch.clone(), endpoint, options.seed);
     }
+    // However the run ends (an error below included), the device it started stops.
+    let device_guard = options.device.is_some().then_some(DeviceGuard);
     let (before_ctx, after_ctx) = (ctx.clone(), ctx.clone());
     let writer = NotApplicableAsSkipped(
         writer::Basic::raw(console, writer::Coloring::Never, Verbosity::Default)
@@ -519,7 +528,9 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         .before(move |feature, _, scenario, world| {
             let ctx = before_ctx.clone();
             let seed = ctx.scenario_seed(feature, scenario);
-            super::device::begin_case(&ctx.feature_label(feature));
+            if ctx.launched {
+                super::device::begin_case(&ctx.feature_label(feature));
+            }
             world.setup(ctx, seed);
             world.long_waits = scenario
                 .tags
@@ -534,7 +545,7 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         })
         .run(features);
     let writer = futures::executor::block_on(finished);
-    super::device::finish();
+    drop(device_guard);
     let parsing_errors = cucumber::writer::Stats::parsing_errors(&writer.0);
     let collector =
         std::mem::take(&mut *ctx.collector.lock().unwrap_or_else(PoisonError::into_inner));
@@ -622,6 +633,15 @@ pub fn summary(report: &RunReport) -> String {
         );
     }
     s
+}
+
+/// Stops the run's device (if the harness started one) when dropped.
+struct DeviceGuard;
+
+impl Drop for DeviceGuard {
+    fn drop(&mut self) {
+        super::device::finish();
+    }
 }
 
 /// Why a run tested nothing, if it did not: no case matched the tags, or every case was
