@@ -272,6 +272,8 @@ pub struct Launcher {
     case_files: Vec<String>,
     /// What happened to the device process during the current case, for the report.
     notes: Vec<String>,
+    /// Its latest registration with our LwM2M Server (what it announced).
+    last_registration: Option<lwm2m_proto::server::Registration>,
 }
 
 static LAUNCHER: OnceLock<Mutex<Option<Launcher>>> = OnceLock::new();
@@ -302,6 +304,7 @@ pub fn install(launch: DeviceLaunch, endpoint: &str, seed: u64) {
         feature: None,
         case_files: Vec::new(),
         notes: Vec::new(),
+        last_registration: None,
     });
 }
 
@@ -313,6 +316,12 @@ pub fn with<T>(f: impl FnOnce(&mut Launcher) -> T) -> Option<T> {
 /// The run's launch settings, if the harness starts the device.
 pub fn launch() -> Option<DeviceLaunch> {
     with(|l| l.launch.clone())
+}
+
+/// What the launched device announced when it last registered (its process may be gone:
+/// the harness stops it after each case), if it ever did.
+pub fn last_registration() -> Option<lwm2m_proto::server::Registration> {
+    with(|l| l.last_registration.clone()).flatten()
 }
 
 /// A case of `feature` begins: the device is stopped if the restart policy wants a fresh
@@ -423,6 +432,12 @@ impl Launcher {
     pub fn registered(&mut self) {
         self.silent_starts = 0;
         self.registered_once = true;
+    }
+
+    /// The device registered with our LwM2M Server as `registration`.
+    pub fn remember(&mut self, registration: lwm2m_proto::server::Registration) {
+        self.registered();
+        self.last_registration = Some(registration);
     }
 
     /// If the device process has exited, reaps it and says how (noted for the case).
@@ -699,6 +714,7 @@ mod tests {
             feature: None,
             case_files: Vec::new(),
             notes: Vec::new(),
+            last_registration: None,
         };
         let values = Placeholders {
             endpoint: "ep1".into(),

@@ -527,7 +527,8 @@ impl DeviceBackend {
                     registration,
                     replaced,
                 }) if registration.endpoint == self.device => {
-                    super::device::with(super::device::Launcher::registered);
+                    let announced = registration.clone();
+                    super::device::with(|l| l.remember(announced));
                     if replaced.is_some() {
                         self.rebooted(at);
                     }
