@@ -27,6 +27,7 @@ fn run(root: &Path, dir: &Path, subject: Subject) -> RunReport {
         run: "broken-subject".to_owned(),
         console: false,
         device_profile: None,
+        device: None,
     };
     let outcome = run::run_suite(&options).expect("the suite runs");
     assert!(outcome.untagged.is_empty() && outcome.parsing_errors == 0);

@@ -70,6 +70,7 @@ fn run_once(root: &Path, seed: u64, report_dir: PathBuf) -> bool {
         run: "features".to_owned(),
         console: true,
         device_profile: None,
+        device: None,
     };
     let outcome = match run::run_suite(&options) {
         Ok(o) => o,

@@ -36,6 +36,7 @@ fn suite(dir: &Path, tags: &str, subject: Subject) -> RunReport {
         run: "network".to_owned(),
         console: false,
         device_profile: None,
+        device: None,
     };
     let outcome = run::run_suite(&options).expect("the suite runs");
     assert!(outcome.untagged.is_empty() && outcome.parsing_errors == 0);
@@ -197,6 +198,9 @@ fn a_device_under_test_passes_server_operations_and_control_cases_are_not_applic
     let (_, failed, _) = report.tally();
     assert_eq!(failed, 0, "{all}");
     assert!(all.contains("not under our control"), "{all}");
+    // The report says what a device started by hand costs.
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert!(html.contains("started by hand"), "no device section");
 }
 
 /// The device of the test above, over DTLS with a PSK of its own (as a vendor's device

@@ -8,10 +8,10 @@
 //! - [`inprocess`]: the default backend: our servers and simulated clients on an in-memory
 //!   link and a virtual clock (deterministic, fast);
 //! - [`secure`]: CoAP over DTLS in the in-process backend (PSK and certificates);
+//! - [`device`]: the device under test started, stopped and restarted by the harness from
+//!   a command template (`test --device-cmd`);
 //! - [`network`]: a real device registering with our servers, or our simulated clients
 //!   registering with an external server, over real UDP and real time;
-//! - [`device`]: the device description a vendor gives (`--device-profile`): configured
-//!   values and the account's Short Server ID;
 //! - [`fleet`]: clients from device profiles, quirk packs and network models;
 //! - [`exchange`]: the exchange log (one decoded line per CoAP message) that failure
 //!   messages show;
@@ -19,10 +19,12 @@
 //! - [`params`]: parameter types (`{path}`, `{format}`, `{code}`, `{duration}`...);
 //! - [`steps`]: the vocabulary, one file per domain concept;
 //! - [`run`]: the runner, the not-applicable mechanism and the report collector;
-//! - [`description`]: the device description a vendor gives (`--device-profile`).
+//! - [`description`]: the device description a vendor gives (`--device-profile`):
+//!   configured values, features and the account's Short Server ID.
 
 pub mod backend;
 pub mod description;
+pub mod device;
 pub mod exchange;
 pub mod fleet;
 pub mod inprocess;

@@ -22,6 +22,17 @@
 //! certificates (`LWM2M_HARNESS_CERT`, `LWM2M_HARNESS_CERT_KEY`, `LWM2M_HARNESS_CA`), and
 //! the exchange log shows each record with the CoAP inside (`device_dtls`).
 //!
+//! A device the harness starts (`--device-cmd`, [`super::device`]): our servers listen on
+//! loopback free ports (unless the variables below say otherwise) and do not wait; the
+//! device starts when a case starts its client, and the case waits (bounded) for its
+//! Register. Its process exiting during a case is a reboot if the case executed /3/0/4;
+//! either way the harness starts it again. A template with `{psk_identity}`/`{psk_key}`
+//! gets a DTLS listener and a PSK generated from the seed, and the PSK cases (int-401,
+//! core-7.1.8) start it with the case's own identity and key (our listener's events are
+//! the handshakes the steps wait for); one with `{bootstrap_uri}` and
+//! no `{server_uri}` bootstraps from our Bootstrap Server, which gives it an account on our
+//! LwM2M Server unless the case gives its own configuration.
+//!
 //! What it does not do: DTLS for the server subject, TCP; the DTLS cases of the suite
 //! (they give both sides credentials of their own); a Bootstrap Server under test (the server subject
 //! has no bootstrap URI); reset a device between cases (a real device keeps what a case
@@ -45,7 +56,8 @@ use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{ObservationId, OpError, OpId, Operation, Registration, ServerEvent};
 use lwm2m_server::store::{BootstrapDoc, BootstrapStore, ConfigKey, FileBootstrapStore};
 use lwm2m_server::{
-    BootstrapHandle, BootstrapOptions, DriverError, Event, ServerHandle, ServerOptions,
+    BootstrapHandle, BootstrapOptions, DriverError, Event, SecurityEvent, ServerHandle,
+    ServerOptions,
 };
 use lwm2m_simulator::NetworkModel;
 use tokio::net::UdpSocket;
@@ -120,7 +132,15 @@ struct DeviceServers {
     bootstrap: BootstrapHandle,
     store: Arc<FileBootstrapStore>,
     tap: Arc<Tap>,
+    /// The DTLS listener's security store, if our LwM2M Server has one.
+    security: Option<Arc<lwm2m_server::store::FileSecurityStore>>,
 }
+
+/// The type of the DTLS settings with the security store they read.
+type DeviceDtls = (
+    lwm2m_server::DtlsOptions,
+    Arc<lwm2m_server::store::FileSecurityStore>,
+);
 
 fn device_servers(
     endpoint: &str,
@@ -139,16 +159,30 @@ fn device_servers(
 /// `LWM2M_HARNESS_CERT`, `LWM2M_HARNESS_CERT_KEY` (our server's chain and PKCS#8 key) and
 /// `LWM2M_HARNESS_CA` (the anchors of the device's certificate, whose CN must be its
 /// endpoint name); PEM or DER files.
-fn device_dtls(endpoint: &str) -> Result<Option<lwm2m_server::DtlsOptions>, String> {
+///
+/// A launched device whose template names a PSK ([`super::device`]) gets the listener
+/// (on `LWM2M_HARNESS_COAPS_BIND`, else a free loopback port) with its generated PSK.
+fn device_dtls(endpoint: &str) -> Result<Option<DeviceDtls>, String> {
     use lwm2m_server::store::{Credentials, FileSecurityStore, SecurityInfo, SecurityStore as _};
-    let Ok(bind) = std::env::var("LWM2M_HARNESS_COAPS_BIND") else {
-        return Ok(None);
+    let launched_psk = super::device::with(|l| l.psk()).flatten();
+    let bind = match std::env::var("LWM2M_HARNESS_COAPS_BIND") {
+        Ok(bind) => bind,
+        Err(_) if launched_psk.is_some() => "127.0.0.1:0".to_owned(),
+        Err(_) => return Ok(None),
     };
     let bind: SocketAddr = bind
         .parse()
         .map_err(|e| format!("LWM2M_HARNESS_COAPS_BIND={bind:?}: {e}"))?;
     let security = FileSecurityStore::in_memory();
-    if let Ok(psk) = std::env::var("LWM2M_HARNESS_DEVICE_PSK") {
+    if let Some((identity, key)) = launched_psk {
+        let key: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        security
+            .put(SecurityInfo {
+                endpoint: endpoint.to_owned(),
+                credentials: Credentials::Psk { identity, key },
+            })
+            .map_err(|e| format!("the launched device's PSK: {e}"))?;
+    } else if let Ok(psk) = std::env::var("LWM2M_HARNESS_DEVICE_PSK") {
         let (identity, key) = psk
             .rsplit_once(':')
             .filter(|(_, k)| lwm2m_proto::value::parse_hex(k).is_some_and(|k| !k.is_empty()))
@@ -181,23 +215,34 @@ fn device_dtls(endpoint: &str) -> Result<Option<lwm2m_server::DtlsOptions>, Stri
             );
         }
     };
-    let mut options = lwm2m_server::DtlsOptions::new(bind, Arc::new(security));
+    let security = Arc::new(security);
+    let mut options = lwm2m_server::DtlsOptions::new(bind, security.clone());
     options.certificate = certificate;
-    Ok(Some(options))
+    Ok(Some((options, security)))
 }
 
 fn start_device_servers(endpoint: &str, registry: Arc<Registry>) -> Result<DeviceServers, String> {
     let rt = runtime()?;
     let tap = Arc::new(Tap::default());
     let store = Arc::new(FileBootstrapStore::in_memory(BootstrapDoc::default()));
+    // A device the harness starts runs on this machine: loopback unless told otherwise.
+    let launched = super::device::launch().is_some();
+    let default_bind = |name: &str| {
+        if launched && std::env::var(name).is_err() {
+            Ok(SocketAddr::from(([127, 0, 0, 1], 0)))
+        } else {
+            env_addr(name)
+        }
+    };
     let (bind, bootstrap_bind) = (
-        env_addr("LWM2M_HARNESS_BIND")?,
-        env_addr("LWM2M_HARNESS_BOOTSTRAP_BIND")?,
+        default_bind("LWM2M_HARNESS_BIND")?,
+        default_bind("LWM2M_HARNESS_BOOTSTRAP_BIND")?,
     );
     let _guard = rt.enter();
     let mut options = ServerOptions::new(bind, registry);
     options.tap = Some(tap.clone());
-    options.dtls = device_dtls(endpoint)?;
+    let (dtls, security) = device_dtls(endpoint)?.unzip();
+    options.dtls = dtls;
     let server = lwm2m_server::start_server(options)
         .map_err(|e| format!("cannot start our LwM2M Server on {bind}: {e}"))?;
     let mut options = BootstrapOptions::new(bootstrap_bind, store.clone());
@@ -205,9 +250,8 @@ fn start_device_servers(endpoint: &str, registry: Arc<Registry>) -> Result<Devic
     let bootstrap = lwm2m_server::start_bootstrap(options)
         .map_err(|e| format!("cannot start our Bootstrap Server on {bootstrap_bind}: {e}"))?;
     let wait = env_secs("LWM2M_HARNESS_DEVICE_WAIT").unwrap_or(DEVICE_WAIT);
-    eprintln!(
-        "lwm2m-harness: LwM2M Server listening on coap://{}{}, Bootstrap Server on coap://{}; \
-         waiting up to {wait:?} for device {endpoint:?} to register",
+    let listening = format!(
+        "lwm2m-harness: LwM2M Server listening on coap://{}{}, Bootstrap Server on coap://{}",
         server.local_addr(),
         server
             .dtls_addr()
@@ -215,6 +259,18 @@ fn start_device_servers(endpoint: &str, registry: Arc<Registry>) -> Result<Devic
             .unwrap_or_default(),
         bootstrap.local_addr()
     );
+    if launched {
+        // The harness starts the device when a case starts its client.
+        eprintln!("{listening}; the harness starts device {endpoint:?}");
+        return Ok(DeviceServers {
+            server,
+            bootstrap,
+            store,
+            tap,
+            security,
+        });
+    }
+    eprintln!("{listening}; waiting up to {wait:?} for device {endpoint:?} to register");
     let deadline = Instant::now() + wait;
     let mut events = server.subscribe();
     while server.registrations().get(endpoint).is_none() {
@@ -237,6 +293,7 @@ fn start_device_servers(endpoint: &str, registry: Arc<Registry>) -> Result<Devic
         bootstrap,
         store,
         tap,
+        security,
     })
 }
 
@@ -255,6 +312,29 @@ pub struct DeviceBackend {
     next_op: u64,
     /// The scenario's name for the device (the first client a scenario adds).
     alias: Option<String>,
+    /// The harness starts the device ([`super::device`]).
+    launched: bool,
+    /// The placeholders of the device's last start in this scenario (to start it again
+    /// after it exits).
+    started_with: Option<super::device::Placeholders>,
+    /// The scenario gave our Bootstrap Server a configuration for the device.
+    bootstrap_configured: bool,
+    /// The scenario executed Reboot (/3/0/4) and the device has not shown it rebooted.
+    reboot_pending: bool,
+    /// The PSK identity and key the scenario gives the launched device (instead of its
+    /// generated ones).
+    case_psk: Option<(Vec<u8>, Vec<u8>)>,
+    /// The DTLS sessions our LwM2M Server established.
+    sessions: Arc<std::sync::Mutex<Sessions>>,
+}
+
+/// The DTLS sessions of our LwM2M Server with the device.
+#[derive(Debug, Default)]
+struct Sessions {
+    /// Identity by client address.
+    identities: HashMap<SocketAddr, lwm2m_dtls::Identity>,
+    /// The address of the latest session.
+    last: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for DeviceBackend {
@@ -280,6 +360,8 @@ impl DeviceBackend {
         let mut events = servers.server.subscribe();
         let mut bootstrap_events = servers.bootstrap.subscribe();
         let device = endpoint.clone();
+        let sessions: Arc<std::sync::Mutex<Sessions>> = Arc::default();
+        let known = sessions.clone();
         rt.spawn(async move {
             loop {
                 // Ends with the scenario (its backend drops the receiver).
@@ -307,6 +389,19 @@ impl DeviceBackend {
                     }
                     Event::Server(e) => vec![Happening::Server(e.clone())],
                     Event::Bootstrap(e) => vec![Happening::Bootstrap(e.clone())],
+                    Event::Security(role, e) => {
+                        if let SecurityEvent::Established { peer, identity } = e {
+                            let mut known = known
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            known.identities.insert(*peer, parse_identity(identity));
+                            known.last = Some(*peer);
+                        }
+                        device_dtls_happening(&device, *role, e)
+                            .map(Happening::Dtls)
+                            .into_iter()
+                            .collect()
+                    }
                     _ => Vec::new(),
                 };
                 for h in happenings {
@@ -328,6 +423,12 @@ impl DeviceBackend {
             rx,
             next_op: 0,
             alias: None,
+            launched: super::device::launch().is_some(),
+            started_with: None,
+            bootstrap_configured: false,
+            reboot_pending: false,
+            case_psk: None,
+            sessions,
         })
     }
 
@@ -335,12 +436,52 @@ impl DeviceBackend {
         at.saturating_duration_since(self.t0)
     }
 
+    /// A launched device's evidence that it rebooted after Execute /3/0/4: its process
+    /// exited, it de-registered, or it registered anew.
+    fn rebooted(&mut self, at: Duration) {
+        if std::mem::take(&mut self.reboot_pending) {
+            self.happenings.push_back(Timed {
+                at,
+                happening: Happening::Client {
+                    endpoint: self.device.clone(),
+                    event: ClientEvent::Rebooting,
+                },
+            });
+        }
+    }
+
+    /// A launched device whose process exited during the scenario is started again (a
+    /// Reboot that ends the process, or a crash).
+    fn watch_process(&mut self) {
+        if !self.launched {
+            return;
+        }
+        let Some(Some(exit)) = super::device::with(|l| l.poll_exit()) else {
+            return;
+        };
+        let at = self.now();
+        self.log.note(at, &exit);
+        self.rebooted(at);
+        if let Some(values) = self.started_with.clone() {
+            let restarted = super::device::with(|l| l.start(&values).map_err(|e| format!("{e:#}")));
+            let note = match restarted {
+                Some(Ok(pid)) => format!("the harness started the device again (process {pid})"),
+                Some(Err(e)) => format!("the harness could not start the device again: {e}"),
+                None => "the device's launcher is gone".to_owned(),
+            };
+            self.log.note(at, &note);
+        }
+    }
+
     /// Moves the tapped datagrams and the reported happenings in.
     fn drain(&mut self) {
+        self.watch_process();
         let server = self.servers.server.local_addr();
         let dtls = self.servers.server.dtls_addr();
         let bootstrap = self.servers.bootstrap.local_addr();
-        for raw in self.servers.tap.take() {
+        // A received DTLS record's plaintext follows its datagram: leave the newest
+        // undecrypted ones for the next drain.
+        for raw in self.servers.tap.take_settled(Duration::from_millis(100)) {
             let inner = raw.plaintext.first().map(|p| &p[..]);
             let (raw_from, raw_to) = (raw.src, raw.dst);
             let name = |a: SocketAddr| {
@@ -373,8 +514,234 @@ impl DeviceBackend {
         }
         while let Ok((at, happening)) = self.rx.try_recv() {
             let at = self.elapsed(at);
-            self.happenings.push_back(Timed { at, happening });
+            self.arrived(at, happening);
         }
+    }
+
+    /// A happening from the servers: a launched device's Register is noted by its
+    /// launcher, and its De-register or new Register after a Reboot is the reboot.
+    fn arrived(&mut self, at: Duration, happening: Happening) {
+        if self.launched {
+            match &happening {
+                Happening::Server(ServerEvent::Registered {
+                    registration,
+                    replaced,
+                }) if registration.endpoint == self.device => {
+                    let announced = registration.clone();
+                    super::device::with(|l| l.remember(announced));
+                    if replaced.is_some() {
+                        self.rebooted(at);
+                    }
+                }
+                Happening::Server(ServerEvent::Deregistered { registration })
+                    if registration.endpoint == self.device =>
+                {
+                    self.rebooted(at);
+                }
+                _ => {}
+            }
+        }
+        self.happenings.push_back(Timed { at, happening });
+    }
+
+    /// The values of the placeholders for a start of the launched device.
+    fn placeholders(&self) -> super::device::Placeholders {
+        let plain = self.servers.server.local_addr();
+        let psk = match &self.case_psk {
+            Some((identity, key)) => {
+                Some((String::from_utf8_lossy(identity).into_owned(), key.clone()))
+            }
+            None => super::device::with(|l| l.psk()).flatten(),
+        };
+        let server = match (&psk, self.servers.server.dtls_addr()) {
+            (Some(_), Some(dtls)) => dtls,
+            _ => plain,
+        };
+        let host = |a: SocketAddr| {
+            if a.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                a.ip().to_string()
+            }
+        };
+        let scheme = if psk.is_some() { "coaps" } else { "coap" };
+        let bootstrap = self.servers.bootstrap.local_addr();
+        let (psk_identity, psk_key) = psk.map_or_else(Default::default, |(identity, key)| {
+            (identity, key.iter().map(|b| format!("{b:02x}")).collect())
+        });
+        super::device::Placeholders {
+            endpoint: self.device.clone(),
+            server_host: host(server),
+            server_port: server.port(),
+            server_uri: format!("{scheme}://{}:{}", host(server), server.port()),
+            bootstrap_uri: format!("coap://{}:{}", host(bootstrap), bootstrap.port()),
+            local_port: super::device::free_udp_port(),
+            psk_identity,
+            psk_key,
+        }
+    }
+
+    /// The configuration our Bootstrap Server gives a bootstrap-only launched device when
+    /// the case gives none: an account on our LwM2M Server (NoSec, or its PSK over DTLS).
+    fn default_bootstrap_config(&self) -> BootstrapConfig {
+        use lwm2m_proto::bootstrap::{SecurityInstance, SecurityMode, ServerInstance};
+        let values = self.placeholders();
+        let (mode, identity, secret_key) = if values.psk_identity.is_empty() {
+            (SecurityMode::NoSec, String::new(), String::new())
+        } else {
+            (SecurityMode::Psk, values.psk_identity, values.psk_key)
+        };
+        BootstrapConfig {
+            delete: vec![Lwm2mPath::object(0), Lwm2mPath::object(1)],
+            security: BTreeMap::from([(
+                0,
+                SecurityInstance {
+                    uri: values.server_uri,
+                    bootstrap_server: false,
+                    mode,
+                    identity,
+                    server_public_key: String::new(),
+                    secret_key,
+                    short_server_id: Some(1),
+                    client_hold_off: None,
+                    bootstrap_account_timeout: None,
+                },
+            )]),
+            servers: BTreeMap::from([(
+                0,
+                ServerInstance {
+                    short_server_id: 1,
+                    lifetime: 86400,
+                    default_min_period: None,
+                    default_max_period: None,
+                    notification_storing: false,
+                    binding: "U".to_owned(),
+                },
+            )]),
+            ..BootstrapConfig::default()
+        }
+    }
+
+    /// Starts the launched device for this scenario, or finds it running; with a device
+    /// that is given a server account, waits (bounded) for its Register.
+    fn start_launched(&mut self) -> anyhow::Result<()> {
+        use super::device;
+        if let Some(reason) = device::with(|l| l.given_up()).flatten() {
+            anyhow::bail!(reason);
+        }
+        let bootstrap_only = device::launch().is_some_and(|l| l.bootstrap_only());
+        let started = device::with(device::Launcher::started_at).flatten();
+        if let Some(started) = started {
+            // Kept from an earlier case (--device-restart per-feature or never).
+            let fresh = self
+                .registration(&self.device.clone())
+                .is_some_and(|r| r.registered_at >= started);
+            if fresh {
+                return self.announce_registration();
+            }
+        } else {
+            if bootstrap_only && !self.bootstrap_configured {
+                let config = self.default_bootstrap_config();
+                let key = ConfigKey::Endpoint(self.device.clone());
+                self.servers.store.put(key, config).map_err(|e| {
+                    anyhow::anyhow!("our bootstrap store refused the device's configuration: {e}")
+                })?;
+            }
+            if self.case_psk.is_none()
+                && let (Some(security), Some(Some((identity, key)))) =
+                    (&self.servers.security, device::with(|l| l.psk()))
+            {
+                // An earlier case may have given the device other credentials.
+                use lwm2m_server::store::{Credentials, SecurityInfo, SecurityStore as _};
+                security
+                    .put(SecurityInfo {
+                        endpoint: self.device.clone(),
+                        credentials: Credentials::Psk {
+                            identity,
+                            key: key.iter().map(|b| format!("{b:02x}")).collect(),
+                        },
+                    })
+                    .map_err(|e| anyhow::anyhow!("the device's PSK: {e}"))?;
+            }
+            // A fresh device: our server forgets the registration of its previous process.
+            self.servers.server.registrations().remove(&self.device);
+            let values = self.placeholders();
+            let pid = device::with(|l| l.start(&values))
+                .ok_or_else(|| anyhow::anyhow!("the device's launcher is gone"))??;
+            let at = self.now();
+            self.log.note(
+                at,
+                &format!("the harness started the device (process {pid})"),
+            );
+            self.started_with = Some(values);
+        }
+        if bootstrap_only || self.case_psk.is_some() {
+            // Its Bootstrap-Request, handshake and Register (or their failure, with the
+            // case's credentials) are what the case's steps wait for.
+            device::with(device::Launcher::excuse_silence);
+            return Ok(());
+        }
+        let wait = device::launch().map_or(DEVICE_WAIT, |l| l.register_wait);
+        let started = device::with(device::Launcher::started_at)
+            .flatten()
+            .unwrap_or_else(Instant::now);
+        let deadline = Instant::now() + wait;
+        loop {
+            self.drain();
+            let registered = self
+                .registration(&self.device.clone())
+                .is_some_and(|r| r.registered_at >= started);
+            if registered {
+                device::with(device::Launcher::registered);
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let exited = device::with(|l| l.pid()).flatten().is_none();
+                anyhow::bail!(
+                    "the device under test did not register with our LwM2M Server within \
+                     {wait:?} of its start{} (its output is linked from this case)",
+                    if exited { "; its process exited" } else { "" }
+                );
+            }
+            // Any event is a reason to look at the store again.
+            let until = (Instant::now() + Duration::from_millis(200)).min(deadline);
+            if let Some((at, happening)) = block_until(&mut self.rx, until) {
+                let at = self.elapsed(at);
+                self.arrived(at, happening);
+            }
+        }
+    }
+
+    /// The device's current registration stands for this scenario's: it is reported as a
+    /// Register the scenario saw.
+    fn announce_registration(&mut self) -> anyhow::Result<()> {
+        self.drain();
+        let endpoint = self.device.clone();
+        if let Some(registration) = self.registration(&endpoint) {
+            let at = self.now();
+            self.log.note(
+                at,
+                &format!(
+                    "{} registered as {} before this scenario; its registration is \
+                     checked as it stands",
+                    self.device, registration.id
+                ),
+            );
+            let id = registration.id.clone();
+            let registered = Happening::Server(ServerEvent::Registered {
+                registration,
+                replaced: None,
+            });
+            self.happenings.push_back(Timed {
+                at,
+                happening: registered,
+            });
+            self.happenings.push_back(Timed {
+                at,
+                happening: device_registered(&endpoint, &id),
+            });
+        }
+        Ok(())
     }
 
     /// The device's endpoint for a scenario's client name.
@@ -415,6 +782,71 @@ fn describe(action: &ClientAction) -> String {
     }
 }
 
+/// An identity as our servers' events show it (`psk:IDENTITY`, `cn:NAME`).
+fn parse_identity(text: &str) -> lwm2m_dtls::Identity {
+    match text.strip_prefix("cn:") {
+        Some(cn) => lwm2m_dtls::Identity::Certificate(cn.into()),
+        None => {
+            lwm2m_dtls::Identity::Psk(text.strip_prefix("psk:").unwrap_or(text).as_bytes().into())
+        }
+    }
+}
+
+/// A handshake failure as our servers' events show it (the reason's Debug name).
+fn parse_failure(text: &str) -> lwm2m_dtls::FailureReason {
+    use lwm2m_dtls::FailureReason as F;
+    match text {
+        "UnknownIdentity" => F::UnknownIdentity,
+        "WrongKey" => F::WrongKey,
+        "Timeout" => F::Timeout,
+        "Superseded" => F::Superseded,
+        other => F::Protocol(other.to_owned()),
+    }
+}
+
+/// What our server's DTLS listener reported, as the steps read it: the device under test
+/// is the one client of the run, so every session is its.
+fn device_dtls_happening(
+    device: &str,
+    role: lwm2m_server::Role,
+    event: &SecurityEvent,
+) -> Option<super::backend::DtlsHappening> {
+    use super::backend::{DtlsHappening as D, DtlsSide, ServerRole};
+    let server = match role {
+        lwm2m_server::Role::Bootstrap => ServerRole::Bootstrap,
+        _ => ServerRole::Lwm2m,
+    };
+    let endpoint = device.to_owned();
+    Some(match event {
+        SecurityEvent::Established { identity, .. } => D::Established {
+            endpoint,
+            server,
+            identity: parse_identity(identity),
+        },
+        SecurityEvent::HandshakeFailed {
+            identity, reason, ..
+        } => D::HandshakeFailed {
+            endpoint,
+            server,
+            side: DtlsSide::Server,
+            identity: identity.as_deref().map(parse_identity),
+            reason: parse_failure(reason),
+        },
+        SecurityEvent::IdentityMismatch {
+            identity,
+            endpoint: claimed,
+            owner,
+        } => D::Refused {
+            client: endpoint,
+            server,
+            identity: parse_identity(identity),
+            endpoint: claimed.clone(),
+            owner: owner.clone(),
+        },
+        _ => return None,
+    })
+}
+
 /// Waits on `rx` until something arrives or `until` (an instant) passes.
 fn block_until<T>(rx: &mut mpsc::UnboundedReceiver<T>, until: Instant) -> Option<T> {
     let left = until.saturating_duration_since(Instant::now());
@@ -430,12 +862,19 @@ impl Backend for DeviceBackend {
     }
 
     fn supports(&self, capability: Capability) -> Result<(), String> {
+        let launched_psk = self.launched
+            && self.servers.security.is_some()
+            && self.servers.server.dtls_addr().is_some()
+            && super::device::launch().is_some_and(|l| l.uses_psk());
         match capability {
             Capability::VirtualTime => Err("the device runs in real time".to_owned()),
+            // The harness starts the device with the case's PSK ({psk_identity}, {psk_key}).
+            Capability::Dtls if launched_psk => Ok(()),
             Capability::Dtls | Capability::RawPublicKey => Err(
                 "the DTLS cases give both sides credentials of their own and the device has \
                  its own (with LWM2M_HARNESS_COAPS_BIND the other cases run over the device's \
-                 DTLS session); they run in process"
+                 DTLS session); they run in process, or against a device the harness starts \
+                 with {psk_identity} and {psk_key} in its --device-cmd"
                     .to_owned(),
             ),
             Capability::Tcp => Err("CoAP over TCP (RFC 8323) is not implemented".to_owned()),
@@ -462,9 +901,15 @@ impl Backend for DeviceBackend {
         if !self.happenings.is_empty() {
             return;
         }
-        if let Some((at, happening)) = block_until(&mut self.rx, self.t0 + until) {
+        // A launched device's process is watched at least every half second.
+        let limit = if self.launched {
+            (Instant::now() + Duration::from_millis(500)).min(self.t0 + until)
+        } else {
+            self.t0 + until
+        };
+        if let Some((at, happening)) = block_until(&mut self.rx, limit) {
             let at = self.elapsed(at);
-            self.happenings.push_back(Timed { at, happening });
+            self.arrived(at, happening);
         }
         self.drain();
     }
@@ -500,6 +945,9 @@ impl Backend for DeviceBackend {
 
     fn request(&mut self, endpoint: &str, operation: Operation) -> Result<OpId, OpError> {
         let endpoint = self.resolve(endpoint).to_owned();
+        if let Operation::Execute { path, .. } = &operation {
+            self.reboot_pending |= *path == Lwm2mPath::resource(3, 0, 4);
+        }
         self.next_op += 1;
         let op = OpId(self.next_op);
         let name = operation.name();
@@ -574,6 +1022,7 @@ impl Backend for DeviceBackend {
                 "our bootstrap store refused the configuration: {e}"
             ));
         }
+        self.bootstrap_configured = true;
     }
 
     fn start_bootstrap(&mut self, endpoint: &str) -> Result<(), BootstrapError> {
@@ -601,39 +1050,13 @@ impl Backend for DeviceBackend {
         Ok(())
     }
 
-    fn client_action(&mut self, endpoint: &str, action: ClientAction) -> anyhow::Result<()> {
+    fn client_action(&mut self, _endpoint: &str, action: ClientAction) -> anyhow::Result<()> {
         match action {
-            ClientAction::Start => {
-                // The device registered by itself (before or during this scenario): its
-                // current registration stands for this scenario's.
-                self.drain();
-                if let Some(registration) = self.registration(endpoint) {
-                    let at = self.now();
-                    self.log.note(
-                        at,
-                        &format!(
-                            "{} registered as {} before this scenario; its registration is \
-                             checked as it stands",
-                            self.device, registration.id
-                        ),
-                    );
-                    let id = registration.id.clone();
-                    let registered = Happening::Server(ServerEvent::Registered {
-                        registration,
-                        replaced: None,
-                    });
-                    let device = self.device.clone();
-                    self.happenings.push_back(Timed {
-                        at,
-                        happening: registered,
-                    });
-                    self.happenings.push_back(Timed {
-                        at,
-                        happening: device_registered(&device, &id),
-                    });
-                }
-                Ok(())
-            }
+            // The harness starts the device for the scenario.
+            ClientAction::Start if self.launched => self.start_launched(),
+            // The device registered by itself (before or during this scenario): its
+            // current registration stands for this scenario's.
+            ClientAction::Start => self.announce_registration(),
             other => not_applicable(format!(
                 "the step makes the client act ({}): {DEVICE_NOT_OURS}",
                 describe(&other)
@@ -653,8 +1076,84 @@ impl Backend for DeviceBackend {
         ))
     }
 
+    /// Where the server hears the device: its registration's address, else (a DTLS
+    /// session whose Register was refused) the latest session's.
     fn public_address(&self, endpoint: &str) -> Option<SocketAddr> {
-        self.registration(endpoint).map(|r| r.address)
+        self.registration(endpoint).map(|r| r.address).or_else(|| {
+            self.sessions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .last
+        })
+    }
+
+    fn secure_address(&self, role: super::backend::ServerRole) -> Option<SocketAddr> {
+        match role {
+            super::backend::ServerRole::Lwm2m => self.servers.server.dtls_addr(),
+            super::backend::ServerRole::Bootstrap => None,
+        }
+    }
+
+    fn forget_dtls_sessions(&mut self, _role: super::backend::ServerRole) -> anyhow::Result<()> {
+        not_applicable("our network LwM2M Server cannot be told to forget its DTLS sessions")
+    }
+
+    fn add_psk(
+        &mut self,
+        role: super::backend::ServerRole,
+        endpoint: &str,
+        identity: &[u8],
+        key: &[u8],
+    ) -> anyhow::Result<()> {
+        use lwm2m_server::store::{Credentials, SecurityInfo, SecurityStore as _};
+        let (super::backend::ServerRole::Lwm2m, Some(security)) = (role, &self.servers.security)
+        else {
+            not_applicable(format!(
+                "the {role}'s security store is not reachable for a device under test"
+            ));
+        };
+        let endpoint = self.resolve(endpoint).to_owned();
+        security
+            .put(SecurityInfo {
+                endpoint,
+                credentials: Credentials::Psk {
+                    identity: String::from_utf8_lossy(identity).into_owned(),
+                    key: key.iter().map(|b| format!("{b:02x}")).collect(),
+                },
+            })
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!("our security store refused the PSK: {e}"))
+    }
+
+    fn secure_client(
+        &mut self,
+        _endpoint: &str,
+        role: super::backend::ServerRole,
+        account: super::secure::SecureAccount,
+    ) -> anyhow::Result<()> {
+        match (role, account) {
+            (
+                super::backend::ServerRole::Lwm2m,
+                super::secure::SecureAccount::Psk { identity, key },
+            ) if self.launched => {
+                self.case_psk = Some((identity, key));
+                Ok(())
+            }
+            (role, account) => not_applicable(format!(
+                "the case gives the device {account:?} towards the {role}; the device's \
+                 template carries a PSK towards the LwM2M Server only"
+            )),
+        }
+    }
+
+    fn secure_identity(&self, endpoint: &str) -> Option<lwm2m_dtls::Identity> {
+        let address = self.registration(endpoint)?.address;
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .identities
+            .get(&address)
+            .cloned()
     }
 }
 

@@ -72,6 +72,9 @@ pub struct SuiteOptions {
     /// `None`: for the in-process subject `features/devices/ets-simulated.yaml`, for a
     /// device none (configuration values are checked for presence and type only).
     pub device_profile: Option<PathBuf>,
+    /// With a [`Subject::Device`]: the harness starts and stops the device itself
+    /// ([`super::device`]).
+    pub device: Option<super::device::DeviceLaunch>,
 }
 
 /// What a run produced.
@@ -112,6 +115,8 @@ pub struct RunContext {
     pub started_unix: Duration,
     /// The device description the cases check configured values against, if any.
     pub device: Option<super::description::DeviceDescription>,
+    /// The harness starts the device under test ([`super::device`]).
+    launched: bool,
     collector: Mutex<Collector>,
 }
 
@@ -294,6 +299,20 @@ impl RunContext {
                 }
             }
         }
+        // The launched device's output, and what happened to its process.
+        let (device_logs, device_notes) = if self.launched {
+            super::device::end_case()
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        evidence.extend(device_logs);
+        let message = match (message, device_notes.is_empty()) {
+            (Some(m), false) if status != Status::Passed => Some(format!(
+                "{m}\n\ndevice under test:\n  {}",
+                device_notes.join("\n  ")
+            )),
+            (m, _) => m,
+        };
         let findings = world_findings;
         let title = match rule {
             Some(r) => format!("{} / {}", r.name, scenario.name),
@@ -581,6 +600,7 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         root: options.root.clone(),
         report_dir: options.report_dir.clone(),
         started_unix,
+        launched: options.device.is_some(),
         collector: Mutex::new(Collector::default()),
     });
     let junit = std::fs::File::create(cucumber_dir.join("junit.xml"))?;
@@ -602,6 +622,13 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
             .map_err(|e| anyhow::anyhow!("tag expression {tags:?}: {e}"))?;
         opts.tags_filter = Some(expr);
     }
+    if let (Some(launch), Subject::Device { endpoint }) = (&options.device, &options.subject) {
+        launch.check().map_err(anyhow::Error::msg)?;
+        super::device::check_endpoint(endpoint).map_err(anyhow::Error::msg)?;
+        super::device::install(launch.clone(), endpoint, options.seed);
+    }
+    // However the run ends (an error below included), the device it started stops.
+    let device_guard = options.device.is_some().then_some(DeviceGuard);
     let (before_ctx, after_ctx) = (ctx.clone(), ctx.clone());
     let writer = NotApplicableAsSkipped(
         writer::Basic::raw(console, writer::Coloring::Never, Verbosity::Default)
@@ -619,6 +646,9 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         .before(move |feature, rule, scenario, world| {
             let ctx = before_ctx.clone();
             let seed = ctx.scenario_seed(feature, scenario);
+            if ctx.launched {
+                super::device::begin_case(&ctx.feature_label(feature));
+            }
             world.setup(ctx, seed);
             world.tags = scenario
                 .tags
@@ -660,6 +690,7 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         })
         .run(features);
     let writer = futures::executor::block_on(finished);
+    drop(device_guard);
     let parsing_errors = cucumber::writer::Stats::parsing_errors(&writer.0);
     let collector =
         std::mem::take(&mut *ctx.collector.lock().unwrap_or_else(PoisonError::into_inner));
@@ -683,12 +714,41 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         network_usage: collector.network_usage,
         counters: collector.counters,
     };
-    report.write(&options.report_dir)?;
+    report.write_with(&options.report_dir, &device_section(options))?;
     Ok(SuiteOutcome {
         report,
         untagged: collector.untagged,
         parsing_errors,
     })
+}
+
+/// The report's section on the device under test: how the harness ran it, or, for a
+/// device started by hand, what the harness cannot do with it.
+fn device_section(options: &SuiteOptions) -> Vec<(String, String)> {
+    let Subject::Device { endpoint } = &options.subject else {
+        return Vec::new();
+    };
+    let text = match &options.device {
+        Some(l) => format!(
+            "{endpoint}, started by the harness: sh -c {:?}\nrestarted: {}; stop line: {}; \
+             Register awaited for {:?} after each start\nits output: device/NNN-{endpoint}\
+             .stdout.log and .stderr.log, linked from each case that ran against that start",
+            l.template,
+            l.restart,
+            l.stop
+                .as_deref()
+                .map_or("none".to_owned(), |s| format!("{s:?}")),
+            l.register_wait
+        ),
+        None => format!(
+            "{endpoint}, started by hand (--device): the harness cannot reset it between \
+             cases (each case sees what earlier ones wrote), start it again after a Reboot or \
+             an exit (the cases after that wait for a device that is gone), or give it a \
+             case's credentials (the DTLS cases are not applicable). `test --device-cmd` \
+             does all three."
+        ),
+    };
+    vec![("Device under test".to_owned(), text)]
 }
 
 /// A text summary of a report: counts of each verdict, the cases not passed, and why
@@ -737,6 +797,15 @@ pub fn summary(report: &RunReport) -> String {
     s
 }
 
+/// Stops the run's device (if the harness started one) when dropped.
+struct DeviceGuard;
+
+impl Drop for DeviceGuard {
+    fn drop(&mut self) {
+        super::device::finish();
+    }
+}
+
 /// The workspace root a test binary was built in (`CARGO_MANIFEST_DIR/..`).
 pub fn workspace_root(manifest_dir: &Path) -> PathBuf {
     manifest_dir
@@ -783,6 +852,7 @@ mod tests {
             run: "determinism".to_owned(),
             console: false,
             device_profile: None,
+            device: None,
         };
         let outcome = run_suite(&options).unwrap();
         assert!(outcome.is_success(), "{}", summary(&outcome.report));

@@ -6,6 +6,7 @@
 pub mod dtls;
 pub mod html;
 pub mod junit;
+pub mod matrix;
 pub mod usage;
 
 use std::collections::BTreeMap;
@@ -212,7 +213,7 @@ impl RunReport {
     pub fn nothing_tested(&self) -> Option<String> {
         let c = self.counts();
         if c.total() == 0 {
-            return Some("no case matched the feature files and tags".to_owned());
+            return Some("no case matched the tags in the feature files".to_owned());
         }
         (c.tested() == 0).then(|| {
             format!(

@@ -103,13 +103,30 @@ fn device_fits(
     if !quirks.is_empty() {
         not_applicable("the case is about a client with quirks; the device under test is as it is");
     }
-    if !matches!(provisioning, Provisioning::Server(_)) {
+    let launched = crate::bdd::device::launch();
+    let bootstrap_device = launched.as_ref().is_some_and(|l| l.bootstrap_only());
+    match provisioning {
+        Provisioning::Server(_) => {}
+        // Started with only {bootstrap_uri}: the device starts from a bootstrap-only state.
+        Provisioning::BootstrapOnly(_) if bootstrap_device => {}
+        _ if launched.is_some() => not_applicable(
+            "the case starts from a factory configuration with only a Bootstrap-Server \
+             account: give the device a --device-cmd with {bootstrap_uri} and no {server_uri}",
+        ),
+        _ => {}
+    }
+    if !matches!(provisioning, Provisioning::Server(_)) && launched.is_none() {
         not_applicable(format!(
             "the case starts from a factory bootstrap configuration: the device would have to \
              be reset into it ({not_ours})"
         ));
     }
-    let Some(r) = w.backend().registration(device) else {
+    // A device the harness restarts is judged by what it announced when it last registered.
+    let Some(r) = w
+        .backend()
+        .registration(device)
+        .or_else(crate::bdd::device::last_registration)
+    else {
         return;
     };
     if r.version < profile.lwm2m_version {
