@@ -22,6 +22,11 @@ pub struct TestArgs {
     /// A server under test, coap://HOST:PORT: our simulated clients register with it.
     #[arg(long, value_name = "URI")]
     server: Option<String>,
+    /// How the suite drives the server under test: lwm2m-harness+http://HOST:PORT?token=T,
+    /// leshan+http://HOST:PORT or exec:'COMMAND' (a driver speaking JSON lines; README
+    /// "Testing your own server"). Without it only what shows on the wire is checked.
+    #[arg(long, value_name = "SPEC", requires = "server")]
+    server_api: Option<String>,
     /// Quirks or quirk packs (scenarios/quirks) every simulated client gets, comma-separated.
     #[arg(long, value_delimiter = ',', value_name = "NAMES", conflicts_with_all = ["device", "server"])]
     quirks: Vec<String>,
@@ -81,7 +86,13 @@ fn subject(args: &TestArgs) -> anyhow::Result<Subject> {
             !host.is_empty() && port.parse::<u16>().is_ok(),
             "--server {uri:?}: expected coap://HOST:PORT"
         );
-        return Ok(Subject::Server { uri: uri.clone() });
+        if let Some(api) = &args.server_api {
+            lwm2m_harness::bdd::adapter::check_spec(api).map_err(anyhow::Error::msg)?;
+        }
+        return Ok(Subject::Server {
+            uri: uri.clone(),
+            api: args.server_api.clone(),
+        });
     }
     Ok(Subject::InProcess {
         quirks: args.quirks.clone(),

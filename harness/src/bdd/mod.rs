@@ -18,6 +18,7 @@
 //! - [`steps`]: the vocabulary, one file per domain concept;
 //! - [`run`]: the runner, the not-applicable mechanism and the report collector.
 
+pub mod adapter;
 pub mod backend;
 pub mod exchange;
 pub mod fleet;

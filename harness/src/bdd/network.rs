@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use lwm2m_proto::Lwm2mPath;
 use lwm2m_proto::bootstrap::{BootstrapConfig, BootstrapError};
-use lwm2m_proto::client::{ClientEvent, Lwm2mClient};
+use lwm2m_proto::client::{ClientEvent, ClientState, Lwm2mClient};
 use lwm2m_proto::coap::Packet;
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{ObservationId, OpError, OpId, Operation, Registration, ServerEvent};
@@ -51,7 +51,10 @@ use lwm2m_simulator::NetworkModel;
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc};
 
-use super::backend::{Backend, Capability, ClientAction, ClientSpec, Happening, Subject, Timed};
+use super::adapter::{Feature, RegistrationView, ServerAdapter};
+use super::backend::{
+    Backend, Capability, ClientAction, ClientSpec, Happening, ServerView, Subject, Timed,
+};
 use super::exchange::{ExchangeLog, Peer};
 use super::world::not_applicable;
 
@@ -661,6 +664,14 @@ impl Backend for DeviceBackend {
 /// A datagram a simulated client's socket received.
 type Received = (usize, Instant, SocketAddr, Vec<u8>);
 
+/// What reaches the server backend's stepping loop: a datagram for a client, or something
+/// the server under test reported through its adapter (an event, an operation's outcome).
+#[derive(Debug)]
+enum Input {
+    Datagram(Received),
+    Server(Instant, Box<Happening>),
+}
+
 /// A simulated client on a real socket.
 struct NetClient {
     name: String,
@@ -676,10 +687,13 @@ pub struct ServerBackend {
     t0: Instant,
     clients: Vec<NetClient>,
     by_name: HashMap<String, usize>,
-    tx: mpsc::UnboundedSender<Received>,
-    rx: mpsc::UnboundedReceiver<Received>,
+    tx: mpsc::UnboundedSender<Input>,
+    rx: mpsc::UnboundedReceiver<Input>,
     log: ExchangeLog,
     happenings: VecDeque<Timed>,
+    /// What drives the server under test, if anything does (`--server-api`).
+    adapter: Option<Arc<dyn ServerAdapter>>,
+    next_op: u64,
 }
 
 impl std::fmt::Debug for ServerBackend {
@@ -693,9 +707,10 @@ impl std::fmt::Debug for ServerBackend {
 
 impl ServerBackend {
     /// A backend for the server `subject` names (`coap://HOST:PORT`), no clients yet (their
-    /// CoAP ids come from the scenario seed in their [`ClientSpec`]).
-    pub fn open(subject: &Subject) -> Result<Self, String> {
-        let Subject::Server { uri } = subject else {
+    /// CoAP ids come from the scenario seed in their [`ClientSpec`]); with an adapter
+    /// (`api`), subscribed to the server's events from now on.
+    pub fn open(subject: &Subject, registry: Arc<Registry>) -> Result<Self, String> {
+        let Subject::Server { uri, api } = subject else {
             return Err(format!("{} is not a server", subject.id()));
         };
         let authority = uri
@@ -708,6 +723,24 @@ impl ServerBackend {
             .ok_or_else(|| format!("{uri:?}: no address"))?;
         runtime()?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let adapter = match api {
+            Some(spec) => {
+                let adapter = super::adapter::open(spec, registry)?;
+                let events = tx.clone();
+                adapter
+                    .subscribe(Box::new(move |e| {
+                        events
+                            .send(Input::Server(
+                                Instant::now(),
+                                Box::new(Happening::Server(e)),
+                            ))
+                            .is_ok()
+                    }))
+                    .map_err(|e| e.to_string())?;
+                Some(adapter)
+            }
+            None => None,
+        };
         Ok(Self {
             subject: subject.clone(),
             server,
@@ -718,7 +751,31 @@ impl ServerBackend {
             rx,
             log: ExchangeLog::default(),
             happenings: VecDeque::new(),
+            adapter,
+            next_op: 0,
         })
+    }
+
+    /// The adapter, if it offers `feature`; else the case is not applicable (`what` the
+    /// step does, in words).
+    fn adapter_for(&self, feature: Feature, what: &str) -> &Arc<dyn ServerAdapter> {
+        let Some(adapter) = &self.adapter else {
+            not_applicable(format!("{what}: {SERVER_NOT_OURS} (no --server-api)"));
+        };
+        if let Err(why) = adapter.info().offers(feature) {
+            not_applicable(format!("{what}: {why}"));
+        }
+        adapter
+    }
+
+    /// The server's registration of `endpoint` through the adapter.
+    fn registration_view(&self, endpoint: &str, what: &str) -> Option<RegistrationView> {
+        let adapter = self.adapter_for(Feature::Registrations, what);
+        match adapter.registration(endpoint) {
+            Ok(v) => v,
+            // The server under test could not be asked: the step fails, with why.
+            Err(e) => panic!("{what}: {e}"),
+        }
     }
 
     fn elapsed(&self, at: Instant) -> Duration {
@@ -779,6 +836,19 @@ impl ServerBackend {
         }
     }
 
+    fn input(&mut self, input: Input) {
+        match input {
+            Input::Datagram(d) => self.deliver(d),
+            Input::Server(at, happening) => {
+                let at = self.elapsed(at);
+                self.happenings.push_back(Timed {
+                    at,
+                    happening: *happening,
+                });
+            }
+        }
+    }
+
     fn deliver(&mut self, (i, at, from, bytes): Received) {
         let Some(client) = self.clients.get_mut(i) else {
             return;
@@ -828,11 +898,28 @@ impl Backend for ServerBackend {
             Capability::Smartcard => {
                 Err("simulated clients have no smartcard (Core TS 1.1 §5.2.4)".to_owned())
             }
-            Capability::Disable
-            | Capability::BootstrapTrigger
-            | Capability::MuteSend
-            | Capability::ServerInitiatedBootstrap
-            | Capability::ReadWithoutAccept => Err(SERVER_NOT_OURS.to_owned()),
+            // Our simulated clients do these when the server executes or writes the
+            // resource: what the case needs is that operation of the server under test.
+            Capability::Disable | Capability::BootstrapTrigger | Capability::MuteSend => {
+                match &self.adapter {
+                    Some(a) => a
+                        .info()
+                        .offers(Feature::Execute)
+                        .and_then(|()| a.info().offers(Feature::Write)),
+                    None => Err(SERVER_NOT_OURS.to_owned()),
+                }
+            }
+            Capability::ServerInitiatedBootstrap => Err(format!(
+                "no Bootstrap Server of ours runs against a server under test \
+                 ({SERVER_NOT_OURS})"
+            )),
+            Capability::ReadWithoutAccept => Err(match &self.adapter {
+                Some(a) => format!(
+                    "the server adapter {} cannot ask for a Read without Accept",
+                    a.info().adapter
+                ),
+                None => SERVER_NOT_OURS.to_owned(),
+            }),
         }
     }
 
@@ -854,10 +941,13 @@ impl Backend for ServerBackend {
                 .min()
                 .map_or(limit, |t| t.min(limit));
             while let Ok(received) = self.rx.try_recv() {
-                self.deliver(received);
+                self.input(received);
+            }
+            if !self.happenings.is_empty() {
+                continue;
             }
             match block_until(&mut self.rx, next) {
-                Some(received) => self.deliver(received),
+                Some(received) => self.input(received),
                 None => self.fire_timeouts(),
             }
         }
@@ -890,26 +980,85 @@ impl Backend for ServerBackend {
         self.server
     }
 
-    fn request(&mut self, _endpoint: &str, _operation: Operation) -> Result<OpId, OpError> {
-        not_applicable(format!(
-            "the step is our server's operation: {SERVER_NOT_OURS}"
-        ))
+    fn request(&mut self, endpoint: &str, operation: Operation) -> Result<OpId, OpError> {
+        let feature = Feature::of(&operation);
+        let adapter = self
+            .adapter_for(
+                feature,
+                &format!("the step is the server's {} operation", operation.name()),
+            )
+            .clone();
+        self.next_op += 1;
+        let op = OpId(self.next_op);
+        let (tx, endpoint) = (self.tx.clone(), endpoint.to_owned());
+        // Off the stepping thread: the simulated client must answer meanwhile.
+        std::thread::Builder::new()
+            .name(format!("server op {}", op.0))
+            .spawn(move || {
+                let started = Instant::now();
+                let result = adapter.request(&endpoint, &operation);
+                let event = ServerEvent::Completed {
+                    op,
+                    endpoint,
+                    operation: operation.name(),
+                    result,
+                    latency: started.elapsed(),
+                };
+                let _ = tx.send(Input::Server(
+                    Instant::now(),
+                    Box::new(Happening::Server(event)),
+                ));
+            })
+            .map_err(|e| OpError::Invalid {
+                reason: format!("cannot start the operation's thread: {e}"),
+            })?;
+        Ok(op)
     }
 
-    fn registration(&self, _endpoint: &str) -> Option<Registration> {
-        not_applicable(format!(
-            "the step looks into the server's registrations: {SERVER_NOT_OURS}"
-        ))
+    fn registration(&self, endpoint: &str) -> Option<Registration> {
+        self.registration_view(endpoint, "the step looks into the server's registrations")
+            .map(|v| v.registration)
     }
 
     fn observations(&self, _endpoint: &str) -> Vec<(ObservationId, Vec<Lwm2mPath>)> {
+        let why = match &self.adapter {
+            Some(a) => format!(
+                "the server adapter {} does not list a client's observations",
+                a.info().adapter
+            ),
+            None => SERVER_NOT_OURS.to_owned(),
+        };
         not_applicable(format!(
-            "the step looks into the server's observations: {SERVER_NOT_OURS}"
+            "the step looks into the server's observations: {why}"
         ))
     }
 
-    fn server_sees_awake(&self, _endpoint: &str) -> bool {
-        not_applicable(format!("the step looks into the server: {SERVER_NOT_OURS}"))
+    fn server_sees_awake(&self, endpoint: &str) -> bool {
+        // Asked before every operation: a server that does not say is taken as awake.
+        match &self.adapter {
+            Some(a) if a.info().offers(Feature::QueueState).is_ok() => self
+                .registration_view(endpoint, "the step looks into the server")
+                .is_none_or(|v| v.sleeping != Some(true)),
+            Some(_) => true,
+            None => not_applicable(format!("the step looks into the server: {SERVER_NOT_OURS}")),
+        }
+    }
+
+    fn server_view(&self, view: ServerView) -> Result<(), String> {
+        let Some(adapter) = &self.adapter else {
+            return Err(format!("{SERVER_NOT_OURS} (no --server-api)"));
+        };
+        let needs: &[Feature] = match view {
+            ServerView::Events => &[Feature::Events],
+            ServerView::Send => &[Feature::Send],
+            ServerView::Expiry => &[Feature::Expiry],
+            ServerView::Refusals => &[Feature::Refusals],
+            ServerView::Findings => &[Feature::Findings],
+            ServerView::RegistrationFindings => &[Feature::RegistrationFindings],
+            ServerView::QueueState => &[Feature::QueueState],
+            ServerView::Absence => &[Feature::Events, Feature::Notifications, Feature::Send],
+        };
+        needs.iter().try_for_each(|f| adapter.info().offers(*f))
     }
 
     fn queued(&self, _endpoint: &str) -> usize {
@@ -960,7 +1109,10 @@ impl Backend for ServerBackend {
                 };
                 let Ok((n, from)) = received else { return };
                 let bytes = buf.get(..n).unwrap_or_default().to_vec();
-                if tx.send((index, Instant::now(), from, bytes)).is_err() {
+                if tx
+                    .send(Input::Datagram((index, Instant::now(), from, bytes)))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -1006,8 +1158,20 @@ impl Backend for ServerBackend {
 }
 
 impl Drop for ServerBackend {
-    /// Stops the clients' socket readers (their channel closes with the backend).
+    /// De-registers the clients still registered, so that the next scenario's clients of
+    /// the same names meet a clean server under test, and stops the clients' socket
+    /// readers (their channel closes with the backend).
     fn drop(&mut self) {
+        let now = Instant::now();
+        for client in &mut self.clients {
+            if matches!(
+                client.machine.state(),
+                ClientState::Registered | ClientState::Sleeping
+            ) {
+                client.machine.deregister(now);
+            }
+        }
+        self.flush();
         self.rx.close();
     }
 }
@@ -1042,8 +1206,9 @@ mod tests {
         };
         let subject = Subject::Server {
             uri: format!("coap://{}", server.local_addr()),
+            api: None,
         };
-        let mut b = ServerBackend::open(&subject).unwrap();
+        let mut b = ServerBackend::open(&subject, lib.registry.clone()).unwrap();
         assert_eq!(b.server_address(), server.local_addr());
         let profile = lib.profile("ets-1.1").unwrap();
         let spec = lib
@@ -1093,7 +1258,14 @@ mod tests {
 
     #[test]
     fn a_server_uri_must_be_coap_with_an_address() {
-        let open = |uri: &str| ServerBackend::open(&Subject::Server { uri: uri.into() });
+        let registry = Arc::new(Registry::embedded());
+        let open = |uri: &str| {
+            let subject = Subject::Server {
+                uri: uri.into(),
+                api: None,
+            };
+            ServerBackend::open(&subject, registry.clone())
+        };
         assert!(open("coaps://127.0.0.1:5684").is_err());
         assert!(open("coap://127.0.0.1").is_err());
         assert!(open("coap://127.0.0.1:5683").is_ok());
