@@ -804,7 +804,16 @@ impl ServerBackend {
                 let client = &self.clients[i];
                 let at = self.elapsed(Instant::now());
                 let to = self.peer_name(t.peer);
-                if let Err(e) = client.socket.try_send_to(&t.bytes, t.peer) {
+                // A socket whose writability the reactor has not seen yet says WouldBlock:
+                // then wait for it (briefly) instead of losing the datagram to a CoAP
+                // retransmission 2-3 s later.
+                let sent = match client.socket.try_send_to(&t.bytes, t.peer) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => runtime()
+                        .map_err(std::io::Error::other)
+                        .and_then(|rt| rt.block_on(client.socket.send_to(&t.bytes, t.peer))),
+                    other => other,
+                };
+                if let Err(e) = sent {
                     self.log
                         .note(at, &format!("{} could not send: {e}", client.name));
                 }

@@ -316,6 +316,10 @@ pub fn open(spec: &str, registry: Arc<Registry>) -> Result<Arc<dyn ServerAdapter
         Arc::new(harness_http::HarnessHttp::connect(rest, registry)?)
     } else if let Some(rest) = spec.strip_prefix("leshan+http://") {
         Arc::new(leshan::Leshan::connect(rest, registry)?)
+    } else if spec.starts_with("in-process:") {
+        return Err(format!(
+            "--server-api {spec:?}: no in-process server of that name in this process"
+        ));
     } else {
         return Err(format!(
             "--server-api {spec:?}: expected lwm2m-harness+http://HOST:PORT?token=T, \
@@ -324,6 +328,15 @@ pub fn open(spec: &str, registry: Arc<Registry>) -> Result<Arc<dyn ServerAdapter
     };
     all.insert(spec.to_owned(), adapter.clone());
     Ok(adapter)
+}
+
+/// Makes `spec` name `adapter` in this process (an adapter built in code, such as
+/// [`inprocess::InProcessServer`], whose spec is `in-process:NAME`).
+pub fn install(spec: &str, adapter: Arc<dyn ServerAdapter>) {
+    opened()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(spec.to_owned(), adapter);
 }
 
 /// What the adapter for `spec` reported, if it was opened in this process.
@@ -357,6 +370,8 @@ pub fn check_spec(spec: &str) -> Result<(), String> {
 pub fn kind_of(spec: &str) -> &str {
     if spec.starts_with("exec:") {
         "exec"
+    } else if spec.starts_with("in-process:") {
+        "in-process"
     } else {
         spec.split("://").next().unwrap_or(spec)
     }
