@@ -9,6 +9,8 @@
 //! 3. The npm `lwm2m-node-lib` server through the example driver
 //!    (`interop/node/driver-lwm2m-node-lib.js`, `exec:` adapter).
 //! 4. The `leshan+http` adapter against our `serve`'s Leshan-compatible routes.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
