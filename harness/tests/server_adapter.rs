@@ -272,3 +272,90 @@ fn our_server_in_process_through_the_reference_adapter_gives_the_in_process_verd
     );
     rt.block_on(server.shutdown());
 }
+
+/// Fails (never skips) when the peer is not installed, naming what installs it.
+fn require_node_lib() {
+    let node = Command::new("node").arg("--version").output();
+    assert!(
+        node.is_ok_and(|o| o.status.success()),
+        "node is missing: install Node.js, then run `npm ci --prefix interop/node` \
+         (scripts/test does both)"
+    );
+    let lib = root().join("interop/node/node_modules/lwm2m-node-lib");
+    assert!(
+        lib.is_dir(),
+        "{} is missing: run `npm ci --prefix interop/node` (scripts/test does)",
+        lib.display()
+    );
+}
+
+#[test]
+fn the_lwm2m_node_lib_server_through_the_example_driver() {
+    require_node_lib();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .unwrap()
+        .port();
+    let driver = root().join("interop/node/driver-lwm2m-node-lib.js");
+    let spec = format!("exec:node {} {port}", driver.display());
+    let dir = tempfile::tempdir().unwrap();
+    let root = root();
+    let options = SuiteOptions {
+        features: vec![root.join("features")],
+        root: root.clone(),
+        ddf: Vec::new(),
+        tags: Some(
+            "@int-101 or @core-6.2.3 or @int-201 or @int-224 or @int-205 or @int-222 \
+             or @int-203 or @int-226 or @int-256 or @int-227 or @int-228 or @int-241 \
+             or @int-260"
+                .to_owned(),
+        ),
+        subject: Subject::Server {
+            uri: format!("coap://127.0.0.1:{port}"),
+            api: Some(spec),
+        },
+        seed: DEFAULT_SEED,
+        report_dir: dir.path().to_path_buf(),
+        run: "node-lib".to_owned(),
+        console: false,
+    };
+    let report = run::run_suite(&options).unwrap().report;
+    let all = show(&report);
+    let status = |case: &str| {
+        report
+            .cases
+            .iter()
+            .find(|c| c.case == case)
+            .map(|c| c.status)
+    };
+    // Registration, De-registration, a Read, a Write (and one refused) and an Execute of
+    // one resource go through the library.
+    for case in [
+        "int-101",
+        "core-6.2.3",
+        "int-224",
+        "int-227",
+        "int-256",
+        "int-241",
+    ] {
+        assert_eq!(status(case), Some(Status::Passed), "{case}:\n{all}");
+    }
+    // What the library cannot ask for (other formats, levels; the answer's format) is not
+    // applicable, naming the driver's product or the feature.
+    for case in ["int-201", "int-222", "int-203", "int-226", "int-228"] {
+        assert_eq!(status(case), Some(Status::NotApplicable), "{case}:\n{all}");
+    }
+    assert!(
+        all.contains("the server adapter exec (lwm2m-node-lib)"),
+        "{all}"
+    );
+    let (_, failed, _) = report.tally();
+    assert_eq!(failed, 0, "{all}");
+    assert!(
+        report.subjects[0]
+            .version
+            .starts_with("lwm2m-node-lib 1.4.0 (adapter exec)"),
+        "{:?}",
+        report.subjects[0]
+    );
+}

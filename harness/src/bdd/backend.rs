@@ -224,6 +224,8 @@ pub enum ServerView {
     RegistrationFindings,
     /// Whether a queue-mode client is asleep.
     QueueState,
+    /// The Content-Format of a client's answer.
+    ResponseFormat,
     /// That something did *not* happen: every kind of event must be visible.
     Absence,
 }

@@ -997,6 +997,12 @@ impl Backend for ServerBackend {
                 &format!("the step is the server's {} operation", operation.name()),
             )
             .clone();
+        if let Err(why) = adapter.check(&operation) {
+            not_applicable(format!(
+                "the step is the server's {} operation: {why}",
+                operation.name()
+            ));
+        }
         self.next_op += 1;
         let op = OpId(self.next_op);
         let (tx, endpoint) = (self.tx.clone(), endpoint.to_owned());
@@ -1065,6 +1071,7 @@ impl Backend for ServerBackend {
             ServerView::Findings => &[Feature::Findings],
             ServerView::RegistrationFindings => &[Feature::RegistrationFindings],
             ServerView::QueueState => &[Feature::QueueState],
+            ServerView::ResponseFormat => &[Feature::ResponseFormat],
             ServerView::Absence => &[Feature::Events, Feature::Notifications, Feature::Send],
         };
         needs.iter().try_for_each(|f| adapter.info().offers(*f))

@@ -23,8 +23,12 @@
 //! **Answers** (driver → harness), one line each, with the request's `id`:
 //! - `hello`: `{"id", "product", "version", "ops": [...]}`: the operations it offers, by
 //!   the names above, plus `registrations` (it answers `registration`), `events`,
-//!   `notifications`, `send`, `expiry`, `queue-state` (the events it reports) and
-//!   `findings` (it always gives raw payloads, so our decoder judges them);
+//!   `notifications`, `send`, `expiry`, `queue-state` (the events it reports),
+//!   `response-format` (its answers say their Content-Format) and `findings` (it always
+//!   gives raw payloads, so our decoder judges them); and `limits`: `{"formats": [...]}`
+//!   (the only formats it can ask for), `{"levels": {"read": ["resource"], ...}}` (the
+//!   path levels an operation takes), `{"partial_write": false}` (no partial update):
+//!   what they exclude is not applicable, with the product's name;
 //! - an operation the client answered: `{"id", "code": "2.05"}` with the content as
 //!   `payload_hex` + `content_format` (a name or number; decoded here, with findings), or
 //!   `nodes` `[{"path", "value"}]`, or `value` (one resource); a Discover's `links` (link
@@ -138,6 +142,101 @@ pub struct ExecAdapter {
     sinks: Arc<Sinks>,
     shared: Arc<Shared>,
     info: AdapterInfo,
+    limits: Limits,
+}
+
+/// What a driver said it cannot ask for (`limits` in its hello).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Limits {
+    /// The content formats it can ask for (none listed: any).
+    formats: Vec<ContentFormat>,
+    /// The path levels each operation takes (`object`, `instance`, `resource`,
+    /// `resource-instance`), by operation name (none listed: any).
+    levels: HashMap<String, Vec<String>>,
+    /// Whether it can ask for a partial update (POST) as well as a replace (PUT).
+    partial_write: bool,
+}
+
+impl Limits {
+    fn from_hello(hello: &Json) -> Self {
+        let limits = hello.get("limits").cloned().unwrap_or(Json::Null);
+        let strings = |j: &Json| -> Vec<String> {
+            j.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        };
+        Self {
+            formats: strings(limits.get("formats").unwrap_or(&Json::Null))
+                .iter()
+                .filter_map(|f| ContentFormat::from_name(f))
+                .collect(),
+            levels: limits
+                .get("levels")
+                .and_then(Json::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(op, l)| (op.clone(), strings(l)))
+                .collect(),
+            partial_write: limits
+                .get("partial_write")
+                .and_then(Json::as_bool)
+                .unwrap_or(true),
+        }
+    }
+
+    fn check(&self, operation: &Operation) -> Result<(), String> {
+        use Operation as Op;
+        let format = match operation {
+            Op::Read { format, .. }
+            | Op::Write { format, .. }
+            | Op::Create { format, .. }
+            | Op::ReadComposite { format, .. }
+            | Op::WriteComposite { format, .. }
+            | Op::Observe { format, .. }
+            | Op::ObserveComposite { format, .. } => *format,
+            _ => None,
+        };
+        if let Some(f) = format
+            && !self.formats.is_empty()
+            && !self.formats.contains(&f)
+        {
+            return Err(format!("the driver cannot ask for {}", f.name()));
+        }
+        let path = match operation {
+            Op::Read { path, .. }
+            | Op::Discover { path }
+            | Op::Write { path, .. }
+            | Op::WriteAttributes { path, .. }
+            | Op::Execute { path, .. }
+            | Op::Delete { path }
+            | Op::Observe { path, .. } => Some(*path),
+            _ => None,
+        };
+        if let (Some(path), Some(levels)) = (path, self.levels.get(operation.name())) {
+            let level = match path {
+                Lwm2mPath::Root => "root",
+                Lwm2mPath::Object(..) => "object",
+                Lwm2mPath::Instance(..) => "instance",
+                Lwm2mPath::Resource(..) => "resource",
+                Lwm2mPath::ResourceInstance(..) => "resource-instance",
+            };
+            if !levels.iter().any(|l| l == level) {
+                return Err(format!(
+                    "the driver asks for {} on {} only, not on {path}",
+                    operation.name(),
+                    levels.join(", ")
+                ));
+            }
+        }
+        if let Op::Write { replace: false, .. } = operation
+            && !self.partial_write
+        {
+            return Err("the driver cannot ask for a partial update".to_owned());
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for ExecAdapter {
@@ -398,6 +497,7 @@ impl ExecAdapter {
                 version: "unknown".to_owned(),
                 features: Default::default(),
             },
+            limits: Limits::default(),
         };
         let hello = adapter
             .call(json!({"op": "hello", "protocol": 1}), HELLO_WAIT)
@@ -411,6 +511,7 @@ impl ExecAdapter {
         };
         adapter.info.product = text("product");
         adapter.info.version = text("version");
+        adapter.limits = Limits::from_hello(&hello);
         for op in hello
             .get("ops")
             .and_then(Json::as_array)
@@ -569,6 +670,12 @@ impl ServerAdapter for ExecAdapter {
         &self.info
     }
 
+    fn check(&self, operation: &Operation) -> Result<(), String> {
+        self.limits
+            .check(operation)
+            .map_err(|why| format!("the server adapter {NAME} ({}): {why}", self.info.product))
+    }
+
     fn request(&self, endpoint: &str, operation: &Operation) -> Result<Response, OpError> {
         let invalid = |reason: String| OpError::Invalid {
             reason: format!("{NAME}: {reason}"),
@@ -716,6 +823,38 @@ mod tests {
                 &*s.registry
             )
             .is_err()
+        );
+    }
+
+    #[test]
+    fn a_drivers_limits_make_operations_not_applicable() {
+        let hello = json!({"limits": {"formats": ["text"], "levels": {"read": ["resource"]},
+            "partial_write": false}});
+        let l = Limits::from_hello(&hello);
+        let read = |path, format| Operation::Read { path, format };
+        assert!(l.check(&read(Lwm2mPath::resource(3, 0, 9), None)).is_ok());
+        assert!(
+            l.check(&read(
+                Lwm2mPath::resource(3, 0, 9),
+                Some(ContentFormat::Text)
+            ))
+            .is_ok()
+        );
+        let why = l
+            .check(&read(
+                Lwm2mPath::resource(3, 0, 9),
+                Some(ContentFormat::Tlv),
+            ))
+            .unwrap_err();
+        assert!(why.contains("tlv"), "{why}");
+        let why = l
+            .check(&read(Lwm2mPath::Object(ObjectId(3)), None))
+            .unwrap_err();
+        assert!(why.contains("resource"), "{why}");
+        assert!(
+            Limits::default()
+                .check(&read(Lwm2mPath::Root, None))
+                .is_ok()
         );
     }
 

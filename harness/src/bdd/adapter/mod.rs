@@ -80,6 +80,8 @@ pub enum Feature {
     Refusals,
     /// Whether a queue-mode client is asleep.
     QueueState,
+    /// The Content-Format of a client's answer.
+    ResponseFormat,
     /// The decoder's findings on a response, as our own decoder names them.
     Findings,
     /// The deviations our server notes on a Register (only our own server has them).
@@ -92,7 +94,7 @@ pub enum Feature {
 
 impl Feature {
     /// Every feature with its name in the driver protocol and the reports.
-    pub const NAMES: [(&'static str, Self); 23] = [
+    pub const NAMES: [(&'static str, Self); 24] = [
         ("read", Self::Read),
         ("write", Self::Write),
         ("execute", Self::Execute),
@@ -112,6 +114,7 @@ impl Feature {
         ("expiry", Self::Expiry),
         ("refusals", Self::Refusals),
         ("queue-state", Self::QueueState),
+        ("response-format", Self::ResponseFormat),
         ("findings", Self::Findings),
         ("registration-findings", Self::RegistrationFindings),
         ("put-credentials", Self::PutCredentials),
@@ -239,6 +242,14 @@ pub trait ServerAdapter: Send + Sync + fmt::Debug {
     /// Runs `operation` on the registered client `endpoint`; the client's answer (any
     /// code), or why there is none.
     fn request(&self, endpoint: &str, operation: &Operation) -> Result<Response, OpError>;
+
+    /// `Ok` if the adapter can ask for `operation` as it stands (its format, its path's
+    /// level), else the reason the case is not applicable. Checked before
+    /// [`ServerAdapter::request`].
+    fn check(&self, operation: &Operation) -> Result<(), String> {
+        let _ = operation;
+        Ok(())
+    }
 
     /// The server's registration of `endpoint`, if it holds one.
     fn registration(&self, endpoint: &str) -> Result<Option<RegistrationView>, AdapterError>;

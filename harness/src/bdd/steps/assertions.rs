@@ -110,6 +110,7 @@ fn response_code(w: &mut Lwm2mWorld, code: Code) -> anyhow::Result<()> {
 #[then(expr = "the response is in {format}")]
 fn response_format(w: &mut Lwm2mWorld, format: FormatParam) -> anyhow::Result<()> {
     let (outcome, response) = w.response()?;
+    w.require_our_server(ServerView::ResponseFormat, "the answer's Content-Format");
     if response.format == Some(format.0) {
         return Ok(());
     }
