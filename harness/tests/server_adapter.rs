@@ -351,3 +351,25 @@ fn the_lwm2m_node_lib_server_through_the_example_driver() {
         report.subjects[0]
     );
 }
+
+#[test]
+#[ignore = "needs serve's Leshan-compatible routes (/leshan/api, branch `leshan`), not on this branch yet"]
+fn serve_in_another_process_through_the_leshan_api_gives_the_in_process_verdicts() {
+    let data = tempfile::tempdir().unwrap();
+    let (_serve, coap, api) = serve(data.path());
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!("leshan+http://{api}/leshan?token={TOKEN}");
+    let report = suite(
+        dir.path(),
+        Subject::Server {
+            uri: coap,
+            api: Some(spec),
+        },
+    );
+    assert_like_in_process(&report, "leshan+http", 20);
+    assert!(
+        report.subjects[0].version.contains("adapter leshan+http"),
+        "{:?}",
+        report.subjects[0]
+    );
+}
