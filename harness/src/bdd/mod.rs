@@ -10,6 +10,8 @@
 //! - [`secure`]: CoAP over DTLS in the in-process backend (PSK and certificates);
 //! - [`network`]: a real device registering with our servers, or our simulated clients
 //!   registering with an external server, over real UDP and real time;
+//! - [`adapter`]: how the suite drives an external server under test (our REST API,
+//!   Leshan's, a driver process), every feature optional;
 //! - [`fleet`]: clients from device profiles, quirk packs and network models;
 //! - [`exchange`]: the exchange log (one decoded line per CoAP message) that failure
 //!   messages show;

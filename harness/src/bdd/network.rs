@@ -10,7 +10,9 @@
 //!   not applicable.
 //! - [`ServerBackend`] ([`Subject::Server`]): our simulated clients (sans-IO
 //!   [`Lwm2mClient`] machines, each on its own loopback socket) register with the external
-//!   server; steps that need our server's API are not applicable.
+//!   server; what steps ask of the server (operations, registrations, events) goes through
+//!   its [`ServerAdapter`] (`--server-api`, [`super::adapter`]), off the stepping thread;
+//!   what the adapter lacks, or without one, is not applicable.
 //!
 //! Both record every real datagram in the [`ExchangeLog`] (the drivers' packet tap, or the
 //! clients' sockets). Time is real: [`Backend::step`] blocks until something is reported
