@@ -127,9 +127,15 @@ impl Drop for Killed {
     }
 }
 
-/// `lwm2m-harness serve` on free loopback ports: the process, its CoAP URI and its REST
-/// API's `HOST:PORT`.
+/// `lwm2m-harness serve` on free loopback ports: the process, its LwM2M Server's CoAP URI
+/// and its REST API's `HOST:PORT`.
 fn serve(data: &Path) -> (Killed, String, String) {
+    let (child, coap, _, api) = serve_both(data);
+    (child, coap, api)
+}
+
+/// [`serve`], with its Bootstrap Server's CoAP URI as third.
+fn serve_both(data: &Path) -> (Killed, String, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
         .args([
             "serve",
@@ -146,7 +152,7 @@ fn serve(data: &Path) -> (Killed, String, String) {
         .expect("the binary starts");
     let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
     let child = Killed(child);
-    let (mut coap, mut banner) = (None, String::new());
+    let (mut coap, mut bootstrap, mut banner) = (None, None, String::new());
     let api = loop {
         let mut line = String::new();
         assert!(
@@ -157,6 +163,9 @@ fn serve(data: &Path) -> (Killed, String, String) {
         let line = line.trim();
         if let Some(uri) = line.strip_prefix("LwM2M Server") {
             coap = Some(uri.trim().to_owned());
+        }
+        if let Some(uri) = line.strip_prefix("Bootstrap Server") {
+            bootstrap = Some(uri.trim().to_owned());
         }
         if let Some(url) = line.strip_prefix("REST API") {
             let url = url.trim();
@@ -172,7 +181,8 @@ fn serve(data: &Path) -> (Killed, String, String) {
         let _ = out.read_to_string(&mut s);
     });
     let coap = coap.unwrap_or_else(|| panic!("no CoAP URI in {banner}"));
-    (child, coap, api)
+    let bootstrap = bootstrap.unwrap_or_else(|| panic!("no Bootstrap URI in {banner}"));
+    (child, coap, bootstrap, api)
 }
 
 #[test]
@@ -186,6 +196,8 @@ fn serve_in_another_process_through_our_rest_api_gives_the_in_process_verdicts()
         Subject::Server {
             uri: coap.clone(),
             api: Some(spec),
+            bootstrap: None,
+            bootstrap_api: None,
         },
     );
     assert_like_in_process(&report, "lwm2m-harness+http", 20);
@@ -215,6 +227,8 @@ fn a_wrong_token_makes_every_case_not_applicable_with_the_reason() {
         subject: Subject::Server {
             uri: coap,
             api: Some(format!("lwm2m-harness+http://{api}?token=wrong")),
+            bootstrap: None,
+            bootstrap_api: None,
         },
         seed: DEFAULT_SEED,
         report_dir: dir.path().to_path_buf(),
@@ -259,6 +273,8 @@ fn our_server_in_process_through_the_reference_adapter_gives_the_in_process_verd
         Subject::Server {
             uri,
             api: Some(spec.to_owned()),
+            bootstrap: None,
+            bootstrap_api: None,
         },
     );
     assert_like_in_process(&report, "in-process", 20);
@@ -312,6 +328,8 @@ fn the_lwm2m_node_lib_server_through_the_example_driver() {
         subject: Subject::Server {
             uri: format!("coap://127.0.0.1:{port}"),
             api: Some(spec),
+            bootstrap: None,
+            bootstrap_api: None,
         },
         seed: DEFAULT_SEED,
         report_dir: dir.path().to_path_buf(),
@@ -364,6 +382,8 @@ fn serve_in_another_process_through_the_leshan_api_gives_the_in_process_verdicts
         Subject::Server {
             uri: coap,
             api: Some(spec),
+            bootstrap: None,
+            bootstrap_api: None,
         },
     );
     assert_like_in_process(&report, "leshan+http", 20);
@@ -372,4 +392,45 @@ fn serve_in_another_process_through_the_leshan_api_gives_the_in_process_verdicts
         "{:?}",
         report.subjects[0]
     );
+}
+
+#[test]
+fn serves_bootstrap_server_under_test_through_our_rest_api() {
+    let data = tempfile::tempdir().unwrap();
+    let (_serve, coap, bootstrap, api) = serve_both(data.path());
+    let dir = tempfile::tempdir().unwrap();
+    let root = root();
+    // Client-initiated bootstrap, Bootstrap-Delete, -Read, consistency, a fallback
+    // configuration: each scenario's configurations go through PUT /api/bootstrap and are
+    // removed after it, so the next one meets a clean Bootstrap Server.
+    let options = SuiteOptions {
+        features: vec![root.join("features")],
+        root: root.clone(),
+        ddf: Vec::new(),
+        tags: Some("@int-0 or @int-4 or @int-8 or @int-9 or @core-5.2.7.1".to_owned()),
+        subject: Subject::Server {
+            uri: coap,
+            api: Some(format!("lwm2m-harness+http://{api}?token={TOKEN}")),
+            bootstrap: Some(bootstrap),
+            bootstrap_api: None,
+        },
+        seed: DEFAULT_SEED,
+        report_dir: dir.path().to_path_buf(),
+        run: "bootstrap-under-test".to_owned(),
+        console: false,
+    };
+    let report = run::run_suite(&options).unwrap().report;
+    let all = show(&report);
+    let (passed, failed, _) = report.tally();
+    assert_eq!(failed, 0, "{all}");
+    for case in ["int-0", "int-4", "int-8", "int-9", "core-5.2.7.1"] {
+        assert!(
+            report
+                .cases
+                .iter()
+                .any(|c| c.case == case && c.status == Status::Passed),
+            "{case}:\n{all}"
+        );
+    }
+    assert!(passed >= 5, "{all}");
 }

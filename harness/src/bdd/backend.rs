@@ -57,6 +57,12 @@ pub enum Subject {
         /// The adapter that drives it (`--server-api`, see [`super::adapter`]); without
         /// one only what shows on the wire is checked.
         api: Option<String>,
+        /// A Bootstrap Server under test, `coap://HOST:PORT` (`--bootstrap-server`): the
+        /// clients of bootstrap cases bootstrap from it.
+        bootstrap: Option<String>,
+        /// The adapter that stores its bootstrap configurations and reports its events
+        /// (`--bootstrap-api`; default: `api`).
+        bootstrap_api: Option<String>,
     },
 }
 
@@ -72,10 +78,11 @@ impl Subject {
             Self::InProcess { quirks } if quirks.is_empty() => "in-process".to_owned(),
             Self::InProcess { quirks } => format!("in-process+{}", quirks.join("+")),
             Self::Device { endpoint } => format!("device:{endpoint}"),
-            Self::Server { uri, api: None } => format!("server:{uri}"),
+            Self::Server { uri, api: None, .. } => format!("server:{uri}"),
             Self::Server {
                 uri,
                 api: Some(api),
+                ..
             } => {
                 format!("server:{uri} via {}", super::adapter::kind_of(api))
             }
@@ -109,10 +116,11 @@ impl Subject {
                 )
             }
             Self::Device { endpoint } => ("unknown".to_owned(), Some(endpoint.clone())),
-            Self::Server { uri, api: None } => ("unknown".to_owned(), Some(uri.clone())),
+            Self::Server { uri, api: None, .. } => ("unknown".to_owned(), Some(uri.clone())),
             Self::Server {
                 uri,
                 api: Some(api),
+                ..
             } => {
                 // The product and version the adapter reported, and the adapter.
                 let version = match super::adapter::info_of(api) {

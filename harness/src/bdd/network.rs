@@ -666,6 +666,18 @@ impl Backend for DeviceBackend {
 /// A datagram a simulated client's socket received.
 type Received = (usize, Instant, SocketAddr, Vec<u8>);
 
+/// The address of a `coap://HOST:PORT` URI.
+fn coap_address(uri: &str) -> Result<SocketAddr, String> {
+    let authority = uri
+        .strip_prefix("coap://")
+        .ok_or_else(|| format!("{uri:?}: only coap:// (NoSec over UDP) is supported"))?
+        .trim_end_matches('/');
+    std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .map_err(|e| format!("{uri:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{uri:?}: no address"))
+}
+
 /// What reaches the server backend's stepping loop: a datagram for a client, or something
 /// the server under test reported through its adapter (an event, an operation's outcome).
 #[derive(Debug)]
@@ -695,6 +707,10 @@ pub struct ServerBackend {
     happenings: VecDeque<Timed>,
     /// What drives the server under test, if anything does (`--server-api`).
     adapter: Option<Arc<dyn ServerAdapter>>,
+    /// The Bootstrap Server under test (`--bootstrap-server`), and what drives it.
+    bootstrap: Option<(SocketAddr, Option<Arc<dyn ServerAdapter>>)>,
+    /// The bootstrap configurations this scenario stored there (removed at its end).
+    stored_configs: Vec<String>,
     next_op: u64,
 }
 
@@ -712,34 +728,39 @@ impl ServerBackend {
     /// CoAP ids come from the scenario seed in their [`ClientSpec`]); with an adapter
     /// (`api`), subscribed to the server's events from now on.
     pub fn open(subject: &Subject, registry: Arc<Registry>) -> Result<Self, String> {
-        let Subject::Server { uri, api } = subject else {
+        let Subject::Server {
+            uri,
+            api,
+            bootstrap,
+            bootstrap_api,
+        } = subject
+        else {
             return Err(format!("{} is not a server", subject.id()));
         };
-        let authority = uri
-            .strip_prefix("coap://")
-            .ok_or_else(|| format!("{uri:?}: only coap:// (NoSec over UDP) is supported"))?
-            .trim_end_matches('/');
-        let server = std::net::ToSocketAddrs::to_socket_addrs(authority)
-            .map_err(|e| format!("{uri:?}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{uri:?}: no address"))?;
+        let server = coap_address(uri)?;
         runtime()?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let adapter = match api {
-            Some(spec) => {
-                let adapter = super::adapter::open(spec, registry)?;
-                let events = tx.clone();
-                adapter
-                    .subscribe(Box::new(move |e| {
-                        events
-                            .send(Input::Server(
-                                Instant::now(),
-                                Box::new(Happening::Server(e)),
-                            ))
-                            .is_ok()
-                    }))
-                    .map_err(|e| e.to_string())?;
-                Some(adapter)
+        let subscribed = |spec: &str| -> Result<Arc<dyn ServerAdapter>, String> {
+            let adapter = super::adapter::open(spec, registry.clone())?;
+            let events = tx.clone();
+            adapter
+                .subscribe(Box::new(move |e| {
+                    events
+                        .send(Input::Server(Instant::now(), Box::new(e)))
+                        .is_ok()
+                }))
+                .map_err(|e| e.to_string())?;
+            Ok(adapter)
+        };
+        let adapter = api.as_deref().map(subscribed).transpose()?;
+        let bootstrap = match bootstrap {
+            Some(b) => {
+                let driver = match (bootstrap_api, &adapter) {
+                    // Another API: its events too.
+                    (Some(spec), _) if Some(spec) != api.as_ref() => Some(subscribed(spec)?),
+                    (_, a) => a.clone(),
+                };
+                Some((coap_address(b)?, driver))
             }
             None => None,
         };
@@ -754,6 +775,8 @@ impl ServerBackend {
             log: ExchangeLog::default(),
             happenings: VecDeque::new(),
             adapter,
+            bootstrap,
+            stored_configs: Vec::new(),
             next_op: 0,
         })
     }
@@ -985,10 +1008,10 @@ impl Backend for ServerBackend {
         self.server
     }
 
-    /// No Bootstrap Server is under test: clients that only know one are pointed at the
-    /// server under test (and bootstrap steps are not applicable).
+    /// The Bootstrap Server under test; without one, clients that only know one are
+    /// pointed at the server under test (and bootstrap steps are not applicable).
     fn bootstrap_address(&self) -> SocketAddr {
-        self.server
+        self.bootstrap.as_ref().map_or(self.server, |(a, _)| *a)
     }
 
     fn request(&mut self, endpoint: &str, operation: Operation) -> Result<OpId, OpError> {
@@ -1087,11 +1110,25 @@ impl Backend for ServerBackend {
         not_applicable("spoofing a client's address needs raw sockets")
     }
 
-    fn add_bootstrap_config(&mut self, _endpoint: &str, _config: BootstrapConfig) {
-        not_applicable(format!(
-            "the step drives our Bootstrap Server; none runs against a server under test \
-             ({SERVER_NOT_OURS})"
-        ))
+    fn add_bootstrap_config(&mut self, endpoint: &str, config: BootstrapConfig) {
+        let what = "the step stores a bootstrap configuration";
+        let driver = match &self.bootstrap {
+            Some((_, Some(driver))) => driver,
+            Some((_, None)) => not_applicable(format!(
+                "{what}: the Bootstrap Server under test has no --bootstrap-api"
+            )),
+            None => not_applicable(format!(
+                "{what}: no Bootstrap Server under test (--bootstrap-server)"
+            )),
+        };
+        match driver.put_bootstrap_config(endpoint, &config) {
+            Ok(()) => self.stored_configs.push(endpoint.to_owned()),
+            Err(e @ super::adapter::AdapterError::Lacks { .. }) => {
+                not_applicable(format!("{what}: {e}"))
+            }
+            // The Bootstrap Server under test refused it, or could not be asked: a failure.
+            Err(e) => panic!("{what}: {e}"),
+        }
     }
 
     fn start_bootstrap(&mut self, _endpoint: &str) -> Result<(), BootstrapError> {
@@ -1190,6 +1227,11 @@ impl Drop for ServerBackend {
             }
         }
         self.flush();
+        if let Some((_, Some(driver))) = &self.bootstrap {
+            for endpoint in &self.stored_configs {
+                super::adapter::remove_bootstrap_config(driver.as_ref(), endpoint);
+            }
+        }
         self.rx.close();
     }
 }
@@ -1225,6 +1267,8 @@ mod tests {
         let subject = Subject::Server {
             uri: format!("coap://{}", server.local_addr()),
             api: None,
+            bootstrap: None,
+            bootstrap_api: None,
         };
         let mut b = ServerBackend::open(&subject, lib.registry.clone()).unwrap();
         assert_eq!(b.server_address(), server.local_addr());
@@ -1281,6 +1325,8 @@ mod tests {
             let subject = Subject::Server {
                 uri: uri.into(),
                 api: None,
+                bootstrap: None,
+                bootstrap_api: None,
             };
             ServerBackend::open(&subject, registry.clone())
         };

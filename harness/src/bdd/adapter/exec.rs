@@ -18,7 +18,7 @@
 //! | `cancel-observation` | `endpoint`, `observation` (as the driver named it), `active` (bool) |
 //! | `registration` | `endpoint` |
 //! | `put-credentials` | `endpoint`, `identity` (text), `key_hex` |
-//! | `bootstrap-config` | `endpoint` (or pattern), `config` (our bootstrap configuration JSON) |
+//! | `bootstrap-config` | `endpoint` (or pattern), `config` (our bootstrap configuration JSON; `null`: remove it) |
 //!
 //! **Answers** (driver → harness), one line each, with the request's `id`:
 //! - `hello`: `{"id", "product", "version", "ops": [...]}`: the operations it offers, by
@@ -770,6 +770,22 @@ impl ServerAdapter for ExecAdapter {
         config: &BootstrapConfig,
     ) -> Result<(), AdapterError> {
         let config = serde_json::to_value(config).map_err(|e| self.failed(e.to_string()))?;
+        self.bootstrap_config(endpoint, config)
+    }
+
+    fn remove_bootstrap_config(&self, endpoint: &str) -> Result<(), AdapterError> {
+        self.bootstrap_config(endpoint, Json::Null)
+    }
+}
+
+impl ExecAdapter {
+    fn bootstrap_config(&self, endpoint: &str, config: Json) -> Result<(), AdapterError> {
+        if self.info.offers(Feature::BootstrapConfig).is_err() {
+            return Err(AdapterError::Lacks {
+                adapter: NAME.to_owned(),
+                feature: Feature::BootstrapConfig,
+            });
+        }
         let answer = self
             .call(
                 json!({"op": "bootstrap-config", "endpoint": endpoint, "config": config}),

@@ -243,6 +243,8 @@ impl HarnessHttp {
                         super::json::event_from(name, &data, &registry, &versions_of)
                     {
                         sinks.deliver(&event);
+                    } else if let Some(event) = super::json::bootstrap_event_from(name, &data) {
+                        sinks.deliver_bootstrap(&event);
                     }
                     true
                 });
@@ -581,6 +583,21 @@ impl ServerAdapter for HarnessHttp {
         match status {
             200 | 201 | 204 => Ok(()),
             s => Err(self.failed(format!("PUT {route} answered {s}: {j}"))),
+        }
+    }
+
+    fn remove_bootstrap_config(&self, endpoint: &str) -> Result<(), AdapterError> {
+        let route = if endpoint.contains(['*', '?']) {
+            format!("/api/bootstrap?pattern={endpoint}")
+        } else {
+            format!("/api/bootstrap/{endpoint}")
+        };
+        let (status, j) = self
+            .call("DELETE", &route, None)
+            .map_err(|e| self.failed(e))?;
+        match status {
+            200 | 204 | 404 => Ok(()),
+            s => Err(self.failed(format!("DELETE {route} answered {s}: {j}"))),
         }
     }
 }

@@ -86,7 +86,7 @@ impl ServerAdapter for InProcessServer {
                     Ok(e) => {
                         if let Event::Server(s) = &*e
                             && !matches!(s, lwm2m_proto::server::ServerEvent::Completed { .. })
-                            && !sink(s.clone())
+                            && !sink(super::Happening::Server(s.clone()))
                         {
                             return;
                         }

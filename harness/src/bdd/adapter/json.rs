@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use lwm2m_proto::bootstrap::BootstrapEvent;
+use lwm2m_proto::bootstrap::server::FailureReason;
 use lwm2m_proto::codec::link::{ObjectLinkInfo, RegistrationLinks, parse_discover};
 use lwm2m_proto::content::{self, ContentFormat};
 use lwm2m_proto::registration::Lwm2mVersion;
@@ -376,6 +378,74 @@ pub fn event_from(
     })
 }
 
+/// A step name of [`BootstrapEvent`] (`discover`, `delete`, `write`, `read`, `finish`).
+fn step_name(s: &str) -> Option<&'static str> {
+    ["discover", "delete", "write", "read", "finish"]
+        .into_iter()
+        .find(|n| *n == s)
+}
+
+/// One of our API's `BOOTSTRAP_*` events as a [`BootstrapEvent`]; `None` for others, and
+/// for a failure whose reason is not a client's code (the API gives reasons as text).
+pub fn bootstrap_event_from(name: &str, data: &Json) -> Option<BootstrapEvent> {
+    let s = |k: &str| data.get(k).and_then(Json::as_str);
+    let endpoint = || s("endpoint").map(str::to_owned);
+    let path = || s("path").and_then(|p| p.parse::<Lwm2mPath>().ok());
+    let peer = || {
+        s("peer")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    };
+    Some(match name {
+        "BOOTSTRAP_STARTED" => BootstrapEvent::SessionStarted {
+            endpoint: endpoint()?,
+            peer: peer(),
+            config: s("config").unwrap_or_default().to_owned(),
+            initiated_by_client: data.get("initiated_by_client")?.as_bool()?,
+            format: s("format")
+                .and_then(ContentFormat::from_name)
+                .unwrap_or(ContentFormat::Tlv),
+        },
+        "BOOTSTRAP_STEP" => BootstrapEvent::Step {
+            endpoint: endpoint()?,
+            step: step_name(s("step")?)?,
+            path: path(),
+            code: parse_code(s("code")?)?,
+            detail: s("detail").map(str::to_owned),
+        },
+        "BOOTSTRAP_FINISHED" => BootstrapEvent::Finished {
+            endpoint: endpoint()?,
+            duration: std::time::Duration::try_from_secs_f64(
+                data.get("duration_ms")?.as_f64()? / 1000.0,
+            )
+            .ok()?,
+        },
+        "BOOTSTRAP_FAILED" => {
+            // "answered 4.05 where 2.04 was expected" (FailureReason::Code's text).
+            let reason = s("reason")?;
+            let rest = reason.strip_prefix("answered ")?;
+            let (code, expected) = rest.split_once(" where ")?;
+            let expected = expected.strip_suffix(" was expected")?;
+            BootstrapEvent::Failed {
+                endpoint: endpoint()?,
+                step: step_name(s("step")?)?,
+                path: path(),
+                reason: FailureReason::Code {
+                    code: parse_code(code)?,
+                    expected: parse_code(expected)?,
+                },
+            }
+        }
+        "BOOTSTRAP_REFUSED" => BootstrapEvent::Refused {
+            peer: peer(),
+            endpoint: endpoint(),
+            code: parse_code(s("code")?)?,
+            reason: s("reason").unwrap_or_default().to_owned(),
+        },
+        _ => return None,
+    })
+}
+
 /// A node as the records our API takes for a Write at `path`.
 pub fn write_body(path: &Lwm2mPath, node: &Node) -> Json {
     nodes_json(&node.to_records(path))
@@ -476,5 +546,36 @@ mod tests {
         assert_eq!((observation, seq), (ObservationId(4), 2));
         assert!(matches!(response.content, Some(Content::Node(_))));
         assert_eq!(event_from("COAPLOG", &json!({}), &reg_, &none), None);
+        let b = bootstrap_event_from(
+            "BOOTSTRAP_FAILED",
+            &json!({"endpoint": "c1", "step": "write", "path": "/1/0",
+                "reason": "answered 4.05 where 2.04 was expected"}),
+        );
+        assert!(
+            matches!(
+                b,
+                Some(BootstrapEvent::Failed {
+                    step: "write",
+                    reason: FailureReason::Code { code: (4, 5), .. },
+                    ..
+                })
+            ),
+            "{b:?}"
+        );
+        let b = bootstrap_event_from(
+            "BOOTSTRAP_STARTED",
+            &json!({"endpoint": "c1",
+            "peer": "127.0.0.1:1", "config": "c1", "initiated_by_client": true, "format": "tlv"}),
+        );
+        assert!(
+            matches!(
+                b,
+                Some(BootstrapEvent::SessionStarted {
+                    initiated_by_client: true,
+                    ..
+                })
+            ),
+            "{b:?}"
+        );
     }
 }

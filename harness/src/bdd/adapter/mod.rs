@@ -28,9 +28,11 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use lwm2m_proto::bootstrap::BootstrapConfig;
+use lwm2m_proto::bootstrap::{BootstrapConfig, BootstrapEvent};
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{OpError, Operation, Registration, Response, ServerEvent};
+
+use super::backend::Happening;
 
 pub mod exec;
 pub mod harness_http;
@@ -228,9 +230,10 @@ pub enum AdapterError {
     },
 }
 
-/// Where an adapter delivers the server's events; `false` back means the receiver is gone
-/// (the adapter then forgets the sink).
-pub type EventSink = Box<dyn Fn(ServerEvent) -> bool + Send>;
+/// Where an adapter delivers the server's events (LwM2M Server and Bootstrap Server
+/// events, as [`Happening`]s); `false` back means the receiver is gone (the adapter then
+/// forgets the sink).
+pub type EventSink = Box<dyn Fn(Happening) -> bool + Send>;
 
 /// A server under test behind some API (see the module documentation). Calls block; the
 /// backend makes them off its stepping thread where a simulated client must answer
@@ -278,6 +281,22 @@ pub trait ServerAdapter: Send + Sync + fmt::Debug {
             feature: Feature::BootstrapConfig,
         })
     }
+
+    /// Removes the bootstrap configuration of `endpoint` (a name or a `*` pattern), so
+    /// that the next scenario meets the Bootstrap Server as it was.
+    fn remove_bootstrap_config(&self, endpoint: &str) -> Result<(), AdapterError> {
+        let _ = endpoint;
+        Err(AdapterError::Lacks {
+            adapter: self.info().adapter.clone(),
+            feature: Feature::BootstrapConfig,
+        })
+    }
+}
+
+/// Takes back what [`ServerAdapter::put_bootstrap_config`] stored (the default: nothing
+/// to take back when nothing can be stored).
+pub fn remove_bootstrap_config(adapter: &dyn ServerAdapter, endpoint: &str) {
+    let _ = adapter.remove_bootstrap_config(endpoint);
 }
 
 /// The subscribers of an adapter's event stream.
@@ -301,10 +320,19 @@ impl Sinks {
 
     /// Gives `event` to every subscriber, forgetting those that are gone.
     pub fn deliver(&self, event: &ServerEvent) {
+        self.deliver_happening(&Happening::Server(event.clone()));
+    }
+
+    /// Gives a Bootstrap Server's `event` to every subscriber.
+    pub fn deliver_bootstrap(&self, event: &BootstrapEvent) {
+        self.deliver_happening(&Happening::Bootstrap(event.clone()));
+    }
+
+    fn deliver_happening(&self, happening: &Happening) {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|sink| sink(event.clone()));
+            .retain(|sink| sink(happening.clone()));
     }
 }
 
