@@ -434,3 +434,33 @@ fn serves_bootstrap_server_under_test_through_our_rest_api() {
     }
     assert!(passed >= 5, "{all}");
 }
+
+#[test]
+fn a_driver_that_never_says_hello_makes_the_cases_not_applicable_with_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = root();
+    let options = SuiteOptions {
+        features: vec![root.join("features")],
+        root: root.clone(),
+        ddf: Vec::new(),
+        tags: Some("@int-201 or @int-224".to_owned()),
+        subject: Subject::Server {
+            uri: "coap://127.0.0.1:9".to_owned(),
+            api: Some("exec:echo not-json; exit 3".to_owned()),
+            bootstrap: None,
+            bootstrap_api: None,
+        },
+        seed: DEFAULT_SEED,
+        report_dir: dir.path().to_path_buf(),
+        run: "dead-driver".to_owned(),
+        console: false,
+    };
+    let report = run::run_suite(&options).unwrap().report;
+    let all = show(&report);
+    assert_eq!(report.cases.len(), 2, "{all}");
+    for c in &report.cases {
+        assert_eq!(c.status, Status::NotApplicable, "{all}");
+        let why = c.message.as_deref().unwrap_or("");
+        assert!(why.contains("no hello") && why.contains("exited"), "{all}");
+    }
+}

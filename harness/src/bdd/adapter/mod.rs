@@ -342,6 +342,13 @@ fn opened() -> &'static Mutex<BTreeMap<String, Arc<dyn ServerAdapter>>> {
     OPENED.get_or_init(Mutex::default)
 }
 
+/// Specs that could not be opened, with why: not tried again in the same process (a
+/// driver that never says hello would cost its wait in every scenario).
+fn refused() -> &'static Mutex<BTreeMap<String, String>> {
+    static REFUSED: OnceLock<Mutex<BTreeMap<String, String>>> = OnceLock::new();
+    REFUSED.get_or_init(Mutex::default)
+}
+
 /// The adapter a `--server-api` spec names, opened at its first use and then shared;
 /// `Err` says why it cannot be opened (every case is then not applicable).
 pub fn open(spec: &str, registry: Arc<Registry>) -> Result<Arc<dyn ServerAdapter>, String> {
@@ -349,6 +356,24 @@ pub fn open(spec: &str, registry: Arc<Registry>) -> Result<Arc<dyn ServerAdapter
     if let Some(a) = all.get(spec) {
         return Ok(a.clone());
     }
+    let mut failed = refused().lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(why) = failed.get(spec) {
+        return Err(why.clone());
+    }
+    let adapter = open_new(spec, registry);
+    match adapter {
+        Ok(a) => {
+            all.insert(spec.to_owned(), a.clone());
+            Ok(a)
+        }
+        Err(why) => {
+            failed.insert(spec.to_owned(), why.clone());
+            Err(why)
+        }
+    }
+}
+
+fn open_new(spec: &str, registry: Arc<Registry>) -> Result<Arc<dyn ServerAdapter>, String> {
     let adapter: Arc<dyn ServerAdapter> = if let Some(rest) = spec.strip_prefix("exec:") {
         Arc::new(exec::ExecAdapter::spawn(rest, registry)?)
     } else if let Some(rest) = spec.strip_prefix("lwm2m-harness+http://") {
@@ -365,7 +390,6 @@ pub fn open(spec: &str, registry: Arc<Registry>) -> Result<Arc<dyn ServerAdapter
              leshan+http://HOST:PORT or exec:COMMAND"
         ));
     };
-    all.insert(spec.to_owned(), adapter.clone());
     Ok(adapter)
 }
 
