@@ -49,6 +49,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -138,6 +139,8 @@ pub struct ExecAdapter {
     child: Mutex<Child>,
     stdin: Mutex<ChildStdin>,
     pending: Pending,
+    /// Set when the driver's output ended.
+    gone: Arc<AtomicBool>,
     next_id: Mutex<u64>,
     sinks: Arc<Sinks>,
     shared: Arc<Shared>,
@@ -446,6 +449,7 @@ impl ExecAdapter {
             return Err(format!("exec:{command}: no pipes"));
         };
         let pending = Pending::default();
+        let gone = Arc::new(AtomicBool::new(false));
         let sinks = Arc::new(Sinks::default());
         let shared = Arc::new(Shared {
             registry,
@@ -454,7 +458,8 @@ impl ExecAdapter {
             observed: Mutex::default(),
         });
         {
-            let (pending, sinks, shared) = (pending.clone(), sinks.clone(), shared.clone());
+            let (pending, sinks, shared, gone) =
+                (pending.clone(), sinks.clone(), shared.clone(), gone.clone());
             std::thread::Builder::new()
                 .name("exec driver".into())
                 .spawn(move || {
@@ -475,7 +480,9 @@ impl ExecAdapter {
                             sinks.deliver(&event);
                         }
                     }
-                    // The driver is gone: every waiter learns it from its closed channel.
+                    // The driver is gone: every waiter learns it from its closed channel, and
+                    // later requests from the flag.
+                    gone.store(true, Ordering::SeqCst);
                     pending
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
@@ -488,6 +495,7 @@ impl ExecAdapter {
             child: Mutex::new(child),
             stdin: Mutex::new(stdin),
             pending,
+            gone,
             next_id: Mutex::new(0),
             sinks,
             shared,
@@ -547,11 +555,18 @@ impl ExecAdapter {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, tx);
+        if self.gone.load(Ordering::SeqCst) {
+            self.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
+            return Err("the driver exited".to_owned());
+        }
         {
             let mut stdin = self.stdin.lock().unwrap_or_else(PoisonError::into_inner);
             writeln!(stdin, "{request}")
                 .and_then(|()| stdin.flush())
-                .map_err(|e| format!("the driver's standard input: {e}"))?;
+                .map_err(|e| format!("the driver exited or closed its standard input ({e})"))?;
         }
         rx.recv_timeout(wait).map_err(|e| match e {
             mpsc::RecvTimeoutError::Timeout => format!("no answer to {request} within {wait:?}"),
