@@ -25,6 +25,19 @@ pub struct TestArgs {
     /// A server under test, coap://HOST:PORT: our simulated clients register with it.
     #[arg(long, value_name = "URI")]
     server: Option<String>,
+    /// How the suite drives the server under test: lwm2m-harness+http://HOST:PORT?token=T,
+    /// leshan+http://HOST:PORT or exec:'COMMAND' (a driver speaking JSON lines; README
+    /// "Testing your own server"). Without it only what shows on the wire is checked.
+    #[arg(long, value_name = "SPEC", requires = "server")]
+    server_api: Option<String>,
+    /// A Bootstrap Server under test, coap://HOST:PORT: the bootstrap cases' clients
+    /// bootstrap from it (with --server).
+    #[arg(long, value_name = "URI", requires = "server")]
+    bootstrap_server: Option<String>,
+    /// How the suite stores bootstrap configurations in, and hears from, the Bootstrap
+    /// Server under test (same forms as --server-api; default: --server-api).
+    #[arg(long, value_name = "SPEC", requires = "bootstrap_server")]
+    bootstrap_api: Option<String>,
     /// Quirks or quirk packs (scenarios/quirks) every simulated client gets, comma-separated.
     #[arg(long, value_delimiter = ',', value_name = "NAMES", conflicts_with_all = ["device", "server"])]
     quirks: Vec<String>,
@@ -118,7 +131,24 @@ fn subject(args: &TestArgs) -> anyhow::Result<Subject> {
             !host.is_empty() && port.parse::<u16>().is_ok(),
             "--server {uri:?}: expected coap://HOST:PORT"
         );
-        return Ok(Subject::Server { uri: uri.clone() });
+        for api in [&args.server_api, &args.bootstrap_api]
+            .into_iter()
+            .flatten()
+        {
+            lwm2m_harness::bdd::adapter::check_spec(api).map_err(anyhow::Error::msg)?;
+        }
+        if let Some(b) = &args.bootstrap_server {
+            anyhow::ensure!(
+                b.starts_with("coap://"),
+                "--bootstrap-server {b:?}: expected coap://HOST:PORT (plain CoAP)"
+            );
+        }
+        return Ok(Subject::Server {
+            uri: uri.clone(),
+            api: args.server_api.clone(),
+            bootstrap: args.bootstrap_server.clone(),
+            bootstrap_api: args.bootstrap_api.clone(),
+        });
     }
     Ok(Subject::InProcess {
         quirks: args.quirks.clone(),

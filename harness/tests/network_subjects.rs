@@ -279,7 +279,16 @@ fn a_server_under_test_passes_registration_cases_and_server_api_cases_are_not_ap
     let uri = format!("coap://{}", server.local_addr());
     let dir = tempfile::tempdir().unwrap();
     let tags = "@registration and (@core-6.2.3 or @int-101 or @int-102 or @int-103)";
-    let report = suite(dir.path(), tags, Subject::Server { uri });
+    let report = suite(
+        dir.path(),
+        tags,
+        Subject::Server {
+            uri,
+            api: None,
+            bootstrap: None,
+            bootstrap_api: None,
+        },
+    );
     let all = show(&report);
     assert_eq!(
         status(&report, "core-6.2.3").first().map(|s| s.0),

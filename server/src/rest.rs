@@ -861,15 +861,18 @@ async fn client_delete(
         ));
     }
     let mut cancelled = Vec::new();
+    let mut answers = Vec::new();
     for observation in matching {
         let op = Operation::CancelObservation {
             observation,
             active: params.active,
         };
-        client.call(op, params.timeout).await?;
+        let r = client.call(op, params.timeout).await?;
         cancelled.push(observation.0);
+        answers.push(client.response_json(None, &r));
     }
-    ok(json!({"cancelled": cancelled, "active": params.active}))
+    // The client's answers to active cancellations (passive ones: code 0.00, nothing sent).
+    ok(json!({"cancelled": cancelled, "active": params.active, "responses": answers}))
 }
 
 async fn object_specs(State(st): St) -> JsonBody<Json> {

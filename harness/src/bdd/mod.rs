@@ -12,6 +12,8 @@
 //!   a command template (`test --device-cmd`);
 //! - [`network`]: a real device registering with our servers, or our simulated clients
 //!   registering with an external server, over real UDP and real time;
+//! - [`adapter`]: how the suite drives an external server under test (our REST API,
+//!   Leshan's, a driver process), every feature optional;
 //! - [`fleet`]: clients from device profiles, quirk packs and network models;
 //! - [`exchange`]: the exchange log (one decoded line per CoAP message) that failure
 //!   messages show;
@@ -22,6 +24,7 @@
 //! - [`description`]: the device description a vendor gives (`--device-profile`):
 //!   configured values, features and the account's Short Server ID.
 
+pub mod adapter;
 pub mod backend;
 pub mod description;
 pub mod device;

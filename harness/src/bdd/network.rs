@@ -10,7 +10,9 @@
 //!   not applicable.
 //! - [`ServerBackend`] ([`Subject::Server`]): our simulated clients (sans-IO
 //!   [`Lwm2mClient`] machines, each on its own loopback socket) register with the external
-//!   server; steps that need our server's API are not applicable.
+//!   server; what steps ask of the server (operations, registrations, events) goes through
+//!   its [`ServerAdapter`] (`--server-api`, [`super::adapter`]), off the stepping thread;
+//!   what the adapter lacks, or without one, is not applicable.
 //!
 //! Both record every real datagram in the [`ExchangeLog`] (the drivers' packet tap, or the
 //! clients' sockets). Time is real: [`Backend::step`] blocks until something is reported
@@ -50,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use lwm2m_proto::Lwm2mPath;
 use lwm2m_proto::bootstrap::{BootstrapConfig, BootstrapError};
-use lwm2m_proto::client::{ClientEvent, Lwm2mClient};
+use lwm2m_proto::client::{ClientEvent, ClientState, Lwm2mClient};
 use lwm2m_proto::coap::Packet;
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{ObservationId, OpError, OpId, Operation, Registration, ServerEvent};
@@ -63,7 +65,10 @@ use lwm2m_simulator::NetworkModel;
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc};
 
-use super::backend::{Backend, Capability, ClientAction, ClientSpec, Happening, Subject, Timed};
+use super::adapter::{Feature, RegistrationView, ServerAdapter};
+use super::backend::{
+    Backend, Capability, ClientAction, ClientSpec, Happening, ServerView, Subject, Timed,
+};
 use super::exchange::{ExchangeLog, Peer};
 use super::world::not_applicable;
 
@@ -1160,6 +1165,26 @@ impl Backend for DeviceBackend {
 /// A datagram a simulated client's socket received.
 type Received = (usize, Instant, SocketAddr, Vec<u8>);
 
+/// The address of a `coap://HOST:PORT` URI.
+fn coap_address(uri: &str) -> Result<SocketAddr, String> {
+    let authority = uri
+        .strip_prefix("coap://")
+        .ok_or_else(|| format!("{uri:?}: only coap:// (NoSec over UDP) is supported"))?
+        .trim_end_matches('/');
+    std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .map_err(|e| format!("{uri:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{uri:?}: no address"))
+}
+
+/// What reaches the server backend's stepping loop: a datagram for a client, or something
+/// the server under test reported through its adapter (an event, an operation's outcome).
+#[derive(Debug)]
+enum Input {
+    Datagram(Received),
+    Server(Instant, Box<Happening>),
+}
+
 /// A simulated client on a real socket.
 struct NetClient {
     name: String,
@@ -1175,10 +1200,17 @@ pub struct ServerBackend {
     t0: Instant,
     clients: Vec<NetClient>,
     by_name: HashMap<String, usize>,
-    tx: mpsc::UnboundedSender<Received>,
-    rx: mpsc::UnboundedReceiver<Received>,
+    tx: mpsc::UnboundedSender<Input>,
+    rx: mpsc::UnboundedReceiver<Input>,
     log: ExchangeLog,
     happenings: VecDeque<Timed>,
+    /// What drives the server under test, if anything does (`--server-api`).
+    adapter: Option<Arc<dyn ServerAdapter>>,
+    /// The Bootstrap Server under test (`--bootstrap-server`), and what drives it.
+    bootstrap: Option<(SocketAddr, Option<Arc<dyn ServerAdapter>>)>,
+    /// The bootstrap configurations this scenario stored there (removed at its end).
+    stored_configs: Vec<String>,
+    next_op: u64,
 }
 
 impl std::fmt::Debug for ServerBackend {
@@ -1192,21 +1224,45 @@ impl std::fmt::Debug for ServerBackend {
 
 impl ServerBackend {
     /// A backend for the server `subject` names (`coap://HOST:PORT`), no clients yet (their
-    /// CoAP ids come from the scenario seed in their [`ClientSpec`]).
-    pub fn open(subject: &Subject) -> Result<Self, String> {
-        let Subject::Server { uri } = subject else {
+    /// CoAP ids come from the scenario seed in their [`ClientSpec`]); with an adapter
+    /// (`api`), subscribed to the server's events from now on.
+    pub fn open(subject: &Subject, registry: Arc<Registry>) -> Result<Self, String> {
+        let Subject::Server {
+            uri,
+            api,
+            bootstrap,
+            bootstrap_api,
+        } = subject
+        else {
             return Err(format!("{} is not a server", subject.id()));
         };
-        let authority = uri
-            .strip_prefix("coap://")
-            .ok_or_else(|| format!("{uri:?}: only coap:// (NoSec over UDP) is supported"))?
-            .trim_end_matches('/');
-        let server = std::net::ToSocketAddrs::to_socket_addrs(authority)
-            .map_err(|e| format!("{uri:?}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{uri:?}: no address"))?;
+        let server = coap_address(uri)?;
         runtime()?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let subscribed = |spec: &str| -> Result<Arc<dyn ServerAdapter>, String> {
+            let adapter = super::adapter::open(spec, registry.clone())?;
+            let events = tx.clone();
+            adapter
+                .subscribe(Box::new(move |e| {
+                    events
+                        .send(Input::Server(Instant::now(), Box::new(e)))
+                        .is_ok()
+                }))
+                .map_err(|e| e.to_string())?;
+            Ok(adapter)
+        };
+        let adapter = api.as_deref().map(subscribed).transpose()?;
+        let bootstrap = match bootstrap {
+            Some(b) => {
+                let driver = match (bootstrap_api, &adapter) {
+                    // Another API: its events too.
+                    (Some(spec), _) if Some(spec) != api.as_ref() => Some(subscribed(spec)?),
+                    (_, a) => a.clone(),
+                };
+                Some((coap_address(b)?, driver))
+            }
+            None => None,
+        };
         Ok(Self {
             subject: subject.clone(),
             server,
@@ -1217,7 +1273,33 @@ impl ServerBackend {
             rx,
             log: ExchangeLog::default(),
             happenings: VecDeque::new(),
+            adapter,
+            bootstrap,
+            stored_configs: Vec::new(),
+            next_op: 0,
         })
+    }
+
+    /// The adapter, if it offers `feature`; else the case is not applicable (`what` the
+    /// step does, in words).
+    fn adapter_for(&self, feature: Feature, what: &str) -> &Arc<dyn ServerAdapter> {
+        let Some(adapter) = &self.adapter else {
+            not_applicable(format!("{what}: {SERVER_NOT_OURS} (no --server-api)"));
+        };
+        if let Err(why) = adapter.info().offers(feature) {
+            not_applicable(format!("{what}: {why}"));
+        }
+        adapter
+    }
+
+    /// The server's registration of `endpoint` through the adapter.
+    fn registration_view(&self, endpoint: &str, what: &str) -> Option<RegistrationView> {
+        let adapter = self.adapter_for(Feature::Registrations, what);
+        match adapter.registration(endpoint) {
+            Ok(v) => v,
+            // The server under test could not be asked: the step fails, with why.
+            Err(e) => panic!("{what}: {e}"),
+        }
     }
 
     fn elapsed(&self, at: Instant) -> Duration {
@@ -1246,7 +1328,16 @@ impl ServerBackend {
                 let client = &self.clients[i];
                 let at = self.elapsed(Instant::now());
                 let to = self.peer_name(t.peer);
-                if let Err(e) = client.socket.try_send_to(&t.bytes, t.peer) {
+                // A socket whose writability the reactor has not seen yet says WouldBlock:
+                // then wait for it (briefly) instead of losing the datagram to a CoAP
+                // retransmission 2-3 s later.
+                let sent = match client.socket.try_send_to(&t.bytes, t.peer) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => runtime()
+                        .map_err(std::io::Error::other)
+                        .and_then(|rt| rt.block_on(client.socket.send_to(&t.bytes, t.peer))),
+                    other => other,
+                };
+                if let Err(e) = sent {
                     self.log
                         .note(at, &format!("{} could not send: {e}", client.name));
                 }
@@ -1273,6 +1364,19 @@ impl ServerBackend {
                         endpoint: self.clients[i].name.clone(),
                         event,
                     },
+                });
+            }
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        match input {
+            Input::Datagram(d) => self.deliver(d),
+            Input::Server(at, happening) => {
+                let at = self.elapsed(at);
+                self.happenings.push_back(Timed {
+                    at,
+                    happening: *happening,
                 });
             }
         }
@@ -1327,11 +1431,28 @@ impl Backend for ServerBackend {
             Capability::Smartcard => {
                 Err("simulated clients have no smartcard (Core TS 1.1 §5.2.4)".to_owned())
             }
-            Capability::Disable
-            | Capability::BootstrapTrigger
-            | Capability::MuteSend
-            | Capability::ServerInitiatedBootstrap
-            | Capability::ReadWithoutAccept => Err(SERVER_NOT_OURS.to_owned()),
+            // Our simulated clients do these when the server executes or writes the
+            // resource: what the case needs is that operation of the server under test.
+            Capability::Disable | Capability::BootstrapTrigger | Capability::MuteSend => {
+                match &self.adapter {
+                    Some(a) => a
+                        .info()
+                        .offers(Feature::Execute)
+                        .and_then(|()| a.info().offers(Feature::Write)),
+                    None => Err(SERVER_NOT_OURS.to_owned()),
+                }
+            }
+            Capability::ServerInitiatedBootstrap => Err(format!(
+                "no Bootstrap Server of ours runs against a server under test \
+                 ({SERVER_NOT_OURS})"
+            )),
+            Capability::ReadWithoutAccept => Err(match &self.adapter {
+                Some(a) => format!(
+                    "the server adapter {} cannot ask for a Read without Accept",
+                    a.info().adapter
+                ),
+                None => SERVER_NOT_OURS.to_owned(),
+            }),
         }
     }
 
@@ -1353,10 +1474,13 @@ impl Backend for ServerBackend {
                 .min()
                 .map_or(limit, |t| t.min(limit));
             while let Ok(received) = self.rx.try_recv() {
-                self.deliver(received);
+                self.input(received);
+            }
+            if !self.happenings.is_empty() {
+                continue;
             }
             match block_until(&mut self.rx, next) {
-                Some(received) => self.deliver(received),
+                Some(received) => self.input(received),
                 None => self.fire_timeouts(),
             }
         }
@@ -1383,32 +1507,98 @@ impl Backend for ServerBackend {
         self.server
     }
 
-    /// No Bootstrap Server is under test: clients that only know one are pointed at the
-    /// server under test (and bootstrap steps are not applicable).
+    /// The Bootstrap Server under test; without one, clients that only know one are
+    /// pointed at the server under test (and bootstrap steps are not applicable).
     fn bootstrap_address(&self) -> SocketAddr {
-        self.server
+        self.bootstrap.as_ref().map_or(self.server, |(a, _)| *a)
     }
 
-    fn request(&mut self, _endpoint: &str, _operation: Operation) -> Result<OpId, OpError> {
-        not_applicable(format!(
-            "the step is our server's operation: {SERVER_NOT_OURS}"
-        ))
+    fn request(&mut self, endpoint: &str, operation: Operation) -> Result<OpId, OpError> {
+        let feature = Feature::of(&operation);
+        let adapter = self
+            .adapter_for(
+                feature,
+                &format!("the step is the server's {} operation", operation.name()),
+            )
+            .clone();
+        if let Err(why) = adapter.check(&operation) {
+            not_applicable(format!(
+                "the step is the server's {} operation: {why}",
+                operation.name()
+            ));
+        }
+        self.next_op += 1;
+        let op = OpId(self.next_op);
+        let (tx, endpoint) = (self.tx.clone(), endpoint.to_owned());
+        // Off the stepping thread: the simulated client must answer meanwhile.
+        std::thread::Builder::new()
+            .name(format!("server op {}", op.0))
+            .spawn(move || {
+                let started = Instant::now();
+                let result = adapter.request(&endpoint, &operation);
+                let event = ServerEvent::Completed {
+                    op,
+                    endpoint,
+                    operation: operation.name(),
+                    result,
+                    latency: started.elapsed(),
+                };
+                let _ = tx.send(Input::Server(
+                    Instant::now(),
+                    Box::new(Happening::Server(event)),
+                ));
+            })
+            .map_err(|e| OpError::Invalid {
+                reason: format!("cannot start the operation's thread: {e}"),
+            })?;
+        Ok(op)
     }
 
-    fn registration(&self, _endpoint: &str) -> Option<Registration> {
-        not_applicable(format!(
-            "the step looks into the server's registrations: {SERVER_NOT_OURS}"
-        ))
+    fn registration(&self, endpoint: &str) -> Option<Registration> {
+        self.registration_view(endpoint, "the step looks into the server's registrations")
+            .map(|v| v.registration)
     }
 
     fn observations(&self, _endpoint: &str) -> Vec<(ObservationId, Vec<Lwm2mPath>)> {
+        let why = match &self.adapter {
+            Some(a) => format!(
+                "the server adapter {} does not list a client's observations",
+                a.info().adapter
+            ),
+            None => SERVER_NOT_OURS.to_owned(),
+        };
         not_applicable(format!(
-            "the step looks into the server's observations: {SERVER_NOT_OURS}"
+            "the step looks into the server's observations: {why}"
         ))
     }
 
-    fn server_sees_awake(&self, _endpoint: &str) -> bool {
-        not_applicable(format!("the step looks into the server: {SERVER_NOT_OURS}"))
+    fn server_sees_awake(&self, endpoint: &str) -> bool {
+        // Asked before every operation: a server that does not say is taken as awake.
+        match &self.adapter {
+            Some(a) if a.info().offers(Feature::QueueState).is_ok() => self
+                .registration_view(endpoint, "the step looks into the server")
+                .is_none_or(|v| v.sleeping != Some(true)),
+            Some(_) => true,
+            None => not_applicable(format!("the step looks into the server: {SERVER_NOT_OURS}")),
+        }
+    }
+
+    fn server_view(&self, view: ServerView) -> Result<(), String> {
+        let Some(adapter) = &self.adapter else {
+            return Err(format!("{SERVER_NOT_OURS} (no --server-api)"));
+        };
+        let needs: &[Feature] = match view {
+            ServerView::Events => &[Feature::Events],
+            ServerView::Send => &[Feature::Send],
+            ServerView::Expiry => &[Feature::Expiry],
+            ServerView::Refusals => &[Feature::Refusals],
+            ServerView::Findings => &[Feature::Findings],
+            ServerView::RegistrationFindings => &[Feature::RegistrationFindings],
+            ServerView::QueueState => &[Feature::QueueState],
+            ServerView::ResponseFormat => &[Feature::ResponseFormat],
+            ServerView::Absence => &[Feature::Events, Feature::Notifications, Feature::Send],
+        };
+        needs.iter().try_for_each(|f| adapter.info().offers(*f))
     }
 
     fn queued(&self, _endpoint: &str) -> usize {
@@ -1419,11 +1609,25 @@ impl Backend for ServerBackend {
         not_applicable("spoofing a client's address needs raw sockets")
     }
 
-    fn add_bootstrap_config(&mut self, _endpoint: &str, _config: BootstrapConfig) {
-        not_applicable(format!(
-            "the step drives our Bootstrap Server; none runs against a server under test \
-             ({SERVER_NOT_OURS})"
-        ))
+    fn add_bootstrap_config(&mut self, endpoint: &str, config: BootstrapConfig) {
+        let what = "the step stores a bootstrap configuration";
+        let driver = match &self.bootstrap {
+            Some((_, Some(driver))) => driver,
+            Some((_, None)) => not_applicable(format!(
+                "{what}: the Bootstrap Server under test has no --bootstrap-api"
+            )),
+            None => not_applicable(format!(
+                "{what}: no Bootstrap Server under test (--bootstrap-server)"
+            )),
+        };
+        match driver.put_bootstrap_config(endpoint, &config) {
+            Ok(()) => self.stored_configs.push(endpoint.to_owned()),
+            Err(e @ super::adapter::AdapterError::Lacks { .. }) => {
+                not_applicable(format!("{what}: {e}"))
+            }
+            // The Bootstrap Server under test refused it, or could not be asked: a failure.
+            Err(e) => panic!("{what}: {e}"),
+        }
     }
 
     fn start_bootstrap(&mut self, _endpoint: &str) -> Result<(), BootstrapError> {
@@ -1459,7 +1663,10 @@ impl Backend for ServerBackend {
                 };
                 let Ok((n, from)) = received else { return };
                 let bytes = buf.get(..n).unwrap_or_default().to_vec();
-                if tx.send((index, Instant::now(), from, bytes)).is_err() {
+                if tx
+                    .send(Input::Datagram((index, Instant::now(), from, bytes)))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -1505,8 +1712,25 @@ impl Backend for ServerBackend {
 }
 
 impl Drop for ServerBackend {
-    /// Stops the clients' socket readers (their channel closes with the backend).
+    /// De-registers the clients still registered, so that the next scenario's clients of
+    /// the same names meet a clean server under test, and stops the clients' socket
+    /// readers (their channel closes with the backend).
     fn drop(&mut self) {
+        let now = Instant::now();
+        for client in &mut self.clients {
+            if matches!(
+                client.machine.state(),
+                ClientState::Registered | ClientState::Sleeping
+            ) {
+                client.machine.deregister(now);
+            }
+        }
+        self.flush();
+        if let Some((_, Some(driver))) = &self.bootstrap {
+            for endpoint in &self.stored_configs {
+                super::adapter::remove_bootstrap_config(driver.as_ref(), endpoint);
+            }
+        }
         self.rx.close();
     }
 }
@@ -1541,8 +1765,11 @@ mod tests {
         };
         let subject = Subject::Server {
             uri: format!("coap://{}", server.local_addr()),
+            api: None,
+            bootstrap: None,
+            bootstrap_api: None,
         };
-        let mut b = ServerBackend::open(&subject).unwrap();
+        let mut b = ServerBackend::open(&subject, lib.registry.clone()).unwrap();
         assert_eq!(b.server_address(), server.local_addr());
         let profile = lib.profile("ets-1.1").unwrap();
         let spec = lib
@@ -1592,7 +1819,16 @@ mod tests {
 
     #[test]
     fn a_server_uri_must_be_coap_with_an_address() {
-        let open = |uri: &str| ServerBackend::open(&Subject::Server { uri: uri.into() });
+        let registry = Arc::new(Registry::embedded());
+        let open = |uri: &str| {
+            let subject = Subject::Server {
+                uri: uri.into(),
+                api: None,
+                bootstrap: None,
+                bootstrap_api: None,
+            };
+            ServerBackend::open(&subject, registry.clone())
+        };
         assert!(open("coaps://127.0.0.1:5684").is_err());
         assert!(open("coap://127.0.0.1").is_err());
         assert!(open("coap://127.0.0.1:5683").is_ok());

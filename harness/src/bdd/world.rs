@@ -196,23 +196,28 @@ impl Lwm2mWorld {
         }
     }
 
-    /// Whether the LwM2M Server is ours (its registrations and events are visible), not a
-    /// server under test.
+    /// Whether the LwM2M Server's registrations and events are visible: ours, or a server
+    /// under test whose adapter reports them.
     pub fn server_is_ours(&self) -> bool {
-        !matches!(
-            self.ctx.as_ref().map(|c| &c.subject),
-            Some(backend::Subject::Server { .. })
-        )
+        match &self.backend {
+            Some(b) => b.server_view(backend::ServerView::Events).is_ok(),
+            None => !matches!(
+                self.ctx.as_ref().map(|c| &c.subject),
+                Some(backend::Subject::Server { .. })
+            ),
+        }
     }
 
-    /// Makes the case not applicable when the step needs to see inside the LwM2M Server
-    /// (`what` it looks at) and the server is one under test.
-    pub fn require_our_server(&self, what: &str) {
-        if !self.server_is_ours() {
-            not_applicable(format!(
-                "the step looks at {what}: {}",
-                super::network::SERVER_NOT_OURS
-            ));
+    /// Makes the case not applicable when the step needs to see `view` inside the LwM2M
+    /// Server (`what` it looks at) and the server under test does not show it.
+    pub fn require_our_server(&self, view: backend::ServerView, what: &str) {
+        let shown = match &self.backend {
+            Some(b) => b.server_view(view),
+            None if self.server_is_ours() => Ok(()),
+            None => Err(super::network::SERVER_NOT_OURS.to_owned()),
+        };
+        if let Err(why) = shown {
+            not_applicable(format!("the step looks at {what}: {why}"));
         }
     }
 
@@ -403,7 +408,10 @@ impl Lwm2mWorld {
     ) -> anyhow::Result<()> {
         // Every absence the steps check is a server-side one: a server under test would
         // pass it without looking.
-        self.require_our_server(&format!("what the server saw ({what})"));
+        self.require_our_server(
+            backend::ServerView::Absence,
+            &format!("what the server saw ({what})"),
+        );
         self.run_for(during);
         let found = (self.mark_at..self.timeline.len())
             .find(|&i| !self.consumed[i] && matches(&self.timeline[i]));

@@ -23,6 +23,7 @@ use lwm2m_proto::codec::link::{Link, parse_links};
 use lwm2m_proto::server::Content;
 use lwm2m_proto::{Lwm2mPath, Record};
 
+use crate::bdd::backend::ServerView;
 use crate::bdd::params::{Code, DurationParam, FormatParam, PathParam, Paths, format_label};
 use crate::bdd::world::{Lwm2mWorld, Outcome, not_supported, show_value, value_matches};
 use lwm2m_proto::registration::Lwm2mVersion;
@@ -196,6 +197,7 @@ fn refused_optional(w: &mut Lwm2mWorld, outcome: &Outcome, response: &Response) 
 #[then(expr = "the response is in {format}")]
 fn response_format(w: &mut Lwm2mWorld, format: FormatParam) -> anyhow::Result<()> {
     let (outcome, response) = w.response()?;
+    w.require_our_server(ServerView::ResponseFormat, "the answer's Content-Format");
     if response.format == Some(format.0) {
         return Ok(());
     }
@@ -453,6 +455,7 @@ fn response_location(w: &mut Lwm2mWorld, path: PathParam) -> anyhow::Result<()> 
 #[then("the response has no findings")]
 fn no_findings(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
     let (outcome, response) = w.response()?;
+    w.require_our_server(ServerView::Findings, "the decoder's findings");
     if response.findings.is_empty() {
         Ok(())
     } else {
@@ -470,6 +473,7 @@ fn no_findings(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
 #[then(expr = "the response is flagged {string}")]
 fn flagged(w: &mut Lwm2mWorld, text: String) -> anyhow::Result<()> {
     let (outcome, response) = w.response()?;
+    w.require_our_server(ServerView::Findings, "the decoder's findings");
     let findings: Vec<String> = response
         .findings
         .iter()

@@ -22,7 +22,7 @@ use lwm2m_proto::client::{ClientEvent, ClientState};
 use lwm2m_proto::coap::{CoapOption, MessageClass, RequestType, message};
 use lwm2m_proto::server::{Registration, ServerEvent};
 
-use crate::bdd::backend::Happening;
+use crate::bdd::backend::{Happening, ServerView};
 use crate::bdd::params::{Code, DurationParam, Paths, Version};
 use crate::bdd::world::Lwm2mWorld;
 
@@ -296,6 +296,10 @@ fn registration_omits(w: &mut Lwm2mWorld, paths: Paths) -> anyhow::Result<()> {
 /// contains `text`, e.g. "no lwm2m= parameter", "b=UQ", "pre-1.0 content format 1542").
 #[then(expr = "the registration is flagged {string}")]
 fn flagged(w: &mut Lwm2mWorld, text: String) -> anyhow::Result<()> {
+    w.require_our_server(
+        ServerView::RegistrationFindings,
+        "the registration's findings",
+    );
     let (name, r) = registration(w)?;
     let findings: Vec<String> = r.findings.iter().map(ToString::to_string).collect();
     if findings.iter().any(|f| f.contains(&text)) {
@@ -310,6 +314,10 @@ fn flagged(w: &mut Lwm2mWorld, text: String) -> anyhow::Result<()> {
 /// The server noticed nothing odd in the Register.
 #[then("the registration has no findings")]
 fn no_findings(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
+    w.require_our_server(
+        ServerView::RegistrationFindings,
+        "the registration's findings",
+    );
     let (name, r) = registration(w)?;
     if r.findings.is_empty() && r.link_notes.is_empty() {
         Ok(())
@@ -447,7 +455,7 @@ fn still_registered(w: &mut Lwm2mWorld, duration: DurationParam) -> anyhow::Resu
 #[then(expr = "the registration expires within {duration}")]
 fn expires(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()> {
     let name = w.current()?;
-    w.require_our_server("the server's registrations");
+    w.require_our_server(ServerView::Expiry, "the server's registrations");
     w.wait_for(within.0, &format!("the registration of {name:?} expiring"), |t| {
         matches!(&t.happening, Happening::Server(ServerEvent::Expired { registration }) if registration.endpoint == name)
     })?;
@@ -489,7 +497,7 @@ fn spoofed_deregister(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
 /// The server refuses a Register, Update or De-register with `code`.
 #[then(expr = "the server answers an Update with {code} within {duration}")]
 fn update_refused(w: &mut Lwm2mWorld, code: Code, within: DurationParam) -> anyhow::Result<()> {
-    w.require_our_server("the server's refusals");
+    w.require_our_server(ServerView::Refusals, "the server's refusals");
     w.wait_for(within.0, &format!("a registration message answered {code}"), |t| {
         matches!(&t.happening, Happening::Server(ServerEvent::RegistrationRefused { code: c, .. }) if *c == code.0)
     })?;
