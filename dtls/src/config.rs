@@ -7,7 +7,9 @@ use std::time::Duration;
 use rtc_dtls::cipher_suite::CipherSuiteId;
 use rtc_dtls::config::{ClientAuthType, ConfigBuilder, HandshakeConfig};
 use rtc_dtls::crypto::Certificate;
-use rtc_dtls::crypto_provider::{RTCCryptoProvider, SignatureScheme};
+use rtc_dtls::crypto_provider::{
+    CryptoError, RTCCrypto, RTCCryptoProvider, RTCRandom, SignatureScheme,
+};
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 
@@ -245,12 +247,65 @@ pub(crate) struct PskLookup {
 /// datagram to one session (the router is single-threaded, so the slot is never contended).
 pub(crate) type LookupSlot = Arc<Mutex<Option<PskLookup>>>;
 
+/// The cookie the router verified, for the DTLS layer to take as its own; see
+/// [`ServerRandom`].
+pub(crate) type CookieSlot = Arc<Mutex<Option<Vec<u8>>>>;
+
+/// The server's crypto provider: the default one, but the first random fill of the cookie's
+/// length while the [`CookieSlot`] holds a cookie returns that cookie.
+///
+/// The router does the cookie exchange itself, statelessly (`cookie.rs`), before any session
+/// exists; the DTLS layer has no switch to skip its own. So the router replays the exchange
+/// to the fresh session: it feeds it the ClientHello without cookie, the session draws its
+/// cookie (the first random draw of a server session) and gets the client's verified cookie,
+/// its HelloVerifyRequest is discarded, and the client's ClientHello with that cookie is
+/// then accepted as the answer to it. The handshake transcript is the client's, untouched.
+struct ServerRandom {
+    inner: Arc<dyn RTCCryptoProvider>,
+    cookie: CookieSlot,
+}
+
+impl RTCCryptoProvider for ServerRandom {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn crypto(&self) -> &dyn RTCCrypto {
+        self.inner.crypto()
+    }
+
+    fn random(&self) -> &dyn RTCRandom {
+        self
+    }
+}
+
+impl RTCRandom for ServerRandom {
+    fn fill(&self, output: &mut [u8]) -> Result<(), CryptoError> {
+        let preset = self
+            .cookie
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_if(|cookie| cookie.len() == output.len());
+        match preset {
+            Some(cookie) => {
+                output.copy_from_slice(&cookie);
+                Ok(())
+            }
+            None => self.inner.random().fill(output),
+        }
+    }
+}
+
 /// Compiles the server's settings into the library's configuration.
 pub(crate) fn server_handshake(
     config: &ServerConfig,
     slot: &LookupSlot,
+    cookie: &CookieSlot,
 ) -> Result<HandshakeConfig, DtlsError> {
-    let provider = provider()?;
+    let provider: Arc<dyn RTCCryptoProvider> = Arc::new(ServerRandom {
+        inner: provider()?,
+        cookie: cookie.clone(),
+    });
     let mut suites = Vec::new();
     let mut builder = ConfigBuilder::default();
     if let Some(store) = &config.psk_store {
@@ -287,7 +342,7 @@ pub(crate) fn server_handshake(
         .map_err(|e| DtlsError::Config(e.to_string()))
 }
 
-fn provider() -> Result<Arc<dyn RTCCryptoProvider>, DtlsError> {
+pub(crate) fn provider() -> Result<Arc<dyn RTCCryptoProvider>, DtlsError> {
     rtc_dtls::crypto_provider::default_provider().map_err(|e| DtlsError::Config(e.to_string()))
 }
 

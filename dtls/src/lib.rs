@@ -14,6 +14,12 @@
 //! - over tokio UDP sockets: [`UdpDtlsServer`] and [`UdpDtlsClient`], thin drivers of the
 //!   above, with a 4 MiB socket receive buffer ([`bind_udp`]).
 //!
+//! In front of the handshake the server router does the cookie exchange itself, statelessly
+//! (RFC 6347 §4.2.1): a ClientHello without a valid cookie gets a HelloVerifyRequest and
+//! creates nothing, so floods and spoofed ClientHellos neither take handshake slots nor end
+//! live sessions (RFC 6347 §4.2.8), and the ClientHello is accepted whatever its record
+//! version (mbedTLS 2.x sends `{254, 0}`).
+//!
 //! Around the handshake it adds what a test harness needs: the authenticated [`Identity`]
 //! with every received datagram (PSK identity or certificate common name, so the LwM2M
 //! server can check it against the endpoint name), handshake failures as events with a
@@ -33,6 +39,7 @@
 
 mod client;
 mod config;
+mod cookie;
 mod keylog;
 #[cfg(feature = "pki")]
 pub mod pki;

@@ -1,15 +1,17 @@
 //! The sans-IO DTLS server: one session per peer address behind one socket.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rtc_dtls::config::HandshakeConfig;
 
-use crate::config::{LookupSlot, ServerConfig, server_handshake};
+use crate::config::{CookieSlot, LookupSlot, ServerConfig, provider, server_handshake};
+use crate::cookie::CookieSecrets;
 use crate::keylog::{KeyLog, SessionSecrets};
-use crate::record::{client_hello_random, is_initial_client_hello};
+use crate::record::{self, ClientHello, HelloParse};
 use crate::session::{Output, Session, SessionId, WireStats};
 use crate::{CloseReason, DtlsError, FailureReason, Identity, Transmit};
 
@@ -68,18 +70,27 @@ pub enum ServerEvent {
 /// Totals over the server's lifetime.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServerCounters {
-    /// Handshakes started (fresh ClientHellos accepted).
+    /// Handshakes started (ClientHellos with a valid cookie that opened a session).
     pub handshakes_started: u64,
     /// Handshakes completed.
     pub handshakes_completed: u64,
     /// Handshakes failed (any [`FailureReason`]).
     pub handshakes_failed: u64,
-    /// Fresh ClientHellos dropped because `max_handshakes` or `max_sessions` was reached.
+    /// ClientHellos with a valid cookie dropped because `max_handshakes` or `max_sessions`
+    /// was reached.
     pub hellos_refused: u64,
     /// Datagrams from peers without a session that do not open a handshake.
     pub stray_datagrams: u64,
     /// Established sessions replaced by a new handshake from the same address.
     pub sessions_replaced: u64,
+    /// HelloVerifyRequests sent, statelessly, to ClientHellos without a valid cookie.
+    pub hello_verify_requests: u64,
+    /// ClientHellos whose cookie did not verify (forged, for another address or hello, or
+    /// older than the secret rotation); each was answered with a fresh HelloVerifyRequest.
+    pub cookies_rejected: u64,
+    /// Epoch-0 ClientHellos dropped as unusable (truncated, inconsistent lengths,
+    /// fragmented), or repeating the ClientHello that opened the established session.
+    pub hellos_dropped: u64,
 }
 
 /// A snapshot of one session.
@@ -100,19 +111,28 @@ pub struct SessionInfo {
 /// Datagrams from any number of peers enter through [`DtlsServer::handle_datagram`]; each
 /// peer address has at most one session:
 ///
-/// - a session starts with a ClientHello without cookie (RFC 6347 §4.2.1); other datagrams
-///   from unknown peers are dropped;
-/// - a fresh ClientHello from a peer that has a session replaces it (RFC 6347 §4.2.8: the
-///   client rebooted or reuses the port), except the retransmission of the ClientHello that
-///   opened the current handshake;
+/// - a ClientHello without a valid cookie is answered with a HelloVerifyRequest whose
+///   cookie is a MAC of the peer's address and the hello (RFC 6347 §4.2.1); nothing is
+///   stored for it, so floods of (spoofed) ClientHellos cost no memory and no handshake
+///   slots, and do not touch an existing session;
+/// - a session starts with a ClientHello that returns a valid cookie: the peer proved it
+///   receives at its address. If that peer had a session, it is replaced (RFC 6347 §4.2.8:
+///   the client rebooted or reuses the port), except by a retransmission of the ClientHello
+///   that opened the current session;
+/// - the initial ClientHello is accepted whatever its record-layer version (RFC 6347 §4.1,
+///   RFC 5246 Appendix E.1); other datagrams from unknown peers are dropped;
 /// - every handshake ends within `handshake_timeout`; at most `max_handshakes` run at once;
-/// - failed, closed, replaced and idle sessions are removed and reported as events.
+/// - failed, closed, replaced and idle sessions are removed and reported as events;
+/// - a dropped datagram is logged (`tracing`, info) once per peer with its reason.
 ///
 /// Output leaves through [`DtlsServer::poll_transmit`] and [`DtlsServer::poll_event`]; call
 /// [`DtlsServer::handle_timeout`] when [`DtlsServer::poll_timeout`] says.
 pub struct DtlsServer {
     handshake: Arc<HandshakeConfig>,
     lookup: LookupSlot,
+    cookie_slot: CookieSlot,
+    cookies: CookieSecrets,
+    drops: DropLog,
     handshake_timeout: Duration,
     idle_timeout: Option<Duration>,
     max_handshakes: usize,
@@ -143,10 +163,14 @@ impl DtlsServer {
     /// A server with `config`; fails if the credentials cannot be used.
     pub fn new(config: ServerConfig) -> Result<DtlsServer, DtlsError> {
         let lookup: LookupSlot = Arc::new(Mutex::new(None));
-        let handshake = Arc::new(server_handshake(&config, &lookup)?);
+        let cookie_slot: CookieSlot = Arc::new(Mutex::new(None));
+        let handshake = Arc::new(server_handshake(&config, &lookup, &cookie_slot)?);
         Ok(DtlsServer {
             handshake,
             lookup,
+            cookie_slot,
+            cookies: CookieSecrets::new(provider()?)?,
+            drops: DropLog::default(),
             handshake_timeout: config.handshake_timeout,
             idle_timeout: config.idle_timeout,
             max_handshakes: config.max_handshakes,
@@ -165,22 +189,35 @@ impl DtlsServer {
 
     /// Feeds one datagram received from `peer` at `now`.
     pub fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) {
-        if is_initial_client_hello(datagram) {
-            let random = client_hello_random(datagram);
-            let retransmitted = self
-                .sessions
-                .get(&peer)
-                .is_some_and(|s| !s.established && s.hello_random == random);
-            if !retransmitted && !self.start_session(now, peer, random) {
+        let datagram = match record::parse_client_hello(datagram) {
+            HelloParse::NotHello => Cow::Borrowed(datagram),
+            HelloParse::Malformed(reason) => {
+                self.counters.hellos_dropped += 1;
+                self.drops.note(now, peer, reason);
                 return;
             }
-        }
+            HelloParse::Hello(hello) => match self.handle_hello(now, peer, datagram, &hello) {
+                Some(hello) => Cow::Owned(hello),
+                None => return,
+            },
+        };
         let Some(session) = self.sessions.get_mut(&peer) else {
             self.counters.stray_datagrams += 1;
+            self.drops
+                .note(now, peer, "no session with this peer and not a ClientHello");
             return;
         };
         *self.lookup.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        let result = session.read(now, datagram, &mut self.outputs);
+        let discarded = session.stats.discarded;
+        let result = session.read(now, &datagram, &mut self.outputs);
+        if session.stats.discarded > discarded {
+            self.drops.note(
+                now,
+                peer,
+                "a record of the established session failed to decrypt or parse (forged, \
+                 corrupted or stale)",
+            );
+        }
         let lookup = self.lookup.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(lookup) = &lookup {
             session.identity = Some(Identity::Psk(lookup.identity.as_slice().into()));
@@ -203,6 +240,91 @@ impl DtlsServer {
             self.flush(peer);
             self.reschedule(peer);
         }
+    }
+
+    /// Answers or admits a ClientHello; the datagram to feed to the peer's session (with a
+    /// DTLS 1.2 record header), or `None` if the hello was answered or dropped here.
+    fn handle_hello(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        datagram: &[u8],
+        hello: &ClientHello<'_>,
+    ) -> Option<Vec<u8>> {
+        self.cookies.rotate(now);
+        if !self.cookies.verify(peer, hello) {
+            // RFC 6347 §4.2.1: a hello with an invalid cookie is treated as one without.
+            if !hello.cookie.is_empty() {
+                self.counters.cookies_rejected += 1;
+            }
+            let cookie = self.cookies.cookie(peer, hello);
+            self.transmits.push_back(Transmit {
+                peer,
+                bytes: record::hello_verify_request(hello, &cookie),
+            });
+            self.counters.hello_verify_requests += 1;
+            return None;
+        }
+        if hello.message_seq != 1 {
+            // The DTLS layer takes the hello that returns the cookie as message 1 only.
+            self.counters.hellos_dropped += 1;
+            self.drops.note(
+                now,
+                peer,
+                "ClientHello returning a cookie with a message_seq other than 1 (not supported)",
+            );
+            return None;
+        }
+        // The first ClientHello, replayed to the session, takes the record sequence number
+        // just below this one (record headers are outside the handshake transcript).
+        let (sequence, replayed_sequence) = match hello.record_sequence {
+            0 => (1, 0),
+            n => (n, n - 1),
+        };
+        let normalized = record::with_record_header(datagram, sequence);
+        if let Some(session) = self.sessions.get_mut(&peer)
+            && session.hello_random == Some(hello.random)
+        {
+            if !session.established {
+                // A retransmission: our flight was lost (RFC 6347 §4.2.4).
+                match session.repeat_flight(now, datagram) {
+                    Ok(()) => {
+                        self.flush(peer);
+                        self.reschedule(peer);
+                    }
+                    Err(reason) => self.fail(peer, reason),
+                }
+                return None;
+            }
+            self.counters.hellos_dropped += 1;
+            self.drops.note(
+                now,
+                peer,
+                "repeats the ClientHello that opened the established session",
+            );
+            return None;
+        }
+        if !self.start_session(now, peer, Some(hello.random)) {
+            self.drops.note(
+                now,
+                peer,
+                "ClientHello refused: max_handshakes or max_sessions reached",
+            );
+            return None;
+        }
+        let session = self.sessions.get_mut(&peer)?;
+        session.account_cookie_exchange(
+            datagram.len().saturating_sub(hello.cookie.len()),
+            record::hello_verify_request(hello, hello.cookie).len(),
+        );
+        *self.cookie_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(hello.cookie.to_vec());
+        let primed = session.prime(now, &hello.without_cookie(replayed_sequence));
+        *self.cookie_slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Err(message) = primed {
+            self.fail(peer, FailureReason::Protocol(message));
+            return None;
+        }
+        Some(normalized)
     }
 
     /// Replaces whatever session `peer` has with a new one; `false` if a limit refuses it.
@@ -461,5 +583,101 @@ fn closed_event(session: Session, reason: CloseReason) -> ServerEvent {
         identity: identity_of(&session),
         reason,
         stats: session.stats,
+    }
+}
+
+/// Logs dropped datagrams once per peer (the last [`DropLog::PEERS`] peers are remembered),
+/// and at most [`DropLog::PER_SECOND`] lines a second so that a flood from many addresses
+/// cannot flood the log; the lines left out are counted in the next one.
+#[derive(Default)]
+struct DropLog {
+    logged: HashSet<SocketAddr>,
+    order: VecDeque<SocketAddr>,
+    window: Option<Instant>,
+    lines: u32,
+    suppressed: u64,
+}
+
+impl DropLog {
+    const PEERS: usize = 4096;
+    const PER_SECOND: u32 = 20;
+
+    /// Logs the drop unless this peer's was logged or the second's budget is spent;
+    /// whether it logged.
+    fn note(&mut self, now: Instant, peer: SocketAddr, reason: &str) -> bool {
+        if self.logged.contains(&peer) {
+            return false;
+        }
+        let in_window = self
+            .window
+            .is_some_and(|start| now.saturating_duration_since(start) < Duration::from_secs(1));
+        if !in_window {
+            self.window = Some(now);
+            self.lines = 0;
+        }
+        if self.lines >= Self::PER_SECOND {
+            self.suppressed += 1;
+            return false;
+        }
+        self.lines += 1;
+        if self.order.len() >= Self::PEERS
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.logged.remove(&oldest);
+        }
+        self.logged.insert(peer);
+        self.order.push_back(peer);
+        let suppressed = std::mem::take(&mut self.suppressed);
+        if suppressed > 0 {
+            tracing::info!(
+                "DTLS: dropped a datagram from {peer}: {reason} (once per peer; {suppressed} \
+                 earlier drops from other peers not logged)"
+            );
+        } else {
+            tracing::info!("DTLS: dropped a datagram from {peer}: {reason} (once per peer)");
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(i: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 2], i))
+    }
+
+    #[test]
+    fn drops_are_logged_once_per_peer_and_at_most_twenty_a_second() {
+        let mut log = DropLog::default();
+        let start = Instant::now();
+        assert!(log.note(start, peer(1), "stray"));
+        assert!(!log.note(start, peer(1), "stray"), "once per peer");
+        for i in 2..=20 {
+            assert!(log.note(start, peer(i), "stray"));
+        }
+        assert!(!log.note(start, peer(21), "stray"), "budget spent");
+        assert_eq!(log.suppressed, 1);
+        let later = start + Duration::from_secs(1);
+        assert!(log.note(later, peer(21), "stray"));
+        assert_eq!(log.suppressed, 0, "reported with that line");
+        assert!(!log.note(later, peer(1), "stray"));
+    }
+
+    #[test]
+    fn the_drop_log_forgets_the_oldest_peers() {
+        let mut log = DropLog::default();
+        let mut now = Instant::now();
+        for i in 0..=DropLog::PEERS as u32 {
+            if i % DropLog::PER_SECOND == 0 {
+                now += Duration::from_secs(1);
+            }
+            let address = SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 1));
+            assert!(log.note(now, address, "stray"));
+        }
+        assert_eq!(log.logged.len(), DropLog::PEERS);
+        now += Duration::from_secs(1);
+        assert!(log.note(now, SocketAddr::from(([10, 1, 0, 0], 1)), "stray"));
     }
 }

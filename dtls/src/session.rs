@@ -24,6 +24,8 @@ pub struct SessionId(pub u64);
 /// Record headers and AEAD expansion are counted with their records, so for
 /// `TLS_*_WITH_AES_128_CCM_8` each application record costs its payload plus
 /// [`crate::record::CCM_8_RECORD_OVERHEAD`] (29) bytes. UDP and IP headers are not counted.
+/// A server-side session also counts the stateless cookie exchange that preceded it (the
+/// first ClientHello and the HelloVerifyRequest, one datagram each way).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WireStats {
     /// Records sent, by content type.
@@ -176,6 +178,47 @@ impl Session {
             hello_random: None,
             scheduled: None,
         }
+    }
+
+    /// The peer repeated the ClientHello that returned the cookie, so our answer was lost:
+    /// sends our flight again now (RFC 6347 §4.2.4). The hello is not fed to the DTLS layer,
+    /// which would take it as progress and cancel the retransmission timer of that flight,
+    /// leaving both sides waiting until the handshake timeout.
+    pub(crate) fn repeat_flight(
+        &mut self,
+        now: Instant,
+        hello: &[u8],
+    ) -> Result<(), FailureReason> {
+        self.stats.datagrams_received += 1;
+        self.stats.received.add(&RecordBytes::of_datagram(hello));
+        self.last_received = now;
+        match self.endpoint.poll_timeout(&self.peer) {
+            Some(due) => self
+                .endpoint
+                .handle_timeout(self.peer, due.max(now))
+                .map_err(|_| FailureReason::Timeout),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts the stateless cookie exchange that preceded this server-side session: the
+    /// first ClientHello (the one that returned the cookie, less the cookie) and the
+    /// router's HelloVerifyRequest, so that the session's handshake bytes are what its
+    /// handshake cost on the wire.
+    pub(crate) fn account_cookie_exchange(&mut self, hello_len: usize, verify_len: usize) {
+        self.stats.datagrams_received += 1;
+        self.stats.received.handshake += hello_len as u64;
+        self.stats.datagrams_sent += 1;
+        self.stats.sent.handshake += verify_len as u64;
+    }
+
+    /// Replays the first ClientHello of a handshake whose cookie exchange the router did
+    /// (see `config::ServerRandom`): the session parses it and answers with a
+    /// HelloVerifyRequest, which is discarded. Not counted in the wire accounting.
+    pub(crate) fn prime(&mut self, now: Instant, hello: &[u8]) -> Result<(), String> {
+        let result = self.endpoint.read(now, self.peer, None, hello.into());
+        while self.endpoint.poll_transmit().is_some() {}
+        result.map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// Feeds one received datagram. On an established session a datagram the library

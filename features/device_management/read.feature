@@ -14,13 +14,13 @@ Feature: Read and Discover (ETS int-201 to int-237, int-260, int-261, int-280, i
     When the server reads /3/0/0 in plain text
     Then the response code is 2.05
     And the response is in plain text
-    And the value of /3/0/0 is "Open Mobile Alliance"
+    And the value of /3/0/0 is configured as "Open Mobile Alliance"
     When the server reads /3/0/1 in plain text
     Then the response code is 2.05
-    And the value of /3/0/1 is "Lightweight M2M Client"
+    And the value of /3/0/1 is configured as "Lightweight M2M Client"
     When the server reads /3/0/2 in plain text
     Then the response code is 2.05
-    And the value of /3/0/2 is "345000123"
+    And the value of /3/0/2 is configured as "345000123"
 
   @int-203
   Scenario: Read an instance in TLV
@@ -28,8 +28,8 @@ Feature: Read and Discover (ETS int-201 to int-237, int-260, int-261, int-280, i
     Then the response code is 2.05
     And the response is in TLV
     And the response holds /3/0/0, /3/0/1, /3/0/2, /3/0/3, /3/0/11, /3/0/16
-    And the value of /3/0/16 is "U"
-    And the value of /3/0/11/0 is "0"
+    And the value of /3/0/16 is configured as "U"
+    And the value of /3/0/11/0 is configured as "0"
     And the response has no findings
 
   @int-211
@@ -37,11 +37,11 @@ Feature: Read and Discover (ETS int-201 to int-237, int-260, int-261, int-280, i
     When the server reads /1/0/0 in CBOR
     Then the response code is 2.05
     And the response is in CBOR
-    And the value of /1/0/0 is "1"
+    And the value of /1/0/0 is configured as "1"
     When the server reads /1/0/6 in CBOR
-    Then the value of /1/0/6 is "false"
+    Then the value of /1/0/6 is configured as "false"
     When the server reads /1/0/7 in CBOR
-    Then the value of /1/0/7 is "U"
+    Then the value of /1/0/7 is configured as "U"
 
   @int-221
   Scenario: Operations on the Security object are refused
@@ -66,7 +66,7 @@ Feature: Read and Discover (ETS int-201 to int-237, int-260, int-261, int-280, i
     When the server reads /1/0
     Then the response code is 2.05
     And the response holds only /1/0
-    And the value of /1/0/1 is "86400"
+    And the value of /1/0/1 is configured as "86400"
     When the server reads /3/0
     Then the response code is 2.05
     And the response holds /3/0/0, /3/0/11/0, /3/0/16
@@ -74,22 +74,22 @@ Feature: Read and Discover (ETS int-201 to int-237, int-260, int-261, int-280, i
   @int-224
   Scenario: Read on a resource
     When the server reads /1/0/0
-    Then the value of /1/0/0 is "1"
+    Then the value of /1/0/0 is configured as "1"
     When the server reads /1/0/1
-    Then the value of /1/0/1 is "86400"
+    Then the value of /1/0/1 is configured as "86400"
     When the server reads /1/0/6
-    Then the value of /1/0/6 is "false"
+    Then the value of /1/0/6 is configured as "false"
     When the server reads /1/0/7
-    Then the value of /1/0/7 is "U"
+    Then the value of /1/0/7 is configured as "U"
     When the server reads /3/0/16
-    Then the value of /3/0/16 is "U"
+    Then the value of /3/0/16 is configured as "U"
 
   @int-225
   Scenario: Read on a resource instance
     When the server reads /3/0/11/0
     Then the response code is 2.05
     And the response holds only /3/0/11/0
-    And the value of /3/0/11/0 is "0"
+    And the value of /3/0/11/0 is configured as "0"
 
   @int-229
   Scenario: Read-Composite in SenML JSON and SenML CBOR
@@ -111,9 +111,9 @@ Feature: Read and Discover (ETS int-201 to int-237, int-260, int-261, int-280, i
     When the server reads /3/0 in SenML JSON
     Then the response holds /3/0/0, /3/0/16
     When the server reads /3/0/16 in SenML JSON
-    Then the value of /3/0/16 is "U"
+    Then the value of /3/0/16 is configured as "U"
     When the server reads /3/0/11/0 in SenML JSON
-    Then the value of /3/0/11/0 is "0"
+    Then the value of /3/0/11/0 is configured as "0"
 
   @int-232
   Scenario: Read in SenML CBOR at every level
@@ -124,9 +124,9 @@ Feature: Read and Discover (ETS int-201 to int-237, int-260, int-261, int-280, i
     When the server reads /3/0 in SenML CBOR
     Then the response holds /3/0/0, /3/0/16
     When the server reads /3/0/16 in SenML CBOR
-    Then the value of /3/0/16 is "U"
+    Then the value of /3/0/16 is configured as "U"
     When the server reads /3/0/11/0 in SenML CBOR
-    Then the value of /3/0/11/0 is "0"
+    Then the value of /3/0/11/0 is configured as "0"
 
   @int-235
   Scenario: Read-Composite on the root leaves out the Security object
@@ -180,12 +180,12 @@ Feature: Read and Discover (ETS int-201 to int-237, int-260, int-261, int-280, i
   Scenario: Successful Read-Composite
     When the server reads the composite /3/0/16, /3/0/11/0, /1/0 in SenML CBOR
     Then the response code is 2.05
-    And the value of /3/0/11/0 is "0"
-    And the value of /3/0/16 is "U"
-    And the value of /1/0/0 is "1"
-    And the value of /1/0/1 is "86400"
-    And the value of /1/0/6 is "false"
-    And the value of /1/0/7 is "U"
+    And the value of /3/0/11/0 is configured as "0"
+    And the value of /3/0/16 is configured as "U"
+    And the value of /1/0/0 is configured as "1"
+    And the value of /1/0/1 is configured as "86400"
+    And the value of /1/0/6 is configured as "false"
+    And the value of /1/0/7 is configured as "U"
     And the response holds only /3/0/16, /3/0/11/0, /1/0
 
   @int-281
@@ -193,5 +193,5 @@ Feature: Read and Discover (ETS int-201 to int-237, int-260, int-261, int-280, i
     When the server reads the composite /1/0/1, /1/0/7, /1/0/8 in SenML JSON
     Then the response code is 2.05
     And the response holds only /1/0/1, /1/0/7
-    And the value of /1/0/1 is "86400"
-    And the value of /1/0/7 is "U"
+    And the value of /1/0/1 is configured as "86400"
+    And the value of /1/0/7 is configured as "U"

@@ -39,10 +39,17 @@ enum Command {
     Decode(codec_tool::DecodeArgs),
     /// Encode nodes given as JSON into an LwM2M payload (hex on stdout, or raw to a file).
     Encode(codec_tool::EncodeArgs),
-    /// Render a run's report again (report.html, junit.xml) from its recorded report.json.
+    /// Render a run's report again (report.html, junit.xml) from its recorded report.json;
+    /// `report matrix RUN_DIR...` puts several runs (devices) side by side instead.
     Report {
-        /// The run folder, e.g. reports/2026-11-24T08-00-00-quickstart.
-        run_dir: PathBuf,
+        /// The run folder, e.g. reports/2026-11-24T08-00-00-quickstart; or `matrix` and
+        /// the run folders.
+        #[arg(required = true, num_args = 1..)]
+        run_dir: Vec<PathBuf>,
+        /// Where `report matrix` writes matrix.html, matrix.json, matrix.txt and junit.xml
+        /// (default: the current folder).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Run the LwM2M Server, the Bootstrap Server and the REST API until SIGTERM or Ctrl-C.
     Serve(serve::ServeArgs),
@@ -66,13 +73,19 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Simulate(args) => simulate::run(registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Objects { id } => codec_tool::objects(&registry, id).map(|()| ExitCode::SUCCESS),
-        Command::Report { run_dir } => {
+        Command::Report { run_dir, out }
+            if run_dir.len() > 1 || run_dir[0] == std::path::Path::new("matrix") =>
+        {
+            test_cmd::matrix(&run_dir, out.as_deref())
+        }
+        Command::Report { run_dir, .. } => {
+            let run_dir = run_dir.into_iter().next().unwrap_or_default();
             let report = lwm2m_harness::report::RunReport::load(&run_dir)?;
             report.write(&run_dir)?;
-            let (p, f, n) = report.tally();
             println!(
-                "{}: {p} passed, {f} failed, {n} not applicable -> {}",
+                "{}: {} -> {}",
                 report.title,
+                report.counts(),
                 run_dir.join("report.html").display()
             );
             Ok(ExitCode::SUCCESS)

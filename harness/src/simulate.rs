@@ -71,6 +71,10 @@ pub struct SimulateArgs {
     /// Endpoint names are this prefix and the client number (default: the profile's).
     #[arg(long)]
     endpoint_prefix: Option<String>,
+    /// The endpoint name of the one client (with `--clients 1`), e.g. a device under test
+    /// started by `test --device-cmd '... --endpoint {endpoint}'`.
+    #[arg(long, conflicts_with = "endpoint_prefix")]
+    endpoint: Option<String>,
     /// How long the clients run before they de-register, e.g. 60s, 5m.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     duration: Duration,
@@ -90,6 +94,16 @@ pub struct SimulateArgs {
     /// The seed the 16-byte PSK keys are derived from (with each identity; default: --seed).
     #[arg(long)]
     psk_key_seed: Option<u64>,
+    /// Instead of keys derived from a seed: this PSK key (hex) for every client, with
+    /// `--psk-identity` (e.g. `--psk-identity {psk_identity} --psk-key {psk_key}` in a
+    /// `test --device-cmd` template).
+    #[arg(
+        long,
+        value_name = "HEX",
+        requires = "psk_identity",
+        conflicts_with = "psk_key_seed"
+    )]
+    psk_key: Option<String>,
     /// With a `coaps://` server, instead of PSKs: a CA certificate (PEM or DER) that issues
     /// every client a certificate of its own, subject CN the endpoint name (Security Mode
     /// 2); the server must trust this CA. Needs --cert-ca-key.
@@ -233,6 +247,18 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
         Some(n) => load_network(&find_yaml(&args.scenarios.join("networks"), n, "network")?)?.1,
         None => NetworkModel::default(),
     };
+    if args.endpoint.is_some() && args.clients != 1 {
+        bail!("--endpoint names one client: give --clients 1");
+    }
+    let psk_key = args
+        .psk_key
+        .as_deref()
+        .map(|k| {
+            lwm2m_proto::value::parse_hex(k)
+                .filter(|k| !k.is_empty())
+                .with_context(|| format!("--psk-key {k:?}: not non-empty hex"))
+        })
+        .transpose()?;
     let name = profile.name.clone();
     let mut clients = ProfileClients::new(profile, &registry, network, targets)?;
     if let Some(prefix) = &args.endpoint_prefix {
@@ -261,6 +287,23 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
     for n in 0..args.clients {
         let k = n as u64;
         let mut spec = clients.spec(k, args.seed);
+        if let Some(endpoint) = &args.endpoint {
+            spec.config.endpoint.clone_from(endpoint);
+        }
+        if let (Some(key), Some(identity), Some((server, _))) =
+            (&psk_key, &args.psk_identity, server)
+        {
+            let endpoint = spec.config.endpoint.clone();
+            let identity = identity
+                .replace("{n}", &k.to_string())
+                .replace("{ep}", &endpoint);
+            let account = lwm2m_harness::bdd::secure::SecureAccount::Psk {
+                identity: identity.into_bytes(),
+                key: key.clone(),
+            };
+            write_account(&mut spec.tree, ServerRole::Lwm2m, server, &account)
+                .with_context(|| format!("{endpoint}: the PSK account"))?;
+        }
         if let (Some((ca, anchor)), Some((server, _))) = (&certificates, server) {
             let endpoint = clients.endpoint(k);
             let account = lwm2m_harness::runner::certificate_account(ca, &endpoint, anchor)?;

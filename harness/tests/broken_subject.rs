@@ -26,6 +26,8 @@ fn run(root: &Path, dir: &Path, subject: Subject) -> RunReport {
         report_dir: dir.to_path_buf(),
         run: "broken-subject".to_owned(),
         console: false,
+        device_profile: None,
+        device: None,
     };
     let outcome = run::run_suite(&options).expect("the suite runs");
     assert!(outcome.untagged.is_empty() && outcome.parsing_errors == 0);

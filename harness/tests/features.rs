@@ -69,6 +69,8 @@ fn run_once(root: &Path, seed: u64, report_dir: PathBuf) -> bool {
         report_dir: report_dir.clone(),
         run: "features".to_owned(),
         console: true,
+        device_profile: None,
+        device: None,
     };
     let outcome = match run::run_suite(&options) {
         Ok(o) => o,

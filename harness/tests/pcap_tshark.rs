@@ -110,6 +110,8 @@ fn tshark_decrypts_the_int_401_pcap_with_its_key_log() {
         report_dir: dir.path().to_path_buf(),
         run: "dtls-evidence".to_owned(),
         console: false,
+        device_profile: None,
+        device: None,
     };
     let outcome = run::run_suite(&options).unwrap();
     let summary = run::summary(&outcome.report);

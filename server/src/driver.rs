@@ -555,6 +555,11 @@ impl ServerHandle {
         }
     }
 
+    /// Whether the endpoint's latest registration came over the DTLS socket.
+    pub fn is_secure(&self, endpoint: &str) -> bool {
+        self.secure.is_some() && lock(&self.routes).get(endpoint) == Some(&true)
+    }
+
     /// The address of the DTLS socket, if any.
     pub fn dtls_addr(&self) -> Option<SocketAddr> {
         self.secure.as_ref().map(|t| t.local)

@@ -64,9 +64,10 @@ pub struct DtlsOptions {
     /// certificates (Security mode 2, `TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8`); `None`: PSK
     /// only. A certificate client's endpoint name must be its certificate's common name.
     pub certificate: Option<CertificateConfig>,
-    /// Handshakes in progress at once; fresh ClientHellos beyond it are dropped and the
-    /// clients retransmit them a second later, so a burst of N clients takes about
-    /// N / `max_handshakes` seconds.
+    /// Handshakes in progress at once. Only a ClientHello that returns a valid cookie takes
+    /// a slot (hellos without one get a stateless HelloVerifyRequest); cookied hellos
+    /// beyond it are dropped and the clients retransmit them a second later, so a burst of
+    /// N clients takes about N / `max_handshakes` seconds.
     pub max_handshakes: usize,
 }
 

@@ -3,7 +3,8 @@
 //! What it does: runs the sans-IO LwM2M Server machine of `lwm2m-proto` on a tokio UDP socket
 //! ([`driver`]) and the Bootstrap Server machine on another ([`bootstrap`]), mirrors registrations into a sharded store ([`registrations`]), reports
 //! events and every datagram ([`events`]), serves the REST API with server-sent events
-//! ([`rest`]) behind a bearer token ([`auth`]), and keeps security credentials and
+//! ([`rest`], with Leshan-compatible routes in [`leshan`]) behind a bearer token
+//! ([`auth`]), and keeps security credentials and
 //! bootstrap configurations on disk ([`store`]).
 //!
 //! Both servers also listen for CoAP over DTLS ([`dtls`]): the LwM2M Server with pre-shared
@@ -23,6 +24,7 @@ pub mod driver;
 pub mod dtls;
 pub mod events;
 pub mod json;
+pub mod leshan;
 mod plain;
 pub mod registrations;
 pub mod rest;

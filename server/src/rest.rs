@@ -26,6 +26,9 @@
 //! | GET/PUT/DELETE | `/api/bootstrap/{ep}` | one endpoint's configuration (`?resolve=true`) |
 //! | GET | `/api/event` | server-sent events (`?ep=NAME`, `?coaplog=true`) |
 //!
+//! The Leshan-compatible routes of [`crate::leshan`] (`/leshan/api/...`) are merged in,
+//! behind the same token.
+//!
 //! Client operations wait `?timeout=SECONDS` (default 30) for the client: 504 after that,
 //! 502 when it answers an error code (the CoAP code is in `coap_code`).
 
@@ -119,9 +122,10 @@ pub fn router(state: ApiState) -> Router {
                 .delete(bootstrap_delete_endpoint),
         )
         .route("/api/event", get(events))
+        .with_state(state.clone())
+        .merge(crate::leshan::router(state.clone()))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state, require_token))
 }
 
 /// How long open connections (event streams) get to finish after a shutdown request.
@@ -259,7 +263,7 @@ fn parse_body(body: &Bytes) -> Result<Json, ApiError> {
 }
 
 /// The query as `name` / optional value pairs, percent-decoded.
-fn query_pairs(raw: Option<&str>) -> Vec<(String, Option<String>)> {
+pub(crate) fn query_pairs(raw: Option<&str>) -> Vec<(String, Option<String>)> {
     raw.unwrap_or("")
         .split('&')
         .filter(|s| !s.is_empty())
@@ -864,15 +868,18 @@ async fn client_delete(
         ));
     }
     let mut cancelled = Vec::new();
+    let mut answers = Vec::new();
     for observation in matching {
         let op = Operation::CancelObservation {
             observation,
             active: params.active,
         };
-        client.call(op, params.timeout).await?;
+        let r = client.call(op, params.timeout).await?;
         cancelled.push(observation.0);
+        answers.push(client.response_json(None, &r));
     }
-    ok(json!({"cancelled": cancelled, "active": params.active}))
+    // The client's answers to active cancellations (passive ones: code 0.00, nothing sent).
+    ok(json!({"cancelled": cancelled, "active": params.active, "responses": answers}))
 }
 
 async fn object_specs(State(st): St) -> JsonBody<Json> {

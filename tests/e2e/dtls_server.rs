@@ -121,7 +121,7 @@ impl Secure {
 }
 
 /// `POST /rd?ep=EP&lt=300&lwm2m=1.1` with `</3/0>`.
-fn register(ep: &str, mid: u16) -> Vec<u8> {
+pub fn register(ep: &str, mid: u16) -> Vec<u8> {
     let mut p = message::request(RequestType::Post, "/rd");
     for q in [format!("ep={ep}"), "lt=300".into(), "lwm2m=1.1".into()] {
         message::add_query(&mut p, &q);
@@ -141,7 +141,7 @@ fn update(location: &str, mid: u16) -> Vec<u8> {
     p.to_bytes().unwrap()
 }
 
-fn code(p: &Packet) -> String {
+pub fn code(p: &Packet) -> String {
     match p.header.code {
         MessageClass::Response(r) => {
             let n = u8::from(MessageClass::Response(r));
@@ -152,7 +152,7 @@ fn code(p: &Packet) -> String {
 }
 
 /// Sends a request and returns the response.
-async fn call(client: &mut UdpDtlsClient, request: Vec<u8>) -> Packet {
+pub async fn call(client: &mut UdpDtlsClient, request: Vec<u8>) -> Packet {
     client.send(&request).await.unwrap();
     let answer = tokio::time::timeout(PATIENCE, client.recv())
         .await
@@ -172,7 +172,7 @@ async fn connect(
         .expect("the handshake ends")
 }
 
-async fn connect_as(server: SocketAddr, ep: &str) -> UdpDtlsClient {
+pub async fn connect_as(server: SocketAddr, ep: &str) -> UdpDtlsClient {
     let (identity, key) = psk_of(ep);
     connect(server, &identity, &key).await.unwrap()
 }
@@ -212,6 +212,8 @@ async fn psk_client_registers_over_dtls_and_the_wire_carries_records() {
     })
     .await;
     assert!(s.server.registrations().get("dev-a").is_some());
+    // What the Leshan API shows as the registration's `secure` flag.
+    assert!(s.server.is_secure("dev-a") && !s.server.is_secure("dev-b"));
 
     // An operation from the handle reaches the client through its session.
     let server = s.server.clone();

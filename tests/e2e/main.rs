@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 mod dtls_bootstrap;
 mod dtls_fleet;
+mod dtls_hardening;
 mod dtls_server;
 mod fleet;
 mod fleet_support;
@@ -14,6 +15,7 @@ mod proto_boundary;
 mod server_api;
 mod server_bad_input;
 mod server_hardening;
+mod server_leshan;
 mod server_ops;
 mod server_registration;
 mod server_support;

@@ -244,7 +244,8 @@ pub fn register_request(queries: &[&str], links: &str) -> Packet {
     register
 }
 
-fn agent() -> ureq::Agent {
+/// A blocking HTTP agent that returns error statuses as responses.
+pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -299,7 +300,8 @@ pub struct Sse {
 }
 
 impl Sse {
-    async fn open(url: &str) -> Sse {
+    /// Opens the event stream at `url` with the token.
+    pub async fn open(url: &str) -> Sse {
         let (tx, events) = mpsc::unbounded_channel();
         let (ready, is_ready) = oneshot::channel();
         let url = url.to_owned();

@@ -54,6 +54,15 @@ pub enum Subject {
     Server {
         /// Its URI, `coap://HOST:PORT`.
         uri: String,
+        /// The adapter that drives it (`--server-api`, see [`super::adapter`]); without
+        /// one only what shows on the wire is checked.
+        api: Option<String>,
+        /// A Bootstrap Server under test, `coap://HOST:PORT` (`--bootstrap-server`): the
+        /// clients of bootstrap cases bootstrap from it.
+        bootstrap: Option<String>,
+        /// The adapter that stores its bootstrap configurations and reports its events
+        /// (`--bootstrap-api`; default: `api`).
+        bootstrap_api: Option<String>,
     },
 }
 
@@ -69,7 +78,14 @@ impl Subject {
             Self::InProcess { quirks } if quirks.is_empty() => "in-process".to_owned(),
             Self::InProcess { quirks } => format!("in-process+{}", quirks.join("+")),
             Self::Device { endpoint } => format!("device:{endpoint}"),
-            Self::Server { uri } => format!("server:{uri}"),
+            Self::Server { uri, api: None, .. } => format!("server:{uri}"),
+            Self::Server {
+                uri,
+                api: Some(api),
+                ..
+            } => {
+                format!("server:{uri} via {}", super::adapter::kind_of(api))
+            }
         }
     }
 
@@ -100,7 +116,22 @@ impl Subject {
                 )
             }
             Self::Device { endpoint } => ("unknown".to_owned(), Some(endpoint.clone())),
-            Self::Server { uri } => ("unknown".to_owned(), Some(uri.clone())),
+            Self::Server { uri, api: None, .. } => ("unknown".to_owned(), Some(uri.clone())),
+            Self::Server {
+                uri,
+                api: Some(api),
+                ..
+            } => {
+                // The product and version the adapter reported, and the adapter.
+                let version = match super::adapter::info_of(api) {
+                    Some(i) => format!("{} {} (adapter {})", i.product, i.version, i.adapter),
+                    None => format!(
+                        "unknown (adapter {} did not open)",
+                        super::adapter::kind_of(api)
+                    ),
+                };
+                (version, Some(uri.clone()))
+            }
         };
         crate::report::Subject {
             id: self.id(),
@@ -180,6 +211,31 @@ impl fmt::Display for Capability {
             .map_or("?", |(n, _)| n);
         f.write_str(name)
     }
+}
+
+/// What a step looks at inside the LwM2M Server: ours shows everything; a server under
+/// test shows what its adapter offers ([`super::adapter::Feature`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerView {
+    /// Its registration, update and de-registration events.
+    Events,
+    /// The records a Send delivered.
+    Send,
+    /// Expiry of a registration, as an event.
+    Expiry,
+    /// Registration messages it refused, as events.
+    Refusals,
+    /// Our decoder's findings on what a client answered.
+    Findings,
+    /// The deviations our server notes on a Register (findings and link notes).
+    RegistrationFindings,
+    /// Whether a queue-mode client is asleep.
+    QueueState,
+    /// The Content-Format of a client's answer.
+    ResponseFormat,
+    /// That something did *not* happen: every kind of event must be visible.
+    Absence,
 }
 
 /// Something that happened in a scenario, from any party.
@@ -327,6 +383,13 @@ pub trait Backend: fmt::Debug {
     /// `Ok` if the subject and backend can do `capability`, else why not.
     fn supports(&self, capability: Capability) -> Result<(), String>;
 
+    /// `Ok` if steps can see `view` inside the LwM2M Server, else why not (a server under
+    /// test shows what its adapter offers).
+    fn server_view(&self, view: ServerView) -> Result<(), String> {
+        let _ = view;
+        Ok(())
+    }
+
     /// Time since the start of the scenario.
     fn now(&self) -> Duration;
 
@@ -454,6 +517,8 @@ pub fn open(
         Subject::Device { .. } => Ok(Box::new(super::network::DeviceBackend::open(
             subject, registry,
         )?)),
-        Subject::Server { .. } => Ok(Box::new(super::network::ServerBackend::open(subject)?)),
+        Subject::Server { .. } => Ok(Box::new(super::network::ServerBackend::open(
+            subject, registry,
+        )?)),
     }
 }

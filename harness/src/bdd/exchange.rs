@@ -56,6 +56,8 @@ pub struct Sent {
 #[derive(Debug, Clone, Default)]
 pub struct ExchangeLog {
     lines: Vec<String>,
+    /// The whole payload of the CoAP message of a line, by line (see [`full_payload`]).
+    payloads: std::collections::BTreeMap<usize, String>,
     sent: Vec<Sent>,
     bytes: u64,
     key_log: Vec<String>,
@@ -98,6 +100,9 @@ impl ExchangeLog {
         text: String,
     ) {
         self.bytes += bytes.len() as u64;
+        if let Some(full) = coap.and_then(full_payload) {
+            self.payloads.insert(self.lines.len(), full);
+        }
         self.sent.push(Sent {
             line: self.lines.len(),
             at,
@@ -180,9 +185,19 @@ impl ExchangeLog {
         out
     }
 
-    /// The whole log.
+    /// The whole log, each datagram's line followed by its CoAP payload in full (hex,
+    /// and as text when it is text): the evidence file. Failure messages
+    /// ([`ExchangeLog::since`]) show the one-line summaries only.
     pub fn text(&self) -> String {
-        self.since(0, usize::MAX)
+        let mut out = String::new();
+        for (i, line) in self.lines.iter().enumerate() {
+            out.push_str(line);
+            out.push('\n');
+            if let Some(full) = self.payloads.get(&i) {
+                out.push_str(full);
+            }
+        }
+        out
     }
 }
 
@@ -280,6 +295,29 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The payload of a CoAP message in full, as indented lines: the hex of every byte (32 a
+/// line) and, when it is UTF-8 text, the text; `None` without a payload.
+fn full_payload(coap: &[u8]) -> Option<String> {
+    let packet = message::decode(coap).ok()?;
+    if packet.payload.is_empty() {
+        return None;
+    }
+    let mut out = String::new();
+    for chunk in packet.payload.chunks(32) {
+        let _ = writeln!(out, "              | {}", hex(chunk));
+    }
+    if let Ok(text) = std::str::from_utf8(&packet.payload)
+        && !text
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        for line in text.lines() {
+            let _ = writeln!(out, "              > {line}");
+        }
+    }
+    Some(out)
+}
+
 /// Text formats as quoted text, binary formats as hex; both cut to a line's worth.
 fn payload_summary(payload: &[u8], format: Option<u32>) -> String {
     let textual = format
@@ -344,6 +382,13 @@ mod tests {
         );
         assert!(text.contains("\"</1/0>,</3/0>\""), "{text}");
         assert!(text.contains("!! lost on the uplink"), "{text}");
+        // The evidence keeps the whole payload, in hex and as text.
+        assert!(
+            text.contains(&format!("| {}", hex(b"</1/0>,</3/0>"))),
+            "{text}"
+        );
+        assert!(text.contains("> </1/0>,</3/0>"), "{text}");
+        assert!(!log.since(0, 10).contains("> </1/0>"));
         assert_eq!(log.totals(), (1, bytes.len() as u64));
         assert_eq!(log.since(1, 10).lines().count(), 1);
         assert_eq!(log.totals_since(1), (0, 0));

@@ -10,7 +10,9 @@
 //!   not applicable.
 //! - [`ServerBackend`] ([`Subject::Server`]): our simulated clients (sans-IO
 //!   [`Lwm2mClient`] machines, each on its own loopback socket) register with the external
-//!   server; steps that need our server's API are not applicable.
+//!   server; what steps ask of the server (operations, registrations, events) goes through
+//!   its [`ServerAdapter`] (`--server-api`, [`super::adapter`]), off the stepping thread;
+//!   what the adapter lacks, or without one, is not applicable.
 //!
 //! Both record every real datagram in the [`ExchangeLog`] (the drivers' packet tap, or the
 //! clients' sockets). Time is real: [`Backend::step`] blocks until something is reported
@@ -21,6 +23,17 @@
 //! CoAP over DTLS, with the device's PSK (`LWM2M_HARNESS_DEVICE_PSK=IDENTITY:HEXKEY`) or
 //! certificates (`LWM2M_HARNESS_CERT`, `LWM2M_HARNESS_CERT_KEY`, `LWM2M_HARNESS_CA`), and
 //! the exchange log shows each record with the CoAP inside (`device_dtls`).
+//!
+//! A device the harness starts (`--device-cmd`, [`super::device`]): our servers listen on
+//! loopback free ports (unless the variables below say otherwise) and do not wait; the
+//! device starts when a case starts its client, and the case waits (bounded) for its
+//! Register. Its process exiting during a case is a reboot if the case executed /3/0/4;
+//! either way the harness starts it again. A template with `{psk_identity}`/`{psk_key}`
+//! gets a DTLS listener and a PSK generated from the seed, and the PSK cases (int-401,
+//! core-7.1.8) start it with the case's own identity and key (our listener's events are
+//! the handshakes the steps wait for); one with `{bootstrap_uri}` and
+//! no `{server_uri}` bootstraps from our Bootstrap Server, which gives it an account on our
+//! LwM2M Server unless the case gives its own configuration.
 //!
 //! What it does not do: DTLS for the server subject, TCP; the DTLS cases of the suite
 //! (they give both sides credentials of their own); a Bootstrap Server under test (the server subject
@@ -39,19 +52,23 @@ use std::time::{Duration, Instant};
 
 use lwm2m_proto::Lwm2mPath;
 use lwm2m_proto::bootstrap::{BootstrapConfig, BootstrapError};
-use lwm2m_proto::client::{ClientEvent, Lwm2mClient};
+use lwm2m_proto::client::{ClientEvent, ClientState, Lwm2mClient};
 use lwm2m_proto::coap::Packet;
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{ObservationId, OpError, OpId, Operation, Registration, ServerEvent};
 use lwm2m_server::store::{BootstrapDoc, BootstrapStore, ConfigKey, FileBootstrapStore};
 use lwm2m_server::{
-    BootstrapHandle, BootstrapOptions, DriverError, Event, ServerHandle, ServerOptions,
+    BootstrapHandle, BootstrapOptions, DriverError, Event, SecurityEvent, ServerHandle,
+    ServerOptions,
 };
 use lwm2m_simulator::NetworkModel;
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc};
 
-use super::backend::{Backend, Capability, ClientAction, ClientSpec, Happening, Subject, Timed};
+use super::adapter::{Feature, RegistrationView, ServerAdapter};
+use super::backend::{
+    Backend, Capability, ClientAction, ClientSpec, Happening, ServerView, Subject, Timed,
+};
 use super::exchange::{ExchangeLog, Peer};
 use super::world::not_applicable;
 
@@ -120,7 +137,15 @@ struct DeviceServers {
     bootstrap: BootstrapHandle,
     store: Arc<FileBootstrapStore>,
     tap: Arc<Tap>,
+    /// The DTLS listener's security store, if our LwM2M Server has one.
+    security: Option<Arc<lwm2m_server::store::FileSecurityStore>>,
 }
+
+/// The type of the DTLS settings with the security store they read.
+type DeviceDtls = (
+    lwm2m_server::DtlsOptions,
+    Arc<lwm2m_server::store::FileSecurityStore>,
+);
 
 fn device_servers(
     endpoint: &str,
@@ -139,16 +164,30 @@ fn device_servers(
 /// `LWM2M_HARNESS_CERT`, `LWM2M_HARNESS_CERT_KEY` (our server's chain and PKCS#8 key) and
 /// `LWM2M_HARNESS_CA` (the anchors of the device's certificate, whose CN must be its
 /// endpoint name); PEM or DER files.
-fn device_dtls(endpoint: &str) -> Result<Option<lwm2m_server::DtlsOptions>, String> {
+///
+/// A launched device whose template names a PSK ([`super::device`]) gets the listener
+/// (on `LWM2M_HARNESS_COAPS_BIND`, else a free loopback port) with its generated PSK.
+fn device_dtls(endpoint: &str) -> Result<Option<DeviceDtls>, String> {
     use lwm2m_server::store::{Credentials, FileSecurityStore, SecurityInfo, SecurityStore as _};
-    let Ok(bind) = std::env::var("LWM2M_HARNESS_COAPS_BIND") else {
-        return Ok(None);
+    let launched_psk = super::device::with(|l| l.psk()).flatten();
+    let bind = match std::env::var("LWM2M_HARNESS_COAPS_BIND") {
+        Ok(bind) => bind,
+        Err(_) if launched_psk.is_some() => "127.0.0.1:0".to_owned(),
+        Err(_) => return Ok(None),
     };
     let bind: SocketAddr = bind
         .parse()
         .map_err(|e| format!("LWM2M_HARNESS_COAPS_BIND={bind:?}: {e}"))?;
     let security = FileSecurityStore::in_memory();
-    if let Ok(psk) = std::env::var("LWM2M_HARNESS_DEVICE_PSK") {
+    if let Some((identity, key)) = launched_psk {
+        let key: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        security
+            .put(SecurityInfo {
+                endpoint: endpoint.to_owned(),
+                credentials: Credentials::Psk { identity, key },
+            })
+            .map_err(|e| format!("the launched device's PSK: {e}"))?;
+    } else if let Ok(psk) = std::env::var("LWM2M_HARNESS_DEVICE_PSK") {
         let (identity, key) = psk
             .rsplit_once(':')
             .filter(|(_, k)| lwm2m_proto::value::parse_hex(k).is_some_and(|k| !k.is_empty()))
@@ -181,23 +220,34 @@ fn device_dtls(endpoint: &str) -> Result<Option<lwm2m_server::DtlsOptions>, Stri
             );
         }
     };
-    let mut options = lwm2m_server::DtlsOptions::new(bind, Arc::new(security));
+    let security = Arc::new(security);
+    let mut options = lwm2m_server::DtlsOptions::new(bind, security.clone());
     options.certificate = certificate;
-    Ok(Some(options))
+    Ok(Some((options, security)))
 }
 
 fn start_device_servers(endpoint: &str, registry: Arc<Registry>) -> Result<DeviceServers, String> {
     let rt = runtime()?;
     let tap = Arc::new(Tap::default());
     let store = Arc::new(FileBootstrapStore::in_memory(BootstrapDoc::default()));
+    // A device the harness starts runs on this machine: loopback unless told otherwise.
+    let launched = super::device::launch().is_some();
+    let default_bind = |name: &str| {
+        if launched && std::env::var(name).is_err() {
+            Ok(SocketAddr::from(([127, 0, 0, 1], 0)))
+        } else {
+            env_addr(name)
+        }
+    };
     let (bind, bootstrap_bind) = (
-        env_addr("LWM2M_HARNESS_BIND")?,
-        env_addr("LWM2M_HARNESS_BOOTSTRAP_BIND")?,
+        default_bind("LWM2M_HARNESS_BIND")?,
+        default_bind("LWM2M_HARNESS_BOOTSTRAP_BIND")?,
     );
     let _guard = rt.enter();
     let mut options = ServerOptions::new(bind, registry);
     options.tap = Some(tap.clone());
-    options.dtls = device_dtls(endpoint)?;
+    let (dtls, security) = device_dtls(endpoint)?.unzip();
+    options.dtls = dtls;
     let server = lwm2m_server::start_server(options)
         .map_err(|e| format!("cannot start our LwM2M Server on {bind}: {e}"))?;
     let mut options = BootstrapOptions::new(bootstrap_bind, store.clone());
@@ -205,9 +255,8 @@ fn start_device_servers(endpoint: &str, registry: Arc<Registry>) -> Result<Devic
     let bootstrap = lwm2m_server::start_bootstrap(options)
         .map_err(|e| format!("cannot start our Bootstrap Server on {bootstrap_bind}: {e}"))?;
     let wait = env_secs("LWM2M_HARNESS_DEVICE_WAIT").unwrap_or(DEVICE_WAIT);
-    eprintln!(
-        "lwm2m-harness: LwM2M Server listening on coap://{}{}, Bootstrap Server on coap://{}; \
-         waiting up to {wait:?} for device {endpoint:?} to register",
+    let listening = format!(
+        "lwm2m-harness: LwM2M Server listening on coap://{}{}, Bootstrap Server on coap://{}",
         server.local_addr(),
         server
             .dtls_addr()
@@ -215,6 +264,18 @@ fn start_device_servers(endpoint: &str, registry: Arc<Registry>) -> Result<Devic
             .unwrap_or_default(),
         bootstrap.local_addr()
     );
+    if launched {
+        // The harness starts the device when a case starts its client.
+        eprintln!("{listening}; the harness starts device {endpoint:?}");
+        return Ok(DeviceServers {
+            server,
+            bootstrap,
+            store,
+            tap,
+            security,
+        });
+    }
+    eprintln!("{listening}; waiting up to {wait:?} for device {endpoint:?} to register");
     let deadline = Instant::now() + wait;
     let mut events = server.subscribe();
     while server.registrations().get(endpoint).is_none() {
@@ -237,6 +298,7 @@ fn start_device_servers(endpoint: &str, registry: Arc<Registry>) -> Result<Devic
         bootstrap,
         store,
         tap,
+        security,
     })
 }
 
@@ -255,6 +317,29 @@ pub struct DeviceBackend {
     next_op: u64,
     /// The scenario's name for the device (the first client a scenario adds).
     alias: Option<String>,
+    /// The harness starts the device ([`super::device`]).
+    launched: bool,
+    /// The placeholders of the device's last start in this scenario (to start it again
+    /// after it exits).
+    started_with: Option<super::device::Placeholders>,
+    /// The scenario gave our Bootstrap Server a configuration for the device.
+    bootstrap_configured: bool,
+    /// The scenario executed Reboot (/3/0/4) and the device has not shown it rebooted.
+    reboot_pending: bool,
+    /// The PSK identity and key the scenario gives the launched device (instead of its
+    /// generated ones).
+    case_psk: Option<(Vec<u8>, Vec<u8>)>,
+    /// The DTLS sessions our LwM2M Server established.
+    sessions: Arc<std::sync::Mutex<Sessions>>,
+}
+
+/// The DTLS sessions of our LwM2M Server with the device.
+#[derive(Debug, Default)]
+struct Sessions {
+    /// Identity by client address.
+    identities: HashMap<SocketAddr, lwm2m_dtls::Identity>,
+    /// The address of the latest session.
+    last: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for DeviceBackend {
@@ -280,6 +365,8 @@ impl DeviceBackend {
         let mut events = servers.server.subscribe();
         let mut bootstrap_events = servers.bootstrap.subscribe();
         let device = endpoint.clone();
+        let sessions: Arc<std::sync::Mutex<Sessions>> = Arc::default();
+        let known = sessions.clone();
         rt.spawn(async move {
             loop {
                 // Ends with the scenario (its backend drops the receiver).
@@ -307,6 +394,19 @@ impl DeviceBackend {
                     }
                     Event::Server(e) => vec![Happening::Server(e.clone())],
                     Event::Bootstrap(e) => vec![Happening::Bootstrap(e.clone())],
+                    Event::Security(role, e) => {
+                        if let SecurityEvent::Established { peer, identity } = e {
+                            let mut known = known
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            known.identities.insert(*peer, parse_identity(identity));
+                            known.last = Some(*peer);
+                        }
+                        device_dtls_happening(&device, *role, e)
+                            .map(Happening::Dtls)
+                            .into_iter()
+                            .collect()
+                    }
                     _ => Vec::new(),
                 };
                 for h in happenings {
@@ -328,6 +428,12 @@ impl DeviceBackend {
             rx,
             next_op: 0,
             alias: None,
+            launched: super::device::launch().is_some(),
+            started_with: None,
+            bootstrap_configured: false,
+            reboot_pending: false,
+            case_psk: None,
+            sessions,
         })
     }
 
@@ -335,12 +441,52 @@ impl DeviceBackend {
         at.saturating_duration_since(self.t0)
     }
 
+    /// A launched device's evidence that it rebooted after Execute /3/0/4: its process
+    /// exited, it de-registered, or it registered anew.
+    fn rebooted(&mut self, at: Duration) {
+        if std::mem::take(&mut self.reboot_pending) {
+            self.happenings.push_back(Timed {
+                at,
+                happening: Happening::Client {
+                    endpoint: self.device.clone(),
+                    event: ClientEvent::Rebooting,
+                },
+            });
+        }
+    }
+
+    /// A launched device whose process exited during the scenario is started again (a
+    /// Reboot that ends the process, or a crash).
+    fn watch_process(&mut self) {
+        if !self.launched {
+            return;
+        }
+        let Some(Some(exit)) = super::device::with(|l| l.poll_exit()) else {
+            return;
+        };
+        let at = self.now();
+        self.log.note(at, &exit);
+        self.rebooted(at);
+        if let Some(values) = self.started_with.clone() {
+            let restarted = super::device::with(|l| l.start(&values).map_err(|e| format!("{e:#}")));
+            let note = match restarted {
+                Some(Ok(pid)) => format!("the harness started the device again (process {pid})"),
+                Some(Err(e)) => format!("the harness could not start the device again: {e}"),
+                None => "the device's launcher is gone".to_owned(),
+            };
+            self.log.note(at, &note);
+        }
+    }
+
     /// Moves the tapped datagrams and the reported happenings in.
     fn drain(&mut self) {
+        self.watch_process();
         let server = self.servers.server.local_addr();
         let dtls = self.servers.server.dtls_addr();
         let bootstrap = self.servers.bootstrap.local_addr();
-        for raw in self.servers.tap.take() {
+        // A received DTLS record's plaintext follows its datagram: leave the newest
+        // undecrypted ones for the next drain.
+        for raw in self.servers.tap.take_settled(Duration::from_millis(100)) {
             let inner = raw.plaintext.first().map(|p| &p[..]);
             let (raw_from, raw_to) = (raw.src, raw.dst);
             let name = |a: SocketAddr| {
@@ -373,8 +519,234 @@ impl DeviceBackend {
         }
         while let Ok((at, happening)) = self.rx.try_recv() {
             let at = self.elapsed(at);
-            self.happenings.push_back(Timed { at, happening });
+            self.arrived(at, happening);
         }
+    }
+
+    /// A happening from the servers: a launched device's Register is noted by its
+    /// launcher, and its De-register or new Register after a Reboot is the reboot.
+    fn arrived(&mut self, at: Duration, happening: Happening) {
+        if self.launched {
+            match &happening {
+                Happening::Server(ServerEvent::Registered {
+                    registration,
+                    replaced,
+                }) if registration.endpoint == self.device => {
+                    let announced = registration.clone();
+                    super::device::with(|l| l.remember(announced));
+                    if replaced.is_some() {
+                        self.rebooted(at);
+                    }
+                }
+                Happening::Server(ServerEvent::Deregistered { registration })
+                    if registration.endpoint == self.device =>
+                {
+                    self.rebooted(at);
+                }
+                _ => {}
+            }
+        }
+        self.happenings.push_back(Timed { at, happening });
+    }
+
+    /// The values of the placeholders for a start of the launched device.
+    fn placeholders(&self) -> super::device::Placeholders {
+        let plain = self.servers.server.local_addr();
+        let psk = match &self.case_psk {
+            Some((identity, key)) => {
+                Some((String::from_utf8_lossy(identity).into_owned(), key.clone()))
+            }
+            None => super::device::with(|l| l.psk()).flatten(),
+        };
+        let server = match (&psk, self.servers.server.dtls_addr()) {
+            (Some(_), Some(dtls)) => dtls,
+            _ => plain,
+        };
+        let host = |a: SocketAddr| {
+            if a.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                a.ip().to_string()
+            }
+        };
+        let scheme = if psk.is_some() { "coaps" } else { "coap" };
+        let bootstrap = self.servers.bootstrap.local_addr();
+        let (psk_identity, psk_key) = psk.map_or_else(Default::default, |(identity, key)| {
+            (identity, key.iter().map(|b| format!("{b:02x}")).collect())
+        });
+        super::device::Placeholders {
+            endpoint: self.device.clone(),
+            server_host: host(server),
+            server_port: server.port(),
+            server_uri: format!("{scheme}://{}:{}", host(server), server.port()),
+            bootstrap_uri: format!("coap://{}:{}", host(bootstrap), bootstrap.port()),
+            local_port: super::device::free_udp_port(),
+            psk_identity,
+            psk_key,
+        }
+    }
+
+    /// The configuration our Bootstrap Server gives a bootstrap-only launched device when
+    /// the case gives none: an account on our LwM2M Server (NoSec, or its PSK over DTLS).
+    fn default_bootstrap_config(&self) -> BootstrapConfig {
+        use lwm2m_proto::bootstrap::{SecurityInstance, SecurityMode, ServerInstance};
+        let values = self.placeholders();
+        let (mode, identity, secret_key) = if values.psk_identity.is_empty() {
+            (SecurityMode::NoSec, String::new(), String::new())
+        } else {
+            (SecurityMode::Psk, values.psk_identity, values.psk_key)
+        };
+        BootstrapConfig {
+            delete: vec![Lwm2mPath::object(0), Lwm2mPath::object(1)],
+            security: BTreeMap::from([(
+                0,
+                SecurityInstance {
+                    uri: values.server_uri,
+                    bootstrap_server: false,
+                    mode,
+                    identity,
+                    server_public_key: String::new(),
+                    secret_key,
+                    short_server_id: Some(1),
+                    client_hold_off: None,
+                    bootstrap_account_timeout: None,
+                },
+            )]),
+            servers: BTreeMap::from([(
+                0,
+                ServerInstance {
+                    short_server_id: 1,
+                    lifetime: 86400,
+                    default_min_period: None,
+                    default_max_period: None,
+                    notification_storing: false,
+                    binding: "U".to_owned(),
+                },
+            )]),
+            ..BootstrapConfig::default()
+        }
+    }
+
+    /// Starts the launched device for this scenario, or finds it running; with a device
+    /// that is given a server account, waits (bounded) for its Register.
+    fn start_launched(&mut self) -> anyhow::Result<()> {
+        use super::device;
+        if let Some(reason) = device::with(|l| l.given_up()).flatten() {
+            anyhow::bail!(reason);
+        }
+        let bootstrap_only = device::launch().is_some_and(|l| l.bootstrap_only());
+        let started = device::with(device::Launcher::started_at).flatten();
+        if let Some(started) = started {
+            // Kept from an earlier case (--device-restart per-feature or never).
+            let fresh = self
+                .registration(&self.device.clone())
+                .is_some_and(|r| r.registered_at >= started);
+            if fresh {
+                return self.announce_registration();
+            }
+        } else {
+            if bootstrap_only && !self.bootstrap_configured {
+                let config = self.default_bootstrap_config();
+                let key = ConfigKey::Endpoint(self.device.clone());
+                self.servers.store.put(key, config).map_err(|e| {
+                    anyhow::anyhow!("our bootstrap store refused the device's configuration: {e}")
+                })?;
+            }
+            if self.case_psk.is_none()
+                && let (Some(security), Some(Some((identity, key)))) =
+                    (&self.servers.security, device::with(|l| l.psk()))
+            {
+                // An earlier case may have given the device other credentials.
+                use lwm2m_server::store::{Credentials, SecurityInfo, SecurityStore as _};
+                security
+                    .put(SecurityInfo {
+                        endpoint: self.device.clone(),
+                        credentials: Credentials::Psk {
+                            identity,
+                            key: key.iter().map(|b| format!("{b:02x}")).collect(),
+                        },
+                    })
+                    .map_err(|e| anyhow::anyhow!("the device's PSK: {e}"))?;
+            }
+            // A fresh device: our server forgets the registration of its previous process.
+            self.servers.server.registrations().remove(&self.device);
+            let values = self.placeholders();
+            let pid = device::with(|l| l.start(&values))
+                .ok_or_else(|| anyhow::anyhow!("the device's launcher is gone"))??;
+            let at = self.now();
+            self.log.note(
+                at,
+                &format!("the harness started the device (process {pid})"),
+            );
+            self.started_with = Some(values);
+        }
+        if bootstrap_only || self.case_psk.is_some() {
+            // Its Bootstrap-Request, handshake and Register (or their failure, with the
+            // case's credentials) are what the case's steps wait for.
+            device::with(device::Launcher::excuse_silence);
+            return Ok(());
+        }
+        let wait = device::launch().map_or(DEVICE_WAIT, |l| l.register_wait);
+        let started = device::with(device::Launcher::started_at)
+            .flatten()
+            .unwrap_or_else(Instant::now);
+        let deadline = Instant::now() + wait;
+        loop {
+            self.drain();
+            let registered = self
+                .registration(&self.device.clone())
+                .is_some_and(|r| r.registered_at >= started);
+            if registered {
+                device::with(device::Launcher::registered);
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let exited = device::with(|l| l.pid()).flatten().is_none();
+                anyhow::bail!(
+                    "the device under test did not register with our LwM2M Server within \
+                     {wait:?} of its start{} (its output is linked from this case)",
+                    if exited { "; its process exited" } else { "" }
+                );
+            }
+            // Any event is a reason to look at the store again.
+            let until = (Instant::now() + Duration::from_millis(200)).min(deadline);
+            if let Some((at, happening)) = block_until(&mut self.rx, until) {
+                let at = self.elapsed(at);
+                self.arrived(at, happening);
+            }
+        }
+    }
+
+    /// The device's current registration stands for this scenario's: it is reported as a
+    /// Register the scenario saw.
+    fn announce_registration(&mut self) -> anyhow::Result<()> {
+        self.drain();
+        let endpoint = self.device.clone();
+        if let Some(registration) = self.registration(&endpoint) {
+            let at = self.now();
+            self.log.note(
+                at,
+                &format!(
+                    "{} registered as {} before this scenario; its registration is \
+                     checked as it stands",
+                    self.device, registration.id
+                ),
+            );
+            let id = registration.id.clone();
+            let registered = Happening::Server(ServerEvent::Registered {
+                registration,
+                replaced: None,
+            });
+            self.happenings.push_back(Timed {
+                at,
+                happening: registered,
+            });
+            self.happenings.push_back(Timed {
+                at,
+                happening: device_registered(&endpoint, &id),
+            });
+        }
+        Ok(())
     }
 
     /// The device's endpoint for a scenario's client name.
@@ -415,6 +787,71 @@ fn describe(action: &ClientAction) -> String {
     }
 }
 
+/// An identity as our servers' events show it (`psk:IDENTITY`, `cn:NAME`).
+fn parse_identity(text: &str) -> lwm2m_dtls::Identity {
+    match text.strip_prefix("cn:") {
+        Some(cn) => lwm2m_dtls::Identity::Certificate(cn.into()),
+        None => {
+            lwm2m_dtls::Identity::Psk(text.strip_prefix("psk:").unwrap_or(text).as_bytes().into())
+        }
+    }
+}
+
+/// A handshake failure as our servers' events show it (the reason's Debug name).
+fn parse_failure(text: &str) -> lwm2m_dtls::FailureReason {
+    use lwm2m_dtls::FailureReason as F;
+    match text {
+        "UnknownIdentity" => F::UnknownIdentity,
+        "WrongKey" => F::WrongKey,
+        "Timeout" => F::Timeout,
+        "Superseded" => F::Superseded,
+        other => F::Protocol(other.to_owned()),
+    }
+}
+
+/// What our server's DTLS listener reported, as the steps read it: the device under test
+/// is the one client of the run, so every session is its.
+fn device_dtls_happening(
+    device: &str,
+    role: lwm2m_server::Role,
+    event: &SecurityEvent,
+) -> Option<super::backend::DtlsHappening> {
+    use super::backend::{DtlsHappening as D, DtlsSide, ServerRole};
+    let server = match role {
+        lwm2m_server::Role::Bootstrap => ServerRole::Bootstrap,
+        _ => ServerRole::Lwm2m,
+    };
+    let endpoint = device.to_owned();
+    Some(match event {
+        SecurityEvent::Established { identity, .. } => D::Established {
+            endpoint,
+            server,
+            identity: parse_identity(identity),
+        },
+        SecurityEvent::HandshakeFailed {
+            identity, reason, ..
+        } => D::HandshakeFailed {
+            endpoint,
+            server,
+            side: DtlsSide::Server,
+            identity: identity.as_deref().map(parse_identity),
+            reason: parse_failure(reason),
+        },
+        SecurityEvent::IdentityMismatch {
+            identity,
+            endpoint: claimed,
+            owner,
+        } => D::Refused {
+            client: endpoint,
+            server,
+            identity: parse_identity(identity),
+            endpoint: claimed.clone(),
+            owner: owner.clone(),
+        },
+        _ => return None,
+    })
+}
+
 /// Waits on `rx` until something arrives or `until` (an instant) passes.
 fn block_until<T>(rx: &mut mpsc::UnboundedReceiver<T>, until: Instant) -> Option<T> {
     let left = until.saturating_duration_since(Instant::now());
@@ -430,12 +867,19 @@ impl Backend for DeviceBackend {
     }
 
     fn supports(&self, capability: Capability) -> Result<(), String> {
+        let launched_psk = self.launched
+            && self.servers.security.is_some()
+            && self.servers.server.dtls_addr().is_some()
+            && super::device::launch().is_some_and(|l| l.uses_psk());
         match capability {
             Capability::VirtualTime => Err("the device runs in real time".to_owned()),
+            // The harness starts the device with the case's PSK ({psk_identity}, {psk_key}).
+            Capability::Dtls if launched_psk => Ok(()),
             Capability::Dtls | Capability::RawPublicKey => Err(
                 "the DTLS cases give both sides credentials of their own and the device has \
                  its own (with LWM2M_HARNESS_COAPS_BIND the other cases run over the device's \
-                 DTLS session); they run in process"
+                 DTLS session); they run in process, or against a device the harness starts \
+                 with {psk_identity} and {psk_key} in its --device-cmd"
                     .to_owned(),
             ),
             Capability::Tcp => Err("CoAP over TCP (RFC 8323) is not implemented".to_owned()),
@@ -462,9 +906,15 @@ impl Backend for DeviceBackend {
         if !self.happenings.is_empty() {
             return;
         }
-        if let Some((at, happening)) = block_until(&mut self.rx, self.t0 + until) {
+        // A launched device's process is watched at least every half second.
+        let limit = if self.launched {
+            (Instant::now() + Duration::from_millis(500)).min(self.t0 + until)
+        } else {
+            self.t0 + until
+        };
+        if let Some((at, happening)) = block_until(&mut self.rx, limit) {
             let at = self.elapsed(at);
-            self.happenings.push_back(Timed { at, happening });
+            self.arrived(at, happening);
         }
         self.drain();
     }
@@ -500,6 +950,9 @@ impl Backend for DeviceBackend {
 
     fn request(&mut self, endpoint: &str, operation: Operation) -> Result<OpId, OpError> {
         let endpoint = self.resolve(endpoint).to_owned();
+        if let Operation::Execute { path, .. } = &operation {
+            self.reboot_pending |= *path == Lwm2mPath::resource(3, 0, 4);
+        }
         self.next_op += 1;
         let op = OpId(self.next_op);
         let name = operation.name();
@@ -574,6 +1027,7 @@ impl Backend for DeviceBackend {
                 "our bootstrap store refused the configuration: {e}"
             ));
         }
+        self.bootstrap_configured = true;
     }
 
     fn start_bootstrap(&mut self, endpoint: &str) -> Result<(), BootstrapError> {
@@ -601,39 +1055,13 @@ impl Backend for DeviceBackend {
         Ok(())
     }
 
-    fn client_action(&mut self, endpoint: &str, action: ClientAction) -> anyhow::Result<()> {
+    fn client_action(&mut self, _endpoint: &str, action: ClientAction) -> anyhow::Result<()> {
         match action {
-            ClientAction::Start => {
-                // The device registered by itself (before or during this scenario): its
-                // current registration stands for this scenario's.
-                self.drain();
-                if let Some(registration) = self.registration(endpoint) {
-                    let at = self.now();
-                    self.log.note(
-                        at,
-                        &format!(
-                            "{} registered as {} before this scenario; its registration is \
-                             checked as it stands",
-                            self.device, registration.id
-                        ),
-                    );
-                    let id = registration.id.clone();
-                    let registered = Happening::Server(ServerEvent::Registered {
-                        registration,
-                        replaced: None,
-                    });
-                    let device = self.device.clone();
-                    self.happenings.push_back(Timed {
-                        at,
-                        happening: registered,
-                    });
-                    self.happenings.push_back(Timed {
-                        at,
-                        happening: device_registered(&device, &id),
-                    });
-                }
-                Ok(())
-            }
+            // The harness starts the device for the scenario.
+            ClientAction::Start if self.launched => self.start_launched(),
+            // The device registered by itself (before or during this scenario): its
+            // current registration stands for this scenario's.
+            ClientAction::Start => self.announce_registration(),
             other => not_applicable(format!(
                 "the step makes the client act ({}): {DEVICE_NOT_OURS}",
                 describe(&other)
@@ -653,13 +1081,109 @@ impl Backend for DeviceBackend {
         ))
     }
 
+    /// Where the server hears the device: its registration's address, else (a DTLS
+    /// session whose Register was refused) the latest session's.
     fn public_address(&self, endpoint: &str) -> Option<SocketAddr> {
-        self.registration(endpoint).map(|r| r.address)
+        self.registration(endpoint).map(|r| r.address).or_else(|| {
+            self.sessions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .last
+        })
+    }
+
+    fn secure_address(&self, role: super::backend::ServerRole) -> Option<SocketAddr> {
+        match role {
+            super::backend::ServerRole::Lwm2m => self.servers.server.dtls_addr(),
+            super::backend::ServerRole::Bootstrap => None,
+        }
+    }
+
+    fn forget_dtls_sessions(&mut self, _role: super::backend::ServerRole) -> anyhow::Result<()> {
+        not_applicable("our network LwM2M Server cannot be told to forget its DTLS sessions")
+    }
+
+    fn add_psk(
+        &mut self,
+        role: super::backend::ServerRole,
+        endpoint: &str,
+        identity: &[u8],
+        key: &[u8],
+    ) -> anyhow::Result<()> {
+        use lwm2m_server::store::{Credentials, SecurityInfo, SecurityStore as _};
+        let (super::backend::ServerRole::Lwm2m, Some(security)) = (role, &self.servers.security)
+        else {
+            not_applicable(format!(
+                "the {role}'s security store is not reachable for a device under test"
+            ));
+        };
+        let endpoint = self.resolve(endpoint).to_owned();
+        security
+            .put(SecurityInfo {
+                endpoint,
+                credentials: Credentials::Psk {
+                    identity: String::from_utf8_lossy(identity).into_owned(),
+                    key: key.iter().map(|b| format!("{b:02x}")).collect(),
+                },
+            })
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!("our security store refused the PSK: {e}"))
+    }
+
+    fn secure_client(
+        &mut self,
+        _endpoint: &str,
+        role: super::backend::ServerRole,
+        account: super::secure::SecureAccount,
+    ) -> anyhow::Result<()> {
+        match (role, account) {
+            (
+                super::backend::ServerRole::Lwm2m,
+                super::secure::SecureAccount::Psk { identity, key },
+            ) if self.launched => {
+                self.case_psk = Some((identity, key));
+                Ok(())
+            }
+            (role, account) => not_applicable(format!(
+                "the case gives the device {account:?} towards the {role}; the device's \
+                 template carries a PSK towards the LwM2M Server only"
+            )),
+        }
+    }
+
+    fn secure_identity(&self, endpoint: &str) -> Option<lwm2m_dtls::Identity> {
+        let address = self.registration(endpoint)?.address;
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .identities
+            .get(&address)
+            .cloned()
     }
 }
 
 /// A datagram a simulated client's socket received.
 type Received = (usize, Instant, SocketAddr, Vec<u8>);
+
+/// The address of a `coap://HOST:PORT` URI.
+fn coap_address(uri: &str) -> Result<SocketAddr, String> {
+    let authority = uri
+        .strip_prefix("coap://")
+        .ok_or_else(|| format!("{uri:?}: only coap:// (NoSec over UDP) is supported"))?
+        .trim_end_matches('/');
+    std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .map_err(|e| format!("{uri:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{uri:?}: no address"))
+}
+
+/// What reaches the server backend's stepping loop: a datagram for a client, or something
+/// the server under test reported through its adapter (an event, an operation's outcome).
+#[derive(Debug)]
+enum Input {
+    Datagram(Received),
+    Server(Instant, Box<Happening>),
+}
 
 /// A simulated client on a real socket.
 struct NetClient {
@@ -676,10 +1200,17 @@ pub struct ServerBackend {
     t0: Instant,
     clients: Vec<NetClient>,
     by_name: HashMap<String, usize>,
-    tx: mpsc::UnboundedSender<Received>,
-    rx: mpsc::UnboundedReceiver<Received>,
+    tx: mpsc::UnboundedSender<Input>,
+    rx: mpsc::UnboundedReceiver<Input>,
     log: ExchangeLog,
     happenings: VecDeque<Timed>,
+    /// What drives the server under test, if anything does (`--server-api`).
+    adapter: Option<Arc<dyn ServerAdapter>>,
+    /// The Bootstrap Server under test (`--bootstrap-server`), and what drives it.
+    bootstrap: Option<(SocketAddr, Option<Arc<dyn ServerAdapter>>)>,
+    /// The bootstrap configurations this scenario stored there (removed at its end).
+    stored_configs: Vec<String>,
+    next_op: u64,
 }
 
 impl std::fmt::Debug for ServerBackend {
@@ -693,21 +1224,45 @@ impl std::fmt::Debug for ServerBackend {
 
 impl ServerBackend {
     /// A backend for the server `subject` names (`coap://HOST:PORT`), no clients yet (their
-    /// CoAP ids come from the scenario seed in their [`ClientSpec`]).
-    pub fn open(subject: &Subject) -> Result<Self, String> {
-        let Subject::Server { uri } = subject else {
+    /// CoAP ids come from the scenario seed in their [`ClientSpec`]); with an adapter
+    /// (`api`), subscribed to the server's events from now on.
+    pub fn open(subject: &Subject, registry: Arc<Registry>) -> Result<Self, String> {
+        let Subject::Server {
+            uri,
+            api,
+            bootstrap,
+            bootstrap_api,
+        } = subject
+        else {
             return Err(format!("{} is not a server", subject.id()));
         };
-        let authority = uri
-            .strip_prefix("coap://")
-            .ok_or_else(|| format!("{uri:?}: only coap:// (NoSec over UDP) is supported"))?
-            .trim_end_matches('/');
-        let server = std::net::ToSocketAddrs::to_socket_addrs(authority)
-            .map_err(|e| format!("{uri:?}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{uri:?}: no address"))?;
+        let server = coap_address(uri)?;
         runtime()?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let subscribed = |spec: &str| -> Result<Arc<dyn ServerAdapter>, String> {
+            let adapter = super::adapter::open(spec, registry.clone())?;
+            let events = tx.clone();
+            adapter
+                .subscribe(Box::new(move |e| {
+                    events
+                        .send(Input::Server(Instant::now(), Box::new(e)))
+                        .is_ok()
+                }))
+                .map_err(|e| e.to_string())?;
+            Ok(adapter)
+        };
+        let adapter = api.as_deref().map(subscribed).transpose()?;
+        let bootstrap = match bootstrap {
+            Some(b) => {
+                let driver = match (bootstrap_api, &adapter) {
+                    // Another API: its events too.
+                    (Some(spec), _) if Some(spec) != api.as_ref() => Some(subscribed(spec)?),
+                    (_, a) => a.clone(),
+                };
+                Some((coap_address(b)?, driver))
+            }
+            None => None,
+        };
         Ok(Self {
             subject: subject.clone(),
             server,
@@ -718,7 +1273,33 @@ impl ServerBackend {
             rx,
             log: ExchangeLog::default(),
             happenings: VecDeque::new(),
+            adapter,
+            bootstrap,
+            stored_configs: Vec::new(),
+            next_op: 0,
         })
+    }
+
+    /// The adapter, if it offers `feature`; else the case is not applicable (`what` the
+    /// step does, in words).
+    fn adapter_for(&self, feature: Feature, what: &str) -> &Arc<dyn ServerAdapter> {
+        let Some(adapter) = &self.adapter else {
+            not_applicable(format!("{what}: {SERVER_NOT_OURS} (no --server-api)"));
+        };
+        if let Err(why) = adapter.info().offers(feature) {
+            not_applicable(format!("{what}: {why}"));
+        }
+        adapter
+    }
+
+    /// The server's registration of `endpoint` through the adapter.
+    fn registration_view(&self, endpoint: &str, what: &str) -> Option<RegistrationView> {
+        let adapter = self.adapter_for(Feature::Registrations, what);
+        match adapter.registration(endpoint) {
+            Ok(v) => v,
+            // The server under test could not be asked: the step fails, with why.
+            Err(e) => panic!("{what}: {e}"),
+        }
     }
 
     fn elapsed(&self, at: Instant) -> Duration {
@@ -747,7 +1328,16 @@ impl ServerBackend {
                 let client = &self.clients[i];
                 let at = self.elapsed(Instant::now());
                 let to = self.peer_name(t.peer);
-                if let Err(e) = client.socket.try_send_to(&t.bytes, t.peer) {
+                // A socket whose writability the reactor has not seen yet says WouldBlock:
+                // then wait for it (briefly) instead of losing the datagram to a CoAP
+                // retransmission 2-3 s later.
+                let sent = match client.socket.try_send_to(&t.bytes, t.peer) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => runtime()
+                        .map_err(std::io::Error::other)
+                        .and_then(|rt| rt.block_on(client.socket.send_to(&t.bytes, t.peer))),
+                    other => other,
+                };
+                if let Err(e) = sent {
                     self.log
                         .note(at, &format!("{} could not send: {e}", client.name));
                 }
@@ -774,6 +1364,19 @@ impl ServerBackend {
                         endpoint: self.clients[i].name.clone(),
                         event,
                     },
+                });
+            }
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        match input {
+            Input::Datagram(d) => self.deliver(d),
+            Input::Server(at, happening) => {
+                let at = self.elapsed(at);
+                self.happenings.push_back(Timed {
+                    at,
+                    happening: *happening,
                 });
             }
         }
@@ -828,11 +1431,28 @@ impl Backend for ServerBackend {
             Capability::Smartcard => {
                 Err("simulated clients have no smartcard (Core TS 1.1 §5.2.4)".to_owned())
             }
-            Capability::Disable
-            | Capability::BootstrapTrigger
-            | Capability::MuteSend
-            | Capability::ServerInitiatedBootstrap
-            | Capability::ReadWithoutAccept => Err(SERVER_NOT_OURS.to_owned()),
+            // Our simulated clients do these when the server executes or writes the
+            // resource: what the case needs is that operation of the server under test.
+            Capability::Disable | Capability::BootstrapTrigger | Capability::MuteSend => {
+                match &self.adapter {
+                    Some(a) => a
+                        .info()
+                        .offers(Feature::Execute)
+                        .and_then(|()| a.info().offers(Feature::Write)),
+                    None => Err(SERVER_NOT_OURS.to_owned()),
+                }
+            }
+            Capability::ServerInitiatedBootstrap => Err(format!(
+                "no Bootstrap Server of ours runs against a server under test \
+                 ({SERVER_NOT_OURS})"
+            )),
+            Capability::ReadWithoutAccept => Err(match &self.adapter {
+                Some(a) => format!(
+                    "the server adapter {} cannot ask for a Read without Accept",
+                    a.info().adapter
+                ),
+                None => SERVER_NOT_OURS.to_owned(),
+            }),
         }
     }
 
@@ -854,10 +1474,13 @@ impl Backend for ServerBackend {
                 .min()
                 .map_or(limit, |t| t.min(limit));
             while let Ok(received) = self.rx.try_recv() {
-                self.deliver(received);
+                self.input(received);
+            }
+            if !self.happenings.is_empty() {
+                continue;
             }
             match block_until(&mut self.rx, next) {
-                Some(received) => self.deliver(received),
+                Some(received) => self.input(received),
                 None => self.fire_timeouts(),
             }
         }
@@ -884,32 +1507,98 @@ impl Backend for ServerBackend {
         self.server
     }
 
-    /// No Bootstrap Server is under test: clients that only know one are pointed at the
-    /// server under test (and bootstrap steps are not applicable).
+    /// The Bootstrap Server under test; without one, clients that only know one are
+    /// pointed at the server under test (and bootstrap steps are not applicable).
     fn bootstrap_address(&self) -> SocketAddr {
-        self.server
+        self.bootstrap.as_ref().map_or(self.server, |(a, _)| *a)
     }
 
-    fn request(&mut self, _endpoint: &str, _operation: Operation) -> Result<OpId, OpError> {
-        not_applicable(format!(
-            "the step is our server's operation: {SERVER_NOT_OURS}"
-        ))
+    fn request(&mut self, endpoint: &str, operation: Operation) -> Result<OpId, OpError> {
+        let feature = Feature::of(&operation);
+        let adapter = self
+            .adapter_for(
+                feature,
+                &format!("the step is the server's {} operation", operation.name()),
+            )
+            .clone();
+        if let Err(why) = adapter.check(&operation) {
+            not_applicable(format!(
+                "the step is the server's {} operation: {why}",
+                operation.name()
+            ));
+        }
+        self.next_op += 1;
+        let op = OpId(self.next_op);
+        let (tx, endpoint) = (self.tx.clone(), endpoint.to_owned());
+        // Off the stepping thread: the simulated client must answer meanwhile.
+        std::thread::Builder::new()
+            .name(format!("server op {}", op.0))
+            .spawn(move || {
+                let started = Instant::now();
+                let result = adapter.request(&endpoint, &operation);
+                let event = ServerEvent::Completed {
+                    op,
+                    endpoint,
+                    operation: operation.name(),
+                    result,
+                    latency: started.elapsed(),
+                };
+                let _ = tx.send(Input::Server(
+                    Instant::now(),
+                    Box::new(Happening::Server(event)),
+                ));
+            })
+            .map_err(|e| OpError::Invalid {
+                reason: format!("cannot start the operation's thread: {e}"),
+            })?;
+        Ok(op)
     }
 
-    fn registration(&self, _endpoint: &str) -> Option<Registration> {
-        not_applicable(format!(
-            "the step looks into the server's registrations: {SERVER_NOT_OURS}"
-        ))
+    fn registration(&self, endpoint: &str) -> Option<Registration> {
+        self.registration_view(endpoint, "the step looks into the server's registrations")
+            .map(|v| v.registration)
     }
 
     fn observations(&self, _endpoint: &str) -> Vec<(ObservationId, Vec<Lwm2mPath>)> {
+        let why = match &self.adapter {
+            Some(a) => format!(
+                "the server adapter {} does not list a client's observations",
+                a.info().adapter
+            ),
+            None => SERVER_NOT_OURS.to_owned(),
+        };
         not_applicable(format!(
-            "the step looks into the server's observations: {SERVER_NOT_OURS}"
+            "the step looks into the server's observations: {why}"
         ))
     }
 
-    fn server_sees_awake(&self, _endpoint: &str) -> bool {
-        not_applicable(format!("the step looks into the server: {SERVER_NOT_OURS}"))
+    fn server_sees_awake(&self, endpoint: &str) -> bool {
+        // Asked before every operation: a server that does not say is taken as awake.
+        match &self.adapter {
+            Some(a) if a.info().offers(Feature::QueueState).is_ok() => self
+                .registration_view(endpoint, "the step looks into the server")
+                .is_none_or(|v| v.sleeping != Some(true)),
+            Some(_) => true,
+            None => not_applicable(format!("the step looks into the server: {SERVER_NOT_OURS}")),
+        }
+    }
+
+    fn server_view(&self, view: ServerView) -> Result<(), String> {
+        let Some(adapter) = &self.adapter else {
+            return Err(format!("{SERVER_NOT_OURS} (no --server-api)"));
+        };
+        let needs: &[Feature] = match view {
+            ServerView::Events => &[Feature::Events],
+            ServerView::Send => &[Feature::Send],
+            ServerView::Expiry => &[Feature::Expiry],
+            ServerView::Refusals => &[Feature::Refusals],
+            ServerView::Findings => &[Feature::Findings],
+            ServerView::RegistrationFindings => &[Feature::RegistrationFindings],
+            ServerView::QueueState => &[Feature::QueueState],
+            ServerView::ResponseFormat => &[Feature::ResponseFormat],
+            ServerView::Absence => &[Feature::Events, Feature::Notifications, Feature::Send],
+        };
+        needs.iter().try_for_each(|f| adapter.info().offers(*f))
     }
 
     fn queued(&self, _endpoint: &str) -> usize {
@@ -920,11 +1609,25 @@ impl Backend for ServerBackend {
         not_applicable("spoofing a client's address needs raw sockets")
     }
 
-    fn add_bootstrap_config(&mut self, _endpoint: &str, _config: BootstrapConfig) {
-        not_applicable(format!(
-            "the step drives our Bootstrap Server; none runs against a server under test \
-             ({SERVER_NOT_OURS})"
-        ))
+    fn add_bootstrap_config(&mut self, endpoint: &str, config: BootstrapConfig) {
+        let what = "the step stores a bootstrap configuration";
+        let driver = match &self.bootstrap {
+            Some((_, Some(driver))) => driver,
+            Some((_, None)) => not_applicable(format!(
+                "{what}: the Bootstrap Server under test has no --bootstrap-api"
+            )),
+            None => not_applicable(format!(
+                "{what}: no Bootstrap Server under test (--bootstrap-server)"
+            )),
+        };
+        match driver.put_bootstrap_config(endpoint, &config) {
+            Ok(()) => self.stored_configs.push(endpoint.to_owned()),
+            Err(e @ super::adapter::AdapterError::Lacks { .. }) => {
+                not_applicable(format!("{what}: {e}"))
+            }
+            // The Bootstrap Server under test refused it, or could not be asked: a failure.
+            Err(e) => panic!("{what}: {e}"),
+        }
     }
 
     fn start_bootstrap(&mut self, _endpoint: &str) -> Result<(), BootstrapError> {
@@ -960,7 +1663,10 @@ impl Backend for ServerBackend {
                 };
                 let Ok((n, from)) = received else { return };
                 let bytes = buf.get(..n).unwrap_or_default().to_vec();
-                if tx.send((index, Instant::now(), from, bytes)).is_err() {
+                if tx
+                    .send(Input::Datagram((index, Instant::now(), from, bytes)))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -1006,8 +1712,25 @@ impl Backend for ServerBackend {
 }
 
 impl Drop for ServerBackend {
-    /// Stops the clients' socket readers (their channel closes with the backend).
+    /// De-registers the clients still registered, so that the next scenario's clients of
+    /// the same names meet a clean server under test, and stops the clients' socket
+    /// readers (their channel closes with the backend).
     fn drop(&mut self) {
+        let now = Instant::now();
+        for client in &mut self.clients {
+            if matches!(
+                client.machine.state(),
+                ClientState::Registered | ClientState::Sleeping
+            ) {
+                client.machine.deregister(now);
+            }
+        }
+        self.flush();
+        if let Some((_, Some(driver))) = &self.bootstrap {
+            for endpoint in &self.stored_configs {
+                super::adapter::remove_bootstrap_config(driver.as_ref(), endpoint);
+            }
+        }
         self.rx.close();
     }
 }
@@ -1042,8 +1765,11 @@ mod tests {
         };
         let subject = Subject::Server {
             uri: format!("coap://{}", server.local_addr()),
+            api: None,
+            bootstrap: None,
+            bootstrap_api: None,
         };
-        let mut b = ServerBackend::open(&subject).unwrap();
+        let mut b = ServerBackend::open(&subject, lib.registry.clone()).unwrap();
         assert_eq!(b.server_address(), server.local_addr());
         let profile = lib.profile("ets-1.1").unwrap();
         let spec = lib
@@ -1093,7 +1819,16 @@ mod tests {
 
     #[test]
     fn a_server_uri_must_be_coap_with_an_address() {
-        let open = |uri: &str| ServerBackend::open(&Subject::Server { uri: uri.into() });
+        let registry = Arc::new(Registry::embedded());
+        let open = |uri: &str| {
+            let subject = Subject::Server {
+                uri: uri.into(),
+                api: None,
+                bootstrap: None,
+                bootstrap_api: None,
+            };
+            ServerBackend::open(&subject, registry.clone())
+        };
         assert!(open("coaps://127.0.0.1:5684").is_err());
         assert!(open("coap://127.0.0.1").is_err());
         assert!(open("coap://127.0.0.1:5683").is_ok());

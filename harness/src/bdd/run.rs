@@ -2,10 +2,15 @@
 //! writers teed behind the console writer, and a collector that turns every scenario into
 //! [`CaseResult`]s of a [`RunReport`] (one per case tag: `@int-101`, `@core-6.2.1`, ...).
 //!
-//! Not applicable: a step that finds the case beyond the subject unwinds with a
-//! [`NotApplicable`] payload. The collector reports the case "not applicable" with the
+//! Four verdicts: passed, failed, not supported, not applicable. A step that finds the case
+//! beyond the subject unwinds with a [`NotApplicable`] payload, one that sees the subject
+//! refuse an optional feature with the code the specification requires unwinds with a
+//! [`NotSupported`] payload. The collector reports the case with that verdict and the
 //! reason; [`NotApplicableAsSkipped`] shows that step to cucumber's own writers as skipped,
 //! so neither their JUnit nor their JSON counts the case as passed or failed.
+//!
+//! A run that tested nothing (no case matched, or every case was not applicable) is not a
+//! success ([`SuiteOutcome::is_success`], [`RunReport::nothing_tested`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,9 +30,18 @@ use futures::stream::{self, StreamExt as _};
 use super::backend::Subject;
 use super::exchange::ExchangeLog;
 use super::fleet::Library;
-use super::world::{Lwm2mWorld, NotApplicable};
+use super::world::{Lwm2mWorld, NotApplicable, NotSupported};
 use crate::record::{Latencies, PcapRecorder};
 use crate::report::{self, CaseResult, RunReport, Status};
+
+/// The description of our simulated ETS device, relative to the workspace root: the
+/// in-process subject's configured values.
+pub const SIMULATED_DEVICE_DESCRIPTION: &str = "features/devices/ets-simulated.yaml";
+
+/// The marker in a case's message when the case asked the device under test to reboot:
+/// whoever runs the device (a launcher) restarts it if it exited; the world's
+/// [`Lwm2mWorld::device_rebooted`] says the same during the run.
+pub const DEVICE_REBOOTED: &str = "device_rebooted";
 
 /// The seed of a run that names none.
 pub const DEFAULT_SEED: u64 = 20_170_830;
@@ -54,6 +68,13 @@ pub struct SuiteOptions {
     pub run: String,
     /// Print cucumber's progress to stdout.
     pub console: bool,
+    /// The device description (`--device-profile`): configured values the cases expect.
+    /// `None`: for the in-process subject `features/devices/ets-simulated.yaml`, for a
+    /// device none (configuration values are checked for presence and type only).
+    pub device_profile: Option<PathBuf>,
+    /// With a [`Subject::Device`]: the harness starts and stops the device itself
+    /// ([`super::device`]).
+    pub device: Option<super::device::DeviceLaunch>,
 }
 
 /// What a run produced.
@@ -68,10 +89,12 @@ pub struct SuiteOutcome {
 }
 
 impl SuiteOutcome {
-    /// True when every case passed or was not applicable and everything parsed.
+    /// True when no case failed, at least one case was tested, and everything parsed.
     pub fn is_success(&self) -> bool {
-        let (_, failed, _) = self.report.tally();
-        failed == 0 && self.parsing_errors == 0 && self.untagged.is_empty()
+        self.report.counts().failed == 0
+            && self.report.nothing_tested().is_none()
+            && self.parsing_errors == 0
+            && self.untagged.is_empty()
     }
 }
 
@@ -90,6 +113,10 @@ pub struct RunContext {
     pub report_dir: PathBuf,
     /// Wall-clock start of the run, seconds since the Unix epoch (pcap timestamps).
     pub started_unix: Duration,
+    /// The device description the cases check configured values against, if any.
+    pub device: Option<super::description::DeviceDescription>,
+    /// The harness starts the device under test ([`super::device`]).
+    launched: bool,
     collector: Mutex<Collector>,
 }
 
@@ -198,16 +225,50 @@ impl RunContext {
                     panic_text(info)
                 )),
             ),
-            ScenarioFinished::StepFailed(_, _, error) => match not_applicable_reason(error) {
-                Some(reason) => (Status::NotApplicable, Some(reason)),
+            ScenarioFinished::StepFailed(_, _, error) => match verdict_of(error) {
+                Some((status, reason)) => (status, Some(reason)),
                 None => (Status::Failed, Some(error_text(error))),
             },
+        };
+        // A device case that exchanged nothing with the device and looked at nothing it
+        // sent checked our own server (core-6.3.8: our server refuses a composite
+        // operation for a 1.0 client without asking it): it is no verdict on the device.
+        let (status, message) = match (&self.subject, status, world.as_ref()) {
+            (Subject::Device { .. }, Status::Passed, Some(w))
+                if !w.device_evidence
+                    && w.backend_ref()
+                        .is_none_or(|b| b.exchange_log().sent().is_empty()) =>
+            {
+                (
+                    Status::NotApplicable,
+                    Some(
+                        "the case exchanged nothing with the device under test and checked \
+                         nothing it sent: what it checks is the harness's own server"
+                            .to_owned(),
+                    ),
+                )
+            }
+            _ => (status, message),
+        };
+        // A reboot the case asked for: the launcher restarts a device that exits, and the
+        // report says so (the device's state after the case is its rebooted one).
+        let rebooted = world.as_ref().is_some_and(|w| w.device_rebooted);
+        let message = match (rebooted, message) {
+            (false, m) => m,
+            (true, m) => Some(format!(
+                "{}{DEVICE_REBOOTED}: the case asked the device to reboot (Execute /3/0/4)",
+                m.map(|m| format!("{m}\n")).unwrap_or_default()
+            )),
         };
         let duration_ms = world
             .as_ref()
             .and_then(|w| w.wall_start)
             .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
         let mut evidence = Vec::new();
+        let world_findings = world
+            .as_ref()
+            .map(|w| w.findings.clone())
+            .unwrap_or_default();
         if let Some(world) = world {
             collector.latencies.merge(&world.latencies);
             if let Some(backend) = world.backend_ref() {
@@ -216,7 +277,13 @@ impl RunContext {
                 }
                 let log = backend.exchange_log();
                 let stem = evidence_stem(&cases[0], rule, scenario);
-                match self.write_evidence(&stem, log) {
+                let registration = match &self.subject {
+                    Subject::Device { endpoint } => backend
+                        .registration(endpoint)
+                        .map(|r| device_registration_text(&r)),
+                    _ => None,
+                };
+                match self.write_evidence(&stem, log, registration.as_deref()) {
                     Ok(files) => evidence = files,
                     Err(e) => eprintln!("evidence of {stem}: {e:#}"),
                 }
@@ -232,6 +299,21 @@ impl RunContext {
                 }
             }
         }
+        // The launched device's output, and what happened to its process.
+        let (device_logs, device_notes) = if self.launched {
+            super::device::end_case()
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        evidence.extend(device_logs);
+        let message = match (message, device_notes.is_empty()) {
+            (Some(m), false) if status != Status::Passed => Some(format!(
+                "{m}\n\ndevice under test:\n  {}",
+                device_notes.join("\n  ")
+            )),
+            (m, _) => m,
+        };
+        let findings = world_findings;
         let title = match rule {
             Some(r) => format!("{} / {}", r.name, scenario.name),
             None => scenario.name.clone(),
@@ -246,6 +328,7 @@ impl RunContext {
                 status,
                 message: message.clone(),
                 evidence: evidence.clone(),
+                findings: findings.clone(),
                 duration_ms,
             });
         }
@@ -253,8 +336,13 @@ impl RunContext {
 
     /// Writes a scenario's exchange log and pcap; returns their paths relative to the
     /// report folder.
-    fn write_evidence(&self, stem: &str, log: &ExchangeLog) -> anyhow::Result<Vec<String>> {
-        if log.is_empty() {
+    fn write_evidence(
+        &self,
+        stem: &str,
+        log: &ExchangeLog,
+        registration: Option<&str>,
+    ) -> anyhow::Result<Vec<String>> {
+        if log.is_empty() && registration.is_none() {
             return Ok(Vec::new());
         }
         let dir = self.report_dir.join("exchanges");
@@ -275,7 +363,10 @@ impl RunContext {
             files.push(keys);
             header
         };
-        let text = format!("{header}\n{}", log.text());
+        let text = match registration {
+            Some(r) => format!("{header}\n{r}\n{}", log.text()),
+            None => format!("{header}\n{}", log.text()),
+        };
         let txt = format!("exchanges/{stem}.txt");
         std::fs::write(self.report_dir.join(&txt), text)?;
         let mut recorder = PcapRecorder::create(&self.report_dir.join(&pcap))?;
@@ -286,6 +377,30 @@ impl RunContext {
         files.splice(0..0, [txt, pcap]);
         Ok(files)
     }
+}
+
+/// The device's registration as our server holds it (from its last Register and
+/// Updates): parameters, links, and what the server tolerated in them; evidence of every
+/// device case.
+fn device_registration_text(r: &lwm2m_proto::server::Registration) -> String {
+    let mut s = format!(
+        "registration of {} ({}): lwm2m={} lt={} b={}{} from {}\n  links: {}\n",
+        r.endpoint,
+        r.id,
+        r.version,
+        r.lifetime,
+        r.binding,
+        if r.queue_mode { " Q" } else { "" },
+        r.address,
+        r.links
+    );
+    for f in &r.findings {
+        let _ = writeln!(s, "  finding: {f}");
+    }
+    for n in &r.link_notes {
+        let _ = writeln!(s, "  link note: {n}");
+    }
+    s
 }
 
 fn usage_datagrams(log: &ExchangeLog) -> Vec<report::usage::Datagram> {
@@ -320,11 +435,25 @@ fn evidence_stem(case: &str, rule: Option<&gherkin::Rule>, scenario: &gherkin::S
     }
 }
 
-fn not_applicable_reason(error: &StepError) -> Option<String> {
+/// The verdict a step's unwinding carries (not applicable or not supported) and its
+/// reason; `None` for a failure.
+fn verdict_of(error: &StepError) -> Option<(Status, String)> {
     match error {
-        StepError::Panic(info) => info.downcast_ref::<NotApplicable>().map(|n| n.0.clone()),
+        StepError::Panic(info) => info
+            .downcast_ref::<NotApplicable>()
+            .map(|n| (Status::NotApplicable, n.0.clone()))
+            .or_else(|| {
+                info.downcast_ref::<NotSupported>()
+                    .map(|n| (Status::NotSupported, n.0.clone()))
+            }),
         _ => None,
     }
+}
+
+/// The verdict and reason of a step that unwound as not applicable or not supported, as
+/// one line for cucumber's writers.
+fn not_applicable_reason(error: &StepError) -> Option<String> {
+    verdict_of(error).map(|(status, reason)| format!("{}: {reason}", status.label()))
 }
 
 fn panic_text(info: &event::Info) -> String {
@@ -406,7 +535,7 @@ impl<Wr: Writer<Lwm2mWorld>> Writer<Lwm2mWorld> for NotApplicableAsSkipped<Wr> {
             })
         });
         if let Some((f, r, sc, why, retries)) = log {
-            let line = Scenario::Log(format!("not applicable: {why}\n")).with_retries(retries);
+            let line = Scenario::Log(format!("{why}\n")).with_retries(retries);
             let ev = Event::new(event::Cucumber::scenario(f, r, sc, line));
             self.0.handle_event(Ok(ev), cli).await;
         }
@@ -456,13 +585,22 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
     let cucumber_dir = options.report_dir.join("cucumber");
     std::fs::create_dir_all(&cucumber_dir)
         .with_context(|| format!("creating {}", cucumber_dir.display()))?;
+    let device_profile = options.device_profile.clone().or_else(|| {
+        matches!(options.subject, Subject::InProcess { .. })
+            .then(|| options.root.join(SIMULATED_DEVICE_DESCRIPTION))
+    });
+    let device = device_profile
+        .map(|p| super::description::DeviceDescription::load(&p))
+        .transpose()?;
     let ctx = Arc::new(RunContext {
+        device,
         library,
         subject: options.subject.clone(),
         seed: options.seed,
         root: options.root.clone(),
         report_dir: options.report_dir.clone(),
         started_unix,
+        launched: options.device.is_some(),
         collector: Mutex::new(Collector::default()),
     });
     let junit = std::fs::File::create(cucumber_dir.join("junit.xml"))?;
@@ -484,6 +622,13 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
             .map_err(|e| anyhow::anyhow!("tag expression {tags:?}: {e}"))?;
         opts.tags_filter = Some(expr);
     }
+    if let (Some(launch), Subject::Device { endpoint }) = (&options.device, &options.subject) {
+        launch.check().map_err(anyhow::Error::msg)?;
+        super::device::check_endpoint(endpoint).map_err(anyhow::Error::msg)?;
+        super::device::install(launch.clone(), endpoint, options.seed);
+    }
+    // However the run ends (an error below included), the device it started stops.
+    let device_guard = options.device.is_some().then_some(DeviceGuard);
     let (before_ctx, after_ctx) = (ctx.clone(), ctx.clone());
     let writer = NotApplicableAsSkipped(
         writer::Basic::raw(console, writer::Coloring::Never, Verbosity::Default)
@@ -498,10 +643,40 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         // After the parser and the writer, which reset it; never the process's arguments.
         .with_cli(opts)
         .max_concurrent_scenarios(1)
-        .before(move |feature, _, scenario, world| {
+        .before(move |feature, rule, scenario, world| {
             let ctx = before_ctx.clone();
             let seed = ctx.scenario_seed(feature, scenario);
+            if ctx.launched {
+                super::device::begin_case(&ctx.feature_label(feature));
+            }
             world.setup(ctx, seed);
+            world.tags = scenario
+                .tags
+                .iter()
+                .chain(rule.iter().flat_map(|r| &r.tags))
+                .chain(&feature.tags)
+                .cloned()
+                .collect();
+            let steps = feature
+                .background
+                .iter()
+                .flat_map(|b| &b.steps)
+                .chain(
+                    rule.iter()
+                        .flat_map(|r| r.background.iter().flat_map(|b| &b.steps)),
+                )
+                .chain(&scenario.steps);
+            let mut texts: Vec<String> = Vec::new();
+            for step in steps {
+                texts.push(step.value.clone());
+                if let Some(table) = &step.table {
+                    texts.extend(table.rows.iter().map(|row| row.join(" ")));
+                }
+                if let Some(doc) = &step.docstring {
+                    texts.push(doc.clone());
+                }
+            }
+            world.touched = super::world::touched_paths(texts.iter().map(String::as_str));
             world.long_waits = scenario
                 .tags
                 .iter()
@@ -515,6 +690,7 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         })
         .run(features);
     let writer = futures::executor::block_on(finished);
+    drop(device_guard);
     let parsing_errors = cucumber::writer::Stats::parsing_errors(&writer.0);
     let collector =
         std::mem::take(&mut *ctx.collector.lock().unwrap_or_else(PoisonError::into_inner));
@@ -538,7 +714,7 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         network_usage: collector.network_usage,
         counters: collector.counters,
     };
-    report.write(&options.report_dir)?;
+    report.write_with(&options.report_dir, &device_section(options))?;
     Ok(SuiteOutcome {
         report,
         untagged: collector.untagged,
@@ -546,17 +722,60 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
     })
 }
 
-/// A text summary of a report: counts and the failed and not-applicable cases.
+/// The report's section on the device under test: how the harness ran it, or, for a
+/// device started by hand, what the harness cannot do with it.
+fn device_section(options: &SuiteOptions) -> Vec<(String, String)> {
+    let Subject::Device { endpoint } = &options.subject else {
+        return Vec::new();
+    };
+    let text = match &options.device {
+        Some(l) => format!(
+            "{endpoint}, started by the harness: sh -c {:?}\nrestarted: {}; stop line: {}; \
+             Register awaited for {:?} after each start\nits output: device/NNN-{endpoint}\
+             .stdout.log and .stderr.log, linked from each case that ran against that start",
+            l.template,
+            l.restart,
+            l.stop
+                .as_deref()
+                .map_or("none".to_owned(), |s| format!("{s:?}")),
+            l.register_wait
+        ),
+        None => format!(
+            "{endpoint}, started by hand (--device): the harness cannot reset it between \
+             cases (each case sees what earlier ones wrote), start it again after a Reboot or \
+             an exit (the cases after that wait for a device that is gone), or give it a \
+             case's credentials (the DTLS cases are not applicable). `test --device-cmd` \
+             does all three."
+        ),
+    };
+    vec![("Device under test".to_owned(), text)]
+}
+
+/// A text summary of a report: counts of each verdict, the cases not passed, and why
+/// the run tested nothing if so.
 pub fn summary(report: &RunReport) -> String {
-    let (p, f, n) = report.tally();
     let mut s = format!(
-        "{}: {p} passed, {f} failed, {n} not applicable (seed {})\n",
-        report.title, report.seed
+        "{}: {} (seed {})\n",
+        report.title,
+        report.counts(),
+        report.seed
     );
     for c in &report.cases {
         let tag = match c.status {
-            Status::Passed => continue,
+            Status::Passed if c.findings.is_empty() => continue,
+            Status::Passed => {
+                let _ = writeln!(
+                    s,
+                    "  finds  {} {} ({}): {}",
+                    c.case,
+                    c.title,
+                    c.feature,
+                    c.findings.join("; ")
+                );
+                continue;
+            }
             Status::Failed => "FAILED",
+            Status::NotSupported => "unsup",
             Status::NotApplicable => "n/a",
         };
         let first = c
@@ -572,7 +791,19 @@ pub fn summary(report: &RunReport) -> String {
             c.case, c.title, c.feature
         );
     }
+    if let Some(why) = report.nothing_tested() {
+        let _ = writeln!(s, "NOTHING TESTED: {why}");
+    }
     s
+}
+
+/// Stops the run's device (if the harness started one) when dropped.
+struct DeviceGuard;
+
+impl Drop for DeviceGuard {
+    fn drop(&mut self) {
+        super::device::finish();
+    }
 }
 
 /// The workspace root a test binary was built in (`CARGO_MANIFEST_DIR/..`).
@@ -620,6 +851,8 @@ mod tests {
             report_dir: dir.to_path_buf(),
             run: "determinism".to_owned(),
             console: false,
+            device_profile: None,
+            device: None,
         };
         let outcome = run_suite(&options).unwrap();
         assert!(outcome.is_success(), "{}", summary(&outcome.report));

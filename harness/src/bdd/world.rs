@@ -19,7 +19,7 @@ use lwm2m_proto::content::{format_text, parse_text};
 use lwm2m_proto::server::{
     Content, ObservationId, OpError, OpId, Operation, Response, ServerEvent,
 };
-use lwm2m_proto::{DataType, Lwm2mPath, Record, Schema, Value};
+use lwm2m_proto::{DataType, InstanceId, Lwm2mPath, ObjectId, Record, Schema, Value};
 
 use super::backend::{self, Backend, Capability, ClientAction, Happening, Timed};
 use super::run::RunContext;
@@ -46,6 +46,17 @@ pub fn not_applicable(reason: impl Into<String>) -> ! {
     std::panic::resume_unwind(Box::new(NotApplicable(reason.into())))
 }
 
+/// The panic payload of a step that found the subject correctly refusing an optional
+/// feature the case exercises (the code the specification requires for the refusal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotSupported(pub String);
+
+/// Ends the scenario as "not supported" with `reason` (which names the refusal and the
+/// clause that allows it); see [`not_applicable`].
+pub fn not_supported(reason: impl Into<String>) -> ! {
+    std::panic::resume_unwind(Box::new(NotSupported(reason.into())))
+}
+
 /// An operation started and not answered yet.
 #[derive(Debug, Clone)]
 struct Pending {
@@ -54,6 +65,7 @@ struct Pending {
     target: Lwm2mPath,
     description: String,
     log_mark: usize,
+    operation: Operation,
 }
 
 /// The outcome of the last operation.
@@ -67,6 +79,8 @@ pub struct Outcome {
     pub result: Result<Response, OpError>,
     /// Exchange-log mark at the start of the operation.
     pub log_mark: usize,
+    /// The operation as the case asked for it (paths as the case names them).
+    pub operation: Operation,
 }
 
 /// The World of the feature suite (see the module documentation).
@@ -109,6 +123,33 @@ pub struct Lwm2mWorld {
     pub wall_start: Option<Instant>,
     /// The scenario is tagged [`LONG_WAIT_TAG`]: real-time waits are not limited.
     pub long_waits: bool,
+    /// The tags of the scenario, its rule and its feature.
+    pub tags: Vec<String>,
+    /// The paths the scenario's steps name that the device must have before the case
+    /// creates anything (see [`touched_paths`]).
+    pub touched: Vec<Lwm2mPath>,
+    /// A step looked at something the subject sent: a response to an operation, its
+    /// registration. A device case that passes without it and without a datagram in its
+    /// exchange log tested our own server, not the device (see `run`).
+    pub device_evidence: bool,
+    /// The pmin each Write-Attributes of the scenario set, by path (Core TS 1.1 §5.1.2).
+    pub pmin_written: BTreeMap<Lwm2mPath, u32>,
+    /// The change conditions (gt, lt, st) each Write-Attributes of the scenario set, by
+    /// path (Core TS 1.1 §5.1.2).
+    pub thresholds_written: BTreeMap<Lwm2mPath, Thresholds>,
+    /// The values each observation last reported (its Observe answer, then each awaited
+    /// notification), to tell a change notification from an unprompted one.
+    pub observed_values: Vec<(ObservationId, Vec<Record>)>,
+    /// What the harness tolerated in what the subject sent during the scenario (decoder
+    /// findings of each response, the registration's deviations), each once.
+    pub findings: Vec<String>,
+    /// The case asked the device under test to reboot and it acknowledged (2.04 to
+    /// Execute /3/0/4): its state after the case is a rebooted one, and a device whose
+    /// reboot is a process exit needs restarting by whoever launched it.
+    pub device_rebooted: bool,
+    /// The device's Server instance of its account with our LwM2M Server, once found
+    /// (see [`Lwm2mWorld::account_instance`]).
+    account: Option<InstanceId>,
 }
 
 impl fmt::Debug for Lwm2mWorld {
@@ -155,23 +196,28 @@ impl Lwm2mWorld {
         }
     }
 
-    /// Whether the LwM2M Server is ours (its registrations and events are visible), not a
-    /// server under test.
+    /// Whether the LwM2M Server's registrations and events are visible: ours, or a server
+    /// under test whose adapter reports them.
     pub fn server_is_ours(&self) -> bool {
-        !matches!(
-            self.ctx.as_ref().map(|c| &c.subject),
-            Some(backend::Subject::Server { .. })
-        )
+        match &self.backend {
+            Some(b) => b.server_view(backend::ServerView::Events).is_ok(),
+            None => !matches!(
+                self.ctx.as_ref().map(|c| &c.subject),
+                Some(backend::Subject::Server { .. })
+            ),
+        }
     }
 
-    /// Makes the case not applicable when the step needs to see inside the LwM2M Server
-    /// (`what` it looks at) and the server is one under test.
-    pub fn require_our_server(&self, what: &str) {
-        if !self.server_is_ours() {
-            not_applicable(format!(
-                "the step looks at {what}: {}",
-                super::network::SERVER_NOT_OURS
-            ));
+    /// Makes the case not applicable when the step needs to see `view` inside the LwM2M
+    /// Server (`what` it looks at) and the server under test does not show it.
+    pub fn require_our_server(&self, view: backend::ServerView, what: &str) {
+        let shown = match &self.backend {
+            Some(b) => b.server_view(view),
+            None if self.server_is_ours() => Ok(()),
+            None => Err(super::network::SERVER_NOT_OURS.to_owned()),
+        };
+        if let Err(why) = shown {
+            not_applicable(format!("the step looks at {what}: {why}"));
         }
     }
 
@@ -199,6 +245,18 @@ impl Lwm2mWorld {
         if let Err(reason) = self.backend().supports(capability) {
             not_applicable(format!("needs {capability}: {reason}"));
         }
+    }
+
+    /// Records a finding once (see [`Lwm2mWorld::findings`]).
+    pub fn add_finding(&mut self, finding: String) {
+        if !self.findings.contains(&finding) {
+            self.findings.push(finding);
+        }
+    }
+
+    /// Whether the scenario, its rule or its feature carries `tag` (without `@`).
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.tags.iter().any(|t| t == tag)
     }
 
     /// The time since the scenario started (virtual in-process).
@@ -296,6 +354,17 @@ impl Lwm2mWorld {
         self.wait_bounded(within, limit, what, matches)
     }
 
+    /// [`Lwm2mWorld::wait_for`] for as long as `within`, whatever the real wait limit: for
+    /// what a case must wait for in full (a device rebooting).
+    pub fn wait_in_full(
+        &mut self,
+        within: Duration,
+        what: &str,
+        matches: impl FnMut(&Timed) -> bool,
+    ) -> anyhow::Result<Timed> {
+        self.wait_bounded(within, None, what, matches)
+    }
+
     /// [`Lwm2mWorld::wait_for`], giving up (not applicable) after `limit` if set.
     fn wait_bounded(
         &mut self,
@@ -339,7 +408,10 @@ impl Lwm2mWorld {
     ) -> anyhow::Result<()> {
         // Every absence the steps check is a server-side one: a server under test would
         // pass it without looking.
-        self.require_our_server(&format!("what the server saw ({what})"));
+        self.require_our_server(
+            backend::ServerView::Absence,
+            &format!("what the server saw ({what})"),
+        );
         self.run_for(during);
         let found = (self.mark_at..self.timeline.len())
             .find(|&i| !self.consumed[i] && matches(&self.timeline[i]));
@@ -413,11 +485,43 @@ impl Lwm2mWorld {
         operation: Operation,
         description: String,
     ) -> anyhow::Result<()> {
+        if let Operation::WriteAttributes { path, attributes } = &operation {
+            if let Some(pmin) = attributes.set.pmin {
+                self.pmin_written.insert(*path, pmin);
+            } else if attributes
+                .unset
+                .iter()
+                .any(|n| *n == lwm2m_proto::codec::link::AttributeName::Pmin)
+            {
+                self.pmin_written.remove(path);
+            }
+        }
+        if let Operation::WriteAttributes { path, attributes } = &operation {
+            use lwm2m_proto::codec::link::AttributeName;
+            let t = self.thresholds_written.entry(*path).or_default();
+            let set = &attributes.set;
+            t.gt = set.gt.or(t.gt);
+            t.lt = set.lt.or(t.lt);
+            t.st = set.st.or(t.st);
+            for name in &attributes.unset {
+                match name {
+                    AttributeName::Gt => t.gt = None,
+                    AttributeName::Lt => t.lt = None,
+                    AttributeName::St => t.st = None,
+                    _ => {}
+                }
+            }
+        }
+        let account = self.account_instance(endpoint, &operation)?;
         self.mark();
         let target = target_of(&operation);
         let log_mark = self.log_mark;
         let asleep = !self.backend().server_sees_awake(endpoint);
-        match self.backend().request(endpoint, operation) {
+        let sent = match account {
+            Some(k) => map_operation(operation.clone(), |p| swap_account(p, k)),
+            None => operation.clone(),
+        };
+        match self.backend().request(endpoint, sent) {
             Ok(op) => {
                 self.pending = Some(Pending {
                     op,
@@ -425,6 +529,7 @@ impl Lwm2mWorld {
                     target,
                     description,
                     log_mark,
+                    operation,
                 });
                 self.outcome = None;
                 if !asleep {
@@ -438,6 +543,7 @@ impl Lwm2mWorld {
                     target,
                     result: Err(error),
                     log_mark,
+                    operation,
                 });
             }
         }
@@ -460,13 +566,27 @@ impl Lwm2mWorld {
         let done = done.map_err(|_| {
             self.fail_since(pending.log_mark, format!("{what}: none within {within:?}"))
         })?;
-        if let Happening::Server(ServerEvent::Completed { result, .. }) = done.happening {
+        if let Happening::Server(ServerEvent::Completed { mut result, .. }) = done.happening {
+            if let (Some(k), Ok(response)) = (self.account, result.as_mut()) {
+                unswap_response(response, k, pending.target);
+            }
+            self.device_evidence |= result.is_ok();
+            if let Ok(response) = &result {
+                for f in &response.findings {
+                    self.add_finding(format!(
+                        "{}: {f} ({})",
+                        pending.description,
+                        finding_clause(f)
+                    ));
+                }
+            }
             self.pending = None;
             self.outcome = Some(Outcome {
                 description: pending.description,
                 target: pending.target,
                 result,
                 log_mark: pending.log_mark,
+                operation: pending.operation,
             });
         }
         Ok(())
@@ -529,6 +649,323 @@ impl Lwm2mWorld {
     }
 }
 
+impl Lwm2mWorld {
+    /// The Server instance of the device's account with our LwM2M Server when it is not
+    /// /1/0 (`None`: /1/0, or not a device under test, or `operation` does not touch the
+    /// Server object). The cases name the account /1/0 as the ETS does; for a device the
+    /// steps address the instance whose Short Server ID (1/x/0) is the account's (Core TS
+    /// 1.1 E.2): the only /1 instance the device announces, or, when it announces
+    /// several, the one holding the SSID its device description declares.
+    fn account_instance(
+        &mut self,
+        endpoint: &str,
+        operation: &Operation,
+    ) -> anyhow::Result<Option<InstanceId>> {
+        let device = matches!(
+            self.ctx.as_ref().map(|c| &c.subject),
+            Some(backend::Subject::Device { .. })
+        );
+        let mut touches = false;
+        let _ = map_operation(operation.clone(), |p| {
+            touches |= p.object_id() == Some(ObjectId(1));
+            p
+        });
+        if !device || !touches {
+            return Ok(None);
+        }
+        if let Some(k) = self.account {
+            return Ok((k.0 != 0).then_some(k));
+        }
+        let Some(registration) = self.backend().registration(endpoint) else {
+            return Ok(None);
+        };
+        let instances: Vec<InstanceId> = registration
+            .links
+            .objects
+            .get(&ObjectId(1))
+            .map(|o| o.instances.iter().copied().collect())
+            .unwrap_or_default();
+        let ssid = self.ctx().device.as_ref().and_then(|d| d.short_server_id);
+        let found = match (instances.as_slice(), ssid) {
+            ([], _) => not_applicable(
+                "the case uses the device's LwM2M Server account (object 1), and the device \
+                 announces no Server instance in its Register",
+            ),
+            ([only], _) => *only,
+            (several, Some(ssid)) => {
+                let mut hit = None;
+                for &k in several {
+                    let path = Lwm2mPath::resource(1, k.0, 0);
+                    self.operate_raw(endpoint, Operation::Read { path, format: None })?;
+                    let value = match self.outcome.as_ref().map(|o| &o.result) {
+                        Some(Ok(r)) => match &r.content {
+                            Some(Content::Node(n)) => n
+                                .to_records(&path)
+                                .into_iter()
+                                .find(|r| r.path == path)
+                                .and_then(|r| r.value),
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    if value.is_some_and(|v| value_matches(&v, &ssid.to_string())) {
+                        hit = Some(k);
+                        break;
+                    }
+                }
+                match hit {
+                    Some(k) => k,
+                    None => {
+                        return Err(self.fail(format!(
+                            "no Server instance of the device ({}) holds the Short Server ID \
+                             {ssid} its device description declares (1/x/0, Core TS 1.1 E.2)",
+                            show_instances(several)
+                        )));
+                    }
+                }
+            }
+            (several, None) => not_applicable(format!(
+                "the device announces several Server instances ({}); give the Short Server \
+                 ID of its account with our server (short_server_id in --device-profile)",
+                show_instances(several)
+            )),
+        };
+        self.account = Some(found);
+        Ok((found.0 != 0).then_some(found))
+    }
+
+    /// Starts an operation as is (no account mapping) and waits for its answer.
+    fn operate_raw(&mut self, endpoint: &str, operation: Operation) -> anyhow::Result<()> {
+        self.mark();
+        let target = target_of(&operation);
+        let log_mark = self.log_mark;
+        let description = format!("Read {target} (looking for the account's Server instance)");
+        match self.backend().request(endpoint, operation.clone()) {
+            Ok(op) => {
+                self.pending = Some(Pending {
+                    op,
+                    endpoint: endpoint.to_owned(),
+                    target,
+                    description,
+                    log_mark,
+                    operation,
+                });
+                self.outcome = None;
+                self.finish(OPERATION_WAIT)
+            }
+            Err(e) => Err(self.fail(format!("{description}: {e}"))),
+        }
+    }
+}
+
+fn show_instances(instances: &[InstanceId]) -> String {
+    instances
+        .iter()
+        .map(|k| format!("/1/{}", k.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The change conditions of an observed numeric resource (Core TS 1.1 §5.1.2): Greater
+/// Than, Less Than, Step.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Thresholds {
+    /// Greater Than.
+    pub gt: Option<f64>,
+    /// Less Than.
+    pub lt: Option<f64>,
+    /// Step.
+    pub st: Option<f64>,
+}
+
+impl Thresholds {
+    /// Whether any condition is set.
+    pub fn any(&self) -> bool {
+        self.gt.is_some() || self.lt.is_some() || self.st.is_some()
+    }
+
+    /// Whether a change from `a` to `b` meets a condition: crossing gt or lt, or a step of
+    /// at least st.
+    pub fn met(&self, a: f64, b: f64) -> bool {
+        self.gt.is_some_and(|g| (a > g) != (b > g))
+            || self.lt.is_some_and(|l| (a < l) != (b < l))
+            || self.st.is_some_and(|st| (b - a).abs() >= st)
+    }
+}
+
+/// The clause a decoder finding departs from.
+pub fn finding_clause(finding: &lwm2m_proto::content::Finding) -> &'static str {
+    use lwm2m_proto::content::Finding;
+    match finding {
+        Finding::NonMinimalInteger { .. } => {
+            "Core TS 1.1 §7.4.3.1: integers in 1, 2, 4 or 8 bytes, the shortest that fits"
+        }
+        Finding::MultiplicityMismatch { .. } => {
+            "Core TS 1.1 §7.4.3: the TLV type bits follow the object definition"
+        }
+        Finding::TypeMismatch { .. } => {
+            "Core TS 1.1 Appendix C: the value's type is the object definition's"
+        }
+        Finding::UnknownResource { .. } => {
+            "Core TS 1.1 §7.3: the object definition lists the resources"
+        }
+        Finding::LegacyContentFormat { .. } => {
+            "Core TS 1.0 §6.4: the registered Content-Format numbers replaced 1541-1544"
+        }
+        _ => "see the finding",
+    }
+}
+
+/// `path` with the Server instances 0 and `k` swapped (the cases' /1/0 is the device's
+/// /1/k, and the other way round).
+fn swap_account(path: Lwm2mPath, k: InstanceId) -> Lwm2mPath {
+    let mut ids = path.ids();
+    if ids.first() == Some(&1) && ids.len() >= 2 {
+        if ids[1] == 0 {
+            ids[1] = k.0;
+        } else if ids[1] == k.0 {
+            ids[1] = 0;
+        }
+        return Lwm2mPath::from_ids(&ids).unwrap_or(path);
+    }
+    path
+}
+
+/// `operation` with `f` applied to every path it names.
+fn map_operation(operation: Operation, mut f: impl FnMut(Lwm2mPath) -> Lwm2mPath) -> Operation {
+    match operation {
+        Operation::Read { path, format } => Operation::Read {
+            path: f(path),
+            format,
+        },
+        Operation::Discover { path } => Operation::Discover { path: f(path) },
+        Operation::Write {
+            path,
+            node,
+            replace,
+            format,
+        } => Operation::Write {
+            path: f(path),
+            node,
+            replace,
+            format,
+        },
+        Operation::WriteAttributes { path, attributes } => Operation::WriteAttributes {
+            path: f(path),
+            attributes,
+        },
+        Operation::Execute { path, args } => Operation::Execute {
+            path: f(path),
+            args,
+        },
+        Operation::Delete { path } => Operation::Delete { path: f(path) },
+        Operation::ReadComposite { paths, format } => Operation::ReadComposite {
+            paths: paths.into_iter().map(&mut f).collect(),
+            format,
+        },
+        Operation::WriteComposite { records, format } => Operation::WriteComposite {
+            records: records
+                .into_iter()
+                .map(|r| Record {
+                    path: f(r.path),
+                    ..r
+                })
+                .collect(),
+            format,
+        },
+        Operation::Observe { path, format } => Operation::Observe {
+            path: f(path),
+            format,
+        },
+        Operation::ObserveComposite { paths, format } => Operation::ObserveComposite {
+            paths: paths.into_iter().map(&mut f).collect(),
+            format,
+        },
+        other => other,
+    }
+}
+
+/// Maps the device's Server instance `k` back to the cases' /1/0 in a response.
+fn unswap_response(response: &mut Response, k: InstanceId, target: Lwm2mPath) {
+    match &mut response.content {
+        Some(Content::Records(records)) => {
+            for r in records {
+                r.path = swap_account(r.path, k);
+            }
+        }
+        Some(Content::Links(links)) => {
+            for l in links {
+                l.path = swap_account(l.path, k);
+            }
+        }
+        Some(Content::Node(lwm2m_proto::Node::Object(instances)))
+            if target == Lwm2mPath::object(1) =>
+        {
+            let swapped = std::mem::take(instances)
+                .into_iter()
+                .map(|(i, inst)| {
+                    let p = swap_account(Lwm2mPath::instance(1, i.0), k);
+                    (p.instance_id().unwrap_or(i), inst)
+                })
+                .collect();
+            *instances = swapped;
+        }
+        _ => {}
+    }
+}
+
+/// The paths a scenario's steps name (background first), in step order, leaving out the
+/// instances of an object named after a step that creates an instance of it: those the
+/// case makes itself. Applicability checks these against what the device announces.
+pub fn touched_paths<'a>(steps: impl IntoIterator<Item = &'a str>) -> Vec<Lwm2mPath> {
+    let mut created: Vec<ObjectId> = Vec::new();
+    let mut out: Vec<Lwm2mPath> = Vec::new();
+    for text in steps {
+        let mut paths = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find('/') {
+            let tail = &rest[at..];
+            let len = tail
+                .char_indices()
+                .skip(1)
+                .find(|(_, c)| !(c.is_ascii_digit() || *c == '/'))
+                .map_or(tail.len(), |(i, _)| i);
+            let candidate = tail[..len].trim_end_matches('/');
+            let preceded_ok = rest[..at]
+                .chars()
+                .last()
+                .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == ':' || c == '.'));
+            if candidate.len() > 1
+                && preceded_ok
+                && let Ok(p) = candidate.parse::<Lwm2mPath>()
+            {
+                paths.push(p);
+            }
+            rest = &tail[len.max(1)..];
+        }
+        for p in paths {
+            let Some(o) = p.object_id() else { continue };
+            if p.instance_id().is_some() && created.contains(&o) {
+                continue;
+            }
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        if text.contains("creates an instance of") {
+            for p in text
+                .split_whitespace()
+                .filter_map(|w| w.parse::<Lwm2mPath>().ok())
+            {
+                if let Some(o) = p.object_id() {
+                    created.push(o);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Whether `value` reads as `expected`: the same text, or the same number, or the same
 /// boolean (`true`/`false`/`1`/`0`).
 pub fn value_matches(value: &Value, expected: &str) -> bool {
@@ -572,6 +1009,53 @@ fn target_of(operation: &Operation) -> Lwm2mPath {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn touched_paths_leave_out_created_instances_and_uris() {
+        let steps = [
+            "a client \"ets-dev\" with profile \"ets-1.1\"",
+            "the server reads /3/0/0 in plain text",
+            "the server writes \"coap://example.com:5683\" to /0/0/0 in plain text",
+            "the server reads the composite /1/0, /16/0/0/1 in SenML JSON",
+            "the server creates an instance of /16 in TLV with:",
+            "the value of /16/1/0/0 is \"x\"",
+            "the server deletes /16/0",
+        ];
+        let got: Vec<String> = touched_paths(steps)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            got,
+            ["/3/0/0", "/0/0/0", "/1/0", "/16/0/0/1", "/16"],
+            "the created /16/1 and the URI's path are left out"
+        );
+    }
+
+    #[test]
+    fn change_conditions() {
+        let t = Thresholds {
+            gt: Some(10.0),
+            lt: None,
+            st: Some(5.0),
+        };
+        assert!(t.any());
+        assert!(t.met(9.0, 11.0), "crosses gt");
+        assert!(t.met(1.0, 6.0), "a step of st");
+        assert!(!t.met(1.0, 4.0), "neither");
+        assert!(!Thresholds::default().any());
+    }
+
+    #[test]
+    fn the_account_swaps_with_instance_0() {
+        let k = InstanceId(1);
+        let p = |s: &str| s.parse::<Lwm2mPath>().unwrap();
+        assert_eq!(swap_account(p("/1/0/1"), k), p("/1/1/1"));
+        assert_eq!(swap_account(p("/1/1/1"), k), p("/1/0/1"));
+        assert_eq!(swap_account(p("/1/2"), k), p("/1/2"));
+        assert_eq!(swap_account(p("/3/0/1"), k), p("/3/0/1"));
+        assert_eq!(swap_account(p("/1"), k), p("/1"));
+    }
 
     #[test]
     fn values_match_by_text_number_and_boolean() {

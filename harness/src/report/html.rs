@@ -9,7 +9,7 @@ const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;ma
 h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}\
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}\
 th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}\
-.passed{background:#d9f2d9}.failed{background:#f8d0d0}.not-applicable{background:#eee;color:#666}\
+.passed{background:#d9f2d9}.failed{background:#f8d0d0}.not-applicable{background:#eee;color:#666}.not-supported{background:#fdf1c7}.passed-with-findings{background:#e8f2c0}\
 .badge{display:inline-block;padding:.15em .6em;border-radius:1em;margin-right:.4em;font-weight:600}\
 pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:12px}.meta td:first-child{font-weight:600}\
 svg text{font:11px system-ui,sans-serif}";
@@ -23,13 +23,14 @@ pub fn render(r: &RunReport) -> String {
 /// network usage (the scenario runner's DTLS accounting and comparisons).
 pub fn render_with(r: &RunReport, sections: &[(String, String)]) -> String {
     let mut s = String::new();
-    let (p, f, na) = r.tally();
+    let c = r.counts();
+    let (p, f, ns, na) = (c.passed, c.failed, c.not_supported, c.not_applicable);
     let _ = writeln!(
         s,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\
          <style>{STYLE}</style></head><body>\n<h1>{title}</h1>\n\
          <p><span class=\"badge passed\">{p} passed</span><span class=\"badge failed\">{f} failed</span>\
-         <span class=\"badge not-applicable\">{na} not applicable</span></p>",
+         <span class=\"badge not-supported\">{ns} not supported</span><span class=\"badge not-applicable\">{na} not applicable</span></p>",
         title = escape(&r.title)
     );
     let _ = writeln!(
@@ -134,16 +135,23 @@ fn matrix(s: &mut String, r: &RunReport) {
                         .max_by_key(|st| match st {
                             Status::Passed => 0,
                             Status::NotApplicable => 1,
-                            Status::Failed => 2,
+                            Status::NotSupported => 2,
+                            Status::Failed => 3,
                         })
                         .unwrap_or(Status::Passed);
+                    let findings = results.iter().any(|c| c.passed_with_findings());
                     let class = match worst {
+                        Status::Passed if findings => "passed-with-findings",
                         Status::Passed => "passed",
                         Status::Failed => "failed",
                         Status::NotApplicable => "not-applicable",
+                        Status::NotSupported => "not-supported",
                     };
-                    let tip: Vec<String> =
-                        results.iter().filter_map(|c| c.message.clone()).collect();
+                    let tip: Vec<String> = results
+                        .iter()
+                        .filter_map(|c| c.message.clone())
+                        .chain(results.iter().flat_map(|c| c.findings.clone()))
+                        .collect();
                     let links: Vec<String> = results
                         .iter()
                         .flat_map(|c| &c.evidence)
@@ -165,23 +173,35 @@ fn matrix(s: &mut String, r: &RunReport) {
     let failures: Vec<_> = r
         .cases
         .iter()
-        .filter(|c| c.status != Status::Passed)
+        .filter(|c| c.status != Status::Passed || !c.findings.is_empty())
         .collect();
     if !failures.is_empty() {
-        s.push_str("<h2>Failures and cases not applicable</h2>\n");
+        s.push_str("<h2>Cases not passed: failed, not supported, not applicable</h2>\n");
         for c in failures {
             let _ = writeln!(
                 s,
-                "<h3 class=\"{}\">{} — {} [{}]</h3><pre>{}</pre>",
-                if c.status == Status::Failed {
-                    "failed"
+                "<h3 class=\"{}\">{} — {} [{}]: {}</h3><pre>{}</pre>",
+                if c.passed_with_findings() {
+                    "passed-with-findings".to_owned()
                 } else {
-                    "not-applicable"
+                    c.status.label().replace(' ', "-")
                 },
                 escape(&c.case),
                 escape(&c.title),
                 escape(&c.subject),
-                escape(c.message.as_deref().unwrap_or(""))
+                if c.passed_with_findings() {
+                    "passed with findings"
+                } else {
+                    c.status.label()
+                },
+                escape(
+                    &c.message
+                        .iter()
+                        .chain(&c.findings)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
             );
         }
     }
@@ -316,6 +336,7 @@ mod tests {
         assert!(h.contains("<svg role=\"img\" aria-label=\"latency percentiles\""));
         assert!(h.contains("<polyline"));
         assert!(h.contains("1 passed") && h.contains("1 failed") && h.contains("1 not applicable"));
+        assert!(h.contains("1 not supported"), "{h}");
         assert!(super::case_key("int-2") < super::case_key("int-10"));
         assert_eq!(super::utc(1_700_000_000.0), "2023-11-14 22:13:20 UTC");
         assert_eq!(super::utc(0.0), "1970-01-01 00:00:00 UTC");

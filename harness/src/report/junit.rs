@@ -1,6 +1,6 @@
 //! JUnit XML for CI systems: one `<testsuite>` per feature file, one `<testcase>` per case
-//! and subject; failures carry the message, not-applicable cases are `<skipped>` with the
-//! reason.
+//! and subject; failures carry the message, not-supported and not-applicable cases are `<skipped>`
+//! with the verdict and the reason.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,20 +13,21 @@ pub fn render(r: &RunReport) -> String {
     for c in &r.cases {
         by_feature.entry(c.feature.as_str()).or_default().push(c);
     }
-    let (passed, failed, na) = r.tally();
+    let counts = r.counts();
+    let (failed, skipped) = (counts.failed, counts.not_supported + counts.not_applicable);
     let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         s,
-        "<testsuites name=\"{}\" tests=\"{}\" failures=\"{failed}\" skipped=\"{na}\" time=\"{:.3}\">",
+        "<testsuites name=\"{}\" tests=\"{}\" failures=\"{failed}\" skipped=\"{skipped}\" time=\"{:.3}\">",
         escape(&r.title),
-        passed + failed + na,
+        counts.total(),
         r.duration_s
     );
     for (feature, cases) in by_feature {
         let f = cases.iter().filter(|c| c.status == Status::Failed).count();
         let k = cases
             .iter()
-            .filter(|c| c.status == Status::NotApplicable)
+            .filter(|c| matches!(c.status, Status::NotApplicable | Status::NotSupported))
             .count();
         let t: f64 = cases.iter().map(|c| c.duration_ms).sum::<f64>() / 1000.0;
         let _ = writeln!(
@@ -47,7 +48,14 @@ pub fn render(r: &RunReport) -> String {
             );
             let msg = escape(c.message.as_deref().unwrap_or(""));
             match c.status {
-                Status::Passed => s.push_str("/>\n"),
+                Status::Passed if c.findings.is_empty() => s.push_str("/>\n"),
+                Status::Passed => {
+                    let _ = writeln!(
+                        s,
+                        ">\n      <system-out>passed with findings:\n{}</system-out>\n    </testcase>",
+                        escape(&c.findings.join("\n"))
+                    );
+                }
                 Status::Failed => {
                     let first = msg.lines().next().unwrap_or("");
                     let _ = writeln!(
@@ -55,10 +63,11 @@ pub fn render(r: &RunReport) -> String {
                         ">\n      <failure message=\"{first}\">{msg}</failure>\n    </testcase>"
                     );
                 }
-                Status::NotApplicable => {
+                Status::NotApplicable | Status::NotSupported => {
                     let _ = writeln!(
                         s,
-                        ">\n      <skipped message=\"not applicable: {msg}\"/>\n    </testcase>"
+                        ">\n      <skipped message=\"{}: {msg}\"/>\n    </testcase>",
+                        c.status.label()
                     );
                 }
             }
@@ -75,12 +84,16 @@ mod tests {
     fn junit_counts_and_escapes() {
         let x = super::render(&super::super::tests::sample());
         assert!(
-            x.contains("tests=\"3\" failures=\"1\" skipped=\"1\""),
+            x.contains("tests=\"4\" failures=\"1\" skipped=\"2\""),
             "{x}"
         );
         assert!(x.contains("&lt;oops&gt;"), "{x}");
         assert!(
             x.contains("<skipped message=\"not applicable: no certificate support"),
+            "{x}"
+        );
+        assert!(
+            x.contains("<skipped message=\"not supported: refused with 4.06"),
             "{x}"
         );
         assert_eq!(x.matches("<testsuite ").count(), 3);

@@ -6,6 +6,7 @@
 pub mod dtls;
 pub mod html;
 pub mod junit;
+pub mod matrix;
 pub mod usage;
 
 use std::collections::BTreeMap;
@@ -25,10 +26,81 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub enum Status {
     /// Every pass criterion held.
     Passed,
-    /// A pass criterion failed; the message says which and shows the exchange.
+    /// A pass criterion failed: a conformance violation; the message names the clause and
+    /// shows the exchange.
     Failed,
-    /// The subject cannot support the case; the message says why.
+    /// The case exercises an optional feature the subject refused with the code the
+    /// specification requires for it (4.06 for a format it did not announce, 4.15, 4.05 for
+    /// Disable, ...); the message names the refusal and the clause.
+    NotSupported,
+    /// The case is beyond the subject (an object, instance, LwM2M version or capability it
+    /// lacks, or control the harness does not have); the message says what is missing.
     NotApplicable,
+}
+
+impl Status {
+    /// The name reports use (`passed`, `failed`, `not supported`, `not applicable`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Passed => "passed",
+            Self::Failed => "failed",
+            Self::NotSupported => "not supported",
+            Self::NotApplicable => "not applicable",
+        }
+    }
+
+    /// Whether the subject was exercised: passed, failed or refused the feature.
+    pub fn tested(self) -> bool {
+        !matches!(self, Self::NotApplicable)
+    }
+}
+
+/// How many cases of a report have each [`Status`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Passed.
+    pub passed: usize,
+    /// Failed.
+    pub failed: usize,
+    /// Not supported (refused with the code the specification requires).
+    pub not_supported: usize,
+    /// Not applicable.
+    pub not_applicable: usize,
+    /// Of the passed ones, those with findings.
+    pub with_findings: usize,
+}
+
+impl CaseResult {
+    /// Passed, but with findings.
+    pub fn passed_with_findings(&self) -> bool {
+        self.status == Status::Passed && !self.findings.is_empty()
+    }
+}
+
+impl Counts {
+    /// Every case.
+    pub fn total(&self) -> usize {
+        self.passed + self.failed + self.not_supported + self.not_applicable
+    }
+
+    /// Cases that exercised the subject (every one but the not applicable ones).
+    pub fn tested(&self) -> usize {
+        self.passed + self.failed + self.not_supported
+    }
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} passed", self.passed)?;
+        if self.with_findings > 0 {
+            write!(f, " ({} with findings)", self.with_findings)?;
+        }
+        write!(
+            f,
+            ", {} failed, {} not supported, {} not applicable",
+            self.failed, self.not_supported, self.not_applicable
+        )
+    }
 }
 
 /// A device or server the run exercised.
@@ -61,6 +133,11 @@ pub struct CaseResult {
     pub message: Option<String>,
     /// Evidence files relative to the run folder (exchange log, pcap).
     pub evidence: Vec<String>,
+    /// What the harness tolerated in what the subject sent (an encoding a specification
+    /// forbids, a Register deviation), each with its clause: a passed case with findings
+    /// is "passed with findings", and fails under `test --strict`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<String>,
     /// Wall time of the case in milliseconds.
     pub duration_ms: f64,
 }
@@ -108,14 +185,42 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    /// How many cases have each status: (passed, failed, not applicable).
+    /// How many cases have each status: (passed, failed, not tested) where not tested
+    /// counts the not supported and not applicable ones (see [`RunReport::counts`]).
     pub fn tally(&self) -> (usize, usize, usize) {
+        let c = self.counts();
+        (c.passed, c.failed, c.not_supported + c.not_applicable)
+    }
+
+    /// How many cases have each status.
+    pub fn counts(&self) -> Counts {
         let n = |s| self.cases.iter().filter(|c| c.status == s).count();
-        (
-            n(Status::Passed),
-            n(Status::Failed),
-            n(Status::NotApplicable),
-        )
+        Counts {
+            passed: n(Status::Passed),
+            failed: n(Status::Failed),
+            not_supported: n(Status::NotSupported),
+            not_applicable: n(Status::NotApplicable),
+            with_findings: self
+                .cases
+                .iter()
+                .filter(|c| c.passed_with_findings())
+                .count(),
+        }
+    }
+
+    /// Why the run tested nothing, if so: no case matched the tags, or every case was not
+    /// applicable. Such a run is not a success, whatever else it says.
+    pub fn nothing_tested(&self) -> Option<String> {
+        let c = self.counts();
+        if c.total() == 0 {
+            return Some("no case matched the tags in the feature files".to_owned());
+        }
+        (c.tested() == 0).then(|| {
+            format!(
+                "no case was tested: all {} cases were not applicable to the subject",
+                c.total()
+            )
+        })
     }
 
     /// Writes `report.json`, `report.html` and `junit.xml` into `dir`.
@@ -242,6 +347,9 @@ pub(crate) mod tests {
                     status: Status::Passed,
                     message: None,
                     evidence: vec!["exchanges/int-101.txt".into()],
+                    findings: vec![
+                        "TLV integer in 4 bytes where 1 does (Core TS 1.1 §7.4.3)".into(),
+                    ],
                     duration_ms: 12.0,
                 },
                 CaseResult {
@@ -252,7 +360,19 @@ pub(crate) mod tests {
                     status: Status::Failed,
                     message: Some("expected 2.05, got 4.06 & <oops>".into()),
                     evidence: vec![],
+                    findings: vec![],
                     duration_ms: 3.0,
+                },
+                CaseResult {
+                    case: "int-222".into(),
+                    title: "Read in SenML CBOR".into(),
+                    feature: "features/device_management/read.feature".into(),
+                    subject: "sim-1.1".into(),
+                    status: Status::NotSupported,
+                    message: Some("refused with 4.06 Not Acceptable".into()),
+                    evidence: vec![],
+                    findings: vec![],
+                    duration_ms: 2.0,
                 },
                 CaseResult {
                     case: "int-2".into(),
@@ -262,6 +382,7 @@ pub(crate) mod tests {
                     status: Status::NotApplicable,
                     message: Some("no certificate support in this subject".into()),
                     evidence: vec![],
+                    findings: vec![],
                     duration_ms: 0.0,
                 },
             ],
@@ -284,7 +405,19 @@ pub(crate) mod tests {
         r.write(dir.path()).unwrap();
         let back = RunReport::load(dir.path()).unwrap();
         assert_eq!(back, r);
-        assert_eq!(r.tally(), (1, 1, 1));
+        assert_eq!(r.tally(), (1, 1, 2));
+        let c = r.counts();
+        assert_eq!((c.not_supported, c.not_applicable, c.tested()), (1, 1, 3));
+        assert_eq!(
+            c.to_string(),
+            "1 passed (1 with findings), 1 failed, 1 not supported, 1 not applicable"
+        );
+        assert_eq!(r.nothing_tested(), None);
+        let mut none = r.clone();
+        none.cases.retain(|c| c.status == Status::NotApplicable);
+        assert!(none.nothing_tested().unwrap().contains("not applicable"));
+        none.cases.clear();
+        assert!(none.nothing_tested().unwrap().contains("no case matched"));
         assert_eq!(escape("<a & 'b'>"), "&lt;a &amp; &#39;b&#39;&gt;");
     }
 }

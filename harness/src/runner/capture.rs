@@ -193,6 +193,24 @@ impl Capture {
     pub fn take(&self) -> Vec<Captured> {
         std::mem::take(&mut self.lock().packets)
     }
+
+    /// What was recorded, in order, up to the first received DTLS datagram younger than
+    /// `settle` whose application records still wait for their plaintext (the driver
+    /// reports it right after the datagram): that one and the later ones stay for the next
+    /// call, so that a reader polling while traffic flows still sees the CoAP inside.
+    pub fn take_settled(&self, settle: Duration) -> Vec<Captured> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut inner = self.lock();
+        let cut = inner
+            .packets
+            .iter()
+            .position(|p| p.open_records() > 0 && now.saturating_sub(p.at) < settle)
+            .unwrap_or(inner.packets.len());
+        let rest = inner.packets.split_off(cut);
+        std::mem::replace(&mut inner.packets, rest)
+    }
 }
 
 /// Writes `run.pcap`.

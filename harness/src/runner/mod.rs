@@ -886,6 +886,7 @@ fn implicit_cases(
                 c.registered, c.failed, c.failures
             )),
             evidence: steps::evidence(),
+            findings: Vec::new(),
             duration_ms: 0.0,
         });
         if group.spec.bootstrap && servers.bootstrap.is_some() {
@@ -907,6 +908,7 @@ fn implicit_cases(
                     "{done}/{count} Bootstrap-Finish answered 2.04 (Core TS 1.1 §6.1.4)"
                 )),
                 evidence: steps::evidence(),
+                findings: Vec::new(),
                 duration_ms: 0.0,
             });
         }

@@ -49,6 +49,7 @@ impl Context {
             status,
             message: Some(message),
             evidence: evidence(),
+            findings: Vec::new(),
             duration_ms: started.elapsed().as_secs_f64() * 1e3,
         }
     }

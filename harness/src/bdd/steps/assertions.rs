@@ -4,7 +4,8 @@
 //! ```gherkin
 //! Then the response code is 2.05
 //! And the response is in TLV
-//! And the value of /3/0/0 is "Open Mobile Alliance"
+//! And the value of /3/0/16 is "U"
+//! And the value of /3/0/0 is configured as "Open Mobile Alliance"
 //! And the response holds /3/0/0, /3/0/1
 //! And the response holds only /3/0/11/0, /3/0/16, /1/0
 //! And the response does not hold /1/0/8
@@ -22,8 +23,12 @@ use lwm2m_proto::codec::link::{Link, parse_links};
 use lwm2m_proto::server::Content;
 use lwm2m_proto::{Lwm2mPath, Record};
 
+use crate::bdd::backend::ServerView;
 use crate::bdd::params::{Code, DurationParam, FormatParam, PathParam, Paths, format_label};
-use crate::bdd::world::{Lwm2mWorld, show_value, value_matches};
+use crate::bdd::world::{Lwm2mWorld, Outcome, not_supported, show_value, value_matches};
+use lwm2m_proto::registration::Lwm2mVersion;
+use lwm2m_proto::server::{Operation, Response};
+use lwm2m_proto::{ContentFormat, Schema as _};
 
 /// The expected links (`"</3/0/7>;dim=2, </3/0/11>"`) that `actual` lacks: a link counts
 /// as present when its target matches and it has at least the expected parameters.
@@ -84,6 +89,9 @@ fn response_code(w: &mut Lwm2mWorld, code: Code) -> anyhow::Result<()> {
     if response.code == code.0 {
         return Ok(());
     }
+    if code.0.0 == 2 {
+        refused_optional(w, &outcome, &response);
+    }
     let diagnostic = response
         .diagnostic
         .map(|d| format!(" ({d})"))
@@ -105,10 +113,91 @@ fn response_code(w: &mut Lwm2mWorld, code: Code) -> anyhow::Result<()> {
     ))
 }
 
+/// The format an operation asks for (Accept) or sends (Content-Format), if it names one.
+fn requested_format(operation: &Operation) -> Option<ContentFormat> {
+    match operation {
+        Operation::Read { format, .. }
+        | Operation::Write { format, .. }
+        | Operation::Create { format, .. }
+        | Operation::ReadComposite { format, .. }
+        | Operation::WriteComposite { format, .. }
+        | Operation::Observe { format, .. }
+        | Operation::ObserveComposite { format, .. } => *format,
+        _ => None,
+    }
+}
+
+/// The formats every client of `version` must read and write, whatever it announces
+/// (Core TS 1.0 §6.4: plain text, opaque, TLV; 1.1 §7.1: plain text and opaque for single
+/// resources, CoRE Link Format for Discover, and at least one of the others, which the
+/// client names with `ct=` in its Register, §6.2.1).
+fn mandatory_format(version: Lwm2mVersion, format: ContentFormat) -> bool {
+    matches!(
+        format,
+        ContentFormat::Text | ContentFormat::Opaque | ContentFormat::LinkFormat
+    ) || (version == Lwm2mVersion::V1_0 && format == ContentFormat::Tlv)
+}
+
+/// Ends the case as "not supported" when the subject refused an optional feature with the
+/// code the specification requires for the refusal: 4.06 Not Acceptable (or 4.15
+/// Unsupported Content-Format) for a format it does not have to support and did not announce
+/// in its Register's `ct=`, and 4.04 or 4.05 for an operation on a resource the object
+/// definition marks optional (Disable 1/x/4, Bootstrap-Request Trigger 1/x/9, ...).
+/// A feature the device description declares (`features:`) is no longer optional for the
+/// device: its refusal falls through to the failure, as anything else does.
+fn refused_optional(w: &mut Lwm2mWorld, outcome: &Outcome, response: &Response) {
+    let Ok(endpoint) = w.current() else { return };
+    let Some(registration) = w.backend().registration(&endpoint) else {
+        return;
+    };
+    let code = named(response.code);
+    if let (Some(format), (4, 6) | (4, 15)) = (requested_format(&outcome.operation), response.code)
+    {
+        let announced = registration.links.content_formats.contains(&format.code());
+        let declared = w
+            .ctx()
+            .device
+            .as_ref()
+            .is_some_and(|d| d.declares_format(format));
+        if !announced && !declared && !mandatory_format(registration.version, format) {
+            not_supported(format!(
+                "{} was refused with {code}: {} is optional for a LwM2M {} client and the \
+                 device does not announce it (ct= {:?} in its Register, Core TS 1.1 §6.2.1, \
+                 §7.1)",
+                outcome.description,
+                format_label(format),
+                registration.version,
+                registration.links.content_formats
+            ));
+        }
+    }
+    if matches!(response.code, (4, 4) | (4, 5))
+        && let (Some(o), Some(r)) = (outcome.target.object_id(), outcome.target.resource_id())
+    {
+        let registry = w.ctx().library.registry.clone();
+        let declared = w
+            .ctx()
+            .device
+            .as_ref()
+            .is_some_and(|d| d.declares_resource(&outcome.target));
+        if let Some(def) = registry.resource(o, r)
+            && !def.mandatory
+            && !declared
+        {
+            not_supported(format!(
+                "{} was refused with {code}: resource {} of object {} ({}) is optional \
+                 (its object definition, Core TS 1.1 Appendix D/E)",
+                outcome.description, r.0, o.0, def.name
+            ));
+        }
+    }
+}
+
 /// The Content-Format of the last response.
 #[then(expr = "the response is in {format}")]
 fn response_format(w: &mut Lwm2mWorld, format: FormatParam) -> anyhow::Result<()> {
     let (outcome, response) = w.response()?;
+    w.require_our_server(ServerView::ResponseFormat, "the answer's Content-Format");
     if response.format == Some(format.0) {
         return Ok(());
     }
@@ -179,18 +268,56 @@ fn value_is(w: &mut Lwm2mWorld, path: PathParam, expected: String) -> anyhow::Re
     }
 }
 
+/// A configuration value of the device (the ETS's is `ets`, from its configuration C.6):
+/// the value its device description (`--device-profile`) declares for the path, if any;
+/// without one, the value must be present (its type is the registry's, or the response
+/// carries a finding). The ETS's own values are not conformance: a device configured with
+/// manufacturer "ACME" or binding "UQ" is right.
+#[then(expr = "the value of {path} is configured as {string}")]
+fn value_configured(w: &mut Lwm2mWorld, path: PathParam, ets: String) -> anyhow::Result<()> {
+    let declared = w.ctx().device.as_ref().and_then(|d| d.value(&path.0));
+    if let Some(expected) = declared {
+        return value_is(w, path, expected).map_err(|e| {
+            e.context("the value differs from the one the device description declares")
+        });
+    }
+    let (outcome, records) = w.response_records()?;
+    match records.iter().find(|r| r.path == path.0) {
+        Some(Record { value: Some(_), .. }) => Ok(()),
+        _ => Err(w.fail_since(
+            outcome.log_mark,
+            format!(
+                "{} gave no value for {} (configured in the ETS as {ets:?}); it gave {}",
+                outcome.description,
+                path.0,
+                show_records(&records)
+            ),
+        )),
+    }
+}
+
 fn holds(records: &[Record], path: &Lwm2mPath) -> bool {
     records.iter().any(|r| path.is_prefix_of(&r.path))
 }
 
-/// The last response carried values at (or below) each of these paths.
+/// The last response carried values at (or below) each of these paths (for a device under
+/// test, resources its object definition makes optional may be absent).
 #[then(expr = "the response holds {paths}")]
 fn response_holds(w: &mut Lwm2mWorld, paths: Paths) -> anyhow::Result<()> {
     let (outcome, records) = w.response_records()?;
+    // The ETS device has optional resources a device under test need not have (C.6: the
+    // Firmware Version 3/0/3, the power sources 3/0/6-8): their absence is configuration.
+    let device = !w.client_is_ours();
+    let registry = w.ctx().library.registry.clone();
+    let optional = |p: &Lwm2mPath| {
+        device
+            && matches!((p.object_id(), p.resource_id()), (Some(o), Some(r))
+                if registry.resource(o, r).is_some_and(|d| !d.mandatory))
+    };
     let missing: Vec<String> = paths
         .0
         .iter()
-        .filter(|p| !holds(&records, p))
+        .filter(|p| !holds(&records, p) && !optional(p))
         .map(ToString::to_string)
         .collect();
     if missing.is_empty() {
@@ -328,6 +455,7 @@ fn response_location(w: &mut Lwm2mWorld, path: PathParam) -> anyhow::Result<()> 
 #[then("the response has no findings")]
 fn no_findings(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
     let (outcome, response) = w.response()?;
+    w.require_our_server(ServerView::Findings, "the decoder's findings");
     if response.findings.is_empty() {
         Ok(())
     } else {
@@ -345,6 +473,7 @@ fn no_findings(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
 #[then(expr = "the response is flagged {string}")]
 fn flagged(w: &mut Lwm2mWorld, text: String) -> anyhow::Result<()> {
     let (outcome, response) = w.response()?;
+    w.require_our_server(ServerView::Findings, "the decoder's findings");
     let findings: Vec<String> = response
         .findings
         .iter()

@@ -74,10 +74,24 @@ fn add_client(
     Ok(())
 }
 
-/// A case written for a client of `profile` applies to the device under test only if the
-/// device is such a client: registered with the profile's LwM2M version and queue mode and
-/// announcing its objects, with no quirks asked for, and with a server account (a case
-/// that starts from a bootstrap-only factory state needs the device reset into it).
+/// The tag prefix of a case whose behaviour later LwM2M versions changed: `@until-lwm2m-1.0`
+/// applies to 1.0 devices only.
+pub const UNTIL_VERSION_TAG: &str = "until-lwm2m-";
+
+/// A case written for a client of `profile` applies to the device under test if the device
+/// is such a client as far as the case goes (an object the device lacks makes only the
+/// cases that touch it not applicable):
+///
+/// - its LwM2M version is the profile's or newer (a 1.2 device runs the 1.0 and 1.1
+///   cases), unless the case is tagged `@until-lwm2m-X.Y` and the device is newer than X.Y;
+/// - it announces, in its Register, every object the case's steps name that the profile
+///   has, and every instance of them the case names that the profile has (a bare `</16>`
+///   does not make /16/0 cases applicable); paths the profile lacks are ones the case
+///   expects absent; the Security object is never announced (Core TS 1.1 §6.2.1), and the
+///   Server account is found by its Short Server ID (see `Lwm2mWorld::account_instance`);
+/// - no quirks are asked for, queue mode as the profile's, and it starts with a server
+///   account (a case that starts from a bootstrap-only factory state needs the device reset
+///   into it).
 fn device_fits(
     w: &mut Lwm2mWorld,
     device: &str,
@@ -89,19 +103,49 @@ fn device_fits(
     if !quirks.is_empty() {
         not_applicable("the case is about a client with quirks; the device under test is as it is");
     }
-    if !matches!(provisioning, Provisioning::Server(_)) {
+    let launched = crate::bdd::device::launch();
+    let bootstrap_device = launched.as_ref().is_some_and(|l| l.bootstrap_only());
+    match provisioning {
+        Provisioning::Server(_) => {}
+        // Started with only {bootstrap_uri}: the device starts from a bootstrap-only state.
+        Provisioning::BootstrapOnly(_) if bootstrap_device => {}
+        _ if launched.is_some() => not_applicable(
+            "the case starts from a factory configuration with only a Bootstrap-Server \
+             account: give the device a --device-cmd with {bootstrap_uri} and no {server_uri}",
+        ),
+        _ => {}
+    }
+    if !matches!(provisioning, Provisioning::Server(_)) && launched.is_none() {
         not_applicable(format!(
             "the case starts from a factory bootstrap configuration: the device would have to \
              be reset into it ({not_ours})"
         ));
     }
-    let Some(r) = w.backend().registration(device) else {
+    // A device the harness restarts is judged by what it announced when it last registered.
+    let Some(r) = w
+        .backend()
+        .registration(device)
+        .or_else(crate::bdd::device::last_registration)
+    else {
         return;
     };
-    if r.version != profile.lwm2m_version {
+    if r.version < profile.lwm2m_version {
         not_applicable(format!(
-            "the case is for a LwM2M {} client; the device under test registered as {}",
+            "the case is for LwM2M {} clients and later; the device under test registered as {}",
             profile.lwm2m_version, r.version
+        ));
+    }
+    let until = w.tags.iter().find_map(|t| {
+        t.strip_prefix(UNTIL_VERSION_TAG)
+            .and_then(lwm2m_proto::registration::Lwm2mVersion::parse)
+    });
+    if let Some(until) = until
+        && r.version > until
+    {
+        not_applicable(format!(
+            "the case checks LwM2M {until} behaviour that later versions changed; the device \
+             under test registered as {}",
+            r.version
         ));
     }
     if r.queue_mode != profile.queue_mode {
@@ -111,15 +155,41 @@ fn device_fits(
             profile.queue_mode, r.queue_mode
         ));
     }
-    let missing: Vec<String> = profile
-        .objects
-        .keys()
-        .filter(|o| o.0 != 0 && !r.links.objects.contains_key(o))
-        .map(|o| format!("/{}", o.0))
-        .collect();
+    let mut missing: Vec<String> = Vec::new();
+    for path in &w.touched {
+        let Some(o) = path.object_id() else { continue };
+        // Security is never in a Register; the account (object 1) is found by its SSID.
+        if o.0 == 0 || o.0 == 1 {
+            continue;
+        }
+        let Some(spec) = profile.objects.get(&o) else {
+            continue;
+        };
+        let Some(announced) = r.links.objects.get(&o) else {
+            let m = format!("object /{}", o.0);
+            if !missing.contains(&m) {
+                missing.push(m);
+            }
+            continue;
+        };
+        if let Some(i) = path.instance_id()
+            && spec.instances.contains_key(&i)
+            && !announced.instances.contains(&i)
+        {
+            let bare = if announced.instances.is_empty() {
+                format!(" (it announces </{}> without instances)", o.0)
+            } else {
+                String::new()
+            };
+            let m = format!("instance /{}/{}{bare}", o.0, i.0);
+            if !missing.contains(&m) {
+                missing.push(m);
+            }
+        }
+    }
     if !missing.is_empty() {
         not_applicable(format!(
-            "the case needs objects {} the device under test does not announce",
+            "the case needs {} that the device under test does not announce in its Register",
             missing.join(", ")
         ));
     }

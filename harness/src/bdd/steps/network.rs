@@ -143,6 +143,10 @@ fn server_sees_awake(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
 
 fn server_sees(w: &mut Lwm2mWorld, awake: bool) -> anyhow::Result<()> {
     let name = w.current()?;
+    w.require_our_server(
+        crate::bdd::backend::ServerView::QueueState,
+        "whether the server sees the client asleep",
+    );
     if w.backend().server_sees_awake(&name) == awake {
         Ok(())
     } else {

@@ -36,6 +36,8 @@ fn observe(
         && let Some(id) = response.observation
     {
         w.observations.insert(paths.clone(), id);
+        let values = content_records(response.content.as_ref(), &outcome.target);
+        remember(w, id, values);
     }
     w.last_observed = Some(paths);
     Ok(())
@@ -103,9 +105,93 @@ fn is_notification(t: &Timed, id: ObservationId) -> bool {
 }
 
 fn keep(w: &mut Lwm2mWorld, t: Timed) {
-    if let Happening::Server(ServerEvent::Notification { path, response, .. }) = t.happening {
+    if let Happening::Server(ServerEvent::Notification {
+        observation,
+        path,
+        response,
+        ..
+    }) = t.happening
+    {
+        remember(
+            w,
+            observation,
+            content_records(response.content.as_ref(), &path),
+        );
         w.notification = Some((path, response));
     }
+}
+
+fn content_records(content: Option<&Content>, path: &Lwm2mPath) -> Vec<lwm2m_proto::Record> {
+    match content {
+        Some(Content::Node(node)) => node.to_records(path),
+        Some(Content::Records(r)) => r.clone(),
+        _ => Vec::new(),
+    }
+}
+
+fn remember(w: &mut Lwm2mWorld, id: ObservationId, values: Vec<lwm2m_proto::Record>) {
+    w.observed_values.retain(|(o, _)| *o != id);
+    w.observed_values.push((id, values));
+}
+
+/// Whether a notification reports a change that allows it before pmax: its values differ
+/// from what the observation reported last (times aside) and, for a numeric resource with
+/// gt, lt or st written on it or above it, the change meets one of them (Core TS 1.1
+/// §5.1.2).
+fn changed(w: &Lwm2mWorld, id: ObservationId, t: &Timed) -> bool {
+    let Happening::Server(ServerEvent::Notification { path, response, .. }) = &t.happening else {
+        return false;
+    };
+    let now = content_records(response.content.as_ref(), path);
+    let before = w
+        .observed_values
+        .iter()
+        .find(|(o, _)| *o == id)
+        .map(|(_, v)| v.as_slice())
+        .unwrap_or_default();
+    let number = |r: &lwm2m_proto::Record| {
+        r.value
+            .as_ref()
+            .and_then(|v| lwm2m_proto::content::format_text(v).parse::<f64>().ok())
+    };
+    let key = |r: &lwm2m_proto::Record| (r.path, r.value.clone());
+    if now.len() != before.len() {
+        return true;
+    }
+    now.iter().any(|r| {
+        let Some(old) = before.iter().find(|b| b.path == r.path) else {
+            return true;
+        };
+        if key(old) == key(r) {
+            return false;
+        }
+        let ids = r.path.ids();
+        let thresholds = (0..=ids.len())
+            .rev()
+            .filter_map(|n| Lwm2mPath::from_ids(&ids[..n]))
+            .find_map(|a| w.thresholds_written.get(&a).filter(|t| t.any()));
+        match (thresholds, number(old), number(r)) {
+            (Some(t), Some(a), Some(b)) => t.met(a, b),
+            _ => true,
+        }
+    })
+}
+
+/// The pmin in force on `paths` (Core TS 1.1 §5.1.2): what the scenario wrote on each
+/// path or its nearest ancestor; the smallest over the paths; 0 when none was written.
+fn pmin_of(w: &Lwm2mWorld, paths: &[Lwm2mPath]) -> Duration {
+    paths
+        .iter()
+        .map(|p| {
+            let ids = p.ids();
+            (0..=ids.len())
+                .rev()
+                .filter_map(|n| Lwm2mPath::from_ids(&ids[..n]))
+                .find_map(|a| w.pmin_written.get(&a).copied())
+                .unwrap_or(0)
+        })
+        .min()
+        .map_or(Duration::ZERO, |s| Duration::from_secs(u64::from(s)))
 }
 
 fn notification_within(
@@ -164,10 +250,29 @@ fn notification_between(
     )?;
     let gap = t.at.saturating_sub(previous);
     if gap < min.0 {
-        return Err(w.fail(format!(
-            "the notification came {gap:?} after the previous event, before {:?}",
-            min.0
-        )));
+        // Earlier than the case's window is right for a changed value once pmin has
+        // passed (a device whose values change by themselves notifies at pmin, Core TS
+        // 1.1 §5.1.2); before pmin, or with nothing changed, it is not.
+        let pmin = pmin_of(w, &paths);
+        let why = if gap < pmin {
+            Some(format!(
+                "before pmin {pmin:?} (Core TS 1.1 §5.1.2: no notification sooner than pmin)"
+            ))
+        } else if !changed(w, id, &t) {
+            Some(
+                "with no change that meets gt/lt/st (Core TS 1.1 §5.1.2: before pmax, a \
+                 notification follows a change that meets them)"
+                    .to_owned(),
+            )
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(w.fail(format!(
+                "the notification came {gap:?} after the previous event, before {:?}, {why}",
+                min.0
+            )));
+        }
     }
     keep(w, t);
     Ok(())

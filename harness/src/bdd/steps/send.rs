@@ -14,7 +14,7 @@ use lwm2m_proto::Record;
 use lwm2m_proto::client::ClientEvent;
 use lwm2m_proto::server::ServerEvent;
 
-use crate::bdd::backend::{ClientAction, Happening};
+use crate::bdd::backend::{ClientAction, Happening, ServerView};
 use crate::bdd::params::{Code, DurationParam, PathParam, Paths};
 use crate::bdd::world::{Lwm2mWorld, show_value, value_matches};
 
@@ -29,7 +29,7 @@ fn client_sends(w: &mut Lwm2mWorld, paths: Paths) -> anyhow::Result<()> {
 #[then(expr = "the server receives a Send within {duration}")]
 fn server_receives(w: &mut Lwm2mWorld, within: DurationParam) -> anyhow::Result<()> {
     let name = w.current()?;
-    w.require_our_server("the values a Send delivered");
+    w.require_our_server(ServerView::Send, "the values a Send delivered");
     let t = w.wait_for(within.0, &format!("a Send from {name:?}"), |t| {
         matches!(&t.happening, Happening::Server(ServerEvent::Send { endpoint, .. }) if *endpoint == name)
     })?;

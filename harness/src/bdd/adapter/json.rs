@@ -1,0 +1,581 @@
+//! JSON shapes shared by the adapters: our REST API's (which the exec driver protocol
+//! reuses for `nodes`), turned back into the core's [`Response`], [`Registration`] and
+//! [`ServerEvent`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use lwm2m_proto::bootstrap::BootstrapEvent;
+use lwm2m_proto::bootstrap::server::FailureReason;
+use lwm2m_proto::codec::link::{ObjectLinkInfo, RegistrationLinks, parse_discover};
+use lwm2m_proto::content::{self, ContentFormat};
+use lwm2m_proto::registration::Lwm2mVersion;
+use lwm2m_proto::registry::Registry;
+use lwm2m_proto::server::{Content, ObservationId, Registration, Response, ServerEvent};
+use lwm2m_proto::{InstanceId, Lwm2mPath, Node, ObjectId, Record, Schema};
+use serde_json::{Value as Json, json};
+
+use super::RegistrationView;
+
+/// `"2.05"` as a CoAP code.
+pub fn parse_code(s: &str) -> Option<(u8, u8)> {
+    let (class, detail) = s.split_once('.')?;
+    Some((class.parse().ok()?, detail.parse().ok()?))
+}
+
+/// A CoAP code as text, `2.05`.
+pub fn code_text((class, detail): (u8, u8)) -> String {
+    format!("{class}.{detail:02}")
+}
+
+/// Records as `{"nodes": [{"path", "value"}]}` (values as [`lwm2m_proto::Value::to_json`]).
+pub fn nodes_json(records: &[Record]) -> Json {
+    let nodes: Vec<Json> = records
+        .iter()
+        .map(
+            |r| json!({"path": r.path.to_string(), "value": r.value.as_ref().map(|v| v.to_json())}),
+        )
+        .collect();
+    json!({ "nodes": nodes })
+}
+
+/// Records from `[{"path", "value"}]`, typed by `schema`.
+pub fn records_from_nodes(schema: &dyn Schema, nodes: &Json) -> Result<Vec<Record>, String> {
+    lwm2m_server::json::records_from(schema, &json!({ "nodes": nodes }))
+}
+
+/// What a response body holds, as the operation expects it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// A node at this path (Read, Observe, notifications).
+    Node(Lwm2mPath),
+    /// A flat list (composite operations, Send).
+    Records,
+    /// A Discover answer.
+    Links,
+    /// Nothing to decode.
+    Nothing,
+}
+
+impl Body {
+    /// What `operation`'s answer carries.
+    pub fn of(operation: &lwm2m_proto::server::Operation) -> Self {
+        use lwm2m_proto::server::Operation as Op;
+        match operation {
+            Op::Read { path, .. } | Op::Observe { path, .. } => Self::Node(*path),
+            Op::ReadComposite { .. } | Op::ObserveComposite { .. } => Self::Records,
+            Op::Discover { .. } => Self::Links,
+            _ => Self::Nothing,
+        }
+    }
+}
+
+/// Decodes a raw payload as our server would (findings included).
+pub fn decode_payload(
+    response: &mut Response,
+    body: Body,
+    bytes: &[u8],
+    schema: &dyn Schema,
+) -> Result<(), String> {
+    response.payload_len = bytes.len();
+    if response.code.0 != 2 || bytes.is_empty() {
+        if response.code.0 >= 4 && !bytes.is_empty() {
+            response.diagnostic = Some(String::from_utf8_lossy(bytes).into_owned());
+        }
+        return Ok(());
+    }
+    let format = response
+        .format
+        .ok_or("a payload without a content format")?;
+    match body {
+        Body::Node(path) => {
+            let d = content::decode(format, bytes, &path, schema).map_err(|e| e.to_string())?;
+            response.content = Some(Content::Node(d.content));
+            response.findings = d.findings;
+        }
+        Body::Records => {
+            let d = content::decode_records(format, bytes, schema).map_err(|e| e.to_string())?;
+            response.content = Some(Content::Records(d.content));
+            response.findings = d.findings;
+        }
+        Body::Links => {
+            let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+            let links = parse_discover(text).map_err(|e| e.to_string())?;
+            response.content = Some(Content::Links(links));
+        }
+        Body::Nothing => {}
+    }
+    Ok(())
+}
+
+/// The content of decoded nodes: a node at `body`'s path, or the flat list.
+pub fn content_from_records(
+    body: Body,
+    records: Vec<Record>,
+    schema: &dyn Schema,
+) -> Result<Option<Content>, String> {
+    Ok(match body {
+        Body::Node(path) => Some(Content::Node(
+            content::records_to_node(&path, &records, schema).map_err(|e| e.to_string())?,
+        )),
+        Body::Records => Some(Content::Records(records)),
+        Body::Links | Body::Nothing => None,
+    })
+}
+
+/// A response in our REST API's shape (`{"code", "format", "nodes" | "links", "location",
+/// "observation", "diagnostic", "payload_len"}`).
+pub fn response_from(j: &Json, body: Body, schema: &dyn Schema) -> Result<Response, String> {
+    let code = j
+        .get("code")
+        .and_then(Json::as_str)
+        .and_then(parse_code)
+        .ok_or_else(|| format!("no CoAP code in {j}"))?;
+    let mut r = Response {
+        code,
+        ..Response::empty()
+    };
+    r.format = j
+        .get("format")
+        .and_then(Json::as_str)
+        .and_then(ContentFormat::from_name);
+    if let Some(nodes) = j.get("nodes") {
+        let records = records_from_nodes(schema, nodes)?;
+        r.content = content_from_records(body, records, schema)?;
+    }
+    if let Some(Json::Array(links)) = j.get("links") {
+        let text: Vec<&str> = links
+            .iter()
+            .filter_map(|l| l.get("link").and_then(Json::as_str))
+            .collect();
+        let entries = parse_discover(&text.join(",")).map_err(|e| e.to_string())?;
+        r.content = Some(Content::Links(entries));
+    }
+    if let Some(l) = j.get("location").and_then(Json::as_str) {
+        r.location = Some(l.parse().map_err(|e| format!("location {l:?}: {e}"))?);
+    }
+    r.observation = j
+        .get("observation")
+        .and_then(Json::as_u64)
+        .map(ObservationId);
+    r.diagnostic = j
+        .get("diagnostic")
+        .and_then(Json::as_str)
+        .map(str::to_owned);
+    r.payload_len = j
+        .get("payload_len")
+        .and_then(Json::as_u64)
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0);
+    Ok(r)
+}
+
+/// A registration in our REST API's shape.
+pub fn registration_from(j: &Json) -> Result<RegistrationView, String> {
+    let s = |k: &str| j.get(k).and_then(Json::as_str);
+    let endpoint = s("endpoint").ok_or_else(|| format!("no endpoint in {j}"))?;
+    let address: SocketAddr = s("address")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("no address in the registration of {endpoint}"))?;
+    let mut objects = BTreeMap::new();
+    for o in j
+        .get("objects")
+        .and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(id) = o.get("id").and_then(Json::as_u64) else {
+            continue;
+        };
+        let instances: BTreeSet<InstanceId> = o
+            .get("instances")
+            .and_then(Json::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.as_u64().and_then(|i| u16::try_from(i).ok()))
+            .map(InstanceId)
+            .collect();
+        let version = o.get("version").and_then(Json::as_str).map(str::to_owned);
+        let id = u16::try_from(id).map_err(|_| format!("object id {id}"))?;
+        objects.insert(ObjectId(id), ObjectLinkInfo { version, instances });
+    }
+    let now = Instant::now();
+    let registration = Registration {
+        id: s("registration_id").unwrap_or_default().to_owned(),
+        endpoint: endpoint.to_owned(),
+        version: s("lwm2m_version")
+            .and_then(Lwm2mVersion::parse)
+            .unwrap_or(Lwm2mVersion::V1_0),
+        lifetime: j
+            .get("lifetime")
+            .and_then(Json::as_u64)
+            .and_then(|l| u32::try_from(l).ok())
+            .unwrap_or(0),
+        binding: s("binding").unwrap_or("U").to_owned(),
+        queue_mode: j.get("queue_mode").and_then(Json::as_bool).unwrap_or(false),
+        sms: s("sms").map(str::to_owned),
+        address,
+        links: RegistrationLinks {
+            alternate_path: s("root_path").unwrap_or("/").to_owned(),
+            content_formats: j
+                .get("content_formats")
+                .and_then(Json::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_u64().and_then(|c| u16::try_from(c).ok()))
+                .collect(),
+            objects,
+        },
+        registered_at: now,
+        last_update: now,
+        findings: Vec::new(),
+        link_notes: Vec::new(),
+    };
+    Ok(RegistrationView {
+        registration,
+        sleeping: j.get("sleeping").and_then(Json::as_bool),
+    })
+}
+
+/// The object versions a registration declared (to type its payloads).
+pub fn versions(r: &Registration) -> BTreeMap<ObjectId, String> {
+    r.links
+        .objects
+        .iter()
+        .filter_map(|(o, i)| Some((*o, i.version.clone()?)))
+        .collect()
+}
+
+/// One of our API's server-sent events (`name`, its JSON data) as a [`ServerEvent`];
+/// `None` for events the suite does not use. `versions_of` gives the object versions an
+/// endpoint registered, to type its values with `registry`.
+pub fn event_from(
+    name: &str,
+    data: &Json,
+    registry: &Registry,
+    versions_of: &dyn Fn(&str) -> BTreeMap<ObjectId, String>,
+) -> Option<ServerEvent> {
+    let registration = || {
+        data.get("registration")
+            .and_then(|r| registration_from(r).ok())
+            .map(|v| v.registration)
+    };
+    let endpoint = || {
+        data.get("endpoint")
+            .and_then(Json::as_str)
+            .map(str::to_owned)
+    };
+    let peer = || {
+        data.get("peer")
+            .and_then(Json::as_str)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    };
+    let refusal = || {
+        (
+            peer(),
+            data.get("code")
+                .and_then(Json::as_str)
+                .and_then(parse_code)
+                .unwrap_or((0, 0)),
+            data.get("reason")
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    Some(match name {
+        "REGISTRATION" => ServerEvent::Registered {
+            registration: registration()?,
+            replaced: None,
+        },
+        "UPDATED" => ServerEvent::Updated {
+            registration: registration()?,
+            previous_address: data
+                .get("previous_address")
+                .and_then(Json::as_str)
+                .and_then(|a| a.parse().ok()),
+        },
+        "DEREGISTRATION" => {
+            let registration = registration()?;
+            if data.get("expired").and_then(Json::as_bool) == Some(true) {
+                ServerEvent::Expired { registration }
+            } else {
+                ServerEvent::Deregistered { registration }
+            }
+        }
+        "SLEEPING" => ServerEvent::Sleeping {
+            endpoint: endpoint()?,
+        },
+        "AWAKE" => ServerEvent::Awake {
+            endpoint: endpoint()?,
+        },
+        "REGISTRATION_REFUSED" => {
+            let (peer, code, reason) = refusal();
+            ServerEvent::RegistrationRefused { peer, code, reason }
+        }
+        "REQUEST_REFUSED" => {
+            let (peer, code, reason) = refusal();
+            ServerEvent::RequestRefused { peer, code, reason }
+        }
+        "NOTIFICATION" => {
+            let endpoint = endpoint()?;
+            let path: Lwm2mPath = data.get("path")?.as_str()?.parse().ok()?;
+            let versions = versions_of(&endpoint);
+            let schema = registry.with_versions(&versions);
+            let composite = data
+                .get("response")
+                .and_then(|r| r.get("nodes"))
+                .and_then(Json::as_array)
+                .is_some_and(|n| {
+                    n.iter().any(|n| {
+                        n.get("path")
+                            .and_then(Json::as_str)
+                            .and_then(|p| p.parse::<Lwm2mPath>().ok())
+                            .is_some_and(|p| !path.is_prefix_of(&p))
+                    })
+                });
+            let body = if composite {
+                Body::Records
+            } else {
+                Body::Node(path)
+            };
+            let response = response_from(data.get("response")?, body, &schema).ok()?;
+            ServerEvent::Notification {
+                observation: ObservationId(data.get("observation")?.as_u64()?),
+                endpoint,
+                path,
+                response,
+                seq: data
+                    .get("seq")
+                    .and_then(Json::as_u64)
+                    .and_then(|s| u32::try_from(s).ok())
+                    .unwrap_or(0),
+            }
+        }
+        "OBSERVATION_ENDED" => ServerEvent::ObservationEnded {
+            observation: ObservationId(data.get("observation")?.as_u64()?),
+            endpoint: endpoint()?,
+            reason: data
+                .get("reason")
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        },
+        "SEND" => {
+            let endpoint = endpoint()?;
+            let versions = versions_of(&endpoint);
+            let schema = registry.with_versions(&versions);
+            let records = records_from_nodes(&schema, data.get("nodes")?).ok()?;
+            ServerEvent::Send {
+                endpoint,
+                records,
+                findings: Vec::new(),
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// A step name of [`BootstrapEvent`] (`discover`, `delete`, `write`, `read`, `finish`).
+fn step_name(s: &str) -> Option<&'static str> {
+    ["discover", "delete", "write", "read", "finish"]
+        .into_iter()
+        .find(|n| *n == s)
+}
+
+/// One of our API's `BOOTSTRAP_*` events as a [`BootstrapEvent`]; `None` for others, and
+/// for a failure whose reason is not a client's code (the API gives reasons as text).
+pub fn bootstrap_event_from(name: &str, data: &Json) -> Option<BootstrapEvent> {
+    let s = |k: &str| data.get(k).and_then(Json::as_str);
+    let endpoint = || s("endpoint").map(str::to_owned);
+    let path = || s("path").and_then(|p| p.parse::<Lwm2mPath>().ok());
+    let peer = || {
+        s("peer")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    };
+    Some(match name {
+        "BOOTSTRAP_STARTED" => BootstrapEvent::SessionStarted {
+            endpoint: endpoint()?,
+            peer: peer(),
+            config: s("config").unwrap_or_default().to_owned(),
+            initiated_by_client: data.get("initiated_by_client")?.as_bool()?,
+            format: s("format")
+                .and_then(ContentFormat::from_name)
+                .unwrap_or(ContentFormat::Tlv),
+        },
+        "BOOTSTRAP_STEP" => BootstrapEvent::Step {
+            endpoint: endpoint()?,
+            step: step_name(s("step")?)?,
+            path: path(),
+            code: parse_code(s("code")?)?,
+            detail: s("detail").map(str::to_owned),
+        },
+        "BOOTSTRAP_FINISHED" => BootstrapEvent::Finished {
+            endpoint: endpoint()?,
+            duration: std::time::Duration::try_from_secs_f64(
+                data.get("duration_ms")?.as_f64()? / 1000.0,
+            )
+            .ok()?,
+        },
+        "BOOTSTRAP_FAILED" => {
+            // "answered 4.05 where 2.04 was expected" (FailureReason::Code's text).
+            let reason = s("reason")?;
+            let rest = reason.strip_prefix("answered ")?;
+            let (code, expected) = rest.split_once(" where ")?;
+            let expected = expected.strip_suffix(" was expected")?;
+            BootstrapEvent::Failed {
+                endpoint: endpoint()?,
+                step: step_name(s("step")?)?,
+                path: path(),
+                reason: FailureReason::Code {
+                    code: parse_code(code)?,
+                    expected: parse_code(expected)?,
+                },
+            }
+        }
+        "BOOTSTRAP_REFUSED" => BootstrapEvent::Refused {
+            peer: peer(),
+            endpoint: endpoint(),
+            code: parse_code(s("code")?)?,
+            reason: s("reason").unwrap_or_default().to_owned(),
+        },
+        _ => return None,
+    })
+}
+
+/// A node as the records our API takes for a Write at `path`.
+pub fn write_body(path: &Lwm2mPath, node: &Node) -> Json {
+    nodes_json(&node.to_records(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lwm2m_proto::Value;
+
+    fn registry() -> lwm2m_proto::registry::Registry {
+        lwm2m_proto::registry::Registry::embedded()
+    }
+
+    #[test]
+    fn a_read_answer_becomes_a_node() {
+        let j = json!({"code": "2.05", "format": "tlv", "payload_len": 12,
+            "nodes": [{"path": "/3/0/0", "value": "ACME"}, {"path": "/3/0/9", "value": 80}]});
+        let r = response_from(
+            &j,
+            Body::Node(Lwm2mPath::Instance(ObjectId(3), InstanceId(0))),
+            &registry(),
+        )
+        .unwrap();
+        assert_eq!(r.code, (2, 5));
+        assert_eq!(r.format, Some(ContentFormat::Tlv));
+        let Some(Content::Node(node)) = &r.content else {
+            panic!("{r:?}")
+        };
+        let recs = node.to_records(&Lwm2mPath::Instance(ObjectId(3), InstanceId(0)));
+        assert!(
+            recs.iter().any(|r| r.value == Some(Value::Integer(80))),
+            "{recs:?}"
+        );
+        assert_eq!(r.payload_len, 12);
+    }
+
+    #[test]
+    fn a_discover_answer_becomes_links_and_codes_read() {
+        let j =
+            json!({"code": "2.05", "links": [{"link": "</3/0>"}, {"link": "</3/0/1>;pmin=10"}]});
+        let r = response_from(&j, Body::Links, &registry()).unwrap();
+        let Some(Content::Links(l)) = r.content else {
+            panic!()
+        };
+        assert_eq!(l.len(), 2);
+        assert_eq!(parse_code("4.04"), Some((4, 4)));
+        assert_eq!(parse_code("x"), None);
+        assert_eq!(code_text((2, 4)), "2.04");
+        assert!(response_from(&json!({}), Body::Nothing, &registry()).is_err());
+    }
+
+    #[test]
+    fn registrations_and_events_read_back() {
+        let reg = json!({"endpoint": "c1", "registration_id": "ab", "lwm2m_version": "1.1",
+            "lifetime": 300, "binding": "UQ", "queue_mode": true, "sleeping": true,
+            "address": "127.0.0.1:4000", "root_path": "/", "content_formats": [110],
+            "objects": [{"id": 3, "version": "1.1", "instances": [0]}]});
+        let v = registration_from(&reg).unwrap();
+        assert_eq!(v.registration.lifetime, 300);
+        assert_eq!(v.sleeping, Some(true));
+        assert_eq!(
+            versions(&v.registration)
+                .get(&ObjectId(3))
+                .map(String::as_str),
+            Some("1.1")
+        );
+        let reg_ = registry();
+        let none = |_: &str| BTreeMap::new();
+        let e = event_from(
+            "DEREGISTRATION",
+            &json!({"registration": reg, "expired": true}),
+            &reg_,
+            &none,
+        );
+        assert!(matches!(e, Some(ServerEvent::Expired { .. })), "{e:?}");
+        let e = event_from(
+            "SEND",
+            &json!({"endpoint": "c1", "nodes": [{"path": "/3/0/9", "value": 75}]}),
+            &reg_,
+            &none,
+        );
+        let Some(ServerEvent::Send { records, .. }) = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(records[0].value, Some(Value::Integer(75)));
+        let n = json!({"endpoint": "c1", "observation": 4, "path": "/3/0/9", "seq": 2,
+            "response": {"code": "2.05", "format": "text", "nodes": [{"path": "/3/0/9", "value": 70}]}});
+        let Some(ServerEvent::Notification {
+            observation,
+            seq,
+            response,
+            ..
+        }) = event_from("NOTIFICATION", &n, &reg_, &none)
+        else {
+            panic!()
+        };
+        assert_eq!((observation, seq), (ObservationId(4), 2));
+        assert!(matches!(response.content, Some(Content::Node(_))));
+        assert_eq!(event_from("COAPLOG", &json!({}), &reg_, &none), None);
+        let b = bootstrap_event_from(
+            "BOOTSTRAP_FAILED",
+            &json!({"endpoint": "c1", "step": "write", "path": "/1/0",
+                "reason": "answered 4.05 where 2.04 was expected"}),
+        );
+        assert!(
+            matches!(
+                b,
+                Some(BootstrapEvent::Failed {
+                    step: "write",
+                    reason: FailureReason::Code { code: (4, 5), .. },
+                    ..
+                })
+            ),
+            "{b:?}"
+        );
+        let b = bootstrap_event_from(
+            "BOOTSTRAP_STARTED",
+            &json!({"endpoint": "c1",
+            "peer": "127.0.0.1:1", "config": "c1", "initiated_by_client": true, "format": "tlv"}),
+        );
+        assert!(
+            matches!(
+                b,
+                Some(BootstrapEvent::SessionStarted {
+                    initiated_by_client: true,
+                    ..
+                })
+            ),
+            "{b:?}"
+        );
+    }
+}

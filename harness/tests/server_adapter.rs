@@ -1,0 +1,475 @@
+//! A server under test driven through a server adapter (`test --server URI --server-api
+//! SPEC`): the suite's server-side cases get verdicts against an external server.
+//!
+//! 1. `lwm2m-harness serve` in a separate process (free loopback ports, `--token`) through
+//!    the `lwm2m-harness+http` adapter: every case of the selection that passes in
+//!    process passes, or is not applicable for a reason of the network backend (real
+//!    time, the in-process link) or one naming what the adapter lacks; none fails.
+//! 2. Our server in this process through the in-process adapter (the reference): the same.
+//! 3. The npm `lwm2m-node-lib` server through the example driver
+//!    (`interop/node/driver-lwm2m-node-lib.js`, `exec:` adapter).
+//! 4. The `leshan+http` adapter against our `serve`'s Leshan-compatible routes.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use lwm2m_harness::bdd::Subject;
+use lwm2m_harness::bdd::run::{self, DEFAULT_SEED, SuiteOptions};
+use lwm2m_harness::report::{RunReport, Status};
+
+const TOKEN: &str = "adapter-test-token";
+
+/// The cases the acceptance runs select: registration, reads, writes, discover,
+/// execute, create/delete, write-attributes, composites, Send, queue mode.
+const TAGS: &str = "(@device_management or @int-101 or @core-6.2.3 or @int-103 or @int-108 \
+                    or @send) and not @int-307 and not @core-6.4.3";
+
+fn root() -> PathBuf {
+    run::workspace_root(Path::new(env!("CARGO_MANIFEST_DIR")))
+}
+
+fn suite(dir: &Path, subject: Subject) -> RunReport {
+    let root = root();
+    let options = SuiteOptions {
+        features: vec![root.join("features")],
+        root: root.clone(),
+        ddf: Vec::new(),
+        tags: Some(TAGS.to_owned()),
+        subject,
+        seed: DEFAULT_SEED,
+        report_dir: dir.to_path_buf(),
+        run: "server-adapter".to_owned(),
+        console: false,
+        device: None,
+        device_profile: None,
+    };
+    let outcome = run::run_suite(&options).expect("the suite runs");
+    assert!(outcome.untagged.is_empty() && outcome.parsing_errors == 0);
+    outcome.report
+}
+
+fn show(report: &RunReport) -> String {
+    report
+        .cases
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {:?} {} ({:.0} ms): {}\n",
+                c.case,
+                c.status,
+                c.title,
+                c.duration_ms,
+                c.message.as_deref().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// Status and message by case and title.
+fn by_case(report: &RunReport) -> BTreeMap<(String, String), (Status, String)> {
+    report
+        .cases
+        .iter()
+        .map(|c| {
+            (
+                (c.case.clone(), c.title.clone()),
+                (c.status, c.message.clone().unwrap_or_default()),
+            )
+        })
+        .collect()
+}
+
+/// Reasons of the network backend itself, whatever the adapter: real time, the
+/// in-process link, what no server under test lets us do.
+const BACKEND_REASONS: [&str; 6] = [
+    "real time",
+    "in-process link",
+    "raw sockets",
+    "is not implemented",
+    "no Bootstrap Server of ours",
+    "DTLS",
+];
+
+/// Every case that passes in process passes through `adapter`, or is not applicable for a
+/// reason of the backend or naming the adapter; nothing fails; at least `min` pass.
+fn assert_like_in_process(report: &RunReport, adapter: &str, min: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = by_case(&suite(tmp.path(), Subject::in_process()));
+    let all = show(report);
+    let (passed, failed, _) = report.tally();
+    assert_eq!(failed, 0, "{all}");
+    assert!(passed >= min, "only {passed} passed:\n{all}");
+    for ((case, title), (status, message)) in by_case(report) {
+        let Some((in_process, _)) = reference.get(&(case.clone(), title.clone())) else {
+            panic!("{case} {title} did not run in process");
+        };
+        if *in_process != Status::Passed || status == Status::Passed {
+            continue;
+        }
+        assert!(
+            message.contains(adapter) || BACKEND_REASONS.iter().any(|r| message.contains(r)),
+            "{case} {title} passes in process, here {status:?}: {message}\n{all}"
+        );
+    }
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `lwm2m-harness serve` on free loopback ports: the process, its LwM2M Server's CoAP URI
+/// and its REST API's `HOST:PORT`.
+fn serve(data: &Path) -> (Killed, String, String) {
+    let (child, coap, _, api) = serve_both(data);
+    (child, coap, api)
+}
+
+/// [`serve`], with its Bootstrap Server's CoAP URI as third.
+fn serve_both(data: &Path) -> (Killed, String, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .args([
+            "serve",
+            "--coap",
+            "127.0.0.1:0",
+            "--bootstrap",
+            "127.0.0.1:0",
+        ])
+        .args(["--http", "127.0.0.1:0", "--token", TOKEN, "--data"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let child = Killed(child);
+    let (mut coap, mut bootstrap, mut banner) = (None, None, String::new());
+    let api = loop {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).expect("stdout readable") > 0,
+            "serve exited before listening; it printed: {banner}"
+        );
+        banner.push_str(&line);
+        let line = line.trim();
+        if let Some(uri) = line.strip_prefix("LwM2M Server") {
+            coap = Some(uri.trim().to_owned());
+        }
+        if let Some(uri) = line.strip_prefix("Bootstrap Server") {
+            bootstrap = Some(uri.trim().to_owned());
+        }
+        if let Some(url) = line.strip_prefix("REST API") {
+            let url = url.trim();
+            break url
+                .trim_start_matches("http://")
+                .trim_end_matches("/api")
+                .to_owned();
+        }
+    };
+    // Keep reading so that the child never writes into a closed pipe.
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+    });
+    let coap = coap.unwrap_or_else(|| panic!("no CoAP URI in {banner}"));
+    let bootstrap = bootstrap.unwrap_or_else(|| panic!("no Bootstrap URI in {banner}"));
+    (child, coap, bootstrap, api)
+}
+
+#[test]
+fn serve_in_another_process_through_our_rest_api_gives_the_in_process_verdicts() {
+    let data = tempfile::tempdir().unwrap();
+    let (_serve, coap, api) = serve(data.path());
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!("lwm2m-harness+http://{api}?token={TOKEN}");
+    let report = suite(
+        dir.path(),
+        Subject::Server {
+            uri: coap.clone(),
+            api: Some(spec),
+            bootstrap: None,
+            bootstrap_api: None,
+        },
+    );
+    assert_like_in_process(&report, "lwm2m-harness+http", 20);
+    // The report names the server under test and the adapter; JUnit per case.
+    let subject = &report.subjects[0];
+    assert!(
+        subject.version.contains("lwm2m-harness serve")
+            && subject.version.contains("adapter lwm2m-harness+http"),
+        "{subject:?}"
+    );
+    assert_eq!(subject.address.as_deref(), Some(coap.as_str()));
+    let junit = std::fs::read_to_string(dir.path().join("junit.xml")).unwrap();
+    assert!(junit.contains("int-201"), "{junit}");
+}
+
+#[test]
+fn a_wrong_token_makes_every_case_not_applicable_with_the_reason() {
+    let data = tempfile::tempdir().unwrap();
+    let (_serve, coap, api) = serve(data.path());
+    let dir = tempfile::tempdir().unwrap();
+    let root = root();
+    let options = SuiteOptions {
+        features: vec![root.join("features")],
+        root: root.clone(),
+        ddf: Vec::new(),
+        tags: Some("@int-201".to_owned()),
+        subject: Subject::Server {
+            uri: coap,
+            api: Some(format!("lwm2m-harness+http://{api}?token=wrong")),
+            bootstrap: None,
+            bootstrap_api: None,
+        },
+        seed: DEFAULT_SEED,
+        report_dir: dir.path().to_path_buf(),
+        run: "wrong-token".to_owned(),
+        console: false,
+        device: None,
+        device_profile: None,
+    };
+    let report = run::run_suite(&options).unwrap().report;
+    let all = show(&report);
+    assert!(!report.cases.is_empty(), "{all}");
+    for c in &report.cases {
+        assert_eq!(c.status, Status::NotApplicable, "{all}");
+        assert!(
+            c.message
+                .as_deref()
+                .unwrap_or("")
+                .contains("refused the token"),
+            "{all}"
+        );
+    }
+}
+
+#[test]
+fn our_server_in_process_through_the_reference_adapter_gives_the_in_process_verdicts() {
+    use lwm2m_harness::bdd::adapter::{self, inprocess::InProcessServer};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let library = lwm2m_harness::bdd::fleet::Library::load(&root(), &[]).unwrap();
+    let server = {
+        let _guard = rt.enter();
+        let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let options = lwm2m_server::ServerOptions::new(bind, Arc::clone(&library.registry));
+        lwm2m_server::start_server(options).unwrap()
+    };
+    let uri = format!("coap://{}", server.local_addr());
+    let spec = "in-process:server-adapter-test";
+    adapter::install(
+        spec,
+        Arc::new(InProcessServer::new(server.clone(), rt.handle().clone())),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let report = suite(
+        dir.path(),
+        Subject::Server {
+            uri,
+            api: Some(spec.to_owned()),
+            bootstrap: None,
+            bootstrap_api: None,
+        },
+    );
+    assert_like_in_process(&report, "in-process", 20);
+    if std::env::var_os("SHOW_CASES").is_some() {
+        eprintln!("{}", show(&report));
+    }
+    assert!(
+        report.subjects[0].version.contains("adapter in-process"),
+        "{:?}",
+        report.subjects[0]
+    );
+    rt.block_on(server.shutdown());
+}
+
+/// Fails (never skips) when the peer is not installed, naming what installs it.
+fn require_node_lib() {
+    let node = Command::new("node").arg("--version").output();
+    assert!(
+        node.is_ok_and(|o| o.status.success()),
+        "node is missing: install Node.js, then run `npm ci --prefix interop/node` \
+         (scripts/test does both)"
+    );
+    let lib = root().join("interop/node/node_modules/lwm2m-node-lib");
+    assert!(
+        lib.is_dir(),
+        "{} is missing: run `npm ci --prefix interop/node` (scripts/test does)",
+        lib.display()
+    );
+}
+
+#[test]
+fn the_lwm2m_node_lib_server_through_the_example_driver() {
+    require_node_lib();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .unwrap()
+        .port();
+    let driver = root().join("interop/node/driver-lwm2m-node-lib.js");
+    let spec = format!("exec:node {} {port}", driver.display());
+    let dir = tempfile::tempdir().unwrap();
+    let root = root();
+    let options = SuiteOptions {
+        features: vec![root.join("features")],
+        root: root.clone(),
+        ddf: Vec::new(),
+        tags: Some(
+            "@int-101 or @core-6.2.3 or @int-201 or @int-224 or @int-205 or @int-222 \
+             or @int-203 or @int-226 or @int-256 or @int-227 or @int-228 or @int-260"
+                .to_owned(),
+        ),
+        subject: Subject::Server {
+            uri: format!("coap://127.0.0.1:{port}"),
+            api: Some(spec),
+            bootstrap: None,
+            bootstrap_api: None,
+        },
+        seed: DEFAULT_SEED,
+        report_dir: dir.path().to_path_buf(),
+        run: "node-lib".to_owned(),
+        console: false,
+        device: None,
+        device_profile: None,
+    };
+    let report = run::run_suite(&options).unwrap().report;
+    let all = show(&report);
+    let status = |case: &str| {
+        report
+            .cases
+            .iter()
+            .find(|c| c.case == case)
+            .map(|c| c.status)
+    };
+    // Registration, De-registration, a Read and a Write (and one refused) of one resource
+    // go through the library.
+    for case in ["int-101", "core-6.2.3", "int-224", "int-227", "int-256"] {
+        assert_eq!(status(case), Some(Status::Passed), "{case}:\n{all}");
+    }
+    // What the library cannot ask for (other formats, levels; the answer's format) is not
+    // applicable, naming the driver's product or the feature.
+    for case in ["int-201", "int-222", "int-203", "int-226", "int-228"] {
+        assert_eq!(status(case), Some(Status::NotApplicable), "{case}:\n{all}");
+    }
+    assert!(
+        all.contains("the server adapter exec (lwm2m-node-lib)"),
+        "{all}"
+    );
+    let (_, failed, _) = report.tally();
+    assert_eq!(failed, 0, "{all}");
+    assert!(
+        report.subjects[0]
+            .version
+            .starts_with("lwm2m-node-lib 1.4.0 (adapter exec)"),
+        "{:?}",
+        report.subjects[0]
+    );
+}
+
+#[test]
+fn serve_in_another_process_through_the_leshan_api_gives_the_in_process_verdicts() {
+    let data = tempfile::tempdir().unwrap();
+    let (_serve, coap, api) = serve(data.path());
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!("leshan+http://{api}/leshan?token={TOKEN}");
+    let report = suite(
+        dir.path(),
+        Subject::Server {
+            uri: coap,
+            api: Some(spec),
+            bootstrap: None,
+            bootstrap_api: None,
+        },
+    );
+    assert_like_in_process(&report, "leshan+http", 20);
+    assert!(
+        report.subjects[0].version.contains("adapter leshan+http"),
+        "{:?}",
+        report.subjects[0]
+    );
+}
+
+#[test]
+fn serves_bootstrap_server_under_test_through_our_rest_api() {
+    let data = tempfile::tempdir().unwrap();
+    let (_serve, coap, bootstrap, api) = serve_both(data.path());
+    let dir = tempfile::tempdir().unwrap();
+    let root = root();
+    // Client-initiated bootstrap, Bootstrap-Delete, -Read, consistency, a fallback
+    // configuration: each scenario's configurations go through PUT /api/bootstrap and are
+    // removed after it, so the next one meets a clean Bootstrap Server.
+    let options = SuiteOptions {
+        features: vec![root.join("features")],
+        root: root.clone(),
+        ddf: Vec::new(),
+        tags: Some("@int-0 or @int-4 or @int-8 or @int-9 or @core-5.2.7.1".to_owned()),
+        subject: Subject::Server {
+            uri: coap,
+            api: Some(format!("lwm2m-harness+http://{api}?token={TOKEN}")),
+            bootstrap: Some(bootstrap),
+            bootstrap_api: None,
+        },
+        seed: DEFAULT_SEED,
+        report_dir: dir.path().to_path_buf(),
+        run: "bootstrap-under-test".to_owned(),
+        console: false,
+        device: None,
+        device_profile: None,
+    };
+    let report = run::run_suite(&options).unwrap().report;
+    let all = show(&report);
+    let (passed, failed, _) = report.tally();
+    assert_eq!(failed, 0, "{all}");
+    for case in ["int-0", "int-4", "int-8", "int-9", "core-5.2.7.1"] {
+        assert!(
+            report
+                .cases
+                .iter()
+                .any(|c| c.case == case && c.status == Status::Passed),
+            "{case}:\n{all}"
+        );
+    }
+    assert!(passed >= 5, "{all}");
+}
+
+#[test]
+fn a_driver_that_never_says_hello_makes_the_cases_not_applicable_with_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = root();
+    let options = SuiteOptions {
+        features: vec![root.join("features")],
+        root: root.clone(),
+        ddf: Vec::new(),
+        tags: Some("@int-201 or @int-224".to_owned()),
+        subject: Subject::Server {
+            uri: "coap://127.0.0.1:9".to_owned(),
+            api: Some("exec:echo not-json; exit 3".to_owned()),
+            bootstrap: None,
+            bootstrap_api: None,
+        },
+        seed: DEFAULT_SEED,
+        report_dir: dir.path().to_path_buf(),
+        run: "dead-driver".to_owned(),
+        console: false,
+        device: None,
+        device_profile: None,
+    };
+    let report = run::run_suite(&options).unwrap().report;
+    let all = show(&report);
+    assert_eq!(report.cases.len(), 2, "{all}");
+    for c in &report.cases {
+        assert_eq!(c.status, Status::NotApplicable, "{all}");
+        let why = c.message.as_deref().unwrap_or("");
+        assert!(why.contains("no hello") && why.contains("exited"), "{all}");
+    }
+}
