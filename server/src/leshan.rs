@@ -303,7 +303,7 @@ fn is_secret(path: &Lwm2mPath) -> bool {
 }
 
 /// Leshan's `ResourceModel.Type` names.
-fn type_name(t: DataType) -> &'static str {
+pub fn type_name(t: DataType) -> &'static str {
     match t {
         DataType::String => "STRING",
         DataType::Integer => "INTEGER",
@@ -318,7 +318,8 @@ fn type_name(t: DataType) -> &'static str {
     }
 }
 
-fn type_from_name(s: &str) -> Option<DataType> {
+/// A data type from its Leshan name (any case, as Leshan's deserializer takes it).
+pub fn type_from_name(s: &str) -> Option<DataType> {
     Some(match s.to_ascii_uppercase().as_str() {
         "STRING" => DataType::String,
         "INTEGER" => DataType::Integer,
@@ -345,7 +346,9 @@ fn java_double(f: f64) -> String {
 
 /// A value as Leshan writes it: numbers as strings (JavaScript precision), opaque as hex,
 /// time as Unix milliseconds, object links as `{objectId, objectInstanceId}`.
-fn value_json(v: &Value) -> Json {
+/// (`JacksonLwM2mNodeSerializer`'s shapes; the harness's `leshan+http` adapter writes them
+/// with this too.)
+pub fn value_json(v: &Value) -> Json {
     match v {
         Value::String(s) | Value::Corelnk(s) => json!(s),
         Value::Integer(i) => json!(i.to_string()),
@@ -455,8 +458,9 @@ fn records_json(schema: &dyn Schema, records: &[Record]) -> Json {
 }
 
 /// A value of type `ty` from Leshan's JSON (numbers as strings or numbers, time in
-/// milliseconds, opaque hex, object links as objects).
-fn parse_value(ty: DataType, j: &Json) -> Result<Value, String> {
+/// milliseconds, opaque hex, object links as objects), as `JacksonLwM2mNodeDeserializer`
+/// takes them (it tolerates numbers for INTEGER, UNSIGNED_INTEGER and FLOAT).
+pub fn parse_value(ty: DataType, j: &Json) -> Result<Value, String> {
     let bad = || format!("{j} is not a valid {} value", type_name(ty));
     let num_text = |j: &Json| match j {
         Json::String(s) => Some(s.trim().to_owned()),

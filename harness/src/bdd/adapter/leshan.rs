@@ -35,6 +35,7 @@ use lwm2m_proto::server::{
     Content, ObservationId, OpError, Operation, Registration, Response, ServerEvent,
 };
 use lwm2m_proto::{InstanceId, Lwm2mPath, Node, ObjectId, Record, ResourceValue, Schema, Value};
+use lwm2m_server::leshan;
 use serde_json::{Map, Value as Json, json};
 
 use super::harness_http::{agent, read_sse, send};
@@ -93,18 +94,29 @@ pub fn status_code(status: &str) -> Option<(u8, u8)> {
 
 /// Leshan's data type name of a value.
 fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::String(_) => "STRING",
-        Value::Integer(_) => "INTEGER",
-        Value::UnsignedInteger(_) => "UNSIGNED_INTEGER",
-        Value::Float(_) => "FLOAT",
-        Value::Boolean(_) => "BOOLEAN",
-        Value::Opaque(_) => "OPAQUE",
-        Value::Time(_) => "TIME",
-        Value::Objlnk(_) => "OBJLNK",
-        Value::Corelnk(_) => "CORELINK",
-        Value::None => "NONE",
+    leshan::type_name(v.data_type())
+}
+
+/// A value in Leshan's JSON: INTEGER, UNSIGNED_INTEGER and FLOAT as strings, OPAQUE as
+/// hex, TIME in milliseconds, OBJLNK as `{"objectId", "objectInstanceId"}`.
+fn value_json(v: &Value) -> Json {
+    leshan::value_json(v)
+}
+
+/// A value in Leshan's JSON of the node's `type` as our JSON (what
+/// [`records_from_nodes`] reads); without a type Leshan names, the JSON as it is.
+fn our_value(node: &Json, value: &Json) -> Result<Json, String> {
+    let Some(ty) = node
+        .get("type")
+        .and_then(Json::as_str)
+        .and_then(leshan::type_from_name)
+    else {
+        return Ok(value.clone());
+    };
+    if value.is_null() {
+        return Ok(Json::Null);
     }
+    leshan::parse_value(ty, value).map(|v| v.to_json())
 }
 
 /// A node in Leshan's JSON (`kind`, `id`, `value` / `values` / `resources` / `instances`).
@@ -112,18 +124,18 @@ pub fn node_json(path: &Lwm2mPath, node: &Node) -> Json {
     let id = path.ids().last().copied().unwrap_or(0);
     match node {
         Node::Resource(ResourceValue::Single(v)) => {
-            json!({"kind": "singleResource", "id": id, "type": type_name(v), "value": v.to_json()})
+            json!({"kind": "singleResource", "id": id, "type": type_name(v), "value": value_json(v)})
         }
         Node::Resource(ResourceValue::Multiple(m)) => {
             let values: Map<String, Json> = m
                 .iter()
-                .map(|(k, v)| (k.0.to_string(), v.to_json()))
+                .map(|(k, v)| (k.0.to_string(), value_json(v)))
                 .collect();
             let ty = m.values().next().map_or("NONE", type_name);
             json!({"kind": "multiResource", "id": id, "type": ty, "values": values})
         }
         Node::ResourceInstance(v) => {
-            json!({"kind": "resourceInstance", "id": id, "type": type_name(v), "value": v.to_json()})
+            json!({"kind": "resourceInstance", "id": id, "type": type_name(v), "value": value_json(v)})
         }
         other => {
             // Instances and objects: their resources as records, grouped.
@@ -151,7 +163,7 @@ fn nodes_from_records(path: &Lwm2mPath, records: &[Record]) -> Json {
             .iter()
             .map(|(id, recs)| {
                 let multiple = recs.iter().any(|r| r.path.resource_instance_id().is_some());
-                let value = |r: &Record| r.value.as_ref().map(Value::to_json);
+                let value = |r: &Record| r.value.as_ref().map(value_json);
                 let ty = recs
                     .iter()
                     .find_map(|r| r.value.as_ref())
@@ -183,8 +195,9 @@ fn nodes_from_records(path: &Lwm2mPath, records: &[Record]) -> Json {
     }
 }
 
-/// Leshan's node JSON at `path` as our `[{"path", "value"}]` nodes.
-pub fn flatten(path: &Lwm2mPath, j: &Json, out: &mut Vec<Json>) {
+/// Leshan's node JSON at `path` as our `[{"path", "value"}]` nodes (values converted from
+/// Leshan's shapes by the node's `type`); `Err` names a value that is not of its type.
+pub fn flatten(path: &Lwm2mPath, j: &Json, out: &mut Vec<Json>) -> Result<(), String> {
     let kind = j.get("kind").and_then(Json::as_str).unwrap_or_default();
     let id = j
         .get("id")
@@ -197,10 +210,16 @@ pub fn flatten(path: &Lwm2mPath, j: &Json, out: &mut Vec<Json>) {
     };
     match kind {
         "singleResource" => {
-            out.push(json!({"path": own(3).to_string(), "value": j.get("value")}));
+            let p = own(3);
+            let v = our_value(j, j.get("value").unwrap_or(&Json::Null))
+                .map_err(|e| format!("{p}: {e}"))?;
+            out.push(json!({"path": p.to_string(), "value": v}));
         }
         "resourceInstance" => {
-            out.push(json!({"path": own(4).to_string(), "value": j.get("value")}));
+            let p = own(4);
+            let v = our_value(j, j.get("value").unwrap_or(&Json::Null))
+                .map_err(|e| format!("{p}: {e}"))?;
+            out.push(json!({"path": p.to_string(), "value": v}));
         }
         "multiResource" => {
             let p = own(3);
@@ -211,6 +230,7 @@ pub fn flatten(path: &Lwm2mPath, j: &Json, out: &mut Vec<Json>) {
                 .flatten()
             {
                 if let Some(ri) = k.parse::<u16>().ok().and_then(|ri| p.child(ri)) {
+                    let v = our_value(j, v).map_err(|e| format!("{ri}: {e}"))?;
                     out.push(json!({"path": ri.to_string(), "value": v}));
                 }
             }
@@ -223,7 +243,7 @@ pub fn flatten(path: &Lwm2mPath, j: &Json, out: &mut Vec<Json>) {
                 .into_iter()
                 .flatten()
             {
-                flatten(&p, r, out);
+                flatten(&p, r, out)?;
             }
         }
         "obj" => {
@@ -234,11 +254,12 @@ pub fn flatten(path: &Lwm2mPath, j: &Json, out: &mut Vec<Json>) {
                 .into_iter()
                 .flatten()
             {
-                flatten(&p, i, out);
+                flatten(&p, i, out)?;
             }
         }
         _ => {}
     }
+    Ok(())
 }
 
 /// A Leshan operation answer as a [`Response`].
@@ -262,14 +283,14 @@ pub fn response_from(
             let mut nodes = Vec::new();
             for (p, node) in m {
                 let path: Lwm2mPath = p.parse().map_err(|e| format!("{p:?}: {e}"))?;
-                flatten(&path, node, &mut nodes);
+                flatten(&path, node, &mut nodes)?;
             }
             let records = records_from_nodes(schema, &Json::Array(nodes))?;
             r.content = content_from_records(body, records, schema)?;
         }
         (Body::Node(_), Some(node @ Json::Object(_))) => {
             let mut nodes = Vec::new();
-            flatten(target, node, &mut nodes);
+            flatten(target, node, &mut nodes)?;
             let records = records_from_nodes(schema, &Json::Array(nodes))?;
             r.content = content_from_records(body, records, schema)?;
         }
@@ -284,7 +305,7 @@ pub fn response_from(
         r.location = l.parse().ok();
     }
     r.diagnostic = j
-        .get("errorMessage")
+        .get("errormessage")
         .and_then(Json::as_str)
         .map(str::to_owned);
     Ok(r)
@@ -656,6 +677,18 @@ impl Leshan {
     }
 }
 
+/// The prefix of Leshan's answer to a request it refuses (`handleException`).
+const INVALID_REQUEST: &str = "Invalid request: ";
+
+/// Whether a Leshan error body says the endpoint is not registered (its servlets write
+/// "no registered client with id '..'" or "No registered client ..").
+fn unknown_client(body: &Json) -> bool {
+    body.as_str().is_some_and(|t| {
+        t.to_ascii_lowercase()
+            .starts_with("no registered client with id")
+    })
+}
+
 fn format_query(f: Option<ContentFormat>) -> String {
     f.and_then(format_name)
         .map_or(String::new(), |n| format!("&format={n}"))
@@ -841,9 +874,20 @@ impl ServerAdapter for Leshan {
         let (status, j) = self.call(method, &route, body.as_ref()).map_err(invalid)?;
         match status {
             200 | 201 => {}
-            404 => {
+            // Leshan answers an unknown endpoint with 400 "No registered client with id".
+            _ if status == 404 || (status == 400 && unknown_client(&j)) => {
                 return Err(OpError::UnknownEndpoint {
                     endpoint: ep.to_owned(),
+                });
+            }
+            // Leshan's `InvalidRequestException`: 400 "Invalid request: REASON" (the
+            // server refused before asking the client, e.g. a composite for a 1.0 client).
+            400 if j.as_str().is_some_and(|t| t.starts_with(INVALID_REQUEST)) => {
+                let text = j.as_str().unwrap_or_default();
+                let reason = text.trim_start_matches(INVALID_REQUEST);
+                let reason = reason.trim_start_matches("invalid operation: ");
+                return Err(OpError::Invalid {
+                    reason: reason.to_owned(),
                 });
             }
             504 => {
@@ -891,6 +935,7 @@ impl ServerAdapter for Leshan {
                 Ok(Some(v))
             }
             404 => Ok(None),
+            400 if unknown_client(&j) => Ok(None),
             s => Err(self.failed(format!("GET /api/clients/{endpoint} answered {s}: {j}"))),
         }
     }
