@@ -257,6 +257,16 @@ pub fn flatten(path: &Lwm2mPath, j: &Json, out: &mut Vec<Json>) -> Result<(), St
                 flatten(&p, i, out)?;
             }
         }
+        "root" => {
+            for o in j
+                .get("objects")
+                .and_then(Json::as_array)
+                .into_iter()
+                .flatten()
+            {
+                flatten(&Lwm2mPath::Root, o, out)?;
+            }
+        }
         _ => {}
     }
     Ok(())
