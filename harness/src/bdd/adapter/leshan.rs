@@ -1006,8 +1006,8 @@ mod tests {
         let instance = json!({"status": "CONTENT", "valid": true, "success": true, "failure": false,
             "content": {"kind": "instance", "id": 0, "resources": [
                 {"kind": "singleResource", "id": 0, "type": "STRING", "value": "Open Mobile Alliance"},
-                {"kind": "multiResource", "id": 11, "type": "INTEGER", "values": {"0": 0}},
-                {"kind": "singleResource", "id": 9, "type": "INTEGER", "value": 80}]}});
+                {"kind": "multiResource", "id": 11, "type": "INTEGER", "values": {"0": "0"}},
+                {"kind": "singleResource", "id": 9, "type": "INTEGER", "value": "80"}]}});
         let path = Lwm2mPath::Instance(ObjectId(3), InstanceId(0));
         let r = response_from(&instance, Body::Node(path), &path, &reg).unwrap();
         assert_eq!(r.code, (2, 5));
@@ -1042,8 +1042,8 @@ mod tests {
             (4, 5)
         );
         let composite = json!({"status": "CONTENT", "content": {
-            "/3/0/9": {"kind": "singleResource", "id": 9, "type": "INTEGER", "value": 75},
-            "/1/0/1": {"kind": "singleResource", "id": 1, "type": "INTEGER", "value": 300}}});
+            "/3/0/9": {"kind": "singleResource", "id": 9, "type": "INTEGER", "value": "75"},
+            "/1/0/1": {"kind": "singleResource", "id": 1, "type": "INTEGER", "value": "300"}}});
         let r = response_from(&composite, Body::Records, &Lwm2mPath::Root, &reg).unwrap();
         let Some(Content::Records(recs)) = r.content else {
             panic!()
@@ -1065,7 +1065,7 @@ mod tests {
         let path = Lwm2mPath::Instance(ObjectId(3), InstanceId(0));
         let answer = json!({"status": "CONTENT", "content": {"kind": "instance", "id": 0,
             "resources": [{"kind": "singleResource", "id": 14, "type": "STRING", "value": "+02"},
-                          {"kind": "multiResource", "id": 7, "type": "INTEGER", "values": {"0": 3800, "1": 5000}}]}});
+                          {"kind": "multiResource", "id": 7, "type": "INTEGER", "values": {"0": "3800", "1": "5000"}}]}});
         let Some(Content::Node(node)) = response_from(&answer, Body::Node(path), &path, &reg)
             .unwrap()
             .content
@@ -1095,6 +1095,72 @@ mod tests {
         assert_eq!(status_code("CHANGED"), Some((2, 4)));
     }
 
+    /// Each type as Leshan 2.x's `JacksonLwM2mNodeSerializer` writes it, read back; a
+    /// number for an INTEGER is tolerated (as its deserializer does), a string for a TIME
+    /// or a BOOLEAN is not.
+    #[test]
+    fn every_type_goes_out_in_leshans_shape() {
+        use lwm2m_proto::value::ObjectLink;
+        let cases = [
+            (Value::Integer(-5), json!("-5"), "INTEGER"),
+            (Value::UnsignedInteger(7), json!("7"), "UNSIGNED_INTEGER"),
+            (Value::Float(21.5), json!("21.5"), "FLOAT"),
+            (Value::Boolean(true), json!(true), "BOOLEAN"),
+            (
+                Value::Time(1_700_000_000),
+                json!(1_700_000_000_000_i64),
+                "TIME",
+            ),
+            (Value::Opaque(vec![0xca, 0xfe]), json!("cafe"), "OPAQUE"),
+            (
+                Value::Objlnk(ObjectLink {
+                    object: 3,
+                    instance: 0,
+                }),
+                json!({"objectId": 3, "objectInstanceId": 0}),
+                "OBJLNK",
+            ),
+            (Value::String("x".into()), json!("x"), "STRING"),
+            (Value::Corelnk("</3/0>".into()), json!("</3/0>"), "CORELINK"),
+        ];
+        for (v, shape, ty) in cases {
+            assert_eq!(value_json(&v), shape, "{v:?}");
+            assert_eq!(type_name(&v), ty);
+            let node = json!({"kind": "singleResource", "id": 1, "type": ty, "value": shape});
+            assert_eq!(our_value(&node, &shape), Ok(v.to_json()), "{v:?}");
+        }
+        let int = json!({"type": "INTEGER"});
+        assert_eq!(our_value(&int, &json!(80)), Ok(json!(80)));
+        assert!(our_value(&int, &json!("eighty")).is_err());
+        assert!(our_value(&json!({"type": "BOOLEAN"}), &json!(1)).is_err());
+        // Refused values name their path.
+        let mut out = Vec::new();
+        let bad = json!({"kind": "singleResource", "id": 9, "type": "INTEGER", "value": "x"});
+        let e = flatten(&Lwm2mPath::instance(3, 0), &bad, &mut out).unwrap_err();
+        assert!(e.contains("/3/0/9"), "{e}");
+    }
+
+    #[test]
+    fn a_root_node_and_leshans_plain_text_errors_are_understood() {
+        let reg = registry();
+        let root = json!({"status": "CONTENT", "content": {"/": {"kind": "root", "objects": [
+            {"kind": "obj", "id": 3, "instances": [{"kind": "instance", "id": 0, "resources": [
+                {"kind": "singleResource", "id": 9, "type": "INTEGER", "value": "80"}]}]}]}}});
+        let r = response_from(&root, Body::Records, &Lwm2mPath::Root, &reg).unwrap();
+        let Some(Content::Records(recs)) = r.content else {
+            panic!()
+        };
+        assert_eq!(recs[0].path, Lwm2mPath::resource(3, 0, 9));
+        assert_eq!(recs[0].value, Some(Value::Integer(80)));
+        let failed = json!({"status": "BAD_REQUEST", "errormessage": "no such format"});
+        let r = response_from(&failed, Body::Nothing, &Lwm2mPath::Root, &reg).unwrap();
+        assert_eq!(r.diagnostic.as_deref(), Some("no such format"));
+        assert!(unknown_client(&json!("no registered client with id 'x'")));
+        assert!(unknown_client(&json!("No registered client with id 'x'")));
+        assert!(!unknown_client(&json!("Invalid request: x")));
+        assert_eq!(status_code("CHANGED"), Some((2, 4)));
+    }
+
     #[test]
     fn leshan_events_become_ours() {
         let reg = registry();
@@ -1116,7 +1182,7 @@ mod tests {
             .unwrap()
             .id("ets-dev", &[Lwm2mPath::resource(3, 0, 9)]);
         let n = json!({"ep": "ets-dev", "kind": "single", "res": "/3/0/9",
-            "val": {"kind": "singleResource", "id": 9, "type": "INTEGER", "value": 70}});
+            "val": {"kind": "singleResource", "id": 9, "type": "INTEGER", "value": "70"}});
         let Some(ServerEvent::Notification {
             observation,
             response,
@@ -1127,7 +1193,7 @@ mod tests {
         };
         assert_eq!(observation, id);
         assert!(response.content.is_some());
-        let s = json!({"ep": "ets-dev", "val": {"/3/0/9": {"kind": "singleResource", "id": 9, "type": "INTEGER", "value": 75}}});
+        let s = json!({"ep": "ets-dev", "val": {"/3/0/9": {"kind": "singleResource", "id": 9, "type": "INTEGER", "value": "75"}}});
         let Some(ServerEvent::Send { records, .. }) =
             event_from("SEND", &s, &reg, &none, &observed)
         else {
