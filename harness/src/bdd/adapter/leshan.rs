@@ -11,7 +11,12 @@
 //!   `{"status": "CONTENT", "success", "content": {"kind": "singleResource" |
 //!   "multiResource" | "resourceInstance" | "instance" | "obj", "id", "value" | "values" |
 //!   "resources" | "instances"}}` (a composite: `content` maps paths to nodes; a Discover:
-//!   `objectLinks`; a Create: `location`);
+//!   `objectLinks`; a Create: `location`; a failure: `errormessage`); values as Leshan's
+//!   `JacksonLwM2mNodeSerializer` writes them, by the node's `type`: INTEGER,
+//!   UNSIGNED_INTEGER and FLOAT as strings, TIME in ms, OPAQUE as hex, OBJLNK as
+//!   `{"objectId", "objectInstanceId"}` (`lwm2m_server::leshan` holds those shapes);
+//! - failures before the client is asked: plain text, 400 `No registered client with id`
+//!   (an unknown endpoint) or `Invalid request: REASON`; 504 `Request timeout`;
 //! - events (`GET /api/event`): `REGISTRATION` and `DEREGISTRATION` (the registration),
 //!   `UPDATED` (`{"registration", "update"}`), `SLEEPING`, `AWAKE` (`{"ep"}`),
 //!   `NOTIFICATION` (`{"ep", "res", "kind", "val"}`), `SEND` (`{"ep", "val"}`);
