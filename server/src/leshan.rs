@@ -38,7 +38,7 @@
 //! Key resources of Security (/0/x/5, /0/x/7, /0/x/8) and OSCORE (/21/x/0) objects in
 //! values and events, nor CoAP payloads of Security-object exchanges in COAPLOG.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -303,7 +303,7 @@ fn is_secret(path: &Lwm2mPath) -> bool {
 }
 
 /// Leshan's `ResourceModel.Type` names.
-fn type_name(t: DataType) -> &'static str {
+pub fn type_name(t: DataType) -> &'static str {
     match t {
         DataType::String => "STRING",
         DataType::Integer => "INTEGER",
@@ -318,7 +318,8 @@ fn type_name(t: DataType) -> &'static str {
     }
 }
 
-fn type_from_name(s: &str) -> Option<DataType> {
+/// A data type from its Leshan name (any case, as Leshan's deserializer takes it).
+pub fn type_from_name(s: &str) -> Option<DataType> {
     Some(match s.to_ascii_uppercase().as_str() {
         "STRING" => DataType::String,
         "INTEGER" => DataType::Integer,
@@ -345,7 +346,9 @@ fn java_double(f: f64) -> String {
 
 /// A value as Leshan writes it: numbers as strings (JavaScript precision), opaque as hex,
 /// time as Unix milliseconds, object links as `{objectId, objectInstanceId}`.
-fn value_json(v: &Value) -> Json {
+/// (`JacksonLwM2mNodeSerializer`'s shapes; the harness's `leshan+http` adapter writes them
+/// with this too.)
+pub fn value_json(v: &Value) -> Json {
     match v {
         Value::String(s) | Value::Corelnk(s) => json!(s),
         Value::Integer(i) => json!(i.to_string()),
@@ -429,19 +432,42 @@ fn is_under(prefix: &Lwm2mPath, path: &Lwm2mPath) -> bool {
     path.ids().starts_with(&prefix.ids())
 }
 
-/// Composite content: `{path: node}` for each of `paths` the records cover.
+/// Composite content: `{path: node}` for each of `paths` the records cover (`/` as
+/// Leshan's root node, `{"kind": "root", "objects": [..]}`). A record an answer repeats
+/// (overlapping paths: `/1/0` and `/1/0/1`) counts once.
 fn composite_json(schema: &dyn Schema, paths: &[Lwm2mPath], records: &[Record]) -> Json {
     let mut out = Map::new();
     for p in paths {
+        let mut seen = BTreeSet::new();
         let mine: Vec<Record> = records
             .iter()
-            .filter(|r| is_under(p, &r.path))
+            .filter(|r| is_under(p, &r.path) && seen.insert(r.path))
             .cloned()
             .collect();
         if mine.is_empty() {
             continue;
         }
-        if let Ok(node) = content::records_to_node(p, &mine, schema) {
+        if *p == Lwm2mPath::Root {
+            let objects: BTreeSet<u16> = mine
+                .iter()
+                .filter_map(|r| r.path.object_id())
+                .map(|o| o.0)
+                .collect();
+            let objects: Vec<Json> = objects
+                .into_iter()
+                .filter_map(|o| {
+                    let op = Lwm2mPath::object(o);
+                    let recs: Vec<Record> = mine
+                        .iter()
+                        .filter(|r| is_under(&op, &r.path))
+                        .cloned()
+                        .collect();
+                    let node = content::records_to_node(&op, &recs, schema).ok()?;
+                    Some(node_json(schema, &op, &node))
+                })
+                .collect();
+            out.insert(p.to_string(), json!({"kind": "root", "objects": objects}));
+        } else if let Ok(node) = content::records_to_node(p, &mine, schema) {
             out.insert(p.to_string(), node_json(schema, p, &node));
         }
     }
@@ -455,8 +481,9 @@ fn records_json(schema: &dyn Schema, records: &[Record]) -> Json {
 }
 
 /// A value of type `ty` from Leshan's JSON (numbers as strings or numbers, time in
-/// milliseconds, opaque hex, object links as objects).
-fn parse_value(ty: DataType, j: &Json) -> Result<Value, String> {
+/// milliseconds, opaque hex, object links as objects), as `JacksonLwM2mNodeDeserializer`
+/// takes them (it tolerates numbers for INTEGER, UNSIGNED_INTEGER and FLOAT).
+pub fn parse_value(ty: DataType, j: &Json) -> Result<Value, String> {
     let bad = || format!("{j} is not a valid {} value", type_name(ty));
     let num_text = |j: &Json| match j {
         Json::String(s) => Some(s.trim().to_owned()),
@@ -2413,5 +2440,45 @@ mod tests {
             Params::parse(Some("timeout=x")).unwrap().timeout,
             LESHAN_TIMEOUT
         );
+    }
+}
+
+#[cfg(test)]
+mod composite_tests {
+    use super::*;
+
+    fn rec(p: &str, v: Value) -> Record {
+        Record {
+            path: p.parse().unwrap(),
+            value: Some(v),
+            time: None,
+        }
+    }
+
+    #[test]
+    fn a_composite_answer_has_a_node_for_each_path_asked() {
+        let reg = Registry::embedded();
+        let records = vec![
+            rec("/1/0/0", Value::Integer(1)),
+            rec("/1/0/1", Value::Integer(86400)),
+            rec("/1/0/7", Value::String("U".into())),
+            rec("/3/0/11/0", Value::Integer(0)),
+        ];
+        let paths: Vec<Lwm2mPath> = ["/1/0", "/1/0/1", "/3/0/11/0", "/3339/0/5522"]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let j = composite_json(&reg, &paths, &records);
+        assert_eq!(j["/1/0"]["kind"], "instance", "{j}");
+        assert_eq!(j["/1/0/1"]["value"], "86400", "{j}");
+        assert_eq!(j["/3/0/11/0"]["kind"], "resourceInstance", "{j}");
+        assert!(j.get("/3339/0/5522").is_none(), "{j}");
+        // The root: Leshan's root node, its objects.
+        let j = composite_json(&reg, &[Lwm2mPath::Root], &records);
+        assert_eq!(j["/"]["kind"], "root", "{j}");
+        let objects = j["/"]["objects"].as_array().unwrap();
+        assert_eq!(objects.len(), 2, "{j}");
+        assert_eq!(objects[0]["kind"], "obj", "{j}");
+        assert_eq!(objects[1]["id"], 3, "{j}");
     }
 }

@@ -100,7 +100,13 @@ pub(super) fn send(
         .body_mut()
         .read_to_string()
         .map_err(|e| format!("{method} {url}: reading the answer: {e}"))?;
-    Ok((status, serde_json::from_str(&text).unwrap_or(Json::Null)))
+    // A body that is not JSON (Leshan's errors are plain text) stays as its text.
+    let body = match serde_json::from_str(&text) {
+        Ok(j) => j,
+        Err(_) if text.trim().is_empty() => Json::Null,
+        Err(_) => Json::String(text),
+    };
+    Ok((status, body))
 }
 
 /// An agent that gives statuses back instead of failing on them, with a time limit.

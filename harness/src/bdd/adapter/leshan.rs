@@ -11,7 +11,12 @@
 //!   `{"status": "CONTENT", "success", "content": {"kind": "singleResource" |
 //!   "multiResource" | "resourceInstance" | "instance" | "obj", "id", "value" | "values" |
 //!   "resources" | "instances"}}` (a composite: `content` maps paths to nodes; a Discover:
-//!   `objectLinks`; a Create: `location`);
+//!   `objectLinks`; a Create: `location`; a failure: `errormessage`); values as Leshan's
+//!   `JacksonLwM2mNodeSerializer` writes them, by the node's `type`: INTEGER,
+//!   UNSIGNED_INTEGER and FLOAT as strings, TIME in ms, OPAQUE as hex, OBJLNK as
+//!   `{"objectId", "objectInstanceId"}` (`lwm2m_server::leshan` holds those shapes);
+//! - failures before the client is asked: plain text, 400 `No registered client with id`
+//!   (an unknown endpoint) or `Invalid request: REASON`; 504 `Request timeout`;
 //! - events (`GET /api/event`): `REGISTRATION` and `DEREGISTRATION` (the registration),
 //!   `UPDATED` (`{"registration", "update"}`), `SLEEPING`, `AWAKE` (`{"ep"}`),
 //!   `NOTIFICATION` (`{"ep", "res", "kind", "val"}`), `SEND` (`{"ep", "val"}`);
@@ -35,6 +40,7 @@ use lwm2m_proto::server::{
     Content, ObservationId, OpError, Operation, Registration, Response, ServerEvent,
 };
 use lwm2m_proto::{InstanceId, Lwm2mPath, Node, ObjectId, Record, ResourceValue, Schema, Value};
+use lwm2m_server::leshan;
 use serde_json::{Map, Value as Json, json};
 
 use super::harness_http::{agent, read_sse, send};
@@ -93,18 +99,29 @@ pub fn status_code(status: &str) -> Option<(u8, u8)> {
 
 /// Leshan's data type name of a value.
 fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::String(_) => "STRING",
-        Value::Integer(_) => "INTEGER",
-        Value::UnsignedInteger(_) => "UNSIGNED_INTEGER",
-        Value::Float(_) => "FLOAT",
-        Value::Boolean(_) => "BOOLEAN",
-        Value::Opaque(_) => "OPAQUE",
-        Value::Time(_) => "TIME",
-        Value::Objlnk(_) => "OBJLNK",
-        Value::Corelnk(_) => "CORELINK",
-        Value::None => "NONE",
+    leshan::type_name(v.data_type())
+}
+
+/// A value in Leshan's JSON: INTEGER, UNSIGNED_INTEGER and FLOAT as strings, OPAQUE as
+/// hex, TIME in milliseconds, OBJLNK as `{"objectId", "objectInstanceId"}`.
+fn value_json(v: &Value) -> Json {
+    leshan::value_json(v)
+}
+
+/// A value in Leshan's JSON of the node's `type` as our JSON (what
+/// [`records_from_nodes`] reads); without a type Leshan names, the JSON as it is.
+fn our_value(node: &Json, value: &Json) -> Result<Json, String> {
+    let Some(ty) = node
+        .get("type")
+        .and_then(Json::as_str)
+        .and_then(leshan::type_from_name)
+    else {
+        return Ok(value.clone());
+    };
+    if value.is_null() {
+        return Ok(Json::Null);
     }
+    leshan::parse_value(ty, value).map(|v| v.to_json())
 }
 
 /// A node in Leshan's JSON (`kind`, `id`, `value` / `values` / `resources` / `instances`).
@@ -112,18 +129,18 @@ pub fn node_json(path: &Lwm2mPath, node: &Node) -> Json {
     let id = path.ids().last().copied().unwrap_or(0);
     match node {
         Node::Resource(ResourceValue::Single(v)) => {
-            json!({"kind": "singleResource", "id": id, "type": type_name(v), "value": v.to_json()})
+            json!({"kind": "singleResource", "id": id, "type": type_name(v), "value": value_json(v)})
         }
         Node::Resource(ResourceValue::Multiple(m)) => {
             let values: Map<String, Json> = m
                 .iter()
-                .map(|(k, v)| (k.0.to_string(), v.to_json()))
+                .map(|(k, v)| (k.0.to_string(), value_json(v)))
                 .collect();
             let ty = m.values().next().map_or("NONE", type_name);
             json!({"kind": "multiResource", "id": id, "type": ty, "values": values})
         }
         Node::ResourceInstance(v) => {
-            json!({"kind": "resourceInstance", "id": id, "type": type_name(v), "value": v.to_json()})
+            json!({"kind": "resourceInstance", "id": id, "type": type_name(v), "value": value_json(v)})
         }
         other => {
             // Instances and objects: their resources as records, grouped.
@@ -151,7 +168,7 @@ fn nodes_from_records(path: &Lwm2mPath, records: &[Record]) -> Json {
             .iter()
             .map(|(id, recs)| {
                 let multiple = recs.iter().any(|r| r.path.resource_instance_id().is_some());
-                let value = |r: &Record| r.value.as_ref().map(Value::to_json);
+                let value = |r: &Record| r.value.as_ref().map(value_json);
                 let ty = recs
                     .iter()
                     .find_map(|r| r.value.as_ref())
@@ -183,8 +200,9 @@ fn nodes_from_records(path: &Lwm2mPath, records: &[Record]) -> Json {
     }
 }
 
-/// Leshan's node JSON at `path` as our `[{"path", "value"}]` nodes.
-pub fn flatten(path: &Lwm2mPath, j: &Json, out: &mut Vec<Json>) {
+/// Leshan's node JSON at `path` as our `[{"path", "value"}]` nodes (values converted from
+/// Leshan's shapes by the node's `type`); `Err` names a value that is not of its type.
+pub fn flatten(path: &Lwm2mPath, j: &Json, out: &mut Vec<Json>) -> Result<(), String> {
     let kind = j.get("kind").and_then(Json::as_str).unwrap_or_default();
     let id = j
         .get("id")
@@ -197,10 +215,16 @@ pub fn flatten(path: &Lwm2mPath, j: &Json, out: &mut Vec<Json>) {
     };
     match kind {
         "singleResource" => {
-            out.push(json!({"path": own(3).to_string(), "value": j.get("value")}));
+            let p = own(3);
+            let v = our_value(j, j.get("value").unwrap_or(&Json::Null))
+                .map_err(|e| format!("{p}: {e}"))?;
+            out.push(json!({"path": p.to_string(), "value": v}));
         }
         "resourceInstance" => {
-            out.push(json!({"path": own(4).to_string(), "value": j.get("value")}));
+            let p = own(4);
+            let v = our_value(j, j.get("value").unwrap_or(&Json::Null))
+                .map_err(|e| format!("{p}: {e}"))?;
+            out.push(json!({"path": p.to_string(), "value": v}));
         }
         "multiResource" => {
             let p = own(3);
@@ -211,6 +235,7 @@ pub fn flatten(path: &Lwm2mPath, j: &Json, out: &mut Vec<Json>) {
                 .flatten()
             {
                 if let Some(ri) = k.parse::<u16>().ok().and_then(|ri| p.child(ri)) {
+                    let v = our_value(j, v).map_err(|e| format!("{ri}: {e}"))?;
                     out.push(json!({"path": ri.to_string(), "value": v}));
                 }
             }
@@ -223,7 +248,7 @@ pub fn flatten(path: &Lwm2mPath, j: &Json, out: &mut Vec<Json>) {
                 .into_iter()
                 .flatten()
             {
-                flatten(&p, r, out);
+                flatten(&p, r, out)?;
             }
         }
         "obj" => {
@@ -234,11 +259,22 @@ pub fn flatten(path: &Lwm2mPath, j: &Json, out: &mut Vec<Json>) {
                 .into_iter()
                 .flatten()
             {
-                flatten(&p, i, out);
+                flatten(&p, i, out)?;
+            }
+        }
+        "root" => {
+            for o in j
+                .get("objects")
+                .and_then(Json::as_array)
+                .into_iter()
+                .flatten()
+            {
+                flatten(&Lwm2mPath::Root, o, out)?;
             }
         }
         _ => {}
     }
+    Ok(())
 }
 
 /// A Leshan operation answer as a [`Response`].
@@ -262,14 +298,14 @@ pub fn response_from(
             let mut nodes = Vec::new();
             for (p, node) in m {
                 let path: Lwm2mPath = p.parse().map_err(|e| format!("{p:?}: {e}"))?;
-                flatten(&path, node, &mut nodes);
+                flatten(&path, node, &mut nodes)?;
             }
             let records = records_from_nodes(schema, &Json::Array(nodes))?;
             r.content = content_from_records(body, records, schema)?;
         }
         (Body::Node(_), Some(node @ Json::Object(_))) => {
             let mut nodes = Vec::new();
-            flatten(target, node, &mut nodes);
+            flatten(target, node, &mut nodes)?;
             let records = records_from_nodes(schema, &Json::Array(nodes))?;
             r.content = content_from_records(body, records, schema)?;
         }
@@ -284,7 +320,7 @@ pub fn response_from(
         r.location = l.parse().ok();
     }
     r.diagnostic = j
-        .get("errorMessage")
+        .get("errormessage")
         .and_then(Json::as_str)
         .map(str::to_owned);
     Ok(r)
@@ -656,6 +692,18 @@ impl Leshan {
     }
 }
 
+/// The prefix of Leshan's answer to a request it refuses (`handleException`).
+const INVALID_REQUEST: &str = "Invalid request: ";
+
+/// Whether a Leshan error body says the endpoint is not registered (its servlets write
+/// "no registered client with id '..'" or "No registered client ..").
+fn unknown_client(body: &Json) -> bool {
+    body.as_str().is_some_and(|t| {
+        t.to_ascii_lowercase()
+            .starts_with("no registered client with id")
+    })
+}
+
 fn format_query(f: Option<ContentFormat>) -> String {
     f.and_then(format_name)
         .map_or(String::new(), |n| format!("&format={n}"))
@@ -841,9 +889,20 @@ impl ServerAdapter for Leshan {
         let (status, j) = self.call(method, &route, body.as_ref()).map_err(invalid)?;
         match status {
             200 | 201 => {}
-            404 => {
+            // Leshan answers an unknown endpoint with 400 "No registered client with id".
+            _ if status == 404 || (status == 400 && unknown_client(&j)) => {
                 return Err(OpError::UnknownEndpoint {
                     endpoint: ep.to_owned(),
+                });
+            }
+            // Leshan's `InvalidRequestException`: 400 "Invalid request: REASON" (the
+            // server refused before asking the client, e.g. a composite for a 1.0 client).
+            400 if j.as_str().is_some_and(|t| t.starts_with(INVALID_REQUEST)) => {
+                let text = j.as_str().unwrap_or_default();
+                let reason = text.trim_start_matches(INVALID_REQUEST);
+                let reason = reason.trim_start_matches("invalid operation: ");
+                return Err(OpError::Invalid {
+                    reason: reason.to_owned(),
                 });
             }
             504 => {
@@ -891,6 +950,7 @@ impl ServerAdapter for Leshan {
                 Ok(Some(v))
             }
             404 => Ok(None),
+            400 if unknown_client(&j) => Ok(None),
             s => Err(self.failed(format!("GET /api/clients/{endpoint} answered {s}: {j}"))),
         }
     }
@@ -951,8 +1011,8 @@ mod tests {
         let instance = json!({"status": "CONTENT", "valid": true, "success": true, "failure": false,
             "content": {"kind": "instance", "id": 0, "resources": [
                 {"kind": "singleResource", "id": 0, "type": "STRING", "value": "Open Mobile Alliance"},
-                {"kind": "multiResource", "id": 11, "type": "INTEGER", "values": {"0": 0}},
-                {"kind": "singleResource", "id": 9, "type": "INTEGER", "value": 80}]}});
+                {"kind": "multiResource", "id": 11, "type": "INTEGER", "values": {"0": "0"}},
+                {"kind": "singleResource", "id": 9, "type": "INTEGER", "value": "80"}]}});
         let path = Lwm2mPath::Instance(ObjectId(3), InstanceId(0));
         let r = response_from(&instance, Body::Node(path), &path, &reg).unwrap();
         assert_eq!(r.code, (2, 5));
@@ -987,8 +1047,8 @@ mod tests {
             (4, 5)
         );
         let composite = json!({"status": "CONTENT", "content": {
-            "/3/0/9": {"kind": "singleResource", "id": 9, "type": "INTEGER", "value": 75},
-            "/1/0/1": {"kind": "singleResource", "id": 1, "type": "INTEGER", "value": 300}}});
+            "/3/0/9": {"kind": "singleResource", "id": 9, "type": "INTEGER", "value": "75"},
+            "/1/0/1": {"kind": "singleResource", "id": 1, "type": "INTEGER", "value": "300"}}});
         let r = response_from(&composite, Body::Records, &Lwm2mPath::Root, &reg).unwrap();
         let Some(Content::Records(recs)) = r.content else {
             panic!()
@@ -1010,7 +1070,7 @@ mod tests {
         let path = Lwm2mPath::Instance(ObjectId(3), InstanceId(0));
         let answer = json!({"status": "CONTENT", "content": {"kind": "instance", "id": 0,
             "resources": [{"kind": "singleResource", "id": 14, "type": "STRING", "value": "+02"},
-                          {"kind": "multiResource", "id": 7, "type": "INTEGER", "values": {"0": 3800, "1": 5000}}]}});
+                          {"kind": "multiResource", "id": 7, "type": "INTEGER", "values": {"0": "3800", "1": "5000"}}]}});
         let Some(Content::Node(node)) = response_from(&answer, Body::Node(path), &path, &reg)
             .unwrap()
             .content
@@ -1040,6 +1100,72 @@ mod tests {
         assert_eq!(status_code("CHANGED"), Some((2, 4)));
     }
 
+    /// Each type as Leshan 2.x's `JacksonLwM2mNodeSerializer` writes it, read back; a
+    /// number for an INTEGER is tolerated (as its deserializer does), a string for a TIME
+    /// or a BOOLEAN is not.
+    #[test]
+    fn every_type_goes_out_in_leshans_shape() {
+        use lwm2m_proto::value::ObjectLink;
+        let cases = [
+            (Value::Integer(-5), json!("-5"), "INTEGER"),
+            (Value::UnsignedInteger(7), json!("7"), "UNSIGNED_INTEGER"),
+            (Value::Float(21.5), json!("21.5"), "FLOAT"),
+            (Value::Boolean(true), json!(true), "BOOLEAN"),
+            (
+                Value::Time(1_700_000_000),
+                json!(1_700_000_000_000_i64),
+                "TIME",
+            ),
+            (Value::Opaque(vec![0xca, 0xfe]), json!("cafe"), "OPAQUE"),
+            (
+                Value::Objlnk(ObjectLink {
+                    object: 3,
+                    instance: 0,
+                }),
+                json!({"objectId": 3, "objectInstanceId": 0}),
+                "OBJLNK",
+            ),
+            (Value::String("x".into()), json!("x"), "STRING"),
+            (Value::Corelnk("</3/0>".into()), json!("</3/0>"), "CORELINK"),
+        ];
+        for (v, shape, ty) in cases {
+            assert_eq!(value_json(&v), shape, "{v:?}");
+            assert_eq!(type_name(&v), ty);
+            let node = json!({"kind": "singleResource", "id": 1, "type": ty, "value": shape});
+            assert_eq!(our_value(&node, &shape), Ok(v.to_json()), "{v:?}");
+        }
+        let int = json!({"type": "INTEGER"});
+        assert_eq!(our_value(&int, &json!(80)), Ok(json!(80)));
+        assert!(our_value(&int, &json!("eighty")).is_err());
+        assert!(our_value(&json!({"type": "BOOLEAN"}), &json!(1)).is_err());
+        // Refused values name their path.
+        let mut out = Vec::new();
+        let bad = json!({"kind": "singleResource", "id": 9, "type": "INTEGER", "value": "x"});
+        let e = flatten(&Lwm2mPath::instance(3, 0), &bad, &mut out).unwrap_err();
+        assert!(e.contains("/3/0/9"), "{e}");
+    }
+
+    #[test]
+    fn a_root_node_and_leshans_plain_text_errors_are_understood() {
+        let reg = registry();
+        let root = json!({"status": "CONTENT", "content": {"/": {"kind": "root", "objects": [
+            {"kind": "obj", "id": 3, "instances": [{"kind": "instance", "id": 0, "resources": [
+                {"kind": "singleResource", "id": 9, "type": "INTEGER", "value": "80"}]}]}]}}});
+        let r = response_from(&root, Body::Records, &Lwm2mPath::Root, &reg).unwrap();
+        let Some(Content::Records(recs)) = r.content else {
+            panic!()
+        };
+        assert_eq!(recs[0].path, Lwm2mPath::resource(3, 0, 9));
+        assert_eq!(recs[0].value, Some(Value::Integer(80)));
+        let failed = json!({"status": "BAD_REQUEST", "errormessage": "no such format"});
+        let r = response_from(&failed, Body::Nothing, &Lwm2mPath::Root, &reg).unwrap();
+        assert_eq!(r.diagnostic.as_deref(), Some("no such format"));
+        assert!(unknown_client(&json!("no registered client with id 'x'")));
+        assert!(unknown_client(&json!("No registered client with id 'x'")));
+        assert!(!unknown_client(&json!("Invalid request: x")));
+        assert_eq!(status_code("CHANGED"), Some((2, 4)));
+    }
+
     #[test]
     fn leshan_events_become_ours() {
         let reg = registry();
@@ -1061,7 +1187,7 @@ mod tests {
             .unwrap()
             .id("ets-dev", &[Lwm2mPath::resource(3, 0, 9)]);
         let n = json!({"ep": "ets-dev", "kind": "single", "res": "/3/0/9",
-            "val": {"kind": "singleResource", "id": 9, "type": "INTEGER", "value": 70}});
+            "val": {"kind": "singleResource", "id": 9, "type": "INTEGER", "value": "70"}});
         let Some(ServerEvent::Notification {
             observation,
             response,
@@ -1072,7 +1198,7 @@ mod tests {
         };
         assert_eq!(observation, id);
         assert!(response.content.is_some());
-        let s = json!({"ep": "ets-dev", "val": {"/3/0/9": {"kind": "singleResource", "id": 9, "type": "INTEGER", "value": 75}}});
+        let s = json!({"ep": "ets-dev", "val": {"/3/0/9": {"kind": "singleResource", "id": 9, "type": "INTEGER", "value": "75"}}});
         let Some(ServerEvent::Send { records, .. }) =
             event_from("SEND", &s, &reg, &none, &observed)
         else {
