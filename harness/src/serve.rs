@@ -61,8 +61,12 @@ pub struct ServeArgs {
     /// one (printed once).
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
+    /// Allow browsers on this origin (`https://ops.example:8443`) to call the REST API
+    /// with the bearer token (CORS); repeat for more [default: CORS off].
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors: Vec<String>,
     /// A YAML file with any of: coap, coaps, keylog, bootstrap, bootstrap_coaps, cert,
-    /// cert_key, ca, http, data (paths relative to the file), token.
+    /// cert_key, ca, http, data (paths relative to the file), token, cors (a list).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -82,6 +86,7 @@ struct ServeFile {
     http: Option<SocketAddr>,
     data: Option<PathBuf>,
     token: Option<String>,
+    cors: Option<Vec<String>>,
 }
 
 /// The settings in force.
@@ -98,6 +103,7 @@ struct Settings {
     http: SocketAddr,
     data: PathBuf,
     token: Option<String>,
+    cors: Vec<String>,
 }
 
 fn load_file(path: &Path) -> anyhow::Result<ServeFile> {
@@ -148,6 +154,11 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
             .or(file.data)
             .unwrap_or_else(|| PathBuf::from("lwm2m-data")),
         token: args.token.clone().or(file.token),
+        cors: if args.cors.is_empty() {
+            file.cors.unwrap_or_default()
+        } else {
+            args.cors.clone()
+        },
     })
 }
 
@@ -261,6 +272,8 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
         println!("  Bootstrap Server  coaps://{coaps} ({modes})");
     }
     println!("  REST API          http://{http}/api");
+    println!("  web UI            http://{http}/ (log in with the token)");
+    println!("  metrics           http://{http}/metrics (bearer token)");
     println!("  data              {}", s.data.display());
     println!("  token             {token_line}");
     use std::io::Write;
@@ -273,6 +286,7 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
         registry,
         bus,
         token,
+        web: lwm2m_server::ui::WebOptions { cors: s.cors },
     };
     serve_api(listener, state, stop_signal()).await?;
     tracing::info!("stopping");
