@@ -300,9 +300,9 @@ impl Metrics {
                     .entry(key)
                     .or_insert((role_name(d.role), op, d.at));
             }
-            MessageClass::Response(code) => {
+            MessageClass::Response(_) => {
                 if let Some((role, op, at)) = c.pending.remove(&key) {
-                    let code = code_text(code as u8);
+                    let code = code_text(u8::from(p.header.code));
                     *c.requests.entry((role, op, code)).or_default() += 1;
                     let secs = d.at.duration_since(at).unwrap_or_default().as_secs_f64();
                     c.latency.entry((role, op)).or_default().observe(secs);

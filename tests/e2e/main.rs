@@ -18,6 +18,7 @@ mod server_leshan;
 mod server_ops;
 mod server_registration;
 mod server_support;
+mod server_ui;
 mod sim_client;
 mod sim_interop_node;
 mod sim_network;
