@@ -23,3 +23,4 @@ mod sim_client;
 mod sim_interop_node;
 mod sim_network;
 mod sim_quirks;
+mod ui_browser;
