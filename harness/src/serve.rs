@@ -350,6 +350,22 @@ mod tests {
         assert_eq!(s.coaps, None);
         assert_eq!(s.bootstrap_coaps.map(|a| a.port()), Some(3));
         assert_eq!(s.data, dir.path().join("d"));
+        assert!(s.cors.is_empty(), "CORS is off by default");
+        std::fs::write(
+            &cfg,
+            "cors: [\"http://a.example\", \"http://b.example:3000\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            settings(&args).unwrap().cors,
+            ["http://a.example", "http://b.example:3000"]
+        );
+        let flagged = ServeArgs {
+            cors: vec!["http://c.example".into()],
+            config: Some(cfg.clone()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(settings(&flagged).unwrap().cors, ["http://c.example"]);
         std::fs::write(&cfg, "coap: 127.0.0.1:1\ntokn: x\n").unwrap();
         let err = settings(&args).unwrap_err().to_string();
         assert!(
