@@ -334,7 +334,7 @@ async function securityPage() {
     el('p', {}, 'Keys are never shown.'),
     el('table', {}, el('thead', {}, el('tr', {}, el('th', {}, 'endpoint'), el('th', {}, 'credentials'), el('th', {}))), el('tbody', {}, rows)),
     el('h3', {}, 'Add or replace'),
-    ...jsonEditor('security-json', '{"endpoint": "dev-1", "psk": {"identity": "dev-1", "key": "hex..."}}', async (text) => {
+    ...jsonEditor('security-json', '{"endpoint": "dev-1", "credentials": {"mode": "psk", "identity": "dev-1", "key": "hex"}}', async (text) => {
       try { await api('PUT', '/api/security/clients', JSON.parse(text)); securityPage(); } catch (e) { setStatus(e.message, 'error'); }
     }));
 }
@@ -358,7 +358,7 @@ async function bootstrapPage() {
     el('p', {}, 'By endpoint, or fallback by endpoint-name pattern ("pattern": "sensor-*"). Keys are never shown.'),
     el('table', {}, el('thead', {}, el('tr', {}, el('th', {}, 'for'), el('th', {}, 'configuration'), el('th', {}))), el('tbody', {}, rows)),
     el('h3', {}, 'Add or replace'),
-    ...jsonEditor('bootstrap-json', '{"endpoint": "dev-1", ...} or {"pattern": "sensor-*", ...}', async (text) => {
+    ...jsonEditor('bootstrap-json', '{"endpoint": "dev-1", "config": {"security": {...}, "servers": {...}}} or {"pattern": "sensor-*", "config": {...}}', async (text) => {
       try { await api('PUT', '/api/bootstrap', JSON.parse(text)); bootstrapPage(); } catch (e) { setStatus(e.message, 'error'); }
     }));
 }

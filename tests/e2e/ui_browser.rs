@@ -62,6 +62,21 @@ async fn the_web_ui_in_headless_chromium() {
     let node = find("node", "apt-get install nodejs (Node 20.10 or later)");
     let s = Servers::start().await;
     let base = s.api.trim_end_matches("/api").to_owned();
+    // Credentials and a fallback bootstrap configuration for the UI to show (keys hidden).
+    let (status, body) = s
+        .call(
+            "PUT",
+            "/security/clients",
+            Some(r#"{"endpoint": "ui-sec", "credentials": {"mode": "psk", "identity": "ui-sec-id", "key": "c0ffee00"}}"#),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let config = r#"{"pattern": "sensor-*", "config": {
+        "security": {"0": {"uri": "coap://127.0.0.1:5683", "mode": "psk", "identity": "{ep}",
+                           "secret_key": "a1b2c3d4", "short_server_id": 1}},
+        "servers": {"0": {"short_server_id": 1, "lifetime": 300}}}}"#;
+    let (status, body) = s.call("PUT", "/bootstrap", Some(config)).await;
+    assert_eq!(status, 201, "{body}");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/ui/browser.mjs");
     let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-ui.png");
     let mut child = Script(
@@ -135,6 +150,14 @@ async fn the_web_ui_in_headless_chromium() {
         "{}",
         log.join("\n")
     );
+    assert!(log.iter().any(|l| l == "security ok"), "{}", log.join("\n"));
+    assert!(
+        log.iter().any(|l| l == "bootstrap ok"),
+        "{}",
+        log.join("\n")
+    );
+    let (_, added) = s.call("GET", "/security/clients/ui-added", None).await;
+    assert_eq!(added["credentials"]["identity"], "ui-added-id", "{added}");
     assert!(screenshot.is_file());
     println!("web UI screenshot: {}", screenshot.display());
 }

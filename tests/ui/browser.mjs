@@ -117,6 +117,23 @@ const shot = await send('Page.captureScreenshot', { format: 'png', captureBeyond
 writeFileSync(screenshot, Buffer.from(shot.data, 'base64'));
 console.log(`screenshot ${screenshot}`);
 
+// Security: credentials listed without their key; new ones added through the UI (a PUT
+// with the cookie and the UI header).
+await evaluate(`location.hash = '#/security'`);
+await waitFor('the credentials listed', `(document.querySelector('#view')?.innerText ?? '').includes('ui-sec')`);
+if (await evaluate(`document.body.innerHTML.includes('c0ffee00')`)) throw new Error('a PSK key is shown');
+await evaluate(`document.querySelector('#security-json').value = JSON.stringify({endpoint: 'ui-added', credentials: {mode: 'psk', identity: 'ui-added-id', key: '0badf00d'}})`);
+await evaluate(`[...document.querySelectorAll('#view button')].find((b) => b.textContent === 'Save').click()`);
+await waitFor('credentials added from the UI', `(document.querySelector('#view')?.innerText ?? '').includes('ui-added-id')`);
+if (await evaluate(`document.body.innerHTML.includes('0badf00d')`)) throw new Error('a PSK key is shown');
+console.log('security ok');
+
+// Bootstrap: a fallback configuration by pattern, without its key.
+await evaluate(`location.hash = '#/bootstrap'`);
+await waitFor('the fallback configuration', `(document.querySelector('#view')?.innerText ?? '').includes('pattern sensor-*')`);
+if (await evaluate(`document.body.innerHTML.includes('a1b2c3d4')`)) throw new Error('a bootstrap key is shown');
+console.log('bootstrap ok');
+
 // The CoAP log page shows traffic; logout returns to the login form and the cookie is dead.
 await evaluate(`location.hash = '#/coaplog'`);
 await waitFor('the CoAP log', `(document.querySelector('#coaplog-list')?.textContent ?? '').includes('/3/0/13')`);
