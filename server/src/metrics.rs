@@ -143,15 +143,20 @@ fn operation(role: Role, dir: Direction, p: &lwm2m_proto::coap::Packet) -> &'sta
 
 impl Metrics {
     /// Counters for `server`, fed by a task subscribed to `bus` from now on (it ends when
-    /// the bus closes). Needs a tokio runtime.
+    /// the bus closes or the counters are dropped). Outside a tokio runtime there is no
+    /// task: only the gauges read from the server move.
     pub fn start(server: ServerHandle, bus: &EventBus) -> Arc<Self> {
         let m = Arc::new(Self {
             counters: Mutex::default(),
             server,
         });
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("metrics: no tokio runtime, event counters stay at zero");
+            return m;
+        };
         let mut rx = bus.subscribe();
         let weak = Arc::downgrade(&m);
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             loop {
                 let event = rx.recv().await;
                 let Some(m) = weak.upgrade() else { return };
