@@ -500,6 +500,31 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         .with_state(metrics)
 }
 
+/// Serves `GET /metrics` with whatever `render` answers (text exposition format), without
+/// a token, on `listener` until the task is dropped: the `--metrics ADDR` of `simulate`.
+pub async fn serve_text(
+    listener: tokio::net::TcpListener,
+    render: impl Fn() -> String + Send + Sync + 'static,
+) -> std::io::Result<()> {
+    let render = Arc::new(render);
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let render = render.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,5 +540,23 @@ mod tests {
         assert_eq!(h.count, 2);
         assert_eq!(code_text(0x45), "2.05");
         assert_eq!(code_text(0x84), "4.04");
+    }
+
+    #[tokio::test]
+    async fn serve_text_answers_the_rendered_text() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(serve_text(listener, || "x_total 7\n".to_owned()));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        task.abort();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("text/plain; version=0.0.4"), "{answer}");
+        assert!(answer.ends_with("x_total 7\n"), "{answer}");
     }
 }
