@@ -6,6 +6,7 @@
 //! again) and `run` (the main job).
 
 mod codec_tool;
+mod fleet_metrics;
 mod serve;
 mod simulate;
 mod test_cmd;

@@ -62,11 +62,15 @@ pub struct ServeArgs {
     /// one (printed once).
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
+    /// Allow browsers on this origin (`https://ops.example:8443`) to call the REST API
+    /// with the bearer token (CORS); repeat for more [default: CORS off].
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors: Vec<String>,
     /// A YAML file with any of: coap, coaps, keylog, bootstrap, bootstrap_coaps, cert,
     /// cert_key, ca, http, data (paths relative to the file), token, limits (the
     /// LwM2M Server's registration limits: max_registrations,
     /// max_registrations_per_address, max_endpoint_length, max_links, max_payload,
-    /// min_lifetime, max_lifetime).
+    /// min_lifetime, max_lifetime), cors (a list of allowed origins).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -87,6 +91,7 @@ struct ServeFile {
     data: Option<PathBuf>,
     token: Option<String>,
     limits: Option<RegistrationLimits>,
+    cors: Option<Vec<String>>,
 }
 
 /// The settings in force.
@@ -104,6 +109,7 @@ struct Settings {
     data: PathBuf,
     token: Option<String>,
     limits: RegistrationLimits,
+    cors: Vec<String>,
 }
 
 fn load_file(path: &Path) -> anyhow::Result<ServeFile> {
@@ -155,6 +161,11 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
             .unwrap_or_else(|| PathBuf::from("lwm2m-data")),
         token: args.token.clone().or(file.token),
         limits: file.limits.unwrap_or_default(),
+        cors: if args.cors.is_empty() {
+            file.cors.unwrap_or_default()
+        } else {
+            args.cors.clone()
+        },
     })
 }
 
@@ -270,6 +281,8 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
         println!("  Bootstrap Server  coaps://{coaps} ({modes})");
     }
     println!("  REST API          http://{http}/api");
+    println!("  web UI            http://{http}/ (log in with the token)");
+    println!("  metrics           http://{http}/metrics (bearer token)");
     println!("  data              {}", s.data.display());
     println!("  token             {token_line}");
     use std::io::Write;
@@ -282,6 +295,7 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
         registry,
         bus,
         token,
+        web: lwm2m_server::ui::WebOptions { cors: s.cors },
     };
     serve_api(listener, state, stop_signal()).await?;
     tracing::info!("stopping");
@@ -358,6 +372,22 @@ mod tests {
             err.contains("serve.yaml:2") && err.contains("max_regs"),
             "{err}"
         );
+        assert!(s.cors.is_empty(), "CORS is off by default");
+        std::fs::write(
+            &cfg,
+            "cors: [\"http://a.example\", \"http://b.example:3000\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            settings(&args).unwrap().cors,
+            ["http://a.example", "http://b.example:3000"]
+        );
+        let flagged = ServeArgs {
+            cors: vec!["http://c.example".into()],
+            config: Some(cfg.clone()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(settings(&flagged).unwrap().cors, ["http://c.example"]);
         std::fs::write(&cfg, "coap: 127.0.0.1:1\ntokn: x\n").unwrap();
         let err = settings(&args).unwrap_err().to_string();
         assert!(

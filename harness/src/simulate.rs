@@ -122,6 +122,10 @@ pub struct SimulateArgs {
     /// The scenarios folder (profiles/, networks/, quirks/).
     #[arg(long, default_value = "scenarios")]
     scenarios: PathBuf,
+    /// Serve the fleet's live counters at http://ADDR/metrics (Prometheus text format, no
+    /// token: bind it to loopback), e.g. 127.0.0.1:9464 [default: off].
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -316,7 +320,7 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let (before_stop, report) = runtime.block_on(drive(fleet, args.duration))?;
+    let (before_stop, report) = runtime.block_on(drive(fleet, args.duration, args.metrics))?;
     print_summary(&before_stop, &report);
     Ok(())
 }
@@ -326,9 +330,29 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
 async fn drive(
     fleet: Fleet,
     duration: Duration,
+    metrics: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<(CountersSnapshot, FleetReport)> {
+    let listener = match metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --metrics {addr}"))?,
+        ),
+        None => None,
+    };
     let start = Instant::now();
     let handle = fleet.start()?;
+    let metrics = match listener {
+        Some(l) => {
+            println!("metrics http://{}/metrics", l.local_addr()?);
+            let h = handle.clone();
+            Some(tokio::spawn(lwm2m_server::metrics::serve_text(
+                l,
+                move || crate::fleet_metrics::render(&h.total()),
+            )))
+        }
+        None => None,
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let end = tokio::time::sleep(duration);
@@ -349,7 +373,11 @@ async fn drive(
         }
     }
     let before_stop = handle.total();
-    Ok((before_stop, handle.stop(Duration::from_secs(10)).await?))
+    let report = handle.stop(Duration::from_secs(10)).await;
+    if let Some(m) = metrics {
+        m.abort();
+    }
+    Ok((before_stop, report?))
 }
 
 /// One line of live counters; rates are per second since `last`.

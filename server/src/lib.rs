@@ -5,7 +5,8 @@
 //! events and every datagram ([`events`]), serves the REST API with server-sent events
 //! ([`rest`], with Leshan-compatible routes in [`leshan`]) behind a bearer token
 //! ([`auth`]), and keeps security credentials and
-//! bootstrap configurations on disk ([`store`]).
+//! bootstrap configurations on disk ([`store`]). `serve`'s web UI, session cookie and CORS
+//! are in [`ui`], its Prometheus metrics in [`metrics`].
 //!
 //! Both servers also listen for CoAP over DTLS ([`dtls`]): the LwM2M Server with pre-shared
 //! keys from the security store, the Bootstrap Server with the keys of the bootstrap-server
@@ -25,10 +26,12 @@ pub mod dtls;
 pub mod events;
 pub mod json;
 pub mod leshan;
+pub mod metrics;
 mod plain;
 pub mod registrations;
 pub mod rest;
 pub mod store;
+pub mod ui;
 
 pub use bootstrap::{BootstrapHandle, BootstrapOptions, start_bootstrap};
 pub use driver::{DriverError, ServerHandle, ServerOptions, start_server};

@@ -82,14 +82,18 @@ pub struct ApiState {
     pub bus: EventBus,
     /// The bearer token every request must show.
     pub token: String,
+    /// The web UI's and CORS options ([`crate::ui`]).
+    pub web: crate::ui::WebOptions,
 }
 
 type St = State<Arc<ApiState>>;
 
-/// The API's router; serve it with `axum::serve`.
+/// The API's router (with the web UI and `/metrics`); serve it with `axum::serve`, inside
+/// a tokio runtime (the metrics collector is a task).
 pub fn router(state: ApiState) -> Router {
     let state = Arc::new(state);
-    Router::new()
+    let metrics = crate::metrics::Metrics::start(state.server.clone(), &state.bus);
+    let api = Router::new()
         .route("/api/clients", get(list_clients))
         .route("/api/clients/{ep}", get(get_client))
         .route(
@@ -124,8 +128,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/event", get(events))
         .with_state(state.clone())
         .merge(crate::leshan::router(state.clone()))
+        .merge(crate::metrics::router(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
-        .layer(middleware::from_fn_with_state(state, require_token))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    crate::ui::wrap(api, &state.token, &state.web)
 }
 
 /// How long open connections (event streams) get to finish after a shutdown request.

@@ -456,6 +456,7 @@ async fn random_and_mutated_datagrams_do_not_disturb_normal_clients() {
         security: st.security.clone(),
         bootstrap: st.bootstrap.clone(),
         record_wire: false,
+        ..Setup::default()
     })
     .await;
     let server = s.server.local_addr();

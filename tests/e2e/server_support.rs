@@ -52,6 +52,8 @@ pub struct Setup {
     pub bootstrap: Arc<FileBootstrapStore>,
     /// Whether [`Servers::wire`] keeps the datagrams (off for floods).
     pub record_wire: bool,
+    /// The web UI's and CORS options.
+    pub web: lwm2m_server::ui::WebOptions,
 }
 
 impl Default for Setup {
@@ -62,6 +64,7 @@ impl Default for Setup {
             security: Arc::new(FileSecurityStore::in_memory()),
             bootstrap: Arc::new(FileBootstrapStore::in_memory(BootstrapDoc::default())),
             record_wire: true,
+            web: Default::default(),
         }
     }
 }
@@ -106,6 +109,7 @@ impl Servers {
             registry,
             bus,
             token: TOKEN.into(),
+            web: setup.web,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(serve_api(listener, state, async {
