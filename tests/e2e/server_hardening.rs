@@ -337,7 +337,11 @@ async fn a_takeover_from_another_address_is_logged_with_both() {
     );
     loop {
         let text = log.text();
-        let lines: Vec<&str> = text.lines().filter(|l| l.contains("meter-7")).collect();
+        // The takeover line (the metrics task logs each registration on its own lines).
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("meter-7") && l.contains("registered again"))
+            .collect();
         if let [line] = lines.as_slice() {
             assert!(
                 line.contains("INFO") && line.contains(&a) && line.contains(&b),
