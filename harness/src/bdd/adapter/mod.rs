@@ -36,6 +36,7 @@ use super::backend::Happening;
 
 pub mod exec;
 pub mod harness_http;
+mod http;
 pub mod inprocess;
 pub mod json;
 pub mod leshan;
