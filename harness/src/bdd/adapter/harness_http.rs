@@ -123,14 +123,6 @@ impl HarnessHttp {
             })
     }
 
-    fn call(&self, method: &str, route: &str, body: Option<&Json>) -> Result<(u16, Json), String> {
-        self.api.call(method, route, body)
-    }
-
-    fn failed(&self, reason: String) -> AdapterError {
-        self.api.failed(reason)
-    }
-
     /// The object versions `endpoint` registered (cached from events and look-ups).
     fn versions_for(&self, endpoint: &str) -> BTreeMap<ObjectId, String> {
         self.api
@@ -307,6 +299,7 @@ impl ServerAdapter for HarnessHttp {
         let schema_versions = self.versions_for(ep);
         let schema = self.registry.with_versions(&schema_versions);
         let (status, j) = self
+            .api
             .call(method, &route, body.as_ref())
             .map_err(|e| invalid(format!("{NAME}: {e}")))?;
         let error = j
@@ -374,16 +367,19 @@ impl ServerAdapter for HarnessHttp {
 
     fn registration(&self, endpoint: &str) -> Result<Option<RegistrationView>, AdapterError> {
         let (status, j) = self
+            .api
             .call("GET", &format!("/api/clients/{endpoint}"), None)
-            .map_err(|e| self.failed(e))?;
+            .map_err(|e| self.api.failed(e))?;
         match status {
             200 => {
-                let v = registration_from(&j).map_err(|e| self.failed(e))?;
+                let v = registration_from(&j).map_err(|e| self.api.failed(e))?;
                 self.api.versions.remember(endpoint, &v);
                 Ok(Some(v))
             }
             404 => Ok(None),
-            s => Err(self.failed(format!("GET /api/clients/{endpoint} answered {s}: {j}"))),
+            s => Err(self
+                .api
+                .failed(format!("GET /api/clients/{endpoint} answered {s}: {j}"))),
         }
     }
 
@@ -393,17 +389,22 @@ impl ServerAdapter for HarnessHttp {
     }
 
     fn put_psk(&self, endpoint: &str, identity: &[u8], key: &[u8]) -> Result<(), AdapterError> {
-        let identity = String::from_utf8(identity.to_vec())
-            .map_err(|_| self.failed("the API takes UTF-8 PSK identities only".into()))?;
+        let identity = String::from_utf8(identity.to_vec()).map_err(|_| {
+            self.api
+                .failed("the API takes UTF-8 PSK identities only".into())
+        })?;
         let body = json!({"endpoint": endpoint, "credentials": {
             "mode": "psk", "identity": identity,
             "key": key.iter().map(|b| format!("{b:02x}")).collect::<String>()}});
         let (status, j) = self
+            .api
             .call("PUT", "/api/security/clients", Some(&body))
-            .map_err(|e| self.failed(e))?;
+            .map_err(|e| self.api.failed(e))?;
         match status {
             200 | 201 | 204 => Ok(()),
-            s => Err(self.failed(format!("PUT /api/security/clients answered {s}: {j}"))),
+            s => Err(self
+                .api
+                .failed(format!("PUT /api/security/clients answered {s}: {j}"))),
         }
     }
 
@@ -412,7 +413,7 @@ impl ServerAdapter for HarnessHttp {
         endpoint: &str,
         config: &BootstrapConfig,
     ) -> Result<(), AdapterError> {
-        let config = serde_json::to_value(config).map_err(|e| self.failed(e.to_string()))?;
+        let config = serde_json::to_value(config).map_err(|e| self.api.failed(e.to_string()))?;
         let (route, body) = if endpoint.contains(['*', '?']) {
             (
                 "/api/bootstrap".to_owned(),
@@ -422,11 +423,12 @@ impl ServerAdapter for HarnessHttp {
             (format!("/api/bootstrap/{endpoint}"), config)
         };
         let (status, j) = self
+            .api
             .call("PUT", &route, Some(&body))
-            .map_err(|e| self.failed(e))?;
+            .map_err(|e| self.api.failed(e))?;
         match status {
             200 | 201 | 204 => Ok(()),
-            s => Err(self.failed(format!("PUT {route} answered {s}: {j}"))),
+            s => Err(self.api.failed(format!("PUT {route} answered {s}: {j}"))),
         }
     }
 
@@ -437,11 +439,12 @@ impl ServerAdapter for HarnessHttp {
             format!("/api/bootstrap/{endpoint}")
         };
         let (status, j) = self
+            .api
             .call("DELETE", &route, None)
-            .map_err(|e| self.failed(e))?;
+            .map_err(|e| self.api.failed(e))?;
         match status {
             200 | 204 | 404 => Ok(()),
-            s => Err(self.failed(format!("DELETE {route} answered {s}: {j}"))),
+            s => Err(self.api.failed(format!("DELETE {route} answered {s}: {j}"))),
         }
     }
 }

@@ -618,14 +618,6 @@ impl Leshan {
             })
     }
 
-    fn call(&self, method: &str, route: &str, body: Option<&Json>) -> Result<(u16, Json), String> {
-        self.api.call(method, route, body)
-    }
-
-    fn failed(&self, reason: String) -> AdapterError {
-        self.api.failed(reason)
-    }
-
     fn versions_for(&self, endpoint: &str) -> BTreeMap<ObjectId, String> {
         self.api
             .versions_for(endpoint, || self.registration(endpoint).ok().flatten())
@@ -826,7 +818,10 @@ impl ServerAdapter for Leshan {
         };
         let v = self.versions_for(ep);
         let schema = self.registry.with_versions(&v);
-        let (status, j) = self.call(method, &route, body.as_ref()).map_err(invalid)?;
+        let (status, j) = self
+            .api
+            .call(method, &route, body.as_ref())
+            .map_err(invalid)?;
         match status {
             200 | 201 => {}
             // Leshan answers an unknown endpoint with 400 "No registered client with id".
@@ -878,17 +873,20 @@ impl ServerAdapter for Leshan {
 
     fn registration(&self, endpoint: &str) -> Result<Option<RegistrationView>, AdapterError> {
         let (status, j) = self
+            .api
             .call("GET", &format!("/api/clients/{endpoint}"), None)
-            .map_err(|e| self.failed(e))?;
+            .map_err(|e| self.api.failed(e))?;
         match status {
             200 => {
-                let v = registration_from(&j).map_err(|e| self.failed(e))?;
+                let v = registration_from(&j).map_err(|e| self.api.failed(e))?;
                 self.api.versions.remember(endpoint, &v);
                 Ok(Some(v))
             }
             404 => Ok(None),
             400 if unknown_client(&j) => Ok(None),
-            s => Err(self.failed(format!("GET /api/clients/{endpoint} answered {s}: {j}"))),
+            s => Err(self
+                .api
+                .failed(format!("GET /api/clients/{endpoint} answered {s}: {j}"))),
         }
     }
 
@@ -899,16 +897,19 @@ impl ServerAdapter for Leshan {
 
     fn put_psk(&self, endpoint: &str, identity: &[u8], key: &[u8]) -> Result<(), AdapterError> {
         let identity = String::from_utf8(identity.to_vec())
-            .map_err(|_| self.failed("Leshan takes UTF-8 PSK identities".into()))?;
+            .map_err(|_| self.api.failed("Leshan takes UTF-8 PSK identities".into()))?;
         let key: String = key.iter().map(|b| format!("{b:02x}")).collect();
         let body = json!({"endpoint": endpoint, "tls": {"mode": "psk",
             "details": {"identity": identity, "key": key}}});
         let (status, j) = self
+            .api
             .call("PUT", "/api/security/clients", Some(&body))
-            .map_err(|e| self.failed(e))?;
+            .map_err(|e| self.api.failed(e))?;
         match status {
             200 | 201 | 204 => Ok(()),
-            s => Err(self.failed(format!("PUT /api/security/clients answered {s}: {j}"))),
+            s => Err(self
+                .api
+                .failed(format!("PUT /api/security/clients answered {s}: {j}"))),
         }
     }
 }
