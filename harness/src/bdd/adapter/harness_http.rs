@@ -366,21 +366,8 @@ impl ServerAdapter for HarnessHttp {
     }
 
     fn registration(&self, endpoint: &str) -> Result<Option<RegistrationView>, AdapterError> {
-        let (status, j) = self
-            .api
-            .call("GET", &format!("/api/clients/{endpoint}"), None)
-            .map_err(|e| self.api.failed(e))?;
-        match status {
-            200 => {
-                let v = registration_from(&j).map_err(|e| self.api.failed(e))?;
-                self.api.versions.remember(endpoint, &v);
-                Ok(Some(v))
-            }
-            404 => Ok(None),
-            s => Err(self
-                .api
-                .failed(format!("GET /api/clients/{endpoint} answered {s}: {j}"))),
-        }
+        self.api
+            .registration(endpoint, registration_from, |status, _| status == 404)
     }
 
     fn subscribe(&self, sink: EventSink) -> Result<(), AdapterError> {
@@ -396,16 +383,7 @@ impl ServerAdapter for HarnessHttp {
         let body = json!({"endpoint": endpoint, "credentials": {
             "mode": "psk", "identity": identity,
             "key": key.iter().map(|b| format!("{b:02x}")).collect::<String>()}});
-        let (status, j) = self
-            .api
-            .call("PUT", "/api/security/clients", Some(&body))
-            .map_err(|e| self.api.failed(e))?;
-        match status {
-            200 | 201 | 204 => Ok(()),
-            s => Err(self
-                .api
-                .failed(format!("PUT /api/security/clients answered {s}: {j}"))),
-        }
+        self.api.put("/api/security/clients", &body)
     }
 
     fn put_bootstrap_config(
@@ -422,14 +400,7 @@ impl ServerAdapter for HarnessHttp {
         } else {
             (format!("/api/bootstrap/{endpoint}"), config)
         };
-        let (status, j) = self
-            .api
-            .call("PUT", &route, Some(&body))
-            .map_err(|e| self.api.failed(e))?;
-        match status {
-            200 | 201 | 204 => Ok(()),
-            s => Err(self.api.failed(format!("PUT {route} answered {s}: {j}"))),
-        }
+        self.api.put(&route, &body)
     }
 
     fn remove_bootstrap_config(&self, endpoint: &str) -> Result<(), AdapterError> {

@@ -190,6 +190,38 @@ impl HttpApi {
         }
     }
 
+    /// `PUT BASE+route` with `body`; any status but 200, 201 or 204 is a failure.
+    pub(super) fn put(&self, route: &str, body: &Json) -> Result<(), AdapterError> {
+        let (status, j) = self
+            .call("PUT", route, Some(body))
+            .map_err(|e| self.failed(e))?;
+        match status {
+            200 | 201 | 204 => Ok(()),
+            s => Err(self.failed(format!("PUT {route} answered {s}: {j}"))),
+        }
+    }
+
+    /// `GET BASE/api/clients/{endpoint}` read by `parse` (its versions cached); `None` if
+    /// the answer is one `absent` says means the endpoint is not registered.
+    pub(super) fn registration(
+        &self,
+        endpoint: &str,
+        parse: impl FnOnce(&Json) -> Result<RegistrationView, String>,
+        absent: impl FnOnce(u16, &Json) -> bool,
+    ) -> Result<Option<RegistrationView>, AdapterError> {
+        let route = format!("/api/clients/{endpoint}");
+        let (status, j) = self.call("GET", &route, None).map_err(|e| self.failed(e))?;
+        if status == 200 {
+            let v = parse(&j).map_err(|e| self.failed(e))?;
+            self.versions.remember(endpoint, &v);
+            Ok(Some(v))
+        } else if absent(status, &j) {
+            Ok(None)
+        } else {
+            Err(self.failed(format!("GET {route} answered {status}: {j}")))
+        }
+    }
+
     /// The object versions `endpoint` registered: cached, else from the registration
     /// `look_up` gives (the adapter's look-up, which caches them), else none.
     pub(super) fn versions_for(

@@ -872,22 +872,11 @@ impl ServerAdapter for Leshan {
     }
 
     fn registration(&self, endpoint: &str) -> Result<Option<RegistrationView>, AdapterError> {
-        let (status, j) = self
-            .api
-            .call("GET", &format!("/api/clients/{endpoint}"), None)
-            .map_err(|e| self.api.failed(e))?;
-        match status {
-            200 => {
-                let v = registration_from(&j).map_err(|e| self.api.failed(e))?;
-                self.api.versions.remember(endpoint, &v);
-                Ok(Some(v))
-            }
-            404 => Ok(None),
-            400 if unknown_client(&j) => Ok(None),
-            s => Err(self
-                .api
-                .failed(format!("GET /api/clients/{endpoint} answered {s}: {j}"))),
-        }
+        // Leshan answers an unknown endpoint with 400 "No registered client with id".
+        self.api
+            .registration(endpoint, registration_from, |status, j| {
+                status == 404 || (status == 400 && unknown_client(j))
+            })
     }
 
     fn subscribe(&self, sink: EventSink) -> Result<(), AdapterError> {
@@ -901,16 +890,7 @@ impl ServerAdapter for Leshan {
         let key: String = key.iter().map(|b| format!("{b:02x}")).collect();
         let body = json!({"endpoint": endpoint, "tls": {"mode": "psk",
             "details": {"identity": identity, "key": key}}});
-        let (status, j) = self
-            .api
-            .call("PUT", "/api/security/clients", Some(&body))
-            .map_err(|e| self.api.failed(e))?;
-        match status {
-            200 | 201 | 204 => Ok(()),
-            s => Err(self
-                .api
-                .failed(format!("PUT /api/security/clients answered {s}: {j}"))),
-        }
+        self.api.put("/api/security/clients", &body)
     }
 }
 
