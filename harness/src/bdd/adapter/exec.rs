@@ -191,16 +191,7 @@ impl Limits {
 
     fn check(&self, operation: &Operation) -> Result<(), String> {
         use Operation as Op;
-        let format = match operation {
-            Op::Read { format, .. }
-            | Op::Write { format, .. }
-            | Op::Create { format, .. }
-            | Op::ReadComposite { format, .. }
-            | Op::WriteComposite { format, .. }
-            | Op::Observe { format, .. }
-            | Op::ObserveComposite { format, .. } => *format,
-            _ => None,
-        };
+        let format = super::requested_format(operation);
         if let Some(f) = format
             && !self.formats.is_empty()
             && !self.formats.contains(&f)

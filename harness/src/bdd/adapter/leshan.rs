@@ -652,17 +652,7 @@ impl ServerAdapter for Leshan {
     }
 
     fn check(&self, operation: &Operation) -> Result<(), String> {
-        use Operation as Op;
-        let format = match operation {
-            Op::Read { format, .. }
-            | Op::Write { format, .. }
-            | Op::Create { format, .. }
-            | Op::ReadComposite { format, .. }
-            | Op::WriteComposite { format, .. }
-            | Op::Observe { format, .. }
-            | Op::ObserveComposite { format, .. } => *format,
-            _ => None,
-        };
+        let format = super::requested_format(operation);
         match format {
             Some(f) if format_name(f).is_none() => Err(format!(
                 "the server adapter {NAME} has no name for {} in Leshan's API",

@@ -194,6 +194,20 @@ impl AdapterInfo {
     }
 }
 
+/// The format an operation asks for (Accept) or sends (Content-Format), if it names one.
+pub fn requested_format(operation: &Operation) -> Option<lwm2m_proto::ContentFormat> {
+    match operation {
+        Operation::Read { format, .. }
+        | Operation::Write { format, .. }
+        | Operation::Create { format, .. }
+        | Operation::ReadComposite { format, .. }
+        | Operation::WriteComposite { format, .. }
+        | Operation::Observe { format, .. }
+        | Operation::ObserveComposite { format, .. } => *format,
+        _ => None,
+    }
+}
+
 /// The reason a case is not applicable when the adapter lacks `feature`.
 pub fn lacks(adapter: &str, feature: Feature) -> String {
     format!("the server adapter {adapter} does not offer {feature}")
