@@ -107,20 +107,17 @@ impl HarnessHttp {
     /// Opens `GET /api/event` and feeds the sinks from a thread of its own.
     fn start_events(&self) -> Result<(), String> {
         let (sinks, registry) = (self.sinks.clone(), self.registry.clone());
-        self.api
-            .start_events("lwm2m-harness+http events", move |name, data, versions| {
-                if let Some(r) = data.get("registration")
-                    && let Ok(v) = registration_from(r)
-                {
-                    versions.remember(&v.registration.endpoint, &v);
-                }
-                let versions_of = |ep: &str| versions.of(ep);
-                if let Some(event) = super::json::event_from(name, data, &registry, &versions_of) {
+        self.api.start_events(
+            "lwm2m-harness+http events",
+            |data| registration_from(data.get("registration")?).ok(),
+            move |name, data, versions_of| {
+                if let Some(event) = super::json::event_from(name, data, &registry, versions_of) {
                     sinks.deliver(&event);
                 } else if let Some(event) = super::json::bootstrap_event_from(name, data) {
                     sinks.deliver_bootstrap(&event);
                 }
-            })
+            },
+        )
     }
 
     /// The object versions `endpoint` registered (cached from events and look-ups).

@@ -110,11 +110,11 @@ pub(super) fn split_token(rest: &str) -> (&str, Option<String>) {
 
 /// The object versions each endpoint registered, shared with the event thread.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Versions(Arc<Mutex<HashMap<String, BTreeMap<ObjectId, String>>>>);
+struct Versions(Arc<Mutex<HashMap<String, BTreeMap<ObjectId, String>>>>);
 
 impl Versions {
     /// Remembers the object versions in `endpoint`'s registration `view`.
-    pub(super) fn remember(&self, endpoint: &str, view: &RegistrationView) {
+    fn remember(&self, endpoint: &str, view: &RegistrationView) {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -122,7 +122,7 @@ impl Versions {
     }
 
     /// What `endpoint` registered, if known.
-    pub(super) fn get(&self, endpoint: &str) -> Option<BTreeMap<ObjectId, String>> {
+    fn get(&self, endpoint: &str) -> Option<BTreeMap<ObjectId, String>> {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -131,7 +131,7 @@ impl Versions {
     }
 
     /// What `endpoint` registered; empty if not known.
-    pub(super) fn of(&self, endpoint: &str) -> BTreeMap<ObjectId, String> {
+    fn of(&self, endpoint: &str) -> BTreeMap<ObjectId, String> {
         self.get(endpoint).unwrap_or_default()
     }
 }
@@ -146,7 +146,7 @@ pub(super) struct HttpApi {
     token: Option<String>,
     agent: ureq::Agent,
     /// The object versions by endpoint (from events and look-ups).
-    pub(super) versions: Versions,
+    versions: Versions,
 }
 
 impl HttpApi {
@@ -235,13 +235,16 @@ impl HttpApi {
             .unwrap_or_default()
     }
 
-    /// Opens `GET BASE/api/event` and, on a thread named `thread`, calls
-    /// `on_event(name, data, versions)` for each event whose data is JSON, until the stream
-    /// ends.
+    /// Opens `GET BASE/api/event` and, on a thread named `thread`, for each event whose
+    /// data is JSON: caches the versions of the registration `registration_in` finds in it,
+    /// then calls `on_event(name, data, versions_of)`, until the stream ends.
     pub(super) fn start_events(
         &self,
         thread: &str,
-        mut on_event: impl FnMut(&str, &Json, &Versions) + Send + 'static,
+        registration_in: impl Fn(&Json) -> Option<RegistrationView> + Send + 'static,
+        mut on_event: impl FnMut(&str, &Json, &dyn Fn(&str) -> BTreeMap<ObjectId, String>)
+        + Send
+        + 'static,
     ) -> Result<(), String> {
         let url = format!("{}/api/event", self.base);
         let mut request = agent(None).get(&url).header("Accept", "text/event-stream");
@@ -258,7 +261,10 @@ impl HttpApi {
             .spawn(move || {
                 read_sse(response.into_body().into_reader(), |name, data| {
                     if let Ok(data) = serde_json::from_str::<Json>(data) {
-                        on_event(name, &data, &versions);
+                        if let Some(v) = registration_in(&data) {
+                            versions.remember(&v.registration.endpoint, &v);
+                        }
+                        on_event(name, &data, &|ep| versions.of(ep));
                     }
                     true
                 });

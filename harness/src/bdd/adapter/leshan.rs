@@ -605,17 +605,15 @@ impl Leshan {
             self.registry.clone(),
             self.observed.clone(),
         );
-        self.api
-            .start_events("leshan events", move |name, data, versions| {
-                let registration = data.get("registration").unwrap_or(data);
-                if let Ok(v) = registration_from(registration) {
-                    versions.remember(&v.registration.endpoint, &v);
-                }
-                let versions_of = |ep: &str| versions.of(ep);
-                if let Some(e) = event_from(name, data, &registry, &versions_of, &observed) {
+        self.api.start_events(
+            "leshan events",
+            |data| registration_from(data.get("registration").unwrap_or(data)).ok(),
+            move |name, data, versions_of| {
+                if let Some(e) = event_from(name, data, &registry, versions_of, &observed) {
                     sinks.deliver(&e);
                 }
-            })
+            },
+        )
     }
 
     fn versions_for(&self, endpoint: &str) -> BTreeMap<ObjectId, String> {
