@@ -621,9 +621,7 @@ impl ExecAdapter {
                 resources,
                 format,
             } => {
-                let base =
-                    Lwm2mPath::Instance(*object, instance.unwrap_or(lwm2m_proto::InstanceId(0)));
-                let records = lwm2m_proto::Node::Instance(resources.clone()).to_records(&base);
+                let records = super::json::create_records(*object, *instance, resources);
                 json!({"op": "create", "endpoint": endpoint, "path": Lwm2mPath::Object(*object).to_string(),
                     "instance": instance.map(|i| i.0), "format": fmt(format),
                     "nodes": super::json::nodes_json(&records)["nodes"]})

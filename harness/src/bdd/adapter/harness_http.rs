@@ -202,9 +202,7 @@ impl ServerAdapter for HarnessHttp {
                 resources,
                 format,
             } => {
-                let base =
-                    Lwm2mPath::Instance(*object, instance.unwrap_or(lwm2m_proto::InstanceId(0)));
-                let records = lwm2m_proto::Node::Instance(resources.clone()).to_records(&base);
+                let records = super::json::create_records(*object, *instance, resources);
                 let body = match instance {
                     Some(_) => super::json::nodes_json(&records),
                     None => {
