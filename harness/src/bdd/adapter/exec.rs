@@ -191,16 +191,7 @@ impl Limits {
 
     fn check(&self, operation: &Operation) -> Result<(), String> {
         use Operation as Op;
-        let format = match operation {
-            Op::Read { format, .. }
-            | Op::Write { format, .. }
-            | Op::Create { format, .. }
-            | Op::ReadComposite { format, .. }
-            | Op::WriteComposite { format, .. }
-            | Op::Observe { format, .. }
-            | Op::ObserveComposite { format, .. } => *format,
-            _ => None,
-        };
+        let format = super::requested_format(operation);
         if let Some(f) = format
             && !self.formats.is_empty()
             && !self.formats.contains(&f)
@@ -630,9 +621,7 @@ impl ExecAdapter {
                 resources,
                 format,
             } => {
-                let base =
-                    Lwm2mPath::Instance(*object, instance.unwrap_or(lwm2m_proto::InstanceId(0)));
-                let records = lwm2m_proto::Node::Instance(resources.clone()).to_records(&base);
+                let records = super::json::create_records(*object, *instance, resources);
                 json!({"op": "create", "endpoint": endpoint, "path": Lwm2mPath::Object(*object).to_string(),
                     "instance": instance.map(|i| i.0), "format": fmt(format),
                     "nodes": super::json::nodes_json(&records)["nodes"]})

@@ -11,7 +11,6 @@
 //! a client's observations.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead as _, BufReader};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -22,7 +21,8 @@ use lwm2m_proto::server::{OpError, Operation, Response};
 use lwm2m_proto::{Lwm2mPath, ObjectId};
 use serde_json::{Value as Json, json};
 
-use super::json::{Body, registration_from, response_from, versions, write_body};
+use super::http::{HttpApi, split_token};
+use super::json::{Body, registration_from, response_from, write_body};
 use super::{
     AdapterError, AdapterInfo, EventSink, Feature, RegistrationView, ServerAdapter, Sinks,
 };
@@ -33,21 +33,15 @@ pub const NAME: &str = "lwm2m-harness+http";
 /// How long the API is asked to wait for a client (a sleeping one included).
 const OP_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Object versions by endpoint, to type payloads.
-type Versions = Arc<Mutex<HashMap<String, BTreeMap<ObjectId, String>>>>;
-
 /// An observation by endpoint and the id the API gave it.
 type ObservationKey = (String, u64);
 
 /// Our REST API as a server adapter (see the module documentation).
 pub struct HarnessHttp {
-    base: String,
-    token: Option<String>,
-    agent: ureq::Agent,
+    api: HttpApi,
     registry: Arc<Registry>,
     info: AdapterInfo,
     sinks: Arc<Sinks>,
-    versions: Versions,
     /// Observations started through the adapter: (endpoint, id) → paths, composite.
     observations: Mutex<HashMap<ObservationKey, (Vec<Lwm2mPath>, bool)>>,
 }
@@ -55,105 +49,17 @@ pub struct HarnessHttp {
 impl std::fmt::Debug for HarnessHttp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HarnessHttp")
-            .field("base", &self.base)
+            .field("base", &self.api.base)
             .finish_non_exhaustive()
-    }
-}
-
-/// An HTTP answer: status and JSON body (`Null` if empty or not JSON).
-pub(super) fn send(
-    agent: &ureq::Agent,
-    method: &str,
-    url: &str,
-    token: Option<&str>,
-    body: Option<&Json>,
-) -> Result<(u16, Json), String> {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let text = body.map(Json::to_string).unwrap_or_default();
-    let response = match method {
-        "GET" | "DELETE" => {
-            let mut r = if method == "GET" {
-                agent.get(url)
-            } else {
-                agent.delete(url)
-            };
-            if let Some(a) = &auth {
-                r = r.header("Authorization", a);
-            }
-            r.call()
-        }
-        _ => {
-            let mut r = if method == "PUT" {
-                agent.put(url)
-            } else {
-                agent.post(url)
-            };
-            if let Some(a) = &auth {
-                r = r.header("Authorization", a);
-            }
-            r.header("Content-Type", "application/json").send(&text)
-        }
-    };
-    let mut response = response.map_err(|e| format!("{method} {url}: {e}"))?;
-    let status = response.status().as_u16();
-    let text = response
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| format!("{method} {url}: reading the answer: {e}"))?;
-    // A body that is not JSON (Leshan's errors are plain text) stays as its text.
-    let body = match serde_json::from_str(&text) {
-        Ok(j) => j,
-        Err(_) if text.trim().is_empty() => Json::Null,
-        Err(_) => Json::String(text),
-    };
-    Ok((status, body))
-}
-
-/// An agent that gives statuses back instead of failing on them, with a time limit.
-pub(super) fn agent(timeout: Option<Duration>) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(timeout)
-        .build()
-        .into()
-}
-
-/// Reads a `text/event-stream` body, calling `on_event(name, data)` for each event, until
-/// the stream ends.
-pub(super) fn read_sse(body: impl std::io::Read, mut on_event: impl FnMut(&str, &str) -> bool) {
-    let mut name = String::new();
-    let mut data = String::new();
-    for line in BufReader::new(body).lines() {
-        let Ok(line) = line else { return };
-        if line.is_empty() {
-            if !data.is_empty() && !on_event(if name.is_empty() { "message" } else { &name }, &data)
-            {
-                return;
-            }
-            name.clear();
-            data.clear();
-        } else if let Some(v) = line.strip_prefix("event:") {
-            name = v.trim().to_owned();
-        } else if let Some(v) = line.strip_prefix("data:") {
-            if !data.is_empty() {
-                data.push('\n');
-            }
-            data.push_str(v.strip_prefix(' ').unwrap_or(v));
-        }
     }
 }
 
 /// `HOST:PORT[/]?token=T` → base URL and token.
 fn parse_authority(rest: &str) -> Result<(String, Option<String>), String> {
-    let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let authority = authority.trim_end_matches('/');
+    let (authority, token) = split_token(rest);
     if authority.is_empty() || !authority.contains(':') {
         return Err(format!("{NAME}://{rest}: expected HOST:PORT"));
     }
-    let token = query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("token="))
-        .map(str::to_owned);
     Ok((format!("http://{authority}"), token))
 }
 
@@ -162,14 +68,9 @@ impl HarnessHttp {
     /// to the events; `Err` says why not.
     pub fn connect(rest: &str, registry: Arc<Registry>) -> Result<Self, String> {
         let (base, token) = parse_authority(rest)?;
-        let agent = agent(Some(OP_TIMEOUT + Duration::from_secs(10)));
-        let (status, body) = send(
-            &agent,
-            "GET",
-            &format!("{base}/api/clients"),
-            token.as_deref(),
-            None,
-        )?;
+        let api = HttpApi::new(NAME, base, token, OP_TIMEOUT + Duration::from_secs(10));
+        let base = &api.base;
+        let (status, body) = api.call("GET", "/api/clients", None)?;
         match status {
             200 => {}
             401 | 403 => {
@@ -188,9 +89,7 @@ impl HarnessHttp {
             .filter(|f| !matches!(f, Feature::Findings | Feature::RegistrationFindings))
             .collect::<BTreeSet<_>>();
         let adapter = Self {
-            base,
-            token,
-            agent,
+            api,
             registry,
             info: AdapterInfo {
                 adapter: NAME.to_owned(),
@@ -199,7 +98,6 @@ impl HarnessHttp {
                 features,
             },
             sinks: Arc::new(Sinks::default()),
-            versions: Versions::default(),
             observations: Mutex::default(),
         };
         adapter.start_events()?;
@@ -208,93 +106,25 @@ impl HarnessHttp {
 
     /// Opens `GET /api/event` and feeds the sinks from a thread of its own.
     fn start_events(&self) -> Result<(), String> {
-        let url = format!("{}/api/event", self.base);
-        let mut request = agent(None).get(&url).header("Accept", "text/event-stream");
-        if let Some(t) = &self.token {
-            request = request.header("Authorization", format!("Bearer {t}"));
-        }
-        let response = request.call().map_err(|e| format!("GET {url}: {e}"))?;
-        if response.status().as_u16() != 200 {
-            return Err(format!("GET {url}: {}", response.status()));
-        }
-        let (sinks, versions, registry) = (
-            self.sinks.clone(),
-            self.versions.clone(),
-            self.registry.clone(),
-        );
-        std::thread::Builder::new()
-            .name("lwm2m-harness+http events".into())
-            .spawn(move || {
-                read_sse(response.into_body().into_reader(), |name, data| {
-                    let Ok(data) = serde_json::from_str::<Json>(data) else {
-                        return true;
-                    };
-                    if let Some(r) = data.get("registration")
-                        && let Ok(v) = registration_from(r)
-                    {
-                        versions
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .insert(v.registration.endpoint.clone(), versions_of(&v));
-                    }
-                    let versions_of = |ep: &str| {
-                        versions
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .get(ep)
-                            .cloned()
-                            .unwrap_or_default()
-                    };
-                    if let Some(event) =
-                        super::json::event_from(name, &data, &registry, &versions_of)
-                    {
-                        sinks.deliver(&event);
-                    } else if let Some(event) = super::json::bootstrap_event_from(name, &data) {
-                        sinks.deliver_bootstrap(&event);
-                    }
-                    true
-                });
-            })
-            .map_err(|e| format!("cannot start the event thread: {e}"))?;
-        Ok(())
-    }
-
-    fn call(&self, method: &str, route: &str, body: Option<&Json>) -> Result<(u16, Json), String> {
-        send(
-            &self.agent,
-            method,
-            &format!("{}{route}", self.base),
-            self.token.as_deref(),
-            body,
+        let (sinks, registry) = (self.sinks.clone(), self.registry.clone());
+        self.api.start_events(
+            "lwm2m-harness+http events",
+            |data| registration_from(data.get("registration")?).ok(),
+            move |name, data, versions_of| {
+                if let Some(event) = super::json::event_from(name, data, &registry, versions_of) {
+                    sinks.deliver(&event);
+                } else if let Some(event) = super::json::bootstrap_event_from(name, data) {
+                    sinks.deliver_bootstrap(&event);
+                }
+            },
         )
-    }
-
-    fn failed(&self, reason: String) -> AdapterError {
-        AdapterError::Failed {
-            adapter: NAME.to_owned(),
-            reason,
-        }
     }
 
     /// The object versions `endpoint` registered (cached from events and look-ups).
     fn versions_for(&self, endpoint: &str) -> BTreeMap<ObjectId, String> {
-        if let Some(v) = self
-            .versions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(endpoint)
-        {
-            return v.clone();
-        }
-        match self.registration(endpoint) {
-            Ok(Some(v)) => versions_of(&v),
-            _ => BTreeMap::new(),
-        }
+        self.api
+            .versions_for(endpoint, || self.registration(endpoint).ok().flatten())
     }
-}
-
-fn versions_of(v: &RegistrationView) -> BTreeMap<ObjectId, String> {
-    versions(&v.registration)
 }
 
 /// A route's path segment for an LwM2M path (`3/0/1`).
@@ -372,9 +202,7 @@ impl ServerAdapter for HarnessHttp {
                 resources,
                 format,
             } => {
-                let base =
-                    Lwm2mPath::Instance(*object, instance.unwrap_or(lwm2m_proto::InstanceId(0)));
-                let records = lwm2m_proto::Node::Instance(resources.clone()).to_records(&base);
+                let records = super::json::create_records(*object, *instance, resources);
                 let body = match instance {
                     Some(_) => super::json::nodes_json(&records),
                     None => {
@@ -466,6 +294,7 @@ impl ServerAdapter for HarnessHttp {
         let schema_versions = self.versions_for(ep);
         let schema = self.registry.with_versions(&schema_versions);
         let (status, j) = self
+            .api
             .call(method, &route, body.as_ref())
             .map_err(|e| invalid(format!("{NAME}: {e}")))?;
         let error = j
@@ -532,21 +361,8 @@ impl ServerAdapter for HarnessHttp {
     }
 
     fn registration(&self, endpoint: &str) -> Result<Option<RegistrationView>, AdapterError> {
-        let (status, j) = self
-            .call("GET", &format!("/api/clients/{endpoint}"), None)
-            .map_err(|e| self.failed(e))?;
-        match status {
-            200 => {
-                let v = registration_from(&j).map_err(|e| self.failed(e))?;
-                self.versions
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(endpoint.to_owned(), versions_of(&v));
-                Ok(Some(v))
-            }
-            404 => Ok(None),
-            s => Err(self.failed(format!("GET /api/clients/{endpoint} answered {s}: {j}"))),
-        }
+        self.api
+            .registration(endpoint, registration_from, |status, _| status == 404)
     }
 
     fn subscribe(&self, sink: EventSink) -> Result<(), AdapterError> {
@@ -555,18 +371,14 @@ impl ServerAdapter for HarnessHttp {
     }
 
     fn put_psk(&self, endpoint: &str, identity: &[u8], key: &[u8]) -> Result<(), AdapterError> {
-        let identity = String::from_utf8(identity.to_vec())
-            .map_err(|_| self.failed("the API takes UTF-8 PSK identities only".into()))?;
+        let identity = String::from_utf8(identity.to_vec()).map_err(|_| {
+            self.api
+                .failed("the API takes UTF-8 PSK identities only".into())
+        })?;
         let body = json!({"endpoint": endpoint, "credentials": {
             "mode": "psk", "identity": identity,
             "key": key.iter().map(|b| format!("{b:02x}")).collect::<String>()}});
-        let (status, j) = self
-            .call("PUT", "/api/security/clients", Some(&body))
-            .map_err(|e| self.failed(e))?;
-        match status {
-            200 | 201 | 204 => Ok(()),
-            s => Err(self.failed(format!("PUT /api/security/clients answered {s}: {j}"))),
-        }
+        self.api.put("/api/security/clients", &body)
     }
 
     fn put_bootstrap_config(
@@ -574,7 +386,7 @@ impl ServerAdapter for HarnessHttp {
         endpoint: &str,
         config: &BootstrapConfig,
     ) -> Result<(), AdapterError> {
-        let config = serde_json::to_value(config).map_err(|e| self.failed(e.to_string()))?;
+        let config = serde_json::to_value(config).map_err(|e| self.api.failed(e.to_string()))?;
         let (route, body) = if endpoint.contains(['*', '?']) {
             (
                 "/api/bootstrap".to_owned(),
@@ -583,13 +395,7 @@ impl ServerAdapter for HarnessHttp {
         } else {
             (format!("/api/bootstrap/{endpoint}"), config)
         };
-        let (status, j) = self
-            .call("PUT", &route, Some(&body))
-            .map_err(|e| self.failed(e))?;
-        match status {
-            200 | 201 | 204 => Ok(()),
-            s => Err(self.failed(format!("PUT {route} answered {s}: {j}"))),
-        }
+        self.api.put(&route, &body)
     }
 
     fn remove_bootstrap_config(&self, endpoint: &str) -> Result<(), AdapterError> {
@@ -599,11 +405,12 @@ impl ServerAdapter for HarnessHttp {
             format!("/api/bootstrap/{endpoint}")
         };
         let (status, j) = self
+            .api
             .call("DELETE", &route, None)
-            .map_err(|e| self.failed(e))?;
+            .map_err(|e| self.api.failed(e))?;
         match status {
             200 | 204 | 404 => Ok(()),
-            s => Err(self.failed(format!("DELETE {route} answered {s}: {j}"))),
+            s => Err(self.api.failed(format!("DELETE {route} answered {s}: {j}"))),
         }
     }
 }
@@ -620,23 +427,5 @@ mod tests {
         );
         assert_eq!(parse_authority("h:1/").unwrap().1, None);
         assert!(parse_authority("?token=x").is_err());
-    }
-
-    #[test]
-    fn event_streams_split_into_events() {
-        let text =
-            "event: REGISTRATION\ndata: {\"a\":1}\n\n: keep-alive\n\nevent: SEND\ndata: {}\n\n";
-        let mut seen = Vec::new();
-        read_sse(text.as_bytes(), |n, d| {
-            seen.push((n.to_owned(), d.to_owned()));
-            true
-        });
-        assert_eq!(
-            seen,
-            vec![
-                ("REGISTRATION".to_owned(), "{\"a\":1}".to_owned()),
-                ("SEND".to_owned(), "{}".to_owned())
-            ]
-        );
     }
 }

@@ -446,6 +446,17 @@ pub fn bootstrap_event_from(name: &str, data: &Json) -> Option<BootstrapEvent> {
     })
 }
 
+/// A Create's resources as records under the new instance (instance 0 when the client is
+/// to pick the id).
+pub fn create_records(
+    object: ObjectId,
+    instance: Option<InstanceId>,
+    resources: &lwm2m_proto::Instance,
+) -> Vec<Record> {
+    let base = Lwm2mPath::Instance(object, instance.unwrap_or(InstanceId(0)));
+    Node::Instance(resources.clone()).to_records(&base)
+}
+
 /// A node as the records our API takes for a Write at `path`.
 pub fn write_body(path: &Lwm2mPath, node: &Node) -> Json {
     nodes_json(&node.to_records(path))

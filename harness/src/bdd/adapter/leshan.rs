@@ -43,8 +43,8 @@ use lwm2m_proto::{InstanceId, Lwm2mPath, Node, ObjectId, Record, ResourceValue, 
 use lwm2m_server::leshan;
 use serde_json::{Map, Value as Json, json};
 
-use super::harness_http::{agent, read_sse, send};
-use super::json::{Body, content_from_records, records_from_nodes, versions};
+use super::http::{HttpApi, split_token};
+use super::json::{Body, content_from_records, records_from_nodes};
 use super::{
     AdapterError, AdapterInfo, EventSink, Feature, RegistrationView, ServerAdapter, Sinks,
 };
@@ -442,20 +442,17 @@ impl Observed {
 
 /// The Leshan demo server as a server adapter (see the module documentation).
 pub struct Leshan {
-    base: String,
-    token: Option<String>,
-    agent: ureq::Agent,
+    api: HttpApi,
     registry: Arc<Registry>,
     info: AdapterInfo,
     sinks: Arc<Sinks>,
-    versions: Arc<Mutex<HashMap<String, BTreeMap<ObjectId, String>>>>,
     observed: Arc<Mutex<Observed>>,
 }
 
 impl std::fmt::Debug for Leshan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Leshan")
-            .field("base", &self.base)
+            .field("base", &self.api.base)
             .finish_non_exhaustive()
     }
 }
@@ -555,27 +552,21 @@ impl Leshan {
     /// Connects to the demo server at `rest` (`HOST:PORT[/PREFIX][?token=T]`) and
     /// subscribes to its events; `Err` says why not.
     pub fn connect(rest: &str, registry: Arc<Registry>) -> Result<Self, String> {
-        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let location = location.trim_end_matches('/');
+        let (location, token) = split_token(rest);
         if location.is_empty() {
             return Err(format!("{NAME}://{rest}: expected HOST:PORT"));
         }
-        let token = query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("token="))
-            .map(str::to_owned);
-        let base = format!("http://{location}");
-        let agent = agent(Some(OP_TIMEOUT + Duration::from_secs(10)));
-        let (status, body) = send(
-            &agent,
-            "GET",
-            &format!("{base}/api/clients"),
-            token.as_deref(),
-            None,
-        )?;
+        let api = HttpApi::new(
+            NAME,
+            format!("http://{location}"),
+            token,
+            OP_TIMEOUT + Duration::from_secs(10),
+        );
+        let (status, body) = api.call("GET", "/api/clients", None)?;
         if status != 200 {
             return Err(format!(
-                "{NAME}: GET {base}/api/clients answered {status}: {body}"
+                "{NAME}: GET {}/api/clients answered {status}: {body}",
+                api.base
             ));
         }
         let features: BTreeSet<Feature> = Feature::all()
@@ -593,9 +584,7 @@ impl Leshan {
             })
             .collect();
         let adapter = Self {
-            base,
-            token,
-            agent,
+            api,
             registry,
             info: AdapterInfo {
                 adapter: NAME.to_owned(),
@@ -604,7 +593,6 @@ impl Leshan {
                 features,
             },
             sinks: Arc::new(Sinks::default()),
-            versions: Arc::default(),
             observed: Arc::default(),
         };
         adapter.start_events()?;
@@ -612,83 +600,25 @@ impl Leshan {
     }
 
     fn start_events(&self) -> Result<(), String> {
-        let url = format!("{}/api/event", self.base);
-        let mut request = agent(None).get(&url).header("Accept", "text/event-stream");
-        if let Some(t) = &self.token {
-            request = request.header("Authorization", format!("Bearer {t}"));
-        }
-        let response = request.call().map_err(|e| format!("GET {url}: {e}"))?;
-        if response.status().as_u16() != 200 {
-            return Err(format!("GET {url}: {}", response.status()));
-        }
-        let (sinks, table, registry, observed) = (
+        let (sinks, registry, observed) = (
             self.sinks.clone(),
-            self.versions.clone(),
             self.registry.clone(),
             self.observed.clone(),
         );
-        std::thread::Builder::new()
-            .name("leshan events".into())
-            .spawn(move || {
-                read_sse(response.into_body().into_reader(), |name, data| {
-                    let Ok(data) = serde_json::from_str::<Json>(data) else {
-                        return true;
-                    };
-                    let registration = data.get("registration").unwrap_or(&data);
-                    if let Ok(v) = registration_from(registration) {
-                        table
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .insert(v.registration.endpoint.clone(), versions(&v.registration));
-                    }
-                    let versions_of = |ep: &str| {
-                        table
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .get(ep)
-                            .cloned()
-                            .unwrap_or_default()
-                    };
-                    if let Some(e) = event_from(name, &data, &registry, &versions_of, &observed) {
-                        sinks.deliver(&e);
-                    }
-                    true
-                });
-            })
-            .map_err(|e| format!("cannot start the event thread: {e}"))?;
-        Ok(())
-    }
-
-    fn call(&self, method: &str, route: &str, body: Option<&Json>) -> Result<(u16, Json), String> {
-        send(
-            &self.agent,
-            method,
-            &format!("{}{route}", self.base),
-            self.token.as_deref(),
-            body,
+        self.api.start_events(
+            "leshan events",
+            |data| registration_from(data.get("registration").unwrap_or(data)).ok(),
+            move |name, data, versions_of| {
+                if let Some(e) = event_from(name, data, &registry, versions_of, &observed) {
+                    sinks.deliver(&e);
+                }
+            },
         )
     }
 
-    fn failed(&self, reason: String) -> AdapterError {
-        AdapterError::Failed {
-            adapter: NAME.to_owned(),
-            reason,
-        }
-    }
-
     fn versions_for(&self, endpoint: &str) -> BTreeMap<ObjectId, String> {
-        if let Some(v) = self
-            .versions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(endpoint)
-        {
-            return v.clone();
-        }
-        match self.registration(endpoint) {
-            Ok(Some(v)) => versions(&v.registration),
-            _ => BTreeMap::new(),
-        }
+        self.api
+            .versions_for(endpoint, || self.registration(endpoint).ok().flatten())
     }
 }
 
@@ -720,17 +650,7 @@ impl ServerAdapter for Leshan {
     }
 
     fn check(&self, operation: &Operation) -> Result<(), String> {
-        use Operation as Op;
-        let format = match operation {
-            Op::Read { format, .. }
-            | Op::Write { format, .. }
-            | Op::Create { format, .. }
-            | Op::ReadComposite { format, .. }
-            | Op::WriteComposite { format, .. }
-            | Op::Observe { format, .. }
-            | Op::ObserveComposite { format, .. } => *format,
-            _ => None,
-        };
+        let format = super::requested_format(operation);
         match format {
             Some(f) if format_name(f).is_none() => Err(format!(
                 "the server adapter {NAME} has no name for {} in Leshan's API",
@@ -886,7 +806,10 @@ impl ServerAdapter for Leshan {
         };
         let v = self.versions_for(ep);
         let schema = self.registry.with_versions(&v);
-        let (status, j) = self.call(method, &route, body.as_ref()).map_err(invalid)?;
+        let (status, j) = self
+            .api
+            .call(method, &route, body.as_ref())
+            .map_err(invalid)?;
         match status {
             200 | 201 => {}
             // Leshan answers an unknown endpoint with 400 "No registered client with id".
@@ -937,22 +860,11 @@ impl ServerAdapter for Leshan {
     }
 
     fn registration(&self, endpoint: &str) -> Result<Option<RegistrationView>, AdapterError> {
-        let (status, j) = self
-            .call("GET", &format!("/api/clients/{endpoint}"), None)
-            .map_err(|e| self.failed(e))?;
-        match status {
-            200 => {
-                let v = registration_from(&j).map_err(|e| self.failed(e))?;
-                self.versions
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(endpoint.to_owned(), versions(&v.registration));
-                Ok(Some(v))
-            }
-            404 => Ok(None),
-            400 if unknown_client(&j) => Ok(None),
-            s => Err(self.failed(format!("GET /api/clients/{endpoint} answered {s}: {j}"))),
-        }
+        // Leshan answers an unknown endpoint with 400 "No registered client with id".
+        self.api
+            .registration(endpoint, registration_from, |status, j| {
+                status == 404 || (status == 400 && unknown_client(j))
+            })
     }
 
     fn subscribe(&self, sink: EventSink) -> Result<(), AdapterError> {
@@ -962,17 +874,11 @@ impl ServerAdapter for Leshan {
 
     fn put_psk(&self, endpoint: &str, identity: &[u8], key: &[u8]) -> Result<(), AdapterError> {
         let identity = String::from_utf8(identity.to_vec())
-            .map_err(|_| self.failed("Leshan takes UTF-8 PSK identities".into()))?;
+            .map_err(|_| self.api.failed("Leshan takes UTF-8 PSK identities".into()))?;
         let key: String = key.iter().map(|b| format!("{b:02x}")).collect();
         let body = json!({"endpoint": endpoint, "tls": {"mode": "psk",
             "details": {"identity": identity, "key": key}}});
-        let (status, j) = self
-            .call("PUT", "/api/security/clients", Some(&body))
-            .map_err(|e| self.failed(e))?;
-        match status {
-            200 | 201 | 204 => Ok(()),
-            s => Err(self.failed(format!("PUT /api/security/clients answered {s}: {j}"))),
-        }
+        self.api.put("/api/security/clients", &body)
     }
 }
 

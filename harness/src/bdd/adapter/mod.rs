@@ -36,6 +36,7 @@ use super::backend::Happening;
 
 pub mod exec;
 pub mod harness_http;
+mod http;
 pub mod inprocess;
 pub mod json;
 pub mod leshan;
@@ -190,6 +191,20 @@ impl AdapterInfo {
         } else {
             Err(lacks(&self.adapter, feature))
         }
+    }
+}
+
+/// The format an operation asks for (Accept) or sends (Content-Format), if it names one.
+pub fn requested_format(operation: &Operation) -> Option<lwm2m_proto::ContentFormat> {
+    match operation {
+        Operation::Read { format, .. }
+        | Operation::Write { format, .. }
+        | Operation::Create { format, .. }
+        | Operation::ReadComposite { format, .. }
+        | Operation::WriteComposite { format, .. }
+        | Operation::Observe { format, .. }
+        | Operation::ObserveComposite { format, .. } => *format,
+        _ => None,
     }
 }
 

@@ -27,7 +27,7 @@ use crate::bdd::backend::ServerView;
 use crate::bdd::params::{Code, DurationParam, FormatParam, PathParam, Paths, format_label};
 use crate::bdd::world::{Lwm2mWorld, Outcome, not_supported, show_value, value_matches};
 use lwm2m_proto::registration::Lwm2mVersion;
-use lwm2m_proto::server::{Operation, Response};
+use lwm2m_proto::server::Response;
 use lwm2m_proto::{ContentFormat, Schema as _};
 
 /// The expected links (`"</3/0/7>;dim=2, </3/0/11>"`) that `actual` lacks: a link counts
@@ -113,20 +113,6 @@ fn response_code(w: &mut Lwm2mWorld, code: Code) -> anyhow::Result<()> {
     ))
 }
 
-/// The format an operation asks for (Accept) or sends (Content-Format), if it names one.
-fn requested_format(operation: &Operation) -> Option<ContentFormat> {
-    match operation {
-        Operation::Read { format, .. }
-        | Operation::Write { format, .. }
-        | Operation::Create { format, .. }
-        | Operation::ReadComposite { format, .. }
-        | Operation::WriteComposite { format, .. }
-        | Operation::Observe { format, .. }
-        | Operation::ObserveComposite { format, .. } => *format,
-        _ => None,
-    }
-}
-
 /// The formats every client of `version` must read and write, whatever it announces
 /// (Core TS 1.0 §6.4: plain text, opaque, TLV; 1.1 §7.1: plain text and opaque for single
 /// resources, CoRE Link Format for Discover, and at least one of the others, which the
@@ -151,8 +137,10 @@ fn refused_optional(w: &mut Lwm2mWorld, outcome: &Outcome, response: &Response) 
         return;
     };
     let code = named(response.code);
-    if let (Some(format), (4, 6) | (4, 15)) = (requested_format(&outcome.operation), response.code)
-    {
+    if let (Some(format), (4, 6) | (4, 15)) = (
+        crate::bdd::adapter::requested_format(&outcome.operation),
+        response.code,
+    ) {
         let announced = registration.links.content_formats.contains(&format.code());
         let declared = w
             .ctx()
