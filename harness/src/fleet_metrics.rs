@@ -1,4 +1,5 @@
-//! `simulate --metrics ADDR`: the fleet's live counters in the Prometheus text format.
+//! `simulate --metrics ADDR` and `run --metrics ADDR`: the fleet's live counters in the
+//! Prometheus text format.
 
 use std::fmt::Write as _;
 

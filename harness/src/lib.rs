@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod bdd;
+pub mod fleet_metrics;
 pub mod record;
 pub mod report;
 pub mod runner;

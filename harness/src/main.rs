@@ -6,7 +6,6 @@
 //! again) and `run` (the main job).
 
 mod codec_tool;
-mod fleet_metrics;
 mod serve;
 mod simulate;
 mod test_cmd;

@@ -348,7 +348,7 @@ async fn drive(
             let h = handle.clone();
             Some(tokio::spawn(lwm2m_server::metrics::serve_text(
                 l,
-                move || crate::fleet_metrics::render(&h.total()),
+                move || lwm2m_harness::fleet_metrics::render(&h.total()),
             )))
         }
         None => None,

@@ -1372,3 +1372,63 @@ fn bootstrap_over_dtls_then_register_over_dtls_with_other_credentials() {
         assert_eq!(r.response_wire, r.response_coap + 29, "{r:?}");
     }
 }
+
+/// `run --metrics ADDR`: while the run lasts, http://ADDR/metrics serves the fleet's live
+/// counters in the Prometheus text format.
+#[test]
+fn run_serves_the_fleets_counters_as_prometheus_text() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(
+        dir.path(),
+        "metrics.yaml",
+        &format!(
+            "name: metrics\nduration: 6s\nseed: 7\nfleet:\n  - name: meters\n    profile: {}\n    count: 5\n",
+            profile("wakaama-like")
+        ),
+    );
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .arg("run")
+        .arg(&scenario)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .arg("--quiet")
+        .arg("--metrics")
+        .arg(addr.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let text = loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before /metrics showed a registered client"
+        );
+        assert!(std::time::Instant::now() < deadline, "no metrics");
+        let answer = std::net::TcpStream::connect(addr).ok().and_then(|mut s| {
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+                .ok()?;
+            let mut text = String::new();
+            s.read_to_string(&mut text).ok()?;
+            Some(text)
+        });
+        match answer {
+            Some(t) if t.contains("\nlwm2m_fleet_registered 5") => break t,
+            _ => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    };
+    assert!(
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE lwm2m_fleet_registrations_total counter"),
+        "{text}"
+    );
+    assert!(text.contains("\nlwm2m_fleet_clients 5"), "{text}");
+    assert!(child.wait().unwrap().success());
+}

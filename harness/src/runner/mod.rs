@@ -97,6 +97,10 @@ pub struct RunArgs {
     /// external coaps:// LwM2M Server first.
     #[arg(long, value_name = "FILE")]
     pub export_credentials: Option<PathBuf>,
+    /// Serve the fleet's live counters (all groups together) at http://ADDR/metrics in the
+    /// Prometheus text format while the run lasts (no authentication: bind it to loopback).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// How to run a plan.
@@ -108,6 +112,8 @@ pub struct RunOptions {
     pub out: PathBuf,
     /// Show a progress bar on the terminal.
     pub progress: bool,
+    /// Serve the fleet's live counters at http://ADDR/metrics while the run lasts.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// A finished run.
@@ -127,6 +133,7 @@ pub fn main(registry: Registry, args: &RunArgs) -> anyhow::Result<ExitCode> {
         seed: args.seed.unwrap_or(plan.scenario.seed),
         out: args.out.clone(),
         progress: !args.quiet,
+        metrics: args.metrics,
     };
     if let Some(file) = &args.export_credentials {
         let n = export_credentials(&plan, &registry, options.seed, file)?;
@@ -741,6 +748,20 @@ pub async fn run(
         .map(Fleet::start)
         .collect::<Result<_, _>>()
         .context("starting the fleet")?;
+    let metrics_server = match options.metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --metrics {addr}"))?;
+            println!("metrics http://{}/metrics", listener.local_addr()?);
+            let fleets = handles.clone();
+            Some(tokio::spawn(lwm2m_server::metrics::serve_text(
+                listener,
+                move || crate::fleet_metrics::render(&fleet_total(&fleets)),
+            )))
+        }
+        None => None,
+    };
 
     let context = Arc::new(steps::Context {
         server: servers.server.clone(),
@@ -795,6 +816,9 @@ pub async fn run(
                 .await
                 .context("stopping the fleet")?,
         );
+    }
+    if let Some(m) = metrics_server {
+        m.abort();
     }
     let server_counters = match &servers.server {
         Some(s) => s.counters().await.ok(),
