@@ -11,81 +11,25 @@
 'use strict';
 
 const readline = require('readline');
-const lwm2m = require('lwm2m-node-lib');
+const {client, emit, fail, args, createWith, handlers} = require('./peer');
 
-const [host, port, endpoint] = process.argv.slice(2);
-if (!host || !port || !endpoint) {
-    process.stderr.write('usage: node client.js SERVER_HOST SERVER_PORT ENDPOINT\n');
-    process.exit(2);
-}
-const client = lwm2m.client;
+const {host, port, endpoint} = args('client.js');
 let device = null;
 
-function emit(event) {
-    process.stdout.write(JSON.stringify(event) + '\n');
-}
-
-function fail(step, error) {
-    emit({event: 'error', step: step, error: String(error && (error.message || error.name) || error)});
-}
-
-client.init({
-    logLevel: 'FATAL',
-    client: {
-        lifetime: '300',
-        version: '1.0',
-        logLevel: 'FATAL',
-        observe: {period: 1000},
-        ipProtocol: 'udp4',
-        serverProtocol: 'udp4',
-        formats: [{name: 'lightweightm2m/text', value: 1541}],
-        writeFormat: 'lightweightm2m/text'
-    }
-});
-
-function handlers(info) {
-    const report = (kind) => (objectType, objectId, resourceId, value, callback) => {
-        emit({event: kind, path: '/' + objectType + '/' + objectId + '/' + resourceId,
-            value: value === undefined ? null : String(value)});
-        callback(null);
-    };
-    client.setHandler(info.serverInfo, 'write', report('write'));
-    client.setHandler(info.serverInfo, 'execute', report('execute'));
-    client.setHandler(info.serverInfo, 'read', report('read'));
-}
-
-const initial = [
+createWith('/3/0', [
     ['0', 'lwm2m-node-lib'],
     ['1', 'interop-client'],
     ['9', '87'],
     ['14', '+01:00']
-];
-
-function setAll(i) {
-    if (i === initial.length) {
-        client.register(host, Number(port), null, endpoint, (error, info) => {
-            if (error) {
-                return fail('register', error);
-            }
-            device = info;
-            handlers(info);
-            emit({event: 'registered', location: info.location});
-        });
-        return;
-    }
-    client.registry.setResource('/3/0', initial[i][0], initial[i][1], (error) => {
+], () => {
+    client.register(host, port, null, endpoint, (error, info) => {
         if (error) {
-            return fail('set', error);
+            return fail('register', error);
         }
-        setAll(i + 1);
+        device = info;
+        handlers(info);
+        emit({event: 'registered', location: info.location});
     });
-}
-
-client.registry.create('/3/0', (error) => {
-    if (error) {
-        return fail('create', error);
-    }
-    setAll(0);
 });
 
 readline.createInterface({input: process.stdin}).on('line', (line) => {

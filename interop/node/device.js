@@ -15,114 +15,43 @@
 'use strict';
 
 const readline = require('readline');
-const lwm2m = require('lwm2m-node-lib');
+const {client, emit, fail, args, createWith, handlers} = require('./peer');
 
-const [host, port, endpoint] = process.argv.slice(2);
-if (!host || !port || !endpoint) {
-    process.stderr.write('usage: node device.js SERVER_HOST SERVER_PORT ENDPOINT\n');
-    process.exit(2);
-}
-const client = lwm2m.client;
+const {host, port, endpoint} = args('device.js');
 let device = null;
 
-function emit(event) {
-    process.stdout.write(JSON.stringify(event) + '\n');
-}
-
-function fail(step, error) {
-    emit({event: 'error', step: step, error: String(error && (error.message || error.name) || error)});
-}
-
-client.init({
-    logLevel: 'FATAL',
-    client: {
-        lifetime: '300',
-        version: '1.0',
-        logLevel: 'FATAL',
-        observe: {period: 1000},
-        ipProtocol: 'udp4',
-        serverProtocol: 'udp4',
-        formats: [{name: 'lightweightm2m/text', value: 1541}],
-        writeFormat: 'lightweightm2m/text'
+// Reboot: the answer to Execute /3/0/4 leaves first, then the process ends.
+function rebootOnExecute(kind, path) {
+    if (kind === 'execute' && path === '/3/0/4') {
+        emit({event: 'rebooting'});
+        setTimeout(() => process.exit(0), 200);
     }
-});
-
-function handlers(info) {
-    const report = (kind) => (objectType, objectId, resourceId, value, callback) => {
-        const path = '/' + objectType + '/' + objectId + '/' + resourceId;
-        emit({event: kind, path: path, value: value === undefined ? null : String(value)});
-        callback(null);
-        if (kind === 'execute' && path === '/3/0/4') {
-            // Reboot: the answer leaves first, then the process ends.
-            emit({event: 'rebooting'});
-            setTimeout(() => process.exit(0), 200);
-        }
-    };
-    client.setHandler(info.serverInfo, 'write', report('write'));
-    client.setHandler(info.serverInfo, 'execute', report('execute'));
-    client.setHandler(info.serverInfo, 'read', report('read'));
 }
 
-// Device (3) resources: manufacturer, model, serial, firmware version, battery level,
-// error code, current time, UTC offset, supported binding.
-const initial = [
-    ['0', 'lwm2m-node-lib'],
-    ['1', 'node-device'],
-    ['2', 'ND-' + endpoint],
-    ['3', '1.4.0'],
-    ['9', '87'],
-    ['11', '0'],
-    ['13', String(Math.floor(Date.now() / 1000))],
-    ['14', '+01:00'],
-    ['16', 'U']
-];
-
-function setAll(i) {
-    if (i === initial.length) {
-        client.register(host, Number(port), null, endpoint, (error, info) => {
+// Server (1) instance 0: Short Server ID, lifetime, notification storing, binding.
+createWith('/1/0', [['0', '1'], ['1', '300'], ['6', 'false'], ['7', 'U']], () =>
+    // Device (3): manufacturer, model, serial, firmware version, battery level, error code,
+    // current time, UTC offset, supported binding.
+    createWith('/3/0', [
+        ['0', 'lwm2m-node-lib'],
+        ['1', 'node-device'],
+        ['2', 'ND-' + endpoint],
+        ['3', '1.4.0'],
+        ['9', '87'],
+        ['11', '0'],
+        ['13', String(Math.floor(Date.now() / 1000))],
+        ['14', '+01:00'],
+        ['16', 'U']
+    ], () => {
+        client.register(host, port, null, endpoint, (error, info) => {
             if (error) {
                 return fail('register', error);
             }
             device = info;
-            handlers(info);
+            handlers(info, rebootOnExecute);
             emit({event: 'registered', location: info.location});
         });
-        return;
-    }
-    client.registry.setResource('/3/0', initial[i][0], initial[i][1], (error) => {
-        if (error) {
-            return fail('set', error);
-        }
-        setAll(i + 1);
-    });
-}
-
-// Server (1) instance 0: Short Server ID, lifetime, notification storing, binding.
-const server = [['0', '1'], ['1', '300'], ['6', 'false'], ['7', 'U']];
-
-function setServer(i) {
-    if (i === server.length) {
-        return client.registry.create('/3/0', (error) => {
-            if (error) {
-                return fail('create', error);
-            }
-            setAll(0);
-        });
-    }
-    client.registry.setResource('/1/0', server[i][0], server[i][1], (error) => {
-        if (error) {
-            return fail('set', error);
-        }
-        setServer(i + 1);
-    });
-}
-
-client.registry.create('/1/0', (error) => {
-    if (error) {
-        return fail('create', error);
-    }
-    setServer(0);
-});
+    }));
 
 readline.createInterface({input: process.stdin}).on('line', (line) => {
     switch (line.trim()) {
