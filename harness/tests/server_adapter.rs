@@ -34,21 +34,26 @@ fn root() -> PathBuf {
     run::workspace_root(Path::new(env!("CARGO_MANIFEST_DIR")))
 }
 
-fn suite(dir: &Path, subject: Subject) -> RunReport {
+/// The suite's options for a run of `tags` against `subject`, reporting into `dir`.
+fn options(dir: &Path, tags: &str, subject: Subject, run: &str) -> SuiteOptions {
     let root = root();
-    let options = SuiteOptions {
+    SuiteOptions {
         features: vec![root.join("features")],
-        root: root.clone(),
+        root,
         ddf: Vec::new(),
-        tags: Some(TAGS.to_owned()),
+        tags: Some(tags.to_owned()),
         subject,
         seed: DEFAULT_SEED,
         report_dir: dir.to_path_buf(),
-        run: "server-adapter".to_owned(),
+        run: run.to_owned(),
         console: false,
         device: None,
         device_profile: None,
-    };
+    }
+}
+
+fn suite(dir: &Path, subject: Subject) -> RunReport {
+    let options = options(dir, TAGS, subject, "server-adapter");
     let outcome = run::run_suite(&options).expect("the suite runs");
     assert!(outcome.untagged.is_empty() && outcome.parsing_errors == 0);
     outcome.report
@@ -220,25 +225,17 @@ fn a_wrong_token_makes_every_case_not_applicable_with_the_reason() {
     let data = tempfile::tempdir().unwrap();
     let (_serve, coap, api) = serve(data.path());
     let dir = tempfile::tempdir().unwrap();
-    let root = root();
-    let options = SuiteOptions {
-        features: vec![root.join("features")],
-        root: root.clone(),
-        ddf: Vec::new(),
-        tags: Some("@int-201".to_owned()),
-        subject: Subject::Server {
+    let options = options(
+        dir.path(),
+        "@int-201",
+        Subject::Server {
             uri: coap,
             api: Some(format!("lwm2m-harness+http://{api}?token=wrong")),
             bootstrap: None,
             bootstrap_api: None,
         },
-        seed: DEFAULT_SEED,
-        report_dir: dir.path().to_path_buf(),
-        run: "wrong-token".to_owned(),
-        console: false,
-        device: None,
-        device_profile: None,
-    };
+        "wrong-token",
+    );
     let report = run::run_suite(&options).unwrap().report;
     let all = show(&report);
     assert!(!report.cases.is_empty(), "{all}");
@@ -319,29 +316,19 @@ fn the_lwm2m_node_lib_server_through_the_example_driver() {
     let driver = root().join("interop/node/driver-lwm2m-node-lib.js");
     let spec = format!("exec:node {} {port}", driver.display());
     let dir = tempfile::tempdir().unwrap();
-    let root = root();
-    let options = SuiteOptions {
-        features: vec![root.join("features")],
-        root: root.clone(),
-        ddf: Vec::new(),
-        tags: Some(
-            "@int-101 or @core-6.2.3 or @int-201 or @int-224 or @int-205 or @int-222 \
-             or @int-203 or @int-226 or @int-256 or @int-227 or @int-228 or @int-260"
-                .to_owned(),
-        ),
-        subject: Subject::Server {
+    let tags = "@int-101 or @core-6.2.3 or @int-201 or @int-224 or @int-205 or @int-222 \
+                or @int-203 or @int-226 or @int-256 or @int-227 or @int-228 or @int-260";
+    let options = options(
+        dir.path(),
+        tags,
+        Subject::Server {
             uri: format!("coap://127.0.0.1:{port}"),
             api: Some(spec),
             bootstrap: None,
             bootstrap_api: None,
         },
-        seed: DEFAULT_SEED,
-        report_dir: dir.path().to_path_buf(),
-        run: "node-lib".to_owned(),
-        console: false,
-        device: None,
-        device_profile: None,
-    };
+        "node-lib",
+    );
     let report = run::run_suite(&options).unwrap().report;
     let all = show(&report);
     let status = |case: &str| {
@@ -404,28 +391,20 @@ fn serves_bootstrap_server_under_test_through_our_rest_api() {
     let data = tempfile::tempdir().unwrap();
     let (_serve, coap, bootstrap, api) = serve_both(data.path());
     let dir = tempfile::tempdir().unwrap();
-    let root = root();
     // Client-initiated bootstrap, Bootstrap-Delete, -Read, consistency, a fallback
     // configuration: each scenario's configurations go through PUT /api/bootstrap and are
     // removed after it, so the next one meets a clean Bootstrap Server.
-    let options = SuiteOptions {
-        features: vec![root.join("features")],
-        root: root.clone(),
-        ddf: Vec::new(),
-        tags: Some("@int-0 or @int-4 or @int-8 or @int-9 or @core-5.2.7.1".to_owned()),
-        subject: Subject::Server {
+    let options = options(
+        dir.path(),
+        "@int-0 or @int-4 or @int-8 or @int-9 or @core-5.2.7.1",
+        Subject::Server {
             uri: coap,
             api: Some(format!("lwm2m-harness+http://{api}?token={TOKEN}")),
             bootstrap: Some(bootstrap),
             bootstrap_api: None,
         },
-        seed: DEFAULT_SEED,
-        report_dir: dir.path().to_path_buf(),
-        run: "bootstrap-under-test".to_owned(),
-        console: false,
-        device: None,
-        device_profile: None,
-    };
+        "bootstrap-under-test",
+    );
     let report = run::run_suite(&options).unwrap().report;
     let all = show(&report);
     let (passed, failed, _) = report.tally();
@@ -445,25 +424,17 @@ fn serves_bootstrap_server_under_test_through_our_rest_api() {
 #[test]
 fn a_driver_that_never_says_hello_makes_the_cases_not_applicable_with_why() {
     let dir = tempfile::tempdir().unwrap();
-    let root = root();
-    let options = SuiteOptions {
-        features: vec![root.join("features")],
-        root: root.clone(),
-        ddf: Vec::new(),
-        tags: Some("@int-201 or @int-224".to_owned()),
-        subject: Subject::Server {
+    let options = options(
+        dir.path(),
+        "@int-201 or @int-224",
+        Subject::Server {
             uri: "coap://127.0.0.1:9".to_owned(),
             api: Some("exec:echo not-json; exit 3".to_owned()),
             bootstrap: None,
             bootstrap_api: None,
         },
-        seed: DEFAULT_SEED,
-        report_dir: dir.path().to_path_buf(),
-        run: "dead-driver".to_owned(),
-        console: false,
-        device: None,
-        device_profile: None,
-    };
+        "dead-driver",
+    );
     let report = run::run_suite(&options).unwrap().report;
     let all = show(&report);
     assert_eq!(report.cases.len(), 2, "{all}");
