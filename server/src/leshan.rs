@@ -1016,7 +1016,7 @@ impl<'a> Client<'a> {
         let request_id = request_id();
         let mut answer = Map::new();
         answer.insert("ep".into(), json!(self.endpoint));
-        if let Some(p) = op_path(&op) {
+        if let Some(p) = op.path() {
             answer.insert("path".into(), json!(p.to_string()));
         }
         answer.insert("requestId".into(), json!(request_id));
@@ -1059,21 +1059,6 @@ impl<'a> Client<'a> {
             }
         });
         json_ok(Json::Object(answer))
-    }
-}
-
-/// The path an operation targets, if it has one (Leshan's `SimpleDownlinkRequest`).
-fn op_path(op: &Operation) -> Option<Lwm2mPath> {
-    match op {
-        Operation::Read { path, .. }
-        | Operation::Discover { path }
-        | Operation::Write { path, .. }
-        | Operation::WriteAttributes { path, .. }
-        | Operation::Execute { path, .. }
-        | Operation::Delete { path }
-        | Operation::Observe { path, .. } => Some(*path),
-        Operation::Create { object, .. } => Some(Lwm2mPath::Object(*object)),
-        _ => None,
     }
 }
 

@@ -993,17 +993,7 @@ pub fn show_value(value: &Value) -> String {
 
 /// The path an operation targets (the root for composite ones).
 fn target_of(operation: &Operation) -> Lwm2mPath {
-    match operation {
-        Operation::Read { path, .. }
-        | Operation::Discover { path }
-        | Operation::Write { path, .. }
-        | Operation::WriteAttributes { path, .. }
-        | Operation::Execute { path, .. }
-        | Operation::Delete { path }
-        | Operation::Observe { path, .. } => *path,
-        Operation::Create { object, .. } => Lwm2mPath::Object(*object),
-        _ => Lwm2mPath::Root,
-    }
+    operation.path().unwrap_or(Lwm2mPath::Root)
 }
 
 #[cfg(test)]

@@ -255,17 +255,8 @@ impl Context {
 }
 
 fn op_path(op: &Operation) -> String {
-    match op {
-        Operation::Read { path, .. }
-        | Operation::Discover { path }
-        | Operation::Write { path, .. }
-        | Operation::WriteAttributes { path, .. }
-        | Operation::Execute { path, .. }
-        | Operation::Delete { path }
-        | Operation::Observe { path, .. } => path.to_string(),
-        Operation::Create { object, .. } => format!("/{}", object.0),
-        _ => op.name().to_owned(),
-    }
+    op.path()
+        .map_or_else(|| op.name().to_owned(), |p| p.to_string())
 }
 
 /// An error message up to its first detail, to group failures by kind.

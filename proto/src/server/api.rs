@@ -148,6 +148,25 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// The one path the operation targets (a Create's is its object's); `None` for the
+    /// composite operations and for cancelling an observation.
+    pub fn path(&self) -> Option<Lwm2mPath> {
+        match self {
+            Self::Read { path, .. }
+            | Self::Discover { path }
+            | Self::Write { path, .. }
+            | Self::WriteAttributes { path, .. }
+            | Self::Execute { path, .. }
+            | Self::Delete { path }
+            | Self::Observe { path, .. } => Some(*path),
+            Self::Create { object, .. } => Some(Lwm2mPath::Object(*object)),
+            Self::ReadComposite { .. }
+            | Self::WriteComposite { .. }
+            | Self::ObserveComposite { .. }
+            | Self::CancelObservation { .. } => None,
+        }
+    }
+
     /// A short name for logs, events and histograms (`read`, `write`, ...).
     pub fn name(&self) -> &'static str {
         match self {
