@@ -35,7 +35,7 @@ use lwm2m_simulator::fleet::{
 };
 use lwm2m_simulator::network::{NetworkModel, load_network};
 use lwm2m_simulator::profile::load_profile;
-use lwm2m_simulator::quirks::{QuirkPacks, load_quirk_pack};
+use lwm2m_simulator::quirks::{QuirkPacks, QuirkRef, load_quirk_pack};
 use lwm2m_simulator::scenarios::yaml_files;
 
 /// Arguments of `simulate`.
@@ -64,6 +64,12 @@ pub struct SimulateArgs {
     /// A device profile: a name under SCENARIOS/profiles/ or a YAML file.
     #[arg(long)]
     profile: String,
+    /// Quirks or quirk packs (names under SCENARIOS/quirks/) the clients show on top of the
+    /// profile's own, comma-separated, e.g. `sloppy-encoder` or `ignore-accept,late-responses`
+    /// (quirks with their default parameters). A quirk that respells something the profile
+    /// says (queue binding, pre-1.0 format numbers, the pre-1.0 Location) respells it.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    quirks: Vec<String>,
     /// A network model: a name under SCENARIOS/networks/ or a YAML file (default: a
     /// perfect network).
     #[arg(long)]
@@ -247,6 +253,18 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
         &find_yaml(&args.scenarios.join("profiles"), &args.profile, "profile")?,
         &packs,
     )?;
+    let profile = if args.quirks.is_empty() {
+        profile
+    } else {
+        let extra: Vec<QuirkRef> = args
+            .quirks
+            .iter()
+            .map(|q| QuirkRef::from_name(q.trim()))
+            .collect();
+        profile
+            .with_quirks(&extra, &packs)
+            .with_context(|| format!("--quirks {}", args.quirks.join(",")))?
+    };
     let network = match &args.network {
         Some(n) => load_network(&find_yaml(&args.scenarios.join("networks"), n, "network")?)?.1,
         None => NetworkModel::default(),

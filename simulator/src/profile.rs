@@ -390,6 +390,46 @@ impl Profile {
         Ok(profile)
     }
 
+    /// The profile with `extra` quirks and quirk packs in effect after its own (`simulate
+    /// --quirks`). Where a quirk is a different spelling of something the profile already
+    /// says, the profile is respelled as that quirk's client would: `legacy-queue-binding`
+    /// turns 1.1+ queue mode into binding `UQ`, `legacy-content-formats` lists TLV and OMA
+    /// JSON under their pre-1.0 numbers (1542, 1543), `pre-1-0-location` gives object 6 its
+    /// April 2016 definition. What cannot be respelled (a quirk for a feature the profile
+    /// lacks) is the profile's usual error.
+    pub fn with_quirks(
+        mut self,
+        extra: &[QuirkRef],
+        packs: &QuirkPacks,
+    ) -> Result<Self, ConfigError> {
+        self.quirks.extend(extra.iter().cloned());
+        self.resolved_quirks = self.resolve_quirks(packs)?;
+        if self.has_quirk("legacy-queue-binding")
+            && self.queue_mode
+            && self.lwm2m_version != Lwm2mVersion::V1_0
+            && !self.binding.contains('Q')
+        {
+            self.binding.push('Q');
+            self.queue_mode = false;
+        }
+        if self.has_quirk("legacy-content-formats") {
+            let legacy = |f: ContentFormat| match f {
+                ContentFormat::Tlv => ContentFormat::LegacyTlv,
+                ContentFormat::OmaJson => ContentFormat::LegacyJson,
+                f => f,
+            };
+            self.supported_formats = self.supported_formats.iter().map(|&f| legacy(f)).collect();
+            self.preferred_format = legacy(self.preferred_format);
+        }
+        if self.has_quirk("pre-1-0-location")
+            && let Some(location) = self.objects.get_mut(&ObjectId(6))
+        {
+            location.variant.get_or_insert(ObjectVariant::Pre1_0);
+        }
+        self.check(packs)?;
+        Ok(self)
+    }
+
     /// The file (or source) the profile was read from.
     pub fn source(&self) -> &str {
         self.origin.file()

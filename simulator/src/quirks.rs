@@ -192,6 +192,13 @@ pub enum QuirkRef {
     Pack(String),
 }
 
+impl QuirkRef {
+    /// A quirk by its name (with its default parameters), else the pack of that name.
+    pub fn from_name(name: &str) -> Self {
+        Quirk::from_name(name).map_or_else(|| Self::Pack(name.to_owned()), Self::Quirk)
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for QuirkRef {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct V;
@@ -201,8 +208,7 @@ impl<'de> serde::Deserialize<'de> for QuirkRef {
                 f.write_str("a quirk or quirk pack name, or `quirk-name: {parameters}`")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<QuirkRef, E> {
-                Ok(Quirk::from_name(v)
-                    .map_or_else(|| QuirkRef::Pack(v.to_owned()), QuirkRef::Quirk))
+                Ok(QuirkRef::from_name(v))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<QuirkRef, A::Error> {
                 quirk_from_map(map).map(QuirkRef::Quirk)

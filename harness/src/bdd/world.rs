@@ -150,6 +150,10 @@ pub struct Lwm2mWorld {
     /// The device's Server instance of its account with our LwM2M Server, once found
     /// (see [`Lwm2mWorld::account_instance`]).
     account: Option<InstanceId>,
+    /// Optional resources (by the registry) of the case's profile that its steps name: a
+    /// device under test that answers 4.04 for one of them does not have it, which makes
+    /// the case not applicable rather than failed (see [`Lwm2mWorld::finish`]).
+    pub optional_needed: Vec<Lwm2mPath>,
 }
 
 impl fmt::Debug for Lwm2mWorld {
@@ -571,6 +575,20 @@ impl Lwm2mWorld {
                 unswap_response(response, k, pending.target);
             }
             self.device_evidence |= result.is_ok();
+            if let Ok(response) = &result
+                && response.code == (4, 4)
+                && !self.client_is_ours()
+                && let Some(resource) = self
+                    .optional_needed
+                    .iter()
+                    .find(|p| p.is_prefix_of(&pending.target))
+            {
+                not_applicable(format!(
+                    "the case needs {resource}, a resource its object makes optional, and the \
+                     device under test answered 4.04 Not Found to {}",
+                    pending.description
+                ));
+            }
             if let Ok(response) = &result {
                 for f in &response.findings {
                     self.add_finding(format!(
@@ -921,6 +939,11 @@ pub fn touched_paths<'a>(steps: impl IntoIterator<Item = &'a str>) -> Vec<Lwm2mP
     let mut created: Vec<ObjectId> = Vec::new();
     let mut out: Vec<Lwm2mPath> = Vec::new();
     for text in steps {
+        // What the Register lists is checked by that step itself (optional objects there
+        // are configuration), not a precondition of the case.
+        if text.contains("the registration lists") {
+            continue;
+        }
         let mut paths = Vec::new();
         let mut rest = text;
         while let Some(at) = rest.find('/') {

@@ -385,6 +385,49 @@ fn quirks_resolve_through_packs() {
 }
 
 #[test]
+fn added_quirks_respell_what_the_profile_says() {
+    let packs = QuirkPacks::new();
+    let queue = BASE.replace("binding: U", "binding: U\nqueue_mode: true");
+    let extra = [
+        QuirkRef::from_name("legacy-queue-binding"),
+        QuirkRef::from_name("legacy-content-formats"),
+    ];
+    let p = profile(&queue)
+        .unwrap()
+        .with_quirks(&extra, &packs)
+        .unwrap();
+    assert_eq!(p.binding, "UQ");
+    assert!(!p.queue_mode && p.is_queue_mode());
+    assert_eq!(p.preferred_format, ContentFormat::LegacyTlv);
+    assert_eq!(
+        p.supported_formats,
+        [ContentFormat::LegacyTlv, ContentFormat::SenmlJson]
+    );
+    // A quirk for something the profile lacks is the profile's error; an unknown name too.
+    let e = profile(BASE)
+        .unwrap()
+        .with_quirks(&[QuirkRef::from_name("pre-1-0-location")], &packs)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pre-1-0-location needs object 6"), "{e}");
+    let e = profile(BASE)
+        .unwrap()
+        .with_quirks(&[QuirkRef::from_name("no-such-pack")], &packs)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown quirk or quirk pack `no-such-pack`"),
+        "{e}"
+    );
+    // Quirks that change behaviour only are simply added.
+    let p = profile(BASE)
+        .unwrap()
+        .with_quirks(&[QuirkRef::from_name("ignore-accept")], &packs)
+        .unwrap();
+    assert_eq!(p.effective_quirks(), &[Quirk::IgnoreAccept]);
+}
+
+#[test]
 fn load_profile_checks_the_file_name() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("other.yaml");

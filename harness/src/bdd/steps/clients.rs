@@ -16,8 +16,9 @@
 use anyhow::anyhow;
 use cucumber::{given, then, when};
 use lwm2m_proto::client::ClientEvent;
+use lwm2m_proto::registration::Lwm2mVersion;
 use lwm2m_proto::server::ServerEvent;
-use lwm2m_proto::{InstanceId, ObjectId, ResourceId, ResourceValue, Value};
+use lwm2m_proto::{InstanceId, Lwm2mPath, ObjectId, ResourceId, ResourceValue, Schema as _, Value};
 use lwm2m_simulator::Quirk;
 
 use crate::bdd::backend::{ClientAction, Happening, Subject};
@@ -78,18 +79,61 @@ fn add_client(
 /// applies to 1.0 devices only.
 pub const UNTIL_VERSION_TAG: &str = "until-lwm2m-";
 
+/// Tag `@since-lwm2m-X.Y`: the first LwM2M version whose clients a case applies to.
+pub const SINCE_VERSION_TAG: &str = "since-lwm2m-";
+
+/// ETS ids (`int-N`) that first appear in the ETS for LwM2M 1.1, and in the one for 1.2
+/// (every other id is in the ETS for 1.0.1 already; the ids did not change between
+/// versions).
+const ETS_SINCE_1_1: [std::ops::RangeInclusive<u32>; 8] = [
+    1..=9,
+    105..=109,
+    211..=212,
+    221..=237,
+    256..=257,
+    261..=261,
+    280..=281,
+    304..=311,
+];
+const ETS_SINCE_1_2: [u32; 9] = [11, 12, 19, 110, 111, 264, 266, 312, 313];
+
+/// The first LwM2M version a case applies to (later versions inherit it): its
+/// `@since-lwm2m-X.Y` tag; else the version whose ETS first has the case's `@int-N` id (the
+/// earliest of several); else `written_for`, the version of the profile its steps name.
+pub fn case_since(tags: &[String], written_for: Lwm2mVersion) -> Lwm2mVersion {
+    if let Some(v) = tags.iter().find_map(|t| {
+        t.strip_prefix(SINCE_VERSION_TAG)
+            .and_then(Lwm2mVersion::parse)
+    }) {
+        return v;
+    }
+    tags.iter()
+        .filter_map(|t| t.strip_prefix("int-")?.parse::<u32>().ok())
+        .map(|n| {
+            if ETS_SINCE_1_2.contains(&n) {
+                Lwm2mVersion::V1_2
+            } else if ETS_SINCE_1_1.iter().any(|r| r.contains(&n)) {
+                Lwm2mVersion::V1_1
+            } else {
+                Lwm2mVersion::V1_0
+            }
+        })
+        .min()
+        .unwrap_or(written_for)
+}
+
 /// A case written for a client of `profile` applies to the device under test if the device
 /// is such a client as far as the case goes (an object the device lacks makes only the
 /// cases that touch it not applicable):
 ///
-/// - its LwM2M version is the profile's or newer (a 1.2 device runs the 1.0 and 1.1
+/// - its LwM2M version is the case's first ([`case_since`]) or newer (a 1.2 device runs the 1.0 and 1.1
 ///   cases), unless the case is tagged `@until-lwm2m-X.Y` and the device is newer than X.Y;
 /// - it announces, in its Register, every object the case's steps name that the profile
 ///   has, and every instance of them the case names that the profile has (a bare `</16>`
 ///   does not make /16/0 cases applicable); paths the profile lacks are ones the case
 ///   expects absent; the Security object is never announced (Core TS 1.1 §6.2.1), and the
 ///   Server account is found by its Short Server ID (see `Lwm2mWorld::account_instance`);
-/// - no quirks are asked for, queue mode as the profile's, and it starts with a server
+/// - no quirks are asked for, queue mode if the case is about it, and it starts with a server
 ///   account (a case that starts from a bootstrap-only factory state needs the device reset
 ///   into it).
 fn device_fits(
@@ -129,15 +173,17 @@ fn device_fits(
     else {
         return;
     };
-    if r.version < profile.lwm2m_version {
+    let since = case_since(&w.tags, profile.lwm2m_version);
+    if r.version < since {
         not_applicable(format!(
-            "the case is for LwM2M {} clients and later; the device under test registered as {}",
-            profile.lwm2m_version, r.version
+            "the case is for LwM2M {since} clients and later; the device under test registered \
+             as {}",
+            r.version
         ));
     }
     let until = w.tags.iter().find_map(|t| {
         t.strip_prefix(UNTIL_VERSION_TAG)
-            .and_then(lwm2m_proto::registration::Lwm2mVersion::parse)
+            .and_then(Lwm2mVersion::parse)
     });
     if let Some(until) = until
         && r.version > until
@@ -148,13 +194,24 @@ fn device_fits(
             r.version
         ));
     }
-    if r.queue_mode != profile.queue_mode {
-        not_applicable(format!(
-            "the case is for a client with queue mode {}; the device under test registered \
-             with queue mode {}",
-            profile.queue_mode, r.queue_mode
-        ));
+    // A queue-mode device runs the other cases too: it is awake after its Register and
+    // after each exchange (Core TS 1.1 §6.5), and our server holds requests while it sleeps.
+    if profile.queue_mode && !r.queue_mode {
+        not_applicable(
+            "the case is about queue mode; the device under test registered without queue mode",
+        );
     }
+    let registry = w.ctx().library.registry.clone();
+    w.optional_needed = w
+        .touched
+        .iter()
+        .filter_map(|p| {
+            let (o, i, r) = (p.object_id()?, p.instance_id()?, p.resource_id()?);
+            let in_profile = profile.objects.get(&o)?.instances.get(&i)?.contains_key(&r);
+            (in_profile && registry.resource(o, r).is_some_and(|d| !d.mandatory))
+                .then(|| Lwm2mPath::resource(o.0, i.0, r.0))
+        })
+        .collect();
     let mut missing: Vec<String> = Vec::new();
     for path in &w.touched {
         let Some(o) = path.object_id() else { continue };
@@ -423,5 +480,38 @@ fn client_observations(w: &mut Lwm2mWorld, expected: usize) -> anyhow::Result<()
         Err(w.fail(format!(
             "{name:?} serves {count} observations, not {expected}"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(list: &[&str]) -> Vec<String> {
+        list.iter().map(|t| (*t).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_case_applies_from_the_version_whose_ets_first_has_it() {
+        let v11 = Lwm2mVersion::V1_1;
+        // In the ETS for 1.0.1: a 1.0 device runs it, whatever profile the case names.
+        assert_eq!(
+            case_since(&tags(&["device_management", "int-203"]), v11),
+            Lwm2mVersion::V1_0
+        );
+        // First in 1.1 (Read in CBOR, Send) and in 1.2.
+        assert_eq!(case_since(&tags(&["int-211"]), Lwm2mVersion::V1_0), v11);
+        assert_eq!(case_since(&tags(&["int-306"]), Lwm2mVersion::V1_0), v11);
+        assert_eq!(case_since(&tags(&["int-312"]), v11), Lwm2mVersion::V1_2);
+        // The earliest of several ids; an explicit tag wins; no id: the profile's version.
+        assert_eq!(
+            case_since(&tags(&["int-270", "int-1630"]), v11),
+            Lwm2mVersion::V1_0
+        );
+        assert_eq!(
+            case_since(&tags(&["int-203", "since-lwm2m-1.2"]), v11),
+            Lwm2mVersion::V1_2
+        );
+        assert_eq!(case_since(&tags(&["core-6.2.1"]), v11), v11);
     }
 }
