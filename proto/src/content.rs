@@ -187,6 +187,58 @@ pub enum Finding {
         /// The number.
         code: u16,
     },
+    /// Resource instance TLVs at a resource path without the Multiple Resource TLV that
+    /// should hold them (accepted as the multiple resource).
+    UnwrappedResourceInstances {
+        /// The resource.
+        path: Lwm2mPath,
+    },
+    /// A text/plain number, boolean, object link or base64 value with white space around
+    /// it (accepted without it).
+    PaddedText {
+        /// Where.
+        path: Lwm2mPath,
+    },
+    /// A SenML JSON `vd` with base64 padding (`=`), which RFC 8428 leaves out (accepted).
+    PaddedBase64 {
+        /// Where.
+        path: Lwm2mPath,
+    },
+}
+
+impl Finding {
+    /// The clause of the specification the finding is about: what the peer should have
+    /// sent, or why the registry's view applies.
+    pub fn clause(&self) -> &'static str {
+        match self {
+            Self::NonMinimalInteger { .. } => {
+                "Core TS 1.1 §7.4.3.1: integers in 1, 2, 4 or 8 bytes, the shortest that fits"
+            }
+            Self::MultiplicityMismatch { .. } => {
+                "Core TS 1.1 §7.4.3: the TLV type bits follow the object definition"
+            }
+            Self::TypeMismatch { .. } => {
+                "Core TS 1.1 Appendix C: the value's type is the object definition's"
+            }
+            Self::UnknownResource { .. } => {
+                "Core TS 1.1 §7.3: the object definition lists the resources"
+            }
+            Self::LegacyContentFormat { .. } => {
+                "Core TS 1.0 §6.4: the registered Content-Format numbers replaced 1541-1544"
+            }
+            Self::UnwrappedResourceInstances { .. } => {
+                "Core TS 1.1 §7.4.3: a multiple resource is one Multiple Resource TLV (type \
+                 bits 10) holding its Resource Instance TLVs"
+            }
+            Self::PaddedText { .. } => {
+                "Core TS 1.1 §7.4.1 and Appendix C: the plain text value is the ASCII form of \
+                 the value alone"
+            }
+            Self::PaddedBase64 { .. } => {
+                "RFC 8428 §5: vd is base64url with padding omitted (Core TS 1.1 §7.4.4)"
+            }
+        }
+    }
 }
 
 impl fmt::Display for Finding {
@@ -221,6 +273,14 @@ impl fmt::Display for Finding {
             Self::LegacyContentFormat { code } => {
                 write!(f, "pre-1.0 content format {code} used")
             }
+            Self::UnwrappedResourceInstances { path } => write!(
+                f,
+                "{path}: resource instance TLVs without the Multiple Resource TLV around them"
+            ),
+            Self::PaddedText { path } => {
+                write!(f, "{path}: white space around the plain text value")
+            }
+            Self::PaddedBase64 { path } => write!(f, "{path}: vd carries base64 padding"),
         }
     }
 }

@@ -72,6 +72,27 @@ pub enum RegistrationFinding {
     },
 }
 
+impl RegistrationFinding {
+    /// The clause of the specification the finding is about.
+    pub fn clause(&self) -> &'static str {
+        match self {
+            Self::MissingVersion => {
+                "Core TS 1.1 §6.2.1: a Register carries the LwM2M version (lwm2m=)"
+            }
+            Self::LegacyQueueBinding { .. } => {
+                "Core TS 1.1 §6.2.1: queue mode is the Q parameter; the binding b= has no Q"
+            }
+            Self::UnknownParameter { .. } => {
+                "Core TS 1.1 §6.2.1, §6.2.2: the Register and Update parameters are ep, lt, \
+                 lwm2m, b, sms, Q"
+            }
+            Self::LegacyContentFormat { .. } => {
+                "Core TS 1.0 §6.4: the registered Content-Format numbers replaced 1541-1544"
+            }
+        }
+    }
+}
+
 impl fmt::Display for RegistrationFinding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -265,7 +265,7 @@ impl RunContext {
             .and_then(|w| w.wall_start)
             .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
         let mut evidence = Vec::new();
-        let world_findings = world
+        let mut world_findings = world
             .as_ref()
             .map(|w| w.findings.clone())
             .unwrap_or_default();
@@ -278,11 +278,20 @@ impl RunContext {
                 let log = backend.exchange_log();
                 let stem = evidence_stem(&cases[0], rule, scenario);
                 let registration = match &self.subject {
-                    Subject::Device { endpoint } => backend
-                        .registration(endpoint)
-                        .map(|r| device_registration_text(&r)),
+                    Subject::Device { endpoint } => backend.registration(endpoint),
                     _ => None,
                 };
+                // The device's Register and Updates are checked in every case it is tested in.
+                if let Some(r) = &registration
+                    && matches!(status, Status::Passed | Status::Failed)
+                {
+                    for f in super::world::registration_findings(r) {
+                        if !world_findings.contains(&f) {
+                            world_findings.push(f);
+                        }
+                    }
+                }
+                let registration = registration.as_ref().map(device_registration_text);
                 match self.write_evidence(&stem, log, registration.as_deref()) {
                     Ok(files) => evidence = files,
                     Err(e) => eprintln!("evidence of {stem}: {e:#}"),
@@ -395,10 +404,10 @@ fn device_registration_text(r: &lwm2m_proto::server::Registration) -> String {
         r.links
     );
     for f in &r.findings {
-        let _ = writeln!(s, "  finding: {f}");
+        let _ = writeln!(s, "  finding: {f} ({})", f.clause());
     }
     for n in &r.link_notes {
-        let _ = writeln!(s, "  link note: {n}");
+        let _ = writeln!(s, "  link note: {n} ({})", n.clause());
     }
     s
 }

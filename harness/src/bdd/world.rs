@@ -591,11 +591,7 @@ impl Lwm2mWorld {
             }
             if let Ok(response) = &result {
                 for f in &response.findings {
-                    self.add_finding(format!(
-                        "{}: {f} ({})",
-                        pending.description,
-                        finding_clause(f)
-                    ));
+                    self.add_finding(format!("{}: {f} ({})", pending.description, f.clause()));
                 }
             }
             self.pending = None;
@@ -811,27 +807,20 @@ impl Thresholds {
     }
 }
 
-/// The clause a decoder finding departs from.
-pub fn finding_clause(finding: &lwm2m_proto::content::Finding) -> &'static str {
-    use lwm2m_proto::content::Finding;
-    match finding {
-        Finding::NonMinimalInteger { .. } => {
-            "Core TS 1.1 §7.4.3.1: integers in 1, 2, 4 or 8 bytes, the shortest that fits"
-        }
-        Finding::MultiplicityMismatch { .. } => {
-            "Core TS 1.1 §7.4.3: the TLV type bits follow the object definition"
-        }
-        Finding::TypeMismatch { .. } => {
-            "Core TS 1.1 Appendix C: the value's type is the object definition's"
-        }
-        Finding::UnknownResource { .. } => {
-            "Core TS 1.1 §7.3: the object definition lists the resources"
-        }
-        Finding::LegacyContentFormat { .. } => {
-            "Core TS 1.0 §6.4: the registered Content-Format numbers replaced 1541-1544"
-        }
-        _ => "see the finding",
-    }
+/// What the server tolerated in a client's Register and Updates (its query and its link
+/// payload), each with its clause: findings of every case of a device under test, as a
+/// response's decoder findings are of the case that read it.
+pub fn registration_findings(r: &lwm2m_proto::server::Registration) -> Vec<String> {
+    let name = &r.endpoint;
+    let query = r
+        .findings
+        .iter()
+        .map(|f| format!("Register/Update of {name:?}: {f} ({})", f.clause()));
+    let links = r
+        .link_notes
+        .iter()
+        .map(|n| format!("Register links of {name:?}: {n} ({})", n.clause()));
+    query.chain(links).collect()
 }
 
 /// `path` with the Server instances 0 and `k` swapped (the cases' /1/0 is the device's

@@ -829,6 +829,33 @@ pub enum LinkNote {
         /// The value as written.
         value: String,
     },
+    /// The Security (0) or OSCORE (21) object is listed, which a Register or Update must
+    /// not do.
+    ForbiddenObject {
+        /// The target as written.
+        target: String,
+    },
+}
+
+impl LinkNote {
+    /// The clause of the specification the note is about.
+    pub fn clause(&self) -> &'static str {
+        match self {
+            Self::OutsideAlternatePath { .. } => {
+                "Core TS 1.1 §6.2.1: with an alternate path, every object link is below it"
+            }
+            Self::NotAnObjectLink { .. } | Self::Duplicate { .. } => {
+                "Core TS 1.1 §6.2.1: the payload lists each object and object instance once"
+            }
+            Self::BadContentFormat { .. } => {
+                "Core TS 1.1 §6.2.1: ct lists Content-Format numbers (RFC 7252 §12.3)"
+            }
+            Self::ForbiddenObject { .. } => {
+                "Core TS 1.1 §6.2.1: the Security object (0) and OSCORE object (21) are not \
+                 part of the registration's object list"
+            }
+        }
+    }
 }
 
 impl fmt::Display for LinkNote {
@@ -843,6 +870,9 @@ impl fmt::Display for LinkNote {
             Self::Duplicate { target } => write!(f, "<{target}> appears more than once"),
             Self::BadContentFormat { value } => {
                 write!(f, "ct value {value:?} is not a content format number")
+            }
+            Self::ForbiddenObject { target } => {
+                write!(f, "<{target}>: the Security/OSCORE object is listed")
             }
         }
     }
@@ -903,7 +933,16 @@ impl RegistrationLinks {
                 notes.push(LinkNote::OutsideAlternatePath { target });
                 continue;
             };
-            match relative.parse::<Lwm2mPath>() {
+            let parsed = relative.parse::<Lwm2mPath>();
+            if parsed
+                .as_ref()
+                .is_ok_and(|p| matches!(p.object_id(), Some(ObjectId(0 | 21))))
+            {
+                notes.push(LinkNote::ForbiddenObject {
+                    target: target.clone(),
+                });
+            }
+            match parsed {
                 Ok(Lwm2mPath::Object(o)) => {
                     let info = reg.objects.entry(o).or_default();
                     if !object_links.insert(o) {
@@ -1117,6 +1156,24 @@ mod tests {
         // A 1.0 peer quoting the version.
         let (reg, _) = RegistrationLinks::parse(r#"</3>;ver="1.0",</3/0>"#).unwrap();
         assert_eq!(reg.objects[&ObjectId(3)].version.as_deref(), Some("1.0"));
+    }
+
+    #[test]
+    fn a_listed_security_or_oscore_object_is_noted() {
+        let (reg, notes) = RegistrationLinks::parse("</0/0>,</1/0>,</3/0>,</21>").unwrap();
+        assert!(reg.objects.contains_key(&ObjectId(3)));
+        assert_eq!(
+            notes,
+            [
+                LinkNote::ForbiddenObject {
+                    target: "/0/0".into()
+                },
+                LinkNote::ForbiddenObject {
+                    target: "/21".into()
+                }
+            ]
+        );
+        assert!(notes[0].clause().contains("§6.2.1"));
     }
 
     #[test]

@@ -173,6 +173,7 @@ pub fn encode(base: &Lwm2mPath, records: &[Record], out: &mut Vec<u8>) -> Result
                 .as_ref()
                 .map(|v| senml::raw_value(&r.path, v))
                 .transpose()?,
+            padded: false,
         });
     }
     let payload = Payload { bn, bt, entries };

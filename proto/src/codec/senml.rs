@@ -61,6 +61,8 @@ pub struct RawRecord {
     pub t: Option<f64>,
     /// The value, if any (`None` for a path-only record).
     pub value: Option<RawValue>,
+    /// The `vd` text carried base64 padding, which RFC 8428 §5 leaves out (SenML JSON).
+    pub padded: bool,
 }
 
 /// A record's value as its label gives it.
@@ -277,6 +279,9 @@ pub fn resolve(
                 Some(sum)
             }
         };
+        if raw.padded {
+            findings.push(Finding::PaddedBase64 { path });
+        }
         let value = match raw.value {
             None => None,
             Some(_) if path.resource_id().is_none() => {
@@ -439,6 +444,7 @@ pub fn compact(records: &[Record]) -> Result<Vec<RawRecord>, CodecError> {
                 .as_ref()
                 .map(|v| raw_value(&r.path, v))
                 .transpose()?,
+            padded: false,
         });
     }
     Ok(out)

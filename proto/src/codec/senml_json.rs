@@ -2,7 +2,8 @@
 //!
 //! A pack is a JSON array of record objects. The record model, base-name and time rules
 //! live in [`super::senml`]. Specific to JSON:
-//! * `vd` is base64url without padding (RFC 8428 §5); padded input is accepted too;
+//! * `vd` is base64url without padding (RFC 8428 §5); padded input is accepted too, with
+//!   [`Finding::PaddedBase64`];
 //! * integers are written as JSON integers, floats always with a fraction or an exponent
 //!   (`1.0`, `1e+20`) so that they read back as floats; non-finite floats and times have
 //!   no JSON form and are refused;
@@ -135,6 +136,7 @@ fn raw_record(item: J) -> Result<RawRecord, String> {
     let mut rec = RawRecord::default();
     for (name, v) in map {
         if let Some(label) = Label::from_name(&name)? {
+            rec.padded |= label == Label::DataValue && v.as_str().is_some_and(|s| s.ends_with('='));
             rec.set(label, field(label, v)?)?;
         }
     }
@@ -375,6 +377,24 @@ pub(crate) mod tests {
         assert_eq!(recs[0].value, Some(Value::Objlnk(link)));
         assert_eq!(recs[1].value, Some(Value::Opaque(vec![0, 1, 2, 0xff])));
         assert_eq!(enc(&recs), text);
+    }
+
+    #[test]
+    fn padded_base64_is_read_and_flagged() {
+        let mut findings = Vec::new();
+        let recs = decode(
+            br#"[{"n":"/3440/0/5","vd":"AAEC_w=="},{"n":"/3440/0/5","vd":"AAEC_w"}]"#,
+            &TestSchema::new(),
+            &mut findings,
+        )
+        .unwrap();
+        assert_eq!(recs[0].value, recs[1].value);
+        assert_eq!(
+            findings,
+            [Finding::PaddedBase64 {
+                path: Lwm2mPath::resource(3440, 0, 5)
+            }]
+        );
     }
 
     #[test]

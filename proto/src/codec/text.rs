@@ -67,7 +67,9 @@ fn single_value<'a>(
 /// Decodes a `text/plain` payload at a resource or resource instance path (Core TS 1.1
 /// §7.4.1). An unknown resource gives a string (and [`Finding::UnknownResource`]); text
 /// that does not parse as the registry's type gives a string and
-/// [`Finding::TypeMismatch`]. Invalid UTF-8 is [`CodecError::Malformed`].
+/// [`Finding::TypeMismatch`]; a number, boolean, object link or base64 value with white
+/// space around it is read without it, with [`Finding::PaddedText`]. Invalid UTF-8 is
+/// [`CodecError::Malformed`].
 pub fn decode_text(
     bytes: &[u8],
     target: &Lwm2mPath,
@@ -80,14 +82,22 @@ pub fn decode_text(
     })?;
     let value = match content::expected_type(schema, target, findings) {
         None => Value::String(text.to_owned()),
-        Some(ty) => content::parse_text(ty, text).unwrap_or_else(|_| {
-            findings.push(Finding::TypeMismatch {
-                path: *target,
-                expected: ty,
-                found: format!("the text {text:?}"),
-            });
-            Value::String(text.to_owned())
-        }),
+        Some(ty) => match content::parse_text(ty, text) {
+            // parse_text reads numbers around white space; the format has none.
+            Ok(v) if !matches!(ty, DataType::String | DataType::Corelnk) && text.trim() != text => {
+                findings.push(Finding::PaddedText { path: *target });
+                v
+            }
+            Ok(v) => v,
+            Err(_) => {
+                findings.push(Finding::TypeMismatch {
+                    path: *target,
+                    expected: ty,
+                    found: format!("the text {text:?}"),
+                });
+                Value::String(text.to_owned())
+            }
+        },
     };
     Ok(value_node(target, value))
 }
@@ -246,6 +256,22 @@ mod tests {
         }
         let (node, _) = text(b"5", "/3/0/6/1").unwrap();
         assert_eq!(node, Node::ResourceInstance(Value::Integer(5)));
+    }
+
+    #[test]
+    fn white_space_around_a_number_is_read_and_flagged() {
+        let (node, findings) = text(b" 12 \n", "/3/0/9").unwrap();
+        assert_eq!(node, resource(Value::Integer(12)));
+        assert_eq!(
+            findings,
+            [Finding::PaddedText {
+                path: path("/3/0/9")
+            }]
+        );
+        // A string keeps its white space: it is the value.
+        let (node, findings) = text(b" Acme ", "/3/0/0").unwrap();
+        assert_eq!(node, resource(Value::String(" Acme ".into())));
+        assert_eq!(findings, []);
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! - `/O/I`: resource TLVs, or one object instance TLV with id `I` wrapping them (both are
 //!   sent by real clients; Core TS 1.0 §6.4.3.2 shows the wrapped form).
 //! - `/O/I/R`: one resource TLV (`11`) or one multiple resource TLV (`10`) with id `R`;
-//!   a bare sequence of resource instance TLVs is also accepted as the multiple resource.
+//!   a bare sequence of resource instance TLVs is also accepted as the multiple resource,
+//!   with [`Finding::UnwrappedResourceInstances`].
 //! - `/O/I/R/RI`: one resource instance TLV with id `RI`.
 //!
 //! TLV carries no types: values are typed by the [`Schema`]. A value that does not fit its
@@ -259,6 +260,7 @@ pub fn decode(
                 )?))
             }
             ts if !ts.is_empty() && ts.iter().all(|t| t.kind == Kind::ResourceInstance) => {
+                findings.push(Finding::UnwrappedResourceInstances { path: *target });
                 let ty = resource_type(schema, target, true, findings);
                 let instances = decode_resource_instances(ts, (o, i, r), ty, findings)?;
                 Ok(Node::Resource(ResourceValue::Multiple(instances)))
@@ -1135,6 +1137,26 @@ mod tests {
                 expected_multiple: false
             }]
         );
+    }
+
+    #[test]
+    fn resource_instances_without_their_multiple_resource_tlv_are_flagged() {
+        // Two resource instance TLVs of /3/0/6 where one Multiple Resource TLV belongs.
+        let (node, findings) = dec(&bytes("41 00 01 41 01 05"), "/3/0/6").unwrap();
+        assert_eq!(
+            node,
+            Node::Resource(multiple(&[(0, Value::Integer(1)), (1, Value::Integer(5))]))
+        );
+        assert_eq!(
+            findings,
+            [Finding::UnwrappedResourceInstances {
+                path: path("/3/0/6")
+            }]
+        );
+        assert!(findings[0].clause().contains("§7.4.3"));
+        // Wrapped, the same value has no finding.
+        let (_, findings) = dec(&bytes("86 06 41 00 01 41 01 05"), "/3/0/6").unwrap();
+        assert_eq!(findings, []);
     }
 
     fn malformed_at(payload: &[u8], target: &str) -> (usize, String) {

@@ -33,11 +33,8 @@ fn registration(w: &mut Lwm2mWorld) -> anyhow::Result<(String, Registration)> {
             // What the device sent (its Register and Updates) is what the step checks,
             // with what the server tolerated in it.
             w.device_evidence = true;
-            for f in &r.findings {
-                w.add_finding(format!("Register/Update of {name:?}: {f}"));
-            }
-            for n in &r.link_notes {
-                w.add_finding(format!("Register links of {name:?}: {n}"));
+            for f in crate::bdd::world::registration_findings(&r) {
+                w.add_finding(f);
             }
             Ok((name, r))
         }
@@ -328,14 +325,12 @@ fn no_findings(w: &mut Lwm2mWorld) -> anyhow::Result<()> {
         ServerView::RegistrationFindings,
         "the registration's findings",
     );
-    let (name, r) = registration(w)?;
-    if r.findings.is_empty() && r.link_notes.is_empty() {
+    let (_, r) = registration(w)?;
+    let findings = crate::bdd::world::registration_findings(&r);
+    if findings.is_empty() {
         Ok(())
     } else {
-        Err(w.fail(format!(
-            "the registration of {name:?} has findings {:?} and link notes {:?}",
-            r.findings, r.link_notes
-        )))
+        Err(w.fail(findings.join("; ")))
     }
 }
 
