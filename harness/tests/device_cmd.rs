@@ -20,11 +20,17 @@ fn root() -> PathBuf {
 /// A template that starts one simulated ets-1.1 client named `{endpoint}` with `extra`
 /// simulate arguments; it prints its shell's process id first (`exec` keeps it).
 fn simulated(extra: &str) -> String {
+    let profile = root().join("features/profiles/ets-1.1.yaml");
+    simulated_profile(&profile.display().to_string(), extra)
+}
+
+/// The same with `profile` (a name under scenarios/profiles/ or a file).
+fn simulated_profile(profile: &str, extra: &str) -> String {
     let root = root();
     let root = root.display();
     format!(
         "echo pid $$; exec '{exe}' --ddf '{root}/features/objects' simulate --clients 1 \
-         --profile '{root}/features/profiles/ets-1.1.yaml' --scenarios '{root}/scenarios' \
+         --profile '{profile}' --scenarios '{root}/scenarios' \
          --duration 1h --endpoint {{endpoint}} {extra}",
         exe = env!("CARGO_BIN_EXE_lwm2m-harness"),
     )
@@ -482,5 +488,160 @@ fn two_devices_side_by_side_in_a_matrix() {
     assert_eq!(
         again["rows"].as_array().map(Vec::len),
         matrix["rows"].as_array().map(Vec::len)
+    );
+}
+
+/// Cases from every interface that any LwM2M version has: registration, reads and writes
+/// in the mandatory formats, Discover, Execute Reboot, a refused write, observation. The
+/// whole suite against each profile and pack is `scripts/certify-simulated` (README).
+const PROFILE_CASES: &str = "@int-101 or @int-201 or @int-203 or @int-205 or @int-222 or \
+                             @int-224 or @int-241 or @int-256 or @int-260 or @int-301";
+
+/// The suite against a shipped profile (`simulate --profile NAME --quirks QUIRKS`) started
+/// by the harness for every case.
+fn run_profile(dir: &Path, profile: &str, quirks: &str, tags: &str) -> (Output, RunReport) {
+    let extra = if quirks.is_empty() {
+        "--server {server_uri}".to_owned()
+    } else {
+        format!("--quirks {quirks} --server {{server_uri}}")
+    };
+    let out = harness(
+        dir,
+        &[
+            "--device-cmd",
+            &simulated_profile(profile, &extra),
+            "--tags",
+            tags,
+        ],
+    );
+    let report = report(dir);
+    assert_every_case_explained(&report);
+    (out, report)
+}
+
+/// A clean shipped profile passes every case that applies to it and fails none; what does
+/// not apply says why (its version, its objects, its queue mode).
+fn a_clean_profile_passes_what_applies(profile: &str, at_least: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, report) = run_profile(tmp.path(), profile, "", PROFILE_CASES);
+    let counts = report.counts();
+    assert!(
+        out.status.success() && counts.failed == 0 && counts.passed >= at_least,
+        "{profile}: {counts:?}\n{}\n{}",
+        show(&report),
+        text(&out)
+    );
+    assert!(
+        report.cases.iter().all(|c| c.findings.is_empty()),
+        "{profile} is clean: {}",
+        show(&report)
+    );
+}
+
+#[test]
+fn the_minimal_1_0_profile_passes_the_1_0_cases() {
+    a_clean_profile_passes_what_applies("minimal-1.0", 3);
+}
+
+#[test]
+fn the_sensor_1_1_profile_in_queue_mode_passes_what_applies() {
+    a_clean_profile_passes_what_applies("sensor-1.1", 5);
+}
+
+#[test]
+fn the_device_1_2_profile_passes_the_1_0_and_1_1_cases() {
+    a_clean_profile_passes_what_applies("device-1.2", 5);
+}
+
+/// The deviations of a quirk pack show up as failures or findings that name their clause;
+/// every other case still gets a verdict or a reason.
+fn a_quirk_pack_is_caught(profile: &str, pack: &str, tags: &str, clause: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, report) = run_profile(tmp.path(), profile, pack, tags);
+    let caught: Vec<String> = report
+        .cases
+        .iter()
+        .flat_map(|c| {
+            let failed =
+                (c.status == Status::Failed).then(|| c.message.clone().unwrap_or_default());
+            failed.into_iter().chain(c.findings.iter().cloned())
+        })
+        .collect();
+    assert!(
+        caught.iter().any(|m| m.contains(clause)),
+        "{profile} with {pack}: nothing names {clause:?}: {caught:#?}\n{}\n{}",
+        show(&report),
+        text(&out)
+    );
+}
+
+#[test]
+fn the_sloppy_encoder_pack_fails_with_the_clauses_it_breaks() {
+    let ets = root().join("features/profiles/ets-1.1.yaml");
+    a_quirk_pack_is_caught(
+        &ets.display().to_string(),
+        "sloppy-encoder",
+        "@int-203 or @int-205",
+        "Core TS 1.1 §5.4",
+    );
+}
+
+#[test]
+fn the_pre_1_0_draft_pack_is_caught_by_its_format_numbers_and_missing_version() {
+    // wakaama-like has the Location object the pack's pre-1.0 definition needs.
+    a_quirk_pack_is_caught(
+        "wakaama-like",
+        "pre-1.0-draft",
+        "@int-203",
+        "Core TS 1.0 §6.4",
+    );
+    a_quirk_pack_is_caught("wakaama-like", "pre-1.0-draft", "@int-101", "lwm2m=");
+}
+
+#[test]
+fn the_upgraded_1_0_stack_pack_is_flagged_in_its_register() {
+    a_quirk_pack_is_caught(
+        "sensor-1.1",
+        "upgraded-1.0-stack",
+        "@int-101 or @int-203",
+        "queue mode is the Q parameter",
+    );
+}
+
+#[test]
+fn the_pre_1_0_location_packs_are_caught_reading_the_location_object() {
+    for pack in ["wakaama-2017", "leshan-client-2017"] {
+        a_quirk_pack_is_caught("wakaama-like", pack, "@network-usage", "Appendix C");
+    }
+}
+
+#[test]
+fn the_slow_responder_pack_is_served_correctly() {
+    // Separate responses after the ACK timeout and duplicated responses are CoAP the
+    // server must handle (RFC 7252 §5.2.2, §4.5): the cases pass.
+    let tmp = tempfile::tempdir().unwrap();
+    let ets = root().join("features/profiles/ets-1.1.yaml");
+    let (out, report) = run_profile(
+        tmp.path(),
+        &ets.display().to_string(),
+        "slow-responder",
+        "@int-203 or @int-205",
+    );
+    let counts = report.counts();
+    assert!(
+        out.status.success() && counts.failed == 0 && counts.passed >= 2,
+        "{counts:?}\n{}\n{}",
+        show(&report),
+        text(&out)
+    );
+}
+
+#[test]
+fn over_long_tlv_integers_are_findings_naming_their_clause() {
+    a_quirk_pack_is_caught(
+        "minimal-1.0",
+        "non-minimal-tlv-integers",
+        "@int-203",
+        "Core TS 1.1 §7.4.3.1",
     );
 }
