@@ -645,3 +645,37 @@ fn over_long_tlv_integers_are_findings_naming_their_clause() {
         "Core TS 1.1 §7.4.3.1",
     );
 }
+
+/// An instance the device description declares is an expectation: a case that needs it
+/// runs, and the device not announcing it fails the case instead of making it not
+/// applicable.
+#[test]
+fn a_declared_instance_the_device_lacks_fails_the_case() {
+    let tmp = tempfile::tempdir().unwrap();
+    let description = tmp.path().join("device.yaml");
+    std::fs::write(&description, "instances:\n  - /16/0\n").unwrap();
+    let dir = tmp.path().join("report");
+    let out = harness(
+        &dir,
+        &[
+            "--device-cmd",
+            &simulated_profile("device-1.2", "--server {server_uri}"),
+            "--device-profile",
+            description.to_str().unwrap(),
+            "--tags",
+            "@int-228 or @int-203",
+        ],
+    );
+    let report = report(&dir);
+    assert!(!out.status.success(), "{}", show(&report));
+    assert_case(&report, "int-203", Status::Passed);
+    assert_case(&report, "int-228", Status::Failed);
+    assert!(
+        cases(&report, "int-228")[0]
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("declares /16/0")),
+        "{}",
+        show(&report)
+    );
+}

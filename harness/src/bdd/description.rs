@@ -20,6 +20,9 @@
 //! features:                    # optional features it has: a refusal of one is a failure,
 //!   - senml-json               # not "not supported" (content formats by name or number,
 //!   - /1/0/4                   # resources by path: Disable)
+//! instances:                   # object instances it has: its Register must announce them,
+//!   - /3303/0                  # and a case that needs one runs (a missing one fails
+//!   - /16/0                    # the case rather than making it not applicable)
 //! ```
 //!
 //! Unknown keys are refused; errors name the file and line.
@@ -47,6 +50,10 @@ pub struct DeviceDescription {
     /// and resources (`/1/0/4`). The device refusing one of them fails the case.
     #[serde(default)]
     pub features: Vec<String>,
+    /// Object instances the vendor declares (`/3303/0`): the device's Register must
+    /// announce each, and a case that needs one is tested, not "not applicable".
+    #[serde(default)]
+    pub instances: Vec<String>,
 }
 
 /// A device description that could not be read.
@@ -133,7 +140,36 @@ impl DeviceDescription {
                 ));
             }
         }
+        for instance in &d.instances {
+            let line = text
+                .lines()
+                .position(|l| l.trim_start().trim_start_matches("- ").trim() == instance)
+                .map_or(1, |n| n + 1);
+            if !matches!(instance.parse::<Lwm2mPath>(), Ok(Lwm2mPath::Instance(..))) {
+                return Err(schema(
+                    line,
+                    format!("instances: {instance:?} is not an object instance path (/3303/0)"),
+                ));
+            }
+        }
         Ok(d)
+    }
+
+    /// The object instances the vendor declares.
+    pub fn declared_instances(&self) -> Vec<Lwm2mPath> {
+        self.instances
+            .iter()
+            .filter_map(|i| i.parse().ok())
+            .collect()
+    }
+
+    /// Whether the vendor declares the instance (or the object, for an object path) of
+    /// `path`.
+    pub fn declares_instance(&self, path: &Lwm2mPath) -> bool {
+        self.declared_instances().iter().any(|d| {
+            d.object_id() == path.object_id()
+                && (path.instance_id().is_none() || d.instance_id() == path.instance_id())
+        })
     }
 
     /// Whether the vendor declares the content format `format`.
@@ -220,6 +256,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a resource"), "{e}");
+    }
+
+    #[test]
+    fn declared_instances() {
+        let d = DeviceDescription::parse("d.yaml", "instances:\n  - /3303/0\n  - /16/0\n").unwrap();
+        assert!(d.declares_instance(&"/3303/0/5700".parse().unwrap()));
+        assert!(d.declares_instance(&"/16".parse().unwrap()));
+        assert!(!d.declares_instance(&"/3303/1".parse().unwrap()));
+        let e = DeviceDescription::parse("d.yaml", "name: x\ninstances:\n  - /3303\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("d.yaml:3:") && e.contains("/3303"), "{e}");
     }
 
     #[test]

@@ -53,7 +53,7 @@ fn add_client(
     };
     if let Subject::Device { endpoint } = &ctx.subject {
         let provisioning = provisioning(w, server, bootstrap);
-        device_fits(w, endpoint, profile, &extra, &provisioning);
+        device_fits(w, endpoint, profile, &extra, &provisioning)?;
     }
     let number = w.fleet.len() as u64;
     let spec = ctx.library.client(
@@ -142,7 +142,7 @@ fn device_fits(
     profile: &lwm2m_simulator::Profile,
     quirks: &[Quirk],
     provisioning: &Provisioning,
-) {
+) -> anyhow::Result<()> {
     let not_ours = crate::bdd::network::DEVICE_NOT_OURS;
     if !quirks.is_empty() {
         not_applicable("the case is about a client with quirks; the device under test is as it is");
@@ -171,7 +171,7 @@ fn device_fits(
         .registration(device)
         .or_else(crate::bdd::device::last_registration)
     else {
-        return;
+        return Ok(());
     };
     let since = case_since(&w.tags, profile.lwm2m_version);
     if r.version < since {
@@ -212,6 +212,8 @@ fn device_fits(
                 .then(|| Lwm2mPath::resource(o.0, i.0, r.0))
         })
         .collect();
+    let description = w.ctx().device.clone();
+    let declared = |p: &Lwm2mPath| description.as_ref().is_some_and(|d| d.declares_instance(p));
     let mut missing: Vec<String> = Vec::new();
     for path in &w.touched {
         let Some(o) = path.object_id() else { continue };
@@ -223,6 +225,14 @@ fn device_fits(
             continue;
         };
         let Some(announced) = r.links.objects.get(&o) else {
+            if declared(path) {
+                anyhow::bail!(
+                    "the device description declares {path}, but the device's Register does \
+                     not announce object /{} (Core TS 1.1 §6.2.1: it lists its objects and \
+                     instances)",
+                    o.0
+                );
+            }
             let m = format!("object /{}", o.0);
             if !missing.contains(&m) {
                 missing.push(m);
@@ -233,6 +243,14 @@ fn device_fits(
             && spec.instances.contains_key(&i)
             && !announced.instances.contains(&i)
         {
+            if declared(path) {
+                anyhow::bail!(
+                    "the device description declares /{}/{}, but the device's Register does \
+                     not announce it (Core TS 1.1 §6.2.1: it lists its objects and instances)",
+                    o.0,
+                    i.0
+                );
+            }
             let bare = if announced.instances.is_empty() {
                 format!(" (it announces </{}> without instances)", o.0)
             } else {
@@ -250,6 +268,7 @@ fn device_fits(
             missing.join(", ")
         ));
     }
+    Ok(())
 }
 
 /// A simulated client made from a profile, with a server account on our LwM2M Server.

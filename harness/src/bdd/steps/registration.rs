@@ -253,10 +253,12 @@ fn registration_lists(w: &mut Lwm2mWorld, paths: Paths) -> anyhow::Result<()> {
                 .is_some_and(|o| !o.instances.is_empty())
     };
     // The ETS device's optional objects (C.3 has the Portfolio /16/0) are configuration: a
-    // device under test must list the mandatory ones.
+    // device under test must list the mandatory ones, and those its description declares.
     let registry = w.ctx().library.registry.clone();
+    let description = w.ctx().device.clone();
     let optional = |p: &Lwm2mPath| {
         device
+            && !description.as_ref().is_some_and(|d| d.declares_instance(p))
             && p.object_id()
                 .and_then(|o| registry.object(o))
                 .is_some_and(|d| !d.mandatory)
