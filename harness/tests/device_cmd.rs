@@ -522,7 +522,7 @@ fn run_profile(dir: &Path, profile: &str, quirks: &str, tags: &str) -> (Output, 
 /// A clean shipped profile passes every case that applies to it and fails none; what does
 /// not apply says why (its version, its objects, its queue mode).
 fn a_clean_profile_passes_what_applies(profile: &str, at_least: usize) {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().expect("a temporary directory");
     let (out, report) = run_profile(tmp.path(), profile, "", PROFILE_CASES);
     let counts = report.counts();
     assert!(
@@ -556,7 +556,7 @@ fn the_device_1_2_profile_passes_the_1_0_and_1_1_cases() {
 /// The deviations of a quirk pack show up as failures or findings that name their clause;
 /// every other case still gets a verdict or a reason.
 fn a_quirk_pack_is_caught(profile: &str, pack: &str, tags: &str, clause: &str) {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().expect("a temporary directory");
     let (out, report) = run_profile(tmp.path(), profile, pack, tags);
     let caught: Vec<String> = report
         .cases
