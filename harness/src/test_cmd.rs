@@ -22,18 +22,27 @@ pub struct TestArgs {
     /// A real device under test, by endpoint name: it registers with our servers.
     #[arg(long, value_name = "ENDPOINT", conflicts_with = "server")]
     device: Option<String>,
-    /// A server under test, coap://HOST:PORT: our simulated clients register with it.
+    /// A server under test, coap://HOST:PORT: our simulated clients register with it
+    /// (coaps://HOST:PORT: a server that takes CoAP over DTLS only).
     #[arg(long, value_name = "URI")]
     server: Option<String>,
+    /// The server under test's CoAP over DTLS address, coaps://HOST:PORT, beside a coap://
+    /// --server: the DTLS cases' clients handshake there with PSKs the adapter stores.
+    #[arg(long, value_name = "URI", requires = "server")]
+    server_coaps: Option<String>,
     /// How the suite drives the server under test: lwm2m-harness+http://HOST:PORT?token=T,
     /// leshan+http://HOST:PORT or exec:'COMMAND' (a driver speaking JSON lines; README
     /// "Testing your own server"). Without it only what shows on the wire is checked.
     #[arg(long, value_name = "SPEC", requires = "server")]
     server_api: Option<String>,
-    /// A Bootstrap Server under test, coap://HOST:PORT: the bootstrap cases' clients
-    /// bootstrap from it (with --server).
+    /// A Bootstrap Server under test, coap://HOST:PORT (or coaps://HOST:PORT): the
+    /// bootstrap cases' clients bootstrap from it (with --server).
     #[arg(long, value_name = "URI", requires = "server")]
     bootstrap_server: Option<String>,
+    /// The Bootstrap Server under test's coaps://HOST:PORT beside a coap://
+    /// --bootstrap-server.
+    #[arg(long, value_name = "URI", requires = "bootstrap_server")]
+    bootstrap_server_coaps: Option<String>,
     /// How the suite stores bootstrap configurations in, and hears from, the Bootstrap
     /// Server under test (same forms as --server-api; default: --server-api).
     #[arg(long, value_name = "SPEC", requires = "bootstrap_server")]
@@ -137,16 +146,29 @@ fn subject(args: &TestArgs) -> anyhow::Result<Subject> {
         {
             lwm2m_harness::bdd::adapter::check_spec(api).map_err(anyhow::Error::msg)?;
         }
-        if let Some(b) = &args.bootstrap_server {
-            anyhow::ensure!(
-                b.starts_with("coap://"),
-                "--bootstrap-server {b:?}: expected coap://HOST:PORT (plain CoAP)"
-            );
+        let schemes = [
+            ("--bootstrap-server", &args.bootstrap_server, "coap(s)"),
+            ("--server-coaps", &args.server_coaps, "coaps"),
+            (
+                "--bootstrap-server-coaps",
+                &args.bootstrap_server_coaps,
+                "coaps",
+            ),
+        ];
+        for (flag, value, scheme) in schemes {
+            if let Some(v) = value {
+                anyhow::ensure!(
+                    v.starts_with("coap://") || v.starts_with("coaps://"),
+                    "{flag} {v:?}: expected {scheme}://HOST:PORT"
+                );
+            }
         }
         return Ok(Subject::Server {
             uri: uri.clone(),
+            secure: args.server_coaps.clone(),
             api: args.server_api.clone(),
             bootstrap: args.bootstrap_server.clone(),
+            bootstrap_secure: args.bootstrap_server_coaps.clone(),
             bootstrap_api: args.bootstrap_api.clone(),
         });
     }

@@ -202,8 +202,10 @@ fn serve_in_another_process_through_our_rest_api_gives_the_in_process_verdicts()
         dir.path(),
         Subject::Server {
             uri: coap.clone(),
+            secure: None,
             api: Some(spec),
             bootstrap: None,
+            bootstrap_secure: None,
             bootstrap_api: None,
         },
     );
@@ -230,8 +232,10 @@ fn a_wrong_token_makes_every_case_not_applicable_with_the_reason() {
         "@int-201",
         Subject::Server {
             uri: coap,
+            secure: None,
             api: Some(format!("lwm2m-harness+http://{api}?token=wrong")),
             bootstrap: None,
+            bootstrap_secure: None,
             bootstrap_api: None,
         },
         "wrong-token",
@@ -273,8 +277,10 @@ fn our_server_in_process_through_the_reference_adapter_gives_the_in_process_verd
         dir.path(),
         Subject::Server {
             uri,
+            secure: None,
             api: Some(spec.to_owned()),
             bootstrap: None,
+            bootstrap_secure: None,
             bootstrap_api: None,
         },
     );
@@ -323,8 +329,10 @@ fn the_lwm2m_node_lib_server_through_the_example_driver() {
         tags,
         Subject::Server {
             uri: format!("coap://127.0.0.1:{port}"),
+            secure: None,
             api: Some(spec),
             bootstrap: None,
+            bootstrap_secure: None,
             bootstrap_api: None,
         },
         "node-lib",
@@ -373,8 +381,10 @@ fn serve_in_another_process_through_the_leshan_api_gives_the_in_process_verdicts
         dir.path(),
         Subject::Server {
             uri: coap,
+            secure: None,
             api: Some(spec),
             bootstrap: None,
+            bootstrap_secure: None,
             bootstrap_api: None,
         },
     );
@@ -399,8 +409,10 @@ fn serves_bootstrap_server_under_test_through_our_rest_api() {
         "@int-0 or @int-4 or @int-8 or @int-9 or @core-5.2.7.1",
         Subject::Server {
             uri: coap,
+            secure: None,
             api: Some(format!("lwm2m-harness+http://{api}?token={TOKEN}")),
             bootstrap: Some(bootstrap),
+            bootstrap_secure: None,
             bootstrap_api: None,
         },
         "bootstrap-under-test",
@@ -429,8 +441,10 @@ fn a_driver_that_never_says_hello_makes_the_cases_not_applicable_with_why() {
         "@int-201 or @int-224",
         Subject::Server {
             uri: "coap://127.0.0.1:9".to_owned(),
+            secure: None,
             api: Some("exec:echo not-json; exit 3".to_owned()),
             bootstrap: None,
+            bootstrap_secure: None,
             bootstrap_api: None,
         },
         "dead-driver",

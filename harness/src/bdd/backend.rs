@@ -52,14 +52,22 @@ pub enum Subject {
     },
     /// A server under test: an external LwM2M server our simulated clients register with.
     Server {
-        /// Its URI, `coap://HOST:PORT`.
+        /// Its URI, `coap://HOST:PORT`, or `coaps://HOST:PORT` for a server that listens for
+        /// CoAP over DTLS only.
         uri: String,
+        /// Its CoAP over DTLS address beside a `coap://` [`Subject::Server::uri`],
+        /// `coaps://HOST:PORT` (`--server-coaps`): the DTLS cases' clients reach it there,
+        /// with PSKs the adapter stores.
+        secure: Option<String>,
         /// The adapter that drives it (`--server-api`, see [`super::adapter`]); without
         /// one only what shows on the wire is checked.
         api: Option<String>,
-        /// A Bootstrap Server under test, `coap://HOST:PORT` (`--bootstrap-server`): the
-        /// clients of bootstrap cases bootstrap from it.
+        /// A Bootstrap Server under test, `coap://HOST:PORT` or `coaps://HOST:PORT`
+        /// (`--bootstrap-server`): the clients of bootstrap cases bootstrap from it.
         bootstrap: Option<String>,
+        /// Its CoAP over DTLS address beside a `coap://` bootstrap URI
+        /// (`--bootstrap-server-coaps`).
+        bootstrap_secure: Option<String>,
         /// The adapter that stores its bootstrap configurations and reports its events
         /// (`--bootstrap-api`; default: `api`).
         bootstrap_api: Option<String>,
@@ -236,6 +244,8 @@ pub enum ServerView {
     ResponseFormat,
     /// That something did *not* happen: every kind of event must be visible.
     Absence,
+    /// Its DTLS listeners' reasons for a failed handshake (unknown PSK identity, wrong key).
+    Security,
 }
 
 /// Something that happened in a scenario, from any party.

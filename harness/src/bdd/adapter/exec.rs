@@ -44,7 +44,11 @@
 //! "deregistration" | "expiry", "registration": {...}}` (or `endpoint` and what it knows),
 //! `{"event": "notification", "endpoint", "observation", "path", "seq", ...content as
 //! above}`, `{"event": "send", "endpoint", "nodes" | "payload_hex" + "content_format"}`,
-//! `{"event": "sleeping" | "awake", "endpoint"}`. Other lines are ignored.
+//! `{"event": "sleeping" | "awake", "endpoint"}`, and with `security-events` in `ops` a
+//! DTLS handshake the server failed: `{"event": "security", "kind": "handshake_failed",
+//! "server": "server" | "bootstrap", "peer": "IP:PORT", "identity": "psk:ID", "reason":
+//! "WrongKey" | "UnknownIdentity" | ...}` (our REST API's `SECURITY` shape). Other lines
+//! are ignored.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -469,6 +473,10 @@ impl ExecAdapter {
                             }
                         } else if let Some(event) = event_of(&shared, &j) {
                             sinks.deliver(&event);
+                        } else if j.get("event").and_then(Json::as_str) == Some("security")
+                            && let Some(failed) = super::json::dtls_failure_from(&j)
+                        {
+                            sinks.deliver_dtls(&failed);
                         }
                     }
                     // The driver is gone: every waiter learns it from its closed channel, and

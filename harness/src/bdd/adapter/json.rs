@@ -17,6 +17,7 @@ use lwm2m_proto::{InstanceId, Lwm2mPath, Node, ObjectId, Record, Schema};
 use serde_json::{Value as Json, json};
 
 use super::RegistrationView;
+use crate::bdd::backend::{DtlsHappening, DtlsSide, ServerRole};
 
 /// `"2.05"` as a CoAP code.
 pub fn parse_code(s: &str) -> Option<(u8, u8)> {
@@ -375,6 +376,51 @@ pub fn event_from(
             }
         }
         _ => return None,
+    })
+}
+
+/// An identity as our servers' events show it (`psk:IDENTITY`, `cn:NAME`).
+pub fn parse_identity(text: &str) -> lwm2m_dtls::Identity {
+    match text.strip_prefix("cn:") {
+        Some(cn) => lwm2m_dtls::Identity::Certificate(cn.into()),
+        None => {
+            lwm2m_dtls::Identity::Psk(text.strip_prefix("psk:").unwrap_or(text).as_bytes().into())
+        }
+    }
+}
+
+/// A handshake failure as our servers' events show it (the reason's Debug name).
+pub fn parse_failure(text: &str) -> lwm2m_dtls::FailureReason {
+    use lwm2m_dtls::FailureReason as F;
+    match text {
+        "UnknownIdentity" => F::UnknownIdentity,
+        "WrongKey" => F::WrongKey,
+        "Timeout" => F::Timeout,
+        "Superseded" => F::Superseded,
+        other => F::Protocol(other.to_owned()),
+    }
+}
+
+/// A DTLS handshake failure a server reported, in our API's `SECURITY` event shape
+/// (`{"kind": "handshake_failed", "server": "server" | "bootstrap", "peer", "identity",
+/// "reason"}`, also the exec driver's `{"event": "security", ...}`): the happening, with
+/// the client's address (`IP:PORT`) as its endpoint. `None` for other kinds.
+pub fn dtls_failure_from(data: &Json) -> Option<DtlsHappening> {
+    let s = |k: &str| data.get(k).and_then(Json::as_str);
+    if s("kind")? != "handshake_failed" {
+        return None;
+    }
+    let peer: SocketAddr = s("peer")?.parse().ok()?;
+    let server = match s("server") {
+        Some("bootstrap") => ServerRole::Bootstrap,
+        _ => ServerRole::Lwm2m,
+    };
+    Some(DtlsHappening::HandshakeFailed {
+        endpoint: peer.to_string(),
+        server,
+        side: DtlsSide::Server,
+        identity: s("identity").map(parse_identity),
+        reason: parse_failure(s("reason").unwrap_or("unknown")),
     })
 }
 

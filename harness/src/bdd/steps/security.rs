@@ -35,7 +35,7 @@ use lwm2m_dtls::record::RecordBytes;
 use lwm2m_proto::coap::{CoapOption, MessageClass, RequestType, ResponseType, message};
 use lwm2m_simulator::fleet::PskPattern;
 
-use crate::bdd::backend::{Capability, DtlsHappening, DtlsSide, Happening, ServerRole};
+use crate::bdd::backend::{Capability, DtlsHappening, DtlsSide, Happening, ServerRole, ServerView};
 use crate::bdd::exchange::Sent;
 use crate::bdd::params::DurationParam;
 use crate::bdd::secure::{SecureAccount, pki};
@@ -384,6 +384,12 @@ fn handshake_fails(
     within: DurationParam,
     reason: String,
 ) -> anyhow::Result<()> {
+    // The reason is the server's diagnosis (a client sees an alert): a server under test
+    // must report it.
+    w.require_our_server(
+        ServerView::Security,
+        "the server's reason for a failed DTLS handshake",
+    );
     let name = w.current()?;
     let wanted = reason.to_lowercase();
     let mut seen: Vec<String> = Vec::new();
