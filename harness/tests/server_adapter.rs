@@ -9,6 +9,9 @@
 //! 3. The npm `lwm2m-node-lib` server through the example driver
 //!    (`interop/node/driver-lwm2m-node-lib.js`, `exec:` adapter).
 //! 4. The `leshan+http` adapter against our `serve`'s Leshan-compatible routes.
+//! 5. The DTLS cases against `serve` with its DTLS listeners (`--coaps`,
+//!    `--bootstrap-coaps`) through both HTTP adapters: the PSKs go through the adapter,
+//!    our clients handshake with `serve`, the bootstrap PSK goes into the configuration.
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
@@ -104,8 +107,14 @@ const BACKEND_REASONS: [&str; 6] = [
 /// Every case that passes in process passes through `adapter`, or is not applicable for a
 /// reason of the backend or naming the adapter; nothing fails; at least `min` pass.
 fn assert_like_in_process(report: &RunReport, adapter: &str, min: usize) {
+    assert_like_in_process_for(TAGS, report, adapter, min);
+}
+
+/// [`assert_like_in_process`] for a run of `tags`.
+fn assert_like_in_process_for(tags: &str, report: &RunReport, adapter: &str, min: usize) {
     let tmp = tempfile::tempdir().unwrap();
-    let reference = by_case(&suite(tmp.path(), Subject::in_process()));
+    let options = options(tmp.path(), tags, Subject::in_process(), "reference");
+    let reference = by_case(&run::run_suite(&options).unwrap().report);
     let all = show(report);
     let (passed, failed, _) = report.tally();
     assert_eq!(failed, 0, "{all}");
@@ -143,14 +152,38 @@ fn serve(data: &Path) -> (Killed, String, String) {
 
 /// [`serve`], with its Bootstrap Server's CoAP URI as third.
 fn serve_both(data: &Path) -> (Killed, String, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
-        .args([
-            "serve",
-            "--coap",
-            "127.0.0.1:0",
-            "--bootstrap",
-            "127.0.0.1:0",
-        ])
+    let s = serve_with(data, false);
+    (s.child, s.coap, s.bootstrap, s.api)
+}
+
+/// A `serve` process and where it listens.
+struct Served {
+    child: Killed,
+    /// The LwM2M Server's `coap://` and (with DTLS) `coaps://` URIs.
+    coap: String,
+    coaps: Option<String>,
+    /// The Bootstrap Server's.
+    bootstrap: String,
+    bootstrap_coaps: Option<String>,
+    /// The REST API's `HOST:PORT`.
+    api: String,
+}
+
+/// `serve` on free loopback ports; with `dtls`, both servers also listen for CoAP over
+/// DTLS (PSK) on free ports.
+fn serve_with(data: &Path, dtls: bool) -> Served {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"));
+    command.args([
+        "serve",
+        "--coap",
+        "127.0.0.1:0",
+        "--bootstrap",
+        "127.0.0.1:0",
+    ]);
+    if dtls {
+        command.args(["--coaps", "127.0.0.1:0", "--bootstrap-coaps", "127.0.0.1:0"]);
+    }
+    let mut child = command
         .args(["--http", "127.0.0.1:0", "--token", TOKEN, "--data"])
         .arg(data)
         .stdout(Stdio::piped())
@@ -160,6 +193,7 @@ fn serve_both(data: &Path) -> (Killed, String, String, String) {
     let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
     let child = Killed(child);
     let (mut coap, mut bootstrap, mut banner) = (None, None, String::new());
+    let (mut coaps, mut bootstrap_coaps) = (None, None);
     let api = loop {
         let mut line = String::new();
         assert!(
@@ -168,11 +202,24 @@ fn serve_both(data: &Path) -> (Killed, String, String, String) {
         );
         banner.push_str(&line);
         let line = line.trim();
-        if let Some(uri) = line.strip_prefix("LwM2M Server") {
-            coap = Some(uri.trim().to_owned());
+        // `coap://HOST:PORT`, or `coaps://HOST:PORT (PSK)`.
+        let uri = |rest: &str| {
+            rest.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        if let Some(rest) = line.strip_prefix("LwM2M Server") {
+            match uri(rest) {
+                u if u.starts_with("coaps://") => coaps = Some(u),
+                u => coap = Some(u),
+            }
         }
-        if let Some(uri) = line.strip_prefix("Bootstrap Server") {
-            bootstrap = Some(uri.trim().to_owned());
+        if let Some(rest) = line.strip_prefix("Bootstrap Server") {
+            match uri(rest) {
+                u if u.starts_with("coaps://") => bootstrap_coaps = Some(u),
+                u => bootstrap = Some(u),
+            }
         }
         if let Some(url) = line.strip_prefix("REST API") {
             let url = url.trim();
@@ -189,7 +236,18 @@ fn serve_both(data: &Path) -> (Killed, String, String, String) {
     });
     let coap = coap.unwrap_or_else(|| panic!("no CoAP URI in {banner}"));
     let bootstrap = bootstrap.unwrap_or_else(|| panic!("no Bootstrap URI in {banner}"));
-    (child, coap, bootstrap, api)
+    assert!(
+        !dtls || (coaps.is_some() && bootstrap_coaps.is_some()),
+        "no coaps:// URIs in {banner}"
+    );
+    Served {
+        child,
+        coap,
+        coaps,
+        bootstrap,
+        bootstrap_coaps,
+        api,
+    }
 }
 
 #[test]
@@ -457,4 +515,144 @@ fn a_driver_that_never_says_hello_makes_the_cases_not_applicable_with_why() {
         let why = c.message.as_deref().unwrap_or("");
         assert!(why.contains("no hello") && why.contains("exited"), "{all}");
     }
+}
+
+/// The DTLS cases against a server under test: PSK registration, a wrong key, an unknown
+/// identity, another endpoint's identity (4.03), a reboot, and the bootstrap over DTLS
+/// (int-1) and its 4.03 (core-7.1.8). Certificate cases are not selected (not applicable
+/// against a server under test, which would have to trust the run's CA).
+const DTLS_TAGS: &str = "(@int-401 or @core-7.1.8 or @int-1) and not @int-402";
+
+/// `serve` with its DTLS listeners as the server and Bootstrap Server under test, `api`
+/// (a spec for the REST API's `HOST:PORT`) driving the LwM2M Server, our REST API the
+/// Bootstrap Server.
+fn dtls_suite(dir: &Path, served: &Served, api: String) -> RunReport {
+    let subject = Subject::Server {
+        uri: served.coap.clone(),
+        secure: served.coaps.clone(),
+        api: Some(api),
+        bootstrap: Some(served.bootstrap.clone()),
+        bootstrap_secure: served.bootstrap_coaps.clone(),
+        bootstrap_api: Some(format!("lwm2m-harness+http://{}?token={TOKEN}", served.api)),
+    };
+    let options = options(dir, DTLS_TAGS, subject, "dtls-under-test");
+    run::run_suite(&options).expect("the suite runs").report
+}
+
+/// The status of the case `case` titled `title`.
+fn status_of(report: &RunReport, case: &str, title: &str) -> Option<Status> {
+    report
+        .cases
+        .iter()
+        .find(|c| c.case == case && c.title.contains(title))
+        .map(|c| c.status)
+}
+
+#[test]
+fn serve_over_dtls_through_our_rest_api_passes_the_psk_cases() {
+    let data = tempfile::tempdir().unwrap();
+    let served = serve_with(data.path(), true);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!("lwm2m-harness+http://{}?token={TOKEN}", served.api);
+    let report = dtls_suite(dir.path(), &served, spec);
+    let all = show(&report);
+    // The PSKs went through PUT /api/security/clients, the handshakes and the Registers
+    // through serve's DTLS listener, its reasons for failed handshakes through its events.
+    for (case, title) in [
+        ("int-401", "UDP channel security with a pre-shared key"),
+        ("int-401", "A wrong pre-shared key"),
+        ("int-401", "A PSK identity the server does not know"),
+        (
+            "core-7.1.8",
+            "A session registering under another endpoint's PSK identity",
+        ),
+        (
+            "int-1",
+            "Client initiated bootstrap over DTLS, a PSK account",
+        ),
+        (
+            "core-7.1.8",
+            "A Bootstrap-Request under another endpoint's PSK identity",
+        ),
+    ] {
+        assert_eq!(
+            status_of(&report, case, title),
+            Some(Status::Passed),
+            "{case} {title}:\n{all}"
+        );
+    }
+    assert_like_in_process_for(DTLS_TAGS, &report, "lwm2m-harness+http", 6);
+    // The exchange log shows the Register inside a DTLS record of the real session, and
+    // the case keeps the session's key log beside its capture.
+    let psk = report
+        .cases
+        .iter()
+        .find(|c| {
+            c.title
+                .contains("UDP channel security with a pre-shared key")
+        })
+        .unwrap();
+    let text = psk.evidence.iter().find(|e| e.ends_with(".txt")).unwrap();
+    let text = std::fs::read_to_string(dir.path().join(text)).unwrap();
+    assert!(
+        text.contains("established as psk:ets-psk-identity")
+            && text.contains("DTLS application data")
+            && text.contains("/rd?ep=ets-psk"),
+        "{text}"
+    );
+    assert!(
+        psk.evidence.iter().any(|e| e.ends_with(".keys.log")),
+        "{all}"
+    );
+}
+
+#[test]
+fn serve_over_dtls_through_the_leshan_api_passes_what_leshan_shows() {
+    let data = tempfile::tempdir().unwrap();
+    let served = serve_with(data.path(), true);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!("leshan+http://{}/leshan?token={TOKEN}", served.api);
+    let report = dtls_suite(dir.path(), &served, spec);
+    let all = show(&report);
+    // The identity of another endpoint, stored through Leshan's security API, handshakes
+    // and is refused 4.03; the bootstrap cases (our bootstrap API) pass as well.
+    for (case, title) in [
+        (
+            "core-7.1.8",
+            "A session registering under another endpoint's PSK identity",
+        ),
+        (
+            "int-1",
+            "Client initiated bootstrap over DTLS, a PSK account",
+        ),
+        (
+            "core-7.1.8",
+            "A Bootstrap-Request under another endpoint's PSK identity",
+        ),
+    ] {
+        assert_eq!(
+            status_of(&report, case, title),
+            Some(Status::Passed),
+            "{case} {title}:\n{all}"
+        );
+    }
+    // Leshan's events say nothing of failed handshakes, nor its reads of the format.
+    for title in [
+        "A wrong pre-shared key",
+        "A PSK identity the server does not know",
+    ] {
+        let c = report
+            .cases
+            .iter()
+            .find(|c| c.title.contains(title))
+            .unwrap();
+        assert_eq!(c.status, Status::NotApplicable, "{all}");
+        assert!(
+            c.message
+                .as_deref()
+                .is_some_and(|m| m.contains("leshan+http does not offer security-events")),
+            "{all}"
+        );
+    }
+    assert_like_in_process_for(DTLS_TAGS, &report, "leshan+http", 3);
 }

@@ -2455,12 +2455,12 @@ mod tests {
     }
 
     #[test]
-    fn a_server_uri_must_be_coap_with_an_address() {
+    fn a_server_uri_must_be_coap_or_coaps_with_an_address() {
         let registry = Arc::new(Registry::embedded());
-        let open = |uri: &str| {
+        let open = |uri: &str, secure: Option<&str>| {
             let subject = Subject::Server {
                 uri: uri.into(),
-                secure: None,
+                secure: secure.map(str::to_owned),
                 api: None,
                 bootstrap: None,
                 bootstrap_secure: None,
@@ -2468,8 +2468,53 @@ mod tests {
             };
             ServerBackend::open(&subject, registry.clone())
         };
-        assert!(open("coaps://127.0.0.1:5684").is_err());
-        assert!(open("coap://127.0.0.1").is_err());
-        assert!(open("coap://127.0.0.1:5683").is_ok());
+        assert!(open("coap://127.0.0.1", None).is_err());
+        assert!(open("http://127.0.0.1:5683", None).is_err());
+        let plain = open("coap://127.0.0.1:5683", None).unwrap();
+        assert!(plain.supports(Capability::Dtls).is_err());
+        assert_eq!(plain.secure_address(ServerRole::Lwm2m), None);
+        // DTLS only: the clients are given the coaps:// address.
+        let only = open("coaps://127.0.0.1:5684", None).unwrap();
+        assert_eq!(only.server_address().port(), 5684);
+        assert_eq!(
+            only.secure_address(ServerRole::Lwm2m),
+            only.server_address().into()
+        );
+        assert!(only.supports(Capability::Dtls).is_ok());
+        // Both: plain cases on one, DTLS cases on the other.
+        let both = open("coap://127.0.0.1:5683", Some("coaps://127.0.0.1:5684")).unwrap();
+        assert_eq!(both.server_address().port(), 5683);
+        assert_eq!(
+            both.secure_address(ServerRole::Lwm2m).map(|a| a.port()),
+            Some(5684)
+        );
+        assert_eq!(both.secure_address(ServerRole::Bootstrap), None);
+        assert!(open("coaps://127.0.0.1:5684", Some("coaps://127.0.0.1:5685")).is_err());
+        assert!(open("coap://127.0.0.1:5683", Some("coap://127.0.0.1:5685")).is_err());
+    }
+
+    #[test]
+    fn registers_and_bootstrap_requests_are_claims_a_4_03_answers() {
+        use lwm2m_proto::coap::{MessageClass, RequestType, ResponseType, message};
+        let mut register = message::request(RequestType::Post, "/rd");
+        message::add_query(&mut register, "lt=60");
+        message::add_query(&mut register, "ep=dev-1");
+        register.set_token(vec![1, 2]);
+        let bytes = register.to_bytes().unwrap();
+        assert_eq!(claim(&bytes), Some((vec![1, 2], "dev-1".to_owned())));
+        let mut bs = message::request(RequestType::Post, "/bs");
+        message::add_query(&mut bs, "ep=dev-2");
+        assert_eq!(
+            claim(&bs.to_bytes().unwrap()).map(|(_, e)| e),
+            Some("dev-2".to_owned())
+        );
+        let update = message::request(RequestType::Post, "/rd/5a");
+        assert_eq!(claim(&update.to_bytes().unwrap()), None);
+        assert_eq!(claim(b"\xff"), None);
+        let mut answer = register.clone();
+        answer.header.code = MessageClass::Response(ResponseType::Forbidden);
+        assert_eq!(forbidden(&answer.to_bytes().unwrap()), Some(vec![1, 2]));
+        answer.header.code = MessageClass::Response(ResponseType::Created);
+        assert_eq!(forbidden(&answer.to_bytes().unwrap()), None);
     }
 }

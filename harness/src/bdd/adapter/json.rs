@@ -635,4 +635,44 @@ mod tests {
             "{b:?}"
         );
     }
+
+    #[test]
+    fn a_servers_failed_handshake_reads_as_a_dtls_happening_of_the_peer() {
+        let failed = json!({"kind": "handshake_failed", "server": "bootstrap",
+            "peer": "127.0.0.1:4000", "identity": "psk:dev-1", "reason": "WrongKey"});
+        assert_eq!(
+            dtls_failure_from(&failed),
+            Some(DtlsHappening::HandshakeFailed {
+                endpoint: "127.0.0.1:4000".into(),
+                server: ServerRole::Bootstrap,
+                side: DtlsSide::Server,
+                identity: Some(lwm2m_dtls::Identity::Psk(b"dev-1"[..].into())),
+                reason: lwm2m_dtls::FailureReason::WrongKey,
+            })
+        );
+        let unknown = json!({"kind": "handshake_failed", "server": "server",
+            "peer": "127.0.0.1:4001", "reason": "UnknownIdentity"});
+        let Some(DtlsHappening::HandshakeFailed {
+            server,
+            identity,
+            reason,
+            ..
+        }) = dtls_failure_from(&unknown)
+        else {
+            panic!("not a failure");
+        };
+        assert_eq!(
+            (server, identity, reason),
+            (
+                ServerRole::Lwm2m,
+                None,
+                lwm2m_dtls::FailureReason::UnknownIdentity
+            )
+        );
+        let established = json!({"kind": "established", "peer": "127.0.0.1:4000",
+            "identity": "psk:dev-1"});
+        assert_eq!(dtls_failure_from(&established), None);
+        let no_peer = json!({"kind": "handshake_failed", "reason": "WrongKey"});
+        assert_eq!(dtls_failure_from(&no_peer), None);
+    }
 }
