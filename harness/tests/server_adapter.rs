@@ -381,7 +381,8 @@ fn the_lwm2m_node_lib_server_through_the_example_driver() {
     let spec = format!("exec:node {} {port}", driver.display());
     let dir = tempfile::tempdir().unwrap();
     let tags = "@int-101 or @core-6.2.3 or @int-201 or @int-224 or @int-205 or @int-222 \
-                or @int-203 or @int-226 or @int-256 or @int-227 or @int-228 or @int-260";
+                or @int-203 or @int-226 or @int-256 or @int-227 or @int-228 or @int-260 \
+                or @int-401";
     let options = options(
         dir.path(),
         tags,
@@ -418,6 +419,18 @@ fn the_lwm2m_node_lib_server_through_the_example_driver() {
         all.contains("the server adapter exec (lwm2m-node-lib)"),
         "{all}"
     );
+    // The library's server has no DTLS listener: the DTLS cases say so.
+    let dtls: Vec<_> = report
+        .cases
+        .iter()
+        .filter(|c| c.case == "int-401")
+        .collect();
+    assert!(!dtls.is_empty(), "{all}");
+    for c in dtls {
+        assert_eq!(c.status, Status::NotApplicable, "{all}");
+        let why = c.message.as_deref().unwrap_or("");
+        assert!(why.contains("no coaps:// address"), "{all}");
+    }
     let (_, failed, _) = report.tally();
     assert_eq!(failed, 0, "{all}");
     assert!(

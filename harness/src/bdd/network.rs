@@ -14,6 +14,18 @@
 //!   its [`ServerAdapter`] (`--server-api`, [`super::adapter`]), off the stepping thread;
 //!   what the adapter lacks, or without one, is not applicable.
 //!
+//! DTLS against a server under test (`--server-coaps coaps://HOST:PORT` beside a `coap://`
+//! `--server`, or `--server coaps://HOST:PORT` for a server that only takes DTLS; the same
+//! for `--bootstrap-server`): a case's client with a `coaps://` account handshakes with
+//! the server's DTLS address from its own socket through a [`ClientLink`] (the DTLS client
+//! link of the in-process backend, [`super::secure`]); the LwM2M Server's PSKs go through
+//! the adapter ([`ServerAdapter::put_psk`], removed after the scenario), a Bootstrap
+//! Server's into the endpoint's bootstrap configuration as its Bootstrap-Server account.
+//! The client's side reports the handshake (`Established`, failures) and a 4.03 to a
+//! Register or Bootstrap-Request inside the session (`Refused`); the server's reasons for
+//! a failed handshake come through adapters offering `security-events`. Certificate cases
+//! are not applicable (the server would have to trust the run's test CA).
+//!
 //! Both record every real datagram in the [`ExchangeLog`] (the drivers' packet tap, or the
 //! clients' sockets). Time is real: [`Backend::step`] blocks until something is reported
 //! or its deadline; a wait longer than [`max_real_wait`] is not applicable unless the
@@ -35,10 +47,11 @@
 //! no `{server_uri}` bootstraps from our Bootstrap Server, which gives it an account on our
 //! LwM2M Server unless the case gives its own configuration.
 //!
-//! What it does not do: DTLS for the server subject, TCP; the DTLS cases of the suite
-//! (they give both sides credentials of their own); a Bootstrap Server under test (the server subject
-//! has no bootstrap URI); reset a device between cases (a real device keeps what a case
-//! wrote); more than one device per process (the servers and their wait are started once).
+//! What it does not do: TCP; for a device, the DTLS cases of the suite (they give both
+//! sides credentials of their own) unless the harness starts it; for a server under test,
+//! certificates, raw public keys and making it forget its sessions; reset a device between
+//! cases (a real device keeps what a case wrote); more than one device per process (the
+//! servers and their wait are started once).
 //!
 //! Settings (environment): `LWM2M_HARNESS_BIND` and `LWM2M_HARNESS_BOOTSTRAP_BIND` (where
 //! our servers listen for a device, default `0.0.0.0:0`: any free port, printed),
