@@ -595,6 +595,13 @@ fn serve_over_dtls_through_our_rest_api_passes_the_psk_cases() {
         );
     }
     assert_like_in_process_for(DTLS_TAGS, &report, "lwm2m-harness+http", 6);
+    // The report names both addresses of the server under test.
+    let address = report.subjects[0].address.clone().unwrap_or_default();
+    assert!(
+        address.contains(&served.coap)
+            && served.coaps.as_ref().is_some_and(|s| address.contains(s)),
+        "{address}"
+    );
     // The exchange log shows the Register inside a DTLS record of the real session, and
     // the case keeps the session's key log beside its capture.
     let psk = report

@@ -124,9 +124,18 @@ impl Subject {
                 )
             }
             Self::Device { endpoint } => ("unknown".to_owned(), Some(endpoint.clone())),
-            Self::Server { uri, api: None, .. } => ("unknown".to_owned(), Some(uri.clone())),
             Self::Server {
                 uri,
+                secure,
+                api: None,
+                ..
+            } => (
+                "unknown".to_owned(),
+                Some(addresses(uri, secure.as_deref())),
+            ),
+            Self::Server {
+                uri,
+                secure,
                 api: Some(api),
                 ..
             } => {
@@ -138,7 +147,7 @@ impl Subject {
                         super::adapter::kind_of(api)
                     ),
                 };
-                (version, Some(uri.clone()))
+                (version, Some(addresses(uri, secure.as_deref())))
             }
         };
         crate::report::Subject {
@@ -147,6 +156,14 @@ impl Subject {
             version,
             address,
         }
+    }
+}
+
+/// A server's URI, and its `coaps://` one beside it if given.
+fn addresses(uri: &str, secure: Option<&str>) -> String {
+    match secure {
+        Some(secure) => format!("{uri} {secure}"),
+        None => uri.to_owned(),
     }
 }
 

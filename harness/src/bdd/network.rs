@@ -2010,13 +2010,17 @@ impl Backend for ServerBackend {
             if !self.happenings.is_empty() || Instant::now() >= limit {
                 return;
             }
-            let next = self.next_timeout().map_or(limit, |t| t.min(limit));
+            // What arrived meanwhile first; then, as it may have given the clients (or
+            // their DTLS sessions) something to send, flush again before waiting.
+            let mut arrived = false;
             while let Ok(received) = self.rx.try_recv() {
                 self.input(received);
+                arrived = true;
             }
-            if !self.happenings.is_empty() {
+            if arrived || !self.happenings.is_empty() {
                 continue;
             }
+            let next = self.next_timeout().map_or(limit, |t| t.min(limit));
             match block_until(&mut self.rx, next) {
                 Some(received) => self.input(received),
                 None => self.fire_timeouts(),
