@@ -146,22 +146,32 @@ fn subject(args: &TestArgs) -> anyhow::Result<Subject> {
         {
             lwm2m_harness::bdd::adapter::check_spec(api).map_err(anyhow::Error::msg)?;
         }
-        let schemes = [
-            ("--bootstrap-server", &args.bootstrap_server, "coap(s)"),
-            ("--server-coaps", &args.server_coaps, "coaps"),
+        if let Some(b) = &args.bootstrap_server {
+            anyhow::ensure!(
+                b.starts_with("coap://") || b.starts_with("coaps://"),
+                "--bootstrap-server {b:?}: expected coap://HOST:PORT or coaps://HOST:PORT"
+            );
+        }
+        // A companion gives the coaps:// address beside a coap:// one.
+        let companions = [
+            ("--server", uri, "--server-coaps", &args.server_coaps),
             (
+                "--bootstrap-server",
+                args.bootstrap_server.as_ref().unwrap_or(uri),
                 "--bootstrap-server-coaps",
                 &args.bootstrap_server_coaps,
-                "coaps",
             ),
         ];
-        for (flag, value, scheme) in schemes {
-            if let Some(v) = value {
-                anyhow::ensure!(
-                    v.starts_with("coap://") || v.starts_with("coaps://"),
-                    "{flag} {v:?}: expected {scheme}://HOST:PORT"
-                );
-            }
+        for (main_flag, main, flag, companion) in companions {
+            let Some(c) = companion else { continue };
+            anyhow::ensure!(
+                c.starts_with("coaps://"),
+                "{flag} {c:?}: expected coaps://HOST:PORT"
+            );
+            anyhow::ensure!(
+                main.starts_with("coap://"),
+                "{flag} goes beside a coap:// {main_flag}; {main:?} is coaps:// already"
+            );
         }
         return Ok(Subject::Server {
             uri: uri.clone(),
