@@ -676,3 +676,76 @@ fn serve_over_dtls_through_the_leshan_api_passes_what_leshan_shows() {
     }
     assert_like_in_process_for(DTLS_TAGS, &report, "leshan+http", 3);
 }
+
+/// A driver speaking the protocol's credential and security-event lines: it logs each
+/// `put-credentials` to the file named by its argument, answers ok, and reports a failed
+/// handshake of the identity it was given.
+const CREDENTIALS_DRIVER: &str = r#"
+const fs = require('fs');
+const log = process.argv[2];
+const out = (j) => process.stdout.write(JSON.stringify(j) + '\n');
+const rl = require('readline').createInterface({input: process.stdin});
+rl.on('line', (line) => {
+    const r = JSON.parse(line);
+    if (r.op === 'hello') {
+        return out({id: r.id, product: 'fake', version: '1',
+            ops: ['put-credentials', 'security-events']});
+    }
+    if (r.op === 'put-credentials') {
+        fs.appendFileSync(log, JSON.stringify(r) + '\n');
+        out({id: r.id, ok: true});
+        if (r.identity !== null) {
+            out({event: 'security', kind: 'handshake_failed', server: 'server',
+                peer: '127.0.0.1:4000', identity: 'psk:' + r.identity, reason: 'WrongKey'});
+        }
+        return;
+    }
+    out({id: r.id, error: 'unknown op ' + r.op});
+});
+rl.on('close', () => process.exit(0));
+"#;
+
+#[test]
+fn an_exec_driver_stores_and_removes_credentials_and_reports_failed_handshakes() {
+    use lwm2m_harness::bdd::adapter::{self, Feature};
+    use lwm2m_harness::bdd::backend::{DtlsHappening, Happening};
+    let node = Command::new("node").arg("--version").output();
+    assert!(
+        node.is_ok_and(|o| o.status.success()),
+        "node is missing: install Node.js (scripts/test does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (script, log) = (dir.path().join("driver.js"), dir.path().join("calls.jsonl"));
+    std::fs::write(&script, CREDENTIALS_DRIVER).unwrap();
+    let spec = format!("exec:node {} {}", script.display(), log.display());
+    let registry = Arc::new(lwm2m_proto::registry::Registry::embedded());
+    let driver = adapter::open(&spec, registry).unwrap();
+    assert!(driver.info().offers(Feature::PutCredentials).is_ok());
+    assert!(driver.info().offers(Feature::SecurityEvents).is_ok());
+    let (tx, rx) = std::sync::mpsc::channel();
+    driver
+        .subscribe(Box::new(move |h| tx.send(h).is_ok()))
+        .unwrap();
+    driver.put_psk("dev-1", b"dev-1-id", &[0xab; 16]).unwrap();
+    driver.remove_psk("dev-1").unwrap();
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let calls: Vec<serde_json::Value> = calls
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0]["endpoint"], "dev-1");
+    assert_eq!(calls[0]["identity"], "dev-1-id");
+    assert_eq!(calls[0]["key_hex"], "ab".repeat(16));
+    assert!(calls[1]["identity"].is_null(), "{calls:?}");
+    let reported = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    match reported {
+        Happening::Dtls(DtlsHappening::HandshakeFailed {
+            endpoint, reason, ..
+        }) => {
+            assert_eq!(endpoint, "127.0.0.1:4000");
+            assert_eq!(reason, lwm2m_dtls::FailureReason::WrongKey);
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -17,7 +17,7 @@
 //! | `write-composite` | `endpoint`, `nodes`, `format` |
 //! | `cancel-observation` | `endpoint`, `observation` (as the driver named it), `active` (bool) |
 //! | `registration` | `endpoint` |
-//! | `put-credentials` | `endpoint`, `identity` (text), `key_hex` |
+//! | `put-credentials` | `endpoint`, `identity` (text), `key_hex` (`identity` `null`: remove the endpoint's credentials) |
 //! | `bootstrap-config` | `endpoint` (or pattern), `config` (our bootstrap configuration JSON; `null`: remove it) |
 //!
 //! **Answers** (driver → harness), one line each, with the request's `id`:
@@ -787,6 +787,25 @@ impl ServerAdapter for ExecAdapter {
 
     fn remove_bootstrap_config(&self, endpoint: &str) -> Result<(), AdapterError> {
         self.bootstrap_config(endpoint, Json::Null)
+    }
+
+    fn remove_psk(&self, endpoint: &str) -> Result<(), AdapterError> {
+        if self.info.offers(Feature::PutCredentials).is_err() {
+            return Err(AdapterError::Lacks {
+                adapter: NAME.to_owned(),
+                feature: Feature::PutCredentials,
+            });
+        }
+        let answer = self
+            .call(
+                json!({"op": "put-credentials", "endpoint": endpoint, "identity": null}),
+                OP_WAIT,
+            )
+            .map_err(|e| self.failed(e))?;
+        match answer.get("error") {
+            None => Ok(()),
+            Some(e) => Err(self.failed(e.to_string())),
+        }
     }
 }
 
