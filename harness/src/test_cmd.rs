@@ -22,18 +22,27 @@ pub struct TestArgs {
     /// A real device under test, by endpoint name: it registers with our servers.
     #[arg(long, value_name = "ENDPOINT", conflicts_with = "server")]
     device: Option<String>,
-    /// A server under test, coap://HOST:PORT: our simulated clients register with it.
+    /// A server under test, coap://HOST:PORT: our simulated clients register with it
+    /// (coaps://HOST:PORT: a server that takes CoAP over DTLS only).
     #[arg(long, value_name = "URI")]
     server: Option<String>,
+    /// The server under test's CoAP over DTLS address, coaps://HOST:PORT, beside a coap://
+    /// --server: the DTLS cases' clients handshake there with PSKs the adapter stores.
+    #[arg(long, value_name = "URI", requires = "server")]
+    server_coaps: Option<String>,
     /// How the suite drives the server under test: lwm2m-harness+http://HOST:PORT?token=T,
     /// leshan+http://HOST:PORT or exec:'COMMAND' (a driver speaking JSON lines; README
     /// "Testing your own server"). Without it only what shows on the wire is checked.
     #[arg(long, value_name = "SPEC", requires = "server")]
     server_api: Option<String>,
-    /// A Bootstrap Server under test, coap://HOST:PORT: the bootstrap cases' clients
-    /// bootstrap from it (with --server).
+    /// A Bootstrap Server under test, coap://HOST:PORT (or coaps://HOST:PORT): the
+    /// bootstrap cases' clients bootstrap from it (with --server).
     #[arg(long, value_name = "URI", requires = "server")]
     bootstrap_server: Option<String>,
+    /// The Bootstrap Server under test's coaps://HOST:PORT beside a coap://
+    /// --bootstrap-server.
+    #[arg(long, value_name = "URI", requires = "bootstrap_server")]
+    bootstrap_server_coaps: Option<String>,
     /// How the suite stores bootstrap configurations in, and hears from, the Bootstrap
     /// Server under test (same forms as --server-api; default: --server-api).
     #[arg(long, value_name = "SPEC", requires = "bootstrap_server")]
@@ -139,14 +148,37 @@ fn subject(args: &TestArgs) -> anyhow::Result<Subject> {
         }
         if let Some(b) = &args.bootstrap_server {
             anyhow::ensure!(
-                b.starts_with("coap://"),
-                "--bootstrap-server {b:?}: expected coap://HOST:PORT (plain CoAP)"
+                b.starts_with("coap://") || b.starts_with("coaps://"),
+                "--bootstrap-server {b:?}: expected coap://HOST:PORT or coaps://HOST:PORT"
+            );
+        }
+        // A companion gives the coaps:// address beside a coap:// one.
+        let companions = [
+            ("--server", uri, "--server-coaps", &args.server_coaps),
+            (
+                "--bootstrap-server",
+                args.bootstrap_server.as_ref().unwrap_or(uri),
+                "--bootstrap-server-coaps",
+                &args.bootstrap_server_coaps,
+            ),
+        ];
+        for (main_flag, main, flag, companion) in companions {
+            let Some(c) = companion else { continue };
+            anyhow::ensure!(
+                c.starts_with("coaps://"),
+                "{flag} {c:?}: expected coaps://HOST:PORT"
+            );
+            anyhow::ensure!(
+                main.starts_with("coap://"),
+                "{flag} goes beside a coap:// {main_flag}; {main:?} is coaps:// already"
             );
         }
         return Ok(Subject::Server {
             uri: uri.clone(),
+            secure: args.server_coaps.clone(),
             api: args.server_api.clone(),
             bootstrap: args.bootstrap_server.clone(),
+            bootstrap_secure: args.bootstrap_server_coaps.clone(),
             bootstrap_api: args.bootstrap_api.clone(),
         });
     }

@@ -135,3 +135,56 @@ fn a_broken_user_ddf_folder_is_named_with_file_and_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("broken.xml:"), "{err}");
 }
+
+#[test]
+fn coaps_addresses_of_a_server_under_test_are_checked_before_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().to_str().unwrap();
+    for (args, needle) in [
+        (
+            vec![
+                "--server",
+                "coap://127.0.0.1:1",
+                "--server-coaps",
+                "coap://127.0.0.1:2",
+            ],
+            "expected coaps://HOST:PORT",
+        ),
+        (
+            vec![
+                "--server",
+                "coaps://127.0.0.1:1",
+                "--server-coaps",
+                "coaps://127.0.0.1:2",
+            ],
+            "is coaps:// already",
+        ),
+        (
+            vec![
+                "--server",
+                "coap://127.0.0.1:1",
+                "--bootstrap-server",
+                "http://127.0.0.1:3",
+            ],
+            "expected coap://HOST:PORT or coaps://HOST:PORT",
+        ),
+        (
+            vec![
+                "--server",
+                "coap://127.0.0.1:1",
+                "--bootstrap-server",
+                "coaps://127.0.0.1:3",
+                "--bootstrap-server-coaps",
+                "coaps://127.0.0.1:4",
+            ],
+            "is coaps:// already",
+        ),
+    ] {
+        let mut all = vec!["test", "--quiet", "--report-dir", report];
+        all.extend(&args);
+        let out = harness(&all);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}

@@ -284,8 +284,10 @@ fn a_server_under_test_passes_registration_cases_and_server_api_cases_are_not_ap
         tags,
         Subject::Server {
             uri,
+            secure: None,
             api: None,
             bootstrap: None,
+            bootstrap_secure: None,
             bootstrap_api: None,
         },
     );

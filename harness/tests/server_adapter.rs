@@ -9,6 +9,9 @@
 //! 3. The npm `lwm2m-node-lib` server through the example driver
 //!    (`interop/node/driver-lwm2m-node-lib.js`, `exec:` adapter).
 //! 4. The `leshan+http` adapter against our `serve`'s Leshan-compatible routes.
+//! 5. The DTLS cases against `serve` with its DTLS listeners (`--coaps`,
+//!    `--bootstrap-coaps`) through both HTTP adapters: the PSKs go through the adapter,
+//!    our clients handshake with `serve`, the bootstrap PSK goes into the configuration.
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
@@ -104,8 +107,14 @@ const BACKEND_REASONS: [&str; 6] = [
 /// Every case that passes in process passes through `adapter`, or is not applicable for a
 /// reason of the backend or naming the adapter; nothing fails; at least `min` pass.
 fn assert_like_in_process(report: &RunReport, adapter: &str, min: usize) {
+    assert_like_in_process_for(TAGS, report, adapter, min);
+}
+
+/// [`assert_like_in_process`] for a run of `tags`.
+fn assert_like_in_process_for(tags: &str, report: &RunReport, adapter: &str, min: usize) {
     let tmp = tempfile::tempdir().unwrap();
-    let reference = by_case(&suite(tmp.path(), Subject::in_process()));
+    let options = options(tmp.path(), tags, Subject::in_process(), "reference");
+    let reference = by_case(&run::run_suite(&options).unwrap().report);
     let all = show(report);
     let (passed, failed, _) = report.tally();
     assert_eq!(failed, 0, "{all}");
@@ -143,14 +152,38 @@ fn serve(data: &Path) -> (Killed, String, String) {
 
 /// [`serve`], with its Bootstrap Server's CoAP URI as third.
 fn serve_both(data: &Path) -> (Killed, String, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
-        .args([
-            "serve",
-            "--coap",
-            "127.0.0.1:0",
-            "--bootstrap",
-            "127.0.0.1:0",
-        ])
+    let s = serve_with(data, false);
+    (s.child, s.coap, s.bootstrap, s.api)
+}
+
+/// A `serve` process and where it listens.
+struct Served {
+    child: Killed,
+    /// The LwM2M Server's `coap://` and (with DTLS) `coaps://` URIs.
+    coap: String,
+    coaps: Option<String>,
+    /// The Bootstrap Server's.
+    bootstrap: String,
+    bootstrap_coaps: Option<String>,
+    /// The REST API's `HOST:PORT`.
+    api: String,
+}
+
+/// `serve` on free loopback ports; with `dtls`, both servers also listen for CoAP over
+/// DTLS (PSK) on free ports.
+fn serve_with(data: &Path, dtls: bool) -> Served {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"));
+    command.args([
+        "serve",
+        "--coap",
+        "127.0.0.1:0",
+        "--bootstrap",
+        "127.0.0.1:0",
+    ]);
+    if dtls {
+        command.args(["--coaps", "127.0.0.1:0", "--bootstrap-coaps", "127.0.0.1:0"]);
+    }
+    let mut child = command
         .args(["--http", "127.0.0.1:0", "--token", TOKEN, "--data"])
         .arg(data)
         .stdout(Stdio::piped())
@@ -160,6 +193,7 @@ fn serve_both(data: &Path) -> (Killed, String, String, String) {
     let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
     let child = Killed(child);
     let (mut coap, mut bootstrap, mut banner) = (None, None, String::new());
+    let (mut coaps, mut bootstrap_coaps) = (None, None);
     let api = loop {
         let mut line = String::new();
         assert!(
@@ -168,11 +202,24 @@ fn serve_both(data: &Path) -> (Killed, String, String, String) {
         );
         banner.push_str(&line);
         let line = line.trim();
-        if let Some(uri) = line.strip_prefix("LwM2M Server") {
-            coap = Some(uri.trim().to_owned());
+        // `coap://HOST:PORT`, or `coaps://HOST:PORT (PSK)`.
+        let uri = |rest: &str| {
+            rest.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        if let Some(rest) = line.strip_prefix("LwM2M Server") {
+            match uri(rest) {
+                u if u.starts_with("coaps://") => coaps = Some(u),
+                u => coap = Some(u),
+            }
         }
-        if let Some(uri) = line.strip_prefix("Bootstrap Server") {
-            bootstrap = Some(uri.trim().to_owned());
+        if let Some(rest) = line.strip_prefix("Bootstrap Server") {
+            match uri(rest) {
+                u if u.starts_with("coaps://") => bootstrap_coaps = Some(u),
+                u => bootstrap = Some(u),
+            }
         }
         if let Some(url) = line.strip_prefix("REST API") {
             let url = url.trim();
@@ -189,7 +236,18 @@ fn serve_both(data: &Path) -> (Killed, String, String, String) {
     });
     let coap = coap.unwrap_or_else(|| panic!("no CoAP URI in {banner}"));
     let bootstrap = bootstrap.unwrap_or_else(|| panic!("no Bootstrap URI in {banner}"));
-    (child, coap, bootstrap, api)
+    assert!(
+        !dtls || (coaps.is_some() && bootstrap_coaps.is_some()),
+        "no coaps:// URIs in {banner}"
+    );
+    Served {
+        child,
+        coap,
+        coaps,
+        bootstrap,
+        bootstrap_coaps,
+        api,
+    }
 }
 
 #[test]
@@ -202,8 +260,10 @@ fn serve_in_another_process_through_our_rest_api_gives_the_in_process_verdicts()
         dir.path(),
         Subject::Server {
             uri: coap.clone(),
+            secure: None,
             api: Some(spec),
             bootstrap: None,
+            bootstrap_secure: None,
             bootstrap_api: None,
         },
     );
@@ -230,8 +290,10 @@ fn a_wrong_token_makes_every_case_not_applicable_with_the_reason() {
         "@int-201",
         Subject::Server {
             uri: coap,
+            secure: None,
             api: Some(format!("lwm2m-harness+http://{api}?token=wrong")),
             bootstrap: None,
+            bootstrap_secure: None,
             bootstrap_api: None,
         },
         "wrong-token",
@@ -273,8 +335,10 @@ fn our_server_in_process_through_the_reference_adapter_gives_the_in_process_verd
         dir.path(),
         Subject::Server {
             uri,
+            secure: None,
             api: Some(spec.to_owned()),
             bootstrap: None,
+            bootstrap_secure: None,
             bootstrap_api: None,
         },
     );
@@ -317,14 +381,17 @@ fn the_lwm2m_node_lib_server_through_the_example_driver() {
     let spec = format!("exec:node {} {port}", driver.display());
     let dir = tempfile::tempdir().unwrap();
     let tags = "@int-101 or @core-6.2.3 or @int-201 or @int-224 or @int-205 or @int-222 \
-                or @int-203 or @int-226 or @int-256 or @int-227 or @int-228 or @int-260";
+                or @int-203 or @int-226 or @int-256 or @int-227 or @int-228 or @int-260 \
+                or @int-401";
     let options = options(
         dir.path(),
         tags,
         Subject::Server {
             uri: format!("coap://127.0.0.1:{port}"),
+            secure: None,
             api: Some(spec),
             bootstrap: None,
+            bootstrap_secure: None,
             bootstrap_api: None,
         },
         "node-lib",
@@ -352,6 +419,18 @@ fn the_lwm2m_node_lib_server_through_the_example_driver() {
         all.contains("the server adapter exec (lwm2m-node-lib)"),
         "{all}"
     );
+    // The library's server has no DTLS listener: the DTLS cases say so.
+    let dtls: Vec<_> = report
+        .cases
+        .iter()
+        .filter(|c| c.case == "int-401")
+        .collect();
+    assert!(!dtls.is_empty(), "{all}");
+    for c in dtls {
+        assert_eq!(c.status, Status::NotApplicable, "{all}");
+        let why = c.message.as_deref().unwrap_or("");
+        assert!(why.contains("no coaps:// address"), "{all}");
+    }
     let (_, failed, _) = report.tally();
     assert_eq!(failed, 0, "{all}");
     assert!(
@@ -373,8 +452,10 @@ fn serve_in_another_process_through_the_leshan_api_gives_the_in_process_verdicts
         dir.path(),
         Subject::Server {
             uri: coap,
+            secure: None,
             api: Some(spec),
             bootstrap: None,
+            bootstrap_secure: None,
             bootstrap_api: None,
         },
     );
@@ -399,8 +480,10 @@ fn serves_bootstrap_server_under_test_through_our_rest_api() {
         "@int-0 or @int-4 or @int-8 or @int-9 or @core-5.2.7.1",
         Subject::Server {
             uri: coap,
+            secure: None,
             api: Some(format!("lwm2m-harness+http://{api}?token={TOKEN}")),
             bootstrap: Some(bootstrap),
+            bootstrap_secure: None,
             bootstrap_api: None,
         },
         "bootstrap-under-test",
@@ -429,8 +512,10 @@ fn a_driver_that_never_says_hello_makes_the_cases_not_applicable_with_why() {
         "@int-201 or @int-224",
         Subject::Server {
             uri: "coap://127.0.0.1:9".to_owned(),
+            secure: None,
             api: Some("exec:echo not-json; exit 3".to_owned()),
             bootstrap: None,
+            bootstrap_secure: None,
             bootstrap_api: None,
         },
         "dead-driver",
@@ -442,5 +527,225 @@ fn a_driver_that_never_says_hello_makes_the_cases_not_applicable_with_why() {
         assert_eq!(c.status, Status::NotApplicable, "{all}");
         let why = c.message.as_deref().unwrap_or("");
         assert!(why.contains("no hello") && why.contains("exited"), "{all}");
+    }
+}
+
+/// The DTLS cases against a server under test: PSK registration, a wrong key, an unknown
+/// identity, another endpoint's identity (4.03), a reboot, and the bootstrap over DTLS
+/// (int-1) and its 4.03 (core-7.1.8). Certificate cases are not selected (not applicable
+/// against a server under test, which would have to trust the run's CA).
+const DTLS_TAGS: &str = "(@int-401 or @core-7.1.8 or @int-1) and not @int-402";
+
+/// `serve` with its DTLS listeners as the server and Bootstrap Server under test, `api`
+/// (a spec for the REST API's `HOST:PORT`) driving the LwM2M Server, our REST API the
+/// Bootstrap Server.
+fn dtls_suite(dir: &Path, served: &Served, api: String) -> RunReport {
+    let subject = Subject::Server {
+        uri: served.coap.clone(),
+        secure: served.coaps.clone(),
+        api: Some(api),
+        bootstrap: Some(served.bootstrap.clone()),
+        bootstrap_secure: served.bootstrap_coaps.clone(),
+        bootstrap_api: Some(format!("lwm2m-harness+http://{}?token={TOKEN}", served.api)),
+    };
+    let options = options(dir, DTLS_TAGS, subject, "dtls-under-test");
+    run::run_suite(&options).expect("the suite runs").report
+}
+
+/// The status of the case `case` titled `title`.
+fn status_of(report: &RunReport, case: &str, title: &str) -> Option<Status> {
+    report
+        .cases
+        .iter()
+        .find(|c| c.case == case && c.title.contains(title))
+        .map(|c| c.status)
+}
+
+#[test]
+fn serve_over_dtls_through_our_rest_api_passes_the_psk_cases() {
+    let data = tempfile::tempdir().unwrap();
+    let served = serve_with(data.path(), true);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!("lwm2m-harness+http://{}?token={TOKEN}", served.api);
+    let report = dtls_suite(dir.path(), &served, spec);
+    let all = show(&report);
+    // The PSKs went through PUT /api/security/clients, the handshakes and the Registers
+    // through serve's DTLS listener, its reasons for failed handshakes through its events.
+    for (case, title) in [
+        ("int-401", "UDP channel security with a pre-shared key"),
+        ("int-401", "A wrong pre-shared key"),
+        ("int-401", "A PSK identity the server does not know"),
+        (
+            "core-7.1.8",
+            "A session registering under another endpoint's PSK identity",
+        ),
+        (
+            "int-1",
+            "Client initiated bootstrap over DTLS, a PSK account",
+        ),
+        (
+            "core-7.1.8",
+            "A Bootstrap-Request under another endpoint's PSK identity",
+        ),
+    ] {
+        assert_eq!(
+            status_of(&report, case, title),
+            Some(Status::Passed),
+            "{case} {title}:\n{all}"
+        );
+    }
+    assert_like_in_process_for(DTLS_TAGS, &report, "lwm2m-harness+http", 6);
+    // The report names both addresses of the server under test.
+    let address = report.subjects[0].address.clone().unwrap_or_default();
+    assert!(
+        address.contains(&served.coap)
+            && served.coaps.as_ref().is_some_and(|s| address.contains(s)),
+        "{address}"
+    );
+    // The exchange log shows the Register inside a DTLS record of the real session, and
+    // the case keeps the session's key log beside its capture.
+    let psk = report
+        .cases
+        .iter()
+        .find(|c| {
+            c.title
+                .contains("UDP channel security with a pre-shared key")
+        })
+        .unwrap();
+    let text = psk.evidence.iter().find(|e| e.ends_with(".txt")).unwrap();
+    let text = std::fs::read_to_string(dir.path().join(text)).unwrap();
+    assert!(
+        text.contains("established as psk:ets-psk-identity")
+            && text.contains("DTLS application data")
+            && text.contains("/rd?ep=ets-psk"),
+        "{text}"
+    );
+    assert!(
+        psk.evidence.iter().any(|e| e.ends_with(".keys.log")),
+        "{all}"
+    );
+}
+
+#[test]
+fn serve_over_dtls_through_the_leshan_api_passes_what_leshan_shows() {
+    let data = tempfile::tempdir().unwrap();
+    let served = serve_with(data.path(), true);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!("leshan+http://{}/leshan?token={TOKEN}", served.api);
+    let report = dtls_suite(dir.path(), &served, spec);
+    let all = show(&report);
+    // The identity of another endpoint, stored through Leshan's security API, handshakes
+    // and is refused 4.03; the bootstrap cases (our bootstrap API) pass as well.
+    for (case, title) in [
+        (
+            "core-7.1.8",
+            "A session registering under another endpoint's PSK identity",
+        ),
+        (
+            "int-1",
+            "Client initiated bootstrap over DTLS, a PSK account",
+        ),
+        (
+            "core-7.1.8",
+            "A Bootstrap-Request under another endpoint's PSK identity",
+        ),
+    ] {
+        assert_eq!(
+            status_of(&report, case, title),
+            Some(Status::Passed),
+            "{case} {title}:\n{all}"
+        );
+    }
+    // Leshan's events say nothing of failed handshakes, nor its reads of the format.
+    for title in [
+        "A wrong pre-shared key",
+        "A PSK identity the server does not know",
+    ] {
+        let c = report
+            .cases
+            .iter()
+            .find(|c| c.title.contains(title))
+            .unwrap();
+        assert_eq!(c.status, Status::NotApplicable, "{all}");
+        assert!(
+            c.message
+                .as_deref()
+                .is_some_and(|m| m.contains("leshan+http does not offer security-events")),
+            "{all}"
+        );
+    }
+    assert_like_in_process_for(DTLS_TAGS, &report, "leshan+http", 3);
+}
+
+/// A driver speaking the protocol's credential and security-event lines: it logs each
+/// `put-credentials` to the file named by its argument, answers ok, and reports a failed
+/// handshake of the identity it was given.
+const CREDENTIALS_DRIVER: &str = r#"
+const fs = require('fs');
+const log = process.argv[2];
+const out = (j) => process.stdout.write(JSON.stringify(j) + '\n');
+const rl = require('readline').createInterface({input: process.stdin});
+rl.on('line', (line) => {
+    const r = JSON.parse(line);
+    if (r.op === 'hello') {
+        return out({id: r.id, product: 'fake', version: '1',
+            ops: ['put-credentials', 'security-events']});
+    }
+    if (r.op === 'put-credentials') {
+        fs.appendFileSync(log, JSON.stringify(r) + '\n');
+        out({id: r.id, ok: true});
+        if (r.identity !== null) {
+            out({event: 'security', kind: 'handshake_failed', server: 'server',
+                peer: '127.0.0.1:4000', identity: 'psk:' + r.identity, reason: 'WrongKey'});
+        }
+        return;
+    }
+    out({id: r.id, error: 'unknown op ' + r.op});
+});
+rl.on('close', () => process.exit(0));
+"#;
+
+#[test]
+fn an_exec_driver_stores_and_removes_credentials_and_reports_failed_handshakes() {
+    use lwm2m_harness::bdd::adapter::{self, Feature};
+    use lwm2m_harness::bdd::backend::{DtlsHappening, Happening};
+    let node = Command::new("node").arg("--version").output();
+    assert!(
+        node.is_ok_and(|o| o.status.success()),
+        "node is missing: install Node.js (scripts/test does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (script, log) = (dir.path().join("driver.js"), dir.path().join("calls.jsonl"));
+    std::fs::write(&script, CREDENTIALS_DRIVER).unwrap();
+    let spec = format!("exec:node {} {}", script.display(), log.display());
+    let registry = Arc::new(lwm2m_proto::registry::Registry::embedded());
+    let driver = adapter::open(&spec, registry).unwrap();
+    assert!(driver.info().offers(Feature::PutCredentials).is_ok());
+    assert!(driver.info().offers(Feature::SecurityEvents).is_ok());
+    let (tx, rx) = std::sync::mpsc::channel();
+    driver
+        .subscribe(Box::new(move |h| tx.send(h).is_ok()))
+        .unwrap();
+    driver.put_psk("dev-1", b"dev-1-id", &[0xab; 16]).unwrap();
+    driver.remove_psk("dev-1").unwrap();
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let calls: Vec<serde_json::Value> = calls
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0]["endpoint"], "dev-1");
+    assert_eq!(calls[0]["identity"], "dev-1-id");
+    assert_eq!(calls[0]["key_hex"], "ab".repeat(16));
+    assert!(calls[1]["identity"].is_null(), "{calls:?}");
+    let reported = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    match reported {
+        Happening::Dtls(DtlsHappening::HandshakeFailed {
+            endpoint, reason, ..
+        }) => {
+            assert_eq!(endpoint, "127.0.0.1:4000");
+            assert_eq!(reason, lwm2m_dtls::FailureReason::WrongKey);
+        }
+        other => panic!("{other:?}"),
     }
 }

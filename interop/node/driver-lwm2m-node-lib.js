@@ -10,6 +10,9 @@
 // (replace) and Observe of one resource, with text/plain, Execute and Discover; the
 // registrations and their events. Its Create sends no payload and its remove() sends
 // nothing at all, so neither is offered; nor are composites, attributes, cancellation.
+// The library's server has no DTLS listener and no security store: there is no coaps://
+// address to give (`--server-coaps`) and no `put-credentials` to offer, so the DTLS cases
+// are not applicable, saying the server under test has no coaps:// address.
 'use strict';
 
 const readline = require('readline');

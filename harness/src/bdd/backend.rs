@@ -52,14 +52,22 @@ pub enum Subject {
     },
     /// A server under test: an external LwM2M server our simulated clients register with.
     Server {
-        /// Its URI, `coap://HOST:PORT`.
+        /// Its URI, `coap://HOST:PORT`, or `coaps://HOST:PORT` for a server that listens for
+        /// CoAP over DTLS only.
         uri: String,
+        /// Its CoAP over DTLS address beside a `coap://` [`Subject::Server::uri`],
+        /// `coaps://HOST:PORT` (`--server-coaps`): the DTLS cases' clients reach it there,
+        /// with PSKs the adapter stores.
+        secure: Option<String>,
         /// The adapter that drives it (`--server-api`, see [`super::adapter`]); without
         /// one only what shows on the wire is checked.
         api: Option<String>,
-        /// A Bootstrap Server under test, `coap://HOST:PORT` (`--bootstrap-server`): the
-        /// clients of bootstrap cases bootstrap from it.
+        /// A Bootstrap Server under test, `coap://HOST:PORT` or `coaps://HOST:PORT`
+        /// (`--bootstrap-server`): the clients of bootstrap cases bootstrap from it.
         bootstrap: Option<String>,
+        /// Its CoAP over DTLS address beside a `coap://` bootstrap URI
+        /// (`--bootstrap-server-coaps`).
+        bootstrap_secure: Option<String>,
         /// The adapter that stores its bootstrap configurations and reports its events
         /// (`--bootstrap-api`; default: `api`).
         bootstrap_api: Option<String>,
@@ -116,9 +124,18 @@ impl Subject {
                 )
             }
             Self::Device { endpoint } => ("unknown".to_owned(), Some(endpoint.clone())),
-            Self::Server { uri, api: None, .. } => ("unknown".to_owned(), Some(uri.clone())),
             Self::Server {
                 uri,
+                secure,
+                api: None,
+                ..
+            } => (
+                "unknown".to_owned(),
+                Some(addresses(uri, secure.as_deref())),
+            ),
+            Self::Server {
+                uri,
+                secure,
                 api: Some(api),
                 ..
             } => {
@@ -130,7 +147,7 @@ impl Subject {
                         super::adapter::kind_of(api)
                     ),
                 };
-                (version, Some(uri.clone()))
+                (version, Some(addresses(uri, secure.as_deref())))
             }
         };
         crate::report::Subject {
@@ -139,6 +156,14 @@ impl Subject {
             version,
             address,
         }
+    }
+}
+
+/// A server's URI, and its `coaps://` one beside it if given.
+fn addresses(uri: &str, secure: Option<&str>) -> String {
+    match secure {
+        Some(secure) => format!("{uri} {secure}"),
+        None => uri.to_owned(),
     }
 }
 
@@ -236,6 +261,8 @@ pub enum ServerView {
     ResponseFormat,
     /// That something did *not* happen: every kind of event must be visible.
     Absence,
+    /// Its DTLS listeners' reasons for a failed handshake (unknown PSK identity, wrong key).
+    Security,
 }
 
 /// Something that happened in a scenario, from any party.

@@ -41,7 +41,7 @@ use lwm2m_proto::bootstrap::{
     BootstrapConfig, BootstrapError, BootstrapServer, BootstrapServerConfig, ConfigSource,
     MemoryConfigSource,
 };
-use lwm2m_proto::client::{ClientEvent, ClientState, Lwm2mClient};
+use lwm2m_proto::client::{ClientState, Lwm2mClient};
 use lwm2m_proto::coap::{self, Packet, Transmit};
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{
@@ -803,28 +803,8 @@ impl InProcess {
         let at = self.elapsed();
         let client = &mut self.clients[i];
         while let Some(event) = client.machine.poll_event() {
-            // A rebooted device has forgotten its DTLS sessions: it handshakes again.
-            if matches!(event, ClientEvent::Rebooting | ClientEvent::FactoryReset)
-                && client.dtls.iter().any(|l| l.session.is_some())
-            {
-                client.dtls.iter_mut().for_each(ClientLink::reset);
-                let text = format!("{} reboots and forgets its DTLS sessions", client.name);
-                self.log.event(at, &text);
-            }
-            // A Bootstrap-Request, Register or Update that failed over an established
-            // session: the server may have lost it and drops our records; the next
-            // datagram (the Register's retransmission) handshakes again, as devices do.
-            if let ClientEvent::Failed {
-                step: "bootstrap" | "register" | "update",
-                ..
-            } = &event
-                && client
-                    .dtls
-                    .iter()
-                    .any(|l| l.session.as_ref().is_some_and(|s| s.is_established()))
-            {
-                client.dtls.iter_mut().for_each(ClientLink::reset);
-                let text = format!("{}: request failed, DTLS sessions dropped", client.name);
+            if let Some(why) = secure::after_client_event(&event, &mut client.dtls) {
+                let text = format!("{}: {why}", client.name);
                 self.log.event(at, &text);
             }
             self.happenings.push_back(Timed {

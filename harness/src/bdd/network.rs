@@ -14,6 +14,18 @@
 //!   its [`ServerAdapter`] (`--server-api`, [`super::adapter`]), off the stepping thread;
 //!   what the adapter lacks, or without one, is not applicable.
 //!
+//! DTLS against a server under test (`--server-coaps coaps://HOST:PORT` beside a `coap://`
+//! `--server`, or `--server coaps://HOST:PORT` for a server that only takes DTLS; the same
+//! for `--bootstrap-server`): a case's client with a `coaps://` account handshakes with
+//! the server's DTLS address from its own socket through a [`ClientLink`] (the DTLS client
+//! link of the in-process backend, [`super::secure`]); the LwM2M Server's PSKs go through
+//! the adapter ([`ServerAdapter::put_psk`], removed after the scenario), a Bootstrap
+//! Server's into the endpoint's bootstrap configuration as its Bootstrap-Server account.
+//! The client's side reports the handshake (`Established`, failures) and a 4.03 to a
+//! Register or Bootstrap-Request inside the session (`Refused`); the server's reasons for
+//! a failed handshake come through adapters offering `security-events`. Certificate cases
+//! are not applicable (the server would have to trust the run's test CA).
+//!
 //! Both record every real datagram in the [`ExchangeLog`] (the drivers' packet tap, or the
 //! clients' sockets). Time is real: [`Backend::step`] blocks until something is reported
 //! or its deadline; a wait longer than [`max_real_wait`] is not applicable unless the
@@ -35,17 +47,18 @@
 //! no `{server_uri}` bootstraps from our Bootstrap Server, which gives it an account on our
 //! LwM2M Server unless the case gives its own configuration.
 //!
-//! What it does not do: DTLS for the server subject, TCP; the DTLS cases of the suite
-//! (they give both sides credentials of their own); a Bootstrap Server under test (the server subject
-//! has no bootstrap URI); reset a device between cases (a real device keeps what a case
-//! wrote); more than one device per process (the servers and their wait are started once).
+//! What it does not do: TCP; for a device, the DTLS cases of the suite (they give both
+//! sides credentials of their own) unless the harness starts it; for a server under test,
+//! certificates, raw public keys and making it forget its sessions; reset a device between
+//! cases (a real device keeps what a case wrote); more than one device per process (the
+//! servers and their wait are started once).
 //!
 //! Settings (environment): `LWM2M_HARNESS_BIND` and `LWM2M_HARNESS_BOOTSTRAP_BIND` (where
 //! our servers listen for a device, default `0.0.0.0:0`: any free port, printed),
 //! `LWM2M_HARNESS_DEVICE_WAIT` (seconds to wait for the device, default 60),
 //! `LWM2M_HARNESS_MAX_WAIT` (seconds a step may wait in real time, default 5).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -65,12 +78,16 @@ use lwm2m_simulator::NetworkModel;
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc};
 
+use super::adapter::json::{parse_failure, parse_identity};
 use super::adapter::{Feature, RegistrationView, ServerAdapter};
 use super::backend::{
-    Backend, Capability, ClientAction, ClientSpec, Happening, ServerView, Subject, Timed,
+    Backend, Capability, ClientAction, ClientSpec, DtlsHappening, DtlsSide, Happening, ServerRole,
+    ServerView, Subject, Timed,
 };
 use super::exchange::{ExchangeLog, Peer};
+use super::secure::{self, ClientLink, SecureAccount};
 use super::world::not_applicable;
+use lwm2m_dtls::{ClientEvent as DtlsClientEvent, DtlsClient};
 
 /// How long the first scenario waits for the device under test to register, by default.
 pub const DEVICE_WAIT: Duration = Duration::from_secs(60);
@@ -787,28 +804,6 @@ fn describe(action: &ClientAction) -> String {
     }
 }
 
-/// An identity as our servers' events show it (`psk:IDENTITY`, `cn:NAME`).
-fn parse_identity(text: &str) -> lwm2m_dtls::Identity {
-    match text.strip_prefix("cn:") {
-        Some(cn) => lwm2m_dtls::Identity::Certificate(cn.into()),
-        None => {
-            lwm2m_dtls::Identity::Psk(text.strip_prefix("psk:").unwrap_or(text).as_bytes().into())
-        }
-    }
-}
-
-/// A handshake failure as our servers' events show it (the reason's Debug name).
-fn parse_failure(text: &str) -> lwm2m_dtls::FailureReason {
-    use lwm2m_dtls::FailureReason as F;
-    match text {
-        "UnknownIdentity" => F::UnknownIdentity,
-        "WrongKey" => F::WrongKey,
-        "Timeout" => F::Timeout,
-        "Superseded" => F::Superseded,
-        other => F::Protocol(other.to_owned()),
-    }
-}
-
 /// What our server's DTLS listener reported, as the steps read it: the device under test
 /// is the one client of the run, so every session is its.
 fn device_dtls_happening(
@@ -1165,16 +1160,94 @@ impl Backend for DeviceBackend {
 /// A datagram a simulated client's socket received.
 type Received = (usize, Instant, SocketAddr, Vec<u8>);
 
-/// The address of a `coap://HOST:PORT` URI.
-fn coap_address(uri: &str) -> Result<SocketAddr, String> {
-    let authority = uri
-        .strip_prefix("coap://")
-        .ok_or_else(|| format!("{uri:?}: only coap:// (NoSec over UDP) is supported"))?
-        .trim_end_matches('/');
-    std::net::ToSocketAddrs::to_socket_addrs(authority)
+/// The address of a `coap://HOST:PORT` or `coaps://HOST:PORT` URI, and whether it is
+/// `coaps://`.
+fn udp_address(uri: &str) -> Result<(SocketAddr, bool), String> {
+    let (authority, secure) = match (uri.strip_prefix("coap://"), uri.strip_prefix("coaps://")) {
+        (Some(a), _) => (a, false),
+        (_, Some(a)) => (a, true),
+        _ => {
+            return Err(format!(
+                "{uri:?}: expected coap://HOST:PORT (NoSec) or coaps://HOST:PORT (DTLS)"
+            ));
+        }
+    };
+    let authority = authority.trim_end_matches('/');
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)
         .map_err(|e| format!("{uri:?}: {e}"))?
         .next()
-        .ok_or_else(|| format!("{uri:?}: no address"))
+        .ok_or_else(|| format!("{uri:?}: no address"))?;
+    Ok((addr, secure))
+}
+
+/// Where a server under test listens: the address its clients are given (its `coap://`
+/// one, or its only, `coaps://`, one) and its CoAP over DTLS address, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Listeners {
+    main: SocketAddr,
+    /// `main` takes plain CoAP.
+    plain: bool,
+    secure: Option<SocketAddr>,
+}
+
+impl Listeners {
+    /// From the subject's `uri` and its `coaps://` companion (`flag` names it in errors).
+    fn of(uri: &str, companion: Option<&str>, flag: &str) -> Result<Self, String> {
+        let (main, is_secure) = udp_address(uri)?;
+        match (is_secure, companion) {
+            (true, Some(_)) => Err(format!(
+                "{flag} goes beside a coap:// URI; {uri:?} is coaps:// already"
+            )),
+            (true, None) => Ok(Self {
+                main,
+                plain: false,
+                secure: Some(main),
+            }),
+            (false, Some(c)) => match udp_address(c)? {
+                (secure, true) => Ok(Self {
+                    main,
+                    plain: true,
+                    secure: Some(secure),
+                }),
+                (_, false) => Err(format!("{flag} {c:?}: expected coaps://HOST:PORT")),
+            },
+            (false, None) => Ok(Self {
+                main,
+                plain: true,
+                secure: None,
+            }),
+        }
+    }
+
+    fn is(&self, addr: SocketAddr) -> bool {
+        addr == self.main || self.secure == Some(addr)
+    }
+}
+
+/// The endpoint a Register (`POST /rd?ep=`) or Bootstrap-Request (`POST /bs?ep=`) claims,
+/// with its token; `None` for anything else.
+fn claim(bytes: &[u8]) -> Option<(Vec<u8>, String)> {
+    use lwm2m_proto::coap::{CoapOption, MessageClass, RequestType, message};
+    let p = message::decode(bytes).ok()?;
+    if p.header.code != MessageClass::Request(RequestType::Post)
+        || !["/rd", "/bs"].contains(&message::uri_path(&p).as_str())
+    {
+        return None;
+    }
+    let endpoint = p
+        .get_option(CoapOption::UriQuery)?
+        .iter()
+        .find_map(|q| std::str::from_utf8(q).ok()?.strip_prefix("ep="))?
+        .to_owned();
+    Some((p.get_token().to_vec(), endpoint))
+}
+
+/// Whether `bytes` is a 4.03 answer, and its token.
+fn forbidden(bytes: &[u8]) -> Option<Vec<u8>> {
+    use lwm2m_proto::coap::{MessageClass, ResponseType, message};
+    let p = message::decode(bytes).ok()?;
+    (p.header.code == MessageClass::Response(ResponseType::Forbidden))
+        .then(|| p.get_token().to_vec())
 }
 
 /// What reaches the server backend's stepping loop: a datagram for a client, or something
@@ -1185,18 +1258,33 @@ enum Input {
     Server(Instant, Box<Happening>),
 }
 
+/// How a datagram of a client goes: plain CoAP, or a DTLS record (with the CoAP message it
+/// carries, when the client handed one over).
+#[derive(Clone, Copy)]
+enum Wire<'a> {
+    Coap,
+    Dtls(Option<&'a [u8]>),
+}
+
 /// A simulated client on a real socket.
 struct NetClient {
     name: String,
     machine: Lwm2mClient,
     socket: Arc<UdpSocket>,
     local: SocketAddr,
+    /// Its factory settings until it starts (a `coaps://` account is written into them).
+    factory: Option<ClientSpec>,
+    /// Its DTLS sessions with the `coaps://` servers of its Security object.
+    dtls: Vec<ClientLink>,
+    /// The endpoints its Registers and Bootstrap-Requests inside a session claimed, by
+    /// token: a 4.03 to one is the server refusing the session's identity.
+    claims: HashMap<Vec<u8>, String>,
 }
 
 /// Our simulated clients against an external server (see the module documentation).
 pub struct ServerBackend {
     subject: Subject,
-    server: SocketAddr,
+    server: Listeners,
     t0: Instant,
     clients: Vec<NetClient>,
     by_name: HashMap<String, usize>,
@@ -1207,9 +1295,15 @@ pub struct ServerBackend {
     /// What drives the server under test, if anything does (`--server-api`).
     adapter: Option<Arc<dyn ServerAdapter>>,
     /// The Bootstrap Server under test (`--bootstrap-server`), and what drives it.
-    bootstrap: Option<(SocketAddr, Option<Arc<dyn ServerAdapter>>)>,
-    /// The bootstrap configurations this scenario stored there (removed at its end).
-    stored_configs: Vec<String>,
+    bootstrap: Option<(Listeners, Option<Arc<dyn ServerAdapter>>)>,
+    /// The bootstrap configurations this scenario gave, by endpoint (stored there, and
+    /// removed at its end).
+    bootstrap_configs: BTreeMap<String, BootstrapConfig>,
+    /// The Bootstrap Server PSKs (identity, key) this scenario gave, by endpoint: they go
+    /// into the endpoint's configuration as its Bootstrap-Server account.
+    bootstrap_psks: BTreeMap<String, (Vec<u8>, Vec<u8>)>,
+    /// The endpoints whose PSK this scenario stored in the server under test.
+    stored_psks: Vec<String>,
     next_op: u64,
 }
 
@@ -1223,20 +1317,23 @@ impl std::fmt::Debug for ServerBackend {
 }
 
 impl ServerBackend {
-    /// A backend for the server `subject` names (`coap://HOST:PORT`), no clients yet (their
-    /// CoAP ids come from the scenario seed in their [`ClientSpec`]); with an adapter
-    /// (`api`), subscribed to the server's events from now on.
+    /// A backend for the server `subject` names (`coap://HOST:PORT` and/or
+    /// `coaps://HOST:PORT`), no clients yet (their CoAP ids come from the scenario seed in
+    /// their [`ClientSpec`]); with an adapter (`api`), subscribed to the server's events
+    /// from now on.
     pub fn open(subject: &Subject, registry: Arc<Registry>) -> Result<Self, String> {
         let Subject::Server {
             uri,
+            secure,
             api,
             bootstrap,
+            bootstrap_secure,
             bootstrap_api,
         } = subject
         else {
             return Err(format!("{} is not a server", subject.id()));
         };
-        let server = coap_address(uri)?;
+        let server = Listeners::of(uri, secure.as_deref(), "--server-coaps")?;
         runtime()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let subscribed = |spec: &str| -> Result<Arc<dyn ServerAdapter>, String> {
@@ -1259,7 +1356,12 @@ impl ServerBackend {
                     (Some(spec), _) if Some(spec) != api.as_ref() => Some(subscribed(spec)?),
                     (_, a) => a.clone(),
                 };
-                Some((coap_address(b)?, driver))
+                let listeners =
+                    Listeners::of(b, bootstrap_secure.as_deref(), "--bootstrap-server-coaps")?;
+                Some((listeners, driver))
+            }
+            None if bootstrap_secure.is_some() => {
+                return Err("--bootstrap-server-coaps needs --bootstrap-server".to_owned());
             }
             None => None,
         };
@@ -1275,7 +1377,9 @@ impl ServerBackend {
             happenings: VecDeque::new(),
             adapter,
             bootstrap,
-            stored_configs: Vec::new(),
+            bootstrap_configs: BTreeMap::new(),
+            bootstrap_psks: BTreeMap::new(),
+            stored_psks: Vec::new(),
             next_op: 0,
         })
     }
@@ -1290,6 +1394,19 @@ impl ServerBackend {
             not_applicable(format!("{what}: {why}"));
         }
         adapter
+    }
+
+    /// What drives the Bootstrap Server under test; else the case is not applicable.
+    fn bootstrap_driver(&self, what: &str) -> Arc<dyn ServerAdapter> {
+        match &self.bootstrap {
+            Some((_, Some(driver))) => driver.clone(),
+            Some((_, None)) => not_applicable(format!(
+                "{what}: the Bootstrap Server under test has no --bootstrap-api"
+            )),
+            None => not_applicable(format!(
+                "{what}: no Bootstrap Server under test (--bootstrap-server)"
+            )),
+        }
     }
 
     /// The server's registration of `endpoint` through the adapter.
@@ -1313,58 +1430,316 @@ impl ServerBackend {
             .ok_or_else(|| anyhow::anyhow!("no simulated client {endpoint:?} in this scenario"))
     }
 
+    fn bootstrap_listeners(&self) -> Option<&Listeners> {
+        self.bootstrap.as_ref().map(|(l, _)| l)
+    }
+
     fn peer_name(&self, addr: SocketAddr) -> String {
-        if addr == self.server {
+        if self.server.is(addr) {
             "server".to_owned()
+        } else if self.bootstrap_listeners().is_some_and(|l| l.is(addr)) {
+            "bootstrap server".to_owned()
         } else {
             addr.to_string()
         }
     }
 
+    /// Which server under test a `coaps://` address is.
+    fn role_of(&self, addr: SocketAddr) -> ServerRole {
+        match self.bootstrap_listeners() {
+            Some(l) if l.secure == Some(addr) && self.server.secure != Some(addr) => {
+                ServerRole::Bootstrap
+            }
+            _ => ServerRole::Lwm2m,
+        }
+    }
+
+    /// The `coaps://` address of the server under test in `role`, if it has one.
+    fn secure_of(&self, role: ServerRole) -> Option<SocketAddr> {
+        match role {
+            ServerRole::Lwm2m => self.server.secure,
+            ServerRole::Bootstrap => self.bootstrap_listeners().and_then(|l| l.secure),
+        }
+    }
+
+    /// The `coaps://` address of the server under test in `role`; else the case is not
+    /// applicable.
+    fn require_secure(&self, role: ServerRole) -> SocketAddr {
+        match (role, self.secure_of(role)) {
+            (_, Some(addr)) => addr,
+            (ServerRole::Bootstrap, None) if self.bootstrap.is_none() => not_applicable(
+                "the case reaches the Bootstrap Server over DTLS: no Bootstrap Server under \
+                 test (--bootstrap-server)",
+            ),
+            (ServerRole::Lwm2m, None) => not_applicable(
+                "the case reaches the LwM2M Server over DTLS: the server under test was given \
+                 no coaps:// address (--server coaps://HOST:PORT, or --server-coaps beside a \
+                 coap:// --server)",
+            ),
+            (ServerRole::Bootstrap, None) => not_applicable(
+                "the case reaches the Bootstrap Server over DTLS: it was given no coaps:// \
+                 address (--bootstrap-server coaps://HOST:PORT, or --bootstrap-server-coaps)",
+            ),
+        }
+    }
+
+    /// Sends `bytes` from client `i` to `to` and logs it.
+    fn send_from_client(&mut self, i: usize, to: SocketAddr, bytes: &[u8], wire: Wire<'_>) {
+        let at = self.elapsed(Instant::now());
+        let to_name = self.peer_name(to);
+        let client = &self.clients[i];
+        // A socket whose writability the reactor has not seen yet says WouldBlock: then
+        // wait for it (briefly) instead of losing the datagram to a CoAP retransmission
+        // 2-3 s later.
+        let sent = match client.socket.try_send_to(bytes, to) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => runtime()
+                .map_err(std::io::Error::other)
+                .and_then(|rt| rt.block_on(client.socket.send_to(bytes, to))),
+            other => other,
+        };
+        let (name, from) = (client.name.clone(), client.local);
+        if let Err(e) = sent {
+            self.log.note(at, &format!("{name} could not send: {e}"));
+        }
+        let (from, to) = (
+            Peer {
+                name: &name,
+                addr: from,
+            },
+            Peer {
+                name: &to_name,
+                addr: to,
+            },
+        );
+        match wire {
+            Wire::Coap => self.log.datagram(at, from, to, bytes),
+            Wire::Dtls(inner) => self.log.secure_datagram(at, from, to, bytes, inner),
+        }
+    }
+
+    /// A datagram of client `i`'s machine: through a DTLS session when it goes to a
+    /// `coaps://` server of its Security object, else in the clear.
+    fn client_transmit(&mut self, i: usize, peer: SocketAddr, bytes: Vec<u8>) {
+        let now = Instant::now();
+        let client = &mut self.clients[i];
+        let linked = client.dtls.iter().any(|l| l.server == peer);
+        if !linked && !secure::is_secure(client.machine.tree(), peer) {
+            return self.send_from_client(i, peer, &bytes, Wire::Coap);
+        }
+        if !linked {
+            client.dtls.push(ClientLink::new(peer));
+        }
+        if let Some((token, endpoint)) = claim(&bytes) {
+            client.claims.insert(token, endpoint);
+        }
+        self.drain_client_dtls(i, peer, None);
+        let NetClient { dtls, machine, .. } = &mut self.clients[i];
+        let Some(link) = dtls.iter_mut().find(|l| l.server == peer) else {
+            return;
+        };
+        let tree = machine.tree();
+        let endpoint = &machine.config().endpoint;
+        let sent = link.send(now, bytes.clone(), || {
+            secure::client_config(tree, endpoint, peer)
+                .unwrap_or_else(|| Err("no coaps:// account for this server any more".into()))
+        });
+        match sent {
+            Ok(encrypted) => {
+                self.drain_client_dtls(i, peer, encrypted.then_some(bytes.as_slice()));
+            }
+            Err(reason) => {
+                let endpoint = self.clients[i].name.clone();
+                let at = self.elapsed(now);
+                self.log.note(
+                    at,
+                    &format!("{endpoint} cannot open a DTLS session with {peer}: {reason}"),
+                );
+                self.push(
+                    now,
+                    Happening::Dtls(DtlsHappening::HandshakeFailed {
+                        endpoint,
+                        server: self.role_of(peer),
+                        side: DtlsSide::Client,
+                        identity: None,
+                        reason: lwm2m_dtls::FailureReason::Protocol(reason),
+                    }),
+                );
+            }
+        }
+    }
+
+    /// Sends what client `i`'s DTLS session with `server` has; `inner` is the CoAP message
+    /// of the record just written, if any.
+    fn drain_client_dtls(&mut self, i: usize, server: SocketAddr, inner: Option<&[u8]>) {
+        while let Some(bytes) = self.clients[i]
+            .dtls
+            .iter_mut()
+            .find(|l| l.server == server)
+            .and_then(|l| l.session.as_mut())
+            .and_then(DtlsClient::poll_transmit)
+        {
+            self.send_from_client(i, server, &bytes, Wire::Dtls(inner));
+        }
+    }
+
+    /// The events of client `i`'s DTLS session with `server`, as they are now.
+    fn dtls_events(&mut self, i: usize, server: SocketAddr) -> Vec<DtlsClientEvent> {
+        let mut events = Vec::new();
+        if let Some(session) = self.clients[i]
+            .dtls
+            .iter_mut()
+            .find(|l| l.server == server)
+            .and_then(|l| l.session.as_mut())
+        {
+            while let Some(e) = session.poll_event() {
+                events.push(e);
+            }
+        }
+        events
+    }
+
+    /// Acts on what client `i`'s DTLS session with `server` reported: its CoAP to the
+    /// machine, what waited for the handshake into the session, failures as happenings.
+    fn on_dtls_event(&mut self, i: usize, server: SocketAddr, event: DtlsClientEvent) {
+        let now = Instant::now();
+        let at = self.elapsed(now);
+        let role = self.role_of(server);
+        let name = self.clients[i].name.clone();
+        let Some(link) = self.clients[i].dtls.iter_mut().find(|l| l.server == server) else {
+            return;
+        };
+        match event {
+            DtlsClientEvent::Established => {
+                let Some(session) = link.session.as_ref() else {
+                    return;
+                };
+                let identity = session.identity().clone();
+                let secrets = session.secrets();
+                let pending = link.take_pending();
+                self.log.event(
+                    at,
+                    &format!("DTLS session of {name} with the {role} established as {identity}"),
+                );
+                if let Some(s) = secrets {
+                    self.log.add_key(s.key_log_line());
+                }
+                self.push(
+                    now,
+                    Happening::Dtls(DtlsHappening::Established {
+                        endpoint: name,
+                        server: role,
+                        identity,
+                    }),
+                );
+                for bytes in pending {
+                    let sent = self.clients[i]
+                        .dtls
+                        .iter_mut()
+                        .find(|l| l.server == server)
+                        .and_then(|l| l.session.as_mut())
+                        .map(|s| s.send(now, &bytes));
+                    if let Some(Ok(())) = sent {
+                        self.drain_client_dtls(i, server, Some(&bytes));
+                    }
+                }
+            }
+            DtlsClientEvent::Datagram(payload) => {
+                let identity = link.session.as_ref().map(|s| s.identity().clone());
+                let client = &mut self.clients[i];
+                let claimed = forbidden(&payload).and_then(|t| client.claims.get(&t).cloned());
+                client.machine.handle_datagram(now, server, &payload);
+                if let (Some(endpoint), Some(identity)) = (claimed, identity) {
+                    self.log.note(
+                        at,
+                        &format!(
+                            "the {role} refuses {name}'s request for endpoint {endpoint:?} \
+                             with 4.03 over the session as {identity}"
+                        ),
+                    );
+                    self.push(
+                        now,
+                        Happening::Dtls(DtlsHappening::Refused {
+                            client: name,
+                            server: role,
+                            identity,
+                            endpoint,
+                            owner: None,
+                        }),
+                    );
+                }
+            }
+            DtlsClientEvent::HandshakeFailed(reason) => {
+                let identity = link.session.as_ref().map(|s| s.identity().clone());
+                link.reset();
+                self.log.note(
+                    at,
+                    &format!("{name}'s DTLS handshake with the {role} failed: {reason}"),
+                );
+                self.push(
+                    now,
+                    Happening::Dtls(DtlsHappening::HandshakeFailed {
+                        endpoint: name,
+                        server: role,
+                        side: DtlsSide::Client,
+                        identity,
+                        reason,
+                    }),
+                );
+            }
+            DtlsClientEvent::Closed(reason) => {
+                link.reset();
+                self.log.event(
+                    at,
+                    &format!("{name}'s DTLS session with the {role} closed: {reason:?}"),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Handles what client `i`'s DTLS sessions reported; true when something happened.
+    fn client_dtls(&mut self, i: usize) -> bool {
+        let mut moved = false;
+        let servers: Vec<SocketAddr> = self.clients[i].dtls.iter().map(|l| l.server).collect();
+        for server in servers {
+            self.drain_client_dtls(i, server, None);
+            for event in self.dtls_events(i, server) {
+                moved = true;
+                self.on_dtls_event(i, server, event);
+            }
+        }
+        moved
+    }
+
+    fn push(&mut self, at: Instant, happening: Happening) {
+        let at = self.elapsed(at);
+        self.happenings.push_back(Timed { at, happening });
+    }
+
     /// Sends what the clients have to send and collects what they report.
     fn flush(&mut self) {
         for i in 0..self.clients.len() {
-            while let Some(t) = self.clients[i].machine.poll_transmit() {
-                let client = &self.clients[i];
-                let at = self.elapsed(Instant::now());
-                let to = self.peer_name(t.peer);
-                // A socket whose writability the reactor has not seen yet says WouldBlock:
-                // then wait for it (briefly) instead of losing the datagram to a CoAP
-                // retransmission 2-3 s later.
-                let sent = match client.socket.try_send_to(&t.bytes, t.peer) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => runtime()
-                        .map_err(std::io::Error::other)
-                        .and_then(|rt| rt.block_on(client.socket.send_to(&t.bytes, t.peer))),
-                    other => other,
-                };
-                if let Err(e) = sent {
-                    self.log
-                        .note(at, &format!("{} could not send: {e}", client.name));
+            loop {
+                let mut moved = false;
+                while let Some(t) = self.clients[i].machine.poll_transmit() {
+                    moved = true;
+                    self.client_transmit(i, t.peer, t.bytes);
                 }
-                let name = client.name.clone();
-                let from = client.local;
-                self.log.datagram(
-                    at,
-                    Peer {
-                        name: &name,
-                        addr: from,
-                    },
-                    Peer {
-                        name: &to,
-                        addr: t.peer,
-                    },
-                    &t.bytes,
-                );
+                moved |= self.client_dtls(i);
+                if !moved {
+                    break;
+                }
             }
             while let Some(event) = self.clients[i].machine.poll_event() {
-                let at = self.elapsed(Instant::now());
-                self.happenings.push_back(Timed {
-                    at,
-                    happening: Happening::Client {
-                        endpoint: self.clients[i].name.clone(),
-                        event,
-                    },
-                });
+                let now = Instant::now();
+                let client = &mut self.clients[i];
+                if let Some(why) = secure::after_client_event(&event, &mut client.dtls) {
+                    let text = format!("{}: {why}", client.name);
+                    let at = self.elapsed(now);
+                    self.log.event(at, &text);
+                }
+                let endpoint = self.clients[i].name.clone();
+                self.push(now, Happening::Client { endpoint, event });
             }
         }
     }
@@ -1373,25 +1748,67 @@ impl ServerBackend {
         match input {
             Input::Datagram(d) => self.deliver(d),
             Input::Server(at, happening) => {
-                let at = self.elapsed(at);
-                self.happenings.push_back(Timed {
-                    at,
-                    happening: *happening,
-                });
+                // A DTLS listener's report names the client by its address.
+                let happening = match *happening {
+                    Happening::Dtls(DtlsHappening::HandshakeFailed {
+                        endpoint,
+                        server,
+                        side,
+                        identity,
+                        reason,
+                    }) => {
+                        let by_address = endpoint.parse::<SocketAddr>().ok().and_then(|a| {
+                            self.clients.iter().find(|c| c.local == a).map(|c| &c.name)
+                        });
+                        // Another run's client, or one of an earlier scenario: not ours.
+                        let Some(name) = by_address.cloned() else {
+                            return;
+                        };
+                        Happening::Dtls(DtlsHappening::HandshakeFailed {
+                            endpoint: name,
+                            server,
+                            side,
+                            identity,
+                            reason,
+                        })
+                    }
+                    other => other,
+                };
+                self.push(at, happening);
             }
         }
     }
 
     fn deliver(&mut self, (i, at, from, bytes): Received) {
+        let from_name = self.peer_name(from);
         let Some(client) = self.clients.get_mut(i) else {
             return;
         };
-        client.machine.handle_datagram(at, from, &bytes);
         let (name, to) = (client.name.clone(), client.local);
-        let from_name = self.peer_name(from);
-        let at = self.elapsed(at);
-        self.log.datagram(
-            at,
+        let secure = match client.dtls.iter_mut().find(|l| l.server == from) {
+            Some(link) => match link.session.as_mut() {
+                Some(session) => {
+                    session.handle_datagram(at, &bytes);
+                    Some(true)
+                }
+                // A record of a session the client gave up.
+                None => Some(false),
+            },
+            None => {
+                client.machine.handle_datagram(at, from, &bytes);
+                None
+            }
+        };
+        let events = match secure {
+            Some(true) => self.dtls_events(i, from),
+            _ => Vec::new(),
+        };
+        let inner = events.iter().find_map(|e| match e {
+            DtlsClientEvent::Datagram(p) => Some(p.clone()),
+            _ => None,
+        });
+        let when = self.elapsed(at);
+        let (from_peer, to_peer) = (
             Peer {
                 name: &from_name,
                 addr: from,
@@ -1400,8 +1817,36 @@ impl ServerBackend {
                 name: &name,
                 addr: to,
             },
-            &bytes,
         );
+        match secure {
+            None => self.log.datagram(when, from_peer, to_peer, &bytes),
+            Some(_) => {
+                self.log
+                    .secure_datagram(when, from_peer, to_peer, &bytes, inner.as_deref());
+            }
+        }
+        if secure == Some(false) {
+            self.log.note(
+                when,
+                &format!("dropped: {name} has no DTLS session with {from} now"),
+            );
+        }
+        for event in events {
+            self.on_dtls_event(i, from, event);
+        }
+    }
+
+    fn next_timeout(&mut self) -> Option<Instant> {
+        self.clients
+            .iter_mut()
+            .flat_map(|c| {
+                let sessions = c
+                    .dtls
+                    .iter()
+                    .filter_map(|l| l.session.as_ref()?.poll_timeout());
+                c.machine.poll_timeout().into_iter().chain(sessions)
+            })
+            .min()
     }
 
     fn fire_timeouts(&mut self) {
@@ -1409,6 +1854,92 @@ impl ServerBackend {
         for client in &mut self.clients {
             if client.machine.poll_timeout().is_some_and(|t| t <= now) {
                 client.machine.handle_timeout(now);
+            }
+            for session in client.dtls.iter_mut().filter_map(|l| l.session.as_mut()) {
+                if session.poll_timeout().is_some_and(|t| t <= now) {
+                    session.handle_timeout(now);
+                }
+            }
+        }
+    }
+
+    /// The configuration the Bootstrap Server under test holds for `endpoint`: the one the
+    /// scenario gave, with the scenario's Bootstrap-Server PSK of the endpoint as its
+    /// Bootstrap-Server account (a configuration of that account alone if the scenario gave
+    /// none).
+    fn bootstrap_config_of(&self, endpoint: &str) -> Option<BootstrapConfig> {
+        use lwm2m_proto::bootstrap::config::{SecurityInstance, SecurityMode};
+        let given = self.bootstrap_configs.get(endpoint);
+        let psk = self.bootstrap_psks.get(endpoint);
+        if given.is_none() && psk.is_none() {
+            return None;
+        }
+        let mut config = given.cloned().unwrap_or_else(|| BootstrapConfig {
+            delete: Vec::new(),
+            ..BootstrapConfig::default()
+        });
+        if let (Some((identity, key)), Some(secure)) = (psk, self.secure_of(ServerRole::Bootstrap))
+        {
+            config.security.retain(|_, s| !s.bootstrap_server);
+            let id = config.security.keys().max().map_or(0, |m| m + 1);
+            config.security.insert(
+                id,
+                SecurityInstance {
+                    uri: format!("coaps://{secure}"),
+                    bootstrap_server: true,
+                    mode: SecurityMode::Psk,
+                    identity: String::from_utf8_lossy(identity).into_owned(),
+                    server_public_key: String::new(),
+                    secret_key: key.iter().map(|b| format!("{b:02x}")).collect(),
+                    short_server_id: None,
+                    client_hold_off: None,
+                    bootstrap_account_timeout: None,
+                },
+            );
+        }
+        Some(config)
+    }
+
+    /// Stores `endpoint`'s configuration ([`Self::bootstrap_config_of`]) in the Bootstrap
+    /// Server under test; what it lacks makes the case not applicable, a refusal fails it.
+    fn store_bootstrap_config(&self, endpoint: &str, what: &str) {
+        let driver = self.bootstrap_driver(what);
+        let Some(config) = self.bootstrap_config_of(endpoint) else {
+            return;
+        };
+        match driver.put_bootstrap_config(endpoint, &config) {
+            Ok(()) => {}
+            Err(e @ super::adapter::AdapterError::Lacks { .. }) => {
+                not_applicable(format!("{what}: {e}"))
+            }
+            // The Bootstrap Server under test refused it, or could not be asked: a failure.
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+
+    /// Makes the case not applicable when client `i` would talk plain CoAP to a server
+    /// under test that listens for `coaps://` only.
+    fn check_reachable(&self, i: usize) {
+        let machine = &self.clients[i].machine;
+        let targets = [
+            (
+                Some(&self.server),
+                machine.config().server,
+                ServerRole::Lwm2m,
+            ),
+            (
+                self.bootstrap_listeners(),
+                machine.config().bootstrap_server,
+                ServerRole::Bootstrap,
+            ),
+        ];
+        for (listeners, target, role) in targets {
+            let Some(l) = listeners else { continue };
+            if !l.plain && target == Some(l.main) && !secure::is_secure(machine.tree(), l.main) {
+                not_applicable(format!(
+                    "the case's client talks plain CoAP to the {role}; the {role} under test \
+                     was given as coaps:// only (give its coap:// address too)"
+                ));
             }
         }
     }
@@ -1422,9 +1953,21 @@ impl Backend for ServerBackend {
     fn supports(&self, capability: Capability) -> Result<(), String> {
         match capability {
             Capability::VirtualTime => Err("the server under test runs in real time".to_owned()),
-            Capability::Dtls | Capability::RawPublicKey => Err(
-                "the network backend's clients reach the server on plain UDP only (coap://); \
-                     the DTLS cases run in process"
+            Capability::Dtls
+                if self.server.secure.is_some()
+                    || self
+                        .bootstrap_listeners()
+                        .is_some_and(|l| l.secure.is_some()) =>
+            {
+                Ok(())
+            }
+            Capability::Dtls => Err(
+                "the server under test was given no coaps:// address (--server \
+                 coaps://HOST:PORT, or --server-coaps beside a coap:// --server)"
+                    .to_owned(),
+            ),
+            Capability::RawPublicKey => Err(
+                "raw public keys (RFC 7250, Security mode 1) are not in our DTLS library"
                     .to_owned(),
             ),
             Capability::Tcp => Err("CoAP over TCP (RFC 8323) is not implemented".to_owned()),
@@ -1467,18 +2010,17 @@ impl Backend for ServerBackend {
             if !self.happenings.is_empty() || Instant::now() >= limit {
                 return;
             }
-            let next = self
-                .clients
-                .iter_mut()
-                .filter_map(|c| c.machine.poll_timeout())
-                .min()
-                .map_or(limit, |t| t.min(limit));
+            // What arrived meanwhile first; then, as it may have given the clients (or
+            // their DTLS sessions) something to send, flush again before waiting.
+            let mut arrived = false;
             while let Ok(received) = self.rx.try_recv() {
                 self.input(received);
+                arrived = true;
             }
-            if !self.happenings.is_empty() {
+            if arrived || !self.happenings.is_empty() {
                 continue;
             }
+            let next = self.next_timeout().map_or(limit, |t| t.min(limit));
             match block_until(&mut self.rx, next) {
                 Some(received) => self.input(received),
                 None => self.fire_timeouts(),
@@ -1504,13 +2046,14 @@ impl Backend for ServerBackend {
     }
 
     fn server_address(&self) -> SocketAddr {
-        self.server
+        self.server.main
     }
 
     /// The Bootstrap Server under test; without one, clients that only know one are
     /// pointed at the server under test (and bootstrap steps are not applicable).
     fn bootstrap_address(&self) -> SocketAddr {
-        self.bootstrap.as_ref().map_or(self.server, |(a, _)| *a)
+        self.bootstrap_listeners()
+            .map_or(self.server.main, |l| l.main)
     }
 
     fn request(&mut self, endpoint: &str, operation: Operation) -> Result<OpId, OpError> {
@@ -1597,6 +2140,7 @@ impl Backend for ServerBackend {
             ServerView::QueueState => &[Feature::QueueState],
             ServerView::ResponseFormat => &[Feature::ResponseFormat],
             ServerView::Absence => &[Feature::Events, Feature::Notifications, Feature::Send],
+            ServerView::Security => &[Feature::SecurityEvents],
         };
         needs.iter().try_for_each(|f| adapter.info().offers(*f))
     }
@@ -1610,24 +2154,22 @@ impl Backend for ServerBackend {
     }
 
     fn add_bootstrap_config(&mut self, endpoint: &str, config: BootstrapConfig) {
+        use lwm2m_proto::bootstrap::config::SecurityMode;
         let what = "the step stores a bootstrap configuration";
-        let driver = match &self.bootstrap {
-            Some((_, Some(driver))) => driver,
-            Some((_, None)) => not_applicable(format!(
-                "{what}: the Bootstrap Server under test has no --bootstrap-api"
-            )),
-            None => not_applicable(format!(
-                "{what}: no Bootstrap Server under test (--bootstrap-server)"
-            )),
-        };
-        match driver.put_bootstrap_config(endpoint, &config) {
-            Ok(()) => self.stored_configs.push(endpoint.to_owned()),
-            Err(e @ super::adapter::AdapterError::Lacks { .. }) => {
-                not_applicable(format!("{what}: {e}"))
-            }
-            // The Bootstrap Server under test refused it, or could not be asked: a failure.
-            Err(e) => panic!("{what}: {e}"),
+        self.bootstrap_driver(what);
+        let certificate = config
+            .security
+            .values()
+            .any(|s| !s.bootstrap_server && s.mode == SecurityMode::X509);
+        if certificate {
+            not_applicable(format!(
+                "{what} handing out a certificate account of the run's test CA: the server \
+                 under test would have to trust that CA, and no adapter provisions trust \
+                 anchors"
+            ));
         }
+        self.bootstrap_configs.insert(endpoint.to_owned(), config);
+        self.store_bootstrap_config(endpoint, what);
     }
 
     fn start_bootstrap(&mut self, _endpoint: &str) -> Result<(), BootstrapError> {
@@ -1643,7 +2185,7 @@ impl Backend for ServerBackend {
             !self.by_name.contains_key(&name),
             "a client {name:?} already exists in this scenario"
         );
-        let bind = if self.server.ip().is_loopback() {
+        let bind = if self.server.main.ip().is_loopback() {
             SocketAddr::from(([127, 0, 0, 1], 0))
         } else {
             SocketAddr::from(([0, 0, 0, 0], 0))
@@ -1673,9 +2215,12 @@ impl Backend for ServerBackend {
         });
         self.clients.push(NetClient {
             name: name.clone(),
-            machine: Lwm2mClient::new(spec.config, spec.tree),
+            machine: Lwm2mClient::new(spec.config.clone(), spec.tree.clone()),
             socket,
             local,
+            factory: Some(spec),
+            dtls: Vec::new(),
+            claims: HashMap::new(),
         });
         self.by_name.insert(name, index);
         Ok(())
@@ -1684,6 +2229,10 @@ impl Backend for ServerBackend {
     fn client_action(&mut self, endpoint: &str, action: ClientAction) -> anyhow::Result<()> {
         let i = self.index(endpoint)?;
         let now = Instant::now();
+        if action == ClientAction::Start {
+            self.check_reachable(i);
+            self.clients[i].factory = None;
+        }
         let machine = &mut self.clients[i].machine;
         match action {
             ClientAction::Start => machine.start(now),
@@ -1709,6 +2258,99 @@ impl Backend for ServerBackend {
     fn public_address(&self, endpoint: &str) -> Option<SocketAddr> {
         self.by_name.get(endpoint).map(|i| self.clients[*i].local)
     }
+
+    fn secure_address(&self, role: ServerRole) -> Option<SocketAddr> {
+        self.secure_of(role)
+    }
+
+    fn forget_dtls_sessions(&mut self, role: ServerRole) -> anyhow::Result<()> {
+        not_applicable(format!(
+            "the step makes the {role} forget its DTLS sessions: {SERVER_NOT_OURS}"
+        ))
+    }
+
+    /// The LwM2M Server's PSK goes into its security store through the adapter
+    /// (`put_psk`); the Bootstrap Server's into the endpoint's bootstrap configuration, as
+    /// its Bootstrap-Server account.
+    fn add_psk(
+        &mut self,
+        role: ServerRole,
+        endpoint: &str,
+        identity: &[u8],
+        key: &[u8],
+    ) -> anyhow::Result<()> {
+        self.require_secure(role);
+        match role {
+            ServerRole::Lwm2m => {
+                let what = "the step stores a PSK in the server under test";
+                let adapter = self.adapter_for(Feature::PutCredentials, what).clone();
+                match adapter.put_psk(endpoint, identity, key) {
+                    Ok(()) => {
+                        self.stored_psks.push(endpoint.to_owned());
+                        Ok(())
+                    }
+                    Err(e @ super::adapter::AdapterError::Lacks { .. }) => {
+                        not_applicable(format!("{what}: {e}"))
+                    }
+                    Err(e) => Err(anyhow::anyhow!(
+                        "the server under test did not store the PSK of {endpoint:?}: {e}"
+                    )),
+                }
+            }
+            ServerRole::Bootstrap => {
+                let what = "the step stores a Bootstrap-Server PSK in the bootstrap configuration";
+                self.bootstrap_driver(what);
+                self.bootstrap_psks
+                    .insert(endpoint.to_owned(), (identity.to_vec(), key.to_vec()));
+                self.store_bootstrap_config(endpoint, what);
+                Ok(())
+            }
+        }
+    }
+
+    /// A PSK account at the server's `coaps://` address; certificates are not applicable
+    /// (the server under test would have to trust the run's test CA).
+    fn secure_client(
+        &mut self,
+        endpoint: &str,
+        role: ServerRole,
+        account: SecureAccount,
+    ) -> anyhow::Result<()> {
+        if let SecureAccount::Certificate { .. } = account {
+            not_applicable(
+                "the case gives the client a certificate of the run's test CA: the server \
+                 under test would have to trust that CA, and no adapter provisions trust \
+                 anchors (the PSK cases run)",
+            );
+        }
+        let address = self.require_secure(role);
+        let i = self.index(endpoint)?;
+        let client = &mut self.clients[i];
+        let Some(spec) = client.factory.as_mut() else {
+            anyhow::bail!("{endpoint:?} has started: its factory configuration is fixed");
+        };
+        secure::write_account(&mut spec.tree, role, address, &account)?;
+        let configured = match role {
+            ServerRole::Lwm2m => &mut spec.config.server,
+            ServerRole::Bootstrap => &mut spec.config.bootstrap_server,
+        };
+        if configured.is_some() {
+            *configured = Some(address);
+        }
+        client.machine = Lwm2mClient::new(spec.config.clone(), spec.tree.clone());
+        Ok(())
+    }
+
+    /// The identity our client's established session with the LwM2M Server's `coaps://`
+    /// address authenticated as (the handshake completing proves the server accepted it;
+    /// adapters do not show the server's side of a session).
+    fn secure_identity(&self, endpoint: &str) -> Option<lwm2m_dtls::Identity> {
+        let secure = self.server.secure?;
+        let i = self.by_name.get(endpoint)?;
+        let link = self.clients[*i].dtls.iter().find(|l| l.server == secure)?;
+        let session = link.session.as_ref().filter(|s| s.is_established())?;
+        Some(session.identity().clone())
+    }
 }
 
 impl Drop for ServerBackend {
@@ -1727,8 +2369,18 @@ impl Drop for ServerBackend {
         }
         self.flush();
         if let Some((_, Some(driver))) = &self.bootstrap {
-            for endpoint in &self.stored_configs {
+            let endpoints: BTreeSet<&String> = self
+                .bootstrap_configs
+                .keys()
+                .chain(self.bootstrap_psks.keys())
+                .collect();
+            for endpoint in endpoints {
                 super::adapter::remove_bootstrap_config(driver.as_ref(), endpoint);
+            }
+        }
+        if let Some(adapter) = &self.adapter {
+            for endpoint in &self.stored_psks {
+                let _ = adapter.remove_psk(endpoint);
             }
         }
         self.rx.close();
@@ -1765,8 +2417,10 @@ mod tests {
         };
         let subject = Subject::Server {
             uri: format!("coap://{}", server.local_addr()),
+            secure: None,
             api: None,
             bootstrap: None,
+            bootstrap_secure: None,
             bootstrap_api: None,
         };
         let mut b = ServerBackend::open(&subject, lib.registry.clone()).unwrap();
@@ -1818,19 +2472,66 @@ mod tests {
     }
 
     #[test]
-    fn a_server_uri_must_be_coap_with_an_address() {
+    fn a_server_uri_must_be_coap_or_coaps_with_an_address() {
         let registry = Arc::new(Registry::embedded());
-        let open = |uri: &str| {
+        let open = |uri: &str, secure: Option<&str>| {
             let subject = Subject::Server {
                 uri: uri.into(),
+                secure: secure.map(str::to_owned),
                 api: None,
                 bootstrap: None,
+                bootstrap_secure: None,
                 bootstrap_api: None,
             };
             ServerBackend::open(&subject, registry.clone())
         };
-        assert!(open("coaps://127.0.0.1:5684").is_err());
-        assert!(open("coap://127.0.0.1").is_err());
-        assert!(open("coap://127.0.0.1:5683").is_ok());
+        assert!(open("coap://127.0.0.1", None).is_err());
+        assert!(open("http://127.0.0.1:5683", None).is_err());
+        let plain = open("coap://127.0.0.1:5683", None).unwrap();
+        assert!(plain.supports(Capability::Dtls).is_err());
+        assert_eq!(plain.secure_address(ServerRole::Lwm2m), None);
+        // DTLS only: the clients are given the coaps:// address.
+        let only = open("coaps://127.0.0.1:5684", None).unwrap();
+        assert_eq!(only.server_address().port(), 5684);
+        assert_eq!(
+            only.secure_address(ServerRole::Lwm2m),
+            only.server_address().into()
+        );
+        assert!(only.supports(Capability::Dtls).is_ok());
+        // Both: plain cases on one, DTLS cases on the other.
+        let both = open("coap://127.0.0.1:5683", Some("coaps://127.0.0.1:5684")).unwrap();
+        assert_eq!(both.server_address().port(), 5683);
+        assert_eq!(
+            both.secure_address(ServerRole::Lwm2m).map(|a| a.port()),
+            Some(5684)
+        );
+        assert_eq!(both.secure_address(ServerRole::Bootstrap), None);
+        assert!(open("coaps://127.0.0.1:5684", Some("coaps://127.0.0.1:5685")).is_err());
+        assert!(open("coap://127.0.0.1:5683", Some("coap://127.0.0.1:5685")).is_err());
+    }
+
+    #[test]
+    fn registers_and_bootstrap_requests_are_claims_a_4_03_answers() {
+        use lwm2m_proto::coap::{MessageClass, RequestType, ResponseType, message};
+        let mut register = message::request(RequestType::Post, "/rd");
+        message::add_query(&mut register, "lt=60");
+        message::add_query(&mut register, "ep=dev-1");
+        register.set_token(vec![1, 2]);
+        let bytes = register.to_bytes().unwrap();
+        assert_eq!(claim(&bytes), Some((vec![1, 2], "dev-1".to_owned())));
+        let mut bs = message::request(RequestType::Post, "/bs");
+        message::add_query(&mut bs, "ep=dev-2");
+        assert_eq!(
+            claim(&bs.to_bytes().unwrap()).map(|(_, e)| e),
+            Some("dev-2".to_owned())
+        );
+        let update = message::request(RequestType::Post, "/rd/5a");
+        assert_eq!(claim(&update.to_bytes().unwrap()), None);
+        assert_eq!(claim(b"\xff"), None);
+        let mut answer = register.clone();
+        answer.header.code = MessageClass::Response(ResponseType::Forbidden);
+        assert_eq!(forbidden(&answer.to_bytes().unwrap()), Some(vec![1, 2]));
+        answer.header.code = MessageClass::Response(ResponseType::Created);
+        assert_eq!(forbidden(&answer.to_bytes().unwrap()), None);
     }
 }

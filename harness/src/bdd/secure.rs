@@ -38,7 +38,7 @@ use lwm2m_dtls::{
     ServerConfig,
 };
 use lwm2m_proto::admission;
-use lwm2m_proto::client::{ObjectTree, parse_coap_uri};
+use lwm2m_proto::client::{ClientEvent, ObjectTree, parse_coap_uri};
 use lwm2m_proto::coap::{Packet, message};
 use lwm2m_proto::{Instance, InstanceId, ObjectId, ResourceId, ResourceValue, Value};
 use lwm2m_simulator::security::{MODE_CERTIFICATE, MODE_PSK, account_credentials};
@@ -465,6 +465,33 @@ impl ClientLink {
             Some(_) => None,
         }
     }
+}
+
+/// What a client's DTLS sessions become after `event` of its machine: a rebooted device
+/// has forgotten them (it handshakes again); a Bootstrap-Request, Register or Update that
+/// failed over an established session drops them (the server may have lost the session
+/// and drops our records; the next datagram, the request's retransmission, handshakes
+/// again, as devices do). The words for the log when the links were reset.
+pub fn after_client_event(event: &ClientEvent, links: &mut [ClientLink]) -> Option<&'static str> {
+    let why = match event {
+        ClientEvent::Rebooting | ClientEvent::FactoryReset
+            if links.iter().any(|l| l.session.is_some()) =>
+        {
+            "reboots and forgets its DTLS sessions"
+        }
+        ClientEvent::Failed {
+            step: "bootstrap" | "register" | "update",
+            ..
+        } if links
+            .iter()
+            .any(|l| l.session.as_ref().is_some_and(DtlsClient::is_established)) =>
+        {
+            "request failed, DTLS sessions dropped"
+        }
+        _ => return None,
+    };
+    links.iter_mut().for_each(ClientLink::reset);
+    Some(why)
 }
 
 #[cfg(test)]

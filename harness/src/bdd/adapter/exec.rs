@@ -17,7 +17,7 @@
 //! | `write-composite` | `endpoint`, `nodes`, `format` |
 //! | `cancel-observation` | `endpoint`, `observation` (as the driver named it), `active` (bool) |
 //! | `registration` | `endpoint` |
-//! | `put-credentials` | `endpoint`, `identity` (text), `key_hex` |
+//! | `put-credentials` | `endpoint`, `identity` (text), `key_hex` (`identity` `null`: remove the endpoint's credentials) |
 //! | `bootstrap-config` | `endpoint` (or pattern), `config` (our bootstrap configuration JSON; `null`: remove it) |
 //!
 //! **Answers** (driver → harness), one line each, with the request's `id`:
@@ -44,7 +44,11 @@
 //! "deregistration" | "expiry", "registration": {...}}` (or `endpoint` and what it knows),
 //! `{"event": "notification", "endpoint", "observation", "path", "seq", ...content as
 //! above}`, `{"event": "send", "endpoint", "nodes" | "payload_hex" + "content_format"}`,
-//! `{"event": "sleeping" | "awake", "endpoint"}`. Other lines are ignored.
+//! `{"event": "sleeping" | "awake", "endpoint"}`, and with `security-events` in `ops` a
+//! DTLS handshake the server failed: `{"event": "security", "kind": "handshake_failed",
+//! "server": "server" | "bootstrap", "peer": "IP:PORT", "identity": "psk:ID", "reason":
+//! "WrongKey" | "UnknownIdentity" | ...}` (our REST API's `SECURITY` shape). Other lines
+//! are ignored.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -469,6 +473,10 @@ impl ExecAdapter {
                             }
                         } else if let Some(event) = event_of(&shared, &j) {
                             sinks.deliver(&event);
+                        } else if j.get("event").and_then(Json::as_str) == Some("security")
+                            && let Some(failed) = super::json::dtls_failure_from(&j)
+                        {
+                            sinks.deliver_dtls(&failed);
                         }
                     }
                     // The driver is gone: every waiter learns it from its closed channel, and
@@ -779,6 +787,25 @@ impl ServerAdapter for ExecAdapter {
 
     fn remove_bootstrap_config(&self, endpoint: &str) -> Result<(), AdapterError> {
         self.bootstrap_config(endpoint, Json::Null)
+    }
+
+    fn remove_psk(&self, endpoint: &str) -> Result<(), AdapterError> {
+        if self.info.offers(Feature::PutCredentials).is_err() {
+            return Err(AdapterError::Lacks {
+                adapter: NAME.to_owned(),
+                feature: Feature::PutCredentials,
+            });
+        }
+        let answer = self
+            .call(
+                json!({"op": "put-credentials", "endpoint": endpoint, "identity": null}),
+                OP_WAIT,
+            )
+            .map_err(|e| self.failed(e))?;
+        match answer.get("error") {
+            None => Ok(()),
+            Some(e) => Err(self.failed(e.to_string())),
+        }
     }
 }
 

@@ -115,6 +115,10 @@ impl HarnessHttp {
                     sinks.deliver(&event);
                 } else if let Some(event) = super::json::bootstrap_event_from(name, data) {
                     sinks.deliver_bootstrap(&event);
+                } else if name == "SECURITY"
+                    && let Some(failed) = super::json::dtls_failure_from(data)
+                {
+                    sinks.deliver_dtls(&failed);
                 }
             },
         )
@@ -379,6 +383,18 @@ impl ServerAdapter for HarnessHttp {
             "mode": "psk", "identity": identity,
             "key": key.iter().map(|b| format!("{b:02x}")).collect::<String>()}});
         self.api.put("/api/security/clients", &body)
+    }
+
+    fn remove_psk(&self, endpoint: &str) -> Result<(), AdapterError> {
+        let route = format!("/api/security/clients/{endpoint}");
+        let (status, j) = self
+            .api
+            .call("DELETE", &route, None)
+            .map_err(|e| self.api.failed(e))?;
+        match status {
+            200 | 204 | 404 => Ok(()),
+            s => Err(self.api.failed(format!("DELETE {route} answered {s}: {j}"))),
+        }
     }
 
     fn put_bootstrap_config(

@@ -34,7 +34,12 @@ impl InProcessServer {
     pub fn new(server: ServerHandle, runtime: tokio::runtime::Handle) -> Self {
         let features: BTreeSet<Feature> = Feature::all()
             .into_iter()
-            .filter(|f| !matches!(f, Feature::PutCredentials | Feature::BootstrapConfig))
+            .filter(|f| {
+                !matches!(
+                    f,
+                    Feature::PutCredentials | Feature::BootstrapConfig | Feature::SecurityEvents
+                )
+            })
             .collect();
         Self {
             server,

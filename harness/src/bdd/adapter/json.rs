@@ -17,6 +17,7 @@ use lwm2m_proto::{InstanceId, Lwm2mPath, Node, ObjectId, Record, Schema};
 use serde_json::{Value as Json, json};
 
 use super::RegistrationView;
+use crate::bdd::backend::{DtlsHappening, DtlsSide, ServerRole};
 
 /// `"2.05"` as a CoAP code.
 pub fn parse_code(s: &str) -> Option<(u8, u8)> {
@@ -378,6 +379,51 @@ pub fn event_from(
     })
 }
 
+/// An identity as our servers' events show it (`psk:IDENTITY`, `cn:NAME`).
+pub fn parse_identity(text: &str) -> lwm2m_dtls::Identity {
+    match text.strip_prefix("cn:") {
+        Some(cn) => lwm2m_dtls::Identity::Certificate(cn.into()),
+        None => {
+            lwm2m_dtls::Identity::Psk(text.strip_prefix("psk:").unwrap_or(text).as_bytes().into())
+        }
+    }
+}
+
+/// A handshake failure as our servers' events show it (the reason's Debug name).
+pub fn parse_failure(text: &str) -> lwm2m_dtls::FailureReason {
+    use lwm2m_dtls::FailureReason as F;
+    match text {
+        "UnknownIdentity" => F::UnknownIdentity,
+        "WrongKey" => F::WrongKey,
+        "Timeout" => F::Timeout,
+        "Superseded" => F::Superseded,
+        other => F::Protocol(other.to_owned()),
+    }
+}
+
+/// A DTLS handshake failure a server reported, in our API's `SECURITY` event shape
+/// (`{"kind": "handshake_failed", "server": "server" | "bootstrap", "peer", "identity",
+/// "reason"}`, also the exec driver's `{"event": "security", ...}`): the happening, with
+/// the client's address (`IP:PORT`) as its endpoint. `None` for other kinds.
+pub fn dtls_failure_from(data: &Json) -> Option<DtlsHappening> {
+    let s = |k: &str| data.get(k).and_then(Json::as_str);
+    if s("kind")? != "handshake_failed" {
+        return None;
+    }
+    let peer: SocketAddr = s("peer")?.parse().ok()?;
+    let server = match s("server") {
+        Some("bootstrap") => ServerRole::Bootstrap,
+        _ => ServerRole::Lwm2m,
+    };
+    Some(DtlsHappening::HandshakeFailed {
+        endpoint: peer.to_string(),
+        server,
+        side: DtlsSide::Server,
+        identity: s("identity").map(parse_identity),
+        reason: parse_failure(s("reason").unwrap_or("unknown")),
+    })
+}
+
 /// A step name of [`BootstrapEvent`] (`discover`, `delete`, `write`, `read`, `finish`).
 fn step_name(s: &str) -> Option<&'static str> {
     ["discover", "delete", "write", "read", "finish"]
@@ -588,5 +634,45 @@ mod tests {
             ),
             "{b:?}"
         );
+    }
+
+    #[test]
+    fn a_servers_failed_handshake_reads_as_a_dtls_happening_of_the_peer() {
+        let failed = json!({"kind": "handshake_failed", "server": "bootstrap",
+            "peer": "127.0.0.1:4000", "identity": "psk:dev-1", "reason": "WrongKey"});
+        assert_eq!(
+            dtls_failure_from(&failed),
+            Some(DtlsHappening::HandshakeFailed {
+                endpoint: "127.0.0.1:4000".into(),
+                server: ServerRole::Bootstrap,
+                side: DtlsSide::Server,
+                identity: Some(lwm2m_dtls::Identity::Psk(b"dev-1"[..].into())),
+                reason: lwm2m_dtls::FailureReason::WrongKey,
+            })
+        );
+        let unknown = json!({"kind": "handshake_failed", "server": "server",
+            "peer": "127.0.0.1:4001", "reason": "UnknownIdentity"});
+        let Some(DtlsHappening::HandshakeFailed {
+            server,
+            identity,
+            reason,
+            ..
+        }) = dtls_failure_from(&unknown)
+        else {
+            panic!("not a failure");
+        };
+        assert_eq!(
+            (server, identity, reason),
+            (
+                ServerRole::Lwm2m,
+                None,
+                lwm2m_dtls::FailureReason::UnknownIdentity
+            )
+        );
+        let established = json!({"kind": "established", "peer": "127.0.0.1:4000",
+            "identity": "psk:dev-1"});
+        assert_eq!(dtls_failure_from(&established), None);
+        let no_peer = json!({"kind": "handshake_failed", "reason": "WrongKey"});
+        assert_eq!(dtls_failure_from(&no_peer), None);
     }
 }

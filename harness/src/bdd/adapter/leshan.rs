@@ -580,6 +580,7 @@ impl Leshan {
                         | Feature::Expiry
                         | Feature::Refusals
                         | Feature::BootstrapConfig
+                        | Feature::SecurityEvents
                 )
             })
             .collect();
@@ -879,6 +880,18 @@ impl ServerAdapter for Leshan {
         let body = json!({"endpoint": endpoint, "tls": {"mode": "psk",
             "details": {"identity": identity, "key": key}}});
         self.api.put("/api/security/clients", &body)
+    }
+
+    fn remove_psk(&self, endpoint: &str) -> Result<(), AdapterError> {
+        let route = format!("/api/security/clients/{endpoint}");
+        let (status, j) = self
+            .api
+            .call("DELETE", &route, None)
+            .map_err(|e| self.api.failed(e))?;
+        match status {
+            200 | 204 | 404 => Ok(()),
+            s => Err(self.api.failed(format!("DELETE {route} answered {s}: {j}"))),
+        }
     }
 }
 

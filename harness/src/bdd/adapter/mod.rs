@@ -93,11 +93,14 @@ pub enum Feature {
     PutCredentials,
     /// Store a bootstrap configuration.
     BootstrapConfig,
+    /// The server's DTLS handshake failures as events, with its reason (unknown PSK
+    /// identity, wrong key): what a client cannot tell apart from the alert it gets.
+    SecurityEvents,
 }
 
 impl Feature {
     /// Every feature with its name in the driver protocol and the reports.
-    pub const NAMES: [(&'static str, Self); 24] = [
+    pub const NAMES: [(&'static str, Self); 25] = [
         ("read", Self::Read),
         ("write", Self::Write),
         ("execute", Self::Execute),
@@ -122,6 +125,7 @@ impl Feature {
         ("registration-findings", Self::RegistrationFindings),
         ("put-credentials", Self::PutCredentials),
         ("bootstrap-config", Self::BootstrapConfig),
+        ("security-events", Self::SecurityEvents),
     ];
 
     /// The feature an operation needs.
@@ -284,6 +288,17 @@ pub trait ServerAdapter: Send + Sync + fmt::Debug {
         })
     }
 
+    /// Removes `endpoint`'s credentials from the server's security store, so that the next
+    /// scenario meets the server as it was (the default: nothing to remove where nothing
+    /// could be stored).
+    fn remove_psk(&self, endpoint: &str) -> Result<(), AdapterError> {
+        let _ = endpoint;
+        Err(AdapterError::Lacks {
+            adapter: self.info().adapter.clone(),
+            feature: Feature::PutCredentials,
+        })
+    }
+
     /// Stores a bootstrap configuration for `endpoint` (a name or a `*` pattern).
     fn put_bootstrap_config(
         &self,
@@ -341,6 +356,13 @@ impl Sinks {
     /// Gives a Bootstrap Server's `event` to every subscriber.
     pub fn deliver_bootstrap(&self, event: &BootstrapEvent) {
         self.deliver_happening(&Happening::Bootstrap(event.clone()));
+    }
+
+    /// Gives what a DTLS listener of the server reported to every subscriber. Its
+    /// `endpoint` is the client's address as the server saw it (`IP:PORT`): the backend
+    /// knows which of its clients that is.
+    pub fn deliver_dtls(&self, happening: &super::backend::DtlsHappening) {
+        self.deliver_happening(&Happening::Dtls(happening.clone()));
     }
 
     fn deliver_happening(&self, happening: &Happening) {

@@ -11,22 +11,23 @@
 //! And every bootstrap "write" was answered 2.04
 //! And the bootstrap discover lists "</>;lwm2m=1.1, </0/1>"
 //! Then the bootstrap session fails at "finish" with 4.06 within 30s
+//! And the client's value of /0/0/0 is the LwM2M server's DTLS URI
 //! ```
 
 use std::collections::BTreeMap;
 
 use cucumber::{given, then, when};
-use lwm2m_proto::Lwm2mPath;
 use lwm2m_proto::bootstrap::{
     AclInstance, BootstrapConfig, BootstrapEvent, FailureReason, SecurityInstance, SecurityMode,
     ServerInstance,
 };
+use lwm2m_proto::{Lwm2mPath, Value};
 
 use lwm2m_dtls::pki::{Purpose, Validity};
 
 use super::assertions::links_missing;
 use crate::bdd::backend::{Capability, Happening, ServerRole};
-use crate::bdd::params::{Code, DurationParam, Paths};
+use crate::bdd::params::{Code, DurationParam, PathParam, Paths};
 use crate::bdd::world::Lwm2mWorld;
 
 fn server_account(w: &mut Lwm2mWorld) -> (SecurityInstance, ServerInstance) {
@@ -134,6 +135,25 @@ fn secure_account(w: &mut Lwm2mWorld) -> anyhow::Result<(SecurityInstance, Serve
         },
         server,
     ))
+}
+
+/// The account the Bootstrap Server wrote points at the LwM2M Server's DTLS address
+/// (`coaps://` where it listens: ours in process, or the server under test's).
+#[then(expr = "the client's value of {path} is the LwM2M server's DTLS URI")]
+fn client_value_is_secure_uri(w: &mut Lwm2mWorld, path: PathParam) -> anyhow::Result<()> {
+    let Some(secure) = w.backend().secure_address(ServerRole::Lwm2m) else {
+        return Err(anyhow::anyhow!("the LwM2M Server has no DTLS listener"));
+    };
+    let expected = format!("coaps://{secure}");
+    let name = w.current()?;
+    match w.client_machine(&name)?.tree().get(&path.0).cloned() {
+        Some(Value::String(uri)) if uri == expected => Ok(()),
+        Some(v) => Err(w.fail(format!(
+            "{name:?} holds {v:?} at {}, not {expected:?}",
+            path.0
+        ))),
+        None => Err(w.fail(format!("{name:?} holds no value at {}", path.0))),
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
