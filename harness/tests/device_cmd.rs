@@ -679,3 +679,23 @@ fn a_declared_instance_the_device_lacks_fails_the_case() {
         show(&report)
     );
 }
+
+/// The first case is judged by what the device announces too: the harness starts the
+/// device once to learn it (a 1.0 device and a case first in the ETS for 1.1).
+#[test]
+fn the_first_case_is_judged_by_what_the_device_announces() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (out, report) = run_profile(dir, "minimal-1.0", "", "@int-211");
+    assert!(!out.status.success(), "nothing was tested: {}", text(&out));
+    assert_eq!(report.cases.len(), 1, "{}", show(&report));
+    assert_eq!(report.cases[0].status, Status::NotApplicable);
+    assert!(
+        report.cases[0]
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("registered as 1.0")),
+        "{}",
+        show(&report)
+    );
+}

@@ -444,6 +444,13 @@ pub trait Backend: fmt::Debug {
     /// The server's registration of `endpoint`.
     fn registration(&self, endpoint: &str) -> Option<Registration>;
 
+    /// What a device the harness starts announces, before any case has seen it register:
+    /// the backend starts it once, waits (bounded) for its Register and stops it. `None`
+    /// where there is no such device or it did not register.
+    fn probe_device(&mut self) -> Option<Registration> {
+        None
+    }
+
     /// The observations the server holds on `endpoint`.
     fn observations(&self, endpoint: &str) -> Vec<(ObservationId, Vec<Lwm2mPath>)>;
 

@@ -644,6 +644,24 @@ impl DeviceBackend {
         }
     }
 
+    /// Starts the launched device early, in the first case that needs to know what it
+    /// announces (its version, objects, instances and formats judge which cases apply): it
+    /// keeps running as that case's device, whose start then finds it registered. Not for
+    /// a bootstrap-only device (its account comes from the case).
+    fn probe_launched(&mut self) -> Option<Registration> {
+        use super::device;
+        if device::launch().is_none_or(|l| l.bootstrap_only()) {
+            return None;
+        }
+        let at = self.now();
+        self.log.note(
+            at,
+            "the harness starts the device now to learn what it announces",
+        );
+        self.start_launched().ok()?;
+        self.registration(&self.device.clone())
+    }
+
     /// Starts the launched device for this scenario, or finds it running; with a device
     /// that is given a server account, waits (bounded) for its Register.
     fn start_launched(&mut self) -> anyhow::Result<()> {
@@ -981,6 +999,10 @@ impl Backend for DeviceBackend {
             .registrations()
             .get(self.resolve(endpoint))
             .map(|e| e.registration)
+    }
+
+    fn probe_device(&mut self) -> Option<Registration> {
+        self.probe_launched()
     }
 
     fn observations(&self, endpoint: &str) -> Vec<(ObservationId, Vec<Lwm2mPath>)> {

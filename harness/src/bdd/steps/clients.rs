@@ -165,11 +165,13 @@ fn device_fits(
              be reset into it ({not_ours})"
         ));
     }
-    // A device the harness restarts is judged by what it announced when it last registered.
-    let Some(r) = w
+    // A device the harness restarts is judged by what it announced when it last registered;
+    // before the first case it has seen, the harness starts it once to learn that.
+    let known = w
         .backend()
         .registration(device)
-        .or_else(crate::bdd::device::last_registration)
+        .or_else(crate::bdd::device::last_registration);
+    let Some(r) = known.or_else(|| launched.as_ref().and_then(|_| w.backend().probe_device()))
     else {
         return Ok(());
     };
