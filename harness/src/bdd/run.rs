@@ -407,6 +407,7 @@ fn usage_datagrams(log: &ExchangeLog) -> Vec<report::usage::Datagram> {
     log.sent()
         .iter()
         .map(|d| report::usage::Datagram {
+            at: d.at,
             src: d.src,
             dst: d.dst,
             coap: d.coap.clone().unwrap_or_default(),

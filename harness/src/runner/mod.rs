@@ -11,7 +11,9 @@
 //! - `run.pcap` and `exchanges.log`: every datagram the servers sent and received (on a
 //!   DTLS listener as it was on the wire, encrypted; the log shows the CoAP inside), and
 //!   with DTLS `keys.log`, the NSS key log that lets Wireshark decrypt `run.pcap`;
-//! - `<operation>.hgrm` and `latencies.hlog`: the latency histograms;
+//! - `<operation>.hgrm` and `latencies.hlog`: the latency histograms (the log with one
+//!   interval per second per operation and per group's operation), and `exchanges.csv`
+//!   (every exchange: time, group, endpoint, operation, path, code, latency, bytes);
 //! - `network-usage.txt` (per operation over the whole run, then per sample client) and
 //!   `network-usage.csv` (every exchange); with DTLS also the record overhead, each
 //!   handshake's bytes and the handshakes NAT rebindings cost.
@@ -733,13 +735,19 @@ pub async fn run(
         .iter()
         .filter_map(|e| e.first().cloned())
         .collect();
+    let groups = endpoints
+        .iter()
+        .zip(&plan.groups)
+        .flat_map(|(eps, g)| eps.iter().map(|e| (e.clone(), g.spec.name.clone())))
+        .collect();
     let shared = Arc::new(metrics::Shared::default());
-    let t0 = Instant::now();
+    // The run's time origin: the interval log's StartTime, the charts' 0 s.
+    let (t0, origin) = (Instant::now(), SystemTime::now());
     let (stop_collector, stop_rx) = tokio::sync::oneshot::channel();
     let collector = tokio::spawn(metrics::collect(
         bus.subscribe(),
         shared.clone(),
-        watched,
+        metrics::Clients { watched, groups },
         t0,
         stop_rx,
     ));
@@ -846,6 +854,8 @@ pub async fn run(
         plan,
         options,
         started,
+        origin,
+        t0,
         elapsed: t0.elapsed(),
         servers: output::ServerInfo {
             server: servers.server_addr,

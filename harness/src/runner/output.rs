@@ -2,22 +2,20 @@
 //! the network-usage tables (with DTLS: keys.log, written by the server as it goes, and
 //! the DTLS accounting).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use hdrhistogram::Histogram;
-use lwm2m_proto::coap::{Counters, MessageClass, RequestType, message};
+use lwm2m_proto::coap::{Counters, message};
 use lwm2m_server::dtls::register_endpoint;
 use lwm2m_simulator::fleet::{CountersSnapshot, FleetReport};
 
 use super::capture::{self, Captured};
 use super::metrics::{self, Collected, Shared};
 use super::{Plan, RunOptions, RunOutcome};
-use crate::record::Latencies;
 use crate::report::dtls::{self as dtls_usage, DtlsUsage, Listener};
 use crate::report::usage::{self, ExchangeUsage};
 use crate::report::{self, CaseResult, RunReport, Subject, ThroughputPoint};
@@ -51,6 +49,11 @@ pub struct Run<'a> {
     pub plan: &'a Plan,
     pub options: &'a RunOptions,
     pub started: SystemTime,
+    /// The run's time origin (when the fleet started): 0 s of the interval log, the
+    /// charts and `exchanges.csv`.
+    pub origin: SystemTime,
+    /// The same moment on the monotonic clock.
+    pub t0: Instant,
     pub elapsed: Duration,
     pub servers: ServerInfo,
     pub fleets: &'a [FleetReport],
@@ -75,49 +78,47 @@ pub fn utc_stamp(at: SystemTime) -> String {
     format!("{y:04}-{m:02}-{d:02}T{h:02}-{mi:02}-{sec:02}")
 }
 
-/// Folds an HdrHistogram of microseconds (the fleet's) into `latencies` under `name`.
-fn fold(latencies: &mut Latencies, name: &str, h: &Histogram<u64>) {
-    for v in h.iter_recorded() {
-        metrics::record_many(
-            latencies,
-            name,
-            Duration::from_micros(v.value_iterated_to()),
-            v.count_at_value(),
+/// `exchanges.csv`: one row per CoAP exchange of the capture (request and its answer),
+/// for pandas and R. `time_s` is when the request was recorded, seconds since the run's
+/// origin; `latency_ms` from the request to its first answer at the capture point (empty
+/// without an answer); bytes are UDP payload (CoAP plus, over DTLS, the record overhead).
+fn exchanges_csv(
+    exchanges: &[usage::Exchange],
+    endpoints: &[Option<String>],
+    groups: &HashMap<&str, &str>,
+    origin: Duration,
+) -> String {
+    let mut s = String::from(
+        "time_s,group,endpoint,operation,path,code,latency_ms,request_bytes,response_bytes,datagrams\n",
+    );
+    for (x, ep) in exchanges.iter().zip(endpoints) {
+        let ep = ep.as_deref().unwrap_or("");
+        let _ = writeln!(
+            s,
+            "{:.6},{},{},{},{},{},{},{},{},{}",
+            x.at.saturating_sub(origin).as_secs_f64(),
+            csv_field(groups.get(ep).copied().unwrap_or("")),
+            csv_field(ep),
+            x.usage.operation,
+            csv_field(&x.usage.path),
+            x.code,
+            x.latency
+                .map(|l| format!("{:.3}", l.as_secs_f64() * 1000.0))
+                .unwrap_or_default(),
+            x.usage.request_wire,
+            x.usage.response_wire,
+            x.usage.datagrams
         );
     }
+    s
 }
 
-/// The time of each De-register, request to response, recorded as `name`: at the server's
-/// socket when the capture is the in-process servers', at the client's when it is the
-/// fleet's (the fleet measures Register and Update itself, not De-register); over DTLS
-/// from the records' plaintext.
-fn deregister_latencies(packets: &[Captured], latencies: &mut Latencies, name: &str) {
-    let mut pending: BTreeMap<(SocketAddr, SocketAddr, Vec<u8>), Duration> = BTreeMap::new();
-    let messages = packets.iter().flat_map(|p| {
-        let texts: Vec<&[u8]> = if p.plaintext.is_empty() {
-            vec![&p.bytes[..]]
-        } else {
-            p.plaintext.iter().map(|t| &t[..]).collect()
-        };
-        texts.into_iter().map(move |t| (p, t))
-    });
-    for (p, bytes) in messages {
-        let Ok(m) = message::decode(bytes) else {
-            continue;
-        };
-        match m.header.code {
-            MessageClass::Request(RequestType::Delete)
-                if message::uri_path(&m).starts_with("/rd/") =>
-            {
-                pending.insert((p.src, p.dst, m.get_token().to_vec()), p.at);
-            }
-            MessageClass::Response(_) => {
-                if let Some(at) = pending.remove(&(p.dst, p.src, m.get_token().to_vec())) {
-                    latencies.record(name, p.at.saturating_sub(at));
-                }
-            }
-            _ => {}
-        }
+/// A CSV field, quoted when it holds a comma, a quote or a line break (RFC 4180).
+fn csv_field(v: &str) -> String {
+    if v.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", v.replace('"', "\"\""))
+    } else {
+        v.to_owned()
     }
 }
 
@@ -390,19 +391,39 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
     // Latencies: the servers' (operations, bootstrap, notifications), the fleet's
     // (Register, Update), De-register at the server's socket.
     let mut latencies = std::mem::take(&mut run.collected.latencies);
-    metrics::observe_to_first(run.shared, &mut latencies);
+    metrics::observe_to_first(run.shared, &mut latencies, run.t0);
+    let since_origin = |at: SystemTime| at.duration_since(run.origin).unwrap_or_default();
     for f in run.fleets {
         for p in &f.profiles {
-            fold(&mut latencies, "register", &p.latencies.register);
-            fold(&mut latencies, "update", &p.latencies.update);
+            for t in &p.latencies.samples {
+                let name = if t.update { "update" } else { "register" };
+                latencies.record_at(name, Some(&p.profile), since_origin(t.at), t.latency);
+            }
         }
     }
-    // The capture is the servers' only when both are in process (see `capture`).
+    let groups: HashMap<&str, &str> = run
+        .endpoints
+        .iter()
+        .zip(&plan.groups)
+        .flat_map(|(eps, g)| eps.iter().map(|e| (e.as_str(), g.spec.name.as_str())))
+        .collect();
+    let origin = run.origin.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let datagrams = capture::usage_datagrams(&run.packets);
+    let exchanges = usage::timed_exchanges(&datagrams);
+    let exchange_endpoints = usage::endpoints(&exchanges);
+    // The time of each De-register, request to response: at the server's socket when the
+    // capture is the in-process servers', at the client's when it is the fleet's (the
+    // fleet measures Register and Update itself, not De-register).
     let name = match plan.scenario.servers.all_in_process() {
         true => "deregister-at-server",
         false => "deregister",
     };
-    deregister_latencies(&run.packets, &mut latencies, name);
+    for (x, ep) in exchanges.iter().zip(&exchange_endpoints) {
+        if let ("deregister", Some(latency)) = (x.usage.operation.as_str(), x.latency) {
+            let group = ep.as_deref().and_then(|e| groups.get(e).copied());
+            latencies.record_at(name, group, x.at.saturating_sub(origin), latency);
+        }
+    }
 
     let decode_as = {
         let listeners = run.servers.listeners();
@@ -473,12 +494,16 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
         }
     }
     let mut hlog = Vec::new();
-    latencies.write_log(&mut hlog, run.started, run.elapsed)?;
+    latencies.write_log(&mut hlog, run.origin)?;
     std::fs::write(dir.join("latencies.hlog"), hlog).context("writing latencies.hlog")?;
+    write_file(
+        dir,
+        "exchanges.csv",
+        &exchanges_csv(&exchanges, &exchange_endpoints, &groups, origin),
+    )?;
 
     // Network usage.
-    let datagrams = capture::usage_datagrams(&run.packets);
-    let mut all = usage::exchanges(&datagrams);
+    let mut all: Vec<ExchangeUsage> = exchanges.iter().map(|x| x.usage.clone()).collect();
     let listeners = run.servers.listeners();
     let wire = dtls_wire(&run.packets);
     let accounts: Vec<(Listener, SocketAddr, DtlsUsage)> = listeners

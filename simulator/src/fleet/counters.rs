@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hdrhistogram::Histogram;
 
@@ -101,6 +101,20 @@ pub struct Latencies {
     pub register: Histogram<u64>,
     /// Update: POST /rd/{id} sent until 2.04 Changed (Core TS 1.1 §6.2.2).
     pub update: Histogram<u64>,
+    /// Every sample of both histograms with the time it completed, in completion order:
+    /// latency over time (the harness's per-second interval log and charts).
+    pub samples: Vec<Timed>,
+}
+
+/// One Register or Update latency and when it completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timed {
+    /// When the answer arrived (wall clock).
+    pub at: SystemTime,
+    /// An Update (else a Register).
+    pub update: bool,
+    /// From the first transmission to the success.
+    pub latency: Duration,
 }
 
 impl Default for Latencies {
@@ -108,6 +122,7 @@ impl Default for Latencies {
         Self {
             register: histogram(),
             update: histogram(),
+            samples: Vec::new(),
         }
     }
 }
@@ -123,6 +138,8 @@ impl Latencies {
         // Same bounds on both sides: addition cannot fail.
         let _ = self.register.add(&other.register);
         let _ = self.update.add(&other.update);
+        self.samples.extend_from_slice(&other.samples);
+        self.samples.sort_by_key(|t| t.at);
     }
 
     /// The latency at quantile `q` (0.5 for the median), `None` before any sample.
@@ -159,6 +176,11 @@ impl ProfileStats {
                 &mut l.register
             };
             h.saturating_record(micros);
+            l.samples.push(Timed {
+                at: SystemTime::now(),
+                update,
+                latency,
+            });
         }
     }
 

@@ -42,7 +42,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use counters::{CountersSnapshot, Latencies, ProfileCounters};
+pub use counters::{CountersSnapshot, Latencies, ProfileCounters, Timed};
 pub use handle::{ClientInfo, FleetHandle, FleetReport, ProfileReport};
 use lwm2m_dtls::KeyLog;
 use lwm2m_proto::Lwm2mPath;
