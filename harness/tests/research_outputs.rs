@@ -170,4 +170,35 @@ timeline:
     }
     // Every read answered, queued or not, is one exchange on the wire.
     assert_eq!(reads, 12 + 8 + 12 + 4);
+
+    // The report's charts: the distribution with the queued reads in a series of their own,
+    // requests per second by group, the clients over time with the 6 timeline actions.
+    let c = &report.charts;
+    assert_eq!(
+        c.distribution.keys().collect::<Vec<_>>(),
+        report.latencies.keys().collect::<Vec<_>>()
+    );
+    let seconds: u64 = c.over_time["read"].iter().map(|s| s.count).sum();
+    assert_eq!(seconds, read.count);
+    let by_group: u32 = c.requests_by_group.values().flatten().sum();
+    assert_eq!(by_group as usize, rows.len());
+    assert_eq!(
+        c.requests_by_group.keys().collect::<Vec<_>>(),
+        ["meters", "sensors"]
+    );
+    assert_eq!(c.events.len(), 6);
+    let asleep = c.clients.iter().map(|p| p.sleeping).max().unwrap();
+    assert!(asleep >= 4, "{:?}", c.clients);
+    assert_eq!(c.clients.iter().map(|p| p.started).max(), Some(20));
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    for needle in [
+        "aria-label=\"Latency percentile distribution by operation\"",
+        "<g class=\"series\" data-name=\"read-queued\"",
+        "aria-label=\"Requests per second by client group\"",
+        "<g class=\"series\" data-name=\"asleep (radio off)\"",
+        "<h2>Network usage of one client: meters-0 (group meters)</h2>",
+    ] {
+        assert!(html.contains(needle), "{needle}");
+    }
+    assert_eq!(html.matches("<g class=\"mark\">").count(), 6);
 }

@@ -713,6 +713,8 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         cases: collector.cases,
         throughput: Vec::new(),
         network_usage: collector.network_usage,
+        network_usage_client: None,
+        charts: Default::default(),
         counters: collector.counters,
     };
     report.write_with(&options.report_dir, &device_section(options))?;

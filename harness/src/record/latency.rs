@@ -234,6 +234,23 @@ impl Latencies {
         })
     }
 
+    /// The percentile distribution of an operation as (percentile 0–100, ms) points: each
+    /// step of HdrHistogram's quantile iteration (5 per halving of the distance to 100 %),
+    /// at the percentile of the samples up to its value.
+    pub fn distribution(&self, operation: &str) -> Vec<(f64, f64)> {
+        let Some(h) = self.histograms.get(operation) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(f64, f64)> = Vec::new();
+        for v in h.iter_quantiles(5) {
+            let point = (v.quantile() * 100.0, ms(v.value_iterated_to()));
+            if out.last() != Some(&point) {
+                out.push(point);
+            }
+        }
+        out
+    }
+
     /// The `.hgrm` percentile distribution of an operation (milliseconds).
     pub fn hgrm(&self, operation: &str) -> Option<String> {
         let h = self.histograms.get(operation)?;
@@ -351,6 +368,12 @@ mod tests {
         for i in 1..=1000u64 {
             l.record("read", Duration::from_micros(i * 100));
         }
+        let d = l.distribution("read");
+        assert_eq!(d.first().map(|p| p.0), Some(0.1));
+        assert_eq!(d.last().map(|p| p.0), Some(100.0));
+        assert!(d.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
+        let median = d.iter().find(|p| p.0 >= 50.0).unwrap();
+        assert!((median.1 - 50.0).abs() < 0.1, "{median:?}");
         let s = l.summary("read").unwrap();
         assert_eq!(s.count, 1000);
         assert!((s.p50_ms - 50.0).abs() < 0.1, "{s:?}");

@@ -77,7 +77,7 @@ use lwm2m_simulator::seed;
 
 use crate::bdd::backend::ServerRole;
 use crate::bdd::secure::{SecureAccount, write_account};
-use crate::report::{CaseResult, RunReport, Status};
+use crate::report::{self, CaseResult, RunReport, Status};
 pub use scenario::{Plan, Scenario};
 
 /// `lwm2m-harness run` arguments.
@@ -794,12 +794,35 @@ pub async fn run(
     let total = plan.clients() as u64;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let end = start + duration;
+    // The clients over time, for the report's chart: every tick, at most ~500 points.
+    let mut clients_over_time: Vec<report::charts::ClientsPoint> = Vec::new();
+    let every = (duration.as_secs_f64() / 500.0).max(0.25);
     while tokio::time::Instant::now() < end {
         tokio::select! {
             _ = tick.tick() => {}
             () = tokio::time::sleep_until(end) => {}
         }
         let c = fleet_total(&handles);
+        let t_s = t0.elapsed().as_secs_f64();
+        if clients_over_time
+            .last()
+            .is_none_or(|p| t_s - p.t_s >= every * 0.99)
+        {
+            // Asleep: radio off, by the profile's cycle, a queue-mode sleep or the
+            // timeline's `sleep` (the fleet's gauge counts only the queue-mode state).
+            let mut asleep = 0;
+            for h in &handles {
+                if let Ok(infos) = h.clients().await {
+                    asleep += infos.iter().filter(|i| i.asleep).count() as u64;
+                }
+            }
+            clients_over_time.push(report::charts::ClientsPoint {
+                t_s,
+                started: c.started,
+                registered: c.registered,
+                sleeping: asleep,
+            });
+        }
         bar.set_position(u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX));
         bar.set_message(format!(
             "registered {}/{total}  asleep {}  served {}  notified {}  datagrams {}",
@@ -875,6 +898,7 @@ pub async fn run(
         packets: capture.take(),
         endpoints: &endpoints,
         cases,
+        clients: clients_over_time,
     };
     let report = output::write(&dir, run)?;
     Ok(RunOutcome { dir, report })

@@ -16,6 +16,8 @@ use lwm2m_simulator::fleet::{CountersSnapshot, FleetReport};
 use super::capture::{self, Captured};
 use super::metrics::{self, Collected, Shared};
 use super::{Plan, RunOptions, RunOutcome};
+use crate::record::Latencies;
+use crate::report::charts::{Charts, ClientsPoint, SecondLatency, TimelineMark};
 use crate::report::dtls::{self as dtls_usage, DtlsUsage, Listener};
 use crate::report::usage::{self, ExchangeUsage};
 use crate::report::{self, CaseResult, RunReport, Subject, ThroughputPoint};
@@ -69,6 +71,78 @@ pub struct Run<'a> {
     pub unpaired: u64,
     pub endpoints: &'a [Vec<String>],
     pub cases: Vec<CaseResult>,
+    /// The fleet's clients, sampled while the run went on.
+    pub clients: Vec<ClientsPoint>,
+}
+
+/// Adds one to `map[key][second]`.
+fn count(map: &mut BTreeMap<String, Vec<u32>>, key: &str, second: usize) {
+    let v = map.entry(key.to_owned()).or_default();
+    if v.len() <= second {
+        v.resize(second + 1, 0);
+    }
+    if let Some(n) = v.get_mut(second) {
+        *n += 1;
+    }
+}
+
+/// The charts' data: percentile distributions and per-second percentiles of the
+/// latencies, requests on the wire per second by operation and by group, the clients over
+/// time and the timeline's actions.
+fn charts(
+    latencies: &Latencies,
+    exchanges: &[usage::Exchange],
+    groups: &[Option<&str>],
+    origin: Duration,
+    run: &Run<'_>,
+) -> Charts {
+    let mut c = Charts::default();
+    for op in latencies.operations() {
+        let points = latencies.distribution(op);
+        c.distribution.insert(
+            op.to_owned(),
+            points.into_iter().map(|(p, v)| [p, v]).collect(),
+        );
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    for interval in latencies.intervals() {
+        for (tag, h) in interval.histograms {
+            if tag.starts_with("group=") {
+                continue;
+            }
+            c.over_time.entry(tag).or_default().push(SecondLatency {
+                t_s: interval.second,
+                count: h.len(),
+                p50_ms: ms(h.value_at_quantile(0.5)),
+                p90_ms: ms(h.value_at_quantile(0.9)),
+                p99_ms: ms(h.value_at_quantile(0.99)),
+                max_ms: ms(h.max()),
+            });
+        }
+    }
+    for (x, group) in exchanges.iter().zip(groups) {
+        let second = usize::try_from(x.at.saturating_sub(origin).as_secs()).unwrap_or(usize::MAX);
+        if second > 7 * 24 * 3600 {
+            continue;
+        }
+        count(&mut c.requests_by_operation, &x.usage.operation, second);
+        count(
+            &mut c.requests_by_group,
+            group.unwrap_or("(unknown client)"),
+            second,
+        );
+    }
+    c.clients = run.clients.clone();
+    c.events = run
+        .plan
+        .steps
+        .iter()
+        .map(|s| TimelineMark {
+            t_s: s.at.as_secs_f64(),
+            label: s.title.clone(),
+        })
+        .collect();
+    c
 }
 
 /// `YYYY-MM-DDThh-mm-ss` in UTC (a file-name-safe ISO 8601).
@@ -550,6 +624,7 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
         sections.push(("DTLS".to_owned(), section));
     }
     let mut sample_rows = Vec::new();
+    let mut sample_client = None;
     {
         let live = run.shared.lock();
         for (g, eps) in run.endpoints.iter().enumerate() {
@@ -569,6 +644,10 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
             );
             if g == 0 {
                 sample_rows = rows;
+                sample_client = Some(format!(
+                    "{ep} (group {})",
+                    plan.groups.get(g).map_or("", |gp| gp.spec.name.as_str())
+                ));
             }
         }
     }
@@ -688,6 +767,11 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
         });
     }
 
+    let exchange_groups: Vec<Option<&str>> = exchange_endpoints
+        .iter()
+        .map(|ep| ep.as_deref().and_then(|e| groups.get(e).copied()))
+        .collect();
+    let charts = charts(&latencies, &exchanges, &exchange_groups, origin, &run);
     let summaries = latencies
         .operations()
         .filter_map(|op| latencies.summary(op).map(|s| (op.to_owned(), s)))
@@ -722,6 +806,8 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
         latencies: summaries,
         throughput,
         network_usage: sample_rows,
+        network_usage_client: sample_client,
+        charts,
         counters,
     };
     report.write_with(dir, &sections)?;
