@@ -568,6 +568,8 @@ fn build_fleets(
             first_address: Ipv4Addr::new(127, block, 0, 1),
             tap: tap.clone(),
             key_log: key_log.clone(),
+            // Register and Update latencies over time: the interval log and the charts.
+            timed_latencies: true,
             ..FleetConfig::default()
         });
         for n in 0..group.spec.count {
