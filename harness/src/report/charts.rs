@@ -278,6 +278,9 @@ pub struct Chart {
     pub height: f64,
     /// Draw a marker (with its value as tooltip) at each point of series this short.
     pub markers_up_to: usize,
+    /// List the marks under the chart (else they are only numbered on it, with their label
+    /// as tooltip, referring to the list of another chart).
+    pub list_marks: bool,
 }
 
 /// Distinct colours (Okabe–Ito, then Tableau's), cycled with dashes beyond.
@@ -304,6 +307,7 @@ impl Chart {
             width,
             height,
             markers_up_to: 80,
+            list_marks: true,
         }
     }
 
@@ -376,7 +380,7 @@ impl Chart {
             let x = self.px(*v);
             let _ = write!(
                 s,
-                "<g class=\"mark\"><line x1=\"{x:.1}\" y1=\"{y1}\" x2=\"{x:.1}\" y2=\"{y0}\" stroke=\"#b00\" stroke-dasharray=\"3,3\"/>\
+                "<g class=\"mark\"><line x1=\"{x:.1}\" y1=\"{y1}\" x2=\"{x:.1}\" y2=\"{y0}\" stroke=\"#c33\" stroke-opacity=\"0.45\" stroke-dasharray=\"3,3\"/>\
                  <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#b00\">{}<title>{}</title></text></g>",
                 y1 - 4.0 - (n % 2) as f64 * 11.0,
                 n + 1,
@@ -460,7 +464,7 @@ impl Chart {
     /// The SVG and, when there are marks, their numbered list.
     pub fn html(&self) -> String {
         let mut s = format!("<figure>{}", self.svg());
-        if !self.marks.is_empty() {
+        if self.list_marks && !self.marks.is_empty() {
             s.push_str("<figcaption><ol class=\"marks\">");
             for (v, label) in &self.marks {
                 let _ = write!(s, "<li>{} s: {}</li>", number(*v), escape(label));
@@ -470,6 +474,14 @@ impl Chart {
         s.push_str("</figure>\n");
         s
     }
+}
+
+/// Marks the timeline's actions on a chart over time, numbered as in the clients chart's
+/// list.
+pub fn with_timeline(mut chart: Chart, c: &Charts) -> Chart {
+    chart.marks = c.events.iter().map(|e| (e.t_s, e.label.clone())).collect();
+    chart.list_marks = false;
+    chart
 }
 
 /// Operations whose latency is derived from other events rather than one request (left out
@@ -820,6 +832,11 @@ mod tests {
         );
         assert_eq!(svg.matches("class=\"mark\"").count(), 1);
         assert!(chart.html().contains("<li>2 s: sleep 30 sensors</li>"));
+        // Elsewhere the same marks, numbered alike, without the list.
+        let marked = with_timeline(r, &c);
+        assert_eq!(marked.svg().matches("class=\"mark\"").count(), 1);
+        assert!(marked.svg().contains(">1<title>sleep 30 sensors</title>"));
+        assert!(!marked.html().contains("<li>"));
 
         // The median and p99 of every operation, then one chart for each operation seen
         // in three seconds or more.

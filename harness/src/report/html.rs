@@ -264,10 +264,11 @@ fn latencies(s: &mut String, r: &RunReport) {
             "<h3>Latency percentiles over time</h3><p>The samples completed in each second (drawn at \
              its middle): every operation's median and 99th percentile, then the percentiles of each \
              operation seen in three seconds or more. <code>latencies.hlog</code> has the same seconds \
-             as HdrHistogram interval histograms (also per client group).</p>",
+             as HdrHistogram interval histograms (also per client group). Numbered marks: the \
+             timeline's actions, listed under <a href=\"#clients\">Clients over time</a>.</p>",
         );
         for chart in over {
-            s.push_str(&chart.html());
+            s.push_str(&charts::with_timeline(chart, &r.charts).html());
         }
     }
 }
@@ -290,10 +291,11 @@ fn throughput(s: &mut String, r: &RunReport) {
              the clients' Register, Update, Bootstrap, the servers' Device Management and \
              Information Reporting requests; the Bootstrap Server's Write and Delete count as \
              write and delete), from the capture; by client group through each client's endpoint \
-             (<code>exchanges.csv</code> has every one).</p>",
+             (<code>exchanges.csv</code> has every one). Numbered marks: the timeline's actions, \
+             listed under <a href=\"#clients\">Clients over time</a>.</p>",
         );
-        for chart in by_op.iter().chain(&by_group) {
-            s.push_str(&chart.html());
+        for chart in by_op.into_iter().chain(by_group) {
+            s.push_str(&charts::with_timeline(chart, c).html());
         }
     } else if r.throughput.len() >= 2 {
         let mut ops = BTreeMap::new();
@@ -311,7 +313,7 @@ fn throughput(s: &mut String, r: &RunReport) {
     }
     if let Some(chart) = charts::clients(c, r.duration_s) {
         s.push_str(
-            "<h2>Clients over time</h2><p>The fleet's clients started, registered, and asleep (radio off: \
+            "<h2 id=\"clients\">Clients over time</h2><p>The fleet's clients started, registered, and asleep (radio off: \
              the profile's sleep cycle, queue mode, or the timeline's <code>sleep</code>; datagrams to them \
              are lost); the numbered marks are the scenario's timeline actions.</p>",
         );
