@@ -416,6 +416,7 @@ fn usage_datagrams(log: &ExchangeLog) -> Vec<report::usage::Datagram> {
     log.sent()
         .iter()
         .map(|d| report::usage::Datagram {
+            at: d.at,
             src: d.src,
             dst: d.dst,
             coap: d.coap.clone().unwrap_or_default(),
@@ -721,6 +722,8 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         cases: collector.cases,
         throughput: Vec::new(),
         network_usage: collector.network_usage,
+        network_usage_client: None,
+        charts: Default::default(),
         counters: collector.counters,
     };
     report.write_with(&options.report_dir, &device_section(options))?;

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use super::{RunReport, Status, escape, usage};
+use super::{RunReport, Status, charts, escape, usage};
 
 const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}\
 h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}\
@@ -12,7 +12,8 @@ th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .passed{background:#d9f2d9}.failed{background:#f8d0d0}.not-applicable{background:#eee;color:#666}.not-supported{background:#fdf1c7}.passed-with-findings{background:#e8f2c0}\
 .badge{display:inline-block;padding:.15em .6em;border-radius:1em;margin-right:.4em;font-weight:600}\
 pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:12px}.meta td:first-child{font-weight:600}\
-svg text{font:11px system-ui,sans-serif}";
+svg text{font:11px system-ui,sans-serif}svg text.axis-label{font-size:12px;font-weight:600}\
+figure{margin:.6em 0}svg text.chart-title{font-size:13px;font-weight:600}figcaption ol.marks{font-size:12px;color:#555;columns:2;margin:.2em 0 0 1em}";
 
 /// Renders the whole report.
 pub fn render(r: &RunReport) -> String {
@@ -227,99 +228,115 @@ fn latencies(s: &mut String, r: &RunReport) {
         );
     }
     s.push_str("</table>\n");
-    // Horizontal bars: p50, p90, p99 per operation on a common linear scale.
-    let max = r
-        .latencies
-        .values()
-        .map(|l| l.p99_ms)
-        .fold(0.0f64, f64::max)
-        .max(1e-3);
-    let (label_w, chart_w, row_h) = (210.0, 560.0, 36.0);
-    let height = row_h * r.latencies.len() as f64 + 30.0;
-    let _ = write!(
-        s,
-        "<svg role=\"img\" aria-label=\"latency percentiles\" width=\"{}\" height=\"{height}\" viewBox=\"0 0 {} {height}\">",
-        label_w + chart_w + 90.0,
-        label_w + chart_w + 90.0
-    );
-    for (i, (op, l)) in r.latencies.iter().enumerate() {
-        let y = 10.0 + i as f64 * row_h;
-        let _ = write!(s, "<text x=\"0\" y=\"{}\">{}</text>", y + 16.0, escape(op));
-        for (j, (v, color, name)) in [
-            (l.p50_ms, "#4c9be8", "p50"),
-            (l.p90_ms, "#f0a030", "p90"),
-            (l.p99_ms, "#d9534f", "p99"),
-        ]
-        .iter()
-        .enumerate()
-        {
-            let w = (v / max * chart_w).max(1.0);
-            let yy = y + j as f64 * 9.0;
-            let _ = write!(
-                s,
-                "<rect x=\"{label_w}\" y=\"{yy}\" width=\"{w:.1}\" height=\"8\" fill=\"{color}\"><title>{} {name} {v:.3} ms</title></rect>",
-                escape(op)
-            );
-        }
-        let _ = write!(
-            s,
-            "<text x=\"{}\" y=\"{}\">{:.2} ms</text>",
-            label_w + (l.p99_ms / max * chart_w) + 4.0,
-            y + 26.0,
-            l.p99_ms
+    if r.latencies.keys().any(|op| op.ends_with("-queued")) {
+        s.push_str(
+            "<p><code>…-queued</code>: operations that waited in the server's queue for a sleeping \
+             queue-mode client (sent before its latest wake-up, Core TS 1.1 §6.5), apart from the others: \
+             their latency is mostly the sleep.</p>\n",
         );
     }
-    let _ = writeln!(
-        s,
-        "<text x=\"{label_w}\" y=\"{}\"><tspan fill=\"#4c9be8\">■ p50</tspan> <tspan fill=\"#f0a030\">■ p90</tspan> <tspan fill=\"#d9534f\">■ p99</tspan> (scale 0 – {max:.2} ms)</text></svg>",
-        height - 4.0
-    );
+    // The distribution: the run's own, or (suite reports) the summary's percentiles.
+    let mut data = r.charts.clone();
+    if data.distribution.is_empty() {
+        for (op, l) in &r.latencies {
+            data.distribution.insert(
+                op.clone(),
+                vec![
+                    [50.0, l.p50_ms],
+                    [90.0, l.p90_ms],
+                    [99.0, l.p99_ms],
+                    [99.9, l.p999_ms],
+                    [100.0, l.max_ms],
+                ],
+            );
+        }
+    }
+    if let Some(chart) = charts::distribution(&data) {
+        s.push_str(
+            "<h3>Latency percentile distribution</h3><p>Each operation's latency (log scale) at each \
+             percentile; the percentile axis gives 90 %, 99 %, 99.9 %, … equal room (HdrHistogram's plot).</p>",
+        );
+        s.push_str(&chart.html());
+    }
+    let over = charts::percentiles_over_time(&r.charts, r.duration_s);
+    if !over.is_empty() {
+        s.push_str(
+            "<h3>Latency percentiles over time</h3><p>The samples completed in each second (drawn at \
+             its middle): every operation's median and 99th percentile, then the percentiles of each \
+             operation seen in three seconds or more. <code>latencies.hlog</code> has the same seconds \
+             as HdrHistogram interval histograms (also per client group). Numbered marks: the \
+             timeline's actions, listed under <a href=\"#clients\">Clients over time</a>.</p>",
+        );
+        for chart in over {
+            s.push_str(&charts::with_timeline(chart, &r.charts).html());
+        }
+    }
 }
 
 fn throughput(s: &mut String, r: &RunReport) {
-    if r.throughput.len() < 2 {
-        return;
-    }
-    let (w, h, pad) = (760.0, 200.0, 40.0);
-    let t_max = r
-        .throughput
-        .iter()
-        .map(|p| p.t_s)
-        .fold(0.0f64, f64::max)
-        .max(1e-3);
-    let o_max = r.throughput.iter().map(|p| p.ops).max().unwrap_or(1).max(1) as f64;
-    let points: Vec<String> = r
-        .throughput
-        .iter()
-        .map(|p| {
-            format!(
-                "{:.1},{:.1}",
-                pad + p.t_s / t_max * (w - 2.0 * pad),
-                h - pad + 10.0 - p.ops as f64 / o_max * (h - 2.0 * pad)
-            )
-        })
-        .collect();
-    let _ = writeln!(
-        s,
-        "<h2>Throughput over time</h2><svg role=\"img\" aria-label=\"throughput\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">\
-         <line x1=\"{pad}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\" stroke=\"#888\"/><line x1=\"{pad}\" y1=\"10\" x2=\"{pad}\" y2=\"{y0}\" stroke=\"#888\"/>\
-         <polyline fill=\"none\" stroke=\"#4c9be8\" stroke-width=\"2\" points=\"{}\"/>\
-         <text x=\"{pad}\" y=\"{}\">0 s</text><text x=\"{}\" y=\"{}\">{t_max:.0} s</text>\
-         <text x=\"2\" y=\"18\">{o_max:.0}/s</text><text x=\"2\" y=\"{y0}\">0</text></svg>",
-        points.join(" "),
-        h - 8.0,
-        w - pad - 20.0,
-        h - 8.0,
-        y0 = h - pad + 10.0,
-        x1 = w - pad,
+    let c = &r.charts;
+    let by_op = charts::rates(
+        "Requests per second by operation",
+        &c.requests_by_operation,
+        r.duration_s,
     );
+    let by_group = charts::rates(
+        "Requests per second by client group",
+        &c.requests_by_group,
+        r.duration_s,
+    );
+    if by_op.is_some() || by_group.is_some() {
+        s.push_str(
+            "<h2>Requests over time</h2><p>CoAP requests on the wire per second (both directions: \
+             the clients' Register, Update, Bootstrap, the servers' Device Management and \
+             Information Reporting requests; the Bootstrap Server's Write and Delete count as \
+             write and delete), from the capture; by client group through each client's endpoint \
+             (<code>exchanges.csv</code> has every one). Numbered marks: the timeline's actions, \
+             listed under <a href=\"#clients\">Clients over time</a>.</p>",
+        );
+        for chart in by_op.into_iter().chain(by_group) {
+            s.push_str(&charts::with_timeline(chart, c).html());
+        }
+    } else if r.throughput.len() >= 2 {
+        let mut ops = BTreeMap::new();
+        ops.insert(
+            "operations".to_owned(),
+            r.throughput
+                .iter()
+                .map(|p| u32::try_from(p.ops).unwrap_or(u32::MAX))
+                .collect(),
+        );
+        if let Some(chart) = charts::rates("Operations completed per second", &ops, r.duration_s) {
+            s.push_str("<h2>Throughput over time</h2>");
+            s.push_str(&chart.html());
+        }
+    }
+    if let Some(chart) = charts::clients(c, r.duration_s) {
+        s.push_str(
+            "<h2 id=\"clients\">Clients over time</h2><p>The fleet's clients started, registered, and asleep (radio off: \
+             the profile's sleep cycle, queue mode, or the timeline's <code>sleep</code>; datagrams to them \
+             are lost); the numbered marks are the scenario's timeline actions.</p>",
+        );
+        s.push_str(&chart.html());
+    }
 }
 
 fn network(s: &mut String, r: &RunReport) {
     if r.network_usage.is_empty() {
         return;
     }
-    s.push_str("<h2>Network usage per operation</h2><pre>");
+    match &r.network_usage_client {
+        Some(client) => {
+            let _ = write!(
+                s,
+                "<h2>Network usage of one client: {}</h2><p>Every exchange of this sample client \
+                 (the first of its group); the whole run's usage by operation is in the next section \
+                 and in <code>network-usage.txt</code>.</p><pre>",
+                escape(client)
+            );
+        }
+        None => s.push_str("<h2>Network usage per exchange</h2><pre>"),
+    }
     s.push_str(&escape(&usage::render_table(&r.network_usage)));
     s.push_str("</pre>\n");
 }
@@ -333,7 +350,12 @@ mod tests {
         assert!(!h.contains("<script") && !h.contains("http://") && !h.contains("https://"));
         assert!(h.contains("sample &lt;run&gt;"));
         assert!(h.contains("class=\"failed\""));
-        assert!(h.contains("<svg role=\"img\" aria-label=\"latency percentiles\""));
+        // The suite's summaries as a distribution, on real axes.
+        assert!(h.contains("aria-label=\"Latency percentile distribution by operation\""));
+        assert!(h.contains("<g class=\"series\" data-name=\"register\""));
+        assert!(h.contains(">99.9%</text>") && h.contains(">latency (ms)</text>"));
+        // The throughput of a run without request rates.
+        assert!(h.contains("aria-label=\"Operations completed per second\""));
         assert!(h.contains("<polyline"));
         assert!(h.contains("1 passed") && h.contains("1 failed") && h.contains("1 not applicable"));
         assert!(h.contains("1 not supported"), "{h}");

@@ -3,6 +3,7 @@
 //! `report.html` (matrix of cases by subject, latency percentile and throughput charts as
 //! inline SVG, network usage) and as `junit.xml` for CI.
 
+pub mod charts;
 pub mod dtls;
 pub mod html;
 pub mod junit;
@@ -178,8 +179,15 @@ pub struct RunReport {
     pub latencies: BTreeMap<String, Summary>,
     /// Throughput over time.
     pub throughput: Vec<ThroughputPoint>,
-    /// Network usage per exchange.
+    /// Network usage per exchange (of one sample client in a scenario run).
     pub network_usage: Vec<ExchangeUsage>,
+    /// Whose exchanges `network_usage` lists (`meters-1 (group meters)`), when one
+    /// client's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_usage_client: Option<String>,
+    /// The data of the charts over time (scenario runs).
+    #[serde(default)]
+    pub charts: charts::Charts,
     /// Named counters (registered, failed, bytes in/out, ...).
     pub counters: BTreeMap<String, u64>,
 }
@@ -394,6 +402,8 @@ pub(crate) mod tests {
                 })
                 .collect(),
             network_usage: vec![],
+            network_usage_client: None,
+            charts: charts::Charts::default(),
             counters: [("registered".to_owned(), 100)].into(),
         }
     }

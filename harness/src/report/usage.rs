@@ -6,12 +6,16 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use lwm2m_proto::coap::{CoapOption, MessageClass, Packet, RequestType, message};
+use lwm2m_proto::coap::{CoapOption, MessageClass, MessageType, Packet, RequestType, message};
 
 /// One datagram as recorded.
 #[derive(Debug, Clone)]
 pub struct Datagram {
+    /// When it was recorded (since the Unix epoch in a run's capture, since the start of
+    /// the scenario in a feature's exchange log).
+    pub at: Duration,
     /// Sender.
     pub src: SocketAddr,
     /// Receiver.
@@ -80,10 +84,60 @@ pub fn operation_name(p: &Packet) -> &'static str {
     }
 }
 
+/// One request and its response, with when and between whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    /// When the request's first datagram was recorded.
+    pub at: Duration,
+    /// Who sent the request.
+    pub requester: SocketAddr,
+    /// Who answered.
+    pub responder: SocketAddr,
+    /// The code of the first answer: `2.05`, `4.04`, ..., `RST` for a Reset, empty when
+    /// only an empty ACK (or nothing) came back.
+    pub code: String,
+    /// From the request's first datagram to its first answer (response or Reset).
+    pub latency: Option<Duration>,
+    /// The endpoint a Register or Bootstrap-Request names (`ep=`).
+    pub endpoint: Option<String>,
+    /// The registration a Register's response created (`/rd/ID`, its Location-Path).
+    pub location: Option<String>,
+    /// Bytes and datagrams.
+    pub usage: ExchangeUsage,
+}
+
+/// The `ep=` query of a request.
+fn endpoint_query(p: &Packet) -> Option<String> {
+    p.get_option(CoapOption::UriQuery)?.iter().find_map(|q| {
+        std::str::from_utf8(q)
+            .ok()?
+            .strip_prefix("ep=")
+            .map(str::to_owned)
+    })
+}
+
+/// The Location-Path of a response as `/a/b`, `None` without one.
+fn location_path(p: &Packet) -> Option<String> {
+    let parts = p.get_option(CoapOption::LocationPath)?;
+    let path: String = parts
+        .iter()
+        .map(|s| format!("/{}", String::from_utf8_lossy(s)))
+        .collect();
+    (!path.is_empty()).then_some(path)
+}
+
 /// Pairs requests and responses: by (client, server, token); empty ACKs and RSTs count
 /// toward the exchange whose message id they answer.
 pub fn exchanges(datagrams: &[Datagram]) -> Vec<ExchangeUsage> {
-    let mut out: Vec<ExchangeUsage> = Vec::new();
+    timed_exchanges(datagrams)
+        .into_iter()
+        .map(|e| e.usage)
+        .collect()
+}
+
+/// [`exchanges`] with the time, the peers, the answer's code and the latency of each.
+pub fn timed_exchanges(datagrams: &[Datagram]) -> Vec<Exchange> {
+    let mut out: Vec<Exchange> = Vec::new();
     // (requester, responder, token) -> index in out
     let mut by_token: HashMap<(SocketAddr, SocketAddr, Vec<u8>), usize> = HashMap::new();
     // (sender of the CON, receiver, message id) -> index, for empty ACKs
@@ -100,34 +154,49 @@ pub fn exchanges(datagrams: &[Datagram]) -> Vec<ExchangeUsage> {
                     // A retransmission or a further block of the same exchange.
                     Some(&i)
                         if p.get_option(CoapOption::Block1).is_some()
-                            || out[i].response_coap == 0 =>
+                            || out[i].usage.response_coap == 0 =>
                     {
                         i
                     }
                     _ => {
-                        out.push(ExchangeUsage {
-                            operation: operation_name(&p).to_owned(),
-                            path: message::uri_path(&p),
-                            request_coap: 0,
-                            response_coap: 0,
-                            request_wire: 0,
-                            response_wire: 0,
-                            datagrams: 0,
-                            handshake: 0,
+                        out.push(Exchange {
+                            at: d.at,
+                            requester: d.src,
+                            responder: d.dst,
+                            code: String::new(),
+                            latency: None,
+                            endpoint: endpoint_query(&p),
+                            location: None,
+                            usage: ExchangeUsage {
+                                operation: operation_name(&p).to_owned(),
+                                path: message::uri_path(&p),
+                                request_coap: 0,
+                                response_coap: 0,
+                                request_wire: 0,
+                                response_wire: 0,
+                                datagrams: 0,
+                                handshake: 0,
+                            },
                         });
                         out.len() - 1
                     }
                 };
                 by_token.insert(key, idx);
                 by_mid.insert((d.src, d.dst, mid), idx);
-                let e = &mut out[idx];
+                let e = &mut out[idx].usage;
                 e.request_coap += d.coap.len();
                 e.request_wire += d.wire_len;
                 e.datagrams += 1;
             }
             MessageClass::Response(_) => {
                 if let Some(&i) = by_token.get(&(d.dst, d.src, p.get_token().to_vec())) {
-                    let e = &mut out[i];
+                    let x = &mut out[i];
+                    if x.latency.is_none() {
+                        x.latency = Some(d.at.saturating_sub(x.at));
+                        x.code = code(&p);
+                        x.location = location_path(&p);
+                    }
+                    let e = &mut x.usage;
                     e.response_coap += d.coap.len();
                     e.response_wire += d.wire_len;
                     e.datagrams += 1;
@@ -136,7 +205,12 @@ pub fn exchanges(datagrams: &[Datagram]) -> Vec<ExchangeUsage> {
             _ => {
                 // Empty ACK or RST: attribute to the exchange of the message it answers.
                 if let Some(&i) = by_mid.get(&(d.dst, d.src, mid)) {
-                    let e = &mut out[i];
+                    let x = &mut out[i];
+                    if x.latency.is_none() && p.header.get_type() == MessageType::Reset {
+                        x.latency = Some(d.at.saturating_sub(x.at));
+                        x.code = "RST".to_owned();
+                    }
+                    let e = &mut x.usage;
                     e.response_coap += d.coap.len();
                     e.response_wire += d.wire_len;
                     e.datagrams += 1;
@@ -145,6 +219,38 @@ pub fn exchanges(datagrams: &[Datagram]) -> Vec<ExchangeUsage> {
         }
     }
     out
+}
+
+/// A response code as `c.dd`.
+fn code(p: &Packet) -> String {
+    let raw = u8::from(p.header.code);
+    format!("{}.{:02}", raw >> 5, raw & 0x1f)
+}
+
+/// The endpoint of each exchange, in order: a client is known by the address its Register
+/// (or Bootstrap-Request) came from, and again by the address of each Update or
+/// De-register of its registration (`/rd/ID`, after a NAT rebinding from a new address);
+/// an exchange belongs to the endpoint known at its requester's or responder's address.
+pub fn endpoints(exchanges: &[Exchange]) -> Vec<Option<String>> {
+    let mut by_address: HashMap<SocketAddr, String> = HashMap::new();
+    let mut by_location: HashMap<String, String> = HashMap::new();
+    exchanges
+        .iter()
+        .map(|x| {
+            if let Some(ep) = &x.endpoint {
+                by_address.insert(x.requester, ep.clone());
+                if let Some(l) = &x.location {
+                    by_location.insert(l.clone(), ep.clone());
+                }
+            } else if let Some(ep) = by_location.get(&x.usage.path) {
+                by_address.insert(x.requester, ep.clone());
+            }
+            by_address
+                .get(&x.requester)
+                .or_else(|| by_address.get(&x.responder))
+                .cloned()
+        })
+        .collect()
 }
 
 /// The table as plain text: one row per exchange (and per DTLS handshake), then totals
@@ -220,6 +326,7 @@ mod tests {
     fn dg(src: &str, dst: &str, p: &Packet, overhead: usize) -> Datagram {
         let coap = p.to_bytes().unwrap();
         Datagram {
+            at: Duration::ZERO,
             src: src.parse().unwrap(),
             dst: dst.parse().unwrap(),
             wire_len: coap.len() + overhead,
@@ -251,6 +358,74 @@ mod tests {
         let table = render_table(&ex);
         assert!(table.contains("total (2 RTT)"), "{table}");
         assert!(table.contains("116 of DTLS record overhead"), "{table}");
+    }
+
+    #[test]
+    fn timed_exchanges_know_their_code_latency_and_endpoint_across_a_rebinding() {
+        let (srv, a, b) = ("127.0.0.1:5683", "127.0.0.2:40000", "127.0.0.2:40001");
+        let at = |ms: u64, mut d: Datagram| {
+            d.at = Duration::from_millis(ms);
+            d
+        };
+        let ack = |code: ResponseType, mid: u16, token: u8| {
+            let mut p = message::response(code, vec![]);
+            p.header.set_type(MessageType::Acknowledgement);
+            p.header.message_id = mid;
+            p.set_token(vec![token]);
+            p
+        };
+        let mut register = message::request(RequestType::Post, "/rd");
+        message::add_query(&mut register, "ep=meter-1");
+        register.set_token(vec![1]);
+        let mut created = ack(ResponseType::Created, 0, 1);
+        created.add_option(CoapOption::LocationPath, b"rd".to_vec());
+        created.add_option(CoapOption::LocationPath, b"k7".to_vec());
+        let mut read = message::request(RequestType::Get, "/3/0");
+        read.header.message_id = 5;
+        read.set_token(vec![2]);
+        let mut update = message::request(RequestType::Post, "/rd/k7");
+        update.header.message_id = 9;
+        update.set_token(vec![3]);
+        let mut reset = message::response(ResponseType::Content, vec![]);
+        reset.header.code = MessageClass::Empty;
+        reset.header.set_type(MessageType::Reset);
+        reset.header.message_id = 6;
+        let mut read2 = read.clone();
+        read2.header.message_id = 6;
+        read2.set_token(vec![4]);
+        let log = [
+            at(1000, dg(a, srv, &register, 0)),
+            at(1003, dg(srv, a, &created, 0)),
+            at(2000, dg(srv, a, &read, 0)),
+            at(2010, dg(a, srv, &ack(ResponseType::Content, 5, 2), 0)),
+            // A NAT rebinding: the next Update comes from b.
+            at(3000, dg(b, srv, &update, 0)),
+            at(3001, dg(srv, b, &ack(ResponseType::Changed, 9, 3), 0)),
+            at(4000, dg(srv, b, &read2, 0)),
+            at(4020, dg(b, srv, &reset, 0)),
+        ];
+        let x = timed_exchanges(&log);
+        let summary: Vec<(&str, &str, Option<u64>)> = x
+            .iter()
+            .map(|e| {
+                let ms = e.latency.map(|l| l.as_millis() as u64);
+                (e.usage.operation.as_str(), e.code.as_str(), ms)
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("register", "2.01", Some(3)),
+                ("read", "2.05", Some(10)),
+                ("update", "2.04", Some(1)),
+                ("read", "RST", Some(20)),
+            ]
+        );
+        assert_eq!(x[0].location.as_deref(), Some("/rd/k7"));
+        assert_eq!(x[1].at, Duration::from_secs(2));
+        let eps = endpoints(&x);
+        assert_eq!(eps, vec![Some("meter-1".to_owned()); 4]);
+        assert_eq!(exchanges(&log).len(), 4);
     }
 
     #[test]

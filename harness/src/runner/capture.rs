@@ -234,6 +234,7 @@ pub fn usage_datagrams(packets: &[Captured]) -> Vec<Datagram> {
     for p in packets {
         if p.plaintext.is_empty() {
             out.push(Datagram {
+                at: p.at,
                 src: p.src,
                 dst: p.dst,
                 coap: p.bytes.to_vec(),
@@ -250,6 +251,7 @@ pub fn usage_datagrams(packets: &[Captured]) -> Vec<Datagram> {
         for (i, text) in p.plaintext.iter().enumerate() {
             let share = expansion / k + if i == 0 { expansion % k } else { 0 };
             out.push(Datagram {
+                at: p.at,
                 src: p.src,
                 dst: p.dst,
                 coap: text.to_vec(),

@@ -14,8 +14,10 @@ use tokio::sync::{Notify, broadcast, oneshot};
 use crate::record::Latencies;
 
 /// One observation the timeline established.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Observed {
+    /// The observed client's group (known from its first notification).
+    pub group: Option<String>,
     /// When the Observe request was sent.
     pub started: Option<Instant>,
     /// The first notification after the Observe's answer.
@@ -57,7 +59,9 @@ impl Shared {
 /// What the events added up to.
 #[derive(Debug, Default)]
 pub struct Collected {
-    /// Latencies per operation (server side: request sent to response; bootstrap: session).
+    /// Latencies per operation (server side: request sent to response; bootstrap: session),
+    /// each with its time and the client's group. Operations that waited in the server's
+    /// queue for a sleeping client to wake are `OPERATION-queued` (`read-queued`).
     pub latencies: Latencies,
     /// Operations completed in each second of the run.
     pub throughput: Vec<u64>,
@@ -65,19 +69,31 @@ pub struct Collected {
     pub counters: BTreeMap<String, u64>,
 }
 
-/// Gathers events until `stop` fires, then drains what is queued. `watched` endpoints get
-/// their addresses recorded (the sample clients of the network-usage table).
+/// Who the collector listens for: `watched` endpoints get their addresses recorded (the
+/// sample clients of the network-usage table); `groups` names each endpoint's group.
+#[derive(Debug, Default)]
+pub struct Clients {
+    /// The sample clients.
+    pub watched: HashSet<String>,
+    /// Endpoint to group.
+    pub groups: HashMap<String, String>,
+}
+
+/// Gathers events until `stop` fires, then drains what is queued. Times are taken from
+/// `t0`, the start of the run.
 pub async fn collect(
     mut events: broadcast::Receiver<Arc<Event>>,
     shared: Arc<Shared>,
-    watched: HashSet<String>,
+    clients: Clients,
     t0: Instant,
     mut stop: oneshot::Receiver<()>,
 ) -> Collected {
     let mut c = Collector {
         out: Collected::default(),
         shared,
-        watched,
+        watched: clients.watched,
+        groups: clients.groups,
+        awake_since: HashMap::new(),
         t0,
     };
     loop {
@@ -103,6 +119,9 @@ struct Collector {
     out: Collected,
     shared: Arc<Shared>,
     watched: HashSet<String>,
+    groups: HashMap<String, String>,
+    /// When each queue-mode client last woke (its first message after sleeping).
+    awake_since: HashMap<String, Instant>,
     t0: Instant,
 }
 
@@ -123,6 +142,13 @@ impl Collector {
         }
     }
 
+    /// Records a latency completed `now` by a client of `endpoint`'s group.
+    fn latency(&mut self, operation: &str, endpoint: &str, now: Instant, latency: Duration) {
+        let group = self.groups.get(endpoint).map(String::as_str);
+        let at = now.saturating_duration_since(self.t0);
+        self.out.latencies.record_at(operation, group, at, latency);
+    }
+
     fn seen_at(&mut self, endpoint: &str, address: SocketAddr) {
         if self.watched.contains(endpoint) {
             let mut live = self.shared.lock();
@@ -137,7 +163,7 @@ impl Collector {
         let now = Instant::now();
         match e {
             Event::Server(s) => self.server(now, s),
-            Event::Bootstrap(b) => self.bootstrap(b),
+            Event::Bootstrap(b) => self.bootstrap(now, b),
             _ => {}
         }
     }
@@ -176,8 +202,12 @@ impl Collector {
             ServerEvent::RequestRefused { .. } => self.count("server.requests_refused", 1),
             ServerEvent::Malformed { .. } => self.count("server.malformed", 1),
             ServerEvent::Sleeping { .. } => self.count("server.sleeping", 1),
-            ServerEvent::Awake { .. } => self.count("server.awake", 1),
+            ServerEvent::Awake { endpoint } => {
+                self.count("server.awake", 1);
+                self.awake_since.insert(endpoint.clone(), now);
+            }
             ServerEvent::Completed {
+                endpoint,
                 operation,
                 result,
                 latency,
@@ -187,12 +217,27 @@ impl Collector {
                 match result {
                     Ok(_) => {
                         self.count(&format!("server.{operation}.answered"), 1);
-                        self.out.latencies.record(operation, *latency);
+                        // Sent (or queued) before the client's latest wake-up: it waited
+                        // in the queue while the client slept.
+                        let sent = now.checked_sub(*latency);
+                        let queued = match (sent, self.awake_since.get(endpoint)) {
+                            (Some(sent), Some(&woke)) => woke > sent,
+                            _ => false,
+                        };
+                        let name = match queued {
+                            true => format!("{operation}-queued"),
+                            false => (*operation).to_owned(),
+                        };
+                        self.latency(&name, endpoint, now, *latency);
                     }
                     Err(_) => self.count(&format!("server.{operation}.failed"), 1),
                 }
             }
-            ServerEvent::Notification { observation, .. } => {
+            ServerEvent::Notification {
+                observation,
+                endpoint,
+                ..
+            } => {
                 self.count("server.notifications", 1);
                 let mut live = self.shared.lock();
                 let o = live.observations.entry(*observation).or_default();
@@ -200,10 +245,11 @@ impl Collector {
                     let period = now.saturating_duration_since(last);
                     o.last = Some(now);
                     drop(live);
-                    self.out.latencies.record("notification-period", period);
+                    self.latency("notification-period", endpoint, now, period);
                 } else {
                     o.first = Some(now);
                     o.last = Some(now);
+                    o.group = self.groups.get(endpoint).cloned();
                 }
             }
             ServerEvent::ObservationEnded { .. } => self.count("server.observations_ended", 1),
@@ -211,7 +257,7 @@ impl Collector {
         }
     }
 
-    fn bootstrap(&mut self, e: &BootstrapEvent) {
+    fn bootstrap(&mut self, now: Instant, e: &BootstrapEvent) {
         match e {
             BootstrapEvent::SessionStarted { endpoint, peer, .. } => {
                 self.count("bootstrap.sessions", 1);
@@ -220,7 +266,7 @@ impl Collector {
             BootstrapEvent::Finished { endpoint, duration } => {
                 self.count("bootstrap.finished", 1);
                 self.completed_now();
-                self.out.latencies.record("bootstrap", *duration);
+                self.latency("bootstrap", endpoint, now, *duration);
                 self.shared.lock().bootstrapped.insert(endpoint.clone());
                 self.shared.changed.notify_waiters();
             }
@@ -232,21 +278,19 @@ impl Collector {
 }
 
 /// Adds "observe-to-first-notification": from each Observe the timeline sent to the first
-/// notification that followed.
-pub fn observe_to_first(shared: &Shared, latencies: &mut Latencies) {
+/// notification that followed (timed from `t0`, the start of the run).
+pub fn observe_to_first(shared: &Shared, latencies: &mut Latencies, t0: Instant) {
     let live = shared.lock();
     for o in live.observations.values() {
         if let (Some(started), Some(first)) = (o.started, o.first)
             && first >= started
         {
-            latencies.record("observe-to-first-notification", first - started);
+            latencies.record_at(
+                "observe-to-first-notification",
+                o.group.as_deref(),
+                first.saturating_duration_since(t0),
+                first - started,
+            );
         }
-    }
-}
-
-/// Records a duration `count` times (to fold other histograms in).
-pub fn record_many(latencies: &mut Latencies, operation: &str, value: Duration, count: u64) {
-    for _ in 0..count {
-        latencies.record(operation, value);
     }
 }

@@ -11,7 +11,9 @@
 //! - `run.pcap` and `exchanges.log`: every datagram the servers sent and received (on a
 //!   DTLS listener as it was on the wire, encrypted; the log shows the CoAP inside), and
 //!   with DTLS `keys.log`, the NSS key log that lets Wireshark decrypt `run.pcap`;
-//! - `<operation>.hgrm` and `latencies.hlog`: the latency histograms;
+//! - `<operation>.hgrm` and `latencies.hlog`: the latency histograms (the log with one
+//!   interval per second per operation and per group's operation), and `exchanges.csv`
+//!   (every exchange: time, group, endpoint, operation, path, code, latency, bytes);
 //! - `network-usage.txt` (per operation over the whole run, then per sample client) and
 //!   `network-usage.csv` (every exchange); with DTLS also the record overhead, each
 //!   handshake's bytes and the handshakes NAT rebindings cost.
@@ -75,7 +77,7 @@ use lwm2m_simulator::seed;
 
 use crate::bdd::backend::ServerRole;
 use crate::bdd::secure::{SecureAccount, write_account};
-use crate::report::{CaseResult, RunReport, Status};
+use crate::report::{self, CaseResult, RunReport, Status};
 pub use scenario::{Plan, Scenario};
 
 /// `lwm2m-harness run` arguments.
@@ -566,6 +568,8 @@ fn build_fleets(
             first_address: Ipv4Addr::new(127, block, 0, 1),
             tap: tap.clone(),
             key_log: key_log.clone(),
+            // Register and Update latencies over time: the interval log and the charts.
+            timed_latencies: true,
             ..FleetConfig::default()
         });
         for n in 0..group.spec.count {
@@ -733,13 +737,19 @@ pub async fn run(
         .iter()
         .filter_map(|e| e.first().cloned())
         .collect();
+    let groups = endpoints
+        .iter()
+        .zip(&plan.groups)
+        .flat_map(|(eps, g)| eps.iter().map(|e| (e.clone(), g.spec.name.clone())))
+        .collect();
     let shared = Arc::new(metrics::Shared::default());
-    let t0 = Instant::now();
+    // The run's time origin: the interval log's StartTime, the charts' 0 s.
+    let (t0, origin) = (Instant::now(), SystemTime::now());
     let (stop_collector, stop_rx) = tokio::sync::oneshot::channel();
     let collector = tokio::spawn(metrics::collect(
         bus.subscribe(),
         shared.clone(),
-        watched,
+        metrics::Clients { watched, groups },
         t0,
         stop_rx,
     ));
@@ -786,12 +796,35 @@ pub async fn run(
     let total = plan.clients() as u64;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let end = start + duration;
+    // The clients over time, for the report's chart: every tick, at most ~500 points.
+    let mut clients_over_time: Vec<report::charts::ClientsPoint> = Vec::new();
+    let every = (duration.as_secs_f64() / 500.0).max(0.25);
     while tokio::time::Instant::now() < end {
         tokio::select! {
             _ = tick.tick() => {}
             () = tokio::time::sleep_until(end) => {}
         }
         let c = fleet_total(&handles);
+        let t_s = t0.elapsed().as_secs_f64();
+        if clients_over_time
+            .last()
+            .is_none_or(|p| t_s - p.t_s >= every * 0.99)
+        {
+            // Asleep: radio off, by the profile's cycle, a queue-mode sleep or the
+            // timeline's `sleep` (the fleet's gauge counts only the queue-mode state).
+            let mut asleep = 0;
+            for h in &handles {
+                if let Ok(infos) = h.clients().await {
+                    asleep += infos.iter().filter(|i| i.asleep).count() as u64;
+                }
+            }
+            clients_over_time.push(report::charts::ClientsPoint {
+                t_s,
+                started: c.started,
+                registered: c.registered,
+                sleeping: asleep,
+            });
+        }
         bar.set_position(u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX));
         bar.set_message(format!(
             "registered {}/{total}  asleep {}  served {}  notified {}  datagrams {}",
@@ -846,6 +879,8 @@ pub async fn run(
         plan,
         options,
         started,
+        origin,
+        t0,
         elapsed: t0.elapsed(),
         servers: output::ServerInfo {
             server: servers.server_addr,
@@ -865,6 +900,7 @@ pub async fn run(
         packets: capture.take(),
         endpoints: &endpoints,
         cases,
+        clients: clients_over_time,
     };
     let report = output::write(&dir, run)?;
     Ok(RunOutcome { dir, report })

@@ -2,15 +2,14 @@
 //! the network-usage tables (with DTLS: keys.log, written by the server as it goes, and
 //! the DTLS accounting).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use hdrhistogram::Histogram;
-use lwm2m_proto::coap::{Counters, MessageClass, RequestType, message};
+use lwm2m_proto::coap::{Counters, message};
 use lwm2m_server::dtls::register_endpoint;
 use lwm2m_simulator::fleet::{CountersSnapshot, FleetReport};
 
@@ -18,6 +17,7 @@ use super::capture::{self, Captured};
 use super::metrics::{self, Collected, Shared};
 use super::{Plan, RunOptions, RunOutcome};
 use crate::record::Latencies;
+use crate::report::charts::{Charts, ClientsPoint, SecondLatency, TimelineMark};
 use crate::report::dtls::{self as dtls_usage, DtlsUsage, Listener};
 use crate::report::usage::{self, ExchangeUsage};
 use crate::report::{self, CaseResult, RunReport, Subject, ThroughputPoint};
@@ -51,6 +51,11 @@ pub struct Run<'a> {
     pub plan: &'a Plan,
     pub options: &'a RunOptions,
     pub started: SystemTime,
+    /// The run's time origin (when the fleet started): 0 s of the interval log, the
+    /// charts and `exchanges.csv`.
+    pub origin: SystemTime,
+    /// The same moment on the monotonic clock.
+    pub t0: Instant,
     pub elapsed: Duration,
     pub servers: ServerInfo,
     pub fleets: &'a [FleetReport],
@@ -66,6 +71,78 @@ pub struct Run<'a> {
     pub unpaired: u64,
     pub endpoints: &'a [Vec<String>],
     pub cases: Vec<CaseResult>,
+    /// The fleet's clients, sampled while the run went on.
+    pub clients: Vec<ClientsPoint>,
+}
+
+/// Adds one to `map[key][second]`.
+fn count(map: &mut BTreeMap<String, Vec<u32>>, key: &str, second: usize) {
+    let v = map.entry(key.to_owned()).or_default();
+    if v.len() <= second {
+        v.resize(second + 1, 0);
+    }
+    if let Some(n) = v.get_mut(second) {
+        *n += 1;
+    }
+}
+
+/// The charts' data: percentile distributions and per-second percentiles of the
+/// latencies, requests on the wire per second by operation and by group, the clients over
+/// time and the timeline's actions.
+fn charts(
+    latencies: &Latencies,
+    exchanges: &[usage::Exchange],
+    groups: &[Option<&str>],
+    origin: Duration,
+    run: &Run<'_>,
+) -> Charts {
+    let mut c = Charts::default();
+    for op in latencies.operations() {
+        let points = latencies.distribution(op);
+        c.distribution.insert(
+            op.to_owned(),
+            points.into_iter().map(|(p, v)| [p, v]).collect(),
+        );
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    for interval in latencies.intervals() {
+        for (tag, h) in interval.histograms {
+            if tag.starts_with("group=") {
+                continue;
+            }
+            c.over_time.entry(tag).or_default().push(SecondLatency {
+                t_s: interval.second,
+                count: h.len(),
+                p50_ms: ms(h.value_at_quantile(0.5)),
+                p90_ms: ms(h.value_at_quantile(0.9)),
+                p99_ms: ms(h.value_at_quantile(0.99)),
+                max_ms: ms(h.max()),
+            });
+        }
+    }
+    for (x, group) in exchanges.iter().zip(groups) {
+        let second = usize::try_from(x.at.saturating_sub(origin).as_secs()).unwrap_or(usize::MAX);
+        if second > 7 * 24 * 3600 {
+            continue;
+        }
+        count(&mut c.requests_by_operation, &x.usage.operation, second);
+        count(
+            &mut c.requests_by_group,
+            group.unwrap_or("(unknown client)"),
+            second,
+        );
+    }
+    c.clients = run.clients.clone();
+    c.events = run
+        .plan
+        .steps
+        .iter()
+        .map(|s| TimelineMark {
+            t_s: s.at.as_secs_f64(),
+            label: s.title.clone(),
+        })
+        .collect();
+    c
 }
 
 /// `YYYY-MM-DDThh-mm-ss` in UTC (a file-name-safe ISO 8601).
@@ -75,49 +152,47 @@ pub fn utc_stamp(at: SystemTime) -> String {
     format!("{y:04}-{m:02}-{d:02}T{h:02}-{mi:02}-{sec:02}")
 }
 
-/// Folds an HdrHistogram of microseconds (the fleet's) into `latencies` under `name`.
-fn fold(latencies: &mut Latencies, name: &str, h: &Histogram<u64>) {
-    for v in h.iter_recorded() {
-        metrics::record_many(
-            latencies,
-            name,
-            Duration::from_micros(v.value_iterated_to()),
-            v.count_at_value(),
+/// `exchanges.csv`: one row per CoAP exchange of the capture (request and its answer),
+/// for pandas and R. `time_s` is when the request was recorded, seconds since the run's
+/// origin; `latency_ms` from the request to its first answer at the capture point (empty
+/// without an answer); bytes are UDP payload (CoAP plus, over DTLS, the record overhead).
+fn exchanges_csv(
+    exchanges: &[usage::Exchange],
+    endpoints: &[Option<String>],
+    groups: &HashMap<&str, &str>,
+    origin: Duration,
+) -> String {
+    let mut s = String::from(
+        "time_s,group,endpoint,operation,path,code,latency_ms,request_bytes,response_bytes,datagrams\n",
+    );
+    for (x, ep) in exchanges.iter().zip(endpoints) {
+        let ep = ep.as_deref().unwrap_or("");
+        let _ = writeln!(
+            s,
+            "{:.6},{},{},{},{},{},{},{},{},{}",
+            x.at.saturating_sub(origin).as_secs_f64(),
+            csv_field(groups.get(ep).copied().unwrap_or("")),
+            csv_field(ep),
+            x.usage.operation,
+            csv_field(&x.usage.path),
+            x.code,
+            x.latency
+                .map(|l| format!("{:.3}", l.as_secs_f64() * 1000.0))
+                .unwrap_or_default(),
+            x.usage.request_wire,
+            x.usage.response_wire,
+            x.usage.datagrams
         );
     }
+    s
 }
 
-/// The time of each De-register, request to response, recorded as `name`: at the server's
-/// socket when the capture is the in-process servers', at the client's when it is the
-/// fleet's (the fleet measures Register and Update itself, not De-register); over DTLS
-/// from the records' plaintext.
-fn deregister_latencies(packets: &[Captured], latencies: &mut Latencies, name: &str) {
-    let mut pending: BTreeMap<(SocketAddr, SocketAddr, Vec<u8>), Duration> = BTreeMap::new();
-    let messages = packets.iter().flat_map(|p| {
-        let texts: Vec<&[u8]> = if p.plaintext.is_empty() {
-            vec![&p.bytes[..]]
-        } else {
-            p.plaintext.iter().map(|t| &t[..]).collect()
-        };
-        texts.into_iter().map(move |t| (p, t))
-    });
-    for (p, bytes) in messages {
-        let Ok(m) = message::decode(bytes) else {
-            continue;
-        };
-        match m.header.code {
-            MessageClass::Request(RequestType::Delete)
-                if message::uri_path(&m).starts_with("/rd/") =>
-            {
-                pending.insert((p.src, p.dst, m.get_token().to_vec()), p.at);
-            }
-            MessageClass::Response(_) => {
-                if let Some(at) = pending.remove(&(p.dst, p.src, m.get_token().to_vec())) {
-                    latencies.record(name, p.at.saturating_sub(at));
-                }
-            }
-            _ => {}
-        }
+/// A CSV field, quoted when it holds a comma, a quote or a line break (RFC 4180).
+fn csv_field(v: &str) -> String {
+    if v.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", v.replace('"', "\"\""))
+    } else {
+        v.to_owned()
     }
 }
 
@@ -390,19 +465,39 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
     // Latencies: the servers' (operations, bootstrap, notifications), the fleet's
     // (Register, Update), De-register at the server's socket.
     let mut latencies = std::mem::take(&mut run.collected.latencies);
-    metrics::observe_to_first(run.shared, &mut latencies);
+    metrics::observe_to_first(run.shared, &mut latencies, run.t0);
+    let since_origin = |at: SystemTime| at.duration_since(run.origin).unwrap_or_default();
     for f in run.fleets {
         for p in &f.profiles {
-            fold(&mut latencies, "register", &p.latencies.register);
-            fold(&mut latencies, "update", &p.latencies.update);
+            for t in &p.latencies.samples {
+                let name = if t.update { "update" } else { "register" };
+                latencies.record_at(name, Some(&p.profile), since_origin(t.at), t.latency);
+            }
         }
     }
-    // The capture is the servers' only when both are in process (see `capture`).
+    let groups: HashMap<&str, &str> = run
+        .endpoints
+        .iter()
+        .zip(&plan.groups)
+        .flat_map(|(eps, g)| eps.iter().map(|e| (e.as_str(), g.spec.name.as_str())))
+        .collect();
+    let origin = run.origin.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let datagrams = capture::usage_datagrams(&run.packets);
+    let exchanges = usage::timed_exchanges(&datagrams);
+    let exchange_endpoints = usage::endpoints(&exchanges);
+    // The time of each De-register, request to response: at the server's socket when the
+    // capture is the in-process servers', at the client's when it is the fleet's (the
+    // fleet measures Register and Update itself, not De-register).
     let name = match plan.scenario.servers.all_in_process() {
         true => "deregister-at-server",
         false => "deregister",
     };
-    deregister_latencies(&run.packets, &mut latencies, name);
+    for (x, ep) in exchanges.iter().zip(&exchange_endpoints) {
+        if let ("deregister", Some(latency)) = (x.usage.operation.as_str(), x.latency) {
+            let group = ep.as_deref().and_then(|e| groups.get(e).copied());
+            latencies.record_at(name, group, x.at.saturating_sub(origin), latency);
+        }
+    }
 
     let decode_as = {
         let listeners = run.servers.listeners();
@@ -473,12 +568,16 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
         }
     }
     let mut hlog = Vec::new();
-    latencies.write_log(&mut hlog, run.started, run.elapsed)?;
+    latencies.write_log(&mut hlog, run.origin)?;
     std::fs::write(dir.join("latencies.hlog"), hlog).context("writing latencies.hlog")?;
+    write_file(
+        dir,
+        "exchanges.csv",
+        &exchanges_csv(&exchanges, &exchange_endpoints, &groups, origin),
+    )?;
 
     // Network usage.
-    let datagrams = capture::usage_datagrams(&run.packets);
-    let mut all = usage::exchanges(&datagrams);
+    let mut all: Vec<ExchangeUsage> = exchanges.iter().map(|x| x.usage.clone()).collect();
     let listeners = run.servers.listeners();
     let wire = dtls_wire(&run.packets);
     let accounts: Vec<(Listener, SocketAddr, DtlsUsage)> = listeners
@@ -525,6 +624,7 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
         sections.push(("DTLS".to_owned(), section));
     }
     let mut sample_rows = Vec::new();
+    let mut sample_client = None;
     {
         let live = run.shared.lock();
         for (g, eps) in run.endpoints.iter().enumerate() {
@@ -544,6 +644,10 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
             );
             if g == 0 {
                 sample_rows = rows;
+                sample_client = Some(format!(
+                    "{ep} (group {})",
+                    plan.groups.get(g).map_or("", |gp| gp.spec.name.as_str())
+                ));
             }
         }
     }
@@ -663,6 +767,11 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
         });
     }
 
+    let exchange_groups: Vec<Option<&str>> = exchange_endpoints
+        .iter()
+        .map(|ep| ep.as_deref().and_then(|e| groups.get(e).copied()))
+        .collect();
+    let charts = charts(&latencies, &exchanges, &exchange_groups, origin, &run);
     let summaries = latencies
         .operations()
         .filter_map(|op| latencies.summary(op).map(|s| (op.to_owned(), s)))
@@ -697,6 +806,8 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
         latencies: summaries,
         throughput,
         network_usage: sample_rows,
+        network_usage_client: sample_client,
+        charts,
         counters,
     };
     report.write_with(dir, &sections)?;

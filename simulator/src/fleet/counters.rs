@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hdrhistogram::Histogram;
 
@@ -101,6 +101,21 @@ pub struct Latencies {
     pub register: Histogram<u64>,
     /// Update: POST /rd/{id} sent until 2.04 Changed (Core TS 1.1 §6.2.2).
     pub update: Histogram<u64>,
+    /// Every sample of both histograms with the time it completed, in completion order:
+    /// latency over time (the harness's per-second interval log and charts); only with
+    /// [`super::FleetConfig::timed_latencies`], empty otherwise.
+    pub samples: Vec<Timed>,
+}
+
+/// One Register or Update latency and when it completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timed {
+    /// When the answer arrived (wall clock).
+    pub at: SystemTime,
+    /// An Update (else a Register).
+    pub update: bool,
+    /// From the first transmission to the success.
+    pub latency: Duration,
 }
 
 impl Default for Latencies {
@@ -108,6 +123,7 @@ impl Default for Latencies {
         Self {
             register: histogram(),
             update: histogram(),
+            samples: Vec::new(),
         }
     }
 }
@@ -123,6 +139,8 @@ impl Latencies {
         // Same bounds on both sides: addition cannot fail.
         let _ = self.register.add(&other.register);
         let _ = self.update.add(&other.update);
+        self.samples.extend_from_slice(&other.samples);
+        self.samples.sort_by_key(|t| t.at);
     }
 
     /// The latency at quantile `q` (0.5 for the median), `None` before any sample.
@@ -145,6 +163,8 @@ fn quantile(h: &Histogram<u64>, q: f64) -> Option<Duration> {
 pub(crate) struct ProfileStats {
     pub(crate) counters: ProfileCounters,
     pub(crate) latencies: Mutex<Latencies>,
+    /// Keep each sample with its time too ([`Latencies::samples`]).
+    pub(crate) timed: bool,
 }
 
 impl ProfileStats {
@@ -159,6 +179,14 @@ impl ProfileStats {
                 &mut l.register
             };
             h.saturating_record(micros);
+            if !self.timed {
+                return;
+            }
+            l.samples.push(Timed {
+                at: SystemTime::now(),
+                update,
+                latency,
+            });
         }
     }
 
@@ -215,5 +243,30 @@ mod tests {
             "{p50:?}"
         );
         assert_eq!(l.update.len(), 2);
+        assert!(l.samples.is_empty(), "untimed by default");
+    }
+
+    #[test]
+    fn timed_samples_follow_the_histograms() {
+        let s = ProfileStats {
+            timed: true,
+            ..ProfileStats::default()
+        };
+        let before = SystemTime::now();
+        s.record(false, Duration::from_millis(3));
+        s.record(true, Duration::from_millis(5));
+        let mut l = s.latencies();
+        l.merge(&s.latencies());
+        assert_eq!(l.samples.len(), 4);
+        assert_eq!(l.samples.len() as u64, l.register.len() + l.update.len());
+        assert!(l.samples.windows(2).all(|w| w[0].at <= w[1].at));
+        assert!(l.samples.iter().all(|t| t.at >= before));
+        let updates: Vec<Duration> = l
+            .samples
+            .iter()
+            .filter(|t| t.update)
+            .map(|t| t.latency)
+            .collect();
+        assert_eq!(updates, [Duration::from_millis(5); 2]);
     }
 }

@@ -60,7 +60,13 @@ pub(super) fn spawn(
         config.first_address,
         config.socket_buffer,
     )?;
-    let stats: Arc<[ProfileStats]> = profiles.iter().map(|_| ProfileStats::default()).collect();
+    let stats: Arc<[ProfileStats]> = profiles
+        .iter()
+        .map(|_| ProfileStats {
+            timed: config.timed_latencies,
+            ..ProfileStats::default()
+        })
+        .collect();
     let epoch = Instant::now();
     let mut sims = Vec::with_capacity(clients.len());
     let mut heap = BinaryHeap::with_capacity(clients.len());

@@ -42,7 +42,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use counters::{CountersSnapshot, Latencies, ProfileCounters};
+pub use counters::{CountersSnapshot, Latencies, ProfileCounters, Timed};
 pub use handle::{ClientInfo, FleetHandle, FleetReport, ProfileReport};
 use lwm2m_dtls::KeyLog;
 use lwm2m_proto::Lwm2mPath;
@@ -77,6 +77,9 @@ pub struct FleetConfig {
     /// Gets the secrets of every DTLS session the clients establish (an NSS key log, so a
     /// capture of the fleet's datagrams can be decrypted).
     pub key_log: Option<SessionKeyLog>,
+    /// Keep every Register and Update latency with its time ([`Latencies::samples`], for
+    /// latency over time), besides the histograms; off, the memory stays constant.
+    pub timed_latencies: bool,
 }
 
 /// A shared [`KeyLog`] for [`FleetConfig::key_log`].
@@ -146,6 +149,7 @@ impl Default for FleetConfig {
             max_dedicated_sockets: 16_000,
             tap: None,
             key_log: None,
+            timed_latencies: false,
         }
     }
 }
