@@ -15,11 +15,24 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The exit statuses, as `--help` shows them and the README lists them.
+const EXIT_STATUS: &str = "\
+Exit status:
+  0  success: every case passed (test, run), every client registered within the
+     thresholds (simulate), the command did what it was asked
+  1  failure: a case failed; nothing was tested (no case matched --tags, or none
+     applied); with --strict a case passed with findings; simulate: fewer clients
+     registered than --min-registered (every client by default), or a p99 latency
+     above --max-register-p99/--max-update-p99; or an error (a file that does not
+     load, an address that cannot be bound), with one line on stderr
+  2  the command line is wrong (an unknown option, a missing or invalid value)";
+
 #[derive(Parser)]
 #[command(
     name = "lwm2m-harness",
     version,
-    about = "LwM2M conformance harness and device simulator"
+    about = "LwM2M conformance harness and device simulator",
+    after_help = EXIT_STATUS
 )]
 struct Cli {
     /// Extra folders of OMA DDF XML object definitions to load next to the shipped ones.
@@ -32,8 +45,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a scenario: in-process servers plus a simulated fleet, report under reports/.
+    #[command(after_help = EXIT_STATUS)]
     Run(lwm2m_harness::runner::RunArgs),
     /// Run the Gherkin feature suite (features/) against a subject; report under reports/.
+    #[command(after_help = EXIT_STATUS)]
     Test(test_cmd::TestArgs),
     /// Decode an LwM2M payload and print its nodes as JSON, named from the registry.
     Decode(codec_tool::DecodeArgs),
@@ -55,6 +70,7 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Simulate a fleet of LwM2M clients against a server: live counters each second,
     /// a summary with Register and Update latencies at the end.
+    #[command(after_help = EXIT_STATUS)]
     Simulate(simulate::SimulateArgs),
     /// List the object registry, or show one object's resources.
     Objects {
@@ -71,7 +87,7 @@ fn main() -> ExitCode {
         Command::Decode(args) => codec_tool::decode(&registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Encode(args) => codec_tool::encode(&registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve::run(registry, &args).map(|()| ExitCode::SUCCESS),
-        Command::Simulate(args) => simulate::run(registry, &args).map(|()| ExitCode::SUCCESS),
+        Command::Simulate(args) => simulate::run(registry, &args),
         Command::Objects { id } => codec_tool::objects(&registry, id).map(|()| ExitCode::SUCCESS),
         Command::Report { run_dir, out }
             if run_dir.len() > 1 || run_dir[0] == std::path::Path::new("matrix") =>

@@ -19,6 +19,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -126,6 +127,50 @@ pub struct SimulateArgs {
     /// token: bind it to loopback), e.g. 127.0.0.1:9464 [default: off].
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// Exit status 1 unless at least this many clients registered at some point: a
+    /// number, or a percentage of --clients such as `95%` [default: every client].
+    #[arg(long, value_name = "N|P%", value_parser = parse_share)]
+    min_registered: Option<Share>,
+    /// Exit status 1 when the 99th percentile of Register latency is above this, e.g.
+    /// `500ms`, `2s` [default: no limit].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    max_register_p99: Option<Duration>,
+    /// Exit status 1 when the 99th percentile of Update latency is above this [default: no
+    /// limit].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    max_update_p99: Option<Duration>,
+}
+
+/// A count of clients, absolute or a share of the fleet.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Share {
+    Count(u64),
+    Percent(f64),
+}
+
+impl Share {
+    /// How many of `of` clients this is (a percentage rounds up).
+    fn of(self, of: usize) -> u64 {
+        match self {
+            Self::Count(n) => n,
+            Self::Percent(p) => (p / 100.0 * of as f64).ceil() as u64,
+        }
+    }
+}
+
+/// `40` or `95%`.
+fn parse_share(s: &str) -> Result<Share, String> {
+    if let Some(p) = s.strip_suffix('%') {
+        match p.trim().parse::<f64>() {
+            Ok(p) if (0.0..=100.0).contains(&p) => Ok(Share::Percent(p)),
+            _ => Err(format!("{s:?}: a percentage from 0% to 100%")),
+        }
+    } else {
+        s.trim()
+            .parse()
+            .map(Share::Count)
+            .map_err(|_| format!("{s:?}: a number of clients, or a percentage such as 95%"))
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -207,8 +252,8 @@ fn quirk_packs(folder: &Path) -> anyhow::Result<QuirkPacks> {
     Ok(packs)
 }
 
-/// Runs `simulate`.
-pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
+/// Runs `simulate`; exit status 1 when a threshold failed ([`verdict`]).
+pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<ExitCode> {
     if args.server.is_none() && args.bootstrap.is_none() {
         bail!("give --server or --bootstrap (or both)");
     }
@@ -322,7 +367,55 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     let (before_stop, report) = runtime.block_on(drive(fleet, args.duration, args.metrics))?;
     print_summary(&before_stop, &report);
-    Ok(())
+    let failed = verdict(args, &report);
+    for why in &failed {
+        eprintln!("threshold failed: {why}");
+    }
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The thresholds the run failed: fewer clients registered than --min-registered (every
+/// client by default), a p99 latency above --max-register-p99 or --max-update-p99.
+fn verdict(args: &SimulateArgs, report: &FleetReport) -> Vec<String> {
+    let mut failed = Vec::new();
+    let registered = report.total().clients_registered;
+    let need = args
+        .min_registered
+        .map_or(args.clients as u64, |s| s.of(args.clients));
+    if registered < need {
+        failed.push(format!(
+            "{registered} of {} clients registered, {need} needed{}",
+            args.clients,
+            if registered == 0 {
+                " (is the server running at that address?)"
+            } else {
+                ""
+            }
+        ));
+    }
+    let l = report.latencies();
+    for (what, limit, p99) in [
+        ("Register", args.max_register_p99, l.register_quantile(0.99)),
+        ("Update", args.max_update_p99, l.update_quantile(0.99)),
+    ] {
+        match (limit, p99) {
+            (Some(limit), Some(p99)) if p99 > limit => failed.push(format!(
+                "{what} p99 {} above the limit {}",
+                ms(Some(p99)),
+                ms(Some(limit))
+            )),
+            (Some(limit), None) => failed.push(format!(
+                "no {what} latency measured, limit {}",
+                ms(Some(limit))
+            )),
+            _ => {}
+        }
+    }
+    failed
 }
 
 /// Runs the fleet for `duration`; returns the counters just before the stop and the final
@@ -469,5 +562,12 @@ mod tests {
             (addr("127.0.0.1:5684"), true)
         );
         assert!(parse_coap_uri("http://127.0.0.1").is_err());
+        assert_eq!(parse_share("40"), Ok(Share::Count(40)));
+        assert_eq!(parse_share("95%"), Ok(Share::Percent(95.0)));
+        assert!(parse_share("101%").is_err());
+        assert!(parse_share("x").is_err());
+        assert_eq!(Share::Percent(95.0).of(10), 10);
+        assert_eq!(Share::Percent(50.0).of(10), 5);
+        assert_eq!(Share::Count(3).of(10), 3);
     }
 }
