@@ -703,6 +703,7 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         seed: options.seed,
         product_version: env!("CARGO_PKG_VERSION").to_owned(),
         git_revision: report::git_revision(),
+        hostname: report::hostname(),
         subjects: vec![options.subject.report_subject()],
         latencies: collector
             .latencies

@@ -170,6 +170,9 @@ pub struct RunReport {
     pub product_version: String,
     /// The git revision the harness was built from (`unknown` outside a checkout).
     pub git_revision: String,
+    /// The machine the run ran on (JUnit's `hostname`; empty in reports written before).
+    #[serde(default)]
+    pub hostname: String,
     /// The subjects.
     pub subjects: Vec<Subject>,
     /// Case results.
@@ -238,7 +241,7 @@ impl RunReport {
         };
         write("report.json", serde_json::to_string_pretty(self)?)?;
         write("report.html", html::render_with(self, sections))?;
-        write("junit.xml", junit::render(self))?;
+        write("junit.xml", junit::render_in(self, Some(dir)))?;
         Ok(())
     }
 
@@ -257,6 +260,16 @@ impl RunReport {
         );
         Ok(report)
     }
+}
+
+/// This machine's name (`/proc/sys/kernel/hostname`, `$HOSTNAME`), or `localhost`.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// The git revision of the working tree, or `unknown`.
@@ -332,6 +345,7 @@ pub(crate) mod tests {
             seed: 42,
             product_version: "0.1.0".into(),
             git_revision: "abc".into(),
+            hostname: "ci-1".into(),
             subjects: vec![Subject {
                 id: "sim-1.1".into(),
                 kind: "simulated-client".into(),

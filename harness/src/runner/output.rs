@@ -692,6 +692,7 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
         seed: run.options.seed,
         product_version: version.into(),
         git_revision: report::git_revision(),
+        hostname: report::hostname(),
         subjects,
         cases: std::mem::take(&mut run.cases),
         latencies: summaries,
