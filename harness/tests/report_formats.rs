@@ -1,7 +1,10 @@
 //! The run's outputs as the ecosystem's tools read them: `junit.xml` validated by
 //! `xmllint --schema` against the Jenkins/Ant JUnit schema (`tests/data/junit-10.xsd`),
 //! for a real run, for a re-rendered one with a failed and a skipped case, and for a
-//! matrix of runs.
+//! matrix of runs; `cucumber/cucumber.json` accepted by the official
+//! `@cucumber/cucumber-json-converter` (npm, installed from `interop/node/package-lock.json`
+//! by `scripts/test`); and the scenario and case counts of cucumber, JUnit and the README
+//! agreeing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -39,19 +42,13 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// One suite run (three cases against the in-process subject) the tests share.
+/// One run of the whole suite against the in-process subject, which the tests share
+/// (a few seconds: the in-process subject runs on a virtual clock).
 fn run_dir() -> &'static Path {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
         let dir = scratch("run");
-        harness(&[
-            "test",
-            "--quiet",
-            "--tags",
-            "@int-101 or @int-102 or @int-203",
-            "--report-dir",
-            &dir.to_string_lossy(),
-        ]);
+        harness(&["test", "--quiet", "--report-dir", &dir.to_string_lossy()]);
         dir
     })
 }
@@ -111,6 +108,7 @@ fn junit_validates_against_the_jenkins_schema() {
         "<property name=\"git.revision\"",
         "classname=\"registration.registration.int-101\"",
         "<system-out>evidence: exchanges/int-101",
+        "<skipped message=\"not applicable: needs TCP",
         "CON POST",
     ] {
         assert!(text.contains(needle), "{needle:?} not in {text}");
@@ -156,4 +154,102 @@ fn junit_validates_against_the_jenkins_schema() {
         &matrix.to_string_lossy(),
     ]);
     assert_valid_junit(&matrix.join("junit.xml"));
+}
+
+#[test]
+fn cucumber_json_is_accepted_by_the_official_converter() {
+    let json = run_dir().join("cucumber/cucumber.json");
+    let node_dir = workspace().join("interop/node");
+    assert!(
+        node_dir
+            .join("node_modules/@cucumber/cucumber-json-converter")
+            .is_dir(),
+        "npm @cucumber/cucumber-json-converter is not installed: run scripts/test, or \
+         npm ci --prefix interop/node"
+    );
+    let out = match Command::new("node")
+        .arg(node_dir.join("check-cucumber-json.js"))
+        .arg(&json)
+        .current_dir(&node_dir)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            panic!("node not found ({e}): install Node.js (Debian: apt-get install nodejs npm)")
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the converter rejects {}:\n{}",
+        json.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("accepted: "), "{stdout}");
+    // What the converter needs beyond cucumber's writer, there with real values.
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("cucumber.json"))
+            .expect("JSON");
+    let features = value.as_array().expect("a list of features");
+    let registration = features
+        .iter()
+        .find(|f| {
+            f["uri"]
+                .as_str()
+                .is_some_and(|u| u.ends_with("registration/registration.feature"))
+        })
+        .expect("the registration feature");
+    let line = registration["line"].as_u64().expect("a line");
+    let text =
+        std::fs::read_to_string(workspace().join("features/registration/registration.feature"))
+            .expect("the feature file");
+    let at = text
+        .lines()
+        .nth(line as usize - 1)
+        .expect("the line is in the file");
+    assert!(at.trim_start().starts_with("Feature:"), "line {line}: {at}");
+    assert!(registration["description"].is_string());
+    assert!(registration["id"].as_str().is_some_and(|id| !id.is_empty()));
+    let hook = &registration["elements"][0]["before"][0]["match"]["location"];
+    assert!(
+        hook.as_str()
+            .is_some_and(|l| l.starts_with("harness/src/bdd/run.rs:")),
+        "{hook}"
+    );
+}
+
+#[test]
+fn cucumber_junit_and_the_readme_count_the_same_suite() {
+    let run = run_dir();
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("cucumber/cucumber.json")).expect("cucumber.json"),
+    )
+    .expect("JSON");
+    let scenarios = json
+        .as_array()
+        .expect("features")
+        .iter()
+        .flat_map(|f| f["elements"].as_array().into_iter().flatten())
+        .filter(|e| e["type"] == "scenario")
+        .count();
+    // Cucumber's own JUnit: one test case per scenario.
+    let cucumber_junit =
+        std::fs::read_to_string(run.join("cucumber/junit.xml")).expect("cucumber junit");
+    assert_eq!(cucumber_junit.matches("<testcase ").count(), scenarios);
+    // The run's JUnit: one test case per case tag (a scenario with two case tags is two).
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("report.json")).expect("report.json"),
+    )
+    .expect("JSON");
+    let cases = report["cases"].as_array().expect("cases").len();
+    let junit = std::fs::read_to_string(run.join("junit.xml")).expect("junit.xml");
+    assert_eq!(junit.matches("<testcase ").count(), cases);
+    assert!(junit.contains(&format!("tests=\"{cases}\"")), "{cases}");
+    // The README says both numbers.
+    let readme = std::fs::read_to_string(workspace().join("README.md")).expect("README");
+    let claim = format!("`features/` holds {scenarios} scenarios ({cases} cases");
+    assert!(
+        readme.contains(&claim),
+        "the README should say {claim:?} (the suite has {scenarios} scenarios, {cases} cases)"
+    );
 }

@@ -128,6 +128,8 @@ struct Collector {
     counters: BTreeMap<String, u64>,
     network_usage: Vec<report::ExchangeUsage>,
     untagged: Vec<String>,
+    /// What cucumber.json needs from the feature files beyond what its writer puts there.
+    gherkin: report::cucumber_json::Gherkin,
 }
 
 /// True for tags that name a case: an ETS case (`int-101`) or a specification clause
@@ -630,6 +632,8 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
     // However the run ends (an error below included), the device it started stops.
     let device_guard = options.device.is_some().then_some(DeviceGuard);
     let (before_ctx, after_ctx) = (ctx.clone(), ctx.clone());
+    // Where the Before and After hooks below are, for cucumber.json's hook `match`.
+    let hooks_at = concat!(file!(), ":", line!());
     let writer = NotApplicableAsSkipped(
         writer::Basic::raw(console, writer::Coloring::Never, Verbosity::Default)
             .summarized()
@@ -646,6 +650,11 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         .before(move |feature, rule, scenario, world| {
             let ctx = before_ctx.clone();
             let seed = ctx.scenario_seed(feature, scenario);
+            ctx.collector
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .gherkin
+                .note(feature, rule, scenario);
             if ctx.launched {
                 super::device::begin_case(&ctx.feature_label(feature));
             }
@@ -694,6 +703,13 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
     let parsing_errors = cucumber::writer::Stats::parsing_errors(&writer.0);
     let collector =
         std::mem::take(&mut *ctx.collector.lock().unwrap_or_else(PoisonError::into_inner));
+    let json_path = cucumber_dir.join("cucumber.json");
+    let written = std::fs::read_to_string(&json_path)
+        .with_context(|| format!("reading {}", json_path.display()))?;
+    let completed = report::cucumber_json::complete(&written, &collector.gherkin, hooks_at)
+        .with_context(|| format!("{}: not cucumber's JSON", json_path.display()))?;
+    std::fs::write(&json_path, completed)
+        .with_context(|| format!("writing {}", json_path.display()))?;
     let report = RunReport {
         schema: report::SCHEMA_VERSION,
         run: options.run.clone(),

@@ -3,6 +3,7 @@
 //! `report.html` (matrix of cases by subject, latency percentile and throughput charts as
 //! inline SVG, network usage) and as `junit.xml` for CI.
 
+pub mod cucumber_json;
 pub mod dtls;
 pub mod html;
 pub mod junit;
