@@ -119,8 +119,52 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes on one line, each said once: many errors' messages already
+/// end with their cause (`path: No such file or directory`), which `{:#}` would repeat,
+/// and a context that names a path is dropped when the next cause starts with it.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || parts.iter().any(|p| p.contains(&text)) {
+            continue;
+        }
+        match parts.last_mut() {
+            Some(last) if text.starts_with(last.as_str()) => *last = text,
+            _ => parts.push(text),
+        }
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        // An error whose message already ends with its source.
+        #[derive(Debug, thiserror::Error)]
+        #[error("x.yaml: {source}")]
+        struct Read {
+            source: std::io::Error,
+        }
+        let e = anyhow::Error::new(Read { source: io() }).context("loading the scenario");
+        assert_eq!(error_text(&e), "loading the scenario: x.yaml: No such file");
+        // A context naming the path the next cause starts with.
+        let e = anyhow::Error::new(Read { source: io() }).context("x.yaml");
+        assert_eq!(error_text(&e), "x.yaml: No such file");
+        // Distinct causes all stay.
+        let e = anyhow::Error::new(io())
+            .context("reading a")
+            .context("the run");
+        assert_eq!(error_text(&e), "the run: reading a: No such file");
     }
 }

@@ -51,9 +51,11 @@ pub struct SimulateArgs {
     /// `--bootstrap-psk-identity` and `--bootstrap-psk-key`): the clients bootstrap first.
     #[arg(long)]
     bootstrap: Option<String>,
-    /// With a `coaps://` Bootstrap Server: each client's PSK identity toward it, `{n}`
-    /// standing for the client number and `{ep}` for the endpoint name, e.g. `bs-{ep}`.
-    #[arg(long)]
+    // The help says `{n}`, which clap would print as a line break (placeholder_help).
+    #[arg(long, help = placeholder_help(
+        "With a `coaps://` Bootstrap Server: each client's PSK identity toward it, `{n}` \
+         standing for the client number and `{ep}` for the endpoint name, e.g. `bs-{ep}`"
+    ))]
     bootstrap_psk_identity: Option<String>,
     /// With a `coaps://` Bootstrap Server: the PSK key (hex) of every client toward it, the
     /// group key of a fallback bootstrap configuration.
@@ -88,9 +90,10 @@ pub struct SimulateArgs {
     /// UDP sockets the clients share.
     #[arg(long, default_value_t = 16)]
     sockets: usize,
-    /// With a `coaps://` server: each client's PSK identity, `{n}` standing for the client
-    /// number and `{ep}` for the endpoint name, e.g. `ep-{n}`.
-    #[arg(long)]
+    #[arg(long, help = placeholder_help(
+        "With a `coaps://` server: each client's PSK identity, `{n}` standing for the client \
+         number and `{ep}` for the endpoint name, e.g. `ep-{n}`"
+    ))]
     psk_identity: Option<String>,
     /// The seed the 16-byte PSK keys are derived from (with each identity; default: --seed).
     #[arg(long)]
@@ -171,6 +174,15 @@ fn parse_share(s: &str) -> Result<Share, String> {
             .map(Share::Count)
             .map_err(|_| format!("{s:?}: a number of clients, or a percentage such as 95%"))
     }
+}
+
+/// Help text that shows `{n}` as written: clap replaces every `{n}` in help with a line
+/// break, so the placeholder is printed bold in two styled spans, `{` and `n}`, whose
+/// escape codes part the two (and are stripped when the output is not a terminal).
+fn placeholder_help(text: &str) -> clap::builder::StyledStr {
+    let b = clap::builder::styling::Style::new().bold();
+    text.replace("{n}", &format!("{b}{{{b:#}{b}n}}{b:#}"))
+        .into()
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -257,7 +269,11 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<ExitCode> 
     if args.server.is_none() && args.bootstrap.is_none() {
         bail!("give --server or --bootstrap (or both)");
     }
-    let server = args.server.as_deref().map(parse_coap_uri).transpose()?;
+    let server = args
+        .server
+        .as_deref()
+        .map(|u| parse_coap_uri(u).context("--server"))
+        .transpose()?;
     let secure = server.is_some_and(|(_, secure)| secure);
     let certificates = client_ca(args)?;
     if secure != (args.psk_identity.is_some() || certificates.is_some()) {
@@ -266,7 +282,11 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<ExitCode> 
     if args.psk_identity.is_some() && certificates.is_some() {
         bail!("--psk-identity or --cert-ca: one kind of credentials");
     }
-    let bootstrap = args.bootstrap.as_deref().map(parse_coap_uri).transpose()?;
+    let bootstrap = args
+        .bootstrap
+        .as_deref()
+        .map(|u| parse_coap_uri(u).context("--bootstrap"))
+        .transpose()?;
     let bootstrap_psk = match (
         bootstrap.is_some_and(|(_, secure)| secure),
         &args.bootstrap_psk_identity,
@@ -561,7 +581,11 @@ mod tests {
             parse_coap_uri("coaps://127.0.0.1").unwrap(),
             (addr("127.0.0.1:5684"), true)
         );
-        assert!(parse_coap_uri("http://127.0.0.1").is_err());
+        let bad = parse_coap_uri("http://127.0.0.1").unwrap_err().to_string();
+        assert_eq!(
+            bad,
+            "\"http://127.0.0.1\": expected coap://HOST[:PORT] or coaps://HOST[:PORT]"
+        );
         assert_eq!(parse_share("40"), Ok(Share::Count(40)));
         assert_eq!(parse_share("95%"), Ok(Share::Percent(95.0)));
         assert!(parse_share("101%").is_err());

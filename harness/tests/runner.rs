@@ -455,6 +455,14 @@ timeline:
     }
     assert_eq!(report.counters.get("fleet.clients_registered"), Some(&50));
     assert_eq!(report.counters.get("server.rebindings"), Some(&5));
+    // Notifications the rebound clients sent before their Update are reset: explained.
+    let new_address_resets = report.counters["server.resets_out.notifications_new_address"];
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert_eq!(
+        html.contains("NAT binding expired"),
+        new_address_resets > 0,
+        "{new_address_resets} resets of notifications from new addresses"
+    );
     assert!(!report.network_usage.is_empty());
     let junit = std::fs::read_to_string(run_dir.join("junit.xml")).unwrap();
     assert!(junit.contains("tests=\"11\" failures=\"0\""), "{junit}");

@@ -37,6 +37,7 @@
 pub mod capture;
 pub mod metrics;
 mod output;
+pub mod resets;
 pub mod scenario;
 mod steps;
 
@@ -86,8 +87,18 @@ pub struct RunArgs {
     /// The seed of every random choice (default: the scenario's).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Where run folders go.
-    #[arg(long, default_value = "reports")]
+    /// Where the report goes (default: reports/<UTC time>-<scenario name>), as with `test
+    /// --report-dir`.
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
+    /// The folder run folders are made in (the former name; --report-dir names the run
+    /// folder itself).
+    #[arg(
+        long,
+        default_value = "reports",
+        hide = true,
+        conflicts_with = "report_dir"
+    )]
     pub out: PathBuf,
     /// No progress bar.
     #[arg(long)]
@@ -108,8 +119,10 @@ pub struct RunArgs {
 pub struct RunOptions {
     /// The seed.
     pub seed: u64,
-    /// The folder the run folder is made in.
+    /// The folder the run folder is made in (`OUT/<UTC time>-<scenario name>`).
     pub out: PathBuf,
+    /// The run folder itself instead (made if missing).
+    pub report_dir: Option<PathBuf>,
     /// Show a progress bar on the terminal.
     pub progress: bool,
     /// Serve the fleet's live counters at http://ADDR/metrics while the run lasts.
@@ -132,6 +145,7 @@ pub fn main(registry: Registry, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let options = RunOptions {
         seed: args.seed.unwrap_or(plan.scenario.seed),
         out: args.out.clone(),
+        report_dir: args.report_dir.clone(),
         progress: !args.quiet,
         metrics: args.metrics,
     };
@@ -685,7 +699,13 @@ pub async fn run(
     options: &RunOptions,
 ) -> anyhow::Result<RunOutcome> {
     let started = SystemTime::now();
-    let dir = run_dir(&options.out, &plan.scenario.name, started)?;
+    let dir = match &options.report_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.clone()
+        }
+        None => run_dir(&options.out, &plan.scenario.name, started)?,
+    };
     let capture = Arc::new(capture::Capture::default());
     let bus = EventBus::new(1 << 16);
     // With both servers in process their sockets see every datagram; otherwise the fleet

@@ -164,6 +164,11 @@ impl<'de> serde::Deserialize<'de> for Target {
         match s.as_str() {
             "in-process" => Ok(Self::InProcess),
             "none" => Ok(Self::None),
+            uri if !uri.starts_with("coap://") && !uri.starts_with("coaps://") => {
+                Err(de::Error::custom(format!(
+                    "{uri:?}: expected `in-process`, `none`, coap://HOST:PORT or coaps://HOST:PORT"
+                )))
+            }
             uri => parse_coap_uri(uri)
                 .map(|(addr, secure)| Self::External { addr, secure })
                 .map_err(de::Error::custom),
@@ -179,7 +184,7 @@ pub fn parse_coap_uri(uri: &str) -> Result<(SocketAddr, bool), String> {
         (_, Some(rest)) => (rest, true, 5684),
         _ => {
             return Err(format!(
-                "{uri:?}: expected `in-process`, `none`, coap://HOST:PORT or coaps://HOST:PORT"
+                "{uri:?}: expected coap://HOST[:PORT] or coaps://HOST[:PORT]"
             ));
         }
     };
