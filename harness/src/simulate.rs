@@ -64,11 +64,12 @@ pub struct SimulateArgs {
     /// How many clients.
     #[arg(long, default_value_t = 1)]
     clients: usize,
-    /// A device profile: a name under SCENARIOS/profiles/ or a YAML file.
+    /// A device profile: a name under SCENARIOS/profiles/ or shipped (sensor-1.1,
+    /// minimal-1.0, ...), or a YAML file.
     #[arg(long)]
     profile: String,
-    /// A network model: a name under SCENARIOS/networks/ or a YAML file (default: a
-    /// perfect network).
+    /// A network model: a name under SCENARIOS/networks/ or shipped (home-nat, lossy,
+    /// ...), or a YAML file (default: a perfect network).
     #[arg(long)]
     network: Option<String>,
     /// Endpoint names are this prefix and the client number (default: the profile's).
@@ -123,7 +124,8 @@ pub struct SimulateArgs {
     /// of entries for the server's `PUT /api/security/clients`.
     #[arg(long)]
     print_credentials: Option<PathBuf>,
-    /// The scenarios folder (profiles/, networks/, quirks/).
+    /// The scenarios folder (profiles/, networks/, quirks/): its files add to the shipped
+    /// ones and override those of the same name.
     #[arg(long, default_value = "scenarios")]
     scenarios: PathBuf,
     /// Serve the fleet's live counters at http://ADDR/metrics (Prometheus text format, no
@@ -235,30 +237,45 @@ fn client_ca(args: &SimulateArgs) -> anyhow::Result<Option<(TestCa, Vec<u8>)>> {
     Ok(Some((ca, anchor)))
 }
 
-/// A YAML file: `arg` itself if it is a file, else `NAME.yaml` under `folder`.
-fn find_yaml(folder: &Path, arg: &str, what: &str) -> anyhow::Result<PathBuf> {
+/// A YAML file: `arg` itself if it is a file, else `NAME.yaml` under the user's `folder`
+/// (`--scenarios`), else the shipped one (`shipped` is e.g. `scenarios/profiles`).
+fn find_yaml(folder: &Path, shipped: &str, arg: &str, what: &str) -> anyhow::Result<PathBuf> {
     let path = Path::new(arg);
     if path.is_file() {
         return Ok(path.to_owned());
     }
-    let files = yaml_files(folder).with_context(|| format!("looking for {what} {arg:?}"))?;
-    files
-        .into_iter()
-        .find(|f| file_stem(f) == arg)
-        .with_context(|| {
-            format!(
-                "no {what} {arg:?}: not a file, and not in {}",
-                folder.display()
-            )
-        })
+    let mut names = Vec::new();
+    if folder.is_dir() {
+        let files = yaml_files(folder).with_context(|| format!("looking for {what} {arg:?}"))?;
+        if let Some(f) = files.iter().find(|f| file_stem(f) == arg) {
+            return Ok(f.clone());
+        }
+        names.extend(files.iter().map(|f| file_stem(f)));
+    }
+    let shipped_names = lwm2m_harness::shipped::names(shipped);
+    if shipped_names.iter().any(|n| n == arg) {
+        return Ok(lwm2m_harness::shipped::folder(shipped)?.join(format!("{arg}.yaml")));
+    }
+    names.extend(shipped_names);
+    names.sort();
+    names.dedup();
+    bail!(
+        "no {what} {arg:?}: not a file, not in {}, not shipped; the {what}s are: {}",
+        folder.display(),
+        names.join(", ")
+    )
 }
 
+/// The shipped quirk packs, then those of the user's `folder` (which override them).
 fn quirk_packs(folder: &Path) -> anyhow::Result<QuirkPacks> {
     let mut packs = QuirkPacks::new();
-    if folder.is_dir() {
-        for f in yaml_files(folder)? {
-            let (name, pack) = load_quirk_pack(&f)?;
-            packs.insert(name, pack);
+    let shipped = lwm2m_harness::shipped::folder("scenarios/quirks")?;
+    for dir in [shipped.as_path(), folder] {
+        if dir.is_dir() {
+            for f in yaml_files(dir)? {
+                let (name, pack) = load_quirk_pack(&f)?;
+                packs.insert(name, pack);
+            }
         }
     }
     Ok(packs)
@@ -309,11 +326,24 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<ExitCode> 
     };
     let packs = quirk_packs(&args.scenarios.join("quirks"))?;
     let profile = load_profile(
-        &find_yaml(&args.scenarios.join("profiles"), &args.profile, "profile")?,
+        &find_yaml(
+            &args.scenarios.join("profiles"),
+            "scenarios/profiles",
+            &args.profile,
+            "profile",
+        )?,
         &packs,
     )?;
     let network = match &args.network {
-        Some(n) => load_network(&find_yaml(&args.scenarios.join("networks"), n, "network")?)?.1,
+        Some(n) => {
+            let file = find_yaml(
+                &args.scenarios.join("networks"),
+                "scenarios/networks",
+                n,
+                "network",
+            )?;
+            load_network(&file)?.1
+        }
         None => NetworkModel::default(),
     };
     if args.endpoint.is_some() && args.clients != 1 {

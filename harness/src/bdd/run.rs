@@ -170,7 +170,15 @@ impl RunContext {
                     .root
                     .canonicalize()
                     .unwrap_or_else(|_| self.root.clone());
-                p.strip_prefix(&root).unwrap_or(p).display().to_string()
+                // A shipped feature file is labelled as in a checkout.
+                let shipped = crate::shipped::root()
+                    .ok()
+                    .and_then(|r| r.canonicalize().ok());
+                let relative = p
+                    .strip_prefix(&root)
+                    .ok()
+                    .or_else(|| shipped.as_ref().and_then(|s| p.strip_prefix(s).ok()));
+                relative.unwrap_or(p).display().to_string()
             },
         )
     }
@@ -569,6 +577,16 @@ impl parser::Parser<Vec<PathBuf>> for FeatureFiles {
     }
 }
 
+/// `ROOT/relative` when it is there, else the shipped one (an installed binary run outside
+/// a checkout).
+fn in_root_or_shipped(root: &Path, relative: &str) -> anyhow::Result<PathBuf> {
+    let mine = root.join(relative);
+    if mine.exists() {
+        return Ok(mine);
+    }
+    Ok(crate::shipped::root()?.join(relative))
+}
+
 /// Runs the suite and writes `report.json`, `report.html`, `junit.xml` (the run report)
 /// and `cucumber/junit.xml`, `cucumber/cucumber.json` (cucumber's writers) into the report
 /// folder, with each scenario's exchange log and pcap under `exchanges/`.
@@ -589,7 +607,10 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         .with_context(|| format!("creating {}", cucumber_dir.display()))?;
     let device_profile = options.device_profile.clone().or_else(|| {
         matches!(options.subject, Subject::InProcess { .. })
-            .then(|| options.root.join(SIMULATED_DEVICE_DESCRIPTION))
+            .then(|| in_root_or_shipped(&options.root, SIMULATED_DEVICE_DESCRIPTION))
+            .transpose()
+            .ok()
+            .flatten()
     });
     let device = device_profile
         .map(|p| super::description::DeviceDescription::load(&p))
@@ -613,7 +634,7 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         Box::new(std::io::sink())
     };
     let features = if options.features.is_empty() {
-        vec![options.root.join("features")]
+        vec![in_root_or_shipped(&options.root, "features")?]
     } else {
         options.features.clone()
     };

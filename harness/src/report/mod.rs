@@ -273,15 +273,23 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// The git revision of the working tree, or `unknown`.
+/// The git revision of the source the harness was built from: asked of git in that
+/// source folder when it is still there (not of the current folder, which may be another
+/// repository), else as recorded at build time, else `unknown`.
 pub fn git_revision() -> String {
     std::process::Command::new("git")
+        .arg("-C")
+        .arg(env!("CARGO_MANIFEST_DIR"))
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()
         .ok()
         .filter(|o| o.status.success())
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            Some(env!("LWM2M_HARNESS_BUILD_GIT_REVISION").to_owned()).filter(|s| !s.is_empty())
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 

@@ -82,7 +82,8 @@ pub use scenario::{Plan, Scenario};
 /// `lwm2m-harness run` arguments.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// The scenario YAML file, e.g. scenarios/quickstart.yaml.
+    /// The scenario YAML file, e.g. scenarios/quickstart.yaml, or a shipped scenario's name
+    /// (quickstart, experiments/whole-device-read).
     pub scenario: PathBuf,
     /// The seed of every random choice (default: the scenario's).
     #[arg(long)]
@@ -141,7 +142,7 @@ pub struct RunOutcome {
 /// `lwm2m-harness run`: loads, runs, prints where the report is; exit status 1 when a case
 /// failed.
 pub fn main(registry: Registry, args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let plan = Plan::load(&args.scenario, &registry)?;
+    let plan = Plan::load(&scenario_file(&args.scenario)?, &registry)?;
     let options = RunOptions {
         seed: args.seed.unwrap_or(plan.scenario.seed),
         out: args.out.clone(),
@@ -170,6 +171,26 @@ pub fn main(registry: Registry, args: &RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The scenario file: `arg` when it exists, else a shipped scenario of that name or path
+/// (`quickstart`, `scenarios/quickstart.yaml`, `experiments/whole-device-read`), so that
+/// an installed binary runs them from any folder.
+fn scenario_file(arg: &Path) -> anyhow::Result<PathBuf> {
+    if arg.exists() {
+        return Ok(arg.to_owned());
+    }
+    let text = arg.to_string_lossy().replace('\\', "/");
+    let stem = text.strip_prefix("scenarios/").unwrap_or(&text);
+    let stem = stem
+        .strip_suffix(".yaml")
+        .or_else(|| stem.strip_suffix(".yml"))
+        .unwrap_or(stem);
+    let shipped = format!("scenarios/{stem}.yaml");
+    if crate::shipped::files().iter().any(|(p, _)| *p == shipped) {
+        return Ok(crate::shipped::root()?.join(shipped));
+    }
+    Ok(arg.to_owned())
 }
 
 /// The servers a run started or targets.
