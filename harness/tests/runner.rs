@@ -105,6 +105,35 @@ fn run_passing(scenario: &Path, out: &Path) -> (PathBuf, RunReport) {
     (run_dir, report)
 }
 
+/// `lwm2m-harness report RUN_DIR` renders report.html and junit.xml again from report.json
+/// alone, the same as the run wrote them, with each of `sections`.
+fn assert_rerender_is_identical(run_dir: &Path, sections: &[&str]) {
+    let before: Vec<String> = ["report.html", "junit.xml"]
+        .iter()
+        .map(|f| std::fs::read_to_string(run_dir.join(f)).unwrap())
+        .collect();
+    for s in sections {
+        assert!(before[0].contains(&format!("<h2>{s}")), "no section {s:?}");
+    }
+    for f in ["report.html", "junit.xml"] {
+        std::fs::remove_file(run_dir.join(f)).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .arg("report")
+        .arg(run_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (f, was) in ["report.html", "junit.xml"].iter().zip(&before) {
+        let again = std::fs::read_to_string(run_dir.join(f)).unwrap();
+        assert!(again == *was, "{f} rendered again differs from the run's");
+    }
+}
+
 fn write_scenario(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -464,6 +493,7 @@ timeline:
         "{new_address_resets} resets of notifications from new addresses"
     );
     assert!(!report.network_usage.is_empty());
+    assert_rerender_is_identical(run_dir, &["Network usage by operation, all clients"]);
     let junit = std::fs::read_to_string(run_dir.join("junit.xml")).unwrap();
     assert!(junit.contains("tests=\"11\" failures=\"0\""), "{junit}");
     assert!(
@@ -967,6 +997,10 @@ timeline:
         ),
     );
     let (_, run_dir) = run_scenario(&scenario, &dir.path().join("reports"));
+    assert_rerender_is_identical(
+        &run_dir,
+        &["Network usage by operation, all clients", "DTLS"],
+    );
     let report = RunReport::load(&run_dir).unwrap();
     assert!(
         report.cases.iter().all(|c| c.status == Status::Passed),

@@ -751,8 +751,12 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         throughput: Vec::new(),
         network_usage: collector.network_usage,
         counters: collector.counters,
+        sections: device_section(options)
+            .into_iter()
+            .map(|(title, text)| report::Section::new(title, text))
+            .collect(),
     };
-    report.write_with(&options.report_dir, &device_section(options))?;
+    report.write(&options.report_dir)?;
     Ok(SuiteOutcome {
         report,
         untagged: collector.untagged,

@@ -186,6 +186,30 @@ pub struct RunReport {
     pub network_usage: Vec<ExchangeUsage>,
     /// Named counters (registered, failed, bytes in/out, ...).
     pub counters: BTreeMap<String, u64>,
+    /// Further sections of `report.html` (network usage of all clients, DTLS accounting,
+    /// the servers' Resets, the device under test), so that `report RUN_DIR` renders them
+    /// again (empty in reports written before they were recorded).
+    #[serde(default)]
+    pub sections: Vec<Section>,
+}
+
+/// A titled block of preformatted text in `report.html`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Section {
+    /// The heading.
+    pub title: String,
+    /// The text, shown as written.
+    pub text: String,
+}
+
+impl Section {
+    /// A section.
+    pub fn new(title: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            title: title.into(),
+            text: text.into(),
+        }
+    }
 }
 
 impl RunReport {
@@ -227,21 +251,21 @@ impl RunReport {
         })
     }
 
-    /// Writes `report.json`, `report.html` and `junit.xml` into `dir`.
+    /// Writes `report.json`, `report.html` (with [`RunReport::sections`]) and `junit.xml`
+    /// into `dir`.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
-        self.write_with(dir, &[])
-    }
-
-    /// [`RunReport::write`] with extra sections (title, preformatted text) in
-    /// `report.html`.
-    pub fn write_with(&self, dir: &Path, sections: &[(String, String)]) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let write = |name: &str, text: String| {
             let p = dir.join(name);
             std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
         };
+        let sections: Vec<(String, String)> = self
+            .sections
+            .iter()
+            .map(|s| (s.title.clone(), s.text.clone()))
+            .collect();
         write("report.json", serde_json::to_string_pretty(self)?)?;
-        write("report.html", html::render_with(self, sections))?;
+        write("report.html", html::render_with(self, &sections))?;
         write("junit.xml", junit::render_in(self, Some(dir)))?;
         Ok(())
     }
@@ -418,6 +442,7 @@ pub(crate) mod tests {
                 .collect(),
             network_usage: vec![],
             counters: [("registered".to_owned(), 100)].into(),
+            sections: vec![Section::new("DTLS", "2 handshakes")],
         }
     }
 

@@ -726,8 +726,12 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
         throughput,
         network_usage: sample_rows,
         counters,
+        sections: sections
+            .into_iter()
+            .map(|(title, text)| report::Section::new(title, text))
+            .collect(),
     };
-    report.write_with(dir, &sections)?;
+    report.write(dir)?;
     Ok(report)
 }
 
