@@ -1474,3 +1474,52 @@ fn run_serves_the_fleets_counters_as_prometheus_text() {
     assert!(text.contains("\nlwm2m_fleet_clients 5"), "{text}");
     assert!(child.wait().unwrap().success());
 }
+
+/// The in-process servers listen on the standard ports of a run-specific loopback address
+/// (127.0.Y.Z), so `tshark -r run.pcap` with no `-d` option decodes the CoAP: the
+/// Registers, the reads and their answers.
+#[test]
+fn run_pcap_decodes_as_coap_with_no_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(
+        dir.path(),
+        "plain.yaml",
+        &format!(
+            "name: plain
+duration: 2s
+seed: 5
+fleet:
+  - name: meters
+    profile: {}
+    count: 3
+timeline:
+  - {{ at: 1s, action: read, group: meters, path: /3/0 }}
+",
+            profile("minimal-1.0"),
+        ),
+    );
+    let (_, run_dir) = run_scenario(&scenario, &dir.path().join("reports"));
+    let report = RunReport::load(&run_dir).unwrap();
+    let server = report
+        .subjects
+        .iter()
+        .find_map(|s| s.address.clone().filter(|_| s.kind == "server"))
+        .unwrap_or_else(|| panic!("no server subject: {:?}", report.subjects));
+    let addr: std::net::SocketAddr = server
+        .strip_prefix("coap://")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("{server}"));
+    assert_eq!(addr.port(), 5683, "{server}");
+    let std::net::IpAddr::V4(ip) = addr.ip() else {
+        panic!("{server}")
+    };
+    assert_eq!(ip.octets()[..2], [127, 0], "{server}");
+    assert_ne!(ip, std::net::Ipv4Addr::LOCALHOST, "{server}");
+    let decoded = tshark(&run_dir, &["-r", "run.pcap"]);
+    let coap: Vec<&str> = decoded.lines().filter(|l| l.contains("CoAP")).collect();
+    assert!(
+        coap.iter().filter(|l| l.contains("/rd")).count() >= 3,
+        "{decoded}"
+    );
+    assert!(coap.iter().any(|l| l.contains("2.05 Content")), "{decoded}");
+}
