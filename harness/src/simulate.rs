@@ -324,6 +324,12 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<ExitCode> 
         server: server.map(|(a, _)| a),
         bootstrap: bootstrap.map(|(a, _)| a),
     };
+    // A folder the user named must be there; the default one may not be (outside a
+    // checkout: the shipped files alone).
+    if args.scenarios != Path::new("scenarios") {
+        std::fs::read_dir(&args.scenarios)
+            .with_context(|| format!("--scenarios {}", args.scenarios.display()))?;
+    }
     let packs = quirk_packs(&args.scenarios.join("quirks"))?;
     let profile = load_profile(
         &find_yaml(
