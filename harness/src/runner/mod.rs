@@ -187,6 +187,10 @@ fn scenario_file(arg: &Path) -> anyhow::Result<PathBuf> {
         .or_else(|| stem.strip_suffix(".yml"))
         .unwrap_or(stem);
     let shipped = format!("scenarios/{stem}.yaml");
+    // In a checkout, its own copy.
+    if Path::new(&shipped).is_file() {
+        return Ok(PathBuf::from(shipped));
+    }
     if crate::shipped::files().iter().any(|(p, _)| *p == shipped) {
         return Ok(crate::shipped::root()?.join(shipped));
     }

@@ -424,6 +424,9 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
                 p = d.port()
             ));
         }
+        // Both servers on the standard ports give the same options: once each.
+        let mut once = std::collections::HashSet::new();
+        ports.retain(|p| once.insert(p.clone()));
         let i = &run.servers;
         let seen = match (
             i.server_in_process,
