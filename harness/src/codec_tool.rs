@@ -55,9 +55,7 @@ pub struct EncodeArgs {
 pub fn registry(dirs: &[PathBuf]) -> anyhow::Result<Registry> {
     let mut registry = Registry::embedded();
     for dir in dirs {
-        registry
-            .load_dir(dir)
-            .with_context(|| format!("loading DDF folder {}", dir.display()))?;
+        registry.load_dir(dir).context("--ddf")?;
     }
     Ok(registry)
 }

@@ -12,6 +12,7 @@ pub mod fleet_metrics;
 pub mod record;
 pub mod report;
 pub mod runner;
+pub mod shipped;
 
 use std::path::Path;
 

@@ -15,11 +15,24 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The exit statuses, as `--help` shows them and the README lists them.
+const EXIT_STATUS: &str = "\
+Exit status:
+  0  success: every case passed (test, run), every client registered within the
+     thresholds (simulate), the command did what it was asked
+  1  failure: a case failed; nothing was tested (no case matched --tags, or none
+     applied); with --strict a case passed with findings; simulate: fewer clients
+     registered than --min-registered (every client by default), or a p99 latency
+     above --max-register-p99/--max-update-p99; or an error (a file that does not
+     load, an address that cannot be bound), with one line on stderr
+  2  the command line is wrong (an unknown option, a missing or invalid value)";
+
 #[derive(Parser)]
 #[command(
     name = "lwm2m-harness",
     version,
-    about = "LwM2M conformance harness and device simulator"
+    about = "LwM2M conformance harness and device simulator",
+    after_help = EXIT_STATUS
 )]
 struct Cli {
     /// Extra folders of OMA DDF XML object definitions to load next to the shipped ones.
@@ -32,8 +45,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a scenario: in-process servers plus a simulated fleet, report under reports/.
+    #[command(after_help = EXIT_STATUS)]
     Run(lwm2m_harness::runner::RunArgs),
     /// Run the Gherkin feature suite (features/) against a subject; report under reports/.
+    #[command(after_help = EXIT_STATUS)]
     Test(test_cmd::TestArgs),
     /// Decode an LwM2M payload and print its nodes as JSON, named from the registry.
     Decode(codec_tool::DecodeArgs),
@@ -55,6 +70,7 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Simulate a fleet of LwM2M clients against a server: live counters each second,
     /// a summary with Register and Update latencies at the end.
+    #[command(after_help = EXIT_STATUS)]
     Simulate(simulate::SimulateArgs),
     /// List the object registry, or show one object's resources.
     Objects {
@@ -71,7 +87,7 @@ fn main() -> ExitCode {
         Command::Decode(args) => codec_tool::decode(&registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Encode(args) => codec_tool::encode(&registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve::run(registry, &args).map(|()| ExitCode::SUCCESS),
-        Command::Simulate(args) => simulate::run(registry, &args).map(|()| ExitCode::SUCCESS),
+        Command::Simulate(args) => simulate::run(registry, &args),
         Command::Objects { id } => codec_tool::objects(&registry, id).map(|()| ExitCode::SUCCESS),
         Command::Report { run_dir, out }
             if run_dir.len() > 1 || run_dir[0] == std::path::Path::new("matrix") =>
@@ -103,8 +119,52 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes on one line, each said once: many errors' messages already
+/// end with their cause (`path: No such file or directory`), which `{:#}` would repeat,
+/// and a context that names a path is dropped when the next cause starts with it.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || parts.iter().any(|p| p.contains(&text)) {
+            continue;
+        }
+        match parts.last_mut() {
+            Some(last) if text.starts_with(last.as_str()) => *last = text,
+            _ => parts.push(text),
+        }
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        // An error whose message already ends with its source.
+        #[derive(Debug, thiserror::Error)]
+        #[error("x.yaml: {source}")]
+        struct Read {
+            source: std::io::Error,
+        }
+        let e = anyhow::Error::new(Read { source: io() }).context("loading the scenario");
+        assert_eq!(error_text(&e), "loading the scenario: x.yaml: No such file");
+        // A context naming the path the next cause starts with.
+        let e = anyhow::Error::new(Read { source: io() }).context("x.yaml");
+        assert_eq!(error_text(&e), "x.yaml: No such file");
+        // Distinct causes all stay.
+        let e = anyhow::Error::new(io())
+            .context("reading a")
+            .context("the run");
+        assert_eq!(error_text(&e), "the run: reading a: No such file");
     }
 }

@@ -19,6 +19,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -50,9 +51,11 @@ pub struct SimulateArgs {
     /// `--bootstrap-psk-identity` and `--bootstrap-psk-key`): the clients bootstrap first.
     #[arg(long)]
     bootstrap: Option<String>,
-    /// With a `coaps://` Bootstrap Server: each client's PSK identity toward it, `{n}`
-    /// standing for the client number and `{ep}` for the endpoint name, e.g. `bs-{ep}`.
-    #[arg(long)]
+    // The help says `{n}`, which clap would print as a line break (placeholder_help).
+    #[arg(long, help = placeholder_help(
+        "With a `coaps://` Bootstrap Server: each client's PSK identity toward it, `{n}` \
+         standing for the client number and `{ep}` for the endpoint name, e.g. `bs-{ep}`"
+    ))]
     bootstrap_psk_identity: Option<String>,
     /// With a `coaps://` Bootstrap Server: the PSK key (hex) of every client toward it, the
     /// group key of a fallback bootstrap configuration.
@@ -61,17 +64,19 @@ pub struct SimulateArgs {
     /// How many clients.
     #[arg(long, default_value_t = 1)]
     clients: usize,
-    /// A device profile: a name under SCENARIOS/profiles/ or a YAML file.
+    /// A device profile: a name under SCENARIOS/profiles/ or shipped (sensor-1.1,
+    /// minimal-1.0, ...), or a YAML file.
     #[arg(long)]
     profile: String,
-    /// Quirks or quirk packs (names under SCENARIOS/quirks/) the clients show on top of the
-    /// profile's own, comma-separated, e.g. `sloppy-encoder` or `ignore-accept,late-responses`
-    /// (quirks with their default parameters). A quirk that respells something the profile
-    /// says (queue binding, pre-1.0 format numbers, the pre-1.0 Location) respells it.
+    /// Quirks or quirk packs (names under SCENARIOS/quirks/ or shipped) the clients show on
+    /// top of the profile's own, comma-separated, e.g. `sloppy-encoder` or
+    /// `ignore-accept,late-responses` (quirks with their default parameters). A quirk that
+    /// respells something the profile says (queue binding, pre-1.0 format numbers, the
+    /// pre-1.0 Location) respells it.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     quirks: Vec<String>,
-    /// A network model: a name under SCENARIOS/networks/ or a YAML file (default: a
-    /// perfect network).
+    /// A network model: a name under SCENARIOS/networks/ or shipped (home-nat, lossy,
+    /// ...), or a YAML file (default: a perfect network).
     #[arg(long)]
     network: Option<String>,
     /// Endpoint names are this prefix and the client number (default: the profile's).
@@ -93,9 +98,10 @@ pub struct SimulateArgs {
     /// UDP sockets the clients share.
     #[arg(long, default_value_t = 16)]
     sockets: usize,
-    /// With a `coaps://` server: each client's PSK identity, `{n}` standing for the client
-    /// number and `{ep}` for the endpoint name, e.g. `ep-{n}`.
-    #[arg(long)]
+    #[arg(long, help = placeholder_help(
+        "With a `coaps://` server: each client's PSK identity, `{n}` standing for the client \
+         number and `{ep}` for the endpoint name, e.g. `ep-{n}`"
+    ))]
     psk_identity: Option<String>,
     /// The seed the 16-byte PSK keys are derived from (with each identity; default: --seed).
     #[arg(long)]
@@ -125,13 +131,67 @@ pub struct SimulateArgs {
     /// of entries for the server's `PUT /api/security/clients`.
     #[arg(long)]
     print_credentials: Option<PathBuf>,
-    /// The scenarios folder (profiles/, networks/, quirks/).
+    /// The scenarios folder (profiles/, networks/, quirks/): its files add to the shipped
+    /// ones and override those of the same name.
     #[arg(long, default_value = "scenarios")]
     scenarios: PathBuf,
     /// Serve the fleet's live counters at http://ADDR/metrics (Prometheus text format, no
     /// token: bind it to loopback), e.g. 127.0.0.1:9464 [default: off].
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// Exit status 1 unless at least this many clients registered at some point: a
+    /// number, or a percentage of --clients such as `95%` [default: every client].
+    #[arg(long, value_name = "N|P%", value_parser = parse_share)]
+    min_registered: Option<Share>,
+    /// Exit status 1 when the 99th percentile of Register latency is above this, e.g.
+    /// `500ms`, `2s` [default: no limit].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    max_register_p99: Option<Duration>,
+    /// Exit status 1 when the 99th percentile of Update latency is above this [default: no
+    /// limit].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    max_update_p99: Option<Duration>,
+}
+
+/// A count of clients, absolute or a share of the fleet.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Share {
+    Count(u64),
+    Percent(f64),
+}
+
+impl Share {
+    /// How many of `of` clients this is (a percentage rounds up).
+    fn of(self, of: usize) -> u64 {
+        match self {
+            Self::Count(n) => n,
+            Self::Percent(p) => (p / 100.0 * of as f64).ceil() as u64,
+        }
+    }
+}
+
+/// `40` or `95%`.
+fn parse_share(s: &str) -> Result<Share, String> {
+    if let Some(p) = s.strip_suffix('%') {
+        match p.trim().parse::<f64>() {
+            Ok(p) if (0.0..=100.0).contains(&p) => Ok(Share::Percent(p)),
+            _ => Err(format!("{s:?}: a percentage from 0% to 100%")),
+        }
+    } else {
+        s.trim()
+            .parse()
+            .map(Share::Count)
+            .map_err(|_| format!("{s:?}: a number of clients, or a percentage such as 95%"))
+    }
+}
+
+/// Help text that shows `{n}` as written: clap replaces every `{n}` in help with a line
+/// break, so the placeholder is printed bold in two styled spans, `{` and `n}`, whose
+/// escape codes part the two (and are stripped when the output is not a terminal).
+fn placeholder_help(text: &str) -> clap::builder::StyledStr {
+    let b = clap::builder::styling::Style::new().bold();
+    text.replace("{n}", &format!("{b}{{{b:#}{b}n}}{b:#}"))
+        .into()
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -184,41 +244,60 @@ fn client_ca(args: &SimulateArgs) -> anyhow::Result<Option<(TestCa, Vec<u8>)>> {
     Ok(Some((ca, anchor)))
 }
 
-/// A YAML file: `arg` itself if it is a file, else `NAME.yaml` under `folder`.
-fn find_yaml(folder: &Path, arg: &str, what: &str) -> anyhow::Result<PathBuf> {
+/// A YAML file: `arg` itself if it is a file, else `NAME.yaml` under the user's `folder`
+/// (`--scenarios`), else the shipped one (`shipped` is e.g. `scenarios/profiles`).
+fn find_yaml(folder: &Path, shipped: &str, arg: &str, what: &str) -> anyhow::Result<PathBuf> {
     let path = Path::new(arg);
     if path.is_file() {
         return Ok(path.to_owned());
     }
-    let files = yaml_files(folder).with_context(|| format!("looking for {what} {arg:?}"))?;
-    files
-        .into_iter()
-        .find(|f| file_stem(f) == arg)
-        .with_context(|| {
-            format!(
-                "no {what} {arg:?}: not a file, and not in {}",
-                folder.display()
-            )
-        })
+    let mut names = Vec::new();
+    if folder.is_dir() {
+        let files = yaml_files(folder).with_context(|| format!("looking for {what} {arg:?}"))?;
+        if let Some(f) = files.iter().find(|f| file_stem(f) == arg) {
+            return Ok(f.clone());
+        }
+        names.extend(files.iter().map(|f| file_stem(f)));
+    }
+    let shipped_names = lwm2m_harness::shipped::names(shipped);
+    if shipped_names.iter().any(|n| n == arg) {
+        return Ok(lwm2m_harness::shipped::folder(shipped)?.join(format!("{arg}.yaml")));
+    }
+    names.extend(shipped_names);
+    names.sort();
+    names.dedup();
+    bail!(
+        "no {what} {arg:?}: not a file, not in {}, not shipped; the {what}s are: {}",
+        folder.display(),
+        names.join(", ")
+    )
 }
 
+/// The shipped quirk packs, then those of the user's `folder` (which override them).
 fn quirk_packs(folder: &Path) -> anyhow::Result<QuirkPacks> {
     let mut packs = QuirkPacks::new();
-    if folder.is_dir() {
-        for f in yaml_files(folder)? {
-            let (name, pack) = load_quirk_pack(&f)?;
-            packs.insert(name, pack);
+    let shipped = lwm2m_harness::shipped::folder("scenarios/quirks")?;
+    for dir in [shipped.as_path(), folder] {
+        if dir.is_dir() {
+            for f in yaml_files(dir)? {
+                let (name, pack) = load_quirk_pack(&f)?;
+                packs.insert(name, pack);
+            }
         }
     }
     Ok(packs)
 }
 
-/// Runs `simulate`.
-pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
+/// Runs `simulate`; exit status 1 when a threshold failed ([`verdict`]).
+pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<ExitCode> {
     if args.server.is_none() && args.bootstrap.is_none() {
         bail!("give --server or --bootstrap (or both)");
     }
-    let server = args.server.as_deref().map(parse_coap_uri).transpose()?;
+    let server = args
+        .server
+        .as_deref()
+        .map(|u| parse_coap_uri(u).context("--server"))
+        .transpose()?;
     let secure = server.is_some_and(|(_, secure)| secure);
     let certificates = client_ca(args)?;
     if secure != (args.psk_identity.is_some() || certificates.is_some()) {
@@ -227,7 +306,11 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
     if args.psk_identity.is_some() && certificates.is_some() {
         bail!("--psk-identity or --cert-ca: one kind of credentials");
     }
-    let bootstrap = args.bootstrap.as_deref().map(parse_coap_uri).transpose()?;
+    let bootstrap = args
+        .bootstrap
+        .as_deref()
+        .map(|u| parse_coap_uri(u).context("--bootstrap"))
+        .transpose()?;
     let bootstrap_psk = match (
         bootstrap.is_some_and(|(_, secure)| secure),
         &args.bootstrap_psk_identity,
@@ -248,9 +331,20 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
         server: server.map(|(a, _)| a),
         bootstrap: bootstrap.map(|(a, _)| a),
     };
+    // A folder the user named must be there; the default one may not be (outside a
+    // checkout: the shipped files alone).
+    if args.scenarios != Path::new("scenarios") {
+        std::fs::read_dir(&args.scenarios)
+            .with_context(|| format!("--scenarios {}", args.scenarios.display()))?;
+    }
     let packs = quirk_packs(&args.scenarios.join("quirks"))?;
     let profile = load_profile(
-        &find_yaml(&args.scenarios.join("profiles"), &args.profile, "profile")?,
+        &find_yaml(
+            &args.scenarios.join("profiles"),
+            "scenarios/profiles",
+            &args.profile,
+            "profile",
+        )?,
         &packs,
     )?;
     let profile = if args.quirks.is_empty() {
@@ -266,7 +360,15 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--quirks {}", args.quirks.join(",")))?
     };
     let network = match &args.network {
-        Some(n) => load_network(&find_yaml(&args.scenarios.join("networks"), n, "network")?)?.1,
+        Some(n) => {
+            let file = find_yaml(
+                &args.scenarios.join("networks"),
+                "scenarios/networks",
+                n,
+                "network",
+            )?;
+            load_network(&file)?.1
+        }
         None => NetworkModel::default(),
     };
     if args.endpoint.is_some() && args.clients != 1 {
@@ -340,7 +442,55 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     let (before_stop, report) = runtime.block_on(drive(fleet, args.duration, args.metrics))?;
     print_summary(&before_stop, &report);
-    Ok(())
+    let failed = verdict(args, &report);
+    for why in &failed {
+        eprintln!("threshold failed: {why}");
+    }
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The thresholds the run failed: fewer clients registered than --min-registered (every
+/// client by default), a p99 latency above --max-register-p99 or --max-update-p99.
+fn verdict(args: &SimulateArgs, report: &FleetReport) -> Vec<String> {
+    let mut failed = Vec::new();
+    let registered = report.total().clients_registered;
+    let need = args
+        .min_registered
+        .map_or(args.clients as u64, |s| s.of(args.clients));
+    if registered < need {
+        failed.push(format!(
+            "{registered} of {} clients registered, {need} needed{}",
+            args.clients,
+            if registered == 0 {
+                " (is the server running at that address?)"
+            } else {
+                ""
+            }
+        ));
+    }
+    let l = report.latencies();
+    for (what, limit, p99) in [
+        ("Register", args.max_register_p99, l.register_quantile(0.99)),
+        ("Update", args.max_update_p99, l.update_quantile(0.99)),
+    ] {
+        match (limit, p99) {
+            (Some(limit), Some(p99)) if p99 > limit => failed.push(format!(
+                "{what} p99 {} above the limit {}",
+                ms(Some(p99)),
+                ms(Some(limit))
+            )),
+            (Some(limit), None) => failed.push(format!(
+                "no {what} latency measured, limit {}",
+                ms(Some(limit))
+            )),
+            _ => {}
+        }
+    }
+    failed
 }
 
 /// Runs the fleet for `duration`; returns the counters just before the stop and the final
@@ -486,6 +636,17 @@ mod tests {
             parse_coap_uri("coaps://127.0.0.1").unwrap(),
             (addr("127.0.0.1:5684"), true)
         );
-        assert!(parse_coap_uri("http://127.0.0.1").is_err());
+        let bad = parse_coap_uri("http://127.0.0.1").unwrap_err().to_string();
+        assert_eq!(
+            bad,
+            "\"http://127.0.0.1\": expected coap://HOST[:PORT] or coaps://HOST[:PORT]"
+        );
+        assert_eq!(parse_share("40"), Ok(Share::Count(40)));
+        assert_eq!(parse_share("95%"), Ok(Share::Percent(95.0)));
+        assert!(parse_share("101%").is_err());
+        assert!(parse_share("x").is_err());
+        assert_eq!(Share::Percent(95.0).of(10), 10);
+        assert_eq!(Share::Percent(50.0).of(10), 5);
+        assert_eq!(Share::Count(3).of(10), 3);
     }
 }

@@ -215,6 +215,8 @@ pub fn run(args: &TestArgs, ddf: &[PathBuf]) -> anyhow::Result<ExitCode> {
     if args.device_cmd.len() > 1 {
         return run_devices(args, ddf, &report_dir);
     }
+    // Outside a checkout the default root (`.`) has no features/: the shipped ones run.
+    std::fs::read_dir(&args.root).with_context(|| format!("--root {}", args.root.display()))?;
     let mut subject = subject(args)?;
     let mut launch = None;
     if let Some(template) = args.device_cmd.first() {

@@ -105,6 +105,35 @@ fn run_passing(scenario: &Path, out: &Path) -> (PathBuf, RunReport) {
     (run_dir, report)
 }
 
+/// `lwm2m-harness report RUN_DIR` renders report.html and junit.xml again from report.json
+/// alone, the same as the run wrote them, with each of `sections`.
+fn assert_rerender_is_identical(run_dir: &Path, sections: &[&str]) {
+    let before: Vec<String> = ["report.html", "junit.xml"]
+        .iter()
+        .map(|f| std::fs::read_to_string(run_dir.join(f)).unwrap())
+        .collect();
+    for s in sections {
+        assert!(before[0].contains(&format!("<h2>{s}")), "no section {s:?}");
+    }
+    for f in ["report.html", "junit.xml"] {
+        std::fs::remove_file(run_dir.join(f)).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .arg("report")
+        .arg(run_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (f, was) in ["report.html", "junit.xml"].iter().zip(&before) {
+        let again = std::fs::read_to_string(run_dir.join(f)).unwrap();
+        assert!(again == *was, "{f} rendered again differs from the run's");
+    }
+}
+
 fn write_scenario(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -455,7 +484,16 @@ timeline:
     }
     assert_eq!(report.counters.get("fleet.clients_registered"), Some(&50));
     assert_eq!(report.counters.get("server.rebindings"), Some(&5));
+    // Notifications the rebound clients sent before their Update are reset: explained.
+    let new_address_resets = report.counters["server.resets_out.notifications_new_address"];
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert_eq!(
+        html.contains("NAT binding expired"),
+        new_address_resets > 0,
+        "{new_address_resets} resets of notifications from new addresses"
+    );
     assert!(!report.network_usage.is_empty());
+    assert_rerender_is_identical(run_dir, &["Network usage by operation, all clients"]);
     let junit = std::fs::read_to_string(run_dir.join("junit.xml")).unwrap();
     assert!(junit.contains("tests=\"11\" failures=\"0\""), "{junit}");
     assert!(
@@ -959,6 +997,10 @@ timeline:
         ),
     );
     let (_, run_dir) = run_scenario(&scenario, &dir.path().join("reports"));
+    assert_rerender_is_identical(
+        &run_dir,
+        &["Network usage by operation, all clients", "DTLS"],
+    );
     let report = RunReport::load(&run_dir).unwrap();
     assert!(
         report.cases.iter().all(|c| c.status == Status::Passed),
@@ -1431,4 +1473,53 @@ fn run_serves_the_fleets_counters_as_prometheus_text() {
     );
     assert!(text.contains("\nlwm2m_fleet_clients 5"), "{text}");
     assert!(child.wait().unwrap().success());
+}
+
+/// The in-process servers listen on the standard ports of a run-specific loopback address
+/// (127.0.Y.Z), so `tshark -r run.pcap` with no `-d` option decodes the CoAP: the
+/// Registers, the reads and their answers.
+#[test]
+fn run_pcap_decodes_as_coap_with_no_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(
+        dir.path(),
+        "plain.yaml",
+        &format!(
+            "name: plain
+duration: 2s
+seed: 5
+fleet:
+  - name: meters
+    profile: {}
+    count: 3
+timeline:
+  - {{ at: 1s, action: read, group: meters, path: /3/0 }}
+",
+            profile("minimal-1.0"),
+        ),
+    );
+    let (_, run_dir) = run_scenario(&scenario, &dir.path().join("reports"));
+    let report = RunReport::load(&run_dir).unwrap();
+    let server = report
+        .subjects
+        .iter()
+        .find_map(|s| s.address.clone().filter(|_| s.kind == "server"))
+        .unwrap_or_else(|| panic!("no server subject: {:?}", report.subjects));
+    let addr: std::net::SocketAddr = server
+        .strip_prefix("coap://")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("{server}"));
+    assert_eq!(addr.port(), 5683, "{server}");
+    let std::net::IpAddr::V4(ip) = addr.ip() else {
+        panic!("{server}")
+    };
+    assert_eq!(ip.octets()[..2], [127, 0], "{server}");
+    assert_ne!(ip, std::net::Ipv4Addr::LOCALHOST, "{server}");
+    let decoded = tshark(&run_dir, &["-r", "run.pcap"]);
+    let coap: Vec<&str> = decoded.lines().filter(|l| l.contains("CoAP")).collect();
+    assert!(
+        coap.iter().filter(|l| l.contains("/rd")).count() >= 3,
+        "{decoded}"
+    );
+    assert!(coap.iter().any(|l| l.contains("2.05 Content")), "{decoded}");
 }

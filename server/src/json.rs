@@ -21,12 +21,19 @@ pub fn code_text((class, detail): (u8, u8)) -> String {
 }
 
 /// Milliseconds since the Unix epoch of a monotonic instant (mapped through the current
-/// wall clock).
+/// wall clock), in the past or in the future (a registration's expiry).
 pub fn unix_millis(at: Instant) -> u64 {
-    let wall = SystemTime::now()
-        .checked_sub(Instant::now().saturating_duration_since(at))
-        .unwrap_or(UNIX_EPOCH);
-    system_millis(wall)
+    unix_millis_from(at, Instant::now(), SystemTime::now())
+}
+
+/// [`unix_millis`] with the present given: `now` is `wall` on the wall clock.
+fn unix_millis_from(at: Instant, now: Instant, wall: SystemTime) -> u64 {
+    let t = if at >= now {
+        wall.checked_add(at.duration_since(now))
+    } else {
+        wall.checked_sub(now.duration_since(at))
+    };
+    system_millis(t.unwrap_or(UNIX_EPOCH))
 }
 
 fn system_millis(t: SystemTime) -> u64 {
@@ -539,6 +546,61 @@ fn hex(b: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn instants_map_to_wall_time_in_the_past_and_the_future() {
+        let now = Instant::now();
+        let wall = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let at = |i| super::unix_millis_from(i, now, wall);
+        assert_eq!(at(now), 1_800_000_000_000);
+        assert_eq!(at(now + Duration::from_secs(300)), 1_800_000_300_000);
+        if let Some(past) = now.checked_sub(Duration::from_millis(1500)) {
+            assert_eq!(at(past), 1_799_999_998_500);
+        }
+    }
+
+    #[test]
+    fn expires_at_is_the_last_update_plus_the_lifetime() {
+        let last_update = Instant::now();
+        let entry = crate::registrations::ClientEntry {
+            registration: lwm2m_proto::server::Registration {
+                id: "r".into(),
+                endpoint: "ep".into(),
+                version: lwm2m_proto::registration::Lwm2mVersion::V1_1,
+                lifetime: 86_400,
+                binding: "U".into(),
+                queue_mode: false,
+                sms: None,
+                address: "127.0.0.1:5683".parse().unwrap(),
+                links: Default::default(),
+                registered_at: last_update,
+                last_update,
+                findings: vec![],
+                link_notes: vec![],
+            },
+            sleeping: false,
+        };
+        let j = super::registration(&entry);
+        let (updated, expires) = (
+            j["last_update"].as_u64().unwrap(),
+            j["expires_at"].as_u64().unwrap(),
+        );
+        // Each is mapped through the wall clock when read: a millisecond apart at most.
+        assert!(
+            expires.abs_diff(updated + 86_400_000) <= 1,
+            "{updated} + 86400 s is not {expires}"
+        );
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(
+            expires > now + 86_000_000,
+            "{expires} is not a day ahead of {now}"
+        );
+    }
+
     #[test]
     fn dtls_records_are_named() {
         assert_eq!(super::dtls_record(&[22, 254, 253, 0]), Some("handshake"));

@@ -52,33 +52,62 @@ pub enum Provisioning {
 }
 
 impl Library {
-    /// Loads `ROOT/scenarios` (quirk packs, networks, profiles), `ROOT/features/profiles`,
-    /// and the object definitions of `ROOT/features/objects` and of `ddf` folders.
+    /// Loads the shipped scenarios (quirk packs, networks, profiles), profiles
+    /// (`features/profiles`) and object definitions (`features/objects`), then `ROOT`'s,
+    /// which add to them and override those of the same name (`ROOT/features/objects`,
+    /// when there, replaces the shipped definitions), then the `ddf` folders.
     pub fn load(root: &Path, ddf: &[PathBuf]) -> anyhow::Result<Self> {
+        let shipped = crate::shipped::root()?;
+        let mut roots = vec![shipped];
+        let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if !same(root, shipped) {
+            roots.push(root);
+        }
         let mut registry = Registry::embedded();
-        let objects = root.join("features/objects");
-        let folders = std::iter::once(&objects).filter(|d| d.is_dir()).chain(ddf);
-        for dir in folders {
+        let objects = roots
+            .iter()
+            .rev()
+            .map(|r| r.join("features/objects"))
+            .find(|d| d.is_dir());
+        for dir in objects.iter().chain(ddf) {
             registry
                 .load_dir(dir)
                 .with_context(|| format!("loading {}", dir.display()))?;
         }
-        let scenarios_dir = root.join("scenarios");
-        let scenarios =
-            lwm2m_simulator::load_all_scenario_files(&scenarios_dir).map_err(|errors| {
-                let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                anyhow::anyhow!("{}: {}", scenarios_dir.display(), text.join("; "))
-            })?;
-        let mut profiles = scenarios.profiles;
-        for path in yaml_files(&root.join("features/profiles"))? {
-            let profile = load_profile(&path, &scenarios.quirk_packs)?;
-            profiles.insert(profile.name.clone(), profile);
+        let (mut profiles, mut quirk_packs, mut networks) =
+            (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        for r in &roots {
+            let scenarios_dir = r.join("scenarios");
+            if !scenarios_dir.is_dir() {
+                continue;
+            }
+            let scenarios =
+                lwm2m_simulator::load_all_scenario_files(&scenarios_dir).map_err(|errors| {
+                    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                    anyhow::anyhow!("{}", text.join("; "))
+                })?;
+            profiles.extend(scenarios.profiles);
+            quirk_packs.extend(scenarios.quirk_packs);
+            networks.extend(scenarios.networks);
+        }
+        for r in &roots {
+            let dir = r.join("features/profiles");
+            if !dir.is_dir() {
+                continue;
+            }
+            for path in yaml_files(&dir)? {
+                let profile = load_profile(&path, &quirk_packs)?;
+                profiles.insert(profile.name.clone(), profile);
+            }
         }
         Ok(Self {
             registry: Arc::new(registry),
             profiles,
-            quirk_packs: scenarios.quirk_packs,
-            networks: scenarios.networks,
+            quirk_packs,
+            networks,
         })
     }
 

@@ -128,6 +128,8 @@ struct Collector {
     counters: BTreeMap<String, u64>,
     network_usage: Vec<report::ExchangeUsage>,
     untagged: Vec<String>,
+    /// What cucumber.json needs from the feature files beyond what its writer puts there.
+    gherkin: report::cucumber_json::Gherkin,
 }
 
 /// True for tags that name a case: an ETS case (`int-101`) or a specification clause
@@ -168,7 +170,15 @@ impl RunContext {
                     .root
                     .canonicalize()
                     .unwrap_or_else(|_| self.root.clone());
-                p.strip_prefix(&root).unwrap_or(p).display().to_string()
+                // A shipped feature file is labelled as in a checkout.
+                let shipped = crate::shipped::root()
+                    .ok()
+                    .and_then(|r| r.canonicalize().ok());
+                let relative = p
+                    .strip_prefix(&root)
+                    .ok()
+                    .or_else(|| shipped.as_ref().and_then(|s| p.strip_prefix(s).ok()));
+                relative.unwrap_or(p).display().to_string()
             },
         )
     }
@@ -577,6 +587,16 @@ impl parser::Parser<Vec<PathBuf>> for FeatureFiles {
     }
 }
 
+/// `ROOT/relative` when it is there, else the shipped one (an installed binary run outside
+/// a checkout).
+fn in_root_or_shipped(root: &Path, relative: &str) -> anyhow::Result<PathBuf> {
+    let mine = root.join(relative);
+    if mine.exists() {
+        return Ok(mine);
+    }
+    Ok(crate::shipped::root()?.join(relative))
+}
+
 /// Runs the suite and writes `report.json`, `report.html`, `junit.xml` (the run report)
 /// and `cucumber/junit.xml`, `cucumber/cucumber.json` (cucumber's writers) into the report
 /// folder, with each scenario's exchange log and pcap under `exchanges/`.
@@ -597,7 +617,10 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         .with_context(|| format!("creating {}", cucumber_dir.display()))?;
     let device_profile = options.device_profile.clone().or_else(|| {
         matches!(options.subject, Subject::InProcess { .. })
-            .then(|| options.root.join(SIMULATED_DEVICE_DESCRIPTION))
+            .then(|| in_root_or_shipped(&options.root, SIMULATED_DEVICE_DESCRIPTION))
+            .transpose()
+            .ok()
+            .flatten()
     });
     let device = device_profile
         .map(|p| super::description::DeviceDescription::load(&p))
@@ -621,7 +644,7 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         Box::new(std::io::sink())
     };
     let features = if options.features.is_empty() {
-        vec![options.root.join("features")]
+        vec![in_root_or_shipped(&options.root, "features")?]
     } else {
         options.features.clone()
     };
@@ -640,6 +663,8 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
     // However the run ends (an error below included), the device it started stops.
     let device_guard = options.device.is_some().then_some(DeviceGuard);
     let (before_ctx, after_ctx) = (ctx.clone(), ctx.clone());
+    // Where the Before and After hooks below are, for cucumber.json's hook `match`.
+    let hooks_at = concat!(file!(), ":", line!());
     let writer = NotApplicableAsSkipped(
         writer::Basic::raw(console, writer::Coloring::Never, Verbosity::Default)
             .summarized()
@@ -656,6 +681,11 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         .before(move |feature, rule, scenario, world| {
             let ctx = before_ctx.clone();
             let seed = ctx.scenario_seed(feature, scenario);
+            ctx.collector
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .gherkin
+                .note(feature, rule, scenario);
             if ctx.launched {
                 super::device::begin_case(&ctx.feature_label(feature));
             }
@@ -704,6 +734,13 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
     let parsing_errors = cucumber::writer::Stats::parsing_errors(&writer.0);
     let collector =
         std::mem::take(&mut *ctx.collector.lock().unwrap_or_else(PoisonError::into_inner));
+    let json_path = cucumber_dir.join("cucumber.json");
+    let written = std::fs::read_to_string(&json_path)
+        .with_context(|| format!("reading {}", json_path.display()))?;
+    let completed = report::cucumber_json::complete(&written, &collector.gherkin, hooks_at)
+        .with_context(|| format!("{}: not cucumber's JSON", json_path.display()))?;
+    std::fs::write(&json_path, completed)
+        .with_context(|| format!("writing {}", json_path.display()))?;
     let report = RunReport {
         schema: report::SCHEMA_VERSION,
         run: options.run.clone(),
@@ -713,6 +750,7 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         seed: options.seed,
         product_version: env!("CARGO_PKG_VERSION").to_owned(),
         git_revision: report::git_revision(),
+        hostname: report::hostname(),
         subjects: vec![options.subject.report_subject()],
         latencies: collector
             .latencies
@@ -725,8 +763,12 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         network_usage_client: None,
         charts: Default::default(),
         counters: collector.counters,
+        sections: device_section(options)
+            .into_iter()
+            .map(|(title, text)| report::Section::new(title, text))
+            .collect(),
     };
-    report.write_with(&options.report_dir, &device_section(options))?;
+    report.write(&options.report_dir)?;
     Ok(SuiteOutcome {
         report,
         untagged: collector.untagged,

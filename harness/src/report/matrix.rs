@@ -276,7 +276,7 @@ impl Matrix {
             let time: f64 = cells.iter().map(|(_, c)| c.duration_ms).sum::<f64>() / 1000.0;
             let _ = writeln!(
                 s,
-                "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\" time=\"{time:.3}\">",
+                "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" skipped=\"{skipped}\" time=\"{time:.3}\">",
                 escape(&col.subject),
                 cells.len()
             );
@@ -284,10 +284,10 @@ impl Matrix {
                 let _ = write!(
                     s,
                     "    <testcase classname=\"{}\" name=\"{} {}\" time=\"{:.3}\"",
-                    escape(&r.feature),
+                    escape(&super::junit::classname(&r.feature, &r.case)),
                     escape(&r.case),
                     escape(&r.title),
-                    c.duration_ms / 1000.0
+                    c.duration_ms.max(0.0) / 1000.0
                 );
                 let why = escape(c.reason.as_deref().unwrap_or(""));
                 match c.status.as_str() {
@@ -380,7 +380,11 @@ mod tests {
         assert!(m.rows[1].cells[1].is_none() && m.rows[2].cells[0].is_none());
         let junit = m.junit();
         assert_eq!(junit.matches("<testsuite ").count(), 2);
-        assert!(junit.contains("name=\"device:b\" tests=\"2\" failures=\"0\" skipped=\"1\""));
+        assert!(
+            junit.contains(
+                "name=\"device:b\" tests=\"2\" failures=\"0\" errors=\"0\" skipped=\"1\""
+            )
+        );
         let text = m.text();
         assert!(
             text.contains("device:a") && text.contains("int-301"),

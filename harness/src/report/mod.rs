@@ -4,6 +4,7 @@
 //! inline SVG, network usage) and as `junit.xml` for CI.
 
 pub mod charts;
+pub mod cucumber_json;
 pub mod dtls;
 pub mod html;
 pub mod junit;
@@ -171,6 +172,9 @@ pub struct RunReport {
     pub product_version: String,
     /// The git revision the harness was built from (`unknown` outside a checkout).
     pub git_revision: String,
+    /// The machine the run ran on (JUnit's `hostname`; empty in reports written before).
+    #[serde(default)]
+    pub hostname: String,
     /// The subjects.
     pub subjects: Vec<Subject>,
     /// Case results.
@@ -190,6 +194,30 @@ pub struct RunReport {
     pub charts: charts::Charts,
     /// Named counters (registered, failed, bytes in/out, ...).
     pub counters: BTreeMap<String, u64>,
+    /// Further sections of `report.html` (network usage of all clients, DTLS accounting,
+    /// the servers' Resets, the device under test), so that `report RUN_DIR` renders them
+    /// again (empty in reports written before they were recorded).
+    #[serde(default)]
+    pub sections: Vec<Section>,
+}
+
+/// A titled block of preformatted text in `report.html`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Section {
+    /// The heading.
+    pub title: String,
+    /// The text, shown as written.
+    pub text: String,
+}
+
+impl Section {
+    /// A section.
+    pub fn new(title: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            title: title.into(),
+            text: text.into(),
+        }
+    }
 }
 
 impl RunReport {
@@ -231,22 +259,22 @@ impl RunReport {
         })
     }
 
-    /// Writes `report.json`, `report.html` and `junit.xml` into `dir`.
+    /// Writes `report.json`, `report.html` (with [`RunReport::sections`]) and `junit.xml`
+    /// into `dir`.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
-        self.write_with(dir, &[])
-    }
-
-    /// [`RunReport::write`] with extra sections (title, preformatted text) in
-    /// `report.html`.
-    pub fn write_with(&self, dir: &Path, sections: &[(String, String)]) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let write = |name: &str, text: String| {
             let p = dir.join(name);
             std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
         };
+        let sections: Vec<(String, String)> = self
+            .sections
+            .iter()
+            .map(|s| (s.title.clone(), s.text.clone()))
+            .collect();
         write("report.json", serde_json::to_string_pretty(self)?)?;
-        write("report.html", html::render_with(self, sections))?;
-        write("junit.xml", junit::render(self))?;
+        write("report.html", html::render_with(self, &sections))?;
+        write("junit.xml", junit::render_in(self, Some(dir)))?;
         Ok(())
     }
 
@@ -267,15 +295,33 @@ impl RunReport {
     }
 }
 
-/// The git revision of the working tree, or `unknown`.
+/// This machine's name (`/proc/sys/kernel/hostname`, `$HOSTNAME`), or `localhost`.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The git revision of the source the harness was built from: asked of git in that
+/// source folder when it is still there (not of the current folder, which may be another
+/// repository), else as recorded at build time, else `unknown`.
 pub fn git_revision() -> String {
     std::process::Command::new("git")
+        .arg("-C")
+        .arg(env!("CARGO_MANIFEST_DIR"))
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()
         .ok()
         .filter(|o| o.status.success())
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            Some(env!("LWM2M_HARNESS_BUILD_GIT_REVISION").to_owned()).filter(|s| !s.is_empty())
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -340,6 +386,7 @@ pub(crate) mod tests {
             seed: 42,
             product_version: "0.1.0".into(),
             git_revision: "abc".into(),
+            hostname: "ci-1".into(),
             subjects: vec![Subject {
                 id: "sim-1.1".into(),
                 kind: "simulated-client".into(),
@@ -405,6 +452,7 @@ pub(crate) mod tests {
             network_usage_client: None,
             charts: charts::Charts::default(),
             counters: [("registered".to_owned(), 100)].into(),
+            sections: vec![Section::new("DTLS", "2 handshakes")],
         }
     }
 

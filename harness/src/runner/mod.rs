@@ -39,6 +39,7 @@
 pub mod capture;
 pub mod metrics;
 mod output;
+pub mod resets;
 pub mod scenario;
 mod steps;
 
@@ -83,13 +84,24 @@ pub use scenario::{Plan, Scenario};
 /// `lwm2m-harness run` arguments.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// The scenario YAML file, e.g. scenarios/quickstart.yaml.
+    /// The scenario YAML file, e.g. scenarios/quickstart.yaml, or a shipped scenario's name
+    /// (quickstart, experiments/whole-device-read).
     pub scenario: PathBuf,
     /// The seed of every random choice (default: the scenario's).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Where run folders go.
-    #[arg(long, default_value = "reports")]
+    /// Where the report goes (default: reports/<UTC time>-<scenario name>), as with `test
+    /// --report-dir`.
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
+    /// The folder run folders are made in (the former name; --report-dir names the run
+    /// folder itself).
+    #[arg(
+        long,
+        default_value = "reports",
+        hide = true,
+        conflicts_with = "report_dir"
+    )]
     pub out: PathBuf,
     /// No progress bar.
     #[arg(long)]
@@ -110,8 +122,10 @@ pub struct RunArgs {
 pub struct RunOptions {
     /// The seed.
     pub seed: u64,
-    /// The folder the run folder is made in.
+    /// The folder the run folder is made in (`OUT/<UTC time>-<scenario name>`).
     pub out: PathBuf,
+    /// The run folder itself instead (made if missing).
+    pub report_dir: Option<PathBuf>,
     /// Show a progress bar on the terminal.
     pub progress: bool,
     /// Serve the fleet's live counters at http://ADDR/metrics while the run lasts.
@@ -130,10 +144,11 @@ pub struct RunOutcome {
 /// `lwm2m-harness run`: loads, runs, prints where the report is; exit status 1 when a case
 /// failed.
 pub fn main(registry: Registry, args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let plan = Plan::load(&args.scenario, &registry)?;
+    let plan = Plan::load(&scenario_file(&args.scenario)?, &registry)?;
     let options = RunOptions {
         seed: args.seed.unwrap_or(plan.scenario.seed),
         out: args.out.clone(),
+        report_dir: args.report_dir.clone(),
         progress: !args.quiet,
         metrics: args.metrics,
     };
@@ -158,6 +173,30 @@ pub fn main(registry: Registry, args: &RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The scenario file: `arg` when it exists, else a shipped scenario of that name or path
+/// (`quickstart`, `scenarios/quickstart.yaml`, `experiments/whole-device-read`), so that
+/// an installed binary runs them from any folder.
+fn scenario_file(arg: &Path) -> anyhow::Result<PathBuf> {
+    if arg.exists() {
+        return Ok(arg.to_owned());
+    }
+    let text = arg.to_string_lossy().replace('\\', "/");
+    let stem = text.strip_prefix("scenarios/").unwrap_or(&text);
+    let stem = stem
+        .strip_suffix(".yaml")
+        .or_else(|| stem.strip_suffix(".yml"))
+        .unwrap_or(stem);
+    let shipped = format!("scenarios/{stem}.yaml");
+    // In a checkout, its own copy.
+    if Path::new(&shipped).is_file() {
+        return Ok(PathBuf::from(shipped));
+    }
+    if crate::shipped::files().iter().any(|(p, _)| *p == shipped) {
+        return Ok(crate::shipped::root()?.join(shipped));
+    }
+    Ok(arg.to_owned())
 }
 
 /// The servers a run started or targets.
@@ -249,10 +288,10 @@ struct Dtls {
 }
 
 impl Dtls {
-    /// A listener on a free loopback port that looks PSKs up in `security` (and takes the
-    /// run CA's certificates).
-    fn options(&self, security: Arc<dyn SecurityStore>) -> DtlsOptions {
-        let mut options = DtlsOptions::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), security);
+    /// A listener at `addr` that looks PSKs up in `security` (and takes the run CA's
+    /// certificates).
+    fn options(&self, addr: SocketAddr, security: Arc<dyn SecurityStore>) -> DtlsOptions {
+        let mut options = DtlsOptions::new(addr, security);
         options.handshake_timeout = self.handshake_timeout;
         options.key_log = Some(self.key_log.clone());
         options.certificate.clone_from(&self.certificate);
@@ -260,12 +299,17 @@ impl Dtls {
     }
 }
 
-/// The run's test CA and the in-process listeners' certificate, for certificate groups.
-fn run_ca() -> anyhow::Result<(TestCa, CertificateConfig)> {
+/// The run's test CA and the in-process listeners' certificate (naming 127.0.0.1 and the
+/// run's server addresses `hosts`), for certificate groups.
+fn run_ca(hosts: &[Ipv4Addr]) -> anyhow::Result<(TestCa, CertificateConfig)> {
     let ca = TestCa::new("lwm2m-harness run CA")?;
+    let mut names = vec!["127.0.0.1".to_owned()];
+    names.extend(hosts.iter().map(ToString::to_string));
+    names.dedup();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let server = ca.issue(
         "lwm2m-harness in-process server",
-        &["127.0.0.1"],
+        &names,
         Purpose::Server,
         Validity::Current,
     )?;
@@ -281,6 +325,7 @@ fn dtls_listeners(
     registry: &Registry,
     seed: u64,
     key_log: Option<Arc<KeyLogFile>>,
+    hosts: &[Ipv4Addr],
 ) -> anyhow::Result<Option<Dtls>> {
     let servers = &plan.scenario.servers;
     let (Some(listen), Some(key_log)) = (servers.dtls.as_ref(), key_log) else {
@@ -296,7 +341,7 @@ fn dtls_listeners(
     }
     let (ca, certificate) = match plan.groups.iter().any(scenario::GroupPlan::certificates) {
         true => {
-            let (ca, mut certificate) = run_ca().context("making the run's test CA")?;
+            let (ca, mut certificate) = run_ca(hosts).context("making the run's test CA")?;
             // Groups with a CA of their own: the listeners trust it too.
             certificate.trust_anchors.extend(
                 plan.groups
@@ -318,6 +363,32 @@ fn dtls_listeners(
     }))
 }
 
+/// The loopback addresses of a run's in-process LwM2M Server and Bootstrap Server:
+/// 127.0.Y.Z and 127.0.Y.Z+1, Y and Z from `run` (the run folder), away from 127.0.0.1 and
+/// from the fleets' blocks (127.G.0.1 upwards, G from 1). There they listen on the
+/// standard ports, 5683 for CoAP and 5684 for DTLS, so that Wireshark decodes `run.pcap`
+/// without options; another run on the same address makes them take free ports.
+pub fn server_hosts(run: &str) -> (Ipv4Addr, Ipv4Addr) {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in run.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let y = 1 + (h % 254) as u8;
+    let z = 1 + ((h >> 8) % 126) as u8 * 2;
+    (Ipv4Addr::new(127, 0, y, z), Ipv4Addr::new(127, 0, y, z + 1))
+}
+
+/// Starts a server at `host`: on the standard ports first, on free ports when those are
+/// taken (or cannot be bound).
+fn on_standard_ports<H>(
+    host: Ipv4Addr,
+    start: impl Fn(SocketAddr, SocketAddr) -> anyhow::Result<H>,
+) -> anyhow::Result<H> {
+    let at = |port| SocketAddr::from((host, port));
+    start(at(5683), at(5684)).or_else(|_| start(at(0), at(0)))
+}
+
 fn start_servers(
     plan: &Plan,
     registry: &Arc<Registry>,
@@ -325,13 +396,13 @@ fn start_servers(
     bus: &EventBus,
     tap: Option<Arc<dyn PacketTap>>,
     dtls: Option<&Dtls>,
+    (server_host, bootstrap_host): (Ipv4Addr, Ipv4Addr),
 ) -> anyhow::Result<Servers> {
     use scenario::Target;
-    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let s = &plan.scenario;
     let server = match s.servers.server {
-        Target::InProcess => {
-            let mut options = ServerOptions::new(loopback, registry.clone());
+        Target::InProcess => Some(on_standard_ports(server_host, |coap_at, dtls_at| {
+            let mut options = ServerOptions::new(coap_at, registry.clone());
             options.config = ServerConfig {
                 coap: coap::Config {
                     seed: seed::mix(&[seed, 1]),
@@ -344,9 +415,9 @@ fn start_servers(
             options.tap = tap.clone();
             options.dtls = dtls
                 .filter(|d| d.server)
-                .map(|d| d.options(d.store.clone()));
-            Some(start_server(options).context("starting the LwM2M Server")?)
-        }
+                .map(|d| d.options(dtls_at, d.store.clone()));
+            start_server(options).context("starting the LwM2M Server")
+        })?),
         _ => None,
     };
     let server_addr = match (&server, &s.servers.server) {
@@ -360,23 +431,26 @@ fn start_servers(
                 s,
                 server_addr,
             )));
-            let mut options = BootstrapOptions::new(loopback, store.clone());
-            options.config = BootstrapServerConfig {
-                coap: coap::Config {
-                    seed: seed::mix(&[seed, 2]),
-                    ..coap::Config::default()
-                },
-                ..BootstrapServerConfig::default()
-            };
-            options.bus = bus.clone();
-            options.tap = tap;
-            if let Some(d) = dtls.filter(|d| d.bootstrap) {
-                // Bootstrap PSKs come from the configurations' bootstrap-server accounts;
-                // the LwM2M Server PSKs handed out go into the LwM2M Server's store.
-                options.dtls = Some(d.options(Arc::new(BootstrapCredentials(store.clone()))));
-                options.provision = Some(d.store.clone());
-            }
-            let handle = start_bootstrap(options).context("starting the Bootstrap Server")?;
+            let handle = on_standard_ports(bootstrap_host, |coap_at, dtls_at| {
+                let mut options = BootstrapOptions::new(coap_at, store.clone());
+                options.config = BootstrapServerConfig {
+                    coap: coap::Config {
+                        seed: seed::mix(&[seed, 2]),
+                        ..coap::Config::default()
+                    },
+                    ..BootstrapServerConfig::default()
+                };
+                options.bus = bus.clone();
+                options.tap = tap.clone();
+                if let Some(d) = dtls.filter(|d| d.bootstrap) {
+                    // Bootstrap PSKs come from the configurations' bootstrap-server
+                    // accounts; the LwM2M Server PSKs handed out go into its store.
+                    options.dtls =
+                        Some(d.options(dtls_at, Arc::new(BootstrapCredentials(store.clone()))));
+                    options.provision = Some(d.store.clone());
+                }
+                start_bootstrap(options).context("starting the Bootstrap Server")
+            })?;
             (Some(handle), Some(store))
         }
         _ => (None, None),
@@ -689,7 +763,13 @@ pub async fn run(
     options: &RunOptions,
 ) -> anyhow::Result<RunOutcome> {
     let started = SystemTime::now();
-    let dir = run_dir(&options.out, &plan.scenario.name, started)?;
+    let dir = match &options.report_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.clone()
+        }
+        None => run_dir(&options.out, &plan.scenario.name, started)?,
+    };
     let capture = Arc::new(capture::Capture::default());
     let bus = EventBus::new(1 << 16);
     // With both servers in process their sockets see every datagram; otherwise the fleet
@@ -713,7 +793,8 @@ pub async fn run(
         .clone()
         .filter(|_| secure.external_secure())
         .map(|k| SessionKeyLog(k));
-    let dtls = dtls_listeners(plan, &registry, options.seed, key_log)?;
+    let hosts = server_hosts(&dir.to_string_lossy());
+    let dtls = dtls_listeners(plan, &registry, options.seed, key_log, &[hosts.0, hosts.1])?;
     let servers = start_servers(
         plan,
         &registry,
@@ -721,6 +802,7 @@ pub async fn run(
         &bus,
         server_tap,
         dtls.as_ref(),
+        hosts,
     )?;
     let fleets = build_fleets(
         plan,
@@ -980,6 +1062,24 @@ fn implicit_cases(
 mod tests {
     use super::*;
     use lwm2m_server::store::BootstrapDoc;
+
+    #[test]
+    fn server_hosts_are_the_runs_own_and_off_the_fleets_blocks() {
+        let mut seen = std::collections::HashSet::new();
+        for n in 0..500 {
+            let (server, bootstrap) = server_hosts(&format!("reports/2026-12-06T04-00-00-run-{n}"));
+            for ip in [server, bootstrap] {
+                let [a, b, c, d] = ip.octets();
+                assert_eq!((a, b), (127, 0), "{ip}");
+                assert!(c >= 1 && (1..=254).contains(&d), "{ip}");
+            }
+            assert_eq!(u32::from(bootstrap), u32::from(server) + 1);
+            seen.insert(server);
+        }
+        // Runs get addresses of their own.
+        assert!(seen.len() > 450, "{}", seen.len());
+        assert_eq!(server_hosts("x"), server_hosts("x"));
+    }
 
     #[test]
     fn a_secure_configuration_keeps_the_settings_and_the_clients_bootstrap_account() {

@@ -519,6 +519,9 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
                 p = d.port()
             ));
         }
+        // Both servers on the standard ports give the same options: once each.
+        let mut once = std::collections::HashSet::new();
+        ports.retain(|p| once.insert(p.clone()));
         let i = &run.servers;
         let seen = match (
             i.server_in_process,
@@ -656,11 +659,38 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
         let _ = write!(text, "\n{table}");
         sections.push(("Beside the 2017 thesis".to_owned(), table));
     }
+    let server_addresses: Vec<SocketAddr> = [
+        Some(run.servers.server),
+        run.servers.dtls,
+        run.servers.bootstrap,
+        run.servers.bootstrap_dtls,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let resets = super::resets::analyse(&run.packets, &server_addresses);
+    if let Some(explained) = super::resets::render(&resets) {
+        sections.push(("Resets (RST) the servers sent".to_owned(), explained));
+    }
     write_file(dir, "network-usage.txt", &text)?;
     write_file(dir, "network-usage.csv", &csv(&all))?;
 
     // Counters.
     let mut counters = std::mem::take(&mut run.collected.counters);
+    for (k, v) in [
+        ("server.resets_out", resets.total),
+        (
+            "server.resets_out.notifications_new_address",
+            resets.notifications_from_new_addresses,
+        ),
+        (
+            "server.resets_out.notifications_known_address",
+            resets.notifications_from_known_addresses,
+        ),
+        ("server.resets_out.other", resets.other),
+    ] {
+        counters.insert(k.to_owned(), v);
+    }
     let mut total = CountersSnapshot::default();
     for f in run.fleets {
         for p in &f.profiles {
@@ -801,6 +831,7 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
         seed: run.options.seed,
         product_version: version.into(),
         git_revision: report::git_revision(),
+        hostname: report::hostname(),
         subjects,
         cases: std::mem::take(&mut run.cases),
         latencies: summaries,
@@ -809,8 +840,12 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
         network_usage_client: sample_client,
         charts,
         counters,
+        sections: sections
+            .into_iter()
+            .map(|(title, text)| report::Section::new(title, text))
+            .collect(),
     };
-    report.write_with(dir, &sections)?;
+    report.write(dir)?;
     Ok(report)
 }
 

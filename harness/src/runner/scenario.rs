@@ -164,6 +164,11 @@ impl<'de> serde::Deserialize<'de> for Target {
         match s.as_str() {
             "in-process" => Ok(Self::InProcess),
             "none" => Ok(Self::None),
+            uri if !uri.starts_with("coap://") && !uri.starts_with("coaps://") => {
+                Err(de::Error::custom(format!(
+                    "{uri:?}: expected `in-process`, `none`, coap://HOST:PORT or coaps://HOST:PORT"
+                )))
+            }
             uri => parse_coap_uri(uri)
                 .map(|(addr, secure)| Self::External { addr, secure })
                 .map_err(de::Error::custom),
@@ -179,7 +184,7 @@ pub fn parse_coap_uri(uri: &str) -> Result<(SocketAddr, bool), String> {
         (_, Some(rest)) => (rest, true, 5684),
         _ => {
             return Err(format!(
-                "{uri:?}: expected `in-process`, `none`, coap://HOST:PORT or coaps://HOST:PORT"
+                "{uri:?}: expected coap://HOST[:PORT] or coaps://HOST[:PORT]"
             ));
         }
     };
@@ -1022,15 +1027,29 @@ impl Checker<'_> {
         } else {
             Vec::new()
         };
-        files
-            .into_iter()
-            .find(|f| file_stem(f) == name)
-            .ok_or_else(|| {
-                self.err(
-                    key,
-                    format!("no {name:?} under {} (nor a .yaml path)", dir.display()),
-                )
-            })
+        if let Some(f) = files.iter().find(|f| file_stem(f) == name) {
+            return Ok(f.clone());
+        }
+        // The shipped ones, for a scenario outside a checkout's scenarios/.
+        let shipped_folder = format!("scenarios/{folder}");
+        let shipped = crate::shipped::names(&shipped_folder);
+        if shipped.iter().any(|n| n == name) {
+            let dir = crate::shipped::folder(&shipped_folder)
+                .map_err(|e| self.err(key, format!("{e:#}")))?;
+            return Ok(dir.join(format!("{name}.yaml")));
+        }
+        let mut known: Vec<String> = files.iter().map(|f| file_stem(f)).collect();
+        known.extend(shipped);
+        known.sort();
+        known.dedup();
+        Err(self.err(
+            key,
+            format!(
+                "no {name:?} under {}, nor shipped (nor a .yaml path); known: {}",
+                dir.display(),
+                known.join(", ")
+            ),
+        ))
     }
 
     fn step(
@@ -1397,11 +1416,14 @@ pub fn locate(text: &str, key: &str) -> (usize, usize) {
 /// The quirk packs under `root/quirks/`.
 fn quirk_packs(root: &Path) -> Result<QuirkPacks, ConfigError> {
     let mut packs = QuirkPacks::new();
-    let dir = root.join("quirks");
-    if dir.is_dir() {
-        for f in yaml_files(&dir)? {
-            let (name, pack) = load_quirk_pack(&f)?;
-            packs.insert(name, pack);
+    // The shipped packs first: the folder's own add to and override them.
+    let shipped = crate::shipped::folder("scenarios/quirks").ok();
+    for dir in shipped.into_iter().chain([root.join("quirks")]) {
+        if dir.is_dir() {
+            for f in yaml_files(&dir)? {
+                let (name, pack) = load_quirk_pack(&f)?;
+                packs.insert(name, pack);
+            }
         }
     }
     Ok(packs)
