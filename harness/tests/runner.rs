@@ -1196,7 +1196,7 @@ fn dtls_listeners(log: &str) -> Vec<String> {
     log.lines()
         .take_while(|l| l.starts_with('#'))
         .filter_map(|l| l.split_once("DTLS listener ").map(|(_, rest)| rest))
-        .filter_map(|rest| rest.split_once(':').map(|(ip, tail)| (ip, tail)))
+        .filter_map(|rest| rest.split_once(':'))
         .filter_map(|(ip, tail)| {
             let port: String = tail.chars().take_while(char::is_ascii_digit).collect();
             (!port.is_empty()).then(|| format!("{ip}:{port}"))
