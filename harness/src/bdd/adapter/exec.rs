@@ -286,23 +286,23 @@ fn response_of(j: &Json, body: Body, schema: &dyn Schema) -> Result<Response, St
         let records = records_from_nodes(schema, nodes, &mut r.findings)?;
         r.content = content_from_records(body, records, schema)?;
     } else if let (Some(v), Body::Node(path)) = (j.get("value"), body) {
-        let records = records_from_nodes(
-            schema,
-            &json!([{"path": path.to_string(), "value": v}]),
-            &mut r.findings,
-        )
-        .or_else(|_| {
-            // A value as text (what a text/plain payload holds), typed by the registry.
-            let text = v.as_str().ok_or("a value that is neither typed nor text")?;
-            let ty = content::resource_def(schema, &path)
-                .map_or(lwm2m_proto::DataType::String, |d| d.data_type);
-            let value = content::parse_text(ty, text).map_err(|e| e.to_string())?;
-            Ok::<_, String>(vec![lwm2m_proto::Record {
+        // A typed JSON value as our REST API gives it; else a value as text (what a
+        // text/plain payload holds) typed by the registry; else kept as it is, with a finding.
+        let node = json!([{"path": path.to_string(), "value": v}]);
+        let strict = lwm2m_server::json::records_from(schema, &json!({ "nodes": node })).ok();
+        let text = || {
+            let ty = content::resource_def(schema, &path)?.data_type;
+            let value = content::parse_text(ty, v.as_str()?).ok()?;
+            Some(vec![lwm2m_proto::Record {
                 path,
                 value: Some(value),
                 time: None,
             }])
-        })?;
+        };
+        let records = match strict.or_else(text) {
+            Some(records) => records,
+            None => records_from_nodes(schema, &node, &mut r.findings)?,
+        };
         r.content = content_from_records(body, records, schema)?;
     } else if let (Some(links), Body::Links) = (j.get("links").and_then(Json::as_str), body) {
         let entries = lwm2m_proto::codec::link::parse_discover(links).map_err(|e| e.to_string())?;
