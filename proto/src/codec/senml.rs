@@ -40,7 +40,7 @@
 
 use std::str::FromStr;
 
-use crate::content::{
+use crate::codec::{
     CodecError, Finding, Number, checked_value, resource_def, typed_number, typed_string,
 };
 use crate::ids::Lwm2mPath;
