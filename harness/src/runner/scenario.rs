@@ -81,6 +81,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lwm2m_dtls::pki::TestCa;
+use lwm2m_proto::coap::uri::split_coap_uri;
 use lwm2m_proto::content::ContentFormat;
 use lwm2m_proto::node::Node;
 use lwm2m_proto::registry::Registry;
@@ -177,28 +178,11 @@ impl<'de> serde::Deserialize<'de> for Target {
 }
 
 /// `coap://HOST[:PORT]` to a socket address (port 5683 by default, IPv4 preferred) and
-/// false, `coaps://HOST[:PORT]` (port 5684) to one and true.
+/// false, `coaps://HOST[:PORT]` (port 5684) to one and true: the URI is taken apart by
+/// [`split_coap_uri`], the host resolved here.
 pub fn parse_coap_uri(uri: &str) -> Result<(SocketAddr, bool), String> {
-    let (rest, secure, port) = match (uri.strip_prefix("coap://"), uri.strip_prefix("coaps://")) {
-        (Some(rest), _) => (rest, false, 5683),
-        (_, Some(rest)) => (rest, true, 5684),
-        _ => {
-            return Err(format!(
-                "{uri:?}: expected coap://HOST[:PORT] or coaps://HOST[:PORT]"
-            ));
-        }
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let with_port = if authority
-        .rsplit_once(']')
-        .map_or(authority, |(_, p)| p)
-        .contains(':')
-    {
-        authority.to_owned()
-    } else {
-        format!("{authority}:{port}")
-    };
-    let addrs: Vec<SocketAddr> = with_port
+    let parts = split_coap_uri(uri).map_err(|e| e.to_string())?;
+    let addrs: Vec<SocketAddr> = (parts.host, parts.port)
         .to_socket_addrs()
         .map_err(|e| format!("{uri:?}: {e}"))?
         .collect();
@@ -206,7 +190,7 @@ pub fn parse_coap_uri(uri: &str) -> Result<(SocketAddr, bool), String> {
         .iter()
         .find(|a| a.is_ipv4())
         .or(addrs.first())
-        .map(|a| (*a, secure))
+        .map(|a| (*a, parts.secure))
         .ok_or_else(|| format!("{uri:?} resolves to no address"))
 }
 

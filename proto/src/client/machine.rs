@@ -92,6 +92,7 @@ use super::tree::{DmError, ExecuteArg, ObjectTree, WriteMode, parse_execute_args
 use super::wire::{self, Code, code_of};
 use crate::bootstrap::config::security_from_instance;
 use crate::coap::message::{self, uint_bytes, uint_option};
+use crate::coap::uri::parse_coap_uri;
 use crate::coap::{
     self, CoapOption, Endpoint, Event, ExchangeError, IncomingRequest, MessageClass, Packet,
     RequestHandle, RequestId, RequestType, ResponseType, Transmit,
@@ -845,7 +846,7 @@ impl Lwm2mClient {
                 if sec.bootstrap_server || sec.uri.is_empty() {
                     return None;
                 }
-                Some(match wire::parse_coap_uri(&sec.uri) {
+                Some(match parse_coap_uri(&sec.uri) {
                     Some(uri) => Ok(ServerAccount {
                         addr: uri.addr,
                         ssid: sec.short_server_id,
@@ -2107,7 +2108,7 @@ impl Lwm2mClient {
         if uri.is_empty() {
             return self.set_firmware(fw::IDLE, fw::INITIAL);
         }
-        match wire::parse_coap_uri(uri) {
+        match parse_coap_uri(uri) {
             None => self.set_firmware(fw::IDLE, fw::INVALID_URI),
             Some(u) if u.secure => self.set_firmware(fw::IDLE, fw::UNSUPPORTED_PROTOCOL),
             Some(u) => {

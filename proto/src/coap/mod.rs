@@ -50,6 +50,7 @@ mod client;
 mod endpoint;
 pub mod message;
 mod server;
+pub mod uri;
 
 #[cfg(test)]
 mod tests;
