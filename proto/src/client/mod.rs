@@ -13,4 +13,4 @@ pub use crate::coap::uri::{CoapUri, parse_coap_uri};
 pub use machine::{
     ClientConfig, ClientEvent, ClientState, FIRMWARE_UPDATE_DURATION, Lwm2mClient, Quirks,
 };
-pub use tree::{DmError, ExecuteArg, ObjectTree, WriteMode};
+pub use tree::{DmError, ExecuteArg, ExecuteArgsError, ObjectTree, WriteMode};

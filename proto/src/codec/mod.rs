@@ -8,7 +8,7 @@ use std::fmt;
 use crate::ids::Lwm2mPath;
 use crate::model::{ResourceDef, Schema};
 use crate::node::ShapeError;
-use crate::value::{DataType, ObjectLink, Value};
+use crate::value::{DataType, ObjectLink, Value, ValueError};
 
 pub mod link;
 pub mod lwm2m_cbor;
@@ -490,9 +490,12 @@ pub fn checked_value(
 /// Parses the text/plain representation of a value of type `ty` (Core TS 1.1 §7.4.1):
 /// decimal integers and floats, booleans `0`/`1`, opaque in base64, time as decimal
 /// seconds, object links as `O:I`.
-pub fn parse_text(ty: DataType, s: &str) -> Result<Value, String> {
+pub fn parse_text(ty: DataType, s: &str) -> Result<Value, ValueError> {
     use base64::Engine as _;
-    let bad = || format!("{s:?} is not a valid {ty}");
+    let bad = || ValueError::Text {
+        text: s.to_owned(),
+        ty,
+    };
     Ok(match ty {
         DataType::String => Value::String(s.to_owned()),
         DataType::Corelnk => Value::Corelnk(s.to_owned()),
@@ -589,6 +592,12 @@ mod tests {
         }
         assert!(parse_text(DataType::Boolean, "true").is_err());
         assert!(parse_text(DataType::Float, "NaN").is_err());
+        assert_eq!(
+            parse_text(DataType::Boolean, "true")
+                .unwrap_err()
+                .to_string(),
+            "\"true\" is not a valid Boolean"
+        );
         assert_eq!(format_float(2.0), "2.0");
     }
 }

@@ -486,7 +486,7 @@ impl Lwm2mClient {
         }
         let arguments = match std::str::from_utf8(&packet.payload)
             .map_err(|e| e.to_string())
-            .and_then(parse_execute_args)
+            .and_then(|s| parse_execute_args(s).map_err(|e| e.to_string()))
         {
             Ok(a) => a,
             Err(reason) => return Answer::error(op, *path, BAD_REQUEST, reason),
