@@ -232,6 +232,33 @@ impl Lwm2mClient {
         }
     }
 
+    /// The format and the records of a composite request (FETCH or iPATCH `method`) on `/`
+    /// (Core TS 1.1 §6.3), or the refusal: 4.05 on another path, 4.15 unless SenML JSON or
+    /// CBOR, 4.00 when the payload does not decode.
+    fn composite_request(
+        &self,
+        op: &'static str,
+        method: &str,
+        packet: &Packet,
+        path: &Lwm2mPath,
+    ) -> Result<(ContentFormat, Vec<Record>), Answer> {
+        if *path != Lwm2mPath::Root {
+            let reason = format!("{method} targets / (Core TS 1.1 §6.3)");
+            return Err(Answer::error(op, *path, NOT_ALLOWED, reason));
+        }
+        let input = Self::content_format(packet)
+            .and_then(ContentFormat::from_code)
+            .and_then(|f| self.senml_format(Some(f)));
+        let Some(input) = input else {
+            let reason = format!("{method} needs SenML JSON or CBOR");
+            return Err(Answer::error(op, *path, UNSUPPORTED_FORMAT, reason));
+        };
+        match content::decode_records(input, &packet.payload, &self.tree) {
+            Ok(d) => Ok((input, d.content)),
+            Err(e) => Err(Answer::error(op, *path, BAD_REQUEST, e)),
+        }
+    }
+
     pub(super) fn composite_read_op(
         &self,
         packet: &Packet,
@@ -244,23 +271,9 @@ impl Lwm2mClient {
         } else {
             "read-composite"
         };
-        if *path != Lwm2mPath::Root {
-            return Answer::error(op, *path, NOT_ALLOWED, "FETCH targets / (Core TS 1.1 §6.3)");
-        }
-        let input = Self::content_format(packet)
-            .and_then(ContentFormat::from_code)
-            .and_then(|f| self.senml_format(Some(f)));
-        let Some(input) = input else {
-            return Answer::error(
-                op,
-                *path,
-                UNSUPPORTED_FORMAT,
-                "FETCH needs SenML JSON or CBOR",
-            );
-        };
-        let records = match content::decode_records(input, &packet.payload, &self.tree) {
-            Ok(d) => d.content,
-            Err(e) => return Answer::error(op, *path, BAD_REQUEST, e),
+        let (input, records) = match self.composite_request(op, "FETCH", packet, path) {
+            Ok(request) => request,
+            Err(refused) => return refused,
         };
         let output = match accept.filter(|_| !self.config.quirks.ignore_accept) {
             None => Some(input),
@@ -293,28 +306,9 @@ impl Lwm2mClient {
 
     pub(super) fn composite_write_op(&mut self, packet: &Packet, path: &Lwm2mPath) -> Answer {
         let op = "write-composite";
-        if *path != Lwm2mPath::Root {
-            return Answer::error(
-                op,
-                *path,
-                NOT_ALLOWED,
-                "iPATCH targets / (Core TS 1.1 §6.3)",
-            );
-        }
-        let input = Self::content_format(packet)
-            .and_then(ContentFormat::from_code)
-            .and_then(|f| self.senml_format(Some(f)));
-        let Some(input) = input else {
-            return Answer::error(
-                op,
-                *path,
-                UNSUPPORTED_FORMAT,
-                "iPATCH needs SenML JSON or CBOR",
-            );
-        };
-        let records = match content::decode_records(input, &packet.payload, &self.tree) {
-            Ok(d) => d.content,
-            Err(e) => return Answer::error(op, *path, BAD_REQUEST, e),
+        let records = match self.composite_request(op, "iPATCH", packet, path) {
+            Ok((_, records)) => records,
+            Err(refused) => return refused,
         };
         for r in &records {
             let node = match (r.path, &r.value) {
