@@ -782,11 +782,11 @@ timeline:
     // Server.
     assert_eq!(key_log_sessions(&run_dir), 12);
     let log = std::fs::read_to_string(run_dir.join("exchanges.log")).unwrap();
-    let ports = dtls_ports(&log);
-    let decoded = decrypted_coap(&run_dir, &ports[0]);
+    let listeners = dtls_listeners(&log);
+    let decoded = decrypted_coap(&run_dir, &listeners[0]);
     assert_registers(&decoded, "certs-", 4);
     assert_registers(&decoded, "bscert-", 3);
-    let bootstrap = decrypted_coap(&run_dir, &ports[1]);
+    let bootstrap = decrypted_coap(&run_dir, &listeners[1]);
     for n in 0..3 {
         assert!(
             bootstrap
@@ -896,9 +896,15 @@ timeline:
 
 /// What tshark decrypts of a run folder's `run.pcap` with its `keys.log`, `port` decoded
 /// as CoAP over DTLS: one line per CoAP message, its code, path and query.
-fn decrypted_coap(run_dir: &Path, port: impl std::fmt::Display) -> String {
+fn decrypted_coap(run_dir: &Path, listener: impl std::fmt::Display) -> String {
+    let listener = listener.to_string();
+    let port = port_of(&listener);
     let dtls = format!("udp.port=={port},dtls");
     let coap_in_dtls = format!("dtls.port=={port},coap");
+    let filter = match listener.rsplit_once(':') {
+        Some((ip, _)) => format!("coap && ip.addr=={ip} && udp.port=={port}"),
+        None => "coap".to_owned(),
+    };
     tshark(
         run_dir,
         &[
@@ -911,7 +917,7 @@ fn decrypted_coap(run_dir: &Path, port: impl std::fmt::Display) -> String {
             "-d",
             &coap_in_dtls,
             "-Y",
-            "coap",
+            &filter,
             "-T",
             "fields",
             "-e",
@@ -1015,10 +1021,11 @@ timeline:
         .take_while(|l| l.starts_with('#'))
         .collect::<Vec<_>>()
         .join("\n");
-    let port = dtls_ports(&log)
+    let port = dtls_listeners(&log)
         .into_iter()
         .next()
-        .unwrap_or_else(|| panic!("no DTLS port in the header:\n{header}"));
+        .map(|l| port_of(&l).to_owned())
+        .unwrap_or_else(|| panic!("no DTLS listener in the header:\n{header}"));
     assert!(header.contains("-o tls.keylog_file:keys.log"), "{header}");
     // The log shows the CoAP inside the records.
     assert!(
@@ -1183,12 +1190,28 @@ fn whole_device_read_over_dtls_gives_the_thesis_table() {
 
 /// The DTLS ports of a run's exchange log header (`-d udp.port==P,dtls`), the LwM2M
 /// Server's first.
-fn dtls_ports(log: &str) -> Vec<String> {
+/// The DTLS listeners the exchange log's header names (`IP:PORT`), the LwM2M Server's
+/// first: both servers may listen on 5684, each on its own loopback address.
+fn dtls_listeners(log: &str) -> Vec<String> {
     log.lines()
         .take_while(|l| l.starts_with('#'))
-        .flat_map(|l| l.split("-d udp.port==").skip(1))
-        .filter_map(|s| s.split_once(",dtls").map(|(p, _)| p.to_owned()))
+        .filter_map(|l| l.split_once("DTLS listener ").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_once(':'))
+        .filter_map(|(ip, tail)| {
+            let port: String = tail.chars().take_while(char::is_ascii_digit).collect();
+            (!port.is_empty()).then(|| format!("{ip}:{port}"))
+        })
         .collect()
+}
+
+/// The port of a listener `IP:PORT`.
+fn port_of(listener: &str) -> &str {
+    listener.rsplit_once(':').map_or(listener, |(_, p)| p)
+}
+
+/// The address of a listener `IP:PORT`.
+fn ip_of(listener: &str) -> &str {
+    listener.rsplit_once(':').map_or(listener, |(ip, _)| ip)
 }
 
 /// The sessions whose secrets `keys.log` holds (one `CLIENT_RANDOM` line each).
@@ -1242,21 +1265,26 @@ fn bootstrap_over_dtls_then_register_over_dtls_with_other_credentials() {
     );
 
     let log = std::fs::read_to_string(run_dir.join("exchanges.log")).unwrap();
-    let ports = dtls_ports(&log);
-    assert_eq!(ports.len(), 2, "two DTLS listeners in the header:\n{log}");
-    let (server, bootstrap) = (&ports[0], &ports[1]);
+    let listeners = dtls_listeners(&log);
+    assert_eq!(
+        listeners.len(),
+        2,
+        "two DTLS listeners in the header:\n{log}"
+    );
+    let (server, bootstrap) = (ip_of(&listeners[0]), ip_of(&listeners[1]));
     assert!(
-        log.lines()
-            .any(|l| l.contains(&format!(":{bootstrap} DTLS application"))
+        log.lines().any(
+            |l| l.contains(&format!("{} DTLS application", listeners[1]))
                 && l.contains("POST")
-                && l.contains("/bs?ep=secure-0")),
+                && l.contains("/bs?ep=secure-0")
+        ),
         "{log}"
     );
     // 20 sessions with each listener.
     assert_eq!(key_log_sessions(&run_dir), 40);
 
     let mut decode = vec!["-r".to_owned(), "run.pcap".to_owned()];
-    for p in &ports {
+    for p in listeners.iter().map(|l| port_of(l)) {
         decode.extend([
             "-d".to_owned(),
             format!("udp.port=={p},dtls"),
@@ -1268,7 +1296,7 @@ fn bootstrap_over_dtls_then_register_over_dtls_with_other_credentials() {
         "-T",
         "fields",
         "-e",
-        "udp.dstport",
+        "ip.dst",
         "-e",
         "coap.code",
         "-e",
@@ -1276,7 +1304,11 @@ fn bootstrap_over_dtls_then_register_over_dtls_with_other_credentials() {
         "-e",
         "coap.opt.uri_query",
     ];
-    let secure_coap = format!("coap && (udp.port == {server} || udp.port == {bootstrap})");
+    let secure_coap = format!(
+        "coap && ((ip.addr == {server} && udp.port == {}) || (ip.addr == {bootstrap} && udp.port == {}))",
+        port_of(&listeners[0]),
+        port_of(&listeners[1])
+    );
     let run_tshark = |keys: bool, filter: &str, fields: &[&str]| {
         let mut args: Vec<&str> = decode.iter().map(String::as_str).collect();
         if keys {
@@ -1318,7 +1350,7 @@ fn bootstrap_over_dtls_then_register_over_dtls_with_other_credentials() {
             "-T",
             "fields",
             "-e",
-            "udp.dstport",
+            "ip.dst",
             "-e",
             "dtls.handshake.identity",
         ],
@@ -1333,11 +1365,11 @@ fn bootstrap_over_dtls_then_register_over_dtls_with_other_credentials() {
     assert_eq!(seen.len(), 40, "{seen:?}");
     for n in 0..20 {
         assert!(
-            seen.contains(&(bootstrap.clone(), format!("bs-secure-{n}"))),
+            seen.contains(&(bootstrap.to_owned(), format!("bs-secure-{n}"))),
             "{seen:?}"
         );
         assert!(
-            seen.contains(&(server.clone(), format!("secure-{n}"))),
+            seen.contains(&(server.to_owned(), format!("secure-{n}"))),
             "{seen:?}"
         );
     }

@@ -283,22 +283,26 @@ fn response_of(j: &Json, body: Body, schema: &dyn Schema) -> Result<Response, St
             .ok_or_else(|| format!("payload_hex {hex:?} is not hex"))?;
         decode_payload(&mut r, body, &bytes, schema)?;
     } else if let Some(nodes) = j.get("nodes") {
-        let records = records_from_nodes(schema, nodes)?;
+        let records = records_from_nodes(schema, nodes, &mut r.findings)?;
         r.content = content_from_records(body, records, schema)?;
     } else if let (Some(v), Body::Node(path)) = (j.get("value"), body) {
-        let records = records_from_nodes(schema, &json!([{"path": path.to_string(), "value": v}]))
-            .or_else(|_| {
-                // A value as text (what a text/plain payload holds), typed by the registry.
-                let text = v.as_str().ok_or("a value that is neither typed nor text")?;
-                let ty = content::resource_def(schema, &path)
-                    .map_or(lwm2m_proto::DataType::String, |d| d.data_type);
-                let value = content::parse_text(ty, text).map_err(|e| e.to_string())?;
-                Ok::<_, String>(vec![lwm2m_proto::Record {
-                    path,
-                    value: Some(value),
-                    time: None,
-                }])
-            })?;
+        let records = records_from_nodes(
+            schema,
+            &json!([{"path": path.to_string(), "value": v}]),
+            &mut r.findings,
+        )
+        .or_else(|_| {
+            // A value as text (what a text/plain payload holds), typed by the registry.
+            let text = v.as_str().ok_or("a value that is neither typed nor text")?;
+            let ty = content::resource_def(schema, &path)
+                .map_or(lwm2m_proto::DataType::String, |d| d.data_type);
+            let value = content::parse_text(ty, text).map_err(|e| e.to_string())?;
+            Ok::<_, String>(vec![lwm2m_proto::Record {
+                path,
+                value: Some(value),
+                time: None,
+            }])
+        })?;
         r.content = content_from_records(body, records, schema)?;
     } else if let (Some(links), Body::Links) = (j.get("links").and_then(Json::as_str), body) {
         let entries = lwm2m_proto::codec::link::parse_discover(links).map_err(|e| e.to_string())?;

@@ -387,14 +387,7 @@ impl ServerAdapter for HarnessHttp {
 
     fn remove_psk(&self, endpoint: &str) -> Result<(), AdapterError> {
         let route = format!("/api/security/clients/{endpoint}");
-        let (status, j) = self
-            .api
-            .call("DELETE", &route, None)
-            .map_err(|e| self.api.failed(e))?;
-        match status {
-            200 | 204 | 404 => Ok(()),
-            s => Err(self.api.failed(format!("DELETE {route} answered {s}: {j}"))),
-        }
+        self.api.delete(&route)
     }
 
     fn put_bootstrap_config(
@@ -420,14 +413,7 @@ impl ServerAdapter for HarnessHttp {
         } else {
             format!("/api/bootstrap/{endpoint}")
         };
-        let (status, j) = self
-            .api
-            .call("DELETE", &route, None)
-            .map_err(|e| self.api.failed(e))?;
-        match status {
-            200 | 204 | 404 => Ok(()),
-            s => Err(self.api.failed(format!("DELETE {route} answered {s}: {j}"))),
-        }
+        self.api.delete(&route)
     }
 }
 

@@ -201,6 +201,18 @@ impl HttpApi {
         }
     }
 
+    /// `DELETE BASE+route`: gone already (404) is gone too; other statuses but 200 and 204
+    /// are failures.
+    pub(super) fn delete(&self, route: &str) -> Result<(), AdapterError> {
+        let (status, j) = self
+            .call("DELETE", route, None)
+            .map_err(|e| self.failed(e))?;
+        match status {
+            200 | 204 | 404 => Ok(()),
+            s => Err(self.failed(format!("DELETE {route} answered {s}: {j}"))),
+        }
+    }
+
     /// `GET BASE/api/clients/{endpoint}` read by `parse` (its versions cached); `None` if
     /// the answer is one `absent` says means the endpoint is not registered.
     pub(super) fn registration(

@@ -9,11 +9,11 @@ use std::time::Instant;
 use lwm2m_proto::bootstrap::BootstrapEvent;
 use lwm2m_proto::bootstrap::server::FailureReason;
 use lwm2m_proto::codec::link::{ObjectLinkInfo, RegistrationLinks, parse_discover};
-use lwm2m_proto::content::{self, ContentFormat};
+use lwm2m_proto::content::{self, ContentFormat, Finding};
 use lwm2m_proto::registration::Lwm2mVersion;
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{Content, ObservationId, Registration, Response, ServerEvent};
-use lwm2m_proto::{InstanceId, Lwm2mPath, Node, ObjectId, Record, Schema};
+use lwm2m_proto::{InstanceId, Lwm2mPath, Node, ObjectId, Record, Schema, Value};
 use serde_json::{Value as Json, json};
 
 use super::RegistrationView;
@@ -41,9 +41,51 @@ pub fn nodes_json(records: &[Record]) -> Json {
     json!({ "nodes": nodes })
 }
 
-/// Records from `[{"path", "value"}]`, typed by `schema`.
-pub fn records_from_nodes(schema: &dyn Schema, nodes: &Json) -> Result<Vec<Record>, String> {
-    lwm2m_server::json::records_from(schema, &json!({ "nodes": nodes }))
+/// Records from `[{"path", "value"}]`, typed by `schema`. A value that does not fit its
+/// resource's type (what the client sent, kept by the server: pre-1.0 Location strings) is
+/// kept as the JSON gives it, with a [`Finding::TypeMismatch`] in `findings`, as our own
+/// decoder would report it.
+pub fn records_from_nodes(
+    schema: &dyn Schema,
+    nodes: &Json,
+    findings: &mut Vec<Finding>,
+) -> Result<Vec<Record>, String> {
+    let Json::Array(list) = nodes else {
+        return lwm2m_server::json::records_from(schema, &json!({ "nodes": nodes }));
+    };
+    let mut records = Vec::with_capacity(list.len());
+    for node in list {
+        let one = json!({ "nodes": [node] });
+        match lwm2m_server::json::records_from(schema, &one) {
+            Ok(r) => records.extend(r),
+            Err(e) => {
+                let path = node.get("path").and_then(Json::as_str).ok_or(e.clone())?;
+                let path: Lwm2mPath = path.parse().map_err(|_| e.clone())?;
+                let def = content::resource_def(schema, &path).ok_or(e.clone())?;
+                let value = node.get("value").unwrap_or(&Json::Null);
+                let kept = match value {
+                    Json::String(s) => Value::String(s.clone()),
+                    Json::Bool(b) => Value::Boolean(*b),
+                    Json::Number(n) => match n.as_i64() {
+                        Some(i) => Value::Integer(i),
+                        None => Value::Float(n.as_f64().ok_or(e.clone())?),
+                    },
+                    _ => return Err(e),
+                };
+                findings.push(Finding::TypeMismatch {
+                    path,
+                    expected: def.data_type,
+                    found: format!("the JSON value {value}"),
+                });
+                records.push(Record {
+                    path,
+                    value: Some(kept),
+                    time: None,
+                });
+            }
+        }
+    }
+    Ok(records)
 }
 
 /// What a response body holds, as the operation expects it.
@@ -142,7 +184,7 @@ pub fn response_from(j: &Json, body: Body, schema: &dyn Schema) -> Result<Respon
         .and_then(Json::as_str)
         .and_then(ContentFormat::from_name);
     if let Some(nodes) = j.get("nodes") {
-        let records = records_from_nodes(schema, nodes)?;
+        let records = records_from_nodes(schema, nodes, &mut r.findings)?;
         r.content = content_from_records(body, records, schema)?;
     }
     if let Some(Json::Array(links)) = j.get("links") {
@@ -368,7 +410,7 @@ pub fn event_from(
             let endpoint = endpoint()?;
             let versions = versions_of(&endpoint);
             let schema = registry.with_versions(&versions);
-            let records = records_from_nodes(&schema, data.get("nodes")?).ok()?;
+            let records = records_from_nodes(&schema, data.get("nodes")?, &mut Vec::new()).ok()?;
             ServerEvent::Send {
                 endpoint,
                 records,

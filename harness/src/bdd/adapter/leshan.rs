@@ -300,13 +300,13 @@ pub fn response_from(
                 let path: Lwm2mPath = p.parse().map_err(|e| format!("{p:?}: {e}"))?;
                 flatten(&path, node, &mut nodes)?;
             }
-            let records = records_from_nodes(schema, &Json::Array(nodes))?;
+            let records = records_from_nodes(schema, &Json::Array(nodes), &mut r.findings)?;
             r.content = content_from_records(body, records, schema)?;
         }
         (Body::Node(_), Some(node @ Json::Object(_))) => {
             let mut nodes = Vec::new();
             flatten(target, node, &mut nodes)?;
-            let records = records_from_nodes(schema, &Json::Array(nodes))?;
+            let records = records_from_nodes(schema, &Json::Array(nodes), &mut r.findings)?;
             r.content = content_from_records(body, records, schema)?;
         }
         _ => {}
@@ -884,14 +884,7 @@ impl ServerAdapter for Leshan {
 
     fn remove_psk(&self, endpoint: &str) -> Result<(), AdapterError> {
         let route = format!("/api/security/clients/{endpoint}");
-        let (status, j) = self
-            .api
-            .call("DELETE", &route, None)
-            .map_err(|e| self.api.failed(e))?;
-        match status {
-            200 | 204 | 404 => Ok(()),
-            s => Err(self.api.failed(format!("DELETE {route} answered {s}: {j}"))),
-        }
+        self.api.delete(&route)
     }
 }
 
