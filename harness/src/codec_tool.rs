@@ -55,7 +55,7 @@ pub struct EncodeArgs {
 pub fn registry(dirs: &[PathBuf]) -> anyhow::Result<Registry> {
     let mut registry = Registry::embedded();
     for dir in dirs {
-        registry.load_dir(dir).context("--ddf")?;
+        lwm2m_harness::load_ddf_dir(&mut registry, dir).context("--ddf")?;
     }
     Ok(registry)
 }

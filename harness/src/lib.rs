@@ -14,9 +14,10 @@ pub mod report;
 pub mod runner;
 pub mod shipped;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use lwm2m_proto::registry::Registry;
 
 /// The DER blocks of a PEM file labelled `label` (any of them when a file holds several
 /// kinds), or the file itself when it is DER: how certificates and keys are read (`serve
@@ -67,4 +68,74 @@ pub fn certificate_config(
         private_key: der_block(key, &["PRIVATE KEY"])?,
         trust_anchors: der_blocks(ca, &["CERTIFICATE"])?,
     })
+}
+
+/// Loads every `*.xml` file of `dir` (not its subfolders) into `registry`, in file name
+/// order, each named by its path in errors and notes (`--ddf`, a features folder's
+/// `objects/`). On error nothing is loaded. Returns the files read.
+pub fn load_ddf_dir(registry: &mut Registry, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let io = |path: &Path, e: std::io::Error| anyhow::anyhow!("{}: {e}", path.display());
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let path = entry.map_err(|e| io(dir, e))?.path();
+        let is_xml = path
+            .extension()
+            .is_some_and(|ext| ext.eq_ignore_ascii_case("xml"));
+        if is_xml && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    let documents = files
+        .iter()
+        .map(|path| {
+            let xml = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+            Ok((path.display().to_string(), xml))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    registry.load_documents(documents.iter().map(|(f, x)| (f.as_str(), x.as_str())))?;
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use lwm2m_proto::ObjectId;
+
+    use super::*;
+
+    fn ddf(id: &str, version: &str) -> String {
+        format!(
+            "<LWM2M><Object ObjectType=\"MODefinition\"><Name>T</Name><ObjectID>{id}</ObjectID>\
+             <LWM2MVersion>{version}</LWM2MVersion><ObjectVersion>{version}</ObjectVersion>\
+             <MultipleInstances>Multiple</MultipleInstances><Mandatory>Optional</Mandatory>\
+             <Resources></Resources></Object></LWM2M>"
+        )
+    }
+
+    #[test]
+    fn ddf_dir_is_read_in_name_order_xml_files_only() {
+        let dir = std::env::temp_dir().join(format!("lwm2m-ddf-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub.xml")).unwrap();
+        std::fs::write(dir.join("b.xml"), ddf("42", "1.1")).unwrap();
+        std::fs::write(dir.join("a.XML"), ddf("42", "1.0")).unwrap();
+        std::fs::write(dir.join("notes.txt"), "not a DDF file").unwrap();
+        let mut r = Registry::empty();
+        let files = load_ddf_dir(&mut r, &dir).unwrap();
+        assert_eq!(files, [dir.join("a.XML"), dir.join("b.xml")]);
+        let a = dir.join("a.XML").display().to_string();
+        assert_eq!(r.source(ObjectId(42), "1.0"), Some(a.as_str()));
+        assert_eq!(r.object(ObjectId(42)).unwrap().version, "1.1");
+
+        std::fs::write(dir.join("c.xml"), ddf("42", "1.0")).unwrap();
+        let mut r = Registry::empty();
+        let err = load_ddf_dir(&mut r, &dir).unwrap_err().to_string();
+        let c = dir.join("c.xml").display().to_string();
+        assert!(err.starts_with(&format!("{c}:1: object 42")), "{err}");
+        assert!(r.objects().next().is_none());
+
+        std::fs::remove_dir_all(&dir).unwrap();
+        let err = load_ddf_dir(&mut r, &dir).unwrap_err().to_string();
+        assert!(err.starts_with(&dir.display().to_string()), "{err}");
+    }
 }

@@ -30,4 +30,4 @@ pub use content::{CodecError, ContentFormat, Decoded, Finding};
 pub use ids::{InstanceId, Lwm2mPath, ObjectId, ResourceId, ResourceInstanceId};
 pub use model::{NoSchema, ObjectDef, Operations, ResourceDef, Schema};
 pub use node::{Instance, Node, Record, ResourceValue};
-pub use value::{DataType, ObjectLink, Value};
+pub use value::{DataType, ObjectLink, Value, ValueError};

@@ -15,14 +15,14 @@
 //! its object is loaded; quirk packs select it by name with [`Registry::with_variant`].
 //!
 //! [`Registry::embedded`] holds the definitions shipped in `proto/ddf/` (objects 0 to 7 and 9,
-//! IPSO 3303, 3304 and 3311, at 1.0 and at 1.1 where 1.1 differs); [`Registry::load_dir`] adds
-//! a user's folder of DDF files. Loading never overwrites: a second definition of the same
-//! object id and version is an error naming both files. Errors name the file and line.
+//! IPSO 3303, 3304 and 3311, at 1.0 and at 1.1 where 1.1 differs);
+//! [`Registry::load_documents`] adds a user's DDF documents (the caller reads the files).
+//! Loading never overwrites: a second definition of the same object id and version is an
+//! error naming both files. Errors name the file and line.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
 
 use quick_xml::Reader;
 use quick_xml::escape::resolve_predefined_entity;
@@ -126,15 +126,6 @@ pub enum RegistryError {
         /// The file the first definition came from.
         first_file: String,
     },
-    /// A file or folder could not be read.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file or folder.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// Something worth knowing about a successful load, e.g. two versions of one object written
@@ -155,11 +146,9 @@ impl fmt::Display for LoadNote {
     }
 }
 
-/// What [`Registry::load_dir`] loaded.
+/// What [`Registry::load_documents`] loaded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadReport {
-    /// The files read, in load order (sorted by name).
-    pub files: Vec<PathBuf>,
     /// The object ids and versions loaded, in load order.
     pub loaded: Vec<(ObjectId, String)>,
     /// Notes, e.g. version clashes.
@@ -210,33 +199,18 @@ impl Registry {
         Ok(report.loaded.into_iter().map(|(id, _)| id).collect())
     }
 
-    /// Loads every `*.xml` file of `dir` (not its subfolders), in file name order. On error
-    /// nothing is loaded.
-    pub fn load_dir(&mut self, dir: &Path) -> Result<LoadReport, RegistryError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| RegistryError::Io { path, source }
-        };
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
-            let path = entry.map_err(io(dir))?.path();
-            let is_xml = path
-                .extension()
-                .is_some_and(|ext| ext.eq_ignore_ascii_case("xml"));
-            if is_xml && path.is_file() {
-                files.push(path);
-            }
-        }
-        files.sort();
-        let mut batch = Vec::with_capacity(files.len());
-        for path in &files {
-            let xml = std::fs::read_to_string(path).map_err(io(path))?;
-            batch.push(parse_ddf(&path.display().to_string(), &xml)?);
-        }
-        Ok(LoadReport {
-            files,
-            ..self.insert_batch(batch)?
-        })
+    /// Loads a batch of DDF documents, each `(file, xml)` with `file` naming it in errors
+    /// and notes, in the order given. On error nothing of the batch is loaded. Reading
+    /// files is the caller's: the command line loads a user's folder in file name order.
+    pub fn load_documents<'a>(
+        &mut self,
+        documents: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<LoadReport, RegistryError> {
+        let batch = documents
+            .into_iter()
+            .map(|(file, xml)| parse_ddf(file, xml))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.insert_batch(batch)
     }
 
     /// The default definition of an object: its highest numbered version, or its highest
@@ -1194,32 +1168,16 @@ mod tests {
         ));
     }
 
-    /// A fresh empty folder under the system temp dir.
-    fn temp_dir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("lwm2m-registry-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
-    fn load_dir_reads_sorted_xml_files_and_reports_clashes() {
-        let dir = temp_dir("ok");
-        std::fs::write(
-            dir.join("b.xml"),
-            ddf("42", "1.1", "1.1", &item("1", "Float")),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("a.XML"),
+    fn load_documents_in_order_and_reports_clashes() {
+        let (a, b) = (
             ddf("42", "1.0", "1.0", &item("0", "String")),
-        )
-        .unwrap();
-        std::fs::write(dir.join("notes.txt"), "not a DDF file").unwrap();
-        std::fs::create_dir(dir.join("sub.xml")).unwrap();
+            ddf("42", "1.1", "1.1", &item("1", "Float")),
+        );
         let mut r = Registry::empty();
-        let report = r.load_dir(&dir).unwrap();
-        assert_eq!(report.files, [dir.join("a.XML"), dir.join("b.xml")]);
+        let report = r
+            .load_documents([("dir/a.XML", a.as_str()), ("dir/b.xml", b.as_str())])
+            .unwrap();
         assert_eq!(
             report.loaded,
             [(ObjectId(42), "1.0".into()), (ObjectId(42), "1.1".into())]
@@ -1228,40 +1186,35 @@ mod tests {
         let note = report.notes[0].to_string();
         assert!(
             note.contains(
-                "b.xml: object 42: version 1.1 (LwM2M 1.1) loaded beside version 1.0 (LwM2M 1.0)"
+                "dir/b.xml: object 42: version 1.1 (LwM2M 1.1) loaded beside version 1.0 (LwM2M 1.0)"
             ),
             "{note}"
         );
         assert_eq!(r.object(ObjectId(42)).unwrap().version, "1.1");
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(r.source(ObjectId(42), "1.0"), Some("dir/a.XML"));
     }
 
     #[test]
-    fn load_dir_errors_name_the_file_and_load_nothing() {
-        let dir = temp_dir("dup");
-        std::fs::write(dir.join("a.xml"), ddf("42", "1.0", "1.0", "")).unwrap();
-        std::fs::write(dir.join("b.xml"), ddf("42", "1.0", "1.0", "")).unwrap();
+    fn load_documents_errors_name_the_file_and_load_nothing() {
+        let doc = ddf("42", "1.0", "1.0", "");
         let mut r = Registry::empty();
-        let err = r.load_dir(&dir).unwrap_err();
-        let a = dir.join("a.xml").display().to_string();
-        let b = dir.join("b.xml").display().to_string();
+        let err = r
+            .load_documents([("a.xml", doc.as_str()), ("b.xml", doc.as_str())])
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("{b}:3: object 42 version 1.0 is already loaded from {a}")
+            "b.xml:3: object 42 version 1.0 is already loaded from a.xml"
         );
         assert!(r.objects().next().is_none());
 
-        std::fs::write(dir.join("b.xml"), "<LWM2M>").unwrap();
-        let err = r.load_dir(&dir).unwrap_err();
+        let err = r
+            .load_documents([("a.xml", doc.as_str()), ("b.xml", "<LWM2M>")])
+            .unwrap_err();
         assert!(
-            err.to_string()
-                .starts_with(&format!("{b}:1: XML syntax error")),
+            err.to_string().starts_with("b.xml:1: XML syntax error"),
             "{err}"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
-
-        let err = r.load_dir(&dir).unwrap_err();
-        assert!(matches!(err, RegistryError::Io { .. }), "{err}");
+        assert!(r.objects().next().is_none());
     }
 
     #[test]

@@ -97,20 +97,58 @@ impl fmt::Display for ObjectLink {
 }
 
 impl FromStr for ObjectLink {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         let (o, i) = s
             .split_once(':')
-            .ok_or_else(|| format!("object link {s:?} is not OBJECT:INSTANCE"))?;
+            .ok_or_else(|| ValueError::ObjlnkShape { text: s.to_owned() })?;
         let parse = |x: &str| {
-            x.parse::<u16>()
-                .map_err(|_| format!("object link {s:?}: {x:?} is not a 16-bit id"))
+            x.parse::<u16>().map_err(|_| ValueError::ObjlnkId {
+                text: s.to_owned(),
+                part: x.to_owned(),
+            })
         };
         Ok(Self {
             object: parse(o)?,
             instance: parse(i)?,
         })
     }
+}
+
+/// Why a written form (text/plain, JSON, `O:I`) is not a value of the wanted type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValueError {
+    /// The text/plain form (Core TS 1.1 §7.4.1) does not parse as the type.
+    #[error("{text:?} is not a valid {ty}")]
+    Text {
+        /// The text.
+        text: String,
+        /// The wanted type.
+        ty: DataType,
+    },
+    /// The JSON value does not fit the type.
+    #[error("{json} is not a valid {ty} value")]
+    Json {
+        /// The JSON, as written.
+        json: String,
+        /// The wanted type.
+        ty: DataType,
+    },
+    /// An object link without the `:` between object and instance.
+    #[error("object link {text:?} is not OBJECT:INSTANCE")]
+    ObjlnkShape {
+        /// The text.
+        text: String,
+    },
+    /// An object link part that is not a 16-bit id.
+    #[error("object link {text:?}: {part:?} is not a 16-bit id")]
+    ObjlnkId {
+        /// The text.
+        text: String,
+        /// The part that is not an id.
+        part: String,
+    },
 }
 
 /// A typed resource value.
@@ -174,9 +212,12 @@ impl Value {
     }
 
     /// Builds a value of type `ty` from JSON as [`Value::to_json`] writes it.
-    pub fn from_json(ty: DataType, j: &serde_json::Value) -> Result<Self, String> {
+    pub fn from_json(ty: DataType, j: &serde_json::Value) -> Result<Self, ValueError> {
         use serde_json::Value as J;
-        let bad = || format!("{j} is not a valid {ty} value");
+        let bad = || ValueError::Json {
+            json: j.to_string(),
+            ty,
+        };
         Ok(match (ty, j) {
             (DataType::String, J::String(s)) => Self::String(s.clone()),
             (DataType::Corelnk, J::String(s)) => Self::Corelnk(s.clone()),
@@ -234,6 +275,19 @@ mod tests {
         }
         assert!(Value::from_json(DataType::Integer, &serde_json::json!("x")).is_err());
         assert!(Value::from_json(DataType::Objlnk, &serde_json::json!("3")).is_err());
+        let msg = |ty, j| Value::from_json(ty, &j).unwrap_err().to_string();
+        assert_eq!(
+            msg(DataType::Integer, serde_json::json!("x")),
+            "\"x\" is not a valid Integer value"
+        );
+        assert_eq!(
+            msg(DataType::Objlnk, serde_json::json!("3")),
+            "object link \"3\" is not OBJECT:INSTANCE"
+        );
+        assert_eq!(
+            msg(DataType::Objlnk, serde_json::json!("3:x")),
+            "object link \"3:x\": \"x\" is not a 16-bit id"
+        );
     }
 
     #[test]

@@ -166,7 +166,7 @@ impl GeneratorSpec {
 pub fn typed_value(ty: DataType, yaml: &serde_yaml::Value) -> Result<Value, String> {
     let json =
         serde_json::to_value(yaml).map_err(|e| format!("{yaml:?} is not a plain value: {e}"))?;
-    Value::from_json(ty, &json)
+    Value::from_json(ty, &json).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone)]

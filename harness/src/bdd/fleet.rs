@@ -73,8 +73,7 @@ impl Library {
             .map(|r| r.join("features/objects"))
             .find(|d| d.is_dir());
         for dir in objects.iter().chain(ddf) {
-            registry
-                .load_dir(dir)
+            crate::load_ddf_dir(&mut registry, dir)
                 .with_context(|| format!("loading {}", dir.display()))?;
         }
         let (mut profiles, mut quirk_packs, mut networks) =

@@ -81,6 +81,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lwm2m_dtls::pki::TestCa;
+use lwm2m_proto::coap::uri::split_coap_uri;
 use lwm2m_proto::content::ContentFormat;
 use lwm2m_proto::node::Node;
 use lwm2m_proto::registry::Registry;
@@ -177,28 +178,11 @@ impl<'de> serde::Deserialize<'de> for Target {
 }
 
 /// `coap://HOST[:PORT]` to a socket address (port 5683 by default, IPv4 preferred) and
-/// false, `coaps://HOST[:PORT]` (port 5684) to one and true.
+/// false, `coaps://HOST[:PORT]` (port 5684) to one and true: the URI is taken apart by
+/// [`split_coap_uri`], the host resolved here.
 pub fn parse_coap_uri(uri: &str) -> Result<(SocketAddr, bool), String> {
-    let (rest, secure, port) = match (uri.strip_prefix("coap://"), uri.strip_prefix("coaps://")) {
-        (Some(rest), _) => (rest, false, 5683),
-        (_, Some(rest)) => (rest, true, 5684),
-        _ => {
-            return Err(format!(
-                "{uri:?}: expected coap://HOST[:PORT] or coaps://HOST[:PORT]"
-            ));
-        }
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let with_port = if authority
-        .rsplit_once(']')
-        .map_or(authority, |(_, p)| p)
-        .contains(':')
-    {
-        authority.to_owned()
-    } else {
-        format!("{authority}:{port}")
-    };
-    let addrs: Vec<SocketAddr> = with_port
+    let parts = split_coap_uri(uri).map_err(|e| e.to_string())?;
+    let addrs: Vec<SocketAddr> = (parts.host, parts.port)
         .to_socket_addrs()
         .map_err(|e| format!("{uri:?}: {e}"))?
         .collect();
@@ -206,7 +190,7 @@ pub fn parse_coap_uri(uri: &str) -> Result<(SocketAddr, bool), String> {
         .iter()
         .find(|a| a.is_ipv4())
         .or(addrs.first())
-        .map(|a| (*a, secure))
+        .map(|a| (*a, parts.secure))
         .ok_or_else(|| format!("{uri:?} resolves to no address"))
 }
 
@@ -1465,85 +1449,4 @@ pub fn bootstrap_doc(scenario: &Scenario, server: SocketAddr) -> BootstrapDoc {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const TEXT: &str = "\
-name: t
-fleet:
-  - name: a
-    profile: p
-  - name: b
-    profile: q
-    count: 3
-timeline:
-  - at: 1s
-    action: read
-  -
-    at: 2s
-    path: /3/0
-";
-
-    #[test]
-    fn locates_keys_in_sequences() {
-        assert_eq!(locate(TEXT, "name"), (1, 1));
-        assert_eq!(locate(TEXT, "fleet"), (2, 1));
-        assert_eq!(locate(TEXT, "fleet.0"), (3, 5));
-        assert_eq!(locate(TEXT, "fleet.0.profile"), (4, 5));
-        assert_eq!(locate(TEXT, "fleet.1.name"), (5, 5));
-        assert_eq!(locate(TEXT, "fleet.1.count"), (7, 5));
-        assert_eq!(locate(TEXT, "timeline.0.action"), (10, 5));
-        assert_eq!(locate(TEXT, "timeline.1.path"), (13, 5));
-        // Missing: the deepest part found.
-        assert_eq!(locate(TEXT, "fleet.0.count"), (3, 5));
-        assert_eq!(locate(TEXT, "nothing"), (1, 1));
-    }
-
-    #[test]
-    fn codes_and_uris() {
-        assert_eq!(
-            parse_code(&serde_yaml::Value::String("2.05".into())),
-            Some((2, 5))
-        );
-        assert_eq!(
-            parse_code(&serde_yaml::from_str("2.05").unwrap()),
-            Some((2, 5))
-        );
-        assert_eq!(
-            parse_code(&serde_yaml::from_str("4.04").unwrap()),
-            Some((4, 4))
-        );
-        assert_eq!(parse_code(&serde_yaml::Value::String("205".into())), None);
-        assert_eq!(code_text((2, 5)), "2.05");
-        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
-        assert_eq!(
-            parse_coap_uri("coap://127.0.0.1:5783"),
-            Ok((addr("127.0.0.1:5783"), false))
-        );
-        assert_eq!(
-            parse_coap_uri("coap://127.0.0.1"),
-            Ok((addr("127.0.0.1:5683"), false))
-        );
-        assert_eq!(
-            parse_coap_uri("coaps://127.0.0.1"),
-            Ok((addr("127.0.0.1:5684"), true))
-        );
-        assert_eq!(
-            parse_coap_uri("coaps://[::1]/x"),
-            Ok((addr("[::1]:5684"), true))
-        );
-        assert!(parse_coap_uri("http://127.0.0.1").is_err());
-    }
-
-    #[test]
-    fn default_bootstrap_points_at_the_server() {
-        let s: Scenario = serde_yaml::from_str(
-            "name: t\nduration: 1s\nfleet: [{name: a, profile: p, count: 1}]\n",
-        )
-        .unwrap();
-        let doc = bootstrap_doc(&s, "127.0.0.1:4000".parse().unwrap());
-        let c = doc.patterns.get("*").unwrap();
-        assert_eq!(c.security.get(&0).unwrap().uri, "coap://127.0.0.1:4000");
-        assert_eq!(c.servers.get(&0).unwrap().lifetime, 300);
-    }
-}
+mod tests;

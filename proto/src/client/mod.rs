@@ -9,8 +9,8 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
+pub use crate::coap::uri::{CoapUri, parse_coap_uri};
 pub use machine::{
     ClientConfig, ClientEvent, ClientState, FIRMWARE_UPDATE_DURATION, Lwm2mClient, Quirks,
 };
-pub use tree::{DmError, ExecuteArg, ObjectTree, WriteMode};
-pub use wire::{CoapUri, parse_coap_uri};
+pub use tree::{DmError, ExecuteArg, ExecuteArgsError, ObjectTree, WriteMode};

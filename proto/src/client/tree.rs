@@ -574,9 +574,36 @@ pub struct ExecuteArg {
     pub value: Option<String>,
 }
 
+/// Why an Execute payload is not a list of arguments (Core TS 1.1 §5.4.5).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecuteArgsError {
+    /// Another character where the grammar wants `expected` (a digit, `'` or `,`).
+    #[error("execute arguments {text:?}: expected {expected} at byte {pos}")]
+    Expected {
+        /// The payload.
+        text: String,
+        /// What the grammar wants there.
+        expected: &'static str,
+        /// The byte offset.
+        pos: usize,
+    },
+    /// A value without its closing `'`.
+    #[error("execute arguments {text:?}: unterminated value")]
+    Unterminated {
+        /// The payload.
+        text: String,
+    },
+}
+
 /// Parses Execute arguments: `arg *( "," arg )`, `arg = DIGIT [ "=" "'" *CHAR "'" ]`,
 /// where the value excludes `'` (Core TS 1.1 §5.4.5). An empty payload has no arguments.
-pub fn parse_execute_args(s: &str) -> Result<Vec<ExecuteArg>, String> {
+pub fn parse_execute_args(s: &str) -> Result<Vec<ExecuteArg>, ExecuteArgsError> {
+    let expected = |expected, pos| ExecuteArgsError::Expected {
+        text: s.to_owned(),
+        expected,
+        pos,
+    };
     let mut out = Vec::new();
     let b = s.as_bytes();
     let mut pos = 0;
@@ -586,26 +613,19 @@ pub fn parse_execute_args(s: &str) -> Result<Vec<ExecuteArg>, String> {
     loop {
         let id = match b.get(pos) {
             Some(c) if c.is_ascii_digit() => c - b'0',
-            _ => {
-                return Err(format!(
-                    "execute arguments {s:?}: expected a digit at byte {pos}"
-                ));
-            }
+            _ => return Err(expected("a digit", pos)),
         };
         pos += 1;
         let mut value = None;
         if b.get(pos) == Some(&b'=') {
             if b.get(pos + 1) != Some(&b'\'') {
-                return Err(format!(
-                    "execute arguments {s:?}: expected ' at byte {}",
-                    pos + 1
-                ));
+                return Err(expected("'", pos + 1));
             }
             let start = pos + 2;
             let len = b
                 .get(start..)
                 .and_then(|rest| rest.iter().position(|c| *c == b'\''))
-                .ok_or_else(|| format!("execute arguments {s:?}: unterminated value"))?;
+                .ok_or_else(|| ExecuteArgsError::Unterminated { text: s.to_owned() })?;
             value = Some(s[start..start + len].to_owned());
             pos = start + len + 1;
         }
@@ -613,7 +633,7 @@ pub fn parse_execute_args(s: &str) -> Result<Vec<ExecuteArg>, String> {
         match b.get(pos) {
             None => return Ok(out),
             Some(b',') => pos += 1,
-            Some(_) => return Err(format!("execute arguments {s:?}: expected , at byte {pos}")),
+            Some(_) => return Err(expected(",", pos)),
         }
     }
 }
@@ -834,5 +854,19 @@ mod tests {
         for bad in ["a", "0=ab", "0='ab", "0,,1", "12", "0='a'x"] {
             assert!(parse_execute_args(bad).is_err(), "{bad}");
         }
+        let msg = |s| parse_execute_args(s).unwrap_err().to_string();
+        assert_eq!(
+            msg("0=ab"),
+            "execute arguments \"0=ab\": expected ' at byte 2"
+        );
+        assert_eq!(
+            msg("0,,1"),
+            "execute arguments \"0,,1\": expected a digit at byte 2"
+        );
+        assert_eq!(msg("12"), "execute arguments \"12\": expected , at byte 1");
+        assert_eq!(
+            msg("0='ab"),
+            "execute arguments \"0='ab\": unterminated value"
+        );
     }
 }

@@ -1,8 +1,7 @@
-//! Small wire helpers of the client: CoAP codes, `coap://` URIs, and the TLV rewrite of the
+//! Small wire helpers of the client: CoAP codes and the TLV rewrite of the
 //! non-minimal-integer quirk.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
 
 use crate::coap::{MessageClass, Packet};
 use crate::ids::{InstanceId, Lwm2mPath, ResourceId, ResourceInstanceId};
@@ -21,52 +20,6 @@ pub(super) fn code_of(packet: &Packet) -> Code {
 /// The message class of a response code.
 pub(super) fn class_of(code: Code) -> MessageClass {
     MessageClass::from((code.0 << 5) | (code.1 & 0x1F))
-}
-
-/// A `coap://` or `coaps://` URI split into address and path segments (RFC 7252 §6.1);
-/// hosts must be IP literals (the simulator resolves no names).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CoapUri {
-    /// `coaps` scheme.
-    pub secure: bool,
-    /// Host and port (5683, or 5684 for coaps, when absent).
-    pub addr: SocketAddr,
-    /// The path segments.
-    pub path: Vec<String>,
-    /// The query parameters.
-    pub query: Vec<String>,
-}
-
-/// Parses `coap://host[:port][/path][?query]`; `None` for anything else.
-pub fn parse_coap_uri(uri: &str) -> Option<CoapUri> {
-    let (secure, rest) = if let Some(r) = uri.strip_prefix("coap://") {
-        (false, r)
-    } else {
-        (true, uri.strip_prefix("coaps://")?)
-    };
-    let (rest, query) = match rest.split_once('?') {
-        Some((r, q)) => (r, q.split('&').map(str::to_owned).collect()),
-        None => (rest, Vec::new()),
-    };
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let default_port = if secure { 5684 } else { 5683 };
-    let addr = match authority.parse::<SocketAddr>() {
-        Ok(a) => a,
-        Err(_) => {
-            let host = authority.trim_start_matches('[').trim_end_matches(']');
-            SocketAddr::new(host.parse::<IpAddr>().ok()?, default_port)
-        }
-    };
-    Some(CoapUri {
-        secure,
-        addr,
-        path: path
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        query,
-    })
 }
 
 /// Re-encodes every Integer and Time value of a TLV payload (Core TS 1.1 §7.4.3) in 8 bytes
@@ -182,26 +135,6 @@ fn write_header(out: &mut Vec<u8>, kind: u8, id: u16, len: usize) {
 mod tests {
     use super::*;
     use crate::node::ResourceValue;
-
-    #[test]
-    fn uris() {
-        let u = parse_coap_uri("coap://127.0.0.1:5690/fw/image.bin?v=2").unwrap();
-        assert_eq!(u.addr, "127.0.0.1:5690".parse().unwrap());
-        assert_eq!(u.path, ["fw", "image.bin"]);
-        assert_eq!(u.query, ["v=2"]);
-        assert!(!u.secure);
-        let v6 = parse_coap_uri("coaps://[::1]").unwrap();
-        assert_eq!(v6.addr, "[::1]:5684".parse().unwrap());
-        assert!(v6.secure);
-        for bad in [
-            "http://1.2.3.4/x",
-            "coap://example.com/x",
-            "coap://",
-            "1.2.3.4",
-        ] {
-            assert!(parse_coap_uri(bad).is_none(), "{bad}");
-        }
-    }
 
     #[test]
     fn tlv_integers_widened() {

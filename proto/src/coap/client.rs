@@ -98,7 +98,7 @@ impl Exchange {
                 block_error("a block response without Block2 (RFC 7959 §2.4)")
             }
             None => Step::Deliver(packet),
-            Some(Err(reason)) => block_error(reason),
+            Some(Err(reason)) => block_error(reason.to_string()),
             Some(Ok(block)) => {
                 packet.clear_option(CoapOption::Block2);
                 self.download(now, block, packet, max_body)
@@ -115,7 +115,7 @@ impl Exchange {
         let next = upload.offset + upload.len;
         match BlockOption::from_packet(packet, CoapOption::Block1) {
             None => block_error("2.31 Continue without Block1 (RFC 7959 §2.3)"),
-            Some(Err(reason)) => block_error(reason),
+            Some(Err(reason)) => block_error(reason.to_string()),
             Some(Ok(ack)) if ack.num != sent => block_error(format!(
                 "2.31 Continue for block {}, block {sent} was sent (RFC 7959 §2.3)",
                 ack.num

@@ -18,6 +18,21 @@ pub struct MessageFormatError {
     pub reject: Option<u16>,
 }
 
+/// A Block1 or Block2 option value that RFC 7959 §2.2 does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlockOptionError {
+    /// More than 3 bytes.
+    #[error("block option of {len} bytes, at most 3 (RFC 7959 §2.2)")]
+    TooLong {
+        /// The length found.
+        len: usize,
+    },
+    /// SZX 7, reserved.
+    #[error("block option with reserved SZX 7 (RFC 7959 §2.2)")]
+    ReservedSzx,
+}
+
 /// Decodes a datagram into a packet, applying the format rules coap-lite leaves out:
 /// version 1 only (RFC 7252 §3), token length 0 to 8 (§3), Empty messages with nothing after
 /// the message ID (§4.1), no payload marker before an empty payload (§3), no reserved code
@@ -115,17 +130,14 @@ impl BlockOption {
 
     /// Decodes the option value: 0 to 3 bytes, big-endian (RFC 7959 §2.2). SZX 7 is an error
     /// (a request carrying it gets 4.00, RFC 7959 §2.2).
-    pub fn decode(value: &[u8]) -> Result<Self, String> {
+    pub fn decode(value: &[u8]) -> Result<Self, BlockOptionError> {
         if value.len() > 3 {
-            return Err(format!(
-                "block option of {} bytes, at most 3 (RFC 7959 §2.2)",
-                value.len()
-            ));
+            return Err(BlockOptionError::TooLong { len: value.len() });
         }
         let raw = value.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
         let szx = (raw & 0x7) as u8;
         if szx == 7 {
-            return Err("block option with reserved SZX 7 (RFC 7959 §2.2)".into());
+            return Err(BlockOptionError::ReservedSzx);
         }
         Ok(BlockOption {
             num: raw >> 4,
@@ -143,7 +155,10 @@ impl BlockOption {
     }
 
     /// Reads `option` (Block1 or Block2) from a packet: `None` when absent.
-    pub fn from_packet(packet: &Packet, option: CoapOption) -> Option<Result<Self, String>> {
+    pub fn from_packet(
+        packet: &Packet,
+        option: CoapOption,
+    ) -> Option<Result<Self, BlockOptionError>> {
         packet.get_first_option(option).map(|v| Self::decode(v))
     }
 

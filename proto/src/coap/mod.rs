@@ -50,6 +50,7 @@ mod client;
 mod endpoint;
 pub mod message;
 mod server;
+pub mod uri;
 
 #[cfg(test)]
 mod tests;
@@ -59,7 +60,7 @@ use std::time::Duration;
 
 pub use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 pub use endpoint::Endpoint;
-pub use message::{BlockOption, MessageFormatError};
+pub use message::{BlockOption, BlockOptionError, MessageFormatError};
 pub use server::{IncomingRequest, RequestHandle};
 
 /// Transmission parameters and resource limits of an [`Endpoint`].

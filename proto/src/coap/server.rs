@@ -210,7 +210,7 @@ impl Endpoint {
                 return self.reply_now(
                     now,
                     context,
-                    error_response(ResponseType::BadRequest, reason),
+                    error_response(ResponseType::BadRequest, reason.to_string()),
                 );
             }
         };

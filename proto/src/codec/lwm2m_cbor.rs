@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 
 use ciborium::Value as Cbor;
 
-use crate::content::{
+use crate::codec::{
     CodecError, ContentFormat, Finding, Number, checked_value, resource_def, typed_number,
     typed_string,
 };

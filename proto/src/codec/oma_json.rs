@@ -22,7 +22,7 @@ use serde_json::Value as J;
 
 use super::senml::{self, RawRecord, RawValue};
 use super::senml_json::{JsonNumber, element_offsets, kind, number, parse};
-use crate::content::{CodecError, Finding};
+use crate::codec::{CodecError, Finding};
 use crate::ids::Lwm2mPath;
 use crate::model::Schema;
 use crate::node::{Record, ShapeError};

@@ -40,7 +40,7 @@
 
 use std::str::FromStr;
 
-use crate::content::{
+use crate::codec::{
     CodecError, Finding, Number, checked_value, resource_def, typed_number, typed_string,
 };
 use crate::ids::Lwm2mPath;
@@ -311,7 +311,7 @@ fn typed(
         RawValue::Boolean(b) => checked_value(schema, path, Value::Boolean(b), findings),
         RawValue::Data(d) => checked_value(schema, path, Value::Opaque(d), findings),
         RawValue::ObjectLink(s) => {
-            let link = ObjectLink::from_str(&s)?;
+            let link = ObjectLink::from_str(&s).map_err(|e| e.to_string())?;
             checked_value(schema, path, Value::Objlnk(link), findings)
         }
         RawValue::StringOrOpaque(s) => {

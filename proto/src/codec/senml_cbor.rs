@@ -14,7 +14,7 @@
 use ciborium::Value as C;
 
 use super::senml::{self, Field, Label, RawRecord, RawValue};
-use crate::content::{CodecError, Finding, Number};
+use crate::codec::{CodecError, Finding, Number};
 use crate::model::Schema;
 use crate::node::Record;
 

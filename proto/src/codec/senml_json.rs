@@ -14,7 +14,7 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde_json::Value as J;
 
 use super::senml::{self, Field, Label, RawRecord, RawValue};
-use crate::content::{CodecError, Finding, Number};
+use crate::codec::{CodecError, Finding, Number};
 use crate::model::Schema;
 use crate::node::Record;
 use crate::value::Value;

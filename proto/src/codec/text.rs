@@ -1,14 +1,14 @@
 //! `text/plain` (Core TS 1.1 §7.4.1) and `application/octet-stream` (Core TS 1.1 §7.4.2):
 //! one value of a single-instance resource or of a resource instance.
 //!
-//! Text is UTF-8 and typed by the [`Schema`] with [`content::parse_text`]: decimal
+//! Text is UTF-8 and typed by the [`Schema`] with [`codec::parse_text`]: decimal
 //! numbers, booleans `0`/`1`, object links `O:I`, opaque values in base64 (LwM2M 1.1).
 //! Text that does not parse as the registry's type is kept as a string and reported as
 //! [`Finding::TypeMismatch`]; bytes that are not UTF-8 are an error. Opaque carries the
 //! raw bytes of an Opaque resource only. Objects, instances and multiple resources cannot
 //! be carried by either format ([`CodecError::Unsupported`]).
 
-use crate::content::{self, CodecError, ContentFormat, Finding};
+use crate::codec::{self, CodecError, ContentFormat, Finding};
 use crate::ids::Lwm2mPath;
 use crate::model::Schema;
 use crate::node::{Node, ResourceValue};
@@ -24,7 +24,7 @@ fn check_target(
 ) -> Result<(), CodecError> {
     let what = match target {
         Lwm2mPath::Resource(..)
-            if content::resource_def(schema, target).is_some_and(|d| d.multiple) =>
+            if codec::resource_def(schema, target).is_some_and(|d| d.multiple) =>
         {
             format!("the multiple resource {target}")
         }
@@ -80,9 +80,9 @@ pub fn decode_text(
     let text = std::str::from_utf8(bytes).map_err(|e| {
         CodecError::malformed("text", e.valid_up_to(), format!("invalid UTF-8: {e}"))
     })?;
-    let value = match content::expected_type(schema, target, findings) {
+    let value = match codec::expected_type(schema, target, findings) {
         None => Value::String(text.to_owned()),
-        Some(ty) => match content::parse_text(ty, text) {
+        Some(ty) => match codec::parse_text(ty, text) {
             // parse_text reads numbers around white space; the format has none.
             Ok(v) if !matches!(ty, DataType::String | DataType::Corelnk) && text.trim() != text => {
                 findings.push(Finding::PaddedText { path: *target });
@@ -103,10 +103,10 @@ pub fn decode_text(
 }
 
 /// Encodes a single resource or a resource instance as `text/plain` (Core TS 1.1 §7.4.1)
-/// with [`content::format_text`].
+/// with [`codec::format_text`].
 pub fn encode_text(target: &Lwm2mPath, node: &Node, out: &mut Vec<u8>) -> Result<(), CodecError> {
     let value = single_value(ContentFormat::Text, target, node)?;
-    out.extend_from_slice(content::format_text(value).as_bytes());
+    out.extend_from_slice(codec::format_text(value).as_bytes());
     Ok(())
 }
 
@@ -121,7 +121,7 @@ pub fn decode_opaque(
     findings: &mut Vec<Finding>,
 ) -> Result<Node, CodecError> {
     check_target(ContentFormat::Opaque, target, schema)?;
-    match content::expected_type(schema, target, findings) {
+    match codec::expected_type(schema, target, findings) {
         None | Some(DataType::Opaque) => Ok(value_node(target, Value::Opaque(bytes.to_vec()))),
         Some(ty) => Err(CodecError::Unsupported {
             format: ContentFormat::Opaque,

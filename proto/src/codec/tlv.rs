@@ -32,7 +32,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::content::{self, CodecError, ContentFormat, Finding};
+use crate::codec::{self, CodecError, ContentFormat, Finding};
 use crate::ids::{InstanceId, Lwm2mPath, MAX_ID, ObjectId, ResourceId, ResourceInstanceId};
 use crate::model::Schema;
 use crate::node::{Instance, Node, ResourceValue, ShapeError};
@@ -289,7 +289,7 @@ pub fn decode(
                     let record = Lwm2mPath::ResourceInstance(o, i, r, ResourceInstanceId(t.id));
                     return Err(outside(record));
                 }
-                let ty = content::expected_type(schema, target, findings);
+                let ty = codec::expected_type(schema, target, findings);
                 Ok(Node::ResourceInstance(decode_value(
                     t.value, ty, target, findings,
                 )))
@@ -362,7 +362,7 @@ fn resource_type(
     multiple_on_wire: bool,
     findings: &mut Vec<Finding>,
 ) -> Option<DataType> {
-    if let Some(def) = content::resource_def(schema, path)
+    if let Some(def) = codec::resource_def(schema, path)
         && def.multiple != multiple_on_wire
     {
         findings.push(Finding::MultiplicityMismatch {
@@ -370,7 +370,7 @@ fn resource_type(
             expected_multiple: def.multiple,
         });
     }
-    content::expected_type(schema, path, findings)
+    codec::expected_type(schema, path, findings)
 }
 
 /// Decodes the resource instance TLVs of the multiple resource `/O/I/R`.
