@@ -31,8 +31,8 @@ use lwm2m_harness::der_block;
 use lwm2m_proto::registry::Registry;
 use lwm2m_simulator::config::file_stem;
 use lwm2m_simulator::fleet::{
-    CountersSnapshot, Fleet, FleetConfig, FleetReport, Latencies, ProfileClients, PskPattern,
-    Targets,
+    CountersSnapshot, FailureCause, Fleet, FleetConfig, FleetReport, Latencies, ProfileClients,
+    PskPattern, Targets,
 };
 use lwm2m_simulator::network::{NetworkModel, load_network};
 use lwm2m_simulator::profile::load_profile;
@@ -531,6 +531,9 @@ async fn drive(
             _ = tick.tick() => {
                 let now = handle.total();
                 println!("{}", live_line(start.elapsed(), &now, &last));
+                if now.failures > 0 {
+                    println!("  failures: {}", causes_line(&handle.failures()));
+                }
                 last = now;
             }
             () = &mut end => break,
@@ -552,7 +555,7 @@ async fn drive(
 fn live_line(elapsed: Duration, c: &CountersSnapshot, last: &CountersSnapshot) -> String {
     format!(
         "t={:>4}s started={} registered={} sleeping={} bootstrapping={} failed={} \
-         served={} notified={} updates/s={} in={}B/s out={}B/s dtls={}/{}",
+         served={} notified={} updates/s={} in={}B/s out={}B/s dtls={}/{} fallbacks={}",
         elapsed.as_secs(),
         c.started,
         c.registered,
@@ -566,7 +569,17 @@ fn live_line(elapsed: Duration, c: &CountersSnapshot, last: &CountersSnapshot) -
         c.bytes_out.saturating_sub(last.bytes_out),
         c.dtls_handshakes,
         c.dtls_failures,
+        c.version_fallbacks,
     )
+}
+
+/// `register 4.03 x12, register timeout after 4 retransmissions x3`.
+fn causes_line(causes: &[FailureCause]) -> String {
+    causes
+        .iter()
+        .map(|c| format!("{} x{}", c.cause, c.count))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn ms(d: Option<Duration>) -> String {
@@ -582,7 +595,8 @@ fn print_summary(before_stop: &CountersSnapshot, report: &FleetReport) {
     println!(
         "summary: clients={} ever-registered={} registered-at-end={} failed={} registrations={} \
          updates={} deregistrations={} failures={} served={} notified={} \
-         dropped(asleep/nat/loss)={}/{}/{} rebinds={} dtls-handshakes={} dtls-failures={}",
+         dropped(asleep/nat/loss)={}/{}/{} rebinds={} dtls-handshakes={} dtls-failures={} \
+         version-fallbacks={}",
         t.clients,
         t.clients_registered,
         before_stop.registered,
@@ -599,7 +613,11 @@ fn print_summary(before_stop: &CountersSnapshot, report: &FleetReport) {
         t.rebinds,
         t.dtls_handshakes,
         t.dtls_failures,
+        t.version_fallbacks,
     );
+    for c in report.failures() {
+        println!("failures: {} x{}  e.g. {}", c.cause, c.count, c.example);
+    }
     println!(
         "latency: register p50={} p99={} (n={})  update p50={} p99={} (n={})",
         ms(l.register_quantile(0.5)),

@@ -196,7 +196,7 @@ fn csv_field(v: &str) -> String {
     }
 }
 
-fn snapshot_fields(c: &CountersSnapshot) -> [(&'static str, u64); 24] {
+fn snapshot_fields(c: &CountersSnapshot) -> [(&'static str, u64); 25] {
     [
         ("clients", c.clients),
         ("started", c.started),
@@ -222,7 +222,25 @@ fn snapshot_fields(c: &CountersSnapshot) -> [(&'static str, u64); 24] {
         ("rebinds", c.rebinds),
         ("dtls_handshakes", c.dtls_handshakes),
         ("dtls_failures", c.dtls_failures),
+        ("version_fallbacks", c.version_fallbacks),
     ]
+}
+
+/// The fleet's failures grouped by cause, most frequent first, one example exchange each
+/// (the run report's "Failures by cause" section); `None` without failures.
+pub(crate) fn failures_section(fleets: &[FleetReport]) -> Option<String> {
+    let mut all = Vec::new();
+    for f in fleets {
+        lwm2m_simulator::fleet::merge_causes(&mut all, &f.failures());
+    }
+    if all.is_empty() {
+        return None;
+    }
+    let mut text = String::new();
+    for c in &all {
+        let _ = writeln!(text, "{} x{}\n  e.g. {}", c.cause, c.count, c.example);
+    }
+    Some(text)
 }
 
 /// One row of the per-operation table.
@@ -672,6 +690,9 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
     if let Some(explained) = super::resets::render(&resets) {
         sections.push(("Resets (RST) the servers sent".to_owned(), explained));
     }
+    if let Some(failures) = failures_section(run.fleets) {
+        sections.push(("Failures by cause".to_owned(), failures));
+    }
     write_file(dir, "network-usage.txt", &text)?;
     write_file(dir, "network-usage.csv", &csv(&all))?;
 
@@ -701,6 +722,7 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
                     "clients_registered"
                         | "registrations"
                         | "failures"
+                        | "version_fallbacks"
                         | "rebinds"
                         | "dropped_asleep"
                         | "dropped_nat"
@@ -885,6 +907,42 @@ pub fn summary(outcome: &RunOutcome) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_section_groups_causes_across_fleets() {
+        use lwm2m_simulator::fleet::{FailureCause, Latencies, ProfileReport};
+        let fleet = |causes: Vec<FailureCause>| FleetReport {
+            profiles: vec![ProfileReport {
+                profile: "p".into(),
+                counters: CountersSnapshot::default(),
+                latencies: Latencies::default(),
+                failures: causes,
+            }],
+        };
+        let cause = |c: &str, n, e: &str| FailureCause {
+            cause: c.into(),
+            count: n,
+            example: e.into(),
+        };
+        assert_eq!(failures_section(&[fleet(vec![])]), None);
+        let text = failures_section(&[
+            fleet(vec![cause(
+                "register 4.03",
+                2,
+                "a: POST /rd -> answered 4.03",
+            )]),
+            fleet(vec![
+                cause("register 4.03", 3, "b"),
+                cause("DTLS: handshake timed out", 4, "c: handshake with x"),
+            ]),
+        ])
+        .unwrap();
+        assert_eq!(
+            text,
+            "register 4.03 x5\n  e.g. a: POST /rd -> answered 4.03\n\
+             DTLS: handshake timed out x4\n  e.g. c: handshake with x\n"
+        );
+    }
 
     #[test]
     fn stamps_are_utc() {

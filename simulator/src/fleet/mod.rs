@@ -42,7 +42,9 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use counters::{CountersSnapshot, Latencies, ProfileCounters, Timed};
+pub use counters::{
+    CountersSnapshot, FailureCause, Latencies, ProfileCounters, Timed, failure_cause, merge_causes,
+};
 pub use handle::{ClientInfo, FleetHandle, FleetReport, ProfileReport};
 use lwm2m_dtls::KeyLog;
 use lwm2m_proto::Lwm2mPath;
