@@ -19,6 +19,7 @@ use super::{Plan, RunOptions, RunOutcome};
 use crate::record::Latencies;
 use crate::report::charts::{Charts, ClientsPoint, SecondLatency, TimelineMark};
 use crate::report::dtls::{self as dtls_usage, DtlsUsage, Listener};
+use crate::report::merge::{FAILURES_FILE, FAILURES_SECTION, Failure, failures_text};
 use crate::report::usage::{self, ExchangeUsage};
 use crate::report::{self, CaseResult, RunReport, Subject, ThroughputPoint};
 
@@ -196,7 +197,8 @@ fn csv_field(v: &str) -> String {
     }
 }
 
-fn snapshot_fields(c: &CountersSnapshot) -> [(&'static str, u64); 25] {
+/// The fleet counters by name, as the report's `fleet.*` and `group.*` counters have them.
+pub fn snapshot_fields(c: &CountersSnapshot) -> [(&'static str, u64); 25] {
     [
         ("clients", c.clients),
         ("started", c.started),
@@ -226,21 +228,20 @@ fn snapshot_fields(c: &CountersSnapshot) -> [(&'static str, u64); 25] {
     ]
 }
 
-/// The fleet's failures grouped by cause, most frequent first, one example exchange each
-/// (the run report's "Failures by cause" section); `None` without failures.
-pub(crate) fn failures_section(fleets: &[FleetReport]) -> Option<String> {
+/// The fleets' failures grouped by cause, most frequent first, one example exchange each
+/// (`failures.json` and the run report's "Failures by cause" section).
+pub(crate) fn failures_of(fleets: &[FleetReport]) -> Vec<Failure> {
     let mut all = Vec::new();
     for f in fleets {
         lwm2m_simulator::fleet::merge_causes(&mut all, &f.failures());
     }
-    if all.is_empty() {
-        return None;
-    }
-    let mut text = String::new();
-    for c in &all {
-        let _ = writeln!(text, "{} x{}\n  e.g. {}", c.cause, c.count, c.example);
-    }
-    Some(text)
+    all.into_iter()
+        .map(|c| Failure {
+            cause: c.cause,
+            count: c.count,
+            example: c.example,
+        })
+        .collect()
 }
 
 /// One row of the per-operation table.
@@ -690,9 +691,15 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
     if let Some(explained) = super::resets::render(&resets) {
         sections.push(("Resets (RST) the servers sent".to_owned(), explained));
     }
-    if let Some(failures) = failures_section(run.fleets) {
-        sections.push(("Failures by cause".to_owned(), failures));
+    let failures = failures_of(run.fleets);
+    if !failures.is_empty() {
+        sections.push((FAILURES_SECTION.to_owned(), failures_text(&failures)));
     }
+    write_file(
+        dir,
+        FAILURES_FILE,
+        &serde_json::to_string_pretty(&failures).unwrap_or_default(),
+    )?;
     write_file(dir, "network-usage.txt", &text)?;
     write_file(dir, "network-usage.csv", &csv(&all))?;
 
@@ -924,8 +931,8 @@ mod tests {
             count: n,
             example: e.into(),
         };
-        assert_eq!(failures_section(&[fleet(vec![])]), None);
-        let text = failures_section(&[
+        assert!(failures_of(&[fleet(vec![])]).is_empty());
+        let text = failures_text(&failures_of(&[
             fleet(vec![cause(
                 "register 4.03",
                 2,
@@ -935,8 +942,7 @@ mod tests {
                 cause("register 4.03", 3, "b"),
                 cause("DTLS: handshake timed out", 4, "c: handshake with x"),
             ]),
-        ])
-        .unwrap();
+        ]));
         assert_eq!(
             text,
             "register 4.03 x5\n  e.g. a: POST /rd -> answered 4.03\n\

@@ -75,9 +75,12 @@ pub(super) fn spawn(
         if let Some(s) = stats.get(profile) {
             bump(&s.counters.clients);
         }
-        sims.push(Sim::new(n as u64, profile, spec, config.seed));
+        // The client's number in the whole fleet: its seeds and its place on the ramp are
+        // those it has when the fleet runs in one process.
+        let number = config.shard.number(n as u64);
+        sims.push(Sim::new(number, profile, spec, config.seed));
         heap.push(Reverse(Due {
-            at: epoch + ramp_offset(config.ramp, n),
+            at: epoch + ramp_offset(config.ramp, usize::try_from(number).unwrap_or(usize::MAX)),
             client,
             what: What::Start,
         }));
