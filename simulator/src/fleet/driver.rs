@@ -1183,6 +1183,8 @@ fn post_summary(bytes: &[u8]) -> Option<String> {
 
 /// One failure's exchange: `ENDPOINT: REQUEST -> ANSWER`.
 fn example(endpoint: &str, request: Option<&str>, reason: &str) -> String {
+    // An answer without a diagnostic payload reads `answered 4.12: `.
+    let reason = reason.trim_end().trim_end_matches(':');
     match request {
         Some(r) => format!("{endpoint}: {r} -> {reason}"),
         None => format!("{endpoint}: {reason}"),
