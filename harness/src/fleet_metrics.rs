@@ -25,7 +25,7 @@ pub fn render(c: &CountersSnapshot) -> String {
         ("failed", c.failed, "Clients that gave up and stay down."),
         ("started", c.started, "Clients started so far."),
     ];
-    let counters: [(&str, u64, &str); 17] = [
+    let counters: [(&str, u64, &str); 18] = [
         (
             "clients_registered",
             c.clients_registered,
@@ -99,6 +99,11 @@ pub fn render(c: &CountersSnapshot) -> String {
             "DTLS handshakes started.",
         ),
         ("dtls_failures", c.dtls_failures, "DTLS handshakes failed."),
+        (
+            "version_fallbacks",
+            c.version_fallbacks,
+            "Registers sent again as an older LwM2M version after 4.12.",
+        ),
     ];
     let mut o = String::new();
     for (name, v, help) in gauges {
@@ -140,7 +145,7 @@ mod tests {
                 samples.insert(k.to_owned(), v.parse::<u64>().unwrap());
             }
         }
-        assert_eq!(samples.len(), 24);
+        assert_eq!(samples.len(), 25);
         assert_eq!(samples["lwm2m_fleet_clients"], 3);
         assert_eq!(samples["lwm2m_fleet_registered"], 2);
         assert_eq!(samples["lwm2m_fleet_registrations_total"], 5);

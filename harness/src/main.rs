@@ -55,14 +55,16 @@ enum Command {
     /// Encode nodes given as JSON into an LwM2M payload (hex on stdout, or raw to a file).
     Encode(codec_tool::EncodeArgs),
     /// Render a run's report again (report.html, junit.xml) from its recorded report.json;
-    /// `report matrix RUN_DIR...` puts several runs (devices) side by side instead.
+    /// `report matrix RUN_DIR...` puts several runs (devices) side by side instead;
+    /// `report merge RUN_DIR... --out DIR` merges the run folders of the shards of one
+    /// fleet (`simulate --shard K/N --out RUN_DIR`) into one.
     Report {
         /// The run folder, e.g. reports/2026-11-24T08-00-00-quickstart; or `matrix` and
         /// the run folders.
         #[arg(required = true, num_args = 1..)]
         run_dir: Vec<PathBuf>,
         /// Where `report matrix` writes matrix.html, matrix.json, matrix.txt and junit.xml
-        /// (default: the current folder).
+        /// (default: the current folder); the merged run folder of `report merge`.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
@@ -89,6 +91,26 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(registry, &args).map(|()| ExitCode::SUCCESS),
         Command::Simulate(args) => simulate::run(registry, &args),
         Command::Objects { id } => codec_tool::objects(&registry, id).map(|()| ExitCode::SUCCESS),
+        Command::Report { run_dir, out } if run_dir[0] == std::path::Path::new("merge") => {
+            let out = anyhow::Context::context(
+                out,
+                "report merge needs --out DIR, the merged run folder",
+            )?;
+            let report = lwm2m_harness::report::merge::merge(&run_dir[1..], &out)?;
+            println!(
+                "{}: {} clients, {} registered, {} failures -> {}",
+                report.title,
+                report.counters.get("fleet.clients").copied().unwrap_or(0),
+                report
+                    .counters
+                    .get("fleet.clients_registered")
+                    .copied()
+                    .unwrap_or(0),
+                report.counters.get("fleet.failures").copied().unwrap_or(0),
+                out.join("report.html").display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Report { run_dir, out }
             if run_dir.len() > 1 || run_dir[0] == std::path::Path::new("matrix") =>
         {

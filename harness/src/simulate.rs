@@ -20,7 +20,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -31,8 +31,8 @@ use lwm2m_harness::der_block;
 use lwm2m_proto::registry::Registry;
 use lwm2m_simulator::config::file_stem;
 use lwm2m_simulator::fleet::{
-    CountersSnapshot, Fleet, FleetConfig, FleetReport, Latencies, ProfileClients, PskPattern,
-    Targets,
+    CountersSnapshot, FailureCause, Fleet, FleetConfig, FleetReport, Latencies, ProfileClients,
+    PskPattern, Shard, Targets,
 };
 use lwm2m_simulator::network::{NetworkModel, load_network};
 use lwm2m_simulator::profile::load_profile;
@@ -151,6 +151,68 @@ pub struct SimulateArgs {
     /// limit].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     max_update_p99: Option<Duration>,
+    /// Run shard K of N of the fleet (K from 0): the clients K, K+N, K+2N, ... of
+    /// --clients, with the endpoint names, seeds and PSKs they have in one process, so that
+    /// N shards (processes, machines, Kubernetes pods) together are the same fleet. The
+    /// thresholds apply to this shard's clients.
+    #[arg(long, value_name = "K/N", value_parser = Shard::parse)]
+    shard: Option<Shard>,
+    /// Start the clients at this moment (RFC 3339, e.g. 2026-12-06T05:00:00Z), so that all
+    /// shards start on the same clock [default: at once].
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    start_at: Option<SystemTime>,
+    /// Write a run folder here: report.json/html, junit.xml, latencies.hlog (Register and
+    /// Update latencies per second), failures.json and endpoints.txt; `report merge`
+    /// merges the folders of several shards.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+/// `2026-12-06T05:00:00Z`, `2026-12-06T06:00:00.5+01:00` (RFC 3339 §5.6) to a time.
+fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
+    let bad = || format!("{s:?}: expected an RFC 3339 time such as 2026-12-06T05:00:00Z");
+    let num = |t: &str| t.parse::<i64>().map_err(|_| bad());
+    let (date, time) = s.split_once(['T', 't', ' ']).ok_or_else(bad)?;
+    let mut d = date.splitn(3, '-');
+    let (y, m, day) = (
+        num(d.next().ok_or_else(bad)?)?,
+        num(d.next().ok_or_else(bad)?)?,
+        num(d.next().ok_or_else(bad)?)?,
+    );
+    let (clock, offset) = if let Some(c) = time.strip_suffix(['Z', 'z']) {
+        (c, 0)
+    } else {
+        let at = time.rfind(['+', '-']).ok_or_else(bad)?;
+        let (c, o) = time.split_at(at);
+        let sign = if o.starts_with('-') { -1 } else { 1 };
+        let (oh, om) = o.get(1..).and_then(|o| o.split_once(':')).ok_or_else(bad)?;
+        (c, sign * (num(oh)? * 3600 + num(om)? * 60))
+    };
+    let mut t = clock.splitn(3, ':');
+    let (h, min) = (
+        num(t.next().ok_or_else(bad)?)?,
+        num(t.next().ok_or_else(bad)?)?,
+    );
+    let sec: f64 = t.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+    if !(1..=12).contains(&m)
+        || !(1..=31).contains(&day)
+        || h > 23
+        || min > 59
+        || !(0.0..61.0).contains(&sec)
+    {
+        return Err(bad());
+    }
+    // Days since 1970-01-01 of the proleptic Gregorian date (the inverse of civil_utc).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + min * 60 - offset;
+    let whole = u64::try_from(secs).map_err(|_| bad())?;
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(whole) + Duration::from_secs_f64(sec))
 }
 
 /// A count of clients, absolute or a share of the fleet.
@@ -402,14 +464,19 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<ExitCode> 
         std::fs::write(file, serde_json::to_string_pretty(&list)?)
             .with_context(|| format!("writing {}", file.display()))?;
     }
+    let shard = args.shard.unwrap_or_default();
     let mut fleet = Fleet::new(FleetConfig {
         seed: args.seed,
         ramp: args.ramp,
         sockets: args.sockets,
+        first_address: shard.first_address(FleetConfig::default().first_address),
+        // Latency over time for the run folder's interval log.
+        timed_latencies: args.out.is_some(),
+        shard,
         ..FleetConfig::default()
     });
-    for n in 0..args.clients {
-        let k = n as u64;
+    let mut endpoints = Vec::new();
+    for k in shard.numbers(args.clients as u64) {
         let mut spec = clients.spec(k, args.seed);
         if let Some(endpoint) = &args.endpoint {
             spec.config.endpoint.clone_from(endpoint);
@@ -434,15 +501,41 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<ExitCode> 
             write_account(&mut spec.tree, ServerRole::Lwm2m, server, &account)
                 .with_context(|| format!("{endpoint}: the certificate account"))?;
         }
+        endpoints.push(spec.config.endpoint.clone());
         fleet.add(&name, spec);
     }
+    if args.shard.is_some() {
+        println!(
+            "shard {shard}: {} of {} clients (numbers {}, {}, ...)",
+            fleet.len(),
+            args.clients,
+            shard.index,
+            shard.index + shard.count
+        );
+    }
+    let shard_clients = fleet.len();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let (before_stop, report) = runtime.block_on(drive(fleet, args.duration, args.metrics))?;
+    let started = SystemTime::now();
+    let (before_stop, report, origin) =
+        runtime.block_on(drive(fleet, args.duration, args.metrics, args.start_at))?;
     print_summary(&before_stop, &report);
-    let failed = verdict(args, &report);
+    if let Some(out) = &args.out {
+        let folder = Folder {
+            args,
+            shard,
+            started,
+            origin,
+            elapsed: started.elapsed().unwrap_or_default(),
+            profile: &name,
+            endpoints: &endpoints,
+        };
+        write_folder(out, &folder, &report)?;
+        println!("run folder {}", out.display());
+    }
+    let failed = verdict(args, shard_clients, &report);
     for why in &failed {
         eprintln!("threshold failed: {why}");
     }
@@ -455,16 +548,15 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<ExitCode> 
 
 /// The thresholds the run failed: fewer clients registered than --min-registered (every
 /// client by default), a p99 latency above --max-register-p99 or --max-update-p99.
-fn verdict(args: &SimulateArgs, report: &FleetReport) -> Vec<String> {
+fn verdict(args: &SimulateArgs, clients: usize, report: &FleetReport) -> Vec<String> {
     let mut failed = Vec::new();
     let registered = report.total().clients_registered;
     let need = args
         .min_registered
-        .map_or(args.clients as u64, |s| s.of(args.clients));
+        .map_or(clients as u64, |s| s.of(clients));
     if registered < need {
         failed.push(format!(
-            "{registered} of {} clients registered, {need} needed{}",
-            args.clients,
+            "{registered} of {clients} clients registered, {need} needed{}",
             if registered == 0 {
                 " (is the server running at that address?)"
             } else {
@@ -493,13 +585,14 @@ fn verdict(args: &SimulateArgs, report: &FleetReport) -> Vec<String> {
     failed
 }
 
-/// Runs the fleet for `duration`; returns the counters just before the stop and the final
-/// report.
+/// Runs the fleet for `duration` (from `start_at` when given); returns the counters just
+/// before the stop, the final report and when the clients started.
 async fn drive(
     fleet: Fleet,
     duration: Duration,
     metrics: Option<std::net::SocketAddr>,
-) -> anyhow::Result<(CountersSnapshot, FleetReport)> {
+    start_at: Option<SystemTime>,
+) -> anyhow::Result<(CountersSnapshot, FleetReport, SystemTime)> {
     let listener = match metrics {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -508,6 +601,19 @@ async fn drive(
         ),
         None => None,
     };
+    if let Some(at) = start_at {
+        match at.duration_since(SystemTime::now()) {
+            Ok(wait) => {
+                println!(
+                    "starting at {:.3} s since the epoch (in {wait:.1?})",
+                    epoch_secs(at)
+                );
+                tokio::time::sleep(wait).await;
+            }
+            Err(_) => eprintln!("--start-at is past: starting now"),
+        }
+    }
+    let origin = SystemTime::now();
     let start = Instant::now();
     let handle = fleet.start()?;
     let metrics = match listener {
@@ -531,6 +637,9 @@ async fn drive(
             _ = tick.tick() => {
                 let now = handle.total();
                 println!("{}", live_line(start.elapsed(), &now, &last));
+                if now.failures > 0 {
+                    println!("  failures: {}", causes_line(&handle.failures()));
+                }
                 last = now;
             }
             () = &mut end => break,
@@ -545,14 +654,138 @@ async fn drive(
     if let Some(m) = metrics {
         m.abort();
     }
-    Ok((before_stop, report?))
+    Ok((before_stop, report?, origin))
+}
+
+fn epoch_secs(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// What a shard's run folder is made of, besides the fleet's report.
+struct Folder<'a> {
+    args: &'a SimulateArgs,
+    shard: Shard,
+    started: SystemTime,
+    /// When the clients started: 0 s of the interval log.
+    origin: SystemTime,
+    elapsed: Duration,
+    profile: &'a str,
+    endpoints: &'a [String],
+}
+
+/// Writes the run folder of a `simulate` run (`--out`): report.json/html, junit.xml,
+/// latencies.hlog, failures.json, endpoints.txt.
+fn write_folder(dir: &Path, f: &Folder<'_>, fleet: &FleetReport) -> anyhow::Result<()> {
+    use lwm2m_harness::record::Latencies as Recorded;
+    use lwm2m_harness::report::merge::{
+        ENDPOINTS_FILE, FAILURES_FILE, FAILURES_SECTION, Failure, HLOG_FILE, failures_text,
+    };
+    use lwm2m_harness::report::{RunReport, SCHEMA_VERSION, Section, Subject, ThroughputPoint};
+
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut recorded = Recorded::new();
+    let mut per_second: std::collections::BTreeMap<u64, u64> = Default::default();
+    for p in &fleet.profiles {
+        for t in &p.latencies.samples {
+            let at = t.at.duration_since(f.origin).unwrap_or_default();
+            let op = if t.update { "update" } else { "register" };
+            recorded.record_at(op, Some(&p.profile), at, t.latency);
+            *per_second.entry(at.as_secs()).or_default() += 1;
+        }
+    }
+    let mut hlog = Vec::new();
+    recorded.write_log(&mut hlog, f.origin)?;
+    std::fs::write(dir.join(HLOG_FILE), hlog).context("writing latencies.hlog")?;
+    let failures: Vec<Failure> = fleet
+        .failures()
+        .into_iter()
+        .map(|c| Failure {
+            cause: c.cause,
+            count: c.count,
+            example: c.example,
+        })
+        .collect();
+    std::fs::write(
+        dir.join(FAILURES_FILE),
+        serde_json::to_string_pretty(&failures)?,
+    )
+    .context("writing failures.json")?;
+    let endpoints: String = f.endpoints.iter().map(|e| format!("{e}\n")).collect();
+    std::fs::write(dir.join(ENDPOINTS_FILE), endpoints).context("writing endpoints.txt")?;
+
+    let mut counters = std::collections::BTreeMap::new();
+    for (k, v) in lwm2m_harness::runner::snapshot_fields(&fleet.total()) {
+        counters.insert(format!("fleet.{k}"), v);
+    }
+    for p in &fleet.profiles {
+        for (k, v) in lwm2m_harness::runner::snapshot_fields(&p.counters) {
+            counters.insert(format!("group.{}.{k}", p.profile), v);
+        }
+    }
+    let mut sections = vec![Section::new(
+        "Shard",
+        format!(
+            "shard {} of a fleet of {} clients: {} clients here, seed {}, against {}",
+            f.shard,
+            f.args.clients,
+            f.endpoints.len(),
+            f.args.seed,
+            f.args
+                .server
+                .as_deref()
+                .or(f.args.bootstrap.as_deref())
+                .unwrap_or("-"),
+        ),
+    )];
+    if !failures.is_empty() {
+        sections.push(Section::new(FAILURES_SECTION, failures_text(&failures)));
+    }
+    let report = RunReport {
+        schema: SCHEMA_VERSION,
+        run: dir.file_name().map_or_else(
+            || "simulate".to_owned(),
+            |n| n.to_string_lossy().into_owned(),
+        ),
+        title: format!("simulate {} x{}", f.profile, f.args.clients),
+        started_unix_s: epoch_secs(f.started),
+        duration_s: f.elapsed.as_secs_f64(),
+        seed: f.args.seed,
+        product_version: env!("CARGO_PKG_VERSION").to_owned(),
+        git_revision: lwm2m_harness::report::git_revision(),
+        hostname: lwm2m_harness::report::hostname(),
+        subjects: vec![Subject {
+            id: f.profile.to_owned(),
+            kind: "simulated-client".to_owned(),
+            version: format!("lwm2m-harness {}", env!("CARGO_PKG_VERSION")),
+            address: None,
+        }],
+        cases: Vec::new(),
+        latencies: ["register", "update"]
+            .into_iter()
+            .filter_map(|op| Some((op.to_owned(), recorded.summary(op)?)))
+            .collect(),
+        throughput: per_second
+            .into_iter()
+            .map(|(t, ops)| ThroughputPoint {
+                t_s: t as f64 + epoch_secs(f.origin) - epoch_secs(f.started),
+                ops,
+            })
+            .collect(),
+        network_usage: Vec::new(),
+        network_usage_client: None,
+        charts: Default::default(),
+        counters,
+        sections,
+    };
+    report.write(dir)
 }
 
 /// One line of live counters; rates are per second since `last`.
 fn live_line(elapsed: Duration, c: &CountersSnapshot, last: &CountersSnapshot) -> String {
     format!(
         "t={:>4}s started={} registered={} sleeping={} bootstrapping={} failed={} \
-         served={} notified={} updates/s={} in={}B/s out={}B/s dtls={}/{}",
+         served={} notified={} updates/s={} in={}B/s out={}B/s dtls={}/{} fallbacks={}",
         elapsed.as_secs(),
         c.started,
         c.registered,
@@ -566,7 +799,17 @@ fn live_line(elapsed: Duration, c: &CountersSnapshot, last: &CountersSnapshot) -
         c.bytes_out.saturating_sub(last.bytes_out),
         c.dtls_handshakes,
         c.dtls_failures,
+        c.version_fallbacks,
     )
+}
+
+/// `register 4.03 x12, register timeout after 4 retransmissions x3`.
+fn causes_line(causes: &[FailureCause]) -> String {
+    causes
+        .iter()
+        .map(|c| format!("{} x{}", c.cause, c.count))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn ms(d: Option<Duration>) -> String {
@@ -582,7 +825,8 @@ fn print_summary(before_stop: &CountersSnapshot, report: &FleetReport) {
     println!(
         "summary: clients={} ever-registered={} registered-at-end={} failed={} registrations={} \
          updates={} deregistrations={} failures={} served={} notified={} \
-         dropped(asleep/nat/loss)={}/{}/{} rebinds={} dtls-handshakes={} dtls-failures={}",
+         dropped(asleep/nat/loss)={}/{}/{} rebinds={} dtls-handshakes={} dtls-failures={} \
+         version-fallbacks={}",
         t.clients,
         t.clients_registered,
         before_stop.registered,
@@ -599,7 +843,11 @@ fn print_summary(before_stop: &CountersSnapshot, report: &FleetReport) {
         t.rebinds,
         t.dtls_handshakes,
         t.dtls_failures,
+        t.version_fallbacks,
     );
+    for c in report.failures() {
+        println!("failures: {} x{}  e.g. {}", c.cause, c.count, c.example);
+    }
     println!(
         "latency: register p50={} p99={} (n={})  update p50={} p99={} (n={})",
         ms(l.register_quantile(0.5)),
@@ -648,5 +896,12 @@ mod tests {
         assert_eq!(Share::Percent(95.0).of(10), 10);
         assert_eq!(Share::Percent(50.0).of(10), 5);
         assert_eq!(Share::Count(3).of(10), 3);
+        let at = |s: &str| parse_rfc3339(s).map(epoch_secs);
+        assert_eq!(at("1970-01-01T00:00:00Z"), Ok(0.0));
+        assert_eq!(at("2026-12-06T05:00:00Z"), Ok(1_796_533_200.0));
+        assert_eq!(at("2026-12-06T06:00:00+01:00"), Ok(1_796_533_200.0));
+        assert_eq!(at("2000-02-29T12:30:15.5Z"), Ok(951_827_415.5));
+        assert!(at("2026-13-01T00:00:00Z").is_err());
+        assert!(at("tomorrow").is_err());
     }
 }

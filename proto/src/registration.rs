@@ -32,6 +32,15 @@ impl Lwm2mVersion {
         }
     }
 
+    /// The version before this one (1.1 for 1.2, 1.0 for 1.1), `None` for 1.0.
+    pub fn older(self) -> Option<Self> {
+        match self {
+            Self::V1_0 => None,
+            Self::V1_1 => Some(Self::V1_0),
+            Self::V1_2 => Some(Self::V1_1),
+        }
+    }
+
     /// `1.0`, `1.1` or `1.2`.
     pub fn as_str(self) -> &'static str {
         match self {

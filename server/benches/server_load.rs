@@ -184,6 +184,7 @@ fn config(endpoint: String, server: SocketAddr, seed: u64) -> ClientConfig {
             seed,
             ..coap::Config::default()
         },
+        version_fallback: false,
     }
 }
 

@@ -12,6 +12,7 @@
 //! preferred_format: senml-cbor
 //! supported_formats: [senml-cbor, senml-json, tlv, text, opaque, cbor]
 //! response_delay: 20ms
+//! version_fallback: true
 //! quirks: [ignore-accept]
 //! objects:
 //!   3303:
@@ -62,6 +63,11 @@ pub struct Profile {
     /// LwM2M 1.1+ queue mode (the `Q` parameter); 1.0 uses binding `UQ` instead.
     #[serde(default)]
     pub queue_mode: bool,
+    /// After a Register answered 4.12 (the server does not speak `lwm2m_version`),
+    /// register again as a client of the next older version, as real stacks do (1.2, then
+    /// 1.1, then 1.0); `false`: the registration fails. Default `true`.
+    #[serde(default = "default_version_fallback")]
+    pub version_fallback: bool,
     /// Registration lifetime `lt=` (default 86400 s).
     #[serde(default = "default_lifetime", with = "crate::duration")]
     pub lifetime: Duration,
@@ -171,6 +177,10 @@ pub struct CustomResource {
     /// Units (default none).
     #[serde(default)]
     pub units: String,
+}
+
+fn default_version_fallback() -> bool {
+    true
 }
 
 fn default_binding() -> String {

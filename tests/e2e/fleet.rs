@@ -27,6 +27,8 @@ use lwm2m_simulator::quirks::QuirkPacks;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
+use crate::fleet_support::PATIENCE;
+
 /// One request the registrar received.
 #[derive(Debug, Clone)]
 struct Seen {
@@ -64,8 +66,21 @@ struct Registrar {
     requests: mpsc::UnboundedSender<(SocketAddr, Packet)>,
 }
 
+/// How the registrar answers Register.
+#[derive(Debug, Clone, Copy, Default)]
+struct Policy {
+    /// The newest `lwm2m=` version it speaks: newer ones get 4.12 (Core TS 1.1 §6.2.1).
+    max_version: Option<&'static str>,
+    /// Refuse every Register with this code.
+    refuse: Option<ResponseType>,
+}
+
 impl Registrar {
     async fn start() -> Self {
+        Self::start_with(Policy::default()).await
+    }
+
+    async fn start_with(policy: Policy) -> Self {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Log::default()));
@@ -105,7 +120,7 @@ impl Registrar {
                         Event::Request { peer, request } => {
                             let method = request.method().unwrap();
                             let path = request.path();
-                            let query = request
+                            let query: Vec<String> = request
                                 .packet
                                 .get_option(lwm2m_proto::coap::CoapOption::UriQuery)
                                 .map(|q| {
@@ -114,7 +129,24 @@ impl Registrar {
                                         .collect()
                                 })
                                 .unwrap_or_default();
+                            let version = query
+                                .iter()
+                                .find_map(|q| q.strip_prefix("lwm2m="))
+                                .unwrap_or("1.0")
+                                .to_owned();
+                            let too_new =
+                                policy.max_version.is_some_and(|max| version.as_str() > max);
                             let response = match (method, path.as_str()) {
+                                (RequestType::Post, "/rd") if too_new => message::response(
+                                    ResponseType::PreconditionFailed,
+                                    b"unsupported LwM2M version".to_vec(),
+                                ),
+                                (RequestType::Post, "/rd") if policy.refuse.is_some() => {
+                                    message::response(
+                                        policy.refuse.unwrap_or(ResponseType::Forbidden),
+                                        vec![],
+                                    )
+                                }
                                 (RequestType::Post, "/rd") => {
                                     next_id += 1;
                                     let mut r = message::response(ResponseType::Created, vec![]);
@@ -198,10 +230,15 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// A 1.1 client with Security, Server and Device objects and a `lifetime` in seconds.
 fn profile(lifetime: u32) -> Profile {
+    profile_of(lifetime, "lwm2m_version: \"1.1\"")
+}
+
+/// The [`profile`] with `head` (its version and version keys).
+fn profile_of(lifetime: u32, head: &str) -> Profile {
     let yaml = format!(
         "\
 name: e2e
-lwm2m_version: \"1.1\"
+{head}
 binding: U
 lifetime: {lifetime}s
 endpoint_prefix: e2e-
@@ -223,8 +260,12 @@ objects:
 }
 
 fn fleet(server: SocketAddr, clients: usize, lifetime: u32, network: NetworkModel) -> Fleet {
+    fleet_of(profile(lifetime), server, clients, network)
+}
+
+fn fleet_of(profile: Profile, server: SocketAddr, clients: usize, network: NetworkModel) -> Fleet {
     let profiles = ProfileClients::new(
-        profile(lifetime),
+        profile,
         &Registry::embedded(),
         network,
         Targets {
@@ -724,4 +765,115 @@ async fn impaired_links_still_register() {
     let l = handle.report().latencies();
     assert!(l.register.min() >= 40_000, "{} µs", l.register.min());
     handle.stop(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_1_2_fall_back_to_1_1_after_4_12() {
+    // A server that speaks LwM2M up to 1.1 answers a 1.2 Register with 4.12; real 1.2
+    // stacks register again as 1.1 (the profile's version_fallback, on by default).
+    let mut server = Registrar::start_with(Policy {
+        max_version: Some("1.1"),
+        refuse: None,
+    })
+    .await;
+    let profile = profile_of(60, "lwm2m_version: \"1.2\"");
+    assert!(profile.version_fallback);
+    let handle = fleet_of(profile, server.addr, 20, NetworkModel::default())
+        .start()
+        .unwrap();
+    server.wait_requests(40, PATIENCE).await;
+    let c = counters_until(&handle, PATIENCE, |c| c.registered == 20).await;
+    assert_eq!((c.version_fallbacks, c.failures, c.failed), (20, 0, 0));
+    let versions: BTreeMap<String, Vec<String>> = server
+        .requests()
+        .into_iter()
+        .filter(|s| s.path == "/rd")
+        .fold(BTreeMap::new(), |mut m, s| {
+            m.entry(s.query("ep").unwrap().to_owned())
+                .or_default()
+                .push(s.query("lwm2m").unwrap().to_owned());
+            m
+        });
+    assert_eq!(versions.len(), 20);
+    assert!(
+        versions.values().all(|v| v == &["1.2", "1.1"]),
+        "{versions:?}"
+    );
+    let report = handle.stop(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(report.total().version_fallbacks, 20);
+    assert!(report.failures().is_empty());
+
+    // Without the fallback every client fails, and the report says why, with an example.
+    let mut server = Registrar::start_with(Policy {
+        max_version: Some("1.1"),
+        refuse: None,
+    })
+    .await;
+    let profile = profile_of(60, "lwm2m_version: \"1.2\"\nversion_fallback: false");
+    let handle = fleet_of(profile, server.addr, 20, NetworkModel::default())
+        .start()
+        .unwrap();
+    server.wait_requests(20, PATIENCE).await;
+    let c = counters_until(&handle, PATIENCE, |c| c.failed == 20).await;
+    assert_eq!((c.version_fallbacks, c.registered), (0, 0));
+    let failures = handle.failures();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].cause, "register 4.12");
+    assert_eq!(failures[0].count, 20);
+    let example = &failures[0].example;
+    assert!(
+        example.contains("POST /rd?ep=e2e-") && example.contains("lwm2m=1.2"),
+        "{example}"
+    );
+    assert!(example.contains("answered 4.12"), "{example}");
+    handle.stop(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_grouped_by_cause() {
+    // Half the clients meet a registrar that refuses with 4.03, the other half a port
+    // where nobody answers: two causes, each with its count and one example exchange.
+    let server = Registrar::start_with(Policy {
+        max_version: None,
+        refuse: Some(ResponseType::Forbidden),
+    })
+    .await;
+    // A bound socket that never answers: the Register times out.
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut fleet = fleet(server.addr, 6, 60, NetworkModel::default());
+    let profiles = ProfileClients::new(
+        profile(60),
+        &Registry::embedded(),
+        NetworkModel::default(),
+        Targets {
+            server: Some(silent.local_addr().unwrap()),
+            bootstrap: None,
+        },
+    )
+    .unwrap();
+    for n in 6..10 {
+        let mut spec = profiles.spec(n, 7);
+        // Short CoAP timers: the timeout comes after 1 retransmission.
+        spec.config.coap.ack_timeout = Duration::from_millis(100);
+        spec.config.coap.max_retransmit = 1;
+        fleet.add("e2e", spec);
+    }
+    let handle = fleet.start().unwrap();
+    let c = counters_until(&handle, PATIENCE, |c| c.failed == 10).await;
+    assert_eq!(c.failures, 10);
+    let failures = handle.failures();
+    let causes: Vec<(&str, u64)> = failures
+        .iter()
+        .map(|f| (f.cause.as_str(), f.count))
+        .collect();
+    assert_eq!(
+        causes,
+        [
+            ("register 4.03", 6),
+            ("register timeout after 1 retransmissions", 4)
+        ]
+    );
+    assert!(failures[0].example.contains("POST /rd?ep=e2e-"));
+    assert!(failures[1].example.contains("no acknowledgement after 2"));
+    handle.stop(Duration::from_secs(5)).await.unwrap();
 }

@@ -583,6 +583,7 @@ pub fn client_config(endpoint: &str, server: SocketAddr, seed: u64) -> ClientCon
             seed,
             ..coap::Config::default()
         },
+        version_fallback: false,
     }
 }
 

@@ -196,6 +196,7 @@ impl Library {
                 seed: seed::mix(&[seed, number, 0x636c_6965_6e74]),
                 ..coap::Config::default()
             },
+            version_fallback: false,
         };
         Ok(ClientSpec { config, tree })
     }

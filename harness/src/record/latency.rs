@@ -222,16 +222,7 @@ impl Latencies {
 
     /// The percentiles of an operation.
     pub fn summary(&self, operation: &str) -> Option<Summary> {
-        let h = self.histograms.get(operation)?;
-        Some(Summary {
-            count: h.len(),
-            mean_ms: h.mean() / 1000.0,
-            p50_ms: ms(h.value_at_quantile(0.5)),
-            p90_ms: ms(h.value_at_quantile(0.9)),
-            p99_ms: ms(h.value_at_quantile(0.99)),
-            p999_ms: ms(h.value_at_quantile(0.999)),
-            max_ms: ms(h.max()),
-        })
+        self.histograms.get(operation).map(summary_of)
     }
 
     /// The percentile distribution of an operation as (percentile 0–100, ms) points: each
@@ -302,35 +293,64 @@ impl Latencies {
     /// second with samples, one tagged histogram per operation and per group's operation
     /// (values in µs; the max column in ms).
     pub fn write_log<W: Write>(&self, out: &mut W, start: SystemTime) -> anyhow::Result<()> {
-        // The header as Java's HistogramLogWriter writes it (format version, start and
-        // base time, legend); interval timestamps are seconds since the base time.
-        let secs = start
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        write!(
-            out,
-            "#[Logged with lwm2m-harness {}: latencies in microseconds, one interval per second]\n\
+        write_interval_log(out, start, self.intervals())
+    }
+}
+
+/// The percentiles of a histogram of microseconds.
+pub fn summary_of(h: &Histogram<u64>) -> Summary {
+    Summary {
+        count: h.len(),
+        mean_ms: h.mean() / 1000.0,
+        p50_ms: ms(h.value_at_quantile(0.5)),
+        p90_ms: ms(h.value_at_quantile(0.9)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        p999_ms: ms(h.value_at_quantile(0.999)),
+        max_ms: ms(h.max()),
+    }
+}
+
+/// A histogram of microseconds with the bounds of every latency histogram here (1 µs to
+/// one hour, 3 significant digits).
+pub fn latency_histogram() -> Histogram<u64> {
+    new_histogram()
+}
+
+/// Writes an HdrHistogram interval log of `intervals`, the run started at `start` (see
+/// [`Latencies::write_log`]).
+pub fn write_interval_log<W: Write>(
+    out: &mut W,
+    start: SystemTime,
+    intervals: impl IntoIterator<Item = Interval>,
+) -> anyhow::Result<()> {
+    // The header as Java's HistogramLogWriter writes it (format version, start and
+    // base time, legend); interval timestamps are seconds since the base time.
+    let secs = start
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    write!(
+        out,
+        "#[Logged with lwm2m-harness {}: latencies in microseconds, one interval per second]\n\
              #[Tags: OPERATION (every client), group=GROUP/OPERATION (the clients of one group)]\n\
              #[Histogram log format version 1.3]\n\
              #[StartTime: {secs:.3} (seconds since epoch)]\n\
              #[BaseTime: {secs:.3} (seconds since epoch)]\n\
              \"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n",
-            env!("CARGO_PKG_VERSION")
-        )?;
-        let mut serializer = V2DeflateSerializer::new();
-        let mut log = IntervalLogWriterBuilder::new()
-            .with_max_value_divisor(1000.0)
-            .begin_log_with(out, &mut serializer)?;
-        for interval in self.intervals() {
-            let at = Duration::from_secs(u64::from(interval.second));
-            for (tag, h) in &interval.histograms {
-                let tag = Tag::new(tag).ok_or_else(|| anyhow::anyhow!("bad tag {tag:?}"))?;
-                log.write_histogram(h, at, Duration::from_secs(1), Some(tag))
-                    .map_err(|e| anyhow::anyhow!("writing histogram {}: {e:?}", tag.as_str()))?;
-            }
+        env!("CARGO_PKG_VERSION")
+    )?;
+    let mut serializer = V2DeflateSerializer::new();
+    let mut log = IntervalLogWriterBuilder::new()
+        .with_max_value_divisor(1000.0)
+        .begin_log_with(out, &mut serializer)?;
+    for interval in intervals {
+        let at = Duration::from_secs(u64::from(interval.second));
+        for (tag, h) in &interval.histograms {
+            let tag = Tag::new(tag).ok_or_else(|| anyhow::anyhow!("bad tag {tag:?}"))?;
+            log.write_histogram(h, at, Duration::from_secs(1), Some(tag))
+                .map_err(|e| anyhow::anyhow!("writing histogram {}: {e:?}", tag.as_str()))?;
         }
-        Ok(())
     }
+    Ok(())
 }
 
 #[cfg(test)]

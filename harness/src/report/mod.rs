@@ -9,6 +9,7 @@ pub mod dtls;
 pub mod html;
 pub mod junit;
 pub mod matrix;
+pub mod merge;
 pub mod usage;
 
 use std::collections::BTreeMap;

@@ -79,6 +79,7 @@ use lwm2m_simulator::seed;
 use crate::bdd::backend::ServerRole;
 use crate::bdd::secure::{SecureAccount, write_account};
 use crate::report::{self, CaseResult, RunReport, Status};
+pub use output::snapshot_fields;
 pub use scenario::{Plan, Scenario};
 
 /// `lwm2m-harness run` arguments.

@@ -19,6 +19,7 @@ use super::{Plan, RunOptions, RunOutcome};
 use crate::record::Latencies;
 use crate::report::charts::{Charts, ClientsPoint, SecondLatency, TimelineMark};
 use crate::report::dtls::{self as dtls_usage, DtlsUsage, Listener};
+use crate::report::merge::{FAILURES_FILE, FAILURES_SECTION, Failure, failures_text};
 use crate::report::usage::{self, ExchangeUsage};
 use crate::report::{self, CaseResult, RunReport, Subject, ThroughputPoint};
 
@@ -196,7 +197,8 @@ fn csv_field(v: &str) -> String {
     }
 }
 
-fn snapshot_fields(c: &CountersSnapshot) -> [(&'static str, u64); 24] {
+/// The fleet counters by name, as the report's `fleet.*` and `group.*` counters have them.
+pub fn snapshot_fields(c: &CountersSnapshot) -> [(&'static str, u64); 25] {
     [
         ("clients", c.clients),
         ("started", c.started),
@@ -222,7 +224,24 @@ fn snapshot_fields(c: &CountersSnapshot) -> [(&'static str, u64); 24] {
         ("rebinds", c.rebinds),
         ("dtls_handshakes", c.dtls_handshakes),
         ("dtls_failures", c.dtls_failures),
+        ("version_fallbacks", c.version_fallbacks),
     ]
+}
+
+/// The fleets' failures grouped by cause, most frequent first, one example exchange each
+/// (`failures.json` and the run report's "Failures by cause" section).
+pub(crate) fn failures_of(fleets: &[FleetReport]) -> Vec<Failure> {
+    let mut all = Vec::new();
+    for f in fleets {
+        lwm2m_simulator::fleet::merge_causes(&mut all, &f.failures());
+    }
+    all.into_iter()
+        .map(|c| Failure {
+            cause: c.cause,
+            count: c.count,
+            example: c.example,
+        })
+        .collect()
 }
 
 /// One row of the per-operation table.
@@ -672,6 +691,15 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
     if let Some(explained) = super::resets::render(&resets) {
         sections.push(("Resets (RST) the servers sent".to_owned(), explained));
     }
+    let failures = failures_of(run.fleets);
+    if !failures.is_empty() {
+        sections.push((FAILURES_SECTION.to_owned(), failures_text(&failures)));
+    }
+    write_file(
+        dir,
+        FAILURES_FILE,
+        &serde_json::to_string_pretty(&failures).unwrap_or_default(),
+    )?;
     write_file(dir, "network-usage.txt", &text)?;
     write_file(dir, "network-usage.csv", &csv(&all))?;
 
@@ -701,6 +729,7 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
                     "clients_registered"
                         | "registrations"
                         | "failures"
+                        | "version_fallbacks"
                         | "rebinds"
                         | "dropped_asleep"
                         | "dropped_nat"
@@ -885,6 +914,41 @@ pub fn summary(outcome: &RunOutcome) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_section_groups_causes_across_fleets() {
+        use lwm2m_simulator::fleet::{FailureCause, Latencies, ProfileReport};
+        let fleet = |causes: Vec<FailureCause>| FleetReport {
+            profiles: vec![ProfileReport {
+                profile: "p".into(),
+                counters: CountersSnapshot::default(),
+                latencies: Latencies::default(),
+                failures: causes,
+            }],
+        };
+        let cause = |c: &str, n, e: &str| FailureCause {
+            cause: c.into(),
+            count: n,
+            example: e.into(),
+        };
+        assert!(failures_of(&[fleet(vec![])]).is_empty());
+        let text = failures_text(&failures_of(&[
+            fleet(vec![cause(
+                "register 4.03",
+                2,
+                "a: POST /rd -> answered 4.03",
+            )]),
+            fleet(vec![
+                cause("register 4.03", 3, "b"),
+                cause("DTLS: handshake timed out", 4, "c: handshake with x"),
+            ]),
+        ]));
+        assert_eq!(
+            text,
+            "register 4.03 x5\n  e.g. a: POST /rd -> answered 4.03\n\
+             DTLS: handshake timed out x4\n  e.g. c: handshake with x\n"
+        );
+    }
 
     #[test]
     fn stamps_are_utc() {

@@ -125,6 +125,7 @@ fn config() -> ClientConfig {
             seed: 7,
             ..coap::Config::default()
         },
+        version_fallback: false,
     }
 }
 
@@ -1635,4 +1636,70 @@ proptest! {
         net.pump();
         prop_assert_eq!(net.client.state(), ClientState::Registered);
     }
+}
+
+#[test]
+fn register_falls_back_to_older_versions_after_4_12() {
+    // Core TS 1.1 §6.2.1: a server that does not speak the client's `lwm2m=` version
+    // answers 4.12; a real 1.2 stack registers again as 1.1, then as 1.0.
+    let mut c = config();
+    c.version = Lwm2mVersion::V1_2;
+    c.version_fallback = true;
+    let mut net = Net::new(c, factory_tree());
+    net.client.start(net.now);
+    net.pump();
+    let reg = net.request(SERVER);
+    assert!(query(&reg.packet).contains(&"lwm2m=1.2".to_owned()));
+    net.respond(SERVER, reg, ResponseType::PreconditionFailed, &[]);
+    let reg = net.request(SERVER);
+    assert!(query(&reg.packet).contains(&"lwm2m=1.1".to_owned()));
+    net.respond(SERVER, reg, ResponseType::PreconditionFailed, &[]);
+    let reg = net.request(SERVER);
+    // Re-encoded for 1.0: no root link, no object versions, 1.0 queries.
+    assert!(query(&reg.packet).contains(&"lwm2m=1.0".to_owned()));
+    assert_eq!(text_body(&reg.packet), "</1/0>,</3/0>,</5/0>,</3303/0>");
+    net.respond(SERVER, reg, ResponseType::Created, &["rd", "9"]);
+    assert_eq!(net.client.state(), ClientState::Registered);
+    let fallbacks: Vec<_> = net
+        .client_events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::VersionFallback { from, to } => Some((*from, *to)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        fallbacks,
+        [
+            (Lwm2mVersion::V1_2, Lwm2mVersion::V1_1),
+            (Lwm2mVersion::V1_1, Lwm2mVersion::V1_0)
+        ]
+    );
+    // 1.0 refused as well: nothing older to try, the registration fails.
+    let mut c = config();
+    c.version = Lwm2mVersion::V1_0;
+    c.version_fallback = true;
+    let mut net = Net::new(c, factory_tree());
+    net.client.start(net.now);
+    net.pump();
+    let reg = net.request(SERVER);
+    net.respond(SERVER, reg, ResponseType::PreconditionFailed, &[]);
+    assert_eq!(net.client.state(), ClientState::Failed);
+    assert!(net.try_request(SERVER).is_none());
+}
+
+#[test]
+fn register_without_fallback_fails_on_4_12() {
+    let mut c = config();
+    c.version = Lwm2mVersion::V1_2;
+    let mut net = Net::new(c, factory_tree());
+    net.client.start(net.now);
+    net.pump();
+    let reg = net.request(SERVER);
+    net.respond(SERVER, reg, ResponseType::PreconditionFailed, &[]);
+    assert_eq!(net.client.state(), ClientState::Failed);
+    assert!(net.client_events.iter().any(|e| matches!(
+        e,
+        ClientEvent::Failed { step: "register", reason } if reason.starts_with("answered 4.12")
+    )));
 }

@@ -1,6 +1,7 @@
 //! Live counters of a fleet, per profile: atomics the driver task writes and anyone reads
 //! while the fleet runs, and latency histograms of Register and Update.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -90,6 +91,9 @@ counters! {
         dtls_handshakes,
         /// DTLS handshakes that failed (unknown identity, wrong key, timeout).
         dtls_failures,
+        /// Registers answered 4.12 that the client sent again as an older LwM2M version
+        /// (the profile's `version_fallback`).
+        version_fallbacks,
     }
 }
 
@@ -158,11 +162,65 @@ fn quantile(h: &Histogram<u64>, q: f64) -> Option<Duration> {
     (!h.is_empty()).then(|| Duration::from_micros(h.value_at_quantile(q)))
 }
 
+/// Failures of one cause ([`failure_cause`]): how many, and the first one's exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureCause {
+    /// The cause: operation and CoAP code (`register 4.03`), a timeout after N
+    /// retransmissions, a DTLS alert, an ICMP error.
+    pub cause: String,
+    /// How many failures had it.
+    pub count: u64,
+    /// The first failure of this cause: the client, what it sent and what came back.
+    pub example: String,
+}
+
+/// Adds `more` to the causes `into` (counts summed, the first example kept).
+pub fn merge_causes(into: &mut Vec<FailureCause>, more: &[FailureCause]) {
+    for c in more {
+        match into.iter_mut().find(|x| x.cause == c.cause) {
+            Some(x) => x.count += c.count,
+            None => into.push(c.clone()),
+        }
+    }
+    into.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.cause.cmp(&b.cause)));
+}
+
+/// The cause of a failed `step` (`register`, `update`, `bootstrap`, ...) from the client
+/// machine's reason: `STEP C.DD` for an error answer, `STEP timeout after N
+/// retransmissions` (RFC 7252 §4.2), `STEP no response`, `STEP reset`, else the step and
+/// the reason.
+pub fn failure_cause(step: &str, reason: &str) -> String {
+    if let Some(rest) = reason.strip_prefix("answered ") {
+        let code = rest.split(':').next().unwrap_or(rest).trim();
+        return format!("{step} {code}");
+    }
+    if let Some(rest) = reason.strip_prefix("no acknowledgement after ") {
+        let n: u32 = rest
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        return format!(
+            "{step} timeout after {} retransmissions",
+            n.saturating_sub(1)
+        );
+    }
+    if reason.starts_with("no response within") {
+        return format!("{step} no response");
+    }
+    if reason.contains("Reset") {
+        return format!("{step} reset by the peer");
+    }
+    format!("{step}: {reason}")
+}
+
 /// Counters and latencies of one profile, shared between the driver and handles.
 #[derive(Debug, Default)]
 pub(crate) struct ProfileStats {
     pub(crate) counters: ProfileCounters,
     pub(crate) latencies: Mutex<Latencies>,
+    /// Failures by cause: count and first example.
+    pub(crate) causes: Mutex<BTreeMap<String, (u64, String)>>,
     /// Keep each sample with its time too ([`Latencies::samples`]).
     pub(crate) timed: bool,
 }
@@ -188,6 +246,35 @@ impl ProfileStats {
                 latency,
             });
         }
+    }
+
+    /// Counts a failure of `cause`; `example` is asked for the first one of each cause.
+    pub(crate) fn failed(&self, cause: String, example: impl FnOnce() -> String) {
+        if let Ok(mut causes) = self.causes.lock() {
+            causes
+                .entry(cause)
+                .and_modify(|(n, _)| *n += 1)
+                .or_insert_with(|| (1, example()));
+        }
+    }
+
+    /// The failure causes, most frequent first.
+    pub(crate) fn causes(&self) -> Vec<FailureCause> {
+        let mut out: Vec<FailureCause> = self
+            .causes
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .map(|(cause, (count, example))| FailureCause {
+                        cause: cause.clone(),
+                        count: *count,
+                        example: example.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.cause.cmp(&b.cause)));
+        out
     }
 
     pub(crate) fn latencies(&self) -> Latencies {
@@ -225,6 +312,39 @@ mod tests {
         assert_eq!(total.registered, 2);
         assert_eq!(total.bytes_out, 80);
         assert_eq!(total.sleeping, 0);
+    }
+
+    #[test]
+    fn failures_group_by_cause() {
+        assert_eq!(
+            failure_cause("register", "answered 4.12: unsupported LwM2M version"),
+            "register 4.12"
+        );
+        assert_eq!(
+            failure_cause(
+                "update",
+                "no acknowledgement after 5 transmissions (RFC 7252 §4.2)"
+            ),
+            "update timeout after 4 retransmissions"
+        );
+        let s = ProfileStats::default();
+        s.failed("register 4.03".into(), || "first".into());
+        s.failed("register 4.03".into(), || "second".into());
+        s.failed("register 4.12".into(), || "other".into());
+        let causes = s.causes();
+        assert_eq!(causes.len(), 2);
+        assert_eq!(
+            (
+                causes[0].cause.as_str(),
+                causes[0].count,
+                causes[0].example.as_str()
+            ),
+            ("register 4.03", 2, "first")
+        );
+        let mut all = causes.clone();
+        merge_causes(&mut all, &causes);
+        assert_eq!(all[0].count, 4);
+        assert_eq!(all[1].count, 2);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use lwm2m_proto::coap::{CoapOption, Transmit};
 use quinn_udp::RecvMeta;
 use tokio::sync::{mpsc, oneshot};
 
-use super::counters::{ProfileStats, add, bump, drop_one};
+use super::counters::{ProfileStats, add, bump, drop_one, failure_cause};
 use super::handle::{ClientInfo, Command, FleetHandle, FleetReport};
 use super::pool::{Addressing, Binding, SocketPool};
 use super::secure::{DtlsLink, LinkOptions, Links, Route, Servers};
@@ -75,9 +75,12 @@ pub(super) fn spawn(
         if let Some(s) = stats.get(profile) {
             bump(&s.counters.clients);
         }
-        sims.push(Sim::new(n as u64, profile, spec, config.seed));
+        // The client's number in the whole fleet: its seeds and its place on the ramp are
+        // those it has when the fleet runs in one process.
+        let number = config.shard.number(n as u64);
+        sims.push(Sim::new(number, profile, spec, config.seed));
         heap.push(Reverse(Due {
-            at: epoch + ramp_offset(config.ramp, n),
+            at: epoch + ramp_offset(config.ramp, usize::try_from(number).unwrap_or(usize::MAX)),
             client,
             what: What::Start,
         }));
@@ -234,6 +237,9 @@ struct Sim {
     asleep_until: Option<Instant>,
     gauge: Gauge,
     timed: Option<(Timed, Instant)>,
+    /// The last POST it sent (Register, Update, Bootstrap-Request, Send) while no answer
+    /// came yet, summarised: the example exchange of a failure.
+    request: Option<Box<str>>,
     /// Registered at least once.
     registered_once: bool,
     /// The fleet asked it to de-register (it stays registered until the answer).
@@ -280,6 +286,7 @@ impl Sim {
             asleep_until: None,
             gauge: Gauge::Other,
             timed: None,
+            request: None,
             registered_once: false,
             deregistering: false,
         }
@@ -598,13 +605,21 @@ impl Driver {
         {
             sim.timed = Some((op, now));
         }
+        if let Some(summary) = post_summary(&t.bytes) {
+            sim.request = Some(summary.into_boxed_str());
+        }
         let servers = Servers::from(sim.client.config());
         match sim
             .links
             .route(sim.client.tree(), &servers, t.peer, &self.links)
         {
             Route::Plain => self.wire(i, now, t.peer, t.bytes),
-            Route::Unusable => self.count(i, |c| &c.dtls_failures, 1),
+            Route::Unusable => {
+                self.count(i, |c| &c.dtls_failures, 1);
+                self.failure(i, "DTLS: no usable credentials".into(), || {
+                    format!("no usable DTLS credentials for {}", t.peer)
+                });
+            }
             Route::Secure(link) => {
                 if link.send(now, t.bytes) {
                     self.count(i, |c| &c.dtls_handshakes, 1);
@@ -662,9 +677,16 @@ impl Driver {
                     }
                     self.after(i, now);
                 }
-                Some(DtlsEvent::HandshakeFailed(_)) => {
+                Some(DtlsEvent::HandshakeFailed(reason)) => {
                     link.reset();
                     self.count(i, |c| &c.dtls_failures, 1);
+                    let cause = match &reason {
+                        lwm2m_dtls::FailureReason::Protocol(_) => {
+                            "DTLS: handshake rejected".to_owned()
+                        }
+                        r => format!("DTLS: {r}"),
+                    };
+                    self.failure(i, cause, || format!("handshake with {server}: {reason}"));
                 }
                 Some(_) => link.reset(),
                 None => break,
@@ -860,6 +882,7 @@ impl Driver {
         match event {
             ClientEvent::Registered { .. } => {
                 finish(Timed::Register);
+                sim.request = None;
                 bump(&c.registrations);
                 if !std::mem::replace(&mut sim.registered_once, true) {
                     bump(&c.clients_registered);
@@ -867,12 +890,18 @@ impl Driver {
             }
             ClientEvent::Updated => {
                 finish(Timed::Update);
+                sim.request = None;
                 bump(&c.updates);
             }
             ClientEvent::Deregistered => bump(&c.deregistrations),
-            ClientEvent::Failed { step, .. } => {
+            ClientEvent::VersionFallback { .. } => bump(&c.version_fallbacks),
+            ClientEvent::Failed { step, reason } => {
                 sim.timed = None;
                 bump(&c.failures);
+                let request = sim.request.take();
+                stats.failed(failure_cause(step, &reason), || {
+                    example(&sim.endpoint, request.as_deref(), &reason)
+                });
                 // A Bootstrap-Request, Register or Update that failed over an established
                 // session: the server may have lost the session (a restart, its idle
                 // timeout) and silently drops our records, as devices find out only this
@@ -900,6 +929,15 @@ impl Driver {
         }
         if let Some(server) = closed {
             self.dtls_flush(i, server, now);
+        }
+    }
+
+    /// Counts a failure of client `i` by cause; `detail` describes the first of a cause.
+    fn failure(&self, i: usize, cause: String, detail: impl FnOnce() -> String) {
+        if let Some(sim) = self.sims.get(i)
+            && let Some(s) = self.stats.get(sim.profile)
+        {
+            s.failed(cause, || format!("{}: {}", sim.endpoint, detail()));
         }
     }
 
@@ -954,7 +992,22 @@ impl Driver {
                 tap.0
                     .datagram(self.pool.address(out.binding), out.peer, &out.bytes);
             }
-            let _ = self.pool.send(out.binding, out.peer, &out.bytes).await;
+            let sent = self.pool.send(out.binding, out.peer, &out.bytes).await;
+            // An ICMP error the kernel reports on the socket (port or host unreachable).
+            if let Err(e) = sent
+                && matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::HostUnreachable
+                        | std::io::ErrorKind::NetworkUnreachable
+                )
+                && let Some(&n) = self.by_address.get(&out.binding)
+            {
+                let peer = out.peer;
+                self.failure(n as usize, format!("ICMP: {}", e.kind()), || {
+                    format!("sending to {peer}: {e}")
+                });
+            }
         }
     }
 
@@ -1092,6 +1145,49 @@ fn timed_request(bytes: &[u8]) -> Option<Timed> {
             Some(Timed::Register)
         }
         _ => Some(Timed::Update),
+    }
+}
+
+/// `POST /rd?ep=a&lt=60 (42-byte payload)` for a POST request, `None` for anything else.
+fn post_summary(bytes: &[u8]) -> Option<String> {
+    if bytes.get(1) != Some(&2) {
+        return None;
+    }
+    let packet = message::decode(bytes).ok()?;
+    let path: Vec<String> = packet
+        .get_option(CoapOption::UriPath)
+        .map(|p| {
+            p.iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let query: Vec<String> = packet
+        .get_option(CoapOption::UriQuery)
+        .map(|p| {
+            p.iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = format!("POST /{}", path.join("/"));
+    if !query.is_empty() {
+        out.push('?');
+        out.push_str(&query.join("&"));
+    }
+    if !packet.payload.is_empty() {
+        out.push_str(&format!(" ({}-byte payload)", packet.payload.len()));
+    }
+    Some(out)
+}
+
+/// One failure's exchange: `ENDPOINT: REQUEST -> ANSWER`.
+fn example(endpoint: &str, request: Option<&str>, reason: &str) -> String {
+    // An answer without a diagnostic payload reads `answered 4.12: `.
+    let reason = reason.trim_end().trim_end_matches(':');
+    match request {
+        Some(r) => format!("{endpoint}: {r} -> {reason}"),
+        None => format!("{endpoint}: {reason}"),
     }
 }
 

@@ -10,7 +10,7 @@ use lwm2m_proto::value::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::counters::{CountersSnapshot, Latencies, ProfileStats};
+use super::counters::{CountersSnapshot, FailureCause, Latencies, ProfileStats, merge_causes};
 use super::{FleetError, Selector};
 
 /// A command to the driver task.
@@ -72,6 +72,8 @@ pub struct ProfileReport {
     pub counters: CountersSnapshot,
     /// Its Register and Update latencies.
     pub latencies: Latencies,
+    /// Its failures by cause, most frequent first, one example exchange each.
+    pub failures: Vec<FailureCause>,
 }
 
 /// Counters and latencies of a fleet, per profile.
@@ -91,6 +93,7 @@ impl FleetReport {
                     profile: name.clone(),
                     counters: s.counters.snapshot(),
                     latencies: s.latencies(),
+                    failures: s.causes(),
                 })
                 .collect(),
         }
@@ -103,6 +106,15 @@ impl FleetReport {
             total += p.counters;
         }
         total
+    }
+
+    /// The failure causes of all profiles, most frequent first.
+    pub fn failures(&self) -> Vec<FailureCause> {
+        let mut all = Vec::new();
+        for p in &self.profiles {
+            merge_causes(&mut all, &p.failures);
+        }
+        all
     }
 
     /// The latencies of all profiles merged.
@@ -163,7 +175,16 @@ impl FleetHandle {
         total
     }
 
-    /// Counters and latencies now.
+    /// The failure causes of all profiles now, most frequent first.
+    pub fn failures(&self) -> Vec<FailureCause> {
+        let mut all = Vec::new();
+        for s in self.stats.iter() {
+            merge_causes(&mut all, &s.causes());
+        }
+        all
+    }
+
+    /// Counters, latencies and failure causes now, per profile.
     pub fn report(&self) -> FleetReport {
         FleetReport::collect(&self.profiles, &self.stats)
     }

@@ -42,7 +42,9 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use counters::{CountersSnapshot, Latencies, ProfileCounters, Timed};
+pub use counters::{
+    CountersSnapshot, FailureCause, Latencies, ProfileCounters, Timed, failure_cause, merge_causes,
+};
 pub use handle::{ClientInfo, FleetHandle, FleetReport, ProfileReport};
 use lwm2m_dtls::KeyLog;
 use lwm2m_proto::Lwm2mPath;
@@ -80,6 +82,71 @@ pub struct FleetConfig {
     /// Keep every Register and Update latency with its time ([`Latencies::samples`], for
     /// latency over time), besides the histograms; off, the memory stays constant.
     pub timed_latencies: bool,
+    /// Which part of a larger fleet this one is: the fleet's `i`-th client is client
+    /// number [`Shard::number`]`(i)` of the whole, whose number seeds its network models and
+    /// places its start on the ramp. One shard of one (the default) is the whole fleet.
+    pub shard: Shard,
+}
+
+/// Shard `index` of `count` (`--shard K/N`): the clients `index`, `index + count`,
+/// `index + 2 count`, ... of a fleet spread over `count` processes or machines, each with
+/// the number (hence endpoint name, seeds and credentials) it has in one process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This shard, from 0.
+    pub index: u64,
+    /// How many shards (at least 1).
+    pub count: u64,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Self { index: 0, count: 1 }
+    }
+}
+
+impl Shard {
+    /// `K/N` with `K < N`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?}: expected K/N, shard K of N counting from 0, e.g. 0/4");
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: u64 = k.trim().parse().map_err(|_| bad())?;
+        let count: u64 = n.trim().parse().map_err(|_| bad())?;
+        if count == 0 || index >= count {
+            return Err(format!(
+                "{s:?}: K must be below N (0/4 to 3/4 for 4 shards)"
+            ));
+        }
+        Ok(Self { index, count })
+    }
+
+    /// The number, in the whole fleet, of this shard's `i`-th client.
+    pub fn number(self, i: u64) -> u64 {
+        self.index
+            .saturating_add(i.saturating_mul(self.count.max(1)))
+    }
+
+    /// The numbers of this shard's clients in a fleet of `total`.
+    pub fn numbers(self, total: u64) -> impl Iterator<Item = u64> {
+        let step = usize::try_from(self.count.max(1)).unwrap_or(usize::MAX);
+        (self.index..total).step_by(step)
+    }
+
+    /// The first client address of this shard: the loopback range from `base` up is cut in
+    /// `count` equal slices, so that shards on one machine never share an address.
+    pub fn first_address(self, base: Ipv4Addr) -> Ipv4Addr {
+        let first = u32::from(base);
+        let last = u32::from(Ipv4Addr::new(127, 255, 255, 254));
+        let slice = last.saturating_sub(first) / u32::try_from(self.count.max(1)).unwrap_or(1);
+        let k = u32::try_from(self.index).unwrap_or(0);
+        Ipv4Addr::from(first.saturating_add(slice.saturating_mul(k)))
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
 }
 
 /// A shared [`KeyLog`] for [`FleetConfig::key_log`].
@@ -150,6 +217,7 @@ impl Default for FleetConfig {
             tap: None,
             key_log: None,
             timed_latencies: false,
+            shard: Shard::default(),
         }
     }
 }
@@ -295,6 +363,30 @@ fn ramp_offset(ramp: Option<f64>, n: usize) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_partition_the_fleet() {
+        let shards: Vec<Shard> = (0..4)
+            .map(|k| Shard::parse(&format!("{k}/4")).unwrap())
+            .collect();
+        let mut all: Vec<u64> = shards.iter().flat_map(|s| s.numbers(10)).collect();
+        assert_eq!(shards[1].numbers(10).collect::<Vec<_>>(), [1, 5, 9]);
+        assert_eq!(shards[1].number(2), 9);
+        all.sort_unstable();
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
+        assert!(Shard::parse("4/4").is_err());
+        assert!(Shard::parse("0/0").is_err());
+        assert!(Shard::parse("x").is_err());
+        let base = Ipv4Addr::new(127, 1, 0, 1);
+        assert_eq!(shards[0].first_address(base), base);
+        let firsts: Vec<Ipv4Addr> = shards.iter().map(|s| s.first_address(base)).collect();
+        assert!(
+            firsts
+                .windows(2)
+                .all(|w| u32::from(w[1]) - u32::from(w[0]) > 4_000_000)
+        );
+        assert_eq!(Shard::default().numbers(3).count(), 3);
+    }
 
     #[test]
     fn ramp_spreads_starts() {

@@ -263,6 +263,7 @@ impl ProfileClients {
                 seed: seed::mix(&[seed, n, 0]),
                 ..coap::Config::default()
             },
+            version_fallback: p.version_fallback,
         };
         ClientSpec {
             config,

@@ -166,6 +166,11 @@ pub struct ClientConfig {
     pub quirks: Quirks,
     /// The CoAP exchange layer's parameters (seed, timers).
     pub coap: coap::Config,
+    /// Version negotiation as real stacks do it: a Register answered 4.12 Precondition
+    /// Failed (the server does not speak this `lwm2m=` version, Core TS 1.1 §6.2.1) is sent
+    /// again, re-encoded for the next older version (1.2, then 1.1, then 1.0); off, the
+    /// registration fails.
+    pub version_fallback: bool,
 }
 
 /// Where a client is in its life.
@@ -205,6 +210,14 @@ pub enum ClientEvent {
     Updated,
     /// De-registered.
     Deregistered,
+    /// A Register was answered 4.12: the client registers again as a client of the older
+    /// version `to` ([`ClientConfig::version_fallback`]).
+    VersionFallback {
+        /// The version refused.
+        from: Lwm2mVersion,
+        /// The version the client registers with now.
+        to: Lwm2mVersion,
+    },
     /// Bootstrap, Register or Update failed.
     Failed {
         /// Which step.
@@ -918,7 +931,18 @@ impl Lwm2mClient {
     ) {
         match what {
             Outgoing::Bootstrap => self.fail_state("bootstrap", reason),
-            Outgoing::Register(_) => self.fail_state("register", reason),
+            Outgoing::Register(_) => {
+                let older = self.config.version.older();
+                match (code, older) {
+                    (Some((4, 12)), Some(to)) if self.config.version_fallback => {
+                        let from = std::mem::replace(&mut self.config.version, to);
+                        self.events
+                            .push_back(ClientEvent::VersionFallback { from, to });
+                        self.register(now);
+                    }
+                    _ => self.fail_state("register", reason),
+                }
+            }
             Outgoing::Update(_) => {
                 // Core TS 1.1 §6.2.2: a failed Update means registering again.
                 self.fail("update", reason);

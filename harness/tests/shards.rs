@@ -1,0 +1,376 @@
+//! A fleet in shards, without a cluster: one `lwm2m-harness serve` process, N `simulate
+//! --shard K/N` processes against it, each in a network namespace of its own with its own
+//! address (a veth pair on a bridge this test creates; the server listens on the bridge's
+//! address), all starting on the same clock (`--start-at`). `report merge` of their run
+//! folders must equal the single-process run of the same seed in counts and endpoint set.
+//!
+//! Where network namespaces cannot be created (not root, no `ip`, no veth), the shards run
+//! as plain processes, each sending from its own slice of 127.0.0.0/8, and the test says
+//! why on its output.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+const CLIENTS: usize = 300;
+const SHARDS: usize = 4;
+const SEED: &str = "11";
+
+/// The `serve` child process; killed when dropped.
+struct Serve {
+    child: Child,
+    coap: SocketAddr,
+    _rest: JoinHandle<()>,
+}
+
+impl Serve {
+    fn start(ip: &str, data: &Path) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+            .args(["serve", "--coap", &format!("{ip}:0")])
+            .args([
+                "--bootstrap",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--data",
+            ])
+            .arg(data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("serve starts");
+        let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut banner = String::new();
+        let coap = loop {
+            let mut line = String::new();
+            assert!(
+                out.read_line(&mut line).expect("stdout readable") > 0,
+                "serve exited before listening: {banner}"
+            );
+            banner.push_str(&line);
+            if let Some(uri) = line.trim().strip_prefix("LwM2M Server")
+                && let Some(addr) = uri.trim().strip_prefix("coap://")
+            {
+                break addr.parse().expect("a socket address");
+            }
+        };
+        // Keep reading so that serve never writes into a closed pipe.
+        let rest = std::thread::spawn(move || {
+            let mut sink = String::new();
+            let _ = out.read_to_string(&mut sink);
+        });
+        Serve {
+            child,
+            coap,
+            _rest: rest,
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `ip ARGS`; its stderr on failure.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("`ip` not runnable: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A bridge and one network namespace per shard, each joined to the bridge by a veth
+/// pair; everything is deleted when dropped.
+struct Namespaces {
+    bridge: String,
+    /// The bridge's address: the server's.
+    server_ip: String,
+    names: Vec<String>,
+}
+
+impl Namespaces {
+    fn create(n: usize) -> Result<Namespaces, String> {
+        let pid = std::process::id();
+        let subnet = format!("10.{}.{}", 200 + pid % 50, (pid / 50) % 256);
+        let mut ns = Namespaces {
+            bridge: format!("fbr{pid}"),
+            server_ip: format!("{subnet}.1"),
+            names: Vec::new(),
+        };
+        ip(&["link", "add", &ns.bridge, "type", "bridge"])?;
+        ip(&["link", "set", &ns.bridge, "up"])?;
+        ip(&["addr", "add", &format!("{subnet}.1/24"), "dev", &ns.bridge])?;
+        for k in 0..n {
+            let name = format!("fleet{pid}s{k}");
+            ip(&["netns", "add", &name])?;
+            ns.names.push(name.clone());
+            let (host, inside) = (format!("fv{pid}k{k}"), format!("fp{pid}k{k}"));
+            ip(&[
+                "link", "add", &host, "type", "veth", "peer", "name", &inside,
+            ])?;
+            ip(&["link", "set", &inside, "netns", &name])?;
+            ip(&["link", "set", &host, "master", &ns.bridge])?;
+            ip(&["link", "set", &host, "up"])?;
+            let addr = format!("{subnet}.{}/24", k + 2);
+            ip(&["-n", &name, "addr", "add", &addr, "dev", &inside])?;
+            ip(&["-n", &name, "link", "set", &inside, "up"])?;
+            ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        }
+        Ok(ns)
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes its end of the veth pair, and with it the other.
+        for name in &self.names {
+            let _ = ip(&["netns", "del", name]);
+        }
+        let _ = ip(&["link", "del", &self.bridge]);
+    }
+}
+
+/// `simulate` with `args`, in namespace `ns` when given; waits (60 s at most) and returns
+/// its stdout, asserting success.
+fn simulate(ns: Option<&str>, args: &[String]) -> Child {
+    let bin = env!("CARGO_BIN_EXE_lwm2m-harness");
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, bin]);
+            c
+        }
+        None => Command::new(bin),
+    };
+    cmd.arg("simulate")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("simulate starts")
+}
+
+fn finish(mut child: Child, what: &str) -> String {
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let end = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("waitable") {
+            break s;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} ran over 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (out, err) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    assert!(status.success(), "{what}: {status}\n{out}\n{err}");
+    out
+}
+
+fn args(server: SocketAddr, out: &Path, extra: &[String]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--server",
+        &format!("coap://{server}"),
+        "--profile",
+        "minimal-1.0",
+        "--clients",
+        &CLIENTS.to_string(),
+        "--seed",
+        SEED,
+        "--duration",
+        "4s",
+        "--out",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.push(out.display().to_string());
+    a.extend_from_slice(extra);
+    a
+}
+
+fn report(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("report.json")).expect("report.json");
+    serde_json::from_str(&text).expect("JSON")
+}
+
+fn endpoints(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_to_string(dir.join("endpoints.txt"))
+        .expect("endpoints.txt")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The counters a sharded fleet must reproduce exactly (not datagram counts: a
+/// retransmission on a loaded machine would add one without changing the fleet).
+const COUNTS: [&str; 9] = [
+    "fleet.clients",
+    "fleet.started",
+    "fleet.clients_registered",
+    "fleet.registrations",
+    "fleet.deregistrations",
+    "fleet.failures",
+    "fleet.failed",
+    "fleet.version_fallbacks",
+    "fleet.dtls_handshakes",
+];
+
+fn counts(r: &serde_json::Value) -> BTreeMap<&'static str, u64> {
+    COUNTS
+        .iter()
+        .map(|k| (*k, r["counters"][k].as_u64().unwrap_or(u64::MAX)))
+        .collect()
+}
+
+#[test]
+fn shards_in_network_namespaces_merge_into_the_single_process_run() {
+    let tmp = tempfile::tempdir().expect("a temporary folder");
+    let namespaces = match Namespaces::create(SHARDS) {
+        Ok(ns) => Some(ns),
+        Err(why) => {
+            println!(
+                "network namespaces skipped ({why}): the {SHARDS} shards run as plain \
+                 processes, each on its own slice of 127.0.0.0/8"
+            );
+            None
+        }
+    };
+    let server_ip = namespaces
+        .as_ref()
+        .map_or("127.0.0.1", |n| n.server_ip.as_str());
+    let serve = Serve::start(server_ip, &tmp.path().join("data"));
+
+    // The shards, all starting 3 s from now on the same clock.
+    let start_at = SystemTime::now() + Duration::from_secs(3);
+    let secs = start_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let start_at = rfc3339(secs);
+    let dirs: Vec<PathBuf> = (0..SHARDS)
+        .map(|k| tmp.path().join(format!("shard-{k}")))
+        .collect();
+    let children: Vec<Child> = dirs
+        .iter()
+        .enumerate()
+        .map(|(k, dir)| {
+            let extra = [
+                "--shard".to_owned(),
+                format!("{k}/{SHARDS}"),
+                "--start-at".to_owned(),
+                start_at.clone(),
+            ];
+            let ns = namespaces
+                .as_ref()
+                .and_then(|n| n.names.get(k))
+                .map(String::as_str);
+            simulate(ns, &args(serve.coap, dir, &extra))
+        })
+        .collect();
+    for (k, child) in children.into_iter().enumerate() {
+        let out = finish(child, &format!("shard {k}"));
+        assert!(
+            out.contains(&format!(
+                "shard {k}/{SHARDS}: {} of {CLIENTS}",
+                CLIENTS / SHARDS
+            )),
+            "{out}"
+        );
+    }
+    for (k, dir) in dirs.iter().enumerate() {
+        // Shard K has the clients K, K+N, ...: the endpoint names they have in one process.
+        let want: BTreeSet<String> = (k..CLIENTS)
+            .step_by(SHARDS)
+            .map(|n| format!("minimal-{n}"))
+            .collect();
+        assert_eq!(endpoints(dir), want, "shard {k}");
+    }
+    let merged = tmp.path().join("merged");
+    let status = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .args(["report", "merge"])
+        .args(&dirs)
+        .arg("--out")
+        .arg(&merged)
+        .stdout(Stdio::null())
+        .status()
+        .expect("report merge runs");
+    assert!(status.success());
+
+    // The same fleet in one process, same seed, same server.
+    let single = tmp.path().join("single");
+    finish(
+        simulate(None, &args(serve.coap, &single, &[])),
+        "the single process",
+    );
+
+    let (m, s) = (report(&merged), report(&single));
+    assert_eq!(counts(&m), counts(&s));
+    assert_eq!(counts(&m)["fleet.clients_registered"], CLIENTS as u64);
+    assert_eq!(endpoints(&merged), endpoints(&single));
+    assert_eq!(endpoints(&merged).len(), CLIENTS);
+    // The latency histograms merged from the shards' interval logs hold every Register.
+    assert_eq!(
+        m["latencies"]["register"]["count"],
+        s["latencies"]["register"]["count"]
+    );
+    let shards = m["sections"][0]["text"].as_str().unwrap_or_default();
+    assert_eq!(shards.lines().count(), SHARDS + 1, "{shards}");
+    assert!(merged.join("latencies.hlog").is_file());
+    drop(serve);
+    drop(namespaces);
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of seconds since the epoch.
+fn rfc3339(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days (proleptic Gregorian).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
