@@ -113,8 +113,14 @@ impl Io {
     }
 }
 
-/// Sends what the machine has to send and hands its events to the handler.
+/// Hands the machine's events to the handler, then sends what the machine has to send:
+/// what an answer announces (a registration behind a 2.01) is in the registrations the API
+/// reads before the peer has the answer. Events of what the handler asked are handed over
+/// after the sends.
 async fn flush<M: Machine, H: Handler<M>>(machine: &mut M, handler: &mut H, io: &Io) {
+    while let Some(event) = machine.poll_event() {
+        handler.event(machine, event);
+    }
     while let Some(t) = machine.poll_transmit() {
         io.report(Direction::Out, t.peer, &t.bytes);
         if let Err(e) = io.socket.send_to(&t.bytes, t.peer).await {
