@@ -287,6 +287,22 @@ pub enum Happening {
     Dtls(DtlsHappening),
 }
 
+impl Happening {
+    /// True if the Bootstrap Server reported it (its events, its DTLS listener's).
+    pub fn is_bootstrap(&self) -> bool {
+        match self {
+            Self::Bootstrap(_) => true,
+            Self::Dtls(
+                DtlsHappening::Established { server, .. }
+                | DtlsHappening::HandshakeFailed { server, .. }
+                | DtlsHappening::Refused { server, .. }
+                | DtlsHappening::Closed { server, .. },
+            ) => *server == ServerRole::Bootstrap,
+            Self::Server(_) | Self::Client { .. } => false,
+        }
+    }
+}
+
 /// Which of our servers a DTLS session is with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ServerRole {

@@ -1358,24 +1358,28 @@ impl ServerBackend {
         let server = Listeners::of(uri, secure.as_deref(), "--server-coaps")?;
         runtime()?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let subscribed = |spec: &str| -> Result<Arc<dyn ServerAdapter>, String> {
+        // `bootstrap_only`: a second API, for the Bootstrap Server under test, whose stream
+        // may carry the LwM2M Server's events too (our REST API does): those come once,
+        // from the server's own adapter.
+        let subscribed = |spec: &str, bootstrap_only: bool| {
             let adapter = super::adapter::open(spec, registry.clone())?;
             let events = tx.clone();
             adapter
-                .subscribe(Box::new(move |e| {
-                    events
-                        .send(Input::Server(Instant::now(), Box::new(e)))
-                        .is_ok()
+                .subscribe(Box::new(move |e: Happening| {
+                    (bootstrap_only && !e.is_bootstrap())
+                        || events
+                            .send(Input::Server(Instant::now(), Box::new(e)))
+                            .is_ok()
                 }))
                 .map_err(|e| e.to_string())?;
-            Ok(adapter)
+            Ok::<Arc<dyn ServerAdapter>, String>(adapter)
         };
-        let adapter = api.as_deref().map(subscribed).transpose()?;
+        let adapter = api.as_deref().map(|a| subscribed(a, false)).transpose()?;
         let bootstrap = match bootstrap {
             Some(b) => {
                 let driver = match (bootstrap_api, &adapter) {
                     // Another API: its events too.
-                    (Some(spec), _) if Some(spec) != api.as_ref() => Some(subscribed(spec)?),
+                    (Some(spec), _) if Some(spec) != api.as_ref() => Some(subscribed(spec, true)?),
                     (_, a) => a.clone(),
                 };
                 let listeners =
