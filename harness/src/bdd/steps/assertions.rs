@@ -33,16 +33,23 @@ use lwm2m_proto::{ContentFormat, Schema as _};
 /// The expected links (`"</3/0/7>;dim=2, </3/0/11>"`) that `actual` lacks: a link counts
 /// as present when its target matches and it has at least the expected parameters.
 pub(crate) fn links_missing(expected: &str, actual: &[Link]) -> anyhow::Result<Vec<String>> {
+    Ok(missing_links(expected, actual)?
+        .iter()
+        .map(ToString::to_string)
+        .collect())
+}
+
+/// [`links_missing`], as links.
+fn missing_links(expected: &str, actual: &[Link]) -> anyhow::Result<Vec<Link>> {
     let expected =
         parse_links(expected).map_err(|e| anyhow!("expected links {expected:?}: {e}"))?;
     Ok(expected
-        .iter()
+        .into_iter()
         .filter(|e| {
             !actual
                 .iter()
                 .any(|a| a.target == e.target && e.params.iter().all(|p| a.params.contains(p)))
         })
-        .map(ToString::to_string)
         .collect())
 }
 
@@ -383,28 +390,23 @@ fn response_links(w: &mut Lwm2mWorld) -> anyhow::Result<(String, usize, Vec<Link
 #[then(expr = "the response lists {string}")]
 fn response_lists(w: &mut Lwm2mWorld, expected: String) -> anyhow::Result<()> {
     let (description, mark, links) = response_links(w)?;
-    let mut missing = links_missing(&expected, &links)?;
+    let mut missing = missing_links(&expected, &links)?;
     if !w.client_is_ours() {
         // What the ETS device has and a device under test need not: an optional resource
         // it lacks, or another number of instances (`dim`) of a multiple resource.
-        missing.retain(
-            |m| match parse_links(m).ok().and_then(|l| l.into_iter().next()) {
-                Some(link) => {
-                    let listed = links.iter().any(|a| a.target == link.target);
-                    let path = link.target.parse::<Lwm2mPath>().ok();
-                    let optional = path.is_some_and(|p| optional_on_device(w, &p));
-                    let only_dim = listed
-                        && link.params.iter().all(|p| {
-                            p.name == "dim"
-                                || links
-                                    .iter()
-                                    .any(|a| a.target == link.target && a.params.contains(p))
-                        });
-                    !(only_dim || (optional && !listed))
-                }
-                None => true,
-            },
-        );
+        missing.retain(|link| {
+            let listed: Vec<&Link> = links.iter().filter(|a| a.target == link.target).collect();
+            let optional = link
+                .target
+                .parse::<Lwm2mPath>()
+                .is_ok_and(|p| optional_on_device(w, &p));
+            let only_dim = !listed.is_empty()
+                && link
+                    .params
+                    .iter()
+                    .all(|p| p.name == "dim" || listed.iter().any(|a| a.params.contains(p)));
+            !(only_dim || (optional && listed.is_empty()))
+        });
     }
     if missing.is_empty() {
         Ok(())
@@ -413,7 +415,11 @@ fn response_lists(w: &mut Lwm2mWorld, expected: String) -> anyhow::Result<()> {
             mark,
             format!(
                 "{description} lacks {}; it gave {}",
-                missing.join(", "),
+                missing
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 show_links(&links)
             ),
         ))
