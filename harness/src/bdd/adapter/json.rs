@@ -50,9 +50,11 @@ pub fn records_from_nodes(
     nodes: &Json,
     findings: &mut Vec<Finding>,
 ) -> Result<Vec<Record>, String> {
-    let Json::Array(list) = nodes else {
-        return lwm2m_server::json::records_from(schema, &json!({ "nodes": nodes }));
+    let all = lwm2m_server::json::records_from(schema, &json!({ "nodes": nodes }));
+    let (Err(_), Json::Array(list)) = (&all, nodes) else {
+        return all;
     };
+    // Node by node, to keep what does not fit its type.
     let mut records = Vec::with_capacity(list.len());
     for node in list {
         let one = json!({ "nodes": [node] });
