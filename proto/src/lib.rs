@@ -18,6 +18,7 @@ pub mod coap;
 pub mod codec;
 pub mod content;
 pub mod ids;
+pub mod machine;
 pub mod model;
 pub mod node;
 pub mod redact;
@@ -28,6 +29,7 @@ pub mod value;
 
 pub use content::{CodecError, ContentFormat, Decoded, Finding};
 pub use ids::{InstanceId, Lwm2mPath, ObjectId, ResourceId, ResourceInstanceId};
+pub use machine::Machine;
 pub use model::{NoSchema, ObjectDef, Operations, ResourceDef, Schema};
 pub use node::{Instance, Node, Record, ResourceValue};
 pub use value::{DataType, ObjectLink, Value, ValueError};

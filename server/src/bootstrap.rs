@@ -32,11 +32,11 @@ use lwm2m_proto::bootstrap::config::{SecurityInstance, SecurityMode};
 use lwm2m_proto::bootstrap::server::{
     BootstrapError, BootstrapEvent, BootstrapServer, BootstrapServerConfig, ConfigSource,
 };
-use lwm2m_proto::coap::{Counters, Transmit};
+use lwm2m_proto::coap::Counters;
 use tokio::sync::{broadcast, oneshot};
 
-use crate::driver::{DriverError, Handler, Io, Machine, Task, bind_udp};
-use crate::dtls::{BootstrapRequests, DtlsOptions, SecureServer};
+use crate::driver::{DriverError, Handler, Io, Task, bind_udp};
+use crate::dtls::{BootstrapRequests, DtlsOptions, SecureBootstrap, SecureServer};
 use crate::events::{Event, EventBus, PacketTap, Role};
 use crate::store::{BootstrapStore, ConfigKey, Credentials, SecurityInfo, SecurityStore, hex};
 
@@ -127,25 +127,6 @@ impl ConfigSource for StoreConfigSource {
     }
 }
 
-impl Machine for BootstrapServer {
-    type Event = BootstrapEvent;
-    fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
-        BootstrapServer::handle_datagram(self, now, peer, bytes)
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        BootstrapServer::handle_timeout(self, now)
-    }
-    fn poll_transmit(&mut self) -> Option<Transmit> {
-        BootstrapServer::poll_transmit(self)
-    }
-    fn poll_timeout(&mut self) -> Option<Instant> {
-        BootstrapServer::poll_timeout(self)
-    }
-    fn poll_event(&mut self) -> Option<BootstrapEvent> {
-        BootstrapServer::poll_event(self)
-    }
-}
-
 /// Commands of the Bootstrap Server task.
 pub(crate) enum BootstrapCommand {
     Start {
@@ -224,9 +205,6 @@ impl Handler<BootstrapServer> for BootstrapCore {
         self.bootstrap_event(event);
     }
 }
-
-/// The Bootstrap Server over DTLS.
-type SecureBootstrap = SecureServer<BootstrapServer, BootstrapRequests>;
 
 impl Handler<SecureBootstrap> for BootstrapCore {
     type Command = BootstrapCommand;

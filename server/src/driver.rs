@@ -12,12 +12,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use lwm2m_proto::Lwm2mPath;
-use lwm2m_proto::coap::{Counters, Transmit};
+use lwm2m_proto::coap::Counters;
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{
     Lwm2mServer, ObservationId, OpError, OpId, Operation, Response, ServerConfig, ServerEvent,
 };
+use lwm2m_proto::{Lwm2mPath, Machine};
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -51,19 +51,12 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// A sans-IO machine the generic loop can drive (Conventions: `handle_*` in, `poll_*` out).
-pub(crate) trait Machine: Send + 'static {
-    /// What the machine reports.
-    type Event;
-    fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]);
-    fn handle_timeout(&mut self, now: Instant);
-    fn poll_transmit(&mut self) -> Option<Transmit>;
-    fn poll_timeout(&mut self) -> Option<Instant>;
-    fn poll_event(&mut self) -> Option<Self::Event>;
-}
+/// A machine a driver task can own: any sans-IO [`Machine`] that can move to the task.
+pub(crate) trait Driven: Machine + Send + 'static {}
+impl<T: Machine + Send + 'static> Driven for T {}
 
 /// What a driver does with the commands of its handle and the events of its machine.
-pub(crate) trait Handler<M: Machine>: Send + 'static {
+pub(crate) trait Handler<M: Driven>: Send + 'static {
     type Command: Send + 'static;
     fn command(&mut self, machine: &mut M, now: Instant, command: Self::Command);
     fn event(&mut self, machine: &M, event: M::Event);
@@ -107,7 +100,7 @@ impl Io {
         }
     }
 
-    fn received<M: Machine>(&self, machine: &mut M, peer: SocketAddr, bytes: &[u8]) {
+    fn received<M: Driven>(&self, machine: &mut M, peer: SocketAddr, bytes: &[u8]) {
         self.report(Direction::In, peer, bytes);
         machine.handle_datagram(Instant::now(), peer, bytes);
     }
@@ -117,7 +110,7 @@ impl Io {
 /// what an answer announces (a registration behind a 2.01) is in the registrations the API
 /// reads before the peer has the answer. Events of what the handler asked are handed over
 /// after the sends.
-async fn flush<M: Machine, H: Handler<M>>(machine: &mut M, handler: &mut H, io: &Io) {
+async fn flush<M: Driven, H: Handler<M>>(machine: &mut M, handler: &mut H, io: &Io) {
     while let Some(event) = machine.poll_event() {
         handler.event(machine, event);
     }
@@ -134,7 +127,7 @@ async fn flush<M: Machine, H: Handler<M>>(machine: &mut M, handler: &mut H, io: 
 
 /// The task of one socket: receive, time out, obey commands, until told to stop or every
 /// handle is gone.
-pub(crate) async fn run<M: Machine, H: Handler<M>>(
+pub(crate) async fn run<M: Driven, H: Handler<M>>(
     mut machine: M,
     mut handler: H,
     io: Io,
@@ -186,7 +179,7 @@ pub(crate) struct Task<C> {
 }
 
 impl<C: Send + 'static> Task<C> {
-    pub fn spawn<M: Machine, H: Handler<M, Command = C>>(machine: M, handler: H, io: Io) -> Self {
+    pub fn spawn<M: Driven, H: Handler<M, Command = C>>(machine: M, handler: H, io: Io) -> Self {
         let (commands, rx) = mpsc::channel(1024);
         let local = io.local;
         let join = tokio::spawn(run(machine, handler, io, rx));
@@ -225,25 +218,6 @@ pub enum DriverError {
     Stopped,
 }
 
-impl Machine for Lwm2mServer {
-    type Event = ServerEvent;
-    fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
-        Lwm2mServer::handle_datagram(self, now, peer, bytes)
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        Lwm2mServer::handle_timeout(self, now)
-    }
-    fn poll_transmit(&mut self) -> Option<Transmit> {
-        Lwm2mServer::poll_transmit(self)
-    }
-    fn poll_timeout(&mut self) -> Option<Instant> {
-        Lwm2mServer::poll_timeout(self)
-    }
-    fn poll_event(&mut self) -> Option<ServerEvent> {
-        Lwm2mServer::poll_event(self)
-    }
-}
-
 type Reply<T> = oneshot::Sender<T>;
 
 /// Commands of the LwM2M Server task.
@@ -262,9 +236,43 @@ pub(crate) enum ServerCommand {
     },
 }
 
-/// Which machine holds each endpoint's registration: `true` for the DTLS one. Shared by the
-/// two tasks of a server and its handle.
-type Routes = Arc<Mutex<HashMap<String, bool>>>;
+/// Which of an LwM2M Server's two machines, the plain CoAP one or the DTLS one, holds each
+/// endpoint: the one its latest Register came to. Operations on the endpoint go to that
+/// machine; a registration left behind on the other transport ends without touching the
+/// current one.
+#[derive(Debug, Default)]
+pub struct Transports(HashMap<String, bool>);
+
+impl Transports {
+    /// The endpoint registered with the DTLS machine (`secure`) or the plain one; the
+    /// transport that held it before, if any.
+    pub fn registered(&mut self, endpoint: &str, secure: bool) -> Option<bool> {
+        self.0.insert(endpoint.to_owned(), secure)
+    }
+
+    /// Whether that machine holds the endpoint.
+    pub fn holds(&self, endpoint: &str, secure: bool) -> bool {
+        self.0.get(endpoint) == Some(&secure)
+    }
+
+    /// The endpoint's registration with that machine ended: forgotten if it was the
+    /// current one (the answer).
+    pub fn ended(&mut self, endpoint: &str, secure: bool) -> bool {
+        let held = self.holds(endpoint, secure);
+        if held {
+            self.0.remove(endpoint);
+        }
+        held
+    }
+
+    /// Whether the endpoint's current registration is the DTLS machine's.
+    pub fn is_secure(&self, endpoint: &str) -> bool {
+        self.holds(endpoint, true)
+    }
+}
+
+/// The [`Transports`] shared by the two tasks of a server and its handle.
+type Routes = Arc<Mutex<Transports>>;
 
 struct ServerCore {
     pending: HashMap<OpId, Reply<Result<Response, OpError>>>,
@@ -301,7 +309,7 @@ impl ServerCore {
 
     /// True if this task's machine holds the endpoint (its latest registration came here).
     fn holds(&self, endpoint: &str) -> bool {
-        lock(&self.routes).get(endpoint) == Some(&self.secure)
+        lock(&self.routes).holds(endpoint, self.secure)
     }
 
     fn server_event(&mut self, event: ServerEvent) {
@@ -310,7 +318,7 @@ impl ServerCore {
                 registration,
                 replaced,
             } => {
-                let before = lock(&self.routes).insert(registration.endpoint.clone(), self.secure);
+                let before = lock(&self.routes).registered(&registration.endpoint, self.secure);
                 let transport = |secure| if secure { "DTLS" } else { "plain CoAP" };
                 match (replaced, before) {
                     // Allowed under NoSec (Core TS 1.1 §6.2.1: a Register replaces the
@@ -341,9 +349,8 @@ impl ServerCore {
             // A registration left behind on the other transport ends without touching the
             // current one.
             ServerEvent::Deregistered { registration } | ServerEvent::Expired { registration }
-                if self.holds(&registration.endpoint) =>
+                if lock(&self.routes).ended(&registration.endpoint, self.secure) =>
             {
-                lock(&self.routes).remove(&registration.endpoint);
                 self.registrations.remove(&registration.endpoint);
             }
             ServerEvent::Sleeping { endpoint } => self.registrations.set_sleeping(endpoint, true),
@@ -556,14 +563,14 @@ impl ServerHandle {
     /// The task whose machine holds the endpoint: the DTLS one if it registered there last.
     fn task_of(&self, endpoint: &str) -> &Task<ServerCommand> {
         match &self.secure {
-            Some(secure) if lock(&self.routes).get(endpoint) == Some(&true) => secure,
+            Some(secure) if lock(&self.routes).is_secure(endpoint) => secure,
             _ => &self.task,
         }
     }
 
     /// Whether the endpoint's latest registration came over the DTLS socket.
     pub fn is_secure(&self, endpoint: &str) -> bool {
-        self.secure.is_some() && lock(&self.routes).get(endpoint) == Some(&true)
+        self.secure.is_some() && lock(&self.routes).is_secure(endpoint)
     }
 
     /// The address of the DTLS socket, if any.

@@ -36,15 +36,16 @@ use lwm2m_dtls::{
 };
 pub use lwm2m_proto::admission::forbidden;
 use lwm2m_proto::admission::{self, AdmissionGate, GateRole, InterfaceRequest};
+use lwm2m_proto::bootstrap::BootstrapServer;
 use lwm2m_proto::bootstrap::server::BootstrapEvent;
 use lwm2m_proto::coap::{Packet, Transmit, message};
 use lwm2m_proto::server::{Lwm2mServer, ServerEvent};
 
 pub use lwm2m_dtls::{CertificateConfig, KeyLog, KeyLogFile};
 
-use crate::driver::Machine;
 use crate::events::{Direction, Event, PacketTap, Role, SecurityEvent};
 use crate::store::{Credentials, SecurityStore};
+use lwm2m_proto::Machine;
 
 /// How to start the DTLS listener of an LwM2M Server (see
 /// [`crate::driver::ServerOptions::dtls`]) or a Bootstrap Server
@@ -114,7 +115,7 @@ impl PskStore for StorePsk {
 
 /// The machine behind the wrapper, as the admission gate needs to know it: the gate
 /// ([`AdmissionGate`], the one home of the decisions), and the machine's events it follows.
-pub(crate) trait Gate: Send + 'static {
+pub trait Gate: Send + 'static {
     /// The inner machine's event.
     type Event;
     /// The gate.
@@ -128,8 +129,10 @@ pub(crate) trait Gate: Send + 'static {
 /// [`Event`]s out. The decrypted datagrams of every session feed the one inner machine
 /// (sessions are keyed by address, as the machine keys its peers); its output is
 /// encrypted back into the session of its peer.
-pub(crate) struct SecureServer<M: Machine, G> {
+pub struct SecureServer<M: Machine, G> {
     dtls: DtlsServer,
+    /// The session router's settings, to start afresh ([`SecureServer::forget_sessions`]).
+    config: DtlsConfig,
     /// The machine behind the DTLS socket.
     pub(crate) inner: M,
     gate: G,
@@ -141,7 +144,10 @@ pub(crate) struct SecureServer<M: Machine, G> {
 }
 
 /// The LwM2M Server over DTLS.
-pub(crate) type SecureLwm2m = SecureServer<Lwm2mServer, Registrations>;
+pub type SecureLwm2m = SecureServer<Lwm2mServer, Registrations>;
+
+/// The Bootstrap Server over DTLS.
+pub type SecureBootstrap = SecureServer<BootstrapServer, BootstrapRequests>;
 
 impl<M, G> SecureServer<M, G>
 where
@@ -149,7 +155,9 @@ where
     M::Event: Into<Event>,
     G: Gate<Event = M::Event>,
 {
-    pub(crate) fn new(
+    /// `inner` behind a DTLS session router set up from `options`, with `gate` deciding
+    /// which requests a session's identity may make; events are reported as `role`'s.
+    pub fn new(
         options: &DtlsOptions,
         inner: M,
         gate: G,
@@ -164,7 +172,8 @@ where
             ..DtlsConfig::default()
         };
         Ok(Self {
-            dtls: DtlsServer::new(config)?,
+            dtls: DtlsServer::new(config.clone())?,
+            config,
             inner,
             gate,
             security: options.security.clone(),
@@ -176,9 +185,33 @@ where
 
     /// Reports the plaintext of every application record to `tap`
     /// ([`PacketTap::plaintext`]) as seen on the socket bound at `local`.
-    pub(crate) fn with_tap(mut self, tap: Option<Arc<dyn PacketTap>>, local: SocketAddr) -> Self {
+    pub fn with_tap(mut self, tap: Option<Arc<dyn PacketTap>>, local: SocketAddr) -> Self {
         self.tap = tap.map(|t| (t, local));
         self
+    }
+
+    /// The machine behind the DTLS socket.
+    pub fn machine(&self) -> &M {
+        &self.inner
+    }
+
+    /// The machine behind the DTLS socket, to run commands on; call
+    /// [`SecureServer::settle`] afterwards so that what it sends is encrypted.
+    pub fn machine_mut(&mut self) -> &mut M {
+        &mut self.inner
+    }
+
+    /// The session router: its sessions, their identities and secrets, its counters.
+    pub fn dtls(&self) -> &DtlsServer {
+        &self.dtls
+    }
+
+    /// Forgets every session silently, as a restarted server does (the machine and the
+    /// credentials stay): records of the old sessions are dropped as strays, and their
+    /// clients handshake again.
+    pub fn forget_sessions(&mut self) -> Result<(), lwm2m_dtls::DtlsError> {
+        self.dtls = DtlsServer::new(self.config.clone())?;
+        Ok(())
     }
 
     /// Encrypts `payload` into `peer`'s session and tells the tap (the driver's socket tap
@@ -204,7 +237,7 @@ where
 
     /// Moves everything between the two machines until both are quiet: decrypted datagrams
     /// to the inner machine (or refused here), its answers into their sessions.
-    pub(crate) fn settle(&mut self, now: Instant) {
+    pub fn settle(&mut self, now: Instant) {
         loop {
             let mut moved = false;
             while let Some(event) = self.dtls.poll_event() {
@@ -239,7 +272,7 @@ where
                 if let Some((tap, local)) = &self.tap {
                     tap.plaintext(Direction::In, *local, peer, &identity.to_string(), &payload);
                 }
-                match self.refusal(&identity, &payload) {
+                match self.refusal(peer, &identity, &payload) {
                     Some((answer, event)) => {
                         tracing::warn!("{name} (DTLS): {event:?}");
                         if let Err(e) = self.send(now, peer, &answer) {
@@ -300,7 +333,12 @@ where
     /// ([`Gate::claimed_endpoint`]) the session's identity does not belong to (Core TS 1.1
     /// §7.1.8): by the security store for a PSK identity, the certificate's common name
     /// otherwise.
-    fn refusal(&self, identity: &Identity, payload: &[u8]) -> Option<(Vec<u8>, SecurityEvent)> {
+    fn refusal(
+        &self,
+        peer: SocketAddr,
+        identity: &Identity,
+        payload: &[u8],
+    ) -> Option<(Vec<u8>, SecurityEvent)> {
         let request = message::decode(payload).ok()?;
         let owner = || match identity {
             Identity::Psk(id) => std::str::from_utf8(id)
@@ -318,6 +356,7 @@ where
         Some((
             answer,
             SecurityEvent::IdentityMismatch {
+                peer,
                 identity: identity.to_string(),
                 endpoint: refused.endpoint,
                 owner: refused.owner,
@@ -339,7 +378,7 @@ pub fn register_endpoint(request: &Packet) -> Option<String> {
 /// The LwM2M Server's gate: a Register (`POST /rd?ep=NAME`) acts for NAME, an Update or
 /// De-register (`POST`/`DELETE /rd/{id}`) for the endpoint of that registration.
 #[derive(Debug, Default)]
-pub(crate) struct Registrations(pub(crate) AdmissionGate);
+pub struct Registrations(pub(crate) AdmissionGate);
 
 impl Gate for Registrations {
     type Event = ServerEvent;
@@ -357,7 +396,7 @@ impl Gate for Registrations {
 /// The Bootstrap Server's gate: a Bootstrap-Request (`POST /bs?ep=NAME`, Core TS 1.1
 /// §5.2.7.1) acts for NAME.
 #[derive(Debug)]
-pub(crate) struct BootstrapRequests(AdmissionGate);
+pub struct BootstrapRequests(AdmissionGate);
 
 impl Default for BootstrapRequests {
     fn default() -> Self {
@@ -418,6 +457,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PEER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9);
     use crate::store::{FileSecurityStore, SecurityInfo};
     use lwm2m_proto::coap::{MessageClass, MessageType, RequestType, ResponseType};
 
@@ -458,9 +500,9 @@ mod tests {
         let mut s =
             SecureServer::new(&options, lwm2m, Registrations::default(), Role::Server).unwrap();
         let id = Identity::Psk(Arc::from(&b"id1"[..]));
-        assert!(s.refusal(&id, &register("dev1")).is_none());
-        assert!(s.refusal(&id, b"\xff garbage").is_none());
-        let (answer, event) = s.refusal(&id, &register("dev2")).unwrap();
+        assert!(s.refusal(PEER, &id, &register("dev1")).is_none());
+        assert!(s.refusal(PEER, &id, b"\xff garbage").is_none());
+        let (answer, event) = s.refusal(PEER, &id, &register("dev2")).unwrap();
         let answer = message::decode(&answer).unwrap();
         assert_eq!(
             answer.header.code,
@@ -472,13 +514,14 @@ mod tests {
         assert_eq!(
             event,
             SecurityEvent::IdentityMismatch {
+                peer: PEER,
                 identity: "psk:id1".into(),
                 endpoint: "dev2".into(),
                 owner: Some("dev1".into()),
             }
         );
         let cert = Identity::Certificate(Arc::from("dev2"));
-        assert!(s.refusal(&cert, &register("dev2")).is_none());
+        assert!(s.refusal(PEER, &cert, &register("dev2")).is_none());
 
         // Update and De-register of dev2's registration (id "r2") by id1: refused.
         let now = Instant::now();
@@ -505,14 +548,14 @@ mod tests {
         for method in [RequestType::Post, RequestType::Delete] {
             let mut p = message::request(method, "/rd/r2");
             p.header.message_id = 5;
-            let (_, event) = s.refusal(&id, &p.to_bytes().unwrap()).unwrap();
+            let (_, event) = s.refusal(PEER, &id, &p.to_bytes().unwrap()).unwrap();
             assert!(
                 matches!(event, SecurityEvent::IdentityMismatch { endpoint, .. } if endpoint == "dev2")
             );
             let own = message::request(method, "/rd/r1").to_bytes().unwrap();
-            assert!(s.refusal(&id, &own).is_none());
+            assert!(s.refusal(PEER, &id, &own).is_none());
             let unknown = message::request(method, "/rd/zz").to_bytes().unwrap();
-            assert!(s.refusal(&id, &unknown).is_none());
+            assert!(s.refusal(PEER, &id, &unknown).is_none());
         }
     }
     #[test]
@@ -534,8 +577,8 @@ mod tests {
             message::add_query(&mut p, &format!("ep={ep}"));
             p.to_bytes().unwrap()
         };
-        assert!(s.refusal(&id, &bs("dev1")).is_none());
-        let (answer, event) = s.refusal(&id, &bs("dev2")).unwrap();
+        assert!(s.refusal(PEER, &id, &bs("dev1")).is_none());
+        let (answer, event) = s.refusal(PEER, &id, &bs("dev2")).unwrap();
         assert_eq!(
             message::decode(&answer).unwrap().header.code,
             MessageClass::Response(ResponseType::Forbidden)
@@ -545,16 +588,16 @@ mod tests {
         );
         // Unknown identity: belongs to no endpoint.
         let stranger = Identity::Psk(Arc::from(&b"who"[..]));
-        let (_, event) = s.refusal(&stranger, &bs("dev1")).unwrap();
+        let (_, event) = s.refusal(PEER, &stranger, &bs("dev1")).unwrap();
         assert!(matches!(
             event,
             SecurityEvent::IdentityMismatch { owner: None, .. }
         ));
         // Other requests are not the gate's business; a Register is not a Bootstrap-Request.
-        assert!(s.refusal(&id, &register("dev2")).is_none());
+        assert!(s.refusal(PEER, &id, &register("dev2")).is_none());
         let get = message::request(RequestType::Get, "/bs")
             .to_bytes()
             .unwrap();
-        assert!(s.refusal(&id, &get).is_none());
+        assert!(s.refusal(PEER, &id, &get).is_none());
     }
 }

@@ -146,6 +146,8 @@ pub enum SecurityEvent {
     /// the session's identity does not belong to was refused with 4.03 (Core TS 1.1
     /// §7.1.8).
     IdentityMismatch {
+        /// The client's address.
+        peer: SocketAddr,
         /// The session's identity.
         identity: String,
         /// The endpoint name the request acted for.

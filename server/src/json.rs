@@ -322,11 +322,12 @@ fn security_event(e: &SecurityEvent) -> Json {
             json!({"kind": "closed", "peer": peer.to_string(), "identity": identity, "reason": reason})
         }
         SecurityEvent::IdentityMismatch {
+            peer,
             identity,
             endpoint,
             owner,
         } => {
-            json!({"kind": "identity_mismatch", "identity": identity, "endpoint": endpoint, "owner": owner})
+            json!({"kind": "identity_mismatch", "peer": peer.to_string(), "identity": identity, "endpoint": endpoint, "owner": owner})
         }
         SecurityEvent::Insecure { peer, endpoint } => {
             json!({"kind": "insecure", "peer": peer.to_string(), "endpoint": endpoint})

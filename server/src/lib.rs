@@ -27,7 +27,7 @@ pub mod events;
 pub mod json;
 pub mod leshan;
 pub mod metrics;
-mod plain;
+pub mod plain;
 pub mod registrations;
 pub mod rest;
 pub mod store;

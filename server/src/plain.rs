@@ -14,12 +14,12 @@ use lwm2m_proto::admission::AdmissionGate;
 use lwm2m_proto::coap::{Transmit, message};
 use lwm2m_proto::server::Lwm2mServer;
 
-use crate::driver::Machine;
 use crate::events::{Event, Role, SecurityEvent};
 use crate::store::SecurityStore;
+use lwm2m_proto::Machine;
 
 /// The LwM2M Server machine of the plain socket, with the refusal in front of it.
-pub(crate) struct PlainServer {
+pub struct PlainServer {
     /// The machine behind the socket.
     pub(crate) inner: Lwm2mServer,
     /// Endpoints with credentials here must register over DTLS; `None`: no DTLS listener,
@@ -31,7 +31,9 @@ pub(crate) struct PlainServer {
 }
 
 impl PlainServer {
-    pub(crate) fn new(inner: Lwm2mServer, security: Option<Arc<dyn SecurityStore>>) -> Self {
+    /// `inner` behind the refusal; `security`: the LwM2M Server's security store when a DTLS
+    /// listener runs beside this socket (`None`: nothing is refused).
+    pub fn new(inner: Lwm2mServer, security: Option<Arc<dyn SecurityStore>>) -> Self {
         Self {
             inner,
             security,
@@ -39,6 +41,16 @@ impl PlainServer {
             events: VecDeque::new(),
             gate: AdmissionGate::default(),
         }
+    }
+
+    /// The LwM2M Server machine behind the socket.
+    pub fn machine(&self) -> &Lwm2mServer {
+        &self.inner
+    }
+
+    /// The LwM2M Server machine behind the socket, to run operations on.
+    pub fn machine_mut(&mut self) -> &mut Lwm2mServer {
+        &mut self.inner
     }
 
     /// The 4.03 answer when `bytes` is a Register of an endpoint with credentials (the

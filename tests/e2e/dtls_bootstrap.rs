@@ -463,6 +463,7 @@ async fn a_bootstrap_identity_used_for_another_endpoint_gets_4_03() {
                     identity,
                     endpoint,
                     owner,
+                    ..
                 },
             ) => Some((identity.clone(), endpoint.clone(), owner.clone())),
             _ => None,

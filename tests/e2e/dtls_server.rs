@@ -331,6 +331,8 @@ async fn an_identity_registering_as_another_endpoint_gets_4_03() {
     assert_eq!(
         event,
         SecurityEvent::IdentityMismatch {
+            // The client binds 0.0.0.0: the server sees it on loopback.
+            peer: std::net::SocketAddr::from(([127, 0, 0, 1], client.local_addr().unwrap().port())),
             identity: "psk:id-dev-a".into(),
             endpoint: "dev-b".into(),
             owner: Some("dev-a".into()),

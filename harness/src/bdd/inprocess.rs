@@ -11,11 +11,20 @@
 //! to sleep (Core TS 1.1 §6.5) does not hear datagrams either. Every datagram and every drop
 //! goes into the [`ExchangeLog`].
 //!
-//! CoAP over DTLS ([`super::secure`]): the LwM2M Server also listens at `10.0.0.1:5684`
-//! and the Bootstrap Server at `10.0.0.2:5684`, each behind a sans-IO DTLS session
-//! router, and a client whose account says `coaps://` talks to that server through a
-//! DTLS client session of its own; the link carries the records, the exchange log names
-//! them and shows the CoAP inside.
+//! The servers are `serve`'s compositions, not a parallel implementation of them: the LwM2M
+//! Server's plain socket is a [`PlainServer`] (a Register over plain CoAP of an endpoint
+//! with credentials is refused with 4.03), and each server's DTLS socket is a
+//! [`SecureServer`] (the session router with `serve`'s admission gate) in front of a
+//! machine of its own, as in `serve`; operations go to the machine the endpoint last
+//! registered with ([`Transports`]). Bootstrap configurations live in `serve`'s bootstrap
+//! store ([`StoreConfigSource`]: the plain socket refuses a configuration whose Bootstrap
+//! Server account is not NoSec, and the LwM2M Server PSK a configuration hands out is
+//! provisioned into the LwM2M Server's security store).
+//!
+//! CoAP over DTLS ([`super::secure`]): the LwM2M Server listens at `10.0.0.1:5684`
+//! and the Bootstrap Server at `10.0.0.2:5684`, and a client whose account says
+//! `coaps://` talks to that server through a DTLS client session of its own; the link
+//! carries the records, the exchange log names them and shows the CoAP inside.
 //!
 //! Addresses: the LwM2M Server is `10.0.0.1:5683`, the Bootstrap Server `10.0.0.2:5683`;
 //! client number `n` sits at `10.a.b.c:56830` (`a.b.c` = `n + 257`: client 0 at `10.0.1.1`,
@@ -30,23 +39,31 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lwm2m_dtls::{
-    ClientEvent as DtlsClientEvent, DtlsClient, FailureReason, Identity, ServerEvent as DtlsEvent,
-};
-use lwm2m_proto::Lwm2mPath;
+use lwm2m_dtls::{ClientEvent as DtlsClientEvent, DtlsClient, FailureReason, Identity};
 use lwm2m_proto::bootstrap::{
-    BootstrapConfig, BootstrapError, BootstrapServer, BootstrapServerConfig, ConfigSource,
-    MemoryConfigSource,
+    BootstrapConfig, BootstrapError, BootstrapServer, BootstrapServerConfig,
 };
 use lwm2m_proto::client::{ClientState, Lwm2mClient};
 use lwm2m_proto::coap::{self, Packet, Transmit};
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{
-    Lwm2mServer, ObservationId, OpError, OpId, Operation, Registration, ServerConfig,
+    Lwm2mServer, ObservationId, OpError, OpId, Operation, Registration, ServerConfig, ServerEvent,
 };
+use lwm2m_proto::{Lwm2mPath, Machine};
+use lwm2m_server::bootstrap::StoreConfigSource;
+use lwm2m_server::driver::Transports;
+use lwm2m_server::dtls::{
+    BootstrapRequests, Registrations, SecureBootstrap, SecureLwm2m, SecureServer,
+};
+use lwm2m_server::plain::PlainServer;
+use lwm2m_server::store::{
+    BootstrapStore, ConfigKey, Credentials, FileBootstrapStore, FileSecurityStore, SecurityInfo,
+    SecurityStore, hex,
+};
+use lwm2m_server::{Event, Role, SecurityEvent};
 use lwm2m_simulator::network::{Mapping, Nat, NetworkModel, SleepSchedule};
 use lwm2m_simulator::{Impairment, seed};
 
@@ -54,9 +71,9 @@ use super::backend::{
     Backend, Capability, ClientAction, ClientSpec, DtlsHappening, DtlsSide, Happening, ServerRole,
     Subject, Timed,
 };
-use super::exchange::{ExchangeLog, Peer, describe};
+use super::exchange::{ExchangeLog, Peer};
 use super::secure::{
-    self, ClientLink, SECURE_BOOTSTRAP, SECURE_SERVER, SecureAccount, SecureListener,
+    self, ClientLink, KeyLines, SECURE_BOOTSTRAP, SECURE_SERVER, Sealed, SecureAccount,
 };
 
 /// The LwM2M Server's address on the in-memory link.
@@ -67,29 +84,6 @@ pub const BOOTSTRAP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0
 const CLIENT_PORT: u16 = 56830;
 /// One-way latency of a link without a network model.
 pub const DEFAULT_LATENCY: Duration = Duration::from_millis(5);
-
-/// Bootstrap configurations the steps add while the Bootstrap Server runs.
-#[derive(Debug, Clone, Default)]
-struct SharedConfigs(Arc<Mutex<MemoryConfigSource>>);
-
-impl SharedConfigs {
-    fn add(&self, endpoint: &str, config: BootstrapConfig) {
-        let mut source = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let map = if endpoint.contains(['*', '?']) {
-            &mut source.patterns
-        } else {
-            &mut source.endpoints
-        };
-        map.insert(endpoint.to_owned(), config);
-    }
-}
-
-impl ConfigSource for SharedConfigs {
-    fn lookup(&self, endpoint: &str) -> Option<(String, BootstrapConfig)> {
-        let source = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        source.lookup(endpoint)
-    }
-}
 
 /// The link of one client: how its datagrams travel.
 #[derive(Debug, Default)]
@@ -172,15 +166,32 @@ struct InFlight {
 }
 
 /// The in-process backend (see the module documentation).
-#[derive(Debug)]
 pub struct InProcess {
     subject: Subject,
     seed: u64,
     t0: Instant,
     now: Instant,
-    server: Lwm2mServer,
+    registry: Arc<Registry>,
+    /// The LwM2M Server's plain CoAP socket.
+    server: PlainServer,
+    /// The LwM2M Server's DTLS socket, made when a scenario first needs it.
+    secure_server: Option<SecureLwm2m>,
+    /// The Bootstrap Server's plain CoAP socket.
     bootstrap: BootstrapServer,
-    configs: SharedConfigs,
+    /// The Bootstrap Server's DTLS socket, made when a scenario first needs it.
+    secure_bootstrap: Option<SecureBootstrap>,
+    /// Which LwM2M Server machine holds each endpoint.
+    transports: Transports,
+    /// The LwM2M Server's credentials: PSK keys and the endpoint of each identity.
+    security: Arc<dyn SecurityStore>,
+    /// The Bootstrap Server's DTLS credentials.
+    bootstrap_security: Arc<dyn SecurityStore>,
+    /// The bootstrap configurations.
+    configs: Arc<dyn BootstrapStore>,
+    /// What the DTLS sockets encrypted, until its record leaves.
+    sealed: Arc<Sealed>,
+    /// The secrets of the sessions the DTLS sockets established.
+    keys: Arc<KeyLines>,
     clients: Vec<SimClient>,
     by_name: HashMap<String, usize>,
     by_ip: HashMap<IpAddr, usize>,
@@ -191,9 +202,17 @@ pub struct InProcess {
     log: ExchangeLog,
     happenings: VecDeque<Timed>,
     spoofs: u16,
-    /// The DTLS listeners of the LwM2M Server and the Bootstrap Server, made when a
-    /// scenario first needs them.
-    secure: BTreeMap<ServerRole, SecureListener>,
+}
+
+impl std::fmt::Debug for InProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcess")
+            .field("seed", &self.seed)
+            .field("now", &self.elapsed())
+            .field("clients", &self.clients.len())
+            .field("dtls", &self.secure_server.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl InProcess {
@@ -203,28 +222,46 @@ impl InProcess {
             seed: seed::mix(&[seed, n]),
             ..coap::Config::default()
         };
-        let configs = SharedConfigs::default();
+        let security: Arc<dyn SecurityStore> = Arc::new(FileSecurityStore::in_memory());
+        let configs: Arc<dyn BootstrapStore> =
+            Arc::new(FileBootstrapStore::in_memory(Default::default()));
+        let source = StoreConfigSource {
+            store: configs.clone(),
+            provision: Some(security.clone()),
+            secure: false,
+        };
         let t0 = Instant::now();
         Self {
             subject,
             seed,
             t0,
             now: t0,
-            server: Lwm2mServer::new(
-                ServerConfig {
-                    coap: coap(1),
-                    ..ServerConfig::default()
-                },
-                registry,
+            server: PlainServer::new(
+                Lwm2mServer::new(
+                    ServerConfig {
+                        coap: coap(1),
+                        ..ServerConfig::default()
+                    },
+                    registry.clone(),
+                ),
+                Some(security.clone()),
             ),
+            registry,
+            secure_server: None,
             bootstrap: BootstrapServer::new(
                 BootstrapServerConfig {
                     coap: coap(2),
                     ..BootstrapServerConfig::default()
                 },
-                Box::new(configs.clone()),
+                Box::new(source),
             ),
+            secure_bootstrap: None,
+            transports: Transports::default(),
+            security,
+            bootstrap_security: Arc::new(FileSecurityStore::in_memory()),
             configs,
+            sealed: Arc::default(),
+            keys: Arc::default(),
             clients: Vec::new(),
             by_name: HashMap::new(),
             by_ip: HashMap::new(),
@@ -235,7 +272,14 @@ impl InProcess {
             log: ExchangeLog::default(),
             happenings: VecDeque::new(),
             spoofs: 0,
-            secure: BTreeMap::new(),
+        }
+    }
+
+    /// The CoAP settings of our machine number `n`, seeded from the scenario.
+    fn coap(&self, n: u64) -> coap::Config {
+        coap::Config {
+            seed: seed::mix(&[self.seed, n]),
+            ..coap::Config::default()
         }
     }
 
@@ -379,11 +423,84 @@ impl InProcess {
         }
     }
 
-    /// The DTLS listener of `role`, made at first use.
-    fn listener(&mut self, role: ServerRole) -> anyhow::Result<&mut SecureListener> {
-        match self.secure.entry(role) {
-            std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
-            std::collections::btree_map::Entry::Vacant(e) => Ok(e.insert(SecureListener::new()?)),
+    /// The LwM2M Server's DTLS socket, made at first use.
+    fn secure_lwm2m(&mut self) -> anyhow::Result<&mut SecureLwm2m> {
+        let made = match self.secure_server.take() {
+            Some(made) => made,
+            None => {
+                let options = secure::listener_options(
+                    ServerRole::Lwm2m,
+                    self.security.clone(),
+                    self.keys.clone(),
+                )?;
+                let config = ServerConfig {
+                    coap: self.coap(3),
+                    ..ServerConfig::default()
+                };
+                let machine = Lwm2mServer::new(config, self.registry.clone());
+                SecureServer::new(&options, machine, Registrations::default(), Role::Server)?
+                    .with_tap(Some(self.sealed.clone()), SECURE_SERVER)
+            }
+        };
+        Ok(self.secure_server.insert(made))
+    }
+
+    /// The Bootstrap Server's DTLS socket, made at first use.
+    fn secure_bootstrap(&mut self) -> anyhow::Result<&mut SecureBootstrap> {
+        let made = match self.secure_bootstrap.take() {
+            Some(made) => made,
+            None => {
+                let options = secure::listener_options(
+                    ServerRole::Bootstrap,
+                    self.bootstrap_security.clone(),
+                    self.keys.clone(),
+                )?;
+                let config = BootstrapServerConfig {
+                    coap: self.coap(4),
+                    ..BootstrapServerConfig::default()
+                };
+                let source = StoreConfigSource {
+                    store: self.configs.clone(),
+                    provision: Some(self.security.clone()),
+                    secure: true,
+                };
+                let machine = BootstrapServer::new(config, Box::new(source));
+                SecureServer::new(
+                    &options,
+                    machine,
+                    BootstrapRequests::default(),
+                    Role::Bootstrap,
+                )?
+                .with_tap(Some(self.sealed.clone()), SECURE_BOOTSTRAP)
+            }
+        };
+        Ok(self.secure_bootstrap.insert(made))
+    }
+
+    /// The DTLS socket of `role`, made at first use.
+    fn secure_socket(
+        &mut self,
+        role: ServerRole,
+    ) -> anyhow::Result<&mut dyn Machine<Event = Event>> {
+        Ok(match role {
+            ServerRole::Lwm2m => self.secure_lwm2m()?,
+            ServerRole::Bootstrap => self.secure_bootstrap()?,
+        })
+    }
+
+    /// The DTLS socket of `role`, if made.
+    fn made_socket(&mut self, role: ServerRole) -> Option<&mut dyn Machine<Event = Event>> {
+        match role {
+            ServerRole::Lwm2m => Some(self.secure_server.as_mut()?),
+            ServerRole::Bootstrap => Some(self.secure_bootstrap.as_mut()?),
+        }
+    }
+
+    /// The LwM2M Server machine that holds `endpoint` (the one it registered with last).
+    fn lwm2m(&self, endpoint: &str) -> &Lwm2mServer {
+        match &self.secure_server {
+            Some(secure) if self.transports.is_secure(endpoint) => secure.machine(),
+            _ => self.server.machine(),
         }
     }
 
@@ -392,32 +509,15 @@ impl InProcess {
         self.happenings.push_back(Timed { at, happening });
     }
 
-    /// A plain datagram reaches the machine of `role`: its answers to that peer go out in
-    /// the clear from now on.
-    fn plain_datagram(&mut self, role: ServerRole, d: &InFlight) {
-        if let Some(listener) = self.secure.get_mut(&role) {
-            listener.forget(d.from);
-        }
-        self.machine_datagram(role, d.from, &d.bytes);
-    }
-
-    fn machine_datagram(&mut self, role: ServerRole, peer: SocketAddr, bytes: &[u8]) {
-        let now = self.now;
-        match role {
-            ServerRole::Lwm2m => self.server.handle_datagram(now, peer, bytes),
-            ServerRole::Bootstrap => self.bootstrap.handle_datagram(now, peer, bytes),
-        }
-    }
-
     /// A datagram arrives at its destination (or is dropped on the way in).
     fn deliver(&mut self, d: InFlight) {
         let now = self.now;
         let at = self.elapsed();
         match self.party(d.to) {
-            Some(Party::Server) => self.plain_datagram(ServerRole::Lwm2m, &d),
-            Some(Party::Bootstrap) => self.plain_datagram(ServerRole::Bootstrap, &d),
-            Some(Party::Secure(role)) => match self.listener(role) {
-                Ok(listener) => listener.dtls.handle_datagram(now, d.from, &d.bytes),
+            Some(Party::Server) => self.server.handle_datagram(now, d.from, &d.bytes),
+            Some(Party::Bootstrap) => self.bootstrap.handle_datagram(now, d.from, &d.bytes),
+            Some(Party::Secure(role)) => match self.secure_socket(role) {
+                Ok(socket) => socket.handle_datagram(now, d.from, &d.bytes),
                 Err(e) => self
                     .log
                     .note(at, &format!("dropped: no DTLS listener ({e})")),
@@ -471,186 +571,119 @@ impl InProcess {
         }
     }
 
-    /// Sends what the DTLS listener of `role` has for the link; `inner` is the CoAP
-    /// message of the record just written, if any. True when something went.
-    fn drain_listener(&mut self, role: ServerRole, inner: Option<&[u8]>) -> bool {
+    /// Sends what the DTLS socket of `role` has for the link (each record with the CoAP
+    /// message inside, for the log) and takes its events. True when something went.
+    fn flush_secure(&mut self, role: ServerRole) -> bool {
+        let from = secure::secure_address(role);
         let mut moved = false;
-        while let Some(t) = self
-            .secure
-            .get_mut(&role)
-            .and_then(|l| l.dtls.poll_transmit())
-        {
+        while let Some(t) = self.made_socket(role).and_then(|s| s.poll_transmit()) {
             moved = true;
-            let from = secure::secure_address(role);
-            self.send_from_server(from, t.peer, t.bytes, Wire::Dtls(inner));
+            let inner = self.sealed.take(from, t.peer, &t.bytes);
+            self.send_from_server(from, t.peer, t.bytes, Wire::Dtls(inner.as_deref()));
+        }
+        while let Some(event) = self.made_socket(role).and_then(|s| s.poll_event()) {
+            self.server_event(role == ServerRole::Lwm2m, event);
+        }
+        for line in self.keys.take() {
+            self.log.add_key(line);
         }
         moved
     }
 
-    /// Encrypts `bytes` to `peer` in the session of `role`'s listener and sends the record.
-    fn send_secure(&mut self, role: ServerRole, peer: SocketAddr, bytes: &[u8]) {
-        self.drain_listener(role, None);
-        let now = self.now;
-        let Some(listener) = self.secure.get_mut(&role) else {
-            return;
-        };
-        match listener.dtls.send(now, peer, bytes) {
-            Ok(()) => {
-                self.drain_listener(role, Some(bytes));
+    /// An event of one of our servers' machines (`secure`: the LwM2M Server's DTLS one).
+    fn server_event(&mut self, secure: bool, event: Event) {
+        let at = self.elapsed();
+        let happening = match event {
+            Event::Server(e) => {
+                match &e {
+                    ServerEvent::Registered { registration, .. } => {
+                        self.transports.registered(&registration.endpoint, secure);
+                    }
+                    ServerEvent::Deregistered { registration }
+                    | ServerEvent::Expired { registration } => {
+                        self.transports.ended(&registration.endpoint, secure);
+                    }
+                    _ => {}
+                }
+                Happening::Server(e)
             }
-            Err(e) => {
-                let name = self.name_of(peer);
-                let at = self.elapsed();
+            Event::Bootstrap(e) => Happening::Bootstrap(e),
+            Event::Security(role, e) => match self.security_event(role, &e) {
+                Some(h) => Happening::Dtls(h),
+                None => return,
+            },
+            _ => return,
+        };
+        self.happenings.push_back(Timed { at, happening });
+    }
+
+    /// Logs what a server's security layer reported; the happening the steps follow.
+    fn security_event(&mut self, role: Role, event: &SecurityEvent) -> Option<DtlsHappening> {
+        let at = self.elapsed();
+        let happening = secure::dtls_happening(role, event, |peer| self.name_of(peer));
+        match &happening {
+            Some(DtlsHappening::Established {
+                endpoint,
+                server,
+                identity,
+            }) => self.log.event(
+                at,
+                &format!("DTLS session of {endpoint} with the {server} established as {identity}"),
+            ),
+            Some(DtlsHappening::HandshakeFailed {
+                endpoint,
+                server,
+                identity,
+                reason,
+                ..
+            }) => {
+                let claimed = identity
+                    .as_ref()
+                    .map_or_else(String::new, |i| format!(" ({i})"));
                 self.log.note(
                     at,
-                    &format!("dropped: the {role}'s {} to {name}: {e}", describe(bytes)),
+                    &format!(
+                        "the {server} failed the DTLS handshake of {endpoint}{claimed}: {reason}"
+                    ),
                 );
             }
-        }
-    }
-
-    /// A datagram of the machine of `role`: into the DTLS session its peer's request came
-    /// through, else in the clear.
-    fn machine_transmit(&mut self, role: ServerRole, t: Transmit) {
-        let secure = self
-            .secure
-            .get(&role)
-            .is_some_and(|l| l.identity_of(t.peer).is_some());
-        if secure {
-            self.send_secure(role, t.peer, &t.bytes);
-        } else {
-            let from = match role {
-                ServerRole::Lwm2m => SERVER,
-                ServerRole::Bootstrap => BOOTSTRAP,
-            };
-            self.send_from_server(from, t.peer, t.bytes, Wire::Coap);
-        }
-    }
-
-    /// Handles what the DTLS listener of `role` reported: decrypted CoAP to its machine
-    /// (or refused here with 4.03), handshakes and closes as happenings.
-    fn listener_events(&mut self, role: ServerRole) -> bool {
-        let mut moved = false;
-        while let Some(event) = self.secure.get_mut(&role).and_then(|l| l.dtls.poll_event()) {
-            moved = true;
-            let at = self.elapsed();
-            let happening = match event {
-                DtlsEvent::Datagram {
-                    peer,
-                    identity,
-                    payload,
-                    ..
-                } => {
-                    self.secure_request(role, peer, identity, &payload);
-                    continue;
-                }
-                DtlsEvent::Established { peer, identity, .. } => {
-                    let endpoint = self.name_of(peer);
-                    self.log.event(
-                        at,
-                        &format!(
-                            "DTLS session of {endpoint} with the {role} established as {identity}"
-                        ),
-                    );
-                    if let Some(s) = self.secure.get(&role).and_then(|l| l.dtls.secrets(peer)) {
-                        self.log.add_key(s.key_log_line());
-                    }
-                    DtlsHappening::Established {
-                        endpoint,
-                        server: role,
-                        identity,
-                    }
-                }
-                DtlsEvent::HandshakeFailed {
-                    peer,
-                    identity,
-                    reason,
-                    ..
-                } => {
-                    let endpoint = self.name_of(peer);
-                    let claimed = identity
-                        .as_ref()
-                        .map_or_else(String::new, |i| format!(" ({i})"));
+            Some(DtlsHappening::Refused {
+                client,
+                server,
+                identity,
+                endpoint,
+                owner,
+            }) => self.log.note(
+                at,
+                &format!(
+                    "the {server} refuses {client}'s request for endpoint {endpoint:?} with \
+                     4.03: the session is {identity}, owned by {}",
+                    owner.as_deref().unwrap_or("no endpoint")
+                ),
+            ),
+            Some(DtlsHappening::Closed {
+                endpoint,
+                server,
+                reason,
+            }) => self.log.event(
+                at,
+                &format!("DTLS session of {endpoint} with the {server} closed: {reason:?}"),
+            ),
+            None => {
+                if let SecurityEvent::Insecure { peer, endpoint } = event {
+                    let client = self.name_of(*peer);
                     self.log.note(
                         at,
                         &format!(
-                            "the {role} failed the DTLS handshake of {endpoint}{claimed}: {reason}"
+                            "the LwM2M Server refuses {client}'s Register as {endpoint:?} over \
+                             plain CoAP with 4.03: the endpoint has credentials, it registers \
+                             over DTLS"
                         ),
                     );
-                    DtlsHappening::HandshakeFailed {
-                        endpoint,
-                        server: role,
-                        side: DtlsSide::Server,
-                        identity,
-                        reason,
-                    }
                 }
-                DtlsEvent::Closed { peer, reason, .. } => {
-                    if let Some(l) = self.secure.get_mut(&role) {
-                        l.forget(peer);
-                    }
-                    let endpoint = self.name_of(peer);
-                    self.log.event(
-                        at,
-                        &format!("DTLS session of {endpoint} with the {role} closed: {reason:?}"),
-                    );
-                    DtlsHappening::Closed {
-                        endpoint,
-                        server: role,
-                        reason,
-                    }
-                }
-                _ => continue,
-            };
-            self.push_happening(Happening::Dtls(happening));
-        }
-        moved
-    }
-
-    /// A CoAP message that came through a DTLS session of `role`'s listener as `identity`.
-    fn secure_request(
-        &mut self,
-        role: ServerRole,
-        peer: SocketAddr,
-        identity: Identity,
-        payload: &[u8],
-    ) {
-        let refusal = self.secure.get(&role).and_then(|l| {
-            l.refusal(role, &identity, payload, |id| {
-                self.server
-                    .registrations()
-                    .find(|r| r.id == id && role == ServerRole::Lwm2m)
-                    .map(|r| r.endpoint.clone())
-            })
-        });
-        let Some(refusal) = refusal else {
-            if let Some(l) = self.secure.get_mut(&role) {
-                l.note_secure(peer, identity);
             }
-            self.machine_datagram(role, peer, payload);
-            return;
-        };
-        let client = self.name_of(peer);
-        let at = self.elapsed();
-        self.log.note(
-            at,
-            &format!(
-                "the {role} refuses {client}'s request for endpoint {:?} with 4.03: the \
-                 session is {identity}, owned by {}",
-                refusal.endpoint,
-                refusal.owner.as_deref().unwrap_or("no endpoint")
-            ),
-        );
-        if let Ok(answer) = refusal.answer.to_bytes() {
-            self.send_secure(role, peer, &answer);
         }
-        self.push_happening(Happening::Dtls(DtlsHappening::Refused {
-            client,
-            server: role,
-            identity,
-            endpoint: refusal.endpoint,
-            owner: refusal.owner,
-        }));
+        happening
     }
 
     /// A datagram of client `i`'s machine: through a DTLS session when it goes to a
@@ -835,22 +868,18 @@ impl InProcess {
         loop {
             let mut moved = false;
             for role in [ServerRole::Lwm2m, ServerRole::Bootstrap] {
-                moved |= self.drain_listener(role, None);
-                moved |= self.listener_events(role);
+                moved |= self.flush_secure(role);
             }
             while let Some(t) = self.server.poll_transmit() {
                 moved = true;
-                self.machine_transmit(ServerRole::Lwm2m, t);
+                self.send_from_server(SERVER, t.peer, t.bytes, Wire::Coap);
             }
             while let Some(e) = self.server.poll_event() {
-                self.happenings.push_back(Timed {
-                    at,
-                    happening: Happening::Server(e),
-                });
+                self.server_event(false, e);
             }
             while let Some(t) = self.bootstrap.poll_transmit() {
                 moved = true;
-                self.machine_transmit(ServerRole::Bootstrap, t);
+                self.send_from_server(BOOTSTRAP, t.peer, t.bytes, Wire::Coap);
             }
             while let Some(e) = self.bootstrap.poll_event() {
                 self.happenings.push_back(Timed {
@@ -881,7 +910,8 @@ impl InProcess {
     fn next_deadline(&mut self) -> Option<Instant> {
         let wire = self.wire.peek().map(|Reverse(d)| d.at);
         let clients = self.next_client_deadline();
-        let listeners = self.secure.values().filter_map(|l| l.dtls.poll_timeout());
+        let sockets = [ServerRole::Lwm2m, ServerRole::Bootstrap]
+            .map(|role| self.made_socket(role).and_then(|s| s.poll_timeout()));
         [
             wire,
             clients,
@@ -889,8 +919,8 @@ impl InProcess {
             self.bootstrap.poll_timeout(),
         ]
         .into_iter()
+        .chain(sockets)
         .flatten()
-        .chain(listeners)
         .min()
     }
 
@@ -902,15 +932,11 @@ impl InProcess {
                 self.deliver(d);
             }
         }
-        if self.server.poll_timeout().is_some_and(|t| t <= now) {
-            self.server.handle_timeout(now);
-        }
-        if self.bootstrap.poll_timeout().is_some_and(|t| t <= now) {
-            self.bootstrap.handle_timeout(now);
-        }
-        for listener in self.secure.values_mut() {
-            if listener.dtls.poll_timeout().is_some_and(|t| t <= now) {
-                listener.dtls.handle_timeout(now);
+        due(&mut self.server, now);
+        due(&mut self.bootstrap, now);
+        for role in [ServerRole::Lwm2m, ServerRole::Bootstrap] {
+            if let Some(socket) = self.made_socket(role) {
+                due(socket, now);
             }
         }
         while let Some(&Reverse((at, i))) = self.timers.peek() {
@@ -932,6 +958,13 @@ impl InProcess {
                 self.dirty.insert(i);
             }
         }
+    }
+}
+
+/// Runs `machine`'s timer if it is due at `now`.
+fn due(machine: &mut (impl Machine + ?Sized), now: Instant) {
+    if machine.poll_timeout().is_some_and(|t| t <= now) {
+        machine.handle_timeout(now);
     }
 }
 
@@ -999,30 +1032,45 @@ impl Backend for InProcess {
 
     fn counters(&self) -> BTreeMap<String, u64> {
         let (datagrams, bytes) = self.log.totals();
-        let server = self.server.counters();
+        let machines = [
+            (false, Some(self.server.machine())),
+            (true, self.secure_server.as_ref().map(SecureServer::machine)),
+        ];
+        let machines = machines
+            .into_iter()
+            .filter_map(|(secure, m)| Some((secure, m?)));
+        let (mut registrations, mut retransmissions, mut duplicates, mut timeouts) = (0, 0, 0, 0);
+        for (secure, machine) in machines {
+            let held = machine
+                .registrations()
+                .filter(|r| self.transports.holds(&r.endpoint, secure));
+            registrations += held.count() as u64;
+            let c = machine.counters();
+            retransmissions += c.retransmissions;
+            duplicates += c.duplicates;
+            timeouts += c.timeouts;
+        }
         let mut out = BTreeMap::from([
             ("datagrams".to_owned(), datagrams),
             ("bytes".to_owned(), bytes),
             ("clients".to_owned(), self.clients.len() as u64),
-            (
-                "registrations".to_owned(),
-                self.server.registrations().count() as u64,
-            ),
-            ("server.retransmissions".to_owned(), server.retransmissions),
-            ("server.duplicates".to_owned(), server.duplicates),
-            ("server.timeouts".to_owned(), server.timeouts),
+            ("registrations".to_owned(), registrations),
+            ("server.retransmissions".to_owned(), retransmissions),
+            ("server.duplicates".to_owned(), duplicates),
+            ("server.timeouts".to_owned(), timeouts),
         ]);
-        for (role, listener) in &self.secure {
-            let dtls = listener.dtls.counters();
-            let prefix = match role {
-                ServerRole::Lwm2m => "dtls",
-                ServerRole::Bootstrap => "bootstrap.dtls",
-            };
-            out.insert(format!("{prefix}.handshakes"), dtls.handshakes_completed);
-            out.insert(
-                format!("{prefix}.handshake_failures"),
-                dtls.handshakes_failed,
-            );
+        let sockets = [
+            ("dtls", self.secure_server.as_ref().map(SecureServer::dtls)),
+            (
+                "bootstrap.dtls",
+                self.secure_bootstrap.as_ref().map(SecureServer::dtls),
+            ),
+        ];
+        for (prefix, dtls) in sockets {
+            let Some(dtls) = dtls else { continue };
+            let c = dtls.counters();
+            out.insert(format!("{prefix}.handshakes"), c.handshakes_completed);
+            out.insert(format!("{prefix}.handshake_failures"), c.handshakes_failed);
         }
         out
     }
@@ -1036,25 +1084,33 @@ impl Backend for InProcess {
     }
 
     fn request(&mut self, endpoint: &str, operation: Operation) -> Result<OpId, OpError> {
-        let id = self.server.request(self.now, endpoint, operation);
+        let now = self.now;
+        let id = match self.secure_server.as_mut() {
+            Some(secure) if self.transports.is_secure(endpoint) => {
+                let id = secure.machine_mut().request(now, endpoint, operation);
+                secure.settle(now);
+                id
+            }
+            _ => self.server.machine_mut().request(now, endpoint, operation),
+        };
         self.flush();
         id
     }
 
     fn registration(&self, endpoint: &str) -> Option<Registration> {
-        self.server.registration(endpoint).cloned()
+        self.lwm2m(endpoint).registration(endpoint).cloned()
     }
 
     fn observations(&self, endpoint: &str) -> Vec<(ObservationId, Vec<Lwm2mPath>)> {
-        self.server.observations(endpoint)
+        self.lwm2m(endpoint).observations(endpoint)
     }
 
     fn server_sees_awake(&self, endpoint: &str) -> bool {
-        self.server.is_awake(endpoint)
+        self.lwm2m(endpoint).is_awake(endpoint)
     }
 
     fn queued(&self, endpoint: &str) -> usize {
-        self.server.queued(endpoint)
+        self.lwm2m(endpoint).queued(endpoint)
     }
 
     fn spoof_to_server(&mut self, endpoint: &str, mut packet: Packet) -> anyhow::Result<()> {
@@ -1087,7 +1143,19 @@ impl Backend for InProcess {
     }
 
     fn add_bootstrap_config(&mut self, endpoint: &str, config: BootstrapConfig) {
-        self.configs.add(endpoint, config);
+        let key = if endpoint.contains(['*', '?']) {
+            ConfigKey::Pattern(endpoint.to_owned())
+        } else {
+            ConfigKey::Endpoint(endpoint.to_owned())
+        };
+        if let Err(e) = self.configs.put(key, config) {
+            let at = self.elapsed();
+            let text = format!(
+                "the Bootstrap Server's store refused the configuration of {endpoint:?}: {e}"
+            );
+            tracing::warn!("{text}");
+            self.log.note(at, &text);
+        }
     }
 
     fn start_bootstrap(&mut self, endpoint: &str) -> Result<(), BootstrapError> {
@@ -1190,12 +1258,31 @@ impl Backend for InProcess {
         identity: &[u8],
         key: &[u8],
     ) -> anyhow::Result<()> {
-        self.listener(role)?.add_psk(identity, key, endpoint);
-        Ok(())
+        self.secure_socket(role)?;
+        let store = match role {
+            ServerRole::Lwm2m => &self.security,
+            ServerRole::Bootstrap => &self.bootstrap_security,
+        };
+        let identity = std::str::from_utf8(identity).map_err(|_| {
+            anyhow::anyhow!("a PSK identity must be UTF-8 text (Core TS 1.1 §E.1, /0/x/3)")
+        })?;
+        store
+            .put(SecurityInfo {
+                endpoint: endpoint.to_owned(),
+                credentials: Credentials::Psk {
+                    identity: identity.to_owned(),
+                    key: hex(key),
+                },
+            })
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!("the {role}'s security store refused the PSK: {e}"))
     }
 
     fn forget_dtls_sessions(&mut self, role: ServerRole) -> anyhow::Result<()> {
-        self.listener(role)?.forget_sessions()?;
+        match role {
+            ServerRole::Lwm2m => self.secure_lwm2m()?.forget_sessions()?,
+            ServerRole::Bootstrap => self.secure_bootstrap()?.forget_sessions()?,
+        }
         let text = format!("the {role} forgets its DTLS sessions (a restart)");
         let at = self.elapsed();
         self.log.event(at, &text);
@@ -1209,7 +1296,7 @@ impl Backend for InProcess {
         account: SecureAccount,
     ) -> anyhow::Result<()> {
         let i = self.client_index(endpoint)?;
-        self.listener(role)?;
+        self.secure_socket(role)?;
         let client = &mut self.clients[i];
         let Some(spec) = client.factory.as_mut() else {
             anyhow::bail!("{endpoint:?} has started: its factory configuration is fixed");
@@ -1228,9 +1315,12 @@ impl Backend for InProcess {
     }
 
     fn secure_identity(&self, endpoint: &str) -> Option<Identity> {
-        let address = self.server.registration(endpoint)?.address;
-        let listener = self.secure.get(&ServerRole::Lwm2m)?;
-        listener.identity_of(address).cloned()
+        let secure = self.secure_server.as_ref()?;
+        if !self.transports.is_secure(endpoint) {
+            return None;
+        }
+        let address = secure.machine().registration(endpoint)?.address;
+        secure.dtls().session(address)?.identity
     }
 }
 
@@ -1283,6 +1373,26 @@ mod tests {
             }
         }
         None
+    }
+
+    #[test]
+    fn the_plain_socket_refuses_an_endpoint_with_credentials_as_serve_does() {
+        let lib = library();
+        let mut b = InProcess::new(Subject::in_process(), 3, lib.registry.clone());
+        let profile = lib.profile("ets-1.1").unwrap();
+        let spec = lib
+            .client(profile, "c1", 0, 3, Provisioning::Server(SERVER), &[])
+            .unwrap();
+        b.add_client(spec).unwrap();
+        // The server holds a PSK for c1; c1's account is plain CoAP.
+        b.add_psk(ServerRole::Lwm2m, "c1", b"c1", &[7; 16]).unwrap();
+        b.client_action("c1", ClientAction::Start).unwrap();
+        run_until(&mut b, Duration::from_secs(5), |_| false);
+        assert!(b.registration("c1").is_none());
+        let text = b.exchange_log().text();
+        assert!(text.contains("4.03"), "{text}");
+        assert!(text.contains("over plain CoAP with 4.03"), "{text}");
+        assert_eq!(b.counters()["registrations"], 0);
     }
 
     #[test]

@@ -78,7 +78,7 @@ use lwm2m_simulator::NetworkModel;
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc};
 
-use super::adapter::json::{parse_failure, parse_identity};
+use super::adapter::json::parse_identity;
 use super::adapter::{Feature, RegistrationView, ServerAdapter};
 use super::backend::{
     Backend, Capability, ClientAction, ClientSpec, DtlsHappening, DtlsSide, Happening, ServerRole,
@@ -419,7 +419,8 @@ impl DeviceBackend {
                             known.identities.insert(*peer, parse_identity(identity));
                             known.last = Some(*peer);
                         }
-                        device_dtls_happening(&device, *role, e)
+                        // The device under test is the one client of the run: every session is its.
+                        super::secure::dtls_happening(*role, e, |_| device.clone())
                             .map(Happening::Dtls)
                             .into_iter()
                             .collect()
@@ -698,7 +699,7 @@ impl DeviceBackend {
                         endpoint: self.device.clone(),
                         credentials: Credentials::Psk {
                             identity,
-                            key: key.iter().map(|b| format!("{b:02x}")).collect(),
+                            key: lwm2m_server::store::hex(&key),
                         },
                     })
                     .map_err(|e| anyhow::anyhow!("the device's PSK: {e}"))?;
@@ -820,49 +821,6 @@ fn describe(action: &ClientAction) -> String {
         ClientAction::Update => "Update now".to_owned(),
         ClientAction::Deregister => "De-register now".to_owned(),
     }
-}
-
-/// What our server's DTLS listener reported, as the steps read it: the device under test
-/// is the one client of the run, so every session is its.
-fn device_dtls_happening(
-    device: &str,
-    role: lwm2m_server::Role,
-    event: &SecurityEvent,
-) -> Option<super::backend::DtlsHappening> {
-    use super::backend::{DtlsHappening as D, DtlsSide, ServerRole};
-    let server = match role {
-        lwm2m_server::Role::Bootstrap => ServerRole::Bootstrap,
-        _ => ServerRole::Lwm2m,
-    };
-    let endpoint = device.to_owned();
-    Some(match event {
-        SecurityEvent::Established { identity, .. } => D::Established {
-            endpoint,
-            server,
-            identity: parse_identity(identity),
-        },
-        SecurityEvent::HandshakeFailed {
-            identity, reason, ..
-        } => D::HandshakeFailed {
-            endpoint,
-            server,
-            side: DtlsSide::Server,
-            identity: identity.as_deref().map(parse_identity),
-            reason: parse_failure(reason),
-        },
-        SecurityEvent::IdentityMismatch {
-            identity,
-            endpoint: claimed,
-            owner,
-        } => D::Refused {
-            client: endpoint,
-            server,
-            identity: parse_identity(identity),
-            endpoint: claimed.clone(),
-            owner: owner.clone(),
-        },
-        _ => return None,
-    })
 }
 
 /// Waits on `rx` until something arrives or `until` (an instant) passes.
@@ -1140,7 +1098,7 @@ impl Backend for DeviceBackend {
                 endpoint,
                 credentials: Credentials::Psk {
                     identity: String::from_utf8_lossy(identity).into_owned(),
-                    key: key.iter().map(|b| format!("{b:02x}")).collect(),
+                    key: lwm2m_server::store::hex(key),
                 },
             })
             .map(drop)

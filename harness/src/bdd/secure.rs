@@ -3,14 +3,16 @@
 //! client and `coaps://` account. Real DTLS 1.2 handshakes and records
 //! ([`lwm2m_dtls`]), in memory, on the backend's virtual clock.
 //!
-//! - **Server** ([`SecureListener`]): a [`DtlsServer`] in front of the backend's LwM2M
-//!   Server machine. PSK keys (`TLS_PSK_WITH_AES_128_CCM_8`) come from a table of identity →
-//!   (endpoint, key) that the steps fill; certificates (`TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8`)
-//!   are checked against the run's test CA ([`pki`]), whose server certificate names
-//!   [`SERVER_NAME`] and the listener's IP address. A Register (`POST /rd?ep=NAME`) over a
-//!   session whose identity does not belong to NAME (the PSK table's endpoint, or the
-//!   certificate's common name, Core TS 1.1 §7.1.8), or an Update / De-register of another
-//!   endpoint's registration, is answered 4.03 here and never reaches the machine.
+//! - **Server**: `serve`'s own composition ([`lwm2m_server::dtls::SecureServer`] with its
+//!   admission gate) in front of the backend's LwM2M Server machine, set up by
+//!   [`listener_options`]. PSK keys (`TLS_PSK_WITH_AES_128_CCM_8`) and identity owners come
+//!   from a security store that the steps fill; certificates
+//!   (`TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8`) are checked against the run's test CA ([`pki`]),
+//!   whose server certificate names [`SERVER_NAME`] and the listener's IP address. A
+//!   Register (`POST /rd?ep=NAME`) over a session whose identity does not belong to NAME
+//!   (the store's endpoint, or the certificate's common name, Core TS 1.1 §7.1.8), or an
+//!   Update / De-register of another endpoint's registration, is answered 4.03 by that gate
+//!   and never reaches the machine.
 //! - **Client** ([`ClientLink`]): the credentials are read from the client's Security
 //!   instance whose URI is `coaps://` at the address the machine sends to, when a session
 //!   starts (so what a Bootstrap Server wrote counts), read as the fleet reads them
@@ -21,29 +23,33 @@
 //!   runs; a failed or closed session is replaced when the machine next sends (its CoAP
 //!   retransmission).
 //!
-//! The Bootstrap Server has a listener of its own at `10.0.0.2:5684` (the same kind, its
-//! own PSK table; a Bootstrap-Request under another endpoint's identity gets 4.03).
+//! The Bootstrap Server has a listener of its own at `10.0.0.2:5684` (the same composition,
+//! its own security store; a Bootstrap-Request under another endpoint's identity gets 4.03).
+//! Unlike `serve`, whose Bootstrap Server reads its PSK keys from the bootstrap
+//! configurations, that store is filled by the steps, so that a case can give the client a
+//! Bootstrap-Server account the configuration does not mention.
 //!
 //! Not supported: raw public keys (mode 1, RFC 7250: not in the rtc-dtls family),
 //! Connection ID (RFC 9146).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
 use lwm2m_dtls::pki::{Purpose, TestCa, Validity};
+use lwm2m_dtls::record::RecordBytes;
 use lwm2m_dtls::{
-    CertificateConfig, ClientConfig, DtlsClient, DtlsError, DtlsServer, Identity, PskStore,
-    ServerConfig,
+    CertificateConfig, ClientConfig, CloseReason, DtlsClient, DtlsError, KeyLog, SessionSecrets,
 };
-use lwm2m_proto::admission;
 use lwm2m_proto::client::{ClientEvent, ObjectTree, parse_coap_uri};
-use lwm2m_proto::coap::{Packet, message};
 use lwm2m_proto::{Instance, InstanceId, ObjectId, ResourceId, ResourceValue, Value};
+use lwm2m_server::store::SecurityStore;
+use lwm2m_server::{Direction, DtlsOptions, PacketTap, Role, SecurityEvent};
 use lwm2m_simulator::security::{MODE_CERTIFICATE, MODE_PSK, account_credentials};
 
-use super::backend::ServerRole;
+use super::adapter::json::{parse_failure, parse_identity};
+use super::backend::{DtlsHappening, DtlsSide, ServerRole};
 
 /// The LwM2M Server's DTLS listener on the in-memory link (the CoAPS default port).
 pub const SECURE_SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 5684);
@@ -236,149 +242,140 @@ pub fn client_config(
     })
 }
 
-/// A PSK the server knows: the endpoint it belongs to, and the key.
-type PskEntry = (String, Vec<u8>);
+/// The DTLS listener of our server `role` as `serve` starts it ([`DtlsOptions`]): PSK keys
+/// and identity owners from `security`, the run's server certificate trusting the run's CA
+/// for client certificates, the session secrets to `keys`.
+pub fn listener_options(
+    role: ServerRole,
+    security: Arc<dyn SecurityStore>,
+    keys: Arc<KeyLines>,
+) -> anyhow::Result<DtlsOptions> {
+    let mut options = DtlsOptions::new(secure_address(role), security);
+    options.certificate = Some(pki()?.server.clone());
+    options.key_log = Some(keys);
+    Ok(options)
+}
 
-/// The PSK keys the in-process LwM2M Server knows, by identity.
-#[derive(Debug, Clone, Default)]
-struct PskTable(Arc<RwLock<HashMap<Vec<u8>, PskEntry>>>);
+/// The NSS key log lines of the sessions our listeners established, until taken.
+#[derive(Debug, Default)]
+pub struct KeyLines(Mutex<Vec<String>>);
 
-impl PskTable {
-    fn endpoint(&self, identity: &[u8]) -> Option<String> {
-        let table = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        table.get(identity).map(|(ep, _)| ep.clone())
+impl KeyLines {
+    /// The lines logged since the last call.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
-impl PskStore for PskTable {
-    fn psk(&self, identity: &[u8]) -> Option<Vec<u8>> {
-        let table = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        table.get(identity).map(|(_, key)| key.clone())
+impl KeyLog for KeyLines {
+    fn log(&self, secrets: &SessionSecrets) {
+        let mut lines = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        lines.push(secrets.key_log_line());
     }
 }
 
-/// A session router accepting PSK identities of `psk` and certificates of the run's CA.
-fn router(psk: &PskTable) -> anyhow::Result<DtlsServer> {
-    let config = ServerConfig {
-        psk_store: Some(Arc::new(psk.clone())),
-        certificate: Some(pki()?.server.clone()),
-        ..ServerConfig::default()
-    };
-    Ok(DtlsServer::new(config)?)
-}
+/// The plaintext a listener encrypted, by peer, until the record that carries it leaves:
+/// a listener's packet tap ([`PacketTap::plaintext`]) tells it before the record goes out,
+/// so the exchange log can show the CoAP inside each record it sends.
+#[derive(Debug, Default)]
+pub struct Sealed(Mutex<HashMap<Socket, VecDeque<Vec<u8>>>>);
 
-/// The LwM2M Server's DTLS listener (see the module documentation).
-pub struct SecureListener {
-    /// The session router.
-    pub dtls: DtlsServer,
-    psk: PskTable,
-    /// Peers whose last datagram to the LwM2M Server came through a DTLS session, with the
-    /// session's identity: the machine's answers to them go back through it.
-    peers: HashMap<SocketAddr, Identity>,
-}
+/// A listener's address and a peer's.
+type Socket = (SocketAddr, SocketAddr);
 
-impl std::fmt::Debug for SecureListener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecureListener")
-            .field("sessions", &self.dtls.session_count())
-            .field("peers", &self.peers.len())
-            .finish_non_exhaustive()
+impl Sealed {
+    /// The CoAP message of the first application record of `datagram` from the listener at
+    /// `local` to `peer` (the plaintext of every application record in it is consumed).
+    pub fn take(&self, local: SocketAddr, peer: SocketAddr, datagram: &[u8]) -> Option<Vec<u8>> {
+        let records = RecordBytes::of_datagram(datagram).application_records;
+        let mut sealed = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let queue = sealed.get_mut(&(local, peer))?;
+        let mut first = None;
+        for _ in 0..records {
+            let plaintext = queue.pop_front();
+            first = first.or(plaintext);
+        }
+        first
     }
 }
 
-impl SecureListener {
-    /// A listener accepting PSK identities of its table and certificates of the run's CA.
-    pub fn new() -> anyhow::Result<Self> {
-        let psk = PskTable::default();
-        Ok(Self {
-            dtls: router(&psk)?,
-            psk,
-            peers: HashMap::new(),
-        })
-    }
+impl PacketTap for Sealed {
+    fn datagram(&self, _: Direction, _: SocketAddr, _: SocketAddr, _: &[u8]) {}
 
-    /// Forgets every session silently, as a restarted server does: the PSK table stays,
-    /// records of the old sessions are dropped as strays.
-    pub fn forget_sessions(&mut self) -> anyhow::Result<()> {
-        self.dtls = router(&self.psk)?;
-        self.peers.clear();
-        Ok(())
-    }
-
-    /// The server knows PSK `identity` with `key`, belonging to `endpoint`.
-    pub fn add_psk(&self, identity: &[u8], key: &[u8], endpoint: &str) {
-        let mut table = self.psk.0.write().unwrap_or_else(PoisonError::into_inner);
-        table.insert(identity.to_vec(), (endpoint.to_owned(), key.to_vec()));
-    }
-
-    /// A datagram from `peer` came through its session as `identity`.
-    pub fn note_secure(&mut self, peer: SocketAddr, identity: Identity) {
-        self.peers.insert(peer, identity);
-    }
-
-    /// A plain datagram from `peer`, or its session ended: answers go out in the clear again
-    /// only after a plain request.
-    pub fn forget(&mut self, peer: SocketAddr) -> Option<Identity> {
-        self.peers.remove(&peer)
-    }
-
-    /// The identity of the session the server's last datagram from `peer` came through.
-    pub fn identity_of(&self, peer: SocketAddr) -> Option<&Identity> {
-        self.peers.get(&peer)
-    }
-
-    /// The endpoint `identity` belongs to: the PSK table's, or a certificate's common name.
-    pub fn owner(&self, identity: &Identity) -> Option<String> {
-        match identity {
-            Identity::Psk(id) => self.psk.endpoint(id),
-            Identity::Certificate(cn) => Some(cn.to_string()),
-            _ => None,
+    fn plaintext(
+        &self,
+        direction: Direction,
+        local: SocketAddr,
+        peer: SocketAddr,
+        _: &str,
+        bytes: &[u8],
+    ) {
+        if direction == Direction::Out {
+            let mut sealed = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            let queue = sealed.entry((local, peer)).or_default();
+            queue.push_back(bytes.to_vec());
         }
     }
-
-    /// `serve`'s decision ([`admission::check_session`]) for `role`'s listener: when
-    /// `payload` is a Register (`POST /rd?ep=`) or, for the Bootstrap Server, a
-    /// Bootstrap-Request (`POST /bs?ep=`) under an endpoint name `identity` does not belong
-    /// to, or an Update / De-register of such an endpoint's registration (`location` maps a
-    /// registration id to its endpoint): the endpoint it claimed, its owner, and the 4.03
-    /// answer (piggybacked on a CON, RFC 7252 §5.2.1) with a diagnostic payload.
-    pub fn refusal(
-        &self,
-        role: ServerRole,
-        identity: &Identity,
-        payload: &[u8],
-        location: impl Fn(&str) -> Option<String>,
-    ) -> Option<Refusal> {
-        let request = message::decode(payload).ok()?;
-        // The gate of `serve`'s DTLS listeners, with this listener's PSK table as owner.
-        let role = match role {
-            ServerRole::Lwm2m => admission::GateRole::Lwm2mServer,
-            ServerRole::Bootstrap => admission::GateRole::BootstrapServer,
-        };
-        let refused = admission::check_session(
-            role,
-            &request,
-            &identity.to_string(),
-            || self.owner(identity),
-            location,
-        )?;
-        Some(Refusal {
-            answer: refused.answer,
-            endpoint: refused.endpoint,
-            owner: refused.owner,
-        })
-    }
 }
 
-/// A request [`SecureListener::refusal`] refused.
-#[derive(Debug, Clone)]
-pub struct Refusal {
-    /// The endpoint the request claimed.
-    pub endpoint: String,
-    /// The endpoint the session's identity belongs to, if any.
-    pub owner: Option<String>,
-    /// The 4.03 answer.
-    pub answer: Packet,
+/// What our server's DTLS listener reported (`serve`'s [`SecurityEvent`]) as the steps
+/// read it; `client` names the client at an address. `None` for what the steps do not
+/// follow (a plain Register refused for its credentials).
+pub fn dtls_happening(
+    role: Role,
+    event: &SecurityEvent,
+    client: impl Fn(SocketAddr) -> String,
+) -> Option<DtlsHappening> {
+    let server = match role {
+        Role::Bootstrap => ServerRole::Bootstrap,
+        _ => ServerRole::Lwm2m,
+    };
+    Some(match event {
+        SecurityEvent::Established { peer, identity } => DtlsHappening::Established {
+            endpoint: client(*peer),
+            server,
+            identity: parse_identity(identity),
+        },
+        SecurityEvent::HandshakeFailed {
+            peer,
+            identity,
+            reason,
+        } => DtlsHappening::HandshakeFailed {
+            endpoint: client(*peer),
+            server,
+            side: DtlsSide::Server,
+            identity: identity.as_deref().map(parse_identity),
+            reason: parse_failure(reason),
+        },
+        SecurityEvent::IdentityMismatch {
+            peer,
+            identity,
+            endpoint,
+            owner,
+        } => DtlsHappening::Refused {
+            client: client(*peer),
+            server,
+            identity: parse_identity(identity),
+            endpoint: endpoint.clone(),
+            owner: owner.clone(),
+        },
+        SecurityEvent::Closed { peer, reason, .. } => DtlsHappening::Closed {
+            endpoint: client(*peer),
+            server,
+            reason: parse_close(reason),
+        },
+        _ => return None,
+    })
+}
+
+/// A session's end as our servers' events show it (the reason's Debug name).
+fn parse_close(text: &str) -> CloseReason {
+    match text {
+        "PeerClosed" => CloseReason::PeerClosed,
+        "LocalClose" => CloseReason::LocalClose,
+        "Replaced" => CloseReason::Replaced,
+        _ => CloseReason::IdleTimeout,
+    }
 }
 
 /// One simulated client's DTLS association with a `coaps://` server.
@@ -497,8 +494,8 @@ pub fn after_client_event(event: &ClientEvent, links: &mut [ClientLink]) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lwm2m_dtls::Identity;
     use lwm2m_proto::Lwm2mPath;
-    use lwm2m_proto::coap::MessageType;
 
     #[test]
     fn an_account_is_secure_where_its_coaps_uri_points() {
@@ -585,48 +582,5 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(refused.contains("RFC 7250"), "{refused}");
-    }
-
-    #[test]
-    fn a_register_under_a_foreign_identity_is_refused() {
-        use lwm2m_proto::coap::RequestType;
-        let listener = SecureListener::new().unwrap();
-        listener.add_psk(b"id-1", &[1; 16], "dev-1");
-        let mut p = message::request(RequestType::Post, "/rd");
-        message::add_query(&mut p, "ep=dev-2");
-        p.header.message_id = 7;
-        let bytes = p.to_bytes().unwrap();
-        let id = Identity::Psk(Arc::from(&b"id-1"[..]));
-        let refused = listener
-            .refusal(ServerRole::Lwm2m, &id, &bytes, |_| None)
-            .unwrap();
-        assert_eq!(refused.endpoint, "dev-2");
-        assert_eq!(refused.owner.as_deref(), Some("dev-1"));
-        assert_eq!(refused.answer.header.message_id, 7);
-        assert_eq!(
-            refused.answer.header.get_type(),
-            MessageType::Acknowledgement
-        );
-        let mut own = message::request(RequestType::Post, "/rd");
-        message::add_query(&mut own, "ep=dev-1");
-        assert!(
-            listener
-                .refusal(ServerRole::Lwm2m, &id, &own.to_bytes().unwrap(), |_| None)
-                .is_none()
-        );
-        let mut update = message::request(RequestType::Post, "/rd/abc");
-        update.header.message_id = 8;
-        let update = update.to_bytes().unwrap();
-        let foreign = |id: &str| (id == "abc").then(|| "dev-2".to_owned());
-        assert!(
-            listener
-                .refusal(ServerRole::Lwm2m, &id, &update, foreign)
-                .is_some()
-        );
-        assert!(
-            listener
-                .refusal(ServerRole::Lwm2m, &id, b"\xff\x00", foreign)
-                .is_none()
-        );
     }
 }

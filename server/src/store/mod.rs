@@ -205,7 +205,7 @@ fn psk_info(endpoint: &str, account: &SecurityInstance) -> SecurityInfo {
 }
 
 /// Lower-case hex of bytes.
-pub(crate) fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -441,7 +441,30 @@ pub fn parse_failure(text: &str) -> lwm2m_dtls::FailureReason {
         "WrongKey" => F::WrongKey,
         "Timeout" => F::Timeout,
         "Superseded" => F::Superseded,
-        other => F::Protocol(other.to_owned()),
+        "PeerAlert(None)" => F::PeerAlert(None),
+        other => {
+            let alert = other
+                .strip_prefix("PeerAlert(Some(")
+                .and_then(|rest| rest.strip_suffix("))"))
+                .and_then(|n| n.parse().ok());
+            match alert {
+                Some(description) => F::PeerAlert(Some(description)),
+                None => F::Protocol(debug_string(other, "Protocol")),
+            }
+        }
+    }
+}
+
+/// The text inside `Variant("...")` as `{:?}` wrote it (quotes and backslashes unescaped),
+/// or `text` itself when it is not in that form.
+fn debug_string(text: &str, variant: &str) -> String {
+    let quoted = text
+        .strip_prefix(variant)
+        .and_then(|rest| rest.strip_prefix("(\""))
+        .and_then(|rest| rest.strip_suffix("\")"));
+    match quoted {
+        Some(inner) => inner.replace("\\\"", "\"").replace("\\\\", "\\"),
+        None => text.to_owned(),
     }
 }
 
@@ -556,6 +579,23 @@ pub fn write_body(path: &Lwm2mPath, node: &Node) -> Json {
 mod tests {
     use super::*;
     use lwm2m_proto::Value;
+
+    #[test]
+    fn failure_reasons_survive_our_events_text() {
+        use lwm2m_dtls::FailureReason as F;
+        for reason in [
+            F::UnknownIdentity,
+            F::WrongKey,
+            F::Timeout,
+            F::Superseded,
+            F::PeerAlert(None),
+            F::PeerAlert(Some(115)),
+            F::Protocol("bad certificate: \"expired\" \\ 2020".into()),
+        ] {
+            assert_eq!(parse_failure(&format!("{reason:?}")), reason);
+        }
+        assert_eq!(parse_failure("whatever"), F::Protocol("whatever".into()));
+    }
 
     fn registry() -> lwm2m_proto::registry::Registry {
         lwm2m_proto::registry::Registry::embedded()
