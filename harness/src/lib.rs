@@ -7,6 +7,7 @@
 //! step vocabulary, runner).
 #![warn(missing_docs)]
 
+pub mod accounts;
 pub mod bdd;
 pub mod fleet_metrics;
 pub mod record;

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, bail};
 use clap::Args;
 use lwm2m_dtls::pki::TestCa;
-use lwm2m_harness::bdd::backend::ServerRole;
-use lwm2m_harness::bdd::secure::write_account;
+use lwm2m_harness::accounts::ServerRole;
+use lwm2m_harness::accounts::write_account;
 use lwm2m_harness::der_block;
 use lwm2m_proto::registry::Registry;
 use lwm2m_simulator::config::file_stem;
@@ -488,7 +488,7 @@ pub fn run(registry: Registry, args: &SimulateArgs) -> anyhow::Result<ExitCode> 
             let identity = identity
                 .replace("{n}", &k.to_string())
                 .replace("{ep}", &endpoint);
-            let account = lwm2m_harness::bdd::secure::SecureAccount::Psk {
+            let account = lwm2m_harness::accounts::SecureAccount::Psk {
                 identity: identity.into_bytes(),
                 key: key.clone(),
             };

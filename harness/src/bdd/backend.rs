@@ -29,7 +29,7 @@ use lwm2m_proto::{Lwm2mPath, Value};
 use lwm2m_simulator::NetworkModel;
 
 use super::exchange::ExchangeLog;
-use super::secure::SecureAccount;
+use crate::accounts::SecureAccount;
 
 /// Why a backend without DTLS refuses the DTLS methods.
 const NO_DTLS: &str = "this backend has no DTLS (CoAP over DTLS runs in process only)";
@@ -303,23 +303,7 @@ impl Happening {
     }
 }
 
-/// Which of our servers a DTLS session is with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ServerRole {
-    /// The LwM2M Server.
-    Lwm2m,
-    /// The Bootstrap Server.
-    Bootstrap,
-}
-
-impl fmt::Display for ServerRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Lwm2m => "LwM2M Server",
-            Self::Bootstrap => "Bootstrap Server",
-        })
-    }
-}
+pub use crate::accounts::ServerRole;
 
 /// Which side of a DTLS session saw something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

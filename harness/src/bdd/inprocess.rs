@@ -72,9 +72,8 @@ use super::backend::{
     Subject, Timed,
 };
 use super::exchange::{ExchangeLog, Peer};
-use super::secure::{
-    self, ClientLink, KeyLines, SECURE_BOOTSTRAP, SECURE_SERVER, Sealed, SecureAccount,
-};
+use super::secure::{self, ClientLink, KeyLines, SECURE_BOOTSTRAP, SECURE_SERVER, Sealed};
+use crate::accounts::{SecureAccount, write_account};
 
 /// The LwM2M Server's address on the in-memory link.
 pub const SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 5683);
@@ -1302,7 +1301,7 @@ impl Backend for InProcess {
             anyhow::bail!("{endpoint:?} has started: its factory configuration is fixed");
         };
         let address = secure::secure_address(role);
-        secure::write_account(&mut spec.tree, role, address, &account)?;
+        write_account(&mut spec.tree, role, address, &account)?;
         let configured = match role {
             ServerRole::Lwm2m => &mut spec.config.server,
             ServerRole::Bootstrap => &mut spec.config.bootstrap_server,

@@ -85,8 +85,9 @@ use super::backend::{
     ServerView, Subject, Timed,
 };
 use super::exchange::{ExchangeLog, Peer};
-use super::secure::{self, ClientLink, SecureAccount};
+use super::secure::{self, ClientLink};
 use super::world::not_applicable;
+use crate::accounts::{SecureAccount, write_account};
 use lwm2m_dtls::{ClientEvent as DtlsClientEvent, DtlsClient};
 
 /// How long the first scenario waits for the device under test to register, by default.
@@ -136,7 +137,7 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
 
 /// The drivers' packet tap: every datagram, and on the DTLS listener each application
 /// record's plaintext paired with its datagram (the runner's recorder).
-type Tap = crate::runner::capture::Capture;
+type Tap = crate::record::capture::Capture;
 
 /// Now, as time since the Unix epoch.
 fn unix_now() -> Duration {
@@ -1109,13 +1110,12 @@ impl Backend for DeviceBackend {
         &mut self,
         _endpoint: &str,
         role: super::backend::ServerRole,
-        account: super::secure::SecureAccount,
+        account: SecureAccount,
     ) -> anyhow::Result<()> {
         match (role, account) {
-            (
-                super::backend::ServerRole::Lwm2m,
-                super::secure::SecureAccount::Psk { identity, key },
-            ) if self.launched => {
+            (super::backend::ServerRole::Lwm2m, SecureAccount::Psk { identity, key })
+                if self.launched =>
+            {
                 self.case_psk = Some((identity, key));
                 Ok(())
             }
@@ -2313,7 +2313,7 @@ impl Backend for ServerBackend {
         let Some(spec) = client.factory.as_mut() else {
             anyhow::bail!("{endpoint:?} has started: its factory configuration is fixed");
         };
-        secure::write_account(&mut spec.tree, role, address, &account)?;
+        write_account(&mut spec.tree, role, address, &account)?;
         let configured = match role {
             ServerRole::Lwm2m => &mut spec.config.server,
             ServerRole::Bootstrap => &mut spec.config.bootstrap_server,

@@ -43,10 +43,10 @@ use lwm2m_dtls::{
     CertificateConfig, ClientConfig, CloseReason, DtlsClient, DtlsError, KeyLog, SessionSecrets,
 };
 use lwm2m_proto::client::{ClientEvent, ObjectTree, parse_coap_uri};
-use lwm2m_proto::{Instance, InstanceId, ObjectId, ResourceId, ResourceValue, Value};
+use lwm2m_proto::{Instance, ObjectId, ResourceId, ResourceValue, Value};
 use lwm2m_server::store::SecurityStore;
 use lwm2m_server::{Direction, DtlsOptions, PacketTap, Role, SecurityEvent};
-use lwm2m_simulator::security::{MODE_CERTIFICATE, MODE_PSK, account_credentials};
+use lwm2m_simulator::security::account_credentials;
 
 use super::adapter::json::{parse_failure, parse_identity};
 use super::backend::{DtlsHappening, DtlsSide, ServerRole};
@@ -124,87 +124,6 @@ pub fn pki() -> anyhow::Result<&'static Pki> {
         make().map_err(|e| e.to_string())
     });
     made.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-/// What a client's server account authenticates with (written into its Security
-/// instance by [`write_account`]).
-#[derive(Clone, PartialEq, Eq)]
-pub enum SecureAccount {
-    /// Mode 0: PSK identity and key.
-    Psk {
-        /// /0/x/3.
-        identity: Vec<u8>,
-        /// /0/x/5.
-        key: Vec<u8>,
-    },
-    /// Mode 2: own certificate and key, and the trust anchor for the server's.
-    Certificate {
-        /// /0/x/3, DER.
-        certificate: Vec<u8>,
-        /// /0/x/5, PKCS#8 DER.
-        private_key: Vec<u8>,
-        /// /0/x/4, DER.
-        trust_anchor: Vec<u8>,
-    },
-}
-
-impl std::fmt::Debug for SecureAccount {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Psk { identity, .. } => write!(
-                f,
-                "PSK identity {:?}",
-                String::from_utf8_lossy(identity).as_ref()
-            ),
-            Self::Certificate { certificate, .. } => write!(
-                f,
-                "certificate of {:?}",
-                lwm2m_dtls::pki::common_name(certificate).unwrap_or_default()
-            ),
-        }
-    }
-}
-
-/// Points the client's account of `role` (the first Security instance whose Bootstrap-Server
-/// flag /0/x/1 says so) at `server` over `coaps://` with `account`'s credentials; returns
-/// that instance's id.
-pub fn write_account(
-    tree: &mut ObjectTree,
-    role: ServerRole,
-    server: SocketAddr,
-    account: &SecureAccount,
-) -> anyhow::Result<InstanceId> {
-    let security = ObjectId(0);
-    let (id, mut instance) = tree
-        .instance_ids(security)
-        .into_iter()
-        .filter_map(|i| tree.instance(security, i).map(|inst| (i, inst.clone())))
-        .find(|(_, inst)| {
-            let bootstrap = matches!(
-                inst.get(&ResourceId(1)),
-                Some(ResourceValue::Single(Value::Boolean(true)))
-            );
-            bootstrap == (role == ServerRole::Bootstrap)
-        })
-        .ok_or_else(|| anyhow::anyhow!("the client has no {role} account to secure"))?;
-    let (mode, identity, public_key, secret) = match account {
-        SecureAccount::Psk { identity, key } => (MODE_PSK, identity, &Vec::new(), key),
-        SecureAccount::Certificate {
-            certificate,
-            private_key,
-            trust_anchor,
-        } => (MODE_CERTIFICATE, certificate, trust_anchor, private_key),
-    };
-    let mut put = |r: u16, v: Value| {
-        instance.insert(ResourceId(r), ResourceValue::Single(v));
-    };
-    put(0, Value::String(format!("coaps://{server}")));
-    put(2, Value::Integer(mode));
-    put(3, Value::Opaque(identity.clone()));
-    put(4, Value::Opaque(public_key.clone()));
-    put(5, Value::Opaque(secret.clone()));
-    tree.put_instance(security, id, instance);
-    Ok(id)
 }
 
 /// The Security instance whose URI is `coaps://` at `server` (IP literals only).
@@ -494,6 +413,7 @@ pub fn after_client_event(event: &ClientEvent, links: &mut [ClientLink]) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::accounts::{SecureAccount, write_account};
     use lwm2m_dtls::Identity;
     use lwm2m_proto::Lwm2mPath;
 

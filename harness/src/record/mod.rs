@@ -1,5 +1,6 @@
 //! Recording: every datagram into pcap files, latencies per operation into HdrHistograms.
 
+pub mod capture;
 pub mod latency;
 pub mod pcap;
 

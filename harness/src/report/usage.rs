@@ -8,7 +8,10 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use lwm2m_dtls::record::RecordBytes;
 use lwm2m_proto::coap::{CoapOption, MessageClass, MessageType, Packet, RequestType, message};
+
+use crate::record::capture::Captured;
 
 /// One datagram as recorded.
 #[derive(Debug, Clone)]
@@ -316,6 +319,45 @@ pub fn render_table(rows: &[ExchangeUsage]) -> String {
         }
     );
     s
+}
+
+/// The datagrams as the network-usage table wants them: plain CoAP as it is (wire bytes
+/// are CoAP bytes); on DTLS, one per application record with its plaintext and its record
+/// bytes on the wire (header, explicit nonce and tag included). With several application
+/// records in one datagram (not seen from our DTLS layer, which sends one per datagram)
+/// the records' expansion is shared out evenly. Handshake and alert records are not
+/// CoAP: the DTLS accounting counts them ([`crate::report::dtls`]).
+pub fn of_captured(packets: &[Captured]) -> Vec<Datagram> {
+    let mut out = Vec::with_capacity(packets.len());
+    for p in packets {
+        if p.plaintext.is_empty() {
+            out.push(Datagram {
+                at: p.at,
+                src: p.src,
+                dst: p.dst,
+                coap: p.bytes.to_vec(),
+                wire_len: p.bytes.len(),
+            });
+            continue;
+        }
+        let records = RecordBytes::of_datagram(&p.bytes);
+        let plain: usize = p.plaintext.iter().map(|b| b.len()).sum();
+        let k = p.plaintext.len();
+        let expansion = usize::try_from(records.application)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(plain);
+        for (i, text) in p.plaintext.iter().enumerate() {
+            let share = expansion / k + if i == 0 { expansion % k } else { 0 };
+            out.push(Datagram {
+                at: p.at,
+                src: p.src,
+                dst: p.dst,
+                coap: text.to_vec(),
+                wire_len: text.len() + share,
+            });
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -36,7 +36,6 @@
 //! requests (the harness has no way to ask it) and no pcap of the servers' sockets (the
 //! fleet's datagrams are recorded instead).
 
-pub mod capture;
 pub mod metrics;
 mod output;
 pub mod resets;
@@ -76,8 +75,7 @@ use lwm2m_simulator::fleet::{
 };
 use lwm2m_simulator::seed;
 
-use crate::bdd::backend::ServerRole;
-use crate::bdd::secure::{SecureAccount, write_account};
+use crate::accounts::{SecureAccount, ServerRole, write_account};
 use crate::report::{self, CaseResult, RunReport, Status};
 pub use output::snapshot_fields;
 pub use scenario::{Plan, Scenario};
@@ -771,7 +769,7 @@ pub async fn run(
         }
         None => run_dir(&options.out, &plan.scenario.name, started)?,
     };
-    let capture = Arc::new(capture::Capture::default());
+    let capture = Arc::new(crate::record::capture::Capture::default());
     let bus = EventBus::new(1 << 16);
     // With both servers in process their sockets see every datagram; otherwise the fleet
     // records what its clients put on and take off the wire (never both: no duplicates).

@@ -13,10 +13,10 @@ use lwm2m_proto::coap::{Counters, message};
 use lwm2m_server::dtls::register_endpoint;
 use lwm2m_simulator::fleet::{CountersSnapshot, FleetReport};
 
-use super::capture::{self, Captured};
 use super::metrics::{self, Collected, Shared};
 use super::{Plan, RunOptions, RunOutcome};
 use crate::record::Latencies;
+use crate::record::capture::{self, Captured};
 use crate::report::charts::{Charts, ClientsPoint, SecondLatency, TimelineMark};
 use crate::report::dtls::{self as dtls_usage, DtlsUsage, Listener};
 use crate::report::merge::{FAILURES_FILE, FAILURES_SECTION, Failure, failures_text};
@@ -355,7 +355,7 @@ fn client_exchanges(
             .iter()
             .filter_map(|&i| mine.get(i).copied().cloned())
             .collect();
-        usage::exchanges(&capture::usage_datagrams(&segment))
+        usage::exchanges(&crate::report::usage::of_captured(&segment))
     };
     // (first datagram, rows) per session, and one for the plain datagrams.
     let mut segments: Vec<(usize, Vec<ExchangeUsage>)> = Vec::new();
@@ -501,7 +501,7 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
         .flat_map(|(eps, g)| eps.iter().map(|e| (e.as_str(), g.spec.name.as_str())))
         .collect();
     let origin = run.origin.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let datagrams = capture::usage_datagrams(&run.packets);
+    let datagrams = crate::report::usage::of_captured(&run.packets);
     let exchanges = usage::timed_exchanges(&datagrams);
     let exchange_endpoints = usage::endpoints(&exchanges);
     // The time of each De-register, request to response: at the server's socket when the

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use lwm2m_proto::coap::{MessageType, message};
 
-use super::capture::Captured;
+use crate::record::capture::Captured;
 
 /// What the servers' Resets rejected.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

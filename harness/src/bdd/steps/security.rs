@@ -35,10 +35,11 @@ use lwm2m_dtls::record::RecordBytes;
 use lwm2m_proto::coap::{CoapOption, MessageClass, RequestType, ResponseType, message};
 use lwm2m_simulator::fleet::PskPattern;
 
+use crate::accounts::SecureAccount;
 use crate::bdd::backend::{Capability, DtlsHappening, DtlsSide, Happening, ServerRole, ServerView};
 use crate::bdd::exchange::Sent;
 use crate::bdd::params::DurationParam;
-use crate::bdd::secure::{SecureAccount, pki};
+use crate::bdd::secure::pki;
 use crate::bdd::world::Lwm2mWorld;
 
 /// The 16-byte PSK of `identity` in this scenario.

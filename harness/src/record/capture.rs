@@ -32,7 +32,6 @@ use lwm2m_proto::coap::{CoapOption, MessageType, message};
 use lwm2m_server::events::{Direction, PacketTap};
 
 use crate::record::PcapRecorder;
-use crate::report::usage::Datagram;
 
 /// One recorded datagram.
 #[derive(Debug, Clone)]
@@ -223,45 +222,6 @@ pub fn write_pcap(path: &Path, packets: &[Captured]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The datagrams as the network-usage table wants them: plain CoAP as it is (wire bytes
-/// are CoAP bytes); on DTLS, one per application record with its plaintext and its record
-/// bytes on the wire (header, explicit nonce and tag included). With several application
-/// records in one datagram (not seen from our DTLS layer, which sends one per datagram)
-/// the records' expansion is shared out evenly. Handshake and alert records are not
-/// CoAP: the DTLS accounting counts them ([`crate::report::dtls`]).
-pub fn usage_datagrams(packets: &[Captured]) -> Vec<Datagram> {
-    let mut out = Vec::with_capacity(packets.len());
-    for p in packets {
-        if p.plaintext.is_empty() {
-            out.push(Datagram {
-                at: p.at,
-                src: p.src,
-                dst: p.dst,
-                coap: p.bytes.to_vec(),
-                wire_len: p.bytes.len(),
-            });
-            continue;
-        }
-        let records = RecordBytes::of_datagram(&p.bytes);
-        let plain: usize = p.plaintext.iter().map(|b| b.len()).sum();
-        let k = p.plaintext.len();
-        let expansion = usize::try_from(records.application)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(plain);
-        for (i, text) in p.plaintext.iter().enumerate() {
-            let share = expansion / k + if i == 0 { expansion % k } else { 0 };
-            out.push(Datagram {
-                at: p.at,
-                src: p.src,
-                dst: p.dst,
-                coap: text.to_vec(),
-                wire_len: text.len() + share,
-            });
-        }
-    }
-    out
-}
-
 /// One line of the exchange log: time since `t0`, addresses, then the CoAP message
 /// (`CON GET mid=12 token=0a1b /3/0 accept=11542 len=17`); for DTLS the records and the
 /// CoAP inside (`DTLS application 72: CON POST ... len=43`); else `not CoAP (N bytes)`.
@@ -430,7 +390,7 @@ mod tests {
         assert_eq!(got[0].identity.as_deref(), Some("psk:a"));
         assert!(got[1].plaintext.is_empty());
         assert_eq!(got[2].identity.as_deref(), Some("psk:b"));
-        let usage = usage_datagrams(&got);
+        let usage = crate::report::usage::of_captured(&got);
         assert_eq!(usage[2].coap, get);
         assert_eq!(usage[2].wire_len, get.len() + 29);
         let line = log_line(Duration::ZERO, &got[2]);
