@@ -1,0 +1,136 @@
+//! The network backend: the same parties as [`super::inprocess`] behind real UDP sockets
+//! and real time.
+//!
+//! - [`DeviceBackend`] ([`Subject::Device`](super::backend::Subject::Device)): our LwM2M Server and Bootstrap Server (the
+//!   `lwm2m_server` drivers) listen on UDP; the device under test registers with them by
+//!   itself. The servers live for the whole run (a device registers once, not once per
+//!   scenario): they start with the first scenario, print their addresses on stderr, and
+//!   that scenario waits (bounded by [`DEVICE_WAIT`]) for the device to register. The
+//!   scenario's client is the device; steps that need control of the client itself are
+//!   not applicable.
+//! - [`ServerBackend`] ([`Subject::Server`](super::backend::Subject::Server)): our simulated clients (sans-IO
+//!   [`Lwm2mClient`](lwm2m_proto::client::Lwm2mClient) machines, each on its own loopback socket) register with the external
+//!   server; what steps ask of the server (operations, registrations, events) goes through
+//!   its [`ServerAdapter`](super::adapter::ServerAdapter) (`--server-api`, [`super::adapter`]), off the stepping thread;
+//!   what the adapter lacks, or without one, is not applicable.
+//!
+//! DTLS against a server under test (`--server-coaps coaps://HOST:PORT` beside a `coap://`
+//! `--server`, or `--server coaps://HOST:PORT` for a server that only takes DTLS; the same
+//! for `--bootstrap-server`): a case's client with a `coaps://` account handshakes with
+//! the server's DTLS address from its own socket through a [`ClientLink`](super::secure::ClientLink) (the DTLS client
+//! link of the in-process backend, [`super::secure`]); the LwM2M Server's PSKs go through
+//! the adapter ([`ServerAdapter::put_psk`](super::adapter::ServerAdapter::put_psk), removed after the scenario), a Bootstrap
+//! Server's into the endpoint's bootstrap configuration as its Bootstrap-Server account.
+//! The client's side reports the handshake (`Established`, failures) and a 4.03 to a
+//! Register or Bootstrap-Request inside the session (`Refused`); the server's reasons for
+//! a failed handshake come through adapters offering `security-events`. Certificate cases
+//! are not applicable (the server would have to trust the run's test CA).
+//!
+//! Both record every real datagram in the [`ExchangeLog`](super::exchange::ExchangeLog) (the drivers' packet tap, or the
+//! clients' sockets). Time is real: [`Backend::step`](super::backend::Backend::step) blocks until something is reported
+//! or its deadline; a wait longer than [`max_real_wait`] is not applicable unless the
+//! scenario is tagged `@long-wait` (see [`super::world`]).
+//!
+//! DTLS for a device: with `LWM2M_HARNESS_COAPS_BIND` our LwM2M Server also listens for
+//! CoAP over DTLS, with the device's PSK (`LWM2M_HARNESS_DEVICE_PSK=IDENTITY:HEXKEY`) or
+//! certificates (`LWM2M_HARNESS_CERT`, `LWM2M_HARNESS_CERT_KEY`, `LWM2M_HARNESS_CA`), and
+//! the exchange log shows each record with the CoAP inside (`device_dtls`).
+//!
+//! A device the harness starts (`--device-cmd`, [`super::device`]): our servers listen on
+//! loopback free ports (unless the variables below say otherwise) and do not wait; the
+//! device starts when a case starts its client, and the case waits (bounded) for its
+//! Register. Its process exiting during a case is a reboot if the case executed /3/0/4;
+//! either way the harness starts it again. A template with `{psk_identity}`/`{psk_key}`
+//! gets a DTLS listener and a PSK generated from the seed, and the PSK cases (int-401,
+//! core-7.1.8) start it with the case's own identity and key (our listener's events are
+//! the handshakes the steps wait for); one with `{bootstrap_uri}` and
+//! no `{server_uri}` bootstraps from our Bootstrap Server, which gives it an account on our
+//! LwM2M Server unless the case gives its own configuration.
+//!
+//! What it does not do: TCP; for a device, the DTLS cases of the suite (they give both
+//! sides credentials of their own) unless the harness starts it; for a server under test,
+//! certificates, raw public keys and making it forget its sessions; reset a device between
+//! cases (a real device keeps what a case wrote); more than one device per process (the
+//! servers and their wait are started once).
+//!
+//! Settings (environment): `LWM2M_HARNESS_BIND` and `LWM2M_HARNESS_BOOTSTRAP_BIND` (where
+//! our servers listen for a device, default `0.0.0.0:0`: any free port, printed),
+//! `LWM2M_HARNESS_DEVICE_WAIT` (seconds to wait for the device, default 60),
+//! `LWM2M_HARNESS_MAX_WAIT` (seconds a step may wait in real time, default 5).
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+mod device;
+mod server;
+
+pub use device::DeviceBackend;
+pub use server::ServerBackend;
+
+/// How long the first scenario waits for the device under test to register, by default.
+pub const DEVICE_WAIT: Duration = Duration::from_secs(60);
+
+/// Why client-control steps are not applicable to a device.
+pub const DEVICE_NOT_OURS: &str = "the device under test is not under our control";
+
+/// Why server-API steps are not applicable to an external server.
+pub const SERVER_NOT_OURS: &str = "the server under test is driven by its own operator";
+
+/// The longest wait a real-time step may do (`LWM2M_HARNESS_MAX_WAIT`, default 5 s);
+/// longer ones are not applicable.
+pub fn max_real_wait() -> Duration {
+    env_secs("LWM2M_HARNESS_MAX_WAIT").unwrap_or(Duration::from_secs(5))
+}
+
+fn env_secs(name: &str) -> Option<Duration> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+}
+
+fn env_addr(name: &str) -> Result<SocketAddr, String> {
+    match std::env::var(name) {
+        Ok(v) => v.parse().map_err(|e| format!("{name}={v:?}: {e}")),
+        Err(_) => Ok(SocketAddr::from(([0, 0, 0, 0], 0))),
+    }
+}
+
+/// The runtime every network backend of the process runs its sockets on.
+fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
+    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("lwm2m-net-backend")
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the network runtime: {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// The drivers' packet tap: every datagram, and on the DTLS listener each application
+/// record's plaintext paired with its datagram (the runner's recorder).
+type Tap = crate::record::capture::Capture;
+
+/// Now, as time since the Unix epoch.
+fn unix_now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Waits on `rx` until something arrives or `until` (an instant) passes.
+fn block_until<T>(rx: &mut mpsc::UnboundedReceiver<T>, until: Instant) -> Option<T> {
+    let left = until.saturating_duration_since(Instant::now());
+    let rt = runtime().ok()?;
+    rt.block_on(async { tokio::time::timeout(left, rx.recv()).await })
+        .ok()
+        .flatten()
+}
