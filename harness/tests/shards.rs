@@ -503,6 +503,44 @@ fn run_shards_merge_into_the_single_process_run() {
         "{:?}",
         cases(&m)
     );
+
+    // The charts are merged: requests per second summed over the shards, the clients over
+    // time summed (all 27 registered at some sampled moment), the latency charts from the
+    // merged histograms, the timeline's marks.
+    let sum = |v: &serde_json::Value| -> u64 {
+        v.as_array()
+            .map_or(0, |a| a.iter().filter_map(serde_json::Value::as_u64).sum())
+    };
+    for key in ["requests_by_operation", "requests_by_group"] {
+        let merged_charts = m["charts"][key].as_object().expect("merged requests chart");
+        assert!(!merged_charts.is_empty(), "{key}");
+        for (name, per_second) in merged_charts {
+            let shards: u64 = dirs
+                .iter()
+                .map(|d| sum(&report(d)["charts"][key][name]))
+                .sum();
+            assert_eq!(sum(per_second), shards, "{key} {name}");
+        }
+    }
+    let registered = |r: &serde_json::Value| {
+        r["charts"]["clients"]
+            .as_array()
+            .and_then(|a| a.iter().filter_map(|p| p["registered"].as_u64()).max())
+    };
+    assert_eq!(registered(&m), Some(27));
+    let over_time: u64 = m["charts"]["over_time"]["register"]
+        .as_array()
+        .map_or(0, |a| a.iter().filter_map(|p| p["count"].as_u64()).sum());
+    assert_eq!(over_time, 27);
+    assert!(m["charts"]["distribution"]["register"].is_array());
+    let labels = |r: &serde_json::Value| -> Vec<String> {
+        r["charts"]["events"]
+            .as_array()
+            .map(|a| a.iter().map(|e| e["label"].to_string()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(labels(&m), labels(&s));
+    assert_eq!(labels(&m).len(), 1);
     drop(serve);
 }
 

@@ -107,20 +107,13 @@ fn charts(
             points.into_iter().map(|(p, v)| [p, v]).collect(),
         );
     }
-    let ms = |us: u64| us as f64 / 1000.0;
     for interval in latencies.intervals() {
         for (tag, h) in interval.histograms {
             if tag.starts_with("group=") {
                 continue;
             }
-            c.over_time.entry(tag).or_default().push(SecondLatency {
-                t_s: interval.second,
-                count: h.len(),
-                p50_ms: ms(h.value_at_quantile(0.5)),
-                p90_ms: ms(h.value_at_quantile(0.9)),
-                p99_ms: ms(h.value_at_quantile(0.99)),
-                max_ms: ms(h.max()),
-            });
+            let point = SecondLatency::of(interval.second, &h);
+            c.over_time.entry(tag).or_default().push(point);
         }
     }
     for (x, group) in exchanges.iter().zip(groups) {
