@@ -178,11 +178,6 @@ pub struct RunOutcome {
 /// failed.
 pub fn main(registry: Registry, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let plan = Plan::load(&scenario_file(&args.scenario)?, &registry)?;
-    if args.shard.is_some()
-        && let Some(why) = plan.shard_refusal()
-    {
-        anyhow::bail!("{}: --shard: {why}", plan.file.display());
-    }
     let options = RunOptions {
         seed: args.seed.unwrap_or(plan.scenario.seed),
         out: args.out.clone(),
@@ -807,6 +802,11 @@ pub async fn run(
     registry: Arc<Registry>,
     options: &RunOptions,
 ) -> anyhow::Result<RunOutcome> {
+    if options.shard.is_some()
+        && let Some(why) = plan.shard_refusal()
+    {
+        anyhow::bail!("{}: --shard: {why}", plan.file.display());
+    }
     let started = SystemTime::now();
     let shard = options.shard.unwrap_or_default();
     let dir = match &options.report_dir {
