@@ -353,6 +353,244 @@ fn shards_in_network_namespaces_merge_into_the_single_process_run() {
     drop(namespaces);
 }
 
+/// `run SCENARIO` with `args`; the child, stdout and stderr piped.
+fn run(args: &[String]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .arg("run")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run starts")
+}
+
+/// A scenario against the external server at `server`: two groups, a ramp, and a
+/// timeline action on the first 10 clients of one group (each shard acts on its own
+/// among them).
+fn external_scenario(dir: &Path, server: SocketAddr) -> PathBuf {
+    let file = dir.join("external.yaml");
+    let text = format!(
+        "name: external
+duration: 4s
+seed: 5
+servers: {{ server: \"coap://{server}\", bootstrap: none }}
+fleet:
+  - name: meters
+    profile: minimal-1.0
+    count: 20
+    ramp: 40
+  - name: sensors
+    profile: sensor-1.1
+    count: 7
+timeline:
+  - {{ at: 2s, action: update, group: meters, clients: 10, timeout: 20s }}
+"
+    );
+    std::fs::write(&file, text).expect("scenario written");
+    file
+}
+
+/// `run SCENARIO --shard K/3` against one `serve` process, the three shards on one clock:
+/// `report merge` of their run folders equals the single-process run of the same seed in
+/// its counters and endpoint set, each shard ran the clients K, K+3, ... of each group,
+/// and the timeline's Update of the first 10 meters was sent by the shards' meters among
+/// them.
+#[test]
+fn run_shards_merge_into_the_single_process_run() {
+    const N: usize = 3;
+    let tmp = tempfile::tempdir().expect("a temporary folder");
+    let serve = Serve::start("127.0.0.1", &tmp.path().join("data"));
+    let scenario = external_scenario(tmp.path(), serve.coap);
+    let start_at = SystemTime::now() + Duration::from_secs(3);
+    let start_at = rfc3339(
+        start_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs(),
+    );
+    let dirs: Vec<PathBuf> = (0..N)
+        .map(|k| tmp.path().join(format!("run-shard-{k}")))
+        .collect();
+    let children: Vec<Child> = dirs
+        .iter()
+        .enumerate()
+        .map(|(k, dir)| {
+            run(&[
+                scenario.display().to_string(),
+                "--shard".into(),
+                format!("{k}/{N}"),
+                "--start-at".into(),
+                start_at.clone(),
+                "--report-dir".into(),
+                dir.display().to_string(),
+                "--quiet".into(),
+            ])
+        })
+        .collect();
+    for (k, child) in children.into_iter().enumerate() {
+        finish(child, &format!("run shard {k}"));
+    }
+    for (k, dir) in dirs.iter().enumerate() {
+        let want: BTreeSet<String> = (k..20)
+            .step_by(N)
+            .map(|n| format!("meters-{n}"))
+            .chain((k..7).step_by(N).map(|n| format!("sensors-{n}")))
+            .collect();
+        assert_eq!(endpoints(dir), want, "shard {k}");
+        let r = report(dir);
+        assert_eq!(r["seed"], 5, "the run seed in shard {k}'s report");
+        let section = &r["sections"][0];
+        assert_eq!(section["title"], "Shard");
+        assert!(
+            section["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with(&format!("shard {k}/{N} of the fleet"))),
+            "{section}"
+        );
+        // The first 10 meters are numbers 0..10: this shard's among them.
+        let mine = (k..10).step_by(N).count() as u64;
+        assert_eq!(r["counters"]["fleet.updates"], mine, "shard {k}");
+    }
+    let merged = tmp.path().join("run-merged");
+    let status = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .args(["report", "merge"])
+        .args(&dirs)
+        .arg("--out")
+        .arg(&merged)
+        .stdout(Stdio::null())
+        .status()
+        .expect("report merge runs");
+    assert!(status.success());
+
+    let single = tmp.path().join("run-single");
+    finish(
+        run(&[
+            scenario.display().to_string(),
+            "--report-dir".into(),
+            single.display().to_string(),
+            "--quiet".into(),
+        ]),
+        "the single-process run",
+    );
+    let (m, s) = (report(&merged), report(&single));
+    assert_eq!(counts(&m), counts(&s));
+    assert_eq!(counts(&m)["fleet.clients_registered"], 27);
+    assert_eq!(m["counters"]["fleet.updates"], 10);
+    assert_eq!(
+        m["counters"]["fleet.updates"],
+        s["counters"]["fleet.updates"]
+    );
+    assert_eq!(endpoints(&merged), endpoints(&single));
+    assert_eq!(endpoints(&merged).len(), 27);
+    assert_eq!(
+        m["latencies"]["register"]["count"],
+        s["latencies"]["register"]["count"]
+    );
+    // The same cases, all passed, in the merged report and the single run.
+    let cases = |r: &serde_json::Value| -> Vec<(String, String)> {
+        r["cases"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| (c["case"].to_string(), c["status"].to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(cases(&m), cases(&s));
+    assert!(
+        cases(&m).iter().all(|(_, st)| st == "\"passed\""),
+        "{:?}",
+        cases(&m)
+    );
+
+    // The charts are merged: requests per second summed over the shards, the clients over
+    // time summed (all 27 registered at some sampled moment), the latency charts from the
+    // merged histograms, the timeline's marks.
+    let sum = |v: &serde_json::Value| -> u64 {
+        v.as_array()
+            .map_or(0, |a| a.iter().filter_map(serde_json::Value::as_u64).sum())
+    };
+    for key in ["requests_by_operation", "requests_by_group"] {
+        let merged_charts = m["charts"][key].as_object().expect("merged requests chart");
+        assert!(!merged_charts.is_empty(), "{key}");
+        for (name, per_second) in merged_charts {
+            let shards: u64 = dirs
+                .iter()
+                .map(|d| sum(&report(d)["charts"][key][name]))
+                .sum();
+            assert_eq!(sum(per_second), shards, "{key} {name}");
+        }
+    }
+    let registered = |r: &serde_json::Value| {
+        r["charts"]["clients"]
+            .as_array()
+            .and_then(|a| a.iter().filter_map(|p| p["registered"].as_u64()).max())
+    };
+    assert_eq!(registered(&m), Some(27));
+    let over_time: u64 = m["charts"]["over_time"]["register"]
+        .as_array()
+        .map_or(0, |a| a.iter().filter_map(|p| p["count"].as_u64()).sum());
+    assert_eq!(over_time, 27);
+    assert!(m["charts"]["distribution"]["register"].is_array());
+    let labels = |r: &serde_json::Value| -> Vec<String> {
+        r["charts"]["events"]
+            .as_array()
+            .map(|a| a.iter().map(|e| e["label"].to_string()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(labels(&m), labels(&s));
+    assert_eq!(labels(&m).len(), 1);
+    drop(serve);
+}
+
+/// A scenario whose servers run in process cannot be sharded (each shard would have its
+/// own): `run --shard` says so in one line naming the scenario file, before it starts.
+#[test]
+fn run_shard_of_in_process_servers_is_refused_in_one_line() {
+    let tmp = tempfile::tempdir().expect("a temporary folder");
+    let refused = |name: &str, servers: &str, bootstrap: bool, why: &str| {
+        let file = tmp.path().join(format!("{name}.yaml"));
+        let text = format!(
+            "name: {name}\nduration: 2s\nservers: {servers}\nfleet:\n  - name: meters\n    profile: minimal-1.0\n    count: 3\n    bootstrap: {bootstrap}\n"
+        );
+        std::fs::write(&file, text).expect("scenario written");
+        let out = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+            .arg("run")
+            .arg(&file)
+            .args(["--shard", "0/2", "--report-dir"])
+            .arg(tmp.path().join(name))
+            .output()
+            .expect("run runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        let line = stderr.trim_end();
+        assert!(
+            line.starts_with(&format!("error: {}: --shard: ", file.display())),
+            "{line}"
+        );
+        assert!(line.contains(why), "{line}");
+        assert!(
+            !tmp.path().join(name).exists(),
+            "no run folder: nothing ran"
+        );
+    };
+    refused(
+        "in-process",
+        "{ server: in-process, bootstrap: none }",
+        false,
+        "LwM2M Server is in-process",
+    );
+    // An external LwM2M Server, but the group bootstraps from an in-process one.
+    refused(
+        "bootstraps",
+        "{ server: \"coap://127.0.0.1:5683\", bootstrap: in-process }",
+        true,
+        "group meters bootstraps from the in-process Bootstrap Server",
+    );
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ` of seconds since the epoch.
 fn rfc3339(secs: u64) -> String {
     let days = secs / 86_400;

@@ -229,17 +229,9 @@ impl Latencies {
     /// step of HdrHistogram's quantile iteration (5 per halving of the distance to 100 %),
     /// at the percentile of the samples up to its value.
     pub fn distribution(&self, operation: &str) -> Vec<(f64, f64)> {
-        let Some(h) = self.histograms.get(operation) else {
-            return Vec::new();
-        };
-        let mut out: Vec<(f64, f64)> = Vec::new();
-        for v in h.iter_quantiles(5) {
-            let point = (v.quantile() * 100.0, ms(v.value_iterated_to()));
-            if out.last() != Some(&point) {
-                out.push(point);
-            }
-        }
-        out
+        self.histograms
+            .get(operation)
+            .map_or_else(Vec::new, distribution_of)
     }
 
     /// The `.hgrm` percentile distribution of an operation (milliseconds).
@@ -295,6 +287,20 @@ impl Latencies {
     pub fn write_log<W: Write>(&self, out: &mut W, start: SystemTime) -> anyhow::Result<()> {
         write_interval_log(out, start, self.intervals())
     }
+}
+
+/// The percentile distribution of a histogram (µs) as (percentile 0–100, ms) points: each
+/// step of HdrHistogram's quantile iteration (5 per halving of the distance to 100 %), at
+/// the percentile of the samples up to its value.
+pub fn distribution_of(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    for v in h.iter_quantiles(5) {
+        let point = (v.quantile() * 100.0, ms(v.value_iterated_to()));
+        if out.last() != Some(&point) {
+            out.push(point);
+        }
+    }
+    out
 }
 
 /// The percentiles of a histogram of microseconds.

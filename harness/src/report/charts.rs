@@ -57,6 +57,21 @@ pub struct SecondLatency {
     pub max_ms: f64,
 }
 
+impl SecondLatency {
+    /// The percentiles of `h` (µs), the samples that completed in second `t_s`.
+    pub fn of(t_s: u32, h: &hdrhistogram::Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            t_s,
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p90_ms: ms(h.value_at_quantile(0.9)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
 /// The fleet's state at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClientsPoint {

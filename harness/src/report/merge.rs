@@ -11,6 +11,12 @@
 //! - The endpoint names (`endpoints.txt`) are united: the merged folder lists the fleet.
 //! - The network-usage sample is shard 0's (the first folder given); a "Shards" section
 //!   gives the per-shard breakdown.
+//! - The charts (of `run` folders; `simulate` folders have none but the latency ones):
+//!   the latency distribution and percentiles over time from the merged histograms,
+//!   requests per second summed second by second on the wall clock, the clients over time
+//!   summed at shard 0's sampling moments (each shard's latest sample then), the timeline
+//!   marks shard 0's. The merged time origin is the earliest shard's (its interval log's
+//!   StartTime: when its clients started).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -22,8 +28,11 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 
+use super::charts::{Charts, ClientsPoint, SecondLatency, TimelineMark};
 use super::{CaseResult, RunReport, SCHEMA_VERSION, Section, Status, ThroughputPoint};
-use crate::record::latency::{Interval, latency_histogram, summary_of, write_interval_log};
+use crate::record::latency::{
+    Interval, distribution_of, latency_histogram, summary_of, write_interval_log,
+};
 
 /// The interval log of a run folder.
 pub const HLOG_FILE: &str = "latencies.hlog";
@@ -105,18 +114,37 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> anyhow::Result<RunReport> {
         }
     }
 
-    // The interval logs, second by second on the wall clock.
+    // The interval logs, second by second on the wall clock from the earliest log's start.
     let mut seconds: BTreeMap<(u32, String), Histogram<u64>> = BTreeMap::new();
     let mut totals: BTreeMap<String, Histogram<u64>> = BTreeMap::new();
-    let mut logs = 0;
+    let mut bases: Vec<Option<f64>> = Vec::new();
+    let mut parsed = Vec::new();
     for dir in dirs {
         let path = dir.join(HLOG_FILE);
         let Ok(bytes) = std::fs::read(&path) else {
+            bases.push(None);
             continue;
         };
-        logs += 1;
-        for (at, tag, h) in read_log(&bytes).with_context(|| format!("{}", path.display()))? {
-            let second = (at - start).max(0.0).floor() as u32;
+        let (base, intervals) = read_log(&bytes).with_context(|| format!("{}", path.display()))?;
+        bases.push(base);
+        parsed.push(intervals);
+    }
+    let logs = parsed.len();
+    let origin = bases
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    let origin = if origin.is_finite() { origin } else { start };
+    // Each shard's time origin, seconds after the merged one.
+    let offsets: Vec<f64> = reports
+        .iter()
+        .zip(&bases)
+        .map(|(r, base)| base.unwrap_or(r.started_unix_s) - origin)
+        .collect();
+    for intervals in parsed {
+        for (at, tag, h) in intervals {
+            let second = (at - origin).max(0.0).floor() as u32;
             let slot = seconds
                 .entry((second, tag.clone()))
                 .or_insert_with(latency_histogram);
@@ -142,6 +170,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> anyhow::Result<RunReport> {
     for (op, h) in &totals {
         latencies.insert(op.clone(), summary_of(h));
     }
+    let charts = merge_charts(&reports, &offsets, &totals, &seconds);
 
     let mut failures: Vec<Failure> = Vec::new();
     let mut endpoints = BTreeSet::new();
@@ -198,7 +227,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> anyhow::Result<RunReport> {
             .network_usage_client
             .as_ref()
             .map(|c| format!("{c}, shard 0")),
-        charts: super::charts::Charts::default(),
+        charts,
         counters,
         sections,
     };
@@ -209,7 +238,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> anyhow::Result<RunReport> {
             intervals.entry(second).or_default().push((tag, h));
         }
         let mut hlog = Vec::new();
-        let origin = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(start.max(0.0));
+        let origin = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(origin.max(0.0));
         write_interval_log(
             &mut hlog,
             origin,
@@ -229,6 +258,96 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> anyhow::Result<RunReport> {
         std::fs::write(out.join(ENDPOINTS_FILE), text).context("writing endpoints.txt")?;
     }
     Ok(report)
+}
+
+/// The merged charts: `offsets` places each report's time origin after the merged one,
+/// `totals` and `seconds` are the merged histograms (whole run, per second and tag).
+fn merge_charts(
+    reports: &[RunReport],
+    offsets: &[f64],
+    totals: &BTreeMap<String, Histogram<u64>>,
+    seconds: &BTreeMap<(u32, String), Histogram<u64>>,
+) -> Charts {
+    let mut c = Charts::default();
+    for (op, h) in totals {
+        let points = distribution_of(h)
+            .into_iter()
+            .map(|(p, v)| [p, v])
+            .collect();
+        c.distribution.insert(op.clone(), points);
+    }
+    // In order of second: each operation's points come in order.
+    for ((second, tag), h) in seconds {
+        if !tag.starts_with("group=") {
+            let point = SecondLatency::of(*second, h);
+            c.over_time.entry(tag.clone()).or_default().push(point);
+        }
+    }
+    for (r, offset) in reports.iter().zip(offsets) {
+        let shift = offset.round() as i64;
+        for (into, from) in [
+            (
+                &mut c.requests_by_operation,
+                &r.charts.requests_by_operation,
+            ),
+            (&mut c.requests_by_group, &r.charts.requests_by_group),
+        ] {
+            for (key, per_second) in from {
+                let merged = into.entry(key.clone()).or_default();
+                for (i, n) in per_second.iter().enumerate() {
+                    let Some(at) = i64::try_from(i)
+                        .ok()
+                        .and_then(|i| usize::try_from(i + shift).ok())
+                        .filter(|at| *at <= 7 * 24 * 3600)
+                    else {
+                        continue;
+                    };
+                    if merged.len() <= at {
+                        merged.resize(at + 1, 0);
+                    }
+                    if let Some(slot) = merged.get_mut(at) {
+                        *slot += n;
+                    }
+                }
+            }
+        }
+    }
+    let (Some(first), Some(&first_offset)) = (reports.first(), offsets.first()) else {
+        return c;
+    };
+    for p in &first.charts.clients {
+        let t_s = p.t_s + first_offset;
+        let mut sum = ClientsPoint {
+            t_s,
+            started: 0,
+            registered: 0,
+            sleeping: 0,
+        };
+        for (r, offset) in reports.iter().zip(offsets) {
+            let latest = r
+                .charts
+                .clients
+                .iter()
+                .take_while(|q| q.t_s + offset <= t_s + 1e-6)
+                .last();
+            if let Some(q) = latest {
+                sum.started += q.started;
+                sum.registered += q.registered;
+                sum.sleeping += q.sleeping;
+            }
+        }
+        c.clients.push(sum);
+    }
+    c.events = first
+        .charts
+        .events
+        .iter()
+        .map(|e| TimelineMark {
+            t_s: e.t_s + first_offset,
+            label: e.label.clone(),
+        })
+        .collect();
+    c
 }
 
 /// Cases by (case, subject): one entry each, failed if any shard failed it, else the first.
@@ -268,16 +387,25 @@ fn shards_text(dirs: &[PathBuf], reports: &[RunReport]) -> String {
     text
 }
 
-/// The intervals of an interval log: (start, seconds since the epoch; tag; histogram).
-fn read_log(bytes: &[u8]) -> anyhow::Result<Vec<(f64, String, Histogram<u64>)>> {
+/// An interval log's start (seconds since the epoch, if it says) and its intervals:
+/// (start, seconds since the epoch; tag; histogram).
+#[allow(clippy::type_complexity)]
+fn read_log(bytes: &[u8]) -> anyhow::Result<(Option<f64>, Vec<(f64, String, Histogram<u64>)>)> {
     use base64::Engine as _;
     let mut base = 0.0;
+    let mut said = false;
     let mut out = Vec::new();
     let mut decoder = Deserializer::new();
     for entry in IntervalLogIterator::new(bytes) {
         match entry.map_err(|e| anyhow::anyhow!("not an interval log: {e:?}"))? {
-            LogEntry::BaseTime(t) => base = t.as_secs_f64(),
-            LogEntry::StartTime(t) if base == 0.0 => base = t.as_secs_f64(),
+            LogEntry::BaseTime(t) => {
+                base = t.as_secs_f64();
+                said = true;
+            }
+            LogEntry::StartTime(t) if !said => {
+                base = t.as_secs_f64();
+                said = true;
+            }
             LogEntry::StartTime(_) => {}
             LogEntry::Interval(h) => {
                 let raw = base64::engine::general_purpose::STANDARD
@@ -291,5 +419,5 @@ fn read_log(bytes: &[u8]) -> anyhow::Result<Vec<(f64, String, Histogram<u64>)>> 
             }
         }
     }
-    Ok(out)
+    Ok((said.then_some(base), out))
 }

@@ -14,6 +14,7 @@ pub mod usage;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 
@@ -343,6 +344,53 @@ pub fn civil_utc(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
     (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// `2026-12-06T05:00:00Z`, `2026-12-06T06:00:00.5+01:00` (RFC 3339 §5.6) to a time.
+pub fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
+    let bad = || format!("{s:?}: expected an RFC 3339 time such as 2026-12-06T05:00:00Z");
+    let num = |t: &str| t.parse::<i64>().map_err(|_| bad());
+    let (date, time) = s.split_once(['T', 't', ' ']).ok_or_else(bad)?;
+    let mut d = date.splitn(3, '-');
+    let (y, m, day) = (
+        num(d.next().ok_or_else(bad)?)?,
+        num(d.next().ok_or_else(bad)?)?,
+        num(d.next().ok_or_else(bad)?)?,
+    );
+    let (clock, offset) = if let Some(c) = time.strip_suffix(['Z', 'z']) {
+        (c, 0)
+    } else {
+        let at = time.rfind(['+', '-']).ok_or_else(bad)?;
+        let (c, o) = time.split_at(at);
+        let sign = if o.starts_with('-') { -1 } else { 1 };
+        let (oh, om) = o.get(1..).and_then(|o| o.split_once(':')).ok_or_else(bad)?;
+        (c, sign * (num(oh)? * 3600 + num(om)? * 60))
+    };
+    let mut t = clock.splitn(3, ':');
+    let (h, min) = (
+        num(t.next().ok_or_else(bad)?)?,
+        num(t.next().ok_or_else(bad)?)?,
+    );
+    let sec: f64 = t.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+    if !(1..=12).contains(&m)
+        || !(1..=31).contains(&day)
+        || h > 23
+        || min > 59
+        || !(0.0..61.0).contains(&sec)
+    {
+        return Err(bad());
+    }
+    // Days since 1970-01-01 of the proleptic Gregorian date (the inverse of [`civil_utc`]).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + min * 60 - offset;
+    let whole = u64::try_from(secs).map_err(|_| bad())?;
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(whole) + Duration::from_secs_f64(sec))
+}
+
 /// Escapes text for HTML and XML.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -363,6 +411,22 @@ pub fn escape(s: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_times_parse() {
+        let at = |s: &str| {
+            parse_rfc3339(s).map(|t| {
+                t.duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64())
+            })
+        };
+        assert_eq!(at("1970-01-01T00:00:00Z"), Ok(0.0));
+        assert_eq!(at("2026-12-06T05:00:00Z"), Ok(1_796_533_200.0));
+        assert_eq!(at("2026-12-06T06:00:00+01:00"), Ok(1_796_533_200.0));
+        assert_eq!(at("2000-02-29T12:30:15.5Z"), Ok(951_827_415.5));
+        assert!(at("2026-13-01T00:00:00Z").is_err());
+        assert!(at("tomorrow").is_err());
+    }
 
     pub(crate) fn sample() -> RunReport {
         let mut latencies = BTreeMap::new();

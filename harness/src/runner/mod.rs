@@ -71,7 +71,7 @@ use lwm2m_server::{
     start_server,
 };
 use lwm2m_simulator::fleet::{
-    Fleet, FleetConfig, FleetHandle, ProfileClients, SessionKeyLog, Tap, Targets,
+    Fleet, FleetConfig, FleetHandle, ProfileClients, SessionKeyLog, Shard, Tap, Targets,
 };
 use lwm2m_simulator::seed;
 
@@ -114,6 +114,17 @@ pub struct RunArgs {
     /// Prometheus text format while the run lasts (no authentication: bind it to loopback).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Run shard K of N of the scenario's fleet (K from 0): of each group the clients K,
+    /// K+N, K+2N, ..., with the endpoint names, seeds and PSKs they have in one process,
+    /// so that N shards (processes, machines, Kubernetes pods) together are the same
+    /// fleet; `report merge` merges their run folders. Only for a scenario whose servers
+    /// are external: in-process ones would be one per shard.
+    #[arg(long, value_name = "K/N", value_parser = Shard::parse)]
+    pub shard: Option<Shard>,
+    /// Start the fleet and the timeline at this moment (RFC 3339, e.g.
+    /// 2026-12-06T05:00:00Z), so that all shards run on the same clock [default: at once].
+    #[arg(long, value_name = "RFC3339", value_parser = report::parse_rfc3339)]
+    pub start_at: Option<SystemTime>,
 }
 
 /// How to run a plan.
@@ -129,6 +140,27 @@ pub struct RunOptions {
     pub progress: bool,
     /// Serve the fleet's live counters at http://ADDR/metrics while the run lasts.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Which part of the scenario's fleet this run is (one shard of one: all of it);
+    /// [`Plan::shard_refusal`] says when a scenario cannot be sharded.
+    pub shard: Option<Shard>,
+    /// When the fleet and the timeline start (`None`: at once).
+    pub start_at: Option<SystemTime>,
+}
+
+/// Waits until `at` (if given and not past): the shards of a fleet start on one clock.
+pub async fn wait_for_start(at: Option<SystemTime>) {
+    let Some(at) = at else { return };
+    match at.duration_since(SystemTime::now()) {
+        Ok(wait) => {
+            println!(
+                "starting at {:.3} s since the epoch (in {wait:.1?})",
+                at.duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64())
+            );
+            tokio::time::sleep(wait).await;
+        }
+        Err(_) => eprintln!("--start-at is past: starting now"),
+    }
 }
 
 /// A finished run.
@@ -150,6 +182,8 @@ pub fn main(registry: Registry, args: &RunArgs) -> anyhow::Result<ExitCode> {
         report_dir: args.report_dir.clone(),
         progress: !args.quiet,
         metrics: args.metrics,
+        shard: args.shard,
+        start_at: args.start_at,
     };
     if let Some(file) = &args.export_credentials {
         let n = export_credentials(&plan, &registry, options.seed, file)?;
@@ -577,6 +611,7 @@ fn build_fleets(
     servers: &Servers,
     (tap, key_log): (Option<Tap>, Option<SessionKeyLog>),
     ca: Option<&TestCa>,
+    shard: Shard,
 ) -> anyhow::Result<Vec<Fleet>> {
     let mut fleets = Vec::new();
     for (g, group) in plan.groups.iter().enumerate() {
@@ -638,15 +673,19 @@ fn build_fleets(
             seed: group_seed,
             ramp: group.spec.ramp,
             sockets: group.spec.sockets,
-            first_address: Ipv4Addr::new(127, block, 0, 1),
+            // A shard's clients: its slice of the group's block.
+            first_address: shard.first_address_in(
+                Ipv4Addr::new(127, block, 0, 1),
+                Ipv4Addr::new(127, block, 255, 254),
+            ),
             tap: tap.clone(),
             key_log: key_log.clone(),
             // Register and Update latencies over time: the interval log and the charts.
             timed_latencies: true,
+            shard,
             ..FleetConfig::default()
         });
-        for n in 0..group.spec.count {
-            let k = n as u64;
+        for k in shard.numbers(group.spec.count as u64) {
             let endpoint = clients.endpoint(k);
             let mut spec = clients.spec(k, group_seed);
             if bootstrap {
@@ -761,11 +800,24 @@ pub async fn run(
     registry: Arc<Registry>,
     options: &RunOptions,
 ) -> anyhow::Result<RunOutcome> {
+    if options.shard.is_some()
+        && let Some(why) = plan.shard_refusal()
+    {
+        anyhow::bail!("{}: --shard: {why}", plan.file.display());
+    }
     let started = SystemTime::now();
+    let shard = options.shard.unwrap_or_default();
     let dir = match &options.report_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             dir.clone()
+        }
+        None if options.shard.is_some() => {
+            let name = format!(
+                "{}-shard-{}-of-{}",
+                plan.scenario.name, shard.index, shard.count
+            );
+            run_dir(&options.out, &name, started)?
         }
         None => run_dir(&options.out, &plan.scenario.name, started)?,
     };
@@ -810,9 +862,12 @@ pub async fn run(
         &servers,
         (fleet_tap, fleet_key_log),
         dtls.as_ref().and_then(|d| d.ca.as_ref()),
+        shard,
     )?;
 
-    let endpoints: Vec<Vec<String>> = (0..plan.groups.len()).map(|g| plan.endpoints(g)).collect();
+    let endpoints: Vec<Vec<String>> = (0..plan.groups.len())
+        .map(|g| plan.endpoints(g, shard))
+        .collect();
     // The first client of each group is the sample of the network-usage table.
     let watched: HashSet<String> = endpoints
         .iter()
@@ -824,6 +879,7 @@ pub async fn run(
         .flat_map(|(eps, g)| eps.iter().map(|e| (e.clone(), g.spec.name.clone())))
         .collect();
     let shared = Arc::new(metrics::Shared::default());
+    wait_for_start(options.start_at).await;
     // The run's time origin: the interval log's StartTime, the charts' 0 s.
     let (t0, origin) = (Instant::now(), SystemTime::now());
     let (stop_collector, stop_rx) = tokio::sync::oneshot::channel();
@@ -864,7 +920,9 @@ pub async fn run(
     });
     let mut timeline = tokio::task::JoinSet::new();
     let start = tokio::time::Instant::from_std(t0);
-    for step in plan.steps.clone() {
+    for mut step in plan.steps.clone() {
+        // A step on the first n clients of a group: this shard's among them.
+        step.clients = usize::try_from(shard.among(step.clients as u64)).unwrap_or(usize::MAX);
         let context = context.clone();
         timeline.spawn(async move {
             tokio::time::sleep_until(start + step.at).await;
@@ -874,7 +932,7 @@ pub async fn run(
 
     let duration = plan.scenario.duration;
     let bar = progress_bar(options.progress, duration);
-    let total = plan.clients() as u64;
+    let total: u64 = endpoints.iter().map(|e| e.len() as u64).sum();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let end = start + duration;
     // The clients over time, for the report's chart: every tick, at most ~500 points.
@@ -920,7 +978,13 @@ pub async fn run(
     let mut steps_done = timeline.join_all().await;
     steps_done.sort_by_key(|(number, _)| *number);
     let mut cases: Vec<CaseResult> = steps_done.into_iter().map(|(_, case)| case).collect();
-    cases.extend(implicit_cases(plan, &context, &handles, &servers));
+    cases.extend(implicit_cases(
+        plan,
+        &context,
+        &handles,
+        &servers,
+        options.shard,
+    ));
 
     bar.set_message("stopping: every client de-registers");
     let mut reports = Vec::new();
@@ -1003,12 +1067,16 @@ fn implicit_cases(
     context: &steps::Context,
     handles: &[FleetHandle],
     servers: &Servers,
+    shard: Option<Shard>,
 ) -> Vec<CaseResult> {
     let mut cases = Vec::new();
     let feature = plan.file.display().to_string();
     for (g, (group, handle)) in plan.groups.iter().zip(handles).enumerate() {
         let name = &group.spec.name;
-        let count = group.spec.count;
+        // The title names the whole group (the same in every shard, so that `report
+        // merge` combines the shards' cases); the status is about this shard's clients.
+        let total = group.spec.count;
+        let count = context.endpoints.get(g).map_or(0, Vec::len);
         let c = handle.total();
         let registered = usize::try_from(c.clients_registered).unwrap_or(usize::MAX);
         let status = if registered >= count {
@@ -1016,14 +1084,15 @@ fn implicit_cases(
         } else {
             Status::Failed
         };
+        let of_shard = shard.map_or_else(String::new, |s| format!("shard {s}: "));
         cases.push(CaseResult {
             case: format!("registration-{}", g + 1),
-            title: format!("all {count} clients of {name} registered"),
+            title: format!("all {total} clients of {name} registered"),
             feature: feature.clone(),
             subject: name.clone(),
             status,
             message: Some(format!(
-                "{registered}/{count} registered at least once; {} registered now, {} failed, {} Register/Update failures",
+                "{of_shard}{registered}/{count} registered at least once; {} registered now, {} failed, {} Register/Update failures",
                 c.registered, c.failed, c.failures
             )),
             evidence: steps::evidence(),
@@ -1037,7 +1106,7 @@ fn implicit_cases(
             });
             cases.push(CaseResult {
                 case: format!("bootstrap-{}", g + 1),
-                title: format!("all {count} clients of {name} bootstrapped"),
+                title: format!("all {total} clients of {name} bootstrapped"),
                 feature: feature.clone(),
                 subject: name.clone(),
                 status: if done >= count {

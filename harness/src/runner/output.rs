@@ -19,7 +19,9 @@ use crate::record::Latencies;
 use crate::record::capture::{self, Captured};
 use crate::report::charts::{Charts, ClientsPoint, SecondLatency, TimelineMark};
 use crate::report::dtls::{self as dtls_usage, DtlsUsage, Listener};
-use crate::report::merge::{FAILURES_FILE, FAILURES_SECTION, Failure, failures_text};
+use crate::report::merge::{
+    ENDPOINTS_FILE, FAILURES_FILE, FAILURES_SECTION, Failure, failures_text,
+};
 use crate::report::usage::{self, ExchangeUsage};
 use crate::report::{self, CaseResult, RunReport, Subject, ThroughputPoint};
 
@@ -105,20 +107,13 @@ fn charts(
             points.into_iter().map(|(p, v)| [p, v]).collect(),
         );
     }
-    let ms = |us: u64| us as f64 / 1000.0;
     for interval in latencies.intervals() {
         for (tag, h) in interval.histograms {
             if tag.starts_with("group=") {
                 continue;
             }
-            c.over_time.entry(tag).or_default().push(SecondLatency {
-                t_s: interval.second,
-                count: h.len(),
-                p50_ms: ms(h.value_at_quantile(0.5)),
-                p90_ms: ms(h.value_at_quantile(0.9)),
-                p99_ms: ms(h.value_at_quantile(0.99)),
-                max_ms: ms(h.max()),
-            });
+            let point = SecondLatency::of(interval.second, &h);
+            c.over_time.entry(tag).or_default().push(point);
         }
     }
     for (x, group) in exchanges.iter().zip(groups) {
@@ -702,6 +697,39 @@ pub fn write(dir: &Path, mut run: Run<'_>) -> anyhow::Result<RunReport> {
     )?;
     write_file(dir, "network-usage.txt", &text)?;
     write_file(dir, "network-usage.csv", &csv(&all))?;
+    // The run's clients (`report merge` unites the shards' lists).
+    let endpoint_list: String = run
+        .endpoints
+        .iter()
+        .flatten()
+        .map(|e| format!("{e}\n"))
+        .collect();
+    write_file(dir, ENDPOINTS_FILE, &endpoint_list)?;
+    if let Some(shard) = run.options.shard {
+        let here: usize = run.endpoints.iter().map(Vec::len).sum();
+        let groups: Vec<String> = plan
+            .groups
+            .iter()
+            .zip(run.endpoints)
+            .map(|(g, e)| format!("{} {} of {}", g.spec.name, e.len(), g.spec.count))
+            .collect();
+        sections.insert(
+            0,
+            (
+                "Shard".to_owned(),
+                format!(
+                    "shard {shard} of the fleet of {} ({} clients): {here} clients here ({}; numbers {}, {}, ... of each group), seed {}, against {}",
+                    plan.file.display(),
+                    plan.clients(),
+                    groups.join(", "),
+                    shard.index,
+                    shard.index + shard.count,
+                    run.options.seed,
+                    run.servers.server
+                ),
+            ),
+        );
+    }
 
     // Counters.
     let mut counters = std::mem::take(&mut run.collected.counters);

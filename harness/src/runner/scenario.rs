@@ -89,7 +89,7 @@ use lwm2m_proto::server::Operation;
 use lwm2m_proto::{InstanceId, Lwm2mPath};
 use lwm2m_server::store::BootstrapDoc;
 use lwm2m_simulator::config::{ConfigError, Origin, file_stem};
-use lwm2m_simulator::fleet::{ProfileClients, PskPattern, Targets};
+use lwm2m_simulator::fleet::{ProfileClients, PskPattern, Shard, Targets};
 use lwm2m_simulator::network::{NetworkModel, load_network};
 use lwm2m_simulator::profile::{Profile, load_profile};
 use lwm2m_simulator::quirks::{QuirkPacks, load_quirk_pack};
@@ -676,12 +676,42 @@ impl Plan {
         .plan(scenario)
     }
 
-    /// Every endpoint of group `g`, in client order.
-    pub fn endpoints(&self, g: usize) -> Vec<String> {
+    /// Every endpoint of group `g` in `shard` (one shard of one: the whole group), in
+    /// client order.
+    pub fn endpoints(&self, g: usize, shard: Shard) -> Vec<String> {
         self.groups.get(g).map_or_else(Vec::new, |gp| {
             let prefix = gp.spec.prefix();
-            (0..gp.spec.count).map(|n| format!("{prefix}{n}")).collect()
+            shard
+                .numbers(gp.spec.count as u64)
+                .map(|n| format!("{prefix}{n}"))
+                .collect()
         })
+    }
+
+    /// Why this scenario cannot run as shards (`run --shard`), if it cannot: N shards are
+    /// one fleet only when they all talk to the same servers, and an in-process server
+    /// would be one per shard, each with a part of the clients.
+    pub fn shard_refusal(&self) -> Option<String> {
+        let servers = &self.scenario.servers;
+        if servers.server == Target::InProcess {
+            return Some(
+                "the scenario's LwM2M Server is in-process (servers.server): each shard would \
+                 run a server of its own for its part of the fleet; give the server \
+                 everyone registers with as servers.server: coap://HOST:PORT (or coaps://)"
+                    .to_owned(),
+            );
+        }
+        if servers.bootstrap == Target::InProcess
+            && let Some(g) = self.groups.iter().find(|g| g.spec.bootstrap)
+        {
+            return Some(format!(
+                "group {} bootstraps from the in-process Bootstrap Server (servers.bootstrap): \
+                 each shard would run a Bootstrap Server of its own; give an external one \
+                 (coap://HOST:PORT)",
+                g.spec.name
+            ));
+        }
+        None
     }
 
     /// All clients of the run.

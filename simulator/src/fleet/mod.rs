@@ -132,11 +132,24 @@ impl Shard {
         (self.index..total).step_by(step)
     }
 
+    /// How many of the first `n` clients of the whole fleet are this shard's (a timeline
+    /// action on the first `n` clients acts on that many of this shard's first clients).
+    pub fn among(self, n: u64) -> u64 {
+        let count = self.count.max(1);
+        n.saturating_sub(self.index).div_ceil(count)
+    }
+
     /// The first client address of this shard: the loopback range from `base` up is cut in
     /// `count` equal slices, so that shards on one machine never share an address.
     pub fn first_address(self, base: Ipv4Addr) -> Ipv4Addr {
+        self.first_address_in(base, Ipv4Addr::new(127, 255, 255, 254))
+    }
+
+    /// The first client address of this shard within the block `base..=last` (a scenario
+    /// group's 127.G.0.0/16), cut in `count` equal slices.
+    pub fn first_address_in(self, base: Ipv4Addr, last: Ipv4Addr) -> Ipv4Addr {
         let first = u32::from(base);
-        let last = u32::from(Ipv4Addr::new(127, 255, 255, 254));
+        let last = u32::from(last);
         let slice = last.saturating_sub(first) / u32::try_from(self.count.max(1)).unwrap_or(1);
         let k = u32::try_from(self.index).unwrap_or(0);
         Ipv4Addr::from(first.saturating_add(slice.saturating_mul(k)))
@@ -386,6 +399,19 @@ mod tests {
                 .all(|w| u32::from(w[1]) - u32::from(w[0]) > 4_000_000)
         );
         assert_eq!(Shard::default().numbers(3).count(), 3);
+        // Of the first n clients, each shard has as many as its numbers below n.
+        for n in 0..12 {
+            for s in &shards {
+                assert_eq!(s.among(n), s.numbers(n).count() as u64, "{s} of {n}");
+            }
+        }
+        assert_eq!(Shard::default().among(7), 7);
+        let block = (Ipv4Addr::new(127, 3, 0, 1), Ipv4Addr::new(127, 3, 255, 254));
+        assert_eq!(shards[0].first_address_in(block.0, block.1), block.0);
+        assert_eq!(
+            shards[3].first_address_in(block.0, block.1),
+            Ipv4Addr::new(127, 3, 191, 254)
+        );
     }
 
     #[test]
