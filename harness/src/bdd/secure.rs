@@ -42,8 +42,9 @@ use lwm2m_dtls::record::RecordBytes;
 use lwm2m_dtls::{
     CertificateConfig, ClientConfig, CloseReason, DtlsClient, DtlsError, KeyLog, SessionSecrets,
 };
+use lwm2m_proto::Instance;
+use lwm2m_proto::client::tree::account_uri;
 use lwm2m_proto::client::{ClientEvent, ObjectTree, parse_coap_uri};
-use lwm2m_proto::{Instance, ObjectId, ResourceId, ResourceValue, Value};
 use lwm2m_server::store::SecurityStore;
 use lwm2m_server::{Direction, DtlsOptions, PacketTap, Role, SecurityEvent};
 use lwm2m_simulator::security::account_credentials;
@@ -126,17 +127,18 @@ pub fn pki() -> anyhow::Result<&'static Pki> {
     made.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// The Security instance whose URI is `coaps://` at `server` (IP literals only).
+/// The client's account (its LwM2M Server or Bootstrap-Server account, by the tree's one
+/// rule) whose URI is `coaps://` at `server` (IP literals only).
 fn coaps_account(tree: &ObjectTree, server: SocketAddr) -> Option<&Instance> {
-    let security = ObjectId(0);
-    tree.instance_ids(security).into_iter().find_map(|i| {
-        let inst = tree.instance(security, i)?;
-        let Some(ResourceValue::Single(Value::String(uri))) = inst.get(&ResourceId(0)) else {
-            return None;
-        };
-        let uri = parse_coap_uri(uri).filter(|u| u.secure)?;
-        (uri.addr == server).then_some(inst)
-    })
+    [tree.server_account(), tree.bootstrap_account()]
+        .into_iter()
+        .flatten()
+        .map(|(_, account)| account)
+        .find(|account| {
+            account_uri(account)
+                .and_then(parse_coap_uri)
+                .is_some_and(|u| u.secure && u.addr == server)
+        })
 }
 
 /// Whether the client reaches `server` over DTLS (its Security object has a `coaps://`
@@ -416,6 +418,7 @@ mod tests {
     use crate::accounts::{SecureAccount, write_account};
     use lwm2m_dtls::Identity;
     use lwm2m_proto::Lwm2mPath;
+    use lwm2m_proto::{ObjectId, ResourceId, ResourceValue, Value};
 
     #[test]
     fn an_account_is_secure_where_its_coaps_uri_points() {

@@ -116,6 +116,22 @@ fn not_found(path: Lwm2mPath) -> DmError {
     DmError::NotFound { path }
 }
 
+/// Whether a Security instance is a Bootstrap-Server account (/0/x/1).
+fn is_bootstrap_account(account: &Instance) -> bool {
+    matches!(
+        account.get(&ResourceId(1)),
+        Some(ResourceValue::Single(Value::Boolean(true)))
+    )
+}
+
+/// A Security instance's Server URI (/0/x/0), if it has a non-empty one.
+pub fn account_uri(account: &Instance) -> Option<&str> {
+    match account.get(&ResourceId(0)) {
+        Some(ResourceValue::Single(Value::String(uri))) if !uri.is_empty() => Some(uri),
+        _ => None,
+    }
+}
+
 impl ObjectTree {
     /// An empty tree.
     pub fn new() -> Self {
@@ -191,6 +207,28 @@ impl ObjectTree {
             .get(&object)
             .map(|o| o.instances.keys().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// The LwM2M Server account of the Security object (Core TS 1.1 Appendix E.1): the
+    /// first instance that is not a Bootstrap-Server account (/0/x/1) and has a Server URI
+    /// (/0/x/0). The one rule for which account a client uses toward its server.
+    pub fn server_account(&self) -> Option<(InstanceId, &Instance)> {
+        self.security_accounts()
+            .find(|(_, a)| !is_bootstrap_account(a) && account_uri(a).is_some())
+    }
+
+    /// The Bootstrap-Server account of the Security object: the first instance whose
+    /// /0/x/1 is true.
+    pub fn bootstrap_account(&self) -> Option<(InstanceId, &Instance)> {
+        self.security_accounts()
+            .find(|(_, a)| is_bootstrap_account(a))
+    }
+
+    fn security_accounts(&self) -> impl Iterator<Item = (InstanceId, &Instance)> {
+        let security = self.objects.get(&ObjectId(0));
+        security
+            .into_iter()
+            .flat_map(|o| o.instances.iter().map(|(id, inst)| (*id, inst)))
     }
 
     /// The definition of an object, if known.
@@ -657,6 +695,46 @@ mod tests {
 
     fn ri(id: u16) -> ResourceInstanceId {
         ResourceInstanceId(id)
+    }
+
+    #[test]
+    fn the_server_account_is_the_first_non_bootstrap_instance_with_a_uri() {
+        let account = |uri: &str, bootstrap: Option<bool>| {
+            let mut a = Instance::default();
+            a.insert(
+                ResourceId(0),
+                ResourceValue::Single(Value::String(uri.into())),
+            );
+            if let Some(b) = bootstrap {
+                a.insert(ResourceId(1), ResourceValue::Single(Value::Boolean(b)));
+            }
+            a
+        };
+        let mut tree = ObjectTree::new();
+        tree.add_unknown_object(ObjectId(0));
+        assert!(tree.server_account().is_none() && tree.bootstrap_account().is_none());
+        tree.put_instance(
+            ObjectId(0),
+            InstanceId(0),
+            account("coap://10.0.0.2", Some(true)),
+        );
+        tree.put_instance(ObjectId(0), InstanceId(1), account("", Some(false)));
+        tree.put_instance(ObjectId(0), InstanceId(2), account("coap://10.0.0.1", None));
+        tree.put_instance(
+            ObjectId(0),
+            InstanceId(3),
+            account("coap://10.0.0.3", Some(false)),
+        );
+        assert_eq!(
+            tree.bootstrap_account().map(|(id, _)| id),
+            Some(InstanceId(0))
+        );
+        // Instance 1 has no URI; instance 2 is not a bootstrap account (no /0/x/1).
+        let (id, server) = tree.server_account().unwrap();
+        assert_eq!(
+            (id, account_uri(server)),
+            (InstanceId(2), Some("coap://10.0.0.1"))
+        );
     }
 
     fn device_def() -> Arc<ObjectDef> {

@@ -29,8 +29,9 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use lwm2m_dtls::{ClientConfig, Credentials, DtlsClient, DtlsError};
+use lwm2m_proto::ObjectId;
+use lwm2m_proto::client::tree::account_uri;
 use lwm2m_proto::client::{ClientConfig as MachineConfig, ObjectTree, parse_coap_uri};
-use lwm2m_proto::{Lwm2mPath, ObjectId, Value};
 
 use super::SessionKeyLog;
 use crate::security::account_credentials;
@@ -239,31 +240,20 @@ fn credentials_for(
     config: &Servers<'_>,
     peer: SocketAddr,
 ) -> Result<Option<Credentials>, String> {
-    let account = |iid| tree.instance(SECURITY, iid);
-    let get = |iid, rid: u16| tree.get(&Lwm2mPath::Resource(SECURITY, iid, rid.into()));
-    let is_bootstrap = |iid| get(iid, 1) == Some(&Value::Boolean(true));
-    let uri = |iid| match get(iid, 0) {
-        Some(Value::String(uri)) if !uri.is_empty() => Some(uri.as_str()),
-        _ => None,
-    };
-    let ids = tree.instance_ids(SECURITY);
-    let iid = if config.bootstrap_server == Some(peer) {
-        ids.into_iter().find(|i| is_bootstrap(*i))
+    let account = if config.bootstrap_server == Some(peer) {
+        tree.bootstrap_account()
     } else {
-        // The machine's rule: the first non-bootstrap instance with a URI, if the machine
-        // sends there for it (its own URI parser) or it is the configured server.
-        ids.into_iter()
-            .find(|i| !is_bootstrap(*i) && uri(*i).is_some())
-            .filter(|iid| {
-                let addr = uri(*iid)
-                    .and_then(parse_coap_uri)
-                    .filter(|u| u.secure)
-                    .map(|u| u.addr);
-                addr == Some(peer) || config.server == Some(peer)
-            })
+        // The machine's account (its own URI parser): if the machine sends there for it.
+        tree.server_account().filter(|(_, account)| {
+            let addr = account_uri(account)
+                .and_then(parse_coap_uri)
+                .filter(|u| u.secure)
+                .map(|u| u.addr);
+            addr == Some(peer) || config.server == Some(peer)
+        })
     };
-    match iid.and_then(account) {
-        Some(account) => account_credentials(account, config.endpoint),
+    match account {
+        Some((_, account)) => account_credentials(account, config.endpoint),
         None => Ok(None),
     }
 }
@@ -370,6 +360,7 @@ mod tests {
     use crate::security::MODE_CERTIFICATE;
     use lwm2m_proto::InstanceId;
     use lwm2m_proto::{Instance, ResourceValue};
+    use lwm2m_proto::{Lwm2mPath, Value};
 
     const BS: &str = "127.0.0.1:5784";
     const LWM2M: &str = "127.0.0.1:5684";

@@ -90,7 +90,6 @@ use std::time::{Duration, Instant};
 use super::notify::{Observation, Policy, Target};
 use super::tree::{DmError, ExecuteArg, ObjectTree, WriteMode, parse_execute_args};
 use super::wire::{self, Code, code_of};
-use crate::bootstrap::config::security_from_instance;
 use crate::coap::message::{self, uint_bytes, uint_option};
 use crate::coap::uri::parse_coap_uri;
 use crate::coap::{

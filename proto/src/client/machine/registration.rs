@@ -4,27 +4,18 @@
 use super::*;
 
 impl Lwm2mClient {
-    /// The LwM2M Server account in the Security object (a non-bootstrap instance with a URI).
+    /// The LwM2M Server account in the Security object ([`ObjectTree::server_account`]):
+    /// its address and Short Server ID (/0/x/10).
     pub(super) fn tree_account(&self) -> Option<Result<ServerAccount, String>> {
-        self.tree
-            .instance_ids(ObjectId(0))
-            .into_iter()
-            .find_map(|i| {
-                let sec = security_from_instance(self.tree.instance(ObjectId(0), i)?)?;
-                if sec.bootstrap_server || sec.uri.is_empty() {
-                    return None;
-                }
-                Some(match parse_coap_uri(&sec.uri) {
-                    Some(uri) => Ok(ServerAccount {
-                        addr: uri.addr,
-                        ssid: sec.short_server_id,
-                    }),
-                    None => Err(format!(
-                        "server URI {:?} is not coap(s)://IP[:port]",
-                        sec.uri
-                    )),
-                })
-            })
+        let (_, account) = self.tree.server_account()?;
+        let uri = crate::client::tree::account_uri(account)?;
+        Some(match parse_coap_uri(uri) {
+            Some(parsed) => Ok(ServerAccount {
+                addr: parsed.addr,
+                ssid: int(account, 10).and_then(|v| u16::try_from(v).ok()),
+            }),
+            None => Err(format!("server URI {uri:?} is not coap(s)://IP[:port]")),
+        })
     }
 
     /// The Server object instance of the current server (matching Short Server ID, or the
