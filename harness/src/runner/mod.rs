@@ -537,15 +537,8 @@ fn secure_config(
         set_credentials(s, lwm2m);
     }
     let mut bootstrap = SecurityInstance {
-        uri,
         bootstrap_server: true,
-        mode: SecurityMode::Psk,
-        identity: String::new(),
-        server_public_key: String::new(),
-        secret_key: String::new(),
-        short_server_id: None,
-        client_hold_off: None,
-        bootstrap_account_timeout: None,
+        ..SecurityInstance::nosec(uri)
     };
     set_credentials(&mut bootstrap, factory);
     config.security.insert(account.0, bootstrap);

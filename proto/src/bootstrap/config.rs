@@ -83,6 +83,22 @@ pub struct SecurityInstance {
 }
 
 impl SecurityInstance {
+    /// A NoSec LwM2M Server account at `uri`: no keys, no Short Server ID, no hold-off.
+    /// Other accounts start from it (`SecurityInstance { mode, .., ..nosec(uri) }`).
+    pub fn nosec(uri: impl Into<String>) -> Self {
+        Self {
+            uri: uri.into(),
+            bootstrap_server: false,
+            mode: SecurityMode::NoSec,
+            identity: String::new(),
+            server_public_key: String::new(),
+            secret_key: String::new(),
+            short_server_id: None,
+            client_hold_off: None,
+            bootstrap_account_timeout: None,
+        }
+    }
+
     /// Resource 3 as written to the client: a PSK identity's text as bytes; otherwise the
     /// hex decoded (text that is not hex: its bytes).
     pub fn identity_bytes(&self) -> Vec<u8> {
@@ -120,6 +136,21 @@ pub struct ServerInstance {
     /// 7: Binding, e.g. `U` or `UQ`.
     #[serde(default = "udp")]
     pub binding: String,
+}
+
+impl ServerInstance {
+    /// The Server object instance of `short_server_id`: `lifetime` seconds, binding U, no
+    /// default periods, notifications not stored while offline.
+    pub fn new(short_server_id: u16, lifetime: u32) -> Self {
+        Self {
+            short_server_id,
+            lifetime,
+            default_min_period: None,
+            default_max_period: None,
+            notification_storing: false,
+            binding: "U".to_owned(),
+        }
+    }
 }
 
 fn yes() -> bool {

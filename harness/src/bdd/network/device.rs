@@ -507,28 +507,14 @@ impl DeviceBackend {
             security: BTreeMap::from([(
                 0,
                 SecurityInstance {
-                    uri: values.server_uri,
-                    bootstrap_server: false,
                     mode,
                     identity,
-                    server_public_key: String::new(),
                     secret_key,
                     short_server_id: Some(1),
-                    client_hold_off: None,
-                    bootstrap_account_timeout: None,
+                    ..SecurityInstance::nosec(values.server_uri)
                 },
             )]),
-            servers: BTreeMap::from([(
-                0,
-                ServerInstance {
-                    short_server_id: 1,
-                    lifetime: 86400,
-                    default_min_period: None,
-                    default_max_period: None,
-                    notification_storing: false,
-                    binding: "U".to_owned(),
-                },
-            )]),
+            servers: BTreeMap::from([(0, ServerInstance::new(1, 86400))]),
             ..BootstrapConfig::default()
         }
     }

@@ -761,15 +761,11 @@ impl ServerBackend {
             config.security.insert(
                 id,
                 SecurityInstance {
-                    uri: format!("coaps://{secure}"),
                     bootstrap_server: true,
                     mode: SecurityMode::Psk,
                     identity: String::from_utf8_lossy(identity).into_owned(),
-                    server_public_key: String::new(),
-                    secret_key: key.iter().map(|b| format!("{b:02x}")).collect(),
-                    short_server_id: None,
-                    client_hold_off: None,
-                    bootstrap_account_timeout: None,
+                    secret_key: lwm2m_server::store::hex(key),
+                    ..SecurityInstance::nosec(format!("coaps://{secure}"))
                 },
             );
         }

@@ -32,27 +32,11 @@ use crate::bdd::world::Lwm2mWorld;
 
 fn server_account(w: &mut Lwm2mWorld) -> (SecurityInstance, ServerInstance) {
     let server = w.backend().server_address();
-    (
-        SecurityInstance {
-            uri: format!("coap://{server}"),
-            bootstrap_server: false,
-            mode: SecurityMode::NoSec,
-            identity: String::new(),
-            server_public_key: String::new(),
-            secret_key: String::new(),
-            short_server_id: Some(1),
-            client_hold_off: None,
-            bootstrap_account_timeout: None,
-        },
-        ServerInstance {
-            short_server_id: 1,
-            lifetime: 86400,
-            default_min_period: None,
-            default_max_period: None,
-            notification_storing: false,
-            binding: "U".to_owned(),
-        },
-    )
+    let security = SecurityInstance {
+        short_server_id: Some(1),
+        ..SecurityInstance::nosec(format!("coap://{server}"))
+    };
+    (security, ServerInstance::new(1, 86400))
 }
 
 /// Stores the client's configuration in the world and hands it to the Bootstrap Server.
