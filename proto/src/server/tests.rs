@@ -611,6 +611,28 @@ fn tolerated_deviations_are_findings() {
 }
 
 #[test]
+fn tables_sized_ahead_still_grow_and_the_limit_still_holds() {
+    let mut w = World::new(ServerConfig {
+        registration_capacity: 2,
+        limits: RegistrationLimits {
+            max_registrations: 3,
+            ..RegistrationLimits::default()
+        },
+        ..ServerConfig::default()
+    });
+    for n in 0..4u16 {
+        let p = w.peer(42000 + n);
+        w.register(p, &[&format!("ep=cap{n}"), "lwm2m=1.1"], "</3/0>");
+    }
+    // Beyond the capacity the tables grew; beyond the limit the Register was refused.
+    assert_eq!(w.server.registrations().count(), 3);
+    for n in 0..3 {
+        assert_eq!(w.registered(&format!("cap{n}")).endpoint, format!("cap{n}"));
+    }
+    assert!(w.server.registration("cap3").is_none());
+}
+
+#[test]
 fn format_choice_per_version() {
     let mut w = World::default();
     let cases = [
