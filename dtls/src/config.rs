@@ -1,7 +1,7 @@
 //! Credentials and settings, and their translation into the DTLS library's configuration.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rtc_dtls::cipher_suite::CipherSuiteId;
@@ -180,7 +180,8 @@ impl ClientConfig {
                 let builder = ConfigBuilder::default()
                     .with_cipher_suites(vec![CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8])
                     .with_psk(Some(Arc::new(move |_hint: &[u8]| Ok(key.clone()))))
-                    .with_psk_identity_hint(Some(identity.clone()));
+                    .with_psk_identity_hint(Some(identity.clone()))
+                    .with_roots_cas(psk_roots());
                 (builder, Identity::Psk(identity.as_slice().into()))
             }
             Credentials::Certificate {
@@ -363,6 +364,17 @@ fn own_certificate(
         .map(|der| CertificateDer::from(der.clone()))
         .collect();
     Ok(Certificate::from_signing_key(chain, key))
+}
+
+/// The trust anchors of a PSK-only client: never consulted (a PSK handshake carries no
+/// certificate, and the client offers no other suite), but rtc-dtls makes a P-256 key and a
+/// self-signed root for every configuration built without any. One made per process
+/// instead: a fleet builds a configuration per client.
+fn psk_roots() -> RootCertStore {
+    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
+    ROOTS
+        .get_or_init(rtc_dtls::config::gen_self_signed_root_cert)
+        .clone()
 }
 
 fn trust_store(anchors: &[Vec<u8>]) -> Result<RootCertStore, DtlsError> {

@@ -218,6 +218,9 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
     server_options.bus = bus.clone();
     // The seed of ids and tokens comes from the OS (ServerOptions::new): nothing to guess.
     server_options.config.limits = s.limits.clone();
+    // Tables sized for the configured bound from the start: no registration waits on a
+    // rehash (the memory is reserved, and only touched as clients register).
+    server_options.config.registration_capacity = s.limits.max_registrations;
     let key_log = match &s.keylog {
         Some(path) => Some(Arc::new(
             KeyLogFile::append(path)

@@ -20,6 +20,7 @@
 //! Loading never overwrites: a second definition of the same object id and version is an
 //! error naming both files. Errors name the file and line.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -255,18 +256,22 @@ impl Registry {
     /// declared version that is not loaded falls back to the highest loaded version with the
     /// same major number below it (minor versions only add to an object, Core TS 1.1 §7.2),
     /// else to the default.
-    pub fn with_versions(&self, declared: &BTreeMap<ObjectId, String>) -> SchemaView<'_> {
+    /// The view borrows `declared` (a schema per request costs no copy of it).
+    pub fn with_versions<'a>(&'a self, declared: &'a BTreeMap<ObjectId, String>) -> SchemaView<'a> {
         SchemaView {
             registry: self,
-            chosen: declared.clone(),
+            chosen: Cow::Borrowed(declared),
         }
     }
 
     /// A schema using `version` (typically a variant name such as `pre-1.0`) for object
     /// `id` and default versions for the others.
     pub fn with_variant(&self, id: ObjectId, version: &str) -> SchemaView<'_> {
-        self.with_versions(&BTreeMap::new())
-            .with_variant(id, version)
+        SchemaView {
+            registry: self,
+            chosen: Cow::Owned(BTreeMap::new()),
+        }
+        .with_variant(id, version)
     }
 
     /// The definition of `id` for a client that declared `version`.
@@ -351,13 +356,13 @@ impl Schema for Registry {
 #[derive(Debug, Clone)]
 pub struct SchemaView<'r> {
     registry: &'r Registry,
-    chosen: BTreeMap<ObjectId, String>,
+    chosen: Cow<'r, BTreeMap<ObjectId, String>>,
 }
 
 impl<'r> SchemaView<'r> {
     /// Uses `version` (a version or a variant name such as `pre-1.0`) for object `id`.
     pub fn with_variant(mut self, id: ObjectId, version: &str) -> Self {
-        self.chosen.insert(id, version.to_owned());
+        self.chosen.to_mut().insert(id, version.to_owned());
         self
     }
 

@@ -34,6 +34,9 @@ pub const RECEIVE_BUFFER: usize = 4 << 20;
 /// Datagrams read in one go before the machine's output is flushed.
 const RECV_BATCH: usize = 64;
 
+/// Commands of the handle taken in one go before the machine's output is flushed.
+const COMMAND_BATCH: usize = 64;
+
 /// Binds a UDP socket with a [`RECEIVE_BUFFER`] receive buffer (the kernel may cap it at
 /// `net.core.rmem_max`). Must be called inside a Tokio runtime.
 pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
@@ -137,7 +140,7 @@ pub(crate) async fn run<M: Driven, H: Handler<M>>(
     let mut buf = vec![0u8; 65_536];
     // Stands for "no timer": the select arm is disabled then.
     let idle = Duration::from_secs(3600);
-    loop {
+    'driver: loop {
         flush(&mut machine, &mut handler, &io).await;
         let deadline = machine.poll_timeout();
         let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
@@ -158,10 +161,27 @@ pub(crate) async fn run<M: Driven, H: Handler<M>>(
                 }
                 Err(e) => tracing::debug!("{} receive: {e}", io.role.name()),
             },
-            command = commands.recv() => match command {
-                Some(Control::Run(c)) => handler.command(&mut machine, Instant::now(), c),
-                Some(Control::Shutdown) | None => break,
-            },
+            command = commands.recv() => {
+                let mut command = command;
+                let now = Instant::now();
+                // The commands already waiting go in with this one: one flush (and one
+                // wake-up) for a burst of requests, not one each.
+                let mut drained = 1;
+                loop {
+                    match command {
+                        Some(Control::Run(c)) => handler.command(&mut machine, now, c),
+                        Some(Control::Shutdown) | None => break 'driver,
+                    }
+                    if drained == COMMAND_BATCH {
+                        break;
+                    }
+                    match commands.try_recv() {
+                        Ok(next) => command = Some(next),
+                        Err(_) => break,
+                    }
+                    drained += 1;
+                }
+            }
             () = sleep, if deadline.is_some() => machine.handle_timeout(Instant::now()),
         }
     }

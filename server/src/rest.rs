@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | GET | `/api/clients` | every registration |
 //! | GET | `/api/clients/{ep}` | one registration |
-//! | GET | `/api/clients/{ep}/tree` | one Read per announced object (but Security), merged |
+//! | GET | `/api/clients/{ep}/tree` | the whole device: one Read-Composite of `/` (1.1+), else one Read per announced object (but Security), all at once |
 //! | GET | `/api/clients/{ep}/{path}` | Read (`?format=tlv`) |
 //! | PUT | `/api/clients/{ep}/{path}` | Write, replace (`?replace=false`: partial update) |
 //! | POST | `/api/clients/{ep}/{O}` | Create |
@@ -48,9 +48,10 @@ use axum::{Json as JsonBody, Router};
 use lwm2m_proto::bootstrap::BootstrapConfig;
 use lwm2m_proto::coap::ExchangeError;
 use lwm2m_proto::codec::link::AttributeUpdate;
+use lwm2m_proto::registration::Lwm2mVersion;
 use lwm2m_proto::registry::Registry;
-use lwm2m_proto::server::{OpError, Operation, Response};
-use lwm2m_proto::{ContentFormat, Instance, Lwm2mPath, ObjectId, Schema};
+use lwm2m_proto::server::{Content, OpError, Operation, Response};
+use lwm2m_proto::{ContentFormat, Instance, Lwm2mPath, ObjectId, Record, Schema};
 use serde_json::{Value as Json, json};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
@@ -554,7 +555,13 @@ async fn read_composite(client: &Client<'_>, paths: Vec<Lwm2mPath>, params: &Par
         .await
 }
 
-/// The device-level read: one Read per object the client announced, merged.
+/// The device-level read (Security aside, Core TS 1.1 Appendix E.1: LwM2M Servers do not
+/// read it). A 1.1+ client gets one Read-Composite of `/` (Core TS 1.1 §6.3.8): one
+/// exchange, its records split by object. A 1.0 client, or one that refuses the composite
+/// (an error code, a format it does not speak), gets one Read per announced object, all
+/// handed to the server at once: the CoAP layer sends them as its NSTART allows (RFC 7252
+/// §4.7), each as soon as the one before is answered, with no round trip through this
+/// handler in between.
 async fn tree(client: &Client<'_>, params: &Params) -> ApiResult {
     let Some(entry) = client.st.server.registrations().get(&client.endpoint) else {
         return Err(ApiError::new(
@@ -562,35 +569,101 @@ async fn tree(client: &Client<'_>, params: &Params) -> ApiResult {
             "the client de-registered",
         ));
     };
-    let mut objects = serde_json::Map::new();
-    for object in entry.registration.links.objects.keys() {
-        let name = client.st.registry.object(*object).map(|o| o.name.clone());
-        // Core TS 1.1 Appendix E.1: the Security object is not readable by LwM2M Servers.
-        if object.0 == 0 {
-            continue;
+    let registration = &entry.registration;
+    let announced: Vec<ObjectId> = registration
+        .links
+        .objects
+        .keys()
+        .copied()
+        .filter(|o| o.0 != 0)
+        .collect();
+    let composite_format = params.format.is_none_or(|f| {
+        matches!(
+            f,
+            ContentFormat::SenmlJson | ContentFormat::SenmlCbor | ContentFormat::Lwm2mCbor
+        )
+    });
+    let mut refused = None;
+    if registration.version >= Lwm2mVersion::V1_1 && composite_format {
+        let op = Operation::ReadComposite {
+            paths: vec![Lwm2mPath::Root],
+            format: params.format,
+        };
+        match client.call(op, params.timeout).await {
+            Ok(r) if r.is_success() => return ok(tree_of_records(client, &announced, &r)),
+            Ok(r) => refused = Some(json!(json::code_text(r.code))),
+            // No answer in time: reading object by object would wait as long again.
+            Err(e) if e.status == StatusCode::GATEWAY_TIMEOUT => return Err(e),
+            Err(e) => refused = Some(Json::Object(e.body)),
         }
-        let path = Lwm2mPath::Object(*object);
+    }
+    let name = |o: ObjectId| client.st.registry.object(o).map(|d| d.name.clone());
+    let reads = announced.iter().map(|&object| async move {
+        let path = Lwm2mPath::Object(object);
         let op = Operation::Read {
             path,
             format: params.format,
         };
-        let item = match client.call(op, params.timeout).await {
-            Ok(r) => {
-                let mut j = client.response_json(Some(&path), &r);
-                if let Json::Object(m) = &mut j {
-                    m.insert("name".into(), json!(name));
-                }
-                j
-            }
-            Err(e) => {
-                let mut m = e.body;
-                m.insert("name".into(), json!(name));
-                Json::Object(m)
-            }
+        let mut item = match client.call(op, params.timeout).await {
+            Ok(r) => client.response_json(Some(&path), &r),
+            Err(e) => Json::Object(e.body),
         };
-        objects.insert(object.0.to_string(), item);
+        if let Json::Object(m) = &mut item {
+            m.insert("name".into(), json!(name(object)));
+        }
+        (object.0.to_string(), item)
+    });
+    let objects: serde_json::Map<String, Json> =
+        futures::future::join_all(reads).await.into_iter().collect();
+    let mut body = json!({
+        "endpoint": client.endpoint,
+        "read": "per object",
+        "requests": announced.len(),
+        "objects": objects,
+    });
+    if let (Some(why), Json::Object(m)) = (refused, &mut body) {
+        m.insert("composite_refused".into(), why);
     }
-    ok(json!({"endpoint": client.endpoint, "objects": objects}))
+    ok(body)
+}
+
+/// The device tree from the answer to a Read-Composite of `/`: the records of each object
+/// (every announced one, and any other the client answered but Security) under it.
+fn tree_of_records(client: &Client<'_>, announced: &[ObjectId], r: &Response) -> Json {
+    let records = match &r.content {
+        Some(Content::Records(records)) => records.as_slice(),
+        _ => &[],
+    };
+    let mut by_object: BTreeMap<ObjectId, Vec<Record>> =
+        announced.iter().map(|&o| (o, Vec::new())).collect();
+    for record in records {
+        match record.path.object_id() {
+            Some(o) if o.0 != 0 => by_object.entry(o).or_default().push(record.clone()),
+            _ => {}
+        }
+    }
+    let schema = client.schema();
+    let objects: serde_json::Map<String, Json> = by_object
+        .into_iter()
+        .map(|(o, records)| {
+            let item = json!({
+                "code": json::code_text(r.code),
+                "format": r.format.map(|f| f.name()),
+                "name": client.st.registry.object(o).map(|d| d.name.clone()),
+                "nodes": json::records(&client.st.registry, &schema, &records),
+            });
+            (o.0.to_string(), item)
+        })
+        .collect();
+    json!({
+        "endpoint": client.endpoint,
+        "read": "composite",
+        "requests": 1,
+        "format": r.format.map(|f| f.name()),
+        "payload_len": r.payload_len,
+        "findings": r.findings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "objects": objects,
+    })
 }
 
 async fn client_put(

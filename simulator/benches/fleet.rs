@@ -93,6 +93,10 @@ async fn serve(registry: Arc<Registry>, counts: Arc<ServerCounts>, bind: SocketA
     let addr = socket.local_addr().unwrap();
     let mut config = ServerConfig::default();
     config.coap.dedup_capacity = 1 << 20;
+    // Tables sized for the fleet from the start: no Register waits on a rehash.
+    let clients: usize = env("FLEET_CLIENTS", 50_000);
+    config.limits.max_registrations = config.limits.max_registrations.max(clients);
+    config.registration_capacity = clients;
     let mut server = Lwm2mServer::new(config, registry);
     tokio::spawn(async move {
         let mut buf = vec![0u8; 2048];

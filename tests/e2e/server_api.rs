@@ -10,7 +10,19 @@ use lwm2m_proto::content::{self, ContentFormat};
 use lwm2m_proto::{Instance, InstanceId, Lwm2mPath, Node, ResourceId, ResourceValue, Value};
 use serde_json::json;
 
-use crate::server_support::{CoapPeer, Servers, TOKEN, http};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use lwm2m_proto::ObjectId;
+use lwm2m_proto::coap::Packet;
+use lwm2m_proto::registration::Lwm2mVersion;
+use lwm2m_proto::registry::Registry;
+use lwm2m_proto::server::ServerConfig;
+use lwm2m_server::events::Direction;
+
+use crate::server_support::{
+    CoapPeer, Servers, Setup, SimClient, TOKEN, client_config, device_tree, http,
+};
 
 #[tokio::test]
 async fn every_route_needs_the_bearer_token() {
@@ -254,12 +266,20 @@ async fn answer_as_device(peer: &mut CoapPeer, r: IncomingRequest) -> String {
 }
 
 #[tokio::test]
-async fn a_registration_shows_in_events_and_the_device_tree_reads_in_one_call() {
-    let s = Servers::start().await;
+async fn a_registration_shows_in_events_and_the_device_tree_of_a_1_0_client_reads_every_object_at_once()
+ {
+    // NSTART 3 (RFC 7252 §4.7): the three Reads may be outstanding together.
+    let mut config = ServerConfig::default();
+    config.coap.nstart = 3;
+    let s = Servers::start_with(Setup {
+        config,
+        ..Setup::default()
+    })
+    .await;
     let mut events = s.events("?ep=dev-1").await;
     let mut device = CoapPeer::new(s.server.local_addr()).await;
     let mut register = message::request(RequestType::Post, "/rd");
-    for q in ["ep=dev-1", "lt=300", "lwm2m=1.1", "b=U"] {
+    for q in ["ep=dev-1", "lt=300", "lwm2m=1.0", "b=U"] {
         add_query(&mut register, q);
     }
     set_option(&mut register, CoapOption::ContentFormat, uint_bytes(40));
@@ -272,13 +292,14 @@ async fn a_registration_shows_in_events_and_the_device_tree_reads_in_one_call() 
 
     let registered = events.next("REGISTRATION").await;
     assert_eq!(registered["registration"]["endpoint"], "dev-1");
-    assert_eq!(registered["registration"]["lwm2m_version"], "1.1");
+    assert_eq!(registered["registration"]["lwm2m_version"], "1.0");
     let (status, clients) = s.call("GET", "/clients", None).await;
     assert_eq!(status, 200);
     assert_eq!(clients[0]["endpoint"], "dev-1");
     assert_eq!(s.call("GET", "/clients/dev-2", None).await.0, 404);
 
-    // The device-level read: one Read per object but Security, merged.
+    // The device-level read of a 1.0 client (no Read-Composite before 1.1): one Read per
+    // object but Security, all three sent before the device answers any.
     let api = s.api.clone();
     let tree = tokio::spawn(async move {
         http(
@@ -289,15 +310,20 @@ async fn a_registration_shows_in_events_and_the_device_tree_reads_in_one_call() 
         )
         .await
     });
-    let mut read = Vec::new();
+    let mut outstanding = Vec::new();
     for _ in 0..3 {
-        let r = device.next_request().await;
+        outstanding.push(device.next_request().await);
+    }
+    let mut read = Vec::new();
+    for r in outstanding {
         read.push(answer_as_device(&mut device, r).await);
     }
     read.sort();
     assert_eq!(read, ["/1", "/3", "/3303"]);
     let (status, tree) = tree.await.unwrap();
     assert_eq!(status, 200, "{tree}");
+    assert_eq!(tree["read"], "per object", "{tree}");
+    assert_eq!(tree["requests"], 3, "{tree}");
     let device_nodes = tree["objects"]["3"]["nodes"].as_array().unwrap();
     assert!(
         device_nodes.iter().any(|n| n["path"] == "/3/0/0"
@@ -354,6 +380,88 @@ async fn a_registration_shows_in_events_and_the_device_tree_reads_in_one_call() 
             .0,
         400
     );
+}
+
+/// The device-level read of a simulated 1.1 client (SenML CBOR) and of a 1.2 client that
+/// prefers LwM2M CBOR: one Read-Composite of `/` each, one request on the wire, the whole
+/// device in the answer, Security left out.
+#[tokio::test]
+async fn the_device_tree_of_a_1_1_or_1_2_client_is_one_read_composite() {
+    let s = Servers::start().await;
+    let registry = Registry::embedded();
+    let cases = [
+        ("tree-11", Lwm2mVersion::V1_1, ContentFormat::SenmlCbor),
+        ("tree-12", Lwm2mVersion::V1_2, ContentFormat::Lwm2mCbor),
+    ];
+    for (n, (ep, version, answered_in)) in cases.into_iter().enumerate() {
+        let mut config = client_config(ep, s.server.local_addr(), 20 + n as u64);
+        config.version = version;
+        if version == Lwm2mVersion::V1_2 {
+            config.preferred_format = ContentFormat::Lwm2mCbor;
+            config.supported_formats.push(ContentFormat::Lwm2mCbor);
+        }
+        let mut tree = device_tree(&registry);
+        let security = Arc::new(registry.object(ObjectId(0)).unwrap().clone());
+        tree.add_object(security, None);
+        let mut secret = Instance::new();
+        secret.insert(
+            ResourceId(0),
+            ResourceValue::Single(Value::String("coap://x".into())),
+        );
+        secret.insert(ResourceId(1), ResourceValue::Single(Value::Boolean(false)));
+        tree.put_instance(ObjectId(0), InstanceId(0), secret);
+        let mut client = SimClient::start("127.0.0.1:0".parse().unwrap(), config, tree).await;
+        client.registered().await;
+        let (status, registration) = s.call("GET", &format!("/clients/{ep}"), None).await;
+        assert_eq!(status, 200, "{registration}");
+        let peer: SocketAddr = registration["address"].as_str().unwrap().parse().unwrap();
+        let before = s.wire.with(peer).len();
+
+        let (status, tree) = s.call("GET", &format!("/clients/{ep}/tree"), None).await;
+        assert_eq!(status, 200, "{ep}: {tree}");
+        assert_eq!(tree["read"], "composite", "{ep}: {tree}");
+        assert_eq!(tree["requests"], 1, "{ep}: {tree}");
+        assert_eq!(tree["format"], json!(answered_in.name()), "{ep}: {tree}");
+        let nodes = |o: &str| {
+            tree["objects"][o]["nodes"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert!(
+            nodes("3")
+                .iter()
+                .any(|n| n["path"] == "/3/0/0" && n["value"] == "ACME"),
+            "{ep}: {tree}"
+        );
+        assert!(
+            nodes("3303")
+                .iter()
+                .any(|n| n["path"] == "/3303/0/5700" && n["value"] == 20.0),
+            "{ep}: {tree}"
+        );
+        assert!(
+            nodes("1")
+                .iter()
+                .any(|n| n["path"] == "/1/0/1" && n["value"] == 300),
+            "{ep}: {tree}"
+        );
+        assert!(tree["objects"].get("0").is_none(), "{ep}: {tree}");
+        // One exchange: a FETCH / out, its answer in.
+        let exchange: Vec<(Direction, Packet)> = s.wire.with(peer).split_off(before);
+        let requests: Vec<_> = exchange
+            .iter()
+            .filter(|(d, p)| {
+                *d == Direction::Out && matches!(p.header.code, MessageClass::Request(_))
+            })
+            .map(|(_, p)| p.header.code)
+            .collect();
+        assert_eq!(
+            requests,
+            [MessageClass::Request(RequestType::Fetch)],
+            "{ep}: {exchange:?}"
+        );
+    }
 }
 
 /// A 2.05 with `node` at `path` in the request's Accept format (TLV without one).

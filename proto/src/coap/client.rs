@@ -285,11 +285,11 @@ impl Endpoint {
     /// (RFC 7959 §2.2, RFC 7252 §4.6).
     fn plan_upload(&self, template: &Packet, len: usize) -> Result<Option<Upload>, ExchangeError> {
         let limit = self.config.max_message_size;
-        let mut probe = template.clone();
-        let whole = message::encode(&probe, usize::MAX).map_or(usize::MAX, |b| b.len()) + 1 + len;
+        let whole = message::encoded_len(template, 0) + 1 + len;
         if whole <= limit && len <= self.config.preferred_block_size {
             return Ok(None);
         }
+        let mut probe = template.clone();
         BlockOption {
             num: BlockOption::MAX_NUM,
             more: true,
@@ -337,13 +337,56 @@ impl Endpoint {
         let Some(exchange) = self.exchanges.get_mut(&id) else {
             return;
         };
-        let mut packet = exchange.template.clone();
-        packet.header.message_id = mid;
-        packet.header.set_type(if exchange.confirmable {
+        let kind = if exchange.confirmable {
             MessageType::Confirmable
         } else {
             MessageType::NonConfirmable
-        });
+        };
+        let encoded = if exchange.block1.is_none() && exchange.block2.is_none() {
+            // The whole request in one message: encoded from the template and the body as
+            // they are, without a copy of either.
+            exchange.template.header.message_id = mid;
+            exchange.template.header.set_type(kind);
+            message::encode_with_payload(
+                &exchange.template,
+                &exchange.body,
+                self.config.max_message_size,
+            )
+        } else {
+            Self::next_block(exchange, mid, kind, self.config.max_message_size)
+        };
+        exchange.mid = Some(mid);
+        let confirmable = exchange.confirmable;
+        let bytes = match encoded {
+            Ok(bytes) => bytes,
+            Err(error) => return self.fail_request(now, id, error),
+        };
+        if confirmable {
+            self.send_confirmable(now, peer, mid, bytes, Owner::Request(id), None);
+        } else {
+            self.sent.insert(
+                (peer, mid),
+                Sent {
+                    owner: Owner::Request(id),
+                    retransmit: None,
+                },
+            );
+            self.set_deadline(now, id);
+            self.transmit(peer, bytes);
+        }
+    }
+
+    /// The message of a block-wise exchange's next step: the request for the next Block2
+    /// block, or the next Block1 block of the body.
+    fn next_block(
+        exchange: &mut Exchange,
+        mid: u16,
+        kind: MessageType,
+        limit: usize,
+    ) -> Result<Vec<u8>, ExchangeError> {
+        let mut packet = exchange.template.clone();
+        packet.header.message_id = mid;
+        packet.header.set_type(kind);
         if let Some(download) = &exchange.block2 {
             // RFC 7959 §2.4: ask for the next block; §3.4: without Observe.
             let size = 16usize << download.szx;
@@ -386,28 +429,8 @@ impl Endpoint {
                 .unwrap_or_default()
                 .to_vec();
             upload.len = end.saturating_sub(upload.offset);
-        } else {
-            packet.payload = exchange.body.clone();
         }
-        exchange.mid = Some(mid);
-        let confirmable = exchange.confirmable;
-        let bytes = match message::encode(&packet, self.config.max_message_size) {
-            Ok(bytes) => bytes,
-            Err(error) => return self.fail_request(now, id, error),
-        };
-        if confirmable {
-            self.send_confirmable(now, peer, mid, bytes, Owner::Request(id), None);
-        } else {
-            self.sent.insert(
-                (peer, mid),
-                Sent {
-                    owner: Owner::Request(id),
-                    retransmit: None,
-                },
-            );
-            self.set_deadline(now, id);
-            self.transmit(peer, bytes);
-        }
+        message::encode(&packet, limit)
     }
 
     fn set_deadline(&mut self, now: Instant, id: RequestId) {

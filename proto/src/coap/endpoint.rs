@@ -171,6 +171,13 @@ impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
     pub(super) fn len(&self) -> usize {
         self.map.len()
     }
+
+    /// Room for `n` more entries (never beyond the capacity) without growing.
+    fn reserve(&mut self, n: usize) {
+        let n = n.min(self.capacity.saturating_sub(self.map.len()));
+        self.map.reserve(n);
+        self.order.reserve(n);
+    }
 }
 
 /// Per-peer state of the message layer.
@@ -263,6 +270,15 @@ impl Endpoint {
             counters: Counters::default(),
             config,
         }
+    }
+
+    /// Sizes the per-peer tables for `peers` peers, and the duplicate cache for as many
+    /// messages (up to [`Config::dedup_capacity`]): below that they do not grow, so no
+    /// datagram waits while one is rehashed. A server that expects that many clients calls
+    /// it once at the start.
+    pub fn reserve_peers(&mut self, peers: usize) {
+        self.peers.reserve(peers);
+        self.seen.reserve(peers);
     }
 
     /// The configuration in use (after clamping).

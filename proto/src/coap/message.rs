@@ -85,9 +85,77 @@ pub fn decode(bytes: &[u8]) -> Result<Packet, MessageFormatError> {
 
 /// Encodes a packet, refusing anything longer than `limit` bytes.
 pub(crate) fn encode(packet: &Packet, limit: usize) -> Result<Vec<u8>, super::ExchangeError> {
+    encode_with_payload(packet, &packet.payload, limit)
+}
+
+/// Encodes a packet with `payload` in place of its own (RFC 7252 §3), into one buffer
+/// allocated at its final size, refusing anything longer than `limit` bytes. The same
+/// bytes as coap-lite's `Packet::to_bytes`, which allocates for every option.
+pub(crate) fn encode_with_payload(
+    packet: &Packet,
+    payload: &[u8],
+    limit: usize,
+) -> Result<Vec<u8>, super::ExchangeError> {
+    let too_large = || super::ExchangeError::MessageTooLarge { limit };
+    let len = encoded_len(packet, payload.len());
+    if len > limit {
+        return Err(too_large());
+    }
+    let mut buf = Vec::with_capacity(len.max(4));
     packet
-        .to_bytes_with_limit(limit)
-        .map_err(|_| super::ExchangeError::MessageTooLarge { limit })
+        .header
+        .to_raw()
+        .serialize_into(&mut buf)
+        .map_err(|_| too_large())?;
+    buf.extend_from_slice(packet.get_token());
+    let mut previous = 0u16;
+    for (&number, values) in packet.options() {
+        for value in values {
+            let delta = usize::from(number.saturating_sub(previous));
+            previous = number;
+            let nibble = |n: usize| match n {
+                0..=12 => n as u8,
+                13..=268 => 13,
+                _ => 14,
+            };
+            buf.push((nibble(delta) << 4) | nibble(value.len()));
+            for n in [delta, value.len()] {
+                match n {
+                    0..=12 => {}
+                    13..=268 => buf.push((n - 13) as u8),
+                    _ => buf.extend_from_slice(&((n - 269) as u16).to_be_bytes()),
+                }
+            }
+            buf.extend_from_slice(value);
+        }
+    }
+    if packet.header.code != MessageClass::Empty && !payload.is_empty() {
+        buf.push(0xFF);
+        buf.extend_from_slice(payload);
+    }
+    Ok(buf)
+}
+
+/// The encoded size of a packet with a payload of `payload_len` bytes in place of its own.
+pub(crate) fn encoded_len(packet: &Packet, payload_len: usize) -> usize {
+    let extended = |n: usize| match n {
+        0..=12 => 0,
+        13..=268 => 1,
+        _ => 2,
+    };
+    let mut len = 4 + packet.get_token().len();
+    let mut previous = 0u16;
+    for (&number, values) in packet.options() {
+        for value in values {
+            let delta = usize::from(number.saturating_sub(previous));
+            previous = number;
+            len += 1 + extended(delta) + extended(value.len()) + value.len();
+        }
+    }
+    if packet.header.code != MessageClass::Empty && payload_len > 0 {
+        len += 1 + payload_len;
+    }
+    len
 }
 
 /// The value of a Block1 or Block2 option (RFC 7959 §2.2): block number (20 bits), More flag
@@ -300,6 +368,46 @@ pub fn uri_path(packet: &Packet) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        /// Our one-buffer encoder writes coap-lite's bytes, and its length ahead of time.
+        #[test]
+        fn the_one_buffer_encoder_matches_coap_lite(
+            confirmable in any::<bool>(),
+            code in prop::sample::select(vec![0u8, 1, 2, 5, 69, 132]),
+            mid in any::<u16>(),
+            token in prop::collection::vec(any::<u8>(), 0..=8),
+            options in prop::collection::vec(
+                (
+                    prop::sample::select(vec![1usize, 3, 11, 12, 15, 17, 23, 27, 60, 300, 2048, 65000]),
+                    prop::collection::vec(any::<u8>(), 0..300),
+                ),
+                0..6,
+            ),
+            payload in prop::collection::vec(any::<u8>(), 0..80),
+        ) {
+            let mut packet = Packet::new();
+            packet.header.set_type(if confirmable {
+                MessageType::Confirmable
+            } else {
+                MessageType::NonConfirmable
+            });
+            packet.header.code = MessageClass::from(code);
+            packet.header.message_id = mid;
+            packet.set_token(token);
+            for (number, value) in options {
+                packet.add_option(CoapOption::from(number as u16), value);
+            }
+            packet.payload = payload;
+            let theirs = packet.to_bytes_unlimited().unwrap();
+            let ours = encode(&packet, usize::MAX).unwrap();
+            prop_assert_eq!(&ours, &theirs);
+            prop_assert_eq!(encoded_len(&packet, packet.payload.len()), theirs.len());
+            prop_assert!(encode(&packet, theirs.len() - 1).is_err());
+            let body = std::mem::take(&mut packet.payload);
+            prop_assert_eq!(encode_with_payload(&packet, &body, usize::MAX).unwrap(), theirs);
+        }
+    }
 
     #[test]
     fn rfc7252_figure_16_get_with_piggybacked_response() {

@@ -457,7 +457,7 @@ impl Endpoint {
     ) -> Result<Packet, ExchangeError> {
         let limit = self.config.max_message_size;
         let len = response.payload.len();
-        let whole = message::encode(&response, usize::MAX).map_or(usize::MAX, |b| b.len());
+        let whole = message::encoded_len(&response, len);
         let fits = len <= self.config.preferred_block_size && whole <= limit;
         if fits && requested.is_none_or(|b| b.num == 0 && len <= b.size()) {
             return Ok(response);

@@ -361,7 +361,7 @@ impl Lwm2mServer {
         self.count_ip(peer.ip(), true);
         self.clients.insert(
             key,
-            Client {
+            Box::new(Client {
                 versions: versions(&registration.links),
                 registration: registration.clone(),
                 awake_until,
@@ -370,7 +370,7 @@ impl Lwm2mServer {
                 queue: Default::default(),
                 ops: Default::default(),
                 observations: Default::default(),
-            },
+            }),
         );
         self.events.push_back(ServerEvent::Registered {
             registration,

@@ -74,6 +74,11 @@ pub struct ServerConfig {
     /// Bounds on what registrations may hold; beyond them a Register or Update is refused
     /// with [`ServerEvent::LimitReached`].
     pub limits: RegistrationLimits,
+    /// Registrations the machine's tables are sized for from the start (at most
+    /// [`RegistrationLimits::max_registrations`]): below it no table grows, so no
+    /// registration waits while one is rehashed (at 2^n entries, seconds at a million).
+    /// Default 0: the tables grow as needed.
+    pub registration_capacity: usize,
 }
 
 /// Bounds on the registrations a server holds, so that a flood of Registers (one source or
@@ -169,6 +174,7 @@ impl Default for ServerConfig {
             queue_timeout: Duration::from_secs(300),
             awake_time: Duration::from_secs(93),
             limits: RegistrationLimits::default(),
+            registration_capacity: 0,
         }
     }
 }
@@ -272,7 +278,8 @@ pub struct Lwm2mServer {
     endpoint: Endpoint,
     /// Registration ids (seeded, so runs repeat).
     rng: ChaCha8Rng,
-    clients: HashMap<Key, Client>,
+    /// Boxed: a table that grows moves a pointer per client, not the registration.
+    clients: HashMap<Key, Box<Client>>,
     by_endpoint: HashMap<String, Key>,
     by_id: HashMap<String, Key>,
     by_address: HashMap<SocketAddr, Key>,
@@ -296,21 +303,27 @@ impl Lwm2mServer {
     pub fn new(config: ServerConfig, registry: Arc<Registry>) -> Self {
         // A different stream from the endpoint's tokens, from the same seed.
         let rng = ChaCha8Rng::seed_from_u64(config.coap.seed ^ 0x6c77_6d32_7264_6964);
+        let capacity = config
+            .registration_capacity
+            .min(config.limits.max_registrations);
+        let mut endpoint = Endpoint::new(config.coap.clone());
+        endpoint.reserve_peers(capacity);
         Self {
-            endpoint: Endpoint::new(config.coap.clone()),
+            endpoint,
             config,
             registry,
             rng,
-            clients: HashMap::new(),
-            by_endpoint: HashMap::new(),
-            by_id: HashMap::new(),
-            by_address: HashMap::new(),
+            clients: HashMap::with_capacity(capacity),
+            by_endpoint: HashMap::with_capacity(capacity),
+            by_id: HashMap::with_capacity(capacity),
+            by_address: HashMap::with_capacity(capacity),
             per_ip: HashMap::new(),
             ops: HashMap::new(),
             requests: HashMap::new(),
             observations: HashMap::new(),
             observing: HashMap::new(),
-            timers: BinaryHeap::new(),
+            // A lifetime entry per client, and room for its sleep entry.
+            timers: BinaryHeap::with_capacity(capacity),
             events: VecDeque::new(),
             next_key: 0,
             next_op: 0,

@@ -176,6 +176,13 @@ fn composite_format(
 }
 
 /// A FETCH `/` with the path-only records of `paths` (Core TS 1.1 §6.3.8, RFC 8790 §3).
+///
+/// The path list is SenML (JSON or CBOR), the answer comes in `format` (the Accept
+/// option): with LwM2M CBOR (Core TS 1.2 §7.4.6) chosen for the answer, the list is SenML
+/// CBOR, or SenML JSON for a client that announced only that: a path-only record for
+/// `/`, an object or an instance has no LwM2M CBOR form (its maps are keyed by ids below
+/// the root, and a record that names a whole device has none). Returns the packet and the
+/// answer's format.
 fn fetch_paths(
     registration: &Registration,
     paths: &[Lwm2mPath],
@@ -185,6 +192,10 @@ fn fetch_paths(
     if paths.is_empty() {
         return Err(invalid("a composite request names at least one path"));
     }
+    let list = match format {
+        ContentFormat::Lwm2mCbor => senml_for(registration),
+        f => f,
+    };
     let records: Vec<Record> = paths
         .iter()
         .map(|path| Record {
@@ -194,10 +205,20 @@ fn fetch_paths(
         })
         .collect();
     let mut packet = request_to(RequestType::Fetch, registration, &Lwm2mPath::Root);
-    set_format(&mut packet, CoapOption::ContentFormat, format);
+    set_format(&mut packet, CoapOption::ContentFormat, list);
     set_format(&mut packet, CoapOption::Accept, format);
-    packet.payload = content::encode_records(format, &records).map_err(OpError::Encode)?;
+    packet.payload = content::encode_records(list, &records).map_err(OpError::Encode)?;
     Ok((packet, format))
+}
+
+/// The SenML format of a client: CBOR unless it announced JSON and not CBOR.
+fn senml_for(registration: &Registration) -> ContentFormat {
+    let announced = |f: ContentFormat| registration.links.content_formats.contains(&f.code());
+    if announced(ContentFormat::SenmlJson) && !announced(ContentFormat::SenmlCbor) {
+        ContentFormat::SenmlJson
+    } else {
+        ContentFormat::SenmlCbor
+    }
 }
 
 /// Builds the request of an operation for a client (Core TS 1.1 §6.3, §6.4; the CoAP

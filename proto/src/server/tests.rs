@@ -611,6 +611,28 @@ fn tolerated_deviations_are_findings() {
 }
 
 #[test]
+fn tables_sized_ahead_still_grow_and_the_limit_still_holds() {
+    let mut w = World::new(ServerConfig {
+        registration_capacity: 2,
+        limits: RegistrationLimits {
+            max_registrations: 3,
+            ..RegistrationLimits::default()
+        },
+        ..ServerConfig::default()
+    });
+    for n in 0..4u16 {
+        let p = w.peer(42000 + n);
+        w.register(p, &[&format!("ep=cap{n}"), "lwm2m=1.1"], "</3/0>");
+    }
+    // Beyond the capacity the tables grew; beyond the limit the Register was refused.
+    assert_eq!(w.server.registrations().count(), 3);
+    for n in 0..3 {
+        assert_eq!(w.registered(&format!("cap{n}")).endpoint, format!("cap{n}"));
+    }
+    assert!(w.server.registration("cap3").is_none());
+}
+
+#[test]
 fn format_choice_per_version() {
     let mut w = World::default();
     let cases = [
@@ -1014,6 +1036,67 @@ fn create_delete_discover() {
     assert_eq!(entries[0].attributes.pmin, Some(10));
     assert_eq!(entries[2].path, Lwm2mPath::resource(3, 0, 7));
     assert_eq!(entries[2].dim, Some(2));
+}
+
+#[test]
+fn a_whole_device_read_composite_of_a_1_2_client_asks_in_senml_for_lwm2m_cbor() {
+    let mut w = World::default();
+    let p = w.peer(40001);
+    w.register(
+        p,
+        &["ep=dev12", "lwm2m=1.2"],
+        r#"</>;rt="oma.lwm2m";ct="112 11544",</3/0>,</3303/0>"#,
+    );
+    let paths = vec![Lwm2mPath::Root, Lwm2mPath::instance(3, 0)];
+    let op = w.op(
+        "dev12",
+        Operation::ReadComposite {
+            paths: paths.clone(),
+            format: None,
+        },
+    );
+    // The path list in SenML CBOR (a path-only / has no LwM2M CBOR form), the answer
+    // asked in LwM2M CBOR (Core TS 1.2 §7.4.6).
+    let req = w.incoming(p);
+    assert_eq!(method(&req.packet), RequestType::Fetch);
+    assert_eq!(
+        uint_option(&req.packet, CoapOption::ContentFormat),
+        Some(112)
+    );
+    assert_eq!(uint_option(&req.packet, CoapOption::Accept), Some(11544));
+    let asked = content::decode_records(
+        ContentFormat::SenmlCbor,
+        &req.packet.payload,
+        &crate::NoSchema,
+    )
+    .unwrap()
+    .content;
+    assert_eq!(asked.iter().map(|r| r.path).collect::<Vec<_>>(), paths);
+    let values = vec![
+        Record {
+            path: Lwm2mPath::resource(3, 0, 0),
+            value: Some(Value::String("ACME".into())),
+            time: None,
+        },
+        Record {
+            path: Lwm2mPath::resource(3303, 0, 5700),
+            value: Some(Value::Float(20.5)),
+            time: None,
+        },
+    ];
+    let answer = content::encode_records(ContentFormat::Lwm2mCbor, &values).unwrap();
+    w.respond(
+        p,
+        req,
+        reply(
+            ResponseType::Content,
+            Some(ContentFormat::Lwm2mCbor),
+            answer,
+        ),
+    );
+    let response = w.ok(op);
+    assert_eq!(response.format, Some(ContentFormat::Lwm2mCbor));
+    assert_eq!(response.content, Some(Content::Records(values)));
 }
 
 #[test]

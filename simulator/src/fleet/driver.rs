@@ -67,9 +67,8 @@ pub(super) fn spawn(
             ..ProfileStats::default()
         })
         .collect();
-    let epoch = Instant::now();
     let mut sims = Vec::with_capacity(clients.len());
-    let mut heap = BinaryHeap::with_capacity(clients.len());
+    let mut numbers = Vec::with_capacity(clients.len());
     for (n, (profile, spec)) in clients.into_iter().enumerate() {
         let client = u32::try_from(n).map_err(|_| FleetError::OutOfAddresses { client: n })?;
         if let Some(s) = stats.get(profile) {
@@ -79,12 +78,22 @@ pub(super) fn spawn(
         // those it has when the fleet runs in one process.
         let number = config.shard.number(n as u64);
         sims.push(Sim::new(number, profile, spec, config.seed));
-        heap.push(Reverse(Due {
-            at: epoch + ramp_offset(config.ramp, usize::try_from(number).unwrap_or(usize::MAX)),
-            client,
-            what: What::Start,
-        }));
+        numbers.push((client, number));
     }
+    // The ramp starts once every client is built: building 100,000 takes most of a second,
+    // and a ramp fixed before would find that second's clients all due at once.
+    let epoch = Instant::now();
+    let heap: BinaryHeap<Reverse<Due>> = numbers
+        .into_iter()
+        .map(|(client, number)| {
+            let offset = ramp_offset(config.ramp, usize::try_from(number).unwrap_or(usize::MAX));
+            Reverse(Due {
+                at: epoch + offset,
+                client,
+                what: What::Start,
+            })
+        })
+        .collect();
     let (commands, rx) = mpsc::unbounded_channel();
     let driver = Driver {
         pool,

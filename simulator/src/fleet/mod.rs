@@ -354,7 +354,7 @@ impl Fleet {
     }
 
     /// Binds the socket pool and spawns the driver task on the current tokio runtime;
-    /// clients start at the ramp-up rate from now.
+    /// clients start at the ramp-up rate from the moment every client machine is built.
     pub fn start(self) -> Result<FleetHandle, FleetError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(FleetError::NoRuntime);

@@ -195,6 +195,20 @@ impl Lwm2mClient {
         }
     }
 
+    /// The format of a composite answer asked in `wanted`: a spoken SenML format, or LwM2M
+    /// CBOR for a 1.2 client that speaks it (Core TS 1.2 §7.4.6: its nested maps hold
+    /// the values of any set of paths).
+    fn composite_output(&self, wanted: ContentFormat) -> Option<ContentFormat> {
+        let lwm2m_cbor = wanted == ContentFormat::Lwm2mCbor
+            && self.config.version >= Lwm2mVersion::V1_2
+            && self.speaks(wanted);
+        if lwm2m_cbor {
+            Some(wanted)
+        } else {
+            self.senml_format(Some(wanted))
+        }
+    }
+
     /// The readable values at `paths` (paths that cannot be read are left out).
     pub(super) fn composite_records(&self, paths: &[Lwm2mPath]) -> Vec<Record> {
         let mut out = Vec::new();
@@ -277,14 +291,14 @@ impl Lwm2mClient {
         };
         let output = match accept.filter(|_| !self.config.quirks.ignore_accept) {
             None => Some(input),
-            Some(code) => ContentFormat::from_code(code).and_then(|f| self.senml_format(Some(f))),
+            Some(code) => ContentFormat::from_code(code).and_then(|f| self.composite_output(f)),
         };
         let Some(output) = output else {
             return Answer::error(
                 op,
                 *path,
                 NOT_ACCEPTABLE,
-                "Accept must be SenML JSON or CBOR",
+                "Accept must be SenML JSON or CBOR (or LwM2M CBOR from 1.2)",
             );
         };
         let paths: Vec<Lwm2mPath> = records.iter().map(|r| r.path).collect();
