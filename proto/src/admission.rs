@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 
-use crate::bootstrap::server::BootstrapError;
+use crate::bootstrap::error::BootstrapError;
 use crate::content::ContentFormat;
 use crate::registration::{self, RegisterParams, RegistrationError, UpdateParams};
 use crate::server::ServerEvent;

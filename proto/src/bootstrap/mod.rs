@@ -2,6 +2,7 @@
 //! Bootstrap Server runs against one client.
 
 pub mod config;
+pub mod error;
 pub mod server;
 
 pub use config::{AclInstance, BootstrapConfig, SecurityInstance, SecurityMode, ServerInstance};

@@ -269,6 +269,12 @@ pub fn is_fresh(v1: u32, t1: Instant, v2: u32, t2: Instant) -> bool {
     (v1 < v2 && v2 - v1 < HALF) || (v1 > v2 && v1 - v2 > HALF) || t2 > t1 + Duration::from_secs(128)
 }
 
+/// A CoAP code as (class, detail) (RFC 7252 §3: `c.dd`).
+pub(crate) fn code_pair(class: MessageClass) -> (u8, u8) {
+    let code = u8::from(class);
+    (code >> 5, code & 0x1f)
+}
+
 /// Whether a packet's code is a request code (RFC 7252 §12.1.1: class 0, detail 1-31).
 pub(crate) fn is_request(packet: &Packet) -> bool {
     let code = u8::from(packet.header.code);

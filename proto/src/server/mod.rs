@@ -595,7 +595,7 @@ impl Lwm2mServer {
                 }
                 Event::ObservationEnded { id, response } => {
                     if let Some(observation) = self.observing.get(&id).copied() {
-                        let (class, detail) = operations::code_of(response.header.code);
+                        let (class, detail) = crate::coap::message::code_pair(response.header.code);
                         let diagnostic = String::from_utf8_lossy(&response.payload);
                         let reason = format!(
                             "the client answered {class}.{detail:02} without Observe \

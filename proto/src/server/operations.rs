@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use coap_lite::{CoapOption, MessageClass, Packet, RequestType};
+use coap_lite::{CoapOption, Packet, RequestType};
 
 use super::api::{Content, OpError, Operation, Registration, Response};
-use crate::coap::message::{self, observe_value, uint_bytes, uint_option};
+use crate::coap::message::{self, code_pair, observe_value, uint_bytes, uint_option};
 use crate::codec::link::{AttributeName, parse_discover};
 use crate::content::{self, CodecError, ContentFormat};
 use crate::ids::Lwm2mPath;
@@ -401,12 +401,6 @@ pub(super) fn prepare(
     })
 }
 
-/// The (class, detail) of a CoAP code.
-pub(super) fn code_of(class: MessageClass) -> (u8, u8) {
-    let code = u8::from(class);
-    (code >> 5, code & 0x1F)
-}
-
 /// The Location-Path of a Create answer below the alternate path (`/3303/1`).
 fn location(packet: &Packet, alternate_path: &str) -> Option<Lwm2mPath> {
     let segments: Vec<String> = packet
@@ -466,7 +460,7 @@ pub(super) fn decode_notification(
 
 /// Everything of a response but its decoded content.
 fn headers(packet: &Packet, alternate_path: &str) -> Response {
-    let code = code_of(packet.header.code);
+    let code = code_pair(packet.header.code);
     let format = uint_option(packet, CoapOption::ContentFormat)
         .and_then(|n| u16::try_from(n).ok())
         .and_then(ContentFormat::from_code);
@@ -544,5 +538,5 @@ fn decode_content(
 /// Whether a response establishes an observation: a success carrying Observe
 /// (RFC 7641 §3.1).
 pub(super) fn establishes_observation(packet: &Packet) -> bool {
-    code_of(packet.header.code).0 == 2 && observe_value(packet).is_some()
+    code_pair(packet.header.code).0 == 2 && observe_value(packet).is_some()
 }

@@ -283,7 +283,9 @@ impl Net {
                 match event {
                     Event::Request { request, .. } => self.client.on_request(self.now, request),
                     Event::Response { response, .. } => {
-                        self.client.answers.push(code_of(response.header.code));
+                        self.client
+                            .answers
+                            .push(crate::coap::message::code_pair(response.header.code));
                     }
                     _ => {}
                 }
