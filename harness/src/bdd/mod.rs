@@ -30,12 +30,14 @@ pub mod description;
 pub mod device;
 pub mod exchange;
 pub mod fleet;
+pub mod happening;
 pub mod inprocess;
 pub mod network;
 pub mod params;
 pub mod run;
 pub mod secure;
 pub mod steps;
+pub mod verdict;
 pub mod world;
 
 pub use backend::{Backend, Capability, Subject};

@@ -21,7 +21,9 @@ use lwm2m_proto::server::{
 };
 use lwm2m_proto::{DataType, InstanceId, Lwm2mPath, ObjectId, Record, Schema, Value};
 
-use super::backend::{self, Backend, Capability, ClientAction, Happening, Timed};
+use super::backend::{self, Backend, Capability, ClientAction, Happening, Subject, Timed};
+use super::inprocess::InProcess;
+use super::network::{DeviceBackend, ServerBackend};
 use super::run::RunContext;
 use crate::record::Latencies;
 
@@ -36,26 +38,7 @@ const EXCHANGE_LINES: usize = 30;
 /// the real wait limit of the network backends.
 pub const LONG_WAIT_TAG: &str = "long-wait";
 
-/// The panic payload of a step that found the case not applicable to the subject.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NotApplicable(pub String);
-
-/// Ends the scenario as "not applicable" with `reason`. Unwinds without the panic hook,
-/// so nothing is printed; the collector and the writers recognise the payload.
-pub fn not_applicable(reason: impl Into<String>) -> ! {
-    std::panic::resume_unwind(Box::new(NotApplicable(reason.into())))
-}
-
-/// The panic payload of a step that found the subject correctly refusing an optional
-/// feature the case exercises (the code the specification requires for the refusal).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NotSupported(pub String);
-
-/// Ends the scenario as "not supported" with `reason` (which names the refusal and the
-/// clause that allows it); see [`not_applicable`].
-pub fn not_supported(reason: impl Into<String>) -> ! {
-    std::panic::resume_unwind(Box::new(NotSupported(reason.into())))
-}
+pub use super::verdict::{NotApplicable, NotSupported, not_applicable, not_supported};
 
 /// An operation started and not answered yet.
 #[derive(Debug, Clone)]
@@ -174,7 +157,7 @@ impl Lwm2mWorld {
     pub fn setup(&mut self, ctx: Arc<RunContext>, seed: u64) {
         self.seed = seed;
         self.wall_start = Some(Instant::now());
-        match backend::open(&ctx.subject, seed, ctx.library.registry.clone()) {
+        match open_backend(&ctx.subject, seed, ctx.library.registry.clone()) {
             Ok(backend) => self.backend = Some(backend),
             Err(reason) => self.unavailable = Some(reason),
         }
@@ -1006,6 +989,21 @@ pub fn show_value(value: &Value) -> String {
 /// The path an operation targets (the root for composite ones).
 fn target_of(operation: &Operation) -> Lwm2mPath {
     operation.path().unwrap_or(Lwm2mPath::Root)
+}
+
+/// The backend that runs `subject`, seeded with `seed`; `Err` says why no backend can run
+/// the subject (every case is then not applicable: the device never registered, a socket
+/// could not be bound).
+pub fn open_backend(
+    subject: &Subject,
+    seed: u64,
+    registry: Arc<lwm2m_proto::registry::Registry>,
+) -> Result<Box<dyn Backend>, String> {
+    Ok(match subject {
+        Subject::InProcess { .. } => Box::new(InProcess::new(subject.clone(), seed, registry)),
+        Subject::Device { .. } => Box::new(DeviceBackend::open(subject, registry)?),
+        Subject::Server { .. } => Box::new(ServerBackend::open(subject, registry)?),
+    })
 }
 
 #[cfg(test)]

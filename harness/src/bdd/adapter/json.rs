@@ -17,7 +17,8 @@ use lwm2m_proto::{InstanceId, Lwm2mPath, Node, ObjectId, Record, Schema, Value};
 use serde_json::{Value as Json, json};
 
 use super::RegistrationView;
-use crate::bdd::backend::{DtlsHappening, DtlsSide, ServerRole};
+use crate::accounts::ServerRole;
+use crate::bdd::happening::{DtlsHappening, DtlsSide};
 
 /// `"2.05"` as a CoAP code.
 pub fn parse_code(s: &str) -> Option<(u8, u8)> {

@@ -32,7 +32,7 @@ use lwm2m_proto::bootstrap::{BootstrapConfig, BootstrapEvent};
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{OpError, Operation, Registration, Response, ServerEvent};
 
-use super::backend::Happening;
+use super::happening::{DtlsHappening, Happening};
 
 pub mod exec;
 pub mod harness_http;
@@ -361,7 +361,7 @@ impl Sinks {
     /// Gives what a DTLS listener of the server reported to every subscriber. Its
     /// `endpoint` is the client's address as the server saw it (`IP:PORT`): the backend
     /// knows which of its clients that is.
-    pub fn deliver_dtls(&self, happening: &super::backend::DtlsHappening) {
+    pub fn deliver_dtls(&self, happening: &DtlsHappening) {
         self.deliver_happening(&Happening::Dtls(happening.clone()));
     }
 

@@ -26,7 +26,7 @@ use crate::bdd::backend::{
     Backend, Capability, ClientAction, ClientSpec, Happening, Subject, Timed,
 };
 use crate::bdd::exchange::{ExchangeLog, Peer};
-use crate::bdd::world::not_applicable;
+use crate::bdd::verdict::not_applicable;
 
 use super::{
     DEVICE_NOT_OURS, DEVICE_WAIT, Tap, block_until, env_addr, env_secs, runtime, unix_now,

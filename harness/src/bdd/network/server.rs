@@ -24,7 +24,7 @@ use crate::bdd::backend::{
 };
 use crate::bdd::exchange::{ExchangeLog, Peer};
 use crate::bdd::secure::{self, ClientLink};
-use crate::bdd::world::not_applicable;
+use crate::bdd::verdict::not_applicable;
 use lwm2m_dtls::{ClientEvent as DtlsClientEvent, DtlsClient};
 
 use super::{SERVER_NOT_OURS, block_until, runtime};
@@ -1267,7 +1267,7 @@ mod tests {
     use super::*;
     use crate::bdd::fleet::{Library, Provisioning};
     use crate::bdd::run::workspace_root;
-    use crate::bdd::world::NotApplicable;
+    use crate::bdd::verdict::NotApplicable;
     use lwm2m_proto::client::ClientEvent;
     use lwm2m_server::ServerOptions;
 
