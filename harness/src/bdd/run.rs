@@ -30,7 +30,7 @@ use futures::stream::{self, StreamExt as _};
 use super::backend::Subject;
 use super::exchange::ExchangeLog;
 use super::fleet::Library;
-use super::world::{Lwm2mWorld, NotApplicable, NotSupported};
+use super::world::{Lwm2mWorld, NotApplicable, NotSupported, Setting};
 use crate::record::{Latencies, PcapRecorder};
 use crate::report::{self, CaseResult, RunReport, Status};
 
@@ -101,10 +101,9 @@ impl SuiteOutcome {
 /// Everything scenarios share during a run.
 #[derive(Debug)]
 pub struct RunContext {
-    /// Profiles, quirk packs, networks, the registry.
-    pub library: Library,
-    /// The subject under test.
-    pub subject: Subject,
+    /// What the world reads: profiles, quirk packs, networks and the registry; the subject
+    /// under test; the device description.
+    pub setting: Arc<Setting>,
     /// The run seed.
     pub seed: u64,
     /// The workspace root.
@@ -113,8 +112,6 @@ pub struct RunContext {
     pub report_dir: PathBuf,
     /// Wall-clock start of the run, seconds since the Unix epoch (pcap timestamps).
     pub started_unix: Duration,
-    /// The device description the cases check configured values against, if any.
-    pub device: Option<super::description::DeviceDescription>,
     /// The harness starts the device under test ([`super::device`]).
     launched: bool,
     collector: Mutex<Collector>,
@@ -243,7 +240,7 @@ impl RunContext {
         // A device case that exchanged nothing with the device and looked at nothing it
         // sent checked our own server (core-6.3.8: our server refuses a composite
         // operation for a 1.0 client without asking it): it is no verdict on the device.
-        let (status, message) = match (&self.subject, status, world.as_ref()) {
+        let (status, message) = match (&self.setting.subject, status, world.as_ref()) {
             (Subject::Device { .. }, Status::Passed, Some(w))
                 if !w.device_evidence
                     && w.backend_ref()
@@ -287,7 +284,7 @@ impl RunContext {
                 }
                 let log = backend.exchange_log();
                 let stem = evidence_stem(&cases[0], rule, scenario);
-                let registration = match &self.subject {
+                let registration = match &self.setting.subject {
                     Subject::Device { endpoint } => backend.registration(endpoint),
                     _ => None,
                 };
@@ -337,7 +334,7 @@ impl RunContext {
             Some(r) => format!("{} / {}", r.name, scenario.name),
             None => scenario.name.clone(),
         };
-        let subject = self.subject.id();
+        let subject = self.setting.subject.id();
         for case in cases {
             collector.cases.push(CaseResult {
                 case,
@@ -626,9 +623,11 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
         .map(|p| super::description::DeviceDescription::load(&p))
         .transpose()?;
     let ctx = Arc::new(RunContext {
-        device,
-        library,
-        subject: options.subject.clone(),
+        setting: Arc::new(Setting {
+            device,
+            library,
+            subject: options.subject.clone(),
+        }),
         seed: options.seed,
         root: options.root.clone(),
         report_dir: options.report_dir.clone(),
@@ -689,7 +688,7 @@ pub fn run_suite(options: &SuiteOptions) -> anyhow::Result<SuiteOutcome> {
             if ctx.launched {
                 super::device::begin_case(&ctx.feature_label(feature));
             }
-            world.setup(ctx, seed);
+            world.setup(ctx.setting.clone(), seed);
             world.tags = scenario
                 .tags
                 .iter()

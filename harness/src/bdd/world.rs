@@ -24,7 +24,6 @@ use lwm2m_proto::{DataType, InstanceId, Lwm2mPath, ObjectId, Record, Schema, Val
 use super::backend::{self, Backend, Capability, ClientAction, Happening, Subject, Timed};
 use super::inprocess::InProcess;
 use super::network::{DeviceBackend, ServerBackend};
-use super::run::RunContext;
 use crate::record::Latencies;
 
 /// How long an operation step waits for its answer before it fails: beyond
@@ -39,6 +38,18 @@ const EXCHANGE_LINES: usize = 30;
 pub const LONG_WAIT_TAG: &str = "long-wait";
 
 pub use super::verdict::{NotApplicable, NotSupported, not_applicable, not_supported};
+
+/// What every scenario of a run shares and the world reads (the run keeps it in its
+/// [`super::run::RunContext`]).
+#[derive(Debug)]
+pub struct Setting {
+    /// Profiles, quirk packs, networks, the registry.
+    pub library: super::fleet::Library,
+    /// The subject under test.
+    pub subject: Subject,
+    /// The device description the cases check configured values against, if any.
+    pub device: Option<super::description::DeviceDescription>,
+}
 
 /// An operation started and not answered yet.
 #[derive(Debug, Clone)]
@@ -69,7 +80,7 @@ pub struct Outcome {
 /// The World of the feature suite (see the module documentation).
 #[derive(Default, cucumber::World)]
 pub struct Lwm2mWorld {
-    ctx: Option<Arc<RunContext>>,
+    ctx: Option<Arc<Setting>>,
     backend: Option<Box<dyn Backend>>,
     unavailable: Option<String>,
     /// The scenario's seed (from the run seed and the scenario's name).
@@ -154,7 +165,7 @@ impl fmt::Debug for Lwm2mWorld {
 impl Lwm2mWorld {
     /// Prepares the world for a scenario: its seed, and the backend for the run's subject
     /// (or the reason there is none).
-    pub fn setup(&mut self, ctx: Arc<RunContext>, seed: u64) {
+    pub fn setup(&mut self, ctx: Arc<Setting>, seed: u64) {
         self.seed = seed;
         self.wall_start = Some(Instant::now());
         match open_backend(&ctx.subject, seed, ctx.library.registry.clone()) {
@@ -165,7 +176,7 @@ impl Lwm2mWorld {
     }
 
     /// The run context.
-    pub fn ctx(&self) -> Arc<RunContext> {
+    pub fn ctx(&self) -> Arc<Setting> {
         match &self.ctx {
             Some(ctx) => ctx.clone(),
             None => panic!("the world was not set up (the before hook did not run)"),
