@@ -67,6 +67,8 @@ pub(crate) trait Handler<M: Machine>: Send + 'static {
     type Command: Send + 'static;
     fn command(&mut self, machine: &mut M, now: Instant, command: Self::Command);
     fn event(&mut self, machine: &M, event: M::Event);
+    /// The machine's events of this round are handled and its datagrams about to leave.
+    fn settle(&mut self) {}
 }
 
 /// A command for a driver task, or the order to stop.
@@ -121,6 +123,7 @@ async fn flush<M: Machine, H: Handler<M>>(machine: &mut M, handler: &mut H, io: 
     while let Some(event) = machine.poll_event() {
         handler.event(machine, event);
     }
+    handler.settle();
     while let Some(t) = machine.poll_transmit() {
         io.report(Direction::Out, t.peer, &t.bytes);
         if let Err(e) = io.socket.send_to(&t.bytes, t.peer).await {
@@ -187,7 +190,16 @@ pub(crate) struct Task<C> {
 
 impl<C: Send + 'static> Task<C> {
     pub fn spawn<M: Machine, H: Handler<M, Command = C>>(machine: M, handler: H, io: Io) -> Self {
-        let (commands, rx) = mpsc::channel(1024);
+        Self::spawn_with(machine, handler, io, mpsc::channel(1024))
+    }
+
+    /// Spawns with a command channel made beforehand (the machine sends itself commands).
+    pub fn spawn_with<M: Machine, H: Handler<M, Command = C>>(
+        machine: M,
+        handler: H,
+        io: Io,
+        (commands, rx): (mpsc::Sender<Control<C>>, mpsc::Receiver<Control<C>>),
+    ) -> Self {
         let local = io.local;
         let join = tokio::spawn(run(machine, handler, io, rx));
         Self {
@@ -260,6 +272,18 @@ pub(crate) enum ServerCommand {
     Counters {
         reply: Reply<Counters>,
     },
+    /// An Update or De-register from `peer` named a registration id this machine does not
+    /// hold; `registration` is what the shared store has under it (a cluster): taken
+    /// over, then the datagram handled (answered 4.04 if nothing was found).
+    Adopt {
+        registration: Option<lwm2m_proto::server::Registration>,
+        peer: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    /// Another instance of the cluster took the endpoint over: forget it here.
+    Release {
+        endpoint: String,
+    },
 }
 
 /// Which machine holds each endpoint's registration: `true` for the DTLS one. Shared by the
@@ -295,6 +319,34 @@ impl ServerCore {
             }
             ServerCommand::Counters { reply } => {
                 let _ = reply.send(machine.counters());
+            }
+            ServerCommand::Adopt {
+                registration,
+                peer,
+                bytes,
+            } => {
+                if let Some(registration) = registration {
+                    tracing::info!(
+                        "LwM2M Server: endpoint {:?} (registration {}) taken over from another \
+                         instance; its client now speaks to this one from {peer}",
+                        registration.endpoint,
+                        registration.id
+                    );
+                    lock(&self.routes).insert(registration.endpoint.clone(), self.secure);
+                    machine.adopt(now, registration);
+                }
+                machine.handle_datagram(now, peer, &bytes);
+            }
+            ServerCommand::Release { endpoint } => {
+                if self.holds(&endpoint) {
+                    lock(&self.routes).remove(&endpoint);
+                }
+                if machine.registration(&endpoint).is_some() {
+                    tracing::info!(
+                        "LwM2M Server: endpoint {endpoint:?} was taken over by another instance"
+                    );
+                    machine.release(now, &endpoint);
+                }
             }
         }
     }
@@ -383,6 +435,10 @@ impl Handler<PlainServer> for ServerCore {
     fn event(&mut self, _: &PlainServer, event: Event) {
         self.machine_event(event);
     }
+
+    fn settle(&mut self) {
+        self.registrations.flush();
+    }
 }
 
 impl Handler<SecureLwm2m> for ServerCore {
@@ -395,6 +451,10 @@ impl Handler<SecureLwm2m> for ServerCore {
 
     fn event(&mut self, _: &SecureLwm2m, event: Event) {
         self.machine_event(event);
+    }
+
+    fn settle(&mut self) {
+        self.registrations.flush();
     }
 }
 
@@ -493,14 +553,18 @@ pub fn start_server(options: ServerOptions) -> io::Result<ServerHandle> {
         }
         None => None,
     };
-    let machine = PlainServer::new(
+    let channel = mpsc::channel(1024);
+    let mut machine = PlainServer::new(
         Lwm2mServer::new(options.config.clone(), options.registry.clone()),
         options.dtls.as_ref().map(|d| d.security.clone()),
     );
+    if options.registrations.is_shared() {
+        machine = machine.shared(options.registrations.clone(), channel.0.clone());
+    }
     let io = io(bind_udp(options.bind)?)?;
     tracing::info!("LwM2M Server listening on coap://{}", io.local);
     Ok(ServerHandle {
-        task: Arc::new(Task::spawn(machine, core(false), io)),
+        task: Arc::new(Task::spawn_with(machine, core(false), io, channel)),
         secure,
         routes,
         registrations: options.registrations,
@@ -564,6 +628,18 @@ impl ServerHandle {
     /// Whether the endpoint's latest registration came over the DTLS socket.
     pub fn is_secure(&self, endpoint: &str) -> bool {
         self.secure.is_some() && lock(&self.routes).get(endpoint) == Some(&true)
+    }
+
+    /// Forgets an endpoint's registration in this instance's machines (another instance
+    /// of a cluster took its client over).
+    pub async fn release(&self, endpoint: &str) -> Result<(), DriverError> {
+        for task in std::iter::once(&self.task).chain(self.secure.as_ref()) {
+            task.send(ServerCommand::Release {
+                endpoint: endpoint.to_owned(),
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// The address of the DTLS socket, if any.

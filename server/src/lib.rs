@@ -21,6 +21,7 @@
 
 pub mod auth;
 pub mod bootstrap;
+pub mod cluster;
 pub mod driver;
 pub mod dtls;
 pub mod events;

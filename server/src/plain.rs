@@ -14,9 +14,18 @@ use lwm2m_proto::admission::AdmissionGate;
 use lwm2m_proto::coap::{Transmit, message};
 use lwm2m_proto::server::Lwm2mServer;
 
-use crate::driver::Machine;
+use tokio::sync::mpsc;
+
+use crate::driver::{Control, Machine, ServerCommand};
 use crate::events::{Event, Role, SecurityEvent};
+use crate::registrations::RegistrationStore;
 use crate::store::SecurityStore;
+
+/// The shared registrations of a cluster and the machine's own task's commands.
+type Shared = (
+    Arc<dyn RegistrationStore>,
+    mpsc::Sender<Control<ServerCommand>>,
+);
 
 /// The LwM2M Server machine of the plain socket, with the refusal in front of it.
 pub(crate) struct PlainServer {
@@ -28,6 +37,10 @@ pub(crate) struct PlainServer {
     refusals: VecDeque<Transmit>,
     events: VecDeque<Event>,
     gate: AdmissionGate,
+    /// In a cluster: the shared registrations, and the machine's own task's commands (an
+    /// Update of a registration made through another instance is looked up, then handed
+    /// back as [`ServerCommand::Adopt`]).
+    shared: Option<Shared>,
 }
 
 impl PlainServer {
@@ -38,7 +51,49 @@ impl PlainServer {
             refusals: VecDeque::new(),
             events: VecDeque::new(),
             gate: AdmissionGate::default(),
+            shared: None,
         }
+    }
+
+    /// Takes over the registrations of other instances sharing `store` when their clients'
+    /// Updates arrive here; `commands` is this machine's task's channel.
+    pub(crate) fn shared(
+        mut self,
+        store: Arc<dyn RegistrationStore>,
+        commands: mpsc::Sender<Control<ServerCommand>>,
+    ) -> Self {
+        self.shared = Some((store, commands));
+        self
+    }
+
+    /// True if the datagram names a registration id held elsewhere: it is looked up in the
+    /// shared store (off this task) and comes back as a command.
+    fn look_up_elsewhere(&self, peer: SocketAddr, bytes: &[u8]) -> bool {
+        let Some((store, commands)) = &self.shared else {
+            return false;
+        };
+        let Some(id) = lwm2m_proto::server::registration_id_of(bytes) else {
+            return false;
+        };
+        if self.inner.knows_registration_id(&id) {
+            return false;
+        }
+        let (store, commands, bytes) = (store.clone(), commands.clone(), bytes.to_vec());
+        tokio::spawn(async move {
+            let registration = tokio::task::spawn_blocking(move || store.by_id(&id))
+                .await
+                .ok()
+                .flatten()
+                .map(|e| e.registration);
+            let _ = commands
+                .send(Control::Run(ServerCommand::Adopt {
+                    registration,
+                    peer,
+                    bytes,
+                }))
+                .await;
+        });
+        true
     }
 
     /// The 4.03 answer when `bytes` is a Register of an endpoint with credentials (the
@@ -68,6 +123,7 @@ impl Machine for PlainServer {
                     SecurityEvent::Insecure { peer, endpoint },
                 ));
             }
+            None if self.look_up_elsewhere(peer, bytes) => {}
             None => self.inner.handle_datagram(now, peer, bytes),
         }
     }

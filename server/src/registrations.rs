@@ -37,6 +37,21 @@ pub trait RegistrationStore: Send + Sync {
     fn set_sleeping(&self, endpoint: &str, sleeping: bool);
     /// Removes an endpoint (De-register, expiry).
     fn remove(&self, endpoint: &str) -> Option<ClientEntry>;
+    /// Sends the writes a networked store queued (the driver calls it before its answers
+    /// leave, so that what an answer announces is readable everywhere). Nothing to do in
+    /// memory.
+    fn flush(&self) {}
+    /// The registration with this id, in a store shared with other server instances (a
+    /// cluster): an Update that names an id this instance does not hold is looked up here
+    /// and the registration taken over. `None` for a store of one instance.
+    fn by_id(&self, id: &str) -> Option<ClientEntry> {
+        let _ = id;
+        None
+    }
+    /// Whether other server instances share this store ([`RegistrationStore::by_id`]).
+    fn is_shared(&self) -> bool {
+        false
+    }
 }
 
 /// A [`RegistrationStore`] in memory: `N` shards of `RwLock<HashMap>` chosen by a hash of

@@ -1,0 +1,561 @@
+//! `serve --store redis://` as a cluster: two `serve` child processes sharing a real
+//! `redis-server` (Debian package `redis-server`, started here on a free loopback port and
+//! ended by its PID), devices speaking raw CoAP from loopback sockets.
+//!
+//! A test whose `redis-server` is missing fails and says how to install it.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lwm2m_proto::coap::{
+    CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType, message,
+};
+
+const TOKEN: &str = "cluster-token-0123";
+
+/// A `redis-server` of this test: its own port and folder, no persistence.
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        // A free port: bound, read and released (redis-server binds it right after).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}): install it with `apt-get install -y \
+                     redis-server` (scripts/test does)"
+                )
+            });
+        let mut redis = Redis {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while redis.command("PING") != "+PONG" {
+            if let Ok(Some(status)) = redis.child.try_wait() {
+                panic!("redis-server exited: {status}");
+            }
+            assert!(Instant::now() < deadline, "redis-server does not answer");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// One inline command; its first answer line ("" if unreachable).
+    fn command(&self, command: &str) -> String {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        if s.write_all(format!("{command}\r\n").as_bytes()).is_err() {
+            return String::new();
+        }
+        let mut line = String::new();
+        let _ = BufReader::new(s).read_line(&mut line);
+        line.trim().to_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One `serve` instance.
+struct Serve {
+    child: Child,
+    api: String,
+    coap: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Serve {
+    fn start(redis: &Redis, instance: &str, extra: &[&str]) -> Serve {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+            .args([
+                "serve",
+                "--coap",
+                "127.0.0.1:0",
+                "--bootstrap",
+                "127.0.0.1:0",
+            ])
+            .args(["--http", "127.0.0.1:0", "--token", TOKEN, "--data"])
+            .arg(dir.path())
+            .args(["--store", &redis.url(), "--instance", instance])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the binary starts");
+        let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut banner = String::new();
+        let mut coap = None;
+        let api = loop {
+            let mut line = String::new();
+            assert!(
+                out.read_line(&mut line).expect("stdout readable") > 0,
+                "serve exited before listening; it printed: {banner}"
+            );
+            banner.push_str(&line);
+            if let Some(url) = line.trim().strip_prefix("LwM2M Server")
+                && let Some(addr) = url.trim().strip_prefix("coap://")
+            {
+                coap = addr.parse().ok();
+            }
+            if let Some(url) = line.trim().strip_prefix("REST API") {
+                break url.trim().to_owned();
+            }
+        };
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+        });
+        Serve {
+            child,
+            api,
+            coap: coap.expect("the banner names the CoAP address"),
+            _dir: dir,
+        }
+    }
+
+    fn call(&self, method: &str, route: &str, body: Option<&str>) -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let url = format!("{}{route}", self.api);
+        let auth = format!("Bearer {TOKEN}");
+        let response = match method {
+            "GET" => agent.get(&url).header("Authorization", &auth).call(),
+            "DELETE" => agent.delete(&url).header("Authorization", &auth).call(),
+            "PUT" => agent
+                .put(&url)
+                .header("Authorization", &auth)
+                .header("Content-Type", "application/json")
+                .send(body.unwrap_or("")),
+            "POST" => agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .header("Content-Type", "application/json")
+                .send(body.unwrap_or("")),
+            m => panic!("method {m}"),
+        };
+        let mut response = response.expect("the API answers");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.body_mut().read_to_string().unwrap_or_default(),
+        )
+    }
+
+    fn metric(&self, name: &str) -> Option<u64> {
+        let url = self.api.replace("/api", "/metrics");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut r = agent
+            .get(&url)
+            .header("Authorization", &format!("Bearer {TOKEN}"))
+            .call()
+            .ok()?;
+        let text = r.body_mut().read_to_string().ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A device: one UDP socket, raw CoAP.
+struct Device {
+    socket: UdpSocket,
+    mid: u16,
+}
+
+impl Device {
+    fn new() -> Device {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Device { socket, mid: 100 }
+    }
+
+    /// Sends a confirmable request to `to` and waits for its piggybacked answer,
+    /// retransmitting a few times.
+    fn exchange(&mut self, to: SocketAddr, mut request: Packet) -> Packet {
+        self.mid = self.mid.wrapping_add(1);
+        request.header.message_id = self.mid;
+        request.set_token(self.mid.to_be_bytes().to_vec());
+        let bytes = request.to_bytes().unwrap();
+        let mut buf = [0u8; 2048];
+        for _ in 0..20 {
+            self.socket.send_to(&bytes, to).unwrap();
+            let until = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < until {
+                let Ok((n, _)) = self.socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                if let Ok(p) = message::decode(&buf[..n])
+                    && p.header.message_id == self.mid
+                    && matches!(p.header.code, MessageClass::Response(_))
+                {
+                    return p;
+                }
+            }
+        }
+        panic!("no answer from {to}");
+    }
+
+    fn register(&mut self, to: SocketAddr, ep: &str, lifetime: u32) -> String {
+        let mut r = message::request(RequestType::Post, "/rd");
+        for q in [
+            format!("ep={ep}"),
+            format!("lt={lifetime}"),
+            "lwm2m=1.1".into(),
+            "b=U".into(),
+        ] {
+            message::add_query(&mut r, &q);
+        }
+        message::set_option(&mut r, CoapOption::ContentFormat, message::uint_bytes(40));
+        r.payload = b"</1/0>,</3/0>".to_vec();
+        let answer = self.exchange(to, r);
+        assert_eq!(
+            answer.header.code,
+            MessageClass::Response(ResponseType::Created)
+        );
+        let location: Vec<String> = answer
+            .get_option(CoapOption::LocationPath)
+            .into_iter()
+            .flatten()
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect();
+        assert_eq!(location.len(), 2, "{location:?}");
+        location[1].clone()
+    }
+
+    fn update(&mut self, to: SocketAddr, id: &str) -> MessageClass {
+        let r = message::request(RequestType::Post, &format!("/rd/{id}"));
+        self.exchange(to, r).header.code
+    }
+
+    /// Answers the next request of a server (a Read of /3/0/0 with `value`, an Observe
+    /// with Observe 0 and `value`); returns where it came from and its path.
+    fn serve_one(&mut self, value: &str) -> (SocketAddr, String, Packet) {
+        let mut buf = [0u8; 2048];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "no request from the server");
+            let Ok((n, from)) = self.socket.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(request) = message::decode(&buf[..n]) else {
+                continue;
+            };
+            if !matches!(request.header.code, MessageClass::Request(_)) {
+                continue;
+            }
+            let read = request.header.code == MessageClass::Request(RequestType::Get);
+            let mut answer = if read {
+                message::response(ResponseType::Content, value.as_bytes().to_vec())
+            } else {
+                message::response(ResponseType::Changed, Vec::new())
+            };
+            answer.header.set_type(MessageType::Acknowledgement);
+            answer.header.message_id = request.header.message_id;
+            answer.set_token(request.get_token().to_vec());
+            if read {
+                message::set_option(
+                    &mut answer,
+                    CoapOption::ContentFormat,
+                    message::uint_bytes(0),
+                );
+            }
+            if message::observe_value(&request).is_some() {
+                message::set_option(&mut answer, CoapOption::Observe, message::uint_bytes(0));
+            }
+            self.socket
+                .send_to(&answer.to_bytes().unwrap(), from)
+                .unwrap();
+            return (from, message::uri_path(&request), request);
+        }
+    }
+
+    /// Sends a notification (non-confirmable) of the observation `request` made.
+    fn notify(&mut self, to: SocketAddr, request: &Packet, seq: u32, value: &str) {
+        let mut n = message::response(ResponseType::Content, value.as_bytes().to_vec());
+        n.header.set_type(MessageType::NonConfirmable);
+        self.mid = self.mid.wrapping_add(1);
+        n.header.message_id = self.mid;
+        n.set_token(request.get_token().to_vec());
+        message::set_option(&mut n, CoapOption::ContentFormat, message::uint_bytes(0));
+        message::set_option(&mut n, CoapOption::Observe, message::uint_bytes(seq));
+        self.socket.send_to(&n.to_bytes().unwrap(), to).unwrap();
+    }
+}
+
+/// Calls `f` in a thread while the device answers one request; `f`'s answer and where the
+/// request came from.
+fn with_answer<T: Send>(
+    device: &mut Device,
+    value: &str,
+    f: impl FnOnce() -> T + Send,
+) -> (T, SocketAddr, String, Packet) {
+    std::thread::scope(|s| {
+        let call = s.spawn(f);
+        let (from, path, request) = device.serve_one(value);
+        (call.join().unwrap(), from, path, request)
+    })
+}
+
+/// Polls `f` until it holds, for at most `limit`.
+fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn register_via_a_read_via_b_kill_a_update_via_b() {
+    let redis = Redis::start();
+    let a = Serve::start(&redis, "a", &[]);
+    let b = Serve::start(&redis, "b", &[]);
+    let mut device = Device::new();
+    let id = device.register(a.coap, "dev-1", 300);
+
+    // The registration is in Redis: B lists it.
+    let (status, body) = b.call("GET", "/clients/dev-1", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&id), "{body}");
+
+    // A read through B leaves from A's socket (the device's NAT binding) and comes back.
+    let ((status, body), from, path, _) = with_answer(&mut device, "Acme", || {
+        b.call("GET", "/clients/dev-1/3/0/0", None)
+    });
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Acme"), "{body}");
+    assert_eq!(from, a.coap, "the request leaves from A");
+    assert_eq!(path, "/3/0/0");
+
+    // A write through B, the same way.
+    let ((status, body), from, path, request) = with_answer(&mut device, "", || {
+        b.call("PUT", "/clients/dev-1/1/0/1", Some(r#"{"value": 120}"#))
+    });
+    assert!(status < 300, "{status} {body}");
+    assert_eq!(from, a.coap);
+    assert_eq!(path, "/1/0/1");
+    assert_eq!(request.header.code, MessageClass::Request(RequestType::Put));
+
+    // A dies; the device's next Update reaches B (the load balancer) and is accepted.
+    drop(a);
+    assert_eq!(
+        device.update(b.coap, &id),
+        MessageClass::Response(ResponseType::Changed)
+    );
+    // B owns it now: a read through B leaves from B.
+    let ((status, body), from, _, _) = with_answer(&mut device, "Acme 2", || {
+        b.call("GET", "/clients/dev-1/3/0/0", None)
+    });
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Acme 2"), "{body}");
+    assert_eq!(from, b.coap, "B took the client over");
+    // An unknown registration id is still refused.
+    assert_eq!(
+        device.update(b.coap, "nosuchid"),
+        MessageClass::Response(ResponseType::NotFound)
+    );
+}
+
+#[test]
+fn observations_made_through_b_notify_every_instance() {
+    let redis = Redis::start();
+    let a = Serve::start(&redis, "a", &[]);
+    let b = Serve::start(&redis, "b", &[]);
+    let mut device = Device::new();
+    device.register(a.coap, "dev-o", 300);
+
+    // Listen to B's event stream (raw HTTP: server-sent events).
+    let addr = b.api.trim_start_matches("http://").trim_end_matches("/api");
+    let mut sse = TcpStream::connect(addr).unwrap();
+    write!(
+        sse,
+        "GET /api/event?ep=dev-o HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    )
+    .unwrap();
+    sse.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+
+    let ((status, body), from, path, request) = with_answer(&mut device, "21.5", || {
+        b.call("POST", "/clients/dev-o/3/0/0/observe", None)
+    });
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(from, a.coap);
+    assert_eq!(path, "/3/0/0");
+    assert_eq!(message::observe_value(&request), Some(0));
+
+    // The notification reaches A (its observation) and B's event stream.
+    device.notify(a.coap, &request, 1, "22.75");
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    eventually(Duration::from_secs(20), "a NOTIFICATION on B", || {
+        if let Ok(n) = sse.read(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        seen.contains("NOTIFICATION") && seen.contains("22.75")
+    });
+    assert!(seen.contains("\"instance\":\"a\""), "{seen}");
+}
+
+/// Registers `count` endpoints through `to` from one socket, `window` at a time.
+fn register_many(to: SocketAddr, prefix: &str, count: usize, lifetime: u32) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let window = 256usize;
+    let request = |i: usize| {
+        let mut r = message::request(RequestType::Post, "/rd");
+        message::add_query(&mut r, &format!("ep={prefix}-{i}"));
+        message::add_query(&mut r, &format!("lt={lifetime}"));
+        message::add_query(&mut r, "b=U");
+        message::add_query(&mut r, "lwm2m=1.1");
+        r.header.message_id = (i % 65536) as u16;
+        r.set_token((i as u32).to_be_bytes().to_vec());
+        r.to_bytes().unwrap()
+    };
+    let mut done = vec![false; count];
+    let mut finished = 0;
+    let mut next = 0;
+    let mut in_flight: std::collections::VecDeque<(usize, Instant)> = Default::default();
+    let mut buf = [0u8; 512];
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while finished < count {
+        assert!(
+            Instant::now() < deadline,
+            "{finished} of {count} registered"
+        );
+        while in_flight.len() < window && next < count {
+            socket.send_to(&request(next), to).unwrap();
+            in_flight.push_back((next, Instant::now()));
+            next += 1;
+        }
+        match socket.recv_from(&mut buf) {
+            Ok((n, _)) => {
+                let Ok(p) = message::decode(&buf[..n]) else {
+                    continue;
+                };
+                let token = p.get_token();
+                if token.len() == 4 {
+                    let i = u32::from_be_bytes([token[0], token[1], token[2], token[3]]) as usize;
+                    if i < count && !done[i] {
+                        assert_eq!(
+                            p.header.code,
+                            MessageClass::Response(ResponseType::Created),
+                            "{prefix}-{i}"
+                        );
+                        done[i] = true;
+                        finished += 1;
+                    }
+                }
+            }
+            Err(_) => {
+                // Lost on a loaded machine: send again what waited long.
+                for (i, at) in in_flight.iter_mut() {
+                    if !done[*i] && at.elapsed() > Duration::from_secs(2) {
+                        socket.send_to(&request(*i), to).unwrap();
+                        *at = Instant::now();
+                    }
+                }
+            }
+        }
+        while in_flight.front().is_some_and(|(i, _)| done[*i]) {
+            in_flight.pop_front();
+        }
+    }
+}
+
+/// How many registrations the large test makes (default 20,000 in `cargo test`; the full
+/// 100,000: `CLUSTER_REGISTRATIONS=100000`).
+fn many() -> usize {
+    std::env::var("CLUSTER_REGISTRATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000)
+}
+
+#[test]
+fn many_registrations_across_two_instances_expire_in_redis() {
+    let count = many();
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "limits: {{ max_registrations: {count}, max_registrations_per_address: {count} }}\n"
+        ),
+    )
+    .unwrap();
+    let config = config.to_string_lossy().into_owned();
+    let a = Serve::start(&redis, "a", &["--config", &config]);
+    let b = Serve::start(&redis, "b", &["--config", &config]);
+    // Long enough to count them all, short enough to see them expire.
+    let lifetime = 60;
+    let half = count / 2;
+    std::thread::scope(|s| {
+        s.spawn(|| register_many(a.coap, "a", half, lifetime));
+        s.spawn(|| register_many(b.coap, "b", count - half, lifetime));
+    });
+    // Both instances see every registration (the shared index in Redis).
+    assert_eq!(a.metric("lwm2m_registrations"), Some(count as u64));
+    assert_eq!(b.metric("lwm2m_registrations"), Some(count as u64));
+    let (status, body) = a.call("GET", &format!("/clients/b-{}", count - half - 1), None);
+    assert_eq!(status, 200, "{body}");
+    // Redis expires them (key TTLs); the index is swept by whichever instance reads it.
+    drop(a);
+    eventually(
+        Duration::from_secs(u64::from(lifetime) + 60),
+        "every registration expired",
+        || b.metric("lwm2m_registrations") == Some(0),
+    );
+    eventually(Duration::from_secs(30), "no key left behind", || {
+        redis.command("DBSIZE") == ":0"
+    });
+}
