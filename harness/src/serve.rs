@@ -262,6 +262,17 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
         Some(coaps) => format!("binding the LwM2M Server to {} and {coaps}", s.coap),
         None => format!("binding the LwM2M Server to {}", s.coap),
     })?;
+    if let Some(registrations) = &stores.registrations {
+        // After a restart: the registrations this instance owned, with their observations.
+        let owned = registrations.owned();
+        if !owned.is_empty() {
+            tracing::info!("taking up {} registrations owned before", owned.len());
+        }
+        for entry in owned {
+            let observations = registrations.observations_of(&entry.registration.endpoint);
+            server.restore(entry.registration, observations).await?;
+        }
+    }
     let mut bs_options = BootstrapOptions::new(s.bootstrap, bootstrap_store.clone());
     bs_options.bus = bus.clone();
     // The LwM2M Server in this process must know the credentials handed out.

@@ -99,15 +99,14 @@ struct Serve {
 
 impl Serve {
     fn start(redis: &Redis, instance: &str, extra: &[&str]) -> Serve {
+        Self::start_at(redis, instance, "127.0.0.1:0", extra)
+    }
+
+    /// With the LwM2M Server on `coap` (a restart keeps its address).
+    fn start_at(redis: &Redis, instance: &str, coap: &str, extra: &[&str]) -> Serve {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
-            .args([
-                "serve",
-                "--coap",
-                "127.0.0.1:0",
-                "--bootstrap",
-                "127.0.0.1:0",
-            ])
+            .args(["serve", "--coap", coap, "--bootstrap", "127.0.0.1:0"])
             .args(["--http", "127.0.0.1:0", "--token", TOKEN, "--data"])
             .arg(dir.path())
             .args(["--store", &redis.url(), "--instance", instance])
@@ -443,36 +442,119 @@ fn observations_made_through_b_notify_every_instance() {
     assert!(seen.contains("\"instance\":\"a\""), "{seen}");
 }
 
-/// Registers `count` endpoints through `to` from one socket, `window` at a time.
-fn register_many(to: SocketAddr, prefix: &str, count: usize, lifetime: u32) {
+/// An instance's event stream of one endpoint (raw HTTP, server-sent events).
+struct Events {
+    stream: TcpStream,
+    seen: String,
+}
+
+impl Events {
+    fn open(serve: &Serve, ep: &str) -> Events {
+        let addr = serve
+            .api
+            .trim_start_matches("http://")
+            .trim_end_matches("/api")
+            .to_owned();
+        let mut stream = TcpStream::connect(&addr).unwrap();
+        write!(
+            stream,
+            "GET /api/event?ep={ep} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+        )
+        .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Events {
+            stream,
+            seen: String::new(),
+        }
+    }
+
+    /// Reads what arrived; true once `text` was seen.
+    fn has(&mut self, text: &str) -> bool {
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = self.stream.read(&mut buf) {
+            self.seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        self.seen.contains(text)
+    }
+}
+
+#[test]
+fn an_observation_survives_a_restart_of_its_instance() {
+    let redis = Redis::start();
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let at = format!("127.0.0.1:{port}");
+    let a = Serve::start_at(&redis, "a", &at, &[]);
+    let b = Serve::start(&redis, "b", &[]);
+    let mut device = Device::new();
+    device.register(a.coap, "dev-r", 300);
+    let ((status, body), from, _, request) = with_answer(&mut device, "20.0", || {
+        b.call("POST", "/clients/dev-r/3/0/0/observe", None)
+    });
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(from, a.coap);
+
+    // A restarts (killed, started again on the same address and name).
+    drop(a);
+    let a = Serve::start_at(&redis, "a", &at, &[]);
+    let mut events = Events::open(&b, "dev-r");
+    // The device's notifications (same token) are the observation's again; B's event
+    // stream carries them. Sent again until seen (as the device would retransmit).
+    let mut seq = 1;
+    eventually(Duration::from_secs(30), "the notification on B", || {
+        seq += 1;
+        device.notify(a.coap, &request, seq, "Acme 23");
+        events.has("Acme 23")
+    });
+    assert!(events.seen.contains("NOTIFICATION"), "{}", events.seen);
+    assert!(
+        events.seen.contains("\"instance\":\"a\""),
+        "{}",
+        events.seen
+    );
+    // A holds the registration again: its API reads it through its own socket.
+    let ((status, body), from, _, _) = with_answer(&mut device, "Acme 24", || {
+        a.call("GET", "/clients/dev-r/3/0/0", None)
+    });
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(from, a.coap);
+}
+
+/// Sends `count` confirmable requests (`request(i, mid, token)`) to `to` from one socket,
+/// a window at a time, resending the ones unanswered for long; each answer must carry
+/// `code`. Returns the answers in order.
+fn exchange_many(
+    to: SocketAddr,
+    count: usize,
+    code: ResponseType,
+    request: impl Fn(usize) -> Packet,
+) -> Vec<Packet> {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let window = 256usize;
-    let request = |i: usize| {
-        let mut r = message::request(RequestType::Post, "/rd");
-        message::add_query(&mut r, &format!("ep={prefix}-{i}"));
-        message::add_query(&mut r, &format!("lt={lifetime}"));
-        message::add_query(&mut r, "b=U");
-        message::add_query(&mut r, "lwm2m=1.1");
+    let bytes = |i: usize| {
+        let mut r = request(i);
         r.header.message_id = (i % 65536) as u16;
         r.set_token((i as u32).to_be_bytes().to_vec());
         r.to_bytes().unwrap()
     };
-    let mut done = vec![false; count];
+    let mut answers: Vec<Option<Packet>> = vec![None; count];
     let mut finished = 0;
     let mut next = 0;
     let mut in_flight: std::collections::VecDeque<(usize, Instant)> = Default::default();
     let mut buf = [0u8; 512];
     let deadline = Instant::now() + Duration::from_secs(600);
     while finished < count {
-        assert!(
-            Instant::now() < deadline,
-            "{finished} of {count} registered"
-        );
+        assert!(Instant::now() < deadline, "{finished} of {count} answered");
         while in_flight.len() < window && next < count {
-            socket.send_to(&request(next), to).unwrap();
+            socket.send_to(&bytes(next), to).unwrap();
             in_flight.push_back((next, Instant::now()));
             next += 1;
         }
@@ -484,13 +566,9 @@ fn register_many(to: SocketAddr, prefix: &str, count: usize, lifetime: u32) {
                 let token = p.get_token();
                 if token.len() == 4 {
                     let i = u32::from_be_bytes([token[0], token[1], token[2], token[3]]) as usize;
-                    if i < count && !done[i] {
-                        assert_eq!(
-                            p.header.code,
-                            MessageClass::Response(ResponseType::Created),
-                            "{prefix}-{i}"
-                        );
-                        done[i] = true;
+                    if i < count && answers[i].is_none() {
+                        assert_eq!(p.header.code, MessageClass::Response(code), "request {i}");
+                        answers[i] = Some(p);
                         finished += 1;
                     }
                 }
@@ -498,17 +576,54 @@ fn register_many(to: SocketAddr, prefix: &str, count: usize, lifetime: u32) {
             Err(_) => {
                 // Lost on a loaded machine: send again what waited long.
                 for (i, at) in in_flight.iter_mut() {
-                    if !done[*i] && at.elapsed() > Duration::from_secs(2) {
-                        socket.send_to(&request(*i), to).unwrap();
+                    if answers[*i].is_none() && at.elapsed() > Duration::from_secs(2) {
+                        socket.send_to(&bytes(*i), to).unwrap();
                         *at = Instant::now();
                     }
                 }
             }
         }
-        while in_flight.front().is_some_and(|(i, _)| done[*i]) {
+        while in_flight
+            .front()
+            .is_some_and(|(i, _)| answers[*i].is_some())
+        {
             in_flight.pop_front();
         }
     }
+    answers.into_iter().flatten().collect()
+}
+
+/// Registers `{prefix}-{i}` for i in 0..count through `to`; their registration ids.
+fn register_many(to: SocketAddr, prefix: &str, count: usize, lifetime: u32) -> Vec<String> {
+    let answers = exchange_many(to, count, ResponseType::Created, |i| {
+        let mut r = message::request(RequestType::Post, "/rd");
+        message::add_query(&mut r, &format!("ep={prefix}-{i}"));
+        message::add_query(&mut r, &format!("lt={lifetime}"));
+        message::add_query(&mut r, "b=U");
+        message::add_query(&mut r, "lwm2m=1.1");
+        r
+    });
+    answers
+        .iter()
+        .map(|p| {
+            let path: Vec<Vec<u8>> = p
+                .get_option(CoapOption::LocationPath)
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect();
+            String::from_utf8_lossy(path.get(1).expect("rd/{id}")).into_owned()
+        })
+        .collect()
+}
+
+/// Updates the registrations `ids` through `to` with a new lifetime (2.04 each).
+fn update_many(to: SocketAddr, ids: &[String], lifetime: u32) {
+    exchange_many(to, ids.len(), ResponseType::Changed, |i| {
+        let mut r = message::request(RequestType::Post, &format!("/rd/{}", ids[i]));
+        message::add_query(&mut r, &format!("lt={lifetime}"));
+        r
+    });
 }
 
 /// How many registrations the large test makes (default 20,000 in `cargo test`; the full
@@ -536,26 +651,178 @@ fn many_registrations_across_two_instances_expire_in_redis() {
     let config = config.to_string_lossy().into_owned();
     let a = Serve::start(&redis, "a", &["--config", &config]);
     let b = Serve::start(&redis, "b", &["--config", &config]);
-    // Long enough to count them all, short enough to see them expire.
-    let lifetime = 60;
     let half = count / 2;
-    std::thread::scope(|s| {
-        s.spawn(|| register_many(a.coap, "a", half, lifetime));
-        s.spawn(|| register_many(b.coap, "b", count - half, lifetime));
+    let started = Instant::now();
+    let (ids_a, ids_b) = std::thread::scope(|s| {
+        let a = s.spawn(|| register_many(a.coap, "a", half, 86_400));
+        let b = s.spawn(|| register_many(b.coap, "b", count - half, 86_400));
+        (a.join().unwrap(), b.join().unwrap())
     });
+    let took = started.elapsed();
+    println!(
+        "{count} registrations across 2 instances in {took:?} ({:.0}/s)",
+        count as f64 / took.as_secs_f64()
+    );
     // Both instances see every registration (the shared index in Redis).
     assert_eq!(a.metric("lwm2m_registrations"), Some(count as u64));
     assert_eq!(b.metric("lwm2m_registrations"), Some(count as u64));
     let (status, body) = a.call("GET", &format!("/clients/b-{}", count - half - 1), None);
     assert_eq!(status, 200, "{body}");
-    // Redis expires them (key TTLs); the index is swept by whichever instance reads it.
+    // Every client moves to the other instance (the load balancer), with a short lifetime:
+    // each Update is looked up in Redis and taken over there.
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        s.spawn(|| update_many(b.coap, &ids_a, 2));
+        s.spawn(|| update_many(a.coap, &ids_b, 2));
+    });
+    println!(
+        "{count} Updates taken over across 2 instances in {:?}",
+        started.elapsed()
+    );
+    // Only the new lifetime lets them expire: Redis expires them (key TTLs); the index is swept by whichever instance reads it.
     drop(a);
     eventually(
-        Duration::from_secs(u64::from(lifetime) + 60),
+        Duration::from_secs(120),
         "every registration expired",
         || b.metric("lwm2m_registrations") == Some(0),
     );
     eventually(Duration::from_secs(30), "no key left behind", || {
         redis.command("DBSIZE") == ":0"
     });
+}
+
+/// Answers every request on `socket` (2.05 "bench" to a GET, 2.04 to anything else) until
+/// `stop`; the device side of the benchmark's reads.
+fn answer_all(socket: &UdpSocket, stop: &std::sync::atomic::AtomicBool) {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let Ok((n, from)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        let Ok(request) = message::decode(&buf[..n]) else {
+            continue;
+        };
+        if !matches!(request.header.code, MessageClass::Request(_)) {
+            continue;
+        }
+        let mut answer = message::response(ResponseType::Content, b"bench".to_vec());
+        answer.header.set_type(MessageType::Acknowledgement);
+        answer.header.message_id = request.header.message_id;
+        answer.set_token(request.get_token().to_vec());
+        message::set_option(
+            &mut answer,
+            CoapOption::ContentFormat,
+            message::uint_bytes(0),
+        );
+        let _ = socket.send_to(&answer.to_bytes().unwrap(), from);
+    }
+}
+
+/// Registrations/s and REST reads/s of a cluster of `instances`; the reads go round-robin
+/// through the instances' APIs (so with two, half are forwarded to the owner).
+fn bench_cluster(instances: usize, clients: usize, reads: usize) -> (f64, f64) {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "limits: {{ max_registrations: {clients}, max_registrations_per_address: {clients} }}\n"
+        ),
+    )
+    .unwrap();
+    let config = config.to_string_lossy().into_owned();
+    let names = ["a", "b", "c", "d"];
+    let serves: Vec<Serve> = (0..instances)
+        .map(|i| Serve::start(&redis, names[i], &["--config", &config]))
+        .collect();
+    // Registrations: one device socket per instance, registering its share.
+    let sockets: Vec<UdpSocket> = (0..instances)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for (i, serve) in serves.iter().enumerate() {
+            let share = clients / instances;
+            let to = serve.coap;
+            s.spawn(move || register_many(to, names[i], share, 86_400));
+        }
+    });
+    let registrations = clients as f64 / started.elapsed().as_secs_f64();
+    // Reads: the devices of each instance answer from one socket per instance; the
+    // registrations above came from other sockets, so register the read targets again from
+    // the answering sockets first (100 per instance).
+    let targets = 100usize;
+    for (i, (serve, socket)) in serves.iter().zip(&sockets).enumerate() {
+        let mut device = Device {
+            socket: socket.try_clone().unwrap(),
+            mid: 1,
+        };
+        device
+            .socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        for k in 0..targets {
+            device.register(serve.coap, &format!("read-{}-{k}", names[i]), 86_400);
+        }
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let threads = 8usize;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for socket in &sockets {
+            let stop = &stop;
+            s.spawn(move || answer_all(socket, stop));
+        }
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let (serves, next) = (&serves, &next);
+                s.spawn(move || {
+                    loop {
+                        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if n >= reads {
+                            break;
+                        }
+                        let via = &serves[n % serves.len()];
+                        let owner = names[(n / serves.len()) % serves.len()];
+                        let ep = format!("read-{owner}-{}", n % targets);
+                        let (status, body) = via.call("GET", &format!("/clients/{ep}/3/0/0"), None);
+                        assert_eq!(status, 200, "{body}");
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let read_rate = reads as f64 / started.elapsed().as_secs_f64();
+    (registrations, read_rate)
+}
+
+/// The cluster benchmark (not a test: run it on purpose, in release):
+/// `cargo test --release -p lwm2m-harness --test cluster -- --ignored --nocapture bench`
+/// (`BENCH_CLIENTS`, `BENCH_READS` to change the sizes).
+#[test]
+#[ignore = "a benchmark: run with --ignored --nocapture, in release"]
+fn bench_one_instance_vs_two() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (clients, reads) = (env("BENCH_CLIENTS", 50_000), env("BENCH_READS", 20_000));
+    for instances in [1, 2] {
+        let (regs, reads) = bench_cluster(instances, clients, reads);
+        println!(
+            "cluster bench: {instances} instance(s): {regs:.0} registrations/s ({clients} clients), \
+             {reads:.0} REST reads/s"
+        );
+    }
 }

@@ -16,7 +16,8 @@ use lwm2m_proto::Lwm2mPath;
 use lwm2m_proto::coap::{Counters, Transmit};
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{
-    Lwm2mServer, ObservationId, OpError, OpId, Operation, Response, ServerConfig, ServerEvent,
+    Lwm2mServer, ObservationId, ObservationRecord, OpError, OpId, Operation, Response,
+    ServerConfig, ServerEvent,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -276,9 +277,11 @@ pub(crate) enum ServerCommand {
     /// hold; `registration` is what the shared store has under it (a cluster): taken
     /// over, then the datagram handled (answered 4.04 if nothing was found).
     Adopt {
-        registration: Option<lwm2m_proto::server::Registration>,
-        peer: SocketAddr,
-        bytes: Vec<u8>,
+        registration: Option<Box<lwm2m_proto::server::Registration>>,
+        /// Its observations, taken up too.
+        observations: Vec<ObservationRecord>,
+        /// The datagram that asked (none when restoring at start).
+        datagram: Option<(SocketAddr, Vec<u8>)>,
     },
     /// Another instance of the cluster took the endpoint over: forget it here.
     Release {
@@ -297,6 +300,8 @@ struct ServerCore {
     /// This task's machine is the DTLS one.
     secure: bool,
     routes: Routes,
+    /// Established observations kept in a shared store: their endpoint and token.
+    observed: HashMap<ObservationId, (String, Vec<u8>)>,
 }
 
 impl ServerCore {
@@ -322,25 +327,46 @@ impl ServerCore {
             }
             ServerCommand::Adopt {
                 registration,
-                peer,
-                bytes,
+                observations,
+                datagram,
             } => {
                 if let Some(registration) = registration {
-                    tracing::info!(
-                        "LwM2M Server: endpoint {:?} (registration {}) taken over from another \
-                         instance; its client now speaks to this one from {peer}",
-                        registration.endpoint,
-                        registration.id
-                    );
-                    lock(&self.routes).insert(registration.endpoint.clone(), self.secure);
-                    machine.adopt(now, registration);
+                    let endpoint = registration.endpoint.clone();
+                    match &datagram {
+                        Some((peer, _)) => tracing::info!(
+                            "LwM2M Server: endpoint {endpoint:?} (registration {}) taken over \
+                             from another instance; its client now speaks to this one from {peer}",
+                            registration.id
+                        ),
+                        None => tracing::debug!(
+                            "LwM2M Server: registration {} of {endpoint:?} taken up again",
+                            registration.id
+                        ),
+                    }
+                    lock(&self.routes).insert(endpoint.clone(), self.secure);
+                    machine.adopt(now, *registration);
+                    for record in observations {
+                        match machine.restore_observation(now, &endpoint, &record) {
+                            Ok(id) => {
+                                self.observed.insert(id, (endpoint.clone(), record.token));
+                            }
+                            Err(e) => tracing::warn!(
+                                "LwM2M Server: an observation of {endpoint:?} not taken up: {e}"
+                            ),
+                        }
+                    }
                 }
-                machine.handle_datagram(now, peer, &bytes);
+                if let Some((peer, bytes)) = datagram {
+                    machine.handle_datagram(now, peer, &bytes);
+                }
             }
             ServerCommand::Release { endpoint } => {
                 if self.holds(&endpoint) {
                     lock(&self.routes).remove(&endpoint);
                 }
+                // Its observations go on at the instance that took it over: ending them
+                // here must not forget them in the store.
+                self.observed.retain(|_, (ep, _)| *ep != endpoint);
                 if machine.registration(&endpoint).is_some() {
                     tracing::info!(
                         "LwM2M Server: endpoint {endpoint:?} was taken over by another instance"
@@ -413,6 +439,33 @@ impl ServerCore {
 }
 
 impl ServerCore {
+    /// Keeps established observations in a shared store, and forgets the ended ones.
+    fn track_observations(&mut self, machine: &Lwm2mServer, event: &Event) {
+        if !self.registrations.is_shared() {
+            return;
+        }
+        match event {
+            Event::Server(ServerEvent::Completed {
+                endpoint,
+                result: Ok(response),
+                ..
+            }) => {
+                if let Some(id) = response.observation
+                    && let Some(record) = machine.observation_record(id)
+                {
+                    self.registrations.save_observation(endpoint, &record);
+                    self.observed.insert(id, (endpoint.clone(), record.token));
+                }
+            }
+            Event::Server(ServerEvent::ObservationEnded { observation, .. }) => {
+                if let Some((endpoint, token)) = self.observed.remove(observation) {
+                    self.registrations.remove_observation(&endpoint, &token);
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn machine_event(&mut self, event: Event) {
         match event {
             Event::Server(e) => self.server_event(e),
@@ -432,7 +485,8 @@ impl Handler<PlainServer> for ServerCore {
         self.run_command(&mut machine.inner, now, command);
     }
 
-    fn event(&mut self, _: &PlainServer, event: Event) {
+    fn event(&mut self, machine: &PlainServer, event: Event) {
+        self.track_observations(&machine.inner, &event);
         self.machine_event(event);
     }
 
@@ -449,7 +503,8 @@ impl Handler<SecureLwm2m> for ServerCore {
         machine.settle(now);
     }
 
-    fn event(&mut self, _: &SecureLwm2m, event: Event) {
+    fn event(&mut self, machine: &SecureLwm2m, event: Event) {
+        self.track_observations(&machine.inner, &event);
         self.machine_event(event);
     }
 
@@ -527,6 +582,7 @@ pub fn start_server(options: ServerOptions) -> io::Result<ServerHandle> {
         bus: options.bus.clone(),
         secure,
         routes: routes.clone(),
+        observed: HashMap::new(),
     };
     let io = |socket: UdpSocket| -> io::Result<Io> {
         Ok(Io {
@@ -628,6 +684,22 @@ impl ServerHandle {
     /// Whether the endpoint's latest registration came over the DTLS socket.
     pub fn is_secure(&self, endpoint: &str) -> bool {
         self.secure.is_some() && lock(&self.routes).get(endpoint) == Some(&true)
+    }
+
+    /// Takes up a registration this instance owned before a restart (from a shared store)
+    /// with its observations: the client's Updates and notifications are accepted again.
+    pub async fn restore(
+        &self,
+        registration: lwm2m_proto::server::Registration,
+        observations: Vec<ObservationRecord>,
+    ) -> Result<(), DriverError> {
+        self.task
+            .send(ServerCommand::Adopt {
+                registration: Some(Box::new(registration)),
+                observations,
+                datagram: None,
+            })
+            .await
     }
 
     /// Forgets an endpoint's registration in this instance's machines (another instance

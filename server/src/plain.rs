@@ -80,16 +80,23 @@ impl PlainServer {
         }
         let (store, commands, bytes) = (store.clone(), commands.clone(), bytes.to_vec());
         tokio::spawn(async move {
-            let registration = tokio::task::spawn_blocking(move || store.by_id(&id))
-                .await
-                .ok()
-                .flatten()
-                .map(|e| e.registration);
+            let found = tokio::task::spawn_blocking(move || {
+                let registration = store.by_id(&id)?.registration;
+                let observations = store.observations_of(&registration.endpoint);
+                Some((registration, observations))
+            })
+            .await
+            .ok()
+            .flatten();
+            let (registration, observations) = match found {
+                Some((r, o)) => (Some(Box::new(r)), o),
+                None => (None, Vec::new()),
+            };
             let _ = commands
                 .send(Control::Run(ServerCommand::Adopt {
                     registration,
-                    peer,
-                    bytes,
+                    observations,
+                    datagram: Some((peer, bytes)),
                 }))
                 .await;
         });

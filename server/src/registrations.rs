@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::RwLock;
 
-use lwm2m_proto::server::Registration;
+use lwm2m_proto::server::{ObservationRecord, Registration};
 
 /// One registered client as the store keeps it.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +51,25 @@ pub trait RegistrationStore: Send + Sync {
     /// Whether other server instances share this store ([`RegistrationStore::by_id`]).
     fn is_shared(&self) -> bool {
         false
+    }
+    /// Keeps an established observation of an endpoint, so that it outlives this process
+    /// (a shared store; nothing to do in memory, where it would not).
+    fn save_observation(&self, endpoint: &str, record: &ObservationRecord) {
+        let _ = (endpoint, record);
+    }
+    /// Forgets a kept observation (it ended).
+    fn remove_observation(&self, endpoint: &str, token: &[u8]) {
+        let _ = (endpoint, token);
+    }
+    /// The kept observations of an endpoint.
+    fn observations_of(&self, endpoint: &str) -> Vec<ObservationRecord> {
+        let _ = endpoint;
+        Vec::new()
+    }
+    /// The registrations this server instance owns (its clients last spoke to its
+    /// socket), to take up again after a restart; empty for a store of one instance.
+    fn owned(&self) -> Vec<ClientEntry> {
+        Vec::new()
     }
 }
 

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use lwm2m_proto::bootstrap::BootstrapConfig;
 use lwm2m_proto::codec::link::{LinkNote, RegistrationLinks};
 use lwm2m_proto::registration::{Lwm2mVersion, RegistrationFinding};
-use lwm2m_proto::server::Registration;
+use lwm2m_proto::server::{ObservationRecord, Registration};
 use redis::{Connection, Script};
 
 use super::{
@@ -214,15 +214,21 @@ impl StoredRegistration {
 enum Write {
     Upsert(Box<StoredRegistration>),
     Sleeping(String, bool),
+    Observation(String, ObservationRecord),
+    Unobserve(String, Vec<u8>),
 }
 
-/// Upsert: KEYS reg, regid, regs; ARGV data, owner, ttl ms, expiry ms, endpoint, release
-/// channel prefix. Tells the previous owner instance (if another) to let the registration
-/// go.
+/// Upsert: KEYS reg, regid, regs, obs; ARGV data, owner, ttl ms, expiry ms, endpoint,
+/// release channel prefix, registration id. Tells the previous owner instance (if another)
+/// to let the registration go; a new registration (another id) drops the observations of
+/// the old one.
 const UPSERT: &str = r"
 local prev = redis.call('HGET', KEYS[1], 'owner')
-redis.call('HSET', KEYS[1], 'data', ARGV[1], 'owner', ARGV[2], 'sleeping', '0')
+local previd = redis.call('HGET', KEYS[1], 'id')
+if previd and previd ~= ARGV[7] then redis.call('DEL', KEYS[4]) end
+redis.call('HSET', KEYS[1], 'data', ARGV[1], 'owner', ARGV[2], 'sleeping', '0', 'id', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[4], ARGV[3])
 redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
 if prev and prev ~= ARGV[2] then
@@ -231,18 +237,29 @@ end
 return 1
 ";
 
-/// Remove, if this instance owns it: KEYS reg, regs; ARGV owner, endpoint, regid prefix.
+/// Remove, if this instance owns it: KEYS reg, regs, obs; ARGV owner, endpoint, regid
+/// prefix.
 const REMOVE: &str = r"
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if owner and owner ~= ARGV[1] then return false end
 local d = redis.call('HGET', KEYS[1], 'data')
 redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[2], ARGV[2])
 if d then
   local ok, r = pcall(cjson.decode, d)
   if ok and type(r) == 'table' and r['id'] then redis.call('DEL', ARGV[3] .. r['id']) end
 end
 return d
+";
+
+/// An observation, if the registration exists: KEYS reg, obs; ARGV token (hex), JSON.
+const OBSERVE: &str = r"
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl <= 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ttl)
+return 1
 ";
 
 /// Sleep flag, if the registration exists: KEYS reg; ARGV flag.
@@ -404,16 +421,36 @@ impl RedisRegistrations {
                         let data = serde_json::to_string(s).unwrap_or_default();
                         pipe.cmd("EVAL")
                             .arg(UPSERT)
-                            .arg(3)
+                            .arg(4)
                             .arg(key(&["reg", &s.endpoint]))
                             .arg(key(&["regid", &s.id]))
                             .arg(key(&["regs"]))
+                            .arg(key(&["obs", &s.endpoint]))
                             .arg(data)
                             .arg(&self.instance)
                             .arg(ttl)
                             .arg(expires)
                             .arg(&s.endpoint)
                             .arg(&release)
+                            .arg(&s.id)
+                            .ignore();
+                    }
+                    Write::Observation(ep, record) => {
+                        let json = serde_json::to_string(record).unwrap_or_default();
+                        // Only while the registration lives, and with its expiry.
+                        pipe.cmd("EVAL")
+                            .arg(OBSERVE)
+                            .arg(2)
+                            .arg(key(&["reg", ep]))
+                            .arg(key(&["obs", ep]))
+                            .arg(crate::store::hex(&record.token))
+                            .arg(json)
+                            .ignore();
+                    }
+                    Write::Unobserve(ep, token) => {
+                        pipe.cmd("HDEL")
+                            .arg(key(&["obs", ep]))
+                            .arg(crate::store::hex(token))
                             .ignore();
                     }
                     Write::Sleeping(ep, sleeping) => {
@@ -436,12 +473,58 @@ impl RedisRegistrations {
             self.remove
                 .key(key(&["reg", endpoint]))
                 .key(key(&["regs"]))
+                .key(key(&["obs", endpoint]))
                 .arg(&self.instance)
                 .arg(endpoint)
                 .arg(key(&["regid", ""]))
                 .invoke(c)
         })?;
         Ok(Self::entry((data, None)))
+    }
+
+    fn try_observations(&self, endpoint: &str) -> Result<Vec<ObservationRecord>, StoreError> {
+        self.flush();
+        let all: BTreeMap<String, String> = self
+            .redis
+            .with(|c| redis::cmd("HGETALL").arg(key(&["obs", endpoint])).query(c))?;
+        Ok(all
+            .values()
+            .filter_map(|j| match serde_json::from_str(j) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::error!(
+                        "Redis: an observation of {endpoint:?} that does not decode: {e}"
+                    );
+                    None
+                }
+            })
+            .collect())
+    }
+
+    fn try_owned(&self) -> Result<Vec<ClientEntry>, StoreError> {
+        self.flush();
+        let endpoints = self.redis.with(|c| self.swept(c))?;
+        let mut out = Vec::new();
+        for chunk in endpoints.chunks(1000) {
+            let rows: Vec<(Option<String>, Option<String>, Option<String>)> =
+                self.redis.with(|c| {
+                    let mut pipe = redis::pipe();
+                    for ep in chunk {
+                        pipe.cmd("HMGET")
+                            .arg(key(&["reg", ep]))
+                            .arg("data")
+                            .arg("sleeping")
+                            .arg("owner");
+                    }
+                    pipe.query(c)
+                })?;
+            out.extend(
+                rows.into_iter()
+                    .filter(|(_, _, owner)| owner.as_deref() == Some(self.instance.as_str()))
+                    .filter_map(|(data, sleeping, _)| Self::entry((data, sleeping))),
+            );
+        }
+        Ok(out)
     }
 
     fn queue(&self, w: Write) {
@@ -494,6 +577,22 @@ impl RegistrationStore for RedisRegistrations {
 
     fn by_id(&self, id: &str) -> Option<ClientEntry> {
         logged("look-up by id", self.try_by_id(id), None)
+    }
+
+    fn save_observation(&self, endpoint: &str, record: &ObservationRecord) {
+        self.queue(Write::Observation(endpoint.to_owned(), record.clone()));
+    }
+
+    fn remove_observation(&self, endpoint: &str, token: &[u8]) {
+        self.queue(Write::Unobserve(endpoint.to_owned(), token.to_vec()));
+    }
+
+    fn observations_of(&self, endpoint: &str) -> Vec<ObservationRecord> {
+        logged("observations", self.try_observations(endpoint), Vec::new())
+    }
+
+    fn owned(&self) -> Vec<ClientEntry> {
+        logged("own registrations", self.try_owned(), Vec::new())
     }
 
     fn is_shared(&self) -> bool {
