@@ -442,6 +442,52 @@ fn observations_made_through_b_notify_every_instance() {
     assert!(seen.contains("\"instance\":\"a\""), "{seen}");
 }
 
+#[test]
+fn credentials_and_bootstrap_configurations_are_shared() {
+    let redis = Redis::start();
+    let a = Serve::start(&redis, "a", &[]);
+    let b = Serve::start(&redis, "b", &[]);
+    let psk = r#"{"endpoint": "dev-s", "credentials": {"mode": "psk", "identity": "id-s", "key": "00112233"}}"#;
+    assert_eq!(a.call("PUT", "/security/clients", Some(psk)).0, 201);
+    let (status, body) = b.call("GET", "/security/clients/dev-s", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("id-s") && body.contains("<redacted>") && !body.contains("00112233"),
+        "{body}"
+    );
+    // The PSK identity belongs to dev-s across the cluster.
+    let taken =
+        r#"{"endpoint": "dev-t", "credentials": {"mode": "psk", "identity": "id-s", "key": "01"}}"#;
+    assert_eq!(b.call("PUT", "/security/clients", Some(taken)).0, 409);
+    // A new identity for dev-s frees the old one (no ghost in the index).
+    let moved = r#"{"endpoint": "dev-s", "credentials": {"mode": "psk", "identity": "id-s2", "key": "02"}}"#;
+    assert!(b.call("PUT", "/security/clients", Some(moved)).0 < 300);
+    assert_eq!(a.call("PUT", "/security/clients", Some(taken)).0, 201);
+    let (status, _) = a.call("DELETE", "/security/clients/dev-t", None);
+    assert!(status < 300);
+    assert_eq!(b.call("GET", "/security/clients/dev-t", None).0, 404);
+
+    let bootstrap = r#"{"pattern": "dev-*", "config": {
+        "security": {"0": {"uri": "coap://127.0.0.1:5683", "mode": "psk", "identity": "{ep}",
+                           "secret_key": "a1b2", "short_server_id": 1}},
+        "servers": {"0": {"short_server_id": 1, "lifetime": 300}}}}"#;
+    assert_eq!(a.call("PUT", "/bootstrap", Some(bootstrap)).0, 201);
+    let (status, body) = b.call("GET", "/bootstrap/dev-42?resolve=true", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("dev-*") && body.contains("dev-42"), "{body}");
+    let own = r#"{"servers": {"0": {"short_server_id": 2, "lifetime": 60}}}"#;
+    assert_eq!(b.call("PUT", "/bootstrap/dev-7", Some(own)).0, 201);
+    let (status, body) = a.call("GET", "/bootstrap", None);
+    assert_eq!(status, 200);
+    assert!(body.contains("dev-7") && body.contains("dev-*"), "{body}");
+    assert!(!body.contains("a1b2"), "keys are redacted: {body}");
+    // Both survive the instances: a third one started now sees them.
+    drop((a, b));
+    let c = Serve::start(&redis, "c", &[]);
+    assert_eq!(c.call("GET", "/security/clients/dev-s", None).0, 200);
+    assert_eq!(c.call("GET", "/bootstrap/dev-7", None).0, 200);
+}
+
 /// An instance's event stream of one endpoint (raw HTTP, server-sent events).
 struct Events {
     stream: TcpStream,
