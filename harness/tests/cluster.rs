@@ -8,6 +8,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -486,6 +487,46 @@ fn credentials_and_bootstrap_configurations_are_shared() {
     let c = Serve::start(&redis, "c", &[]);
     assert_eq!(c.call("GET", "/security/clients/dev-s", None).0, 200);
     assert_eq!(c.call("GET", "/bootstrap/dev-7", None).0, 200);
+}
+
+#[test]
+fn the_cluster_scenario_runs_redis_and_two_instances_as_processes() {
+    // Its fixed ports (6390, 5710-5711, 5810-5811, 8190-8191) are this test's only.
+    let out = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let run = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .current_dir(&root)
+        .args([
+            "run",
+            "scenarios/experiments/cluster.yaml",
+            "--quiet",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("0 failed"), "{stdout}");
+    let folder = std::fs::read_dir(out.path())
+        .unwrap()
+        .flatten()
+        .next()
+        .expect("a run folder")
+        .path();
+    let log = |name: &str| {
+        std::fs::read_to_string(folder.join("processes").join(format!("{name}.log")))
+            .unwrap_or_else(|e| panic!("{name}.log: {e}"))
+    };
+    // Each instance registered its half of the fleet.
+    let (a, b) = (log("serve-a"), log("serve-b"));
+    assert!(a.contains("left-0") && !a.contains("right-0"), "{a}");
+    assert!(b.contains("right-0") && !b.contains("left-0"), "{b}");
+    assert!(log("redis").contains("Ready to accept connections"));
 }
 
 /// An instance's event stream of one endpoint (raw HTTP, server-sent events).
