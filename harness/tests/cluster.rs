@@ -95,6 +95,7 @@ struct Serve {
     child: Child,
     api: String,
     coap: SocketAddr,
+    coaps: Option<SocketAddr>,
     _dir: tempfile::TempDir,
 }
 
@@ -112,13 +113,15 @@ impl Serve {
             .arg(dir.path())
             .args(["--store", &redis.url(), "--instance", instance])
             .args(extra)
+            .env("RUST_LOG", "debug")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
             .spawn()
             .expect("the binary starts");
         let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut banner = String::new();
         let mut coap = None;
+        let mut coaps = None;
         let api = loop {
             let mut line = String::new();
             assert!(
@@ -130,6 +133,11 @@ impl Serve {
                 && let Some(addr) = url.trim().strip_prefix("coap://")
             {
                 coap = addr.parse().ok();
+            }
+            if let Some(url) = line.trim().strip_prefix("LwM2M Server")
+                && let Some(addr) = url.trim().strip_prefix("coaps://")
+            {
+                coaps = addr.split_whitespace().next().and_then(|a| a.parse().ok());
             }
             if let Some(url) = line.trim().strip_prefix("REST API") {
                 break url.trim().to_owned();
@@ -143,6 +151,7 @@ impl Serve {
             child,
             api,
             coap: coap.expect("the banner names the CoAP address"),
+            coaps,
             _dir: dir,
         }
     }
@@ -175,6 +184,11 @@ impl Serve {
             status,
             response.body_mut().read_to_string().unwrap_or_default(),
         )
+    }
+
+    /// What it logged so far (debug level).
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("stderr.log")).unwrap_or_default()
     }
 
     fn metric(&self, name: &str) -> Option<u64> {
@@ -527,6 +541,49 @@ fn the_cluster_scenario_runs_redis_and_two_instances_as_processes() {
     assert!(a.contains("left-0") && !a.contains("right-0"), "{a}");
     assert!(b.contains("right-0") && !b.contains("left-0"), "{b}");
     assert!(log("redis").contains("Ready to accept connections"));
+}
+
+#[test]
+fn a_psk_put_through_b_lets_a_client_handshake_with_a() {
+    let redis = Redis::start();
+    let a = Serve::start(&redis, "a", &["--coaps", "127.0.0.1:0"]);
+    let b = Serve::start(&redis, "b", &["--coaps", "127.0.0.1:0"]);
+    let psk = r#"{"endpoint": "dtls-1", "credentials": {"mode": "psk", "identity": "id-dtls-1", "key": "000102030405060708090a0b0c0d0e0f"}}"#;
+    assert_eq!(b.call("PUT", "/security/clients", Some(psk)).0, 201);
+    let coaps = a.coaps.expect("A listens for DTLS");
+    // A real DTLS PSK handshake with A, whose key lookup by identity goes to Redis.
+    let run = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .args(["simulate", "--profile", "sensor-1.1", "--clients", "1"])
+        .args(["--endpoint", "dtls-1", "--psk-identity", "id-dtls-1"])
+        .args(["--psk-key", "000102030405060708090a0b0c0d0e0f"])
+        .args(["--duration", "2s", "--min-registered", "100%", "--server"])
+        .arg(format!("coaps://{coaps}"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{out}");
+    assert!(out.contains("registrations=1"), "{out}");
+    // A wrong key for the identity: refused.
+    let run = Command::new(env!("CARGO_BIN_EXE_lwm2m-harness"))
+        .args(["simulate", "--profile", "sensor-1.1", "--clients", "1"])
+        .args(["--endpoint", "dtls-1", "--psk-identity", "id-dtls-1"])
+        .args(["--psk-key", "ffff", "--duration", "2s"])
+        .args(["--min-registered", "100%", "--server"])
+        .arg(format!("coaps://{coaps}"))
+        .output()
+        .unwrap();
+    assert!(
+        !run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    // The key is in Redis, never in the API's answers nor the instances' logs.
+    let (_, body) = a.call("GET", "/security/clients/dtls-1", None);
+    assert!(!body.contains("0001020304"), "{body}");
+    for serve in [&a, &b] {
+        let log = serve.log();
+        assert!(!log.is_empty() && !log.contains("0001020304"), "{log}");
+    }
 }
 
 /// An instance's event stream of one endpoint (raw HTTP, server-sent events).
