@@ -556,7 +556,7 @@ fn a_psk_put_through_b_lets_a_client_handshake_with_a() {
         .args(["simulate", "--profile", "sensor-1.1", "--clients", "1"])
         .args(["--endpoint", "dtls-1", "--psk-identity", "id-dtls-1"])
         .args(["--psk-key", "000102030405060708090a0b0c0d0e0f"])
-        .args(["--duration", "2s", "--min-registered", "100%", "--server"])
+        .args(["--duration", "5s", "--min-registered", "100%", "--server"])
         .arg(format!("coaps://{coaps}"))
         .output()
         .unwrap();
