@@ -21,6 +21,11 @@ use crate::events::{Event, Role, SecurityEvent};
 use crate::registrations::RegistrationStore;
 use crate::store::SecurityStore;
 
+/// Look-ups of unknown registration ids in the shared store at once; an Update beyond it
+/// is answered here (4.04, the client registers again): a flood of made-up ids cannot
+/// take every blocking thread.
+const MAX_LOOKUPS: usize = 256;
+
 /// The shared registrations of a cluster and the machine's own task's commands.
 type Shared = (
     Arc<dyn RegistrationStore>,
@@ -41,6 +46,8 @@ pub(crate) struct PlainServer {
     /// Update of a registration made through another instance is looked up, then handed
     /// back as [`ServerCommand::Adopt`]).
     shared: Option<Shared>,
+    /// Look-ups in flight.
+    lookups: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl PlainServer {
@@ -52,6 +59,7 @@ impl PlainServer {
             events: VecDeque::new(),
             gate: AdmissionGate::default(),
             shared: None,
+            lookups: Arc::default(),
         }
     }
 
@@ -78,6 +86,13 @@ impl PlainServer {
         if self.inner.knows_registration_id(&id) {
             return false;
         }
+        use std::sync::atomic::Ordering;
+        if self.lookups.fetch_add(1, Ordering::AcqRel) >= MAX_LOOKUPS {
+            self.lookups.fetch_sub(1, Ordering::AcqRel);
+            tracing::debug!("LwM2M Server: {MAX_LOOKUPS} look-ups in flight; {id} not looked up");
+            return false;
+        }
+        let lookups = self.lookups.clone();
         let (store, commands, bytes) = (store.clone(), commands.clone(), bytes.to_vec());
         tokio::spawn(async move {
             let found = tokio::task::spawn_blocking(move || {
@@ -88,6 +103,7 @@ impl PlainServer {
             .await
             .ok()
             .flatten();
+            lookups.fetch_sub(1, Ordering::AcqRel);
             let (registration, observations) = match found {
                 Some((r, o)) => (Some(Box::new(r)), o),
                 None => (None, Vec::new()),
