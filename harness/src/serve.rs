@@ -10,13 +10,20 @@ use clap::Args;
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::RegistrationLimits;
 use lwm2m_server::DtlsOptions;
+use lwm2m_server::RegistrationStore;
 use lwm2m_server::auth::{self, TokenSource};
 use lwm2m_server::bootstrap::{BootstrapOptions, start_bootstrap};
+use lwm2m_server::cluster::Cluster;
 use lwm2m_server::driver::{ServerOptions, start_server};
 use lwm2m_server::dtls::{CertificateConfig, KeyLog, KeyLogFile};
 use lwm2m_server::events::EventBus;
 use lwm2m_server::rest::{ApiState, serve_api};
-use lwm2m_server::store::{BootstrapCredentials, FileBootstrapStore, FileSecurityStore};
+use lwm2m_server::store::redis::{
+    RedisBootstrapStore, RedisConnection, RedisRegistrations, RedisSecurityStore,
+};
+use lwm2m_server::store::{
+    BootstrapCredentials, BootstrapStore, FileBootstrapStore, FileSecurityStore, SecurityStore,
+};
 
 /// Arguments of `serve`; each can also come from the `--config` YAML file (flags win).
 #[derive(Args, Debug, Default)]
@@ -66,8 +73,18 @@ pub struct ServeArgs {
     /// with the bearer token (CORS); repeat for more [default: CORS off].
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     cors: Vec<String>,
+    /// Where registrations, credentials and bootstrap configurations live: `file` (the
+    /// data folder's files, registrations in memory) or `redis://HOST:PORT/DB` (shared by
+    /// every `serve` instance of a cluster, see the README) [default: file].
+    #[arg(long, value_name = "STORE")]
+    store: Option<String>,
+    /// This instance's name in a Redis cluster (unique among the instances)
+    /// [default: a random one].
+    #[arg(long, value_name = "NAME")]
+    instance: Option<String>,
     /// A YAML file with any of: coap, coaps, keylog, bootstrap, bootstrap_coaps, cert,
-    /// cert_key, ca, http, data (paths relative to the file), token, limits (the
+    /// cert_key, ca, http, data (paths relative to the file), token, store, instance,
+    /// limits (the
     /// LwM2M Server's registration limits: max_registrations,
     /// max_registrations_per_address, max_endpoint_length, max_links, max_payload,
     /// min_lifetime, max_lifetime), cors (a list of allowed origins).
@@ -92,6 +109,8 @@ struct ServeFile {
     token: Option<String>,
     limits: Option<RegistrationLimits>,
     cors: Option<Vec<String>>,
+    store: Option<String>,
+    instance: Option<String>,
 }
 
 /// The settings in force.
@@ -110,6 +129,8 @@ struct Settings {
     token: Option<String>,
     limits: RegistrationLimits,
     cors: Vec<String>,
+    store: Option<String>,
+    instance: Option<String>,
 }
 
 fn load_file(path: &Path) -> anyhow::Result<ServeFile> {
@@ -166,6 +187,8 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         } else {
             args.cors.clone()
         },
+        store: args.store.clone().or(file.store).filter(|s| s != "file"),
+        instance: args.instance.clone().or(file.instance),
     })
 }
 
@@ -209,13 +232,17 @@ pub fn run(registry: Registry, args: &ServeArgs) -> anyhow::Result<()> {
 async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&s.data)
         .with_context(|| format!("creating the data folder {}", s.data.display()))?;
-    let security = Arc::new(FileSecurityStore::open(s.data.join("security.yaml"))?);
-    let bootstrap_store = Arc::new(FileBootstrapStore::open(s.data.join("bootstrap.yaml"))?);
+    let stores = stores(&s).await?;
+    let security = stores.security.clone();
+    let bootstrap_store = stores.bootstrap.clone();
     let (token, source) = auth::load_or_create_token(&s.data, s.token.as_deref())?;
     let bus = EventBus::default();
 
     let mut server_options = ServerOptions::new(s.coap, registry.clone());
     server_options.bus = bus.clone();
+    if let Some(registrations) = &stores.registrations {
+        server_options.registrations = registrations.clone();
+    }
     // The seed of ids and tokens comes from the OS (ServerOptions::new): nothing to guess.
     server_options.config.limits = s.limits.clone();
     // Tables sized for the configured bound from the start: no registration waits on a
@@ -238,6 +265,17 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
         Some(coaps) => format!("binding the LwM2M Server to {} and {coaps}", s.coap),
         None => format!("binding the LwM2M Server to {}", s.coap),
     })?;
+    if let Some(registrations) = &stores.registrations {
+        // After a restart: the registrations this instance owned, with their observations.
+        let owned = registrations.owned();
+        if !owned.is_empty() {
+            tracing::info!("taking up {} registrations owned before", owned.len());
+        }
+        for entry in owned {
+            let observations = registrations.observations_of(&entry.registration.endpoint);
+            server.restore(entry.registration, observations).await?;
+        }
+    }
     let mut bs_options = BootstrapOptions::new(s.bootstrap, bootstrap_store.clone());
     bs_options.bus = bus.clone();
     // The LwM2M Server in this process must know the credentials handed out.
@@ -287,6 +325,13 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
     println!("  web UI            http://{http}/ (log in with the token)");
     println!("  metrics           http://{http}/metrics (bearer token)");
     println!("  data              {}", s.data.display());
+    if let Some(cluster) = &stores.cluster {
+        println!(
+            "  store             {} (instance {})",
+            stores.description,
+            cluster.instance()
+        );
+    }
     println!("  token             {token_line}");
     use std::io::Write;
     std::io::stdout().flush()?;
@@ -299,7 +344,11 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
         bus,
         token,
         web: lwm2m_server::ui::WebOptions { cors: s.cors },
+        cluster: stores.cluster.clone(),
     };
+    if let Some(cluster) = &stores.cluster {
+        cluster.run(server.clone(), state.bus.clone(), state.registry.clone());
+    }
     serve_api(listener, state, stop_signal()).await?;
     tracing::info!("stopping");
     server.shutdown().await;
@@ -307,6 +356,55 @@ async fn serve(registry: Arc<Registry>, s: Settings) -> anyhow::Result<()> {
     // The stores were written on every change: nothing left to flush.
     println!("stopped");
     Ok(())
+}
+
+/// The stores `--store` names.
+struct Stores {
+    security: Arc<dyn SecurityStore>,
+    bootstrap: Arc<dyn BootstrapStore>,
+    /// `None`: in memory (the default of the server options).
+    registrations: Option<Arc<dyn RegistrationStore>>,
+    cluster: Option<Arc<Cluster>>,
+    /// The Redis server, for the banner (no credentials).
+    description: String,
+}
+
+async fn stores(s: &Settings) -> anyhow::Result<Stores> {
+    let Some(url) = &s.store else {
+        return Ok(Stores {
+            security: Arc::new(FileSecurityStore::open(s.data.join("security.yaml"))?),
+            bootstrap: Arc::new(FileBootstrapStore::open(s.data.join("bootstrap.yaml"))?),
+            registrations: None,
+            cluster: None,
+            description: "file".into(),
+        });
+    };
+    if !url.starts_with("redis://") {
+        anyhow::bail!("--store {url:?}: expected `file` or redis://HOST:PORT/DB");
+    }
+    let redis = RedisConnection::open(url).context("connecting to the Redis store")?;
+    let instance = match &s.instance {
+        Some(i) if !i.is_empty() && !i.contains([':', ' ']) => i.clone(),
+        Some(i) => anyhow::bail!("--instance {i:?}: a non-empty name without ':' or spaces"),
+        None => {
+            format!("{:012x}", auth::os_seed() & 0xffff_ffff_ffff)
+        }
+    };
+    let registrations = Arc::new(RedisRegistrations::new(redis.clone(), instance));
+    let cluster = Cluster::join(redis.clone(), registrations.clone())
+        .await
+        .context("joining the cluster in Redis")?;
+    // The URL may carry a password: the banner shows host and database only.
+    let description = url
+        .rsplit_once('@')
+        .map_or(url.clone(), |(_, host)| format!("redis://{host}"));
+    Ok(Stores {
+        security: Arc::new(RedisSecurityStore::new(redis.clone())),
+        bootstrap: Arc::new(RedisBootstrapStore::new(redis)),
+        registrations: Some(registrations),
+        cluster: Some(cluster),
+        description,
+    })
 }
 
 /// Completes on Ctrl-C or SIGTERM.

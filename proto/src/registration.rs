@@ -58,7 +58,7 @@ impl fmt::Display for Lwm2mVersion {
 }
 
 /// A tolerated deviation seen in a Register or Update.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum RegistrationFinding {

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 use lwm2m_proto::coap::Counters;
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{
-    Lwm2mServer, ObservationId, OpError, OpId, Operation, Response, ServerConfig, ServerEvent,
+    Lwm2mServer, ObservationId, ObservationRecord, OpError, OpId, Operation, Response,
+    ServerConfig, ServerEvent,
 };
 use lwm2m_proto::{Lwm2mPath, Machine};
 use tokio::net::UdpSocket;
@@ -63,6 +64,8 @@ pub(crate) trait Handler<M: Driven>: Send + 'static {
     type Command: Send + 'static;
     fn command(&mut self, machine: &mut M, now: Instant, command: Self::Command);
     fn event(&mut self, machine: &M, event: M::Event);
+    /// The machine's events of this round are handled and its datagrams about to leave.
+    fn settle(&mut self) {}
 }
 
 /// A command for a driver task, or the order to stop.
@@ -117,6 +120,7 @@ async fn flush<M: Driven, H: Handler<M>>(machine: &mut M, handler: &mut H, io: &
     while let Some(event) = machine.poll_event() {
         handler.event(machine, event);
     }
+    handler.settle();
     while let Some(t) = machine.poll_transmit() {
         io.report(Direction::Out, t.peer, &t.bytes);
         if let Err(e) = io.socket.send_to(&t.bytes, t.peer).await {
@@ -200,7 +204,16 @@ pub(crate) struct Task<C> {
 
 impl<C: Send + 'static> Task<C> {
     pub fn spawn<M: Driven, H: Handler<M, Command = C>>(machine: M, handler: H, io: Io) -> Self {
-        let (commands, rx) = mpsc::channel(1024);
+        Self::spawn_with(machine, handler, io, mpsc::channel(1024))
+    }
+
+    /// Spawns with a command channel made beforehand (the machine sends itself commands).
+    pub fn spawn_with<M: Driven, H: Handler<M, Command = C>>(
+        machine: M,
+        handler: H,
+        io: Io,
+        (commands, rx): (mpsc::Sender<Control<C>>, mpsc::Receiver<Control<C>>),
+    ) -> Self {
         let local = io.local;
         let join = tokio::spawn(run(machine, handler, io, rx));
         Self {
@@ -254,6 +267,20 @@ pub(crate) enum ServerCommand {
     Counters {
         reply: Reply<Counters>,
     },
+    /// An Update or De-register from `peer` named a registration id this machine does not
+    /// hold; `registration` is what the shared store has under it (a cluster): taken
+    /// over, then the datagram handled (answered 4.04 if nothing was found).
+    Adopt {
+        registration: Option<Box<lwm2m_proto::server::Registration>>,
+        /// Its observations, taken up too.
+        observations: Vec<ObservationRecord>,
+        /// The datagram that asked (none when restoring at start).
+        datagram: Option<(SocketAddr, Vec<u8>)>,
+    },
+    /// Another instance of the cluster took the endpoint over: forget it here.
+    Release {
+        endpoint: String,
+    },
 }
 
 /// Which of an LwM2M Server's two machines, the plain CoAP one or the DTLS one, holds each
@@ -301,6 +328,8 @@ struct ServerCore {
     /// This task's machine is the DTLS one.
     secure: bool,
     routes: Routes,
+    /// Established observations kept in a shared store: their endpoint and token.
+    observed: HashMap<ObservationId, (String, Vec<u8>)>,
 }
 
 impl ServerCore {
@@ -323,6 +352,53 @@ impl ServerCore {
             }
             ServerCommand::Counters { reply } => {
                 let _ = reply.send(machine.counters());
+            }
+            ServerCommand::Adopt {
+                registration,
+                observations,
+                datagram,
+            } => {
+                if let Some(registration) = registration {
+                    let endpoint = registration.endpoint.clone();
+                    match &datagram {
+                        Some((peer, _)) => tracing::info!(
+                            "LwM2M Server: endpoint {endpoint:?} (registration {}) taken over \
+                             from another instance; its client now speaks to this one from {peer}",
+                            registration.id
+                        ),
+                        None => tracing::debug!(
+                            "LwM2M Server: registration {} of {endpoint:?} taken up again",
+                            registration.id
+                        ),
+                    }
+                    lock(&self.routes).registered(&endpoint, self.secure);
+                    machine.adopt(now, *registration);
+                    for record in observations {
+                        match machine.restore_observation(now, &endpoint, &record) {
+                            Ok(id) => {
+                                self.observed.insert(id, (endpoint.clone(), record.token));
+                            }
+                            Err(e) => tracing::warn!(
+                                "LwM2M Server: an observation of {endpoint:?} not taken up: {e}"
+                            ),
+                        }
+                    }
+                }
+                if let Some((peer, bytes)) = datagram {
+                    machine.handle_datagram(now, peer, &bytes);
+                }
+            }
+            ServerCommand::Release { endpoint } => {
+                lock(&self.routes).ended(&endpoint, self.secure);
+                // Its observations go on at the instance that took it over: ending them
+                // here must not forget them in the store.
+                self.observed.retain(|_, (ep, _)| *ep != endpoint);
+                if machine.registration(&endpoint).is_some() {
+                    tracing::info!(
+                        "LwM2M Server: endpoint {endpoint:?} was taken over by another instance"
+                    );
+                    machine.release(now, &endpoint);
+                }
             }
         }
     }
@@ -388,6 +464,33 @@ impl ServerCore {
 }
 
 impl ServerCore {
+    /// Keeps established observations in a shared store, and forgets the ended ones.
+    fn track_observations(&mut self, machine: &Lwm2mServer, event: &Event) {
+        if !self.registrations.is_shared() {
+            return;
+        }
+        match event {
+            Event::Server(ServerEvent::Completed {
+                endpoint,
+                result: Ok(response),
+                ..
+            }) => {
+                if let Some(id) = response.observation
+                    && let Some(record) = machine.observation_record(id)
+                {
+                    self.registrations.save_observation(endpoint, &record);
+                    self.observed.insert(id, (endpoint.clone(), record.token));
+                }
+            }
+            Event::Server(ServerEvent::ObservationEnded { observation, .. }) => {
+                if let Some((endpoint, token)) = self.observed.remove(observation) {
+                    self.registrations.remove_observation(&endpoint, &token);
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn machine_event(&mut self, event: Event) {
         match event {
             Event::Server(e) => self.server_event(e),
@@ -407,8 +510,13 @@ impl Handler<PlainServer> for ServerCore {
         self.run_command(&mut machine.inner, now, command);
     }
 
-    fn event(&mut self, _: &PlainServer, event: Event) {
+    fn event(&mut self, machine: &PlainServer, event: Event) {
+        self.track_observations(&machine.inner, &event);
         self.machine_event(event);
+    }
+
+    fn settle(&mut self) {
+        self.registrations.flush();
     }
 }
 
@@ -420,8 +528,13 @@ impl Handler<SecureLwm2m> for ServerCore {
         machine.settle(now);
     }
 
-    fn event(&mut self, _: &SecureLwm2m, event: Event) {
+    fn event(&mut self, machine: &SecureLwm2m, event: Event) {
+        self.track_observations(&machine.inner, &event);
         self.machine_event(event);
+    }
+
+    fn settle(&mut self) {
+        self.registrations.flush();
     }
 }
 
@@ -494,6 +607,7 @@ pub fn start_server(options: ServerOptions) -> io::Result<ServerHandle> {
         bus: options.bus.clone(),
         secure,
         routes: routes.clone(),
+        observed: HashMap::new(),
     };
     let io = |socket: UdpSocket| -> io::Result<Io> {
         Ok(Io {
@@ -520,14 +634,18 @@ pub fn start_server(options: ServerOptions) -> io::Result<ServerHandle> {
         }
         None => None,
     };
-    let machine = PlainServer::new(
+    let channel = mpsc::channel(1024);
+    let mut machine = PlainServer::new(
         Lwm2mServer::new(options.config.clone(), options.registry.clone()),
         options.dtls.as_ref().map(|d| d.security.clone()),
     );
+    if options.registrations.is_shared() {
+        machine = machine.shared(options.registrations.clone(), channel.0.clone());
+    }
     let io = io(bind_udp(options.bind)?)?;
     tracing::info!("LwM2M Server listening on coap://{}", io.local);
     Ok(ServerHandle {
-        task: Arc::new(Task::spawn(machine, core(false), io)),
+        task: Arc::new(Task::spawn_with(machine, core(false), io, channel)),
         secure,
         routes,
         registrations: options.registrations,
@@ -591,6 +709,34 @@ impl ServerHandle {
     /// Whether the endpoint's latest registration came over the DTLS socket.
     pub fn is_secure(&self, endpoint: &str) -> bool {
         self.secure.is_some() && lock(&self.routes).is_secure(endpoint)
+    }
+
+    /// Takes up a registration this instance owned before a restart (from a shared store)
+    /// with its observations: the client's Updates and notifications are accepted again.
+    pub async fn restore(
+        &self,
+        registration: lwm2m_proto::server::Registration,
+        observations: Vec<ObservationRecord>,
+    ) -> Result<(), DriverError> {
+        self.task
+            .send(ServerCommand::Adopt {
+                registration: Some(Box::new(registration)),
+                observations,
+                datagram: None,
+            })
+            .await
+    }
+
+    /// Forgets an endpoint's registration in this instance's machines (another instance
+    /// of a cluster took its client over).
+    pub async fn release(&self, endpoint: &str) -> Result<(), DriverError> {
+        for task in std::iter::once(&self.task).chain(self.secure.as_ref()) {
+            task.send(ServerCommand::Release {
+                endpoint: endpoint.to_owned(),
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// The address of the DTLS socket, if any.

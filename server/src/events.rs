@@ -96,6 +96,16 @@ pub enum Event {
     /// identity refusals on its DTLS listener; a plain-CoAP Register refused), with the
     /// server it concerns.
     Security(Role, SecurityEvent),
+    /// An event of another `serve` instance of the cluster ([`crate::cluster`]), as that
+    /// instance's API shows it.
+    Remote {
+        /// The instance it comes from.
+        instance: String,
+        /// Its event name (`NOTIFICATION`).
+        name: &'static str,
+        /// Its JSON.
+        data: serde_json::Value,
+    },
 }
 
 impl From<ServerEvent> for Event {

@@ -299,6 +299,17 @@ pub fn event(registry: &Registry, e: &Event) -> Option<(&'static str, Json)> {
             }
             ("SECURITY", json)
         }
+        Event::Remote {
+            instance,
+            name,
+            data,
+        } => {
+            let mut data = data.clone();
+            if let Some(m) = data.as_object_mut() {
+                m.insert("instance".into(), json!(instance));
+            }
+            (*name, data)
+        }
     })
 }
 

@@ -15,12 +15,18 @@
 //! Bootstrap Server can put the LwM2M Server credentials it hands out into the LwM2M
 //! Server's security store ([`BootstrapOptions::provision`]).
 //!
+//! With the stores in Redis ([`store::redis`]), several processes are one cluster
+//! ([`cluster`]): any instance answers for any client, operations leave from the instance
+//! whose socket the client last spoke to, and a client's Update is taken over by whichever
+//! instance it lands on.
+//!
 //! What it does not do: raw public keys, DTLS Connection ID, Server Initiated Bootstrap over
 //! DTLS, SMS or TCP bindings.
 #![warn(missing_docs)]
 
 pub mod auth;
 pub mod bootstrap;
+pub mod cluster;
 pub mod driver;
 pub mod dtls;
 pub mod events;

@@ -213,6 +213,8 @@ impl Metrics {
                 }
             }
             Event::CoapLog(d) => self.datagram(d),
+            // Counted by the instance it happened on.
+            Event::Remote { .. } => {}
         }
     }
 

@@ -14,9 +14,24 @@ use lwm2m_proto::admission::AdmissionGate;
 use lwm2m_proto::coap::{Transmit, message};
 use lwm2m_proto::server::Lwm2mServer;
 
+use tokio::sync::mpsc;
+
+use crate::driver::{Control, ServerCommand};
 use crate::events::{Event, Role, SecurityEvent};
+use crate::registrations::RegistrationStore;
 use crate::store::SecurityStore;
 use lwm2m_proto::Machine;
+
+/// Look-ups of unknown registration ids in the shared store at once; an Update beyond it
+/// is answered here (4.04, the client registers again): a flood of made-up ids cannot
+/// take every blocking thread.
+const MAX_LOOKUPS: usize = 256;
+
+/// The shared registrations of a cluster and the machine's own task's commands.
+type Shared = (
+    Arc<dyn RegistrationStore>,
+    mpsc::Sender<Control<ServerCommand>>,
+);
 
 /// The LwM2M Server machine of the plain socket, with the refusal in front of it.
 pub struct PlainServer {
@@ -28,6 +43,12 @@ pub struct PlainServer {
     refusals: VecDeque<Transmit>,
     events: VecDeque<Event>,
     gate: AdmissionGate,
+    /// In a cluster: the shared registrations, and the machine's own task's commands (an
+    /// Update of a registration made through another instance is looked up, then handed
+    /// back as [`ServerCommand::Adopt`]).
+    shared: Option<Shared>,
+    /// Look-ups in flight.
+    lookups: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl PlainServer {
@@ -40,6 +61,8 @@ impl PlainServer {
             refusals: VecDeque::new(),
             events: VecDeque::new(),
             gate: AdmissionGate::default(),
+            shared: None,
+            lookups: Arc::default(),
         }
     }
 
@@ -51,6 +74,62 @@ impl PlainServer {
     /// The LwM2M Server machine behind the socket, to run operations on.
     pub fn machine_mut(&mut self) -> &mut Lwm2mServer {
         &mut self.inner
+    }
+
+    /// Takes over the registrations of other instances sharing `store` when their clients'
+    /// Updates arrive here; `commands` is this machine's task's channel.
+    pub(crate) fn shared(
+        mut self,
+        store: Arc<dyn RegistrationStore>,
+        commands: mpsc::Sender<Control<ServerCommand>>,
+    ) -> Self {
+        self.shared = Some((store, commands));
+        self
+    }
+
+    /// True if the datagram names a registration id held elsewhere: it is looked up in the
+    /// shared store (off this task) and comes back as a command.
+    fn look_up_elsewhere(&self, peer: SocketAddr, bytes: &[u8]) -> bool {
+        let Some((store, commands)) = &self.shared else {
+            return false;
+        };
+        let Some(id) = lwm2m_proto::server::registration_id_of(bytes) else {
+            return false;
+        };
+        if self.inner.knows_registration_id(&id) {
+            return false;
+        }
+        use std::sync::atomic::Ordering;
+        if self.lookups.fetch_add(1, Ordering::AcqRel) >= MAX_LOOKUPS {
+            self.lookups.fetch_sub(1, Ordering::AcqRel);
+            tracing::debug!("LwM2M Server: {MAX_LOOKUPS} look-ups in flight; {id} not looked up");
+            return false;
+        }
+        let lookups = self.lookups.clone();
+        let (store, commands, bytes) = (store.clone(), commands.clone(), bytes.to_vec());
+        tokio::spawn(async move {
+            let found = tokio::task::spawn_blocking(move || {
+                let registration = store.by_id(&id)?.registration;
+                let observations = store.observations_of(&registration.endpoint);
+                Some((registration, observations))
+            })
+            .await
+            .ok()
+            .flatten();
+            lookups.fetch_sub(1, Ordering::AcqRel);
+            let (registration, observations) = match found {
+                Some((r, o)) => (Some(Box::new(r)), o),
+                None => (None, Vec::new()),
+            };
+            let _ = commands
+                .send(Control::Run(ServerCommand::Adopt {
+                    registration,
+                    observations,
+                    datagram: Some((peer, bytes)),
+                }))
+                .await;
+        });
+        true
     }
 
     /// The 4.03 answer when `bytes` is a Register of an endpoint with credentials (the
@@ -80,6 +159,7 @@ impl Machine for PlainServer {
                     SecurityEvent::Insecure { peer, endpoint },
                 ));
             }
+            None if self.look_up_elsewhere(peer, bytes) => {}
             None => self.inner.handle_datagram(now, peer, bytes),
         }
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::RwLock;
 
-use lwm2m_proto::server::Registration;
+use lwm2m_proto::server::{ObservationRecord, Registration};
 
 /// One registered client as the store keeps it.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +37,40 @@ pub trait RegistrationStore: Send + Sync {
     fn set_sleeping(&self, endpoint: &str, sleeping: bool);
     /// Removes an endpoint (De-register, expiry).
     fn remove(&self, endpoint: &str) -> Option<ClientEntry>;
+    /// Sends the writes a networked store queued (the driver calls it before its answers
+    /// leave, so that what an answer announces is readable everywhere). Nothing to do in
+    /// memory.
+    fn flush(&self) {}
+    /// The registration with this id, in a store shared with other server instances (a
+    /// cluster): an Update that names an id this instance does not hold is looked up here
+    /// and the registration taken over. `None` for a store of one instance.
+    fn by_id(&self, id: &str) -> Option<ClientEntry> {
+        let _ = id;
+        None
+    }
+    /// Whether other server instances share this store ([`RegistrationStore::by_id`]).
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// Keeps an established observation of an endpoint, so that it outlives this process
+    /// (a shared store; nothing to do in memory, where it would not).
+    fn save_observation(&self, endpoint: &str, record: &ObservationRecord) {
+        let _ = (endpoint, record);
+    }
+    /// Forgets a kept observation (it ended).
+    fn remove_observation(&self, endpoint: &str, token: &[u8]) {
+        let _ = (endpoint, token);
+    }
+    /// The kept observations of an endpoint.
+    fn observations_of(&self, endpoint: &str) -> Vec<ObservationRecord> {
+        let _ = endpoint;
+        Vec::new()
+    }
+    /// The registrations this server instance owns (its clients last spoke to its
+    /// socket), to take up again after a restart; empty for a store of one instance.
+    fn owned(&self) -> Vec<ClientEntry> {
+        Vec::new()
+    }
 }
 
 /// A [`RegistrationStore`] in memory: `N` shards of `RwLock<HashMap>` chosen by a hash of

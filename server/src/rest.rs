@@ -85,6 +85,9 @@ pub struct ApiState {
     pub token: String,
     /// The web UI's and CORS options ([`crate::ui`]).
     pub web: crate::ui::WebOptions,
+    /// This instance's membership of a cluster (`serve --store redis://`): client
+    /// operations about clients another instance owns are forwarded to it.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 type St = State<Arc<ApiState>>;
@@ -130,8 +133,19 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state.clone())
         .merge(crate::leshan::router(state.clone()))
         .merge(crate::metrics::router(metrics))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
-        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") });
+    let api = match &state.cluster {
+        Some(cluster) => {
+            let api = api.layer(middleware::from_fn_with_state(
+                cluster.clone(),
+                crate::cluster::route,
+            ));
+            cluster.serve_forwarded(api.clone());
+            api
+        }
+        None => api,
+    };
+    let api = api.layer(middleware::from_fn_with_state(state.clone(), require_token));
     crate::ui::wrap(api, &state.token, &state.web)
 }
 
@@ -281,7 +295,7 @@ pub(crate) fn query_pairs(raw: Option<&str>) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

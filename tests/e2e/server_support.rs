@@ -110,6 +110,7 @@ impl Servers {
             bus,
             token: TOKEN.into(),
             web: setup.web,
+            cluster: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(serve_api(listener, state, async {

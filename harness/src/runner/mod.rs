@@ -38,6 +38,7 @@
 
 pub mod metrics;
 mod output;
+mod processes;
 pub mod resets;
 pub mod scenario;
 mod steps;
@@ -640,7 +641,17 @@ fn build_fleets(
         let server = match (secure, servers.dtls_addr) {
             (true, Some(dtls)) => dtls,
             (true, None) => anyhow::bail!("group {name}: no DTLS listener"),
-            (false, _) => servers.server_addr,
+            (false, _) => match &group.spec.server {
+                Some(uri) => match scenario::parse_coap_uri(uri) {
+                    Ok((addr, false)) => addr,
+                    Ok((_, true)) => anyhow::bail!(
+                        "group {name}: server {uri:?}: only coap:// (a secure group uses the \
+                         scenario's DTLS listener)"
+                    ),
+                    Err(e) => anyhow::bail!("group {name}: server: {e}"),
+                },
+                None => servers.server_addr,
+            },
         };
         let bootstrap_server = match (secure && bootstrap, servers.bootstrap_dtls_addr) {
             (true, Some(dtls)) => Some(dtls),
@@ -837,6 +848,8 @@ pub async fn run(
         .clone()
         .filter(|_| secure.external_secure())
         .map(|k| SessionKeyLog(k));
+    // Ended (by PID) when the run is over, after everything else.
+    let _processes = processes::Processes::start(&plan.scenario.processes, &dir)?;
     let hosts = server_hosts(&dir.to_string_lossy());
     let dtls = dtls_listeners(plan, &registry, options.seed, key_log, &[hosts.0, hosts.1])?;
     let servers = start_servers(

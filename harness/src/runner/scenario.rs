@@ -114,6 +114,10 @@ pub struct Scenario {
     /// The LwM2M Server and the Bootstrap Server.
     #[serde(default)]
     pub servers: Servers,
+    /// Processes the run starts first and ends (by PID) when it is over: external
+    /// servers, a Redis, a cluster of `serve` instances.
+    #[serde(default)]
+    pub processes: Vec<ProcessSpec>,
     /// Bootstrap configurations for the in-process Bootstrap Server.
     #[serde(default)]
     pub bootstrap: Option<BootstrapDoc>,
@@ -139,6 +143,22 @@ pub enum Reference {
 
 fn one() -> u64 {
     1
+}
+
+/// A process a run starts ([`Scenario::processes`]), each in its own process (its
+/// output in the run folder's `processes/NAME.log`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSpec {
+    /// A name (the log file's).
+    pub name: String,
+    /// The program and its arguments; `{bin}` stands for this harness binary, `{run}`
+    /// for the run folder.
+    pub command: Vec<String>,
+    /// Text the process prints on stdout or stderr once it is ready; the run waits for it
+    /// (30 s at most). Without it, the run goes on at once.
+    #[serde(default)]
+    pub ready: Option<String>,
 }
 
 /// Where a server is.
@@ -311,6 +331,10 @@ pub struct Group {
     /// The clients talk CoAP over DTLS with credentials of their own.
     #[serde(default)]
     pub security: Option<GroupSecurity>,
+    /// This group's LwM2M Server, `coap://HOST:PORT`, instead of the scenario's (e.g. one
+    /// instance of a cluster each, as a load balancer would spread them).
+    #[serde(default)]
+    pub server: Option<String>,
 }
 
 /// How a group's clients secure their LwM2M Server account (Core TS 1.1 §7.1, Security

@@ -464,6 +464,53 @@ impl Endpoint {
         self.start_request(now, peer, request, token, true).ok()
     }
 
+    /// Takes up an observation established earlier (by this process before a restart, or
+    /// by another server instance sharing the state): `request` is the observing request
+    /// as it went out, its token included. Nothing is sent; the next notification from
+    /// `peer` with that token is accepted whatever its sequence number (RFC 7641 §3.4: it
+    /// counts as fresher than anything before) and reported as [`Event::Notification`].
+    /// `None` when the token is not a CoAP token (over 8 bytes) or is in use.
+    pub fn restore_observation(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        mut request: Packet,
+    ) -> Option<RequestId> {
+        let token = Token::new(request.get_token())?;
+        if self.tokens.contains_key(&(peer, token)) {
+            return None;
+        }
+        let body = std::mem::take(&mut request.payload);
+        let id = RequestId(self.next_serial());
+        // RFC 7641 §3.4: a notification over 128 s after the last one is fresh whatever
+        // its number.
+        let long_ago = now.checked_sub(std::time::Duration::from_secs(129));
+        let exchange = Exchange {
+            peer,
+            token,
+            observe: true,
+            deregister: false,
+            template: request,
+            body,
+            confirmable: true,
+            mid: None,
+            deadline: None,
+            holds_slot: false,
+            block1: None,
+            block2: None,
+            observing: Some((0, long_ago.unwrap_or(now))),
+            fetch_token: None,
+        };
+        self.exchanges.insert(id, exchange);
+        self.tokens.insert((peer, token), id);
+        Some(id)
+    }
+
+    /// The token of a request (or established observation) still active.
+    pub fn request_token(&self, id: RequestId) -> Option<Vec<u8>> {
+        self.exchanges.get(&id).map(|e| e.token.as_slice().to_vec())
+    }
+
     /// Whether `id` is still active (queued, in flight, or an established observation).
     pub fn is_active(&self, id: RequestId) -> bool {
         self.exchanges.contains_key(&id)

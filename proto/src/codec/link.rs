@@ -771,7 +771,7 @@ pub fn parse_discover(s: &str) -> Result<Vec<DiscoverEntry>, LinkError> {
 
 /// The link list of a Register or Update request (Core TS 1.0 §5.3.1, Core TS 1.1 §6.2.1),
 /// e.g. `</>;rt="oma.lwm2m";ct=11543,</1/0>,</3/0>,</3>;ver=1.1,</5>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RegistrationLinks {
     /// The alternate path under which the objects sit: `/` unless a link with
     /// `rt="oma.lwm2m"` names another (e.g. `/lwm2m`); no trailing slash.
@@ -783,7 +783,7 @@ pub struct RegistrationLinks {
 }
 
 /// What a registration says about one object.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ObjectLinkInfo {
     /// The object version from `ver` on the object link (1.1), e.g. `1.1`.
     pub version: Option<String>,
@@ -803,7 +803,7 @@ impl Default for RegistrationLinks {
 
 /// Something odd in a registration link list; the link is skipped or the value ignored,
 /// and the rest is read.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum LinkNote {

@@ -382,6 +382,62 @@ impl Lwm2mServer {
         Ok(created)
     }
 
+    /// Takes over a registration made through another server instance that shares this
+    /// one's registration store (a cluster behind a UDP load balancer): the client's next
+    /// Update or De-register for `registration.id` is then accepted here. It replaces
+    /// this machine's registration of the same endpoint, if any (without an event: the
+    /// registration lives on); its lifetime and awake window run from `registration`'s
+    /// `last_update`. No [`ServerEvent::Registered`] follows: the client did not register.
+    pub fn adopt(&mut self, now: Instant, registration: Registration) {
+        if let Some(old) = self.by_endpoint.get(&registration.endpoint).copied() {
+            self.remove_registration(now, old, "taken over from another server instance");
+        }
+        if let Some(old) = self.by_id.get(&registration.id).copied() {
+            self.remove_registration(now, old, "taken over from another server instance");
+        }
+        self.next_key += 1;
+        let key = Key(self.next_key);
+        let awake_until = registration
+            .queue_mode
+            .then(|| now + self.config.awake_time);
+        if let Some(until) = awake_until {
+            self.timers.push(Reverse((until, Timer::Sleep(key))));
+        }
+        let expires_at = registration.expires_at();
+        self.timers
+            .push(Reverse((expires_at, Timer::Lifetime(key))));
+        self.by_endpoint.insert(registration.endpoint.clone(), key);
+        self.by_id.insert(registration.id.clone(), key);
+        self.by_address.insert(registration.address, key);
+        self.count_ip(registration.address.ip(), true);
+        self.clients.insert(
+            key,
+            Box::new(Client {
+                versions: versions(&registration.links),
+                registration,
+                awake_until,
+                lifetime_timer: expires_at,
+                sleep_timer: awake_until,
+                queue: Default::default(),
+                ops: Default::default(),
+                observations: Default::default(),
+            }),
+        );
+    }
+
+    /// Whether a registration id is held here.
+    pub fn knows_registration_id(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// Forgets an endpoint's registration without an event (another server instance of a
+    /// cluster took it over: its observations and operations here end).
+    pub fn release(&mut self, now: Instant, endpoint: &str) {
+        if let Some(key) = self.by_endpoint.get(endpoint).copied() {
+            self.remove_registration(now, key, "taken over by another server instance");
+        }
+    }
+
     fn registration_key(&self, id: &str) -> Result<Key, Refusal> {
         self.by_id.get(id).copied().ok_or_else(|| {
             Refusal::registration(RegistrationError::UnknownRegistration { id: id.to_owned() })

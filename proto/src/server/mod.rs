@@ -179,6 +179,18 @@ impl Default for ServerConfig {
     }
 }
 
+/// The registration id an Update (`POST /rd/{id}`) or De-register (`DELETE /rd/{id}`) in
+/// a datagram names, if it is one (a server instance of a cluster looks an unknown id up
+/// in the shared store before handing the datagram on; see [`Lwm2mServer::adopt`]).
+pub fn registration_id_of(bytes: &[u8]) -> Option<String> {
+    let packet = Packet::from_bytes(bytes).ok()?;
+    match crate::admission::classify(&packet)? {
+        Ok(crate::admission::InterfaceRequest::Update { id, .. })
+        | Ok(crate::admission::InterfaceRequest::Deregister { id }) => Some(id),
+        _ => None,
+    }
+}
+
 /// Internal handle of one registration (a new Register of the same endpoint gets a new one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Key(u64);
@@ -255,6 +267,23 @@ struct Observed {
     paths: Vec<Lwm2mPath>,
     body: Body,
     accept: Option<crate::ContentFormat>,
+    /// Made with Observe-Composite.
+    composite: bool,
+}
+
+/// What it takes to take up an established observation again
+/// ([`Lwm2mServer::restore_observation`]): kept in a shared store so that it survives a
+/// restart of the server process.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObservationRecord {
+    /// The observing request's token.
+    pub token: Vec<u8>,
+    /// The observed paths.
+    pub paths: Vec<Lwm2mPath>,
+    /// The Content-Format asked for (Accept), if any.
+    pub accept: Option<u16>,
+    /// Observe-Composite.
+    pub composite: bool,
 }
 
 /// Deadlines in the heap; an entry is stale (and skipped) when the state it refers to no
@@ -531,6 +560,94 @@ impl Lwm2mServer {
             .iter()
             .filter_map(|id| self.observations.get(id).map(|o| (*id, o.paths.clone())))
             .collect()
+    }
+
+    /// What it takes to take an established observation up again after a restart.
+    pub fn observation_record(&self, observation: ObservationId) -> Option<ObservationRecord> {
+        let o = self.observations.get(&observation)?;
+        Some(ObservationRecord {
+            token: self.endpoint.request_token(o.request)?,
+            paths: o.paths.clone(),
+            accept: o.accept.map(crate::ContentFormat::code),
+            composite: o.composite,
+        })
+    }
+
+    /// Takes up an observation of a registered endpoint made earlier (see
+    /// [`ObservationRecord`]): nothing is sent, the client's next notification with the
+    /// token is reported as [`ServerEvent::Notification`] of the returned observation.
+    pub fn restore_observation(
+        &mut self,
+        now: Instant,
+        endpoint: &str,
+        record: &ObservationRecord,
+    ) -> Result<ObservationId, OpError> {
+        let unknown = || OpError::UnknownEndpoint {
+            endpoint: endpoint.to_owned(),
+        };
+        let key = *self.by_endpoint.get(endpoint).ok_or_else(unknown)?;
+        let client = self.clients.get(&key).ok_or_else(unknown)?;
+        let format = match record.accept {
+            Some(code) => {
+                Some(
+                    crate::ContentFormat::from_code(code).ok_or_else(|| OpError::Invalid {
+                        reason: format!("content format {code} of a stored observation"),
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let operation = match (record.composite, record.paths.as_slice()) {
+            (false, [path]) => Operation::Observe {
+                path: *path,
+                format,
+            },
+            (true, _) => Operation::ObserveComposite {
+                paths: record.paths.clone(),
+                format,
+            },
+            _ => {
+                return Err(OpError::Invalid {
+                    reason: "a stored observation without its path".into(),
+                });
+            }
+        };
+        let Prepared {
+            mut packet,
+            body,
+            accept,
+            observe,
+        } = operations::prepare(
+            &client.registration,
+            &operation,
+            &self.registry.with_versions(&client.versions),
+        )?;
+        packet.set_token(record.token.clone());
+        let address = client.registration.address;
+        let request = self
+            .endpoint
+            .restore_observation(now, address, packet)
+            .ok_or_else(|| OpError::Invalid {
+                reason: "the stored observation's token is not usable".into(),
+            })?;
+        self.next_observation += 1;
+        let observation = ObservationId(self.next_observation);
+        let observed = Observed {
+            client: key,
+            endpoint: endpoint.to_owned(),
+            request,
+            address,
+            paths: observe.unwrap_or_else(|| record.paths.clone()),
+            body,
+            accept,
+            composite: record.composite,
+        };
+        if let Some(client) = self.clients.get_mut(&key) {
+            client.observations.insert(observation);
+        }
+        self.observing.insert(request, observation);
+        self.observations.insert(observation, observed);
+        Ok(observation)
     }
 
     /// Whether a queue-mode client is awake (always true for other clients).
@@ -820,6 +937,7 @@ impl Lwm2mServer {
                 paths: paths.clone(),
                 body: op.body.clone(),
                 accept: op.accept,
+                composite: op.name == "observe-composite",
             };
             if let Some(client) = self.clients.get_mut(&observed.client) {
                 client.observations.insert(observation);

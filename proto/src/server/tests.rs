@@ -1964,3 +1964,73 @@ fn single_values_of_a_1_0_client_go_as_text_or_opaque() {
     let req = w.incoming(q);
     assert_eq!(uint_option(&req.packet, CoapOption::Accept), Some(11542));
 }
+
+#[test]
+fn another_machine_adopts_a_registration_and_restores_its_observation() {
+    let mut w = World::default();
+    let p = registered_11(&mut w, 40051, "dev1");
+    let registration = w.registered("dev1");
+    let (obs, served) = observe(&mut w, p, "dev1");
+    let record = w.server.observation_record(obs).expect("established");
+    assert_eq!(record.paths, [Lwm2mPath::resource(3, 0, 9)]);
+    assert_eq!(record.accept, Some(0));
+    assert!(!record.composite);
+
+    // A new machine at the same address (a restart, or another instance of a cluster).
+    w.server = Lwm2mServer::new(
+        ServerConfig::default(),
+        Arc::new(crate::registry::Registry::embedded()),
+    );
+    let id = registration.id.clone();
+    let mut update = message::request(RequestType::Post, &format!("/rd/{id}"));
+    update.header.message_id = 7;
+    assert_eq!(
+        registration_id_of(&update.to_bytes().unwrap()),
+        Some(id.clone())
+    );
+    assert_eq!(registration_id_of(b"\x40"), None);
+    assert!(!w.server.knows_registration_id(&id));
+    assert_eq!(code(&w.update(p, &id, &[])), (4, 4));
+
+    w.events.clear();
+    let now = w.now;
+    w.server.adopt(now, registration);
+    w.tick();
+    assert!(w.server.knows_registration_id(&id));
+    assert!(w.events.is_empty(), "an adoption is not a registration");
+    let restored = w
+        .server
+        .restore_observation(now, "dev1", &record)
+        .expect("restored");
+    assert_eq!(
+        w.server.observations("dev1"),
+        [(restored, vec![Lwm2mPath::resource(3, 0, 9)])]
+    );
+    // The client's next notification (same token) is the restored observation's.
+    notify(&mut w, p, served, "85");
+    let n = w.take(|e| matches!(e, ServerEvent::Notification { .. }));
+    assert!(matches!(
+        &n[..],
+        [ServerEvent::Notification { observation, response, .. }]
+            if *observation == restored
+                && response.content == Some(Content::Node(single(Value::Integer(85))))
+    ));
+    assert_eq!(code(&w.update(p, &id, &["lt=400"])), (2, 4));
+    // The same token cannot be taken up twice; an unknown endpoint is refused.
+    assert!(w.server.restore_observation(now, "dev1", &record).is_err());
+    assert!(
+        w.server
+            .restore_observation(now, "nobody", &record)
+            .is_err()
+    );
+
+    // Released (another instance took it over): gone without a de-registration.
+    w.events.clear();
+    w.server.release(now, "dev1");
+    assert!(w.server.registration("dev1").is_none());
+    assert!(!w.server.knows_registration_id(&id));
+    assert!(!w.events.iter().any(|e| matches!(
+        e,
+        ServerEvent::Deregistered { .. } | ServerEvent::Expired { .. }
+    )));
+}

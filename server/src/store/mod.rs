@@ -2,6 +2,7 @@
 //! or a crash loses nothing; behind traits so that a networked store can replace them.
 
 mod file;
+pub mod redis;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -43,6 +44,12 @@ pub enum StoreError {
         identity: String,
         /// The endpoint that holds it.
         owner: String,
+    },
+    /// The Redis store failed (unreachable, timed out, or an entry that does not decode).
+    #[error("Redis: {reason}")]
+    Redis {
+        /// What went wrong.
+        reason: String,
     },
     /// The input is invalid.
     #[error("invalid {what}: {reason}")]
