@@ -346,32 +346,7 @@ impl Lwm2mServer {
             findings,
             link_notes,
         };
-        let awake_until = registration
-            .queue_mode
-            .then(|| now + self.config.awake_time);
-        if let Some(until) = awake_until {
-            self.timers.push(Reverse((until, Timer::Sleep(key))));
-        }
-        let expires_at = registration.expires_at();
-        self.timers
-            .push(Reverse((expires_at, Timer::Lifetime(key))));
-        self.by_endpoint.insert(params.endpoint, key);
-        self.by_id.insert(id.clone(), key);
-        self.by_address.insert(peer, key);
-        self.count_ip(peer.ip(), true);
-        self.clients.insert(
-            key,
-            Box::new(Client {
-                versions: versions(&registration.links),
-                registration: registration.clone(),
-                awake_until,
-                lifetime_timer: expires_at,
-                sleep_timer: awake_until,
-                queue: Default::default(),
-                ops: Default::default(),
-                observations: Default::default(),
-            }),
-        );
+        self.hold(now, key, registration.clone());
         self.events.push_back(ServerEvent::Registered {
             registration,
             replaced,
@@ -396,7 +371,12 @@ impl Lwm2mServer {
             self.remove_registration(now, old, "taken over from another server instance");
         }
         self.next_key += 1;
-        let key = Key(self.next_key);
+        self.hold(now, Key(self.next_key), registration);
+    }
+
+    /// Holds `registration` as client `key`: its lifetime and (queue mode) awake timers,
+    /// its indexes by endpoint, id and address, its entry.
+    fn hold(&mut self, now: Instant, key: Key, registration: Registration) {
         let awake_until = registration
             .queue_mode
             .then(|| now + self.config.awake_time);
