@@ -413,6 +413,19 @@ pub fn parse_bootstrap_query<S: AsRef<str>>(
     Ok(BootstrapRequestParams { endpoint, format })
 }
 
+/// The registration id an Update (`POST /rd/{id}`) or De-register (`DELETE /rd/{id}`) in
+/// a datagram names, if it is one (a server instance of a cluster looks an unknown id up
+/// in the shared store before handing the datagram on; see [`crate::server::Lwm2mServer::adopt`]).
+pub fn registration_id_of(bytes: &[u8]) -> Option<String> {
+    let packet = Packet::from_bytes(bytes).ok()?;
+    match classify(&packet)? {
+        Ok(InterfaceRequest::Update { id, .. }) | Ok(InterfaceRequest::Deregister { id }) => {
+            Some(id)
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

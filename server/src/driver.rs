@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::dtls::{DtlsOptions, Registrations, SecureLwm2m, SecureServer};
 use crate::events::{Datagram, Direction, Event, EventBus, PacketTap, Role};
-use crate::plain::PlainServer;
+use crate::plain::{Adopt, Found, PlainServer};
 use crate::registrations::{RegistrationStore, ShardedRegistrations};
 
 /// Receive buffer asked for on every socket: with the usual 208 KiB default a burst of a
@@ -640,7 +640,19 @@ pub fn start_server(options: ServerOptions) -> io::Result<ServerHandle> {
         options.dtls.as_ref().map(|d| d.security.clone()),
     );
     if options.registrations.is_shared() {
-        machine = machine.shared(options.registrations.clone(), channel.0.clone());
+        let commands = channel.0.clone();
+        let adopt: Adopt = Arc::new(move |found: Found| {
+            let commands = commands.clone();
+            Box::pin(async move {
+                let adopt = ServerCommand::Adopt {
+                    registration: found.registration,
+                    observations: found.observations,
+                    datagram: Some(found.datagram),
+                };
+                let _ = commands.send(Control::Run(adopt)).await;
+            })
+        });
+        machine = machine.shared(options.registrations.clone(), adopt);
     }
     let io = io(bind_udp(options.bind)?)?;
     tracing::info!("LwM2M Server listening on coap://{}", io.local);

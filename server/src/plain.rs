@@ -14,9 +14,9 @@ use lwm2m_proto::admission::AdmissionGate;
 use lwm2m_proto::coap::{Transmit, message};
 use lwm2m_proto::server::Lwm2mServer;
 
-use tokio::sync::mpsc;
+use futures::future::BoxFuture;
+use lwm2m_proto::server::{ObservationRecord, Registration};
 
-use crate::driver::{Control, ServerCommand};
 use crate::events::{Event, Role, SecurityEvent};
 use crate::registrations::RegistrationStore;
 use crate::store::SecurityStore;
@@ -27,11 +27,19 @@ use lwm2m_proto::Machine;
 /// take every blocking thread.
 const MAX_LOOKUPS: usize = 256;
 
-/// The shared registrations of a cluster and the machine's own task's commands.
-type Shared = (
-    Arc<dyn RegistrationStore>,
-    mpsc::Sender<Control<ServerCommand>>,
-);
+/// What a look-up in the shared store found for a datagram that names a registration held
+/// elsewhere: the registration (`None`: nowhere), its observations, and the datagram.
+pub(crate) struct Found {
+    pub registration: Option<Box<Registration>>,
+    pub observations: Vec<ObservationRecord>,
+    pub datagram: (SocketAddr, Vec<u8>),
+}
+
+/// Hands a finished look-up back to the machine's own task (its driver decides how).
+pub(crate) type Adopt = Arc<dyn Fn(Found) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// The shared registrations of a cluster, and where look-ups go back to.
+type Shared = (Arc<dyn RegistrationStore>, Adopt);
 
 /// The LwM2M Server machine of the plain socket, with the refusal in front of it.
 pub struct PlainServer {
@@ -43,9 +51,9 @@ pub struct PlainServer {
     refusals: VecDeque<Transmit>,
     events: VecDeque<Event>,
     gate: AdmissionGate,
-    /// In a cluster: the shared registrations, and the machine's own task's commands (an
-    /// Update of a registration made through another instance is looked up, then handed
-    /// back as [`ServerCommand::Adopt`]).
+    /// In a cluster: the shared registrations, and where a look-up goes back to (an Update
+    /// of a registration made through another instance is looked up off the task, then
+    /// handed back to it).
     shared: Option<Shared>,
     /// Look-ups in flight.
     lookups: Arc<std::sync::atomic::AtomicUsize>,
@@ -77,23 +85,19 @@ impl PlainServer {
     }
 
     /// Takes over the registrations of other instances sharing `store` when their clients'
-    /// Updates arrive here; `commands` is this machine's task's channel.
-    pub(crate) fn shared(
-        mut self,
-        store: Arc<dyn RegistrationStore>,
-        commands: mpsc::Sender<Control<ServerCommand>>,
-    ) -> Self {
-        self.shared = Some((store, commands));
+    /// Updates arrive here; `adopt` hands what a look-up found back to this machine's task.
+    pub(crate) fn shared(mut self, store: Arc<dyn RegistrationStore>, adopt: Adopt) -> Self {
+        self.shared = Some((store, adopt));
         self
     }
 
     /// True if the datagram names a registration id held elsewhere: it is looked up in the
     /// shared store (off this task) and comes back as a command.
     fn look_up_elsewhere(&self, peer: SocketAddr, bytes: &[u8]) -> bool {
-        let Some((store, commands)) = &self.shared else {
+        let Some((store, adopt)) = &self.shared else {
             return false;
         };
-        let Some(id) = lwm2m_proto::server::registration_id_of(bytes) else {
+        let Some(id) = lwm2m_proto::admission::registration_id_of(bytes) else {
             return false;
         };
         if self.inner.knows_registration_id(&id) {
@@ -106,7 +110,7 @@ impl PlainServer {
             return false;
         }
         let lookups = self.lookups.clone();
-        let (store, commands, bytes) = (store.clone(), commands.clone(), bytes.to_vec());
+        let (store, adopt, bytes) = (store.clone(), adopt.clone(), bytes.to_vec());
         tokio::spawn(async move {
             let found = tokio::task::spawn_blocking(move || {
                 let registration = store.by_id(&id)?.registration;
@@ -121,13 +125,12 @@ impl PlainServer {
                 Some((r, o)) => (Some(Box::new(r)), o),
                 None => (None, Vec::new()),
             };
-            let _ = commands
-                .send(Control::Run(ServerCommand::Adopt {
-                    registration,
-                    observations,
-                    datagram: Some((peer, bytes)),
-                }))
-                .await;
+            adopt(Found {
+                registration,
+                observations,
+                datagram: (peer, bytes),
+            })
+            .await;
         });
         true
     }

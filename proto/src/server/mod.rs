@@ -179,18 +179,6 @@ impl Default for ServerConfig {
     }
 }
 
-/// The registration id an Update (`POST /rd/{id}`) or De-register (`DELETE /rd/{id}`) in
-/// a datagram names, if it is one (a server instance of a cluster looks an unknown id up
-/// in the shared store before handing the datagram on; see [`Lwm2mServer::adopt`]).
-pub fn registration_id_of(bytes: &[u8]) -> Option<String> {
-    let packet = Packet::from_bytes(bytes).ok()?;
-    match crate::admission::classify(&packet)? {
-        Ok(crate::admission::InterfaceRequest::Update { id, .. })
-        | Ok(crate::admission::InterfaceRequest::Deregister { id }) => Some(id),
-        _ => None,
-    }
-}
-
 /// Internal handle of one registration (a new Register of the same endpoint gets a new one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Key(u64);

@@ -1985,10 +1985,10 @@ fn another_machine_adopts_a_registration_and_restores_its_observation() {
     let mut update = message::request(RequestType::Post, &format!("/rd/{id}"));
     update.header.message_id = 7;
     assert_eq!(
-        registration_id_of(&update.to_bytes().unwrap()),
+        crate::admission::registration_id_of(&update.to_bytes().unwrap()),
         Some(id.clone())
     );
-    assert_eq!(registration_id_of(b"\x40"), None);
+    assert_eq!(crate::admission::registration_id_of(b"\x40"), None);
     assert!(!w.server.knows_registration_id(&id));
     assert_eq!(code(&w.update(p, &id, &[])), (4, 4));
 
