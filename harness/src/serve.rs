@@ -17,7 +17,8 @@ use lwm2m_server::cluster::Cluster;
 use lwm2m_server::driver::{ServerOptions, start_server};
 use lwm2m_server::dtls::{CertificateConfig, KeyLog, KeyLogFile};
 use lwm2m_server::events::EventBus;
-use lwm2m_server::rest::{ApiState, serve_api};
+use lwm2m_server::http::serve_api;
+use lwm2m_server::rest::ApiState;
 use lwm2m_server::store::redis::{
     RedisBootstrapStore, RedisConnection, RedisRegistrations, RedisSecurityStore,
 };

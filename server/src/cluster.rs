@@ -448,7 +448,7 @@ fn client_of(path: &str) -> Option<String> {
         .strip_prefix("/api/clients/")
         .or_else(|| path.strip_prefix("/leshan/api/clients/"))?;
     let (ep, op) = rest.split_once('/')?;
-    (!ep.is_empty() && !op.is_empty()).then(|| crate::rest::percent_decode(ep))
+    (!ep.is_empty() && !op.is_empty()).then(|| crate::query::percent_decode(ep))
 }
 
 /// Middleware: runs a client operation here if this instance owns the client (or nobody

@@ -26,8 +26,8 @@
 //! | GET/PUT/DELETE | `/api/bootstrap/{ep}` | one endpoint's configuration (`?resolve=true`) |
 //! | GET | `/api/event` | server-sent events (`?ep=NAME`, `?coaplog=true`) |
 //!
-//! The Leshan-compatible routes of [`crate::leshan`] (`/leshan/api/...`) are merged in,
-//! behind the same token.
+//! [`crate::http::router`] serves these routes with the Leshan-compatible ones of
+//! [`crate::leshan`] (`/leshan/api/...`), behind the same token.
 //!
 //! Client operations wait `?timeout=SECONDS` (default 30) for the client: 504 after that,
 //! 502 when it answers an error code (the CoAP code is in `coap_code`).
@@ -38,9 +38,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::get;
@@ -56,10 +55,10 @@ use serde_json::{Value as Json, json};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::auth::token_matches;
 use crate::driver::{DriverError, ServerHandle};
 use crate::events::{Event, EventBus};
 use crate::json;
+use crate::query::query_pairs;
 use crate::store::{BootstrapStore, ConfigKey, SecurityInfo, SecurityStore, StoreError};
 
 /// Shown instead of a secret.
@@ -92,12 +91,10 @@ pub struct ApiState {
 
 type St = State<Arc<ApiState>>;
 
-/// The API's router (with the web UI and `/metrics`); serve it with `axum::serve`, inside
-/// a tokio runtime (the metrics collector is a task).
-pub fn router(state: ApiState) -> Router {
-    let state = Arc::new(state);
-    let metrics = crate::metrics::Metrics::start(state.server.clone(), &state.bus);
-    let api = Router::new()
+/// Our API's routes (`/api/...`) with their state; [`crate::http::router`] serves them with
+/// the Leshan routes, `/metrics`, the bearer-token check and the web UI.
+pub(crate) fn routes(state: Arc<ApiState>) -> Router {
+    Router::new()
         .route("/api/clients", get(list_clients))
         .route("/api/clients/{ep}", get(get_client))
         .route(
@@ -130,81 +127,7 @@ pub fn router(state: ApiState) -> Router {
                 .delete(bootstrap_delete_endpoint),
         )
         .route("/api/event", get(events))
-        .with_state(state.clone())
-        .merge(crate::leshan::router(state.clone()))
-        .merge(crate::metrics::router(metrics))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") });
-    let api = match &state.cluster {
-        Some(cluster) => {
-            let api = api.layer(middleware::from_fn_with_state(
-                cluster.clone(),
-                crate::cluster::route,
-            ));
-            cluster.serve_forwarded(api.clone());
-            api
-        }
-        None => api,
-    };
-    let api = api.layer(middleware::from_fn_with_state(state.clone(), require_token));
-    crate::ui::wrap(api, &state.token, &state.web)
-}
-
-/// How long open connections (event streams) get to finish after a shutdown request.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-
-/// Serves the API on `listener` until `shutdown` completes; then open connections get
-/// [`SHUTDOWN_GRACE`] to finish (event streams never do) before they are dropped.
-pub async fn serve_api(
-    listener: tokio::net::TcpListener,
-    state: ApiState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
-        let _ = stopped.await;
-    });
-    let mut server = tokio::spawn(async move { server.await });
-    tokio::select! {
-        r = &mut server => return r.map_err(std::io::Error::other)?,
-        () = shutdown => {}
-    }
-    let _ = stop.send(());
-    match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
-        Ok(r) => r.map_err(std::io::Error::other)?,
-        Err(_) => {
-            server.abort();
-            Ok(())
-        }
-    }
-}
-
-/// The token of an `Authorization: Bearer TOKEN` header; the scheme is case-insensitive
-/// (RFC 7235 §2.1), so `bearer` and `BEARER` do too.
-fn bearer_credentials(header: &str) -> Option<&str> {
-    let (scheme, token) = header.trim_start().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token)
-}
-
-async fn require_token(State(st): St, request: Request, next: Next) -> HttpResponse {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_credentials);
-    if presented.is_some_and(|t| token_matches(&st.token, t.trim())) {
-        next.run(request).await
-    } else {
-        let mut r = ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token (Authorization: Bearer TOKEN)",
-        )
-        .into_response();
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        r
-    }
+        .with_state(state)
 }
 
 /// An error answer: `{"error": message}` plus details.
@@ -215,7 +138,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         let mut body = serde_json::Map::new();
         body.insert("error".into(), Json::String(message.into()));
         Self { status, body }
@@ -281,42 +204,6 @@ fn ok(j: Json) -> ApiResult {
 fn parse_body(body: &Bytes) -> Result<Json, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad(format!("the body is not valid JSON: {e}")))
-}
-
-/// The query as `name` / optional value pairs, percent-decoded.
-pub(crate) fn query_pairs(raw: Option<&str>) -> Vec<(String, Option<String>)> {
-    raw.unwrap_or("")
-        .split('&')
-        .filter(|s| !s.is_empty())
-        .map(|item| match item.split_once('=') {
-            Some((k, v)) => (percent_decode(k), Some(percent_decode(v))),
-            None => (percent_decode(item), None),
-        })
-        .collect()
-}
-
-pub(crate) fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        let hex = |j: usize| b.get(j).and_then(|c| (*c as char).to_digit(16));
-        match (c, hex(i + 1), hex(i + 2)) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b'+', _, _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            _ => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The control parameters of a client operation.

@@ -21,7 +21,8 @@ use lwm2m_proto::{Instance, InstanceId, ObjectId, ResourceId, ResourceValue, Val
 use lwm2m_server::bootstrap::{BootstrapHandle, BootstrapOptions, start_bootstrap};
 use lwm2m_server::driver::{ServerHandle, ServerOptions, start_server};
 use lwm2m_server::events::{self, Direction, EventBus, PacketTap};
-use lwm2m_server::rest::{ApiState, serve_api};
+use lwm2m_server::http::serve_api;
+use lwm2m_server::rest::ApiState;
 use lwm2m_server::store::{BootstrapDoc, FileBootstrapStore, FileSecurityStore};
 use serde_json::Value as Json;
 use tokio::net::UdpSocket;

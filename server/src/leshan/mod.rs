@@ -72,8 +72,9 @@ use tokio_stream::wrappers::BroadcastStream;
 use crate::driver::DriverError;
 use crate::events::{Direction, Event, Role};
 use crate::json::{declared_versions, unix_millis};
+use crate::query::query_pairs;
 use crate::registrations::ClientEntry;
-use crate::rest::{ApiState, REDACTED, query_pairs};
+use crate::rest::{ApiState, REDACTED};
 use crate::store::{ConfigKey, Credentials, SecurityInfo, StoreError};
 use lwm2m_proto::bootstrap::{
     AclInstance, BootstrapConfig, SecurityInstance, SecurityMode, ServerInstance,
@@ -130,7 +131,7 @@ impl std::ops::Deref for Leshan {
 
 type St = State<Arc<Leshan>>;
 
-/// The routes under `/leshan/api/`, with their state; [`crate::rest::router`] merges them
+/// The routes under `/leshan/api/`, with their state; [`crate::http::router`] merges them
 /// behind its bearer-token check.
 pub(crate) fn router(api: Arc<ApiState>) -> Router {
     let state = Arc::new(Leshan {
