@@ -39,9 +39,7 @@ use std::time::Instant;
 
 use lwm2m_dtls::pki::{Purpose, TestCa, Validity};
 use lwm2m_dtls::record::RecordBytes;
-use lwm2m_dtls::{
-    CertificateConfig, ClientConfig, CloseReason, DtlsClient, DtlsError, KeyLog, SessionSecrets,
-};
+use lwm2m_dtls::{CertificateConfig, ClientConfig, DtlsClient, DtlsError, KeyLog, SessionSecrets};
 use lwm2m_proto::Instance;
 use lwm2m_proto::client::tree::account_uri;
 use lwm2m_proto::client::{ClientEvent, ObjectTree, parse_coap_uri};
@@ -49,7 +47,7 @@ use lwm2m_server::store::SecurityStore;
 use lwm2m_server::{Direction, DtlsOptions, PacketTap, Role, SecurityEvent};
 use lwm2m_simulator::security::account_credentials;
 
-use super::adapter::json::{parse_failure, parse_identity};
+use super::adapter::json::{parse_close, parse_failure, parse_identity};
 use super::backend::{DtlsHappening, DtlsSide, ServerRole};
 
 /// The LwM2M Server's DTLS listener on the in-memory link (the CoAPS default port).
@@ -287,16 +285,6 @@ pub fn dtls_happening(
         },
         _ => return None,
     })
-}
-
-/// A session's end as our servers' events show it (the reason's Debug name).
-fn parse_close(text: &str) -> CloseReason {
-    match text {
-        "PeerClosed" => CloseReason::PeerClosed,
-        "LocalClose" => CloseReason::LocalClose,
-        "Replaced" => CloseReason::Replaced,
-        _ => CloseReason::IdleTimeout,
-    }
 }
 
 /// One simulated client's DTLS association with a `coaps://` server.

@@ -456,6 +456,17 @@ pub fn parse_failure(text: &str) -> lwm2m_dtls::FailureReason {
     }
 }
 
+/// A session's end as our servers' events show it (the reason's Debug name).
+pub fn parse_close(text: &str) -> lwm2m_dtls::CloseReason {
+    use lwm2m_dtls::CloseReason;
+    match text {
+        "PeerClosed" => CloseReason::PeerClosed,
+        "LocalClose" => CloseReason::LocalClose,
+        "Replaced" => CloseReason::Replaced,
+        _ => CloseReason::IdleTimeout,
+    }
+}
+
 /// The text inside `Variant("...")` as `{:?}` wrote it (quotes and backslashes unescaped),
 /// or `text` itself when it is not in that form.
 fn debug_string(text: &str, variant: &str) -> String {
@@ -596,6 +607,10 @@ mod tests {
             assert_eq!(parse_failure(&format!("{reason:?}")), reason);
         }
         assert_eq!(parse_failure("whatever"), F::Protocol("whatever".into()));
+        use lwm2m_dtls::CloseReason as C;
+        for reason in [C::PeerClosed, C::LocalClose, C::Replaced, C::IdleTimeout] {
+            assert_eq!(parse_close(&format!("{reason:?}")), reason);
+        }
     }
 
     fn registry() -> lwm2m_proto::registry::Registry {
