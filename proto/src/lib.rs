@@ -25,6 +25,7 @@ pub mod redact;
 pub mod registration;
 pub mod registry;
 pub mod server;
+pub mod tap;
 pub mod value;
 
 pub use content::{CodecError, ContentFormat, Decoded, Finding};

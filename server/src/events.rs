@@ -7,17 +7,8 @@ use std::time::SystemTime;
 
 use lwm2m_proto::bootstrap::server::BootstrapEvent;
 use lwm2m_proto::server::ServerEvent;
+pub use lwm2m_proto::tap::{Direction, PacketTap};
 use tokio::sync::broadcast;
-
-/// Which way a datagram went, seen from our socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// Received.
-    In,
-    /// Sent.
-    Out,
-}
 
 /// Which of our servers a socket belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -36,30 +27,6 @@ impl Role {
             Self::Server => "LwM2M Server",
             Self::Bootstrap => "Bootstrap Server",
         }
-    }
-}
-
-/// Sees every datagram a driver receives or sends, before the machine handles it (in) or
-/// right before it goes to the socket (out); for pcap recorders. Called on the driver's
-/// task: keep it cheap.
-pub trait PacketTap: Send + Sync {
-    /// One datagram on the socket bound at `local`, from or to `peer`.
-    fn datagram(&self, direction: Direction, local: SocketAddr, peer: SocketAddr, bytes: &[u8]);
-
-    /// The plaintext of one application_data record on the DTLS socket bound at `local`
-    /// ([`crate::dtls`], RFC 6347 §4.1): after [`PacketTap::datagram`] saw the record come
-    /// in (`In`, decrypted), or before it sees it go out (`Out`, about to be encrypted).
-    /// `identity` is the session's (`psk:ID`, `cn:NAME`). Lets a recorder attribute
-    /// encrypted datagrams to CoAP exchanges; does nothing unless implemented.
-    fn plaintext(
-        &self,
-        direction: Direction,
-        local: SocketAddr,
-        peer: SocketAddr,
-        identity: &str,
-        bytes: &[u8],
-    ) {
-        let _ = (direction, local, peer, identity, bytes);
     }
 }
 

@@ -11,9 +11,8 @@
 //! On the DTLS sockets (the LwM2M Server's and the Bootstrap Server's) the pcap gets the
 //! datagrams as they were on the wire (encrypted). The server's DTLS layer also hands over
 //! the plaintext of each application record ([`PacketTap::plaintext`]; toward an external
-//! `coaps://` server the fleet's sessions do, `DatagramTap::plaintext`); it is attached to
-//! its datagram here so that the
-//! exchange log and the network-usage tables can show the CoAP inside. A received record's
+//! `coaps://` server the fleet's sessions do, through the same tap); it is attached to its
+//! datagram here so that the exchange log and the network-usage tables can show the CoAP inside. A received record's
 //! plaintext comes right after its datagram (the driver decrypts it on the same task), a
 //! sent record's right before it (the driver encrypts, then sends), so the pairing is by
 //! order per peer: the latest datagram from the peer, the next datagram to it.
@@ -29,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use lwm2m_dtls::record::RecordBytes;
 use lwm2m_proto::coap::{CoapOption, MessageType, message};
-use lwm2m_server::events::{Direction, PacketTap};
+use lwm2m_proto::tap::{Direction, PacketTap};
 
 use crate::record::PcapRecorder;
 
@@ -84,11 +83,29 @@ struct Inner {
 
 impl PacketTap for Capture {
     fn datagram(&self, direction: Direction, local: SocketAddr, peer: SocketAddr, bytes: &[u8]) {
-        let (src, dst) = match direction {
-            Direction::In => (peer, local),
-            Direction::Out => (local, peer),
+        let (src, dst) = direction.ends(local, peer);
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut p = Captured {
+            at,
+            src,
+            dst,
+            bytes: bytes.into(),
+            plaintext: Vec::new(),
+            identity: None,
         };
-        lwm2m_simulator::fleet::DatagramTap::datagram(self, src, dst, bytes);
+        let mut inner = self.lock();
+        if let Some(queue) = inner.outgoing.get_mut(&(src, dst)) {
+            for _ in 0..p.open_records() {
+                let Some((plain, identity)) = queue.pop_front() else {
+                    break;
+                };
+                p.plaintext.push(plain);
+                p.identity = Some(identity);
+            }
+        }
+        inner.packets.push(p);
     }
 
     fn plaintext(
@@ -122,47 +139,6 @@ impl PacketTap for Capture {
                 .or_default()
                 .push_back((bytes.into(), identity.into())),
         }
-    }
-}
-
-impl lwm2m_simulator::fleet::DatagramTap for Capture {
-    fn datagram(&self, src: SocketAddr, dst: SocketAddr, bytes: &[u8]) {
-        let at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let mut p = Captured {
-            at,
-            src,
-            dst,
-            bytes: bytes.into(),
-            plaintext: Vec::new(),
-            identity: None,
-        };
-        let mut inner = self.lock();
-        if let Some(queue) = inner.outgoing.get_mut(&(src, dst)) {
-            for _ in 0..p.open_records() {
-                let Some((plain, identity)) = queue.pop_front() else {
-                    break;
-                };
-                p.plaintext.push(plain);
-                p.identity = Some(identity);
-            }
-        }
-        inner.packets.push(p);
-    }
-
-    fn plaintext(
-        &self,
-        sent: bool,
-        client: SocketAddr,
-        server: SocketAddr,
-        identity: &str,
-        bytes: &[u8],
-    ) {
-        // The client's side of the exchange: the same pairing as a server socket's, with
-        // the client's address as the local one.
-        let direction = if sent { Direction::Out } else { Direction::In };
-        PacketTap::plaintext(self, direction, client, server, identity, bytes);
     }
 }
 

@@ -12,6 +12,7 @@ use lwm2m_dtls::ClientEvent as DtlsEvent;
 use lwm2m_proto::client::{ClientEvent, ClientState, Lwm2mClient};
 use lwm2m_proto::coap::message;
 use lwm2m_proto::coap::{CoapOption, Transmit};
+use lwm2m_proto::tap;
 use quinn_udp::RecvMeta;
 use tokio::sync::{mpsc, oneshot};
 
@@ -639,7 +640,7 @@ impl Driver {
     }
 
     /// Shows the tap the plaintext of a record of client `i`'s session with `server`.
-    fn tap_plaintext(&self, i: usize, server: SocketAddr, sent: bool, plain: &[u8]) {
+    fn tap_plaintext(&self, i: usize, server: SocketAddr, way: tap::Direction, plain: &[u8]) {
         let (Some(tap), Some(sim)) = (&self.tap, self.sims.get(i)) else {
             return;
         };
@@ -647,8 +648,7 @@ impl Driver {
             return;
         };
         let client = self.pool.address(binding);
-        tap.0
-            .plaintext(sent, client, server, link.identity(), plain);
+        tap.0.plaintext(way, client, server, link.identity(), plain);
     }
 
     /// Moves what client `i`'s DTLS session with `server` has to say: records to the wire,
@@ -672,7 +672,7 @@ impl Driver {
             }
             // Before the tap sees the records go out (at the next flush).
             for plain in &encrypted {
-                self.tap_plaintext(i, server, true, plain);
+                self.tap_plaintext(i, server, tap::Direction::Out, plain);
             }
             let Some(link) = link_of(&mut self.sims, i, server) else {
                 return;
@@ -680,7 +680,7 @@ impl Driver {
             match event {
                 Some(DtlsEvent::Established) => link.established(now),
                 Some(DtlsEvent::Datagram(plain)) => {
-                    self.tap_plaintext(i, server, false, &plain);
+                    self.tap_plaintext(i, server, tap::Direction::In, &plain);
                     if let Some(sim) = self.sims.get_mut(i) {
                         sim.client.handle_datagram(now, server, &plain);
                     }
@@ -810,7 +810,8 @@ impl Driver {
     /// downlink impairment, to the client.
     fn inbound(&mut self, now: Instant, binding: Binding, peer: SocketAddr, bytes: &[u8]) {
         if let Some(tap) = &self.tap {
-            tap.0.datagram(peer, self.pool.address(binding), bytes);
+            tap.0
+                .datagram(tap::Direction::In, self.pool.address(binding), peer, bytes);
         }
         let Some(&n) = self.by_address.get(&binding) else {
             return;
@@ -998,8 +999,9 @@ impl Driver {
         for out in std::mem::take(&mut self.outbox) {
             // Errors other than a full buffer are losses on the wire.
             if let Some(tap) = &self.tap {
+                let local = self.pool.address(out.binding);
                 tap.0
-                    .datagram(self.pool.address(out.binding), out.peer, &out.bytes);
+                    .datagram(tap::Direction::Out, local, out.peer, &out.bytes);
             }
             let sent = self.pool.send(out.binding, out.peer, &out.bytes).await;
             // An ICMP error the kernel reports on the socket (port or host unreachable).

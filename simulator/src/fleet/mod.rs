@@ -37,7 +37,7 @@ mod pool;
 mod profile;
 mod secure;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +49,7 @@ pub use handle::{ClientInfo, FleetHandle, FleetReport, ProfileReport};
 use lwm2m_dtls::KeyLog;
 use lwm2m_proto::Lwm2mPath;
 use lwm2m_proto::client::{ClientConfig, ObjectTree};
+pub use lwm2m_proto::tap::PacketTap;
 pub use profile::{ProfileClients, PskPattern, Targets};
 
 use crate::generator::Generator;
@@ -178,32 +179,10 @@ impl PartialEq for SessionKeyLog {
     }
 }
 
-/// Sees the datagrams a fleet puts on and takes off the wire, as a capture would.
-pub trait DatagramTap: Send + Sync {
-    /// One UDP datagram from `src` to `dst` (DTLS records as they are, encrypted).
-    fn datagram(&self, src: SocketAddr, dst: SocketAddr, bytes: &[u8]);
-
-    /// The plaintext (a CoAP datagram) of one DTLS application record of a client's
-    /// session with `server`, `identity` the session's (`psk:ID`, `cn:NAME`): one the
-    /// client is about to send (`sent`: reported before [`DatagramTap::datagram`] sees its
-    /// datagram) or one it received (reported after). `client` is the client's address on
-    /// the wire. Lets a recorder attribute encrypted datagrams to CoAP exchanges; does
-    /// nothing unless implemented.
-    fn plaintext(
-        &self,
-        sent: bool,
-        client: SocketAddr,
-        server: SocketAddr,
-        identity: &str,
-        bytes: &[u8],
-    ) {
-        let _ = (sent, client, server, identity, bytes);
-    }
-}
-
-/// A shared [`DatagramTap`] for [`FleetConfig::tap`].
+/// A shared [`PacketTap`] for [`FleetConfig::tap`]: it sees each client's datagrams with
+/// the client's address as the local one, and the plaintext of its DTLS records.
 #[derive(Clone)]
-pub struct Tap(pub Arc<dyn DatagramTap>);
+pub struct Tap(pub Arc<dyn PacketTap>);
 
 impl std::fmt::Debug for Tap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
