@@ -14,6 +14,7 @@ pub mod config;
 pub mod duration;
 pub mod fleet;
 pub mod generator;
+pub mod link;
 pub mod network;
 pub mod profile;
 pub mod quirks;

@@ -64,6 +64,7 @@ use lwm2m_server::store::{
     SecurityStore, hex,
 };
 use lwm2m_server::{Event, Role, SecurityEvent};
+use lwm2m_simulator::link::{Links, Route, Servers};
 use lwm2m_simulator::network::{Mapping, Nat, NetworkModel, SleepSchedule};
 use lwm2m_simulator::{Impairment, seed};
 
@@ -72,7 +73,7 @@ use super::backend::{
     Subject, Timed,
 };
 use super::exchange::{ExchangeLog, Peer};
-use super::secure::{self, ClientLink, KeyLines, SECURE_BOOTSTRAP, SECURE_SERVER, Sealed};
+use super::secure::{self, KeyLines, LINKS, SECURE_BOOTSTRAP, SECURE_SERVER, Sealed};
 use crate::accounts::{SecureAccount, write_account};
 
 /// The LwM2M Server's address on the in-memory link.
@@ -104,7 +105,7 @@ struct SimClient {
     /// The deadline of this client's live entry in the timer heap.
     deadline: Option<Instant>,
     /// Its DTLS associations with `coaps://` servers, once it sent to them.
-    dtls: Vec<ClientLink>,
+    dtls: Links,
     /// Its factory configuration until it starts (the steps may still secure it).
     factory: Option<ClientSpec>,
 }
@@ -350,7 +351,7 @@ impl InProcess {
         // Without Connection ID (RFC 9146) a session is bound to the address it was made
         // from: after a NAT rebinding the server drops its records as strays, and the
         // client handshakes again with its next datagram.
-        let rebound = match (wire, client.dtls.iter_mut().find(|l| l.server == to)) {
+        let rebound = match (wire, client.dtls.get_mut(to)) {
             (Wire::Dtls(_), Some(link)) => link.bind(from),
             _ => None,
         };
@@ -543,7 +544,7 @@ impl InProcess {
                 let drop = drop.or_else(|| {
                     asleep.then(|| format!("dropped: {} is asleep (radio off)", client.name))
                 });
-                let drop = match client.dtls.iter_mut().find(|l| l.server == d.from) {
+                let drop = match client.dtls.get_mut(d.from) {
                     _ if drop.is_some() => drop,
                     Some(link) => match link.session.as_mut() {
                         Some(session) => {
@@ -690,62 +691,49 @@ impl InProcess {
     fn client_transmit(&mut self, i: usize, t: Transmit) {
         let now = self.now;
         let client = &mut self.clients[i];
-        let linked = client.dtls.iter().any(|l| l.server == t.peer);
-        if !linked && !secure::is_secure(client.machine.tree(), t.peer) {
-            return self.send_from_client(i, t.peer, t.bytes, Wire::Coap);
-        }
-        if !linked {
-            client.dtls.push(ClientLink::new(t.peer));
-        }
-        self.drain_client_dtls(i, t.peer, None);
-        let SimClient { dtls, machine, .. } = &mut self.clients[i];
-        let Some(link) = dtls.iter_mut().find(|l| l.server == t.peer) else {
-            return;
+        let servers = Servers::from(client.machine.config());
+        let refused = match client
+            .dtls
+            .route(client.machine.tree(), &servers, t.peer, &LINKS)
+        {
+            Route::Plain => return self.send_from_client(i, t.peer, t.bytes, Wire::Coap),
+            Route::Unusable(reason) => reason,
+            Route::Secure(link) => match link.send(now, t.bytes) {
+                Ok(_) => {
+                    self.drain_client_dtls(i, t.peer);
+                    return;
+                }
+                Err(e) => e.to_string(),
+            },
         };
-        let tree = machine.tree();
-        let endpoint = &machine.config().endpoint;
-        let sent = link.send(now, t.bytes.clone(), || {
-            secure::client_config(tree, endpoint, t.peer)
-                .unwrap_or_else(|| Err("no coaps:// account for this server any more".into()))
-        });
-        match sent {
-            Ok(encrypted) => {
-                self.drain_client_dtls(i, t.peer, encrypted.then_some(t.bytes.as_slice()));
-            }
-            Err(reason) => {
-                let endpoint = self.clients[i].name.clone();
-                let at = self.elapsed();
-                self.log.note(
-                    at,
-                    &format!(
-                        "{endpoint} cannot open a DTLS session with {}: {reason}",
-                        t.peer
-                    ),
-                );
-                self.push_happening(Happening::Dtls(DtlsHappening::HandshakeFailed {
-                    endpoint,
-                    server: secure::role_of(t.peer),
-                    side: DtlsSide::Client,
-                    identity: None,
-                    reason: FailureReason::Protocol(reason),
-                }));
-            }
-        }
+        let endpoint = self.clients[i].name.clone();
+        let at = self.elapsed();
+        self.log.note(
+            at,
+            &format!(
+                "{endpoint} cannot open a DTLS session with {}: {refused}",
+                t.peer
+            ),
+        );
+        self.push_happening(Happening::Dtls(DtlsHappening::HandshakeFailed {
+            endpoint,
+            server: secure::role_of(t.peer),
+            side: DtlsSide::Client,
+            identity: None,
+            reason: FailureReason::Protocol(refused),
+        }));
     }
 
-    /// Sends what client `i`'s DTLS session with `server` has for the link; `inner` is the
-    /// CoAP message of the record just written, if any. True when something went.
-    fn drain_client_dtls(&mut self, i: usize, server: SocketAddr, inner: Option<&[u8]>) -> bool {
-        let mut moved = false;
-        while let Some(bytes) = self.clients[i]
-            .dtls
-            .iter_mut()
-            .find(|l| l.server == server)
-            .and_then(|l| l.session.as_mut())
-            .and_then(DtlsClient::poll_transmit)
-        {
-            moved = true;
-            self.send_from_client(i, server, bytes, Wire::Dtls(inner));
+    /// Sends what client `i`'s DTLS session with `server` has for the link, each record
+    /// with the CoAP message it carries. True when something went.
+    fn drain_client_dtls(&mut self, i: usize, server: SocketAddr) -> bool {
+        let records = match self.clients[i].dtls.get_mut(server) {
+            Some(link) => secure::outgoing(link),
+            None => return false,
+        };
+        let moved = !records.is_empty();
+        for (bytes, inner) in records {
+            self.send_from_client(i, server, bytes, Wire::Dtls(inner.as_deref()));
         }
         moved
     }
@@ -755,12 +743,11 @@ impl InProcess {
     fn client_dtls(&mut self, i: usize) -> bool {
         let now = self.now;
         let mut moved = false;
-        let servers: Vec<SocketAddr> = self.clients[i].dtls.iter().map(|l| l.server).collect();
-        for server in servers {
-            moved |= self.drain_client_dtls(i, server, None);
+        for server in self.clients[i].dtls.servers() {
+            moved |= self.drain_client_dtls(i, server);
             loop {
                 let client = &mut self.clients[i];
-                let Some(link) = client.dtls.iter_mut().find(|l| l.server == server) else {
+                let Some(link) = client.dtls.get_mut(server) else {
                     break;
                 };
                 let Some(event) = link.session.as_mut().and_then(DtlsClient::poll_event) else {
@@ -769,17 +756,8 @@ impl InProcess {
                 moved = true;
                 match event {
                     DtlsClientEvent::Established => {
-                        for bytes in link.take_pending() {
-                            let sent = self.clients[i]
-                                .dtls
-                                .iter_mut()
-                                .find(|l| l.server == server)
-                                .and_then(|l| l.session.as_mut())
-                                .map(|s| s.send(now, &bytes));
-                            if let Some(Ok(())) = sent {
-                                self.drain_client_dtls(i, server, Some(&bytes));
-                            }
-                        }
+                        link.established(now);
+                        self.drain_client_dtls(i, server);
                     }
                     DtlsClientEvent::Datagram(payload) => {
                         client.machine.handle_datagram(now, server, &payload);
@@ -835,8 +813,8 @@ impl InProcess {
         let at = self.elapsed();
         let client = &mut self.clients[i];
         while let Some(event) = client.machine.poll_event() {
-            if let Some(why) = secure::after_client_event(&event, &mut client.dtls) {
-                let text = format!("{}: {why}", client.name);
+            if let Some(forgotten) = client.dtls.after_event(&event) {
+                let text = format!("{}: {}", client.name, secure::forgotten_words(forgotten));
                 self.log.event(at, &text);
             }
             self.happenings.push_back(Timed {
@@ -1181,7 +1159,7 @@ impl Backend for InProcess {
             number,
             link: Link::default(),
             deadline: None,
-            dtls: Vec::new(),
+            dtls: Links::default(),
             factory: Some(spec),
         };
         let index = self.clients.len();

@@ -13,10 +13,10 @@
 //!   (the store's endpoint, or the certificate's common name, Core TS 1.1 §7.1.8), or an
 //!   Update / De-register of another endpoint's registration, is answered 4.03 by that gate
 //!   and never reaches the machine.
-//! - **Client** ([`ClientLink`]): the credentials are read from the client's Security
-//!   instance whose URI is `coaps://` at the address the machine sends to, when a session
-//!   starts (so what a Bootstrap Server wrote counts), read as the fleet reads them
-//!   ([`lwm2m_simulator::security`]): mode 0, PSK identity /0/x/3 and key /0/x/5; mode 2,
+//! - **Client**: the fleet's links ([`lwm2m_simulator::link::Links`]): the credentials are
+//!   those of the client's account toward the address the machine sends to, read again
+//!   whenever its Security object changed (so what a Bootstrap Server wrote counts), as the
+//!   fleet reads them ([`lwm2m_simulator::security`]): mode 0, PSK identity /0/x/3 and key /0/x/5; mode 2,
 //!   own certificate /0/x/3, the server's trust anchor /0/x/4 (the CA certificate: RFC 6698
 //!   usage 2, trust anchor assertion) and private key /0/x/5, the server certificate
 //!   matched against the URI's host. CoAP waits while the handshake
@@ -35,17 +35,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Instant;
 
 use lwm2m_dtls::pki::{Purpose, TestCa, Validity};
 use lwm2m_dtls::record::RecordBytes;
-use lwm2m_dtls::{CertificateConfig, ClientConfig, DtlsClient, DtlsError, KeyLog, SessionSecrets};
-use lwm2m_proto::Instance;
-use lwm2m_proto::client::tree::account_uri;
-use lwm2m_proto::client::{ClientEvent, ObjectTree, parse_coap_uri};
+use lwm2m_dtls::{CertificateConfig, DtlsError, KeyLog, SessionSecrets};
+use lwm2m_proto::client::ObjectTree;
 use lwm2m_server::store::SecurityStore;
 use lwm2m_server::{Direction, DtlsOptions, PacketTap, Role, SecurityEvent};
-use lwm2m_simulator::security::account_credentials;
+use lwm2m_simulator::link::{DtlsLink, Forgotten, LinkOptions, Servers, credentials_for};
 
 use super::adapter::json::{parse_close, parse_failure, parse_identity};
 use super::backend::{DtlsHappening, DtlsSide, ServerRole};
@@ -79,9 +76,6 @@ pub const SERVER_NAME: &str = "server.example.com";
 
 /// Why a case with raw public keys (Security mode 1) is not applicable.
 pub use lwm2m_simulator::security::NO_RAW_PUBLIC_KEYS;
-
-/// CoAP datagrams a client holds while its handshake runs (the oldest go first beyond it).
-const PENDING: usize = 16;
 
 /// The run's certificate authority and the server certificate it issued.
 #[derive(Debug)]
@@ -125,40 +119,49 @@ pub fn pki() -> anyhow::Result<&'static Pki> {
     made.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// The client's account (its LwM2M Server or Bootstrap-Server account, by the tree's one
-/// rule) whose URI is `coaps://` at `server` (IP literals only).
-fn coaps_account(tree: &ObjectTree, server: SocketAddr) -> Option<&Instance> {
-    [tree.server_account(), tree.bootstrap_account()]
-        .into_iter()
-        .flatten()
-        .map(|(_, account)| account)
-        .find(|account| {
-            account_uri(account)
-                .and_then(parse_coap_uri)
-                .is_some_and(|u| u.secure && u.addr == server)
+/// How the simulated clients' DTLS links are made ([`lwm2m_simulator::link`], the fleet's):
+/// session secrets reach the log through our listeners' key log; each record's plaintext
+/// is kept, for the exchange log ([`outgoing`]).
+pub const LINKS: LinkOptions = LinkOptions {
+    key_log: None,
+    record_plaintext: true,
+};
+
+/// Whether the client whose machine has `tree` and sends to `servers` reaches `server` over
+/// DTLS:
+/// its account toward `server` ([`lwm2m_simulator::link::account_toward`]) is
+/// `coaps://` (usable or not: nothing goes out in clear either way).
+pub fn is_secure(tree: &ObjectTree, servers: &Servers<'_>, server: SocketAddr) -> bool {
+    !matches!(credentials_for(tree, servers, server), Ok(None))
+}
+
+/// The DTLS record content type of application data (RFC 6347 §4.1, RFC 5246 §6.2.1).
+const APPLICATION_DATA: u8 = 23;
+
+/// What `link`'s session has for the wire, each record with the CoAP datagram it carries
+/// when it is an application_data record the client just encrypted (the links keep the
+/// plaintext, [`LINKS`]; one record per datagram, in order).
+pub fn outgoing(link: &mut DtlsLink) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let mut plain = link.take_encrypted().into_iter();
+    let Some(session) = link.session.as_mut() else {
+        return Vec::new();
+    };
+    std::iter::from_fn(|| session.poll_transmit())
+        .map(|record| {
+            let inner = (record.first() == Some(&APPLICATION_DATA))
+                .then(|| plain.next())
+                .flatten();
+            (record, inner)
         })
+        .collect()
 }
 
-/// Whether the client reaches `server` over DTLS (its Security object has a `coaps://`
-/// account there).
-pub fn is_secure(tree: &ObjectTree, server: SocketAddr) -> bool {
-    coaps_account(tree, server).is_some()
-}
-
-/// The DTLS configuration of the client's `coaps://` account at `server`
-/// ([`account_credentials`]): `None` when the tree has none (the client talks plain CoAP
-/// to it), `Err` with the reason when the account cannot be used.
-pub fn client_config(
-    tree: &ObjectTree,
-    endpoint: &str,
-    server: SocketAddr,
-) -> Option<Result<ClientConfig, String>> {
-    let instance = coaps_account(tree, server)?;
-    Some(match account_credentials(instance, endpoint) {
-        Ok(Some(credentials)) => ClientConfig::new(&credentials).map_err(|e| e.to_string()),
-        Ok(None) => Err("the account is not coaps://".to_owned()),
-        Err(reason) => Err(reason),
-    })
+/// What a client's DTLS sessions became after an event of its machine, for the log.
+pub fn forgotten_words(forgotten: Forgotten) -> &'static str {
+    match forgotten {
+        Forgotten::Rebooted => "reboots and forgets its DTLS sessions",
+        Forgotten::RequestFailed => "request failed, DTLS sessions dropped",
+    }
 }
 
 /// The DTLS listener of our server `role` as `serve` starts it ([`DtlsOptions`]): PSK keys
@@ -287,126 +290,20 @@ pub fn dtls_happening(
     })
 }
 
-/// One simulated client's DTLS association with a `coaps://` server.
-#[derive(Debug)]
-pub struct ClientLink {
-    /// The server, as the client machine addresses it.
-    pub server: SocketAddr,
-    /// The current session (handshaking or established), if any.
-    pub session: Option<DtlsClient>,
-    /// CoAP datagrams waiting for the handshake.
-    pending: Vec<Vec<u8>>,
-    /// The address the session's records leave from (its first datagram's).
-    bound: Option<SocketAddr>,
-}
-
-impl ClientLink {
-    /// A link to `server`, without a session yet.
-    pub fn new(server: SocketAddr) -> Self {
-        Self {
-            server,
-            session: None,
-            pending: Vec::new(),
-            bound: None,
-        }
-    }
-
-    /// Hands a CoAP datagram to the session: `Ok(true)` when it was encrypted at once,
-    /// `Ok(false)` when it waits for the handshake (started here with `config()` if no
-    /// session is alive). `Err` when no session could start.
-    pub fn send(
-        &mut self,
-        now: Instant,
-        bytes: Vec<u8>,
-        config: impl FnOnce() -> Result<ClientConfig, String>,
-    ) -> Result<bool, String> {
-        if self.session.as_ref().is_none_or(DtlsClient::is_finished) {
-            let config = config()?;
-            let session =
-                DtlsClient::connect(now, self.server, &config).map_err(|e| e.to_string())?;
-            self.session = Some(session);
-            self.pending.clear();
-            self.bound = None;
-        }
-        match self.session.as_mut() {
-            Some(s) if s.is_established() => {
-                s.send(now, &bytes).map_err(|e| e.to_string())?;
-                Ok(true)
-            }
-            _ => {
-                if self.pending.len() >= PENDING {
-                    self.pending.remove(0);
-                }
-                self.pending.push(bytes);
-                Ok(false)
-            }
-        }
-    }
-
-    /// The handshake completed: what waited, to be encrypted in order.
-    pub fn take_pending(&mut self) -> Vec<Vec<u8>> {
-        std::mem::take(&mut self.pending)
-    }
-
-    /// The session is over (failure, close): CoAP that waited for it is dropped.
-    pub fn reset(&mut self) {
-        self.session = None;
-        self.pending.clear();
-        self.bound = None;
-    }
-
-    /// A record of the session leaves from `from`. When the session was made from another
-    /// address (a NAT rebinding), the session is given up (the next datagram starts a new
-    /// one) and the old address returned.
-    pub fn bind(&mut self, from: SocketAddr) -> Option<SocketAddr> {
-        match self.bound {
-            None => {
-                self.bound = Some(from);
-                None
-            }
-            Some(old) if old != from => {
-                self.reset();
-                Some(old)
-            }
-            Some(_) => None,
-        }
-    }
-}
-
-/// What a client's DTLS sessions become after `event` of its machine: a rebooted device
-/// has forgotten them (it handshakes again); a Bootstrap-Request, Register or Update that
-/// failed over an established session drops them (the server may have lost the session
-/// and drops our records; the next datagram, the request's retransmission, handshakes
-/// again, as devices do). The words for the log when the links were reset.
-pub fn after_client_event(event: &ClientEvent, links: &mut [ClientLink]) -> Option<&'static str> {
-    let why = match event {
-        ClientEvent::Rebooting | ClientEvent::FactoryReset
-            if links.iter().any(|l| l.session.is_some()) =>
-        {
-            "reboots and forgets its DTLS sessions"
-        }
-        ClientEvent::Failed {
-            step: "bootstrap" | "register" | "update",
-            ..
-        } if links
-            .iter()
-            .any(|l| l.session.as_ref().is_some_and(DtlsClient::is_established)) =>
-        {
-            "request failed, DTLS sessions dropped"
-        }
-        _ => return None,
-    };
-    links.iter_mut().for_each(ClientLink::reset);
-    Some(why)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::accounts::{SecureAccount, write_account};
-    use lwm2m_dtls::Identity;
-    use lwm2m_proto::Lwm2mPath;
+    use lwm2m_dtls::{ClientConfig, Identity};
+    use lwm2m_proto::{Instance, Lwm2mPath};
     use lwm2m_proto::{ObjectId, ResourceId, ResourceValue, Value};
+
+    /// A client configured with neither server: its Security object says where it goes.
+    const SERVERS: Servers<'static> = Servers {
+        endpoint: "dev",
+        server: None,
+        bootstrap_server: None,
+    };
 
     #[test]
     fn an_account_is_secure_where_its_coaps_uri_points() {
@@ -421,6 +318,7 @@ mod tests {
             tree.put_instance(ObjectId(0), 0.into(), account);
             tree
         };
+        let is_secure = |tree: &ObjectTree, server| is_secure(tree, &SERVERS, server);
         assert!(is_secure(&with_uri("coaps://10.0.0.1:5684"), SECURE_SERVER));
         assert!(is_secure(&with_uri("coaps://10.0.0.1/x"), SECURE_SERVER));
         assert!(!is_secure(
@@ -432,23 +330,6 @@ mod tests {
             &with_uri("coaps://server.example.com"),
             SECURE_SERVER
         ));
-    }
-
-    #[test]
-    fn a_session_is_bound_to_the_address_of_its_first_record() {
-        let mut link = ClientLink::new(SECURE_SERVER);
-        let (a, b): (SocketAddr, SocketAddr) = (
-            "100.0.0.1:4000".parse().unwrap(),
-            "100.0.0.1:4001".parse().unwrap(),
-        );
-        let config = || ClientConfig::psk(b"id", &[7; 16]).map_err(|e| e.to_string());
-        assert_eq!(link.send(Instant::now(), vec![1], config), Ok(false));
-        assert_eq!(link.bind(a), None);
-        assert_eq!(link.bind(a), None);
-        // A NAT rebinding: the session is given up, what waited with it too.
-        assert_eq!(link.bind(b), Some(a));
-        assert!(link.session.is_none() && link.take_pending().is_empty());
-        assert_eq!(link.bind(b), None);
     }
 
     #[test]
@@ -469,8 +350,14 @@ mod tests {
             trust_anchor: pki.ca.certificate().to_vec(),
         };
         write_account(&mut tree, ServerRole::Lwm2m, SECURE_SERVER, &certificate).unwrap();
-        assert!(is_secure(&tree, SECURE_SERVER) && !is_secure(&tree, SECURE_BOOTSTRAP));
-        let config = client_config(&tree, "dev", SECURE_SERVER).unwrap().unwrap();
+        assert!(
+            is_secure(&tree, &SERVERS, SECURE_SERVER)
+                && !is_secure(&tree, &SERVERS, SECURE_BOOTSTRAP)
+        );
+        let credentials = credentials_for(&tree, &SERVERS, SECURE_SERVER)
+            .unwrap()
+            .unwrap();
+        let config = ClientConfig::new(&credentials).unwrap();
         assert_eq!(config.identity(), &Identity::Certificate("dev".into()));
         assert!(
             write_account(
@@ -489,9 +376,7 @@ mod tests {
         );
         tree.put_instance(ObjectId(0), 0.into(), rpk);
         assert_eq!(tree.get(&path), Some(&Value::Integer(1)));
-        let refused = client_config(&tree, "dev", SECURE_SERVER)
-            .unwrap()
-            .unwrap_err();
+        let refused = credentials_for(&tree, &SERVERS, SECURE_SERVER).unwrap_err();
         assert!(refused.contains("RFC 7250"), "{refused}");
     }
 }

@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::counters::{ProfileStats, add, bump, drop_one, failure_cause};
 use super::handle::{ClientInfo, Command, FleetHandle, FleetReport};
 use super::pool::{Addressing, Binding, SocketPool};
-use super::secure::{DtlsLink, LinkOptions, Links, Route, Servers};
 use super::{ClientSpec, FleetConfig, FleetError, GeneratedResource, Selector, ramp_offset};
+use crate::link::{DtlsLink, LinkOptions, Links, Route, Servers};
 use crate::network::{Impairment, Mapping, Nat, SleepSchedule};
 use crate::seed;
 
@@ -111,7 +111,7 @@ pub(super) fn spawn(
         profiles: profiles.clone(),
         links: LinkOptions {
             record_plaintext: config.tap.is_some(),
-            key_log: config.key_log,
+            key_log: config.key_log.map(|k| k.0),
         },
         tap: config.tap,
     };
@@ -624,15 +624,22 @@ impl Driver {
             .route(sim.client.tree(), &servers, t.peer, &self.links)
         {
             Route::Plain => self.wire(i, now, t.peer, t.bytes),
-            Route::Unusable => {
+            Route::Unusable(why) => {
                 self.count(i, |c| &c.dtls_failures, 1);
                 self.failure(i, "DTLS: no usable credentials".into(), || {
-                    format!("no usable DTLS credentials for {}", t.peer)
+                    format!("no usable DTLS credentials for {}: {why}", t.peer)
                 });
             }
             Route::Secure(link) => {
-                if link.send(now, t.bytes) {
-                    self.count(i, |c| &c.dtls_handshakes, 1);
+                match link.send(now, t.bytes) {
+                    Ok(true) => self.count(i, |c| &c.dtls_handshakes, 1),
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.count(i, |c| &c.dtls_failures, 1);
+                        self.failure(i, "DTLS: no usable credentials".into(), || {
+                            format!("cannot start a DTLS session with {}: {e}", t.peer)
+                        });
+                    }
                 }
                 self.dtls_flush(i, t.peer, now);
             }
@@ -881,6 +888,8 @@ impl Driver {
         };
         let c = &stats.counters;
         let mut closed = None;
+        // Reboots and failed requests over a session (one rule with the harness's devices).
+        sim.links.after_event(&event);
         let mut finish = |op: Timed| {
             if let Some((o, since)) = sim.timed
                 && o == op
@@ -912,19 +921,9 @@ impl Driver {
                 stats.failed(failure_cause(step, &reason), || {
                     example(&sim.endpoint, request.as_deref(), &reason)
                 });
-                // A Bootstrap-Request, Register or Update that failed over an established
-                // session: the server may have lost the session (a restart, its idle
-                // timeout) and silently drops our records, as devices find out only this
-                // way. Handshake again on the next datagram (the CoAP retransmission of
-                // the Register the client sends next), as devices do.
-                if matches!(step, "bootstrap" | "register" | "update") {
-                    sim.links.reset_established();
-                }
             }
             ClientEvent::Served { .. } => bump(&c.requests_served),
             ClientEvent::Notified { .. } => bump(&c.notifications_sent),
-            // The device restarts: its DTLS sessions are gone with its RAM.
-            ClientEvent::Rebooting | ClientEvent::FactoryReset => sim.links.clear(),
             // Done with the Bootstrap Server: close_notify, as devices do.
             ClientEvent::Bootstrapped => {
                 let bs = sim.client.config().bootstrap_server;

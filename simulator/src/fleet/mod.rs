@@ -35,7 +35,6 @@ mod driver;
 mod handle;
 mod pool;
 mod profile;
-mod secure;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Range;

@@ -17,8 +17,8 @@
 //! DTLS against a server under test (`--server-coaps coaps://HOST:PORT` beside a `coap://`
 //! `--server`, or `--server coaps://HOST:PORT` for a server that only takes DTLS; the same
 //! for `--bootstrap-server`): a case's client with a `coaps://` account handshakes with
-//! the server's DTLS address from its own socket through a [`ClientLink`](super::secure::ClientLink) (the DTLS client
-//! link of the in-process backend, [`super::secure`]); the LwM2M Server's PSKs go through
+//! the server's DTLS address from its own socket through the fleet's DTLS links
+//! ([`lwm2m_simulator::link`], as in the in-process backend, [`super::secure`]); the LwM2M Server's PSKs go through
 //! the adapter ([`ServerAdapter::put_psk`](super::adapter::ServerAdapter::put_psk), removed after the scenario), a Bootstrap
 //! Server's into the endpoint's bootstrap configuration as its Bootstrap-Server account.
 //! The client's side reports the handshake (`Established`, failures) and a 4.03 to a

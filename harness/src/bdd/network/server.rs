@@ -23,9 +23,10 @@ use crate::bdd::backend::{
     ServerView, Subject, Timed,
 };
 use crate::bdd::exchange::{ExchangeLog, Peer};
-use crate::bdd::secure::{self, ClientLink};
+use crate::bdd::secure::{self, LINKS};
 use crate::bdd::verdict::not_applicable;
-use lwm2m_dtls::{ClientEvent as DtlsClientEvent, DtlsClient};
+use lwm2m_dtls::ClientEvent as DtlsClientEvent;
+use lwm2m_simulator::link::{Links, Route, Servers};
 
 use super::{SERVER_NOT_OURS, block_until, runtime};
 
@@ -147,7 +148,7 @@ struct NetClient {
     /// Its factory settings until it starts (a `coaps://` account is written into them).
     factory: Option<ClientSpec>,
     /// Its DTLS sessions with the `coaps://` servers of its Security object.
-    dtls: Vec<ClientLink>,
+    dtls: Links,
     /// The endpoints its Registers and Bootstrap-Requests inside a session claimed, by
     /// token: a 4.03 to one is the server refusing the session's identity.
     claims: HashMap<Vec<u8>, String>,
@@ -398,63 +399,51 @@ impl ServerBackend {
     fn client_transmit(&mut self, i: usize, peer: SocketAddr, bytes: Vec<u8>) {
         let now = Instant::now();
         let client = &mut self.clients[i];
-        let linked = client.dtls.iter().any(|l| l.server == peer);
-        if !linked && !secure::is_secure(client.machine.tree(), peer) {
-            return self.send_from_client(i, peer, &bytes, Wire::Coap);
-        }
-        if !linked {
-            client.dtls.push(ClientLink::new(peer));
-        }
-        if let Some((token, endpoint)) = claim(&bytes) {
-            client.claims.insert(token, endpoint);
-        }
-        self.drain_client_dtls(i, peer, None);
-        let NetClient { dtls, machine, .. } = &mut self.clients[i];
-        let Some(link) = dtls.iter_mut().find(|l| l.server == peer) else {
-            return;
+        let servers = Servers::from(client.machine.config());
+        let claimed = claim(&bytes);
+        let refused = match client
+            .dtls
+            .route(client.machine.tree(), &servers, peer, &LINKS)
+        {
+            Route::Plain => return self.send_from_client(i, peer, &bytes, Wire::Coap),
+            Route::Unusable(reason) => reason,
+            Route::Secure(link) => match link.send(now, bytes) {
+                Ok(_) => {
+                    if let Some((token, endpoint)) = claimed {
+                        client.claims.insert(token, endpoint);
+                    }
+                    self.drain_client_dtls(i, peer);
+                    return;
+                }
+                Err(e) => e.to_string(),
+            },
         };
-        let tree = machine.tree();
-        let endpoint = &machine.config().endpoint;
-        let sent = link.send(now, bytes.clone(), || {
-            secure::client_config(tree, endpoint, peer)
-                .unwrap_or_else(|| Err("no coaps:// account for this server any more".into()))
-        });
-        match sent {
-            Ok(encrypted) => {
-                self.drain_client_dtls(i, peer, encrypted.then_some(bytes.as_slice()));
-            }
-            Err(reason) => {
-                let endpoint = self.clients[i].name.clone();
-                let at = self.elapsed(now);
-                self.log.note(
-                    at,
-                    &format!("{endpoint} cannot open a DTLS session with {peer}: {reason}"),
-                );
-                self.push(
-                    now,
-                    Happening::Dtls(DtlsHappening::HandshakeFailed {
-                        endpoint,
-                        server: self.role_of(peer),
-                        side: DtlsSide::Client,
-                        identity: None,
-                        reason: lwm2m_dtls::FailureReason::Protocol(reason),
-                    }),
-                );
-            }
-        }
+        let endpoint = self.clients[i].name.clone();
+        let at = self.elapsed(now);
+        self.log.note(
+            at,
+            &format!("{endpoint} cannot open a DTLS session with {peer}: {refused}"),
+        );
+        self.push(
+            now,
+            Happening::Dtls(DtlsHappening::HandshakeFailed {
+                endpoint,
+                server: self.role_of(peer),
+                side: DtlsSide::Client,
+                identity: None,
+                reason: lwm2m_dtls::FailureReason::Protocol(refused),
+            }),
+        );
     }
 
-    /// Sends what client `i`'s DTLS session with `server` has; `inner` is the CoAP message
-    /// of the record just written, if any.
-    fn drain_client_dtls(&mut self, i: usize, server: SocketAddr, inner: Option<&[u8]>) {
-        while let Some(bytes) = self.clients[i]
-            .dtls
-            .iter_mut()
-            .find(|l| l.server == server)
-            .and_then(|l| l.session.as_mut())
-            .and_then(DtlsClient::poll_transmit)
-        {
-            self.send_from_client(i, server, &bytes, Wire::Dtls(inner));
+    /// Sends what client `i`'s DTLS session with `server` has, each record with the CoAP
+    /// message it carries.
+    fn drain_client_dtls(&mut self, i: usize, server: SocketAddr) {
+        let Some(link) = self.clients[i].dtls.get_mut(server) else {
+            return;
+        };
+        for (bytes, inner) in secure::outgoing(link) {
+            self.send_from_client(i, server, &bytes, Wire::Dtls(inner.as_deref()));
         }
     }
 
@@ -463,8 +452,7 @@ impl ServerBackend {
         let mut events = Vec::new();
         if let Some(session) = self.clients[i]
             .dtls
-            .iter_mut()
-            .find(|l| l.server == server)
+            .get_mut(server)
             .and_then(|l| l.session.as_mut())
         {
             while let Some(e) = session.poll_event() {
@@ -481,7 +469,7 @@ impl ServerBackend {
         let at = self.elapsed(now);
         let role = self.role_of(server);
         let name = self.clients[i].name.clone();
-        let Some(link) = self.clients[i].dtls.iter_mut().find(|l| l.server == server) else {
+        let Some(link) = self.clients[i].dtls.get_mut(server) else {
             return;
         };
         match event {
@@ -491,7 +479,7 @@ impl ServerBackend {
                 };
                 let identity = session.identity().clone();
                 let secrets = session.secrets();
-                let pending = link.take_pending();
+                link.established(now);
                 self.log.event(
                     at,
                     &format!("DTLS session of {name} with the {role} established as {identity}"),
@@ -507,17 +495,7 @@ impl ServerBackend {
                         identity,
                     }),
                 );
-                for bytes in pending {
-                    let sent = self.clients[i]
-                        .dtls
-                        .iter_mut()
-                        .find(|l| l.server == server)
-                        .and_then(|l| l.session.as_mut())
-                        .map(|s| s.send(now, &bytes));
-                    if let Some(Ok(())) = sent {
-                        self.drain_client_dtls(i, server, Some(&bytes));
-                    }
-                }
+                self.drain_client_dtls(i, server);
             }
             DtlsClientEvent::Datagram(payload) => {
                 let identity = link.session.as_ref().map(|s| s.identity().clone());
@@ -576,9 +554,8 @@ impl ServerBackend {
     /// Handles what client `i`'s DTLS sessions reported; true when something happened.
     fn client_dtls(&mut self, i: usize) -> bool {
         let mut moved = false;
-        let servers: Vec<SocketAddr> = self.clients[i].dtls.iter().map(|l| l.server).collect();
-        for server in servers {
-            self.drain_client_dtls(i, server, None);
+        for server in self.clients[i].dtls.servers() {
+            self.drain_client_dtls(i, server);
             for event in self.dtls_events(i, server) {
                 moved = true;
                 self.on_dtls_event(i, server, event);
@@ -609,8 +586,8 @@ impl ServerBackend {
             while let Some(event) = self.clients[i].machine.poll_event() {
                 let now = Instant::now();
                 let client = &mut self.clients[i];
-                if let Some(why) = secure::after_client_event(&event, &mut client.dtls) {
-                    let text = format!("{}: {why}", client.name);
+                if let Some(forgotten) = client.dtls.after_event(&event) {
+                    let text = format!("{}: {}", client.name, secure::forgotten_words(forgotten));
                     let at = self.elapsed(now);
                     self.log.event(at, &text);
                 }
@@ -661,7 +638,7 @@ impl ServerBackend {
             return;
         };
         let (name, to) = (client.name.clone(), client.local);
-        let secure = match client.dtls.iter_mut().find(|l| l.server == from) {
+        let secure = match client.dtls.get_mut(from) {
             Some(link) => match link.session.as_mut() {
                 Some(session) => {
                     session.handle_datagram(at, &bytes);
@@ -807,7 +784,11 @@ impl ServerBackend {
         ];
         for (listeners, target, role) in targets {
             let Some(l) = listeners else { continue };
-            if !l.plain && target == Some(l.main) && !secure::is_secure(machine.tree(), l.main) {
+            let servers = Servers::from(machine.config());
+            if !l.plain
+                && target == Some(l.main)
+                && !secure::is_secure(machine.tree(), &servers, l.main)
+            {
                 not_applicable(format!(
                     "the case's client talks plain CoAP to the {role}; the {role} under test \
                      was given as coaps:// only (give its coap:// address too)"
@@ -1091,7 +1072,7 @@ impl Backend for ServerBackend {
             socket,
             local,
             factory: Some(spec),
-            dtls: Vec::new(),
+            dtls: Links::default(),
             claims: HashMap::new(),
         });
         self.by_name.insert(name, index);
@@ -1219,7 +1200,7 @@ impl Backend for ServerBackend {
     fn secure_identity(&self, endpoint: &str) -> Option<lwm2m_dtls::Identity> {
         let secure = self.server.secure?;
         let i = self.by_name.get(endpoint)?;
-        let link = self.clients[*i].dtls.iter().find(|l| l.server == secure)?;
+        let link = self.clients[*i].dtls.get(secure)?;
         let session = link.session.as_ref().filter(|s| s.is_established())?;
         Some(session.identity().clone())
     }

@@ -1,39 +1,36 @@
-//! CoAP over DTLS for fleet clients (RFC 7252 §9, Core TS 1.1 §7.1): each server a client
-//! talks to over `coaps://` gets a [`DtlsLink`] of its own, with the credentials of that
-//! server's account in the client's *current* object tree: the bootstrap-server Security
-//! instance (/0/x/1 true) for [`ClientConfig::bootstrap_server`], the LwM2M Server account
-//! (the first other instance with a URI) for the server the client registers with, read as
-//! [`crate::security`] says (PSK or certificate). The two accounts carry different
-//! credentials, as the specification requires, and the Bootstrap Server replaces the LwM2M
-//! Server's during bootstrap: whenever the Security object has changed
-//! ([`ObjectTree::revision`]), the next datagram toward a server checks its link against
-//! the account, and the link is rebuilt when the account's credentials changed
-//! (bootstrap, factory reset) or dropped when the account is no longer `coaps://`.
-//! Between changes a datagram costs one look-up ([`Links::route`]).
+//! A simulated client's CoAP over DTLS (RFC 7252 §9, Core TS 1.1 §7.1), for the fleet and
+//! for the harness's simulated devices alike: each server a client talks to over `coaps://`
+//! gets a [`DtlsLink`] of its own, with the credentials of that server's account in the
+//! client's *current* object tree ([`account_toward`]): the bootstrap-server Security
+//! instance (/0/x/1 true) toward the Bootstrap Server, the LwM2M Server account (the first
+//! other instance with a URI) toward the LwM2M Server, read as [`crate::security`] says
+//! (PSK or certificate). The two accounts carry different credentials, as the specification
+//! requires, and the Bootstrap Server replaces the LwM2M Server's during bootstrap: whenever
+//! the Security object has changed ([`ObjectTree::revision`]), the next datagram toward a
+//! server checks its link against the account, and the link is rebuilt when the account's
+//! credentials changed (bootstrap, factory reset) or dropped when the account is no longer
+//! `coaps://`. Between changes a datagram costs one look-up ([`Links::route`]).
 //!
 //! Sessions start when the client first sends to the server and again whenever the old
 //! one is gone: handshake failure, close, reboot (the device forgets its session), or a
 //! NAT rebinding. Without Connection ID (RFC 9146) a record from a new address is not
 //! recognised by the server, so after a rebinding the datagram in flight is lost and the
-//! next one (the CoAP retransmission) opens a new handshake from the new address. After
-//! Bootstrap-Finish the client closes its session with the Bootstrap Server
-//! (close_notify), as devices do.
+//! next one (the CoAP retransmission) opens a new handshake from the new address
+//! ([`DtlsLink::bind`] notices it where the caller does not).
 //!
 //! A `coaps://` account that cannot be used (raw public keys, EST, NoSec) gets no link and
-//! sends nothing (each datagram counts as a DTLS failure): a device never falls back to
+//! sends nothing ([`Route::Unusable`], with the reason): a device never falls back to
 //! clear text.
-//!
-//! [`ClientConfig::bootstrap_server`]: lwm2m_proto::client::ClientConfig::bootstrap_server
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
-use lwm2m_dtls::{ClientConfig, Credentials, DtlsClient, DtlsError};
-use lwm2m_proto::ObjectId;
+use lwm2m_dtls::{ClientConfig, Credentials, DtlsClient, DtlsError, KeyLog};
 use lwm2m_proto::client::tree::account_uri;
-use lwm2m_proto::client::{ClientConfig as MachineConfig, ObjectTree, parse_coap_uri};
+use lwm2m_proto::client::{ClientConfig as MachineConfig, ClientEvent, ObjectTree, parse_coap_uri};
+use lwm2m_proto::{Instance, ObjectId};
 
-use super::SessionKeyLog;
 use crate::security::account_credentials;
 
 /// The Security object (Core TS 1.1 Appendix E.1).
@@ -41,36 +38,48 @@ const SECURITY: ObjectId = ObjectId(0);
 /// CoAP datagrams held while a handshake runs (the oldest go first beyond it).
 const PENDING: usize = 16;
 
-/// What every link of a fleet shares.
-#[derive(Debug, Default)]
-pub(super) struct LinkOptions {
+/// What every link of a fleet (or a harness run) shares.
+#[derive(Default)]
+pub struct LinkOptions {
     /// Gets the secrets of every session.
-    pub(super) key_log: Option<SessionKeyLog>,
-    /// Keep what each session encrypts for the tap ([`DtlsLink::take_encrypted`]).
-    pub(super) record_plaintext: bool,
+    pub key_log: Option<Arc<dyn KeyLog>>,
+    /// Keep what each session encrypts for a recorder ([`DtlsLink::take_encrypted`]).
+    pub record_plaintext: bool,
+}
+
+impl std::fmt::Debug for LinkOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkOptions")
+            .field("key_log", &self.key_log.is_some())
+            .field("record_plaintext", &self.record_plaintext)
+            .finish()
+    }
 }
 
 /// One client's DTLS association with one server.
-pub(super) struct DtlsLink {
+pub struct DtlsLink {
     /// The server, as the client machine addresses it.
-    pub(super) server: SocketAddr,
+    pub server: SocketAddr,
     /// What the link was built from, to notice when the account changes.
     credentials: Credentials,
     /// Compared with the account at the [`Links`]' revision.
     checked: bool,
     config: ClientConfig,
     /// The current session, if any (handshaking or established).
-    pub(super) session: Option<DtlsClient>,
+    pub session: Option<DtlsClient>,
     /// CoAP datagrams waiting for the handshake to complete.
     pending: Vec<Vec<u8>>,
-    /// The session's deadline as pushed on the driver's heap.
-    pub(super) timer: Option<Instant>,
+    /// The session's deadline as the caller last scheduled it.
+    pub timer: Option<Instant>,
     /// CoAP datagrams encrypted since the last [`DtlsLink::take_encrypted`], when the
-    /// fleet records plaintext (`None` otherwise).
+    /// links record plaintext (`None` otherwise).
     encrypted: Option<Vec<Vec<u8>>>,
-    /// The session's identity as recorders show it (`psk:ID`, `cn:NAME`), when the fleet
-    /// records plaintext.
+    /// The session's identity as recorders show it (`psk:ID`, `cn:NAME`), when the links
+    /// record plaintext.
     identity: Option<Box<str>>,
+    /// The address the session's records leave from (its first datagram's), when the
+    /// caller tells ([`DtlsLink::bind`]).
+    bound: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for DtlsLink {
@@ -87,7 +96,7 @@ impl std::fmt::Debug for DtlsLink {
 /// A client's DTLS links, and which servers its Security object says plain CoAP for, as
 /// of one revision of that object.
 #[derive(Debug, Default)]
-pub(super) struct Links {
+pub struct Links {
     /// The Security object's revision `plain` and the links' `checked` refer to.
     revision: Option<u64>,
     /// Servers sent to whose account is not `coaps://` (or who have none).
@@ -96,21 +105,31 @@ pub(super) struct Links {
 }
 
 /// How a CoAP datagram toward a server leaves.
-pub(super) enum Route<'a> {
+pub enum Route<'a> {
     /// As it is.
     Plain,
     /// Through this link (built, or rebuilt, from the account's current credentials).
     Secure(&'a mut DtlsLink),
-    /// The account is `coaps://` but its credentials do not compile (garbage for a certificate) or its
-    /// Security Mode is not supported (raw public key): nothing goes out, in clear least
-    /// of all.
-    Unusable,
+    /// The account is `coaps://` but its credentials do not compile (garbage for a
+    /// certificate) or its Security Mode is not supported (raw public key): nothing goes
+    /// out, in clear least of all. Why, in words.
+    Unusable(String),
+}
+
+/// What a client's links did after an event of its machine ([`Links::after_event`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forgotten {
+    /// The device restarted: its sessions are gone with its RAM.
+    Rebooted,
+    /// A Bootstrap-Request, Register or Update failed over an established session: the
+    /// established sessions are dropped.
+    RequestFailed,
 }
 
 impl Links {
     /// The way to `peer` for a client whose machine has `tree` and `config`; a new link
     /// is made with `options`.
-    pub(super) fn route(
+    pub fn route(
         &mut self,
         tree: &ObjectTree,
         config: &Servers<'_>,
@@ -143,13 +162,14 @@ impl Links {
                 self.plain.push(peer);
                 return Route::Plain;
             }
-            Err(_) => return Route::Unusable,
+            Err(reason) => return Route::Unusable(reason),
         };
         let k = match current {
             Some(k) if self.links[k].credentials == wanted => k,
             _ => {
-                let Ok(link) = DtlsLink::new(peer, wanted, options) else {
-                    return Route::Unusable;
+                let link = match DtlsLink::new(peer, wanted, options) {
+                    Ok(link) => link,
+                    Err(e) => return Route::Unusable(e.to_string()),
                 };
                 match current {
                     Some(k) => {
@@ -168,23 +188,33 @@ impl Links {
     }
 
     /// The link toward `server`, if there is one.
-    pub(super) fn get(&self, server: SocketAddr) -> Option<&DtlsLink> {
+    pub fn get(&self, server: SocketAddr) -> Option<&DtlsLink> {
         self.links.iter().find(|l| l.server == server)
     }
 
     /// The link toward `server`, if there is one.
-    pub(super) fn get_mut(&mut self, server: SocketAddr) -> Option<&mut DtlsLink> {
+    pub fn get_mut(&mut self, server: SocketAddr) -> Option<&mut DtlsLink> {
         self.links.iter_mut().find(|l| l.server == server)
     }
 
+    /// Every link.
+    pub fn iter(&self) -> impl Iterator<Item = &DtlsLink> {
+        self.links.iter()
+    }
+
+    /// Every link.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut DtlsLink> {
+        self.links.iter_mut()
+    }
+
     /// The link whose session's deadline is `at`.
-    pub(super) fn due(&mut self, at: Instant) -> Option<&mut DtlsLink> {
+    pub fn due(&mut self, at: Instant) -> Option<&mut DtlsLink> {
         self.links.iter_mut().find(|l| l.timer == Some(at))
     }
 
     /// Ends every established session (the peer will not know our records any more: a
     /// NAT rebinding, a server that lost them); the next datagram handshakes again.
-    pub(super) fn reset_established(&mut self) {
+    pub fn reset_established(&mut self) {
         for link in &mut self.links {
             if link
                 .session
@@ -197,26 +227,58 @@ impl Links {
     }
 
     /// The device restarted: its sessions are gone with its RAM.
-    pub(super) fn clear(&mut self) {
+    pub fn clear(&mut self) {
         self.links.clear();
     }
 
+    /// What the client's sessions become after `event` of its machine: a rebooted device
+    /// has forgotten them (it handshakes again); a Bootstrap-Request, Register or Update
+    /// that failed over an established session drops the established ones (the server may
+    /// have lost the session, a restart or its idle timeout, and silently drops our
+    /// records, as devices find out only this way; the next datagram, the request's
+    /// retransmission, handshakes again, as devices do). `None` when nothing changed.
+    pub fn after_event(&mut self, event: &ClientEvent) -> Option<Forgotten> {
+        match event {
+            ClientEvent::Rebooting | ClientEvent::FactoryReset
+                if self.links.iter().any(|l| l.session.is_some()) =>
+            {
+                self.clear();
+                Some(Forgotten::Rebooted)
+            }
+            ClientEvent::Rebooting | ClientEvent::FactoryReset => {
+                self.clear();
+                None
+            }
+            ClientEvent::Failed {
+                step: "bootstrap" | "register" | "update",
+                ..
+            } if self
+                .links
+                .iter()
+                .any(|l| l.session.as_ref().is_some_and(DtlsClient::is_established)) =>
+            {
+                self.reset_established();
+                Some(Forgotten::RequestFailed)
+            }
+            _ => None,
+        }
+    }
+
     /// The servers with a link.
-    #[cfg(test)]
-    pub(super) fn servers(&self) -> Vec<SocketAddr> {
+    pub fn servers(&self) -> Vec<SocketAddr> {
         self.links.iter().map(|l| l.server).collect()
     }
 }
 
 /// Where a client machine sends, from its [`MachineConfig`].
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Servers<'a> {
+pub struct Servers<'a> {
     /// The endpoint name (the PSK identity of accounts with an empty one).
-    pub(super) endpoint: &'a str,
+    pub endpoint: &'a str,
     /// [`MachineConfig::server`].
-    pub(super) server: Option<SocketAddr>,
+    pub server: Option<SocketAddr>,
     /// [`MachineConfig::bootstrap_server`].
-    pub(super) bootstrap_server: Option<SocketAddr>,
+    pub bootstrap_server: Option<SocketAddr>,
 }
 
 impl<'a> From<&'a MachineConfig> for Servers<'a> {
@@ -229,47 +291,56 @@ impl<'a> From<&'a MachineConfig> for Servers<'a> {
     }
 }
 
+/// The account the client machine uses toward `peer`: the bootstrap-server account when
+/// `peer` is the configured Bootstrap Server or its URI's address, else the LwM2M Server
+/// account when `peer` is the configured server or its URI's address (the machine's own URI
+/// parser: where the machine sends for it). `None`: no account goes there (a firmware
+/// server, say).
+pub fn account_toward<'t>(
+    tree: &'t ObjectTree,
+    config: &Servers<'_>,
+    peer: SocketAddr,
+) -> Option<&'t Instance> {
+    let at = |account: &Instance, configured: Option<SocketAddr>| {
+        configured == Some(peer)
+            || account_uri(account)
+                .and_then(parse_coap_uri)
+                .is_some_and(|u| u.secure && u.addr == peer)
+    };
+    let bootstrap = tree
+        .bootstrap_account()
+        .filter(|(_, a)| at(a, config.bootstrap_server));
+    let server = || tree.server_account().filter(|(_, a)| at(a, config.server));
+    bootstrap.or_else(server).map(|(_, account)| account)
+}
+
 /// The credentials of the account the client machine uses toward `peer`
-/// ([`account_credentials`]): the bootstrap-server account when `peer` is the configured
-/// Bootstrap Server, else the LwM2M Server account when `peer` is its URI's address or
-/// the configured server. `Ok(None)`: plain CoAP (no such account, or not `coaps://`).
-/// `Err`: a `coaps://` account that cannot be used (raw public keys), for which nothing
-/// may go out in clear.
-fn credentials_for(
+/// ([`account_toward`], read by [`account_credentials`]). `Ok(None)`: plain CoAP (no such
+/// account, or not `coaps://`). `Err`: a `coaps://` account that cannot be used (raw
+/// public keys), for which nothing may go out in clear.
+pub fn credentials_for(
     tree: &ObjectTree,
     config: &Servers<'_>,
     peer: SocketAddr,
 ) -> Result<Option<Credentials>, String> {
-    let account = if config.bootstrap_server == Some(peer) {
-        tree.bootstrap_account()
-    } else {
-        // The machine's account (its own URI parser): if the machine sends there for it.
-        tree.server_account().filter(|(_, account)| {
-            let addr = account_uri(account)
-                .and_then(parse_coap_uri)
-                .filter(|u| u.secure)
-                .map(|u| u.addr);
-            addr == Some(peer) || config.server == Some(peer)
-        })
-    };
-    match account {
-        Some((_, account)) => account_credentials(account, config.endpoint),
+    match account_toward(tree, config, peer) {
+        Some(account) => account_credentials(account, config.endpoint),
         None => Ok(None),
     }
 }
 
 impl DtlsLink {
-    /// A link toward `server` with `credentials`, its sessions' secrets going to
-    /// `key_log`; refused when they do not compile (a certificate or key that does not
-    /// parse).
-    pub(super) fn new(
+    /// A link toward `server` with `credentials`, its sessions' secrets going to the
+    /// options' key log; refused when they do not compile (a certificate or key that does
+    /// not parse).
+    pub fn new(
         server: SocketAddr,
         credentials: Credentials,
         options: &LinkOptions,
     ) -> Result<Self, DtlsError> {
         let mut config = ClientConfig::new(&credentials)?;
         if let Some(log) = &options.key_log {
-            config = config.with_key_log(log.0.clone());
+            config = config.with_key_log(log.clone());
         }
         let identity = options
             .record_plaintext
@@ -284,21 +355,19 @@ impl DtlsLink {
             timer: None,
             encrypted: options.record_plaintext.then(Vec::new),
             identity,
+            bound: None,
         })
     }
 
     /// Hands a CoAP datagram to the session: encrypted at once when established, held
-    /// otherwise. Returns true when a new handshake had to start for it.
-    pub(super) fn send(&mut self, now: Instant, bytes: Vec<u8>) -> bool {
+    /// otherwise. `Ok(true)` when a new handshake had to start for it; `Err` when none
+    /// could (the datagram is dropped).
+    pub fn send(&mut self, now: Instant, bytes: Vec<u8>) -> Result<bool, DtlsError> {
         let mut started = false;
         if self.session.as_ref().is_none_or(DtlsClient::is_finished) {
-            match DtlsClient::connect(now, self.server, &self.config) {
-                Ok(session) => {
-                    self.session = Some(session);
-                    started = true;
-                }
-                Err(_) => return false,
-            }
+            self.reset();
+            self.session = Some(DtlsClient::connect(now, self.server, &self.config)?);
+            started = true;
         }
         match self.session.as_mut() {
             Some(s) if s.is_established() => {
@@ -315,11 +384,11 @@ impl DtlsLink {
                 self.pending.push(bytes);
             }
         }
-        started
+        Ok(started)
     }
 
     /// The handshake completed: what waited goes out.
-    pub(super) fn established(&mut self, now: Instant) {
+    pub fn established(&mut self, now: Instant) {
         if let Some(s) = self.session.as_mut() {
             for bytes in self.pending.drain(..) {
                 if s.send(now, &bytes).is_ok()
@@ -332,25 +401,50 @@ impl DtlsLink {
     }
 
     /// The CoAP datagrams encrypted since the last call, oldest first (always empty unless
-    /// [`LinkOptions::record_plaintext`]).
-    pub(super) fn take_encrypted(&mut self) -> Vec<Vec<u8>> {
+    /// [`LinkOptions::record_plaintext`]): each is the plaintext of the next
+    /// application_data record the session puts out.
+    pub fn take_encrypted(&mut self) -> Vec<Vec<u8>> {
         self.encrypted
             .as_mut()
             .map(std::mem::take)
             .unwrap_or_default()
     }
 
-    /// The session's identity as recorders show it (`psk:ID`, `cn:NAME`).
-    pub(super) fn identity(&self) -> &str {
+    /// The session's identity as recorders show it (`psk:ID`, `cn:NAME`; empty unless
+    /// [`LinkOptions::record_plaintext`]).
+    pub fn identity(&self) -> &str {
         self.identity.as_deref().unwrap_or_default()
+    }
+
+    /// The credentials the link was built from.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     /// The session is gone (failure, close, reboot, rebinding): the next datagram opens a
     /// new one. Datagrams waiting for a failed handshake are dropped.
-    pub(super) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.session = None;
         self.pending.clear();
         self.timer = None;
+        self.bound = None;
+    }
+
+    /// A record of the session leaves from `from`. When the session was made from another
+    /// address (a NAT rebinding), the session is given up (the next datagram starts a new
+    /// one) and the old address returned.
+    pub fn bind(&mut self, from: SocketAddr) -> Option<SocketAddr> {
+        match self.bound {
+            None => {
+                self.bound = Some(from);
+                None
+            }
+            Some(old) if old != from => {
+                self.reset();
+                Some(old)
+            }
+            Some(_) => None,
+        }
     }
 }
 
@@ -407,7 +501,7 @@ mod tests {
         ) {
             Route::Secure(link) => Some(link.credentials.clone()),
             Route::Plain => None,
-            Route::Unusable => panic!("unusable"),
+            Route::Unusable(why) => panic!("unusable: {why}"),
         };
         assert_eq!(credentials(&mut links, &t), psk(b"id", 1));
         // A session in progress survives datagrams while the account stays.
@@ -415,7 +509,7 @@ mod tests {
             panic!()
         };
         assert!(
-            link.send(Instant::now(), b"coap".to_vec()),
+            link.send(Instant::now(), b"coap".to_vec()).unwrap(),
             "a handshake starts"
         );
         let Route::Secure(link) = links.route(&t, &none, peer, &LinkOptions::default()) else {
@@ -456,7 +550,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             links.route(&t, &none, peer, &LinkOptions::default()),
-            Route::Unusable
+            Route::Unusable(_)
         ));
     }
 
@@ -491,7 +585,7 @@ mod tests {
         assert!(credentials_for(&rpk, &none, peer).is_err());
         assert!(matches!(
             Links::default().route(&rpk, &none, peer, &LinkOptions::default()),
-            Route::Unusable
+            Route::Unusable(_)
         ));
         // An unparsable host: the configured server.
         let named = tree("coaps://localhost:5684", 0, b"");
@@ -539,11 +633,32 @@ mod tests {
         )
         .unwrap();
         let now = Instant::now();
-        assert!(link.send(now, vec![1]));
-        assert!(!link.send(now, vec![2]));
+        assert!(link.send(now, vec![1]).unwrap());
+        assert!(!link.send(now, vec![2]).unwrap());
         assert_eq!(link.pending.len(), 2);
         assert!(link.session.as_mut().unwrap().poll_transmit().is_some());
         link.reset();
         assert!(link.pending.is_empty() && link.session.is_none());
+    }
+
+    #[test]
+    fn a_session_is_bound_to_the_address_of_its_first_record() {
+        let mut link = DtlsLink::new(
+            LWM2M.parse().unwrap(),
+            psk(b"id", 1).unwrap(),
+            &LinkOptions::default(),
+        )
+        .unwrap();
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "100.0.0.1:4000".parse().unwrap(),
+            "100.0.0.1:4001".parse().unwrap(),
+        );
+        assert!(link.send(Instant::now(), vec![1]).unwrap());
+        assert_eq!(link.bind(a), None);
+        assert_eq!(link.bind(a), None);
+        // A NAT rebinding: the session is given up, what waited with it too.
+        assert_eq!(link.bind(b), Some(a));
+        assert!(link.session.is_none() && link.pending.is_empty());
+        assert_eq!(link.bind(b), None);
     }
 }
