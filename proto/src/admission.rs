@@ -216,6 +216,23 @@ pub struct GateRefusal {
     pub answer: Packet,
 }
 
+impl GateRefusal {
+    /// The reason as the 4.03's diagnostic payload (RFC 7252 §5.5.2): at most 256 bytes,
+    /// cut at a character boundary, so that the answer fits a datagram whatever the names.
+    pub fn diagnostic(&self) -> Vec<u8> {
+        const MAX: usize = 256;
+        let mut end = self.reason.len().min(MAX);
+        while !self.reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.reason
+            .as_bytes()
+            .get(..end)
+            .unwrap_or_default()
+            .to_vec()
+    }
+}
+
 /// The admission gate in front of a server machine (sans-IO; one per socket), the one
 /// home of its decisions, used by `serve`'s drivers and by the feature suite's in-process
 /// servers alike:
@@ -284,23 +301,7 @@ impl AdmissionGate {
         request: &Packet,
         has_credentials: impl FnOnce(&str) -> bool,
     ) -> Option<GateRefusal> {
-        let Some(Ok(InterfaceRequest::Register(params))) = classify(request) else {
-            return None;
-        };
-        if self.role != GateRole::Lwm2mServer {
-            return None;
-        }
-        if !has_credentials(&params.endpoint) {
-            return None;
-        }
-        let endpoint = params.endpoint;
-        let reason = format!("endpoint {endpoint:?} has credentials: register over DTLS");
-        Some(GateRefusal {
-            answer: forbidden(request, &reason),
-            endpoint,
-            owner: None,
-            reason,
-        })
+        check_plain(self.role, request, has_credentials)
     }
 
     /// Follows the machine's registrations (for the Update and De-register checks).
@@ -320,6 +321,89 @@ impl AdmissionGate {
             }
             _ => {}
         }
+    }
+}
+
+/// The admission gate as a hook of a server machine: the socket in front of the machine
+/// knows who sent a datagram (a DTLS session's identity, or plain CoAP beside a DTLS
+/// listener), the machine knows its registrations. The machine decodes each datagram once
+/// and asks the hook about each request in it before handling it
+/// ([`crate::machine::Admitting::handle_admitted`]); a refused request gets 4.03 with the
+/// reason as diagnostic payload from the machine's exchange layer, which answers its
+/// retransmissions the same way (RFC 7252 §4.5), and never reaches the machine otherwise.
+pub trait Admission {
+    /// The refusal of `request` by a machine of `role`, if any; `registration` gives the
+    /// endpoint of one of the machine's registrations by id.
+    fn check(
+        &mut self,
+        role: GateRole,
+        request: &Packet,
+        registration: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<GateRefusal>;
+}
+
+/// Admits every request: a datagram whose sender nothing is known about (the plain socket
+/// of a server without a DTLS listener, a test).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Open;
+
+impl Admission for Open {
+    fn check(
+        &mut self,
+        _: GateRole,
+        _: &Packet,
+        _: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<GateRefusal> {
+        None
+    }
+}
+
+/// A DTLS session's datagram (Core TS 1.1 §7.1.8): a request acting for an endpoint the
+/// session's `identity` does not belong to is refused; `owner` gives the endpoint the
+/// identity belongs to (asked only when needed). The refusal, if any, is kept in
+/// `refused` for the caller to report.
+pub struct SessionSender<'a, F> {
+    /// The session's identity (`psk:ID`, `cn:NAME`), for the reason.
+    pub identity: &'a str,
+    /// The endpoint the identity belongs to.
+    pub owner: F,
+    /// What was refused.
+    pub refused: Option<GateRefusal>,
+}
+
+impl<F: FnMut() -> Option<String>> Admission for SessionSender<'_, F> {
+    fn check(
+        &mut self,
+        role: GateRole,
+        request: &Packet,
+        registration: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<GateRefusal> {
+        let refused = check_session(role, request, self.identity, &mut self.owner, registration);
+        self.refused.clone_from(&refused);
+        refused
+    }
+}
+
+/// A plain-CoAP datagram beside a DTLS listener (Core TS 1.1 §7.1): a Register of an
+/// endpoint that `has_credentials` is refused, it must register over DTLS. The refusal,
+/// if any, is kept in `refused` for the caller to report.
+pub struct PlainSender<F> {
+    /// Whether an endpoint has credentials in the security store.
+    pub has_credentials: F,
+    /// What was refused.
+    pub refused: Option<GateRefusal>,
+}
+
+impl<F: FnMut(&str) -> bool> Admission for PlainSender<F> {
+    fn check(
+        &mut self,
+        role: GateRole,
+        request: &Packet,
+        _: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<GateRefusal> {
+        let refused = check_plain(role, request, &mut self.has_credentials);
+        self.refused.clone_from(&refused);
+        refused
     }
 }
 
@@ -363,6 +447,31 @@ pub fn check_session(
         answer: forbidden(request, &reason),
         endpoint,
         owner,
+        reason,
+    })
+}
+
+/// [`AdmissionGate::check_plain`] for a machine of `role`.
+pub fn check_plain(
+    role: GateRole,
+    request: &Packet,
+    has_credentials: impl FnOnce(&str) -> bool,
+) -> Option<GateRefusal> {
+    let Some(Ok(InterfaceRequest::Register(params))) = classify(request) else {
+        return None;
+    };
+    if role != GateRole::Lwm2mServer {
+        return None;
+    }
+    if !has_credentials(&params.endpoint) {
+        return None;
+    }
+    let endpoint = params.endpoint;
+    let reason = format!("endpoint {endpoint:?} has credentials: register over DTLS");
+    Some(GateRefusal {
+        answer: forbidden(request, &reason),
+        endpoint,
+        owner: None,
         reason,
     })
 }
@@ -575,5 +684,124 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert_eq!(e.coap_code(), (4, 0));
+    }
+
+    /// A confirmable request as a client sends it.
+    fn datagram(mut p: Packet, mid: u16) -> Vec<u8> {
+        p.header.set_type(MessageType::Confirmable);
+        p.header.message_id = mid;
+        p.set_token(mid.to_be_bytes().to_vec());
+        p.to_bytes().unwrap()
+    }
+
+    /// Every answer the machine has sent: (code, diagnostic payload).
+    fn answers(m: &mut dyn crate::machine::Machine<Event = impl Sized>) -> Vec<(String, String)> {
+        std::iter::from_fn(|| m.poll_transmit())
+            .map(|t| {
+                let p = message::decode(&t.bytes).unwrap();
+                let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                (p.header.code.to_string(), payload)
+            })
+            .collect()
+    }
+
+    /// A session whose identity belongs to `owner`, counting the requests it is asked about.
+    fn session<'a>(
+        owner: &'a str,
+        asked: &'a std::cell::Cell<u32>,
+    ) -> SessionSender<'a, impl FnMut() -> Option<String> + 'a> {
+        SessionSender {
+            identity: "psk:id",
+            owner: move || {
+                asked.set(asked.get() + 1);
+                Some(owner.to_owned())
+            },
+            refused: None,
+        }
+    }
+
+    #[test]
+    fn the_lwm2m_server_asks_its_hook_once_per_request_and_answers_a_refusal_itself() {
+        use crate::server::{Lwm2mServer, ServerConfig, ServerEvent};
+        let mut server = Lwm2mServer::new(
+            ServerConfig::default(),
+            std::sync::Arc::new(crate::registry::Registry::embedded()),
+        );
+        let (now, peer) = (std::time::Instant::now(), "127.0.0.1:5000".parse().unwrap());
+        let asked = std::cell::Cell::new(0);
+        let register = |ep: &str| request(RequestType::Post, "/rd", &[&format!("ep={ep}")]);
+        // Another endpoint's name over dev1's session: 4.03, nothing registered.
+        let mut hook = session("dev1", &asked);
+        server.handle_admitted(now, peer, &datagram(register("dev2"), 1), &mut hook);
+        let refused = hook.refused.take().expect("refused");
+        assert_eq!(
+            (refused.endpoint.as_str(), refused.owner.as_deref()),
+            ("dev2", Some("dev1"))
+        );
+        let answered = answers(&mut server);
+        assert_eq!(answered.len(), 1);
+        assert_eq!(answered[0].0, "4.03");
+        assert!(
+            answered[0].1.contains("not to endpoint \"dev2\""),
+            "{answered:?}"
+        );
+        assert!(server.poll_event().is_none(), "the machine reports nothing");
+        // Its retransmission: the same answer from the exchange layer, the hook not asked.
+        server.handle_admitted(now, peer, &datagram(register("dev2"), 1), &mut hook);
+        assert_eq!(answers(&mut server), answered);
+        assert_eq!(asked.get(), 1);
+        // Its own name passes; an Update of that registration is checked by the machine's
+        // registrations.
+        server.handle_admitted(now, peer, &datagram(register("dev1"), 2), &mut hook);
+        assert!(hook.refused.is_none());
+        let Some(ServerEvent::Registered { registration, .. }) = server.poll_event() else {
+            panic!("registered")
+        };
+        let update = request(RequestType::Post, &format!("/rd/{}", registration.id), &[]);
+        let mut other = session("dev3", &asked);
+        server.handle_admitted(now, peer, &datagram(update.clone(), 3), &mut other);
+        assert_eq!(other.refused.map(|r| r.endpoint).as_deref(), Some("dev1"));
+        assert!(answers(&mut server).iter().any(|(code, _)| code == "4.03"));
+        server.handle_admitted(
+            now,
+            peer,
+            &datagram(update, 4),
+            &mut session("dev1", &asked),
+        );
+        assert!(answers(&mut server).iter().any(|(code, _)| code == "2.04"));
+    }
+
+    #[test]
+    fn the_bootstrap_server_refuses_a_request_for_another_endpoint_through_its_hook() {
+        use crate::bootstrap::server::{
+            BootstrapServer, BootstrapServerConfig, MemoryConfigSource,
+        };
+        let mut server = BootstrapServer::new(
+            BootstrapServerConfig::default(),
+            Box::new(MemoryConfigSource::default()),
+        );
+        let (now, peer) = (std::time::Instant::now(), "127.0.0.1:5000".parse().unwrap());
+        let asked = std::cell::Cell::new(0);
+        let mut hook = session("dev1", &asked);
+        let bs = request(RequestType::Post, "/bs", &["ep=dev2"]);
+        server.handle_admitted(now, peer, &datagram(bs, 1), &mut hook);
+        assert_eq!(hook.refused.map(|r| r.endpoint).as_deref(), Some("dev2"));
+        let answered = answers(&mut server);
+        assert_eq!(answered.len(), 1);
+        assert_eq!(answered[0].0, "4.03");
+        assert!(server.poll_event().is_none());
+        // A plain datagram's Bootstrap-Request is not the plain gate's business.
+        let mut plain = PlainSender {
+            has_credentials: |_: &str| true,
+            refused: None,
+        };
+        let bs = request(RequestType::Post, "/bs", &["ep=dev2"]);
+        server.handle_admitted(now, peer, &datagram(bs, 2), &mut plain);
+        assert!(plain.refused.is_none());
+        assert_ne!(answers(&mut server)[0].0, "4.03");
+        assert!(
+            server.poll_event().is_some(),
+            "the machine refused it itself (no configuration for dev2)"
+        );
     }
 }

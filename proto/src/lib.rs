@@ -30,7 +30,7 @@ pub mod value;
 
 pub use content::{CodecError, ContentFormat, Decoded, Finding};
 pub use ids::{InstanceId, Lwm2mPath, ObjectId, ResourceId, ResourceInstanceId};
-pub use machine::Machine;
+pub use machine::{Admitting, Machine};
 pub use model::{NoSchema, ObjectDef, Operations, ResourceDef, Schema};
 pub use node::{Instance, Node, Record, ResourceValue};
 pub use value::{DataType, ObjectLink, Value, ValueError};

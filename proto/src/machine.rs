@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use crate::admission::Admission;
 use crate::bootstrap::{BootstrapServer, server::BootstrapEvent};
 use crate::client::{ClientEvent, Lwm2mClient};
 use crate::coap::Transmit;
@@ -25,6 +26,46 @@ pub trait Machine {
     fn poll_timeout(&mut self) -> Option<Instant>;
     /// The next event.
     fn poll_event(&mut self) -> Option<Self::Event>;
+}
+
+/// A server machine with an admission gate as its hook ([`Admission`]): the LwM2M Server
+/// and the Bootstrap Server. A DTLS socket (or a plain one beside a DTLS listener) hands it
+/// each datagram with what it knows of the sender; the machine decodes the datagram once
+/// and asks the hook about each request before handling it.
+pub trait Admitting: Machine {
+    /// A datagram from `peer` arrived at `now`; `admission` decides about its requests.
+    /// [`Machine::handle_datagram`] is this with [`crate::admission::Open`].
+    fn handle_admitted(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        bytes: &[u8],
+        admission: &mut dyn Admission,
+    );
+}
+
+impl Admitting for Lwm2mServer {
+    fn handle_admitted(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        bytes: &[u8],
+        admission: &mut dyn Admission,
+    ) {
+        Lwm2mServer::handle_admitted(self, now, peer, bytes, admission)
+    }
+}
+
+impl Admitting for BootstrapServer {
+    fn handle_admitted(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        bytes: &[u8],
+        admission: &mut dyn Admission,
+    ) {
+        BootstrapServer::handle_admitted(self, now, peer, bytes, admission)
+    }
 }
 
 /// Implements [`Machine`] by the machine's inherent methods of the same names.

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use super::config::{BootstrapConfig, most_specific};
 pub use super::error::BootstrapError;
-use crate::admission::{self, AdmissionError, InterfaceRequest};
+use crate::admission::{self, Admission, AdmissionError, GateRole, InterfaceRequest, Open};
 use crate::coap::message::{self, code_pair, set_option, uint_bytes, uint_option};
 use crate::coap::{
     self, CoapOption, Endpoint, Event, ExchangeError, IncomingRequest, MessageClass, Packet,
@@ -426,8 +426,21 @@ impl BootstrapServer {
     /// A datagram arrived from `peer`. Never panics; invalid datagrams are dropped (or reset,
     /// RFC 7252 §4.2) by the exchange layer.
     pub fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+        self.handle_admitted(now, peer, bytes, &mut Open);
+    }
+
+    /// A datagram arrived from `peer`, whose requests `admission` decides about before they
+    /// are handled (a refused Bootstrap-Request is answered 4.03 with the reason, and
+    /// nothing else happens). The datagram is decoded once.
+    pub fn handle_admitted(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        bytes: &[u8],
+        admission: &mut dyn Admission,
+    ) {
         self.endpoint.handle_datagram(now, peer, bytes);
-        self.drain(now);
+        self.drain_admitted(now, admission);
     }
 
     /// Time passed: retransmissions, step time-outs, session time-outs.
@@ -496,9 +509,23 @@ impl BootstrapServer {
     }
 
     fn drain(&mut self, now: Instant) {
+        self.drain_admitted(now, &mut Open);
+    }
+
+    fn drain_admitted(&mut self, now: Instant, admission: &mut dyn Admission) {
         while let Some(event) = self.endpoint.poll_event() {
             match event {
-                Event::Request { peer, request } => self.on_request(now, peer, request),
+                Event::Request { peer, request } => {
+                    match admission.check(GateRole::BootstrapServer, &request.packet, &|_| None) {
+                        Some(refused) => {
+                            let answer =
+                                message::response(ResponseType::Forbidden, refused.diagnostic());
+                            // A response with a diagnostic payload this short always encodes.
+                            let _ = self.endpoint.respond(now, request.handle, answer);
+                        }
+                        None => self.on_request(now, peer, request),
+                    }
+                }
                 Event::Response { id, response } => self.on_response(now, id, &response),
                 Event::RequestFailed { id, error } => {
                     if let Some(endpoint) = self.requests.remove(&id) {

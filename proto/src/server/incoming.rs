@@ -11,7 +11,7 @@ use rand::RngExt;
 
 use super::api::{Registration, ServerEvent};
 use super::{Client, Key, Limit, Lwm2mServer, RegistrationLimits, Timer};
-use crate::admission::{self, AdmissionError, InterfaceRequest};
+use crate::admission::{self, AdmissionError, GateRefusal, InterfaceRequest};
 use crate::coap::message::{self, uint_option};
 use crate::coap::{IncomingRequest, RequestHandle};
 use crate::codec::link::{Link, LinkNote, LinkParam, RegistrationLinks, parse_links};
@@ -253,6 +253,12 @@ impl Lwm2mServer {
                 self.events.push_back(event);
             }
         }
+    }
+
+    /// A request the admission gate refused ([`crate::admission::Admission`]): 4.03 with
+    /// the reason, nothing else.
+    pub(super) fn refuse(&mut self, now: Instant, request: IncomingRequest, refused: &GateRefusal) {
+        self.answer(now, request.handle, response((4, 3), refused.diagnostic()));
     }
 
     fn answer(&mut self, now: Instant, handle: RequestHandle, packet: Packet) {

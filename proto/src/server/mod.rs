@@ -53,6 +53,7 @@ pub use api::{
 };
 pub use operations::choose_format;
 
+use crate::admission::{Admission, GateRole, Open};
 use crate::coap::{self, Endpoint, Event, Packet, RequestId, Transmit};
 use crate::ids::{Lwm2mPath, ObjectId};
 use crate::registry::Registry;
@@ -353,11 +354,24 @@ impl Lwm2mServer {
     /// answered with the right error code. Any datagram from a queue-mode client's address
     /// wakes it (Core TS 1.1 §6.5) and sends its held requests, after the answer to it.
     pub fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+        self.handle_admitted(now, peer, bytes, &mut Open);
+    }
+
+    /// A datagram arrived from `peer`, whose requests `admission` decides about before they
+    /// are handled (a refused one is answered 4.03 with the reason, and nothing else
+    /// happens: no event, no registration). The datagram is decoded once.
+    pub fn handle_admitted(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        bytes: &[u8],
+        admission: &mut dyn Admission,
+    ) {
         if let Some(key) = self.by_address.get(&peer).copied() {
             self.wake(now, key);
         }
         self.endpoint.handle_datagram(now, peer, bytes);
-        self.drain_endpoint(now);
+        self.drain_admitted(now, admission);
         if let Some(key) = self.by_address.get(&peer).copied() {
             self.flush(now, key);
         }
@@ -690,9 +704,22 @@ impl Lwm2mServer {
 
     /// Handles what the exchange layer reports.
     fn drain_endpoint(&mut self, now: Instant) {
+        self.drain_admitted(now, &mut Open);
+    }
+
+    fn drain_admitted(&mut self, now: Instant, admission: &mut dyn Admission) {
         while let Some(event) = self.endpoint.poll_event() {
             match event {
-                Event::Request { peer, request } => self.on_request(now, peer, request),
+                Event::Request { peer, request } => {
+                    let registration = |id: &str| {
+                        let key = self.by_id.get(id)?;
+                        Some(self.clients.get(key)?.registration.endpoint.clone())
+                    };
+                    match admission.check(GateRole::Lwm2mServer, &request.packet, &registration) {
+                        Some(refused) => self.refuse(now, request, &refused),
+                        None => self.on_request(now, peer, request),
+                    }
+                }
                 Event::Response { id, response } => self.on_response(now, id, response),
                 Event::RequestFailed { id, error } => self.on_request_failed(now, id, error),
                 Event::Notification { id, response, seq } => {
