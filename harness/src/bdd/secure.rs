@@ -32,7 +32,6 @@
 //! Not supported: raw public keys (mode 1, RFC 7250: not in the rtc-dtls family),
 //! Connection ID (RFC 9146).
 
-use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
@@ -46,6 +45,7 @@ use lwm2m_simulator::link::{DtlsLink, Forgotten, LinkOptions, Servers, credentia
 
 use super::adapter::json::{parse_close, parse_failure, parse_identity};
 use super::backend::{DtlsHappening, DtlsSide, ServerRole};
+use crate::record::capture::Sealing;
 
 /// The LwM2M Server's DTLS listener on the in-memory link (the CoAPS default port).
 pub const SECURE_SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 5684);
@@ -196,28 +196,22 @@ impl KeyLog for KeyLines {
     }
 }
 
-/// The plaintext a listener encrypted, by peer, until the record that carries it leaves:
-/// a listener's packet tap ([`PacketTap::plaintext`]) tells it before the record goes out,
-/// so the exchange log can show the CoAP inside each record it sends.
+/// The plaintext a listener encrypted, until the record that carries it leaves: a
+/// listener's packet tap ([`PacketTap::plaintext`]) tells it before the record goes out
+/// ([`Sealing`], as the run's capture pairs them), so the exchange log can show the CoAP
+/// inside each record it sends.
 #[derive(Debug, Default)]
-pub struct Sealed(Mutex<HashMap<Socket, VecDeque<Vec<u8>>>>);
-
-/// A listener's address and a peer's.
-type Socket = (SocketAddr, SocketAddr);
+pub struct Sealed(Mutex<Sealing>);
 
 impl Sealed {
     /// The CoAP message of the first application record of `datagram` from the listener at
     /// `local` to `peer` (the plaintext of every application record in it is consumed).
     pub fn take(&self, local: SocketAddr, peer: SocketAddr, datagram: &[u8]) -> Option<Vec<u8>> {
         let records = RecordBytes::of_datagram(datagram).application_records;
-        let mut sealed = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let queue = sealed.get_mut(&(local, peer))?;
-        let mut first = None;
-        for _ in 0..records {
-            let plaintext = queue.pop_front();
-            first = first.or(plaintext);
-        }
-        first
+        let records = usize::try_from(records).unwrap_or(usize::MAX);
+        let mut sealing = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = sealing.take(local, peer, records).into_iter().next()?;
+        Some(first.0.into_vec())
     }
 }
 
@@ -229,13 +223,12 @@ impl PacketTap for Sealed {
         direction: Direction,
         local: SocketAddr,
         peer: SocketAddr,
-        _: &str,
+        identity: &str,
         bytes: &[u8],
     ) {
         if direction == Direction::Out {
-            let mut sealed = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-            let queue = sealed.entry((local, peer)).or_default();
-            queue.push_back(bytes.to_vec());
+            let mut sealing = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            sealing.push(local, peer, bytes, identity);
         }
     }
 }

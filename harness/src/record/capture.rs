@@ -72,11 +72,41 @@ pub struct Capture {
 /// A record's plaintext and its session's identity.
 type Plaintext = (Box<[u8]>, Arc<str>);
 
+/// The plaintext a DTLS socket encrypted, by (our socket, peer), oldest first, until the
+/// datagram that carries it leaves: the DTLS layer reports a record's plaintext
+/// ([`PacketTap::plaintext`], `Out`) before the tap sees its datagram, so each datagram
+/// takes one plaintext per application record it holds.
+#[derive(Debug, Default)]
+pub struct Sealing(HashMap<(SocketAddr, SocketAddr), VecDeque<Plaintext>>);
+
+impl Sealing {
+    /// The DTLS layer is about to encrypt `bytes` for the record to `peer`.
+    pub fn push(&mut self, local: SocketAddr, peer: SocketAddr, bytes: &[u8], identity: &str) {
+        let queue = self.0.entry((local, peer)).or_default();
+        queue.push_back((bytes.into(), identity.into()));
+    }
+
+    /// The plaintext of the first `records` application records that leave from `local`
+    /// to `peer`, oldest first (fewer when fewer were reported).
+    pub fn take(&mut self, local: SocketAddr, peer: SocketAddr, records: usize) -> Vec<Plaintext> {
+        let Some(queue) = self.0.get_mut(&(local, peer)) else {
+            return Vec::new();
+        };
+        let n = records.min(queue.len());
+        queue.drain(..n).collect()
+    }
+
+    /// Plaintext no datagram took yet.
+    pub fn waiting(&self) -> usize {
+        self.0.values().map(VecDeque::len).sum()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     packets: Vec<Captured>,
-    /// Plaintext about to be encrypted, by (our socket, peer), oldest first.
-    outgoing: HashMap<(SocketAddr, SocketAddr), VecDeque<Plaintext>>,
+    /// Plaintext about to be encrypted.
+    outgoing: Sealing,
     /// Plaintext whose datagram was not found (should stay 0).
     unpaired: u64,
 }
@@ -96,14 +126,9 @@ impl PacketTap for Capture {
             identity: None,
         };
         let mut inner = self.lock();
-        if let Some(queue) = inner.outgoing.get_mut(&(src, dst)) {
-            for _ in 0..p.open_records() {
-                let Some((plain, identity)) = queue.pop_front() else {
-                    break;
-                };
-                p.plaintext.push(plain);
-                p.identity = Some(identity);
-            }
+        for (plain, identity) in inner.outgoing.take(src, dst, p.open_records()) {
+            p.plaintext.push(plain);
+            p.identity = Some(identity);
         }
         inner.packets.push(p);
     }
@@ -133,11 +158,7 @@ impl PacketTap for Capture {
                     _ => inner.unpaired += 1,
                 }
             }
-            Direction::Out => inner
-                .outgoing
-                .entry((local, peer))
-                .or_default()
-                .push_back((bytes.into(), identity.into())),
+            Direction::Out => inner.outgoing.push(local, peer, bytes, identity),
         }
     }
 }
@@ -156,7 +177,7 @@ impl Capture {
     /// socket disagree).
     pub fn unpaired(&self) -> u64 {
         let inner = self.lock();
-        inner.unpaired + inner.outgoing.values().map(|q| q.len() as u64).sum::<u64>()
+        inner.unpaired + inner.outgoing.waiting() as u64
     }
 
     /// True before the first datagram.
