@@ -25,6 +25,8 @@ pub mod redact;
 pub mod registration;
 pub mod registry;
 pub mod server;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod value;
 
 pub use content::{CodecError, ContentFormat, Decoded, Finding};
