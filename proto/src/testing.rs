@@ -157,7 +157,7 @@ impl<A: Machine, B: Machine> Pair<A, B> {
     ///
     /// # Panics
     /// When no peer listens there (a mistake in the test).
-    pub fn peer(&mut self, addr: SocketAddr) -> &mut Peer<B> {
+    pub fn peer_at(&mut self, addr: SocketAddr) -> &mut Peer<B> {
         self.peers
             .iter_mut()
             .find(|p| p.addr == addr)
@@ -207,6 +207,8 @@ impl<A: Machine, B: Machine> Pair<A, B> {
         end: Instant,
         mut handler: impl FnMut(&mut Peer<B>, Instant, B::Event),
     ) {
+        // What the test's own calls on the machines reported.
+        self.drain(&mut handler);
         for _ in 0..STEP_LIMIT {
             let Some(next) = self.next_due().filter(|t| *t <= end) else {
                 self.now = self.now.max(end);
