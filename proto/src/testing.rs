@@ -310,3 +310,105 @@ impl<A: Machine, B: Machine> Pair<A, B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coap::{Config, Endpoint, Event, RequestType, ResponseType, message};
+
+    fn client() -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], 40000))
+    }
+
+    fn server() -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 2], 5683))
+    }
+
+    /// Ten GETs over `link`, each answered at once by the server peer.
+    fn exchange(link: Link, seed: u64) -> Pair<Endpoint, Endpoint> {
+        let mut pair = Pair::new(client(), Endpoint::new(Config::default()), link, seed);
+        pair.add_peer(server(), Endpoint::new(Config::default()));
+        for i in 0..10 {
+            let now = pair.now;
+            let request = message::request(RequestType::Get, &format!("/{i}"));
+            pair.a.send_request(now, server(), request).unwrap();
+        }
+        let end = pair.now + Duration::from_secs(3600);
+        pair.run_with(end, |peer, now, event| {
+            if let Event::Request { request, .. } = event {
+                let answer = message::response(ResponseType::Content, b"x".to_vec());
+                peer.respond(now, request.handle, answer).unwrap();
+            }
+        });
+        pair
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_run_and_another_seed_another() {
+        let link = Link {
+            loss: 0.3,
+            duplicate: 0.2,
+            latency: Duration::from_millis(20),
+            jitter: Duration::from_millis(50),
+        };
+        let one = exchange(link, 7);
+        let two = exchange(link, 7);
+        assert_eq!(one.delivered, two.delivered);
+        assert_eq!(one.sent, two.sent);
+        assert_ne!(exchange(link, 8).delivered, one.delivered);
+    }
+
+    #[test]
+    fn latency_delays_every_delivery_and_duplication_doubles_it() {
+        let latency = Duration::from_millis(40);
+        let link = Link {
+            duplicate: 1.0,
+            latency,
+            ..Link::default()
+        };
+        let pair = exchange(link, 1);
+        assert_eq!(pair.delivered.len(), 2 * pair.sent.len());
+        for d in &pair.delivered {
+            let sent = pair
+                .sent
+                .iter()
+                .find(|s| s.bytes == d.bytes && s.from == d.from);
+            assert_eq!(d.at - sent.expect("sent before").at, latency);
+        }
+    }
+
+    #[test]
+    fn a_lost_link_delivers_nothing_and_the_client_gives_up() {
+        let link = Link {
+            loss: 1.0,
+            ..Link::default()
+        };
+        let pair = exchange(link, 1);
+        assert!(pair.delivered.is_empty());
+        let failed = pair
+            .events
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::RequestFailed { .. }))
+            .count();
+        assert_eq!(failed, 10);
+        assert!(pair.peers[0].inbox.is_empty());
+    }
+
+    #[test]
+    fn datagrams_to_nobody_are_logged_but_not_delivered() {
+        let mut pair: Pair<Endpoint, Endpoint> = Pair::new(
+            client(),
+            Endpoint::new(Config::default()),
+            Link::default(),
+            1,
+        );
+        let nobody = SocketAddr::from(([10, 0, 0, 9], 5683));
+        let now = pair.now;
+        let request = message::request(RequestType::Get, "/");
+        pair.a.send_request(now, nobody, request).unwrap();
+        pair.pump();
+        assert_eq!(pair.sent.len(), 1);
+        assert_eq!(pair.sent[0].to, nobody);
+        assert!(pair.delivered.is_empty());
+    }
+}
