@@ -8,7 +8,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::machine::{ClientConfig, ClientEvent, ClientState, Lwm2mClient, Quirks};
-use super::tree::ObjectTree;
+use super::tree::{ObjectTree, WriteMode};
 use crate::bootstrap::config::{BootstrapConfig, SecurityInstance, SecurityMode, ServerInstance};
 use crate::coap::message::{self, uint_bytes, uint_option};
 use crate::coap::{
@@ -989,6 +989,36 @@ fn observation_cancelled_by_reset_and_by_observe_1() {
     net.log.clear();
     net.set(&path, 30.0);
     assert!(notifications(&net).is_empty());
+}
+
+#[test]
+fn bootstrap_request_trigger_keeps_the_registration_until_the_client_registers_again() {
+    let mut c = config();
+    c.bootstrap_server = Some(addr(BS));
+    let mut tree = factory_tree();
+    for (path, node) in bootstrap_config().writes() {
+        tree.write(&path, &node, WriteMode::Replace, true).unwrap();
+    }
+    let mut net = registered(c, tree);
+    // Execute 1/x/9 (Core TS 1.1 Appendix E.2): 2.04, then a Bootstrap-Request.
+    let r = net.call(message::request(RequestType::Post, "/1/0/9"));
+    assert_eq!(code(&r), "2.04");
+    let req = net.request(BS);
+    assert_eq!(req.path(), "/bs");
+    assert_eq!(net.pair.a.state(), ClientState::Bootstrapping);
+    // The registration still stands at the server meanwhile.
+    assert_eq!(net.pair.a.location(), Some("/rd/5a3f"));
+    net.respond(BS, req, ResponseType::Changed, &[]);
+    let finish = message::request(RequestType::Post, "/bs");
+    assert_eq!(code(&net.call_from(BS, finish).unwrap()), "2.04");
+    // Finished: a fresh Register replaces it.
+    let reg = net.request(SERVER);
+    assert_eq!(reg.path(), "/rd");
+    assert_eq!(net.pair.a.state(), ClientState::Registering);
+    assert_eq!(net.pair.a.location(), None);
+    net.respond(SERVER, reg, ResponseType::Created, &["rd", "77"]);
+    assert_eq!(net.pair.a.state(), ClientState::Registered);
+    assert_eq!(net.pair.a.location(), Some("/rd/77"));
 }
 
 #[test]
