@@ -26,6 +26,8 @@ pub mod registration;
 pub mod registry;
 pub mod server;
 pub mod tap;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod value;
 
 pub use content::{CodecError, ContentFormat, Decoded, Finding};

@@ -95,3 +95,4 @@ macro_rules! inherent_machine {
 inherent_machine!(Lwm2mServer, ServerEvent);
 inherent_machine!(BootstrapServer, BootstrapEvent);
 inherent_machine!(Lwm2mClient, ClientEvent);
+inherent_machine!(crate::coap::Endpoint, crate::coap::Event);

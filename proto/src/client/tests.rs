@@ -1,15 +1,14 @@
 //! End-to-end tests of the client state machine against scripted LwM2M servers built on
 //! `coap::Endpoint`, over an in-memory link on a virtual clock.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proptest::prelude::*;
 
 use super::machine::{ClientConfig, ClientEvent, ClientState, Lwm2mClient, Quirks};
-use super::tree::ObjectTree;
+use super::tree::{ObjectTree, WriteMode};
 use crate::bootstrap::config::{BootstrapConfig, SecurityInstance, SecurityMode, ServerInstance};
 use crate::coap::message::{self, uint_bytes, uint_option};
 use crate::coap::{
@@ -22,6 +21,7 @@ use crate::ids::{InstanceId, Lwm2mPath, ObjectId, ResourceId, ResourceInstanceId
 use crate::node::{Instance, Node, ResourceValue};
 use crate::registration::{Lwm2mVersion, parse_register_query};
 use crate::registry::Registry;
+use crate::testing::{Link, Pair};
 use crate::value::Value;
 
 const SERVER: &str = "127.0.0.1:5683";
@@ -138,115 +138,69 @@ enum Log {
     Notification(Duration, Packet),
 }
 
-/// The client, three scripted peers (LwM2M Server, Bootstrap Server, firmware server) and
-/// the in-memory link between them.
+/// The client (`a` of the rig), three scripted peers (LwM2M Server, Bootstrap Server,
+/// firmware server) on the shared rig, and the log of values set and notifications.
 struct Net {
-    t0: Instant,
-    now: Instant,
-    client: Lwm2mClient,
-    peers: Vec<(SocketAddr, Endpoint)>,
-    /// Every datagram: (time, from, to, bytes).
-    wire: Vec<(Duration, SocketAddr, SocketAddr, Vec<u8>)>,
-    events: VecDeque<(SocketAddr, Event)>,
-    client_events: Vec<ClientEvent>,
+    pair: Pair<Lwm2mClient, Endpoint>,
     log: Vec<Log>,
 }
 
 impl Net {
     fn new(config: ClientConfig, tree: ObjectTree) -> Self {
-        let t0 = Instant::now();
-        let peers = [SERVER, BS, FW]
-            .iter()
-            .enumerate()
-            .map(|(n, a)| {
-                let c = coap::Config {
-                    seed: 100 + n as u64,
-                    ..coap::Config::default()
-                };
-                (addr(a), Endpoint::new(c))
-            })
-            .collect();
+        let mut pair = Pair::new(
+            addr(CLIENT),
+            Lwm2mClient::new(config, tree),
+            Link::default(),
+            0,
+        );
+        for (n, a) in [SERVER, BS, FW].iter().enumerate() {
+            let c = coap::Config {
+                seed: 100 + n as u64,
+                ..coap::Config::default()
+            };
+            pair.add_peer(addr(a), Endpoint::new(c));
+        }
         Net {
-            t0,
-            now: t0,
-            client: Lwm2mClient::new(config, tree),
-            peers,
-            wire: Vec::new(),
-            events: VecDeque::new(),
-            client_events: Vec::new(),
+            pair,
             log: Vec::new(),
         }
     }
 
     fn at(&self) -> Duration {
-        self.now - self.t0
+        self.pair.elapsed()
     }
 
     fn peer(&mut self, a: &str) -> &mut Endpoint {
-        let a = addr(a);
-        &mut self.peers.iter_mut().find(|(p, _)| *p == a).unwrap().1
+        self.pair.peer_at(addr(a))
+    }
+
+    /// The client's events so far.
+    fn client_events(&self) -> Vec<ClientEvent> {
+        self.pair.events.iter().map(|(_, e)| e.clone()).collect()
+    }
+
+    /// Datagrams sent by `from`, with the time since the start.
+    fn sent_by(&self, from: &str) -> Vec<(Duration, Vec<u8>)> {
+        let from = addr(from);
+        let sent = self.pair.sent.iter().filter(|d| d.from == from);
+        sent.map(|d| (d.at, d.bytes.clone())).collect()
+    }
+
+    /// Runs for `d`; peers' events go to their inbox, notifications also to the log.
+    fn advance(&mut self, d: Duration) {
+        let end = self.pair.now + d;
+        let start = self.pair.start;
+        let log = &mut self.log;
+        self.pair.run_with(end, |peer, now, event| {
+            if let Event::Notification { response, .. } = &event {
+                log.push(Log::Notification(now - start, response.clone()));
+            }
+            peer.inbox.push_back(event);
+        });
     }
 
     fn pump(&mut self) {
-        let client = addr(CLIENT);
-        loop {
-            let mut moved = false;
-            while let Some(t) = self.client.poll_transmit() {
-                moved = true;
-                self.wire.push((self.at(), client, t.peer, t.bytes.clone()));
-                if let Some((_, ep)) = self.peers.iter_mut().find(|(p, _)| *p == t.peer) {
-                    ep.handle_datagram(self.now, client, &t.bytes);
-                }
-            }
-            let at = self.now - self.t0;
-            for (a, ep) in &mut self.peers {
-                while let Some(t) = ep.poll_transmit() {
-                    moved = true;
-                    self.wire.push((at, *a, t.peer, t.bytes.clone()));
-                    if t.peer == client {
-                        self.client.handle_datagram(self.now, *a, &t.bytes);
-                    }
-                }
-                while let Some(e) = ep.poll_event() {
-                    if let Event::Notification { response, .. } = &e {
-                        self.log.push(Log::Notification(at, response.clone()));
-                    }
-                    self.events.push_back((*a, e));
-                }
-            }
-            while let Some(e) = self.client.poll_event() {
-                self.client_events.push(e);
-            }
-            if !moved {
-                break;
-            }
-        }
-    }
-
-    fn advance(&mut self, d: Duration) {
-        let end = self.now + d;
-        for _ in 0..1_000_000 {
-            self.pump();
-            let next = std::iter::once(self.client.poll_timeout())
-                .chain(self.peers.iter_mut().map(|(_, e)| e.poll_timeout()))
-                .flatten()
-                .min();
-            match next {
-                Some(t) if t <= end => {
-                    self.now = self.now.max(t);
-                    self.client.handle_timeout(self.now);
-                    for (_, e) in &mut self.peers {
-                        e.handle_timeout(self.now);
-                    }
-                }
-                _ => {
-                    self.now = end;
-                    self.pump();
-                    return;
-                }
-            }
-        }
-        panic!("timers do not advance");
+        self.advance(Duration::ZERO);
     }
 
     fn secs(&mut self, s: u64) {
@@ -255,26 +209,27 @@ impl Net {
 
     fn set(&mut self, path: &Lwm2mPath, v: f64) {
         self.log.push(Log::Set(self.at(), v));
-        self.client.set_value(self.now, path, Value::Float(v));
+        self.pair.a.set_value(self.pair.now, path, Value::Float(v));
         self.pump();
     }
 
     /// The next request that reached peer `at`, if any.
     fn try_request(&mut self, at: &str) -> Option<IncomingRequest> {
-        let a = addr(at);
-        let pos = self
-            .events
+        let inbox = &mut self.pair.peer_at(addr(at)).inbox;
+        let pos = inbox
             .iter()
-            .position(|(p, e)| *p == a && matches!(e, Event::Request { .. }))?;
-        match self.events.remove(pos) {
-            Some((_, Event::Request { request, .. })) => Some(request),
+            .position(|e| matches!(e, Event::Request { .. }))?;
+        match inbox.remove(pos) {
+            Some(Event::Request { request, .. }) => Some(request),
             _ => None,
         }
     }
 
     fn request(&mut self, at: &str) -> IncomingRequest {
-        self.try_request(at)
-            .unwrap_or_else(|| panic!("no request at {at}; events {:?}", self.events))
+        self.try_request(at).unwrap_or_else(|| {
+            let inbox = &self.pair.peer_at(addr(at)).inbox;
+            panic!("no request at {at}; events {inbox:?}")
+        })
     }
 
     fn respond(&mut self, at: &str, req: IncomingRequest, code: ResponseType, location: &[&str]) {
@@ -282,23 +237,24 @@ impl Net {
         for l in location {
             p.add_option(CoapOption::LocationPath, l.as_bytes().to_vec());
         }
-        let now = self.now;
+        let now = self.pair.now;
         self.peer(at).respond(now, req.handle, p).unwrap();
         self.pump();
     }
 
     /// Sends a request from the LwM2M Server (or `at`) and waits up to 60 s for the answer.
     fn call_from(&mut self, at: &str, p: Packet) -> Option<Packet> {
-        let now = self.now;
+        let now = self.pair.now;
         let id = self.peer(at).send_request(now, addr(CLIENT), p).unwrap();
         for _ in 0..600 {
             self.pump();
-            let found = self.events.iter().position(|(_, e)| {
+            let inbox = &mut self.pair.peer_at(addr(at)).inbox;
+            let found = inbox.iter().position(|e| {
                 matches!(e, Event::Response { id: i, .. } | Event::RequestFailed { id: i, .. } if *i == id)
             });
             if let Some(pos) = found {
-                return match self.events.remove(pos) {
-                    Some((_, Event::Response { response, .. })) => Some(response),
+                return match inbox.remove(pos) {
+                    Some(Event::Response { response, .. }) => Some(response),
                     _ => None,
                 };
             }
@@ -312,8 +268,8 @@ impl Net {
     }
 
     fn clear(&mut self) {
-        self.wire.clear();
-        self.client_events.clear();
+        self.pair.sent.clear();
+        self.pair.events.clear();
     }
 }
 
@@ -356,13 +312,13 @@ fn text_body(p: &Packet) -> String {
 /// Starts the client, answers its Register with `/rd/5a3f`.
 fn registered(config: ClientConfig, tree: ObjectTree) -> Net {
     let mut net = Net::new(config, tree);
-    net.client.start(net.now);
+    net.pair.a.start(net.pair.now);
     net.pump();
     let reg = net.request(SERVER);
     assert_eq!(reg.path(), "/rd");
     net.respond(SERVER, reg, ResponseType::Created, &["rd", "5a3f"]);
-    assert_eq!(net.client.state(), ClientState::Registered);
-    assert_eq!(net.client.location(), Some("/rd/5a3f"));
+    assert_eq!(net.pair.a.state(), ClientState::Registered);
+    assert_eq!(net.pair.a.location(), Some("/rd/5a3f"));
     net.clear();
     net
 }
@@ -380,9 +336,9 @@ fn write_attributes(net: &mut Net, path: &str, q: &[&str]) -> String {
 #[test]
 fn register_update_and_deregister() {
     let mut net = Net::new(config(), factory_tree());
-    net.client.start(net.now);
+    net.pair.a.start(net.pair.now);
     net.pump();
-    assert_eq!(net.client.state(), ClientState::Registering);
+    assert_eq!(net.pair.a.state(), ClientState::Registering);
     let reg = net.request(SERVER);
     // Core TS 1.1 §6.2.1: POST /rd?ep=&lt=&lwm2m=&b= with a link-format payload.
     assert_eq!(reg.method(), Some(RequestType::Post));
@@ -399,7 +355,7 @@ fn register_update_and_deregister() {
     );
     net.respond(SERVER, reg, ResponseType::Created, &["rd", "5a3f"]);
     assert_eq!(
-        net.client_events,
+        net.client_events(),
         [ClientEvent::Registered {
             location: "/rd/5a3f".into()
         }]
@@ -412,7 +368,7 @@ fn register_update_and_deregister() {
     assert_eq!(upd.path(), "/rd/5a3f");
     assert!(query(&upd.packet).is_empty() && upd.packet.payload.is_empty());
     net.respond(SERVER, upd, ResponseType::Changed, &[]);
-    assert!(net.client_events.contains(&ClientEvent::Updated));
+    assert!(net.client_events().contains(&ClientEvent::Updated));
     // A new lifetime written to the Server object goes out in the next Update, alone.
     let w = with_body(
         message::request(RequestType::Put, "/1/0/1"),
@@ -440,16 +396,16 @@ fn register_update_and_deregister() {
     let reg = net.request(SERVER);
     assert_eq!(reg.path(), "/rd");
     net.respond(SERVER, reg, ResponseType::Created, &["rd", "77"]);
-    assert_eq!(net.client.location(), Some("/rd/77"));
+    assert_eq!(net.pair.a.location(), Some("/rd/77"));
     // De-register (Core TS 1.1 §6.2.3).
-    net.client.deregister(net.now);
+    net.pair.a.deregister(net.pair.now);
     net.pump();
     let dereg = net.request(SERVER);
     assert_eq!(dereg.method(), Some(RequestType::Delete));
     assert_eq!(dereg.path(), "/rd/77");
     net.respond(SERVER, dereg, ResponseType::Deleted, &[]);
-    assert_eq!(net.client.state(), ClientState::Deregistered);
-    assert_eq!(net.client_events.last(), Some(&ClientEvent::Deregistered));
+    assert_eq!(net.pair.a.state(), ClientState::Deregistered);
+    assert_eq!(net.client_events().last(), Some(&ClientEvent::Deregistered));
 }
 
 #[test]
@@ -458,7 +414,7 @@ fn version_1_0_registration() {
     c.version = Lwm2mVersion::V1_0;
     c.queue_mode = true;
     let mut net = Net::new(c, factory_tree());
-    net.client.start(net.now);
+    net.pair.a.start(net.pair.now);
     net.pump();
     let reg = net.request(SERVER);
     assert_eq!(
@@ -474,7 +430,7 @@ fn queue_mode_sleeps_and_wakes() {
     let mut c = config();
     c.queue_mode = true;
     let mut net = Net::new(c, factory_tree());
-    net.client.start(net.now);
+    net.pair.a.start(net.pair.now);
     net.pump();
     let reg = net.request(SERVER);
     assert_eq!(
@@ -484,25 +440,25 @@ fn queue_mode_sleeps_and_wakes() {
     net.respond(SERVER, reg, ResponseType::Created, &["rd", "q1"]);
     // MAX_TRANSMIT_WAIT (93 s) awake after the last exchange, then asleep.
     net.advance(Duration::from_millis(92_900));
-    assert_eq!(net.client.state(), ClientState::Registered);
+    assert_eq!(net.pair.a.state(), ClientState::Registered);
     net.advance(Duration::from_millis(100));
-    assert_eq!(net.client.state(), ClientState::Sleeping);
+    assert_eq!(net.pair.a.state(), ClientState::Sleeping);
     net.secs(20);
-    net.client.wake(net.now);
-    assert_eq!(net.client.state(), ClientState::Registered);
+    net.pair.a.wake(net.pair.now);
+    assert_eq!(net.pair.a.state(), ClientState::Registered);
     net.pump();
     let upd = net.request(SERVER);
     assert_eq!(upd.path(), "/rd/q1");
     net.respond(SERVER, upd, ResponseType::Changed, &[]);
     // The lifetime Update also wakes it (290 s after the last Update).
     net.secs(160);
-    assert_eq!(net.client.state(), ClientState::Sleeping);
+    assert_eq!(net.pair.a.state(), ClientState::Sleeping);
     net.secs(129);
     assert!(net.try_request(SERVER).is_none());
     net.secs(1);
     let upd = net.request(SERVER);
     assert_eq!(upd.path(), "/rd/q1");
-    assert_eq!(net.client.state(), ClientState::Registered);
+    assert_eq!(net.pair.a.state(), ClientState::Registered);
 }
 
 fn bootstrap_config() -> BootstrapConfig {
@@ -546,9 +502,9 @@ fn bootstrap_then_register_with_the_given_server() {
     let mut tree = factory_tree();
     tree.delete(&Lwm2mPath::instance(1, 0)).unwrap();
     let mut net = Net::new(c, tree);
-    net.client.start(net.now);
+    net.pair.a.start(net.pair.now);
     net.pump();
-    assert_eq!(net.client.state(), ClientState::Bootstrapping);
+    assert_eq!(net.pair.a.state(), ClientState::Bootstrapping);
     // Core TS 1.1 §5.2.3: POST /bs?ep=NAME&pct=preferred format.
     let req = net.request(BS);
     assert_eq!(req.path(), "/bs");
@@ -593,14 +549,14 @@ fn bootstrap_then_register_with_the_given_server() {
     // The LwM2M Server is not served during bootstrap.
     assert_eq!(code(&net.call(get("/3/0/0"))), "4.01");
     assert_eq!(code(&net.call_from(BS, finish()).unwrap()), "2.04");
-    assert!(net.client_events.contains(&ClientEvent::Bootstrapped));
+    assert!(net.client_events().contains(&ClientEvent::Bootstrapped));
     let reg = net.request(SERVER);
     assert_eq!(
         query(&reg.packet),
         ["ep=dev1", "lt=120", "lwm2m=1.1", "b=U"]
     );
     net.respond(SERVER, reg, ResponseType::Created, &["rd", "1"]);
-    assert_eq!(net.client.state(), ClientState::Registered);
+    assert_eq!(net.pair.a.state(), ClientState::Registered);
     // The Bootstrap Server is no longer served.
     assert_eq!(code(&net.call_from(BS, get("/3/0/0")).unwrap()), "4.01");
 }
@@ -624,13 +580,13 @@ fn device_management_codes_and_payloads() {
         ContentFormat::Tlv,
         &r.payload,
         &Lwm2mPath::instance(3, 0),
-        net.client.tree(),
+        net.pair.a.tree(),
     )
     .unwrap()
     .content;
     assert_eq!(
         node,
-        net.client.tree().read(&Lwm2mPath::instance(3, 0)).unwrap()
+        net.pair.a.tree().read(&Lwm2mPath::instance(3, 0)).unwrap()
     );
     // 4.04 what it lacks, 4.05 what the object forbids, 4.06 formats it does not speak.
     assert_eq!(code(&net.call(get("/9"))), "4.04");
@@ -647,7 +603,7 @@ fn device_management_codes_and_payloads() {
     };
     assert_eq!(code(&net.call(put("/3/0/14", 0, b"+02"))), "2.04");
     assert_eq!(
-        net.client.tree().get(&Lwm2mPath::resource(3, 0, 14)),
+        net.pair.a.tree().get(&Lwm2mPath::resource(3, 0, 14)),
         Some(&Value::String("+02".into()))
     );
     assert_eq!(code(&net.call(put("/3/0/0", 0, b"x"))), "4.05");
@@ -662,7 +618,7 @@ fn device_management_codes_and_payloads() {
     );
     assert_eq!(code(&net.call(post)), "2.04");
     assert_eq!(
-        net.client.tree().get(&Lwm2mPath::resource(3, 0, 15)),
+        net.pair.a.tree().get(&Lwm2mPath::resource(3, 0, 15)),
         Some(&Value::String("Europe/Paris".into()))
     );
     // Execute with arguments (Core TS 1.1 §5.4.5).
@@ -672,7 +628,7 @@ fn device_management_codes_and_payloads() {
         b"0='a b',1".to_vec(),
     );
     assert_eq!(code(&net.call(exec)), "2.04");
-    assert!(net.client_events.iter().any(|e| matches!(
+    assert!(net.client_events().iter().any(|e| matches!(
         e,
         ClientEvent::Executed { path, arguments }
             if *path == Lwm2mPath::resource(3, 0, 12)
@@ -774,7 +730,7 @@ fn composite_operations() {
     );
     assert_eq!(code(&net.call(patch)), "2.04");
     assert_eq!(
-        net.client.tree().get(&Lwm2mPath::resource(3, 0, 14)),
+        net.pair.a.tree().get(&Lwm2mPath::resource(3, 0, 14)),
         Some(&Value::String("+05".into()))
     );
     let bad = with_body(
@@ -975,7 +931,7 @@ fn observe_honours_pmin_pmax_and_step() {
         ]
     );
     assert!(
-        net.client_events
+        net.client_events()
             .iter()
             .any(|e| matches!(e, ClientEvent::Notified { .. }))
     );
@@ -1004,29 +960,29 @@ fn observation_cancelled_by_reset_and_by_observe_1() {
     // Cancel by Reset: the server forgets the observation and rejects the next notification.
     let mut p = with_accept(get("/3303/0/5700"), 0);
     p.set_observe_value(0);
-    let now = net.now;
+    let now = net.pair.now;
     let id = net.peer(SERVER).send_request(now, addr(CLIENT), p).unwrap();
     net.pump();
-    assert_eq!(net.client.observation_count(), 1);
+    assert_eq!(net.pair.a.observation_count(), 1);
     net.peer(SERVER).cancel_request(now, id);
     net.set(&path, 25.0);
-    assert_eq!(net.client.observation_count(), 0);
+    assert_eq!(net.pair.a.observation_count(), 0);
     assert!(
-        net.client_events
+        net.client_events()
             .contains(&ClientEvent::ObservationCancelled { path })
     );
-    assert!(net.client.counters().resets_in >= 1);
+    assert!(net.pair.a.counters().resets_in >= 1);
     // Cancel with Observe = 1 (RFC 7641 §3.6): answered like a Read.
     let mut p = with_accept(get("/3303/0/5700"), 0);
     p.set_observe_value(0);
-    let now = net.now;
+    let now = net.pair.now;
     let id = net.peer(SERVER).send_request(now, addr(CLIENT), p).unwrap();
     net.pump();
-    assert_eq!(net.client.observation_count(), 1);
+    assert_eq!(net.pair.a.observation_count(), 1);
     let cancel = net.peer(SERVER).cancel_observation(now, id).unwrap();
     net.pump();
-    assert_eq!(net.client.observation_count(), 0);
-    let answered = net.events.iter().any(|(_, e)| {
+    assert_eq!(net.pair.a.observation_count(), 0);
+    let answered = net.pair.peer_at(addr(SERVER)).inbox.iter().any(|e| {
         matches!(e, Event::Response { id, response } if *id == cancel && text_body(response) == "25.0")
     });
     assert!(answered);
@@ -1036,11 +992,41 @@ fn observation_cancelled_by_reset_and_by_observe_1() {
 }
 
 #[test]
+fn bootstrap_request_trigger_keeps_the_registration_until_the_client_registers_again() {
+    let mut c = config();
+    c.bootstrap_server = Some(addr(BS));
+    let mut tree = factory_tree();
+    for (path, node) in bootstrap_config().writes() {
+        tree.write(&path, &node, WriteMode::Replace, true).unwrap();
+    }
+    let mut net = registered(c, tree);
+    // Execute 1/x/9 (Core TS 1.1 Appendix E.2): 2.04, then a Bootstrap-Request.
+    let r = net.call(message::request(RequestType::Post, "/1/0/9"));
+    assert_eq!(code(&r), "2.04");
+    let req = net.request(BS);
+    assert_eq!(req.path(), "/bs");
+    assert_eq!(net.pair.a.state(), ClientState::Bootstrapping);
+    // The registration still stands at the server meanwhile.
+    assert_eq!(net.pair.a.location(), Some("/rd/5a3f"));
+    net.respond(BS, req, ResponseType::Changed, &[]);
+    let finish = message::request(RequestType::Post, "/bs");
+    assert_eq!(code(&net.call_from(BS, finish).unwrap()), "2.04");
+    // Finished: a fresh Register replaces it.
+    let reg = net.request(SERVER);
+    assert_eq!(reg.path(), "/rd");
+    assert_eq!(net.pair.a.state(), ClientState::Registering);
+    assert_eq!(net.pair.a.location(), None);
+    net.respond(SERVER, reg, ResponseType::Created, &["rd", "77"]);
+    assert_eq!(net.pair.a.state(), ClientState::Registered);
+    assert_eq!(net.pair.a.location(), Some("/rd/77"));
+}
+
+#[test]
 fn bootstrap_trigger_without_a_bootstrap_server_is_refused() {
     let mut net = registered(config(), factory_tree());
     let r = net.call(message::request(RequestType::Post, "/1/0/9"));
     assert_eq!(code(&r), "4.05");
-    assert_eq!(net.client.state(), ClientState::Registered);
+    assert_eq!(net.pair.a.state(), ClientState::Registered);
 }
 
 #[test]
@@ -1048,16 +1034,20 @@ fn mute_send_silences_send() {
     let mut net = registered(config(), factory_tree());
     let mute = |v: &[u8]| with_body(message::request(RequestType::Put, "/1/0/23"), 0, v.to_vec());
     assert_eq!(code(&net.call(mute(b"1"))), "2.04");
-    net.client.send(net.now, &[Lwm2mPath::resource(3, 0, 9)]);
+    net.pair
+        .a
+        .send(net.pair.now, &[Lwm2mPath::resource(3, 0, 9)]);
     net.pump();
     assert!(net.try_request(SERVER).is_none(), "a muted Send went out");
     assert!(
-        net.client_events
+        net.client_events()
             .iter()
             .any(|e| matches!(e, ClientEvent::Failed { step: "send", .. }))
     );
     assert_eq!(code(&net.call(mute(b"0"))), "2.04");
-    net.client.send(net.now, &[Lwm2mPath::resource(3, 0, 9)]);
+    net.pair
+        .a
+        .send(net.pair.now, &[Lwm2mPath::resource(3, 0, 9)]);
     net.pump();
     assert_eq!(net.request(SERVER).path(), "/dp");
 }
@@ -1065,8 +1055,8 @@ fn mute_send_silences_send() {
 #[test]
 fn send_operation() {
     let mut net = registered(config(), factory_tree());
-    net.client.send(
-        net.now,
+    net.pair.a.send(
+        net.pair.now,
         &[
             Lwm2mPath::resource(3303, 0, 5700),
             Lwm2mPath::resource(3, 0, 9),
@@ -1085,18 +1075,20 @@ fn send_operation() {
     );
     net.respond(SERVER, req, ResponseType::Changed, &[]);
     assert!(
-        net.client_events
+        net.client_events()
             .contains(&ClientEvent::Sent { code: (2, 4) })
     );
     // LwM2M 1.0 has no Send.
     let mut c = config();
     c.version = Lwm2mVersion::V1_0;
     let mut net = registered(c, factory_tree());
-    net.client.send(net.now, &[Lwm2mPath::resource(3, 0, 9)]);
+    net.pair
+        .a
+        .send(net.pair.now, &[Lwm2mPath::resource(3, 0, 9)]);
     net.pump();
     assert!(net.try_request(SERVER).is_none());
     assert!(matches!(
-        net.client_events[0],
+        net.client_events()[0],
         ClientEvent::Failed { step: "send", .. }
     ));
 }
@@ -1107,31 +1099,31 @@ fn reboot_deregisters_stays_silent_and_registers_again() {
     observe(&mut net, "/3/0/9", 0);
     let r = net.call(message::request(RequestType::Post, "/3/0/4"));
     assert_eq!(code(&r), "2.04");
-    assert!(net.client_events.contains(&ClientEvent::Rebooting));
-    assert_eq!(net.client.state(), ClientState::Rebooting);
+    assert!(net.client_events().contains(&ClientEvent::Rebooting));
+    assert_eq!(net.pair.a.state(), ClientState::Rebooting);
     let dereg = net.request(SERVER);
     assert_eq!(
         (dereg.method(), dereg.path()),
         (Some(RequestType::Delete), "/rd/5a3f".into())
     );
-    assert_eq!(net.client.observation_count(), 0);
+    assert_eq!(net.pair.a.observation_count(), 0);
     // Silent: a Read during the silence gets no answer at all.
-    let now = net.now;
+    let now = net.pair.now;
     net.peer(SERVER)
         .send_request(now, addr(CLIENT), get("/3/0/9"))
         .unwrap();
     net.secs(29);
     let from_client_during_silence = net
-        .wire
+        .sent_by(CLIENT)
         .iter()
-        .filter(|(t, from, _, _)| *from == addr(CLIENT) && *t > now - net.t0)
+        .filter(|(t, _)| *t > now - net.pair.start)
         .count();
     assert_eq!(from_client_during_silence, 0);
     net.secs(1);
     let reg = net.request(SERVER);
     assert_eq!(reg.path(), "/rd");
     net.respond(SERVER, reg, ResponseType::Created, &["rd", "2"]);
-    assert_eq!(net.client.state(), ClientState::Registered);
+    assert_eq!(net.pair.a.state(), ClientState::Registered);
 }
 
 #[test]
@@ -1145,7 +1137,7 @@ fn disable_deregisters_and_stays_silent_for_the_disable_timeout() {
     assert_eq!(code(&net.call(w)), "2.04");
     let r = net.call(message::request(RequestType::Post, "/1/0/4"));
     assert_eq!(code(&r), "2.04");
-    assert!(net.client_events.contains(&ClientEvent::Disabled {
+    assert!(net.client_events().contains(&ClientEvent::Disabled {
         duration: Duration::from_secs(40)
     }));
     let dereg = net.request(SERVER);
@@ -1154,7 +1146,7 @@ fn disable_deregisters_and_stays_silent_for_the_disable_timeout() {
         (Some(RequestType::Delete), "/rd/5a3f".into())
     );
     net.secs(39);
-    let now = net.now;
+    let now = net.pair.now;
     assert!(
         net.try_request(SERVER).is_none(),
         "silent until the timeout"
@@ -1162,12 +1154,12 @@ fn disable_deregisters_and_stays_silent_for_the_disable_timeout() {
     net.secs(1);
     let reg = net.request(SERVER);
     assert_eq!(reg.path(), "/rd");
-    assert!(net.now >= now);
+    assert!(net.pair.now >= now);
     net.respond(SERVER, reg, ResponseType::Created, &["rd", "3"]);
-    assert_eq!(net.client.state(), ClientState::Registered);
+    assert_eq!(net.pair.a.state(), ClientState::Registered);
     // Disable keeps the device's state: the written timeout is still there.
     assert_eq!(
-        net.client.tree().get(&Lwm2mPath::resource(1, 0, 5)),
+        net.pair.a.tree().get(&Lwm2mPath::resource(1, 0, 5)),
         Some(&Value::Integer(40))
     );
 }
@@ -1186,13 +1178,13 @@ fn factory_reset_restores_the_tree() {
         code(&net.call(message::request(RequestType::Post, "/3/0/5"))),
         "2.04"
     );
-    assert!(net.client_events.contains(&ClientEvent::FactoryReset));
+    assert!(net.client_events().contains(&ClientEvent::FactoryReset));
     let p = Lwm2mPath::resource(3, 0, 14);
     assert_eq!(
-        net.client.tree().get(&p),
+        net.pair.a.tree().get(&p),
         Some(&Value::String("+01".into()))
     );
-    assert!(net.client.attributes(&Lwm2mPath::object(3303)).is_empty());
+    assert!(net.pair.a.attributes(&Lwm2mPath::object(3303)).is_empty());
     let dereg = net.request(SERVER);
     assert_eq!(dereg.method(), Some(RequestType::Delete));
     net.secs(30);
@@ -1201,7 +1193,7 @@ fn factory_reset_restores_the_tree() {
 }
 
 fn firmware_state(net: &Net) -> (i64, i64) {
-    let get = |r| match net.client.tree().get(&Lwm2mPath::resource(5, 0, r)) {
+    let get = |r| match net.pair.a.tree().get(&Lwm2mPath::resource(5, 0, r)) {
         Some(Value::Integer(v)) => *v,
         other => panic!("{other:?}"),
     };
@@ -1218,15 +1210,11 @@ fn firmware_push_through_block1() {
     let r = net.call(put);
     assert_eq!(code(&r), "2.04");
     // RFC 7959 §2.3: the upload went in 1024-byte blocks.
-    let blocks = net
-        .wire
-        .iter()
-        .filter(|(_, from, _, _)| *from == addr(SERVER))
-        .count();
+    let blocks = net.sent_by(SERVER).len();
     assert!(blocks >= 98, "{blocks} datagrams");
     assert_eq!(firmware_state(&net), (2, 0));
     assert_eq!(
-        net.client.tree().get(&Lwm2mPath::resource(5, 0, 0)),
+        net.pair.a.tree().get(&Lwm2mPath::resource(5, 0, 0)),
         Some(&Value::Opaque(Vec::new()))
     );
     let update = || message::request(RequestType::Post, "/5/0/2");
@@ -1243,7 +1231,7 @@ fn firmware_push_through_block1() {
     );
     // Update in the wrong state: 4.05 (Appendix E.6: only executable when Downloaded).
     assert_eq!(code(&net.call(update())), "4.05");
-    assert!(net.client_events.contains(&ClientEvent::Firmware {
+    assert!(net.client_events().contains(&ClientEvent::Firmware {
         state: 0,
         result: 1
     }));
@@ -1272,7 +1260,7 @@ fn firmware_pull_through_block2() {
         vec![1, 2, 3],
     );
     assert_eq!(code(&net.call(put)), "4.05");
-    let now = net.now;
+    let now = net.pair.now;
     net.peer(FW)
         .respond(
             now,
@@ -1282,11 +1270,7 @@ fn firmware_pull_through_block2() {
         .unwrap();
     net.secs(1);
     assert_eq!(firmware_state(&net), (2, 0));
-    let block2 = net
-        .wire
-        .iter()
-        .filter(|(_, from, _, _)| *from == addr(FW))
-        .count();
+    let block2 = net.sent_by(FW).len();
     assert!(block2 >= 98, "{block2} datagrams");
     // Errors: unparsable URI (7), coaps (9), 4.04 (7), empty URI resets.
     net.call(write_uri("ftp://x"));
@@ -1314,7 +1298,7 @@ fn register_query_with(q: Quirks, queue: bool) -> (Vec<String>, String) {
     c.quirks = q;
     c.queue_mode = queue;
     let mut net = Net::new(c, factory_tree());
-    net.client.start(net.now);
+    net.pair.a.start(net.pair.now);
     net.pump();
     let reg = net.request(SERVER);
     (query(&reg.packet), text_body(&reg.packet))
@@ -1403,10 +1387,10 @@ fn quirks_in_the_answers() {
     assert_eq!(text_body(&r), "100");
     // An empty ACK after 1 s, then the separate response (CON) after 3 s (RFC 7252 §5.2.2).
     let from_client: Vec<_> = net
-        .wire
+        .sent_by(CLIENT)
         .iter()
-        .filter(|(t, from, _, _)| *from == addr(CLIENT) && *t >= start)
-        .map(|(t, _, _, b)| (*t - start, message::decode(b).unwrap()))
+        .filter(|(t, _)| *t >= start)
+        .map(|(t, b)| (*t - start, message::decode(b).unwrap()))
         .collect();
     assert_eq!(from_client[0].0, Duration::from_secs(1));
     assert_eq!(
@@ -1423,14 +1407,10 @@ fn quirks_in_the_answers() {
     });
     net.clear();
     net.call(get("/3/0/9"));
-    let from_client: Vec<_> = net
-        .wire
-        .iter()
-        .filter(|(_, from, _, _)| *from == addr(CLIENT))
-        .collect();
+    let from_client = net.sent_by(CLIENT);
     assert_eq!(from_client.len(), 3);
-    assert_eq!(from_client[0].3, from_client[1].3);
-    assert_eq!(from_client[0].3, from_client[2].3);
+    assert_eq!(from_client[0].1, from_client[1].1);
+    assert_eq!(from_client[0].1, from_client[2].1);
 }
 
 #[test]
@@ -1447,9 +1427,9 @@ fn response_delay_is_honoured() {
     let start = net.at();
     net.call(get("/3/0/9"));
     let first = net
-        .wire
-        .iter()
-        .find(|(t, from, _, _)| *from == addr(CLIENT) && *t >= start)
+        .sent_by(CLIENT)
+        .into_iter()
+        .find(|(t, _)| *t >= start)
         .unwrap();
     assert_eq!(first.0 - start, Duration::from_millis(500));
 }
@@ -1631,10 +1611,10 @@ proptest! {
     #[test]
     fn random_datagrams_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
         let mut net = registered(config(), factory_tree());
-        let now = net.now;
-        net.client.handle_datagram(now, addr(SERVER), &bytes);
+        let now = net.pair.now;
+        net.pair.a.handle_datagram(now, addr(SERVER), &bytes);
         net.pump();
-        prop_assert_eq!(net.client.state(), ClientState::Registered);
+        prop_assert_eq!(net.pair.a.state(), ClientState::Registered);
     }
 }
 
@@ -1646,7 +1626,7 @@ fn register_falls_back_to_older_versions_after_4_12() {
     c.version = Lwm2mVersion::V1_2;
     c.version_fallback = true;
     let mut net = Net::new(c, factory_tree());
-    net.client.start(net.now);
+    net.pair.a.start(net.pair.now);
     net.pump();
     let reg = net.request(SERVER);
     assert!(query(&reg.packet).contains(&"lwm2m=1.2".to_owned()));
@@ -1659,9 +1639,9 @@ fn register_falls_back_to_older_versions_after_4_12() {
     assert!(query(&reg.packet).contains(&"lwm2m=1.0".to_owned()));
     assert_eq!(text_body(&reg.packet), "</1/0>,</3/0>,</5/0>,</3303/0>");
     net.respond(SERVER, reg, ResponseType::Created, &["rd", "9"]);
-    assert_eq!(net.client.state(), ClientState::Registered);
+    assert_eq!(net.pair.a.state(), ClientState::Registered);
     let fallbacks: Vec<_> = net
-        .client_events
+        .client_events()
         .iter()
         .filter_map(|e| match e {
             ClientEvent::VersionFallback { from, to } => Some((*from, *to)),
@@ -1680,11 +1660,11 @@ fn register_falls_back_to_older_versions_after_4_12() {
     c.version = Lwm2mVersion::V1_0;
     c.version_fallback = true;
     let mut net = Net::new(c, factory_tree());
-    net.client.start(net.now);
+    net.pair.a.start(net.pair.now);
     net.pump();
     let reg = net.request(SERVER);
     net.respond(SERVER, reg, ResponseType::PreconditionFailed, &[]);
-    assert_eq!(net.client.state(), ClientState::Failed);
+    assert_eq!(net.pair.a.state(), ClientState::Failed);
     assert!(net.try_request(SERVER).is_none());
 }
 
@@ -1693,12 +1673,12 @@ fn register_without_fallback_fails_on_4_12() {
     let mut c = config();
     c.version = Lwm2mVersion::V1_2;
     let mut net = Net::new(c, factory_tree());
-    net.client.start(net.now);
+    net.pair.a.start(net.pair.now);
     net.pump();
     let reg = net.request(SERVER);
     net.respond(SERVER, reg, ResponseType::PreconditionFailed, &[]);
-    assert_eq!(net.client.state(), ClientState::Failed);
-    assert!(net.client_events.iter().any(|e| matches!(
+    assert_eq!(net.pair.a.state(), ClientState::Failed);
+    assert!(net.client_events().iter().any(|e| matches!(
         e,
         ClientEvent::Failed { step: "register", reason } if reason.starts_with("answered 4.12")
     )));

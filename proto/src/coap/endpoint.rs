@@ -1,9 +1,10 @@
-//! The [`Endpoint`] state machine: message layer (RFC 7252 §4), timers and bookkeeping shared
-//! by the client side (`client.rs`) and the server side (`server.rs`).
+//! The [`Endpoint`] state machine: the message layer (RFC 7252 §4), timers, and the dispatch
+//! of incoming messages to the client side (`client.rs`) and the server side (`server.rs`).
+//! What it keeps is defined below it, in `state.rs` and `exchange.rs`; the two sides add
+//! their methods to [`Endpoint`] and import nothing back from each other.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::hash::Hash;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -11,186 +12,13 @@ use coap_lite::{MessageClass, MessageType};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::client::Exchange;
-use super::message::{self, BlockOption, empty};
-use super::server::{Download, Observation, Upload};
+use super::exchange::Exchange;
+use super::message::{self, BlockOption};
+use super::state::{
+    Download, Expiring, MessageKey, Observation, Owner, PeerState, Reply, Retransmit, Sent, Timer,
+    Token, Upload, encode_empty,
+};
 use super::{Config, Counters, Event, ObservationId, RequestId, Transmit};
-
-/// A peer and a message ID: the scope of deduplication and of ACK/RST matching
-/// (RFC 7252 §4.4).
-pub(super) type MessageKey = (SocketAddr, u16);
-
-/// A token (RFC 7252 §5.3.1), at most 8 bytes, stored inline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub(super) struct Token {
-    len: u8,
-    bytes: [u8; 8],
-}
-
-impl Token {
-    /// `None` when longer than 8 bytes.
-    pub(super) fn new(slice: &[u8]) -> Option<Token> {
-        let mut bytes = [0; 8];
-        bytes.get_mut(..slice.len())?.copy_from_slice(slice);
-        Some(Token {
-            len: slice.len() as u8,
-            bytes,
-        })
-    }
-
-    pub(super) fn as_slice(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len.min(8))]
-    }
-}
-
-/// Who is waiting for the acknowledgement of a message this endpoint sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Owner {
-    /// A request (or one block of it) of an exchange.
-    Request(RequestId),
-    /// A separate response (RFC 7252 §5.2.2).
-    Response,
-    /// A notification (RFC 7641 §4.5).
-    Notification(ObservationId),
-}
-
-/// Retransmission state of a confirmable message (RFC 7252 §4.2).
-#[derive(Debug, Clone)]
-pub(super) struct Retransmit {
-    pub(super) bytes: Vec<u8>,
-    /// Transmissions so far, the first included.
-    pub(super) transmissions: u32,
-    pub(super) timeout: Duration,
-    pub(super) next_at: Instant,
-}
-
-/// A message this endpoint sent that the peer may acknowledge or reset.
-#[derive(Debug)]
-pub(super) struct Sent {
-    pub(super) owner: Owner,
-    /// `None` for a non-confirmable message (kept only to match a Reset, RFC 7252 §4.3).
-    pub(super) retransmit: Option<Retransmit>,
-}
-
-/// What was answered to an incoming confirmable or non-confirmable message, for duplicates
-/// (RFC 7252 §4.5).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Reply {
-    /// Nothing to repeat (non-confirmable, or nothing sent).
-    Nothing,
-    /// A request not yet answered; an empty ACK goes out at `ack_at` unless the response is
-    /// piggybacked before (RFC 7252 §5.2.2).
-    Pending { serial: u64, ack_at: Instant },
-    /// The ACK or RST that was sent, to send again for each duplicate.
-    Cached(Vec<u8>),
-}
-
-/// Timers kept in the heap; an entry is stale (and skipped) when the state it refers to no
-/// longer has that deadline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) enum Timer {
-    /// Retransmit or give up a confirmable message (RFC 7252 §4.2).
-    Retransmit(SocketAddr, u16),
-    /// Stop waiting for a response (RFC 7252 §5.2.2, §5.2.3).
-    Response(RequestId),
-    /// Send an empty ACK for an unanswered request (RFC 7252 §5.2.2).
-    Ack(SocketAddr, u16),
-}
-
-/// A map whose entries expire, with a capacity: the oldest entry is evicted first.
-#[derive(Debug)]
-pub(super) struct Expiring<K, V> {
-    map: HashMap<K, (Instant, V)>,
-    order: VecDeque<(Instant, K)>,
-    capacity: usize,
-}
-
-impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
-    pub(super) fn new(capacity: usize) -> Self {
-        Expiring {
-            map: HashMap::new(),
-            order: VecDeque::new(),
-            capacity: capacity.max(1),
-        }
-    }
-
-    pub(super) fn insert(&mut self, key: K, value: V, expires: Instant) {
-        while self.map.len() >= self.capacity && !self.map.contains_key(&key) {
-            let Some((at, old)) = self.order.pop_front() else {
-                break;
-            };
-            if self.map.get(&old).is_some_and(|(e, _)| *e == at) {
-                self.map.remove(&old);
-            }
-        }
-        self.order.push_back((expires, key.clone()));
-        self.map.insert(key, (expires, value));
-    }
-
-    /// The live entry for `key`.
-    pub(super) fn get_mut(&mut self, now: Instant, key: &K) -> Option<&mut V> {
-        self.map
-            .get_mut(key)
-            .filter(|(e, _)| *e > now)
-            .map(|(_, v)| v)
-    }
-
-    /// The entry for `key`, live or not yet swept.
-    pub(super) fn peek(&self, key: &K) -> Option<&V> {
-        self.map.get(key).map(|(_, v)| v)
-    }
-
-    /// Moves the expiry of a live entry.
-    pub(super) fn touch(&mut self, key: &K, expires: Instant) {
-        if let Some((e, _)) = self.map.get_mut(key) {
-            *e = expires;
-            self.order.push_back((expires, key.clone()));
-        }
-    }
-
-    pub(super) fn remove(&mut self, key: &K) -> Option<V> {
-        self.map.remove(key).map(|(_, v)| v)
-    }
-
-    pub(super) fn expire(&mut self, now: Instant) {
-        while let Some((at, key)) = self.order.front() {
-            if *at > now {
-                break;
-            }
-            if self.map.get(key).is_some_and(|(e, _)| e == at) {
-                self.map.remove(key);
-            }
-            self.order.pop_front();
-        }
-    }
-
-    pub(super) fn next_expiry(&self) -> Option<Instant> {
-        self.order.front().map(|(at, _)| *at)
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// Room for `n` more entries (never beyond the capacity) without growing.
-    fn reserve(&mut self, n: usize) {
-        let n = n.min(self.capacity.saturating_sub(self.map.len()));
-        self.map.reserve(n);
-        self.order.reserve(n);
-    }
-}
-
-/// Per-peer state of the message layer.
-#[derive(Debug)]
-pub(super) struct PeerState {
-    /// Next message ID to use (RFC 7252 §4.4), started at random.
-    next_mid: u16,
-    /// Requests holding an NSTART slot (RFC 7252 §4.7).
-    pub(super) active: usize,
-    /// Requests waiting for a slot, in order.
-    pub(super) queue: VecDeque<RequestId>,
-    last_used: Instant,
-}
 
 /// A CoAP endpoint: one local UDP socket's worth of protocol state, serving any number of
 /// peers in both the client and the server role. See the [module documentation](super).
@@ -645,21 +473,4 @@ impl Endpoint {
     pub fn dedup_entries(&self) -> usize {
         self.seen.len()
     }
-}
-
-/// Stops tracking message `mid` if it still belongs to `owner`.
-pub(super) fn forget_sent(
-    sent: &mut HashMap<MessageKey, Sent>,
-    peer: SocketAddr,
-    mid: u16,
-    owner: Owner,
-) {
-    if sent.get(&(peer, mid)).is_some_and(|s| s.owner == owner) {
-        sent.remove(&(peer, mid));
-    }
-}
-
-/// Encodes an Empty ACK or RST (4 bytes, RFC 7252 §4.1).
-pub(super) fn encode_empty(kind: MessageType, mid: u16) -> Vec<u8> {
-    empty(kind, mid).to_bytes_unlimited().unwrap_or_default()
 }

@@ -48,8 +48,10 @@
 
 mod client;
 mod endpoint;
+mod exchange;
 pub mod message;
 mod server;
+mod state;
 pub mod uri;
 
 #[cfg(test)]

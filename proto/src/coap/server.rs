@@ -8,8 +8,11 @@ use std::time::Instant;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 
-use super::endpoint::{Endpoint, Owner, Reply, Sent, Timer, Token, encode_empty, forget_sent};
+use super::endpoint::Endpoint;
 use super::message::{self, BlockOption, observe_value, uint_bytes, uint_option};
+use super::state::{
+    Download, Observation, Owner, Reply, Sent, Timer, Token, Upload, encode_empty, forget_sent,
+};
 use super::{CancelReason, Event, ExchangeError, ObservationId};
 
 /// What is needed to answer an incoming request; consumed by [`Endpoint::respond`] or
@@ -81,36 +84,6 @@ impl IncomingRequest {
     pub fn path(&self) -> String {
         message::uri_path(&self.packet)
     }
-}
-
-/// A request body being reassembled (RFC 7959 §2.3).
-#[derive(Debug)]
-pub(super) struct Upload {
-    body: Vec<u8>,
-}
-
-/// A response body being served block by block (RFC 7959 §2.4).
-#[derive(Debug)]
-pub(super) struct Download {
-    /// The response without payload, Observe and block options.
-    template: Packet,
-    body: Vec<u8>,
-}
-
-/// An observation served by this endpoint (RFC 7641 §4.1).
-#[derive(Debug)]
-pub(super) struct Observation {
-    peer: SocketAddr,
-    token: Token,
-    key: Vec<u8>,
-    /// Block size asked for in the registration (RFC 7959 §2.4), if any.
-    block: Option<BlockOption>,
-    /// Last Observe sequence number sent (RFC 7641 §4.4), 24 bits.
-    seq: u32,
-    /// Confirmable notification awaiting its ACK.
-    pub(super) con_mid: Option<u16>,
-    /// Last non-confirmable notification, kept to match a Reset (RFC 7641 §3.6).
-    non_mid: Option<u16>,
 }
 
 /// Where and how to send an answer the endpoint makes itself.

@@ -1,8 +1,7 @@
 //! Protocol tests: two endpoints wired through a simulated link with seeded loss,
 //! duplication, reordering and latency, on a virtual clock (no sleeps).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -12,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::message::{self, BlockOption, request, response};
 use super::*;
+use crate::testing::{Datagram, Link, Pair};
 
 fn client_addr() -> SocketAddr {
     SocketAddr::from(([10, 0, 0, 1], 40000))
@@ -26,165 +26,55 @@ fn void_addr() -> SocketAddr {
     SocketAddr::from(([10, 0, 0, 9], 5683))
 }
 
-#[derive(Clone, Copy, Default)]
-struct Link {
-    loss: f64,
-    duplicate: f64,
-    latency: Duration,
-    /// Extra random delay in [0, jitter): reorders datagrams.
-    jitter: Duration,
+/// The client endpoint (`a`) and the server endpoint (peer [`SERVER`]) on the shared rig.
+type Net = Pair<Endpoint, Endpoint>;
+
+/// The server's index among the peers.
+const SERVER: usize = 0;
+
+fn pair(client: Config, server: Config, link: Link) -> Net {
+    let seed = client.seed ^ 0x5EED;
+    let mut net = Pair::new(client_addr(), Endpoint::new(client), link, seed);
+    let server = Endpoint::new(Config {
+        seed: server.seed ^ 0xABCD,
+        ..server
+    });
+    net.add_peer(server_addr(), server);
+    net
 }
 
-/// A datagram on the wire: (time sent, sent by the client, bytes).
-type Logged = (Duration, bool, Vec<u8>);
-
-/// A datagram in flight: (delivery time, sequence, sent by the client, bytes).
-type InFlight = Reverse<(Instant, u64, bool, Vec<u8>)>;
-
-struct Net {
-    base: Instant,
-    now: Instant,
-    client: Endpoint,
-    server: Endpoint,
-    link: Link,
-    rng: ChaCha8Rng,
-    wire: BinaryHeap<InFlight>,
-    seq: u64,
-    /// Every datagram sent.
-    sent: Vec<Logged>,
-    /// Every datagram delivered (time of delivery).
-    delivered: Vec<Logged>,
-    /// Client events with the virtual time they came out.
-    client_events: Vec<(Duration, Event)>,
+fn default_pair(link: Link) -> Net {
+    pair(Config::default(), Config::default(), link)
 }
 
-impl Net {
-    fn new(client: Config, server: Config, link: Link) -> Net {
-        let base = Instant::now();
-        Net {
-            base,
-            now: base,
-            rng: ChaCha8Rng::seed_from_u64(client.seed ^ 0x5EED),
-            client: Endpoint::new(client),
-            server: Endpoint::new(Config {
-                seed: server.seed ^ 0xABCD,
-                ..server
-            }),
-            link,
-            wire: BinaryHeap::new(),
-            seq: 0,
-            sent: Vec::new(),
-            delivered: Vec::new(),
-            client_events: Vec::new(),
-        }
-    }
-
-    fn default_pair(link: Link) -> Net {
-        Net::new(Config::default(), Config::default(), link)
-    }
-
-    fn elapsed(&self) -> Duration {
-        self.now - self.base
-    }
-
-    fn flush(&mut self) {
-        for from_client in [true, false] {
-            loop {
-                let endpoint = if from_client {
-                    &mut self.client
-                } else {
-                    &mut self.server
-                };
-                let Some(transmit) = endpoint.poll_transmit() else {
-                    break;
-                };
-                let elapsed = self.now - self.base;
-                self.sent
-                    .push((elapsed, from_client, transmit.bytes.clone()));
-                let to = if from_client {
-                    server_addr()
-                } else {
-                    client_addr()
-                };
-                if transmit.peer != to {
-                    continue; // into the void
-                }
-                let copies = if self.rng.random_bool(self.link.duplicate) {
-                    2
-                } else {
-                    1
-                };
-                for _ in 0..copies {
-                    if self.rng.random_bool(self.link.loss) {
-                        continue;
-                    }
-                    let jitter = self.link.jitter.mul_f64(self.rng.random_range(0.0..1.0));
-                    let at = self.now + self.link.latency + jitter;
-                    self.seq += 1;
-                    self.wire
-                        .push(Reverse((at, self.seq, from_client, transmit.bytes.clone())));
-                }
-            }
-        }
-    }
-
+/// What the tests do with the pair beyond the rig.
+trait Script {
     /// Runs the pair until `until` after the start, handing every server event to `server`.
-    fn run(&mut self, until: Duration, mut server: impl FnMut(&mut Endpoint, Instant, Event)) {
-        let end = self.base + until;
-        for _ in 0..10_000_000 {
-            self.flush();
-            let next = [
-                self.wire.peek().map(|Reverse((at, ..))| *at),
-                self.client.poll_timeout(),
-                self.server.poll_timeout(),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            let Some(next) = next.filter(|t| *t <= end) else {
-                self.now = self.now.max(end);
-                return;
-            };
-            self.now = self.now.max(next);
-            while let Some(Reverse((at, _, from_client, bytes))) = self.wire.peek().cloned() {
-                if at > self.now {
-                    break;
-                }
-                self.wire.pop();
-                self.delivered
-                    .push((self.now - self.base, from_client, bytes.clone()));
-                if from_client {
-                    self.server.handle_datagram(self.now, client_addr(), &bytes);
-                } else {
-                    self.client.handle_datagram(self.now, server_addr(), &bytes);
-                }
-            }
-            self.client.handle_timeout(self.now);
-            self.server.handle_timeout(self.now);
-            self.drain(&mut server);
-        }
-        panic!("the simulation does not settle");
-    }
+    fn serve(&mut self, until: Duration, server: impl FnMut(&mut Endpoint, Instant, Event));
+    /// The client GETs `path` from the server.
+    fn get(&mut self, path: &str) -> RequestId;
+    fn responses(&self) -> HashMap<RequestId, &Packet>;
+    /// Client failures by request id, with their time.
+    fn failures(&self) -> HashMap<RequestId, (Duration, ExchangeError)>;
+}
 
-    fn drain(&mut self, server: &mut impl FnMut(&mut Endpoint, Instant, Event)) {
-        while let Some(event) = self.client.poll_event() {
-            self.client_events.push((self.now - self.base, event));
-        }
-        while let Some(event) = self.server.poll_event() {
-            server(&mut self.server, self.now, event);
-        }
+impl Script for Net {
+    fn serve(&mut self, until: Duration, mut server: impl FnMut(&mut Endpoint, Instant, Event)) {
+        let end = self.start + until;
+        self.run_with(end, |peer, now, event| {
+            server(&mut peer.machine, now, event)
+        });
     }
 
     fn get(&mut self, path: &str) -> RequestId {
-        self.client
+        self.a
             .send_request(self.now, server_addr(), request(RequestType::Get, path))
             .unwrap()
     }
 
-    /// Client responses by request id.
     fn responses(&self) -> HashMap<RequestId, &Packet> {
         let mut map = HashMap::new();
-        for (_, event) in &self.client_events {
+        for (_, event) in &self.events {
             if let Event::Response { id, response } = event {
                 assert!(
                     map.insert(*id, response).is_none(),
@@ -197,7 +87,7 @@ impl Net {
 
     fn failures(&self) -> HashMap<RequestId, (Duration, ExchangeError)> {
         let mut map = HashMap::new();
-        for (at, event) in &self.client_events {
+        for (at, event) in &self.events {
             if let Event::RequestFailed { id, error } = event {
                 assert!(
                     map.insert(*id, (*at, error.clone())).is_none(),
@@ -207,6 +97,11 @@ impl Net {
         }
         map
     }
+}
+
+/// Whether the client sent `d`.
+fn by_client(d: &Datagram) -> bool {
+    d.from == client_addr()
 }
 
 /// A server that answers every request at once with 2.05 and the request's payload (or the
@@ -235,9 +130,9 @@ fn body(len: usize) -> Vec<u8> {
 #[test]
 fn piggybacked_response() {
     // RFC 7252 §5.2.1: the response travels in the ACK.
-    let mut net = Net::default_pair(Link::default());
+    let mut net = default_pair(Link::default());
     let id = net.get("/3/0/1");
-    net.run(Duration::from_secs(10), echo);
+    net.serve(Duration::from_secs(10), echo);
     let responses = net.responses();
     assert_eq!(responses[&id].payload, b"/3/0/1");
     assert_eq!(
@@ -245,8 +140,8 @@ fn piggybacked_response() {
         MessageType::Acknowledgement
     );
     assert_eq!(net.sent.len(), 2);
-    assert_eq!(net.client.counters().datagrams_out, 1);
-    assert_eq!(net.server.counters().datagrams_out, 1);
+    assert_eq!(net.a.counters().datagrams_out, 1);
+    assert_eq!(net.peers[SERVER].counters().datagrams_out, 1);
 }
 
 #[test]
@@ -260,20 +155,18 @@ fn thirty_percent_loss_requests_complete_or_time_out_only_when_everything_was_lo
         seed: 7,
         ..Config::default()
     };
-    let mut net = Net::new(config.clone(), config, link);
+    let mut net = pair(config.clone(), config, link);
     let mut ids = HashMap::new();
     for i in 0..60 {
         let mut packet = request(RequestType::Post, "/echo");
         packet.payload = format!("request {i}").into_bytes();
         ids.insert(
-            net.client
-                .send_request(net.now, server_addr(), packet)
-                .unwrap(),
+            net.a.send_request(net.now, server_addr(), packet).unwrap(),
             i,
         );
     }
     let mut seen = Vec::new();
-    net.run(Duration::from_secs(20_000), |endpoint, now, event| {
+    net.serve(Duration::from_secs(20_000), |endpoint, now, event| {
         if let Event::Request { request, .. } = &event {
             seen.push(request.packet.payload.clone());
         }
@@ -303,11 +196,11 @@ fn thirty_percent_loss_requests_complete_or_time_out_only_when_everything_was_lo
         assert!(
             !net.delivered
                 .iter()
-                .any(|(_, c, b)| !c && decode(b).payload == payload)
+                .any(|d| !by_client(d) && decode(&d.bytes).payload == payload)
         );
     }
-    assert!(net.client.counters().retransmissions > 0);
-    assert!(net.server.counters().duplicates > 0);
+    assert!(net.a.counters().retransmissions > 0);
+    assert!(net.peers[SERVER].counters().duplicates > 0);
 }
 
 #[test]
@@ -318,10 +211,10 @@ fn duplicated_datagrams_never_give_duplicate_events_and_get_the_same_answer() {
         jitter: Duration::from_millis(30),
         ..Link::default()
     };
-    let mut net = Net::default_pair(link);
+    let mut net = default_pair(link);
     let ids: Vec<_> = (0..30).map(|i| net.get(&format!("/3/0/{i}"))).collect();
     let mut requests = 0;
-    net.run(Duration::from_secs(600), |endpoint, now, event| {
+    net.serve(Duration::from_secs(600), |endpoint, now, event| {
         requests += usize::from(matches!(event, Event::Request { .. }));
         echo(endpoint, now, event);
     });
@@ -330,17 +223,18 @@ fn duplicated_datagrams_never_give_duplicate_events_and_get_the_same_answer() {
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(responses[id].payload, format!("/3/0/{i}").into_bytes());
     }
-    assert!(net.server.counters().duplicates > 0);
+    assert!(net.peers[SERVER].counters().duplicates > 0);
     // Every ACK the server sent for a given message ID is byte-identical (RFC 7252 §4.5).
     let mut acks: HashMap<u16, &Vec<u8>> = HashMap::new();
-    for (_, from_client, bytes) in &net.sent {
-        if !from_client {
+    for d in &net.sent {
+        let bytes = &d.bytes;
+        if !by_client(d) {
             let mid = decode(bytes).header.message_id;
             assert_eq!(*acks.entry(mid).or_insert(bytes), bytes);
         }
     }
     assert!(
-        net.sent.iter().filter(|(_, c, _)| !c).count() > 30,
+        net.sent.iter().filter(|d| !by_client(d)).count() > 30,
         "no ACK was repeated"
     );
 }
@@ -356,9 +250,9 @@ fn reordered_datagrams_are_matched_by_token() {
         nstart: 8,
         ..Config::default()
     };
-    let mut net = Net::new(config.clone(), config, link);
+    let mut net = pair(config.clone(), config, link);
     let ids: Vec<_> = (0..40).map(|i| net.get(&format!("/1/{i}"))).collect();
-    net.run(Duration::from_secs(600), echo);
+    net.serve(Duration::from_secs(600), echo);
     let responses = net.responses();
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(responses[id].payload, format!("/1/{i}").into_bytes());
@@ -370,7 +264,7 @@ fn silent_peer_fails_with_timeout_after_rfc_backoff() {
     // RFC 7252 §4.2, §4.8: first timeout in [2 s, 3 s], doubled 4 times, then give up,
     // within MAX_TRANSMIT_WAIT (93 s).
     for seed in 0..20 {
-        let mut net = Net::new(
+        let mut net = pair(
             Config {
                 seed,
                 ..Config::default()
@@ -379,11 +273,11 @@ fn silent_peer_fails_with_timeout_after_rfc_backoff() {
             Link::default(),
         );
         let id = net
-            .client
+            .a
             .send_request(net.now, void_addr(), request(RequestType::Get, "/"))
             .unwrap();
-        net.run(Duration::from_secs(200), echo);
-        let times: Vec<f64> = net.sent.iter().map(|(t, _, _)| t.as_secs_f64()).collect();
+        net.serve(Duration::from_secs(200), echo);
+        let times: Vec<f64> = net.sent.iter().map(|d| d.at.as_secs_f64()).collect();
         assert_eq!(times.len(), 5, "1 transmission + MAX_RETRANSMIT 4");
         let first = times[1] - times[0];
         assert!((2.0..=3.0).contains(&first), "initial timeout {first}");
@@ -399,8 +293,8 @@ fn silent_peer_fails_with_timeout_after_rfc_backoff() {
         assert_eq!(error, &ExchangeError::Timeout { transmissions: 5 });
         assert!((at.as_secs_f64() - 31.0 * first).abs() < 1e-6);
         assert!(*at <= Config::default().max_transmit_wait());
-        assert_eq!(net.client.counters().retransmissions, 4);
-        assert_eq!(net.client.counters().timeouts, 1);
+        assert_eq!(net.a.counters().retransmissions, 4);
+        assert_eq!(net.a.counters().timeouts, 1);
     }
 }
 
@@ -412,11 +306,11 @@ fn block2_response_of_100_kb_arrives_whole() {
         latency: Duration::from_millis(10),
         ..Link::default()
     };
-    let mut net = Net::default_pair(link);
+    let mut net = default_pair(link);
     let id = net.get("/5/0/0");
     let mut requests = 0;
     let reply = big.clone();
-    net.run(Duration::from_secs(3600), |endpoint, now, event| {
+    net.serve(Duration::from_secs(3600), |endpoint, now, event| {
         if let Event::Request { request, .. } = event {
             requests += 1;
             endpoint
@@ -438,13 +332,13 @@ fn block2_response_of_100_kb_arrives_whole() {
     );
     // Later blocks came out of the cache: the user answered once.
     assert_eq!(requests, 1);
-    assert!(net.sent.iter().all(|(_, _, b)| b.len() <= 1152));
+    assert!(net.sent.iter().all(|d| d.bytes.len() <= 1152));
 }
 
 #[test]
 fn block2_honours_the_block_size_the_client_asks_for() {
     // RFC 7959 §2.4 early negotiation: the client asks for 64-byte blocks.
-    let mut net = Net::default_pair(Link::default());
+    let mut net = default_pair(Link::default());
     let mut get = request(RequestType::Get, "/big");
     BlockOption {
         num: 0,
@@ -452,13 +346,10 @@ fn block2_honours_the_block_size_the_client_asks_for() {
         szx: 2,
     }
     .set_in(&mut get, CoapOption::Block2);
-    let id = net
-        .client
-        .send_request(net.now, server_addr(), get)
-        .unwrap();
+    let id = net.a.send_request(net.now, server_addr(), get).unwrap();
     let big = body(1000);
     let reply = big.clone();
-    net.run(Duration::from_secs(60), |endpoint, now, event| {
+    net.serve(Duration::from_secs(60), |endpoint, now, event| {
         if let Event::Request { request, .. } = event {
             endpoint
                 .respond(
@@ -473,8 +364,8 @@ fn block2_honours_the_block_size_the_client_asks_for() {
     let from_server: Vec<_> = net
         .sent
         .iter()
-        .filter(|(_, c, _)| !c)
-        .map(|(_, _, b)| decode(b))
+        .filter(|d| !by_client(d))
+        .map(|d| decode(&d.bytes))
         .collect();
     assert_eq!(from_server.len(), 16); // ceil(1000 / 64)
     for packet in &from_server {
@@ -497,16 +388,13 @@ fn block1_request_of_100_kb_arrives_whole_with_size_negotiation() {
         latency: Duration::from_millis(10),
         ..Link::default()
     };
-    let mut net = Net::new(Config::default(), server, link);
+    let mut net = pair(Config::default(), server, link);
     let big = body(100_000);
     let mut post = request(RequestType::Post, "/5/0/0");
     post.payload = big.clone();
-    let id = net
-        .client
-        .send_request(net.now, server_addr(), post)
-        .unwrap();
+    let id = net.a.send_request(net.now, server_addr(), post).unwrap();
     let mut received = Vec::new();
-    net.run(Duration::from_secs(7200), |endpoint, now, event| {
+    net.serve(Duration::from_secs(7200), |endpoint, now, event| {
         if let Event::Request { request, .. } = event {
             received.push(request.packet.payload.clone());
             assert!(
@@ -534,9 +422,9 @@ fn block1_request_of_100_kb_arrives_whole_with_size_negotiation() {
     let sizes: Vec<_> = net
         .sent
         .iter()
-        .filter(|(_, c, _)| *c)
-        .map(|(_, _, b)| {
-            BlockOption::from_packet(&decode(b), CoapOption::Block1)
+        .filter(|d| by_client(d))
+        .map(|d| {
+            BlockOption::from_packet(&decode(&d.bytes), CoapOption::Block1)
                 .unwrap()
                 .unwrap()
                 .size()
@@ -544,7 +432,7 @@ fn block1_request_of_100_kb_arrives_whole_with_size_negotiation() {
         .collect();
     assert_eq!(sizes[0], 1024);
     assert!(sizes[1..].iter().all(|s| *s == 256));
-    assert!(net.sent.iter().all(|(_, _, b)| b.len() <= 1152));
+    assert!(net.sent.iter().all(|d| d.bytes.len() <= 1152));
 }
 
 #[test]
@@ -640,11 +528,8 @@ fn block1_out_of_order_and_too_large_are_refused() {
 fn observe(net: &mut Net, observations: &mut Vec<ObservationId>) -> RequestId {
     let mut get = request(RequestType::Get, "/3303/0/5700");
     get.set_observe_value(0);
-    let id = net
-        .client
-        .send_request(net.now, server_addr(), get)
-        .unwrap();
-    net.run(
+    let id = net.a.send_request(net.now, server_addr(), get).unwrap();
+    net.serve(
         net.elapsed() + Duration::from_secs(5),
         |endpoint, now, event| {
             if let Event::Request { request, .. } = event {
@@ -662,7 +547,7 @@ fn observe(net: &mut Net, observations: &mut Vec<ObservationId>) -> RequestId {
 }
 
 fn notifications(net: &Net, of: RequestId) -> Vec<(u32, Vec<u8>)> {
-    net.client_events
+    net.events
         .iter()
         .filter_map(|(_, e)| match e {
             Event::Notification { id, response, seq } if *id == of => {
@@ -677,7 +562,7 @@ fn ignore(_: &mut Endpoint, _: Instant, _: Event) {}
 
 #[test]
 fn observe_notifications_freshness_and_cancel_by_reset() {
-    let mut net = Net::default_pair(Link {
+    let mut net = default_pair(Link {
         latency: Duration::from_millis(10),
         ..Link::default()
     });
@@ -685,10 +570,10 @@ fn observe_notifications_freshness_and_cancel_by_reset() {
     let id = observe(&mut net, &mut observations);
     let obs = observations[0];
     assert_eq!(net.responses()[&id].payload, b"20.0");
-    assert!(net.client.is_active(id));
+    assert!(net.a.is_active(id));
     for (i, confirmable) in [true, false, true].into_iter().enumerate() {
         let value = format!("2{i}.5").into_bytes();
-        net.server
+        net.peers[SERVER]
             .notify(
                 net.now,
                 obs,
@@ -696,7 +581,7 @@ fn observe_notifications_freshness_and_cancel_by_reset() {
                 confirmable,
             )
             .unwrap();
-        net.run(net.elapsed() + Duration::from_secs(5), ignore);
+        net.serve(net.elapsed() + Duration::from_secs(5), ignore);
     }
     let got = notifications(&net, id);
     assert_eq!(
@@ -705,21 +590,21 @@ fn observe_notifications_freshness_and_cancel_by_reset() {
     );
     assert!(got.windows(2).all(|w| w[1].0 == w[0].0 + 1));
     // Confirmable notifications were acknowledged: nothing was sent twice.
-    assert_eq!(net.server.counters().retransmissions, 0);
+    assert_eq!(net.peers[SERVER].counters().retransmissions, 0);
     // RFC 7641 §3.4: a reordered older notification is dropped.
-    let last = decode(&net.sent.iter().rev().find(|(_, c, _)| !c).unwrap().2);
+    let last = decode(&net.sent.iter().rev().find(|d| !by_client(d)).unwrap().bytes);
     let mut stale = last.clone();
     stale.header.set_type(MessageType::NonConfirmable);
     stale.header.message_id = last.header.message_id.wrapping_add(100);
     stale.set_observe_value(got[0].0);
     stale.payload = b"stale".to_vec();
-    net.client
+    net.a
         .handle_datagram(net.now, server_addr(), &stale.to_bytes_unlimited().unwrap());
-    assert_eq!(net.client.counters().stale_notifications, 1);
-    assert!(net.client.poll_event().is_none());
+    assert_eq!(net.a.counters().stale_notifications, 1);
+    assert!(net.a.poll_event().is_none());
     // Cancel by forgetting: the next notification gets a Reset (RFC 7641 §3.6).
-    assert!(net.client.cancel_request(net.now, id));
-    net.server
+    assert!(net.a.cancel_request(net.now, id));
+    net.peers[SERVER]
         .notify(
             net.now,
             obs,
@@ -728,7 +613,7 @@ fn observe_notifications_freshness_and_cancel_by_reset() {
         )
         .unwrap();
     let mut cancelled = Vec::new();
-    net.run(net.elapsed() + Duration::from_secs(5), |_, _, event| {
+    net.serve(net.elapsed() + Duration::from_secs(5), |_, _, event| {
         if let Event::ObservationCancelled { id, reason } = event {
             cancelled.push((id, reason));
         }
@@ -736,24 +621,23 @@ fn observe_notifications_freshness_and_cancel_by_reset() {
     assert_eq!(cancelled, vec![(obs, CancelReason::Reset)]);
     assert_eq!(notifications(&net, id).len(), 3);
     assert_eq!(
-        net.server
-            .notify(net.now, obs, response(ResponseType::Content, vec![]), false),
+        net.peers[SERVER].notify(net.now, obs, response(ResponseType::Content, vec![]), false),
         Err(ExchangeError::UnknownObservation)
     );
 }
 
 #[test]
 fn observe_cancel_by_deregistration_get() {
-    let mut net = Net::default_pair(Link {
+    let mut net = default_pair(Link {
         latency: Duration::from_millis(10),
         ..Link::default()
     });
     let mut observations = Vec::new();
     let id = observe(&mut net, &mut observations);
     let obs = observations[0];
-    let cancel = net.client.cancel_observation(net.now, id).unwrap();
+    let cancel = net.a.cancel_observation(net.now, id).unwrap();
     let mut server_saw = Vec::new();
-    net.run(
+    net.serve(
         net.elapsed() + Duration::from_secs(5),
         |endpoint, now, event| match event {
             Event::Request { request, .. } => {
@@ -780,25 +664,25 @@ fn observe_cancel_by_deregistration_get() {
         ]
     );
     assert_eq!(net.responses()[&cancel].payload, b"21");
-    assert!(!net.client.is_active(id) && !net.client.is_active(cancel));
-    assert!(!net.server.is_observed(obs));
+    assert!(!net.a.is_active(id) && !net.a.is_active(cancel));
+    assert!(!net.peers[SERVER].is_observed(obs));
     // The deregistration reused the observation's token (RFC 7641 §3.6).
     let tokens: Vec<_> = net
         .sent
         .iter()
-        .filter(|(_, c, _)| *c)
-        .map(|(_, _, b)| decode(b).get_token().to_vec())
+        .filter(|d| by_client(d))
+        .map(|d| decode(&d.bytes).get_token().to_vec())
         .collect();
     assert_eq!(tokens[0], tokens[tokens.len() - 1]);
 }
 
 #[test]
 fn unacknowledged_confirmable_notification_cancels_the_observation() {
-    let mut net = Net::default_pair(Link::default());
+    let mut net = default_pair(Link::default());
     let mut observations = Vec::new();
     observe(&mut net, &mut observations);
     net.link.loss = 1.0;
-    net.server
+    net.peers[SERVER]
         .notify(
             net.now,
             observations[0],
@@ -807,7 +691,7 @@ fn unacknowledged_confirmable_notification_cancels_the_observation() {
         )
         .unwrap();
     let mut cancelled = Vec::new();
-    net.run(net.elapsed() + Duration::from_secs(200), |_, _, event| {
+    net.serve(net.elapsed() + Duration::from_secs(200), |_, _, event| {
         if let Event::ObservationCancelled { id, reason } = event {
             cancelled.push((id, reason));
         }
@@ -818,14 +702,14 @@ fn unacknowledged_confirmable_notification_cancels_the_observation() {
 #[test]
 fn large_notification_is_fetched_block_wise() {
     // RFC 7959 §3.4: the observer fetches the rest of the notification's body.
-    let mut net = Net::default_pair(Link {
+    let mut net = default_pair(Link {
         latency: Duration::from_millis(10),
         ..Link::default()
     });
     let mut observations = Vec::new();
     let id = observe(&mut net, &mut observations);
     let big = body(5000);
-    net.server
+    net.peers[SERVER]
         .notify(
             net.now,
             observations[0],
@@ -833,15 +717,15 @@ fn large_notification_is_fetched_block_wise() {
             true,
         )
         .unwrap();
-    net.run(net.elapsed() + Duration::from_secs(30), echo);
+    net.serve(net.elapsed() + Duration::from_secs(30), echo);
     assert_eq!(notifications(&net, id), vec![(2, big)]);
-    assert!(net.client.is_active(id));
+    assert!(net.a.is_active(id));
     // The blocks were fetched with a token of their own (RFC 7959 §3.4).
     let tokens: Vec<_> = net
         .sent
         .iter()
-        .filter(|(_, c, _)| *c)
-        .map(|(_, _, b)| decode(b))
+        .filter(|d| by_client(d))
+        .map(|d| decode(&d.bytes))
         .collect();
     let observe_token = tokens[0].get_token().to_vec();
     let fetches: Vec<_> = tokens
@@ -855,7 +739,7 @@ fn large_notification_is_fetched_block_wise() {
             .all(|p| p.get_token() != observe_token && message::observe_value(p).is_none())
     );
     // Notifications keep coming on the observation's token.
-    net.server
+    net.peers[SERVER]
         .notify(
             net.now,
             observations[0],
@@ -863,7 +747,7 @@ fn large_notification_is_fetched_block_wise() {
             false,
         )
         .unwrap();
-    net.run(net.elapsed() + Duration::from_secs(5), echo);
+    net.serve(net.elapsed() + Duration::from_secs(5), echo);
     assert_eq!(
         notifications(&net, id).last(),
         Some(&(3, b"small".to_vec()))
@@ -872,20 +756,17 @@ fn large_notification_is_fetched_block_wise() {
 
 #[test]
 fn large_observe_registration_response_is_fetched_whole() {
-    let mut net = Net::default_pair(Link {
+    let mut net = default_pair(Link {
         latency: Duration::from_millis(10),
         ..Link::default()
     });
     let mut get = request(RequestType::Get, "/3/0");
     get.set_observe_value(0);
-    let id = net
-        .client
-        .send_request(net.now, server_addr(), get)
-        .unwrap();
+    let id = net.a.send_request(net.now, server_addr(), get).unwrap();
     let big = body(3000);
     let reply = big.clone();
     let mut observations = Vec::new();
-    net.run(Duration::from_secs(10), |endpoint, now, event| {
+    net.serve(Duration::from_secs(10), |endpoint, now, event| {
         if let Event::Request { request, .. } = event {
             // Block continuations come from the cache: only the registration gets here.
             assert_eq!(request.observe(), Some(0));
@@ -900,7 +781,7 @@ fn large_observe_registration_response_is_fetched_whole() {
     let response_event = net.responses()[&id];
     assert_eq!(response_event.payload, big);
     assert_eq!(message::observe_value(response_event), Some(1));
-    net.server
+    net.peers[SERVER]
         .notify(
             net.now,
             observations[0],
@@ -908,43 +789,43 @@ fn large_observe_registration_response_is_fetched_whole() {
             true,
         )
         .unwrap();
-    net.run(net.elapsed() + Duration::from_secs(5), ignore);
+    net.serve(net.elapsed() + Duration::from_secs(5), ignore);
     assert_eq!(notifications(&net, id), vec![(2, b"1".to_vec())]);
 }
 
 #[test]
 fn separate_response_is_acknowledged() {
     // RFC 7252 §5.2.2: empty ACK first, then a confirmable response that the client ACKs.
-    let mut net = Net::default_pair(Link {
+    let mut net = default_pair(Link {
         latency: Duration::from_millis(10),
         ..Link::default()
     });
     let id = net.get("/3/0");
     let mut handles = Vec::new();
-    net.run(Duration::from_secs(5), |_, _, event| {
+    net.serve(Duration::from_secs(5), |_, _, event| {
         if let Event::Request { request, .. } = event {
             handles.push(request.handle);
         }
     });
     assert!(net.responses().is_empty() && net.failures().is_empty());
-    net.server
+    net.peers[SERVER]
         .respond(
             net.now,
             handles.pop().unwrap(),
             response(ResponseType::Content, b"late".to_vec()),
         )
         .unwrap();
-    net.run(Duration::from_secs(300), ignore);
+    net.serve(Duration::from_secs(300), ignore);
     let response = net.responses()[&id];
     assert_eq!(response.payload, b"late");
     assert_eq!(response.header.get_type(), MessageType::Confirmable);
     let kinds: Vec<_> = net
         .sent
         .iter()
-        .map(|(_, c, b)| {
-            let p = decode(b);
+        .map(|d| {
+            let p = decode(&d.bytes);
             (
-                *c,
+                by_client(d),
                 p.header.get_type(),
                 p.header.code == MessageClass::Empty,
             )
@@ -959,16 +840,16 @@ fn separate_response_is_acknowledged() {
             (true, MessageType::Acknowledgement, true),
         ]
     );
-    assert_eq!(net.server.counters().retransmissions, 0);
-    assert_eq!(net.client.counters().retransmissions, 0);
+    assert_eq!(net.peers[SERVER].counters().retransmissions, 0);
+    assert_eq!(net.a.counters().retransmissions, 0);
 }
 
 #[test]
 fn separate_response_wait_times_out() {
-    let mut net = Net::default_pair(Link::default());
+    let mut net = default_pair(Link::default());
     let id = net.get("/3/0");
     let mut handles = Vec::new();
-    net.run(Duration::from_secs(200), |_, _, event| {
+    net.serve(Duration::from_secs(200), |_, _, event| {
         if let Event::Request { request, .. } = event {
             handles.push(request.handle);
         }
@@ -986,18 +867,15 @@ fn separate_response_wait_times_out() {
 #[test]
 fn non_confirmable_request_gets_non_confirmable_response_and_duplicates_are_dropped() {
     // RFC 7252 §5.2.3, §4.5.
-    let mut net = Net::default_pair(Link {
+    let mut net = default_pair(Link {
         duplicate: 1.0,
         ..Link::default()
     });
     let mut get = request(RequestType::Get, "/3/0/0");
     get.header.set_type(MessageType::NonConfirmable);
-    let id = net
-        .client
-        .send_request(net.now, server_addr(), get)
-        .unwrap();
+    let id = net.a.send_request(net.now, server_addr(), get).unwrap();
     let mut requests = 0;
-    net.run(Duration::from_secs(10), |endpoint, now, event| {
+    net.serve(Duration::from_secs(10), |endpoint, now, event| {
         if let Event::Request { request, .. } = &event {
             requests += 1;
             assert!(!request.handle.is_confirmable());
@@ -1007,25 +885,25 @@ fn non_confirmable_request_gets_non_confirmable_response_and_duplicates_are_drop
     assert_eq!(requests, 1);
     let response = net.responses()[&id];
     assert_eq!(response.header.get_type(), MessageType::NonConfirmable);
-    assert_eq!(net.server.counters().duplicates, 1);
-    assert_eq!(net.client.counters().duplicates, 1);
+    assert_eq!(net.peers[SERVER].counters().duplicates, 1);
+    assert_eq!(net.a.counters().duplicates, 1);
     assert!(
         net.sent
             .iter()
-            .all(|(_, _, b)| decode(b).header.get_type() == MessageType::NonConfirmable)
+            .all(|d| decode(&d.bytes).header.get_type() == MessageType::NonConfirmable)
     );
 }
 
 #[test]
 fn nstart_queues_requests_in_order() {
-    let mut net = Net::default_pair(Link {
+    let mut net = default_pair(Link {
         latency: Duration::from_millis(10),
         ..Link::default()
     });
     let ids: Vec<_> = (0..3).map(|i| net.get(&format!("/{i}"))).collect();
     let mut order = Vec::new();
     let mut max_in_flight = 0;
-    net.run(Duration::from_secs(30), |endpoint, now, event| {
+    net.serve(Duration::from_secs(30), |endpoint, now, event| {
         if let Event::Request { request, .. } = event {
             order.push(request.path());
             echo(
@@ -1038,10 +916,19 @@ fn nstart_queues_requests_in_order() {
             );
         }
     });
-    for (t, from_client, _) in &net.sent {
-        if *from_client {
-            let answered = net.sent.iter().filter(|(u, c, _)| !c && u <= t).count();
-            let asked = net.sent.iter().filter(|(u, c, _)| *c && u <= t).count();
+    for d in &net.sent {
+        if by_client(d) {
+            let t = d.at;
+            let answered = net
+                .sent
+                .iter()
+                .filter(|u| !by_client(u) && u.at <= t)
+                .count();
+            let asked = net
+                .sent
+                .iter()
+                .filter(|u| by_client(u) && u.at <= t)
+                .count();
             max_in_flight = max_in_flight.max(asked - answered);
         }
     }
@@ -1254,21 +1141,21 @@ fn wrong_codes_are_refused() {
 #[test]
 fn error_notification_ends_the_observation() {
     // RFC 7641 §3.2, §4.2: a response without Observe (here 4.04) ends it on both sides.
-    let mut net = Net::default_pair(Link::default());
+    let mut net = default_pair(Link::default());
     let mut observations = Vec::new();
     let id = observe(&mut net, &mut observations);
     let gone = response(ResponseType::NotFound, Vec::new());
-    net.server
+    net.peers[SERVER]
         .notify(net.now, observations[0], gone, true)
         .unwrap();
-    net.run(net.elapsed() + Duration::from_secs(5), ignore);
+    net.serve(net.elapsed() + Duration::from_secs(5), ignore);
     let Some((
         _,
         Event::ObservationEnded {
             id: ended,
             response,
         },
-    )) = net.client_events.last()
+    )) = net.events.last()
     else {
         panic!("no end of observation");
     };
@@ -1276,8 +1163,8 @@ fn error_notification_ends_the_observation() {
         (*ended, response.header.code),
         (id, MessageClass::Response(ResponseType::NotFound))
     );
-    assert!(!net.client.is_active(id));
-    assert!(!net.server.is_observed(observations[0]));
+    assert!(!net.a.is_active(id));
+    assert!(!net.peers[SERVER].is_observed(observations[0]));
 }
 
 /// Whatever the link does, every request ends exactly once, the server sees each request at
@@ -1288,7 +1175,7 @@ fn every_request_ends_exactly_once(link: Link, seed: u64, nstart: usize, confirm
         nstart,
         ..Config::default()
     };
-    let mut net = Net::new(config.clone(), config, link);
+    let mut net = pair(config.clone(), config, link);
     let mut ids = HashMap::new();
     for i in 0..12 {
         let mut packet = request(RequestType::Post, "/echo");
@@ -1297,14 +1184,12 @@ fn every_request_ends_exactly_once(link: Link, seed: u64, nstart: usize, confirm
         }
         packet.payload = body(i * 150); // the larger ones go block-wise, both ways
         ids.insert(
-            net.client
-                .send_request(net.now, server_addr(), packet)
-                .unwrap(),
+            net.a.send_request(net.now, server_addr(), packet).unwrap(),
             i,
         );
     }
     let mut seen = Vec::new();
-    net.run(Duration::from_secs(100_000), |endpoint, now, event| {
+    net.serve(Duration::from_secs(100_000), |endpoint, now, event| {
         if let Event::Request { request, .. } = &event {
             seen.push(request.packet.payload.clone());
         }
@@ -1322,7 +1207,7 @@ fn every_request_ends_exactly_once(link: Link, seed: u64, nstart: usize, confirm
         };
         assert_eq!(response.payload, expected);
     }
-    assert!(net.sent.iter().all(|(_, _, b)| b.len() <= 1152));
+    assert!(net.sent.iter().all(|d| d.bytes.len() <= 1152));
 }
 
 #[test]
@@ -1360,7 +1245,7 @@ proptest::proptest! {
 fn mutated_traffic_never_panics_either_side() {
     // Real traffic of every kind (observe, Block1, Block2, separate), mutated and replayed
     // into endpoints that hold live state.
-    let mut net = Net::default_pair(Link {
+    let mut net = default_pair(Link {
         latency: Duration::from_millis(10),
         ..Link::default()
     });
@@ -1368,12 +1253,10 @@ fn mutated_traffic_never_panics_either_side() {
     observe(&mut net, &mut observations);
     let mut post = request(RequestType::Post, "/5/0/0");
     post.payload = body(3000);
-    net.client
-        .send_request(net.now, server_addr(), post)
-        .unwrap();
+    net.a.send_request(net.now, server_addr(), post).unwrap();
     net.get("/big");
     let big = body(4000);
-    net.run(
+    net.serve(
         net.elapsed() + Duration::from_secs(30),
         |endpoint, now, event| {
             if let Event::Request { request, .. } = event {
@@ -1382,7 +1265,7 @@ fn mutated_traffic_never_panics_either_side() {
             }
         },
     );
-    net.server
+    net.peers[SERVER]
         .notify(
             net.now,
             observations[0],
@@ -1390,13 +1273,14 @@ fn mutated_traffic_never_panics_either_side() {
             true,
         )
         .unwrap();
-    net.run(net.elapsed() + Duration::from_secs(30), echo);
+    net.serve(net.elapsed() + Duration::from_secs(30), echo);
     let corpus = net.sent.clone();
     assert!(corpus.len() > 20);
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     for round in 0..30_000 {
-        let (_, from_client, original) = &corpus[rng.random_range(0..corpus.len())];
-        let mut bytes = original.clone();
+        let original = &corpus[rng.random_range(0..corpus.len())];
+        let from_client = by_client(original);
+        let mut bytes = original.bytes.clone();
         for _ in 0..rng.random_range(1..4) {
             let i = rng.random_range(0..bytes.len());
             bytes[i] ^= rng.random::<u8>();
@@ -1404,16 +1288,16 @@ fn mutated_traffic_never_panics_either_side() {
         if rng.random_bool(0.2) {
             bytes.truncate(rng.random_range(0..=bytes.len()));
         }
-        if *from_client {
-            net.server.handle_datagram(net.now, client_addr(), &bytes);
+        if from_client {
+            net.peers[SERVER].handle_datagram(net.now, client_addr(), &bytes);
         } else {
-            net.client.handle_datagram(net.now, server_addr(), &bytes);
+            net.a.handle_datagram(net.now, server_addr(), &bytes);
         }
         if round % 500 == 0 {
             let until = net.elapsed() + Duration::from_secs(1);
-            net.run(until, echo);
+            net.serve(until, echo);
         }
     }
-    net.run(net.elapsed() + Duration::from_secs(600), echo);
-    assert!(net.server.counters().malformed > 0);
+    net.serve(net.elapsed() + Duration::from_secs(600), echo);
+    assert!(net.peers[SERVER].counters().malformed > 0);
 }

@@ -55,7 +55,9 @@ pub fn decode(
     };
     let bt = match top.remove("bt") {
         None => None,
-        Some(J::Number(n)) => Some(senml::time_of(number(&n)).map_err(|e| malformed(0, e))?),
+        Some(J::Number(n)) => {
+            Some(senml::time_of(number(&n)).map_err(|e| malformed(0, e.to_string()))?)
+        }
         Some(v) => {
             return Err(malformed(
                 0,
@@ -106,7 +108,7 @@ fn raw_entry(entry: J) -> Result<RawRecord, String> {
                 continue;
             }
             ("t", J::Number(n)) => {
-                rec.t = Some(senml::time_of(number(&n))?);
+                rec.t = Some(senml::time_of(number(&n)).map_err(|e| e.to_string())?);
                 continue;
             }
             ("v", J::Number(n)) => RawValue::Number(number(&n)),

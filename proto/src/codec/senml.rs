@@ -152,24 +152,20 @@ impl Label {
 
     /// The label for a JSON label (or a CBOR text key): `Ok(None)` for a label to ignore,
     /// an error for one that cannot be ignored (must-understand, or changing the values).
-    pub fn from_name(name: &str) -> Result<Option<Self>, String> {
+    pub fn from_name(name: &str) -> Result<Option<Self>, RecordError> {
         if let Some(l) = Self::ALL.into_iter().find(|l| l.name() == name) {
             return Ok(Some(l));
         }
         match name {
-            "bv" | "bs" | "s" => Err(format!(
-                "label {name:?} (base value, base sum or sum) is not supported by LwM2M"
-            )),
-            _ if name.ends_with('_') => Err(format!(
-                "must-understand label {name:?} is not understood (RFC 8428 §4.4)"
-            )),
+            "bv" | "bs" | "s" => Err(RecordError::Unsupported { name: name.into() }),
+            _ if name.ends_with('_') => Err(RecordError::MustUnderstand { name: name.into() }),
             _ => Ok(None),
         }
     }
 
     /// The label for a CBOR integer key (RFC 8428 §6): as [`Label::from_name`] for the
     /// name the key stands for; unregistered keys are ignored.
-    pub fn from_cbor_key(key: i128) -> Result<Option<Self>, String> {
+    pub fn from_cbor_key(key: i128) -> Result<Option<Self>, RecordError> {
         if let Some(l) = Self::ALL
             .into_iter()
             .find(|l| l.cbor_key().map(i128::from) == Some(key))
@@ -189,32 +185,77 @@ impl Label {
 impl RawRecord {
     /// Sets the field for `label` to the content a codec converted, rejecting a label
     /// given twice, a second value label and content of the wrong kind.
-    pub fn set(&mut self, label: Label, field: Field) -> Result<(), String> {
+    pub fn set(&mut self, label: Label, field: Field) -> Result<(), RecordError> {
         match (label, field) {
             (Label::BaseName, Field::Text(s)) => put(&mut self.bn, s, label),
             (Label::Name, Field::Text(s)) => put(&mut self.n, s, label),
             (Label::BaseTime, Field::Number(n)) => put(&mut self.bt, time_of(n)?, label),
             (Label::Time, Field::Number(n)) => put(&mut self.t, time_of(n)?, label),
-            (_, Field::Value(_)) if self.value.is_some() => Err(format!(
-                "label {:?}: the record already has a value",
-                label.name()
-            )),
+            (_, Field::Value(_)) if self.value.is_some() => Err(RecordError::SecondValue {
+                label: label.name(),
+            }),
             (_, Field::Value(v)) => put(&mut self.value, v, label),
-            (l, _) => Err(format!("label {:?} has the wrong type", l.name())),
+            (l, _) => Err(RecordError::WrongType { label: l.name() }),
         }
     }
 }
 
-fn put<T>(slot: &mut Option<T>, v: T, label: Label) -> Result<(), String> {
+/// Why a SenML record (RFC 8428), or an OMA JSON entry read through the same fields, cannot
+/// be taken as it is. Its text names the label; the codecs add the record's position.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// `bv`, `bs` or `s`: labels that change the values, which LwM2M does not use.
+    #[error("label {name:?} (base value, base sum or sum) is not supported by LwM2M")]
+    Unsupported {
+        /// The label as written.
+        name: String,
+    },
+    /// A must-understand label (its name ends in `_`) this reader does not know
+    /// (RFC 8428 §4.4).
+    #[error("must-understand label {name:?} is not understood (RFC 8428 §4.4)")]
+    MustUnderstand {
+        /// The label as written.
+        name: String,
+    },
+    /// A second value label in one record.
+    #[error("label {label:?}: the record already has a value")]
+    SecondValue {
+        /// The second value label.
+        label: &'static str,
+    },
+    /// A label with content of the wrong kind (a number for `n`, text for `t`, ...).
+    #[error("label {label:?} has the wrong type")]
+    WrongType {
+        /// The label.
+        label: &'static str,
+    },
+    /// A label given twice in one record.
+    #[error("label {label:?} appears twice")]
+    Twice {
+        /// The label.
+        label: &'static str,
+    },
+    /// `bt` or `t` that is not a finite number.
+    #[error("time {time} is not a finite number")]
+    Time {
+        /// The number read.
+        time: f64,
+    },
+}
+
+fn put<T>(slot: &mut Option<T>, v: T, label: Label) -> Result<(), RecordError> {
     if slot.is_some() {
-        return Err(format!("label {:?} appears twice", label.name()));
+        return Err(RecordError::Twice {
+            label: label.name(),
+        });
     }
     *slot = Some(v);
     Ok(())
 }
 
 /// A number read for `bt` or `t`, which must be finite.
-pub fn time_of(n: Number) -> Result<f64, String> {
+pub fn time_of(n: Number) -> Result<f64, RecordError> {
     let f = match n {
         Number::Int(i) => i as f64,
         Number::Uint(u) => u as f64,
@@ -223,7 +264,7 @@ pub fn time_of(n: Number) -> Result<f64, String> {
     if f.is_finite() {
         Ok(f)
     } else {
-        Err(format!("time {f} is not a finite number"))
+        Err(RecordError::Time { time: f })
     }
 }
 
@@ -607,6 +648,38 @@ pub(crate) mod tests {
                 }),
             prop::collection::vec(path_only, 1..6),
         ]
+    }
+
+    #[test]
+    fn record_errors_are_typed() {
+        assert_eq!(
+            Label::from_name("bs"),
+            Err(RecordError::Unsupported { name: "bs".into() })
+        );
+        assert_eq!(
+            Label::from_name("x_"),
+            Err(RecordError::MustUnderstand { name: "x_".into() })
+        );
+        assert_eq!(Label::from_name("xyz"), Ok(None));
+        assert_eq!(
+            Label::from_cbor_key(5),
+            Err(RecordError::Unsupported { name: "s".into() })
+        );
+        let mut rec = RawRecord::default();
+        rec.set(Label::Name, Field::Text("/3/0/0".into())).unwrap();
+        assert_eq!(
+            rec.set(Label::Name, Field::Text("/3/0/1".into())),
+            Err(RecordError::Twice { label: "n" })
+        );
+        assert_eq!(
+            rec.set(Label::Time, Field::Text("now".into())),
+            Err(RecordError::WrongType { label: "t" })
+        );
+        let err = rec
+            .set(Label::BaseTime, Field::Number(Number::Float(f64::INFINITY)))
+            .unwrap_err();
+        assert!(matches!(err, RecordError::Time { time } if time.is_infinite()));
+        assert_eq!(err.to_string(), "time inf is not a finite number");
     }
 
     #[test]

@@ -133,8 +133,8 @@ fn raw_record(item: C) -> Result<RawRecord, String> {
     let mut rec = RawRecord::default();
     for (key, v) in entries {
         let label = match key {
-            C::Integer(i) => Label::from_cbor_key(i128::from(i))?,
-            C::Text(name) => match Label::from_name(&name)? {
+            C::Integer(i) => Label::from_cbor_key(i128::from(i)).map_err(|e| e.to_string())?,
+            C::Text(name) => match Label::from_name(&name).map_err(|e| e.to_string())? {
                 Some(l) if l.cbor_key().is_some() => {
                     return Err(format!(
                         "label {name:?} must be the integer key {} in CBOR (RFC 8428 §6)",
@@ -151,7 +151,8 @@ fn raw_record(item: C) -> Result<RawRecord, String> {
             }
         };
         if let Some(label) = label {
-            rec.set(label, field(label, v)?)?;
+            rec.set(label, field(label, v)?)
+                .map_err(|e| e.to_string())?;
         }
     }
     Ok(rec)

@@ -135,9 +135,10 @@ fn raw_record(item: J) -> Result<RawRecord, String> {
     };
     let mut rec = RawRecord::default();
     for (name, v) in map {
-        if let Some(label) = Label::from_name(&name)? {
+        if let Some(label) = Label::from_name(&name).map_err(|e| e.to_string())? {
             rec.padded |= label == Label::DataValue && v.as_str().is_some_and(|s| s.ends_with('='));
-            rec.set(label, field(label, v)?)?;
+            rec.set(label, field(label, v)?)
+                .map_err(|e| e.to_string())?;
         }
     }
     Ok(rec)

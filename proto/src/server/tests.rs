@@ -2,10 +2,10 @@
 //! over an in-memory link on a virtual clock. Every test asserts the CoAP exchange itself:
 //! codes, options and decoded payloads.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 
@@ -17,6 +17,7 @@ use crate::content::{self, ContentFormat, Finding};
 use crate::ids::{InstanceId, ResourceId};
 use crate::node::{Instance, Node, Record, ResourceValue};
 use crate::registration::{Lwm2mVersion, RegistrationFinding};
+use crate::testing::{Link, Pair};
 use crate::value::Value;
 
 fn addr(port: u16) -> SocketAddr {
@@ -26,126 +27,70 @@ fn addr(port: u16) -> SocketAddr {
 const SERVER: u16 = 5683;
 const PAYLOAD_11: &str = r#"</>;rt="oma.lwm2m";ct="60 110 112 11542",</1/0>,</3/0>,</3303/0>"#;
 
-/// A scripted client: an exchange endpoint and the events it reported.
-struct Peer {
-    addr: SocketAddr,
-    ep: Endpoint,
-    inbox: VecDeque<Event>,
+/// The server (`a`) and its scripted clients, CoAP endpoints, on the shared rig.
+type World = Pair<Lwm2mServer, Endpoint>;
+
+fn world(config: ServerConfig) -> World {
+    let server = Lwm2mServer::new(config, Arc::new(crate::registry::Registry::embedded()));
+    Pair::new(addr(SERVER), server, Link::default(), 0)
 }
 
-/// The server and its clients on a virtual clock.
-struct World {
-    now: Instant,
-    server: Lwm2mServer,
-    peers: Vec<Peer>,
-    events: Vec<ServerEvent>,
+/// What the tests do with the world beyond the rig.
+trait Script {
+    /// A scripted client at `port`; its index in the peers.
+    fn peer(&mut self, port: u16) -> usize;
+    /// A datagram from an address that is not a scripted client.
+    fn raw(&mut self, from: SocketAddr, bytes: &[u8]) -> Vec<Packet>;
+    /// A client request and the server's answer.
+    fn call(&mut self, peer: usize, packet: Packet) -> Packet;
+    /// A Register with these queries and links; the answer.
+    fn register(&mut self, peer: usize, queries: &[&str], links: &str) -> Packet;
+    /// An Update of registration `id`; the answer.
+    fn update(&mut self, peer: usize, id: &str, queries: &[&str]) -> Packet;
+    /// The next request the server sent to a client.
+    fn incoming(&mut self, peer: usize) -> IncomingRequest;
+    /// Asserts that the server sent the client no request.
+    fn no_request(&self, peer: usize);
+    /// The client answers `request`.
+    fn respond(&mut self, peer: usize, request: IncomingRequest, response: Packet);
+    /// The server starts `operation` on `endpoint`.
+    fn op(&mut self, endpoint: &str, operation: Operation) -> OpId;
+    /// Takes the events matching `f`, keeping the others.
+    fn take(&mut self, f: impl Fn(&ServerEvent) -> bool) -> Vec<ServerEvent>;
+    /// The one completion of `op`.
+    fn completed(&mut self, op: OpId) -> (Result<Response, OpError>, Duration);
+    /// The successful response of `op`.
+    fn ok(&mut self, op: OpId) -> Response;
+    /// The registration of `ep`.
+    fn registered(&mut self, ep: &str) -> Registration;
 }
 
-impl World {
-    fn new(config: ServerConfig) -> Self {
-        Self {
-            now: Instant::now(),
-            server: Lwm2mServer::new(config, Arc::new(crate::registry::Registry::embedded())),
-            peers: Vec::new(),
-            events: Vec::new(),
-        }
-    }
-
-    fn default() -> Self {
-        Self::new(ServerConfig::default())
-    }
-
+impl Script for World {
     fn peer(&mut self, port: u16) -> usize {
         let config = crate::coap::Config {
             seed: u64::from(port),
             ..Default::default()
         };
-        self.peers.push(Peer {
-            addr: addr(port),
-            ep: Endpoint::new(config),
-            inbox: VecDeque::new(),
-        });
-        self.peers.len() - 1
+        self.add_peer(addr(port), Endpoint::new(config))
     }
 
-    /// Delivers datagrams both ways until the link is quiet. Datagrams to an address no
-    /// peer holds are lost.
-    fn pump(&mut self) {
-        let server = addr(SERVER);
-        loop {
-            let mut moved = false;
-            while let Some(t) = self.server.poll_transmit() {
-                moved = true;
-                if let Some(p) = self.peers.iter_mut().find(|p| p.addr == t.peer) {
-                    p.ep.handle_datagram(self.now, server, &t.bytes);
-                }
-            }
-            for p in &mut self.peers {
-                while let Some(t) = p.ep.poll_transmit() {
-                    assert_eq!(t.peer, server);
-                    moved = true;
-                    self.server.handle_datagram(self.now, p.addr, &t.bytes);
-                }
-                while let Some(e) = p.ep.poll_event() {
-                    p.inbox.push_back(e);
-                }
-            }
-            while let Some(e) = self.server.poll_event() {
-                self.events.push(e);
-            }
-            if !moved {
-                return;
-            }
-        }
-    }
-
-    /// Runs every timer up to `now + d`.
-    fn advance(&mut self, d: Duration) {
-        let target = self.now + d;
-        loop {
-            let next = std::iter::once(self.server.poll_timeout())
-                .chain(self.peers.iter_mut().map(|p| p.ep.poll_timeout()))
-                .flatten()
-                .min();
-            match next {
-                Some(at) if at <= target => {
-                    self.now = self.now.max(at);
-                    self.tick();
-                }
-                _ => break,
-            }
-        }
-        self.now = target;
-        self.tick();
-    }
-
-    fn tick(&mut self) {
-        self.server.handle_timeout(self.now);
-        for p in &mut self.peers {
-            p.ep.handle_timeout(self.now);
-        }
-        self.pump();
-    }
-
-    /// A datagram from an address that is not a scripted client.
     fn raw(&mut self, from: SocketAddr, bytes: &[u8]) -> Vec<Packet> {
-        self.server.handle_datagram(self.now, from, bytes);
+        self.a.handle_datagram(self.now, from, bytes);
         let mut out = Vec::new();
-        while let Some(t) = self.server.poll_transmit() {
+        while let Some(t) = self.a.poll_transmit() {
             assert_eq!(t.peer, from);
             out.push(message::decode(&t.bytes).expect("the server sends valid CoAP"));
         }
-        while let Some(e) = self.server.poll_event() {
-            self.events.push(e);
+        while let Some(e) = self.a.poll_event() {
+            let at = self.elapsed();
+            self.events.push((at, e));
         }
         out
     }
 
-    /// A client request and the server's answer.
     fn call(&mut self, peer: usize, packet: Packet) -> Packet {
         let now = self.now;
         let id = self.peers[peer]
-            .ep
             .send_request(now, addr(SERVER), packet)
             .unwrap();
         self.pump();
@@ -180,7 +125,6 @@ impl World {
         self.call(peer, p)
     }
 
-    /// The next request the server sent to a client.
     fn incoming(&mut self, peer: usize) -> IncomingRequest {
         let inbox = &mut self.peers[peer].inbox;
         let at = inbox
@@ -206,23 +150,23 @@ impl World {
     fn respond(&mut self, peer: usize, request: IncomingRequest, response: Packet) {
         let now = self.now;
         self.peers[peer]
-            .ep
             .respond(now, request.handle, response)
             .unwrap();
         self.pump();
     }
 
     fn op(&mut self, endpoint: &str, operation: Operation) -> OpId {
-        let id = self.server.request(self.now, endpoint, operation).unwrap();
+        let id = self.a.request(self.now, endpoint, operation).unwrap();
         self.pump();
         id
     }
 
-    /// Takes the events matching `f`, keeping the others.
     fn take(&mut self, f: impl Fn(&ServerEvent) -> bool) -> Vec<ServerEvent> {
-        let (taken, kept) = std::mem::take(&mut self.events).into_iter().partition(f);
+        let (taken, kept) = std::mem::take(&mut self.events)
+            .into_iter()
+            .partition(|(_, e)| f(e));
         self.events = kept;
-        taken
+        taken.into_iter().map(|(_, e)| e).collect()
     }
 
     fn completed(&mut self, op: OpId) -> (Result<Response, OpError>, Duration) {
@@ -247,7 +191,7 @@ impl World {
     }
 
     fn registered(&mut self, ep: &str) -> Registration {
-        self.server.registration(ep).cloned().expect("registered")
+        self.a.registration(ep).cloned().expect("registered")
     }
 }
 
@@ -298,7 +242,7 @@ fn registered_11(w: &mut World, port: u16, ep: &str) -> usize {
 
 #[test]
 fn register_update_deregister_core_6_2() {
-    let mut w = World::default();
+    let mut w = world(ServerConfig::default());
     let p = w.peer(40001);
     // Core TS 1.1 §6.2.1: POST /rd?ep=..&lt=..&lwm2m=..&b=U with the link list.
     let answer = w.register(
@@ -361,7 +305,7 @@ fn register_update_deregister_core_6_2() {
         message::request(RequestType::Delete, &format!("/rd/{}", reg.id)),
     );
     assert_eq!(code(&answer), (2, 2));
-    assert!(w.server.registration("dev1").is_none());
+    assert!(w.a.registration("dev1").is_none());
     assert!(matches!(
         &w.take(|_| true)[..],
         [ServerEvent::Deregistered { registration }] if registration.id == reg.id
@@ -381,7 +325,7 @@ fn register_update_deregister_core_6_2() {
 
 #[test]
 fn register_again_replaces_the_old_registration() {
-    let mut w = World::default();
+    let mut w = world(ServerConfig::default());
     let p = registered_11(&mut w, 40001, "dev1");
     let first = w.registered("dev1");
     let obs = w.op(
@@ -394,7 +338,6 @@ fn register_again_replaces_the_old_registration() {
     let req = w.incoming(p);
     let now = w.now;
     w.peers[p]
-        .ep
         .accept_observation(
             now,
             req.handle,
@@ -419,20 +362,19 @@ fn register_again_replaces_the_old_registration() {
             ServerEvent::Registered { registration, replaced: Some(old) },
         ] if *o == observation && *registration == second && *old == first
     ));
-    assert!(w.server.observations("dev1").is_empty());
+    assert!(w.a.observations("dev1").is_empty());
     assert_eq!(code(&w.update(p, &first.id, &[])), (4, 4));
-    assert_eq!(w.server.registrations().count(), 1);
+    assert_eq!(w.a.registrations().count(), 1);
 }
 
 #[test]
 fn lifetime_expiry_ends_the_registration_and_its_operations() {
-    let mut w = World::default();
+    let mut w = world(ServerConfig::default());
     let p = w.peer(40001);
     w.register(p, &["ep=dev1", "lt=30", "lwm2m=1.1"], "</3/0>");
     w.events.clear();
     assert_eq!(
-        w.server
-            .poll_timeout()
+        w.a.poll_timeout()
             .map(|t| t <= w.now + Duration::from_secs(30)),
         Some(true)
     );
@@ -445,9 +387,9 @@ fn lifetime_expiry_ends_the_registration_and_its_operations() {
     );
     let _unanswered = w.incoming(p);
     w.advance(Duration::from_secs(29));
-    assert!(w.server.registration("dev1").is_some());
+    assert!(w.a.registration("dev1").is_some());
     w.advance(Duration::from_secs(2));
-    assert!(w.server.registration("dev1").is_none());
+    assert!(w.a.registration("dev1").is_none());
     let (result, latency) = w.completed(read);
     assert_eq!(
         result,
@@ -464,7 +406,7 @@ fn lifetime_expiry_ends_the_registration_and_its_operations() {
 
 #[test]
 fn every_refusal_has_its_code_and_event() {
-    let mut w = World::default();
+    let mut w = world(ServerConfig::default());
     let p = w.peer(40001);
     let cases: Vec<(Packet, (u8, u8), &str, bool)> = vec![
         {
@@ -563,12 +505,12 @@ fn every_refusal_has_its_code_and_event() {
             other => panic!("{reason}: {other:?}"),
         }
     }
-    assert_eq!(w.server.registrations().count(), 0);
+    assert_eq!(w.a.registrations().count(), 0);
 }
 
 #[test]
 fn tolerated_deviations_are_findings() {
-    let mut w = World::default();
+    let mut w = world(ServerConfig::default());
     let p = w.peer(40001);
     // A pre-1.0 client: no lwm2m=, the 1.0 queue binding, legacy content formats, a link
     // outside its alternate path.
@@ -612,7 +554,7 @@ fn tolerated_deviations_are_findings() {
 
 #[test]
 fn tables_sized_ahead_still_grow_and_the_limit_still_holds() {
-    let mut w = World::new(ServerConfig {
+    let mut w = world(ServerConfig {
         registration_capacity: 2,
         limits: RegistrationLimits {
             max_registrations: 3,
@@ -625,16 +567,16 @@ fn tables_sized_ahead_still_grow_and_the_limit_still_holds() {
         w.register(p, &[&format!("ep=cap{n}"), "lwm2m=1.1"], "</3/0>");
     }
     // Beyond the capacity the tables grew; beyond the limit the Register was refused.
-    assert_eq!(w.server.registrations().count(), 3);
+    assert_eq!(w.a.registrations().count(), 3);
     for n in 0..3 {
         assert_eq!(w.registered(&format!("cap{n}")).endpoint, format!("cap{n}"));
     }
-    assert!(w.server.registration("cap3").is_none());
+    assert!(w.a.registration("cap3").is_none());
 }
 
 #[test]
 fn format_choice_per_version() {
-    let mut w = World::default();
+    let mut w = world(ServerConfig::default());
     let cases = [
         ("lwm2m=1.0", "</3/0>", false, Ok(ContentFormat::Tlv)),
         ("lwm2m=1.1", "</3/0>", false, Ok(ContentFormat::Tlv)),
@@ -682,7 +624,7 @@ fn format_choice_per_version() {
         Err(OpError::Invalid { .. })
     ));
     // Composite operations are refused at once for a 1.0 client.
-    let refused = w.server.request(
+    let refused = w.a.request(
         w.now,
         "c0",
         Operation::ReadComposite {
@@ -692,7 +634,7 @@ fn format_choice_per_version() {
     );
     assert!(matches!(refused, Err(OpError::Invalid { reason }) if reason.contains("1.1+")));
     assert_eq!(
-        w.server.request(
+        w.a.request(
             w.now,
             "ghost",
             Operation::Delete {
@@ -707,7 +649,7 @@ fn format_choice_per_version() {
 
 #[test]
 fn read_with_registry_typing_and_findings() {
-    let mut w = World::default();
+    let mut w = world(ServerConfig::default());
     let p = w.peer(40001);
     w.register(
         p,
@@ -809,7 +751,7 @@ fn read_with_registry_typing_and_findings() {
 
 #[test]
 fn write_replace_and_partial_write_attributes_execute() {
-    let mut w = World::default();
+    let mut w = world(ServerConfig::default());
     let p = registered_11(&mut w, 40001, "dev1");
     // Write (replace): PUT /3/0/14 with SenML CBOR.
     let node = single(Value::String("+02:00".into()));
@@ -908,7 +850,7 @@ fn write_replace_and_partial_write_attributes_execute() {
     assert!(w.ok(op).is_success());
     // Execute on an instance cannot be expressed (it would be a partial Write).
     assert!(matches!(
-        w.server.request(
+        w.a.request(
             w.now,
             "dev1",
             Operation::Execute {
@@ -922,7 +864,7 @@ fn write_replace_and_partial_write_attributes_execute() {
 
 #[test]
 fn create_delete_discover() {
-    let mut w = World::default();
+    let mut w = world(ServerConfig::default());
     let p = w.peer(40001);
     w.register(p, &["ep=dev10", "lwm2m=1.0"], "</3/0>,</3303>");
     let schema = crate::registry::Registry::embedded();
@@ -983,7 +925,7 @@ fn create_delete_discover() {
     assert_eq!(w.ok(op).location, Some(Lwm2mPath::instance(3303, 7)));
     // Without an id, SenML cannot say it.
     assert!(matches!(
-        w.server.request(
+        w.a.request(
             w.now,
             "dev10",
             Operation::Create {
@@ -1040,7 +982,7 @@ fn create_delete_discover() {
 
 #[test]
 fn a_whole_device_read_composite_of_a_1_2_client_asks_in_senml_for_lwm2m_cbor() {
-    let mut w = World::default();
+    let mut w = world(ServerConfig::default());
     let p = w.peer(40001);
     w.register(
         p,
@@ -1101,7 +1043,7 @@ fn a_whole_device_read_composite_of_a_1_2_client_asks_in_senml_for_lwm2m_cbor() 
 
 #[test]
 fn read_and_write_composite() {
-    let mut w = World::default();
+    let mut w = world(ServerConfig::default());
     let p = w.peer(40001);
     w.register(
         p,
@@ -1197,7 +1139,6 @@ fn observe(w: &mut World, p: usize, ep: &str) -> (ObservationId, crate::coap::Ob
     assert_eq!(uint_option(&req.packet, CoapOption::Accept), Some(0));
     let now = w.now;
     let served = w.peers[p]
-        .ep
         .accept_observation(
             now,
             req.handle,
@@ -1224,18 +1165,18 @@ fn notify(w: &mut World, p: usize, served: crate::coap::ObservationId, level: &s
         Some(ContentFormat::Text),
         level.as_bytes().to_vec(),
     );
-    w.peers[p].ep.notify(now, served, packet, true).unwrap();
+    w.peers[p].notify(now, served, packet, true).unwrap();
     w.pump();
 }
 
 #[test]
 fn observe_notify_cancel_and_lifecycle() {
-    let mut w = World::default();
+    let mut w = world(ServerConfig::default());
     let p = registered_11(&mut w, 40001, "dev1");
     let id = w.registered("dev1").id;
     let (obs, served) = observe(&mut w, p, "dev1");
     assert_eq!(
-        w.server.observations("dev1"),
+        w.a.observations("dev1"),
         [(obs, vec![Lwm2mPath::resource(3, 0, 9)])]
     );
     notify(&mut w, p, served, "85");
@@ -1293,7 +1234,7 @@ fn observe_notify_cancel_and_lifecycle() {
         response.content,
         Some(Content::Node(single(Value::Integer(79))))
     );
-    assert!(w.server.observations("dev1").is_empty());
+    assert!(w.a.observations("dev1").is_empty());
     // Passive cancellation: forgotten at once, the next notification gets a Reset.
     let (obs, served) = observe(&mut w, p, "dev1");
     let op = w.op(
@@ -1335,7 +1276,7 @@ fn observe_notify_cancel_and_lifecycle() {
     // A cancellation of an unknown observation is refused.
     registered_11(&mut w, 40002, "dev2");
     assert!(matches!(
-        w.server.request(
+        w.a.request(
             w.now,
             "dev2",
             Operation::CancelObservation {
@@ -1349,7 +1290,7 @@ fn observe_notify_cancel_and_lifecycle() {
 
 #[test]
 fn observe_composite_and_error_notification() {
-    let mut w = World::default();
+    let mut w = world(ServerConfig::default());
     let p = registered_11(&mut w, 40001, "dev1");
     let paths = vec![Lwm2mPath::resource(3, 0, 9), Lwm2mPath::resource(3, 0, 0)];
     let op = w.op(
@@ -1366,7 +1307,6 @@ fn observe_composite_and_error_notification() {
     let body = br#"[{"n":"/3/0/9","v":50},{"n":"/3/0/0","vs":"ACME"}]"#.to_vec();
     let now = w.now;
     let served = w.peers[p]
-        .ep
         .accept_observation(
             now,
             req.handle,
@@ -1375,17 +1315,14 @@ fn observe_composite_and_error_notification() {
         .unwrap();
     w.pump();
     let obs = w.ok(op).observation.unwrap();
-    assert_eq!(w.server.observations("dev1"), [(obs, paths)]);
+    assert_eq!(w.a.observations("dev1"), [(obs, paths)]);
     let now = w.now;
     let notification = reply(
         ResponseType::Content,
         Some(ContentFormat::SenmlJson),
         br#"[{"n":"/3/0/9","v":49}]"#.to_vec(),
     );
-    w.peers[p]
-        .ep
-        .notify(now, served, notification, false)
-        .unwrap();
+    w.peers[p].notify(now, served, notification, false).unwrap();
     w.pump();
     let n = w.take(|e| matches!(e, ServerEvent::Notification { .. }));
     assert!(matches!(
@@ -1396,7 +1333,6 @@ fn observe_composite_and_error_notification() {
     // The client ends it with an error notification (RFC 7641 §3.2).
     let now = w.now;
     w.peers[p]
-        .ep
         .notify(
             now,
             served,
@@ -1410,12 +1346,12 @@ fn observe_composite_and_error_notification() {
         [ServerEvent::ObservationEnded { observation, reason, .. }]
             if *observation == obs && reason.contains("4.04")
     ));
-    assert!(w.server.observations("dev1").is_empty());
+    assert!(w.a.observations("dev1").is_empty());
 }
 
 #[test]
 fn send_from_registered_and_unknown_addresses() {
-    let mut w = World::default();
+    let mut w = world(ServerConfig::default());
     let p = registered_11(&mut w, 40001, "dev1");
     let send = |format: Option<u16>, payload: &[u8]| {
         let mut r = message::request(RequestType::Post, "/dp");
@@ -1471,7 +1407,7 @@ fn send_from_registered_and_unknown_addresses() {
 
 #[test]
 fn queue_mode_holds_requests_until_the_client_wakes() {
-    let mut w = World::new(ServerConfig {
+    let mut w = world(ServerConfig {
         queue_capacity: 2,
         queue_timeout: Duration::from_secs(60),
         awake_time: Duration::from_secs(10),
@@ -1480,7 +1416,7 @@ fn queue_mode_holds_requests_until_the_client_wakes() {
     let p = w.peer(40001);
     w.register(p, &["ep=q", "lwm2m=1.1", "Q"], PAYLOAD_11);
     let id = w.registered("q").id;
-    assert!(w.registered("q").queue_mode && w.server.is_awake("q"));
+    assert!(w.registered("q").queue_mode && w.a.is_awake("q"));
     w.events.clear();
     w.advance(Duration::from_secs(10));
     assert_eq!(
@@ -1489,7 +1425,7 @@ fn queue_mode_holds_requests_until_the_client_wakes() {
             endpoint: "q".into()
         }]
     );
-    assert!(!w.server.is_awake("q"));
+    assert!(!w.a.is_awake("q"));
     // Requests wait while it sleeps; the third does not fit.
     let read = |r| Operation::Read {
         path: Lwm2mPath::resource(3, 0, r),
@@ -1499,13 +1435,13 @@ fn queue_mode_holds_requests_until_the_client_wakes() {
     w.advance(Duration::from_secs(1));
     let second = w.op("q", read(1));
     assert_eq!(
-        w.server.request(w.now, "q", read(2)),
+        w.a.request(w.now, "q", read(2)),
         Err(OpError::QueueFull {
             endpoint: "q".into(),
             capacity: 2
         })
     );
-    assert_eq!(w.server.queued("q"), 2);
+    assert_eq!(w.a.queued("q"), 2);
     w.no_request(p);
     // An Update wakes it; the held requests go out in order after its answer.
     w.advance(Duration::from_secs(4));
@@ -1515,7 +1451,7 @@ fn queue_mode_holds_requests_until_the_client_wakes() {
         &events[..],
         [ServerEvent::Awake { endpoint }, ServerEvent::Updated { .. }] if endpoint == "q"
     ));
-    assert_eq!(w.server.queued("q"), 0);
+    assert_eq!(w.a.queued("q"), 0);
     let req = w.incoming(p);
     assert_eq!(req.path(), "/3/0/0");
     w.no_request(p); // NSTART = 1: the second waits for the first answer
@@ -1556,7 +1492,7 @@ fn queue_mode_holds_requests_until_the_client_wakes() {
             waited: Duration::from_secs(60)
         })
     );
-    assert_eq!(w.server.queued("q"), 0);
+    assert_eq!(w.a.queued("q"), 0);
     // Any message wakes it too: a Send.
     let mut r = message::request(RequestType::Post, "/dp");
     r.add_option(CoapOption::ContentFormat, vec![110]);
@@ -1578,7 +1514,7 @@ fn queue_mode_holds_requests_until_the_client_wakes() {
 
 #[test]
 fn nat_rebinding_is_taken_on_the_next_update() {
-    let mut w = World::default();
+    let mut w = world(ServerConfig::default());
     let p = registered_11(&mut w, 40001, "dev1");
     let id = w.registered("dev1").id;
     let (obs, _served) = observe(&mut w, p, "dev1");
@@ -1625,12 +1561,12 @@ fn nat_rebinding_is_taken_on_the_next_update() {
             error: ExchangeError::Timeout { transmissions: 5 }
         })
     );
-    assert!(w.server.registration("dev1").is_some());
+    assert!(w.a.registration("dev1").is_some());
 }
 
 #[test]
 fn garbage_and_wrong_content_do_not_disturb_a_working_client() {
-    let mut w = World::default();
+    let mut w = world(ServerConfig::default());
     let p = registered_11(&mut w, 40001, "dev1");
     // Garbage bytes from several peers.
     let mut seed = 0x1234_5678_u32;
@@ -1700,7 +1636,7 @@ fn garbage_and_wrong_content_do_not_disturb_a_working_client() {
         assert_eq!(code(&out[0]), expected, "case {n}");
         assert!(out[0].payload.len() <= 256 && std::str::from_utf8(&out[0].payload).is_ok());
     }
-    assert_eq!(w.server.registrations().count(), 1);
+    assert_eq!(w.a.registrations().count(), 1);
     // The real client still works.
     let op = w.op(
         "dev1",
@@ -1724,7 +1660,7 @@ fn garbage_and_wrong_content_do_not_disturb_a_working_client() {
 
 #[test]
 fn mutated_registrations_never_panic() {
-    let mut w = World::default();
+    let mut w = world(ServerConfig::default());
     let mut base = message::request(RequestType::Post, "/rd");
     message::add_query(&mut base, "ep=dev&lt=300");
     base.set_token(vec![1, 2]);
@@ -1747,14 +1683,14 @@ fn mutated_registrations_never_panic() {
         }
     }
     // Whatever got registered is consistent.
-    for r in w.server.registrations() {
-        assert_eq!(w.server.registration(&r.endpoint), Some(r));
+    for r in w.a.registrations() {
+        assert_eq!(w.a.registration(&r.endpoint), Some(r));
     }
 }
 
 #[test]
 fn timers_stay_bounded_and_lifetimes_follow_updates() {
-    let mut w = World::new(ServerConfig {
+    let mut w = world(ServerConfig {
         awake_time: Duration::from_secs(20),
         ..Default::default()
     });
@@ -1766,8 +1702,8 @@ fn timers_stay_bounded_and_lifetimes_follow_updates() {
         w.advance(Duration::from_secs(1));
         assert_eq!(code(&w.update(p, &id, &[])), (2, 4));
     }
-    assert!(w.server.timers.len() <= 2, "{}", w.server.timers.len());
-    assert!(w.server.is_awake("q"));
+    assert!(w.a.timers.len() <= 2, "{}", w.a.timers.len());
+    assert!(w.a.is_awake("q"));
     // A shorter lifetime takes effect at once.
     assert_eq!(code(&w.update(p, &id, &["lt=5"])), (2, 4));
     w.events.clear();
@@ -1778,13 +1714,13 @@ fn timers_stay_bounded_and_lifetimes_follow_updates() {
         "{events:?}"
     );
     // Nothing of it is left in the heap once stale entries are skipped.
-    w.server.poll_timeout();
-    assert!(w.server.timers.is_empty());
+    w.a.poll_timeout();
+    assert!(w.a.timers.is_empty());
 }
 
 #[test]
 fn entering_and_leaving_queue_mode_by_update() {
-    let mut w = World::new(ServerConfig {
+    let mut w = world(ServerConfig {
         awake_time: Duration::from_secs(10),
         ..Default::default()
     });
@@ -1798,7 +1734,7 @@ fn entering_and_leaving_queue_mode_by_update() {
             .is_empty()
     );
     w.advance(Duration::from_secs(11));
-    assert!(!w.server.is_awake("dev1"));
+    assert!(!w.a.is_awake("dev1"));
     let held = w.op(
         "dev1",
         Operation::Read {
@@ -1814,13 +1750,13 @@ fn entering_and_leaving_queue_mode_by_update() {
     w.respond(p, req, reply(ResponseType::Content, None, b"ACME".to_vec()));
     assert!(w.ok(held).is_success());
     w.advance(Duration::from_secs(30));
-    assert!(w.server.is_awake("dev1"));
+    assert!(w.a.is_awake("dev1"));
     assert!(w.take(|e| matches!(e, ServerEvent::Sleeping { .. })).len() == 1);
 }
 
 #[test]
 fn undecodable_observe_answers_and_notifications() {
-    let mut w = World::default();
+    let mut w = world(ServerConfig::default());
     let p = registered_11(&mut w, 40001, "dev1");
     // An Observe whose first answer cannot be decoded fails and leaves nothing behind.
     let op = w.op(
@@ -1833,7 +1769,6 @@ fn undecodable_observe_answers_and_notifications() {
     let req = w.incoming(p);
     let now = w.now;
     let served = w.peers[p]
-        .ep
         .accept_observation(
             now,
             req.handle,
@@ -1846,7 +1781,7 @@ fn undecodable_observe_answers_and_notifications() {
         .unwrap();
     w.pump();
     assert!(matches!(w.completed(op).0, Err(OpError::Decode { .. })));
-    assert!(w.server.observations("dev1").is_empty());
+    assert!(w.a.observations("dev1").is_empty());
     notify(&mut w, p, served, "1");
     assert!(w.peers[p].inbox.iter().any(|e| matches!(
         e,
@@ -1863,7 +1798,7 @@ fn undecodable_observe_answers_and_notifications() {
         Some(ContentFormat::Text),
         b"high".to_vec(),
     );
-    w.peers[p].ep.notify(now, served, odd, false).unwrap();
+    w.peers[p].notify(now, served, odd, false).unwrap();
     w.pump();
     let n = w.take(|e| matches!(e, ServerEvent::Notification { .. }));
     assert!(
@@ -1883,7 +1818,7 @@ fn undecodable_observe_answers_and_notifications() {
         Some(ContentFormat::SenmlCbor),
         vec![0xff],
     );
-    w.peers[p].ep.notify(now, served, bad, false).unwrap();
+    w.peers[p].notify(now, served, bad, false).unwrap();
     w.pump();
     let n = w.take(|e| matches!(e, ServerEvent::Notification { .. }));
     assert!(
@@ -1903,7 +1838,7 @@ fn single_values_of_a_1_0_client_go_as_text_or_opaque() {
     // Core TS 1.0 §6.4.1, §6.4.2. A pre-1.0 peer registering as 1.0 without announcing its
     // formats (npm lwm2m-node-lib) drops a request with Accept 11542: single values go as
     // text/plain (octet-stream for Opaque), which every version numbers alike.
-    let mut w = World::default();
+    let mut w = world(ServerConfig::default());
     let p = w.peer(42001);
     w.register(p, &["ep=ten", "lwm2m=1.0"], "</3/0>,</5/0>");
     let cases = [
@@ -1967,17 +1902,17 @@ fn single_values_of_a_1_0_client_go_as_text_or_opaque() {
 
 #[test]
 fn another_machine_adopts_a_registration_and_restores_its_observation() {
-    let mut w = World::default();
+    let mut w = world(ServerConfig::default());
     let p = registered_11(&mut w, 40051, "dev1");
     let registration = w.registered("dev1");
     let (obs, served) = observe(&mut w, p, "dev1");
-    let record = w.server.observation_record(obs).expect("established");
+    let record = w.a.observation_record(obs).expect("established");
     assert_eq!(record.paths, [Lwm2mPath::resource(3, 0, 9)]);
     assert_eq!(record.accept, Some(0));
     assert!(!record.composite);
 
     // A new machine at the same address (a restart, or another instance of a cluster).
-    w.server = Lwm2mServer::new(
+    w.a = Lwm2mServer::new(
         ServerConfig::default(),
         Arc::new(crate::registry::Registry::embedded()),
     );
@@ -1989,21 +1924,20 @@ fn another_machine_adopts_a_registration_and_restores_its_observation() {
         Some(id.clone())
     );
     assert_eq!(crate::admission::registration_id_of(b"\x40"), None);
-    assert!(!w.server.knows_registration_id(&id));
+    assert!(!w.a.knows_registration_id(&id));
     assert_eq!(code(&w.update(p, &id, &[])), (4, 4));
 
     w.events.clear();
     let now = w.now;
-    w.server.adopt(now, registration);
-    w.tick();
-    assert!(w.server.knows_registration_id(&id));
+    w.a.adopt(now, registration);
+    w.pump();
+    assert!(w.a.knows_registration_id(&id));
     assert!(w.events.is_empty(), "an adoption is not a registration");
-    let restored = w
-        .server
-        .restore_observation(now, "dev1", &record)
-        .expect("restored");
+    let restored =
+        w.a.restore_observation(now, "dev1", &record)
+            .expect("restored");
     assert_eq!(
-        w.server.observations("dev1"),
+        w.a.observations("dev1"),
         [(restored, vec![Lwm2mPath::resource(3, 0, 9)])]
     );
     // The client's next notification (same token) is the restored observation's.
@@ -2017,19 +1951,15 @@ fn another_machine_adopts_a_registration_and_restores_its_observation() {
     ));
     assert_eq!(code(&w.update(p, &id, &["lt=400"])), (2, 4));
     // The same token cannot be taken up twice; an unknown endpoint is refused.
-    assert!(w.server.restore_observation(now, "dev1", &record).is_err());
-    assert!(
-        w.server
-            .restore_observation(now, "nobody", &record)
-            .is_err()
-    );
+    assert!(w.a.restore_observation(now, "dev1", &record).is_err());
+    assert!(w.a.restore_observation(now, "nobody", &record).is_err());
 
     // Released (another instance took it over): gone without a de-registration.
     w.events.clear();
-    w.server.release(now, "dev1");
-    assert!(w.server.registration("dev1").is_none());
-    assert!(!w.server.knows_registration_id(&id));
-    assert!(!w.events.iter().any(|e| matches!(
+    w.a.release(now, "dev1");
+    assert!(w.a.registration("dev1").is_none());
+    assert!(!w.a.knows_registration_id(&id));
+    assert!(!w.events.iter().any(|(_, e)| matches!(
         e,
         ServerEvent::Deregistered { .. } | ServerEvent::Expired { .. }
     )));

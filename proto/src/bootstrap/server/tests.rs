@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
+use std::convert::Infallible;
+
 use super::*;
 use crate::bootstrap::config::{
     AclInstance, SecurityInstance, SecurityMode, ServerInstance, security_from_instance,
@@ -11,8 +13,10 @@ use crate::bootstrap::config::{
 use crate::client::tree::{DmError, ObjectTree, WriteMode};
 use crate::coap::{RequestHandle, message::add_query};
 use crate::ids::InstanceId;
+use crate::machine::Machine;
 use crate::node::{Instance, Node, ResourceValue};
 use crate::registry::Registry;
+use crate::testing::{Link, Pair};
 use crate::value::Value;
 
 fn server_addr() -> SocketAddr {
@@ -238,18 +242,60 @@ impl Client {
     }
 }
 
-/// The Bootstrap Server and the scripted client on a virtual clock, linked in memory.
+/// The scripted client as a machine of the rig: it serves requests the moment they arrive.
+impl Machine for Client {
+    type Event = Infallible;
+
+    fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+        if self.mode != Mode::Mute {
+            self.coap.handle_datagram(now, peer, bytes);
+        }
+        self.process(now);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.coap.handle_timeout(now);
+        self.process(now);
+    }
+
+    fn poll_transmit(&mut self) -> Option<coap::Transmit> {
+        self.coap.poll_transmit()
+    }
+
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        self.coap.poll_timeout()
+    }
+
+    fn poll_event(&mut self) -> Option<Infallible> {
+        None
+    }
+}
+
+impl Client {
+    /// Serves the requests, and notes the codes of the responses, the endpoint reported.
+    fn process(&mut self, now: Instant) {
+        while let Some(event) = self.coap.poll_event() {
+            match event {
+                Event::Request { request, .. } => self.on_request(now, request),
+                Event::Response { response, .. } => {
+                    self.answers
+                        .push(crate::coap::message::code_pair(response.header.code));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The Bootstrap Server (`a`) and the scripted client (the one peer) on the shared rig.
 struct Net {
-    now: Instant,
-    start: Instant,
-    server: BootstrapServer,
-    client: Client,
+    pair: Pair<BootstrapServer, Client>,
+    /// What the server reported.
     events: Vec<BootstrapEvent>,
 }
 
 impl Net {
     fn new(session_timeout: Duration) -> Self {
-        let now = Instant::now();
         let config = BootstrapServerConfig {
             coap: coap::Config {
                 seed: 42,
@@ -257,69 +303,40 @@ impl Net {
             },
             session_timeout,
         };
+        let server = BootstrapServer::new(config, Box::new(source()));
+        let mut pair = Pair::new(server_addr(), server, Link::default(), 0);
+        pair.add_peer(client_addr(), Client::new());
         Self {
-            now,
-            start: now,
-            server: BootstrapServer::new(config, Box::new(source())),
-            client: Client::new(),
+            pair,
             events: Vec::new(),
         }
     }
 
+    fn client(&mut self) -> &mut Client {
+        &mut self.pair.peers[0].machine
+    }
+
     /// Moves datagrams both ways until nothing moves.
     fn pump(&mut self) {
-        for _ in 0..10_000 {
-            let mut moved = false;
-            while let Some(t) = self.server.poll_transmit() {
-                moved = true;
-                assert_eq!(t.peer, client_addr());
-                if self.client.mode != Mode::Mute {
-                    self.client
-                        .coap
-                        .handle_datagram(self.now, server_addr(), &t.bytes);
-                }
-            }
-            while let Some(event) = self.client.coap.poll_event() {
-                match event {
-                    Event::Request { request, .. } => self.client.on_request(self.now, request),
-                    Event::Response { response, .. } => {
-                        self.client
-                            .answers
-                            .push(crate::coap::message::code_pair(response.header.code));
-                    }
-                    _ => {}
-                }
-            }
-            while let Some(t) = self.client.coap.poll_transmit() {
-                moved = true;
-                self.server
-                    .handle_datagram(self.now, client_addr(), &t.bytes);
-            }
-            self.events
-                .extend(std::iter::from_fn(|| self.server.poll_event()));
-            if !moved {
-                return;
-            }
-        }
-        panic!("the link never went quiet");
+        self.pair.pump();
+        self.take_events();
+    }
+
+    fn take_events(&mut self) {
+        let events = self.pair.events.drain(..).map(|(_, e)| e);
+        self.events.extend(events);
     }
 
     /// Lets virtual time pass, timer by timer, until `done` or `limit` elapsed.
     fn run_until(&mut self, limit: Duration, done: impl Fn(&Net) -> bool) {
-        let end = self.now + limit;
+        let end = self.pair.now + limit;
         self.pump();
         while !done(self) {
-            let next = [self.server.poll_timeout(), self.client.coap.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min();
-            let Some(next) = next.filter(|t| *t <= end) else {
+            let Some(next) = self.pair.next_due().filter(|t| *t <= end) else {
                 return;
             };
-            self.now = self.now.max(next);
-            self.server.handle_timeout(self.now);
-            self.client.coap.handle_timeout(self.now);
-            self.pump();
+            self.pair.run(next);
+            self.take_events();
         }
     }
 
@@ -329,9 +346,10 @@ impl Net {
         for q in query {
             add_query(&mut packet, q);
         }
-        self.client
+        let now = self.pair.now;
+        self.client()
             .coap
-            .send_request(self.now, server_addr(), packet)
+            .send_request(now, server_addr(), packet)
             .unwrap();
         self.pump();
     }
@@ -436,29 +454,29 @@ fn client_initiated_bootstrap_with_fallback_pattern() {
     let mut net = Net::new(Duration::from_secs(300));
     net.bootstrap_request(&["ep=sensor-7"]);
     // Core TS 1.1 §5.2.7.1: the Bootstrap-Request is answered 2.04.
-    assert_eq!(net.client.answers, vec![(2, 4)]);
+    assert_eq!(net.client().answers, vec![(2, 4)]);
     assert_eq!(
-        net.client.lines(),
+        net.client().lines(),
         ["Delete /0", "Delete /1", "Put /0/1", "Put /1/0", "Post /bs"]
     );
     assert!(
-        net.client
+        net.client()
             .seen
             .iter()
             .filter(|s| s.method == RequestType::Put)
             .all(|s| s.format == TLV)
     );
     // The TLV payloads decode to the configuration's instances, `{ep}` substituted.
-    let Node::Instance(sec) = net.client.written("/0/1") else {
+    let Node::Instance(sec) = net.client().written("/0/1") else {
         panic!("instance expected")
     };
     assert_eq!(security_from_instance(&sec), Some(security("sensor-7")));
     let expected = config("sensor-7").writes();
-    assert_eq!(net.client.written("/1/0"), expected[1].1);
+    assert_eq!(net.client().written("/1/0"), expected[1].1);
     // The client's tree: the Bootstrap-Server account survived the deletes, the old
     // server account is gone, the new one is in place.
     assert!(
-        net.client
+        net.client()
             .tree
             .instance(ObjectId(0), InstanceId(0))
             .is_some()
@@ -467,7 +485,7 @@ fn client_initiated_bootstrap_with_fallback_pattern() {
         panic!("instance expected")
     };
     assert_eq!(
-        net.client.tree.instance(ObjectId(1), InstanceId(0)),
+        net.client().tree.instance(ObjectId(1), InstanceId(0)),
         Some(server)
     );
     let step = |step, path: Option<Lwm2mPath>, code| BootstrapEvent::Step {
@@ -498,7 +516,7 @@ fn client_initiated_bootstrap_with_fallback_pattern() {
             },
         ]
     );
-    assert!(!net.server.is_running("sensor-7"));
+    assert!(!net.pair.a.is_running("sensor-7"));
 }
 
 #[test]
@@ -516,8 +534,8 @@ fn own_configuration_wins_over_patterns() {
 fn unknown_endpoint_is_refused_with_bad_request() {
     let mut net = Net::new(Duration::from_secs(300));
     net.bootstrap_request(&["ep=meter-1"]);
-    assert_eq!(net.client.answers, vec![(4, 0)]);
-    assert!(net.client.seen.is_empty());
+    assert_eq!(net.client().answers, vec![(4, 0)]);
+    assert!(net.client().seen.is_empty());
     assert!(matches!(
         &net.events[..],
         [BootstrapEvent::Refused { peer, endpoint: Some(e), code: (4, 0), reason }]
@@ -560,29 +578,29 @@ impl ConfigSource for Provisioning {
 #[test]
 fn a_session_the_source_cannot_provision_is_refused_with_its_reason() {
     let mut net = Net::new(Duration::from_secs(300));
-    net.server = BootstrapServer::new(
+    net.pair.a = BootstrapServer::new(
         BootstrapServerConfig::default(),
         Box::new(Provisioning(source())),
     );
     net.bootstrap_request(&["ep=dev-1"]);
-    assert_eq!(net.client.answers, vec![(5, 0)]);
-    assert!(net.client.seen.is_empty(), "nothing handed out");
+    assert_eq!(net.client().answers, vec![(5, 0)]);
+    assert!(net.client().seen.is_empty(), "nothing handed out");
     assert!(matches!(
         &net.events[..],
         [BootstrapEvent::Refused { endpoint: Some(e), code: (5, 0), reason, .. }]
             if e == "dev-1" && reason == "cannot provision \"dev-1\": identity taken"
     ));
     assert_eq!(
-        net.server.start(net.now, "dev-1", client_addr()),
+        net.pair.a.start(net.pair.now, "dev-1", client_addr()),
         Err(BootstrapError::Provisioning {
             endpoint: "dev-1".into(),
             reason: "identity taken".into()
         })
     );
     net.bootstrap_request(&["ep=dev-2"]);
-    assert_eq!(net.client.answers, vec![(5, 0), (4, 3)]);
+    assert_eq!(net.client().answers, vec![(5, 0), (4, 3)]);
     net.bootstrap_request(&["ep=sensor-1"]);
-    assert_eq!(net.client.answers, vec![(5, 0), (4, 3), (2, 4)]);
+    assert_eq!(net.client().answers, vec![(5, 0), (4, 3), (2, 4)]);
 }
 
 #[test]
@@ -596,7 +614,7 @@ fn malformed_requests_get_their_codes() {
     net.send(RequestType::Post, "/rd", &["ep=dev-1"]);
     net.bootstrap_request(&["ep=bad-1"]); // configuration reads /0
     let codes = vec![(4, 0), (4, 0), (4, 15), (4, 15), (4, 5), (4, 4), (5, 0)];
-    assert_eq!(net.client.answers, codes);
+    assert_eq!(net.client().answers, codes);
     let refused: Vec<_> = net
         .events
         .iter()
@@ -613,16 +631,16 @@ fn malformed_requests_get_their_codes() {
             .all(|(e, _)| e.as_deref() == Some("dev-1") || e.as_deref() == Some("bad-1"))
     );
     assert_eq!(refused.iter().map(|r| r.1).collect::<Vec<_>>(), codes);
-    assert!(net.client.seen.is_empty(), "no session started");
+    assert!(net.client().seen.is_empty(), "no session started");
 }
 
 #[test]
 fn preferred_content_format_senml_cbor_is_honoured() {
     let mut net = Net::new(Duration::from_secs(300));
     net.bootstrap_request(&["ep=sensor-9", "pct=112"]);
-    assert_eq!(net.client.answers, vec![(2, 4)]);
+    assert_eq!(net.client().answers, vec![(2, 4)]);
     let puts: Vec<&Seen> = net
-        .client
+        .client()
         .seen
         .iter()
         .filter(|s| s.method == RequestType::Put)
@@ -630,8 +648,8 @@ fn preferred_content_format_senml_cbor_is_honoured() {
     assert_eq!(puts.len(), 2);
     assert!(puts.iter().all(|s| s.format == Some(112)));
     let expected = config("sensor-9").writes();
-    assert_eq!(net.client.written("/0/1"), expected[0].1);
-    assert_eq!(net.client.written("/1/0"), expected[1].1);
+    assert_eq!(net.client().written("/0/1"), expected[0].1);
+    assert_eq!(net.client().written("/1/0"), expected[1].1);
     assert!(matches!(
         net.events.first(),
         Some(BootstrapEvent::SessionStarted {
@@ -650,7 +668,7 @@ fn discover_writes_acl_and_reads() {
     let mut net = Net::new(Duration::from_secs(300));
     net.bootstrap_request(&["ep=dev-2"]);
     assert_eq!(
-        net.client.lines(),
+        net.client().lines(),
         [
             "Get /",
             "Delete /0",
@@ -663,8 +681,8 @@ fn discover_writes_acl_and_reads() {
             "Post /bs"
         ]
     );
-    assert_eq!(net.client.seen[0].accept, Some(40));
-    assert_eq!(net.client.seen[6].accept, TLV);
+    assert_eq!(net.client().seen[0].accept, Some(40));
+    assert_eq!(net.client().seen[6].accept, TLV);
     let Some(BootstrapEvent::Step {
         step: "discover",
         path: Some(Lwm2mPath::Root),
@@ -705,7 +723,7 @@ fn discover_writes_acl_and_reads() {
         ContentFormat::Tlv,
         &bytes,
         &Lwm2mPath::instance(2, 0),
-        &net.client.tree,
+        &net.client().tree,
     )
     .unwrap()
     .content;
@@ -720,10 +738,10 @@ fn discover_writes_acl_and_reads() {
 #[test]
 fn error_answer_to_a_write_fails_the_session_naming_step_and_path() {
     let mut net = Net::new(Duration::from_secs(300));
-    net.client.fail = Some((RequestType::Put, "/1/0", ResponseType::BadRequest));
+    net.client().fail = Some((RequestType::Put, "/1/0", ResponseType::BadRequest));
     net.bootstrap_request(&["ep=dev-1"]);
     assert_eq!(
-        net.client.lines(),
+        net.client().lines(),
         ["Delete /0", "Delete /1", "Put /0/1", "Put /1/0"],
         "no Bootstrap-Finish after a failed write"
     );
@@ -739,7 +757,7 @@ fn error_answer_to_a_write_fails_the_session_naming_step_and_path() {
         ))
     );
     assert_eq!(net.steps().len(), 3);
-    assert!(!net.server.is_running("dev-1"));
+    assert!(!net.pair.a.is_running("dev-1"));
     assert!(
         !net.events
             .iter()
@@ -751,7 +769,7 @@ fn error_answer_to_a_write_fails_the_session_naming_step_and_path() {
 fn finish_refused_as_inconsistent_fails_the_finish_step() {
     // ETS int-9: Bootstrap-Finish answered 4.06 Not Acceptable.
     let mut net = Net::new(Duration::from_secs(300));
-    net.client.fail = Some((RequestType::Post, "/bs", ResponseType::NotAcceptable));
+    net.client().fail = Some((RequestType::Post, "/bs", ResponseType::NotAcceptable));
     net.bootstrap_request(&["ep=dev-1"]);
     assert_eq!(
         net.failed(),
@@ -769,8 +787,11 @@ fn finish_refused_as_inconsistent_fails_the_finish_step() {
 #[test]
 fn silent_client_fails_when_the_exchange_gives_up() {
     let mut net = Net::new(Duration::from_secs(300));
-    net.client.mode = Mode::Mute;
-    net.server.start(net.now, "dev-1", client_addr()).unwrap();
+    net.client().mode = Mode::Mute;
+    net.pair
+        .a
+        .start(net.pair.now, "dev-1", client_addr())
+        .unwrap();
     net.run_until(Duration::from_secs(200), |n| n.failed().is_some());
     assert_eq!(
         net.failed(),
@@ -781,17 +802,17 @@ fn silent_client_fails_when_the_exchange_gives_up() {
         ))
     );
     // RFC 7252 §4.8.2: the sender gives up within MAX_TRANSMIT_WAIT.
-    assert!(net.now - net.start <= Duration::from_secs(93));
-    assert_eq!(net.server.counters().retransmissions, 4);
-    assert!(!net.server.is_running("dev-1"));
+    assert!(net.pair.now - net.pair.start <= Duration::from_secs(93));
+    assert_eq!(net.pair.a.counters().retransmissions, 4);
+    assert!(!net.pair.a.is_running("dev-1"));
 }
 
 #[test]
 fn session_timeout_fails_a_stalled_session() {
     let mut net = Net::new(Duration::from_secs(10));
-    net.client.mode = Mode::Stall;
+    net.client().mode = Mode::Stall;
     net.bootstrap_request(&["ep=dev-1"]);
-    assert_eq!(net.client.answers, vec![(2, 4)]);
+    assert_eq!(net.client().answers, vec![(2, 4)]);
     net.run_until(Duration::from_secs(60), |n| n.failed().is_some());
     assert_eq!(
         net.failed(),
@@ -803,18 +824,18 @@ fn session_timeout_fails_a_stalled_session() {
             }
         ))
     );
-    assert_eq!(net.now - net.start, Duration::from_secs(10));
-    assert_eq!(net.client.lines(), ["Delete /0"]);
+    assert_eq!(net.pair.now - net.pair.start, Duration::from_secs(10));
+    assert_eq!(net.client().lines(), ["Delete /0"]);
 }
 
 #[test]
 fn new_bootstrap_request_restarts_the_session() {
     let mut net = Net::new(Duration::from_secs(300));
-    net.client.mode = Mode::Stall;
+    net.client().mode = Mode::Stall;
     net.bootstrap_request(&["ep=dev-1"]);
-    net.client.mode = Mode::Answer;
+    net.client().mode = Mode::Answer;
     net.bootstrap_request(&["ep=dev-1"]);
-    assert_eq!(net.client.answers, vec![(2, 4), (2, 4)]);
+    assert_eq!(net.client().answers, vec![(2, 4), (2, 4)]);
     let kinds: Vec<&str> = net
         .events
         .iter()
@@ -841,11 +862,11 @@ fn new_bootstrap_request_restarts_the_session() {
         ))
     );
     assert_eq!(
-        net.client.lines().first().map(String::as_str),
+        net.client().lines().first().map(String::as_str),
         Some("Delete /0")
     );
     assert_eq!(
-        net.client.lines().last().map(String::as_str),
+        net.client().lines().last().map(String::as_str),
         Some("Post /bs")
     );
 }
@@ -853,26 +874,29 @@ fn new_bootstrap_request_restarts_the_session() {
 #[test]
 fn server_initiated_bootstrap() {
     let mut net = Net::new(Duration::from_secs(300));
-    let unknown = net.server.start(net.now, "meter-1", client_addr());
+    let unknown = net.pair.a.start(net.pair.now, "meter-1", client_addr());
     assert_eq!(
         unknown,
         Err(BootstrapError::UnknownEndpoint {
             endpoint: "meter-1".into()
         })
     );
-    net.server.start(net.now, "dev-1", client_addr()).unwrap();
-    let again = net.server.start(net.now, "dev-1", client_addr());
+    net.pair
+        .a
+        .start(net.pair.now, "dev-1", client_addr())
+        .unwrap();
+    let again = net.pair.a.start(net.pair.now, "dev-1", client_addr());
     assert!(matches!(again, Err(BootstrapError::SessionRunning { .. })));
     net.pump();
     assert!(
-        net.client.answers.is_empty(),
+        net.client().answers.is_empty(),
         "no Bootstrap-Request was sent"
     );
     assert_eq!(
-        net.client.lines(),
+        net.client().lines(),
         ["Delete /0", "Delete /1", "Put /0/1", "Put /1/0", "Post /bs"]
     );
-    let Node::Instance(sec) = net.client.written("/0/1") else {
+    let Node::Instance(sec) = net.client().written("/0/1") else {
         panic!("instance expected")
     };
     assert_eq!(security_from_instance(&sec), Some(security("dev-1-id")));
@@ -900,11 +924,13 @@ fn garbage_is_ignored() {
         &[0x44, 0x02, 0x12, 0x34, 0xff, 0xff],
         &[0x40, 0x02, 0x12, 0x34, 0xb2, b'b', b's', 0xff],
     ] {
-        net.server.handle_datagram(net.now, client_addr(), bytes);
+        net.pair
+            .a
+            .handle_datagram(net.pair.now, client_addr(), bytes);
     }
-    net.server.handle_timeout(net.now);
-    assert!(net.server.poll_event().is_none());
-    assert!(!net.server.is_running("dev-1"));
+    net.pair.a.handle_timeout(net.pair.now);
+    assert!(net.pair.a.poll_event().is_none());
+    assert!(!net.pair.a.is_running("dev-1"));
     // Still serving afterwards.
     net.bootstrap_request(&["ep=dev-1"]);
     assert!(matches!(

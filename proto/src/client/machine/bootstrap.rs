@@ -5,7 +5,8 @@ use super::*;
 
 impl Lwm2mClient {
     pub(super) fn bootstrap(&mut self, now: Instant, bs: SocketAddr) {
-        self.state = ClientState::Bootstrapping;
+        let previous = self.forget_session();
+        self.phase = Phase::Bootstrapping { previous };
         let mut req = message::request(RequestType::Post, "/bs");
         message::add_query(&mut req, &format!("ep={}", self.config.endpoint));
         if self.config.version != Lwm2mVersion::V1_0 {

@@ -666,8 +666,8 @@ impl Lwm2mClient {
             Restart::Reboot => self.events.push_back(ClientEvent::Rebooting),
             Restart::Disable(duration) => self.events.push_back(ClientEvent::Disabled { duration }),
         }
-        if let (Some(server), Some(reg)) = (&self.server, &self.registration) {
-            let req = message::request(RequestType::Delete, &reg.location);
+        if let (Some(server), Some(session)) = (&self.server, self.session()) {
+            let req = message::request(RequestType::Delete, &session.registration.location);
             let _ = self.endpoint.send_request(now, server.addr, req);
         }
         self.collect_transmits();
@@ -692,11 +692,12 @@ impl Lwm2mClient {
         if factory {
             self.server = None;
         }
-        self.state = ClientState::Rebooting;
         let silence = match kind {
             Restart::Disable(d) => d,
             _ => self.config.reboot_silence,
         };
-        self.reboot_until = Some(now + silence);
+        self.phase = Phase::Rebooting {
+            until: now + silence,
+        };
     }
 }

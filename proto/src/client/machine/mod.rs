@@ -318,6 +318,50 @@ struct Registration {
     params: RegParams,
 }
 
+/// A registration the server holds, with its timers.
+#[derive(Debug, Clone)]
+struct Session {
+    registration: Registration,
+    /// When the next Update is due.
+    next_update: Option<Instant>,
+    /// Queue mode: when the client falls asleep unless something happens.
+    sleep_at: Option<Instant>,
+}
+
+impl Session {
+    fn new(registration: Registration) -> Self {
+        Self {
+            registration,
+            next_update: None,
+            sleep_at: None,
+        }
+    }
+}
+
+/// Where the client is in its life, with what only that stage has: a registration and its
+/// timers exist only in the stages that can hold one, the end of a reboot's silence only
+/// while rebooting. [`ClientState`] is its public face.
+#[derive(Debug)]
+enum Phase {
+    /// Not started, or a reboot's silence is over.
+    Idle,
+    /// Client-initiated bootstrap under way. `previous`: the registration that still stands
+    /// at the server when a Bootstrap-Request Trigger (Execute 1/x/9) started it.
+    Bootstrapping { previous: Option<Session> },
+    /// Register sent.
+    Registering,
+    /// Registered; `asleep` in queue mode between exchanges ([`ClientState::Sleeping`]).
+    Registered { session: Session, asleep: bool },
+    /// De-register sent and not answered: the client shows the state it was in.
+    Deregistering { was: ClientState },
+    /// Silent until `until` (Reboot, Factory Reset, Disable).
+    Rebooting { until: Instant },
+    /// De-registered.
+    Deregistered,
+    /// Gave up; `previous` as in `Bootstrapping`.
+    Failed { previous: Option<Session> },
+}
+
 /// What an outgoing request was for.
 #[derive(Debug)]
 enum Outgoing {
@@ -508,19 +552,15 @@ pub struct Lwm2mClient {
     /// Counters of endpoints dropped by reboots.
     past_counters: coap::Counters,
     reboots: u64,
-    state: ClientState,
+    phase: Phase,
     events: VecDeque<ClientEvent>,
     out: VecDeque<Transmit>,
     server: Option<ServerAccount>,
-    registration: Option<Registration>,
     outgoing: Vec<(RequestId, Outgoing)>,
     /// Notification attributes set by Write-Attributes, per path.
     attributes: BTreeMap<Lwm2mPath, Attributes>,
     observations: Vec<Observation>,
     delayed: Vec<Delayed>,
-    next_update: Option<Instant>,
-    sleep_at: Option<Instant>,
-    reboot_until: Option<Instant>,
     firmware_done: Option<Instant>,
 }
 
@@ -534,18 +574,14 @@ impl Lwm2mClient {
             tree,
             past_counters: coap::Counters::default(),
             reboots: 0,
-            state: ClientState::Idle,
+            phase: Phase::Idle,
             events: VecDeque::new(),
             out: VecDeque::new(),
             server: None,
-            registration: None,
             outgoing: Vec::new(),
             attributes: BTreeMap::new(),
             observations: Vec::new(),
             delayed: Vec::new(),
-            next_update: None,
-            sleep_at: None,
-            reboot_until: None,
             firmware_done: None,
         }
     }
@@ -584,7 +620,7 @@ impl Lwm2mClient {
 
     /// A datagram arrived from `peer`.
     pub fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
-        if self.state == ClientState::Rebooting {
+        if matches!(self.phase, Phase::Rebooting { .. }) {
             return;
         }
         self.endpoint.handle_datagram(now, peer, bytes);
@@ -593,10 +629,9 @@ impl Lwm2mClient {
 
     /// Time passed: retransmissions, Updates, notifications (pmin/pmax), delayed answers.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.state == ClientState::Rebooting {
-            if self.reboot_until.is_some_and(|t| t <= now) {
-                self.reboot_until = None;
-                self.state = ClientState::Idle;
+        if let Phase::Rebooting { until } = self.phase {
+            if until <= now {
+                self.phase = Phase::Idle;
                 self.start(now);
             }
             return;
@@ -607,7 +642,7 @@ impl Lwm2mClient {
             let d = self.delayed.remove(pos);
             self.send_answer(now, d.handle, d.answer);
         }
-        if self.state == ClientState::Rebooting {
+        if matches!(self.phase, Phase::Rebooting { .. }) {
             return;
         }
         if self.firmware_done.is_some_and(|t| t <= now) {
@@ -618,14 +653,19 @@ impl Lwm2mClient {
                 .set(&path, ResourceValue::Single(Value::Opaque(Vec::new())));
             self.set_firmware(fw::IDLE, fw::SUCCESS);
         }
-        if self.next_update.is_some_and(|t| t <= now) {
-            self.next_update = None;
+        if let Some(session) = self.session_mut()
+            && session.next_update.is_some_and(|t| t <= now)
+        {
+            session.next_update = None;
             self.send_update(now);
         }
-        if self.sleep_at.is_some_and(|t| t <= now) {
-            self.sleep_at = None;
-            if self.outgoing.is_empty() && self.state == ClientState::Registered {
-                self.state = ClientState::Sleeping;
+        let idle = self.outgoing.is_empty();
+        if let Some(session) = self.session_mut()
+            && session.sleep_at.is_some_and(|t| t <= now)
+        {
+            session.sleep_at = None;
+            if idle && let Phase::Registered { asleep, .. } = &mut self.phase {
+                *asleep = true;
             }
         }
         self.process(now);
@@ -657,7 +697,7 @@ impl Lwm2mClient {
         if self.config.version == Lwm2mVersion::V1_0 {
             return self.fail("send", "Send is LwM2M 1.1+ (Core TS 1.1 §6.4.3)".into());
         }
-        let (Some(server), Some(_)) = (&self.server, &self.registration) else {
+        let (Some(server), Some(_)) = (&self.server, self.session()) else {
             return self.fail("send", "not registered".into());
         };
         let addr = server.addr;
@@ -700,15 +740,17 @@ impl Lwm2mClient {
 
     /// De-registers.
     pub fn deregister(&mut self, now: Instant) {
-        match (&self.server, self.registration.take()) {
-            (Some(server), Some(reg)) => {
-                let addr = server.addr;
-                let req = message::request(RequestType::Delete, &reg.location);
+        let was = self.state();
+        let location = self.session().map(|s| s.registration.location.clone());
+        match (self.server.as_ref().map(|s| s.addr), location) {
+            (Some(addr), Some(location)) => {
+                let req = message::request(RequestType::Delete, &location);
                 self.forget_registration();
+                self.phase = Phase::Deregistering { was };
                 self.send_request(now, addr, req, Outgoing::Deregister);
             }
             _ => {
-                self.state = ClientState::Deregistered;
+                self.phase = Phase::Deregistered;
                 self.events.push_back(ClientEvent::Deregistered);
             }
         }
@@ -723,13 +765,15 @@ impl Lwm2mClient {
 
     /// When [`Lwm2mClient::handle_timeout`] must be called next.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        if self.state == ClientState::Rebooting {
-            return self.reboot_until;
+        if let Phase::Rebooting { until } = self.phase {
+            return Some(until);
         }
+        let exchange = self.endpoint.poll_timeout();
+        let session = self.session();
         [
-            self.endpoint.poll_timeout(),
-            self.next_update,
-            self.sleep_at,
+            exchange,
+            session.and_then(|s| s.next_update),
+            session.and_then(|s| s.sleep_at),
             self.firmware_done,
         ]
         .into_iter()
@@ -746,7 +790,17 @@ impl Lwm2mClient {
 
     /// The state.
     pub fn state(&self) -> ClientState {
-        self.state
+        match &self.phase {
+            Phase::Idle => ClientState::Idle,
+            Phase::Bootstrapping { .. } => ClientState::Bootstrapping,
+            Phase::Registering => ClientState::Registering,
+            Phase::Registered { asleep: false, .. } => ClientState::Registered,
+            Phase::Registered { asleep: true, .. } => ClientState::Sleeping,
+            Phase::Deregistering { was } => *was,
+            Phase::Rebooting { .. } => ClientState::Rebooting,
+            Phase::Deregistered => ClientState::Deregistered,
+            Phase::Failed { .. } => ClientState::Failed,
+        }
     }
 
     /// The object tree.
@@ -768,7 +822,7 @@ impl Lwm2mClient {
 
     /// The registration's Location-Path (`/rd/ID`) while registered.
     pub fn location(&self) -> Option<&str> {
-        self.registration.as_ref().map(|r| r.location.as_str())
+        self.session().map(|s| s.registration.location.as_str())
     }
 
     /// The notification attributes Write-Attributes set at exactly `path`.
@@ -789,8 +843,39 @@ impl Lwm2mClient {
     }
 
     fn fail_state(&mut self, step: &'static str, reason: String) {
-        self.state = ClientState::Failed;
+        let previous = self.forget_session();
+        self.phase = Phase::Failed { previous };
         self.fail(step, reason);
+    }
+
+    /// The registration the server holds, if any.
+    fn session(&self) -> Option<&Session> {
+        match &self.phase {
+            Phase::Registered { session, .. } => Some(session),
+            Phase::Bootstrapping { previous } | Phase::Failed { previous } => previous.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn session_mut(&mut self) -> Option<&mut Session> {
+        match &mut self.phase {
+            Phase::Registered { session, .. } => Some(session),
+            Phase::Bootstrapping { previous } | Phase::Failed { previous } => previous.as_mut(),
+            _ => None,
+        }
+    }
+
+    /// Takes the registration (and its timers) out of the phase, which the caller then
+    /// replaces; the phase stays as it was when there is none.
+    fn forget_session(&mut self) -> Option<Session> {
+        match std::mem::replace(&mut self.phase, Phase::Idle) {
+            Phase::Registered { session, .. } => Some(session),
+            Phase::Bootstrapping { previous } | Phase::Failed { previous } => previous,
+            other => {
+                self.phase = other;
+                None
+            }
+        }
     }
 
     fn collect_transmits(&mut self) {
@@ -843,11 +928,18 @@ impl Lwm2mClient {
 
     /// Queue mode: the client stays reachable for a while after each exchange.
     fn touch_awake(&mut self, now: Instant) {
-        if self.state == ClientState::Sleeping {
-            self.state = ClientState::Registered;
+        match &mut self.phase {
+            Phase::Registered { asleep, .. } => *asleep = false,
+            Phase::Deregistering { was } if *was == ClientState::Sleeping => {
+                *was = ClientState::Registered;
+            }
+            _ => {}
         }
-        if self.registration.as_ref().is_some_and(|r| r.params.queue) {
-            self.sleep_at = Some(now + self.awake_window());
+        let until = now + self.awake_window();
+        if let Some(session) = self.session_mut()
+            && session.registration.params.queue
+        {
+            session.sleep_at = Some(until);
         }
     }
 
@@ -877,19 +969,22 @@ impl Lwm2mClient {
                 }
                 let location = format!("/{}", segments.join("/"));
                 let lifetime = params.lifetime;
-                self.registration = Some(Registration {
+                let registration = Registration {
                     location: location.clone(),
                     params,
-                });
-                self.state = ClientState::Registered;
+                };
+                self.phase = Phase::Registered {
+                    session: Session::new(registration),
+                    asleep: false,
+                };
                 self.schedule_update(now, lifetime);
                 self.touch_awake(now);
                 self.events.push_back(ClientEvent::Registered { location });
             }
             Outgoing::Update(params) => {
                 let lifetime = params.lifetime;
-                if let Some(reg) = self.registration.as_mut() {
-                    reg.params = params;
+                if let Some(session) = self.session_mut() {
+                    session.registration.params = params;
                 }
                 self.schedule_update(now, lifetime);
                 self.touch_awake(now);
@@ -900,7 +995,7 @@ impl Lwm2mClient {
                 }
             }
             Outgoing::Deregister => {
-                self.state = ClientState::Deregistered;
+                self.phase = Phase::Deregistered;
                 self.events.push_back(ClientEvent::Deregistered);
             }
             Outgoing::Send => self.events.push_back(ClientEvent::Sent { code }),
@@ -948,7 +1043,7 @@ impl Lwm2mClient {
                 self.register(now);
             }
             Outgoing::Deregister => {
-                self.state = ClientState::Deregistered;
+                self.phase = Phase::Deregistered;
                 self.events.push_back(ClientEvent::Deregistered);
             }
             Outgoing::Send => match code {
@@ -972,7 +1067,7 @@ impl Lwm2mClient {
     fn on_request(&mut self, now: Instant, peer: SocketAddr, request: IncomingRequest) {
         let IncomingRequest { packet, handle } = request;
         self.touch_awake(now);
-        let bootstrap = self.state == ClientState::Bootstrapping;
+        let bootstrap = self.state() == ClientState::Bootstrapping;
         let answer = if bootstrap && self.config.bootstrap_server == Some(peer) {
             self.bootstrap_op(now, &packet)
         } else if !bootstrap && self.server.as_ref().is_some_and(|s| s.addr == peer) {
@@ -1046,7 +1141,9 @@ impl Lwm2mClient {
             After::Restart(kind) => self.reboot(now, kind),
             After::Bootstrapped => self.bootstrap_finished(now),
             After::BootstrapRequest(bs) => {
-                self.next_update = None;
+                if let Some(session) = self.session_mut() {
+                    session.next_update = None;
+                }
                 self.bootstrap(now, bs);
             }
         }

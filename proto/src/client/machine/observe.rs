@@ -69,7 +69,7 @@ impl Lwm2mClient {
     }
 
     pub(super) fn run_observations(&mut self, now: Instant) {
-        if matches!(self.state, ClientState::Rebooting) {
+        if matches!(self.phase, Phase::Rebooting { .. }) {
             return;
         }
         let mut due = Vec::new();
@@ -89,7 +89,7 @@ impl Lwm2mClient {
             return;
         };
         let (target, format) = (obs.target.clone(), obs.format);
-        if self.state == ClientState::Sleeping {
+        if self.state() == ClientState::Sleeping {
             // Queue mode (Core TS 1.1 §6.5): waking up starts with an Update.
             self.send_update(now);
         }

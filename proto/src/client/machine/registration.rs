@@ -102,11 +102,10 @@ impl Lwm2mClient {
         }
     }
 
-    pub(super) fn forget_registration(&mut self) {
-        self.registration = None;
-        self.next_update = None;
-        self.sleep_at = None;
+    /// Drops the registration, its timers and observations; returns the registration.
+    pub(super) fn forget_registration(&mut self) -> Option<Session> {
         self.observations.clear();
+        self.forget_session()
     }
 
     pub(super) fn register(&mut self, now: Instant) {
@@ -123,6 +122,7 @@ impl Lwm2mClient {
             }
         }
         self.forget_registration();
+        self.phase = Phase::Registering;
         let p = self.reg_params();
         let mut req = message::request(RequestType::Post, "/rd");
         message::add_query(&mut req, &format!("ep={}", self.config.endpoint));
@@ -136,14 +136,14 @@ impl Lwm2mClient {
             uint_bytes(ContentFormat::LinkFormat.code().into()),
         );
         req.payload = p.links.clone().into_bytes();
-        self.state = ClientState::Registering;
         self.send_request(now, addr, req, Outgoing::Register(p));
     }
 
     pub(super) fn send_update(&mut self, now: Instant) {
-        let (Some(server), Some(reg)) = (&self.server, &self.registration) else {
+        let (Some(server), Some(session)) = (&self.server, self.session()) else {
             return;
         };
+        let reg = &session.registration;
         if self
             .outgoing
             .iter()
@@ -167,7 +167,9 @@ impl Lwm2mClient {
             );
             req.payload = p.links.clone().into_bytes();
         }
-        self.next_update = None;
+        if let Some(session) = self.session_mut() {
+            session.next_update = None;
+        }
         self.touch_awake(now);
         self.send_request(now, addr, req, Outgoing::Update(p));
     }
@@ -176,7 +178,9 @@ impl Lwm2mClient {
         let lt = secs(lifetime);
         let margin = self.config.update_margin.max(Duration::from_secs(1));
         let wait = if lt > margin { lt - margin } else { lt / 2 };
-        self.next_update = Some(now + wait);
+        if let Some(session) = self.session_mut() {
+            session.next_update = Some(now + wait);
+        }
     }
 
     /// What follows a successful Write or Write-Composite; `server` says whether it wrote
@@ -198,7 +202,8 @@ impl Lwm2mClient {
     /// Whether the lifetime or binding now in the Server object differs from the one the
     /// server last accepted (Core TS 1.1 §6.2.2: the Update carries the changed ones).
     pub(super) fn registration_outdated(&self) -> bool {
-        self.registration.as_ref().is_some_and(|reg| {
+        self.session().is_some_and(|session| {
+            let reg = &session.registration;
             let p = self.reg_params();
             p.lifetime != reg.params.lifetime
                 || p.binding != reg.params.binding
