@@ -1094,6 +1094,27 @@ fn send_operation() {
 }
 
 #[test]
+fn a_late_deregister_answer_leaves_the_new_registration_alone() {
+    let mut net = registered(config(), factory_tree());
+    net.pair.a.deregister(net.pair.now);
+    net.pump();
+    let dereg = net.request(SERVER);
+    assert_eq!(dereg.method(), Some(RequestType::Delete));
+    // The server acknowledges it (an empty ACK: the answer will be separate, RFC 7252
+    // §5.2.2), and the client starts again before that answer comes.
+    net.secs(3);
+    net.pair.a.start(net.pair.now);
+    net.pump();
+    let reg = net.request(SERVER);
+    assert_eq!(reg.path(), "/rd");
+    net.respond(SERVER, reg, ResponseType::Created, &["rd", "77"]);
+    net.respond(SERVER, dereg, ResponseType::Deleted, &[]);
+    assert_eq!(net.pair.a.state(), ClientState::Registered);
+    assert_eq!(net.pair.a.location(), Some("/rd/77"));
+    assert!(!net.client_events().contains(&ClientEvent::Deregistered));
+}
+
+#[test]
 fn reboot_deregisters_stays_silent_and_registers_again() {
     let mut net = registered(config(), factory_tree());
     observe(&mut net, "/3/0/9", 0);

@@ -757,6 +757,15 @@ impl Lwm2mClient {
         self.process(now);
     }
 
+    /// The De-register was answered (or failed): done, unless the client has started
+    /// again since (a late answer concerns the registration it gave up, not the new one).
+    fn deregistered(&mut self) {
+        if matches!(self.phase, Phase::Deregistering { .. }) {
+            self.phase = Phase::Deregistered;
+            self.events.push_back(ClientEvent::Deregistered);
+        }
+    }
+
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.collect_transmits();
@@ -994,10 +1003,7 @@ impl Lwm2mClient {
                     self.send_update(now);
                 }
             }
-            Outgoing::Deregister => {
-                self.phase = Phase::Deregistered;
-                self.events.push_back(ClientEvent::Deregistered);
-            }
+            Outgoing::Deregister => self.deregistered(),
             Outgoing::Send => self.events.push_back(ClientEvent::Sent { code }),
             Outgoing::Download => self.set_firmware(fw::DOWNLOADED, fw::INITIAL),
         }
@@ -1042,10 +1048,7 @@ impl Lwm2mClient {
                 self.fail("update", reason);
                 self.register(now);
             }
-            Outgoing::Deregister => {
-                self.phase = Phase::Deregistered;
-                self.events.push_back(ClientEvent::Deregistered);
-            }
+            Outgoing::Deregister => self.deregistered(),
             Outgoing::Send => match code {
                 Some(c) if c.0 != 0 => self.events.push_back(ClientEvent::Sent { code: c }),
                 _ => self.fail("send", reason),
