@@ -44,29 +44,25 @@ pub trait Admitting: Machine {
     );
 }
 
-impl Admitting for Lwm2mServer {
-    fn handle_admitted(
-        &mut self,
-        now: Instant,
-        peer: SocketAddr,
-        bytes: &[u8],
-        admission: &mut dyn Admission,
-    ) {
-        Lwm2mServer::handle_admitted(self, now, peer, bytes, admission)
-    }
+/// Implements [`Admitting`] by the machine's inherent `handle_admitted`.
+macro_rules! inherent_admitting {
+    ($machine:ty) => {
+        impl Admitting for $machine {
+            fn handle_admitted(
+                &mut self,
+                now: Instant,
+                peer: SocketAddr,
+                bytes: &[u8],
+                admission: &mut dyn Admission,
+            ) {
+                <$machine>::handle_admitted(self, now, peer, bytes, admission)
+            }
+        }
+    };
 }
 
-impl Admitting for BootstrapServer {
-    fn handle_admitted(
-        &mut self,
-        now: Instant,
-        peer: SocketAddr,
-        bytes: &[u8],
-        admission: &mut dyn Admission,
-    ) {
-        BootstrapServer::handle_admitted(self, now, peer, bytes, admission)
-    }
-}
+inherent_admitting!(Lwm2mServer);
+inherent_admitting!(BootstrapServer);
 
 /// Implements [`Machine`] by the machine's inherent methods of the same names.
 macro_rules! inherent_machine {
