@@ -511,40 +511,48 @@ impl Lwm2mWorld {
             }
         }
         let account = self.account_instance(endpoint, &operation)?;
-        self.mark();
-        let target = target_of(&operation);
-        let log_mark = self.log_mark;
         let asleep = !self.backend().server_sees_awake(endpoint);
         let sent = match account {
             Some(k) => map_operation(operation.clone(), |p| swap_account(p, k)),
             None => operation.clone(),
         };
-        match self.backend().request(endpoint, sent) {
-            Ok(op) => {
-                self.pending = Some(Pending {
-                    op,
-                    endpoint: endpoint.to_owned(),
-                    target,
-                    description,
-                    log_mark,
-                    operation,
-                });
-                self.outcome = None;
-                if !asleep {
-                    self.finish(OPERATION_WAIT)?;
-                }
-            }
+        match self.hand_over(endpoint, sent, operation.clone(), description.clone()) {
+            Ok(()) if asleep => {}
+            Ok(()) => self.finish(OPERATION_WAIT)?,
             Err(error) => {
                 self.pending = None;
                 self.outcome = Some(Outcome {
                     description,
-                    target,
+                    target: target_of(&operation),
                     result: Err(error),
-                    log_mark,
+                    log_mark: self.log_mark,
                     operation,
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Hands `sent` (the case's `operation`, or it with the account swapped in) to the
+    /// backend: pending until its answer ([`Lwm2mWorld::finish`]), from a fresh log mark.
+    fn hand_over(
+        &mut self,
+        endpoint: &str,
+        sent: Operation,
+        operation: Operation,
+        description: String,
+    ) -> Result<(), OpError> {
+        self.mark();
+        let op = self.backend().request(endpoint, sent)?;
+        self.pending = Some(Pending {
+            op,
+            endpoint: endpoint.to_owned(),
+            target: target_of(&operation),
+            description,
+            log_mark: self.log_mark,
+            operation,
+        });
+        self.outcome = None;
         Ok(())
     }
 
@@ -744,25 +752,13 @@ impl Lwm2mWorld {
 
     /// Starts an operation as is (no account mapping) and waits for its answer.
     fn operate_raw(&mut self, endpoint: &str, operation: Operation) -> anyhow::Result<()> {
-        self.mark();
         let target = target_of(&operation);
-        let log_mark = self.log_mark;
         let description = format!("Read {target} (looking for the account's Server instance)");
-        match self.backend().request(endpoint, operation.clone()) {
-            Ok(op) => {
-                self.pending = Some(Pending {
-                    op,
-                    endpoint: endpoint.to_owned(),
-                    target,
-                    description,
-                    log_mark,
-                    operation,
-                });
-                self.outcome = None;
-                self.finish(OPERATION_WAIT)
-            }
-            Err(e) => Err(self.fail(format!("{description}: {e}"))),
+        if let Err(e) = self.hand_over(endpoint, operation.clone(), operation, description.clone())
+        {
+            return Err(self.fail(format!("{description}: {e}")));
         }
+        self.finish(OPERATION_WAIT)
     }
 }
 
