@@ -51,7 +51,8 @@ pub fn records_from_nodes(
     nodes: &Json,
     findings: &mut Vec<Finding>,
 ) -> Result<Vec<Record>, String> {
-    let all = lwm2m_server::json::records_from(schema, &json!({ "nodes": nodes }));
+    let all = lwm2m_server::json::records_from(schema, &json!({ "nodes": nodes }))
+        .map_err(|e| e.to_string());
     let (Err(_), Json::Array(list)) = (&all, nodes) else {
         return all;
     };
@@ -62,6 +63,7 @@ pub fn records_from_nodes(
         match lwm2m_server::json::records_from(schema, &one) {
             Ok(r) => records.extend(r),
             Err(e) => {
+                let e = e.to_string();
                 let path = node.get("path").and_then(Json::as_str).ok_or(e.clone())?;
                 let path: Lwm2mPath = path.parse().map_err(|_| e.clone())?;
                 let def = content::resource_def(schema, &path).ok_or(e.clone())?;

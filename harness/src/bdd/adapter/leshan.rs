@@ -121,7 +121,9 @@ fn our_value(node: &Json, value: &Json) -> Result<Json, String> {
     if value.is_null() {
         return Ok(Json::Null);
     }
-    leshan::parse_value(ty, value).map(|v| v.to_json())
+    leshan::parse_value(ty, value)
+        .map(|v| v.to_json())
+        .map_err(|e| e.to_string())
 }
 
 /// A node in Leshan's JSON (`kind`, `id`, `value` / `values` / `resources` / `instances`).
