@@ -87,7 +87,7 @@ pub struct SimulateArgs {
     #[arg(long, conflicts_with = "endpoint_prefix")]
     endpoint: Option<String>,
     /// How long the clients run before they de-register, e.g. 60s, 5m.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = lwm2m_simulator::duration::parse)]
     duration: Duration,
     /// The seed of every random choice.
     #[arg(long, default_value_t = 1)]
@@ -145,11 +145,11 @@ pub struct SimulateArgs {
     min_registered: Option<Share>,
     /// Exit status 1 when the 99th percentile of Register latency is above this, e.g.
     /// `500ms`, `2s` [default: no limit].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = lwm2m_simulator::duration::parse)]
     max_register_p99: Option<Duration>,
     /// Exit status 1 when the 99th percentile of Update latency is above this [default: no
     /// limit].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = lwm2m_simulator::duration::parse)]
     max_update_p99: Option<Duration>,
     /// Run shard K of N of the fleet (K from 0): the clients K, K+N, K+2N, ... of
     /// --clients, with the endpoint names, seeds and PSKs they have in one process, so that
@@ -207,10 +207,6 @@ fn placeholder_help(text: &str) -> clap::builder::StyledStr {
     let b = clap::builder::styling::Style::new().bold();
     text.replace("{n}", &format!("{b}{{{b:#}{b}n}}{b:#}"))
         .into()
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    lwm2m_simulator::duration::parse(s)
 }
 
 /// `1000/s`, `1000`, `50/m`.
