@@ -66,7 +66,9 @@ use lwm2m_proto::server::{ObservationId, OpError, Operation, Response, ServerEve
 use lwm2m_proto::{Lwm2mPath, ObjectId, Schema};
 use serde_json::{Value as Json, json};
 
-use super::json::{Body, content_from_records, decode_payload, parse_code, records_from_nodes};
+use super::json::{
+    Body, ReadError, content_from_records, decode_payload, location, parse_code, records_from_nodes,
+};
 use super::{
     AdapterError, AdapterInfo, EventSink, Feature, RegistrationView, ServerAdapter, Sinks,
 };
@@ -267,20 +269,23 @@ fn format_of(j: Option<&Json>) -> Option<ContentFormat> {
 }
 
 /// The response a driver's answer (or notification) carries.
-fn response_of(j: &Json, body: Body, schema: &dyn Schema) -> Result<Response, String> {
+fn response_of(j: &Json, body: Body, schema: &dyn Schema) -> Result<Response, ReadError> {
     let code = match j.get("code") {
         Some(Json::String(s)) => parse_code(s),
         _ => None,
     }
-    .ok_or_else(|| format!("no \"code\" (\"2.05\") in {j}"))?;
+    .ok_or_else(|| ReadError::NoDriverCode {
+        json: j.to_string(),
+    })?;
     let mut r = Response {
         code,
         format: format_of(j.get("content_format")),
         ..Response::empty()
     };
     if let Some(hex) = j.get("payload_hex").and_then(Json::as_str) {
-        let bytes = lwm2m_proto::value::parse_hex(hex)
-            .ok_or_else(|| format!("payload_hex {hex:?} is not hex"))?;
+        let bytes = lwm2m_proto::value::parse_hex(hex).ok_or_else(|| ReadError::NotHex {
+            text: hex.to_owned(),
+        })?;
         decode_payload(&mut r, body, &bytes, schema)?;
     } else if let Some(nodes) = j.get("nodes") {
         let records = records_from_nodes(schema, nodes, &mut r.findings)?;
@@ -305,11 +310,11 @@ fn response_of(j: &Json, body: Body, schema: &dyn Schema) -> Result<Response, St
         };
         r.content = content_from_records(body, records, schema)?;
     } else if let (Some(links), Body::Links) = (j.get("links").and_then(Json::as_str), body) {
-        let entries = lwm2m_proto::codec::link::parse_discover(links).map_err(|e| e.to_string())?;
+        let entries = lwm2m_proto::codec::link::parse_discover(links)?;
         r.content = Some(lwm2m_proto::server::Content::Links(entries));
     }
     if let Some(l) = j.get("location").and_then(Json::as_str) {
-        r.location = Some(l.parse().map_err(|e| format!("location {l:?}: {e}"))?);
+        r.location = Some(location(l)?);
     }
     if r.diagnostic.is_none() {
         r.diagnostic = j
@@ -713,7 +718,8 @@ impl ServerAdapter for ExecAdapter {
         }
         let versions = self.shared.versions(endpoint);
         let schema = self.shared.registry.with_versions(&versions);
-        let mut response = response_of(&answer, Body::of(operation), &schema).map_err(invalid)?;
+        let mut response = response_of(&answer, Body::of(operation), &schema)
+            .map_err(|e| invalid(e.to_string()))?;
         if matches!(
             operation,
             Operation::Observe { .. } | Operation::ObserveComposite { .. }
@@ -866,14 +872,17 @@ mod tests {
             n.to_records(&Lwm2mPath::resource(3, 0, 9))[0].value,
             Some(lwm2m_proto::Value::Integer(75))
         );
-        assert!(response_of(&json!({}), Body::Nothing, &*s.registry).is_err());
-        assert!(
+        assert_eq!(
+            response_of(&json!({}), Body::Nothing, &*s.registry),
+            Err(ReadError::NoDriverCode { json: "{}".into() })
+        );
+        assert_eq!(
             response_of(
                 &json!({"code": "2.05", "payload_hex": "zz", "content_format": 11542}),
                 Body::Nothing,
                 &*s.registry
-            )
-            .is_err()
+            ),
+            Err(ReadError::NotHex { text: "zz".into() })
         );
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use lwm2m_proto::ObjectId;
 use serde_json::Value as Json;
 
-use super::json::versions;
+use super::json::{ReadError, versions};
 use super::{AdapterError, RegistrationView};
 
 /// An HTTP answer: status and JSON body (`Null` if empty; a body that is not JSON stays as
@@ -218,13 +218,13 @@ impl HttpApi {
     pub(super) fn registration(
         &self,
         endpoint: &str,
-        parse: impl FnOnce(&Json) -> Result<RegistrationView, String>,
+        parse: impl FnOnce(&Json) -> Result<RegistrationView, ReadError>,
         absent: impl FnOnce(u16, &Json) -> bool,
     ) -> Result<Option<RegistrationView>, AdapterError> {
         let route = format!("/api/clients/{endpoint}");
         let (status, j) = self.call("GET", &route, None).map_err(|e| self.failed(e))?;
         if status == 200 {
-            let v = parse(&j).map_err(|e| self.failed(e))?;
+            let v = parse(&j).map_err(|e| self.failed(e.to_string()))?;
             self.versions.remember(endpoint, &v);
             Ok(Some(v))
         } else if absent(status, &j) {

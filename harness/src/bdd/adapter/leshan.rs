@@ -44,7 +44,7 @@ use lwm2m_server::leshan;
 use serde_json::{Map, Value as Json, json};
 
 use super::http::{HttpApi, split_token};
-use super::json::{Body, content_from_records, records_from_nodes};
+use super::json::{Body, ReadError, content_from_records, records_from_nodes};
 use super::{
     AdapterError, AdapterInfo, EventSink, Feature, RegistrationView, ServerAdapter, Sinks,
 };
@@ -110,7 +110,7 @@ fn value_json(v: &Value) -> Json {
 
 /// A value in Leshan's JSON of the node's `type` as our JSON (what
 /// [`records_from_nodes`] reads); without a type Leshan names, the JSON as it is.
-fn our_value(node: &Json, value: &Json) -> Result<Json, String> {
+fn our_value(node: &Json, value: &Json) -> Result<Json, lwm2m_server::leshan::NodeValueError> {
     let Some(ty) = node
         .get("type")
         .and_then(Json::as_str)
@@ -121,9 +121,7 @@ fn our_value(node: &Json, value: &Json) -> Result<Json, String> {
     if value.is_null() {
         return Ok(Json::Null);
     }
-    leshan::parse_value(ty, value)
-        .map(|v| v.to_json())
-        .map_err(|e| e.to_string())
+    leshan::parse_value(ty, value).map(|v| v.to_json())
 }
 
 /// A node in Leshan's JSON (`kind`, `id`, `value` / `values` / `resources` / `instances`).
@@ -204,7 +202,7 @@ fn nodes_from_records(path: &Lwm2mPath, records: &[Record]) -> Json {
 
 /// Leshan's node JSON at `path` as our `[{"path", "value"}]` nodes (values converted from
 /// Leshan's shapes by the node's `type`); `Err` names a value that is not of its type.
-pub fn flatten(path: &Lwm2mPath, j: &Json, out: &mut Vec<Json>) -> Result<(), String> {
+pub fn flatten(path: &Lwm2mPath, j: &Json, out: &mut Vec<Json>) -> Result<(), ReadError> {
     let kind = j.get("kind").and_then(Json::as_str).unwrap_or_default();
     let id = j
         .get("id")
@@ -219,13 +217,13 @@ pub fn flatten(path: &Lwm2mPath, j: &Json, out: &mut Vec<Json>) -> Result<(), St
         "singleResource" => {
             let p = own(3);
             let v = our_value(j, j.get("value").unwrap_or(&Json::Null))
-                .map_err(|e| format!("{p}: {e}"))?;
+                .map_err(|source| ReadError::Value { path: p, source })?;
             out.push(json!({"path": p.to_string(), "value": v}));
         }
         "resourceInstance" => {
             let p = own(4);
             let v = our_value(j, j.get("value").unwrap_or(&Json::Null))
-                .map_err(|e| format!("{p}: {e}"))?;
+                .map_err(|source| ReadError::Value { path: p, source })?;
             out.push(json!({"path": p.to_string(), "value": v}));
         }
         "multiResource" => {
@@ -237,7 +235,8 @@ pub fn flatten(path: &Lwm2mPath, j: &Json, out: &mut Vec<Json>) -> Result<(), St
                 .flatten()
             {
                 if let Some(ri) = k.parse::<u16>().ok().and_then(|ri| p.child(ri)) {
-                    let v = our_value(j, v).map_err(|e| format!("{ri}: {e}"))?;
+                    let v =
+                        our_value(j, v).map_err(|source| ReadError::Value { path: ri, source })?;
                     out.push(json!({"path": ri.to_string(), "value": v}));
                 }
             }
@@ -285,12 +284,16 @@ pub fn response_from(
     body: Body,
     target: &Lwm2mPath,
     schema: &dyn Schema,
-) -> Result<Response, String> {
+) -> Result<Response, ReadError> {
     let status = j
         .get("status")
         .and_then(Json::as_str)
-        .ok_or_else(|| format!("no status in {j}"))?;
-    let code = status_code(status).ok_or_else(|| format!("unknown status {status:?}"))?;
+        .ok_or_else(|| ReadError::NoStatus {
+            json: j.to_string(),
+        })?;
+    let code = status_code(status).ok_or_else(|| ReadError::UnknownStatus {
+        status: status.to_owned(),
+    })?;
     let mut r = Response {
         code,
         ..Response::empty()
@@ -299,7 +302,10 @@ pub fn response_from(
         (Body::Records, Some(Json::Object(m))) => {
             let mut nodes = Vec::new();
             for (p, node) in m {
-                let path: Lwm2mPath = p.parse().map_err(|e| format!("{p:?}: {e}"))?;
+                let path: Lwm2mPath = p.parse().map_err(|source| ReadError::Path {
+                    text: p.clone(),
+                    source,
+                })?;
                 flatten(&path, node, &mut nodes)?;
             }
             let records = records_from_nodes(schema, &Json::Array(nodes), &mut r.findings)?;
@@ -315,7 +321,7 @@ pub fn response_from(
     }
     if let (Body::Links, Some(Json::Array(links))) = (body, j.get("objectLinks")) {
         let text: Vec<String> = links.iter().filter_map(link_text).collect();
-        let entries = parse_discover(&text.join(",")).map_err(|e| e.to_string())?;
+        let entries = parse_discover(&text.join(","))?;
         r.content = Some(Content::Links(entries));
     }
     if let Some(l) = j.get("location").and_then(Json::as_str) {
@@ -347,9 +353,11 @@ fn link_text(l: &Json) -> Option<String> {
 }
 
 /// A Leshan registration as ours.
-pub fn registration_from(j: &Json) -> Result<RegistrationView, String> {
+pub fn registration_from(j: &Json) -> Result<RegistrationView, ReadError> {
     let s = |k: &str| j.get(k).and_then(Json::as_str);
-    let endpoint = s("endpoint").ok_or_else(|| format!("no endpoint in {j}"))?;
+    let endpoint = s("endpoint").ok_or_else(|| ReadError::NoEndpoint {
+        json: j.to_string(),
+    })?;
     let address = s("address")
         .map(|a| a.trim_start_matches('/'))
         .and_then(|a| a.parse().ok())
@@ -842,8 +850,8 @@ impl ServerAdapter for Leshan {
         if let Operation::CancelObservation { active: false, .. } = operation {
             return Ok(Response::empty());
         }
-        let mut response =
-            response_from(&j, Body::of(operation), &target, &schema).map_err(invalid)?;
+        let mut response = response_from(&j, Body::of(operation), &target, &schema)
+            .map_err(|e| invalid(e.to_string()))?;
         let observed = match operation {
             Operation::Observe { path, .. } => Some(vec![*path]),
             Operation::ObserveComposite { paths, .. } => Some(paths.clone()),
@@ -975,7 +983,12 @@ mod tests {
             panic!()
         };
         assert_eq!(links.len(), 2);
-        assert!(response_from(&json!({"status": "TEAPOT"}), Body::Nothing, &p, &reg).is_err());
+        assert_eq!(
+            response_from(&json!({"status": "TEAPOT"}), Body::Nothing, &p, &reg),
+            Err(ReadError::UnknownStatus {
+                status: "TEAPOT".into()
+            })
+        );
     }
 
     #[test]
@@ -1056,7 +1069,11 @@ mod tests {
         let mut out = Vec::new();
         let bad = json!({"kind": "singleResource", "id": 9, "type": "INTEGER", "value": "x"});
         let e = flatten(&Lwm2mPath::instance(3, 0), &bad, &mut out).unwrap_err();
-        assert!(e.contains("/3/0/9"), "{e}");
+        assert!(
+            matches!(e, ReadError::Value { path, .. } if path == Lwm2mPath::resource(3, 0, 9)),
+            "{e}"
+        );
+        assert_eq!(e.to_string(), "/3/0/9: \"x\" is not a valid INTEGER value");
     }
 
     #[test]
