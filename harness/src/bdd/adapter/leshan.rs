@@ -43,7 +43,7 @@ use lwm2m_proto::{InstanceId, Lwm2mPath, Node, ObjectId, Record, ResourceValue, 
 use lwm2m_server::leshan;
 use serde_json::{Map, Value as Json, json};
 
-use super::http::{HttpApi, split_token};
+use super::http::{ConnectError, HttpApi, HttpError, split_token};
 use super::json::{Body, ReadError, content_from_records, records_from_nodes};
 use super::{
     AdapterError, AdapterInfo, EventSink, Feature, RegistrationView, ServerAdapter, Sinks,
@@ -561,10 +561,13 @@ fn event_from(
 impl Leshan {
     /// Connects to the demo server at `rest` (`HOST:PORT[/PREFIX][?token=T]`) and
     /// subscribes to its events; `Err` says why not.
-    pub fn connect(rest: &str, registry: Arc<Registry>) -> Result<Self, String> {
+    pub fn connect(rest: &str, registry: Arc<Registry>) -> Result<Self, ConnectError> {
         let (location, token) = split_token(rest);
         if location.is_empty() {
-            return Err(format!("{NAME}://{rest}: expected HOST:PORT"));
+            return Err(ConnectError::Authority {
+                adapter: NAME,
+                rest: rest.to_owned(),
+            });
         }
         let api = HttpApi::new(
             NAME,
@@ -574,10 +577,12 @@ impl Leshan {
         );
         let (status, body) = api.call("GET", "/api/clients", None)?;
         if status != 200 {
-            return Err(format!(
-                "{NAME}: GET {}/api/clients answered {status}: {body}",
-                api.base
-            ));
+            return Err(ConnectError::Status {
+                adapter: NAME,
+                base: api.base.clone(),
+                status,
+                body: body.to_string(),
+            });
         }
         let features: BTreeSet<Feature> = Feature::all()
             .into_iter()
@@ -610,7 +615,7 @@ impl Leshan {
         Ok(adapter)
     }
 
-    fn start_events(&self) -> Result<(), String> {
+    fn start_events(&self) -> Result<(), HttpError> {
         let (sinks, registry, observed) = (
             self.sinks.clone(),
             self.registry.clone(),
@@ -820,7 +825,7 @@ impl ServerAdapter for Leshan {
         let (status, j) = self
             .api
             .call(method, &route, body.as_ref())
-            .map_err(invalid)?;
+            .map_err(|e| invalid(e.to_string()))?;
         match status {
             200 | 201 => {}
             // Leshan answers an unknown endpoint with 400 "No registered client with id".
@@ -885,7 +890,7 @@ impl ServerAdapter for Leshan {
 
     fn put_psk(&self, endpoint: &str, identity: &[u8], key: &[u8]) -> Result<(), AdapterError> {
         let identity = String::from_utf8(identity.to_vec())
-            .map_err(|_| self.api.failed("Leshan takes UTF-8 PSK identities".into()))?;
+            .map_err(|_| self.api.failed("Leshan takes UTF-8 PSK identities"))?;
         let key: String = key.iter().map(|b| format!("{b:02x}")).collect();
         let body = json!({"endpoint": endpoint, "tls": {"mode": "psk",
             "details": {"identity": identity, "key": key}}});

@@ -414,9 +414,9 @@ fn open_new(spec: &str, registry: Arc<Registry>) -> Result<Arc<dyn ServerAdapter
     let adapter: Arc<dyn ServerAdapter> = if let Some(rest) = spec.strip_prefix("exec:") {
         Arc::new(exec::ExecAdapter::spawn(rest, registry)?)
     } else if let Some(rest) = spec.strip_prefix("lwm2m-harness+http://") {
-        Arc::new(harness_http::HarnessHttp::connect(rest, registry)?)
+        Arc::new(harness_http::HarnessHttp::connect(rest, registry).map_err(|e| e.to_string())?)
     } else if let Some(rest) = spec.strip_prefix("leshan+http://") {
-        Arc::new(leshan::Leshan::connect(rest, registry)?)
+        Arc::new(leshan::Leshan::connect(rest, registry).map_err(|e| e.to_string())?)
     } else if spec.starts_with("in-process:") {
         return Err(format!(
             "--server-api {spec:?}: no in-process server of that name in this process"
@@ -448,8 +448,19 @@ pub fn info_of(spec: &str) -> Option<AdapterInfo> {
         .map(|a| a.info().clone())
 }
 
+/// A `--server-api` spec of no known form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "--server-api {spec:?}: expected lwm2m-harness+http://HOST:PORT?token=T, \
+     leshan+http://HOST:PORT or exec:COMMAND"
+)]
+pub struct SpecError {
+    /// The spec as given.
+    pub spec: String,
+}
+
 /// Checks the form of a `--server-api` spec without opening it.
-pub fn check_spec(spec: &str) -> Result<(), String> {
+pub fn check_spec(spec: &str) -> Result<(), SpecError> {
     let ok = spec
         .strip_prefix("exec:")
         .is_some_and(|c| !c.trim().is_empty())
@@ -459,10 +470,9 @@ pub fn check_spec(spec: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "--server-api {spec:?}: expected lwm2m-harness+http://HOST:PORT?token=T, \
-             leshan+http://HOST:PORT or exec:COMMAND"
-        ))
+        Err(SpecError {
+            spec: spec.to_owned(),
+        })
     }
 }
 
