@@ -412,7 +412,7 @@ pub fn open(spec: &str, registry: Arc<Registry>) -> Result<Arc<dyn ServerAdapter
 
 fn open_new(spec: &str, registry: Arc<Registry>) -> Result<Arc<dyn ServerAdapter>, String> {
     let adapter: Arc<dyn ServerAdapter> = if let Some(rest) = spec.strip_prefix("exec:") {
-        Arc::new(exec::ExecAdapter::spawn(rest, registry)?)
+        Arc::new(exec::ExecAdapter::spawn(rest, registry).map_err(|e| e.to_string())?)
     } else if let Some(rest) = spec.strip_prefix("lwm2m-harness+http://") {
         Arc::new(harness_http::HarnessHttp::connect(rest, registry).map_err(|e| e.to_string())?)
     } else if let Some(rest) = spec.strip_prefix("leshan+http://") {
