@@ -28,7 +28,7 @@ use crate::bdd::verdict::not_applicable;
 use lwm2m_dtls::ClientEvent as DtlsClientEvent;
 use lwm2m_simulator::link::{Links, Route, Servers};
 
-use super::{SERVER_NOT_OURS, block_until, runtime};
+use super::{BackendError, SERVER_NOT_OURS, block_until, runtime};
 
 /// A datagram a simulated client's socket received.
 type Received = (usize, Instant, SocketAddr, Vec<u8>);
@@ -245,7 +245,7 @@ impl ServerBackend {
     /// `coaps://HOST:PORT`), no clients yet (their CoAP ids come from the scenario seed in
     /// their [`ClientSpec`]); with an adapter (`api`), subscribed to the server's events
     /// from now on.
-    pub fn open(subject: &Subject, registry: Arc<Registry>) -> Result<Self, String> {
+    pub fn open(subject: &Subject, registry: Arc<Registry>) -> Result<Self, BackendError> {
         let Subject::Server {
             uri,
             secure,
@@ -255,27 +255,28 @@ impl ServerBackend {
             bootstrap_api,
         } = subject
         else {
-            return Err(format!("{} is not a server", subject.id()));
+            return Err(BackendError::WrongSubject {
+                id: subject.id().to_string(),
+                kind: "server",
+            });
         };
-        let server =
-            Listeners::of(uri, secure.as_deref(), "--server-coaps").map_err(|e| e.to_string())?;
+        let server = Listeners::of(uri, secure.as_deref(), "--server-coaps")?;
         runtime()?;
         let (tx, rx) = mpsc::unbounded_channel();
         // `bootstrap_only`: a second API, for the Bootstrap Server under test, whose stream
         // may carry the LwM2M Server's events too (our REST API does): those come once,
         // from the server's own adapter.
         let subscribed = |spec: &str, bootstrap_only: bool| {
-            let adapter = crate::bdd::adapter::open(spec, registry.clone())?;
+            let adapter = crate::bdd::adapter::open(spec, registry.clone())
+                .map_err(|reason| BackendError::Adapter { reason })?;
             let events = tx.clone();
-            adapter
-                .subscribe(Box::new(move |e: Happening| {
-                    (bootstrap_only && !e.is_bootstrap())
-                        || events
-                            .send(Input::Server(Instant::now(), Box::new(e)))
-                            .is_ok()
-                }))
-                .map_err(|e| e.to_string())?;
-            Ok::<Arc<dyn ServerAdapter>, String>(adapter)
+            adapter.subscribe(Box::new(move |e: Happening| {
+                (bootstrap_only && !e.is_bootstrap())
+                    || events
+                        .send(Input::Server(Instant::now(), Box::new(e)))
+                        .is_ok()
+            }))?;
+            Ok::<Arc<dyn ServerAdapter>, BackendError>(adapter)
         };
         let adapter = api.as_deref().map(|a| subscribed(a, false)).transpose()?;
         let bootstrap = match bootstrap {
@@ -286,12 +287,11 @@ impl ServerBackend {
                     (_, a) => a.clone(),
                 };
                 let listeners =
-                    Listeners::of(b, bootstrap_secure.as_deref(), "--bootstrap-server-coaps")
-                        .map_err(|e| e.to_string())?;
+                    Listeners::of(b, bootstrap_secure.as_deref(), "--bootstrap-server-coaps")?;
                 Some((listeners, driver))
             }
             None if bootstrap_secure.is_some() => {
-                return Err("--bootstrap-server-coaps needs --bootstrap-server".to_owned());
+                return Err(BackendError::BootstrapCoapsAlone);
             }
             None => None,
         };
