@@ -41,6 +41,8 @@ pub mod inprocess;
 pub mod json;
 pub mod leshan;
 
+pub use http::{ConnectError, HttpError};
+
 /// Something a case may ask of the server under test; each is optional.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
@@ -381,14 +383,14 @@ fn opened() -> &'static Mutex<BTreeMap<String, Arc<dyn ServerAdapter>>> {
 
 /// Specs that could not be opened, with why: not tried again in the same process (a
 /// driver that never says hello would cost its wait in every scenario).
-fn refused() -> &'static Mutex<BTreeMap<String, String>> {
-    static REFUSED: OnceLock<Mutex<BTreeMap<String, String>>> = OnceLock::new();
+fn refused() -> &'static Mutex<BTreeMap<String, OpenError>> {
+    static REFUSED: OnceLock<Mutex<BTreeMap<String, OpenError>>> = OnceLock::new();
     REFUSED.get_or_init(Mutex::default)
 }
 
 /// The adapter a `--server-api` spec names, opened at its first use and then shared;
 /// `Err` says why it cannot be opened (every case is then not applicable).
-pub fn open(spec: &str, registry: Arc<Registry>) -> Result<Arc<dyn ServerAdapter>, String> {
+pub fn open(spec: &str, registry: Arc<Registry>) -> Result<Arc<dyn ServerAdapter>, OpenError> {
     let mut all = opened().lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(a) = all.get(spec) {
         return Ok(a.clone());
@@ -410,22 +412,44 @@ pub fn open(spec: &str, registry: Arc<Registry>) -> Result<Arc<dyn ServerAdapter
     }
 }
 
-fn open_new(spec: &str, registry: Arc<Registry>) -> Result<Arc<dyn ServerAdapter>, String> {
+/// Why the adapter a `--server-api` spec names cannot be opened (kept for the run: every
+/// case is then not applicable with this reason).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// A spec of no known form.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// `in-process:NAME` with no such server installed in this process.
+    #[error("--server-api {spec:?}: no in-process server of that name in this process")]
+    NoInProcess {
+        /// The spec.
+        spec: String,
+    },
+    /// The exec driver cannot be used.
+    #[error(transparent)]
+    Exec(#[from] exec::ExecError),
+    /// The HTTP API cannot be reached or refuses us.
+    #[error(transparent)]
+    Connect(#[from] http::ConnectError),
+}
+
+fn open_new(spec: &str, registry: Arc<Registry>) -> Result<Arc<dyn ServerAdapter>, OpenError> {
     let adapter: Arc<dyn ServerAdapter> = if let Some(rest) = spec.strip_prefix("exec:") {
-        Arc::new(exec::ExecAdapter::spawn(rest, registry).map_err(|e| e.to_string())?)
+        Arc::new(exec::ExecAdapter::spawn(rest, registry)?)
     } else if let Some(rest) = spec.strip_prefix("lwm2m-harness+http://") {
-        Arc::new(harness_http::HarnessHttp::connect(rest, registry).map_err(|e| e.to_string())?)
+        Arc::new(harness_http::HarnessHttp::connect(rest, registry)?)
     } else if let Some(rest) = spec.strip_prefix("leshan+http://") {
-        Arc::new(leshan::Leshan::connect(rest, registry).map_err(|e| e.to_string())?)
+        Arc::new(leshan::Leshan::connect(rest, registry)?)
     } else if spec.starts_with("in-process:") {
-        return Err(format!(
-            "--server-api {spec:?}: no in-process server of that name in this process"
-        ));
+        return Err(OpenError::NoInProcess {
+            spec: spec.to_owned(),
+        });
     } else {
-        return Err(format!(
-            "--server-api {spec:?}: expected lwm2m-harness+http://HOST:PORT?token=T, \
-             leshan+http://HOST:PORT or exec:COMMAND"
-        ));
+        return Err(SpecError {
+            spec: spec.to_owned(),
+        }
+        .into());
     };
     Ok(adapter)
 }

@@ -64,7 +64,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::adapter::AdapterError;
+use super::adapter::{AdapterError, OpenError};
 
 mod device;
 mod server;
@@ -111,11 +111,8 @@ pub enum BackendError {
     #[error(transparent)]
     Listener(#[from] server::ListenerError),
     /// The server adapter cannot be opened (the reason is kept for the whole run).
-    #[error("{reason}")]
-    Adapter {
-        /// Why.
-        reason: String,
-    },
+    #[error(transparent)]
+    Adapter(#[from] OpenError),
     /// The server adapter cannot deliver the server's events.
     #[error(transparent)]
     Subscribe(#[from] AdapterError),

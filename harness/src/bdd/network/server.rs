@@ -267,8 +267,7 @@ impl ServerBackend {
         // may carry the LwM2M Server's events too (our REST API does): those come once,
         // from the server's own adapter.
         let subscribed = |spec: &str, bootstrap_only: bool| {
-            let adapter = crate::bdd::adapter::open(spec, registry.clone())
-                .map_err(|reason| BackendError::Adapter { reason })?;
+            let adapter = crate::bdd::adapter::open(spec, registry.clone())?;
             let events = tx.clone();
             adapter.subscribe(Box::new(move |e: Happening| {
                 (bootstrap_only && !e.is_bootstrap())
