@@ -190,12 +190,16 @@ pub struct AdapterInfo {
 }
 
 impl AdapterInfo {
-    /// `Ok` if the adapter offers `feature`, else the not-applicable reason.
-    pub fn offers(&self, feature: Feature) -> Result<(), String> {
+    /// `Ok` if the adapter offers `feature`, else [`AdapterError::Lacks`] (the
+    /// not-applicable reason).
+    pub fn offers(&self, feature: Feature) -> Result<(), AdapterError> {
         if self.features.contains(&feature) {
             Ok(())
         } else {
-            Err(lacks(&self.adapter, feature))
+            Err(AdapterError::Lacks {
+                adapter: self.adapter.clone(),
+                feature,
+            })
         }
     }
 }
@@ -212,11 +216,6 @@ pub fn requested_format(operation: &Operation) -> Option<lwm2m_proto::ContentFor
         | Operation::ObserveComposite { format, .. } => *format,
         _ => None,
     }
-}
-
-/// The reason a case is not applicable when the adapter lacks `feature`.
-pub fn lacks(adapter: &str, feature: Feature) -> String {
-    format!("the server adapter {adapter} does not offer {feature}")
 }
 
 /// A registration as the server under test shows it.
@@ -543,6 +542,16 @@ mod tests {
         };
         assert!(info.offers(Feature::Read).is_ok());
         let why = info.offers(Feature::Create).unwrap_err();
-        assert!(why.contains("exec") && why.contains("create"), "{why}");
+        assert_eq!(
+            why,
+            AdapterError::Lacks {
+                adapter: "exec".into(),
+                feature: Feature::Create
+            }
+        );
+        assert_eq!(
+            why.to_string(),
+            "the server adapter exec does not offer create"
+        );
     }
 }

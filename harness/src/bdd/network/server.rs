@@ -886,7 +886,8 @@ impl Backend for ServerBackend {
                     Some(a) => a
                         .info()
                         .offers(Feature::Execute)
-                        .and_then(|()| a.info().offers(Feature::Write)),
+                        .and_then(|()| a.info().offers(Feature::Write))
+                        .map_err(|e| e.to_string()),
                     None => Err(SERVER_NOT_OURS.to_owned()),
                 }
             }
@@ -1047,7 +1048,10 @@ impl Backend for ServerBackend {
             ServerView::Absence => &[Feature::Events, Feature::Notifications, Feature::Send],
             ServerView::Security => &[Feature::SecurityEvents],
         };
-        needs.iter().try_for_each(|f| adapter.info().offers(*f))
+        needs
+            .iter()
+            .try_for_each(|f| adapter.info().offers(*f))
+            .map_err(|e| e.to_string())
     }
 
     fn queued(&self, _endpoint: &str) -> usize {
