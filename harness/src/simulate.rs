@@ -87,7 +87,7 @@ pub struct SimulateArgs {
     #[arg(long, conflicts_with = "endpoint_prefix")]
     endpoint: Option<String>,
     /// How long the clients run before they de-register, e.g. 60s, 5m.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = lwm2m_simulator::duration::parse)]
     duration: Duration,
     /// The seed of every random choice.
     #[arg(long, default_value_t = 1)]
@@ -145,11 +145,11 @@ pub struct SimulateArgs {
     min_registered: Option<Share>,
     /// Exit status 1 when the 99th percentile of Register latency is above this, e.g.
     /// `500ms`, `2s` [default: no limit].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = lwm2m_simulator::duration::parse)]
     max_register_p99: Option<Duration>,
     /// Exit status 1 when the 99th percentile of Update latency is above this [default: no
     /// limit].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = lwm2m_simulator::duration::parse)]
     max_update_p99: Option<Duration>,
     /// Run shard K of N of the fleet (K from 0): the clients K, K+N, K+2N, ... of
     /// --clients, with the endpoint names, seeds and PSKs they have in one process, so that
@@ -185,18 +185,55 @@ impl Share {
     }
 }
 
+/// Why a `simulate` argument (a share of the fleet, a rate) is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+enum ArgError {
+    /// `N%` outside 0% to 100%, or not a number.
+    #[error("{text:?}: a percentage from 0% to 100%")]
+    Percent {
+        /// The argument.
+        text: String,
+    },
+    /// Neither a count nor a percentage.
+    #[error("{text:?}: a number of clients, or a percentage such as 95%")]
+    Share {
+        /// The argument.
+        text: String,
+    },
+    /// A rate whose number is not a number.
+    #[error("invalid rate {text:?}: write e.g. 1000/s")]
+    RateNumber {
+        /// The argument.
+        text: String,
+    },
+    /// A rate per something other than a second, a minute or an hour.
+    #[error("invalid rate {text:?}: the unit is /s, /m or /h")]
+    RateUnit {
+        /// The argument.
+        text: String,
+    },
+    /// A rate of zero, below, or not finite.
+    #[error("invalid rate {text:?}: must be positive")]
+    RateNotPositive {
+        /// The argument.
+        text: String,
+    },
+}
+
 /// `40` or `95%`.
-fn parse_share(s: &str) -> Result<Share, String> {
+fn parse_share(s: &str) -> Result<Share, ArgError> {
+    let text = || s.to_owned();
     if let Some(p) = s.strip_suffix('%') {
         match p.trim().parse::<f64>() {
             Ok(p) if (0.0..=100.0).contains(&p) => Ok(Share::Percent(p)),
-            _ => Err(format!("{s:?}: a percentage from 0% to 100%")),
+            _ => Err(ArgError::Percent { text: text() }),
         }
     } else {
         s.trim()
             .parse()
             .map(Share::Count)
-            .map_err(|_| format!("{s:?}: a number of clients, or a percentage such as 95%"))
+            .map_err(|_| ArgError::Share { text: text() })
     }
 }
 
@@ -209,27 +246,24 @@ fn placeholder_help(text: &str) -> clap::builder::StyledStr {
         .into()
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    lwm2m_simulator::duration::parse(s)
-}
-
 /// `1000/s`, `1000`, `50/m`.
-fn parse_rate(s: &str) -> Result<f64, String> {
+fn parse_rate(s: &str) -> Result<f64, ArgError> {
+    let text = || s.to_owned();
     let (n, per) = s.split_once('/').unwrap_or((s, "s"));
     let n: f64 = n
         .trim()
         .parse()
-        .map_err(|_| format!("invalid rate {s:?}: write e.g. 1000/s"))?;
+        .map_err(|_| ArgError::RateNumber { text: text() })?;
     let seconds = match per.trim() {
         "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
-        _ => return Err(format!("invalid rate {s:?}: the unit is /s, /m or /h")),
+        _ => return Err(ArgError::RateUnit { text: text() }),
     };
     if n > 0.0 && n.is_finite() {
         Ok(n / seconds)
     } else {
-        Err(format!("invalid rate {s:?}: must be positive"))
+        Err(ArgError::RateNotPositive { text: text() })
     }
 }
 
@@ -810,9 +844,18 @@ mod tests {
         assert_eq!(parse_rate("1000/s"), Ok(1000.0));
         assert_eq!(parse_rate("60/m"), Ok(1.0));
         assert_eq!(parse_rate("5"), Ok(5.0));
-        assert!(parse_rate("0/s").is_err());
-        assert!(parse_rate("x/s").is_err());
-        assert!(parse_rate("5/d").is_err());
+        assert_eq!(
+            parse_rate("0/s"),
+            Err(ArgError::RateNotPositive { text: "0/s".into() })
+        );
+        assert_eq!(
+            parse_rate("x/s"),
+            Err(ArgError::RateNumber { text: "x/s".into() })
+        );
+        assert_eq!(
+            parse_rate("5/d").unwrap_err().to_string(),
+            "invalid rate \"5/d\": the unit is /s, /m or /h"
+        );
         let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
         assert_eq!(
             parse_coap_uri("coap://127.0.0.1:5783").unwrap(),

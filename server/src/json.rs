@@ -9,6 +9,7 @@ use lwm2m_proto::codec::link::DiscoverEntry;
 use lwm2m_proto::content::{self, CodecError};
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{Content, Registration, Response, ServerEvent};
+use lwm2m_proto::value::{DataType, ValueError};
 use lwm2m_proto::{Lwm2mPath, Node, ObjectId, Record, ResourceValue, Schema, Value};
 use serde_json::{Map, Value as Json, json};
 
@@ -186,36 +187,101 @@ pub fn response(
     Json::Object(m)
 }
 
+/// Why a JSON request body is not the records or node it should be (the REST API's
+/// write, create and composite bodies; the codec tool's input).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BodyError {
+    /// `{"nodes": ...}` whose `nodes` is not an array.
+    #[error("\"nodes\" must be an array")]
+    NodesNotArray,
+    /// An element of `nodes` without a `path` string.
+    #[error("nodes[{index}] has no \"path\" string")]
+    NodeWithoutPath {
+        /// The element's index in `nodes`.
+        index: usize,
+    },
+    /// The body is neither records shape.
+    #[error("expected {{\"/O/I/R\": value, ...}} or {{\"nodes\": [...]}}")]
+    NotRecords,
+    /// A key or `path` that is not an LwM2M path.
+    #[error("{text:?}: {source}")]
+    Path {
+        /// The text as written.
+        text: String,
+        /// Why it is not a path.
+        source: lwm2m_proto::ids::PathError,
+    },
+    /// A value that does not fit the type the registry gives its resource.
+    #[error("{path} ({name}, {ty}): {source}")]
+    Value {
+        /// The resource (instance) written.
+        path: Lwm2mPath,
+        /// The resource's name in the registry.
+        name: String,
+        /// The resource's type in the registry.
+        ty: DataType,
+        /// Why the value does not fit.
+        source: ValueError,
+    },
+    /// A null where a value must be written.
+    #[error("a null value cannot be written")]
+    NullValue,
+    /// A key of a multiple resource's `{"0": v, ...}` that is not an instance id.
+    #[error("{key:?} is not a resource instance id")]
+    InstanceKey {
+        /// The key as written.
+        key: String,
+    },
+    /// A resource instance id the path cannot hold (65535 is reserved).
+    #[error("bad resource instance")]
+    ResourceInstance {
+        /// The id written.
+        id: u16,
+    },
+    /// `{"value": ...}` at a path above the resource level.
+    #[error("{{\"value\": ...}} needs a resource path; for {path} give {{\"/O/I/R\": value, ...}}")]
+    ValueNeedsResource {
+        /// The path written.
+        path: Lwm2mPath,
+    },
+    /// The records do not make a node at the path written.
+    #[error(transparent)]
+    Node(#[from] CodecError),
+}
+
 /// Records from JSON: `{"/3/0/14": "+02", ...}` or `{"nodes": [{"path":..,"value":..}]}`,
 /// each value typed by the registry (falling back to the JSON type for unknown resources).
-pub fn records_from(schema: &dyn Schema, j: &Json) -> Result<Vec<Record>, String> {
+pub fn records_from(schema: &dyn Schema, j: &Json) -> Result<Vec<Record>, BodyError> {
     let entries: Vec<(String, Json)> = match j {
         Json::Object(m) if m.contains_key("nodes") => {
             let Some(Json::Array(nodes)) = m.get("nodes") else {
-                return Err("\"nodes\" must be an array".into());
+                return Err(BodyError::NodesNotArray);
             };
             nodes
                 .iter()
                 .enumerate()
-                .map(|(i, n)| {
+                .map(|(index, n)| {
                     let path = n
                         .get("path")
                         .and_then(Json::as_str)
-                        .ok_or_else(|| format!("nodes[{i}] has no \"path\" string"))?;
+                        .ok_or(BodyError::NodeWithoutPath { index })?;
                     Ok((
                         path.to_owned(),
                         n.get("value").cloned().unwrap_or(Json::Null),
                     ))
                 })
-                .collect::<Result<_, String>>()?
+                .collect::<Result<_, BodyError>>()?
         }
         Json::Object(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        _ => return Err("expected {\"/O/I/R\": value, ...} or {\"nodes\": [...]}".into()),
+        _ => return Err(BodyError::NotRecords),
     };
     entries
         .into_iter()
-        .map(|(path, value)| {
-            let path: Lwm2mPath = path.parse().map_err(|e| format!("{path:?}: {e}"))?;
+        .map(|(text, value)| {
+            let path: Lwm2mPath = text
+                .parse()
+                .map_err(|source| BodyError::Path { text, source })?;
             Ok(Record {
                 path,
                 value: typed(schema, &path, &value)?,
@@ -225,11 +291,16 @@ pub fn records_from(schema: &dyn Schema, j: &Json) -> Result<Vec<Record>, String
         .collect()
 }
 
-fn typed(schema: &dyn Schema, path: &Lwm2mPath, j: &Json) -> Result<Option<Value>, String> {
+fn typed(schema: &dyn Schema, path: &Lwm2mPath, j: &Json) -> Result<Option<Value>, BodyError> {
     match content::resource_def(schema, path) {
         Some(def) => Value::from_json(def.data_type, j)
             .map(Some)
-            .map_err(|e| format!("{path} ({}, {}): {e}", def.name, def.data_type)),
+            .map_err(|source| BodyError::Value {
+                path: *path,
+                name: def.name.clone(),
+                ty: def.data_type,
+                source,
+            }),
         None => Ok(infer(j)),
     }
 }
@@ -252,15 +323,14 @@ fn infer(j: &Json) -> Option<Value> {
 /// The node to write at `path` from a request body: `{"value": v}` for a resource or
 /// resource instance (`{"value": {"0": v, "1": w}}` for a multiple resource), or the
 /// records shapes of [`records_from`] for any level.
-pub fn node_from(schema: &dyn Schema, path: &Lwm2mPath, j: &Json) -> Result<Node, String> {
+pub fn node_from(schema: &dyn Schema, path: &Lwm2mPath, j: &Json) -> Result<Node, BodyError> {
     let Some(value) = j.get("value") else {
         let recs = records_from(schema, j)?;
-        return content::records_to_node(path, &recs, schema)
-            .map_err(|e: CodecError| e.to_string());
+        return Ok(content::records_to_node(path, &recs, schema)?);
     };
     match path {
         Lwm2mPath::ResourceInstance(..) => Ok(Node::ResourceInstance(
-            typed(schema, path, value)?.ok_or("a null value cannot be written")?,
+            typed(schema, path, value)?.ok_or(BodyError::NullValue)?,
         )),
         Lwm2mPath::Resource(..) => match value {
             Json::Object(m) => {
@@ -268,20 +338,20 @@ pub fn node_from(schema: &dyn Schema, path: &Lwm2mPath, j: &Json) -> Result<Node
                 for (k, v) in m {
                     let ri: u16 = k
                         .parse()
-                        .map_err(|_| format!("{k:?} is not a resource instance id"))?;
-                    let p = path.child(ri).ok_or("bad resource instance")?;
-                    let v = typed(schema, &p, v)?.ok_or("a null value cannot be written")?;
+                        .map_err(|_| BodyError::InstanceKey { key: k.clone() })?;
+                    let p = path
+                        .child(ri)
+                        .ok_or(BodyError::ResourceInstance { id: ri })?;
+                    let v = typed(schema, &p, v)?.ok_or(BodyError::NullValue)?;
                     out.insert(lwm2m_proto::ResourceInstanceId(ri), v);
                 }
                 Ok(Node::Resource(ResourceValue::Multiple(out)))
             }
             v => Ok(Node::Resource(ResourceValue::Single(
-                typed(schema, path, v)?.ok_or("a null value cannot be written")?,
+                typed(schema, path, v)?.ok_or(BodyError::NullValue)?,
             ))),
         },
-        _ => Err(format!(
-            "{{\"value\": ...}} needs a resource path; for {path} give {{\"/O/I/R\": value, ...}}"
-        )),
+        _ => Err(BodyError::ValueNeedsResource { path: *path }),
     }
 }
 
@@ -649,8 +719,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(node.to_records(&inst).len(), 2);
-        assert!(node_from(&reg, &inst, &json!({"value": 1})).is_err());
-        assert!(records_from(&reg, &json!([1])).is_err());
+        assert_eq!(
+            node_from(&reg, &inst, &json!({"value": 1})),
+            Err(BodyError::ValueNeedsResource { path: inst })
+        );
+        assert_eq!(records_from(&reg, &json!([1])), Err(BodyError::NotRecords));
+        assert_eq!(
+            records_from(&reg, &json!({"nodes": [{"value": 1}]})),
+            Err(BodyError::NodeWithoutPath { index: 0 })
+        );
+        let soon = node_from(&reg, &p13, &json!({"value": "soon"})).unwrap_err();
+        assert!(matches!(soon, BodyError::Value { path, .. } if path == p13));
+        assert!(
+            soon.to_string().starts_with("/3/0/13 (Current Time, "),
+            "{soon}"
+        );
+        let bad_path = records_from(&reg, &json!({"/3/x": 1})).unwrap_err();
+        assert!(matches!(bad_path, BodyError::Path { ref text, .. } if text == "/3/x"));
+        assert!(bad_path.to_string().starts_with("\"/3/x\": "), "{bad_path}");
         assert_eq!(code_text((4, 4)), "4.04");
     }
 

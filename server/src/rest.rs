@@ -171,6 +171,12 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<json::BodyError> for ApiError {
+    fn from(e: json::BodyError) -> Self {
+        Self::bad(e.to_string())
+    }
+}
+
 impl From<DriverError> for ApiError {
     fn from(e: DriverError) -> Self {
         let DriverError::Op(op) = &e else {
@@ -580,8 +586,7 @@ async fn client_put(
             path,
             action: Action::Plain,
         } => {
-            let node = json::node_from(&client.schema(), &path, &parse_body(&body)?)
-                .map_err(ApiError::bad)?;
+            let node = json::node_from(&client.schema(), &path, &parse_body(&body)?)?;
             let op = Operation::Write {
                 path,
                 node,
@@ -613,8 +618,7 @@ async fn client_put(
 }
 
 async fn write_composite(client: &Client<'_>, body: &Bytes, params: &Params) -> ApiResult {
-    let records =
-        json::records_from(&client.schema(), &parse_body(body)?).map_err(ApiError::bad)?;
+    let records = json::records_from(&client.schema(), &parse_body(body)?)?;
     client
         .run(
             Operation::WriteComposite {
@@ -709,8 +713,7 @@ async fn client_post(
             path: path @ Lwm2mPath::Instance(..),
             action: Action::Plain,
         } => {
-            let node = json::node_from(&client.schema(), &path, &parse_body(&body)?)
-                .map_err(ApiError::bad)?;
+            let node = json::node_from(&client.schema(), &path, &parse_body(&body)?)?;
             let op = Operation::Write {
                 path,
                 node,
@@ -760,7 +763,6 @@ fn create_body(
     object: ObjectId,
     j: &Json,
 ) -> Result<(Option<lwm2m_proto::InstanceId>, Instance), ApiError> {
-    let bad = |e: String| ApiError::bad(e);
     let to_instance = |path: Lwm2mPath, node| match node {
         lwm2m_proto::Node::Instance(i) => Ok(i),
         other => Err(ApiError::bad(format!(
@@ -788,10 +790,10 @@ fn create_body(
             .iter()
             .map(|(r, v)| (format!("{base}/{r}"), v.clone()))
             .collect();
-        let node = json::node_from(schema, &base, &Json::Object(full)).map_err(bad)?;
+        let node = json::node_from(schema, &base, &Json::Object(full))?;
         return Ok((instance, to_instance(base, node)?));
     }
-    let records = json::records_from(schema, j).map_err(bad)?;
+    let records = json::records_from(schema, j)?;
     let instances: std::collections::BTreeSet<_> = records
         .iter()
         .filter_map(|r| r.path.instance_id())

@@ -10,14 +10,49 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::ser::Serializer;
 
+/// Why a text is not a duration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {text:?}: {problem} (write e.g. \"250ms\", \"10s\", \"5m\", \"1h\")")]
+pub struct DurationError {
+    /// The text as written.
+    pub text: String,
+    /// What is wrong with it.
+    pub problem: DurationProblem,
+}
+
+/// What is wrong with a duration's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DurationProblem {
+    /// Nothing but blanks.
+    #[error("empty")]
+    Empty,
+    /// A unit (or other text) where a number should start.
+    #[error("expected a number")]
+    NoNumber,
+    /// A number that does not fit 64 bits.
+    #[error("number too large")]
+    NumberTooLarge,
+    /// A number without its unit.
+    #[error("a unit is missing")]
+    NoUnit,
+    /// A unit other than `ms`, `s`, `m` and `h`.
+    #[error("unknown unit")]
+    UnknownUnit,
+    /// A total beyond what a duration holds.
+    #[error("too large")]
+    TooLarge,
+}
+
 /// Parses `<integer><unit>` groups, units `ms`, `s`, `m`, `h` (e.g. `250ms`, `1m30s`, `0s`).
-pub fn parse(text: &str) -> Result<Duration, String> {
+pub fn parse(text: &str) -> Result<Duration, DurationError> {
     let s = text.trim();
-    let bad = |why: &str| {
-        format!("invalid duration {text:?}: {why} (write e.g. \"250ms\", \"10s\", \"5m\", \"1h\")")
+    let bad = |problem| DurationError {
+        text: text.to_owned(),
+        problem,
     };
     if s.is_empty() {
-        return Err(bad("empty"));
+        return Err(bad(DurationProblem::Empty));
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
@@ -25,25 +60,27 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
         let (number, tail) = rest.split_at(digits);
         if number.is_empty() {
-            return Err(bad("expected a number"));
+            return Err(bad(DurationProblem::NoNumber));
         }
         let letters = tail.len()
             - tail
                 .trim_start_matches(|c: char| c.is_ascii_alphabetic())
                 .len();
         let (unit, tail) = tail.split_at(letters);
-        let n: u64 = number.parse().map_err(|_| bad("number too large"))?;
+        let n: u64 = number
+            .parse()
+            .map_err(|_| bad(DurationProblem::NumberTooLarge))?;
         let part = match unit {
             "ms" => Some(Duration::from_millis(n)),
             "s" => Some(Duration::from_secs(n)),
             "m" => n.checked_mul(60).map(Duration::from_secs),
             "h" => n.checked_mul(3600).map(Duration::from_secs),
-            "" => return Err(bad("a unit is missing")),
-            _ => return Err(bad("unknown unit")),
+            "" => return Err(bad(DurationProblem::NoUnit)),
+            _ => return Err(bad(DurationProblem::UnknownUnit)),
         };
         total = part
             .and_then(|p| total.checked_add(p))
-            .ok_or_else(|| bad("too large"))?;
+            .ok_or_else(|| bad(DurationProblem::TooLarge))?;
         rest = tail;
     }
     Ok(total)
@@ -137,7 +174,15 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
-        assert!(parse("10").unwrap_err().contains("unit is missing"));
+        assert_eq!(parse("10").unwrap_err().problem, DurationProblem::NoUnit);
+        assert_eq!(
+            parse("3d").unwrap_err().problem,
+            DurationProblem::UnknownUnit
+        );
+        assert_eq!(
+            parse("10").unwrap_err().to_string(),
+            "invalid duration \"10\": a unit is missing (write e.g. \"250ms\", \"10s\", \"5m\", \"1h\")"
+        );
     }
 
     proptest::proptest! {

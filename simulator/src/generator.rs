@@ -19,6 +19,7 @@
 use std::time::Duration;
 
 use lwm2m_proto::content::format_float;
+use lwm2m_proto::value::ValueError;
 use lwm2m_proto::{DataType, Value};
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
@@ -99,19 +100,19 @@ impl GeneratorSpec {
 
     /// Checks the parameters, independently of the resource type: a positive period,
     /// finite numbers, `min <= start <= max`, a non-negative step, at least one value.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), GeneratorError> {
         let finite = |xs: &[f64]| {
             if xs.iter().all(|x| x.is_finite()) {
                 Ok(())
             } else {
-                Err("parameters must be finite numbers".to_owned())
+                Err(GeneratorError::NotFinite)
             }
         };
         let bounds = |min: f64, max: f64| {
             if min <= max {
                 Ok(())
             } else {
-                Err(format!("min {min} is above max {max}"))
+                Err(GeneratorError::MinAboveMax { min, max })
             }
         };
         match self {
@@ -127,10 +128,14 @@ impl GeneratorSpec {
                 finite(&[*start, *step, *min, *max])?;
                 bounds(*min, *max)?;
                 if !(min..=max).contains(&start) {
-                    return Err(format!("start {start} is outside [{min}, {max}]"));
+                    return Err(GeneratorError::StartOutside {
+                        start: *start,
+                        min: *min,
+                        max: *max,
+                    });
                 }
                 if *step < 0.0 {
-                    return Err(format!("step {step} is negative"));
+                    return Err(GeneratorError::NegativeStep { step: *step });
                 }
             }
             Self::Sine { min, max, .. } => {
@@ -139,12 +144,12 @@ impl GeneratorSpec {
             }
             Self::Pick { values, .. } => {
                 if values.is_empty() {
-                    return Err("pick needs at least one value".to_owned());
+                    return Err(GeneratorError::EmptyPick);
                 }
             }
         }
         if self.period().is_zero() {
-            return Err("period must be positive".to_owned());
+            return Err(GeneratorError::ZeroPeriod);
         }
         Ok(())
     }
@@ -161,12 +166,81 @@ impl GeneratorSpec {
     }
 }
 
+/// Why a generator's parameters, or a YAML value for its resource, do not make a generator.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GeneratorError {
+    /// A numeric parameter is NaN or infinite.
+    #[error("parameters must be finite numbers")]
+    NotFinite,
+    /// `min` above `max`.
+    #[error("min {min} is above max {max}")]
+    MinAboveMax {
+        /// `min`.
+        min: f64,
+        /// `max`.
+        max: f64,
+    },
+    /// A random walk's `start` outside `[min, max]`.
+    #[error("start {start} is outside [{min}, {max}]")]
+    StartOutside {
+        /// `start`.
+        start: f64,
+        /// `min`.
+        min: f64,
+        /// `max`.
+        max: f64,
+    },
+    /// A random walk's negative `step`.
+    #[error("step {step} is negative")]
+    NegativeStep {
+        /// `step`.
+        step: f64,
+    },
+    /// A pick without values.
+    #[error("pick needs at least one value")]
+    EmptyPick,
+    /// A zero `period`.
+    #[error("period must be positive")]
+    ZeroPeriod,
+    /// A numeric generator for a resource whose type holds no numbers.
+    #[error("a {generator} generator makes numbers; a {ty} resource cannot hold them")]
+    NotNumeric {
+        /// The generator's name (`counter`, `random_walk`, `sine`).
+        generator: &'static str,
+        /// The resource's type.
+        ty: DataType,
+    },
+    /// A constant's or a pick's value that is not of the resource's type.
+    #[error(transparent)]
+    Value(#[from] YamlValueError),
+}
+
+/// Why a YAML value is not a value of a resource's type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum YamlValueError {
+    /// A YAML value with no JSON form (a tagged value, a mapping with non-string keys).
+    #[error("{yaml} is not a plain value: {reason}")]
+    NotPlain {
+        /// The YAML value (debug form).
+        yaml: String,
+        /// Why it has no JSON form.
+        reason: String,
+    },
+    /// A value that does not fit the type.
+    #[error(transparent)]
+    Value(#[from] ValueError),
+}
+
 /// Types a YAML initial value for a resource of type `ty`, as [`Value::from_json`] reads
 /// JSON: numbers, strings, booleans; opaque as hex; object links as `"O:I"`.
-pub fn typed_value(ty: DataType, yaml: &serde_yaml::Value) -> Result<Value, String> {
-    let json =
-        serde_json::to_value(yaml).map_err(|e| format!("{yaml:?} is not a plain value: {e}"))?;
-    Value::from_json(ty, &json).map_err(|e| e.to_string())
+pub fn typed_value(ty: DataType, yaml: &serde_yaml::Value) -> Result<Value, YamlValueError> {
+    let json = serde_json::to_value(yaml).map_err(|e| YamlValueError::NotPlain {
+        yaml: format!("{yaml:?}"),
+        reason: e.to_string(),
+    })?;
+    Ok(Value::from_json(ty, &json)?)
 }
 
 #[derive(Debug, Clone)]
@@ -209,7 +283,7 @@ impl Generator {
     /// Numeric generators serve Integer, Unsigned Integer, Time (rounded), Float and String
     /// (the number as text, as pre-1.0 Location strings were); constant and pick values are
     /// typed like initial values.
-    pub fn new(spec: &GeneratorSpec, ty: DataType, seed: u64) -> Result<Self, String> {
+    pub fn new(spec: &GeneratorSpec, ty: DataType, seed: u64) -> Result<Self, GeneratorError> {
         spec.check()?;
         let numeric = || {
             if matches!(
@@ -222,10 +296,10 @@ impl Generator {
             ) {
                 Ok(())
             } else {
-                Err(format!(
-                    "a {} generator makes numbers; a {ty} resource cannot hold them",
-                    spec.name()
-                ))
+                Err(GeneratorError::NotNumeric {
+                    generator: spec.name(),
+                    ty,
+                })
             }
         };
         let kind = match spec {
@@ -438,7 +512,17 @@ mod tests {
             DataType::None,
         ] {
             let err = Generator::new(&s, ty, 0).unwrap_err();
-            assert!(err.contains("counter generator makes numbers"), "{err}");
+            assert_eq!(
+                err,
+                GeneratorError::NotNumeric {
+                    generator: "counter",
+                    ty
+                }
+            );
+            assert!(
+                err.to_string().contains("counter generator makes numbers"),
+                "{err}"
+            );
         }
     }
 
@@ -464,7 +548,7 @@ mod tests {
             ("{generator: pick, values: [], period: 1s}", "at least one"),
             ("{generator: sine, min: .nan, max: 1, period: 1s}", "finite"),
         ] {
-            let err = spec(yaml).check().unwrap_err();
+            let err = spec(yaml).check().unwrap_err().to_string();
             assert!(err.contains(want), "{yaml}: {err}");
         }
         let unknown =

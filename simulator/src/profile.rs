@@ -41,7 +41,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::config::{self, ConfigError, Origin};
-use crate::generator::{Generator, GeneratorSpec, typed_value};
+use crate::generator::{Generator, GeneratorError, GeneratorSpec, YamlValueError, typed_value};
 use crate::quirks::{self, Quirk, QuirkPacks, QuirkRef};
 use crate::seed;
 
@@ -201,9 +201,9 @@ fn yes() -> bool {
 
 /// Reads a version written as a string or as a YAML number (`1.1`, `"1.1"`), then maps it
 /// (inside the visitor, so that errors carry the value's position).
-struct VersionText<T>(fn(&str) -> Result<T, String>);
+struct VersionText<T, Er>(fn(&str) -> Result<T, Er>);
 
-impl<T> Visitor<'_> for VersionText<T> {
+impl<T, Er: fmt::Display> Visitor<'_> for VersionText<T, Er> {
     type Value = T;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a version such as \"1.1\"")
@@ -229,7 +229,9 @@ impl<T> Visitor<'_> for VersionText<T> {
 }
 
 fn version_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    d.deserialize_any(VersionText(|v| Ok(v.to_owned())))
+    d.deserialize_any(VersionText(|v| {
+        Ok::<_, std::convert::Infallible>(v.to_owned())
+    }))
 }
 
 fn optional_version_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -238,9 +240,18 @@ fn optional_version_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Strin
 
 fn lwm2m_version<'de, D: Deserializer<'de>>(d: D) -> Result<Lwm2mVersion, D::Error> {
     d.deserialize_any(VersionText(|v| {
-        Lwm2mVersion::parse(v)
-            .ok_or_else(|| format!("unsupported LwM2M version {v}: use 1.0, 1.1 or 1.2"))
+        Lwm2mVersion::parse(v).ok_or_else(|| UnsupportedVersion {
+            version: v.to_owned(),
+        })
     }))
+}
+
+/// A `lwm2m_version` this simulator does not speak.
+#[derive(Debug, thiserror::Error)]
+#[error("unsupported LwM2M version {version}: use 1.0, 1.1 or 1.2")]
+struct UnsupportedVersion {
+    /// The version as written.
+    version: String,
 }
 
 /// A content format by name or number.
@@ -670,7 +681,7 @@ impl Profile {
                         return Err(o.error(&rkey, "65535 is reserved (Core TS 1.1 §7.1)"));
                     }
                     match spec {
-                        ResourceSpec::Generator(g) => g.check(),
+                        ResourceSpec::Generator(g) => g.check().map_err(ResourceError::from),
                         ResourceSpec::Value(serde_yaml::Value::Mapping(m)) => {
                             resource_instances(m).map(drop)
                         }
@@ -772,18 +783,86 @@ struct Overlay<'a> {
 }
 
 impl Overlay<'_> {
-    fn resource(&self, object: ObjectId, resource: ResourceId) -> Result<&ResourceDef, String> {
+    fn resource(
+        &self,
+        object: ObjectId,
+        resource: ResourceId,
+    ) -> Result<&ResourceDef, ResourceError> {
         match self.local.get(&object) {
             Some(def) => def
                 .resource(resource)
-                .ok_or_else(|| format!("object {object} of this profile has no resource {resource}")),
-            None => self.registry.resource(object, resource).ok_or_else(|| {
-                format!(
-                    "the registry does not define resource {object}/{resource} (declare unknown objects under custom_objects)"
-                )
-            }),
+                .ok_or(ResourceError::NotInProfile { object, resource }),
+            None => self
+                .registry
+                .resource(object, resource)
+                .ok_or(ResourceError::NotInRegistry { object, resource }),
         }
     }
+}
+
+/// Why a resource's entry in a profile (`objects.O.instances.I.R`) is not a value or a
+/// generator of that resource. Reported through [`Origin::error`], which adds the file,
+/// the line and the key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+enum ResourceError {
+    /// A resource the profile's own definition of the object does not have.
+    #[error("object {object} of this profile has no resource {resource}")]
+    NotInProfile {
+        /// The object.
+        object: ObjectId,
+        /// The resource.
+        resource: ResourceId,
+    },
+    /// A resource the registry does not define.
+    #[error(
+        "the registry does not define resource {object}/{resource} (declare unknown objects under custom_objects)"
+    )]
+    NotInRegistry {
+        /// The object.
+        object: ObjectId,
+        /// The resource.
+        resource: ResourceId,
+    },
+    /// A mapping key that is neither `generator` nor a resource instance id.
+    #[error(
+        "key {key}: a mapping is a generator (with a `generator:` key) or resource instance ids (0-65534) to values"
+    )]
+    InstanceKey {
+        /// The key (YAML debug form).
+        key: String,
+    },
+    /// A list longer than resource instance ids go.
+    #[error("too many resource instances")]
+    TooManyInstances,
+    /// A value that is not of the resource's type.
+    #[error("{source} (resource {name} is {ty})")]
+    Value {
+        /// Why the value does not fit.
+        source: YamlValueError,
+        /// The resource's name.
+        name: String,
+        /// The resource's type.
+        ty: DataType,
+    },
+    /// One value for a multiple-instance resource.
+    #[error("resource {name} is multiple-instance: give a list or an id mapping")]
+    NeedsInstances {
+        /// The resource's name.
+        name: String,
+    },
+    /// Several values for a single-instance resource.
+    #[error("resource {name} is single-instance: give one value")]
+    NeedsOneValue {
+        /// The resource's name.
+        name: String,
+    },
+    /// A generator for a multiple-instance resource.
+    #[error("generators drive single-instance resources only")]
+    GeneratorOnMultiple,
+    /// A generator whose parameters or values do not fit.
+    #[error(transparent)]
+    Generator(#[from] GeneratorError),
 }
 
 /// Types the profile's initial values and builds its generators against `registry` (the
@@ -806,17 +885,16 @@ pub fn instances_for(
             let mut instance = Instance::new();
             for (&rid, rspec) in resources {
                 let key = format!("objects.{oid}.instances.{iid}.{rid}");
-                let fail = |e: String| profile.origin.error(&key, e);
+                let fail = |e: ResourceError| profile.origin.error(&key, e);
                 let def = overlay.resource(oid, rid).map_err(fail)?;
                 let value = match rspec {
                     ResourceSpec::Value(yaml) => typed_resource(def, yaml).map_err(fail)?,
                     ResourceSpec::Generator(g) => {
                         if def.multiple {
-                            return Err(fail(
-                                "generators drive single-instance resources only".to_owned(),
-                            ));
+                            return Err(fail(ResourceError::GeneratorOnMultiple));
                         }
-                        let mut generator = Generator::new(g, def.data_type, 0).map_err(fail)?;
+                        let mut generator =
+                            Generator::new(g, def.data_type, 0).map_err(|e| fail(e.into()))?;
                         let first = generator.next(Duration::ZERO);
                         generators
                             .push((Lwm2mPath::Resource(oid, iid, rid), generator.reseeded(0)));
@@ -846,17 +924,15 @@ pub fn instances_for(
 /// The entries of a resource-instance mapping (`{0: a, 5: b}`), by id.
 fn resource_instances(
     m: &serde_yaml::Mapping,
-) -> Result<Vec<(ResourceInstanceId, &serde_yaml::Value)>, String> {
+) -> Result<Vec<(ResourceInstanceId, &serde_yaml::Value)>, ResourceError> {
     m.iter()
         .map(|(k, v)| {
             k.as_u64()
                 .and_then(|id| u16::try_from(id).ok())
                 .filter(|&id| id != lwm2m_proto::ids::MAX_ID)
                 .map(|id| (ResourceInstanceId(id), v))
-                .ok_or_else(|| {
-                    format!(
-                        "key {k:?}: a mapping is a generator (with a `generator:` key) or resource instance ids (0-65534) to values"
-                    )
+                .ok_or_else(|| ResourceError::InstanceKey {
+                    key: format!("{k:?}"),
                 })
         })
         .collect()
@@ -864,9 +940,16 @@ fn resource_instances(
 
 /// Types one initial value: a scalar for a single resource; a list or an id mapping for a
 /// multiple one.
-fn typed_resource(def: &ResourceDef, yaml: &serde_yaml::Value) -> Result<ResourceValue, String> {
+fn typed_resource(
+    def: &ResourceDef,
+    yaml: &serde_yaml::Value,
+) -> Result<ResourceValue, ResourceError> {
     let ty = def.data_type;
-    let with_type = |e: String| format!("{e} (resource {} is {ty})", def.name);
+    let with_type = |source| ResourceError::Value {
+        source,
+        name: def.name.clone(),
+        ty,
+    };
     let entries: Vec<(ResourceInstanceId, &serde_yaml::Value)> = match yaml {
         serde_yaml::Value::Sequence(items) => items
             .iter()
@@ -874,7 +957,7 @@ fn typed_resource(def: &ResourceDef, yaml: &serde_yaml::Value) -> Result<Resourc
             .map(|(n, item)| {
                 u16::try_from(n)
                     .map(|id| (ResourceInstanceId(id), item))
-                    .map_err(|_| "too many resource instances".to_owned())
+                    .map_err(|_| ResourceError::TooManyInstances)
             })
             .collect::<Result<_, _>>()?,
         serde_yaml::Value::Mapping(m) => resource_instances(m)?,
@@ -884,22 +967,20 @@ fn typed_resource(def: &ResourceDef, yaml: &serde_yaml::Value) -> Result<Resourc
                 .map_err(with_type);
         }
         _ => {
-            return Err(format!(
-                "resource {} is multiple-instance: give a list or an id mapping",
-                def.name
-            ));
+            return Err(ResourceError::NeedsInstances {
+                name: def.name.clone(),
+            });
         }
     };
     if !def.multiple {
-        return Err(format!(
-            "resource {} is single-instance: give one value",
-            def.name
-        ));
+        return Err(ResourceError::NeedsOneValue {
+            name: def.name.clone(),
+        });
     }
     entries
         .into_iter()
         .map(|(id, v)| Ok((id, typed_value(ty, v).map_err(with_type)?)))
-        .collect::<Result<_, String>>()
+        .collect::<Result<_, ResourceError>>()
         .map(ResourceValue::Multiple)
 }
 

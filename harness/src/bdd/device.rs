@@ -123,9 +123,9 @@ impl DeviceLaunch {
 
     /// Checks the template: not empty, and every `{name}` of a placeholder shape is one of
     /// [`PLACEHOLDERS`] (shell `${VAR}` is left alone).
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), DeviceCommandError> {
         if self.template.trim().is_empty() {
-            return Err("the device command is empty".to_owned());
+            return Err(DeviceCommandError::Empty);
         }
         let bytes = self.template.as_bytes();
         let mut rest = self.template.as_str();
@@ -141,14 +141,9 @@ impl DeviceLaunch {
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit());
             if shaped && !shell_variable && !PLACEHOLDERS.contains(&name) {
-                return Err(format!(
-                    "the device command has an unknown placeholder {{{name}}}; known: {}",
-                    PLACEHOLDERS
-                        .iter()
-                        .map(|p| format!("{{{p}}}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
+                return Err(DeviceCommandError::UnknownPlaceholder {
+                    name: name.to_owned(),
+                });
             }
             offset += open + 1 + close + 1;
             rest = &after[close + 1..];
@@ -157,8 +152,32 @@ impl DeviceLaunch {
     }
 }
 
+/// Why a `--device-cmd` template, or the endpoint name it is given, cannot launch a device.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceCommandError {
+    /// The template is blank.
+    #[error("the device command is empty")]
+    Empty,
+    /// A `{name}` that is none of [`PLACEHOLDERS`].
+    #[error(
+        "the device command has an unknown placeholder {{{name}}}; known: {}",
+        PLACEHOLDERS.iter().map(|p| format!("{{{p}}}")).collect::<Vec<_>>().join(", ")
+    )]
+    UnknownPlaceholder {
+        /// The name between the braces.
+        name: String,
+    },
+    /// An endpoint name the shell could not carry unquoted.
+    #[error("endpoint {endpoint:?}: use 1 to 64 letters, digits, '-', '_', '.', ':'")]
+    Endpoint {
+        /// The endpoint name.
+        endpoint: String,
+    },
+}
+
 /// An endpoint name a template can carry unquoted through `sh -c`.
-pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+pub fn check_endpoint(endpoint: &str) -> Result<(), DeviceCommandError> {
     let ok = !endpoint.is_empty()
         && endpoint.len() <= 64
         && endpoint
@@ -167,9 +186,9 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "endpoint {endpoint:?}: use 1 to 64 letters, digits, '-', '_', '.', ':'"
-        ))
+        Err(DeviceCommandError::Endpoint {
+            endpoint: endpoint.to_owned(),
+        })
     }
 }
 
@@ -603,11 +622,18 @@ mod tests {
         );
         assert!(launch("dev ${HOME} {endpoint}").check().is_ok());
         let e = launch("dev {endpiont}").check().unwrap_err();
+        assert_eq!(
+            e,
+            DeviceCommandError::UnknownPlaceholder {
+                name: "endpiont".into()
+            }
+        );
+        let e = e.to_string();
         assert!(
             e.contains("{endpiont}") && e.contains("{server_uri}"),
             "{e}"
         );
-        assert!(launch("  ").check().is_err());
+        assert_eq!(launch("  ").check(), Err(DeviceCommandError::Empty));
         assert!(launch("x {psk_key}").uses_psk());
         assert!(!launch("x {server_uri}").uses_psk());
         assert!(launch("x {bootstrap_uri} {endpoint}").bootstrap_only());

@@ -121,7 +121,7 @@ impl fmt::Display for Code {
 pub struct DurationParam(pub Duration);
 
 impl FromStr for DurationParam {
-    type Err = String;
+    type Err = lwm2m_simulator::duration::DurationError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         lwm2m_simulator::duration::parse(s).map(Self)

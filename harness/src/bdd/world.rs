@@ -170,7 +170,7 @@ impl Lwm2mWorld {
         self.wall_start = Some(Instant::now());
         match open_backend(&ctx.subject, seed, ctx.library.registry.clone()) {
             Ok(backend) => self.backend = Some(backend),
-            Err(reason) => self.unavailable = Some(reason),
+            Err(reason) => self.unavailable = Some(reason.to_string()),
         }
         self.ctx = Some(ctx);
     }
@@ -1005,7 +1005,7 @@ pub fn open_backend(
     subject: &Subject,
     seed: u64,
     registry: Arc<lwm2m_proto::registry::Registry>,
-) -> Result<Box<dyn Backend>, String> {
+) -> Result<Box<dyn Backend>, crate::bdd::network::BackendError> {
     Ok(match subject {
         Subject::InProcess { .. } => Box::new(InProcess::new(subject.clone(), seed, registry)),
         Subject::Device { .. } => Box::new(DeviceBackend::open(subject, registry)?),

@@ -344,9 +344,21 @@ pub fn civil_utc(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
     (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// Why a text is not a time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TimeError {
+    /// Not an RFC 3339 date-time (RFC 3339 §5.6), or one before 1970.
+    #[error("{text:?}: expected an RFC 3339 time such as 2026-12-06T05:00:00Z")]
+    NotRfc3339 {
+        /// The text as written.
+        text: String,
+    },
+}
+
 /// `2026-12-06T05:00:00Z`, `2026-12-06T06:00:00.5+01:00` (RFC 3339 §5.6) to a time.
-pub fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
-    let bad = || format!("{s:?}: expected an RFC 3339 time such as 2026-12-06T05:00:00Z");
+pub fn parse_rfc3339(s: &str) -> Result<SystemTime, TimeError> {
+    let bad = || TimeError::NotRfc3339 { text: s.to_owned() };
     let num = |t: &str| t.parse::<i64>().map_err(|_| bad());
     let (date, time) = s.split_once(['T', 't', ' ']).ok_or_else(bad)?;
     let mut d = date.splitn(3, '-');
@@ -426,6 +438,16 @@ pub(crate) mod tests {
         assert_eq!(at("2000-02-29T12:30:15.5Z"), Ok(951_827_415.5));
         assert!(at("2026-13-01T00:00:00Z").is_err());
         assert!(at("tomorrow").is_err());
+        assert_eq!(
+            parse_rfc3339("tomorrow"),
+            Err(TimeError::NotRfc3339 {
+                text: "tomorrow".into()
+            })
+        );
+        assert_eq!(
+            parse_rfc3339("tomorrow").unwrap_err().to_string(),
+            "\"tomorrow\": expected an RFC 3339 time such as 2026-12-06T05:00:00Z"
+        );
     }
 
     pub(crate) fn sample() -> RunReport {

@@ -81,7 +81,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lwm2m_dtls::pki::TestCa;
-use lwm2m_proto::coap::uri::split_coap_uri;
+use lwm2m_proto::coap::uri::{CoapUriError, split_coap_uri};
 use lwm2m_proto::content::ContentFormat;
 use lwm2m_proto::node::Node;
 use lwm2m_proto::registry::Registry;
@@ -200,21 +200,51 @@ impl<'de> serde::Deserialize<'de> for Target {
     }
 }
 
+/// Why a server's URI gives no address to send to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UriError {
+    /// Not a `coap://` or `coaps://` URI.
+    #[error(transparent)]
+    Shape(#[from] CoapUriError),
+    /// The host name does not resolve.
+    #[error("{uri:?}: {reason}")]
+    Resolve {
+        /// The URI.
+        uri: String,
+        /// The resolver's error.
+        reason: String,
+    },
+    /// The host name resolves to no address.
+    #[error("{uri:?} resolves to no address")]
+    NoAddress {
+        /// The URI.
+        uri: String,
+    },
+}
+
 /// `coap://HOST[:PORT]` to a socket address (port 5683 by default, IPv4 preferred) and
 /// false, `coaps://HOST[:PORT]` (port 5684) to one and true: the URI is taken apart by
-/// [`split_coap_uri`], the host resolved here.
-pub fn parse_coap_uri(uri: &str) -> Result<(SocketAddr, bool), String> {
-    let parts = split_coap_uri(uri).map_err(|e| e.to_string())?;
+/// [`split_coap_uri`], the host resolved here. (Not
+/// [`lwm2m_proto::client::parse_coap_uri`]: that one, sans-IO, takes IP literals only;
+/// scenarios and `simulate --server` also name hosts.)
+pub fn parse_coap_uri(uri: &str) -> Result<(SocketAddr, bool), UriError> {
+    let parts = split_coap_uri(uri)?;
     let addrs: Vec<SocketAddr> = (parts.host, parts.port)
         .to_socket_addrs()
-        .map_err(|e| format!("{uri:?}: {e}"))?
+        .map_err(|e| UriError::Resolve {
+            uri: uri.to_owned(),
+            reason: e.to_string(),
+        })?
         .collect();
     addrs
         .iter()
         .find(|a| a.is_ipv4())
         .or(addrs.first())
         .map(|a| (*a, parts.secure))
-        .ok_or_else(|| format!("{uri:?} resolves to no address"))
+        .ok_or_else(|| UriError::NoAddress {
+            uri: uri.to_owned(),
+        })
 }
 
 /// The servers of a run.

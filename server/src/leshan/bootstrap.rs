@@ -116,27 +116,163 @@ pub(super) fn is_unset(v: &Json) -> bool {
     }
 }
 
+/// Why a Leshan bsserver configuration body is not a bootstrap configuration. `what`
+/// names the part: `config`, `security 0`, `servers 1`, `acls 2`,
+/// `security 0 publicKeyOrId`, ...
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A part that is not a JSON object.
+    #[error("{what} must be an object")]
+    NotObject {
+        /// The part.
+        what: String,
+    },
+    /// A field we do not support, set to something other than its default.
+    #[error("{what}: {field} is not supported")]
+    Unsupported {
+        /// The part.
+        what: String,
+        /// The field.
+        field: String,
+    },
+    /// An element of a byte array that is not a byte.
+    #[error("{what}: {value} is not a byte")]
+    NotByte {
+        /// The field.
+        what: String,
+        /// The element, as written.
+        value: String,
+    },
+    /// A string that should be hex bytes and is not.
+    #[error("{what}: expected bytes ([1, 2]) or hex")]
+    NotHex {
+        /// The field.
+        what: String,
+    },
+    /// Bytes that are neither an array nor a string.
+    #[error("{what}: expected bytes, got {value}")]
+    NotBytes {
+        /// The field.
+        what: String,
+        /// The value, as written.
+        value: String,
+    },
+    /// A number out of its field's range (or not a number).
+    #[error("{what}: {value} is out of range")]
+    OutOfRange {
+        /// The part.
+        what: String,
+        /// The value, as written.
+        value: String,
+    },
+    /// A `contentFormat` is set: the client's preferred one is used.
+    #[error("contentFormat {value} is not supported (the client's preferred one is used)")]
+    ContentFormat {
+        /// The value, as written.
+        value: String,
+    },
+    /// A `toDelete` entry that is not a string.
+    #[error("toDelete holds paths")]
+    DeleteNotText,
+    /// A `toDelete` entry that is not an LwM2M path.
+    #[error("toDelete {text:?}: {source}")]
+    DeletePath {
+        /// The entry.
+        text: String,
+        /// Why it is not a path.
+        source: lwm2m_proto::ids::PathError,
+    },
+    /// A key of `security`, `servers` or `acls` that is not an instance id.
+    #[error("{section}: {key:?} is not an instance id")]
+    InstanceKey {
+        /// `security`, `servers` or `acls`.
+        section: &'static str,
+        /// The key as written.
+        key: String,
+    },
+    /// `security`, `servers` or `acls` that is not an object of instances.
+    #[error("{section} must be an object {{\"0\": {{...}}}}")]
+    NotInstances {
+        /// `security`, `servers` or `acls`.
+        section: &'static str,
+    },
+    /// A security instance without a known `securityMode`.
+    #[error("{what}: securityMode is PSK, RPK, X509, NO_SEC or EST")]
+    SecurityMode {
+        /// The part.
+        what: String,
+    },
+    /// The secret key is the placeholder this API shows instead of keys.
+    #[error("{what}: secretKey {:?} is a placeholder; give the key", REDACTED)]
+    Placeholder {
+        /// The part.
+        what: String,
+    },
+    /// A PSK identity that is not UTF-8.
+    #[error("{what}: a PSK identity is UTF-8 text")]
+    PskIdentity {
+        /// The part.
+        what: String,
+    },
+    /// A required field is missing.
+    #[error("{what}: {field} missing")]
+    Missing {
+        /// The part.
+        what: String,
+        /// The field.
+        field: &'static str,
+    },
+    /// A `binding` array with an element that is not a string.
+    #[error("{what}: binding letters are strings")]
+    BindingLetter {
+        /// The part.
+        what: String,
+    },
+    /// A `binding` that is neither a string nor an array of letters.
+    #[error("{what}: binding {value} is not U, UQ, ...")]
+    Binding {
+        /// The part.
+        what: String,
+        /// The value, as written.
+        value: String,
+    },
+    /// A key of an ACL's `acls` that is not a Short Server ID.
+    #[error("{what}: {key:?} is not a Short Server ID")]
+    ShortServerId {
+        /// The part.
+        what: String,
+        /// The key as written.
+        key: String,
+    },
+}
+
 /// The fields of an object: those in `known` are handed out, the others must be unset.
 pub(super) fn fields<'a>(
     what: &str,
     j: &'a Json,
     known: &[&str],
-) -> Result<std::collections::HashMap<&'a str, &'a Json>, String> {
+) -> Result<std::collections::HashMap<&'a str, &'a Json>, ConfigError> {
     let Json::Object(m) = j else {
-        return Err(format!("{what} must be an object"));
+        return Err(ConfigError::NotObject {
+            what: what.to_owned(),
+        });
     };
     let mut out = std::collections::HashMap::new();
     for (k, v) in m {
         if known.contains(&k.as_str()) {
             out.insert(k.as_str(), v);
         } else if !is_unset(v) {
-            return Err(format!("{what}: {k} is not supported"));
+            return Err(ConfigError::Unsupported {
+                what: what.to_owned(),
+                field: k.clone(),
+            });
         }
     }
     Ok(out)
 }
 
-pub(super) fn bytes_from(what: &str, v: Option<&Json>) -> Result<Vec<u8>, String> {
+pub(super) fn bytes_from(what: &str, v: Option<&Json>) -> Result<Vec<u8>, ConfigError> {
     match v {
         None | Some(Json::Null) => Ok(Vec::new()),
         Some(Json::Array(a)) => a
@@ -146,28 +282,43 @@ pub(super) fn bytes_from(what: &str, v: Option<&Json>) -> Result<Vec<u8>, String
                     .filter(|x| (-128..=255).contains(x))
                     // Jackson's default writes signed bytes; the demo's serializer unsigned.
                     .map(|x| (x & 0xff) as u8)
-                    .ok_or_else(|| format!("{what}: {x} is not a byte"))
+                    .ok_or_else(|| ConfigError::NotByte {
+                        what: what.to_owned(),
+                        value: x.to_string(),
+                    })
             })
             .collect(),
-        Some(Json::String(s)) => lwm2m_proto::value::parse_hex(s)
-            .ok_or_else(|| format!("{what}: expected bytes ([1, 2]) or hex")),
-        Some(other) => Err(format!("{what}: expected bytes, got {other}")),
+        Some(Json::String(s)) => {
+            lwm2m_proto::value::parse_hex(s).ok_or_else(|| ConfigError::NotHex {
+                what: what.to_owned(),
+            })
+        }
+        Some(other) => Err(ConfigError::NotBytes {
+            what: what.to_owned(),
+            value: other.to_string(),
+        }),
     }
 }
 
-pub(super) fn uint<T: TryFrom<u64>>(what: &str, v: Option<&Json>) -> Result<Option<T>, String> {
+pub(super) fn uint<T: TryFrom<u64>>(
+    what: &str,
+    v: Option<&Json>,
+) -> Result<Option<T>, ConfigError> {
     match v {
         None | Some(Json::Null) => Ok(None),
         Some(x) => x
             .as_u64()
             .and_then(|x| T::try_from(x).ok())
             .map(Some)
-            .ok_or_else(|| format!("{what}: {x} is out of range")),
+            .ok_or_else(|| ConfigError::OutOfRange {
+                what: what.to_owned(),
+                value: x.to_string(),
+            }),
     }
 }
 
 /// A configuration from Leshan bsserver's JSON.
-pub(super) fn bootstrap_from_json(j: &Json) -> Result<BootstrapConfig, String> {
+pub(super) fn bootstrap_from_json(j: &Json) -> Result<BootstrapConfig, ConfigError> {
     let top = fields(
         "config",
         j,
@@ -189,29 +340,35 @@ pub(super) fn bootstrap_from_json(j: &Json) -> Result<BootstrapConfig, String> {
         ..BootstrapConfig::default()
     };
     if let Some(v) = top.get("contentFormat").filter(|v| !v.is_null()) {
-        return Err(format!(
-            "contentFormat {v} is not supported (the client's preferred one is used)"
-        ));
+        return Err(ConfigError::ContentFormat {
+            value: v.to_string(),
+        });
     }
     if let Some(Json::Array(paths)) = top.get("toDelete") {
         for p in paths {
-            let s = p.as_str().ok_or("toDelete holds paths")?;
+            let s = p.as_str().ok_or(ConfigError::DeleteNotText)?;
             c.delete
-                .push(s.parse().map_err(|e| format!("toDelete {s:?}: {e}"))?);
+                .push(s.parse().map_err(|source| ConfigError::DeletePath {
+                    text: s.to_owned(),
+                    source,
+                })?);
         }
     }
-    let instances = |key: &str| -> Result<Vec<(u16, &Json)>, String> {
-        match top.get(key) {
+    let instances = |section: &'static str| -> Result<Vec<(u16, &Json)>, ConfigError> {
+        match top.get(section) {
             None | Some(Json::Null) => Ok(Vec::new()),
             Some(Json::Object(m)) => m
                 .iter()
                 .map(|(k, v)| {
                     k.parse::<u16>()
                         .map(|i| (i, v))
-                        .map_err(|_| format!("{key}: {k:?} is not an instance id"))
+                        .map_err(|_| ConfigError::InstanceKey {
+                            section,
+                            key: k.clone(),
+                        })
                 })
                 .collect(),
-            Some(_) => Err(format!("{key} must be an object {{\"0\": {{...}}}}")),
+            Some(_) => Err(ConfigError::NotInstances { section }),
         }
     };
     for (i, v) in instances("security")? {
@@ -235,20 +392,16 @@ pub(super) fn bootstrap_from_json(j: &Json) -> Result<BootstrapConfig, String> {
             .get("securityMode")
             .and_then(|m| m.as_str())
             .and_then(mode_from_name)
-            .ok_or(format!(
-                "{what}: securityMode is PSK, RPK, X509, NO_SEC or EST"
-            ))?;
+            .ok_or_else(|| ConfigError::SecurityMode { what: what.clone() })?;
         if f.get("secretKey").and_then(|k| k.as_str()) == Some(REDACTED) {
-            return Err(format!(
-                "{what}: secretKey {REDACTED:?} is a placeholder; give the key"
-            ));
+            return Err(ConfigError::Placeholder { what });
         }
         let id = bytes_from(
             &format!("{what} publicKeyOrId"),
             f.get("publicKeyOrId").copied(),
         )?;
         let identity = if mode == SecurityMode::Psk {
-            String::from_utf8(id).map_err(|_| format!("{what}: a PSK identity is UTF-8 text"))?
+            String::from_utf8(id).map_err(|_| ConfigError::PskIdentity { what: what.clone() })?
         } else {
             hex(&id)
         };
@@ -258,7 +411,10 @@ pub(super) fn bootstrap_from_json(j: &Json) -> Result<BootstrapConfig, String> {
                 uri: f
                     .get("uri")
                     .and_then(|u| u.as_str())
-                    .ok_or(format!("{what}: uri missing"))?
+                    .ok_or_else(|| ConfigError::Missing {
+                        what: what.clone(),
+                        field: "uri",
+                    })?
                     .to_owned(),
                 bootstrap_server: f
                     .get("bootstrapServer")
@@ -304,16 +460,25 @@ pub(super) fn bootstrap_from_json(j: &Json) -> Result<BootstrapConfig, String> {
                 .iter()
                 .map(|x| {
                     x.as_str()
-                        .ok_or(format!("{what}: binding letters are strings"))
+                        .ok_or_else(|| ConfigError::BindingLetter { what: what.clone() })
                 })
-                .collect::<Result<String, String>>()?,
-            Some(other) => return Err(format!("{what}: binding {other} is not U, UQ, ...")),
+                .collect::<Result<String, ConfigError>>()?,
+            Some(other) => {
+                return Err(ConfigError::Binding {
+                    what,
+                    value: other.to_string(),
+                });
+            }
         };
         c.servers.insert(
             i,
             ServerInstance {
-                short_server_id: uint(&what, f.get("shortId").copied())?
-                    .ok_or(format!("{what}: shortId missing"))?,
+                short_server_id: uint(&what, f.get("shortId").copied())?.ok_or_else(|| {
+                    ConfigError::Missing {
+                        what: what.clone(),
+                        field: "shortId",
+                    }
+                })?,
                 lifetime: uint(&what, f.get("lifetime").copied())?.unwrap_or(86_400),
                 default_min_period: uint(&what, f.get("defaultMinPeriod").copied())?,
                 default_max_period: uint(&what, f.get("defaultMaxPeriod").copied())?,
@@ -335,19 +500,28 @@ pub(super) fn bootstrap_from_json(j: &Json) -> Result<BootstrapConfig, String> {
         let mut acl = BTreeMap::new();
         if let Some(Json::Object(m)) = f.get("acls") {
             for (k, r) in m {
-                let ssid: u16 = k
-                    .parse()
-                    .map_err(|_| format!("{what}: {k:?} is not a Short Server ID"))?;
+                let ssid: u16 = k.parse().map_err(|_| ConfigError::ShortServerId {
+                    what: what.clone(),
+                    key: k.clone(),
+                })?;
                 acl.insert(ssid, uint(&what, Some(r))?.unwrap_or(0));
             }
         }
         c.acl.insert(
             i,
             AclInstance {
-                object_id: uint(&what, f.get("objectId").copied())?
-                    .ok_or(format!("{what}: objectId missing"))?,
-                instance_id: uint(&what, f.get("objectInstanceId").copied())?
-                    .ok_or(format!("{what}: objectInstanceId missing"))?,
+                object_id: uint(&what, f.get("objectId").copied())?.ok_or_else(|| {
+                    ConfigError::Missing {
+                        what: what.clone(),
+                        field: "objectId",
+                    }
+                })?,
+                instance_id: uint(&what, f.get("objectInstanceId").copied())?.ok_or_else(|| {
+                    ConfigError::Missing {
+                        what: what.clone(),
+                        field: "objectInstanceId",
+                    }
+                })?,
                 acl,
                 owner: uint(&what, f.get("AccessControlOwner").copied())?.unwrap_or(u16::MAX),
             },
@@ -376,7 +550,7 @@ pub(super) async fn bootstrap_post(
 ) -> HttpResponse {
     let config = match serde_json::from_slice::<Json>(&body)
         .map_err(|e| e.to_string())
-        .and_then(|j| bootstrap_from_json(&j))
+        .and_then(|j| bootstrap_from_json(&j).map_err(|e| e.to_string()))
     {
         Ok(c) => c,
         Err(e) => return text(StatusCode::BAD_REQUEST, e).into_response(),

@@ -226,16 +226,44 @@ struct Params {
     rest: Vec<String>,
 }
 
+/// Why a request's route or query is not one of an operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// A `format`, `nodeformat` or `pathformat` that names no content format.
+    #[error(
+        "unknown format {name:?}; known: TEXT, TLV, JSON, SENML_JSON, SENML_CBOR, CBOR, OPAQUE, LWM2M_CBOR"
+    )]
+    Format {
+        /// The name as written.
+        name: String,
+    },
+    /// An entry of `paths` that is not an LwM2M path.
+    #[error("bad path {text:?}: {source}")]
+    QueryPath {
+        /// The entry (with a leading `/`).
+        text: String,
+        /// Why it is not a path.
+        source: lwm2m_proto::ids::PathError,
+    },
+    /// A route whose ids are not an LwM2M path.
+    #[error("bad LwM2M path {text}: {source}")]
+    RoutePath {
+        /// The ids of the route, `/`-joined.
+        text: String,
+        /// Why they are not a path.
+        source: lwm2m_proto::ids::PathError,
+    },
+}
+
 /// A format from Leshan's names (`TLV`, `SENML_CBOR`, `LWM2M_CBOR`, ...) or ours.
-fn format_from_name(s: &str) -> Result<ContentFormat, String> {
+fn format_from_name(s: &str) -> Result<ContentFormat, RequestError> {
     let ours = s.to_ascii_lowercase().replace('_', "-");
-    ContentFormat::from_name(&ours).ok_or_else(|| {
-        format!("unknown format {s:?}; known: TEXT, TLV, JSON, SENML_JSON, SENML_CBOR, CBOR, OPAQUE, LWM2M_CBOR")
-    })
+    ContentFormat::from_name(&ours).ok_or_else(|| RequestError::Format { name: s.to_owned() })
 }
 
 impl Params {
-    fn parse(raw: Option<&str>) -> Result<Self, String> {
+    fn parse(raw: Option<&str>) -> Result<Self, RequestError> {
         let mut p = Params {
             format: None,
             node_format: None,
@@ -274,8 +302,10 @@ impl Params {
                         } else {
                             format!("/{s}")
                         };
-                        p.paths
-                            .push(s.parse().map_err(|e| format!("bad path {s:?}: {e}"))?);
+                        let path = s
+                            .parse()
+                            .map_err(|source| RequestError::QueryPath { text: s, source })?;
+                        p.paths.push(path);
                     }
                 }
                 _ => p.rest.push(match v {
@@ -307,7 +337,7 @@ enum Action {
     Attributes,
 }
 
-fn parse_target(tail: &str) -> Result<Target, String> {
+fn parse_target(tail: &str) -> Result<Target, RequestError> {
     let segments: Vec<&str> = tail.split('/').filter(|s| !s.is_empty()).collect();
     match segments.as_slice() {
         ["composite"] => return Ok(Target::Composite { observe: false }),
@@ -320,8 +350,10 @@ fn parse_target(tail: &str) -> Result<Target, String> {
         Some((&"attributes", ids)) => (Action::Attributes, ids),
         _ => (Action::Plain, segments.as_slice()),
     };
-    let path = Lwm2mPath::from_segments(ids)
-        .map_err(|e| format!("bad LwM2M path /{}: {e}", ids.join("/")))?;
+    let path = Lwm2mPath::from_segments(ids).map_err(|source| RequestError::RoutePath {
+        text: format!("/{}", ids.join("/")),
+        source,
+    })?;
     Ok(Target::Path { path, action })
 }
 

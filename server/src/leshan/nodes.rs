@@ -190,11 +190,113 @@ pub(super) fn records_json(schema: &dyn Schema, records: &[Record]) -> Json {
     composite_json(schema, &paths, records)
 }
 
+/// Why a JSON value is not a value of the wanted type, as Leshan writes values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeValueError {
+    /// The JSON does not fit the type.
+    #[error("{json} is not a valid {} value", type_name(*ty))]
+    Invalid {
+        /// The JSON, as written.
+        json: String,
+        /// The wanted type.
+        ty: DataType,
+    },
+    /// An object link that is not `{"objectId": n, "objectInstanceId": n}`.
+    #[error("{json}: an OBJLNK value is {{\"objectId\": n, \"objectInstanceId\": n}}")]
+    Objlnk {
+        /// The JSON, as written.
+        json: String,
+    },
+}
+
+/// Why a Leshan node body (`{"kind": "instance", "resources": [..]}`, `singleResource`,
+/// `multiResource`, `resourceInstance`) is not the node to write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// A node's `id` that is not an id.
+    #[error("id {value} is not 0..65534")]
+    Id {
+        /// The `id` as written.
+        value: String,
+    },
+    /// A resource node without an `id`.
+    #[error("a resource node needs an \"id\"")]
+    NoId,
+    /// A resource id the path cannot hold.
+    #[error("bad resource id")]
+    ResourceId {
+        /// The id.
+        id: u16,
+    },
+    /// A node of `kind` without its `value`.
+    #[error("a {kind} needs a \"value\"")]
+    NoValue {
+        /// `singleResource` or `resourceInstance`.
+        kind: &'static str,
+    },
+    /// A `multiResource` without its `values` object.
+    #[error("a multiResource needs \"values\": {{\"0\": value, ...}}")]
+    NoValues,
+    /// A key of `values` that is not a resource instance id.
+    #[error("{key:?} is not a resource instance id")]
+    InstanceKey {
+        /// The key as written.
+        key: String,
+    },
+    /// A value of a resource (or of one of its instances) that does not fit its type.
+    #[error("{path}{}: {source}", instance.map(|i| format!("/{i}")).unwrap_or_default())]
+    ValueAt {
+        /// The resource.
+        path: Lwm2mPath,
+        /// The resource instance, for a multiple resource.
+        instance: Option<u16>,
+        /// Why the value does not fit.
+        source: NodeValueError,
+    },
+    /// A resource instance's value that does not fit its type.
+    #[error(transparent)]
+    Value(#[from] NodeValueError),
+    /// A node that is not a resource where a resource is expected.
+    #[error("expected a singleResource or multiResource node, got {kind:?}")]
+    NotResource {
+        /// The node's kind, if it has one.
+        kind: Option<String>,
+    },
+    /// A node that is not an instance where an instance is expected.
+    #[error("expected an instance node {{\"kind\": \"instance\", \"resources\": [..]}}")]
+    NotInstance,
+    /// An instance node without its `resources` array.
+    #[error("an instance needs \"resources\": [..]")]
+    NoResources,
+    /// A node whose `id` is not the last id of the path written.
+    #[error("the node's id {id} is not the one of {path}")]
+    IdMismatch {
+        /// The node's id.
+        id: u16,
+        /// The path written.
+        path: Lwm2mPath,
+    },
+    /// A node that is not a resource instance where one is expected.
+    #[error("expected a resourceInstance node")]
+    NotResourceInstance,
+    /// A path above the instance level (or the root).
+    #[error("cannot write {path}: write an instance or a resource")]
+    NotWritable {
+        /// The path written.
+        path: Lwm2mPath,
+    },
+}
+
 /// A value of type `ty` from Leshan's JSON (numbers as strings or numbers, time in
 /// milliseconds, opaque hex, object links as objects), as `JacksonLwM2mNodeDeserializer`
 /// takes them (it tolerates numbers for INTEGER, UNSIGNED_INTEGER and FLOAT).
-pub fn parse_value(ty: DataType, j: &Json) -> Result<Value, String> {
-    let bad = || format!("{j} is not a valid {} value", type_name(ty));
+pub fn parse_value(ty: DataType, j: &Json) -> Result<Value, NodeValueError> {
+    let bad = || NodeValueError::Invalid {
+        json: j.to_string(),
+        ty,
+    };
     let num_text = |j: &Json| match j {
         Json::String(s) => Some(s.trim().to_owned()),
         Json::Number(n) => Some(n.to_string()),
@@ -240,9 +342,9 @@ pub fn parse_value(ty: DataType, j: &Json) -> Result<Value, String> {
                     Value::Objlnk(lwm2m_proto::value::ObjectLink { object, instance })
                 }
                 _ => {
-                    return Err(format!(
-                        "{j}: an OBJLNK value is {{\"objectId\": n, \"objectInstanceId\": n}}"
-                    ));
+                    return Err(NodeValueError::Objlnk {
+                        json: j.to_string(),
+                    });
                 }
             }
         }
@@ -293,7 +395,7 @@ pub(super) fn node_kind(j: &Json) -> Option<&str> {
     }
 }
 
-pub(super) fn node_id(j: &Json) -> Result<Option<u16>, String> {
+pub(super) fn node_id(j: &Json) -> Result<Option<u16>, NodeError> {
     match j.get("id") {
         None | Some(Json::Null) => Ok(None),
         Some(v) => v
@@ -302,7 +404,9 @@ pub(super) fn node_id(j: &Json) -> Result<Option<u16>, String> {
             .and_then(|v| u16::try_from(v).ok())
             .filter(|v| *v != u16::MAX)
             .map(Some)
-            .ok_or_else(|| format!("id {v} is not 0..65534")),
+            .ok_or_else(|| NodeError::Id {
+                value: v.to_string(),
+            }),
     }
 }
 
@@ -311,38 +415,50 @@ pub(super) fn parse_resource(
     schema: &dyn Schema,
     instance: &Lwm2mPath,
     j: &Json,
-) -> Result<(ResourceId, ResourceValue), String> {
-    let id = node_id(j)?.ok_or("a resource node needs an \"id\"")?;
-    let path = instance.child(id).ok_or("bad resource id")?;
+) -> Result<(ResourceId, ResourceValue), NodeError> {
+    let id = node_id(j)?.ok_or(NodeError::NoId)?;
+    let path = instance.child(id).ok_or(NodeError::ResourceId { id })?;
     match node_kind(j) {
         Some("singleResource") => {
-            let value = j.get("value").ok_or("a singleResource needs a \"value\"")?;
+            let value = j.get("value").ok_or(NodeError::NoValue {
+                kind: "singleResource",
+            })?;
             let t = value_type(schema, &path, j, value);
             Ok((
                 ResourceId(id),
-                ResourceValue::Single(parse_value(t, value).map_err(|e| format!("{path}: {e}"))?),
+                ResourceValue::Single(parse_value(t, value).map_err(|source| {
+                    NodeError::ValueAt {
+                        path,
+                        instance: None,
+                        source,
+                    }
+                })?),
             ))
         }
         Some("multiResource") => {
             let Some(Json::Object(values)) = j.get("values") else {
-                return Err("a multiResource needs \"values\": {\"0\": value, ...}".into());
+                return Err(NodeError::NoValues);
             };
             let mut out = BTreeMap::new();
             for (k, v) in values {
                 let ri: u16 = k
                     .parse()
-                    .map_err(|_| format!("{k:?} is not a resource instance id"))?;
+                    .map_err(|_| NodeError::InstanceKey { key: k.clone() })?;
                 let t = value_type(schema, &path, j, v);
                 out.insert(
                     ResourceInstanceId(ri),
-                    parse_value(t, v).map_err(|e| format!("{path}/{ri}: {e}"))?,
+                    parse_value(t, v).map_err(|source| NodeError::ValueAt {
+                        path,
+                        instance: Some(ri),
+                        source,
+                    })?,
                 );
             }
             Ok((ResourceId(id), ResourceValue::Multiple(out)))
         }
-        other => Err(format!(
-            "expected a singleResource or multiResource node, got {other:?}"
-        )),
+        other => Err(NodeError::NotResource {
+            kind: other.map(str::to_owned),
+        }),
     }
 }
 
@@ -351,15 +467,13 @@ pub(super) fn parse_instance(
     schema: &dyn Schema,
     object: ObjectId,
     j: &Json,
-) -> Result<(Option<InstanceId>, Instance), String> {
+) -> Result<(Option<InstanceId>, Instance), NodeError> {
     if node_kind(j) != Some("instance") {
-        return Err(
-            "expected an instance node {\"kind\": \"instance\", \"resources\": [..]}".into(),
-        );
+        return Err(NodeError::NotInstance);
     }
     let id = node_id(j)?;
     let Some(Json::Array(resources)) = j.get("resources") else {
-        return Err("an instance needs \"resources\": [..]".into());
+        return Err(NodeError::NoResources);
     };
     let base = Lwm2mPath::Instance(object, InstanceId(id.unwrap_or(0)));
     let mut inst = Instance::new();
@@ -371,10 +485,14 @@ pub(super) fn parse_instance(
 }
 
 /// The node of a Write at `path` from Leshan's node JSON.
-pub(super) fn parse_node(schema: &dyn Schema, path: &Lwm2mPath, j: &Json) -> Result<Node, String> {
-    let check_id = |want: u16| -> Result<(), String> {
+pub(super) fn parse_node(
+    schema: &dyn Schema,
+    path: &Lwm2mPath,
+    j: &Json,
+) -> Result<Node, NodeError> {
+    let check_id = |want: u16| -> Result<(), NodeError> {
         match node_id(j)? {
-            Some(id) if id != want => Err(format!("the node's id {id} is not the one of {path}")),
+            Some(id) if id != want => Err(NodeError::IdMismatch { id, path: *path }),
             _ => Ok(()),
         }
     };
@@ -395,16 +513,14 @@ pub(super) fn parse_node(schema: &dyn Schema, path: &Lwm2mPath, j: &Json) -> Res
         Lwm2mPath::ResourceInstance(.., ri) => {
             check_id(ri.0)?;
             if !matches!(node_kind(j), Some("resourceInstance" | "singleResource")) {
-                return Err("expected a resourceInstance node".into());
+                return Err(NodeError::NotResourceInstance);
             }
-            let value = j
-                .get("value")
-                .ok_or("a resourceInstance needs a \"value\"")?;
+            let value = j.get("value").ok_or(NodeError::NoValue {
+                kind: "resourceInstance",
+            })?;
             let t = value_type(schema, path, j, value);
             Ok(Node::ResourceInstance(parse_value(t, value)?))
         }
-        _ => Err(format!(
-            "cannot write {path}: write an instance or a resource"
-        )),
+        _ => Err(NodeError::NotWritable { path: *path }),
     }
 }

@@ -16,33 +16,61 @@ pub fn security_json(info: &SecurityInfo) -> Json {
     json!({"endpoint": info.endpoint, "tls": tls})
 }
 
+/// Why a Leshan credentials body (`{endpoint, tls: {mode, details}}`) is not credentials.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CredentialsError {
+    /// No `endpoint` string.
+    #[error("Missing endpoint")]
+    NoEndpoint,
+    /// No `tls` object (an `oscore` one is not supported).
+    #[error("Missing tls (OSCORE is not supported)")]
+    NoTls,
+    /// No `tls.mode` string.
+    #[error("Missing tls mode")]
+    NoMode,
+    /// A `tls.details` string the mode needs is missing.
+    #[error("Missing tls details {key}")]
+    NoDetail {
+        /// The detail's name (`identity`, `key`).
+        key: &'static str,
+    },
+    /// The PSK key is the placeholder this API shows instead of keys.
+    #[error("key {:?} is a placeholder; give the key", REDACTED)]
+    Placeholder,
+    /// A `tls.mode` other than `psk`, `rpk` and `x509`.
+    #[error("unknown tls mode {mode:?}")]
+    UnknownMode {
+        /// The mode as written.
+        mode: String,
+    },
+}
+
 /// Credentials from Leshan's PUT body.
-pub(super) fn security_from_json(j: &Json) -> Result<SecurityInfo, String> {
+pub(super) fn security_from_json(j: &Json) -> Result<SecurityInfo, CredentialsError> {
     let endpoint = j
         .get("endpoint")
         .and_then(Json::as_str)
-        .ok_or("Missing endpoint")?
+        .ok_or(CredentialsError::NoEndpoint)?
         .to_owned();
-    let tls = j
-        .get("tls")
-        .ok_or("Missing tls (OSCORE is not supported)")?;
+    let tls = j.get("tls").ok_or(CredentialsError::NoTls)?;
     let mode = tls
         .get("mode")
         .and_then(Json::as_str)
-        .ok_or("Missing tls mode")?;
+        .ok_or(CredentialsError::NoMode)?;
     let details = tls.get("details");
-    let detail = |k: &str| {
+    let detail = |key: &'static str| {
         details
-            .and_then(|d| d.get(k))
+            .and_then(|d| d.get(key))
             .and_then(Json::as_str)
             .map(str::to_owned)
-            .ok_or(format!("Missing tls details {k}"))
+            .ok_or(CredentialsError::NoDetail { key })
     };
     let credentials = match mode {
         "psk" => {
             let key = detail("key")?;
             if key == REDACTED {
-                return Err(format!("key {REDACTED:?} is a placeholder; give the key"));
+                return Err(CredentialsError::Placeholder);
             }
             Credentials::Psk {
                 identity: detail("identity")?,
@@ -53,7 +81,11 @@ pub(super) fn security_from_json(j: &Json) -> Result<SecurityInfo, String> {
             public_key: detail("key")?,
         },
         "x509" => Credentials::X509,
-        other => return Err(format!("unknown tls mode {other:?}")),
+        other => {
+            return Err(CredentialsError::UnknownMode {
+                mode: other.to_owned(),
+            });
+        }
     };
     Ok(SecurityInfo {
         endpoint,
@@ -70,7 +102,7 @@ pub(super) async fn security_list(State(st): St) -> HttpResponse {
 pub(super) async fn security_put(State(st): St, body: Bytes) -> HttpResponse {
     let info = match serde_json::from_slice::<Json>(&body)
         .map_err(|e| e.to_string())
-        .and_then(|j| security_from_json(&j))
+        .and_then(|j| security_from_json(&j).map_err(|e| e.to_string()))
     {
         Ok(info) => info,
         Err(e) => {

@@ -105,17 +105,41 @@ impl Default for Shard {
     }
 }
 
+/// Why a text is not a shard `K/N`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShardError {
+    /// Not two numbers around a `/`.
+    #[error("{text:?}: expected K/N, shard K of N counting from 0, e.g. 0/4")]
+    Shape {
+        /// The text as written.
+        text: String,
+    },
+    /// `K` is not below `N`.
+    #[error("{text:?}: K must be below N (0/4 to 3/4 for 4 shards)")]
+    OutOfRange {
+        /// The text as written.
+        text: String,
+        /// `K`.
+        index: u64,
+        /// `N`.
+        count: u64,
+    },
+}
+
 impl Shard {
     /// `K/N` with `K < N`.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?}: expected K/N, shard K of N counting from 0, e.g. 0/4");
+    pub fn parse(s: &str) -> Result<Self, ShardError> {
+        let bad = || ShardError::Shape { text: s.to_owned() };
         let (k, n) = s.split_once('/').ok_or_else(bad)?;
         let index: u64 = k.trim().parse().map_err(|_| bad())?;
         let count: u64 = n.trim().parse().map_err(|_| bad())?;
         if count == 0 || index >= count {
-            return Err(format!(
-                "{s:?}: K must be below N (0/4 to 3/4 for 4 shards)"
-            ));
+            return Err(ShardError::OutOfRange {
+                text: s.to_owned(),
+                index,
+                count,
+            });
         }
         Ok(Self { index, count })
     }
@@ -365,7 +389,18 @@ mod tests {
         assert_eq!(shards[1].number(2), 9);
         all.sort_unstable();
         assert_eq!(all, (0..10).collect::<Vec<_>>());
-        assert!(Shard::parse("4/4").is_err());
+        assert_eq!(
+            Shard::parse("4/4"),
+            Err(ShardError::OutOfRange {
+                text: "4/4".into(),
+                index: 4,
+                count: 4
+            })
+        );
+        assert_eq!(
+            Shard::parse("4/4").unwrap_err().to_string(),
+            "\"4/4\": K must be below N (0/4 to 3/4 for 4 shards)"
+        );
         assert!(Shard::parse("0/0").is_err());
         assert!(Shard::parse("x").is_err());
         let base = Ipv4Addr::new(127, 1, 0, 1);

@@ -66,7 +66,9 @@ use lwm2m_proto::server::{ObservationId, OpError, Operation, Response, ServerEve
 use lwm2m_proto::{Lwm2mPath, ObjectId, Schema};
 use serde_json::{Value as Json, json};
 
-use super::json::{Body, content_from_records, decode_payload, parse_code, records_from_nodes};
+use super::json::{
+    Body, ReadError, content_from_records, decode_payload, location, parse_code, records_from_nodes,
+};
 use super::{
     AdapterError, AdapterInfo, EventSink, Feature, RegistrationView, ServerAdapter, Sinks,
 };
@@ -267,20 +269,23 @@ fn format_of(j: Option<&Json>) -> Option<ContentFormat> {
 }
 
 /// The response a driver's answer (or notification) carries.
-fn response_of(j: &Json, body: Body, schema: &dyn Schema) -> Result<Response, String> {
+fn response_of(j: &Json, body: Body, schema: &dyn Schema) -> Result<Response, ReadError> {
     let code = match j.get("code") {
         Some(Json::String(s)) => parse_code(s),
         _ => None,
     }
-    .ok_or_else(|| format!("no \"code\" (\"2.05\") in {j}"))?;
+    .ok_or_else(|| ReadError::NoDriverCode {
+        json: j.to_string(),
+    })?;
     let mut r = Response {
         code,
         format: format_of(j.get("content_format")),
         ..Response::empty()
     };
     if let Some(hex) = j.get("payload_hex").and_then(Json::as_str) {
-        let bytes = lwm2m_proto::value::parse_hex(hex)
-            .ok_or_else(|| format!("payload_hex {hex:?} is not hex"))?;
+        let bytes = lwm2m_proto::value::parse_hex(hex).ok_or_else(|| ReadError::NotHex {
+            text: hex.to_owned(),
+        })?;
         decode_payload(&mut r, body, &bytes, schema)?;
     } else if let Some(nodes) = j.get("nodes") {
         let records = records_from_nodes(schema, nodes, &mut r.findings)?;
@@ -305,11 +310,11 @@ fn response_of(j: &Json, body: Body, schema: &dyn Schema) -> Result<Response, St
         };
         r.content = content_from_records(body, records, schema)?;
     } else if let (Some(links), Body::Links) = (j.get("links").and_then(Json::as_str), body) {
-        let entries = lwm2m_proto::codec::link::parse_discover(links).map_err(|e| e.to_string())?;
+        let entries = lwm2m_proto::codec::link::parse_discover(links)?;
         r.content = Some(lwm2m_proto::server::Content::Links(entries));
     }
     if let Some(l) = j.get("location").and_then(Json::as_str) {
-        r.location = Some(l.parse().map_err(|e| format!("location {l:?}: {e}"))?);
+        r.location = Some(location(l)?);
     }
     if r.diagnostic.is_none() {
         r.diagnostic = j
@@ -428,9 +433,75 @@ fn event_of(shared: &Shared, j: &Json) -> Option<ServerEvent> {
     })
 }
 
+/// Why an exec driver cannot be used, or gave no answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecError {
+    /// `sh -c COMMAND` did not start.
+    #[error("exec:{command}: cannot start: {reason}")]
+    Start {
+        /// The command.
+        command: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// The driver's standard input or output is not a pipe.
+    #[error("exec:{command}: no pipes")]
+    NoPipes {
+        /// The command.
+        command: String,
+    },
+    /// No thread to read the driver's output on.
+    #[error("cannot start the driver's reader: {reason}")]
+    Reader {
+        /// The OS error.
+        reason: String,
+    },
+    /// The driver did not answer the hello.
+    #[error("exec:{command}: no hello: {source}")]
+    NoHello {
+        /// The command.
+        command: String,
+        /// Why there is no answer.
+        source: Box<ExecError>,
+    },
+    /// The driver has exited.
+    #[error("the driver exited")]
+    Exited,
+    /// A request could not be written to the driver.
+    #[error("the driver exited or closed its standard input ({reason})")]
+    Stdin {
+        /// The OS error.
+        reason: String,
+    },
+    /// No answer in time.
+    #[error("no answer to {request} within {wait:?}")]
+    Timeout {
+        /// The request line.
+        request: String,
+        /// How long the adapter waited.
+        wait: Duration,
+    },
+    /// A Write's node does not encode in the format asked for.
+    #[error(transparent)]
+    Encode(#[from] lwm2m_proto::content::CodecError),
+    /// A cancellation of an observation the driver did not start.
+    #[error("observation {observation} was not started by the driver")]
+    UnknownObservation {
+        /// The observation's id.
+        observation: u64,
+    },
+    /// An operation the driver protocol has no request for.
+    #[error("{operation} is not in the driver protocol")]
+    NotInProtocol {
+        /// The operation's name.
+        operation: &'static str,
+    },
+}
+
 impl ExecAdapter {
     /// Starts `sh -c COMMAND` and says hello; `Err` says why the driver cannot be used.
-    pub fn spawn(command: &str, registry: Arc<Registry>) -> Result<Self, String> {
+    pub fn spawn(command: &str, registry: Arc<Registry>) -> Result<Self, ExecError> {
         let command = command.trim();
         // `exec:'node driver.js'`: the quotes a shell would have removed.
         let command = command
@@ -443,9 +514,14 @@ impl ExecAdapter {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| format!("exec:{command}: cannot start: {e}"))?;
+            .map_err(|e| ExecError::Start {
+                command: command.to_owned(),
+                reason: e.to_string(),
+            })?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Err(format!("exec:{command}: no pipes"));
+            return Err(ExecError::NoPipes {
+                command: command.to_owned(),
+            });
         };
         let pending = Pending::default();
         let gone = Arc::new(AtomicBool::new(false));
@@ -491,7 +567,9 @@ impl ExecAdapter {
                         .unwrap_or_else(PoisonError::into_inner)
                         .clear();
                 })
-                .map_err(|e| format!("cannot start the driver's reader: {e}"))?;
+                .map_err(|e| ExecError::Reader {
+                    reason: e.to_string(),
+                })?;
         }
         let mut adapter = Self {
             command: command.to_owned(),
@@ -512,7 +590,10 @@ impl ExecAdapter {
         };
         let hello = adapter
             .call(json!({"op": "hello", "protocol": 1}), HELLO_WAIT)
-            .map_err(|e| format!("exec:{command}: no hello: {e}"))?;
+            .map_err(|e| ExecError::NoHello {
+                command: command.to_owned(),
+                source: Box::new(e),
+            })?;
         let text = |k: &str| {
             hello
                 .get(k)
@@ -544,7 +625,7 @@ impl ExecAdapter {
     }
 
     /// Sends a request and waits up to `wait` for its answer.
-    fn call(&self, mut request: Json, wait: Duration) -> Result<Json, String> {
+    fn call(&self, mut request: Json, wait: Duration) -> Result<Json, ExecError> {
         let id = {
             let mut next = self.next_id.lock().unwrap_or_else(PoisonError::into_inner);
             *next += 1;
@@ -563,29 +644,34 @@ impl ExecAdapter {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&id);
-            return Err("the driver exited".to_owned());
+            return Err(ExecError::Exited);
         }
         {
             let mut stdin = self.stdin.lock().unwrap_or_else(PoisonError::into_inner);
             writeln!(stdin, "{request}")
                 .and_then(|()| stdin.flush())
-                .map_err(|e| format!("the driver exited or closed its standard input ({e})"))?;
+                .map_err(|e| ExecError::Stdin {
+                    reason: e.to_string(),
+                })?;
         }
         rx.recv_timeout(wait).map_err(|e| match e {
-            mpsc::RecvTimeoutError::Timeout => format!("no answer to {request} within {wait:?}"),
-            mpsc::RecvTimeoutError::Disconnected => "the driver exited".to_owned(),
+            mpsc::RecvTimeoutError::Timeout => ExecError::Timeout {
+                request: request.to_string(),
+                wait,
+            },
+            mpsc::RecvTimeoutError::Disconnected => ExecError::Exited,
         })
     }
 
-    fn failed(&self, reason: String) -> AdapterError {
+    fn failed(&self, reason: impl std::fmt::Display) -> AdapterError {
         AdapterError::Failed {
             adapter: NAME.to_owned(),
-            reason,
+            reason: reason.to_string(),
         }
     }
 
     /// The request line for an operation.
-    fn request_of(&self, endpoint: &str, operation: &Operation) -> Result<Json, String> {
+    fn request_of(&self, endpoint: &str, operation: &Operation) -> Result<Json, ExecError> {
         let fmt = |f: &Option<ContentFormat>| f.map(|f| f.name());
         let paths = |ps: &[Lwm2mPath]| ps.iter().map(ToString::to_string).collect::<Vec<_>>();
         Ok(match operation {
@@ -619,7 +705,7 @@ impl ExecAdapter {
                     m.insert("value".into(), v.to_json());
                 }
                 if let (Some(f), Some(m)) = (format, j.as_object_mut()) {
-                    let bytes = content::encode(*f, path, node).map_err(|e| e.to_string())?;
+                    let bytes = content::encode(*f, path, node)?;
                     m.insert("payload_hex".into(), json!(hex(&bytes)));
                 }
                 j
@@ -664,15 +750,16 @@ impl ExecAdapter {
                     .names
                     .get(&observation.0)
                     .cloned()
-                    .ok_or_else(|| {
-                        format!(
-                            "observation {} was not started by the driver",
-                            observation.0
-                        )
+                    .ok_or(ExecError::UnknownObservation {
+                        observation: observation.0,
                     })?;
                 json!({"op": "cancel-observation", "endpoint": endpoint, "observation": name, "active": active})
             }
-            other => return Err(format!("{} is not in the driver protocol", other.name())),
+            other => {
+                return Err(ExecError::NotInProtocol {
+                    operation: other.name(),
+                });
+            }
         })
     }
 }
@@ -696,8 +783,12 @@ impl ServerAdapter for ExecAdapter {
         let invalid = |reason: String| OpError::Invalid {
             reason: format!("{NAME}: {reason}"),
         };
-        let request = self.request_of(endpoint, operation).map_err(invalid)?;
-        let answer = self.call(request, OP_WAIT).map_err(invalid)?;
+        let request = self
+            .request_of(endpoint, operation)
+            .map_err(|e| invalid(e.to_string()))?;
+        let answer = self
+            .call(request, OP_WAIT)
+            .map_err(|e| invalid(e.to_string()))?;
         if let Some(error) = answer.get("error") {
             let why = error.as_str().unwrap_or_default().to_owned();
             return Err(match answer.get("kind").and_then(Json::as_str) {
@@ -713,7 +804,8 @@ impl ServerAdapter for ExecAdapter {
         }
         let versions = self.shared.versions(endpoint);
         let schema = self.shared.registry.with_versions(&versions);
-        let mut response = response_of(&answer, Body::of(operation), &schema).map_err(invalid)?;
+        let mut response = response_of(&answer, Body::of(operation), &schema)
+            .map_err(|e| invalid(e.to_string()))?;
         if matches!(
             operation,
             Operation::Observe { .. } | Operation::ObserveComposite { .. }
@@ -767,7 +859,7 @@ impl ServerAdapter for ExecAdapter {
 
     fn put_psk(&self, endpoint: &str, identity: &[u8], key: &[u8]) -> Result<(), AdapterError> {
         let identity = String::from_utf8(identity.to_vec())
-            .map_err(|_| self.failed("PSK identities go to drivers as UTF-8 text".into()))?;
+            .map_err(|_| self.failed("PSK identities go to drivers as UTF-8 text"))?;
         let answer = self
             .call(
                 json!({"op": "put-credentials", "endpoint": endpoint, "identity": identity, "key_hex": hex(key)}),
@@ -866,14 +958,17 @@ mod tests {
             n.to_records(&Lwm2mPath::resource(3, 0, 9))[0].value,
             Some(lwm2m_proto::Value::Integer(75))
         );
-        assert!(response_of(&json!({}), Body::Nothing, &*s.registry).is_err());
-        assert!(
+        assert_eq!(
+            response_of(&json!({}), Body::Nothing, &*s.registry),
+            Err(ReadError::NoDriverCode { json: "{}".into() })
+        );
+        assert_eq!(
             response_of(
                 &json!({"code": "2.05", "payload_hex": "zz", "content_format": 11542}),
                 Body::Nothing,
                 &*s.registry
-            )
-            .is_err()
+            ),
+            Err(ReadError::NotHex { text: "zz".into() })
         );
     }
 

@@ -21,7 +21,7 @@ use lwm2m_proto::server::{OpError, Operation, Response};
 use lwm2m_proto::{Lwm2mPath, ObjectId};
 use serde_json::{Value as Json, json};
 
-use super::http::{HttpApi, split_token};
+use super::http::{ConnectError, HttpApi, HttpError, split_token};
 use super::json::{Body, registration_from, response_from, write_body};
 use super::{
     AdapterError, AdapterInfo, EventSink, Feature, RegistrationView, ServerAdapter, Sinks,
@@ -55,10 +55,13 @@ impl std::fmt::Debug for HarnessHttp {
 }
 
 /// `HOST:PORT[/]?token=T` → base URL and token.
-fn parse_authority(rest: &str) -> Result<(String, Option<String>), String> {
+fn parse_authority(rest: &str) -> Result<(String, Option<String>), ConnectError> {
     let (authority, token) = split_token(rest);
     if authority.is_empty() || !authority.contains(':') {
-        return Err(format!("{NAME}://{rest}: expected HOST:PORT"));
+        return Err(ConnectError::Authority {
+            adapter: NAME,
+            rest: rest.to_owned(),
+        });
     }
     Ok((format!("http://{authority}"), token))
 }
@@ -66,7 +69,7 @@ fn parse_authority(rest: &str) -> Result<(String, Option<String>), String> {
 impl HarnessHttp {
     /// Connects to the API at `rest` (`HOST:PORT?token=T`): checks the token, subscribes
     /// to the events; `Err` says why not.
-    pub fn connect(rest: &str, registry: Arc<Registry>) -> Result<Self, String> {
+    pub fn connect(rest: &str, registry: Arc<Registry>) -> Result<Self, ConnectError> {
         let (base, token) = parse_authority(rest)?;
         let api = HttpApi::new(NAME, base, token, OP_TIMEOUT + Duration::from_secs(10));
         let base = &api.base;
@@ -74,14 +77,19 @@ impl HarnessHttp {
         match status {
             200 => {}
             401 | 403 => {
-                return Err(format!(
-                    "{NAME}: {base} refused the token ({status}); give ?token= the API token"
-                ));
+                return Err(ConnectError::Token {
+                    adapter: NAME,
+                    base: base.clone(),
+                    status,
+                });
             }
-            s => {
-                return Err(format!(
-                    "{NAME}: GET {base}/api/clients answered {s}: {body}"
-                ));
+            status => {
+                return Err(ConnectError::Status {
+                    adapter: NAME,
+                    base: base.clone(),
+                    status,
+                    body: body.to_string(),
+                });
             }
         }
         let features = Feature::all()
@@ -105,7 +113,7 @@ impl HarnessHttp {
     }
 
     /// Opens `GET /api/event` and feeds the sinks from a thread of its own.
-    fn start_events(&self) -> Result<(), String> {
+    fn start_events(&self) -> Result<(), HttpError> {
         let (sinks, registry) = (self.sinks.clone(), self.registry.clone());
         self.api.start_events(
             "lwm2m-harness+http events",
@@ -375,10 +383,8 @@ impl ServerAdapter for HarnessHttp {
     }
 
     fn put_psk(&self, endpoint: &str, identity: &[u8], key: &[u8]) -> Result<(), AdapterError> {
-        let identity = String::from_utf8(identity.to_vec()).map_err(|_| {
-            self.api
-                .failed("the API takes UTF-8 PSK identities only".into())
-        })?;
+        let identity = String::from_utf8(identity.to_vec())
+            .map_err(|_| self.api.failed("the API takes UTF-8 PSK identities only"))?;
         let body = json!({"endpoint": endpoint, "credentials": {
             "mode": "psk", "identity": identity,
             "key": key.iter().map(|b| format!("{b:02x}")).collect::<String>()}});
@@ -428,6 +434,12 @@ mod tests {
             ("http://127.0.0.1:8080".to_owned(), Some("abc".to_owned()))
         );
         assert_eq!(parse_authority("h:1/").unwrap().1, None);
-        assert!(parse_authority("?token=x").is_err());
+        assert_eq!(
+            parse_authority("?token=x"),
+            Err(ConnectError::Authority {
+                adapter: NAME,
+                rest: "?token=x".into()
+            })
+        );
     }
 }

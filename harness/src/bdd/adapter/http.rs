@@ -11,8 +11,87 @@ use std::time::Duration;
 use lwm2m_proto::ObjectId;
 use serde_json::Value as Json;
 
-use super::json::versions;
+use super::json::{ReadError, versions};
 use super::{AdapterError, RegistrationView};
+
+/// Why an HTTP server adapter got no answer from its server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpError {
+    /// The request failed (connection, time limit, ...).
+    #[error("{method} {url}: {reason}")]
+    Request {
+        /// The method.
+        method: String,
+        /// The URL.
+        url: String,
+        /// The HTTP client's error.
+        reason: String,
+    },
+    /// The answer's body could not be read.
+    #[error("{method} {url}: reading the answer: {reason}")]
+    Body {
+        /// The method.
+        method: String,
+        /// The URL.
+        url: String,
+        /// The HTTP client's error.
+        reason: String,
+    },
+    /// The event stream answered another status than 200.
+    #[error("GET {url}: {status}")]
+    EventStatus {
+        /// The URL.
+        url: String,
+        /// The status.
+        status: ureq::http::StatusCode,
+    },
+    /// No thread to read the event stream on.
+    #[error("cannot start the event thread: {reason}")]
+    EventThread {
+        /// The OS error.
+        reason: String,
+    },
+}
+
+/// Why an HTTP server adapter cannot be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The spec after `NAME://` is not `HOST:PORT[...]`.
+    #[error("{adapter}://{rest}: expected HOST:PORT")]
+    Authority {
+        /// The adapter's name (`leshan+http`, ...).
+        adapter: &'static str,
+        /// The spec after `NAME://`.
+        rest: String,
+    },
+    /// The API refused the bearer token.
+    #[error("{adapter}: {base} refused the token ({status}); give ?token= the API token")]
+    Token {
+        /// The adapter's name.
+        adapter: &'static str,
+        /// The API's base URL.
+        base: String,
+        /// 401 or 403.
+        status: u16,
+    },
+    /// The first request answered another status than 200.
+    #[error("{adapter}: GET {base}/api/clients answered {status}: {body}")]
+    Status {
+        /// The adapter's name.
+        adapter: &'static str,
+        /// The API's base URL.
+        base: String,
+        /// The status.
+        status: u16,
+        /// The answer's body.
+        body: String,
+    },
+    /// No answer, or no event stream.
+    #[error(transparent)]
+    Http(#[from] HttpError),
+}
 
 /// An HTTP answer: status and JSON body (`Null` if empty; a body that is not JSON stays as
 /// its text).
@@ -22,7 +101,7 @@ pub(super) fn send(
     url: &str,
     token: Option<&str>,
     body: Option<&Json>,
-) -> Result<(u16, Json), String> {
+) -> Result<(u16, Json), HttpError> {
     let auth = token.map(|t| format!("Bearer {t}"));
     let text = body.map(Json::to_string).unwrap_or_default();
     let response = match method {
@@ -49,12 +128,20 @@ pub(super) fn send(
             r.header("Content-Type", "application/json").send(&text)
         }
     };
-    let mut response = response.map_err(|e| format!("{method} {url}: {e}"))?;
+    let mut response = response.map_err(|e| HttpError::Request {
+        method: method.to_owned(),
+        url: url.to_owned(),
+        reason: e.to_string(),
+    })?;
     let status = response.status().as_u16();
     let text = response
         .body_mut()
         .read_to_string()
-        .map_err(|e| format!("{method} {url}: reading the answer: {e}"))?;
+        .map_err(|e| HttpError::Body {
+            method: method.to_owned(),
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
     // A body that is not JSON (Leshan's errors are plain text) stays as its text.
     let body = match serde_json::from_str(&text) {
         Ok(j) => j,
@@ -172,7 +259,7 @@ impl HttpApi {
         method: &str,
         route: &str,
         body: Option<&Json>,
-    ) -> Result<(u16, Json), String> {
+    ) -> Result<(u16, Json), HttpError> {
         send(
             &self.agent,
             method,
@@ -183,10 +270,10 @@ impl HttpApi {
     }
 
     /// The adapter's error for `reason`.
-    pub(super) fn failed(&self, reason: String) -> AdapterError {
+    pub(super) fn failed(&self, reason: impl std::fmt::Display) -> AdapterError {
         AdapterError::Failed {
             adapter: self.adapter.to_owned(),
-            reason,
+            reason: reason.to_string(),
         }
     }
 
@@ -218,13 +305,13 @@ impl HttpApi {
     pub(super) fn registration(
         &self,
         endpoint: &str,
-        parse: impl FnOnce(&Json) -> Result<RegistrationView, String>,
+        parse: impl FnOnce(&Json) -> Result<RegistrationView, ReadError>,
         absent: impl FnOnce(u16, &Json) -> bool,
     ) -> Result<Option<RegistrationView>, AdapterError> {
         let route = format!("/api/clients/{endpoint}");
         let (status, j) = self.call("GET", &route, None).map_err(|e| self.failed(e))?;
         if status == 200 {
-            let v = parse(&j).map_err(|e| self.failed(e))?;
+            let v = parse(&j).map_err(|e| self.failed(e.to_string()))?;
             self.versions.remember(endpoint, &v);
             Ok(Some(v))
         } else if absent(status, &j) {
@@ -257,15 +344,22 @@ impl HttpApi {
         mut on_event: impl FnMut(&str, &Json, &dyn Fn(&str) -> BTreeMap<ObjectId, String>)
         + Send
         + 'static,
-    ) -> Result<(), String> {
+    ) -> Result<(), HttpError> {
         let url = format!("{}/api/event", self.base);
         let mut request = agent(None).get(&url).header("Accept", "text/event-stream");
         if let Some(t) = &self.token {
             request = request.header("Authorization", format!("Bearer {t}"));
         }
-        let response = request.call().map_err(|e| format!("GET {url}: {e}"))?;
+        let response = request.call().map_err(|e| HttpError::Request {
+            method: "GET".to_owned(),
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
         if response.status().as_u16() != 200 {
-            return Err(format!("GET {url}: {}", response.status()));
+            return Err(HttpError::EventStatus {
+                url,
+                status: response.status(),
+            });
         }
         let versions = self.versions.clone();
         std::thread::Builder::new()
@@ -281,7 +375,9 @@ impl HttpApi {
                     true
                 });
             })
-            .map_err(|e| format!("cannot start the event thread: {e}"))?;
+            .map_err(|e| HttpError::EventThread {
+                reason: e.to_string(),
+            })?;
         Ok(())
     }
 }

@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use lwm2m_proto::bootstrap::BootstrapEvent;
 use lwm2m_proto::bootstrap::server::FailureReason;
-use lwm2m_proto::codec::link::{ObjectLinkInfo, RegistrationLinks, parse_discover};
-use lwm2m_proto::content::{self, ContentFormat, Finding};
+use lwm2m_proto::codec::link::{LinkError, ObjectLinkInfo, RegistrationLinks, parse_discover};
+use lwm2m_proto::content::{self, CodecError, ContentFormat, Finding};
+use lwm2m_proto::ids::PathError;
 use lwm2m_proto::registration::Lwm2mVersion;
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{Content, ObservationId, Registration, Response, ServerEvent};
@@ -19,6 +20,100 @@ use serde_json::{Value as Json, json};
 use super::RegistrationView;
 use crate::accounts::ServerRole;
 use crate::bdd::happening::{DtlsHappening, DtlsSide};
+
+/// Why a server's JSON (ours, Leshan's, an exec driver's) does not read back as a
+/// [`Response`] or a registration.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// An answer without a CoAP code (`"code": "2.05"`).
+    #[error("no CoAP code in {json}")]
+    NoCode {
+        /// The answer.
+        json: String,
+    },
+    /// An exec driver's answer without its `"code"`.
+    #[error("no \"code\" (\"2.05\") in {json}")]
+    NoDriverCode {
+        /// The answer.
+        json: String,
+    },
+    /// A Leshan answer without its `status`.
+    #[error("no status in {json}")]
+    NoStatus {
+        /// The answer.
+        json: String,
+    },
+    /// A Leshan `status` name that is no CoAP code.
+    #[error("unknown status {status:?}")]
+    UnknownStatus {
+        /// The status as written.
+        status: String,
+    },
+    /// A payload without a content format to decode it with.
+    #[error("a payload without a content format")]
+    NoFormat,
+    /// A `payload_hex` that is not hex.
+    #[error("payload_hex {text:?} is not hex")]
+    NotHex {
+        /// The text.
+        text: String,
+    },
+    /// A payload that does not decode.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// A Discover payload that is not UTF-8.
+    #[error(transparent)]
+    Utf8(#[from] std::str::Utf8Error),
+    /// Links that are not CoRE link format.
+    #[error(transparent)]
+    Links(#[from] LinkError),
+    /// Nodes that are not records of their resources.
+    #[error(transparent)]
+    Body(#[from] lwm2m_server::json::BodyError),
+    /// A `location` that is not an LwM2M path.
+    #[error("location {text:?}: {source}")]
+    Location {
+        /// The location as written.
+        text: String,
+        /// Why it is not a path.
+        source: PathError,
+    },
+    /// A key of a composite answer that is not an LwM2M path.
+    #[error("{text:?}: {source}")]
+    Path {
+        /// The key as written.
+        text: String,
+        /// Why it is not a path.
+        source: PathError,
+    },
+    /// A Leshan value that is not of the type its node names.
+    #[error("{path}: {source}")]
+    Value {
+        /// The resource (instance).
+        path: Lwm2mPath,
+        /// Why the value does not fit.
+        source: lwm2m_server::leshan::NodeValueError,
+    },
+    /// A registration without its endpoint name.
+    #[error("no endpoint in {json}")]
+    NoEndpoint {
+        /// The registration.
+        json: String,
+    },
+    /// A registration without a socket address.
+    #[error("no address in the registration of {endpoint}")]
+    NoAddress {
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// An object id beyond 16 bits.
+    #[error("object id {id}")]
+    ObjectId {
+        /// The id as given.
+        id: u64,
+    },
+}
 
 /// `"2.05"` as a CoAP code.
 pub fn parse_code(s: &str) -> Option<(u8, u8)> {
@@ -50,8 +145,9 @@ pub fn records_from_nodes(
     schema: &dyn Schema,
     nodes: &Json,
     findings: &mut Vec<Finding>,
-) -> Result<Vec<Record>, String> {
-    let all = lwm2m_server::json::records_from(schema, &json!({ "nodes": nodes }));
+) -> Result<Vec<Record>, ReadError> {
+    let all = lwm2m_server::json::records_from(schema, &json!({ "nodes": nodes }))
+        .map_err(ReadError::from);
     let (Err(_), Json::Array(list)) = (&all, nodes) else {
         return all;
     };
@@ -62,6 +158,7 @@ pub fn records_from_nodes(
         match lwm2m_server::json::records_from(schema, &one) {
             Ok(r) => records.extend(r),
             Err(e) => {
+                let e = ReadError::from(e);
                 let path = node.get("path").and_then(Json::as_str).ok_or(e.clone())?;
                 let path: Lwm2mPath = path.parse().map_err(|_| e.clone())?;
                 let def = content::resource_def(schema, &path).ok_or(e.clone())?;
@@ -89,6 +186,14 @@ pub fn records_from_nodes(
         }
     }
     Ok(records)
+}
+
+/// A `location` (`/rd/5a3f`) as a path.
+pub fn location(text: &str) -> Result<Lwm2mPath, ReadError> {
+    text.parse().map_err(|source| ReadError::Location {
+        text: text.to_owned(),
+        source,
+    })
 }
 
 /// What a response body holds, as the operation expects it.
@@ -123,7 +228,7 @@ pub fn decode_payload(
     body: Body,
     bytes: &[u8],
     schema: &dyn Schema,
-) -> Result<(), String> {
+) -> Result<(), ReadError> {
     response.payload_len = bytes.len();
     if response.code.0 != 2 || bytes.is_empty() {
         if response.code.0 >= 4 && !bytes.is_empty() {
@@ -131,23 +236,21 @@ pub fn decode_payload(
         }
         return Ok(());
     }
-    let format = response
-        .format
-        .ok_or("a payload without a content format")?;
+    let format = response.format.ok_or(ReadError::NoFormat)?;
     match body {
         Body::Node(path) => {
-            let d = content::decode(format, bytes, &path, schema).map_err(|e| e.to_string())?;
+            let d = content::decode(format, bytes, &path, schema)?;
             response.content = Some(Content::Node(d.content));
             response.findings = d.findings;
         }
         Body::Records => {
-            let d = content::decode_records(format, bytes, schema).map_err(|e| e.to_string())?;
+            let d = content::decode_records(format, bytes, schema)?;
             response.content = Some(Content::Records(d.content));
             response.findings = d.findings;
         }
         Body::Links => {
-            let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
-            let links = parse_discover(text).map_err(|e| e.to_string())?;
+            let text = std::str::from_utf8(bytes)?;
+            let links = parse_discover(text)?;
             response.content = Some(Content::Links(links));
         }
         Body::Nothing => {}
@@ -160,11 +263,11 @@ pub fn content_from_records(
     body: Body,
     records: Vec<Record>,
     schema: &dyn Schema,
-) -> Result<Option<Content>, String> {
+) -> Result<Option<Content>, ReadError> {
     Ok(match body {
-        Body::Node(path) => Some(Content::Node(
-            content::records_to_node(&path, &records, schema).map_err(|e| e.to_string())?,
-        )),
+        Body::Node(path) => Some(Content::Node(content::records_to_node(
+            &path, &records, schema,
+        )?)),
         Body::Records => Some(Content::Records(records)),
         Body::Links | Body::Nothing => None,
     })
@@ -172,12 +275,14 @@ pub fn content_from_records(
 
 /// A response in our REST API's shape (`{"code", "format", "nodes" | "links", "location",
 /// "observation", "diagnostic", "payload_len"}`).
-pub fn response_from(j: &Json, body: Body, schema: &dyn Schema) -> Result<Response, String> {
+pub fn response_from(j: &Json, body: Body, schema: &dyn Schema) -> Result<Response, ReadError> {
     let code = j
         .get("code")
         .and_then(Json::as_str)
         .and_then(parse_code)
-        .ok_or_else(|| format!("no CoAP code in {j}"))?;
+        .ok_or_else(|| ReadError::NoCode {
+            json: j.to_string(),
+        })?;
     let mut r = Response {
         code,
         ..Response::empty()
@@ -195,11 +300,11 @@ pub fn response_from(j: &Json, body: Body, schema: &dyn Schema) -> Result<Respon
             .iter()
             .filter_map(|l| l.get("link").and_then(Json::as_str))
             .collect();
-        let entries = parse_discover(&text.join(",")).map_err(|e| e.to_string())?;
+        let entries = parse_discover(&text.join(","))?;
         r.content = Some(Content::Links(entries));
     }
     if let Some(l) = j.get("location").and_then(Json::as_str) {
-        r.location = Some(l.parse().map_err(|e| format!("location {l:?}: {e}"))?);
+        r.location = Some(location(l)?);
     }
     r.observation = j
         .get("observation")
@@ -218,12 +323,17 @@ pub fn response_from(j: &Json, body: Body, schema: &dyn Schema) -> Result<Respon
 }
 
 /// A registration in our REST API's shape.
-pub fn registration_from(j: &Json) -> Result<RegistrationView, String> {
+pub fn registration_from(j: &Json) -> Result<RegistrationView, ReadError> {
     let s = |k: &str| j.get(k).and_then(Json::as_str);
-    let endpoint = s("endpoint").ok_or_else(|| format!("no endpoint in {j}"))?;
-    let address: SocketAddr = s("address")
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| format!("no address in the registration of {endpoint}"))?;
+    let endpoint = s("endpoint").ok_or_else(|| ReadError::NoEndpoint {
+        json: j.to_string(),
+    })?;
+    let address: SocketAddr =
+        s("address")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| ReadError::NoAddress {
+                endpoint: endpoint.to_owned(),
+            })?;
     let mut objects = BTreeMap::new();
     for o in j
         .get("objects")
@@ -243,7 +353,7 @@ pub fn registration_from(j: &Json) -> Result<RegistrationView, String> {
             .map(InstanceId)
             .collect();
         let version = o.get("version").and_then(Json::as_str).map(str::to_owned);
-        let id = u16::try_from(id).map_err(|_| format!("object id {id}"))?;
+        let id = u16::try_from(id).map_err(|_| ReadError::ObjectId { id })?;
         objects.insert(ObjectId(id), ObjectLinkInfo { version, instances });
     }
     let now = Instant::now();
@@ -652,7 +762,15 @@ mod tests {
         assert_eq!(parse_code("4.04"), Some((4, 4)));
         assert_eq!(parse_code("x"), None);
         assert_eq!(code_text((2, 4)), "2.04");
-        assert!(response_from(&json!({}), Body::Nothing, &registry()).is_err());
+        assert_eq!(
+            response_from(&json!({}), Body::Nothing, &registry()),
+            Err(ReadError::NoCode { json: "{}".into() })
+        );
+        let bad_location = json!({"code": "2.01", "location": "rd/x"});
+        assert!(matches!(
+            response_from(&bad_location, Body::Nothing, &registry()),
+            Err(ReadError::Location { text, .. }) if text == "rd/x"
+        ));
     }
 
     #[test]

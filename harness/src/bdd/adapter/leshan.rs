@@ -43,8 +43,8 @@ use lwm2m_proto::{InstanceId, Lwm2mPath, Node, ObjectId, Record, ResourceValue, 
 use lwm2m_server::leshan;
 use serde_json::{Map, Value as Json, json};
 
-use super::http::{HttpApi, split_token};
-use super::json::{Body, content_from_records, records_from_nodes};
+use super::http::{ConnectError, HttpApi, HttpError, split_token};
+use super::json::{Body, ReadError, content_from_records, records_from_nodes};
 use super::{
     AdapterError, AdapterInfo, EventSink, Feature, RegistrationView, ServerAdapter, Sinks,
 };
@@ -110,7 +110,7 @@ fn value_json(v: &Value) -> Json {
 
 /// A value in Leshan's JSON of the node's `type` as our JSON (what
 /// [`records_from_nodes`] reads); without a type Leshan names, the JSON as it is.
-fn our_value(node: &Json, value: &Json) -> Result<Json, String> {
+fn our_value(node: &Json, value: &Json) -> Result<Json, lwm2m_server::leshan::NodeValueError> {
     let Some(ty) = node
         .get("type")
         .and_then(Json::as_str)
@@ -202,7 +202,7 @@ fn nodes_from_records(path: &Lwm2mPath, records: &[Record]) -> Json {
 
 /// Leshan's node JSON at `path` as our `[{"path", "value"}]` nodes (values converted from
 /// Leshan's shapes by the node's `type`); `Err` names a value that is not of its type.
-pub fn flatten(path: &Lwm2mPath, j: &Json, out: &mut Vec<Json>) -> Result<(), String> {
+pub fn flatten(path: &Lwm2mPath, j: &Json, out: &mut Vec<Json>) -> Result<(), ReadError> {
     let kind = j.get("kind").and_then(Json::as_str).unwrap_or_default();
     let id = j
         .get("id")
@@ -217,13 +217,13 @@ pub fn flatten(path: &Lwm2mPath, j: &Json, out: &mut Vec<Json>) -> Result<(), St
         "singleResource" => {
             let p = own(3);
             let v = our_value(j, j.get("value").unwrap_or(&Json::Null))
-                .map_err(|e| format!("{p}: {e}"))?;
+                .map_err(|source| ReadError::Value { path: p, source })?;
             out.push(json!({"path": p.to_string(), "value": v}));
         }
         "resourceInstance" => {
             let p = own(4);
             let v = our_value(j, j.get("value").unwrap_or(&Json::Null))
-                .map_err(|e| format!("{p}: {e}"))?;
+                .map_err(|source| ReadError::Value { path: p, source })?;
             out.push(json!({"path": p.to_string(), "value": v}));
         }
         "multiResource" => {
@@ -235,7 +235,8 @@ pub fn flatten(path: &Lwm2mPath, j: &Json, out: &mut Vec<Json>) -> Result<(), St
                 .flatten()
             {
                 if let Some(ri) = k.parse::<u16>().ok().and_then(|ri| p.child(ri)) {
-                    let v = our_value(j, v).map_err(|e| format!("{ri}: {e}"))?;
+                    let v =
+                        our_value(j, v).map_err(|source| ReadError::Value { path: ri, source })?;
                     out.push(json!({"path": ri.to_string(), "value": v}));
                 }
             }
@@ -283,12 +284,16 @@ pub fn response_from(
     body: Body,
     target: &Lwm2mPath,
     schema: &dyn Schema,
-) -> Result<Response, String> {
+) -> Result<Response, ReadError> {
     let status = j
         .get("status")
         .and_then(Json::as_str)
-        .ok_or_else(|| format!("no status in {j}"))?;
-    let code = status_code(status).ok_or_else(|| format!("unknown status {status:?}"))?;
+        .ok_or_else(|| ReadError::NoStatus {
+            json: j.to_string(),
+        })?;
+    let code = status_code(status).ok_or_else(|| ReadError::UnknownStatus {
+        status: status.to_owned(),
+    })?;
     let mut r = Response {
         code,
         ..Response::empty()
@@ -297,7 +302,10 @@ pub fn response_from(
         (Body::Records, Some(Json::Object(m))) => {
             let mut nodes = Vec::new();
             for (p, node) in m {
-                let path: Lwm2mPath = p.parse().map_err(|e| format!("{p:?}: {e}"))?;
+                let path: Lwm2mPath = p.parse().map_err(|source| ReadError::Path {
+                    text: p.clone(),
+                    source,
+                })?;
                 flatten(&path, node, &mut nodes)?;
             }
             let records = records_from_nodes(schema, &Json::Array(nodes), &mut r.findings)?;
@@ -313,7 +321,7 @@ pub fn response_from(
     }
     if let (Body::Links, Some(Json::Array(links))) = (body, j.get("objectLinks")) {
         let text: Vec<String> = links.iter().filter_map(link_text).collect();
-        let entries = parse_discover(&text.join(",")).map_err(|e| e.to_string())?;
+        let entries = parse_discover(&text.join(","))?;
         r.content = Some(Content::Links(entries));
     }
     if let Some(l) = j.get("location").and_then(Json::as_str) {
@@ -345,9 +353,11 @@ fn link_text(l: &Json) -> Option<String> {
 }
 
 /// A Leshan registration as ours.
-pub fn registration_from(j: &Json) -> Result<RegistrationView, String> {
+pub fn registration_from(j: &Json) -> Result<RegistrationView, ReadError> {
     let s = |k: &str| j.get(k).and_then(Json::as_str);
-    let endpoint = s("endpoint").ok_or_else(|| format!("no endpoint in {j}"))?;
+    let endpoint = s("endpoint").ok_or_else(|| ReadError::NoEndpoint {
+        json: j.to_string(),
+    })?;
     let address = s("address")
         .map(|a| a.trim_start_matches('/'))
         .and_then(|a| a.parse().ok())
@@ -551,10 +561,13 @@ fn event_from(
 impl Leshan {
     /// Connects to the demo server at `rest` (`HOST:PORT[/PREFIX][?token=T]`) and
     /// subscribes to its events; `Err` says why not.
-    pub fn connect(rest: &str, registry: Arc<Registry>) -> Result<Self, String> {
+    pub fn connect(rest: &str, registry: Arc<Registry>) -> Result<Self, ConnectError> {
         let (location, token) = split_token(rest);
         if location.is_empty() {
-            return Err(format!("{NAME}://{rest}: expected HOST:PORT"));
+            return Err(ConnectError::Authority {
+                adapter: NAME,
+                rest: rest.to_owned(),
+            });
         }
         let api = HttpApi::new(
             NAME,
@@ -564,10 +577,12 @@ impl Leshan {
         );
         let (status, body) = api.call("GET", "/api/clients", None)?;
         if status != 200 {
-            return Err(format!(
-                "{NAME}: GET {}/api/clients answered {status}: {body}",
-                api.base
-            ));
+            return Err(ConnectError::Status {
+                adapter: NAME,
+                base: api.base.clone(),
+                status,
+                body: body.to_string(),
+            });
         }
         let features: BTreeSet<Feature> = Feature::all()
             .into_iter()
@@ -600,7 +615,7 @@ impl Leshan {
         Ok(adapter)
     }
 
-    fn start_events(&self) -> Result<(), String> {
+    fn start_events(&self) -> Result<(), HttpError> {
         let (sinks, registry, observed) = (
             self.sinks.clone(),
             self.registry.clone(),
@@ -810,7 +825,7 @@ impl ServerAdapter for Leshan {
         let (status, j) = self
             .api
             .call(method, &route, body.as_ref())
-            .map_err(invalid)?;
+            .map_err(|e| invalid(e.to_string()))?;
         match status {
             200 | 201 => {}
             // Leshan answers an unknown endpoint with 400 "No registered client with id".
@@ -840,8 +855,8 @@ impl ServerAdapter for Leshan {
         if let Operation::CancelObservation { active: false, .. } = operation {
             return Ok(Response::empty());
         }
-        let mut response =
-            response_from(&j, Body::of(operation), &target, &schema).map_err(invalid)?;
+        let mut response = response_from(&j, Body::of(operation), &target, &schema)
+            .map_err(|e| invalid(e.to_string()))?;
         let observed = match operation {
             Operation::Observe { path, .. } => Some(vec![*path]),
             Operation::ObserveComposite { paths, .. } => Some(paths.clone()),
@@ -875,7 +890,7 @@ impl ServerAdapter for Leshan {
 
     fn put_psk(&self, endpoint: &str, identity: &[u8], key: &[u8]) -> Result<(), AdapterError> {
         let identity = String::from_utf8(identity.to_vec())
-            .map_err(|_| self.api.failed("Leshan takes UTF-8 PSK identities".into()))?;
+            .map_err(|_| self.api.failed("Leshan takes UTF-8 PSK identities"))?;
         let key: String = key.iter().map(|b| format!("{b:02x}")).collect();
         let body = json!({"endpoint": endpoint, "tls": {"mode": "psk",
             "details": {"identity": identity, "key": key}}});
@@ -973,7 +988,12 @@ mod tests {
             panic!()
         };
         assert_eq!(links.len(), 2);
-        assert!(response_from(&json!({"status": "TEAPOT"}), Body::Nothing, &p, &reg).is_err());
+        assert_eq!(
+            response_from(&json!({"status": "TEAPOT"}), Body::Nothing, &p, &reg),
+            Err(ReadError::UnknownStatus {
+                status: "TEAPOT".into()
+            })
+        );
     }
 
     #[test]
@@ -1054,7 +1074,11 @@ mod tests {
         let mut out = Vec::new();
         let bad = json!({"kind": "singleResource", "id": 9, "type": "INTEGER", "value": "x"});
         let e = flatten(&Lwm2mPath::instance(3, 0), &bad, &mut out).unwrap_err();
-        assert!(e.contains("/3/0/9"), "{e}");
+        assert!(
+            matches!(e, ReadError::Value { path, .. } if path == Lwm2mPath::resource(3, 0, 9)),
+            "{e}"
+        );
+        assert_eq!(e.to_string(), "/3/0/9: \"x\" is not a valid INTEGER value");
     }
 
     #[test]

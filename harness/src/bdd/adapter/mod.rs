@@ -41,6 +41,8 @@ pub mod inprocess;
 pub mod json;
 pub mod leshan;
 
+pub use http::{ConnectError, HttpError};
+
 /// Something a case may ask of the server under test; each is optional.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
@@ -188,12 +190,16 @@ pub struct AdapterInfo {
 }
 
 impl AdapterInfo {
-    /// `Ok` if the adapter offers `feature`, else the not-applicable reason.
-    pub fn offers(&self, feature: Feature) -> Result<(), String> {
+    /// `Ok` if the adapter offers `feature`, else [`AdapterError::Lacks`] (the
+    /// not-applicable reason).
+    pub fn offers(&self, feature: Feature) -> Result<(), AdapterError> {
         if self.features.contains(&feature) {
             Ok(())
         } else {
-            Err(lacks(&self.adapter, feature))
+            Err(AdapterError::Lacks {
+                adapter: self.adapter.clone(),
+                feature,
+            })
         }
     }
 }
@@ -210,11 +216,6 @@ pub fn requested_format(operation: &Operation) -> Option<lwm2m_proto::ContentFor
         | Operation::ObserveComposite { format, .. } => *format,
         _ => None,
     }
-}
-
-/// The reason a case is not applicable when the adapter lacks `feature`.
-pub fn lacks(adapter: &str, feature: Feature) -> String {
-    format!("the server adapter {adapter} does not offer {feature}")
 }
 
 /// A registration as the server under test shows it.
@@ -381,14 +382,14 @@ fn opened() -> &'static Mutex<BTreeMap<String, Arc<dyn ServerAdapter>>> {
 
 /// Specs that could not be opened, with why: not tried again in the same process (a
 /// driver that never says hello would cost its wait in every scenario).
-fn refused() -> &'static Mutex<BTreeMap<String, String>> {
-    static REFUSED: OnceLock<Mutex<BTreeMap<String, String>>> = OnceLock::new();
+fn refused() -> &'static Mutex<BTreeMap<String, OpenError>> {
+    static REFUSED: OnceLock<Mutex<BTreeMap<String, OpenError>>> = OnceLock::new();
     REFUSED.get_or_init(Mutex::default)
 }
 
 /// The adapter a `--server-api` spec names, opened at its first use and then shared;
 /// `Err` says why it cannot be opened (every case is then not applicable).
-pub fn open(spec: &str, registry: Arc<Registry>) -> Result<Arc<dyn ServerAdapter>, String> {
+pub fn open(spec: &str, registry: Arc<Registry>) -> Result<Arc<dyn ServerAdapter>, OpenError> {
     let mut all = opened().lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(a) = all.get(spec) {
         return Ok(a.clone());
@@ -410,7 +411,29 @@ pub fn open(spec: &str, registry: Arc<Registry>) -> Result<Arc<dyn ServerAdapter
     }
 }
 
-fn open_new(spec: &str, registry: Arc<Registry>) -> Result<Arc<dyn ServerAdapter>, String> {
+/// Why the adapter a `--server-api` spec names cannot be opened (kept for the run: every
+/// case is then not applicable with this reason).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// A spec of no known form.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// `in-process:NAME` with no such server installed in this process.
+    #[error("--server-api {spec:?}: no in-process server of that name in this process")]
+    NoInProcess {
+        /// The spec.
+        spec: String,
+    },
+    /// The exec driver cannot be used.
+    #[error(transparent)]
+    Exec(#[from] exec::ExecError),
+    /// The HTTP API cannot be reached or refuses us.
+    #[error(transparent)]
+    Connect(#[from] http::ConnectError),
+}
+
+fn open_new(spec: &str, registry: Arc<Registry>) -> Result<Arc<dyn ServerAdapter>, OpenError> {
     let adapter: Arc<dyn ServerAdapter> = if let Some(rest) = spec.strip_prefix("exec:") {
         Arc::new(exec::ExecAdapter::spawn(rest, registry)?)
     } else if let Some(rest) = spec.strip_prefix("lwm2m-harness+http://") {
@@ -418,14 +441,14 @@ fn open_new(spec: &str, registry: Arc<Registry>) -> Result<Arc<dyn ServerAdapter
     } else if let Some(rest) = spec.strip_prefix("leshan+http://") {
         Arc::new(leshan::Leshan::connect(rest, registry)?)
     } else if spec.starts_with("in-process:") {
-        return Err(format!(
-            "--server-api {spec:?}: no in-process server of that name in this process"
-        ));
+        return Err(OpenError::NoInProcess {
+            spec: spec.to_owned(),
+        });
     } else {
-        return Err(format!(
-            "--server-api {spec:?}: expected lwm2m-harness+http://HOST:PORT?token=T, \
-             leshan+http://HOST:PORT or exec:COMMAND"
-        ));
+        return Err(SpecError {
+            spec: spec.to_owned(),
+        }
+        .into());
     };
     Ok(adapter)
 }
@@ -448,8 +471,19 @@ pub fn info_of(spec: &str) -> Option<AdapterInfo> {
         .map(|a| a.info().clone())
 }
 
+/// A `--server-api` spec of no known form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "--server-api {spec:?}: expected lwm2m-harness+http://HOST:PORT?token=T, \
+     leshan+http://HOST:PORT or exec:COMMAND"
+)]
+pub struct SpecError {
+    /// The spec as given.
+    pub spec: String,
+}
+
 /// Checks the form of a `--server-api` spec without opening it.
-pub fn check_spec(spec: &str) -> Result<(), String> {
+pub fn check_spec(spec: &str) -> Result<(), SpecError> {
     let ok = spec
         .strip_prefix("exec:")
         .is_some_and(|c| !c.trim().is_empty())
@@ -459,10 +493,9 @@ pub fn check_spec(spec: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "--server-api {spec:?}: expected lwm2m-harness+http://HOST:PORT?token=T, \
-             leshan+http://HOST:PORT or exec:COMMAND"
-        ))
+        Err(SpecError {
+            spec: spec.to_owned(),
+        })
     }
 }
 
@@ -509,6 +542,16 @@ mod tests {
         };
         assert!(info.offers(Feature::Read).is_ok());
         let why = info.offers(Feature::Create).unwrap_err();
-        assert!(why.contains("exec") && why.contains("create"), "{why}");
+        assert_eq!(
+            why,
+            AdapterError::Lacks {
+                adapter: "exec".into(),
+                feature: Feature::Create
+            }
+        );
+        assert_eq!(
+            why.to_string(),
+            "the server adapter exec does not offer create"
+        );
     }
 }

@@ -29,7 +29,8 @@ use crate::bdd::exchange::{ExchangeLog, Peer};
 use crate::bdd::verdict::not_applicable;
 
 use super::{
-    DEVICE_NOT_OURS, DEVICE_WAIT, Tap, block_until, env_addr, env_secs, runtime, unix_now,
+    BackendError, DEVICE_NOT_OURS, DEVICE_WAIT, Tap, block_until, env_addr, env_secs, runtime,
+    unix_now,
 };
 
 /// What the happenings channel carries: a happening stamped with the wall clock.
@@ -54,8 +55,8 @@ type DeviceDtls = (
 fn device_servers(
     endpoint: &str,
     registry: Arc<Registry>,
-) -> Result<&'static DeviceServers, String> {
-    static SERVERS: OnceLock<Result<DeviceServers, String>> = OnceLock::new();
+) -> Result<&'static DeviceServers, BackendError> {
+    static SERVERS: OnceLock<Result<DeviceServers, BackendError>> = OnceLock::new();
     SERVERS
         .get_or_init(|| start_device_servers(endpoint, registry))
         .as_ref()
@@ -71,7 +72,7 @@ fn device_servers(
 ///
 /// A launched device whose template names a PSK ([`crate::bdd::device`]) gets the listener
 /// (on `LWM2M_HARNESS_COAPS_BIND`, else a free loopback port) with its generated PSK.
-fn device_dtls(endpoint: &str) -> Result<Option<DeviceDtls>, String> {
+fn device_dtls(endpoint: &str) -> Result<Option<DeviceDtls>, BackendError> {
     use lwm2m_server::store::{Credentials, FileSecurityStore, SecurityInfo, SecurityStore as _};
     let launched_psk = crate::bdd::device::with(|l| l.psk()).flatten();
     let bind = match std::env::var("LWM2M_HARNESS_COAPS_BIND") {
@@ -79,9 +80,13 @@ fn device_dtls(endpoint: &str) -> Result<Option<DeviceDtls>, String> {
         Err(_) if launched_psk.is_some() => "127.0.0.1:0".to_owned(),
         Err(_) => return Ok(None),
     };
-    let bind: SocketAddr = bind
-        .parse()
-        .map_err(|e| format!("LWM2M_HARNESS_COAPS_BIND={bind:?}: {e}"))?;
+    let bind: SocketAddr =
+        bind.parse()
+            .map_err(|e: std::net::AddrParseError| BackendError::EnvAddress {
+                name: "LWM2M_HARNESS_COAPS_BIND",
+                value: bind.clone(),
+                reason: e.to_string(),
+            })?;
     let security = FileSecurityStore::in_memory();
     if let Some((identity, key)) = launched_psk {
         let key: String = key.iter().map(|b| format!("{b:02x}")).collect();
@@ -90,12 +95,15 @@ fn device_dtls(endpoint: &str) -> Result<Option<DeviceDtls>, String> {
                 endpoint: endpoint.to_owned(),
                 credentials: Credentials::Psk { identity, key },
             })
-            .map_err(|e| format!("the launched device's PSK: {e}"))?;
+            .map_err(|e| BackendError::DevicePsk {
+                what: "the launched device's PSK",
+                reason: e.to_string(),
+            })?;
     } else if let Ok(psk) = std::env::var("LWM2M_HARNESS_DEVICE_PSK") {
         let (identity, key) = psk
             .rsplit_once(':')
             .filter(|(_, k)| lwm2m_proto::value::parse_hex(k).is_some_and(|k| !k.is_empty()))
-            .ok_or("LWM2M_HARNESS_DEVICE_PSK: give IDENTITY:HEXKEY")?;
+            .ok_or(BackendError::DevicePskShape)?;
         security
             .put(SecurityInfo {
                 endpoint: endpoint.to_owned(),
@@ -104,7 +112,10 @@ fn device_dtls(endpoint: &str) -> Result<Option<DeviceDtls>, String> {
                     key: key.to_owned(),
                 },
             })
-            .map_err(|e| format!("LWM2M_HARNESS_DEVICE_PSK: {e}"))?;
+            .map_err(|e| BackendError::DevicePsk {
+                what: "LWM2M_HARNESS_DEVICE_PSK",
+                reason: e.to_string(),
+            })?;
     }
     let path = |name: &str| std::env::var_os(name).map(std::path::PathBuf::from);
     let certificate = match (
@@ -114,14 +125,14 @@ fn device_dtls(endpoint: &str) -> Result<Option<DeviceDtls>, String> {
     ) {
         (None, None, None) => None,
         (Some(cert), Some(key), Some(ca)) => {
-            Some(crate::certificate_config(&cert, &key, &ca).map_err(|e| format!("{e:#}"))?)
+            Some(crate::certificate_config(&cert, &key, &ca).map_err(|e| {
+                BackendError::Certificate {
+                    reason: format!("{e:#}"),
+                }
+            })?)
         }
         _ => {
-            return Err(
-                "certificates need LWM2M_HARNESS_CERT, LWM2M_HARNESS_CERT_KEY and \
-                        LWM2M_HARNESS_CA together"
-                    .to_owned(),
-            );
+            return Err(BackendError::CertificateVariables);
         }
     };
     let security = Arc::new(security);
@@ -130,13 +141,16 @@ fn device_dtls(endpoint: &str) -> Result<Option<DeviceDtls>, String> {
     Ok(Some((options, security)))
 }
 
-fn start_device_servers(endpoint: &str, registry: Arc<Registry>) -> Result<DeviceServers, String> {
+fn start_device_servers(
+    endpoint: &str,
+    registry: Arc<Registry>,
+) -> Result<DeviceServers, BackendError> {
     let rt = runtime()?;
     let tap = Arc::new(Tap::default());
     let store = Arc::new(FileBootstrapStore::in_memory(BootstrapDoc::default()));
     // A device the harness starts runs on this machine: loopback unless told otherwise.
     let launched = crate::bdd::device::launch().is_some();
-    let default_bind = |name: &str| {
+    let default_bind = |name: &'static str| {
         if launched && std::env::var(name).is_err() {
             Ok(SocketAddr::from(([127, 0, 0, 1], 0)))
         } else {
@@ -152,12 +166,18 @@ fn start_device_servers(endpoint: &str, registry: Arc<Registry>) -> Result<Devic
     options.tap = Some(tap.clone());
     let (dtls, security) = device_dtls(endpoint)?.unzip();
     options.dtls = dtls;
-    let server = lwm2m_server::start_server(options)
-        .map_err(|e| format!("cannot start our LwM2M Server on {bind}: {e}"))?;
+    let server = lwm2m_server::start_server(options).map_err(|e| BackendError::Start {
+        role: "LwM2M Server",
+        bind,
+        reason: e.to_string(),
+    })?;
     let mut options = BootstrapOptions::new(bootstrap_bind, store.clone());
     options.tap = Some(tap.clone());
-    let bootstrap = lwm2m_server::start_bootstrap(options)
-        .map_err(|e| format!("cannot start our Bootstrap Server on {bootstrap_bind}: {e}"))?;
+    let bootstrap = lwm2m_server::start_bootstrap(options).map_err(|e| BackendError::Start {
+        role: "Bootstrap Server",
+        bind: bootstrap_bind,
+        reason: e.to_string(),
+    })?;
     let wait = env_secs("LWM2M_HARNESS_DEVICE_WAIT").unwrap_or(DEVICE_WAIT);
     let listening = format!(
         "lwm2m-harness: LwM2M Server listening on coap://{}{}, Bootstrap Server on coap://{}",
@@ -185,11 +205,11 @@ fn start_device_servers(endpoint: &str, registry: Arc<Registry>) -> Result<Devic
     while server.registrations().get(endpoint).is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(format!(
-                "device {endpoint:?} did not register with our LwM2M Server (coap://{}) \
-                 within {wait:?}",
-                server.local_addr()
-            ));
+            return Err(BackendError::NoRegistration {
+                endpoint: endpoint.to_owned(),
+                server: server.local_addr(),
+                wait,
+            });
         }
         // Any event (or a lag, or the time-out) is a reason to look at the store again.
         let _ = rt.block_on(tokio::time::timeout(
@@ -257,9 +277,12 @@ impl std::fmt::Debug for DeviceBackend {
 impl DeviceBackend {
     /// Our servers for the device `subject` names (started and awaited with the first
     /// scenario); `Err` says why there are none.
-    pub fn open(subject: &Subject, registry: Arc<Registry>) -> Result<Self, String> {
+    pub fn open(subject: &Subject, registry: Arc<Registry>) -> Result<Self, BackendError> {
         let Subject::Device { endpoint } = subject else {
-            return Err(format!("{} is not a device", subject.id()));
+            return Err(BackendError::WrongSubject {
+                id: subject.id().to_string(),
+                kind: "device",
+            });
         };
         let servers = device_servers(endpoint, registry)?;
         let rt = runtime()?;
@@ -794,7 +817,9 @@ impl Backend for DeviceBackend {
         let name = operation.name();
         let server = self.servers.server.clone();
         let tx = self.tx.clone();
-        let rt = runtime().map_err(|reason| OpError::Invalid { reason })?;
+        let rt = runtime().map_err(|reason| OpError::Invalid {
+            reason: reason.to_string(),
+        })?;
         rt.spawn(async move {
             let started = Instant::now();
             let result = match server.request(&endpoint, operation).await {
@@ -878,7 +903,7 @@ impl Backend for DeviceBackend {
             );
         };
         let bootstrap = self.servers.bootstrap.clone();
-        let rt = runtime().unwrap_or_else(|e| not_applicable(e));
+        let rt = runtime().unwrap_or_else(|e| not_applicable(e.to_string()));
         rt.block_on(bootstrap.start_session(&endpoint, peer))
             .unwrap_or_else(|e| not_applicable(format!("cannot start the bootstrap: {e}")));
         Ok(())

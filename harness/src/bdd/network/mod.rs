@@ -64,11 +64,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::adapter::{AdapterError, OpenError};
+
 mod device;
 mod server;
 
 pub use device::DeviceBackend;
-pub use server::ServerBackend;
+pub use server::{ListenerError, ServerBackend};
 
 /// How long the first scenario waits for the device under test to register, by default.
 pub const DEVICE_WAIT: Duration = Duration::from_secs(60);
@@ -92,16 +94,110 @@ fn env_secs(name: &str) -> Option<Duration> {
         .and_then(|s| Duration::try_from_secs_f64(s).ok())
 }
 
-fn env_addr(name: &str) -> Result<SocketAddr, String> {
+/// Why a network backend cannot run the subject (every case is then not applicable).
+/// Clone: the failures of what is started once per process are kept and told again.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The subject is not the kind the backend runs.
+    #[error("{id} is not a {kind}")]
+    WrongSubject {
+        /// The subject's id.
+        id: String,
+        /// `server` or `device`.
+        kind: &'static str,
+    },
+    /// The URIs of the server under test.
+    #[error(transparent)]
+    Listener(#[from] server::ListenerError),
+    /// The server adapter cannot be opened (the reason is kept for the whole run).
+    #[error(transparent)]
+    Adapter(#[from] OpenError),
+    /// The server adapter cannot deliver the server's events.
+    #[error(transparent)]
+    Subscribe(#[from] AdapterError),
+    /// `--bootstrap-server-coaps` without `--bootstrap-server`.
+    #[error("--bootstrap-server-coaps needs --bootstrap-server")]
+    BootstrapCoapsAlone,
+    /// No runtime for the sockets.
+    #[error("cannot start the network runtime: {reason}")]
+    Runtime {
+        /// The OS error.
+        reason: String,
+    },
+    /// An address in the environment that is not a socket address.
+    #[error("{name}={value:?}: {reason}")]
+    EnvAddress {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// Why it is not an address.
+        reason: String,
+    },
+    /// A device PSK our security store does not take.
+    #[error("{what}: {reason}")]
+    DevicePsk {
+        /// Where the PSK comes from (`the launched device's PSK`,
+        /// `LWM2M_HARNESS_DEVICE_PSK`).
+        what: &'static str,
+        /// Why the store refused it.
+        reason: String,
+    },
+    /// `LWM2M_HARNESS_DEVICE_PSK` that is not `IDENTITY:HEXKEY`.
+    #[error("LWM2M_HARNESS_DEVICE_PSK: give IDENTITY:HEXKEY")]
+    DevicePskShape,
+    /// Our server's certificate files do not load.
+    #[error("{reason}")]
+    Certificate {
+        /// Why, with its causes.
+        reason: String,
+    },
+    /// Some of the certificate variables without the others.
+    #[error(
+        "certificates need LWM2M_HARNESS_CERT, LWM2M_HARNESS_CERT_KEY and LWM2M_HARNESS_CA together"
+    )]
+    CertificateVariables,
+    /// One of our servers for the device did not start.
+    #[error("cannot start our {role} on {bind}: {reason}")]
+    Start {
+        /// `LwM2M Server` or `Bootstrap Server`.
+        role: &'static str,
+        /// Where it was to listen.
+        bind: SocketAddr,
+        /// Why not.
+        reason: String,
+    },
+    /// The device did not register in time.
+    #[error(
+        "device {endpoint:?} did not register with our LwM2M Server (coap://{server}) within {wait:?}"
+    )]
+    NoRegistration {
+        /// The device's endpoint.
+        endpoint: String,
+        /// Our LwM2M Server's address.
+        server: SocketAddr,
+        /// How long the backend waited.
+        wait: Duration,
+    },
+}
+
+fn env_addr(name: &'static str) -> Result<SocketAddr, BackendError> {
     match std::env::var(name) {
-        Ok(v) => v.parse().map_err(|e| format!("{name}={v:?}: {e}")),
+        Ok(v) => v
+            .parse()
+            .map_err(|e: std::net::AddrParseError| BackendError::EnvAddress {
+                name,
+                value: v.clone(),
+                reason: e.to_string(),
+            }),
         Err(_) => Ok(SocketAddr::from(([0, 0, 0, 0], 0))),
     }
 }
 
 /// The runtime every network backend of the process runs its sockets on.
-fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
-    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+fn runtime() -> Result<&'static tokio::runtime::Runtime, BackendError> {
+    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, BackendError>> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {
             tokio::runtime::Builder::new_multi_thread()
@@ -109,7 +205,9 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
                 .thread_name("lwm2m-net-backend")
                 .enable_all()
                 .build()
-                .map_err(|e| format!("cannot start the network runtime: {e}"))
+                .map_err(|e| BackendError::Runtime {
+                    reason: e.to_string(),
+                })
         })
         .as_ref()
         .map_err(Clone::clone)

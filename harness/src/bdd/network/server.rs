@@ -28,28 +28,75 @@ use crate::bdd::verdict::not_applicable;
 use lwm2m_dtls::ClientEvent as DtlsClientEvent;
 use lwm2m_simulator::link::{Links, Route, Servers};
 
-use super::{SERVER_NOT_OURS, block_until, runtime};
+use super::{BackendError, SERVER_NOT_OURS, block_until, runtime};
 
 /// A datagram a simulated client's socket received.
 type Received = (usize, Instant, SocketAddr, Vec<u8>);
 
+/// Why the URIs of a server under test give no addresses to send to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListenerError {
+    /// Neither `coap://HOST:PORT` nor `coaps://HOST:PORT`.
+    #[error("{uri:?}: expected coap://HOST:PORT (NoSec) or coaps://HOST:PORT (DTLS)")]
+    Scheme {
+        /// The URI.
+        uri: String,
+    },
+    /// `HOST:PORT` does not resolve.
+    #[error("{uri:?}: {reason}")]
+    Resolve {
+        /// The URI.
+        uri: String,
+        /// The resolver's error.
+        reason: String,
+    },
+    /// `HOST:PORT` resolves to no address.
+    #[error("{uri:?}: no address")]
+    NoAddress {
+        /// The URI.
+        uri: String,
+    },
+    /// A `coaps://` companion beside a URI that is `coaps://` already.
+    #[error("{flag} goes beside a coap:// URI; {uri:?} is coaps:// already")]
+    SecureTwice {
+        /// The companion's flag (`--server-coaps`, ...).
+        flag: String,
+        /// The main URI.
+        uri: String,
+    },
+    /// A companion that is not `coaps://`.
+    #[error("{flag} {uri:?}: expected coaps://HOST:PORT")]
+    CompanionNotSecure {
+        /// The companion's flag.
+        flag: String,
+        /// The companion URI.
+        uri: String,
+    },
+}
+
 /// The address of a `coap://HOST:PORT` or `coaps://HOST:PORT` URI, and whether it is
 /// `coaps://`.
-fn udp_address(uri: &str) -> Result<(SocketAddr, bool), String> {
+fn udp_address(uri: &str) -> Result<(SocketAddr, bool), ListenerError> {
     let (authority, secure) = match (uri.strip_prefix("coap://"), uri.strip_prefix("coaps://")) {
         (Some(a), _) => (a, false),
         (_, Some(a)) => (a, true),
         _ => {
-            return Err(format!(
-                "{uri:?}: expected coap://HOST:PORT (NoSec) or coaps://HOST:PORT (DTLS)"
-            ));
+            return Err(ListenerError::Scheme {
+                uri: uri.to_owned(),
+            });
         }
     };
     let authority = authority.trim_end_matches('/');
     let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)
-        .map_err(|e| format!("{uri:?}: {e}"))?
+        .map_err(|e| ListenerError::Resolve {
+            uri: uri.to_owned(),
+            reason: e.to_string(),
+        })?
         .next()
-        .ok_or_else(|| format!("{uri:?}: no address"))?;
+        .ok_or_else(|| ListenerError::NoAddress {
+            uri: uri.to_owned(),
+        })?;
     Ok((addr, secure))
 }
 
@@ -65,12 +112,13 @@ struct Listeners {
 
 impl Listeners {
     /// From the subject's `uri` and its `coaps://` companion (`flag` names it in errors).
-    fn of(uri: &str, companion: Option<&str>, flag: &str) -> Result<Self, String> {
+    fn of(uri: &str, companion: Option<&str>, flag: &str) -> Result<Self, ListenerError> {
         let (main, is_secure) = udp_address(uri)?;
         match (is_secure, companion) {
-            (true, Some(_)) => Err(format!(
-                "{flag} goes beside a coap:// URI; {uri:?} is coaps:// already"
-            )),
+            (true, Some(_)) => Err(ListenerError::SecureTwice {
+                flag: flag.to_owned(),
+                uri: uri.to_owned(),
+            }),
             (true, None) => Ok(Self {
                 main,
                 plain: false,
@@ -82,7 +130,10 @@ impl Listeners {
                     plain: true,
                     secure: Some(secure),
                 }),
-                (_, false) => Err(format!("{flag} {c:?}: expected coaps://HOST:PORT")),
+                (_, false) => Err(ListenerError::CompanionNotSecure {
+                    flag: flag.to_owned(),
+                    uri: c.to_owned(),
+                }),
             },
             (false, None) => Ok(Self {
                 main,
@@ -194,7 +245,7 @@ impl ServerBackend {
     /// `coaps://HOST:PORT`), no clients yet (their CoAP ids come from the scenario seed in
     /// their [`ClientSpec`]); with an adapter (`api`), subscribed to the server's events
     /// from now on.
-    pub fn open(subject: &Subject, registry: Arc<Registry>) -> Result<Self, String> {
+    pub fn open(subject: &Subject, registry: Arc<Registry>) -> Result<Self, BackendError> {
         let Subject::Server {
             uri,
             secure,
@@ -204,7 +255,10 @@ impl ServerBackend {
             bootstrap_api,
         } = subject
         else {
-            return Err(format!("{} is not a server", subject.id()));
+            return Err(BackendError::WrongSubject {
+                id: subject.id().to_string(),
+                kind: "server",
+            });
         };
         let server = Listeners::of(uri, secure.as_deref(), "--server-coaps")?;
         runtime()?;
@@ -215,15 +269,13 @@ impl ServerBackend {
         let subscribed = |spec: &str, bootstrap_only: bool| {
             let adapter = crate::bdd::adapter::open(spec, registry.clone())?;
             let events = tx.clone();
-            adapter
-                .subscribe(Box::new(move |e: Happening| {
-                    (bootstrap_only && !e.is_bootstrap())
-                        || events
-                            .send(Input::Server(Instant::now(), Box::new(e)))
-                            .is_ok()
-                }))
-                .map_err(|e| e.to_string())?;
-            Ok::<Arc<dyn ServerAdapter>, String>(adapter)
+            adapter.subscribe(Box::new(move |e: Happening| {
+                (bootstrap_only && !e.is_bootstrap())
+                    || events
+                        .send(Input::Server(Instant::now(), Box::new(e)))
+                        .is_ok()
+            }))?;
+            Ok::<Arc<dyn ServerAdapter>, BackendError>(adapter)
         };
         let adapter = api.as_deref().map(|a| subscribed(a, false)).transpose()?;
         let bootstrap = match bootstrap {
@@ -238,7 +290,7 @@ impl ServerBackend {
                 Some((listeners, driver))
             }
             None if bootstrap_secure.is_some() => {
-                return Err("--bootstrap-server-coaps needs --bootstrap-server".to_owned());
+                return Err(BackendError::BootstrapCoapsAlone);
             }
             None => None,
         };
@@ -834,7 +886,8 @@ impl Backend for ServerBackend {
                     Some(a) => a
                         .info()
                         .offers(Feature::Execute)
-                        .and_then(|()| a.info().offers(Feature::Write)),
+                        .and_then(|()| a.info().offers(Feature::Write))
+                        .map_err(|e| e.to_string()),
                     None => Err(SERVER_NOT_OURS.to_owned()),
                 }
             }
@@ -995,7 +1048,10 @@ impl Backend for ServerBackend {
             ServerView::Absence => &[Feature::Events, Feature::Notifications, Feature::Send],
             ServerView::Security => &[Feature::SecurityEvents],
         };
-        needs.iter().try_for_each(|f| adapter.info().offers(*f))
+        needs
+            .iter()
+            .try_for_each(|f| adapter.info().offers(*f))
+            .map_err(|e| e.to_string())
     }
 
     fn queued(&self, _endpoint: &str) -> usize {
@@ -1258,6 +1314,34 @@ mod tests {
             .downcast::<NotApplicable>()
             .map(|n| n.0)
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn listener_uris_are_checked() {
+        let both = Listeners::of(
+            "coap://127.0.0.1:5683",
+            Some("coaps://127.0.0.1:5684"),
+            "--s",
+        )
+        .unwrap();
+        assert_eq!(both.main, SocketAddr::from(([127, 0, 0, 1], 5683)));
+        assert_eq!(both.secure, Some(SocketAddr::from(([127, 0, 0, 1], 5684))));
+        assert_eq!(
+            Listeners::of("http://127.0.0.1:1", None, "--s"),
+            Err(ListenerError::Scheme {
+                uri: "http://127.0.0.1:1".into()
+            })
+        );
+        let twice =
+            Listeners::of("coaps://127.0.0.1:1", Some("coaps://127.0.0.1:2"), "--s").unwrap_err();
+        assert_eq!(
+            twice.to_string(),
+            "--s goes beside a coap:// URI; \"coaps://127.0.0.1:1\" is coaps:// already"
+        );
+        assert!(matches!(
+            Listeners::of("coap://127.0.0.1:1", Some("coap://127.0.0.1:2"), "--s"),
+            Err(ListenerError::CompanionNotSecure { .. })
+        ));
     }
 
     #[test]

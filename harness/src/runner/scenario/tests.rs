@@ -66,7 +66,12 @@ fn codes_and_uris() {
         parse_coap_uri("coaps://[::1]/x"),
         Ok((addr("[::1]:5684"), true))
     );
-    assert!(parse_coap_uri("http://127.0.0.1").is_err());
+    assert_eq!(
+        parse_coap_uri("http://127.0.0.1"),
+        Err(UriError::Shape(CoapUriError::Scheme {
+            uri: "http://127.0.0.1".into()
+        }))
+    );
 }
 
 #[test]
