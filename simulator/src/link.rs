@@ -31,7 +31,7 @@ use lwm2m_proto::client::tree::account_uri;
 use lwm2m_proto::client::{ClientConfig as MachineConfig, ClientEvent, ObjectTree, parse_coap_uri};
 use lwm2m_proto::{Instance, ObjectId};
 
-use crate::security::account_credentials;
+use crate::security::{AccountError, account_credentials};
 
 /// The Security object (Core TS 1.1 Appendix E.1).
 const SECURITY: ObjectId = ObjectId(0);
@@ -112,8 +112,20 @@ pub enum Route<'a> {
     Secure(&'a mut DtlsLink),
     /// The account is `coaps://` but its credentials do not compile (garbage for a
     /// certificate) or its Security Mode is not supported (raw public key): nothing goes
-    /// out, in clear least of all. Why, in words.
-    Unusable(String),
+    /// out, in clear least of all.
+    Unusable(LinkError),
+}
+
+/// Why a `coaps://` account gets no link.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The account's Security Mode cannot be used.
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    /// Its credentials do not compile (a certificate or key that does not parse).
+    #[error(transparent)]
+    Credentials(#[from] DtlsError),
 }
 
 /// What a client's links did after an event of its machine ([`Links::after_event`]).
@@ -162,14 +174,14 @@ impl Links {
                 self.plain.push(peer);
                 return Route::Plain;
             }
-            Err(reason) => return Route::Unusable(reason),
+            Err(reason) => return Route::Unusable(reason.into()),
         };
         let k = match current {
             Some(k) if self.links[k].credentials == wanted => k,
             _ => {
                 let link = match DtlsLink::new(peer, wanted, options) {
                     Ok(link) => link,
-                    Err(e) => return Route::Unusable(e.to_string()),
+                    Err(e) => return Route::Unusable(e.into()),
                 };
                 match current {
                     Some(k) => {
@@ -322,7 +334,7 @@ pub fn credentials_for(
     tree: &ObjectTree,
     config: &Servers<'_>,
     peer: SocketAddr,
-) -> Result<Option<Credentials>, String> {
+) -> Result<Option<Credentials>, AccountError> {
     match account_toward(tree, config, peer) {
         Some(account) => account_credentials(account, config.endpoint),
         None => Ok(None),

@@ -28,13 +28,28 @@ pub const MODE_CERTIFICATE: i64 = 2;
 pub const NO_RAW_PUBLIC_KEYS: &str = "raw public keys (RFC 7250, Security mode 1) are not supported by the rtc-dtls family \
      our DTLS layer is built on";
 
+/// Why a `coaps://` account cannot be used: nothing goes out for it, in clear least of all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AccountError {
+    /// Security Mode 1, raw public keys.
+    #[error("{NO_RAW_PUBLIC_KEYS}")]
+    RawPublicKeys,
+    /// Any other mode but PSK and certificate (NoSec, EST), or none.
+    #[error("a coaps:// account needs Security Mode 0 (PSK) or 2 (certificate), not {mode}")]
+    UnsupportedMode {
+        /// The Security Mode resource as found (`none` when absent).
+        mode: String,
+    },
+}
+
 /// The DTLS credentials of `account`: `Ok(None)` when its URI is not `coaps://` (plain
 /// CoAP), `Err` with the reason when it is but its mode cannot be used. `endpoint` is the
 /// PSK identity of an account whose identity is empty.
 pub fn account_credentials(
     account: &Instance,
     endpoint: &str,
-) -> Result<Option<Credentials>, String> {
+) -> Result<Option<Credentials>, AccountError> {
     let Some(Value::String(uri)) = resource(account, 0) else {
         return Ok(None);
     };
@@ -62,15 +77,14 @@ pub fn account_credentials(
             },
             server_name: server_name(authority).to_owned(),
         })),
-        Some(Value::Integer(MODE_RPK)) => Err(NO_RAW_PUBLIC_KEYS.to_owned()),
-        other => Err(format!(
-            "a coaps:// account needs Security Mode 0 (PSK) or 2 (certificate), not {}",
-            match other {
+        Some(Value::Integer(MODE_RPK)) => Err(AccountError::RawPublicKeys),
+        other => Err(AccountError::UnsupportedMode {
+            mode: match other {
                 Some(Value::Integer(mode)) => mode.to_string(),
                 Some(v) => format!("{v:?}"),
                 None => "none".to_owned(),
-            }
-        )),
+            },
+        }),
     }
 }
 
@@ -191,6 +205,7 @@ mod tests {
                 "ep",
             )
             .unwrap_err()
+            .to_string()
         };
         assert!(refused(Some(MODE_RPK)).contains("RFC 7250"));
         assert!(refused(Some(3)).ends_with("not 3"), "{}", refused(Some(3)));

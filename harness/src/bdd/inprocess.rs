@@ -697,7 +697,7 @@ impl InProcess {
             .route(client.machine.tree(), &servers, t.peer, &LINKS)
         {
             Route::Plain => return self.send_from_client(i, t.peer, t.bytes, Wire::Coap),
-            Route::Unusable(reason) => reason,
+            Route::Unusable(reason) => reason.to_string(),
             Route::Secure(link) => match link.send(now, t.bytes) {
                 Ok(_) => {
                     self.drain_client_dtls(i, t.peer);

@@ -458,7 +458,7 @@ impl ServerBackend {
             .route(client.machine.tree(), &servers, peer, &LINKS)
         {
             Route::Plain => return self.send_from_client(i, peer, &bytes, Wire::Coap),
-            Route::Unusable(reason) => reason,
+            Route::Unusable(reason) => reason.to_string(),
             Route::Secure(link) => match link.send(now, bytes) {
                 Ok(_) => {
                     if let Some((token, endpoint)) = claimed {
