@@ -1,6 +1,9 @@
 //! The tokio drivers: one task per socket runs a sans-IO machine (receive loop, its timer,
 //! and a command channel), and a cloneable handle talks to it.
 //!
+//! A DTLS listener has a task per socket in front of its machine's task (see
+//! `crate::listener`).
+//!
 //! [`start_server`] runs the LwM2M Server machine ([`Lwm2mServer`], Core TS 1.1 §6.2-§6.4).
 //! The task owns the machine; the handle sends it commands and gets the outcome of each
 //! operation back through a oneshot matched by [`OpId`]. Registrations are mirrored into a
@@ -23,8 +26,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::dtls::{DtlsOptions, Registrations, SecureLwm2m, SecureServer};
+use crate::dtls::{DtlsOptions, Gated, Registrations};
 use crate::events::{Datagram, Direction, Event, EventBus, PacketTap, Role};
+use crate::listener::Listener;
 use crate::plain::{Adopt, Found, PlainServer};
 use crate::registrations::{RegistrationStore, ShardedRegistrations};
 
@@ -33,7 +37,7 @@ use crate::registrations::{RegistrationStore, ShardedRegistrations};
 pub const RECEIVE_BUFFER: usize = 4 << 20;
 
 /// Datagrams read in one go before the machine's output is flushed.
-const RECV_BATCH: usize = 64;
+pub(crate) const RECV_BATCH: usize = 64;
 
 /// Commands of the handle taken in one go before the machine's output is flushed.
 const COMMAND_BATCH: usize = 64;
@@ -43,16 +47,21 @@ const COMMAND_BATCH: usize = 64;
 pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    receive_buffer(&socket, addr);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Asks for a [`RECEIVE_BUFFER`] receive buffer on a socket about to bind `addr`.
+pub(crate) fn receive_buffer(socket: &socket2::Socket, addr: SocketAddr) {
     if let Err(e) = socket.set_recv_buffer_size(RECEIVE_BUFFER) {
         tracing::warn!("cannot set a {RECEIVE_BUFFER}-byte receive buffer on {addr}: {e}");
     }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
     tracing::debug!(
         "UDP {addr}: receive buffer {} bytes",
         socket.recv_buffer_size().unwrap_or(0)
     );
-    UdpSocket::from_std(socket.into())
 }
 
 /// A machine a driver task can own: any sans-IO [`Machine`] that can move to the task.
@@ -84,7 +93,7 @@ pub(crate) struct Io {
 }
 
 impl Io {
-    fn report(&self, direction: Direction, peer: SocketAddr, bytes: &[u8]) {
+    pub(crate) fn report(&self, direction: Direction, peer: SocketAddr, bytes: &[u8]) {
         if let Some(tap) = &self.tap {
             tap.datagram(direction, self.local, peer, bytes);
         }
@@ -144,7 +153,7 @@ pub(crate) async fn run<M: Driven, H: Handler<M>>(
     let mut buf = vec![0u8; 65_536];
     // Stands for "no timer": the select arm is disabled then.
     let idle = Duration::from_secs(3600);
-    'driver: loop {
+    loop {
         flush(&mut machine, &mut handler, &io).await;
         let deadline = machine.poll_timeout();
         let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
@@ -166,24 +175,8 @@ pub(crate) async fn run<M: Driven, H: Handler<M>>(
                 Err(e) => tracing::debug!("{} receive: {e}", io.role.name()),
             },
             command = commands.recv() => {
-                let mut command = command;
-                let now = Instant::now();
-                // The commands already waiting go in with this one: one flush (and one
-                // wake-up) for a burst of requests, not one each.
-                let mut drained = 1;
-                loop {
-                    match command {
-                        Some(Control::Run(c)) => handler.command(&mut machine, now, c),
-                        Some(Control::Shutdown) | None => break 'driver,
-                    }
-                    if drained == COMMAND_BATCH {
-                        break;
-                    }
-                    match commands.try_recv() {
-                        Ok(next) => command = Some(next),
-                        Err(_) => break,
-                    }
-                    drained += 1;
+                if !obey(&mut machine, &mut handler, command, &mut commands) {
+                    break;
                 }
             }
             () = sleep, if deadline.is_some() => machine.handle_timeout(Instant::now()),
@@ -192,6 +185,34 @@ pub(crate) async fn run<M: Driven, H: Handler<M>>(
     // Answers already produced still go out.
     flush(&mut machine, &mut handler, &io).await;
     tracing::info!("{} on {} stopped", io.role.name(), io.local);
+}
+
+/// Runs `command` and the commands already waiting with it: one flush (and one wake-up)
+/// for a burst of requests, not one each (at most [`COMMAND_BATCH`]). `false` when told to
+/// stop, or when every handle is gone.
+pub(crate) fn obey<M: Driven, H: Handler<M>>(
+    machine: &mut M,
+    handler: &mut H,
+    command: Option<Control<H::Command>>,
+    commands: &mut mpsc::Receiver<Control<H::Command>>,
+) -> bool {
+    let now = Instant::now();
+    let mut command = command;
+    let mut taken = 1;
+    loop {
+        match command {
+            Some(Control::Run(c)) => handler.command(machine, now, c),
+            Some(Control::Shutdown) | None => return false,
+        }
+        if taken == COMMAND_BATCH {
+            return true;
+        }
+        match commands.try_recv() {
+            Ok(next) => command = Some(next),
+            Err(_) => return true,
+        }
+        taken += 1;
+    }
 }
 
 /// The task and command channel behind a handle.
@@ -520,15 +541,19 @@ impl Handler<PlainServer> for ServerCore {
     }
 }
 
-impl Handler<SecureLwm2m> for ServerCore {
+impl Handler<Gated<Lwm2mServer, Registrations>> for ServerCore {
     type Command = ServerCommand;
 
-    fn command(&mut self, machine: &mut SecureLwm2m, now: Instant, command: ServerCommand) {
+    fn command(
+        &mut self,
+        machine: &mut Gated<Lwm2mServer, Registrations>,
+        now: Instant,
+        command: ServerCommand,
+    ) {
         self.run_command(&mut machine.inner, now, command);
-        machine.settle(now);
     }
 
-    fn event(&mut self, machine: &SecureLwm2m, event: Event) {
+    fn event(&mut self, machine: &Gated<Lwm2mServer, Registrations>, event: Event) {
         self.track_observations(&machine.inner, &event);
         self.machine_event(event);
     }
@@ -625,12 +650,25 @@ pub fn start_server(options: ServerOptions) -> io::Result<ServerHandle> {
             let mut config = options.config.clone();
             config.coap.seed = config.coap.seed.wrapping_add(1);
             let machine = Lwm2mServer::new(config, options.registry.clone());
-            let machine = SecureServer::new(dtls, machine, Registrations::default(), Role::Server)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            let io = io(bind_udp(dtls.bind)?)?;
-            let machine = machine.with_tap(options.tap.clone(), io.local);
-            tracing::info!("LwM2M Server listening on coaps://{}", io.local);
-            Some(Arc::new(Task::spawn(machine, core(true), io)))
+            let gated = Gated::new(
+                machine,
+                Registrations::default(),
+                dtls.security.clone(),
+                Role::Server,
+            );
+            let listener = Listener {
+                options: dtls,
+                role: Role::Server,
+                tap: options.tap.clone(),
+                bus: options.bus.clone(),
+            };
+            let task = listener.spawn(gated, core(true))?;
+            tracing::info!(
+                "LwM2M Server listening on coaps://{} ({} sockets)",
+                task.local,
+                dtls.shards.max(1)
+            );
+            Some(Arc::new(task))
         }
         None => None,
     };

@@ -33,6 +33,7 @@ pub mod events;
 pub mod http;
 pub mod json;
 pub mod leshan;
+mod listener;
 pub mod metrics;
 pub mod plain;
 mod query;
