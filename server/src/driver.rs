@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use lwm2m_proto::coap::Counters;
+use lwm2m_proto::coap::{Counters, Transmit};
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{
     Lwm2mServer, ObservationId, ObservationRecord, OpError, OpId, Operation, Response,
@@ -115,6 +115,14 @@ impl Io {
         }
     }
 
+    /// Sends `datagrams` in order, in as few system calls as it can (`sendmmsg`).
+    pub(crate) async fn send(&self, datagrams: &[Transmit]) {
+        crate::udp::send_all(&self.socket, datagrams, |peer, e| {
+            tracing::debug!("{} send to {peer}: {e}", self.role.name());
+        })
+        .await;
+    }
+
     fn received<M: Driven>(&self, machine: &mut M, peer: SocketAddr, bytes: &[u8]) {
         self.report(Direction::In, peer, bytes);
         machine.handle_datagram(Instant::now(), peer, bytes);
@@ -130,12 +138,12 @@ async fn flush<M: Driven, H: Handler<M>>(machine: &mut M, handler: &mut H, io: &
         handler.event(machine, event);
     }
     handler.settle();
+    let mut out = Vec::new();
     while let Some(t) = machine.poll_transmit() {
         io.report(Direction::Out, t.peer, &t.bytes);
-        if let Err(e) = io.socket.send_to(&t.bytes, t.peer).await {
-            tracing::debug!("{} send to {}: {e}", io.role.name(), t.peer);
-        }
+        out.push(t);
     }
+    io.send(&out).await;
     while let Some(event) = machine.poll_event() {
         handler.event(machine, event);
     }

@@ -201,12 +201,12 @@ fn encrypt(front: &mut DtlsFront, now: Instant, transmits: Vec<Transmit>, role: 
 }
 
 async fn send_records(front: &mut DtlsFront, io: &Io) {
+    let mut out = Vec::new();
     while let Some(t) = front.poll_transmit() {
         io.report(Direction::Out, t.peer, &t.bytes);
-        if let Err(e) = io.socket.send_to(&t.bytes, t.peer).await {
-            tracing::debug!("{} send to {}: {e}", io.role.name(), t.peer);
-        }
+        out.push(t);
     }
+    io.send(&out).await;
 }
 
 /// The machine task's own state beside the handler.
