@@ -139,12 +139,18 @@ async fn run_front(
 ) {
     let mut buf = vec![0u8; 65_536];
     let idle = Duration::from_secs(3600);
+    // What the router reported, for the machine task. A datagram's plaintext is taken
+    // (and shown to the tap) right after the datagram, before the next one is read: a
+    // recorder pairs the two by peer.
+    let mut batch = Vec::new();
     loop {
-        let mut batch = Vec::new();
-        while let Some(item) = front.poll_inbound() {
-            batch.push(item);
-        }
-        if !batch.is_empty() && inbound.send((index, batch)).await.is_err() {
+        batch.extend(std::iter::from_fn(|| front.poll_inbound()));
+        if !batch.is_empty()
+            && inbound
+                .send((index, std::mem::take(&mut batch)))
+                .await
+                .is_err()
+        {
             break;
         }
         send_records(&mut front, &io).await;
@@ -159,12 +165,14 @@ async fn run_front(
                     let bytes = buf.get(..n).unwrap_or_default();
                     io.report(Direction::In, peer, bytes);
                     front.handle_datagram(now, peer, bytes);
+                    batch.extend(std::iter::from_fn(|| front.poll_inbound()));
                     for _ in 1..RECV_BATCH {
                         match io.socket.try_recv_from(&mut buf) {
                             Ok((n, peer)) => {
                                 let bytes = buf.get(..n).unwrap_or_default();
                                 io.report(Direction::In, peer, bytes);
                                 front.handle_datagram(now, peer, bytes);
+                                batch.extend(std::iter::from_fn(|| front.poll_inbound()));
                             }
                             Err(_) => break,
                         }
