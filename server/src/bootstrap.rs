@@ -35,11 +35,11 @@ use lwm2m_proto::bootstrap::server::{
 use lwm2m_proto::coap::Counters;
 use tokio::sync::{broadcast, oneshot};
 
-use crate::driver::{DriverError, Handler, Io, Task, bind_udp};
 use crate::dtls::{BootstrapRequests, DtlsOptions, Gated};
 use crate::events::{Event, EventBus, PacketTap, Role};
 use crate::listener::Listener;
 use crate::store::{BootstrapStore, ConfigKey, Credentials, SecurityInfo, SecurityStore, hex};
+use crate::task::{DriverError, Handler, Io, Task, bind_udp};
 
 /// A [`ConfigSource`] over a [`BootstrapStore`]: the endpoint's own configuration, else the
 /// most specific matching pattern's, labelled `endpoint NAME` or `pattern P`; with

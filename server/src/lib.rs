@@ -40,6 +40,7 @@ mod query;
 pub mod registrations;
 pub mod rest;
 pub mod store;
+mod task;
 mod udp;
 pub mod ui;
 

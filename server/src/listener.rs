@@ -29,9 +29,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::driver::{Control, Handler, Io, RECV_BATCH, Task, obey, receive_buffer};
 use crate::dtls::{DtlsFront, DtlsOptions, Gate, Gated, Inbound};
 use crate::events::{Direction, Event, EventBus, PacketTap, Role};
+use crate::task::{Control, Handler, Io, RECV_BATCH, Task, obey, receive_buffer};
 
 /// Batches of [`Inbound`]s waiting for the machine task, from all fronts.
 const INBOUND_BATCHES: usize = 1024;
