@@ -4,8 +4,11 @@
 //! from `PskPattern`) in the same process, on loopback.
 //!
 //! ```text
-//! cargo bench -p lwm2m-server --bench dtls_load -- [--clients 2000] [--ramp 1000] [--in-flight 200] [--reads 5] [--certificates]
+//! cargo bench -p lwm2m-server --bench dtls_load -- [--clients 2000] [--ramp 1000] [--in-flight 200] [--reads 5] [--certificates] [--shards N]
 //! ```
+//!
+//! `--shards`: sockets (and session-router tasks) of the server's DTLS listener
+//! (`DtlsOptions::shards`; default: one per core).
 //!
 //! `--certificates`: the clients authenticate with certificates instead
 //! (`TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8`, Core TS 1.1 §7.1.8), each its own from a test CA
@@ -70,6 +73,7 @@ struct Args {
     in_flight: usize,
     reads: usize,
     certificates: bool,
+    shards: Option<usize>,
 }
 
 impl Args {
@@ -80,6 +84,7 @@ impl Args {
             in_flight: 200,
             reads: 5,
             certificates: false,
+            shards: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(a) = it.next() {
@@ -93,6 +98,7 @@ impl Args {
                 "--in-flight" => args.in_flight = number("--in-flight")?.max(1),
                 "--reads" => args.reads = number("--reads")?,
                 "--certificates" => args.certificates = true,
+                "--shards" => args.shards = Some(number("--shards")?.max(1)),
                 // `cargo bench` passes --bench; filters do not apply here.
                 _ => {}
             }
@@ -108,12 +114,16 @@ struct Setup {
     started: Instant,
 }
 
-async fn start(clients: usize, ramp: Option<f64>, certificates: bool) -> Result<Setup> {
+async fn start(clients: usize, ramp: Option<f64>, args: &Args) -> Result<Setup> {
+    let certificates = args.certificates;
     let registry = Arc::new(Registry::embedded());
     let any = "127.0.0.1:0".parse()?;
     let security = Arc::new(FileSecurityStore::in_memory());
     let mut options = ServerOptions::new(any, registry.clone());
     let mut dtls = DtlsOptions::new(any, security.clone());
+    if let Some(shards) = args.shards {
+        dtls.shards = shards;
+    }
     let ca = match certificates {
         true => {
             let ca = TestCa::new("dtls_load CA")?;
@@ -184,13 +194,8 @@ fn ms(d: Option<Duration>) -> f64 {
 
 /// Starts `clients` clients (all at once, or `ramp` per second) and waits until every one
 /// registered; prints the rate and the per-client latencies. Returns the running setup.
-async fn new_clients(
-    name: &str,
-    clients: usize,
-    ramp: Option<f64>,
-    certificates: bool,
-) -> Result<Setup> {
-    let s = start(clients, ramp, certificates).await?;
+async fn new_clients(name: &str, clients: usize, ramp: Option<f64>, args: &Args) -> Result<Setup> {
+    let s = start(clients, ramp, args).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let took = loop {
         let c = s.fleet.total();
@@ -282,11 +287,11 @@ async fn bench(args: Args) -> Result<()> {
         args.clients
     );
     let all = "new clients, all at once";
-    let s = new_clients(all, args.clients, None, args.certificates).await?;
+    let s = new_clients(all, args.clients, None, &args).await?;
     reads(&s, args.clients, args.reads, args.in_flight).await?;
     stop(s).await?;
     let name = format!("new clients, {}/s", args.ramp);
-    let s = new_clients(&name, args.clients, Some(args.ramp), args.certificates).await?;
+    let s = new_clients(&name, args.clients, Some(args.ramp), &args).await?;
     stop(s).await
 }
 

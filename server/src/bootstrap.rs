@@ -35,10 +35,11 @@ use lwm2m_proto::bootstrap::server::{
 use lwm2m_proto::coap::Counters;
 use tokio::sync::{broadcast, oneshot};
 
-use crate::driver::{DriverError, Handler, Io, Task, bind_udp};
-use crate::dtls::{BootstrapRequests, DtlsOptions, SecureBootstrap, SecureServer};
+use crate::dtls::{BootstrapRequests, DtlsOptions, Gated};
 use crate::events::{Event, EventBus, PacketTap, Role};
+use crate::listener::Listener;
 use crate::store::{BootstrapStore, ConfigKey, Credentials, SecurityInfo, SecurityStore, hex};
+use crate::task::{DriverError, Handler, Io, Task, bind_udp};
 
 /// A [`ConfigSource`] over a [`BootstrapStore`]: the endpoint's own configuration, else the
 /// most specific matching pattern's, labelled `endpoint NAME` or `pattern P`; with
@@ -206,15 +207,19 @@ impl Handler<BootstrapServer> for BootstrapCore {
     }
 }
 
-impl Handler<SecureBootstrap> for BootstrapCore {
+impl Handler<Gated<BootstrapServer, BootstrapRequests>> for BootstrapCore {
     type Command = BootstrapCommand;
 
-    fn command(&mut self, machine: &mut SecureBootstrap, now: Instant, command: BootstrapCommand) {
+    fn command(
+        &mut self,
+        machine: &mut Gated<BootstrapServer, BootstrapRequests>,
+        now: Instant,
+        command: BootstrapCommand,
+    ) {
         BootstrapCore::command(self, &mut machine.inner, now, command);
-        machine.settle(now);
     }
 
-    fn event(&mut self, _: &SecureBootstrap, event: Event) {
+    fn event(&mut self, _: &Gated<BootstrapServer, BootstrapRequests>, event: Event) {
         match event {
             Event::Bootstrap(e) => self.bootstrap_event(e),
             other => self.bus.send(other),
@@ -312,13 +317,25 @@ pub fn start_bootstrap(options: BootstrapOptions) -> io::Result<BootstrapHandle>
                 ..source.clone()
             };
             let machine = BootstrapServer::new(config, Box::new(source));
-            let machine =
-                SecureServer::new(dtls, machine, BootstrapRequests::default(), Role::Bootstrap)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            let io = io(bind_udp(dtls.bind)?)?;
-            let machine = machine.with_tap(options.tap.clone(), io.local);
-            tracing::info!("LwM2M Bootstrap Server listening on coaps://{}", io.local);
-            Some(Arc::new(Task::spawn(machine, core(), io)))
+            let gated = Gated::new(
+                machine,
+                BootstrapRequests::default(),
+                dtls.security.clone(),
+                Role::Bootstrap,
+            );
+            let listener = Listener {
+                options: dtls,
+                role: Role::Bootstrap,
+                tap: options.tap.clone(),
+                bus: options.bus.clone(),
+            };
+            let task = listener.spawn(gated, core())?;
+            tracing::info!(
+                "LwM2M Bootstrap Server listening on coaps://{} ({} sockets)",
+                task.local,
+                dtls.shards.max(1)
+            );
+            Some(Arc::new(task))
         }
         None => None,
     };

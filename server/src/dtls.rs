@@ -2,7 +2,11 @@
 //! datagrams go through a [`DtlsServer`] session router; the plaintext CoAP of every
 //! session feeds a sans-IO machine of its own (the LwM2M Server's [`Lwm2mServer`] or the
 //! Bootstrap Server's [`lwm2m_proto::bootstrap::BootstrapServer`]), and the machine's
-//! output is encrypted back to the session. One wrapper (`SecureServer`) serves both.
+//! output is encrypted back to the session. The two halves are [`DtlsFront`] (one socket's
+//! session router: handshakes, records) and [`Gated`] (the admission gate and the machine);
+//! [`SecureServer`] joins one of each for a single-threaded loop (the in-process harness),
+//! and the drivers run several fronts, one per socket and task, in front of one machine
+//! task (`crate::listener`, [`DtlsOptions::shards`]).
 //!
 //! A separate machine keeps the two transports apart: a machine keys peers by address, and
 //! one address may hold a plain and a secure association at once.
@@ -26,7 +30,7 @@
 //! endpoint's registration; for the Bootstrap Server a Bootstrap-Request
 //! (`POST /bs?ep=NAME`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,11 +74,18 @@ pub struct DtlsOptions {
     /// beyond it are dropped and the clients retransmit them a second later, so a burst of
     /// N clients takes about N / `max_handshakes` seconds.
     pub max_handshakes: usize,
+    /// Sockets bound to the address (`SO_REUSEPORT` when more than one), each with a
+    /// session router ([`DtlsFront`]) in a task of its own, all feeding the one machine
+    /// task: the kernel hashes each peer's address to one socket, so a peer's session is
+    /// always on the same front. `max_handshakes` and the session limit are shared out
+    /// evenly (rounded up). Default: the machine's available parallelism; 1: one socket
+    /// and one front, without `SO_REUSEPORT`.
+    pub shards: usize,
 }
 
 impl DtlsOptions {
     /// Defaults: a 10 s handshake timeout, no key log, no certificate, 4,096 handshakes at
-    /// once.
+    /// once, one socket per core ([`DtlsOptions::shards`]).
     pub fn new(bind: SocketAddr, security: Arc<dyn SecurityStore>) -> Self {
         Self {
             bind,
@@ -83,6 +94,7 @@ impl DtlsOptions {
             key_log: None,
             certificate: None,
             max_handshakes: 4096,
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -95,6 +107,7 @@ impl std::fmt::Debug for DtlsOptions {
             .field("key_log", &self.key_log.is_some())
             .field("certificate", &self.certificate.is_some())
             .field("max_handshakes", &self.max_handshakes)
+            .field("shards", &self.shards)
             .finish_non_exhaustive()
     }
 }
@@ -124,60 +137,59 @@ pub trait Gate: Send + 'static {
     fn observe(&mut self, _event: &Self::Event) {}
 }
 
-/// The DTLS session router and a sans-IO machine behind it (the LwM2M Server's or the
-/// Bootstrap Server's), as one machine for the driver loop: ciphertext in and out,
-/// [`Event`]s out. The decrypted datagrams of every session feed the one inner machine
-/// (sessions are keyed by address, as the machine keys its peers); its output is
-/// encrypted back into the session of its peer.
-pub struct SecureServer<M: Machine, G> {
+/// What a [`DtlsFront`] hands to the machine side ([`Gated`]): the plaintext of an
+/// application record, or a session event.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Inbound {
+    /// A decrypted application datagram (one CoAP message) of `peer`'s session.
+    Datagram {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// Who the session authenticated as.
+        identity: Identity,
+        /// The plaintext.
+        payload: Vec<u8>,
+    },
+    /// A session was established, failed its handshake or closed.
+    Security(SecurityEvent),
+}
+
+/// The DTLS side of one socket: a [`DtlsServer`] session router whose decrypted datagrams
+/// and session events leave as [`Inbound`]s, and which encrypts what the machine side
+/// sends back. A listener has one per socket ([`DtlsOptions::shards`]); the sessions of a
+/// peer address are always on the same front.
+pub struct DtlsFront {
     dtls: DtlsServer,
-    /// The session router's settings, to start afresh ([`SecureServer::forget_sessions`]).
+    /// The session router's settings, to start afresh ([`DtlsFront::forget_sessions`]).
     config: DtlsConfig,
-    /// The machine behind the DTLS socket.
-    pub(crate) inner: M,
-    gate: G,
-    security: Arc<dyn SecurityStore>,
-    events: VecDeque<Event>,
     role: Role,
     /// Sees the plaintext of every application record, with the socket's address.
     tap: Option<(Arc<dyn PacketTap>, SocketAddr)>,
 }
 
-/// The LwM2M Server over DTLS.
-pub type SecureLwm2m = SecureServer<Lwm2mServer, Registrations>;
-
-/// The Bootstrap Server over DTLS.
-pub type SecureBootstrap = SecureServer<BootstrapServer, BootstrapRequests>;
-
-impl<M, G> SecureServer<M, G>
-where
-    M: Machine,
-    M::Event: Into<Event>,
-    G: Gate<Event = M::Event>,
-{
-    /// `inner` behind a DTLS session router set up from `options`, with `gate` deciding
-    /// which requests a session's identity may make; events are reported as `role`'s.
+impl DtlsFront {
+    /// A session router set up from `options`, taking `1 / shares` of its handshake and
+    /// session limits (a listener of `shares` sockets; rounded up).
     pub fn new(
         options: &DtlsOptions,
-        inner: M,
-        gate: G,
         role: Role,
+        shares: usize,
     ) -> Result<Self, lwm2m_dtls::DtlsError> {
+        let shares = shares.max(1);
+        let defaults = DtlsConfig::default();
         let config = DtlsConfig {
             psk_store: Some(Arc::new(StorePsk(options.security.clone()))),
             handshake_timeout: options.handshake_timeout,
             key_log: options.key_log.clone(),
-            max_handshakes: options.max_handshakes,
+            max_handshakes: options.max_handshakes.div_ceil(shares),
+            max_sessions: defaults.max_sessions.div_ceil(shares),
             certificate: options.certificate.clone(),
-            ..DtlsConfig::default()
+            ..defaults
         };
         Ok(Self {
             dtls: DtlsServer::new(config.clone())?,
             config,
-            inner,
-            gate,
-            security: options.security.clone(),
-            events: VecDeque::new(),
             role,
             tap: None,
         })
@@ -190,33 +202,55 @@ where
         self
     }
 
-    /// The machine behind the DTLS socket.
-    pub fn machine(&self) -> &M {
-        &self.inner
-    }
-
-    /// The machine behind the DTLS socket, to run commands on; call
-    /// [`SecureServer::settle`] afterwards so that what it sends is encrypted.
-    pub fn machine_mut(&mut self) -> &mut M {
-        &mut self.inner
-    }
-
     /// The session router: its sessions, their identities and secrets, its counters.
     pub fn dtls(&self) -> &DtlsServer {
         &self.dtls
     }
 
-    /// Forgets every session silently, as a restarted server does (the machine and the
-    /// credentials stay): records of the old sessions are dropped as strays, and their
-    /// clients handshake again.
+    /// Forgets every session silently, as a restarted server does.
     pub fn forget_sessions(&mut self) -> Result<(), lwm2m_dtls::DtlsError> {
         self.dtls = DtlsServer::new(self.config.clone())?;
         Ok(())
     }
 
+    /// Feeds one datagram received on the socket.
+    pub fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+        self.dtls.handle_datagram(now, peer, bytes);
+    }
+
+    /// Runs the session timers that are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.dtls.poll_timeout().is_some_and(|t| t <= now) {
+            self.dtls.handle_timeout(now);
+        }
+    }
+
+    /// The next session timer.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.dtls.poll_timeout()
+    }
+
+    /// The next record to send on the socket.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.dtls.poll_transmit().map(|t| Transmit {
+            peer: t.peer,
+            bytes: t.bytes,
+        })
+    }
+
+    /// The next decrypted datagram or session event for the machine side.
+    pub fn poll_inbound(&mut self) -> Option<Inbound> {
+        loop {
+            let event = self.dtls.poll_event()?;
+            if let Some(inbound) = self.inbound(event) {
+                return Some(inbound);
+            }
+        }
+    }
+
     /// Encrypts `payload` into `peer`'s session and tells the tap (the driver's socket tap
     /// sees the record only later, when it is sent).
-    fn send(
+    pub fn send(
         &mut self,
         now: Instant,
         peer: SocketAddr,
@@ -235,33 +269,8 @@ where
         Ok(())
     }
 
-    /// Moves everything between the two machines until both are quiet: decrypted datagrams
-    /// to the inner machine (or refused here), its answers into their sessions.
-    pub fn settle(&mut self, now: Instant) {
-        loop {
-            let mut moved = false;
-            while let Some(event) = self.dtls.poll_event() {
-                moved = true;
-                self.dtls_event(now, event);
-            }
-            while let Some(t) = self.inner.poll_transmit() {
-                moved = true;
-                if let Err(e) = self.send(now, t.peer, &t.bytes) {
-                    tracing::debug!("{} (DTLS): answer to {} dropped: {e}", self.name(), t.peer);
-                }
-            }
-            if !moved {
-                break;
-            }
-        }
-    }
-
-    fn name(&self) -> &'static str {
-        self.role.name()
-    }
-
-    fn dtls_event(&mut self, now: Instant, event: DtlsEvent) {
-        let name = self.name();
+    fn inbound(&self, event: DtlsEvent) -> Option<Inbound> {
+        let name = self.role.name();
         let security = match event {
             DtlsEvent::Datagram {
                 peer,
@@ -272,17 +281,11 @@ where
                 if let Some((tap, local)) = &self.tap {
                     tap.plaintext(Direction::In, *local, peer, &identity.to_string(), &payload);
                 }
-                match self.refusal(peer, &identity, &payload) {
-                    Some((answer, event)) => {
-                        tracing::warn!("{name} (DTLS): {event:?}");
-                        if let Err(e) = self.send(now, peer, &answer) {
-                            tracing::debug!("{name} (DTLS): 4.03 to {peer} dropped: {e}");
-                        }
-                        self.events.push_back(Event::Security(self.role, event));
-                    }
-                    None => self.inner.handle_datagram(now, peer, &payload),
-                }
-                return;
+                return Some(Inbound::Datagram {
+                    peer,
+                    identity,
+                    payload,
+                });
             }
             DtlsEvent::Established { peer, identity, .. } => {
                 tracing::debug!("{name}: DTLS session with {peer} established as {identity}");
@@ -323,14 +326,110 @@ where
             }
             other => {
                 tracing::debug!("{name}: DTLS: {other:?}");
-                return;
+                return None;
             }
         };
-        self.events.push_back(Event::Security(self.role, security));
+        Some(Inbound::Security(security))
+    }
+}
+
+/// The machine side of a DTLS listener: the sans-IO machine (the LwM2M Server's or the
+/// Bootstrap Server's) behind the admission gate. It takes the [`Inbound`]s of every
+/// [`DtlsFront`] of the listener, remembers which front (by index) holds each peer's
+/// session and as whom it authenticated, refuses requests the identity may not make
+/// (4.03), and hands the rest to the machine. Its [`Machine::poll_transmit`] gives the
+/// plaintext to encrypt into the peer's session on front [`Gated::front_of`].
+pub struct Gated<M: Machine, G> {
+    /// The machine behind the DTLS socket.
+    pub(crate) inner: M,
+    gate: G,
+    security: Arc<dyn SecurityStore>,
+    role: Role,
+    events: VecDeque<Event>,
+    /// 4.03 answers of refused requests, before the machine's output.
+    answers: VecDeque<Transmit>,
+    /// The front and the identity of each peer's session.
+    sessions: HashMap<SocketAddr, (usize, Identity)>,
+}
+
+impl<M, G> Gated<M, G>
+where
+    M: Machine,
+    M::Event: Into<Event>,
+    G: Gate<Event = M::Event>,
+{
+    /// `inner` behind `gate`; identities are mapped to endpoints by `security`; events are
+    /// reported as `role`'s.
+    pub fn new(inner: M, gate: G, security: Arc<dyn SecurityStore>, role: Role) -> Self {
+        Self {
+            inner,
+            gate,
+            security,
+            role,
+            events: VecDeque::new(),
+            answers: VecDeque::new(),
+            sessions: HashMap::new(),
+        }
+    }
+
+    /// The machine.
+    pub fn machine(&self) -> &M {
+        &self.inner
+    }
+
+    /// Takes what front number `front` reports.
+    pub fn inbound(&mut self, now: Instant, front: usize, inbound: Inbound) {
+        match inbound {
+            Inbound::Datagram {
+                peer,
+                identity,
+                payload,
+            } => {
+                match self.sessions.get(&peer) {
+                    Some((f, id)) if *f == front && *id == identity => {}
+                    _ => {
+                        self.sessions.insert(peer, (front, identity.clone()));
+                    }
+                }
+                self.admit(now, peer, &identity, &payload);
+            }
+            Inbound::Security(event) => {
+                if let SecurityEvent::Closed { peer, .. }
+                | SecurityEvent::HandshakeFailed { peer, .. } = &event
+                {
+                    self.sessions.remove(peer);
+                }
+                self.events.push_back(Event::Security(self.role, event));
+            }
+        }
+    }
+
+    /// The front holding `peer`'s session, as far as its datagrams told.
+    pub fn front_of(&self, peer: SocketAddr) -> Option<usize> {
+        self.sessions.get(&peer).map(|(front, _)| *front)
+    }
+
+    /// Forgets every peer's session (their fronts forgot them).
+    pub fn forget_sessions(&mut self) {
+        self.sessions.clear();
+    }
+
+    fn admit(&mut self, now: Instant, peer: SocketAddr, identity: &Identity, payload: &[u8]) {
+        match self.refusal(peer, identity, payload) {
+            Some((answer, event)) => {
+                tracing::warn!("{} (DTLS): {event:?}", self.role.name());
+                self.answers.push_back(Transmit {
+                    peer,
+                    bytes: answer,
+                });
+                self.events.push_back(Event::Security(self.role, event));
+            }
+            None => self.inner.handle_datagram(now, peer, payload),
+        }
     }
 
     /// A 4.03 answer and its event when `payload` is a request acting for an endpoint
-    /// ([`Gate::claimed_endpoint`]) the session's identity does not belong to (Core TS 1.1
+    /// the session's identity does not belong to (Core TS 1.1
     /// §7.1.8): by the security store for a PSK identity, the certificate's common name
     /// otherwise.
     fn refusal(
@@ -362,6 +461,146 @@ where
                 owner: refused.owner,
             },
         ))
+    }
+}
+
+impl<M, G> Machine for Gated<M, G>
+where
+    M: Machine,
+    M::Event: Into<Event>,
+    G: Gate<Event = M::Event>,
+{
+    type Event = Event;
+    /// The plaintext of a datagram of `peer`'s session (known from an earlier
+    /// [`Inbound::Datagram`]); dropped without a session.
+    fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+        match self.sessions.get(&peer) {
+            Some((_, identity)) => {
+                let identity = identity.clone();
+                self.admit(now, peer, &identity, bytes);
+            }
+            None => tracing::debug!(
+                "{} (DTLS): plaintext from {peer} without a session dropped",
+                self.role.name()
+            ),
+        }
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.inner.poll_timeout().is_some_and(|t| t <= now) {
+            self.inner.handle_timeout(now);
+        }
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.answers
+            .pop_front()
+            .or_else(|| self.inner.poll_transmit())
+    }
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        self.inner.poll_timeout()
+    }
+    fn poll_event(&mut self) -> Option<Event> {
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        let event = self.inner.poll_event()?;
+        self.gate.observe(&event);
+        Some(event.into())
+    }
+}
+
+/// The DTLS session router and a sans-IO machine behind it (the LwM2M Server's or the
+/// Bootstrap Server's), as one machine for a single-threaded loop: ciphertext in and out,
+/// [`Event`]s out. One [`DtlsFront`] feeds one [`Gated`] machine (sessions are keyed by
+/// address, as the machine keys its peers); its output is encrypted back into the session
+/// of its peer. The drivers run the same two halves in tasks of their own
+/// ([`DtlsOptions::shards`] fronts).
+pub struct SecureServer<M: Machine, G> {
+    front: DtlsFront,
+    gated: Gated<M, G>,
+}
+
+/// The LwM2M Server over DTLS.
+pub type SecureLwm2m = SecureServer<Lwm2mServer, Registrations>;
+
+/// The Bootstrap Server over DTLS.
+pub type SecureBootstrap = SecureServer<BootstrapServer, BootstrapRequests>;
+
+impl<M, G> SecureServer<M, G>
+where
+    M: Machine,
+    M::Event: Into<Event>,
+    G: Gate<Event = M::Event>,
+{
+    /// `inner` behind a DTLS session router set up from `options` (one front, whatever
+    /// [`DtlsOptions::shards`] says), with `gate` deciding which requests a session's
+    /// identity may make; events are reported as `role`'s.
+    pub fn new(
+        options: &DtlsOptions,
+        inner: M,
+        gate: G,
+        role: Role,
+    ) -> Result<Self, lwm2m_dtls::DtlsError> {
+        Ok(Self {
+            front: DtlsFront::new(options, role, 1)?,
+            gated: Gated::new(inner, gate, options.security.clone(), role),
+        })
+    }
+
+    /// Reports the plaintext of every application record to `tap`
+    /// ([`PacketTap::plaintext`]) as seen on the socket bound at `local`.
+    pub fn with_tap(mut self, tap: Option<Arc<dyn PacketTap>>, local: SocketAddr) -> Self {
+        self.front = self.front.with_tap(tap, local);
+        self
+    }
+
+    /// The machine behind the DTLS socket.
+    pub fn machine(&self) -> &M {
+        &self.gated.inner
+    }
+
+    /// The machine behind the DTLS socket, to run commands on; call
+    /// [`SecureServer::settle`] afterwards so that what it sends is encrypted.
+    pub fn machine_mut(&mut self) -> &mut M {
+        &mut self.gated.inner
+    }
+
+    /// The session router: its sessions, their identities and secrets, its counters.
+    pub fn dtls(&self) -> &DtlsServer {
+        self.front.dtls()
+    }
+
+    /// Forgets every session silently, as a restarted server does (the machine and the
+    /// credentials stay): records of the old sessions are dropped as strays, and their
+    /// clients handshake again.
+    pub fn forget_sessions(&mut self) -> Result<(), lwm2m_dtls::DtlsError> {
+        self.front.forget_sessions()?;
+        self.gated.forget_sessions();
+        Ok(())
+    }
+
+    /// Moves everything between the two halves until both are quiet: decrypted datagrams
+    /// to the machine (or refused), its answers into their sessions.
+    pub fn settle(&mut self, now: Instant) {
+        loop {
+            let mut moved = false;
+            while let Some(inbound) = self.front.poll_inbound() {
+                moved = true;
+                self.gated.inbound(now, 0, inbound);
+            }
+            while let Some(t) = self.gated.poll_transmit() {
+                moved = true;
+                if let Err(e) = self.front.send(now, t.peer, &t.bytes) {
+                    tracing::debug!(
+                        "{} (DTLS): answer to {} dropped: {e}",
+                        self.gated.role.name(),
+                        t.peer
+                    );
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
     }
 }
 
@@ -420,37 +659,25 @@ where
 {
     type Event = Event;
     fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
-        self.dtls.handle_datagram(now, peer, bytes);
+        self.front.handle_datagram(now, peer, bytes);
         self.settle(now);
     }
     fn handle_timeout(&mut self, now: Instant) {
-        if self.dtls.poll_timeout().is_some_and(|t| t <= now) {
-            self.dtls.handle_timeout(now);
-        }
-        if self.inner.poll_timeout().is_some_and(|t| t <= now) {
-            self.inner.handle_timeout(now);
-        }
+        self.front.handle_timeout(now);
+        self.gated.handle_timeout(now);
         self.settle(now);
     }
     fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.dtls.poll_transmit().map(|t| Transmit {
-            peer: t.peer,
-            bytes: t.bytes,
-        })
+        self.front.poll_transmit()
     }
     fn poll_timeout(&mut self) -> Option<Instant> {
-        [self.dtls.poll_timeout(), self.inner.poll_timeout()]
+        [self.front.poll_timeout(), self.gated.poll_timeout()]
             .into_iter()
             .flatten()
             .min()
     }
     fn poll_event(&mut self) -> Option<Event> {
-        if let Some(e) = self.events.pop_front() {
-            return Some(e);
-        }
-        let event = self.inner.poll_event()?;
-        self.gate.observe(&event);
-        Some(event.into())
+        self.gated.poll_event()
     }
 }
 
@@ -500,9 +727,9 @@ mod tests {
         let mut s =
             SecureServer::new(&options, lwm2m, Registrations::default(), Role::Server).unwrap();
         let id = Identity::Psk(Arc::from(&b"id1"[..]));
-        assert!(s.refusal(PEER, &id, &register("dev1")).is_none());
-        assert!(s.refusal(PEER, &id, b"\xff garbage").is_none());
-        let (answer, event) = s.refusal(PEER, &id, &register("dev2")).unwrap();
+        assert!(s.gated.refusal(PEER, &id, &register("dev1")).is_none());
+        assert!(s.gated.refusal(PEER, &id, b"\xff garbage").is_none());
+        let (answer, event) = s.gated.refusal(PEER, &id, &register("dev2")).unwrap();
         let answer = message::decode(&answer).unwrap();
         assert_eq!(
             answer.header.code,
@@ -521,12 +748,12 @@ mod tests {
             }
         );
         let cert = Identity::Certificate(Arc::from("dev2"));
-        assert!(s.refusal(PEER, &cert, &register("dev2")).is_none());
+        assert!(s.gated.refusal(PEER, &cert, &register("dev2")).is_none());
 
         // Update and De-register of dev2's registration (id "r2") by id1: refused.
         let now = Instant::now();
         for (id, endpoint) in [("r2", "dev2"), ("r1", "dev1")] {
-            s.gate.observe(&ServerEvent::Registered {
+            s.gated.gate.observe(&ServerEvent::Registered {
                 registration: lwm2m_proto::server::Registration {
                     id: id.into(),
                     endpoint: endpoint.into(),
@@ -548,14 +775,14 @@ mod tests {
         for method in [RequestType::Post, RequestType::Delete] {
             let mut p = message::request(method, "/rd/r2");
             p.header.message_id = 5;
-            let (_, event) = s.refusal(PEER, &id, &p.to_bytes().unwrap()).unwrap();
+            let (_, event) = s.gated.refusal(PEER, &id, &p.to_bytes().unwrap()).unwrap();
             assert!(
                 matches!(event, SecurityEvent::IdentityMismatch { endpoint, .. } if endpoint == "dev2")
             );
             let own = message::request(method, "/rd/r1").to_bytes().unwrap();
-            assert!(s.refusal(PEER, &id, &own).is_none());
+            assert!(s.gated.refusal(PEER, &id, &own).is_none());
             let unknown = message::request(method, "/rd/zz").to_bytes().unwrap();
-            assert!(s.refusal(PEER, &id, &unknown).is_none());
+            assert!(s.gated.refusal(PEER, &id, &unknown).is_none());
         }
     }
     #[test]
@@ -577,8 +804,8 @@ mod tests {
             message::add_query(&mut p, &format!("ep={ep}"));
             p.to_bytes().unwrap()
         };
-        assert!(s.refusal(PEER, &id, &bs("dev1")).is_none());
-        let (answer, event) = s.refusal(PEER, &id, &bs("dev2")).unwrap();
+        assert!(s.gated.refusal(PEER, &id, &bs("dev1")).is_none());
+        let (answer, event) = s.gated.refusal(PEER, &id, &bs("dev2")).unwrap();
         assert_eq!(
             message::decode(&answer).unwrap().header.code,
             MessageClass::Response(ResponseType::Forbidden)
@@ -588,16 +815,16 @@ mod tests {
         );
         // Unknown identity: belongs to no endpoint.
         let stranger = Identity::Psk(Arc::from(&b"who"[..]));
-        let (_, event) = s.refusal(PEER, &stranger, &bs("dev1")).unwrap();
+        let (_, event) = s.gated.refusal(PEER, &stranger, &bs("dev1")).unwrap();
         assert!(matches!(
             event,
             SecurityEvent::IdentityMismatch { owner: None, .. }
         ));
         // Other requests are not the gate's business; a Register is not a Bootstrap-Request.
-        assert!(s.refusal(PEER, &id, &register("dev2")).is_none());
+        assert!(s.gated.refusal(PEER, &id, &register("dev2")).is_none());
         let get = message::request(RequestType::Get, "/bs")
             .to_bytes()
             .unwrap();
-        assert!(s.refusal(PEER, &id, &get).is_none());
+        assert!(s.gated.refusal(PEER, &id, &get).is_none());
     }
 }

@@ -33,12 +33,15 @@ pub mod events;
 pub mod http;
 pub mod json;
 pub mod leshan;
+mod listener;
 pub mod metrics;
 pub mod plain;
 mod query;
 pub mod registrations;
 pub mod rest;
 pub mod store;
+mod task;
+mod udp;
 pub mod ui;
 
 pub use bootstrap::{BootstrapHandle, BootstrapOptions, start_bootstrap};

@@ -81,6 +81,11 @@ impl Secure {
 
     /// The server with its DTLS listener bound at `dtls` and credentials from `security`.
     pub async fn start_on(dtls: SocketAddr, security: Arc<FileSecurityStore>) -> Secure {
+        Self::start_with(DtlsOptions::new(dtls, security.clone()), security).await
+    }
+
+    /// The server with the DTLS listener `dtls`, whose credentials are `security`.
+    pub async fn start_with(dtls: DtlsOptions, security: Arc<FileSecurityStore>) -> Secure {
         let tap = Arc::new(FirstBytes::default());
         let mut options = ServerOptions::new(
             "127.0.0.1:0".parse().unwrap(),
@@ -89,7 +94,7 @@ impl Secure {
         options.tap = Some(tap.clone());
         // Room for every datagram of a thousand handshakes (COAPLOG events).
         options.bus = lwm2m_server::EventBus::new(1 << 16);
-        options.dtls = Some(DtlsOptions::new(dtls, security.clone()));
+        options.dtls = Some(dtls);
         let server = start_server(options).unwrap();
         let events = server.subscribe();
         Secure {
@@ -117,6 +122,63 @@ impl Secure {
         })
         .await
         .unwrap_or_else(|_| panic!("no event: {what}"))
+    }
+}
+
+/// Clients on many ports, which the kernel spreads over the listener's sockets
+/// (`SO_REUSEPORT`, one session router per socket), each register and each get the
+/// server's request through their own session: the machine task sends it to the socket
+/// that holds the session. The same with one socket.
+#[tokio::test]
+async fn sessions_on_every_socket_of_the_listener_get_their_requests() {
+    for shards in [4, 1] {
+        let endpoints: Vec<String> = (0..12).map(|i| format!("s{shards}-dev{i}")).collect();
+        let security = Arc::new(FileSecurityStore::in_memory());
+        for ep in &endpoints {
+            provision(&security, ep);
+        }
+        let options = DtlsOptions {
+            shards,
+            ..DtlsOptions::new("127.0.0.1:0".parse().unwrap(), security.clone())
+        };
+        let s = Secure::start_with(options, security).await;
+        let mut clients = Vec::new();
+        for (mid, ep) in (1..).zip(&endpoints) {
+            let mut client = connect_as(s.dtls, ep).await;
+            assert_eq!(code(&call(&mut client, register(ep, mid)).await), "2.01");
+            clients.push(client);
+        }
+        for (ep, client) in endpoints.iter().zip(&mut clients) {
+            let (server, endpoint) = (s.server.clone(), ep.clone());
+            let op = tokio::spawn(async move {
+                let path = "/3/0".parse().unwrap();
+                server
+                    .request(&endpoint, Operation::Discover { path })
+                    .await
+            });
+            let request = tokio::time::timeout(PATIENCE, client.recv())
+                .await
+                .expect("the request reaches its client")
+                .unwrap();
+            let request = message::decode(&request).unwrap();
+            let links = format!("</3/0/{}>", ep.len());
+            let mut answer = message::response(
+                lwm2m_proto::coap::ResponseType::Content,
+                links.clone().into_bytes(),
+            );
+            answer.header.set_type(MessageType::Acknowledgement);
+            answer.header.message_id = request.header.message_id;
+            answer.set_token(request.get_token().to_vec());
+            set_option(&mut answer, CoapOption::ContentFormat, vec![40]);
+            client.send(&answer.to_bytes().unwrap()).await.unwrap();
+            let response = tokio::time::timeout(PATIENCE, op)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(response.code, (2, 5), "{ep}: {response:?}");
+        }
+        s.server.shutdown().await;
     }
 }
 

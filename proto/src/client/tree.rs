@@ -96,9 +96,13 @@ fn next_revision() -> u64 {
 }
 
 /// The objects, instances and values of one client.
+///
+/// Objects are shared between clones until one of them changes (copy on write, per
+/// object): a client's factory copy and the trees of the clients made from one profile
+/// hold one copy of every object none of them changed.
 #[derive(Debug, Clone, Default)]
 pub struct ObjectTree {
-    objects: BTreeMap<ObjectId, ObjectEntry>,
+    objects: BTreeMap<ObjectId, Arc<ObjectEntry>>,
 }
 
 impl Schema for ObjectTree {
@@ -143,19 +147,19 @@ impl ObjectTree {
     pub fn add_object(&mut self, def: Arc<ObjectDef>, max_instances: Option<usize>) {
         let max = if def.multiple { max_instances } else { Some(1) };
         self.objects
-            .insert(def.id, ObjectEntry::new(Some(def), max));
+            .insert(def.id, Arc::new(ObjectEntry::new(Some(def), max)));
     }
 
     /// Adds an object the registry does not know (values keep the types given).
     pub fn add_unknown_object(&mut self, id: ObjectId) {
         self.objects
             .entry(id)
-            .or_insert_with(|| ObjectEntry::new(None, None));
+            .or_insert_with(|| Arc::new(ObjectEntry::new(None, None)));
     }
 
     /// Sets an instance wholesale (factory configuration), bypassing operation checks.
     pub fn put_instance(&mut self, object: ObjectId, id: InstanceId, instance: Instance) {
-        if let Some(o) = self.objects.get_mut(&object) {
+        if let Some(o) = self.objects.get_mut(&object).map(Arc::make_mut) {
             o.touch().insert(id, instance);
         }
     }
@@ -179,6 +183,7 @@ impl ObjectTree {
         let inst = self
             .objects
             .get_mut(&o)
+            .map(Arc::make_mut)
             .and_then(|e| e.touch().get_mut(&i))
             .ok_or_else(|| not_found(*path))?;
         inst.insert(r, value);
@@ -450,6 +455,7 @@ impl ObjectTree {
         let instances = self
             .objects
             .get_mut(&o)
+            .map(Arc::make_mut)
             .ok_or_else(|| not_found(*path))?
             .touch();
         if create {
@@ -505,7 +511,7 @@ impl ObjectTree {
                 }
             }
         }
-        if let Some(o) = self.objects.get_mut(&object) {
+        if let Some(o) = self.objects.get_mut(&object).map(Arc::make_mut) {
             o.touch().insert(id, instance);
         }
         Ok(id)
@@ -519,7 +525,11 @@ impl ObjectTree {
                 operation: "Delete of anything but an instance",
             });
         };
-        let obj = self.objects.get_mut(&o).ok_or_else(|| not_found(*path))?;
+        let obj = self
+            .objects
+            .get_mut(&o)
+            .map(Arc::make_mut)
+            .ok_or_else(|| not_found(*path))?;
         obj.touch()
             .remove(&i)
             .map(|_| ())
@@ -547,7 +557,7 @@ impl ObjectTree {
             if path.object_id().is_some_and(|p| p != *o) {
                 continue;
             }
-            obj.touch().retain(|i, inst| {
+            Arc::make_mut(obj).touch().retain(|i, inst| {
                 protected(*o, inst) || path.instance_id().is_some_and(|p| p != *i)
             });
         }
@@ -594,6 +604,7 @@ impl ObjectTree {
         match self
             .objects
             .get_mut(&o)
+            .map(Arc::make_mut)
             .and_then(|e| e.touch().get_mut(&i))
             .and_then(|inst| inst.get_mut(&r))
         {
@@ -827,6 +838,30 @@ mod tests {
         // Back to the copy (a factory reset): its stamp, which differs from all since.
         t = copy;
         assert_eq!(dev(&t), start);
+    }
+
+    /// Clones share their objects until one changes: each change lands in its own tree
+    /// only, whichever of the two made it, and an object no one changed stays one copy.
+    #[test]
+    fn clones_share_objects_until_one_changes() {
+        let mut a = tree();
+        a.add_unknown_object(ObjectId(9));
+        let mut b = a.clone();
+        let shared = |a: &ObjectTree, b: &ObjectTree, o: u16| {
+            Arc::ptr_eq(&a.objects[&ObjectId(o)], &b.objects[&ObjectId(o)])
+        };
+        assert!(shared(&a, &b, 3) && shared(&a, &b, 9));
+        let path = Lwm2mPath::resource(3, 0, 14);
+        let v = |s: &str| ResourceValue::Single(Value::String(s.into()));
+        b.set(&path, v("+02")).unwrap();
+        assert_eq!(a.get(&path), Some(&Value::String("+01".into())));
+        assert_eq!(b.get(&path), Some(&Value::String("+02".into())));
+        assert!(!shared(&a, &b, 3) && shared(&a, &b, 9));
+        let c = a.clone();
+        a.delete(&Lwm2mPath::instance(3, 0)).unwrap();
+        assert!(a.instance(ObjectId(3), InstanceId(0)).is_none());
+        assert!(c.instance(ObjectId(3), InstanceId(0)).is_some());
+        assert!(b.instance(ObjectId(3), InstanceId(0)).is_some());
     }
 
     #[test]

@@ -126,7 +126,35 @@ impl Endpoint {
 
     /// Next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() && self.exchanges.is_empty() {
+            self.release_idle();
+        }
+        event
+    }
+
+    /// Gives back the memory of the tables and queues that are empty once nothing is in
+    /// flight: a client between exchanges (most of a fleet's clients, most of the time)
+    /// holds no allocation for them. A busy endpoint (a server) rarely gets here.
+    fn release_idle(&mut self) {
+        if self.events.capacity() > 0 {
+            self.events = VecDeque::new();
+        }
+        if self.transmits.is_empty() && self.transmits.capacity() > 0 {
+            self.transmits = VecDeque::new();
+        }
+        if self.exchanges.capacity() > 0 {
+            self.exchanges = HashMap::new();
+        }
+        if self.tokens.is_empty() && self.tokens.capacity() > 0 {
+            self.tokens = HashMap::new();
+        }
+        if self.sent.is_empty() && self.sent.capacity() > 0 {
+            self.sent = HashMap::new();
+        }
+        if self.timers.is_empty() && self.timers.capacity() > 0 {
+            self.timers = BinaryHeap::new();
+        }
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called; `None` when

@@ -144,6 +144,25 @@ fn piggybacked_response() {
     assert_eq!(net.peers[SERVER].counters().datagrams_out, 1);
 }
 
+/// A client between exchanges holds no memory for them: once its last exchange ended and
+/// its events are read, its exchange table and its event queue are empty without capacity;
+/// the next request works as the first did.
+#[test]
+fn an_idle_endpoint_gives_back_its_exchange_tables() {
+    let mut net = Net::default_pair(Link::default());
+    for path in ["/3/0/1", "/3/0/2"] {
+        let id = net.get(path);
+        assert!(net.client.exchanges.capacity() > 0);
+        net.run(Duration::from_secs(10), echo);
+        assert_eq!(net.responses()[&id].payload, path.as_bytes());
+        assert!(net.client.poll_event().is_none());
+        assert_eq!(net.client.exchanges.capacity(), 0);
+        assert_eq!(net.client.events.capacity(), 0);
+        assert_eq!(net.client.tokens.capacity(), 0);
+        assert_eq!(net.client.sent.capacity(), 0);
+    }
+}
+
 #[test]
 fn thirty_percent_loss_requests_complete_or_time_out_only_when_everything_was_lost() {
     let link = Link {

@@ -33,8 +33,6 @@ pub struct Targets {
 pub struct ProfileClients {
     profile: Profile,
     template: DeviceTemplate,
-    /// One shared definition per object.
-    definitions: BTreeMap<ObjectId, Arc<ObjectDef>>,
     /// The period of each generated resource.
     periods: BTreeMap<Lwm2mPath, Duration>,
     network: NetworkModel,
@@ -45,6 +43,10 @@ pub struct ProfileClients {
     bootstrap_psk: Option<(String, Vec<u8>)>,
     /// Add a bootstrap-server account when the profile has none.
     bootstrap_account: bool,
+    /// The profile's objects with the template's values: every client's tree starts as a
+    /// clone of it, so the objects a client never changes are one copy for all
+    /// ([`ObjectTree`] shares objects between clones until one changes).
+    base: ObjectTree,
 }
 
 /// Per-client PSK credentials generated from a pattern (Security Mode 0, Core TS 1.1
@@ -99,6 +101,24 @@ fn expand(pattern: &str, n: u64, endpoint: &str) -> String {
 /// Bootstrap-Server.
 const SECURITY: ObjectId = ObjectId(0);
 
+/// A tree of `template`'s objects (with `definitions`) and its instances.
+fn base_tree(
+    template: &DeviceTemplate,
+    definitions: &BTreeMap<ObjectId, Arc<ObjectDef>>,
+) -> ObjectTree {
+    let mut tree = ObjectTree::new();
+    for (&id, o) in &template.objects {
+        match definitions.get(&id) {
+            Some(def) => tree.add_object(def.clone(), o.max_instances),
+            None => tree.add_unknown_object(id),
+        }
+        for (&iid, instance) in &o.instances {
+            tree.put_instance(id, iid, instance.clone());
+        }
+    }
+    tree
+}
+
 impl ProfileClients {
     /// Types `profile` against `registry` (errors name the profile file, line and key);
     /// its clients sit behind `network` and talk to `targets`.
@@ -138,10 +158,11 @@ impl ProfileClients {
             })
             .collect();
         let endpoint_prefix = profile.endpoint_prefix.clone();
+        let base = base_tree(&template, &definitions);
         Ok(Self {
+            base,
             profile,
             template,
-            definitions,
             periods,
             network,
             targets,
@@ -206,16 +227,17 @@ impl ProfileClients {
     pub fn spec(&self, n: u64, seed: u64) -> ClientSpec {
         let p = &self.profile;
         let values = self.template.instantiate(seed, n);
-        let mut tree = ObjectTree::new();
-        for (&id, o) in &self.template.objects {
-            match self.definitions.get(&id) {
-                Some(def) => tree.add_object(def.clone(), o.max_instances),
-                None => tree.add_unknown_object(id),
-            }
-        }
-        for (id, instances) in values.instances {
-            for (iid, instance) in instances {
-                tree.put_instance(id, iid, instance);
+        // The template's objects, with this client's generated values at time zero.
+        let mut tree = self.base.clone();
+        for (path, _) in &values.generators {
+            if let Lwm2mPath::Resource(o, i, r) = *path
+                && let Some(value) = values
+                    .instances
+                    .get(&o)
+                    .and_then(|m| m.get(&i))
+                    .and_then(|inst| inst.get(&r))
+            {
+                let _ = tree.set(path, value.clone());
             }
         }
         if self.bootstrap_psk.is_some() || self.bootstrap_account {
