@@ -149,17 +149,17 @@ fn piggybacked_response() {
 /// the next request works as the first did.
 #[test]
 fn an_idle_endpoint_gives_back_its_exchange_tables() {
-    let mut net = Net::default_pair(Link::default());
+    let mut net = default_pair(Link::default());
     for path in ["/3/0/1", "/3/0/2"] {
         let id = net.get(path);
-        assert!(net.client.exchanges.capacity() > 0);
-        net.run(Duration::from_secs(10), echo);
+        assert!(net.a.exchanges.capacity() > 0);
+        net.serve(Duration::from_secs(10), echo);
         assert_eq!(net.responses()[&id].payload, path.as_bytes());
-        assert!(net.client.poll_event().is_none());
-        assert_eq!(net.client.exchanges.capacity(), 0);
-        assert_eq!(net.client.events.capacity(), 0);
-        assert_eq!(net.client.tokens.capacity(), 0);
-        assert_eq!(net.client.sent.capacity(), 0);
+        assert!(net.a.poll_event().is_none());
+        assert_eq!(net.a.exchanges.capacity(), 0);
+        assert_eq!(net.a.events.capacity(), 0);
+        assert_eq!(net.a.tokens.capacity(), 0);
+        assert_eq!(net.a.sent.capacity(), 0);
     }
 }
 
