@@ -7,14 +7,11 @@
 //! query parameter given twice (`?ep=mallory&ep=victim`) is refused here, 4.00, before any
 //! of them acts on one of the two values.
 
-use std::collections::HashMap;
-
-use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use coap_lite::{CoapOption, MessageClass, Packet, RequestType};
 
 use crate::bootstrap::error::BootstrapError;
 use crate::content::ContentFormat;
 use crate::registration::{self, RegisterParams, RegistrationError, UpdateParams};
-use crate::server::ServerEvent;
 
 /// A request of the Registration interface or a Bootstrap-Request, read from its CoAP
 /// message (method, Uri-Path and Uri-Query; the payload is the machine's business).
@@ -210,10 +207,8 @@ pub struct GateRefusal {
     pub endpoint: String,
     /// The endpoint the session's identity belongs to, if any.
     pub owner: Option<String>,
-    /// Why, in words (also the diagnostic payload).
+    /// Why, in words (also the diagnostic payload, [`GateRefusal::diagnostic`]).
     pub reason: String,
-    /// The 4.03 answer ([`forbidden`]).
-    pub answer: Packet,
 }
 
 impl GateRefusal {
@@ -233,27 +228,6 @@ impl GateRefusal {
     }
 }
 
-/// The admission gate in front of a server machine (sans-IO; one per socket), the one
-/// home of its decisions, used by `serve`'s drivers and by the feature suite's in-process
-/// servers alike:
-///
-/// - over DTLS ([`AdmissionGate::check_session`]), a request acting for an endpoint the
-///   session's identity does not belong to (Core TS 1.1 §7.1.8): a Register or
-///   Bootstrap-Request under another name, an Update or De-register of another endpoint's
-///   registration;
-/// - over plain CoAP beside a DTLS listener ([`AdmissionGate::check_plain`]), a Register
-///   of an endpoint that has credentials (its account's Security Mode is not NoSec, Core
-///   TS 1.1 §7.1).
-///
-/// Both read the request with [`classify`], as the machine does: a request the machine
-/// refuses anyway (4.00) passes the gate and is refused there.
-#[derive(Debug, Default)]
-pub struct AdmissionGate {
-    role: GateRole,
-    /// Registration id → endpoint, of the machine's registrations.
-    locations: HashMap<String, String>,
-}
-
 /// Which machine a gate stands in front of: which requests it checks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum GateRole {
@@ -264,67 +238,19 @@ pub enum GateRole {
     BootstrapServer,
 }
 
-impl AdmissionGate {
-    /// The gate of a machine of `role` (the default: an LwM2M Server's).
-    pub fn new(role: GateRole) -> Self {
-        Self {
-            role,
-            locations: HashMap::new(),
-        }
-    }
-
-    /// The endpoint a request acts for: the `ep` of a Register or Bootstrap-Request, the
-    /// endpoint of the registration an Update or De-register names (as far as
-    /// [`AdmissionGate::observe`] saw it). `None`: not checked.
-    pub fn claimed_endpoint(&self, request: &Packet) -> Option<String> {
-        claimed_endpoint(self.role, request, |id| self.locations.get(id).cloned())
-    }
-
-    /// A DTLS session's request: refused when it acts for an endpoint that is not `owner`
-    /// (the endpoint the session's identity belongs to, asked only when needed);
-    /// `identity` names the session in the reason.
-    pub fn check_session(
-        &self,
-        request: &Packet,
-        identity: &str,
-        owner: impl FnOnce() -> Option<String>,
-    ) -> Option<GateRefusal> {
-        check_session(self.role, request, identity, owner, |id| {
-            self.locations.get(id).cloned()
-        })
-    }
-
-    /// A plain-CoAP request beside a DTLS listener: a Register of an endpoint that has
-    /// credentials is refused.
-    pub fn check_plain(
-        &self,
-        request: &Packet,
-        has_credentials: impl FnOnce(&str) -> bool,
-    ) -> Option<GateRefusal> {
-        check_plain(self.role, request, has_credentials)
-    }
-
-    /// Follows the machine's registrations (for the Update and De-register checks).
-    pub fn observe(&mut self, event: &ServerEvent) {
-        use ServerEvent as E;
-        match event {
-            E::Registered {
-                registration: r, ..
-            }
-            | E::Updated {
-                registration: r, ..
-            } => {
-                self.locations.insert(r.id.clone(), r.endpoint.clone());
-            }
-            E::Deregistered { registration: r } | E::Expired { registration: r } => {
-                self.locations.remove(&r.id);
-            }
-            _ => {}
-        }
-    }
-}
-
-/// The admission gate as a hook of a server machine: the socket in front of the machine
+/// The admission gate, the one home of its decisions, as a hook of a server machine
+/// (`serve`'s sockets and the feature suite's in-process servers alike):
+///
+/// - over DTLS ([`SessionSender`], [`check_session`]), a request acting for an endpoint the
+///   session's identity does not belong to (Core TS 1.1 §7.1.8): a Register or
+///   Bootstrap-Request under another name, an Update or De-register of another endpoint's
+///   registration;
+/// - over plain CoAP beside a DTLS listener ([`PlainSender`], [`check_plain`]), a Register
+///   of an endpoint that has credentials (its account's Security Mode is not NoSec, Core
+///   TS 1.1 §7.1).
+///
+/// Both read the request with [`classify`], as the machine does: a request the machine
+/// refuses anyway (4.00) passes the gate and is refused there. The socket in front of the machine
 /// knows who sent a datagram (a DTLS session's identity, or plain CoAP beside a DTLS
 /// listener), the machine knows its registrations. The machine decodes each datagram once
 /// and asks the hook about each request in it before handling it
@@ -407,7 +333,9 @@ impl<F: FnMut(&str) -> bool> Admission for PlainSender<F> {
     }
 }
 
-/// [`AdmissionGate::claimed_endpoint`] with registrations looked up by `location`.
+/// The endpoint a request acts for: the `ep` of a Register or Bootstrap-Request, the
+/// endpoint of the registration an Update or De-register names (`location` looks it up).
+/// `None`: not checked.
 pub fn claimed_endpoint(
     role: GateRole,
     request: &Packet,
@@ -425,8 +353,9 @@ pub fn claimed_endpoint(
     }
 }
 
-/// [`AdmissionGate::check_session`] with registrations looked up by `location` (for a
-/// machine whose registrations are at hand).
+/// A DTLS session's request: refused when it acts for an endpoint that is not `owner`
+/// (the endpoint the session's identity belongs to, asked only when needed); `identity`
+/// names the session in the reason; `location` looks a registration id up.
 pub fn check_session(
     role: GateRole,
     request: &Packet,
@@ -444,14 +373,14 @@ pub fn check_session(
         owner.as_deref().unwrap_or("no endpoint")
     );
     Some(GateRefusal {
-        answer: forbidden(request, &reason),
         endpoint,
         owner,
         reason,
     })
 }
 
-/// [`AdmissionGate::check_plain`] for a machine of `role`.
+/// A plain-CoAP request beside a DTLS listener: a Register of an endpoint that has
+/// credentials is refused.
 pub fn check_plain(
     role: GateRole,
     request: &Packet,
@@ -469,28 +398,10 @@ pub fn check_plain(
     let endpoint = params.endpoint;
     let reason = format!("endpoint {endpoint:?} has credentials: register over DTLS");
     Some(GateRefusal {
-        answer: forbidden(request, &reason),
         endpoint,
         owner: None,
         reason,
     })
-}
-
-/// A 4.03 Forbidden response to `request`: piggybacked (ACK, same message ID) on a
-/// confirmable request, else a non-confirmable response with the message ID of the
-/// request (RFC 7252 §5.2; the requester matches by token); the reason as diagnostic
-/// payload (RFC 7252 §5.5.2).
-pub fn forbidden(request: &Packet, reason: &str) -> Packet {
-    let mut answer = Packet::new();
-    answer.header.code = MessageClass::Response(ResponseType::Forbidden);
-    answer.payload = reason.as_bytes().to_vec();
-    answer.header.set_type(match request.header.get_type() {
-        MessageType::Confirmable => MessageType::Acknowledgement,
-        _ => MessageType::NonConfirmable,
-    });
-    answer.header.message_id = request.header.message_id;
-    answer.set_token(request.get_token().to_vec());
-    answer
 }
 
 /// Parses the Uri-Query of a Bootstrap-Request (Core TS 1.1 §5.2.7.1): `ep` (mandatory)
@@ -538,6 +449,7 @@ pub fn registration_id_of(bytes: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::coap::MessageType;
     use crate::coap::message;
 
     fn request(method: RequestType, path: &str, queries: &[&str]) -> Packet {
@@ -586,73 +498,45 @@ mod tests {
 
     #[test]
     fn the_gate_refuses_a_session_acting_for_another_endpoint() {
-        let mut gate = AdmissionGate::default();
-        let mut register = request(RequestType::Post, "/rd", &["ep=dev2"]);
-        register.header.message_id = 77;
-        register.set_token(vec![9, 9]);
+        use GateRole::*;
         let owner = || Some("dev1".to_owned());
-        let refused = gate.check_session(&register, "psk:id1", owner).unwrap();
+        let locations = |id: &str| (id == "r2").then(|| "dev2".to_owned());
+        let check =
+            |role, request: &Packet| check_session(role, request, "psk:id1", owner, locations);
+        let register = request(RequestType::Post, "/rd", &["ep=dev2"]);
+        let refused = check(Lwm2mServer, &register).unwrap();
         assert_eq!(
             (refused.endpoint.as_str(), refused.owner.as_deref()),
             ("dev2", Some("dev1"))
         );
-        assert_eq!(
-            refused.answer.header.code,
-            MessageClass::Response(ResponseType::Forbidden)
-        );
-        assert_eq!(
-            refused.answer.header.get_type(),
-            MessageType::Acknowledgement
-        );
-        assert_eq!(refused.answer.header.message_id, 77);
-        assert_eq!(refused.answer.get_token(), &[9, 9]);
         assert!(refused.reason.contains("belongs to dev1"));
+        assert_eq!(refused.diagnostic(), refused.reason.as_bytes());
         let own = request(RequestType::Post, "/rd", &["ep=dev1"]);
-        assert_eq!(gate.check_session(&own, "psk:id1", owner), None);
+        assert_eq!(check(Lwm2mServer, &own), None);
         // A repeated ep passes the gate: the machine refuses it with 4.00.
         let twice = request(RequestType::Post, "/rd", &["ep=dev1", "ep=dev2"]);
-        assert_eq!(gate.check_session(&twice, "psk:id1", owner), None);
+        assert_eq!(check(Lwm2mServer, &twice), None);
         // A Bootstrap-Request is the Bootstrap Server's gate's business.
         let bs = request(RequestType::Post, "/bs", &["ep=dev2"]);
-        assert_eq!(gate.check_session(&bs, "psk:id1", owner), None);
-        let bootstrap = AdmissionGate::new(GateRole::BootstrapServer);
-        assert!(bootstrap.check_session(&bs, "psk:id1", owner).is_some());
-        assert_eq!(bootstrap.check_session(&register, "psk:id1", owner), None);
-        // Update and De-register of dev2's registration.
-        let now = std::time::Instant::now();
-        let registration = crate::server::Registration {
-            id: "r2".into(),
-            endpoint: "dev2".into(),
-            version: crate::registration::Lwm2mVersion::V1_1,
-            lifetime: 60,
-            binding: "U".into(),
-            queue_mode: false,
-            sms: None,
-            address: "127.0.0.1:9".parse().unwrap(),
-            links: Default::default(),
-            registered_at: now,
-            last_update: now,
-            findings: Vec::new(),
-            link_notes: Vec::new(),
-        };
-        gate.observe(&ServerEvent::Registered {
-            registration: registration.clone(),
-            replaced: None,
-        });
+        assert_eq!(check(Lwm2mServer, &bs), None);
+        assert!(check(BootstrapServer, &bs).is_some());
+        assert_eq!(check(BootstrapServer, &register), None);
+        // Update and De-register of dev2's registration; of one nobody knows.
         for method in [RequestType::Post, RequestType::Delete] {
             let other = request(method, "/rd/r2", &[]);
-            assert!(gate.check_session(&other, "psk:id1", owner).is_some());
+            assert!(check(Lwm2mServer, &other).is_some());
             let unknown = request(method, "/rd/zz", &[]);
-            assert_eq!(gate.check_session(&unknown, "psk:id1", owner), None);
+            assert_eq!(check(Lwm2mServer, &unknown), None);
         }
-        gate.observe(&ServerEvent::Deregistered { registration });
-        let gone = request(RequestType::Post, "/rd/r2", &[]);
-        assert_eq!(gate.check_session(&gone, "psk:id1", owner), None);
-        // Plain CoAP: a Register of an endpoint with credentials.
-        let refused = gate.check_plain(&register, |ep| ep == "dev2").unwrap();
-        assert!(refused.reason.contains("register over DTLS"));
-        assert_eq!(gate.check_plain(&own, |ep| ep == "dev2"), None);
-        assert_eq!(gate.check_plain(&twice, |_| true), None);
+        // A long name is cut in the diagnostic, at a character boundary.
+        let long = request(
+            RequestType::Post,
+            "/rd",
+            &[&format!("ep={}", "é".repeat(300))],
+        );
+        let refused = check(Lwm2mServer, &long).unwrap();
+        assert!(refused.diagnostic().len() <= 256);
+        assert!(std::str::from_utf8(&refused.diagnostic()).is_ok());
     }
 
     #[test]

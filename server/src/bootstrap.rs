@@ -35,7 +35,7 @@ use lwm2m_proto::bootstrap::server::{
 use lwm2m_proto::coap::Counters;
 use tokio::sync::{broadcast, oneshot};
 
-use crate::dtls::{BootstrapRequests, DtlsOptions, Gated};
+use crate::dtls::{DtlsOptions, Gated};
 use crate::events::{Event, EventBus, PacketTap, Role};
 use crate::listener::Listener;
 use crate::store::{BootstrapStore, ConfigKey, Credentials, SecurityInfo, SecurityStore, hex};
@@ -207,19 +207,19 @@ impl Handler<BootstrapServer> for BootstrapCore {
     }
 }
 
-impl Handler<Gated<BootstrapServer, BootstrapRequests>> for BootstrapCore {
+impl Handler<Gated<BootstrapServer>> for BootstrapCore {
     type Command = BootstrapCommand;
 
     fn command(
         &mut self,
-        machine: &mut Gated<BootstrapServer, BootstrapRequests>,
+        machine: &mut Gated<BootstrapServer>,
         now: Instant,
         command: BootstrapCommand,
     ) {
         BootstrapCore::command(self, &mut machine.inner, now, command);
     }
 
-    fn event(&mut self, _: &Gated<BootstrapServer, BootstrapRequests>, event: Event) {
+    fn event(&mut self, _: &Gated<BootstrapServer>, event: Event) {
         match event {
             Event::Bootstrap(e) => self.bootstrap_event(e),
             other => self.bus.send(other),
@@ -317,12 +317,7 @@ pub fn start_bootstrap(options: BootstrapOptions) -> io::Result<BootstrapHandle>
                 ..source.clone()
             };
             let machine = BootstrapServer::new(config, Box::new(source));
-            let gated = Gated::new(
-                machine,
-                BootstrapRequests::default(),
-                dtls.security.clone(),
-                Role::Bootstrap,
-            );
+            let gated = Gated::new(machine, dtls.security.clone(), Role::Bootstrap);
             let listener = Listener {
                 options: dtls,
                 role: Role::Bootstrap,

@@ -24,7 +24,7 @@ use lwm2m_proto::server::{
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::dtls::{DtlsOptions, Gated, Registrations};
+use crate::dtls::{DtlsOptions, Gated};
 use crate::events::{Event, EventBus, PacketTap, Role};
 use crate::listener::Listener;
 use crate::plain::{Adopt, Found, PlainServer};
@@ -301,19 +301,14 @@ impl Handler<PlainServer> for ServerCore {
     }
 }
 
-impl Handler<Gated<Lwm2mServer, Registrations>> for ServerCore {
+impl Handler<Gated<Lwm2mServer>> for ServerCore {
     type Command = ServerCommand;
 
-    fn command(
-        &mut self,
-        machine: &mut Gated<Lwm2mServer, Registrations>,
-        now: Instant,
-        command: ServerCommand,
-    ) {
+    fn command(&mut self, machine: &mut Gated<Lwm2mServer>, now: Instant, command: ServerCommand) {
         self.run_command(&mut machine.inner, now, command);
     }
 
-    fn event(&mut self, machine: &Gated<Lwm2mServer, Registrations>, event: Event) {
+    fn event(&mut self, machine: &Gated<Lwm2mServer>, event: Event) {
         self.track_observations(&machine.inner, &event);
         self.machine_event(event);
     }
@@ -410,12 +405,7 @@ pub fn start_server(options: ServerOptions) -> io::Result<ServerHandle> {
             let mut config = options.config.clone();
             config.coap.seed = config.coap.seed.wrapping_add(1);
             let machine = Lwm2mServer::new(config, options.registry.clone());
-            let gated = Gated::new(
-                machine,
-                Registrations::default(),
-                dtls.security.clone(),
-                Role::Server,
-            );
+            let gated = Gated::new(machine, dtls.security.clone(), Role::Server);
             let listener = Listener {
                 options: dtls,
                 role: Role::Server,

@@ -23,8 +23,9 @@
 //! Identity and endpoint (Core TS 1.1 §7.1.8, §6.2.1, §5.2.7.1): a request acting for an
 //! endpoint the session's identity does not belong to (by the security store:
 //! `by_psk_identity(identity).endpoint != NAME`; a certificate's common name must equal
-//! NAME) never reaches the machine: this module answers 4.03 Forbidden itself with a
-//! one-line diagnostic payload (RFC 7252 §5.5.2) and reports
+//! NAME) never reaches the machine's handlers: the machine asks [`Gated`]'s admission hook
+//! about each request it decodes ([`lwm2m_proto::Admitting`]), answers 4.03 Forbidden with
+//! a one-line diagnostic payload (RFC 7252 §5.5.2), and this module reports
 //! [`SecurityEvent::IdentityMismatch`]. For the LwM2M Server that is a Register
 //! (`POST /rd?ep=NAME`), or an Update / De-register (`POST`/`DELETE /rd/{id}`) of another
 //! endpoint's registration; for the Bootstrap Server a Bootstrap-Request
@@ -38,18 +39,16 @@ use std::time::{Duration, Instant};
 use lwm2m_dtls::{
     DtlsServer, Identity, PskStore, ServerConfig as DtlsConfig, ServerEvent as DtlsEvent,
 };
-pub use lwm2m_proto::admission::forbidden;
-use lwm2m_proto::admission::{self, AdmissionGate, GateRole, InterfaceRequest};
+use lwm2m_proto::admission::SessionSender;
 use lwm2m_proto::bootstrap::BootstrapServer;
-use lwm2m_proto::bootstrap::server::BootstrapEvent;
-use lwm2m_proto::coap::{Packet, Transmit, message};
-use lwm2m_proto::server::{Lwm2mServer, ServerEvent};
+use lwm2m_proto::coap::Transmit;
+use lwm2m_proto::server::Lwm2mServer;
 
 pub use lwm2m_dtls::{CertificateConfig, KeyLog, KeyLogFile};
 
 use crate::events::{Direction, Event, PacketTap, Role, SecurityEvent};
 use crate::store::{Credentials, SecurityStore};
-use lwm2m_proto::Machine;
+use lwm2m_proto::{Admitting, Machine};
 
 /// How to start the DTLS listener of an LwM2M Server (see
 /// [`crate::driver::ServerOptions::dtls`]) or a Bootstrap Server
@@ -124,17 +123,6 @@ impl PskStore for StorePsk {
             _ => None,
         }
     }
-}
-
-/// The machine behind the wrapper, as the admission gate needs to know it: the gate
-/// ([`AdmissionGate`], the one home of the decisions), and the machine's events it follows.
-pub trait Gate: Send + 'static {
-    /// The inner machine's event.
-    type Event;
-    /// The gate.
-    fn gate(&self) -> &AdmissionGate;
-    /// Sees each event of the inner machine before it leaves.
-    fn observe(&mut self, _event: &Self::Event) {}
 }
 
 /// What a [`DtlsFront`] hands to the machine side ([`Gated`]): the plaintext of an
@@ -339,35 +327,29 @@ impl DtlsFront {
 /// session and as whom it authenticated, refuses requests the identity may not make
 /// (4.03), and hands the rest to the machine. Its [`Machine::poll_transmit`] gives the
 /// plaintext to encrypt into the peer's session on front [`Gated::front_of`].
-pub struct Gated<M: Machine, G> {
+pub struct Gated<M: Admitting> {
     /// The machine behind the DTLS socket.
     pub(crate) inner: M,
-    gate: G,
     security: Arc<dyn SecurityStore>,
     role: Role,
     events: VecDeque<Event>,
-    /// 4.03 answers of refused requests, before the machine's output.
-    answers: VecDeque<Transmit>,
     /// The front and the identity of each peer's session.
     sessions: HashMap<SocketAddr, (usize, Identity)>,
 }
 
-impl<M, G> Gated<M, G>
+impl<M> Gated<M>
 where
-    M: Machine,
+    M: Admitting,
     M::Event: Into<Event>,
-    G: Gate<Event = M::Event>,
 {
-    /// `inner` behind `gate`; identities are mapped to endpoints by `security`; events are
-    /// reported as `role`'s.
-    pub fn new(inner: M, gate: G, security: Arc<dyn SecurityStore>, role: Role) -> Self {
+    /// `inner` behind the admission gate; identities are mapped to endpoints by
+    /// `security`; events are reported as `role`'s.
+    pub fn new(inner: M, security: Arc<dyn SecurityStore>, role: Role) -> Self {
         Self {
             inner,
-            gate,
             security,
             role,
             events: VecDeque::new(),
-            answers: VecDeque::new(),
             sessions: HashMap::new(),
         }
     }
@@ -414,61 +396,43 @@ where
         self.sessions.clear();
     }
 
-    fn admit(&mut self, now: Instant, peer: SocketAddr, identity: &Identity, payload: &[u8]) {
-        match self.refusal(peer, identity, payload) {
-            Some((answer, event)) => {
-                tracing::warn!("{} (DTLS): {event:?}", self.role.name());
-                self.answers.push_back(Transmit {
-                    peer,
-                    bytes: answer,
-                });
-                self.events.push_back(Event::Security(self.role, event));
-            }
-            None => self.inner.handle_datagram(now, peer, payload),
-        }
-    }
-
-    /// A 4.03 answer and its event when `payload` is a request acting for an endpoint
-    /// the session's identity does not belong to (Core TS 1.1
+    /// Hands the session's datagram to the machine, whose admission hook refuses a request
+    /// acting for an endpoint the session's identity does not belong to (Core TS 1.1
     /// §7.1.8): by the security store for a PSK identity, the certificate's common name
-    /// otherwise.
-    fn refusal(
-        &self,
-        peer: SocketAddr,
-        identity: &Identity,
-        payload: &[u8],
-    ) -> Option<(Vec<u8>, SecurityEvent)> {
-        let request = message::decode(payload).ok()?;
-        let owner = || match identity {
-            Identity::Psk(id) => std::str::from_utf8(id)
-                .ok()
-                .and_then(|id| self.security.by_psk_identity(id))
-                .map(|info| info.endpoint),
-            Identity::Certificate(cn) => Some(cn.to_string()),
-            _ => None,
+    /// otherwise. The machine answers the refusal (4.03); it is reported here.
+    fn admit(&mut self, now: Instant, peer: SocketAddr, identity: &Identity, payload: &[u8]) {
+        let security = &self.security;
+        let named = identity.to_string();
+        let mut hook = SessionSender {
+            identity: &named,
+            owner: || match identity {
+                Identity::Psk(id) => std::str::from_utf8(id)
+                    .ok()
+                    .and_then(|id| security.by_psk_identity(id))
+                    .map(|info| info.endpoint),
+                Identity::Certificate(cn) => Some(cn.to_string()),
+                _ => None,
+            },
+            refused: None,
         };
-        let refused = self
-            .gate
-            .gate()
-            .check_session(&request, &identity.to_string(), owner)?;
-        let answer = refused.answer.to_bytes().ok()?;
-        Some((
-            answer,
-            SecurityEvent::IdentityMismatch {
+        self.inner.handle_admitted(now, peer, payload, &mut hook);
+        if let Some(refused) = hook.refused {
+            let event = SecurityEvent::IdentityMismatch {
                 peer,
-                identity: identity.to_string(),
+                identity: named,
                 endpoint: refused.endpoint,
                 owner: refused.owner,
-            },
-        ))
+            };
+            tracing::warn!("{} (DTLS): {event:?}", self.role.name());
+            self.events.push_back(Event::Security(self.role, event));
+        }
     }
 }
 
-impl<M, G> Machine for Gated<M, G>
+impl<M> Machine for Gated<M>
 where
-    M: Machine,
+    M: Admitting,
     M::Event: Into<Event>,
-    G: Gate<Event = M::Event>,
 {
     type Event = Event;
     /// The plaintext of a datagram of `peer`'s session (known from an earlier
@@ -491,9 +455,7 @@ where
         }
     }
     fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.answers
-            .pop_front()
-            .or_else(|| self.inner.poll_transmit())
+        self.inner.poll_transmit()
     }
     fn poll_timeout(&mut self) -> Option<Instant> {
         self.inner.poll_timeout()
@@ -502,9 +464,7 @@ where
         if let Some(e) = self.events.pop_front() {
             return Some(e);
         }
-        let event = self.inner.poll_event()?;
-        self.gate.observe(&event);
-        Some(event.into())
+        self.inner.poll_event().map(Into::into)
     }
 }
 
@@ -514,35 +474,29 @@ where
 /// address, as the machine keys its peers); its output is encrypted back into the session
 /// of its peer. The drivers run the same two halves in tasks of their own
 /// ([`DtlsOptions::shards`] fronts).
-pub struct SecureServer<M: Machine, G> {
+pub struct SecureServer<M: Admitting> {
     front: DtlsFront,
-    gated: Gated<M, G>,
+    gated: Gated<M>,
 }
 
 /// The LwM2M Server over DTLS.
-pub type SecureLwm2m = SecureServer<Lwm2mServer, Registrations>;
+pub type SecureLwm2m = SecureServer<Lwm2mServer>;
 
 /// The Bootstrap Server over DTLS.
-pub type SecureBootstrap = SecureServer<BootstrapServer, BootstrapRequests>;
+pub type SecureBootstrap = SecureServer<BootstrapServer>;
 
-impl<M, G> SecureServer<M, G>
+impl<M> SecureServer<M>
 where
-    M: Machine,
+    M: Admitting,
     M::Event: Into<Event>,
-    G: Gate<Event = M::Event>,
 {
     /// `inner` behind a DTLS session router set up from `options` (one front, whatever
-    /// [`DtlsOptions::shards`] says), with `gate` deciding which requests a session's
-    /// identity may make; events are reported as `role`'s.
-    pub fn new(
-        options: &DtlsOptions,
-        inner: M,
-        gate: G,
-        role: Role,
-    ) -> Result<Self, lwm2m_dtls::DtlsError> {
+    /// [`DtlsOptions::shards`] says) and the admission gate; events are reported as
+    /// `role`'s.
+    pub fn new(options: &DtlsOptions, inner: M, role: Role) -> Result<Self, lwm2m_dtls::DtlsError> {
         Ok(Self {
             front: DtlsFront::new(options, role, 1)?,
-            gated: Gated::new(inner, gate, options.security.clone(), role),
+            gated: Gated::new(inner, options.security.clone(), role),
         })
     }
 
@@ -604,58 +558,10 @@ where
     }
 }
 
-/// The endpoint a Register (`POST /rd?ep=NAME`, Core TS 1.1 §6.2.1) is for, read by
-/// [`admission::classify`] as the machine reads it; `None` for any other request and for
-/// a Register the machine refuses (e.g. `ep=` given twice: 4.00).
-pub fn register_endpoint(request: &Packet) -> Option<String> {
-    match admission::classify(request)? {
-        Ok(InterfaceRequest::Register(params)) => Some(params.endpoint),
-        _ => None,
-    }
-}
-
-/// The LwM2M Server's gate: a Register (`POST /rd?ep=NAME`) acts for NAME, an Update or
-/// De-register (`POST`/`DELETE /rd/{id}`) for the endpoint of that registration.
-#[derive(Debug, Default)]
-pub struct Registrations(pub(crate) AdmissionGate);
-
-impl Gate for Registrations {
-    type Event = ServerEvent;
-
-    fn gate(&self) -> &AdmissionGate {
-        &self.0
-    }
-
-    /// Keeps the registration id → endpoint map for the Update and De-register checks.
-    fn observe(&mut self, event: &ServerEvent) {
-        self.0.observe(event);
-    }
-}
-
-/// The Bootstrap Server's gate: a Bootstrap-Request (`POST /bs?ep=NAME`, Core TS 1.1
-/// §5.2.7.1) acts for NAME.
-#[derive(Debug)]
-pub struct BootstrapRequests(AdmissionGate);
-
-impl Default for BootstrapRequests {
-    fn default() -> Self {
-        Self(AdmissionGate::new(GateRole::BootstrapServer))
-    }
-}
-
-impl Gate for BootstrapRequests {
-    type Event = BootstrapEvent;
-
-    fn gate(&self) -> &AdmissionGate {
-        &self.0
-    }
-}
-
-impl<M, G> Machine for SecureServer<M, G>
+impl<M> Machine for SecureServer<M>
 where
-    M: Machine,
+    M: Admitting,
     M::Event: Into<Event>,
-    G: Gate<Event = M::Event>,
 {
     type Event = Event;
     fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
@@ -688,7 +594,9 @@ mod tests {
     const PEER: SocketAddr =
         SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9);
     use crate::store::{FileSecurityStore, SecurityInfo};
-    use lwm2m_proto::coap::{MessageClass, MessageType, RequestType, ResponseType};
+    use lwm2m_proto::coap::{
+        MessageClass, MessageType, Packet, RequestType, ResponseType, message,
+    };
 
     fn store() -> Arc<dyn SecurityStore> {
         let s = FileSecurityStore::in_memory();
@@ -711,12 +619,45 @@ mod tests {
         assert_eq!(psk.psk(&[0xff]), None);
     }
 
-    fn register(ep: &str) -> Vec<u8> {
-        let mut p = message::request(RequestType::Post, "/rd");
-        message::add_query(&mut p, &format!("ep={ep}"));
-        p.header.message_id = 77;
-        p.set_token(vec![9, 9]);
+    /// A confirmable request with message ID and token `mid`.
+    fn request(method: RequestType, path: &str, query: Option<&str>, mid: u16) -> Vec<u8> {
+        let mut p = message::request(method, path);
+        if let Some(q) = query {
+            message::add_query(&mut p, q);
+        }
+        p.header.set_type(MessageType::Confirmable);
+        p.header.message_id = mid;
+        p.set_token(mid.to_be_bytes().to_vec());
         p.to_bytes().unwrap()
+    }
+
+    /// What the gated machine answers a session of `identity` for `payload`, and the
+    /// refusal it reported, if any.
+    fn exchange<M>(
+        s: &mut SecureServer<M>,
+        identity: &Identity,
+        payload: Vec<u8>,
+    ) -> (Packet, Option<SecurityEvent>)
+    where
+        M: Admitting,
+        M::Event: Into<Event>,
+    {
+        let inbound = Inbound::Datagram {
+            peer: PEER,
+            identity: identity.clone(),
+            payload,
+        };
+        s.gated.inbound(Instant::now(), 0, inbound);
+        let answer = s.gated.poll_transmit().expect("an answer");
+        let refused = std::iter::from_fn(|| s.gated.poll_event()).find_map(|e| match e {
+            Event::Security(_, m @ SecurityEvent::IdentityMismatch { .. }) => Some(m),
+            _ => None,
+        });
+        (message::decode(&answer.bytes).unwrap(), refused)
+    }
+
+    fn code(p: &Packet) -> String {
+        p.header.code.to_string()
     }
 
     #[test]
@@ -724,107 +665,92 @@ mod tests {
         let options = DtlsOptions::new("127.0.0.1:0".parse().unwrap(), store());
         let registry = Arc::new(lwm2m_proto::registry::Registry::embedded());
         let lwm2m = Lwm2mServer::new(Default::default(), registry);
-        let mut s =
-            SecureServer::new(&options, lwm2m, Registrations::default(), Role::Server).unwrap();
+        let mut s = SecureServer::new(&options, lwm2m, Role::Server).unwrap();
         let id = Identity::Psk(Arc::from(&b"id1"[..]));
-        assert!(s.gated.refusal(PEER, &id, &register("dev1")).is_none());
-        assert!(s.gated.refusal(PEER, &id, b"\xff garbage").is_none());
-        let (answer, event) = s.gated.refusal(PEER, &id, &register("dev2")).unwrap();
-        let answer = message::decode(&answer).unwrap();
+        let register =
+            |ep: &str, mid| request(RequestType::Post, "/rd", Some(&format!("ep={ep}")), mid);
+        let (answer, refused) = exchange(&mut s, &id, register("dev2", 77));
         assert_eq!(
             answer.header.code,
             MessageClass::Response(ResponseType::Forbidden)
         );
         assert_eq!(answer.header.get_type(), MessageType::Acknowledgement);
         assert_eq!(answer.header.message_id, 77);
-        assert_eq!(answer.get_token(), &[9, 9]);
         assert_eq!(
-            event,
-            SecurityEvent::IdentityMismatch {
+            refused,
+            Some(SecurityEvent::IdentityMismatch {
                 peer: PEER,
                 identity: "psk:id1".into(),
                 endpoint: "dev2".into(),
                 owner: Some("dev1".into()),
-            }
+            })
         );
+        // Its own name, and a certificate naming the endpoint, pass.
+        let location = |p: &Packet| {
+            let parts: Vec<String> = p
+                .get_option(lwm2m_proto::coap::CoapOption::LocationPath)
+                .into_iter()
+                .flatten()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect();
+            format!("/{}", parts.join("/"))
+        };
+        let (answer, refused) = exchange(&mut s, &id, register("dev1", 1));
+        assert_eq!((code(&answer), refused), ("2.01".into(), None));
+        let own = location(&answer);
         let cert = Identity::Certificate(Arc::from("dev2"));
-        assert!(s.gated.refusal(PEER, &cert, &register("dev2")).is_none());
-
-        // Update and De-register of dev2's registration (id "r2") by id1: refused.
-        let now = Instant::now();
-        for (id, endpoint) in [("r2", "dev2"), ("r1", "dev1")] {
-            s.gated.gate.observe(&ServerEvent::Registered {
-                registration: lwm2m_proto::server::Registration {
-                    id: id.into(),
-                    endpoint: endpoint.into(),
-                    version: lwm2m_proto::registration::Lwm2mVersion::V1_1,
-                    lifetime: 60,
-                    binding: "U".into(),
-                    queue_mode: false,
-                    sms: None,
-                    address: "127.0.0.1:9".parse().unwrap(),
-                    links: Default::default(),
-                    registered_at: now,
-                    last_update: now,
-                    findings: Vec::new(),
-                    link_notes: Vec::new(),
-                },
-                replaced: None,
-            });
-        }
-        for method in [RequestType::Post, RequestType::Delete] {
-            let mut p = message::request(method, "/rd/r2");
-            p.header.message_id = 5;
-            let (_, event) = s.gated.refusal(PEER, &id, &p.to_bytes().unwrap()).unwrap();
+        let (answer, refused) = exchange(&mut s, &cert, register("dev2", 2));
+        assert_eq!((code(&answer), refused), ("2.01".into(), None));
+        let other = location(&answer);
+        // An Update or De-register of dev2's registration by id1: refused; of its own, or
+        // of a registration the machine does not know (its own 4.04): not the gate's.
+        for (n, method) in [RequestType::Post, RequestType::Delete]
+            .into_iter()
+            .enumerate()
+        {
+            let mid = 10 * (n as u16 + 1);
+            let (answer, refused) = exchange(&mut s, &id, request(method, &other, None, mid));
+            assert_eq!(code(&answer), "4.03");
             assert!(
-                matches!(event, SecurityEvent::IdentityMismatch { endpoint, .. } if endpoint == "dev2")
+                matches!(refused, Some(SecurityEvent::IdentityMismatch { endpoint, .. }) if endpoint == "dev2")
             );
-            let own = message::request(method, "/rd/r1").to_bytes().unwrap();
-            assert!(s.gated.refusal(PEER, &id, &own).is_none());
-            let unknown = message::request(method, "/rd/zz").to_bytes().unwrap();
-            assert!(s.gated.refusal(PEER, &id, &unknown).is_none());
+            let (answer, refused) = exchange(&mut s, &id, request(method, "/rd/zz", None, mid + 1));
+            assert_eq!((code(&answer), refused), ("4.04".into(), None));
         }
+        let (answer, refused) = exchange(&mut s, &id, request(RequestType::Delete, &own, None, 30));
+        assert_eq!((code(&answer), refused), ("2.02".into(), None));
     }
+
     #[test]
     fn bootstrap_request_under_another_endpoint_is_forbidden() {
         let options = DtlsOptions::new("127.0.0.1:0".parse().unwrap(), store());
         let source = lwm2m_proto::bootstrap::server::MemoryConfigSource::default();
         let machine =
             lwm2m_proto::bootstrap::BootstrapServer::new(Default::default(), Box::new(source));
-        let s = SecureServer::new(
-            &options,
-            machine,
-            BootstrapRequests::default(),
-            Role::Bootstrap,
-        )
-        .unwrap();
+        let mut s = SecureServer::new(&options, machine, Role::Bootstrap).unwrap();
         let id = Identity::Psk(Arc::from(&b"id1"[..]));
-        let bs = |ep: &str| {
-            let mut p = message::request(RequestType::Post, "/bs");
-            message::add_query(&mut p, &format!("ep={ep}"));
-            p.to_bytes().unwrap()
-        };
-        assert!(s.gated.refusal(PEER, &id, &bs("dev1")).is_none());
-        let (answer, event) = s.gated.refusal(PEER, &id, &bs("dev2")).unwrap();
-        assert_eq!(
-            message::decode(&answer).unwrap().header.code,
-            MessageClass::Response(ResponseType::Forbidden)
-        );
+        let bs = |ep: &str, mid| request(RequestType::Post, "/bs", Some(&format!("ep={ep}")), mid);
+        // dev1 has no configuration: the machine's own refusal, not the gate's.
+        let (answer, refused) = exchange(&mut s, &id, bs("dev1", 1));
+        assert!(code(&answer) != "4.03" && refused.is_none());
+        let (answer, refused) = exchange(&mut s, &id, bs("dev2", 2));
+        assert_eq!(code(&answer), "4.03");
         assert!(
-            matches!(event, SecurityEvent::IdentityMismatch { endpoint, .. } if endpoint == "dev2")
+            matches!(refused, Some(SecurityEvent::IdentityMismatch { endpoint, .. }) if endpoint == "dev2")
         );
         // Unknown identity: belongs to no endpoint.
         let stranger = Identity::Psk(Arc::from(&b"who"[..]));
-        let (_, event) = s.gated.refusal(PEER, &stranger, &bs("dev1")).unwrap();
+        let (_, refused) = exchange(&mut s, &stranger, bs("dev1", 3));
         assert!(matches!(
-            event,
-            SecurityEvent::IdentityMismatch { owner: None, .. }
+            refused,
+            Some(SecurityEvent::IdentityMismatch { owner: None, .. })
         ));
         // Other requests are not the gate's business; a Register is not a Bootstrap-Request.
-        assert!(s.gated.refusal(PEER, &id, &register("dev2")).is_none());
-        let get = message::request(RequestType::Get, "/bs")
-            .to_bytes()
-            .unwrap();
-        assert!(s.gated.refusal(PEER, &id, &get).is_none());
+        let register = request(RequestType::Post, "/rd", Some("ep=dev2"), 4);
+        let (answer, refused) = exchange(&mut s, &id, register);
+        assert!(code(&answer) != "4.03" && refused.is_none());
+        let get = request(RequestType::Get, "/bs", None, 5);
+        let (answer, refused) = exchange(&mut s, &id, get);
+        assert!(code(&answer) != "4.03" && refused.is_none());
     }
 }

@@ -23,13 +23,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lwm2m_proto::Machine;
 use lwm2m_proto::coap::Transmit;
+use lwm2m_proto::{Admitting, Machine};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::dtls::{DtlsFront, DtlsOptions, Gate, Gated, Inbound};
+use crate::dtls::{DtlsFront, DtlsOptions, Gated, Inbound};
 use crate::events::{Direction, Event, EventBus, PacketTap, Role};
 use crate::task::{Control, Handler, Io, RECV_BATCH, Task, obey, receive_buffer};
 
@@ -71,12 +71,11 @@ pub(crate) struct Listener<'a> {
 impl Listener<'_> {
     /// Binds the sockets, starts one front task on each and the machine task with
     /// `handler`; the task behind the server's handle is the machine task.
-    pub fn spawn<M, G, H>(self, gated: Gated<M, G>, handler: H) -> io::Result<Task<H::Command>>
+    pub fn spawn<M, H>(self, gated: Gated<M>, handler: H) -> io::Result<Task<H::Command>>
     where
-        M: Machine + Send + 'static,
+        M: Admitting + Send + 'static,
         M::Event: Into<Event>,
-        G: Gate<Event = M::Event>,
-        H: Handler<Gated<M, G>>,
+        H: Handler<Gated<M>>,
     {
         let sockets = bind_group(self.options.bind, self.options.shards)?;
         let shares = sockets.len();
@@ -218,23 +217,22 @@ async fn send_records(front: &mut DtlsFront, io: &Io) {
 }
 
 /// The machine task's own state beside the handler.
-struct MachineSide<M: Machine, G> {
-    gated: Gated<M, G>,
+struct MachineSide<M: Admitting> {
+    gated: Gated<M>,
     role: Role,
     /// The plaintext to encrypt, per front.
     outbound: Vec<mpsc::UnboundedSender<Vec<Transmit>>>,
     joins: Vec<JoinHandle<()>>,
 }
 
-impl<M, G> MachineSide<M, G>
+impl<M> MachineSide<M>
 where
-    M: Machine + Send + 'static,
+    M: Admitting + Send + 'static,
     M::Event: Into<Event>,
-    G: Gate<Event = M::Event>,
 {
     /// As the plain driver's flush: events to the handler first (what a 2.01 announces is
     /// stored before it leaves), then the output to the fronts of its peers.
-    fn flush<H: Handler<Gated<M, G>>>(&mut self, handler: &mut H) {
+    fn flush<H: Handler<Gated<M>>>(&mut self, handler: &mut H) {
         while let Some(event) = self.gated.poll_event() {
             handler.event(&self.gated, event);
         }
@@ -269,16 +267,15 @@ where
 
 /// The machine task: the fronts' datagrams, the handle's commands and the machine's timer,
 /// until told to stop or every handle is gone; then the fronts stop too.
-async fn run_machine<M, G, H>(
-    mut side: MachineSide<M, G>,
+async fn run_machine<M, H>(
+    mut side: MachineSide<M>,
     mut handler: H,
     mut inbound: mpsc::Receiver<(usize, Vec<Inbound>)>,
     mut commands: mpsc::Receiver<Control<H::Command>>,
 ) where
-    M: Machine + Send + 'static,
+    M: Admitting + Send + 'static,
     M::Event: Into<Event>,
-    G: Gate<Event = M::Event>,
-    H: Handler<Gated<M, G>>,
+    H: Handler<Gated<M>>,
 {
     let idle = Duration::from_secs(3600);
     loop {

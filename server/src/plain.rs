@@ -1,17 +1,17 @@
 //! The LwM2M Server's plain CoAP socket beside a DTLS listener: an endpoint that has
 //! credentials in the security store must use them (Core TS 1.1 §7.1: its account's
 //! Security Mode is not NoSec, so the client talks `coaps://`). Its Register over plain
-//! CoAP (`POST /rd?ep=NAME`) never reaches the machine: this module answers 4.03 Forbidden
-//! with a one-line diagnostic payload and reports [`SecurityEvent::Insecure`], as Leshan
-//! does. Endpoints without credentials register over plain CoAP as before.
+//! CoAP (`POST /rd?ep=NAME`) is refused by the machine's admission hook
+//! ([`PlainSender`]): 4.03 Forbidden with a one-line diagnostic payload, and this module
+//! reports [`SecurityEvent::Insecure`], as Leshan does. Endpoints without credentials register over plain CoAP as before.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lwm2m_proto::admission::AdmissionGate;
-use lwm2m_proto::coap::{Transmit, message};
+use lwm2m_proto::admission::PlainSender;
+use lwm2m_proto::coap::Transmit;
 use lwm2m_proto::server::Lwm2mServer;
 
 use futures::future::BoxFuture;
@@ -48,9 +48,7 @@ pub struct PlainServer {
     /// Endpoints with credentials here must register over DTLS; `None`: no DTLS listener,
     /// nothing refused.
     security: Option<Arc<dyn SecurityStore>>,
-    refusals: VecDeque<Transmit>,
     events: VecDeque<Event>,
-    gate: AdmissionGate,
     /// In a cluster: the shared registrations, and where a look-up goes back to (an Update
     /// of a registration made through another instance is looked up off the task, then
     /// handed back to it).
@@ -66,9 +64,7 @@ impl PlainServer {
         Self {
             inner,
             security,
-            refusals: VecDeque::new(),
             events: VecDeque::new(),
-            gate: AdmissionGate::default(),
             shared: None,
             lookups: Arc::default(),
         }
@@ -134,45 +130,38 @@ impl PlainServer {
         });
         true
     }
-
-    /// The 4.03 answer when `bytes` is a Register of an endpoint with credentials (the
-    /// gate's decision, [`AdmissionGate::check_plain`]).
-    fn refusal(&self, bytes: &[u8]) -> Option<(Vec<u8>, String)> {
-        let security = self.security.as_ref()?;
-        let request = message::decode(bytes).ok()?;
-        let refused = self
-            .gate
-            .check_plain(&request, |ep| security.by_endpoint(ep).is_some())?;
-        Some((refused.answer.to_bytes().ok()?, refused.endpoint))
-    }
 }
 
 impl Machine for PlainServer {
     type Event = Event;
+    /// A Register of an endpoint with credentials here is refused by the machine's
+    /// admission hook (4.03, [`PlainSender`]) while a DTLS listener runs beside this socket;
+    /// an Update of a registration held elsewhere in a cluster is looked up first.
     fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
-        match self.refusal(bytes) {
-            Some((answer, endpoint)) => {
-                tracing::warn!("LwM2M Server: {endpoint} registered over plain CoAP: 4.03");
-                self.refusals.push_back(Transmit {
-                    peer,
-                    bytes: answer,
-                });
-                self.events.push_back(Event::Security(
-                    Role::Server,
-                    SecurityEvent::Insecure { peer, endpoint },
-                ));
-            }
-            None if self.look_up_elsewhere(peer, bytes) => {}
-            None => self.inner.handle_datagram(now, peer, bytes),
+        if self.look_up_elsewhere(peer, bytes) {
+            return;
+        }
+        let Some(security) = &self.security else {
+            return self.inner.handle_datagram(now, peer, bytes);
+        };
+        let mut hook = PlainSender {
+            has_credentials: |ep: &str| security.by_endpoint(ep).is_some(),
+            refused: None,
+        };
+        self.inner.handle_admitted(now, peer, bytes, &mut hook);
+        if let Some(refused) = hook.refused {
+            let endpoint = refused.endpoint;
+            tracing::warn!("LwM2M Server: {endpoint} registered over plain CoAP: 4.03");
+            let insecure = SecurityEvent::Insecure { peer, endpoint };
+            self.events
+                .push_back(Event::Security(Role::Server, insecure));
         }
     }
     fn handle_timeout(&mut self, now: Instant) {
         self.inner.handle_timeout(now)
     }
     fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.refusals
-            .pop_front()
-            .or_else(|| self.inner.poll_transmit())
+        self.inner.poll_transmit()
     }
     fn poll_timeout(&mut self) -> Option<Instant> {
         self.inner.poll_timeout()
@@ -188,12 +177,12 @@ impl Machine for PlainServer {
 mod tests {
     use super::*;
     use crate::store::{Credentials, FileSecurityStore, SecurityInfo};
-    use lwm2m_proto::coap::{MessageClass, MessageType, RequestType, ResponseType};
+    use lwm2m_proto::coap::{MessageClass, MessageType, RequestType, ResponseType, message};
 
-    fn register(ep: &str) -> Vec<u8> {
+    fn register(ep: &str, mid: u16) -> Vec<u8> {
         let mut p = message::request(RequestType::Post, "/rd");
         message::add_query(&mut p, &format!("ep={ep}"));
-        p.header.message_id = 41;
+        p.header.message_id = mid;
         p.set_token(vec![4, 1]);
         p.to_bytes().unwrap()
     }
@@ -218,7 +207,7 @@ mod tests {
         let mut s = server(Some(Arc::new(store)));
         let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let now = Instant::now();
-        s.handle_datagram(now, peer, &register("secure-1"));
+        s.handle_datagram(now, peer, &register("secure-1", 41));
         let answer = s.poll_transmit().unwrap();
         let answer = message::decode(&answer.bytes).unwrap();
         assert_eq!(
@@ -237,10 +226,17 @@ mod tests {
                 }
             ))
         );
-        assert!(s.poll_event().is_none(), "the machine saw nothing");
+        assert!(s.poll_event().is_none(), "the machine reported nothing");
+        // Its retransmission gets the same answer (RFC 7252 §4.5), and no second event.
+        s.handle_datagram(now, peer, &register("secure-1", 41));
+        assert_eq!(
+            message::decode(&s.poll_transmit().unwrap().bytes).unwrap(),
+            answer
+        );
+        assert!(s.poll_event().is_none());
 
         // Without credentials: registered by the machine.
-        s.handle_datagram(now, peer, &register("plain-1"));
+        s.handle_datagram(now, peer, &register("plain-1", 42));
         let answer = message::decode(&s.poll_transmit().unwrap().bytes).unwrap();
         assert_eq!(
             answer.header.code,
@@ -254,7 +250,7 @@ mod tests {
     fn without_a_dtls_listener_nothing_is_refused() {
         let mut s = server(None);
         let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        s.handle_datagram(Instant::now(), peer, &register("secure-1"));
+        s.handle_datagram(Instant::now(), peer, &register("secure-1", 43));
         let answer = message::decode(&s.poll_transmit().unwrap().bytes).unwrap();
         assert_eq!(
             answer.header.code,

@@ -55,9 +55,7 @@ use lwm2m_proto::server::{
 use lwm2m_proto::{Lwm2mPath, Machine};
 use lwm2m_server::bootstrap::StoreConfigSource;
 use lwm2m_server::driver::Transports;
-use lwm2m_server::dtls::{
-    BootstrapRequests, Registrations, SecureBootstrap, SecureLwm2m, SecureServer,
-};
+use lwm2m_server::dtls::{SecureBootstrap, SecureLwm2m, SecureServer};
 use lwm2m_server::plain::PlainServer;
 use lwm2m_server::store::{
     BootstrapStore, ConfigKey, Credentials, FileBootstrapStore, FileSecurityStore, SecurityInfo,
@@ -438,7 +436,7 @@ impl InProcess {
                     ..ServerConfig::default()
                 };
                 let machine = Lwm2mServer::new(config, self.registry.clone());
-                SecureServer::new(&options, machine, Registrations::default(), Role::Server)?
+                SecureServer::new(&options, machine, Role::Server)?
                     .with_tap(Some(self.sealed.clone()), SECURE_SERVER)
             }
         };
@@ -465,13 +463,8 @@ impl InProcess {
                     secure: true,
                 };
                 let machine = BootstrapServer::new(config, Box::new(source));
-                SecureServer::new(
-                    &options,
-                    machine,
-                    BootstrapRequests::default(),
-                    Role::Bootstrap,
-                )?
-                .with_tap(Some(self.sealed.clone()), SECURE_BOOTSTRAP)
+                SecureServer::new(&options, machine, Role::Bootstrap)?
+                    .with_tap(Some(self.sealed.clone()), SECURE_BOOTSTRAP)
             }
         };
         Ok(self.secure_bootstrap.insert(made))

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use lwm2m_proto::admission::{InterfaceRequest, classify};
 use lwm2m_proto::coap::{Counters, message};
-use lwm2m_server::dtls::register_endpoint;
 use lwm2m_simulator::fleet::{CountersSnapshot, FleetReport};
 
 use super::metrics::{self, Collected, Shared};
@@ -322,7 +322,11 @@ fn register_sources(datagrams: &[usage::Datagram], endpoint: &str) -> Vec<Socket
         let Ok(packet) = message::decode(&d.coap) else {
             continue;
         };
-        if register_endpoint(&packet).as_deref() == Some(endpoint) && !out.contains(&d.src) {
+        let register = match classify(&packet) {
+            Some(Ok(InterfaceRequest::Register(params))) => Some(params.endpoint),
+            _ => None,
+        };
+        if register.as_deref() == Some(endpoint) && !out.contains(&d.src) {
             out.push(d.src);
         }
     }
