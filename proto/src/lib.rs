@@ -18,6 +18,7 @@ pub mod coap;
 pub mod codec;
 pub mod content;
 pub mod ids;
+pub mod interface;
 pub mod machine;
 pub mod model;
 pub mod node;

@@ -18,8 +18,9 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use lwm2m_proto::coap::message::{decode, observe_value, uri_path};
-use lwm2m_proto::coap::{CoapOption, MessageClass, RequestType};
+use lwm2m_proto::coap::MessageClass;
+use lwm2m_proto::coap::message::decode;
+use lwm2m_proto::interface::RequestKind;
 use lwm2m_proto::server::ServerEvent;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -87,55 +88,44 @@ fn role_name(r: Role) -> &'static str {
 /// The LwM2M operation of a CoAP request, from its method, path and options (Core TS 1.1
 /// §8.2 table 8.2.6-1 for the client interfaces, §6 for the server's own).
 fn operation(role: Role, dir: Direction, p: &lwm2m_proto::coap::Packet) -> &'static str {
-    let MessageClass::Request(method) = p.header.code else {
+    use RequestKind as K;
+    let Some(kind) = RequestKind::of(p) else {
         return "other";
     };
-    let path = uri_path(p);
-    let depth = path.split('/').filter(|s| !s.is_empty()).count();
     match (role, dir) {
-        (Role::Server, Direction::In) => match (method, path.as_str()) {
-            (RequestType::Post, "/rd") => "register",
-            (RequestType::Post, "/dp") => "send",
-            (RequestType::Post, _) if path.starts_with("/rd/") => "update",
-            (RequestType::Delete, _) if path.starts_with("/rd/") => "deregister",
+        (Role::Server, Direction::In) => match kind {
+            K::Register => "register",
+            K::Send => "send",
+            K::Update => "update",
+            K::Deregister => "deregister",
             _ => "other",
         },
-        (Role::Bootstrap, Direction::In) => match method {
-            RequestType::Post if path == "/bs" => "bootstrap_request",
-            RequestType::Get if path == "/bspack" => "bootstrap_pack",
+        (Role::Bootstrap, Direction::In) => match kind {
+            K::BootstrapRequest => "bootstrap_request",
+            K::BootstrapPack => "bootstrap_pack",
             _ => "other",
         },
-        (Role::Server, Direction::Out) => match method {
-            RequestType::Get => match observe_value(p) {
-                Some(0) => "observe",
-                Some(1) => "cancel_observe",
-                _ if p
-                    .get_first_option(CoapOption::Accept)
-                    .is_some_and(|a| a.as_slice() == [40]) =>
-                {
-                    "discover"
-                }
-                _ => "read",
-            },
-            RequestType::Fetch => match observe_value(p) {
-                Some(0) => "observe_composite",
-                Some(1) => "cancel_observe_composite",
-                _ => "read_composite",
-            },
-            RequestType::IPatch => "write_composite",
-            RequestType::Put if p.payload.is_empty() => "write_attributes",
-            RequestType::Put => "write",
-            RequestType::Post if depth == 1 => "create",
-            RequestType::Post if depth == 3 => "execute",
-            RequestType::Post => "write",
-            RequestType::Delete => "delete",
+        (Role::Server, Direction::Out) => match kind {
+            K::Observe => "observe",
+            K::CancelObservation => "cancel_observe",
+            K::Discover => "discover",
+            K::Read => "read",
+            K::ObserveComposite => "observe_composite",
+            K::CancelObserveComposite => "cancel_observe_composite",
+            K::ReadComposite => "read_composite",
+            K::WriteComposite => "write_composite",
+            K::WriteAttributes => "write_attributes",
+            K::Write => "write",
+            K::Create => "create",
+            K::Execute => "execute",
+            K::Delete => "delete",
             _ => "other",
         },
-        (Role::Bootstrap, Direction::Out) => match method {
-            RequestType::Get => "bootstrap_discover_or_read",
-            RequestType::Put => "bootstrap_write",
-            RequestType::Delete => "bootstrap_delete",
-            RequestType::Post if path == "/bs" => "bootstrap_finish",
+        (Role::Bootstrap, Direction::Out) => match kind {
+            K::Read | K::Discover => "bootstrap_discover_or_read",
+            K::Write => "bootstrap_write",
+            K::Delete => "bootstrap_delete",
+            K::BootstrapFinish => "bootstrap_finish",
             _ => "other",
         },
     }

@@ -3,13 +3,14 @@
 //! DTLS record overhead when the channel is secure), laid out like the whole-device read
 //! table of the study this project grew out of.
 
+use lwm2m_proto::interface::RequestKind;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use lwm2m_dtls::record::RecordBytes;
-use lwm2m_proto::coap::{CoapOption, MessageClass, MessageType, Packet, RequestType, message};
+use lwm2m_proto::coap::{CoapOption, MessageClass, MessageType, Packet, message};
 
 use crate::record::capture::Captured;
 
@@ -52,39 +53,10 @@ pub struct ExchangeUsage {
     pub handshake: usize,
 }
 
-/// The LwM2M operation a request performs, from its method, path and options.
+/// The LwM2M operation a request performs, from its method, path and options
+/// ([`RequestKind`]); `response` for anything else.
 pub fn operation_name(p: &Packet) -> &'static str {
-    let path = message::uri_path(p);
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let accept = message::uint_option(p, CoapOption::Accept);
-    let observe = message::observe_value(p);
-    let has_query = p.get_option(CoapOption::UriQuery).is_some();
-    let method = match p.header.code {
-        MessageClass::Request(m) => m,
-        _ => return "response",
-    };
-    match (method, segments.as_slice()) {
-        (RequestType::Post, ["rd"]) => "register",
-        (RequestType::Post, ["rd", _]) => "update",
-        (RequestType::Delete, ["rd", _]) => "deregister",
-        (RequestType::Post, ["bs"]) if has_query => "bootstrap-request",
-        (RequestType::Post, ["bs"]) => "bootstrap-finish",
-        (RequestType::Post, ["dp"]) => "send",
-        (RequestType::Get, _) if accept == Some(40) => "discover",
-        (RequestType::Get, _) if observe == Some(0) => "observe",
-        (RequestType::Get, _) if observe == Some(1) => "cancel-observation",
-        (RequestType::Get, _) => "read",
-        (RequestType::Fetch, _) if observe == Some(0) => "observe-composite",
-        (RequestType::Fetch, _) => "read-composite",
-        (RequestType::IPatch, _) => "write-composite",
-        (RequestType::Put, _) if p.payload.is_empty() && has_query => "write-attributes",
-        (RequestType::Put, _) => "write",
-        (RequestType::Post, [_]) => "create",
-        (RequestType::Post, [_, _]) => "write",
-        (RequestType::Post, [_, _, _]) => "execute",
-        (RequestType::Delete, _) => "delete",
-        _ => "other",
-    }
+    RequestKind::of(p).map_or("response", RequestKind::name)
 }
 
 /// One request and its response, with when and between whom.
@@ -363,7 +335,7 @@ pub fn of_captured(packets: &[Captured]) -> Vec<Datagram> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lwm2m_proto::coap::ResponseType;
+    use lwm2m_proto::coap::{RequestType, ResponseType};
 
     fn dg(src: &str, dst: &str, p: &Packet, overhead: usize) -> Datagram {
         let coap = p.to_bytes().unwrap();

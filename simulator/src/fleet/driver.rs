@@ -12,6 +12,7 @@ use lwm2m_dtls::ClientEvent as DtlsEvent;
 use lwm2m_proto::client::{ClientEvent, ClientState, Lwm2mClient};
 use lwm2m_proto::coap::message;
 use lwm2m_proto::coap::{CoapOption, Transmit};
+use lwm2m_proto::interface::RequestKind;
 use lwm2m_proto::tap;
 use quinn_udp::RecvMeta;
 use tokio::sync::{mpsc, oneshot};
@@ -1132,28 +1133,19 @@ impl Driver {
     }
 }
 
-/// The request whose latency is measured, if `bytes` is one: POST /rd?ep=... is a Register
-/// (Core TS 1.1 §6.2.1), any other POST but Bootstrap-Request (/bs) and Send (/dp) goes to
-/// a registration's location: an Update (§6.2.2). Responses and notifications are not.
+/// The request whose latency is measured, if `bytes` is one: a Register (Core TS 1.1
+/// §6.2.1, [`RequestKind`]) or, any other POST of the client's but a Bootstrap-Request and
+/// a Send, an Update (§6.2.2). Responses and notifications are not.
 fn timed_request(bytes: &[u8]) -> Option<Timed> {
     // Code 0.02 POST (RFC 7252 §12.1.1) is the second byte of the header.
     if bytes.get(1) != Some(&2) {
         return None;
     }
-    let packet = message::decode(bytes).ok()?;
-    let first = packet
-        .get_option(CoapOption::UriPath)
-        .and_then(|p| p.front())
-        .map(|s| s.as_slice());
-    match first {
-        Some(b"bs") | Some(b"dp") => None,
-        Some(b"rd")
-            if packet
-                .get_option(CoapOption::UriPath)
-                .is_some_and(|p| p.len() == 1) =>
-        {
-            Some(Timed::Register)
-        }
+    // A client's POST that is not a Register, Bootstrap-Request or Send goes to its
+    // registration's location, whatever path the server gave it (2.01's Location-Path).
+    match RequestKind::of(&message::decode(bytes).ok()?)? {
+        RequestKind::Register => Some(Timed::Register),
+        RequestKind::BootstrapRequest | RequestKind::BootstrapFinish | RequestKind::Send => None,
         _ => Some(Timed::Update),
     }
 }
