@@ -277,10 +277,7 @@ impl DtlsFront {
             }
             DtlsEvent::Established { peer, identity, .. } => {
                 tracing::debug!("{name}: DTLS session with {peer} established as {identity}");
-                SecurityEvent::Established {
-                    peer,
-                    identity: identity.to_string(),
-                }
+                SecurityEvent::Established { peer, identity }
             }
             DtlsEvent::HandshakeFailed {
                 peer,
@@ -288,15 +285,15 @@ impl DtlsFront {
                 reason,
                 ..
             } => {
-                let identity = identity.map(|i| i.to_string());
+                let claimed = identity.as_ref().map(Identity::to_string);
                 tracing::warn!(
                     "{name}: DTLS handshake with {peer} failed ({}): {reason:?}",
-                    identity.as_deref().unwrap_or("no identity")
+                    claimed.as_deref().unwrap_or("no identity")
                 );
                 SecurityEvent::HandshakeFailed {
                     peer,
                     identity,
-                    reason: format!("{reason:?}"),
+                    reason,
                 }
             }
             DtlsEvent::Closed {
@@ -308,8 +305,8 @@ impl DtlsFront {
                 tracing::debug!("{name}: DTLS session with {peer} ({identity}) closed: {reason:?}");
                 SecurityEvent::Closed {
                     peer,
-                    identity: identity.to_string(),
-                    reason: format!("{reason:?}"),
+                    identity,
+                    reason,
                 }
             }
             other => {
@@ -419,7 +416,7 @@ where
         if let Some(refused) = hook.refused {
             let event = SecurityEvent::IdentityMismatch {
                 peer,
-                identity: named,
+                identity: identity.clone(),
                 endpoint: refused.endpoint,
                 owner: refused.owner,
             };
@@ -680,7 +677,7 @@ mod tests {
             refused,
             Some(SecurityEvent::IdentityMismatch {
                 peer: PEER,
-                identity: "psk:id1".into(),
+                identity: id.clone(),
                 endpoint: "dev2".into(),
                 owner: Some("dev1".into()),
             })

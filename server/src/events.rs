@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use lwm2m_dtls::{CloseReason, FailureReason, Identity};
 use lwm2m_proto::bootstrap::server::BootstrapEvent;
 use lwm2m_proto::server::ServerEvent;
 pub use lwm2m_proto::tap::{Direction, PacketTap};
@@ -87,8 +88,9 @@ impl From<BootstrapEvent> for Event {
     }
 }
 
-/// What happened on a DTLS socket (the LwM2M Server's or the Bootstrap Server's) ([`crate::dtls`]). Identities are shown
-/// as `psk:IDENTITY` or `cn:COMMON-NAME`.
+/// What happened on a DTLS socket (the LwM2M Server's or the Bootstrap Server's)
+/// ([`crate::dtls`]), typed as the DTLS layer reports it; the REST event stream shows
+/// identities as `psk:IDENTITY` or `cn:COMMON-NAME` ([`crate::json`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SecurityEvent {
@@ -97,7 +99,7 @@ pub enum SecurityEvent {
         /// The client's address.
         peer: SocketAddr,
         /// Who it authenticated as.
-        identity: String,
+        identity: Identity,
     },
     /// A DTLS handshake failed: unknown identity, wrong key, timeout, alert. Other sessions
     /// are not affected.
@@ -105,9 +107,9 @@ pub enum SecurityEvent {
         /// The client's address.
         peer: SocketAddr,
         /// The identity it claimed, if it got that far.
-        identity: Option<String>,
-        /// Why (`UnknownIdentity`, `WrongKey`, `Timeout`, ...).
-        reason: String,
+        identity: Option<Identity>,
+        /// Why.
+        reason: FailureReason,
     },
     /// An established session ended (close_notify, replaced by a new handshake from the
     /// same address, idle).
@@ -115,9 +117,9 @@ pub enum SecurityEvent {
         /// The client's address.
         peer: SocketAddr,
         /// Who it had authenticated as.
-        identity: String,
-        /// Why (`PeerClosed`, `Replaced`, `IdleTimeout`, ...).
-        reason: String,
+        identity: Identity,
+        /// Why.
+        reason: CloseReason,
     },
     /// A Register (or Update, De-register) or a Bootstrap-Request under an endpoint name
     /// the session's identity does not belong to was refused with 4.03 (Core TS 1.1
@@ -126,7 +128,7 @@ pub enum SecurityEvent {
         /// The client's address.
         peer: SocketAddr,
         /// The session's identity.
-        identity: String,
+        identity: Identity,
         /// The endpoint name the request acted for.
         endpoint: String,
         /// The endpoint the identity belongs to in the security store, if any.

@@ -386,21 +386,22 @@ pub fn event(registry: &Registry, e: &Event) -> Option<(&'static str, Json)> {
 fn security_event(e: &SecurityEvent) -> Json {
     match e {
         SecurityEvent::Established { peer, identity } => {
-            json!({"kind": "established", "peer": peer.to_string(), "identity": identity})
+            json!({"kind": "established", "peer": peer.to_string(), "identity": identity.to_string()})
         }
         SecurityEvent::HandshakeFailed {
             peer,
             identity,
             reason,
         } => {
-            json!({"kind": "handshake_failed", "peer": peer.to_string(), "identity": identity, "reason": reason})
+            let identity = identity.as_ref().map(ToString::to_string);
+            json!({"kind": "handshake_failed", "peer": peer.to_string(), "identity": identity, "reason": format!("{reason:?}")})
         }
         SecurityEvent::Closed {
             peer,
             identity,
             reason,
         } => {
-            json!({"kind": "closed", "peer": peer.to_string(), "identity": identity, "reason": reason})
+            json!({"kind": "closed", "peer": peer.to_string(), "identity": identity.to_string(), "reason": format!("{reason:?}")})
         }
         SecurityEvent::IdentityMismatch {
             peer,
@@ -408,7 +409,7 @@ fn security_event(e: &SecurityEvent) -> Json {
             endpoint,
             owner,
         } => {
-            json!({"kind": "identity_mismatch", "peer": peer.to_string(), "identity": identity, "endpoint": endpoint, "owner": owner})
+            json!({"kind": "identity_mismatch", "peer": peer.to_string(), "identity": identity.to_string(), "endpoint": endpoint, "owner": owner})
         }
         SecurityEvent::Insecure { peer, endpoint } => {
             json!({"kind": "insecure", "peer": peer.to_string(), "endpoint": endpoint})
@@ -747,8 +748,10 @@ mod tests {
             Role::Bootstrap,
             SecurityEvent::HandshakeFailed {
                 peer: "127.0.0.1:9".parse().unwrap(),
-                identity: Some("psk:bs-1".into()),
-                reason: "WrongKey".into(),
+                identity: Some(lwm2m_dtls::Identity::Psk(std::sync::Arc::from(
+                    &b"bs-1"[..],
+                ))),
+                reason: lwm2m_dtls::FailureReason::WrongKey,
             },
         );
         let (name, json) = super::event(&Registry::embedded(), &event).unwrap();

@@ -92,7 +92,7 @@ impl Seen {
     fn established(&self) -> Vec<String> {
         self.find(|e| match e {
             Event::Security(_, SecurityEvent::Established { identity, .. }) => {
-                Some(identity.clone())
+                Some(identity.to_string())
             }
             _ => None,
         })
@@ -317,7 +317,7 @@ async fn a_client_bootstraps_over_dtls_and_registers_with_the_credentials_it_was
                 SecurityEvent::Closed {
                     identity, reason, ..
                 },
-            ) => Some((identity.clone(), reason.clone())),
+            ) => Some((identity.to_string(), format!("{reason:?}"))),
             _ => None,
         })
         .await;
@@ -355,7 +355,10 @@ async fn a_wrong_bootstrap_key_or_a_taken_identity_fails_alone() {
                 SecurityEvent::HandshakeFailed {
                     identity, reason, ..
                 },
-            ) => Some((identity.clone(), reason.clone())),
+            ) => Some((
+                identity.as_ref().map(ToString::to_string),
+                format!("{reason:?}"),
+            )),
             _ => None,
         })
         .await;
@@ -445,7 +448,10 @@ async fn a_bootstrap_identity_used_for_another_endpoint_gets_4_03() {
                 SecurityEvent::HandshakeFailed {
                     identity, reason, ..
                 },
-            ) => Some((identity.clone(), reason.clone())),
+            ) => Some((
+                identity.as_ref().map(ToString::to_string),
+                format!("{reason:?}"),
+            )),
             _ => None,
         })
         .await;
@@ -465,7 +471,7 @@ async fn a_bootstrap_identity_used_for_another_endpoint_gets_4_03() {
                     owner,
                     ..
                 },
-            ) => Some((identity.clone(), endpoint.clone(), owner.clone())),
+            ) => Some((identity.to_string(), endpoint.clone(), owner.clone())),
             _ => None,
         })
         .await;
@@ -669,7 +675,7 @@ async fn coap_client_gnutls_bootstraps_over_dtls_as_its_own_endpoint_only() {
                 SecurityEvent::IdentityMismatch {
                     identity, endpoint, ..
                 },
-            ) => Some((identity.clone(), endpoint.clone())),
+            ) => Some((identity.to_string(), endpoint.clone())),
             _ => None,
         })
         .await;

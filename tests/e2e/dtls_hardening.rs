@@ -238,7 +238,7 @@ async fn a_client_whose_hellos_carry_record_version_fe00_registers_and_is_read()
     let established = s
         .expect("established", |e| match e {
             Event::Security(_, SecurityEvent::Established { peer, identity, .. }) => {
-                Some((*peer, identity.clone()))
+                Some((*peer, identity.to_string()))
             }
             _ => None,
         })

@@ -43,7 +43,6 @@ use lwm2m_server::store::SecurityStore;
 use lwm2m_server::{Direction, DtlsOptions, PacketTap, Role, SecurityEvent};
 use lwm2m_simulator::link::{DtlsLink, Forgotten, LinkOptions, Servers, credentials_for};
 
-use super::adapter::json::{parse_close, parse_failure, parse_identity};
 use super::backend::{DtlsHappening, DtlsSide, ServerRole};
 use crate::record::capture::Sealing;
 
@@ -249,7 +248,7 @@ pub fn dtls_happening(
         SecurityEvent::Established { peer, identity } => DtlsHappening::Established {
             endpoint: client(*peer),
             server,
-            identity: parse_identity(identity),
+            identity: identity.clone(),
         },
         SecurityEvent::HandshakeFailed {
             peer,
@@ -259,8 +258,8 @@ pub fn dtls_happening(
             endpoint: client(*peer),
             server,
             side: DtlsSide::Server,
-            identity: identity.as_deref().map(parse_identity),
-            reason: parse_failure(reason),
+            identity: identity.clone(),
+            reason: reason.clone(),
         },
         SecurityEvent::IdentityMismatch {
             peer,
@@ -270,14 +269,14 @@ pub fn dtls_happening(
         } => DtlsHappening::Refused {
             client: client(*peer),
             server,
-            identity: parse_identity(identity),
+            identity: identity.clone(),
             endpoint: endpoint.clone(),
             owner: owner.clone(),
         },
         SecurityEvent::Closed { peer, reason, .. } => DtlsHappening::Closed {
             endpoint: client(*peer),
             server,
-            reason: parse_close(reason),
+            reason: reason.clone(),
         },
         _ => return None,
     })

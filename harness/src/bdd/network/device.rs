@@ -21,7 +21,6 @@ use lwm2m_simulator::NetworkModel;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::accounts::SecureAccount;
-use crate::bdd::adapter::json::parse_identity;
 use crate::bdd::backend::{
     Backend, Capability, ClientAction, ClientSpec, Happening, Subject, Timed,
 };
@@ -326,7 +325,7 @@ impl DeviceBackend {
                             let mut known = known
                                 .lock()
                                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-                            known.identities.insert(*peer, parse_identity(identity));
+                            known.identities.insert(*peer, identity.clone());
                             known.last = Some(*peer);
                         }
                         // The device under test is the one client of the run: every session is its.
