@@ -289,8 +289,9 @@ impl Admission for Open {
 /// identity belongs to (asked only when needed). The refusal, if any, is kept in
 /// `refused` for the caller to report.
 pub struct SessionSender<'a, F> {
-    /// The session's identity (`psk:ID`, `cn:NAME`), for the reason.
-    pub identity: &'a str,
+    /// The session's identity (`psk:ID`, `cn:NAME`), written into the reason only when a
+    /// request is refused.
+    pub identity: &'a dyn std::fmt::Display,
     /// The endpoint the identity belongs to.
     pub owner: F,
     /// What was refused.
@@ -359,7 +360,7 @@ pub fn claimed_endpoint(
 pub fn check_session(
     role: GateRole,
     request: &Packet,
-    identity: &str,
+    identity: &dyn std::fmt::Display,
     owner: impl FnOnce() -> Option<String>,
     location: impl FnOnce(&str) -> Option<String>,
 ) -> Option<GateRefusal> {
@@ -502,7 +503,7 @@ mod tests {
         let owner = || Some("dev1".to_owned());
         let locations = |id: &str| (id == "r2").then(|| "dev2".to_owned());
         let check =
-            |role, request: &Packet| check_session(role, request, "psk:id1", owner, locations);
+            |role, request: &Packet| check_session(role, request, &"psk:id1", owner, locations);
         let register = request(RequestType::Post, "/rd", &["ep=dev2"]);
         let refused = check(Lwm2mServer, &register).unwrap();
         assert_eq!(
@@ -595,7 +596,7 @@ mod tests {
         asked: &'a std::cell::Cell<u32>,
     ) -> SessionSender<'a, impl FnMut() -> Option<String> + 'a> {
         SessionSender {
-            identity: "psk:id",
+            identity: &"psk:id",
             owner: move || {
                 asked.set(asked.get() + 1);
                 Some(owner.to_owned())

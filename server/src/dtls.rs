@@ -399,9 +399,8 @@ where
     /// otherwise. The machine answers the refusal (4.03); it is reported here.
     fn admit(&mut self, now: Instant, peer: SocketAddr, identity: &Identity, payload: &[u8]) {
         let security = &self.security;
-        let named = identity.to_string();
         let mut hook = SessionSender {
-            identity: &named,
+            identity,
             owner: || match identity {
                 Identity::Psk(id) => std::str::from_utf8(id)
                     .ok()
