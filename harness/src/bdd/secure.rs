@@ -134,23 +134,23 @@ pub fn is_secure(tree: &ObjectTree, servers: &Servers<'_>, server: SocketAddr) -
     !matches!(credentials_for(tree, servers, server), Ok(None))
 }
 
-/// The DTLS record content type of application data (RFC 6347 §4.1, RFC 5246 §6.2.1).
-const APPLICATION_DATA: u8 = 23;
-
-/// What `link`'s session has for the wire, each record with the CoAP datagram it carries
-/// when it is an application_data record the client just encrypted (the links keep the
-/// plaintext, [`LINKS`]; one record per datagram, in order).
+/// What `link`'s session has for the wire, each datagram with the CoAP message of its
+/// first application record (the links keep what the client just encrypted, [`LINKS`]):
+/// each datagram takes one plaintext per application record it holds, in order, as the
+/// run's capture pairs them ([`Sealing`]).
 pub fn outgoing(link: &mut DtlsLink) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     let mut plain = link.take_encrypted().into_iter();
     let Some(session) = link.session.as_mut() else {
         return Vec::new();
     };
     std::iter::from_fn(|| session.poll_transmit())
-        .map(|record| {
-            let inner = (record.first() == Some(&APPLICATION_DATA))
-                .then(|| plain.next())
-                .flatten();
-            (record, inner)
+        .map(|datagram| {
+            let records = RecordBytes::of_datagram(&datagram).application_records;
+            let records = usize::try_from(records).unwrap_or(usize::MAX);
+            let mut carried = plain.by_ref().take(records);
+            let inner = carried.next();
+            carried.for_each(drop);
+            (datagram, inner)
         })
         .collect()
 }
