@@ -251,15 +251,10 @@ impl Links {
     /// retransmission, handshakes again, as devices do). `None` when nothing changed.
     pub fn after_event(&mut self, event: &ClientEvent) -> Option<Forgotten> {
         match event {
-            ClientEvent::Rebooting | ClientEvent::FactoryReset
-                if self.links.iter().any(|l| l.session.is_some()) =>
-            {
-                self.clear();
-                Some(Forgotten::Rebooted)
-            }
             ClientEvent::Rebooting | ClientEvent::FactoryReset => {
+                let had_sessions = self.links.iter().any(|l| l.session.is_some());
                 self.clear();
-                None
+                had_sessions.then_some(Forgotten::Rebooted)
             }
             ClientEvent::Failed {
                 step: "bootstrap" | "register" | "update",
