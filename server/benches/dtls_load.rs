@@ -44,6 +44,10 @@ use lwm2m_simulator::quirks::QuirkPacks;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+/// The allocator of the `lwm2m-harness` binary, so the bench measures what `serve` runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
 
 /// The clients: LwM2M 1.1, one PSK server account, Device with a manufacturer.

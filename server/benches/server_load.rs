@@ -31,6 +31,10 @@ use lwm2m_simulator::network::NetworkModel;
 use lwm2m_simulator::profile::Profile;
 use lwm2m_simulator::quirks::QuirkPacks;
 
+/// The allocator of the `lwm2m-harness` binary, so the bench measures what `serve` runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
 
 /// The clients: LwM2M 1.1 over NoSec, Server and Device objects.

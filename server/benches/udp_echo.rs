@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 
+/// The allocator of the `lwm2m-harness` binary, so the bench measures what `serve` runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
 
 async fn bench(clients: usize, seconds: u64) -> Result<()> {

@@ -30,6 +30,10 @@ use lwm2m_simulator::profile::Profile;
 use lwm2m_simulator::quirks::QuirkPacks;
 use tokio::net::UdpSocket;
 
+/// The allocator of the `lwm2m-harness` binary, so the bench measures what `serve` runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
