@@ -1,7 +1,7 @@
 //! The sans-IO DTLS server: one session per peer address behind one socket.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +14,11 @@ use crate::keylog::{KeyLog, SessionSecrets};
 use crate::record::{self, ClientHello, HelloParse};
 use crate::session::{Output, Session, SessionId, WireStats};
 use crate::{CloseReason, DtlsError, FailureReason, Identity, Transmit};
+
+/// aHash, keyed from the OS per table, as `lwm2m_proto::hash`: the session table is looked up
+/// for every datagram.
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+type HashSet<T> = std::collections::HashSet<T, ahash::RandomState>;
 
 /// What happened on a [`DtlsServer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,7 +181,7 @@ impl DtlsServer {
             max_handshakes: config.max_handshakes,
             max_sessions: config.max_sessions,
             key_log: config.key_log,
-            sessions: HashMap::new(),
+            sessions: HashMap::default(),
             timers: BTreeSet::new(),
             handshaking: 0,
             next_id: 0,

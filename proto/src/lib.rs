@@ -17,6 +17,7 @@ pub mod client;
 pub mod coap;
 pub mod codec;
 pub mod content;
+pub mod hash;
 pub mod ids;
 pub mod interface;
 pub mod machine;

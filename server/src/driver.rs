@@ -8,7 +8,6 @@
 //! operation back through a oneshot matched by [`OpId`]. Registrations are mirrored into a
 //! [`RegistrationStore`] as the machine reports them, so reads never reach the task.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -16,6 +15,7 @@ use std::time::Instant;
 
 use lwm2m_proto::Lwm2mPath;
 use lwm2m_proto::coap::Counters;
+use lwm2m_proto::hash::HashMap;
 use lwm2m_proto::registry::Registry;
 use lwm2m_proto::server::{
     Lwm2mServer, ObservationId, ObservationRecord, OpError, OpId, Operation, Response,
@@ -382,12 +382,12 @@ impl std::fmt::Debug for ServerHandle {
 pub fn start_server(options: ServerOptions) -> io::Result<ServerHandle> {
     let routes = Routes::default();
     let core = |secure| ServerCore {
-        pending: HashMap::new(),
+        pending: HashMap::default(),
         registrations: options.registrations.clone(),
         bus: options.bus.clone(),
         secure,
         routes: routes.clone(),
-        observed: HashMap::new(),
+        observed: HashMap::default(),
     };
     let io = |socket: UdpSocket| -> io::Result<Io> {
         Ok(Io {

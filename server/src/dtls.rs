@@ -31,7 +31,7 @@
 //! endpoint's registration; for the Bootstrap Server a Bootstrap-Request
 //! (`POST /bs?ep=NAME`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +42,7 @@ use lwm2m_dtls::{
 use lwm2m_proto::admission::SessionSender;
 use lwm2m_proto::bootstrap::BootstrapServer;
 use lwm2m_proto::coap::Transmit;
+use lwm2m_proto::hash::HashMap;
 use lwm2m_proto::server::Lwm2mServer;
 
 pub use lwm2m_dtls::{CertificateConfig, KeyLog, KeyLogFile};
@@ -347,7 +348,7 @@ where
             security,
             role,
             events: VecDeque::new(),
-            sessions: HashMap::new(),
+            sessions: HashMap::default(),
         }
     }
 

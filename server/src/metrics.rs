@@ -7,7 +7,7 @@
 //! code and the latency histograms. CoAP inside DTLS is encrypted on the socket and so is
 //! not in the request counts (its handshakes are).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use lwm2m_proto::coap::MessageClass;
 use lwm2m_proto::coap::message::decode;
+use lwm2m_proto::hash::HashMap;
 use lwm2m_proto::interface::RequestKind;
 use lwm2m_proto::server::ServerEvent;
 use tokio::sync::broadcast::error::RecvError;

@@ -26,7 +26,7 @@
 //! credentials it hands out where the LwM2M Server finds them (the driver does that in
 //! [`ConfigSource::session_starting`]).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,7 @@ use crate::coap::{
     RequestId, RequestType, ResponseType, Transmit,
 };
 use crate::content::{self, ContentFormat};
+use crate::hash::HashMap;
 use crate::ids::{Lwm2mPath, ObjectId};
 
 /// Settings of the Bootstrap Server machine.
@@ -418,7 +419,7 @@ impl BootstrapServer {
             config,
             source,
             sessions: BTreeMap::new(),
-            requests: HashMap::new(),
+            requests: HashMap::default(),
             events: VecDeque::new(),
         }
     }

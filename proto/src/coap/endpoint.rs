@@ -4,13 +4,15 @@
 //! their methods to [`Endpoint`] and import nothing back from each other.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use coap_lite::{MessageClass, MessageType};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use crate::hash::HashMap;
 
 use super::exchange::Exchange;
 use super::message::{self, BlockOption};
@@ -81,16 +83,16 @@ impl Endpoint {
         Endpoint {
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             szx,
-            peers: HashMap::new(),
+            peers: HashMap::default(),
             next_peer_sweep: None,
-            sent: HashMap::new(),
+            sent: HashMap::default(),
             seen: Expiring::new(config.dedup_capacity),
             timers: BinaryHeap::new(),
-            exchanges: HashMap::new(),
-            tokens: HashMap::new(),
+            exchanges: HashMap::default(),
+            tokens: HashMap::default(),
             next_id: 0,
-            observations: HashMap::new(),
-            observation_tokens: HashMap::new(),
+            observations: HashMap::default(),
+            observation_tokens: HashMap::default(),
             uploads: Expiring::new(config.block_cache_capacity),
             downloads: Expiring::new(config.block_cache_capacity),
             transmits: VecDeque::new(),
@@ -144,13 +146,13 @@ impl Endpoint {
             self.transmits = VecDeque::new();
         }
         if self.exchanges.capacity() > 0 {
-            self.exchanges = HashMap::new();
+            self.exchanges = HashMap::default();
         }
         if self.tokens.is_empty() && self.tokens.capacity() > 0 {
-            self.tokens = HashMap::new();
+            self.tokens = HashMap::default();
         }
         if self.sent.is_empty() && self.sent.capacity() > 0 {
-            self.sent = HashMap::new();
+            self.sent = HashMap::default();
         }
         if self.timers.is_empty() && self.timers.capacity() > 0 {
             self.timers = BinaryHeap::new();

@@ -4,12 +4,14 @@
 //! (`endpoint.rs`), its client role (`client.rs`) and its server role (`server.rs`) build on
 //! these; nothing here knows of them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::Hash;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use coap_lite::{MessageType, Packet};
+
+use crate::hash::HashMap;
 
 use super::message::{BlockOption, empty};
 use super::{ObservationId, RequestId};
@@ -106,7 +108,7 @@ pub(super) struct Expiring<K, V> {
 impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
     pub(super) fn new(capacity: usize) -> Self {
         Expiring {
-            map: HashMap::new(),
+            map: HashMap::default(),
             order: VecDeque::new(),
             capacity: capacity.max(1),
         }

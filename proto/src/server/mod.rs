@@ -40,7 +40,7 @@ mod operations;
 mod tests;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,6 +55,7 @@ pub use operations::choose_format;
 
 use crate::admission::{Admission, GateRole, Open};
 use crate::coap::{self, Endpoint, Event, Packet, RequestId, Transmit};
+use crate::hash::HashMap;
 use crate::ids::{Lwm2mPath, ObjectId};
 use crate::registry::Registry;
 use operations::{Body, Prepared, decode_notification, decode_response, establishes_observation};
@@ -331,15 +332,15 @@ impl Lwm2mServer {
             config,
             registry,
             rng,
-            clients: HashMap::with_capacity(capacity),
-            by_endpoint: HashMap::with_capacity(capacity),
-            by_id: HashMap::with_capacity(capacity),
-            by_address: HashMap::with_capacity(capacity),
-            per_ip: HashMap::new(),
-            ops: HashMap::new(),
-            requests: HashMap::new(),
-            observations: HashMap::new(),
-            observing: HashMap::new(),
+            clients: HashMap::with_capacity_and_hasher(capacity, Default::default()),
+            by_endpoint: HashMap::with_capacity_and_hasher(capacity, Default::default()),
+            by_id: HashMap::with_capacity_and_hasher(capacity, Default::default()),
+            by_address: HashMap::with_capacity_and_hasher(capacity, Default::default()),
+            per_ip: HashMap::default(),
+            ops: HashMap::default(),
+            requests: HashMap::default(),
+            observations: HashMap::default(),
+            observing: HashMap::default(),
             // A lifetime entry per client, and room for its sleep entry.
             timers: BinaryHeap::with_capacity(capacity),
             events: VecDeque::new(),

@@ -2,7 +2,7 @@
 //! moves datagrams between them.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::BinaryHeap;
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use lwm2m_dtls::ClientEvent as DtlsEvent;
 use lwm2m_proto::client::{ClientEvent, ClientState, Lwm2mClient};
 use lwm2m_proto::coap::message;
 use lwm2m_proto::coap::{CoapOption, Transmit};
+use lwm2m_proto::hash::{HashMap, HashSet};
 use lwm2m_proto::interface::RequestKind;
 use lwm2m_proto::tap;
 use quinn_udp::RecvMeta;
@@ -100,7 +101,7 @@ pub(super) fn spawn(
     let driver = Driver {
         pool,
         sims,
-        by_address: HashMap::new(),
+        by_address: HashMap::default(),
         stats: stats.clone(),
         heap,
         delayed: BinaryHeap::new(),
