@@ -22,6 +22,9 @@ use super::state::{
 };
 use super::{Config, Counters, Event, ObservationId, RequestId, Transmit};
 
+/// The largest capacity (entries) of a table or queue an idle endpoint gives back.
+pub(super) const RELEASE_UP_TO: usize = 16;
+
 /// A CoAP endpoint: one local UDP socket's worth of protocol state, serving any number of
 /// peers in both the client and the server role. See the [module documentation](super).
 ///
@@ -135,26 +138,28 @@ impl Endpoint {
         event
     }
 
-    /// Gives back the memory of the tables and queues that are empty once nothing is in
-    /// flight: a client between exchanges (most of a fleet's clients, most of the time)
-    /// holds no allocation for them. A busy endpoint (a server) rarely gets here.
+    /// Gives back the memory of the small tables and queues that are empty once nothing is
+    /// in flight: a client between exchanges (most of a fleet's clients, most of the time)
+    /// holds no allocation for them. A table that grew past [`RELEASE_UP_TO`] belongs to a
+    /// busy endpoint (a server between two bursts of requests) and is kept: growing it again
+    /// from nothing costs a rehash at every doubling and fresh pages from the kernel.
     fn release_idle(&mut self) {
-        if self.events.capacity() > 0 {
+        if self.events.capacity() <= RELEASE_UP_TO {
             self.events = VecDeque::new();
         }
-        if self.transmits.is_empty() && self.transmits.capacity() > 0 {
+        if self.transmits.is_empty() && self.transmits.capacity() <= RELEASE_UP_TO {
             self.transmits = VecDeque::new();
         }
-        if self.exchanges.capacity() > 0 {
+        if self.exchanges.capacity() <= RELEASE_UP_TO {
             self.exchanges = HashMap::default();
         }
-        if self.tokens.is_empty() && self.tokens.capacity() > 0 {
+        if self.tokens.is_empty() && self.tokens.capacity() <= RELEASE_UP_TO {
             self.tokens = HashMap::default();
         }
-        if self.sent.is_empty() && self.sent.capacity() > 0 {
+        if self.sent.is_empty() && self.sent.capacity() <= RELEASE_UP_TO {
             self.sent = HashMap::default();
         }
-        if self.timers.is_empty() && self.timers.capacity() > 0 {
+        if self.timers.is_empty() && self.timers.capacity() <= RELEASE_UP_TO {
             self.timers = BinaryHeap::new();
         }
     }

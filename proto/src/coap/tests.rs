@@ -9,6 +9,7 @@ use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, Resp
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::endpoint::RELEASE_UP_TO;
 use super::message::{self, BlockOption, request, response};
 use super::*;
 use crate::testing::{Datagram, Link, Pair};
@@ -161,6 +162,24 @@ fn an_idle_endpoint_gives_back_its_exchange_tables() {
         assert_eq!(net.a.tokens.capacity(), 0);
         assert_eq!(net.a.sent.capacity(), 0);
     }
+}
+
+/// A busy endpoint (a server between two bursts of requests) keeps the exchange table it
+/// grew: building it again from nothing would rehash at every doubling.
+#[test]
+fn an_idle_endpoint_keeps_a_table_that_grew_past_a_few_exchanges() {
+    let mut net = default_pair(Link::default());
+    let ids: Vec<RequestId> = (0..40).map(|i| net.get(&format!("/3/0/{i}"))).collect();
+    let grown = net.a.exchanges.capacity();
+    assert!(grown > RELEASE_UP_TO);
+    net.serve(Duration::from_secs(60), echo);
+    assert_eq!(net.responses().len(), ids.len());
+    assert!(net.a.poll_event().is_none());
+    assert!(net.a.exchanges.is_empty());
+    assert_eq!(net.a.exchanges.capacity(), grown);
+    let id = net.get("/3/0/99");
+    net.serve(Duration::from_secs(70), echo);
+    assert_eq!(net.responses()[&id].payload, b"/3/0/99");
 }
 
 #[test]
