@@ -245,7 +245,7 @@ impl Session {
                         }
                         EndpointEvent::ApplicationData(data) => {
                             self.stats.payload_received += data.len() as u64;
-                            out.push(Output::Data(data.to_vec()));
+                            out.push(Output::Data(Vec::from(data)));
                         }
                         EndpointEvent::PeerClosed => out.push(Output::PeerClosed),
                         _ => {}
@@ -312,7 +312,7 @@ impl Session {
     /// Takes the next datagram to send, counting it.
     pub(crate) fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         let message = self.endpoint.poll_transmit()?;
-        let bytes = message.message.to_vec();
+        let bytes = Vec::from(message.message);
         self.stats.datagrams_sent += 1;
         self.stats.sent.add(&RecordBytes::of_datagram(&bytes));
         Some(bytes)
