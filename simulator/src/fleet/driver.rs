@@ -966,12 +966,14 @@ impl Driver {
     /// Reads every socket until it is empty (or for a few batches) and hands the datagrams
     /// to their clients.
     fn receive(&mut self, storage: &mut [u8], chunk: usize) {
+        // Once per pass, not per socket: most of the pool's sockets have nothing to read.
+        let mut meta = [RecvMeta::default(); BATCH];
         for k in 0..self.pool.len() {
             for _ in 0..RECV_ROUNDS {
-                let mut meta = [RecvMeta::default(); BATCH];
                 let n = {
-                    let mut bufs: Vec<IoSliceMut<'_>> =
-                        storage.chunks_mut(chunk).map(IoSliceMut::new).collect();
+                    let mut chunks = storage.chunks_mut(chunk);
+                    let mut bufs: [IoSliceMut<'_>; BATCH] =
+                        std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
                     // A receive error (none is expected on UDP) reads as an empty socket.
                     self.pool
                         .try_recv(k, &mut bufs, &mut meta)
