@@ -96,7 +96,8 @@ struct Serve {
     api: String,
     coap: SocketAddr,
     coaps: Option<SocketAddr>,
-    _dir: tempfile::TempDir,
+    instance: String,
+    dir: tempfile::TempDir,
 }
 
 impl Serve {
@@ -152,7 +153,8 @@ impl Serve {
             api,
             coap: coap.expect("the banner names the CoAP address"),
             coaps,
-            _dir: dir,
+            instance: instance.to_string(),
+            dir,
         }
     }
 
@@ -195,7 +197,7 @@ impl Serve {
 
     /// What it logged so far (debug level).
     fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("stderr.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
     fn metric(&self, name: &str) -> Option<u64> {
@@ -219,6 +221,22 @@ impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the instance logged: its folder goes with it.
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines
+                .get(lines.len().saturating_sub(80)..)
+                .unwrap_or_default();
+            eprintln!(
+                "--- serve instance {}: the last {} lines of its log ---",
+                self.instance,
+                tail.len()
+            );
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
