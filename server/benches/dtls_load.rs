@@ -24,15 +24,15 @@
 //!
 //! Clients and server share the machine's cores: the figures are for the whole loop.
 
+mod common;
+
 use std::error::Error;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use lwm2m_dtls::pki::{Purpose, TestCa, Validity};
 use lwm2m_proto::registry::Registry;
-use lwm2m_proto::server::{Content, Operation};
-use lwm2m_proto::{Lwm2mPath, Node, ResourceValue, Value};
+use lwm2m_proto::{Lwm2mPath, ResourceValue, Value};
 use lwm2m_server::store::{Credentials, FileSecurityStore, SecurityInfo, SecurityStore};
 use lwm2m_server::{DtlsOptions, ServerHandle, ServerOptions, start_server};
 use lwm2m_simulator::fleet::{
@@ -41,7 +41,6 @@ use lwm2m_simulator::fleet::{
 use lwm2m_simulator::network::NetworkModel;
 use lwm2m_simulator::profile::Profile;
 use lwm2m_simulator::quirks::QuirkPacks;
-use tokio::task::JoinSet;
 
 /// The allocator of the `lwm2m-harness` binary, so the bench measures what `serve` runs.
 #[global_allocator]
@@ -236,44 +235,8 @@ async fn stop(s: Setup) -> Result<()> {
 
 /// The server reads /3/0/0 from every client `reads` times, `in_flight` at once.
 async fn reads(s: &Setup, clients: usize, reads: usize, in_flight: usize) -> Result<()> {
-    // `in_flight` workers, each with one Read outstanding at a time (as server_load's):
-    // no task spawned per Read, so the bench's own CPU stays off the server's.
-    let total = clients * reads;
-    let started = Instant::now();
-    let mut workers = JoinSet::new();
-    for worker in 0..in_flight.min(total.max(1)) {
-        let server = s.server.clone();
-        workers.spawn(async move {
-            let mut latencies =
-                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
-            let expected = Content::Node(Node::Resource(ResourceValue::Single(Value::String(
-                "ACME".into(),
-            ))));
-            for k in (worker..total).step_by(in_flight) {
-                let ep = format!("bench-{}", k % clients);
-                let t = Instant::now();
-                let read = Operation::Read {
-                    path: Lwm2mPath::resource(3, 0, 0),
-                    format: None,
-                };
-                let response = server.request(&ep, read).await;
-                let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
-                match response {
-                    Ok(r) if r.content.as_ref() == Some(&expected) => {
-                        latencies.record(us.max(1)).map_err(|e| e.to_string())?
-                    }
-                    other => return Err(format!("{ep}: {other:?}")),
-                }
-            }
-            Ok(latencies)
-        });
-    }
-    let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    while let Some(worker) = workers.join_next().await {
-        latencies.add(worker??)?;
-    }
-    let took = started.elapsed();
-    let n = latencies.len();
+    let (n, took, latencies) =
+        common::read_manufacturer(&s.server, clients, reads, in_flight).await?;
     println!(
         "{:<24} {n:>6} in {:>6.2} s = {:>8.0}/s   p50 {:>8.2} ms   p99 {:>8.2} ms   ({in_flight} in flight)",
         "DTLS reads /3/0/0",

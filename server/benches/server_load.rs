@@ -17,14 +17,13 @@
 //! `--in-flight` tasks, each reading one client after another. Clients and server share
 //! the machine's cores.
 
+mod common;
+
 use std::error::Error;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use lwm2m_proto::registry::Registry;
-use lwm2m_proto::server::{Content, Operation};
-use lwm2m_proto::{Lwm2mPath, Node, ResourceValue, Value};
 use lwm2m_server::{ServerHandle, ServerOptions, start_server};
 use lwm2m_simulator::fleet::{Fleet, FleetConfig, FleetHandle, ProfileClients, Selector, Targets};
 use lwm2m_simulator::network::NetworkModel;
@@ -113,43 +112,6 @@ async fn until(what: &str, fleet: &FleetHandle, done: impl Fn() -> bool) -> Resu
     Ok(())
 }
 
-/// The server reads /3/0/0 from every client `reads` times from `in_flight` tasks.
-async fn reads(server: &ServerHandle, args: &Args) -> Result<(usize, Duration, Histogram<u64>)> {
-    let total = args.clients * args.reads;
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(args.in_flight);
-    for worker in 0..args.in_flight.min(total.max(1)) {
-        let server = server.clone();
-        let (clients, step) = (args.clients, args.in_flight);
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            let expected = Content::Node(Node::Resource(ResourceValue::Single(Value::String(
-                "ACME".into(),
-            ))));
-            for k in (worker..total).step_by(step) {
-                let ep = format!("bench-{}", k % clients);
-                let t = Instant::now();
-                let read = Operation::Read {
-                    path: Lwm2mPath::resource(3, 0, 0),
-                    format: None,
-                };
-                let response = server.request(&ep, read).await?;
-                let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
-                if response.content.as_ref() != Some(&expected) {
-                    return Err(format!("{ep}: {response:?}").into());
-                }
-                latencies.record(us.max(1))?;
-            }
-            Ok::<_, Box<dyn Error + Send + Sync>>(latencies)
-        }));
-    }
-    let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for t in tasks {
-        latencies.add(t.await??)?;
-    }
-    Ok((total, started.elapsed(), latencies))
-}
-
 async fn bench(args: Args) -> Result<()> {
     let registry = Arc::new(Registry::embedded());
     let server: ServerHandle =
@@ -207,7 +169,8 @@ async fn bench(args: Args) -> Result<()> {
         ms(l.update_quantile(0.99)),
     );
 
-    let (n, took, latencies) = reads(&server, &args).await?;
+    let (n, took, latencies) =
+        common::read_manufacturer(&server, args.clients, args.reads, args.in_flight).await?;
     let p = |q: f64| latencies.value_at_quantile(q) as f64 / 1e3;
     line("reads", n, took, p(0.5), p(0.99));
     println!("RESULT reads_per_s {:.0}", n as f64 / took.as_secs_f64());
