@@ -15,8 +15,9 @@ use crate::record::{self, ClientHello, HelloParse};
 use crate::session::{Output, Session, SessionId, WireStats};
 use crate::{CloseReason, DtlsError, FailureReason, Identity, Transmit};
 
-/// aHash, keyed from the OS per table, as `lwm2m_proto::hash`: the session table is looked up
-/// for every datagram.
+/// aHash keyed from the OS, per table: the session table is looked up for every datagram.
+/// The same hasher as `lwm2m_proto::hash`, which keys once per process for the many small
+/// tables of a fleet; this crate does not depend on proto and has one such table per socket.
 type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 type HashSet<T> = std::collections::HashSet<T, ahash::RandomState>;
 
